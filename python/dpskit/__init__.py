@@ -1,0 +1,56 @@
+"""dpskit: Azure Device Provisioning Service with self-signed X.509 certificates.
+
+Create a CA hierarchy and device certificates, prove possession, and (in later versions) run the
+whole DPS walkthrough against an embedded local emulator of DPS and IoT Hub, or against Azure.
+"""
+
+from __future__ import annotations
+
+from dpskit._native import (
+    ALGORITHMS,
+    Certificate,
+    CertificateAuthority,
+    DeviceCertificate,
+    validate_registration_id,
+    verify_chain,
+)
+from dpskit.errors import (
+    AuthenticationError,
+    CertificateError,
+    ConfigError,
+    ConflictError,
+    DpsKitError,
+    EmulatorError,
+    NotFoundError,
+    OperationTimeoutError,
+    ProtocolError,
+    RegistrationFailedError,
+    ServiceError,
+    ThrottledError,
+    TransportError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "AuthenticationError",
+    "Certificate",
+    "CertificateAuthority",
+    "CertificateError",
+    "ConfigError",
+    "ConflictError",
+    "DeviceCertificate",
+    "DpsKitError",
+    "EmulatorError",
+    "NotFoundError",
+    "OperationTimeoutError",
+    "ProtocolError",
+    "RegistrationFailedError",
+    "ServiceError",
+    "ThrottledError",
+    "TransportError",
+    "__version__",
+    "validate_registration_id",
+    "verify_chain",
+]

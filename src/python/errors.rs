@@ -1,0 +1,124 @@
+//! The one conversion from core errors to Python exceptions. The classes live in
+//! `dpskit/errors.py`; Rust looks them up there so `except dpskit.CertificateError` catches
+//! what the core raises.
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::error::{Error, ServiceErrorKind, ServiceFailure};
+
+impl From<Error> for PyErr {
+    fn from(error: Error) -> PyErr {
+        Python::attach(|py| build(py, error).unwrap_or_else(|failure| failure))
+    }
+}
+
+fn build(py: Python<'_>, error: Error) -> PyResult<PyErr> {
+    let message = error.to_string();
+    let kwargs = PyDict::new(py);
+    let class = match error {
+        Error::Config(_) => "ConfigError",
+        Error::Certificate(_) => "CertificateError",
+        Error::Transport(_) => "TransportError",
+        Error::Timeout(_) => "OperationTimeoutError",
+        Error::Protocol(_) => "ProtocolError",
+        Error::Emulator(_) => "EmulatorError",
+        Error::Io { path, source } => {
+            // OSError(errno, strerror, filename) picks the right subclass (FileNotFoundError,
+            // PermissionError, ...), as open() would.
+            return Ok(match source.raw_os_error() {
+                Some(errno) => PyOSError::new_err((errno, source.to_string(), path)),
+                None => PyOSError::new_err(message),
+            });
+        }
+        Error::Service(failure) => {
+            let ServiceFailure {
+                status,
+                error_code,
+                message: _,
+                tracking_id,
+                retry_after,
+            } = &*failure;
+            kwargs.set_item("status", status)?;
+            kwargs.set_item("error_code", error_code)?;
+            kwargs.set_item("tracking_id", tracking_id)?;
+            kwargs.set_item("retry_after", retry_after)?;
+            match failure.kind() {
+                ServiceErrorKind::Authentication => "AuthenticationError",
+                ServiceErrorKind::NotFound => "NotFoundError",
+                ServiceErrorKind::Conflict => "ConflictError",
+                ServiceErrorKind::Throttled => "ThrottledError",
+                ServiceErrorKind::Other => "ServiceError",
+            }
+        }
+        Error::RegistrationFailed {
+            status,
+            error_code,
+            message: _,
+        } => {
+            kwargs.set_item("status", status)?;
+            kwargs.set_item("error_code", error_code)?;
+            "RegistrationFailedError"
+        }
+    };
+    let module = py.import("dpskit.errors").map_err(|e| {
+        PyRuntimeError::new_err(format!("dpskit.errors cannot be imported ({e}): {message}"))
+    })?;
+    let instance = module.getattr(class)?.call((message,), Some(&kwargs))?;
+    Ok(PyErr::from_value(instance))
+}
+
+/// Every core error kind by name, with an example error of that kind (test support: proves
+/// the mapping of each kind to its Python class).
+pub(crate) fn example_error(kind: &str, message: &str) -> Option<Error> {
+    let service = |status: u16| {
+        Error::Service(Box::new(ServiceFailure {
+            status,
+            error_code: Some(u32::from(status) * 1000),
+            message: message.to_string(),
+            tracking_id: Some("00000000-0000-0000-0000-000000000000".into()),
+            retry_after: (status == 429).then_some(1.5),
+        }))
+    };
+    Some(match kind {
+        "config" => Error::Config(message.into()),
+        "certificate" => Error::Certificate(message.into()),
+        "transport" => Error::Transport(message.into()),
+        "timeout" => Error::Timeout(message.into()),
+        "protocol" => Error::Protocol(message.into()),
+        "service" => service(500),
+        "authentication" => service(401),
+        "not_found" => service(404),
+        "conflict" => service(409),
+        "throttled" => service(429),
+        "registration_failed" => Error::RegistrationFailed {
+            status: "failed".into(),
+            error_code: Some(401_002),
+            message: message.into(),
+        },
+        "emulator" => Error::Emulator(message.into()),
+        "io" => Error::io(
+            "/nonexistent/dpskit",
+            std::io::Error::from_raw_os_error(2),
+        ),
+        _ => return None,
+    })
+}
+
+/// Names accepted by [`example_error`].
+pub(crate) const ERROR_KINDS: &[&str] = &[
+    "config",
+    "certificate",
+    "transport",
+    "timeout",
+    "protocol",
+    "service",
+    "authentication",
+    "not_found",
+    "conflict",
+    "throttled",
+    "registration_failed",
+    "emulator",
+    "io",
+];

@@ -1,0 +1,36 @@
+//! PyO3 bindings: the `dpskit._native` module. This layer converts arguments, releases the GIL
+//! around work, and maps errors; all logic lives in the core.
+
+mod errors;
+mod pki;
+
+use pyo3::prelude::*;
+
+/// The native half of dpskit (see `dpskit/_native.pyi`).
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    pki::register(m)?;
+    m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
+    m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
+    Ok(())
+}
+
+/// Raises the Python exception that core error `kind` maps to (test support).
+#[pyfunction]
+#[pyo3(name = "_raise_core_error")]
+fn raise_core_error(kind: &str, message: &str) -> PyResult<()> {
+    match errors::example_error(kind, message) {
+        Some(error) => Err(error.into()),
+        None => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "unknown core error kind {kind:?}"
+        ))),
+    }
+}
+
+/// The core error kinds `_raise_core_error` accepts (test support).
+#[pyfunction]
+#[pyo3(name = "_core_error_kinds")]
+fn core_error_kinds() -> Vec<&'static str> {
+    errors::ERROR_KINDS.to_vec()
+}

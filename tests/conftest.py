@@ -1,0 +1,97 @@
+"""Shared fixtures: the OpenSSL command line (our judge) and a session-wide EC test PKI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import dpskit
+
+# Signatures of the callables the OpenSSL fixtures hand out (tests annotate with these shapes).
+RunOpenSSL = Callable[..., subprocess.CompletedProcess[str]]
+OpenSSLOutput = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def openssl() -> str:
+    """Return the path of the ``openssl`` binary, or skip the test when it is not installed."""
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.skip("the openssl command line tool is not installed")
+    return path
+
+
+def _run(
+    openssl: str, args: tuple[str | Path, ...], stdin: str | None, cwd: Path | None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [openssl, *(str(a) for a in args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_openssl(openssl: str) -> RunOpenSSL:
+    """Return ``run(*args, stdin=None, cwd=None)``: runs openssl, returns the CompletedProcess.
+
+    It does not check the exit status, for the tests that expect OpenSSL to refuse something.
+    """
+
+    def run(
+        *args: str | Path, stdin: str | None = None, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return _run(openssl, args, stdin, cwd)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def openssl_output(openssl: str) -> OpenSSLOutput:
+    """Return ``out(*args, stdin=None, cwd=None)``: runs openssl, fails the test unless it exits
+    with 0, and returns stdout followed by stderr (``openssl verify`` and ``pkcs12 -info`` split
+    their report between the two)."""
+
+    def out(*args: str | Path, stdin: str | None = None, cwd: Path | None = None) -> str:
+        proc = _run(openssl, args, stdin, cwd)
+        if proc.returncode != 0:
+            command = " ".join(str(a) for a in args)
+            pytest.fail(
+                f"openssl {command} exited with {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc.stdout + proc.stderr
+
+    return out
+
+
+@pytest.fixture(scope="session")
+def ec_root() -> dpskit.CertificateAuthority:
+    """A P-256 root CA shared by the whole session (cheap, and read-only for the tests)."""
+    return dpskit.CertificateAuthority.create_root("dpskit Test Root CA", organization="dpskit")
+
+
+@pytest.fixture(scope="session")
+def ec_intermediate(ec_root: dpskit.CertificateAuthority) -> dpskit.CertificateAuthority:
+    """A P-256 intermediate CA (pathlen 0) under :func:`ec_root`."""
+    return ec_root.create_intermediate("dpskit Test Intermediate CA", organization="dpskit")
+
+
+@pytest.fixture(scope="session")
+def ec_device(ec_intermediate: dpskit.CertificateAuthority) -> dpskit.DeviceCertificate:
+    """A P-256 device certificate issued by :func:`ec_intermediate`."""
+    return ec_intermediate.issue_device("test-device-01")
+
+
+@pytest.fixture(scope="session")
+def other_root() -> dpskit.CertificateAuthority:
+    """An unrelated root CA, to play the wrong trust anchor."""
+    return dpskit.CertificateAuthority.create_root("Unrelated Root CA")

@@ -1,0 +1,83 @@
+"""The Rust core's error kinds map onto dpskit's exception classes, and every kind is covered."""
+
+from __future__ import annotations
+
+import pytest
+
+import dpskit
+from dpskit import _native, errors
+
+# kind -> (class, status carried by service errors or None)
+EXPECTED: dict[str, tuple[type[dpskit.DpsKitError], int | None]] = {
+    "config": (errors.ConfigError, None),
+    "certificate": (errors.CertificateError, None),
+    "transport": (errors.TransportError, None),
+    "timeout": (errors.OperationTimeoutError, None),
+    "protocol": (errors.ProtocolError, None),
+    "service": (errors.ServiceError, 500),
+    "authentication": (errors.AuthenticationError, 401),
+    "not_found": (errors.NotFoundError, 404),
+    "conflict": (errors.ConflictError, 409),
+    "throttled": (errors.ThrottledError, 429),
+    "registration_failed": (errors.RegistrationFailedError, None),
+    "emulator": (errors.EmulatorError, None),
+}
+
+
+def test_every_core_kind_has_an_expectation() -> None:
+    # A new kind in the Rust core without a line in EXPECTED fails here, so it gets a test.
+    kinds = _native._core_error_kinds()
+    assert len(kinds) == len(set(kinds))
+    assert set(kinds) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_kind_raises_its_class(kind: str) -> None:
+    cls, status = EXPECTED[kind]
+    with pytest.raises(dpskit.DpsKitError) as info:
+        _native._raise_core_error(kind, "msg from the core")
+    error = info.value
+    assert type(error) is cls
+    assert isinstance(error, dpskit.DpsKitError)
+    assert "msg from the core" in str(error)
+    if status is not None:
+        assert isinstance(error, errors.ServiceError)
+        assert error.status == status
+
+
+def test_classes_are_exported_from_the_package() -> None:
+    for cls, _ in EXPECTED.values():
+        assert getattr(dpskit, cls.__name__) is cls
+    assert dpskit.DpsKitError is errors.DpsKitError
+
+
+def test_builtin_bases() -> None:
+    assert issubclass(dpskit.CertificateError, ValueError)
+    assert issubclass(dpskit.ConfigError, ValueError)
+    assert issubclass(dpskit.TransportError, ConnectionError)
+    assert issubclass(dpskit.OperationTimeoutError, TimeoutError)
+    for cls in (
+        dpskit.AuthenticationError,
+        dpskit.NotFoundError,
+        dpskit.ConflictError,
+        dpskit.ThrottledError,
+    ):
+        assert issubclass(cls, dpskit.ServiceError)
+
+
+def test_builtin_handlers_catch_core_errors() -> None:
+    # Code that only knows the built-ins still catches dpskit's errors.
+    with pytest.raises(ValueError, match=r"bad cert"):
+        _native._raise_core_error("certificate", "bad cert")
+    with pytest.raises(ConnectionError, match=r"reset"):
+        _native._raise_core_error("transport", "reset")
+    with pytest.raises(TimeoutError, match=r"late"):
+        _native._raise_core_error("timeout", "late")
+    with pytest.raises(OSError, match=r"reset"):  # ConnectionError is an OSError
+        _native._raise_core_error("transport", "reset")
+
+
+def test_real_certificate_error_comes_from_the_core() -> None:
+    with pytest.raises(dpskit.CertificateError) as info:
+        dpskit.Certificate.from_pem("garbage")
+    assert type(info.value) is dpskit.CertificateError
