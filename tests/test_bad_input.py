@@ -112,9 +112,9 @@ def test_key_that_does_not_match_the_certificate(
     ec_intermediate: dpskit.CertificateAuthority,
     ec_device: dpskit.DeviceCertificate,
 ) -> None:
-    with pytest.raises(CertificateError, match=r"(?i)match"):
+    with pytest.raises(CertificateError, match=r"(?i)match|belong"):
         dpskit.DeviceCertificate.from_pem(ec_device.certificate_pem, ec_root.private_key_pem)
-    with pytest.raises(CertificateError, match=r"(?i)match"):
+    with pytest.raises(CertificateError, match=r"(?i)match|belong"):
         dpskit.CertificateAuthority.from_pem(
             ec_intermediate.certificate_pem, ec_root.private_key_pem
         )
@@ -321,7 +321,8 @@ def test_certificate_is_not_a_csr(
         ec_intermediate.sign_csr(ec_device.certificate_pem)
 
 
-@pytest.mark.parametrize("common_name", ["has space", "slash/id", "a" * 65, "dot."])
+# (No 65-character CN here: X.509 caps CN at 64, so no CSR tool will even write one.)
+@pytest.mark.parametrize("common_name", ["has space", "slash/id", "dot.", "caf\u00e9"])
 def test_csr_with_bad_common_name(
     common_name: str, ec_intermediate: dpskit.CertificateAuthority
 ) -> None:

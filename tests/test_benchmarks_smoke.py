@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,15 @@ import pytest
 BENCHMARK = Path(__file__).parent / "benchmarks" / "bench_certificates.py"
 
 
-def test_benchmark_runs_with_small_counts(capsys: pytest.CaptureFixture[str]) -> None:
+def test_benchmark_runs_with_small_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = importlib.util.spec_from_file_location("bench_certificates", BENCHMARK)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve annotations through sys.modules, so the module must be registered.
+    monkeypatch.setitem(sys.modules, "bench_certificates", module)
     spec.loader.exec_module(module)
 
     argv = ["--count", "50", "--pyca-count", "20", "--openssl-count", "2", "--rsa-count", "2"]

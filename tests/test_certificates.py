@@ -210,9 +210,10 @@ def test_pkcs12_both_flavours(
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert spki(key) == spki(cert)
     assert canonical(key) == canonical(load_key(ec_device.private_key_pem))
-    chain = x509.load_pem_x509_certificates(ec_device.chain_pem.encode())
-    assert additional == chain[1:]
-    assert additional == [pyca(ec_intermediate.certificate)]
+    # The PFX carries every known issuer (intermediates and root) after the leaf, in order.
+    full_chain = x509.load_pem_x509_certificates(ec_device.full_chain_pem.encode())
+    assert additional == full_chain[1:]
+    assert additional[0] == pyca(ec_intermediate.certificate)
     with pytest.raises(ValueError):  # noqa: PT011 - pyca's message varies between versions
         pkcs12.load_key_and_certificates(data, b"wrong")
 
@@ -638,21 +639,23 @@ def test_verify_chain_unknown_issuer(
         dpskit.verify_chain(ec_device.certificate, [ec_intermediate.certificate], [])
 
 
-def test_verify_chain_expired_and_not_yet_valid(
-    ec_root: dpskit.CertificateAuthority, ec_intermediate: dpskit.CertificateAuthority
-) -> None:
+def test_verify_chain_expired_and_not_yet_valid() -> None:
+    # The CAs start well before the leaf, so only the leaf's own validity can be at fault.
+    long_ago = datetime.now(timezone.utc) - timedelta(days=100)
+    root = dpskit.CertificateAuthority.create_root("Old Root", not_before=long_ago)
+    inter = root.create_intermediate("Old Intermediate", not_before=long_ago)
     not_before = datetime.now(timezone.utc) - timedelta(days=10)
-    leaf = ec_intermediate.issue_device("expired-device", days=1, not_before=not_before).certificate
+    leaf = inter.issue_device("expired-device", days=1, not_before=not_before).certificate
     assert leaf.not_after == leaf.not_before + timedelta(days=1)
-    anchors = [ec_root.certificate]
-    with pytest.raises(dpskit.CertificateError, match=r"(?i)expired"):
-        dpskit.verify_chain(leaf, [ec_intermediate.certificate], anchors)
+    chain, anchors = [inter.certificate], [root.certificate]
+    with pytest.raises(dpskit.CertificateError, match=r"(?i)expired") as info:
+        dpskit.verify_chain(leaf, chain, anchors)
+    assert "expired-device" in str(info.value)  # names the certificate at fault
     during = not_before + timedelta(hours=12)
-    assert dpskit.verify_chain(leaf, [ec_intermediate.certificate], anchors, at=during)[0] == leaf
-    with pytest.raises(dpskit.CertificateError, match=r"(?i)not yet valid"):
-        dpskit.verify_chain(
-            leaf, [ec_intermediate.certificate], anchors, at=not_before - timedelta(days=1)
-        )
+    assert dpskit.verify_chain(leaf, chain, anchors, at=during) == [leaf, *chain, *anchors]
+    with pytest.raises(dpskit.CertificateError, match=r"(?i)not yet valid") as info:
+        dpskit.verify_chain(leaf, chain, anchors, at=not_before - timedelta(days=1))
+    assert "expired-device" in str(info.value)
 
 
 def test_verify_chain_rejects_leaf_as_issuer(

@@ -275,6 +275,39 @@ def test_devices_count_with_csv_manifest(
     assert not list(out_dir.glob("*.pfx"))
 
 
+def test_devices_numbering_and_empty_password_pfx(
+    pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, _ = run(
+        capsys,
+        "certs",
+        "devices",
+        "--count",
+        "2",
+        "--prefix",
+        "bot-",
+        "--start",
+        "7",
+        "--width",
+        "2",
+        "--pkcs12",
+        "--manifest",
+        "none",
+        "--dir",
+        pki,
+        "--out",
+        tmp_path,
+    )
+    assert status == 0
+    assert "manifest" not in out
+    assert sorted(p.name for p in tmp_path.glob("*.pfx")) == ["bot-07.pfx", "bot-08.pfx"]
+    assert not list(tmp_path.glob("manifest.*"))
+    key, cert, _ = pkcs12.load_key_and_certificates((tmp_path / "bot-07.pfx").read_bytes(), b"")
+    assert key is not None
+    assert cert is not None
+    assert mode(tmp_path / "bot-07.pfx") == 0o600
+
+
 def test_devices_from_ids_file_with_json_manifest_and_pfx(
     pki: Path,
     tmp_path: Path,
@@ -695,10 +728,19 @@ def test_verify_without_anchor(
 # --- demo ----------------------------------------------------------------------------------
 
 
-def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "demo"
-    status, out, err = run(capsys, "demo", "--dir", folder)
+@pytest.mark.parametrize("options", [[], ["--dir", "elsewhere", "--algorithm", "rsa-2048"]])
+def test_demo(
+    tmp_path: Path,
+    options: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / (options[1] if options else "dpskit-demo")
+    status, out, err = run(capsys, "demo", *options)
     assert status == 0, err
+    assert "root.{cert,key,chain,fullchain}.pem" in out
+    assert "demo-device-001.{cert,key,chain,fullchain}.pem + .pfx" in out
     assert "emulator" in out
     assert "later" in out
     assert "DPS" in out
@@ -709,6 +751,7 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name in ("root", "intermediate"):
         pop = dpskit.Certificate.load(certs / "verification" / f"verification-{name}.cert.pem")
         assert pop.issuer == dpskit.Certificate.load(certs / f"{name}.cert.pem").subject
+    assert root.key_algorithm == (options[-1] if options else "ec-p256")
     for n in range(1, 4):
         stem = certs / "devices" / f"demo-device-{n:03d}"
         assert mode(Path(f"{stem}.key.pem")) == 0o600

@@ -8,7 +8,7 @@ import dpskit
 from dpskit import _native, errors
 
 # kind -> (class, status carried by service errors or None)
-EXPECTED: dict[str, tuple[type[dpskit.DpsKitError], int | None]] = {
+EXPECTED: dict[str, tuple[type[Exception], int | None]] = {
     "config": (errors.ConfigError, None),
     "certificate": (errors.CertificateError, None),
     "transport": (errors.TransportError, None),
@@ -21,7 +21,10 @@ EXPECTED: dict[str, tuple[type[dpskit.DpsKitError], int | None]] = {
     "throttled": (errors.ThrottledError, 429),
     "registration_failed": (errors.RegistrationFailedError, None),
     "emulator": (errors.EmulatorError, None),
+    # Missing files stay the built-in FileNotFoundError (an OSError), as Python users expect.
+    "io": (FileNotFoundError, None),
 }
+OS_KINDS = {"io"}
 
 
 def test_every_core_kind_has_an_expectation() -> None:
@@ -31,7 +34,7 @@ def test_every_core_kind_has_an_expectation() -> None:
     assert set(kinds) == set(EXPECTED)
 
 
-@pytest.mark.parametrize("kind", sorted(EXPECTED))
+@pytest.mark.parametrize("kind", sorted(set(EXPECTED) - OS_KINDS))
 def test_kind_raises_its_class(kind: str) -> None:
     cls, status = EXPECTED[kind]
     with pytest.raises(dpskit.DpsKitError) as info:
@@ -45,9 +48,20 @@ def test_kind_raises_its_class(kind: str) -> None:
         assert error.status == status
 
 
+def test_io_kind_raises_file_not_found() -> None:
+    # The core's sample io error is "no such file" on a fixed path; it must keep errno/filename.
+    with pytest.raises(FileNotFoundError) as info:
+        _native._raise_core_error("io", "msg")
+    assert type(info.value) is FileNotFoundError
+    assert not isinstance(info.value, dpskit.DpsKitError)
+    assert info.value.errno == 2
+    assert info.value.filename is not None
+
+
 def test_classes_are_exported_from_the_package() -> None:
-    for cls, _ in EXPECTED.values():
-        assert getattr(dpskit, cls.__name__) is cls
+    for kind, (cls, _) in EXPECTED.items():
+        if kind not in OS_KINDS:
+            assert getattr(dpskit, cls.__name__) is cls
     assert dpskit.DpsKitError is errors.DpsKitError
 
 

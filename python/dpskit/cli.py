@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import sys
 import time
@@ -88,8 +89,10 @@ def _print_files(files: dict[str, Path], *, indent: int = 2) -> None:
         "full_chain": "full chain",
         "pkcs12": "pkcs12 (pfx)",
     }
+    # A fixed order reads better than whatever order the mapping comes in.
+    ordered = [kind for kind in labels if kind in files] + [k for k in files if k not in labels]
     _print_fields(
-        [(labels.get(kind, kind), _display(path)) for kind, path in files.items()], indent=indent
+        [(labels.get(kind, kind), _display(files[kind])) for kind in ordered], indent=indent
     )
 
 
@@ -385,6 +388,7 @@ def cmd_verification(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else folder / "verification"
     issuer = _load_issuer(folder, args.issuer, args.issuer_key_password_env)
     cert = issuer.create_verification_certificate(args.code, days=args.days)
+    out.mkdir(parents=True, exist_ok=True)
     path = cert.save(out / f"verification-{args.issuer}.cert.pem")
     print(f"Verification certificate for '{issuer.common_name}'")
     _print_fields(
@@ -572,11 +576,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("  DPS issues a verification code for each uploaded CA; this one is made up.")
     code = secrets.token_hex(24).upper()
     pop: list[tuple[str, object]] = [("code", code)]
+    verification_dir.mkdir(parents=True, exist_ok=True)
     for name, ca in (("root", root), ("intermediate", intermediate)):
         cert = ca.create_verification_certificate(code)
         path = cert.save(verification_dir / f"verification-{name}.cert.pem")
-        pop.append((name, f"CN={cert.common_name}, signed by {ca.common_name} -> {_display(path)}"))
+        pop.append((name, _display(path)))
     _print_fields(pop)
+    print(
+        "  Each has CN = the code and is signed by that CA's key; DPS then marks the CA verified."
+    )
 
     step(4, "3 device certificates (CN = registration id, full chain, PFX)")
     ids = [f"demo-device-{number:03d}" for number in range(1, 4)]
@@ -598,19 +606,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
             [root.certificate],
         )
         names = " -> ".join(cert.common_name or cert.subject for cert in chain)
-        _print_fields([(device.registration_id, f"OK  {names}")])
+        _print_fields([(device.registration_id, f"OK ({names})")])
 
-    step(6, "Files written")
-    files = sorted(p for p in base.rglob("*") if p.is_file())
-    for path in files:
-        secret = "  (private, 0600)" if path.name.endswith((".key.pem", ".pfx")) else ""
-        print(f"  {_display(path)}{secret}")
+    step(6, "Files written (private keys and .pfx files readable by the owner only)")
+    for line in _summarize_files(base):
+        print(f"  {line}")
 
     print(
         "\nCloud steps (DPS enrollment group, device registration, IoT Hub telemetry) are not\n"
         "run yet: they arrive with the embedded DPS + IoT Hub emulator in a later dpskit version."
     )
     return 0
+
+
+_SUFFIX_ORDER = ("cert", "key", "chain", "fullchain")
+
+
+def _summarize_files(base: Path) -> list[str]:
+    """Files under ``base``, one line per name stem: ``root.{cert,key,chain,fullchain}.pem``."""
+    folders: dict[Path, dict[str, list[str]]] = {}
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        stem, _, rest = path.name.partition(".")
+        folders.setdefault(path.parent, {}).setdefault(stem, []).append(rest)
+    lines: list[str] = []
+    for folder in sorted(folders):
+        lines.append(_display(folder) + "/")
+        stems = folders[folder]
+        # CAs in the order they are made, everything else alphabetically.
+        for stem in sorted(stems, key=lambda s: (s != "root", s != "intermediate", s)):
+            pem = sorted(
+                (r.removesuffix(".pem") for r in stems[stem] if r.endswith(".pem")),
+                key=lambda part: (_SUFFIX_ORDER.index(part) if part in _SUFFIX_ORDER else 9, part),
+            )
+            others = sorted(r for r in stems[stem] if not r.endswith(".pem"))
+            names = []
+            if len(pem) == 1:
+                names.append(f"{stem}.{pem[0]}.pem")
+            elif pem:
+                names.append(f"{stem}.{{{','.join(pem)}}}.pem")
+            for other in others:
+                if not other:
+                    names.append(stem)  # a file name without any dot
+                else:
+                    names.append(f".{other}" if names else f"{stem}.{other}")
+            lines.append("  " + " + ".join(names))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------
@@ -918,7 +958,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _describe_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
-        return f"{exc.strerror}: {exc.filename}"
+        # The Rust core's messages end in "(os error N)", which tells a user nothing more.
+        reason = re.sub(r" \(os error \d+\)$", "", exc.strerror)
+        return f"{reason}: {exc.filename}"
     return str(exc) or type(exc).__name__
 
 

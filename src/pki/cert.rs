@@ -87,7 +87,7 @@ impl Certificate {
     /// Parses one DER certificate; trailing bytes are an error.
     pub fn from_der(der: &[u8]) -> Result<Self> {
         match X509Certificate::from_der(der) {
-            Ok((rest, _)) if rest.is_empty() => Ok(Certificate {
+            Ok(([], _)) => Ok(Certificate {
                 inner: Arc::new(Inner {
                     der: der.to_vec(),
                     info: OnceLock::new(),
@@ -170,7 +170,10 @@ impl Certificate {
         let me = self.parsed();
         let child = child.parsed();
         me.subject().as_raw() == child.issuer().as_raw()
-            || me.subject().to_string().eq_ignore_ascii_case(&child.issuer().to_string())
+            || me
+                .subject()
+                .to_string()
+                .eq_ignore_ascii_case(&child.issuer().to_string())
     }
 
     /// Whether `issuer`'s public key verifies this certificate's signature.
@@ -245,8 +248,8 @@ fn summarise(cert: &Certificate) -> CertificateInfo {
         Some(first) => &serial[first..],
         None => &serial[serial.len().saturating_sub(1)..],
     };
-    let is_self_signed = x.subject().as_raw() == x.issuer().as_raw()
-        && x.verify_signature(None).is_ok();
+    let is_self_signed =
+        x.subject().as_raw() == x.issuer().as_raw() && x.verify_signature(None).is_ok();
     CertificateInfo {
         subject: x.subject().to_string(),
         issuer: x.issuer().to_string(),
@@ -256,13 +259,17 @@ fn summarise(cert: &Certificate) -> CertificateInfo {
         thumbprint_sha1: hex_upper(
             ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, cert.der()).as_ref(),
         ),
-        thumbprint_sha256: hex_upper(ring::digest::digest(&ring::digest::SHA256, cert.der()).as_ref()),
+        thumbprint_sha256: hex_upper(
+            ring::digest::digest(&ring::digest::SHA256, cert.der()).as_ref(),
+        ),
         not_before: x.validity().not_before.timestamp(),
         not_after: x.validity().not_after.timestamp(),
         is_ca,
         path_length,
         key_algorithm: key_algorithm_name(x.public_key()),
-        signature_algorithm: signature_algorithm_name(&x.signature_algorithm.algorithm.to_id_string()),
+        signature_algorithm: signature_algorithm_name(
+            &x.signature_algorithm.algorithm.to_id_string(),
+        ),
         key_usage,
         extended_key_usage,
         subject_key_identifier,

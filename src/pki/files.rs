@@ -37,7 +37,12 @@ pub struct SaveOptions<'a> {
 }
 
 /// Writes `credential` into `folder` as `{name}.*`, creating the folder if needed.
-pub fn save_credential(credential: &Credential, folder: &Path, name: &str, options: &SaveOptions<'_>) -> Result<SavedFiles> {
+pub fn save_credential(
+    credential: &Credential,
+    folder: &Path,
+    name: &str,
+    options: &SaveOptions<'_>,
+) -> Result<SavedFiles> {
     check_file_stem(name)?;
     fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
     let path = |suffix: &str| folder.join(format!("{name}{suffix}"));
@@ -57,7 +62,12 @@ pub fn save_credential(credential: &Credential, folder: &Path, name: &str, optio
     write_public(&files.chain, credential.chain_pem().as_bytes())?;
     write_public(&files.full_chain, credential.full_chain_pem().as_bytes())?;
     if let (Some(pfx_path), Some(password)) = (&files.pkcs12, options.pkcs12_password) {
-        let cn = credential.certificate().info().common_name.clone().unwrap_or_else(|| name.to_string());
+        let cn = credential
+            .certificate()
+            .info()
+            .common_name
+            .clone()
+            .unwrap_or_else(|| name.to_string());
         let pfx = crate::pki::pkcs12::to_pkcs12(credential, password, options.legacy_pkcs12, &cn)?;
         write_secret(pfx_path, &pfx)?;
     }
@@ -85,7 +95,11 @@ pub fn slug(common_name: &str) -> String {
         }
     }
     let trimmed = out.trim_matches(|c| c == '-' || c == '.');
-    if trimmed.is_empty() { "ca".to_string() } else { trimmed.to_string() }
+    if trimmed.is_empty() {
+        "ca".to_string()
+    } else {
+        trimmed.to_string()
+    }
 }
 
 /// Writes a file readable by everyone (certificates are public).
@@ -128,7 +142,9 @@ impl ManifestFormat {
         match name.to_ascii_lowercase().as_str() {
             "csv" => Ok(ManifestFormat::Csv),
             "json" => Ok(ManifestFormat::Json),
-            other => Err(Error::Config(format!("unknown manifest format {other:?}: use \"csv\" or \"json\""))),
+            other => Err(Error::Config(format!(
+                "unknown manifest format {other:?}: use \"csv\" or \"json\""
+            ))),
         }
     }
 }
@@ -183,7 +199,8 @@ pub fn save_devices(
     let (path, body) = match format {
         ManifestFormat::Json => (
             folder.join("manifest.json"),
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::cert(format!("manifest encoding failed: {e}")))?,
+            serde_json::to_string_pretty(&rows)
+                .map_err(|e| Error::cert(format!("manifest encoding failed: {e}")))?,
         ),
         ManifestFormat::Csv => {
             let mut out = String::from(

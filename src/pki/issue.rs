@@ -6,8 +6,8 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -44,7 +44,8 @@ impl Validity {
         let not_before = not_before.unwrap_or_else(|| now() - BACKDATE_SECONDS);
         let not_after = not_before + days * 86_400;
         for t in [not_before, not_after] {
-            let ok = OffsetDateTime::from_unix_timestamp(t).is_ok_and(|t| (1950..=9999).contains(&t.year()));
+            let ok = OffsetDateTime::from_unix_timestamp(t)
+                .is_ok_and(|t| (1950..=9999).contains(&t.year()));
             if !ok {
                 return Err(Error::cert(format!(
                     "validity {} to {} is outside the years X.509 can express (1950-9999)",
@@ -100,7 +101,11 @@ impl std::fmt::Debug for Credential {
 
 impl Credential {
     /// Pairs a certificate with its key and issuers, checking that the key matches.
-    pub fn new(certificate: Certificate, key: PrivateKey, issuers: Vec<Certificate>) -> Result<Self> {
+    pub fn new(
+        certificate: Certificate,
+        key: PrivateKey,
+        issuers: Vec<Certificate>,
+    ) -> Result<Self> {
         if !key_matches(&certificate, &key) {
             return Err(Error::cert(format!(
                 "the private key does not belong to the certificate {}",
@@ -277,7 +282,9 @@ impl CertificateAuthority {
     /// The CA's CN (or its whole subject when it has no CN).
     pub fn common_name(&self) -> String {
         let info = self.credential.certificate().info();
-        info.common_name.clone().unwrap_or_else(|| info.subject.clone())
+        info.common_name
+            .clone()
+            .unwrap_or_else(|| info.subject.clone())
     }
 
     /// The certificates above this CA's own issuer chain, for the certificates it issues.
@@ -332,7 +339,13 @@ impl CertificateAuthority {
     ) -> Result<DeviceCredential> {
         validate_registration_id(registration_id, true)?;
         let issuer = self.rcgen_issuer()?;
-        self.issue_device_with(&issuer, &self.chain_for_children(), registration_id, algorithm, validity)
+        self.issue_device_with(
+            &issuer,
+            &self.chain_for_children(),
+            registration_id,
+            algorithm,
+            validity,
+        )
     }
 
     fn issue_device_with(
@@ -388,8 +401,8 @@ impl CertificateAuthority {
                         let issuer = self.rcgen_issuer()?;
                         ids.iter()
                             .map(|id| {
-                                let device =
-                                    self.issue_device_with(&issuer, chain, id, algorithm, validity)?;
+                                let device = self
+                                    .issue_device_with(&issuer, chain, id, algorithm, validity)?;
                                 device.credential.warm_pem_cache();
                                 Ok(device)
                             })
@@ -400,8 +413,9 @@ impl CertificateAuthority {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::cert("a certificate worker thread panicked")))
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::cert("a certificate worker thread panicked"))
+                    })
                 })
                 .collect()
         });
@@ -414,7 +428,11 @@ impl CertificateAuthority {
 
     /// Makes the proof-of-possession certificate for DPS: CN = the verification code DPS
     /// issued, signed by this CA's key (root or intermediate alike).
-    pub fn create_verification_certificate(&self, code: &str, validity: Validity) -> Result<Certificate> {
+    pub fn create_verification_certificate(
+        &self,
+        code: &str,
+        validity: Validity,
+    ) -> Result<Certificate> {
         let code = code.trim();
         if code.is_empty() {
             return Err(Error::cert("the verification code is empty"));
@@ -434,7 +452,9 @@ impl CertificateAuthority {
         let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
         let cert = leaf_params(code, validity)?
             .signed_by(key.key_pair(), &self.rcgen_issuer()?)
-            .map_err(|e| Error::cert(format!("signing the verification certificate failed: {e}")))?;
+            .map_err(|e| {
+                Error::cert(format!("signing the verification certificate failed: {e}"))
+            })?;
         Certificate::from_der(cert.der())
     }
 
@@ -450,7 +470,8 @@ impl CertificateAuthority {
         use x509_parser::prelude::FromDer;
 
         let der = if crate::pki::keys::looks_like_pem(csr) {
-            let blocks = pem::parse_many(csr).map_err(|e| Error::cert(format!("malformed PEM CSR: {e}")))?;
+            let blocks =
+                pem::parse_many(csr).map_err(|e| Error::cert(format!("malformed PEM CSR: {e}")))?;
             blocks
                 .into_iter()
                 .find(|b| b.tag().contains("CERTIFICATE REQUEST"))
@@ -553,5 +574,8 @@ fn leaf_params(common_name: &str, validity: Validity) -> Result<CertificateParam
 
 /// PEM of a certificate list, in order.
 pub fn pem_of_all(certs: &[Certificate]) -> String {
-    certs.iter().map(|c| pem_encode("CERTIFICATE", c.der())).collect()
+    certs
+        .iter()
+        .map(|c| pem_encode("CERTIFICATE", c.der()))
+        .collect()
 }

@@ -400,7 +400,9 @@ fn legacy_pem_decrypt(dek_info: &str, password: &[u8], ciphertext: &[u8]) -> Res
         }
     };
     if iv.len() < 8 {
-        return Err(Error::cert(format!("IV too short in DEK-Info header {dek_info:?}")));
+        return Err(Error::cert(format!(
+            "IV too short in DEK-Info header {dek_info:?}"
+        )));
     }
     let key = evp_bytes_to_key(password, &iv[..8], key_len);
     let wrong = |_| Error::cert("cannot decrypt the private key: wrong password");
@@ -426,7 +428,9 @@ fn legacy_pem_decrypt(dek_info: &str, password: &[u8], ciphertext: &[u8]) -> Res
     // A wrong password decrypts to valid padding about once in 256 tries; the caller's parse
     // then fails, which we report the same way.
     if plain.first() != Some(&0x30) {
-        return Err(Error::cert("cannot decrypt the private key: wrong password"));
+        return Err(Error::cert(
+            "cannot decrypt the private key: wrong password",
+        ));
     }
     Ok(plain)
 }
@@ -448,7 +452,7 @@ fn evp_bytes_to_key(password: &[u8], salt: &[u8], key_len: usize) -> Vec<u8> {
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -9,6 +9,9 @@ pub mod keys;
 pub mod pkcs12;
 pub mod registration_id;
 
+#[cfg(test)]
+mod tests;
+
 pub use cert::{Certificate, CertificateInfo};
 pub use chain::verify_chain;
 pub use issue::{CaOptions, CertificateAuthority, Credential, DeviceCredential, Validity};

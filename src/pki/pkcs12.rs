@@ -16,10 +16,18 @@ const LEGACY_ROUNDS: u32 = 2_048;
 /// Modern: PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC) with an HMAC-SHA256 MAC, read by OpenSSL 3,
 /// .NET Core 3+ and Windows 10 1709+. Legacy: pbeWithSHA1And3-KeyTripleDES-CBC with an
 /// HMAC-SHA1 MAC, for .NET Framework and older Windows.
-pub fn to_pkcs12(credential: &Credential, password: &str, legacy: bool, friendly_name: &str) -> Result<Vec<u8>> {
-    use p12_keystore::{EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKeyChain};
+pub fn to_pkcs12(
+    credential: &Credential,
+    password: &str,
+    legacy: bool,
+    friendly_name: &str,
+) -> Result<Vec<u8>> {
+    use p12_keystore::{
+        EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKeyChain,
+    };
 
-    let failed = |e: p12_keystore::error::Error| Error::cert(format!("PKCS#12 encoding failed: {e}"));
+    let failed =
+        |e: p12_keystore::error::Error| Error::cert(format!("PKCS#12 encoding failed: {e}"));
     let mut certs = Vec::with_capacity(1 + credential.issuers().len());
     for cert in std::iter::once(credential.certificate()).chain(credential.issuers()) {
         certs.push(p12_keystore::Certificate::from_der(cert.der()).map_err(failed)?);
@@ -87,7 +95,10 @@ pub fn from_pkcs12(data: &[u8], password: &str) -> Result<Credential> {
 pub(crate) fn order_chain(leaf: &Certificate, mut pool: Vec<Certificate>) -> Vec<Certificate> {
     let mut ordered = Vec::with_capacity(pool.len());
     let mut current = leaf.clone();
-    while let Some(i) = pool.iter().position(|c| c.is_issuer_name_of(&current) && current.is_signed_by(c)) {
+    while let Some(i) = pool
+        .iter()
+        .position(|c| c.is_issuer_name_of(&current) && current.is_signed_by(c))
+    {
         let issuer = pool.remove(i);
         current = issuer.clone();
         let self_signed = issuer.info().is_self_signed;

@@ -28,7 +28,12 @@ fn build(py: Python<'_>, error: Error) -> PyResult<PyErr> {
             // OSError(errno, strerror, filename) picks the right subclass (FileNotFoundError,
             // PermissionError, ...), as open() would.
             return Ok(match source.raw_os_error() {
-                Some(errno) => PyOSError::new_err((errno, source.to_string(), path)),
+                Some(errno) => {
+                    // Python's strerror has no " (os error N)" suffix; errno already says it.
+                    let text = source.to_string();
+                    let strerror = text.split(" (os error").next().unwrap_or(&text).to_string();
+                    PyOSError::new_err((errno, strerror, path.display().to_string()))
+                }
                 None => PyOSError::new_err(message),
             });
         }
@@ -98,10 +103,7 @@ pub(crate) fn example_error(kind: &str, message: &str) -> Option<Error> {
             message: message.into(),
         },
         "emulator" => Error::Emulator(message.into()),
-        "io" => Error::io(
-            "/nonexistent/dpskit",
-            std::io::Error::from_raw_os_error(2),
-        ),
+        "io" => Error::io("/nonexistent/dpskit", std::io::Error::from_raw_os_error(2)),
         _ => return None,
     })
 }

@@ -1,7 +1,9 @@
 //! Bindings for the X.509 toolkit: `Certificate`, `DeviceCertificate`, `CertificateAuthority`,
 //! `verify_chain`, `validate_registration_id`.
 
-use std::collections::HashMap;
+// Python keyword arguments map one to one onto Rust parameters.
+#![allow(clippy::too_many_arguments)]
+
 use std::path::PathBuf;
 
 use pyo3::exceptions::PyTypeError;
@@ -9,7 +11,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::error::Error;
-use crate::pki::files::{ManifestFormat, SaveOptions, SavedFiles, save_credential, save_devices, slug};
+use crate::pki::files::{
+    ManifestFormat, SaveOptions, SavedFiles, save_credential, save_devices, slug,
+};
 use crate::pki::issue::now;
 use crate::pki::{
     CaOptions, Certificate, CertificateAuthority, Credential, DeviceCredential, KeyAlgorithm,
@@ -81,27 +85,32 @@ fn path_length(value: Option<i64>) -> PyResult<Option<u8>> {
     value
         .map(|n| {
             u8::try_from(n).map_err(|_| {
-                Error::cert(format!("path_length {n} is out of range: use 0 to 255, or None")).into()
+                Error::cert(format!(
+                    "path_length {n} is out of range: use 0 to 255, or None"
+                ))
+                .into()
             })
         })
         .transpose()
 }
 
-fn saved_paths(files: SavedFiles) -> HashMap<&'static str, PathBuf> {
-    let mut out = HashMap::from([
-        ("certificate", files.certificate),
-        ("private_key", files.private_key),
-        ("chain", files.chain),
-        ("full_chain", files.full_chain),
-    ]);
+/// The saved paths as a dict in a fixed, readable order.
+fn saved_paths(py: Python<'_>, files: SavedFiles) -> PyResult<Bound<'_, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("certificate", files.certificate)?;
+    dict.set_item("private_key", files.private_key)?;
+    dict.set_item("chain", files.chain)?;
+    dict.set_item("full_chain", files.full_chain)?;
     if let Some(pfx) = files.pkcs12 {
-        out.insert("pkcs12", pfx);
+        dict.set_item("pkcs12", pfx)?;
     }
-    out
+    Ok(dict)
 }
 
 fn certificates(list: Vec<Certificate>) -> Vec<PyCertificate> {
-    list.into_iter().map(|inner| PyCertificate { inner }).collect()
+    list.into_iter()
+        .map(|inner| PyCertificate { inner })
+        .collect()
 }
 
 /// A parsed X.509 certificate (public material only).
@@ -148,7 +157,9 @@ impl PyCertificate {
     /// Loads every certificate of a PEM file (or the one in a DER file).
     #[staticmethod]
     fn load_all(path: PathBuf) -> PyResult<Vec<Self>> {
-        Ok(certificates(Certificate::all_from_bytes(&read_file(&path)?)?))
+        Ok(certificates(Certificate::all_from_bytes(&read_file(
+            &path,
+        )?)?))
     }
 
     /// PEM text.
@@ -282,7 +293,12 @@ impl PyCertificate {
     /// Writes the certificate as PEM to `path` and returns the path.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<PathBuf> {
         let pem = self.inner.pem();
-        py.detach(|| crate::pki::files::write_public(&path, pem.as_bytes()))?;
+        py.detach(|| -> crate::Result<()> {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+            crate::pki::files::write_public(&path, pem.as_bytes())
+        })?;
         Ok(path)
     }
 
@@ -312,7 +328,12 @@ impl PyCertificate {
 }
 
 /// Wraps the credential-wide accessors shared by devices and CAs.
-fn pkcs12(py: Python<'_>, credential: &Credential, password: &str, legacy: bool) -> PyResult<Py<PyBytes>> {
+fn pkcs12(
+    py: Python<'_>,
+    credential: &Credential,
+    password: &str,
+    legacy: bool,
+) -> PyResult<Py<PyBytes>> {
     let name = credential
         .certificate()
         .info()
@@ -323,7 +344,11 @@ fn pkcs12(py: Python<'_>, credential: &Credential, password: &str, legacy: bool)
     Ok(PyBytes::new(py, &der).unbind())
 }
 
-fn encrypted_key(py: Python<'_>, credential: &Credential, password: &Bound<'_, PyAny>) -> PyResult<String> {
+fn encrypted_key(
+    py: Python<'_>,
+    credential: &Credential,
+    password: &Bound<'_, PyAny>,
+) -> PyResult<String> {
     let password = text_or_bytes(password, "password")?;
     Ok(py.detach(|| credential.key().encrypted_pkcs8_pem(&password))?)
 }
@@ -378,9 +403,8 @@ impl PyDeviceCertificate {
     #[pyo3(signature = (data, password = ""))]
     fn from_pkcs12(py: Python<'_>, data: &Bound<'_, PyBytes>, password: &str) -> PyResult<Self> {
         let data = data.as_bytes().to_vec();
-        let inner = py.detach(|| {
-            DeviceCredential::new(crate::pki::pkcs12::from_pkcs12(&data, password)?)
-        })?;
+        let inner =
+            py.detach(|| DeviceCredential::new(crate::pki::pkcs12::from_pkcs12(&data, password)?))?;
         Ok(PyDeviceCertificate { inner })
     }
 
@@ -447,7 +471,11 @@ impl PyDeviceCertificate {
     }
 
     /// Private key as encrypted PKCS#8 PEM (PBES2, AES-256-CBC).
-    fn encrypted_private_key_pem(&self, py: Python<'_>, password: &Bound<'_, PyAny>) -> PyResult<String> {
+    fn encrypted_private_key_pem(
+        &self,
+        py: Python<'_>,
+        password: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
         encrypted_key(py, self.inner.credential(), password)
     }
 
@@ -460,22 +488,23 @@ impl PyDeviceCertificate {
     /// Writes `{name}.cert.pem`, `.key.pem` (0600), `.chain.pem`, `.fullchain.pem` and `.pfx`
     /// (0600) into `folder`; `name` defaults to the registration id.
     #[pyo3(signature = (folder, *, name = None, pkcs12_password = "", legacy_pkcs12 = false))]
-    fn save(
+    fn save<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         folder: PathBuf,
         name: Option<String>,
         pkcs12_password: &str,
         legacy_pkcs12: bool,
-    ) -> PyResult<HashMap<&'static str, PathBuf>> {
+    ) -> PyResult<Bound<'py, PyDict>> {
         let name = name.unwrap_or_else(|| self.inner.registration_id().to_string());
         let options = SaveOptions {
             key_password: None,
             pkcs12_password: Some(pkcs12_password),
             legacy_pkcs12,
         };
-        let files = py.detach(|| save_credential(self.inner.credential(), &folder, &name, &options))?;
-        Ok(saved_paths(files))
+        let files =
+            py.detach(|| save_credential(self.inner.credential(), &folder, &name, &options))?;
+        saved_paths(py, files)
     }
 
     fn __repr__(&self) -> String {
@@ -542,7 +571,8 @@ impl PyCertificateAuthority {
         let cert = text_or_bytes(certificate_pem, "certificate_pem")?;
         let key = text_or_bytes(private_key_pem, "private_key_pem")?;
         let password = password_bytes(password)?;
-        let inner = py.detach(|| CertificateAuthority::from_pem(&cert, &key, password.as_deref()))?;
+        let inner =
+            py.detach(|| CertificateAuthority::from_pem(&cert, &key, password.as_deref()))?;
         Ok(PyCertificateAuthority { inner })
     }
 
@@ -594,14 +624,16 @@ impl PyCertificateAuthority {
     ) -> PyResult<PyDeviceCertificate> {
         let algorithm = KeyAlgorithm::parse(algorithm)?;
         let validity = validity(days, not_before)?;
-        let inner = py.detach(|| self.inner.issue_device(registration_id, algorithm, validity))?;
+        let inner = py.detach(|| {
+            self.inner
+                .issue_device(registration_id, algorithm, validity)
+        })?;
         Ok(PyDeviceCertificate { inner })
     }
 
     /// Issues many device certificates in parallel (GIL released), in input order; optionally
     /// saves them into `output_dir` with a manifest.
     #[pyo3(signature = (registration_ids, *, algorithm = "ec-p256", days = 365, not_before = None, output_dir = None, manifest = None, pkcs12_password = None))]
-    #[allow(clippy::too_many_arguments)]
     fn issue_devices(
         &self,
         py: Python<'_>,
@@ -655,7 +687,10 @@ impl PyCertificateAuthority {
         days: i64,
     ) -> PyResult<PyCertificate> {
         let validity = validity(days, None)?;
-        let inner = py.detach(|| self.inner.create_verification_certificate(verification_code, validity))?;
+        let inner = py.detach(|| {
+            self.inner
+                .create_verification_certificate(verification_code, validity)
+        })?;
         Ok(PyCertificate { inner })
     }
 
@@ -671,7 +706,10 @@ impl PyCertificateAuthority {
     ) -> PyResult<PyCertificate> {
         let csr = text_or_bytes(csr_pem, "csr_pem")?;
         let validity = validity(days, not_before)?;
-        let inner = py.detach(|| self.inner.sign_csr(&csr, registration_id.as_deref(), validity))?;
+        let inner = py.detach(|| {
+            self.inner
+                .sign_csr(&csr, registration_id.as_deref(), validity)
+        })?;
         Ok(PyCertificate { inner })
     }
 
@@ -738,7 +776,11 @@ impl PyCertificateAuthority {
     }
 
     /// Private key as encrypted PKCS#8 PEM (PBES2, AES-256-CBC).
-    fn encrypted_private_key_pem(&self, py: Python<'_>, password: &Bound<'_, PyAny>) -> PyResult<String> {
+    fn encrypted_private_key_pem(
+        &self,
+        py: Python<'_>,
+        password: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
         encrypted_key(py, self.inner.credential(), password)
     }
 
@@ -751,13 +793,13 @@ impl PyCertificateAuthority {
     /// Writes `{name}.cert.pem`, `.key.pem` (0600, encrypted when `key_password` is given),
     /// `.chain.pem` and `.fullchain.pem`; `name` defaults to a slug of the CN.
     #[pyo3(signature = (folder, *, name = None, key_password = None))]
-    fn save(
+    fn save<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         folder: PathBuf,
         name: Option<String>,
         key_password: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<HashMap<&'static str, PathBuf>> {
+    ) -> PyResult<Bound<'py, PyDict>> {
         let name = name.unwrap_or_else(|| slug(&self.inner.common_name()));
         let key_password = password_bytes(key_password)?;
         let options = SaveOptions {
@@ -765,8 +807,9 @@ impl PyCertificateAuthority {
             pkcs12_password: None,
             legacy_pkcs12: false,
         };
-        let files = py.detach(|| save_credential(self.inner.credential(), &folder, &name, &options))?;
-        Ok(saved_paths(files))
+        let files =
+            py.detach(|| save_credential(self.inner.credential(), &folder, &name, &options))?;
+        saved_paths(py, files)
     }
 
     fn __repr__(&self) -> String {
@@ -775,7 +818,8 @@ impl PyCertificateAuthority {
             "<CertificateAuthority common_name={:?} algorithm={} path_length={} thumbprint_sha1={} private_key=<redacted>>",
             self.inner.common_name(),
             self.inner.credential().key().algorithm(),
-            info.path_length.map_or_else(|| "None".to_string(), |n| n.to_string()),
+            info.path_length
+                .map_or_else(|| "None".to_string(), |n| n.to_string()),
             info.thumbprint_sha1
         )
     }
