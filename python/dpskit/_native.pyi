@@ -6,8 +6,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, final
 
-StrPath = str | os.PathLike[str]
-Algorithm = Literal["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+_StrPath = str | os.PathLike[str]
+
+__all__ = [
+    "ALGORITHMS",
+    "Certificate",
+    "CertificateAuthority",
+    "DeviceCertificate",
+    "_core_error_kinds",
+    "_raise_core_error",
+    "validate_registration_id",
+    "verify_chain",
+]
 
 ALGORITHMS: tuple[str, ...]
 
@@ -22,9 +32,9 @@ class Certificate:
     @staticmethod
     def from_pem_chain(data: str | bytes) -> list[Certificate]: ...
     @staticmethod
-    def load(path: StrPath) -> Certificate: ...
+    def load(path: _StrPath) -> Certificate: ...
     @staticmethod
-    def load_all(path: StrPath) -> list[Certificate]: ...
+    def load_all(path: _StrPath) -> list[Certificate]: ...
     @property
     def pem(self) -> str: ...
     @property
@@ -66,8 +76,8 @@ class Certificate:
     @property
     def is_self_signed(self) -> bool: ...
     def is_valid_at(self, when: datetime | None = None) -> bool: ...
-    def save(self, path: StrPath) -> Path: ...
-    def __eq__(self, other: object) -> bool: ...
+    def save(self, path: _StrPath) -> Path: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
 @final
@@ -83,8 +93,8 @@ class DeviceCertificate:
     ) -> DeviceCertificate: ...
     @staticmethod
     def load(
-        certificate_path: StrPath,
-        private_key_path: StrPath,
+        certificate_path: _StrPath,
+        private_key_path: _StrPath,
         *,
         password: str | bytes | None = None,
     ) -> DeviceCertificate: ...
@@ -114,7 +124,7 @@ class DeviceCertificate:
     def to_pkcs12(self, password: str = "", *, legacy: bool = False) -> bytes: ...
     def save(
         self,
-        folder: StrPath,
+        folder: _StrPath,
         *,
         name: str | None = None,
         pkcs12_password: str = "",
@@ -144,8 +154,8 @@ class CertificateAuthority:
     ) -> CertificateAuthority: ...
     @staticmethod
     def load(
-        certificate_path: StrPath,
-        private_key_path: StrPath,
+        certificate_path: _StrPath,
+        private_key_path: _StrPath,
         *,
         password: str | bytes | None = None,
     ) -> CertificateAuthority: ...
@@ -174,7 +184,7 @@ class CertificateAuthority:
         algorithm: str = "ec-p256",
         days: int = 365,
         not_before: datetime | None = None,
-        output_dir: StrPath | None = None,
+        output_dir: _StrPath | None = None,
         manifest: Literal["csv", "json"] | None = None,
         pkcs12_password: str | None = None,
     ) -> list[DeviceCertificate]: ...
@@ -213,7 +223,7 @@ class CertificateAuthority:
     def to_pkcs12(self, password: str = "", *, legacy: bool = False) -> bytes: ...
     def save(
         self,
-        folder: StrPath,
+        folder: _StrPath,
         *,
         name: str | None = None,
         key_password: str | bytes | None = None,

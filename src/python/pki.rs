@@ -596,7 +596,10 @@ impl PyCertificateAuthority {
     }
 
     /// Creates an intermediate CA signed by this CA (pathlen 0 by default: it issues devices).
-    #[pyo3(signature = (common_name, *, algorithm = "ec-p256", days = 1825, path_length = Some(0), organization = None, not_before = None))]
+    #[pyo3(
+        signature = (common_name, *, algorithm = "ec-p256", days = 1825, path_length = Some(0), organization = None, not_before = None),
+        text_signature = "(self, common_name, *, algorithm='ec-p256', days=1825, path_length=0, organization=None, not_before=None)"
+    )]
     fn create_intermediate(
         &self,
         py: Python<'_>,
@@ -828,7 +831,10 @@ impl PyCertificateAuthority {
 /// Verifies `leaf` → `intermediates` → one of `anchors`; returns the path or raises
 /// `CertificateError` saying which link fails and why.
 #[pyfunction]
-#[pyo3(signature = (leaf, intermediates = Vec::new(), anchors = Vec::new(), *, at = None))]
+#[pyo3(
+    signature = (leaf, intermediates = Vec::new(), anchors = Vec::new(), *, at = None),
+    text_signature = "(leaf, intermediates=(), anchors=(), *, at=None)"
+)]
 fn verify_chain(
     py: Python<'_>,
     leaf: PyRef<'_, PyCertificate>,
