@@ -245,7 +245,7 @@ impl CertificateAuthority {
         let cert = params
             .self_signed(key.key_pair())
             .map_err(|e| Error::cert(format!("signing the root CA failed: {e}")))?;
-        let certificate = Certificate::from_der(cert.der())?;
+        let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(CertificateAuthority {
             credential: Credential::trusted(certificate, key, Arc::new(Vec::new())),
         })
@@ -324,7 +324,7 @@ impl CertificateAuthority {
         let cert = params
             .signed_by(key.key_pair(), &self.rcgen_issuer()?)
             .map_err(|e| Error::cert(format!("signing the intermediate CA failed: {e}")))?;
-        let certificate = Certificate::from_der(cert.der())?;
+        let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(CertificateAuthority {
             credential: Credential::trusted(certificate, key, self.chain_for_children()),
         })
@@ -360,7 +360,7 @@ impl CertificateAuthority {
         let cert = leaf_params(registration_id, validity)?
             .signed_by(key.key_pair(), issuer)
             .map_err(|e| Error::cert(format!("signing the device certificate failed: {e}")))?;
-        let certificate = Certificate::from_der(cert.der())?;
+        let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(DeviceCredential {
             registration_id: registration_id.to_string(),
             credential: Credential::trusted(certificate, key, Arc::clone(chain)),
@@ -455,7 +455,7 @@ impl CertificateAuthority {
             .map_err(|e| {
                 Error::cert(format!("signing the verification certificate failed: {e}"))
             })?;
-        Certificate::from_der(cert.der())
+        Ok(Certificate::from_issued_der(cert.der().to_vec()))
     }
 
     /// Signs a device's CSR (PEM or DER) with the device profile. The CN comes from the CSR
@@ -504,7 +504,7 @@ impl CertificateAuthority {
         let cert = leaf_params(&cn, validity)?
             .signed_by(&public_key, &self.rcgen_issuer()?)
             .map_err(|e| Error::cert(format!("signing the CSR failed: {e}")))?;
-        Certificate::from_der(cert.der())
+        Ok(Certificate::from_issued_der(cert.der().to_vec()))
     }
 }
 
