@@ -198,14 +198,6 @@ def _read_ids(path: Path) -> list[str]:
     return ids
 
 
-def _load_certificates(path: Path) -> list[Certificate]:
-    """Every certificate in a PEM file (one or more) or a DER file (exactly one)."""
-    data = path.read_bytes()
-    if b"-----BEGIN" in data:
-        return Certificate.from_pem_chain(data)
-    return [Certificate.from_der(data)]
-
-
 def _certificate_record(cert: Certificate) -> dict[str, Any]:
     return {
         "subject": cert.subject,
@@ -434,7 +426,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     for name in args.files:
         path = Path(name)
-        certs = _load_certificates(path)
+        certs = Certificate.load_all(path)
         for index, cert in enumerate(certs):
             record: dict[str, Any] = {"file": str(path), "index": index}
             record.update(_certificate_record(cert))
@@ -478,7 +470,7 @@ def cmd_pkcs12(args: argparse.Namespace) -> int:
     key_password = _password_from_env(args.key_password_env, option="--key-password-env")
     password = _password_from_env(args.password_env, option="--password-env") or ""
     if args.chain:
-        certs = _load_certificates(Path(args.cert)) + _load_certificates(Path(args.chain))
+        certs = Certificate.load_all(Path(args.cert)) + Certificate.load_all(Path(args.chain))
         pem = "".join(cert.pem for cert in _dedupe(certs))
         key_pem = Path(args.key).read_bytes()
         device = DeviceCertificate.from_pem(pem, key_pem, password=key_password)
@@ -500,10 +492,10 @@ def cmd_pkcs12(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """``dpskit certs verify``: check that a certificate chains to a trusted CA."""
-    leaf, *rest = _load_certificates(Path(args.leaf_file))
+    leaf, *rest = Certificate.load_all(Path(args.leaf_file))
     pool = list(rest)
     for chain in args.chain:
-        pool.extend(_load_certificates(Path(chain)))
+        pool.extend(Certificate.load_all(Path(chain)))
     # A self-signed certificate found beside the leaf is no reason to trust it: anchors only
     # come from --ca-file (or the default root).
     intermediates = [cert for cert in _dedupe(pool) if not cert.is_self_signed]
@@ -519,7 +511,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         ca_files = [default_root]
     anchors: list[Certificate] = []
     for ca_file in ca_files:
-        anchors.extend(_load_certificates(ca_file))
+        anchors.extend(Certificate.load_all(ca_file))
     try:
         verified = verify_chain(leaf, intermediates, anchors)
     except CertificateError as exc:
