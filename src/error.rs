@@ -102,12 +102,23 @@ impl ServiceFailure {
 
 impl Error {
     /// Shorthand for a certificate error with a formatted message.
-    pub(crate) fn cert(message: impl Into<String>) -> Self {
+    pub fn cert(message: impl Into<String>) -> Self {
         Error::Certificate(message.into())
     }
 
+    /// A service refusal with Azure's status, error code and message.
+    pub fn service(status: u16, error_code: u32, message: impl Into<String>) -> Self {
+        Error::Service(Box::new(ServiceFailure {
+            status,
+            error_code: Some(error_code),
+            message: message.into(),
+            tracking_id: None,
+            retry_after: None,
+        }))
+    }
+
     /// Wraps an I/O error with the path it concerns.
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

@@ -426,6 +426,35 @@ impl CertificateAuthority {
         Ok(devices)
     }
 
+    /// Issues a TLS server certificate covering `hosts` (DNS names or IP addresses), as the
+    /// emulator's listeners present it; its key is EC P-256.
+    pub fn issue_server(&self, hosts: &[String], validity: Validity) -> Result<Credential> {
+        let first = hosts
+            .first()
+            .ok_or_else(|| Error::cert("a server certificate needs at least one host name"))?;
+        let mut params = leaf_params(first, validity)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.subject_alt_names = hosts
+            .iter()
+            .map(|host| match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
+                Err(_) => rcgen::string::Ia5String::try_from(host.as_str())
+                    .map(rcgen::SanType::DnsName)
+                    .map_err(|_| Error::cert(format!("{host:?} is not a valid DNS name"))),
+            })
+            .collect::<Result<_>>()?;
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
+        let cert = params
+            .signed_by(key.key_pair(), &self.rcgen_issuer()?)
+            .map_err(|e| Error::cert(format!("signing the server certificate failed: {e}")))?;
+        let certificate = Certificate::from_issued_der(cert.der().to_vec());
+        Ok(Credential::trusted(certificate, key, self.chain_for_children()))
+    }
+
     /// Makes the proof-of-possession certificate for DPS: CN = the verification code DPS
     /// issued, signed by this CA's key (root or intermediate alike).
     pub fn create_verification_certificate(

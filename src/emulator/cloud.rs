@@ -1,0 +1,799 @@
+//! The emulator's configuration API: hubs, DPS instances, links, CA certificates with proof of
+//! possession, enrollments and the records DPS keeps. The Python `LocalCloud` and (later) the
+//! management REST layer both sit on these methods; nothing else changes the configuration.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::emulator::model::*;
+use crate::emulator::store::{Store, kind};
+use crate::emulator::tls::EmulatorTls;
+use crate::error::{Error, Result};
+use crate::pki::Certificate;
+use crate::pki::issue::now;
+
+/// In-memory view of every record, kept in step with the store.
+#[derive(Default)]
+pub(crate) struct Model {
+    pub hubs: BTreeMap<String, HubRecord>,
+    pub dps: BTreeMap<String, DpsRecord>,
+    /// (dps, group id)
+    pub groups: BTreeMap<(String, String), EnrollmentGroup>,
+    /// (dps, lower-case registration id)
+    pub enrollments: BTreeMap<(String, String), IndividualEnrollment>,
+    /// (dps, lower-case registration id)
+    pub registrations: BTreeMap<(String, String), RegistrationRecord>,
+    /// (hub host, device id)
+    pub devices: BTreeMap<(String, String), HubDevice>,
+}
+
+/// Options for a new enrollment (group or individual).
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentSpec {
+    /// Attestation.
+    pub attestation: Option<Attestation>,
+    /// Policies.
+    pub settings: EnrollmentSettings,
+    /// Device id (individual enrollments only).
+    pub device_id: Option<String>,
+}
+
+/// The configuration and records of the local cloud.
+pub struct Cloud {
+    store: Store,
+    model: RwLock<Model>,
+    tls: Arc<EmulatorTls>,
+    /// The address DPS listens on; hubs get the following loopback addresses.
+    dps_host: String,
+}
+
+/// Current time as Azure writes it in registration records: RFC 3339, 7 fractional digits.
+pub fn azure_timestamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.nanosecond() / 100
+    )
+}
+
+/// A GUID-shaped random string.
+pub fn random_guid() -> String {
+    let mut b = [0u8; 16];
+    // The system RNG failing is not something the emulator can recover from meaningfully; an
+    // all-zero GUID still keeps the protocol going.
+    let _ = crate::pki::keys::fill_random(&mut b);
+    let h = crate::pki::cert::hex_upper(&b).to_ascii_lowercase();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// An etag as DPS writes them: base64 of a quoted GUID.
+pub fn new_etag() -> String {
+    BASE64.encode(format!("\"{}\"", random_guid()))
+}
+
+fn not_found(what: &str, name: &str) -> Error {
+    Error::service(404, 404_000, format!("{what} '{name}' was not found."))
+}
+
+fn conflict(what: &str, name: &str) -> Error {
+    Error::service(409, 409_001, format!("{what} '{name}' already exists."))
+}
+
+fn check_etag(current: &str, if_match: Option<&str>) -> Result<()> {
+    match if_match {
+        Some(tag) if tag != "*" && tag.trim_matches('"') != current.trim_matches('"') => Err(
+            Error::service(
+                412,
+                412_002,
+                "The ETag in the request does not match the ETag of the resource (precondition failed).",
+            ),
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn check_resource_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid {what} name {name:?}: use 1-128 characters from A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
+impl Cloud {
+    /// Opens the configuration stored in `store`.
+    pub(crate) fn open(store: Store, tls: Arc<EmulatorTls>, dps_host: String) -> Result<Self> {
+        let mut model = Model::default();
+        for hub in store.all::<HubRecord>(kind::HUB)? {
+            tls.cover_host(&hub.host_name)?;
+            model.hubs.insert(hub.name.clone(), hub);
+        }
+        for dps in store.all::<DpsRecord>(kind::DPS)? {
+            model.dps.insert(dps.name.clone(), dps);
+        }
+        for group in store.all::<(String, EnrollmentGroup)>(kind::GROUP)? {
+            model
+                .groups
+                .insert((group.0, group.1.enrollment_group_id.clone()), group.1);
+        }
+        for (dps, e) in store.all::<(String, IndividualEnrollment)>(kind::ENROLLMENT)? {
+            model
+                .enrollments
+                .insert((dps, e.registration_id.to_ascii_lowercase()), e);
+        }
+        for (dps, r) in store.all::<(String, RegistrationRecord)>(kind::REGISTRATION)? {
+            model
+                .registrations
+                .insert((dps, r.registration_id.to_ascii_lowercase()), r);
+        }
+        for d in store.all::<HubDevice>(kind::DEVICE)? {
+            model.devices.insert((d.hub.clone(), d.device_id.clone()), d);
+        }
+        Ok(Cloud {
+            store,
+            model: RwLock::new(model),
+            tls,
+            dps_host,
+        })
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Model> {
+        self.model.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Model> {
+        self.model.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The host DPS devices dial.
+    pub fn dps_host(&self) -> &str {
+        &self.dps_host
+    }
+
+    // ---- hubs ---------------------------------------------------------------------------
+
+    /// Creates a hub. Its host name is the next free loopback address after the DPS address
+    /// (stock SDKs cannot change ports or resolve made-up names, but every 127.0.0.0/8 address
+    /// reaches this machine), unless `host_name` is given.
+    pub fn create_hub(&self, name: &str, location: &str, host_name: Option<&str>) -> Result<HubRecord> {
+        check_resource_name("hub", name)?;
+        let mut model = self.write();
+        if model.hubs.contains_key(name) {
+            return Err(conflict("IoT hub", name));
+        }
+        let host_name = match host_name {
+            Some(h) => h.to_string(),
+            None => self.next_hub_address(&model)?,
+        };
+        if model.hubs.values().any(|h| h.host_name.eq_ignore_ascii_case(&host_name)) {
+            return Err(Error::Config(format!("host name {host_name} is already used by another hub")));
+        }
+        self.tls.cover_host(&host_name)?;
+        let hub = HubRecord {
+            name: name.to_string(),
+            host_name,
+            location: location.to_string(),
+            primary_key: crate::sas::generate_key()?,
+            secondary_key: crate::sas::generate_key()?,
+            created: now(),
+        };
+        self.store.put(kind::HUB, name, &hub)?;
+        model.hubs.insert(name.to_string(), hub.clone());
+        Ok(hub)
+    }
+
+    fn next_hub_address(&self, model: &Model) -> Result<String> {
+        let base: Ipv4Addr = match self.dps_host.parse() {
+            Ok(ip) => ip,
+            Err(_) => Ipv4Addr::LOCALHOST,
+        };
+        if !base.is_loopback() {
+            return Err(Error::Config(format!(
+                "the emulator listens on {}, not a loopback address: give each hub a host_name",
+                self.dps_host
+            )));
+        }
+        let start = u32::from(base);
+        (1..=250)
+            .map(|i| Ipv4Addr::from(start + i).to_string())
+            .find(|addr| !model.hubs.values().any(|h| &h.host_name == addr))
+            .ok_or_else(|| Error::Config("no free loopback address left for another hub".into()))
+    }
+
+    /// A hub by name.
+    pub fn hub(&self, name: &str) -> Result<HubRecord> {
+        self.read()
+            .hubs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("IoT hub", name))
+    }
+
+    /// Every hub.
+    pub fn hubs(&self) -> Vec<HubRecord> {
+        self.read().hubs.values().cloned().collect()
+    }
+
+    /// The device identities of a hub (by host name).
+    pub fn hub_devices(&self, hub_host: &str) -> Vec<HubDevice> {
+        self.read()
+            .devices
+            .values()
+            .filter(|d| d.hub == hub_host)
+            .cloned()
+            .collect()
+    }
+
+    /// Creates or replaces a device identity in a hub.
+    pub fn put_hub_device(&self, device: HubDevice) -> Result<()> {
+        self.store.put(
+            kind::DEVICE,
+            &format!("{}/{}", device.hub, device.device_id),
+            &device,
+        )?;
+        self.write()
+            .devices
+            .insert((device.hub.clone(), device.device_id.clone()), device);
+        Ok(())
+    }
+
+    // ---- DPS ----------------------------------------------------------------------------
+
+    /// Creates a DPS instance with a fresh ID scope.
+    pub fn create_dps(&self, name: &str, location: &str) -> Result<DpsRecord> {
+        check_resource_name("DPS", name)?;
+        let mut model = self.write();
+        if model.dps.contains_key(name) {
+            return Err(conflict("provisioning service", name));
+        }
+        let id_scope = loop {
+            let mut b = [0u8; 4];
+            crate::pki::keys::fill_random(&mut b)?;
+            let scope = format!("0ne{}", crate::pki::cert::hex_upper(&b));
+            if !model.dps.values().any(|d| d.id_scope == scope) {
+                break scope;
+            }
+        };
+        let dps = DpsRecord {
+            name: name.to_string(),
+            id_scope,
+            location: location.to_string(),
+            primary_key: crate::sas::generate_key()?,
+            secondary_key: crate::sas::generate_key()?,
+            linked_hubs: Vec::new(),
+            certificates: Vec::new(),
+            created: now(),
+        };
+        self.store.put(kind::DPS, name, &dps)?;
+        model.dps.insert(name.to_string(), dps.clone());
+        Ok(dps)
+    }
+
+    /// A DPS instance by name.
+    pub fn dps(&self, name: &str) -> Result<DpsRecord> {
+        self.read()
+            .dps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("provisioning service", name))
+    }
+
+    /// Every DPS instance.
+    pub fn all_dps(&self) -> Vec<DpsRecord> {
+        self.read().dps.values().cloned().collect()
+    }
+
+    /// Applies `change` to a DPS record and persists it.
+    fn update_dps<T>(&self, name: &str, change: impl FnOnce(&mut DpsRecord, &Model) -> Result<T>) -> Result<T> {
+        let mut model = self.write();
+        let mut dps = model
+            .dps
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("provisioning service", name))?;
+        let out = change(&mut dps, &model)?;
+        self.store.put(kind::DPS, name, &dps)?;
+        model.dps.insert(name.to_string(), dps);
+        Ok(out)
+    }
+
+    /// Links a hub to a DPS (or updates the link's weight, policy flag and location).
+    pub fn link_hub(
+        &self,
+        dps: &str,
+        hub: &str,
+        allocation_weight: u32,
+        apply_allocation_policy: bool,
+        location: Option<&str>,
+    ) -> Result<LinkedHub> {
+        self.update_dps(dps, |record, model| {
+            let hub = model.hubs.get(hub).ok_or_else(|| not_found("IoT hub", hub))?;
+            let link = LinkedHub {
+                hub: hub.name.clone(),
+                host_name: hub.host_name.clone(),
+                allocation_weight,
+                apply_allocation_policy,
+                location: location.unwrap_or(&hub.location).to_string(),
+            };
+            record.linked_hubs.retain(|l| l.hub != link.hub);
+            record.linked_hubs.push(link.clone());
+            Ok(link)
+        })
+    }
+
+    /// Removes a hub link.
+    pub fn unlink_hub(&self, dps: &str, hub: &str) -> Result<()> {
+        self.update_dps(dps, |record, _| {
+            let before = record.linked_hubs.len();
+            record.linked_hubs.retain(|l| l.hub != hub && l.host_name != hub);
+            if before == record.linked_hubs.len() {
+                return Err(not_found("linked hub", hub));
+            }
+            Ok(())
+        })
+    }
+
+    // ---- CA certificates and proof of possession ------------------------------------------
+
+    /// Uploads (or, with a matching `if_match`, replaces) a CA certificate.
+    pub fn upload_ca_certificate(
+        &self,
+        dps: &str,
+        name: &str,
+        certificate: &Certificate,
+        verified: bool,
+        if_match: Option<&str>,
+    ) -> Result<CaCertificate> {
+        check_resource_name("certificate", name)?;
+        self.update_dps(dps, |record, _| {
+            let now = now();
+            let existing = record.certificates.iter().position(|c| c.name == name);
+            let created = match existing {
+                Some(i) => {
+                    check_etag(&record.certificates[i].etag, if_match)?;
+                    record.certificates[i].created
+                }
+                None => {
+                    if record.certificates.len() >= 25 {
+                        return Err(Error::service(
+                            400,
+                            400_004,
+                            "A provisioning service holds at most 25 CA certificates.",
+                        ));
+                    }
+                    now
+                }
+            };
+            let ca = CaCertificate {
+                name: name.to_string(),
+                der_base64: BASE64.encode(certificate.der()),
+                is_verified: verified,
+                etag: new_etag(),
+                verification_code: None,
+                created,
+                updated: now,
+            };
+            match existing {
+                Some(i) => record.certificates[i] = ca.clone(),
+                None => record.certificates.push(ca.clone()),
+            }
+            Ok(ca)
+        })
+    }
+
+    /// A CA certificate of a DPS.
+    pub fn ca_certificate(&self, dps: &str, name: &str) -> Result<CaCertificate> {
+        self.dps(dps)?
+            .certificates
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| not_found("certificate", name))
+    }
+
+    /// Deletes a CA certificate.
+    pub fn delete_ca_certificate(&self, dps: &str, name: &str, if_match: Option<&str>) -> Result<()> {
+        self.update_dps(dps, |record, _| {
+            let i = record
+                .certificates
+                .iter()
+                .position(|c| c.name == name)
+                .ok_or_else(|| not_found("certificate", name))?;
+            check_etag(&record.certificates[i].etag, if_match)?;
+            record.certificates.remove(i);
+            Ok(())
+        })
+    }
+
+    /// Issues a new one-time verification code for a CA certificate (the previous one is
+    /// invalidated) and returns it with the certificate's new etag.
+    pub fn generate_verification_code(
+        &self,
+        dps: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<CaCertificate> {
+        self.update_dps(dps, |record, _| {
+            let ca = record
+                .certificates
+                .iter_mut()
+                .find(|c| c.name == name)
+                .ok_or_else(|| not_found("certificate", name))?;
+            check_etag(&ca.etag, if_match)?;
+            let mut bytes = [0u8; 24];
+            crate::pki::keys::fill_random(&mut bytes)?;
+            ca.verification_code = Some(crate::pki::cert::hex_upper(&bytes));
+            ca.etag = new_etag();
+            ca.updated = now();
+            Ok(ca.clone())
+        })
+    }
+
+    /// Proof of possession: `verification` must have CN = the current code and be signed by the
+    /// uploaded certificate's key. The code is used up on success.
+    pub fn verify_certificate(
+        &self,
+        dps: &str,
+        name: &str,
+        verification: &Certificate,
+        if_match: Option<&str>,
+    ) -> Result<CaCertificate> {
+        self.update_dps(dps, |record, _| {
+            let ca = record
+                .certificates
+                .iter_mut()
+                .find(|c| c.name == name)
+                .ok_or_else(|| not_found("certificate", name))?;
+            check_etag(&ca.etag, if_match)?;
+            let code = ca.verification_code.clone().ok_or_else(|| {
+                Error::service(
+                    400,
+                    400_027,
+                    format!("No verification code was generated for certificate '{name}': generate one first."),
+                )
+            })?;
+            let uploaded = decode_der(&ca.der_base64)?;
+            let info = verification.info();
+            if info.common_name.as_deref() != Some(code.as_str()) {
+                return Err(Error::service(
+                    400,
+                    400_027,
+                    format!(
+                        "The verification certificate's subject CN '{}' is not the current verification code.",
+                        info.common_name.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            if !uploaded.is_issuer_name_of(verification) || !verification.is_signed_by(&uploaded) {
+                return Err(Error::service(
+                    400,
+                    400_027,
+                    format!(
+                        "The verification certificate is not signed by the private key of certificate '{name}' ({}).",
+                        uploaded.info().subject
+                    ),
+                ));
+            }
+            let t = now();
+            if t < info.not_before || t > info.not_after {
+                return Err(Error::service(400, 400_027, "The verification certificate is not valid now."));
+            }
+            ca.is_verified = true;
+            ca.verification_code = None;
+            ca.etag = new_etag();
+            ca.updated = t;
+            Ok(ca.clone())
+        })
+    }
+
+    // ---- enrollments --------------------------------------------------------------------
+
+    fn check_hubs_linked(record: &DpsRecord, settings: &EnrollmentSettings) -> Result<()> {
+        for host in &settings.iot_hubs {
+            if !record.linked_hubs.iter().any(|l| l.host_name.eq_ignore_ascii_case(host) || l.hub == *host) {
+                return Err(Error::service(
+                    400,
+                    400_006,
+                    format!("IoT hub '{host}' is not linked to provisioning service '{}'.", record.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_attestation(record: &DpsRecord, attestation: &Attestation, group: bool) -> Result<()> {
+        match attestation {
+            Attestation::X509 { ca_references, certificates } => {
+                if ca_references.is_empty() && certificates.is_empty() {
+                    return Err(Error::Config(
+                        "an X.509 enrollment needs a CA reference or a certificate".into(),
+                    ));
+                }
+                if !group && !ca_references.is_empty() {
+                    return Err(Error::Config(
+                        "individual enrollments use the device's own certificate, not CA references".into(),
+                    ));
+                }
+                for name in ca_references {
+                    if !record.certificates.iter().any(|c| &c.name == name) {
+                        return Err(Error::service(
+                            400,
+                            400_007,
+                            format!("CA certificate '{name}' is not uploaded to provisioning service '{}'.", record.name),
+                        ));
+                    }
+                }
+                for der in certificates {
+                    decode_der(der)?;
+                }
+                Ok(())
+            }
+            Attestation::SymmetricKey { primary_key, secondary_key } => {
+                for key in [primary_key, secondary_key] {
+                    if BASE64.decode(key).map(|k| k.len() < 16).unwrap_or(true) {
+                        return Err(Error::Config(
+                            "symmetric keys must be base64 and at least 16 bytes long".into(),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates or replaces an enrollment group.
+    pub fn put_enrollment_group(
+        &self,
+        dps: &str,
+        group_id: &str,
+        spec: EnrollmentSpec,
+        if_match: Option<&str>,
+    ) -> Result<EnrollmentGroup> {
+        check_resource_name("enrollment group", group_id)?;
+        let mut model = self.write();
+        let record = model.dps.get(dps).ok_or_else(|| not_found("provisioning service", dps))?;
+        let key = (dps.to_string(), group_id.to_string());
+        let existing = model.groups.get(&key);
+        if let Some(existing) = existing {
+            check_etag(&existing.etag, if_match)?;
+        } else if if_match.is_some_and(|t| t != "*") {
+            return Err(not_found("enrollment group", group_id));
+        }
+        let attestation = match (spec.attestation, existing) {
+            (Some(a), _) => a,
+            (None, Some(e)) => e.attestation.clone(),
+            (None, None) => return Err(Error::Config("a new enrollment group needs an attestation".into())),
+        };
+        Self::check_attestation(record, &attestation, true)?;
+        Self::check_hubs_linked(record, &spec.settings)?;
+        let t = now();
+        let group = EnrollmentGroup {
+            enrollment_group_id: group_id.to_string(),
+            attestation,
+            settings: spec.settings,
+            etag: new_etag(),
+            created: existing.map_or(t, |e| e.created),
+            updated: t,
+        };
+        self.store.put(kind::GROUP, &format!("{dps}/{group_id}"), &(dps, &group))?;
+        model.groups.insert(key, group.clone());
+        Ok(group)
+    }
+
+    /// An enrollment group.
+    pub fn enrollment_group(&self, dps: &str, group_id: &str) -> Result<EnrollmentGroup> {
+        self.read()
+            .groups
+            .get(&(dps.to_string(), group_id.to_string()))
+            .cloned()
+            .ok_or_else(|| not_found("enrollment group", group_id))
+    }
+
+    /// Every enrollment group of a DPS.
+    pub fn enrollment_groups(&self, dps: &str) -> Vec<EnrollmentGroup> {
+        self.read()
+            .groups
+            .iter()
+            .filter(|((d, _), _)| d == dps)
+            .map(|(_, g)| g.clone())
+            .collect()
+    }
+
+    /// Deletes an enrollment group.
+    pub fn delete_enrollment_group(&self, dps: &str, group_id: &str, if_match: Option<&str>) -> Result<()> {
+        let mut model = self.write();
+        let key = (dps.to_string(), group_id.to_string());
+        let group = model.groups.get(&key).ok_or_else(|| not_found("enrollment group", group_id))?;
+        check_etag(&group.etag, if_match)?;
+        self.store.delete(kind::GROUP, &format!("{dps}/{group_id}"))?;
+        model.groups.remove(&key);
+        Ok(())
+    }
+
+    /// Creates or replaces an individual enrollment.
+    pub fn put_enrollment(
+        &self,
+        dps: &str,
+        registration_id: &str,
+        spec: EnrollmentSpec,
+        if_match: Option<&str>,
+    ) -> Result<IndividualEnrollment> {
+        crate::pki::validate_registration_id(registration_id, false)?;
+        let mut model = self.write();
+        let record = model.dps.get(dps).ok_or_else(|| not_found("provisioning service", dps))?;
+        let key = (dps.to_string(), registration_id.to_ascii_lowercase());
+        let existing = model.enrollments.get(&key);
+        if let Some(existing) = existing {
+            check_etag(&existing.etag, if_match)?;
+        } else if if_match.is_some_and(|t| t != "*") {
+            return Err(not_found("enrollment", registration_id));
+        }
+        let attestation = match (spec.attestation, existing) {
+            (Some(a), _) => a,
+            (None, Some(e)) => e.attestation.clone(),
+            (None, None) => return Err(Error::Config("a new enrollment needs an attestation".into())),
+        };
+        Self::check_attestation(record, &attestation, false)?;
+        Self::check_hubs_linked(record, &spec.settings)?;
+        let t = now();
+        let enrollment = IndividualEnrollment {
+            registration_id: registration_id.to_string(),
+            device_id: spec.device_id,
+            attestation,
+            settings: spec.settings,
+            etag: new_etag(),
+            created: existing.map_or(t, |e| e.created),
+            updated: t,
+        };
+        self.store.put(
+            kind::ENROLLMENT,
+            &format!("{dps}/{}", key.1),
+            &(dps, &enrollment),
+        )?;
+        model.enrollments.insert(key, enrollment.clone());
+        Ok(enrollment)
+    }
+
+    /// An individual enrollment.
+    pub fn enrollment(&self, dps: &str, registration_id: &str) -> Result<IndividualEnrollment> {
+        self.read()
+            .enrollments
+            .get(&(dps.to_string(), registration_id.to_ascii_lowercase()))
+            .cloned()
+            .ok_or_else(|| not_found("enrollment", registration_id))
+    }
+
+    /// Every individual enrollment of a DPS.
+    pub fn enrollments(&self, dps: &str) -> Vec<IndividualEnrollment> {
+        self.read()
+            .enrollments
+            .iter()
+            .filter(|((d, _), _)| d == dps)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    /// Deletes an individual enrollment.
+    pub fn delete_enrollment(&self, dps: &str, registration_id: &str, if_match: Option<&str>) -> Result<()> {
+        let mut model = self.write();
+        let key = (dps.to_string(), registration_id.to_ascii_lowercase());
+        let e = model.enrollments.get(&key).ok_or_else(|| not_found("enrollment", registration_id))?;
+        check_etag(&e.etag, if_match)?;
+        self.store.delete(kind::ENROLLMENT, &format!("{dps}/{}", key.1))?;
+        model.enrollments.remove(&key);
+        Ok(())
+    }
+
+    // ---- registrations --------------------------------------------------------------------
+
+    /// Registration records of a DPS, optionally only those of one enrollment group.
+    pub fn registrations(&self, dps: &str, group_id: Option<&str>) -> Vec<RegistrationRecord> {
+        self.read()
+            .registrations
+            .iter()
+            .filter(|((d, _), r)| {
+                d == dps
+                    && group_id.is_none_or(|g| r.enrollment == EnrollmentRef::Group(g.to_string()))
+            })
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// One registration record.
+    pub fn registration(&self, dps: &str, registration_id: &str) -> Option<RegistrationRecord> {
+        self.read()
+            .registrations
+            .get(&(dps.to_string(), registration_id.to_ascii_lowercase()))
+            .cloned()
+    }
+
+    /// Deletes a registration record (the device may then register afresh).
+    pub fn delete_registration(&self, dps: &str, registration_id: &str) -> Result<()> {
+        let key = (dps.to_string(), registration_id.to_ascii_lowercase());
+        let mut model = self.write();
+        if model.registrations.remove(&key).is_none() {
+            return Err(not_found("registration", registration_id));
+        }
+        self.store.delete(kind::REGISTRATION, &format!("{dps}/{}", key.1))?;
+        Ok(())
+    }
+
+    /// Stores a registration record and the hub identity it created, in one transaction.
+    pub(crate) fn commit_registration(
+        &self,
+        dps: &str,
+        record: RegistrationRecord,
+        device: Option<HubDevice>,
+    ) -> Result<()> {
+        let key = (dps.to_string(), record.registration_id.to_ascii_lowercase());
+        let encode = |v: &dyn erased::Json| v.to_json();
+        let mut documents = vec![(
+            kind::REGISTRATION,
+            format!("{dps}/{}", key.1),
+            encode(&(dps, &record))?,
+        )];
+        if let Some(device) = &device {
+            documents.push((
+                kind::DEVICE,
+                format!("{}/{}", device.hub, device.device_id),
+                encode(device)?,
+            ));
+        }
+        self.store.put_many(&documents)?;
+        let mut model = self.write();
+        model.registrations.insert(key, record);
+        if let Some(device) = device {
+            model
+                .devices
+                .insert((device.hub.clone(), device.device_id.clone()), device);
+        }
+        Ok(())
+    }
+}
+
+/// Decodes a stored base64 DER certificate.
+pub(crate) fn decode_der(der_base64: &str) -> Result<Certificate> {
+    let der = BASE64
+        .decode(der_base64)
+        .map_err(|_| Error::Config("certificate is not valid base64 DER".into()))?;
+    Certificate::from_der(&der)
+}
+
+mod erased {
+    use crate::error::{Error, Result};
+
+    /// Serialises heterogeneous records for one transaction.
+    pub trait Json {
+        fn to_json(&self) -> Result<String>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<String> {
+            serde_json::to_string(self)
+                .map_err(|e| Error::Emulator(format!("state store: cannot encode a record: {e}")))
+        }
+    }
+}

@@ -1,0 +1,796 @@
+//! The DPS device API: authentication at CONNECT, the register / operation-status exchange,
+//! X.509 and symmetric-key attestation, enrollment precedence, allocation and reprovisioning,
+//! with Azure's status codes, bodies and error codes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::ConnectReturnCode;
+use serde_json::{Value, json};
+
+use crate::emulator::cloud::{Cloud, azure_timestamp, decode_der, new_etag, random_guid};
+use crate::emulator::model::*;
+use crate::error::Error;
+use crate::pki::Certificate;
+use crate::pki::chain::describe;
+use crate::pki::issue::now;
+use crate::sas::{SasToken, derive_device_key};
+
+/// Who is connected: established at CONNECT, used for every request of the session.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    /// The DPS the scope belongs to.
+    pub dps: String,
+    /// Registration id from the username.
+    pub registration_id: String,
+    /// How the device authenticated.
+    pub credential: DeviceCredential,
+}
+
+/// A device's credential as presented.
+#[derive(Debug, Clone)]
+pub enum DeviceCredential {
+    /// The chain sent in the TLS handshake, leaf first.
+    X509(Vec<Certificate>),
+    /// A SAS token that verified against this enrollment's key.
+    Sas {
+        /// The enrollment whose key signed the token.
+        enrollment: EnrollmentRef,
+        /// The device's key (individual, or derived from the group key).
+        device_key: String,
+        /// The matching secondary key.
+        secondary_key: String,
+    },
+}
+
+/// A DPS reply on `$dps/registrations/res/{status}/?$rid=..`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// HTTP-style status.
+    pub status: u16,
+    /// `retry-after` seconds, when sent.
+    pub retry_after: Option<u32>,
+    /// JSON body.
+    pub body: Value,
+}
+
+impl Reply {
+    fn error(status: u16, error_code: u32, message: impl Into<String>) -> Self {
+        Reply {
+            status,
+            retry_after: None,
+            body: json!({
+                "errorCode": error_code,
+                "trackingId": random_guid(),
+                "message": message.into(),
+                "timestampUtc": azure_timestamp(),
+            }),
+        }
+    }
+}
+
+struct Operation {
+    registration_id: String,
+    dps: String,
+    ready_at: Instant,
+    created_at: Instant,
+    outcome: Value,
+}
+
+/// Realism knobs of one DPS, off by default.
+#[derive(Debug, Clone, Default)]
+pub struct DpsKnobs {
+    /// Time between register and the operation completing.
+    pub assignment_latency: Duration,
+    /// Registrations allowed per minute (Azure: 1,000); `None` = unlimited.
+    pub registrations_per_minute: Option<u32>,
+    /// Refuse this many next registrations with `refusal_status`.
+    pub refuse_next: u32,
+    /// Status for refused registrations (429 by default).
+    pub refusal_status: u16,
+    /// Location of devices for geoLatency, by lower-case registration id.
+    pub device_locations: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Throttle {
+    window_start: Option<Instant>,
+    count: u32,
+}
+
+/// The registration engine shared by every DPS connection.
+pub struct DpsEngine {
+    cloud: Arc<Cloud>,
+    operations: Mutex<HashMap<String, Operation>>,
+    knobs: Mutex<HashMap<String, DpsKnobs>>,
+    throttles: Mutex<HashMap<String, Throttle>>,
+    /// `retry-after` on 202 replies.
+    poll_retry_after: u32,
+}
+
+/// How long finished operations stay queryable.
+const OPERATION_TTL: Duration = Duration::from_secs(600);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DpsEngine {
+    /// An engine over `cloud`'s configuration.
+    pub fn new(cloud: Arc<Cloud>, poll_retry_after: u32) -> Self {
+        DpsEngine {
+            cloud,
+            operations: Mutex::new(HashMap::new()),
+            knobs: Mutex::new(HashMap::new()),
+            throttles: Mutex::new(HashMap::new()),
+            poll_retry_after,
+        }
+    }
+
+    /// Changes the knobs of one DPS.
+    pub fn update_knobs(&self, dps: &str, change: impl FnOnce(&mut DpsKnobs)) {
+        let mut knobs = lock(&self.knobs);
+        let entry = knobs.entry(dps.to_string()).or_insert_with(|| DpsKnobs {
+            refusal_status: 429,
+            ..DpsKnobs::default()
+        });
+        change(entry);
+    }
+
+    fn knobs(&self, dps: &str) -> DpsKnobs {
+        lock(&self.knobs).get(dps).cloned().unwrap_or_default()
+    }
+
+    /// Checks a DPS CONNECT: the scope must exist; a SAS password must verify against an
+    /// enrollment key; otherwise a client certificate must have been presented (its chain is
+    /// judged at register time, as DPS does).
+    pub fn authenticate(
+        &self,
+        id_scope: &str,
+        registration_id: &str,
+        password: Option<&[u8]>,
+        chain: Vec<Certificate>,
+    ) -> Result<DeviceIdentity, (ConnectReturnCode, String)> {
+        let refuse = |why: String| (ConnectReturnCode::NotAuthorized, why);
+        let dps = self
+            .cloud
+            .all_dps()
+            .into_iter()
+            .find(|d| d.id_scope.eq_ignore_ascii_case(id_scope))
+            .ok_or_else(|| refuse(format!("unknown ID scope {id_scope:?}")))?;
+        crate::pki::validate_registration_id(registration_id, false)
+            .map_err(|e| refuse(e.to_string()))?;
+        let identity = |credential| DeviceIdentity {
+            dps: dps.name.clone(),
+            registration_id: registration_id.to_string(),
+            credential,
+        };
+        if let Some(password) = password.filter(|p| !p.is_empty()) {
+            let token = std::str::from_utf8(password)
+                .map_err(|_| refuse("the password is not UTF-8".into()))
+                .and_then(|t| SasToken::parse(t).map_err(|e| refuse(e.to_string())))?;
+            let expected = format!("{}/registrations/{registration_id}", dps.id_scope);
+            if !token.resource.eq_ignore_ascii_case(&expected) {
+                return Err(refuse(format!(
+                    "SAS token is for {:?}, not {expected:?}",
+                    token.resource
+                )));
+            }
+            if token.expiry <= now() {
+                return Err(refuse("SAS token has expired".into()));
+            }
+            return self
+                .sas_credential(&dps, registration_id, &token)
+                .map(identity)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "SAS token for {registration_id:?} is not signed by any enrollment key"
+                    ))
+                });
+        }
+        if chain.is_empty() {
+            return Err(refuse(
+                "neither a client certificate nor a SAS token was presented".into(),
+            ));
+        }
+        Ok(identity(DeviceCredential::X509(chain)))
+    }
+
+    /// Finds the enrollment whose key signed `token`: the individual enrollment first, then
+    /// every symmetric-key group (with the key derived for this registration id).
+    fn sas_credential(&self, dps: &DpsRecord, registration_id: &str, token: &SasToken) -> Option<DeviceCredential> {
+        if let Ok(e) = self.cloud.enrollment(&dps.name, registration_id) {
+            if let Attestation::SymmetricKey { primary_key, secondary_key } = &e.attestation {
+                if token.is_signed_by(primary_key) || token.is_signed_by(secondary_key) {
+                    return Some(DeviceCredential::Sas {
+                        enrollment: EnrollmentRef::Individual(e.registration_id.clone()),
+                        device_key: primary_key.clone(),
+                        secondary_key: secondary_key.clone(),
+                    });
+                }
+            }
+            // An individual enrollment takes precedence: no group may admit this id.
+            return None;
+        }
+        for group in self.cloud.enrollment_groups(&dps.name) {
+            if let Attestation::SymmetricKey { primary_key, secondary_key } = &group.attestation {
+                let (Ok(primary), Ok(secondary)) = (
+                    derive_device_key(primary_key, registration_id),
+                    derive_device_key(secondary_key, registration_id),
+                ) else {
+                    continue;
+                };
+                if token.is_signed_by(&primary) || token.is_signed_by(&secondary) {
+                    return Some(DeviceCredential::Sas {
+                        enrollment: EnrollmentRef::Group(group.enrollment_group_id.clone()),
+                        device_key: primary,
+                        secondary_key: secondary,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    /// Handles `iotdps-register`.
+    pub fn register(&self, identity: &DeviceIdentity, body: &[u8]) -> Reply {
+        if let Some(reply) = self.throttle(&identity.dps) {
+            return reply;
+        }
+        let payload = match parse_body(body) {
+            Ok(v) => v.get("payload").cloned().filter(|p| !p.is_null()),
+            Err(reply) => return reply,
+        };
+        let admitted = match self.attest(identity) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        let outcome = self.assign(identity, admitted, payload);
+        let knobs = self.knobs(&identity.dps);
+        let operation_id = operation_id();
+        let created_at = Instant::now();
+        let mut operations = lock(&self.operations);
+        operations.retain(|_, op| op.created_at.elapsed() < OPERATION_TTL);
+        operations.insert(
+            operation_id.clone(),
+            Operation {
+                registration_id: identity.registration_id.clone(),
+                dps: identity.dps.clone(),
+                ready_at: created_at + knobs.assignment_latency,
+                created_at,
+                outcome: with_operation_id(outcome, &operation_id),
+            },
+        );
+        Reply {
+            status: 202,
+            retry_after: Some(self.poll_retry_after),
+            body: json!({"operationId": operation_id, "status": "assigning"}),
+        }
+    }
+
+    /// Handles `iotdps-get-operationstatus`.
+    pub fn poll(&self, identity: &DeviceIdentity, operation_id: &str) -> Reply {
+        let operations = lock(&self.operations);
+        let Some(op) = operations.get(operation_id).filter(|op| {
+            op.dps == identity.dps && op.registration_id.eq_ignore_ascii_case(&identity.registration_id)
+        }) else {
+            return Reply::error(
+                404,
+                404_104,
+                format!("Operation '{operation_id}' was not found for this registration."),
+            );
+        };
+        if Instant::now() < op.ready_at {
+            return Reply {
+                status: 202,
+                retry_after: Some(self.poll_retry_after),
+                body: json!({
+                    "operationId": operation_id,
+                    "status": "assigning",
+                    "registrationState": {"registrationId": identity.registration_id, "status": "assigning"},
+                }),
+            };
+        }
+        Reply {
+            status: 200,
+            retry_after: None,
+            body: op.outcome.clone(),
+        }
+    }
+
+    /// Quota and refusal knobs: `Some(reply)` when this registration is refused.
+    fn throttle(&self, dps: &str) -> Option<Reply> {
+        let mut refused = None;
+        self.update_knobs(dps, |k| {
+            if k.refuse_next > 0 {
+                k.refuse_next -= 1;
+                refused = Some(k.refusal_status);
+            }
+        });
+        if let Some(status) = refused {
+            let mut reply = Reply::error(status, u32::from(status) * 1000 + 1, "Registration refused (emulator fault injection).");
+            reply.retry_after = Some(1);
+            return Some(reply);
+        }
+        let limit = self.knobs(dps).registrations_per_minute?;
+        let mut throttles = lock(&self.throttles);
+        let throttle = throttles.entry(dps.to_string()).or_default();
+        let start = *throttle.window_start.get_or_insert_with(Instant::now);
+        let elapsed = start.elapsed();
+        if elapsed >= Duration::from_secs(60) {
+            throttle.window_start = Some(Instant::now());
+            throttle.count = 0;
+        }
+        if throttle.count >= limit {
+            let wait = 60u64.saturating_sub(elapsed.as_secs()).max(1);
+            let mut reply = Reply::error(
+                429,
+                429_001,
+                format!("Too many requests: this provisioning service accepts {limit} registrations per minute."),
+            );
+            reply.retry_after = Some(wait as u32);
+            return Some(reply);
+        }
+        throttle.count += 1;
+        None
+    }
+
+    /// Decides which enrollment admits the device, or the 401 it gets.
+    fn attest(&self, identity: &DeviceIdentity) -> Result<Admitted, Reply> {
+        let unauthorized = |message: String| Reply::error(401, 401_002, message);
+        match &identity.credential {
+            DeviceCredential::Sas { enrollment, device_key, secondary_key } => {
+                let (settings, device_id) = match enrollment {
+                    EnrollmentRef::Individual(id) => {
+                        let e = self
+                            .cloud
+                            .enrollment(&identity.dps, id)
+                            .map_err(|_| unauthorized("Unauthorized: the enrollment no longer exists.".into()))?;
+                        (e.settings, e.device_id)
+                    }
+                    EnrollmentRef::Group(id) => {
+                        let g = self
+                            .cloud
+                            .enrollment_group(&identity.dps, id)
+                            .map_err(|_| unauthorized("Unauthorized: the enrollment group no longer exists.".into()))?;
+                        (g.settings, None)
+                    }
+                };
+                check_enabled(&settings, enrollment)?;
+                Ok(Admitted {
+                    enrollment: enrollment.clone(),
+                    attestation: AttestationKind::SymmetricKey,
+                    settings,
+                    device_id,
+                    auth: DeviceAuth::Sas {
+                        primary_key: device_key.clone(),
+                        secondary_key: secondary_key.clone(),
+                    },
+                })
+            }
+            DeviceCredential::X509(chain) => self.attest_x509(identity, chain),
+        }
+    }
+
+    fn attest_x509(&self, identity: &DeviceIdentity, chain: &[Certificate]) -> Result<Admitted, Reply> {
+        let unauthorized = |message: String| Reply::error(401, 401_002, message);
+        let leaf = &chain[0];
+        let info = leaf.info();
+        let cn = info.common_name.clone().unwrap_or_default();
+        if !cn.eq_ignore_ascii_case(&identity.registration_id) {
+            return Err(unauthorized(format!(
+                "Unauthorized: the device certificate's CN '{cn}' does not match the registration id '{}'.",
+                identity.registration_id
+            )));
+        }
+        let t = now();
+        if t > info.not_after || t < info.not_before {
+            return Err(unauthorized(format!(
+                "Invalid certificate: {} is outside its validity period ({} to {}).",
+                describe(leaf),
+                crate::pki::chain::format_time(info.not_before),
+                crate::pki::chain::format_time(info.not_after)
+            )));
+        }
+        let auth = DeviceAuth::SelfSigned {
+            primary_thumbprint: info.thumbprint_sha1.clone(),
+            primary_thumbprint_sha256: info.thumbprint_sha256.clone(),
+        };
+        // An individual enrollment for this id beats every group.
+        if let Ok(e) = self.cloud.enrollment(&identity.dps, &identity.registration_id) {
+            let reference = EnrollmentRef::Individual(e.registration_id.clone());
+            let Attestation::X509 { certificates, .. } = &e.attestation else {
+                return Err(unauthorized(
+                    "Unauthorized: the individual enrollment for this id does not use X.509.".into(),
+                ));
+            };
+            let matches = certificates
+                .iter()
+                .filter_map(|c| decode_der(c).ok())
+                .any(|c| c == *leaf || chain[1..].contains(&c) && self.chains_to(chain, &c));
+            if !matches {
+                return Err(unauthorized(
+                    "Invalid certificate: it is not the certificate of the individual enrollment.".into(),
+                ));
+            }
+            check_enabled(&e.settings, &reference)?;
+            return Ok(Admitted {
+                enrollment: reference,
+                attestation: AttestationKind::X509,
+                settings: e.settings,
+                device_id: e.device_id,
+                auth,
+            });
+        }
+        let dps = self.cloud.dps(&identity.dps).map_err(|e| unauthorized(e.to_string()))?;
+        let groups: Vec<(EnrollmentGroup, Vec<Certificate>)> = self
+            .cloud
+            .enrollment_groups(&identity.dps)
+            .into_iter()
+            .filter_map(|g| {
+                let certs = group_certificates(&dps, &g)?;
+                Some((g, certs))
+            })
+            .collect();
+        // Walk up from the leaf; the first group whose certificate appears wins.
+        let mut current = leaf.clone();
+        let mut path = vec![leaf.clone()];
+        for _ in 0..chain.len() + 1 {
+            if let Some((group, group_cert)) = groups.iter().find_map(|(g, certs)| {
+                certs
+                    .iter()
+                    .find(|c| *c == &current && path.len() > 1 || c.is_issuer_name_of(&current) && current.is_signed_by(c))
+                    .map(|c| (g, c.clone()))
+            }) {
+                let reference = EnrollmentRef::Group(group.enrollment_group_id.clone());
+                check_enabled(&group.settings, &reference)?;
+                self.check_group_certificate_trusted(&dps, group, &group_cert, chain)?;
+                crate::pki::verify_chain(leaf, &chain[1..], std::slice::from_ref(&group_cert), t)
+                    .map_err(|e| unauthorized(format!("Invalid certificate: {e}")))?;
+                return Ok(Admitted {
+                    enrollment: reference,
+                    attestation: AttestationKind::X509,
+                    settings: group.settings.clone(),
+                    device_id: None,
+                    auth,
+                });
+            }
+            match chain[1..]
+                .iter()
+                .find(|c| !path.contains(c) && c.is_issuer_name_of(&current) && current.is_signed_by(c))
+            {
+                Some(issuer) => {
+                    current = issuer.clone();
+                    path.push(issuer.clone());
+                }
+                None => break,
+            }
+        }
+        let hint = if chain.len() == 1 && !info.is_self_signed {
+            " (only the leaf was sent: send the full chain up to the enrollment's CA)"
+        } else {
+            ""
+        };
+        Err(unauthorized(format!(
+            "CA certificate not found: no enrollment group of this provisioning service matches the chain of '{cn}'{hint}."
+        )))
+    }
+
+    /// Whether `target` is reachable from the leaf through the presented chain.
+    fn chains_to(&self, chain: &[Certificate], target: &Certificate) -> bool {
+        crate::pki::verify_chain(&chain[0], &chain[1..], std::slice::from_ref(target), now()).is_ok()
+    }
+
+    /// A group's certificate counts only if it is a verified uploaded CA, or chains up (through
+    /// the presented certificates and the uploaded CAs) to one.
+    fn check_group_certificate_trusted(
+        &self,
+        dps: &DpsRecord,
+        group: &EnrollmentGroup,
+        group_cert: &Certificate,
+        chain: &[Certificate],
+    ) -> Result<(), Reply> {
+        let uploaded: Vec<(bool, Certificate)> = dps
+            .certificates
+            .iter()
+            .filter_map(|c| decode_der(&c.der_base64).ok().map(|cert| (c.is_verified, cert)))
+            .collect();
+        let verified: Vec<Certificate> = uploaded.iter().filter(|(v, _)| *v).map(|(_, c)| c.clone()).collect();
+        if verified.contains(group_cert) {
+            return Ok(());
+        }
+        let pool: Vec<Certificate> = chain.iter().cloned().chain(uploaded.iter().map(|(_, c)| c.clone())).collect();
+        if !verified.is_empty() && crate::pki::verify_chain(group_cert, &pool, &verified, now()).is_ok() {
+            return Ok(());
+        }
+        let uploaded_unverified = uploaded.iter().any(|(v, c)| !v && c == group_cert);
+        Err(Reply::error(
+            401,
+            401_002,
+            if uploaded_unverified {
+                format!(
+                    "CA certificate not found: the certificate of enrollment group '{}' ({}) is uploaded but not verified; complete proof of possession or upload it as verified.",
+                    group.enrollment_group_id,
+                    group_cert.info().subject
+                )
+            } else {
+                format!(
+                    "CA certificate not found: the certificate of enrollment group '{}' ({}) does not chain to a verified CA certificate of this provisioning service.",
+                    group.enrollment_group_id,
+                    group_cert.info().subject
+                )
+            },
+        ))
+    }
+
+    /// Allocates a hub, creates the hub identity and stores the registration record; returns the
+    /// final operation body (assigned or failed).
+    fn assign(&self, identity: &DeviceIdentity, admitted: Admitted, payload: Option<Value>) -> Value {
+        let _ = payload; // the device payload reaches custom allocation, which arrives later
+        let previous = self.cloud.registration(&identity.dps, &identity.registration_id);
+        let timestamp = azure_timestamp();
+        let device_id = admitted
+            .device_id
+            .clone()
+            .unwrap_or_else(|| identity.registration_id.clone());
+        let allocation = self.cloud.dps(&identity.dps).map_err(|e| (500_000, e.to_string())).and_then(|dps| {
+            let keep = previous.as_ref().and_then(|p| {
+                let hub = p.assigned_hub.clone()?;
+                let still_linked = dps.linked_hubs.iter().any(|l| l.host_name == hub);
+                (!admitted.settings.reprovision_policy.update_hub_assignment && still_linked).then_some(hub)
+            });
+            match keep {
+                Some(hub) => Ok(hub),
+                None => allocate(&dps, &admitted.settings, &identity.registration_id, &self.knobs(&identity.dps)),
+            }
+        });
+        let created = previous.as_ref().map_or_else(|| timestamp.clone(), |p| p.created.clone());
+        let (record, device) = match allocation {
+            Ok(hub) => {
+                let substatus = match previous.as_ref().and_then(|p| p.assigned_hub.as_deref()) {
+                    None => "initialAssignment",
+                    Some(old) if old == hub => previous
+                        .as_ref()
+                        .and_then(|p| p.substatus.as_deref())
+                        .unwrap_or("initialAssignment"),
+                    Some(_) if admitted.settings.reprovision_policy.migrate_device_data => "deviceDataMigrated",
+                    Some(_) => "deviceDataReset",
+                };
+                let device = HubDevice {
+                    device_id: device_id.clone(),
+                    hub: hub.clone(),
+                    auth: admitted.auth.clone(),
+                    initial_twin: admitted.settings.initial_twin.clone(),
+                    created: now(),
+                };
+                (
+                    RegistrationRecord {
+                        registration_id: identity.registration_id.clone(),
+                        enrollment: admitted.enrollment.clone(),
+                        attestation: admitted.attestation,
+                        assigned_hub: Some(hub),
+                        device_id: Some(device_id),
+                        status: "assigned".into(),
+                        substatus: Some(substatus.into()),
+                        error_code: None,
+                        error_message: None,
+                        created,
+                        last_updated: timestamp,
+                        etag: new_etag(),
+                        payload: None,
+                    },
+                    Some(device),
+                )
+            }
+            Err((code, message)) => (
+                RegistrationRecord {
+                    registration_id: identity.registration_id.clone(),
+                    enrollment: admitted.enrollment.clone(),
+                    attestation: admitted.attestation,
+                    assigned_hub: None,
+                    device_id: None,
+                    status: "failed".into(),
+                    substatus: None,
+                    error_code: Some(code),
+                    error_message: Some(message),
+                    created,
+                    last_updated: timestamp,
+                    etag: new_etag(),
+                    payload: None,
+                },
+                None,
+            ),
+        };
+        let body = registration_body(&record);
+        if let Err(e) = self.cloud.commit_registration(&identity.dps, record, device) {
+            log::error!("DPS {}: storing the registration of {} failed: {e}", identity.dps, identity.registration_id);
+            return json!({
+                "status": "failed",
+                "registrationState": {
+                    "registrationId": identity.registration_id,
+                    "status": "failed",
+                    "errorCode": 500_000,
+                    "errorMessage": format!("The emulator could not store the registration: {e}"),
+                },
+            });
+        }
+        body
+    }
+}
+
+/// The enrollment that admitted a device, with what the hub identity needs.
+struct Admitted {
+    enrollment: EnrollmentRef,
+    attestation: AttestationKind,
+    settings: EnrollmentSettings,
+    device_id: Option<String>,
+    auth: DeviceAuth,
+}
+
+fn check_enabled(settings: &EnrollmentSettings, enrollment: &EnrollmentRef) -> Result<(), Reply> {
+    if settings.provisioning_status == ProvisioningStatus::Disabled {
+        let what = match enrollment {
+            EnrollmentRef::Group(id) => format!("enrollment group '{id}'"),
+            EnrollmentRef::Individual(id) => format!("individual enrollment '{id}'"),
+        };
+        return Err(Reply::error(401, 401_002, format!("Unauthorized: the {what} is disabled.")));
+    }
+    Ok(())
+}
+
+/// The certificates a group's X.509 attestation names (uploaded CAs by reference, or inline).
+fn group_certificates(dps: &DpsRecord, group: &EnrollmentGroup) -> Option<Vec<Certificate>> {
+    let Attestation::X509 { ca_references, certificates } = &group.attestation else {
+        return None;
+    };
+    let mut out: Vec<Certificate> = certificates.iter().filter_map(|c| decode_der(c).ok()).collect();
+    for name in ca_references {
+        if let Some(ca) = dps.certificates.iter().find(|c| &c.name == name) {
+            out.extend(decode_der(&ca.der_base64).ok());
+        }
+    }
+    Some(out)
+}
+
+/// Chooses a hub host name, or the (errorCode, message) of a failed registration.
+fn allocate(
+    dps: &DpsRecord,
+    settings: &EnrollmentSettings,
+    registration_id: &str,
+    knobs: &DpsKnobs,
+) -> Result<String, (u32, String)> {
+    let candidates: Vec<&LinkedHub> = if settings.iot_hubs.is_empty() {
+        dps.linked_hubs.iter().filter(|l| l.apply_allocation_policy).collect()
+    } else {
+        settings
+            .iot_hubs
+            .iter()
+            .filter_map(|h| {
+                dps.linked_hubs
+                    .iter()
+                    .find(|l| l.host_name.eq_ignore_ascii_case(h) || l.hub == *h)
+            })
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Err((
+            400_208,
+            format!("No IoT hub is linked to provisioning service '{}' for this enrollment.", dps.name),
+        ));
+    }
+    let chosen = match settings.allocation_policy.unwrap_or_default() {
+        AllocationPolicy::Static => candidates[0],
+        AllocationPolicy::Hashed => hashed(&candidates, registration_id),
+        AllocationPolicy::GeoLatency => {
+            let location = knobs
+                .device_locations
+                .get(&registration_id.to_ascii_lowercase())
+                .map_or(dps.location.as_str(), String::as_str);
+            let near: Vec<&LinkedHub> = candidates
+                .iter()
+                .copied()
+                .filter(|l| l.location.eq_ignore_ascii_case(location))
+                .collect();
+            hashed(if near.is_empty() { &candidates } else { &near }, registration_id)
+        }
+        AllocationPolicy::Custom => {
+            return Err((
+                400_209,
+                "Custom allocation is not available in this version of the dpskit emulator.".into(),
+            ));
+        }
+    };
+    Ok(chosen.host_name.clone())
+}
+
+/// Weighted choice by a hash of the (case-insensitive) registration id: stable across restarts.
+fn hashed<'a>(candidates: &[&'a LinkedHub], registration_id: &str) -> &'a LinkedHub {
+    let digest = ring::digest::digest(&ring::digest::SHA256, registration_id.to_ascii_lowercase().as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest.as_ref()[..8]);
+    let hash = u64::from_be_bytes(first);
+    let weights: Vec<u64> = candidates.iter().map(|l| u64::from(l.allocation_weight)).collect();
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return candidates[(hash % candidates.len() as u64) as usize];
+    }
+    let mut point = hash % total;
+    for (link, weight) in candidates.iter().zip(&weights) {
+        if point < *weight {
+            return link;
+        }
+        point -= weight;
+    }
+    candidates[candidates.len() - 1]
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, Reply> {
+    let text = String::from_utf8_lossy(body);
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text).map_err(|e| Reply::error(400, 400_004, format!("The request body is not valid JSON: {e}")))
+}
+
+fn operation_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = crate::pki::keys::fill_random(&mut b);
+    format!("5.{}.{}", crate::pki::cert::hex_upper(&b).to_ascii_lowercase(), random_guid())
+}
+
+fn with_operation_id(mut body: Value, operation_id: &str) -> Value {
+    if let Some(map) = body.as_object_mut() {
+        map.insert("operationId".into(), json!(operation_id));
+    }
+    body
+}
+
+/// The `RegistrationOperationStatus` body of a finished registration.
+pub fn registration_body(record: &RegistrationRecord) -> Value {
+    let mut state = serde_json::Map::new();
+    match (&record.attestation, &record.enrollment) {
+        (AttestationKind::X509, EnrollmentRef::Group(id)) => {
+            state.insert("x509".into(), json!({"enrollmentGroupId": id}));
+        }
+        (AttestationKind::X509, EnrollmentRef::Individual(_)) => {
+            state.insert("x509".into(), json!({}));
+        }
+        (AttestationKind::SymmetricKey, EnrollmentRef::Group(id)) => {
+            state.insert("symmetricKey".into(), json!({"enrollmentGroupId": id}));
+        }
+        (AttestationKind::SymmetricKey, EnrollmentRef::Individual(_)) => {
+            state.insert("symmetricKey".into(), json!({}));
+        }
+    }
+    state.insert("registrationId".into(), json!(record.registration_id));
+    state.insert("createdDateTimeUtc".into(), json!(record.created));
+    if let Some(hub) = &record.assigned_hub {
+        state.insert("assignedHub".into(), json!(hub));
+    }
+    if let Some(device_id) = &record.device_id {
+        state.insert("deviceId".into(), json!(device_id));
+    }
+    state.insert("status".into(), json!(record.status));
+    if let Some(substatus) = &record.substatus {
+        state.insert("substatus".into(), json!(substatus));
+    }
+    if let Some(code) = record.error_code {
+        state.insert("errorCode".into(), json!(code));
+    }
+    if let Some(message) = &record.error_message {
+        state.insert("errorMessage".into(), json!(message));
+    }
+    state.insert("lastUpdatedDateTimeUtc".into(), json!(record.last_updated));
+    state.insert("etag".into(), json!(record.etag));
+    if let Some(payload) = &record.payload {
+        state.insert("payload".into(), payload.clone());
+    }
+    json!({"status": record.status, "registrationState": Value::Object(state)})
+}
+
+impl From<Error> for Reply {
+    fn from(e: Error) -> Self {
+        Reply::error(500, 500_000, e.to_string())
+    }
+}

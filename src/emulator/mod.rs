@@ -1,0 +1,266 @@
+//! The local cloud: an in-process emulator of Azure DPS (and, next, IoT Hub) that the official
+//! SDKs talk to unchanged. One MQTT-over-TLS listener serves DPS and every hub, routed by the
+//! CONNECT username; state lives in SQLite in the data folder.
+
+pub mod cloud;
+pub mod dps;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod topics;
+pub mod trace;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+pub use cloud::{Cloud, EnrollmentSpec};
+pub use dps::DpsKnobs;
+pub use server::Limits;
+pub use trace::TraceEvent;
+
+/// How to start the emulator.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    /// Where state and the emulator's CA live; a temporary folder (deleted on stop) if `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Address DPS listens on; hubs take the following loopback addresses.
+    pub host: String,
+    /// MQTT port: 8883, because the official Python SDK cannot dial another; 0 picks a free one.
+    pub port: u16,
+    /// Listener limits.
+    pub limits: Limits,
+    /// `retry-after` seconds on 202 (assigning) replies.
+    pub poll_retry_after: u32,
+    /// Runtime worker threads (default: one per core).
+    pub worker_threads: Option<usize>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            data_dir: None,
+            host: "127.0.0.1".into(),
+            port: 8883,
+            limits: Limits {
+                connect_timeout: Duration::from_secs(10),
+                max_packet_size: 256 * 1024,
+                max_connections: 20_000,
+            },
+            poll_retry_after: 1,
+            worker_threads: None,
+        }
+    }
+}
+
+/// A running emulator. Dropping it stops it.
+pub struct Emulator {
+    runtime: Option<Runtime>,
+    cloud: Arc<Cloud>,
+    dps: Arc<dps::DpsEngine>,
+    tls: Arc<tls::EmulatorTls>,
+    tracer: Arc<trace::Tracer>,
+    context: Arc<server::ServerContext>,
+    data_dir: PathBuf,
+    temporary: Option<tempfile::TempDir>,
+    port: u16,
+    listening: Mutex<Vec<SocketAddr>>,
+}
+
+impl Emulator {
+    /// Starts the emulator: opens (or creates) its state and CA, binds the listener for DPS and
+    /// for every hub already configured.
+    pub fn start(config: EmulatorConfig) -> Result<Self> {
+        let (data_dir, temporary) = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                (dir.clone(), None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("dpskit-local-cloud-")
+                    .tempdir()
+                    .map_err(|e| Error::Emulator(format!("cannot create a temporary folder: {e}")))?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let host_ip: IpAddr = config.host.parse().map_err(|_| {
+            Error::Config(format!("host must be an IP address, not {:?}", config.host))
+        })?;
+        let mut hosts = vec![config.host.clone()];
+        if host_ip.is_loopback() {
+            hosts.push("localhost".into());
+        }
+        let tls = Arc::new(tls::EmulatorTls::load_or_create(&data_dir, hosts)?);
+        let store = store::Store::open(&data_dir)?;
+        let cloud = Arc::new(Cloud::open(store, tls.clone(), config.host.clone())?);
+        let dps = Arc::new(dps::DpsEngine::new(cloud.clone(), config.poll_retry_after));
+        let tracer = Arc::new(trace::Tracer::default());
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().thread_name("dpskit-emulator");
+        if let Some(n) = config.worker_threads {
+            builder.worker_threads(n.max(1));
+        }
+        let runtime = builder
+            .build()
+            .map_err(|e| Error::Emulator(format!("cannot start the emulator runtime: {e}")))?;
+        let context = Arc::new(server::ServerContext {
+            acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
+            dps: dps.clone(),
+            tracer: tracer.clone(),
+            limits: config.limits.clone(),
+            slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        });
+        let mut emulator = Emulator {
+            runtime: Some(runtime),
+            cloud,
+            dps,
+            tls,
+            tracer,
+            context,
+            data_dir,
+            temporary,
+            port: config.port,
+            listening: Mutex::new(Vec::new()),
+        };
+        let first = emulator.listen(host_ip, config.port)?;
+        emulator.port = first.port();
+        for hub in emulator.cloud.hubs() {
+            emulator.listen_for_host(&hub.host_name)?;
+        }
+        log::info!(
+            "emulator: listening on {first} (MQTT over TLS), state in {}",
+            emulator.data_dir.display()
+        );
+        Ok(emulator)
+    }
+
+    fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))?;
+        let address = SocketAddr::new(ip, port);
+        let std_listener = std::net::TcpListener::bind(address).map_err(|e| {
+            Error::Emulator(format!(
+                "cannot listen on {address}: {e}{}",
+                if port == 8883 {
+                    " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+        let bound = std_listener
+            .local_addr()
+            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+        let context = self.context.clone();
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+        runtime.spawn(server::serve(listener, context));
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bound);
+        Ok(bound)
+    }
+
+    /// Makes a hub host reachable: binds the shared port on its address when it is an IP the
+    /// listener does not cover yet.
+    fn listen_for_host(&self, host: &str) -> Result<()> {
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return Ok(());
+        };
+        let covered = self
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|a| a.ip() == ip || a.ip().is_unspecified());
+        if !covered {
+            self.listen(ip, self.port)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a hub and starts listening on its address.
+    pub fn create_hub(&self, name: &str, location: &str, host_name: Option<&str>) -> Result<model::HubRecord> {
+        let hub = self.cloud.create_hub(name, location, host_name)?;
+        self.listen_for_host(&hub.host_name)?;
+        Ok(hub)
+    }
+
+    /// The configuration API.
+    pub fn cloud(&self) -> &Arc<Cloud> {
+        &self.cloud
+    }
+
+    /// The emulator CA's certificate: what clients must trust.
+    pub fn trust_pem(&self) -> String {
+        self.tls.trust_pem()
+    }
+
+    /// The MQTT port (the one actually bound when 0 was asked for).
+    pub fn mqtt_port(&self) -> u16 {
+        self.port
+    }
+
+    /// The folder holding state and the CA.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Whether the data folder is temporary (deleted on stop).
+    pub fn is_temporary(&self) -> bool {
+        self.temporary.is_some()
+    }
+
+    /// Changes a DPS's realism knobs.
+    pub fn update_dps_knobs(&self, dps: &str, change: impl FnOnce(&mut DpsKnobs)) -> Result<()> {
+        self.cloud.dps(dps)?;
+        self.dps.update_knobs(dps, change);
+        Ok(())
+    }
+
+    /// The exchange tracer.
+    pub fn tracer(&self) -> &trace::Tracer {
+        &self.tracer
+    }
+
+    /// Whether the emulator is running.
+    pub fn is_running(&self) -> bool {
+        self.runtime.is_some()
+    }
+
+    /// Stops listening and closes every connection. State stays in the data folder (unless it is
+    /// temporary).
+    pub fn stop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            log::info!("emulator: stopped");
+        }
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

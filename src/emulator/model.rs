@@ -1,0 +1,314 @@
+//! What the emulator stores: hubs, DPS instances with their linked hubs and CA certificates,
+//! enrollments, registrations and hub device identities. Every record is a serde document so the
+//! store can keep it as JSON and the REST layer can reuse the shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An IoT Hub instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HubRecord {
+    /// Resource name.
+    pub name: String,
+    /// Host name devices dial (a loopback address for the emulator's hubs).
+    pub host_name: String,
+    /// Azure region name used by geoLatency allocation.
+    pub location: String,
+    /// `iothubowner` primary key.
+    pub primary_key: String,
+    /// `iothubowner` secondary key.
+    pub secondary_key: String,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+}
+
+/// A DPS instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DpsRecord {
+    /// Resource name.
+    pub name: String,
+    /// ID scope (`0ne` + 8 hex digits).
+    pub id_scope: String,
+    /// Azure region name.
+    pub location: String,
+    /// `provisioningserviceowner` primary key.
+    pub primary_key: String,
+    /// `provisioningserviceowner` secondary key.
+    pub secondary_key: String,
+    /// Hubs linked to this DPS.
+    pub linked_hubs: Vec<LinkedHub>,
+    /// CA certificates uploaded to this DPS.
+    pub certificates: Vec<CaCertificate>,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+}
+
+/// A hub linked to a DPS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkedHub {
+    /// The hub's resource name.
+    pub hub: String,
+    /// The hub's host name (what enrollments and registrations refer to).
+    pub host_name: String,
+    /// Weight for hashed allocation.
+    pub allocation_weight: u32,
+    /// Whether the DPS-wide allocation policy may choose this hub.
+    pub apply_allocation_policy: bool,
+    /// Location used by geoLatency allocation.
+    pub location: String,
+}
+
+/// A CA certificate uploaded to a DPS (ARM `certificates/{name}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CaCertificate {
+    /// Certificate name in the DPS.
+    pub name: String,
+    /// DER, base64.
+    pub der_base64: String,
+    /// Proven by proof of possession, or declared verified on upload.
+    pub is_verified: bool,
+    /// Changes on every modification.
+    pub etag: String,
+    /// The outstanding verification code, if one was generated and not used yet.
+    pub verification_code: Option<String>,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub updated: i64,
+}
+
+/// Whether an enrollment accepts registrations.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ProvisioningStatus {
+    /// Registrations are accepted.
+    #[default]
+    Enabled,
+    /// Registrations are refused.
+    Disabled,
+}
+
+/// How DPS picks a hub.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AllocationPolicy {
+    /// Weighted hash of the registration id ("evenly weighted distribution").
+    #[default]
+    Hashed,
+    /// The one hub listed.
+    Static,
+    /// The hub nearest the device (by the locations assigned in the emulator).
+    GeoLatency,
+    /// A webhook or a callable decides.
+    Custom,
+}
+
+impl AllocationPolicy {
+    /// Parses the data-plane spelling (`hashed`, `static`, `geoLatency`, `custom`), any case.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "hashed" => Some(Self::Hashed),
+            "static" => Some(Self::Static),
+            "geolatency" => Some(Self::GeoLatency),
+            "custom" => Some(Self::Custom),
+            _ => None,
+        }
+    }
+}
+
+/// What happens when an already registered device registers again.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReprovisionPolicy {
+    /// Re-run allocation (true) or keep the current hub (false).
+    pub update_hub_assignment: bool,
+    /// Migrate the twin to the new hub (true) or reset it to the initial twin (false).
+    pub migrate_device_data: bool,
+}
+
+impl Default for ReprovisionPolicy {
+    fn default() -> Self {
+        ReprovisionPolicy {
+            update_hub_assignment: true,
+            migrate_device_data: true,
+        }
+    }
+}
+
+/// How an enrollment attests devices.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Attestation {
+    /// X.509: a group refers to CA certificates (uploaded by name, or given inline); an
+    /// individual enrollment lists the device's own certificates.
+    X509 {
+        /// Names of CA certificates uploaded to the DPS (primary, then secondary).
+        #[serde(default)]
+        ca_references: Vec<String>,
+        /// Inline signing certificates (groups) or client certificates (individual), DER base64.
+        #[serde(default)]
+        certificates: Vec<String>,
+    },
+    /// Symmetric keys (base64).
+    SymmetricKey {
+        /// Primary key.
+        primary_key: String,
+        /// Secondary key.
+        secondary_key: String,
+    },
+}
+
+/// Custom allocation target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomAllocation {
+    /// Webhook URL (`http://` or `https://`), or `python:<name>` for a registered callable.
+    pub webhook_url: String,
+    /// API version sent in the request.
+    pub api_version: String,
+}
+
+/// Settings shared by groups and individual enrollments.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentSettings {
+    /// Enabled or disabled.
+    pub provisioning_status: ProvisioningStatus,
+    /// Allocation policy; `None` uses the DPS default (hashed).
+    pub allocation_policy: Option<AllocationPolicy>,
+    /// Host names of the hubs this enrollment may use (empty: every linked hub).
+    pub iot_hubs: Vec<String>,
+    /// Re-registration behaviour.
+    pub reprovision_policy: ReprovisionPolicy,
+    /// `{"tags": {...}, "properties": {"desired": {...}}}` for new devices.
+    pub initial_twin: Option<Value>,
+    /// For the custom allocation policy.
+    pub custom_allocation: Option<CustomAllocation>,
+}
+
+/// An enrollment group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentGroup {
+    /// Group id.
+    pub enrollment_group_id: String,
+    /// How devices attest.
+    pub attestation: Attestation,
+    /// Policies.
+    pub settings: EnrollmentSettings,
+    /// Changes on every modification.
+    pub etag: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub updated: i64,
+}
+
+/// An individual enrollment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IndividualEnrollment {
+    /// Registration id.
+    pub registration_id: String,
+    /// Device id in the hub (default: the registration id).
+    pub device_id: Option<String>,
+    /// How the device attests.
+    pub attestation: Attestation,
+    /// Policies.
+    pub settings: EnrollmentSettings,
+    /// Changes on every modification.
+    pub etag: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub updated: i64,
+}
+
+/// Which enrollment a registration came through.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", content = "id", rename_all = "camelCase")]
+pub enum EnrollmentRef {
+    /// An enrollment group.
+    Group(String),
+    /// An individual enrollment.
+    Individual(String),
+}
+
+/// The attestation kind a registration used.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum AttestationKind {
+    /// X.509 certificate.
+    X509,
+    /// Symmetric key.
+    SymmetricKey,
+}
+
+/// A device registration record (DPS `registrations/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationRecord {
+    /// Registration id.
+    pub registration_id: String,
+    /// The enrollment that admitted the device.
+    pub enrollment: EnrollmentRef,
+    /// X.509 or symmetric key.
+    pub attestation: AttestationKind,
+    /// Assigned hub host name.
+    pub assigned_hub: Option<String>,
+    /// Device id in that hub.
+    pub device_id: Option<String>,
+    /// `assigned` or `failed`.
+    pub status: String,
+    /// `initialAssignment`, `deviceDataMigrated`, `deviceDataReset`, ...
+    pub substatus: Option<String>,
+    /// Azure error code when failed.
+    pub error_code: Option<u32>,
+    /// Error message when failed.
+    pub error_message: Option<String>,
+    /// First registration, RFC 3339 with 7 fractional digits as Azure writes it.
+    pub created: String,
+    /// Last registration.
+    pub last_updated: String,
+    /// Changes on every registration.
+    pub etag: String,
+    /// Payload returned to the device (custom allocation).
+    pub payload: Option<Value>,
+}
+
+/// How a hub device authenticates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum DeviceAuth {
+    /// X.509 "self-signed" identity: the leaf's thumbprints, which is how DPS registers X.509
+    /// devices in the hub whatever CA signed them.
+    SelfSigned {
+        /// SHA-1 thumbprint, upper-case hex.
+        primary_thumbprint: String,
+        /// SHA-256 thumbprint, upper-case hex.
+        primary_thumbprint_sha256: String,
+    },
+    /// Symmetric keys.
+    Sas {
+        /// Primary key.
+        primary_key: String,
+        /// Secondary key.
+        secondary_key: String,
+    },
+}
+
+/// A device identity in a hub.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HubDevice {
+    /// Device id.
+    pub device_id: String,
+    /// Hub host name.
+    pub hub: String,
+    /// Credentials.
+    pub auth: DeviceAuth,
+    /// Tags and desired properties given at provisioning.
+    pub initial_twin: Option<Value>,
+    /// Unix seconds.
+    pub created: i64,
+}

@@ -1,0 +1,355 @@
+//! The MQTT-over-TLS listener shared by DPS and the hubs: accepts connections (TCP_NODELAY),
+//! completes TLS, waits for CONNECT within a deadline, routes by username, and runs the session.
+//! Anything malformed closes that one connection, with a log line; the listener keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::{ConnAck, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::emulator::dps::{DeviceIdentity, DpsEngine, Reply};
+use crate::emulator::topics::{DpsRequest, Route, dps_request, dps_response, route};
+use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
+use crate::pki::Certificate;
+
+/// Listener limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time allowed for the TLS handshake plus CONNECT.
+    pub connect_timeout: Duration,
+    /// Largest MQTT packet accepted.
+    pub max_packet_size: usize,
+    /// Concurrent connections before new ones are refused.
+    pub max_connections: usize,
+}
+
+/// What every connection needs.
+pub struct ServerContext {
+    /// TLS acceptor with the emulator's certificate.
+    pub acceptor: TlsAcceptor,
+    /// DPS registration engine.
+    pub dps: Arc<DpsEngine>,
+    /// Exchange traces.
+    pub tracer: Arc<Tracer>,
+    /// Limits.
+    pub limits: Limits,
+    /// Connection slots.
+    pub slots: Arc<Semaphore>,
+}
+
+/// Accepts connections on `listener` until the runtime shuts down.
+pub async fn serve(listener: TcpListener, context: Arc<ServerContext>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                log::warn!("emulator: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = context.slots.clone().try_acquire_owned() else {
+            log::warn!(
+                "emulator: refusing {peer}: {} connections already open",
+                context.limits.max_connections
+            );
+            continue;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = handle(stream, &context).await {
+                log::info!("emulator: closed {peer}: {reason}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+type Tls = TlsStream<TcpStream>;
+
+struct Connection {
+    tls: Tls,
+    buffer: BytesMut,
+    out: BytesMut,
+    max_packet_size: usize,
+    next_pkid: u16,
+}
+
+impl Connection {
+    /// Reads the next packet; `Ok(None)` when the peer closed the connection.
+    async fn read(&mut self) -> Result<Option<Packet>, String> {
+        loop {
+            match Packet::read(&mut self.buffer, self.max_packet_size) {
+                Ok(packet) => return Ok(Some(packet)),
+                Err(rumqttc::Error::InsufficientBytes(_)) => {}
+                Err(e) => return Err(format!("malformed MQTT packet: {e}")),
+            }
+            let n = self
+                .tls
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(|e| format!("read failed: {e}"))?;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), String> {
+        packet
+            .write(&mut self.out, usize::MAX)
+            .map_err(|e| format!("cannot encode {:?}: {e}", packet.packet_type()))?;
+        self.tls
+            .write_all(&self.out)
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
+        self.tls.flush().await.map_err(|e| format!("write failed: {e}"))?;
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
+        publish.pkid = self.next_pkid;
+        self.send(Packet::Publish(publish)).await
+    }
+}
+
+async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String> {
+    // Without TCP_NODELAY small MQTT packets wait for delayed ACKs (~40 ms per exchange).
+    stream
+        .set_nodelay(true)
+        .map_err(|e| format!("TCP_NODELAY: {e}"))?;
+    let deadline = context.limits.connect_timeout;
+    let tls = tokio::time::timeout(deadline, context.acceptor.accept(stream))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let chain: Vec<Certificate> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .collect();
+    let mut connection = Connection {
+        tls,
+        buffer: BytesMut::with_capacity(4096),
+        out: BytesMut::with_capacity(4096),
+        max_packet_size: context.limits.max_packet_size,
+        next_pkid: 0,
+    };
+    let first = tokio::time::timeout(deadline, connection.read())
+        .await
+        .map_err(|_| "no CONNECT within the connect timeout".to_string())??;
+    let connect = match first {
+        Some(Packet::Connect(connect)) => connect,
+        Some(other) => return Err(format!("expected CONNECT, got {:?}", other.packet_type())),
+        None => return Ok(()),
+    };
+    let (username, password) = match &connect.auth {
+        ConnectAuth::None => (None, None),
+        ConnectAuth::Username { username } => (Some(username.as_str()), None),
+        ConnectAuth::UsernamePassword { username, password } => {
+            (Some(username.as_str()), Some(password.to_vec()))
+        }
+    };
+    let keep_alive = connect.keep_alive;
+    let client_id = connect.client_id.clone();
+    let trace = |event: TraceEvent| {
+        if context.tracer.is_watching(&client_id) {
+            context.tracer.record(&client_id, event);
+        }
+    };
+    trace(TraceEvent {
+        at: unix_now(),
+        direction: "device->cloud",
+        kind: "CONNECT".into(),
+        topic: None,
+        status: None,
+        detail: format!(
+            "client_id={client_id} username={} clean_session={} keep_alive={keep_alive} password={} client_certificates={}",
+            username.unwrap_or(""),
+            connect.clean_session,
+            if password.is_some() { "<SAS token>" } else { "none" },
+            chain.len()
+        ),
+    });
+    match username.and_then(route) {
+        Some(Route::Dps { id_scope, registration_id }) => {
+            let identity = match context.dps.authenticate(&id_scope, &registration_id, password.as_deref(), chain) {
+                Ok(identity) => identity,
+                Err((code, why)) => {
+                    trace(connack_event(code, &why));
+                    connection.send(Packet::ConnAck(ConnAck::new(code, false))).await?;
+                    return Err(format!("DPS CONNECT of {registration_id:?} refused: {why}"));
+                }
+            };
+            trace(connack_event(ConnectReturnCode::Success, "accepted"));
+            connection
+                .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)))
+                .await?;
+            dps_session(&mut connection, context, &identity, keep_alive, &trace).await
+        }
+        Some(Route::Hub { host, device_id, .. }) => {
+            trace(connack_event(ConnectReturnCode::ServiceUnavailable, "hub API not available yet"));
+            connection
+                .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false)))
+                .await?;
+            Err(format!(
+                "IoT Hub CONNECT for {device_id:?} at {host}: the emulator's hub device API arrives in a later dpskit version"
+            ))
+        }
+        None => {
+            connection
+                .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::BadUserNamePassword, false)))
+                .await?;
+            Err(format!(
+                "CONNECT username {:?} is neither a DPS nor a hub username",
+                username.unwrap_or("")
+            ))
+        }
+    }
+}
+
+fn connack_event(code: ConnectReturnCode, why: &str) -> TraceEvent {
+    TraceEvent {
+        at: unix_now(),
+        direction: "cloud->device",
+        kind: "CONNACK".into(),
+        topic: None,
+        status: Some(code as u16),
+        detail: format!("{code:?}: {why}"),
+    }
+}
+
+/// Serves one DPS client until it disconnects.
+async fn dps_session(
+    connection: &mut Connection,
+    context: &ServerContext,
+    identity: &DeviceIdentity,
+    keep_alive: u16,
+    trace: &impl Fn(TraceEvent),
+) -> Result<(), String> {
+    // MQTT: the server may drop a client silent for 1.5 keep-alive periods. With keep-alive 0
+    // we still do not wait forever on a connection that never speaks.
+    let idle = if keep_alive == 0 {
+        Duration::from_secs(1800)
+    } else {
+        Duration::from_millis(u64::from(keep_alive) * 1500)
+    };
+    loop {
+        let packet = match tokio::time::timeout(idle, connection.read()).await {
+            Err(_) => return Err("keep-alive expired".into()),
+            Ok(result) => match result? {
+                Some(packet) => packet,
+                None => return Ok(()),
+            },
+        };
+        match packet {
+            Packet::Subscribe(subscribe) => {
+                let codes = subscribe
+                    .filters
+                    .iter()
+                    .map(|f| {
+                        trace(TraceEvent {
+                            at: unix_now(),
+                            direction: "device->cloud",
+                            kind: "SUBSCRIBE".into(),
+                            topic: Some(f.path.clone()),
+                            status: None,
+                            detail: format!("qos={:?}", f.qos),
+                        });
+                        if f.path == "$dps/registrations/res/#" {
+                            // DPS grants QoS 2 requests as QoS 1.
+                            SubscribeReasonCode::Success(match f.qos {
+                                QoS::AtMostOnce => QoS::AtMostOnce,
+                                _ => QoS::AtLeastOnce,
+                            })
+                        } else {
+                            SubscribeReasonCode::Failure
+                        }
+                    })
+                    .collect();
+                connection
+                    .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                    .await?;
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                connection
+                    .send(Packet::UnsubAck(rumqttc::UnsubAck::new(unsubscribe.pkid)))
+                    .await?;
+            }
+            Packet::Publish(publish) => {
+                if publish.qos == QoS::ExactlyOnce {
+                    return Err("QoS 2 PUBLISH is not supported".into());
+                }
+                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                trace(TraceEvent {
+                    at: unix_now(),
+                    direction: "device->cloud",
+                    kind: "PUBLISH".into(),
+                    topic: Some(topic.clone()),
+                    status: None,
+                    detail: String::from_utf8_lossy(&publish.payload).into_owned(),
+                });
+                if publish.qos == QoS::AtLeastOnce {
+                    connection.send(Packet::PubAck(PubAck::new(publish.pkid))).await?;
+                }
+                let (rid, reply) = match dps_request(&topic) {
+                    Some(DpsRequest::Register { rid }) => {
+                        (rid, context.dps.register(identity, &publish.payload))
+                    }
+                    Some(DpsRequest::Poll { rid, operation_id }) => {
+                        (rid, context.dps.poll(identity, &operation_id))
+                    }
+                    None => {
+                        log::info!(
+                            "emulator: DPS client {:?} published to unsupported topic {topic:?}",
+                            identity.registration_id
+                        );
+                        continue;
+                    }
+                };
+                send_reply(connection, &rid, reply, trace).await?;
+            }
+            Packet::PingReq => connection.send(Packet::PingResp).await?,
+            Packet::PubAck(_) => {}
+            Packet::Disconnect => {
+                trace(TraceEvent {
+                    at: unix_now(),
+                    direction: "device->cloud",
+                    kind: "DISCONNECT".into(),
+                    topic: None,
+                    status: None,
+                    detail: String::new(),
+                });
+                return Ok(());
+            }
+            other => return Err(format!("unexpected {:?} from a DPS client", other.packet_type())),
+        }
+    }
+}
+
+async fn send_reply(connection: &mut Connection, rid: &str, reply: Reply, trace: &impl Fn(TraceEvent)) -> Result<(), String> {
+    let topic = dps_response(reply.status, rid, reply.retry_after);
+    let body = reply.body.to_string();
+    trace(TraceEvent {
+        at: unix_now(),
+        direction: "cloud->device",
+        kind: "PUBLISH".into(),
+        topic: Some(topic.clone()),
+        status: Some(reply.status),
+        detail: body.clone(),
+    });
+    connection.publish(topic, body.into_bytes()).await
+}
