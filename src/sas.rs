@@ -69,7 +69,12 @@ pub fn url_decode(text: &str) -> Result<String> {
 }
 
 /// Builds a token: `SharedAccessSignature sr=..&sig=..&se=..[&skn=..]`.
-pub fn build_token(resource_uri: &str, key: &str, expiry: i64, key_name: Option<&str>) -> Result<String> {
+pub fn build_token(
+    resource_uri: &str,
+    key: &str,
+    expiry: i64,
+    key_name: Option<&str>,
+) -> Result<String> {
     let sr = url_encode(resource_uri);
     let signature = sign(&decode_key(key)?, &sr, expiry);
     let mut token = format!(
@@ -113,7 +118,9 @@ impl SasToken {
             .ok_or_else(|| bad("it must start with 'SharedAccessSignature '"))?;
         let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
         for pair in body.split('&') {
-            let (key, value) = pair.split_once('=').ok_or_else(|| bad("a field without '='"))?;
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("a field without '='"))?;
             match key {
                 "sr" => sr = Some(value.to_string()),
                 "sig" => sig = Some(url_decode(value)?),
@@ -162,10 +169,20 @@ mod tests {
     fn known_answers() {
         // From the IoT Hub docs (the DPS doc's own sample does not reproduce; see the protocol notes).
         let key = "18RQk/hOPJR9EbsJlk2j8WA6vWaj/yi+oaYg7zmxfQNdOyMSu+SJ8O7TSlZhDJCYmn4rzEiVKIzNiVAWjLxrGA==";
-        let token = build_token("MyExampleHub.azure-devices.net/devices/my-symkey-device", key, 1663119026, None).unwrap();
-        assert!(token.contains("sig=f%2BwW8XOKeJOtiPc9Iwjc4OpExvPM7NlhM9qxN2a1aAM%3D"), "{token}");
+        let token = build_token(
+            "MyExampleHub.azure-devices.net/devices/my-symkey-device",
+            key,
+            1663119026,
+            None,
+        )
+        .unwrap();
+        assert!(
+            token.contains("sig=f%2BwW8XOKeJOtiPc9Iwjc4OpExvPM7NlhM9qxN2a1aAM%3D"),
+            "{token}"
+        );
         assert_eq!(
-            derive_device_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "device-001").unwrap(),
+            derive_device_key("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "device-001")
+                .unwrap(),
             "BG0x/0mIbqnG9RWsosby2GxBOeYgRhXI9gnRqn2lxFI="
         );
     }
@@ -173,14 +190,18 @@ mod tests {
     #[test]
     fn verifies_over_the_raw_resource_in_either_case() {
         let key = generate_key().unwrap();
-        let upper = build_token("0ne00000001/registrations/dev1", &key, 4_000_000_000, None).unwrap();
+        let upper =
+            build_token("0ne00000001/registrations/dev1", &key, 4_000_000_000, None).unwrap();
         let parsed = SasToken::parse(&upper).unwrap();
         assert_eq!(parsed.resource, "0ne00000001/registrations/dev1");
         assert!(parsed.is_signed_by(&key));
         // The C SDK writes lower-case escapes and signs those bytes.
         let raw = "0ne00000001%2fregistrations%2fdev1";
         let sig = sign(&BASE64.decode(&key).unwrap(), raw, 4_000_000_000);
-        let lower = format!("SharedAccessSignature sr={raw}&sig={}&se=4000000000&skn=", url_encode(&sig));
+        let lower = format!(
+            "SharedAccessSignature sr={raw}&sig={}&se=4000000000&skn=",
+            url_encode(&sig)
+        );
         let parsed = SasToken::parse(&lower).unwrap();
         assert!(parsed.is_signed_by(&key));
         assert_eq!(parsed.key_name, None);
@@ -189,7 +210,13 @@ mod tests {
 
     #[test]
     fn rejects_malformed_tokens() {
-        for token in ["", "sr=a&sig=b&se=1", "SharedAccessSignature sr=a&se=1", "SharedAccessSignature sr=a&sig=b&se=x", "SharedAccessSignature sr=%zz&sig=b&se=1"] {
+        for token in [
+            "",
+            "sr=a&sig=b&se=1",
+            "SharedAccessSignature sr=a&se=1",
+            "SharedAccessSignature sr=a&sig=b&se=x",
+            "SharedAccessSignature sr=%zz&sig=b&se=1",
+        ] {
             assert!(SasToken::parse(token).is_err(), "{token}");
         }
     }

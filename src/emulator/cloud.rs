@@ -98,13 +98,13 @@ fn conflict(what: &str, name: &str) -> Error {
 
 fn check_etag(current: &str, if_match: Option<&str>) -> Result<()> {
     match if_match {
-        Some(tag) if tag != "*" && tag.trim_matches('"') != current.trim_matches('"') => Err(
-            Error::service(
+        Some(tag) if tag != "*" && tag.trim_matches('"') != current.trim_matches('"') => {
+            Err(Error::service(
                 412,
                 412_002,
                 "The ETag in the request does not match the ETag of the resource (precondition failed).",
-            ),
-        ),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -151,7 +151,9 @@ impl Cloud {
                 .insert((dps, r.registration_id.to_ascii_lowercase()), r);
         }
         for d in store.all::<HubDevice>(kind::DEVICE)? {
-            model.devices.insert((d.hub.clone(), d.device_id.clone()), d);
+            model
+                .devices
+                .insert((d.hub.clone(), d.device_id.clone()), d);
         }
         Ok(Cloud {
             store,
@@ -179,7 +181,12 @@ impl Cloud {
     /// Creates a hub. Its host name is the next free loopback address after the DPS address
     /// (stock SDKs cannot change ports or resolve made-up names, but every 127.0.0.0/8 address
     /// reaches this machine), unless `host_name` is given.
-    pub fn create_hub(&self, name: &str, location: &str, host_name: Option<&str>) -> Result<HubRecord> {
+    pub fn create_hub(
+        &self,
+        name: &str,
+        location: &str,
+        host_name: Option<&str>,
+    ) -> Result<HubRecord> {
         check_resource_name("hub", name)?;
         let mut model = self.write();
         if model.hubs.contains_key(name) {
@@ -189,8 +196,14 @@ impl Cloud {
             Some(h) => h.to_string(),
             None => self.next_hub_address(&model)?,
         };
-        if model.hubs.values().any(|h| h.host_name.eq_ignore_ascii_case(&host_name)) {
-            return Err(Error::Config(format!("host name {host_name} is already used by another hub")));
+        if model
+            .hubs
+            .values()
+            .any(|h| h.host_name.eq_ignore_ascii_case(&host_name))
+        {
+            return Err(Error::Config(format!(
+                "host name {host_name} is already used by another hub"
+            )));
         }
         self.tls.cover_host(&host_name)?;
         let hub = HubRecord {
@@ -308,7 +321,11 @@ impl Cloud {
     }
 
     /// Applies `change` to a DPS record and persists it.
-    fn update_dps<T>(&self, name: &str, change: impl FnOnce(&mut DpsRecord, &Model) -> Result<T>) -> Result<T> {
+    fn update_dps<T>(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut DpsRecord, &Model) -> Result<T>,
+    ) -> Result<T> {
         let mut model = self.write();
         let mut dps = model
             .dps
@@ -331,7 +348,10 @@ impl Cloud {
         location: Option<&str>,
     ) -> Result<LinkedHub> {
         self.update_dps(dps, |record, model| {
-            let hub = model.hubs.get(hub).ok_or_else(|| not_found("IoT hub", hub))?;
+            let hub = model
+                .hubs
+                .get(hub)
+                .ok_or_else(|| not_found("IoT hub", hub))?;
             let link = LinkedHub {
                 hub: hub.name.clone(),
                 host_name: hub.host_name.clone(),
@@ -349,7 +369,9 @@ impl Cloud {
     pub fn unlink_hub(&self, dps: &str, hub: &str) -> Result<()> {
         self.update_dps(dps, |record, _| {
             let before = record.linked_hubs.len();
-            record.linked_hubs.retain(|l| l.hub != hub && l.host_name != hub);
+            record
+                .linked_hubs
+                .retain(|l| l.hub != hub && l.host_name != hub);
             if before == record.linked_hubs.len() {
                 return Err(not_found("linked hub", hub));
             }
@@ -415,7 +437,12 @@ impl Cloud {
     }
 
     /// Deletes a CA certificate.
-    pub fn delete_ca_certificate(&self, dps: &str, name: &str, if_match: Option<&str>) -> Result<()> {
+    pub fn delete_ca_certificate(
+        &self,
+        dps: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<()> {
         self.update_dps(dps, |record, _| {
             let i = record
                 .certificates
@@ -513,11 +540,18 @@ impl Cloud {
 
     fn check_hubs_linked(record: &DpsRecord, settings: &EnrollmentSettings) -> Result<()> {
         for host in &settings.iot_hubs {
-            if !record.linked_hubs.iter().any(|l| l.host_name.eq_ignore_ascii_case(host) || l.hub == *host) {
+            if !record
+                .linked_hubs
+                .iter()
+                .any(|l| l.host_name.eq_ignore_ascii_case(host) || l.hub == *host)
+            {
                 return Err(Error::service(
                     400,
                     400_006,
-                    format!("IoT hub '{host}' is not linked to provisioning service '{}'.", record.name),
+                    format!(
+                        "IoT hub '{host}' is not linked to provisioning service '{}'.",
+                        record.name
+                    ),
                 ));
             }
         }
@@ -526,7 +560,10 @@ impl Cloud {
 
     fn check_attestation(record: &DpsRecord, attestation: &Attestation, group: bool) -> Result<()> {
         match attestation {
-            Attestation::X509 { ca_references, certificates } => {
+            Attestation::X509 {
+                ca_references,
+                certificates,
+            } => {
                 if ca_references.is_empty() && certificates.is_empty() {
                     return Err(Error::Config(
                         "an X.509 enrollment needs a CA reference or a certificate".into(),
@@ -542,7 +579,10 @@ impl Cloud {
                         return Err(Error::service(
                             400,
                             400_007,
-                            format!("CA certificate '{name}' is not uploaded to provisioning service '{}'.", record.name),
+                            format!(
+                                "CA certificate '{name}' is not uploaded to provisioning service '{}'.",
+                                record.name
+                            ),
                         ));
                     }
                 }
@@ -551,7 +591,10 @@ impl Cloud {
                 }
                 Ok(())
             }
-            Attestation::SymmetricKey { primary_key, secondary_key } => {
+            Attestation::SymmetricKey {
+                primary_key,
+                secondary_key,
+            } => {
                 for key in [primary_key, secondary_key] {
                     if BASE64.decode(key).map(|k| k.len() < 16).unwrap_or(true) {
                         return Err(Error::Config(
@@ -574,7 +617,10 @@ impl Cloud {
     ) -> Result<EnrollmentGroup> {
         check_resource_name("enrollment group", group_id)?;
         let mut model = self.write();
-        let record = model.dps.get(dps).ok_or_else(|| not_found("provisioning service", dps))?;
+        let record = model
+            .dps
+            .get(dps)
+            .ok_or_else(|| not_found("provisioning service", dps))?;
         let key = (dps.to_string(), group_id.to_string());
         let existing = model.groups.get(&key);
         if let Some(existing) = existing {
@@ -585,7 +631,11 @@ impl Cloud {
         let attestation = match (spec.attestation, existing) {
             (Some(a), _) => a,
             (None, Some(e)) => e.attestation.clone(),
-            (None, None) => return Err(Error::Config("a new enrollment group needs an attestation".into())),
+            (None, None) => {
+                return Err(Error::Config(
+                    "a new enrollment group needs an attestation".into(),
+                ));
+            }
         };
         Self::check_attestation(record, &attestation, true)?;
         Self::check_hubs_linked(record, &spec.settings)?;
@@ -598,7 +648,8 @@ impl Cloud {
             created: existing.map_or(t, |e| e.created),
             updated: t,
         };
-        self.store.put(kind::GROUP, &format!("{dps}/{group_id}"), &(dps, &group))?;
+        self.store
+            .put(kind::GROUP, &format!("{dps}/{group_id}"), &(dps, &group))?;
         model.groups.insert(key, group.clone());
         Ok(group)
     }
@@ -623,12 +674,21 @@ impl Cloud {
     }
 
     /// Deletes an enrollment group.
-    pub fn delete_enrollment_group(&self, dps: &str, group_id: &str, if_match: Option<&str>) -> Result<()> {
+    pub fn delete_enrollment_group(
+        &self,
+        dps: &str,
+        group_id: &str,
+        if_match: Option<&str>,
+    ) -> Result<()> {
         let mut model = self.write();
         let key = (dps.to_string(), group_id.to_string());
-        let group = model.groups.get(&key).ok_or_else(|| not_found("enrollment group", group_id))?;
+        let group = model
+            .groups
+            .get(&key)
+            .ok_or_else(|| not_found("enrollment group", group_id))?;
         check_etag(&group.etag, if_match)?;
-        self.store.delete(kind::GROUP, &format!("{dps}/{group_id}"))?;
+        self.store
+            .delete(kind::GROUP, &format!("{dps}/{group_id}"))?;
         model.groups.remove(&key);
         Ok(())
     }
@@ -643,7 +703,10 @@ impl Cloud {
     ) -> Result<IndividualEnrollment> {
         crate::pki::validate_registration_id(registration_id, false)?;
         let mut model = self.write();
-        let record = model.dps.get(dps).ok_or_else(|| not_found("provisioning service", dps))?;
+        let record = model
+            .dps
+            .get(dps)
+            .ok_or_else(|| not_found("provisioning service", dps))?;
         let key = (dps.to_string(), registration_id.to_ascii_lowercase());
         let existing = model.enrollments.get(&key);
         if let Some(existing) = existing {
@@ -654,7 +717,11 @@ impl Cloud {
         let attestation = match (spec.attestation, existing) {
             (Some(a), _) => a,
             (None, Some(e)) => e.attestation.clone(),
-            (None, None) => return Err(Error::Config("a new enrollment needs an attestation".into())),
+            (None, None) => {
+                return Err(Error::Config(
+                    "a new enrollment needs an attestation".into(),
+                ));
+            }
         };
         Self::check_attestation(record, &attestation, false)?;
         Self::check_hubs_linked(record, &spec.settings)?;
@@ -697,12 +764,21 @@ impl Cloud {
     }
 
     /// Deletes an individual enrollment.
-    pub fn delete_enrollment(&self, dps: &str, registration_id: &str, if_match: Option<&str>) -> Result<()> {
+    pub fn delete_enrollment(
+        &self,
+        dps: &str,
+        registration_id: &str,
+        if_match: Option<&str>,
+    ) -> Result<()> {
         let mut model = self.write();
         let key = (dps.to_string(), registration_id.to_ascii_lowercase());
-        let e = model.enrollments.get(&key).ok_or_else(|| not_found("enrollment", registration_id))?;
+        let e = model
+            .enrollments
+            .get(&key)
+            .ok_or_else(|| not_found("enrollment", registration_id))?;
         check_etag(&e.etag, if_match)?;
-        self.store.delete(kind::ENROLLMENT, &format!("{dps}/{}", key.1))?;
+        self.store
+            .delete(kind::ENROLLMENT, &format!("{dps}/{}", key.1))?;
         model.enrollments.remove(&key);
         Ok(())
     }
@@ -737,7 +813,8 @@ impl Cloud {
         if model.registrations.remove(&key).is_none() {
             return Err(not_found("registration", registration_id));
         }
-        self.store.delete(kind::REGISTRATION, &format!("{dps}/{}", key.1))?;
+        self.store
+            .delete(kind::REGISTRATION, &format!("{dps}/{}", key.1))?;
         Ok(())
     }
 

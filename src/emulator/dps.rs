@@ -199,22 +199,34 @@ impl DpsEngine {
 
     /// Finds the enrollment whose key signed `token`: the individual enrollment first, then
     /// every symmetric-key group (with the key derived for this registration id).
-    fn sas_credential(&self, dps: &DpsRecord, registration_id: &str, token: &SasToken) -> Option<DeviceCredential> {
+    fn sas_credential(
+        &self,
+        dps: &DpsRecord,
+        registration_id: &str,
+        token: &SasToken,
+    ) -> Option<DeviceCredential> {
         if let Ok(e) = self.cloud.enrollment(&dps.name, registration_id) {
-            if let Attestation::SymmetricKey { primary_key, secondary_key } = &e.attestation {
-                if token.is_signed_by(primary_key) || token.is_signed_by(secondary_key) {
-                    return Some(DeviceCredential::Sas {
-                        enrollment: EnrollmentRef::Individual(e.registration_id.clone()),
-                        device_key: primary_key.clone(),
-                        secondary_key: secondary_key.clone(),
-                    });
-                }
+            if let Attestation::SymmetricKey {
+                primary_key,
+                secondary_key,
+            } = &e.attestation
+                && (token.is_signed_by(primary_key) || token.is_signed_by(secondary_key))
+            {
+                return Some(DeviceCredential::Sas {
+                    enrollment: EnrollmentRef::Individual(e.registration_id.clone()),
+                    device_key: primary_key.clone(),
+                    secondary_key: secondary_key.clone(),
+                });
             }
             // An individual enrollment takes precedence: no group may admit this id.
             return None;
         }
         for group in self.cloud.enrollment_groups(&dps.name) {
-            if let Attestation::SymmetricKey { primary_key, secondary_key } = &group.attestation {
+            if let Attestation::SymmetricKey {
+                primary_key,
+                secondary_key,
+            } = &group.attestation
+            {
                 let (Ok(primary), Ok(secondary)) = (
                     derive_device_key(primary_key, registration_id),
                     derive_device_key(secondary_key, registration_id),
@@ -273,7 +285,10 @@ impl DpsEngine {
     pub fn poll(&self, identity: &DeviceIdentity, operation_id: &str) -> Reply {
         let operations = lock(&self.operations);
         let Some(op) = operations.get(operation_id).filter(|op| {
-            op.dps == identity.dps && op.registration_id.eq_ignore_ascii_case(&identity.registration_id)
+            op.dps == identity.dps
+                && op
+                    .registration_id
+                    .eq_ignore_ascii_case(&identity.registration_id)
         }) else {
             return Reply::error(
                 404,
@@ -309,7 +324,11 @@ impl DpsEngine {
             }
         });
         if let Some(status) = refused {
-            let mut reply = Reply::error(status, u32::from(status) * 1000 + 1, "Registration refused (emulator fault injection).");
+            let mut reply = Reply::error(
+                status,
+                u32::from(status) * 1000 + 1,
+                "Registration refused (emulator fault injection).",
+            );
             reply.retry_after = Some(1);
             return Some(reply);
         }
@@ -327,7 +346,9 @@ impl DpsEngine {
             let mut reply = Reply::error(
                 429,
                 429_001,
-                format!("Too many requests: this provisioning service accepts {limit} registrations per minute."),
+                format!(
+                    "Too many requests: this provisioning service accepts {limit} registrations per minute."
+                ),
             );
             reply.retry_after = Some(wait as u32);
             return Some(reply);
@@ -340,20 +361,27 @@ impl DpsEngine {
     fn attest(&self, identity: &DeviceIdentity) -> Result<Admitted, Reply> {
         let unauthorized = |message: String| Reply::error(401, 401_002, message);
         match &identity.credential {
-            DeviceCredential::Sas { enrollment, device_key, secondary_key } => {
+            DeviceCredential::Sas {
+                enrollment,
+                device_key,
+                secondary_key,
+            } => {
                 let (settings, device_id) = match enrollment {
                     EnrollmentRef::Individual(id) => {
-                        let e = self
-                            .cloud
-                            .enrollment(&identity.dps, id)
-                            .map_err(|_| unauthorized("Unauthorized: the enrollment no longer exists.".into()))?;
+                        let e = self.cloud.enrollment(&identity.dps, id).map_err(|_| {
+                            unauthorized("Unauthorized: the enrollment no longer exists.".into())
+                        })?;
                         (e.settings, e.device_id)
                     }
                     EnrollmentRef::Group(id) => {
                         let g = self
                             .cloud
                             .enrollment_group(&identity.dps, id)
-                            .map_err(|_| unauthorized("Unauthorized: the enrollment group no longer exists.".into()))?;
+                            .map_err(|_| {
+                                unauthorized(
+                                    "Unauthorized: the enrollment group no longer exists.".into(),
+                                )
+                            })?;
                         (g.settings, None)
                     }
                 };
@@ -373,7 +401,11 @@ impl DpsEngine {
         }
     }
 
-    fn attest_x509(&self, identity: &DeviceIdentity, chain: &[Certificate]) -> Result<Admitted, Reply> {
+    fn attest_x509(
+        &self,
+        identity: &DeviceIdentity,
+        chain: &[Certificate],
+    ) -> Result<Admitted, Reply> {
         let unauthorized = |message: String| Reply::error(401, 401_002, message);
         let leaf = &chain[0];
         let info = leaf.info();
@@ -398,11 +430,15 @@ impl DpsEngine {
             primary_thumbprint_sha256: info.thumbprint_sha256.clone(),
         };
         // An individual enrollment for this id beats every group.
-        if let Ok(e) = self.cloud.enrollment(&identity.dps, &identity.registration_id) {
+        if let Ok(e) = self
+            .cloud
+            .enrollment(&identity.dps, &identity.registration_id)
+        {
             let reference = EnrollmentRef::Individual(e.registration_id.clone());
             let Attestation::X509 { certificates, .. } = &e.attestation else {
                 return Err(unauthorized(
-                    "Unauthorized: the individual enrollment for this id does not use X.509.".into(),
+                    "Unauthorized: the individual enrollment for this id does not use X.509."
+                        .into(),
                 ));
             };
             let matches = certificates
@@ -411,7 +447,8 @@ impl DpsEngine {
                 .any(|c| c == *leaf || chain[1..].contains(&c) && self.chains_to(chain, &c));
             if !matches {
                 return Err(unauthorized(
-                    "Invalid certificate: it is not the certificate of the individual enrollment.".into(),
+                    "Invalid certificate: it is not the certificate of the individual enrollment."
+                        .into(),
                 ));
             }
             check_enabled(&e.settings, &reference)?;
@@ -423,7 +460,10 @@ impl DpsEngine {
                 auth,
             });
         }
-        let dps = self.cloud.dps(&identity.dps).map_err(|e| unauthorized(e.to_string()))?;
+        let dps = self
+            .cloud
+            .dps(&identity.dps)
+            .map_err(|e| unauthorized(e.to_string()))?;
         let groups: Vec<(EnrollmentGroup, Vec<Certificate>)> = self
             .cloud
             .enrollment_groups(&identity.dps)
@@ -440,7 +480,10 @@ impl DpsEngine {
             if let Some((group, group_cert)) = groups.iter().find_map(|(g, certs)| {
                 certs
                     .iter()
-                    .find(|c| *c == &current && path.len() > 1 || c.is_issuer_name_of(&current) && current.is_signed_by(c))
+                    .find(|c| {
+                        *c == &current && path.len() > 1
+                            || c.is_issuer_name_of(&current) && current.is_signed_by(c)
+                    })
                     .map(|c| (g, c.clone()))
             }) {
                 let reference = EnrollmentRef::Group(group.enrollment_group_id.clone());
@@ -456,10 +499,9 @@ impl DpsEngine {
                     auth,
                 });
             }
-            match chain[1..]
-                .iter()
-                .find(|c| !path.contains(c) && c.is_issuer_name_of(&current) && current.is_signed_by(c))
-            {
+            match chain[1..].iter().find(|c| {
+                !path.contains(c) && c.is_issuer_name_of(&current) && current.is_signed_by(c)
+            }) {
                 Some(issuer) => {
                     current = issuer.clone();
                     path.push(issuer.clone());
@@ -479,7 +521,8 @@ impl DpsEngine {
 
     /// Whether `target` is reachable from the leaf through the presented chain.
     fn chains_to(&self, chain: &[Certificate], target: &Certificate) -> bool {
-        crate::pki::verify_chain(&chain[0], &chain[1..], std::slice::from_ref(target), now()).is_ok()
+        crate::pki::verify_chain(&chain[0], &chain[1..], std::slice::from_ref(target), now())
+            .is_ok()
     }
 
     /// A group's certificate counts only if it is a verified uploaded CA, or chains up (through
@@ -494,14 +537,28 @@ impl DpsEngine {
         let uploaded: Vec<(bool, Certificate)> = dps
             .certificates
             .iter()
-            .filter_map(|c| decode_der(&c.der_base64).ok().map(|cert| (c.is_verified, cert)))
+            .filter_map(|c| {
+                decode_der(&c.der_base64)
+                    .ok()
+                    .map(|cert| (c.is_verified, cert))
+            })
             .collect();
-        let verified: Vec<Certificate> = uploaded.iter().filter(|(v, _)| *v).map(|(_, c)| c.clone()).collect();
+        let verified: Vec<Certificate> = uploaded
+            .iter()
+            .filter(|(v, _)| *v)
+            .map(|(_, c)| c.clone())
+            .collect();
         if verified.contains(group_cert) {
             return Ok(());
         }
-        let pool: Vec<Certificate> = chain.iter().cloned().chain(uploaded.iter().map(|(_, c)| c.clone())).collect();
-        if !verified.is_empty() && crate::pki::verify_chain(group_cert, &pool, &verified, now()).is_ok() {
+        let pool: Vec<Certificate> = chain
+            .iter()
+            .cloned()
+            .chain(uploaded.iter().map(|(_, c)| c.clone()))
+            .collect();
+        if !verified.is_empty()
+            && crate::pki::verify_chain(group_cert, &pool, &verified, now()).is_ok()
+        {
             return Ok(());
         }
         let uploaded_unverified = uploaded.iter().any(|(v, c)| !v && c == group_cert);
@@ -526,26 +583,45 @@ impl DpsEngine {
 
     /// Allocates a hub, creates the hub identity and stores the registration record; returns the
     /// final operation body (assigned or failed).
-    fn assign(&self, identity: &DeviceIdentity, admitted: Admitted, payload: Option<Value>) -> Value {
+    fn assign(
+        &self,
+        identity: &DeviceIdentity,
+        admitted: Admitted,
+        payload: Option<Value>,
+    ) -> Value {
         let _ = payload; // the device payload reaches custom allocation, which arrives later
-        let previous = self.cloud.registration(&identity.dps, &identity.registration_id);
+        let previous = self
+            .cloud
+            .registration(&identity.dps, &identity.registration_id);
         let timestamp = azure_timestamp();
         let device_id = admitted
             .device_id
             .clone()
             .unwrap_or_else(|| identity.registration_id.clone());
-        let allocation = self.cloud.dps(&identity.dps).map_err(|e| (500_000, e.to_string())).and_then(|dps| {
-            let keep = previous.as_ref().and_then(|p| {
-                let hub = p.assigned_hub.clone()?;
-                let still_linked = dps.linked_hubs.iter().any(|l| l.host_name == hub);
-                (!admitted.settings.reprovision_policy.update_hub_assignment && still_linked).then_some(hub)
+        let allocation = self
+            .cloud
+            .dps(&identity.dps)
+            .map_err(|e| (500_000, e.to_string()))
+            .and_then(|dps| {
+                let keep = previous.as_ref().and_then(|p| {
+                    let hub = p.assigned_hub.clone()?;
+                    let still_linked = dps.linked_hubs.iter().any(|l| l.host_name == hub);
+                    (!admitted.settings.reprovision_policy.update_hub_assignment && still_linked)
+                        .then_some(hub)
+                });
+                match keep {
+                    Some(hub) => Ok(hub),
+                    None => allocate(
+                        &dps,
+                        &admitted.settings,
+                        &identity.registration_id,
+                        &self.knobs(&identity.dps),
+                    ),
+                }
             });
-            match keep {
-                Some(hub) => Ok(hub),
-                None => allocate(&dps, &admitted.settings, &identity.registration_id, &self.knobs(&identity.dps)),
-            }
-        });
-        let created = previous.as_ref().map_or_else(|| timestamp.clone(), |p| p.created.clone());
+        let created = previous
+            .as_ref()
+            .map_or_else(|| timestamp.clone(), |p| p.created.clone());
         let (record, device) = match allocation {
             Ok(hub) => {
                 let substatus = match previous.as_ref().and_then(|p| p.assigned_hub.as_deref()) {
@@ -554,7 +630,9 @@ impl DpsEngine {
                         .as_ref()
                         .and_then(|p| p.substatus.as_deref())
                         .unwrap_or("initialAssignment"),
-                    Some(_) if admitted.settings.reprovision_policy.migrate_device_data => "deviceDataMigrated",
+                    Some(_) if admitted.settings.reprovision_policy.migrate_device_data => {
+                        "deviceDataMigrated"
+                    }
                     Some(_) => "deviceDataReset",
                 };
                 let device = HubDevice {
@@ -603,8 +681,15 @@ impl DpsEngine {
             ),
         };
         let body = registration_body(&record);
-        if let Err(e) = self.cloud.commit_registration(&identity.dps, record, device) {
-            log::error!("DPS {}: storing the registration of {} failed: {e}", identity.dps, identity.registration_id);
+        if let Err(e) = self
+            .cloud
+            .commit_registration(&identity.dps, record, device)
+        {
+            log::error!(
+                "DPS {}: storing the registration of {} failed: {e}",
+                identity.dps,
+                identity.registration_id
+            );
             return json!({
                 "status": "failed",
                 "registrationState": {
@@ -634,17 +719,28 @@ fn check_enabled(settings: &EnrollmentSettings, enrollment: &EnrollmentRef) -> R
             EnrollmentRef::Group(id) => format!("enrollment group '{id}'"),
             EnrollmentRef::Individual(id) => format!("individual enrollment '{id}'"),
         };
-        return Err(Reply::error(401, 401_002, format!("Unauthorized: the {what} is disabled.")));
+        return Err(Reply::error(
+            401,
+            401_002,
+            format!("Unauthorized: the {what} is disabled."),
+        ));
     }
     Ok(())
 }
 
 /// The certificates a group's X.509 attestation names (uploaded CAs by reference, or inline).
 fn group_certificates(dps: &DpsRecord, group: &EnrollmentGroup) -> Option<Vec<Certificate>> {
-    let Attestation::X509 { ca_references, certificates } = &group.attestation else {
+    let Attestation::X509 {
+        ca_references,
+        certificates,
+    } = &group.attestation
+    else {
         return None;
     };
-    let mut out: Vec<Certificate> = certificates.iter().filter_map(|c| decode_der(c).ok()).collect();
+    let mut out: Vec<Certificate> = certificates
+        .iter()
+        .filter_map(|c| decode_der(c).ok())
+        .collect();
     for name in ca_references {
         if let Some(ca) = dps.certificates.iter().find(|c| &c.name == name) {
             out.extend(decode_der(&ca.der_base64).ok());
@@ -661,7 +757,10 @@ fn allocate(
     knobs: &DpsKnobs,
 ) -> Result<String, (u32, String)> {
     let candidates: Vec<&LinkedHub> = if settings.iot_hubs.is_empty() {
-        dps.linked_hubs.iter().filter(|l| l.apply_allocation_policy).collect()
+        dps.linked_hubs
+            .iter()
+            .filter(|l| l.apply_allocation_policy)
+            .collect()
     } else {
         settings
             .iot_hubs
@@ -676,7 +775,10 @@ fn allocate(
     if candidates.is_empty() {
         return Err((
             400_208,
-            format!("No IoT hub is linked to provisioning service '{}' for this enrollment.", dps.name),
+            format!(
+                "No IoT hub is linked to provisioning service '{}' for this enrollment.",
+                dps.name
+            ),
         ));
     }
     let chosen = match settings.allocation_policy.unwrap_or_default() {
@@ -692,7 +794,10 @@ fn allocate(
                 .copied()
                 .filter(|l| l.location.eq_ignore_ascii_case(location))
                 .collect();
-            hashed(if near.is_empty() { &candidates } else { &near }, registration_id)
+            hashed(
+                if near.is_empty() { &candidates } else { &near },
+                registration_id,
+            )
         }
         AllocationPolicy::Custom => {
             return Err((
@@ -706,11 +811,17 @@ fn allocate(
 
 /// Weighted choice by a hash of the (case-insensitive) registration id: stable across restarts.
 fn hashed<'a>(candidates: &[&'a LinkedHub], registration_id: &str) -> &'a LinkedHub {
-    let digest = ring::digest::digest(&ring::digest::SHA256, registration_id.to_ascii_lowercase().as_bytes());
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        registration_id.to_ascii_lowercase().as_bytes(),
+    );
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest.as_ref()[..8]);
     let hash = u64::from_be_bytes(first);
-    let weights: Vec<u64> = candidates.iter().map(|l| u64::from(l.allocation_weight)).collect();
+    let weights: Vec<u64> = candidates
+        .iter()
+        .map(|l| u64::from(l.allocation_weight))
+        .collect();
     let total: u64 = weights.iter().sum();
     if total == 0 {
         return candidates[(hash % candidates.len() as u64) as usize];
@@ -730,13 +841,23 @@ fn parse_body(body: &[u8]) -> Result<Value, Reply> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(&text).map_err(|e| Reply::error(400, 400_004, format!("The request body is not valid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| {
+        Reply::error(
+            400,
+            400_004,
+            format!("The request body is not valid JSON: {e}"),
+        )
+    })
 }
 
 fn operation_id() -> String {
     let mut b = [0u8; 8];
     let _ = crate::pki::keys::fill_random(&mut b);
-    format!("5.{}.{}", crate::pki::cert::hex_upper(&b).to_ascii_lowercase(), random_guid())
+    format!(
+        "5.{}.{}",
+        crate::pki::cert::hex_upper(&b).to_ascii_lowercase(),
+        random_guid()
+    )
 }
 
 fn with_operation_id(mut body: Value, operation_id: &str) -> Value {

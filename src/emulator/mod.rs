@@ -89,7 +89,9 @@ impl Emulator {
                 let temp = tempfile::Builder::new()
                     .prefix("dpskit-local-cloud-")
                     .tempdir()
-                    .map_err(|e| Error::Emulator(format!("cannot create a temporary folder: {e}")))?;
+                    .map_err(|e| {
+                        Error::Emulator(format!("cannot create a temporary folder: {e}"))
+                    })?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
@@ -197,7 +199,12 @@ impl Emulator {
     }
 
     /// Creates a hub and starts listening on its address.
-    pub fn create_hub(&self, name: &str, location: &str, host_name: Option<&str>) -> Result<model::HubRecord> {
+    pub fn create_hub(
+        &self,
+        name: &str,
+        location: &str,
+        host_name: Option<&str>,
+    ) -> Result<model::HubRecord> {
         let hub = self.cloud.create_hub(name, location, host_name)?;
         self.listen_for_host(&hub.host_name)?;
         Ok(hub)

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::{ConnAck, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode};
+use rumqttc::{
+    ConnAck, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck,
+    SubscribeReasonCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -110,7 +113,10 @@ impl Connection {
             .write_all(&self.out)
             .await
             .map_err(|e| format!("write failed: {e}"))?;
-        self.tls.flush().await.map_err(|e| format!("write failed: {e}"))?;
+        self.tls
+            .flush()
+            .await
+            .map_err(|e| format!("write failed: {e}"))?;
         self.out.clear();
         Ok(())
     }
@@ -180,30 +186,55 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             "client_id={client_id} username={} clean_session={} keep_alive={keep_alive} password={} client_certificates={}",
             username.unwrap_or(""),
             connect.clean_session,
-            if password.is_some() { "<SAS token>" } else { "none" },
+            if password.is_some() {
+                "<SAS token>"
+            } else {
+                "none"
+            },
             chain.len()
         ),
     });
     match username.and_then(route) {
-        Some(Route::Dps { id_scope, registration_id }) => {
-            let identity = match context.dps.authenticate(&id_scope, &registration_id, password.as_deref(), chain) {
+        Some(Route::Dps {
+            id_scope,
+            registration_id,
+        }) => {
+            let identity = match context.dps.authenticate(
+                &id_scope,
+                &registration_id,
+                password.as_deref(),
+                chain,
+            ) {
                 Ok(identity) => identity,
                 Err((code, why)) => {
                     trace(connack_event(code, &why));
-                    connection.send(Packet::ConnAck(ConnAck::new(code, false))).await?;
+                    connection
+                        .send(Packet::ConnAck(ConnAck::new(code, false)))
+                        .await?;
                     return Err(format!("DPS CONNECT of {registration_id:?} refused: {why}"));
                 }
             };
             trace(connack_event(ConnectReturnCode::Success, "accepted"));
             connection
-                .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)))
+                .send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::Success,
+                    false,
+                )))
                 .await?;
             dps_session(&mut connection, context, &identity, keep_alive, &trace).await
         }
-        Some(Route::Hub { host, device_id, .. }) => {
-            trace(connack_event(ConnectReturnCode::ServiceUnavailable, "hub API not available yet"));
+        Some(Route::Hub {
+            host, device_id, ..
+        }) => {
+            trace(connack_event(
+                ConnectReturnCode::ServiceUnavailable,
+                "hub API not available yet",
+            ));
             connection
-                .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::ServiceUnavailable, false)))
+                .send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::ServiceUnavailable,
+                    false,
+                )))
                 .await?;
             Err(format!(
                 "IoT Hub CONNECT for {device_id:?} at {host}: the emulator's hub device API arrives in a later dpskit version"
@@ -211,7 +242,10 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
         }
         None => {
             connection
-                .send(Packet::ConnAck(ConnAck::new(ConnectReturnCode::BadUserNamePassword, false)))
+                .send(Packet::ConnAck(ConnAck::new(
+                    ConnectReturnCode::BadUserNamePassword,
+                    false,
+                )))
                 .await?;
             Err(format!(
                 "CONNECT username {:?} is neither a DPS nor a hub username",
@@ -303,7 +337,9 @@ async fn dps_session(
                     detail: String::from_utf8_lossy(&publish.payload).into_owned(),
                 });
                 if publish.qos == QoS::AtLeastOnce {
-                    connection.send(Packet::PubAck(PubAck::new(publish.pkid))).await?;
+                    connection
+                        .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                        .await?;
                 }
                 let (rid, reply) = match dps_request(&topic) {
                     Some(DpsRequest::Register { rid }) => {
@@ -335,12 +371,22 @@ async fn dps_session(
                 });
                 return Ok(());
             }
-            other => return Err(format!("unexpected {:?} from a DPS client", other.packet_type())),
+            other => {
+                return Err(format!(
+                    "unexpected {:?} from a DPS client",
+                    other.packet_type()
+                ));
+            }
         }
     }
 }
 
-async fn send_reply(connection: &mut Connection, rid: &str, reply: Reply, trace: &impl Fn(TraceEvent)) -> Result<(), String> {
+async fn send_reply(
+    connection: &mut Connection,
+    rid: &str,
+    reply: Reply,
+    trace: &impl Fn(TraceEvent),
+) -> Result<(), String> {
     let topic = dps_response(reply.status, rid, reply.retry_after);
     let body = reply.body.to_string();
     trace(TraceEvent {

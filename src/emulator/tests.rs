@@ -3,12 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Broker, Event, MqttOptions, Packet, PublishOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Broker, Event, MqttOptions, Packet, PublishOptions, QoS, TlsConfiguration,
+    Transport,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 
 use super::*;
-use crate::emulator::model::{AllocationPolicy, Attestation, EnrollmentSettings, ProvisioningStatus};
+use crate::emulator::model::{
+    AllocationPolicy, Attestation, EnrollmentSettings, ProvisioningStatus,
+};
 use crate::pki::issue::now;
 use crate::pki::{CaOptions, CertificateAuthority, Credential, KeyAlgorithm, Validity};
 
@@ -36,7 +41,9 @@ fn ca_pair() -> (CertificateAuthority, CertificateAuthority) {
         organization: None,
     };
     let root = CertificateAuthority::create_root("Test Root", &options(None)).unwrap();
-    let inter = root.create_intermediate("Test Intermediate", &options(Some(0))).unwrap();
+    let inter = root
+        .create_intermediate("Test Intermediate", &options(Some(0)))
+        .unwrap();
     (root, inter)
 }
 
@@ -61,42 +68,79 @@ impl Outcome {
         let (status, body) = self.last();
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "assigned", "{body}");
-        body["registrationState"]["assignedHub"].as_str().unwrap().to_string()
+        body["registrationState"]["assignedHub"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     fn refusal(&self) -> (u16, u64, String) {
         let (status, body) = self.last();
-        (status, body["errorCode"].as_u64().unwrap_or(0), body["message"].as_str().unwrap_or("").to_string())
+        (
+            status,
+            body["errorCode"].as_u64().unwrap_or(0),
+            body["message"].as_str().unwrap_or("").to_string(),
+        )
     }
 }
 
 enum Auth<'a> {
-    X509 { chain: Vec<&'a crate::pki::Certificate>, credential: &'a Credential },
+    X509 {
+        chain: Vec<&'a crate::pki::Certificate>,
+        credential: &'a Credential,
+    },
     Sas(String),
 }
 
 /// Provisions one device: CONNECT, SUBSCRIBE (waiting for SUBACK), register, poll to the end.
 fn provision(emulator: &Emulator, scope: &str, registration_id: &str, auth: Auth<'_>) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(provision_async(emulator.trust_pem(), emulator.mqtt_port(), scope, registration_id, auth))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(provision_async(
+        emulator.trust_pem(),
+        emulator.mqtt_port(),
+        scope,
+        registration_id,
+        auth,
+    ))
 }
 
-async fn provision_async(trust: String, port: u16, scope: &str, registration_id: &str, auth: Auth<'_>) -> Outcome {
+async fn provision_async(
+    trust: String,
+    port: u16,
+    scope: &str,
+    registration_id: &str,
+    auth: Auth<'_>,
+) -> Outcome {
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from(crate::pki::Certificate::from_pem(trust.as_bytes()).unwrap().der().to_vec()))
+        .add(CertificateDer::from(
+            crate::pki::Certificate::from_pem(trust.as_bytes())
+                .unwrap()
+                .der()
+                .to_vec(),
+        ))
         .unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
     let mut options = MqttOptions::new(registration_id, Broker::tcp("127.0.0.1", port));
-    let username = format!("{scope}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=dpskit-test");
+    let username = format!(
+        "{scope}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=dpskit-test"
+    );
     let config = match &auth {
         Auth::X509 { chain, credential } => {
             options.set_username(username);
-            let certs = chain.iter().map(|c| CertificateDer::from(c.der().to_vec())).collect();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(credential.key().pkcs8_der().to_vec()));
+            let certs = chain
+                .iter()
+                .map(|c| CertificateDer::from(c.der().to_vec()))
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                credential.key().pkcs8_der().to_vec(),
+            ));
             builder.with_client_auth_cert(certs, key).unwrap()
         }
         Auth::Sas(token) => {
@@ -110,11 +154,16 @@ async fn provision_async(trust: String, port: u16, scope: &str, registration_id:
     let mut replies = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let event = tokio::time::timeout_at(deadline, events.poll()).await.expect("DPS exchange timed out");
+        let event = tokio::time::timeout_at(deadline, events.poll())
+            .await
+            .expect("DPS exchange timed out");
         match event {
             Err(e) => return Outcome::Refused(e.to_string()),
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                client.subscribe("$dps/registrations/res/#", QoS::AtLeastOnce).await.unwrap();
+                client
+                    .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
+                    .await
+                    .unwrap();
             }
             Ok(Event::Incoming(Packet::SubAck(_))) => {
                 client
@@ -172,16 +221,33 @@ fn fixture(data_dir: Option<PathBuf>) -> Fixture {
     cloud
         .upload_ca_certificate("dps", "root", root.credential().certificate(), false, None)
         .unwrap();
-    let code = cloud.generate_verification_code("dps", "root", None).unwrap();
-    let verification = root
-        .create_verification_certificate(code.verification_code.as_deref().unwrap(), Validity::days(1, None).unwrap())
+    let code = cloud
+        .generate_verification_code("dps", "root", None)
         .unwrap();
-    let verified = cloud.verify_certificate("dps", "root", &verification, Some(&code.etag)).unwrap();
+    let verification = root
+        .create_verification_certificate(
+            code.verification_code.as_deref().unwrap(),
+            Validity::days(1, None).unwrap(),
+        )
+        .unwrap();
+    let verified = cloud
+        .verify_certificate("dps", "root", &verification, Some(&code.etag))
+        .unwrap();
     assert!(verified.is_verified);
-    Fixture { emulator, scope: dps.id_scope, root, inter }
+    Fixture {
+        emulator,
+        scope: dps.id_scope,
+        root,
+        inter,
+    }
 }
 
-fn x509_group(f: &Fixture, group_id: &str, certificate: &crate::pki::Certificate, settings: EnrollmentSettings) {
+fn x509_group(
+    f: &Fixture,
+    group_id: &str,
+    certificate: &crate::pki::Certificate,
+    settings: EnrollmentSettings,
+) {
     f.emulator
         .cloud()
         .put_enrollment_group(
@@ -190,7 +256,10 @@ fn x509_group(f: &Fixture, group_id: &str, certificate: &crate::pki::Certificate
             EnrollmentSpec {
                 attestation: Some(Attestation::X509 {
                     ca_references: vec![],
-                    certificates: vec![base64::Engine::encode(&base64::engine::general_purpose::STANDARD, certificate.der())],
+                    certificates: vec![base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        certificate.der(),
+                    )],
                 }),
                 settings,
                 device_id: None,
@@ -203,7 +272,12 @@ fn x509_group(f: &Fixture, group_id: &str, certificate: &crate::pki::Certificate
 fn device_auth(device: &crate::pki::DeviceCredential) -> Auth<'_> {
     let credential = device.credential();
     let mut chain = vec![credential.certificate()];
-    chain.extend(credential.issuers().iter().filter(|c| !c.info().is_self_signed));
+    chain.extend(
+        credential
+            .issuers()
+            .iter()
+            .filter(|c| !c.info().is_self_signed),
+    );
     Auth::X509 { chain, credential }
 }
 
@@ -214,10 +288,20 @@ fn days(n: i64) -> Validity {
 #[test]
 fn x509_group_on_a_verified_intermediate_chain() {
     let f = fixture(None);
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
-    let device = f.inter.issue_device("sensor-001", KeyAlgorithm::EcP256, days(5)).unwrap();
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
+    let device = f
+        .inter
+        .issue_device("sensor-001", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
     let outcome = provision(&f.emulator, &f.scope, "sensor-001", device_auth(&device));
-    let Outcome::Replies(replies) = &outcome else { panic!("{outcome:?}") };
+    let Outcome::Replies(replies) = &outcome else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(replies[0].0, 202);
     assert_eq!(replies[0].1["status"], "assigning");
     let hub = outcome.assigned_hub();
@@ -231,8 +315,13 @@ fn x509_group_on_a_verified_intermediate_chain() {
     let devices = f.emulator.cloud().hub_devices(&hub);
     assert_eq!(devices.len(), 1);
     match &devices[0].auth {
-        model::DeviceAuth::SelfSigned { primary_thumbprint, .. } => {
-            assert_eq!(primary_thumbprint, &device.credential().certificate().info().thumbprint_sha1)
+        model::DeviceAuth::SelfSigned {
+            primary_thumbprint, ..
+        } => {
+            assert_eq!(
+                primary_thumbprint,
+                &device.credential().certificate().info().thumbprint_sha1
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -246,77 +335,165 @@ fn refusals_match_azure_and_a_good_device_still_provisions() {
     let f = fixture(None);
     // A group on a CA that is uploaded but never verified.
     let (_, unverified) = ca_pair();
-    f.emulator.cloud().upload_ca_certificate("dps", "unverified", unverified.credential().certificate(), false, None).unwrap();
+    f.emulator
+        .cloud()
+        .upload_ca_certificate(
+            "dps",
+            "unverified",
+            unverified.credential().certificate(),
+            false,
+            None,
+        )
+        .unwrap();
     f.emulator
         .cloud()
         .put_enrollment_group(
             "dps",
             "unverified-group",
             EnrollmentSpec {
-                attestation: Some(Attestation::X509 { ca_references: vec!["unverified".into()], certificates: vec![] }),
+                attestation: Some(Attestation::X509 {
+                    ca_references: vec!["unverified".into()],
+                    certificates: vec![],
+                }),
                 ..EnrollmentSpec::default()
             },
             None,
         )
         .unwrap();
-    let stranger = unverified.issue_device("stranger", KeyAlgorithm::EcP256, days(5)).unwrap();
-    let (status, code, message) = provision(&f.emulator, &f.scope, "stranger", device_auth(&stranger)).refusal();
+    let stranger = unverified
+        .issue_device("stranger", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
+    let (status, code, message) =
+        provision(&f.emulator, &f.scope, "stranger", device_auth(&stranger)).refusal();
     assert_eq!((status, code), (401, 401_002), "{message}");
     assert!(message.contains("not verified"), "{message}");
 
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
     // CN differs from the registration id.
-    let device = f.inter.issue_device("sensor-002", KeyAlgorithm::EcP256, days(5)).unwrap();
-    let (status, _, message) = provision(&f.emulator, &f.scope, "someone-else", device_auth(&device)).refusal();
+    let device = f
+        .inter
+        .issue_device("sensor-002", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
+    let (status, _, message) =
+        provision(&f.emulator, &f.scope, "someone-else", device_auth(&device)).refusal();
     assert_eq!(status, 401);
-    assert!(message.contains("does not match the registration id"), "{message}");
+    assert!(
+        message.contains("does not match the registration id"),
+        "{message}"
+    );
 
     // Expired leaf.
     let old = f
         .inter
-        .issue_device("sensor-old", KeyAlgorithm::EcP256, Validity::days(1, Some(now() - 3 * 86_400)).unwrap())
+        .issue_device(
+            "sensor-old",
+            KeyAlgorithm::EcP256,
+            Validity::days(1, Some(now() - 3 * 86_400)).unwrap(),
+        )
         .unwrap();
-    let (status, _, message) = provision(&f.emulator, &f.scope, "sensor-old", device_auth(&old)).refusal();
+    let (status, _, message) =
+        provision(&f.emulator, &f.scope, "sensor-old", device_auth(&old)).refusal();
     assert_eq!(status, 401);
     assert!(message.contains("validity"), "{message}");
 
     // Chain not sent: only the leaf, whose issuer (the intermediate) is the group's certificate,
     // is fine; a group on the root needs the intermediate in the chain.
-    let root_group_device = f.inter.issue_device("via-root", KeyAlgorithm::EcP256, days(5)).unwrap();
-    let mut settings = EnrollmentSettings::default();
-    settings.provisioning_status = ProvisioningStatus::Enabled;
+    let root_group_device = f
+        .inter
+        .issue_device("via-root", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
+    let mut settings = EnrollmentSettings {
+        provisioning_status: ProvisioningStatus::Enabled,
+        ..EnrollmentSettings::default()
+    };
     let c = root_group_device.credential();
-    let leaf_only = Auth::X509 { chain: vec![c.certificate()], credential: c };
-    f.emulator.cloud().delete_enrollment_group("dps", "sensors", None).unwrap();
-    x509_group(&f, "root-group", f.root.credential().certificate(), settings.clone());
+    let leaf_only = Auth::X509 {
+        chain: vec![c.certificate()],
+        credential: c,
+    };
+    f.emulator
+        .cloud()
+        .delete_enrollment_group("dps", "sensors", None)
+        .unwrap();
+    x509_group(
+        &f,
+        "root-group",
+        f.root.credential().certificate(),
+        settings.clone(),
+    );
     let (status, _, message) = provision(&f.emulator, &f.scope, "via-root", leaf_only).refusal();
     assert_eq!(status, 401);
     assert!(message.contains("only the leaf was sent"), "{message}");
-    provision(&f.emulator, &f.scope, "via-root", device_auth(&root_group_device)).assigned_hub();
+    provision(
+        &f.emulator,
+        &f.scope,
+        "via-root",
+        device_auth(&root_group_device),
+    )
+    .assigned_hub();
 
     // Disabled group.
     settings.provisioning_status = ProvisioningStatus::Disabled;
-    x509_group(&f, "root-group", f.root.credential().certificate(), settings);
-    let (status, _, message) = provision(&f.emulator, &f.scope, "via-root", device_auth(&root_group_device)).refusal();
+    x509_group(
+        &f,
+        "root-group",
+        f.root.credential().certificate(),
+        settings,
+    );
+    let (status, _, message) = provision(
+        &f.emulator,
+        &f.scope,
+        "via-root",
+        device_auth(&root_group_device),
+    )
+    .refusal();
     assert_eq!(status, 401);
     assert!(message.contains("disabled"), "{message}");
 
     // Unknown scope: CONNECT refused.
-    assert!(matches!(provision(&f.emulator, "0ne99999999", "sensor-002", device_auth(&device)), Outcome::Refused(_)));
+    assert!(matches!(
+        provision(
+            &f.emulator,
+            "0ne99999999",
+            "sensor-002",
+            device_auth(&device)
+        ),
+        Outcome::Refused(_)
+    ));
 
     // And a good device right after.
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
     provision(&f.emulator, &f.scope, "sensor-002", device_auth(&device)).assigned_hub();
 }
 
 #[test]
 fn individual_x509_enrollment_beats_groups() {
     let f = fixture(None);
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
-    let device = f.inter.issue_device("special-1", KeyAlgorithm::EcP256, days(5)).unwrap();
-    let mut settings = EnrollmentSettings::default();
-    settings.allocation_policy = Some(AllocationPolicy::Static);
-    settings.iot_hubs = vec![f.emulator.cloud().hub("hub-b").unwrap().host_name];
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
+    let device = f
+        .inter
+        .issue_device("special-1", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
+    let settings = EnrollmentSettings {
+        allocation_policy: Some(AllocationPolicy::Static),
+        iot_hubs: vec![f.emulator.cloud().hub("hub-b").unwrap().host_name],
+        ..EnrollmentSettings::default()
+    };
     f.emulator
         .cloud()
         .put_enrollment(
@@ -325,7 +502,10 @@ fn individual_x509_enrollment_beats_groups() {
             EnrollmentSpec {
                 attestation: Some(Attestation::X509 {
                     ca_references: vec![],
-                    certificates: vec![base64::Engine::encode(&base64::engine::general_purpose::STANDARD, device.credential().certificate().der())],
+                    certificates: vec![base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        device.credential().certificate().der(),
+                    )],
                 }),
                 settings,
                 device_id: Some("special-device".into()),
@@ -334,7 +514,10 @@ fn individual_x509_enrollment_beats_groups() {
         )
         .unwrap();
     let outcome = provision(&f.emulator, &f.scope, "special-1", device_auth(&device));
-    assert_eq!(outcome.assigned_hub(), f.emulator.cloud().hub("hub-b").unwrap().host_name);
+    assert_eq!(
+        outcome.assigned_hub(),
+        f.emulator.cloud().hub("hub-b").unwrap().host_name
+    );
     let (_, body) = outcome.last();
     assert_eq!(body["registrationState"]["deviceId"], "special-device");
     assert_eq!(body["registrationState"]["x509"], serde_json::json!({}));
@@ -360,17 +543,67 @@ fn symmetric_key_group_with_derived_keys() {
         )
         .unwrap();
     let token = |id: &str, key: &str| {
-        crate::sas::build_token(&format!("{}/registrations/{id}", f.scope), key, now() + 3600, Some("registration")).unwrap()
+        crate::sas::build_token(
+            &format!("{}/registrations/{id}", f.scope),
+            key,
+            now() + 3600,
+            Some("registration"),
+        )
+        .unwrap()
     };
     let derived = crate::sas::derive_device_key(&group_key, "sym-007").unwrap();
-    let outcome = provision(&f.emulator, &f.scope, "sym-007", Auth::Sas(token("sym-007", &derived)));
+    let outcome = provision(
+        &f.emulator,
+        &f.scope,
+        "sym-007",
+        Auth::Sas(token("sym-007", &derived)),
+    );
     let hub = outcome.assigned_hub();
-    assert_eq!(outcome.last().1["registrationState"]["symmetricKey"]["enrollmentGroupId"], "keys");
-    let device = f.emulator.cloud().hub_devices(&hub).into_iter().find(|d| d.device_id == "sym-007").unwrap();
-    assert_eq!(device.auth, model::DeviceAuth::Sas { primary_key: derived.clone(), secondary_key: crate::sas::derive_device_key(&f.emulator.cloud().enrollment_group("dps", "keys").unwrap().attestation_secondary(), "sym-007").unwrap() });
+    assert_eq!(
+        outcome.last().1["registrationState"]["symmetricKey"]["enrollmentGroupId"],
+        "keys"
+    );
+    let device = f
+        .emulator
+        .cloud()
+        .hub_devices(&hub)
+        .into_iter()
+        .find(|d| d.device_id == "sym-007")
+        .unwrap();
+    assert_eq!(
+        device.auth,
+        model::DeviceAuth::Sas {
+            primary_key: derived.clone(),
+            secondary_key: crate::sas::derive_device_key(
+                &f.emulator
+                    .cloud()
+                    .enrollment_group("dps", "keys")
+                    .unwrap()
+                    .attestation_secondary(),
+                "sym-007"
+            )
+            .unwrap()
+        }
+    );
     // The group key itself, or another device's derived key, is refused at CONNECT.
-    assert!(matches!(provision(&f.emulator, &f.scope, "sym-008", Auth::Sas(token("sym-008", &group_key))), Outcome::Refused(_)));
-    assert!(matches!(provision(&f.emulator, &f.scope, "sym-008", Auth::Sas(token("sym-008", &derived))), Outcome::Refused(_)));
+    assert!(matches!(
+        provision(
+            &f.emulator,
+            &f.scope,
+            "sym-008",
+            Auth::Sas(token("sym-008", &group_key))
+        ),
+        Outcome::Refused(_)
+    ));
+    assert!(matches!(
+        provision(
+            &f.emulator,
+            &f.scope,
+            "sym-008",
+            Auth::Sas(token("sym-008", &derived))
+        ),
+        Outcome::Refused(_)
+    ));
 }
 
 impl model::EnrollmentGroup {
@@ -385,34 +618,76 @@ impl model::EnrollmentGroup {
 #[test]
 fn hashed_allocation_spreads_devices_over_both_hubs() {
     let f = fixture(None);
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
     let ids: Vec<String> = (0..30).map(|i| format!("spread-{i:03}")).collect();
-    let devices = f.inter.issue_devices(&ids, KeyAlgorithm::EcP256, days(5)).unwrap();
+    let devices = f
+        .inter
+        .issue_devices(&ids, KeyAlgorithm::EcP256, days(5))
+        .unwrap();
     let mut per_hub = std::collections::HashMap::<String, usize>::new();
     for device in &devices {
-        let hub = provision(&f.emulator, &f.scope, device.registration_id(), device_auth(device)).assigned_hub();
+        let hub = provision(
+            &f.emulator,
+            &f.scope,
+            device.registration_id(),
+            device_auth(device),
+        )
+        .assigned_hub();
         *per_hub.entry(hub).or_default() += 1;
     }
     assert_eq!(per_hub.len(), 2, "{per_hub:?}");
     assert!(per_hub.values().all(|n| *n >= 6), "{per_hub:?}");
     // Stable: the same device lands on the same hub again.
-    let again = provision(&f.emulator, &f.scope, devices[0].registration_id(), device_auth(&devices[0])).assigned_hub();
-    let first = f.emulator.cloud().registration("dps", devices[0].registration_id()).unwrap();
+    let again = provision(
+        &f.emulator,
+        &f.scope,
+        devices[0].registration_id(),
+        device_auth(&devices[0]),
+    )
+    .assigned_hub();
+    let first = f
+        .emulator
+        .cloud()
+        .registration("dps", devices[0].registration_id())
+        .unwrap();
     assert_eq!(Some(again), first.assigned_hub);
 }
 
 #[test]
 fn knobs_throttle_and_delay() {
     let f = fixture(None);
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
-    let device = f.inter.issue_device("slow-1", KeyAlgorithm::EcP256, days(5)).unwrap();
-    f.emulator.update_dps_knobs("dps", |k| k.refuse_next = 1).unwrap();
-    let (status, code, _) = provision(&f.emulator, &f.scope, "slow-1", device_auth(&device)).refusal();
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
+    let device = f
+        .inter
+        .issue_device("slow-1", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
+    f.emulator
+        .update_dps_knobs("dps", |k| k.refuse_next = 1)
+        .unwrap();
+    let (status, code, _) =
+        provision(&f.emulator, &f.scope, "slow-1", device_auth(&device)).refusal();
     assert_eq!((status, code), (429, 429_001));
-    f.emulator.update_dps_knobs("dps", |k| k.assignment_latency = Duration::from_millis(300)).unwrap();
+    f.emulator
+        .update_dps_knobs("dps", |k| k.assignment_latency = Duration::from_millis(300))
+        .unwrap();
     let outcome = provision(&f.emulator, &f.scope, "slow-1", device_auth(&device));
-    let Outcome::Replies(replies) = &outcome else { panic!() };
-    assert!(replies.len() >= 3, "a poll before the latency elapsed answers 202: {replies:?}");
+    let Outcome::Replies(replies) = &outcome else {
+        panic!()
+    };
+    assert!(
+        replies.len() >= 3,
+        "a poll before the latency elapsed answers 202: {replies:?}"
+    );
     outcome.assigned_hub();
     f.emulator
         .update_dps_knobs("dps", |k| {
@@ -421,7 +696,8 @@ fn knobs_throttle_and_delay() {
         })
         .unwrap();
     provision(&f.emulator, &f.scope, "slow-1", device_auth(&device)).assigned_hub();
-    let (status, _, message) = provision(&f.emulator, &f.scope, "slow-1", device_auth(&device)).refusal();
+    let (status, _, message) =
+        provision(&f.emulator, &f.scope, "slow-1", device_auth(&device)).refusal();
     assert_eq!(status, 429, "{message}");
 }
 
@@ -429,18 +705,33 @@ fn knobs_throttle_and_delay() {
 fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(Some(dir.path().to_path_buf()));
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
-    let device = f.inter.issue_device("durable-1", KeyAlgorithm::EcP256, days(5)).unwrap();
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
+    let device = f
+        .inter
+        .issue_device("durable-1", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
     let hub = provision(&f.emulator, &f.scope, "durable-1", device_auth(&device)).assigned_hub();
     let trust = f.emulator.trust_pem();
-    let Fixture { emulator, scope, inter, .. } = f;
+    let Fixture {
+        emulator,
+        scope,
+        inter,
+        ..
+    } = f;
     drop(emulator);
     let emulator = start(Some(dir.path().to_path_buf()));
     assert_eq!(emulator.trust_pem(), trust, "the CA is kept");
     assert!(emulator.cloud().dps("dps").unwrap().certificates[0].is_verified);
     assert_eq!(emulator.cloud().registrations("dps", None).len(), 1);
     assert_eq!(emulator.cloud().hub_devices(&hub).len(), 1);
-    let another = inter.issue_device("durable-2", KeyAlgorithm::EcP256, days(5)).unwrap();
+    let another = inter
+        .issue_device("durable-2", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
     provision(&emulator, &scope, "durable-2", device_auth(&another)).assigned_hub();
 }
 
@@ -448,7 +739,12 @@ fn state_survives_a_restart() {
 fn garbage_closes_only_that_connection() {
     use std::io::{Read, Write};
     let f = fixture(None);
-    x509_group(&f, "sensors", f.inter.credential().certificate(), EnrollmentSettings::default());
+    x509_group(
+        &f,
+        "sensors",
+        f.inter.credential().certificate(),
+        EnrollmentSettings::default(),
+    );
     let port = f.emulator.mqtt_port();
     // Plain bytes instead of a TLS handshake, and a connection that never speaks.
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -458,11 +754,19 @@ fn garbage_closes_only_that_connection() {
     let _ = raw.read(&mut sink);
     let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     // Garbage after a good TLS handshake.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(CertificateDer::from(crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes()).unwrap().der().to_vec()))
+            .add(CertificateDer::from(
+                crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
+                    .unwrap()
+                    .der()
+                    .to_vec(),
+            ))
             .unwrap();
         let config = rustls::ClientConfig::builder_with_provider(tls::provider())
             .with_safe_default_protocol_versions()
@@ -470,17 +774,36 @@ fn garbage_closes_only_that_connection() {
             .with_root_certificates(roots)
             .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        for garbage in [&b"\x30\x7f"[..], b"\xe0\x00", b"\x10\x04\x00\x04MQTX", &[0xffu8; 300][..]] {
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let mut tls = connector.connect("127.0.0.1".try_into().unwrap(), tcp).await.unwrap();
+        for garbage in [
+            &b"\x30\x7f"[..],
+            b"\xe0\x00",
+            b"\x10\x04\x00\x04MQTX",
+            &[0xffu8; 300][..],
+        ] {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let mut tls = connector
+                .connect("127.0.0.1".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             tls.write_all(garbage).await.unwrap();
             let mut buf = [0u8; 16];
-            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await.unwrap().unwrap_or(0);
-            assert_eq!(n, 0, "the emulator closes a connection that sends {garbage:?}");
+            let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap_or(0);
+            assert_eq!(
+                n, 0,
+                "the emulator closes a connection that sends {garbage:?}"
+            );
         }
     });
-    let device = f.inter.issue_device("after-garbage", KeyAlgorithm::EcP256, days(5)).unwrap();
+    let device = f
+        .inter
+        .issue_device("after-garbage", KeyAlgorithm::EcP256, days(5))
+        .unwrap();
     provision(&f.emulator, &f.scope, "after-garbage", device_auth(&device)).assigned_hub();
 }
 
@@ -488,19 +811,49 @@ fn garbage_closes_only_that_connection() {
 fn proof_of_possession_rules() {
     let f = fixture(None);
     let cloud = f.emulator.cloud();
-    cloud.upload_ca_certificate("dps", "inter", f.inter.credential().certificate(), false, None).unwrap();
-    let code = cloud.generate_verification_code("dps", "inter", None).unwrap();
+    cloud
+        .upload_ca_certificate(
+            "dps",
+            "inter",
+            f.inter.credential().certificate(),
+            false,
+            None,
+        )
+        .unwrap();
+    let code = cloud
+        .generate_verification_code("dps", "inter", None)
+        .unwrap();
     let code_text = code.verification_code.clone().unwrap();
     // Signed by the wrong key.
-    let wrong = f.root.create_verification_certificate(&code_text, days(1)).unwrap();
-    let e = cloud.verify_certificate("dps", "inter", &wrong, Some(&code.etag)).unwrap_err().to_string();
+    let wrong = f
+        .root
+        .create_verification_certificate(&code_text, days(1))
+        .unwrap();
+    let e = cloud
+        .verify_certificate("dps", "inter", &wrong, Some(&code.etag))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not signed by the private key"), "{e}");
     // Stale etag.
-    let right = f.inter.create_verification_certificate(&code_text, days(1)).unwrap();
-    let e = cloud.verify_certificate("dps", "inter", &right, Some("\"stale\"")).unwrap_err();
-    assert!(matches!(&e, crate::Error::Service(s) if s.status == 412), "{e}");
+    let right = f
+        .inter
+        .create_verification_certificate(&code_text, days(1))
+        .unwrap();
+    let e = cloud
+        .verify_certificate("dps", "inter", &right, Some("\"stale\""))
+        .unwrap_err();
+    assert!(
+        matches!(&e, crate::Error::Service(s) if s.status == 412),
+        "{e}"
+    );
     // Right key, current code; then the code is used up.
-    let done = cloud.verify_certificate("dps", "inter", &right, Some(&code.etag)).unwrap();
+    let done = cloud
+        .verify_certificate("dps", "inter", &right, Some(&code.etag))
+        .unwrap();
     assert!(done.is_verified && done.verification_code.is_none());
-    assert!(cloud.verify_certificate("dps", "inter", &right, None).is_err());
+    assert!(
+        cloud
+            .verify_certificate("dps", "inter", &right, None)
+            .is_err()
+    );
 }

@@ -102,7 +102,9 @@ impl EmulatorTls {
 
 fn issue(ca: &CertificateAuthority, hosts: &[String]) -> Result<Arc<CertifiedKey>> {
     let credential = ca.issue_server(hosts, Validity::days(825, None)?)?;
-    let mut chain = vec![CertificateDer::from(credential.certificate().der().to_vec())];
+    let mut chain = vec![CertificateDer::from(
+        credential.certificate().der().to_vec(),
+    )];
     chain.extend(
         credential
             .issuers()
@@ -126,7 +128,12 @@ struct ServerCertResolver {
 
 impl ResolvesServerCert for ServerCertResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 

@@ -43,7 +43,9 @@ pub fn route(username: &str) -> Option<Route> {
     // Hub: host/device/?query or host/device/module/?query
     let (device_id, module_id) = match (third, rest) {
         (Some(q), None) if q.starts_with('?') => (second, None),
-        (Some(module), Some(q)) if q.starts_with('?') && !module.is_empty() => (second, Some(module)),
+        (Some(module), Some(q)) if q.starts_with('?') && !module.is_empty() => {
+            (second, Some(module))
+        }
         _ => return None,
     };
     if first.is_empty() || device_id.is_empty() {
@@ -107,7 +109,9 @@ pub fn dps_request(topic: &str) -> Option<DpsRequest> {
 /// the C# SDK matches it with an anchored regex.
 pub fn dps_response(status: u16, rid: &str, retry_after: Option<u32>) -> String {
     match retry_after {
-        Some(seconds) => format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after={seconds}"),
+        Some(seconds) => {
+            format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after={seconds}")
+        }
         None => format!("$dps/registrations/res/{status}/?$rid={rid}"),
     }
 }
@@ -119,22 +123,46 @@ mod tests {
     #[test]
     fn routes_usernames_of_every_sdk() {
         assert_eq!(
-            route("0ne00000001/registrations/dev-1/api-version=2019-03-31&ClientVersion=azure-iot-device-provisioning-py%2F2.14.0"),
-            Some(Route::Dps { id_scope: "0ne00000001".into(), registration_id: "dev-1".into() })
+            route(
+                "0ne00000001/registrations/dev-1/api-version=2019-03-31&ClientVersion=azure-iot-device-provisioning-py%2F2.14.0"
+            ),
+            Some(Route::Dps {
+                id_scope: "0ne00000001".into(),
+                registration_id: "dev-1".into()
+            })
         );
         assert_eq!(
             route("0ne00000001/registrations/dev-1/?api-version=2021-06-01"),
-            Some(Route::Dps { id_scope: "0ne00000001".into(), registration_id: "dev-1".into() })
+            Some(Route::Dps {
+                id_scope: "0ne00000001".into(),
+                registration_id: "dev-1".into()
+            })
         );
         assert_eq!(
             route("127.0.0.2/dev-1/?api-version=2019-10-01&DeviceClientType=x"),
-            Some(Route::Hub { host: "127.0.0.2".into(), device_id: "dev-1".into(), module_id: None })
+            Some(Route::Hub {
+                host: "127.0.0.2".into(),
+                device_id: "dev-1".into(),
+                module_id: None
+            })
         );
         assert_eq!(
             route("hub.example/dev-1/mod-a/?api-version=2019-10-01"),
-            Some(Route::Hub { host: "hub.example".into(), device_id: "dev-1".into(), module_id: Some("mod-a".into()) })
+            Some(Route::Hub {
+                host: "hub.example".into(),
+                device_id: "dev-1".into(),
+                module_id: Some("mod-a".into())
+            })
         );
-        for bad in ["", "x", "a/b", "/registrations/x/", "scope/registrations//", "host//?x", "host/dev/extra"] {
+        for bad in [
+            "",
+            "x",
+            "a/b",
+            "/registrations/x/",
+            "scope/registrations//",
+            "host//?x",
+            "host/dev/extra",
+        ] {
             assert_eq!(route(bad), None, "{bad:?}");
         }
     }
@@ -143,16 +171,32 @@ mod tests {
     fn parses_dps_topics() {
         assert_eq!(
             dps_request("$dps/registrations/PUT/iotdps-register/?$rid=7c9d6b1e-2bd5"),
-            Some(DpsRequest::Register { rid: "7c9d6b1e-2bd5".into() })
+            Some(DpsRequest::Register {
+                rid: "7c9d6b1e-2bd5".into()
+            })
         );
         assert_eq!(
-            dps_request("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=5.ab.c-d"),
-            Some(DpsRequest::Poll { rid: "2".into(), operation_id: "5.ab.c-d".into() })
+            dps_request(
+                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=5.ab.c-d"
+            ),
+            Some(DpsRequest::Poll {
+                rid: "2".into(),
+                operation_id: "5.ab.c-d".into()
+            })
         );
-        for bad in ["", "$dps/registrations/PUT/iotdps-register/", "$dps/registrations/PUT/iotdps-register/?x=1", "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1", "devices/x/messages/events/"] {
+        for bad in [
+            "",
+            "$dps/registrations/PUT/iotdps-register/",
+            "$dps/registrations/PUT/iotdps-register/?x=1",
+            "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1",
+            "devices/x/messages/events/",
+        ] {
             assert_eq!(dps_request(bad), None, "{bad:?}");
         }
-        assert_eq!(dps_response(202, "abc", Some(3)), "$dps/registrations/res/202/?$rid=abc&retry-after=3");
+        assert_eq!(
+            dps_response(202, "abc", Some(3)),
+            "$dps/registrations/res/202/?$rid=abc&retry-after=3"
+        );
     }
 
     /// Random and mutated input never panics (a small, deterministic fuzz run).

@@ -54,7 +54,10 @@ impl Tracer {
         match client_id {
             None => {
                 self.all.store(false, Ordering::Relaxed);
-                self.watched.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.watched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
             }
             Some(id) => {
                 self.watched
@@ -97,7 +100,10 @@ impl Tracer {
 
     /// Forgets what was recorded.
     pub fn clear(&self) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 

@@ -452,7 +452,11 @@ impl CertificateAuthority {
             .signed_by(key.key_pair(), &self.rcgen_issuer()?)
             .map_err(|e| Error::cert(format!("signing the server certificate failed: {e}")))?;
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
-        Ok(Credential::trusted(certificate, key, self.chain_for_children()))
+        Ok(Credential::trusted(
+            certificate,
+            key,
+            self.chain_for_children(),
+        ))
     }
 
     /// Makes the proof-of-possession certificate for DPS: CN = the verification code DPS
