@@ -32,7 +32,8 @@ pub(crate) struct Model {
 }
 
 /// Options for a new enrollment (group or individual).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct EnrollmentSpec {
     /// Attestation.
     pub attestation: Option<Attestation>,

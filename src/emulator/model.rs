@@ -137,7 +137,7 @@ impl Default for ReprovisionPolicy {
 
 /// How an enrollment attests devices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Attestation {
     /// X.509: a group refers to CA certificates (uploaded by name, or given inline); an
     /// individual enrollment lists the device's own certificates.
@@ -170,7 +170,7 @@ pub struct CustomAllocation {
 
 /// Settings shared by groups and individual enrollments.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct EnrollmentSettings {
     /// Enabled or disabled.
     pub provisioning_status: ProvisioningStatus,
@@ -278,7 +278,7 @@ pub struct RegistrationRecord {
 
 /// How a hub device authenticates.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "camelCase")]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum DeviceAuth {
     /// X.509 "self-signed" identity: the leaf's thumbprints, which is how DPS registers X.509
     /// devices in the hub whatever CA signed them.

@@ -1,0 +1,883 @@
+"""The local cloud: DPS and IoT Hub emulated in-process, and the objects that manage them.
+
+``LocalCloud`` starts the embedded emulator (real MQTT over real TLS, state in SQLite) and
+exposes the walkthrough's management steps: create hubs and DPS instances, link them, upload CA
+certificates, prove possession, create enrollments, read registration records.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+from dpskit._native import Certificate, CertificateAuthority, DeviceCertificate, Emulator
+from dpskit.errors import ConfigError
+
+__all__ = [
+    "CaCertificateInfo",
+    "Dps",
+    "Enrollment",
+    "EnrollmentGroup",
+    "Hub",
+    "HubDevice",
+    "LinkedHub",
+    "LocalCloud",
+    "RegistrationRecord",
+    "ReprovisionPolicy",
+    "TraceEvent",
+]
+
+AllocationPolicy = Literal["hashed", "static", "geoLatency", "custom"]
+ProvisioningStatus = Literal["enabled", "disabled"]
+CertificateLike = Certificate | CertificateAuthority | DeviceCertificate | str | bytes
+
+#: The official Python SDK always dials this port.
+DEFAULT_MQTT_PORT = 8883
+
+
+def _unix(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def _azure_time(text: str) -> datetime:
+    """Parse Azure's ``2026-11-29T07:22:03.1234567Z`` (7 fractional digits, ``Z``)."""
+    head, _, fraction = text.rstrip("Z").partition(".")
+    micros = int((fraction + "000000")[:6]) if fraction else 0
+    return datetime.fromisoformat(head).replace(microsecond=micros, tzinfo=timezone.utc)
+
+
+def _certificate(value: CertificateLike) -> Certificate:
+    """Accept a Certificate, a CA or device credential (its certificate), or PEM/DER data."""
+    if isinstance(value, Certificate):
+        return value
+    if isinstance(value, CertificateAuthority | DeviceCertificate):
+        return value.certificate
+    if isinstance(value, str):
+        return Certificate.from_pem(value)
+    if isinstance(value, bytes):
+        if b"-----BEGIN" in value:
+            return Certificate.from_pem(value)
+        return Certificate.from_der(value)
+    raise TypeError(f"expected a certificate, PEM text or DER bytes, not {type(value).__name__}")
+
+
+def _hub_host(hub: Hub | str) -> str:
+    return hub.host_name if isinstance(hub, Hub) else hub
+
+
+@dataclass(frozen=True)
+class CaCertificateInfo:
+    """A CA certificate uploaded to a DPS instance."""
+
+    name: str
+    certificate: Certificate
+    is_verified: bool
+    etag: str
+    created: datetime
+    updated: datetime
+    verification_code: str | None = None
+
+    @property
+    def subject(self) -> str:
+        """The certificate's subject."""
+        return self.certificate.subject
+
+    @property
+    def thumbprint(self) -> str:
+        """SHA-1 thumbprint, upper-case hex (as the Azure portal shows it)."""
+        return self.certificate.thumbprint_sha1
+
+    @property
+    def expiry(self) -> datetime:
+        """End of the certificate's validity."""
+        return self.certificate.not_after
+
+    @classmethod
+    def _from_record(cls, record: dict[str, Any]) -> CaCertificateInfo:
+        return cls(
+            name=record["name"],
+            certificate=Certificate.from_der(base64.b64decode(record["der_base64"])),
+            is_verified=record["is_verified"],
+            etag=record["etag"],
+            created=_unix(record["created"]),
+            updated=_unix(record["updated"]),
+            verification_code=record.get("verification_code"),
+        )
+
+
+@dataclass(frozen=True)
+class LinkedHub:
+    """A hub linked to a DPS instance."""
+
+    hub: str
+    host_name: str
+    allocation_weight: int
+    apply_allocation_policy: bool
+    location: str
+
+
+@dataclass(frozen=True)
+class ReprovisionPolicy:
+    """What DPS does when a registered device registers again."""
+
+    update_hub_assignment: bool = True
+    migrate_device_data: bool = True
+
+    def _to_json(self) -> dict[str, bool]:
+        return {
+            "updateHubAssignment": self.update_hub_assignment,
+            "migrateDeviceData": self.migrate_device_data,
+        }
+
+
+@dataclass(frozen=True)
+class _Settings:
+    provisioning_status: ProvisioningStatus = "enabled"
+    allocation_policy: AllocationPolicy | None = None
+    iot_hubs: tuple[str, ...] = ()
+    reprovision_policy: ReprovisionPolicy = field(default_factory=ReprovisionPolicy)
+    initial_twin: dict[str, Any] | None = None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> _Settings:
+        policy = data.get("reprovisionPolicy") or {}
+        return cls(
+            provisioning_status=data.get("provisioningStatus", "enabled"),
+            allocation_policy=data.get("allocationPolicy"),
+            iot_hubs=tuple(data.get("iotHubs") or ()),
+            reprovision_policy=ReprovisionPolicy(
+                update_hub_assignment=policy.get("updateHubAssignment", True),
+                migrate_device_data=policy.get("migrateDeviceData", True),
+            ),
+            initial_twin=data.get("initialTwin"),
+        )
+
+    def _to_json(self) -> dict[str, Any]:
+        return {
+            "provisioningStatus": self.provisioning_status,
+            "allocationPolicy": self.allocation_policy,
+            "iotHubs": list(self.iot_hubs),
+            "reprovisionPolicy": self.reprovision_policy._to_json(),
+            "initialTwin": self.initial_twin,
+        }
+
+
+@dataclass(frozen=True)
+class _Attestation:
+    type: Literal["x509", "symmetricKey"]
+    ca_references: tuple[str, ...] = ()
+    certificates: tuple[Certificate, ...] = ()
+    primary_key: str | None = field(default=None, repr=False)
+    secondary_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> _Attestation:
+        if data["type"] == "x509":
+            return cls(
+                type="x509",
+                ca_references=tuple(data.get("caReferences") or ()),
+                certificates=tuple(
+                    Certificate.from_der(base64.b64decode(der))
+                    for der in data.get("certificates") or ()
+                ),
+            )
+        return cls(
+            type="symmetricKey",
+            primary_key=data["primaryKey"],
+            secondary_key=data["secondaryKey"],
+        )
+
+
+def _generated_key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _attestation_json(
+    *,
+    ca_reference: str | None,
+    certificate: CertificateLike | None,
+    symmetric_key: bool,
+    primary_key: str | None,
+    secondary_key: str | None,
+) -> dict[str, Any]:
+    chosen = [ca_reference is not None, certificate is not None, symmetric_key]
+    if sum(chosen) != 1:
+        raise ConfigError(
+            "choose exactly one attestation: a CA reference, a certificate, or symmetric_key=True"
+        )
+    if symmetric_key:
+        return {
+            "type": "symmetricKey",
+            "primaryKey": primary_key or _generated_key(),
+            "secondaryKey": secondary_key or _generated_key(),
+        }
+    if ca_reference is not None:
+        return {"type": "x509", "caReferences": [ca_reference], "certificates": []}
+    assert certificate is not None
+    der = _certificate(certificate).der
+    return {"type": "x509", "caReferences": [], "certificates": [base64.b64encode(der).decode()]}
+
+
+@dataclass(frozen=True)
+class EnrollmentGroup:
+    """An enrollment group: every device whose chain reaches its CA (or whose key derives from
+    its group key) may register."""
+
+    enrollment_group_id: str
+    attestation_type: Literal["x509", "symmetricKey"]
+    ca_references: tuple[str, ...]
+    signing_certificates: tuple[Certificate, ...]
+    primary_key: str | None = field(repr=False)
+    secondary_key: str | None = field(repr=False)
+    provisioning_status: ProvisioningStatus
+    allocation_policy: AllocationPolicy | None
+    iot_hubs: tuple[str, ...]
+    reprovision_policy: ReprovisionPolicy
+    initial_twin: dict[str, Any] | None
+    etag: str
+    created: datetime
+    updated: datetime
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> EnrollmentGroup:
+        attestation = _Attestation._from_json(data["attestation"])
+        settings = _Settings._from_json(data.get("settings") or {})
+        return cls(
+            enrollment_group_id=data["enrollmentGroupId"],
+            attestation_type=attestation.type,
+            ca_references=attestation.ca_references,
+            signing_certificates=attestation.certificates,
+            primary_key=attestation.primary_key,
+            secondary_key=attestation.secondary_key,
+            provisioning_status=settings.provisioning_status,
+            allocation_policy=settings.allocation_policy,
+            iot_hubs=settings.iot_hubs,
+            reprovision_policy=settings.reprovision_policy,
+            initial_twin=settings.initial_twin,
+            etag=data["etag"],
+            created=_unix(data["created"]),
+            updated=_unix(data["updated"]),
+        )
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """An individual enrollment: one device, by its certificate or its own symmetric key."""
+
+    registration_id: str
+    device_id: str | None
+    attestation_type: Literal["x509", "symmetricKey"]
+    certificates: tuple[Certificate, ...]
+    primary_key: str | None = field(repr=False)
+    secondary_key: str | None = field(repr=False)
+    provisioning_status: ProvisioningStatus
+    allocation_policy: AllocationPolicy | None
+    iot_hubs: tuple[str, ...]
+    reprovision_policy: ReprovisionPolicy
+    initial_twin: dict[str, Any] | None
+    etag: str
+    created: datetime
+    updated: datetime
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> Enrollment:
+        attestation = _Attestation._from_json(data["attestation"])
+        settings = _Settings._from_json(data.get("settings") or {})
+        return cls(
+            registration_id=data["registrationId"],
+            device_id=data.get("deviceId"),
+            attestation_type=attestation.type,
+            certificates=attestation.certificates,
+            primary_key=attestation.primary_key,
+            secondary_key=attestation.secondary_key,
+            provisioning_status=settings.provisioning_status,
+            allocation_policy=settings.allocation_policy,
+            iot_hubs=settings.iot_hubs,
+            reprovision_policy=settings.reprovision_policy,
+            initial_twin=settings.initial_twin,
+            etag=data["etag"],
+            created=_unix(data["created"]),
+            updated=_unix(data["updated"]),
+        )
+
+
+@dataclass(frozen=True)
+class RegistrationRecord:
+    """What DPS remembers about a device's registration."""
+
+    registration_id: str
+    status: str
+    assigned_hub: str | None
+    device_id: str | None
+    substatus: str | None
+    enrollment_group_id: str | None
+    attestation: Literal["x509", "symmetricKey"]
+    error_code: int | None
+    error_message: str | None
+    created: datetime
+    last_updated: datetime
+    etag: str
+    payload: Any = None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> RegistrationRecord:
+        enrollment = data["enrollment"]
+        return cls(
+            registration_id=data["registrationId"],
+            status=data["status"],
+            assigned_hub=data.get("assignedHub"),
+            device_id=data.get("deviceId"),
+            substatus=data.get("substatus"),
+            enrollment_group_id=enrollment["id"] if enrollment["kind"] == "group" else None,
+            attestation=data["attestation"],
+            error_code=data.get("errorCode"),
+            error_message=data.get("errorMessage"),
+            created=_azure_time(data["created"]),
+            last_updated=_azure_time(data["lastUpdated"]),
+            etag=data["etag"],
+            payload=data.get("payload"),
+        )
+
+
+@dataclass(frozen=True)
+class HubDevice:
+    """A device identity in a hub, as DPS created it."""
+
+    device_id: str
+    hub: str
+    authentication: Literal["selfSigned", "sas"]
+    thumbprint: str | None
+    thumbprint_sha256: str | None
+    primary_key: str | None = field(repr=False)
+    secondary_key: str | None = field(repr=False)
+    initial_twin: dict[str, Any] | None
+    created: datetime
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> HubDevice:
+        auth = data["auth"]
+        return cls(
+            device_id=data["deviceId"],
+            hub=data["hub"],
+            authentication=auth["type"],
+            thumbprint=auth.get("primaryThumbprint"),
+            thumbprint_sha256=auth.get("primaryThumbprintSha256"),
+            primary_key=auth.get("primaryKey"),
+            secondary_key=auth.get("secondaryKey"),
+            initial_twin=data.get("initialTwin"),
+            created=_unix(data["created"]),
+        )
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One step of a device's exchange with the local cloud."""
+
+    at: datetime
+    direction: str
+    kind: str
+    topic: str | None
+    status: int | None
+    detail: str
+
+    def __str__(self) -> str:
+        arrow = {"device->cloud": "device → cloud", "cloud->device": "cloud → device"}
+        parts = [
+            f"{self.at:%H:%M:%S.%f}"[:-3],
+            arrow.get(self.direction, self.direction),
+            self.kind,
+        ]
+        if self.status is not None:
+            parts.append(str(self.status))
+        if self.topic:
+            parts.append(self.topic)
+        line = "  ".join(parts)
+        return f"{line}\n        {self.detail}" if self.detail else line
+
+
+class Hub:
+    """An IoT Hub instance of the local cloud."""
+
+    def __init__(self, cloud: LocalCloud, record: dict[str, Any]) -> None:
+        self._cloud = cloud
+        self.name: str = record["name"]
+        self.host_name: str = record["host_name"]
+        self.location: str = record["location"]
+        self._primary_key: str = record["primary_key"]
+
+    @property
+    def connection_string(self) -> str:
+        """The ``iothubowner`` service connection string."""
+        return (
+            f"HostName={self.host_name};SharedAccessKeyName=iothubowner;"
+            f"SharedAccessKey={self._primary_key}"
+        )
+
+    def devices(self) -> list[HubDevice]:
+        """The device identities DPS created in this hub."""
+        records = json.loads(self._cloud._emulator.hub_devices(self.host_name))
+        return [HubDevice._from_json(r) for r in records]
+
+    def __repr__(self) -> str:
+        return f"<Hub {self.name!r} host_name={self.host_name!r} location={self.location!r}>"
+
+
+class Dps:
+    """A Device Provisioning Service instance of the local cloud."""
+
+    def __init__(self, cloud: LocalCloud, record: dict[str, Any]) -> None:
+        self._cloud = cloud
+        self.name: str = record["name"]
+        self.id_scope: str = record["id_scope"]
+        self.location: str = record["location"]
+        self._primary_key: str = record["primary_key"]
+
+    @property
+    def _native(self) -> Emulator:
+        return self._cloud._emulator
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    @property
+    def device_host(self) -> str:
+        """The host devices dial for provisioning."""
+        return self._cloud.host
+
+    @property
+    def device_port(self) -> int:
+        """The MQTT port devices dial."""
+        return self._cloud.mqtt_port
+
+    @property
+    def device_endpoint(self) -> str:
+        """``host`` (or ``host:port`` when the port is not 8883): pass it to ``provision`` or,
+        with the default port, as the official SDK's ``provisioning_host``."""
+        if self.device_port == DEFAULT_MQTT_PORT:
+            return self.device_host
+        return f"{self.device_host}:{self.device_port}"
+
+    @property
+    def service_connection_string(self) -> str:
+        """The ``provisioningserviceowner`` connection string of the service API."""
+        return (
+            f"HostName={self.device_host};SharedAccessKeyName=provisioningserviceowner;"
+            f"SharedAccessKey={self._primary_key}"
+        )
+
+    def linked_hubs(self) -> list[LinkedHub]:
+        """The hubs linked to this DPS."""
+        record = json.loads(self._native.dps(self.name))
+        return [LinkedHub(**link) for link in record["linked_hubs"]]
+
+    # -- CA certificates and proof of possession --------------------------------------------
+
+    def upload_ca_certificate(
+        self, name: str, certificate: CertificateLike, *, verified: bool = False
+    ) -> CaCertificateInfo:
+        """Upload (or replace) a CA certificate; ``verified=True`` skips proof of possession."""
+        cert = _certificate(certificate)
+        current = self._find_ca(name)
+        record = self._native.upload_ca_certificate(
+            self.name, name, cert.der, verified, current.etag if current else None
+        )
+        return CaCertificateInfo._from_record(json.loads(record))
+
+    def ca_certificate(self, name: str) -> CaCertificateInfo:
+        """An uploaded CA certificate."""
+        return CaCertificateInfo._from_record(
+            json.loads(self._native.ca_certificate(self.name, name))
+        )
+
+    def ca_certificates(self) -> list[CaCertificateInfo]:
+        """Every uploaded CA certificate."""
+        record = json.loads(self._native.dps(self.name))
+        return [CaCertificateInfo._from_record(c) for c in record["certificates"]]
+
+    def _find_ca(self, name: str) -> CaCertificateInfo | None:
+        return next((c for c in self.ca_certificates() if c.name == name), None)
+
+    def delete_ca_certificate(self, name: str) -> None:
+        """Delete an uploaded CA certificate."""
+        self._native.delete_ca_certificate(self.name, name, self.ca_certificate(name).etag)
+
+    def generate_verification_code(self, name: str) -> str:
+        """A new one-time verification code for an uploaded CA certificate."""
+        etag = self.ca_certificate(name).etag
+        record = json.loads(self._native.generate_verification_code(self.name, name, etag))
+        code: str = record["verification_code"]
+        return code
+
+    def verify_certificate(self, name: str, verification: CertificateLike) -> CaCertificateInfo:
+        """Prove possession: upload the verification certificate (CN = the code, signed by the
+        CA's key)."""
+        cert = _certificate(verification)
+        etag = self.ca_certificate(name).etag
+        record = self._native.verify_certificate(self.name, name, cert.der, etag)
+        return CaCertificateInfo._from_record(json.loads(record))
+
+    def prove_possession(self, name: str, authority: CertificateAuthority) -> CaCertificateInfo:
+        """Upload ``authority``'s certificate if needed, then run the whole proof of possession:
+        code → verification certificate signed by that CA (root or intermediate) → verify."""
+        current = self._find_ca(name)
+        if current is None or current.certificate != authority.certificate:
+            current = self.upload_ca_certificate(name, authority)
+        if current.is_verified:
+            return current
+        code = self.generate_verification_code(name)
+        return self.verify_certificate(name, authority.create_verification_certificate(code))
+
+    # -- enrollment groups -----------------------------------------------------------------
+
+    def create_enrollment_group(
+        self,
+        enrollment_group_id: str,
+        *,
+        ca_reference: str | None = None,
+        signing_certificate: CertificateLike | None = None,
+        symmetric_key: bool = False,
+        primary_key: str | None = None,
+        secondary_key: str | None = None,
+        allocation_policy: AllocationPolicy | None = None,
+        hubs: Sequence[Hub | str] | None = None,
+        provisioning_status: ProvisioningStatus = "enabled",
+        reprovision_policy: ReprovisionPolicy | None = None,
+        initial_twin: dict[str, Any] | None = None,
+    ) -> EnrollmentGroup:
+        """Create (or replace) an enrollment group.
+
+        X.509 groups name an uploaded CA (``ca_reference``) or carry the CA certificate itself
+        (``signing_certificate``); symmetric-key groups get generated keys unless given.
+        """
+        attestation = _attestation_json(
+            ca_reference=ca_reference,
+            certificate=signing_certificate,
+            symmetric_key=symmetric_key,
+            primary_key=primary_key,
+            secondary_key=secondary_key,
+        )
+        settings = _Settings(
+            provisioning_status=provisioning_status,
+            allocation_policy=allocation_policy,
+            iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
+            reprovision_policy=reprovision_policy or ReprovisionPolicy(),
+            initial_twin=initial_twin,
+        )
+        existing = self._find_group(enrollment_group_id)
+        spec = json.dumps({"attestation": attestation, "settings": settings._to_json()})
+        record = self._native.put_enrollment_group(
+            self.name, enrollment_group_id, spec, existing.etag if existing else None
+        )
+        return EnrollmentGroup._from_json(json.loads(record))
+
+    def update_enrollment_group(
+        self,
+        enrollment_group_id: str,
+        *,
+        provisioning_status: ProvisioningStatus | None = None,
+        allocation_policy: AllocationPolicy | None = None,
+        hubs: Sequence[Hub | str] | None = None,
+        reprovision_policy: ReprovisionPolicy | None = None,
+        initial_twin: dict[str, Any] | None = None,
+    ) -> EnrollmentGroup:
+        """Change some settings of a group, keeping the rest (etag handled inside)."""
+        group = self.enrollment_group(enrollment_group_id)
+        settings = _Settings(
+            provisioning_status=provisioning_status or group.provisioning_status,
+            allocation_policy=allocation_policy or group.allocation_policy,
+            iot_hubs=tuple(_hub_host(h) for h in hubs) if hubs is not None else group.iot_hubs,
+            reprovision_policy=reprovision_policy or group.reprovision_policy,
+            initial_twin=initial_twin if initial_twin is not None else group.initial_twin,
+        )
+        spec = json.dumps({"settings": settings._to_json()})
+        record = self._native.put_enrollment_group(self.name, enrollment_group_id, spec, group.etag)
+        return EnrollmentGroup._from_json(json.loads(record))
+
+    def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
+        """An enrollment group."""
+        record = self._native.enrollment_group(self.name, enrollment_group_id)
+        return EnrollmentGroup._from_json(json.loads(record))
+
+    def _find_group(self, enrollment_group_id: str) -> EnrollmentGroup | None:
+        return next(
+            (g for g in self.enrollment_groups() if g.enrollment_group_id == enrollment_group_id),
+            None,
+        )
+
+    def enrollment_groups(self) -> list[EnrollmentGroup]:
+        """Every enrollment group."""
+        records = json.loads(self._native.enrollment_groups(self.name))
+        return [EnrollmentGroup._from_json(r) for r in records]
+
+    def delete_enrollment_group(self, enrollment_group_id: str) -> None:
+        """Delete an enrollment group."""
+        etag = self.enrollment_group(enrollment_group_id).etag
+        self._native.delete_enrollment_group(self.name, enrollment_group_id, etag)
+
+    # -- individual enrollments ------------------------------------------------------------
+
+    def create_enrollment(
+        self,
+        registration_id: str,
+        *,
+        certificate: CertificateLike | None = None,
+        symmetric_key: bool = False,
+        primary_key: str | None = None,
+        secondary_key: str | None = None,
+        device_id: str | None = None,
+        allocation_policy: AllocationPolicy | None = None,
+        hubs: Sequence[Hub | str] | None = None,
+        provisioning_status: ProvisioningStatus = "enabled",
+        reprovision_policy: ReprovisionPolicy | None = None,
+        initial_twin: dict[str, Any] | None = None,
+    ) -> Enrollment:
+        """Create (or replace) an individual enrollment, by the device's certificate or its own
+        symmetric key."""
+        attestation = _attestation_json(
+            ca_reference=None,
+            certificate=certificate,
+            symmetric_key=symmetric_key,
+            primary_key=primary_key,
+            secondary_key=secondary_key,
+        )
+        settings = _Settings(
+            provisioning_status=provisioning_status,
+            allocation_policy=allocation_policy,
+            iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
+            reprovision_policy=reprovision_policy or ReprovisionPolicy(),
+            initial_twin=initial_twin,
+        )
+        existing = next(
+            (e for e in self.enrollments() if e.registration_id.lower() == registration_id.lower()),
+            None,
+        )
+        spec = json.dumps(
+            {"attestation": attestation, "settings": settings._to_json(), "deviceId": device_id}
+        )
+        record = self._native.put_enrollment(
+            self.name, registration_id, spec, existing.etag if existing else None
+        )
+        return Enrollment._from_json(json.loads(record))
+
+    def enrollment(self, registration_id: str) -> Enrollment:
+        """An individual enrollment."""
+        return Enrollment._from_json(
+            json.loads(self._native.enrollment(self.name, registration_id))
+        )
+
+    def enrollments(self) -> list[Enrollment]:
+        """Every individual enrollment."""
+        return [Enrollment._from_json(r) for r in json.loads(self._native.enrollments(self.name))]
+
+    def delete_enrollment(self, registration_id: str) -> None:
+        """Delete an individual enrollment."""
+        etag = self.enrollment(registration_id).etag
+        self._native.delete_enrollment(self.name, registration_id, etag)
+
+    # -- registrations ---------------------------------------------------------------------
+
+    def registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]:
+        """Registration records, all of them or those of one enrollment group."""
+        records = json.loads(self._native.registrations(self.name, enrollment_group_id))
+        return [RegistrationRecord._from_json(r) for r in records]
+
+    def delete_registration(self, registration_id: str) -> None:
+        """Forget a device's registration (it may then register afresh)."""
+        self._native.delete_registration(self.name, registration_id)
+
+    # -- realism knobs (emulator only) -------------------------------------------------------
+
+    def set_assignment_latency(self, seconds: float) -> None:
+        """Delay between a register request and its assignment (polls answer 202 until then)."""
+        self._native.update_dps_knobs(self.name, assignment_latency=seconds)
+
+    def set_registration_quota(self, per_minute: int | None) -> None:
+        """Azure's registration quota (1,000 per minute per DPS): beyond it, 429 + retry-after.
+        ``None`` removes the limit."""
+        self._native.update_dps_knobs(self.name, registrations_per_minute=per_minute or 0)
+
+    def refuse_registrations(self, count: int, *, status: int = 429) -> None:
+        """Refuse the next ``count`` register requests with ``status`` (fault injection)."""
+        self._native.update_dps_knobs(self.name, refuse_next=count, refusal_status=status)
+
+    def set_device_location(self, registration_id: str, location: str) -> None:
+        """Where a device is, for the geoLatency allocation policy (default: the DPS's own
+        location)."""
+        self._native.update_dps_knobs(self.name, device_location=(registration_id, location))
+
+    def __repr__(self) -> str:
+        return f"<Dps {self.name!r} id_scope={self.id_scope!r} endpoint={self.device_endpoint!r}>"
+
+
+class LocalCloud:
+    """The embedded emulator of DPS and IoT Hub, started on construction.
+
+    Use it as a context manager, or call :meth:`stop`. Without ``data_dir`` the state lives in a
+    temporary folder deleted on stop; with one, everything (including the emulator's CA, so
+    trusted clients keep working) survives restarts.
+    """
+
+    subscription_id = "00000000-0000-0000-0000-000000000000"
+    resource_group = "dpskit-local"
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_MQTT_PORT,
+        connect_timeout: float = 10.0,
+        max_connections: int = 20_000,
+        max_packet_size: int = 262_144,
+        poll_retry_after: int = 1,
+    ) -> None:
+        self._emulator = Emulator(
+            data_dir,
+            host=host,
+            port=port,
+            connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            max_packet_size=max_packet_size,
+            poll_retry_after=poll_retry_after,
+        )
+
+    @classmethod
+    def start(
+        cls,
+        data_dir: str | Path | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_MQTT_PORT,
+        **options: Any,
+    ) -> LocalCloud:
+        """Start a local cloud (same as the constructor)."""
+        return cls(data_dir, host=host, port=port, **options)
+
+    def stop(self) -> None:
+        """Stop serving; state stays in ``data_dir`` unless it is temporary."""
+        self._emulator.stop()
+
+    def __enter__(self) -> LocalCloud:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the emulator is serving."""
+        return self._emulator.is_running
+
+    @property
+    def trust_pem(self) -> str:
+        """The emulator CA's certificate: what clients trust (the official SDK's
+        ``server_verification_cert``)."""
+        return self._emulator.trust_pem
+
+    @property
+    def data_dir(self) -> Path:
+        """The folder holding the state and the emulator's CA."""
+        return Path(self._emulator.data_dir)
+
+    @property
+    def host(self) -> str:
+        """The address DPS listens on (hubs take the following loopback addresses)."""
+        return self._emulator.host
+
+    @property
+    def mqtt_port(self) -> int:
+        """The MQTT-over-TLS port shared by DPS and every hub."""
+        return self._emulator.mqtt_port
+
+    @property
+    def arm_endpoint(self) -> str | None:
+        """The management REST endpoint (arrives with the REST layer; ``None`` until then)."""
+        return None
+
+    # -- resources -------------------------------------------------------------------------
+
+    def create_hub(
+        self, name: str, location: str = "westeurope", *, host_name: str | None = None
+    ) -> Hub:
+        """Create an IoT hub; it gets the next free loopback address as its host name."""
+        return Hub(self, json.loads(self._emulator.create_hub(name, location, host_name)))
+
+    def hub(self, name: str) -> Hub:
+        """An existing hub."""
+        return Hub(self, json.loads(self._emulator.hub(name)))
+
+    def hubs(self) -> list[Hub]:
+        """Every hub."""
+        return [Hub(self, r) for r in json.loads(self._emulator.hubs())]
+
+    def create_dps(self, name: str, location: str = "westeurope") -> Dps:
+        """Create a DPS instance with a fresh ID scope."""
+        return Dps(self, json.loads(self._emulator.create_dps(name, location)))
+
+    def dps(self, name: str) -> Dps:
+        """An existing DPS instance."""
+        return Dps(self, json.loads(self._emulator.dps(name)))
+
+    def all_dps(self) -> list[Dps]:
+        """Every DPS instance."""
+        return [Dps(self, r) for r in json.loads(self._emulator.all_dps())]
+
+    def link_hub(
+        self,
+        dps: Dps | str,
+        hub: Hub | str,
+        *,
+        allocation_weight: int = 1,
+        apply_allocation_policy: bool = True,
+        location: str | None = None,
+    ) -> LinkedHub:
+        """Link a hub to a DPS instance (or update the link)."""
+        dps_name = dps.name if isinstance(dps, Dps) else dps
+        hub_name = hub.name if isinstance(hub, Hub) else hub
+        if allocation_weight < 0:
+            raise ConfigError("allocation_weight must be 0 or more")
+        link = self._emulator.link_hub(
+            dps_name, hub_name, allocation_weight, apply_allocation_policy, location
+        )
+        return LinkedHub(**json.loads(link))
+
+    # -- traces ----------------------------------------------------------------------------
+
+    def trace(self, client_id: str | None = None, *, enabled: bool = True) -> None:
+        """Record the MQTT exchange of one client id (a registration or device id), or of every
+        client with ``None``."""
+        self._emulator.trace(client_id, enabled)
+
+    def trace_events(self, client_id: str) -> list[TraceEvent]:
+        """The recorded exchange of a client."""
+        events = json.loads(self._emulator.trace_events(client_id))
+        return [
+            TraceEvent(
+                at=datetime.fromtimestamp(e["at"], tz=timezone.utc),
+                direction=e["direction"],
+                kind=e["kind"],
+                topic=e["topic"],
+                status=e["status"],
+                detail=e["detail"],
+            )
+            for e in events
+        ]
+
+    def format_trace(self, client_id: str) -> str:
+        """The recorded exchange of a client as readable text."""
+        return "\n".join(str(e) for e in self.trace_events(client_id))
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"<LocalCloud {state} mqtt={self.host}:{self.mqtt_port} data_dir={str(self.data_dir)!r}>"

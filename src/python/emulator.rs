@@ -1,0 +1,433 @@
+//! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API) and
+//! `derive_device_key`. Records cross the boundary as JSON text; `dpskit.cloud` turns them into
+//! dataclasses.
+
+// Python keyword arguments map one to one onto Rust parameters.
+#![allow(clippy::too_many_arguments)]
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use serde::Serialize;
+
+use crate::emulator::{EmulatorConfig, EnrollmentSpec, Limits};
+use crate::error::Error;
+use crate::pki::Certificate;
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEmulator>()?;
+    m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
+    Ok(())
+}
+
+fn json<T: Serialize>(value: &T) -> PyResult<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Error::Emulator(format!("cannot encode a record: {e}")).into())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> PyResult<T> {
+    serde_json::from_str(text).map_err(|e| Error::Config(format!("invalid {what}: {e}")).into())
+}
+
+/// The group-derived key of one device: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
+#[pyfunction]
+fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
+    Ok(crate::sas::derive_device_key(group_key, registration_id)?)
+}
+
+/// The embedded emulator (wrapped by `dpskit.LocalCloud`).
+#[pyclass(frozen, module = "dpskit._native", name = "Emulator")]
+pub struct PyEmulator {
+    inner: Mutex<crate::emulator::Emulator>,
+}
+
+impl PyEmulator {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&crate::emulator::Emulator) -> crate::Result<T>,
+    ) -> PyResult<T> {
+        let emulator = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if !emulator.is_running() {
+            return Err(Error::Emulator("the local cloud is stopped".into()).into());
+        }
+        Ok(f(&emulator)?)
+    }
+}
+
+#[pymethods]
+impl PyEmulator {
+    /// Starts the emulator.
+    #[new]
+    #[pyo3(signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1))]
+    fn new(
+        py: Python<'_>,
+        data_dir: Option<PathBuf>,
+        host: String,
+        port: u16,
+        connect_timeout: f64,
+        max_connections: usize,
+        max_packet_size: usize,
+        poll_retry_after: u32,
+    ) -> PyResult<Self> {
+        if !(connect_timeout.is_finite() && connect_timeout > 0.0) {
+            return Err(Error::Config(format!(
+                "connect_timeout must be a positive number of seconds, not {connect_timeout}"
+            ))
+            .into());
+        }
+        let config = EmulatorConfig {
+            data_dir,
+            host,
+            port,
+            limits: Limits {
+                connect_timeout: Duration::from_secs_f64(connect_timeout),
+                max_packet_size,
+                max_connections: max_connections.max(1),
+            },
+            poll_retry_after,
+            worker_threads: None,
+        };
+        let emulator = py.detach(|| crate::emulator::Emulator::start(config))?;
+        Ok(PyEmulator {
+            inner: Mutex::new(emulator),
+        })
+    }
+
+    /// Stops listening and closes every connection (idempotent).
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.inner.lock().unwrap_or_else(|e| e.into_inner()).stop());
+    }
+
+    /// Whether the emulator is running.
+    #[getter]
+    fn is_running(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_running()
+    }
+
+    /// PEM of the emulator's CA.
+    #[getter]
+    fn trust_pem(&self) -> String {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .trust_pem()
+    }
+
+    /// The data folder.
+    #[getter]
+    fn data_dir(&self) -> PathBuf {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .data_dir()
+            .to_path_buf()
+    }
+
+    /// Whether the data folder is deleted on stop.
+    #[getter]
+    fn is_temporary(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_temporary()
+    }
+
+    /// The DPS host address.
+    #[getter]
+    fn host(&self) -> String {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cloud()
+            .dps_host()
+            .to_string()
+    }
+
+    /// The MQTT port.
+    #[getter]
+    fn mqtt_port(&self) -> u16 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .mqtt_port()
+    }
+
+    /// Creates a hub; returns its record as JSON.
+    #[pyo3(signature = (name, location, host_name = None))]
+    fn create_hub(&self, name: &str, location: &str, host_name: Option<&str>) -> PyResult<String> {
+        let hub = self.with(|e| e.create_hub(name, location, host_name))?;
+        json(&hub)
+    }
+
+    /// A hub record as JSON.
+    fn hub(&self, name: &str) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().hub(name))?)
+    }
+
+    /// Every hub record, as a JSON list.
+    fn hubs(&self) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.cloud().hubs()))?)
+    }
+
+    /// The device identities of a hub (by host name), as JSON.
+    fn hub_devices(&self, host_name: &str) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.cloud().hub_devices(host_name)))?)
+    }
+
+    /// Creates a DPS instance; returns its record as JSON.
+    fn create_dps(&self, name: &str, location: &str) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().create_dps(name, location))?)
+    }
+
+    /// A DPS record as JSON.
+    fn dps(&self, name: &str) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().dps(name))?)
+    }
+
+    /// Every DPS record, as a JSON list.
+    fn all_dps(&self) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.cloud().all_dps()))?)
+    }
+
+    /// Links a hub to a DPS; returns the link as JSON.
+    #[pyo3(signature = (dps, hub, allocation_weight, apply_allocation_policy, location = None))]
+    fn link_hub(
+        &self,
+        dps: &str,
+        hub: &str,
+        allocation_weight: u32,
+        apply_allocation_policy: bool,
+        location: Option<&str>,
+    ) -> PyResult<String> {
+        json(&self.with(|e| {
+            e.cloud().link_hub(
+                dps,
+                hub,
+                allocation_weight,
+                apply_allocation_policy,
+                location,
+            )
+        })?)
+    }
+
+    /// Removes a hub link.
+    fn unlink_hub(&self, dps: &str, hub: &str) -> PyResult<()> {
+        self.with(|e| e.cloud().unlink_hub(dps, hub))
+    }
+
+    /// Uploads a CA certificate (DER); returns its record as JSON.
+    #[pyo3(signature = (dps, name, der, verified, if_match = None))]
+    fn upload_ca_certificate(
+        &self,
+        dps: &str,
+        name: &str,
+        der: &Bound<'_, PyBytes>,
+        verified: bool,
+        if_match: Option<&str>,
+    ) -> PyResult<String> {
+        let certificate = Certificate::from_der(der.as_bytes())?;
+        json(&self.with(|e| {
+            e.cloud()
+                .upload_ca_certificate(dps, name, &certificate, verified, if_match)
+        })?)
+    }
+
+    /// A CA certificate record as JSON.
+    fn ca_certificate(&self, dps: &str, name: &str) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().ca_certificate(dps, name))?)
+    }
+
+    /// Deletes a CA certificate.
+    #[pyo3(signature = (dps, name, if_match = None))]
+    fn delete_ca_certificate(&self, dps: &str, name: &str, if_match: Option<&str>) -> PyResult<()> {
+        self.with(|e| e.cloud().delete_ca_certificate(dps, name, if_match))
+    }
+
+    /// Generates a verification code; returns the certificate record (with the code) as JSON.
+    #[pyo3(signature = (dps, name, if_match = None))]
+    fn generate_verification_code(
+        &self,
+        dps: &str,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().generate_verification_code(dps, name, if_match))?)
+    }
+
+    /// Verifies possession with a verification certificate (DER); returns the record as JSON.
+    #[pyo3(signature = (dps, name, der, if_match = None))]
+    fn verify_certificate(
+        &self,
+        dps: &str,
+        name: &str,
+        der: &Bound<'_, PyBytes>,
+        if_match: Option<&str>,
+    ) -> PyResult<String> {
+        let certificate = Certificate::from_der(der.as_bytes())?;
+        json(&self.with(|e| {
+            e.cloud()
+                .verify_certificate(dps, name, &certificate, if_match)
+        })?)
+    }
+
+    /// Creates or replaces an enrollment group from a JSON spec; returns it as JSON.
+    #[pyo3(signature = (dps, group_id, spec, if_match = None))]
+    fn put_enrollment_group(
+        &self,
+        dps: &str,
+        group_id: &str,
+        spec: &str,
+        if_match: Option<&str>,
+    ) -> PyResult<String> {
+        let spec: EnrollmentSpec = parse("enrollment group", spec)?;
+        json(&self.with(|e| {
+            e.cloud()
+                .put_enrollment_group(dps, group_id, spec, if_match)
+        })?)
+    }
+
+    /// An enrollment group as JSON.
+    fn enrollment_group(&self, dps: &str, group_id: &str) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().enrollment_group(dps, group_id))?)
+    }
+
+    /// Every enrollment group of a DPS, as a JSON list.
+    fn enrollment_groups(&self, dps: &str) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.cloud().enrollment_groups(dps)))?)
+    }
+
+    /// Deletes an enrollment group.
+    #[pyo3(signature = (dps, group_id, if_match = None))]
+    fn delete_enrollment_group(
+        &self,
+        dps: &str,
+        group_id: &str,
+        if_match: Option<&str>,
+    ) -> PyResult<()> {
+        self.with(|e| e.cloud().delete_enrollment_group(dps, group_id, if_match))
+    }
+
+    /// Creates or replaces an individual enrollment from a JSON spec; returns it as JSON.
+    #[pyo3(signature = (dps, registration_id, spec, if_match = None))]
+    fn put_enrollment(
+        &self,
+        dps: &str,
+        registration_id: &str,
+        spec: &str,
+        if_match: Option<&str>,
+    ) -> PyResult<String> {
+        let spec: EnrollmentSpec = parse("enrollment", spec)?;
+        json(&self.with(|e| {
+            e.cloud()
+                .put_enrollment(dps, registration_id, spec, if_match)
+        })?)
+    }
+
+    /// An individual enrollment as JSON.
+    fn enrollment(&self, dps: &str, registration_id: &str) -> PyResult<String> {
+        json(&self.with(|e| e.cloud().enrollment(dps, registration_id))?)
+    }
+
+    /// Every individual enrollment of a DPS, as a JSON list.
+    fn enrollments(&self, dps: &str) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.cloud().enrollments(dps)))?)
+    }
+
+    /// Deletes an individual enrollment.
+    #[pyo3(signature = (dps, registration_id, if_match = None))]
+    fn delete_enrollment(
+        &self,
+        dps: &str,
+        registration_id: &str,
+        if_match: Option<&str>,
+    ) -> PyResult<()> {
+        self.with(|e| e.cloud().delete_enrollment(dps, registration_id, if_match))
+    }
+
+    /// Registration records as a JSON list, optionally of one enrollment group.
+    #[pyo3(signature = (dps, group_id = None))]
+    fn registrations(&self, dps: &str, group_id: Option<&str>) -> PyResult<String> {
+        json(&self.with(|e| {
+            e.cloud().dps(dps)?;
+            Ok(e.cloud().registrations(dps, group_id))
+        })?)
+    }
+
+    /// Deletes a registration record.
+    fn delete_registration(&self, dps: &str, registration_id: &str) -> PyResult<()> {
+        self.with(|e| e.cloud().delete_registration(dps, registration_id))
+    }
+
+    /// Sets DPS realism knobs; any of `assignment_latency` (seconds), `registrations_per_minute`
+    /// (0 = unlimited), `refuse_next`, `refusal_status`, `device_location` = (id, location).
+    #[pyo3(signature = (dps, *, assignment_latency = None, registrations_per_minute = None, refuse_next = None, refusal_status = None, device_location = None))]
+    fn update_dps_knobs(
+        &self,
+        dps: &str,
+        assignment_latency: Option<f64>,
+        registrations_per_minute: Option<u32>,
+        refuse_next: Option<u32>,
+        refusal_status: Option<u16>,
+        device_location: Option<(String, String)>,
+    ) -> PyResult<()> {
+        if let Some(seconds) = assignment_latency
+            && !(seconds.is_finite() && seconds >= 0.0)
+        {
+            return Err(Error::Config(format!(
+                "assignment_latency must be >= 0 seconds, not {seconds}"
+            ))
+            .into());
+        }
+        if let Some(status) = refusal_status
+            && !(400..600).contains(&status)
+        {
+            return Err(Error::Config(format!(
+                "refusal_status must be an HTTP error status (400-599), not {status}"
+            ))
+            .into());
+        }
+        self.with(|e| {
+            e.update_dps_knobs(dps, |k| {
+                if let Some(seconds) = assignment_latency {
+                    k.assignment_latency = Duration::from_secs_f64(seconds);
+                }
+                if let Some(limit) = registrations_per_minute {
+                    k.registrations_per_minute = (limit > 0).then_some(limit);
+                }
+                if let Some(n) = refuse_next {
+                    k.refuse_next = n;
+                }
+                if let Some(status) = refusal_status {
+                    k.refusal_status = status;
+                }
+                if let Some((id, location)) = device_location {
+                    k.device_locations.insert(id.to_ascii_lowercase(), location);
+                }
+            })
+        })
+    }
+
+    /// Starts (or with `enabled=False` stops) tracing one client id, or every client.
+    #[pyo3(signature = (client_id = None, enabled = true))]
+    fn trace(&self, client_id: Option<&str>, enabled: bool) -> PyResult<()> {
+        self.with(|e| {
+            if enabled {
+                e.tracer().watch(client_id);
+            } else {
+                e.tracer().unwatch(client_id);
+            }
+            Ok(())
+        })
+    }
+
+    /// The recorded exchange of a client, as a JSON list.
+    fn trace_events(&self, client_id: &str) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.tracer().events(client_id)))?)
+    }
+}
