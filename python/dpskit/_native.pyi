@@ -235,8 +235,8 @@ class CertificateAuthority:
 class Emulator:
     """The embedded DPS / IoT Hub emulator (wrapped by ``dpskit.LocalCloud``)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         data_dir: _StrPath | None = None,
         *,
         host: str = "127.0.0.1",
@@ -245,7 +245,7 @@ class Emulator:
         max_connections: int = 20000,
         max_packet_size: int = 262144,
         poll_retry_after: int = 1,
-    ) -> None: ...
+    ) -> Emulator: ...
     def stop(self) -> None: ...
     @property
     def is_running(self) -> bool: ...

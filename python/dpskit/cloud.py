@@ -880,4 +880,5 @@ class LocalCloud:
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
-        return f"<LocalCloud {state} mqtt={self.host}:{self.mqtt_port} data_dir={str(self.data_dir)!r}>"
+        where = f"{self.host}:{self.mqtt_port}"
+        return f"<LocalCloud {state} mqtt={where} data_dir={str(self.data_dir)!r}>"

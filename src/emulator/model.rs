@@ -137,7 +137,11 @@ impl Default for ReprovisionPolicy {
 
 /// How an enrollment attests devices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Attestation {
     /// X.509: a group refers to CA certificates (uploaded by name, or given inline); an
     /// individual enrollment lists the device's own certificates.
@@ -278,7 +282,11 @@ pub struct RegistrationRecord {
 
 /// How a hub device authenticates.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum DeviceAuth {
     /// X.509 "self-signed" identity: the leaf's thumbprints, which is how DPS registers X.509
     /// devices in the hub whatever CA signed them.

@@ -61,7 +61,10 @@ impl PyEmulator {
 impl PyEmulator {
     /// Starts the emulator.
     #[new]
-    #[pyo3(signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1))]
+    #[pyo3(
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, poll_retry_after=1)"
+    )]
     fn new(
         py: Python<'_>,
         data_dir: Option<PathBuf>,
