@@ -944,8 +944,61 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
     p.set_defaults(handler=cmd_demo, parser=p)
 
+    # emulator
+    p = commands.add_parser(
+        "emulator",
+        help="run the local cloud (DPS emulator) until Ctrl-C",
+        description="Run the embedded DPS emulator standalone: MQTT over TLS on HOST:PORT, state\n"
+        "and the emulator's CA in DIR (kept across runs). Official SDKs connect unchanged\n"
+        "when given DIR/emulator-ca.cert.pem as their server verification certificate.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--data-dir", default="dpskit-cloud", metavar="DIR", help="state folder")
+    p.add_argument("--host", default="127.0.0.1", help="address DPS listens on")
+    p.add_argument(
+        "--port", type=int, default=8883, help="MQTT port (the official SDKs always use 8883)"
+    )
+    p.set_defaults(handler=cmd_emulator, parser=p)
+
     parser.set_defaults(handler=None, parser=parser)
     return parser
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    """``dpskit emulator``: run the local cloud until interrupted."""
+    import signal
+    import threading
+
+    from .cloud import LocalCloud
+
+    data_dir = Path(args.data_dir)
+    cloud = LocalCloud(data_dir, host=args.host, port=args.port)
+    trust = data_dir / "emulator-ca.cert.pem"
+    print("dpskit local cloud (DPS emulator; IoT Hub device API arrives in a later version)")
+    _print_fields(
+        [
+            ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
+            ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
+            ("state", _display(cloud.data_dir)),
+        ]
+    )
+    for dps in cloud.all_dps():
+        print(f"  dps {dps.name}: id scope {dps.id_scope}, endpoint {dps.device_endpoint}")
+    for hub in cloud.hubs():
+        print(f"  hub {hub.name}: {hub.host_name}")
+    print("Ctrl-C stops it; the state stays in the folder.", flush=True)
+    stop = threading.Event()
+    # SIGTERM (systemd, docker, kill) stops as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cloud.stop()
+    print("stopped")
+    return 0
 
 
 def _describe_error(exc: BaseException) -> str:
