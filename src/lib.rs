@@ -7,6 +7,7 @@
 pub mod emulator;
 pub mod error;
 pub mod pki;
+pub mod provisioning;
 pub mod sas;
 
 #[cfg(feature = "python")]

@@ -43,6 +43,7 @@ from dpskit.errors import (
     ThrottledError,
     TransportError,
 )
+from dpskit.provisioning import ProvisioningOutcome, provision_devices
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,7 @@ __all__ = [
     "NotFoundError",
     "OperationTimeoutError",
     "ProtocolError",
+    "ProvisioningOutcome",
     "RegistrationFailedError",
     "RegistrationRecord",
     "ReprovisionPolicy",
@@ -77,6 +79,7 @@ __all__ = [
     "TransportError",
     "__version__",
     "derive_device_key",
+    "provision_devices",
     "validate_registration_id",
     "verify_chain",
 ]

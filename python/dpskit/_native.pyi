@@ -17,6 +17,7 @@ __all__ = [
     "_core_error_kinds",
     "_raise_core_error",
     "derive_device_key",
+    "provision_devices",
     "validate_registration_id",
     "verify_chain",
 ]
@@ -318,6 +319,16 @@ class Emulator:
     def trace_events(self, client_id: str) -> str: ...
 
 def derive_device_key(group_key: str, registration_id: str) -> str: ...
+def provision_devices(
+    host: str,
+    port: int,
+    id_scope: str,
+    devices: Sequence[DeviceCertificate],
+    trust_pem: str,
+    *,
+    concurrency: int = 64,
+    timeout: float = 60.0,
+) -> str: ...
 def verify_chain(
     leaf: Certificate,
     intermediates: Sequence[Certificate] = (),

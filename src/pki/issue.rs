@@ -206,7 +206,8 @@ pub struct CertificateAuthority {
 #[derive(Debug)]
 pub struct DeviceCredential {
     registration_id: String,
-    credential: Credential,
+    /// Shared, so device clients can hold it without copying keys.
+    credential: Arc<Credential>,
 }
 
 impl DeviceCredential {
@@ -222,7 +223,7 @@ impl DeviceCredential {
             })?;
         Ok(DeviceCredential {
             registration_id,
-            credential,
+            credential: Arc::new(credential),
         })
     }
 
@@ -234,6 +235,11 @@ impl DeviceCredential {
     /// Certificate, key and chain.
     pub fn credential(&self) -> &Credential {
         &self.credential
+    }
+
+    /// A shared handle on the credential.
+    pub fn shared_credential(&self) -> Arc<Credential> {
+        Arc::clone(&self.credential)
     }
 }
 
@@ -363,7 +369,7 @@ impl CertificateAuthority {
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(DeviceCredential {
             registration_id: registration_id.to_string(),
-            credential: Credential::trusted(certificate, key, Arc::clone(chain)),
+            credential: Arc::new(Credential::trusted(certificate, key, Arc::clone(chain))),
         })
     }
 

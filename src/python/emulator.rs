@@ -20,6 +20,7 @@ use crate::pki::Certificate;
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEmulator>()?;
     m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
+    m.add_function(wrap_pyfunction!(provision_devices, m)?)?;
     Ok(())
 }
 
@@ -433,4 +434,75 @@ impl PyEmulator {
     fn trace_events(&self, client_id: &str) -> PyResult<String> {
         json(&self.with(|e| Ok(e.tracer().events(client_id)))?)
     }
+}
+
+/// Provisions devices through DPS concurrently on a private runtime (GIL released); returns one
+/// JSON object per device, in order: the result or the error, and the seconds it took.
+#[pyfunction]
+#[pyo3(signature = (host, port, id_scope, devices, trust_pem, *, concurrency = 64, timeout = 60.0))]
+pub(crate) fn provision_devices(
+    py: Python<'_>,
+    host: String,
+    port: u16,
+    id_scope: String,
+    devices: Vec<PyRef<'_, crate::python::pki::PyDeviceCertificate>>,
+    trust_pem: &str,
+    concurrency: usize,
+    timeout: f64,
+) -> PyResult<String> {
+    use crate::provisioning::{DeviceAuth, ProvisioningRequest, Trust, provision_many};
+    if !(timeout.is_finite() && timeout > 0.0) {
+        return Err(Error::Config(format!(
+            "timeout must be a positive number of seconds, not {timeout}"
+        ))
+        .into());
+    }
+    let trust = Trust::from_pem(trust_pem.as_bytes())?;
+    let requests: Vec<ProvisioningRequest> = devices
+        .iter()
+        .map(|d| ProvisioningRequest {
+            host: host.clone(),
+            port,
+            id_scope: id_scope.clone(),
+            registration_id: d.inner.registration_id().to_string(),
+            auth: DeviceAuth::X509(d.credential_arc()),
+            payload: None,
+            timeout: Duration::from_secs_f64(timeout),
+        })
+        .collect();
+    let outcomes = py.detach(|| -> crate::Result<_> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("dpskit-provisioning")
+            .build()
+            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
+        Ok(runtime.block_on(provision_many(requests, trust, concurrency)))
+    })?;
+    let records: Vec<serde_json::Value> = outcomes
+        .into_iter()
+        .map(|(result, elapsed)| match result {
+            Ok(r) => serde_json::json!({
+                "ok": true,
+                "registrationId": r.registration_id,
+                "assignedHub": r.assigned_hub,
+                "deviceId": r.device_id,
+                "substatus": r.substatus,
+                "etag": r.etag,
+                "created": r.created,
+                "lastUpdated": r.last_updated,
+                "operationId": r.operation_id,
+                "payload": r.payload,
+                "seconds": elapsed.as_secs_f64(),
+            }),
+            Err(e) => {
+                let code = match &e {
+                    Error::RegistrationFailed { error_code, .. } => *error_code,
+                    Error::Service(s) => s.error_code,
+                    _ => None,
+                };
+                serde_json::json!({"ok": false, "error": e.to_string(), "errorCode": code, "seconds": elapsed.as_secs_f64()})
+            }
+        })
+        .collect();
+    json(&records)
 }

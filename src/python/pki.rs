@@ -359,6 +359,13 @@ pub struct PyDeviceCertificate {
     pub(crate) inner: DeviceCredential,
 }
 
+impl PyDeviceCertificate {
+    /// The credential, shared with device clients without copying keys around.
+    pub(crate) fn credential_arc(&self) -> std::sync::Arc<crate::pki::Credential> {
+        self.inner.shared_credential()
+    }
+}
+
 #[pymethods]
 impl PyDeviceCertificate {
     /// Loads a device credential from PEM data (the certificate may be followed by its chain).

@@ -1,0 +1,366 @@
+//! The device side of DPS: register over MQTT with an X.509 certificate or a SAS token, poll
+//! the operation until it is assigned or fails, honour `retry-after`, give up at a deadline.
+//! Written to the documented protocol so the same code works against Azure and the emulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Broker, Event, MqttOptions, NetworkOptions, Packet, PublishOptions, QoS,
+    TlsConfiguration, Transport,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+
+use crate::emulator::topics::query_pairs;
+use crate::error::{Error, Result};
+use crate::pki::{Certificate, Credential};
+
+/// The MQTT api-version DPS documents and the Python and C# SDKs send.
+const API_VERSION: &str = "2019-03-31";
+/// SAS tokens are valid this long (the Python SDK's default).
+const SAS_TTL_SECONDS: i64 = 3600;
+
+/// How a device proves who it is.
+#[derive(Clone)]
+pub enum DeviceAuth {
+    /// Certificate + key; the chain (leaf + intermediates) is sent in the TLS handshake.
+    X509(Arc<Credential>),
+    /// A device key (base64): an individual key or one derived from a group key.
+    SymmetricKey(String),
+}
+
+impl std::fmt::Debug for DeviceAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceAuth::X509(c) => f.debug_tuple("X509").field(c.certificate()).finish(),
+            DeviceAuth::SymmetricKey(_) => f.write_str("SymmetricKey(<redacted>)"),
+        }
+    }
+}
+
+/// One provisioning request.
+#[derive(Debug, Clone)]
+pub struct ProvisioningRequest {
+    /// DPS host (Azure: `global.azure-devices-provisioning.net`).
+    pub host: String,
+    /// MQTT port (8883).
+    pub port: u16,
+    /// ID scope.
+    pub id_scope: String,
+    /// Registration id.
+    pub registration_id: String,
+    /// Credential.
+    pub auth: DeviceAuth,
+    /// Custom payload sent with the request.
+    pub payload: Option<Value>,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+/// What DPS answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationResult {
+    /// `assigned` (errors are returned as [`Error`]).
+    pub status: String,
+    /// Registration id.
+    pub registration_id: String,
+    /// Assigned hub host name.
+    pub assigned_hub: Option<String>,
+    /// Device id in that hub.
+    pub device_id: Option<String>,
+    /// `initialAssignment`, ...
+    pub substatus: Option<String>,
+    /// Record etag.
+    pub etag: Option<String>,
+    /// First registration time (Azure's string).
+    pub created: Option<String>,
+    /// Last registration time.
+    pub last_updated: Option<String>,
+    /// Payload returned by custom allocation.
+    pub payload: Option<Value>,
+    /// DPS operation id.
+    pub operation_id: String,
+}
+
+/// Trust anchors for the DPS server certificate, shared by every client in the process (one
+/// parse of the PEM, not one per device).
+#[derive(Clone)]
+pub struct Trust {
+    roots: Arc<rustls::RootCertStore>,
+}
+
+impl Trust {
+    /// Trusts the certificates in `pem` (the emulator's CA, or Azure's roots).
+    pub fn from_pem(pem: &[u8]) -> Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in Certificate::chain_from_pem(pem)? {
+            roots
+                .add(CertificateDer::from(cert.der().to_vec()))
+                .map_err(|e| Error::cert(format!("unusable trust anchor: {e}")))?;
+        }
+        Ok(Trust {
+            roots: Arc::new(roots),
+        })
+    }
+
+    fn client_config(&self, auth: &DeviceAuth) -> Result<rustls::ClientConfig> {
+        let builder = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
+            .with_root_certificates(self.roots.clone());
+        Ok(match auth {
+            DeviceAuth::X509(credential) => {
+                let mut chain = vec![CertificateDer::from(
+                    credential.certificate().der().to_vec(),
+                )];
+                // The device sends its intermediates, never a self-signed root.
+                chain.extend(
+                    credential
+                        .issuers()
+                        .iter()
+                        .filter(|c| !c.info().is_self_signed)
+                        .map(|c| CertificateDer::from(c.der().to_vec())),
+                );
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    credential.key().pkcs8_der().to_vec(),
+                ));
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| Error::cert(format!("unusable client certificate: {e}")))?
+            }
+            DeviceAuth::SymmetricKey(_) => builder.with_no_client_auth(),
+        })
+    }
+}
+
+/// Registers a device with DPS and waits for the final answer.
+pub async fn provision(request: &ProvisioningRequest, trust: &Trust) -> Result<RegistrationResult> {
+    let deadline = tokio::time::Instant::now() + request.timeout;
+    match tokio::time::timeout_at(deadline, exchange(request, trust)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout(format!(
+            "provisioning {} did not finish within {:.1} s",
+            request.registration_id,
+            request.timeout.as_secs_f64()
+        ))),
+    }
+}
+
+async fn exchange(request: &ProvisioningRequest, trust: &Trust) -> Result<RegistrationResult> {
+    let id = &request.registration_id;
+    let mut options = MqttOptions::new(id.clone(), Broker::tcp(request.host.clone(), request.port));
+    let username = format!(
+        "{}/registrations/{id}/api-version={API_VERSION}&ClientVersion=dpskit%2F{}",
+        request.id_scope,
+        env!("CARGO_PKG_VERSION")
+    );
+    match &request.auth {
+        DeviceAuth::X509(_) => {
+            options.set_username(username);
+        }
+        DeviceAuth::SymmetricKey(key) => {
+            let expiry = crate::pki::issue::now() + SAS_TTL_SECONDS;
+            let token = crate::sas::build_token(
+                &format!("{}/registrations/{id}", request.id_scope),
+                key,
+                expiry,
+                Some("registration"),
+            )?;
+            options.set_credentials(username, token.into_bytes());
+        }
+    }
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
+        trust.client_config(&request.auth)?,
+    ))));
+    options.set_keep_alive(60);
+    options.set_clean_session(true);
+    let (client, mut events) = AsyncClient::builder(options).capacity(8).build();
+    let mut network = NetworkOptions::new();
+    // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
+    network.set_tcp_nodelay(true);
+    events.set_network_options(network);
+    let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
+    let mut rid: u32 = 0;
+    let mut pending_operation: Option<String> = None;
+    loop {
+        let event = events.poll().await.map_err(|e| connection_error(id, e))?;
+        let publish = match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                client
+                    .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
+                    .await
+                    .map_err(|e| Error::Transport(e.to_string()))?;
+                continue;
+            }
+            // DPS answers on the subscription only: publish once it is in place.
+            Event::Incoming(Packet::SubAck(_)) => {
+                rid += 1;
+                send(
+                    &client,
+                    format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
+                    body.clone(),
+                )
+                .await?;
+                continue;
+            }
+            Event::Incoming(Packet::Publish(p)) => p,
+            _ => continue,
+        };
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let (status, retry_after) = parse_response_topic(&topic)?;
+        let reply: Value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
+        if status == 429 || status >= 500 {
+            // Throttled or a service hiccup: repeat the same request after the advised delay.
+            tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(2).into())).await;
+            rid += 1;
+            match &pending_operation {
+                None => {
+                    send(
+                        &client,
+                        format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
+                        body.clone(),
+                    )
+                    .await?
+                }
+                Some(op) => send(&client, poll_topic(rid, op), " ".into()).await?,
+            }
+            continue;
+        }
+        if status >= 300 {
+            let _ = client.disconnect().await;
+            return Err(refused(id, status, &reply));
+        }
+        match reply["status"].as_str() {
+            Some("assigning") | Some("unassigned") => {
+                let op = reply["operationId"]
+                    .as_str()
+                    .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?
+                    .to_string();
+                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(2).into())).await;
+                rid += 1;
+                send(&client, poll_topic(rid, &op), " ".into()).await?;
+                pending_operation = Some(op);
+            }
+            Some("assigned") => {
+                let _ = client.disconnect().await;
+                let state = &reply["registrationState"];
+                let text = |key: &str| state[key].as_str().map(str::to_string);
+                return Ok(RegistrationResult {
+                    status: "assigned".into(),
+                    registration_id: text("registrationId").unwrap_or_else(|| id.clone()),
+                    assigned_hub: text("assignedHub"),
+                    device_id: text("deviceId"),
+                    substatus: text("substatus"),
+                    etag: text("etag"),
+                    created: text("createdDateTimeUtc"),
+                    last_updated: text("lastUpdatedDateTimeUtc"),
+                    payload: state.get("payload").cloned().filter(|p| !p.is_null()),
+                    operation_id: reply["operationId"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+            }
+            _ => {
+                let _ = client.disconnect().await;
+                return Err(refused(id, status, &reply["registrationState"]));
+            }
+        }
+    }
+}
+
+async fn send(client: &AsyncClient, topic: String, payload: String) -> Result<()> {
+    client
+        .publish(topic, payload, PublishOptions::at_least_once())
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))
+}
+
+fn poll_topic(rid: u32, operation_id: &str) -> String {
+    format!(
+        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={}",
+        crate::sas::url_encode(operation_id)
+    )
+}
+
+/// `$dps/registrations/res/{status}/?$rid=..[&retry-after=..]` → (status, retry-after).
+fn parse_response_topic(topic: &str) -> Result<(u16, Option<u32>)> {
+    let bad = || Error::Protocol(format!("unexpected DPS response topic {topic:?}"));
+    let rest = topic
+        .strip_prefix("$dps/registrations/res/")
+        .ok_or_else(bad)?;
+    let (status, query) = rest.split_once("/?").ok_or_else(bad)?;
+    let status = status.parse().map_err(|_| bad())?;
+    let retry_after = query_pairs(query)
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.parse().ok());
+    Ok((status, retry_after))
+}
+
+fn refused(id: &str, status: u16, body: &Value) -> Error {
+    let error_code = body["errorCode"]
+        .as_u64()
+        .and_then(|c| u32::try_from(c).ok());
+    let message = body["message"]
+        .as_str()
+        .or_else(|| body["errorMessage"].as_str())
+        .unwrap_or("no message");
+    Error::RegistrationFailed {
+        status: status.to_string(),
+        error_code,
+        message: format!(
+            "DPS refused the registration of {id}: {status}{} {message}",
+            error_code.map(|c| format!(" ({c})")).unwrap_or_default()
+        ),
+    }
+}
+
+fn connection_error(id: &str, error: rumqttc::ConnectionError) -> Error {
+    match error {
+        rumqttc::ConnectionError::ConnectionRefused(code) => {
+            Error::Service(Box::new(crate::error::ServiceFailure {
+                status: 401,
+                error_code: None,
+                message: format!(
+                    "DPS refused the connection of {id}: {code:?} (wrong ID scope, or a bad or expired SAS token)"
+                ),
+                tracking_id: None,
+                retry_after: None,
+            }))
+        }
+        other => Error::Transport(format!("connection to DPS failed for {id}: {other}")),
+    }
+}
+
+/// Provisions many devices concurrently (at most `concurrency` in flight) on the current
+/// runtime; results keep the input order.
+pub async fn provision_many(
+    requests: Vec<ProvisioningRequest>,
+    trust: Trust,
+    concurrency: usize,
+) -> Vec<(Result<RegistrationResult>, Duration)> {
+    use tokio::sync::Semaphore;
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut handles = Vec::with_capacity(requests.len());
+    for request in requests {
+        let slots = slots.clone();
+        let trust = trust.clone();
+        handles.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let start = tokio::time::Instant::now();
+            let result = provision(&request, &trust).await;
+            (result, start.elapsed())
+        }));
+    }
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap_or_else(|e| {
+            (
+                Err(Error::Transport(format!("provisioning task failed: {e}"))),
+                Duration::ZERO,
+            )
+        }));
+    }
+    out
+}
