@@ -112,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"azure-iot-device 2.x ({args.sdk_threads} threads)", ok, elapsed))
 
     print("DPS provisioning benchmark (X.509 group, full chain, TLS + MQTT, against the emulator)")
-    print(
-        f"  python {platform.python_version()}, {os.cpu_count()} CPUs, emulator + clients in one process"
-    )
+    cpus = os.cpu_count()
+    print(f"  python {platform.python_version()}, {cpus} CPUs, emulator + clients in one process")
     print()
     print(f"{'client':52} {'provisioned':>11} {'seconds':>9} {'per second':>11}")
     for name, count, seconds in rows:
