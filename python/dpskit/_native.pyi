@@ -1,7 +1,7 @@
 """Type stubs for dpskit's Rust core (``dpskit._native``), checked by ``mypy.stubtest``."""
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal, final
@@ -315,6 +315,7 @@ class Emulator:
         refusal_status: int | None = None,
         device_location: tuple[str, str] | None = None,
     ) -> None: ...
+    def register_allocator(self, name: str, callable: Callable[[str], str]) -> None: ...
     def trace(self, client_id: str | None = None, enabled: bool = True) -> None: ...
     def trace_events(self, client_id: str) -> str: ...
 

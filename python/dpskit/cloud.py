@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +37,10 @@ __all__ = [
 AllocationPolicy = Literal["hashed", "static", "geoLatency", "custom"]
 ProvisioningStatus = Literal["enabled", "disabled"]
 CertificateLike = Certificate | CertificateAuthority | DeviceCertificate | str | bytes
+#: A custom allocation policy: a webhook URL, or a callable that receives Azure's
+#: AllocationRequest (a dict) and returns an AllocationResponse dict (``iotHubHostName``, and
+#: optionally ``initialTwin`` and ``payload``) or just the chosen hub's host name.
+CustomAllocation = str | Callable[[dict[str, Any]], dict[str, Any] | str]
 
 #: The official Python SDK always dials this port.
 DEFAULT_MQTT_PORT = 8883
@@ -144,10 +148,12 @@ class _Settings:
     iot_hubs: tuple[str, ...] = ()
     reprovision_policy: ReprovisionPolicy = field(default_factory=ReprovisionPolicy)
     initial_twin: dict[str, Any] | None = None
+    custom_allocation_url: str | None = None
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> _Settings:
         policy = data.get("reprovisionPolicy") or {}
+        custom = data.get("customAllocation") or {}
         return cls(
             provisioning_status=data.get("provisioningStatus", "enabled"),
             allocation_policy=data.get("allocationPolicy"),
@@ -157,15 +163,20 @@ class _Settings:
                 migrate_device_data=policy.get("migrateDeviceData", True),
             ),
             initial_twin=data.get("initialTwin"),
+            custom_allocation_url=custom.get("webhookUrl"),
         )
 
     def _to_json(self) -> dict[str, Any]:
+        custom = None
+        if self.custom_allocation_url is not None:
+            custom = {"webhookUrl": self.custom_allocation_url, "apiVersion": "2021-10-01"}
         return {
             "provisioningStatus": self.provisioning_status,
             "allocationPolicy": self.allocation_policy,
             "iotHubs": list(self.iot_hubs),
             "reprovisionPolicy": self.reprovision_policy._to_json(),
             "initialTwin": self.initial_twin,
+            "customAllocation": custom,
         }
 
 
@@ -241,6 +252,7 @@ class EnrollmentGroup:
     iot_hubs: tuple[str, ...]
     reprovision_policy: ReprovisionPolicy
     initial_twin: dict[str, Any] | None
+    custom_allocation_url: str | None
     etag: str
     created: datetime
     updated: datetime
@@ -261,6 +273,7 @@ class EnrollmentGroup:
             iot_hubs=settings.iot_hubs,
             reprovision_policy=settings.reprovision_policy,
             initial_twin=settings.initial_twin,
+            custom_allocation_url=settings.custom_allocation_url,
             etag=data["etag"],
             created=_unix(data["created"]),
             updated=_unix(data["updated"]),
@@ -282,6 +295,7 @@ class Enrollment:
     iot_hubs: tuple[str, ...]
     reprovision_policy: ReprovisionPolicy
     initial_twin: dict[str, Any] | None
+    custom_allocation_url: str | None
     etag: str
     created: datetime
     updated: datetime
@@ -302,6 +316,7 @@ class Enrollment:
             iot_hubs=settings.iot_hubs,
             reprovision_policy=settings.reprovision_policy,
             initial_twin=settings.initial_twin,
+            custom_allocation_url=settings.custom_allocation_url,
             etag=data["etag"],
             created=_unix(data["created"]),
             updated=_unix(data["updated"]),
@@ -535,6 +550,23 @@ class Dps:
 
     # -- enrollment groups -----------------------------------------------------------------
 
+    def _custom_allocation_url(self, key: str, custom: CustomAllocation | None) -> str | None:
+        """A webhook URL as given; a callable is registered in the emulator as ``python:...``
+        (it lives as long as this process: re-register it after a restart)."""
+        if custom is None or isinstance(custom, str):
+            return custom
+        function = custom
+
+        def allocate(request_json: str) -> str:
+            answer = function(json.loads(request_json))
+            if isinstance(answer, str):
+                answer = {"iotHubHostName": answer}
+            return json.dumps(answer)
+
+        name = f"{self.name}/{key}"
+        self._native.register_allocator(name, allocate)
+        return f"python:{name}"
+
     def create_enrollment_group(
         self,
         enrollment_group_id: str,
@@ -549,11 +581,14 @@ class Dps:
         provisioning_status: ProvisioningStatus = "enabled",
         reprovision_policy: ReprovisionPolicy | None = None,
         initial_twin: dict[str, Any] | None = None,
+        custom_allocation: CustomAllocation | None = None,
     ) -> EnrollmentGroup:
         """Create (or replace) an enrollment group.
 
         X.509 groups name an uploaded CA (``ca_reference``) or carry the CA certificate itself
         (``signing_certificate``); symmetric-key groups get generated keys unless given.
+        ``custom_allocation`` (a webhook URL or a callable) implies
+        ``allocation_policy="custom"``.
         """
         attestation = _attestation_json(
             ca_reference=ca_reference,
@@ -568,7 +603,12 @@ class Dps:
             iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
             reprovision_policy=reprovision_policy or ReprovisionPolicy(),
             initial_twin=initial_twin,
+            custom_allocation_url=self._custom_allocation_url(
+                f"group/{enrollment_group_id}", custom_allocation
+            ),
         )
+        if settings.custom_allocation_url is not None:
+            settings = replace(settings, allocation_policy="custom")
         existing = self._find_group(enrollment_group_id)
         spec = json.dumps({"attestation": attestation, "settings": settings._to_json()})
         record = self._native.put_enrollment_group(
@@ -594,6 +634,7 @@ class Dps:
             iot_hubs=tuple(_hub_host(h) for h in hubs) if hubs is not None else group.iot_hubs,
             reprovision_policy=reprovision_policy or group.reprovision_policy,
             initial_twin=initial_twin if initial_twin is not None else group.initial_twin,
+            custom_allocation_url=group.custom_allocation_url,
         )
         spec = json.dumps({"settings": settings._to_json()})
         record = self._native.put_enrollment_group(self.name, enrollment_group_id, spec, group.etag)
@@ -636,6 +677,7 @@ class Dps:
         provisioning_status: ProvisioningStatus = "enabled",
         reprovision_policy: ReprovisionPolicy | None = None,
         initial_twin: dict[str, Any] | None = None,
+        custom_allocation: CustomAllocation | None = None,
     ) -> Enrollment:
         """Create (or replace) an individual enrollment, by the device's certificate or its own
         symmetric key."""
@@ -652,7 +694,12 @@ class Dps:
             iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
             reprovision_policy=reprovision_policy or ReprovisionPolicy(),
             initial_twin=initial_twin,
+            custom_allocation_url=self._custom_allocation_url(
+                f"enrollment/{registration_id}", custom_allocation
+            ),
         )
+        if settings.custom_allocation_url is not None:
+            settings = replace(settings, allocation_policy="custom")
         existing = next(
             (e for e in self.enrollments() if e.registration_id.lower() == registration_id.lower()),
             None,
@@ -700,10 +747,14 @@ class Dps:
     def set_registration_quota(self, per_minute: int | None) -> None:
         """Azure's registration quota (1,000 per minute per DPS): beyond it, 429 + retry-after.
         ``None`` removes the limit."""
+        if per_minute is not None and per_minute < 1:
+            raise ConfigError(f"per_minute must be at least 1 (or None), not {per_minute}")
         self._native.update_dps_knobs(self.name, registrations_per_minute=per_minute or 0)
 
     def refuse_registrations(self, count: int, *, status: int = 429) -> None:
         """Refuse the next ``count`` register requests with ``status`` (fault injection)."""
+        if count < 0:
+            raise ConfigError(f"count must be 0 or more, not {count}")
         self._native.update_dps_knobs(self.name, refuse_next=count, refusal_status=status)
 
     def set_device_location(self, registration_id: str, location: str) -> None:

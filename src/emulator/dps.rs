@@ -107,6 +107,10 @@ pub struct DpsEngine {
     throttles: Mutex<HashMap<String, Throttle>>,
     /// `retry-after` on 202 replies.
     poll_retry_after: u32,
+    /// In-process custom allocators by name (`python:<name>` in an enrollment).
+    allocators: std::sync::RwLock<HashMap<String, Arc<dyn CustomAllocator>>>,
+    /// HTTP client for webhooks, made on first use.
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// How long finished operations stay queryable.
@@ -125,7 +129,155 @@ impl DpsEngine {
             knobs: Mutex::new(HashMap::new()),
             throttles: Mutex::new(HashMap::new()),
             poll_retry_after,
+            allocators: std::sync::RwLock::new(HashMap::new()),
+            http: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Registers an in-process custom allocator; enrollments refer to it as `python:<name>`.
+    pub fn register_allocator(&self, name: &str, allocator: Arc<dyn CustomAllocator>) {
+        self.allocators
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), allocator);
+    }
+
+    fn http(&self) -> Result<&reqwest::Client, String> {
+        if let Some(client) = self.http.get() {
+            return Ok(client);
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // A broken system certificate must not make every webhook unusable.
+            let _ = roots.add(cert);
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot create the webhook client: {e}"))?;
+        Ok(self.http.get_or_init(|| client))
+    }
+
+    /// Runs the custom allocation policy: builds Azure's AllocationRequest, asks the webhook or
+    /// the registered callable, and checks the answer names a linked hub.
+    async fn allocate_custom(
+        &self,
+        dps: &DpsRecord,
+        identity: &DeviceIdentity,
+        admitted: &Admitted,
+        payload: Option<Value>,
+        previous: Option<&RegistrationRecord>,
+    ) -> Result<Allocation, (u32, String)> {
+        let fail = |message: String| (400_209, message);
+        let target = admitted
+            .settings
+            .custom_allocation
+            .as_ref()
+            .ok_or_else(|| fail("Custom allocation policy without a webhook.".into()))?;
+        let linked: Vec<String> = dps
+            .linked_hubs
+            .iter()
+            .map(|l| l.host_name.clone())
+            .collect();
+        let mut context = serde_json::Map::new();
+        context.insert("registrationId".into(), json!(identity.registration_id));
+        match admitted.attestation {
+            AttestationKind::X509 => context.insert("x509".into(), json!({})),
+            AttestationKind::SymmetricKey => context.insert("symmetricKey".into(), json!({})),
+        };
+        if let Some(payload) = payload {
+            context.insert("payload".into(), payload);
+        }
+        if let Some(previous) = previous {
+            context.insert("currentIotHubHostName".into(), json!(previous.assigned_hub));
+            context.insert("currentDeviceId".into(), json!(previous.device_id));
+        }
+        let enrollment_key = match &admitted.enrollment {
+            EnrollmentRef::Group(_) => "enrollmentGroup",
+            EnrollmentRef::Individual(_) => "individualEnrollment",
+        };
+        let enrollment = match &admitted.enrollment {
+            EnrollmentRef::Group(id) => json!({"enrollmentGroupId": id}),
+            EnrollmentRef::Individual(id) => json!({"registrationId": id}),
+        };
+        let mut enrollment = enrollment;
+        if let Some(map) = enrollment.as_object_mut() {
+            map.insert("allocationPolicy".into(), json!("custom"));
+            map.insert("iotHubs".into(), json!(admitted.settings.iot_hubs));
+            map.insert(
+                "customAllocationDefinition".into(),
+                json!({"webhookUrl": target.webhook_url, "apiVersion": target.api_version}),
+            );
+            map.insert("initialTwin".into(), json!(admitted.settings.initial_twin));
+        }
+        let request = json!({
+            enrollment_key: enrollment,
+            "deviceRuntimeContext": Value::Object(context),
+            "linkedHubs": linked,
+        });
+        let response = if let Some(name) = target.webhook_url.strip_prefix("python:") {
+            let allocator = self
+                .allocators
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()
+                .ok_or_else(|| fail(format!("Custom allocation failed: no allocator named '{name}' is registered in this process.")))?;
+            allocator
+                .allocate(request)
+                .await
+                .map_err(|e| fail(format!("Custom allocation failed: {e}")))?
+        } else {
+            let client = self.http().map_err(fail)?;
+            let reply = client
+                .post(&target.webhook_url)
+                .json(&request)
+                .send()
+                .await
+                .map_err(|e| fail(format!("Custom allocation failed: {e}")))?;
+            let status = reply.status();
+            if !status.is_success() {
+                return Err(fail(format!(
+                    "Custom allocation failed with status code: {}",
+                    status.as_u16()
+                )));
+            }
+            reply.json::<Value>().await.map_err(|e| {
+                fail(format!(
+                    "Custom allocation failed: the webhook's answer is not JSON: {e}"
+                ))
+            })?
+        };
+        // The docs spell it both iotHubHostName and iotHubHostname.
+        let hub = response
+            .as_object()
+            .and_then(|m| {
+                m.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("iotHubHostName"))
+            })
+            .and_then(|(_, v)| v.as_str())
+            .ok_or_else(|| {
+                fail("Custom allocation failed: the answer has no iotHubHostName.".into())
+            })?;
+        if !linked.iter().any(|h| h.eq_ignore_ascii_case(hub)) {
+            return Err(fail(format!(
+                "Custom allocation failed: '{hub}' is not a hub linked to this provisioning service."
+            )));
+        }
+        Ok(Allocation {
+            hub: hub.to_string(),
+            initial_twin: response
+                .get("initialTwin")
+                .cloned()
+                .filter(|t| !t.is_null()),
+            payload: response.get("payload").cloned().filter(|p| !p.is_null()),
+        })
     }
 
     /// Changes the knobs of one DPS.
@@ -246,7 +398,7 @@ impl DpsEngine {
     }
 
     /// Handles `iotdps-register`.
-    pub fn register(&self, identity: &DeviceIdentity, body: &[u8]) -> Reply {
+    pub async fn register(&self, identity: &DeviceIdentity, body: &[u8]) -> Reply {
         if let Some(reply) = self.throttle(&identity.dps) {
             return reply;
         }
@@ -258,7 +410,7 @@ impl DpsEngine {
             Ok(a) => a,
             Err(reply) => return reply,
         };
-        let outcome = self.assign(identity, admitted, payload);
+        let outcome = self.assign(identity, admitted, payload).await;
         let knobs = self.knobs(&identity.dps);
         let operation_id = operation_id();
         let created_at = Instant::now();
@@ -583,13 +735,12 @@ impl DpsEngine {
 
     /// Allocates a hub, creates the hub identity and stores the registration record; returns the
     /// final operation body (assigned or failed).
-    fn assign(
+    async fn assign(
         &self,
         identity: &DeviceIdentity,
         admitted: Admitted,
         payload: Option<Value>,
     ) -> Value {
-        let _ = payload; // the device payload reaches custom allocation, which arrives later
         let previous = self
             .cloud
             .registration(&identity.dps, &identity.registration_id);
@@ -598,11 +749,9 @@ impl DpsEngine {
             .device_id
             .clone()
             .unwrap_or_else(|| identity.registration_id.clone());
-        let allocation = self
-            .cloud
-            .dps(&identity.dps)
-            .map_err(|e| (500_000, e.to_string()))
-            .and_then(|dps| {
+        let allocation = match self.cloud.dps(&identity.dps) {
+            Err(e) => Err((500_000, e.to_string())),
+            Ok(dps) => {
                 let keep = previous.as_ref().and_then(|p| {
                     let hub = p.assigned_hub.clone()?;
                     let still_linked = dps.linked_hubs.iter().any(|l| l.host_name == hub);
@@ -610,20 +759,40 @@ impl DpsEngine {
                         .then_some(hub)
                 });
                 match keep {
-                    Some(hub) => Ok(hub),
+                    Some(hub) => Ok(Allocation {
+                        hub,
+                        initial_twin: None,
+                        payload: None,
+                    }),
+                    None if admitted.settings.allocation_policy
+                        == Some(AllocationPolicy::Custom) =>
+                    {
+                        self.allocate_custom(&dps, identity, &admitted, payload, previous.as_ref())
+                            .await
+                    }
                     None => allocate(
                         &dps,
                         &admitted.settings,
                         &identity.registration_id,
                         &self.knobs(&identity.dps),
-                    ),
+                    )
+                    .map(|hub| Allocation {
+                        hub,
+                        initial_twin: None,
+                        payload: None,
+                    }),
                 }
-            });
+            }
+        };
         let created = previous
             .as_ref()
             .map_or_else(|| timestamp.clone(), |p| p.created.clone());
         let (record, device) = match allocation {
-            Ok(hub) => {
+            Ok(Allocation {
+                hub,
+                initial_twin,
+                payload,
+            }) => {
                 let substatus = match previous.as_ref().and_then(|p| p.assigned_hub.as_deref()) {
                     None => "initialAssignment",
                     Some(old) if old == hub => previous
@@ -639,7 +808,7 @@ impl DpsEngine {
                     device_id: device_id.clone(),
                     hub: hub.clone(),
                     auth: admitted.auth.clone(),
-                    initial_twin: admitted.settings.initial_twin.clone(),
+                    initial_twin: initial_twin.or_else(|| admitted.settings.initial_twin.clone()),
                     created: now(),
                 };
                 (
@@ -656,7 +825,7 @@ impl DpsEngine {
                         created,
                         last_updated: timestamp,
                         etag: new_etag(),
-                        payload: None,
+                        payload,
                     },
                     Some(device),
                 )
@@ -702,6 +871,23 @@ impl DpsEngine {
         }
         body
     }
+}
+
+/// Where a device goes, and what custom allocation added.
+struct Allocation {
+    hub: String,
+    initial_twin: Option<Value>,
+    payload: Option<Value>,
+}
+
+/// A custom allocation policy implemented in-process (a Python callable, for instance): it
+/// receives Azure's AllocationRequest JSON and answers with an AllocationResponse JSON.
+pub trait CustomAllocator: Send + Sync {
+    /// Decides; an `Err` fails the registration with that message.
+    fn allocate(
+        &self,
+        request: Value,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, String>> + Send + '_>>;
 }
 
 /// The enrollment that admitted a device, with what the hub identity needs.
@@ -799,12 +985,8 @@ fn allocate(
                 registration_id,
             )
         }
-        AllocationPolicy::Custom => {
-            return Err((
-                400_209,
-                "Custom allocation is not available in this version of the dpskit emulator.".into(),
-            ));
-        }
+        // Custom allocation is asynchronous and handled by the engine before this point.
+        AllocationPolicy::Custom => hashed(&candidates, registration_id),
     };
     Ok(chosen.host_name.clone())
 }

@@ -72,6 +72,8 @@ pub struct Emulator {
     context: Arc<server::ServerContext>,
     data_dir: PathBuf,
     temporary: Option<tempfile::TempDir>,
+    /// Whether the data folder was temporary (kept after `temporary` is dropped on stop).
+    is_temporary: bool,
     port: u16,
     listening: Mutex<Vec<SocketAddr>>,
 }
@@ -130,6 +132,7 @@ impl Emulator {
             tracer,
             context,
             data_dir,
+            is_temporary: temporary.is_some(),
             temporary,
             port: config.port,
             listening: Mutex::new(Vec::new()),
@@ -232,7 +235,7 @@ impl Emulator {
 
     /// Whether the data folder is temporary (deleted on stop).
     pub fn is_temporary(&self) -> bool {
-        self.temporary.is_some()
+        self.is_temporary
     }
 
     /// Changes a DPS's realism knobs.
@@ -240,6 +243,12 @@ impl Emulator {
         self.cloud.dps(dps)?;
         self.dps.update_knobs(dps, change);
         Ok(())
+    }
+
+    /// Registers an in-process custom allocator, referred to as `python:<name>` (or any
+    /// `<scheme>:<name>` the host chooses) in an enrollment's custom allocation webhook URL.
+    pub fn register_allocator(&self, name: &str, allocator: Arc<dyn dps::CustomAllocator>) {
+        self.dps.register_allocator(name, allocator);
     }
 
     /// The exchange tracer.
@@ -263,6 +272,12 @@ impl Emulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // The state store keeps the SQLite file open; the folder can go once nothing serves.
+        if let Some(temporary) = self.temporary.take()
+            && let Err(e) = temporary.close()
+        {
+            log::warn!("emulator: could not delete the temporary state folder: {e}");
+        }
     }
 }
 

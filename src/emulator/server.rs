@@ -343,7 +343,7 @@ async fn dps_session(
                 }
                 let (rid, reply) = match dps_request(&topic) {
                     Some(DpsRequest::Register { rid }) => {
-                        (rid, context.dps.register(identity, &publish.payload))
+                        (rid, context.dps.register(identity, &publish.payload).await)
                     }
                     Some(DpsRequest::Poll { rid, operation_id }) => {
                         (rid, context.dps.poll(identity, &operation_id))

@@ -417,6 +417,15 @@ impl PyEmulator {
         })
     }
 
+    /// Registers a Python callable as the custom allocator `python:<name>`: it receives Azure's
+    /// AllocationRequest as JSON text and returns an AllocationResponse as JSON text.
+    fn register_allocator(&self, name: &str, callable: Py<PyAny>) -> PyResult<()> {
+        self.with(|e| {
+            e.register_allocator(name, std::sync::Arc::new(PythonAllocator { callable }));
+            Ok(())
+        })
+    }
+
     /// Starts (or with `enabled=False` stops) tracing one client id, or every client.
     #[pyo3(signature = (client_id = None, enabled = true))]
     fn trace(&self, client_id: Option<&str>, enabled: bool) -> PyResult<()> {
@@ -433,6 +442,37 @@ impl PyEmulator {
     /// The recorded exchange of a client, as a JSON list.
     fn trace_events(&self, client_id: &str) -> PyResult<String> {
         json(&self.with(|e| Ok(e.tracer().events(client_id)))?)
+    }
+}
+
+/// A custom allocation policy implemented by a Python callable (JSON text in, JSON text out).
+struct PythonAllocator {
+    callable: Py<PyAny>,
+}
+
+impl crate::emulator::dps::CustomAllocator for PythonAllocator {
+    fn allocate(
+        &self,
+        request: serde_json::Value,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send + '_>,
+    > {
+        let callable = Python::attach(|py| self.callable.clone_ref(py));
+        Box::pin(async move {
+            // Python code may block: keep it off the emulator's async workers.
+            let answer = tokio::task::spawn_blocking(move || {
+                Python::attach(|py| -> PyResult<String> {
+                    callable
+                        .call1(py, (request.to_string(),))?
+                        .extract::<String>(py)
+                })
+            })
+            .await
+            .map_err(|e| format!("the allocator task failed: {e}"))?
+            .map_err(|e| format!("the Python allocator raised {e}"))?;
+            serde_json::from_str(&answer)
+                .map_err(|e| format!("the Python allocator's answer is not JSON: {e}"))
+        })
     }
 }
 
