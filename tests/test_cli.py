@@ -741,11 +741,13 @@ def test_demo(
     assert status == 0, err
     assert "root.{cert,key,chain,fullchain}.pem" in out
     assert "demo-device-001.{cert,key,chain,fullchain}.pem + .pfx" in out
-    assert "emulator" in out
     assert "later" in out
     assert "DPS" in out
-    for n in range(1, 7):
-        assert f"[{n}/6]" in out
+    for n in range(1, 9):
+        assert f"[{n}/8]" in out
+    assert out.count("assigned to ") == 3
+    assert "cloud->device  PUBLISH 200" in out
+    assert (folder / "cloud" / "state.sqlite3").exists()
     certs = folder / "certs"
     root = dpskit.Certificate.load(certs / "root.cert.pem")
     for name in ("root", "intermediate"):

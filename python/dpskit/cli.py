@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -529,86 +528,143 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """``dpskit demo``: the certificate part of the DPS X.509 walkthrough, end to end."""
+    """``dpskit demo``: the DPS X.509 walkthrough end to end against the embedded emulator."""
+    import shutil
+
+    from .cloud import LocalCloud
+    from .provisioning import provision_devices
+
     base = Path(args.dir)
     certs = base / "certs"
     devices_dir = certs / "devices"
     verification_dir = certs / "verification"
-    steps = 6
+    cloud_dir = base / "cloud"
+    steps = 8
 
     def step(number: int, title: str) -> None:
         print(f"\n[{number}/{steps}] {title}")
 
-    print("dpskit demo: the certificate part of the Azure DPS X.509 walkthrough")
+    print("dpskit demo: the Azure DPS X.509 walkthrough against the embedded local cloud")
     _print_fields([("folder", _display(base)), ("algorithm", args.algorithm)])
+    # A rerun starts from a fresh cloud: the demo's state is its output, not user data.
+    shutil.rmtree(cloud_dir, ignore_errors=True)
 
-    step(1, "Root CA (self-signed; its certificate gets uploaded to DPS)")
-    root = CertificateAuthority.create_root("dpskit Demo Root CA", algorithm=args.algorithm)
-    root.save(certs, name="root")
-    _print_fields(
-        [
-            ("subject", root.certificate.subject),
-            ("thumbprint", root.certificate.thumbprint_sha1),
-            ("valid until", _utc(root.certificate.not_after)),
-        ]
-    )
-
-    step(2, "Intermediate CA (signed by the root; it signs the devices)")
-    intermediate = root.create_intermediate("dpskit Demo Intermediate CA", algorithm=args.algorithm)
-    intermediate.save(certs, name="intermediate")
-    _print_fields(
-        [
-            ("subject", intermediate.certificate.subject),
-            ("issuer", intermediate.certificate.issuer),
-            ("path length", intermediate.certificate.path_length),
-        ]
-    )
-
-    step(3, "Proof of possession (verification certificates)")
-    print("  DPS issues a verification code for each uploaded CA; this one is made up.")
-    code = secrets.token_hex(24).upper()
-    pop: list[tuple[str, object]] = [("code", code)]
-    verification_dir.mkdir(parents=True, exist_ok=True)
-    for name, ca in (("root", root), ("intermediate", intermediate)):
-        cert = ca.create_verification_certificate(code)
-        path = cert.save(verification_dir / f"verification-{name}.cert.pem")
-        pop.append((name, _display(path)))
-    _print_fields(pop)
-    print(
-        "  Each has CN = the code and is signed by that CA's key; DPS then marks the CA verified."
-    )
-
-    step(4, "3 device certificates (CN = registration id, full chain, PFX)")
-    ids = [f"demo-device-{number:03d}" for number in range(1, 4)]
-    devices = intermediate.issue_devices(
-        ids, algorithm=args.algorithm, output_dir=devices_dir, pkcs12_password=""
-    )
-    _print_fields(
-        [
-            (device.registration_id, f"serial {device.certificate.serial_number}")
-            for device in devices
-        ]
-    )
-
-    step(5, "Chain verification (device -> intermediate -> root)")
-    for device in devices:
-        chain = verify_chain(
-            device.certificate,
-            [cert for cert in device.issuers if not cert.is_self_signed],
-            [root.certificate],
+    with LocalCloud(cloud_dir, port=args.port, poll_retry_after=0) as cloud:
+        step(1, "Create an IoT hub and a DPS instance, and link them")
+        hub = cloud.create_hub("demo-hub")
+        dps = cloud.create_dps("demo-dps")
+        cloud.link_hub(dps, hub)
+        _print_fields(
+            [
+                ("hub", f"{hub.name} at {hub.host_name}"),
+                ("dps", f"{dps.name}, ID scope {dps.id_scope}, endpoint {dps.device_endpoint}"),
+                ("trust", f"{_display(cloud_dir / 'emulator-ca.cert.pem')} (the emulator's CA)"),
+            ]
         )
-        names = " -> ".join(cert.common_name or cert.subject for cert in chain)
-        _print_fields([(device.registration_id, f"OK ({names})")])
 
-    step(6, "Files written (private keys and .pfx files readable by the owner only)")
-    for line in _summarize_files(base):
-        print(f"  {line}")
+        step(2, "Root CA (self-signed)")
+        root = CertificateAuthority.create_root("dpskit Demo Root CA", algorithm=args.algorithm)
+        root.save(certs, name="root")
+        _print_fields(
+            [
+                ("subject", root.certificate.subject),
+                ("thumbprint", root.certificate.thumbprint_sha1),
+                ("valid until", _utc(root.certificate.not_after)),
+            ]
+        )
 
+        step(3, "Intermediate CA (signed by the root; it signs the devices)")
+        intermediate = root.create_intermediate(
+            "dpskit Demo Intermediate CA", algorithm=args.algorithm
+        )
+        intermediate.save(certs, name="intermediate")
+        _print_fields(
+            [
+                ("subject", intermediate.certificate.subject),
+                ("issuer", intermediate.certificate.issuer),
+                ("path length", intermediate.certificate.path_length),
+            ]
+        )
+
+        step(4, "Upload both CAs to DPS and prove possession of each")
+        verification_dir.mkdir(parents=True, exist_ok=True)
+        for name, ca in (("root", root), ("intermediate", intermediate)):
+            uploaded = dps.upload_ca_certificate(name, ca)
+            code = dps.generate_verification_code(name)
+            verification = ca.create_verification_certificate(code)
+            path = verification.save(verification_dir / f"verification-{name}.cert.pem")
+            verified = dps.verify_certificate(name, verification)
+            _print_fields(
+                [
+                    (name, f"uploaded, verified={uploaded.is_verified}"),
+                    ("  code", code),
+                    ("  signed", f"{_display(path)} (CN = code, signed by the {name} CA)"),
+                    ("  now", f"verified={verified.is_verified}"),
+                ]
+            )
+
+        step(5, "Enrollment group on the intermediate CA")
+        group = dps.create_enrollment_group(
+            "demo-devices", ca_reference="intermediate", allocation_policy="hashed", hubs=[hub]
+        )
+        _print_fields(
+            [
+                ("group", group.enrollment_group_id),
+                ("attestation", f"X.509, CA reference '{group.ca_references[0]}'"),
+                ("allocation", f"{group.allocation_policy} over {', '.join(group.iot_hubs)}"),
+            ]
+        )
+
+        step(6, "3 device certificates (CN = registration id, full chain, PFX)")
+        ids = [f"demo-device-{number:03d}" for number in range(1, 4)]
+        devices = intermediate.issue_devices(
+            ids, algorithm=args.algorithm, output_dir=devices_dir, pkcs12_password=""
+        )
+        _print_fields(
+            [
+                (device.registration_id, f"serial {device.certificate.serial_number}")
+                for device in devices
+            ]
+        )
+        for device in devices:
+            chain = verify_chain(
+                device.certificate,
+                [cert for cert in device.issuers if not cert.is_self_signed],
+                [root.certificate],
+            )
+            names = " -> ".join(cert.common_name or cert.subject for cert in chain)
+            _print_fields([(device.registration_id, f"chain OK ({names})")])
+
+        step(7, "Provision the devices through DPS (TLS with the device chain, MQTT)")
+        cloud.trace(ids[0])
+        outcomes = provision_devices(dps, devices)
+        for outcome in outcomes:
+            result = (
+                f"assigned to {outcome.assigned_hub} as {outcome.device_id} "
+                f"({outcome.substatus}, {outcome.seconds * 1000:.0f} ms)"
+                if outcome.ok
+                else f"failed: {outcome.error}"
+            )
+            _print_fields([(outcome.registration_id, result)])
+        print(f"\n  The exchange of {ids[0]}, as the emulator recorded it:")
+        for event in cloud.trace_events(ids[0]):
+            status = f" {event.status}" if event.status is not None else ""
+            where = f" {event.topic}" if event.topic else ""
+            print(f"    {event.direction:14} {event.kind}{status}{where}")
+        identities = hub.devices()
+        print(f"\n  {hub.name} now holds {len(identities)} X.509 (thumbprint) identities.")
+
+        step(8, "Files written (private keys and .pfx files readable by the owner only)")
+        for line in _summarize_files(certs):
+            print(f"  {line}")
+        print(f"  {_display(cloud_dir)}/: the local cloud's state and CA (reused on a rerun)")
+
+    failed = sum(not o.ok for o in outcomes)
     print(
-        "\nCloud steps (DPS enrollment group, device registration, IoT Hub telemetry) are not\n"
-        "run yet: they arrive with the embedded DPS + IoT Hub emulator in a later dpskit version."
+        "\nNext in the walkthrough: the devices connect to their hub and send telemetry; the\n"
+        "emulator's IoT Hub device API arrives in a later dpskit version."
     )
-    return 0
+    return 1 if failed else 0
 
 
 _SUFFIX_ORDER = ("cert", "key", "chain", "fullchain")
@@ -656,7 +712,7 @@ walkthrough (certificates for a DPS enrollment group):
   dpskit certs intermediate             # certs/intermediate.*
   dpskit certs device my-device-01      # certs/devices/my-device-01.* (+ .pfx)
   dpskit certs devices --count 100      # many devices at once, with a manifest
-  dpskit demo                           # all of the above in ./dpskit-demo
+  dpskit demo                           # the whole walkthrough against the local cloud
 
 Passwords are only read from environment variables (--...-env VAR), never from arguments.
 """
@@ -934,13 +990,16 @@ def _build_parser() -> argparse.ArgumentParser:
     # demo
     p = commands.add_parser(
         "demo",
-        help="run the certificate part of the walkthrough end to end",
-        description="Create a root and an intermediate CA, proof-of-possession certificates,\n"
-        "3 devices with full chains and PFX files, and verify every chain, in DIR.\n"
-        "The cloud steps (DPS, IoT Hub) arrive with the embedded emulator in a later version.",
+        help="run the DPS X.509 walkthrough end to end against the embedded emulator",
+        description="Start the local cloud, create a hub and a DPS instance, a root and an\n"
+        "intermediate CA, prove possession of both, create an enrollment group, issue 3\n"
+        "devices and provision them through DPS. Certificates and state stay in DIR.",
         formatter_class=_Formatter,
     )
     p.add_argument("--dir", default=DEFAULT_DEMO_DIR, help="output folder")
+    p.add_argument(
+        "--port", type=int, default=0, help="MQTT port of the local cloud (0: any free port)"
+    )
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
     p.set_defaults(handler=cmd_demo, parser=p)
 

@@ -236,6 +236,25 @@ def _attestation_json(
     return {"type": "x509", "caReferences": [], "certificates": [base64.b64encode(der).decode()]}
 
 
+def _enrollment_fields(data: dict[str, Any], attestation: _Attestation) -> dict[str, Any]:
+    """The fields groups and individual enrollments share, from their JSON."""
+    settings = _Settings._from_json(data.get("settings") or {})
+    return {
+        "attestation_type": attestation.type,
+        "primary_key": attestation.primary_key,
+        "secondary_key": attestation.secondary_key,
+        "provisioning_status": settings.provisioning_status,
+        "allocation_policy": settings.allocation_policy,
+        "iot_hubs": settings.iot_hubs,
+        "reprovision_policy": settings.reprovision_policy,
+        "initial_twin": settings.initial_twin,
+        "custom_allocation_url": settings.custom_allocation_url,
+        "etag": data["etag"],
+        "created": _unix(data["created"]),
+        "updated": _unix(data["updated"]),
+    }
+
+
 @dataclass(frozen=True)
 class EnrollmentGroup:
     """An enrollment group: every device whose chain reaches its CA (or whose key derives from
@@ -260,23 +279,11 @@ class EnrollmentGroup:
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> EnrollmentGroup:
         attestation = _Attestation._from_json(data["attestation"])
-        settings = _Settings._from_json(data.get("settings") or {})
         return cls(
             enrollment_group_id=data["enrollmentGroupId"],
-            attestation_type=attestation.type,
             ca_references=attestation.ca_references,
             signing_certificates=attestation.certificates,
-            primary_key=attestation.primary_key,
-            secondary_key=attestation.secondary_key,
-            provisioning_status=settings.provisioning_status,
-            allocation_policy=settings.allocation_policy,
-            iot_hubs=settings.iot_hubs,
-            reprovision_policy=settings.reprovision_policy,
-            initial_twin=settings.initial_twin,
-            custom_allocation_url=settings.custom_allocation_url,
-            etag=data["etag"],
-            created=_unix(data["created"]),
-            updated=_unix(data["updated"]),
+            **_enrollment_fields(data, attestation),
         )
 
 
@@ -303,23 +310,11 @@ class Enrollment:
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> Enrollment:
         attestation = _Attestation._from_json(data["attestation"])
-        settings = _Settings._from_json(data.get("settings") or {})
         return cls(
             registration_id=data["registrationId"],
             device_id=data.get("deviceId"),
-            attestation_type=attestation.type,
             certificates=attestation.certificates,
-            primary_key=attestation.primary_key,
-            secondary_key=attestation.secondary_key,
-            provisioning_status=settings.provisioning_status,
-            allocation_policy=settings.allocation_policy,
-            iot_hubs=settings.iot_hubs,
-            reprovision_policy=settings.reprovision_policy,
-            initial_twin=settings.initial_twin,
-            custom_allocation_url=settings.custom_allocation_url,
-            etag=data["etag"],
-            created=_unix(data["created"]),
-            updated=_unix(data["updated"]),
+            **_enrollment_fields(data, attestation),
         )
 
 

@@ -608,6 +608,40 @@ impl Cloud {
         }
     }
 
+    /// What a create-or-replace of an enrollment needs from the existing one: checks the etag
+    /// (or that it exists when an etag is given), resolves the attestation (kept when the spec
+    /// omits it), validates it and the hubs, and returns (attestation, created, now).
+    fn prepare_put(
+        record: &DpsRecord,
+        what: &str,
+        id: &str,
+        existing: Option<(&str, &Attestation, i64)>,
+        spec: &EnrollmentSpec,
+        if_match: Option<&str>,
+        group: bool,
+    ) -> Result<(Attestation, i64, i64)> {
+        match existing {
+            Some((etag, _, _)) => check_etag(etag, if_match)?,
+            None if if_match.is_some_and(|t| t != "*") => return Err(not_found(what, id)),
+            None => {}
+        }
+        let attestation = match (&spec.attestation, existing) {
+            (Some(a), _) => a.clone(),
+            (None, Some((_, a, _))) => a.clone(),
+            (None, None) => {
+                return Err(Error::Config(format!("a new {what} needs an attestation")));
+            }
+        };
+        Self::check_attestation(record, &attestation, group)?;
+        Self::check_hubs_linked(record, &spec.settings)?;
+        let t = now();
+        Ok((
+            attestation,
+            existing.map_or(t, |(_, _, created)| created),
+            t,
+        ))
+    }
+
     /// Creates or replaces an enrollment group.
     pub fn put_enrollment_group(
         &self,
@@ -623,30 +657,25 @@ impl Cloud {
             .get(dps)
             .ok_or_else(|| not_found("provisioning service", dps))?;
         let key = (dps.to_string(), group_id.to_string());
-        let existing = model.groups.get(&key);
-        if let Some(existing) = existing {
-            check_etag(&existing.etag, if_match)?;
-        } else if if_match.is_some_and(|t| t != "*") {
-            return Err(not_found("enrollment group", group_id));
-        }
-        let attestation = match (spec.attestation, existing) {
-            (Some(a), _) => a,
-            (None, Some(e)) => e.attestation.clone(),
-            (None, None) => {
-                return Err(Error::Config(
-                    "a new enrollment group needs an attestation".into(),
-                ));
-            }
-        };
-        Self::check_attestation(record, &attestation, true)?;
-        Self::check_hubs_linked(record, &spec.settings)?;
-        let t = now();
+        let existing = model
+            .groups
+            .get(&key)
+            .map(|e| (e.etag.as_str(), &e.attestation, e.created));
+        let (attestation, created, t) = Self::prepare_put(
+            record,
+            "enrollment group",
+            group_id,
+            existing,
+            &spec,
+            if_match,
+            true,
+        )?;
         let group = EnrollmentGroup {
             enrollment_group_id: group_id.to_string(),
             attestation,
             settings: spec.settings,
             etag: new_etag(),
-            created: existing.map_or(t, |e| e.created),
+            created,
             updated: t,
         };
         self.store
@@ -709,31 +738,26 @@ impl Cloud {
             .get(dps)
             .ok_or_else(|| not_found("provisioning service", dps))?;
         let key = (dps.to_string(), registration_id.to_ascii_lowercase());
-        let existing = model.enrollments.get(&key);
-        if let Some(existing) = existing {
-            check_etag(&existing.etag, if_match)?;
-        } else if if_match.is_some_and(|t| t != "*") {
-            return Err(not_found("enrollment", registration_id));
-        }
-        let attestation = match (spec.attestation, existing) {
-            (Some(a), _) => a,
-            (None, Some(e)) => e.attestation.clone(),
-            (None, None) => {
-                return Err(Error::Config(
-                    "a new enrollment needs an attestation".into(),
-                ));
-            }
-        };
-        Self::check_attestation(record, &attestation, false)?;
-        Self::check_hubs_linked(record, &spec.settings)?;
-        let t = now();
+        let existing = model
+            .enrollments
+            .get(&key)
+            .map(|e| (e.etag.as_str(), &e.attestation, e.created));
+        let (attestation, created, t) = Self::prepare_put(
+            record,
+            "enrollment",
+            registration_id,
+            existing,
+            &spec,
+            if_match,
+            false,
+        )?;
         let enrollment = IndividualEnrollment {
             registration_id: registration_id.to_string(),
             device_id: spec.device_id,
             attestation,
             settings: spec.settings,
             etag: new_etag(),
-            created: existing.map_or(t, |e| e.created),
+            created,
             updated: t,
         };
         self.store.put(

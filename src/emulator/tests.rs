@@ -242,6 +242,26 @@ fn fixture(data_dir: Option<PathBuf>) -> Fixture {
     }
 }
 
+impl Fixture {
+    /// The usual X.509 group: "sensors", on the (unverified, inline) intermediate certificate,
+    /// trusted because it chains to the verified root.
+    fn sensors_group(&self) {
+        x509_group(
+            self,
+            "sensors",
+            self.inter.credential().certificate(),
+            EnrollmentSettings::default(),
+        );
+    }
+
+    /// A device certificate from the intermediate, valid for 5 days.
+    fn device(&self, registration_id: &str) -> crate::pki::DeviceCredential {
+        self.inter
+            .issue_device(registration_id, KeyAlgorithm::EcP256, days(5))
+            .unwrap()
+    }
+}
+
 fn x509_group(
     f: &Fixture,
     group_id: &str,
@@ -288,16 +308,8 @@ fn days(n: i64) -> Validity {
 #[test]
 fn x509_group_on_a_verified_intermediate_chain() {
     let f = fixture(None);
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
-    let device = f
-        .inter
-        .issue_device("sensor-001", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    f.sensors_group();
+    let device = f.device("sensor-001");
     let outcome = provision(&f.emulator, &f.scope, "sensor-001", device_auth(&device));
     let Outcome::Replies(replies) = &outcome else {
         panic!("{outcome:?}")
@@ -368,17 +380,9 @@ fn refusals_match_azure_and_a_good_device_still_provisions() {
     assert_eq!((status, code), (401, 401_002), "{message}");
     assert!(message.contains("not verified"), "{message}");
 
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
+    f.sensors_group();
     // CN differs from the registration id.
-    let device = f
-        .inter
-        .issue_device("sensor-002", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    let device = f.device("sensor-002");
     let (status, _, message) =
         provision(&f.emulator, &f.scope, "someone-else", device_auth(&device)).refusal();
     assert_eq!(status, 401);
@@ -403,10 +407,7 @@ fn refusals_match_azure_and_a_good_device_still_provisions() {
 
     // Chain not sent: only the leaf, whose issuer (the intermediate) is the group's certificate,
     // is fine; a group on the root needs the intermediate in the chain.
-    let root_group_device = f
-        .inter
-        .issue_device("via-root", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    let root_group_device = f.device("via-root");
     let mut settings = EnrollmentSettings {
         provisioning_status: ProvisioningStatus::Enabled,
         ..EnrollmentSettings::default()
@@ -467,28 +468,15 @@ fn refusals_match_azure_and_a_good_device_still_provisions() {
     ));
 
     // And a good device right after.
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
+    f.sensors_group();
     provision(&f.emulator, &f.scope, "sensor-002", device_auth(&device)).assigned_hub();
 }
 
 #[test]
 fn individual_x509_enrollment_beats_groups() {
     let f = fixture(None);
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
-    let device = f
-        .inter
-        .issue_device("special-1", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    f.sensors_group();
+    let device = f.device("special-1");
     let settings = EnrollmentSettings {
         allocation_policy: Some(AllocationPolicy::Static),
         iot_hubs: vec![f.emulator.cloud().hub("hub-b").unwrap().host_name],
@@ -618,12 +606,7 @@ impl model::EnrollmentGroup {
 #[test]
 fn hashed_allocation_spreads_devices_over_both_hubs() {
     let f = fixture(None);
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
+    f.sensors_group();
     let ids: Vec<String> = (0..30).map(|i| format!("spread-{i:03}")).collect();
     let devices = f
         .inter
@@ -661,16 +644,8 @@ fn hashed_allocation_spreads_devices_over_both_hubs() {
 #[test]
 fn knobs_throttle_and_delay() {
     let f = fixture(None);
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
-    let device = f
-        .inter
-        .issue_device("slow-1", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    f.sensors_group();
+    let device = f.device("slow-1");
     f.emulator
         .update_dps_knobs("dps", |k| k.refuse_next = 1)
         .unwrap();
@@ -705,16 +680,8 @@ fn knobs_throttle_and_delay() {
 fn state_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let f = fixture(Some(dir.path().to_path_buf()));
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
-    let device = f
-        .inter
-        .issue_device("durable-1", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    f.sensors_group();
+    let device = f.device("durable-1");
     let hub = provision(&f.emulator, &f.scope, "durable-1", device_auth(&device)).assigned_hub();
     let trust = f.emulator.trust_pem();
     let Fixture {
@@ -739,12 +706,7 @@ fn state_survives_a_restart() {
 fn garbage_closes_only_that_connection() {
     use std::io::{Read, Write};
     let f = fixture(None);
-    x509_group(
-        &f,
-        "sensors",
-        f.inter.credential().certificate(),
-        EnrollmentSettings::default(),
-    );
+    f.sensors_group();
     let port = f.emulator.mqtt_port();
     // Plain bytes instead of a TLS handshake, and a connection that never speaks.
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -800,10 +762,7 @@ fn garbage_closes_only_that_connection() {
             );
         }
     });
-    let device = f
-        .inter
-        .issue_device("after-garbage", KeyAlgorithm::EcP256, days(5))
-        .unwrap();
+    let device = f.device("after-garbage");
     provision(&f.emulator, &f.scope, "after-garbage", device_auth(&device)).assigned_hub();
 }
 
@@ -856,4 +815,77 @@ fn proof_of_possession_rules() {
             .verify_certificate("dps", "inter", &right, None)
             .is_err()
     );
+}
+
+/// A small deterministic fuzz run over everything the listener parses from the network: MQTT
+/// packets (the codec), CONNECT usernames, DPS topics and SAS tokens. Mutations of valid
+/// packets reach deep into the parsers; nothing may panic.
+#[test]
+fn fuzz_packet_and_topic_parsing() {
+    use bytes::BytesMut;
+    use rumqttc::{Connect, ConnectAuth, Subscribe};
+
+    let mut seeds = Vec::new();
+    let mut connect = Connect::new("dev-1");
+    connect.auth = ConnectAuth::UsernamePassword {
+        username: "0ne00000001/registrations/dev-1/api-version=2019-03-31".into(),
+        password: "SharedAccessSignature sr=0ne00000001%2Fregistrations%2Fdev-1&sig=abc%3D&se=1"
+            .into(),
+    };
+    let mut publish = rumqttc::Publish::new(
+        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId=5.a",
+        QoS::AtLeastOnce,
+        b" ".to_vec(),
+    );
+    publish.pkid = 7;
+    let mut subscribe = Subscribe::new("$dps/registrations/res/#", QoS::AtLeastOnce);
+    subscribe.pkid = 1;
+    for packet in [
+        Packet::Connect(connect),
+        Packet::Publish(publish),
+        Packet::Subscribe(subscribe),
+        Packet::PingReq,
+    ] {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, 1 << 20).unwrap();
+        seeds.push(out.to_vec());
+    }
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut parsed = 0;
+    for _ in 0..50_000 {
+        let mut bytes = seeds[(next() % seeds.len() as u64) as usize].clone();
+        for _ in 0..1 + next() % 4 {
+            let i = (next() as usize) % bytes.len().max(1);
+            match next() % 4 {
+                0 if i < bytes.len() => bytes[i] = next() as u8,
+                1 if i < bytes.len() => bytes[i] ^= 1 << (next() % 8),
+                2 => bytes.insert(i.min(bytes.len()), next() as u8),
+                _ => bytes.truncate(i),
+            }
+        }
+        let mut buffer = BytesMut::from(&bytes[..]);
+        while let Ok(packet) = Packet::read(&mut buffer, 4096) {
+            parsed += 1;
+            match packet {
+                Packet::Connect(c) => {
+                    if let ConnectAuth::UsernamePassword { username, password } = &c.auth {
+                        let _ = topics::route(username);
+                        let _ = crate::sas::SasToken::parse(&String::from_utf8_lossy(password));
+                    }
+                }
+                Packet::Publish(p) => {
+                    let _ = topics::dps_request(&String::from_utf8_lossy(&p.topic));
+                }
+                _ => {}
+            }
+        }
+    }
+    // The mutations must leave many packets parseable, or the run tests nothing deep.
+    assert!(parsed > 5_000, "only {parsed} mutated packets parsed");
 }

@@ -11,6 +11,9 @@ use pyo3::prelude::*;
 #[pymodule]
 #[pyo3(name = "_native")]
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Log lines go to the `dpskit` loggers of Python's logging module (a second init, e.g. in a
+    // sub-interpreter, keeps the first logger).
+    let _ = pyo3_log::try_init();
     pki::register(m)?;
     emulator::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
