@@ -17,7 +17,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from dpskit._native import Certificate, CertificateAuthority, DeviceCertificate, Emulator
+from dpskit._native import (
+    Certificate,
+    CertificateAuthority,
+    DeviceCertificate,
+    Emulator,
+    _refresh_logging,
+)
 from dpskit.errors import ConfigError
 
 __all__ = [
@@ -783,6 +789,8 @@ class LocalCloud:
         max_packet_size: int = 262_144,
         poll_retry_after: int = 1,
     ) -> None:
+        # Log lines of the emulator follow the `logging` configuration current at start.
+        _refresh_logging()
         self._emulator = Emulator(
             data_dir,
             host=host,

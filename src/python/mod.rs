@@ -13,12 +13,28 @@ use pyo3::prelude::*;
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Log lines go to the `dpskit` loggers of Python's logging module (a second init, e.g. in a
     // sub-interpreter, keeps the first logger).
-    let _ = pyo3_log::try_init();
+    if let Ok(handle) = pyo3_log::try_init() {
+        let _ = LOG_RESET.set(handle);
+    }
     pki::register(m)?;
     emulator::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
+    m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;
     Ok(())
+}
+
+/// The bridge caches Python logger levels per target; this handle clears the cache.
+static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
+/// Re-reads Python's logging configuration (levels cached by the log bridge); `LocalCloud`
+/// calls it on start so `logging` changes made before then take effect.
+#[pyfunction]
+#[pyo3(name = "_refresh_logging")]
+fn refresh_logging() {
+    if let Some(handle) = LOG_RESET.get() {
+        handle.reset();
+    }
 }
 
 /// Raises the Python exception that core error `kind` maps to (test support).
