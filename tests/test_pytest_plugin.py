@@ -26,3 +26,17 @@ def test_device_certificate_factory_chains_to_the_session_root(
 def test_session_hierarchy_is_shared(dpskit_ca: TestHierarchy) -> None:
     assert dpskit_ca.intermediate.certificate.is_ca
     assert dpskit_ca.intermediate.certificate.path_length == 0
+
+
+def test_dpskit_cloud_is_a_running_local_cloud(
+    dpskit_cloud: dpskit.LocalCloud,
+    dpskit_ca: TestHierarchy,
+    device_certificate: Callable[..., dpskit.DeviceCertificate],
+) -> None:
+    assert dpskit_cloud.is_running
+    dps = dpskit_cloud.create_dps("plugin-dps")
+    dpskit_cloud.link_hub(dps, dpskit_cloud.create_hub("plugin-hub"))
+    dps.prove_possession("issuing", dpskit_ca.intermediate)
+    dps.create_enrollment_group("plugin", ca_reference="issuing")
+    [outcome] = dpskit.provision_devices(dps, [device_certificate("plugin-device-2")])
+    assert outcome.ok, outcome.error

@@ -4,6 +4,8 @@
   issues devices, ``dpskit_ca.root`` is the trust anchor.
 - ``device_certificate``: a factory, ``device_certificate("sensor-1")`` → a fresh
   :class:`dpskit.DeviceCertificate` issued by ``dpskit_ca``.
+- ``dpskit_cloud``: a running :class:`dpskit.LocalCloud` on a free port with a temporary state
+  folder, stopped (and the folder deleted) after the test.
 
 The native module is imported inside the fixtures only, so merely having dpskit installed costs
 other test suites nothing.
@@ -11,16 +13,16 @@ other test suites nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
-    from dpskit import CertificateAuthority, DeviceCertificate
+    from dpskit import CertificateAuthority, DeviceCertificate, LocalCloud
 
-__all__ = ["TestHierarchy", "device_certificate", "dpskit_ca"]
+__all__ = ["TestHierarchy", "device_certificate", "dpskit_ca", "dpskit_cloud"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,12 @@ def dpskit_ca() -> TestHierarchy:
 def device_certificate(dpskit_ca: TestHierarchy) -> Callable[..., DeviceCertificate]:
     """A factory of device certificates issued by ``dpskit_ca``'s intermediate."""
     return dpskit_ca.issue_device
+
+
+@pytest.fixture
+def dpskit_cloud() -> Iterator[LocalCloud]:
+    """A running local cloud (free port, temporary state), stopped after the test."""
+    from dpskit import LocalCloud
+
+    with LocalCloud(port=0) as cloud:
+        yield cloud
