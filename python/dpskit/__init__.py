@@ -24,8 +24,11 @@ from dpskit.cloud import (
     HubDevice,
     LinkedHub,
     LocalCloud,
+    MethodResult,
     RegistrationRecord,
     ReprovisionPolicy,
+    TelemetryMessage,
+    TelemetryRecords,
     TraceEvent,
 )
 from dpskit.errors import (
@@ -66,6 +69,7 @@ __all__ = [
     "HubDevice",
     "LinkedHub",
     "LocalCloud",
+    "MethodResult",
     "NotFoundError",
     "OperationTimeoutError",
     "ProtocolError",
@@ -74,6 +78,8 @@ __all__ = [
     "RegistrationRecord",
     "ReprovisionPolicy",
     "ServiceError",
+    "TelemetryMessage",
+    "TelemetryRecords",
     "ThrottledError",
     "TraceEvent",
     "TransportError",

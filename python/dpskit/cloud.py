@@ -8,6 +8,7 @@ certificates, prove possession, create enrollments, read registration records.
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import secrets
 from collections.abc import Callable, Sequence
@@ -35,8 +36,11 @@ __all__ = [
     "HubDevice",
     "LinkedHub",
     "LocalCloud",
+    "MethodResult",
     "RegistrationRecord",
     "ReprovisionPolicy",
+    "TelemetryMessage",
+    "TelemetryRecords",
     "TraceEvent",
 ]
 
@@ -418,6 +422,74 @@ class TraceEvent:
         return f"{line}\n        {self.detail}" if self.detail else line
 
 
+@dataclass(frozen=True)
+class TelemetryMessage:
+    """A device-to-cloud message as the hub received it."""
+
+    sequence: int
+    device_id: str
+    enqueued_time: datetime
+    body: bytes
+    properties: dict[str, str]
+    system_properties: dict[str, str]
+
+    @property
+    def message_id(self) -> str | None:
+        """``$.mid``, when the device set it."""
+        return self.system_properties.get("mid")
+
+    @property
+    def content_type(self) -> str | None:
+        """``$.ct``, when the device set it."""
+        return self.system_properties.get("ct")
+
+    @property
+    def content_encoding(self) -> str | None:
+        """``$.ce``, when the device set it."""
+        return self.system_properties.get("ce")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+class TelemetryRecords(list[TelemetryMessage]):
+    """Telemetry in arrival order; ``to_pandas()`` gives a DataFrame (pandas needed)."""
+
+    def to_pandas(self) -> Any:
+        """One row per message: device_id, enqueued_time, body (decoded as JSON when it is),
+        message_id, content_type, content_encoding, and one column per application property."""
+        # pandas is optional: imported only here, untyped on purpose.
+        pd = importlib.import_module("pandas")
+        rows = []
+        for m in self:
+            try:
+                body: Any = m.json()
+            except ValueError:
+                body = m.body
+            rows.append(
+                {
+                    "sequence": m.sequence,
+                    "device_id": m.device_id,
+                    "enqueued_time": m.enqueued_time,
+                    "body": body,
+                    "message_id": m.message_id,
+                    "content_type": m.content_type,
+                    "content_encoding": m.content_encoding,
+                    **{f"property.{k}": v for k, v in m.properties.items()},
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """A direct method's answer."""
+
+    status: int
+    payload: Any
+
+
 class Hub:
     """An IoT Hub instance of the local cloud."""
 
@@ -440,6 +512,70 @@ class Hub:
         """The device identities DPS created in this hub."""
         records = json.loads(self._cloud._emulator.hub_devices(self.host_name))
         return [HubDevice._from_json(r) for r in records]
+
+    def telemetry(self, device_id: str | None = None) -> TelemetryRecords:
+        """What the hub received (every device, or one), in arrival order."""
+        rows = json.loads(self._cloud._emulator.hub_telemetry(self.host_name, device_id))
+        return TelemetryRecords(
+            TelemetryMessage(
+                sequence=r["sequence"],
+                device_id=r["deviceId"],
+                enqueued_time=datetime.fromtimestamp(r["enqueued"], tz=timezone.utc),
+                body=base64.b64decode(r["body"]),
+                properties=dict(r["properties"]),
+                system_properties=dict(r["systemProperties"]),
+            )
+            for r in rows
+        )
+
+    def get_twin(self, device_id: str) -> dict[str, Any]:
+        """The device twin: tags, desired and reported properties with their versions."""
+        twin: dict[str, Any] = json.loads(self._cloud._emulator.hub_twin(self.host_name, device_id))
+        return twin
+
+    def update_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Patch desired properties (``None`` deletes); a connected device subscribed to desired
+        patches receives the change."""
+        twin: dict[str, Any] = json.loads(
+            self._cloud._emulator.hub_update_desired(self.host_name, device_id, json.dumps(patch))
+        )
+        return twin
+
+    def update_tags(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Patch the twin's tags."""
+        twin: dict[str, Any] = json.loads(
+            self._cloud._emulator.hub_update_tags(self.host_name, device_id, json.dumps(patch))
+        )
+        return twin
+
+    def send_c2d(
+        self,
+        device_id: str,
+        body: bytes | str | dict[str, Any] | list[Any],
+        *,
+        properties: dict[str, str] | None = None,
+    ) -> str:
+        """Queue a cloud-to-device message (at most 50 wait per device); returns its id."""
+        if isinstance(body, dict | list):
+            data = json.dumps(body).encode()
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = body
+        pairs = [(str(k), str(v)) for k, v in (properties or {}).items()]
+        return self._cloud._emulator.hub_send_c2d(self.host_name, device_id, data, pairs)
+
+    def invoke_method(
+        self, device_id: str, method: str, payload: Any = None, *, timeout: float = 30.0
+    ) -> MethodResult:
+        """Call a direct method on a connected device and wait for its answer; an offline device
+        raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101)."""
+        answer = json.loads(
+            self._cloud._emulator.hub_invoke_method(
+                self.host_name, device_id, method, json.dumps(payload), timeout
+            )
+        )
+        return MethodResult(status=answer["status"], payload=answer["payload"])
 
     def __repr__(self) -> str:
         return f"<Hub {self.name!r} host_name={self.host_name!r} location={self.location!r}>"

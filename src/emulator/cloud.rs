@@ -45,7 +45,7 @@ pub struct EnrollmentSpec {
 
 /// The configuration and records of the local cloud.
 pub struct Cloud {
-    store: Store,
+    store: Arc<Store>,
     model: RwLock<Model>,
     tls: Arc<EmulatorTls>,
     /// The address DPS listens on; hubs get the following loopback addresses.
@@ -127,7 +127,7 @@ fn check_resource_name(what: &str, name: &str) -> Result<()> {
 
 impl Cloud {
     /// Opens the configuration stored in `store`.
-    pub(crate) fn open(store: Store, tls: Arc<EmulatorTls>, dps_host: String) -> Result<Self> {
+    pub(crate) fn open(store: Arc<Store>, tls: Arc<EmulatorTls>, dps_host: String) -> Result<Self> {
         let mut model = Model::default();
         for hub in store.all::<HubRecord>(kind::HUB)? {
             tls.cover_host(&hub.host_name)?;

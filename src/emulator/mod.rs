@@ -4,6 +4,7 @@
 
 pub mod cloud;
 pub mod dps;
+pub mod hub;
 pub mod model;
 pub mod server;
 pub mod store;
@@ -67,6 +68,7 @@ pub struct Emulator {
     runtime: Option<Runtime>,
     cloud: Arc<Cloud>,
     dps: Arc<dps::DpsEngine>,
+    hubs: Arc<hub::HubEngine>,
     tls: Arc<tls::EmulatorTls>,
     tracer: Arc<trace::Tracer>,
     context: Arc<server::ServerContext>,
@@ -105,9 +107,14 @@ impl Emulator {
             hosts.push("localhost".into());
         }
         let tls = Arc::new(tls::EmulatorTls::load_or_create(&data_dir, hosts)?);
-        let store = store::Store::open(&data_dir)?;
-        let cloud = Arc::new(Cloud::open(store, tls.clone(), config.host.clone())?);
+        let store = Arc::new(store::Store::open(&data_dir)?);
+        let cloud = Arc::new(Cloud::open(
+            store.clone(),
+            tls.clone(),
+            config.host.clone(),
+        )?);
         let dps = Arc::new(dps::DpsEngine::new(cloud.clone(), config.poll_retry_after));
+        let hubs = Arc::new(hub::HubEngine::new(cloud.clone(), store)?);
         let tracer = Arc::new(trace::Tracer::default());
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("dpskit-emulator");
@@ -120,6 +127,7 @@ impl Emulator {
         let context = Arc::new(server::ServerContext {
             acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
             dps: dps.clone(),
+            hubs: hubs.clone(),
             tracer: tracer.clone(),
             limits: config.limits.clone(),
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -128,6 +136,7 @@ impl Emulator {
             runtime: Some(runtime),
             cloud,
             dps,
+            hubs,
             tls,
             tracer,
             context,
@@ -249,6 +258,19 @@ impl Emulator {
     /// `<scheme>:<name>` the host chooses) in an enrollment's custom allocation webhook URL.
     pub fn register_allocator(&self, name: &str, allocator: Arc<dyn dps::CustomAllocator>) {
         self.dps.register_allocator(name, allocator);
+    }
+
+    /// The IoT Hub engine (service-side operations).
+    pub fn hubs(&self) -> &Arc<hub::HubEngine> {
+        &self.hubs
+    }
+
+    /// A handle on the emulator's runtime, for service calls that wait (direct methods).
+    pub fn runtime_handle(&self) -> Result<tokio::runtime::Handle> {
+        self.runtime
+            .as_ref()
+            .map(|r| r.handle().clone())
+            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))
     }
 
     /// The exchange tracer.

@@ -38,6 +38,8 @@ pub struct ServerContext {
     pub acceptor: TlsAcceptor,
     /// DPS registration engine.
     pub dps: Arc<DpsEngine>,
+    /// IoT Hub engine.
+    pub hubs: Arc<crate::emulator::hub::HubEngine>,
     /// Exchange traces.
     pub tracer: Arc<Tracer>,
     /// Limits.
@@ -224,21 +226,65 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             dps_session(&mut connection, context, &identity, keep_alive, &trace).await
         }
         Some(Route::Hub {
-            host, device_id, ..
+            host,
+            device_id,
+            module_id,
         }) => {
-            trace(connack_event(
-                ConnectReturnCode::ServiceUnavailable,
-                "hub API not available yet",
-            ));
+            if module_id.is_some() {
+                trace(connack_event(
+                    ConnectReturnCode::NotAuthorized,
+                    "module identities are not emulated",
+                ));
+                connection
+                    .send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::NotAuthorized,
+                        false,
+                    )))
+                    .await?;
+                return Err(format!(
+                    "module client {device_id:?}: module identities are not emulated yet"
+                ));
+            }
+            let (hub, _) =
+                match context
+                    .hubs
+                    .authenticate(&host, &device_id, password.as_deref(), &chain)
+                {
+                    Ok(found) => found,
+                    Err(why) => {
+                        trace(connack_event(ConnectReturnCode::NotAuthorized, &why));
+                        connection
+                            .send(Packet::ConnAck(ConnAck::new(
+                                ConnectReturnCode::NotAuthorized,
+                                false,
+                            )))
+                            .await?;
+                        return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
+                    }
+                };
+            let clean_session = connect.clean_session;
+            let mut session = context.hubs.open_session(&hub, &device_id, clean_session);
+            trace(connack_event(ConnectReturnCode::Success, "accepted"));
             connection
                 .send(Packet::ConnAck(ConnAck::new(
-                    ConnectReturnCode::ServiceUnavailable,
-                    false,
+                    ConnectReturnCode::Success,
+                    session.session_present,
                 )))
                 .await?;
-            Err(format!(
-                "IoT Hub CONNECT for {device_id:?} at {host}: the emulator's hub device API arrives in a later dpskit version"
-            ))
+            let result = hub_session(
+                &mut connection,
+                context,
+                &hub,
+                &device_id,
+                &mut session,
+                keep_alive,
+                &trace,
+            )
+            .await;
+            context
+                .hubs
+                .close_session(&hub, &device_id, session.generation, clean_session);
+            result
         }
         None => {
             connection
@@ -395,6 +441,247 @@ async fn send_reply(
         kind: "PUBLISH".into(),
         topic: Some(topic.clone()),
         status: Some(reply.status),
+        detail: body.clone(),
+    });
+    connection.publish(topic, body.into_bytes()).await
+}
+
+/// Serves one device connected to a hub until it disconnects or a newer connection replaces it.
+async fn hub_session(
+    connection: &mut Connection,
+    context: &ServerContext,
+    hub: &str,
+    device_id: &str,
+    session: &mut crate::emulator::hub::SessionHandle,
+    keep_alive: u16,
+    trace: &impl Fn(TraceEvent),
+) -> Result<(), String> {
+    use crate::emulator::hub::{MAX_D2C_BYTES, parse_property_bag};
+    use crate::emulator::store::TelemetryRecord;
+
+    let idle = if keep_alive == 0 {
+        Duration::from_secs(1800)
+    } else {
+        // IoT Hub caps the keep-alive window at 1767 s.
+        Duration::from_millis((u64::from(keep_alive) * 1500).min(1_767_000))
+    };
+    let events = format!("devices/{device_id}/messages/events/");
+    let events_no_slash = format!("devices/{device_id}/messages/events");
+    let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
+    loop {
+        let packet = tokio::select! {
+            read = tokio::time::timeout(idle, connection.read()) => match read {
+                Err(_) => return Err("keep-alive expired".into()),
+                Ok(result) => match result? {
+                    Some(packet) => packet,
+                    None => return Ok(()),
+                },
+            },
+            outbound = session.outbound.recv() => {
+                let Some(message) = outbound else { return Ok(()) };
+                trace(TraceEvent {
+                    at: unix_now(),
+                    direction: "cloud->device",
+                    kind: "PUBLISH".into(),
+                    topic: Some(message.topic.clone()),
+                    status: None,
+                    detail: String::from_utf8_lossy(&message.payload).into_owned(),
+                });
+                connection.publish(message.topic, message.payload).await?;
+                continue;
+            }
+            () = session.kick.notified() => {
+                return Err(format!("{device_id} connected again elsewhere (400027 ConnectionForcefullyClosedOnNewConnection)"));
+            }
+        };
+        match packet {
+            Packet::Subscribe(subscribe) => {
+                let mut codes = Vec::new();
+                for filter in &subscribe.filters {
+                    trace(TraceEvent {
+                        at: unix_now(),
+                        direction: "device->cloud",
+                        kind: "SUBSCRIBE".into(),
+                        topic: Some(filter.path.clone()),
+                        status: None,
+                        detail: format!("qos={:?}", filter.qos),
+                    });
+                    let path = filter.path.as_str();
+                    let known = path == c2d_filter
+                        || path == "$iothub/methods/POST/#"
+                        || path == "$iothub/twin/res/#"
+                        || path == "$iothub/twin/PATCH/properties/desired/#";
+                    if !known {
+                        // IoT Hub is not a general broker: it drops the connection instead of
+                        // answering an unsupported subscription.
+                        return Err(format!("unsupported subscription {path:?}"));
+                    }
+                    codes.push(SubscribeReasonCode::Success(match filter.qos {
+                        QoS::AtMostOnce => QoS::AtMostOnce,
+                        _ => QoS::AtLeastOnce,
+                    }));
+                }
+                connection
+                    .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                    .await?;
+                context.hubs.subscribe(hub, device_id, |s| {
+                    for filter in &subscribe.filters {
+                        match filter.path.as_str() {
+                            "$iothub/methods/POST/#" => s.methods = true,
+                            "$iothub/twin/res/#" => s.twin_responses = true,
+                            "$iothub/twin/PATCH/properties/desired/#" => s.desired = true,
+                            _ => s.c2d = true,
+                        }
+                    }
+                });
+            }
+            Packet::Unsubscribe(unsubscribe) => {
+                context.hubs.subscribe(hub, device_id, |s| {
+                    for path in &unsubscribe.topics {
+                        match path.as_str() {
+                            "$iothub/methods/POST/#" => s.methods = false,
+                            "$iothub/twin/res/#" => s.twin_responses = false,
+                            "$iothub/twin/PATCH/properties/desired/#" => s.desired = false,
+                            _ => s.c2d = false,
+                        }
+                    }
+                });
+                connection
+                    .send(Packet::UnsubAck(rumqttc::UnsubAck::new(unsubscribe.pkid)))
+                    .await?;
+            }
+            Packet::Publish(publish) => {
+                if publish.qos == QoS::ExactlyOnce {
+                    return Err("QoS 2 PUBLISH: IoT Hub closes the connection".into());
+                }
+                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                trace(TraceEvent {
+                    at: unix_now(),
+                    direction: "device->cloud",
+                    kind: "PUBLISH".into(),
+                    topic: Some(topic.clone()),
+                    status: None,
+                    detail: String::from_utf8_lossy(&publish.payload).into_owned(),
+                });
+                if let Some(bag) = topic
+                    .strip_prefix(&events)
+                    .or_else(|| (topic == events_no_slash).then_some(""))
+                {
+                    if publish.payload.len() > MAX_D2C_BYTES {
+                        return Err(format!(
+                            "telemetry of {} bytes exceeds 256 KB (413001)",
+                            publish.payload.len()
+                        ));
+                    }
+                    let (properties, system_properties) = parse_property_bag(bag);
+                    let record = TelemetryRecord {
+                        sequence: 0,
+                        hub: hub.to_ascii_lowercase(),
+                        device_id: device_id.to_string(),
+                        module_id: None,
+                        enqueued: unix_now(),
+                        body: publish.payload.to_vec(),
+                        properties,
+                        system_properties,
+                    };
+                    // Acknowledged only once it is committed: a kill loses nothing acknowledged.
+                    context
+                        .hubs
+                        .store_telemetry(record)
+                        .await
+                        .map_err(|e| format!("storing telemetry failed: {e}"))?;
+                    if publish.qos == QoS::AtLeastOnce {
+                        connection
+                            .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                            .await?;
+                    }
+                    continue;
+                }
+                if publish.qos == QoS::AtLeastOnce {
+                    connection
+                        .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                        .await?;
+                }
+                let (path, query) = topic.split_once("/?").unwrap_or((topic.as_str(), ""));
+                let rid = crate::emulator::topics::query_pairs(query)
+                    .find(|(k, _)| *k == "$rid")
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                if path == "$iothub/twin/GET" {
+                    let (status, body) = match context.hubs.device_twin(hub, device_id) {
+                        Ok(twin) => (200, twin.to_string()),
+                        Err(e) => error_reply(&e),
+                    };
+                    reply_twin(connection, status, &rid, None, body, trace).await?;
+                } else if path == "$iothub/twin/PATCH/properties/reported" {
+                    match context
+                        .hubs
+                        .patch_reported(hub, device_id, &publish.payload)
+                    {
+                        Ok(version) => {
+                            reply_twin(connection, 204, &rid, Some(version), String::new(), trace)
+                                .await?
+                        }
+                        Err(e) => {
+                            let (status, body) = error_reply(&e);
+                            reply_twin(connection, status, &rid, None, body, trace).await?;
+                        }
+                    }
+                } else if let Some(status) = path.strip_prefix("$iothub/methods/res/") {
+                    let status: u16 = status
+                        .parse()
+                        .map_err(|_| format!("bad method status in {topic:?}"))?;
+                    context.hubs.method_response(&rid, status, &publish.payload);
+                } else {
+                    return Err(format!(
+                        "unsupported topic {topic:?}: IoT Hub closes the connection"
+                    ));
+                }
+            }
+            Packet::PingReq => connection.send(Packet::PingResp).await?,
+            Packet::PubAck(_) => {}
+            Packet::Disconnect => return Ok(()),
+            other => {
+                return Err(format!(
+                    "unexpected {:?} from a device",
+                    other.packet_type()
+                ));
+            }
+        }
+    }
+}
+
+fn error_reply(error: &crate::error::Error) -> (u16, String) {
+    match error {
+        crate::error::Error::Service(s) => (
+            s.status,
+            serde_json::json!({"errorCode": s.error_code, "message": s.message}).to_string(),
+        ),
+        other => (
+            500,
+            serde_json::json!({"message": other.to_string()}).to_string(),
+        ),
+    }
+}
+
+async fn reply_twin(
+    connection: &mut Connection,
+    status: u16,
+    rid: &str,
+    version: Option<u64>,
+    body: String,
+    trace: &impl Fn(TraceEvent),
+) -> Result<(), String> {
+    let topic = match version {
+        Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
+        None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
+    };
+    trace(TraceEvent {
+        at: unix_now(),
+        direction: "cloud->device",
+        kind: "PUBLISH".into(),
+        topic: Some(topic.clone()),
+        status: Some(status),
         detail: body.clone(),
     });
     connection.publish(topic, body.into_bytes()).await

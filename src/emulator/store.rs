@@ -26,6 +26,31 @@ pub mod kind {
     pub const REGISTRATION: &str = "registration";
     /// `HubDevice` by `hub host/device id`.
     pub const DEVICE: &str = "device";
+    /// `Twin` by `hub host/device id`.
+    pub const TWIN: &str = "twin";
+    /// Waiting cloud-to-device messages by `hub host/device id`.
+    pub const C2D: &str = "c2d";
+}
+
+/// One telemetry message as the hub stored it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct TelemetryRecord {
+    /// Arrival sequence number (global, increasing).
+    pub sequence: i64,
+    /// Hub host name (lower case).
+    pub hub: String,
+    /// Device id.
+    pub device_id: String,
+    /// Module id, for module messages.
+    pub module_id: Option<String>,
+    /// Enqueued time, Unix seconds with fractions.
+    pub enqueued: f64,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Application properties, in the order sent.
+    pub properties: Vec<(String, String)>,
+    /// System properties (`mid`, `ct`, `ce`, ...), without the `$.` prefix.
+    pub system_properties: Vec<(String, String)>,
 }
 
 /// The SQLite document store.
@@ -54,7 +79,18 @@ impl Store {
                      key  TEXT NOT NULL,
                      body TEXT NOT NULL,
                      PRIMARY KEY (kind, key)
-                 ) WITHOUT ROWID;",
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS telemetry (
+                     sequence   INTEGER PRIMARY KEY AUTOINCREMENT,
+                     hub        TEXT NOT NULL,
+                     device_id  TEXT NOT NULL,
+                     module_id  TEXT,
+                     enqueued   REAL NOT NULL,
+                     body       BLOB NOT NULL,
+                     properties TEXT NOT NULL,
+                     system     TEXT NOT NULL
+                 );
+                 CREATE INDEX IF NOT EXISTS telemetry_device ON telemetry (hub, device_id);",
             )
             .map_err(db_error)?;
         Ok(Store {
@@ -137,6 +173,122 @@ impl Store {
             out.push(decode(kind, &body.map_err(db_error)?)?);
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Appends telemetry in one transaction (the caller acknowledges after this returns).
+    pub fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db_error)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO telemetry (hub, device_id, module_id, enqueued, body, properties, system)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(db_error)?;
+            for r in records {
+                let properties =
+                    serde_json::to_string(&r.properties).unwrap_or_else(|_| "[]".into());
+                let system =
+                    serde_json::to_string(&r.system_properties).unwrap_or_else(|_| "[]".into());
+                insert
+                    .execute(params![
+                        r.hub,
+                        r.device_id,
+                        r.module_id,
+                        r.enqueued,
+                        r.body,
+                        properties,
+                        system
+                    ])
+                    .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)
+    }
+
+    /// Telemetry of a hub in arrival order, optionally of one device.
+    pub fn telemetry(&self, hub: &str, device_id: Option<&str>) -> Result<Vec<TelemetryRecord>> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT sequence, hub, device_id, module_id, enqueued, body, properties, system
+                 FROM telemetry WHERE hub = ?1 AND (?2 IS NULL OR device_id = ?2) ORDER BY sequence",
+            )
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map(params![hub, device_id], |row| {
+                let properties: String = row.get(6)?;
+                let system: String = row.get(7)?;
+                Ok(TelemetryRecord {
+                    sequence: row.get(0)?,
+                    hub: row.get(1)?,
+                    device_id: row.get(2)?,
+                    module_id: row.get(3)?,
+                    enqueued: row.get(4)?,
+                    body: row.get(5)?,
+                    properties: serde_json::from_str(&properties).unwrap_or_default(),
+                    system_properties: serde_json::from_str(&system).unwrap_or_default(),
+                })
+            })
+            .map_err(db_error)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_error)
+    }
+}
+
+type Ack = tokio::sync::oneshot::Sender<Result<()>>;
+
+/// Commits telemetry in batches on its own thread: every message waiting when a commit starts
+/// joins it, so durability costs one transaction per batch instead of one per message.
+pub struct TelemetryWriter {
+    queue: std::sync::mpsc::Sender<(TelemetryRecord, Ack)>,
+}
+
+/// Most messages in one transaction.
+const MAX_BATCH: usize = 1024;
+
+impl TelemetryWriter {
+    /// Starts the writer thread.
+    pub fn start(store: std::sync::Arc<Store>) -> Result<Self> {
+        let (queue, incoming) = std::sync::mpsc::channel::<(TelemetryRecord, Ack)>();
+        std::thread::Builder::new()
+            .name("dpskit-telemetry-writer".into())
+            .spawn(move || {
+                while let Ok(first) = incoming.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match incoming.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let (records, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let result = store.append_telemetry(&records);
+                    for ack in acks {
+                        let _ = ack.send(
+                            result
+                                .as_ref()
+                                .map(|_| ())
+                                .map_err(|e| Error::Emulator(e.to_string())),
+                        );
+                    }
+                }
+            })
+            .map_err(|e| Error::Emulator(format!("cannot start the telemetry writer: {e}")))?;
+        Ok(TelemetryWriter { queue })
+    }
+
+    /// Queues a message and waits until it is committed.
+    pub async fn append(&self, record: TelemetryRecord) -> Result<()> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.queue
+            .send((record, ack))
+            .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))?;
+        done.await
+            .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))?
     }
 }
 

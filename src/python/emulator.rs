@@ -417,6 +417,97 @@ impl PyEmulator {
         })
     }
 
+    /// Telemetry a hub received (by host name), as a JSON list; bodies are base64.
+    #[pyo3(signature = (host_name, device_id = None))]
+    fn hub_telemetry(
+        &self,
+        py: Python<'_>,
+        host_name: &str,
+        device_id: Option<&str>,
+    ) -> PyResult<String> {
+        let records = py.detach(|| self.with(|e| e.hubs().telemetry(host_name, device_id)))?;
+        let rows: Vec<serde_json::Value> = records
+            .into_iter()
+            .map(|r| {
+                use base64::Engine;
+                serde_json::json!({
+                    "sequence": r.sequence,
+                    "deviceId": r.device_id,
+                    "moduleId": r.module_id,
+                    "enqueued": r.enqueued,
+                    "body": base64::engine::general_purpose::STANDARD.encode(&r.body),
+                    "properties": r.properties,
+                    "systemProperties": r.system_properties,
+                })
+            })
+            .collect();
+        json(&rows)
+    }
+
+    /// A device twin (service view) as JSON.
+    fn hub_twin(&self, host_name: &str, device_id: &str) -> PyResult<String> {
+        json(&self.with(|e| e.hubs().service_twin(host_name, device_id))?)
+    }
+
+    /// Patches desired properties (JSON object); returns the twin as JSON.
+    fn hub_update_desired(
+        &self,
+        host_name: &str,
+        device_id: &str,
+        patch: &str,
+    ) -> PyResult<String> {
+        let patch: serde_json::Map<String, serde_json::Value> = parse("desired patch", patch)?;
+        json(&self.with(|e| e.hubs().update_desired(host_name, device_id, &patch))?)
+    }
+
+    /// Patches tags (JSON object); returns the twin as JSON.
+    fn hub_update_tags(&self, host_name: &str, device_id: &str, patch: &str) -> PyResult<String> {
+        let patch: serde_json::Map<String, serde_json::Value> = parse("tags patch", patch)?;
+        json(&self.with(|e| e.hubs().update_tags(host_name, device_id, &patch))?)
+    }
+
+    /// Queues a cloud-to-device message; returns its message id.
+    fn hub_send_c2d(
+        &self,
+        host_name: &str,
+        device_id: &str,
+        body: &Bound<'_, PyBytes>,
+        properties: Vec<(String, String)>,
+    ) -> PyResult<String> {
+        let body = body.as_bytes().to_vec();
+        self.with(|e| e.hubs().send_c2d(host_name, device_id, &body, properties))
+    }
+
+    /// Invokes a direct method (payload as JSON text) and waits; returns `{"status", "payload"}`.
+    fn hub_invoke_method(
+        &self,
+        py: Python<'_>,
+        host_name: &str,
+        device_id: &str,
+        method: &str,
+        payload: &str,
+        timeout: f64,
+    ) -> PyResult<String> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Error::Config(format!(
+                "timeout must be a positive number of seconds, not {timeout}"
+            ))
+            .into());
+        }
+        let payload: serde_json::Value = parse("method payload", payload)?;
+        let (handle, hubs) = self.with(|e| Ok((e.runtime_handle()?, e.hubs().clone())))?;
+        let (status, answer) = py.detach(|| {
+            handle.block_on(hubs.invoke_method(
+                host_name,
+                device_id,
+                method,
+                payload,
+                Duration::from_secs_f64(timeout),
+            ))
+        })?;
+        json(&serde_json::json!({"status": status, "payload": answer}))
+    }
+
     /// Registers a Python callable as the custom allocator `python:<name>`: it receives Azure's
     /// AllocationRequest as JSON text and returns an AllocationResponse as JSON text.
     fn register_allocator(&self, name: &str, callable: Py<PyAny>) -> PyResult<()> {

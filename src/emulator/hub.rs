@@ -1,0 +1,704 @@
+//! The IoT Hub device API behind the shared listener: identities from DPS (thumbprint or SAS),
+//! one connection per device, telemetry stored durably before it is acknowledged, twins with
+//! versions, direct methods, cloud-to-device messages, persistent sessions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::emulator::cloud::{Cloud, random_guid};
+use crate::emulator::model::{DeviceAuth, HubDevice};
+use crate::emulator::store::{Store, TelemetryRecord};
+use crate::error::{Error, Result};
+use crate::pki::Certificate;
+use crate::pki::issue::now;
+use crate::sas::SasToken;
+
+/// Largest device-to-cloud message (256 KB).
+pub const MAX_D2C_BYTES: usize = 256 * 1024;
+/// Largest cloud-to-device message (64 KB).
+pub const MAX_C2D_BYTES: usize = 64 * 1024;
+/// Largest direct-method payload (128 KB).
+pub const MAX_METHOD_BYTES: usize = 128 * 1024;
+/// Largest desired or reported section (32 KB).
+pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
+/// Cloud-to-device messages waiting per device.
+pub const MAX_C2D_QUEUE: usize = 50;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A device twin.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Twin {
+    /// Tags (service side only).
+    pub tags: Map<String, Value>,
+    /// Desired properties, without `$version`.
+    pub desired: Map<String, Value>,
+    /// Reported properties, without `$version`.
+    pub reported: Map<String, Value>,
+    /// Desired version (starts at 1).
+    pub desired_version: u64,
+    /// Reported version (starts at 1).
+    pub reported_version: u64,
+}
+
+impl Twin {
+    fn from_initial(initial: Option<&Value>) -> Self {
+        let section = |v: Option<&Value>| v.and_then(Value::as_object).cloned().unwrap_or_default();
+        Twin {
+            tags: section(initial.and_then(|t| t.get("tags"))),
+            desired: section(initial.and_then(|t| t.pointer("/properties/desired"))),
+            reported: Map::new(),
+            desired_version: 1,
+            reported_version: 1,
+        }
+    }
+
+    /// What the device gets for a GET.
+    pub fn device_view(&self) -> Value {
+        let with_version = |section: &Map<String, Value>, version: u64| {
+            let mut out = section.clone();
+            out.insert("$version".into(), json!(version));
+            Value::Object(out)
+        };
+        json!({
+            "desired": with_version(&self.desired, self.desired_version),
+            "reported": with_version(&self.reported, self.reported_version),
+        })
+    }
+
+    /// What the service gets (the device twin document).
+    pub fn service_view(&self, device_id: &str) -> Value {
+        let mut view = self.device_view();
+        if let Some(map) = view.as_object_mut() {
+            let properties =
+                json!({"desired": map.remove("desired"), "reported": map.remove("reported")});
+            map.insert("deviceId".into(), json!(device_id));
+            map.insert("tags".into(), Value::Object(self.tags.clone()));
+            map.insert("properties".into(), properties);
+            map.insert(
+                "version".into(),
+                json!(self.desired_version + self.reported_version),
+            );
+        }
+        view
+    }
+}
+
+/// Applies a JSON merge patch (`null` deletes), as twins do.
+fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (key, value) in patch {
+        if key.starts_with('$') {
+            continue;
+        }
+        match value {
+            Value::Null => {
+                target.remove(key);
+            }
+            Value::Object(inner) => {
+                let entry = target
+                    .entry(key.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(existing) = entry {
+                    merge(existing, inner);
+                } else {
+                    *entry = value.clone();
+                }
+            }
+            _ => {
+                target.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// A message waiting for its device.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct C2dMessage {
+    /// Message id.
+    pub message_id: String,
+    /// Body, base64.
+    pub body: String,
+    /// Application properties.
+    pub properties: Vec<(String, String)>,
+    /// Enqueued, Unix seconds.
+    pub enqueued: i64,
+}
+
+/// What a device session subscribed to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// `devices/{id}/messages/devicebound/#`
+    pub c2d: bool,
+    /// `$iothub/methods/POST/#`
+    pub methods: bool,
+    /// `$iothub/twin/res/#`
+    pub twin_responses: bool,
+    /// `$iothub/twin/PATCH/properties/desired/#`
+    pub desired: bool,
+}
+
+/// A message for a connected device's session task.
+#[derive(Debug)]
+pub struct Outbound {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+struct Session {
+    generation: u64,
+    outbound: mpsc::UnboundedSender<Outbound>,
+    kick: Arc<Notify>,
+}
+
+type DeviceKey = (String, String);
+
+/// A live device session, handed to the connection task.
+pub struct SessionHandle {
+    /// Where the engine sends messages for the device.
+    pub outbound: mpsc::UnboundedReceiver<Outbound>,
+    /// Fires when a newer connection of the same device takes over.
+    pub kick: Arc<Notify>,
+    /// Session generation (to unregister only our own session).
+    pub generation: u64,
+    /// Whether subscriptions of an earlier session were kept (CleanSession=0).
+    pub session_present: bool,
+}
+
+/// IoT Hub state and service operations.
+pub struct HubEngine {
+    cloud: Arc<Cloud>,
+    store: Arc<Store>,
+    writer: crate::emulator::store::TelemetryWriter,
+    sessions: Mutex<HashMap<DeviceKey, Session>>,
+    subscriptions: Mutex<HashMap<DeviceKey, Subscriptions>>,
+    twins: Mutex<HashMap<DeviceKey, Twin>>,
+    pending_methods: Mutex<HashMap<String, oneshot::Sender<(u16, Value)>>>,
+    next_generation: Mutex<u64>,
+}
+
+fn key(hub: &str, device: &str) -> DeviceKey {
+    (hub.to_ascii_lowercase(), device.to_string())
+}
+
+impl HubEngine {
+    /// An engine over the cloud's identities and the store.
+    pub fn new(cloud: Arc<Cloud>, store: Arc<Store>) -> Result<Self> {
+        let writer = crate::emulator::store::TelemetryWriter::start(store.clone())?;
+        Ok(HubEngine {
+            cloud,
+            store,
+            writer,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(HashMap::new()),
+            twins: Mutex::new(HashMap::new()),
+            pending_methods: Mutex::new(HashMap::new()),
+            next_generation: Mutex::new(0),
+        })
+    }
+
+    /// The hub record whose host name is `host`.
+    pub fn hub_for_host(&self, host: &str) -> Option<String> {
+        self.cloud
+            .hubs()
+            .into_iter()
+            .find(|h| h.host_name.eq_ignore_ascii_case(host))
+            .map(|h| h.host_name)
+    }
+
+    /// Checks a device's credential at CONNECT.
+    pub fn authenticate(
+        &self,
+        host: &str,
+        device_id: &str,
+        password: Option<&[u8]>,
+        chain: &[Certificate],
+    ) -> std::result::Result<(String, HubDevice), String> {
+        let hub = self
+            .hub_for_host(host)
+            .ok_or_else(|| format!("no hub has the host name {host:?}"))?;
+        let device = self
+            .cloud
+            .hub_devices(&hub)
+            .into_iter()
+            .find(|d| d.device_id == device_id)
+            .ok_or_else(|| format!("device {device_id:?} is not registered in hub {hub}"))?;
+        match (&device.auth, password.filter(|p| !p.is_empty())) {
+            (
+                DeviceAuth::Sas {
+                    primary_key,
+                    secondary_key,
+                },
+                Some(password),
+            ) => {
+                let token = std::str::from_utf8(password)
+                    .map_err(|_| "the password is not UTF-8".to_string())
+                    .and_then(|t| SasToken::parse(t).map_err(|e| e.to_string()))?;
+                let expected = format!("{hub}/devices/{device_id}");
+                if !token.resource.eq_ignore_ascii_case(&expected) {
+                    return Err(format!(
+                        "SAS token is for {:?}, not {expected:?}",
+                        token.resource
+                    ));
+                }
+                if token.expiry <= now() {
+                    return Err("SAS token has expired".into());
+                }
+                if !(token.is_signed_by(primary_key) || token.is_signed_by(secondary_key)) {
+                    return Err("SAS token is not signed by the device's key".into());
+                }
+            }
+            (
+                DeviceAuth::SelfSigned {
+                    primary_thumbprint,
+                    primary_thumbprint_sha256,
+                },
+                None,
+            ) => {
+                let leaf = chain.first().ok_or("no client certificate was presented")?;
+                let info = leaf.info();
+                if !(info
+                    .thumbprint_sha1
+                    .eq_ignore_ascii_case(primary_thumbprint)
+                    || info
+                        .thumbprint_sha256
+                        .eq_ignore_ascii_case(primary_thumbprint_sha256))
+                {
+                    return Err(format!(
+                        "certificate thumbprint {} does not match the device's registered thumbprint {primary_thumbprint}",
+                        info.thumbprint_sha1
+                    ));
+                }
+            }
+            (DeviceAuth::Sas { .. }, None) => {
+                return Err("the device uses SAS: a token is required".into());
+            }
+            (DeviceAuth::SelfSigned { .. }, Some(_)) => {
+                return Err("the device uses X.509: present its certificate, not a token".into());
+            }
+        }
+        Ok((hub, device))
+    }
+
+    /// Registers a session, kicking an older connection of the same device.
+    pub fn open_session(&self, hub: &str, device_id: &str, clean_session: bool) -> SessionHandle {
+        let k = key(hub, device_id);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let kick = Arc::new(Notify::new());
+        let generation = {
+            let mut next = lock(&self.next_generation);
+            *next += 1;
+            *next
+        };
+        if let Some(old) = lock(&self.sessions).insert(
+            k.clone(),
+            Session {
+                generation,
+                outbound: tx,
+                kick: kick.clone(),
+            },
+        ) {
+            log::info!(
+                "hub {hub}: {device_id} connected again; closing its older connection (400027)"
+            );
+            old.kick.notify_one();
+        }
+        let mut subscriptions = lock(&self.subscriptions);
+        let session_present = if clean_session {
+            subscriptions.remove(&k);
+            false
+        } else {
+            subscriptions.contains_key(&k)
+        };
+        SessionHandle {
+            outbound: rx,
+            kick,
+            generation,
+            session_present,
+        }
+    }
+
+    /// Ends a session (unless a newer one already replaced it).
+    pub fn close_session(&self, hub: &str, device_id: &str, generation: u64, clean_session: bool) {
+        let k = key(hub, device_id);
+        let mut sessions = lock(&self.sessions);
+        if sessions.get(&k).is_some_and(|s| s.generation == generation) {
+            sessions.remove(&k);
+            if clean_session {
+                lock(&self.subscriptions).remove(&k);
+            }
+        }
+    }
+
+    /// Records a subscription; delivers queued C2D messages when the C2D topic is subscribed.
+    pub fn subscribe(&self, hub: &str, device_id: &str, change: impl FnOnce(&mut Subscriptions)) {
+        let k = key(hub, device_id);
+        let c2d_now = {
+            let mut subscriptions = lock(&self.subscriptions);
+            let entry = subscriptions.entry(k).or_default();
+            change(entry);
+            entry.c2d
+        };
+        if c2d_now {
+            self.flush_c2d(hub, device_id);
+        }
+    }
+
+    fn subscriptions(&self, hub: &str, device_id: &str) -> Subscriptions {
+        lock(&self.subscriptions)
+            .get(&key(hub, device_id))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn send_to(&self, hub: &str, device_id: &str, message: Outbound) -> bool {
+        lock(&self.sessions)
+            .get(&key(hub, device_id))
+            .is_some_and(|s| s.outbound.send(message).is_ok())
+    }
+
+    /// Stores a telemetry message durably; returns once it is committed.
+    pub async fn store_telemetry(&self, record: TelemetryRecord) -> Result<()> {
+        self.writer.append(record).await
+    }
+
+    // ---- twins ---------------------------------------------------------------------------
+
+    fn device(&self, hub: &str, device_id: &str) -> Result<HubDevice> {
+        self.cloud
+            .hub_devices(hub)
+            .into_iter()
+            .find(|d| d.device_id == device_id)
+            .ok_or_else(|| {
+                Error::service(
+                    404,
+                    404_001,
+                    format!("Device '{device_id}' was not found in hub {hub}."),
+                )
+            })
+    }
+
+    fn with_twin<T>(
+        &self,
+        hub: &str,
+        device_id: &str,
+        change: impl FnOnce(&mut Twin) -> Result<T>,
+    ) -> Result<T> {
+        let device = self.device(hub, device_id)?;
+        let k = key(hub, device_id);
+        let store_key = format!("{}/{device_id}", k.0);
+        let mut twins = lock(&self.twins);
+        if !twins.contains_key(&k) {
+            let stored: Option<Twin> = self
+                .store
+                .get(crate::emulator::store::kind::TWIN, &store_key)?;
+            twins.insert(
+                k.clone(),
+                stored.unwrap_or_else(|| Twin::from_initial(device.initial_twin.as_ref())),
+            );
+        }
+        let twin = twins.get_mut(&k).expect("inserted above");
+        let mut copy = twin.clone();
+        let out = change(&mut copy)?;
+        if copy != *twin {
+            self.store
+                .put(crate::emulator::store::kind::TWIN, &store_key, &copy)?;
+            *twin = copy;
+        }
+        Ok(out)
+    }
+
+    /// The twin as the device sees it (GET).
+    pub fn device_twin(&self, hub: &str, device_id: &str) -> Result<Value> {
+        self.with_twin(hub, device_id, |t| Ok(t.device_view()))
+    }
+
+    /// The twin document as the service sees it.
+    pub fn service_twin(&self, hub: &str, device_id: &str) -> Result<Value> {
+        self.with_twin(hub, device_id, |t| Ok(t.service_view(device_id)))
+    }
+
+    /// Applies a reported-properties patch from the device; returns the new reported version.
+    pub fn patch_reported(&self, hub: &str, device_id: &str, patch: &[u8]) -> Result<u64> {
+        let patch: Value = serde_json::from_slice(patch).map_err(|e| {
+            Error::service(400, 400_004, format!("The reported patch is not JSON: {e}"))
+        })?;
+        let Value::Object(patch) = patch else {
+            return Err(Error::service(
+                400,
+                400_004,
+                "The reported patch must be a JSON object.",
+            ));
+        };
+        self.with_twin(hub, device_id, |twin| {
+            let mut next = twin.reported.clone();
+            merge(&mut next, &patch);
+            if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
+                return Err(Error::service(
+                    400,
+                    400_011,
+                    "Reported properties would exceed 32 KB.",
+                ));
+            }
+            twin.reported = next;
+            twin.reported_version += 1;
+            Ok(twin.reported_version)
+        })
+    }
+
+    /// Applies a desired-properties patch from the service, notifies a subscribed device, and
+    /// returns the twin document.
+    pub fn update_desired(
+        &self,
+        hub: &str,
+        device_id: &str,
+        patch: &Map<String, Value>,
+    ) -> Result<Value> {
+        let (view, version) = self.with_twin(hub, device_id, |twin| {
+            let mut next = twin.desired.clone();
+            merge(&mut next, patch);
+            if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
+                return Err(Error::service(
+                    400,
+                    400_011,
+                    "Desired properties would exceed 32 KB.",
+                ));
+            }
+            twin.desired = next;
+            twin.desired_version += 1;
+            Ok((twin.service_view(device_id), twin.desired_version))
+        })?;
+        if self.subscriptions(hub, device_id).desired {
+            let mut body = patch.clone();
+            body.insert("$version".into(), json!(version));
+            self.send_to(
+                hub,
+                device_id,
+                Outbound {
+                    topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+                    payload: Value::Object(body).to_string().into_bytes(),
+                },
+            );
+        }
+        Ok(view)
+    }
+
+    /// Replaces tags (service side).
+    pub fn update_tags(
+        &self,
+        hub: &str,
+        device_id: &str,
+        patch: &Map<String, Value>,
+    ) -> Result<Value> {
+        self.with_twin(hub, device_id, |twin| {
+            merge(&mut twin.tags, patch);
+            Ok(twin.service_view(device_id))
+        })
+    }
+
+    // ---- direct methods ------------------------------------------------------------------
+
+    /// Invokes a direct method and waits for the device's answer.
+    pub async fn invoke_method(
+        &self,
+        hub: &str,
+        device_id: &str,
+        name: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<(u16, Value)> {
+        self.device(hub, device_id)?;
+        if payload.to_string().len() > MAX_METHOD_BYTES {
+            return Err(Error::service(
+                413,
+                413_001,
+                "The method payload exceeds 128 KB.",
+            ));
+        }
+        if !self.subscriptions(hub, device_id).methods
+            || !lock(&self.sessions).contains_key(&key(hub, device_id))
+        {
+            return Err(Error::service(
+                404,
+                404_103,
+                format!(
+                    "Device '{device_id}' is not online (or not subscribed to direct methods)."
+                ),
+            ));
+        }
+        let rid = random_guid();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending_methods).insert(rid.clone(), tx);
+        let body = if payload.is_null() {
+            Vec::new()
+        } else {
+            payload.to_string().into_bytes()
+        };
+        let delivered = self.send_to(
+            hub,
+            device_id,
+            Outbound {
+                topic: format!("$iothub/methods/POST/{name}/?$rid={rid}"),
+                payload: body,
+            },
+        );
+        if !delivered {
+            lock(&self.pending_methods).remove(&rid);
+            return Err(Error::service(
+                404,
+                404_103,
+                format!("Device '{device_id}' is not online."),
+            ));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            _ => {
+                lock(&self.pending_methods).remove(&rid);
+                Err(Error::service(
+                    504,
+                    504_101,
+                    format!(
+                        "Timed out waiting for the response from device '{device_id}' to method '{name}'."
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// A device answered a method request.
+    pub fn method_response(&self, rid: &str, status: u16, payload: &[u8]) {
+        let body = if payload.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(payload)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+        };
+        if let Some(waiter) = lock(&self.pending_methods).remove(rid) {
+            let _ = waiter.send((status, body));
+        }
+    }
+
+    // ---- cloud-to-device -------------------------------------------------------------------
+
+    fn c2d_key(hub: &str, device_id: &str) -> String {
+        format!("{}/{device_id}", hub.to_ascii_lowercase())
+    }
+
+    /// Queues a message for a device (at most 50 waiting) and delivers it if the device is
+    /// connected and subscribed.
+    pub fn send_c2d(
+        &self,
+        hub: &str,
+        device_id: &str,
+        body: &[u8],
+        properties: Vec<(String, String)>,
+    ) -> Result<String> {
+        self.device(hub, device_id)?;
+        if body.len() > MAX_C2D_BYTES {
+            return Err(Error::service(413, 413_001, "The message exceeds 64 KB."));
+        }
+        let k = Self::c2d_key(hub, device_id);
+        let mut queue: Vec<C2dMessage> = self
+            .store
+            .get(crate::emulator::store::kind::C2D, &k)?
+            .unwrap_or_default();
+        if queue.len() >= MAX_C2D_QUEUE {
+            return Err(Error::service(
+                403,
+                403_004,
+                format!("Device '{device_id}' already has {MAX_C2D_QUEUE} messages waiting."),
+            ));
+        }
+        let message = C2dMessage {
+            message_id: random_guid(),
+            body: BASE64.encode(body),
+            properties,
+            enqueued: now(),
+        };
+        queue.push(message.clone());
+        self.store
+            .put(crate::emulator::store::kind::C2D, &k, &queue)?;
+        if self.subscriptions(hub, device_id).c2d {
+            self.flush_c2d(hub, device_id);
+        }
+        Ok(message.message_id)
+    }
+
+    /// Delivers every waiting message to the connected device.
+    fn flush_c2d(&self, hub: &str, device_id: &str) {
+        let k = Self::c2d_key(hub, device_id);
+        let Ok(Some(queue)) = self
+            .store
+            .get::<Vec<C2dMessage>>(crate::emulator::store::kind::C2D, &k)
+        else {
+            return;
+        };
+        let mut remaining = Vec::new();
+        for message in queue {
+            let mut bag = vec![
+                format!("%24.mid={}", crate::sas::url_encode(&message.message_id)),
+                format!(
+                    "%24.to={}",
+                    crate::sas::url_encode(&format!("/devices/{device_id}/messages/devicebound"))
+                ),
+            ];
+            bag.extend(message.properties.iter().map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    crate::sas::url_encode(k),
+                    crate::sas::url_encode(v)
+                )
+            }));
+            let body = BASE64.decode(&message.body).unwrap_or_default();
+            let sent = self.send_to(
+                hub,
+                device_id,
+                Outbound {
+                    topic: format!("devices/{device_id}/messages/devicebound/{}", bag.join("&")),
+                    payload: body,
+                },
+            );
+            if !sent {
+                remaining.push(message);
+            }
+        }
+        let _ = self
+            .store
+            .put(crate::emulator::store::kind::C2D, &k, &remaining);
+    }
+
+    /// Telemetry received by a hub, in arrival order, optionally of one device.
+    pub fn telemetry(&self, hub: &str, device_id: Option<&str>) -> Result<Vec<TelemetryRecord>> {
+        self.store.telemetry(&hub.to_ascii_lowercase(), device_id)
+    }
+}
+
+/// Ordered `(key, value)` pairs of a property bag.
+pub type Properties = Vec<(String, String)>;
+
+/// Decodes a property bag (`a=b&%24.ct=...`) into (application, system) properties: keys and
+/// values percent-decoded; `$.` and `%24.` both mark system properties.
+pub fn parse_property_bag(bag: &str) -> (Properties, Properties) {
+    let mut properties = Vec::new();
+    let mut system = Vec::new();
+    for pair in bag.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = crate::sas::url_decode(k).unwrap_or_else(|_| k.to_string());
+        let v = crate::sas::url_decode(v).unwrap_or_else(|_| v.to_string());
+        match k.strip_prefix("$.") {
+            Some(system_key) => system.push((system_key.to_string(), v)),
+            None => properties.push((k, v)),
+        }
+    }
+    (properties, system)
+}
