@@ -328,6 +328,14 @@ impl HubEngine {
         }
     }
 
+    /// After CONNACK of a resumed persistent session: delivers what waited while the device was
+    /// away (the Python SDK never re-subscribes after a reconnect).
+    pub fn resume(&self, hub: &str, device_id: &str) {
+        if self.subscriptions(hub, device_id).c2d {
+            self.flush_c2d(hub, device_id);
+        }
+    }
+
     /// Ends a session (unless a newer one already replaced it).
     pub fn close_session(&self, hub: &str, device_id: &str, generation: u64, clean_session: bool) {
         let k = key(hub, device_id);

@@ -271,6 +271,9 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                     session.session_present,
                 )))
                 .await?;
+            if session.session_present {
+                context.hubs.resume(&hub, &device_id);
+            }
             let result = hub_session(
                 &mut connection,
                 context,

@@ -1,0 +1,220 @@
+"""The official Azure SDK's IoT Hub client, unchanged, against the local cloud's hubs.
+
+A device provisions through DPS (X.509 group, symmetric-key group), connects to the hub DPS
+assigned, and uses every device feature: telemetry with properties, twin GET and reported
+patches, desired-property patches, direct methods, cloud-to-device messages. The SDK dials port
+8883 only, so the module shares one ``LocalCloud(port=8883)``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("azure.iot.device", reason="the official Azure IoT device SDK is not installed")
+
+from azure.iot.device import (
+    X509,
+    IoTHubDeviceClient,
+    Message,
+    MethodResponse,
+    ProvisioningDeviceClient,
+)
+
+import dpskit
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
+)
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[dpskit.LocalCloud]:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8883))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                pytest.skip("port 8883 is taken; the official SDK cannot dial another port")
+            raise
+    with dpskit.LocalCloud(port=8883) as cloud:
+        dps = cloud.create_dps("hub-peer-dps")
+        cloud.link_hub(dps, cloud.create_hub("hub-peer-hub"))
+        yield cloud
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Polls a condition (the SDK delivers on its own threads)."""
+    event = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        event.wait(0.05)
+    return condition()
+
+
+def _connected_x509_client(
+    cloud: dpskit.LocalCloud, tmp_path: Path, registration_id: str
+) -> tuple[Any, dpskit.Hub]:
+    dps = cloud.dps("hub-peer-dps")
+    root = dpskit.CertificateAuthority.create_root(f"{registration_id} Root")
+    inter = root.create_intermediate(f"{registration_id} Intermediate")
+    dps.prove_possession(f"{registration_id}-ca", inter)
+    dps.create_enrollment_group(
+        registration_id,
+        ca_reference=f"{registration_id}-ca",
+        initial_twin={"tags": {"site": "lab"}, "properties": {"desired": {"interval": 5}}},
+    )
+    files = inter.issue_device(registration_id).save(tmp_path)
+    x509 = X509(  # type: ignore[no-untyped-call]
+        cert_file=str(files["chain"]), key_file=str(files["private_key"])
+    )
+    registration = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=dps.device_endpoint,
+        registration_id=registration_id,
+        id_scope=dps.id_scope,
+        x509=x509,
+        server_verification_cert=cloud.trust_pem,
+    ).register()
+    assert registration.status == "assigned"
+    state = registration.registration_state
+    assert state is not None
+    cloud.trace(registration_id)
+    client = IoTHubDeviceClient.create_from_x509_certificate(
+        x509=x509,
+        hostname=state.assigned_hub,
+        device_id=state.device_id,
+        server_verification_cert=cloud.trust_pem,
+    )
+    client.connect()
+    hub = next(h for h in cloud.hubs() if h.host_name == state.assigned_hub)
+    return client, hub
+
+
+def test_telemetry_twin_methods_and_c2d_with_x509(cloud: dpskit.LocalCloud, tmp_path: Path) -> None:
+    client, hub = _connected_x509_client(cloud, tmp_path, "sdk-full-1")
+    try:
+        message = Message(json.dumps({"temperature": 21.5}))  # type: ignore[no-untyped-call]
+        message.content_type = "application/json"
+        message.content_encoding = "utf-8"
+        message.message_id = "m-1"
+        message.custom_properties["unit"] = "C"
+        client.send_message(message)  # returns once PUBACKed: stored
+        [received] = hub.telemetry("sdk-full-1")
+        assert received.json() == {"temperature": 21.5}
+        assert received.properties == {"unit": "C"}
+        assert (received.message_id, received.content_type, received.content_encoding) == (
+            "m-1",
+            "application/json",
+            "utf-8",
+        )
+
+        twin = client.get_twin()
+        assert twin["desired"] == {"interval": 5, "$version": 1}
+        client.patch_twin_reported_properties({"firmware": "1.0.0", "nested": {"a": 1}})
+        client.patch_twin_reported_properties({"nested": {"a": None, "b": 2}})
+        service_twin = hub.get_twin("sdk-full-1")
+        assert service_twin["tags"] == {"site": "lab"}
+        assert service_twin["properties"]["reported"] == {
+            "firmware": "1.0.0",
+            "nested": {"b": 2},
+            "$version": 3,
+        }
+
+        patches: list[dict[str, Any]] = []
+        messages: list[Any] = []
+        client.on_twin_desired_properties_patch_received = patches.append
+        client.on_message_received = messages.append
+        client.on_method_request_received = lambda request: client.send_method_response(
+            MethodResponse.create_from_method_request(request, 200, {"echo": request.payload})
+        )
+        # The handlers subscribe lazily; wait until the hub has the subscriptions.
+        assert (
+            _wait(
+                lambda: (
+                    "$iothub/methods/POST/#"
+                    in {e.topic for e in cloud.trace_events("sdk-full-1") if e.kind == "SUBSCRIBE"}
+                )
+            )
+            or True
+        )
+        hub.update_desired("sdk-full-1", {"interval": 10})
+        assert _wait(lambda: bool(patches))
+        assert patches[0] == {"interval": 10, "$version": 2}
+
+        result = hub.invoke_method("sdk-full-1", "reboot", {"delay": 1}, timeout=10)
+        assert (result.status, result.payload) == (200, {"echo": {"delay": 1}})
+
+        hub.send_c2d("sdk-full-1", b"hello", properties={"kind": "greeting"})
+        assert _wait(lambda: bool(messages))
+        assert messages[0].data == b"hello"
+        assert messages[0].custom_properties == {"kind": "greeting"}
+        assert messages[0].message_id
+    finally:
+        client.shutdown()
+    with pytest.raises(dpskit.NotFoundError) as offline:
+        hub.invoke_method("sdk-full-1", "reboot", timeout=2)
+    assert offline.value.error_code == 404103
+
+
+def test_c2d_waits_for_an_offline_device(cloud: dpskit.LocalCloud, tmp_path: Path) -> None:
+    client, hub = _connected_x509_client(cloud, tmp_path, "sdk-offline-1")
+    received: list[Any] = []
+    client.on_message_received = received.append
+    assert (
+        _wait(
+            lambda: any(
+                e.kind == "SUBSCRIBE" and "devicebound" in (e.topic or "")
+                for e in cloud.trace_events("sdk-offline-1")
+            )
+        )
+        or True
+    )
+    client.disconnect()
+    hub.send_c2d("sdk-offline-1", "while you were away")
+    # The Python SDK never re-subscribes: the hub keeps its session (clean_session=0).
+    client.connect()
+    try:
+        assert _wait(lambda: bool(received))
+        assert received[0].data == b"while you were away"
+    finally:
+        client.shutdown()
+
+
+def test_symmetric_key_device_sends_telemetry(cloud: dpskit.LocalCloud) -> None:
+    dps = cloud.dps("hub-peer-dps")
+    group = dps.create_enrollment_group("sdk-keys", symmetric_key=True)
+    assert group.primary_key is not None
+    key = dpskit.derive_device_key(group.primary_key, "sdk-sas-1")
+    registration = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=dps.device_endpoint,
+        registration_id="sdk-sas-1",
+        id_scope=dps.id_scope,
+        symmetric_key=key,
+        server_verification_cert=cloud.trust_pem,
+    ).register()
+    state = registration.registration_state
+    assert state is not None
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key,
+        hostname=state.assigned_hub,
+        device_id=state.device_id,
+        server_verification_cert=cloud.trust_pem,
+    )
+    try:
+        client.connect()
+        client.send_message("plain text")
+    finally:
+        client.shutdown()
+    hub = next(h for h in cloud.hubs() if h.host_name == state.assigned_hub)
+    [message] = hub.telemetry("sdk-sas-1")
+    assert message.body == b"plain text"
+    [device] = [d for d in hub.devices() if d.device_id == "sdk-sas-1"]
+    assert device.authentication == "sas"
