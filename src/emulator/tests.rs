@@ -889,3 +889,324 @@ fn fuzz_packet_and_topic_parsing() {
     // The mutations must leave many packets parseable, or the run tests nothing deep.
     assert!(parsed > 5_000, "only {parsed} mutated packets parsed");
 }
+
+// ---- IoT Hub device API ------------------------------------------------------------------
+
+/// A device connected to its hub with a rumqttc client.
+struct HubDevice {
+    client: AsyncClient,
+    events: rumqttc::EventLoop,
+}
+
+impl HubDevice {
+    async fn connect(
+        f: &Fixture,
+        hub: &str,
+        device: &crate::pki::DeviceCredential,
+        clean_session: bool,
+    ) -> Result<Self, String> {
+        let id = device.registration_id();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(
+                crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
+                    .unwrap()
+                    .der()
+                    .to_vec(),
+            ))
+            .unwrap();
+        let credential = device.credential();
+        let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from(
+                    credential.certificate().der().to_vec(),
+                )],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    credential.key().pkcs8_der().to_vec(),
+                )),
+            )
+            .unwrap();
+        let mut options = MqttOptions::new(id, Broker::tcp(hub, f.emulator.mqtt_port()));
+        options.set_username(format!("{hub}/{id}/?api-version=2019-10-01"));
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
+        options.set_clean_session(clean_session);
+        options.set_keep_alive(30);
+        let (client, mut events) = AsyncClient::builder(options).capacity(16).build();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
+                    return Ok(HubDevice { client, events });
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("no CONNACK".into()),
+            }
+        }
+    }
+
+    /// The next PUBLISH from the hub (acknowledgements and the like skipped).
+    async fn next_publish(&mut self) -> Result<(String, Vec<u8>), String> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    return Ok((
+                        String::from_utf8_lossy(&p.topic).into_owned(),
+                        p.payload.to_vec(),
+                    ));
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("nothing arrived".into()),
+            }
+        }
+    }
+
+    /// Drives the event loop until `packet_matches` sees a packet (or an error).
+    async fn until(&mut self, packet_matches: impl Fn(&Packet) -> bool) -> Result<(), String> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.events.poll()).await {
+                Ok(Ok(Event::Incoming(p))) if packet_matches(&p) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err("timed out".into()),
+            }
+        }
+    }
+
+    async fn subscribe_all(&mut self, id: &str) {
+        for filter in [
+            format!("devices/{id}/messages/devicebound/#"),
+            "$iothub/methods/POST/#".to_string(),
+            "$iothub/twin/res/#".to_string(),
+            "$iothub/twin/PATCH/properties/desired/#".to_string(),
+        ] {
+            self.client
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            self.until(|p| matches!(p, Packet::SubAck(_)))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A provisioned X.509 device and the host of the hub DPS assigned.
+fn provisioned(f: &Fixture, id: &str) -> (crate::pki::DeviceCredential, String) {
+    f.sensors_group();
+    let device = f.device(id);
+    let hub = provision(&f.emulator, &f.scope, id, device_auth(&device)).assigned_hub();
+    (device, hub)
+}
+
+#[test]
+fn hub_telemetry_twin_methods_and_c2d() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "hub-dev-1");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        d.subscribe_all("hub-dev-1").await;
+        d.client
+            .publish(
+                "devices/hub-dev-1/messages/events/%24.mid=m-1&%24.ct=application%2Fjson&$.ce=utf-8&unit=%C2%B0C",
+                r#"{"t":21}"#,
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+        // PUBACK came after the commit: the record is already there.
+        let [record] = &hubs.telemetry(&hub, Some("hub-dev-1")).unwrap()[..] else { panic!() };
+        assert_eq!(record.body, br#"{"t":21}"#);
+        assert_eq!(record.properties, vec![("unit".to_string(), "\u{b0}C".to_string())]);
+        assert!(record.system_properties.contains(&("mid".into(), "m-1".into())));
+        assert!(record.system_properties.contains(&("ct".into(), "application/json".into())));
+        assert!(record.system_properties.contains(&("ce".into(), "utf-8".into())));
+
+        d.client.publish("$iothub/twin/GET/?$rid=1", " ", PublishOptions::at_least_once()).await.unwrap();
+        let (topic, body) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/res/200/?$rid=1");
+        let twin: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(twin["desired"]["$version"], 1);
+        d.client
+            .publish("$iothub/twin/PATCH/properties/reported/?$rid=2", r#"{"fw":"1.0"}"#, PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        let (topic, _) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/res/204/?$rid=2&$version=2");
+
+        let desired = serde_json::json!({"interval": 7});
+        hubs.update_desired(&hub, "hub-dev-1", desired.as_object().unwrap()).unwrap();
+        let (topic, body) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+        assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), serde_json::json!({"interval": 7, "$version": 2}));
+
+        let call = {
+            let hubs = hubs.clone();
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hubs.invoke_method(&hub, "hub-dev-1", "reboot", serde_json::json!({"in": 1}), Duration::from_secs(5)).await
+            })
+        };
+        let (topic, body) = d.next_publish().await.unwrap();
+        let rid = topic.strip_prefix("$iothub/methods/POST/reboot/?$rid=").unwrap().to_string();
+        assert_eq!(body, br#"{"in":1}"#);
+        d.client
+            .publish(format!("$iothub/methods/res/201/?$rid={rid}"), r#"{"ok":true}"#, PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        let (poll_more, answer) = tokio::join!(d.until(|p| matches!(p, Packet::PubAck(_))), call);
+        poll_more.unwrap();
+        assert_eq!(answer.unwrap().unwrap(), (201, serde_json::json!({"ok": true})));
+
+        hubs.send_c2d(&hub, "hub-dev-1", b"hi", vec![("k".into(), "v w".into())]).unwrap();
+        let (topic, body) = d.next_publish().await.unwrap();
+        assert!(topic.starts_with("devices/hub-dev-1/messages/devicebound/%24.mid="), "{topic}");
+        assert!(topic.contains("%24.to=%2Fdevices%2Fhub-dev-1%2Fmessages%2Fdevicebound"), "{topic}");
+        assert!(topic.ends_with("&k=v%20w"), "{topic}");
+        assert_eq!(body, b"hi");
+    });
+}
+
+#[test]
+fn hub_persistent_sessions_and_one_connection_per_device() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "hub-dev-2");
+    let hubs = f.emulator.hubs().clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut first = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        first.subscribe_all("hub-dev-2").await;
+        first.client.disconnect().await.unwrap();
+        let _ = first.until(|_| false).await;
+        // Offline: the message waits; the resumed session gets it without subscribing again.
+        hubs.send_c2d(&hub, "hub-dev-2", b"queued", vec![]).unwrap();
+        let mut second = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        let (_, body) = second.next_publish().await.unwrap();
+        assert_eq!(body, b"queued");
+        // A third connection of the same device closes the second.
+        let _third = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        assert!(
+            second.until(|_| false).await.is_err(),
+            "the older connection is closed"
+        );
+        // clean_session=1 dropped the subscriptions: methods now find the device offline.
+        let offline = hubs
+            .invoke_method(&hub, "hub-dev-2", "x", Value::Null, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&offline, crate::Error::Service(s) if s.error_code == Some(404_103)),
+            "{offline}"
+        );
+    });
+    // At most 50 messages wait per device.
+    for _ in 0..50 {
+        hubs.send_c2d(&hub, "hub-dev-2", b"x", vec![]).unwrap();
+    }
+    let full = hubs.send_c2d(&hub, "hub-dev-2", b"x", vec![]).unwrap_err();
+    assert!(
+        matches!(&full, crate::Error::Service(s) if s.error_code == Some(403_004)),
+        "{full}"
+    );
+}
+
+#[test]
+fn hub_refusals_and_protocol_violations() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "hub-dev-3");
+    let impostor = f.device("hub-dev-3"); // same CN, other key and thumbprint
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let refused = HubDevice::connect(&f, &hub, &impostor, true).await;
+        assert!(
+            refused.is_err(),
+            "a certificate with another thumbprint is refused"
+        );
+        let unknown = f.device("never-provisioned");
+        assert!(HubDevice::connect(&f, &hub, &unknown, true).await.is_err());
+
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        d.client
+            .subscribe("devices/hub-dev-3/other/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        assert!(
+            d.until(|p| matches!(p, Packet::SubAck(_))).await.is_err(),
+            "unsupported filter closes the connection"
+        );
+
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        d.client
+            .publish(
+                "devices/hub-dev-3/messages/events/",
+                vec![0u8; 300 * 1024],
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            d.until(|p| matches!(p, Packet::PubAck(_))).await.is_err(),
+            "oversized telemetry closes the connection"
+        );
+    });
+    assert!(
+        f.emulator
+            .hubs()
+            .telemetry(&hub, Some("hub-dev-3"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn telemetry_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(Some(dir.path().to_path_buf()));
+    let (device, hub) = provisioned(&f, "hub-dev-4");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        // Publish and drive the event loop together: the client's request queue is bounded.
+        for i in 0..100 {
+            d.client
+                .publish(
+                    "devices/hub-dev-4/messages/events/",
+                    format!("{i}"),
+                    PublishOptions::at_least_once(),
+                )
+                .await
+                .unwrap();
+            d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+        }
+    });
+    drop(f);
+    let emulator = start(Some(dir.path().to_path_buf()));
+    let records = emulator.hubs().telemetry(&hub, Some("hub-dev-4")).unwrap();
+    let bodies: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
+}
