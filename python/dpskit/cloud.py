@@ -513,6 +513,73 @@ class Hub:
         records = json.loads(self._cloud._emulator.hub_devices(self.host_name))
         return [HubDevice._from_json(r) for r in records]
 
+    def create_device(
+        self,
+        device_id: str,
+        *,
+        certificate: CertificateLike | None = None,
+        symmetric_key: bool = False,
+        primary_key: str | None = None,
+        secondary_key: str | None = None,
+        initial_twin: dict[str, Any] | None = None,
+    ) -> HubDevice:
+        """Create a device identity directly (without DPS): X.509 by the certificate's
+        thumbprint, or symmetric keys (generated unless given)."""
+        if (certificate is None) == (not symmetric_key):
+            raise ConfigError("give either a certificate or symmetric_key=True")
+        if certificate is not None:
+            cert = _certificate(certificate)
+            auth: dict[str, Any] = {
+                "type": "selfSigned",
+                "primaryThumbprint": cert.thumbprint_sha1,
+                "primaryThumbprintSha256": cert.thumbprint_sha256,
+            }
+        else:
+            auth = {
+                "type": "sas",
+                "primaryKey": primary_key or _generated_key(),
+                "secondaryKey": secondary_key or _generated_key(),
+            }
+        twin = json.dumps(initial_twin) if initial_twin is not None else None
+        record = self._cloud._emulator.hub_put_device(
+            self.host_name, device_id, json.dumps(auth), twin
+        )
+        return HubDevice._from_json(json.loads(record))
+
+    # -- realism knobs (emulator only) -------------------------------------------------------
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay before the hub handles each device message."""
+        self._cloud._emulator.update_hub_knobs(self.host_name, latency=seconds)
+
+    def set_throttle(
+        self,
+        *,
+        connections_per_second: int | None = None,
+        messages_per_second: int | None = None,
+    ) -> None:
+        """Azure-like throttles (``None`` leaves a limit as it is, 0 removes it): new
+        connections beyond the rate are refused; messages beyond it are delayed for up to a
+        second (traffic shaping), then the device is disconnected (429001)."""
+        for value in (connections_per_second, messages_per_second):
+            if value is not None and value < 0:
+                raise ConfigError("rates must be 0 (no limit) or more")
+        self._cloud._emulator.update_hub_knobs(
+            self.host_name,
+            connections_per_second=connections_per_second,
+            messages_per_second=messages_per_second,
+        )
+
+    def refuse_connections(self, count: int) -> None:
+        """Refuse the next ``count`` device connections (fault injection)."""
+        if count < 0:
+            raise ConfigError(f"count must be 0 or more, not {count}")
+        self._cloud._emulator.update_hub_knobs(self.host_name, refuse_next_connections=count)
+
+    def drop_connection(self, device_id: str) -> bool:
+        """Drop a device's connection now (fault injection); ``False`` if it was offline."""
+        return self._cloud._emulator.hub_drop_connection(self.host_name, device_id)
+
     def telemetry(self, device_id: str | None = None) -> TelemetryRecords:
         """What the hub received (every device, or one), in arrival order."""
         rows = json.loads(self._cloud._emulator.hub_telemetry(self.host_name, device_id))

@@ -146,14 +146,69 @@ pub struct Subscriptions {
     pub desired: bool,
 }
 
-/// A message for a connected device's session task.
+/// Something for a connected device's session task to send.
 #[derive(Debug)]
-pub struct Outbound {
-    /// Topic.
-    pub topic: String,
-    /// Payload.
-    pub payload: Vec<u8>,
+pub enum Outbound {
+    /// A PUBLISH (QoS 1) to the device.
+    Publish {
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: Vec<u8>,
+        /// The C2D message id, when this delivers one: it leaves the queue only once the
+        /// device acknowledges it.
+        c2d: Option<String>,
+    },
+    /// The PUBACK of a telemetry message, sent once it is committed and not before
+    /// `not_before` (latency and traffic shaping delay acknowledgements, not storage).
+    PubAck {
+        /// Packet id.
+        pkid: u16,
+        /// Earliest time to send it.
+        not_before: Option<std::time::Instant>,
+    },
 }
+
+/// Realism knobs of one hub, off by default.
+#[derive(Debug, Clone, Default)]
+pub struct HubKnobs {
+    /// Delay before the hub handles each device request.
+    pub latency: Duration,
+    /// New connections per second (Azure S1: 100/s) before CONNACK "server unavailable".
+    pub connections_per_second: Option<u32>,
+    /// Device-to-cloud messages per second: beyond it traffic is shaped (delayed) for up to a
+    /// second, then the connection is dropped with 429001, as IoT Hub does.
+    pub messages_per_second: Option<u32>,
+    /// Refuse this many next connections.
+    pub refuse_next_connections: u32,
+}
+
+/// A token bucket refilled continuously at `rate` per second, holding at most one second.
+/// (New connections are refused outright when it is empty.)
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    /// Takes a token; returns how long the caller must wait for it (zero when available).
+    fn take(&mut self, rate: u32) -> Duration {
+        let rate = f64::from(rate.max(1));
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
+/// Longest traffic shaping delay before IoT Hub throttles outright.
+const SHAPING_WINDOW: Duration = Duration::from_secs(1);
 
 struct Session {
     generation: u64,
@@ -185,6 +240,11 @@ pub struct HubEngine {
     twins: Mutex<HashMap<DeviceKey, Twin>>,
     pending_methods: Mutex<HashMap<String, oneshot::Sender<(u16, Value)>>>,
     next_generation: Mutex<u64>,
+    knobs: Mutex<HashMap<String, HubKnobs>>,
+    connection_buckets: Mutex<HashMap<String, Bucket>>,
+    message_slots: Mutex<HashMap<String, std::time::Instant>>,
+    /// C2D messages sent to a session and not acknowledged yet: (queue key, message id).
+    c2d_in_flight: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 fn key(hub: &str, device: &str) -> DeviceKey {
@@ -204,7 +264,91 @@ impl HubEngine {
             twins: Mutex::new(HashMap::new()),
             pending_methods: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
+            knobs: Mutex::new(HashMap::new()),
+            connection_buckets: Mutex::new(HashMap::new()),
+            message_slots: Mutex::new(HashMap::new()),
+            c2d_in_flight: Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    /// Changes a hub's knobs.
+    pub fn update_knobs(&self, hub: &str, change: impl FnOnce(&mut HubKnobs)) {
+        change(
+            lock(&self.knobs)
+                .entry(hub.to_ascii_lowercase())
+                .or_default(),
+        );
+    }
+
+    /// The knobs of a hub.
+    pub fn knobs(&self, hub: &str) -> HubKnobs {
+        lock(&self.knobs)
+            .get(&hub.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Connection admission: fault injection and the connection rate. `Err` = refuse.
+    pub fn admit_connection(&self, hub: &str) -> std::result::Result<(), String> {
+        let hub = hub.to_ascii_lowercase();
+        let rate = {
+            let mut knobs = lock(&self.knobs);
+            let knobs = knobs.entry(hub.clone()).or_default();
+            if knobs.refuse_next_connections > 0 {
+                knobs.refuse_next_connections -= 1;
+                return Err("connection refused (emulator fault injection)".into());
+            }
+            knobs.connections_per_second
+        };
+        if let Some(rate) = rate {
+            let mut buckets = lock(&self.connection_buckets);
+            let bucket = buckets.entry(hub).or_insert_with(|| Bucket {
+                tokens: f64::from(rate),
+                last: std::time::Instant::now(),
+            });
+            if !bucket.take(rate).is_zero() {
+                bucket.tokens += 1.0; // a refused connection does not consume the quota
+                return Err(format!(
+                    "more than {rate} new connections per second (throttled)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Message admission: `Ok(delay)` to shape the traffic, `Err` when the hub throttles.
+    pub fn admit_message(&self, hub: &str) -> std::result::Result<Duration, String> {
+        let knobs = self.knobs(hub);
+        let mut delay = knobs.latency;
+        if let Some(rate) = knobs.messages_per_second {
+            let now = std::time::Instant::now();
+            let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+            let mut slots = lock(&self.message_slots);
+            // Each message gets the next free slot of the hub's rate; the backlog is how far
+            // ahead that slot is.
+            let next = slots.entry(hub.to_ascii_lowercase()).or_insert(now);
+            let slot = (*next).max(now);
+            let wait = slot - now;
+            if wait > SHAPING_WINDOW {
+                return Err(format!(
+                    "429001 ThrottlingException: more than {rate} messages per second"
+                ));
+            }
+            *next = slot + interval;
+            delay += wait;
+        }
+        Ok(delay)
+    }
+
+    /// Drops a device's connection now (fault injection); true if it was connected.
+    pub fn drop_connection(&self, hub: &str, device_id: &str) -> bool {
+        match lock(&self.sessions).get(&key(hub, device_id)) {
+            Some(session) => {
+                session.kick.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The hub record whose host name is `host`.
@@ -342,6 +486,9 @@ impl HubEngine {
         let mut sessions = lock(&self.sessions);
         if sessions.get(&k).is_some_and(|s| s.generation == generation) {
             sessions.remove(&k);
+            // Unacknowledged C2D messages are delivered again to the next session.
+            let queue = Self::c2d_key(hub, device_id);
+            lock(&self.c2d_in_flight).retain(|(q, _)| *q != queue);
             if clean_session {
                 lock(&self.subscriptions).remove(&k);
             }
@@ -375,9 +522,34 @@ impl HubEngine {
             .is_some_and(|s| s.outbound.send(message).is_ok())
     }
 
-    /// Stores a telemetry message durably; returns once it is committed.
-    pub async fn store_telemetry(&self, record: TelemetryRecord) -> Result<()> {
-        self.writer.append(record).await
+    /// Stores a telemetry message; once committed, `ack` (the packet id of a QoS 1 PUBLISH)
+    /// goes back to the device through `session`. The session keeps reading meanwhile, so a
+    /// device with many messages in flight fills whole batches.
+    pub fn store_telemetry(
+        &self,
+        record: TelemetryRecord,
+        ack: Option<(u16, mpsc::UnboundedSender<Outbound>)>,
+        not_before: Option<std::time::Instant>,
+    ) -> Result<()> {
+        self.writer.append(
+            record,
+            Box::new(move |committed| {
+                if let (true, Some((pkid, session))) = (committed, ack) {
+                    let _ = session.send(Outbound::PubAck { pkid, not_before });
+                }
+            }),
+        )
+    }
+
+    /// The sender of a device's live session (to route acknowledgements to it).
+    pub fn session_sender(
+        &self,
+        hub: &str,
+        device_id: &str,
+    ) -> Option<mpsc::UnboundedSender<Outbound>> {
+        lock(&self.sessions)
+            .get(&key(hub, device_id))
+            .map(|s| s.outbound.clone())
     }
 
     // ---- twins ---------------------------------------------------------------------------
@@ -492,9 +664,10 @@ impl HubEngine {
             self.send_to(
                 hub,
                 device_id,
-                Outbound {
+                Outbound::Publish {
                     topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
                     payload: Value::Object(body).to_string().into_bytes(),
+                    c2d: None,
                 },
             );
         }
@@ -555,9 +728,10 @@ impl HubEngine {
         let delivered = self.send_to(
             hub,
             device_id,
-            Outbound {
+            Outbound::Publish {
                 topic: format!("$iothub/methods/POST/{name}/?$rid={rid}"),
                 payload: body,
+                c2d: None,
             },
         );
         if !delivered {
@@ -651,8 +825,12 @@ impl HubEngine {
         else {
             return;
         };
-        let mut remaining = Vec::new();
+        let mut in_flight = lock(&self.c2d_in_flight);
         for message in queue {
+            let flight = (k.clone(), message.message_id.clone());
+            if in_flight.contains(&flight) {
+                continue;
+            }
             let mut bag = vec![
                 format!("%24.mid={}", crate::sas::url_encode(&message.message_id)),
                 format!(
@@ -671,18 +849,34 @@ impl HubEngine {
             let sent = self.send_to(
                 hub,
                 device_id,
-                Outbound {
+                Outbound::Publish {
                     topic: format!("devices/{device_id}/messages/devicebound/{}", bag.join("&")),
                     payload: body,
+                    c2d: Some(message.message_id.clone()),
                 },
             );
-            if !sent {
-                remaining.push(message);
+            if sent {
+                in_flight.insert(flight);
             }
         }
-        let _ = self
+    }
+
+    /// The device acknowledged a C2D message: it leaves the queue.
+    pub fn c2d_acknowledged(&self, hub: &str, device_id: &str, message_id: &str) {
+        let k = Self::c2d_key(hub, device_id);
+        lock(&self.c2d_in_flight).remove(&(k.clone(), message_id.to_string()));
+        if let Ok(Some(mut queue)) = self
             .store
-            .put(crate::emulator::store::kind::C2D, &k, &remaining);
+            .get::<Vec<C2dMessage>>(crate::emulator::store::kind::C2D, &k)
+        {
+            queue.retain(|m| m.message_id != message_id);
+            if let Err(e) = self
+                .store
+                .put(crate::emulator::store::kind::C2D, &k, &queue)
+            {
+                log::error!("hub {hub}: cannot update the C2D queue of {device_id}: {e}");
+            }
+        }
     }
 
     /// Telemetry received by a hub, in arrival order, optionally of one device.

@@ -107,10 +107,19 @@ impl Connection {
         }
     }
 
-    async fn send(&mut self, packet: Packet) -> Result<(), String> {
+    /// Encodes a packet into the output buffer without writing it yet.
+    fn queue(&mut self, packet: Packet) -> Result<(), String> {
         packet
             .write(&mut self.out, usize::MAX)
-            .map_err(|e| format!("cannot encode {:?}: {e}", packet.packet_type()))?;
+            .map(|_| ())
+            .map_err(|e| format!("cannot encode {:?}: {e}", packet.packet_type()))
+    }
+
+    /// Writes everything queued in one go.
+    async fn flush(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         self.tls
             .write_all(&self.out)
             .await
@@ -123,11 +132,23 @@ impl Connection {
         Ok(())
     }
 
-    async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    async fn send(&mut self, packet: Packet) -> Result<(), String> {
+        self.queue(packet)?;
+        self.flush().await
+    }
+
+    /// Encodes a QoS 1 PUBLISH; returns its packet id.
+    fn queue_publish(&mut self, topic: String, payload: Vec<u8>) -> Result<u16, String> {
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload);
         publish.pkid = self.next_pkid;
-        self.send(Packet::Publish(publish)).await
+        self.queue(Packet::Publish(publish))?;
+        Ok(self.next_pkid)
+    }
+
+    async fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        self.queue_publish(topic, payload)?;
+        self.flush().await
     }
 }
 
@@ -262,6 +283,16 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                         return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
                     }
                 };
+            if let Err(why) = context.hubs.admit_connection(&hub) {
+                trace(connack_event(ConnectReturnCode::ServiceUnavailable, &why));
+                connection
+                    .send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::ServiceUnavailable,
+                        false,
+                    )))
+                    .await?;
+                return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
+            }
             let clean_session = connect.clean_session;
             let mut session = context.hubs.open_session(&hub, &device_id, clean_session);
             trace(connack_event(ConnectReturnCode::Success, "accepted"));
@@ -468,6 +499,14 @@ async fn hub_session(
         // IoT Hub caps the keep-alive window at 1767 s.
         Duration::from_millis((u64::from(keep_alive) * 1500).min(1_767_000))
     };
+    use crate::emulator::hub::Outbound;
+    let own_queue = context
+        .hubs
+        .session_sender(hub, device_id)
+        .ok_or_else(|| "the session was replaced before it started".to_string())?;
+    let mut delayed: std::collections::VecDeque<(std::time::Instant, u16)> = Default::default();
+    // C2D deliveries waiting for the device's PUBACK, by packet id.
+    let mut c2d_pending: std::collections::HashMap<u16, String> = Default::default();
     let events = format!("devices/{device_id}/messages/events/");
     let events_no_slash = format!("devices/{device_id}/messages/events");
     let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
@@ -480,21 +519,56 @@ async fn hub_session(
                     None => return Ok(()),
                 },
             },
+            () = async {
+                match delayed.front() {
+                    Some((at, _)) => tokio::time::sleep_until((*at).into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = std::time::Instant::now();
+                while delayed.front().is_some_and(|(at, _)| *at <= now) {
+                    if let Some((_, pkid)) = delayed.pop_front() {
+                        connection.queue(Packet::PubAck(PubAck::new(pkid)))?;
+                    }
+                }
+                connection.flush().await?;
+                continue;
+            }
             outbound = session.outbound.recv() => {
-                let Some(message) = outbound else { return Ok(()) };
-                trace(TraceEvent {
-                    at: unix_now(),
-                    direction: "cloud->device",
-                    kind: "PUBLISH".into(),
-                    topic: Some(message.topic.clone()),
-                    status: None,
-                    detail: String::from_utf8_lossy(&message.payload).into_owned(),
-                });
-                connection.publish(message.topic, message.payload).await?;
+                let Some(mut message) = outbound else { return Ok(()) };
+                // Everything already waiting goes out in one write (PUBACKs come in bursts).
+                loop {
+                    match message {
+                        // Delayed acknowledgements keep their order behind earlier ones.
+                        Outbound::PubAck { pkid, not_before: Some(at) } if at > std::time::Instant::now() || !delayed.is_empty() => {
+                            delayed.push_back((at, pkid));
+                        }
+                        Outbound::PubAck { pkid, .. } => connection.queue(Packet::PubAck(PubAck::new(pkid)))?,
+                        Outbound::Publish { topic, payload, c2d } => {
+                            trace(TraceEvent {
+                                at: unix_now(),
+                                direction: "cloud->device",
+                                kind: "PUBLISH".into(),
+                                topic: Some(topic.clone()),
+                                status: None,
+                                detail: String::from_utf8_lossy(&payload).into_owned(),
+                            });
+                            let pkid = connection.queue_publish(topic, payload)?;
+                            if let Some(message_id) = c2d {
+                                c2d_pending.insert(pkid, message_id);
+                            }
+                        }
+                    }
+                    match session.outbound.try_recv() {
+                        Ok(next) => message = next,
+                        Err(_) => break,
+                    }
+                }
+                connection.flush().await?;
                 continue;
             }
             () = session.kick.notified() => {
-                return Err(format!("{device_id} connected again elsewhere (400027 ConnectionForcefullyClosedOnNewConnection)"));
+                return Err(format!("{device_id}'s connection was closed by the hub (a newer connection, 400027, or fault injection)"));
             }
         };
         match packet {
@@ -566,6 +640,10 @@ async fn hub_session(
                     status: None,
                     detail: String::from_utf8_lossy(&publish.payload).into_owned(),
                 });
+                // Latency and traffic shaping delay the acknowledgement; past the shaping window
+                // the hub throttles.
+                let delay = context.hubs.admit_message(hub)?;
+                let not_before = (!delay.is_zero()).then(|| std::time::Instant::now() + delay);
                 if let Some(bag) = topic
                     .strip_prefix(&events)
                     .or_else(|| (topic == events_no_slash).then_some(""))
@@ -587,17 +665,14 @@ async fn hub_session(
                         properties,
                         system_properties,
                     };
-                    // Acknowledged only once it is committed: a kill loses nothing acknowledged.
+                    // Acknowledged only once it is committed (a kill loses nothing acknowledged);
+                    // the writer sends the PUBACK through this session's queue.
+                    let ack = (publish.qos == QoS::AtLeastOnce)
+                        .then(|| (publish.pkid, own_queue.clone()));
                     context
                         .hubs
-                        .store_telemetry(record)
-                        .await
+                        .store_telemetry(record, ack, not_before)
                         .map_err(|e| format!("storing telemetry failed: {e}"))?;
-                    if publish.qos == QoS::AtLeastOnce {
-                        connection
-                            .send(Packet::PubAck(PubAck::new(publish.pkid)))
-                            .await?;
-                    }
                     continue;
                 }
                 if publish.qos == QoS::AtLeastOnce {
@@ -642,7 +717,11 @@ async fn hub_session(
                 }
             }
             Packet::PingReq => connection.send(Packet::PingResp).await?,
-            Packet::PubAck(_) => {}
+            Packet::PubAck(ack) => {
+                if let Some(message_id) = c2d_pending.remove(&ack.pkid) {
+                    context.hubs.c2d_acknowledged(hub, device_id, &message_id);
+                }
+            }
             Packet::Disconnect => return Ok(()),
             other => {
                 return Err(format!(

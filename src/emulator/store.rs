@@ -239,12 +239,13 @@ impl Store {
     }
 }
 
-type Ack = tokio::sync::oneshot::Sender<Result<()>>;
+/// Called once the message's transaction committed (`true`) or failed (`false`).
+pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// Commits telemetry in batches on its own thread: every message waiting when a commit starts
 /// joins it, so durability costs one transaction per batch instead of one per message.
 pub struct TelemetryWriter {
-    queue: std::sync::mpsc::Sender<(TelemetryRecord, Ack)>,
+    queue: std::sync::mpsc::Sender<(TelemetryRecord, OnCommit)>,
 }
 
 /// Most messages in one transaction.
@@ -253,7 +254,7 @@ const MAX_BATCH: usize = 1024;
 impl TelemetryWriter {
     /// Starts the writer thread.
     pub fn start(store: std::sync::Arc<Store>) -> Result<Self> {
-        let (queue, incoming) = std::sync::mpsc::channel::<(TelemetryRecord, Ack)>();
+        let (queue, incoming) = std::sync::mpsc::channel::<(TelemetryRecord, OnCommit)>();
         std::thread::Builder::new()
             .name("dpskit-telemetry-writer".into())
             .spawn(move || {
@@ -265,15 +266,20 @@ impl TelemetryWriter {
                             Err(_) => break,
                         }
                     }
-                    let (records, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    let result = store.append_telemetry(&records);
-                    for ack in acks {
-                        let _ = ack.send(
-                            result
-                                .as_ref()
-                                .map(|_| ())
-                                .map_err(|e| Error::Emulator(e.to_string())),
-                        );
+                    let (records, callbacks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let committed = match store.append_telemetry(&records) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            log::error!(
+                                "emulator: storing {} telemetry messages failed: {e}",
+                                records.len()
+                            );
+                            false
+                        }
+                    };
+                    // In commit order, so PUBACKs leave in the order the PUBLISHes arrived.
+                    for callback in callbacks {
+                        callback(committed);
                     }
                 }
             })
@@ -281,14 +287,26 @@ impl TelemetryWriter {
         Ok(TelemetryWriter { queue })
     }
 
-    /// Queues a message and waits until it is committed.
-    pub async fn append(&self, record: TelemetryRecord) -> Result<()> {
-        let (ack, done) = tokio::sync::oneshot::channel();
+    /// Queues a message; `on_commit` runs on the writer thread once it is committed.
+    pub fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
         self.queue
-            .send((record, ack))
-            .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))?;
-        done.await
-            .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))?
+            .send((record, on_commit))
+            .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))
+    }
+
+    /// Queues a message and waits until it is committed.
+    pub async fn append_and_wait(&self, record: TelemetryRecord) -> Result<()> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.append(
+            record,
+            Box::new(move |ok| {
+                let _ = done.send(ok);
+            }),
+        )?;
+        match committed.await {
+            Ok(true) => Ok(()),
+            _ => Err(Error::Emulator("the telemetry could not be stored".into())),
+        }
     }
 }
 

@@ -1210,3 +1210,153 @@ fn telemetry_survives_a_restart() {
         .collect();
     assert_eq!(bodies, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
 }
+
+/// The child half of [`acknowledged_telemetry_survives_sigkill`]: runs only when the parent
+/// re-executes this test binary with `DPSKIT_KILL_CHILD_DIR` set.
+#[test]
+#[ignore = "run by acknowledged_telemetry_survives_sigkill in a child process"]
+fn kill_child_streams_telemetry() {
+    use std::io::Write;
+    let Ok(dir) = std::env::var("DPSKIT_KILL_CHILD_DIR") else {
+        return;
+    };
+    let f = fixture(Some(PathBuf::from(dir)));
+    let (device, hub) = provisioned(&f, "kill-dev");
+    println!("HUB {hub}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        for i in 0.. {
+            d.client
+                .publish(
+                    "devices/kill-dev/messages/events/",
+                    format!("{i}"),
+                    PublishOptions::at_least_once(),
+                )
+                .await
+                .unwrap();
+            d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+            // Only what the hub acknowledged is reported to the parent.
+            println!("ACKED {i}");
+            std::io::stdout().flush().unwrap();
+        }
+    });
+}
+
+/// A process killed with SIGKILL in the middle of a telemetry stream loses no acknowledged
+/// message: every one is there after a restart.
+#[test]
+fn acknowledged_telemetry_survives_sigkill() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "emulator::tests::kill_child_streams_telemetry",
+            "--nocapture",
+        ])
+        .env("DPSKIT_KILL_CHILD_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut hub = String::new();
+    let mut acked: i64 = -1;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(h) = line.strip_prefix("HUB ") {
+            hub = h.to_string();
+        }
+        if let Some(n) = line.strip_prefix("ACKED ") {
+            acked = n.parse().unwrap();
+            if acked >= 300 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().unwrap();
+    assert!(acked >= 300, "the child streamed {acked} messages");
+    let emulator = start(Some(dir.path().to_path_buf()));
+    let stored: Vec<i64> = emulator
+        .hubs()
+        .telemetry(&hub, Some("kill-dev"))
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).parse().unwrap())
+        .collect();
+    assert!(
+        stored.len() as i64 > acked,
+        "{} stored, {acked} acknowledged",
+        stored.len()
+    );
+    assert_eq!(
+        stored[..=acked as usize],
+        (0..=acked).collect::<Vec<_>>()[..]
+    );
+}
+
+#[test]
+fn hub_knobs_refuse_drop_and_throttle() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "knob-dev");
+    let hubs = f.emulator.hubs().clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        hubs.update_knobs(&hub, |k| k.refuse_next_connections = 1);
+        assert!(HubDevice::connect(&f, &hub, &device, true).await.is_err());
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        assert!(hubs.drop_connection(&hub, "knob-dev"));
+        assert!(
+            d.until(|_| false).await.is_err(),
+            "dropped by fault injection"
+        );
+        assert!(
+            !hubs.drop_connection(&hub, "knob-dev"),
+            "nothing left to drop"
+        );
+
+        hubs.update_knobs(&hub, |k| k.connections_per_second = Some(1));
+        let _first = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        assert!(
+            HubDevice::connect(&f, &hub, &device, true).await.is_err(),
+            "second connection in the same second"
+        );
+        hubs.update_knobs(&hub, |k| k.connections_per_second = None);
+
+        hubs.update_knobs(&hub, |k| k.messages_per_second = Some(2));
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        for i in 0..12 {
+            d.client
+                .publish(
+                    "devices/knob-dev/messages/events/",
+                    format!("{i}"),
+                    PublishOptions::at_least_once(),
+                )
+                .await
+                .unwrap();
+        }
+        // Shaped for a second, then throttled: the hub drops the connection (429001).
+        let closed = d.until(|_| false).await.unwrap_err();
+        assert_ne!(closed, "timed out", "the throttled connection is closed");
+    });
+    let stored = f
+        .emulator
+        .hubs()
+        .telemetry(&hub, Some("knob-dev"))
+        .unwrap()
+        .len();
+    assert!(
+        (2..12).contains(&stored),
+        "{stored} messages got through the throttle"
+    );
+}

@@ -508,6 +508,87 @@ impl PyEmulator {
         json(&serde_json::json!({"status": status, "payload": answer}))
     }
 
+    /// Sets hub realism knobs: `latency` (seconds), `connections_per_second` and
+    /// `messages_per_second` (0 = unlimited), `refuse_next_connections`.
+    #[pyo3(signature = (host_name, *, latency = None, connections_per_second = None, messages_per_second = None, refuse_next_connections = None))]
+    fn update_hub_knobs(
+        &self,
+        host_name: &str,
+        latency: Option<f64>,
+        connections_per_second: Option<u32>,
+        messages_per_second: Option<u32>,
+        refuse_next_connections: Option<u32>,
+    ) -> PyResult<()> {
+        if let Some(seconds) = latency
+            && !(seconds.is_finite() && seconds >= 0.0)
+        {
+            return Err(
+                Error::Config(format!("latency must be >= 0 seconds, not {seconds}")).into(),
+            );
+        }
+        self.with(|e| {
+            e.hubs().hub_for_host(host_name).ok_or_else(|| {
+                Error::service(
+                    404,
+                    404_000,
+                    format!("no hub has the host name {host_name}"),
+                )
+            })?;
+            e.hubs().update_knobs(host_name, |k| {
+                if let Some(seconds) = latency {
+                    k.latency = Duration::from_secs_f64(seconds);
+                }
+                if let Some(rate) = connections_per_second {
+                    k.connections_per_second = (rate > 0).then_some(rate);
+                }
+                if let Some(rate) = messages_per_second {
+                    k.messages_per_second = (rate > 0).then_some(rate);
+                }
+                if let Some(n) = refuse_next_connections {
+                    k.refuse_next_connections = n;
+                }
+            });
+            Ok(())
+        })
+    }
+
+    /// Drops a device's connection now; returns whether it was connected.
+    fn hub_drop_connection(&self, host_name: &str, device_id: &str) -> PyResult<bool> {
+        self.with(|e| Ok(e.hubs().drop_connection(host_name, device_id)))
+    }
+
+    /// Creates (or replaces) a device identity in a hub from a JSON `HubDevice`-like spec.
+    fn hub_put_device(
+        &self,
+        host_name: &str,
+        device_id: &str,
+        auth: &str,
+        initial_twin: Option<&str>,
+    ) -> PyResult<String> {
+        let auth: crate::emulator::model::DeviceAuth = parse("device authentication", auth)?;
+        let initial_twin: Option<serde_json::Value> =
+            initial_twin.map(|t| parse("initial twin", t)).transpose()?;
+        crate::pki::validate_registration_id(device_id, false)?;
+        let device = crate::emulator::model::HubDevice {
+            device_id: device_id.to_string(),
+            hub: host_name.to_string(),
+            auth,
+            initial_twin,
+            created: crate::pki::issue::now(),
+        };
+        self.with(|e| {
+            e.hubs().hub_for_host(host_name).ok_or_else(|| {
+                Error::service(
+                    404,
+                    404_000,
+                    format!("no hub has the host name {host_name}"),
+                )
+            })?;
+            e.cloud().put_hub_device(device.clone())
+        })?;
+        json(&device)
+    }
+
     /// Registers a Python callable as the custom allocator `python:<name>`: it receives Azure's
     /// AllocationRequest as JSON text and returns an AllocationResponse as JSON text.
     fn register_allocator(&self, name: &str, callable: Py<PyAny>) -> PyResult<()> {
