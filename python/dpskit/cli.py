@@ -661,8 +661,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     failed = sum(not o.ok for o in outcomes)
     print(
-        "\nNext in the walkthrough: the devices connect to their hub and send telemetry; the\n"
-        "emulator's IoT Hub device API arrives in a later dpskit version."
+        "\nNext in the walkthrough: the devices connect to their hub and send telemetry. The\n"
+        "local hub already serves the official azure-iot-device SDK; dpskit's own device\n"
+        "clients arrive in a later version."
     )
     return 1 if failed else 0
 
@@ -1033,7 +1034,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     cloud = LocalCloud(data_dir, host=args.host, port=args.port)
     trust = data_dir / "emulator-ca.cert.pem"
-    print("dpskit local cloud (DPS emulator; IoT Hub device API arrives in a later version)")
+    print("dpskit local cloud (DPS and IoT Hub emulator)")
     _print_fields(
         [
             ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),

@@ -1,0 +1,75 @@
+"""The hub's service side from Python: identities, twins, C2D limits, methods to offline
+devices, and the realism knobs' argument checks (device traffic itself is covered by the
+official SDK peer tests and the Rust tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+import dpskit
+
+
+@pytest.fixture
+def hub(dpskit_cloud: dpskit.LocalCloud) -> dpskit.Hub:
+    return dpskit_cloud.create_hub("service-hub")
+
+
+def test_devices_created_directly(hub: dpskit.Hub, dpskit_ca: object) -> None:
+    root = dpskit.CertificateAuthority.create_root("Direct Root")
+    device = root.issue_device("direct-x509")
+    x509 = hub.create_device("direct-x509", certificate=device, initial_twin={"tags": {"a": 1}})
+    assert x509.authentication == "selfSigned"
+    assert x509.thumbprint == device.certificate.thumbprint_sha1
+    sas = hub.create_device("direct-sas", symmetric_key=True)
+    assert sas.authentication == "sas"
+    assert sas.primary_key is not None
+    assert sas.primary_key not in repr(sas)
+    assert {d.device_id for d in hub.devices()} == {"direct-x509", "direct-sas"}
+    assert hub.get_twin("direct-x509")["tags"] == {"a": 1}
+    with pytest.raises(dpskit.ConfigError):
+        hub.create_device("both", certificate=device, symmetric_key=True)
+    with pytest.raises(dpskit.CertificateError):
+        hub.create_device("bad id!", symmetric_key=True)
+
+
+def test_twin_service_view_and_versions(hub: dpskit.Hub) -> None:
+    hub.create_device("twin-dev", symmetric_key=True)
+    twin = hub.update_desired("twin-dev", {"interval": 5, "mode": {"a": 1}})
+    assert twin["properties"]["desired"] == {"interval": 5, "mode": {"a": 1}, "$version": 2}
+    twin = hub.update_desired("twin-dev", {"mode": None})
+    assert twin["properties"]["desired"] == {"interval": 5, "$version": 3}
+    twin = hub.update_tags("twin-dev", {"site": "lab"})
+    assert twin["tags"] == {"site": "lab"}
+    with pytest.raises(dpskit.NotFoundError):
+        hub.get_twin("nobody")
+
+
+def test_c2d_queue_and_offline_methods(hub: dpskit.Hub) -> None:
+    hub.create_device("c2d-dev", symmetric_key=True)
+    ids = {hub.send_c2d("c2d-dev", {"n": i}, properties={"i": str(i)}) for i in range(50)}
+    assert len(ids) == 50
+    with pytest.raises(dpskit.ServiceError) as full:
+        hub.send_c2d("c2d-dev", b"one too many")
+    assert full.value.error_code == 403004
+    assert not isinstance(full.value, dpskit.AuthenticationError)
+    with pytest.raises(dpskit.ServiceError) as too_big:
+        hub.send_c2d("c2d-dev", b"x" * (64 * 1024 + 1))
+    assert too_big.value.error_code == 413001
+    with pytest.raises(dpskit.NotFoundError) as offline:
+        hub.invoke_method("c2d-dev", "reboot", {"now": True}, timeout=1)
+    assert offline.value.error_code == 404103
+    assert hub.telemetry("c2d-dev") == []
+    assert hub.telemetry().to_pandas().empty
+
+
+def test_knobs_check_their_arguments(hub: dpskit.Hub) -> None:
+    hub.set_latency(0.01)
+    hub.set_throttle(connections_per_second=100, messages_per_second=0)
+    hub.refuse_connections(0)
+    assert hub.drop_connection("nobody") is False
+    with pytest.raises(dpskit.ConfigError):
+        hub.set_latency(-1)
+    with pytest.raises(dpskit.ConfigError):
+        hub.set_throttle(messages_per_second=-5)
+    with pytest.raises(dpskit.ConfigError):
+        hub.refuse_connections(-1)
