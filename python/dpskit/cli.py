@@ -1032,25 +1032,26 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     from .cloud import LocalCloud
 
     data_dir = Path(args.data_dir)
-    cloud = LocalCloud(data_dir, host=args.host, port=args.port)
-    trust = data_dir / "emulator-ca.cert.pem"
-    print("dpskit local cloud (DPS and IoT Hub emulator)")
-    _print_fields(
-        [
-            ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
-            ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
-            ("state", _display(cloud.data_dir)),
-        ]
-    )
-    for dps in cloud.all_dps():
-        print(f"  dps {dps.name}: id scope {dps.id_scope}, endpoint {dps.device_endpoint}")
-    for hub in cloud.hubs():
-        print(f"  hub {hub.name}: {hub.host_name}")
-    print("Ctrl-C stops it; the state stays in the folder.", flush=True)
     stop = threading.Event()
-    # SIGTERM (systemd, docker, kill) stops as cleanly as Ctrl-C.
+    # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cloud = LocalCloud(data_dir, host=args.host, port=args.port)
+    # From here on an interrupt at any moment ends in a clean stop.
     try:
+        trust = data_dir / "emulator-ca.cert.pem"
+        print("dpskit local cloud (DPS and IoT Hub emulator)")
+        _print_fields(
+            [
+                ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
+                ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
+                ("state", _display(cloud.data_dir)),
+            ]
+        )
+        for dps in cloud.all_dps():
+            print(f"  dps {dps.name}: id scope {dps.id_scope}, endpoint {dps.device_endpoint}")
+        for hub in cloud.hubs():
+            print(f"  hub {hub.name}: {hub.host_name}")
+        print("Ctrl-C stops it; the state stays in the folder.", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:

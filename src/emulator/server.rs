@@ -305,16 +305,22 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             if session.session_present {
                 context.hubs.resume(&hub, &device_id);
             }
-            let result = hub_session(
-                &mut connection,
-                context,
-                &hub,
-                &device_id,
-                &mut session,
+            // A SAS connection ends when its token expires (401003); SDKs reconnect with a new one.
+            let token_expiry = password
+                .as_deref()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|t| crate::sas::SasToken::parse(t).ok())
+                .map(|t| {
+                    let left = (t.expiry - crate::pki::issue::now()).max(0) as u64;
+                    tokio::time::Instant::now() + Duration::from_secs(left)
+                });
+            let link = DeviceLink {
+                hub: &hub,
+                device_id: &device_id,
                 keep_alive,
-                &trace,
-            )
-            .await;
+                token_expiry,
+            };
+            let result = hub_session(&mut connection, context, &link, &mut session, &trace).await;
             context
                 .hubs
                 .close_session(&hub, &device_id, session.generation, clean_session);
@@ -481,15 +487,28 @@ async fn send_reply(
 }
 
 /// Serves one device connected to a hub until it disconnects or a newer connection replaces it.
+/// Who is connected to a hub, and for how long.
+struct DeviceLink<'a> {
+    hub: &'a str,
+    device_id: &'a str,
+    keep_alive: u16,
+    /// When a SAS token runs out.
+    token_expiry: Option<tokio::time::Instant>,
+}
+
 async fn hub_session(
     connection: &mut Connection,
     context: &ServerContext,
-    hub: &str,
-    device_id: &str,
+    link: &DeviceLink<'_>,
     session: &mut crate::emulator::hub::SessionHandle,
-    keep_alive: u16,
     trace: &impl Fn(TraceEvent),
 ) -> Result<(), String> {
+    let DeviceLink {
+        hub,
+        device_id,
+        keep_alive,
+        token_expiry,
+    } = *link;
     use crate::emulator::hub::{MAX_D2C_BYTES, parse_property_bag};
     use crate::emulator::store::TelemetryRecord;
 
@@ -566,6 +585,14 @@ async fn hub_session(
                 }
                 connection.flush().await?;
                 continue;
+            }
+            () = async {
+                match token_expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                return Err(format!("{device_id}'s SAS token expired (401003): disconnected"));
             }
             () = session.kick.notified() => {
                 return Err(format!("{device_id}'s connection was closed by the hub (a newer connection, 400027, or fault injection)"));

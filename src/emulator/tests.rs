@@ -1360,3 +1360,90 @@ fn hub_knobs_refuse_drop_and_throttle() {
         "{stored} messages got through the throttle"
     );
 }
+
+#[test]
+fn sas_devices_are_disconnected_when_their_token_expires() {
+    let f = fixture(None);
+    let hub = f.emulator.cloud().hub("hub-a").unwrap().host_name;
+    let key = crate::sas::generate_key().unwrap();
+    f.emulator
+        .cloud()
+        .put_hub_device(model::HubDevice {
+            device_id: "sas-dev".into(),
+            hub: hub.clone(),
+            auth: model::DeviceAuth::Sas {
+                primary_key: key.clone(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: now(),
+        })
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let connect = |token: String| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots
+                .add(CertificateDer::from(
+                    crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
+                        .unwrap()
+                        .der()
+                        .to_vec(),
+                ))
+                .unwrap();
+            let config = rustls::ClientConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let mut options =
+                MqttOptions::new("sas-dev", Broker::tcp(hub.clone(), f.emulator.mqtt_port()));
+            options.set_credentials(
+                format!("{hub}/sas-dev/?api-version=2019-10-01"),
+                token.into_bytes(),
+            );
+            options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
+            AsyncClient::builder(options).capacity(4).build()
+        };
+        let resource = format!("{hub}/devices/sas-dev");
+        // A wrong key is refused at CONNECT.
+        let (_c, mut events) = connect(
+            crate::sas::build_token(
+                &resource,
+                &crate::sas::generate_key().unwrap(),
+                now() + 60,
+                None,
+            )
+            .unwrap(),
+        );
+        assert!(matches!(
+            events.poll().await,
+            Err(rumqttc::ConnectionError::ConnectionRefused(_))
+        ));
+        // A good token that runs out in two seconds: accepted, then disconnected.
+        let (_c, mut events) =
+            connect(crate::sas::build_token(&resource, &key, now() + 2, None).unwrap());
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            events.poll().await,
+            Ok(Event::Incoming(Packet::ConnAck(_)))
+        ));
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if events.poll().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the hub closes the connection when the token expires"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(900));
+    });
+}
