@@ -341,15 +341,32 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
     }
 }
 
-fn connack_event(code: ConnectReturnCode, why: &str) -> TraceEvent {
+/// A trace entry stamped now.
+fn event(
+    direction: &'static str,
+    kind: &str,
+    topic: Option<String>,
+    status: Option<u16>,
+    detail: String,
+) -> TraceEvent {
     TraceEvent {
         at: unix_now(),
-        direction: "cloud->device",
-        kind: "CONNACK".into(),
-        topic: None,
-        status: Some(code as u16),
-        detail: format!("{code:?}: {why}"),
+        direction,
+        kind: kind.into(),
+        topic,
+        status,
+        detail,
     }
+}
+
+fn connack_event(code: ConnectReturnCode, why: &str) -> TraceEvent {
+    event(
+        "cloud->device",
+        "CONNACK",
+        None,
+        Some(code as u16),
+        format!("{code:?}: {why}"),
+    )
 }
 
 /// Serves one DPS client until it disconnects.
@@ -381,14 +398,13 @@ async fn dps_session(
                     .filters
                     .iter()
                     .map(|f| {
-                        trace(TraceEvent {
-                            at: unix_now(),
-                            direction: "device->cloud",
-                            kind: "SUBSCRIBE".into(),
-                            topic: Some(f.path.clone()),
-                            status: None,
-                            detail: format!("qos={:?}", f.qos),
-                        });
+                        trace(event(
+                            "device->cloud",
+                            "SUBSCRIBE",
+                            Some(f.path.clone()),
+                            None,
+                            format!("qos={:?}", f.qos),
+                        ));
                         if f.path == "$dps/registrations/res/#" {
                             // DPS grants QoS 2 requests as QoS 1.
                             SubscribeReasonCode::Success(match f.qos {
@@ -414,14 +430,13 @@ async fn dps_session(
                     return Err("QoS 2 PUBLISH is not supported".into());
                 }
                 let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                trace(TraceEvent {
-                    at: unix_now(),
-                    direction: "device->cloud",
-                    kind: "PUBLISH".into(),
-                    topic: Some(topic.clone()),
-                    status: None,
-                    detail: String::from_utf8_lossy(&publish.payload).into_owned(),
-                });
+                trace(event(
+                    "device->cloud",
+                    "PUBLISH",
+                    Some(topic.clone()),
+                    None,
+                    String::from_utf8_lossy(&publish.payload).into_owned(),
+                ));
                 if publish.qos == QoS::AtLeastOnce {
                     connection
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
@@ -447,14 +462,13 @@ async fn dps_session(
             Packet::PingReq => connection.send(Packet::PingResp).await?,
             Packet::PubAck(_) => {}
             Packet::Disconnect => {
-                trace(TraceEvent {
-                    at: unix_now(),
-                    direction: "device->cloud",
-                    kind: "DISCONNECT".into(),
-                    topic: None,
-                    status: None,
-                    detail: String::new(),
-                });
+                trace(event(
+                    "device->cloud",
+                    "DISCONNECT",
+                    None,
+                    None,
+                    String::new(),
+                ));
                 return Ok(());
             }
             other => {
@@ -475,14 +489,13 @@ async fn send_reply(
 ) -> Result<(), String> {
     let topic = dps_response(reply.status, rid, reply.retry_after);
     let body = reply.body.to_string();
-    trace(TraceEvent {
-        at: unix_now(),
-        direction: "cloud->device",
-        kind: "PUBLISH".into(),
-        topic: Some(topic.clone()),
-        status: Some(reply.status),
-        detail: body.clone(),
-    });
+    trace(event(
+        "cloud->device",
+        "PUBLISH",
+        Some(topic.clone()),
+        Some(reply.status),
+        body.clone(),
+    ));
     connection.publish(topic, body.into_bytes()).await
 }
 
@@ -564,14 +577,7 @@ async fn hub_session(
                         }
                         Outbound::PubAck { pkid, .. } => connection.queue(Packet::PubAck(PubAck::new(pkid)))?,
                         Outbound::Publish { topic, payload, c2d } => {
-                            trace(TraceEvent {
-                                at: unix_now(),
-                                direction: "cloud->device",
-                                kind: "PUBLISH".into(),
-                                topic: Some(topic.clone()),
-                                status: None,
-                                detail: String::from_utf8_lossy(&payload).into_owned(),
-                            });
+                            trace(event("cloud->device", "PUBLISH", Some(topic.clone()), None, String::from_utf8_lossy(&payload).into_owned()));
                             let pkid = connection.queue_publish(topic, payload)?;
                             if let Some(message_id) = c2d {
                                 c2d_pending.insert(pkid, message_id);
@@ -602,14 +608,13 @@ async fn hub_session(
             Packet::Subscribe(subscribe) => {
                 let mut codes = Vec::new();
                 for filter in &subscribe.filters {
-                    trace(TraceEvent {
-                        at: unix_now(),
-                        direction: "device->cloud",
-                        kind: "SUBSCRIBE".into(),
-                        topic: Some(filter.path.clone()),
-                        status: None,
-                        detail: format!("qos={:?}", filter.qos),
-                    });
+                    trace(event(
+                        "device->cloud",
+                        "SUBSCRIBE",
+                        Some(filter.path.clone()),
+                        None,
+                        format!("qos={:?}", filter.qos),
+                    ));
                     let path = filter.path.as_str();
                     let known = path == c2d_filter
                         || path == "$iothub/methods/POST/#"
@@ -659,14 +664,13 @@ async fn hub_session(
                     return Err("QoS 2 PUBLISH: IoT Hub closes the connection".into());
                 }
                 let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                trace(TraceEvent {
-                    at: unix_now(),
-                    direction: "device->cloud",
-                    kind: "PUBLISH".into(),
-                    topic: Some(topic.clone()),
-                    status: None,
-                    detail: String::from_utf8_lossy(&publish.payload).into_owned(),
-                });
+                trace(event(
+                    "device->cloud",
+                    "PUBLISH",
+                    Some(topic.clone()),
+                    None,
+                    String::from_utf8_lossy(&publish.payload).into_owned(),
+                ));
                 // Latency and traffic shaping delay the acknowledgement; past the shaping window
                 // the hub throttles.
                 let delay = context.hubs.admit_message(hub)?;
@@ -785,13 +789,12 @@ async fn reply_twin(
         Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
         None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
     };
-    trace(TraceEvent {
-        at: unix_now(),
-        direction: "cloud->device",
-        kind: "PUBLISH".into(),
-        topic: Some(topic.clone()),
-        status: Some(status),
-        detail: body.clone(),
-    });
+    trace(event(
+        "cloud->device",
+        "PUBLISH",
+        Some(topic.clone()),
+        Some(status),
+        body.clone(),
+    ));
     connection.publish(topic, body.into_bytes()).await
 }
