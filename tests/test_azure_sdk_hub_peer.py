@@ -188,6 +188,29 @@ def test_c2d_waits_for_an_offline_device(cloud: dpskit.LocalCloud, tmp_path: Pat
         client.shutdown()
 
 
+def test_desired_patches_made_while_offline_reach_the_device(
+    cloud: dpskit.LocalCloud, tmp_path: Path
+) -> None:
+    client, hub = _connected_x509_client(cloud, tmp_path, "sdk-offline-2")
+    patches: list[dict[str, Any]] = []
+    client.on_twin_desired_properties_patch_received = patches.append
+    assert _wait(
+        lambda: any(
+            e.kind == "SUBSCRIBE" and "desired" in (e.topic or "")
+            for e in cloud.trace_events("sdk-offline-2")
+        )
+    )
+    client.disconnect()
+    hub.update_desired("sdk-offline-2", {"interval": 42})
+    # Patches go only to connected devices; on reconnect the SDK reads the twin and reports
+    # what changed while it was away.
+    client.connect()
+    try:
+        assert _wait(lambda: any(p.get("interval") == 42 for p in patches))
+    finally:
+        client.shutdown()
+
+
 def test_symmetric_key_device_sends_telemetry(cloud: dpskit.LocalCloud) -> None:
     dps = cloud.dps("hub-peer-dps")
     group = dps.create_enrollment_group("sdk-keys", symmetric_key=True)
