@@ -12,7 +12,7 @@ import importlib
 import json
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -754,6 +754,29 @@ class Dps:
 
     # -- enrollment groups -----------------------------------------------------------------
 
+    def _new_settings(
+        self,
+        key: str,
+        *,
+        provisioning_status: ProvisioningStatus,
+        allocation_policy: AllocationPolicy | None,
+        hubs: Sequence[Hub | str] | None,
+        reprovision_policy: ReprovisionPolicy | None,
+        initial_twin: dict[str, Any] | None,
+        custom_allocation: CustomAllocation | None,
+    ) -> _Settings:
+        """Settings of a new group or individual enrollment (``key`` names its allocator)."""
+        custom_url = self._custom_allocation_url(key, custom_allocation)
+        return _Settings(
+            provisioning_status=provisioning_status,
+            # A custom allocation target implies the custom policy.
+            allocation_policy="custom" if custom_url is not None else allocation_policy,
+            iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
+            reprovision_policy=reprovision_policy or ReprovisionPolicy(),
+            initial_twin=initial_twin,
+            custom_allocation_url=custom_url,
+        )
+
     def _custom_allocation_url(self, key: str, custom: CustomAllocation | None) -> str | None:
         """A webhook URL as given; a callable is registered in the emulator as ``python:...``
         (it lives as long as this process: re-register it after a restart)."""
@@ -801,18 +824,15 @@ class Dps:
             primary_key=primary_key,
             secondary_key=secondary_key,
         )
-        settings = _Settings(
+        settings = self._new_settings(
+            f"group/{enrollment_group_id}",
             provisioning_status=provisioning_status,
             allocation_policy=allocation_policy,
-            iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
-            reprovision_policy=reprovision_policy or ReprovisionPolicy(),
+            hubs=hubs,
+            reprovision_policy=reprovision_policy,
             initial_twin=initial_twin,
-            custom_allocation_url=self._custom_allocation_url(
-                f"group/{enrollment_group_id}", custom_allocation
-            ),
+            custom_allocation=custom_allocation,
         )
-        if settings.custom_allocation_url is not None:
-            settings = replace(settings, allocation_policy="custom")
         existing = self._find_group(enrollment_group_id)
         spec = json.dumps({"attestation": attestation, "settings": settings._to_json()})
         record = self._native.put_enrollment_group(
@@ -892,18 +912,15 @@ class Dps:
             primary_key=primary_key,
             secondary_key=secondary_key,
         )
-        settings = _Settings(
+        settings = self._new_settings(
+            f"enrollment/{registration_id}",
             provisioning_status=provisioning_status,
             allocation_policy=allocation_policy,
-            iot_hubs=tuple(_hub_host(h) for h in hubs or ()),
-            reprovision_policy=reprovision_policy or ReprovisionPolicy(),
+            hubs=hubs,
+            reprovision_policy=reprovision_policy,
             initial_twin=initial_twin,
-            custom_allocation_url=self._custom_allocation_url(
-                f"enrollment/{registration_id}", custom_allocation
-            ),
+            custom_allocation=custom_allocation,
         )
-        if settings.custom_allocation_url is not None:
-            settings = replace(settings, allocation_policy="custom")
         existing = next(
             (e for e in self.enrollments() if e.registration_id.lower() == registration_id.lower()),
             None,
