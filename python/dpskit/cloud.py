@@ -246,34 +246,11 @@ def _attestation_json(
     return {"type": "x509", "caReferences": [], "certificates": [base64.b64encode(der).decode()]}
 
 
-def _enrollment_fields(data: dict[str, Any], attestation: _Attestation) -> dict[str, Any]:
-    """The fields groups and individual enrollments share, from their JSON."""
-    settings = _Settings._from_json(data.get("settings") or {})
-    return {
-        "attestation_type": attestation.type,
-        "primary_key": attestation.primary_key,
-        "secondary_key": attestation.secondary_key,
-        "provisioning_status": settings.provisioning_status,
-        "allocation_policy": settings.allocation_policy,
-        "iot_hubs": settings.iot_hubs,
-        "reprovision_policy": settings.reprovision_policy,
-        "initial_twin": settings.initial_twin,
-        "custom_allocation_url": settings.custom_allocation_url,
-        "etag": data["etag"],
-        "created": _unix(data["created"]),
-        "updated": _unix(data["updated"]),
-    }
+@dataclass(frozen=True, kw_only=True)
+class _EnrollmentCommon:
+    """What enrollment groups and individual enrollments share."""
 
-
-@dataclass(frozen=True)
-class EnrollmentGroup:
-    """An enrollment group: every device whose chain reaches its CA (or whose key derives from
-    its group key) may register."""
-
-    enrollment_group_id: str
     attestation_type: Literal["x509", "symmetricKey"]
-    ca_references: tuple[str, ...]
-    signing_certificates: tuple[Certificate, ...]
     primary_key: str | None = field(repr=False)
     secondary_key: str | None = field(repr=False)
     provisioning_status: ProvisioningStatus
@@ -285,6 +262,35 @@ class EnrollmentGroup:
     etag: str
     created: datetime
     updated: datetime
+
+    @staticmethod
+    def _common(data: dict[str, Any], attestation: _Attestation) -> dict[str, Any]:
+        """The shared fields, from the JSON of either kind."""
+        settings = _Settings._from_json(data.get("settings") or {})
+        return {
+            "attestation_type": attestation.type,
+            "primary_key": attestation.primary_key,
+            "secondary_key": attestation.secondary_key,
+            "provisioning_status": settings.provisioning_status,
+            "allocation_policy": settings.allocation_policy,
+            "iot_hubs": settings.iot_hubs,
+            "reprovision_policy": settings.reprovision_policy,
+            "initial_twin": settings.initial_twin,
+            "custom_allocation_url": settings.custom_allocation_url,
+            "etag": data["etag"],
+            "created": _unix(data["created"]),
+            "updated": _unix(data["updated"]),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrollmentGroup(_EnrollmentCommon):
+    """An enrollment group: every device whose chain reaches its CA (or whose key derives from
+    its group key) may register."""
+
+    enrollment_group_id: str
+    ca_references: tuple[str, ...]
+    signing_certificates: tuple[Certificate, ...]
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> EnrollmentGroup:
@@ -293,29 +299,17 @@ class EnrollmentGroup:
             enrollment_group_id=data["enrollmentGroupId"],
             ca_references=attestation.ca_references,
             signing_certificates=attestation.certificates,
-            **_enrollment_fields(data, attestation),
+            **cls._common(data, attestation),
         )
 
 
-@dataclass(frozen=True)
-class Enrollment:
+@dataclass(frozen=True, kw_only=True)
+class Enrollment(_EnrollmentCommon):
     """An individual enrollment: one device, by its certificate or its own symmetric key."""
 
     registration_id: str
     device_id: str | None
-    attestation_type: Literal["x509", "symmetricKey"]
     certificates: tuple[Certificate, ...]
-    primary_key: str | None = field(repr=False)
-    secondary_key: str | None = field(repr=False)
-    provisioning_status: ProvisioningStatus
-    allocation_policy: AllocationPolicy | None
-    iot_hubs: tuple[str, ...]
-    reprovision_policy: ReprovisionPolicy
-    initial_twin: dict[str, Any] | None
-    custom_allocation_url: str | None
-    etag: str
-    created: datetime
-    updated: datetime
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> Enrollment:
@@ -324,7 +318,7 @@ class Enrollment:
             registration_id=data["registrationId"],
             device_id=data.get("deviceId"),
             certificates=attestation.certificates,
-            **_enrollment_fields(data, attestation),
+            **cls._common(data, attestation),
         )
 
 

@@ -262,6 +262,33 @@ impl Cloud {
             .collect()
     }
 
+    /// One device identity of a hub, looked up by key (connects and service calls use it: no
+    /// scan of the hub's other devices).
+    pub fn hub_device(&self, hub_host: &str, device_id: &str) -> Option<HubDevice> {
+        self.read()
+            .devices
+            .get(&(hub_host.to_string(), device_id.to_string()))
+            .cloned()
+    }
+
+    /// The host name of the hub whose host name matches `host` case-insensitively.
+    pub fn hub_host(&self, host: &str) -> Option<String> {
+        self.read()
+            .hubs
+            .values()
+            .find(|h| h.host_name.eq_ignore_ascii_case(host))
+            .map(|h| h.host_name.clone())
+    }
+
+    /// The DPS owning an ID scope (case-insensitive).
+    pub fn dps_by_scope(&self, id_scope: &str) -> Option<DpsRecord> {
+        self.read()
+            .dps
+            .values()
+            .find(|d| d.id_scope.eq_ignore_ascii_case(id_scope))
+            .cloned()
+    }
+
     /// Creates or replaces a device identity in a hub.
     pub fn put_hub_device(&self, device: HubDevice) -> Result<()> {
         self.store.put(
@@ -686,21 +713,12 @@ impl Cloud {
 
     /// An enrollment group.
     pub fn enrollment_group(&self, dps: &str, group_id: &str) -> Result<EnrollmentGroup> {
-        self.read()
-            .groups
-            .get(&(dps.to_string(), group_id.to_string()))
-            .cloned()
-            .ok_or_else(|| not_found("enrollment group", group_id))
+        lookup(&self.read().groups, dps, group_id, "enrollment group")
     }
 
     /// Every enrollment group of a DPS.
     pub fn enrollment_groups(&self, dps: &str) -> Vec<EnrollmentGroup> {
-        self.read()
-            .groups
-            .iter()
-            .filter(|((d, _), _)| d == dps)
-            .map(|(_, g)| g.clone())
-            .collect()
+        of_dps(&self.read().groups, dps)
     }
 
     /// Deletes an enrollment group.
@@ -711,14 +729,20 @@ impl Cloud {
         if_match: Option<&str>,
     ) -> Result<()> {
         let mut model = self.write();
-        let key = (dps.to_string(), group_id.to_string());
-        let group = model
-            .groups
-            .get(&key)
-            .ok_or_else(|| not_found("enrollment group", group_id))?;
-        check_etag(&group.etag, if_match)?;
-        self.store
-            .delete(kind::GROUP, &format!("{dps}/{group_id}"))?;
+        let (key, store_key) = (
+            (dps.to_string(), group_id.to_string()),
+            format!("{dps}/{group_id}"),
+        );
+        check_removable(
+            &model.groups,
+            &key,
+            |g| &g.etag,
+            if_match,
+            "enrollment group",
+            group_id,
+        )?;
+        // Store first: a failed write leaves both views as they were.
+        self.store.delete(kind::GROUP, &store_key)?;
         model.groups.remove(&key);
         Ok(())
     }
@@ -771,21 +795,17 @@ impl Cloud {
 
     /// An individual enrollment.
     pub fn enrollment(&self, dps: &str, registration_id: &str) -> Result<IndividualEnrollment> {
-        self.read()
-            .enrollments
-            .get(&(dps.to_string(), registration_id.to_ascii_lowercase()))
-            .cloned()
-            .ok_or_else(|| not_found("enrollment", registration_id))
+        lookup(
+            &self.read().enrollments,
+            dps,
+            &registration_id.to_ascii_lowercase(),
+            "enrollment",
+        )
     }
 
     /// Every individual enrollment of a DPS.
     pub fn enrollments(&self, dps: &str) -> Vec<IndividualEnrollment> {
-        self.read()
-            .enrollments
-            .iter()
-            .filter(|((d, _), _)| d == dps)
-            .map(|(_, e)| e.clone())
-            .collect()
+        of_dps(&self.read().enrollments, dps)
     }
 
     /// Deletes an individual enrollment.
@@ -796,14 +816,18 @@ impl Cloud {
         if_match: Option<&str>,
     ) -> Result<()> {
         let mut model = self.write();
-        let key = (dps.to_string(), registration_id.to_ascii_lowercase());
-        let e = model
-            .enrollments
-            .get(&key)
-            .ok_or_else(|| not_found("enrollment", registration_id))?;
-        check_etag(&e.etag, if_match)?;
-        self.store
-            .delete(kind::ENROLLMENT, &format!("{dps}/{}", key.1))?;
+        let id = registration_id.to_ascii_lowercase();
+        let store_key = format!("{dps}/{id}");
+        let key = (dps.to_string(), id);
+        check_removable(
+            &model.enrollments,
+            &key,
+            |e| &e.etag,
+            if_match,
+            "enrollment",
+            registration_id,
+        )?;
+        self.store.delete(kind::ENROLLMENT, &store_key)?;
         model.enrollments.remove(&key);
         Ok(())
     }
@@ -874,6 +898,38 @@ impl Cloud {
         }
         Ok(())
     }
+}
+
+type Table<T> = BTreeMap<(String, String), T>;
+
+/// A record of a per-DPS table, or Azure's 404.
+fn lookup<T: Clone>(table: &Table<T>, dps: &str, id: &str, what: &str) -> Result<T> {
+    table
+        .get(&(dps.to_string(), id.to_string()))
+        .cloned()
+        .ok_or_else(|| not_found(what, id))
+}
+
+/// Every record of one DPS in a per-DPS table.
+fn of_dps<T: Clone>(table: &Table<T>, dps: &str) -> Vec<T> {
+    table
+        .iter()
+        .filter(|((d, _), _)| d == dps)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Checks that a record exists and that `if_match` matches its etag, before deleting it.
+fn check_removable<T>(
+    table: &Table<T>,
+    key: &(String, String),
+    etag: impl Fn(&T) -> &str,
+    if_match: Option<&str>,
+    what: &str,
+    id: &str,
+) -> Result<()> {
+    let record = table.get(key).ok_or_else(|| not_found(what, id))?;
+    check_etag(etag(record), if_match)
 }
 
 /// Decodes a stored base64 DER certificate.

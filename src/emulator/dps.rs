@@ -307,9 +307,7 @@ impl DpsEngine {
         let refuse = |why: String| (ConnectReturnCode::NotAuthorized, why);
         let dps = self
             .cloud
-            .all_dps()
-            .into_iter()
-            .find(|d| d.id_scope.eq_ignore_ascii_case(id_scope))
+            .dps_by_scope(id_scope)
             .ok_or_else(|| refuse(format!("unknown ID scope {id_scope:?}")))?;
         crate::pki::validate_registration_id(registration_id, false)
             .map_err(|e| refuse(e.to_string()))?;

@@ -353,11 +353,7 @@ impl HubEngine {
 
     /// The hub record whose host name is `host`.
     pub fn hub_for_host(&self, host: &str) -> Option<String> {
-        self.cloud
-            .hubs()
-            .into_iter()
-            .find(|h| h.host_name.eq_ignore_ascii_case(host))
-            .map(|h| h.host_name)
+        self.cloud.hub_host(host)
     }
 
     /// Checks a device's credential at CONNECT.
@@ -373,9 +369,7 @@ impl HubEngine {
             .ok_or_else(|| format!("no hub has the host name {host:?}"))?;
         let device = self
             .cloud
-            .hub_devices(&hub)
-            .into_iter()
-            .find(|d| d.device_id == device_id)
+            .hub_device(&hub, device_id)
             .ok_or_else(|| format!("device {device_id:?} is not registered in hub {hub}"))?;
         match (&device.auth, password.filter(|p| !p.is_empty())) {
             (
@@ -555,17 +549,13 @@ impl HubEngine {
     // ---- twins ---------------------------------------------------------------------------
 
     fn device(&self, hub: &str, device_id: &str) -> Result<HubDevice> {
-        self.cloud
-            .hub_devices(hub)
-            .into_iter()
-            .find(|d| d.device_id == device_id)
-            .ok_or_else(|| {
-                Error::service(
-                    404,
-                    404_001,
-                    format!("Device '{device_id}' was not found in hub {hub}."),
-                )
-            })
+        self.cloud.hub_device(hub, device_id).ok_or_else(|| {
+            Error::service(
+                404,
+                404_001,
+                format!("Device '{device_id}' was not found in hub {hub}."),
+            )
+        })
     }
 
     fn with_twin<T>(

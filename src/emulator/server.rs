@@ -341,6 +341,23 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
     }
 }
 
+/// The topic of a device's PUBLISH, traced; QoS 2 is refused (DPS and IoT Hub close the
+/// connection).
+fn inbound_topic(publish: &Publish, trace: &impl Fn(TraceEvent)) -> Result<String, String> {
+    if publish.qos == QoS::ExactlyOnce {
+        return Err("QoS 2 PUBLISH is not supported: the connection is closed".into());
+    }
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    trace(event(
+        "device->cloud",
+        "PUBLISH",
+        Some(topic.clone()),
+        None,
+        String::from_utf8_lossy(&publish.payload).into_owned(),
+    ));
+    Ok(topic)
+}
+
 /// A trace entry stamped now.
 fn event(
     direction: &'static str,
@@ -426,17 +443,7 @@ async fn dps_session(
                     .await?;
             }
             Packet::Publish(publish) => {
-                if publish.qos == QoS::ExactlyOnce {
-                    return Err("QoS 2 PUBLISH is not supported".into());
-                }
-                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                trace(event(
-                    "device->cloud",
-                    "PUBLISH",
-                    Some(topic.clone()),
-                    None,
-                    String::from_utf8_lossy(&publish.payload).into_owned(),
-                ));
+                let topic = inbound_topic(&publish, trace)?;
                 if publish.qos == QoS::AtLeastOnce {
                     connection
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
@@ -660,17 +667,7 @@ async fn hub_session(
                     .await?;
             }
             Packet::Publish(publish) => {
-                if publish.qos == QoS::ExactlyOnce {
-                    return Err("QoS 2 PUBLISH: IoT Hub closes the connection".into());
-                }
-                let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-                trace(event(
-                    "device->cloud",
-                    "PUBLISH",
-                    Some(topic.clone()),
-                    None,
-                    String::from_utf8_lossy(&publish.payload).into_owned(),
-                ));
+                let topic = inbound_topic(&publish, trace)?;
                 // Latency and traffic shaping delay the acknowledgement; past the shaping window
                 // the hub throttles.
                 let delay = context.hubs.admit_message(hub)?;
