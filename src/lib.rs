@@ -1,11 +1,14 @@
 //! dpskit: Azure Device Provisioning Service with self-signed X.509 certificates.
 //!
 //! The core is plain Rust (no Python): the X.509 toolkit in [`pki`], SAS tokens in [`sas`], and
+//! the device clients in [`provisioning`] and [`hub`], many devices at once in [`fleet`], and
 //! the local cloud in [`emulator`]. The `python` feature adds
 //! the PyO3 bindings that form the `dpskit._native` extension module.
 
 pub mod emulator;
 pub mod error;
+pub mod fleet;
+pub mod hub;
 pub mod pki;
 pub mod provisioning;
 pub mod sas;

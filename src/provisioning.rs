@@ -104,7 +104,7 @@ impl Trust {
         })
     }
 
-    fn client_config(&self, auth: &DeviceAuth) -> Result<rustls::ClientConfig> {
+    pub(crate) fn client_config(&self, auth: &DeviceAuth) -> Result<rustls::ClientConfig> {
         let builder = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?

@@ -14,6 +14,7 @@ __all__ = [
     "CertificateAuthority",
     "DeviceCertificate",
     "Emulator",
+    "HubConnections",
     "_core_error_kinds",
     "_raise_core_error",
     "_refresh_logging",
@@ -342,6 +343,26 @@ class Emulator:
     def register_allocator(self, name: str, callable: Callable[[str], str]) -> None: ...
     def trace(self, client_id: str | None = None, enabled: bool = True) -> None: ...
     def trace_events(self, client_id: str) -> str: ...
+
+@final
+class HubConnections:
+    """X.509 devices held connected to an IoT Hub or MQTT broker, one task per device."""
+
+    def __new__(cls, trust_pem: str, *, worker_threads: int | None = None) -> HubConnections: ...
+    def connect(
+        self,
+        host: str,
+        port: int,
+        devices: Sequence[DeviceCertificate],
+        *,
+        concurrency: int = 64,
+        max_in_flight: int = 100,
+        keep_alive: int = 60,
+        timeout: float = 30.0,
+    ) -> str: ...
+    def send_telemetry(self, per_device: int, body: bytes, *, window: int = 100) -> str: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
 
 def derive_device_key(group_key: str, registration_id: str) -> str: ...
 def provision_devices(

@@ -92,7 +92,10 @@ impl Connection {
     async fn read(&mut self) -> Result<Option<Packet>, String> {
         loop {
             match Packet::read(&mut self.buffer, self.max_packet_size) {
-                Ok(packet) => return Ok(Some(packet)),
+                Ok(packet) => {
+                    release_if_large(&mut self.buffer);
+                    return Ok(Some(packet));
+                }
                 Err(rumqttc::Error::InsufficientBytes(_)) => {}
                 Err(e) => return Err(format!("malformed MQTT packet: {e}")),
             }
@@ -129,6 +132,7 @@ impl Connection {
             .await
             .map_err(|e| format!("write failed: {e}"))?;
         self.out.clear();
+        release_if_large(&mut self.out);
         Ok(())
     }
 
@@ -152,6 +156,15 @@ impl Connection {
     }
 }
 
+/// Gives back the memory an empty buffer kept after one large packet, so a connection that
+/// once carried 256 KB does not hold it while idle.
+fn release_if_large(buffer: &mut BytesMut) {
+    const KEEP: usize = 64 * 1024;
+    if buffer.is_empty() && buffer.capacity() > KEEP {
+        *buffer = BytesMut::with_capacity(1024);
+    }
+}
+
 async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String> {
     // Without TCP_NODELAY small MQTT packets wait for delayed ACKs (~40 ms per exchange).
     stream
@@ -172,8 +185,10 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
         .collect();
     let mut connection = Connection {
         tls,
-        buffer: BytesMut::with_capacity(4096),
-        out: BytesMut::with_capacity(4096),
+        // Small to start: most connections sit idle, and ten thousand of them must fit in
+        // ~30 KB each; the buffers grow with the traffic.
+        buffer: BytesMut::with_capacity(1024),
+        out: BytesMut::with_capacity(1024),
         max_packet_size: context.limits.max_packet_size,
         next_pkid: 0,
     };
@@ -283,6 +298,8 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                         return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
                     }
                 };
+            // Parsed certificates are only needed to authenticate; the session can be long.
+            drop(chain);
             if let Err(why) = context.hubs.admit_connection(&hub) {
                 trace(connack_event(ConnectReturnCode::ServiceUnavailable, &why));
                 connection

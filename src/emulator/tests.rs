@@ -1447,3 +1447,159 @@ fn sas_devices_are_disconnected_when_their_token_expires() {
         assert!(started.elapsed() >= Duration::from_millis(900));
     });
 }
+
+#[test]
+fn dpskit_hub_client_and_fleet_connections_against_the_hub() {
+    use crate::fleet::HubConnections;
+    use crate::hub::{HubClient, HubConnectOptions, TelemetryMessage};
+    use crate::provisioning::{DeviceAuth, Trust};
+
+    let f = fixture(None);
+    f.sensors_group();
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
+    let port = f.emulator.mqtt_port();
+    let ids: Vec<String> = (0..12).map(|i| format!("fleet-{i:02}")).collect();
+    let mut devices = Vec::new();
+    for id in &ids {
+        let device = f.device(id);
+        let hub = provision(&f.emulator, &f.scope, id, device_auth(&device)).assigned_hub();
+        devices.push(HubConnectOptions::new(
+            hub,
+            port,
+            id.clone(),
+            DeviceAuth::X509(device.shared_credential()),
+        ));
+    }
+    let stranger = f.device("never-provisioned");
+    let hub_a = f.emulator.cloud().hub("hub-a").unwrap().host_name;
+    let sas_key = crate::sas::generate_key().unwrap();
+    f.emulator
+        .cloud()
+        .put_hub_device(model::HubDevice {
+            device_id: "sas-fleet".into(),
+            hub: hub_a.clone(),
+            auth: model::DeviceAuth::Sas {
+                primary_key: sas_key.clone(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: now(),
+        })
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    runtime.block_on(async {
+        // One device, every property kind: the hub decodes what the client encoded.
+        let first = devices[0].clone();
+        let client = HubClient::connect(first.clone(), &trust).await.unwrap();
+        let message = TelemetryMessage {
+            body: bytes::Bytes::from_static(br#"{"t":1}"#),
+            content_type: Some("application/json".into()),
+            content_encoding: Some("utf-8".into()),
+            message_id: Some("m/1".into()),
+            correlation_id: Some("c 1".into()),
+            properties: vec![
+                ("unit".into(), "\u{b0}C".into()),
+                ("a&b".into(), "x=y".into()),
+            ],
+        };
+        client.send_telemetry(&message).await.unwrap();
+        let records = hubs.telemetry(&first.host, Some("fleet-00")).unwrap();
+        let [record] = &records[..] else {
+            panic!("{records:?}")
+        };
+        assert_eq!(record.body, br#"{"t":1}"#);
+        let mut properties = record.properties.clone();
+        properties.sort();
+        assert_eq!(
+            properties,
+            vec![
+                ("a&b".into(), "x=y".into()),
+                ("unit".into(), "\u{b0}C".into())
+            ]
+        );
+        for (key, value) in [
+            ("mid", "m/1"),
+            ("cid", "c 1"),
+            ("ct", "application/json"),
+            ("ce", "utf-8"),
+        ] {
+            assert!(
+                record
+                    .system_properties
+                    .contains(&(key.into(), value.into())),
+                "{key}: {record:?}"
+            );
+        }
+        client.disconnect().await.unwrap();
+
+        // SAS: a good key connects, a wrong one is refused with 401.
+        let sas = HubClient::connect(
+            HubConnectOptions::new(
+                hub_a.clone(),
+                port,
+                "sas-fleet",
+                DeviceAuth::SymmetricKey(sas_key.clone()),
+            ),
+            &trust,
+        )
+        .await
+        .unwrap();
+        sas.send_telemetry(&TelemetryMessage::new("sas"))
+            .await
+            .unwrap();
+        drop(sas);
+        let wrong = HubClient::connect(
+            HubConnectOptions::new(
+                hub_a.clone(),
+                port,
+                "sas-fleet",
+                DeviceAuth::SymmetricKey(crate::sas::generate_key().unwrap()),
+            ),
+            &trust,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&wrong, Error::Service(s) if s.status == 401),
+            "{wrong:?}"
+        );
+
+        // Many at once, plus a device the hub does not know: it alone fails.
+        let mut all = devices.clone();
+        all.push(HubConnectOptions::new(
+            hub_a.clone(),
+            port,
+            "never-provisioned",
+            DeviceAuth::X509(stranger.shared_credential()),
+        ));
+        let (connections, report) = HubConnections::connect(all, &trust, 4).await;
+        assert_eq!(report.connected, ids.len());
+        assert_eq!(report.failures.len(), 1);
+        assert_eq!(report.failures[0].0, "never-provisioned");
+        assert!(matches!(&report.failures[0].1, Error::Service(s) if s.status == 401));
+        let sent = connections
+            .send_telemetry(50, bytes::Bytes::from_static(b"x"), 8)
+            .await;
+        assert!(sent.failures.is_empty(), "{:?}", sent.failures);
+        assert_eq!((sent.sent, sent.acknowledged), (600, 600));
+        connections.close().await;
+    });
+    // Every acknowledged message is stored: 1 + 50 per device for the first, 50 for the rest.
+    let stored: usize = ["hub-a", "hub-b"]
+        .iter()
+        .map(|h| {
+            let host = f.emulator.cloud().hub(h).unwrap().host_name;
+            hubs.telemetry(&host, None)
+                .unwrap()
+                .iter()
+                .filter(|r| r.device_id.starts_with("fleet-"))
+                .count()
+        })
+        .sum();
+    assert_eq!(stored, 601);
+}

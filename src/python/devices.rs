@@ -1,0 +1,168 @@
+//! Bindings for many device connections held open at once (`_native.HubConnections`): the
+//! engine under fleets and the hub benchmark. Work runs on the object's own runtime with the
+//! GIL released; reports come back as JSON text for the Python layer to shape.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+
+use crate::error::Error;
+use crate::fleet::{ConnectReport, HubConnections, SendReport};
+use crate::hub::HubConnectOptions;
+use crate::provisioning::{DeviceAuth, Trust};
+use crate::python::pki::PyDeviceCertificate;
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyHubConnections>()?;
+    Ok(())
+}
+
+/// X.509 devices connected to an IoT Hub (or any MQTT broker with TLS client certificates),
+/// one task per device on a private runtime.
+#[pyclass(module = "dpskit._native", name = "HubConnections")]
+pub struct PyHubConnections {
+    trust: Trust,
+    runtime: tokio::runtime::Runtime,
+    connections: Mutex<HubConnections>,
+}
+
+fn failures_json(failures: &[(String, Error)]) -> serde_json::Value {
+    let first: Vec<serde_json::Value> = failures
+        .iter()
+        .take(10)
+        .map(|(id, e)| serde_json::json!({"deviceId": id, "error": e.to_string()}))
+        .collect();
+    serde_json::json!({"count": failures.len(), "first": first})
+}
+
+fn connect_json(report: &ConnectReport) -> String {
+    let millis: Vec<f64> = report
+        .latencies
+        .iter()
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .collect();
+    serde_json::json!({
+        "connected": report.connected,
+        "failures": failures_json(&report.failures),
+        "seconds": report.elapsed.as_secs_f64(),
+        "latencyMs": millis,
+    })
+    .to_string()
+}
+
+fn send_json(report: &SendReport) -> String {
+    serde_json::json!({
+        "sent": report.sent,
+        "acknowledged": report.acknowledged,
+        "failures": failures_json(&report.failures),
+        "seconds": report.elapsed.as_secs_f64(),
+    })
+    .to_string()
+}
+
+impl PyHubConnections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubConnections> {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyHubConnections {
+    /// Holds no connection yet; `trust_pem` holds the CA(s) the servers' certificates chain to.
+    #[new]
+    #[pyo3(signature = (trust_pem, *, worker_threads = None))]
+    fn new(trust_pem: &str, worker_threads: Option<usize>) -> PyResult<Self> {
+        let trust = Trust::from_pem(trust_pem.as_bytes())?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = worker_threads {
+            builder.worker_threads(threads.max(1));
+        }
+        let runtime = builder
+            .enable_all()
+            .thread_name("dpskit-devices")
+            .build()
+            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
+        Ok(PyHubConnections {
+            trust,
+            runtime,
+            connections: Mutex::new(HubConnections::default()),
+        })
+    }
+
+    /// Connects `devices` (device id = registration id) to `host:port`; returns a JSON report
+    /// (connected, failures, seconds, per-device latencies in ms).
+    #[pyo3(signature = (host, port, devices, *, concurrency = 64, max_in_flight = 100, keep_alive = 60, timeout = 30.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        devices: Vec<PyRef<'_, PyDeviceCertificate>>,
+        concurrency: usize,
+        max_in_flight: u16,
+        keep_alive: u16,
+        timeout: f64,
+    ) -> PyResult<String> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Error::Config(format!(
+                "timeout must be a positive number of seconds, not {timeout}"
+            ))
+            .into());
+        }
+        let options: Vec<HubConnectOptions> = devices
+            .iter()
+            .map(|d| {
+                let mut o = HubConnectOptions::new(
+                    host.clone(),
+                    port,
+                    d.inner.registration_id(),
+                    DeviceAuth::X509(d.credential_arc()),
+                );
+                o.max_in_flight = max_in_flight.max(1);
+                o.keep_alive = keep_alive;
+                o.connect_timeout = Duration::from_secs_f64(timeout);
+                o
+            })
+            .collect();
+        let (connections, report) = py.detach(|| {
+            self.runtime
+                .block_on(HubConnections::connect(options, &self.trust, concurrency))
+        });
+        self.lock().absorb(connections);
+        Ok(connect_json(&report))
+    }
+
+    /// Sends `per_device` QoS 1 messages with `body` from every connected device, each keeping
+    /// up to `window` unacknowledged; returns a JSON report once every PUBACK is in.
+    #[pyo3(signature = (per_device, body, *, window = 100))]
+    fn send_telemetry(
+        &self,
+        py: Python<'_>,
+        per_device: u64,
+        body: Vec<u8>,
+        window: usize,
+    ) -> String {
+        let body = bytes::Bytes::from(body);
+        // Taken out for the run so no lock is held across it; put back afterwards.
+        let connections = std::mem::take(&mut *self.lock());
+        let report = py.detach(|| {
+            self.runtime
+                .block_on(connections.send_telemetry(per_device, body, window))
+        });
+        self.lock().absorb(connections);
+        send_json(&report)
+    }
+
+    /// Connected devices.
+    fn __len__(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Disconnects every device (DISCONNECT, so no will is published).
+    fn close(&self, py: Python<'_>) {
+        let connections = std::mem::take(&mut *self.lock());
+        py.detach(|| self.runtime.block_on(connections.close()));
+    }
+}
