@@ -1,10 +1,12 @@
-"""The certificate benchmark still runs end to end (tiny counts, no timing assertions)."""
+"""The benchmarks still run end to end (tiny counts, no timing assertions)."""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,3 +31,32 @@ def test_benchmark_runs_with_small_counts(
     assert module.TABLE_HEADER in out
     assert "dpskit/pyca" in out
     assert "pyca/cryptography loop" in out
+
+
+def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARK.parent / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hub_benchmark_runs_against_the_emulator_and_mosquitto(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load("bench_hub", monkeypatch)
+    argv = ["--idle", "150", "--senders", "6", "--messages", "300", "--window", "20"]
+    # 0 means every acknowledged message was in the emulator's store after its SIGKILL.
+    assert module.main(argv) == 0
+
+    out = capsys.readouterr().out
+    emulator_row = next(line for line in out.splitlines() if line.startswith("dpskit emulator "))
+    assert emulator_row.split()[2] == "150", emulator_row
+    assert "1800 of 1800 acknowledged messages stored (0 lost)" in out
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        assert any(line.startswith("mosquitto ") for line in out.splitlines())
+        assert "ratio emulator / mosquitto" in out
+    else:
+        assert "mosquitto is not installed" in out

@@ -699,3 +699,26 @@ def test_secrets_never_appear_in_repr(cloud: dpskit.LocalCloud, dps: dpskit.Dps)
     assert "sas-device" in repr(device)
     assert device.primary_key not in repr(device)
     assert device.secondary_key not in repr(device)
+
+
+def test_starting_a_local_cloud_lifts_the_open_file_limit() -> None:
+    """Every device connection is a file descriptor: a soft limit of 1,024 must not cap the
+    emulator at about a thousand devices when the hard limit allows more."""
+    import subprocess
+    import sys
+
+    script = """
+import resource, dpskit
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+with dpskit.LocalCloud(port=0):
+    print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    soft_after, hard = int(out[0]), int(out[1])
+    if hard == -1:  # RLIM_INFINITY: lifted to a fixed, large value
+        assert soft_after >= 65_536
+    else:
+        assert soft_after == hard

@@ -8,6 +8,7 @@ certificates, prove possession, create enrollments, read registration records.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import json
 import secrets
@@ -54,6 +55,22 @@ CustomAllocation = str | Callable[[dict[str, Any]], dict[str, Any] | str]
 
 #: The official Python SDK always dials this port.
 DEFAULT_MQTT_PORT = 8883
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one: every device connection is a file
+    descriptor, and a soft limit of 1,024 would cap a local cloud at about a thousand devices
+    (servers such as nginx and mosquitto's packaging do the same at start)."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        # A sandbox may refuse; the emulator then holds fewer devices.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _unix(seconds: int) -> datetime:
@@ -1005,6 +1022,7 @@ class LocalCloud:
     ) -> None:
         # Log lines of the emulator follow the `logging` configuration current at start.
         _refresh_logging()
+        _raise_open_file_limit()
         self._emulator = Emulator(
             data_dir,
             host=host,

@@ -17,6 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::emulator::dps::{DeviceIdentity, DpsEngine, Reply};
+use crate::emulator::hub::parse_property_bag;
+use crate::emulator::store::TelemetryRecord;
 use crate::emulator::topics::{DpsRequest, Route, dps_request, dps_response, route};
 use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
 use crate::pki::Certificate;
@@ -337,11 +339,21 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                 keep_alive,
                 token_expiry,
             };
+            let will = connect
+                .last_will
+                .clone()
+                .and_then(|will| will_record(&hub, &device_id, will));
             let result = hub_session(&mut connection, context, &link, &mut session, &trace).await;
             context
                 .hubs
                 .close_session(&hub, &device_id, session.generation, clean_session);
-            result
+            // IoT Hub forwards the will as telemetry when a device goes without DISCONNECT.
+            if let Some(will) = will.filter(|_| result != Ok(SessionEnd::Disconnect)) {
+                if let Err(e) = context.hubs.store_telemetry(will, None, None) {
+                    log::warn!("emulator: storing the will of {device_id:?} failed: {e}");
+                }
+            }
+            result.map(|_| ())
         }
         None => {
             connection
@@ -356,6 +368,38 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             ))
         }
     }
+}
+
+/// The telemetry record a will becomes, or `None` (logged) when its topic is not the device's
+/// telemetry topic, the only will topic IoT Hub accepts.
+fn will_record(hub: &str, device_id: &str, will: rumqttc::LastWill) -> Option<TelemetryRecord> {
+    let events = format!("devices/{device_id}/messages/events");
+    let bag = will.topic.strip_prefix(&events).and_then(|rest| {
+        if rest.is_empty() {
+            Some("")
+        } else {
+            rest.strip_prefix('/')
+        }
+    });
+    let Some(bag) = bag else {
+        log::info!(
+            "emulator: ignored the will of {device_id:?}: topic {:?} is not its telemetry topic",
+            will.topic
+        );
+        return None;
+    };
+    let (mut properties, system_properties) = parse_property_bag(bag);
+    properties.push(("iothub-MessageType".into(), "Will".into()));
+    Some(TelemetryRecord {
+        sequence: 0,
+        hub: hub.to_ascii_lowercase(),
+        device_id: device_id.to_string(),
+        module_id: None,
+        enqueued: unix_now(),
+        body: will.message.to_vec(),
+        properties,
+        system_properties,
+    })
 }
 
 /// The topic of a device's PUBLISH, traced; QoS 2 is refused (DPS and IoT Hub close the
@@ -533,21 +577,31 @@ struct DeviceLink<'a> {
     token_expiry: Option<tokio::time::Instant>,
 }
 
+/// How a hub session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionEnd {
+    /// The device sent DISCONNECT: no will is published.
+    Disconnect,
+    /// The connection closed without DISCONNECT.
+    Dropped,
+    /// A newer connection of the same device took over.
+    Replaced,
+}
+
 async fn hub_session(
     connection: &mut Connection,
     context: &ServerContext,
     link: &DeviceLink<'_>,
     session: &mut crate::emulator::hub::SessionHandle,
     trace: &impl Fn(TraceEvent),
-) -> Result<(), String> {
+) -> Result<SessionEnd, String> {
     let DeviceLink {
         hub,
         device_id,
         keep_alive,
         token_expiry,
     } = *link;
-    use crate::emulator::hub::{MAX_D2C_BYTES, parse_property_bag};
-    use crate::emulator::store::TelemetryRecord;
+    use crate::emulator::hub::MAX_D2C_BYTES;
 
     let idle = if keep_alive == 0 {
         Duration::from_secs(1800)
@@ -572,7 +626,7 @@ async fn hub_session(
                 Err(_) => return Err("keep-alive expired".into()),
                 Ok(result) => match result? {
                     Some(packet) => packet,
-                    None => return Ok(()),
+                    None => return Ok(SessionEnd::Dropped),
                 },
             },
             () = async {
@@ -591,7 +645,7 @@ async fn hub_session(
                 continue;
             }
             outbound = session.outbound.recv() => {
-                let Some(mut message) = outbound else { return Ok(()) };
+                let Some(mut message) = outbound else { return Ok(SessionEnd::Replaced) };
                 // Everything already waiting goes out in one write (PUBACKs come in bursts).
                 loop {
                     match message {
@@ -767,7 +821,7 @@ async fn hub_session(
                     context.hubs.c2d_acknowledged(hub, device_id, &message_id);
                 }
             }
-            Packet::Disconnect => return Ok(()),
+            Packet::Disconnect => return Ok(SessionEnd::Disconnect),
             other => {
                 return Err(format!(
                     "unexpected {:?} from a device",

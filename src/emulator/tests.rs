@@ -905,6 +905,16 @@ impl HubDevice {
         device: &crate::pki::DeviceCredential,
         clean_session: bool,
     ) -> Result<Self, String> {
+        Self::connect_with_will(f, hub, device, clean_session, None).await
+    }
+
+    async fn connect_with_will(
+        f: &Fixture,
+        hub: &str,
+        device: &crate::pki::DeviceCredential,
+        clean_session: bool,
+        will: Option<rumqttc::LastWill>,
+    ) -> Result<Self, String> {
         let id = device.registration_id();
         let mut roots = rustls::RootCertStore::empty();
         roots
@@ -934,6 +944,9 @@ impl HubDevice {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
         options.set_clean_session(clean_session);
         options.set_keep_alive(30);
+        if let Some(will) = will {
+            options.set_last_will(will);
+        }
         let (client, mut events) = AsyncClient::builder(options).capacity(16).build();
         loop {
             match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
@@ -1602,4 +1615,87 @@ fn dpskit_hub_client_and_fleet_connections_against_the_hub() {
         })
         .sum();
     assert_eq!(stored, 601);
+}
+
+#[test]
+fn hub_forwards_the_will_of_a_device_that_drops_without_disconnect() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "will-dev");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    let will = |topic: &str| {
+        Some(rumqttc::LastWill::new(
+            topic,
+            "bye",
+            QoS::AtLeastOnce,
+            false,
+        ))
+    };
+    let wills = || {
+        hubs.telemetry(&hub, Some("will-dev"))
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.properties
+                    .contains(&("iothub-MessageType".into(), "Will".into()))
+            })
+            .collect::<Vec<_>>()
+    };
+    runtime.block_on(async {
+        // A clean DISCONNECT: no will.
+        let mut d = HubDevice::connect_with_will(
+            &f,
+            &hub,
+            &device,
+            true,
+            will("devices/will-dev/messages/events/"),
+        )
+        .await
+        .unwrap();
+        d.client.disconnect().await.unwrap();
+        while d.events.poll().await.is_ok() {}
+        // A will on another topic is ignored, and the connection is still accepted.
+        let d = HubDevice::connect_with_will(&f, &hub, &device, true, will("alerts/will-dev"))
+            .await
+            .unwrap();
+        drop(d);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(wills().is_empty(), "{:?}", wills());
+
+        // The connection just ends: the hub forwards the will as telemetry.
+        let d = HubDevice::connect_with_will(
+            &f,
+            &hub,
+            &device,
+            true,
+            will("devices/will-dev/messages/events/%24.ct=text%2Fplain&reason=power%20lost"),
+        )
+        .await
+        .unwrap();
+        drop(d);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while wills().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let [record] = &wills()[..] else {
+        panic!("one will expected: {:?}", wills())
+    };
+    assert_eq!(record.body, b"bye");
+    assert!(
+        record
+            .properties
+            .contains(&("reason".into(), "power lost".into())),
+        "{record:?}"
+    );
+    assert!(
+        record
+            .system_properties
+            .contains(&("ct".into(), "text/plain".into())),
+        "{record:?}"
+    );
 }

@@ -23,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -142,20 +143,14 @@ def _drive(
         time.sleep(1.0)
         run.server_kb_idle = _rss_kb(server_pid)
         if run.idle_connected:
-            run.client_kb_per_connection = (
-                _rss_kb(os.getpid()) - own_before
-            ) / run.idle_connected
+            run.client_kb_per_connection = (_rss_kb(os.getpid()) - own_before) / run.idle_connected
 
         active = HubConnections(trust_pem)
         try:
-            report = json.loads(
-                active.connect(host, port, senders, concurrency=args.concurrency)
-            )
+            report = json.loads(active.connect(host, port, senders, concurrency=args.concurrency))
             if report["failures"]["count"]:
                 run.notes.append(f"first sender failure: {report['failures']['first'][0]['error']}")
-            sent = json.loads(
-                active.send_telemetry(args.messages, body, window=args.window)
-            )
+            sent = json.loads(active.send_telemetry(args.messages, body, window=args.window))
             run.sent = sent["sent"]
             run.acknowledged = sent["acknowledged"]
             run.send_failures = sent["failures"]["count"]
@@ -262,11 +257,9 @@ def _mosquitto_run(
     senders: list[dpskit.DeviceCertificate],
     args: argparse.Namespace,
 ) -> ServerRun:
-    version = subprocess.run([mosquitto, "-h"], capture_output=True, text=True).stdout
-    first = version.splitlines()[0] if version else "mosquitto"
-    run = ServerRun(first.replace(" running on ", " ").removeprefix("mosquitto version ").join(
-        ["mosquitto ", ""]
-    ))
+    usage = subprocess.run([mosquitto, "-h"], capture_output=True, text=True).stdout
+    version = re.search(r"mosquitto version (\S+)", usage)
+    run = ServerRun(f"mosquitto {version.group(1)}" if version else "mosquitto")
     broker = folder / "mosquitto"
     broker.mkdir()
     cert, key, trust_pem = _mosquitto_server_certificate(broker)
@@ -349,17 +342,19 @@ def _report(runs: list[ServerRun], args: argparse.Namespace) -> None:
             print(f"  note: {note}")
     if len(runs) == 2 and all(r.messages_per_second for r in runs):
         emulator, broker = runs
+        telemetry = emulator.messages_per_second / broker.messages_per_second
+        memory = emulator.server_kb_per_connection / max(broker.server_kb_per_connection, 0.001)
         print(
-            f"\nratio emulator / mosquitto: telemetry {emulator.messages_per_second / broker.messages_per_second:.2f}x, "
-            f"memory per idle connection "
-            f"{emulator.server_kb_per_connection / max(broker.server_kb_per_connection, 0.001):.2f}x"
+            f"\nratio emulator / mosquitto: telemetry {telemetry:.2f}x, "
+            f"memory per idle connection {memory:.2f}x"
         )
     emulator = runs[0]
     if emulator.stored_after_sigkill is not None:
         lost = emulator.acknowledged - emulator.stored_after_sigkill
         print(
-            f"durability: emulator killed with SIGKILL after the run; {emulator.stored_after_sigkill} "
-            f"of {emulator.acknowledged} acknowledged messages stored ({lost} lost)"
+            "durability: emulator killed with SIGKILL after the run; "
+            f"{emulator.stored_after_sigkill} of {emulator.acknowledged} acknowledged messages "
+            f"stored ({lost} lost)"
         )
 
 
