@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice};
+use crate::emulator::store::kind::SESSION;
 use crate::emulator::store::{Store, TelemetryRecord};
 use crate::error::{Error, Result};
 use crate::pki::Certificate;
@@ -134,7 +135,7 @@ pub struct C2dMessage {
 }
 
 /// What a device session subscribed to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscriptions {
     /// `devices/{id}/messages/devicebound/#`
     pub c2d: bool,
@@ -144,6 +145,14 @@ pub struct Subscriptions {
     pub twin_responses: bool,
     /// `$iothub/twin/PATCH/properties/desired/#`
     pub desired: bool,
+}
+
+/// A persistent session as stored: its subscriptions.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSession {
+    hub: String,
+    device_id: String,
+    subscriptions: Subscriptions,
 }
 
 /// Something for a connected device's session task to send.
@@ -255,12 +264,19 @@ impl HubEngine {
     /// An engine over the cloud's identities and the store.
     pub fn new(cloud: Arc<Cloud>, store: Arc<Store>) -> Result<Self> {
         let writer = crate::emulator::store::TelemetryWriter::start(store.clone())?;
+        // Persistent sessions outlive the emulator as they outlive a hub restart on Azure: the
+        // Python SDK never subscribes again after reconnecting.
+        let subscriptions = store
+            .all::<StoredSession>(SESSION)?
+            .into_iter()
+            .map(|s| (key(&s.hub, &s.device_id), s.subscriptions))
+            .collect();
         Ok(HubEngine {
             cloud,
             store,
             writer,
             sessions: Mutex::new(HashMap::new()),
-            subscriptions: Mutex::new(HashMap::new()),
+            subscriptions: Mutex::new(subscriptions),
             twins: Mutex::new(HashMap::new()),
             pending_methods: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
@@ -451,12 +467,11 @@ impl HubEngine {
             );
             old.kick.notify_one();
         }
-        let mut subscriptions = lock(&self.subscriptions);
         let session_present = if clean_session {
-            subscriptions.remove(&k);
+            self.forget_subscriptions(&k);
             false
         } else {
-            subscriptions.contains_key(&k)
+            lock(&self.subscriptions).contains_key(&k)
         };
         SessionHandle {
             outbound: rx,
@@ -483,9 +498,18 @@ impl HubEngine {
             // Unacknowledged C2D messages are delivered again to the next session.
             let queue = Self::c2d_key(hub, device_id);
             lock(&self.c2d_in_flight).retain(|(q, _)| *q != queue);
+            drop(sessions);
             if clean_session {
-                lock(&self.subscriptions).remove(&k);
+                self.forget_subscriptions(&k);
             }
+        }
+    }
+
+    fn forget_subscriptions(&self, k: &DeviceKey) {
+        if lock(&self.subscriptions).remove(k).is_some()
+            && let Err(e) = self.store.delete(SESSION, &format!("{}/{}", k.0, k.1))
+        {
+            log::warn!("emulator: forgetting the session of {} failed: {e}", k.1);
         }
     }
 
@@ -494,8 +518,22 @@ impl HubEngine {
         let k = key(hub, device_id);
         let c2d_now = {
             let mut subscriptions = lock(&self.subscriptions);
-            let entry = subscriptions.entry(k).or_default();
+            let entry = subscriptions.entry(k.clone()).or_default();
+            let before = *entry;
             change(entry);
+            if *entry != before {
+                let stored = StoredSession {
+                    hub: k.0.clone(),
+                    device_id: k.1.clone(),
+                    subscriptions: *entry,
+                };
+                if let Err(e) = self
+                    .store
+                    .put(SESSION, &format!("{}/{}", k.0, k.1), &stored)
+                {
+                    log::warn!("emulator: storing the session of {device_id} failed: {e}");
+                }
+            }
             entry.c2d
         };
         if c2d_now {

@@ -30,6 +30,8 @@ pub mod kind {
     pub const TWIN: &str = "twin";
     /// Waiting cloud-to-device messages by `hub host/device id`.
     pub const C2D: &str = "c2d";
+    /// Subscriptions of a persistent (clean session 0) MQTT session by `hub host/device id`.
+    pub const SESSION: &str = "session";
 }
 
 /// One telemetry message as the hub stored it.

@@ -1699,3 +1699,60 @@ fn hub_forwards_the_will_of_a_device_that_drops_without_disconnect() {
         "{record:?}"
     );
 }
+
+#[test]
+fn persistent_sessions_survive_an_emulator_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = fixture(Some(dir.path().to_path_buf()));
+    let (device, hub) = provisioned(&f, "hub-dev-5");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        d.subscribe_all("hub-dev-5").await;
+        d.client.disconnect().await.unwrap();
+        let _ = d.until(|_| false).await;
+    });
+    let Fixture {
+        emulator,
+        scope,
+        root,
+        inter,
+    } = f;
+    drop(emulator);
+    let f = Fixture {
+        emulator: start(Some(dir.path().to_path_buf())),
+        scope,
+        root,
+        inter,
+    };
+    let hubs = f.emulator.hubs().clone();
+    hubs.send_c2d(&hub, "hub-dev-5", b"after restart", vec![])
+        .unwrap();
+    runtime.block_on(async {
+        // Like the Python SDK: reconnect with clean_session=0 and never subscribe again.
+        let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        let (_, body) = d.next_publish().await.unwrap();
+        assert_eq!(body, b"after restart");
+        let patch = serde_json::json!({"interval": 9});
+        hubs.update_desired(&hub, "hub-dev-5", patch.as_object().unwrap())
+            .unwrap();
+        let (topic, _) = d.next_publish().await.unwrap();
+        assert!(
+            topic.starts_with("$iothub/twin/PATCH/properties/desired/"),
+            "{topic}"
+        );
+    });
+    // A clean session forgets them, also on disk.
+    runtime.block_on(async {
+        let d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        drop(d);
+    });
+    drop(f);
+    let store = crate::emulator::store::Store::open(dir.path()).unwrap();
+    let sessions: Vec<Value> = store.all(crate::emulator::store::kind::SESSION).unwrap();
+    assert!(sessions.is_empty(), "{sessions:?}");
+}
