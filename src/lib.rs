@@ -12,6 +12,7 @@ pub mod hub;
 pub mod pki;
 pub mod provisioning;
 pub mod sas;
+pub mod service;
 
 #[cfg(feature = "python")]
 mod python;

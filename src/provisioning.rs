@@ -104,6 +104,11 @@ impl Trust {
         })
     }
 
+    /// The anchors, shared.
+    pub(crate) fn roots(&self) -> Arc<rustls::RootCertStore> {
+        self.roots.clone()
+    }
+
     pub(crate) fn client_config(&self, auth: &DeviceAuth) -> Result<rustls::ClientConfig> {
         let builder = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
             .with_safe_default_protocol_versions()

@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod dps;
 pub mod hub;
 pub mod model;
+pub mod rest;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -44,6 +45,8 @@ pub struct EmulatorConfig {
     pub poll_retry_after: u32,
     /// Runtime worker threads (default: one per core).
     pub worker_threads: Option<usize>,
+    /// HTTPS port of the management (ARM) and service REST APIs on `host`; 0 picks a free one.
+    pub https_port: u16,
 }
 
 impl Default for EmulatorConfig {
@@ -59,6 +62,7 @@ impl Default for EmulatorConfig {
             },
             poll_retry_after: 1,
             worker_threads: None,
+            https_port: 0,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct Emulator {
     /// Whether the data folder was temporary (kept after `temporary` is dropped on stop).
     is_temporary: bool,
     port: u16,
+    https_port: u16,
     listening: Mutex<Vec<SocketAddr>>,
 }
 
@@ -144,10 +149,12 @@ impl Emulator {
             is_temporary: temporary.is_some(),
             temporary,
             port: config.port,
+            https_port: 0,
             listening: Mutex::new(Vec::new()),
         };
         let first = emulator.listen(host_ip, config.port)?;
         emulator.port = first.port();
+        emulator.https_port = emulator.listen_https(host_ip, config.https_port)?.port();
         for hub in emulator.cloud.hubs() {
             emulator.listen_for_host(&hub.host_name)?;
         }
@@ -190,6 +197,32 @@ impl Emulator {
             .unwrap_or_else(|e| e.into_inner())
             .push(bound);
         Ok(bound)
+    }
+
+    fn listen_https(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))?;
+        let address = SocketAddr::new(ip, port);
+        let fail =
+            |e: std::io::Error| Error::Emulator(format!("cannot listen on {address} (HTTPS): {e}"));
+        let std_listener = std::net::TcpListener::bind(address).map_err(fail)?;
+        std_listener.set_nonblocking(true).map_err(fail)?;
+        let bound = std_listener.local_addr().map_err(fail)?;
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener).map_err(fail)?;
+        let context = Arc::new(rest::RestContext {
+            cloud: self.cloud.clone(),
+            acceptor: tokio_rustls::TlsAcceptor::from(self.tls.https_config()?),
+        });
+        runtime.spawn(rest::serve(listener, context));
+        Ok(bound)
+    }
+
+    /// The port of the HTTPS listener (ARM and service REST APIs).
+    pub fn https_port(&self) -> u16 {
+        self.https_port
     }
 
     /// Makes a hub host reachable: binds the shared port on its address when it is an IP the

@@ -348,10 +348,10 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                 .hubs
                 .close_session(&hub, &device_id, session.generation, clean_session);
             // IoT Hub forwards the will as telemetry when a device goes without DISCONNECT.
-            if let Some(will) = will.filter(|_| result != Ok(SessionEnd::Disconnect)) {
-                if let Err(e) = context.hubs.store_telemetry(will, None, None) {
-                    log::warn!("emulator: storing the will of {device_id:?} failed: {e}");
-                }
+            if let Some(will) = will.filter(|_| result != Ok(SessionEnd::Disconnect))
+                && let Err(e) = context.hubs.store_telemetry(will, None, None)
+            {
+                log::warn!("emulator: storing the will of {device_id:?} failed: {e}");
             }
             result.map(|_| ())
         }

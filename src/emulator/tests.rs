@@ -1756,3 +1756,97 @@ fn persistent_sessions_survive_an_emulator_restart() {
     let sessions: Vec<Value> = store.all(crate::emulator::store::kind::SESSION).unwrap();
     assert!(sessions.is_empty(), "{sessions:?}");
 }
+
+#[test]
+fn arm_certificates_and_proof_of_possession_over_https() {
+    use crate::provisioning::Trust;
+    use crate::service::RestTrust;
+    use crate::service::arm::ArmClient;
+
+    let emulator = start(None);
+    emulator.cloud().create_dps("dps", "westeurope").unwrap();
+    let (root, inter) = ca_pair();
+    let trust = RestTrust::Anchors(Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap());
+    let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
+    let arm = ArmClient::new(&endpoint, "sub-1", "rg-1", "any-token", &trust).unwrap();
+    let status = |e: crate::Error| match e {
+        crate::Error::Service(s) => (s.status, s.error_code),
+        other => panic!("not a service error: {other:?}"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The one-call way, for the root.
+        let proven = arm.prove_possession("dps", "root", &root).await.unwrap();
+        assert!(proven.is_verified);
+        let info = root.credential().certificate().info();
+        assert_eq!(proven.thumbprint, info.thumbprint_sha1.to_ascii_uppercase());
+        assert!(proven.subject.contains("CN="), "{}", proven.subject);
+        for date in [&proven.expiry, &proven.created, &proven.updated] {
+            assert!(httpdate::parse_http_date(date).is_ok(), "not RFC 1123: {date}");
+        }
+        // Proving it again changes nothing.
+        assert_eq!(arm.prove_possession("dps", "root", &root).await.unwrap().etag, proven.etag);
+
+        // The manual way, for the intermediate, with every etag rule.
+        let uploaded = arm
+            .upload_ca_certificate("dps", "inter", inter.credential().certificate(), false, None)
+            .await
+            .unwrap();
+        assert!(!uploaded.is_verified);
+        let again = arm
+            .upload_ca_certificate("dps", "inter", inter.credential().certificate(), false, None)
+            .await
+            .unwrap_err();
+        assert_eq!(status(again).0, 412, "an update needs If-Match");
+        let coded = arm.generate_verification_code("dps", "inter", &uploaded.etag).await.unwrap();
+        assert_ne!(coded.etag, uploaded.etag);
+        let code = coded.verification_code.clone().unwrap();
+        let stale = arm.generate_verification_code("dps", "inter", &uploaded.etag).await.unwrap_err();
+        assert_eq!(status(stale).0, 412);
+        // Signed by the wrong key (the root's): refused.
+        let forged = root.create_verification_certificate(&code, days(1)).unwrap();
+        let refused = arm.verify_certificate("dps", "inter", &coded.etag, &forged).await.unwrap_err();
+        assert_eq!(status(refused).0, 400);
+        let current = arm.ca_certificate("dps", "inter").await.unwrap();
+        assert!(!current.is_verified);
+        let fresh = arm.generate_verification_code("dps", "inter", &current.etag).await.unwrap();
+        let signed = inter
+            .create_verification_certificate(fresh.verification_code.as_deref().unwrap(), days(1))
+            .unwrap();
+        let verified = arm.verify_certificate("dps", "inter", &fresh.etag, &signed).await.unwrap();
+        assert!(verified.is_verified);
+
+        let listed = arm.ca_certificates("dps").await.unwrap();
+        let mut names: Vec<_> = listed.iter().map(|c| c.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["inter", "root"]);
+
+        let stale = arm.delete_ca_certificate("dps", "inter", &uploaded.etag).await.unwrap_err();
+        assert_eq!(status(stale).0, 412);
+        arm.delete_ca_certificate("dps", "inter", &verified.etag).await.unwrap();
+        assert_eq!(status(arm.ca_certificate("dps", "inter").await.unwrap_err()).0, 404);
+        assert_eq!(status(arm.ca_certificates("no-such-dps").await.unwrap_err()).0, 404);
+
+        // Without a bearer token ARM answers 401.
+        let http = crate::service::http_client(&trust, Duration::from_secs(5)).unwrap();
+        let response = http
+            .get(format!(
+                "{endpoint}/subscriptions/s/resourceGroups/r/providers/Microsoft.Devices/provisioningServices/dps/certificates?api-version=2026-11-01"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 401);
+    });
+    // The same state the in-process API sees.
+    assert!(
+        emulator
+            .cloud()
+            .ca_certificate("dps", "root")
+            .unwrap()
+            .is_verified
+    );
+}

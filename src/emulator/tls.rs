@@ -100,6 +100,20 @@ impl EmulatorTls {
     }
 }
 
+impl EmulatorTls {
+    /// The configuration of the HTTPS listener: the same certificate, no client certificates,
+    /// HTTP/1.1 by ALPN.
+    pub fn https_config(&self) -> Result<Arc<ServerConfig>> {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
 fn issue(ca: &CertificateAuthority, hosts: &[String]) -> Result<Arc<CertifiedKey>> {
     let credential = ca.issue_server(hosts, Validity::days(825, None)?)?;
     let mut chain = vec![CertificateDer::from(

@@ -63,8 +63,8 @@ impl PyEmulator {
     /// Starts the emulator.
     #[new]
     #[pyo3(
-        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1),
-        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, poll_retry_after=1)"
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1, https_port = 0),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, poll_retry_after=1, https_port=0)"
     )]
     fn new(
         py: Python<'_>,
@@ -75,6 +75,7 @@ impl PyEmulator {
         max_connections: usize,
         max_packet_size: usize,
         poll_retry_after: u32,
+        https_port: u16,
     ) -> PyResult<Self> {
         if !(connect_timeout.is_finite() && connect_timeout > 0.0) {
             return Err(Error::Config(format!(
@@ -93,6 +94,7 @@ impl PyEmulator {
             },
             poll_retry_after,
             worker_threads: None,
+            https_port,
         };
         let emulator = py.detach(|| crate::emulator::Emulator::start(config))?;
         Ok(PyEmulator {
@@ -151,6 +153,15 @@ impl PyEmulator {
             .cloud()
             .dps_host()
             .to_string()
+    }
+
+    /// The HTTPS port of the REST APIs (ARM, service).
+    #[getter]
+    fn https_port(&self) -> u16 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .https_port()
     }
 
     /// The MQTT port.
