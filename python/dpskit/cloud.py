@@ -1019,6 +1019,7 @@ class LocalCloud:
         max_connections: int = 20_000,
         max_packet_size: int = 262_144,
         poll_retry_after: int = 1,
+        https_port: int = 0,
     ) -> None:
         # Log lines of the emulator follow the `logging` configuration current at start.
         _refresh_logging()
@@ -1031,6 +1032,7 @@ class LocalCloud:
             max_connections=max_connections,
             max_packet_size=max_packet_size,
             poll_retry_after=poll_retry_after,
+            https_port=https_port,
         )
 
     @classmethod
@@ -1087,9 +1089,16 @@ class LocalCloud:
         return self._emulator.mqtt_port
 
     @property
-    def arm_endpoint(self) -> str | None:
-        """The management REST endpoint (arrives with the REST layer; ``None`` until then)."""
-        return None
+    def https_port(self) -> int:
+        """The HTTPS port of the management (ARM) and service REST APIs."""
+        return self._emulator.https_port
+
+    @property
+    def arm_endpoint(self) -> str:
+        """The management (Azure Resource Manager) endpoint: give it to ARM clients as their
+        base URL, with :attr:`trust_pem` as the CA they verify it with. The emulator accepts any
+        bearer token (it listens on loopback)."""
+        return f"https://{self.host}:{self.https_port}"
 
     # -- resources -------------------------------------------------------------------------
 

@@ -249,13 +249,10 @@ fn arm(
                 _ => Ok(c),
             })
             .map(|c| certificate_reply(&base, &c, false)),
-        (&Method::PUT, [name]) => upload(cloud, dps, name, body, if_match).map(|(c, created)| {
-            let mut reply = certificate_reply(&base, &c, false);
-            if created {
-                reply.status = StatusCode::CREATED;
-            }
-            reply
-        }),
+        // 200 for create and update alike: the management SDK accepts nothing else.
+        (&Method::PUT, [name]) => {
+            upload(cloud, dps, name, body, if_match).map(|c| certificate_reply(&base, &c, false))
+        }
         (&Method::DELETE, [name]) => {
             // Azure requires If-Match to delete; "*" deletes whatever version is there.
             match if_match {
@@ -311,14 +308,13 @@ fn require_if_match(if_match: Option<&str>) -> crate::Result<&str> {
 }
 
 /// PUT: `{"certificate", "isVerified"}` flat (CLI, older API) or under `properties` (2022-02-05).
-/// Returns the record and whether it was created.
 fn upload(
     cloud: &Cloud,
     dps: &str,
     name: &str,
     body: &[u8],
     if_match: Option<&str>,
-) -> crate::Result<(CaCertificate, bool)> {
+) -> crate::Result<CaCertificate> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
     let fields = value
@@ -340,8 +336,7 @@ fn upload(
             format!("certificate '{name}' exists: updating it requires If-Match with its etag"),
         ));
     }
-    let record = cloud.upload_ca_certificate(dps, name, &certificate, verified, guard)?;
-    Ok((record, !existed))
+    cloud.upload_ca_certificate(dps, name, &certificate, verified, guard)
 }
 
 /// The `certificate` field: PEM text, base64 of DER, or base64 of PEM (all seen from clients).

@@ -1,0 +1,183 @@
+"""The official management SDK (``azure-mgmt-iothubprovisioningservices``), unchanged but for its
+base URL and TLS trust, drives the emulator's ARM API: CA certificate upload, verification code,
+proof of possession with a dpskit verification certificate, and the refusals Azure gives."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dpskit
+
+mgmt = pytest.importorskip("azure.mgmt.iothubprovisioningservices")
+
+from azure.core import MatchConditions  # noqa: E402
+from azure.core.credentials import AccessToken, AccessTokenInfo  # noqa: E402
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError  # noqa: E402
+from azure.mgmt.iothubprovisioningservices import IotDpsClient  # noqa: E402
+from azure.mgmt.iothubprovisioningservices.models import (  # noqa: E402
+    CertificateProperties,
+    CertificateResponse,
+    VerificationCodeRequest,
+)
+
+RESOURCE_GROUP = dpskit.LocalCloud.resource_group
+
+
+class _LocalToken:
+    """A TokenCredential for the emulator, which accepts any bearer token on loopback."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("local-token", int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+        return AccessTokenInfo("local-token", int(time.time()) + 3600)
+
+
+def _etag(resource: Any) -> str:
+    etag = resource.etag
+    assert isinstance(etag, str), f"no etag in {resource}"
+    return etag
+
+
+@pytest.fixture
+def cloud() -> Iterator[dpskit.LocalCloud]:
+    with dpskit.LocalCloud(port=0) as running:
+        running.create_dps("peer-dps")
+        yield running
+
+
+@pytest.fixture
+def client(cloud: dpskit.LocalCloud, tmp_path: Path) -> IotDpsClient:
+    trust = tmp_path / "emulator-ca.pem"
+    trust.write_text(cloud.trust_pem)
+    return IotDpsClient(
+        _LocalToken(),
+        cloud.subscription_id,
+        base_url=cloud.arm_endpoint,
+        connection_verify=str(trust),
+    )
+
+
+def test_upload_code_and_proof_of_possession_with_the_management_sdk(
+    cloud: dpskit.LocalCloud, client: IotDpsClient
+) -> None:
+    root = dpskit.CertificateAuthority.create_root("Mgmt Peer Root")
+    inter = root.create_intermediate("Mgmt Peer Intermediate")
+    certs = client.dps_certificate
+    # The SDK sends the certificate as bytes: base64 of the PEM text on the wire.
+    uploaded = certs.create_or_update(
+        RESOURCE_GROUP,
+        "peer-dps",
+        "root",
+        CertificateResponse(
+            properties=CertificateProperties(certificate=root.certificate.pem.encode())
+        ),
+    )
+    assert uploaded.properties is not None
+    assert uploaded.properties.is_verified is False
+    assert uploaded.properties.thumbprint == root.certificate.thumbprint_sha1.upper()
+    assert uploaded.properties.subject == "CN=Mgmt Peer Root"
+    # RFC 1123 dates reach the SDK as datetimes.
+    assert uploaded.properties.expiry is not None
+    assert uploaded.properties.expiry.year == root.certificate.not_after.year
+
+    code = certs.generate_verification_code(
+        "root",
+        RESOURCE_GROUP,
+        "peer-dps",
+        etag=_etag(uploaded),
+        match_condition=MatchConditions.IfNotModified,
+    )
+    assert code.properties is not None
+    verification_code = code.properties.verification_code
+    assert verification_code
+    assert _etag(code) != _etag(uploaded)
+
+    # Signed by another key (the intermediate's, with the right CN): refused, nothing verified.
+    forged = inter.create_verification_certificate(verification_code)
+    with pytest.raises(HttpResponseError) as refused:
+        certs.verify_certificate(
+            "root",
+            RESOURCE_GROUP,
+            "peer-dps",
+            VerificationCodeRequest(certificate=forged.pem),
+            etag=_etag(code),
+            match_condition=MatchConditions.IfNotModified,
+        )
+    assert refused.value.status_code == 400
+    assert not cloud.dps("peer-dps").ca_certificate("root").is_verified
+
+    current = certs.get("root", RESOURCE_GROUP, "peer-dps")
+    fresh = certs.generate_verification_code(
+        "root",
+        RESOURCE_GROUP,
+        "peer-dps",
+        etag=_etag(current),
+        match_condition=MatchConditions.IfNotModified,
+    )
+    assert fresh.properties is not None
+    assert fresh.properties.verification_code
+    signed = root.create_verification_certificate(fresh.properties.verification_code)
+    verified = certs.verify_certificate(
+        "root",
+        RESOURCE_GROUP,
+        "peer-dps",
+        VerificationCodeRequest(certificate=signed.pem),
+        etag=_etag(fresh),
+        match_condition=MatchConditions.IfNotModified,
+    )
+    assert verified.properties is not None
+    assert verified.properties.is_verified is True
+    # dpskit's own API sees the same state.
+    assert cloud.dps("peer-dps").ca_certificate("root").is_verified
+    assert [c.name for c in certs.list(RESOURCE_GROUP, "peer-dps").value or []] == ["root"]
+
+
+def test_management_sdk_sees_azure_refusals(client: IotDpsClient) -> None:
+    root = dpskit.CertificateAuthority.create_root("Mgmt Peer Root 2")
+    certs = client.dps_certificate
+    uploaded = certs.create_or_update(
+        RESOURCE_GROUP,
+        "peer-dps",
+        "root",
+        CertificateResponse(
+            properties=CertificateProperties(certificate=root.certificate.pem.encode())
+        ),
+    )
+    # A stale etag: 412.
+    certs.generate_verification_code(
+        "root",
+        RESOURCE_GROUP,
+        "peer-dps",
+        etag=_etag(uploaded),
+        match_condition=MatchConditions.IfNotModified,
+    )
+    with pytest.raises(HttpResponseError) as stale:
+        certs.delete(
+            RESOURCE_GROUP,
+            "peer-dps",
+            "root",
+            etag=_etag(uploaded),
+            match_condition=MatchConditions.IfNotModified,
+        )
+    assert stale.value.status_code == 412
+    # A missing certificate and a missing DPS: 404.
+    with pytest.raises(ResourceNotFoundError):
+        certs.get("nope", RESOURCE_GROUP, "peer-dps")
+    with pytest.raises(ResourceNotFoundError):
+        certs.get("root", RESOURCE_GROUP, "no-such-dps")
+    current = certs.get("root", RESOURCE_GROUP, "peer-dps")
+    certs.delete(
+        RESOURCE_GROUP,
+        "peer-dps",
+        "root",
+        etag=_etag(current),
+        match_condition=MatchConditions.IfNotModified,
+    )
+    with pytest.raises(ResourceNotFoundError):
+        certs.get("root", RESOURCE_GROUP, "peer-dps")
