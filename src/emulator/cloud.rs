@@ -238,6 +238,31 @@ impl Cloud {
             .ok_or_else(|| Error::Config("no free loopback address left for another hub".into()))
     }
 
+    /// Deletes a hub with its device identities, and unlinks it from every DPS. (Its loopback
+    /// address keeps listening until the emulator restarts; nothing answers for it.)
+    pub fn delete_hub(&self, name: &str) -> Result<()> {
+        let mut model = self.write();
+        let hub = model
+            .hubs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("IoT hub", name))?;
+        for (k, _) in model.devices.iter().filter(|(k, _)| k.0 == hub.host_name) {
+            self.store
+                .delete(kind::DEVICE, &format!("{}/{}", k.0, k.1))?;
+        }
+        for dps in model.dps.values_mut() {
+            if dps.linked_hubs.iter().any(|l| l.hub == name) {
+                dps.linked_hubs.retain(|l| l.hub != name);
+                self.store.put(kind::DPS, &dps.name, &*dps)?;
+            }
+        }
+        self.store.delete(kind::HUB, name)?;
+        model.devices.retain(|k, _| k.0 != hub.host_name);
+        model.hubs.remove(name);
+        Ok(())
+    }
+
     /// A hub by name.
     pub fn hub(&self, name: &str) -> Result<HubRecord> {
         self.read()
@@ -332,6 +357,33 @@ impl Cloud {
         self.store.put(kind::DPS, name, &dps)?;
         model.dps.insert(name.to_string(), dps.clone());
         Ok(dps)
+    }
+
+    /// Deletes a DPS instance with its enrollments and registration records.
+    pub fn delete_dps(&self, name: &str) -> Result<()> {
+        let mut model = self.write();
+        if !model.dps.contains_key(name) {
+            return Err(not_found("provisioning service", name));
+        }
+        let owned = |(d, _): &(String, String)| d == name;
+        for (k, _) in model.groups.iter().filter(|(k, _)| owned(k)) {
+            self.store
+                .delete(kind::GROUP, &format!("{}/{}", k.0, k.1))?;
+        }
+        for (k, _) in model.enrollments.iter().filter(|(k, _)| owned(k)) {
+            self.store
+                .delete(kind::ENROLLMENT, &format!("{}/{}", k.0, k.1))?;
+        }
+        for (k, _) in model.registrations.iter().filter(|(k, _)| owned(k)) {
+            self.store
+                .delete(kind::REGISTRATION, &format!("{}/{}", k.0, k.1))?;
+        }
+        self.store.delete(kind::DPS, name)?;
+        model.groups.retain(|k, _| !owned(k));
+        model.enrollments.retain(|k, _| !owned(k));
+        model.registrations.retain(|k, _| !owned(k));
+        model.dps.remove(name);
+        Ok(())
     }
 
     /// A DPS instance by name.

@@ -67,6 +67,69 @@ impl Default for EmulatorConfig {
     }
 }
 
+/// The MQTT listeners: DPS's address and one per hub address, all on one port. Shared with the
+/// REST layer, which creates hubs that must become reachable at once.
+pub(crate) struct Listeners {
+    handle: tokio::runtime::Handle,
+    context: Arc<server::ServerContext>,
+    port: std::sync::atomic::AtomicU16,
+    listening: Mutex<Vec<SocketAddr>>,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+impl Listeners {
+    fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Emulator("the emulator is stopped".into()));
+        }
+        let address = SocketAddr::new(ip, port);
+        let std_listener = std::net::TcpListener::bind(address).map_err(|e| {
+            Error::Emulator(format!(
+                "cannot listen on {address}: {e}{}",
+                if port == 8883 {
+                    " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
+                } else {
+                    ""
+                }
+            ))
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+        let bound = std_listener
+            .local_addr()
+            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+        let context = self.context.clone();
+        let _guard = self.handle.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+        self.handle.spawn(server::serve(listener, context));
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bound);
+        Ok(bound)
+    }
+
+    /// Makes a hub host reachable: binds the shared port on its address when it is an IP the
+    /// listener does not cover yet.
+    pub(crate) fn listen_for_host(&self, host: &str) -> Result<()> {
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return Ok(());
+        };
+        let covered = self
+            .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|a| a.ip() == ip || a.ip().is_unspecified());
+        if !covered {
+            self.listen(ip, self.port.load(std::sync::atomic::Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+}
+
 /// A running emulator. Dropping it stops it.
 pub struct Emulator {
     runtime: Option<Runtime>,
@@ -75,14 +138,12 @@ pub struct Emulator {
     hubs: Arc<hub::HubEngine>,
     tls: Arc<tls::EmulatorTls>,
     tracer: Arc<trace::Tracer>,
-    context: Arc<server::ServerContext>,
+    listeners: Arc<Listeners>,
     data_dir: PathBuf,
     temporary: Option<tempfile::TempDir>,
     /// Whether the data folder was temporary (kept after `temporary` is dropped on stop).
     is_temporary: bool,
-    port: u16,
     https_port: u16,
-    listening: Mutex<Vec<SocketAddr>>,
 }
 
 impl Emulator {
@@ -137,6 +198,13 @@ impl Emulator {
             limits: config.limits.clone(),
             slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         });
+        let listeners = Arc::new(Listeners {
+            handle: runtime.handle().clone(),
+            context,
+            port: std::sync::atomic::AtomicU16::new(config.port),
+            listening: Mutex::new(Vec::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
         let mut emulator = Emulator {
             runtime: Some(runtime),
             cloud,
@@ -144,59 +212,26 @@ impl Emulator {
             hubs,
             tls,
             tracer,
-            context,
+            listeners,
             data_dir,
             is_temporary: temporary.is_some(),
             temporary,
-            port: config.port,
             https_port: 0,
-            listening: Mutex::new(Vec::new()),
         };
-        let first = emulator.listen(host_ip, config.port)?;
-        emulator.port = first.port();
+        let first = emulator.listeners.listen(host_ip, config.port)?;
+        emulator
+            .listeners
+            .port
+            .store(first.port(), std::sync::atomic::Ordering::Relaxed);
         emulator.https_port = emulator.listen_https(host_ip, config.https_port)?.port();
         for hub in emulator.cloud.hubs() {
-            emulator.listen_for_host(&hub.host_name)?;
+            emulator.listeners.listen_for_host(&hub.host_name)?;
         }
         log::info!(
             "emulator: listening on {first} (MQTT over TLS), state in {}",
             emulator.data_dir.display()
         );
         Ok(emulator)
-    }
-
-    fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))?;
-        let address = SocketAddr::new(ip, port);
-        let std_listener = std::net::TcpListener::bind(address).map_err(|e| {
-            Error::Emulator(format!(
-                "cannot listen on {address}: {e}{}",
-                if port == 8883 {
-                    " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
-                } else {
-                    ""
-                }
-            ))
-        })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
-        let bound = std_listener
-            .local_addr()
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
-        let context = self.context.clone();
-        let _guard = runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
-        runtime.spawn(server::serve(listener, context));
-        self.listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(bound);
-        Ok(bound)
     }
 
     fn listen_https(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
@@ -215,6 +250,8 @@ impl Emulator {
         let context = Arc::new(rest::RestContext {
             cloud: self.cloud.clone(),
             acceptor: tokio_rustls::TlsAcceptor::from(self.tls.https_config()?),
+            listeners: self.listeners.clone(),
+            service_authority: bound.to_string(),
         });
         runtime.spawn(rest::serve(listener, context));
         Ok(bound)
@@ -225,24 +262,6 @@ impl Emulator {
         self.https_port
     }
 
-    /// Makes a hub host reachable: binds the shared port on its address when it is an IP the
-    /// listener does not cover yet.
-    fn listen_for_host(&self, host: &str) -> Result<()> {
-        let Ok(ip) = host.parse::<IpAddr>() else {
-            return Ok(());
-        };
-        let covered = self
-            .listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|a| a.ip() == ip || a.ip().is_unspecified());
-        if !covered {
-            self.listen(ip, self.port)?;
-        }
-        Ok(())
-    }
-
     /// Creates a hub and starts listening on its address.
     pub fn create_hub(
         &self,
@@ -251,7 +270,7 @@ impl Emulator {
         host_name: Option<&str>,
     ) -> Result<model::HubRecord> {
         let hub = self.cloud.create_hub(name, location, host_name)?;
-        self.listen_for_host(&hub.host_name)?;
+        self.listeners.listen_for_host(&hub.host_name)?;
         Ok(hub)
     }
 
@@ -267,7 +286,9 @@ impl Emulator {
 
     /// The MQTT port (the one actually bound when 0 was asked for).
     pub fn mqtt_port(&self) -> u16 {
-        self.port
+        self.listeners
+            .port
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The folder holding state and the CA.
@@ -323,7 +344,11 @@ impl Emulator {
             runtime.shutdown_timeout(Duration::from_secs(2));
             log::info!("emulator: stopped");
         }
-        self.listening
+        self.listeners
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.listeners
+            .listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

@@ -1850,3 +1850,97 @@ fn arm_certificates_and_proof_of_possession_over_https() {
             .is_verified
     );
 }
+
+#[test]
+fn arm_resources_hubs_dps_keys_and_links_over_https() {
+    use crate::provisioning::Trust;
+    use crate::service::RestTrust;
+    use crate::service::arm::ArmClient;
+
+    let emulator = start(None);
+    let trust = RestTrust::Anchors(Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap());
+    let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
+    let arm = ArmClient::new(&endpoint, "sub-1", "rg-1", "any-token", &trust).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let hub_a = arm.create_hub("arm-hub-a", "westeurope").await.unwrap();
+        let hub_b = arm.create_hub("arm-hub-b", "northeurope").await.unwrap();
+        assert_eq!(hub_a.provisioning_state, "Succeeded");
+        assert_ne!(hub_a.host_name, hub_b.host_name);
+        // Creating again returns the same hub.
+        assert_eq!(
+            arm.create_hub("arm-hub-a", "westeurope").await.unwrap(),
+            hub_a
+        );
+        let dps = arm.create_dps("arm-dps", "westeurope").await.unwrap();
+        assert!(dps.id_scope.starts_with("0ne"), "{dps:?}");
+        assert!(dps.linked_hubs.is_empty());
+        assert_eq!(
+            dps.service_operations_host_name,
+            format!("127.0.0.1:{}", emulator.https_port())
+        );
+
+        let keys = arm.dps_keys("arm-dps").await.unwrap();
+        assert_eq!(keys.key_name, "provisioningserviceowner");
+        assert_eq!(
+            keys.primary_key,
+            emulator.cloud().dps("arm-dps").unwrap().primary_key
+        );
+        assert!(
+            !keys.to_string().contains(&keys.primary_key),
+            "keys are redacted when printed"
+        );
+        let hub_keys = arm.hub_keys("arm-hub-a").await.unwrap();
+        assert_eq!(
+            hub_keys.primary_key,
+            emulator.cloud().hub("arm-hub-a").unwrap().primary_key
+        );
+
+        // Linking twice, as the CLI does: the first link comes back masked and is kept.
+        arm.link_hub("arm-dps", "arm-hub-a", Some(2), true)
+            .await
+            .unwrap();
+        let linked = arm
+            .link_hub("arm-dps", "arm-hub-b", None, false)
+            .await
+            .unwrap();
+        let hosts: Vec<_> = linked
+            .linked_hubs
+            .iter()
+            .map(|l| l.host_name.clone())
+            .collect();
+        assert_eq!(hosts.len(), 2, "{hosts:?}");
+        assert!(
+            linked
+                .linked_hubs
+                .iter()
+                .all(|l| l.connection_string.ends_with("SharedAccessKey=****"))
+        );
+        let stored = emulator.cloud().dps("arm-dps").unwrap().linked_hubs;
+        let a = stored.iter().find(|l| l.hub == "arm-hub-a").unwrap();
+        assert_eq!((a.allocation_weight, a.apply_allocation_policy), (2, true));
+        let b = stored.iter().find(|l| l.hub == "arm-hub-b").unwrap();
+        assert!(!b.apply_allocation_policy);
+
+        assert_eq!(arm.dps_instances().await.unwrap().len(), 1);
+        assert_eq!(arm.hubs().await.unwrap().len(), 2);
+        arm.delete_hub("arm-hub-b").await.unwrap();
+        assert_eq!(
+            arm.dps("arm-dps").await.unwrap().linked_hubs.len(),
+            1,
+            "deleting a hub unlinks it"
+        );
+        arm.delete_dps("arm-dps").await.unwrap();
+        let gone = arm.dps("arm-dps").await.unwrap_err();
+        assert!(
+            matches!(&gone, crate::Error::Service(s) if s.status == 404),
+            "{gone:?}"
+        );
+    });
+    // A hub created over ARM is reachable over MQTT at once.
+    let host = emulator.cloud().hub("arm-hub-a").unwrap().host_name;
+    std::net::TcpStream::connect((host.as_str(), emulator.mqtt_port())).unwrap();
+}

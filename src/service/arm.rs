@@ -60,6 +60,164 @@ impl CaCertificateResource {
     }
 }
 
+/// A provisioning service (DPS) resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpsResource {
+    /// Resource name.
+    pub name: String,
+    /// Azure region.
+    pub location: String,
+    /// ID scope devices present.
+    pub id_scope: String,
+    /// Host of the DPS service (enrollment) API.
+    pub service_operations_host_name: String,
+    /// Host devices dial (`global.azure-devices-provisioning.net` on Azure).
+    pub device_provisioning_host_name: String,
+    /// `Succeeded` once created.
+    pub provisioning_state: String,
+    /// Linked hubs.
+    pub linked_hubs: Vec<LinkedHubDescription>,
+}
+
+/// A hub linked to a DPS, as ARM describes it (the key comes back masked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkedHubDescription {
+    /// The hub's host name.
+    pub host_name: String,
+    /// Region used by geo-latency allocation.
+    pub location: String,
+    /// Weight in hashed allocation.
+    pub allocation_weight: Option<u32>,
+    /// Whether the DPS's allocation policy may choose this hub.
+    pub apply_allocation_policy: bool,
+    /// Connection string as returned (key masked by Azure).
+    pub connection_string: String,
+}
+
+/// An IoT hub resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubResource {
+    /// Resource name.
+    pub name: String,
+    /// Azure region.
+    pub location: String,
+    /// Host name devices and service clients dial.
+    pub host_name: String,
+    /// `Succeeded` once created.
+    pub provisioning_state: String,
+}
+
+/// A shared access policy with its keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessKeys {
+    /// Policy name (`provisioningserviceowner`, `iothubowner`).
+    pub key_name: String,
+    /// Primary key (base64).
+    pub primary_key: String,
+    /// Secondary key (base64).
+    pub secondary_key: String,
+    /// Rights, as Azure lists them.
+    pub rights: String,
+}
+
+impl std::fmt::Display for AccessKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccessKeys({}, <redacted>)", self.key_name)
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+impl DpsResource {
+    fn from_json(value: &Value) -> Result<Self> {
+        let p = &value["properties"];
+        let name = value["name"]
+            .as_str()
+            .ok_or_else(|| Error::Protocol(format!("DPS resource without a name: {value}")))?;
+        let linked_hubs = p["iotHubs"]
+            .as_array()
+            .map(|hubs| {
+                hubs.iter()
+                    .map(|h| LinkedHubDescription {
+                        host_name: h["name"].as_str().map(str::to_string).unwrap_or_else(|| {
+                            connection_string_part(
+                                h["connectionString"].as_str().unwrap_or_default(),
+                                "HostName",
+                            )
+                            .unwrap_or_default()
+                        }),
+                        location: text(&h["location"]),
+                        allocation_weight: h["allocationWeight"]
+                            .as_u64()
+                            .and_then(|w| u32::try_from(w).ok()),
+                        apply_allocation_policy: h["applyAllocationPolicy"]
+                            .as_bool()
+                            .unwrap_or(false),
+                        connection_string: text(&h["connectionString"]),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(DpsResource {
+            name: name.to_string(),
+            location: text(&value["location"]),
+            id_scope: text(&p["idScope"]),
+            service_operations_host_name: text(&p["serviceOperationsHostName"]),
+            device_provisioning_host_name: text(&p["deviceProvisioningHostName"]),
+            provisioning_state: text(&p["provisioningState"]),
+            linked_hubs,
+        })
+    }
+}
+
+impl HubResource {
+    fn from_json(value: &Value) -> Result<Self> {
+        let name = value["name"]
+            .as_str()
+            .ok_or_else(|| Error::Protocol(format!("IoT hub resource without a name: {value}")))?;
+        Ok(HubResource {
+            name: name.to_string(),
+            location: text(&value["location"]),
+            host_name: text(&value["properties"]["hostName"]),
+            provisioning_state: text(&value["properties"]["provisioningState"]),
+        })
+    }
+}
+
+impl AccessKeys {
+    fn from_json(value: &Value) -> Result<Self> {
+        let key_name = value["keyName"]
+            .as_str()
+            .ok_or_else(|| Error::Protocol("access keys without a keyName".into()))?;
+        Ok(AccessKeys {
+            key_name: key_name.to_string(),
+            primary_key: text(&value["primaryKey"]),
+            secondary_key: text(&value["secondaryKey"]),
+            rights: text(&value["rights"]),
+        })
+    }
+}
+
+/// One `key=value` part of a connection string (key compared case-insensitively).
+pub fn connection_string_part(connection_string: &str, key: &str) -> Option<String> {
+    connection_string.split(';').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(key)
+            .then(|| v.trim().to_string())
+    })
+}
+
+/// ARM's terminal provisioning states.
+fn is_terminal(state: &str) -> bool {
+    ["succeeded", "failed", "canceled", ""].contains(&state.to_ascii_lowercase().as_str())
+}
+
+/// The IoT Hub resource provider's api-version for `IotHubs`.
+pub const HUB_API_VERSION: &str = "2023-06-30";
+
 /// A client for one subscription and resource group.
 #[derive(Clone)]
 pub struct ArmClient {
@@ -100,12 +258,31 @@ impl ArmClient {
     }
 
     fn certificates_url(&self, dps: &str) -> String {
+        format!("{}/certificates", self.dps_url(dps))
+    }
+
+    fn group_url(&self) -> String {
         format!(
-            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Devices/provisioningServices/{}/certificates",
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Devices",
             self.endpoint,
             crate::sas::url_encode(&self.subscription_id),
             crate::sas::url_encode(&self.resource_group),
+        )
+    }
+
+    fn dps_url(&self, dps: &str) -> String {
+        format!(
+            "{}/provisioningServices/{}",
+            self.group_url(),
             crate::sas::url_encode(dps)
+        )
+    }
+
+    fn hub_url(&self, hub: &str) -> String {
+        format!(
+            "{}/IotHubs/{}",
+            self.group_url(),
+            crate::sas::url_encode(hub)
         )
     }
 
@@ -117,9 +294,30 @@ impl ArmClient {
         body: Option<Value>,
         what: &str,
     ) -> Result<Option<Value>> {
+        let api_version = if url.contains("/IotHubs") {
+            HUB_API_VERSION
+        } else {
+            DPS_API_VERSION
+        };
+        self.call_versioned(method, url, api_version, if_match, body, what)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// Sends one request; returns the JSON body and the long-running-operation URL, if any.
+    async fn call_versioned(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        api_version: &str,
+        if_match: Option<&str>,
+        body: Option<Value>,
+        what: &str,
+    ) -> Result<(Option<Value>, Option<String>)> {
+        let separator = if url.contains('?') { '&' } else { '?' };
         let mut request = self
             .http
-            .request(method, format!("{url}?api-version={DPS_API_VERSION}"))
+            .request(method, format!("{url}{separator}api-version={api_version}"))
             .bearer_auth(&self.token);
         if let Some(tag) = if_match {
             request = request.header(reqwest::header::IF_MATCH, tag);
@@ -133,13 +331,286 @@ impl ArmClient {
         if !response.status().is_success() {
             return Err(failure(response, what).await);
         }
+        let operation = ["azure-asyncoperation", "location"]
+            .iter()
+            .find_map(|h| response.headers().get(*h))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = response.text().await.map_err(|e| transport(what, e))?;
         if text.trim().is_empty() {
-            return Ok(None);
+            return Ok((None, operation));
         }
         serde_json::from_str(&text)
-            .map(Some)
+            .map(|v| (Some(v), operation))
             .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))
+    }
+
+    /// PUTs a resource and waits until ARM reports a terminal provisioning state: polls the
+    /// `Azure-AsyncOperation` URL when ARM gives one, the resource itself otherwise, every few
+    /// seconds (creating a hub takes minutes on Azure; the emulator answers at once).
+    async fn put_and_wait(
+        &self,
+        url: String,
+        api_version: &str,
+        body: Value,
+        what: &str,
+    ) -> Result<Value> {
+        let (value, operation) = self
+            .call_versioned(
+                reqwest::Method::PUT,
+                url.clone(),
+                api_version,
+                None,
+                Some(body),
+                what,
+            )
+            .await?;
+        let mut state = match &value {
+            Some(v) => text(&v["properties"]["provisioningState"]),
+            // 201/202 without a body: the operation is under way.
+            None => "Accepted".to_string(),
+        };
+        let started = std::time::Instant::now();
+        while !is_terminal(&state) {
+            if started.elapsed() > Duration::from_secs(30 * 60) {
+                return Err(Error::Timeout(format!(
+                    "{what}: still {state} after 30 minutes"
+                )));
+            }
+            log::info!("{what}: {state} after {} s", started.elapsed().as_secs());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            state = match operation
+                .as_deref()
+                .filter(|op| op.to_ascii_lowercase().contains("operation"))
+            {
+                Some(op) => {
+                    let response = self
+                        .http
+                        .get(op)
+                        .bearer_auth(&self.token)
+                        .send()
+                        .await
+                        .map_err(|e| transport(what, e))?;
+                    if !response.status().is_success() {
+                        return Err(failure(response, what).await);
+                    }
+                    let status: Value = response.json().await.map_err(|e| transport(what, e))?;
+                    text(&status["status"])
+                }
+                None => {
+                    let (current, _) = self
+                        .call_versioned(
+                            reqwest::Method::GET,
+                            url.clone(),
+                            api_version,
+                            None,
+                            None,
+                            what,
+                        )
+                        .await?;
+                    current
+                        .map(|c| text(&c["properties"]["provisioningState"]))
+                        .unwrap_or_default()
+                }
+            };
+        }
+        if !state.is_empty() && !state.eq_ignore_ascii_case("succeeded") {
+            return Err(Error::service(
+                500,
+                500_000,
+                format!("{what}: the operation ended {state}"),
+            ));
+        }
+        match value {
+            Some(v)
+                if text(&v["properties"]["provisioningState"])
+                    .eq_ignore_ascii_case("succeeded") =>
+            {
+                Ok(v)
+            }
+            _ => self
+                .call_versioned(reqwest::Method::GET, url, api_version, None, None, what)
+                .await?
+                .0
+                .ok_or_else(|| Error::Protocol(format!("{what}: the resource GET was empty"))),
+        }
+    }
+
+    /// Creates a DPS instance (or returns the existing one) and waits until it is ready.
+    pub async fn create_dps(&self, name: &str, location: &str) -> Result<DpsResource> {
+        let body =
+            json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
+        let what = format!("creating provisioning service {name}");
+        if let Ok(existing) = self.dps(name).await {
+            return Ok(existing);
+        }
+        let value = self
+            .put_and_wait(self.dps_url(name), DPS_API_VERSION, body, &what)
+            .await?;
+        DpsResource::from_json(&value)
+    }
+
+    /// One DPS instance.
+    pub async fn dps(&self, name: &str) -> Result<DpsResource> {
+        let what = format!("reading provisioning service {name}");
+        let value = self
+            .call(reqwest::Method::GET, self.dps_url(name), None, None, &what)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+        DpsResource::from_json(&value)
+    }
+
+    /// Every DPS instance of the resource group.
+    pub async fn dps_instances(&self) -> Result<Vec<DpsResource>> {
+        let what = "listing provisioning services";
+        let url = format!("{}/provisioningServices", self.group_url());
+        let value = self
+            .call(reqwest::Method::GET, url, None, None, what)
+            .await?
+            .unwrap_or_default();
+        value["value"]
+            .as_array()
+            .map(|v| v.iter().map(DpsResource::from_json).collect())
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Deletes a DPS instance.
+    pub async fn delete_dps(&self, name: &str) -> Result<()> {
+        let what = format!("deleting provisioning service {name}");
+        self.call(
+            reqwest::Method::DELETE,
+            self.dps_url(name),
+            None,
+            None,
+            &what,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The `provisioningserviceowner` keys.
+    pub async fn dps_keys(&self, name: &str) -> Result<AccessKeys> {
+        let what = format!("reading the keys of provisioning service {name}");
+        let url = format!(
+            "{}/keys/provisioningserviceowner/listkeys",
+            self.dps_url(name)
+        );
+        let value = self
+            .call(reqwest::Method::POST, url, None, None, &what)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+        AccessKeys::from_json(&value)
+    }
+
+    /// Creates an IoT hub (or returns the existing one) and waits until it is ready.
+    pub async fn create_hub(&self, name: &str, location: &str) -> Result<HubResource> {
+        let what = format!("creating IoT hub {name}");
+        if let Ok(existing) = self.hub(name).await {
+            return Ok(existing);
+        }
+        let body =
+            json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
+        let value = self
+            .put_and_wait(self.hub_url(name), HUB_API_VERSION, body, &what)
+            .await?;
+        HubResource::from_json(&value)
+    }
+
+    /// One IoT hub.
+    pub async fn hub(&self, name: &str) -> Result<HubResource> {
+        let what = format!("reading IoT hub {name}");
+        let value = self
+            .call(reqwest::Method::GET, self.hub_url(name), None, None, &what)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+        HubResource::from_json(&value)
+    }
+
+    /// Every IoT hub of the resource group.
+    pub async fn hubs(&self) -> Result<Vec<HubResource>> {
+        let url = format!("{}/IotHubs", self.group_url());
+        let value = self
+            .call(reqwest::Method::GET, url, None, None, "listing IoT hubs")
+            .await?
+            .unwrap_or_default();
+        value["value"]
+            .as_array()
+            .map(|v| v.iter().map(HubResource::from_json).collect())
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// Deletes an IoT hub.
+    pub async fn delete_hub(&self, name: &str) -> Result<()> {
+        let what = format!("deleting IoT hub {name}");
+        self.call(
+            reqwest::Method::DELETE,
+            self.hub_url(name),
+            None,
+            None,
+            &what,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The `iothubowner` keys.
+    pub async fn hub_keys(&self, name: &str) -> Result<AccessKeys> {
+        let what = format!("reading the keys of IoT hub {name}");
+        let url = format!("{}/IotHubKeys/iothubowner/listkeys", self.hub_url(name));
+        let value = self
+            .call(reqwest::Method::POST, url, None, None, &what)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+        AccessKeys::from_json(&value)
+    }
+
+    /// Links a hub to a DPS the way `az iot dps linked-hub create` does: GET the DPS, add (or
+    /// replace) the hub with its `iothubowner` connection string, PUT the whole resource back.
+    pub async fn link_hub(
+        &self,
+        dps: &str,
+        hub: &str,
+        allocation_weight: Option<u32>,
+        apply_allocation_policy: bool,
+    ) -> Result<DpsResource> {
+        let what = format!("linking IoT hub {hub} to {dps}");
+        let hub_resource = self.hub(hub).await?;
+        let keys = self.hub_keys(hub).await?;
+        let mut current = self
+            .call(reqwest::Method::GET, self.dps_url(dps), None, None, &what)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+        let connection_string = format!(
+            "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+            hub_resource.host_name, keys.key_name, keys.primary_key
+        );
+        let mut hubs: Vec<Value> = current["properties"]["iotHubs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        hubs.retain(|h| {
+            let host = h["name"].as_str().map(str::to_string).or_else(|| {
+                connection_string_part(
+                    h["connectionString"].as_str().unwrap_or_default(),
+                    "HostName",
+                )
+            });
+            !host.is_some_and(|host| host.eq_ignore_ascii_case(&hub_resource.host_name))
+        });
+        let mut entry = json!({
+            "connectionString": connection_string,
+            "location": hub_resource.location,
+            "applyAllocationPolicy": apply_allocation_policy,
+        });
+        if let Some(weight) = allocation_weight {
+            entry["allocationWeight"] = json!(weight);
+        }
+        hubs.push(entry);
+        current["properties"]["iotHubs"] = Value::Array(hubs);
+        let value = self
+            .put_and_wait(self.dps_url(dps), DPS_API_VERSION, current, &what)
+            .await?;
+        DpsResource::from_json(&value)
     }
 
     async fn certificate_call(

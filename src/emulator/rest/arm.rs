@@ -1,0 +1,574 @@
+//! Azure Resource Manager under `/subscriptions/{sub}/resourceGroups/{rg}/providers/
+//! Microsoft.Devices/`: provisioning services (with linked hubs and keys), IoT hubs, and a DPS's
+//! CA certificates with proof of possession. Shapes follow the resource provider's swagger and
+//! what the management SDK and the CLI parse (RFC 1123 dates, capitalised allocation policies,
+//! masked linked-hub keys that a client may write back).
+
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Reply, RestContext, arm_error, from_error, http_date};
+use crate::emulator::Cloud;
+use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord};
+use crate::error::Error;
+use crate::pki::Certificate;
+
+/// What a linked hub's key looks like in a GET; written back, it means "keep the stored key".
+const MASKED_KEY: &str = "****";
+
+/// Serves one ARM request; `segments` is the whole path split on `/`.
+pub(super) fn handle(
+    method: &Method,
+    segments: &[&str],
+    body: &[u8],
+    if_match: Option<&str>,
+    context: &RestContext,
+) -> Reply {
+    let is = |i: usize, name: &str| {
+        segments
+            .get(i)
+            .is_some_and(|s| s.eq_ignore_ascii_case(name))
+    };
+    let shaped = segments.len() >= 7
+        && is(2, "resourceGroups")
+        && is(4, "providers")
+        && is(5, "Microsoft.Devices");
+    if !shaped {
+        return arm_error(
+            404,
+            "InvalidResourceType",
+            &format!("the emulator does not serve /{}", segments.join("/")),
+        );
+    }
+    let group_base = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Devices",
+        segments[1], segments[3]
+    );
+    let rest = &segments[7..];
+    let outcome = if is(6, "provisioningServices") {
+        provisioning_services(
+            method,
+            &group_base,
+            segments[3],
+            rest,
+            body,
+            if_match,
+            context,
+        )
+    } else if is(6, "IotHubs") {
+        iot_hubs(method, &group_base, segments[3], rest, body, context)
+    } else {
+        Ok(arm_error(
+            404,
+            "InvalidResourceType",
+            &format!("the emulator does not serve resource type {}", segments[6]),
+        ))
+    };
+    outcome.unwrap_or_else(|e| from_error(&e))
+}
+
+fn not_found(kind: &str, name: &str, group: &str) -> Reply {
+    arm_error(
+        404,
+        "ResourceNotFound",
+        &format!(
+            "The Resource 'Microsoft.Devices/{kind}/{name}' under resource group '{group}' was not found."
+        ),
+    )
+}
+
+fn empty(status: StatusCode) -> Reply {
+    Reply {
+        status,
+        body: None,
+        etag: None,
+    }
+}
+
+fn parse_json(body: &[u8]) -> crate::Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))
+}
+
+// ---- provisioning services ----------------------------------------------------------------
+
+fn provisioning_services(
+    method: &Method,
+    group_base: &str,
+    group: &str,
+    rest: &[&str],
+    body: &[u8],
+    if_match: Option<&str>,
+    context: &RestContext,
+) -> crate::Result<Reply> {
+    let cloud = &context.cloud;
+    let Some((name, rest)) = rest.split_first() else {
+        return Ok(match *method {
+            Method::GET => Reply::json(
+                StatusCode::OK,
+                json!({"value": cloud.all_dps().iter().map(|d| dps_json(group_base, d, context)).collect::<Vec<_>>()}),
+            ),
+            _ => arm_error(405, "405000", "method not allowed on this collection"),
+        });
+    };
+    let name = *name;
+    let lower = |i: usize| rest.get(i).map(|s| s.to_ascii_lowercase());
+    match (method, rest.len(), lower(0).as_deref()) {
+        (&Method::PUT, 0, _) => put_dps(group_base, name, body, context),
+        (_, _, _) if cloud.dps(name).is_err() => Ok(not_found("provisioningServices", name, group)),
+        (&Method::GET, 0, _) => Ok(Reply::json(
+            StatusCode::OK,
+            dps_json(group_base, &cloud.dps(name)?, context),
+        )),
+        (&Method::DELETE, 0, _) => cloud.delete_dps(name).map(|()| empty(StatusCode::OK)),
+        (&Method::POST, 1, Some("listkeys")) => {
+            let dps = cloud.dps(name)?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                json!({"value": [dps_key_json(&dps)]}),
+            ))
+        }
+        (&Method::POST, 3, Some("keys")) if lower(2).as_deref() == Some("listkeys") => {
+            let dps = cloud.dps(name)?;
+            if !rest[1].eq_ignore_ascii_case("provisioningserviceowner") {
+                return Ok(arm_error(
+                    404,
+                    "KeyNameNotFound",
+                    &format!("no shared access policy named {} in {name}", rest[1]),
+                ));
+            }
+            Ok(Reply::json(StatusCode::OK, dps_key_json(&dps)))
+        }
+        (_, _, Some("certificates")) => {
+            let base = format!("{group_base}/provisioningServices/{name}");
+            certificates(method, &base, name, &rest[1..], body, if_match, context)
+        }
+        _ => Ok(arm_error(
+            405,
+            "405000",
+            "the emulator does not serve this operation",
+        )),
+    }
+}
+
+fn dps_key_json(dps: &DpsRecord) -> Value {
+    json!({
+        "keyName": "provisioningserviceowner",
+        "primaryKey": dps.primary_key,
+        "secondaryKey": dps.secondary_key,
+        "rights": "ServiceConfig, DeviceConnect, EnrollmentWrite",
+    })
+}
+
+/// The DPS resource: what `az iot dps show` and the management SDK read.
+fn dps_json(group_base: &str, dps: &DpsRecord, context: &RestContext) -> Value {
+    let hubs: Vec<Value> = dps
+        .linked_hubs
+        .iter()
+        .map(|l| {
+            json!({
+                "connectionString": format!(
+                    "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={MASKED_KEY}",
+                    l.host_name
+                ),
+                "location": l.location,
+                "allocationWeight": l.allocation_weight,
+                "applyAllocationPolicy": l.apply_allocation_policy,
+                "name": l.host_name,
+            })
+        })
+        .collect();
+    json!({
+        "id": format!("{group_base}/provisioningServices/{}", dps.name),
+        "name": dps.name,
+        "type": "Microsoft.Devices/ProvisioningServices",
+        "location": dps.location,
+        "etag": format!("AAAAAA{:08X}=", dps.created as u32),
+        "tags": {},
+        "sku": {"name": "S1", "tier": "Standard", "capacity": 1},
+        "properties": {
+            "state": "Active",
+            "provisioningState": "Succeeded",
+            "iotHubs": hubs,
+            "allocationPolicy": "Hashed",
+            "serviceOperationsHostName": context.service_authority,
+            "deviceProvisioningHostName": context.cloud.dps_host(),
+            "idScope": dps.id_scope,
+            "authorizationPolicies": [],
+            "enableDataResidency": false,
+            "publicNetworkAccess": "Enabled",
+            "ipFilterRules": [],
+            "privateEndpointConnections": [],
+        },
+    })
+}
+
+/// PUT creates the DPS or updates it. The body replaces the linked hubs (ARM PUT semantics):
+/// `az iot dps linked-hub create` GETs the resource, appends a hub and PUTs it all back, masked
+/// keys included.
+fn put_dps(
+    group_base: &str,
+    name: &str,
+    body: &[u8],
+    context: &RestContext,
+) -> crate::Result<Reply> {
+    let cloud = &context.cloud;
+    let body = parse_json(body)?;
+    let created = cloud.dps(name).is_err();
+    if created {
+        let location = body["location"].as_str().ok_or_else(|| {
+            Error::Config("a new provisioning service needs a \"location\"".into())
+        })?;
+        cloud.create_dps(name, location)?;
+    }
+    let wanted = match &body["properties"]["iotHubs"] {
+        Value::Array(items) => items.clone(),
+        Value::Null => Vec::new(),
+        _ => return Err(Error::Config("properties.iotHubs must be an array".into())),
+    };
+    let mut keep = Vec::new();
+    for item in &wanted {
+        let text = item["connectionString"]
+            .as_str()
+            .ok_or_else(|| Error::Config("each linked hub needs a \"connectionString\"".into()))?;
+        let (host, key) = parse_hub_connection_string(text)?;
+        let hub = cloud
+            .hubs()
+            .into_iter()
+            .find(|h| h.host_name.eq_ignore_ascii_case(&host))
+            .ok_or_else(|| {
+                Error::service(400, 400_000, format!("no IoT hub has the host name {host}"))
+            })?;
+        if key != MASKED_KEY && key != hub.primary_key && key != hub.secondary_key {
+            return Err(Error::service(
+                400,
+                400_000,
+                format!("the connection string of {host} has a wrong SharedAccessKey"),
+            ));
+        }
+        let weight = item["allocationWeight"]
+            .as_u64()
+            .map(|w| u32::try_from(w).unwrap_or(u32::MAX))
+            .unwrap_or(1);
+        let apply = item["applyAllocationPolicy"].as_bool().unwrap_or(true);
+        cloud.link_hub(name, &hub.name, weight, apply, item["location"].as_str())?;
+        keep.push(hub.name);
+    }
+    for link in cloud.dps(name)?.linked_hubs {
+        if !keep.contains(&link.hub) {
+            cloud.unlink_hub(name, &link.hub)?;
+        }
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(Reply::json(
+        status,
+        dps_json(group_base, &cloud.dps(name)?, context),
+    ))
+}
+
+/// `HostName=...;SharedAccessKeyName=...;SharedAccessKey=...` → (host, key).
+fn parse_hub_connection_string(text: &str) -> crate::Result<(String, String)> {
+    let mut host = None;
+    let mut key = None;
+    for part in text.split(';') {
+        if let Some((k, v)) = part.split_once('=') {
+            match k.trim() {
+                k if k.eq_ignore_ascii_case("HostName") => host = Some(v.trim().to_string()),
+                k if k.eq_ignore_ascii_case("SharedAccessKey") => key = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    match (host, key) {
+        (Some(h), Some(k)) => Ok((h, k)),
+        _ => Err(Error::Config(
+            "a linked hub's connection string needs HostName and SharedAccessKey".into(),
+        )),
+    }
+}
+
+// ---- IoT hubs -----------------------------------------------------------------------------
+
+fn iot_hubs(
+    method: &Method,
+    group_base: &str,
+    group: &str,
+    rest: &[&str],
+    body: &[u8],
+    context: &RestContext,
+) -> crate::Result<Reply> {
+    let cloud = &context.cloud;
+    let Some((name, rest)) = rest.split_first() else {
+        return Ok(match *method {
+            Method::GET => Reply::json(
+                StatusCode::OK,
+                json!({"value": cloud.hubs().iter().map(|h| hub_json(group_base, h)).collect::<Vec<_>>()}),
+            ),
+            _ => arm_error(405, "405000", "method not allowed on this collection"),
+        });
+    };
+    let name = *name;
+    let lower = |i: usize| rest.get(i).map(|s| s.to_ascii_lowercase());
+    match (method, rest.len(), lower(0).as_deref()) {
+        (&Method::PUT, 0, _) => {
+            if let Ok(hub) = cloud.hub(name) {
+                return Ok(Reply::json(StatusCode::OK, hub_json(group_base, &hub)));
+            }
+            let body = parse_json(body)?;
+            let location = body["location"]
+                .as_str()
+                .ok_or_else(|| Error::Config("a new IoT hub needs a \"location\"".into()))?;
+            let hub = cloud.create_hub(name, location, None)?;
+            // Devices must reach the new hub at once.
+            context.listeners.listen_for_host(&hub.host_name)?;
+            Ok(Reply::json(StatusCode::CREATED, hub_json(group_base, &hub)))
+        }
+        (_, _, _) if cloud.hub(name).is_err() => Ok(not_found("IotHubs", name, group)),
+        (&Method::GET, 0, _) => Ok(Reply::json(
+            StatusCode::OK,
+            hub_json(group_base, &cloud.hub(name)?),
+        )),
+        (&Method::DELETE, 0, _) => cloud.delete_hub(name).map(|()| empty(StatusCode::OK)),
+        (&Method::POST, 1, Some("listkeys")) => {
+            let hub = cloud.hub(name)?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                json!({"value": [hub_key_json(&hub)]}),
+            ))
+        }
+        (&Method::POST, 3, Some("iothubkeys")) if lower(2).as_deref() == Some("listkeys") => {
+            let hub = cloud.hub(name)?;
+            if !rest[1].eq_ignore_ascii_case("iothubowner") {
+                return Ok(arm_error(
+                    404,
+                    "KeyNameNotFound",
+                    &format!("no shared access policy named {} in {name}", rest[1]),
+                ));
+            }
+            Ok(Reply::json(StatusCode::OK, hub_key_json(&hub)))
+        }
+        _ => Ok(arm_error(
+            405,
+            "405000",
+            "the emulator does not serve this operation",
+        )),
+    }
+}
+
+fn hub_key_json(hub: &HubRecord) -> Value {
+    json!({
+        "keyName": "iothubowner",
+        "primaryKey": hub.primary_key,
+        "secondaryKey": hub.secondary_key,
+        "rights": "RegistryWrite, ServiceConnect, DeviceConnect",
+    })
+}
+
+fn hub_json(group_base: &str, hub: &HubRecord) -> Value {
+    json!({
+        "id": format!("{group_base}/IotHubs/{}", hub.name),
+        "name": hub.name,
+        "type": "Microsoft.Devices/IotHubs",
+        "location": hub.location,
+        "etag": format!("AAAAAA{:08X}=", hub.created as u32),
+        "tags": {},
+        "sku": {"name": "S1", "tier": "Standard", "capacity": 1},
+        "properties": {
+            "state": "Active",
+            "provisioningState": "Succeeded",
+            "hostName": hub.host_name,
+            "publicNetworkAccess": "Enabled",
+        },
+    })
+}
+
+// ---- CA certificates and proof of possession ----------------------------------------------
+
+fn certificates(
+    method: &Method,
+    base: &str,
+    dps: &str,
+    rest: &[&str],
+    body: &[u8],
+    if_match: Option<&str>,
+    context: &RestContext,
+) -> crate::Result<Reply> {
+    let cloud = &context.cloud;
+    match (method, rest) {
+        (&Method::GET, []) => Ok(Reply::json(
+            StatusCode::OK,
+            json!({"value": cloud.dps(dps)?.certificates.iter()
+                .map(|c| certificate_json(base, c, false)).collect::<Vec<_>>()}),
+        )),
+        (&Method::GET, [name]) => {
+            let c = cloud.ca_certificate(dps, name)?;
+            if let Some(tag) = if_match.filter(|t| *t != "*" && t.trim_matches('"') != c.etag) {
+                return Err(Error::service(
+                    412,
+                    412_002,
+                    format!("The ETag {tag} does not match the ETag of the certificate."),
+                ));
+            }
+            Ok(certificate_reply(base, &c, false))
+        }
+        // 200 for create and update alike: the management SDK accepts nothing else.
+        (&Method::PUT, [name]) => {
+            upload(cloud, dps, name, body, if_match).map(|c| certificate_reply(base, &c, false))
+        }
+        (&Method::DELETE, [name]) => {
+            // Azure requires If-Match to delete; "*" deletes whatever version is there.
+            let tag = if_match.ok_or_else(|| {
+                Error::service(
+                    412,
+                    412_002,
+                    "If-Match with the certificate's etag is required to delete it.",
+                )
+            })?;
+            cloud
+                .delete_ca_certificate(dps, name, Some(tag))
+                .map(|()| empty(StatusCode::OK))
+        }
+        (&Method::POST, [name, action])
+            if action.eq_ignore_ascii_case("generateVerificationCode") =>
+        {
+            let tag = require_if_match(if_match)?;
+            cloud
+                .generate_verification_code(dps, name, Some(tag))
+                .map(|c| certificate_reply(base, &c, true))
+        }
+        (&Method::POST, [name, action])
+            if action.eq_ignore_ascii_case("verify")
+                || action.eq_ignore_ascii_case("verifyCertificate") =>
+        {
+            let tag = require_if_match(if_match)?;
+            let verification = certificate_from_body(body)?;
+            cloud
+                .verify_certificate(dps, name, &verification, Some(tag))
+                .map(|c| certificate_reply(base, &c, false))
+        }
+        _ => Ok(arm_error(
+            405,
+            "405000",
+            "method not allowed on this resource",
+        )),
+    }
+}
+
+fn require_if_match(if_match: Option<&str>) -> crate::Result<&str> {
+    if_match.ok_or_else(|| {
+        Error::service(
+            412,
+            412_002,
+            "If-Match with the certificate's current etag is required (GET the certificate for it).",
+        )
+    })
+}
+
+/// PUT: `{"certificate", "isVerified"}` flat (CLI, older API) or under `properties` (2022-02-05).
+fn upload(
+    cloud: &Cloud,
+    dps: &str,
+    name: &str,
+    body: &[u8],
+    if_match: Option<&str>,
+) -> crate::Result<CaCertificate> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
+    let fields = value
+        .get("properties")
+        .filter(|p| p.is_object())
+        .unwrap_or(&value);
+    let certificate = certificate_from_body(&serde_json::to_vec(fields).unwrap_or_default())?;
+    let verified = fields
+        .get("isVerified")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let existed = cloud.ca_certificate(dps, name).is_ok();
+    // If-Match only guards updates; on create Azure ignores it.
+    let guard = if existed { if_match } else { None };
+    if existed && guard.is_none() {
+        return Err(Error::service(
+            412,
+            412_002,
+            format!("certificate '{name}' exists: updating it requires If-Match with its etag"),
+        ));
+    }
+    cloud.upload_ca_certificate(dps, name, &certificate, verified, guard)
+}
+
+/// The `certificate` field: PEM text, base64 of DER, or base64 of PEM (all seen from clients).
+fn certificate_from_body(body: &[u8]) -> crate::Result<Certificate> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
+    let text = value
+        .get("certificate")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Config("the body has no \"certificate\" string".into()))?
+        .trim();
+    if text.contains("-----BEGIN") {
+        return Certificate::from_pem(text.as_bytes());
+    }
+    use base64::Engine;
+    let compact: String = text.split_whitespace().collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|_| Error::cert("\"certificate\" is neither PEM nor base64"))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        Certificate::from_pem(&bytes)
+    } else {
+        Certificate::from_der(&bytes)
+    }
+}
+
+fn certificate_reply(base: &str, c: &CaCertificate, with_code: bool) -> Reply {
+    Reply {
+        status: StatusCode::OK,
+        body: Some(certificate_json(base, c, with_code)),
+        etag: Some(c.etag.clone()),
+    }
+}
+
+/// CertificateResponse (or VerificationCodeResponse with `with_code`), dates in RFC 1123 as
+/// the management SDK parses them.
+fn certificate_json(base: &str, c: &CaCertificate, with_code: bool) -> Value {
+    let parsed = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &c.der_base64)
+        .ok()
+        .and_then(|der| Certificate::from_der(&der).ok());
+    let (subject, expiry, thumbprint) = match &parsed {
+        Some(cert) => {
+            let info = cert.info();
+            (
+                info.subject.clone(),
+                http_date(info.not_after),
+                info.thumbprint_sha1.to_ascii_uppercase(),
+            )
+        }
+        None => (String::new(), String::new(), String::new()),
+    };
+    let mut properties = json!({
+        "subject": subject,
+        "expiry": expiry,
+        "thumbprint": thumbprint,
+        "isVerified": c.is_verified,
+        "certificate": c.der_base64,
+        "created": http_date(c.created),
+        "updated": http_date(c.updated),
+    });
+    if with_code {
+        properties["verificationCode"] = json!(c.verification_code);
+    }
+    json!({
+        "id": format!("{base}/certificates/{}", c.name),
+        "name": c.name,
+        "type": "Microsoft.Devices/ProvisioningServices/Certificates",
+        "etag": c.etag,
+        "properties": properties,
+    })
+}

@@ -1,0 +1,200 @@
+//! The emulator's HTTPS listener: the Azure Resource Manager subset a DPS walkthrough uses
+//! (CA certificates and proof of possession so far), with Azure's paths, bodies, dates, etags
+//! and error shapes, so that dpskit's REST client and the official management SDK both work
+//! against it. Every request is translated into the same [`Cloud`] operations the in-process
+//! API uses.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::emulator::Cloud;
+use crate::error::Error;
+
+/// The largest request body accepted (a certificate chain fits many times over).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+mod arm;
+
+/// What the HTTPS listener serves from.
+pub(crate) struct RestContext {
+    /// Resources and their configuration.
+    pub cloud: Arc<Cloud>,
+    /// TLS with the emulator's server certificate (no client certificates).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The MQTT listeners: a hub created over ARM must be reachable at once.
+    pub listeners: Arc<crate::emulator::Listeners>,
+    /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
+    pub service_authority: String,
+}
+
+/// Accepts HTTPS connections until the runtime stops.
+pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let tls = match tokio::time::timeout(
+                Duration::from_secs(10),
+                context.acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    log::info!("emulator: HTTPS handshake with {peer} failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |request| {
+                let context = context.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(request, &context).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                log::debug!("emulator: HTTPS connection from {peer} ended: {e}");
+            }
+        });
+    }
+}
+
+/// A response body and status, before headers.
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) body: Option<Value>,
+    pub(super) etag: Option<String>,
+}
+
+impl Reply {
+    pub(super) fn json(status: StatusCode, body: Value) -> Self {
+        Reply {
+            status,
+            body: Some(body),
+            etag: None,
+        }
+    }
+}
+
+/// An ARM error: `{"code", "httpStatusCode", "message"}` as the DPS resource provider writes
+/// it (its `ErrorDetails` model), with the numeric DPS code where there is one.
+pub(super) fn arm_error(status: u16, code: &str, message: &str) -> Reply {
+    Reply::json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        json!({
+            "code": code,
+            "httpStatusCode": StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Error"),
+            "message": message,
+        }),
+    )
+}
+
+pub(super) fn from_error(error: &Error) -> Reply {
+    match error {
+        Error::Service(s) => arm_error(
+            s.status,
+            &s.error_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| s.status.to_string()),
+            &s.message,
+        ),
+        Error::Certificate(m) | Error::Config(m) => arm_error(400, "400004", m),
+        other => arm_error(500, "500000", &other.to_string()),
+    }
+}
+
+async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let reply = match Limited::new(body, MAX_BODY).collect().await {
+        Err(_) => arm_error(413, "413000", "the request body is larger than 4 MB"),
+        Ok(collected) => {
+            let body = collected.to_bytes();
+            route(&parts, &body, context)
+        }
+    };
+    let mut response = Response::new(Full::new(match &reply.body {
+        Some(v) => Bytes::from(v.to_string()),
+        None => Bytes::new(),
+    }));
+    *response.status_mut() = reply.status;
+    if reply.body.is_some() {
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+    }
+    if let Some(etag) = reply.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
+        response.headers_mut().insert(hyper::header::ETAG, etag);
+    }
+    response
+}
+
+fn route(parts: &hyper::http::request::Parts, body: &[u8], context: &RestContext) -> Reply {
+    let path = parts.uri.path();
+    let query = parts.uri.query().unwrap_or("");
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if !segments
+        .first()
+        .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"))
+    {
+        return arm_error(404, "404000", &format!("no API is served at {path}"));
+    }
+    // The emulator accepts any bearer token on its loopback listener; what matters for clients
+    // is that they send one, as they must to Azure.
+    let bearer = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
+    if !bearer {
+        return arm_error(
+            401,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing or is not a Bearer token.",
+        );
+    }
+    let has_api_version = crate::emulator::topics::query_pairs(query)
+        .any(|(k, v)| k.eq_ignore_ascii_case("api-version") && !v.is_empty());
+    if !has_api_version {
+        return arm_error(
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        );
+    }
+    let if_match = parts
+        .headers
+        .get(hyper::header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    arm::handle(&parts.method, &segments, body, if_match.as_deref(), context)
+}
+
+/// Unix seconds as an RFC 1123 date (`Sat, 31 Dec 2039 23:59:59 GMT`).
+pub fn http_date(unix: i64) -> String {
+    let at = if unix >= 0 {
+        UNIX_EPOCH + Duration::from_secs(unix as u64)
+    } else {
+        UNIX_EPOCH
+    };
+    httpdate::fmt_http_date(
+        at.max(UNIX_EPOCH)
+            .min(SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)),
+    )
+}
