@@ -694,10 +694,16 @@ class Dps:
         return f"{self.device_host}:{self.device_port}"
 
     @property
+    def service_host(self) -> str:
+        """``host:port`` of the DPS service (enrollment) API: its ``serviceOperationsHostName``."""
+        return f"{self._cloud.host}:{self._cloud.https_port}"
+
+    @property
     def service_connection_string(self) -> str:
-        """The ``provisioningserviceowner`` connection string of the service API."""
+        """The ``provisioningserviceowner`` connection string of the service API, as the official
+        ``azure-iot-deviceprovisioning`` client and dpskit's own take it."""
         return (
-            f"HostName={self.device_host};SharedAccessKeyName=provisioningserviceowner;"
+            f"HostName={self.service_host};SharedAccessKeyName=provisioningserviceowner;"
             f"SharedAccessKey={self._primary_key}"
         )
 

@@ -54,7 +54,17 @@ pub struct Cloud {
 
 /// Current time as Azure writes it in registration records: RFC 3339, 7 fractional digits.
 pub fn azure_timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
+    format_azure_time(time::OffsetDateTime::now_utc())
+}
+
+/// Unix seconds as Azure's data-plane timestamps (`2023-05-19T23:10:35.0000000Z`).
+pub fn azure_time(unix: i64) -> String {
+    format_azure_time(
+        time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
+fn format_azure_time(now: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",
         now.year(),

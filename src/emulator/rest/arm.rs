@@ -78,11 +78,7 @@ fn not_found(kind: &str, name: &str, group: &str) -> Reply {
 }
 
 fn empty(status: StatusCode) -> Reply {
-    Reply {
-        status,
-        body: None,
-        etag: None,
-    }
+    Reply::empty(status)
 }
 
 fn parse_json(body: &[u8]) -> crate::Result<Value> {
@@ -510,8 +506,13 @@ fn certificate_from_body(body: &[u8]) -> crate::Result<Certificate> {
     let text = value
         .get("certificate")
         .and_then(Value::as_str)
-        .ok_or_else(|| Error::Config("the body has no \"certificate\" string".into()))?
-        .trim();
+        .ok_or_else(|| Error::Config("the body has no \"certificate\" string".into()))?;
+    certificate_from_text(text)
+}
+
+/// A certificate given as PEM text, base64 DER, or base64 of PEM (all seen from clients).
+pub(super) fn certificate_from_text(text: &str) -> crate::Result<Certificate> {
+    let text = text.trim();
     if text.contains("-----BEGIN") {
         return Certificate::from_pem(text.as_bytes());
     }
@@ -529,9 +530,8 @@ fn certificate_from_body(body: &[u8]) -> crate::Result<Certificate> {
 
 fn certificate_reply(base: &str, c: &CaCertificate, with_code: bool) -> Reply {
     Reply {
-        status: StatusCode::OK,
-        body: Some(certificate_json(base, c, with_code)),
         etag: Some(c.etag.clone()),
+        ..Reply::json(StatusCode::OK, certificate_json(base, c, with_code))
     }
 }
 

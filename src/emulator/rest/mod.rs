@@ -22,6 +22,7 @@ use crate::error::Error;
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
 mod arm;
+mod dps_service;
 
 /// What the HTTPS listener serves from.
 pub(crate) struct RestContext {
@@ -77,6 +78,8 @@ pub(super) struct Reply {
     pub(super) status: StatusCode,
     pub(super) body: Option<Value>,
     pub(super) etag: Option<String>,
+    /// Further headers (`x-ms-error-code`, `x-ms-continuation`, ...).
+    pub(super) headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
@@ -85,6 +88,16 @@ impl Reply {
             status,
             body: Some(body),
             etag: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub(super) fn empty(status: StatusCode) -> Self {
+        Reply {
+            status,
+            body: None,
+            etag: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -142,6 +155,11 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
     if let Some(etag) = reply.etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         response.headers_mut().insert(hyper::header::ETAG, etag);
     }
+    for (name, value) in reply.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
     response
 }
 
@@ -149,11 +167,13 @@ fn route(parts: &hyper::http::request::Parts, body: &[u8], context: &RestContext
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if !segments
-        .first()
-        .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"))
-    {
-        return arm_error(404, "404000", &format!("no API is served at {path}"));
+    let first = segments.first().map(|s| s.to_ascii_lowercase());
+    match first.as_deref() {
+        Some("subscriptions") => {}
+        Some("enrollments" | "enrollmentgroups" | "registrations") => {
+            return dps_service::handle(parts, &segments, body, context);
+        }
+        _ => return arm_error(404, "404000", &format!("no API is served at {path}")),
     }
     // The emulator accepts any bearer token on its loopback listener; what matters for clients
     // is that they send one, as they must to Azure.
