@@ -337,6 +337,23 @@ impl Cloud {
         Ok(())
     }
 
+    /// Deletes a device identity of a hub (by host name).
+    pub fn delete_hub_device(&self, hub_host: &str, device_id: &str) -> Result<()> {
+        let key = (hub_host.to_string(), device_id.to_string());
+        let mut model = self.write();
+        if !model.devices.contains_key(&key) {
+            return Err(Error::service(
+                404,
+                404_001,
+                format!("Device '{device_id}' was not found in hub {hub_host}."),
+            ));
+        }
+        self.store
+            .delete(kind::DEVICE, &format!("{hub_host}/{device_id}"))?;
+        model.devices.remove(&key);
+        Ok(())
+    }
+
     // ---- DPS ----------------------------------------------------------------------------
 
     /// Creates a DPS instance with a fresh ID scope.

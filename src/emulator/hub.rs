@@ -367,6 +367,29 @@ impl HubEngine {
         }
     }
 
+    /// Whether a device has a live connection.
+    pub fn is_connected(&self, hub: &str, device_id: &str) -> bool {
+        lock(&self.sessions).contains_key(&key(hub, device_id))
+    }
+
+    /// Deletes a device identity with its twin, queued C2D messages and session, closing its
+    /// connection (a device created again later starts afresh, as on Azure).
+    pub fn delete_device(&self, hub: &str, device_id: &str) -> Result<()> {
+        self.device(hub, device_id)?;
+        let k = key(hub, device_id);
+        let store_key = format!("{}/{device_id}", k.0);
+        self.drop_connection(hub, device_id);
+        self.forget_subscriptions(&k);
+        lock(&self.twins).remove(&k);
+        self.store
+            .delete(crate::emulator::store::kind::TWIN, &store_key)?;
+        self.store.delete(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+        )?;
+        self.cloud.delete_hub_device(hub, device_id)
+    }
+
     /// The hub record whose host name is `host`.
     pub fn hub_for_host(&self, host: &str) -> Option<String> {
         self.cloud.hub_host(host)

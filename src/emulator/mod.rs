@@ -249,6 +249,7 @@ impl Emulator {
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(fail)?;
         let context = Arc::new(rest::RestContext {
             cloud: self.cloud.clone(),
+            hubs: self.hubs.clone(),
             acceptor: tokio_rustls::TlsAcceptor::from(self.tls.https_config()?),
             listeners: self.listeners.clone(),
             service_authority: bound.to_string(),

@@ -3,6 +3,8 @@
 //! the endpoint, the credential and the trust anchors differ.
 
 pub mod arm;
+pub mod dps;
+pub mod hub;
 
 use std::time::Duration;
 

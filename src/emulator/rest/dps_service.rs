@@ -138,14 +138,10 @@ pub(super) fn handle(
         (&Method::GET, ["enrollments", _]) => request.get_enrollment(segments[1]),
         (&Method::PUT, ["enrollments", _]) => request.put_enrollment(segments[1]),
         (&Method::DELETE, ["enrollments", _]) => request.delete_enrollment(segments[1]),
-        (&Method::POST, ["enrollments", _, "attestationmechanism"]) => {
-            context.cloud.enrollment(&dps.name, segments[1]).map(|e| {
-                Reply::json(
-                    StatusCode::OK,
-                    attestation_json(&e.attestation, false),
-                )
-            })
-        }
+        (&Method::POST, ["enrollments", _, "attestationmechanism"]) => context
+            .cloud
+            .enrollment(&dps.name, segments[1])
+            .map(|e| Reply::json(StatusCode::OK, attestation_json(&e.attestation, false))),
         (&Method::GET, ["registrations", _]) => request.get_registration(segments[1]),
         (&Method::DELETE, ["registrations", _]) => request.delete_registration(segments[1]),
         (&Method::POST, ["registrations", _, "query"]) => request.query_registrations(segments[1]),
@@ -373,14 +369,14 @@ impl Request<'_> {
             .ok_or_else(|| {
                 Error::service(404, 404_201, format!("Registration {id} was not found."))
             })?;
-        if let Some(tag) = self.if_match.filter(|t| *t != "*") {
-            if tag.trim_matches('"') != record.etag.trim_matches('"') {
-                return Err(Error::service(
-                    412,
-                    412_002,
-                    "The ETag in the request does not match the ETag of the registration.",
-                ));
-            }
+        if let Some(tag) = self.if_match.filter(|t| *t != "*")
+            && tag.trim_matches('"') != record.etag.trim_matches('"')
+        {
+            return Err(Error::service(
+                412,
+                412_002,
+                "The ETag in the request does not match the ETag of the registration.",
+            ));
         }
         self.context.cloud.delete_registration(&self.dps.name, id)?;
         Ok(Reply::empty(StatusCode::NO_CONTENT))
@@ -519,7 +515,9 @@ fn only_certificate_info(attestation: &Value) -> bool {
         .collect();
     x509["caReferences"].is_null()
         && !entries.is_empty()
-        && entries.iter().all(|e| e["certificate"].is_null() && !e["info"].is_null())
+        && entries
+            .iter()
+            .all(|e| e["certificate"].is_null() && !e["info"].is_null())
 }
 
 fn attestation_from_json(value: &Value, group: bool) -> crate::Result<Attestation> {

@@ -23,6 +23,7 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 
 mod arm;
 mod dps_service;
+mod hub_service;
 
 /// What the HTTPS listener serves from.
 pub(crate) struct RestContext {
@@ -30,6 +31,8 @@ pub(crate) struct RestContext {
     pub cloud: Arc<Cloud>,
     /// TLS with the emulator's server certificate (no client certificates).
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Twins, methods, C2D and telemetry of the hubs.
+    pub hubs: Arc<crate::emulator::hub::HubEngine>,
     /// The MQTT listeners: a hub created over ARM must be reachable at once.
     pub listeners: Arc<crate::emulator::Listeners>,
     /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
@@ -138,7 +141,16 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
         Err(_) => arm_error(413, "413000", "the request body is larger than 4 MB"),
         Ok(collected) => {
             let body = collected.to_bytes();
-            route(&parts, &body, context)
+            let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
+            let first = segments.first().map(|s| s.to_ascii_lowercase());
+            match first.as_deref() {
+                // Service calls that may wait (direct methods) run on the connection's task.
+                Some("devices" | "twins" | "dpskit") => {
+                    let query = parts.uri.query().unwrap_or("");
+                    hub_service::handle(&parts, &segments, query, &body, context).await
+                }
+                _ => route(&parts, &body, context),
+            }
         }
     };
     let mut response = Response::new(Full::new(match &reply.body {

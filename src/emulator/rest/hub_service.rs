@@ -1,0 +1,385 @@
+//! The IoT Hub service API a walkthrough uses: device identities, twins (read, desired and tag
+//! patches), direct methods, authenticated with an `iothubowner` SAS token; plus two
+//! emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
+//! routes telemetry to Event Hubs, neither of which a REST client can reach): send a C2D
+//! message, read the stored telemetry.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hyper::header::{AUTHORIZATION, IF_MATCH};
+use hyper::http::request::Parts;
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::{Reply, RestContext};
+use crate::emulator::cloud::{azure_time, random_guid};
+use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
+use crate::error::Error;
+use crate::sas::SasToken;
+
+/// The policy whose keys sign service tokens.
+const OWNER_POLICY: &str = "iothubowner";
+/// Azure's default and largest direct-method response timeouts.
+const DEFAULT_METHOD_TIMEOUT: u64 = 30;
+const MAX_METHOD_TIMEOUT: u64 = 300;
+
+/// IoT Hub's error body (`Message` with the code, as the service writes it, plus the numeric
+/// `errorCode` dpskit's client reads) and the `iothub-errorcode` header.
+fn hub_error(status: u16, code: u32, message: &str) -> Reply {
+    let mut reply = Reply::json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        json!({
+            "Message": format!("ErrorCode:{code};{message}"),
+            "ExceptionMessage": format!("Tracking ID:{}-TimeStamp:{}", random_guid(), crate::emulator::cloud::azure_timestamp()),
+            "errorCode": code,
+            "message": message,
+        }),
+    );
+    reply.headers.push(("iothub-errorcode", code.to_string()));
+    reply
+}
+
+fn from_error(error: &Error) -> Reply {
+    match error {
+        Error::Service(s) => hub_error(
+            s.status,
+            s.error_code.unwrap_or(u32::from(s.status) * 1000),
+            &s.message,
+        ),
+        Error::Certificate(m) | Error::Config(m) | Error::Protocol(m) => hub_error(400, 400_004, m),
+        Error::Timeout(m) => hub_error(504, 504_101, m),
+        other => hub_error(500, 500_000, &other.to_string()),
+    }
+}
+
+/// The hub whose `iothubowner` key signed the request's SAS token.
+fn authenticate(parts: &Parts, context: &RestContext) -> Result<HubRecord, Reply> {
+    let unauthorized = |why: &str| hub_error(401, 401_002, why);
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            unauthorized("The Authorization header is missing: send an iothubowner SAS token.")
+        })?;
+    let token = SasToken::parse(header).map_err(|e| unauthorized(&e.to_string()))?;
+    if token.expiry < crate::pki::issue::now() {
+        return Err(unauthorized("The SAS token has expired."));
+    }
+    if !token
+        .key_name
+        .as_deref()
+        .is_some_and(|k| k.eq_ignore_ascii_case(OWNER_POLICY))
+    {
+        return Err(unauthorized(
+            "The SAS token must name the iothubowner policy (skn).",
+        ));
+    }
+    context
+        .cloud
+        .hubs()
+        .into_iter()
+        .find(|h| token.is_signed_by(&h.primary_key) || token.is_signed_by(&h.secondary_key))
+        .ok_or_else(|| unauthorized("The SAS token is not signed by the key of any hub here."))
+}
+
+/// Serves one hub service request.
+pub(super) async fn handle(
+    parts: &Parts,
+    segments: &[&str],
+    query: &str,
+    body: &[u8],
+    context: &RestContext,
+) -> Reply {
+    let hub = match authenticate(parts, context) {
+        Ok(hub) => hub,
+        Err(reply) => return reply,
+    };
+    let if_match = parts.headers.get(IF_MATCH).and_then(|v| v.to_str().ok());
+    let host = hub.host_name.as_str();
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let outcome = match (&parts.method, lower.as_slice()) {
+        (&Method::POST, ["devices", "query"]) => query_twins(context, host),
+        (&Method::GET, ["devices", _]) => context
+            .cloud
+            .hub_device(host, segments[1])
+            .ok_or_else(|| not_found(segments[1], host))
+            .map(|d| Reply::json(StatusCode::OK, identity_json(context, &d))),
+        (&Method::PUT, ["devices", _]) => put_device(context, host, segments[1], body, if_match),
+        (&Method::DELETE, ["devices", _]) => context
+            .hubs
+            .delete_device(host, segments[1])
+            .map(|()| Reply::empty(StatusCode::NO_CONTENT)),
+        (&Method::GET, ["twins", _]) => context
+            .hubs
+            .service_twin(host, segments[1])
+            .map(|t| Reply::json(StatusCode::OK, t)),
+        (&Method::PATCH, ["twins", _]) => patch_twin(context, host, segments[1], body),
+        (&Method::POST, ["twins", _, "methods"]) => {
+            invoke_method(context, host, segments[1], body).await
+        }
+        (&Method::POST, ["dpskit", "devices", _, "c2d"]) => {
+            send_c2d(context, host, segments[2], body)
+        }
+        (&Method::GET, ["dpskit", "telemetry"]) => telemetry(context, host, query),
+        _ => Ok(hub_error(
+            405,
+            405_000,
+            &format!(
+                "{} /{} is not part of the hub service API",
+                parts.method,
+                segments.join("/")
+            ),
+        )),
+    };
+    outcome.unwrap_or_else(|e| from_error(&e))
+}
+
+fn not_found(device_id: &str, host: &str) -> Error {
+    Error::service(
+        404,
+        404_001,
+        format!("Device '{device_id}' was not found in hub {host}."),
+    )
+}
+
+fn json_body(body: &[u8]) -> crate::Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))
+}
+
+/// The device identity document.
+fn identity_json(context: &RestContext, device: &HubDevice) -> Value {
+    let authentication = match &device.auth {
+        DeviceAuth::SelfSigned {
+            primary_thumbprint, ..
+        } => json!({
+            "type": "selfSigned",
+            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
+            "x509Thumbprint": {"primaryThumbprint": primary_thumbprint, "secondaryThumbprint": null},
+        }),
+        DeviceAuth::Sas {
+            primary_key,
+            secondary_key,
+        } => json!({
+            "type": "sas",
+            "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key},
+            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+        }),
+    };
+    let connected = context.hubs.is_connected(&device.hub, &device.device_id);
+    json!({
+        "deviceId": device.device_id,
+        "generationId": format!("{}", device.created),
+        "etag": BASE64.encode(format!("\"{}\"", device.created)),
+        "connectionState": if connected { "Connected" } else { "Disconnected" },
+        "status": "enabled",
+        "statusReason": null,
+        "connectionStateUpdatedTime": azure_time(device.created),
+        "statusUpdatedTime": azure_time(device.created),
+        "lastActivityTime": azure_time(device.created),
+        "cloudToDeviceMessageCount": 0,
+        "authentication": authentication,
+        "capabilities": {"iotEdge": false},
+    })
+}
+
+/// Creates or replaces a device identity: `sas` (keys generated when null) or `selfSigned`
+/// (thumbprints, as DPS creates X.509 devices).
+fn put_device(
+    context: &RestContext,
+    host: &str,
+    device_id: &str,
+    body: &[u8],
+    if_match: Option<&str>,
+) -> crate::Result<Reply> {
+    crate::pki::validate_registration_id(device_id, false)?;
+    let body = json_body(body)?;
+    let existing = context.cloud.hub_device(host, device_id);
+    if existing.is_none() && if_match.is_some_and(|t| t != "*") {
+        return Err(not_found(device_id, host));
+    }
+    let authentication = &body["authentication"];
+    let kind = authentication["type"].as_str().unwrap_or("sas");
+    let auth = match kind.to_ascii_lowercase().as_str() {
+        "sas" => {
+            let key = |k: &str| -> crate::Result<String> {
+                match authentication["symmetricKey"][k]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                {
+                    Some(key) => Ok(key.to_string()),
+                    None => crate::sas::generate_key(),
+                }
+            };
+            DeviceAuth::Sas {
+                primary_key: key("primaryKey")?,
+                secondary_key: key("secondaryKey")?,
+            }
+        }
+        "selfsigned" => {
+            let thumbprint = authentication["x509Thumbprint"]["primaryThumbprint"]
+                .as_str()
+                .ok_or_else(|| {
+                    Error::Config(
+                        "a selfSigned device needs x509Thumbprint.primaryThumbprint".into(),
+                    )
+                })?;
+            DeviceAuth::SelfSigned {
+                primary_thumbprint: thumbprint.to_ascii_uppercase(),
+                primary_thumbprint_sha256: String::new(),
+            }
+        }
+        other => {
+            return Err(Error::Config(format!(
+                "authentication type {other:?} is not emulated: use sas or selfSigned"
+            )));
+        }
+    };
+    let device = HubDevice {
+        device_id: device_id.to_string(),
+        hub: host.to_string(),
+        auth,
+        initial_twin: existing.and_then(|d| d.initial_twin),
+        created: crate::pki::issue::now(),
+    };
+    context.cloud.put_hub_device(device.clone())?;
+    Ok(Reply::json(StatusCode::OK, identity_json(context, &device)))
+}
+
+fn query_twins(context: &RestContext, host: &str) -> crate::Result<Reply> {
+    let mut twins = Vec::new();
+    for device in context.cloud.hub_devices(host) {
+        let mut twin = context.hubs.service_twin(host, &device.device_id)?;
+        if let Some(map) = twin.as_object_mut() {
+            let connected = context.hubs.is_connected(host, &device.device_id);
+            map.insert(
+                "connectionState".into(),
+                json!(if connected {
+                    "Connected"
+                } else {
+                    "Disconnected"
+                }),
+            );
+            map.insert("status".into(), json!("enabled"));
+        }
+        twins.push(twin);
+    }
+    Ok(Reply::json(StatusCode::OK, Value::Array(twins)))
+}
+
+/// `{"tags": {...}, "properties": {"desired": {...}}}`, applied as merge patches.
+fn patch_twin(
+    context: &RestContext,
+    host: &str,
+    device_id: &str,
+    body: &[u8],
+) -> crate::Result<Reply> {
+    let body = json_body(body)?;
+    let mut twin = context.hubs.service_twin(host, device_id)?;
+    if let Some(tags) = body["tags"].as_object() {
+        twin = context.hubs.update_tags(host, device_id, tags)?;
+    }
+    if let Some(desired) = body["properties"]["desired"].as_object() {
+        twin = context.hubs.update_desired(host, device_id, desired)?;
+    }
+    Ok(Reply::json(StatusCode::OK, twin))
+}
+
+/// `{"methodName", "payload", "responseTimeoutInSeconds", "connectTimeoutInSeconds"}` →
+/// `{"status", "payload"}`; an offline device is 404103 as on Azure.
+async fn invoke_method(
+    context: &RestContext,
+    host: &str,
+    device_id: &str,
+    body: &[u8],
+) -> crate::Result<Reply> {
+    let body = json_body(body)?;
+    let name = body["methodName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::Config("a method invocation needs \"methodName\"".into()))?;
+    let timeout = body["responseTimeoutInSeconds"]
+        .as_u64()
+        .unwrap_or(DEFAULT_METHOD_TIMEOUT)
+        .clamp(5, MAX_METHOD_TIMEOUT);
+    let (status, payload) = context
+        .hubs
+        .invoke_method(
+            host,
+            device_id,
+            name,
+            body["payload"].clone(),
+            Duration::from_secs(timeout),
+        )
+        .await?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        json!({"status": status, "payload": payload}),
+    ))
+}
+
+/// Emulator-only: `{"body": base64, "properties": {...}}` → `{"messageId"}`.
+fn send_c2d(
+    context: &RestContext,
+    host: &str,
+    device_id: &str,
+    body: &[u8],
+) -> crate::Result<Reply> {
+    let body = json_body(body)?;
+    let payload = match body["body"].as_str() {
+        Some(text) => BASE64
+            .decode(text)
+            .map_err(|_| Error::Config("\"body\" must be base64".into()))?,
+        None => Vec::new(),
+    };
+    let properties = body["properties"]
+        .as_object()
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| {
+                    let value = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let message_id = context
+        .hubs
+        .send_c2d(host, device_id, &payload, properties)?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        json!({"messageId": message_id}),
+    ))
+}
+
+/// Emulator-only: the stored telemetry (`?deviceId=` to filter), in arrival order.
+fn telemetry(context: &RestContext, host: &str, query: &str) -> crate::Result<Reply> {
+    let device_id = crate::emulator::topics::query_pairs(query)
+        .find(|(k, _)| k.eq_ignore_ascii_case("deviceId"))
+        .map(|(_, v)| crate::sas::url_decode(v))
+        .transpose()?;
+    let records = context.hubs.telemetry(host, device_id.as_deref())?;
+    let items: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "sequence": r.sequence,
+                "deviceId": r.device_id,
+                "moduleId": r.module_id,
+                "enqueuedTime": r.enqueued,
+                "body": BASE64.encode(&r.body),
+                // Pairs, in the order the device sent them (keys may repeat).
+                "properties": r.properties,
+                "systemProperties": r.system_properties,
+            })
+        })
+        .collect();
+    Ok(Reply::json(StatusCode::OK, Value::Array(items)))
+}

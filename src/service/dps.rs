@@ -1,0 +1,399 @@
+//! The DPS service (data-plane) API: enrollment groups, individual enrollments, registration
+//! states. Authenticates with a `provisioningserviceowner` SAS token built from the connection
+//! string, renewed before it expires. Bodies are the service's JSON, passed through: the Python
+//! layer shapes them into records, and nothing is lost between Azure and the caller.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::service::arm::connection_string_part;
+use crate::service::{RestTrust, failure, http_client, transport};
+
+/// The service api-version (the default of `azure-iot-deviceprovisioning` and the CLI).
+pub const DPS_SERVICE_API_VERSION: &str = "2021-10-01";
+/// Tokens live this long; a new one is made when less than a tenth is left.
+const TOKEN_TTL_SECONDS: i64 = 3600;
+
+/// A SAS credential from a connection string, with its current token.
+pub(crate) struct SasCredential {
+    host: String,
+    key_name: String,
+    key: String,
+    token: Mutex<Option<(String, i64)>>,
+}
+
+impl SasCredential {
+    /// Reads `HostName`, `SharedAccessKeyName` and `SharedAccessKey`.
+    pub(crate) fn from_connection_string(connection_string: &str, what: &str) -> Result<Self> {
+        let part = |key: &str| {
+            connection_string_part(connection_string, key)
+                .ok_or_else(|| Error::Config(format!("the {what} connection string has no {key}")))
+        };
+        Ok(SasCredential {
+            host: part("HostName")?,
+            key_name: part("SharedAccessKeyName")?,
+            key: part("SharedAccessKey")?,
+            token: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A valid token for the host, signed with the policy key.
+    pub(crate) fn token(&self) -> Result<String> {
+        let now = crate::pki::issue::now();
+        let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((token, expiry)) = cached.as_ref()
+            && expiry - now > TOKEN_TTL_SECONDS / 10
+        {
+            return Ok(token.clone());
+        }
+        let expiry = now + TOKEN_TTL_SECONDS;
+        let token = crate::sas::build_token(&self.host, &self.key, expiry, Some(&self.key_name))?;
+        *cached = Some((token.clone(), expiry));
+        Ok(token)
+    }
+}
+
+impl std::fmt::Debug for SasCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SasCredential")
+            .field("host", &self.host)
+            .field("key_name", &self.key_name)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Sends JSON requests with a SAS token to one service endpoint.
+#[derive(Debug)]
+pub(crate) struct SasRestClient {
+    http: reqwest::Client,
+    endpoint: String,
+    api_version: &'static str,
+    credential: SasCredential,
+}
+
+/// A JSON answer with the headers a caller may need.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) body: Option<Value>,
+    pub(crate) continuation: Option<String>,
+}
+
+impl SasRestClient {
+    pub(crate) fn new(
+        credential: SasCredential,
+        endpoint: Option<&str>,
+        api_version: &'static str,
+        trust: &RestTrust,
+    ) -> Result<Self> {
+        let endpoint = match endpoint {
+            Some(e) => e.trim_end_matches('/').to_string(),
+            None => format!("https://{}", credential.host()),
+        };
+        Ok(SasRestClient {
+            http: http_client(trust, Duration::from_secs(330))?,
+            endpoint,
+            api_version,
+            credential,
+        })
+    }
+
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, String)],
+        what: &str,
+    ) -> Result<Answer> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{}{path}{separator}api-version={}",
+            self.endpoint, self.api_version
+        );
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(reqwest::header::AUTHORIZATION, self.credential.token()?)
+            .header(reqwest::header::ACCEPT, "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        request = match body {
+            Some(body) => request.json(body),
+            None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
+        };
+        let response = request.send().await.map_err(|e| transport(what, e))?;
+        if !response.status().is_success() {
+            return Err(failure(response, what).await);
+        }
+        let continuation = response
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
+        let text = response.text().await.map_err(|e| transport(what, e))?;
+        let body = if text.trim().is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))?,
+            )
+        };
+        Ok(Answer { body, continuation })
+    }
+
+    pub(crate) async fn json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+        what: &str,
+    ) -> Result<Value> {
+        let headers: Vec<(&str, String)> = if_match
+            .map(|t| vec![("If-Match", t.to_string())])
+            .unwrap_or_default();
+        self.send(method, path, body, &headers, what)
+            .await?
+            .body
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))
+    }
+
+    pub(crate) async fn no_content(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        if_match: Option<&str>,
+        what: &str,
+    ) -> Result<()> {
+        let headers: Vec<(&str, String)> = if_match
+            .map(|t| vec![("If-Match", t.to_string())])
+            .unwrap_or_default();
+        self.send(method, path, None, &headers, what)
+            .await
+            .map(|_| ())
+    }
+
+    /// A query: POSTs `body` and follows `x-ms-continuation` until every page is in.
+    pub(crate) async fn query_all(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Vec<Value>> {
+        let mut items = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut headers = vec![("x-ms-max-item-count", "100".to_string())];
+            if let Some(c) = &continuation {
+                headers.push(("x-ms-continuation", c.clone()));
+            }
+            let answer = self
+                .send(reqwest::Method::POST, path, body, &headers, what)
+                .await?;
+            match answer.body {
+                Some(Value::Array(page)) => items.extend(page),
+                Some(other) => {
+                    return Err(Error::Protocol(format!(
+                        "{what}: expected an array, got {other}"
+                    )));
+                }
+                None => {}
+            }
+            match answer.continuation {
+                Some(next) if Some(&next) != continuation.as_ref() => continuation = Some(next),
+                _ => return Ok(items),
+            }
+        }
+    }
+}
+
+/// A client of one DPS instance's service API.
+#[derive(Debug)]
+pub struct DpsServiceClient {
+    rest: SasRestClient,
+}
+
+fn path_id(id: &str) -> String {
+    crate::sas::url_encode(id)
+}
+
+impl DpsServiceClient {
+    /// From the `provisioningserviceowner` connection string. `endpoint` overrides
+    /// `https://{HostName}` (never needed for Azure).
+    pub fn from_connection_string(
+        connection_string: &str,
+        endpoint: Option<&str>,
+        trust: &RestTrust,
+    ) -> Result<Self> {
+        let credential = SasCredential::from_connection_string(connection_string, "DPS service")?;
+        Ok(DpsServiceClient {
+            rest: SasRestClient::new(credential, endpoint, DPS_SERVICE_API_VERSION, trust)?,
+        })
+    }
+
+    /// Creates or replaces an enrollment group (`If-Match` guards a replace).
+    pub async fn put_enrollment_group(
+        &self,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value> {
+        let what = format!("writing enrollment group {id}");
+        self.rest
+            .json(
+                reqwest::Method::PUT,
+                &format!("/enrollmentGroups/{}", path_id(id)),
+                Some(body),
+                if_match,
+                &what,
+            )
+            .await
+    }
+
+    /// One enrollment group.
+    pub async fn enrollment_group(&self, id: &str) -> Result<Value> {
+        let what = format!("reading enrollment group {id}");
+        self.rest
+            .json(
+                reqwest::Method::GET,
+                &format!("/enrollmentGroups/{}", path_id(id)),
+                None,
+                None,
+                &what,
+            )
+            .await
+    }
+
+    /// Every enrollment group.
+    pub async fn enrollment_groups(&self) -> Result<Vec<Value>> {
+        let query = serde_json::json!({"query": "SELECT *"});
+        self.rest
+            .query_all(
+                "/enrollmentGroups/query",
+                Some(&query),
+                "listing enrollment groups",
+            )
+            .await
+    }
+
+    /// Deletes an enrollment group.
+    pub async fn delete_enrollment_group(&self, id: &str, if_match: Option<&str>) -> Result<()> {
+        let what = format!("deleting enrollment group {id}");
+        self.rest
+            .no_content(
+                reqwest::Method::DELETE,
+                &format!("/enrollmentGroups/{}", path_id(id)),
+                if_match,
+                &what,
+            )
+            .await
+    }
+
+    /// A group's attestation with its keys (symmetric-key groups).
+    pub async fn enrollment_group_attestation(&self, id: &str) -> Result<Value> {
+        let what = format!("reading the attestation of enrollment group {id}");
+        let path = format!("/enrollmentGroups/{}/attestationmechanism", path_id(id));
+        self.rest
+            .json(reqwest::Method::POST, &path, None, None, &what)
+            .await
+    }
+
+    /// Creates or replaces an individual enrollment.
+    pub async fn put_enrollment(
+        &self,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value> {
+        let what = format!("writing enrollment {id}");
+        self.rest
+            .json(
+                reqwest::Method::PUT,
+                &format!("/enrollments/{}", path_id(id)),
+                Some(body),
+                if_match,
+                &what,
+            )
+            .await
+    }
+
+    /// One individual enrollment.
+    pub async fn enrollment(&self, id: &str) -> Result<Value> {
+        let what = format!("reading enrollment {id}");
+        self.rest
+            .json(
+                reqwest::Method::GET,
+                &format!("/enrollments/{}", path_id(id)),
+                None,
+                None,
+                &what,
+            )
+            .await
+    }
+
+    /// Every individual enrollment.
+    pub async fn enrollments(&self) -> Result<Vec<Value>> {
+        let query = serde_json::json!({"query": "SELECT *"});
+        self.rest
+            .query_all("/enrollments/query", Some(&query), "listing enrollments")
+            .await
+    }
+
+    /// Deletes an individual enrollment.
+    pub async fn delete_enrollment(&self, id: &str, if_match: Option<&str>) -> Result<()> {
+        let what = format!("deleting enrollment {id}");
+        self.rest
+            .no_content(
+                reqwest::Method::DELETE,
+                &format!("/enrollments/{}", path_id(id)),
+                if_match,
+                &what,
+            )
+            .await
+    }
+
+    /// A device's registration state.
+    pub async fn registration(&self, id: &str) -> Result<Value> {
+        let what = format!("reading the registration of {id}");
+        self.rest
+            .json(
+                reqwest::Method::GET,
+                &format!("/registrations/{}", path_id(id)),
+                None,
+                None,
+                &what,
+            )
+            .await
+    }
+
+    /// Deletes a registration state (the device may register again as new).
+    pub async fn delete_registration(&self, id: &str, if_match: Option<&str>) -> Result<()> {
+        let what = format!("deleting the registration of {id}");
+        self.rest
+            .no_content(
+                reqwest::Method::DELETE,
+                &format!("/registrations/{}", path_id(id)),
+                if_match,
+                &what,
+            )
+            .await
+    }
+
+    /// The registration states of a group's devices (the service wants an empty body).
+    pub async fn registrations(&self, group_id: &str) -> Result<Vec<Value>> {
+        let what = format!("listing the registrations of group {group_id}");
+        let path = format!("/registrations/{}/query", path_id(group_id));
+        self.rest.query_all(&path, None, &what).await
+    }
+}

@@ -1,0 +1,192 @@
+//! The IoT Hub service API: device identities, twins, direct methods, with an `iothubowner` SAS
+//! token; plus the emulator's own C2D and telemetry calls (Azure offers those over AMQP and
+//! Event Hubs only).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::service::RestTrust;
+use crate::service::dps::{SasCredential, SasRestClient};
+
+/// The hub service api-version.
+pub const HUB_SERVICE_API_VERSION: &str = "2021-04-12";
+
+/// A client of one hub's service API.
+#[derive(Debug)]
+pub struct HubServiceClient {
+    rest: SasRestClient,
+}
+
+fn path_id(id: &str) -> String {
+    crate::sas::url_encode(id)
+}
+
+impl HubServiceClient {
+    /// From the `iothubowner` connection string. `endpoint` overrides `https://{HostName}` (the
+    /// emulator serves every hub's API on its one HTTPS port).
+    pub fn from_connection_string(
+        connection_string: &str,
+        endpoint: Option<&str>,
+        trust: &RestTrust,
+    ) -> Result<Self> {
+        let credential = SasCredential::from_connection_string(connection_string, "IoT hub")?;
+        Ok(HubServiceClient {
+            rest: SasRestClient::new(credential, endpoint, HUB_SERVICE_API_VERSION, trust)?,
+        })
+    }
+
+    /// A device identity.
+    pub async fn device(&self, id: &str) -> Result<Value> {
+        let what = format!("reading device {id}");
+        self.rest
+            .json(
+                reqwest::Method::GET,
+                &format!("/devices/{}", path_id(id)),
+                None,
+                None,
+                &what,
+            )
+            .await
+    }
+
+    /// Creates or replaces a device identity (`authentication` as the service takes it).
+    pub async fn put_device(&self, id: &str, body: &Value) -> Result<Value> {
+        let what = format!("writing device {id}");
+        self.rest
+            .json(
+                reqwest::Method::PUT,
+                &format!("/devices/{}", path_id(id)),
+                Some(body),
+                None,
+                &what,
+            )
+            .await
+    }
+
+    /// Deletes a device identity.
+    pub async fn delete_device(&self, id: &str) -> Result<()> {
+        let what = format!("deleting device {id}");
+        self.rest
+            .no_content(
+                reqwest::Method::DELETE,
+                &format!("/devices/{}", path_id(id)),
+                Some("*"),
+                &what,
+            )
+            .await
+    }
+
+    /// Every device twin (`SELECT * FROM devices`).
+    pub async fn twins(&self) -> Result<Vec<Value>> {
+        let query = json!({"query": "SELECT * FROM devices"});
+        self.rest
+            .query_all("/devices/query", Some(&query), "listing device twins")
+            .await
+    }
+
+    /// A device twin.
+    pub async fn twin(&self, id: &str) -> Result<Value> {
+        let what = format!("reading the twin of {id}");
+        self.rest
+            .json(
+                reqwest::Method::GET,
+                &format!("/twins/{}", path_id(id)),
+                None,
+                None,
+                &what,
+            )
+            .await
+    }
+
+    /// Merges `patch` (`{"tags": ..., "properties": {"desired": ...}}`) into a twin.
+    pub async fn patch_twin(&self, id: &str, patch: &Value) -> Result<Value> {
+        let what = format!("updating the twin of {id}");
+        self.rest
+            .json(
+                reqwest::Method::PATCH,
+                &format!("/twins/{}", path_id(id)),
+                Some(patch),
+                Some("*"),
+                &what,
+            )
+            .await
+    }
+
+    /// Invokes a direct method and returns the device's status and payload.
+    pub async fn invoke_method(
+        &self,
+        id: &str,
+        method: &str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<(u16, Value)> {
+        let what = format!("invoking {method} on {id}");
+        let body = json!({
+            "methodName": method,
+            "payload": payload,
+            "responseTimeoutInSeconds": timeout.as_secs().max(5),
+            "connectTimeoutInSeconds": 0,
+        });
+        let answer = self
+            .rest
+            .json(
+                reqwest::Method::POST,
+                &format!("/twins/{}/methods", path_id(id)),
+                Some(&body),
+                None,
+                &what,
+            )
+            .await?;
+        let status = answer["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .ok_or_else(|| Error::Protocol(format!("{what}: the answer has no status")))?;
+        Ok((status, answer["payload"].clone()))
+    }
+
+    /// Emulator only: queues a cloud-to-device message; returns its message id.
+    pub async fn send_c2d(
+        &self,
+        id: &str,
+        body: &[u8],
+        properties: &[(String, String)],
+    ) -> Result<String> {
+        let what = format!("sending a message to {id}");
+        let properties: serde_json::Map<String, Value> = properties
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let request = json!({"body": BASE64.encode(body), "properties": properties});
+        let answer = self
+            .rest
+            .json(
+                reqwest::Method::POST,
+                &format!("/dpskit/devices/{}/c2d", path_id(id)),
+                Some(&request),
+                None,
+                &what,
+            )
+            .await?;
+        Ok(answer["messageId"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Emulator only: the telemetry the hub stored, in arrival order.
+    pub async fn telemetry(&self, device_id: Option<&str>) -> Result<Vec<Value>> {
+        let path = match device_id {
+            Some(id) => format!("/dpskit/telemetry?deviceId={}", path_id(id)),
+            None => "/dpskit/telemetry".to_string(),
+        };
+        let answer = self
+            .rest
+            .send(reqwest::Method::GET, &path, None, &[], "reading telemetry")
+            .await?;
+        match answer.body {
+            Some(Value::Array(items)) => Ok(items),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
