@@ -287,7 +287,6 @@ def test_x509_group_on_an_intermediate_verified_by_proof_of_possession(
     identity = hub_device(hub, "sdk-inter-001")
     assert identity.authentication == "selfSigned"
     assert identity.thumbprint == device.certificate.thumbprint_sha1
-    assert identity.thumbprint_sha256 == device.certificate.thumbprint_sha256
 
 
 def test_x509_group_on_the_root_with_leaf_and_intermediate(

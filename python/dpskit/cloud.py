@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
+import email.utils
 import importlib
 import json
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +27,15 @@ from dpskit._native import (
     CertificateAuthority,
     DeviceCertificate,
     Emulator,
+    RestClient,
     _refresh_logging,
+    validate_registration_id,
 )
-from dpskit.errors import ConfigError
+from dpskit.errors import ConfigError, EmulatorError, NotFoundError
 
 __all__ = [
     "CaCertificateInfo",
+    "CertificateSummary",
     "Dps",
     "Enrollment",
     "EnrollmentGroup",
@@ -99,13 +105,54 @@ def _certificate(value: CertificateLike) -> Certificate:
     raise TypeError(f"expected a certificate, PEM text or DER bytes, not {type(value).__name__}")
 
 
+_RESOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def _check_resource_name(kind: str, name: str) -> str:
+    """Refuse a name the service would refuse, before any request (ConfigError)."""
+    if not _RESOURCE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"invalid {kind} name {name!r}: use 1-128 characters from A-Z a-z 0-9 - _ ."
+        )
+    return name
+
+
+def _check_key(which: str, key: str | None) -> str | None:
+    """A symmetric key must be base64 of at least 16 bytes (Azure's rule)."""
+    if key is None:
+        return None
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) < 16:
+        raise ConfigError(f"{which} must be base64 of at least 16 bytes")
+    return key
+
+
 def _hub_host(hub: Hub | str) -> str:
     return hub.host_name if isinstance(hub, Hub) else hub
 
 
+def _http_time(text: str) -> datetime:
+    """Parse ARM's RFC 1123 dates (``Sat, 31 Dec 2039 23:59:59 GMT``)."""
+    return email.utils.parsedate_to_datetime(text).astimezone(timezone.utc)
+
+
+def _certificate_from_text(text: str) -> Certificate:
+    """A certificate as a service returns it: PEM text, base64 of DER, or base64 of PEM."""
+    text = text.strip()
+    if "-----BEGIN" in text:
+        return Certificate.from_pem(text)
+    data = base64.b64decode("".join(text.split()))
+    return (
+        Certificate.from_pem(data) if data.startswith(b"-----BEGIN") else Certificate.from_der(data)
+    )
+
+
 @dataclass(frozen=True)
 class CaCertificateInfo:
-    """A CA certificate uploaded to a DPS instance."""
+    """A CA certificate uploaded to a DPS instance (ARM's ``CertificateResponse``)."""
 
     name: str
     certificate: Certificate
@@ -131,15 +178,15 @@ class CaCertificateInfo:
         return self.certificate.not_after
 
     @classmethod
-    def _from_record(cls, record: dict[str, Any]) -> CaCertificateInfo:
+    def _from_arm(cls, data: dict[str, Any]) -> CaCertificateInfo:
         return cls(
-            name=record["name"],
-            certificate=Certificate.from_der(base64.b64decode(record["der_base64"])),
-            is_verified=record["is_verified"],
-            etag=record["etag"],
-            created=_unix(record["created"]),
-            updated=_unix(record["updated"]),
-            verification_code=record.get("verification_code"),
+            name=data["name"],
+            certificate=_certificate_from_text(data["certificate"]),
+            is_verified=bool(data["isVerified"]),
+            etag=data["etag"],
+            created=_http_time(data["created"]),
+            updated=_http_time(data["updated"]),
+            verification_code=data.get("verificationCode"),
         )
 
 
@@ -152,6 +199,47 @@ class LinkedHub:
     allocation_weight: int
     apply_allocation_policy: bool
     location: str
+
+    @classmethod
+    def _from_json(cls, link: dict[str, Any], hub: str) -> LinkedHub:
+        weight = link.get("allocationWeight")
+        return cls(
+            hub=hub,
+            host_name=link["hostName"],
+            allocation_weight=weight if weight is not None else 1,
+            apply_allocation_policy=link["applyAllocationPolicy"],
+            location=link["location"],
+        )
+
+
+@dataclass(frozen=True)
+class CertificateSummary:
+    """What the DPS service API says about a certificate in an enrollment: it never returns
+    the certificate itself, only this."""
+
+    subject: str
+    issuer: str
+    thumbprint: str
+    thumbprint_sha256: str
+    serial_number: str
+    not_before: datetime
+    not_after: datetime
+
+    @classmethod
+    def _from_info(cls, info: dict[str, Any]) -> CertificateSummary:
+        return cls(
+            subject=info.get("subjectName", ""),
+            issuer=info.get("issuerName", ""),
+            thumbprint=info.get("sha1Thumbprint", ""),
+            thumbprint_sha256=info.get("sha256Thumbprint", ""),
+            serial_number=info.get("serialNumber", ""),
+            not_before=_azure_time(info["notBeforeUtc"]),
+            not_after=_azure_time(info["notAfterUtc"]),
+        )
+
+    def matches(self, certificate: CertificateLike) -> bool:
+        """Whether this summarises ``certificate`` (by SHA-1 thumbprint)."""
+        return self.thumbprint.upper() == _certificate(certificate).thumbprint_sha1.upper()
 
 
 @dataclass(frozen=True)
@@ -180,9 +268,9 @@ class _Settings:
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> _Settings:
         policy = data.get("reprovisionPolicy") or {}
-        custom = data.get("customAllocation") or {}
+        custom = data.get("customAllocationDefinition") or {}
         return cls(
-            provisioning_status=data.get("provisioningStatus", "enabled"),
+            provisioning_status=data.get("provisioningStatus") or "enabled",
             allocation_policy=data.get("allocationPolicy"),
             iot_hubs=tuple(data.get("iotHubs") or ()),
             reprovision_policy=ReprovisionPolicy(
@@ -194,16 +282,17 @@ class _Settings:
         )
 
     def _to_json(self) -> dict[str, Any]:
+        """The fields as the DPS service API takes them (explicit nulls are fine)."""
         custom = None
         if self.custom_allocation_url is not None:
             custom = {"webhookUrl": self.custom_allocation_url, "apiVersion": "2021-10-01"}
         return {
             "provisioningStatus": self.provisioning_status,
             "allocationPolicy": self.allocation_policy,
-            "iotHubs": list(self.iot_hubs),
+            "iotHubs": list(self.iot_hubs) or None,
             "reprovisionPolicy": self.reprovision_policy._to_json(),
             "initialTwin": self.initial_twin,
-            "customAllocation": custom,
+            "customAllocationDefinition": custom,
         }
 
 
@@ -211,25 +300,37 @@ class _Settings:
 class _Attestation:
     type: Literal["x509", "symmetricKey"]
     ca_references: tuple[str, ...] = ()
-    certificates: tuple[Certificate, ...] = ()
+    certificates: tuple[CertificateSummary, ...] = ()
     primary_key: str | None = field(default=None, repr=False)
     secondary_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> _Attestation:
         if data["type"] == "x509":
+            x509 = data.get("x509") or {}
+            references = x509.get("caReferences") or {}
+            certificates = x509.get("signingCertificates") or x509.get("clientCertificates") or {}
+            summaries: list[CertificateSummary] = []
+            for slot in ("primary", "secondary"):
+                info = (certificates.get(slot) or {}).get("info")
+                if info is None:
+                    continue
+                summary = CertificateSummary._from_info(info)
+                # Azure repeats the primary as the secondary when only one was given.
+                if all(s.thumbprint != summary.thumbprint for s in summaries):
+                    summaries.append(summary)
             return cls(
                 type="x509",
-                ca_references=tuple(data.get("caReferences") or ()),
-                certificates=tuple(
-                    Certificate.from_der(base64.b64decode(der))
-                    for der in data.get("certificates") or ()
+                ca_references=tuple(
+                    r for r in (references.get("primary"), references.get("secondary")) if r
                 ),
+                certificates=tuple(summaries),
             )
+        keys = data.get("symmetricKey") or {}
         return cls(
             type="symmetricKey",
-            primary_key=data["primaryKey"],
-            secondary_key=data["secondaryKey"],
+            primary_key=keys.get("primaryKey"),
+            secondary_key=keys.get("secondaryKey"),
         )
 
 
@@ -244,7 +345,9 @@ def _attestation_json(
     symmetric_key: bool,
     primary_key: str | None,
     secondary_key: str | None,
+    group: bool,
 ) -> dict[str, Any]:
+    """An attestation as the DPS service API takes it."""
     chosen = [ca_reference is not None, certificate is not None, symmetric_key]
     if sum(chosen) != 1:
         raise ConfigError(
@@ -253,14 +356,17 @@ def _attestation_json(
     if symmetric_key:
         return {
             "type": "symmetricKey",
-            "primaryKey": primary_key or _generated_key(),
-            "secondaryKey": secondary_key or _generated_key(),
+            "symmetricKey": {
+                "primaryKey": _check_key("primary_key", primary_key) or _generated_key(),
+                "secondaryKey": _check_key("secondary_key", secondary_key) or _generated_key(),
+            },
         }
     if ca_reference is not None:
-        return {"type": "x509", "caReferences": [ca_reference], "certificates": []}
+        return {"type": "x509", "x509": {"caReferences": {"primary": ca_reference}}}
     assert certificate is not None
-    der = _certificate(certificate).der
-    return {"type": "x509", "caReferences": [], "certificates": [base64.b64encode(der).decode()]}
+    field_name = "signingCertificates" if group else "clientCertificates"
+    pem = _certificate(certificate).pem
+    return {"type": "x509", "x509": {field_name: {"primary": {"certificate": pem}}}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,8 +388,8 @@ class _EnrollmentCommon:
 
     @staticmethod
     def _common(data: dict[str, Any], attestation: _Attestation) -> dict[str, Any]:
-        """The shared fields, from the JSON of either kind."""
-        settings = _Settings._from_json(data.get("settings") or {})
+        """The shared fields, from the service JSON of either kind."""
+        settings = _Settings._from_json(data)
         return {
             "attestation_type": attestation.type,
             "primary_key": attestation.primary_key,
@@ -295,9 +401,19 @@ class _EnrollmentCommon:
             "initial_twin": settings.initial_twin,
             "custom_allocation_url": settings.custom_allocation_url,
             "etag": data["etag"],
-            "created": _unix(data["created"]),
-            "updated": _unix(data["updated"]),
+            "created": _azure_time(data["createdDateTimeUtc"]),
+            "updated": _azure_time(data["lastUpdatedDateTimeUtc"]),
         }
+
+    def _settings(self) -> _Settings:
+        return _Settings(
+            provisioning_status=self.provisioning_status,
+            allocation_policy=self.allocation_policy,
+            iot_hubs=self.iot_hubs,
+            reprovision_policy=self.reprovision_policy,
+            initial_twin=self.initial_twin,
+            custom_allocation_url=self.custom_allocation_url,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -307,7 +423,7 @@ class EnrollmentGroup(_EnrollmentCommon):
 
     enrollment_group_id: str
     ca_references: tuple[str, ...]
-    signing_certificates: tuple[Certificate, ...]
+    signing_certificates: tuple[CertificateSummary, ...]
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> EnrollmentGroup:
@@ -326,7 +442,7 @@ class Enrollment(_EnrollmentCommon):
 
     registration_id: str
     device_id: str | None
-    certificates: tuple[Certificate, ...]
+    certificates: tuple[CertificateSummary, ...]
 
     @classmethod
     def _from_json(cls, data: dict[str, Any]) -> Enrollment:
@@ -341,7 +457,8 @@ class Enrollment(_EnrollmentCommon):
 
 @dataclass(frozen=True)
 class RegistrationRecord:
-    """What DPS remembers about a device's registration."""
+    """What DPS remembers about a device's registration (``DeviceRegistrationState``), with the
+    enrollment it came through."""
 
     registration_id: str
     status: str
@@ -358,20 +475,25 @@ class RegistrationRecord:
     payload: Any = None
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> RegistrationRecord:
-        enrollment = data["enrollment"]
+    def _from_json(
+        cls,
+        data: dict[str, Any],
+        *,
+        enrollment_group_id: str | None,
+        attestation: Literal["x509", "symmetricKey"],
+    ) -> RegistrationRecord:
         return cls(
             registration_id=data["registrationId"],
             status=data["status"],
             assigned_hub=data.get("assignedHub"),
             device_id=data.get("deviceId"),
             substatus=data.get("substatus"),
-            enrollment_group_id=enrollment["id"] if enrollment["kind"] == "group" else None,
-            attestation=data["attestation"],
+            enrollment_group_id=enrollment_group_id,
+            attestation=attestation,
             error_code=data.get("errorCode"),
             error_message=data.get("errorMessage"),
-            created=_azure_time(data["created"]),
-            last_updated=_azure_time(data["lastUpdated"]),
+            created=_azure_time(data["createdDateTimeUtc"]),
+            last_updated=_azure_time(data["lastUpdatedDateTimeUtc"]),
             etag=data["etag"],
             payload=data.get("payload"),
         )
@@ -379,31 +501,29 @@ class RegistrationRecord:
 
 @dataclass(frozen=True)
 class HubDevice:
-    """A device identity in a hub, as DPS created it."""
+    """A device identity in a hub (created by DPS, or directly)."""
 
     device_id: str
     hub: str
     authentication: Literal["selfSigned", "sas"]
     thumbprint: str | None
-    thumbprint_sha256: str | None
     primary_key: str | None = field(repr=False)
     secondary_key: str | None = field(repr=False)
-    initial_twin: dict[str, Any] | None
-    created: datetime
+    connection_state: str
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> HubDevice:
-        auth = data["auth"]
+    def _from_json(cls, hub: str, data: dict[str, Any]) -> HubDevice:
+        auth = data.get("authentication") or {}
+        keys = auth.get("symmetricKey") or {}
+        thumbprints = auth.get("x509Thumbprint") or {}
         return cls(
             device_id=data["deviceId"],
-            hub=data["hub"],
-            authentication=auth["type"],
-            thumbprint=auth.get("primaryThumbprint"),
-            thumbprint_sha256=auth.get("primaryThumbprintSha256"),
-            primary_key=auth.get("primaryKey"),
-            secondary_key=auth.get("secondaryKey"),
-            initial_twin=data.get("initialTwin"),
-            created=_unix(data["created"]),
+            hub=hub,
+            authentication=auth.get("type", "sas"),
+            thumbprint=thumbprints.get("primaryThumbprint"),
+            primary_key=keys.get("primaryKey"),
+            secondary_key=keys.get("secondaryKey"),
+            connection_state=data.get("connectionState", "Disconnected"),
         )
 
 
@@ -502,14 +622,15 @@ class MethodResult:
 
 
 class Hub:
-    """An IoT Hub instance of the local cloud."""
+    """An IoT Hub instance: its identity and keys from ARM, its service API for devices,
+    twins, methods and messages."""
 
-    def __init__(self, cloud: LocalCloud, record: dict[str, Any]) -> None:
+    def __init__(self, cloud: _Cloud, resource: dict[str, Any], key: str) -> None:
         self._cloud = cloud
-        self.name: str = record["name"]
-        self.host_name: str = record["host_name"]
-        self.location: str = record["location"]
-        self._primary_key: str = record["primary_key"]
+        self.name: str = resource["name"]
+        self.host_name: str = resource["hostName"]
+        self.location: str = resource["location"]
+        self._primary_key = key
 
     @property
     def connection_string(self) -> str:
@@ -519,10 +640,19 @@ class Hub:
             f"SharedAccessKey={self._primary_key}"
         )
 
+    @property
+    def _service(self) -> tuple[str, str | None]:
+        return self.connection_string, self._cloud._hub_service_endpoint()
+
     def devices(self) -> list[HubDevice]:
-        """The device identities DPS created in this hub."""
-        records = json.loads(self._cloud._emulator.hub_devices(self.host_name))
-        return [HubDevice._from_json(r) for r in records]
+        """The device identities of this hub."""
+        twins = json.loads(self._cloud._rest.hub_twins(*self._service))
+        return [self.device(t["deviceId"]) for t in twins]
+
+    def device(self, device_id: str) -> HubDevice:
+        """One device identity."""
+        identity = json.loads(self._cloud._rest.hub_device(*self._service, device_id))
+        return HubDevice._from_json(self.host_name, identity)
 
     def create_device(
         self,
@@ -535,33 +665,44 @@ class Hub:
         initial_twin: dict[str, Any] | None = None,
     ) -> HubDevice:
         """Create a device identity directly (without DPS): X.509 by the certificate's
-        thumbprint, or symmetric keys (generated unless given)."""
+        thumbprint, or symmetric keys (generated unless given). ``initial_twin`` (tags and
+        desired properties) is applied right after."""
         if (certificate is None) == (not symmetric_key):
             raise ConfigError("give either a certificate or symmetric_key=True")
+        validate_registration_id(device_id, x509=False)
         if certificate is not None:
             cert = _certificate(certificate)
             auth: dict[str, Any] = {
                 "type": "selfSigned",
-                "primaryThumbprint": cert.thumbprint_sha1,
-                "primaryThumbprintSha256": cert.thumbprint_sha256,
+                "x509Thumbprint": {"primaryThumbprint": cert.thumbprint_sha1},
             }
         else:
             auth = {
                 "type": "sas",
-                "primaryKey": primary_key or _generated_key(),
-                "secondaryKey": secondary_key or _generated_key(),
+                "symmetricKey": {
+                    "primaryKey": primary_key or _generated_key(),
+                    "secondaryKey": secondary_key or _generated_key(),
+                },
             }
-        twin = json.dumps(initial_twin) if initial_twin is not None else None
-        record = self._cloud._emulator.hub_put_device(
-            self.host_name, device_id, json.dumps(auth), twin
-        )
-        return HubDevice._from_json(json.loads(record))
+        body = json.dumps({"deviceId": device_id, "authentication": auth})
+        identity = json.loads(self._cloud._rest.hub_put_device(*self._service, device_id, body))
+        if initial_twin:
+            patch = {
+                "tags": initial_twin.get("tags"),
+                "properties": {"desired": (initial_twin.get("properties") or {}).get("desired")},
+            }
+            self._cloud._rest.hub_patch_twin(*self._service, device_id, json.dumps(patch))
+        return HubDevice._from_json(self.host_name, identity)
+
+    def delete_device(self, device_id: str) -> None:
+        """Delete a device identity (its twin and waiting messages go with it)."""
+        self._cloud._rest.hub_delete_device(*self._service, device_id)
 
     # -- realism knobs (emulator only) -------------------------------------------------------
 
     def set_latency(self, seconds: float) -> None:
-        """Delay before the hub handles each device message."""
-        self._cloud._emulator.update_hub_knobs(self.host_name, latency=seconds)
+        """Delay before the hub handles each device message (emulator only)."""
+        self._cloud._emulator_only("set_latency").update_hub_knobs(self.host_name, latency=seconds)
 
     def set_throttle(
         self,
@@ -571,34 +712,41 @@ class Hub:
     ) -> None:
         """Azure-like throttles (``None`` leaves a limit as it is, 0 removes it): new
         connections beyond the rate are refused; messages beyond it are delayed for up to a
-        second (traffic shaping), then the device is disconnected (429001)."""
+        second (traffic shaping), then the device is disconnected (429001). Emulator only."""
         for value in (connections_per_second, messages_per_second):
             if value is not None and value < 0:
                 raise ConfigError("rates must be 0 (no limit) or more")
-        self._cloud._emulator.update_hub_knobs(
+        self._cloud._emulator_only("set_throttle").update_hub_knobs(
             self.host_name,
             connections_per_second=connections_per_second,
             messages_per_second=messages_per_second,
         )
 
     def refuse_connections(self, count: int) -> None:
-        """Refuse the next ``count`` device connections (fault injection)."""
+        """Refuse the next ``count`` device connections (fault injection, emulator only)."""
         if count < 0:
             raise ConfigError(f"count must be 0 or more, not {count}")
-        self._cloud._emulator.update_hub_knobs(self.host_name, refuse_next_connections=count)
+        self._cloud._emulator_only("refuse_connections").update_hub_knobs(
+            self.host_name, refuse_next_connections=count
+        )
 
     def drop_connection(self, device_id: str) -> bool:
-        """Drop a device's connection now (fault injection); ``False`` if it was offline."""
-        return self._cloud._emulator.hub_drop_connection(self.host_name, device_id)
+        """Drop a device's connection now (fault injection, emulator only); ``False`` if it was
+        offline."""
+        return self._cloud._emulator_only("drop_connection").hub_drop_connection(
+            self.host_name, device_id
+        )
 
     def telemetry(self, device_id: str | None = None) -> TelemetryRecords:
-        """What the hub received (every device, or one), in arrival order."""
-        rows = json.loads(self._cloud._emulator.hub_telemetry(self.host_name, device_id))
+        """What the hub received (every device, or one), in arrival order. The emulator keeps
+        it; on Azure telemetry goes to the hub's Event Hubs endpoint, which this does not read."""
+        self._cloud._emulator_only("telemetry")
+        rows = json.loads(self._cloud._rest.hub_telemetry(*self._service, device_id))
         return TelemetryRecords(
             TelemetryMessage(
                 sequence=r["sequence"],
                 device_id=r["deviceId"],
-                enqueued_time=datetime.fromtimestamp(r["enqueued"], tz=timezone.utc),
+                enqueued_time=datetime.fromtimestamp(r["enqueuedTime"], tz=timezone.utc),
                 body=base64.b64decode(r["body"]),
                 properties=dict(r["properties"]),
                 system_properties=dict(r["systemProperties"]),
@@ -608,21 +756,23 @@ class Hub:
 
     def get_twin(self, device_id: str) -> dict[str, Any]:
         """The device twin: tags, desired and reported properties with their versions."""
-        twin: dict[str, Any] = json.loads(self._cloud._emulator.hub_twin(self.host_name, device_id))
+        twin: dict[str, Any] = json.loads(self._cloud._rest.hub_twin(*self._service, device_id))
         return twin
 
     def update_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch desired properties (``None`` deletes); a connected device subscribed to desired
         patches receives the change."""
+        body = json.dumps({"properties": {"desired": patch}})
         twin: dict[str, Any] = json.loads(
-            self._cloud._emulator.hub_update_desired(self.host_name, device_id, json.dumps(patch))
+            self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
         )
         return twin
 
     def update_tags(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch the twin's tags."""
+        body = json.dumps({"tags": patch})
         twin: dict[str, Any] = json.loads(
-            self._cloud._emulator.hub_update_tags(self.host_name, device_id, json.dumps(patch))
+            self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
         )
         return twin
 
@@ -633,7 +783,9 @@ class Hub:
         *,
         properties: dict[str, str] | None = None,
     ) -> str:
-        """Queue a cloud-to-device message (at most 50 wait per device); returns its id."""
+        """Queue a cloud-to-device message (at most 50 wait per device); returns its id.
+        Emulator only: Azure takes these over AMQP."""
+        self._cloud._emulator_only("send_c2d")
         if isinstance(body, dict | list):
             data = json.dumps(body).encode()
         elif isinstance(body, str):
@@ -641,49 +793,54 @@ class Hub:
         else:
             data = body
         pairs = [(str(k), str(v)) for k, v in (properties or {}).items()]
-        return self._cloud._emulator.hub_send_c2d(self.host_name, device_id, data, pairs)
+        return self._cloud._rest.hub_send_c2d(*self._service, device_id, data, pairs)
 
     def invoke_method(
         self, device_id: str, method: str, payload: Any = None, *, timeout: float = 30.0
     ) -> MethodResult:
         """Call a direct method on a connected device and wait for its answer; an offline device
         raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101)."""
-        answer = json.loads(
-            self._cloud._emulator.hub_invoke_method(
-                self.host_name, device_id, method, json.dumps(payload), timeout
-            )
+        status, answer = self._cloud._rest.hub_invoke_method(
+            *self._service, device_id, method, json.dumps(payload), timeout
         )
-        return MethodResult(status=answer["status"], payload=answer["payload"])
+        return MethodResult(status=status, payload=json.loads(answer))
 
     def __repr__(self) -> str:
         return f"<Hub {self.name!r} host_name={self.host_name!r} location={self.location!r}>"
 
 
 class Dps:
-    """A Device Provisioning Service instance of the local cloud."""
+    """A Device Provisioning Service instance: ARM for its certificates and linked hubs, its
+    service API for enrollments and registrations."""
 
-    def __init__(self, cloud: LocalCloud, record: dict[str, Any]) -> None:
+    def __init__(self, cloud: _Cloud, resource: dict[str, Any], key: str) -> None:
         self._cloud = cloud
-        self.name: str = record["name"]
-        self.id_scope: str = record["id_scope"]
-        self.location: str = record["location"]
-        self._primary_key: str = record["primary_key"]
+        self.name: str = resource["name"]
+        self.id_scope: str = resource["idScope"]
+        self.location: str = resource["location"]
+        self.service_host: str = resource["serviceOperationsHostName"]
+        self._device_host: str = resource["deviceProvisioningHostName"]
+        self._primary_key = key
 
     @property
-    def _native(self) -> Emulator:
-        return self._cloud._emulator
+    def _rest(self) -> RestClient:
+        return self._cloud._rest
+
+    @property
+    def _service(self) -> tuple[str, str]:
+        return self.service_connection_string, f"https://{self.service_host}"
 
     # -- endpoints ------------------------------------------------------------------------
 
     @property
     def device_host(self) -> str:
         """The host devices dial for provisioning."""
-        return self._cloud.host
+        return self._device_host
 
     @property
     def device_port(self) -> int:
         """The MQTT port devices dial."""
-        return self._cloud.mqtt_port
+        return self._cloud._device_port()
 
     @property
     def device_endpoint(self) -> str:
@@ -692,11 +849,6 @@ class Dps:
         if self.device_port == DEFAULT_MQTT_PORT:
             return self.device_host
         return f"{self.device_host}:{self.device_port}"
-
-    @property
-    def service_host(self) -> str:
-        """``host:port`` of the DPS service (enrollment) API: its ``serviceOperationsHostName``."""
-        return f"{self._cloud.host}:{self._cloud.https_port}"
 
     @property
     def service_connection_string(self) -> str:
@@ -709,8 +861,20 @@ class Dps:
 
     def linked_hubs(self) -> list[LinkedHub]:
         """The hubs linked to this DPS."""
-        record = json.loads(self._native.dps(self.name))
-        return [LinkedHub(**link) for link in record["linked_hubs"]]
+        resource = json.loads(self._rest.dps(self.name))
+        names = {h.host_name.lower(): h.name for h in self._cloud.hubs()}
+        return [
+            LinkedHub(
+                hub=names.get(link["hostName"].lower(), link["hostName"]),
+                host_name=link["hostName"],
+                allocation_weight=link["allocationWeight"]
+                if link["allocationWeight"] is not None
+                else 1,
+                apply_allocation_policy=link["applyAllocationPolicy"],
+                location=link["location"],
+            )
+            for link in resource["linkedHubs"]
+        ]
 
     # -- CA certificates and proof of possession --------------------------------------------
 
@@ -720,34 +884,34 @@ class Dps:
         """Upload (or replace) a CA certificate; ``verified=True`` skips proof of possession."""
         cert = _certificate(certificate)
         current = self._find_ca(name)
-        record = self._native.upload_ca_certificate(
-            self.name, name, cert.der, verified, current.etag if current else None
+        record = self._rest.upload_ca_certificate(
+            self.name, name, cert.pem, verified, current.etag if current else None
         )
-        return CaCertificateInfo._from_record(json.loads(record))
+        return CaCertificateInfo._from_arm(json.loads(record))
 
     def ca_certificate(self, name: str) -> CaCertificateInfo:
         """An uploaded CA certificate."""
-        return CaCertificateInfo._from_record(
-            json.loads(self._native.ca_certificate(self.name, name))
-        )
+        return CaCertificateInfo._from_arm(json.loads(self._rest.ca_certificate(self.name, name)))
 
     def ca_certificates(self) -> list[CaCertificateInfo]:
         """Every uploaded CA certificate."""
-        record = json.loads(self._native.dps(self.name))
-        return [CaCertificateInfo._from_record(c) for c in record["certificates"]]
+        return [
+            CaCertificateInfo._from_arm(c)
+            for c in json.loads(self._rest.ca_certificates(self.name))
+        ]
 
     def _find_ca(self, name: str) -> CaCertificateInfo | None:
         return next((c for c in self.ca_certificates() if c.name == name), None)
 
     def delete_ca_certificate(self, name: str) -> None:
         """Delete an uploaded CA certificate."""
-        self._native.delete_ca_certificate(self.name, name, self.ca_certificate(name).etag)
+        self._rest.delete_ca_certificate(self.name, name, self.ca_certificate(name).etag)
 
     def generate_verification_code(self, name: str) -> str:
         """A new one-time verification code for an uploaded CA certificate."""
         etag = self.ca_certificate(name).etag
-        record = json.loads(self._native.generate_verification_code(self.name, name, etag))
-        code: str = record["verification_code"]
+        record = json.loads(self._rest.generate_verification_code(self.name, name, etag))
+        code: str = record["verificationCode"]
         return code
 
     def verify_certificate(self, name: str, verification: CertificateLike) -> CaCertificateInfo:
@@ -755,8 +919,8 @@ class Dps:
         CA's key)."""
         cert = _certificate(verification)
         etag = self.ca_certificate(name).etag
-        record = self._native.verify_certificate(self.name, name, cert.der, etag)
-        return CaCertificateInfo._from_record(json.loads(record))
+        record = self._rest.verify_certificate(self.name, name, etag, cert.pem)
+        return CaCertificateInfo._from_arm(json.loads(record))
 
     def prove_possession(self, name: str, authority: CertificateAuthority) -> CaCertificateInfo:
         """Upload ``authority``'s certificate if needed, then run the whole proof of possession:
@@ -799,6 +963,7 @@ class Dps:
         (it lives as long as this process: re-register it after a restart)."""
         if custom is None or isinstance(custom, str):
             return custom
+        emulator = self._cloud._emulator_only("a callable custom allocation (use a webhook URL)")
         function = custom
 
         def allocate(request_json: str) -> str:
@@ -808,8 +973,14 @@ class Dps:
             return json.dumps(answer)
 
         name = f"{self.name}/{key}"
-        self._native.register_allocator(name, allocate)
+        emulator.register_allocator(name, allocate)
         return f"python:{name}"
+
+    def _put_group(self, group_id: str, body: dict[str, Any], etag: str | None) -> EnrollmentGroup:
+        record = self._rest.put_enrollment_group(
+            *self._service, group_id, json.dumps({"enrollmentGroupId": group_id, **body}), etag
+        )
+        return EnrollmentGroup._from_json(json.loads(record))
 
     def create_enrollment_group(
         self,
@@ -834,12 +1005,14 @@ class Dps:
         ``custom_allocation`` (a webhook URL or a callable) implies
         ``allocation_policy="custom"``.
         """
+        _check_resource_name("enrollment group", enrollment_group_id)
         attestation = _attestation_json(
             ca_reference=ca_reference,
             certificate=signing_certificate,
             symmetric_key=symmetric_key,
             primary_key=primary_key,
             secondary_key=secondary_key,
+            group=True,
         )
         settings = self._new_settings(
             f"group/{enrollment_group_id}",
@@ -851,11 +1024,8 @@ class Dps:
             custom_allocation=custom_allocation,
         )
         existing = self._find_group(enrollment_group_id)
-        spec = json.dumps({"attestation": attestation, "settings": settings._to_json()})
-        record = self._native.put_enrollment_group(
-            self.name, enrollment_group_id, spec, existing.etag if existing else None
-        )
-        return EnrollmentGroup._from_json(json.loads(record))
+        body = {"attestation": attestation, **settings._to_json()}
+        return self._put_group(enrollment_group_id, body, existing.etag if existing else None)
 
     def update_enrollment_group(
         self,
@@ -869,22 +1039,32 @@ class Dps:
     ) -> EnrollmentGroup:
         """Change some settings of a group, keeping the rest (etag handled inside)."""
         group = self.enrollment_group(enrollment_group_id)
+        current = group._settings()
         settings = _Settings(
-            provisioning_status=provisioning_status or group.provisioning_status,
-            allocation_policy=allocation_policy or group.allocation_policy,
-            iot_hubs=tuple(_hub_host(h) for h in hubs) if hubs is not None else group.iot_hubs,
-            reprovision_policy=reprovision_policy or group.reprovision_policy,
-            initial_twin=initial_twin if initial_twin is not None else group.initial_twin,
-            custom_allocation_url=group.custom_allocation_url,
+            provisioning_status=provisioning_status or current.provisioning_status,
+            allocation_policy=allocation_policy or current.allocation_policy,
+            iot_hubs=tuple(_hub_host(h) for h in hubs) if hubs is not None else current.iot_hubs,
+            reprovision_policy=reprovision_policy or current.reprovision_policy,
+            initial_twin=initial_twin if initial_twin is not None else current.initial_twin,
+            custom_allocation_url=current.custom_allocation_url,
         )
-        spec = json.dumps({"settings": settings._to_json()})
-        record = self._native.put_enrollment_group(self.name, enrollment_group_id, spec, group.etag)
-        return EnrollmentGroup._from_json(json.loads(record))
+        # No attestation in the body: the service keeps the group's own.
+        return self._put_group(enrollment_group_id, settings._to_json(), group.etag)
 
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
         """An enrollment group."""
-        record = self._native.enrollment_group(self.name, enrollment_group_id)
-        return EnrollmentGroup._from_json(json.loads(record))
+        record = self._rest.enrollment_group(*self._service, enrollment_group_id)
+        group = EnrollmentGroup._from_json(json.loads(record))
+        if group.attestation_type == "symmetricKey" and group.primary_key is None:
+            keys = json.loads(
+                self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
+            )
+            group = dataclasses.replace(
+                group,
+                primary_key=keys["symmetricKey"]["primaryKey"],
+                secondary_key=keys["symmetricKey"]["secondaryKey"],
+            )
+        return group
 
     def _find_group(self, enrollment_group_id: str) -> EnrollmentGroup | None:
         return next(
@@ -894,13 +1074,13 @@ class Dps:
 
     def enrollment_groups(self) -> list[EnrollmentGroup]:
         """Every enrollment group."""
-        records = json.loads(self._native.enrollment_groups(self.name))
+        records = json.loads(self._rest.enrollment_groups(*self._service))
         return [EnrollmentGroup._from_json(r) for r in records]
 
     def delete_enrollment_group(self, enrollment_group_id: str) -> None:
         """Delete an enrollment group."""
         etag = self.enrollment_group(enrollment_group_id).etag
-        self._native.delete_enrollment_group(self.name, enrollment_group_id, etag)
+        self._rest.delete_enrollment_group(*self._service, enrollment_group_id, etag)
 
     # -- individual enrollments ------------------------------------------------------------
 
@@ -922,12 +1102,14 @@ class Dps:
     ) -> Enrollment:
         """Create (or replace) an individual enrollment, by the device's certificate or its own
         symmetric key."""
+        validate_registration_id(registration_id, x509=False)
         attestation = _attestation_json(
             ca_reference=None,
             certificate=certificate,
             symmetric_key=symmetric_key,
             primary_key=primary_key,
             secondary_key=secondary_key,
+            group=False,
         )
         settings = self._new_settings(
             f"enrollment/{registration_id}",
@@ -942,70 +1124,208 @@ class Dps:
             (e for e in self.enrollments() if e.registration_id.lower() == registration_id.lower()),
             None,
         )
-        spec = json.dumps(
-            {"attestation": attestation, "settings": settings._to_json(), "deviceId": device_id}
-        )
-        record = self._native.put_enrollment(
-            self.name, registration_id, spec, existing.etag if existing else None
+        body = {
+            "registrationId": registration_id,
+            "deviceId": device_id,
+            "attestation": attestation,
+            **settings._to_json(),
+        }
+        record = self._rest.put_enrollment(
+            *self._service, registration_id, json.dumps(body), existing.etag if existing else None
         )
         return Enrollment._from_json(json.loads(record))
 
     def enrollment(self, registration_id: str) -> Enrollment:
         """An individual enrollment."""
         return Enrollment._from_json(
-            json.loads(self._native.enrollment(self.name, registration_id))
+            json.loads(self._rest.enrollment(*self._service, registration_id))
         )
 
     def enrollments(self) -> list[Enrollment]:
         """Every individual enrollment."""
-        return [Enrollment._from_json(r) for r in json.loads(self._native.enrollments(self.name))]
+        return [
+            Enrollment._from_json(r) for r in json.loads(self._rest.enrollments(*self._service))
+        ]
 
     def delete_enrollment(self, registration_id: str) -> None:
         """Delete an individual enrollment."""
         etag = self.enrollment(registration_id).etag
-        self._native.delete_enrollment(self.name, registration_id, etag)
+        self._rest.delete_enrollment(*self._service, registration_id, etag)
 
     # -- registrations ---------------------------------------------------------------------
 
     def registrations(self, enrollment_group_id: str | None = None) -> list[RegistrationRecord]:
-        """Registration records, all of them or those of one enrollment group."""
-        records = json.loads(self._native.registrations(self.name, enrollment_group_id))
-        return [RegistrationRecord._from_json(r) for r in records]
+        """Registration records: those of one enrollment group, or (the service has no query
+        for all) those of every group and every individual enrollment."""
+        groups = (
+            [self.enrollment_group(enrollment_group_id)]
+            if enrollment_group_id is not None
+            else self.enrollment_groups()
+        )
+        records = [
+            RegistrationRecord._from_json(
+                r, enrollment_group_id=g.enrollment_group_id, attestation=g.attestation_type
+            )
+            for g in groups
+            for r in json.loads(self._rest.registrations(*self._service, g.enrollment_group_id))
+        ]
+        if enrollment_group_id is None:
+            for enrollment in self.enrollments():
+                try:
+                    state = self._rest.registration(*self._service, enrollment.registration_id)
+                except NotFoundError:
+                    continue
+                records.append(
+                    RegistrationRecord._from_json(
+                        json.loads(state),
+                        enrollment_group_id=None,
+                        attestation=enrollment.attestation_type,
+                    )
+                )
+        return records
 
     def delete_registration(self, registration_id: str) -> None:
         """Forget a device's registration (it may then register afresh)."""
-        self._native.delete_registration(self.name, registration_id)
+        self._rest.delete_registration(*self._service, registration_id)
 
     # -- realism knobs (emulator only) -------------------------------------------------------
 
     def set_assignment_latency(self, seconds: float) -> None:
-        """Delay between a register request and its assignment (polls answer 202 until then)."""
-        self._native.update_dps_knobs(self.name, assignment_latency=seconds)
+        """Delay between a register request and its assignment (polls answer 202 until then).
+        Emulator only."""
+        self._cloud._emulator_only("set_assignment_latency").update_dps_knobs(
+            self.name, assignment_latency=seconds
+        )
 
     def set_registration_quota(self, per_minute: int | None) -> None:
         """Azure's registration quota (1,000 per minute per DPS): beyond it, 429 + retry-after.
-        ``None`` removes the limit."""
+        ``None`` removes the limit. Emulator only."""
         if per_minute is not None and per_minute < 1:
             raise ConfigError(f"per_minute must be at least 1 (or None), not {per_minute}")
-        self._native.update_dps_knobs(self.name, registrations_per_minute=per_minute or 0)
+        self._cloud._emulator_only("set_registration_quota").update_dps_knobs(
+            self.name, registrations_per_minute=per_minute or 0
+        )
 
     def refuse_registrations(self, count: int, *, status: int = 429) -> None:
-        """Refuse the next ``count`` register requests with ``status`` (fault injection)."""
+        """Refuse the next ``count`` register requests with ``status`` (fault injection,
+        emulator only)."""
         if count < 0:
             raise ConfigError(f"count must be 0 or more, not {count}")
-        self._native.update_dps_knobs(self.name, refuse_next=count, refusal_status=status)
+        self._cloud._emulator_only("refuse_registrations").update_dps_knobs(
+            self.name, refuse_next=count, refusal_status=status
+        )
 
     def set_device_location(self, registration_id: str, location: str) -> None:
         """Where a device is, for the geoLatency allocation policy (default: the DPS's own
-        location)."""
-        self._native.update_dps_knobs(self.name, device_location=(registration_id, location))
+        location). Emulator only."""
+        self._cloud._emulator_only("set_device_location").update_dps_knobs(
+            self.name, device_location=(registration_id, location)
+        )
 
     def __repr__(self) -> str:
         return f"<Dps {self.name!r} id_scope={self.id_scope!r} endpoint={self.device_endpoint!r}>"
 
 
-class LocalCloud:
-    """The embedded emulator of DPS and IoT Hub, started on construction.
+class _Cloud:
+    """What LocalCloud and AzureCloud share: one REST client for ARM and the service APIs."""
+
+    subscription_id: str
+    resource_group: str
+
+    @property
+    def _rest(self) -> RestClient:
+        raise NotImplementedError
+
+    @property
+    def trust_pem(self) -> str | None:
+        """The CA devices and clients trust for this cloud's servers (``None``: the system
+        roots, as for Azure)."""
+        return None
+
+    def _hub_service_endpoint(self) -> str | None:
+        """Where hub service calls go (``None``: ``https://{hub host name}``)."""
+        return None
+
+    def _device_port(self) -> int:
+        return DEFAULT_MQTT_PORT
+
+    def _emulator_only(self, feature: str) -> Emulator:
+        raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
+
+    # -- resources -------------------------------------------------------------------------
+
+    def _hub(self, resource: dict[str, Any]) -> Hub:
+        _, key = self._rest.hub_keys(resource["name"])
+        return Hub(self, resource, key)
+
+    def _dps(self, resource: dict[str, Any]) -> Dps:
+        _, key = self._rest.dps_keys(resource["name"])
+        return Dps(self, resource, key)
+
+    def create_hub(self, name: str, location: str = "westeurope") -> Hub:
+        """Create an IoT hub (or return the existing one of that name); waits until ARM reports
+        it ready."""
+        _check_resource_name("hub", name)
+        return self._hub(json.loads(self._rest.create_hub(name, location)))
+
+    def hub(self, name: str) -> Hub:
+        """An existing hub."""
+        return self._hub(json.loads(self._rest.hub(name)))
+
+    def hubs(self) -> list[Hub]:
+        """Every hub of the resource group."""
+        return [self._hub(r) for r in json.loads(self._rest.hubs())]
+
+    def delete_hub(self, hub: Hub | str) -> None:
+        """Delete a hub (and unlink it from every DPS)."""
+        self._rest.delete_hub(hub.name if isinstance(hub, Hub) else hub)
+
+    def create_dps(self, name: str, location: str = "westeurope") -> Dps:
+        """Create a DPS instance (or return the existing one of that name)."""
+        _check_resource_name("DPS", name)
+        return self._dps(json.loads(self._rest.create_dps(name, location)))
+
+    def dps(self, name: str) -> Dps:
+        """An existing DPS instance."""
+        return self._dps(json.loads(self._rest.dps(name)))
+
+    def all_dps(self) -> list[Dps]:
+        """Every DPS instance of the resource group."""
+        return [self._dps(r) for r in json.loads(self._rest.dps_instances())]
+
+    def delete_dps(self, dps: Dps | str) -> None:
+        """Delete a DPS instance with its enrollments and registrations."""
+        self._rest.delete_dps(dps.name if isinstance(dps, Dps) else dps)
+
+    def link_hub(
+        self,
+        dps: Dps | str,
+        hub: Hub | str,
+        *,
+        allocation_weight: int = 1,
+        apply_allocation_policy: bool = True,
+        location: str | None = None,
+    ) -> LinkedHub:
+        """Link a hub to a DPS instance (or update the link), as ``az iot dps linked-hub create``
+        does: read the DPS resource, add the hub's ``iothubowner`` connection string, write it
+        back. ``location`` (default: the hub's) is what geo-latency allocation compares."""
+        dps_name = dps.name if isinstance(dps, Dps) else dps
+        hub_name = hub.name if isinstance(hub, Hub) else hub
+        if allocation_weight < 0:
+            raise ConfigError("allocation_weight must be 0 or more")
+        resource = json.loads(
+            self._rest.link_hub(
+                dps_name, hub_name, allocation_weight, apply_allocation_policy, location
+            )
+        )
+        host = json.loads(self._rest.hub(hub_name))["hostName"].lower()
+        link = next(k for k in resource["linkedHubs"] if k["hostName"].lower() == host)
+        return LinkedHub._from_json(link, hub_name)
+
+
+class LocalCloud(_Cloud):
+    """The embedded emulator of DPS and IoT Hub, started on construction, managed through the
+    same REST client as Azure (its ARM and service APIs on :attr:`arm_endpoint`).
 
     Use it as a context manager, or call :meth:`stop`. Without ``data_dir`` the state lives in a
     temporary folder deleted on stop; with one, everything (including the emulator's CA, so
@@ -1040,6 +1360,14 @@ class LocalCloud:
             poll_retry_after=poll_retry_after,
             https_port=https_port,
         )
+        # The emulator accepts any bearer token on loopback; Azure needs a real one.
+        self._rest_client = RestClient(
+            self.arm_endpoint,
+            self.subscription_id,
+            self.resource_group,
+            lambda: "dpskit-local",
+            self.trust_pem,
+        )
 
     @classmethod
     def start(
@@ -1067,6 +1395,22 @@ class LocalCloud:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    @property
+    def _rest(self) -> RestClient:
+        if not self._emulator.is_running:
+            raise EmulatorError("the local cloud is stopped")
+        return self._rest_client
+
+    def _hub_service_endpoint(self) -> str:
+        # Every hub's service API is on the emulator's one HTTPS port.
+        return self.arm_endpoint
+
+    def _device_port(self) -> int:
+        return self.mqtt_port
+
+    def _emulator_only(self, feature: str) -> Emulator:
+        return self._emulator
 
     @property
     def is_running(self) -> bool:
@@ -1106,52 +1450,16 @@ class LocalCloud:
         bearer token (it listens on loopback)."""
         return f"https://{self.host}:{self.https_port}"
 
-    # -- resources -------------------------------------------------------------------------
+    # -- resources only the emulator has -------------------------------------------------------
 
     def create_hub(
         self, name: str, location: str = "westeurope", *, host_name: str | None = None
     ) -> Hub:
-        """Create an IoT hub; it gets the next free loopback address as its host name."""
-        return Hub(self, json.loads(self._emulator.create_hub(name, location, host_name)))
-
-    def hub(self, name: str) -> Hub:
-        """An existing hub."""
-        return Hub(self, json.loads(self._emulator.hub(name)))
-
-    def hubs(self) -> list[Hub]:
-        """Every hub."""
-        return [Hub(self, r) for r in json.loads(self._emulator.hubs())]
-
-    def create_dps(self, name: str, location: str = "westeurope") -> Dps:
-        """Create a DPS instance with a fresh ID scope."""
-        return Dps(self, json.loads(self._emulator.create_dps(name, location)))
-
-    def dps(self, name: str) -> Dps:
-        """An existing DPS instance."""
-        return Dps(self, json.loads(self._emulator.dps(name)))
-
-    def all_dps(self) -> list[Dps]:
-        """Every DPS instance."""
-        return [Dps(self, r) for r in json.loads(self._emulator.all_dps())]
-
-    def link_hub(
-        self,
-        dps: Dps | str,
-        hub: Hub | str,
-        *,
-        allocation_weight: int = 1,
-        apply_allocation_policy: bool = True,
-        location: str | None = None,
-    ) -> LinkedHub:
-        """Link a hub to a DPS instance (or update the link)."""
-        dps_name = dps.name if isinstance(dps, Dps) else dps
-        hub_name = hub.name if isinstance(hub, Hub) else hub
-        if allocation_weight < 0:
-            raise ConfigError("allocation_weight must be 0 or more")
-        link = self._emulator.link_hub(
-            dps_name, hub_name, allocation_weight, apply_allocation_policy, location
-        )
-        return LinkedHub(**json.loads(link))
+        """Create an IoT hub; it gets the next free loopback address as its host name (or
+        ``host_name``, which must then resolve to this machine)."""
+        if host_name is not None:
+            self._emulator.create_hub(name, location, host_name)
+        return super().create_hub(name, location)
 
     # -- traces ----------------------------------------------------------------------------
 

@@ -1768,7 +1768,14 @@ fn arm_certificates_and_proof_of_possession_over_https() {
     let (root, inter) = ca_pair();
     let trust = RestTrust::Anchors(Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap());
     let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
-    let arm = ArmClient::new(&endpoint, "sub-1", "rg-1", "any-token", &trust).unwrap();
+    let arm = ArmClient::new(
+        &endpoint,
+        "sub-1",
+        "rg-1",
+        crate::service::arm::static_token("any-token"),
+        &trust,
+    )
+    .unwrap();
     let status = |e: crate::Error| match e {
         crate::Error::Service(s) => (s.status, s.error_code),
         other => panic!("not a service error: {other:?}"),
@@ -1860,7 +1867,14 @@ fn arm_resources_hubs_dps_keys_and_links_over_https() {
     let emulator = start(None);
     let trust = RestTrust::Anchors(Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap());
     let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
-    let arm = ArmClient::new(&endpoint, "sub-1", "rg-1", "any-token", &trust).unwrap();
+    let arm = ArmClient::new(
+        &endpoint,
+        "sub-1",
+        "rg-1",
+        crate::service::arm::static_token("any-token"),
+        &trust,
+    )
+    .unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1900,11 +1914,11 @@ fn arm_resources_hubs_dps_keys_and_links_over_https() {
         );
 
         // Linking twice, as the CLI does: the first link comes back masked and is kept.
-        arm.link_hub("arm-dps", "arm-hub-a", Some(2), true)
+        arm.link_hub("arm-dps", "arm-hub-a", Some(2), true, None)
             .await
             .unwrap();
         let linked = arm
-            .link_hub("arm-dps", "arm-hub-b", None, false)
+            .link_hub("arm-dps", "arm-hub-b", None, false, None)
             .await
             .unwrap();
         let hosts: Vec<_> = linked

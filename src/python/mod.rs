@@ -5,6 +5,7 @@ mod devices;
 mod emulator;
 mod errors;
 mod pki;
+mod rest;
 
 use pyo3::prelude::*;
 
@@ -20,6 +21,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pki::register(m)?;
     emulator::register(m)?;
     devices::register(m)?;
+    rest::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;

@@ -529,7 +529,7 @@ impl PyDeviceCertificate {
 /// A certificate authority: certificate, private key and the chain above it.
 #[pyclass(frozen, module = "dpskit", name = "CertificateAuthority")]
 pub struct PyCertificateAuthority {
-    inner: CertificateAuthority,
+    pub(crate) inner: CertificateAuthority,
 }
 
 fn ca_options(

@@ -37,6 +37,8 @@ pub struct CaCertificateResource {
     pub updated: String,
     /// The verification code, in answers to `generateVerificationCode` only.
     pub verification_code: Option<String>,
+    /// The certificate as ARM returns it (base64 DER, or PEM text).
+    pub certificate: Option<String>,
 }
 
 impl CaCertificateResource {
@@ -56,6 +58,7 @@ impl CaCertificateResource {
             created: text(&properties["created"]).unwrap_or_default(),
             updated: text(&properties["updated"]).unwrap_or_default(),
             verification_code: text(&properties["verificationCode"]),
+            certificate: text(&properties["certificate"]),
         })
     }
 }
@@ -225,7 +228,17 @@ pub struct ArmClient {
     endpoint: String,
     subscription_id: String,
     resource_group: String,
-    token: String,
+    token: TokenSource,
+}
+
+/// Where bearer tokens come from: called before each request, so it should cache (Entra
+/// tokens last about an hour; azure-identity credentials cache on their own).
+pub type TokenSource = std::sync::Arc<dyn Fn() -> Result<String> + Send + Sync>;
+
+/// A token source that always gives `token` (the emulator accepts any).
+pub fn static_token(token: &str) -> TokenSource {
+    let token = token.to_string();
+    std::sync::Arc::new(move || Ok(token.clone()))
 }
 
 impl std::fmt::Debug for ArmClient {
@@ -240,12 +253,13 @@ impl std::fmt::Debug for ArmClient {
 }
 
 impl ArmClient {
-    /// A client for `endpoint` (Azure's or the emulator's) that sends `token` as its bearer.
+    /// A client for `endpoint` (Azure's or the emulator's) whose bearer tokens come from
+    /// `token`.
     pub fn new(
         endpoint: &str,
         subscription_id: &str,
         resource_group: &str,
-        token: &str,
+        token: TokenSource,
         trust: &RestTrust,
     ) -> Result<Self> {
         Ok(ArmClient {
@@ -253,7 +267,7 @@ impl ArmClient {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             subscription_id: subscription_id.to_string(),
             resource_group: resource_group.to_string(),
-            token: token.to_string(),
+            token,
         })
     }
 
@@ -318,7 +332,7 @@ impl ArmClient {
         let mut request = self
             .http
             .request(method, format!("{url}{separator}api-version={api_version}"))
-            .bearer_auth(&self.token);
+            .bearer_auth((self.token)()?);
         if let Some(tag) = if_match {
             request = request.header(reqwest::header::IF_MATCH, tag);
         }
@@ -387,7 +401,7 @@ impl ArmClient {
                     let response = self
                         .http
                         .get(op)
-                        .bearer_auth(&self.token)
+                        .bearer_auth((self.token)()?)
                         .send()
                         .await
                         .map_err(|e| transport(what, e))?;
@@ -572,6 +586,7 @@ impl ArmClient {
         hub: &str,
         allocation_weight: Option<u32>,
         apply_allocation_policy: bool,
+        location: Option<&str>,
     ) -> Result<DpsResource> {
         let what = format!("linking IoT hub {hub} to {dps}");
         let hub_resource = self.hub(hub).await?;
@@ -599,7 +614,7 @@ impl ArmClient {
         });
         let mut entry = json!({
             "connectionString": connection_string,
-            "location": hub_resource.location,
+            "location": location.unwrap_or(&hub_resource.location),
             "applyAllocationPolicy": apply_allocation_policy,
         });
         if let Some(weight) = allocation_weight {

@@ -268,6 +268,17 @@ fn query_twins(context: &RestContext, host: &str) -> crate::Result<Reply> {
                 }),
             );
             map.insert("status".into(), json!("enabled"));
+            let (kind, thumbprint) = match &device.auth {
+                DeviceAuth::SelfSigned {
+                    primary_thumbprint, ..
+                } => ("selfSigned", Some(primary_thumbprint.clone())),
+                DeviceAuth::Sas { .. } => ("sas", None),
+            };
+            map.insert("authenticationType".into(), json!(kind));
+            map.insert(
+                "x509Thumbprint".into(),
+                json!({"primaryThumbprint": thumbprint, "secondaryThumbprint": null}),
+            );
         }
         twins.push(twin);
     }

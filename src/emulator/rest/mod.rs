@@ -141,7 +141,15 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
         Err(_) => arm_error(413, "413000", "the request body is larger than 4 MB"),
         Ok(collected) => {
             let body = collected.to_bytes();
-            let segments: Vec<&str> = parts.uri.path().trim_matches('/').split('/').collect();
+            // Names arrive percent-encoded; the resources are known by their decoded names.
+            let decoded: Vec<String> = parts
+                .uri
+                .path()
+                .trim_matches('/')
+                .split('/')
+                .map(|s| crate::sas::url_decode(s).unwrap_or_else(|_| s.to_string()))
+                .collect();
+            let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
             let first = segments.first().map(|s| s.to_ascii_lowercase());
             match first.as_deref() {
                 // Service calls that may wait (direct methods) run on the connection's task.
@@ -149,7 +157,7 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
                     let query = parts.uri.query().unwrap_or("");
                     hub_service::handle(&parts, &segments, query, &body, context).await
                 }
-                _ => route(&parts, &body, context),
+                _ => route(&parts, &segments, &body, context),
             }
         }
     };
@@ -175,15 +183,19 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
     response
 }
 
-fn route(parts: &hyper::http::request::Parts, body: &[u8], context: &RestContext) -> Reply {
+fn route(
+    parts: &hyper::http::request::Parts,
+    segments: &[&str],
+    body: &[u8],
+    context: &RestContext,
+) -> Reply {
     let path = parts.uri.path();
     let query = parts.uri.query().unwrap_or("");
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let first = segments.first().map(|s| s.to_ascii_lowercase());
     match first.as_deref() {
         Some("subscriptions") => {}
         Some("enrollments" | "enrollmentgroups" | "registrations") => {
-            return dps_service::handle(parts, &segments, body, context);
+            return dps_service::handle(parts, segments, body, context);
         }
         _ => return arm_error(404, "404000", &format!("no API is served at {path}")),
     }
@@ -215,7 +227,7 @@ fn route(parts: &hyper::http::request::Parts, body: &[u8], context: &RestContext
         .get(hyper::header::IF_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    arm::handle(&parts.method, &segments, body, if_match.as_deref(), context)
+    arm::handle(&parts.method, segments, body, if_match.as_deref(), context)
 }
 
 /// Unix seconds as an RFC 1123 date (`Sat, 31 Dec 2039 23:59:59 GMT`).
