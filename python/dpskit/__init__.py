@@ -1,7 +1,9 @@
 """dpskit: Azure Device Provisioning Service with self-signed X.509 certificates.
 
-Create a CA hierarchy and device certificates, prove possession, and (in later versions) run the
-whole DPS walkthrough against an embedded local emulator of DPS and IoT Hub, or against Azure.
+Create a CA hierarchy and device certificates, manage DPS and IoT Hub (create, link, upload CA
+certificates, prove possession, enroll), and provision devices: against the embedded local
+emulator of DPS and IoT Hub (``LocalCloud``) or against Azure (``AzureCloud``), with the same
+code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dpskit._native import (
     verify_chain,
 )
 from dpskit.cloud import (
+    AzureCloud,
     CaCertificateInfo,
+    CertificateSummary,
     Dps,
     Enrollment,
     EnrollmentGroup,
@@ -31,6 +35,7 @@ from dpskit.cloud import (
     TelemetryRecords,
     TraceEvent,
 )
+from dpskit.credentials import AzureCliCredential, ServicePrincipal
 from dpskit.errors import (
     AuthenticationError,
     CertificateError,
@@ -53,10 +58,13 @@ __version__ = "0.1.0"
 __all__ = [
     "ALGORITHMS",
     "AuthenticationError",
+    "AzureCliCredential",
+    "AzureCloud",
     "CaCertificateInfo",
     "Certificate",
     "CertificateAuthority",
     "CertificateError",
+    "CertificateSummary",
     "ConfigError",
     "ConflictError",
     "DeviceCertificate",
@@ -78,6 +86,7 @@ __all__ = [
     "RegistrationRecord",
     "ReprovisionPolicy",
     "ServiceError",
+    "ServicePrincipal",
     "TelemetryMessage",
     "TelemetryRecords",
     "ThrottledError",

@@ -1,8 +1,11 @@
-"""The local cloud: DPS and IoT Hub emulated in-process, and the objects that manage them.
+"""The clouds: ``LocalCloud`` (DPS and IoT Hub emulated in-process) and ``AzureCloud`` (real
+Azure), and the objects that manage their resources.
 
-``LocalCloud`` starts the embedded emulator (real MQTT over real TLS, state in SQLite) and
-exposes the walkthrough's management steps: create hubs and DPS instances, link them, upload CA
-certificates, prove possession, create enrollments, read registration records.
+Both go through one REST client (Rust): ARM for hubs, DPS instances, links and CA certificates,
+the DPS service API for enrollments and registrations, the hub service API for devices, twins,
+methods and messages. ``LocalCloud`` starts the embedded emulator (real MQTT and HTTPS over
+real TLS, state in SQLite) and points the client at it; only the emulator's realism knobs and
+traces bypass REST.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import email.utils
 import importlib
 import json
+import os
 import re
 import secrets
 from collections.abc import Callable, Sequence
@@ -31,9 +35,11 @@ from dpskit._native import (
     _refresh_logging,
     validate_registration_id,
 )
+from dpskit.credentials import TokenCredential, token_provider
 from dpskit.errors import ConfigError, EmulatorError, NotFoundError
 
 __all__ = [
+    "AzureCloud",
     "CaCertificateInfo",
     "CertificateSummary",
     "Dps",
@@ -1491,3 +1497,64 @@ class LocalCloud(_Cloud):
         state = "running" if self.is_running else "stopped"
         where = f"{self.host}:{self.mqtt_port}"
         return f"<LocalCloud {state} mqtt={where} data_dir={str(self.data_dir)!r}>"
+
+
+class AzureCloud(_Cloud):
+    """Real Azure: ARM with an Entra ID token for hubs, DPS instances, links and CA
+    certificates; the DPS and hub service APIs with the SAS keys ARM lists. The same methods as
+    :class:`LocalCloud` (less the emulator's realism knobs).
+
+    ``credential`` is a token string, a :class:`~dpskit.credentials.ServicePrincipal`, an
+    :class:`~dpskit.credentials.AzureCliCredential`, any azure-identity credential (for example
+    ``DefaultAzureCredential()``), or ``None`` (environment service principal, else ``az
+    login``). The resource group must exist. Azure resources cost money: delete what you create
+    (:meth:`delete_hub`, :meth:`delete_dps`).
+    """
+
+    def __init__(
+        self,
+        subscription_id: str,
+        resource_group: str,
+        credential: str | TokenCredential | None = None,
+        *,
+        arm_endpoint: str = "https://management.azure.com",
+        trust_pem: str | None = None,
+    ) -> None:
+        if not subscription_id or not resource_group:
+            raise ConfigError("subscription_id and resource_group are required")
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.arm_endpoint = arm_endpoint.rstrip("/")
+        self._trust_pem = trust_pem
+        self._rest_client = RestClient(
+            self.arm_endpoint,
+            subscription_id,
+            resource_group,
+            token_provider(credential),
+            trust_pem,
+        )
+
+    @classmethod
+    def from_environment(cls, credential: str | TokenCredential | None = None) -> AzureCloud:
+        """From ``AZURE_SUBSCRIPTION_ID`` and ``AZURE_RESOURCE_GROUP`` (what the notebooks'
+        ``TARGET = "azure"`` switch reads)."""
+        subscription = os.environ.get("AZURE_SUBSCRIPTION_ID")
+        group = os.environ.get("AZURE_RESOURCE_GROUP")
+        if not subscription or not group:
+            raise ConfigError("set AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP")
+        return cls(subscription, group, credential)
+
+    @property
+    def _rest(self) -> RestClient:
+        return self._rest_client
+
+    @property
+    def trust_pem(self) -> str | None:
+        """The pinned CA for the endpoints, or ``None`` for the system roots (Azure)."""
+        return self._trust_pem
+
+    def __repr__(self) -> str:
+        return (
+            f"<AzureCloud subscription={self.subscription_id!r} "
+            f"resource_group={self.resource_group!r} arm={self.arm_endpoint!r}>"
+        )
