@@ -33,6 +33,7 @@ from ._native import (
     validate_registration_id,
     verify_chain,
 )
+from .cli_cloud import add_cloud_commands
 from .errors import CertificateError, ConfigError, DpsKitError
 
 __all__ = ["main"]
@@ -1004,10 +1005,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
     p.set_defaults(handler=cmd_demo, parser=p)
 
+    add_cloud_commands(commands, _Formatter)
+
     # emulator
     p = commands.add_parser(
         "emulator",
-        help="run the local cloud (DPS emulator) until Ctrl-C",
+        help="run the local cloud (DPS and IoT Hub emulator) until Ctrl-C",
         description="Run the embedded DPS emulator standalone: MQTT over TLS on HOST:PORT, state\n"
         "and the emulator's CA in DIR (kept across runs). Official SDKs connect unchanged\n"
         "when given DIR/emulator-ca.cert.pem as their server verification certificate.",
@@ -1017,6 +1020,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address DPS listens on")
     p.add_argument(
         "--port", type=int, default=8883, help="MQTT port (the official SDKs always use 8883)"
+    )
+    p.add_argument(
+        "--https-port",
+        type=int,
+        default=0,
+        help="port of the ARM and service REST APIs (0: any free port; `dpskit cloud` and "
+        "`dpskit dps` find it in DIR)",
     )
     p.set_defaults(handler=cmd_emulator, parser=p)
 
@@ -1035,7 +1045,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cloud = LocalCloud(data_dir, host=args.host, port=args.port)
+    cloud = LocalCloud(data_dir, host=args.host, port=args.port, https_port=args.https_port)
     # From here on an interrupt at any moment ends in a clean stop.
     try:
         trust = data_dir / "emulator-ca.cert.pem"
@@ -1043,6 +1053,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         _print_fields(
             [
                 ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
+                ("arm", f"{cloud.arm_endpoint} (ARM and service REST APIs, any bearer token)"),
                 ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
                 ("state", _display(cloud.data_dir)),
             ]

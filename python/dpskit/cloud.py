@@ -49,6 +49,7 @@ __all__ = [
     "HubDevice",
     "LinkedHub",
     "LocalCloud",
+    "LocalCloudClient",
     "MethodResult",
     "RegistrationRecord",
     "ReprovisionPolicy",
@@ -67,6 +68,10 @@ CustomAllocation = str | Callable[[dict[str, Any]], dict[str, Any] | str]
 
 #: The official Python SDK always dials this port.
 DEFAULT_MQTT_PORT = 8883
+#: A running local cloud describes its endpoints in this file of its data folder.
+ENDPOINTS_FILE = "endpoints.json"
+#: The bearer token sent to the emulator (it accepts any on loopback).
+LOCAL_TOKEN = "dpskit-local"
 
 
 def _raise_open_file_limit() -> None:
@@ -1371,9 +1376,23 @@ class LocalCloud(_Cloud):
             self.arm_endpoint,
             self.subscription_id,
             self.resource_group,
-            lambda: "dpskit-local",
+            lambda: LOCAL_TOKEN,
             self.trust_pem,
         )
+        # Other processes (the CLI, a notebook) find a running emulator through this file.
+        self._endpoints_file: Path | None = None
+        if data_dir is not None:
+            self._endpoints_file = self.data_dir / ENDPOINTS_FILE
+            self._endpoints_file.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "armEndpoint": self.arm_endpoint,
+                        "mqttHost": self.host,
+                        "mqttPort": self.mqtt_port,
+                    }
+                )
+            )
 
     @classmethod
     def start(
@@ -1390,6 +1409,15 @@ class LocalCloud(_Cloud):
     def stop(self) -> None:
         """Stop serving; state stays in ``data_dir`` unless it is temporary."""
         self._emulator.stop()
+        if self._endpoints_file is not None:
+            self._endpoints_file.unlink(missing_ok=True)
+            self._endpoints_file = None
+
+    @classmethod
+    def attach(cls, data_dir: str | Path) -> LocalCloudClient | None:
+        """A client of the local cloud another process runs on ``data_dir`` (``dpskit
+        emulator``), or ``None`` when none runs there."""
+        return LocalCloudClient.find(Path(data_dir))
 
     def __enter__(self) -> LocalCloud:
         return self
@@ -1497,6 +1525,55 @@ class LocalCloud(_Cloud):
         state = "running" if self.is_running else "stopped"
         where = f"{self.host}:{self.mqtt_port}"
         return f"<LocalCloud {state} mqtt={where} data_dir={str(self.data_dir)!r}>"
+
+
+class LocalCloudClient(_Cloud):
+    """A client of a local cloud that another process runs (``dpskit emulator --data-dir``):
+    the same REST API, without the in-process knobs."""
+
+    subscription_id = LocalCloud.subscription_id
+    resource_group = LocalCloud.resource_group
+
+    def __init__(self, data_dir: Path, endpoints: dict[str, Any]) -> None:
+        self.data_dir = data_dir
+        self.arm_endpoint: str = endpoints["armEndpoint"]
+        self._mqtt_port: int = endpoints["mqttPort"]
+        self._trust_pem = (data_dir / "emulator-ca.cert.pem").read_text()
+        self._rest_client = RestClient(
+            self.arm_endpoint,
+            self.subscription_id,
+            self.resource_group,
+            lambda: LOCAL_TOKEN,
+            self._trust_pem,
+        )
+
+    @classmethod
+    def find(cls, data_dir: Path) -> LocalCloudClient | None:
+        """The running local cloud of ``data_dir``, if its process is alive."""
+        try:
+            endpoints = json.loads((data_dir / ENDPOINTS_FILE).read_text())
+            os.kill(int(endpoints["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return cls(data_dir, endpoints)
+
+    @property
+    def _rest(self) -> RestClient:
+        return self._rest_client
+
+    @property
+    def trust_pem(self) -> str:
+        """The emulator's CA."""
+        return self._trust_pem
+
+    def _hub_service_endpoint(self) -> str:
+        return self.arm_endpoint
+
+    def _device_port(self) -> int:
+        return self._mqtt_port
+
+    def __repr__(self) -> str:
+        return f"<LocalCloudClient arm={self.arm_endpoint!r} data_dir={str(self.data_dir)!r}>"
 
 
 class AzureCloud(_Cloud):

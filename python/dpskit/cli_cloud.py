@@ -1,0 +1,345 @@
+"""``dpskit cloud`` and ``dpskit dps``: the walkthrough's management steps from a shell, against
+a local cloud's state folder (the running ``dpskit emulator`` on it, or a short-lived one) or
+against Azure (``--azure``; subscription and resource group from options or
+``AZURE_SUBSCRIPTION_ID`` / ``AZURE_RESOURCE_GROUP``, credential from the environment or ``az
+login``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._native import Certificate
+from .cloud import AzureCloud, Dps, EnrollmentGroup, LocalCloud, _Cloud
+from .errors import ConfigError
+
+__all__ = ["add_cloud_commands"]
+
+DEFAULT_LOCAL_DIR = "dpskit-cloud"
+
+
+def _target_options() -> argparse.ArgumentParser:
+    """Where the command acts: a local cloud's folder, or Azure."""
+    parent = argparse.ArgumentParser(add_help=False)
+    where = parent.add_argument_group("target")
+    where.add_argument(
+        "--local",
+        metavar="DIR",
+        default=None,
+        help=f"local cloud state folder (default {DEFAULT_LOCAL_DIR}); a running "
+        "`dpskit emulator` on it is used, otherwise one is started for the command",
+    )
+    where.add_argument("--azure", action="store_true", help="act on Azure instead")
+    where.add_argument("--subscription", help="Azure subscription id (or AZURE_SUBSCRIPTION_ID)")
+    where.add_argument("--resource-group", help="Azure resource group (or AZURE_RESOURCE_GROUP)")
+    where.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parent
+
+
+@contextlib.contextmanager
+def _open_cloud(args: argparse.Namespace) -> Iterator[_Cloud]:
+    if args.azure:
+        if args.local:
+            raise ConfigError("choose --local or --azure, not both")
+        subscription = args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+        group = args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
+        if not subscription or not group:
+            raise ConfigError(
+                "--azure needs --subscription and --resource-group "
+                "(or AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP)"
+            )
+        yield AzureCloud(subscription, group)
+        return
+    folder = Path(args.local or DEFAULT_LOCAL_DIR)
+    running = LocalCloud.attach(folder)
+    if running is not None:
+        yield running
+        return
+    # Nobody serves this folder: serve it for the length of the command, on free ports.
+    with LocalCloud(folder, port=0) as cloud:
+        yield cloud
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+def _group_summary(group: EnrollmentGroup) -> dict[str, Any]:
+    attestation: Any
+    if group.attestation_type == "symmetricKey":
+        attestation = "symmetric key"
+    elif group.ca_references:
+        attestation = {"caReference": group.ca_references[0]}
+    else:
+        attestation = {"signingCertificate": [s.subject for s in group.signing_certificates]}
+    return {
+        "enrollmentGroupId": group.enrollment_group_id,
+        "attestation": attestation,
+        "provisioningStatus": group.provisioning_status,
+        "allocationPolicy": group.allocation_policy or "hashed",
+        "iotHubs": list(group.iot_hubs),
+        "etag": group.etag,
+    }
+
+
+# ---- handlers ----------------------------------------------------------------------------
+
+
+def cmd_create_hub(args: argparse.Namespace) -> int:
+    """``dpskit cloud create-hub``."""
+    with _open_cloud(args) as cloud:
+        hub = cloud.create_hub(args.name, args.location)
+        _emit(
+            args,
+            {"name": hub.name, "hostName": hub.host_name, "location": hub.location},
+            f"hub {hub.name}: host {hub.host_name} ({hub.location})",
+        )
+    return 0
+
+
+def cmd_create_dps(args: argparse.Namespace) -> int:
+    """``dpskit cloud create-dps``."""
+    with _open_cloud(args) as cloud:
+        dps = cloud.create_dps(args.name, args.location)
+        _emit(
+            args,
+            {"name": dps.name, "idScope": dps.id_scope, "deviceEndpoint": dps.device_endpoint},
+            f"dps {dps.name}: id scope {dps.id_scope}, devices dial {dps.device_endpoint}",
+        )
+    return 0
+
+
+def cmd_link_hub(args: argparse.Namespace) -> int:
+    """``dpskit cloud link-hub``."""
+    with _open_cloud(args) as cloud:
+        link = cloud.link_hub(
+            args.dps,
+            args.hub,
+            allocation_weight=args.weight,
+            apply_allocation_policy=not args.no_allocation_policy,
+        )
+        _emit(
+            args,
+            link.__dict__,
+            f"linked {link.hub} ({link.host_name}) to {args.dps}, weight {link.allocation_weight}",
+        )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``dpskit cloud show``: hubs and DPS instances with their links."""
+    with _open_cloud(args) as cloud:
+        hubs = [{"name": h.name, "hostName": h.host_name} for h in cloud.hubs()]
+        instances = [
+            {
+                "name": d.name,
+                "idScope": d.id_scope,
+                "linkedHubs": [link.host_name for link in d.linked_hubs()],
+            }
+            for d in cloud.all_dps()
+        ]
+        data = {"hubs": hubs, "dps": instances}
+        lines = [f"hub {h['name']}: {h['hostName']}" for h in hubs]
+        lines += [
+            f"dps {d['name']}: id scope {d['idScope']}, linked hubs {d['linkedHubs'] or 'none'}"
+            for d in instances
+        ]
+        _emit(args, data, "\n".join(lines) or "no hubs and no DPS instances yet")
+    return 0
+
+
+def _dps(cloud: _Cloud, name: str) -> Dps:
+    return cloud.dps(name)
+
+
+def cmd_upload_ca(args: argparse.Namespace) -> int:
+    """``dpskit dps upload-ca``."""
+    certificate = Certificate.load(args.certificate)
+    with _open_cloud(args) as cloud:
+        info = _dps(cloud, args.dps).upload_ca_certificate(
+            args.name, certificate, verified=args.verified
+        )
+        _emit(
+            args,
+            {"name": info.name, "thumbprint": info.thumbprint, "isVerified": info.is_verified},
+            f"uploaded {info.name} ({info.subject}, thumbprint {info.thumbprint}); "
+            f"verified: {info.is_verified}",
+        )
+    return 0
+
+
+def cmd_verify_ca(args: argparse.Namespace) -> int:
+    """``dpskit dps verify-ca``: proof of possession in one go (upload if needed)."""
+    from .cli import _load_issuer  # the certificate commands' loader, messages included
+
+    authority = _load_issuer(Path(args.dir), args.ca, args.key_password_env)
+    with _open_cloud(args) as cloud:
+        info = _dps(cloud, args.dps).prove_possession(args.name or args.ca, authority)
+        _emit(
+            args,
+            {"name": info.name, "thumbprint": info.thumbprint, "isVerified": info.is_verified},
+            f"{info.name}: verified {info.is_verified} (thumbprint {info.thumbprint})",
+        )
+    return 0
+
+
+def cmd_group_create(args: argparse.Namespace) -> int:
+    """``dpskit dps enrollment-group create``."""
+    chosen = [args.ca is not None, args.certificate is not None, args.symmetric_key]
+    if sum(chosen) != 1:
+        raise ConfigError("give exactly one of --ca NAME, --certificate FILE, --symmetric-key")
+    signing = Certificate.load(args.certificate) if args.certificate else None
+    with _open_cloud(args) as cloud:
+        group = _dps(cloud, args.dps).create_enrollment_group(
+            args.group,
+            ca_reference=args.ca,
+            signing_certificate=signing,
+            symmetric_key=args.symmetric_key,
+            allocation_policy=args.allocation_policy,
+            hubs=args.hub or None,
+            provisioning_status="disabled" if args.disabled else "enabled",
+        )
+        summary = _group_summary(group)
+        _emit(args, summary, f"enrollment group {group.enrollment_group_id}: {summary}")
+    return 0
+
+
+def cmd_group_show(args: argparse.Namespace) -> int:
+    """``dpskit dps enrollment-group show``."""
+    with _open_cloud(args) as cloud:
+        summary = _group_summary(_dps(cloud, args.dps).enrollment_group(args.group))
+        _emit(args, summary, "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
+def cmd_group_list(args: argparse.Namespace) -> int:
+    """``dpskit dps enrollment-group list``."""
+    with _open_cloud(args) as cloud:
+        groups = [_group_summary(g) for g in _dps(cloud, args.dps).enrollment_groups()]
+        lines = [f"{g['enrollmentGroupId']}: {g['attestation']}" for g in groups]
+        _emit(args, groups, "\n".join(lines) or "no enrollment groups")
+    return 0
+
+
+def cmd_group_delete(args: argparse.Namespace) -> int:
+    """``dpskit dps enrollment-group delete``."""
+    with _open_cloud(args) as cloud:
+        _dps(cloud, args.dps).delete_enrollment_group(args.group)
+        _emit(args, {"deleted": args.group}, f"deleted enrollment group {args.group}")
+    return 0
+
+
+def cmd_registrations(args: argparse.Namespace) -> int:
+    """``dpskit dps registrations``."""
+    with _open_cloud(args) as cloud:
+        records = _dps(cloud, args.dps).registrations(args.group)
+        data = [
+            {
+                "registrationId": r.registration_id,
+                "status": r.status,
+                "assignedHub": r.assigned_hub,
+                "deviceId": r.device_id,
+                "enrollmentGroupId": r.enrollment_group_id,
+                "lastUpdated": r.last_updated.isoformat(),
+            }
+            for r in records
+        ]
+        lines = [f"{r['registrationId']}: {r['status']} → {r['assignedHub']}" for r in data]
+        _emit(args, data, "\n".join(lines) or "no registrations")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+
+def add_cloud_commands(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    """Adds ``cloud`` and ``dps`` to the top-level subcommands."""
+    target = _target_options()
+
+    cloud = commands.add_parser(
+        "cloud", help="create hubs and DPS instances and link them (local or Azure)"
+    )
+    sub = cloud.add_subparsers(title="commands", metavar="COMMAND")
+    cloud.set_defaults(handler=None, parser=cloud)
+    p = sub.add_parser("create-hub", parents=[target], help="create an IoT hub")
+    p.add_argument("name")
+    p.add_argument("--location", default="westeurope")
+    p.set_defaults(handler=cmd_create_hub, parser=p)
+    p = sub.add_parser("create-dps", parents=[target], help="create a DPS instance")
+    p.add_argument("name")
+    p.add_argument("--location", default="westeurope")
+    p.set_defaults(handler=cmd_create_dps, parser=p)
+    p = sub.add_parser("link-hub", parents=[target], help="link a hub to a DPS instance")
+    p.add_argument("dps")
+    p.add_argument("hub")
+    p.add_argument("--weight", type=int, default=1, help="allocation weight (hashed policy)")
+    p.add_argument(
+        "--no-allocation-policy",
+        action="store_true",
+        help="keep the hub out of the DPS-wide allocation",
+    )
+    p.set_defaults(handler=cmd_link_hub, parser=p)
+    p = sub.add_parser("show", parents=[target], help="list hubs and DPS instances")
+    p.set_defaults(handler=cmd_show, parser=p)
+
+    dps = commands.add_parser(
+        "dps", help="CA certificates, proof of possession, enrollment groups, registrations"
+    )
+    sub = dps.add_subparsers(title="commands", metavar="COMMAND")
+    dps.set_defaults(handler=None, parser=dps)
+    p = sub.add_parser("upload-ca", parents=[target], help="upload a CA certificate")
+    p.add_argument("dps")
+    p.add_argument("name", help="certificate name in the DPS")
+    p.add_argument("certificate", help="PEM or DER file")
+    p.add_argument("--verified", action="store_true", help="mark it verified (skips PoP)")
+    p.set_defaults(handler=cmd_upload_ca, parser=p)
+    p = sub.add_parser(
+        "verify-ca",
+        parents=[target],
+        help="proof of possession in one go: upload, code, sign, verify",
+        description="Prove you hold a CA's key: uploads DIR/CA.cert.pem if needed, asks for a "
+        "verification code, signs a verification certificate with DIR/CA.key.pem, verifies.",
+        formatter_class=formatter,
+    )
+    p.add_argument("dps")
+    p.add_argument("--ca", default="root", help="CA files DIR/CA.cert.pem and DIR/CA.key.pem")
+    p.add_argument("--dir", default="certs", help="folder of the CA files")
+    p.add_argument("--name", help="certificate name in the DPS (default: --ca)")
+    p.add_argument("--key-password-env", metavar="VAR", help="variable holding the key password")
+    p.set_defaults(handler=cmd_verify_ca, parser=p)
+
+    groups = sub.add_parser("enrollment-group", help="create, show, list, delete groups")
+    gsub = groups.add_subparsers(title="commands", metavar="COMMAND")
+    groups.set_defaults(handler=None, parser=groups)
+    p = gsub.add_parser("create", parents=[target], help="create (or replace) a group")
+    p.add_argument("dps")
+    p.add_argument("group")
+    p.add_argument("--ca", metavar="NAME", help="an uploaded, verified CA certificate")
+    p.add_argument("--certificate", metavar="FILE", help="the signing CA certificate itself")
+    p.add_argument("--symmetric-key", action="store_true", help="a symmetric-key group")
+    p.add_argument(
+        "--allocation-policy", choices=["hashed", "static", "geoLatency", "custom"], default=None
+    )
+    p.add_argument("--hub", action="append", metavar="HOST", help="allowed hub (repeatable)")
+    p.add_argument("--disabled", action="store_true", help="create it disabled")
+    p.set_defaults(handler=cmd_group_create, parser=p)
+    for name, handler, help_text in (
+        ("show", cmd_group_show, "show a group"),
+        ("delete", cmd_group_delete, "delete a group"),
+    ):
+        p = gsub.add_parser(name, parents=[target], help=help_text)
+        p.add_argument("dps")
+        p.add_argument("group")
+        p.set_defaults(handler=handler, parser=p)
+    p = gsub.add_parser("list", parents=[target], help="list the groups")
+    p.add_argument("dps")
+    p.set_defaults(handler=cmd_group_list, parser=p)
+    p = sub.add_parser("registrations", parents=[target], help="registration records")
+    p.add_argument("dps")
+    p.add_argument("group", nargs="?", help="only this group's (default: all)")
+    p.set_defaults(handler=cmd_registrations, parser=p)

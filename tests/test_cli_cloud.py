@@ -1,0 +1,120 @@
+"""``dpskit cloud`` and ``dpskit dps``: the walkthrough's management steps from a shell, on a
+local cloud's folder (served for the length of a command, or by a running ``dpskit
+emulator``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dpskit
+from dpskit.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    return captured.out
+
+
+def test_the_whole_management_walkthrough_on_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "cloud")
+    certs = tmp_path / "certs"
+    _run(capsys, "certs", "root", "--dir", str(certs))
+    _run(capsys, "certs", "intermediate", "--dir", str(certs))
+
+    hub = json.loads(_run(capsys, "cloud", "create-hub", "hub-1", "--local", state, "--json"))
+    assert hub["name"] == "hub-1"
+    dps = json.loads(_run(capsys, "cloud", "create-dps", "dps-1", "--local", state, "--json"))
+    assert dps["idScope"].startswith("0ne")
+    out = _run(capsys, "cloud", "link-hub", "dps-1", "hub-1", "--weight", "2", "--local", state)
+    assert "weight 2" in out
+    shown = json.loads(_run(capsys, "cloud", "show", "--local", state, "--json"))
+    assert shown["dps"][0]["linkedHubs"] == [hub["hostName"]]
+
+    # Proof of possession in one go, then a group on the verified root.
+    verified = _run(capsys, "dps", "verify-ca", "dps-1", "--dir", str(certs), "--local", state)
+    assert "verified True" in verified
+    group = json.loads(
+        _run(
+            capsys,
+            "dps",
+            "enrollment-group",
+            "create",
+            "dps-1",
+            "sensors",
+            "--ca",
+            "root",
+            "--local",
+            state,
+            "--json",
+        )
+    )
+    assert group["attestation"] == {"caReference": "root"}
+    listed = _run(capsys, "dps", "enrollment-group", "list", "dps-1", "--local", state)
+    assert "sensors" in listed
+
+    # A device provisions through it (the state persisted between commands), and shows up.
+    device = dpskit.CertificateAuthority.load(
+        certs / "intermediate.fullchain.pem", certs / "intermediate.key.pem"
+    ).issue_device("cli-device-1")
+    with dpskit.LocalCloud(state, port=0) as cloud:
+        [outcome] = dpskit.provision_devices(cloud.dps("dps-1"), [device])
+        assert outcome.ok, outcome.error
+    records = json.loads(_run(capsys, "dps", "registrations", "dps-1", "--local", state, "--json"))
+    assert [(r["registrationId"], r["status"]) for r in records] == [("cli-device-1", "assigned")]
+
+    _run(capsys, "dps", "enrollment-group", "delete", "dps-1", "sensors", "--local", state)
+    assert "no enrollment groups" in _run(
+        capsys, "dps", "enrollment-group", "list", "dps-1", "--local", state
+    )
+
+
+def test_commands_use_a_running_emulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "served"
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while dpskit.LocalCloud.attach(state) is None:
+            assert emulator.poll() is None, emulator.stderr.read() if emulator.stderr else ""
+            assert time.monotonic() < deadline, "the emulator did not start"
+            time.sleep(0.05)
+        out = _run(capsys, "cloud", "create-hub", "live-hub", "--local", str(state))
+        assert "live-hub" in out
+        # The running emulator holds it: no second emulator was started on the folder.
+        attached = dpskit.LocalCloud.attach(state)
+        assert attached is not None
+        assert [h.name for h in attached.hubs()] == ["live-hub"]
+    finally:
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(timeout=30)
+    assert dpskit.LocalCloud.attach(state) is None, "a clean stop removes the endpoints file"
+
+
+def test_bad_target_options_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["cloud", "show", "--azure", "--local", "x"]) == 1
+    assert "--local or --azure" in capsys.readouterr().err
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    monkeypatch.delenv("AZURE_RESOURCE_GROUP", raising=False)
+    assert main(["cloud", "show", "--azure"]) == 1
+    assert "AZURE_SUBSCRIPTION_ID" in capsys.readouterr().err
+    assert main(["dps", "enrollment-group", "create", "d", "g", "--local", "unused"]) == 1
+    assert "exactly one of" in capsys.readouterr().err
