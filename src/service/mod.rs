@@ -56,6 +56,11 @@ pub(crate) async fn failure(response: reqwest::Response, what: &str) -> Error {
         .find_map(|h| response.headers().get(*h))
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let response_code = ["x-ms-error-code", "iothub-errorcode"]
+        .iter()
+        .find_map(|h| response.headers().get(*h))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -73,8 +78,11 @@ pub(crate) async fn failure(response: reqwest::Response, what: &str) -> Error {
             _ => None,
         })
         .and_then(|c| u32::try_from(c).ok());
+    let code = code.or_else(|| response_code.as_deref().and_then(|c| c.parse().ok()));
+    // IoT Hub writes {"Message": "ErrorCode:DeviceNotFound;...", "ExceptionMessage": ...}.
     let message = details
         .get("message")
+        .or_else(|| details.get("Message"))
         .and_then(|m| m.as_str())
         .map(str::to_string)
         .unwrap_or_else(|| {
@@ -98,5 +106,65 @@ pub(crate) fn transport(what: &str, error: reqwest::Error) -> Error {
         Error::Timeout(format!("{what}: no answer in time"))
     } else {
         Error::Transport(format!("{what}: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Error bodies exactly as Azure writes them (shapes recorded in the wire-protocol notes).
+
+    use super::*;
+
+    async fn parse(status: u16, headers: &[(&str, &str)], body: &str) -> ServiceFailure {
+        let mut builder = hyper::Response::builder().status(status);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let response = reqwest::Response::from(builder.body(body.to_string()).unwrap());
+        match failure(response, "calling").await {
+            Error::Service(s) => *s,
+            other => panic!("not a service failure: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn azure_error_shapes() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // ARM
+            let arm = parse(
+                404,
+                &[("x-ms-correlation-request-id", "c0ffee")],
+                r#"{"error":{"code":"ResourceNotFound","message":"The Resource 'Microsoft.Devices/provisioningServices/x' under resource group 'rg' was not found."}}"#,
+            )
+            .await;
+            assert_eq!((arm.status, arm.error_code), (404, None));
+            assert!(arm.message.contains("was not found"), "{}", arm.message);
+            assert_eq!(arm.tracking_id.as_deref(), Some("c0ffee"));
+            // The DPS service API: ProvisioningServiceErrorDetails.
+            let dps = parse(
+                412,
+                &[("x-ms-error-code", "412002"), ("x-ms-request-id", "t-1")],
+                r#"{"errorCode":412002,"trackingId":"t-1","message":"The ETag in the request does not match the ETag of the resource.","timestampUtc":"2023-05-19T23:10:35.7799084Z"}"#,
+            )
+            .await;
+            assert_eq!((dps.status, dps.error_code), (412, Some(412_002)));
+            assert!(dps.message.contains("ETag"));
+            // The hub: the code only in Message text and the header.
+            let hub = parse(
+                404,
+                &[("iothub-errorcode", "404001")],
+                r#"{"Message":"ErrorCode:DeviceNotFound;Device not found.","ExceptionMessage":"Tracking ID:abc-G:0-TimeStamp:11/29/2026 10:00:00"}"#,
+            )
+            .await;
+            assert_eq!((hub.status, hub.error_code), (404, Some(404_001)));
+            assert!(hub.message.contains("DeviceNotFound"), "{}", hub.message);
+            // Throttling carries Retry-After.
+            let throttled = parse(429, &[("retry-after", "7")], "").await;
+            assert_eq!(throttled.retry_after, Some(7.0));
+            assert!(throttled.message.ends_with("no details"));
+        });
     }
 }
