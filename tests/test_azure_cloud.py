@@ -97,3 +97,18 @@ def test_bad_credentials_are_refused_clearly(cloud: dpskit.LocalCloud) -> None:
 def test_service_principal_secret_stays_out_of_repr() -> None:
     principal = dpskit.ServicePrincipal("tenant", "client", "s3cret-value")
     assert "s3cret-value" not in repr(principal)
+
+
+def test_the_emulator_can_require_configured_arm_tokens() -> None:
+    with dpskit.LocalCloud(port=0, arm_tokens=["team-token"]) as cloud:
+        # LocalCloud itself sends a configured token.
+        dps = cloud.create_dps("guarded")
+        wrong = dpskit.AzureCloud(
+            "sub", "rg", "someone-else", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
+        )
+        with pytest.raises(dpskit.AuthenticationError, match="What to do"):
+            wrong.dps("guarded")
+        right = dpskit.AzureCloud(
+            "sub", "rg", "team-token", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
+        )
+        assert right.dps("guarded").id_scope == dps.id_scope

@@ -250,6 +250,7 @@ class Emulator:
         max_packet_size: int = 262144,
         poll_retry_after: int = 1,
         https_port: int = 0,
+        arm_tokens: Sequence[str] | None = None,
     ) -> Emulator: ...
     def stop(self) -> None: ...
     @property

@@ -1357,6 +1357,7 @@ class LocalCloud(_Cloud):
         max_packet_size: int = 262_144,
         poll_retry_after: int = 1,
         https_port: int = 0,
+        arm_tokens: Sequence[str] | None = None,
     ) -> None:
         # Log lines of the emulator follow the `logging` configuration current at start.
         _refresh_logging()
@@ -1370,13 +1371,16 @@ class LocalCloud(_Cloud):
             max_packet_size=max_packet_size,
             poll_retry_after=poll_retry_after,
             https_port=https_port,
+            arm_tokens=list(arm_tokens) if arm_tokens is not None else None,
         )
+        # By default ARM accepts any bearer token (loopback only); with arm_tokens, only those.
+        token = arm_tokens[0] if arm_tokens else LOCAL_TOKEN
         # The emulator accepts any bearer token on loopback; Azure needs a real one.
         self._rest_client = RestClient(
             self.arm_endpoint,
             self.subscription_id,
             self.resource_group,
-            lambda: LOCAL_TOKEN,
+            lambda: token,
             self.trust_pem,
         )
         # Other processes (the CLI, a notebook) find a running emulator through this file.

@@ -47,6 +47,8 @@ pub struct EmulatorConfig {
     pub worker_threads: Option<usize>,
     /// HTTPS port of the management (ARM) and service REST APIs on `host`; 0 picks a free one.
     pub https_port: u16,
+    /// Bearer tokens ARM accepts; `None` accepts any (the listener is on loopback).
+    pub arm_tokens: Option<Vec<String>>,
 }
 
 impl Default for EmulatorConfig {
@@ -63,6 +65,7 @@ impl Default for EmulatorConfig {
             poll_retry_after: 1,
             worker_threads: None,
             https_port: 0,
+            arm_tokens: None,
         }
     }
 }
@@ -223,7 +226,9 @@ impl Emulator {
             .listeners
             .port
             .store(first.port(), std::sync::atomic::Ordering::Relaxed);
-        emulator.https_port = emulator.listen_https(host_ip, config.https_port)?.port();
+        emulator.https_port = emulator
+            .listen_https(host_ip, config.https_port, config.arm_tokens.clone())?
+            .port();
         for hub in emulator.cloud.hubs() {
             emulator.listeners.listen_for_host(&hub.host_name)?;
         }
@@ -234,7 +239,12 @@ impl Emulator {
         Ok(emulator)
     }
 
-    fn listen_https(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
+    fn listen_https(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        arm_tokens: Option<Vec<String>>,
+    ) -> Result<SocketAddr> {
         let runtime = self
             .runtime
             .as_ref()
@@ -253,6 +263,7 @@ impl Emulator {
             acceptor: tokio_rustls::TlsAcceptor::from(self.tls.https_config()?),
             listeners: self.listeners.clone(),
             service_authority: bound.to_string(),
+            arm_tokens,
         });
         runtime.spawn(rest::serve(listener, context));
         Ok(bound)

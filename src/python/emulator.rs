@@ -63,8 +63,8 @@ impl PyEmulator {
     /// Starts the emulator.
     #[new]
     #[pyo3(
-        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1, https_port = 0),
-        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, poll_retry_after=1, https_port=0)"
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1, https_port = 0, arm_tokens = None),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, poll_retry_after=1, https_port=0, arm_tokens=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -76,6 +76,7 @@ impl PyEmulator {
         max_packet_size: usize,
         poll_retry_after: u32,
         https_port: u16,
+        arm_tokens: Option<Vec<String>>,
     ) -> PyResult<Self> {
         if !(connect_timeout.is_finite() && connect_timeout > 0.0) {
             return Err(Error::Config(format!(
@@ -95,6 +96,7 @@ impl PyEmulator {
             poll_retry_after,
             worker_threads: None,
             https_port,
+            arm_tokens,
         };
         let emulator = py.detach(|| crate::emulator::Emulator::start(config))?;
         Ok(PyEmulator {

@@ -774,6 +774,19 @@ impl ArmClient {
             &format!("verifying CA certificate {name}"),
         )
         .await
+        .map_err(|e| match e {
+            Error::Service(mut s) if s.status == 400 => {
+                s.message.push_str(
+                    " | What to do: sign a verification certificate whose subject CN is the code \
+                     from the latest generateVerificationCode with the private key of the CA you \
+                     uploaded (dpskit: authority.create_verification_certificate(code)), and send \
+                     it with the certificate's current etag. Codes are single-use: after a failed \
+                     or successful verify, generate a new one.",
+                );
+                Error::Service(s)
+            }
+            other => other,
+        })
     }
 
     /// Proof of possession in one call: uploads the CA certificate when it is not there yet,

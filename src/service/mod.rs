@@ -92,10 +92,18 @@ pub(crate) async fn failure(response: reqwest::Response, what: &str) -> Error {
                 text.clone()
             }
         });
+    let hint = match (status, code) {
+        (401, _) | (_, Some(401_002)) => {
+            " | What to do: check the credential (the SAS key of the connection string, or the \
+             Entra ID token for ARM) and that it has not expired."
+        }
+        (403, _) => " | What to do: the identity lacks the role or the policy right for this call.",
+        _ => "",
+    };
     Error::Service(Box::new(ServiceFailure {
         status,
         error_code: code,
-        message: format!("{what}: {message}"),
+        message: format!("{what}: {message}{hint}"),
         tracking_id,
         retry_after,
     }))

@@ -572,3 +572,38 @@ fn certificate_json(base: &str, c: &CaCertificate, with_code: bool) -> Value {
         "properties": properties,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn certificates_arrive_as_pem_base64_der_or_base64_pem() {
+        let options = crate::pki::CaOptions {
+            algorithm: crate::pki::KeyAlgorithm::EcP256,
+            validity: crate::pki::Validity::days(1, None).unwrap(),
+            path_length: None,
+            organization: None,
+        };
+        let ca = crate::pki::CertificateAuthority::create_root("Forms Root", &options).unwrap();
+        let cert = ca.credential().certificate();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for text in [
+            cert.pem(),
+            b64.encode(cert.der()),
+            b64.encode(cert.pem().as_bytes()),
+            // Wrapped at 64 columns, as some tools write it.
+            b64.encode(cert.der())
+                .as_bytes()
+                .chunks(64)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ] {
+            assert_eq!(certificate_from_text(&text).unwrap().der(), cert.der());
+        }
+        assert!(certificate_from_text("not a certificate").is_err());
+        assert!(certificate_from_text(&b64.encode(b"garbage")).is_err());
+    }
+}

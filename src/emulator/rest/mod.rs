@@ -37,6 +37,8 @@ pub(crate) struct RestContext {
     pub listeners: Arc<crate::emulator::Listeners>,
     /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
     pub service_authority: String,
+    /// Bearer tokens ARM accepts; `None` accepts any.
+    pub arm_tokens: Option<Vec<String>>,
 }
 
 /// Accepts HTTPS connections until the runtime stops.
@@ -199,18 +201,24 @@ fn route(
         }
         _ => return arm_error(404, "404000", &format!("no API is served at {path}")),
     }
-    // The emulator accepts any bearer token on its loopback listener; what matters for clients
-    // is that they send one, as they must to Azure.
+    // By default any bearer token passes (the listener is on loopback): what matters for
+    // clients is that they send one, as they must to Azure. Configured tokens are enforced.
     let bearer = parts
         .headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "));
-    if !bearer {
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+        .map(|v| v[7..].trim());
+    let accepted = match (&context.arm_tokens, bearer) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(tokens), Some(token)) => tokens.iter().any(|t| t == token),
+    };
+    if !accepted {
         return arm_error(
             401,
             "AuthenticationFailed",
-            "Authentication failed. The 'Authorization' header is missing or is not a Bearer token.",
+            "Authentication failed. The 'Authorization' header is missing, not a Bearer token, or not a token this emulator was configured to accept.",
         );
     }
     let has_api_version = crate::emulator::topics::query_pairs(query)
