@@ -104,6 +104,18 @@ impl Trust {
         })
     }
 
+    /// The operating system's roots: what Azure's endpoints chain to.
+    pub fn system() -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // One unusable system certificate must not make Azure unreachable.
+            let _ = roots.add(cert);
+        }
+        Trust {
+            roots: Arc::new(roots),
+        }
+    }
+
     /// The anchors, shared.
     pub(crate) fn roots(&self) -> Arc<rustls::RootCertStore> {
         self.roots.clone()
@@ -188,6 +200,8 @@ async fn exchange(request: &ProvisioningRequest, trust: &Trust) -> Result<Regist
     let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
     let mut rid: u32 = 0;
     let mut pending_operation: Option<String> = None;
+    let mut pacer = PollPacer::default();
+    let mut refusals: u32 = 0;
     loop {
         let event = events.poll().await.map_err(|e| connection_error(id, e))?;
         let publish = match event {
@@ -216,8 +230,11 @@ async fn exchange(request: &ProvisioningRequest, trust: &Trust) -> Result<Regist
         let (status, retry_after) = parse_response_topic(&topic)?;
         let reply: Value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
         if status == 429 || status >= 500 {
-            // Throttled or a service hiccup: repeat the same request after the advised delay.
-            tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(2).into())).await;
+            // Throttled or a service hiccup: repeat the same request after the advised delay, or
+            // with exponential backoff and jitter when the service gave none.
+            refusals += 1;
+            tokio::time::sleep(backoff(retry_after, refusals)).await;
+            pacer.wait().await;
             rid += 1;
             match &pending_operation {
                 None => {
@@ -234,7 +251,7 @@ async fn exchange(request: &ProvisioningRequest, trust: &Trust) -> Result<Regist
         }
         if status >= 300 {
             let _ = client.disconnect().await;
-            return Err(refused(id, status, &reply));
+            return Err(refused(id, status, &reply, &request.auth));
         }
         match reply["status"].as_str() {
             Some("assigning") | Some("unassigned") => {
@@ -243,6 +260,7 @@ async fn exchange(request: &ProvisioningRequest, trust: &Trust) -> Result<Regist
                     .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?
                     .to_string();
                 tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(2).into())).await;
+                pacer.wait().await;
                 rid += 1;
                 send(&client, poll_topic(rid, &op), " ".into()).await?;
                 pending_operation = Some(op);
@@ -269,7 +287,12 @@ async fn exchange(request: &ProvisioningRequest, trust: &Trust) -> Result<Regist
             }
             _ => {
                 let _ = client.disconnect().await;
-                return Err(refused(id, status, &reply["registrationState"]));
+                return Err(refused(
+                    id,
+                    status,
+                    &reply["registrationState"],
+                    &request.auth,
+                ));
             }
         }
     }
@@ -303,7 +326,84 @@ fn parse_response_topic(topic: &str) -> Result<(u16, Option<u32>)> {
     Ok((status, retry_after))
 }
 
-fn refused(id: &str, status: u16, body: &Value) -> Error {
+/// At most 5 status polls in any 10 s, as DPS asks of clients (retry-after is honoured on top).
+#[derive(Default)]
+struct PollPacer {
+    recent: std::collections::VecDeque<tokio::time::Instant>,
+}
+
+impl PollPacer {
+    const WINDOW: Duration = Duration::from_secs(10);
+    const MAX_IN_WINDOW: usize = 5;
+
+    async fn wait(&mut self) {
+        let now = tokio::time::Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Self::WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= Self::MAX_IN_WINDOW
+            && let Some(oldest) = self.recent.pop_front()
+        {
+            tokio::time::sleep_until(oldest + Self::WINDOW).await;
+        }
+        self.recent.push_back(tokio::time::Instant::now());
+    }
+}
+
+/// How long to wait after a 429 or 5xx: the service's retry-after, else 1 s doubling per
+/// refusal up to 30 s, with ±50 % jitter so that a fleet does not retry in lockstep.
+fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
+    if let Some(seconds) = retry_after {
+        return Duration::from_secs(seconds.into());
+    }
+    let base = (1u64 << refusals.saturating_sub(1).min(5)).min(30) as f64;
+    let mut byte = [0u8; 1];
+    let _ = crate::pki::keys::fill_random(&mut byte);
+    let jitter = 0.5 + f64::from(byte[0]) / 255.0;
+    Duration::from_secs_f64(base * jitter)
+}
+
+/// What the device can tell about why its X.509 registration was refused, from its own
+/// credential: the causes users hit most (see the wire-protocol notes, section 9).
+fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
+    let DeviceAuth::X509(credential) = auth else {
+        return Vec::new();
+    };
+    let leaf = credential.certificate().info();
+    let mut causes = Vec::new();
+    match leaf.common_name.as_deref() {
+        Some(cn) if cn != registration_id => causes.push(format!(
+            "the certificate's CN is '{cn}' but the registration id is '{registration_id}': they must be equal"
+        )),
+        None => causes.push("the certificate has no CN: it must equal the registration id".into()),
+        _ => {}
+    }
+    let intermediates = credential
+        .issuers()
+        .iter()
+        .filter(|c| !c.info().is_self_signed)
+        .count();
+    if !leaf.is_self_signed && intermediates == 0 {
+        causes.push(format!(
+            "no chain is sent: the leaf is signed by '{}', and unless that is the CA DPS trusts \
+             directly, the intermediates must be sent too (load the device from its full chain)",
+            leaf.issuer
+        ));
+    }
+    let now = crate::pki::issue::now();
+    if now > leaf.not_after {
+        causes.push("the device certificate has expired".into());
+    } else if now < leaf.not_before {
+        causes.push("the device certificate is not valid yet (check the clock)".into());
+    }
+    causes
+}
+
+fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
     let error_code = body["errorCode"]
         .as_u64()
         .and_then(|c| u32::try_from(c).ok());
@@ -311,11 +411,17 @@ fn refused(id: &str, status: u16, body: &Value) -> Error {
         .as_str()
         .or_else(|| body["errorMessage"].as_str())
         .unwrap_or("no message");
+    let causes = diagnose(id, auth);
+    let diagnosis = if causes.is_empty() {
+        String::new()
+    } else {
+        format!(" | Likely cause: {}", causes.join("; "))
+    };
     Error::RegistrationFailed {
         status: status.to_string(),
         error_code,
         message: format!(
-            "DPS refused the registration of {id}: {status}{} {message}",
+            "DPS refused the registration of {id}: {status}{} {message}{diagnosis}",
             error_code.map(|c| format!(" ({c})")).unwrap_or_default()
         ),
     }
@@ -368,4 +474,38 @@ pub async fn provision_many(
         }));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_honours_retry_after_and_grows_with_jitter() {
+        assert_eq!(backoff(Some(7), 3), Duration::from_secs(7));
+        for refusals in 1..8 {
+            let base = (1u64 << (refusals - 1).min(5)).min(30) as f64;
+            let d = backoff(None, refusals).as_secs_f64();
+            assert!(d >= base * 0.5 && d <= base * 1.5, "{refusals}: {d}");
+        }
+    }
+
+    #[test]
+    fn the_pacer_allows_five_polls_per_ten_seconds() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut pacer = PollPacer::default();
+            let start = tokio::time::Instant::now();
+            for _ in 0..5 {
+                pacer.wait().await;
+            }
+            assert!(start.elapsed() < Duration::from_millis(1));
+            pacer.wait().await;
+            assert!(start.elapsed() >= Duration::from_secs(10));
+        });
+    }
 }

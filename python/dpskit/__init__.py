@@ -36,6 +36,14 @@ from dpskit.cloud import (
     TraceEvent,
 )
 from dpskit.credentials import AzureCliCredential, ServicePrincipal
+from dpskit.device import (
+    CloudMessage,
+    HubClient,
+    MethodRequest,
+    RegistrationResult,
+    provision,
+    provision_sync,
+)
 from dpskit.errors import (
     AuthenticationError,
     CertificateError,
@@ -65,6 +73,7 @@ __all__ = [
     "CertificateAuthority",
     "CertificateError",
     "CertificateSummary",
+    "CloudMessage",
     "ConfigError",
     "ConflictError",
     "DeviceCertificate",
@@ -74,9 +83,11 @@ __all__ = [
     "Enrollment",
     "EnrollmentGroup",
     "Hub",
+    "HubClient",
     "HubDevice",
     "LinkedHub",
     "LocalCloud",
+    "MethodRequest",
     "MethodResult",
     "NotFoundError",
     "OperationTimeoutError",
@@ -84,6 +95,7 @@ __all__ = [
     "ProvisioningOutcome",
     "RegistrationFailedError",
     "RegistrationRecord",
+    "RegistrationResult",
     "ReprovisionPolicy",
     "ServiceError",
     "ServicePrincipal",
@@ -94,7 +106,9 @@ __all__ = [
     "TransportError",
     "__version__",
     "derive_device_key",
+    "provision",
     "provision_devices",
+    "provision_sync",
     "validate_registration_id",
     "verify_chain",
 ]

@@ -1,7 +1,7 @@
 """Type stubs for dpskit's Rust core (``dpskit._native``), checked by ``mypy.stubtest``."""
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal, final
@@ -15,11 +15,13 @@ __all__ = [
     "DeviceCertificate",
     "Emulator",
     "HubConnections",
+    "HubSession",
     "RestClient",
     "_core_error_kinds",
     "_raise_core_error",
     "_refresh_logging",
     "derive_device_key",
+    "provision",
     "provision_devices",
     "validate_registration_id",
     "verify_chain",
@@ -368,6 +370,55 @@ class HubConnections:
     def send_telemetry(self, per_device: int, body: bytes, *, window: int = 100) -> str: ...
     def __len__(self) -> int: ...
     def close(self) -> None: ...
+
+@final
+class HubSession:
+    """One device connected to its hub (awaitable methods)."""
+
+    @staticmethod
+    def connect(
+        host: str,
+        port: int,
+        device_id: str,
+        *,
+        certificate: DeviceCertificate | None = None,
+        symmetric_key: str | None = None,
+        trust_pem: str | None = None,
+        keep_alive: int = 60,
+        timeout: float = 30.0,
+    ) -> Awaitable[HubSession]: ...
+    @property
+    def device_id(self) -> str: ...
+    def send_telemetry(
+        self,
+        body: bytes,
+        *,
+        properties: Sequence[tuple[str, str]] = ...,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Awaitable[None]: ...
+    def get_twin(self) -> Awaitable[str]: ...
+    def update_reported(self, patch: str) -> Awaitable[None]: ...
+    def next_message(self) -> Awaitable[str | None]: ...
+    def next_desired(self) -> Awaitable[str | None]: ...
+    def next_method(self) -> Awaitable[str | None]: ...
+    def respond(self, rid: str, status: int, payload: str) -> Awaitable[None]: ...
+    def close(self) -> Awaitable[None]: ...
+
+def provision(
+    host: str,
+    port: int,
+    id_scope: str,
+    registration_id: str,
+    *,
+    certificate: DeviceCertificate | None = None,
+    symmetric_key: str | None = None,
+    trust_pem: str | None = None,
+    payload: str | None = None,
+    timeout: float = 60.0,
+) -> Awaitable[str]: ...
 
 @final
 class RestClient:

@@ -44,6 +44,9 @@ pub struct HubConnectOptions {
     pub max_in_flight: u16,
     /// Give up on TLS + CONNACK after this long.
     pub connect_timeout: Duration,
+    /// Subscribe to C2D, direct methods, twin responses and desired patches at connect (a
+    /// device that only sends telemetry skips it).
+    pub receive: bool,
 }
 
 impl HubConnectOptions {
@@ -63,6 +66,7 @@ impl HubConnectOptions {
             clean_session: false,
             max_in_flight: 100,
             connect_timeout: Duration::from_secs(30),
+            receive: false,
         }
     }
 }
@@ -118,6 +122,108 @@ impl TelemetryMessage {
 /// Why the connection ended, once it has.
 type ClosedReason = Arc<Mutex<Option<String>>>;
 
+/// A cloud-to-device message as the device received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloudMessage {
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Application properties, in the order the hub sent them.
+    pub properties: Vec<(String, String)>,
+    /// System properties (`mid`, `to`, `ct`, `ce`, ...), without the `$.` prefix.
+    pub system_properties: Vec<(String, String)>,
+}
+
+/// A direct method call waiting for the device's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodRequest {
+    /// Method name.
+    pub name: String,
+    /// Request id to answer with.
+    pub rid: String,
+    /// Payload (`null` when empty).
+    pub payload: serde_json::Value,
+}
+
+/// Twin requests waiting for their answer (status, body), by `$rid`.
+type TwinWaiters = Mutex<std::collections::HashMap<String, oneshot::Sender<(u16, Vec<u8>)>>>;
+
+/// Where incoming publishes go.
+#[derive(Default)]
+struct Inbox {
+    twin_waiters: TwinWaiters,
+    c2d: Mutex<Option<tokio::sync::mpsc::UnboundedSender<CloudMessage>>>,
+    desired: Mutex<Option<tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
+    methods: Mutex<Option<tokio::sync::mpsc::UnboundedSender<MethodRequest>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inbox {
+    /// Routes one PUBLISH from the hub by its topic.
+    fn deliver(&self, device_id: &str, topic: &str, payload: &[u8]) {
+        if let Some(rest) = topic.strip_prefix("$iothub/twin/res/") {
+            let (status, query) = rest.split_once("/?").unwrap_or((rest, ""));
+            let rid = crate::emulator::topics::query_pairs(query)
+                .find(|(k, _)| *k == "$rid")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            if let Some(waiter) = lock(&self.twin_waiters).remove(&rid) {
+                let _ = waiter.send((status.parse().unwrap_or(500), payload.to_vec()));
+            }
+        } else if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
+            let patch = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
+            if let Some(tx) = lock(&self.desired).as_ref() {
+                let _ = tx.send(patch);
+            }
+        } else if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
+            let (name, query) = rest.split_once("/?").unwrap_or((rest, ""));
+            let rid = crate::emulator::topics::query_pairs(query)
+                .find(|(k, _)| *k == "$rid")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            let payload = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
+            if let Some(tx) = lock(&self.methods).as_ref() {
+                let _ = tx.send(MethodRequest {
+                    name: name.to_string(),
+                    rid,
+                    payload,
+                });
+            }
+        } else if let Some(bag) = topic
+            .strip_prefix(&format!("devices/{device_id}/messages/devicebound/"))
+            .or_else(|| topic.strip_prefix(&format!("devices/{device_id}/messages/deviceBound/")))
+        {
+            let (properties, system_properties) = crate::emulator::hub::parse_property_bag(bag);
+            if let Some(tx) = lock(&self.c2d).as_ref() {
+                let _ = tx.send(CloudMessage {
+                    body: payload.to_vec(),
+                    properties,
+                    system_properties,
+                });
+            }
+        } else {
+            log::debug!("hub client {device_id}: ignored a publish on {topic}");
+        }
+    }
+
+    /// Ends every stream and wakes every waiter (the connection is gone).
+    fn close(&self) {
+        lock(&self.twin_waiters).clear();
+        lock(&self.c2d).take();
+        lock(&self.desired).take();
+        lock(&self.methods).take();
+    }
+}
+
+/// The receiving ends a client hands out.
+struct Streams {
+    c2d: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<CloudMessage>>,
+    desired: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>>,
+    methods: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<MethodRequest>>,
+}
+
 /// A device connected to its hub. Dropping it closes the connection.
 pub struct HubClient {
     client: AsyncClient,
@@ -125,6 +231,9 @@ pub struct HubClient {
     device_id: String,
     closed: ClosedReason,
     event_loop: JoinHandle<()>,
+    inbox: Arc<Inbox>,
+    streams: Streams,
+    next_rid: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -179,6 +288,14 @@ impl HubClient {
         let host = options.host.clone();
         let id = device_id.clone();
         let closed_by_loop = closed.clone();
+        let inbox = Arc::new(Inbox::default());
+        let (c2d_tx, c2d_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (desired_tx, desired_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (methods_tx, methods_rx) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&inbox.c2d) = Some(c2d_tx);
+        *lock(&inbox.desired) = Some(desired_tx);
+        *lock(&inbox.methods) = Some(methods_tx);
+        let loop_inbox = inbox.clone();
         let event_loop = tokio::spawn(async move {
             let mut connected = Some(connected_tx);
             loop {
@@ -188,8 +305,15 @@ impl HubClient {
                             let _ = tx.send(Ok(()));
                         }
                     }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let topic = String::from_utf8_lossy(&publish.topic);
+                        loop_inbox.deliver(&id, &topic, &publish.payload);
+                    }
                     // Polling on after our own DISCONNECT would dial the hub again.
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                        loop_inbox.close();
+                        return;
+                    }
                     Ok(_) => {}
                     Err(error) => {
                         let error = connection_error(&host, &id, error);
@@ -198,6 +322,7 @@ impl HubClient {
                         if let Some(tx) = connected.take() {
                             let _ = tx.send(Err(error));
                         }
+                        loop_inbox.close();
                         // Dropping the event loop fails every pending PUBACK notice.
                         return;
                     }
@@ -222,13 +347,134 @@ impl HubClient {
             event_loop.abort();
             return Err(error);
         }
-        Ok(HubClient {
+        let hub_client = HubClient {
             client,
             events_topic: format!("devices/{device_id}/messages/events/"),
             device_id,
             closed,
             event_loop,
-        })
+            inbox,
+            streams: Streams {
+                c2d: tokio::sync::Mutex::new(c2d_rx),
+                desired: tokio::sync::Mutex::new(desired_rx),
+                methods: tokio::sync::Mutex::new(methods_rx),
+            },
+            next_rid: std::sync::atomic::AtomicU64::new(1),
+        };
+        if options.receive {
+            hub_client.subscribe_all().await?;
+        }
+        Ok(hub_client)
+    }
+
+    /// Subscribes to C2D, direct methods, twin responses and desired patches (QoS 1) and waits
+    /// for the SUBACK.
+    async fn subscribe_all(&self) -> Result<()> {
+        let filters = [
+            format!("devices/{}/messages/devicebound/#", self.device_id),
+            "$iothub/methods/POST/#".to_string(),
+            "$iothub/twin/res/#".to_string(),
+            "$iothub/twin/PATCH/properties/desired/#".to_string(),
+        ];
+        let notice = self
+            .client
+            .subscribe_many_tracked(
+                filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), rumqttc::QoS::AtLeastOnce)),
+            )
+            .await
+            .map_err(|_| self.closed_error())?;
+        let suback = tokio::time::timeout(Duration::from_secs(30), notice.wait_async())
+            .await
+            .map_err(|_| Error::Timeout(format!("{}: no SUBACK within 30 s", self.device_id)))?
+            .map_err(|_| self.closed_error())?;
+        if suback
+            .return_codes
+            .iter()
+            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        {
+            return Err(Error::Protocol(format!(
+                "{}: the hub refused a subscription",
+                self.device_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Publishes a request on a twin topic and waits for its `$iothub/twin/res/` answer.
+    async fn twin_request(&self, topic_prefix: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>)> {
+        let rid = self
+            .next_rid
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string();
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inbox.twin_waiters).insert(rid.clone(), tx);
+        let topic = format!("{topic_prefix}?$rid={rid}");
+        self.client
+            .publish(topic, body, PublishOptions::at_least_once())
+            .await
+            .map_err(|_| self.closed_error())?;
+        let answer = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        lock(&self.inbox.twin_waiters).remove(&rid);
+        match answer {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Err(_) => Err(Error::Timeout(format!(
+                "{}: the twin request got no answer within 30 s",
+                self.device_id
+            ))),
+        }
+    }
+
+    /// The twin as the device sees it: `{"desired": {...}, "reported": {...}}` with versions.
+    pub async fn get_twin(&self) -> Result<serde_json::Value> {
+        let (status, body) = self
+            .twin_request("$iothub/twin/GET/", b" ".to_vec())
+            .await?;
+        if status != 200 {
+            return Err(twin_error(status, &body, "reading the twin"));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Protocol(format!("the twin is not JSON: {e}")))
+    }
+
+    /// Patches the reported properties (`null` deletes a property).
+    pub async fn update_reported(&self, patch: &serde_json::Value) -> Result<()> {
+        let (status, body) = self
+            .twin_request(
+                "$iothub/twin/PATCH/properties/reported/",
+                patch.to_string().into_bytes(),
+            )
+            .await?;
+        if status != 204 && status != 200 {
+            return Err(twin_error(status, &body, "updating reported properties"));
+        }
+        Ok(())
+    }
+
+    /// The next cloud-to-device message (`None` once the connection is closed).
+    pub async fn next_message(&self) -> Option<CloudMessage> {
+        self.streams.c2d.lock().await.recv().await
+    }
+
+    /// The next desired-properties patch (`None` once the connection is closed).
+    pub async fn next_desired(&self) -> Option<serde_json::Value> {
+        self.streams.desired.lock().await.recv().await
+    }
+
+    /// The next direct method call (`None` once the connection is closed).
+    pub async fn next_method(&self) -> Option<MethodRequest> {
+        self.streams.methods.lock().await.recv().await
+    }
+
+    /// Answers a direct method call.
+    pub async fn respond(&self, rid: &str, status: u16, payload: &serde_json::Value) -> Result<()> {
+        let topic = format!("$iothub/methods/res/{status}/?$rid={rid}");
+        self.client
+            .publish(topic, payload.to_string(), PublishOptions::at_least_once())
+            .await
+            .map_err(|_| self.closed_error())
     }
 
     /// The device id this client connected as.
@@ -269,6 +515,20 @@ impl HubClient {
         sent.map_err(|e| Error::Transport(format!("disconnect of {}: {e}", self.device_id)))
     }
 
+    /// Like [`HubClient::disconnect`], for a shared client: sends DISCONNECT and waits (at
+    /// most 5 s) for the connection to end.
+    pub async fn close(&self) {
+        let _ = self
+            .client
+            .disconnect_with_timeout(Duration::from_secs(5))
+            .await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.event_loop.is_finished() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.event_loop.abort();
+    }
+
     fn closed_error(&self) -> Error {
         closed_error(&self.closed, &self.device_id)
     }
@@ -296,6 +556,22 @@ impl PendingAck {
             Err(_) => Err(closed_error(&self.closed, &self.device_id)),
         }
     }
+}
+
+fn twin_error(status: u16, body: &[u8], what: &str) -> Error {
+    let details: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    Error::Service(Box::new(ServiceFailure {
+        status,
+        error_code: details["errorCode"]
+            .as_u64()
+            .and_then(|c| u32::try_from(c).ok()),
+        message: format!(
+            "{what}: the hub answered {status}: {}",
+            details["message"].as_str().unwrap_or("no details")
+        ),
+        tracking_id: None,
+        retry_after: None,
+    }))
 }
 
 fn closed_error(closed: &ClosedReason, device_id: &str) -> Error {

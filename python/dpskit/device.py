@@ -1,0 +1,392 @@
+"""A simulated device, the asyncio way: ``await dpskit.provision(...)`` registers it with DPS,
+``async with dpskit.HubClient.connect(result, ...)`` connects it to the hub DPS assigned.
+
+Both run on dpskit's Rust MQTT clients (one shared tokio runtime and TLS configuration per
+process, TCP_NODELAY); Python only awaits. Cancelling an awaiting task cancels the Rust side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from dpskit._native import DeviceCertificate, HubSession, derive_device_key
+from dpskit._native import provision as _provision
+from dpskit.errors import ConfigError
+
+__all__ = [
+    "AZURE_GLOBAL_ENDPOINT",
+    "CloudMessage",
+    "HubClient",
+    "MethodRequest",
+    "RegistrationResult",
+    "provision",
+    "provision_sync",
+]
+
+#: Where devices provision on Azure.
+AZURE_GLOBAL_ENDPOINT = "global.azure-devices-provisioning.net"
+#: DPS and IoT Hub speak MQTT over TLS on this port.
+MQTT_PORT = 8883
+
+CertificateInput = DeviceCertificate | tuple[str | bytes | Path, str | bytes | Path] | bytes
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if host and port.isdigit():
+        return host, int(port)
+    return endpoint, MQTT_PORT
+
+
+def _pem_or_path(value: str | bytes | Path) -> str | bytes:
+    if isinstance(value, Path):
+        return value.read_bytes()
+    if isinstance(value, str) and "-----BEGIN" not in value:
+        return Path(value).read_bytes()
+    return value
+
+
+def _device_certificate(value: CertificateInput, password: str | None) -> DeviceCertificate:
+    """A DeviceCertificate from what users have: the object, (certificate, key) as PEM text,
+    bytes or file paths, or a PKCS#12 blob (with ``password``)."""
+    if isinstance(value, DeviceCertificate):
+        return value
+    if isinstance(value, bytes):
+        return DeviceCertificate.from_pkcs12(value, password or "")
+    if isinstance(value, tuple) and len(value) == 2:
+        cert, key = (_pem_or_path(v) for v in value)
+        return DeviceCertificate.from_pem(cert, key, password=password)
+    raise ConfigError(
+        "certificate must be a DeviceCertificate, (certificate, key) PEM or paths, or PKCS#12 bytes"
+    )
+
+
+def _trust_pem(trust: str | Path | None) -> str | None:
+    """PEM text, a PEM file, or ``None`` for the system roots (Azure)."""
+    if trust is None:
+        return None
+    if isinstance(trust, Path) or "-----BEGIN" not in trust:
+        return Path(trust).read_text()
+    return trust
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    head, _, fraction = text.rstrip("Z").partition(".")
+    micros = int((fraction + "000000")[:6]) if fraction else 0
+    return datetime.fromisoformat(head + "+00:00").replace(microsecond=micros)
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """What DPS answered: where the device goes, as which device id."""
+
+    status: str
+    registration_id: str
+    assigned_hub: str | None
+    device_id: str | None
+    substatus: str | None
+    etag: str | None
+    created: datetime | None
+    last_updated: datetime | None
+    payload: Any
+    operation_id: str
+    #: The MQTT port the device used; its hub listens on the same one (8883 on Azure).
+    port: int = MQTT_PORT
+
+
+async def provision(
+    endpoint: str = AZURE_GLOBAL_ENDPOINT,
+    *,
+    id_scope: str,
+    certificate: CertificateInput | None = None,
+    certificate_password: str | None = None,
+    symmetric_key: str | None = None,
+    group_key: str | None = None,
+    registration_id: str | None = None,
+    trust: str | Path | None = None,
+    payload: Any = None,
+    timeout: float = 60.0,
+) -> RegistrationResult:
+    """Register a device with DPS over MQTT and wait for its assignment.
+
+    ``endpoint`` is ``host`` or ``host:port`` (the emulator's ``dps.device_endpoint``).
+    Credentials: ``certificate`` (its CN is the registration id; the chain is sent when the
+    certificate knows it), or a symmetric key: the device's own ``symmetric_key``, or the
+    enrollment group's ``group_key`` from which the device key is derived. ``trust`` is the
+    server's CA (PEM text or file; the emulator's ``trust_pem``), or ``None`` for the system
+    roots. Refusals raise ``RegistrationFailedError`` or ``AuthenticationError`` with Azure's
+    code and, when the device can tell, the likely cause; the deadline raises
+    ``OperationTimeoutError``.
+    """
+    host, port = _split_endpoint(endpoint)
+    device = (
+        _device_certificate(certificate, certificate_password) if certificate is not None else None
+    )
+    if device is not None:
+        if symmetric_key is not None or group_key is not None:
+            raise ConfigError("give a certificate or a symmetric key, not both")
+        registration_id = registration_id or device.registration_id
+    else:
+        if registration_id is None:
+            raise ConfigError("a symmetric-key device needs its registration_id")
+        if group_key is not None:
+            if symmetric_key is not None:
+                raise ConfigError("give symmetric_key or group_key, not both")
+            symmetric_key = derive_device_key(group_key, registration_id)
+        if symmetric_key is None:
+            raise ConfigError("give a certificate, a symmetric_key, or a group_key")
+    answer = json.loads(
+        await _provision(
+            host,
+            port,
+            id_scope,
+            registration_id,
+            certificate=device,
+            symmetric_key=symmetric_key,
+            trust_pem=_trust_pem(trust),
+            payload=json.dumps(payload) if payload is not None else None,
+            timeout=timeout,
+        )
+    )
+    return RegistrationResult(
+        status=answer["status"],
+        registration_id=answer["registrationId"],
+        assigned_hub=answer.get("assignedHub"),
+        device_id=answer.get("deviceId"),
+        substatus=answer.get("substatus"),
+        etag=answer.get("etag"),
+        created=_timestamp(answer.get("createdDateTimeUtc")),
+        last_updated=_timestamp(answer.get("lastUpdatedDateTimeUtc")),
+        payload=answer.get("payload"),
+        operation_id=answer["operationId"],
+        port=port,
+    )
+
+
+def provision_sync(endpoint: str = AZURE_GLOBAL_ENDPOINT, **options: Any) -> RegistrationResult:
+    """:func:`provision` for scripts without an event loop (``asyncio.run`` around it)."""
+    return asyncio.run(provision(endpoint, **options))
+
+
+@dataclass(frozen=True)
+class CloudMessage:
+    """A cloud-to-device message."""
+
+    body: bytes
+    properties: dict[str, str]
+    system_properties: dict[str, str]
+
+    @property
+    def message_id(self) -> str | None:
+        """``$.mid``."""
+        return self.system_properties.get("mid")
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class MethodRequest:
+    """A direct method call; answer it with :meth:`respond` (once)."""
+
+    name: str
+    payload: Any
+    rid: str
+    _session: HubSession = field(repr=False, compare=False)
+
+    async def respond(self, status: int = 200, payload: Any = None) -> None:
+        """Send the answer the caller is waiting for."""
+        await self._session.respond(self.rid, status, json.dumps(payload))
+
+
+def _encode_body(
+    body: bytes | str | dict[str, Any] | list[Any],
+    content_type: str | None,
+    content_encoding: str | None,
+) -> tuple[bytes, str | None, str | None]:
+    if isinstance(body, dict | list):
+        # Routing queries on the body need these two, as Azure documents.
+        return (
+            json.dumps(body).encode(),
+            content_type or "application/json",
+            content_encoding or "utf-8",
+        )
+    if isinstance(body, str):
+        return body.encode(), content_type, content_encoding or "utf-8"
+    return bytes(body), content_type, content_encoding
+
+
+async def _stream(next_item: Callable[[], Awaitable[str | None]]) -> AsyncIterator[str]:
+    while True:
+        item = await next_item()
+        if item is None:
+            return
+        yield item
+
+
+class HubClient:
+    """A device connected to its IoT hub over MQTT (X.509 or SAS).
+
+    ``async with HubClient.connect(result, certificate=dev, trust=cloud.trust_pem) as client:``
+    """
+
+    def __init__(self, session: HubSession) -> None:
+        self._session = session
+
+    @classmethod
+    def connect(
+        cls,
+        target: RegistrationResult | str,
+        *,
+        device_id: str | None = None,
+        certificate: CertificateInput | None = None,
+        certificate_password: str | None = None,
+        symmetric_key: str | None = None,
+        trust: str | Path | None = None,
+        keep_alive: int = 60,
+        timeout: float = 30.0,
+    ) -> _Connecting:
+        """Connect to ``target``: a :class:`RegistrationResult` (its assigned hub, device id and
+        port) or a hub host name (``host[:port]``, with ``device_id``). Use with ``async with``,
+        or ``await`` it (then :meth:`close` it)."""
+        if isinstance(target, RegistrationResult):
+            if target.assigned_hub is None or target.device_id is None:
+                raise ConfigError(f"registration {target.registration_id} has no assigned hub")
+            host, port = target.assigned_hub, target.port
+            device_id = device_id or target.device_id
+        else:
+            host, port = _split_endpoint(target)
+        device = (
+            _device_certificate(certificate, certificate_password)
+            if certificate is not None
+            else None
+        )
+        if device_id is None:
+            if device is None:
+                raise ConfigError("device_id is needed with a hub host name")
+            device_id = device.registration_id
+        if (device is None) == (symmetric_key is None):
+            raise ConfigError("give a certificate or a symmetric_key")
+        pending = HubSession.connect(
+            host,
+            port,
+            device_id,
+            certificate=device,
+            symmetric_key=symmetric_key,
+            trust_pem=_trust_pem(trust),
+            keep_alive=keep_alive,
+            timeout=timeout,
+        )
+        return _Connecting(cls, pending)
+
+    @property
+    def device_id(self) -> str:
+        """The device id in the hub."""
+        return self._session.device_id
+
+    async def send_telemetry(
+        self,
+        body: bytes | str | dict[str, Any] | list[Any],
+        properties: dict[str, str] | None = None,
+        *,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        """Send one message at QoS 1; returns once the hub acknowledged it. A dict or list is
+        sent as JSON (``application/json``, ``utf-8``), a str as UTF-8, bytes as they are."""
+        data, content_type, content_encoding = _encode_body(body, content_type, content_encoding)
+        await self._session.send_telemetry(
+            data,
+            properties=[(str(k), str(v)) for k, v in (properties or {}).items()],
+            content_type=content_type,
+            content_encoding=content_encoding,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
+
+    async def get_twin(self) -> dict[str, Any]:
+        """The twin as the device sees it: ``desired`` and ``reported``, with ``$version``."""
+        twin: dict[str, Any] = json.loads(await self._session.get_twin())
+        return twin
+
+    async def update_reported(self, patch: dict[str, Any]) -> None:
+        """Patch the reported properties (``None`` deletes one)."""
+        await self._session.update_reported(json.dumps(patch))
+
+    async def messages(self) -> AsyncIterator[CloudMessage]:
+        """Cloud-to-device messages as they arrive (ends when the connection closes)."""
+        async for text in _stream(self._session.next_message):
+            item = json.loads(text)
+            yield CloudMessage(
+                body=base64.b64decode(item["body"]),
+                properties=dict(item["properties"]),
+                system_properties=dict(item["systemProperties"]),
+            )
+
+    async def desired_updates(self) -> AsyncIterator[dict[str, Any]]:
+        """Desired-property patches (with ``$version``) as the service makes them."""
+        async for text in _stream(self._session.next_desired):
+            patch: dict[str, Any] = json.loads(text)
+            yield patch
+
+    async def method_requests(self) -> AsyncIterator[MethodRequest]:
+        """Direct method calls; answer each with ``await request.respond(status, payload)``."""
+        async for text in _stream(self._session.next_method):
+            item = json.loads(text)
+            yield MethodRequest(item["name"], item["payload"], item["rid"], self._session)
+
+    async def close(self) -> None:
+        """Disconnect cleanly."""
+        await self._session.close()
+
+    async def __aenter__(self) -> HubClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class _Connecting:
+    """What :meth:`HubClient.connect` returns: await it, or use it with ``async with``."""
+
+    def __init__(self, cls: type[HubClient], pending: Awaitable[HubSession]) -> None:
+        self._cls = cls
+        self._pending = pending
+        self._client: HubClient | None = None
+
+    async def _open(self) -> HubClient:
+        self._client = self._cls(await self._pending)
+        return self._client
+
+    def __await__(self) -> Generator[Any, None, HubClient]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> HubClient:
+        return await self._open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -1,0 +1,174 @@
+"""dpskit's own device clients, awaited from asyncio, against the emulator: provisioning with
+X.509 and symmetric keys, the hub connection with telemetry, twin, desired patches, direct
+methods and C2D, refusals with their diagnosis, cancellation and wrong trust."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dpskit
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority]]:
+    with dpskit.LocalCloud(port=0, poll_retry_after=0) as cloud:
+        hub = cloud.create_hub("dev-hub")
+        dps = cloud.create_dps("dev-dps")
+        cloud.link_hub(dps, hub)
+        root = dpskit.CertificateAuthority.create_root("Device Root")
+        inter = root.create_intermediate("Device Intermediate")
+        dps.prove_possession("root", root)
+        dps.create_enrollment_group("x509", ca_reference="root")
+        yield cloud, dps, inter
+
+
+def test_provision_connect_and_use_the_hub(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("async-dev-1")
+    hub = cloud.hubs()[0]
+
+    async def scenario() -> None:
+        result = await dpskit.provision(
+            dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+        )
+        assert (result.status, result.device_id) == ("assigned", "async-dev-1")
+        assert result.assigned_hub == hub.host_name
+        assert result.substatus == "initialAssignment"
+        assert result.created is not None
+        async with dpskit.HubClient.connect(
+            result, certificate=device, trust=cloud.trust_pem
+        ) as client:
+            await client.send_telemetry({"t": 21.5}, {"unit": "C"}, message_id="m-1")
+            await client.update_reported({"firmware": "1.0.0"})
+            twin = await client.get_twin()
+            assert twin["reported"]["firmware"] == "1.0.0"
+            assert "$version" in twin["desired"]
+
+            # The service side, from another thread, while the device listens.
+            loop = asyncio.get_running_loop()
+            desired = client.desired_updates()
+            await loop.run_in_executor(None, hub.update_desired, "async-dev-1", {"interval": 5})
+            patch = await asyncio.wait_for(anext(desired), 10)
+            assert patch["interval"] == 5
+
+            requests = client.method_requests()
+            call = loop.run_in_executor(
+                None, lambda: hub.invoke_method("async-dev-1", "reboot", {"in": 1}, timeout=10)
+            )
+            request = await asyncio.wait_for(anext(requests), 10)
+            assert (request.name, request.payload) == ("reboot", {"in": 1})
+            await request.respond(200, {"ok": True})
+            answer = await call
+            assert (answer.status, answer.payload) == (200, {"ok": True})
+
+            messages = client.messages()
+            await loop.run_in_executor(
+                None, lambda: hub.send_c2d("async-dev-1", b"hi", properties={"k": "v"})
+            )
+            message = await asyncio.wait_for(anext(messages), 10)
+            assert (message.body, message.properties["k"]) == (b"hi", "v")
+            assert message.message_id
+
+    asyncio.run(scenario())
+    [record] = hub.telemetry("async-dev-1")
+    assert record.json() == {"t": 21.5}
+    assert record.properties == {"unit": "C"}
+    assert (record.message_id, record.content_type) == ("m-1", "application/json")
+
+
+def test_symmetric_key_group_and_sync_facade(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, _ = world
+    group = dps.create_enrollment_group("keys", symmetric_key=True)
+    assert group.primary_key is not None
+    result = dpskit.provision_sync(
+        dps.device_endpoint,
+        id_scope=dps.id_scope,
+        registration_id="sym-dev-1",
+        group_key=group.primary_key,
+        trust=cloud.trust_pem,
+    )
+    assert result.device_id == "sym-dev-1"
+
+    async def send() -> None:
+        key = dpskit.derive_device_key(group.primary_key or "", "sym-dev-1")
+        async with dpskit.HubClient.connect(
+            result, symmetric_key=key, trust=cloud.trust_pem
+        ) as client:
+            await client.send_telemetry("plain text")
+
+    asyncio.run(send())
+    assert cloud.hubs()[0].telemetry("sym-dev-1")[0].body == b"plain text"
+
+
+def test_refusals_say_why(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+    tmp_path: Path,
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("lonely-leaf")
+    # The leaf alone, without its intermediate: DPS cannot build the chain.
+    bare = dpskit.DeviceCertificate.from_pem(device.certificate_pem, device.private_key_pem)
+    with pytest.raises(dpskit.RegistrationFailedError) as refused:
+        dpskit.provision_sync(
+            dps.device_endpoint, id_scope=dps.id_scope, certificate=bare, trust=cloud.trust_pem
+        )
+    assert "no chain is sent" in str(refused.value)
+    # Files work as credentials too, and the full chain provisions.
+    files = device.save(tmp_path)
+    result = dpskit.provision_sync(
+        dps.device_endpoint,
+        id_scope=dps.id_scope,
+        certificate=(files["chain"], files["private_key"]),
+        trust=str(cloud.data_dir / "emulator-ca.cert.pem"),
+    )
+    assert result.status == "assigned"
+
+
+def test_wrong_trust_and_cancellation(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("careful-dev")
+    other = dpskit.CertificateAuthority.create_root("Not The Emulator")
+    with pytest.raises(dpskit.TransportError, match=r"(?i)certificate|tls|unknown"):
+        dpskit.provision_sync(
+            dps.device_endpoint,
+            id_scope=dps.id_scope,
+            certificate=device,
+            trust=other.certificate.pem,
+        )
+
+    async def cancelled() -> None:
+        dps.set_assignment_latency(30)
+        try:
+            task = asyncio.ensure_future(
+                dpskit.provision(
+                    dps.device_endpoint,
+                    id_scope=dps.id_scope,
+                    certificate=device,
+                    trust=cloud.trust_pem,
+                )
+            )
+            await asyncio.sleep(0.5)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            dps.set_assignment_latency(0)
+
+    asyncio.run(cancelled())
+    # The emulator keeps serving: the same device provisions right after.
+    assert (
+        dpskit.provision_sync(
+            dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+        ).status
+        == "assigned"
+    )
