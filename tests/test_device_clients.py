@@ -44,6 +44,7 @@ def test_provision_connect_and_use_the_hub(
         async with dpskit.HubClient.connect(
             result, certificate=device, trust=cloud.trust_pem
         ) as client:
+            assert client.connection_state == "connected"
             await client.send_telemetry({"t": 21.5}, {"unit": "C"}, message_id="m-1")
             await client.update_reported({"firmware": "1.0.0"})
             twin = await client.get_twin()

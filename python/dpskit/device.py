@@ -295,6 +295,12 @@ class HubClient:
         """The device id in the hub."""
         return self._session.device_id
 
+    @property
+    def connection_state(self) -> str:
+        """``connected``, ``reconnecting`` (lost; dialling again with backoff, messages not
+        acknowledged are sent again) or ``closed``."""
+        return self._session.connection_state
+
     async def send_telemetry(
         self,
         body: bytes | str | dict[str, Any] | list[Any],

@@ -2156,3 +2156,103 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         assert_eq!(status(offline).0, 404);
     });
 }
+
+#[test]
+fn hub_client_reconnects_replays_and_renews_sas_tokens() {
+    use crate::hub::{ConnectionState, HubClient, HubConnectOptions, TelemetryMessage};
+    use crate::provisioning::{DeviceAuth, Trust};
+
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "resilient-1");
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
+    let hubs = f.emulator.hubs().clone();
+    let sas_key = crate::sas::generate_key().unwrap();
+    f.emulator
+        .cloud()
+        .put_hub_device(model::HubDevice {
+            device_id: "renewing-1".into(),
+            hub: hub.clone(),
+            auth: model::DeviceAuth::Sas {
+                primary_key: sas_key.clone(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: now(),
+        })
+        .unwrap();
+    f.emulator.tracer().watch(Some("renewing-1"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = HubConnectOptions::new(
+            hub.clone(),
+            f.emulator.mqtt_port(),
+            "resilient-1",
+            DeviceAuth::X509(device.shared_credential()),
+        );
+        options.receive = true;
+        let client = HubClient::connect(options, &trust).await.unwrap();
+        client
+            .send_telemetry(&TelemetryMessage::new("before"))
+            .await
+            .unwrap();
+        // The hub drops the device; a C2D message waits for it meanwhile.
+        assert!(hubs.drop_connection(&hub, "resilient-1"));
+        hubs.send_c2d(&hub, "resilient-1", b"while away", vec![])
+            .unwrap();
+        // Sending right away waits for the reconnect and its PUBACK: nothing is lost.
+        client
+            .send_telemetry(&TelemetryMessage::new("after"))
+            .await
+            .unwrap();
+        assert_eq!(client.connection_state(), ConnectionState::Connected);
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next_message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.body, b"while away");
+        client.close().await;
+        assert_eq!(client.connection_state(), ConnectionState::Closed);
+
+        // A 3 s SAS token is renewed before it runs out (the hub would close the connection
+        // with 401003 at expiry); messages keep flowing across the renewal.
+        let mut options = HubConnectOptions::new(
+            hub.clone(),
+            f.emulator.mqtt_port(),
+            "renewing-1",
+            DeviceAuth::SymmetricKey(sas_key.clone()),
+        );
+        options.sas_ttl = Duration::from_secs(3);
+        let client = HubClient::connect(options, &trust).await.unwrap();
+        for i in 0..10 {
+            client
+                .send_telemetry(&TelemetryMessage::new(format!("tick {i}")))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        client.close().await;
+    });
+    let bodies: Vec<String> = hubs
+        .telemetry(&hub, Some("resilient-1"))
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["before", "after"]);
+    assert_eq!(hubs.telemetry(&hub, Some("renewing-1")).unwrap().len(), 10);
+    let connects = f
+        .emulator
+        .tracer()
+        .events("renewing-1")
+        .iter()
+        .filter(|e| e.kind == "CONNECT")
+        .count();
+    assert!(
+        connects >= 2,
+        "the token was renewed by reconnecting ({connects} CONNECTs)"
+    );
+}

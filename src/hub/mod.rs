@@ -47,6 +47,11 @@ pub struct HubConnectOptions {
     /// Subscribe to C2D, direct methods, twin responses and desired patches at connect (a
     /// device that only sends telemetry skips it).
     pub receive: bool,
+    /// After a connection loss, dial again with backoff (messages not acknowledged are sent
+    /// again); `false` ends the client at the first loss.
+    pub reconnect: bool,
+    /// Lifetime of the SAS tokens made for a symmetric-key device (renewed a minute early).
+    pub sas_ttl: Duration,
 }
 
 impl HubConnectOptions {
@@ -67,8 +72,63 @@ impl HubConnectOptions {
             max_in_flight: 100,
             connect_timeout: Duration::from_secs(30),
             receive: false,
+            reconnect: true,
+            sas_ttl: Duration::from_secs(SAS_TTL_SECONDS as u64),
         }
     }
+}
+
+/// Where a hub connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Before the first CONNACK.
+    Connecting,
+    /// Connected.
+    Connected,
+    /// Lost; dialling again with backoff.
+    Reconnecting,
+    /// Closed for good (by the device, or a failure before it ever connected).
+    Closed,
+}
+
+/// Renew a SAS token this long before it expires (or a quarter of its life, if shorter).
+const SAS_RENEW_MARGIN: Duration = Duration::from_secs(60);
+
+/// What it takes to make a fresh SAS token for the hub.
+struct SasRenewal {
+    username: String,
+    audience: String,
+    key: String,
+    ttl: Duration,
+}
+
+impl SasRenewal {
+    /// A token valid for `ttl` from now, and when to renew it.
+    fn token(&self) -> Result<(String, tokio::time::Instant)> {
+        let ttl = self.ttl.max(Duration::from_secs(2));
+        let expiry = crate::pki::issue::now() + ttl.as_secs() as i64;
+        let token = crate::sas::build_token(&self.audience, &self.key, expiry, None)?;
+        let margin = SAS_RENEW_MARGIN.min(ttl / 4);
+        Ok((token, tokio::time::Instant::now() + ttl - margin))
+    }
+}
+
+/// 1 s doubling per failure up to 30 s, with ±50 % jitter so that a fleet spreads out.
+fn reconnect_delay(failures: u32) -> Duration {
+    let base = (1u64 << failures.saturating_sub(1).min(5)).min(30) as f64;
+    let mut byte = [0u8; 1];
+    let _ = crate::pki::keys::fill_random(&mut byte);
+    Duration::from_secs_f64(base * (0.5 + f64::from(byte[0]) / 255.0))
+}
+
+/// The four subscriptions of a device that receives.
+fn subscription_filters(device_id: &str) -> Vec<String> {
+    vec![
+        format!("devices/{device_id}/messages/devicebound/#"),
+        "$iothub/methods/POST/#".to_string(),
+        "$iothub/twin/res/#".to_string(),
+        "$iothub/twin/PATCH/properties/desired/#".to_string(),
+    ]
 }
 
 /// One device-to-cloud message: a body plus the properties IoT Hub carries with it.
@@ -226,6 +286,7 @@ struct Streams {
 
 /// A device connected to its hub. Dropping it closes the connection.
 pub struct HubClient {
+    state: Arc<Mutex<ConnectionState>>,
     client: AsyncClient,
     events_topic: String,
     device_id: String,
@@ -257,15 +318,23 @@ impl HubClient {
             options.host,
             url_encode(&format!("dpskit/{}", env!("CARGO_PKG_VERSION")))
         );
+        let mut sas: Option<SasRenewal> = None;
+        let mut token_expiry = None;
         match &options.auth {
             DeviceAuth::X509(_) => {
                 mqtt.set_username(username);
             }
             DeviceAuth::SymmetricKey(key) => {
-                let expiry = crate::pki::issue::now() + SAS_TTL_SECONDS;
-                let audience = format!("{}/devices/{device_id}", options.host);
-                let token = crate::sas::build_token(&audience, key, expiry, None)?;
-                mqtt.set_credentials(username, token.into_bytes());
+                let renewal = SasRenewal {
+                    username,
+                    audience: format!("{}/devices/{device_id}", options.host),
+                    key: key.clone(),
+                    ttl: options.sas_ttl,
+                };
+                let (token, expiry) = renewal.token()?;
+                mqtt.set_credentials(renewal.username.clone(), token.into_bytes());
+                token_expiry = Some(expiry);
+                sas = Some(renewal);
             }
         }
         mqtt.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
@@ -296,13 +365,59 @@ impl HubClient {
         *lock(&inbox.desired) = Some(desired_tx);
         *lock(&inbox.methods) = Some(methods_tx);
         let loop_inbox = inbox.clone();
+        let reconnect = options.reconnect;
+        let resubscribe = options.receive;
+        let state = Arc::new(Mutex::new(ConnectionState::Connecting));
+        let loop_state = state.clone();
+        let resubscriber = client.clone();
+        let resubscribe_filters = subscription_filters(&device_id);
         let event_loop = tokio::spawn(async move {
             let mut connected = Some(connected_tx);
+            let mut failures: u32 = 0;
             loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                // Renew a SAS token a minute before it expires: reconnect with a fresh one
+                // (unacknowledged messages are replayed on the new connection).
+                let renew_at = token_expiry;
+                let polled = tokio::select! {
+                    polled = events.poll() => polled,
+                    () = async {
+                        match renew_at {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        if let Some(renewal) = &sas {
+                            match renewal.token() {
+                                Ok((token, expiry)) => {
+                                    events
+                                        .mqtt_options
+                                        .set_credentials(renewal.username.clone(), token.into_bytes());
+                                    token_expiry = Some(expiry);
+                                    log::info!("hub client {id}: renewing its SAS token");
+                                    events.clean();
+                                }
+                                Err(e) => log::warn!("hub client {id}: cannot renew its SAS token: {e}"),
+                            }
+                        }
+                        continue;
+                    }
+                };
+                match polled {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        failures = 0;
+                        *lock(&loop_state) = ConnectionState::Connected;
                         if let Some(tx) = connected.take() {
                             let _ = tx.send(Ok(()));
+                        } else if resubscribe && !ack.session_present {
+                            // The hub forgot the session: subscribe again.
+                            let _ = resubscriber.try_subscribe_many(
+                                resubscribe_filters.iter().map(|f| {
+                                    rumqttc::SubscribeFilter::new(
+                                        f.clone(),
+                                        rumqttc::QoS::AtLeastOnce,
+                                    )
+                                }),
+                            );
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -311,14 +426,37 @@ impl HubClient {
                     }
                     // Polling on after our own DISCONNECT would dial the hub again.
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                        *lock(&loop_state) = ConnectionState::Closed;
                         loop_inbox.close();
                         return;
                     }
                     Ok(_) => {}
                     Err(error) => {
                         let error = connection_error(&host, &id, error);
+                        if connected.is_none() && reconnect {
+                            // Connected once: retry with backoff; polling again re-dials, and
+                            // rumqttc replays what the hub had not acknowledged.
+                            failures += 1;
+                            *lock(&loop_state) = ConnectionState::Reconnecting;
+                            let delay = reconnect_delay(failures);
+                            log::info!(
+                                "hub client {id}: connection lost ({error}); reconnecting in {:.1} s",
+                                delay.as_secs_f64()
+                            );
+                            tokio::time::sleep(delay).await;
+                            if let Some(renewal) = &sas
+                                && let Ok((token, expiry)) = renewal.token()
+                            {
+                                events
+                                    .mqtt_options
+                                    .set_credentials(renewal.username.clone(), token.into_bytes());
+                                token_expiry = Some(expiry);
+                            }
+                            continue;
+                        }
                         *closed_by_loop.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(error.to_string());
+                        *lock(&loop_state) = ConnectionState::Closed;
                         if let Some(tx) = connected.take() {
                             let _ = tx.send(Err(error));
                         }
@@ -348,6 +486,7 @@ impl HubClient {
             return Err(error);
         }
         let hub_client = HubClient {
+            state,
             client,
             events_topic: format!("devices/{device_id}/messages/events/"),
             device_id,
@@ -370,12 +509,7 @@ impl HubClient {
     /// Subscribes to C2D, direct methods, twin responses and desired patches (QoS 1) and waits
     /// for the SUBACK.
     async fn subscribe_all(&self) -> Result<()> {
-        let filters = [
-            format!("devices/{}/messages/devicebound/#", self.device_id),
-            "$iothub/methods/POST/#".to_string(),
-            "$iothub/twin/res/#".to_string(),
-            "$iothub/twin/PATCH/properties/desired/#".to_string(),
-        ];
+        let filters = subscription_filters(&self.device_id);
         let notice = self
             .client
             .subscribe_many_tracked(
@@ -475,6 +609,11 @@ impl HubClient {
             .publish(topic, payload.to_string(), PublishOptions::at_least_once())
             .await
             .map_err(|_| self.closed_error())
+    }
+
+    /// Where the connection stands (reconnects happen on their own).
+    pub fn connection_state(&self) -> ConnectionState {
+        *lock(&self.state)
     }
 
     /// The device id this client connected as.

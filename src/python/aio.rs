@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::hub::{HubClient, HubConnectOptions, TelemetryMessage};
+use crate::hub::{ConnectionState, HubClient, HubConnectOptions, TelemetryMessage};
 use crate::provisioning::{DeviceAuth, ProvisioningRequest, Trust, provision as provision_device};
 use crate::python::pki::PyDeviceCertificate;
 
@@ -142,6 +142,17 @@ impl PyHubSession {
     #[getter]
     fn device_id(&self) -> String {
         self.client.device_id().to_string()
+    }
+
+    /// `connecting`, `connected`, `reconnecting` or `closed`.
+    #[getter]
+    fn connection_state(&self) -> &'static str {
+        match self.client.connection_state() {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Reconnecting => "reconnecting",
+            ConnectionState::Closed => "closed",
+        }
     }
 
     /// Sends telemetry at QoS 1; resolves once the hub acknowledged it.
