@@ -126,7 +126,7 @@ impl Trust {
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
             .with_root_certificates(self.roots.clone());
-        Ok(match auth {
+        let mut config = match auth {
             DeviceAuth::X509(credential) => {
                 let mut chain = vec![CertificateDer::from(
                     credential.certificate().der().to_vec(),
@@ -147,7 +147,11 @@ impl Trust {
                     .map_err(|e| Error::cert(format!("unusable client certificate: {e}")))?
             }
             DeviceAuth::SymmetricKey(_) => builder.with_no_client_auth(),
-        })
+        };
+        // Each device talks to one or two servers: rustls' default cache of 256 sessions per
+        // configuration would cost tens of KB per device for nothing.
+        config.resumption = rustls::client::Resumption::in_memory_sessions(2);
+        Ok(config)
     }
 }
 
