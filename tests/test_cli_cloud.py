@@ -118,3 +118,56 @@ def test_bad_target_options_are_usage_errors(
     assert "AZURE_SUBSCRIPTION_ID" in capsys.readouterr().err
     assert main(["dps", "enrollment-group", "create", "d", "g", "--local", "unused"]) == 1
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_device_provision_and_run_against_a_running_emulator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "served"
+    certs = tmp_path / "certs"
+    _run(capsys, "certs", "root", "--dir", str(certs))
+    _run(capsys, "certs", "intermediate", "--dir", str(certs))
+    _run(capsys, "certs", "device", "cli-dev-7", "--dir", str(certs))
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while dpskit.LocalCloud.attach(state) is None:
+            assert emulator.poll() is None, emulator.stderr.read() if emulator.stderr else ""
+            assert time.monotonic() < deadline, "the emulator did not start"
+            time.sleep(0.05)
+        local = ["--local", str(state)]
+        _run(capsys, "cloud", "create-hub", "h", *local)
+        _run(capsys, "cloud", "create-dps", "d", *local)
+        _run(capsys, "cloud", "link-hub", "d", "h", *local)
+        _run(capsys, "dps", "verify-ca", "d", "--dir", str(certs), *local)
+        _run(capsys, "dps", "enrollment-group", "create", "d", "g", "--ca", "root", *local)
+        devices = str(certs / "devices")
+        result = json.loads(
+            _run(capsys, "device", "provision", "cli-dev-7", "--certs", devices, "--json", *local)
+        )
+        assert (result["status"], result["deviceId"]) == ("assigned", "cli-dev-7")
+        out = _run(
+            capsys,
+            "device",
+            "run",
+            "cli-dev-7",
+            "--certs",
+            devices,
+            "--count",
+            "3",
+            "--interval",
+            "0.05",
+            *local,
+        )
+        assert "3 messages acknowledged" in out
+        attached = dpskit.LocalCloud.attach(state)
+        assert attached is not None
+        assert len(attached.hub("h").telemetry("cli-dev-7")) == 3
+    finally:
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(timeout=30)

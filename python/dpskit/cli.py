@@ -34,6 +34,7 @@ from ._native import (
     verify_chain,
 )
 from .cli_cloud import add_cloud_commands
+from .cli_device import add_device_commands
 from .errors import CertificateError, ConfigError, DpsKitError
 
 __all__ = ["main"]
@@ -1006,6 +1007,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_demo, parser=p)
 
     add_cloud_commands(commands, _Formatter)
+    add_device_commands(commands)
 
     # emulator
     p = commands.add_parser(

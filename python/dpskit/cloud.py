@@ -751,7 +751,7 @@ class Hub:
     def telemetry(self, device_id: str | None = None) -> TelemetryRecords:
         """What the hub received (every device, or one), in arrival order. The emulator keeps
         it; on Azure telemetry goes to the hub's Event Hubs endpoint, which this does not read."""
-        self._cloud._emulator_only("telemetry")
+        self._cloud._emulator_api("telemetry")
         rows = json.loads(self._cloud._rest.hub_telemetry(*self._service, device_id))
         return TelemetryRecords(
             TelemetryMessage(
@@ -796,7 +796,7 @@ class Hub:
     ) -> str:
         """Queue a cloud-to-device message (at most 50 wait per device); returns its id.
         Emulator only: Azure takes these over AMQP."""
-        self._cloud._emulator_only("send_c2d")
+        self._cloud._emulator_api("send_c2d")
         if isinstance(body, dict | list):
             data = json.dumps(body).encode()
         elif isinstance(body, str):
@@ -1263,6 +1263,11 @@ class _Cloud:
     def _emulator_only(self, feature: str) -> Emulator:
         raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
 
+    def _emulator_api(self, feature: str) -> None:
+        """Refuses `feature` unless the cloud is the emulator (in this process or another):
+        it uses the emulator's own REST calls."""
+        raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
+
     # -- resources -------------------------------------------------------------------------
 
     def _hub(self, resource: dict[str, Any]) -> Hub:
@@ -1450,6 +1455,9 @@ class LocalCloud(_Cloud):
     def _emulator_only(self, feature: str) -> Emulator:
         return self._emulator
 
+    def _emulator_api(self, feature: str) -> None:
+        return None
+
     @property
     def is_running(self) -> bool:
         """Whether the emulator is serving."""
@@ -1575,6 +1583,9 @@ class LocalCloudClient(_Cloud):
 
     def _device_port(self) -> int:
         return self._mqtt_port
+
+    def _emulator_api(self, feature: str) -> None:
+        return None
 
     def __repr__(self) -> str:
         return f"<LocalCloudClient arm={self.arm_endpoint!r} data_dir={str(self.data_dir)!r}>"
