@@ -60,3 +60,16 @@ def test_hub_benchmark_runs_against_the_emulator_and_mosquitto(
         assert "ratio emulator / mosquitto" in out
     else:
         assert "mosquitto is not installed" in out
+
+
+# The SDK itself builds its TLS context with the deprecated ssl.PROTOCOL_TLSv1_2: not ours to fix.
+@pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning")
+def test_device_benchmark_runs_with_small_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load("bench_device", monkeypatch)
+    assert module.main(["--devices", "40", "--sdk-devices", "3"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("dpskit provision"))
+    assert row.split()[4] == "40", row
+    assert "ratio dpskit / SDK" in out or "official SDK not measured" in out

@@ -5,6 +5,7 @@ methods and C2D, refusals with their diagnosis, cancellation and wrong trust."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +174,20 @@ def test_wrong_trust_and_cancellation(
         ).status
         == "assigned"
     )
+
+
+def test_throttled_registrations_honour_retry_after(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("patient-dev")
+    # The next register request is refused with 429 and retry-after: 1; the client waits as
+    # told, then tries again.
+    dps.refuse_registrations(1, status=429)
+    started = time.monotonic()
+    result = dpskit.provision_sync(
+        dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+    )
+    assert result.status == "assigned"
+    waited = time.monotonic() - started
+    assert 1.0 <= waited < 30, waited

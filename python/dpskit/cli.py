@@ -1030,6 +1030,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="port of the ARM and service REST APIs (0: any free port; `dpskit cloud` and "
         "`dpskit dps` find it in DIR)",
     )
+    p.add_argument(
+        "--poll-retry-after",
+        type=_non_negative_int,
+        default=1,
+        help="retry-after seconds DPS advises while assigning (0: fast mode for load tests)",
+    )
     p.set_defaults(handler=cmd_emulator, parser=p)
 
     parser.set_defaults(handler=None, parser=parser)
@@ -1047,7 +1053,13 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     stop = threading.Event()
     # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cloud = LocalCloud(data_dir, host=args.host, port=args.port, https_port=args.https_port)
+    cloud = LocalCloud(
+        data_dir,
+        host=args.host,
+        port=args.port,
+        https_port=args.https_port,
+        poll_retry_after=args.poll_retry_after,
+    )
     # From here on an interrupt at any moment ends in a clean stop.
     try:
         trust = data_dir / "emulator-ca.cert.pem"
