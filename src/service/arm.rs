@@ -359,6 +359,45 @@ impl ArmClient {
             .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))
     }
 
+    /// A request that must answer a JSON object, parsed by `parse`.
+    async fn object<T>(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        what: &str,
+        parse: fn(&Value) -> Result<T>,
+    ) -> Result<T> {
+        let value = self
+            .call(method, url, None, None, what)
+            .await?
+            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+        parse(&value)
+    }
+
+    /// A GET of an ARM collection (`{"value": [...]}`), each item parsed by `parse`.
+    async fn list<T>(
+        &self,
+        url: String,
+        what: &str,
+        parse: fn(&Value) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let value = self
+            .call(reqwest::Method::GET, url, None, None, what)
+            .await?
+            .unwrap_or_default();
+        value["value"]
+            .as_array()
+            .map(|items| items.iter().map(parse).collect())
+            .unwrap_or_else(|| Ok(Vec::new()))
+    }
+
+    /// A DELETE whose answer carries nothing to read.
+    async fn delete(&self, url: String, if_match: Option<&str>, what: &str) -> Result<()> {
+        self.call(reqwest::Method::DELETE, url, if_match, None, what)
+            .await
+            .map(|_| ())
+    }
+
     /// PUTs a resource and waits until ARM reports a terminal provisioning state: polls the
     /// `Azure-AsyncOperation` URL when ARM gives one, the resource itself otherwise, every few
     /// seconds (creating a hub takes minutes on Azure; the emulator answers at once).
@@ -467,39 +506,26 @@ impl ArmClient {
     /// One DPS instance.
     pub async fn dps(&self, name: &str) -> Result<DpsResource> {
         let what = format!("reading provisioning service {name}");
-        let value = self
-            .call(reqwest::Method::GET, self.dps_url(name), None, None, &what)
-            .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
-        DpsResource::from_json(&value)
+        self.object(
+            reqwest::Method::GET,
+            self.dps_url(name),
+            &what,
+            DpsResource::from_json,
+        )
+        .await
     }
 
     /// Every DPS instance of the resource group.
     pub async fn dps_instances(&self) -> Result<Vec<DpsResource>> {
-        let what = "listing provisioning services";
         let url = format!("{}/provisioningServices", self.group_url());
-        let value = self
-            .call(reqwest::Method::GET, url, None, None, what)
-            .await?
-            .unwrap_or_default();
-        value["value"]
-            .as_array()
-            .map(|v| v.iter().map(DpsResource::from_json).collect())
-            .unwrap_or_else(|| Ok(Vec::new()))
+        self.list(url, "listing provisioning services", DpsResource::from_json)
+            .await
     }
 
     /// Deletes a DPS instance.
     pub async fn delete_dps(&self, name: &str) -> Result<()> {
         let what = format!("deleting provisioning service {name}");
-        self.call(
-            reqwest::Method::DELETE,
-            self.dps_url(name),
-            None,
-            None,
-            &what,
-        )
-        .await
-        .map(|_| ())
+        self.delete(self.dps_url(name), None, &what).await
     }
 
     /// The `provisioningserviceowner` keys.
@@ -509,11 +535,8 @@ impl ArmClient {
             "{}/keys/provisioningserviceowner/listkeys",
             self.dps_url(name)
         );
-        let value = self
-            .call(reqwest::Method::POST, url, None, None, &what)
-            .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
-        AccessKeys::from_json(&value)
+        self.object(reqwest::Method::POST, url, &what, AccessKeys::from_json)
+            .await
     }
 
     /// Creates an IoT hub (or returns the existing one) and waits until it is ready.
@@ -533,49 +556,34 @@ impl ArmClient {
     /// One IoT hub.
     pub async fn hub(&self, name: &str) -> Result<HubResource> {
         let what = format!("reading IoT hub {name}");
-        let value = self
-            .call(reqwest::Method::GET, self.hub_url(name), None, None, &what)
-            .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
-        HubResource::from_json(&value)
+        self.object(
+            reqwest::Method::GET,
+            self.hub_url(name),
+            &what,
+            HubResource::from_json,
+        )
+        .await
     }
 
     /// Every IoT hub of the resource group.
     pub async fn hubs(&self) -> Result<Vec<HubResource>> {
         let url = format!("{}/IotHubs", self.group_url());
-        let value = self
-            .call(reqwest::Method::GET, url, None, None, "listing IoT hubs")
-            .await?
-            .unwrap_or_default();
-        value["value"]
-            .as_array()
-            .map(|v| v.iter().map(HubResource::from_json).collect())
-            .unwrap_or_else(|| Ok(Vec::new()))
+        self.list(url, "listing IoT hubs", HubResource::from_json)
+            .await
     }
 
     /// Deletes an IoT hub.
     pub async fn delete_hub(&self, name: &str) -> Result<()> {
         let what = format!("deleting IoT hub {name}");
-        self.call(
-            reqwest::Method::DELETE,
-            self.hub_url(name),
-            None,
-            None,
-            &what,
-        )
-        .await
-        .map(|_| ())
+        self.delete(self.hub_url(name), None, &what).await
     }
 
     /// The `iothubowner` keys.
     pub async fn hub_keys(&self, name: &str) -> Result<AccessKeys> {
         let what = format!("reading the keys of IoT hub {name}");
         let url = format!("{}/IotHubKeys/iothubowner/listkeys", self.hub_url(name));
-        let value = self
-            .call(reqwest::Method::POST, url, None, None, &what)
-            .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
-        AccessKeys::from_json(&value)
+        self.object(reqwest::Method::POST, url, &what, AccessKeys::from_json)
+            .await
     }
 
     /// Links a hub to a DPS the way `az iot dps linked-hub create` does: GET the DPS, add (or
@@ -689,20 +697,12 @@ impl ArmClient {
     /// Every CA certificate of the DPS.
     pub async fn ca_certificates(&self, dps: &str) -> Result<Vec<CaCertificateResource>> {
         let what = format!("listing the CA certificates of {dps}");
-        let value = self
-            .call(
-                reqwest::Method::GET,
-                self.certificates_url(dps),
-                None,
-                None,
-                &what,
-            )
-            .await?
-            .unwrap_or_default();
-        value["value"]
-            .as_array()
-            .map(|items| items.iter().map(CaCertificateResource::from_json).collect())
-            .unwrap_or_else(|| Ok(Vec::new()))
+        self.list(
+            self.certificates_url(dps),
+            &what,
+            CaCertificateResource::from_json,
+        )
+        .await
     }
 
     /// Deletes a CA certificate (ARM requires its current etag).
@@ -712,15 +712,8 @@ impl ArmClient {
             self.certificates_url(dps),
             crate::sas::url_encode(name)
         );
-        self.call(
-            reqwest::Method::DELETE,
-            url,
-            Some(etag),
-            None,
-            &format!("deleting CA certificate {name}"),
-        )
-        .await
-        .map(|_| ())
+        self.delete(url, Some(etag), &format!("deleting CA certificate {name}"))
+            .await
     }
 
     /// Asks for a verification code; the certificate's etag changes with it.
