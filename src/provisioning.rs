@@ -391,7 +391,12 @@ fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
         .iter()
         .filter(|c| !c.info().is_self_signed)
         .count();
-    if !leaf.is_self_signed && intermediates == 0 {
+    // A leaf signed directly by a root it holds needs no intermediates.
+    let signed_by_root = credential
+        .issuers()
+        .iter()
+        .any(|c| c.info().is_self_signed && c.info().subject == leaf.issuer);
+    if !leaf.is_self_signed && intermediates == 0 && !signed_by_root {
         causes.push(format!(
             "no chain is sent: the leaf is signed by '{}', and unless that is the CA DPS trusts \
              directly, the intermediates must be sent too (load the device from its full chain)",
@@ -492,6 +497,48 @@ mod tests {
             let d = backoff(None, refusals).as_secs_f64();
             assert!(d >= base * 0.5 && d <= base * 1.5, "{refusals}: {d}");
         }
+    }
+
+    #[test]
+    fn the_diagnosis_names_what_the_device_got_wrong() {
+        use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
+        let options = |path_length| CaOptions {
+            algorithm: KeyAlgorithm::EcP256,
+            validity: Validity::days(5, None).unwrap(),
+            path_length,
+            organization: None,
+        };
+        let root = CertificateAuthority::create_root("Diag Root", &options(None)).unwrap();
+        let inter = root
+            .create_intermediate("Diag Inter", &options(Some(0)))
+            .unwrap();
+        let days = Validity::days(1, None).unwrap();
+        // Signed by a root it holds: nothing to say.
+        let direct = root
+            .issue_device("dev-1", KeyAlgorithm::EcP256, days.clone())
+            .unwrap();
+        assert!(diagnose("dev-1", &DeviceAuth::X509(direct.shared_credential())).is_empty());
+        // With its intermediate: nothing; under another id: the CN.
+        let full = inter
+            .issue_device("dev-2", KeyAlgorithm::EcP256, days)
+            .unwrap();
+        assert!(diagnose("dev-2", &DeviceAuth::X509(full.shared_credential())).is_empty());
+        let wrong = diagnose("dev-3", &DeviceAuth::X509(full.shared_credential()));
+        assert_eq!(wrong.len(), 1);
+        assert!(wrong[0].contains("CN is 'dev-2'"), "{wrong:?}");
+        // The leaf alone: the chain is missing.
+        let leaf_only = crate::pki::Credential::from_pem(
+            full.credential().certificate().pem().as_bytes(),
+            full.credential().key().pkcs8_pem().as_bytes(),
+            None,
+        )
+        .unwrap();
+        let missing = diagnose("dev-2", &DeviceAuth::X509(Arc::new(leaf_only)));
+        assert!(
+            missing.iter().any(|c| c.contains("no chain is sent")),
+            "{missing:?}"
+        );
+        assert!(diagnose("x", &DeviceAuth::SymmetricKey("k".into())).is_empty());
     }
 
     #[test]
