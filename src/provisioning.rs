@@ -515,7 +515,7 @@ mod tests {
         let days = Validity::days(1, None).unwrap();
         // Signed by a root it holds: nothing to say.
         let direct = root
-            .issue_device("dev-1", KeyAlgorithm::EcP256, days.clone())
+            .issue_device("dev-1", KeyAlgorithm::EcP256, days)
             .unwrap();
         assert!(diagnose("dev-1", &DeviceAuth::X509(direct.shared_credential())).is_empty());
         // With its intermediate: nothing; under another id: the CN.
