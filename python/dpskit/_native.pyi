@@ -532,7 +532,7 @@ def provision_devices(
     port: int,
     id_scope: str,
     devices: Sequence[DeviceCertificate],
-    trust_pem: str,
+    trust_pem: str | None,
     *,
     concurrency: int = 64,
     timeout: float = 60.0,

@@ -51,9 +51,10 @@ def provision_devices(
 ) -> list[ProvisioningOutcome]:
     """Register ``devices`` (X.509) with DPS, ``concurrency`` at a time, on Rust's runtime.
 
-    ``target`` is a local :class:`~dpskit.Dps` (endpoint, scope and trust are taken from it) or a
-    DPS endpoint ``host[:port]`` with ``id_scope`` and ``trust`` (PEM of the CA that signed the
-    server certificate). Results keep the order of ``devices``; failures are reported per device.
+    ``target`` is a :class:`~dpskit.Dps` (endpoint, scope and trust are taken from it) or a DPS
+    endpoint ``host[:port]`` with ``id_scope``. ``trust`` is the PEM of the CA that signed the
+    server certificate (the emulator's ``trust_pem``), or ``None`` for the system roots (Azure).
+    Results keep the order of ``devices``; failures are reported per device.
     """
     if isinstance(target, Dps):
         host, port = target.device_host, target.device_port
@@ -61,8 +62,8 @@ def provision_devices(
         trust = trust or target._cloud.trust_pem
     else:
         host, port = _endpoint(target)
-    if id_scope is None or trust is None:
-        raise ConfigError("id_scope and trust are needed when target is an endpoint string")
+    if id_scope is None:
+        raise ConfigError("id_scope is needed when target is an endpoint string")
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
     records = json.loads(

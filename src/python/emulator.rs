@@ -671,7 +671,7 @@ pub(crate) fn provision_devices(
     port: u16,
     id_scope: String,
     devices: Vec<PyRef<'_, crate::python::pki::PyDeviceCertificate>>,
-    trust_pem: &str,
+    trust_pem: Option<&str>,
     concurrency: usize,
     timeout: f64,
 ) -> PyResult<String> {
@@ -682,7 +682,11 @@ pub(crate) fn provision_devices(
         ))
         .into());
     }
-    let trust = Trust::from_pem(trust_pem.as_bytes())?;
+    // No PEM: the system's roots, which Azure's endpoints chain to.
+    let trust = match trust_pem {
+        Some(pem) => Trust::from_pem(pem.as_bytes())?,
+        None => Trust::system(),
+    };
     let requests: Vec<ProvisioningRequest> = devices
         .iter()
         .map(|d| ProvisioningRequest {
