@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -741,11 +742,16 @@ def test_demo(
     assert status == 0, err
     assert "root.{cert,key,chain,fullchain}.pem" in out
     assert "demo-device-001.{cert,key,chain,fullchain}.pem + .pfx" in out
-    assert "later" in out
     assert "DPS" in out
-    for n in range(1, 9):
-        assert f"[{n}/8]" in out
+    for n in range(1, 10):
+        assert f"[{n}/9]" in out
     assert out.count("assigned to ") == 3
+    # Each device connected to its hub and every message it sent was stored.
+    assert out.count("3 messages stored by the hub") == 3
+    summary = out[out.index("Summary") :]
+    for n in range(1, 4):
+        assert re.search(rf"demo-device-{n:03d}\s+127\.0\.0\.2\s+assigned\s+3\n", summary)
+    assert "Done in" in out
     assert "cloud->device  PUBLISH 200" in out
     assert (folder / "cloud" / "state.sqlite3").exists()
     certs = folder / "certs"

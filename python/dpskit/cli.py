@@ -14,6 +14,7 @@ the command line itself: arguments end up in shell history and in ``ps`` output.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -541,9 +542,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     devices_dir = certs / "devices"
     verification_dir = certs / "verification"
     cloud_dir = base / "cloud"
-    steps = 8
+    steps = 9
+    started = time.perf_counter()
+    step_started = [started]
 
     def step(number: int, title: str) -> None:
+        now = time.perf_counter()
+        if number > 1:
+            print(f"  ({(now - step_started[0]) * 1000:.0f} ms)")
+        step_started[0] = now
         print(f"\n[{number}/{steps}] {title}")
 
     print("dpskit demo: the Azure DPS X.509 walkthrough against the embedded local cloud")
@@ -617,8 +624,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ]
         )
 
-        step(6, "3 device certificates (CN = registration id, full chain, PFX)")
-        ids = [f"demo-device-{number:03d}" for number in range(1, 4)]
+        count = args.devices
+        step(6, f"{count} device certificates (CN = registration id, full chain, PFX)")
+        ids = [f"demo-device-{number:03d}" for number in range(1, count + 1)]
         devices = intermediate.issue_devices(
             ids, algorithm=args.algorithm, output_dir=devices_dir, pkcs12_password=""
         )
@@ -656,18 +664,74 @@ def cmd_demo(args: argparse.Namespace) -> int:
         identities = hub.devices()
         print(f"\n  {hub.name} now holds {len(identities)} X.509 (thumbprint) identities.")
 
-        step(8, "Files written (private keys and .pfx files readable by the owner only)")
+        step(8, "Each device connects to its hub with its certificate and sends telemetry")
+        sent = asyncio.run(_demo_telemetry(cloud, outcomes, devices))
+        for outcome in outcomes:
+            if outcome.ok:
+                received = len(hub.telemetry(outcome.device_id))
+                _print_fields([(outcome.registration_id, f"{received} messages stored by the hub")])
+
+        step(9, "Files written (private keys and .pfx files readable by the owner only)")
         for line in _summarize_files(certs):
             print(f"  {line}")
         print(f"  {_display(cloud_dir)}/: the local cloud's state and CA (reused on a rerun)")
 
-    failed = sum(not o.ok for o in outcomes)
-    print(
-        "\nNext in the walkthrough: the devices connect to their hub and send telemetry. The\n"
-        "local hub already serves the official azure-iot-device SDK; dpskit's own device\n"
-        "clients arrive in a later version."
+    print(f"  ({(time.perf_counter() - step_started[0]) * 1000:.0f} ms)")
+    print("\nSummary")
+    print(f"  {'device':18} {'assigned hub':14} {'status':10} {'messages':>8}")
+    for outcome in outcomes:
+        hub_host = outcome.assigned_hub or "-"
+        status = "assigned" if outcome.ok else "failed"
+        messages = sent.get(outcome.registration_id, 0)
+        print(f"  {outcome.registration_id:18} {hub_host:14} {status:10} {messages:8d}")
+    failed = sum(not o.ok for o in outcomes) + sum(
+        sent.get(o.registration_id, 0) != DEMO_MESSAGES for o in outcomes if o.ok
     )
+    total = time.perf_counter() - started
+    verdict = "Done" if not failed else "Failed"
+    print(f"\n{verdict} in {total:.1f} s. Certificates and state: {_display(base)}")
     return 1 if failed else 0
+
+
+#: Messages each demo device sends.
+DEMO_MESSAGES = 3
+
+
+async def _demo_telemetry(
+    cloud: Any, outcomes: Sequence[Any], devices: Sequence[DeviceCertificate]
+) -> dict[str, int]:
+    """Connects every assigned device to its hub and sends a few readings; returns how many
+    messages each got acknowledged."""
+    from .device import HubClient, RegistrationResult
+
+    by_id = {d.registration_id: d for d in devices}
+    sent: dict[str, int] = {}
+
+    async def run(outcome: Any) -> None:
+        device = by_id[outcome.registration_id]
+        result = RegistrationResult(
+            status="assigned",
+            registration_id=outcome.registration_id,
+            assigned_hub=outcome.assigned_hub,
+            device_id=outcome.device_id,
+            substatus=outcome.substatus,
+            etag=None,
+            created=None,
+            last_updated=None,
+            payload=None,
+            operation_id="",
+            port=cloud.mqtt_port,
+        )
+        async with HubClient.connect(result, certificate=device, trust=cloud.trust_pem) as client:
+            for reading in range(DEMO_MESSAGES):
+                await client.send_telemetry(
+                    {"temperature": round(21.0 + reading * 0.5, 1), "sequence": reading}
+                )
+                sent[outcome.registration_id] = reading + 1
+        _print_fields([(outcome.registration_id, f"connected, {DEMO_MESSAGES} acknowledged")])
+
+    await asyncio.gather(*(run(o) for o in outcomes if o.ok))
+    return sent
 
 
 _SUFFIX_ORDER = ("cert", "key", "chain", "fullchain")
@@ -995,14 +1059,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the DPS X.509 walkthrough end to end against the embedded emulator",
         description="Start the local cloud, create a hub and a DPS instance, a root and an\n"
-        "intermediate CA, prove possession of both, create an enrollment group, issue 3\n"
-        "devices and provision them through DPS. Certificates and state stay in DIR.",
+        "intermediate CA, prove possession of both, create an enrollment group, issue N\n"
+        "devices, provision them through DPS, connect each to its hub and send telemetry.\n"
+        "Certificates and state stay in DIR.",
         formatter_class=_Formatter,
     )
     p.add_argument("--dir", default=DEFAULT_DEMO_DIR, help="output folder")
     p.add_argument(
         "--port", type=int, default=0, help="MQTT port of the local cloud (0: any free port)"
     )
+    p.add_argument("--devices", type=_positive_int, default=3, help="devices to provision")
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
     p.set_defaults(handler=cmd_demo, parser=p)
 
