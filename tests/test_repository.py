@@ -41,3 +41,18 @@ def test_notebooks_are_committed_without_outputs() -> None:
             if cell["cell_type"] == "code":
                 assert not cell.get("outputs"), f"{path.name} has stored outputs"
                 assert cell.get("execution_count") is None, f"{path.name} has execution counts"
+
+
+def test_the_readme_quick_start_runs() -> None:
+    """The README's quick start is executed as written, so it cannot rot."""
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Quick start") :]
+    code = section[section.index("```python") + len("```python") : section.index("\n```\n")]
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "127.0.0.2 {'temperature': 21.5}"
