@@ -7,16 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, Broker, ConnectReturnCode, ConnectionError, Event, MqttOptions, NetworkOptions,
-    Outgoing, Packet, PublishOptions, TlsConfiguration, Transport,
-};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result, ServiceFailure};
 use crate::provisioning::{DeviceAuth, Trust};
 use crate::sas::url_encode;
+
+mod connection;
 
 /// The api-version the IoT Hub MQTT documentation uses.
 const API_VERSION: &str = "2021-04-12";
@@ -96,7 +94,6 @@ const SAS_RENEW_MARGIN: Duration = Duration::from_secs(60);
 
 /// What it takes to make a fresh SAS token for the hub.
 struct SasRenewal {
-    username: String,
     audience: String,
     key: String,
     ttl: Duration,
@@ -287,11 +284,11 @@ struct Streams {
 /// A device connected to its hub. Dropping it closes the connection.
 pub struct HubClient {
     state: Arc<Mutex<ConnectionState>>,
-    client: AsyncClient,
+    commands: tokio::sync::mpsc::Sender<connection::Command>,
     events_topic: String,
     device_id: String,
     closed: ClosedReason,
-    event_loop: JoinHandle<()>,
+    task: JoinHandle<()>,
     inbox: Arc<Inbox>,
     streams: Streams,
     next_rid: std::sync::atomic::AtomicU64,
@@ -306,57 +303,39 @@ impl std::fmt::Debug for HubClient {
 }
 
 impl HubClient {
-    /// Opens TLS to `options.host`, sends CONNECT and waits for CONNACK.
+    /// Opens TLS to `options.host`, sends CONNECT and waits for CONNACK (and for the
+    /// subscriptions, with `options.receive`).
     pub async fn connect(options: HubConnectOptions, trust: &Trust) -> Result<HubClient> {
         let device_id = options.device_id.clone();
-        let mut mqtt = MqttOptions::new(
-            device_id.clone(),
-            Broker::tcp(options.host.clone(), options.port),
-        );
         let username = format!(
             "{}/{device_id}/?api-version={API_VERSION}&DeviceClientType={}",
             options.host,
             url_encode(&format!("dpskit/{}", env!("CARGO_PKG_VERSION")))
         );
-        let mut sas: Option<SasRenewal> = None;
-        let mut token_expiry = None;
-        match &options.auth {
-            DeviceAuth::X509(_) => {
-                mqtt.set_username(username);
-            }
-            DeviceAuth::SymmetricKey(key) => {
-                let renewal = SasRenewal {
-                    username,
-                    audience: format!("{}/devices/{device_id}", options.host),
-                    key: key.clone(),
-                    ttl: options.sas_ttl,
-                };
-                let (token, expiry) = renewal.token()?;
-                mqtt.set_credentials(renewal.username.clone(), token.into_bytes());
-                token_expiry = Some(expiry);
-                sas = Some(renewal);
-            }
-        }
-        mqtt.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-            trust.client_config(&options.auth)?,
-        ))));
-        mqtt.set_keep_alive(options.keep_alive);
-        mqtt.set_clean_session(options.clean_session);
-        mqtt.set_inflight(options.max_in_flight.max(1));
-        // The request channel only has to cover the window: PUBACKs, not the queue, pace us.
-        mqtt.set_request_channel_capacity(usize::from(options.max_in_flight.max(1)));
-        let (client, mut events) = AsyncClient::builder(mqtt).build();
-        let mut network = NetworkOptions::new();
-        // Without TCP_NODELAY small exchanges wait ~40 ms for a delayed ACK.
-        network.set_tcp_nodelay(true);
-        network.set_connection_timeout(options.connect_timeout.as_secs().max(1));
-        events.set_network_options(network);
-
-        let (connected_tx, connected_rx) = oneshot::channel::<Result<()>>();
+        let sas = match &options.auth {
+            DeviceAuth::X509(_) => None,
+            DeviceAuth::SymmetricKey(key) => Some(SasRenewal {
+                audience: format!("{}/devices/{device_id}", options.host),
+                key: key.clone(),
+                ttl: options.sas_ttl,
+            }),
+        };
+        let window = usize::from(options.max_in_flight.max(1));
+        let settings = connection::Settings {
+            host: options.host.clone(),
+            port: options.port,
+            client_id: device_id.clone(),
+            username,
+            sas,
+            keep_alive: options.keep_alive,
+            clean_session: options.clean_session,
+            max_in_flight: window,
+            connect_timeout: options.connect_timeout,
+            reconnect: options.reconnect,
+            resubscribe: options.receive.then(|| subscription_filters(&device_id)),
+            tls: Arc::new(trust.client_config(&options.auth)?),
+        };
         let closed: ClosedReason = Arc::default();
-        let host = options.host.clone();
-        let id = device_id.clone();
-        let closed_by_loop = closed.clone();
         let inbox = Arc::new(Inbox::default());
         let (c2d_tx, c2d_rx) = tokio::sync::mpsc::unbounded_channel();
         let (desired_tx, desired_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -364,134 +343,35 @@ impl HubClient {
         *lock(&inbox.c2d) = Some(c2d_tx);
         *lock(&inbox.desired) = Some(desired_tx);
         *lock(&inbox.methods) = Some(methods_tx);
-        let loop_inbox = inbox.clone();
-        let reconnect = options.reconnect;
-        let resubscribe = options.receive;
         let state = Arc::new(Mutex::new(ConnectionState::Connecting));
-        let loop_state = state.clone();
-        let resubscriber = client.clone();
-        let resubscribe_filters = subscription_filters(&device_id);
-        let event_loop = tokio::spawn(async move {
-            let mut connected = Some(connected_tx);
-            let mut failures: u32 = 0;
-            loop {
-                // Renew a SAS token a minute before it expires: reconnect with a fresh one
-                // (unacknowledged messages are replayed on the new connection).
-                let renew_at = token_expiry;
-                let polled = tokio::select! {
-                    polled = events.poll() => polled,
-                    () = async {
-                        match renew_at {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending().await,
-                        }
-                    } => {
-                        if let Some(renewal) = &sas {
-                            match renewal.token() {
-                                Ok((token, expiry)) => {
-                                    events
-                                        .mqtt_options
-                                        .set_credentials(renewal.username.clone(), token.into_bytes());
-                                    token_expiry = Some(expiry);
-                                    log::info!("hub client {id}: renewing its SAS token");
-                                    events.clean();
-                                }
-                                Err(e) => log::warn!("hub client {id}: cannot renew its SAS token: {e}"),
-                            }
-                        }
-                        continue;
-                    }
-                };
-                match polled {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        failures = 0;
-                        *lock(&loop_state) = ConnectionState::Connected;
-                        if let Some(tx) = connected.take() {
-                            let _ = tx.send(Ok(()));
-                        } else if resubscribe && !ack.session_present {
-                            // The hub forgot the session: subscribe again.
-                            let _ = resubscriber.try_subscribe_many(
-                                resubscribe_filters.iter().map(|f| {
-                                    rumqttc::SubscribeFilter::new(
-                                        f.clone(),
-                                        rumqttc::QoS::AtLeastOnce,
-                                    )
-                                }),
-                            );
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let topic = String::from_utf8_lossy(&publish.topic);
-                        loop_inbox.deliver(&id, &topic, &publish.payload);
-                    }
-                    // Polling on after our own DISCONNECT would dial the hub again.
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                        *lock(&loop_state) = ConnectionState::Closed;
-                        loop_inbox.close();
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        let error = connection_error(&host, &id, error);
-                        if connected.is_none() && reconnect {
-                            // Connected once: retry with backoff; polling again re-dials, and
-                            // rumqttc replays what the hub had not acknowledged.
-                            failures += 1;
-                            *lock(&loop_state) = ConnectionState::Reconnecting;
-                            let delay = reconnect_delay(failures);
-                            log::info!(
-                                "hub client {id}: connection lost ({error}); reconnecting in {:.1} s",
-                                delay.as_secs_f64()
-                            );
-                            tokio::time::sleep(delay).await;
-                            if let Some(renewal) = &sas
-                                && let Ok((token, expiry)) = renewal.token()
-                            {
-                                events
-                                    .mqtt_options
-                                    .set_credentials(renewal.username.clone(), token.into_bytes());
-                                token_expiry = Some(expiry);
-                            }
-                            continue;
-                        }
-                        *closed_by_loop.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(error.to_string());
-                        *lock(&loop_state) = ConnectionState::Closed;
-                        if let Some(tx) = connected.take() {
-                            let _ = tx.send(Err(error));
-                        }
-                        loop_inbox.close();
-                        // Dropping the event loop fails every pending PUBACK notice.
-                        return;
-                    }
-                }
-            }
-        });
-        let outcome = tokio::time::timeout(options.connect_timeout, connected_rx).await;
-        let failure = match outcome {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(error))) => Some(error),
-            Ok(Err(_)) => Some(Error::Transport(format!(
+        // The channel holds the window: senders wait while it is full, so PUBACKs pace them.
+        let (commands, commands_rx) = tokio::sync::mpsc::channel(window);
+        let (connected_tx, connected_rx) = oneshot::channel::<Result<()>>();
+        let shared = connection::Shared {
+            inbox: inbox.clone(),
+            state: state.clone(),
+            closed: closed.clone(),
+        };
+        let task = tokio::spawn(connection::run(settings, commands_rx, shared, connected_tx));
+        let failure = match connected_rx.await {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(_) => Some(Error::Transport(format!(
                 "the connection of {device_id} to {} ended before CONNACK",
                 options.host
             ))),
-            Err(_) => Some(Error::Timeout(format!(
-                "{device_id} got no CONNACK from {} within {:.1} s",
-                options.host,
-                options.connect_timeout.as_secs_f64()
-            ))),
         };
         if let Some(error) = failure {
-            event_loop.abort();
+            task.abort();
             return Err(error);
         }
         let hub_client = HubClient {
             state,
-            client,
+            commands,
             events_topic: format!("devices/{device_id}/messages/events/"),
             device_id,
             closed,
-            event_loop,
+            task,
             inbox,
             streams: Streams {
                 c2d: tokio::sync::Mutex::new(c2d_rx),
@@ -506,34 +386,37 @@ impl HubClient {
         Ok(hub_client)
     }
 
+    /// Hands a command to the connection task.
+    async fn command(&self, command: connection::Command) -> Result<()> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| self.closed_error())
+    }
+
     /// Subscribes to C2D, direct methods, twin responses and desired patches (QoS 1) and waits
     /// for the SUBACK.
     async fn subscribe_all(&self) -> Result<()> {
-        let filters = subscription_filters(&self.device_id);
-        let notice = self
-            .client
-            .subscribe_many_tracked(
-                filters
-                    .iter()
-                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), rumqttc::QoS::AtLeastOnce)),
-            )
-            .await
-            .map_err(|_| self.closed_error())?;
-        let suback = tokio::time::timeout(Duration::from_secs(30), notice.wait_async())
+        let (done, acknowledged) = oneshot::channel();
+        self.command(connection::Command::Subscribe {
+            filters: subscription_filters(&self.device_id),
+            done: Some(done),
+        })
+        .await?;
+        tokio::time::timeout(Duration::from_secs(30), acknowledged)
             .await
             .map_err(|_| Error::Timeout(format!("{}: no SUBACK within 30 s", self.device_id)))?
-            .map_err(|_| self.closed_error())?;
-        if suback
-            .return_codes
-            .iter()
-            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-        {
-            return Err(Error::Protocol(format!(
-                "{}: the hub refused a subscription",
-                self.device_id
-            )));
-        }
-        Ok(())
+            .map_err(|_| self.closed_error())?
+    }
+
+    /// Publishes at QoS 1 without waiting for the PUBACK.
+    async fn publish(&self, topic: String, payload: Bytes) -> Result<()> {
+        self.command(connection::Command::Publish {
+            topic,
+            payload,
+            done: None,
+        })
+        .await
     }
 
     /// Publishes a request on a twin topic and waits for its `$iothub/twin/res/` answer.
@@ -544,11 +427,8 @@ impl HubClient {
             .to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.inbox.twin_waiters).insert(rid.clone(), tx);
-        let topic = format!("{topic_prefix}?$rid={rid}");
-        self.client
-            .publish(topic, body, PublishOptions::at_least_once())
-            .await
-            .map_err(|_| self.closed_error())?;
+        self.publish(format!("{topic_prefix}?$rid={rid}"), Bytes::from(body))
+            .await?;
         let answer = tokio::time::timeout(Duration::from_secs(30), rx).await;
         lock(&self.inbox.twin_waiters).remove(&rid);
         match answer {
@@ -604,11 +484,11 @@ impl HubClient {
 
     /// Answers a direct method call.
     pub async fn respond(&self, rid: &str, status: u16, payload: &serde_json::Value) -> Result<()> {
-        let topic = format!("$iothub/methods/res/{status}/?$rid={rid}");
-        self.client
-            .publish(topic, payload.to_string(), PublishOptions::at_least_once())
-            .await
-            .map_err(|_| self.closed_error())
+        self.publish(
+            format!("$iothub/methods/res/{status}/?$rid={rid}"),
+            Bytes::from(payload.to_string()),
+        )
+        .await
     }
 
     /// Where the connection stands (reconnects happen on their own).
@@ -625,14 +505,15 @@ impl HubClient {
     /// acknowledges it. Queuing waits while `max_in_flight` messages are unacknowledged, so a
     /// caller can keep a window of acknowledgements outstanding without unbounded memory.
     pub async fn queue_telemetry(&self, message: &TelemetryMessage) -> Result<PendingAck> {
-        let topic = format!("{}{}", self.events_topic, message.property_bag());
-        let notice = self
-            .client
-            .publish_tracked(topic, message.body.clone(), PublishOptions::at_least_once())
-            .await
-            .map_err(|_| self.closed_error())?;
+        let (done, acknowledged) = oneshot::channel();
+        self.command(connection::Command::Publish {
+            topic: format!("{}{}", self.events_topic, message.property_bag()),
+            payload: message.body.clone(),
+            done: Some(done),
+        })
+        .await?;
         Ok(PendingAck {
-            notice,
+            acknowledged,
             closed: self.closed.clone(),
             device_id: self.device_id.clone(),
         })
@@ -645,27 +526,29 @@ impl HubClient {
 
     /// Sends DISCONNECT (so the hub does not publish a will) and waits briefly for the
     /// connection to close.
-    pub async fn disconnect(mut self) -> Result<()> {
-        let sent = self
-            .client
-            .disconnect_with_timeout(Duration::from_secs(5))
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.event_loop).await;
-        sent.map_err(|e| Error::Transport(format!("disconnect of {}: {e}", self.device_id)))
+    pub async fn disconnect(self) -> Result<()> {
+        self.close().await;
+        Ok(())
     }
 
     /// Like [`HubClient::disconnect`], for a shared client: sends DISCONNECT and waits (at
     /// most 5 s) for the connection to end.
     pub async fn close(&self) {
-        let _ = self
-            .client
-            .disconnect_with_timeout(Duration::from_secs(5))
-            .await;
+        let (done, finished) = oneshot::channel();
+        if self
+            .commands
+            .send(connection::Command::Disconnect { done })
+            .await
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(5), finished).await;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !self.event_loop.is_finished() && tokio::time::Instant::now() < deadline {
+        while !self.task.is_finished() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.event_loop.abort();
+        self.task.abort();
+        *lock(&self.state) = ConnectionState::Closed;
     }
 
     fn closed_error(&self) -> Error {
@@ -675,23 +558,24 @@ impl HubClient {
 
 impl Drop for HubClient {
     fn drop(&mut self) {
-        self.event_loop.abort();
+        self.task.abort();
     }
 }
 
 /// A telemetry message the hub has not acknowledged yet.
 #[derive(Debug)]
 pub struct PendingAck {
-    notice: rumqttc::PublishNotice,
+    acknowledged: oneshot::Receiver<Result<()>>,
     closed: ClosedReason,
     device_id: String,
 }
 
 impl PendingAck {
-    /// Waits for the PUBACK; fails if the connection ends first.
+    /// Waits for the PUBACK; fails if the client is closed first (a lost connection does not
+    /// fail it: the message is sent again after the reconnect).
     pub async fn acknowledged(self) -> Result<()> {
-        match self.notice.wait_async().await {
-            Ok(_) => Ok(()),
+        match self.acknowledged.await {
+            Ok(result) => result,
             Err(_) => Err(closed_error(&self.closed, &self.device_id)),
         }
     }
@@ -719,32 +603,6 @@ fn closed_error(closed: &ClosedReason, device_id: &str) -> Error {
         Some(reason) => format!("the hub connection of {device_id} is closed: {reason}"),
         None => format!("the hub connection of {device_id} is closed"),
     })
-}
-
-fn connection_error(host: &str, device_id: &str, error: ConnectionError) -> Error {
-    match error {
-        ConnectionError::ConnectionRefused(code) => {
-            let (status, why) = match code {
-                ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => (
-                    401,
-                    "not authorized (unknown device, wrong key or certificate, or an expired token)",
-                ),
-                ConnectReturnCode::ServiceUnavailable => (
-                    503,
-                    "server unavailable (throttled, or the hub refuses connections)",
-                ),
-                _ => (400, "refused"),
-            };
-            Error::Service(Box::new(ServiceFailure {
-                status,
-                error_code: None,
-                message: format!("{host} refused the connection of {device_id}: {why} ({code:?})"),
-                tracking_id: None,
-                retry_after: None,
-            }))
-        }
-        other => Error::Transport(format!("connection of {device_id} to {host}: {other}")),
-    }
 }
 
 #[cfg(test)]

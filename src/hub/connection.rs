@@ -1,0 +1,548 @@
+//! The device's MQTT connection to its hub, written for many devices per process: small
+//! buffers that grow with the traffic, only the state a device uses (a few packet ids in
+//! flight), on rumqttc's packet codec. One task per device owns the socket; the client talks
+//! to it through a bounded channel, so the window of unacknowledged messages paces senders.
+//! Lost connections are dialled again with backoff; messages not acknowledged are sent again
+//! (DUP) on the new connection; SAS tokens are renewed by reconnecting before they expire.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::{
+    ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
+    SubscribeReasonCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::client::TlsStream;
+
+use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock, reconnect_delay};
+use crate::error::{Error, Result, ServiceFailure};
+
+/// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
+const MAX_INCOMING: usize = 256 * 1024;
+/// What the buffers start at and fall back to after a large packet.
+const SMALL_BUFFER: usize = 1024;
+
+/// What the client asks of the connection task.
+pub(super) enum Command {
+    /// A QoS 1 PUBLISH; `done` resolves at its PUBACK.
+    Publish {
+        topic: String,
+        payload: Bytes,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// A SUBSCRIBE; `done` resolves at its SUBACK.
+    Subscribe {
+        filters: Vec<String>,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// DISCONNECT, then the task ends.
+    Disconnect { done: oneshot::Sender<()> },
+}
+
+/// How to (re)connect.
+pub(super) struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: String,
+    pub sas: Option<SasRenewal>,
+    pub keep_alive: u16,
+    pub clean_session: bool,
+    pub max_in_flight: usize,
+    pub connect_timeout: Duration,
+    pub reconnect: bool,
+    pub resubscribe: Option<Vec<String>>,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+/// What the task shares with the client.
+pub(super) struct Shared {
+    pub inbox: Arc<Inbox>,
+    pub state: Arc<Mutex<ConnectionState>>,
+    pub closed: ClosedReason,
+}
+
+/// A request the hub has not acknowledged yet.
+enum Outstanding {
+    Publish {
+        packet: Publish,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+    Subscribe {
+        packet: Subscribe,
+        done: Option<oneshot::Sender<Result<()>>>,
+    },
+}
+
+/// The socket with its read and write buffers.
+struct Wire {
+    tls: TlsStream<TcpStream>,
+    read: BytesMut,
+    write: BytesMut,
+}
+
+fn shrink(buffer: &mut BytesMut) {
+    if buffer.is_empty() && buffer.capacity() > 64 * 1024 {
+        *buffer = BytesMut::with_capacity(SMALL_BUFFER);
+    }
+}
+
+impl Wire {
+    async fn read(&mut self) -> Result<Option<Packet>> {
+        loop {
+            match Packet::read(&mut self.read, MAX_INCOMING) {
+                Ok(packet) => {
+                    shrink(&mut self.read);
+                    return Ok(Some(packet));
+                }
+                Err(rumqttc::Error::InsufficientBytes(_)) => {}
+                Err(e) => {
+                    return Err(Error::Protocol(format!(
+                        "malformed packet from the hub: {e}"
+                    )));
+                }
+            }
+            let n = self
+                .tls
+                .read_buf(&mut self.read)
+                .await
+                .map_err(|e| Error::Transport(format!("read failed: {e}")))?;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn queue(&mut self, packet: &Packet) -> Result<()> {
+        packet
+            .write(&mut self.write, usize::MAX)
+            .map(|_| ())
+            .map_err(|e| Error::Protocol(format!("cannot encode a packet: {e}")))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.write.is_empty() {
+            return Ok(());
+        }
+        self.tls
+            .write_all(&self.write)
+            .await
+            .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
+        self.tls
+            .flush()
+            .await
+            .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
+        self.write.clear();
+        shrink(&mut self.write);
+        Ok(())
+    }
+}
+
+/// TLS + CONNECT + CONNACK; returns the wire and whether the hub kept the session.
+async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool)> {
+    let address = format!("{}:{}", settings.host, settings.port);
+    let tcp = TcpStream::connect(&address)
+        .await
+        .map_err(|e| Error::Transport(format!("cannot reach {address}: {e}")))?;
+    // Without TCP_NODELAY small exchanges wait ~40 ms for a delayed ACK.
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(settings.host.clone())
+        .map_err(|e| Error::Config(format!("{} is not a host name: {e}", settings.host)))?;
+    let tls = tokio_rustls::TlsConnector::from(settings.tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| Error::Transport(format!("TLS with {address} failed: {e}")))?;
+    let mut wire = Wire {
+        tls,
+        read: BytesMut::with_capacity(SMALL_BUFFER),
+        write: BytesMut::with_capacity(SMALL_BUFFER),
+    };
+    let mut connect = rumqttc::Connect::new(settings.client_id.clone());
+    connect.keep_alive = settings.keep_alive;
+    connect.clean_session = settings.clean_session;
+    connect.auth = match password {
+        Some(p) => ConnectAuth::UsernamePassword {
+            username: settings.username.clone(),
+            password: Bytes::copy_from_slice(p.as_bytes()),
+        },
+        None => ConnectAuth::Username {
+            username: settings.username.clone(),
+        },
+    };
+    wire.queue(&Packet::Connect(connect))?;
+    wire.flush().await?;
+    match wire.read().await? {
+        Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+            Ok((wire, ack.session_present))
+        }
+        Some(Packet::ConnAck(ack)) => Err(refused(&settings.host, &settings.client_id, ack.code)),
+        Some(other) => Err(Error::Protocol(format!(
+            "expected CONNACK, got {:?}",
+            other.packet_type()
+        ))),
+        None => Err(Error::Transport(format!(
+            "{} closed the connection before CONNACK",
+            settings.host
+        ))),
+    }
+}
+
+fn refused(host: &str, device_id: &str, code: ConnectReturnCode) -> Error {
+    let (status, why) = match code {
+        ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized => (
+            401,
+            "not authorized (unknown device, wrong key or certificate, or an expired token)",
+        ),
+        ConnectReturnCode::ServiceUnavailable => (
+            503,
+            "server unavailable (throttled, or the hub refuses connections)",
+        ),
+        _ => (400, "refused"),
+    };
+    Error::Service(Box::new(ServiceFailure {
+        status,
+        error_code: None,
+        message: format!("{host} refused the connection of {device_id}: {why} ({code:?})"),
+        tracking_id: None,
+        retry_after: None,
+    }))
+}
+
+/// Why one connection ended.
+enum Ending {
+    /// The device asked to disconnect (or dropped its client).
+    Closed,
+    /// The connection broke.
+    Lost(Error),
+    /// The SAS token is about to expire: reconnect with a fresh one.
+    Renew,
+}
+
+/// The connection task: dials, serves, redials, until the client disconnects.
+pub(super) async fn run(
+    settings: Settings,
+    mut commands: mpsc::Receiver<Command>,
+    shared: Shared,
+    connected: oneshot::Sender<Result<()>>,
+) {
+    let mut connected = Some(connected);
+    let mut outstanding: BTreeMap<u16, Outstanding> = BTreeMap::new();
+    let mut next_pkid: u16 = 0;
+    let mut failures: u32 = 0;
+    let id = settings.client_id.clone();
+    loop {
+        let (password, renew_at) = match &settings.sas {
+            Some(sas) => match sas.token() {
+                Ok((token, renew_at)) => (Some(token), Some(renew_at)),
+                Err(e) => {
+                    finish(&shared, &mut outstanding, &mut connected, e);
+                    return;
+                }
+            },
+            None => (None, None),
+        };
+        let dialled = tokio::time::timeout(
+            settings.connect_timeout,
+            dial(&settings, password.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout(format!(
+                "{id} got no CONNACK from {} within {:.1} s",
+                settings.host,
+                settings.connect_timeout.as_secs_f64()
+            )))
+        });
+        let (mut wire, session_present) = match dialled {
+            Ok(done) => done,
+            Err(error) => {
+                if connected.is_some() || !settings.reconnect {
+                    finish(&shared, &mut outstanding, &mut connected, error);
+                    return;
+                }
+                failures += 1;
+                let delay = reconnect_delay(failures);
+                log::info!(
+                    "hub client {id}: reconnecting failed ({error}); next try in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
+        failures = 0;
+        *lock(&shared.state) = ConnectionState::Connected;
+        if let Some(tx) = connected.take() {
+            let _ = tx.send(Ok(()));
+        }
+        // What the hub never acknowledged goes again, in order, marked DUP.
+        let mut replay: Vec<Packet> = outstanding
+            .values()
+            .map(|o| match o {
+                Outstanding::Publish { packet, .. } => {
+                    let mut again = packet.clone();
+                    again.dup = true;
+                    Packet::Publish(again)
+                }
+                Outstanding::Subscribe { packet, .. } => Packet::Subscribe(packet.clone()),
+            })
+            .collect();
+        if !session_present && let Some(filters) = &settings.resubscribe {
+            next_pkid = next_id(next_pkid, &outstanding);
+            let packet = subscribe_packet(next_pkid, filters);
+            replay.push(Packet::Subscribe(packet.clone()));
+            outstanding.insert(next_pkid, Outstanding::Subscribe { packet, done: None });
+        }
+        let ending = match replay.iter().try_for_each(|p| wire.queue(p)) {
+            Ok(()) => match wire.flush().await {
+                Ok(()) => {
+                    serve(
+                        &settings,
+                        &mut wire,
+                        &mut commands,
+                        &shared,
+                        &mut outstanding,
+                        &mut next_pkid,
+                        renew_at,
+                    )
+                    .await
+                }
+                Err(e) => Ending::Lost(e),
+            },
+            Err(e) => Ending::Lost(e),
+        };
+        match ending {
+            Ending::Closed => {
+                finish(
+                    &shared,
+                    &mut outstanding,
+                    &mut connected,
+                    Error::Transport(format!("{id} disconnected")),
+                );
+                return;
+            }
+            Ending::Renew => {
+                log::info!("hub client {id}: renewing its SAS token");
+                let _ = wire.tls.shutdown().await;
+            }
+            Ending::Lost(error) if settings.reconnect => {
+                failures += 1;
+                *lock(&shared.state) = ConnectionState::Reconnecting;
+                let delay = reconnect_delay(failures);
+                log::info!(
+                    "hub client {id}: connection lost ({error}); reconnecting in {:.1} s",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Ending::Lost(error) => {
+                finish(&shared, &mut outstanding, &mut connected, error);
+                return;
+            }
+        }
+    }
+}
+
+/// Ends the client for good: every waiter learns why.
+fn finish(
+    shared: &Shared,
+    outstanding: &mut BTreeMap<u16, Outstanding>,
+    connected: &mut Option<oneshot::Sender<Result<()>>>,
+    error: Error,
+) {
+    let reason = error.to_string();
+    *lock(&shared.closed) = Some(reason.clone());
+    *lock(&shared.state) = ConnectionState::Closed;
+    shared.inbox.close();
+    for (_, waiting) in std::mem::take(outstanding) {
+        let done = match waiting {
+            Outstanding::Publish { done, .. } | Outstanding::Subscribe { done, .. } => done,
+        };
+        if let Some(done) = done {
+            let _ = done.send(Err(Error::Transport(reason.clone())));
+        }
+    }
+    if let Some(tx) = connected.take() {
+        let _ = tx.send(Err(error));
+    }
+}
+
+/// The next free packet id (1..=65535), skipping ids still in flight.
+fn next_id(mut last: u16, outstanding: &BTreeMap<u16, Outstanding>) -> u16 {
+    loop {
+        last = last.checked_add(1).unwrap_or(1);
+        if !outstanding.contains_key(&last) {
+            return last;
+        }
+    }
+}
+
+fn subscribe_packet(pkid: u16, filters: &[String]) -> Subscribe {
+    Subscribe {
+        pkid,
+        filters: filters
+            .iter()
+            .map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce))
+            .collect(),
+    }
+}
+
+/// Queues one command's packet; `Some(done)` when it is the DISCONNECT (not queued).
+fn queue_command(
+    command: Command,
+    wire: &mut Wire,
+    outstanding: &mut BTreeMap<u16, Outstanding>,
+    next_pkid: &mut u16,
+) -> Result<Option<oneshot::Sender<()>>> {
+    match command {
+        Command::Publish {
+            topic,
+            payload,
+            done,
+        } => {
+            *next_pkid = next_id(*next_pkid, outstanding);
+            let packet = Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: Bytes::from(topic.into_bytes()),
+                pkid: *next_pkid,
+                payload,
+            };
+            wire.queue(&Packet::Publish(packet.clone()))?;
+            outstanding.insert(*next_pkid, Outstanding::Publish { packet, done });
+            Ok(None)
+        }
+        Command::Subscribe { filters, done } => {
+            *next_pkid = next_id(*next_pkid, outstanding);
+            let packet = subscribe_packet(*next_pkid, &filters);
+            wire.queue(&Packet::Subscribe(packet.clone()))?;
+            outstanding.insert(*next_pkid, Outstanding::Subscribe { packet, done });
+            Ok(None)
+        }
+        Command::Disconnect { done } => Ok(Some(done)),
+    }
+}
+
+fn publishes_in_flight(outstanding: &BTreeMap<u16, Outstanding>) -> usize {
+    outstanding
+        .values()
+        .filter(|o| matches!(o, Outstanding::Publish { .. }))
+        .count()
+}
+
+/// Serves one connection until it ends.
+async fn serve(
+    settings: &Settings,
+    wire: &mut Wire,
+    commands: &mut mpsc::Receiver<Command>,
+    shared: &Shared,
+    outstanding: &mut BTreeMap<u16, Outstanding>,
+    next_pkid: &mut u16,
+    renew_at: Option<tokio::time::Instant>,
+) -> Ending {
+    let keep_alive = Duration::from_secs(u64::from(settings.keep_alive.max(5)));
+    let mut ping_due = tokio::time::Instant::now() + keep_alive;
+    let mut awaiting_pong = false;
+    loop {
+        let room = publishes_in_flight(outstanding) < settings.max_in_flight;
+        tokio::select! {
+            read = wire.read() => {
+                let packet = match read {
+                    Ok(Some(packet)) => packet,
+                    Ok(None) => return Ending::Lost(Error::Transport(format!("{} closed the connection", settings.host))),
+                    Err(e) => return Ending::Lost(e),
+                };
+                match packet {
+                    Packet::PubAck(ack) => {
+                        if let Some(Outstanding::Publish { done: Some(done), .. }) = outstanding.remove(&ack.pkid) {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    Packet::SubAck(ack) => {
+                        if let Some(Outstanding::Subscribe { done: Some(done), .. }) = outstanding.remove(&ack.pkid) {
+                            let refused = ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure));
+                            let _ = done.send(if refused {
+                                Err(Error::Protocol("the hub refused a subscription".into()))
+                            } else {
+                                Ok(())
+                            });
+                        }
+                    }
+                    Packet::Publish(publish) => {
+                        if publish.qos != QoS::AtMostOnce {
+                            if let Err(e) = wire.queue(&Packet::PubAck(PubAck::new(publish.pkid))) {
+                                return Ending::Lost(e);
+                            }
+                            if let Err(e) = wire.flush().await {
+                                return Ending::Lost(e);
+                            }
+                        }
+                        let topic = String::from_utf8_lossy(&publish.topic);
+                        shared.inbox.deliver(&settings.client_id, &topic, &publish.payload);
+                    }
+                    Packet::PingResp => awaiting_pong = false,
+                    _ => {}
+                }
+            }
+            command = commands.recv(), if room => {
+                let mut next = command;
+                // Everything already waiting goes out in one write, within the window.
+                loop {
+                    let Some(command) = next else {
+                        // The client is gone: leave cleanly.
+                        let _ = wire.queue(&Packet::Disconnect);
+                        let _ = wire.flush().await;
+                        return Ending::Closed;
+                    };
+                    match queue_command(command, wire, outstanding, next_pkid) {
+                        Ok(None) => {}
+                        Ok(Some(done)) => {
+                            let _ = wire.queue(&Packet::Disconnect);
+                            let _ = wire.flush().await;
+                            let _ = wire.tls.shutdown().await;
+                            let _ = done.send(());
+                            return Ending::Closed;
+                        }
+                        Err(e) => return Ending::Lost(e),
+                    }
+                    if publishes_in_flight(outstanding) >= settings.max_in_flight {
+                        break;
+                    }
+                    match commands.try_recv() {
+                        Ok(command) => next = Some(command),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = wire.flush().await {
+                    return Ending::Lost(e);
+                }
+                ping_due = tokio::time::Instant::now() + keep_alive;
+            }
+            () = tokio::time::sleep_until(ping_due) => {
+                if awaiting_pong {
+                    return Ending::Lost(Error::Transport(format!("{} did not answer PINGREQ", settings.host)));
+                }
+                awaiting_pong = true;
+                if let Err(e) = wire.queue(&Packet::PingReq) {
+                    return Ending::Lost(e);
+                }
+                if let Err(e) = wire.flush().await {
+                    return Ending::Lost(e);
+                }
+                ping_due = tokio::time::Instant::now() + keep_alive;
+            }
+            () = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => return Ending::Renew,
+        }
+    }
+}
