@@ -191,3 +191,36 @@ def test_throttled_registrations_honour_retry_after(
     assert result.status == "assigned"
     waited = time.monotonic() - started
     assert 1.0 <= waited < 30, waited
+
+
+def test_cancelling_a_waiting_iterator_leaves_the_client_usable(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("cancel-dev")
+    hub = cloud.hubs()[0]
+
+    async def scenario() -> None:
+        result = await dpskit.provision(
+            dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+        )
+        async with dpskit.HubClient.connect(
+            result, certificate=device, trust=cloud.trust_pem
+        ) as client:
+            waiting = asyncio.ensure_future(anext(client.messages()))
+            await asyncio.sleep(0.2)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            # The connection is untouched: telemetry still goes, messages still arrive.
+            await client.send_telemetry("still here")
+            messages = client.messages()
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: hub.send_c2d("cancel-dev", b"after the cancel")
+            )
+            message = await asyncio.wait_for(anext(messages), 10)
+            assert message.body == b"after the cancel"
+        assert client.connection_state == "closed"
+
+    asyncio.run(scenario())
+    assert [m.body for m in hub.telemetry("cancel-dev")] == [b"still here"]
