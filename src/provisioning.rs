@@ -358,17 +358,21 @@ impl PollPacer {
     }
 }
 
-/// How long to wait after a 429 or 5xx: the service's retry-after, else 1 s doubling per
-/// refusal up to 30 s, with ±50 % jitter so that a fleet does not retry in lockstep.
+/// How long to wait after a 429 or 5xx: the service's retry-after, else [`jittered_backoff`].
 fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
-    if let Some(seconds) = retry_after {
-        return Duration::from_secs(seconds.into());
+    match retry_after {
+        Some(seconds) => Duration::from_secs(seconds.into()),
+        None => jittered_backoff(refusals),
     }
-    let base = (1u64 << refusals.saturating_sub(1).min(5)).min(30) as f64;
+}
+
+/// 1 s doubling per failure up to 30 s, with ±50 % jitter so that a fleet does not retry in
+/// lockstep (device reconnects use it too).
+pub(crate) fn jittered_backoff(failures: u32) -> Duration {
+    let base = (1u64 << failures.saturating_sub(1).min(5)).min(30) as f64;
     let mut byte = [0u8; 1];
     let _ = crate::pki::keys::fill_random(&mut byte);
-    let jitter = 0.5 + f64::from(byte[0]) / 255.0;
-    Duration::from_secs_f64(base * jitter)
+    Duration::from_secs_f64(base * (0.5 + f64::from(byte[0]) / 255.0))
 }
 
 /// What the device can tell about why its X.509 registration was refused, from its own

@@ -146,11 +146,7 @@ impl DpsEngine {
         if let Some(client) = self.http.get() {
             return Ok(client);
         }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // A broken system certificate must not make every webhook unusable.
-            let _ = roots.add(cert);
-        }
+        let roots = crate::provisioning::Trust::system().roots();
         let config = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?

@@ -1760,13 +1760,12 @@ fn persistent_sessions_survive_an_emulator_restart() {
 #[test]
 fn arm_certificates_and_proof_of_possession_over_https() {
     use crate::provisioning::Trust;
-    use crate::service::RestTrust;
     use crate::service::arm::ArmClient;
 
     let emulator = start(None);
     emulator.cloud().create_dps("dps", "westeurope").unwrap();
     let (root, inter) = ca_pair();
-    let trust = RestTrust::Anchors(Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap());
+    let trust = Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap();
     let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
     let arm = ArmClient::new(
         &endpoint,
@@ -1861,11 +1860,10 @@ fn arm_certificates_and_proof_of_possession_over_https() {
 #[test]
 fn arm_resources_hubs_dps_keys_and_links_over_https() {
     use crate::provisioning::Trust;
-    use crate::service::RestTrust;
     use crate::service::arm::ArmClient;
 
     let emulator = start(None);
-    let trust = RestTrust::Anchors(Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap());
+    let trust = Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap();
     let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
     let arm = ArmClient::new(
         &endpoint,
@@ -1962,14 +1960,13 @@ fn arm_resources_hubs_dps_keys_and_links_over_https() {
 #[test]
 fn dps_service_client_enrollments_and_registrations_over_https() {
     use crate::provisioning::Trust;
-    use crate::service::RestTrust;
     use crate::service::dps::DpsServiceClient;
 
     let f = fixture(None);
     let (_device, _hub) = provisioned(&f, "svc-dev-1");
     let dps = f.emulator.cloud().dps("dps").unwrap();
     let authority = format!("127.0.0.1:{}", f.emulator.https_port());
-    let trust = RestTrust::Anchors(Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap());
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
     let connection = |key: &str| {
         format!(
             "HostName={authority};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={key}"
@@ -2051,7 +2048,6 @@ fn dps_service_client_enrollments_and_registrations_over_https() {
 fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
     use crate::hub::{HubClient, HubConnectOptions, TelemetryMessage};
     use crate::provisioning::{DeviceAuth, Trust};
-    use crate::service::RestTrust;
     use crate::service::hub::HubServiceClient;
 
     let f = fixture(None);
@@ -2065,7 +2061,7 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         .unwrap();
     let endpoint = format!("https://127.0.0.1:{}", f.emulator.https_port());
     let pem = f.emulator.trust_pem();
-    let trust = RestTrust::Anchors(Trust::from_pem(pem.as_bytes()).unwrap());
+    let trust = Trust::from_pem(pem.as_bytes()).unwrap();
     let connection =
         |key: &str| format!("HostName={hub};SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
     let owner = connection(&record.primary_key);

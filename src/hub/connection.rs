@@ -19,8 +19,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
 
-use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock, reconnect_delay};
+use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
 use crate::error::{Error, Result, ServiceFailure};
+use crate::provisioning::jittered_backoff as reconnect_delay;
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 const MAX_INCOMING: usize = 256 * 1024;

@@ -110,14 +110,6 @@ impl SasRenewal {
     }
 }
 
-/// 1 s doubling per failure up to 30 s, with ±50 % jitter so that a fleet spreads out.
-fn reconnect_delay(failures: u32) -> Duration {
-    let base = (1u64 << failures.saturating_sub(1).min(5)).min(30) as f64;
-    let mut byte = [0u8; 1];
-    let _ = crate::pki::keys::fill_random(&mut byte);
-    Duration::from_secs_f64(base * (0.5 + f64::from(byte[0]) / 255.0))
-}
-
 /// The four subscriptions of a device that receives.
 fn subscription_filters(device_id: &str) -> Vec<String> {
     vec![

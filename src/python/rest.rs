@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::provisioning::Trust;
 use crate::python::pki::PyCertificateAuthority;
-use crate::service::RestTrust;
 use crate::service::arm::{
     ArmClient, CaCertificateResource, DpsResource, HubResource, TokenSource,
 };
@@ -33,7 +32,7 @@ type ClientCache<T> = Mutex<HashMap<(String, Option<String>), Arc<T>>>;
 pub struct PyRestClient {
     runtime: tokio::runtime::Runtime,
     arm: ArmClient,
-    trust: RestTrust,
+    trust: Trust,
     dps_clients: ClientCache<DpsServiceClient>,
     hub_clients: ClientCache<HubServiceClient>,
 }
@@ -145,8 +144,8 @@ impl PyRestClient {
         trust_pem: Option<&str>,
     ) -> PyResult<Self> {
         let trust = match trust_pem {
-            Some(pem) => RestTrust::Anchors(Trust::from_pem(pem.as_bytes())?),
-            None => RestTrust::System,
+            Some(pem) => Trust::from_pem(pem.as_bytes())?,
+            None => Trust::system(),
         };
         let source: TokenSource = Arc::new(move || {
             Python::attach(|py| {

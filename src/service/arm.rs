@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, CertificateAuthority, Validity};
-use crate::service::{RestTrust, failure, http_client, transport};
+use crate::provisioning::Trust;
+use crate::service::{failure, http_client, transport};
 
 /// The ARM api-version for `Microsoft.Devices/provisioningServices` (GA, served by Azure and
 /// the emulator alike).
@@ -260,7 +261,7 @@ impl ArmClient {
         subscription_id: &str,
         resource_group: &str,
         token: TokenSource,
-        trust: &RestTrust,
+        trust: &Trust,
     ) -> Result<Self> {
         Ok(ArmClient {
             http: http_client(trust, Duration::from_secs(60))?,

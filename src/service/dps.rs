@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::provisioning::Trust;
 use crate::service::arm::connection_string_part;
-use crate::service::{RestTrust, failure, http_client, transport};
+use crate::service::{failure, http_client, transport};
 
 /// The service api-version (the default of `azure-iot-deviceprovisioning` and the CLI).
 pub const DPS_SERVICE_API_VERSION: &str = "2021-10-01";
@@ -91,7 +92,7 @@ impl SasRestClient {
         credential: SasCredential,
         endpoint: Option<&str>,
         api_version: &'static str,
-        trust: &RestTrust,
+        trust: &Trust,
     ) -> Result<Self> {
         let endpoint = match endpoint {
             Some(e) => e.trim_end_matches('/').to_string(),
@@ -234,7 +235,7 @@ impl DpsServiceClient {
     pub fn from_connection_string(
         connection_string: &str,
         endpoint: Option<&str>,
-        trust: &RestTrust,
+        trust: &Trust,
     ) -> Result<Self> {
         let credential = SasCredential::from_connection_string(connection_string, "DPS service")?;
         Ok(DpsServiceClient {

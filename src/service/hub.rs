@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::service::RestTrust;
+use crate::provisioning::Trust;
 use crate::service::dps::{SasCredential, SasRestClient};
 
 /// The hub service api-version.
@@ -31,7 +31,7 @@ impl HubServiceClient {
     pub fn from_connection_string(
         connection_string: &str,
         endpoint: Option<&str>,
-        trust: &RestTrust,
+        trust: &Trust,
     ) -> Result<Self> {
         let credential = SasCredential::from_connection_string(connection_string, "IoT hub")?;
         Ok(HubServiceClient {

@@ -11,28 +11,10 @@ use std::time::Duration;
 use crate::error::{Error, Result, ServiceFailure};
 use crate::provisioning::Trust;
 
-/// Where TLS trust for a REST endpoint comes from.
-#[derive(Clone)]
-pub enum RestTrust {
-    /// The operating system's roots (Azure).
-    System,
-    /// Exactly these anchors (the emulator's CA).
-    Anchors(Trust),
-}
-
 /// An HTTPS client with ring-backed rustls (the crate's one crypto provider).
-pub(crate) fn http_client(trust: &RestTrust, timeout: Duration) -> Result<reqwest::Client> {
-    let roots = match trust {
-        RestTrust::Anchors(trust) => trust.roots(),
-        RestTrust::System => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_native_certs::load_native_certs().certs {
-                // One unusable system certificate must not make Azure unreachable.
-                let _ = roots.add(cert);
-            }
-            std::sync::Arc::new(roots)
-        }
-    };
+/// `trust` is the emulator's CA, or [`Trust::system`] for Azure.
+pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> {
+    let roots = trust.roots();
     let config = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
