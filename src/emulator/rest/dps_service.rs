@@ -3,7 +3,7 @@
 //! swagger: explicit `null`s accepted, certificates answered as `info` (never raw), etags with
 //! `If-Match`/412, errors as `ProvisioningServiceErrorDetails` plus `x-ms-error-code`.
 
-use hyper::header::{AUTHORIZATION, IF_MATCH};
+use hyper::header::IF_MATCH;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use serde_json::{Map, Value, json};
@@ -17,7 +17,6 @@ use crate::emulator::model::{
     ReprovisionPolicy,
 };
 use crate::error::Error;
-use crate::sas::SasToken;
 
 /// The policy whose keys sign service tokens.
 const OWNER_POLICY: &str = "provisioningserviceowner";
@@ -54,37 +53,12 @@ fn from_error(error: &Error) -> Reply {
 
 /// Finds the DPS whose `provisioningserviceowner` key signed the request's SAS token.
 fn authenticate(parts: &Parts, context: &RestContext) -> Result<DpsRecord, Reply> {
-    let unauthorized = |why: &str| service_error(401, 401_002, why);
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            unauthorized(
-                "The Authorization header is missing: send a provisioningserviceowner SAS token.",
-            )
-        })?;
-    let token = SasToken::parse(header).map_err(|e| unauthorized(&e.to_string()))?;
-    if token.expiry < crate::pki::issue::now() {
-        return Err(unauthorized("The SAS token has expired."));
-    }
-    if !token
-        .key_name
-        .as_deref()
-        .is_some_and(|k| k.eq_ignore_ascii_case(OWNER_POLICY))
-    {
-        return Err(unauthorized(
-            "The SAS token must name the provisioningserviceowner policy (skn).",
-        ));
-    }
-    context
-        .cloud
-        .all_dps()
-        .into_iter()
-        .find(|d| token.is_signed_by(&d.primary_key) || token.is_signed_by(&d.secondary_key))
-        .ok_or_else(|| {
-            unauthorized("The SAS token is not signed by the key of any provisioning service here.")
-        })
+    let candidates = context.cloud.all_dps().into_iter().map(|r| {
+        let keys = (r.primary_key.clone(), r.secondary_key.clone());
+        (r, keys.0, keys.1)
+    });
+    super::sas_signer(parts, OWNER_POLICY, candidates)
+        .map_err(|why| service_error(401, 401_002, &why))
 }
 
 /// Serves one DPS service request.

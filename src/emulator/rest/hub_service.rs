@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hyper::header::{AUTHORIZATION, IF_MATCH};
+use hyper::header::IF_MATCH;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -17,7 +17,6 @@ use super::{Reply, RestContext};
 use crate::emulator::cloud::{azure_time, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
 use crate::error::Error;
-use crate::sas::SasToken;
 
 /// The policy whose keys sign service tokens.
 const OWNER_POLICY: &str = "iothubowner";
@@ -56,33 +55,11 @@ fn from_error(error: &Error) -> Reply {
 
 /// The hub whose `iothubowner` key signed the request's SAS token.
 fn authenticate(parts: &Parts, context: &RestContext) -> Result<HubRecord, Reply> {
-    let unauthorized = |why: &str| hub_error(401, 401_002, why);
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            unauthorized("The Authorization header is missing: send an iothubowner SAS token.")
-        })?;
-    let token = SasToken::parse(header).map_err(|e| unauthorized(&e.to_string()))?;
-    if token.expiry < crate::pki::issue::now() {
-        return Err(unauthorized("The SAS token has expired."));
-    }
-    if !token
-        .key_name
-        .as_deref()
-        .is_some_and(|k| k.eq_ignore_ascii_case(OWNER_POLICY))
-    {
-        return Err(unauthorized(
-            "The SAS token must name the iothubowner policy (skn).",
-        ));
-    }
-    context
-        .cloud
-        .hubs()
-        .into_iter()
-        .find(|h| token.is_signed_by(&h.primary_key) || token.is_signed_by(&h.secondary_key))
-        .ok_or_else(|| unauthorized("The SAS token is not signed by the key of any hub here."))
+    let candidates = context.cloud.hubs().into_iter().map(|r| {
+        let keys = (r.primary_key.clone(), r.secondary_key.clone());
+        (r, keys.0, keys.1)
+    });
+    super::sas_signer(parts, OWNER_POLICY, candidates).map_err(|why| hub_error(401, 401_002, &why))
 }
 
 /// Serves one hub service request.

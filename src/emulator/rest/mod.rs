@@ -238,6 +238,42 @@ fn route(
     arm::handle(&parts.method, segments, body, if_match.as_deref(), context)
 }
 
+/// The candidate whose `policy` key (primary or secondary) signed the request's SAS token, or
+/// why the request is not authorized (shared by the DPS and hub service APIs).
+pub(super) fn sas_signer<T>(
+    parts: &hyper::http::request::Parts,
+    policy: &str,
+    candidates: impl IntoIterator<Item = (T, String, String)>,
+) -> Result<T, String> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            format!("The Authorization header is missing: send a {policy} SAS token.")
+        })?;
+    let token = crate::sas::SasToken::parse(header).map_err(|e| e.to_string())?;
+    if token.expiry < crate::pki::issue::now() {
+        return Err("The SAS token has expired.".into());
+    }
+    if !token
+        .key_name
+        .as_deref()
+        .is_some_and(|k| k.eq_ignore_ascii_case(policy))
+    {
+        return Err(format!(
+            "The SAS token must name the {policy} policy (skn)."
+        ));
+    }
+    candidates
+        .into_iter()
+        .find(|(_, primary, secondary)| {
+            token.is_signed_by(primary) || token.is_signed_by(secondary)
+        })
+        .map(|(found, _, _)| found)
+        .ok_or_else(|| format!("The SAS token is not signed by a {policy} key of this emulator."))
+}
+
 /// Unix seconds as an RFC 1123 date (`Sat, 31 Dec 2039 23:59:59 GMT`).
 pub fn http_date(unix: i64) -> String {
     let at = if unix >= 0 {
