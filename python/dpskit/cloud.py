@@ -873,7 +873,8 @@ class Dps:
     def linked_hubs(self) -> list[LinkedHub]:
         """The hubs linked to this DPS."""
         resource = json.loads(self._rest.dps(self.name))
-        names = {h.host_name.lower(): h.name for h in self._cloud.hubs()}
+        # The hub resources alone (no keys): only their names are needed here.
+        names = {h["hostName"].lower(): h["name"] for h in json.loads(self._rest.hubs())}
         return [
             LinkedHub(
                 hub=names.get(link["hostName"].lower(), link["hostName"]),
@@ -1034,9 +1035,9 @@ class Dps:
             initial_twin=initial_twin,
             custom_allocation=custom_allocation,
         )
-        existing = self._find_group(enrollment_group_id)
         body = {"attestation": attestation, **settings._to_json()}
-        return self._put_group(enrollment_group_id, body, existing.etag if existing else None)
+        etag = self._etag_of(lambda: self.enrollment_group(enrollment_group_id).etag)
+        return self._put_group(enrollment_group_id, body, etag)
 
     def update_enrollment_group(
         self,
@@ -1077,11 +1078,13 @@ class Dps:
             )
         return group
 
-    def _find_group(self, enrollment_group_id: str) -> EnrollmentGroup | None:
-        return next(
-            (g for g in self.enrollment_groups() if g.enrollment_group_id == enrollment_group_id),
-            None,
-        )
+    @staticmethod
+    def _etag_of(read: Callable[[], str]) -> str | None:
+        """The etag of a record to replace, or ``None`` when it does not exist yet."""
+        try:
+            return read()
+        except NotFoundError:
+            return None
 
     def enrollment_groups(self) -> list[EnrollmentGroup]:
         """Every enrollment group."""
@@ -1131,19 +1134,14 @@ class Dps:
             initial_twin=initial_twin,
             custom_allocation=custom_allocation,
         )
-        existing = next(
-            (e for e in self.enrollments() if e.registration_id.lower() == registration_id.lower()),
-            None,
-        )
         body = {
             "registrationId": registration_id,
             "deviceId": device_id,
             "attestation": attestation,
             **settings._to_json(),
         }
-        record = self._rest.put_enrollment(
-            *self._service, registration_id, json.dumps(body), existing.etag if existing else None
-        )
+        etag = self._etag_of(lambda: self.enrollment(registration_id).etag)
+        record = self._rest.put_enrollment(*self._service, registration_id, json.dumps(body), etag)
         return Enrollment._from_json(json.loads(record))
 
     def enrollment(self, registration_id: str) -> Enrollment:

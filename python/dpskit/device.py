@@ -19,7 +19,9 @@ from typing import Any
 
 from dpskit._native import DeviceCertificate, HubSession, derive_device_key
 from dpskit._native import provision as _provision
+from dpskit.cloud import _azure_time
 from dpskit.errors import ConfigError
+from dpskit.provisioning import _endpoint
 
 __all__ = [
     "AZURE_GLOBAL_ENDPOINT",
@@ -37,13 +39,6 @@ AZURE_GLOBAL_ENDPOINT = "global.azure-devices-provisioning.net"
 MQTT_PORT = 8883
 
 CertificateInput = DeviceCertificate | tuple[str | bytes | Path, str | bytes | Path] | bytes
-
-
-def _split_endpoint(endpoint: str) -> tuple[str, int]:
-    host, _, port = endpoint.rpartition(":")
-    if host and port.isdigit():
-        return host, int(port)
-    return endpoint, MQTT_PORT
 
 
 def _pem_or_path(value: str | bytes | Path) -> str | bytes:
@@ -79,11 +74,7 @@ def _trust_pem(trust: str | Path | None) -> str | None:
 
 
 def _timestamp(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    head, _, fraction = text.rstrip("Z").partition(".")
-    micros = int((fraction + "000000")[:6]) if fraction else 0
-    return datetime.fromisoformat(head + "+00:00").replace(microsecond=micros)
+    return _azure_time(text) if text else None
 
 
 @dataclass(frozen=True)
@@ -128,7 +119,7 @@ async def provision(
     code and, when the device can tell, the likely cause; the deadline raises
     ``OperationTimeoutError``.
     """
-    host, port = _split_endpoint(endpoint)
+    host, port = _endpoint(endpoint)
     device = (
         _device_certificate(certificate, certificate_password) if certificate is not None else None
     )
@@ -266,7 +257,7 @@ class HubClient:
             host, port = target.assigned_hub, target.port
             device_id = device_id or target.device_id
         else:
-            host, port = _split_endpoint(target)
+            host, port = _endpoint(target)
         device = (
             _device_certificate(certificate, certificate_password)
             if certificate is not None
