@@ -80,6 +80,38 @@ enum Outstanding {
     },
 }
 
+/// The requests in flight by packet id, with the count of publishes kept alongside (the
+/// window check runs for every command, so it must not walk the map).
+#[derive(Default)]
+struct InFlight {
+    requests: BTreeMap<u16, Outstanding>,
+    publishes: usize,
+}
+
+impl InFlight {
+    fn insert(&mut self, pkid: u16, request: Outstanding) {
+        if matches!(request, Outstanding::Publish { .. }) {
+            self.publishes += 1;
+        }
+        if let Some(Outstanding::Publish { .. }) = self.requests.insert(pkid, request) {
+            self.publishes -= 1;
+        }
+    }
+
+    fn remove(&mut self, pkid: u16) -> Option<Outstanding> {
+        let removed = self.requests.remove(&pkid);
+        if let Some(Outstanding::Publish { .. }) = removed {
+            self.publishes -= 1;
+        }
+        removed
+    }
+
+    fn take_all(&mut self) -> BTreeMap<u16, Outstanding> {
+        self.publishes = 0;
+        std::mem::take(&mut self.requests)
+    }
+}
+
 /// The socket with its read and write buffers.
 struct Wire {
     tls: TlsStream<TcpStream>,
@@ -232,7 +264,7 @@ pub(super) async fn run(
     connected: oneshot::Sender<Result<()>>,
 ) {
     let mut connected = Some(connected);
-    let mut outstanding: BTreeMap<u16, Outstanding> = BTreeMap::new();
+    let mut outstanding = InFlight::default();
     let mut next_pkid: u16 = 0;
     let mut failures: u32 = 0;
     let id = settings.client_id.clone();
@@ -283,6 +315,7 @@ pub(super) async fn run(
         }
         // What the hub never acknowledged goes again, in order, marked DUP.
         let mut replay: Vec<Packet> = outstanding
+            .requests
             .values()
             .map(|o| match o {
                 Outstanding::Publish { packet, .. } => {
@@ -352,7 +385,7 @@ pub(super) async fn run(
 /// Ends the client for good: every waiter learns why.
 fn finish(
     shared: &Shared,
-    outstanding: &mut BTreeMap<u16, Outstanding>,
+    outstanding: &mut InFlight,
     connected: &mut Option<oneshot::Sender<Result<()>>>,
     error: Error,
 ) {
@@ -360,7 +393,7 @@ fn finish(
     *lock(&shared.closed) = Some(reason.clone());
     *lock(&shared.state) = ConnectionState::Closed;
     shared.inbox.close();
-    for (_, waiting) in std::mem::take(outstanding) {
+    for (_, waiting) in outstanding.take_all() {
         let done = match waiting {
             Outstanding::Publish { done, .. } | Outstanding::Subscribe { done, .. } => done,
         };
@@ -374,10 +407,10 @@ fn finish(
 }
 
 /// The next free packet id (1..=65535), skipping ids still in flight.
-fn next_id(mut last: u16, outstanding: &BTreeMap<u16, Outstanding>) -> u16 {
+fn next_id(mut last: u16, outstanding: &InFlight) -> u16 {
     loop {
         last = last.checked_add(1).unwrap_or(1);
-        if !outstanding.contains_key(&last) {
+        if !outstanding.requests.contains_key(&last) {
             return last;
         }
     }
@@ -397,7 +430,7 @@ fn subscribe_packet(pkid: u16, filters: &[String]) -> Subscribe {
 fn queue_command(
     command: Command,
     wire: &mut Wire,
-    outstanding: &mut BTreeMap<u16, Outstanding>,
+    outstanding: &mut InFlight,
     next_pkid: &mut u16,
 ) -> Result<Option<oneshot::Sender<()>>> {
     match command {
@@ -430,20 +463,13 @@ fn queue_command(
     }
 }
 
-fn publishes_in_flight(outstanding: &BTreeMap<u16, Outstanding>) -> usize {
-    outstanding
-        .values()
-        .filter(|o| matches!(o, Outstanding::Publish { .. }))
-        .count()
-}
-
 /// Serves one connection until it ends.
 async fn serve(
     settings: &Settings,
     wire: &mut Wire,
     commands: &mut mpsc::Receiver<Command>,
     shared: &Shared,
-    outstanding: &mut BTreeMap<u16, Outstanding>,
+    outstanding: &mut InFlight,
     next_pkid: &mut u16,
     renew_at: Option<tokio::time::Instant>,
 ) -> Ending {
@@ -451,7 +477,7 @@ async fn serve(
     let mut ping_due = tokio::time::Instant::now() + keep_alive;
     let mut awaiting_pong = false;
     loop {
-        let room = publishes_in_flight(outstanding) < settings.max_in_flight;
+        let room = outstanding.publishes < settings.max_in_flight;
         tokio::select! {
             read = wire.read() => {
                 let packet = match read {
@@ -461,12 +487,12 @@ async fn serve(
                 };
                 match packet {
                     Packet::PubAck(ack) => {
-                        if let Some(Outstanding::Publish { done: Some(done), .. }) = outstanding.remove(&ack.pkid) {
+                        if let Some(Outstanding::Publish { done: Some(done), .. }) = outstanding.remove(ack.pkid) {
                             let _ = done.send(Ok(()));
                         }
                     }
                     Packet::SubAck(ack) => {
-                        if let Some(Outstanding::Subscribe { done: Some(done), .. }) = outstanding.remove(&ack.pkid) {
+                        if let Some(Outstanding::Subscribe { done: Some(done), .. }) = outstanding.remove(ack.pkid) {
                             let refused = ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure));
                             let _ = done.send(if refused {
                                 Err(Error::Protocol("the hub refused a subscription".into()))
@@ -512,7 +538,7 @@ async fn serve(
                         }
                         Err(e) => return Ending::Lost(e),
                     }
-                    if publishes_in_flight(outstanding) >= settings.max_in_flight {
+                    if outstanding.publishes >= settings.max_in_flight {
                         break;
                     }
                     match commands.try_recv() {
