@@ -8,6 +8,7 @@ code.
 
 from __future__ import annotations
 
+from dpskit import signals
 from dpskit._native import (
     ALGORITHMS,
     Certificate,
@@ -59,6 +60,7 @@ from dpskit.errors import (
     ThrottledError,
     TransportError,
 )
+from dpskit.fleet import Fleet, FleetProgress, FleetReport, TelemetryPlan
 from dpskit.provisioning import ProvisioningOutcome, provision_devices
 
 __version__ = "0.1.0"
@@ -82,6 +84,9 @@ __all__ = [
     "EmulatorError",
     "Enrollment",
     "EnrollmentGroup",
+    "Fleet",
+    "FleetProgress",
+    "FleetReport",
     "Hub",
     "HubClient",
     "HubDevice",
@@ -100,6 +105,7 @@ __all__ = [
     "ServiceError",
     "ServicePrincipal",
     "TelemetryMessage",
+    "TelemetryPlan",
     "TelemetryRecords",
     "ThrottledError",
     "TraceEvent",
@@ -109,6 +115,7 @@ __all__ = [
     "provision",
     "provision_devices",
     "provision_sync",
+    "signals",
     "validate_registration_id",
     "verify_chain",
 ]

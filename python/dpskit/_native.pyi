@@ -4,7 +4,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, final
+from typing import Any, Literal, final
 
 _StrPath = str | os.PathLike[str]
 
@@ -14,6 +14,7 @@ __all__ = [
     "CertificateAuthority",
     "DeviceCertificate",
     "Emulator",
+    "FleetRun",
     "HubConnections",
     "HubSession",
     "RestClient",
@@ -370,6 +371,27 @@ class HubConnections:
     def send_telemetry(self, per_device: int, body: bytes, *, window: int = 100) -> str: ...
     def __len__(self) -> int: ...
     def close(self) -> None: ...
+
+@final
+class FleetRun:
+    """A fleet run in progress on its own runtime (see ``dpskit.Fleet``)."""
+
+    def __new__(
+        cls,
+        settings_json: str,
+        trust_pem: str | None,
+        registration_ids: Sequence[str],
+        indexes: Sequence[int],
+        *,
+        certificates: Sequence[DeviceCertificate] | None = None,
+        group_key: str | None = None,
+        custom_json: str | None = None,
+        worker_threads: int | None = None,
+    ) -> FleetRun: ...
+    def progress(self) -> tuple[int, int, int, int, int, int, int, int]: ...
+    def wait(self, timeout: float) -> bool: ...
+    def cancel(self) -> None: ...
+    def result(self) -> dict[str, Any]: ...
 
 @final
 class HubSession:

@@ -36,6 +36,7 @@ from ._native import (
 )
 from .cli_cloud import add_cloud_commands
 from .cli_device import add_device_commands
+from .cli_fleet import add_fleet_commands
 from .errors import CertificateError, ConfigError, DpsKitError
 
 __all__ = ["main"]
@@ -1074,6 +1075,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_cloud_commands(commands, _Formatter)
     add_device_commands(commands)
+    add_fleet_commands(commands)
 
     # emulator
     p = commands.add_parser(

@@ -2,6 +2,10 @@
 //! concurrency, keep them connected, and drive telemetry through all of them at once. Every
 //! device is one task holding one MQTT connection; there is no thread per device.
 
+pub mod plan;
+
+pub mod engine;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -66,6 +66,8 @@ pub(super) struct Shared {
     pub inbox: Arc<Inbox>,
     pub state: Arc<Mutex<ConnectionState>>,
     pub closed: ClosedReason,
+    /// Connections lost and dialled again: fleets report them as retries.
+    pub reconnects: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// A request the hub has not acknowledged yet.
@@ -366,6 +368,9 @@ pub(super) async fn run(
             }
             Ending::Lost(error) if settings.reconnect => {
                 failures += 1;
+                shared
+                    .reconnects
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *lock(&shared.state) = ConnectionState::Reconnecting;
                 let delay = reconnect_delay(failures);
                 log::info!(

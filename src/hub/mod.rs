@@ -276,6 +276,7 @@ struct Streams {
 /// A device connected to its hub. Dropping it closes the connection.
 pub struct HubClient {
     state: Arc<Mutex<ConnectionState>>,
+    reconnects: Arc<std::sync::atomic::AtomicU32>,
     commands: tokio::sync::mpsc::Sender<connection::Command>,
     events_topic: String,
     device_id: String,
@@ -336,6 +337,7 @@ impl HubClient {
         *lock(&inbox.desired) = Some(desired_tx);
         *lock(&inbox.methods) = Some(methods_tx);
         let state = Arc::new(Mutex::new(ConnectionState::Connecting));
+        let reconnects = Arc::new(std::sync::atomic::AtomicU32::new(0));
         // The channel holds the window: senders wait while it is full, so PUBACKs pace them.
         let (commands, commands_rx) = tokio::sync::mpsc::channel(window);
         let (connected_tx, connected_rx) = oneshot::channel::<Result<()>>();
@@ -343,6 +345,7 @@ impl HubClient {
             inbox: inbox.clone(),
             state: state.clone(),
             closed: closed.clone(),
+            reconnects: reconnects.clone(),
         };
         let task = tokio::spawn(connection::run(settings, commands_rx, shared, connected_tx));
         let failure = match connected_rx.await {
@@ -359,6 +362,7 @@ impl HubClient {
         }
         let hub_client = HubClient {
             state,
+            reconnects,
             commands,
             events_topic: format!("devices/{device_id}/messages/events/"),
             device_id,
@@ -488,6 +492,11 @@ impl HubClient {
         *lock(&self.state)
     }
 
+    /// How many times the connection was lost and dialled again.
+    pub fn reconnects(&self) -> u32 {
+        self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The device id this client connected as.
     pub fn device_id(&self) -> &str {
         &self.device_id
@@ -566,10 +575,24 @@ impl PendingAck {
     /// Waits for the PUBACK; fails if the client is closed first (a lost connection does not
     /// fail it: the message is sent again after the reconnect).
     pub async fn acknowledged(self) -> Result<()> {
-        match self.acknowledged.await {
-            Ok(result) => result,
-            Err(_) => Err(closed_error(&self.closed, &self.device_id)),
-        }
+        self.await
+    }
+}
+
+/// Polling a `PendingAck` in place lets a sender watch its oldest acknowledgement and its next
+/// send time together (`select!`) without boxing a future per message.
+impl std::future::Future for PendingAck {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        std::pin::Pin::new(&mut self.acknowledged)
+            .poll(cx)
+            .map(|received| {
+                received.unwrap_or_else(|_| Err(closed_error(&self.closed, &self.device_id)))
+            })
     }
 }
 

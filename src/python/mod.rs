@@ -5,6 +5,7 @@ mod aio;
 mod devices;
 mod emulator;
 mod errors;
+mod fleet;
 mod pki;
 mod rest;
 
@@ -22,6 +23,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pki::register(m)?;
     emulator::register(m)?;
     devices::register(m)?;
+    fleet::register(m)?;
     rest::register(m)?;
     aio::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;

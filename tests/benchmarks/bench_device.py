@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import os
 import platform
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,40 @@ def _port_free(port: int) -> bool:
                 return False
             raise
     return True
+
+
+@contextlib.contextmanager
+def emulator_process(state: Path, port: int) -> Iterator[Any]:
+    """``dpskit emulator`` in its own process in fast mode (no wait between DPS polls), and the
+    local cloud client attached to it; stopped on exit."""
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dpskit",
+            "emulator",
+            "--data-dir",
+            str(state),
+            "--port",
+            str(port),
+            "--poll-retry-after",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        cloud = None
+        while cloud is None:
+            if emulator.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the emulator did not start")
+            cloud = dpskit.LocalCloud.attach(state)
+            time.sleep(0.05)
+        yield cloud
+    finally:
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(timeout=30)
 
 
 async def _dpskit_fleet(
@@ -110,78 +146,51 @@ def main(argv: list[str] | None = None) -> int:
         sdk_note = "port 8883 is taken (the SDK cannot dial another port)"
 
     rows: list[tuple[str, int, float, float]] = []
-    with tempfile.TemporaryDirectory(prefix="dpskit-bench-device-") as folder:
-        state = Path(folder) / "cloud"
-        emulator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dpskit",
-                "emulator",
-                "--data-dir",
-                str(state),
-                "--port",
-                str(port),
-                "--poll-retry-after",
-                "0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            cloud = None
-            while cloud is None:
-                if emulator.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the emulator did not start")
-                cloud = dpskit.LocalCloud.attach(state)
-                time.sleep(0.05)
-            hub = cloud.create_hub("bench-hub")
-            dps = cloud.create_dps("bench-dps")
-            cloud.link_hub(dps, hub)
-            root = dpskit.CertificateAuthority.create_root("Bench Device Root")
-            inter = root.create_intermediate("Bench Device Intermediate")
-            dps.prove_possession("root", root)
-            dps.create_enrollment_group("bench", ca_reference="root")
-            trust = cloud.trust_pem
+    with (
+        tempfile.TemporaryDirectory(prefix="dpskit-bench-device-") as folder,
+        emulator_process(Path(folder) / "cloud", port) as cloud,
+    ):
+        hub = cloud.create_hub("bench-hub")
+        dps = cloud.create_dps("bench-dps")
+        cloud.link_hub(dps, hub)
+        root = dpskit.CertificateAuthority.create_root("Bench Device Root")
+        inter = root.create_intermediate("Bench Device Intermediate")
+        dps.prove_possession("root", root)
+        dps.create_enrollment_group("bench", ca_reference="root")
+        trust = cloud.trust_pem
 
-            devices = inter.issue_devices([f"dk-{i:06d}" for i in range(args.devices)])
+        devices = inter.issue_devices([f"dk-{i:06d}" for i in range(args.devices)])
+        before = _rss_kb()
+
+        async def dpskit_run() -> tuple[int, float, float]:
+            clients, seconds = await _dpskit_fleet(dps, trust, devices, args.concurrency)
+            grown = (_rss_kb() - before) / len(clients)
+            for client in clients:
+                await client.close()
+            return len(clients), seconds, grown
+
+        count, seconds, per_device = asyncio.run(dpskit_run())
+        rows.append(("dpskit provision + HubClient.connect", count, seconds, per_device))
+
+        if not sdk_note and args.sdk_devices > 0:
+            sdk_devices = inter.issue_devices([f"sdk-{i:05d}" for i in range(args.sdk_devices)])
+            files = Path(folder) / "files"
             before = _rss_kb()
-
-            async def dpskit_run() -> tuple[int, float, float]:
-                clients, seconds = await _dpskit_fleet(dps, trust, devices, args.concurrency)
-                grown = (_rss_kb() - before) / len(clients)
-                for client in clients:
-                    await client.close()
-                return len(clients), seconds, grown
-
-            count, seconds, per_device = asyncio.run(dpskit_run())
-            rows.append(("dpskit provision + HubClient.connect", count, seconds, per_device))
-
-            if not sdk_note and args.sdk_devices > 0:
-                sdk_devices = inter.issue_devices([f"sdk-{i:05d}" for i in range(args.sdk_devices)])
-                files = Path(folder) / "files"
-                before = _rss_kb()
-                start = time.perf_counter()
-                with ThreadPoolExecutor(args.sdk_devices) as pool:
-                    clients = list(
-                        pool.map(lambda d: _sdk_device(dps, trust, d, files), sdk_devices)
-                    )
-                seconds = time.perf_counter() - start
-                per_device = (_rss_kb() - before) / len(clients)
-                rows.append(
-                    (
-                        "azure-iot-device 2.x (a thread per device)",
-                        len(clients),
-                        seconds,
-                        per_device,
-                    )
+            start = time.perf_counter()
+            with ThreadPoolExecutor(args.sdk_devices) as pool:
+                clients = list(pool.map(lambda d: _sdk_device(dps, trust, d, files), sdk_devices))
+            seconds = time.perf_counter() - start
+            per_device = (_rss_kb() - before) / len(clients)
+            rows.append(
+                (
+                    "azure-iot-device 2.x (a thread per device)",
+                    len(clients),
+                    seconds,
+                    per_device,
                 )
-                for client in clients:
-                    client.shutdown()
-        finally:
-            emulator.send_signal(signal.SIGTERM)
-            emulator.wait(timeout=30)
+            )
+            for client in clients:
+                client.shutdown()
 
     print("Device clients: provision through DPS, then connect to the assigned hub (X.509)")
     print(

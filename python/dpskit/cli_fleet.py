@@ -1,0 +1,209 @@
+"""``dpskit fleet``: a fleet of simulated devices through DPS, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from dpskit._native import CertificateAuthority
+from dpskit.cloud import AzureCloud, Dps, EnrollmentGroup, LocalCloud, _Cloud
+from dpskit.errors import ConfigError, NotFoundError
+from dpskit.fleet import Fleet, TelemetryPlan
+from dpskit.signals import Signal, choice, gaussian, random_walk, sine
+
+__all__ = ["add_fleet_commands"]
+
+DEFAULT_FLEET_DIR = "dpskit-fleet"
+FLEET_DPS = "fleet-dps"
+X509_GROUP = "fleet-devices"
+KEY_GROUP = "fleet-keys"
+
+
+def default_fields() -> dict[str, Signal]:
+    """A plausible environmental sensor: a daily temperature cycle with noise and rare spikes,
+    drifting humidity, and a mostly-ok status."""
+    return {
+        "temperature": (sine(mean=21.0, amplitude=3.0, period=86_400) + gaussian(0.0, 0.2))
+        .with_anomalies(rate=0.001, scale=12.0)
+        .rounded(2),
+        "humidity": random_walk(start=45.0, step=0.4, low=0.0, high=100.0).rounded(1),
+        "status": choice(["ok", "degraded", "fault"], weights=[0.97, 0.025, 0.005]),
+    }
+
+
+@contextlib.contextmanager
+def _open_target(args: argparse.Namespace, base: Path) -> Iterator[_Cloud]:
+    if args.azure:
+        if args.local:
+            raise ConfigError("choose --local or --azure, not both")
+        subscription = args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+        group = args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
+        if not subscription or not group:
+            raise ConfigError(
+                "--azure needs --subscription and --resource-group "
+                "(or AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP)"
+            )
+        yield AzureCloud(subscription, group)
+        return
+    folder = Path(args.local) if args.local else base / "cloud"
+    running = LocalCloud.attach(folder)
+    if running is not None:
+        yield running
+        return
+    # Fast mode: DPS advises no wait between polls, so the fleet is limited by the machine.
+    with LocalCloud(folder, port=0, poll_retry_after=0) as cloud:
+        yield cloud
+
+
+def _authority(certs: Path) -> CertificateAuthority:
+    """The fleet's intermediate CA: loaded from CERTS, or created there (with its root) once,
+    so reruns and other shards reuse the same identities."""
+    cert, key = certs / "intermediate.cert.pem", certs / "intermediate.key.pem"
+    if cert.exists() and key.exists():
+        return CertificateAuthority.load(cert, key)
+    root = CertificateAuthority.create_root("dpskit Fleet Root CA")
+    root.save(certs, name="root")
+    intermediate = root.create_intermediate("dpskit Fleet Intermediate CA")
+    intermediate.save(certs, name="intermediate")
+    return intermediate
+
+
+def _group(dps: Dps, group_id: str, create: dict[str, object]) -> EnrollmentGroup:
+    """The existing group (a second shard must not regenerate keys), else a new one."""
+    try:
+        return dps.enrollment_group(group_id)
+    except NotFoundError:
+        return dps.create_enrollment_group(group_id, **create)  # type: ignore[arg-type]
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Set up (or reuse) hubs, DPS, CA and enrollment group, then run the fleet."""
+    base = Path(args.dir)
+    if args.out and Path(args.out).suffix.lower() not in {".csv", ".parquet"}:
+        raise ConfigError(f"--out must name a .csv or .parquet file, not {args.out!r}")
+    interval = 0.0 if args.rate == 0 else 1.0 / args.rate
+    plan = TelemetryPlan(
+        interval=interval,
+        duration=None if args.messages else args.duration,
+        count=args.messages,
+        fields=default_fields(),
+        seed=args.seed,
+    )
+    with _open_target(args, base) as cloud:
+        hubs = [cloud.create_hub(f"fleet-hub-{n}") for n in range(1, args.hubs + 1)]
+        dps = cloud.create_dps(FLEET_DPS)
+        linked = {link.hub for link in dps.linked_hubs()}
+        for hub in hubs:
+            if hub.name not in linked:
+                cloud.link_hub(dps, hub)
+        authority = None
+        group_key = None
+        if args.symmetric_key:
+            group_key = _group(
+                dps,
+                KEY_GROUP,
+                {"symmetric_key": True, "allocation_policy": "hashed", "hubs": hubs},
+            )
+        else:
+            authority = _authority(base / "certs")
+            dps.prove_possession("fleet-intermediate", authority)
+            _group(
+                dps,
+                X509_GROUP,
+                {
+                    "ca_reference": "fleet-intermediate",
+                    "allocation_policy": "hashed",
+                    "hubs": hubs,
+                },
+            )
+        fleet = Fleet(
+            dps,
+            count=args.devices,
+            authority=authority,
+            group_key=group_key,
+            prefix=args.prefix,
+            telemetry=plan,
+            concurrency=args.concurrency,
+            certificates_dir=base / "certs" / "devices" if authority is not None else None,
+            shard=args.shard,
+            pace_like_azure=args.pace_like_azure,
+            time_compression=args.time_compression,
+        )
+        where = "Azure" if args.azure else f"the local cloud ({cloud})"
+        shard = f", shard {args.shard}" if args.shard else ""
+        print(
+            f"dpskit fleet: {len(fleet.indexes):,} of {args.devices:,} devices{shard} through "
+            f"{dps.name} on {where}",
+            file=sys.stderr,
+        )
+        report = fleet.run(progress=None if args.progress else False)
+    print(report.summary())
+    if args.out:
+        for path in report.save(args.out):
+            print(f"wrote {path}")
+    return 0 if report.completed == report.device_count else 1
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``dpskit fleet``."""
+    p = commands.add_parser(
+        "fleet",
+        help="provision a fleet of simulated devices through DPS and stream telemetry",
+        description="Create (or reuse) hubs, a DPS instance, a CA and an enrollment group, then\n"
+        "provision N distinct devices through DPS, connect each to its hub and send telemetry\n"
+        "(temperature, humidity, status) for DURATION seconds at RATE messages/s per device.\n"
+        "Prints a summary; --out writes per-device and per-message results.\n\n"
+        "Against the local cloud by default (DIR/cloud, or --local for a running emulator);\n"
+        "--azure targets real Azure (charges apply). --shard i/n splits the devices over\n"
+        "machines that share DIR/certs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--devices", type=_positive, default=100, help="devices in the fleet")
+    p.add_argument(
+        "--rate", type=_rate, default=1.0, help="messages per second per device (0: flat out)"
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of telemetry")
+    p.add_argument("--messages", type=_positive, help="messages per device instead of a duration")
+    p.add_argument("--hubs", type=_positive, default=2, help="hubs to spread devices over")
+    p.add_argument("--prefix", default="sensor-", help="registration id prefix")
+    p.add_argument("--symmetric-key", action="store_true", help="symmetric-key group, no X.509")
+    p.add_argument("--concurrency", type=_positive, default=64, help="registrations at once")
+    p.add_argument("--seed", type=int, default=0, help="seed of the telemetry values")
+    p.add_argument("--shard", metavar="I/N", help="run the I-th of N slices of the devices")
+    p.add_argument(
+        "--pace-like-azure",
+        action="store_true",
+        help="local cloud: apply Azure's 1,000 registrations/min quota",
+    )
+    p.add_argument(
+        "--time-compression",
+        type=float,
+        default=1.0,
+        help="with --pace-like-azure: run the quota this many times faster",
+    )
+    p.add_argument("--out", metavar="FILE", help="results as .csv or .parquet")
+    p.add_argument("--dir", default=DEFAULT_FLEET_DIR, help="certificates and local state")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no live line")
+    p.add_argument("--local", metavar="DIR", help="a running `dpskit emulator`'s folder")
+    p.add_argument("--azure", action="store_true", help="run against Azure")
+    p.add_argument("--subscription", help="Azure subscription id (or AZURE_SUBSCRIPTION_ID)")
+    p.add_argument("--resource-group", help="Azure resource group (or AZURE_RESOURCE_GROUP)")
+    p.set_defaults(handler=cmd_fleet, parser=p)

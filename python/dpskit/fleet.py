@@ -1,0 +1,702 @@
+"""Fleets: thousands of distinct simulated devices provisioned through DPS, connected to their
+hubs and streaming telemetry, all on the Rust runtime of one process (a task per device, no
+thread per device). Results come back as a :class:`FleetReport` with DataFrames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun
+from dpskit.cloud import Dps, EnrollmentGroup
+from dpskit.errors import ConfigError
+from dpskit.signals import Signal
+
+__all__ = ["Fleet", "FleetProgress", "FleetReport", "TelemetryPlan"]
+
+#: A custom field: called once per device as ``f(device_id, count, rng)`` and returning that
+#: device's ``count`` values (fewer are cycled), so Python never runs per message.
+CustomGenerator: TypeAlias = Callable[[str, int, random.Random], Sequence[Any]]
+
+#: Azure's documented DPS registration rate per instance.
+AZURE_REGISTRATIONS_PER_MINUTE = 1_000
+
+
+@dataclass(frozen=True)
+class TelemetryPlan:
+    """What every device of a fleet sends once connected.
+
+    Each device sends one message every ``interval`` seconds (``0``: as fast as the hub
+    acknowledges), shifted by up to ``±jitter/2`` of the interval, for ``duration`` seconds or
+    ``count`` messages (the fewer, when both are given). Bodies are JSON objects with
+    ``deviceId``, ``seq``, ``ts`` (simulated time, advancing ``interval * time_scale`` per
+    message) and one key per field of ``fields``. A fraction ``dropout_rate`` of messages is
+    skipped (a gap in ``seq``) and ``duplicate_rate`` is sent twice with the same message id.
+    Everything is reproducible from ``seed``.
+    """
+
+    interval: float = 1.0
+    duration: float | None = None
+    count: int | None = None
+    fields: Mapping[str, Signal | CustomGenerator] = field(default_factory=dict)
+    jitter: float = 0.1
+    seed: int = 0
+    time_scale: float = 1.0
+    start: datetime | None = None
+    dropout_rate: float = 0.0
+    duplicate_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.interval) and self.interval >= 0):
+            raise ConfigError(f"interval must be 0 or more seconds, not {self.interval}")
+        if self.duration is None and self.count is None:
+            raise ConfigError("a telemetry plan needs a duration or a count")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            raise ConfigError(f"duration must be positive, not {self.duration}")
+        if self.count is not None and (not isinstance(self.count, int) or self.count < 1):
+            raise ConfigError(f"count must be a positive integer, not {self.count!r}")
+        if self.count is None and self.interval == 0:
+            raise ConfigError("with interval=0 (as fast as possible) give a count, not a duration")
+        for name, rate in (
+            ("jitter", self.jitter),
+            ("dropout_rate", self.dropout_rate),
+            ("duplicate_rate", self.duplicate_rate),
+        ):
+            if not (math.isfinite(rate) and 0 <= rate <= 1):
+                raise ConfigError(f"{name} must be between 0 and 1, not {rate}")
+        if not (math.isfinite(self.time_scale) and self.time_scale > 0):
+            raise ConfigError(f"time_scale must be positive, not {self.time_scale}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, not {self.seed!r}")
+        for name, generator in self.fields.items():
+            if name in {"deviceId", "seq", "ts"}:
+                raise ConfigError(f"field name {name!r} is reserved for the message envelope")
+            if not isinstance(generator, Signal) and not callable(generator):
+                raise ConfigError(
+                    f"field {name!r}: expected a dpskit.signals generator or a callable, "
+                    f"not {type(generator).__name__}"
+                )
+
+    @property
+    def messages_per_device(self) -> int:
+        """Messages each device plans (dropouts included, duplicates not)."""
+        by_duration = (
+            max(1, math.floor(self.duration / self.interval + 1e-9))
+            if self.duration is not None and self.interval > 0
+            else None
+        )
+        candidates = [n for n in (self.count, by_duration) if n is not None]
+        return min(candidates)
+
+    def _spec(self, start: datetime) -> dict[str, Any]:
+        return {
+            "interval": self.interval,
+            "jitter": self.jitter,
+            "duration": self.duration,
+            "count": self.count,
+            "seed": self.seed,
+            "time_scale": self.time_scale,
+            "start_unix_ms": int(start.timestamp() * 1000),
+            "dropout_rate": self.dropout_rate,
+            "duplicate_rate": self.duplicate_rate,
+            "fields": [g._field(n) for n, g in self.fields.items() if isinstance(g, Signal)],
+        }
+
+    def _custom_values(self, devices: Sequence[tuple[int, str]]) -> dict[str, list[list[Any]]]:
+        """Runs the custom generators, once per device each."""
+        count = self.messages_per_device
+        out: dict[str, list[list[Any]]] = {}
+        for name, generator in self.fields.items():
+            if isinstance(generator, Signal):
+                continue
+            columns = []
+            for index, device_id in devices:
+                rng = random.Random(self.seed * 1_000_003 + index)
+                produced = list(generator(device_id, count, rng))
+                if not produced:
+                    raise ConfigError(f"custom field {name!r} gave no values for {device_id}")
+                columns.append(produced)
+            out[name] = columns
+        return out
+
+
+@dataclass(frozen=True)
+class FleetProgress:
+    """A snapshot of a running fleet (what the progress bar shows)."""
+
+    total: int
+    provisioned: int
+    connected: int
+    failed: int
+    finished: int
+    sent: int
+    acknowledged: int
+    retries: int
+    elapsed: float
+
+    def __str__(self) -> str:
+        return (
+            f"provisioned {self.provisioned:,}/{self.total:,}  connected {self.connected:,}  "
+            f"failed {self.failed:,}  messages {self.acknowledged:,}/{self.sent:,} acked  "
+            f"retries {self.retries:,}  {self.elapsed:,.1f} s"
+        )
+
+
+class _ProgressDisplay:
+    """A one-line live display: rewritten in place on a terminal, a display handle updated in
+    a notebook, nothing elsewhere (logs and CI stay clean)."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self._handle: Any = None
+        self._terminal = False
+        if enabled is False:
+            return
+        shell = _notebook_shell()
+        if shell is not None:
+            display = importlib.import_module("IPython.display")
+            self._handle = display.display(display.Pretty(""), display_id=True)
+        elif enabled or sys.stderr.isatty():
+            self._terminal = True
+
+    def update(self, snapshot: FleetProgress) -> None:
+        text = str(snapshot)
+        if self._handle is not None:
+            display = importlib.import_module("IPython.display")
+            self._handle.update(display.Pretty(text))
+        elif self._terminal:
+            sys.stderr.write("\r" + text.ljust(110)[:110])
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._terminal:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _notebook_shell() -> Any:
+    """The IPython kernel's shell when running in a notebook, else None."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return None
+    shell = ipython.get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return None
+    return shell
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    data = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not data:
+        return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "max": math.nan}
+
+    def at(q: float) -> float:
+        # Nearest rank: a value that was actually observed.
+        return data[min(len(data) - 1, max(0, math.ceil(q * len(data)) - 1))]
+
+    return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": data[-1]}
+
+
+class _Text(str):
+    """A string that shows as itself in a notebook cell (no quotes, real newlines)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+class FleetReport:
+    """What a fleet run did: per device and per message, with the aggregates data teams ask
+    for first. ``to_pandas()`` gives the frames, ``summary()`` a readable table."""
+
+    def __init__(
+        self,
+        columns: dict[str, Any],
+        *,
+        started_at: datetime,
+        hubs: Mapping[str, str],
+        pacing: float | None,
+        shard: tuple[int, int] | None,
+    ) -> None:
+        self._devices: dict[str, list[Any]] = columns["devices"]
+        self._messages: dict[str, list[Any]] = columns["messages"]
+        #: Wall time of the whole run, in seconds.
+        self.elapsed: float = columns["elapsed"]
+        #: Seconds until the last device was connected (or had failed).
+        self.connect_phase: float = columns["connect_phase"]
+        #: When the run started (UTC).
+        self.started_at = started_at
+        #: The shard this process ran, ``(i, n)``, or None for the whole fleet.
+        self.shard = shard
+        self._hub_names = dict(hubs)
+        self._pacing = pacing
+
+    # -- counts ------------------------------------------------------------------------------
+
+    @property
+    def device_count(self) -> int:
+        """Devices in this run."""
+        return len(self._devices["registration_id"])
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Devices by outcome (``completed``, ``provisioning_failed``, ``connect_failed``,
+        ``telemetry_failed``, ``cancelled``)."""
+        return dict(Counter(self._devices["outcome"]))
+
+    @property
+    def completed(self) -> int:
+        """Devices that provisioned, connected and sent their whole plan."""
+        return self.outcomes.get("completed", 0)
+
+    @property
+    def error_codes(self) -> dict[str, int]:
+        """Failed devices by Azure error code (``"none"`` when the failure had no code)."""
+        return dict(
+            Counter(
+                str(code) if code is not None else "none"
+                for code, outcome in zip(
+                    self._devices["error_code"], self._devices["outcome"], strict=True
+                )
+                if outcome != "completed"
+            )
+        )
+
+    @property
+    def provisioned(self) -> int:
+        """Devices DPS assigned to a hub."""
+        return sum(1 for hub in self._devices["assigned_hub"] if hub)
+
+    @property
+    def devices_per_hub(self) -> dict[str, int]:
+        """Assigned devices per hub host name."""
+        return dict(Counter(h for h in self._devices["assigned_hub"] if h))
+
+    @property
+    def messages_sent(self) -> int:
+        """Messages published (duplicates included)."""
+        return int(sum(self._devices["sent"]))
+
+    @property
+    def messages_acknowledged(self) -> int:
+        """Messages the hubs acknowledged: each is stored by the hub."""
+        return int(sum(self._devices["acknowledged"]))
+
+    @property
+    def retries(self) -> dict[str, int]:
+        """Throttled or failed registrations tried again, hub connections tried again, and
+        connections lost and re-established."""
+        return {
+            "provisioning": int(sum(self._devices["provision_retries"])),
+            "connect": int(sum(self._devices["connect_retries"])),
+            "reconnects": int(sum(self._devices["reconnects"])),
+        }
+
+    @property
+    def provisioning_latency_ms(self) -> dict[str, float]:
+        """Registration latency percentiles (p50, p95, p99, max) in ms."""
+        return _percentiles(self._devices["provision_ms"])
+
+    @property
+    def connect_latency_ms(self) -> dict[str, float]:
+        """Hub connect latency (TLS + CONNACK) percentiles in ms."""
+        return _percentiles(self._devices["connect_ms"])
+
+    @property
+    def ack_latency_ms(self) -> dict[str, float]:
+        """Publish-to-PUBACK latency percentiles in ms (recorded messages)."""
+        return _percentiles(self._messages["latency_ms"])
+
+    @property
+    def provisioning_rate(self) -> float:
+        """Devices provisioned and connected per second over the connect phase."""
+        connected = sum(1 for ms in self._devices["connect_ms"] if ms is not None)
+        return connected / self.connect_phase if self.connect_phase > 0 else 0.0
+
+    @property
+    def telemetry_rate(self) -> float:
+        """Acknowledged messages per second, from the first publish to the last PUBACK."""
+        sent_at = self._messages["sent_at_s"]
+        if not sent_at:
+            return 0.0
+        ends = [
+            s + ms / 1000.0
+            for s, ms in zip(sent_at, self._messages["latency_ms"], strict=True)
+            if not math.isnan(ms)
+        ]
+        span = (max(ends) if ends else self.elapsed) - min(sent_at)
+        acked = len(ends)
+        return acked / span if span > 0 else 0.0
+
+    @property
+    def azure_minimum_seconds(self) -> float:
+        """The least time Azure's DPS quota (1,000 registrations per minute per instance)
+        would take to register this many devices."""
+        return self.device_count / AZURE_REGISTRATIONS_PER_MINUTE * 60.0
+
+    def throughput(self) -> list[tuple[int, int, int]]:
+        """Per second of the run: ``(second, messages sent, messages acknowledged)``."""
+        sent: Counter[int] = Counter()
+        acked: Counter[int] = Counter()
+        for s, ms in zip(self._messages["sent_at_s"], self._messages["latency_ms"], strict=True):
+            sent[int(s)] += 1
+            if not math.isnan(ms):
+                acked[int(s + ms / 1000.0)] += 1
+        last = max([*sent, *acked], default=-1)
+        return [(second, sent[second], acked[second]) for second in range(last + 1)]
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        """One dict per device (what ``to_pandas("devices")`` holds)."""
+        keys = list(self._devices)
+        rows = zip(*self._devices.values(), strict=True)
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def to_pandas(self, kind: str = "devices") -> Any:
+        """A DataFrame: ``"devices"`` (one row per device: outcome, error, hub, latencies,
+        retries, messages), ``"messages"`` (one row per published message: device_id, seq,
+        message_id, sent_at, latency_ms, acknowledged, anomaly, duplicate; joins the hub's
+        ``telemetry().to_pandas()`` on ``message_id``) or ``"throughput"`` (per second)."""
+        pd = importlib.import_module("pandas")
+        if kind == "devices":
+            frame = pd.DataFrame(self._devices)
+            frame["started_at"] = [
+                self.started_at + timedelta(seconds=s) for s in self._devices["started_s"]
+            ]
+            frame["hub"] = [self._hub_names.get(h, h) if h else None for h in frame["assigned_hub"]]
+            return frame
+        if kind == "messages":
+            ids = self._devices["registration_id"]
+            device_ids = [ids[i] for i in self._messages["device"]]
+            seqs = self._messages["seq"]
+            latency = self._messages["latency_ms"]
+            return pd.DataFrame(
+                {
+                    "device_id": device_ids,
+                    "seq": seqs,
+                    "message_id": [f"{d}-{s}" for d, s in zip(device_ids, seqs, strict=True)],
+                    "sent_at": pd.to_datetime(
+                        [self.started_at.timestamp() + s for s in self._messages["sent_at_s"]],
+                        unit="s",
+                        utc=True,
+                    ),
+                    "latency_ms": latency,
+                    "acknowledged": [not math.isnan(ms) for ms in latency],
+                    "anomaly": self._messages["anomaly"],
+                    "duplicate": self._messages["duplicate"],
+                }
+            )
+        if kind == "throughput":
+            rows = self.throughput()
+            return pd.DataFrame(rows, columns=["second", "sent", "acknowledged"])
+        raise ConfigError(f"kind must be 'devices', 'messages' or 'throughput', not {kind!r}")
+
+    def save(self, path: str | os.PathLike[str]) -> list[Path]:
+        """Writes the device frame to ``path`` (``.csv`` or ``.parquet``; parquet needs pyarrow)
+        and the message frame next to it as ``<stem>.messages<suffix>``. Returns both paths."""
+        target = Path(path)
+        suffix = target.suffix.lower()
+        if suffix not in {".csv", ".parquet"}:
+            raise ConfigError(f"results go to a .csv or .parquet file, not {target.name!r}")
+        messages_path = target.with_name(f"{target.stem}.messages{target.suffix}")
+        written = []
+        for frame, out in (
+            (self.to_pandas("devices"), target),
+            (self.to_pandas("messages"), messages_path),
+        ):
+            if suffix == ".csv":
+                frame.to_csv(out, index=False)
+            else:
+                try:
+                    frame.to_parquet(out, index=False)
+                except ImportError as error:
+                    raise ConfigError(
+                        "writing parquet needs pyarrow: pip install pyarrow (or use .csv)"
+                    ) from error
+            written.append(out)
+        return written
+
+    # -- text --------------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A readable table of the run (shows as is in a notebook cell)."""
+
+        def ms(p: dict[str, float]) -> str:
+            if math.isnan(p["p50"]):
+                return "-"
+            # Sub-10 ms latencies (loopback acks) need a decimal to say anything.
+            shown = [f"{v:,.1f}" if v < 10 else f"{v:,.0f}" for v in (p["p50"], p["p95"], p["p99"])]
+            return " / ".join(shown) + " ms"
+
+        shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
+        lines = [
+            f"Fleet of {self.device_count:,} devices{shard}: {self.elapsed:,.1f} s",
+            "",
+            f"  {'completed':<28}{self.completed:>10,}",
+        ]
+        for outcome, n in sorted(self.outcomes.items()):
+            if outcome != "completed":
+                lines.append(f"  {outcome:<28}{n:>10,}")
+        if self.error_codes:
+            codes = ", ".join(f"{c}: {n}" for c, n in sorted(self.error_codes.items()))
+            lines.append(f"  {'error codes':<28}{codes:>10}")
+        retries = self.retries
+        lines += [
+            f"  {'provisioning retries':<28}{retries['provisioning']:>10,}",
+            f"  {'hub connect retries':<28}{retries['connect']:>10,}",
+            f"  {'hub reconnects':<28}{retries['reconnects']:>10,}",
+            f"  {'provisioned + connected /s':<28}{self.provisioning_rate:>10,.0f}",
+            f"  {'provisioning p50/p95/p99':<28}{ms(self.provisioning_latency_ms):>24}",
+            f"  {'connect p50/p95/p99':<28}{ms(self.connect_latency_ms):>24}",
+            f"  {'messages sent':<28}{self.messages_sent:>10,}",
+            f"  {'messages acknowledged':<28}{self.messages_acknowledged:>10,}",
+        ]
+        if self._messages["sent_at_s"]:
+            lines += [
+                f"  {'acknowledged /s':<28}{self.telemetry_rate:>10,.0f}",
+                f"  {'ack latency p50/p95/p99':<28}{ms(self.ack_latency_ms):>24}",
+            ]
+        lines += ["", "  devices per hub:"]
+        for hub, n in sorted(self.devices_per_hub.items()):
+            name = self._hub_names.get(hub, hub)
+            lines.append(f"    {name:<40}{n:>8,}")
+        if self._pacing is not None:
+            lines += [
+                "",
+                f"  Paced like Azure ({AZURE_REGISTRATIONS_PER_MINUTE:,} registrations/min per "
+                f"DPS), time compressed {self._pacing:g}x: on Azure registering this fleet "
+                f"takes at least {self.azure_minimum_seconds / 60:,.1f} min.",
+            ]
+        return _Text("\n".join(lines))
+
+    def __repr__(self) -> str:
+        return (
+            f"<FleetReport devices={self.device_count} completed={self.completed} "
+            f"acknowledged={self.messages_acknowledged} elapsed={self.elapsed:.1f}s>"
+        )
+
+
+def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        first, sep, second = shard.partition("/")
+        if not sep or not first.strip().isdigit() or not second.strip().isdigit():
+            raise ConfigError(f"shard must look like 'i/n' (e.g. '0/4'), not {shard!r}")
+        shard = (int(first), int(second))
+    index, total = shard
+    if total < 1 or not 0 <= index < total:
+        raise ConfigError(f"shard {index}/{total}: need 0 <= i < n")
+    return index, total
+
+
+class Fleet:
+    """Many simulated devices, each with its own identity, through DPS to their hubs.
+
+    ``Fleet(dps, authority=ca, count=1_000, prefix="sensor-", telemetry=TelemetryPlan(...))``
+    issues one X.509 certificate per device from ``authority`` (registration ids
+    ``sensor-00000``, ``sensor-00001``, ...), or reuses those already in ``certificates_dir``;
+    with ``group_key`` instead, devices use keys derived from a symmetric-key enrollment group.
+    ``run()`` provisions them ``concurrency`` at a time with DPS's pacing (retry-after, at most
+    5 polls per 10 s), connects each to the hub it was assigned, runs the telemetry plan and
+    returns a :class:`FleetReport`.
+
+    ``shard="i/n"`` runs the i-th of n equal slices of the id range, so several machines can
+    run one fleet against Azure. On the emulator, ``pace_like_azure=True`` applies Azure's
+    registration quota (1,000 per minute per DPS), optionally ``time_compression`` times
+    faster.
+    """
+
+    def __init__(
+        self,
+        dps: Dps,
+        *,
+        count: int,
+        authority: CertificateAuthority | None = None,
+        group_key: str | EnrollmentGroup | None = None,
+        prefix: str = "sensor-",
+        telemetry: TelemetryPlan | None = None,
+        concurrency: int = 64,
+        seed: int | None = None,
+        certificates_dir: str | os.PathLike[str] | None = None,
+        shard: str | tuple[int, int] | None = None,
+        algorithm: str = "ec-p256",
+        payload: Any = None,
+        max_in_flight: int = 32,
+        provision_timeout: float = 120.0,
+        pace_like_azure: bool = False,
+        time_compression: float = 1.0,
+        record_messages: bool = True,
+        start_together: bool = True,
+        worker_threads: int | None = None,
+    ) -> None:
+        if not isinstance(count, int) or count < 1:
+            raise ConfigError(f"count must be a positive integer, not {count!r}")
+        if (authority is None) == (group_key is None):
+            raise ConfigError("give the fleet either an authority (X.509) or a group_key")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
+        if not 1 <= max_in_flight <= 65_535:
+            raise ConfigError(f"max_in_flight must be 1..65535, not {max_in_flight}")
+        if not (math.isfinite(time_compression) and time_compression > 0):
+            raise ConfigError(f"time_compression must be positive, not {time_compression}")
+        self.dps = dps
+        self.count = count
+        self.authority = authority
+        if isinstance(group_key, EnrollmentGroup):
+            if not group_key.primary_key:
+                raise ConfigError(
+                    f"enrollment group {group_key.enrollment_group_id!r} has no symmetric key"
+                )
+            group_key = group_key.primary_key
+        self._group_key = group_key
+        self.prefix = prefix
+        self.telemetry = telemetry
+        if seed is not None and telemetry is not None and telemetry.seed != seed:
+            self.telemetry = dataclasses.replace(telemetry, seed=seed)
+        self.concurrency = concurrency
+        self.certificates_dir = Path(certificates_dir) if certificates_dir is not None else None
+        self.shard = _parse_shard(shard)
+        self.algorithm = algorithm
+        self.payload = payload
+        self.max_in_flight = max_in_flight
+        self.provision_timeout = provision_timeout
+        self.pace_like_azure = pace_like_azure
+        self.time_compression = time_compression
+        self.record_messages = record_messages
+        self.start_together = start_together
+        self.worker_threads = worker_threads
+        self._certificates: list[DeviceCertificate] | None = None
+
+    @property
+    def indexes(self) -> range:
+        """The device positions this process runs (all of them, or its shard's slice)."""
+        if self.shard is None:
+            return range(self.count)
+        index, total = self.shard
+        return range(index * self.count // total, (index + 1) * self.count // total)
+
+    @property
+    def registration_ids(self) -> list[str]:
+        """The registration ids this process runs, e.g. ``sensor-00042``."""
+        digits = max(5, len(str(self.count - 1)))
+        return [f"{self.prefix}{i:0{digits}d}" for i in self.indexes]
+
+    def certificates(self) -> list[DeviceCertificate]:
+        """The devices' certificates: loaded from ``certificates_dir`` where present, issued
+        in bulk (and saved there, keys 0600) where not."""
+        if self.authority is None:
+            raise ConfigError("a symmetric-key fleet has no certificates")
+        if self._certificates is not None:
+            return self._certificates
+        ids = self.registration_ids
+        loaded: dict[str, DeviceCertificate] = {}
+        folder = self.certificates_dir
+        if folder is not None and folder.is_dir():
+            for registration_id in ids:
+                chain = folder / f"{registration_id}.fullchain.pem"
+                key = folder / f"{registration_id}.key.pem"
+                if chain.exists() and key.exists():
+                    loaded[registration_id] = DeviceCertificate.load(chain, key)
+        missing = [i for i in ids if i not in loaded]
+        if missing:
+            issued = self.authority.issue_devices(
+                missing, algorithm=self.algorithm, output_dir=folder
+            )
+            loaded.update(zip(missing, issued, strict=True))
+        self._certificates = [loaded[i] for i in ids]
+        return self._certificates
+
+    def run(
+        self,
+        *,
+        progress: bool | None = None,
+        on_progress: Callable[[FleetProgress], None] | None = None,
+    ) -> FleetReport:
+        """Runs the fleet and returns its report. ``progress``: a live line in terminals and
+        notebooks (``None``: when one is attached). ``on_progress`` is called with a
+        :class:`FleetProgress` about five times a second. Ctrl-C (or a notebook interrupt)
+        stops every device and raises ``KeyboardInterrupt``."""
+        ids = self.registration_ids
+        indexes = list(self.indexes)
+        started_at = datetime.now(timezone.utc)
+        settings: dict[str, Any] = {
+            "dps_host": self.dps.device_host,
+            "dps_port": self.dps.device_port,
+            "id_scope": self.dps.id_scope,
+            "hub_port": self.dps._cloud._device_port(),
+            "concurrency": self.concurrency,
+            "provision_timeout": self.provision_timeout,
+            "max_in_flight": self.max_in_flight,
+            "start_together": self.start_together,
+            "record_messages": self.record_messages,
+            "payload": self.payload,
+        }
+        custom_json = None
+        if self.telemetry is not None:
+            start = self.telemetry.start or started_at
+            settings["plan"] = self.telemetry._spec(start)
+            custom = self.telemetry._custom_values(list(zip(indexes, ids, strict=True)))
+            custom_json = json.dumps(custom) if custom else None
+        certificates = self.certificates() if self.authority is not None else None
+        pacing = None
+        if self.pace_like_azure:
+            # Refused outside the in-process emulator: Azure paces registrations itself.
+            quota = max(1, round(AZURE_REGISTRATIONS_PER_MINUTE * self.time_compression))
+            self.dps.set_registration_quota(quota)
+            pacing = self.time_compression
+        hubs = {link.host_name: link.hub for link in self.dps.linked_hubs()}
+        display = _ProgressDisplay(progress)
+        begun = time.monotonic()
+        try:
+            run = FleetRun(
+                json.dumps(settings),
+                self.dps._cloud.trust_pem,
+                ids,
+                indexes,
+                certificates=certificates,
+                group_key=self._group_key,
+                custom_json=custom_json,
+                worker_threads=self.worker_threads,
+            )
+            try:
+                while not run.wait(0.2):
+                    snapshot = FleetProgress(*run.progress(), elapsed=time.monotonic() - begun)
+                    display.update(snapshot)
+                    if on_progress is not None:
+                        on_progress(snapshot)
+            except BaseException:
+                run.cancel()
+                while not run.wait(1.0):
+                    pass
+                raise
+            snapshot = FleetProgress(*run.progress(), elapsed=time.monotonic() - begun)
+            display.update(snapshot)
+            if on_progress is not None:
+                on_progress(snapshot)
+            columns = run.result()
+        finally:
+            display.close()
+            if pacing is not None:
+                self.dps.set_registration_quota(None)
+        return FleetReport(
+            columns, started_at=started_at, hubs=hubs, pacing=pacing, shard=self.shard
+        )
+
+    def __repr__(self) -> str:
+        kind = "x509" if self.authority is not None else "symmetric-key"
+        return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"

@@ -1,0 +1,675 @@
+//! A fleet run: every device provisions through DPS, connects to the hub it was assigned and
+//! follows its telemetry plan, each as one task on the current runtime. Progress is a handful
+//! of shared counters that a watcher (the Python progress bar) reads without slowing the run;
+//! the outcome is one row per device and, optionally, one row per message sent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::fleet::plan::TelemetryPlan;
+use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
+use crate::provisioning::{
+    DeviceAuth, ProvisioningRequest, RegistrationResult, Trust, jittered_backoff,
+    provision_counting,
+};
+
+/// How a fleet runs: where DPS is, how much at once, and what each device sends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// DPS device endpoint host.
+    pub dps_host: String,
+    /// DPS MQTT port.
+    pub dps_port: u16,
+    /// The DPS instance's ID scope.
+    pub id_scope: String,
+    /// Port of the assigned hubs (8883 on Azure; the emulator serves every hub on its port).
+    pub hub_port: u16,
+    /// Devices provisioning or connecting at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Seconds one registration may take, retries included.
+    #[serde(default = "default_provision_timeout")]
+    pub provision_timeout: f64,
+    /// Seconds for TLS + CONNACK to the hub.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: f64,
+    /// Attempts at registering, and at connecting to the hub, when the network fails, a
+    /// timeout passes or the service is busy (DPS throttling is waited out within an attempt,
+    /// as DPS asks).
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// QoS 1 messages a device keeps unacknowledged.
+    #[serde(default = "default_window")]
+    pub max_in_flight: u16,
+    /// Stay connected after provisioning even without a telemetry plan, until every device is
+    /// connected (so they are all held at once, as a deployed fleet is).
+    #[serde(default = "default_true")]
+    pub start_together: bool,
+    /// Keep one row per message (what `to_pandas("messages")` shows).
+    #[serde(default = "default_true")]
+    pub record_messages: bool,
+    /// The registration payload every device sends.
+    #[serde(default)]
+    pub payload: Option<Value>,
+    /// What each device sends once connected (none: provision and connect only).
+    #[serde(default)]
+    pub plan: Option<TelemetryPlan>,
+}
+
+fn default_concurrency() -> usize {
+    64
+}
+fn default_provision_timeout() -> f64 {
+    120.0
+}
+fn default_connect_timeout() -> f64 {
+    30.0
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_window() -> u16 {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+
+impl FleetSettings {
+    /// Parses and checks settings sent as JSON by the Python layer.
+    pub fn from_json(text: &str) -> Result<FleetSettings> {
+        let settings: FleetSettings = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("fleet settings: {e}")))?;
+        for (name, value) in [
+            ("provision_timeout", settings.provision_timeout),
+            ("connect_timeout", settings.connect_timeout),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(Error::Config(format!(
+                    "{name} must be a positive number of seconds, not {value}"
+                )));
+            }
+        }
+        if settings.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        if settings.attempts == 0 {
+            return Err(Error::Config("attempts must be at least 1".into()));
+        }
+        if let Some(plan) = &settings.plan {
+            plan.validate()?;
+        }
+        Ok(settings)
+    }
+}
+
+/// One device of the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetDevice {
+    /// Position in the whole fleet (seeds its telemetry; shards keep global positions).
+    pub index: u64,
+    /// Registration id (= certificate CN for X.509).
+    pub registration_id: String,
+    /// Certificate or derived key.
+    pub auth: DeviceAuth,
+    /// Extra telemetry fields computed ahead of time (custom Python generators).
+    pub custom: Vec<(String, Vec<Value>)>,
+}
+
+/// Counters updated by the devices as they go; read at any time.
+#[derive(Debug, Default)]
+pub struct FleetProgress {
+    /// Devices in the run.
+    pub total: AtomicU64,
+    /// Devices assigned by DPS.
+    pub provisioned: AtomicU64,
+    /// Devices connected to their hub.
+    pub connected: AtomicU64,
+    /// Devices that stopped on an error.
+    pub failed: AtomicU64,
+    /// Devices done (whatever the outcome).
+    pub finished: AtomicU64,
+    /// Telemetry messages handed to the connections.
+    pub sent: AtomicU64,
+    /// Telemetry messages the hub acknowledged.
+    pub acknowledged: AtomicU64,
+    /// Throttled registrations waited out, registrations attempted again and reconnects.
+    pub retries: AtomicU64,
+    cancelled: AtomicBool,
+}
+
+impl FleetProgress {
+    /// Asks every device to stop at its next step.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+}
+
+/// Where a device's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Provisioned, connected and sent its plan (or held its connection).
+    Completed,
+    /// DPS did not assign it.
+    ProvisioningFailed,
+    /// Its hub did not accept the connection.
+    ConnectFailed,
+    /// The connection ended for good while sending.
+    TelemetryFailed,
+    /// The run was cancelled first.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The name reports use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::ProvisioningFailed => "provisioning_failed",
+            Outcome::ConnectFailed => "connect_failed",
+            Outcome::TelemetryFailed => "telemetry_failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One device's run.
+#[derive(Debug, Clone)]
+pub struct DeviceReport {
+    /// Position in the fleet.
+    pub index: u64,
+    /// Registration id.
+    pub registration_id: String,
+    /// Where it ended.
+    pub outcome: Outcome,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Azure's error code of that failure (e.g. 401002), when the service gave one.
+    pub error_code: Option<u32>,
+    /// Assigned hub host name.
+    pub assigned_hub: Option<String>,
+    /// Device id in that hub.
+    pub device_id: Option<String>,
+    /// When provisioning began, from the fleet's start.
+    pub started: Duration,
+    /// Registration, from the first CONNECT to `assigned` (the successful attempt's).
+    pub provision_latency: Option<Duration>,
+    /// TLS handshake to CONNACK at the hub.
+    pub connect_latency: Option<Duration>,
+    /// Throttled replies waited out and registrations attempted again.
+    pub provision_retries: u32,
+    /// Hub connections refused or failed at first and dialled again.
+    pub connect_retries: u32,
+    /// Hub connections lost and dialled again.
+    pub reconnects: u32,
+    /// Messages published (duplicates included).
+    pub sent: u64,
+    /// Messages the hub acknowledged.
+    pub acknowledged: u64,
+    /// Messages the plan dropped (a gap in the sequence numbers, on purpose).
+    pub dropped: u64,
+    /// Messages the plan sent twice.
+    pub duplicated: u64,
+}
+
+/// One published message (per device, merged into columns at the end).
+#[derive(Debug, Clone, Copy)]
+struct MessageRow {
+    seq: u64,
+    /// Seconds from the fleet's start to the publish.
+    sent_at: f64,
+    /// PUBACK latency in ms; NaN when never acknowledged.
+    latency_ms: f64,
+    anomaly: bool,
+    duplicate: bool,
+}
+
+/// Every message published, as columns.
+#[derive(Debug, Default, Clone)]
+pub struct MessageColumns {
+    /// Index into [`FleetResult::devices`].
+    pub device: Vec<u32>,
+    /// The device's sequence number.
+    pub seq: Vec<u64>,
+    /// Seconds from the fleet's start to the publish.
+    pub sent_at: Vec<f64>,
+    /// Publish to PUBACK in ms (NaN: not acknowledged).
+    pub latency_ms: Vec<f64>,
+    /// The plan put an anomaly in it.
+    pub anomaly: Vec<bool>,
+    /// The second copy of a duplicated message.
+    pub duplicate: Vec<bool>,
+}
+
+/// The outcome of a fleet run.
+#[derive(Debug, Default, Clone)]
+pub struct FleetResult {
+    /// One row per device, in fleet order.
+    pub devices: Vec<DeviceReport>,
+    /// One row per message (empty unless recorded).
+    pub messages: MessageColumns,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+    /// From the start until the last device was connected (or failed).
+    pub connect_phase: Duration,
+}
+
+/// Runs the fleet on the current runtime and returns when every device is done.
+pub async fn run(
+    mut settings: FleetSettings,
+    devices: Vec<FleetDevice>,
+    trust: Trust,
+    progress: Arc<FleetProgress>,
+) -> FleetResult {
+    let start = Instant::now();
+    // One simulated start for the whole fleet, so every device's timestamps line up.
+    if let Some(plan) = settings.plan.as_mut()
+        && plan.start_unix_ms.is_none()
+    {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        plan.set_start_unix_ms(now);
+    }
+    let total = devices.len();
+    progress.total.store(total as u64, Ordering::Relaxed);
+    let settings = Arc::new(settings);
+    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    // Counts devices still provisioning or connecting; telemetry starts at zero when the
+    // devices are to start together.
+    let (pending_tx, pending_rx) = watch::channel(total);
+    let pending_tx = Arc::new(pending_tx);
+    let connect_phase_end = Arc::new(std::sync::Mutex::new(None::<Duration>));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (position, device) in devices.into_iter().enumerate() {
+        let context = DeviceContext {
+            settings: settings.clone(),
+            trust: trust.clone(),
+            progress: progress.clone(),
+            slots: slots.clone(),
+            pending_tx: pending_tx.clone(),
+            pending_rx: pending_rx.clone(),
+            connect_phase_end: connect_phase_end.clone(),
+            start,
+        };
+        tasks.spawn(async move { (position, run_device(context, device).await) });
+    }
+    let mut reports: Vec<Option<(DeviceReport, Vec<MessageRow>)>> = vec![None; total];
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((position, outcome)) => reports[position] = Some(outcome),
+            // A device task only ends this way on a bug; its row says so below.
+            Err(error) => log::error!("fleet device task failed: {error}"),
+        }
+    }
+    let mut result = FleetResult {
+        elapsed: start.elapsed(),
+        connect_phase: connect_phase_end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(|| start.elapsed()),
+        ..FleetResult::default()
+    };
+    for (position, slot) in reports.into_iter().enumerate() {
+        let (report, rows) = slot.unwrap_or_else(|| {
+            (
+                DeviceReport::new(position as u64, "?".into(), Duration::ZERO).failed(
+                    Outcome::Cancelled,
+                    &Error::Transport("device task failed".into()),
+                ),
+                Vec::new(),
+            )
+        });
+        let device = position as u32;
+        let columns = &mut result.messages;
+        for row in rows {
+            columns.device.push(device);
+            columns.seq.push(row.seq);
+            columns.sent_at.push(row.sent_at);
+            columns.latency_ms.push(row.latency_ms);
+            columns.anomaly.push(row.anomaly);
+            columns.duplicate.push(row.duplicate);
+        }
+        result.devices.push(report);
+    }
+    result
+}
+
+struct DeviceContext {
+    settings: Arc<FleetSettings>,
+    trust: Trust,
+    progress: Arc<FleetProgress>,
+    slots: Arc<Semaphore>,
+    pending_tx: Arc<watch::Sender<usize>>,
+    pending_rx: watch::Receiver<usize>,
+    connect_phase_end: Arc<std::sync::Mutex<Option<Duration>>>,
+    start: Instant,
+}
+
+impl DeviceContext {
+    /// This device is past provisioning and connecting, whichever way it went.
+    fn leave_connect_phase(&self) {
+        self.pending_tx.send_modify(|pending| {
+            *pending = pending.saturating_sub(1);
+            if *pending == 0 {
+                *self
+                    .connect_phase_end
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(self.start.elapsed());
+            }
+        });
+    }
+}
+
+impl DeviceReport {
+    fn new(index: u64, registration_id: String, started: Duration) -> Self {
+        DeviceReport {
+            index,
+            registration_id,
+            outcome: Outcome::Completed,
+            error: None,
+            error_code: None,
+            assigned_hub: None,
+            device_id: None,
+            started,
+            provision_latency: None,
+            connect_latency: None,
+            provision_retries: 0,
+            connect_retries: 0,
+            reconnects: 0,
+            sent: 0,
+            acknowledged: 0,
+            dropped: 0,
+            duplicated: 0,
+        }
+    }
+
+    fn failed(mut self, outcome: Outcome, error: &Error) -> Self {
+        self.outcome = outcome;
+        self.error = Some(error.to_string());
+        self.error_code = match error {
+            Error::RegistrationFailed { error_code, .. } => *error_code,
+            Error::Service(failure) => failure.error_code,
+            _ => None,
+        };
+        self
+    }
+}
+
+/// Transport failures, timeouts and a busy service are worth another attempt; a refusal of
+/// the device itself is not.
+fn worth_retrying(error: &Error) -> bool {
+    match error {
+        Error::Transport(_) | Error::Timeout(_) => true,
+        Error::Service(failure) => failure.status == 429 || failure.status >= 500,
+        _ => false,
+    }
+}
+
+/// Connects to the assigned hub, dialling again (with backoff) when the hub is busy or the
+/// network fails, as the official SDKs do. Returns the client and when its last attempt began.
+async fn connect_device(
+    context: &DeviceContext,
+    options: HubConnectOptions,
+    report: &mut DeviceReport,
+) -> Result<(HubClient, Instant)> {
+    let mut attempt = 1;
+    loop {
+        let began = Instant::now();
+        match HubClient::connect(options.clone(), &context.trust).await {
+            Ok(client) => return Ok((client, began)),
+            Err(error)
+                if attempt < context.settings.attempts
+                    && worth_retrying(&error)
+                    && !context.progress.is_cancelled() =>
+            {
+                report.connect_retries += 1;
+                context.progress.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(jittered_backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn run_device(
+    context: DeviceContext,
+    device: FleetDevice,
+) -> (DeviceReport, Vec<MessageRow>) {
+    let settings = context.settings.clone();
+    let progress = context.progress.clone();
+    let slot = context.slots.clone().acquire_owned().await;
+    let mut report = DeviceReport::new(
+        device.index,
+        device.registration_id.clone(),
+        context.start.elapsed(),
+    );
+    let finish = |report: DeviceReport, rows: Vec<MessageRow>| {
+        if report.outcome != Outcome::Completed {
+            progress.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        progress.finished.fetch_add(1, Ordering::Relaxed);
+        (report, rows)
+    };
+    if progress.is_cancelled() {
+        context.leave_connect_phase();
+        return finish(
+            report.failed(Outcome::Cancelled, &Error::Transport("cancelled".into())),
+            Vec::new(),
+        );
+    }
+
+    let assignment = match provision_device(&context, &device, &mut report).await {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            context.leave_connect_phase();
+            return finish(
+                report.failed(Outcome::ProvisioningFailed, &error),
+                Vec::new(),
+            );
+        }
+    };
+    progress.provisioned.fetch_add(1, Ordering::Relaxed);
+    report.assigned_hub = assignment.assigned_hub.clone();
+    report.device_id = assignment.device_id.clone();
+
+    let (Some(hub), Some(device_id)) = (assignment.assigned_hub, assignment.device_id) else {
+        context.leave_connect_phase();
+        let error = Error::Protocol("DPS assigned the device without a hub or device id".into());
+        return finish(
+            report.failed(Outcome::ProvisioningFailed, &error),
+            Vec::new(),
+        );
+    };
+    let mut options = HubConnectOptions::new(hub, settings.hub_port, device_id, device.auth);
+    options.max_in_flight = settings.max_in_flight.max(1);
+    options.connect_timeout = Duration::from_secs_f64(settings.connect_timeout);
+    let (client, began) = match connect_device(&context, options, &mut report).await {
+        Ok(connected) => connected,
+        Err(error) => {
+            context.leave_connect_phase();
+            return finish(report.failed(Outcome::ConnectFailed, &error), Vec::new());
+        }
+    };
+    report.connect_latency = Some(began.elapsed());
+    progress.connected.fetch_add(1, Ordering::Relaxed);
+    drop(slot);
+    context.leave_connect_phase();
+
+    if settings.start_together {
+        let mut pending = context.pending_rx.clone();
+        let _ = pending.wait_for(|left| *left == 0).await;
+    }
+    let mut rows = Vec::new();
+    if let Some(plan) = &settings.plan {
+        let stream = plan.device_stream(device.index, &device.registration_id, device.custom);
+        if let Err(error) = send_plan(&context, &client, stream, &mut report, &mut rows).await {
+            report = report.failed(Outcome::TelemetryFailed, &error);
+        }
+    }
+    report.reconnects = client.reconnects();
+    progress
+        .retries
+        .fetch_add(u64::from(report.reconnects), Ordering::Relaxed);
+    client.close().await;
+    if progress.is_cancelled() && report.outcome == Outcome::Completed {
+        report = report.failed(Outcome::Cancelled, &Error::Transport("cancelled".into()));
+    }
+    finish(report, rows)
+}
+
+async fn provision_device(
+    context: &DeviceContext,
+    device: &FleetDevice,
+    report: &mut DeviceReport,
+) -> Result<RegistrationResult> {
+    let settings = &context.settings;
+    let request = ProvisioningRequest {
+        host: settings.dps_host.clone(),
+        port: settings.dps_port,
+        id_scope: settings.id_scope.clone(),
+        registration_id: device.registration_id.clone(),
+        auth: device.auth.clone(),
+        payload: settings.payload.clone(),
+        timeout: Duration::from_secs_f64(settings.provision_timeout),
+    };
+    let mut attempt = 1;
+    loop {
+        let throttled = AtomicU32::new(0);
+        let began = Instant::now();
+        let outcome = provision_counting(&request, &context.trust, &throttled).await;
+        let waited_out = throttled.load(Ordering::Relaxed);
+        report.provision_retries += waited_out;
+        context
+            .progress
+            .retries
+            .fetch_add(u64::from(waited_out), Ordering::Relaxed);
+        match outcome {
+            Ok(assignment) => {
+                report.provision_latency = Some(began.elapsed());
+                return Ok(assignment);
+            }
+            Err(error)
+                if attempt < settings.attempts
+                    && worth_retrying(&error)
+                    && !context.progress.is_cancelled() =>
+            {
+                log::info!(
+                    "fleet: registration of {} failed ({error}); trying again",
+                    device.registration_id
+                );
+                report.provision_retries += 1;
+                context.progress.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(jittered_backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Publishes the device's planned messages on schedule, keeping up to the connection's window
+/// unacknowledged, and records each publish and its acknowledgement.
+async fn send_plan(
+    context: &DeviceContext,
+    client: &HubClient,
+    stream: crate::fleet::plan::DeviceStream,
+    report: &mut DeviceReport,
+    rows: &mut Vec<MessageRow>,
+) -> Result<()> {
+    let progress = &context.progress;
+    let record = context.settings.record_messages;
+    let window = usize::from(context.settings.max_in_flight.max(1));
+    // Acknowledgements arrive in publish order, so only the oldest needs watching.
+    let mut pending: VecDeque<(PendingAck, Instant, usize)> = VecDeque::with_capacity(window);
+    let begun = Instant::now();
+    let settle = |rows: &mut Vec<MessageRow>,
+                  report: &mut DeviceReport,
+                  outcome: Result<()>,
+                  published: Instant,
+                  row: usize|
+     -> Result<()> {
+        outcome?;
+        report.acknowledged += 1;
+        progress.acknowledged.fetch_add(1, Ordering::Relaxed);
+        if let Some(row) = rows.get_mut(row) {
+            row.latency_ms = published.elapsed().as_secs_f64() * 1000.0;
+        }
+        Ok(())
+    };
+    for message in stream {
+        if progress.is_cancelled() {
+            break;
+        }
+        let due = begun + message.send_at;
+        // Collect acknowledgements while waiting for the send time, so latencies are measured
+        // when the PUBACK arrives rather than when the next message goes out.
+        while Instant::now() < due {
+            match pending.front_mut() {
+                Some((ack, _, _)) => {
+                    tokio::select! {
+                        outcome = ack => {
+                            let (_, published, row) = pending.pop_front().expect("front exists");
+                            settle(rows, report, outcome, published, row)?;
+                        }
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => tokio::time::sleep_until(due).await,
+            }
+        }
+        if message.copies == 0 {
+            report.dropped += 1;
+            continue;
+        }
+        if message.copies > 1 {
+            report.duplicated += 1;
+        }
+        let mut telemetry = TelemetryMessage::new(message.body);
+        telemetry.message_id = Some(message.message_id);
+        telemetry.content_type = Some("application/json".into());
+        telemetry.content_encoding = Some("utf-8".into());
+        for copy in 0..message.copies {
+            if pending.len() >= window
+                && let Some((ack, published, row)) = pending.pop_front()
+            {
+                let outcome = ack.await;
+                settle(rows, report, outcome, published, row)?;
+            }
+            let ack = client.queue_telemetry(&telemetry).await?;
+            let published = Instant::now();
+            report.sent += 1;
+            progress.sent.fetch_add(1, Ordering::Relaxed);
+            let row = rows.len();
+            if record {
+                rows.push(MessageRow {
+                    seq: message.seq,
+                    sent_at: published.duration_since(context.start).as_secs_f64(),
+                    latency_ms: f64::NAN,
+                    anomaly: message.anomaly,
+                    duplicate: copy > 0,
+                });
+            }
+            pending.push_back((ack, published, if record { row } else { usize::MAX }));
+        }
+    }
+    while let Some((ack, published, row)) = pending.pop_front() {
+        let outcome = ack.await;
+        settle(rows, report, outcome, published, row)?;
+    }
+    Ok(())
+}

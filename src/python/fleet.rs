@@ -1,0 +1,333 @@
+//! Bindings for a fleet run (`_native.FleetRun`): the run starts on its own runtime when the
+//! object is made; Python polls the progress counters (for its progress bar) and waits in short
+//! slices with the GIL released, so Ctrl-C and notebook interrupts stay responsive.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::error::Error;
+use crate::fleet::engine::{self, FleetDevice, FleetProgress, FleetResult, FleetSettings};
+use crate::provisioning::{DeviceAuth, Trust};
+use crate::python::pki::PyDeviceCertificate;
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyFleetRun>()?;
+    Ok(())
+}
+
+/// One fleet run in progress (see `dpskit.Fleet`).
+#[pyclass(module = "dpskit._native", name = "FleetRun")]
+pub struct PyFleetRun {
+    runtime: tokio::runtime::Runtime,
+    progress: Arc<FleetProgress>,
+    handle: Mutex<Option<JoinHandle<FleetResult>>>,
+    result: Mutex<Option<FleetResult>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One device's custom fields: name and the values it cycles through.
+type CustomFields = Vec<(String, Vec<Value>)>;
+
+/// `{"field": [[values of device 0], [values of device 1], ...]}` → per device
+/// `[(field, values)]`.
+fn custom_fields(text: Option<&str>, devices: usize) -> PyResult<Vec<CustomFields>> {
+    let mut per_device: Vec<CustomFields> = vec![Vec::new(); devices];
+    let Some(text) = text else {
+        return Ok(per_device);
+    };
+    let fields: serde_json::Map<String, Value> = serde_json::from_str(text)
+        .map_err(|e| Error::Config(format!("custom telemetry values: {e}")))?;
+    for (name, columns) in fields {
+        let Value::Array(columns) = columns else {
+            return Err(Error::Config(format!(
+                "custom field {name:?}: expected a list per device"
+            ))
+            .into());
+        };
+        if columns.len() != devices {
+            return Err(Error::Config(format!(
+                "custom field {name:?}: {} value lists for {devices} devices",
+                columns.len()
+            ))
+            .into());
+        }
+        for (device, values) in per_device.iter_mut().zip(columns) {
+            let Value::Array(values) = values else {
+                return Err(Error::Config(format!(
+                    "custom field {name:?}: expected a list of values per device"
+                ))
+                .into());
+            };
+            if values.is_empty() {
+                return Err(Error::Config(format!(
+                    "custom field {name:?}: a device got no values"
+                ))
+                .into());
+            }
+            device.push((name.clone(), values));
+        }
+    }
+    Ok(per_device)
+}
+
+fn millis(duration: Option<Duration>) -> Option<f64> {
+    duration.map(|d| d.as_secs_f64() * 1000.0)
+}
+
+#[pymethods]
+impl PyFleetRun {
+    /// Starts the run: `settings_json` as `FleetSettings`; one entry per device in
+    /// `registration_ids` and `indexes`; credentials from `certificates` (same order) or derived
+    /// from `group_key`; `trust_pem` None trusts the system roots (Azure).
+    #[new]
+    #[pyo3(signature = (settings_json, trust_pem, registration_ids, indexes, *, certificates = None, group_key = None, custom_json = None, worker_threads = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        settings_json: &str,
+        trust_pem: Option<&str>,
+        registration_ids: Vec<String>,
+        indexes: Vec<u64>,
+        certificates: Option<Vec<PyRef<'_, PyDeviceCertificate>>>,
+        group_key: Option<&str>,
+        custom_json: Option<&str>,
+        worker_threads: Option<usize>,
+    ) -> PyResult<Self> {
+        // The Python layer stamps the plan's simulated start (so it is known before the run).
+        let settings = FleetSettings::from_json(settings_json)?;
+        let trust = match trust_pem {
+            Some(pem) => Trust::from_pem(pem.as_bytes())?,
+            None => Trust::system(),
+        };
+        let count = registration_ids.len();
+        if indexes.len() != count {
+            return Err(Error::Config(format!(
+                "{} indexes for {count} registration ids",
+                indexes.len()
+            ))
+            .into());
+        }
+        let auths: Vec<DeviceAuth> = match (certificates, group_key) {
+            (Some(certificates), None) => {
+                if certificates.len() != count {
+                    return Err(Error::Config(format!(
+                        "{} certificates for {count} registration ids",
+                        certificates.len()
+                    ))
+                    .into());
+                }
+                certificates
+                    .iter()
+                    .map(|c| DeviceAuth::X509(c.credential_arc()))
+                    .collect()
+            }
+            (None, Some(key)) => registration_ids
+                .iter()
+                .map(|id| crate::sas::derive_device_key(key, id).map(DeviceAuth::SymmetricKey))
+                .collect::<Result<_, Error>>()?,
+            _ => {
+                return Err(Error::Config(
+                    "give either certificates or group_key for the fleet's devices".into(),
+                )
+                .into());
+            }
+        };
+        let custom = custom_fields(custom_json, count)?;
+        if let (Some(plan), Some(first)) = (&settings.plan, custom.first()) {
+            plan.check_custom_names(first.iter().map(|(name, _)| name.as_str()))?;
+        } else if custom.first().is_some_and(|fields| !fields.is_empty()) {
+            return Err(
+                Error::Config("custom telemetry values need a telemetry plan".into()).into(),
+            );
+        }
+        let devices: Vec<FleetDevice> = registration_ids
+            .into_iter()
+            .zip(indexes)
+            .zip(auths)
+            .zip(custom)
+            .map(|(((registration_id, index), auth), custom)| FleetDevice {
+                index,
+                registration_id,
+                auth,
+                custom,
+            })
+            .collect();
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = worker_threads {
+            builder.worker_threads(threads.max(1));
+        }
+        let runtime = builder
+            .enable_all()
+            .thread_name("dpskit-fleet")
+            .build()
+            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
+        let progress = Arc::new(FleetProgress::default());
+        progress
+            .total
+            .store(count as u64, std::sync::atomic::Ordering::Relaxed);
+        let handle = runtime.spawn(engine::run(settings, devices, trust, progress.clone()));
+        Ok(PyFleetRun {
+            runtime,
+            progress,
+            handle: Mutex::new(Some(handle)),
+            result: Mutex::new(None),
+        })
+    }
+
+    /// `(total, provisioned, connected, failed, finished, sent, acknowledged, retries)`.
+    fn progress(&self) -> (u64, u64, u64, u64, u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let p = &self.progress;
+        (
+            p.total.load(Relaxed),
+            p.provisioned.load(Relaxed),
+            p.connected.load(Relaxed),
+            p.failed.load(Relaxed),
+            p.finished.load(Relaxed),
+            p.sent.load(Relaxed),
+            p.acknowledged.load(Relaxed),
+            p.retries.load(Relaxed),
+        )
+    }
+
+    /// Waits up to `timeout` seconds for the run to end; True once it has.
+    fn wait(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let mut handle = lock(&self.handle);
+        let Some(running) = handle.as_mut() else {
+            return Ok(true);
+        };
+        let slice = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        let joined = py.detach(|| {
+            self.runtime
+                .block_on(async { tokio::time::timeout(slice, running).await })
+        });
+        match joined {
+            Err(_) => Ok(false),
+            Ok(outcome) => {
+                handle.take();
+                let result =
+                    outcome.map_err(|e| Error::Transport(format!("the fleet run failed: {e}")))?;
+                *lock(&self.result) = Some(result);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Asks every device to stop; `wait` then returns soon with what was done.
+    fn cancel(&self) {
+        self.progress.cancel();
+    }
+
+    /// The run's outcome as columns: `{"devices": {...}, "messages": {...}, "elapsed": s,
+    /// "connect_phase": s}`. Only after `wait` returned True.
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let guard = lock(&self.result);
+        let Some(result) = guard.as_ref() else {
+            return Err(
+                Error::Config("the fleet is still running: wait() for it first".into()).into(),
+            );
+        };
+        let d = &result.devices;
+        let devices = PyDict::new(py);
+        devices.set_item("index", d.iter().map(|r| r.index).collect::<Vec<_>>())?;
+        devices.set_item(
+            "registration_id",
+            d.iter()
+                .map(|r| r.registration_id.as_str())
+                .collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "outcome",
+            d.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "error",
+            d.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "error_code",
+            d.iter().map(|r| r.error_code).collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "assigned_hub",
+            d.iter()
+                .map(|r| r.assigned_hub.as_deref())
+                .collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "device_id",
+            d.iter().map(|r| r.device_id.as_deref()).collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "started_s",
+            d.iter()
+                .map(|r| r.started.as_secs_f64())
+                .collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "provision_ms",
+            d.iter()
+                .map(|r| millis(r.provision_latency))
+                .collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "connect_ms",
+            d.iter()
+                .map(|r| millis(r.connect_latency))
+                .collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "provision_retries",
+            d.iter().map(|r| r.provision_retries).collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "connect_retries",
+            d.iter().map(|r| r.connect_retries).collect::<Vec<_>>(),
+        )?;
+        devices.set_item(
+            "reconnects",
+            d.iter().map(|r| r.reconnects).collect::<Vec<_>>(),
+        )?;
+        devices.set_item("sent", d.iter().map(|r| r.sent).collect::<Vec<_>>())?;
+        devices.set_item(
+            "acknowledged",
+            d.iter().map(|r| r.acknowledged).collect::<Vec<_>>(),
+        )?;
+        devices.set_item("dropped", d.iter().map(|r| r.dropped).collect::<Vec<_>>())?;
+        devices.set_item(
+            "duplicated",
+            d.iter().map(|r| r.duplicated).collect::<Vec<_>>(),
+        )?;
+        let m = &result.messages;
+        let messages = PyDict::new(py);
+        messages.set_item("device", &m.device)?;
+        messages.set_item("seq", &m.seq)?;
+        messages.set_item("sent_at_s", &m.sent_at)?;
+        messages.set_item("latency_ms", &m.latency_ms)?;
+        messages.set_item("anomaly", &m.anomaly)?;
+        messages.set_item("duplicate", &m.duplicate)?;
+        let out = PyDict::new(py);
+        out.set_item("devices", devices)?;
+        out.set_item("messages", messages)?;
+        out.set_item("elapsed", result.elapsed.as_secs_f64())?;
+        out.set_item("connect_phase", result.connect_phase.as_secs_f64())?;
+        Ok(out)
+    }
+}
+
+impl Drop for PyFleetRun {
+    fn drop(&mut self) {
+        // A run abandoned by Python stops instead of holding thousands of connections.
+        self.progress.cancel();
+        if let Some(handle) = lock(&self.handle).take() {
+            handle.abort();
+        }
+    }
+}

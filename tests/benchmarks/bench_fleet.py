@@ -1,0 +1,180 @@
+"""Fleets side by side, in one run: ``dpskit.Fleet`` vs the official azure-iot-device SDK (one
+client per device on a thread each, as its samples do), both provisioning X.509 devices through
+the emulator's DPS, connecting them to the assigned hubs (two, hashed) and sending telemetry.
+
+The emulator runs in its own process (``dpskit emulator`` on port 8883, which the SDK needs) in
+fast mode, so this process's memory growth is the fleet's alone. Figures: devices provisioned
+and connected per second (all held connected at once), memory per connected device (peak RSS
+growth / devices, certificates issued beforehand), and acknowledged telemetry messages per
+second across the fleet.
+
+Run: ``python tests/benchmarks/bench_fleet.py [--devices 10000] [--messages 20]
+[--sdk-devices 50]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import dpskit
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_device import (
+    SDK_PORT,
+    _port_free,
+    _rss_kb,
+    _sdk_device,
+    emulator_process,
+)
+
+BODY = b'{"temperature": 21.5, "humidity": 40.2, "status": "ok"}'
+
+
+def _sdk_fleet(
+    dps: Any, trust: str, devices: list[dpskit.DeviceCertificate], folder: Path, messages: int
+) -> tuple[float, float, float, int]:
+    """Provision + connect every device on its own thread, then send ``messages`` each.
+    Returns (connect seconds, KB per device, send seconds, messages acknowledged)."""
+    from azure.iot.device import Message
+
+    before = _rss_kb()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(devices)) as pool:
+        clients = list(pool.map(lambda d: _sdk_device(dps, trust, d, folder), devices))
+    connect_seconds = time.perf_counter() - start
+    per_device = (_rss_kb() - before) / len(clients)
+
+    def send(client: Any) -> int:
+        for _ in range(messages):
+            client.send_message(Message(BODY, content_encoding="utf-8"))  # type: ignore[no-untyped-call]
+        return messages
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        acknowledged = sum(pool.map(send, clients))
+    send_seconds = time.perf_counter() - start
+    for client in clients:
+        client.shutdown()
+    return connect_seconds, per_device, send_seconds, acknowledged
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--devices", type=int, default=10_000, help="devices for dpskit")
+    parser.add_argument("--messages", type=int, default=20, help="messages per device")
+    parser.add_argument("--concurrency", type=int, default=64, help="dpskit devices in flight")
+    parser.add_argument("--sdk-devices", type=int, default=50, help="devices for the SDK")
+    args = parser.parse_args(argv)
+
+    sdk_note = ""
+    try:
+        import azure.iot.device  # noqa: F401
+    except ImportError:
+        sdk_note = "azure-iot-device is not installed"
+    port = SDK_PORT if _port_free(SDK_PORT) else 0
+    if port != SDK_PORT:
+        sdk_note = "port 8883 is taken (the SDK cannot dial another port)"
+
+    rows: list[tuple[str, int, float, float, float]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="dpskit-bench-fleet-") as folder,
+        emulator_process(Path(folder) / "cloud", port) as cloud,
+    ):
+        hubs = [cloud.create_hub("bench-hub-1"), cloud.create_hub("bench-hub-2")]
+        dps = cloud.create_dps("bench-dps")
+        for hub in hubs:
+            cloud.link_hub(dps, hub)
+        root = dpskit.CertificateAuthority.create_root("Bench Fleet Root")
+        inter = root.create_intermediate("Bench Fleet Intermediate")
+        dps.prove_possession("inter", inter)
+        dps.create_enrollment_group(
+            "bench", ca_reference="inter", allocation_policy="hashed", hubs=hubs
+        )
+        trust = cloud.trust_pem
+
+        plan = dpskit.TelemetryPlan(
+            interval=0.0,
+            count=args.messages,
+            fields={
+                "temperature": dpskit.signals.sine(21.0, 3.0, period=86_400).rounded(2),
+                "humidity": dpskit.signals.random_walk(45.0, 0.3, low=0, high=100).rounded(1),
+            },
+        )
+        fleet = dpskit.Fleet(
+            dps,
+            authority=inter,
+            count=args.devices,
+            prefix="fleet-",
+            telemetry=plan,
+            concurrency=args.concurrency,
+            record_messages=False,
+        )
+        fleet.certificates()  # issued before measuring: the fleet's memory is its connections
+        before = _rss_kb()
+        peak = [before]
+
+        def sample(snapshot: dpskit.FleetProgress) -> None:
+            peak[0] = max(peak[0], _rss_kb())
+
+        report = fleet.run(progress=False, on_progress=sample)
+        per_device = (peak[0] - before) / max(1, report.completed)
+        assert report.completed == args.devices, report.summary()
+        telemetry_seconds = report.elapsed - report.connect_phase
+        rows.append(
+            (
+                "dpskit.Fleet (one process, a task per device)",
+                report.completed,
+                report.provisioning_rate,
+                per_device,
+                report.messages_acknowledged / max(telemetry_seconds, 1e-9),
+            )
+        )
+
+        if not sdk_note and args.sdk_devices > 0:
+            devices = inter.issue_devices([f"sdk-{i:05d}" for i in range(args.sdk_devices)])
+            connect_s, sdk_kb, send_s, acked = _sdk_fleet(
+                dps, trust, devices, Path(folder) / "files", args.messages
+            )
+            rows.append(
+                (
+                    "azure-iot-device 2.x (a thread per device)",
+                    len(devices),
+                    len(devices) / connect_s,
+                    sdk_kb,
+                    acked / send_s,
+                )
+            )
+
+    print("Fleets: provision through DPS, connect to the assigned hub (2 hubs), send telemetry")
+    print(
+        f"  python {platform.python_version()}, {os.cpu_count()} CPUs; emulator in its own "
+        f"process; {args.messages} messages per device, QoS 1"
+    )
+    print()
+    header = f"{'fleet':48} {'devices':>8} {'devices/s':>10} {'KB/device':>10} {'msgs/s':>10}"
+    print(header)
+    for name, count, rate, kb, msgs in rows:
+        print(f"{name:48} {count:8d} {rate:10.1f} {kb:10.1f} {msgs:10.0f}")
+    print(f"\n{report.summary()}")
+    if len(rows) == 2:
+        (_, _, r1, m1, t1), (_, _, r2, m2, t2) = rows
+        print(
+            f"\nratio dpskit / SDK: {r1 / r2:.1f}x devices per second, "
+            f"{m2 / max(m1, 0.001):.1f}x less memory per device, {t1 / t2:.1f}x messages per second"
+        )
+    elif sdk_note:
+        print(f"\nofficial SDK not measured: {sdk_note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

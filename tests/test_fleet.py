@@ -1,0 +1,376 @@
+"""Fleets against the real emulator: hundreds of distinct X.509 identities through DPS, two
+hubs, telemetry plans, faults (throttled registrations, dropped and throttled connections),
+and the report checked against what the hubs stored."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dpskit
+from dpskit import signals
+from dpskit.cli import main
+
+pd = pytest.importorskip("pandas")
+
+
+class Setup:
+    """A local cloud with two hubs linked to one DPS, a verified intermediate and an X.509
+    group hashing over both hubs."""
+
+    def __init__(self, cloud: dpskit.LocalCloud, ca: Any) -> None:
+        self.cloud = cloud
+        self.hubs = [cloud.create_hub("fleet-hub-a"), cloud.create_hub("fleet-hub-b")]
+        self.dps = cloud.create_dps("fleet-dps")
+        for hub in self.hubs:
+            cloud.link_hub(self.dps, hub)
+        self.authority = ca.intermediate
+        self.dps.prove_possession("issuing", ca.intermediate)
+        self.dps.create_enrollment_group(
+            "fleet", ca_reference="issuing", allocation_policy="hashed", hubs=self.hubs
+        )
+
+    def stored(self) -> list[dpskit.TelemetryMessage]:
+        return [m for hub in self.hubs for m in hub.telemetry()]
+
+
+@pytest.fixture
+def setup(dpskit_ca: Any) -> Iterator[Setup]:
+    with dpskit.LocalCloud(port=0, poll_retry_after=0) as cloud:
+        yield Setup(cloud, dpskit_ca)
+
+
+def test_a_few_hundred_devices_provision_spread_over_two_hubs_and_all_acked_telemetry_is_stored(
+    setup: Setup,
+) -> None:
+    plan = dpskit.TelemetryPlan(
+        interval=0.05,
+        count=4,
+        seed=11,
+        fields={
+            "temperature": (
+                signals.sine(21.0, 3.0, period=3600) + signals.gaussian(0, 0.2)
+            ).rounded(2),
+            "status": signals.choice(["ok", "warn"], weights=[9, 1]),
+        },
+    )
+    snapshots: list[dpskit.FleetProgress] = []
+    fleet = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=300, prefix="unit-", telemetry=plan
+    )
+    report = fleet.run(progress=False, on_progress=snapshots.append)
+
+    assert report.device_count == 300
+    assert report.outcomes == {"completed": 300}, report.summary()
+    assert report.provisioned == 300
+    per_hub = report.devices_per_hub
+    assert set(per_hub) == {hub.host_name for hub in setup.hubs}
+    assert min(per_hub.values()) > 60, per_hub  # hashed: both hubs get a fair share
+    assert report.messages_sent == report.messages_acknowledged == 1200
+
+    stored = setup.stored()
+    assert len(stored) == 1200
+    # The report's per-hub view is the hubs' own: each hub holds exactly its devices' messages.
+    frame = report.to_pandas("devices")
+    for hub in setup.hubs:
+        mine = set(frame.loc[frame["assigned_hub"] == hub.host_name, "device_id"])
+        assert {m.device_id for m in hub.telemetry()} == mine
+        assert {d.device_id for d in hub.devices()} == mine
+    bodies = {m.message_id: m.json() for m in stored}
+    messages = report.to_pandas("messages")
+    assert messages["acknowledged"].all()
+    assert set(messages["message_id"]) == set(bodies)
+    body = bodies["unit-00007-2"]
+    assert body["deviceId"] == "unit-00007"
+    assert body["seq"] == 2
+    assert body["status"] in {"ok", "warn"}
+    assert 17.0 < body["temperature"] < 25.0
+    assert stored[0].content_type == "application/json"
+
+    # Progress moved forward and ended at the totals.
+    assert snapshots[-1].finished == 300
+    assert snapshots[-1].acknowledged == 1200
+    assert [s.acknowledged for s in snapshots] == sorted(s.acknowledged for s in snapshots)
+    assert report.provisioning_latency_ms["p50"] > 0
+    assert report.ack_latency_ms["p99"] >= report.ack_latency_ms["p50"] > 0
+    assert sum(row[2] for row in report.throughput()) == 1200
+    summary = report.summary()
+    assert "completed" in summary
+    assert "300" in summary
+    assert "fleet-hub-a" in summary
+
+
+def test_the_fleet_frame_joins_the_hubs_telemetry_on_message_id(setup: Setup) -> None:
+    plan = dpskit.TelemetryPlan(interval=0.02, count=3, fields={"v": signals.counter()})
+    report = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=12, prefix="join-", telemetry=plan
+    ).run(progress=False)
+    sent = report.to_pandas("messages")
+    received = pd.concat([hub.telemetry().to_pandas() for hub in setup.hubs])
+    joined = sent.merge(received, on="message_id", suffixes=("", "_hub"))
+    assert len(joined) == len(sent) == 36
+    assert (joined["device_id"] == joined["device_id_hub"]).all()
+    assert [b["v"] for b in joined.sort_values(["device_id", "seq"])["body"]][:3] == [0, 1, 2]
+    devices = report.to_pandas("devices")
+    assert set(devices["hub"]) <= {"fleet-hub-a", "fleet-hub-b"}
+    assert list(report.to_pandas("throughput").columns) == ["second", "sent", "acknowledged"]
+
+
+def test_faults_are_retried_and_counted_and_nothing_acknowledged_is_lost(setup: Setup) -> None:
+    hub_a, hub_b = setup.hubs
+    setup.dps.refuse_registrations(25, status=429)
+    dropped: list[str] = []
+    dropping = threading.Event()
+
+    def inject(snapshot: dpskit.FleetProgress) -> None:
+        # Mid-stream: drop some live connections and throttle one hub hard for a moment.
+        if snapshot.acknowledged > 200 and not dropping.is_set():
+            dropping.set()
+            for n in range(0, 40, 2):
+                device_id = f"fault-{n:05d}"
+                if hub_a.drop_connection(device_id) or hub_b.drop_connection(device_id):
+                    dropped.append(device_id)
+            hub_a.set_throttle(messages_per_second=50)
+            threading.Timer(1.5, lambda: hub_a.set_throttle(messages_per_second=0)).start()
+
+    plan = dpskit.TelemetryPlan(interval=0.1, count=30, fields={"x": signals.uniform(0, 1)})
+    report = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=60, prefix="fault-", telemetry=plan
+    ).run(progress=False, on_progress=inject)
+
+    assert dropping.is_set(), "the faults were never injected"
+    assert dropped, "no live connection was dropped"
+    assert report.outcomes == {"completed": 60}, report.summary()
+    retries = report.retries
+    assert retries["provisioning"] >= 25
+    assert retries["reconnects"] >= len(dropped)
+    frame = report.to_pandas("devices")
+    by_id = dict(zip(frame["registration_id"], frame["reconnects"], strict=True))
+    assert all(by_id[d] >= 1 for d in dropped)
+    # Every acknowledged message is stored (a message resent after a drop may be stored twice,
+    # as at-least-once delivery allows; none is missing).
+    acknowledged = report.to_pandas("messages")
+    acknowledged = acknowledged[acknowledged["acknowledged"]]
+    stored_ids = {m.message_id for m in setup.stored()}
+    assert len(acknowledged) == report.messages_acknowledged == 1800
+    assert set(acknowledged["message_id"]) <= stored_ids
+    assert "provisioning retries" in report.summary()
+
+
+def test_a_symmetric_key_fleet_uses_keys_derived_from_the_group(setup: Setup) -> None:
+    group = setup.dps.create_enrollment_group(
+        "keys", symmetric_key=True, allocation_policy="hashed", hubs=setup.hubs
+    )
+    plan = dpskit.TelemetryPlan(interval=0.01, count=2)
+    report = dpskit.Fleet(setup.dps, group_key=group, count=20, prefix="sym-", telemetry=plan).run(
+        progress=False
+    )
+    assert report.outcomes == {"completed": 20}
+    assert report.messages_acknowledged == 40
+    identities = [d for hub in setup.hubs for d in hub.devices()]
+    assert sorted(d.device_id for d in identities) == [f"sym-{n:05d}" for n in range(20)]
+    # A wrong group key is refused by DPS, and each device says so.
+    wrong = dpskit.Fleet(setup.dps, group_key="A" * 44, count=3, prefix="bad-").run(progress=False)
+    assert wrong.outcomes == {"provisioning_failed": 3}
+    assert all("401" in str(e) for e in wrong.to_pandas("devices")["error"])
+
+
+def test_the_same_seed_gives_the_same_telemetry_and_custom_generators_run_once_per_device(
+    setup: Setup,
+) -> None:
+    calls: Counter[str] = Counter()
+
+    def battery(device_id: str, count: int, rng: random.Random) -> list[float]:
+        calls[device_id] += 1
+        level = rng.uniform(80, 100)
+        return [round(level - 0.5 * k, 2) for k in range(count)]
+
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    plan = dpskit.TelemetryPlan(
+        interval=0.01,
+        count=5,
+        seed=3,
+        start=start,
+        time_scale=60.0,
+        fields={
+            "t": signals.random_walk(20.0, 0.5, low=0, high=40),
+            "battery": battery,
+        },
+    )
+    for _ in range(2):
+        dpskit.Fleet(
+            setup.dps, authority=setup.authority, count=4, prefix="seed-", telemetry=plan
+        ).run(progress=False)
+    assert calls == {f"seed-{n:05d}": 2 for n in range(4)}
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for message in setup.stored():
+        assert message.message_id is not None
+        by_id.setdefault(message.message_id, []).append(message.json())
+    assert len(by_id) == 20
+    assert all(len(b) == 2 and b[0] == b[1] for b in by_id.values())
+    first = by_id["seed-00001-0"][0]
+    assert first["ts"] == "2026-01-01T00:00:00.000Z"
+    assert by_id["seed-00001-1"][0]["ts"] == "2026-01-01T00:00:00.600Z"  # 0.01 s x 60
+    assert by_id["seed-00001-1"][0]["battery"] == round(first["battery"] - 0.5, 2)
+    # Another seed, other values.
+    reseeded = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=1, prefix="seed-", telemetry=plan, seed=4
+    )
+    assert reseeded.telemetry is not None
+    assert reseeded.telemetry.seed == 4
+
+
+def test_dropouts_and_duplicates_show_in_the_hub_as_gaps_and_repeats(setup: Setup) -> None:
+    plan = dpskit.TelemetryPlan(
+        interval=0.0, count=200, seed=5, dropout_rate=0.1, duplicate_rate=0.1
+    )
+    report = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=5, prefix="dd-", telemetry=plan
+    ).run(progress=False)
+    frame = report.to_pandas("devices")
+    dropped, duplicated = int(frame["dropped"].sum()), int(frame["duplicated"].sum())
+    assert 50 < dropped < 150
+    assert 50 < duplicated < 150
+    stored = Counter(m.message_id for m in setup.stored())
+    assert sum(stored.values()) == 1000 - dropped + duplicated == report.messages_acknowledged
+    assert sum(1 for n in stored.values() if n == 2) == duplicated
+    assert len(stored) == 1000 - dropped
+
+
+def test_shards_split_the_ids_so_machines_run_one_fleet(setup: Setup) -> None:
+    shards = [
+        dpskit.Fleet(setup.dps, authority=setup.authority, count=10, shard=f"{i}/3")
+        for i in range(3)
+    ]
+    ids = [fleet.registration_ids for fleet in shards]
+    assert ids[1] == ["sensor-00003", "sensor-00004", "sensor-00005"]
+    assert sorted(i for part in ids for i in part) == [f"sensor-{n:05d}" for n in range(10)]
+    report = shards[2].run(progress=False)
+    assert report.outcomes == {"completed": 4}
+    assert report.shard == (2, 3)
+    assert "shard 2/3" in report.summary()
+
+
+def test_certificates_are_issued_once_and_reused_from_the_folder(
+    setup: Setup, tmp_path: Path
+) -> None:
+    folder = tmp_path / "devices"
+    fleet = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=3, prefix="kept-", certificates_dir=folder
+    )
+    first = fleet.certificates()
+    assert (folder / "kept-00001.key.pem").stat().st_mode & 0o777 == 0o600
+    again = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=4, prefix="kept-", certificates_dir=folder
+    ).certificates()
+    assert [c.certificate.thumbprint_sha256 for c in again[:3]] == [
+        c.certificate.thumbprint_sha256 for c in first
+    ]
+    assert again[3].registration_id == "kept-00003"
+
+
+def test_pacing_like_azure_applies_the_registration_quota(setup: Setup) -> None:
+    # 1,000/min compressed 0.3x is 300/min: 6 devices fit, and the quota is lifted afterwards.
+    report = dpskit.Fleet(
+        setup.dps,
+        authority=setup.authority,
+        count=6,
+        prefix="paced-",
+        pace_like_azure=True,
+        time_compression=0.3,
+    ).run(progress=False)
+    assert report.outcomes == {"completed": 6}
+    assert "Paced like Azure" in report.summary()
+    assert report.azure_minimum_seconds == pytest.approx(0.36)
+
+
+def test_a_failing_progress_callback_cancels_the_run_and_raises(setup: Setup) -> None:
+    plan = dpskit.TelemetryPlan(interval=0.5, duration=120)
+
+    def stop(snapshot: dpskit.FleetProgress) -> None:
+        if snapshot.connected >= 5:
+            raise KeyboardInterrupt
+
+    fleet = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=5, prefix="stop-", telemetry=plan
+    )
+    with pytest.raises(KeyboardInterrupt):
+        fleet.run(progress=False, on_progress=stop)
+    # The devices disconnected cleanly: none is left connected.
+    for _ in range(50):
+        if not any(d.connection_state == "Connected" for h in setup.hubs for d in h.devices()):
+            break
+        threading.Event().wait(0.1)
+    assert not any(d.connection_state == "Connected" for h in setup.hubs for d in h.devices())
+
+
+def test_bad_plans_and_fleets_are_refused_with_config_errors(setup: Setup) -> None:
+    with pytest.raises(dpskit.ConfigError, match="duration or a count"):
+        dpskit.TelemetryPlan(interval=1.0)
+    with pytest.raises(dpskit.ConfigError, match="dropout_rate"):
+        dpskit.TelemetryPlan(count=1, dropout_rate=1.5)
+    with pytest.raises(dpskit.ConfigError, match="reserved"):
+        dpskit.TelemetryPlan(count=1, fields={"seq": signals.counter()})
+    with pytest.raises(dpskit.ConfigError, match="give a count"):
+        dpskit.TelemetryPlan(interval=0, duration=5)
+    with pytest.raises(dpskit.ConfigError, match="low"):
+        signals.uniform(5, 1)
+    with pytest.raises(dpskit.ConfigError, match="either an authority"):
+        dpskit.Fleet(setup.dps, count=3)
+    with pytest.raises(dpskit.ConfigError, match="shard"):
+        dpskit.Fleet(setup.dps, authority=setup.authority, count=3, shard="3/3")
+    with pytest.raises(dpskit.ConfigError, match="period"):
+        signals.sine(0, 1, period=0)
+    with pytest.raises(dpskit.ConfigError, match="kind"):
+        dpskit.Fleet(setup.dps, authority=setup.authority, count=1).run(progress=False).to_pandas(
+            "nope"
+        )
+
+
+def test_results_are_saved_as_csv_and_parquet(setup: Setup, tmp_path: Path) -> None:
+    plan = dpskit.TelemetryPlan(interval=0.01, count=2)
+    report = dpskit.Fleet(
+        setup.dps, authority=setup.authority, count=3, prefix="save-", telemetry=plan
+    ).run(progress=False)
+    devices_csv, messages_csv = report.save(tmp_path / "run.csv")
+    assert messages_csv.name == "run.messages.csv"
+    assert len(pd.read_csv(devices_csv)) == 3
+    assert len(pd.read_csv(messages_csv)) == 6
+    pytest.importorskip("pyarrow")
+    devices_parquet, _ = report.save(tmp_path / "run.parquet")
+    assert list(pd.read_parquet(devices_parquet)["registration_id"]) == [
+        "save-00000",
+        "save-00001",
+        "save-00002",
+    ]
+    with pytest.raises(dpskit.ConfigError, match=r"csv or \.parquet"):
+        report.save(tmp_path / "run.xlsx")
+
+
+def test_the_fleet_command_sets_up_the_cloud_runs_and_writes_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results.csv"
+    args = ["fleet", "--devices", "12", "--rate", "10", "--duration", "0.5", "--no-progress"]
+    status = main([*args, "--dir", str(tmp_path / "work"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert "Fleet of 12 devices" in printed
+    assert "fleet-hub-1" in printed
+    frame = pd.read_csv(out)
+    assert (frame["outcome"] == "completed").all()
+    assert frame["sent"].sum() == 60
+    body = json.loads(pd.read_csv(tmp_path / "results.messages.csv").iloc[0].to_json())
+    assert body["acknowledged"] is True
+    # A rerun reuses the CA and the device certificates.
+    intermediate = (tmp_path / "work/certs/intermediate.cert.pem").read_text()
+    assert main([*args, "--dir", str(tmp_path / "work")]) == 0
+    assert (tmp_path / "work/certs/intermediate.cert.pem").read_text() == intermediate
