@@ -122,7 +122,13 @@ impl Trust {
         self.roots.clone()
     }
 
-    pub(crate) fn client_config(&self, auth: &DeviceAuth) -> Result<rustls::ClientConfig> {
+    /// A client configuration for one device; `resumable_sessions` TLS sessions are kept for
+    /// resuming after a reconnect (0: none, a full handshake each time).
+    pub(crate) fn client_config(
+        &self,
+        auth: &DeviceAuth,
+        resumable_sessions: usize,
+    ) -> Result<rustls::ClientConfig> {
         let builder = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
@@ -149,9 +155,12 @@ impl Trust {
             }
             DeviceAuth::SymmetricKey(_) => builder.with_no_client_auth(),
         };
-        // Each device talks to one or two servers: rustls' default cache of 256 sessions per
-        // configuration would cost tens of KB per device for nothing.
-        config.resumption = rustls::client::Resumption::in_memory_sessions(2);
+        // rustls' default cache of 256 sessions per configuration would cost tens of KB per
+        // device; each stored session holds the server's chain (about 2 KB).
+        config.resumption = match resumable_sessions {
+            0 => rustls::client::Resumption::disabled(),
+            n => rustls::client::Resumption::in_memory_sessions(n),
+        };
         Ok(config)
     }
 }
@@ -207,7 +216,9 @@ async fn exchange(
         }
     }
     options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-        trust.client_config(&request.auth)?,
+        // One registration per connection, and a retry builds a new configuration: a session
+        // cache would never be used.
+        trust.client_config(&request.auth, 0)?,
     ))));
     options.set_keep_alive(60);
     options.set_clean_session(true);

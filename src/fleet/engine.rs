@@ -473,7 +473,9 @@ async fn run_device(
         );
     }
 
-    let assignment = match provision_device(&context, &device, &mut report).await {
+    // The registration and connection futures are large and short-lived: boxed, their state
+    // is freed once done instead of sizing every device's task for its whole life.
+    let assignment = match Box::pin(provision_device(&context, &device, &mut report)).await {
         Ok(assignment) => assignment,
         Err(error) => {
             context.leave_connect_phase();
@@ -498,7 +500,8 @@ async fn run_device(
     let mut options = HubConnectOptions::new(hub, settings.hub_port, device_id, device.auth);
     options.max_in_flight = settings.max_in_flight.max(1);
     options.connect_timeout = Duration::from_secs_f64(settings.connect_timeout);
-    let (client, began) = match connect_device(&context, options, &mut report).await {
+    options.tls_sessions = 0;
+    let (client, began) = match Box::pin(connect_device(&context, options, &mut report)).await {
         Ok(connected) => connected,
         Err(error) => {
             context.leave_connect_phase();
@@ -517,7 +520,8 @@ async fn run_device(
     let mut rows = Vec::new();
     if let Some(plan) = &settings.plan {
         let stream = plan.device_stream(device.index, &device.registration_id, device.custom);
-        if let Err(error) = send_plan(&context, &client, stream, &mut report, &mut rows).await {
+        let sending = Box::pin(send_plan(&context, &client, stream, &mut report, &mut rows));
+        if let Err(error) = sending.await {
             report = report.failed(Outcome::TelemetryFailed, &error);
         }
     }
