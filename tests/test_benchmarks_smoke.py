@@ -73,3 +73,17 @@ def test_device_benchmark_runs_with_small_counts(
     row = next(line for line in out.splitlines() if line.startswith("dpskit provision"))
     assert row.split()[4] == "40", row
     assert "ratio dpskit / SDK" in out or "official SDK not measured" in out
+
+
+@pytest.mark.filterwarnings("ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning")
+def test_fleet_benchmark_runs_with_small_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load("bench_fleet", monkeypatch)
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    assert module.main(["--devices", "60", "--messages", "5", "--sdk-devices", "3"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("dpskit.Fleet"))
+    assert row.split()[-4] == "60", row
+    assert "messages acknowledged" in out
+    assert "ratio dpskit / SDK" in out or "official SDK not measured" in out

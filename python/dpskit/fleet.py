@@ -101,7 +101,8 @@ class TelemetryPlan:
         candidates = [n for n in (self.count, by_duration) if n is not None]
         return min(candidates)
 
-    def _spec(self, start: datetime) -> dict[str, Any]:
+    def _spec(self, start: datetime | None) -> dict[str, Any]:
+        """The plan for the Rust engine; without ``start`` the run's start is used."""
         return {
             "interval": self.interval,
             "jitter": self.jitter,
@@ -109,7 +110,7 @@ class TelemetryPlan:
             "count": self.count,
             "seed": self.seed,
             "time_scale": self.time_scale,
-            "start_unix_ms": int(start.timestamp() * 1000),
+            "start_unix_ms": None if start is None else int(start.timestamp() * 1000),
             "dropout_rate": self.dropout_rate,
             "duplicate_rate": self.duplicate_rate,
             "fields": [g._field(n) for n, g in self.fields.items() if isinstance(g, Signal)],
@@ -209,6 +210,18 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
     return {"p50": at(0.50), "p95": at(0.95), "p99": at(0.99), "max": data[-1]}
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:,.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.1f}" if per_second < 10 else f"{per_second:,.0f}"
+
+
 class _Text(str):
     """A string that shows as itself in a notebook cell (no quotes, real newlines)."""
 
@@ -226,7 +239,6 @@ class FleetReport:
         self,
         columns: dict[str, Any],
         *,
-        started_at: datetime,
         hubs: Mapping[str, str],
         pacing: float | None,
         shard: tuple[int, int] | None,
@@ -237,8 +249,8 @@ class FleetReport:
         self.elapsed: float = columns["elapsed"]
         #: Seconds until the last device was connected (or had failed).
         self.connect_phase: float = columns["connect_phase"]
-        #: When the run started (UTC).
-        self.started_at = started_at
+        #: When the run started (UTC): ``started_s`` and ``sent_at`` count from it.
+        self.started_at = datetime.fromtimestamp(columns["started_unix"], tz=timezone.utc)
         #: The shard this process ran, ``(i, n)``, or None for the whole fleet.
         self.shard = shard
         self._hub_names = dict(hubs)
@@ -282,8 +294,8 @@ class FleetReport:
 
     @property
     def devices_per_hub(self) -> dict[str, int]:
-        """Assigned devices per hub host name."""
-        return dict(Counter(h for h in self._devices["assigned_hub"] if h))
+        """Assigned devices per hub: its name when the DPS links it, else its host name."""
+        return dict(Counter(self._hub_names.get(h, h) for h in self._devices["assigned_hub"] if h))
 
     @property
     def messages_sent(self) -> int:
@@ -368,9 +380,14 @@ class FleetReport:
 
     def to_pandas(self, kind: str = "devices") -> Any:
         """A DataFrame: ``"devices"`` (one row per device: outcome, error, hub, latencies,
-        retries, messages), ``"messages"`` (one row per published message: device_id, seq,
-        message_id, sent_at, latency_ms, acknowledged, anomaly, duplicate; joins the hub's
-        ``telemetry().to_pandas()`` on ``message_id``) or ``"throughput"`` (per second)."""
+        retries, messages, dropouts, duplicates), ``"messages"`` (one row per publish:
+        device_id, seq, message_id, sent_at, latency_ms, acknowledged, anomaly, duplicate) or
+        ``"throughput"`` (per second).
+
+        The message frame joins the hub's ``telemetry().to_pandas()`` on ``message_id``. A
+        duplicate is a second publish with the same id (as a device resending does), so the
+        hub holds two rows for it too: join the rows with ``duplicate == False`` to get one
+        match per stored copy."""
         pd = importlib.import_module("pandas")
         if kind == "devices":
             frame = pd.DataFrame(self._devices)
@@ -459,7 +476,7 @@ class FleetReport:
             f"  {'provisioning retries':<28}{retries['provisioning']:>10,}",
             f"  {'hub connect retries':<28}{retries['connect']:>10,}",
             f"  {'hub reconnects':<28}{retries['reconnects']:>10,}",
-            f"  {'provisioned + connected /s':<28}{self.provisioning_rate:>10,.0f}",
+            f"  {'provisioned + connected /s':<28}{_rate(self.provisioning_rate):>10}",
             f"  {'provisioning p50/p95/p99':<28}{ms(self.provisioning_latency_ms):>24}",
             f"  {'connect p50/p95/p99':<28}{ms(self.connect_latency_ms):>24}",
             f"  {'messages sent':<28}{self.messages_sent:>10,}",
@@ -467,19 +484,18 @@ class FleetReport:
         ]
         if self._messages["sent_at_s"]:
             lines += [
-                f"  {'acknowledged /s':<28}{self.telemetry_rate:>10,.0f}",
+                f"  {'acknowledged /s':<28}{_rate(self.telemetry_rate):>10}",
                 f"  {'ack latency p50/p95/p99':<28}{ms(self.ack_latency_ms):>24}",
             ]
         lines += ["", "  devices per hub:"]
         for hub, n in sorted(self.devices_per_hub.items()):
-            name = self._hub_names.get(hub, hub)
-            lines.append(f"    {name:<40}{n:>8,}")
+            lines.append(f"    {hub:<40}{n:>8,}")
         if self._pacing is not None:
             lines += [
                 "",
                 f"  Paced like Azure ({AZURE_REGISTRATIONS_PER_MINUTE:,} registrations/min per "
                 f"DPS), time compressed {self._pacing:g}x: on Azure registering this fleet "
-                f"takes at least {self.azure_minimum_seconds / 60:,.1f} min.",
+                f"takes at least {_duration(self.azure_minimum_seconds)}.",
             ]
         return _Text("\n".join(lines))
 
@@ -633,7 +649,6 @@ class Fleet:
         stops every device and raises ``KeyboardInterrupt``."""
         ids = self.registration_ids
         indexes = list(self.indexes)
-        started_at = datetime.now(timezone.utc)
         settings: dict[str, Any] = {
             "dps_host": self.dps.device_host,
             "dps_port": self.dps.device_port,
@@ -648,8 +663,7 @@ class Fleet:
         }
         custom_json = None
         if self.telemetry is not None:
-            start = self.telemetry.start or started_at
-            settings["plan"] = self.telemetry._spec(start)
+            settings["plan"] = self.telemetry._spec(self.telemetry.start)
             custom = self.telemetry._custom_values(list(zip(indexes, ids, strict=True)))
             custom_json = json.dumps(custom) if custom else None
         certificates = self.certificates() if self.authority is not None else None
@@ -693,9 +707,7 @@ class Fleet:
             display.close()
             if pacing is not None:
                 self.dps.set_registration_quota(None)
-        return FleetReport(
-            columns, started_at=started_at, hubs=hubs, pacing=pacing, shard=self.shard
-        )
+        return FleetReport(columns, hubs=hubs, pacing=pacing, shard=self.shard)
 
     def __repr__(self) -> str:
         kind = "x509" if self.authority is not None else "symmetric-key"

@@ -220,9 +220,9 @@ pub struct DeviceReport {
     /// Messages the hub acknowledged.
     pub acknowledged: u64,
     /// Messages the plan dropped (a gap in the sequence numbers, on purpose).
-    pub dropped: u64,
+    pub dropouts: u64,
     /// Messages the plan sent twice.
-    pub duplicated: u64,
+    pub duplicates: u64,
 }
 
 /// One published message (per device, merged into columns at the end).
@@ -265,6 +265,9 @@ pub struct FleetResult {
     pub elapsed: Duration,
     /// From the start until the last device was connected (or failed).
     pub connect_phase: Duration,
+    /// When the run started, in seconds since the Unix epoch: message and device times are
+    /// offsets from it.
+    pub started_unix: f64,
 }
 
 /// Runs the fleet on the current runtime and returns when every device is done.
@@ -275,14 +278,14 @@ pub async fn run(
     progress: Arc<FleetProgress>,
 ) -> FleetResult {
     let start = Instant::now();
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     // One simulated start for the whole fleet, so every device's timestamps line up.
     if let Some(plan) = settings.plan.as_mut()
         && plan.start_unix_ms.is_none()
     {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        plan.set_start_unix_ms(now);
+        plan.set_start_unix_ms((started_unix * 1000.0) as i64);
     }
     let total = devices.len();
     progress.total.store(total as u64, Ordering::Relaxed);
@@ -316,6 +319,7 @@ pub async fn run(
         }
     }
     let mut result = FleetResult {
+        started_unix,
         elapsed: start.elapsed(),
         connect_phase: connect_phase_end
             .lock()
@@ -392,8 +396,8 @@ impl DeviceReport {
             reconnects: 0,
             sent: 0,
             acknowledged: 0,
-            dropped: 0,
-            duplicated: 0,
+            dropouts: 0,
+            duplicates: 0,
         }
     }
 
@@ -525,10 +529,11 @@ async fn run_device(
             report = report.failed(Outcome::TelemetryFailed, &error);
         }
     }
-    report.reconnects = client.reconnects();
+    let reconnects = client.reconnects();
     progress
         .retries
-        .fetch_add(u64::from(report.reconnects), Ordering::Relaxed);
+        .fetch_add(u64::from(reconnects - report.reconnects), Ordering::Relaxed);
+    report.reconnects = reconnects;
     client.close().await;
     if progress.is_cancelled() && report.outcome == Outcome::Completed {
         report = report.failed(Outcome::Cancelled, &Error::Transport("cancelled".into()));
@@ -637,11 +642,11 @@ async fn send_plan(
             }
         }
         if message.copies == 0 {
-            report.dropped += 1;
+            report.dropouts += 1;
             continue;
         }
         if message.copies > 1 {
-            report.duplicated += 1;
+            report.duplicates += 1;
         }
         let mut telemetry = TelemetryMessage::new(message.body);
         telemetry.message_id = Some(message.message_id);
@@ -655,6 +660,14 @@ async fn send_plan(
                 settle(rows, report, outcome, published, row)?;
             }
             let ack = client.queue_telemetry(&telemetry).await?;
+            // Reconnects show in the progress counters as they happen, not at the end.
+            let reconnects = client.reconnects();
+            if reconnects != report.reconnects {
+                progress
+                    .retries
+                    .fetch_add(u64::from(reconnects - report.reconnects), Ordering::Relaxed);
+                report.reconnects = reconnects;
+            }
             let published = Instant::now();
             report.sent += 1;
             progress.sent.fetch_add(1, Ordering::Relaxed);

@@ -226,7 +226,7 @@ impl PyFleetRun {
     }
 
     /// The run's outcome as columns: `{"devices": {...}, "messages": {...}, "elapsed": s,
-    /// "connect_phase": s}`. Only after `wait` returned True.
+    /// "connect_phase": s, "started_unix": s}`. Only after `wait` returned True.
     fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let guard = lock(&self.result);
         let Some(result) = guard.as_ref() else {
@@ -300,10 +300,11 @@ impl PyFleetRun {
             "acknowledged",
             d.iter().map(|r| r.acknowledged).collect::<Vec<_>>(),
         )?;
-        devices.set_item("dropped", d.iter().map(|r| r.dropped).collect::<Vec<_>>())?;
+        // Not "duplicated": a column of that name would hide `DataFrame.duplicated`.
+        devices.set_item("dropouts", d.iter().map(|r| r.dropouts).collect::<Vec<_>>())?;
         devices.set_item(
-            "duplicated",
-            d.iter().map(|r| r.duplicated).collect::<Vec<_>>(),
+            "duplicates",
+            d.iter().map(|r| r.duplicates).collect::<Vec<_>>(),
         )?;
         let m = &result.messages;
         let messages = PyDict::new(py);
@@ -318,6 +319,7 @@ impl PyFleetRun {
         out.set_item("messages", messages)?;
         out.set_item("elapsed", result.elapsed.as_secs_f64())?;
         out.set_item("connect_phase", result.connect_phase.as_secs_f64())?;
+        out.set_item("started_unix", result.started_unix)?;
         Ok(out)
     }
 }
