@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +12,21 @@ from pathlib import Path
 import pytest
 
 import dpskit
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a loopback port can be bound (the official SDKs always dial 8883: tests that
+    need it skip when something else holds it)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
 
 # Signatures of the callables the OpenSSL fixtures hand out (tests annotate with these shapes).
 RunOpenSSL = Callable[..., subprocess.CompletedProcess[str]]

@@ -7,8 +7,6 @@ something else holds it)."""
 
 from __future__ import annotations
 
-import errno
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +23,11 @@ from azure.core.exceptions import (
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
 
 import dpskit
+from conftest import port_is_free
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
 )
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
 
 
 def _client(dps: dpskit.Dps, trust: Path) -> DeviceProvisioningClient:
@@ -208,7 +195,7 @@ def test_the_service_api_refuses_wrong_keys_and_unknown_records(trust: Path) -> 
             )
 
 
-@pytest.mark.skipif(not _port_is_free(8883), reason="port 8883 is taken (the device SDK needs it)")
+@pytest.mark.skipif(not port_is_free(8883), reason="port 8883 is taken (the device SDK needs it)")
 def test_registrations_of_a_device_provisioned_by_the_device_sdk(
     trust: Path, tmp_path: Path
 ) -> None:

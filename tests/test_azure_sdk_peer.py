@@ -12,9 +12,7 @@ device provisions (the refusal was for that reason, and the emulator keeps servi
 
 from __future__ import annotations
 
-import errno
 import json
-import socket
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from azure.iot.device.exceptions import ClientError, CredentialError
 from azure.iot.device.exceptions import ServiceError as SdkServiceError
 
 import dpskit
+from conftest import port_is_free
 
 # The SDK itself builds its TLS context with the deprecated ssl.PROTOCOL_TLSv1_2: not ours to fix.
 pytestmark = pytest.mark.filterwarnings(
@@ -69,22 +68,9 @@ class Assignment:
     response_payload: str
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # Like a server: connections in TIME_WAIT from an earlier run do not count as "taken".
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
-
-
 @pytest.fixture(scope="module")
 def peer() -> Iterator[Peer]:
-    if not _port_is_free(SDK_PORT):
+    if not port_is_free(SDK_PORT):
         pytest.skip(
             f"port {SDK_PORT} is in use: the official SDK always dials {SDK_PORT}, "
             "so these tests need it free"

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 import dpskit
+from conftest import port_is_free
 from dpskit.cli import main
 
 VERIFICATION_CODE = "4F2D7E1C0A9B8F6E5D4C3B2A19081726354A5B6C7D8E9F00"
@@ -770,6 +771,40 @@ def test_demo(
         assert f"demo-device-{n:03d}" in out
     assert mode(certs / "root.key.pem") == 0o600
     assert mode(certs / "intermediate.key.pem") == 0o600
+
+
+def test_demo_on_azure_takes_the_arm_path_and_deletes_what_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Azure is out of reach here: the emulator's ARM stands in for management.azure.com, on
+    # 8883 because AzureCloud's devices dial Azure's port.
+    if not port_is_free(8883):
+        pytest.skip("port 8883 is taken")
+    with dpskit.LocalCloud(tmp_path / "stand-in", port=8883, poll_retry_after=0) as stand_in:
+        trust = tmp_path / "stand-in-ca.pem"
+        trust.write_text(stand_in.trust_pem)
+        monkeypatch.setenv("DEMO_ARM_TOKEN", "a-bearer-token")
+        status, out, err = run(
+            capsys,
+            *("demo", "--azure", "--subscription", "0000", "--resource-group", "rg"),
+            *("--token-env", "DEMO_ARM_TOKEN", "--arm-endpoint", stand_in.arm_endpoint),
+            *("--trust-file", trust, "--dir", tmp_path / "demo", "--devices", "2"),
+        )
+        assert status == 0, out + err
+        assert "walkthrough against Azure" in out
+        assert "a few minutes on Azure" in out
+        summary = out[out.index("Summary") :]
+        assert len(re.findall(r"demo-device-00\d\s+127\.0\.0\.\d+\s+assigned\s+3\n", summary)) == 2
+        assert re.search(r"deleted demo-dps-[0-9a-f]{6}", out)
+        assert re.search(r"deleted demo-hub-[0-9a-f]{6}", out)
+        assert stand_in.all_dps() == []
+        assert stand_in.hubs() == []
+        assert "The exchange of" not in out  # the emulator's trace is not an Azure feature
+    # Without a subscription it stops before creating anything.
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    status, _, err = run(capsys, "demo", "--azure", "--dir", tmp_path / "none")
+    assert status == 1
+    assert "--subscription" in err
 
 
 # --- errors --------------------------------------------------------------------------------

@@ -8,9 +8,7 @@ The SDK always dials port 8883, so this module needs it (skipped when something 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import pytest
 device_sdk = pytest.importorskip("azure.iot.device")
 
 import dpskit  # noqa: E402
+from conftest import port_is_free  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -28,21 +27,9 @@ pytestmark = pytest.mark.filterwarnings(
 READINGS = [{"temperature": 20.5 + i, "sequence": i} for i in range(3)]
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return False
-            raise
-    return True
-
-
 @pytest.fixture(scope="module")
 def world() -> Iterator[tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority]]:
-    if not _port_is_free(8883):
+    if not port_is_free(8883):
         pytest.skip("port 8883 is taken (the official SDK needs it)")
     with dpskit.LocalCloud(port=8883, poll_retry_after=0) as cloud:
         hub = cloud.create_hub("parity-hub")

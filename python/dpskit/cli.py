@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -34,7 +35,7 @@ from ._native import (
     validate_registration_id,
     verify_chain,
 )
-from .cli_cloud import add_cloud_commands
+from .cli_cloud import add_azure_options, add_cloud_commands
 from .cli_device import add_device_commands
 from .cli_fleet import add_fleet_commands
 from .errors import CertificateError, ConfigError, DpsKitError
@@ -531,10 +532,46 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``dpskit demo``: the DPS X.509 walkthrough end to end against the embedded emulator."""
+@contextlib.contextmanager
+def _demo_cloud(args: argparse.Namespace, cloud_dir: Path) -> Iterator[tuple[Any, str]]:
+    """The demo's cloud and the suffix of its resource names: the embedded emulator (fresh
+    state in DIR/cloud), or Azure, where names must be unique worldwide and what the demo
+    creates is deleted at the end unless ``--keep``."""
+    import secrets
     import shutil
 
+    from .cli_cloud import azure_cloud
+    from .cloud import LocalCloud
+
+    if not args.azure:
+        # A rerun starts from a fresh cloud: the demo's state is its output, not user data.
+        shutil.rmtree(cloud_dir, ignore_errors=True)
+        with LocalCloud(cloud_dir, port=args.port, poll_retry_after=0) as cloud:
+            yield cloud, ""
+        return
+    azure = azure_cloud(args)
+    suffix = f"-{secrets.token_hex(3)}"
+    try:
+        yield azure, suffix
+    finally:
+        if args.keep:
+            print(f"\nKept on Azure (they cost money): demo-hub{suffix}, demo-dps{suffix}")
+        else:
+            print("\nDeleting what the demo created on Azure ...")
+            for delete, name in (
+                (azure.delete_dps, f"demo-dps{suffix}"),
+                (azure.delete_hub, f"demo-hub{suffix}"),
+            ):
+                try:
+                    delete(name)
+                    print(f"  deleted {name}")
+                except DpsKitError as error:
+                    print(f"  could not delete {name}: {error}", file=sys.stderr)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``dpskit demo``: the DPS X.509 walkthrough end to end, against the embedded emulator or
+    (``--azure``) real Azure."""
     from .cloud import LocalCloud
     from .provisioning import provision_devices
 
@@ -554,21 +591,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         step_started[0] = now
         print(f"\n[{number}/{steps}] {title}")
 
-    print("dpskit demo: the Azure DPS X.509 walkthrough against the embedded local cloud")
+    where = "Azure" if args.azure else "the embedded local cloud"
+    print(f"dpskit demo: the Azure DPS X.509 walkthrough against {where}")
     _print_fields([("folder", _display(base)), ("algorithm", args.algorithm)])
-    # A rerun starts from a fresh cloud: the demo's state is its output, not user data.
-    shutil.rmtree(cloud_dir, ignore_errors=True)
 
-    with LocalCloud(cloud_dir, port=args.port, poll_retry_after=0) as cloud:
-        step(1, "Create an IoT hub and a DPS instance, and link them")
-        hub = cloud.create_hub("demo-hub")
-        dps = cloud.create_dps("demo-dps")
+    with _demo_cloud(args, cloud_dir) as (cloud, suffix):
+        local = isinstance(cloud, LocalCloud)
+        wait = "" if local else " (a few minutes on Azure)"
+        step(1, f"Create an IoT hub and a DPS instance, and link them{wait}")
+        hub = cloud.create_hub(f"demo-hub{suffix}", args.location)
+        dps = cloud.create_dps(f"demo-dps{suffix}", args.location)
         cloud.link_hub(dps, hub)
+        trust = (
+            f"{_display(cloud_dir / 'emulator-ca.cert.pem')} (the emulator's CA)"
+            if local
+            else (args.trust_file or "the system's trusted roots")
+        )
         _print_fields(
             [
                 ("hub", f"{hub.name} at {hub.host_name}"),
                 ("dps", f"{dps.name}, ID scope {dps.id_scope}, endpoint {dps.device_endpoint}"),
-                ("trust", f"{_display(cloud_dir / 'emulator-ca.cert.pem')} (the emulator's CA)"),
+                ("trust", trust),
             ]
         )
 
@@ -647,7 +690,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _print_fields([(device.registration_id, f"chain OK ({names})")])
 
         step(7, "Provision the devices through DPS (TLS with the device chain, MQTT)")
-        cloud.trace(ids[0])
+        if local:
+            cloud.trace(ids[0])
         outcomes = provision_devices(dps, devices)
         for outcome in outcomes:
             result = (
@@ -657,25 +701,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 else f"failed: {outcome.error}"
             )
             _print_fields([(outcome.registration_id, result)])
-        print(f"\n  The exchange of {ids[0]}, as the emulator recorded it:")
-        for event in cloud.trace_events(ids[0]):
-            status = f" {event.status}" if event.status is not None else ""
-            where = f" {event.topic}" if event.topic else ""
-            print(f"    {event.direction:14} {event.kind}{status}{where}")
-        identities = hub.devices()
-        print(f"\n  {hub.name} now holds {len(identities)} X.509 (thumbprint) identities.")
+        if local:
+            print(f"\n  The exchange of {ids[0]}, as the emulator recorded it:")
+            for event in cloud.trace_events(ids[0]):
+                status = f" {event.status}" if event.status is not None else ""
+                topic = f" {event.topic}" if event.topic else ""
+                print(f"    {event.direction:14} {event.kind}{status}{topic}")
+            identities = hub.devices()
+            print(f"\n  {hub.name} now holds {len(identities)} X.509 (thumbprint) identities.")
 
         step(8, "Each device connects to its hub with its certificate and sends telemetry")
         sent = asyncio.run(_demo_telemetry(cloud, outcomes, devices))
-        for outcome in outcomes:
-            if outcome.ok:
-                received = len(hub.telemetry(outcome.device_id))
-                _print_fields([(outcome.registration_id, f"{received} messages stored by the hub")])
+        if local:
+            # The emulator can show what its hub stored; on Azure that takes a consumer of
+            # the hub's Event Hubs endpoint, and the acknowledgements above are the proof.
+            for outcome in outcomes:
+                if outcome.ok:
+                    received = len(hub.telemetry(outcome.device_id))
+                    _print_fields(
+                        [(outcome.registration_id, f"{received} messages stored by the hub")]
+                    )
 
         step(9, "Files written (private keys and .pfx files readable by the owner only)")
         for line in _summarize_files(certs):
             print(f"  {line}")
-        print(f"  {_display(cloud_dir)}/: the local cloud's state and CA (reused on a rerun)")
+        if local:
+            print(f"  {_display(cloud_dir)}/: the local cloud's state and CA (reused on a rerun)")
 
     print(f"  ({(time.perf_counter() - step_started[0]) * 1000:.0f} ms)")
     print("\nSummary")
@@ -721,7 +772,7 @@ async def _demo_telemetry(
             last_updated=None,
             payload=None,
             operation_id="",
-            port=cloud.mqtt_port,
+            port=cloud._device_port(),
         )
         async with HubClient.connect(result, certificate=device, trust=cloud.trust_pem) as client:
             for reading in range(DEMO_MESSAGES):
@@ -1058,11 +1109,15 @@ def _build_parser() -> argparse.ArgumentParser:
     # demo
     p = commands.add_parser(
         "demo",
-        help="run the DPS X.509 walkthrough end to end against the embedded emulator",
+        help="run the DPS X.509 walkthrough end to end (embedded emulator, or --azure)",
         description="Start the local cloud, create a hub and a DPS instance, a root and an\n"
         "intermediate CA, prove possession of both, create an enrollment group, issue N\n"
         "devices, provision them through DPS, connect each to its hub and send telemetry.\n"
-        "Certificates and state stay in DIR.",
+        "Certificates and state stay in DIR.\n\n"
+        "--azure runs the same steps on real Azure (charges apply): a hub and a DPS with\n"
+        "unique names in the resource group, deleted at the end unless --keep. Credential:\n"
+        "--token-env, else a service principal from AZURE_CLIENT_ID, AZURE_TENANT_ID and\n"
+        "AZURE_CLIENT_SECRET, else `az login`.",
         formatter_class=_Formatter,
     )
     p.add_argument("--dir", default=DEFAULT_DEMO_DIR, help="output folder")
@@ -1071,6 +1126,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--devices", type=_positive_int, default=3, help="devices to provision")
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
+    azure = p.add_argument_group("Azure (charges apply)")
+    azure.add_argument("--azure", action="store_true", help="run the steps on real Azure")
+    azure.add_argument("--location", default="westeurope", help="Azure region")
+    azure.add_argument(
+        "--keep", action="store_true", help="keep the hub and DPS instead of deleting them"
+    )
+    add_azure_options(azure)
     p.set_defaults(handler=cmd_demo, parser=p)
 
     add_cloud_commands(commands, _Formatter)

@@ -18,9 +18,51 @@ from ._native import Certificate
 from .cloud import AzureCloud, Dps, EnrollmentGroup, LocalCloud, _Cloud
 from .errors import ConfigError
 
-__all__ = ["add_cloud_commands"]
+__all__ = ["add_azure_options", "add_cloud_commands", "azure_cloud"]
 
 DEFAULT_LOCAL_DIR = "dpskit-cloud"
+
+
+def add_azure_options(where: argparse._ActionsContainer) -> None:
+    """The options that reach real Azure (shared by every command with ``--azure``)."""
+    where.add_argument("--subscription", help="Azure subscription id (or AZURE_SUBSCRIPTION_ID)")
+    where.add_argument("--resource-group", help="Azure resource group (or AZURE_RESOURCE_GROUP)")
+    where.add_argument(
+        "--token-env",
+        metavar="VAR",
+        help="variable holding an ARM bearer token (default: a service principal from "
+        "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, else `az login`)",
+    )
+    where.add_argument(
+        "--arm-endpoint",
+        default="https://management.azure.com",
+        help="Resource Manager endpoint (sovereign clouds, or an emulator's)",
+    )
+    where.add_argument(
+        "--trust-file",
+        metavar="PEM",
+        help="CA the endpoints' certificates chain to, instead of the system roots",
+    )
+
+
+def azure_cloud(args: argparse.Namespace) -> AzureCloud:
+    """An :class:`AzureCloud` from the options :func:`add_azure_options` added."""
+    subscription = args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
+    group = args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
+    if not subscription or not group:
+        raise ConfigError(
+            "--azure needs --subscription and --resource-group "
+            "(or AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP)"
+        )
+    credential = None
+    if args.token_env:
+        credential = os.environ.get(args.token_env)
+        if not credential:
+            raise ConfigError(f"--token-env {args.token_env}: that variable is not set")
+    trust = Path(args.trust_file).read_text() if args.trust_file else None
+    return AzureCloud(
+        subscription, group, credential, arm_endpoint=args.arm_endpoint, trust_pem=trust
+    )
 
 
 def _target_options() -> argparse.ArgumentParser:
@@ -35,8 +77,7 @@ def _target_options() -> argparse.ArgumentParser:
         "`dpskit emulator` on it is used, otherwise one is started for the command",
     )
     where.add_argument("--azure", action="store_true", help="act on Azure instead")
-    where.add_argument("--subscription", help="Azure subscription id (or AZURE_SUBSCRIPTION_ID)")
-    where.add_argument("--resource-group", help="Azure resource group (or AZURE_RESOURCE_GROUP)")
+    add_azure_options(where)
     where.add_argument("--json", action="store_true", help="print JSON instead of text")
     return parent
 
@@ -46,14 +87,7 @@ def _open_cloud(args: argparse.Namespace) -> Iterator[_Cloud]:
     if args.azure:
         if args.local:
             raise ConfigError("choose --local or --azure, not both")
-        subscription = args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
-        group = args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
-        if not subscription or not group:
-            raise ConfigError(
-                "--azure needs --subscription and --resource-group "
-                "(or AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP)"
-            )
-        yield AzureCloud(subscription, group)
+        yield azure_cloud(args)
         return
     folder = Path(args.local or DEFAULT_LOCAL_DIR)
     running = LocalCloud.attach(folder)

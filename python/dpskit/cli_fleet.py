@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from dpskit._native import CertificateAuthority
-from dpskit.cloud import AzureCloud, Dps, EnrollmentGroup, LocalCloud, _Cloud
+from dpskit.cli_cloud import add_azure_options, azure_cloud
+from dpskit.cloud import Dps, EnrollmentGroup, LocalCloud, _Cloud
 from dpskit.errors import ConfigError, NotFoundError
 from dpskit.fleet import Fleet, TelemetryPlan
 from dpskit.signals import Signal, choice, gaussian, random_walk, sine
@@ -40,14 +40,7 @@ def _open_target(args: argparse.Namespace, base: Path) -> Iterator[_Cloud]:
     if args.azure:
         if args.local:
             raise ConfigError("choose --local or --azure, not both")
-        subscription = args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
-        group = args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
-        if not subscription or not group:
-            raise ConfigError(
-                "--azure needs --subscription and --resource-group "
-                "(or AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP)"
-            )
-        yield AzureCloud(subscription, group)
+        yield azure_cloud(args)
         return
     folder = Path(args.local) if args.local else base / "cloud"
     running = LocalCloud.attach(folder)
@@ -204,6 +197,5 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no live line")
     p.add_argument("--local", metavar="DIR", help="a running `dpskit emulator`'s folder")
     p.add_argument("--azure", action="store_true", help="run against Azure")
-    p.add_argument("--subscription", help="Azure subscription id (or AZURE_SUBSCRIPTION_ID)")
-    p.add_argument("--resource-group", help="Azure resource group (or AZURE_RESOURCE_GROUP)")
+    add_azure_options(p)
     p.set_defaults(handler=cmd_fleet, parser=p)
