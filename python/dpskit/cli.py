@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from ._cli_types import non_negative_int, positive_int
 from ._native import (
     ALGORITHMS,
     Certificate,
@@ -228,20 +229,6 @@ def _dedupe(certs: Iterable[Certificate]) -> list[Certificate]:
         if cert not in unique:
             unique.append(cert)
     return unique
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -910,7 +897,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=3650, help="validity in days")
     p.add_argument(
         "--path-length",
-        type=_non_negative_int,
+        type=non_negative_int,
         metavar="N",
         help="how many intermediate CAs may follow (default: no limit)",
     )
@@ -939,7 +926,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=1825, help="validity in days")
     p.add_argument(
         "--path-length",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="how many further intermediate CAs may follow",
@@ -986,16 +973,16 @@ def _build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--count", type=_positive_int, metavar="N", help="number of devices")
+    which.add_argument("--count", type=positive_int, metavar="N", help="number of devices")
     which.add_argument(
         "--ids-file",
         metavar="FILE",
         help="file with one registration id per line (blank lines and # comments ignored)",
     )
     p.add_argument("--prefix", default="device-", help="registration id prefix (with --count)")
-    p.add_argument("--start", type=_non_negative_int, default=1, help="first number (with --count)")
+    p.add_argument("--start", type=non_negative_int, default=1, help="first number (with --count)")
     p.add_argument(
-        "--width", type=_non_negative_int, default=5, help="zero-padded digits (with --count)"
+        "--width", type=non_negative_int, default=5, help="zero-padded digits (with --count)"
     )
     _add_issuer(p, "intermediate")
     _add_algorithm(p)
@@ -1124,7 +1111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port", type=int, default=0, help="MQTT port of the local cloud (0: any free port)"
     )
-    p.add_argument("--devices", type=_positive_int, default=3, help="devices to provision")
+    p.add_argument("--devices", type=positive_int, default=3, help="devices to provision")
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
     azure = p.add_argument_group("Azure (charges apply)")
     azure.add_argument("--azure", action="store_true", help="run the steps on real Azure")
@@ -1162,7 +1149,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--poll-retry-after",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=1,
         help="retry-after seconds DPS advises while assigning (0: fast mode for load tests)",
     )

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from dpskit._cli_types import non_negative_float, positive_int
 from dpskit._native import CertificateAuthority
 from dpskit.cli_cloud import add_azure_options, azure_cloud
 from dpskit.cloud import Dps, EnrollmentGroup, LocalCloud, _Cloud
@@ -141,20 +142,6 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0 if report.completed == report.device_count else 1
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
-    return value
-
-
 def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds ``dpskit fleet``."""
     p = commands.add_parser(
@@ -169,16 +156,21 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "machines that share DIR/certs.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--devices", type=_positive, default=100, help="devices in the fleet")
+    p.add_argument("--devices", type=positive_int, default=100, help="devices in the fleet")
     p.add_argument(
-        "--rate", type=_rate, default=1.0, help="messages per second per device (0: flat out)"
+        "--rate",
+        type=non_negative_float,
+        default=1.0,
+        help="messages per second per device (0: flat out)",
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds of telemetry")
-    p.add_argument("--messages", type=_positive, help="messages per device instead of a duration")
-    p.add_argument("--hubs", type=_positive, default=2, help="hubs to spread devices over")
+    p.add_argument(
+        "--messages", type=positive_int, help="messages per device instead of a duration"
+    )
+    p.add_argument("--hubs", type=positive_int, default=2, help="hubs to spread devices over")
     p.add_argument("--prefix", default="sensor-", help="registration id prefix")
     p.add_argument("--symmetric-key", action="store_true", help="symmetric-key group, no X.509")
-    p.add_argument("--concurrency", type=_positive, default=64, help="registrations at once")
+    p.add_argument("--concurrency", type=positive_int, default=64, help="registrations at once")
     p.add_argument("--seed", type=int, default=0, help="seed of the telemetry values")
     p.add_argument("--shard", metavar="I/N", help="run the I-th of N slices of the devices")
     p.add_argument(

@@ -53,6 +53,19 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def emulator_port() -> tuple[int, str]:
+    """The port for the emulator (8883, which the SDK always dials, when free, else any) and,
+    when the SDK cannot be measured, why."""
+    note = ""
+    try:
+        import azure.iot.device  # noqa: F401
+    except ImportError:
+        note = "azure-iot-device is not installed"
+    if not _port_free(SDK_PORT):
+        return 0, "port 8883 is taken (the SDK cannot dial another port)"
+    return SDK_PORT, note
+
+
 @contextlib.contextmanager
 def emulator_process(state: Path, port: int) -> Iterator[Any]:
     """``dpskit emulator`` in its own process in fast mode (no wait between DPS polls), and the
@@ -136,14 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdk-devices", type=int, default=50, help="devices for the SDK")
     args = parser.parse_args(argv)
 
-    sdk_note = ""
-    try:
-        import azure.iot.device  # noqa: F401
-    except ImportError:
-        sdk_note = "azure-iot-device is not installed"
-    port = SDK_PORT if _port_free(SDK_PORT) else 0
-    if port != SDK_PORT:
-        sdk_note = "port 8883 is taken (the SDK cannot dial another port)"
+    port, sdk_note = emulator_port()
 
     rows: list[tuple[str, int, float, float]] = []
     with (

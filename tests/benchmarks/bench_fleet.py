@@ -27,13 +27,7 @@ from typing import Any
 import dpskit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_device import (
-    SDK_PORT,
-    _port_free,
-    _rss_kb,
-    _sdk_device,
-    emulator_process,
-)
+from bench_device import _rss_kb, _sdk_device, emulator_port, emulator_process
 
 BODY = b'{"temperature": 21.5, "humidity": 40.2, "status": "ok"}'
 
@@ -75,14 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdk-devices", type=int, default=50, help="devices for the SDK")
     args = parser.parse_args(argv)
 
-    sdk_note = ""
-    try:
-        import azure.iot.device  # noqa: F401
-    except ImportError:
-        sdk_note = "azure-iot-device is not installed"
-    port = SDK_PORT if _port_free(SDK_PORT) else 0
-    if port != SDK_PORT:
-        sdk_note = "port 8883 is taken (the SDK cannot dial another port)"
+    port, sdk_note = emulator_port()
 
     rows: list[tuple[str, int, float, float, float]] = []
     with (
