@@ -20,7 +20,12 @@ use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
 
 /// The one crypto provider of the crate.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    // One shared provider: every device's client configuration holds it, and its lists of
+    // suites and groups would otherwise be copied ten thousand times in a fleet.
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 const CA_CERT_FILE: &str = "emulator-ca.cert.pem";

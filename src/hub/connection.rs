@@ -28,14 +28,18 @@ const MAX_INCOMING: usize = 256 * 1024;
 /// What the buffers start at and fall back to after a large packet.
 const SMALL_BUFFER: usize = 1024;
 
+/// A QoS 1 PUBLISH to send; `done` resolves at its PUBACK.
+pub(super) struct PublishRequest {
+    pub topic: String,
+    pub payload: Bytes,
+    pub done: Option<oneshot::Sender<Result<()>>>,
+}
+
 /// What the client asks of the connection task.
 pub(super) enum Command {
-    /// A QoS 1 PUBLISH; `done` resolves at its PUBACK.
-    Publish {
-        topic: String,
-        payload: Bytes,
-        done: Option<oneshot::Sender<Result<()>>>,
-    },
+    /// A publish, boxed: the command channel allocates a block of 32 commands per device up
+    /// front, and a small enum keeps that block small.
+    Publish(Box<PublishRequest>),
     /// A SUBSCRIBE; `done` resolves at its SUBACK.
     Subscribe {
         filters: Vec<String>,
@@ -439,11 +443,12 @@ fn queue_command(
     next_pkid: &mut u16,
 ) -> Result<Option<oneshot::Sender<()>>> {
     match command {
-        Command::Publish {
-            topic,
-            payload,
-            done,
-        } => {
+        Command::Publish(request) => {
+            let PublishRequest {
+                topic,
+                payload,
+                done,
+            } = *request;
             *next_pkid = next_id(*next_pkid, outstanding);
             let packet = Publish {
                 dup: false,

@@ -417,11 +417,13 @@ impl HubClient {
 
     /// Publishes at QoS 1 without waiting for the PUBACK.
     async fn publish(&self, topic: String, payload: Bytes) -> Result<()> {
-        self.command(connection::Command::Publish {
-            topic,
-            payload,
-            done: None,
-        })
+        self.command(connection::Command::Publish(Box::new(
+            connection::PublishRequest {
+                topic,
+                payload,
+                done: None,
+            },
+        )))
         .await
     }
 
@@ -520,11 +522,13 @@ impl HubClient {
     /// caller can keep a window of acknowledgements outstanding without unbounded memory.
     pub async fn queue_telemetry(&self, message: &TelemetryMessage) -> Result<PendingAck> {
         let (done, acknowledged) = oneshot::channel();
-        self.command(connection::Command::Publish {
-            topic: format!("{}{}", self.events_topic, message.property_bag()),
-            payload: message.body.clone(),
-            done: Some(done),
-        })
+        self.command(connection::Command::Publish(Box::new(
+            connection::PublishRequest {
+                topic: format!("{}{}", self.events_topic, message.property_bag()),
+                payload: message.body.clone(),
+                done: Some(done),
+            },
+        )))
         .await?;
         Ok(PendingAck {
             acknowledged,
