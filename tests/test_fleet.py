@@ -374,3 +374,22 @@ def test_the_fleet_command_sets_up_the_cloud_runs_and_writes_results(
     intermediate = (tmp_path / "work/certs/intermediate.cert.pem").read_text()
     assert main([*args, "--dir", str(tmp_path / "work")]) == 0
     assert (tmp_path / "work/certs/intermediate.cert.pem").read_text() == intermediate
+
+
+def test_the_progress_line_is_rewritten_in_place_on_a_terminal(
+    setup: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = dpskit.TelemetryPlan(interval=0.1, count=4)
+    dpskit.Fleet(setup.dps, authority=setup.authority, count=4, prefix="bar-", telemetry=plan).run(
+        progress=True
+    )
+    err = capsys.readouterr().err
+    lines = err.split("\r")
+    assert len(lines) > 2  # several updates, each over the last
+    final = lines[-1]
+    assert final.endswith("\n")
+    assert "provisioned 4/4" in final
+    assert "messages 16/16 acked" in final
+    # Off by default when nothing is attached (a pipe, CI).
+    dpskit.Fleet(setup.dps, authority=setup.authority, count=1, prefix="quiet-").run()
+    assert capsys.readouterr().err == ""
