@@ -3,7 +3,6 @@
 //! Written to the documented protocol so the same code works against Azure and the emulator.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
@@ -167,18 +166,18 @@ impl Trust {
 
 /// Registers a device with DPS and waits for the final answer.
 pub async fn provision(request: &ProvisioningRequest, trust: &Trust) -> Result<RegistrationResult> {
-    provision_counting(request, trust, &AtomicU32::new(0)).await
+    provision_observed(request, trust, &|| {}).await
 }
 
-/// [`provision`], adding to `throttled` every 429 or 5xx the service answered (and the device
-/// waited out): fleets report those retries.
-pub async fn provision_counting(
+/// [`provision`], calling `on_throttled` at every 429 or 5xx the service answers, before the
+/// device waits it out: fleets count those retries as they happen.
+pub async fn provision_observed(
     request: &ProvisioningRequest,
     trust: &Trust,
-    throttled: &AtomicU32,
+    on_throttled: &(dyn Fn() + Send + Sync),
 ) -> Result<RegistrationResult> {
     let deadline = tokio::time::Instant::now() + request.timeout;
-    match tokio::time::timeout_at(deadline, exchange(request, trust, throttled)).await {
+    match tokio::time::timeout_at(deadline, exchange(request, trust, on_throttled)).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout(format!(
             "provisioning {} did not finish within {:.1} s",
@@ -191,7 +190,7 @@ pub async fn provision_counting(
 async fn exchange(
     request: &ProvisioningRequest,
     trust: &Trust,
-    throttled: &AtomicU32,
+    on_throttled: &(dyn Fn() + Send + Sync),
 ) -> Result<RegistrationResult> {
     let id = &request.registration_id;
     let mut options = MqttOptions::new(id.clone(), Broker::tcp(request.host.clone(), request.port));
@@ -263,7 +262,7 @@ async fn exchange(
             // Throttled or a service hiccup: repeat the same request after the advised delay, or
             // with exponential backoff and jitter when the service gave none.
             refusals += 1;
-            throttled.fetch_add(1, Ordering::Relaxed);
+            on_throttled();
             tokio::time::sleep(backoff(retry_after, refusals)).await;
             pacer.wait().await;
             rid += 1;

@@ -293,7 +293,8 @@ def test_pacing_like_azure_applies_the_registration_quota(setup: Setup) -> None:
 
 
 def test_a_failing_progress_callback_cancels_the_run_and_raises(setup: Setup) -> None:
-    plan = dpskit.TelemetryPlan(interval=0.5, duration=120)
+    # A message every 30 s: only a cancel that wakes the waiting devices ends this quickly.
+    plan = dpskit.TelemetryPlan(interval=30, count=10)
 
     def stop(snapshot: dpskit.FleetProgress) -> None:
         if snapshot.connected >= 5:
@@ -393,3 +394,21 @@ def test_the_progress_line_is_rewritten_in_place_on_a_terminal(
     # Off by default when nothing is attached (a pipe, CI).
     dpskit.Fleet(setup.dps, authority=setup.authority, count=1, prefix="quiet-").run()
     assert capsys.readouterr().err == ""
+
+
+def test_cancelling_wakes_devices_waiting_out_a_throttle(setup: Setup) -> None:
+    # One registration a minute: after the first, every device is told to retry in 60 s.
+    setup.dps.set_registration_quota(1)
+    outcomes: list[dpskit.FleetReport] = []
+
+    def stop(snapshot: dpskit.FleetProgress) -> None:
+        if snapshot.provisioned >= 1 and snapshot.retries >= 1:
+            raise KeyboardInterrupt
+
+    fleet = dpskit.Fleet(setup.dps, authority=setup.authority, count=4, prefix="waiting-")
+    with pytest.raises(KeyboardInterrupt):
+        outcomes.append(fleet.run(progress=False, on_progress=stop))
+    assert not outcomes
+    setup.dps.set_registration_quota(None)
+    # The DPS and the devices are fine afterwards: the same fleet runs to completion.
+    assert fleet.run(progress=False).outcomes == {"completed": 4}

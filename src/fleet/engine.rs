@@ -18,7 +18,7 @@ use crate::fleet::plan::TelemetryPlan;
 use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
 use crate::provisioning::{
     DeviceAuth, ProvisioningRequest, RegistrationResult, Trust, jittered_backoff,
-    provision_counting,
+    provision_observed,
 };
 
 /// How a fleet runs: where DPS is, how much at once, and what each device sends.
@@ -126,7 +126,7 @@ pub struct FleetDevice {
 }
 
 /// Counters updated by the devices as they go; read at any time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FleetProgress {
     /// Devices in the run.
     pub total: AtomicU64,
@@ -145,17 +145,49 @@ pub struct FleetProgress {
     /// Throttled registrations waited out, registrations attempted again and reconnects.
     pub retries: AtomicU64,
     cancelled: AtomicBool,
+    /// Wakes devices that are waiting (a registration, a send time an hour away) on cancel.
+    cancel_signal: watch::Sender<bool>,
+}
+
+impl Default for FleetProgress {
+    fn default() -> Self {
+        FleetProgress {
+            total: AtomicU64::new(0),
+            provisioned: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            acknowledged: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            cancelled: AtomicBool::new(false),
+            cancel_signal: watch::Sender::new(false),
+        }
+    }
 }
 
 impl FleetProgress {
-    /// Asks every device to stop at its next step.
+    /// Asks every device to stop now: waits end at once; a device sending its plan closes its
+    /// connection cleanly after the acknowledgements it is owed.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Relaxed);
+        self.cancel_signal.send_replace(true);
     }
 
     fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
     }
+
+    /// Resolves once the run is cancelled.
+    async fn cancelled(&self) {
+        let mut signal = self.cancel_signal.subscribe();
+        let _ = signal.wait_for(|cancelled| *cancelled).await;
+    }
+}
+
+/// The error a device's report carries when the run was cancelled under it.
+fn cancelled_error() -> Error {
+    Error::Transport("the fleet run was cancelled".into())
 }
 
 /// Where a device's run ended.
@@ -472,21 +504,23 @@ async fn run_device(
     if progress.is_cancelled() {
         context.leave_connect_phase();
         return finish(
-            report.failed(Outcome::Cancelled, &Error::Transport("cancelled".into())),
+            report.failed(Outcome::Cancelled, &cancelled_error()),
             Vec::new(),
         );
     }
 
     // The registration and connection futures are large and short-lived: boxed, their state
     // is freed once done instead of sizing every device's task for its whole life.
-    let assignment = match Box::pin(provision_device(&context, &device, &mut report)).await {
+    let registering = Box::pin(provision_device(&context, &device, &mut report));
+    let registered = tokio::select! {
+        registered = registering => registered.map_err(|e| (Outcome::ProvisioningFailed, e)),
+        () = progress.cancelled() => Err((Outcome::Cancelled, cancelled_error())),
+    };
+    let assignment = match registered {
         Ok(assignment) => assignment,
-        Err(error) => {
+        Err((outcome, error)) => {
             context.leave_connect_phase();
-            return finish(
-                report.failed(Outcome::ProvisioningFailed, &error),
-                Vec::new(),
-            );
+            return finish(report.failed(outcome, &error), Vec::new());
         }
     };
     progress.provisioned.fetch_add(1, Ordering::Relaxed);
@@ -505,11 +539,16 @@ async fn run_device(
     options.max_in_flight = settings.max_in_flight.max(1);
     options.connect_timeout = Duration::from_secs_f64(settings.connect_timeout);
     options.tls_sessions = 0;
-    let (client, began) = match Box::pin(connect_device(&context, options, &mut report)).await {
+    let connecting = Box::pin(connect_device(&context, options, &mut report));
+    let connected = tokio::select! {
+        connected = connecting => connected.map_err(|e| (Outcome::ConnectFailed, e)),
+        () = progress.cancelled() => Err((Outcome::Cancelled, cancelled_error())),
+    };
+    let (client, began) = match connected {
         Ok(connected) => connected,
-        Err(error) => {
+        Err((outcome, error)) => {
             context.leave_connect_phase();
-            return finish(report.failed(Outcome::ConnectFailed, &error), Vec::new());
+            return finish(report.failed(outcome, &error), Vec::new());
         }
     };
     report.connect_latency = Some(began.elapsed());
@@ -519,7 +558,10 @@ async fn run_device(
 
     if settings.start_together {
         let mut pending = context.pending_rx.clone();
-        let _ = pending.wait_for(|left| *left == 0).await;
+        tokio::select! {
+            _ = pending.wait_for(|left| *left == 0) => {}
+            () = progress.cancelled() => {}
+        }
     }
     let mut rows = Vec::new();
     if let Some(plan) = &settings.plan {
@@ -536,7 +578,7 @@ async fn run_device(
     report.reconnects = reconnects;
     client.close().await;
     if progress.is_cancelled() && report.outcome == Outcome::Completed {
-        report = report.failed(Outcome::Cancelled, &Error::Transport("cancelled".into()));
+        report = report.failed(Outcome::Cancelled, &cancelled_error());
     }
     finish(report, rows)
 }
@@ -560,13 +602,12 @@ async fn provision_device(
     loop {
         let throttled = AtomicU32::new(0);
         let began = Instant::now();
-        let outcome = provision_counting(&request, &context.trust, &throttled).await;
-        let waited_out = throttled.load(Ordering::Relaxed);
-        report.provision_retries += waited_out;
-        context
-            .progress
-            .retries
-            .fetch_add(u64::from(waited_out), Ordering::Relaxed);
+        let on_throttled = || {
+            throttled.fetch_add(1, Ordering::Relaxed);
+            context.progress.retries.fetch_add(1, Ordering::Relaxed);
+        };
+        let outcome = provision_observed(&request, &context.trust, &on_throttled).await;
+        report.provision_retries += throttled.load(Ordering::Relaxed);
         match outcome {
             Ok(assignment) => {
                 report.provision_latency = Some(began.elapsed());
@@ -636,10 +677,17 @@ async fn send_plan(
                             settle(rows, report, outcome, published, row)?;
                         }
                         () = tokio::time::sleep_until(due) => {}
+                        () = progress.cancelled() => break,
                     }
                 }
-                None => tokio::time::sleep_until(due).await,
+                None => tokio::select! {
+                    () = tokio::time::sleep_until(due) => {}
+                    () = progress.cancelled() => break,
+                },
             }
+        }
+        if progress.is_cancelled() {
+            break;
         }
         if message.copies == 0 {
             report.dropouts += 1;
@@ -684,9 +732,16 @@ async fn send_plan(
             pending.push_back((ack, published, if record { row } else { usize::MAX }));
         }
     }
+    // A cancelled run still collects the acknowledgements already on their way, but does not
+    // wait out a reconnect for them: what stays unacknowledged is reported as such.
+    let cancelled = progress.is_cancelled();
+    let patience = tokio::time::sleep(Duration::from_secs(2));
+    tokio::pin!(patience);
     while let Some((ack, published, row)) = pending.pop_front() {
-        let outcome = ack.await;
-        settle(rows, report, outcome, published, row)?;
+        tokio::select! {
+            outcome = ack => settle(rows, report, outcome, published, row)?,
+            () = &mut patience, if cancelled => break,
+        }
     }
     Ok(())
 }
