@@ -1368,8 +1368,11 @@ fn hub_knobs_refuse_drop_and_throttle() {
         .telemetry(&hub, Some("knob-dev"))
         .unwrap()
         .len();
+    // The first message passes at once; the shaped ones behind it are stored only if their
+    // delay ends before the throttle closes the connection (never acknowledged otherwise, so
+    // a device sends them again), which depends on the machine's load.
     assert!(
-        (2..12).contains(&stored),
+        (1..12).contains(&stored),
         "{stored} messages got through the throttle"
     );
 }

@@ -117,7 +117,7 @@ async def _dpskit_fleet(
     return list(clients), time.perf_counter() - start
 
 
-def _sdk_device(dps: Any, trust: str, device: dpskit.DeviceCertificate, folder: Path) -> Any:
+def _sdk_device(dps: Any, trust: str | None, device: dpskit.DeviceCertificate, folder: Path) -> Any:
     from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 
     files = device.save(folder)
