@@ -72,6 +72,9 @@ pub(super) struct Shared {
     pub closed: ClosedReason,
     /// Connections lost and dialled again: fleets report them as retries.
     pub reconnects: Arc<std::sync::atomic::AtomicU32>,
+    /// Signalled by `close()`: ends the task even while it dials or waits to dial again, when
+    /// no command is read (a permit is kept, so a signal sent before the wait is not lost).
+    pub close_requested: Arc<tokio::sync::Notify>,
 }
 
 /// A request the hub has not acknowledged yet.
@@ -285,18 +288,23 @@ pub(super) async fn run(
             },
             None => (None, None),
         };
-        let dialled = tokio::time::timeout(
+        let dialling = tokio::time::timeout(
             settings.connect_timeout,
             dial(&settings, password.as_deref()),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(Error::Timeout(format!(
-                "{id} got no CONNACK from {} within {:.1} s",
-                settings.host,
-                settings.connect_timeout.as_secs_f64()
-            )))
-        });
+        );
+        let dialled = tokio::select! {
+            dialled = dialling => dialled.unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "{id} got no CONNACK from {} within {:.1} s",
+                    settings.host,
+                    settings.connect_timeout.as_secs_f64()
+                )))
+            }),
+            () = shared.close_requested.notified() => {
+                finish(&shared, &mut outstanding, &mut connected, closed_by_device(&id));
+                return;
+            }
+        };
         let (mut wire, session_present) = match dialled {
             Ok(done) => done,
             Err(error) => {
@@ -310,7 +318,15 @@ pub(super) async fn run(
                     "hub client {id}: reconnecting failed ({error}); next try in {:.1} s",
                     delay.as_secs_f64()
                 );
-                tokio::time::sleep(delay).await;
+                if wait_or_close(&shared, delay).await {
+                    finish(
+                        &shared,
+                        &mut outstanding,
+                        &mut connected,
+                        closed_by_device(&id),
+                    );
+                    return;
+                }
                 continue;
             }
         };
@@ -362,7 +378,7 @@ pub(super) async fn run(
                     &shared,
                     &mut outstanding,
                     &mut connected,
-                    Error::Transport(format!("{id} disconnected")),
+                    closed_by_device(&id),
                 );
                 return;
             }
@@ -381,13 +397,34 @@ pub(super) async fn run(
                     "hub client {id}: connection lost ({error}); reconnecting in {:.1} s",
                     delay.as_secs_f64()
                 );
-                tokio::time::sleep(delay).await;
+                if wait_or_close(&shared, delay).await {
+                    finish(
+                        &shared,
+                        &mut outstanding,
+                        &mut connected,
+                        closed_by_device(&id),
+                    );
+                    return;
+                }
             }
             Ending::Lost(error) => {
                 finish(&shared, &mut outstanding, &mut connected, error);
                 return;
             }
         }
+    }
+}
+
+/// Why waiters fail once the device itself closed the client.
+fn closed_by_device(id: &str) -> Error {
+    Error::Transport(format!("{id} disconnected"))
+}
+
+/// Waits `delay` before dialling again; true when `close()` was called meanwhile.
+async fn wait_or_close(shared: &Shared, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = shared.close_requested.notified() => true,
     }
 }
 

@@ -281,6 +281,7 @@ struct Streams {
 pub struct HubClient {
     state: Arc<Mutex<ConnectionState>>,
     reconnects: Arc<std::sync::atomic::AtomicU32>,
+    close_requested: Arc<tokio::sync::Notify>,
     commands: tokio::sync::mpsc::Sender<connection::Command>,
     events_topic: String,
     device_id: String,
@@ -352,6 +353,7 @@ impl HubClient {
         });
         let state = Arc::new(Mutex::new(ConnectionState::Connecting));
         let reconnects = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let close_requested = Arc::new(tokio::sync::Notify::new());
         // The channel holds the window: senders wait while it is full, so PUBACKs pace them.
         let (commands, commands_rx) = tokio::sync::mpsc::channel(window);
         let (connected_tx, connected_rx) = oneshot::channel::<Result<()>>();
@@ -360,6 +362,7 @@ impl HubClient {
             state: state.clone(),
             closed: closed.clone(),
             reconnects: reconnects.clone(),
+            close_requested: close_requested.clone(),
         };
         let task = tokio::spawn(connection::run(settings, commands_rx, shared, connected_tx));
         let failure = match connected_rx.await {
@@ -377,6 +380,7 @@ impl HubClient {
         let hub_client = HubClient {
             state,
             reconnects,
+            close_requested,
             commands,
             events_topic: format!("devices/{device_id}/messages/events/"),
             device_id,
@@ -552,6 +556,8 @@ impl HubClient {
     /// Like [`HubClient::disconnect`], for a shared client: sends DISCONNECT and waits (at
     /// most 5 s) for the connection to end.
     pub async fn close(&self) {
+        // Reaches the task even while it waits to dial again (and reads no commands).
+        self.close_requested.notify_one();
         let (done, finished) = oneshot::channel();
         if self
             .commands
@@ -656,5 +662,145 @@ mod tests {
             "%24.mid=abc&%24.ct=application%2Fjson&%24.ce=utf-8&temp=21&zeta=a%2Fb"
         );
         assert_eq!(TelemetryMessage::new("x").property_bag(), "");
+    }
+
+    /// What a hostile or broken hub sends right after CONNACK, one connection after another.
+    enum Misbehaviour {
+        /// A reserved packet type with an invalid length.
+        Garbage,
+        /// A PUBLISH header announcing 200 MB that never come.
+        Oversized,
+        /// A PUBACK for nothing and a PUBLISH on a topic no device subscribes to, then good
+        /// service.
+        StrayPackets,
+    }
+
+    /// A hub that misbehaves on its first connections and then acknowledges what it gets.
+    /// Returns the payloads it acknowledged.
+    async fn hostile_hub(
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        script: Vec<Misbehaviour>,
+    ) -> Vec<Bytes> {
+        use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut stored = Vec::new();
+        for misbehaviour in script {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut read = bytes::BytesMut::new();
+            let next = async |tls: &mut tokio_rustls::server::TlsStream<_>,
+                              read: &mut bytes::BytesMut| loop {
+                match Packet::read(read, 1 << 20) {
+                    Ok(packet) => return Some(packet),
+                    Err(rumqttc::Error::InsufficientBytes(_)) => {}
+                    Err(e) => panic!("the client sent a malformed packet: {e}"),
+                }
+                if tls.read_buf(read).await.unwrap_or(0) == 0 {
+                    return None;
+                }
+            };
+            assert!(matches!(
+                next(&mut tls, &mut read).await,
+                Some(Packet::Connect(..))
+            ));
+            let mut out = bytes::BytesMut::new();
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+            })
+            .write(&mut out, usize::MAX)
+            .unwrap();
+            match misbehaviour {
+                Misbehaviour::Garbage => out.extend_from_slice(&[0xF0, 0xFF, 0xFF, 0xFF, 0xFF]),
+                Misbehaviour::Oversized => {
+                    // PUBLISH, remaining length 200 MB (variable-length encoding).
+                    out.extend_from_slice(&[0x30, 0x80, 0x80, 0xAF, 0x5F]);
+                }
+                Misbehaviour::StrayPackets => {
+                    Packet::PubAck(PubAck::new(999))
+                        .write(&mut out, usize::MAX)
+                        .unwrap();
+                    Packet::Publish(Publish::new("$iothub/nobody/listens", QoS::AtMostOnce, "x"))
+                        .write(&mut out, usize::MAX)
+                        .unwrap();
+                }
+            }
+            tls.write_all(&out).await.unwrap();
+            tls.flush().await.unwrap();
+            if !matches!(misbehaviour, Misbehaviour::StrayPackets) {
+                // The client must give this connection up; wait for it to close.
+                while next(&mut tls, &mut read).await.is_some() {}
+                continue;
+            }
+            while let Some(packet) = next(&mut tls, &mut read).await {
+                if let Packet::Publish(publish) = packet {
+                    let mut ack = bytes::BytesMut::new();
+                    Packet::PubAck(PubAck::new(publish.pkid))
+                        .write(&mut ack, usize::MAX)
+                        .unwrap();
+                    tls.write_all(&ack).await.unwrap();
+                    tls.flush().await.unwrap();
+                    stored.push(publish.payload);
+                    return stored;
+                }
+            }
+        }
+        stored
+    }
+
+    #[test]
+    fn a_hostile_hub_neither_crashes_the_client_nor_loses_its_message() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let tls = crate::emulator::tls::EmulatorTls::load_or_create(
+                dir.path(),
+                vec!["127.0.0.1".into()],
+            )
+            .unwrap();
+            let trust = Trust::from_pem(tls.trust_pem().as_bytes()).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().unwrap());
+            let hub = tokio::spawn(hostile_hub(
+                listener,
+                acceptor,
+                vec![
+                    Misbehaviour::Garbage,
+                    Misbehaviour::Oversized,
+                    Misbehaviour::StrayPackets,
+                ],
+            ));
+            let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_string();
+            let options = HubConnectOptions::new(
+                "127.0.0.1",
+                port,
+                "hostile-1",
+                DeviceAuth::SymmetricKey(key),
+            );
+            let client = HubClient::connect(options, &trust).await.unwrap();
+            let sent = tokio::time::timeout(
+                Duration::from_secs(30),
+                client.send_telemetry(&TelemetryMessage::new("survived")),
+            )
+            .await;
+            assert!(
+                matches!(sent, Ok(Ok(()))),
+                "the message is acknowledged on a later connection: {sent:?}"
+            );
+            assert!(
+                client.reconnects() >= 2,
+                "both broken connections were given up"
+            );
+            let stored = hub.await.unwrap();
+            assert_eq!(stored, vec![Bytes::from_static(b"survived")]);
+            client.close().await;
+        });
     }
 }
