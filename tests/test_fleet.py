@@ -412,3 +412,43 @@ def test_cancelling_wakes_devices_waiting_out_a_throttle(setup: Setup) -> None:
     setup.dps.set_registration_quota(None)
     # The DPS and the devices are fine afterwards: the same fleet runs to completion.
     assert fleet.run(progress=False).outcomes == {"completed": 4}
+
+
+def test_run_async_lets_other_tasks_run_and_cancelling_it_stops_the_devices(
+    setup: Setup,
+) -> None:
+    import asyncio
+
+    async def scenario() -> tuple[dpskit.FleetReport, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticking = asyncio.create_task(ticker())
+        plan = dpskit.TelemetryPlan(interval=0.05, count=10)
+        fleet = dpskit.Fleet(
+            setup.dps, authority=setup.authority, count=20, prefix="async-", telemetry=plan
+        )
+        report = await fleet.run_async(progress=False)
+        # A long plan, cancelled from outside: the task ends and the devices with it.
+        slow = dpskit.TelemetryPlan(interval=30, count=10)
+        long_run = asyncio.create_task(
+            dpskit.Fleet(
+                setup.dps, authority=setup.authority, count=5, prefix="async-long-", telemetry=slow
+            ).run_async(progress=False)
+        )
+        await asyncio.sleep(1.0)
+        long_run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long_run
+        ticking.cancel()
+        return report, ticks
+
+    report, ticks = asyncio.run(scenario())
+    assert report.outcomes == {"completed": 20}
+    assert report.messages_acknowledged == 200
+    assert ticks > 10  # the loop kept running other tasks during the fleet

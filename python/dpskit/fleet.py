@@ -5,6 +5,7 @@ thread per device). Results come back as a :class:`FleetReport` with DataFrames.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import json
@@ -647,8 +648,36 @@ class Fleet:
         notebooks (``None``: when one is attached). ``on_progress`` is called with a
         :class:`FleetProgress` about five times a second. Ctrl-C (or a notebook interrupt)
         stops every device and raises ``KeyboardInterrupt``."""
-        ids = self.registration_ids
-        indexes = list(self.indexes)
+        session = _RunSession(self, progress, on_progress)
+        try:
+            while not session.run.wait(0.2):
+                session.report_progress()
+        except BaseException:
+            session.cancel()
+            raise
+        return session.finish()
+
+    async def run_async(
+        self,
+        *,
+        progress: bool | None = None,
+        on_progress: Callable[[FleetProgress], None] | None = None,
+    ) -> FleetReport:
+        """:meth:`run` for code already in an event loop (``await fleet.run_async()`` in a
+        notebook): other tasks keep running meanwhile. Cancelling the awaiting task stops
+        every device."""
+        session = _RunSession(self, progress, on_progress)
+        try:
+            while not session.run.wait(0):
+                await asyncio.sleep(0.2)
+                session.report_progress()
+        except BaseException:
+            session.cancel()
+            raise
+        return session.finish()
+
+    def _settings(self) -> tuple[dict[str, Any], str | None]:
+        """The engine's settings and the custom fields' values, as JSON for the binding."""
         settings: dict[str, Any] = {
             "dps_host": self.dps.device_host,
             "dps_port": self.dps.device_port,
@@ -664,51 +693,80 @@ class Fleet:
         custom_json = None
         if self.telemetry is not None:
             settings["plan"] = self.telemetry._spec(self.telemetry.start)
-            custom = self.telemetry._custom_values(list(zip(indexes, ids, strict=True)))
+            devices = list(zip(self.indexes, self.registration_ids, strict=True))
+            custom = self.telemetry._custom_values(devices)
             custom_json = json.dumps(custom) if custom else None
-        certificates = self.certificates() if self.authority is not None else None
-        pacing = None
-        if self.pace_like_azure:
-            # Refused outside the in-process emulator: Azure paces registrations itself.
-            quota = max(1, round(AZURE_REGISTRATIONS_PER_MINUTE * self.time_compression))
-            self.dps.set_registration_quota(quota)
-            pacing = self.time_compression
-        hubs = {link.host_name: link.hub for link in self.dps.linked_hubs()}
-        display = _ProgressDisplay(progress)
-        begun = time.monotonic()
-        try:
-            run = FleetRun(
-                json.dumps(settings),
-                self.dps._cloud.trust_pem,
-                ids,
-                indexes,
-                certificates=certificates,
-                group_key=self._group_key,
-                custom_json=custom_json,
-                worker_threads=self.worker_threads,
-            )
-            try:
-                while not run.wait(0.2):
-                    snapshot = FleetProgress(*run.progress(), elapsed=time.monotonic() - begun)
-                    display.update(snapshot)
-                    if on_progress is not None:
-                        on_progress(snapshot)
-            except BaseException:
-                run.cancel()
-                while not run.wait(1.0):
-                    pass
-                raise
-            snapshot = FleetProgress(*run.progress(), elapsed=time.monotonic() - begun)
-            display.update(snapshot)
-            if on_progress is not None:
-                on_progress(snapshot)
-            columns = run.result()
-        finally:
-            display.close()
-            if pacing is not None:
-                self.dps.set_registration_quota(None)
-        return FleetReport(columns, hubs=hubs, pacing=pacing, shard=self.shard)
+        return settings, custom_json
 
     def __repr__(self) -> str:
         kind = "x509" if self.authority is not None else "symmetric-key"
         return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"
+
+
+class _RunSession:
+    """One run of a fleet from start to report: what ``run`` and ``run_async`` share (the
+    engine started, the progress shown, the Azure pacing set and lifted)."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        progress: bool | None,
+        on_progress: Callable[[FleetProgress], None] | None,
+    ) -> None:
+        self._fleet = fleet
+        self._on_progress = on_progress
+        self._closed = False
+        settings, custom_json = fleet._settings()
+        certificates = fleet.certificates() if fleet.authority is not None else None
+        self.hubs = {link.host_name: link.hub for link in fleet.dps.linked_hubs()}
+        self.pacing: float | None = None
+        if fleet.pace_like_azure:
+            # Refused outside the emulator: Azure paces registrations itself.
+            quota = max(1, round(AZURE_REGISTRATIONS_PER_MINUTE * fleet.time_compression))
+            fleet.dps.set_registration_quota(quota)
+            self.pacing = fleet.time_compression
+        self._display = _ProgressDisplay(progress)
+        self._begun = time.monotonic()
+        try:
+            self.run = FleetRun(
+                json.dumps(settings),
+                fleet.dps._cloud.trust_pem,
+                fleet.registration_ids,
+                list(fleet.indexes),
+                certificates=certificates,
+                group_key=fleet._group_key,
+                custom_json=custom_json,
+                worker_threads=fleet.worker_threads,
+            )
+        except BaseException:
+            self._close()
+            raise
+
+    def report_progress(self) -> None:
+        snapshot = FleetProgress(*self.run.progress(), elapsed=time.monotonic() - self._begun)
+        self._display.update(snapshot)
+        if self._on_progress is not None:
+            self._on_progress(snapshot)
+
+    def cancel(self) -> None:
+        """Stops every device and waits for them (they end within a few seconds)."""
+        self.run.cancel()
+        while not self.run.wait(1.0):
+            pass
+        self._close()
+
+    def finish(self) -> FleetReport:
+        try:
+            self.report_progress()
+            columns = self.run.result()
+        finally:
+            self._close()
+        return FleetReport(columns, hubs=self.hubs, pacing=self.pacing, shard=self._fleet.shard)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._display.close()
+        if self.pacing is not None:
+            self._fleet.dps.set_registration_quota(None)
