@@ -313,12 +313,8 @@ pub(super) async fn run(
                     return;
                 }
                 failures += 1;
-                let delay = reconnect_delay(failures);
-                log::info!(
-                    "hub client {id}: reconnecting failed ({error}); next try in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                if wait_or_close(&shared, delay).await {
+                let why = format!("reconnecting failed ({error})");
+                if wait_to_redial(&shared, &id, failures, &why).await {
                     finish(
                         &shared,
                         &mut outstanding,
@@ -392,12 +388,8 @@ pub(super) async fn run(
                     .reconnects
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *lock(&shared.state) = ConnectionState::Reconnecting;
-                let delay = reconnect_delay(failures);
-                log::info!(
-                    "hub client {id}: connection lost ({error}); reconnecting in {:.1} s",
-                    delay.as_secs_f64()
-                );
-                if wait_or_close(&shared, delay).await {
+                let why = format!("connection lost ({error})");
+                if wait_to_redial(&shared, &id, failures, &why).await {
                     finish(
                         &shared,
                         &mut outstanding,
@@ -420,8 +412,14 @@ fn closed_by_device(id: &str) -> Error {
     Error::Transport(format!("{id} disconnected"))
 }
 
-/// Waits `delay` before dialling again; true when `close()` was called meanwhile.
-async fn wait_or_close(shared: &Shared, delay: Duration) -> bool {
+/// Says why the connection is down, waits the backoff that `failures` calls for, and returns
+/// true when `close()` was called meanwhile.
+async fn wait_to_redial(shared: &Shared, id: &str, failures: u32, why: &str) -> bool {
+    let delay = reconnect_delay(failures);
+    log::info!(
+        "hub client {id}: {why}; dialling again in {:.1} s",
+        delay.as_secs_f64()
+    );
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
         () = shared.close_requested.notified() => true,
