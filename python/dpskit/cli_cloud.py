@@ -18,7 +18,7 @@ from ._native import Certificate
 from .cloud import AzureCloud, Dps, EnrollmentGroup, LocalCloud, _Cloud
 from .errors import ConfigError
 
-__all__ = ["add_azure_options", "add_cloud_commands", "azure_cloud"]
+__all__ = ["add_azure_options", "add_cloud_commands", "azure_cloud", "open_target"]
 
 DEFAULT_LOCAL_DIR = "dpskit-cloud"
 
@@ -83,20 +83,28 @@ def _target_options() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def _open_cloud(args: argparse.Namespace) -> Iterator[_Cloud]:
+def open_target(
+    args: argparse.Namespace, default_local: Path, *, poll_retry_after: int = 1
+) -> Iterator[_Cloud]:
+    """The cloud a command acts on: Azure with ``--azure``; else the running ``dpskit
+    emulator`` on ``--local`` (or ``default_local``), or one started there for the command on
+    free ports (``poll_retry_after`` 0 is the emulator's fast mode)."""
     if args.azure:
         if args.local:
             raise ConfigError("choose --local or --azure, not both")
         yield azure_cloud(args)
         return
-    folder = Path(args.local or DEFAULT_LOCAL_DIR)
+    folder = Path(args.local) if args.local else default_local
     running = LocalCloud.attach(folder)
     if running is not None:
         yield running
         return
-    # Nobody serves this folder: serve it for the length of the command, on free ports.
-    with LocalCloud(folder, port=0) as cloud:
+    with LocalCloud(folder, port=0, poll_retry_after=poll_retry_after) as cloud:
         yield cloud
+
+
+def _open_cloud(args: argparse.Namespace) -> contextlib.AbstractContextManager[_Cloud]:
+    return open_target(args, Path(DEFAULT_LOCAL_DIR))
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:

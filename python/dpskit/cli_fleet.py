@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from dpskit._cli_types import non_negative_float, positive_int
 from dpskit._native import CertificateAuthority
-from dpskit.cli_cloud import add_azure_options, azure_cloud
-from dpskit.cloud import Dps, EnrollmentGroup, LocalCloud, _Cloud
+from dpskit.cli_cloud import add_azure_options, open_target
+from dpskit.cloud import Dps, EnrollmentGroup
 from dpskit.errors import ConfigError, NotFoundError
 from dpskit.fleet import Fleet, TelemetryPlan
 from dpskit.signals import Signal, choice, gaussian, random_walk, sine
@@ -34,23 +32,6 @@ def default_fields() -> dict[str, Signal]:
         "humidity": random_walk(start=45.0, step=0.4, low=0.0, high=100.0).rounded(1),
         "status": choice(["ok", "degraded", "fault"], weights=[0.97, 0.025, 0.005]),
     }
-
-
-@contextlib.contextmanager
-def _open_target(args: argparse.Namespace, base: Path) -> Iterator[_Cloud]:
-    if args.azure:
-        if args.local:
-            raise ConfigError("choose --local or --azure, not both")
-        yield azure_cloud(args)
-        return
-    folder = Path(args.local) if args.local else base / "cloud"
-    running = LocalCloud.attach(folder)
-    if running is not None:
-        yield running
-        return
-    # Fast mode: DPS advises no wait between polls, so the fleet is limited by the machine.
-    with LocalCloud(folder, port=0, poll_retry_after=0) as cloud:
-        yield cloud
 
 
 def _authority(certs: Path) -> CertificateAuthority:
@@ -87,7 +68,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         fields=default_fields(),
         seed=args.seed,
     )
-    with _open_target(args, base) as cloud:
+    # Fast mode: DPS advises no wait between polls, so the fleet is limited by the machine.
+    with open_target(args, base / "cloud", poll_retry_after=0) as cloud:
         hubs = [cloud.create_hub(f"fleet-hub-{n}") for n in range(1, args.hubs + 1)]
         dps = cloud.create_dps(FLEET_DPS)
         linked = {link.hub for link in dps.linked_hubs()}
