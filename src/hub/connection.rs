@@ -277,13 +277,13 @@ pub(super) async fn run(
     let mut next_pkid: u16 = 0;
     let mut failures: u32 = 0;
     let id = settings.client_id.clone();
-    loop {
+    // Every way out of the loop is the reason the client ends for good.
+    let reason = loop {
         let (password, renew_at) = match &settings.sas {
             Some(sas) => match sas.token() {
                 Ok((token, renew_at)) => (Some(token), Some(renew_at)),
                 Err(e) => {
-                    finish(&shared, &mut outstanding, &mut connected, e);
-                    return;
+                    break e;
                 }
             },
             None => (None, None),
@@ -301,27 +301,19 @@ pub(super) async fn run(
                 )))
             }),
             () = shared.close_requested.notified() => {
-                finish(&shared, &mut outstanding, &mut connected, closed_by_device(&id));
-                return;
+                break closed_by_device(&id);
             }
         };
         let (mut wire, session_present) = match dialled {
             Ok(done) => done,
             Err(error) => {
                 if connected.is_some() || !settings.reconnect {
-                    finish(&shared, &mut outstanding, &mut connected, error);
-                    return;
+                    break error;
                 }
                 failures += 1;
                 let why = format!("reconnecting failed ({error})");
                 if wait_to_redial(&shared, &id, failures, &why).await {
-                    finish(
-                        &shared,
-                        &mut outstanding,
-                        &mut connected,
-                        closed_by_device(&id),
-                    );
-                    return;
+                    break closed_by_device(&id);
                 }
                 continue;
             }
@@ -370,13 +362,7 @@ pub(super) async fn run(
         };
         match ending {
             Ending::Closed => {
-                finish(
-                    &shared,
-                    &mut outstanding,
-                    &mut connected,
-                    closed_by_device(&id),
-                );
-                return;
+                break closed_by_device(&id);
             }
             Ending::Renew => {
                 log::info!("hub client {id}: renewing its SAS token");
@@ -390,21 +376,15 @@ pub(super) async fn run(
                 *lock(&shared.state) = ConnectionState::Reconnecting;
                 let why = format!("connection lost ({error})");
                 if wait_to_redial(&shared, &id, failures, &why).await {
-                    finish(
-                        &shared,
-                        &mut outstanding,
-                        &mut connected,
-                        closed_by_device(&id),
-                    );
-                    return;
+                    break closed_by_device(&id);
                 }
             }
             Ending::Lost(error) => {
-                finish(&shared, &mut outstanding, &mut connected, error);
-                return;
+                break error;
             }
         }
-    }
+    };
+    finish(&shared, &mut outstanding, &mut connected, reason);
 }
 
 /// Why waiters fail once the device itself closed the client.
