@@ -169,9 +169,6 @@ impl PyFleetRun {
             .build()
             .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
         let progress = Arc::new(FleetProgress::default());
-        progress
-            .total
-            .store(count as u64, std::sync::atomic::Ordering::Relaxed);
         let handle = runtime.spawn(engine::run(settings, devices, trust, progress.clone()));
         Ok(PyFleetRun {
             runtime,
