@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun
-from dpskit.cloud import Dps, EnrollmentGroup
+from dpskit.cloud import Dps, EnrollmentGroup, _unix
 from dpskit.errors import ConfigError
 from dpskit.signals import Signal
 
@@ -251,7 +251,7 @@ class FleetReport:
         #: Seconds until the last device was connected (or had failed).
         self.connect_phase: float = columns["connect_phase"]
         #: When the run started (UTC): ``started_s`` and ``sent_at`` count from it.
-        self.started_at = datetime.fromtimestamp(columns["started_unix"], tz=timezone.utc)
+        self.started_at = _unix(columns["started_unix"])
         #: The shard this process ran, ``(i, n)``, or None for the whole fleet.
         self.shard = shard
         self._hub_names = dict(hubs)
