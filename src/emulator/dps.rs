@@ -31,8 +31,12 @@ pub struct DeviceIdentity {
 /// A device's credential as presented.
 #[derive(Debug, Clone)]
 pub enum DeviceCredential {
-    /// The chain sent in the TLS handshake, leaf first.
+    /// The chain sent in the TLS handshake, leaf first, exactly as presented.
     X509(Vec<Certificate>),
+    /// A client certificate chain that cannot be trusted (a certificate that does not parse,
+    /// or too many): DPS accepts the CONNECT and refuses every registration with 401002, as it
+    /// does for every other X.509 failure.
+    RefusedX509(String),
     /// A SAS token that verified against this enrollment's key.
     Sas {
         /// The enrollment whose key signed the token.
@@ -148,6 +152,9 @@ pub struct DpsEngine {
     allocators: std::sync::RwLock<HashMap<String, Arc<dyn CustomAllocator>>>,
     /// HTTP client for webhooks, made on first use.
     http: std::sync::OnceLock<reqwest::Client>,
+    /// Bounds the X.509 attestations running at once: they verify signatures, CPU work done on
+    /// the blocking pool so the async workers keep serving every other connection.
+    attestations: tokio::sync::Semaphore,
 }
 
 /// How long finished operations stay queryable.
@@ -168,6 +175,9 @@ impl DpsEngine {
             poll_retry_after,
             allocators: std::sync::RwLock::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
+            attestations: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            ),
         }
     }
 
@@ -329,13 +339,14 @@ impl DpsEngine {
 
     /// Checks a DPS CONNECT: the scope must exist; a SAS password must verify against an
     /// enrollment key; otherwise a client certificate must have been presented (its chain is
-    /// judged at register time, as DPS does).
+    /// judged at register time, as DPS does). `chain` is what the handshake presented, or why
+    /// it cannot be used.
     pub fn authenticate(
         &self,
         id_scope: &str,
         registration_id: &str,
         password: Option<&[u8]>,
-        chain: Vec<Certificate>,
+        chain: std::result::Result<Vec<Certificate>, String>,
     ) -> Result<DeviceIdentity, (ConnectReturnCode, String)> {
         let refuse = |why: String| (ConnectReturnCode::NotAuthorized, why);
         let dps = self
@@ -350,6 +361,11 @@ impl DpsEngine {
             credential,
         };
         if let Some(password) = password.filter(|p| !p.is_empty()) {
+            if let Err(why) = &chain {
+                return Err(refuse(format!(
+                    "a SAS token with an unusable client certificate: {why}"
+                )));
+            }
             let token = std::str::from_utf8(password)
                 .map_err(|_| refuse("the password is not UTF-8".into()))
                 .and_then(|t| SasToken::parse(t).map_err(|e| refuse(e.to_string())))?;
@@ -372,12 +388,13 @@ impl DpsEngine {
                     ))
                 });
         }
-        if chain.is_empty() {
-            return Err(refuse(
+        match chain {
+            Ok(chain) if chain.is_empty() => Err(refuse(
                 "neither a client certificate nor a SAS token was presented".into(),
-            ));
+            )),
+            Ok(chain) => Ok(identity(DeviceCredential::X509(chain))),
+            Err(why) => Ok(identity(DeviceCredential::RefusedX509(why))),
         }
-        Ok(identity(DeviceCredential::X509(chain)))
     }
 
     /// Finds the enrollment whose key signed `token`: the individual enrollment first, then
@@ -429,7 +446,7 @@ impl DpsEngine {
     }
 
     /// Handles `iotdps-register`.
-    pub async fn register(&self, identity: &DeviceIdentity, body: &[u8]) -> Reply {
+    pub async fn register(self: &Arc<Self>, identity: &DeviceIdentity, body: &[u8]) -> Reply {
         if let Some(reply) = self.throttle(&identity.dps) {
             return reply;
         }
@@ -437,7 +454,7 @@ impl DpsEngine {
             Ok(v) => v.get("payload").cloned().filter(|p| !p.is_null()),
             Err(reply) => return reply,
         };
-        let admitted = match self.attest(identity) {
+        let admitted = match self.attest_off_the_workers(identity).await {
             Ok(a) => a,
             Err(reply) => return reply,
         };
@@ -543,6 +560,25 @@ impl DpsEngine {
         }
     }
 
+    /// [`Self::attest`], with X.509 chains judged on the blocking pool, a bounded number at once.
+    async fn attest_off_the_workers(
+        self: &Arc<Self>,
+        identity: &DeviceIdentity,
+    ) -> Result<Admitted, Reply> {
+        if !matches!(identity.credential, DeviceCredential::X509(_)) {
+            return self.attest(identity);
+        }
+        let busy = || Reply::error(503, 503_000, "The provisioning service is shutting down.");
+        let _permit = self.attestations.acquire().await.map_err(|_| busy())?;
+        let (engine, identity) = (self.clone(), identity.clone());
+        tokio::task::spawn_blocking(move || engine.attest(&identity))
+            .await
+            .unwrap_or_else(|e| {
+                log::error!("emulator: an X.509 attestation failed: {e}");
+                Err(Reply::error(500, 500_000, "The attestation failed."))
+            })
+    }
+
     /// Decides which enrollment admits the device, or the 401 it gets.
     fn attest(&self, identity: &DeviceIdentity) -> Result<Admitted, Reply> {
         let unauthorized = |message: String| Reply::error(401, 401_002, message);
@@ -584,6 +620,9 @@ impl DpsEngine {
                 })
             }
             DeviceCredential::X509(chain) => self.attest_x509(identity, chain),
+            DeviceCredential::RefusedX509(why) => {
+                Err(unauthorized(format!("Invalid certificate: {why}.")))
+            }
         }
     }
 
@@ -627,9 +666,12 @@ impl DpsEngine {
                         .into(),
                 ));
             };
-            let matches = certificates
+            let enrolled = certificates
                 .iter()
-                .filter_map(|c| decode_der(c).ok())
+                .map(|c| stored_certificate(c, &e.registration_id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let matches = enrolled
+                .into_iter()
                 .any(|c| c == *leaf || chain[1..].contains(&c) && self.chains_to(chain, &c));
             if !matches {
                 return Err(unauthorized(
@@ -654,11 +696,9 @@ impl DpsEngine {
             .cloud
             .enrollment_groups(&identity.dps)
             .into_iter()
-            .filter_map(|g| {
-                let certs = group_certificates(&dps, &g)?;
-                Some((g, certs))
-            })
-            .collect();
+            .map(|g| Ok(group_certificates(&dps, &g)?.map(|certs| (g, certs))))
+            .filter_map(Result::transpose)
+            .collect::<Result<_, Reply>>()?;
         // Walk up from the leaf; the first group whose certificate appears wins.
         let mut current = leaf.clone();
         let mut path = vec![leaf.clone()];
@@ -723,12 +763,8 @@ impl DpsEngine {
         let uploaded: Vec<(bool, Certificate)> = dps
             .certificates
             .iter()
-            .filter_map(|c| {
-                decode_der(&c.der_base64)
-                    .ok()
-                    .map(|cert| (c.is_verified, cert))
-            })
-            .collect();
+            .map(|c| Ok((c.is_verified, stored_certificate(&c.der_base64, &c.name)?)))
+            .collect::<Result<_, Reply>>()?;
         let verified: Vec<Certificate> = uploaded
             .iter()
             .filter(|(v, _)| *v)
@@ -949,24 +985,41 @@ fn check_enabled(settings: &EnrollmentSettings, enrollment: &EnrollmentRef) -> R
 }
 
 /// The certificates a group's X.509 attestation names (uploaded CAs by reference, or inline).
-fn group_certificates(dps: &DpsRecord, group: &EnrollmentGroup) -> Option<Vec<Certificate>> {
+/// A stored certificate that no longer parses refuses the registration: skipping it would let
+/// the device fall through to another enrollment, a decision Azure would not make.
+fn group_certificates(
+    dps: &DpsRecord,
+    group: &EnrollmentGroup,
+) -> Result<Option<Vec<Certificate>>, Reply> {
     let Attestation::X509 {
         ca_references,
         certificates,
     } = &group.attestation
     else {
-        return None;
+        return Ok(None);
     };
-    let mut out: Vec<Certificate> = certificates
+    let mut out = certificates
         .iter()
-        .filter_map(|c| decode_der(c).ok())
-        .collect();
+        .map(|c| stored_certificate(c, &group.enrollment_group_id))
+        .collect::<Result<Vec<_>, _>>()?;
     for name in ca_references {
         if let Some(ca) = dps.certificates.iter().find(|c| &c.name == name) {
-            out.extend(decode_der(&ca.der_base64).ok());
+            out.push(stored_certificate(&ca.der_base64, name)?);
         }
     }
-    Some(out)
+    Ok(Some(out))
+}
+
+/// Decodes a certificate from the state store; `owner` names where it is stored.
+fn stored_certificate(der_base64: &str, owner: &str) -> Result<Certificate, Reply> {
+    decode_der(der_base64).map_err(|e| {
+        log::error!("emulator: a stored certificate of {owner:?} is unreadable: {e}");
+        Reply::error(
+            500,
+            500_000,
+            format!("The stored certificate of '{owner}' is unreadable: {e}"),
+        )
+    })
 }
 
 /// Chooses a hub host name, or the (errorCode, message) of a failed registration.

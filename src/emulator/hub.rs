@@ -1,6 +1,14 @@
 //! The IoT Hub device API behind the shared listener: identities from DPS (thumbprint or SAS),
 //! one connection per device, telemetry stored durably before it is acknowledged, twins with
 //! versions, direct methods, cloud-to-device messages, persistent sessions.
+//!
+//! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
+//! `pending_methods`, the knobs and buckets) guards one map, is held only to read or change
+//! that map, and is never held while another lock is taken or another component (the store,
+//! the cloud, a connection) is called; sends into a session's channel never block. State kept
+//! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per
+//! read-modify-write, with no engine lock held. So no two locks are ever held together and
+//! no lock order exists to get wrong.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +39,13 @@ pub const MAX_METHOD_BYTES: usize = 128 * 1024;
 pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
 /// Cloud-to-device messages waiting per device.
 pub const MAX_C2D_QUEUE: usize = 50;
+/// Telemetry messages a connection may have stored and not acknowledged yet; past it the
+/// connection stops reading until PUBACKs go out, so a flood slows its sender (TCP pushes
+/// back) instead of growing the emulator's queues.
+pub const TELEMETRY_WINDOW: usize = 1024;
+/// Room in a session's outbound queue for what is not a PUBACK (C2D, desired patches, method
+/// requests). A device that leaves it full is disconnected: it reconnects and reads again.
+const OTHER_OUTBOUND: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -126,6 +141,11 @@ fn merge(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
 pub struct C2dMessage {
     /// Message id.
     pub message_id: String,
+    /// Increasing in the order messages were queued (across devices and restarts): a session
+    /// delivers each message once, by remembering the highest sequence it sent. Messages stored
+    /// by older versions have 0.
+    #[serde(default)]
+    pub sequence: u64,
     /// Body, base64.
     pub body: String,
     /// Application properties.
@@ -168,6 +188,9 @@ pub enum Outbound {
         /// device acknowledges it.
         c2d: Option<String>,
     },
+    /// A telemetry message could not be committed: the connection closes without its PUBACK,
+    /// so the device sends it again on its next connection.
+    NotStored,
     /// The PUBACK of a telemetry message, sent once it is committed and not before
     /// `not_before` (latency and traffic shaping delay acknowledgements, not storage).
     PubAck {
@@ -219,18 +242,46 @@ impl Bucket {
 /// Longest traffic shaping delay before IoT Hub throttles outright.
 const SHAPING_WINDOW: Duration = Duration::from_secs(1);
 
+impl Session {
+    /// Queues something other than a PUBACK for the device, keeping the room PUBACKs need;
+    /// false (and the connection closed) when the device does not keep up.
+    fn offer(&self, message: Outbound, hub: &str, device_id: &str) -> bool {
+        if self.outbound.capacity() > TELEMETRY_WINDOW && self.outbound.try_send(message).is_ok() {
+            return true;
+        }
+        if !self.outbound.is_closed() {
+            log::warn!(
+                "hub {hub}: {device_id} does not read what the hub sends ({OTHER_OUTBOUND} messages waiting); disconnecting it"
+            );
+            self.kick.notify_one();
+        }
+        false
+    }
+}
+
 struct Session {
     generation: u64,
-    outbound: mpsc::UnboundedSender<Outbound>,
+    outbound: mpsc::Sender<Outbound>,
     kick: Arc<Notify>,
+    /// The highest C2D sequence this session delivered: later messages are new to it, earlier
+    /// ones still queued wait for its PUBACK (a new session delivers them again).
+    c2d_delivered_up_to: Option<u64>,
 }
 
 type DeviceKey = (String, String);
 
+/// A direct-method call sent to a device and not answered yet.
+struct PendingMethod {
+    /// The device the request went to: only it may answer.
+    device: DeviceKey,
+    /// Where the answer goes.
+    waiter: oneshot::Sender<(u16, Value)>,
+}
+
 /// A live device session, handed to the connection task.
 pub struct SessionHandle {
     /// Where the engine sends messages for the device.
-    pub outbound: mpsc::UnboundedReceiver<Outbound>,
+    pub outbound: mpsc::Receiver<Outbound>,
     /// Fires when a newer connection of the same device takes over.
     pub kick: Arc<Notify>,
     /// Session generation (to unregister only our own session).
@@ -246,18 +297,23 @@ pub struct HubEngine {
     writer: crate::emulator::store::TelemetryWriter,
     sessions: Mutex<HashMap<DeviceKey, Session>>,
     subscriptions: Mutex<HashMap<DeviceKey, Subscriptions>>,
-    twins: Mutex<HashMap<DeviceKey, Twin>>,
-    pending_methods: Mutex<HashMap<String, oneshot::Sender<(u16, Value)>>>,
+    /// Method calls waiting for their answer, by request id: the device asked, and the waiter.
+    pending_methods: Mutex<HashMap<String, PendingMethod>>,
     next_generation: Mutex<u64>,
     knobs: Mutex<HashMap<String, HubKnobs>>,
     connection_buckets: Mutex<HashMap<String, Bucket>>,
     message_slots: Mutex<HashMap<String, std::time::Instant>>,
-    /// C2D messages sent to a session and not acknowledged yet: (queue key, message id).
-    c2d_in_flight: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The next C2D sequence number.
+    c2d_sequence: std::sync::atomic::AtomicU64,
 }
 
 fn key(hub: &str, device: &str) -> DeviceKey {
     (hub.to_ascii_lowercase(), device.to_string())
+}
+
+/// Where a device's twin is stored.
+fn twin_key(hub: &str, device_id: &str) -> String {
+    format!("{}/{device_id}", hub.to_ascii_lowercase())
 }
 
 impl HubEngine {
@@ -277,13 +333,18 @@ impl HubEngine {
             writer,
             sessions: Mutex::new(HashMap::new()),
             subscriptions: Mutex::new(subscriptions),
-            twins: Mutex::new(HashMap::new()),
             pending_methods: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
             knobs: Mutex::new(HashMap::new()),
             connection_buckets: Mutex::new(HashMap::new()),
             message_slots: Mutex::new(HashMap::new()),
-            c2d_in_flight: Mutex::new(std::collections::HashSet::new()),
+            // Seeded with the clock, so messages queued after a restart sort after those queued
+            // before it without reading every queue at start.
+            c2d_sequence: std::sync::atomic::AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_micros() as u64),
+            ),
         })
     }
 
@@ -377,12 +438,12 @@ impl HubEngine {
     pub fn delete_device(&self, hub: &str, device_id: &str) -> Result<()> {
         self.device(hub, device_id)?;
         let k = key(hub, device_id);
-        let store_key = format!("{}/{device_id}", k.0);
         self.drop_connection(hub, device_id);
         self.forget_subscriptions(&k);
-        lock(&self.twins).remove(&k);
-        self.store
-            .delete(crate::emulator::store::kind::TWIN, &store_key)?;
+        self.store.delete(
+            crate::emulator::store::kind::TWIN,
+            &twin_key(hub, device_id),
+        )?;
         self.store.delete(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),
@@ -470,7 +531,9 @@ impl HubEngine {
     /// Registers a session, kicking an older connection of the same device.
     pub fn open_session(&self, hub: &str, device_id: &str, clean_session: bool) -> SessionHandle {
         let k = key(hub, device_id);
-        let (tx, rx) = mpsc::unbounded_channel();
+        // PUBACKs are bounded by the telemetry window (the session stops reading when it is
+        // full); everything else by `OTHER_OUTBOUND`, checked before each send.
+        let (tx, rx) = mpsc::channel(TELEMETRY_WINDOW + OTHER_OUTBOUND);
         let kick = Arc::new(Notify::new());
         let generation = {
             let mut next = lock(&self.next_generation);
@@ -483,6 +546,7 @@ impl HubEngine {
                 generation,
                 outbound: tx,
                 kick: kick.clone(),
+                c2d_delivered_up_to: None,
             },
         ) {
             log::info!(
@@ -516,11 +580,9 @@ impl HubEngine {
     pub fn close_session(&self, hub: &str, device_id: &str, generation: u64, clean_session: bool) {
         let k = key(hub, device_id);
         let mut sessions = lock(&self.sessions);
+        // Unacknowledged C2D messages stay queued: the next session delivers them again.
         if sessions.get(&k).is_some_and(|s| s.generation == generation) {
             sessions.remove(&k);
-            // Unacknowledged C2D messages are delivered again to the next session.
-            let queue = Self::c2d_key(hub, device_id);
-            lock(&self.c2d_in_flight).retain(|(q, _)| *q != queue);
             drop(sessions);
             if clean_session {
                 self.forget_subscriptions(&k);
@@ -529,9 +591,8 @@ impl HubEngine {
     }
 
     fn forget_subscriptions(&self, k: &DeviceKey) {
-        if lock(&self.subscriptions).remove(k).is_some()
-            && let Err(e) = self.store.delete(SESSION, &format!("{}/{}", k.0, k.1))
-        {
+        let removed = lock(&self.subscriptions).remove(k).is_some();
+        if removed && let Err(e) = self.store.delete(SESSION, &format!("{}/{}", k.0, k.1)) {
             log::warn!("emulator: forgetting the session of {} failed: {e}", k.1);
         }
     }
@@ -539,27 +600,27 @@ impl HubEngine {
     /// Records a subscription; delivers queued C2D messages when the C2D topic is subscribed.
     pub fn subscribe(&self, hub: &str, device_id: &str, change: impl FnOnce(&mut Subscriptions)) {
         let k = key(hub, device_id);
-        let c2d_now = {
+        let (before, after) = {
             let mut subscriptions = lock(&self.subscriptions);
             let entry = subscriptions.entry(k.clone()).or_default();
             let before = *entry;
             change(entry);
-            if *entry != before {
-                let stored = StoredSession {
-                    hub: k.0.clone(),
-                    device_id: k.1.clone(),
-                    subscriptions: *entry,
-                };
-                if let Err(e) = self
-                    .store
-                    .put(SESSION, &format!("{}/{}", k.0, k.1), &stored)
-                {
-                    log::warn!("emulator: storing the session of {device_id} failed: {e}");
-                }
-            }
-            entry.c2d
+            (before, *entry)
         };
-        if c2d_now {
+        if after != before {
+            let stored = StoredSession {
+                hub: k.0.clone(),
+                device_id: k.1.clone(),
+                subscriptions: after,
+            };
+            if let Err(e) = self
+                .store
+                .put(SESSION, &format!("{}/{}", k.0, k.1), &stored)
+            {
+                log::warn!("emulator: storing the session of {device_id} failed: {e}");
+            }
+        }
+        if after.c2d {
             self.flush_c2d(hub, device_id);
         }
     }
@@ -574,34 +635,42 @@ impl HubEngine {
     fn send_to(&self, hub: &str, device_id: &str, message: Outbound) -> bool {
         lock(&self.sessions)
             .get(&key(hub, device_id))
-            .is_some_and(|s| s.outbound.send(message).is_ok())
+            .is_some_and(|s| s.offer(message, hub, device_id))
     }
 
     /// Stores a telemetry message; once committed, `ack` (the packet id of a QoS 1 PUBLISH)
     /// goes back to the device through `session`. The session keeps reading meanwhile, so a
     /// device with many messages in flight fills whole batches.
-    pub fn store_telemetry(
+    ///
+    /// Waits while the writer's queue is full: a flood slows the connection that sends it.
+    pub async fn store_telemetry(
         &self,
         record: TelemetryRecord,
-        ack: Option<(u16, mpsc::UnboundedSender<Outbound>)>,
+        ack: Option<(u16, mpsc::Sender<Outbound>)>,
         not_before: Option<std::time::Instant>,
     ) -> Result<()> {
-        self.writer.append(
-            record,
-            Box::new(move |committed| {
-                if let (true, Some((pkid, session))) = (committed, ack) {
-                    let _ = session.send(Outbound::PubAck { pkid, not_before });
-                }
-            }),
-        )
+        self.writer
+            .append(
+                record,
+                Box::new(move |committed| {
+                    let Some((pkid, session)) = ack else { return };
+                    let outcome = if committed {
+                        Outbound::PubAck { pkid, not_before }
+                    } else {
+                        Outbound::NotStored
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = session.try_send(outcome) {
+                        // Cannot happen while sessions keep to the telemetry window; the device
+                        // sends the message again, as after any lost PUBACK.
+                        log::error!("emulator: a session's queue had no room for a PUBACK");
+                    }
+                }),
+            )
+            .await
     }
 
     /// The sender of a device's live session (to route acknowledgements to it).
-    pub fn session_sender(
-        &self,
-        hub: &str,
-        device_id: &str,
-    ) -> Option<mpsc::UnboundedSender<Outbound>> {
+    pub fn session_sender(&self, hub: &str, device_id: &str) -> Option<mpsc::Sender<Outbound>> {
         lock(&self.sessions)
             .get(&key(hub, device_id))
             .map(|s| s.outbound.clone())
@@ -619,44 +688,45 @@ impl HubEngine {
         })
     }
 
-    fn with_twin<T>(
+    /// The stored twin of a device, or its initial twin when it was never changed.
+    fn read_twin(&self, hub: &str, device_id: &str) -> Result<Twin> {
+        let device = self.device(hub, device_id)?;
+        let stored: Option<Twin> = self.store.get(
+            crate::emulator::store::kind::TWIN,
+            &twin_key(hub, device_id),
+        )?;
+        Ok(stored.unwrap_or_else(|| Twin::from_initial(device.initial_twin.as_ref())))
+    }
+
+    /// Changes a twin in one store transaction, so concurrent patches (device and service)
+    /// each see the other's version; no engine lock is held meanwhile.
+    fn update_twin<T>(
         &self,
         hub: &str,
         device_id: &str,
         change: impl FnOnce(&mut Twin) -> Result<T>,
     ) -> Result<T> {
         let device = self.device(hub, device_id)?;
-        let k = key(hub, device_id);
-        let store_key = format!("{}/{device_id}", k.0);
-        let mut twins = lock(&self.twins);
-        if !twins.contains_key(&k) {
-            let stored: Option<Twin> = self
-                .store
-                .get(crate::emulator::store::kind::TWIN, &store_key)?;
-            twins.insert(
-                k.clone(),
-                stored.unwrap_or_else(|| Twin::from_initial(device.initial_twin.as_ref())),
-            );
-        }
-        let twin = twins.get_mut(&k).expect("inserted above");
-        let mut copy = twin.clone();
-        let out = change(&mut copy)?;
-        if copy != *twin {
-            self.store
-                .put(crate::emulator::store::kind::TWIN, &store_key, &copy)?;
-            *twin = copy;
-        }
-        Ok(out)
+        self.store.update(
+            crate::emulator::store::kind::TWIN,
+            &twin_key(hub, device_id),
+            |stored: Option<Twin>| {
+                let mut twin =
+                    stored.unwrap_or_else(|| Twin::from_initial(device.initial_twin.as_ref()));
+                let out = change(&mut twin)?;
+                Ok((Some(twin), out))
+            },
+        )
     }
 
     /// The twin as the device sees it (GET).
     pub fn device_twin(&self, hub: &str, device_id: &str) -> Result<Value> {
-        self.with_twin(hub, device_id, |t| Ok(t.device_view()))
+        Ok(self.read_twin(hub, device_id)?.device_view())
     }
 
     /// The twin document as the service sees it.
     pub fn service_twin(&self, hub: &str, device_id: &str) -> Result<Value> {
-        self.with_twin(hub, device_id, |t| Ok(t.service_view(device_id)))
+        Ok(self.read_twin(hub, device_id)?.service_view(device_id))
     }
 
     /// Applies a reported-properties patch from the device; returns the new reported version.
@@ -671,7 +741,7 @@ impl HubEngine {
                 "The reported patch must be a JSON object.",
             ));
         };
-        self.with_twin(hub, device_id, |twin| {
+        self.update_twin(hub, device_id, |twin| {
             let mut next = twin.reported.clone();
             merge(&mut next, &patch);
             if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
@@ -695,7 +765,7 @@ impl HubEngine {
         device_id: &str,
         patch: &Map<String, Value>,
     ) -> Result<Value> {
-        let (view, version) = self.with_twin(hub, device_id, |twin| {
+        let (view, version) = self.update_twin(hub, device_id, |twin| {
             let mut next = twin.desired.clone();
             merge(&mut next, patch);
             if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
@@ -732,7 +802,7 @@ impl HubEngine {
         device_id: &str,
         patch: &Map<String, Value>,
     ) -> Result<Value> {
-        self.with_twin(hub, device_id, |twin| {
+        self.update_twin(hub, device_id, |twin| {
             merge(&mut twin.tags, patch);
             Ok(twin.service_view(device_id))
         })
@@ -770,7 +840,13 @@ impl HubEngine {
         }
         let rid = random_guid();
         let (tx, rx) = oneshot::channel();
-        lock(&self.pending_methods).insert(rid.clone(), tx);
+        lock(&self.pending_methods).insert(
+            rid.clone(),
+            PendingMethod {
+                device: key(hub, device_id),
+                waiter: tx,
+            },
+        );
         let body = if payload.is_null() {
             Vec::new()
         } else {
@@ -808,16 +884,39 @@ impl HubEngine {
         }
     }
 
-    /// A device answered a method request.
-    pub fn method_response(&self, rid: &str, status: u16, payload: &[u8]) {
+    /// A device answered a method request. Only the device the request went to can answer
+    /// it; an answer from any other device is dropped (request ids are not secrets: a device
+    /// must not be able to answer for another).
+    pub fn method_response(
+        &self,
+        hub: &str,
+        device_id: &str,
+        rid: &str,
+        status: u16,
+        payload: &[u8],
+    ) {
         let body = if payload.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
             serde_json::from_slice(payload)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
         };
-        if let Some(waiter) = lock(&self.pending_methods).remove(rid) {
-            let _ = waiter.send((status, body));
+        let answering = key(hub, device_id);
+        let waiter = {
+            let mut pending = lock(&self.pending_methods);
+            match pending.get(rid) {
+                Some(call) if call.device == answering => pending.remove(rid),
+                Some(_) => {
+                    log::warn!(
+                        "hub {hub}: {device_id} answered method request {rid}, sent to another device; dropped"
+                    );
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(call) = waiter {
+            let _ = call.waiter.send((status, body));
         }
     }
 
@@ -840,48 +939,72 @@ impl HubEngine {
         if body.len() > MAX_C2D_BYTES {
             return Err(Error::service(413, 413_001, "The message exceeds 64 KB."));
         }
-        let k = Self::c2d_key(hub, device_id);
-        let mut queue: Vec<C2dMessage> = self
-            .store
-            .get(crate::emulator::store::kind::C2D, &k)?
-            .unwrap_or_default();
-        if queue.len() >= MAX_C2D_QUEUE {
-            return Err(Error::service(
-                403,
-                403_004,
-                format!("Device '{device_id}' already has {MAX_C2D_QUEUE} messages waiting."),
-            ));
-        }
-        let message = C2dMessage {
-            message_id: random_guid(),
-            body: BASE64.encode(body),
-            properties,
-            enqueued: now(),
-        };
-        queue.push(message.clone());
-        self.store
-            .put(crate::emulator::store::kind::C2D, &k, &queue)?;
+        let message_id = random_guid();
+        self.store.update(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+            |queue: Option<Vec<C2dMessage>>| {
+                let mut queue = queue.unwrap_or_default();
+                if queue.len() >= MAX_C2D_QUEUE {
+                    return Err(Error::service(
+                        403,
+                        403_004,
+                        format!(
+                            "Device '{device_id}' already has {MAX_C2D_QUEUE} messages waiting."
+                        ),
+                    ));
+                }
+                queue.push(C2dMessage {
+                    message_id: message_id.clone(),
+                    // Taken under the store's lock, so the queue is in sequence order.
+                    sequence: self
+                        .c2d_sequence
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    body: BASE64.encode(body),
+                    properties,
+                    enqueued: now(),
+                });
+                Ok((Some(queue), ()))
+            },
+        )?;
         if self.subscriptions(hub, device_id).c2d {
             self.flush_c2d(hub, device_id);
         }
-        Ok(message.message_id)
+        Ok(message_id)
     }
 
-    /// Delivers every waiting message to the connected device.
+    /// Delivers to the connected device every waiting message its session has not sent yet.
+    /// Reading the queue before taking the session lock is safe: a stale read can only miss
+    /// newer messages (their own flush sends them), never resend an older one, because the
+    /// session remembers the highest sequence it delivered.
     fn flush_c2d(&self, hub: &str, device_id: &str) {
-        let k = Self::c2d_key(hub, device_id);
-        let Ok(Some(queue)) = self
-            .store
-            .get::<Vec<C2dMessage>>(crate::emulator::store::kind::C2D, &k)
-        else {
+        let queue = match self.store.get::<Vec<C2dMessage>>(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+        ) {
+            Ok(Some(queue)) => queue,
+            Ok(None) => return,
+            Err(e) => {
+                log::error!("hub {hub}: cannot read the C2D queue of {device_id}: {e}");
+                return;
+            }
+        };
+        let mut sessions = lock(&self.sessions);
+        let Some(session) = sessions.get_mut(&key(hub, device_id)) else {
             return;
         };
-        let mut in_flight = lock(&self.c2d_in_flight);
+        let delivered_before = session.c2d_delivered_up_to;
         for message in queue {
-            let flight = (k.clone(), message.message_id.clone());
-            if in_flight.contains(&flight) {
+            if delivered_before.is_some_and(|up_to| message.sequence <= up_to) {
                 continue;
             }
+            let Ok(body) = BASE64.decode(&message.body) else {
+                log::error!(
+                    "hub {hub}: C2D message {} of {device_id} is corrupt in the store; not sent",
+                    message.message_id
+                );
+                continue;
+            };
             let mut bag = vec![
                 format!("%24.mid={}", crate::sas::url_encode(&message.message_id)),
                 format!(
@@ -896,38 +1019,49 @@ impl HubEngine {
                     crate::sas::url_encode(v)
                 )
             }));
-            let body = BASE64.decode(&message.body).unwrap_or_default();
-            let sent = self.send_to(
-                hub,
-                device_id,
+            let sent = session.offer(
                 Outbound::Publish {
                     topic: format!("devices/{device_id}/messages/devicebound/{}", bag.join("&")),
                     payload: body,
                     c2d: Some(message.message_id.clone()),
                 },
+                hub,
+                device_id,
             );
-            if sent {
-                in_flight.insert(flight);
+            if !sent {
+                // Not delivered in this session: the next one (the device reconnects) sends it.
+                return;
             }
+            session.c2d_delivered_up_to = session.c2d_delivered_up_to.max(Some(message.sequence));
         }
     }
 
     /// The device acknowledged a C2D message: it leaves the queue.
     pub fn c2d_acknowledged(&self, hub: &str, device_id: &str, message_id: &str) {
-        let k = Self::c2d_key(hub, device_id);
-        lock(&self.c2d_in_flight).remove(&(k.clone(), message_id.to_string()));
-        if let Ok(Some(mut queue)) = self
-            .store
-            .get::<Vec<C2dMessage>>(crate::emulator::store::kind::C2D, &k)
-        {
-            queue.retain(|m| m.message_id != message_id);
-            if let Err(e) = self
-                .store
-                .put(crate::emulator::store::kind::C2D, &k, &queue)
-            {
-                log::error!("hub {hub}: cannot update the C2D queue of {device_id}: {e}");
-            }
+        let removed = self.store.update(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+            |queue: Option<Vec<C2dMessage>>| {
+                let mut queue = queue.unwrap_or_default();
+                queue.retain(|m| m.message_id != message_id);
+                Ok((Some(queue), ()))
+            },
+        );
+        if let Err(e) = removed {
+            log::error!("hub {hub}: cannot update the C2D queue of {device_id}: {e}");
         }
+    }
+
+    /// The cloud-to-device messages waiting for a device (sent and not acknowledged, or not
+    /// sent yet), oldest first.
+    pub fn c2d_queue(&self, hub: &str, device_id: &str) -> Result<Vec<C2dMessage>> {
+        Ok(self
+            .store
+            .get(
+                crate::emulator::store::kind::C2D,
+                &Self::c2d_key(hub, device_id),
+            )?
+            .unwrap_or_default())
     }
 
     /// Telemetry received by a hub, in arrival order, optionally of one device.

@@ -14,6 +14,8 @@ pub mod topics;
 pub mod trace;
 
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};
@@ -57,11 +59,7 @@ impl Default for EmulatorConfig {
             data_dir: None,
             host: "127.0.0.1".into(),
             port: 8883,
-            limits: Limits {
-                connect_timeout: Duration::from_secs(10),
-                max_packet_size: 256 * 1024,
-                max_connections: 20_000,
-            },
+            limits: Limits::default(),
             poll_retry_after: 1,
             worker_threads: None,
             https_port: 0,

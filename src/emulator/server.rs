@@ -1,6 +1,12 @@
 //! The MQTT-over-TLS listener shared by DPS and the hubs: accepts connections (TCP_NODELAY),
 //! completes TLS, waits for CONNECT within a deadline, routes by username, and runs the session.
 //! Anything malformed closes that one connection, with a log line; the listener keeps serving.
+//!
+//! Identity is what the handshake proved: the presented chain exactly as presented, leaf first
+//! (a certificate that does not parse, or a chain past the limit, refuses the client), and a
+//! client id equal to the identity of the username. A DPS client must register within the
+//! connect deadline; a hub session stops reading while `TELEMETRY_WINDOW` messages wait for
+//! their PUBACK, so every queue between a connection and the store is bounded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +32,61 @@ use crate::pki::Certificate;
 /// Listener limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Time allowed for the TLS handshake plus CONNECT.
+    /// Time allowed for the TLS handshake plus CONNECT; a DPS client must also have sent its
+    /// register request within it, so a connection that never registers cannot hold a slot.
     pub connect_timeout: Duration,
     /// Largest MQTT packet accepted.
     pub max_packet_size: usize,
     /// Concurrent connections before new ones are refused.
     pub max_connections: usize,
+    /// Most certificates a client may present (leaf included); longer chains are refused
+    /// before any of them is parsed, so a hostile chain costs no CPU.
+    pub max_chain_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 256 * 1024,
+            max_connections: 20_000,
+            max_chain_length: DEFAULT_MAX_CHAIN_LENGTH,
+        }
+    }
+}
+
+/// Leaf, up to eight intermediates and a root: deeper than any PKI the walkthrough builds or
+/// Azure's documentation shows, far shorter than what makes chain building expensive.
+pub const DEFAULT_MAX_CHAIN_LENGTH: usize = 10;
+
+/// The certificates a client presented, leaf first, exactly as presented, or why they are
+/// refused. Every one must parse: dropping one that does not would promote the next to leaf,
+/// and the next may be someone else's public certificate while the handshake proved the key of
+/// the dropped one.
+pub fn presented_chain(
+    presented: &[rustls::pki_types::CertificateDer<'_>],
+    max_chain_length: usize,
+) -> Result<Vec<Certificate>, String> {
+    if presented.len() > max_chain_length {
+        return Err(format!(
+            "the client presented {} certificates; at most {max_chain_length} are accepted",
+            presented.len()
+        ));
+    }
+    presented
+        .iter()
+        .enumerate()
+        .map(|(index, der)| {
+            Certificate::from_der(der).map_err(|e| {
+                let which = if index == 0 {
+                    "the client's certificate".to_string()
+                } else {
+                    format!("certificate {} of the presented chain", index + 1)
+                };
+                format!("{which} cannot be parsed ({e})")
+            })
+        })
+        .collect()
 }
 
 /// What every connection needs.
@@ -173,18 +228,15 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
         .set_nodelay(true)
         .map_err(|e| format!("TCP_NODELAY: {e}"))?;
     let deadline = context.limits.connect_timeout;
+    let accepted_at = tokio::time::Instant::now();
     let tls = tokio::time::timeout(deadline, context.acceptor.accept(stream))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    let chain: Vec<Certificate> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|der| Certificate::from_der(der).ok())
-        .collect();
+    let chain = presented_chain(
+        tls.get_ref().1.peer_certificates().unwrap_or_default(),
+        context.limits.max_chain_length,
+    );
     let mut connection = Connection {
         tls,
         // Small to start: most connections sit idle, and ten thousand of them must fit in
@@ -231,7 +283,10 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             } else {
                 "none"
             },
-            chain.len()
+            match &chain {
+                Ok(chain) => chain.len().to_string(),
+                Err(why) => format!("refused: {why}"),
+            }
         ),
     });
     match username.and_then(route) {
@@ -239,6 +294,21 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             id_scope,
             registration_id,
         }) => {
+            // Every SDK sends the registration id as client id; DPS refuses a session that
+            // claims one registration in the username and another in the client id.
+            if !client_id.eq_ignore_ascii_case(&registration_id) {
+                let why = format!(
+                    "client id {client_id:?} is not the registration id {registration_id:?}"
+                );
+                trace(connack_event(ConnectReturnCode::BadClientId, &why));
+                connection
+                    .send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::BadClientId,
+                        false,
+                    )))
+                    .await?;
+                return Err(format!("DPS CONNECT refused: {why}"));
+            }
             let identity = match context.dps.authenticate(
                 &id_scope,
                 &registration_id,
@@ -261,7 +331,17 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                     false,
                 )))
                 .await?;
-            dps_session(&mut connection, context, &identity, keep_alive, &trace).await
+            // The register request is due within the same deadline as the CONNECT: DPS
+            // connections exist to register, and one that never does must not keep its slot.
+            let register_by = accepted_at + deadline;
+            dps_session(
+                &mut connection,
+                context,
+                &identity,
+                (keep_alive, register_by),
+                &trace,
+            )
+            .await
         }
         Some(Route::Hub {
             host,
@@ -283,25 +363,39 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                     "module client {device_id:?}: module identities are not emulated yet"
                 ));
             }
-            let (hub, _) =
-                match context
+            // IoT Hub requires the device id as client id: a client id naming another device
+            // must not become that device's session.
+            if client_id != device_id {
+                let why = format!("client id {client_id:?} is not the device id {device_id:?}");
+                trace(connack_event(ConnectReturnCode::BadClientId, &why));
+                connection
+                    .send(Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::BadClientId,
+                        false,
+                    )))
+                    .await?;
+                return Err(format!("hub CONNECT refused: {why}"));
+            }
+            // A presented chain that cannot be trusted refuses the connection, whatever the
+            // credential: the hub never guesses which certificate the device meant.
+            let authenticated = chain.and_then(|chain| {
+                context
                     .hubs
                     .authenticate(&host, &device_id, password.as_deref(), &chain)
-                {
-                    Ok(found) => found,
-                    Err(why) => {
-                        trace(connack_event(ConnectReturnCode::NotAuthorized, &why));
-                        connection
-                            .send(Packet::ConnAck(ConnAck::new(
-                                ConnectReturnCode::NotAuthorized,
-                                false,
-                            )))
-                            .await?;
-                        return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
-                    }
-                };
-            // Parsed certificates are only needed to authenticate; the session can be long.
-            drop(chain);
+            });
+            let (hub, _) = match authenticated {
+                Ok(found) => found,
+                Err(why) => {
+                    trace(connack_event(ConnectReturnCode::NotAuthorized, &why));
+                    connection
+                        .send(Packet::ConnAck(ConnAck::new(
+                            ConnectReturnCode::NotAuthorized,
+                            false,
+                        )))
+                        .await?;
+                    return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
+                }
+            };
             if let Err(why) = context.hubs.admit_connection(&hub) {
                 trace(connack_event(ConnectReturnCode::ServiceUnavailable, &why));
                 connection
@@ -349,7 +443,7 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                 .close_session(&hub, &device_id, session.generation, clean_session);
             // IoT Hub forwards the will as telemetry when a device goes without DISCONNECT.
             if let Some(will) = will.filter(|_| result != Ok(SessionEnd::Disconnect))
-                && let Err(e) = context.hubs.store_telemetry(will, None, None)
+                && let Err(e) = context.hubs.store_telemetry(will, None, None).await
             {
                 log::warn!("emulator: storing the will of {device_id:?} failed: {e}");
             }
@@ -447,12 +541,13 @@ fn connack_event(code: ConnectReturnCode, why: &str) -> TraceEvent {
     )
 }
 
-/// Serves one DPS client until it disconnects.
+/// Serves one DPS client until it disconnects. `(keep_alive, register_by)`: the client's
+/// keep-alive, and when its first register (or status) request is due.
 async fn dps_session(
     connection: &mut Connection,
     context: &ServerContext,
     identity: &DeviceIdentity,
-    keep_alive: u16,
+    (keep_alive, register_by): (u16, tokio::time::Instant),
     trace: &impl Fn(TraceEvent),
 ) -> Result<(), String> {
     // MQTT: the server may drop a client silent for 1.5 keep-alive periods. With keep-alive 0
@@ -462,8 +557,18 @@ async fn dps_session(
     } else {
         Duration::from_millis(u64::from(keep_alive) * 1500)
     };
+    let mut requested = false;
     loop {
-        let packet = match tokio::time::timeout(idle, connection.read()).await {
+        let idle_until = tokio::time::Instant::now() + idle;
+        let until = if requested {
+            idle_until
+        } else {
+            idle_until.min(register_by)
+        };
+        let packet = match tokio::time::timeout_at(until, connection.read()).await {
+            Err(_) if !requested => {
+                return Err("no register request within the connect deadline".into());
+            }
             Err(_) => return Err("keep-alive expired".into()),
             Ok(result) => match result? {
                 Some(packet) => packet,
@@ -510,7 +615,9 @@ async fn dps_session(
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
                         .await?;
                 }
-                let (rid, reply) = match dps_request(&topic) {
+                let request = dps_request(&topic);
+                requested |= request.is_some();
+                let (rid, reply) = match request {
                     Some(DpsRequest::Register { rid }) => {
                         (rid, context.dps.register(identity, &publish.payload).await)
                     }
@@ -601,7 +708,7 @@ async fn hub_session(
         keep_alive,
         token_expiry,
     } = *link;
-    use crate::emulator::hub::MAX_D2C_BYTES;
+    use crate::emulator::hub::{MAX_D2C_BYTES, TELEMETRY_WINDOW};
 
     let idle = if keep_alive == 0 {
         Duration::from_secs(1800)
@@ -615,6 +722,9 @@ async fn hub_session(
         .session_sender(hub, device_id)
         .ok_or_else(|| "the session was replaced before it started".to_string())?;
     let mut delayed: std::collections::VecDeque<(std::time::Instant, u16)> = Default::default();
+    // QoS 1 telemetry stored or being stored whose PUBACK has not gone out: at the window the
+    // session stops reading, so the device's flood waits in its own TCP buffers.
+    let mut unacknowledged = 0usize;
     // C2D deliveries waiting for the device's PUBACK, by packet id.
     let mut c2d_pending: std::collections::HashMap<u16, String> = Default::default();
     let events = format!("devices/{device_id}/messages/events/");
@@ -622,7 +732,7 @@ async fn hub_session(
     let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
     loop {
         let packet = tokio::select! {
-            read = tokio::time::timeout(idle, connection.read()) => match read {
+            read = tokio::time::timeout(idle, connection.read()), if unacknowledged < TELEMETRY_WINDOW => match read {
                 Err(_) => return Err("keep-alive expired".into()),
                 Ok(result) => match result? {
                     Some(packet) => packet,
@@ -638,10 +748,11 @@ async fn hub_session(
                 let now = std::time::Instant::now();
                 while delayed.front().is_some_and(|(at, _)| *at <= now) {
                     if let Some((_, pkid)) = delayed.pop_front() {
+                        unacknowledged -= 1;
                         connection.queue(Packet::PubAck(PubAck::new(pkid)))?;
                     }
                 }
-                connection.flush().await?;
+                flush_unless_kicked(connection, session, device_id).await?;
                 continue;
             }
             outbound = session.outbound.recv() => {
@@ -653,7 +764,13 @@ async fn hub_session(
                         Outbound::PubAck { pkid, not_before: Some(at) } if at > std::time::Instant::now() || !delayed.is_empty() => {
                             delayed.push_back((at, pkid));
                         }
-                        Outbound::PubAck { pkid, .. } => connection.queue(Packet::PubAck(PubAck::new(pkid)))?,
+                        Outbound::PubAck { pkid, .. } => {
+                            unacknowledged -= 1;
+                            connection.queue(Packet::PubAck(PubAck::new(pkid)))?;
+                        }
+                        Outbound::NotStored => {
+                            return Err("telemetry could not be stored: closing the connection so the device sends it again".into());
+                        }
                         Outbound::Publish { topic, payload, c2d } => {
                             trace(event("cloud->device", "PUBLISH", Some(topic.clone()), None, String::from_utf8_lossy(&payload).into_owned()));
                             let pkid = connection.queue_publish(topic, payload)?;
@@ -662,12 +779,15 @@ async fn hub_session(
                             }
                         }
                     }
+                    if connection.out.len() >= MAX_WRITE_BATCH {
+                        break;
+                    }
                     match session.outbound.try_recv() {
                         Ok(next) => message = next,
                         Err(_) => break,
                     }
                 }
-                connection.flush().await?;
+                flush_unless_kicked(connection, session, device_id).await?;
                 continue;
             }
             () = async {
@@ -678,9 +798,7 @@ async fn hub_session(
             } => {
                 return Err(format!("{device_id}'s SAS token expired (401003): disconnected"));
             }
-            () = session.kick.notified() => {
-                return Err(format!("{device_id}'s connection was closed by the hub (a newer connection, 400027, or fault injection)"));
-            }
+            () = session.kick.notified() => return Err(kicked(device_id)),
         };
         match packet {
             Packet::Subscribe(subscribe) => {
@@ -768,51 +886,61 @@ async fn hub_session(
                     // the writer sends the PUBACK through this session's queue.
                     let ack = (publish.qos == QoS::AtLeastOnce)
                         .then(|| (publish.pkid, own_queue.clone()));
+                    unacknowledged += usize::from(ack.is_some());
                     context
                         .hubs
                         .store_telemetry(record, ack, not_before)
+                        .await
                         .map_err(|e| format!("storing telemetry failed: {e}"))?;
                     continue;
                 }
+                // The topic is judged before the PUBACK: a publish the hub does not take closes
+                // the connection unacknowledged, so the device never believes it was accepted.
+                let request = device_request(&topic)?;
                 if publish.qos == QoS::AtLeastOnce {
                     connection
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
                         .await?;
                 }
-                let (path, query) = topic.split_once("/?").unwrap_or((topic.as_str(), ""));
-                let rid = crate::emulator::topics::query_pairs(query)
-                    .find(|(k, _)| *k == "$rid")
-                    .map(|(_, v)| v.to_string())
-                    .unwrap_or_default();
-                if path == "$iothub/twin/GET" {
-                    let (status, body) = match context.hubs.device_twin(hub, device_id) {
-                        Ok(twin) => (200, twin.to_string()),
-                        Err(e) => error_reply(&e),
-                    };
-                    reply_twin(connection, status, &rid, None, body, trace).await?;
-                } else if path == "$iothub/twin/PATCH/properties/reported" {
-                    match context
-                        .hubs
-                        .patch_reported(hub, device_id, &publish.payload)
-                    {
-                        Ok(version) => {
-                            reply_twin(connection, 204, &rid, Some(version), String::new(), trace)
+                match request {
+                    DeviceRequest::TwinGet { rid } => {
+                        let (status, body) = match context.hubs.device_twin(hub, device_id) {
+                            Ok(twin) => (200, twin.to_string()),
+                            Err(e) => error_reply(&e),
+                        };
+                        reply_twin(connection, status, &rid, None, body, trace).await?;
+                    }
+                    DeviceRequest::ReportedPatch { rid } => {
+                        match context
+                            .hubs
+                            .patch_reported(hub, device_id, &publish.payload)
+                        {
+                            Ok(version) => {
+                                reply_twin(
+                                    connection,
+                                    204,
+                                    &rid,
+                                    Some(version),
+                                    String::new(),
+                                    trace,
+                                )
                                 .await?
-                        }
-                        Err(e) => {
-                            let (status, body) = error_reply(&e);
-                            reply_twin(connection, status, &rid, None, body, trace).await?;
+                            }
+                            Err(e) => {
+                                let (status, body) = error_reply(&e);
+                                reply_twin(connection, status, &rid, None, body, trace).await?;
+                            }
                         }
                     }
-                } else if let Some(status) = path.strip_prefix("$iothub/methods/res/") {
-                    let status: u16 = status
-                        .parse()
-                        .map_err(|_| format!("bad method status in {topic:?}"))?;
-                    context.hubs.method_response(&rid, status, &publish.payload);
-                } else {
-                    return Err(format!(
-                        "unsupported topic {topic:?}: IoT Hub closes the connection"
-                    ));
+                    DeviceRequest::MethodResponse { rid, status } => {
+                        context.hubs.method_response(
+                            hub,
+                            device_id,
+                            &rid,
+                            status,
+                            &publish.payload,
+                        );
+                    }
                 }
             }
             Packet::PingReq => connection.send(Packet::PingResp).await?,
@@ -829,6 +957,63 @@ async fn hub_session(
                 ));
             }
         }
+    }
+}
+
+/// What a device asks of the hub besides telemetry.
+enum DeviceRequest {
+    /// `$iothub/twin/GET/?$rid=`
+    TwinGet { rid: String },
+    /// `$iothub/twin/PATCH/properties/reported/?$rid=`
+    ReportedPatch { rid: String },
+    /// `$iothub/methods/res/{status}/?$rid=`
+    MethodResponse { rid: String, status: u16 },
+}
+
+/// Reads a device's non-telemetry topic; any other topic is one IoT Hub closes the
+/// connection for.
+fn device_request(topic: &str) -> Result<DeviceRequest, String> {
+    let (path, query) = topic.split_once("/?").unwrap_or((topic, ""));
+    let rid = crate::emulator::topics::query_pairs(query)
+        .find(|(k, _)| *k == "$rid")
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
+    if path == "$iothub/twin/GET" {
+        Ok(DeviceRequest::TwinGet { rid })
+    } else if path == "$iothub/twin/PATCH/properties/reported" {
+        Ok(DeviceRequest::ReportedPatch { rid })
+    } else if let Some(status) = path.strip_prefix("$iothub/methods/res/") {
+        let status = status.parse().map_err(|_| {
+            format!("bad method status in {topic:?}: IoT Hub closes the connection")
+        })?;
+        Ok(DeviceRequest::MethodResponse { rid, status })
+    } else {
+        Err(format!(
+            "unsupported topic {topic:?}: IoT Hub closes the connection"
+        ))
+    }
+}
+
+/// Most bytes gathered from a session's queue into one write.
+const MAX_WRITE_BATCH: usize = 64 * 1024;
+
+/// Why a session ended when the hub closed it.
+fn kicked(device_id: &str) -> String {
+    format!(
+        "{device_id}'s connection was closed by the hub (a newer connection, 400027, a device that stopped reading, or fault injection)"
+    )
+}
+
+/// Writes what is queued; a device that stops reading blocks the write, so the hub's kick
+/// (a newer connection, or a full queue) must still end the session.
+async fn flush_unless_kicked(
+    connection: &mut Connection,
+    session: &crate::emulator::hub::SessionHandle,
+    device_id: &str,
+) -> Result<(), String> {
+    tokio::select! {
+        flushed = connection.flush() => flushed,
+        () = session.kick.notified() => Err(kicked(device_id)),
     }
 }
 

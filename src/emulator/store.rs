@@ -135,6 +135,54 @@ impl Store {
         tx.commit().map_err(db_error)
     }
 
+    /// Reads, changes and writes back one document atomically: `change` gets the document
+    /// (`None` if absent) and returns what to store (`None` deletes it) with its result. It runs
+    /// under the store's own lock, so concurrent read-modify-write cycles (two C2D messages
+    /// queued at once) cannot lose each other's update; it must only compute, never call out.
+    pub fn update<T, R>(
+        &self,
+        kind: &str,
+        key: &str,
+        change: impl FnOnce(Option<T>) -> Result<(Option<T>, R)>,
+    ) -> Result<R>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db_error)?;
+        let body: Option<String> = tx
+            .query_row(
+                "SELECT body FROM documents WHERE kind = ?1 AND key = ?2",
+                params![kind, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db_error)?;
+        let current = body.map(|b| decode(kind, &b)).transpose()?;
+        let (next, result) = change(current)?;
+        match next {
+            Some(value) => {
+                let body = serde_json::to_string(&value).map_err(|e| {
+                    Error::Emulator(format!("state store: cannot encode {kind}: {e}"))
+                })?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?1, ?2, ?3)",
+                    params![kind, key, body],
+                )
+                .map_err(db_error)?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM documents WHERE kind = ?1 AND key = ?2",
+                    params![kind, key],
+                )
+                .map_err(db_error)?;
+            }
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(result)
+    }
+
     /// Removes a document; true if it existed.
     pub fn delete(&self, kind: &str, key: &str) -> Result<bool> {
         let n = self
@@ -247,20 +295,24 @@ pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 /// Commits telemetry in batches on its own thread: every message waiting when a commit starts
 /// joins it, so durability costs one transaction per batch instead of one per message.
 pub struct TelemetryWriter {
-    queue: std::sync::mpsc::Sender<(TelemetryRecord, OnCommit)>,
+    queue: tokio::sync::mpsc::Sender<(TelemetryRecord, OnCommit)>,
 }
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Messages waiting for the writer before senders wait: bounded, so a flood of telemetry
+/// slows the connections that send it instead of growing memory.
+const MAX_WAITING: usize = 4 * MAX_BATCH;
 
 impl TelemetryWriter {
     /// Starts the writer thread.
     pub fn start(store: std::sync::Arc<Store>) -> Result<Self> {
-        let (queue, incoming) = std::sync::mpsc::channel::<(TelemetryRecord, OnCommit)>();
+        let (queue, mut incoming) =
+            tokio::sync::mpsc::channel::<(TelemetryRecord, OnCommit)>(MAX_WAITING);
         std::thread::Builder::new()
             .name("dpskit-telemetry-writer".into())
             .spawn(move || {
-                while let Ok(first) = incoming.recv() {
+                while let Some(first) = incoming.blocking_recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match incoming.try_recv() {
@@ -289,10 +341,12 @@ impl TelemetryWriter {
         Ok(TelemetryWriter { queue })
     }
 
-    /// Queues a message; `on_commit` runs on the writer thread once it is committed.
-    pub fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
+    /// Queues a message, waiting while the queue is full; `on_commit` runs on the writer thread
+    /// once it is committed.
+    pub async fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
         self.queue
             .send((record, on_commit))
+            .await
             .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))
     }
 
@@ -304,7 +358,8 @@ impl TelemetryWriter {
             Box::new(move |ok| {
                 let _ = done.send(ok);
             }),
-        )?;
+        )
+        .await?;
         match committed.await {
             Ok(true) => Ok(()),
             _ => Err(Error::Emulator("the telemetry could not be stored".into())),

@@ -17,7 +17,7 @@ use crate::emulator::model::{
 use crate::pki::issue::now;
 use crate::pki::{CaOptions, CertificateAuthority, Credential, KeyAlgorithm, Validity};
 
-fn start(data_dir: Option<PathBuf>) -> Emulator {
+pub(super) fn start(data_dir: Option<PathBuf>) -> Emulator {
     Emulator::start(EmulatorConfig {
         data_dir,
         port: 0,
@@ -33,7 +33,7 @@ fn start(data_dir: Option<PathBuf>) -> Emulator {
     .unwrap()
 }
 
-fn ca_pair() -> (CertificateAuthority, CertificateAuthority) {
+pub(super) fn ca_pair() -> (CertificateAuthority, CertificateAuthority) {
     let options = |path_length| CaOptions {
         algorithm: KeyAlgorithm::EcP256,
         validity: Validity::days(30, None).unwrap(),
@@ -49,7 +49,7 @@ fn ca_pair() -> (CertificateAuthority, CertificateAuthority) {
 
 /// What a device saw.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// CONNECT refused.
     Refused(String),
     /// The DPS replies, in order: (status, body).
@@ -57,14 +57,14 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn last(&self) -> (u16, Value) {
+    pub(super) fn last(&self) -> (u16, Value) {
         match self {
             Outcome::Replies(r) => r.last().cloned().unwrap(),
             Outcome::Refused(why) => panic!("CONNECT refused: {why}"),
         }
     }
 
-    fn assigned_hub(&self) -> String {
+    pub(super) fn assigned_hub(&self) -> String {
         let (status, body) = self.last();
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["status"], "assigned", "{body}");
@@ -74,7 +74,7 @@ impl Outcome {
             .to_string()
     }
 
-    fn refusal(&self) -> (u16, u64, String) {
+    pub(super) fn refusal(&self) -> (u16, u64, String) {
         let (status, body) = self.last();
         (
             status,
@@ -84,16 +84,26 @@ impl Outcome {
     }
 }
 
-enum Auth<'a> {
+pub(super) enum Auth<'a> {
     X509 {
         chain: Vec<&'a crate::pki::Certificate>,
+        credential: &'a Credential,
+    },
+    /// Certificates as raw DER (some need not parse) with the key of the first.
+    X509Der {
+        chain: Vec<Vec<u8>>,
         credential: &'a Credential,
     },
     Sas(String),
 }
 
 /// Provisions one device: CONNECT, SUBSCRIBE (waiting for SUBACK), register, poll to the end.
-fn provision(emulator: &Emulator, scope: &str, registration_id: &str, auth: Auth<'_>) -> Outcome {
+pub(super) fn provision(
+    emulator: &Emulator,
+    scope: &str,
+    registration_id: &str,
+    auth: Auth<'_>,
+) -> Outcome {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -137,6 +147,17 @@ async fn provision_async(
             let certs = chain
                 .iter()
                 .map(|c| CertificateDer::from(c.der().to_vec()))
+                .collect();
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                credential.key().pkcs8_der().to_vec(),
+            ));
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        Auth::X509Der { chain, credential } => {
+            options.set_username(username);
+            let certs = chain
+                .iter()
+                .map(|der| CertificateDer::from(der.clone()))
                 .collect();
             let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
                 credential.key().pkcs8_der().to_vec(),
@@ -201,16 +222,20 @@ async fn provision_async(
     }
 }
 
-struct Fixture {
-    emulator: Emulator,
-    scope: String,
-    root: CertificateAuthority,
-    inter: CertificateAuthority,
+pub(super) struct Fixture {
+    pub(super) emulator: Emulator,
+    pub(super) scope: String,
+    pub(super) root: CertificateAuthority,
+    pub(super) inter: CertificateAuthority,
 }
 
 /// A DPS with two linked hubs and a root (verified by PoP) + intermediate hierarchy.
-fn fixture(data_dir: Option<PathBuf>) -> Fixture {
-    let emulator = start(data_dir);
+pub(super) fn fixture(data_dir: Option<PathBuf>) -> Fixture {
+    fixture_on(start(data_dir))
+}
+
+/// The same DPS and hubs on an emulator started by the caller.
+pub(super) fn fixture_on(emulator: Emulator) -> Fixture {
     let cloud = emulator.cloud();
     emulator.create_hub("hub-a", "westeurope", None).unwrap();
     emulator.create_hub("hub-b", "northeurope", None).unwrap();
@@ -245,7 +270,7 @@ fn fixture(data_dir: Option<PathBuf>) -> Fixture {
 impl Fixture {
     /// The usual X.509 group: "sensors", on the (unverified, inline) intermediate certificate,
     /// trusted because it chains to the verified root.
-    fn sensors_group(&self) {
+    pub(super) fn sensors_group(&self) {
         x509_group(
             self,
             "sensors",
@@ -255,14 +280,14 @@ impl Fixture {
     }
 
     /// A device certificate from the intermediate, valid for 5 days.
-    fn device(&self, registration_id: &str) -> crate::pki::DeviceCredential {
+    pub(super) fn device(&self, registration_id: &str) -> crate::pki::DeviceCredential {
         self.inter
             .issue_device(registration_id, KeyAlgorithm::EcP256, days(5))
             .unwrap()
     }
 }
 
-fn x509_group(
+pub(super) fn x509_group(
     f: &Fixture,
     group_id: &str,
     certificate: &crate::pki::Certificate,
@@ -289,7 +314,7 @@ fn x509_group(
         .unwrap();
 }
 
-fn device_auth(device: &crate::pki::DeviceCredential) -> Auth<'_> {
+pub(super) fn device_auth(device: &crate::pki::DeviceCredential) -> Auth<'_> {
     let credential = device.credential();
     let mut chain = vec![credential.certificate()];
     chain.extend(
@@ -301,7 +326,7 @@ fn device_auth(device: &crate::pki::DeviceCredential) -> Auth<'_> {
     Auth::X509 { chain, credential }
 }
 
-fn days(n: i64) -> Validity {
+pub(super) fn days(n: i64) -> Validity {
     Validity::days(n, None).unwrap()
 }
 
@@ -893,13 +918,13 @@ fn fuzz_packet_and_topic_parsing() {
 // ---- IoT Hub device API ------------------------------------------------------------------
 
 /// A device connected to its hub with a rumqttc client.
-struct HubDevice {
-    client: AsyncClient,
-    events: rumqttc::EventLoop,
+pub(super) struct HubDevice {
+    pub(super) client: AsyncClient,
+    pub(super) events: rumqttc::EventLoop,
 }
 
 impl HubDevice {
-    async fn connect(
+    pub(super) async fn connect(
         f: &Fixture,
         hub: &str,
         device: &crate::pki::DeviceCredential,
@@ -961,7 +986,7 @@ impl HubDevice {
     }
 
     /// The next PUBLISH from the hub (acknowledgements and the like skipped).
-    async fn next_publish(&mut self) -> Result<(String, Vec<u8>), String> {
+    pub(super) async fn next_publish(&mut self) -> Result<(String, Vec<u8>), String> {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.events.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
@@ -978,7 +1003,10 @@ impl HubDevice {
     }
 
     /// Drives the event loop until `packet_matches` sees a packet (or an error).
-    async fn until(&mut self, packet_matches: impl Fn(&Packet) -> bool) -> Result<(), String> {
+    pub(super) async fn until(
+        &mut self,
+        packet_matches: impl Fn(&Packet) -> bool,
+    ) -> Result<(), String> {
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.events.poll()).await {
                 Ok(Ok(Event::Incoming(p))) if packet_matches(&p) => return Ok(()),
@@ -989,7 +1017,7 @@ impl HubDevice {
         }
     }
 
-    async fn subscribe_all(&mut self, id: &str) {
+    pub(super) async fn subscribe_all(&mut self, id: &str) {
         for filter in [
             format!("devices/{id}/messages/devicebound/#"),
             "$iothub/methods/POST/#".to_string(),
@@ -1008,7 +1036,7 @@ impl HubDevice {
 }
 
 /// A provisioned X.509 device and the host of the hub DPS assigned.
-fn provisioned(f: &Fixture, id: &str) -> (crate::pki::DeviceCredential, String) {
+pub(super) fn provisioned(f: &Fixture, id: &str) -> (crate::pki::DeviceCredential, String) {
     f.sensors_group();
     let device = f.device(id);
     let hub = provision(&f.emulator, &f.scope, id, device_auth(&device)).assigned_hub();

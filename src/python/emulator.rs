@@ -92,6 +92,7 @@ impl PyEmulator {
                 connect_timeout: Duration::from_secs_f64(connect_timeout),
                 max_packet_size,
                 max_connections: max_connections.max(1),
+                ..Limits::default()
             },
             poll_retry_after,
             worker_threads: None,
