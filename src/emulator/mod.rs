@@ -14,6 +14,8 @@ pub mod topics;
 pub mod trace;
 
 #[cfg(test)]
+mod listener_fuzz_tests;
+#[cfg(test)]
 mod security_tests;
 #[cfg(test)]
 mod tests;
