@@ -502,7 +502,10 @@ fn inbound_topic(publish: &Publish, trace: &impl Fn(TraceEvent)) -> Result<Strin
     if publish.qos == QoS::ExactlyOnce {
         return Err("QoS 2 PUBLISH is not supported: the connection is closed".into());
     }
-    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    // MQTT topics are UTF-8; a server closes the connection on anything else (MQTT-1.5.3-1)
+    // rather than guess what a mangled topic meant.
+    let topic = String::from_utf8(publish.topic.to_vec())
+        .map_err(|_| "a PUBLISH topic that is not UTF-8: the connection is closed".to_string())?;
     trace(event(
         "device->cloud",
         "PUBLISH",
