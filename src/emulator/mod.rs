@@ -16,6 +16,8 @@ pub mod topics;
 pub mod trace;
 
 #[cfg(test)]
+mod fuzz_chain_tests;
+#[cfg(test)]
 mod name_constraints_tests;
 #[cfg(test)]
 mod secrets_tests;
