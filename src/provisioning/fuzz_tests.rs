@@ -187,3 +187,175 @@ fn fuzz_20000_dps_replies_become_decisions_or_typed_errors() {
     // Every kind of decision was reached: the mutations do not all fail the same way.
     assert!(counts.iter().all(|&n| n > 0), "{counts:?}");
 }
+
+/// Cases of the end-to-end run: each lasts at most `E2E_TIMEOUT`, all run at once.
+const E2E_CASES: usize = 48;
+const E2E_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A hostile DPS on loopback: a valid CONNACK and SUBACK, then, to every request, a reply
+/// from the menu mutated in its topic or body, or as a whole encoded packet.
+async fn hostile_dps(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut rng: Rng,
+) {
+    use bytes::BytesMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok((tcp, _)) = listener.accept().await else {
+        return;
+    };
+    let Ok(mut tls) = acceptor.accept(tcp).await else {
+        return;
+    };
+    let (topics, bodies) = (topics(), bodies());
+    let mut read = BytesMut::new();
+    loop {
+        let packet = loop {
+            match rumqttc::Packet::read(&mut read, 64 * 1024) {
+                Ok(packet) => break packet,
+                Err(rumqttc::Error::InsufficientBytes(_)) => {}
+                Err(_) => return,
+            }
+            match tls.read_buf(&mut read).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        let mut out = BytesMut::new();
+        let answer = match packet {
+            rumqttc::Packet::Connect(..) => vec![rumqttc::Packet::ConnAck(rumqttc::ConnAck::new(
+                rumqttc::ConnectReturnCode::Success,
+                false,
+            ))],
+            rumqttc::Packet::Subscribe(s) => vec![rumqttc::Packet::SubAck(rumqttc::SubAck::new(
+                s.pkid,
+                vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            ))],
+            rumqttc::Packet::Publish(p) => {
+                let mut topic = rng.pick(&topics).clone().into_bytes();
+                let mut body = rng.pick(&bodies).clone();
+                match rng.below(3) {
+                    0 => topic = mutate(&mut rng, &topic),
+                    1 => mutate_json(&mut rng, &mut body),
+                    _ => {}
+                }
+                vec![
+                    rumqttc::Packet::PubAck(rumqttc::PubAck::new(p.pkid)),
+                    rumqttc::Packet::Publish(rumqttc::Publish {
+                        dup: false,
+                        qos: QoS::AtMostOnce,
+                        retain: false,
+                        topic: topic.into(),
+                        pkid: 0,
+                        payload: body.to_string().into_bytes().into(),
+                    }),
+                ]
+            }
+            rumqttc::Packet::PingReq => vec![rumqttc::Packet::PingResp],
+            _ => return,
+        };
+        for packet in answer {
+            if packet.write(&mut out, usize::MAX).is_err() {
+                return;
+            }
+        }
+        let mut bytes = out.to_vec();
+        if rng.one_in(3) {
+            bytes = mutate(&mut rng, &bytes);
+        }
+        if tls.write_all(&bytes).await.is_err() || tls.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn fuzz_48_hostile_dps_exchanges_end_in_a_result_or_a_typed_error() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = CertificateAuthority::create_root(
+        "Hostile DPS Root",
+        &CaOptions {
+            algorithm: KeyAlgorithm::EcP256,
+            validity: Validity::days(2, None).unwrap(),
+            path_length: Some(0),
+            organization: None,
+        },
+    )
+    .unwrap();
+    let server = ca
+        .issue_server(&["127.0.0.1".into()], Validity::days(1, None).unwrap())
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(crate::emulator::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(server.certificate().der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key().pkcs8_der().to_vec())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let trust = Trust::from_pem(ca.credential().certificate_pem().as_bytes()).unwrap();
+    let mut rng = Rng::new(SEED ^ 0xE2E);
+    let outcomes = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for case in 0..E2E_CASES {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .unwrap();
+            let port = listener.local_addr().unwrap().port();
+            tokio::spawn(hostile_dps(
+                listener,
+                acceptor.clone(),
+                Rng::new(rng.next_u64()),
+            ));
+            let request = ProvisioningRequest {
+                host: "127.0.0.1".into(),
+                port,
+                id_scope: "0ne00000F00".into(),
+                registration_id: format!("dev-{case}"),
+                auth: DeviceAuth::SymmetricKey("a2V5".into()),
+                payload: None,
+                timeout: E2E_TIMEOUT,
+            };
+            let trust = trust.clone();
+            tasks.push(tokio::spawn(
+                async move { provision(&request, &trust).await },
+            ));
+        }
+        let mut outcomes = Vec::new();
+        for (case, task) in tasks.into_iter().enumerate() {
+            // A panic in the client fails the join: the case number says which.
+            let result = tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .unwrap_or_else(|_| panic!("case {case} hung past its own timeout"))
+                .unwrap_or_else(|e| panic!("case {case} (seed {SEED:#x}): {e}"));
+            outcomes.push(result);
+        }
+        outcomes
+    });
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for (case, outcome) in outcomes.iter().enumerate() {
+        let kind = match outcome {
+            Ok(result) => {
+                assert_eq!(result.status, "assigned", "case {case}");
+                "assigned"
+            }
+            Err(Error::Timeout(_)) => "timeout",
+            Err(Error::Protocol(_)) => "protocol",
+            Err(Error::RegistrationFailed { .. }) => "refused",
+            Err(Error::Transport(_)) => "transport",
+            Err(Error::Service(_)) => "service",
+            Err(other) => panic!("case {case}: unexpected error {other:?}"),
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    println!("{E2E_CASES} hostile DPS exchanges (seed {SEED:#x}): {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), E2E_CASES);
+    // The exchanges did not all fail the same way: the replies reached the reply handling.
+    assert!(counts.len() >= 3, "{counts:?}");
+}
