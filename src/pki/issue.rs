@@ -1,6 +1,6 @@
-//! Issuing certificates with Azure-correct profiles: root and intermediate CAs, device leaves
-//! (CN = registration id), proof-of-possession (verification) certificates, CSR signing, and
-//! bulk issuance on every core.
+//! Issuing certificates with Azure-correct profiles: root and intermediate CAs (roots
+//! optionally name-constrained), device leaves (CN = registration id), proof-of-possession
+//! (verification) certificates, CSR signing, and bulk issuance on every core.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock};
