@@ -69,24 +69,33 @@ fn a_fresh_data_folder_is_owner_only() {
 fn a_reopened_data_folder_left_readable_is_tightened() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("state");
-    {
+    // What a killed process leaves: the WAL and SHM of a running emulator, kept aside while it
+    // runs and put back after it stopped (SQLite removes them on a clean close). SQLite keeps
+    // the mode of such non-empty files (it fixes only empty ones), so they must be tightened.
+    let leftovers: Vec<(PathBuf, Vec<u8>)> = {
         let emulator = start(Some(dir.clone()));
         write_secrets(&emulator, "a");
-    }
+        ["-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let path = side_file(&dir, suffix);
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(!bytes.is_empty(), "{}", path.display());
+                (path, bytes)
+            })
+            .collect()
+    };
     let chmod = |path: &Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     };
     // What an older dpskit left: a 0755 folder, a 0644 database and CA key, and WAL/SHM files
-    // (SQLite removes them on a clean close; a killed process leaves them) at 0644 and 0755.
+    // at 0644 and 0755.
     chmod(&dir, 0o755);
     chmod(&dir.join("state.sqlite3"), 0o644);
     chmod(&dir.join(tls::CA_KEY_FILE), 0o644);
-    for (suffix, mode) in [("-wal", 0o644), ("-shm", 0o755)] {
-        let path = side_file(&dir, suffix);
-        if !path.exists() {
-            std::fs::write(&path, b"").unwrap();
-        }
-        chmod(&path, mode);
+    for ((path, bytes), mode) in leftovers.iter().zip([0o644, 0o755]) {
+        std::fs::write(path, bytes).unwrap();
+        chmod(path, mode);
     }
     let trust_before = std::fs::read_to_string(dir.join(tls::CA_CERT_FILE)).unwrap();
     let emulator = start(Some(dir.clone()));
