@@ -189,11 +189,14 @@ impl EmulatorTls {
         if covers(&self.permitted, std::slice::from_ref(&host.to_string())) {
             Ok(())
         } else {
+            let label = match host.parse::<IpAddr>() {
+                Ok(_) => "hub",
+                Err(_) => host.split('.').next().unwrap_or("hub"),
+            };
             Err(Error::Config(format!(
                 "host name {host:?} is outside the names the emulator's CA may vouch for ({}): \
-                 use a loopback address or a name under localhost (e.g. {}.localhost)",
+                 use a loopback address or a name under localhost (such as {label}.localhost)",
                 describe(&self.permitted),
-                host.split('.').next().unwrap_or("hub")
             )))
         }
     }
