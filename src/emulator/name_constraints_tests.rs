@@ -305,3 +305,39 @@ fn a_ca_without_constraints_from_an_older_data_folder_is_replaced() {
     let again = start(Some(dir));
     assert_eq!(again.trust_pem(), trust);
 }
+
+/// The server certificate `tls` presents, as PEM.
+fn served_pem(tls: &tls::EmulatorTls) -> String {
+    crate::pki::Certificate::from_der(&tls.served_chain()[0])
+        .unwrap()
+        .pem()
+}
+
+#[test]
+fn a_non_loopback_host_is_permitted_and_a_ca_that_left_it_out_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    // Documentation addresses: nothing is bound, only the CA and certificate are made.
+    let first = tls::EmulatorTls::load_or_create(dir.path(), vec!["192.0.2.10".into()]).unwrap();
+    first.check_host("192.0.2.10").unwrap();
+    first.check_host("127.0.0.5").unwrap();
+    assert!(first.check_host("192.0.2.11").is_err());
+    // OpenSSL reads an IP-like CN as a DNS name when no DNS name is among the certificate's
+    // names, and would hold it against the DNS constraints.
+    if let Some((ok, text)) = openssl_verify(
+        &first.trust_pem(),
+        &served_pem(&first),
+        &["-verify_ip", "192.0.2.10"],
+    ) {
+        assert!(ok, "{text}");
+    }
+    // A loopback start is covered by that CA: kept.
+    let loopback =
+        tls::EmulatorTls::load_or_create(dir.path(), vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap();
+    assert_eq!(loopback.trust_pem(), first.trust_pem());
+    // Another address is not: replaced by a CA for it, which no longer covers the first one.
+    let moved = tls::EmulatorTls::load_or_create(dir.path(), vec!["198.51.100.7".into()]).unwrap();
+    assert_ne!(moved.trust_pem(), first.trust_pem());
+    moved.check_host("198.51.100.7").unwrap();
+    assert!(moved.check_host("192.0.2.10").is_err());
+}

@@ -178,6 +178,17 @@ impl EmulatorTls {
         })
     }
 
+    /// The server certificate (leaf first) the listeners present now.
+    #[cfg(test)]
+    pub(crate) fn served_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.resolver
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .cert
+            .clone()
+    }
+
     /// The names the CA may vouch for (its name constraints).
     pub fn permitted(&self) -> &[PermittedName] {
         &self.permitted
