@@ -7,8 +7,9 @@
 //! The process umask is left alone: it is process-wide, and a Python host may depend on it.
 //! SQLite creates its WAL and SHM files with the mode of the database file, and keeps the mode
 //! of existing non-empty ones (a killed process leaves them), so a 0600 database, created here
-//! before SQLite opens it, and leftovers tightened before it opens them are enough. On Windows nothing here changes permissions: the folder inherits the
-//! ACL of its parent (the user's profile for the temporary folder).
+//! before SQLite opens it, and leftovers tightened before it opens them are enough. On Windows
+//! nothing here changes permissions: the folder inherits the ACL of its parent (the user's
+//! profile for the temporary folder).
 
 use std::fs;
 use std::path::{Path, PathBuf};
