@@ -14,6 +14,9 @@ pub mod provisioning;
 pub mod sas;
 pub mod service;
 
+#[cfg(test)]
+mod fuzz;
+
 #[cfg(feature = "python")]
 mod python;
 

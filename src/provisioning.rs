@@ -255,76 +255,110 @@ async fn exchange(
             Event::Incoming(Packet::Publish(p)) => p,
             _ => continue,
         };
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        let (status, retry_after) = parse_response_topic(&topic)?;
-        let reply: Value = serde_json::from_slice(&publish.payload).unwrap_or(Value::Null);
-        if status == 429 || status >= 500 {
-            // Throttled or a service hiccup: repeat the same request after the advised delay, or
-            // with exponential backoff and jitter when the service gave none.
-            refusals += 1;
-            on_throttled();
-            tokio::time::sleep(backoff(retry_after, refusals)).await;
-            pacer.wait().await;
-            rid += 1;
-            match &pending_operation {
-                None => {
-                    send(
-                        &client,
-                        format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
-                        body.clone(),
-                    )
-                    .await?
-                }
-                Some(op) => send(&client, poll_topic(rid, op), " ".into()).await?,
+        let next = match interpret(id, &request.auth, &publish.topic, &publish.payload) {
+            Ok(next) => next,
+            Err(error) => {
+                let _ = client.disconnect().await;
+                return Err(error);
             }
-            continue;
-        }
-        if status >= 300 {
-            let _ = client.disconnect().await;
-            return Err(refused(id, status, &reply, &request.auth));
-        }
-        match reply["status"].as_str() {
-            Some("assigning") | Some("unassigned") => {
-                let op = reply["operationId"]
-                    .as_str()
-                    .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?
-                    .to_string();
+        };
+        match next {
+            Reply::Throttled { retry_after } => {
+                // Throttled or a service hiccup: repeat the same request after the advised
+                // delay, or with exponential backoff and jitter when the service gave none.
+                refusals += 1;
+                on_throttled();
+                tokio::time::sleep(backoff(retry_after, refusals)).await;
+                pacer.wait().await;
+                rid += 1;
+                match &pending_operation {
+                    None => {
+                        send(
+                            &client,
+                            format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
+                            body.clone(),
+                        )
+                        .await?
+                    }
+                    Some(op) => send(&client, poll_topic(rid, op), " ".into()).await?,
+                }
+            }
+            Reply::Assigning {
+                operation_id,
+                retry_after,
+            } => {
                 tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(2).into())).await;
                 pacer.wait().await;
                 rid += 1;
-                send(&client, poll_topic(rid, &op), " ".into()).await?;
-                pending_operation = Some(op);
+                send(&client, poll_topic(rid, &operation_id), " ".into()).await?;
+                pending_operation = Some(operation_id);
             }
-            Some("assigned") => {
+            Reply::Assigned(result) => {
                 let _ = client.disconnect().await;
-                let state = &reply["registrationState"];
-                let text = |key: &str| state[key].as_str().map(str::to_string);
-                return Ok(RegistrationResult {
-                    status: "assigned".into(),
-                    registration_id: text("registrationId").unwrap_or_else(|| id.clone()),
-                    assigned_hub: text("assignedHub"),
-                    device_id: text("deviceId"),
-                    substatus: text("substatus"),
-                    etag: text("etag"),
-                    created: text("createdDateTimeUtc"),
-                    last_updated: text("lastUpdatedDateTimeUtc"),
-                    payload: state.get("payload").cloned().filter(|p| !p.is_null()),
-                    operation_id: reply["operationId"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                });
-            }
-            _ => {
-                let _ = client.disconnect().await;
-                return Err(refused(
-                    id,
-                    status,
-                    &reply["registrationState"],
-                    &request.auth,
-                ));
+                return Ok(*result);
             }
         }
+    }
+}
+
+/// What a DPS reply asks of the device.
+#[derive(Debug)]
+enum Reply {
+    /// 429 or 5xx: send the same request again, after `retry-after` seconds if given.
+    Throttled { retry_after: Option<u32> },
+    /// 202: poll the operation after `retry-after` seconds (2 without).
+    Assigning {
+        operation_id: String,
+        retry_after: Option<u32>,
+    },
+    /// The registration is assigned.
+    Assigned(Box<RegistrationResult>),
+}
+
+/// Reads one PUBLISH from DPS: its topic (status, retry-after) and JSON body. Anything DPS
+/// would not send is a typed error (protocol, or the refusal the status says), never a panic:
+/// the bytes come from the network.
+fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Result<Reply> {
+    let topic = String::from_utf8_lossy(topic);
+    let (status, retry_after) = parse_response_topic(&topic)?;
+    let reply: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+    if status == 429 || status >= 500 {
+        return Ok(Reply::Throttled { retry_after });
+    }
+    if status >= 300 {
+        return Err(refused(id, status, &reply, auth));
+    }
+    match reply["status"].as_str() {
+        Some("assigning") | Some("unassigned") => {
+            let operation_id = reply["operationId"]
+                .as_str()
+                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?
+                .to_string();
+            Ok(Reply::Assigning {
+                operation_id,
+                retry_after,
+            })
+        }
+        Some("assigned") => {
+            let state = &reply["registrationState"];
+            let text = |key: &str| state[key].as_str().map(str::to_string);
+            Ok(Reply::Assigned(Box::new(RegistrationResult {
+                status: "assigned".into(),
+                registration_id: text("registrationId").unwrap_or_else(|| id.to_string()),
+                assigned_hub: text("assignedHub"),
+                device_id: text("deviceId"),
+                substatus: text("substatus"),
+                etag: text("etag"),
+                created: text("createdDateTimeUtc"),
+                last_updated: text("lastUpdatedDateTimeUtc"),
+                payload: state.get("payload").cloned().filter(|p| !p.is_null()),
+                operation_id: reply["operationId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            })))
+        }
+        _ => Err(refused(id, status, &reply["registrationState"], auth)),
     }
 }
 
@@ -514,6 +548,9 @@ pub async fn provision_many(
     }
     out
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

@@ -124,10 +124,12 @@ def _write_private(path: Path, data: bytes) -> Path:
     """Write secret material readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode does not apply to a file that existed already: tighten it before the
+    # secret is in it, not after.
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-    # O_CREAT's mode does not apply to a file that existed already.
-    os.chmod(path, 0o600)
     return path
 
 

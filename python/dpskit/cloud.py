@@ -1500,7 +1500,8 @@ class LocalCloud(_Cloud):
         self, name: str, location: str = "westeurope", *, host_name: str | None = None
     ) -> Hub:
         """Create an IoT hub; it gets the next free loopback address as its host name (or
-        ``host_name``, which must then resolve to this machine)."""
+        ``host_name``, which must then resolve to this machine and be a loopback address or a
+        name under ``localhost``: the emulator's CA is name-constrained to those)."""
         if host_name is not None:
             self._emulator.create_hub(name, location, host_name)
         return super().create_hub(name, location)

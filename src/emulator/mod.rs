@@ -1,12 +1,14 @@
 //! The local cloud: an in-process emulator of Azure DPS (and, next, IoT Hub) that the official
 //! SDKs talk to unchanged. One MQTT-over-TLS listener serves DPS and every hub, routed by the
-//! CONNECT username; state lives in SQLite in the data folder.
+//! CONNECT username; state lives in SQLite in the data folder, which only its owner can read
+//! (see `secrets`).
 
 pub mod cloud;
 pub mod dps;
 pub mod hub;
 pub mod model;
 pub mod rest;
+mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
@@ -14,7 +16,13 @@ pub mod topics;
 pub mod trace;
 
 #[cfg(test)]
+mod fuzz_chain_tests;
+#[cfg(test)]
 mod listener_fuzz_tests;
+#[cfg(test)]
+mod name_constraints_tests;
+#[cfg(test)]
+mod secrets_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]
@@ -155,16 +163,22 @@ impl Emulator {
     pub fn start(config: EmulatorConfig) -> Result<Self> {
         let (data_dir, temporary) = match &config.data_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                secrets::private_dir(dir)?;
                 (dir.clone(), None)
             }
             None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("dpskit-local-cloud-")
-                    .tempdir()
-                    .map_err(|e| {
-                        Error::Emulator(format!("cannot create a temporary folder: {e}"))
-                    })?;
+                let mut builder = tempfile::Builder::new();
+                builder.prefix("dpskit-local-cloud-");
+                // Created owner-only: tempfile's default leaves the umask's 0755.
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    builder.permissions(std::fs::Permissions::from_mode(0o700));
+                }
+                let temp = builder.tempdir().map_err(|e| {
+                    Error::Emulator(format!("cannot create a temporary folder: {e}"))
+                })?;
+                secrets::private_dir(temp.path())?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };

@@ -1,6 +1,7 @@
 //! Durable state: a small document store in SQLite (WAL). Every record is a JSON document
 //! under a (kind, key) pair; writes commit before the emulator acknowledges anything, so a kill
-//! loses nothing that was acknowledged.
+//! loses nothing that was acknowledged. The database and its WAL/SHM files hold every owner and
+//! device key, so they are 0600 (Unix).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -65,9 +66,17 @@ fn db_error(e: rusqlite::Error) -> Error {
 }
 
 impl Store {
-    /// Opens (creating if needed) `state.sqlite3` in `data_dir`.
+    /// Opens (creating if needed) `state.sqlite3` in `data_dir`, owner-only: the database is
+    /// created 0600 before SQLite opens it (SQLite gives its WAL and SHM files the database's
+    /// mode), and files an older run left looser are tightened first.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join("state.sqlite3");
+        crate::emulator::secrets::private_file(&path)?;
+        for suffix in crate::emulator::secrets::SQLITE_SIDE_FILES {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            crate::emulator::secrets::private_file_if_present(Path::new(&side))?;
+        }
         let connection = Connection::open(&path).map_err(db_error)?;
         // WAL + NORMAL: a commit survives a process kill (not a power cut) without an fsync per
         // write, which keeps registration throughput high.

@@ -14,7 +14,7 @@ use rumqttc::{
     ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
     SubscribeReasonCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
@@ -24,7 +24,7 @@ use crate::error::{Error, Result, ServiceFailure};
 use crate::provisioning::jittered_backoff as reconnect_delay;
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
-const MAX_INCOMING: usize = 256 * 1024;
+pub(super) const MAX_INCOMING: usize = 256 * 1024;
 /// What the buffers start at and fall back to after a large packet.
 const SMALL_BUFFER: usize = 1024;
 
@@ -92,7 +92,7 @@ enum Outstanding {
 /// The requests in flight by packet id, with the count of publishes kept alongside (the
 /// window check runs for every command, so it must not walk the map).
 #[derive(Default)]
-struct InFlight {
+pub(super) struct InFlight {
     requests: BTreeMap<u16, Outstanding>,
     publishes: usize,
 }
@@ -121,11 +121,12 @@ impl InFlight {
     }
 }
 
-/// The socket with its read and write buffers.
-struct Wire {
-    tls: TlsStream<TcpStream>,
-    read: BytesMut,
-    write: BytesMut,
+/// The socket with its read and write buffers; generic so that the fuzz tests can put a
+/// hostile byte stream where the TLS stream goes.
+pub(super) struct Wire<S = TlsStream<TcpStream>> {
+    pub(super) stream: S,
+    pub(super) read: BytesMut,
+    pub(super) write: BytesMut,
 }
 
 fn shrink(buffer: &mut BytesMut) {
@@ -134,8 +135,19 @@ fn shrink(buffer: &mut BytesMut) {
     }
 }
 
-impl Wire {
-    async fn read(&mut self) -> Result<Option<Packet>> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
+    /// A wire over `stream` with small empty buffers.
+    pub(super) fn new(stream: S) -> Self {
+        Wire {
+            stream,
+            read: BytesMut::with_capacity(SMALL_BUFFER),
+            write: BytesMut::with_capacity(SMALL_BUFFER),
+        }
+    }
+
+    /// The next packet from the hub; `None` at a clean end of stream. A packet over
+    /// `MAX_INCOMING` is refused from its header, before its body is buffered.
+    pub(super) async fn read(&mut self) -> Result<Option<Packet>> {
         loop {
             match Packet::read(&mut self.read, MAX_INCOMING) {
                 Ok(packet) => {
@@ -150,7 +162,7 @@ impl Wire {
                 }
             }
             let n = self
-                .tls
+                .stream
                 .read_buf(&mut self.read)
                 .await
                 .map_err(|e| Error::Transport(format!("read failed: {e}")))?;
@@ -171,11 +183,11 @@ impl Wire {
         if self.write.is_empty() {
             return Ok(());
         }
-        self.tls
+        self.stream
             .write_all(&self.write)
             .await
             .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
-        self.tls
+        self.stream
             .flush()
             .await
             .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
@@ -199,11 +211,7 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
         .connect(name, tcp)
         .await
         .map_err(|e| Error::Transport(format!("TLS with {address} failed: {e}")))?;
-    let mut wire = Wire {
-        tls,
-        read: BytesMut::with_capacity(SMALL_BUFFER),
-        write: BytesMut::with_capacity(SMALL_BUFFER),
-    };
+    let mut wire = Wire::new(tls);
     let mut connect = rumqttc::Connect::new(settings.client_id.clone());
     connect.keep_alive = settings.keep_alive;
     connect.clean_session = settings.clean_session;
@@ -256,7 +264,7 @@ fn refused(host: &str, device_id: &str, code: ConnectReturnCode) -> Error {
 }
 
 /// Why one connection ended.
-enum Ending {
+pub(super) enum Ending {
     /// The device asked to disconnect (or dropped its client).
     Closed,
     /// The connection broke.
@@ -366,7 +374,7 @@ pub(super) async fn run(
             }
             Ending::Renew => {
                 log::info!("hub client {id}: renewing its SAS token");
-                let _ = wire.tls.shutdown().await;
+                let _ = wire.stream.shutdown().await;
             }
             Ending::Lost(error) if settings.reconnect => {
                 failures += 1;
@@ -451,9 +459,9 @@ fn subscribe_packet(pkid: u16, filters: &[String]) -> Subscribe {
 }
 
 /// Queues one command's packet; `Some(done)` when it is the DISCONNECT (not queued).
-fn queue_command(
+fn queue_command<S: AsyncRead + AsyncWrite + Unpin>(
     command: Command,
-    wire: &mut Wire,
+    wire: &mut Wire<S>,
     outstanding: &mut InFlight,
     next_pkid: &mut u16,
 ) -> Result<Option<oneshot::Sender<()>>> {
@@ -489,9 +497,9 @@ fn queue_command(
 }
 
 /// Serves one connection until it ends.
-async fn serve(
+pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     settings: &Settings,
-    wire: &mut Wire,
+    wire: &mut Wire<S>,
     commands: &mut mpsc::Receiver<Command>,
     shared: &Shared,
     outstanding: &mut InFlight,
@@ -557,7 +565,7 @@ async fn serve(
                         Ok(Some(done)) => {
                             let _ = wire.queue(&Packet::Disconnect);
                             let _ = wire.flush().await;
-                            let _ = wire.tls.shutdown().await;
+                            let _ = wire.stream.shutdown().await;
                             let _ = done.send(());
                             return Ending::Closed;
                         }

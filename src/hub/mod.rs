@@ -15,6 +15,8 @@ use crate::provisioning::{DeviceAuth, Trust};
 use crate::sas::url_encode;
 
 mod connection;
+#[cfg(test)]
+mod fuzz_tests;
 
 /// The api-version the IoT Hub MQTT documentation uses.
 const API_VERSION: &str = "2021-04-12";

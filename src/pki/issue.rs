@@ -1,6 +1,6 @@
-//! Issuing certificates with Azure-correct profiles: root and intermediate CAs, device leaves
-//! (CN = registration id), proof-of-possession (verification) certificates, CSR signing, and
-//! bulk issuance on every core.
+//! Issuing certificates with Azure-correct profiles: root and intermediate CAs (roots
+//! optionally name-constrained), device leaves (CN = registration id), proof-of-possession
+//! (verification) certificates, CSR signing, and bulk issuance on every core.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, OnceLock};
@@ -77,6 +77,62 @@ pub struct CaOptions {
     pub path_length: Option<u8>,
     /// Optional organisation (O) in the subject.
     pub organization: Option<String>,
+}
+
+/// A name a constrained CA may vouch for: one permitted subtree of its critical name
+/// constraints (RFC 5280 4.2.1.10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PermittedName {
+    /// A DNS name and every name below it (`localhost` also permits `hub.localhost`).
+    Dns(String),
+    /// An IP network: its address and prefix length.
+    Ip(std::net::IpAddr, u8),
+}
+
+impl PermittedName {
+    /// Whether `host` (a DNS name or an IP address) falls within this subtree.
+    pub fn permits(&self, host: &str) -> bool {
+        match (self, host.parse::<std::net::IpAddr>()) {
+            (PermittedName::Ip(base, prefix), Ok(ip)) => in_network(ip, *base, *prefix),
+            (PermittedName::Dns(base), Err(_)) => {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                let base = base.trim_start_matches('.').to_ascii_lowercase();
+                host == base
+                    || host
+                        .strip_suffix(base.as_str())
+                        .is_some_and(|left| left.ends_with('.') && left.len() > 1)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for PermittedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PermittedName::Dns(name) => write!(f, "{name} (and names below it)"),
+            PermittedName::Ip(ip, prefix) => write!(f, "{ip}/{prefix}"),
+        }
+    }
+}
+
+fn in_network(ip: std::net::IpAddr, base: std::net::IpAddr, prefix: u8) -> bool {
+    use std::net::IpAddr;
+    match (ip, base) {
+        (IpAddr::V4(ip), IpAddr::V4(base)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(ip) & mask == u32::from(base) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(base)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(ip) & mask == u128::from(base) & mask
+        }
+        _ => false,
+    }
 }
 
 /// A certificate with its private key and the certificates of its issuers: what a device
@@ -248,6 +304,49 @@ impl CertificateAuthority {
     pub fn create_root(common_name: &str, options: &CaOptions) -> Result<Self> {
         let key = PrivateKey::generate(options.algorithm)?;
         let params = ca_params(common_name, options, false)?;
+        let cert = params
+            .self_signed(key.key_pair())
+            .map_err(|e| Error::cert(format!("signing the root CA failed: {e}")))?;
+        let certificate = Certificate::from_issued_der(cert.der().to_vec());
+        Ok(CertificateAuthority {
+            credential: Credential::trusted(certificate, key, Arc::new(Vec::new())),
+        })
+    }
+
+    /// Creates a self-signed root CA with critical name constraints: the certificates it issues
+    /// are trusted only for names within `permitted` (by verifiers that honour the extension,
+    /// which rustls/webpki, OpenSSL and the platform verifiers do).
+    pub fn create_constrained_root(
+        common_name: &str,
+        options: &CaOptions,
+        permitted: &[PermittedName],
+    ) -> Result<Self> {
+        if permitted.is_empty() {
+            return Err(Error::cert(
+                "name constraints need at least one permitted name",
+            ));
+        }
+        let key = PrivateKey::generate(options.algorithm)?;
+        let mut params = ca_params(common_name, options, false)?;
+        let permitted_subtrees = permitted
+            .iter()
+            .map(|name| match name {
+                PermittedName::Dns(dns) => Ok(rcgen::GeneralSubtree::DnsName(dns.clone())),
+                PermittedName::Ip(ip, prefix) => {
+                    let bits = if ip.is_ipv4() { 32 } else { 128 };
+                    if *prefix > bits {
+                        return Err(Error::cert(format!("{ip}/{prefix} is not a network")));
+                    }
+                    Ok(rcgen::GeneralSubtree::IpAddress(
+                        rcgen::CidrSubnet::from_addr_prefix(*ip, *prefix),
+                    ))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        params.name_constraints = Some(rcgen::NameConstraints {
+            permitted_subtrees,
+            excluded_subtrees: Vec::new(),
+        });
         let cert = params
             .self_signed(key.key_pair())
             .map_err(|e| Error::cert(format!("signing the root CA failed: {e}")))?;

@@ -14,6 +14,8 @@ mod tests;
 
 pub use cert::{Certificate, CertificateInfo};
 pub use chain::verify_chain;
-pub use issue::{CaOptions, CertificateAuthority, Credential, DeviceCredential, Validity};
+pub use issue::{
+    CaOptions, CertificateAuthority, Credential, DeviceCredential, PermittedName, Validity,
+};
 pub use keys::{KeyAlgorithm, PrivateKey};
 pub use registration_id::validate_registration_id;

@@ -531,3 +531,44 @@ fn garbage_never_panics() {
         assert!(crate::pki::pkcs12::from_pkcs12(input, "x").is_err());
     }
 }
+
+#[test]
+fn permitted_names_match_as_rfc_5280_name_constraints_do() {
+    let localhost = PermittedName::Dns("localhost".into());
+    for host in [
+        "localhost",
+        "LOCALHOST",
+        "hub.localhost",
+        "a.b.localhost",
+        "localhost.",
+    ] {
+        assert!(localhost.permits(host), "{host}");
+    }
+    // A label boundary is needed: "xlocalhost" is another name, not one below localhost.
+    for host in [
+        "xlocalhost",
+        "localhost.com",
+        ".localhost",
+        "127.0.0.1",
+        "example.com",
+    ] {
+        assert!(!localhost.permits(host), "{host}");
+    }
+    let loopback = PermittedName::Ip("127.0.0.0".parse().unwrap(), 8);
+    for host in ["127.0.0.1", "127.255.255.254", "127.0.0.2"] {
+        assert!(loopback.permits(host), "{host}");
+    }
+    for host in [
+        "128.0.0.1",
+        "10.0.0.1",
+        "::1",
+        "::ffff:127.0.0.1",
+        "localhost",
+    ] {
+        assert!(!loopback.permits(host), "{host}");
+    }
+    let one = PermittedName::Ip("::1".parse().unwrap(), 128);
+    assert!(one.permits("::1"));
+    assert!(!one.permits("::2"));
+    assert!(PermittedName::Ip("0.0.0.0".parse().unwrap(), 0).permits("203.0.113.9"));
+}
