@@ -181,8 +181,10 @@ def test_the_emulator_takes_its_arm_token_from_the_environment_only(
     state = tmp_path / "guarded"
     secret = "token-from-the-environment"
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", "0"]
-        + ["--arm-token-env", "DPSKIT_TEST_ARM_TOKEN"],
+        [
+            *(sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", "0"),
+            *("--arm-token-env", "DPSKIT_TEST_ARM_TOKEN"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -199,7 +201,9 @@ def test_the_emulator_takes_its_arm_token_from_the_environment_only(
         assert stat.S_IMODE(endpoints.stat().st_mode) == 0o600
         assert json.loads(endpoints.read_text())["armToken"] == secret
         # The CLI finds the token through the file; a stranger's guess is refused.
-        assert "locked-hub" in _run(capsys, "cloud", "create-hub", "locked-hub", "--local", str(state))
+        assert "locked-hub" in _run(
+            capsys, "cloud", "create-hub", "locked-hub", "--local", str(state)
+        )
         attached = dpskit.LocalCloud.attach(state)
         assert attached is not None
         stranger = dpskit.AzureCloud(
