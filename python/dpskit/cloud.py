@@ -70,7 +70,7 @@ CustomAllocation = str | Callable[[dict[str, Any]], dict[str, Any] | str]
 DEFAULT_MQTT_PORT = 8883
 #: A running local cloud describes its endpoints in this file of its data folder.
 ENDPOINTS_FILE = "endpoints.json"
-#: The bearer token sent to the emulator (it accepts any on loopback).
+#: The bearer token sent to the emulator when it requires none (it accepts any on loopback).
 LOCAL_TOKEN = "dpskit-local"
 
 
@@ -1518,8 +1518,9 @@ class LocalCloud(_Cloud):
     @property
     def arm_endpoint(self) -> str:
         """The management (Azure Resource Manager) endpoint: give it to ARM clients as their
-        base URL, with :attr:`trust_pem` as the CA they verify it with. The emulator accepts any
-        bearer token (it listens on loopback)."""
+        base URL, with :attr:`trust_pem` as the CA they verify it with, for
+        :attr:`subscription_id` and :attr:`resource_group`. On loopback the emulator accepts
+        any bearer token unless ``arm_tokens`` were given; elsewhere only :attr:`arm_token`."""
         return f"https://{self.host}:{self.https_port}"
 
     # -- resources only the emulator has -------------------------------------------------------
