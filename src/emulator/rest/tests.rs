@@ -605,9 +605,24 @@ fn stalled_unauthenticated_uploads_are_refused_unread_and_cannot_starve_the_list
             stalled.push(stream);
         }
         for (i, stream) in stalled.iter_mut().enumerate() {
+            if i % 2 == 1 {
+                continue;
+            }
             let answer = read_answer(stream).await.unwrap_or_else(|| panic!("upload {i}: no answer"));
             assert_eq!(answer.status, 401, "upload {i}: {answer:?}");
             assert!(answer.head.contains("connection: close"));
+        }
+        // The others trickle some of their body: the server never reads it and hangs up (the
+        // unread bytes may turn its close into a reset that swallows the 401).
+        for (i, stream) in stalled.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+            for _ in 0..4 {
+                if stream.write_all(&[b' '; 16 * 1024]).await.is_err() || stream.flush().await.is_err() {
+                    break;
+                }
+            }
+            if let Some(answer) = read_answer(stream).await {
+                assert_eq!(answer.status, 401, "upload {i}: {answer:?}");
+            }
         }
         // A legitimate request is served meanwhile.
         let answer = client
