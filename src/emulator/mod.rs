@@ -271,7 +271,7 @@ impl Emulator {
             // Off loopback anyone on the network could ask ARM for the owner keys.
             None if !host_ip.is_loopback() => {
                 log::warn!(
-                    "emulator: {host_ip} is not a loopback address and no ARM token was configured: ARM requires a generated bearer token (Emulator::arm_token)"
+                    "emulator: {host_ip} is not a loopback address and no ARM token was configured: ARM requires a generated bearer token (dpskit's LocalCloud keeps it in endpoints.json in the data folder, mode 0600)"
                 );
                 Some(vec![crate::sas::generate_key()?])
             }
