@@ -5,8 +5,11 @@ exactly as they would against management.azure.com."""
 
 from __future__ import annotations
 
+import json
+import stat
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,9 +38,11 @@ def cloud() -> Iterator[dpskit.LocalCloud]:
 
 def test_azure_cloud_manages_dps_and_certificates_over_arm(cloud: dpskit.LocalCloud) -> None:
     credential = CountingCredential()
+    # The emulator's ARM answers for its own subscription and resource group only, as Azure
+    # answers for the caller's.
     azure = dpskit.AzureCloud(
-        "11111111-2222-3333-4444-555555555555",
-        "walkthrough-rg",
+        cloud.subscription_id,
+        cloud.resource_group,
         credential,
         arm_endpoint=cloud.arm_endpoint,
         trust_pem=cloud.trust_pem,
@@ -58,7 +63,7 @@ def test_azure_cloud_manages_dps_and_certificates_over_arm(cloud: dpskit.LocalCl
     assert credential.calls == [("https://management.azure.com/.default",)]
     # What AzureCloud did is what the local cloud sees.
     assert cloud.dps("azure-path-dps").enrollment_group("devices").ca_references == ("root",)
-    assert "walkthrough-rg" in repr(azure)
+    assert cloud.resource_group in repr(azure)
     azure.delete_dps(dps)
     with pytest.raises(dpskit.NotFoundError):
         azure.dps("azure-path-dps")
@@ -103,12 +108,56 @@ def test_the_emulator_can_require_configured_arm_tokens() -> None:
     with dpskit.LocalCloud(port=0, arm_tokens=["team-token"]) as cloud:
         # LocalCloud itself sends a configured token.
         dps = cloud.create_dps("guarded")
+        place = (cloud.subscription_id, cloud.resource_group)
         wrong = dpskit.AzureCloud(
-            "sub", "rg", "someone-else", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
+            *place, "someone-else", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
         )
         with pytest.raises(dpskit.AuthenticationError, match="What to do"):
             wrong.dps("guarded")
         right = dpskit.AzureCloud(
-            "sub", "rg", "team-token", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
+            *place, "team-token", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
         )
         assert right.dps("guarded").id_scope == dps.id_scope
+        assert cloud.arm_token == "team-token"
+
+
+def test_arm_answers_for_its_own_subscription_and_resource_group_only(
+    cloud: dpskit.LocalCloud,
+) -> None:
+    cloud.create_dps("mine")
+    for subscription, group, message in [
+        ("11111111-2222-3333-4444-555555555555", cloud.resource_group, "subscription .* not"),
+        (cloud.subscription_id, "someone-elses-rg", "Resource group .* not"),
+    ]:
+        elsewhere = dpskit.AzureCloud(
+            subscription, group, "any", arm_endpoint=cloud.arm_endpoint, trust_pem=cloud.trust_pem
+        )
+        with pytest.raises(dpskit.NotFoundError, match=message):
+            elsewhere.dps("mine")
+
+
+def test_off_loopback_arm_needs_the_generated_token_kept_owner_only(tmp_path: Path) -> None:
+    # Bound to every address; the test itself only talks over loopback.
+    with dpskit.LocalCloud(tmp_path / "state", host="0.0.0.0", port=0) as cloud:  # noqa: S104
+        token = cloud.arm_token
+        assert token
+        endpoints = cloud.endpoints_file
+        assert endpoints is not None
+        assert stat.S_IMODE(endpoints.stat().st_mode) == 0o600
+        assert json.loads(endpoints.read_text())["armToken"] == token
+        # LocalCloud uses the token; anyone else on the network is refused.
+        assert cloud.create_dps("remote").name == "remote"
+        for guess in ["dpskit-local", "anything"]:
+            stranger = dpskit.AzureCloud(
+                cloud.subscription_id,
+                cloud.resource_group,
+                guess,
+                arm_endpoint=cloud.arm_endpoint,
+                trust_pem=cloud.trust_pem,
+            )
+            with pytest.raises(dpskit.AuthenticationError):
+                stranger.dps("remote")
+        # Another local process of the same user finds the token through the file.
+        attached = dpskit.LocalCloud.attach(tmp_path / "state")
+        assert attached is not None
+        assert attached.dps("remote").name == "remote"

@@ -786,7 +786,9 @@ def test_demo_on_azure_takes_the_arm_path_and_deletes_what_it_created(
         monkeypatch.setenv("DEMO_ARM_TOKEN", "a-bearer-token")
         status, out, err = run(
             capsys,
-            *("demo", "--azure", "--subscription", "0000", "--resource-group", "rg"),
+            # The stand-in answers for its own subscription and resource group only.
+            *("demo", "--azure", "--subscription", stand_in.subscription_id),
+            *("--resource-group", stand_in.resource_group),
             *("--token-env", "DEMO_ARM_TOKEN", "--arm-endpoint", stand_in.arm_endpoint),
             *("--trust-file", trust, "--dir", tmp_path / "demo", "--devices", "2"),
         )

@@ -5,7 +5,9 @@ emulator``)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -171,3 +173,51 @@ def test_device_provision_and_run_against_a_running_emulator(
     finally:
         emulator.send_signal(signal.SIGTERM)
         emulator.wait(timeout=30)
+
+
+def test_the_emulator_takes_its_arm_token_from_the_environment_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "guarded"
+    secret = "token-from-the-environment"
+    emulator = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", "0"),
+            *("--arm-token-env", "DPSKIT_TEST_ARM_TOKEN"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DPSKIT_TEST_ARM_TOKEN": secret},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while dpskit.LocalCloud.attach(state) is None:
+            assert emulator.poll() is None, emulator.stderr.read() if emulator.stderr else ""
+            assert time.monotonic() < deadline, "the emulator did not start"
+            time.sleep(0.05)
+        endpoints = state / "endpoints.json"
+        # The file holds the token: its owner alone may read it.
+        assert stat.S_IMODE(endpoints.stat().st_mode) == 0o600
+        assert json.loads(endpoints.read_text())["armToken"] == secret
+        # The CLI finds the token through the file; a stranger's guess is refused.
+        assert "locked-hub" in _run(
+            capsys, "cloud", "create-hub", "locked-hub", "--local", str(state)
+        )
+        attached = dpskit.LocalCloud.attach(state)
+        assert attached is not None
+        stranger = dpskit.AzureCloud(
+            attached.subscription_id,
+            attached.resource_group,
+            "dpskit-local",
+            arm_endpoint=attached.arm_endpoint,
+            trust_pem=attached.trust_pem,
+        )
+        with pytest.raises(dpskit.AuthenticationError):
+            stranger.hubs()
+    finally:
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(timeout=30)
+    # Never from an argument, and an unset variable is an error, not an open ARM.
+    assert main(["emulator", "--data-dir", str(state), "--arm-token-env", "DPSKIT_UNSET_VAR"]) == 1
+    assert "DPSKIT_UNSET_VAR" in capsys.readouterr().err

@@ -1155,6 +1155,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1,
         help="retry-after seconds DPS advises while assigning (0: fast mode for load tests)",
     )
+    p.add_argument(
+        "--arm-token-env",
+        metavar="VAR",
+        help="require this ARM bearer token, read from environment variable VAR (never from an "
+        "argument, which other users could read); without it, on a non-loopback --host a random "
+        "token is generated and written to DIR/endpoints.json (mode 0600)",
+    )
     p.set_defaults(handler=cmd_emulator, parser=p)
 
     parser.set_defaults(handler=None, parser=parser)
@@ -1168,6 +1175,15 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     from .cloud import LocalCloud
 
+    arm_tokens: list[str] | None = None
+    if args.arm_token_env:
+        token = os.environ.get(args.arm_token_env, "").strip()
+        if not token:
+            raise ConfigError(
+                f"--arm-token-env {args.arm_token_env}: that environment variable is not set "
+                "or empty"
+            )
+        arm_tokens = [token]
     data_dir = Path(args.data_dir)
     stop = threading.Event()
     # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C.
@@ -1178,15 +1194,22 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         port=args.port,
         https_port=args.https_port,
         poll_retry_after=args.poll_retry_after,
+        arm_tokens=arm_tokens,
     )
     # From here on an interrupt at any moment ends in a clean stop.
     try:
         trust = data_dir / "emulator-ca.cert.pem"
+        if arm_tokens:
+            arm_auth = f"bearer token from ${args.arm_token_env}"
+        elif cloud.endpoints_file is not None and cloud.arm_token is not None:
+            arm_auth = f"generated bearer token in {_display(cloud.endpoints_file)}"
+        else:
+            arm_auth = "any bearer token"
         print("dpskit local cloud (DPS and IoT Hub emulator)")
         _print_fields(
             [
                 ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
-                ("arm", f"{cloud.arm_endpoint} (ARM and service REST APIs, any bearer token)"),
+                ("arm", f"{cloud.arm_endpoint} (ARM and service REST APIs, {arm_auth})"),
                 ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
                 ("state", _display(cloud.data_dir)),
             ]

@@ -70,7 +70,7 @@ CustomAllocation = str | Callable[[dict[str, Any]], dict[str, Any] | str]
 DEFAULT_MQTT_PORT = 8883
 #: A running local cloud describes its endpoints in this file of its data folder.
 ENDPOINTS_FILE = "endpoints.json"
-#: The bearer token sent to the emulator (it accepts any on loopback).
+#: The bearer token sent to the emulator when it requires none (it accepts any on loopback).
 LOCAL_TOKEN = "dpskit-local"
 
 
@@ -1337,6 +1337,15 @@ class _Cloud:
         return LinkedHub._from_json(link, hub_name)
 
 
+def _write_owner_only(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` readable by its owner only: created 0600 (no window in which
+    another user could open it), and tightened if an older copy was looser."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)
+
+
 class LocalCloud(_Cloud):
     """The embedded emulator of DPS and IoT Hub, started on construction, managed through the
     same REST client as Azure (its ARM and service APIs on :attr:`arm_endpoint`).
@@ -1344,6 +1353,12 @@ class LocalCloud(_Cloud):
     Use it as a context manager, or call :meth:`stop`. Without ``data_dir`` the state lives in a
     temporary folder deleted on stop; with one, everything (including the emulator's CA, so
     trusted clients keep working) survives restarts.
+
+    ARM answers only for :attr:`subscription_id` and :attr:`resource_group`. On a loopback
+    ``host`` it accepts any bearer token unless ``arm_tokens`` are given. On any other address
+    (``host="0.0.0.0"``) the network could otherwise ask it for every owner key, so without
+    ``arm_tokens`` a random token is generated: this object uses it, and it is written to
+    :attr:`endpoints_file` (mode 0600) for other local processes such as ``dpskit cloud``.
     """
 
     subscription_id = "00000000-0000-0000-0000-000000000000"
@@ -1376,9 +1391,9 @@ class LocalCloud(_Cloud):
             https_port=https_port,
             arm_tokens=list(arm_tokens) if arm_tokens is not None else None,
         )
-        # By default ARM accepts any bearer token (loopback only); with arm_tokens, only those.
-        token = arm_tokens[0] if arm_tokens else LOCAL_TOKEN
-        # The emulator accepts any bearer token on loopback; Azure needs a real one.
+        # On loopback without arm_tokens ARM accepts any bearer token; off loopback the emulator
+        # generates one when none is configured, and only the configured or generated one works.
+        token = self._emulator.arm_token or LOCAL_TOKEN
         self._rest_client = RestClient(
             self.arm_endpoint,
             self.subscription_id,
@@ -1386,20 +1401,33 @@ class LocalCloud(_Cloud):
             lambda: token,
             self.trust_pem,
         )
-        # Other processes (the CLI, a notebook) find a running emulator through this file.
+        # Other processes (the CLI, a notebook) find a running emulator through this file; a
+        # generated token is only reachable through it, so it is written then even for a
+        # temporary folder.
         self._endpoints_file: Path | None = None
-        if data_dir is not None:
+        if data_dir is not None or self._emulator.arm_token is not None:
             self._endpoints_file = self.data_dir / ENDPOINTS_FILE
-            self._endpoints_file.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "armEndpoint": self.arm_endpoint,
-                        "mqttHost": self.host,
-                        "mqttPort": self.mqtt_port,
-                    }
-                )
-            )
+            endpoints: dict[str, Any] = {
+                "pid": os.getpid(),
+                "armEndpoint": self.arm_endpoint,
+                "mqttHost": self.host,
+                "mqttPort": self.mqtt_port,
+            }
+            if self._emulator.arm_token is not None:
+                endpoints["armToken"] = self._emulator.arm_token
+            _write_owner_only(self._endpoints_file, json.dumps(endpoints))
+
+    @property
+    def arm_token(self) -> str | None:
+        """The bearer token ARM requires (configured, or generated off loopback); ``None`` when
+        it accepts any (loopback without ``arm_tokens``)."""
+        return self._emulator.arm_token
+
+    @property
+    def endpoints_file(self) -> Path | None:
+        """The file describing this running cloud to other processes (owner-only, 0600: it
+        holds the ARM bearer token when one is required), or ``None`` when none is written."""
+        return self._endpoints_file
 
     @classmethod
     def start(
@@ -1490,8 +1518,9 @@ class LocalCloud(_Cloud):
     @property
     def arm_endpoint(self) -> str:
         """The management (Azure Resource Manager) endpoint: give it to ARM clients as their
-        base URL, with :attr:`trust_pem` as the CA they verify it with. The emulator accepts any
-        bearer token (it listens on loopback)."""
+        base URL, with :attr:`trust_pem` as the CA they verify it with, for
+        :attr:`subscription_id` and :attr:`resource_group`. On loopback the emulator accepts
+        any bearer token unless ``arm_tokens`` were given; elsewhere only :attr:`arm_token`."""
         return f"https://{self.host}:{self.https_port}"
 
     # -- resources only the emulator has -------------------------------------------------------
@@ -1550,11 +1579,12 @@ class LocalCloudClient(_Cloud):
         self.arm_endpoint: str = endpoints["armEndpoint"]
         self._mqtt_port: int = endpoints["mqttPort"]
         self._trust_pem = (data_dir / "emulator-ca.cert.pem").read_text()
+        token: str = endpoints.get("armToken") or LOCAL_TOKEN
         self._rest_client = RestClient(
             self.arm_endpoint,
             self.subscription_id,
             self.resource_group,
-            lambda: LOCAL_TOKEN,
+            lambda: token,
             self._trust_pem,
         )
 

@@ -120,6 +120,52 @@ fn check_etag(current: &str, if_match: Option<&str>) -> Result<()> {
     }
 }
 
+/// Longest device id IoT Hub accepts.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// Checks a hub device id against IoT Hub's rules: 1 to 128 ASCII letters, digits and
+/// `- : . + % _ # * ? ! ( ) , = @ $ '`. Every path that creates an identity or names one in an
+/// enrollment goes through here, so an id Azure would refuse never reaches the store.
+pub fn validate_device_id(id: &str) -> Result<()> {
+    let invalid = |rule: String| Error::Config(format!("invalid device id {id:?}: {rule}"));
+    if id.is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    let len = id.chars().count();
+    if len > MAX_DEVICE_ID_LEN {
+        return Err(invalid(format!(
+            "{len} characters; IoT Hub accepts at most {MAX_DEVICE_ID_LEN}"
+        )));
+    }
+    if let Some(bad) = id.chars().find(|c| {
+        !(c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '-' | ':'
+                    | '.'
+                    | '+'
+                    | '%'
+                    | '_'
+                    | '#'
+                    | '*'
+                    | '?'
+                    | '!'
+                    | '('
+                    | ')'
+                    | ','
+                    | '='
+                    | '@'
+                    | '$'
+                    | '\''
+            ))
+    }) {
+        return Err(invalid(format!(
+            "character {bad:?} is not allowed; IoT Hub accepts ASCII letters, digits and - : . + % _ # * ? ! ( ) , = @ $ '"
+        )));
+    }
+    Ok(())
+}
+
 fn check_resource_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -139,8 +185,14 @@ impl Cloud {
     /// Opens the configuration stored in `store`.
     pub(crate) fn open(store: Arc<Store>, tls: Arc<EmulatorTls>, dps_host: String) -> Result<Self> {
         let mut model = Model::default();
-        for hub in store.all::<HubRecord>(kind::HUB)? {
+        for mut hub in store.all::<HubRecord>(kind::HUB)? {
             tls.cover_host(&hub.host_name)?;
+            // A folder from before policies existed: its hubs get Azure's defaults, kept from
+            // now on (the owner keys stay those already handed out).
+            if hub.policies.is_empty() {
+                hub.policies = default_hub_policies(&hub.primary_key, &hub.secondary_key)?;
+                store.put(kind::HUB, &hub.name, &hub)?;
+            }
             model.hubs.insert(hub.name.clone(), hub);
         }
         for dps in store.all::<DpsRecord>(kind::DPS)? {
@@ -217,12 +269,15 @@ impl Cloud {
             )));
         }
         self.tls.cover_host(&host_name)?;
+        let (primary_key, secondary_key) =
+            (crate::sas::generate_key()?, crate::sas::generate_key()?);
         let hub = HubRecord {
             name: name.to_string(),
             host_name,
             location: location.to_string(),
-            primary_key: crate::sas::generate_key()?,
-            secondary_key: crate::sas::generate_key()?,
+            policies: default_hub_policies(&primary_key, &secondary_key)?,
+            primary_key,
+            secondary_key,
             created: now(),
         };
         self.store.put(kind::HUB, name, &hub)?;
@@ -326,6 +381,7 @@ impl Cloud {
 
     /// Creates or replaces a device identity in a hub.
     pub fn put_hub_device(&self, device: HubDevice) -> Result<()> {
+        validate_device_id(&device.device_id)?;
         self.store.put(
             kind::DEVICE,
             &format!("{}/{}", device.hub, device.device_id),
@@ -835,6 +891,9 @@ impl Cloud {
         if_match: Option<&str>,
     ) -> Result<IndividualEnrollment> {
         crate::pki::validate_registration_id(registration_id, false)?;
+        if let Some(device_id) = &spec.device_id {
+            validate_device_id(device_id)?;
+        }
         let mut model = self.write();
         let record = model
             .dps
@@ -982,6 +1041,34 @@ impl Cloud {
 type Table<T> = BTreeMap<(String, String), T>;
 
 /// A record of a per-DPS table, or Azure's 404.
+/// The policies Azure creates with every hub, with their rights as ARM lists them;
+/// `iothubowner` takes the given keys, the others fresh random ones.
+pub(crate) fn default_hub_policies(
+    owner_primary: &str,
+    owner_secondary: &str,
+) -> Result<Vec<SharedAccessPolicy>> {
+    let mut policies = vec![SharedAccessPolicy {
+        key_name: "iothubowner".into(),
+        primary_key: owner_primary.to_string(),
+        secondary_key: owner_secondary.to_string(),
+        rights: "RegistryWrite, ServiceConnect, DeviceConnect".into(),
+    }];
+    for (name, rights) in [
+        ("service", "ServiceConnect"),
+        ("device", "DeviceConnect"),
+        ("registryRead", "RegistryRead"),
+        ("registryReadWrite", "RegistryWrite"),
+    ] {
+        policies.push(SharedAccessPolicy {
+            key_name: name.into(),
+            primary_key: crate::sas::generate_key()?,
+            secondary_key: crate::sas::generate_key()?,
+            rights: rights.into(),
+        });
+    }
+    Ok(policies)
+}
+
 fn lookup<T: Clone>(table: &Table<T>, dps: &str, id: &str, what: &str) -> Result<T> {
     table
         .get(&(dps.to_string(), id.to_string()))

@@ -59,8 +59,42 @@ pub struct EmulatorConfig {
     pub worker_threads: Option<usize>,
     /// HTTPS port of the management (ARM) and service REST APIs on `host`; 0 picks a free one.
     pub https_port: u16,
-    /// Bearer tokens ARM accepts; `None` accepts any (the listener is on loopback).
+    /// Bearer tokens ARM accepts. `None` accepts any bearer token when `host` is a loopback
+    /// address; on any other address a random token is generated instead (see
+    /// [`Emulator::arm_token`]), so the network never reaches the owner keys without one.
     pub arm_tokens: Option<Vec<String>>,
+    /// The only subscription id ARM answers for (others get `SubscriptionNotFound`).
+    pub subscription_id: String,
+    /// The only resource group ARM answers for (others get `ResourceGroupNotFound`).
+    pub resource_group: String,
+    /// Limits of the HTTPS listener.
+    pub rest_limits: RestLimits,
+}
+
+/// The subscription id the emulator's ARM answers for by default (Python's `LocalCloud` too).
+pub const DEFAULT_SUBSCRIPTION_ID: &str = "00000000-0000-0000-0000-000000000000";
+/// The resource group the emulator's ARM answers for by default.
+pub const DEFAULT_RESOURCE_GROUP: &str = "dpskit-local";
+
+/// Limits of the HTTPS listener, so that slow or idle clients cannot starve it.
+#[derive(Debug, Clone)]
+pub struct RestLimits {
+    /// Connections served at once; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Time allowed to send a request's headers (also the TLS handshake deadline).
+    pub header_timeout: Duration,
+    /// Time allowed to send a whole request body once the headers are accepted.
+    pub body_timeout: Duration,
+}
+
+impl Default for RestLimits {
+    fn default() -> Self {
+        RestLimits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -74,6 +108,9 @@ impl Default for EmulatorConfig {
             worker_threads: None,
             https_port: 0,
             arm_tokens: None,
+            subscription_id: DEFAULT_SUBSCRIPTION_ID.into(),
+            resource_group: DEFAULT_RESOURCE_GROUP.into(),
+            rest_limits: RestLimits::default(),
         }
     }
 }
@@ -155,6 +192,8 @@ pub struct Emulator {
     /// Whether the data folder was temporary (kept after `temporary` is dropped on stop).
     is_temporary: bool,
     https_port: u16,
+    /// The bearer token ARM requires (configured or generated), `None` when it accepts any.
+    arm_token: Option<String>,
 }
 
 impl Emulator {
@@ -234,15 +273,26 @@ impl Emulator {
             is_temporary: temporary.is_some(),
             temporary,
             https_port: 0,
+            arm_token: None,
         };
         let first = emulator.listeners.listen(host_ip, config.port)?;
         emulator
             .listeners
             .port
             .store(first.port(), std::sync::atomic::Ordering::Relaxed);
-        emulator.https_port = emulator
-            .listen_https(host_ip, config.https_port, config.arm_tokens.clone())?
-            .port();
+        let arm_tokens = match config.arm_tokens.clone() {
+            Some(tokens) => Some(tokens),
+            // Off loopback anyone on the network could ask ARM for the owner keys.
+            None if !host_ip.is_loopback() => {
+                log::warn!(
+                    "emulator: {host_ip} is not a loopback address and no ARM token was configured: ARM requires a generated bearer token (dpskit's LocalCloud keeps it in endpoints.json in the data folder, mode 0600)"
+                );
+                Some(vec![crate::sas::generate_key()?])
+            }
+            None => None,
+        };
+        emulator.arm_token = arm_tokens.as_ref().and_then(|t| t.first().cloned());
+        emulator.https_port = emulator.listen_https(host_ip, &config, arm_tokens)?.port();
         for hub in emulator.cloud.hubs() {
             emulator.listeners.listen_for_host(&hub.host_name)?;
         }
@@ -256,9 +306,10 @@ impl Emulator {
     fn listen_https(
         &self,
         ip: IpAddr,
-        port: u16,
+        config: &EmulatorConfig,
         arm_tokens: Option<Vec<String>>,
     ) -> Result<SocketAddr> {
+        let port = config.https_port;
         let runtime = self
             .runtime
             .as_ref()
@@ -278,9 +329,19 @@ impl Emulator {
             listeners: self.listeners.clone(),
             service_authority: bound.to_string(),
             arm_tokens,
+            subscription_id: config.subscription_id.clone(),
+            resource_group: config.resource_group.clone(),
+            slots: Arc::new(Semaphore::new(config.rest_limits.max_connections.max(1))),
+            limits: config.rest_limits.clone(),
         });
         runtime.spawn(rest::serve(listener, context));
         Ok(bound)
+    }
+
+    /// The bearer token ARM requires: the first configured one, or the one generated because
+    /// the emulator listens off loopback; `None` when ARM accepts any (loopback only).
+    pub fn arm_token(&self) -> Option<&str> {
+        self.arm_token.as_deref()
     }
 
     /// The port of the HTTPS listener (ARM and service REST APIs).

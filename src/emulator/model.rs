@@ -20,6 +20,52 @@ pub struct HubRecord {
     pub secondary_key: String,
     /// Creation time, Unix seconds.
     pub created: i64,
+    /// Shared access policies (Azure's five defaults; `iothubowner` holds the keys above).
+    /// Records written before policies existed get the defaults when the store is opened.
+    #[serde(default)]
+    pub policies: Vec<SharedAccessPolicy>,
+}
+
+/// A shared access policy of a hub or DPS: a named pair of keys and the rights a SAS token
+/// signed with them carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedAccessPolicy {
+    /// Policy name (`skn` of the tokens it signs).
+    pub key_name: String,
+    /// Primary key (base64).
+    pub primary_key: String,
+    /// Secondary key (base64).
+    pub secondary_key: String,
+    /// Azure's rights string, e.g. `RegistryWrite, ServiceConnect, DeviceConnect`.
+    pub rights: String,
+}
+
+impl SharedAccessPolicy {
+    /// Whether the policy carries `right`. A write right implies the matching read right, as on
+    /// Azure (`registryReadWrite` is listed with `RegistryWrite` alone yet reads the registry),
+    /// and DPS's `ServiceConfig` implies every service-API right.
+    pub fn grants(&self, right: &str) -> bool {
+        self.rights.split(',').map(str::trim).any(|r| {
+            r.eq_ignore_ascii_case(right)
+                || (r.eq_ignore_ascii_case("RegistryWrite")
+                    && right.eq_ignore_ascii_case("RegistryRead"))
+                || (r.eq_ignore_ascii_case("EnrollmentWrite")
+                    && right.eq_ignore_ascii_case("EnrollmentRead"))
+                || (r.eq_ignore_ascii_case("RegistrationStatusWrite")
+                    && right.eq_ignore_ascii_case("RegistrationStatusRead"))
+                || r.eq_ignore_ascii_case("ServiceConfig")
+        })
+    }
+}
+
+impl HubRecord {
+    /// The policy named `name` (case-insensitive, as Azure matches `skn`).
+    pub fn policy(&self, name: &str) -> Option<&SharedAccessPolicy> {
+        self.policies
+            .iter()
+            .find(|p| p.key_name.eq_ignore_ascii_case(name))
+    }
 }
 
 /// A DPS instance.

@@ -1800,8 +1800,8 @@ fn arm_certificates_and_proof_of_possession_over_https() {
     let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
     let arm = ArmClient::new(
         &endpoint,
-        "sub-1",
-        "rg-1",
+        crate::emulator::DEFAULT_SUBSCRIPTION_ID,
+        crate::emulator::DEFAULT_RESOURCE_GROUP,
         crate::service::arm::static_token("any-token"),
         &trust,
     )
@@ -1871,7 +1871,7 @@ fn arm_certificates_and_proof_of_possession_over_https() {
         let http = crate::service::http_client(&trust, Duration::from_secs(5)).unwrap();
         let response = http
             .get(format!(
-                "{endpoint}/subscriptions/s/resourceGroups/r/providers/Microsoft.Devices/provisioningServices/dps/certificates?api-version=2026-11-01"
+                "{endpoint}/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dpskit-local/providers/Microsoft.Devices/provisioningServices/dps/certificates?api-version=2026-11-01"
             ))
             .send()
             .await
@@ -1898,8 +1898,8 @@ fn arm_resources_hubs_dps_keys_and_links_over_https() {
     let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
     let arm = ArmClient::new(
         &endpoint,
-        "sub-1",
-        "rg-1",
+        crate::emulator::DEFAULT_SUBSCRIPTION_ID,
+        crate::emulator::DEFAULT_RESOURCE_GROUP,
         crate::service::arm::static_token("any-token"),
         &trust,
     )

@@ -98,6 +98,7 @@ impl PyEmulator {
             worker_threads: None,
             https_port,
             arm_tokens,
+            ..EmulatorConfig::default()
         };
         let emulator = py.detach(|| crate::emulator::Emulator::start(config))?;
         Ok(PyEmulator {
@@ -165,6 +166,17 @@ impl PyEmulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .https_port()
+    }
+
+    /// The bearer token ARM requires (configured, or generated off loopback); `None` when ARM
+    /// accepts any bearer token (loopback without configured tokens).
+    #[getter]
+    fn arm_token(&self) -> Option<String> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .arm_token()
+            .map(str::to_string)
     }
 
     /// The MQTT port.

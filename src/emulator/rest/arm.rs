@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Reply, RestContext, arm_error, from_error, http_date};
 use crate::emulator::Cloud;
-use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord};
+use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord, SharedAccessPolicy};
 use crate::error::Error;
 use crate::pki::Certificate;
 
@@ -129,7 +129,7 @@ fn provisioning_services(
         }
         (&Method::POST, 3, Some("keys")) if lower(2).as_deref() == Some("listkeys") => {
             let dps = cloud.dps(name)?;
-            if !rest[1].eq_ignore_ascii_case("provisioningserviceowner") {
+            if !rest[1].eq_ignore_ascii_case(super::dps_service::OWNER_POLICY) {
                 return Ok(arm_error(
                     404,
                     "KeyNameNotFound",
@@ -151,12 +151,7 @@ fn provisioning_services(
 }
 
 fn dps_key_json(dps: &DpsRecord) -> Value {
-    json!({
-        "keyName": "provisioningserviceowner",
-        "primaryKey": dps.primary_key,
-        "secondaryKey": dps.secondary_key,
-        "rights": "ServiceConfig, DeviceConnect, EnrollmentWrite",
-    })
+    policy_json(&super::dps_service::dps_policies(dps)[0])
 }
 
 /// The DPS resource: what `az iot dps show` and the management SDK read.
@@ -336,19 +331,19 @@ fn iot_hubs(
             let hub = cloud.hub(name)?;
             Ok(Reply::json(
                 StatusCode::OK,
-                json!({"value": [hub_key_json(&hub)]}),
+                json!({"value": hub.policies.iter().map(policy_json).collect::<Vec<_>>()}),
             ))
         }
         (&Method::POST, 3, Some("iothubkeys")) if lower(2).as_deref() == Some("listkeys") => {
             let hub = cloud.hub(name)?;
-            if !rest[1].eq_ignore_ascii_case("iothubowner") {
-                return Ok(arm_error(
+            match hub.policy(rest[1]) {
+                Some(policy) => Ok(Reply::json(StatusCode::OK, policy_json(policy))),
+                None => Ok(arm_error(
                     404,
                     "KeyNameNotFound",
                     &format!("no shared access policy named {} in {name}", rest[1]),
-                ));
+                )),
             }
-            Ok(Reply::json(StatusCode::OK, hub_key_json(&hub)))
         }
         _ => Ok(arm_error(
             405,
@@ -358,12 +353,13 @@ fn iot_hubs(
     }
 }
 
-fn hub_key_json(hub: &HubRecord) -> Value {
+/// `SharedAccessSignatureAuthorizationRule`: a policy with its keys, as `listkeys` answers.
+fn policy_json(policy: &SharedAccessPolicy) -> Value {
     json!({
-        "keyName": "iothubowner",
-        "primaryKey": hub.primary_key,
-        "secondaryKey": hub.secondary_key,
-        "rights": "RegistryWrite, ServiceConnect, DeviceConnect",
+        "keyName": policy.key_name,
+        "primaryKey": policy.primary_key,
+        "secondaryKey": policy.secondary_key,
+        "rights": policy.rights,
     })
 }
 

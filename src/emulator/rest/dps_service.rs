@@ -14,12 +14,14 @@ use crate::emulator::cloud::{EnrollmentSpec, azure_time, decode_der, random_guid
 use crate::emulator::model::{
     AllocationPolicy, Attestation, CustomAllocation, DpsRecord, EnrollmentGroup,
     EnrollmentSettings, IndividualEnrollment, ProvisioningStatus, RegistrationRecord,
-    ReprovisionPolicy,
+    ReprovisionPolicy, SharedAccessPolicy,
 };
 use crate::error::Error;
 
 /// The policy whose keys sign service tokens.
-const OWNER_POLICY: &str = "provisioningserviceowner";
+pub(super) const OWNER_POLICY: &str = "provisioningserviceowner";
+/// Its rights as Azure lists them (`ServiceConfig` implies every service-API right).
+pub(super) const OWNER_RIGHTS: &str = "ServiceConfig, DeviceConnect, EnrollmentWrite";
 /// Azure's limit on one bulk operation.
 const MAX_BULK: usize = 10;
 
@@ -51,27 +53,70 @@ fn from_error(error: &Error) -> Reply {
     }
 }
 
-/// Finds the DPS whose `provisioningserviceowner` key signed the request's SAS token.
-fn authenticate(parts: &Parts, context: &RestContext) -> Result<DpsRecord, Reply> {
-    let candidates = context.cloud.all_dps().into_iter().map(|r| {
-        let keys = (r.primary_key.clone(), r.secondary_key.clone());
-        (r, keys.0, keys.1)
-    });
-    super::sas_signer(parts, OWNER_POLICY, candidates)
-        .map_err(|why| service_error(401, 401_002, &why))
+/// The DPS's shared access policies, as ARM lists them: Azure creates only
+/// `provisioningserviceowner`, whose keys are the record's.
+pub(super) fn dps_policies(dps: &DpsRecord) -> Vec<SharedAccessPolicy> {
+    vec![SharedAccessPolicy {
+        key_name: OWNER_POLICY.into(),
+        primary_key: dps.primary_key.clone(),
+        secondary_key: dps.secondary_key.clone(),
+        rights: OWNER_RIGHTS.into(),
+    }]
 }
 
-/// Serves one DPS service request.
+/// The right an operation needs.
+fn required_right(method: &Method, lower: &[&str]) -> &'static str {
+    match (method, lower.first().copied()) {
+        (&Method::GET, Some("registrations")) => "RegistrationStatusRead",
+        (&Method::POST, Some("registrations")) => "RegistrationStatusRead",
+        (_, Some("registrations")) => "RegistrationStatusWrite",
+        (&Method::GET, _) => "EnrollmentRead",
+        (&Method::POST, _) if lower.last() == Some(&"query") => "EnrollmentRead",
+        // Attestation mechanisms carry keys: reading them is as strong as writing.
+        _ => "EnrollmentWrite",
+    }
+}
+
+/// Authenticates a DPS service request on its headers: the DPS whose policy signed a token
+/// for this service host that covers the resource and carries the operation's right.
+pub(super) fn authorize(
+    parts: &Parts,
+    segments: &[&str],
+    context: &RestContext,
+) -> Result<DpsRecord, Reply> {
+    let refuse = |why: &str| service_error(401, 401_002, why);
+    // Every DPS shares the emulator's one service host; the signature tells them apart.
+    let candidates = context.cloud.all_dps().into_iter().map(|dps| {
+        let policies = dps_policies(&dps);
+        (dps, context.service_authority.clone(), policies)
+    });
+    let grant = super::sas_grant(parts, "DPS service", candidates).map_err(|why| refuse(&why))?;
+    if !grant.covers(segments) {
+        return Err(refuse(&format!(
+            "The SAS token's sr does not cover /{}.",
+            segments.join("/")
+        )));
+    }
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let right = required_right(&parts.method, &lower);
+    if !grant.policy.grants(right) {
+        return Err(refuse(&format!(
+            "The shared access policy {} does not grant {right}.",
+            grant.policy.key_name
+        )));
+    }
+    Ok(grant.signer)
+}
+
+/// Serves one authenticated DPS service request.
 pub(super) fn handle(
     parts: &Parts,
     segments: &[&str],
     body: &[u8],
+    dps: &DpsRecord,
     context: &RestContext,
 ) -> Reply {
-    let dps = match authenticate(parts, context) {
-        Ok(dps) => dps,
-        Err(reply) => return reply,
-    };
     let if_match = parts
         .headers
         .get(IF_MATCH)
@@ -89,7 +134,7 @@ pub(super) fn handle(
         continuation: header("x-ms-continuation").and_then(|v| v.parse().ok()),
     };
     let request = Request {
-        dps: &dps,
+        dps,
         body,
         if_match: if_match.as_deref(),
         paging,

@@ -1,5 +1,9 @@
 //! The IoT Hub service API a walkthrough uses: device identities, twins (read, desired and tag
-//! patches), direct methods, authenticated with an `iothubowner` SAS token; plus two
+//! patches), direct methods, authenticated as on Azure: a SAS token whose `sr` is the hub host
+//! (or a prefix of the resource reached, e.g. `{host}/devices/{id}`), signed by a key of the
+//! shared access policy its `skn` names, which must carry the operation's right (registry
+//! reads: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D and telemetry:
+//! `ServiceConnect`); plus two
 //! emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
 //! routes telemetry to Event Hubs, neither of which a REST client can reach): send a C2D
 //! message, read the stored telemetry.
@@ -18,8 +22,6 @@ use crate::emulator::cloud::{azure_time, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
 use crate::error::Error;
 
-/// The policy whose keys sign service tokens.
-const OWNER_POLICY: &str = "iothubowner";
 /// Azure's default and largest direct-method response timeouts.
 const DEFAULT_METHOD_TIMEOUT: u64 = 30;
 const MAX_METHOD_TIMEOUT: u64 = 300;
@@ -53,27 +55,69 @@ fn from_error(error: &Error) -> Reply {
     }
 }
 
-/// The hub whose `iothubowner` key signed the request's SAS token.
-fn authenticate(parts: &Parts, context: &RestContext) -> Result<HubRecord, Reply> {
-    let candidates = context.cloud.hubs().into_iter().map(|r| {
-        let keys = (r.primary_key.clone(), r.secondary_key.clone());
-        (r, keys.0, keys.1)
-    });
-    super::sas_signer(parts, OWNER_POLICY, candidates).map_err(|why| hub_error(401, 401_002, &why))
+/// A request authenticated for one hub.
+pub(super) struct HubCaller {
+    hub: HubRecord,
 }
 
-/// Serves one hub service request.
+/// The right an operation needs; `None` for a route the API does not have (answered 405 once
+/// the caller is authenticated).
+fn required_right(method: &Method, lower: &[&str]) -> Option<&'static str> {
+    match (method, lower) {
+        (&Method::POST, ["devices", "query"]) | (&Method::GET, ["devices", _]) => {
+            Some("RegistryRead")
+        }
+        (&Method::PUT | &Method::DELETE, ["devices", _]) => Some("RegistryWrite"),
+        (&Method::GET | &Method::PATCH, ["twins", _])
+        | (&Method::POST, ["twins", _, "methods"])
+        | (&Method::POST, ["dpskit", "devices", _, "c2d"])
+        | (&Method::GET, ["dpskit", "telemetry"]) => Some("ServiceConnect"),
+        _ => None,
+    }
+}
+
+/// Authenticates a hub service request on its headers: the token's hub, scope and right.
+pub(super) fn authorize(
+    parts: &Parts,
+    segments: &[&str],
+    context: &RestContext,
+) -> Result<HubCaller, Reply> {
+    let refuse = |why: &str| hub_error(401, 401_002, why);
+    let candidates = context.cloud.hubs().into_iter().map(|hub| {
+        let host = hub.host_name.clone();
+        let policies = hub.policies.clone();
+        (hub, host, policies)
+    });
+    let grant = super::sas_grant(parts, "IoT hub", candidates).map_err(|why| refuse(&why))?;
+    if !grant.covers(segments) {
+        return Err(refuse(&format!(
+            "The SAS token's sr does not cover /{}.",
+            segments.join("/")
+        )));
+    }
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    if let Some(right) = required_right(&parts.method, &lower)
+        && !grant.policy.grants(right)
+    {
+        return Err(refuse(&format!(
+            "The shared access policy {} does not grant {right}.",
+            grant.policy.key_name
+        )));
+    }
+    Ok(HubCaller { hub: grant.signer })
+}
+
+/// Serves one authenticated hub service request.
 pub(super) async fn handle(
     parts: &Parts,
     segments: &[&str],
     query: &str,
     body: &[u8],
+    caller: &HubCaller,
     context: &RestContext,
 ) -> Reply {
-    let hub = match authenticate(parts, context) {
-        Ok(hub) => hub,
-        Err(reply) => return reply,
-    };
+    let hub = &caller.hub;
     let if_match = parts.headers.get(IF_MATCH).and_then(|v| v.to_str().ok());
     let host = hub.host_name.as_str();
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
@@ -176,7 +220,7 @@ fn put_device(
     body: &[u8],
     if_match: Option<&str>,
 ) -> crate::Result<Reply> {
-    crate::pki::validate_registration_id(device_id, false)?;
+    crate::emulator::cloud::validate_device_id(device_id)?;
     let body = json_body(body)?;
     let existing = context.cloud.hub_device(host, device_id);
     if existing.is_none() && if_match.is_some_and(|t| t != "*") {

@@ -3,6 +3,12 @@
 //! and error shapes, so that dpskit's REST client and the official management SDK both work
 //! against it. Every request is translated into the same [`Cloud`] operations the in-process
 //! API uses.
+//!
+//! Nothing a client sends is trusted before it is authenticated: the ARM bearer token and the
+//! service APIs' SAS tokens (`sr` scope, `skn` policy and its rights) are checked on the headers
+//! alone, and a refused request is answered (and its connection closed) without reading its
+//! body. Connections are capped ([`RestLimits`](crate::emulator::RestLimits)), headers and bodies
+//! have deadlines, so slow or stalled clients cannot starve the listener.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,12 +16,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::emulator::Cloud;
+use crate::emulator::model::SharedAccessPolicy;
 use crate::error::Error;
 
 /// The largest request body accepted (a certificate chain fits many times over).
@@ -24,6 +32,8 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 mod arm;
 mod dps_service;
 mod hub_service;
+#[cfg(test)]
+mod tests;
 
 /// What the HTTPS listener serves from.
 pub(crate) struct RestContext {
@@ -37,22 +47,35 @@ pub(crate) struct RestContext {
     pub listeners: Arc<crate::emulator::Listeners>,
     /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
     pub service_authority: String,
-    /// Bearer tokens ARM accepts; `None` accepts any.
+    /// Bearer tokens ARM accepts; `None` accepts any (only ever on loopback).
     pub arm_tokens: Option<Vec<String>>,
+    /// The one subscription ARM answers for.
+    pub subscription_id: String,
+    /// The one resource group ARM answers for.
+    pub resource_group: String,
+    /// Connection cap, header and body deadlines.
+    pub limits: crate::emulator::RestLimits,
+    /// One permit per connection being served.
+    pub slots: Arc<Semaphore>,
 }
 
 /// Accepts HTTPS connections until the runtime stops.
 pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
     loop {
+        // Past the cap, connections wait in the kernel's backlog rather than costing memory.
+        let Ok(permit) = context.slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let context = context.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let tls = match tokio::time::timeout(
-                Duration::from_secs(10),
+                context.limits.header_timeout,
                 context.acceptor.accept(stream),
             )
             .await
@@ -64,11 +87,17 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
                 }
                 Err(_) => return,
             };
+            let service_context = context.clone();
             let service = hyper::service::service_fn(move |request| {
-                let context = context.clone();
+                let context = service_context.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(request, &context).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(context.limits.header_timeout)
+                // A client may shut its side down once its request is out and still expects
+                // the answer.
+                .half_close(true)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await
             {
@@ -137,32 +166,114 @@ pub(super) fn from_error(error: &Error) -> Reply {
     }
 }
 
+/// Who a request was authenticated as: the API it addresses, decided on its headers alone.
+enum Caller {
+    Arm,
+    Hub(hub_service::HubCaller),
+    Dps(crate::emulator::model::DpsRecord),
+}
+
+/// The request's path, split on `/` and percent-decoded segment by segment.
+fn path_segments(path: &str) -> Vec<String> {
+    // Names arrive percent-encoded; the resources are known by their decoded names.
+    path.trim_matches('/')
+        .split('/')
+        .map(|s| crate::sas::url_decode(s).unwrap_or_else(|_| s.to_string()))
+        .collect()
+}
+
+/// Authenticates a request from its method, path and headers: which API it addresses and on
+/// whose behalf, or the refusal to answer without reading the body.
+fn authorize(
+    parts: &hyper::http::request::Parts,
+    segments: &[&str],
+    context: &RestContext,
+) -> Result<Caller, Reply> {
+    let path = parts.uri.path();
+    let first = segments.first().map(|s| s.to_ascii_lowercase());
+    match first.as_deref() {
+        Some("devices" | "twins" | "dpskit") => {
+            hub_service::authorize(parts, segments, context).map(Caller::Hub)
+        }
+        Some("enrollments" | "enrollmentgroups" | "registrations") => {
+            dps_service::authorize(parts, segments, context).map(Caller::Dps)
+        }
+        Some("subscriptions") => authorize_arm(parts, segments, context).map(|()| Caller::Arm),
+        _ => Err(arm_error(
+            404,
+            "404000",
+            &format!("no API is served at {path}"),
+        )),
+    }
+}
+
 async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
-    let reply = match Limited::new(body, MAX_BODY).collect().await {
-        Err(_) => arm_error(413, "413000", "the request body is larger than 4 MB"),
-        Ok(collected) => {
-            let body = collected.to_bytes();
-            // Names arrive percent-encoded; the resources are known by their decoded names.
-            let decoded: Vec<String> = parts
-                .uri
-                .path()
-                .trim_matches('/')
-                .split('/')
-                .map(|s| crate::sas::url_decode(s).unwrap_or_else(|_| s.to_string()))
-                .collect();
-            let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-            let first = segments.first().map(|s| s.to_ascii_lowercase());
-            match first.as_deref() {
-                // Service calls that may wait (direct methods) run on the connection's task.
-                Some("devices" | "twins" | "dpskit") => {
-                    let query = parts.uri.query().unwrap_or("");
-                    hub_service::handle(&parts, &segments, query, &body, context).await
-                }
-                _ => route(&parts, &segments, &body, context),
-            }
+    let decoded = path_segments(parts.uri.path());
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let caller = match authorize(&parts, &segments, context) {
+        Ok(caller) => caller,
+        // The body stays unread: closing the connection is cheaper than draining an upload
+        // nobody asked for.
+        Err(reply) => return respond(reply, true),
+    };
+    let collected = tokio::time::timeout(
+        context.limits.body_timeout,
+        Limited::new(body, MAX_BODY).collect(),
+    )
+    .await;
+    let body = match collected {
+        Err(_) => {
+            return respond(
+                arm_error(408, "408000", "the request body did not arrive in time"),
+                true,
+            );
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return respond(
+                arm_error(413, "413000", "the request body is larger than 4 MB"),
+                true,
+            );
+        }
+        Ok(Err(e)) => {
+            return respond(
+                arm_error(
+                    400,
+                    "400000",
+                    &format!("the request body is incomplete: {e}"),
+                ),
+                true,
+            );
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let reply = match caller {
+        // Service calls that may wait (direct methods) run on the connection's task.
+        Caller::Hub(hub) => {
+            let query = parts.uri.query().unwrap_or("");
+            hub_service::handle(&parts, &segments, query, &body, &hub, context).await
+        }
+        Caller::Dps(dps) => dps_service::handle(&parts, &segments, &body, &dps, context),
+        Caller::Arm => {
+            let if_match = parts
+                .headers
+                .get(hyper::header::IF_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            arm::handle(
+                &parts.method,
+                &segments,
+                &body,
+                if_match.as_deref(),
+                context,
+            )
         }
     };
+    respond(reply, false)
+}
+
+/// The HTTP response for `reply`; `close` ends the connection after it.
+fn respond(reply: Reply, close: bool) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(match &reply.body {
         Some(v) => Bytes::from(v.to_string()),
         None => Bytes::new(),
@@ -182,96 +293,175 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
             response.headers_mut().insert(name, value);
         }
     }
+    if close {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
-fn route(
+/// ARM's checks on the headers: the bearer token, the api-version, and that the path names
+/// the emulator's own subscription and resource group (Azure's 404s otherwise).
+fn authorize_arm(
     parts: &hyper::http::request::Parts,
     segments: &[&str],
-    body: &[u8],
     context: &RestContext,
-) -> Reply {
-    let path = parts.uri.path();
+) -> Result<(), Reply> {
     let query = parts.uri.query().unwrap_or("");
-    let first = segments.first().map(|s| s.to_ascii_lowercase());
-    match first.as_deref() {
-        Some("subscriptions") => {}
-        Some("enrollments" | "enrollmentgroups" | "registrations") => {
-            return dps_service::handle(parts, segments, body, context);
-        }
-        _ => return arm_error(404, "404000", &format!("no API is served at {path}")),
-    }
-    // By default any bearer token passes (the listener is on loopback): what matters for
-    // clients is that they send one, as they must to Azure. Configured tokens are enforced.
+    // On loopback with no configured token any bearer token passes: what matters for clients
+    // is that they send one, as they must to Azure. Off loopback a token is always configured
+    // (generated if need be, see `Emulator::start`).
     let bearer = parts
         .headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer "))
+        .filter(|v| v.len() > 7 && v.is_char_boundary(7) && v[..7].eq_ignore_ascii_case("bearer "))
         .map(|v| v[7..].trim());
     let accepted = match (&context.arm_tokens, bearer) {
         (_, None) => false,
         (None, Some(_)) => true,
-        (Some(tokens), Some(token)) => tokens.iter().any(|t| t == token),
+        // Digests are compared, so the time taken tells nothing about the token's bytes.
+        (Some(tokens), Some(token)) => {
+            let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+            let sent = digest(token);
+            tokens.iter().any(|t| digest(t).as_ref() == sent.as_ref())
+        }
     };
     if !accepted {
-        return arm_error(
+        return Err(arm_error(
             401,
             "AuthenticationFailed",
             "Authentication failed. The 'Authorization' header is missing, not a Bearer token, or not a token this emulator was configured to accept.",
-        );
+        ));
     }
     let has_api_version = crate::emulator::topics::query_pairs(query)
         .any(|(k, v)| k.eq_ignore_ascii_case("api-version") && !v.is_empty());
     if !has_api_version {
-        return arm_error(
+        return Err(arm_error(
             400,
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
-        );
+        ));
     }
-    let if_match = parts
-        .headers
-        .get(hyper::header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    arm::handle(&parts.method, segments, body, if_match.as_deref(), context)
+    if let Some(subscription) = segments.get(1)
+        && !subscription.eq_ignore_ascii_case(&context.subscription_id)
+    {
+        return Err(arm_top_error(
+            404,
+            "SubscriptionNotFound",
+            &format!("The subscription '{subscription}' could not be found."),
+        ));
+    }
+    if segments
+        .get(2)
+        .is_some_and(|s| s.eq_ignore_ascii_case("resourceGroups"))
+        && let Some(group) = segments.get(3)
+        && !group.eq_ignore_ascii_case(&context.resource_group)
+    {
+        return Err(arm_top_error(
+            404,
+            "ResourceGroupNotFound",
+            &format!("Resource group '{group}' could not be found."),
+        ));
+    }
+    Ok(())
 }
 
-/// The candidate whose `policy` key (primary or secondary) signed the request's SAS token, or
-/// why the request is not authorized (shared by the DPS and hub service APIs).
-pub(super) fn sas_signer<T>(
+/// An error from ARM itself rather than from the resource provider:
+/// `{"error": {"code", "message"}}`.
+fn arm_top_error(status: u16, code: &str, message: &str) -> Reply {
+    let mut reply = Reply::json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        json!({"error": {"code": code, "message": message}}),
+    );
+    reply.headers.push(("x-ms-failure-cause", "gateway".into()));
+    reply
+}
+
+/// A SAS token's grant: what signed it and what it may reach.
+pub(super) struct SasGrant<T> {
+    /// The resource (hub, DPS) whose policy key signed the token.
+    pub(super) signer: T,
+    /// The policy named by `skn`.
+    pub(super) policy: SharedAccessPolicy,
+    /// `sr` after the host, lower-case, as path segments (empty: the whole host).
+    pub(super) scope: Vec<String>,
+}
+
+impl<T> SasGrant<T> {
+    /// Whether `sr` covers the resource at `segments` (the request path): as Azure compares
+    /// it, case-insensitively and by whole segments, so `devices/dev-a` does not cover
+    /// `devices/dev-ab`.
+    pub(super) fn covers(&self, segments: &[&str]) -> bool {
+        self.scope.len() <= segments.len()
+            && self
+                .scope
+                .iter()
+                .zip(segments)
+                .all(|(scope, segment)| scope.eq_ignore_ascii_case(segment))
+    }
+}
+
+/// Checks the request's SAS token (shared by the DPS and hub service APIs): the host part of
+/// its `sr` picks the candidates (`(resource, host, policies)`), `skn` one of their policies,
+/// whose primary or secondary key must have signed it. Rights and scope are the caller's.
+pub(super) fn sas_grant<T>(
     parts: &hyper::http::request::Parts,
-    policy: &str,
-    candidates: impl IntoIterator<Item = (T, String, String)>,
-) -> Result<T, String> {
+    api: &str,
+    candidates: impl IntoIterator<Item = (T, String, Vec<SharedAccessPolicy>)>,
+) -> Result<SasGrant<T>, String> {
     let header = parts
         .headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            format!("The Authorization header is missing: send a {policy} SAS token.")
-        })?;
+        .ok_or_else(|| format!("The Authorization header is missing: send a {api} SAS token."))?;
     let token = crate::sas::SasToken::parse(header).map_err(|e| e.to_string())?;
     if token.expiry < crate::pki::issue::now() {
         return Err("The SAS token has expired.".into());
     }
-    if !token
+    // Azure tolerates a trailing slash and compares without regard to case.
+    let resource = token.resource.trim_end_matches('/').to_ascii_lowercase();
+    let mut parts_of_sr = resource.split('/');
+    let host = parts_of_sr.next().unwrap_or_default().to_string();
+    let scope: Vec<String> = parts_of_sr.map(str::to_string).collect();
+    let key_name = token
         .key_name
         .as_deref()
-        .is_some_and(|k| k.eq_ignore_ascii_case(policy))
-    {
-        return Err(format!(
-            "The SAS token must name the {policy} policy (skn)."
-        ));
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| "The SAS token must name a shared access policy (skn).".to_string())?;
+    let mut host_known = false;
+    let mut policy_known = false;
+    for (signer, candidate_host, policies) in candidates {
+        if !candidate_host.eq_ignore_ascii_case(&host) {
+            continue;
+        }
+        host_known = true;
+        let Some(policy) = policies
+            .into_iter()
+            .find(|p| p.key_name.eq_ignore_ascii_case(key_name))
+        else {
+            continue;
+        };
+        policy_known = true;
+        if token.is_signed_by(&policy.primary_key) || token.is_signed_by(&policy.secondary_key) {
+            return Ok(SasGrant {
+                signer,
+                policy,
+                scope,
+            });
+        }
     }
-    candidates
-        .into_iter()
-        .find(|(_, primary, secondary)| {
-            token.is_signed_by(primary) || token.is_signed_by(secondary)
-        })
-        .map(|(found, _, _)| found)
-        .ok_or_else(|| format!("The SAS token is not signed by a {policy} key of this emulator."))
+    Err(if !host_known {
+        format!(
+            "The SAS token's sr ({}) is not a {api} of this emulator.",
+            token.resource
+        )
+    } else if !policy_known {
+        format!("The {api} has no shared access policy named {key_name}.")
+    } else {
+        format!("The SAS token is not signed by a key of the {key_name} policy.")
+    })
 }
 
 /// Unix seconds as an RFC 1123 date (`Sat, 31 Dec 2039 23:59:59 GMT`).
