@@ -5,18 +5,11 @@
 //! CONNACK refusal or DPS's 401), no mutated chain is ever accepted as another identity, the
 //! emulator never panics, and a legitimate device is still served afterwards.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Broker, Event, MqttOptions, Packet, PublishOptions, QoS, TlsConfiguration,
-    Transport,
-};
-use rustls::client::ResolvesClientCert;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::sign::CertifiedKey;
 use serde_json::Value;
 
+use super::tests::{self, Auth, provision_async};
 use super::*;
 use crate::emulator::model::{Attestation, EnrollmentSettings};
 use crate::fuzz::{Rng, mutate, watch_emulator_panics};
@@ -27,25 +20,6 @@ const SEED: u64 = 0x5EC0_C4A1_2026_1206;
 const CASES: usize = 160;
 const REGISTRATION_ID: &str = "fuzz-device";
 
-/// Presents a fixed chain and key without checking that they belong together: the test must
-/// be able to present what a hostile device would.
-#[derive(Debug)]
-struct Present(Arc<CertifiedKey>);
-
-impl ResolvesClientCert for Present {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-
-    fn has_certs(&self) -> bool {
-        true
-    }
-}
-
 /// What the device saw.
 #[derive(Debug)]
 enum Outcome {
@@ -55,93 +29,20 @@ enum Outcome {
     Reply(u16, Value),
 }
 
+/// One registration with `chain` presented (the key is the genuine device's), to its end.
 async fn register(
     trust: &str,
     port: u16,
     scope: &str,
     chain: Vec<Vec<u8>>,
-    key: &crate::pki::PrivateKey,
+    credential: &crate::pki::Credential,
 ) -> Outcome {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(
-            Certificate::from_pem(trust.as_bytes())
-                .unwrap()
-                .der()
-                .to_vec(),
-        ))
-        .unwrap();
-    let signer = tls::provider()
-        .key_provider
-        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            key.pkcs8_der().to_vec(),
-        )))
-        .unwrap();
-    let certified = CertifiedKey::new(
-        chain.into_iter().map(CertificateDer::from).collect(),
-        signer,
-    );
-    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(Present(Arc::new(certified))));
-    let mut options = MqttOptions::new(REGISTRATION_ID, Broker::tcp("127.0.0.1", port));
-    options.set_username(format!(
-        "{scope}/registrations/{REGISTRATION_ID}/api-version=2019-03-31&ClientVersion=dpskit-fuzz"
-    ));
-    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
-    options.set_keep_alive(30);
-    let (client, mut events) = AsyncClient::builder(options).capacity(10).build();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let event = tokio::time::timeout_at(deadline, events.poll())
-            .await
-            .expect("the DPS exchange hung");
-        match event {
-            Err(e) => return Outcome::Refused(e.to_string()),
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                client
-                    .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
-                    .await
-                    .unwrap();
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                client
-                    .publish(
-                        "$dps/registrations/PUT/iotdps-register/?$rid=1",
-                        format!("{{\"registrationId\":\"{REGISTRATION_ID}\"}}"),
-                        PublishOptions::at_least_once(),
-                    )
-                    .await
-                    .unwrap();
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let topic = String::from_utf8_lossy(&p.topic).to_string();
-                let status: u16 = topic
-                    .split('/')
-                    .nth(3)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| panic!("DPS answered on {topic}"));
-                let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                if status == 202 {
-                    let op = body["operationId"].as_str().unwrap_or_default().to_string();
-                    client
-                        .publish(
-                            format!(
-                                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId={op}"
-                            ),
-                            " ",
-                            PublishOptions::at_least_once(),
-                        )
-                        .await
-                        .unwrap();
-                } else {
-                    let _ = client.disconnect().await;
-                    return Outcome::Reply(status, body);
-                }
-            }
-            Ok(_) => {}
+    let auth = Auth::X509Der { chain, credential };
+    match provision_async(trust.to_string(), port, scope, REGISTRATION_ID, auth).await {
+        tests::Outcome::Refused(why) => Outcome::Refused(why),
+        tests::Outcome::Replies(replies) => {
+            let (status, body) = replies.last().cloned().expect("DPS answered");
+            Outcome::Reply(status, body)
         }
     }
 }
@@ -230,7 +131,7 @@ impl Setup {
             self.emulator.mqtt_port(),
             &self.scope,
             chain,
-            self.device.credential().key(),
+            self.device.credential(),
         )
         .await
     }

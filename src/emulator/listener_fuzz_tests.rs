@@ -3,57 +3,19 @@
 //! packet streams (every state a session can be in). Nothing may panic in the emulator, every
 //! connection ends, and a legitimate device provisions and sends telemetry afterwards.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use rumqttc::{Connect, ConnectAuth, Packet, PubAck, Publish, QoS, Subscribe, Unsubscribe};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::tests::{Fixture, device_auth, fixture, provision, provisioned};
-use super::*;
+use super::tests::{Fixture, client_tls, device_auth, fixture, provision, provisioned};
+use crate::fuzz::{Rng, watch_emulator_panics};
 
 /// Connections per session kind (DPS, hub); each carries several mutated packets.
 const CASES: usize = 150;
-
-/// Panics raised by the emulator's own code (not by tests) since the hook was installed.
-static EMULATOR_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts panics whose location is in the emulator's non-test code: a panic in a connection
-/// task is swallowed by tokio, so the test would not otherwise see it.
-fn count_emulator_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if let Some(location) = info.location() {
-                let file = location.file();
-                if file.contains("src/emulator/") && !file.ends_with("tests.rs") {
-                    EMULATOR_PANICS.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            previous(info);
-        }));
-    });
-}
-
-/// xorshift64: the same cases on every run.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn encode(packet: Packet) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -125,16 +87,16 @@ fn hub_seeds(id: &str) -> Vec<Vec<u8>> {
 }
 
 /// A few seeds, each maybe mutated (byte set, bit flip, insertion, truncation), concatenated.
-fn mutated_stream(seeds: &[Vec<u8>], random: &mut Seeded) -> Vec<u8> {
+fn mutated_stream(seeds: &[Vec<u8>], random: &mut Rng) -> Vec<u8> {
     let mut stream = Vec::new();
     for _ in 0..1 + random.below(6) {
         let mut bytes = seeds[random.below(seeds.len())].clone();
         for _ in 0..random.below(4) {
             let i = random.below(bytes.len());
             match random.below(4) {
-                0 if i < bytes.len() => bytes[i] = random.next() as u8,
+                0 if i < bytes.len() => bytes[i] = random.byte(),
                 1 if i < bytes.len() => bytes[i] ^= 1 << random.below(8),
-                2 => bytes.insert(i.min(bytes.len()), random.next() as u8),
+                2 => bytes.insert(i.min(bytes.len()), random.byte()),
                 _ => bytes.truncate(i),
             }
         }
@@ -152,29 +114,9 @@ async fn one_case(
     host: &str,
     stream: &[u8],
 ) -> &'static str {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(
-            crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
-                .unwrap()
-                .der()
-                .to_vec(),
-        ))
-        .unwrap();
     let credential = device.credential();
-    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from(
-                credential.certificate().der().to_vec(),
-            )],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                credential.key().pkcs8_der().to_vec(),
-            )),
-        )
-        .unwrap();
+    let chain = vec![credential.certificate().der().to_vec()];
+    let config = client_tls(&f.emulator.trust_pem(), Some((chain, credential.key())));
     let tcp = tokio::net::TcpStream::connect((host, f.emulator.mqtt_port()))
         .await
         .unwrap();
@@ -207,14 +149,14 @@ async fn one_case(
 
 #[test]
 fn fuzz_the_mqtt_listener_in_dps_and_hub_sessions_300_connections() {
-    count_emulator_panics();
+    let panics_before = watch_emulator_panics();
     let f = fixture(None);
     let (device, hub) = provisioned(&f, "fuzz-hub");
     let dps_device = f.device("fuzz-dps");
     let dps_username = format!("{}/registrations/fuzz-dps/api-version=2019-03-31", f.scope);
     let hub_username = format!("{hub}/fuzz-hub/?api-version=2019-10-01");
     let (dps_seeds, hub_seeds) = (dps_seeds(), hub_seeds("fuzz-hub"));
-    let mut random = Seeded(0x9E37_79B9_7F4A_7C15);
+    let mut random = Rng::new(0x9E37_79B9_7F4A_7C15);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -238,8 +180,8 @@ fn fuzz_the_mqtt_listener_in_dps_and_hub_sessions_300_connections() {
         2 * CASES
     );
     assert_eq!(
-        EMULATOR_PANICS.load(Ordering::SeqCst),
-        0,
+        watch_emulator_panics(),
+        panics_before,
         "the emulator panicked on fuzzed input"
     );
     // Both kinds of ending happen, or the mutations were too mild or too wild to test much.

@@ -5,29 +5,15 @@
 //! CA passes, so the rejection is the constraints' doing). Hub host names outside them are
 //! refused, and a CA without constraints from an older data folder is replaced.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::tests::start;
 use super::*;
 use crate::pki::{CaOptions, CertificateAuthority, Credential, KeyAlgorithm, Validity};
-
-fn start(data_dir: Option<PathBuf>) -> Emulator {
-    Emulator::start(EmulatorConfig {
-        data_dir,
-        port: 0,
-        worker_threads: Some(1),
-        limits: Limits {
-            connect_timeout: Duration::from_secs(1),
-            ..EmulatorConfig::default().limits
-        },
-        ..EmulatorConfig::default()
-    })
-    .unwrap()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -6,24 +6,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::secrets::mode_of;
+use super::tests::start;
 use super::*;
-
-fn start(data_dir: Option<PathBuf>) -> Emulator {
-    Emulator::start(EmulatorConfig {
-        data_dir,
-        port: 0,
-        worker_threads: Some(1),
-        limits: Limits {
-            connect_timeout: Duration::from_secs(1),
-            ..EmulatorConfig::default().limits
-        },
-        ..EmulatorConfig::default()
-    })
-    .unwrap()
-}
 
 /// Writes something into the state (hub and DPS owner keys), so SQLite has a WAL and an SHM.
 fn write_secrets(emulator: &Emulator, suffix: &str) {

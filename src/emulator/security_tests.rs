@@ -10,11 +10,10 @@ use rumqttc::{
     AsyncClient, Broker, Event, MqttOptions, Packet, PublishOptions, QoS, TlsConfiguration,
     Transport,
 };
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::tests::{
-    Auth, Fixture, HubDevice, Outcome, ca_pair, days, device_auth, fixture, fixture_on, provision,
-    provisioned,
+    Auth, Fixture, HubDevice, Outcome, ca_pair, client_tls, days, device_auth, fixture, fixture_on,
+    provision, provisioned,
 };
 use super::*;
 use crate::emulator::cloud::random_guid;
@@ -120,26 +119,7 @@ async fn hub_connect_raw(
     credential: &Credential,
     clean_session: bool,
 ) -> Result<HubDevice, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(
-            crate::pki::Certificate::from_pem(target.trust_pem.as_bytes())
-                .unwrap()
-                .der()
-                .to_vec(),
-        ))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            chain.into_iter().map(CertificateDer::from).collect(),
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                credential.key().pkcs8_der().to_vec(),
-            )),
-        )
-        .unwrap();
+    let config = client_tls(&target.trust_pem, Some((chain, credential.key())));
     let mut options = MqttOptions::new(client_id, Broker::tcp(hub, target.port));
     options.set_username(format!("{hub}/{device_id}/?api-version=2019-10-01"));
     options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
@@ -375,28 +355,8 @@ fn dps_connections_that_never_register_do_not_keep_their_slots() {
         // Three clients take every slot: TLS, CONNECT, SUBSCRIBE, then silence.
         let mut silent = Vec::new();
         for _ in 0..3 {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from(
-                    crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
-                        .unwrap()
-                        .der()
-                        .to_vec(),
-                ))
-                .unwrap();
-            let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_client_auth_cert(
-                    vec![CertificateDer::from(
-                        credential.certificate().der().to_vec(),
-                    )],
-                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                        credential.key().pkcs8_der().to_vec(),
-                    )),
-                )
-                .unwrap();
+            let chain = vec![credential.certificate().der().to_vec()];
+            let config = client_tls(&f.emulator.trust_pem(), Some((chain, credential.key())));
             let mut options = MqttOptions::new(
                 "idle-device",
                 Broker::tcp("127.0.0.1", f.emulator.mqtt_port()),

@@ -300,14 +300,14 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                 let why = format!(
                     "client id {client_id:?} is not the registration id {registration_id:?}"
                 );
-                trace(connack_event(ConnectReturnCode::BadClientId, &why));
-                connection
-                    .send(Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::BadClientId,
-                        false,
-                    )))
-                    .await?;
-                return Err(format!("DPS CONNECT refused: {why}"));
+                return refuse(
+                    &mut connection,
+                    ConnectReturnCode::BadClientId,
+                    &why,
+                    trace,
+                    format!("DPS CONNECT refused: {why}"),
+                )
+                .await;
             }
             let identity = match context.dps.authenticate(
                 &id_scope,
@@ -317,11 +317,8 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             ) {
                 Ok(identity) => identity,
                 Err((code, why)) => {
-                    trace(connack_event(code, &why));
-                    connection
-                        .send(Packet::ConnAck(ConnAck::new(code, false)))
-                        .await?;
-                    return Err(format!("DPS CONNECT of {registration_id:?} refused: {why}"));
+                    let log = format!("DPS CONNECT of {registration_id:?} refused: {why}");
+                    return refuse(&mut connection, code, &why, trace, log).await;
                 }
             };
             trace(connack_event(ConnectReturnCode::Success, "accepted"));
@@ -349,32 +346,30 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             module_id,
         }) => {
             if module_id.is_some() {
-                trace(connack_event(
+                let log =
+                    format!("module client {device_id:?}: module identities are not emulated yet");
+                let why = "module identities are not emulated";
+                return refuse(
+                    &mut connection,
                     ConnectReturnCode::NotAuthorized,
-                    "module identities are not emulated",
-                ));
-                connection
-                    .send(Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::NotAuthorized,
-                        false,
-                    )))
-                    .await?;
-                return Err(format!(
-                    "module client {device_id:?}: module identities are not emulated yet"
-                ));
+                    why,
+                    trace,
+                    log,
+                )
+                .await;
             }
             // IoT Hub requires the device id as client id: a client id naming another device
             // must not become that device's session.
             if client_id != device_id {
                 let why = format!("client id {client_id:?} is not the device id {device_id:?}");
-                trace(connack_event(ConnectReturnCode::BadClientId, &why));
-                connection
-                    .send(Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::BadClientId,
-                        false,
-                    )))
-                    .await?;
-                return Err(format!("hub CONNECT refused: {why}"));
+                return refuse(
+                    &mut connection,
+                    ConnectReturnCode::BadClientId,
+                    &why,
+                    trace,
+                    format!("hub CONNECT refused: {why}"),
+                )
+                .await;
             }
             // A presented chain that cannot be trusted refuses the connection, whatever the
             // credential: the hub never guesses which certificate the device meant.
@@ -386,25 +381,25 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             let (hub, _) = match authenticated {
                 Ok(found) => found,
                 Err(why) => {
-                    trace(connack_event(ConnectReturnCode::NotAuthorized, &why));
-                    connection
-                        .send(Packet::ConnAck(ConnAck::new(
-                            ConnectReturnCode::NotAuthorized,
-                            false,
-                        )))
-                        .await?;
-                    return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
+                    return refuse(
+                        &mut connection,
+                        ConnectReturnCode::NotAuthorized,
+                        &why,
+                        trace,
+                        format!("hub CONNECT of {device_id:?} refused: {why}"),
+                    )
+                    .await;
                 }
             };
             if let Err(why) = context.hubs.admit_connection(&hub) {
-                trace(connack_event(ConnectReturnCode::ServiceUnavailable, &why));
-                connection
-                    .send(Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::ServiceUnavailable,
-                        false,
-                    )))
-                    .await?;
-                return Err(format!("hub CONNECT of {device_id:?} refused: {why}"));
+                return refuse(
+                    &mut connection,
+                    ConnectReturnCode::ServiceUnavailable,
+                    &why,
+                    trace,
+                    format!("hub CONNECT of {device_id:?} refused: {why}"),
+                )
+                .await;
             }
             let clean_session = connect.clean_session;
             let mut session = context.hubs.open_session(&hub, &device_id, clean_session);
@@ -462,6 +457,22 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
             ))
         }
     }
+}
+
+/// Answers a CONNECT with the refusal `code` (traced with `why`) and ends the connection with
+/// `log` as the reason.
+async fn refuse(
+    connection: &mut Connection,
+    code: ConnectReturnCode,
+    why: &str,
+    trace: impl Fn(TraceEvent),
+    log: String,
+) -> Result<(), String> {
+    trace(connack_event(code, why));
+    connection
+        .send(Packet::ConnAck(ConnAck::new(code, false)))
+        .await?;
+    Err(log)
 }
 
 /// The telemetry record a will becomes, or `None` (logged) when its topic is not the device's

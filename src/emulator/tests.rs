@@ -47,6 +47,60 @@ pub(super) fn ca_pair() -> (CertificateAuthority, CertificateAuthority) {
     (root, inter)
 }
 
+/// A client certificate chain presented as given (raw DER, which need not parse), signed for
+/// with a key of the caller's: rustls's own builder would refuse a leaf it cannot read.
+#[derive(Debug)]
+pub(super) struct Present(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Present {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A TLS client configuration that trusts the emulator's CA (`trust_pem`) and, when given,
+/// presents `chain` (raw DER, leaf first) with `key`.
+pub(super) fn client_tls(
+    trust_pem: &str,
+    presented: Option<(Vec<Vec<u8>>, &crate::pki::PrivateKey)>,
+) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(
+            crate::pki::Certificate::from_pem(trust_pem.as_bytes())
+                .unwrap()
+                .der()
+                .to_vec(),
+        ))
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let Some((chain, key)) = presented else {
+        return builder.with_no_client_auth();
+    };
+    let signer = tls::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            key.pkcs8_der().to_vec(),
+        )))
+        .unwrap();
+    let certified = rustls::sign::CertifiedKey::new(
+        chain.into_iter().map(CertificateDer::from).collect(),
+        signer,
+    );
+    builder.with_client_cert_resolver(Arc::new(Present(Arc::new(certified))))
+}
+
 /// What a device saw.
 #[derive(Debug)]
 pub(super) enum Outcome {
@@ -117,26 +171,13 @@ pub(super) fn provision(
     ))
 }
 
-async fn provision_async(
+pub(super) async fn provision_async(
     trust: String,
     port: u16,
     scope: &str,
     registration_id: &str,
     auth: Auth<'_>,
 ) -> Outcome {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(
-            crate::pki::Certificate::from_pem(trust.as_bytes())
-                .unwrap()
-                .der()
-                .to_vec(),
-        ))
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
     let mut options = MqttOptions::new(registration_id, Broker::tcp("127.0.0.1", port));
     let username = format!(
         "{scope}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=dpskit-test"
@@ -144,29 +185,16 @@ async fn provision_async(
     let config = match &auth {
         Auth::X509 { chain, credential } => {
             options.set_username(username);
-            let certs = chain
-                .iter()
-                .map(|c| CertificateDer::from(c.der().to_vec()))
-                .collect();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                credential.key().pkcs8_der().to_vec(),
-            ));
-            builder.with_client_auth_cert(certs, key).unwrap()
+            let chain = chain.iter().map(|c| c.der().to_vec()).collect();
+            client_tls(&trust, Some((chain, credential.key())))
         }
         Auth::X509Der { chain, credential } => {
             options.set_username(username);
-            let certs = chain
-                .iter()
-                .map(|der| CertificateDer::from(der.clone()))
-                .collect();
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                credential.key().pkcs8_der().to_vec(),
-            ));
-            builder.with_client_auth_cert(certs, key).unwrap()
+            client_tls(&trust, Some((chain.clone(), credential.key())))
         }
         Auth::Sas(token) => {
             options.set_credentials(username, token.clone().into_bytes());
-            builder.with_no_client_auth()
+            client_tls(&trust, None)
         }
     };
     options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
@@ -746,20 +774,7 @@ fn garbage_closes_only_that_connection() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(
-                crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
-                    .unwrap()
-                    .der()
-                    .to_vec(),
-            ))
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = client_tls(&f.emulator.trust_pem(), None);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         for garbage in [
             &b"\x30\x7f"[..],
@@ -941,29 +956,9 @@ impl HubDevice {
         will: Option<rumqttc::LastWill>,
     ) -> Result<Self, String> {
         let id = device.registration_id();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(
-                crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
-                    .unwrap()
-                    .der()
-                    .to_vec(),
-            ))
-            .unwrap();
         let credential = device.credential();
-        let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(
-                vec![CertificateDer::from(
-                    credential.certificate().der().to_vec(),
-                )],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                    credential.key().pkcs8_der().to_vec(),
-                )),
-            )
-            .unwrap();
+        let chain = vec![credential.certificate().der().to_vec()];
+        let config = client_tls(&f.emulator.trust_pem(), Some((chain, credential.key())));
         let mut options = MqttOptions::new(id, Broker::tcp(hub, f.emulator.mqtt_port()));
         options.set_username(format!("{hub}/{id}/?api-version=2019-10-01"));
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
@@ -1430,20 +1425,7 @@ fn sas_devices_are_disconnected_when_their_token_expires() {
         .unwrap();
     runtime.block_on(async {
         let connect = |token: String| {
-            let mut roots = rustls::RootCertStore::empty();
-            roots
-                .add(CertificateDer::from(
-                    crate::pki::Certificate::from_pem(f.emulator.trust_pem().as_bytes())
-                        .unwrap()
-                        .der()
-                        .to_vec(),
-                ))
-                .unwrap();
-            let config = rustls::ClientConfig::builder_with_provider(tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config = client_tls(&f.emulator.trust_pem(), None);
             let mut options =
                 MqttOptions::new("sas-dev", Broker::tcp(hub.clone(), f.emulator.mqtt_port()));
             options.set_credentials(

@@ -3,7 +3,6 @@
 //! invalid ids and seeded mutations of valid requests.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -851,17 +850,7 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
     const CASES: usize = 2000;
     const SAS_CASES: usize = 400;
     // Panics on the emulator's threads would only show as dropped connections: count them.
-    static PANICS: AtomicUsize = AtomicUsize::new(0);
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("dpskit-emulator"))
-        {
-            PANICS.fetch_add(1, Ordering::SeqCst);
-        }
-        previous(info);
-    }));
+    let panics_before = crate::fuzz::watch_emulator_panics();
     let emulator = start(EmulatorConfig {
         rest_limits: RestLimits {
             body_timeout: Duration::from_secs(1),
@@ -1006,7 +995,7 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
                 );
             }
             assert_eq!(
-                PANICS.load(Ordering::SeqCst),
+                crate::fuzz::watch_emulator_panics() - panics_before,
                 0,
                 "case {case} panicked the emulator:\n{}",
                 String::from_utf8_lossy(&mutated)
