@@ -99,3 +99,26 @@ def test_the_emulator_command_runs_until_interrupted(tmp_path: Path) -> None:
     assert process.returncode == 0, err
     assert "stopped" in out
     assert (data / "state.sqlite3").exists(), "state stays in the folder"
+
+
+def test_a_chain_longer_than_the_limit_is_refused_before_anything_else() -> None:
+    with dpskit.LocalCloud(port=0, poll_retry_after=0, max_chain_length=1) as cloud:
+        dps = cloud.create_dps("dps")
+        cloud.link_hub(dps, cloud.create_hub("hub"))
+        root = dpskit.CertificateAuthority.create_root("Chain Limit Root")
+        inter = root.create_intermediate("Chain Limit Intermediate")
+        dps.prove_possession("root", root)
+        dps.create_enrollment_group("group", ca_reference="root")
+        endpoint, scope, trust = dps.device_endpoint, dps.id_scope, cloud.trust_pem
+        # Leaf + intermediate: two certificates, one more than this emulator accepts.
+        with pytest.raises(dpskit.RegistrationFailedError) as refused:
+            dpskit.provision_sync(
+                endpoint, id_scope=scope, certificate=inter.issue_device("long-1"), trust=trust
+            )
+        assert refused.value.status == 401
+        assert "at most 1" in str(refused.value)
+        # A device the root issued sends its leaf alone and is assigned.
+        result = dpskit.provision_sync(
+            endpoint, id_scope=scope, certificate=root.issue_device("short-1"), trust=trust
+        )
+        assert result.assigned_hub is not None

@@ -251,6 +251,7 @@ class Emulator:
         connect_timeout: float = 10.0,
         max_connections: int = 20000,
         max_packet_size: int = 262144,
+        max_chain_length: int = 10,
         poll_retry_after: int = 1,
         https_port: int = 0,
         arm_tokens: Sequence[str] | None = None,

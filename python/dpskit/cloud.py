@@ -1342,7 +1342,9 @@ def _write_owner_only(path: Path, text: str) -> None:
     another user could open it), and tightened if an older copy was looser."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
-        os.fchmod(file.fileno(), 0o600)
+        # Windows has no POSIX modes (nor os.fchmod before Python 3.13): the folder's ACL rules.
+        if hasattr(os, "fchmod"):
+            os.fchmod(file.fileno(), 0o600)
         file.write(text)
 
 
@@ -1359,6 +1361,9 @@ class LocalCloud(_Cloud):
     (``host="0.0.0.0"``) the network could otherwise ask it for every owner key, so without
     ``arm_tokens`` a random token is generated: this object uses it, and it is written to
     :attr:`endpoints_file` (mode 0600) for other local processes such as ``dpskit cloud``.
+
+    A client may present at most ``max_chain_length`` certificates (leaf included); a longer
+    chain is refused (401002 on register, a refused CONNECT on a hub) before it is parsed.
     """
 
     subscription_id = "00000000-0000-0000-0000-000000000000"
@@ -1373,6 +1378,7 @@ class LocalCloud(_Cloud):
         connect_timeout: float = 10.0,
         max_connections: int = 20_000,
         max_packet_size: int = 262_144,
+        max_chain_length: int = 10,
         poll_retry_after: int = 1,
         https_port: int = 0,
         arm_tokens: Sequence[str] | None = None,
@@ -1387,6 +1393,7 @@ class LocalCloud(_Cloud):
             connect_timeout=connect_timeout,
             max_connections=max_connections,
             max_packet_size=max_packet_size,
+            max_chain_length=max_chain_length,
             poll_retry_after=poll_retry_after,
             https_port=https_port,
             arm_tokens=list(arm_tokens) if arm_tokens is not None else None,

@@ -63,8 +63,8 @@ impl PyEmulator {
     /// Starts the emulator.
     #[new]
     #[pyo3(
-        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, poll_retry_after = 1, https_port = 0, arm_tokens = None),
-        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, poll_retry_after=1, https_port=0, arm_tokens=None)"
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 1, https_port = 0, arm_tokens = None),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=1, https_port=0, arm_tokens=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -74,6 +74,7 @@ impl PyEmulator {
         connect_timeout: f64,
         max_connections: usize,
         max_packet_size: usize,
+        max_chain_length: usize,
         poll_retry_after: u32,
         https_port: u16,
         arm_tokens: Option<Vec<String>>,
@@ -92,7 +93,7 @@ impl PyEmulator {
                 connect_timeout: Duration::from_secs_f64(connect_timeout),
                 max_packet_size,
                 max_connections: max_connections.max(1),
-                ..Limits::default()
+                max_chain_length: max_chain_length.max(1),
             },
             poll_retry_after,
             worker_threads: None,

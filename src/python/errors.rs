@@ -62,7 +62,11 @@ fn build(py: Python<'_>, error: Error) -> PyResult<PyErr> {
             error_code,
             message: _,
         } => {
-            kwargs.set_item("status", status)?;
+            // An HTTP-like status reaches Python as the int it is; `failed` stays text.
+            match status.parse::<u16>() {
+                Ok(code) => kwargs.set_item("status", code)?,
+                Err(_) => kwargs.set_item("status", status)?,
+            }
             kwargs.set_item("error_code", error_code)?;
             "RegistrationFailedError"
         }
