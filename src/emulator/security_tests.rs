@@ -770,3 +770,39 @@ fn a_device_that_stops_reading_is_disconnected_instead_of_queueing_without_bound
         drop(d);
     });
 }
+
+#[test]
+fn dps_closes_a_connection_that_publishes_to_a_topic_it_does_not_serve() {
+    let f = fixture(None);
+    f.sensors_group();
+    let device = f.device("dps-topic");
+    let credential = device.credential();
+    let chain = vec![credential.certificate().der().to_vec()];
+    let config = client_tls(&f.emulator.trust_pem(), Some((chain, credential.key())));
+    let mut options = MqttOptions::new(
+        "dps-topic",
+        Broker::tcp("127.0.0.1", f.emulator.mqtt_port()),
+    );
+    options.set_username(format!(
+        "{}/registrations/dps-topic/api-version=2019-03-31",
+        f.scope
+    ));
+    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
+    let (client, events) = AsyncClient::builder(options).capacity(4).build();
+    let mut d = HubDevice { client, events };
+    runtime().block_on(async {
+        d.until(|p| matches!(p, Packet::ConnAck(_))).await.unwrap();
+        d.client
+            .publish(
+                "$dps/registrations/PUT/something-else/?$rid=1",
+                "{}",
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            d.until(|p| matches!(p, Packet::PubAck(_))).await.is_err(),
+            "DPS acknowledged a publish to a topic it does not serve"
+        );
+    });
+}

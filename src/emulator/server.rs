@@ -624,26 +624,23 @@ async fn dps_session(
             }
             Packet::Publish(publish) => {
                 let topic = inbound_topic(&publish, trace)?;
+                // Judged before the PUBACK, as on the hub: a publish DPS does not take closes
+                // the connection unacknowledged.
+                let request = dps_request(&topic).ok_or_else(|| {
+                    format!("unsupported DPS topic {topic:?}: the connection is closed")
+                })?;
                 if publish.qos == QoS::AtLeastOnce {
                     connection
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
                         .await?;
                 }
-                let request = dps_request(&topic);
-                requested |= request.is_some();
+                requested = true;
                 let (rid, reply) = match request {
-                    Some(DpsRequest::Register { rid }) => {
+                    DpsRequest::Register { rid } => {
                         (rid, context.dps.register(identity, &publish.payload).await)
                     }
-                    Some(DpsRequest::Poll { rid, operation_id }) => {
+                    DpsRequest::Poll { rid, operation_id } => {
                         (rid, context.dps.poll(identity, &operation_id))
-                    }
-                    None => {
-                        log::info!(
-                            "emulator: DPS client {:?} published to unsupported topic {topic:?}",
-                            identity.registration_id
-                        );
-                        continue;
                     }
                 };
                 send_reply(connection, &rid, reply, trace).await?;

@@ -22,11 +22,19 @@ Verdict (exit code 1 if any fails):
   is still in its queue (read from the emulator's state store: the hub API has no read of it);
 - twins: after the run each device reads its twin, whose desired value is the last patch the
   service made successfully;
-- no hang: every telemetry sender returns within ``--stall-timeout`` once the run ends;
+- no hang: once the load stops, every telemetry sender and service call returns within
+  ``--stall-timeout``, every device is connected again within ``--settle``, and every reader's
+  stream ends when its client closes;
 - memory: RSS at the end of the run minus RSS after the warm-up (the first 20%) stays under
   ``max(--max-growth-mb, --max-growth-pct of the warm-up RSS)``. Judged only for runs of 60 s or
   more (shorter runs are all warm-up: the allocators and SQLite's page cache are still filling)
   and unless ``--no-memory-check``.
+
+The report counts drops and the reconnects seen (a device dropped again within 0.1 s of
+reconnecting counts as one outage, so reconnects can trail drops slightly), telemetry sent,
+acknowledged, stored and lost, C2D sent, received and still queued, method and twin outcomes,
+and RSS: after the warm-up, at the end, growth in MB and per hour, and a value per tenth of the
+run. Takes about ``--duration`` plus setup and checks (seconds); not part of CI.
 
 Run: ``python tests/benchmarks/bench_soak.py [--devices 50] [--duration 600]
 [--drop-interval 0.5] [--seed 1]``.
@@ -651,6 +659,13 @@ def main(argv: list[str] | None = None) -> int:
         f"end {memory.end_kb / 1024:.1f} MB at {memory.end_at:.0f} s, peak "
         f"{memory.peak_kb / 1024:.1f} MB; growth {memory.growth_mb:+.1f} MB "
         f"({memory.growth_mb_per_hour:+.1f} MB/h{trend}); limit {limit_mb:.1f} MB: {verdict}"
+    )
+    tenths = [
+        next((kb for at, kb in stats.rss if at >= stats.load_seconds * k / 10), stats.rss[-1][1])
+        for k in range(11)
+    ]
+    print(
+        f"RSS curve      {' '.join(f'{kb / 1024:.1f}' for kb in tenths)} MB (each tenth of the run)"
     )
     if stats.consumer_errors:
         print(f"device errors  {_describe(stats.consumer_errors)}")
