@@ -157,6 +157,9 @@ pub struct DpsEngine {
     attestations: tokio::sync::Semaphore,
 }
 
+/// The longest chain (leaf included) judged on the async worker that received it.
+const INLINE_CHAIN_LENGTH: usize = 3;
+
 /// How long finished operations stay queryable.
 const OPERATION_TTL: Duration = Duration::from_secs(600);
 
@@ -560,13 +563,17 @@ impl DpsEngine {
         }
     }
 
-    /// [`Self::attest`], with X.509 chains judged on the blocking pool, a bounded number at once.
+    /// [`Self::attest`], with long X.509 chains judged on the blocking pool, a bounded number at
+    /// once. A chain of up to [`INLINE_CHAIN_LENGTH`] costs a few signature checks, less than
+    /// the TLS handshake the workers just did, and a hand-off would cost more than it saves
+    /// (about a tenth of the provisioning rate); a longer one may cost a hundred.
     async fn attest_off_the_workers(
         self: &Arc<Self>,
         identity: &DeviceIdentity,
     ) -> Result<Admitted, Reply> {
-        if !matches!(identity.credential, DeviceCredential::X509(_)) {
-            return self.attest(identity);
+        match &identity.credential {
+            DeviceCredential::X509(chain) if chain.len() > INLINE_CHAIN_LENGTH => {}
+            _ => return self.attest(identity),
         }
         let busy = || Reply::error(503, 503_000, "The provisioning service is shutting down.");
         let _permit = self.attestations.acquire().await.map_err(|_| busy())?;
