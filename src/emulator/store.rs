@@ -303,25 +303,34 @@ pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// Commits telemetry in batches on its own thread: every message waiting when a commit starts
 /// joins it, so durability costs one transaction per batch instead of one per message.
+///
+/// What waits is bounded in bytes, not in messages: a sender waits only while
+/// [`MAX_WAITING_BYTES`] are already waiting, so a flood slows the connections that send it
+/// instead of growing memory, while ten thousand devices with a few small messages each in
+/// flight never wait (a count bound small enough to matter stalled them, and their PUBACKs).
 pub struct TelemetryWriter {
-    queue: tokio::sync::mpsc::Sender<(TelemetryRecord, OnCommit)>,
+    queue: std::sync::mpsc::Sender<Waiting>,
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// A message waiting for its commit, holding its share of the byte budget until then.
+type Waiting = (TelemetryRecord, OnCommit, tokio::sync::OwnedSemaphorePermit);
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 1024;
-/// Messages waiting for the writer before senders wait: bounded, so a flood of telemetry
-/// slows the connections that send it instead of growing memory.
-const MAX_WAITING: usize = 4 * MAX_BATCH;
+/// Bytes of telemetry (bodies and properties, plus a fixed cost per message) that may wait.
+pub const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+/// What a message costs besides its body and properties (the record, the callback, the queue).
+const COST_PER_MESSAGE: usize = 256;
 
 impl TelemetryWriter {
     /// Starts the writer thread.
     pub fn start(store: std::sync::Arc<Store>) -> Result<Self> {
-        let (queue, mut incoming) =
-            tokio::sync::mpsc::channel::<(TelemetryRecord, OnCommit)>(MAX_WAITING);
+        let (queue, incoming) = std::sync::mpsc::channel::<Waiting>();
         std::thread::Builder::new()
             .name("dpskit-telemetry-writer".into())
             .spawn(move || {
-                while let Some(first) = incoming.blocking_recv() {
+                while let Ok(first) = incoming.recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match incoming.try_recv() {
@@ -329,7 +338,14 @@ impl TelemetryWriter {
                             Err(_) => break,
                         }
                     }
-                    let (records, callbacks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let mut records = Vec::with_capacity(batch.len());
+                    let mut callbacks = Vec::with_capacity(batch.len());
+                    let mut permits = Vec::with_capacity(batch.len());
+                    for (record, callback, permit) in batch {
+                        records.push(record);
+                        callbacks.push(callback);
+                        permits.push(permit);
+                    }
                     let committed = match store.append_telemetry(&records) {
                         Ok(()) => true,
                         Err(e) => {
@@ -340,6 +356,8 @@ impl TelemetryWriter {
                             false
                         }
                     };
+                    drop(records);
+                    drop(permits);
                     // In commit order, so PUBACKs leave in the order the PUBLISHes arrived.
                     for callback in callbacks {
                         callback(committed);
@@ -347,16 +365,34 @@ impl TelemetryWriter {
                 }
             })
             .map_err(|e| Error::Emulator(format!("cannot start the telemetry writer: {e}")))?;
-        Ok(TelemetryWriter { queue })
+        Ok(TelemetryWriter {
+            queue,
+            budget: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_BYTES)),
+        })
     }
 
-    /// Queues a message, waiting while the queue is full; `on_commit` runs on the writer thread
-    /// once it is committed.
+    /// Queues a message, waiting while [`MAX_WAITING_BYTES`] already wait; `on_commit` runs on
+    /// the writer thread once it is committed.
     pub async fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
-        self.queue
-            .send((record, on_commit))
+        let stopped = || Error::Emulator("the telemetry writer stopped".into());
+        let cost = record.body.len()
+            + record
+                .properties
+                .iter()
+                .chain(&record.system_properties)
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+            + COST_PER_MESSAGE;
+        let cost = u32::try_from(cost.min(MAX_WAITING_BYTES)).unwrap_or(u32::MAX);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(cost)
             .await
-            .map_err(|_| Error::Emulator("the telemetry writer stopped".into()))
+            .map_err(|_| stopped())?;
+        self.queue
+            .send((record, on_commit, permit))
+            .map_err(|_| stopped())
     }
 
     /// Queues a message and waits until it is committed.
@@ -379,4 +415,59 @@ impl TelemetryWriter {
 fn decode<T: DeserializeOwned>(kind: &str, body: &str) -> Result<T> {
     serde_json::from_str(body)
         .map_err(|e| Error::Emulator(format!("state store: corrupt {kind} record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Waker};
+
+    use super::*;
+
+    fn record(body_bytes: usize) -> TelemetryRecord {
+        TelemetryRecord {
+            sequence: 0,
+            hub: "hub".into(),
+            device_id: "dev".into(),
+            module_id: None,
+            enqueued: 0.0,
+            body: vec![7; body_bytes],
+            properties: vec![],
+            system_properties: vec![],
+        }
+    }
+
+    #[test]
+    fn the_telemetry_writer_makes_senders_wait_once_its_byte_budget_is_spent() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(folder.path()).unwrap());
+        let writer = TelemetryWriter::start(store.clone()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        const MIB: usize = 1024 * 1024;
+        let fits = MAX_WAITING_BYTES / (MIB + COST_PER_MESSAGE);
+        // The writer cannot commit while the store is held: nothing leaves the budget.
+        let held = store.lock();
+        for _ in 0..fits {
+            runtime
+                .block_on(writer.append(record(MIB), Box::new(|_| {})))
+                .unwrap();
+        }
+        let mut one_more = Box::pin(writer.append(record(MIB), Box::new(|_| {})));
+        let mut context = Context::from_waker(Waker::noop());
+        assert!(
+            one_more.as_mut().poll(&mut context).is_pending(),
+            "a sender past {MAX_WAITING_BYTES} waiting bytes did not wait"
+        );
+        drop(held);
+        // Once the waiting messages are committed, their bytes are free and the sender goes on.
+        runtime.block_on(one_more).unwrap();
+        runtime
+            .block_on(writer.append_and_wait(record(10)))
+            .unwrap();
+        assert_eq!(store.telemetry("hub", None).unwrap().len(), fits + 2);
+    }
 }
