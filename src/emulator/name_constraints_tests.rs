@@ -245,7 +245,7 @@ fn hub_host_names_outside_the_constraints_are_refused() {
         );
         assert!(emulator.cloud().hub("outside").is_err());
     }
-    for (name, host) in [("dotted", "contoso.localhost"), ("ip", "127.0.0.77")] {
+    for (name, host) in [("dotted", "contoso.localhost"), ("ip-host", "127.0.0.77")] {
         emulator
             .create_hub(name, "westeurope", Some(host))
             .unwrap_or_else(|e| panic!("{host}: {e}"));

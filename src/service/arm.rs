@@ -17,6 +17,50 @@ pub const DPS_API_VERSION: &str = "2022-02-05";
 /// Azure's public ARM endpoint.
 pub const AZURE_ARM_ENDPOINT: &str = "https://management.azure.com";
 
+/// Longest IoT hub name Azure accepts.
+pub const MAX_HUB_NAME_LEN: usize = 50;
+/// Longest DPS name Azure accepts.
+pub const MAX_DPS_NAME_LEN: usize = 64;
+
+/// Checks an IoT hub name against Azure's rule: 3 to 50 ASCII letters, digits and hyphens, not
+/// ending with a hyphen (Azure's resource naming rules for `Microsoft.Devices/IotHubs`; the
+/// name becomes the host name `{name}.azure-devices.net`). The client and the emulator both
+/// apply it, so a name Azure would refuse fails locally too.
+pub fn validate_hub_name(name: &str) -> Result<()> {
+    check_azure_name("IoT hub", name, MAX_HUB_NAME_LEN)
+}
+
+/// Checks a DPS name against Azure's rule: 3 to 64 ASCII letters, digits and hyphens, ending
+/// with a letter or digit. The resource provider's spec gives `^[A-Za-z0-9-]{3,64}$` (the
+/// `provisioningServiceName` pattern of the recent `Microsoft.Devices/provisioningServices`
+/// api-versions) and the ARM template reference adds "end with alphanumeric".
+pub fn validate_dps_name(name: &str) -> Result<()> {
+    check_azure_name("provisioning service", name, MAX_DPS_NAME_LEN)
+}
+
+fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
+    let invalid = |rule: String| {
+        Err(Error::Config(format!(
+            "invalid {what} name {name:?}: {rule}; Azure accepts 3-{max} ASCII letters, digits \
+             and hyphens, not ending with a hyphen"
+        )))
+    };
+    let len = name.chars().count();
+    if !(3..=max).contains(&len) {
+        return invalid(format!("{len} characters"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return invalid(format!("character {bad:?} is not allowed"));
+    }
+    if name.ends_with('-') {
+        return invalid("it ends with a hyphen".into());
+    }
+    Ok(())
+}
+
 /// A CA certificate as ARM describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CaCertificateResource {
@@ -301,19 +345,17 @@ impl ArmClient {
         )
     }
 
+    /// Sends one request with the api-version of the resource type it addresses (chosen by the
+    /// caller: a URL may hold any resource group name, "IotHubs..." included).
     async fn call(
         &self,
         method: reqwest::Method,
         url: String,
+        api_version: &str,
         if_match: Option<&str>,
         body: Option<Value>,
         what: &str,
     ) -> Result<Option<Value>> {
-        let api_version = if url.contains("/IotHubs") {
-            HUB_API_VERSION
-        } else {
-            DPS_API_VERSION
-        };
         self.call_versioned(method, url, api_version, if_match, body, what)
             .await
             .map(|(value, _)| value)
@@ -338,7 +380,9 @@ impl ArmClient {
             request = request.header(reqwest::header::IF_MATCH, tag);
         }
         request = match body {
-            Some(body) => request.json(&body),
+            // A resource read back and PUT again (linking a hub) carries the GET's nulls:
+            // left out, as the management SDKs and the CLI leave them.
+            Some(body) => request.json(&crate::service::omit_nulls(body, true)),
             // ARM rejects a POST without a length.
             None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
         };
@@ -365,11 +409,12 @@ impl ArmClient {
         &self,
         method: reqwest::Method,
         url: String,
+        api_version: &str,
         what: &str,
         parse: fn(&Value) -> Result<T>,
     ) -> Result<T> {
         let value = self
-            .call(method, url, None, None, what)
+            .call(method, url, api_version, None, None, what)
             .await?
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
         parse(&value)
@@ -379,11 +424,12 @@ impl ArmClient {
     async fn list<T>(
         &self,
         url: String,
+        api_version: &str,
         what: &str,
         parse: fn(&Value) -> Result<T>,
     ) -> Result<Vec<T>> {
         let value = self
-            .call(reqwest::Method::GET, url, None, None, what)
+            .call(reqwest::Method::GET, url, api_version, None, None, what)
             .await?
             .unwrap_or_default();
         value["value"]
@@ -393,10 +439,23 @@ impl ArmClient {
     }
 
     /// A DELETE whose answer carries nothing to read.
-    async fn delete(&self, url: String, if_match: Option<&str>, what: &str) -> Result<()> {
-        self.call(reqwest::Method::DELETE, url, if_match, None, what)
-            .await
-            .map(|_| ())
+    async fn delete(
+        &self,
+        url: String,
+        api_version: &str,
+        if_match: Option<&str>,
+        what: &str,
+    ) -> Result<()> {
+        self.call(
+            reqwest::Method::DELETE,
+            url,
+            api_version,
+            if_match,
+            None,
+            what,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// PUTs a resource and waits until ARM reports a terminal provisioning state: polls the
@@ -492,6 +551,7 @@ impl ArmClient {
 
     /// Creates a DPS instance (or returns the existing one) and waits until it is ready.
     pub async fn create_dps(&self, name: &str, location: &str) -> Result<DpsResource> {
+        validate_dps_name(name)?;
         let body =
             json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
         let what = format!("creating provisioning service {name}");
@@ -510,6 +570,7 @@ impl ArmClient {
         self.object(
             reqwest::Method::GET,
             self.dps_url(name),
+            DPS_API_VERSION,
             &what,
             DpsResource::from_json,
         )
@@ -519,14 +580,20 @@ impl ArmClient {
     /// Every DPS instance of the resource group.
     pub async fn dps_instances(&self) -> Result<Vec<DpsResource>> {
         let url = format!("{}/provisioningServices", self.group_url());
-        self.list(url, "listing provisioning services", DpsResource::from_json)
-            .await
+        self.list(
+            url,
+            DPS_API_VERSION,
+            "listing provisioning services",
+            DpsResource::from_json,
+        )
+        .await
     }
 
     /// Deletes a DPS instance.
     pub async fn delete_dps(&self, name: &str) -> Result<()> {
         let what = format!("deleting provisioning service {name}");
-        self.delete(self.dps_url(name), None, &what).await
+        self.delete(self.dps_url(name), DPS_API_VERSION, None, &what)
+            .await
     }
 
     /// The `provisioningserviceowner` keys.
@@ -536,12 +603,19 @@ impl ArmClient {
             "{}/keys/provisioningserviceowner/listkeys",
             self.dps_url(name)
         );
-        self.object(reqwest::Method::POST, url, &what, AccessKeys::from_json)
-            .await
+        self.object(
+            reqwest::Method::POST,
+            url,
+            DPS_API_VERSION,
+            &what,
+            AccessKeys::from_json,
+        )
+        .await
     }
 
     /// Creates an IoT hub (or returns the existing one) and waits until it is ready.
     pub async fn create_hub(&self, name: &str, location: &str) -> Result<HubResource> {
+        validate_hub_name(name)?;
         let what = format!("creating IoT hub {name}");
         if let Ok(existing) = self.hub(name).await {
             return Ok(existing);
@@ -560,6 +634,7 @@ impl ArmClient {
         self.object(
             reqwest::Method::GET,
             self.hub_url(name),
+            HUB_API_VERSION,
             &what,
             HubResource::from_json,
         )
@@ -569,22 +644,34 @@ impl ArmClient {
     /// Every IoT hub of the resource group.
     pub async fn hubs(&self) -> Result<Vec<HubResource>> {
         let url = format!("{}/IotHubs", self.group_url());
-        self.list(url, "listing IoT hubs", HubResource::from_json)
-            .await
+        self.list(
+            url,
+            HUB_API_VERSION,
+            "listing IoT hubs",
+            HubResource::from_json,
+        )
+        .await
     }
 
     /// Deletes an IoT hub.
     pub async fn delete_hub(&self, name: &str) -> Result<()> {
         let what = format!("deleting IoT hub {name}");
-        self.delete(self.hub_url(name), None, &what).await
+        self.delete(self.hub_url(name), HUB_API_VERSION, None, &what)
+            .await
     }
 
     /// The `iothubowner` keys.
     pub async fn hub_keys(&self, name: &str) -> Result<AccessKeys> {
         let what = format!("reading the keys of IoT hub {name}");
         let url = format!("{}/IotHubKeys/iothubowner/listkeys", self.hub_url(name));
-        self.object(reqwest::Method::POST, url, &what, AccessKeys::from_json)
-            .await
+        self.object(
+            reqwest::Method::POST,
+            url,
+            HUB_API_VERSION,
+            &what,
+            AccessKeys::from_json,
+        )
+        .await
     }
 
     /// Links a hub to a DPS the way `az iot dps linked-hub create` does: GET the DPS, add (or
@@ -601,7 +688,14 @@ impl ArmClient {
         let hub_resource = self.hub(hub).await?;
         let keys = self.hub_keys(hub).await?;
         let mut current = self
-            .call(reqwest::Method::GET, self.dps_url(dps), None, None, &what)
+            .call(
+                reqwest::Method::GET,
+                self.dps_url(dps),
+                DPS_API_VERSION,
+                None,
+                None,
+                &what,
+            )
             .await?
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
         let connection_string = format!(
@@ -645,8 +739,9 @@ impl ArmClient {
         body: Option<Value>,
         what: &str,
     ) -> Result<CaCertificateResource> {
+        // CA certificates are a DPS sub-resource: the DPS api-version.
         let value = self
-            .call(method, url, if_match, body, what)
+            .call(method, url, DPS_API_VERSION, if_match, body, what)
             .await?
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
         CaCertificateResource::from_json(&value)
@@ -700,6 +795,7 @@ impl ArmClient {
         let what = format!("listing the CA certificates of {dps}");
         self.list(
             self.certificates_url(dps),
+            DPS_API_VERSION,
             &what,
             CaCertificateResource::from_json,
         )
@@ -713,8 +809,13 @@ impl ArmClient {
             self.certificates_url(dps),
             crate::sas::url_encode(name)
         );
-        self.delete(url, Some(etag), &format!("deleting CA certificate {name}"))
-            .await
+        self.delete(
+            url,
+            DPS_API_VERSION,
+            Some(etag),
+            &format!("deleting CA certificate {name}"),
+        )
+        .await
     }
 
     /// Asks for a verification code; the certificate's etag changes with it.
@@ -833,6 +934,49 @@ mod tests {
     //! for field: every field the client reads is checked.
 
     use super::*;
+
+    #[test]
+    fn hub_and_dps_names_follow_azures_rules() {
+        for good in ["abc", "my-hub-1", "-lead", "A1B2", &"h".repeat(50)] {
+            validate_hub_name(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "ab",
+            "my_hub",
+            "my.hub",
+            "hub-",
+            "with space",
+            "hüb",
+            &"h".repeat(51),
+        ] {
+            let error = validate_hub_name(bad).unwrap_err();
+            assert!(matches!(error, Error::Config(_)), "{bad}: {error:?}");
+        }
+        validate_dps_name(&"d".repeat(64)).unwrap();
+        validate_dps_name("my-dps-1").unwrap();
+        for bad in ["dp", "my_dps", "my.dps", "dps-", &"d".repeat(65)] {
+            assert!(validate_dps_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arm_bodies_leave_nulls_out_at_every_depth() {
+        let read_back = json!({
+            "name": "dps",
+            "etag": null,
+            "properties": {"iotHubs": [{"connectionString": "c", "allocationWeight": null}], "state": null},
+            "tags": {},
+        });
+        assert_eq!(
+            crate::service::omit_nulls(read_back.clone(), true),
+            json!({"name": "dps", "properties": {"iotHubs": [{"connectionString": "c"}]}, "tags": {}})
+        );
+        // Shallow: nested nulls stay (an enrollment's initial twin may carry them).
+        assert_eq!(
+            crate::service::omit_nulls(json!({"a": null, "b": {"c": null}}), false),
+            json!({"b": {"c": null}})
+        );
+    }
 
     #[test]
     fn certificate_response_from_azure() {

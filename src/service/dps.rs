@@ -229,6 +229,19 @@ fn path_id(id: &str) -> String {
     crate::sas::url_encode(id)
 }
 
+/// An enrollment (group or individual) body as Azure takes it: `attestation` present (Azure
+/// answers 400 without it, an update included: re-send the one a GET or
+/// `attestationmechanism` returned), top-level `null`s left out as the CLI leaves them.
+pub(crate) fn enrollment_body(body: &Value, what: &str) -> Result<Value> {
+    if body.get("attestation").is_none_or(Value::is_null) {
+        return Err(Error::Config(format!(
+            "{what}: the body has no \"attestation\"; Azure requires it in every enrollment \
+             PUT (to keep the current one, send back what a GET or attestationmechanism returned)"
+        )));
+    }
+    Ok(crate::service::omit_nulls(body.clone(), false))
+}
+
 impl DpsServiceClient {
     /// From the `provisioningserviceowner` connection string. `endpoint` overrides
     /// `https://{HostName}` (never needed for Azure).
@@ -251,11 +264,12 @@ impl DpsServiceClient {
         if_match: Option<&str>,
     ) -> Result<Value> {
         let what = format!("writing enrollment group {id}");
+        let body = enrollment_body(body, &what)?;
         self.rest
             .json(
                 reqwest::Method::PUT,
                 &format!("/enrollmentGroups/{}", path_id(id)),
-                Some(body),
+                Some(&body),
                 if_match,
                 &what,
             )
@@ -318,11 +332,12 @@ impl DpsServiceClient {
         if_match: Option<&str>,
     ) -> Result<Value> {
         let what = format!("writing enrollment {id}");
+        let body = enrollment_body(body, &what)?;
         self.rest
             .json(
                 reqwest::Method::PUT,
                 &format!("/enrollments/{}", path_id(id)),
-                Some(body),
+                Some(&body),
                 if_match,
                 &what,
             )

@@ -15,6 +15,39 @@ use crate::service::dps::{SasCredential, SasRestClient};
 /// The hub service api-version.
 pub const HUB_SERVICE_API_VERSION: &str = "2021-04-12";
 
+/// Longest time IoT Hub waits for a device's method response (`responseTimeoutInSeconds`
+/// ranges over 5..=300; Azure answers 400 past it).
+pub const MAX_METHOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Shortest method response timeout IoT Hub takes; shorter ones are raised to it.
+pub const MIN_METHOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The body of a direct method call as the official SDKs and the CLI send it: a `null`
+/// payload is left out rather than sent, and the timeout is refused past Azure's 300 s before
+/// any request (`Config`).
+pub fn method_request_body(method: &str, payload: &Value, timeout: Duration) -> Result<Value> {
+    if timeout > MAX_METHOD_RESPONSE_TIMEOUT {
+        return Err(Error::Config(format!(
+            "a method response timeout of {} s is past IoT Hub's {} s",
+            timeout.as_secs_f64(),
+            MAX_METHOD_RESPONSE_TIMEOUT.as_secs()
+        )));
+    }
+    // Whole seconds, rounded up so a fractional timeout is never shortened.
+    let seconds = timeout
+        .max(MIN_METHOD_RESPONSE_TIMEOUT)
+        .as_secs_f64()
+        .ceil() as u64;
+    let mut body = json!({
+        "methodName": method,
+        "responseTimeoutInSeconds": seconds,
+        "connectTimeoutInSeconds": 0,
+    });
+    if !payload.is_null() {
+        body["payload"] = payload.clone();
+    }
+    Ok(body)
+}
+
 /// A client of one hub's service API.
 #[derive(Debug)]
 pub struct HubServiceClient {
@@ -116,7 +149,8 @@ impl HubServiceClient {
             .await
     }
 
-    /// Invokes a direct method and returns the device's status and payload.
+    /// Invokes a direct method and returns the device's status and payload. `timeout` is the
+    /// device's time to answer: at most 300 s, as on Azure (`Config` error past it).
     pub async fn invoke_method(
         &self,
         id: &str,
@@ -125,12 +159,7 @@ impl HubServiceClient {
         timeout: Duration,
     ) -> Result<(u16, Value)> {
         let what = format!("invoking {method} on {id}");
-        let body = json!({
-            "methodName": method,
-            "payload": payload,
-            "responseTimeoutInSeconds": timeout.as_secs().max(5),
-            "connectTimeoutInSeconds": 0,
-        });
+        let body = method_request_body(method, payload, timeout)?;
         let answer = self
             .rest
             .json(
@@ -187,6 +216,35 @@ impl HubServiceClient {
         match answer.body {
             Some(Value::Array(items)) => Ok(items),
             _ => Ok(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The direct-method body as the official SDKs send it, and Azure's timeout range.
+
+    use super::*;
+
+    #[test]
+    fn method_bodies_leave_a_null_payload_out_and_keep_azures_timeout_range() {
+        let body = method_request_body("reboot", &Value::Null, Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            body,
+            json!({"methodName": "reboot", "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 0})
+        );
+        let body =
+            method_request_body("set", &json!({"a": null}), Duration::from_millis(1500)).unwrap();
+        // An explicit payload is sent as given; a short timeout is raised to Azure's 5 s.
+        assert_eq!(body["payload"], json!({"a": null}));
+        assert_eq!(body["responseTimeoutInSeconds"], 5);
+        let body = method_request_body("m", &json!(1), Duration::from_secs_f64(299.5)).unwrap();
+        assert_eq!(body["responseTimeoutInSeconds"], 300);
+        assert!(method_request_body("m", &json!(1), MAX_METHOD_RESPONSE_TIMEOUT).is_ok());
+        for past in [Duration::from_secs_f64(300.5), Duration::from_secs(3600)] {
+            let error = method_request_body("m", &json!(1), past).unwrap_err();
+            assert!(matches!(error, Error::Config(_)), "{error:?}");
+            assert!(error.to_string().contains("300"), "{error}");
         }
     }
 }

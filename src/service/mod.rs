@@ -11,6 +11,23 @@ use std::time::Duration;
 use crate::error::{Error, Result, ServiceFailure};
 use crate::provisioning::Trust;
 
+/// `value` without `null` object members, at every depth when `deep` (else at the top only):
+/// the official SDKs and the Azure CLI leave unset fields out instead of sending `null`.
+pub(crate) fn omit_nulls(value: serde_json::Value, deep: bool) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, if deep { omit_nulls(v, true) } else { v }))
+                .collect(),
+        ),
+        serde_json::Value::Array(items) if deep => {
+            serde_json::Value::Array(items.into_iter().map(|v| omit_nulls(v, true)).collect())
+        }
+        other => other,
+    }
+}
+
 /// An HTTPS client with ring-backed rustls (the crate's one crypto provider).
 /// `trust` is the emulator's CA, or [`Trust::system`] for Azure.
 pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> {

@@ -7,7 +7,7 @@
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use super::{Reply, RestContext, arm_error, from_error, http_date};
+use super::{Reply, RestContext, arm_error, arm_top_error, from_error, http_date};
 use crate::emulator::Cloud;
 use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord, SharedAccessPolicy};
 use crate::error::Error;
@@ -16,10 +16,93 @@ use crate::pki::Certificate;
 /// What a linked hub's key looks like in a GET; written back, it means "keep the stored key".
 const MASKED_KEY: &str = "****";
 
+/// The `Microsoft.Devices/provisioningServices` api-versions ARM serves (the resource
+/// provider's published specs, newest last).
+const DPS_API_VERSIONS: &[&str] = &[
+    "2017-08-21-preview",
+    "2017-11-15",
+    "2018-01-22",
+    "2020-01-01",
+    "2020-03-01",
+    "2020-09-01-preview",
+    "2021-10-15",
+    "2022-02-05",
+    "2022-12-12",
+    "2023-03-01-preview",
+    "2025-02-01-preview",
+];
+
+/// The `Microsoft.Devices/IotHubs` api-versions ARM serves (newest last).
+const HUB_API_VERSIONS: &[&str] = &[
+    "2016-02-03",
+    "2017-01-19",
+    "2017-07-01",
+    "2018-01-22",
+    "2018-04-01",
+    "2018-12-01-preview",
+    "2019-03-22",
+    "2019-03-22-preview",
+    "2019-07-01-preview",
+    "2019-11-04",
+    "2020-03-01",
+    "2020-04-01",
+    "2020-06-15",
+    "2020-07-10-preview",
+    "2020-08-01",
+    "2020-08-31",
+    "2020-08-31-preview",
+    "2021-02-01-preview",
+    "2021-03-03-preview",
+    "2021-03-31",
+    "2021-07-01",
+    "2021-07-01-preview",
+    "2021-07-02",
+    "2021-07-02-preview",
+    "2022-04-30-preview",
+    "2022-11-15-preview",
+    "2023-06-30",
+    "2023-06-30-preview",
+    "2025-08-01-preview",
+];
+
+/// ARM's answer to an api-version the resource type does not have: 400
+/// `NoRegisteredProviderFound` from ARM itself. Versions newer than the newest listed are let
+/// through: they may have been published after this list was written.
+fn check_api_version(kind: &str, known: &[&str], api_version: &str) -> Option<Reply> {
+    let newest = known.last().copied().unwrap_or_default();
+    let dated = api_version.len() >= 10
+        && api_version.chars().take(10).enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                c == '-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if known.iter().any(|v| v.eq_ignore_ascii_case(api_version)) || (dated && api_version > newest)
+    {
+        return None;
+    }
+    Some(arm_top_error(
+        400,
+        "NoRegisteredProviderFound",
+        &format!(
+            "No registered resource provider found for location 'global' and API version \
+             '{api_version}' for type '{kind}'. The supported api-versions are '{}'.",
+            known.join(", ")
+        ),
+    ))
+}
+
+/// Azure's resource provider refusing a name that breaks its naming rule (400).
+fn invalid_name(error: &Error) -> Reply {
+    arm_error(400, "InvalidResourceName", &error.to_string())
+}
+
 /// Serves one ARM request; `segments` is the whole path split on `/`.
 pub(super) fn handle(
     method: &Method,
     segments: &[&str],
+    api_version: &str,
     body: &[u8],
     if_match: Option<&str>,
     context: &RestContext,
@@ -45,6 +128,18 @@ pub(super) fn handle(
         segments[1], segments[3]
     );
     let rest = &segments[7..];
+    let versions = if is(6, "provisioningServices") {
+        Some(("provisioningServices", DPS_API_VERSIONS))
+    } else if is(6, "IotHubs") {
+        Some(("IotHubs", HUB_API_VERSIONS))
+    } else {
+        None
+    };
+    if let Some((kind, known)) = versions
+        && let Some(refusal) = check_api_version(kind, known, api_version)
+    {
+        return refusal;
+    }
     let outcome = if is(6, "provisioningServices") {
         provisioning_services(
             method,
@@ -210,6 +305,9 @@ fn put_dps(
     let body = parse_json(body)?;
     let created = cloud.dps(name).is_err();
     if created {
+        if let Err(e) = crate::service::arm::validate_dps_name(name) {
+            return Ok(invalid_name(&e));
+        }
         let location = body["location"].as_str().ok_or_else(|| {
             Error::Config("a new provisioning service needs a \"location\"".into())
         })?;
@@ -311,6 +409,9 @@ fn iot_hubs(
         (&Method::PUT, 0, _) => {
             if let Ok(hub) = cloud.hub(name) {
                 return Ok(Reply::json(StatusCode::OK, hub_json(group_base, &hub)));
+            }
+            if let Err(e) = crate::service::arm::validate_hub_name(name) {
+                return Ok(invalid_name(&e));
             }
             let body = parse_json(body)?;
             let location = body["location"]

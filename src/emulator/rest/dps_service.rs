@@ -1,6 +1,6 @@
 //! The DPS service (data-plane) API: enrollment groups, individual enrollments and registration
 //! states, authenticated with a `provisioningserviceowner` SAS token. Bodies follow the service
-//! swagger: explicit `null`s accepted, certificates answered as `info` (never raw), etags with
+//! swagger: `attestation` required (as Azure requires it), other explicit `null`s accepted, certificates answered as `info` (never raw), etags with
 //! `If-Match`/412, errors as `ProvisioningServiceErrorDetails` plus `x-ms-error-code`.
 
 use hyper::header::IF_MATCH;
@@ -439,10 +439,20 @@ fn compact(value: Value) -> Value {
 
 // ---- JSON → model -------------------------------------------------------------------------
 
-/// Reads an enrollment (group or individual) body, explicit `null`s meaning "default".
+/// Reads an enrollment (group or individual) body, explicit `null`s meaning "default" except
+/// for the required `attestation`.
 fn spec_from_json(body: &Value, group: bool) -> crate::Result<EnrollmentSpec> {
     let attestation = match &body["attestation"] {
-        Value::Null => None,
+        // Azure's service API requires the attestation in every enrollment PUT, an update
+        // included (400); clients re-send the one they read.
+        Value::Null => {
+            return Err(Error::service(
+                400,
+                400_004,
+                "The attestation is required: an enrollment PUT must carry \"attestation\" \
+                 (to keep the current one, send back what a GET or attestationmechanism returned).",
+            ));
+        }
         // What a GET returned, written back: certificate info without the certificate means
         // "keep the certificates" (clients update an enrollment by GET, change, PUT).
         a if only_certificate_info(a) => None,

@@ -337,10 +337,24 @@ async fn invoke_method(
         .as_str()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| Error::Config("a method invocation needs \"methodName\"".into()))?;
-    let timeout = body["responseTimeoutInSeconds"]
-        .as_u64()
-        .unwrap_or(DEFAULT_METHOD_TIMEOUT)
-        .clamp(5, MAX_METHOD_TIMEOUT);
+    let timeout = match &body["responseTimeoutInSeconds"] {
+        Value::Null => DEFAULT_METHOD_TIMEOUT,
+        // Azure refuses a timeout past 300 s (or not a whole number) with 400 rather than
+        // clamping it, so a client asking for more learns it here as it would there.
+        value => match value.as_u64() {
+            Some(t) if t <= MAX_METHOD_TIMEOUT => t.max(5),
+            _ => {
+                return Err(Error::service(
+                    400,
+                    400_004,
+                    format!(
+                        "responseTimeoutInSeconds must be a whole number of seconds from 5 to \
+                         {MAX_METHOD_TIMEOUT}, not {value}"
+                    ),
+                ));
+            }
+        },
+    };
     let (status, payload) = context
         .hubs
         .invoke_method(

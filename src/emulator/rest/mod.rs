@@ -260,9 +260,14 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
                 .get(hyper::header::IF_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let api_version = crate::emulator::topics::query_pairs(parts.uri.query().unwrap_or(""))
+                .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
             arm::handle(
                 &parts.method,
                 &segments,
+                &api_version,
                 &body,
                 if_match.as_deref(),
                 context,
@@ -370,7 +375,7 @@ fn authorize_arm(
 
 /// An error from ARM itself rather than from the resource provider:
 /// `{"error": {"code", "message"}}`.
-fn arm_top_error(status: u16, code: &str, message: &str) -> Reply {
+pub(super) fn arm_top_error(status: u16, code: &str, message: &str) -> Reply {
     let mut reply = Reply::json(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         json!({"error": {"code": code, "message": message}}),

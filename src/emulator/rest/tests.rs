@@ -1083,3 +1083,318 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
         "rest fuzz: {CASES} mutated cases (answers by status: {statuses:?}) and {SAS_CASES} SAS scope cases"
     );
 }
+
+// ---- Azure's rules: names, api-versions, required attestation, method timeouts ------------
+
+#[test]
+fn arm_refuses_hub_and_dps_names_azure_refuses_with_its_400() {
+    let emulator = start(EmulatorConfig::default());
+    let client = Client::new(&emulator, "127.0.0.1");
+    let base = arm_base(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP);
+    let bearer = Some("Bearer anything");
+    let body = json!({"location": "westeurope"});
+    let longest_hub = "h".repeat(50);
+    let longest_dps = "d".repeat(64);
+    runtime().block_on(async {
+        let put = |kind: &'static str, name: String, version: &'static str| {
+            let (client, base, body) = (&client, &base, &body);
+            async move {
+                client
+                    .send(
+                        "PUT",
+                        &format!("{base}/{kind}/{name}?api-version={version}"),
+                        bearer,
+                        Some(body),
+                    )
+                    .await
+            }
+        };
+        for name in ["hub_one", "hub.one", "hb", "hub-", &"h".repeat(51)] {
+            let answer = put("IotHubs", name.to_string(), "2023-06-30").await;
+            assert_eq!(answer.status, 400, "{name}: {answer:?}");
+            assert_eq!(answer.body["code"], "InvalidResourceName", "{answer:?}");
+            assert!(emulator.cloud().hub(name).is_err(), "{name}");
+        }
+        for name in ["dps_one", "dps.one", "dp", "dps-", &"d".repeat(65)] {
+            let answer = put("provisioningServices", name.to_string(), "2022-02-05").await;
+            assert_eq!(answer.status, 400, "{name}: {answer:?}");
+            assert_eq!(answer.body["code"], "InvalidResourceName", "{answer:?}");
+            assert!(emulator.cloud().dps(name).is_err(), "{name}");
+        }
+        // The limits themselves, and a leading hyphen, are Azure-valid.
+        for name in [longest_hub.as_str(), "-hub", "Hub-7"] {
+            let answer = put("IotHubs", name.to_string(), "2023-06-30").await;
+            assert_eq!(answer.status, 201, "{name}: {answer:?}");
+        }
+        let answer = put("provisioningServices", longest_dps.clone(), "2022-02-05").await;
+        assert_eq!(answer.status, 201, "{answer:?}");
+    });
+    // The in-process API (LocalCloud's) applies the same rule.
+    assert!(matches!(
+        emulator.cloud().create_hub("a_b", "westeurope", None),
+        Err(crate::Error::Config(_))
+    ));
+    assert!(matches!(
+        emulator.cloud().create_dps("a.b", "westeurope"),
+        Err(crate::Error::Config(_))
+    ));
+}
+
+#[test]
+fn arm_client_refuses_names_azure_refuses_before_sending() {
+    // Nothing listens on port 1: a refusal must come before any request.
+    let arm = crate::service::arm::ArmClient::new(
+        "https://127.0.0.1:1",
+        DEFAULT_SUBSCRIPTION_ID,
+        DEFAULT_RESOURCE_GROUP,
+        crate::service::arm::static_token("t"),
+        &crate::provisioning::Trust::system(),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        for name in ["my_hub", "my.hub", "ab", "hub-"] {
+            let error = arm.create_hub(name, "westeurope").await.unwrap_err();
+            assert!(
+                matches!(error, crate::Error::Config(_)),
+                "{name}: {error:?}"
+            );
+            assert!(error.to_string().contains("3-50"), "{error}");
+            let error = arm.create_dps(name, "westeurope").await.unwrap_err();
+            assert!(
+                matches!(error, crate::Error::Config(_)),
+                "{name}: {error:?}"
+            );
+            assert!(error.to_string().contains("3-64"), "{error}");
+        }
+        // A valid name does try to send (and fails on the transport).
+        let error = arm.create_hub("my-hub", "westeurope").await.unwrap_err();
+        assert!(!matches!(error, crate::Error::Config(_)), "{error:?}");
+    });
+}
+
+#[test]
+fn each_resource_type_gets_its_own_api_version_whatever_the_resource_group_is_called() {
+    // A group whose name contains "IotHubs": choosing the api-version from the URL's text
+    // sent the hub's version to DPS calls, which ARM refuses.
+    let group = "IotHubs-rg";
+    let emulator = start(EmulatorConfig {
+        resource_group: group.into(),
+        ..EmulatorConfig::default()
+    });
+    let trust = crate::provisioning::Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
+    let arm = crate::service::arm::ArmClient::new(
+        &endpoint,
+        DEFAULT_SUBSCRIPTION_ID,
+        group,
+        crate::service::arm::static_token("any-token"),
+        &trust,
+    )
+    .unwrap();
+    let client = Client::new(&emulator, "127.0.0.1");
+    let base = arm_base(DEFAULT_SUBSCRIPTION_ID, group);
+    let (root, _) = crate::emulator::tests::ca_pair();
+    runtime().block_on(async {
+        let dps = arm.create_dps("group-dps", "westeurope").await.unwrap();
+        assert_eq!(dps.name, "group-dps");
+        assert_eq!(arm.dps_instances().await.unwrap().len(), 1);
+        assert_eq!(
+            arm.dps_keys("group-dps").await.unwrap().key_name,
+            "provisioningserviceowner"
+        );
+        let hub = arm.create_hub("group-hub", "westeurope").await.unwrap();
+        assert_eq!(arm.hubs().await.unwrap(), vec![hub.clone()]);
+        assert_eq!(
+            arm.hub_keys("group-hub").await.unwrap().key_name,
+            "iothubowner"
+        );
+        let linked = arm
+            .link_hub("group-dps", "group-hub", None, true, None)
+            .await
+            .unwrap();
+        assert_eq!(linked.linked_hubs[0].host_name, hub.host_name);
+        let proven = arm
+            .prove_possession("group-dps", "root", &root)
+            .await
+            .unwrap();
+        assert!(proven.is_verified);
+        assert_eq!(arm.ca_certificates("group-dps").await.unwrap().len(), 1);
+        arm.delete_ca_certificate("group-dps", "root", &proven.etag)
+            .await
+            .unwrap();
+        arm.delete_dps("group-dps").await.unwrap();
+        arm.delete_hub("group-hub").await.unwrap();
+
+        // ARM itself refuses a version the resource type does not have.
+        let get = |path: String| {
+            let client = &client;
+            async move {
+                client
+                    .send("GET", &path, Some("Bearer anything"), None)
+                    .await
+            }
+        };
+        let wrong = get(format!(
+            "{base}/provisioningServices?api-version=2023-06-30"
+        ))
+        .await;
+        assert_eq!(wrong.status, 400, "{wrong:?}");
+        assert_eq!(wrong.body["error"]["code"], "NoRegisteredProviderFound");
+        let wrong = get(format!("{base}/IotHubs?api-version=2022-02-05")).await;
+        assert_eq!(wrong.status, 400, "{wrong:?}");
+        assert_eq!(wrong.body["error"]["code"], "NoRegisteredProviderFound");
+        let wrong = get(format!("{base}/IotHubs?api-version=latest")).await;
+        assert_eq!(wrong.status, 400, "{wrong:?}");
+        // A version newer than the emulator's list may have been published since: served.
+        let newer = get(format!(
+            "{base}/provisioningServices?api-version=2027-01-01"
+        ))
+        .await;
+        assert_eq!(newer.status, 200, "{newer:?}");
+    });
+}
+
+#[test]
+fn enrollment_puts_without_attestation_get_azures_400() {
+    let emulator = start(EmulatorConfig::default());
+    let dps = emulator.cloud().create_dps("dps", "westeurope").unwrap();
+    let authority = format!("127.0.0.1:{}", emulator.https_port());
+    let owner = token(&authority, &dps.primary_key, "provisioningserviceowner");
+    let client = Client::new(&emulator, "127.0.0.1");
+    let api = "?api-version=2021-10-01";
+    runtime().block_on(async {
+        let put = |path: String, body: Value| {
+            let (client, owner) = (&client, &owner);
+            async move { client.send("PUT", &path, Some(owner), Some(&body)).await }
+        };
+        let group = put(
+            format!("/enrollmentGroups/g{api}"),
+            json!({"enrollmentGroupId": "g", "attestation": {"type": "symmetricKey"}}),
+        )
+        .await;
+        assert_eq!(group.status, 200, "{group:?}");
+        let individual = put(
+            format!("/enrollments/e{api}"),
+            json!({"registrationId": "e", "attestation": {"type": "symmetricKey"}}),
+        )
+        .await;
+        assert_eq!(individual.status, 200, "{individual:?}");
+        let before = (
+            emulator.cloud().enrollment_group("dps", "g").unwrap(),
+            emulator.cloud().enrollment("dps", "e").unwrap(),
+        );
+        // An update without attestation, as dpskit used to send one; and a null attestation.
+        for attestation in [None, Some(Value::Null)] {
+            let mut body = json!({"enrollmentGroupId": "g", "provisioningStatus": "disabled"});
+            if let Some(a) = &attestation {
+                body["attestation"] = a.clone();
+            }
+            let answer = put(format!("/enrollmentGroups/g{api}"), body).await;
+            assert_eq!(answer.status, 400, "{answer:?}");
+            assert_eq!(answer.body["errorCode"], 400_004, "{answer:?}");
+            assert!(answer.body["trackingId"].is_string(), "{answer:?}");
+            assert!(answer.body["timestampUtc"].is_string(), "{answer:?}");
+            assert!(
+                answer.body["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("attestation"),
+                "{answer:?}"
+            );
+            assert!(
+                answer.head.contains("x-ms-error-code: 400004"),
+                "{answer:?}"
+            );
+            let mut body = json!({"registrationId": "e", "provisioningStatus": "disabled"});
+            if let Some(a) = &attestation {
+                body["attestation"] = a.clone();
+            }
+            let answer = put(format!("/enrollments/e{api}"), body).await;
+            assert_eq!(answer.status, 400, "{answer:?}");
+            assert_eq!(answer.body["errorCode"], 400_004, "{answer:?}");
+        }
+        // Nothing changed.
+        assert_eq!(
+            before,
+            (
+                emulator.cloud().enrollment_group("dps", "g").unwrap(),
+                emulator.cloud().enrollment("dps", "e").unwrap(),
+            )
+        );
+        // A create without attestation is refused the same way.
+        let answer = put(
+            format!("/enrollmentGroups/new{api}"),
+            json!({"enrollmentGroupId": "new"}),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{answer:?}");
+        assert!(emulator.cloud().enrollment_group("dps", "new").is_err());
+    });
+}
+
+#[test]
+fn dps_service_client_refuses_an_enrollment_without_attestation_before_sending() {
+    let client = crate::service::dps::DpsServiceClient::from_connection_string(
+        "HostName=127.0.0.1:1;SharedAccessKeyName=provisioningserviceowner;SharedAccessKey=a2V5LW9mLXNpeHRlZW4tYnl0ZXM=",
+        None,
+        &crate::provisioning::Trust::system(),
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let body =
+            json!({"enrollmentGroupId": "g", "attestation": null, "provisioningStatus": "enabled"});
+        let error = client
+            .put_enrollment_group("g", &body, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, crate::Error::Config(_)), "{error:?}");
+        assert!(error.to_string().contains("attestation"), "{error}");
+        let error = client
+            .put_enrollment("e", &json!({"registrationId": "e"}), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, crate::Error::Config(_)), "{error:?}");
+    });
+}
+
+#[test]
+fn method_response_timeouts_past_300_seconds_get_azures_400() {
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    emulator
+        .cloud()
+        .put_hub_device(sas_device("offline", &hub.host_name))
+        .unwrap();
+    let key = hub.policy("iothubowner").unwrap().primary_key.clone();
+    let owner = token(&hub.host_name, &key, "iothubowner");
+    let client = Client::new(&emulator, "127.0.0.1");
+    runtime().block_on(async {
+        let invoke = |timeout: Value| {
+            let (client, owner) = (&client, &owner);
+            async move {
+                let body = json!({"methodName": "reboot", "responseTimeoutInSeconds": timeout});
+                client
+                    .send(
+                        "POST",
+                        "/twins/offline/methods?api-version=2021-04-12",
+                        Some(owner),
+                        Some(&body),
+                    )
+                    .await
+            }
+        };
+        for timeout in [json!(301), json!(3600), json!(-1), json!("30")] {
+            let answer = invoke(timeout.clone()).await;
+            assert_eq!(answer.status, 400, "{timeout}: {answer:?}");
+            assert_eq!(answer.body["errorCode"], 400_004, "{answer:?}");
+            assert!(
+                answer.head.contains("iothub-errorcode: 400004"),
+                "{answer:?}"
+            );
+        }
+        // 300 passes the check: the device is simply offline (404103).
+        let answer = invoke(json!(300)).await;
+        assert_eq!(answer.status, 404, "{answer:?}");
+        assert_eq!(answer.body["errorCode"], 404_103, "{answer:?}");
+    });
+}
