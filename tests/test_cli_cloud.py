@@ -143,11 +143,11 @@ def test_device_provision_and_run_against_a_running_emulator(
             assert time.monotonic() < deadline, "the emulator did not start"
             time.sleep(0.05)
         local = ["--local", str(state)]
-        _run(capsys, "cloud", "create-hub", "h", *local)
-        _run(capsys, "cloud", "create-dps", "d", *local)
-        _run(capsys, "cloud", "link-hub", "d", "h", *local)
-        _run(capsys, "dps", "verify-ca", "d", "--dir", str(certs), *local)
-        _run(capsys, "dps", "enrollment-group", "create", "d", "g", "--ca", "root", *local)
+        _run(capsys, "cloud", "create-hub", "cli-hub", *local)
+        _run(capsys, "cloud", "create-dps", "cli-dps", *local)
+        _run(capsys, "cloud", "link-hub", "cli-dps", "cli-hub", *local)
+        _run(capsys, "dps", "verify-ca", "cli-dps", "--dir", str(certs), *local)
+        _run(capsys, "dps", "enrollment-group", "create", "cli-dps", "g", "--ca", "root", *local)
         devices = str(certs / "devices")
         result = json.loads(
             _run(capsys, "device", "provision", "cli-dev-7", "--certs", devices, "--json", *local)
@@ -169,7 +169,7 @@ def test_device_provision_and_run_against_a_running_emulator(
         assert "3 messages acknowledged" in out
         attached = dpskit.LocalCloud.attach(state)
         assert attached is not None
-        assert len(attached.hub("h").telemetry("cli-dev-7")) == 3
+        assert len(attached.hub("cli-hub").telemetry("cli-dev-7")) == 3
     finally:
         emulator.send_signal(signal.SIGTERM)
         emulator.wait(timeout=30)

@@ -8,12 +8,14 @@ and never see each other's state. The official SDK's end-to-end tests live in
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -214,18 +216,28 @@ def test_unknown_names_are_not_found(cloud: dpskit.LocalCloud, dps: dpskit.Dps) 
         dps.delete_registration("nowhere")
 
 
-@pytest.mark.parametrize("name", ["", "with space", "a/b", "é", "x" * 129])
+# Names Azure refuses for both: hubs take 3-50 letters, digits and hyphens, DPS 3-64, neither
+# ending with a hyphen. Dots and underscores used to pass locally and fail on Azure.
+@pytest.mark.parametrize(
+    "name", ["", "ab", "with space", "a/b", "é-hub", "my_hub", "my.hub", "hub-", "x" * 65]
+)
 def test_invalid_names_are_refused(cloud: dpskit.LocalCloud, name: str) -> None:
-    with pytest.raises(dpskit.ConfigError):
+    with pytest.raises(dpskit.ConfigError, match="invalid IoT hub name"):
         cloud.create_hub(name)
-    with pytest.raises(dpskit.ConfigError):
+    with pytest.raises(dpskit.ConfigError, match="invalid provisioning service name"):
         cloud.create_dps(name)
+    # With a host name the hub goes straight to the emulator, which applies the same rule.
+    with pytest.raises(dpskit.ConfigError):
+        cloud.create_hub(name, host_name="127.0.0.99")
     assert cloud.hubs() == []
     assert cloud.all_dps() == []
 
 
-def test_the_longest_valid_name_is_accepted(cloud: dpskit.LocalCloud) -> None:
-    assert cloud.create_hub("x" * 128).name == "x" * 128
+def test_the_longest_valid_names_are_accepted(cloud: dpskit.LocalCloud) -> None:
+    assert cloud.create_hub("x" * 50).name == "x" * 50
+    with pytest.raises(dpskit.ConfigError, match="51 characters"):
+        cloud.create_hub("x" * 51)
+    assert cloud.create_dps("y" * 64).name == "y" * 64
 
 
 # -- links -----------------------------------------------------------------------------------
@@ -449,6 +461,96 @@ def test_update_enrollment_group_changes_only_what_is_given(dps: dpskit.Dps) -> 
     assert dps.enrollment_group("switch").provisioning_status == "disabled"
     enabled = dps.update_enrollment_group("switch", provisioning_status="enabled")
     assert enabled.provisioning_status == "enabled"
+
+
+class _RecordingRest:
+    """The cloud's REST client, keeping the enrollment bodies it is asked to send."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.bodies: list[dict[str, Any]] = []
+
+    def put_enrollment_group(self, *args: Any) -> Any:
+        self.bodies.append(json.loads(args[3]))
+        return self._inner.put_enrollment_group(*args)
+
+    def put_enrollment(self, *args: Any) -> Any:
+        self.bodies.append(json.loads(args[3]))
+        return self._inner.put_enrollment(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@pytest.fixture
+def recorded(cloud: dpskit.LocalCloud, monkeypatch: pytest.MonkeyPatch) -> _RecordingRest:
+    recorder = _RecordingRest(cloud._rest_client)
+    monkeypatch.setattr(cloud, "_rest_client", recorder)
+    return recorder
+
+
+def test_update_enrollment_group_resends_the_attestation(
+    dps: dpskit.Dps, ec_intermediate: dpskit.CertificateAuthority, recorded: _RecordingRest
+) -> None:
+    # Azure refuses an enrollment PUT without attestation (400): every update re-sends the
+    # group's own, keys and certificates unchanged.
+    keys = dps.create_enrollment_group("by-key", symmetric_key=True)
+    certificate = dps.create_enrollment_group("by-cert", signing_certificate=ec_intermediate)
+    dps.prove_possession("inter", ec_intermediate)
+    reference = dps.create_enrollment_group("by-ref", ca_reference="inter")
+    recorded.bodies.clear()
+    for group in (keys, certificate, reference):
+        updated = dps.update_enrollment_group(
+            group.enrollment_group_id, provisioning_status="disabled"
+        )
+        assert updated.provisioning_status == "disabled"
+        assert (updated.primary_key, updated.secondary_key) == (
+            group.primary_key,
+            group.secondary_key,
+        )
+        assert updated.signing_certificates == group.signing_certificates
+        assert updated.ca_references == group.ca_references
+    sent = [body["attestation"] for body in recorded.bodies]
+    assert [a["type"] for a in sent] == ["symmetricKey", "x509", "x509"]
+    assert sent[0]["symmetricKey"] == {
+        "primaryKey": keys.primary_key,
+        "secondaryKey": keys.secondary_key,
+    }
+    # Certificate info as the GET gave it: the service keeps the certificate.
+    assert "info" in sent[1]["x509"]["signingCertificates"]["primary"]
+    assert sent[2]["x509"]["caReferences"] == {"primary": "inter"}
+
+
+def test_enrollment_bodies_leave_unset_fields_out(
+    dps: dpskit.Dps, recorded: _RecordingRest
+) -> None:
+    # The Azure CLI and the SDKs omit unset fields; dpskit sent them as null.
+    dps.create_enrollment_group("plain", symmetric_key=True)
+    dps.update_enrollment_group("plain", provisioning_status="disabled")
+    dps.create_enrollment("solo-1", symmetric_key=True)
+    dps.create_enrollment("solo-2", symmetric_key=True, device_id="device-2", hubs=[])
+    assert len(recorded.bodies) == 4
+    for body in recorded.bodies:
+        assert None not in body.values(), body
+    # The update re-sends what the group has (its allocation policy included); the creates
+    # carry only what was given.
+    for body in (recorded.bodies[0], *recorded.bodies[2:]):
+        for absent in ("allocationPolicy", "iotHubs", "initialTwin", "customAllocationDefinition"):
+            assert absent not in body, body
+    assert "deviceId" not in recorded.bodies[2]
+    assert recorded.bodies[3]["deviceId"] == "device-2"
+    assert dps.enrollment("solo-1").device_id in (None, "solo-1")
+
+
+def test_method_timeouts_past_azures_300_seconds_are_refused_before_sending(
+    cloud: dpskit.LocalCloud,
+) -> None:
+    hub = cloud.create_hub("method-hub")
+    # No such device: a ConfigError (not NotFoundError) shows nothing was sent.
+    with pytest.raises(dpskit.ConfigError, match="300"):
+        hub.invoke_method("nobody", "reboot", timeout=301)
+    with pytest.raises(dpskit.NotFoundError):
+        hub.invoke_method("nobody", "reboot", timeout=300)
 
 
 def test_exactly_one_attestation_is_required(dps: dpskit.Dps) -> None:

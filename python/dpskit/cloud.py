@@ -293,18 +293,24 @@ class _Settings:
         )
 
     def _to_json(self) -> dict[str, Any]:
-        """The fields as the DPS service API takes them (explicit nulls are fine)."""
-        custom = None
-        if self.custom_allocation_url is not None:
-            custom = {"webhookUrl": self.custom_allocation_url, "apiVersion": "2021-10-01"}
-        return {
+        """The fields as the DPS service API takes them. Unset fields are left out rather than
+        sent as ``null``, as the Azure CLI and the official SDKs serialise them."""
+        body: dict[str, Any] = {
             "provisioningStatus": self.provisioning_status,
-            "allocationPolicy": self.allocation_policy,
-            "iotHubs": list(self.iot_hubs) or None,
             "reprovisionPolicy": self.reprovision_policy._to_json(),
-            "initialTwin": self.initial_twin,
-            "customAllocationDefinition": custom,
         }
+        if self.allocation_policy is not None:
+            body["allocationPolicy"] = self.allocation_policy
+        if self.iot_hubs:
+            body["iotHubs"] = list(self.iot_hubs)
+        if self.initial_twin is not None:
+            body["initialTwin"] = self.initial_twin
+        if self.custom_allocation_url is not None:
+            body["customAllocationDefinition"] = {
+                "webhookUrl": self.custom_allocation_url,
+                "apiVersion": "2021-10-01",
+            }
+        return body
 
 
 @dataclass(frozen=True)
@@ -810,7 +816,8 @@ class Hub:
         self, device_id: str, method: str, payload: Any = None, *, timeout: float = 30.0
     ) -> MethodResult:
         """Call a direct method on a connected device and wait for its answer; an offline device
-        raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101)."""
+        raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101).
+        ``timeout`` may not pass IoT Hub's 300 s (``ConfigError`` before any request)."""
         status, answer = self._cloud._rest.hub_invoke_method(
             *self._service, device_id, method, json.dumps(payload), timeout
         )
@@ -1050,7 +1057,8 @@ class Dps:
         initial_twin: dict[str, Any] | None = None,
     ) -> EnrollmentGroup:
         """Change some settings of a group, keeping the rest (etag handled inside)."""
-        group = self.enrollment_group(enrollment_group_id)
+        record = json.loads(self._rest.enrollment_group(*self._service, enrollment_group_id))
+        group = EnrollmentGroup._from_json(record)
         current = group._settings()
         settings = _Settings(
             provisioning_status=provisioning_status or current.provisioning_status,
@@ -1060,8 +1068,17 @@ class Dps:
             initial_twin=initial_twin if initial_twin is not None else current.initial_twin,
             custom_allocation_url=current.custom_allocation_url,
         )
-        # No attestation in the body: the service keeps the group's own.
-        return self._put_group(enrollment_group_id, settings._to_json(), group.etag)
+        # Azure requires the attestation in every PUT (400 without it). Re-send the group's
+        # own, as `az iot dps enrollment-group update` does: the GET's (a CA reference, or
+        # certificate info that means "keep the certificates"), or for symmetric keys the
+        # attestation mechanism, which carries the keys a GET may leave out.
+        attestation = record["attestation"]
+        if attestation.get("type") == "symmetricKey":
+            attestation = json.loads(
+                self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
+            )
+        body = {"attestation": attestation, **settings._to_json()}
+        return self._put_group(enrollment_group_id, body, group.etag)
 
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
         """An enrollment group."""
@@ -1134,12 +1151,11 @@ class Dps:
             initial_twin=initial_twin,
             custom_allocation=custom_allocation,
         )
-        body = {
-            "registrationId": registration_id,
-            "deviceId": device_id,
-            "attestation": attestation,
-            **settings._to_json(),
-        }
+        body: dict[str, Any] = {"registrationId": registration_id, "attestation": attestation}
+        if device_id is not None:
+            # Left out otherwise (not null): the service then takes the registration id.
+            body["deviceId"] = device_id
+        body.update(settings._to_json())
         etag = self._etag_of(lambda: self.enrollment(registration_id).etag)
         record = self._rest.put_enrollment(*self._service, registration_id, json.dumps(body), etag)
         return Enrollment._from_json(json.loads(record))
@@ -1278,8 +1294,8 @@ class _Cloud:
 
     def create_hub(self, name: str, location: str = "westeurope") -> Hub:
         """Create an IoT hub (or return the existing one of that name); waits until ARM reports
-        it ready."""
-        _check_resource_name("hub", name)
+        it ready. The name must follow Azure's rule (3-50 letters, digits and hyphens, not
+        ending with a hyphen): others raise ``ConfigError`` before any request."""
         return self._hub(json.loads(self._rest.create_hub(name, location)))
 
     def hub(self, name: str) -> Hub:
@@ -1295,8 +1311,9 @@ class _Cloud:
         self._rest.delete_hub(hub.name if isinstance(hub, Hub) else hub)
 
     def create_dps(self, name: str, location: str = "westeurope") -> Dps:
-        """Create a DPS instance (or return the existing one of that name)."""
-        _check_resource_name("DPS", name)
+        """Create a DPS instance (or return the existing one of that name). The name must
+        follow Azure's rule (3-64 letters, digits and hyphens, not ending with a hyphen): others
+        raise ``ConfigError`` before any request."""
         return self._dps(json.loads(self._rest.create_dps(name, location)))
 
     def dps(self, name: str) -> Dps:

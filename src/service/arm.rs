@@ -1,5 +1,7 @@
-//! Azure Resource Manager: a DPS instance's CA certificates and proof of possession, written
-//! to the documented REST API (paths, `If-Match` etags, RFC 1123 dates).
+//! Azure Resource Manager: IoT hubs, DPS instances with their linked hubs, keys, CA
+//! certificates and proof of possession, written to the documented REST API (paths, each
+//! resource type's api-version, `If-Match` etags, RFC 1123 dates, no `null`s in bodies), with
+//! hub and DPS names checked by Azure's rules before any request.
 
 use std::time::Duration;
 

@@ -2,7 +2,8 @@
 //! Microsoft.Devices/`: provisioning services (with linked hubs and keys), IoT hubs, and a DPS's
 //! CA certificates with proof of possession. Shapes follow the resource provider's swagger and
 //! what the management SDK and the CLI parse (RFC 1123 dates, capitalised allocation policies,
-//! masked linked-hub keys that a client may write back).
+//! masked linked-hub keys that a client may write back). Azure's checks come first: each
+//! resource type's own api-versions, and hub and DPS names by Azure's naming rules.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -30,6 +31,8 @@ const DPS_API_VERSIONS: &[&str] = &[
     "2022-12-12",
     "2023-03-01-preview",
     "2025-02-01-preview",
+    // The default of azure-mgmt-iothubprovisioningservices 2.1.
+    "2026-11-01",
 ];
 
 /// The `Microsoft.Devices/IotHubs` api-versions ARM serves (newest last).
