@@ -1,6 +1,8 @@
 //! The HTTPS listener tried as an attacker would: raw requests over real TLS on 127.0.0.1 with
 //! tokens out of scope, policies without the right, other subscriptions, stalled uploads,
-//! invalid ids and seeded mutations of valid requests.
+//! invalid ids and seeded mutations of valid requests; and Azure's rules held on both sides
+//! (hub and DPS names, each resource type's api-version, the required enrollment attestation,
+//! the 300 s method timeout), by the emulator with Azure's 400 and by the clients before sending.
 
 use std::sync::Arc;
 use std::time::Duration;
