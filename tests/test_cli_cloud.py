@@ -122,6 +122,18 @@ def test_bad_target_options_are_usage_errors(
     assert "exactly one of" in capsys.readouterr().err
 
 
+def test_names_azure_refuses_are_refused_with_the_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = str(tmp_path / "cloud")
+    assert main(["cloud", "create-hub", "my_hub", "--local", state]) != 0
+    assert "Azure accepts 3-50 ASCII letters, digits and hyphens" in capsys.readouterr().err
+    assert main(["cloud", "create-dps", "my.dps", "--local", state]) != 0
+    assert "Azure accepts 3-64 ASCII letters, digits and hyphens" in capsys.readouterr().err
+    shown = json.loads(_run(capsys, "cloud", "show", "--local", state, "--json"))
+    assert (shown["hubs"], shown["dps"]) == ([], [])
+
+
 def test_device_provision_and_run_against_a_running_emulator(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
