@@ -1323,7 +1323,7 @@ fn enrollment_puts_without_attestation_get_azures_400() {
                 emulator.cloud().enrollment("dps", "e").unwrap(),
             )
         );
-        // A create without attestation is refused the same way.
+        // A create without attestation is refused the same way, in a bulk operation too.
         let answer = put(
             format!("/enrollmentGroups/new{api}"),
             json!({"enrollmentGroupId": "new"}),
@@ -1331,6 +1331,19 @@ fn enrollment_puts_without_attestation_get_azures_400() {
         .await;
         assert_eq!(answer.status, 400, "{answer:?}");
         assert!(emulator.cloud().enrollment_group("dps", "new").is_err());
+        let bulk = json!({"mode": "create", "enrollments": [{"registrationId": "bulk-1"}]});
+        let answer = client
+            .send(
+                "POST",
+                &format!("/enrollments{api}"),
+                Some(&owner),
+                Some(&bulk),
+            )
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.body["isSuccessful"], false, "{answer:?}");
+        assert_eq!(answer.body["errors"][0]["errorCode"], 400_004, "{answer:?}");
+        assert!(emulator.cloud().enrollment("dps", "bulk-1").is_err());
     });
 }
 
