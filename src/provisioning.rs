@@ -630,6 +630,48 @@ mod tests {
         assert!(diagnose("x", &DeviceAuth::SymmetricKey("k".into())).is_empty());
     }
 
+    /// Azure's endpoints chain to public roots: a client configuration for either kind of
+    /// device builds on the system's roots (no network; a host without any still builds one,
+    /// which then trusts nothing).
+    #[test]
+    fn client_configurations_build_on_the_system_roots() {
+        use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
+        let trust = Trust::system();
+        let key = DeviceAuth::SymmetricKey("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+        let config = trust.client_config(&key, 2).unwrap();
+        assert!(!config.client_auth_cert_resolver.has_certs());
+        let root = CertificateAuthority::create_root(
+            "System Roots Test",
+            &CaOptions {
+                algorithm: KeyAlgorithm::EcP256,
+                validity: Validity::days(1, None).unwrap(),
+                path_length: None,
+                organization: None,
+            },
+        )
+        .unwrap();
+        let device = root
+            .issue_device(
+                "sys-1",
+                KeyAlgorithm::EcP256,
+                Validity::days(1, None).unwrap(),
+            )
+            .unwrap();
+        let config = trust
+            .client_config(&DeviceAuth::X509(device.shared_credential()), 0)
+            .unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+        // The same anchors as rustls-native-certs finds, none dropped on the way.
+        let native = rustls_native_certs::load_native_certs().certs.len();
+        assert!(trust.roots().len() <= native);
+        if native > 0 {
+            assert!(
+                !trust.roots().is_empty(),
+                "{native} system roots, none kept"
+            );
+        }
+    }
+
     #[test]
     fn the_pacer_allows_five_polls_per_ten_seconds() {
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -36,6 +36,11 @@ pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
 /// [`HubClient::connect`] clamps `keep_alive` to it.
 pub const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
 
+/// The longest IoT Hub waits for a device to answer a direct method: `responseTimeoutInSeconds`
+/// is 5 to 300 ("Understand and invoke direct methods from IoT Hub"; the emulator's REST API
+/// clamps to the same range). [`method_timeout`] refuses longer ones.
+pub const MAX_METHOD_TIMEOUT_SECONDS: u64 = 300;
+
 /// MQTT 3.1.1 writes a topic's length in two bytes.
 const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
 
@@ -673,6 +678,25 @@ impl std::future::Future for PendingAck {
     }
 }
 
+/// A direct-method response timeout of `seconds`, refused with [`Error::Config`] unless it is a
+/// positive number of seconds no longer than IoT Hub's [`MAX_METHOD_TIMEOUT_SECONDS`] (Azure
+/// answers a longer `responseTimeoutInSeconds` with 400; waiting longer locally would promise
+/// what Azure does not do).
+pub fn method_timeout(seconds: f64) -> Result<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(Error::Config(format!(
+            "timeout must be a positive number of seconds, not {seconds}"
+        )));
+    }
+    if seconds > MAX_METHOD_TIMEOUT_SECONDS as f64 {
+        return Err(Error::Config(format!(
+            "a direct method's response timeout is at most {MAX_METHOD_TIMEOUT_SECONDS} s on \
+             IoT Hub, not {seconds}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 /// `keep_alive` within what IoT Hub serves: at most [`MAX_KEEP_ALIVE_SECONDS`]. A longer one
 /// would let the hub drop a healthy idle device before its next ping.
 pub fn clamp_keep_alive(keep_alive: u16) -> u16 {
@@ -722,6 +746,20 @@ mod tests {
             "%24.mid=abc&%24.ct=application%2Fjson&%24.ce=utf-8&temp=21&zeta=a%2Fb"
         );
         assert_eq!(TelemetryMessage::new("x").property_bag(), "");
+    }
+
+    #[test]
+    fn method_timeouts_stop_at_300_s() {
+        assert_eq!(method_timeout(300.0).unwrap(), Duration::from_secs(300));
+        assert_eq!(method_timeout(0.5).unwrap(), Duration::from_millis(500));
+        for refused in [300.5, 3600.0, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(method_timeout(refused), Err(Error::Config(_))),
+                "{refused}"
+            );
+        }
+        let message = method_timeout(301.0).unwrap_err().to_string();
+        assert!(message.contains("at most 300 s"), "{message}");
     }
 
     #[test]
