@@ -303,7 +303,10 @@ class HubClient:
         correlation_id: str | None = None,
     ) -> None:
         """Send one message at QoS 1; returns once the hub acknowledged it. A dict or list is
-        sent as JSON (``application/json``, ``utf-8``), a str as UTF-8, bytes as they are."""
+        sent as JSON (``application/json``, ``utf-8``), a str as UTF-8, bytes as they are.
+
+        A message over IoT Hub's 256 KB (body and properties) raises :class:`ConfigError` at
+        once, before it is sent; the connection is unaffected."""
         data, content_type, content_encoding = _encode_body(body, content_type, content_encoding)
         await self._session.send_telemetry(
             data,
