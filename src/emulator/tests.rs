@@ -964,6 +964,8 @@ impl HubDevice {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
         options.set_clean_session(clean_session);
         options.set_keep_alive(30);
+        // Room for IoT Hub's largest messages (rumqttc's default is 10 KB).
+        options.set_max_packet_size(1 << 20, 1 << 20);
         if let Some(will) = will {
             options.set_last_will(will);
         }
@@ -2331,6 +2333,17 @@ fn oversized_telemetry_is_refused_before_it_is_sent() {
             .send_telemetry(&TelemetryMessage::new("normal"))
             .await
             .unwrap();
+        // The largest message the client lets through, properties and all, is one the hub
+        // accepts: a device is never left replaying a message the hub keeps refusing.
+        let mut largest = TelemetryMessage::new("");
+        largest.message_id = Some("largest".into());
+        largest.properties.push(("note".into(), "z".repeat(1000)));
+        largest.body = bytes::Bytes::from(vec![b'L'; MAX_TELEMETRY_BYTES - largest.size()]);
+        assert_eq!(largest.size(), MAX_TELEMETRY_BYTES);
+        tokio::time::timeout(Duration::from_secs(30), client.send_telemetry(&largest))
+            .await
+            .expect("the hub acknowledges the largest message the client sends")
+            .unwrap();
         assert_eq!(
             client.connection_state(),
             crate::hub::ConnectionState::Connected
@@ -2358,12 +2371,69 @@ fn oversized_telemetry_is_refused_before_it_is_sent() {
         .telemetry(&hub, Some("big-sender"))
         .unwrap()
         .into_iter()
-        .map(|r| r.body)
+        .map(|r| {
+            if r.body.len() > 6 {
+                b"<largest>".to_vec()
+            } else {
+                r.body
+            }
+        })
         .collect();
     assert_eq!(
         bodies,
-        vec![b"normal".to_vec(), b"fine".to_vec(), b"fine".to_vec()]
+        vec![
+            b"normal".to_vec(),
+            b"<largest>".to_vec(),
+            b"fine".to_vec(),
+            b"fine".to_vec()
+        ]
     );
+}
+
+/// The emulator counts what IoT Hub counts against 256 KB: the body and the properties. A
+/// message over it is answered, as on Azure over MQTT, by closing the connection; the same
+/// properties with a smaller body are stored.
+#[test]
+fn the_hub_counts_properties_against_256_kb() {
+    use crate::emulator::hub::MAX_D2C_BYTES;
+
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "counted-dev");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    let topic = format!(
+        "devices/counted-dev/messages/events/note={}",
+        "z".repeat(200)
+    );
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        // note (4) + 200 + body: fits with 204 bytes of properties, not with one more of body.
+        let fits = vec![b'a'; MAX_D2C_BYTES - 204];
+        d.client
+            .publish(topic.clone(), fits, PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+        let over = vec![b'b'; MAX_D2C_BYTES - 203];
+        d.client
+            .publish(topic.clone(), over, PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        let dropped = d.until(|p| matches!(p, Packet::PubAck(_))).await;
+        assert!(
+            dropped.is_err(),
+            "the hub acknowledged an oversized message"
+        );
+    });
+    let stored = hubs.telemetry(&hub, Some("counted-dev")).unwrap();
+    let [record] = &stored[..] else {
+        panic!("{} records", stored.len())
+    };
+    assert_eq!(record.body.len(), MAX_D2C_BYTES - 204);
 }
 
 /// dpskit's DPS client sends a registration with a custom payload far above rumqttc's default
