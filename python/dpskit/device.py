@@ -250,7 +250,8 @@ class HubClient:
     ) -> _Connecting:
         """Connect to ``target``: a :class:`RegistrationResult` (its assigned hub, device id and
         port) or a hub host name (``host[:port]``, with ``device_id``). Use with ``async with``,
-        or ``await`` it (then :meth:`close` it)."""
+        or ``await`` it (then :meth:`close` it). ``keep_alive`` (seconds) is clamped to IoT
+        Hub's largest, 1,177."""
         if isinstance(target, RegistrationResult):
             if target.assigned_hub is None or target.device_id is None:
                 raise ConfigError(f"registration {target.registration_id} has no assigned hub")

@@ -26,7 +26,7 @@ const SAS_TTL_SECONDS: i64 = 3600;
 /// IoT Hub's largest device-to-cloud message: 256 KB (Azure's "IoT Hub quotas and
 /// throttling", and the wire spec's section 3.2; a larger one is refused with 413001, which
 /// over MQTT means a dropped connection). The Python SDK refuses telemetry over this size
-/// before sending it (`TELEMETRY_MESSAGE_SIZE_LIMIT = 262144`), and so does
+/// before sending it (`TELEMETRY_MESSAGE_SIZE_LIMIT = 262144`, a `ValueError`), and so does
 /// [`HubClient::queue_telemetry`].
 pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
 
@@ -679,9 +679,9 @@ impl std::future::Future for PendingAck {
 }
 
 /// A direct-method response timeout of `seconds`, refused with [`Error::Config`] unless it is a
-/// positive number of seconds no longer than IoT Hub's [`MAX_METHOD_TIMEOUT_SECONDS`] (Azure
-/// answers a longer `responseTimeoutInSeconds` with 400; waiting longer locally would promise
-/// what Azure does not do).
+/// positive number of seconds no longer than IoT Hub's [`MAX_METHOD_TIMEOUT_SECONDS`]: Azure
+/// does not accept a longer `responseTimeoutInSeconds`, and waiting longer against the emulator
+/// would promise what Azure does not do.
 pub fn method_timeout(seconds: f64) -> Result<Duration> {
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(Error::Config(format!(
