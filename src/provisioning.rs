@@ -20,6 +20,18 @@ use crate::pki::{Certificate, Credential};
 const API_VERSION: &str = "2019-03-31";
 /// SAS tokens are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
+/// DPS's largest message: 96 KB ("Azure IoT Hub Device Provisioning Service quotas and
+/// limits", not adjustable; the wire spec's section 6). A register request over it is refused
+/// before dialling, with [`Error::Config`].
+pub const MAX_REGISTRATION_BYTES: usize = 96 * 1024;
+/// The largest MQTT packet the client sends or reads. rumqttc's default of 10 KB refused
+/// registrations carrying a custom payload of a few KB; DPS's answers echo the payload of a
+/// custom allocation and carry the registration state around it, so this leaves room above
+/// [`MAX_REGISTRATION_BYTES`] (256 KB, IoT Hub's own message ceiling).
+const MAX_PACKET_BYTES: usize = 256 * 1024;
+/// Seconds between keep-alive pings: the Python SDK's default, well inside what DPS allows
+/// (the Python SDK accepts 1 to 1,740) and IoT Hub's ceiling of 1,177 s.
+const KEEP_ALIVE_SECONDS: u16 = 60;
 
 /// How a device proves who it is.
 #[derive(Clone)]
@@ -193,6 +205,16 @@ async fn exchange(
     on_throttled: &(dyn Fn() + Send + Sync),
 ) -> Result<RegistrationResult> {
     let id = &request.registration_id;
+    let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
+    if body.len() > MAX_REGISTRATION_BYTES {
+        // DPS would refuse it; refused here, the caller learns why instead of seeing a
+        // dropped connection.
+        return Err(Error::Config(format!(
+            "a registration request is at most {MAX_REGISTRATION_BYTES} bytes (DPS's 96 KB \
+             message limit); the one for {id} has {} with its payload",
+            body.len()
+        )));
+    }
     let mut options = MqttOptions::new(id.clone(), Broker::tcp(request.host.clone(), request.port));
     let username = format!(
         "{}/registrations/{id}/api-version={API_VERSION}&ClientVersion=dpskit%2F{}",
@@ -219,14 +241,14 @@ async fn exchange(
         // cache would never be used.
         trust.client_config(&request.auth, 0)?,
     ))));
-    options.set_keep_alive(60);
+    options.set_keep_alive(KEEP_ALIVE_SECONDS);
+    options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     options.set_clean_session(true);
     let (client, mut events) = AsyncClient::builder(options).capacity(8).build();
     let mut network = NetworkOptions::new();
     // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
     network.set_tcp_nodelay(true);
     events.set_network_options(network);
-    let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
     let mut rid: u32 = 0;
     let mut pending_operation: Option<String> = None;
     let mut pacer = PollPacer::default();
@@ -606,6 +628,48 @@ mod tests {
             "{missing:?}"
         );
         assert!(diagnose("x", &DeviceAuth::SymmetricKey("k".into())).is_empty());
+    }
+
+    /// Azure's endpoints chain to public roots: a client configuration for either kind of
+    /// device builds on the system's roots (no network; a host without any still builds one,
+    /// which then trusts nothing).
+    #[test]
+    fn client_configurations_build_on_the_system_roots() {
+        use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
+        let trust = Trust::system();
+        let key = DeviceAuth::SymmetricKey("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
+        let config = trust.client_config(&key, 2).unwrap();
+        assert!(!config.client_auth_cert_resolver.has_certs());
+        let root = CertificateAuthority::create_root(
+            "System Roots Test",
+            &CaOptions {
+                algorithm: KeyAlgorithm::EcP256,
+                validity: Validity::days(1, None).unwrap(),
+                path_length: None,
+                organization: None,
+            },
+        )
+        .unwrap();
+        let device = root
+            .issue_device(
+                "sys-1",
+                KeyAlgorithm::EcP256,
+                Validity::days(1, None).unwrap(),
+            )
+            .unwrap();
+        let config = trust
+            .client_config(&DeviceAuth::X509(device.shared_credential()), 0)
+            .unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+        // The same anchors as rustls-native-certs finds, none dropped on the way.
+        let native = rustls_native_certs::load_native_certs().certs.len();
+        assert!(trust.roots().len() <= native);
+        if native > 0 {
+            assert!(
+                !trust.roots().is_empty(),
+                "{native} system roots, none kept"
+            );
+        }
     }
 
     #[test]

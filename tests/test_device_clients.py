@@ -1,10 +1,13 @@
 """dpskit's own device clients, awaited from asyncio, against the emulator: provisioning with
 X.509 and symmetric keys, the hub connection with telemetry, twin, desired patches, direct
-methods and C2D, refusals with their diagnosis, cancellation and wrong trust."""
+methods and C2D, refusals with their diagnosis, cancellation, wrong trust, the system roots
+by default, and telemetry over IoT Hub's size limit refused before it is sent."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import dpskit
+from dpskit._native import HubConnections
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +228,61 @@ def test_cancelling_a_waiting_iterator_leaves_the_client_usable(
 
     asyncio.run(scenario())
     assert [m.body for m in hub.telemetry("cancel-dev")] == [b"still here"]
+
+
+def test_hub_connections_trust_the_system_roots_without_a_pem(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    """Without ``trust_pem``, ``HubConnections`` verifies hubs against the operating system's
+    roots, as Azure needs. The emulator's CA is not among them, so its hub is refused; the same
+    device connects when given the emulator's CA."""
+    cloud, dps, inter = world
+    device = inter.issue_device("system-roots-dev")
+    result = dpskit.provision_sync(
+        dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+    )
+    hub = result.assigned_hub
+    assert hub is not None
+    system = HubConnections()
+    try:
+        report = json.loads(system.connect(hub, result.port, [device]))
+        assert report["connected"] == 0
+        error = report["failures"]["first"][0]["error"]
+        assert re.search(r"(?i)certificate|issuer", error), error
+    finally:
+        system.close()
+    pinned = HubConnections(cloud.trust_pem)
+    try:
+        report = json.loads(pinned.connect(hub, result.port, [device]))
+        assert report["connected"] == 1, report
+    finally:
+        pinned.close()
+
+
+def test_telemetry_over_256_kb_raises_and_the_connection_carries_on(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("big-telemetry-dev")
+    hub = cloud.hubs()[0]
+
+    async def scenario() -> None:
+        result = await dpskit.provision(
+            dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+        )
+        async with dpskit.HubClient.connect(
+            result, certificate=device, trust=cloud.trust_pem
+        ) as client:
+            # Queued, the message would never be acknowledged: the guard turns that into a
+            # failure instead of a hang.
+            with pytest.raises(dpskit.ConfigError, match="262144"):
+                await asyncio.wait_for(client.send_telemetry(b"x" * 300_000), 30)
+            # The properties count too; ConfigError is a ValueError, as the official SDKs raise.
+            with pytest.raises(ValueError, match="262144 bytes"):
+                await client.send_telemetry(b"y" * 262_000, {"note": "z" * 200})
+            await client.send_telemetry(b"normal")
+            assert client.connection_state == "connected"
+
+    asyncio.run(scenario())
+    bodies = [m.body for m in hub.telemetry("big-telemetry-dev")]
+    assert bodies == [b"normal"]

@@ -1,6 +1,6 @@
 """The hub's service side from Python: identities, twins, C2D limits, methods to offline
-devices, and the realism knobs' argument checks (device traffic itself is covered by the
-official SDK peer tests and the Rust tests)."""
+devices and their 300 s timeout cap, and the realism knobs' argument checks (device traffic
+itself is covered by the official SDK peer tests and the Rust tests)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,10 @@ def test_c2d_queue_and_offline_methods(hub: dpskit.Hub) -> None:
     with pytest.raises(dpskit.NotFoundError) as offline:
         hub.invoke_method("c2d-dev", "reboot", {"now": True}, timeout=1)
     assert offline.value.error_code == 404103
+    # IoT Hub waits at most 300 s for a method's answer: a longer timeout is refused before any
+    # request (the device is offline, so a request would have raised NotFoundError).
+    with pytest.raises(dpskit.ConfigError, match="at most 300 s"):
+        hub.invoke_method("c2d-dev", "reboot", timeout=301)
     assert hub.telemetry("c2d-dev") == []
     assert hub.telemetry().to_pandas().empty
 

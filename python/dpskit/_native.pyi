@@ -359,7 +359,9 @@ class Emulator:
 class HubConnections:
     """X.509 devices held connected to an IoT Hub or MQTT broker, one task per device."""
 
-    def __new__(cls, trust_pem: str, *, worker_threads: int | None = None) -> HubConnections: ...
+    def __new__(
+        cls, trust_pem: str | None = None, *, worker_threads: int | None = None
+    ) -> HubConnections: ...
     def connect(
         self,
         host: str,

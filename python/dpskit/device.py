@@ -250,7 +250,8 @@ class HubClient:
     ) -> _Connecting:
         """Connect to ``target``: a :class:`RegistrationResult` (its assigned hub, device id and
         port) or a hub host name (``host[:port]``, with ``device_id``). Use with ``async with``,
-        or ``await`` it (then :meth:`close` it)."""
+        or ``await`` it (then :meth:`close` it). ``keep_alive`` (seconds) is clamped to IoT
+        Hub's largest, 1,177."""
         if isinstance(target, RegistrationResult):
             if target.assigned_hub is None or target.device_id is None:
                 raise ConfigError(f"registration {target.registration_id} has no assigned hub")
@@ -303,7 +304,10 @@ class HubClient:
         correlation_id: str | None = None,
     ) -> None:
         """Send one message at QoS 1; returns once the hub acknowledged it. A dict or list is
-        sent as JSON (``application/json``, ``utf-8``), a str as UTF-8, bytes as they are."""
+        sent as JSON (``application/json``, ``utf-8``), a str as UTF-8, bytes as they are.
+
+        A message over IoT Hub's 256 KB (body and properties) raises :class:`ConfigError` at
+        once, before it is sent; the connection is unaffected."""
         data, content_type, content_encoding = _encode_body(body, content_type, content_encoding)
         await self._session.send_telemetry(
             data,

@@ -35,7 +35,9 @@ pub struct Limits {
     /// Time allowed for the TLS handshake plus CONNECT; a DPS client must also have sent its
     /// register request within it, so a connection that never registers cannot hold a slot.
     pub connect_timeout: Duration,
-    /// Largest MQTT packet accepted.
+    /// Largest MQTT packet accepted, not counting a PUBLISH's topic and packet id: those may
+    /// add up to [`MQTT_ENVELOPE_BYTES`], so that IoT Hub's largest message (256 KB of body
+    /// and properties, the properties riding in the topic) fits under the default.
     pub max_packet_size: usize,
     /// Concurrent connections before new ones are refused.
     pub max_connections: usize,
@@ -54,6 +56,10 @@ impl Default for Limits {
         }
     }
 }
+
+/// What a PUBLISH carries besides its payload, at most: a topic of up to 65,535 bytes with its
+/// two-byte length, and a two-byte packet id.
+pub const MQTT_ENVELOPE_BYTES: usize = 2 + u16::MAX as usize + 2;
 
 /// Leaf, up to eight intermediates and a root: deeper than any PKI the walkthrough builds or
 /// Azure's documentation shows, far shorter than what makes chain building expensive.
@@ -148,7 +154,10 @@ impl Connection {
     /// Reads the next packet; `Ok(None)` when the peer closed the connection.
     async fn read(&mut self) -> Result<Option<Packet>, String> {
         loop {
-            match Packet::read(&mut self.buffer, self.max_packet_size) {
+            match Packet::read(
+                &mut self.buffer,
+                self.max_packet_size.saturating_add(MQTT_ENVELOPE_BYTES),
+            ) {
                 Ok(packet) => {
                     release_if_large(&mut self.buffer);
                     return Ok(Some(packet));
@@ -876,13 +885,20 @@ async fn hub_session(
                     .strip_prefix(&events)
                     .or_else(|| (topic == events_no_slash).then_some(""))
                 {
-                    if publish.payload.len() > MAX_D2C_BYTES {
+                    let (properties, system_properties) = parse_property_bag(bag);
+                    // IoT Hub counts the body and the properties, names and values, against its
+                    // 256 KB (dpskit's client counts the encoded bag, never less).
+                    let size = publish.payload.len()
+                        + properties
+                            .iter()
+                            .chain(&system_properties)
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>();
+                    if size > MAX_D2C_BYTES {
                         return Err(format!(
-                            "telemetry of {} bytes exceeds 256 KB (413001)",
-                            publish.payload.len()
+                            "telemetry of {size} bytes with its properties exceeds 256 KB (413001)"
                         ));
                     }
-                    let (properties, system_properties) = parse_property_bag(bag);
                     let record = TelemetryRecord {
                         sequence: 0,
                         hub: hub.to_ascii_lowercase(),

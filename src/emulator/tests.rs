@@ -964,6 +964,8 @@ impl HubDevice {
         options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
         options.set_clean_session(clean_session);
         options.set_keep_alive(30);
+        // Room for IoT Hub's largest messages (rumqttc's default is 10 KB).
+        options.set_max_packet_size(1 << 20, 1 << 20);
         if let Some(will) = will {
             options.set_last_will(will);
         }
@@ -2264,4 +2266,212 @@ fn hub_client_reconnects_replays_and_renews_sas_tokens() {
         connects >= 2,
         "the token was renewed by reconnecting ({connects} CONNECTs)"
     );
+}
+
+/// Telemetry over IoT Hub's 256 KB is refused by the device before it is queued, by the client
+/// and by the fleet's send path: queued, the hub would drop the connection and the client would
+/// send it again after every reconnect. The connection survives and carries the next message.
+#[test]
+fn oversized_telemetry_is_refused_before_it_is_sent() {
+    use crate::fleet::HubConnections;
+    use crate::hub::{HubClient, HubConnectOptions, MAX_TELEMETRY_BYTES, TelemetryMessage};
+    use crate::provisioning::{DeviceAuth, Trust};
+
+    let f = fixture(None);
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
+    let port = f.emulator.mqtt_port();
+    let hub = f.emulator.cloud().hub("hub-a").unwrap().host_name;
+    let key = crate::sas::generate_key().unwrap();
+    f.emulator
+        .cloud()
+        .put_hub_device(model::HubDevice {
+            device_id: "big-sender".into(),
+            hub: hub.clone(),
+            auth: model::DeviceAuth::Sas {
+                primary_key: key.clone(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: now(),
+        })
+        .unwrap();
+    let options = HubConnectOptions::new(
+        hub.clone(),
+        port,
+        "big-sender",
+        DeviceAuth::SymmetricKey(key),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    let too_big = bytes::Bytes::from(vec![b'x'; 300_000]);
+    let is_size_refusal =
+        |e: &Error| matches!(e, Error::Config(m) if m.contains(&MAX_TELEMETRY_BYTES.to_string()));
+    runtime.block_on(async {
+        let client = HubClient::connect(options.clone(), &trust).await.unwrap();
+        // The guard only keeps a regression from hanging the suite: queued, the message would
+        // never be acknowledged.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.send_telemetry(&TelemetryMessage::new(too_big.clone())),
+        )
+        .await
+        .expect("refused at once, not queued")
+        .unwrap_err();
+        assert!(is_size_refusal(&refused), "{refused:?}");
+        // The properties count too: a body under the limit with a large property is refused.
+        let mut with_properties = TelemetryMessage::new(vec![b'y'; MAX_TELEMETRY_BYTES - 100]);
+        with_properties
+            .properties
+            .push(("note".into(), "z".repeat(200)));
+        let refused = client.send_telemetry(&with_properties).await.unwrap_err();
+        assert!(is_size_refusal(&refused), "{refused:?}");
+        client
+            .send_telemetry(&TelemetryMessage::new("normal"))
+            .await
+            .unwrap();
+        // The largest message the client lets through, properties and all, is one the hub
+        // accepts: a device is never left replaying a message the hub keeps refusing.
+        let mut largest = TelemetryMessage::new("");
+        largest.message_id = Some("largest".into());
+        largest.properties.push(("note".into(), "z".repeat(1000)));
+        largest.body = bytes::Bytes::from(vec![b'L'; MAX_TELEMETRY_BYTES - largest.size()]);
+        assert_eq!(largest.size(), MAX_TELEMETRY_BYTES);
+        tokio::time::timeout(Duration::from_secs(30), client.send_telemetry(&largest))
+            .await
+            .expect("the hub acknowledges the largest message the client sends")
+            .unwrap();
+        assert_eq!(
+            client.connection_state(),
+            crate::hub::ConnectionState::Connected
+        );
+        assert_eq!(client.reconnects(), 0, "the hub never dropped the device");
+        client.disconnect().await.unwrap();
+
+        let (connections, report) = HubConnections::connect(vec![options], &trust, 1).await;
+        assert_eq!(report.connected, 1, "{:?}", report.failures);
+        let refused = connections.send_telemetry(1, too_big, 1).await;
+        assert_eq!((refused.sent, refused.acknowledged), (0, 0));
+        let [(device, error)] = &refused.failures[..] else {
+            panic!("{:?}", refused.failures)
+        };
+        assert_eq!(device, "big-sender");
+        assert!(is_size_refusal(error), "{error:?}");
+        let sent = connections
+            .send_telemetry(2, bytes::Bytes::from_static(b"fine"), 2)
+            .await;
+        assert!(sent.failures.is_empty(), "{:?}", sent.failures);
+        assert_eq!(sent.acknowledged, 2);
+        connections.close().await;
+    });
+    let bodies: Vec<Vec<u8>> = hubs
+        .telemetry(&hub, Some("big-sender"))
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            if r.body.len() > 6 {
+                b"<largest>".to_vec()
+            } else {
+                r.body
+            }
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![
+            b"normal".to_vec(),
+            b"<largest>".to_vec(),
+            b"fine".to_vec(),
+            b"fine".to_vec()
+        ]
+    );
+}
+
+/// The emulator counts what IoT Hub counts against 256 KB: the body and the properties. A
+/// message over it is answered, as on Azure over MQTT, by closing the connection; the same
+/// properties with a smaller body are stored.
+#[test]
+fn the_hub_counts_properties_against_256_kb() {
+    use crate::emulator::hub::MAX_D2C_BYTES;
+
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "counted-dev");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    let topic = format!(
+        "devices/counted-dev/messages/events/note={}",
+        "z".repeat(200)
+    );
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        // note (4) + 200 + body: fits with 204 bytes of properties, not with one more of body.
+        let fits = vec![b'a'; MAX_D2C_BYTES - 204];
+        d.client
+            .publish(topic.clone(), fits, PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+        let over = vec![b'b'; MAX_D2C_BYTES - 203];
+        d.client
+            .publish(topic.clone(), over, PublishOptions::at_least_once())
+            .await
+            .unwrap();
+        let dropped = d.until(|p| matches!(p, Packet::PubAck(_))).await;
+        assert!(
+            dropped.is_err(),
+            "the hub acknowledged an oversized message"
+        );
+    });
+    let stored = hubs.telemetry(&hub, Some("counted-dev")).unwrap();
+    let [record] = &stored[..] else {
+        panic!("{} records", stored.len())
+    };
+    assert_eq!(record.body.len(), MAX_D2C_BYTES - 204);
+}
+
+/// dpskit's DPS client sends a registration with a custom payload far above rumqttc's default
+/// 10 KB packet limit, and refuses one above DPS's 96 KB message limit before dialling.
+#[test]
+fn dpskit_provisioning_carries_a_large_custom_payload() {
+    use crate::provisioning::{
+        DeviceAuth, MAX_REGISTRATION_BYTES, ProvisioningRequest, Trust, provision,
+    };
+
+    let f = fixture(None);
+    f.sensors_group();
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
+    let device = f.device("big-payload");
+    let request = |payload: Value| ProvisioningRequest {
+        host: "127.0.0.1".into(),
+        port: f.emulator.mqtt_port(),
+        id_scope: f.scope.clone(),
+        registration_id: "big-payload".into(),
+        auth: DeviceAuth::X509(device.shared_credential()),
+        payload: Some(payload),
+        timeout: Duration::from_secs(60),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let large = serde_json::json!({"inventory": "i".repeat(20_000)});
+        let result = provision(&request(large), &trust).await.unwrap();
+        assert_eq!(result.status, "assigned");
+        assert_eq!(result.device_id.as_deref(), Some("big-payload"));
+
+        let oversized = serde_json::json!({"inventory": "i".repeat(MAX_REGISTRATION_BYTES)});
+        let refused = provision(&request(oversized), &trust).await.unwrap_err();
+        assert!(
+            matches!(&refused, Error::Config(m) if m.contains("96 KB")),
+            "{refused:?}"
+        );
+    });
 }

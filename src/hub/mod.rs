@@ -23,6 +23,27 @@ const API_VERSION: &str = "2021-04-12";
 /// SAS tokens for the hub are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
 
+/// IoT Hub's largest device-to-cloud message: 256 KB (Azure's "IoT Hub quotas and
+/// throttling", and the wire spec's section 3.2; a larger one is refused with 413001, which
+/// over MQTT means a dropped connection). The Python SDK refuses telemetry over this size
+/// before sending it (`TELEMETRY_MESSAGE_SIZE_LIMIT = 262144`, a `ValueError`), and so does
+/// [`HubClient::queue_telemetry`].
+pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
+
+/// The longest keep-alive IoT Hub serves: the hub disconnects a device after 1.5 times its
+/// keep-alive, capped at 1,767 s, so 1,177 s is the largest value it honours ("Communicate
+/// with an IoT hub using the MQTT protocol", keep-alive section; the wire spec's section 3.1).
+/// [`HubClient::connect`] clamps `keep_alive` to it.
+pub const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
+
+/// The longest IoT Hub waits for a device to answer a direct method: `responseTimeoutInSeconds`
+/// is 5 to 300 ("Understand and invoke direct methods from IoT Hub"; the emulator's REST API
+/// clamps to the same range). [`method_timeout`] refuses longer ones.
+pub const MAX_METHOD_TIMEOUT_SECONDS: u64 = 300;
+
+/// MQTT 3.1.1 writes a topic's length in two bytes.
+const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
+
 /// Where and how one device connects to its hub.
 #[derive(Debug, Clone)]
 pub struct HubConnectOptions {
@@ -35,7 +56,8 @@ pub struct HubConnectOptions {
     pub device_id: String,
     /// X.509 chain or device key.
     pub auth: DeviceAuth,
-    /// Seconds between keep-alive pings (the Python SDK uses 60).
+    /// Seconds between keep-alive pings (the Python SDK uses 60); values above
+    /// [`MAX_KEEP_ALIVE_SECONDS`] are clamped to it.
     pub keep_alive: u16,
     /// `false` asks the hub to keep subscriptions and queued C2D messages across connections,
     /// as every official SDK does.
@@ -171,6 +193,28 @@ impl TelemetryMessage {
             .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
             .collect::<Vec<_>>()
             .join("&")
+    }
+
+    /// What IoT Hub counts against [`MAX_TELEMETRY_BYTES`]: the body plus the properties.
+    /// Azure counts property names and values; the percent-encoded bag counted here is never
+    /// smaller, so a message that passes here passes the hub.
+    pub fn size(&self) -> usize {
+        self.body.len() + self.property_bag().len()
+    }
+
+    /// Refuses a message the hub would refuse for its size, before it is sent: over MQTT the
+    /// hub answers one by closing the connection, and a client that queued it would send it
+    /// again after every reconnect.
+    pub fn check_size(&self) -> Result<()> {
+        let size = self.size();
+        if size > MAX_TELEMETRY_BYTES {
+            return Err(Error::Config(format!(
+                "a telemetry message is at most {MAX_TELEMETRY_BYTES} bytes (256 KB) of body and \
+                 properties; this one has {size} ({} of body)",
+                self.body.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -328,7 +372,7 @@ impl HubClient {
             client_id: device_id.clone(),
             username,
             sas,
-            keep_alive: options.keep_alive,
+            keep_alive: clamp_keep_alive(options.keep_alive),
             clean_session: options.clean_session,
             max_in_flight: window,
             connect_timeout: options.connect_timeout,
@@ -526,11 +570,24 @@ impl HubClient {
     /// Queues one telemetry message at QoS 1 and returns a future that resolves when the hub
     /// acknowledges it. Queuing waits while `max_in_flight` messages are unacknowledged, so a
     /// caller can keep a window of acknowledgements outstanding without unbounded memory.
+    ///
+    /// A message over [`MAX_TELEMETRY_BYTES`] (or whose topic would not fit an MQTT topic) is
+    /// refused at once with [`Error::Config`], before it is queued; the connection is not
+    /// touched.
     pub async fn queue_telemetry(&self, message: &TelemetryMessage) -> Result<PendingAck> {
+        message.check_size()?;
+        let topic = format!("{}{}", self.events_topic, message.property_bag());
+        if topic.len() > MAX_TOPIC_BYTES {
+            return Err(Error::Config(format!(
+                "the properties of a telemetry message make a topic of {} bytes; MQTT allows \
+                 {MAX_TOPIC_BYTES}",
+                topic.len()
+            )));
+        }
         let (done, acknowledged) = oneshot::channel();
         self.command(connection::Command::Publish(Box::new(
             connection::PublishRequest {
-                topic: format!("{}{}", self.events_topic, message.property_bag()),
+                topic,
                 payload: message.body.clone(),
                 done: Some(done),
             },
@@ -621,6 +678,31 @@ impl std::future::Future for PendingAck {
     }
 }
 
+/// A direct-method response timeout of `seconds`, refused with [`Error::Config`] unless it is a
+/// positive number of seconds no longer than IoT Hub's [`MAX_METHOD_TIMEOUT_SECONDS`]: Azure
+/// does not accept a longer `responseTimeoutInSeconds`, and waiting longer against the emulator
+/// would promise what Azure does not do.
+pub fn method_timeout(seconds: f64) -> Result<Duration> {
+    if !(seconds.is_finite() && seconds > 0.0) {
+        return Err(Error::Config(format!(
+            "timeout must be a positive number of seconds, not {seconds}"
+        )));
+    }
+    if seconds > MAX_METHOD_TIMEOUT_SECONDS as f64 {
+        return Err(Error::Config(format!(
+            "a direct method's response timeout is at most {MAX_METHOD_TIMEOUT_SECONDS} s on \
+             IoT Hub, not {seconds}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `keep_alive` within what IoT Hub serves: at most [`MAX_KEEP_ALIVE_SECONDS`]. A longer one
+/// would let the hub drop a healthy idle device before its next ping.
+pub fn clamp_keep_alive(keep_alive: u16) -> u16 {
+    keep_alive.min(MAX_KEEP_ALIVE_SECONDS)
+}
+
 fn twin_error(status: u16, body: &[u8], what: &str) -> Error {
     let details: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     Error::Service(Box::new(ServiceFailure {
@@ -664,6 +746,104 @@ mod tests {
             "%24.mid=abc&%24.ct=application%2Fjson&%24.ce=utf-8&temp=21&zeta=a%2Fb"
         );
         assert_eq!(TelemetryMessage::new("x").property_bag(), "");
+    }
+
+    #[test]
+    fn method_timeouts_stop_at_300_s() {
+        assert_eq!(method_timeout(300.0).unwrap(), Duration::from_secs(300));
+        assert_eq!(method_timeout(0.5).unwrap(), Duration::from_millis(500));
+        for refused in [300.5, 3600.0, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(method_timeout(refused), Err(Error::Config(_))),
+                "{refused}"
+            );
+        }
+        let message = method_timeout(301.0).unwrap_err().to_string();
+        assert!(message.contains("at most 300 s"), "{message}");
+    }
+
+    #[test]
+    fn telemetry_size_counts_body_and_properties_up_to_256_kb() {
+        let mut message = TelemetryMessage::new(vec![0u8; MAX_TELEMETRY_BYTES - 40]);
+        message.content_type = Some("application/json".into());
+        message.properties.push(("k".into(), "v".into()));
+        let bag = message.property_bag().len();
+        assert!(bag > 0);
+        assert_eq!(message.size(), MAX_TELEMETRY_BYTES - 40 + bag);
+        // Exactly at the limit passes; one byte more, of body or of properties, does not.
+        message.body = Bytes::from(vec![0u8; MAX_TELEMETRY_BYTES - bag]);
+        message.check_size().unwrap();
+        message.body = Bytes::from(vec![0u8; MAX_TELEMETRY_BYTES - bag + 1]);
+        assert!(matches!(message.check_size(), Err(Error::Config(_))));
+        message.body = Bytes::from(vec![0u8; MAX_TELEMETRY_BYTES - bag]);
+        message.properties[0].1.push('w');
+        assert!(matches!(message.check_size(), Err(Error::Config(_))));
+    }
+
+    /// Accepts one TLS connection, answers its CONNECT and returns the keep-alive it asked for.
+    async fn keep_alive_sent(keep_alive: u16) -> u16 {
+        use rumqttc::{ConnAck, ConnectReturnCode, Packet};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir().unwrap();
+        let tls =
+            crate::emulator::tls::EmulatorTls::load_or_create(dir.path(), vec!["127.0.0.1".into()])
+                .unwrap();
+        let trust = Trust::from_pem(tls.trust_pem().as_bytes()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut read = bytes::BytesMut::new();
+            let connect = loop {
+                match Packet::read(&mut read, 1 << 20) {
+                    Ok(Packet::Connect(connect)) => break connect,
+                    Ok(other) => panic!("expected CONNECT, got {other:?}"),
+                    Err(rumqttc::Error::InsufficientBytes(_)) => {}
+                    Err(e) => panic!("the client sent a malformed packet: {e}"),
+                }
+                assert!(tls.read_buf(&mut read).await.unwrap() > 0, "closed early");
+            };
+            let mut out = bytes::BytesMut::new();
+            Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+            })
+            .write(&mut out, usize::MAX)
+            .unwrap();
+            tls.write_all(&out).await.unwrap();
+            tls.flush().await.unwrap();
+            connect.keep_alive
+        });
+        let mut options = HubConnectOptions::new(
+            "127.0.0.1",
+            port,
+            "keep-alive-1",
+            DeviceAuth::SymmetricKey("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+        );
+        options.keep_alive = keep_alive;
+        options.reconnect = false;
+        let client = HubClient::connect(options, &trust).await.unwrap();
+        let sent = server.await.unwrap();
+        drop(client);
+        sent
+    }
+
+    #[test]
+    fn keep_alive_is_clamped_to_what_the_hub_serves() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            assert_eq!(keep_alive_sent(3600).await, MAX_KEEP_ALIVE_SECONDS);
+            assert_eq!(keep_alive_sent(u16::MAX).await, 1177);
+            // Within range, the caller's value goes out unchanged.
+            assert_eq!(keep_alive_sent(1177).await, 1177);
+            assert_eq!(keep_alive_sent(60).await, 60);
+        });
     }
 
     /// What a hostile or broken hub sends right after CONNACK, one connection after another.

@@ -69,11 +69,15 @@ impl PyHubConnections {
 
 #[pymethods]
 impl PyHubConnections {
-    /// Holds no connection yet; `trust_pem` holds the CA(s) the servers' certificates chain to.
+    /// Holds no connection yet; `trust_pem` holds the CA(s) the servers' certificates chain to,
+    /// or `None` for the operating system's roots (what Azure's hubs chain to).
     #[new]
-    #[pyo3(signature = (trust_pem, *, worker_threads = None))]
-    fn new(trust_pem: &str, worker_threads: Option<usize>) -> PyResult<Self> {
-        let trust = Trust::from_pem(trust_pem.as_bytes())?;
+    #[pyo3(signature = (trust_pem = None, *, worker_threads = None))]
+    fn new(trust_pem: Option<&str>, worker_threads: Option<usize>) -> PyResult<Self> {
+        let trust = match trust_pem {
+            Some(pem) => Trust::from_pem(pem.as_bytes())?,
+            None => Trust::system(),
+        };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         if let Some(threads) = worker_threads {
             builder.worker_threads(threads.max(1));

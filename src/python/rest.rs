@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use serde_json::{Value, json};
@@ -634,17 +633,13 @@ impl PyRestClient {
         payload: &str,
         timeout: f64,
     ) -> PyResult<(u16, String)> {
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(Error::Config(format!(
-                "timeout must be a positive number of seconds, not {timeout}"
-            ))
-            .into());
-        }
+        // Azure refuses a response timeout over 300 s: refused here, before any request.
+        let timeout = crate::hub::method_timeout(timeout)?;
         let client = self.hub_client(connection_string, endpoint)?;
         let payload = parse_body("the method payload", payload)?;
         self.run(py, async {
             client
-                .invoke_method(id, method, &payload, Duration::from_secs_f64(timeout))
+                .invoke_method(id, method, &payload, timeout)
                 .await
                 .map(|(status, payload)| (status, text(&payload)))
         })
