@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod error;
 pub mod fleet;
 pub mod hub;
+pub mod limits;
 pub mod pki;
 pub mod provisioning;
 pub mod sas;

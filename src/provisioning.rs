@@ -23,7 +23,7 @@ const SAS_TTL_SECONDS: i64 = 3600;
 /// DPS's largest message: 96 KB ("Azure IoT Hub Device Provisioning Service quotas and
 /// limits", not adjustable; the wire spec's section 6). A register request over it is refused
 /// before dialling, with [`Error::Config`].
-pub const MAX_REGISTRATION_BYTES: usize = 96 * 1024;
+pub const MAX_REGISTRATION_BYTES: usize = crate::limits::MAX_DPS_MESSAGE_BYTES;
 /// The largest MQTT packet the client sends or reads. rumqttc's default of 10 KB refused
 /// registrations carrying a custom payload of a few KB; DPS's answers echo the payload of a
 /// custom allocation and carry the registration state around it, so this leaves room above

@@ -30,7 +30,7 @@ use crate::pki::issue::now;
 use crate::sas::SasToken;
 
 /// Largest device-to-cloud message (256 KB).
-pub const MAX_D2C_BYTES: usize = 256 * 1024;
+pub const MAX_D2C_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
 /// Largest cloud-to-device message (64 KB).
 pub const MAX_C2D_BYTES: usize = 64 * 1024;
 /// Largest direct-method payload (128 KB).

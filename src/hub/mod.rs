@@ -28,18 +28,18 @@ const SAS_TTL_SECONDS: i64 = 3600;
 /// over MQTT means a dropped connection). The Python SDK refuses telemetry over this size
 /// before sending it (`TELEMETRY_MESSAGE_SIZE_LIMIT = 262144`, a `ValueError`), and so does
 /// [`HubClient::queue_telemetry`].
-pub const MAX_TELEMETRY_BYTES: usize = 256 * 1024;
+pub const MAX_TELEMETRY_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
 
 /// The longest keep-alive IoT Hub serves: the hub disconnects a device after 1.5 times its
 /// keep-alive, capped at 1,767 s, so 1,177 s is the largest value it honours ("Communicate
 /// with an IoT hub using the MQTT protocol", keep-alive section; the wire spec's section 3.1).
 /// [`HubClient::connect`] clamps `keep_alive` to it.
-pub const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
+pub const MAX_KEEP_ALIVE_SECONDS: u16 = crate::limits::MAX_KEEP_ALIVE_SECONDS;
 
 /// The longest IoT Hub waits for a device to answer a direct method: `responseTimeoutInSeconds`
 /// is 5 to 300 ("Understand and invoke direct methods from IoT Hub"; the emulator's REST API
 /// clamps to the same range). [`method_timeout`] refuses longer ones.
-pub const MAX_METHOD_TIMEOUT_SECONDS: u64 = 300;
+pub const MAX_METHOD_TIMEOUT_SECONDS: u64 = crate::limits::MAX_METHOD_RESPONSE_TIMEOUT_SECONDS;
 
 /// MQTT 3.1.1 writes a topic's length in two bytes.
 const MAX_TOPIC_BYTES: usize = u16::MAX as usize;

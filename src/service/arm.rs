@@ -764,6 +764,10 @@ impl ArmClient {
             self.certificates_url(dps),
             crate::sas::url_encode(name)
         );
+        // PEM text, trailing white space trimmed: what the Azure CLI's IoT extension sends for a
+        // .pem file (`open_certificate` decodes the file as UTF-8 and only base64-encodes a
+        // binary .cer), and what the API describes ("base-64 of the .cer file or just .pem
+        // file content"). Sending base64 of the DER would also pass; PEM matches the CLI.
         let body = json!({"properties": {"certificate": certificate.pem().trim_end(), "isVerified": verified}});
         self.certificate_call(
             reqwest::Method::PUT,

@@ -17,9 +17,11 @@ pub const HUB_SERVICE_API_VERSION: &str = "2021-04-12";
 
 /// Longest time IoT Hub waits for a device's method response (`responseTimeoutInSeconds`
 /// ranges over 5..=300; Azure answers 400 past it).
-pub const MAX_METHOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const MAX_METHOD_RESPONSE_TIMEOUT: Duration =
+    Duration::from_secs(crate::limits::MAX_METHOD_RESPONSE_TIMEOUT_SECONDS);
 /// Shortest method response timeout IoT Hub takes; shorter ones are raised to it.
-pub const MIN_METHOD_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MIN_METHOD_RESPONSE_TIMEOUT: Duration =
+    Duration::from_secs(crate::limits::MIN_METHOD_RESPONSE_TIMEOUT_SECONDS);
 
 /// The body of a direct method call as the official SDKs and the CLI send it: a `null`
 /// payload is left out rather than sent, and the timeout is refused past Azure's 300 s before

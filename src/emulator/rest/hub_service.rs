@@ -24,7 +24,7 @@ use crate::error::Error;
 
 /// Azure's default and largest direct-method response timeouts.
 const DEFAULT_METHOD_TIMEOUT: u64 = 30;
-const MAX_METHOD_TIMEOUT: u64 = 300;
+const MAX_METHOD_TIMEOUT: u64 = crate::limits::MAX_METHOD_RESPONSE_TIMEOUT_SECONDS;
 
 /// IoT Hub's error body (`Message` with the code, as the service writes it, plus the numeric
 /// `errorCode` dpskit's client reads) and the `iothub-errorcode` header.
@@ -342,7 +342,9 @@ async fn invoke_method(
         // Azure refuses a timeout past 300 s (or not a whole number) with 400 rather than
         // clamping it, so a client asking for more learns it here as it would there.
         value => match value.as_u64() {
-            Some(t) if t <= MAX_METHOD_TIMEOUT => t.max(5),
+            Some(t) if t <= MAX_METHOD_TIMEOUT => {
+                t.max(crate::limits::MIN_METHOD_RESPONSE_TIMEOUT_SECONDS)
+            }
             _ => {
                 return Err(Error::service(
                     400,
