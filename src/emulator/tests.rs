@@ -1032,6 +1032,25 @@ impl HubDevice {
     }
 }
 
+/// A SAS device identity registered straight in `hub` (no DPS); returns its primary key.
+pub(super) fn sas_device(f: &Fixture, hub: &str, device_id: &str) -> String {
+    let key = crate::sas::generate_key().unwrap();
+    f.emulator
+        .cloud()
+        .put_hub_device(model::HubDevice {
+            device_id: device_id.into(),
+            hub: hub.to_string(),
+            auth: model::DeviceAuth::Sas {
+                primary_key: key.clone(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: now(),
+        })
+        .unwrap();
+    key
+}
+
 /// A provisioned X.509 device and the host of the hub DPS assigned.
 pub(super) fn provisioned(f: &Fixture, id: &str) -> (crate::pki::DeviceCredential, String) {
     f.sensors_group();
@@ -1406,20 +1425,7 @@ fn hub_knobs_refuse_drop_and_throttle() {
 fn sas_devices_are_disconnected_when_their_token_expires() {
     let f = fixture(None);
     let hub = f.emulator.cloud().hub("hub-a").unwrap().host_name;
-    let key = crate::sas::generate_key().unwrap();
-    f.emulator
-        .cloud()
-        .put_hub_device(model::HubDevice {
-            device_id: "sas-dev".into(),
-            hub: hub.clone(),
-            auth: model::DeviceAuth::Sas {
-                primary_key: key.clone(),
-                secondary_key: crate::sas::generate_key().unwrap(),
-            },
-            initial_twin: None,
-            created: now(),
-        })
-        .unwrap();
+    let key = sas_device(&f, &hub, "sas-dev");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -1500,20 +1506,7 @@ fn dpskit_hub_client_and_fleet_connections_against_the_hub() {
     }
     let stranger = f.device("never-provisioned");
     let hub_a = f.emulator.cloud().hub("hub-a").unwrap().host_name;
-    let sas_key = crate::sas::generate_key().unwrap();
-    f.emulator
-        .cloud()
-        .put_hub_device(model::HubDevice {
-            device_id: "sas-fleet".into(),
-            hub: hub_a.clone(),
-            auth: model::DeviceAuth::Sas {
-                primary_key: sas_key.clone(),
-                secondary_key: crate::sas::generate_key().unwrap(),
-            },
-            initial_twin: None,
-            created: now(),
-        })
-        .unwrap();
+    let sas_key = sas_device(&f, &hub_a, "sas-fleet");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -2177,20 +2170,7 @@ fn hub_client_reconnects_replays_and_renews_sas_tokens() {
     let (device, hub) = provisioned(&f, "resilient-1");
     let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
     let hubs = f.emulator.hubs().clone();
-    let sas_key = crate::sas::generate_key().unwrap();
-    f.emulator
-        .cloud()
-        .put_hub_device(model::HubDevice {
-            device_id: "renewing-1".into(),
-            hub: hub.clone(),
-            auth: model::DeviceAuth::Sas {
-                primary_key: sas_key.clone(),
-                secondary_key: crate::sas::generate_key().unwrap(),
-            },
-            initial_twin: None,
-            created: now(),
-        })
-        .unwrap();
+    let sas_key = sas_device(&f, &hub, "renewing-1");
     f.emulator.tracer().watch(Some("renewing-1"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -2281,20 +2261,7 @@ fn oversized_telemetry_is_refused_before_it_is_sent() {
     let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
     let port = f.emulator.mqtt_port();
     let hub = f.emulator.cloud().hub("hub-a").unwrap().host_name;
-    let key = crate::sas::generate_key().unwrap();
-    f.emulator
-        .cloud()
-        .put_hub_device(model::HubDevice {
-            device_id: "big-sender".into(),
-            hub: hub.clone(),
-            auth: model::DeviceAuth::Sas {
-                primary_key: key.clone(),
-                secondary_key: crate::sas::generate_key().unwrap(),
-            },
-            initial_twin: None,
-            created: now(),
-        })
-        .unwrap();
+    let key = sas_device(&f, &hub, "big-sender");
     let options = HubConnectOptions::new(
         hub.clone(),
         port,
