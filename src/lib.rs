@@ -2,8 +2,9 @@
 //!
 //! The core is plain Rust (no Python): the X.509 toolkit in [`pki`], SAS tokens in [`sas`], and
 //! the device clients in [`provisioning`] and [`hub`], many devices at once in [`fleet`], and
-//! the local cloud in [`emulator`]. The `python` feature adds
-//! the PyO3 bindings that form the `dpskit._native` extension module.
+//! the local cloud in [`emulator`]. What the clients and the emulator share sits under both:
+//! [`protocol`], [`limits`] and [`transport`]. The `python` feature adds the PyO3 bindings that
+//! form the `dpskit._native` extension module.
 
 pub mod emulator;
 pub mod error;
@@ -11,9 +12,11 @@ pub mod fleet;
 pub mod hub;
 pub mod limits;
 pub mod pki;
+pub mod protocol;
 pub mod provisioning;
 pub mod sas;
 pub mod service;
+pub mod transport;
 
 #[cfg(test)]
 mod fuzz;

@@ -12,9 +12,9 @@ use rumqttc::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 
-use crate::emulator::topics::query_pairs;
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, Credential};
+use crate::protocol::query_pairs;
 
 /// The MQTT api-version DPS documents and the Python and C# SDKs send.
 const API_VERSION: &str = "2019-03-31";
@@ -118,13 +118,8 @@ impl Trust {
 
     /// The operating system's roots: what Azure's endpoints chain to.
     pub fn system() -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // One unusable system certificate must not make Azure unreachable.
-            let _ = roots.add(cert);
-        }
         Trust {
-            roots: Arc::new(roots),
+            roots: Arc::new(crate::transport::system_roots()),
         }
     }
 
@@ -140,7 +135,7 @@ impl Trust {
         auth: &DeviceAuth,
         resumable_sessions: usize,
     ) -> Result<rustls::ClientConfig> {
-        let builder = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+        let builder = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
             .with_root_certificates(self.roots.clone());

@@ -251,7 +251,7 @@ impl Cloud {
         host_name: Option<&str>,
     ) -> Result<HubRecord> {
         // Azure's rule, so a hub made here could be made on Azure under the same name.
-        crate::service::arm::validate_hub_name(name)?;
+        crate::protocol::validate_hub_name(name)?;
         let mut model = self.write();
         if model.hubs.contains_key(name) {
             return Err(conflict("IoT hub", name));
@@ -415,7 +415,7 @@ impl Cloud {
 
     /// Creates a DPS instance with a fresh ID scope.
     pub fn create_dps(&self, name: &str, location: &str) -> Result<DpsRecord> {
-        crate::service::arm::validate_dps_name(name)?;
+        crate::protocol::validate_dps_name(name)?;
         let mut model = self.write();
         if model.dps.contains_key(name) {
             return Err(conflict("provisioning service", name));

@@ -196,11 +196,10 @@ impl DpsEngine {
         if let Some(client) = self.http.get() {
             return Ok(client);
         }
-        let roots = crate::provisioning::Trust::system().roots();
-        let config = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
+            .with_root_certificates(crate::transport::system_roots())
             .with_no_client_auth();
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(config)

@@ -1069,23 +1069,3 @@ impl HubEngine {
         self.store.telemetry(&hub.to_ascii_lowercase(), device_id)
     }
 }
-
-/// Ordered `(key, value)` pairs of a property bag.
-pub type Properties = Vec<(String, String)>;
-
-/// Decodes a property bag (`a=b&%24.ct=...`) into (application, system) properties: keys and
-/// values percent-decoded; `$.` and `%24.` both mark system properties.
-pub fn parse_property_bag(bag: &str) -> (Properties, Properties) {
-    let mut properties = Vec::new();
-    let mut system = Vec::new();
-    for pair in bag.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = crate::sas::url_decode(k).unwrap_or_else(|_| k.to_string());
-        let v = crate::sas::url_decode(v).unwrap_or_else(|_| v.to_string());
-        match k.strip_prefix("$.") {
-            Some(system_key) => system.push((system_key.to_string(), v)),
-            None => properties.push((k, v)),
-        }
-    }
-    (properties, system)
-}

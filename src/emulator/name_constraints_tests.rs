@@ -30,7 +30,7 @@ fn client_config(trust_pem: &str) -> Arc<rustls::ClientConfig> {
             .unwrap();
     }
     Arc::new(
-        rustls::ClientConfig::builder_with_provider(tls::provider())
+        rustls::ClientConfig::builder_with_provider(crate::transport::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
@@ -58,7 +58,7 @@ async fn handshake(
 async fn serve_leaf(leaf: &Credential) -> u16 {
     let chain = vec![CertificateDer::from(leaf.certificate().der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key().pkcs8_der().to_vec()));
-    let config = rustls::ServerConfig::builder_with_provider(tls::provider())
+    let config = rustls::ServerConfig::builder_with_provider(crate::transport::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

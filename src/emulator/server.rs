@@ -23,11 +23,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::emulator::dps::{DeviceIdentity, DpsEngine, Reply};
-use crate::emulator::hub::parse_property_bag;
 use crate::emulator::store::TelemetryRecord;
 use crate::emulator::topics::{DpsRequest, Route, dps_request, dps_response, route};
 use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
 use crate::pki::Certificate;
+use crate::protocol::parse_property_bag;
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -1001,7 +1001,7 @@ enum DeviceRequest {
 /// connection for.
 fn device_request(topic: &str) -> Result<DeviceRequest, String> {
     let (path, query) = topic.split_once("/?").unwrap_or((topic, ""));
-    let rid = crate::emulator::topics::query_pairs(query)
+    let rid = crate::protocol::query_pairs(query)
         .find(|(k, _)| *k == "$rid")
         .map(|(_, v)| v.to_string())
         .unwrap_or_default();

@@ -81,14 +81,14 @@ pub(super) fn client_tls(
                 .to_vec(),
         ))
         .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
     let Some((chain, key)) = presented else {
         return builder.with_no_client_auth();
     };
-    let signer = tls::provider()
+    let signer = crate::transport::provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             key.pkcs8_der().to_vec(),

@@ -32,16 +32,6 @@ use crate::error::{Error, Result};
 use crate::pki::files::write_public;
 use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, PermittedName, Validity};
 
-/// The one crypto provider of the crate.
-pub fn provider() -> Arc<CryptoProvider> {
-    // One shared provider: every device's client configuration holds it, and its lists of
-    // suites and groups would otherwise be copied ten thousand times in a fleet.
-    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
-        .clone()
-}
-
 /// File name of the emulator CA's certificate in the data folder.
 pub const CA_CERT_FILE: &str = "emulator-ca.cert.pem";
 /// File name of the emulator CA's private key in the data folder (mode 0600).
@@ -238,7 +228,7 @@ impl EmulatorTls {
     /// The rustls server configuration: TLS 1.2 and 1.3, client certificates requested and
     /// optional (SAS clients send none).
     pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
-        let provider = provider();
+        let provider = crate::transport::provider();
         let config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
@@ -252,7 +242,7 @@ impl EmulatorTls {
     /// The configuration of the HTTPS listener: the same certificate, no client certificates,
     /// HTTP/1.1 by ALPN.
     pub fn https_config(&self) -> Result<Arc<ServerConfig>> {
-        let mut config = ServerConfig::builder_with_provider(provider())
+        let mut config = ServerConfig::builder_with_provider(crate::transport::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
             .with_no_client_auth()
@@ -288,7 +278,7 @@ fn issue(ca: &CertificateAuthority, hosts: &[String]) -> Result<Arc<CertifiedKey
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         credential.key().pkcs8_der().to_vec(),
     ));
-    let signer = provider()
+    let signer = crate::transport::provider()
         .key_provider
         .load_private_key(key)
         .map_err(|e| Error::Emulator(format!("server key: {e}")))?;

@@ -1,6 +1,8 @@
 //! Parsing of MQTT usernames and topics the emulator routes on. Pure functions, so they can be
 //! tested and fuzzed apart from any socket.
 
+use crate::protocol::query_pairs;
+
 /// What a CONNECT username says about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -73,14 +75,6 @@ pub enum DpsRequest {
         /// The operation id, decoded.
         operation_id: String,
     },
-}
-
-/// Splits `a=b&c=d` into raw pairs (values not decoded).
-pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
 /// Parses a DPS request topic; `None` for anything else.

@@ -143,7 +143,7 @@ fn settings() -> Settings {
         reconnect: false,
         resubscribe: None,
         tls: Arc::new(
-            rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+            rustls::ClientConfig::builder_with_provider(crate::transport::provider())
                 .with_safe_default_protocol_versions()
                 .unwrap()
                 .with_root_certificates(rustls::RootCertStore::empty())

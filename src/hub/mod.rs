@@ -264,7 +264,7 @@ impl Inbox {
     fn deliver(&self, device_id: &str, topic: &str, payload: &[u8]) {
         if let Some(rest) = topic.strip_prefix("$iothub/twin/res/") {
             let (status, query) = rest.split_once("/?").unwrap_or((rest, ""));
-            let rid = crate::emulator::topics::query_pairs(query)
+            let rid = crate::protocol::query_pairs(query)
                 .find(|(k, _)| *k == "$rid")
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default();
@@ -278,7 +278,7 @@ impl Inbox {
             }
         } else if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
             let (name, query) = rest.split_once("/?").unwrap_or((rest, ""));
-            let rid = crate::emulator::topics::query_pairs(query)
+            let rid = crate::protocol::query_pairs(query)
                 .find(|(k, _)| *k == "$rid")
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default();
@@ -294,7 +294,7 @@ impl Inbox {
             .strip_prefix(&format!("devices/{device_id}/messages/devicebound/"))
             .or_else(|| topic.strip_prefix(&format!("devices/{device_id}/messages/deviceBound/")))
         {
-            let (properties, system_properties) = crate::emulator::hub::parse_property_bag(bag);
+            let (properties, system_properties) = crate::protocol::parse_property_bag(bag);
             if let Some(tx) = lock(&self.c2d).as_ref() {
                 let _ = tx.send(CloudMessage {
                     body: payload.to_vec(),

@@ -289,7 +289,7 @@ fn fuzz_48_hostile_dps_exchanges_end_in_a_result_or_a_typed_error() {
     let server = ca
         .issue_server(&["127.0.0.1".into()], Validity::days(1, None).unwrap())
         .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(crate::emulator::tls::provider())
+    let config = rustls::ServerConfig::builder_with_provider(crate::transport::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, CertificateAuthority, Validity};
+use crate::protocol::{validate_dps_name, validate_hub_name};
 use crate::provisioning::Trust;
 use crate::service::{failure, http_client, transport};
 
@@ -18,50 +19,6 @@ pub const DPS_API_VERSION: &str = "2022-02-05";
 
 /// Azure's public ARM endpoint.
 pub const AZURE_ARM_ENDPOINT: &str = "https://management.azure.com";
-
-/// Longest IoT hub name Azure accepts.
-pub const MAX_HUB_NAME_LEN: usize = 50;
-/// Longest DPS name Azure accepts.
-pub const MAX_DPS_NAME_LEN: usize = 64;
-
-/// Checks an IoT hub name against Azure's rule: 3 to 50 ASCII letters, digits and hyphens, not
-/// ending with a hyphen (Azure's resource naming rules for `Microsoft.Devices/IotHubs`; the
-/// name becomes the host name `{name}.azure-devices.net`). The client and the emulator both
-/// apply it, so a name Azure would refuse fails locally too.
-pub fn validate_hub_name(name: &str) -> Result<()> {
-    check_azure_name("IoT hub", name, MAX_HUB_NAME_LEN)
-}
-
-/// Checks a DPS name against Azure's rule: 3 to 64 ASCII letters, digits and hyphens, ending
-/// with a letter or digit. The resource provider's spec gives `^[A-Za-z0-9-]{3,64}$` (the
-/// `provisioningServiceName` pattern of the recent `Microsoft.Devices/provisioningServices`
-/// api-versions) and the ARM template reference adds "end with alphanumeric".
-pub fn validate_dps_name(name: &str) -> Result<()> {
-    check_azure_name("provisioning service", name, MAX_DPS_NAME_LEN)
-}
-
-fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
-    let invalid = |rule: String| {
-        Err(Error::Config(format!(
-            "invalid {what} name {name:?}: {rule}; Azure accepts 3-{max} ASCII letters, digits \
-             and hyphens, not ending with a hyphen"
-        )))
-    };
-    let len = name.chars().count();
-    if !(3..=max).contains(&len) {
-        return invalid(format!("{len} characters"));
-    }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-    {
-        return invalid(format!("character {bad:?} is not allowed"));
-    }
-    if name.ends_with('-') {
-        return invalid("it ends with a hyphen".into());
-    }
-    Ok(())
-}
 
 /// A CA certificate as ARM describes it.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,7 +32,7 @@ pub(crate) fn omit_nulls(value: serde_json::Value, deep: bool) -> serde_json::Va
 /// `trust` is the emulator's CA, or [`Trust::system`] for Azure.
 pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::Client> {
     let roots = trust.roots();
-    let config = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
         .with_root_certificates(roots)

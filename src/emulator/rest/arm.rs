@@ -308,7 +308,7 @@ fn put_dps(
     let body = parse_json(body)?;
     let created = cloud.dps(name).is_err();
     if created {
-        if let Err(e) = crate::service::arm::validate_dps_name(name) {
+        if let Err(e) = crate::protocol::validate_dps_name(name) {
             return Ok(invalid_name(&e));
         }
         let location = body["location"].as_str().ok_or_else(|| {
@@ -413,7 +413,7 @@ fn iot_hubs(
             if let Ok(hub) = cloud.hub(name) {
                 return Ok(Reply::json(StatusCode::OK, hub_json(group_base, &hub)));
             }
-            if let Err(e) = crate::service::arm::validate_hub_name(name) {
+            if let Err(e) = crate::protocol::validate_hub_name(name) {
                 return Ok(invalid_name(&e));
             }
             let body = parse_json(body)?;

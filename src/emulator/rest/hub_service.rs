@@ -409,7 +409,7 @@ fn send_c2d(
 
 /// Emulator-only: the stored telemetry (`?deviceId=` to filter), in arrival order.
 fn telemetry(context: &RestContext, host: &str, query: &str) -> crate::Result<Reply> {
-    let device_id = crate::emulator::topics::query_pairs(query)
+    let device_id = crate::protocol::query_pairs(query)
         .find(|(k, _)| k.eq_ignore_ascii_case("deviceId"))
         .map(|(_, v)| crate::sas::url_decode(v))
         .transpose()?;

@@ -260,7 +260,7 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
                 .get(hyper::header::IF_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let api_version = crate::emulator::topics::query_pairs(parts.uri.query().unwrap_or(""))
+            let api_version = crate::protocol::query_pairs(parts.uri.query().unwrap_or(""))
                 .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default();
@@ -340,7 +340,7 @@ fn authorize_arm(
             "Authentication failed. The 'Authorization' header is missing, not a Bearer token, or not a token this emulator was configured to accept.",
         ));
     }
-    let has_api_version = crate::emulator::topics::query_pairs(query)
+    let has_api_version = crate::protocol::query_pairs(query)
         .any(|(k, v)| k.eq_ignore_ascii_case("api-version") && !v.is_empty());
     if !has_api_version {
         return Err(arm_error(

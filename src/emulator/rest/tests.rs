@@ -63,7 +63,7 @@ impl Client {
                     .to_vec(),
             ))
             .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(crate::emulator::tls::provider())
+        let config = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)
