@@ -23,7 +23,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyclass(module = "dpskit._native", name = "HubConnections")]
 pub struct PyHubConnections {
     trust: Trust,
-    runtime: tokio::runtime::Runtime,
+    runtime: super::OwnedRuntime,
     connections: Mutex<HubConnections>,
 }
 
@@ -89,7 +89,7 @@ impl PyHubConnections {
             .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
         Ok(PyHubConnections {
             trust,
-            runtime,
+            runtime: super::OwnedRuntime::new(runtime),
             connections: Mutex::new(HubConnections::default()),
         })
     }

@@ -23,7 +23,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// One fleet run in progress (see `dpskit.Fleet`).
 #[pyclass(module = "dpskit._native", name = "FleetRun")]
 pub struct PyFleetRun {
-    runtime: tokio::runtime::Runtime,
+    runtime: super::OwnedRuntime,
     progress: Arc<FleetProgress>,
     handle: Mutex<Option<JoinHandle<FleetResult>>>,
     result: Mutex<Option<FleetResult>>,
@@ -171,7 +171,7 @@ impl PyFleetRun {
         let progress = Arc::new(FleetProgress::default());
         let handle = runtime.spawn(engine::run(settings, devices, trust, progress.clone()));
         Ok(PyFleetRun {
-            runtime,
+            runtime: super::OwnedRuntime::new(runtime),
             progress,
             handle: Mutex::new(Some(handle)),
             result: Mutex::new(None),

@@ -63,3 +63,32 @@ fn raise_core_error(kind: &str, message: &str) -> PyResult<()> {
 fn core_error_kinds() -> Vec<&'static str> {
     errors::ERROR_KINDS.to_vec()
 }
+
+/// A tokio runtime owned by a Python object. Python drops the object with the GIL held, and a
+/// plain `Runtime` drop waits for its workers, one of which may be waiting for the GIL to log a
+/// closed connection through `pyo3-log`: a deadlock. This one lets its workers finish in the
+/// background instead.
+pub(crate) struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnedRuntime {
+    /// Takes ownership of `runtime`.
+    pub(crate) fn new(runtime: tokio::runtime::Runtime) -> Self {
+        OwnedRuntime(Some(runtime))
+    }
+}
+
+impl std::ops::Deref for OwnedRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the runtime lives until drop")
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

@@ -29,7 +29,7 @@ type ClientCache<T> = Mutex<HashMap<(String, Option<String>), Arc<T>>>;
 /// group.
 #[pyclass(frozen, module = "dpskit._native", name = "RestClient")]
 pub struct PyRestClient {
-    runtime: tokio::runtime::Runtime,
+    runtime: super::OwnedRuntime,
     arm: ArmClient,
     trust: Trust,
     dps_clients: ClientCache<DpsServiceClient>,
@@ -170,7 +170,7 @@ impl PyRestClient {
             &trust,
         )?;
         Ok(PyRestClient {
-            runtime,
+            runtime: super::OwnedRuntime::new(runtime),
             arm,
             trust,
             dps_clients: Mutex::default(),
