@@ -61,6 +61,45 @@ pub struct Store {
     connection: Mutex<Connection>,
 }
 
+/// One document's body, on a connection or inside a transaction.
+fn read_body(connection: &Connection, kind: &str, key: &str) -> Result<Option<String>> {
+    connection
+        .query_row(
+            "SELECT body FROM documents WHERE kind = ?1 AND key = ?2",
+            params![kind, key],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(db_error)
+}
+
+/// Writes one document's body, on a connection or inside a transaction.
+fn write_body(connection: &Connection, kind: &str, key: &str, body: &str) -> Result<()> {
+    connection
+        .execute(
+            "INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?1, ?2, ?3)",
+            params![kind, key, body],
+        )
+        .map(|_| ())
+        .map_err(db_error)
+}
+
+/// Removes one document; true if it existed.
+fn delete_body(connection: &Connection, kind: &str, key: &str) -> Result<bool> {
+    connection
+        .execute(
+            "DELETE FROM documents WHERE kind = ?1 AND key = ?2",
+            params![kind, key],
+        )
+        .map(|n| n > 0)
+        .map_err(db_error)
+}
+
+fn encode<T: Serialize>(kind: &str, value: &T) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Error::Emulator(format!("state store: cannot encode {kind}: {e}")))
+}
+
 fn db_error(e: rusqlite::Error) -> Error {
     Error::Emulator(format!("state store: {e}"))
 }
@@ -119,15 +158,7 @@ impl Store {
 
     /// Inserts or replaces a document.
     pub fn put<T: Serialize>(&self, kind: &str, key: &str, value: &T) -> Result<()> {
-        let body = serde_json::to_string(value)
-            .map_err(|e| Error::Emulator(format!("state store: cannot encode {kind}: {e}")))?;
-        self.lock()
-            .execute(
-                "INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?1, ?2, ?3)",
-                params![kind, key, body],
-            )
-            .map_err(db_error)?;
-        Ok(())
+        write_body(&self.lock(), kind, key, &encode(kind, value)?)
     }
 
     /// Writes several documents in one transaction.
@@ -135,11 +166,7 @@ impl Store {
         let mut connection = self.lock();
         let tx = connection.transaction().map_err(db_error)?;
         for (kind, key, body) in documents {
-            tx.execute(
-                "INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?1, ?2, ?3)",
-                params![kind, key, body],
-            )
-            .map_err(db_error)?;
+            write_body(&tx, kind, key, body)?;
         }
         tx.commit().map_err(db_error)
     }
@@ -159,33 +186,14 @@ impl Store {
     {
         let mut connection = self.lock();
         let tx = connection.transaction().map_err(db_error)?;
-        let body: Option<String> = tx
-            .query_row(
-                "SELECT body FROM documents WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_error)?;
-        let current = body.map(|b| decode(kind, &b)).transpose()?;
+        let current = read_body(&tx, kind, key)?
+            .map(|b| decode(kind, &b))
+            .transpose()?;
         let (next, result) = change(current)?;
         match next {
-            Some(value) => {
-                let body = serde_json::to_string(&value).map_err(|e| {
-                    Error::Emulator(format!("state store: cannot encode {kind}: {e}"))
-                })?;
-                tx.execute(
-                    "INSERT OR REPLACE INTO documents (kind, key, body) VALUES (?1, ?2, ?3)",
-                    params![kind, key, body],
-                )
-                .map_err(db_error)?;
-            }
+            Some(value) => write_body(&tx, kind, key, &encode(kind, &value)?)?,
             None => {
-                tx.execute(
-                    "DELETE FROM documents WHERE kind = ?1 AND key = ?2",
-                    params![kind, key],
-                )
-                .map_err(db_error)?;
+                delete_body(&tx, kind, key)?;
             }
         }
         tx.commit().map_err(db_error)?;
@@ -194,27 +202,12 @@ impl Store {
 
     /// Removes a document; true if it existed.
     pub fn delete(&self, kind: &str, key: &str) -> Result<bool> {
-        let n = self
-            .lock()
-            .execute(
-                "DELETE FROM documents WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-            )
-            .map_err(db_error)?;
-        Ok(n > 0)
+        delete_body(&self.lock(), kind, key)
     }
 
     /// Reads one document.
     pub fn get<T: DeserializeOwned>(&self, kind: &str, key: &str) -> Result<Option<T>> {
-        let body: Option<String> = self
-            .lock()
-            .query_row(
-                "SELECT body FROM documents WHERE kind = ?1 AND key = ?2",
-                params![kind, key],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db_error)?;
+        let body = read_body(&self.lock(), kind, key)?;
         body.map(|b| decode(kind, &b)).transpose()
     }
 

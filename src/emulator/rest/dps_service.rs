@@ -84,29 +84,19 @@ pub(super) fn authorize(
     segments: &[&str],
     context: &RestContext,
 ) -> Result<DpsRecord, Reply> {
-    let refuse = |why: &str| service_error(401, 401_002, why);
     // Every DPS shares the emulator's one service host; the signature tells them apart.
     let candidates = context.cloud.all_dps().into_iter().map(|dps| {
         let policies = dps_policies(&dps);
         (dps, context.service_authority.clone(), policies)
     });
-    let grant = super::sas_grant(parts, "DPS service", candidates).map_err(|why| refuse(&why))?;
-    if !grant.covers(segments) {
-        return Err(refuse(&format!(
-            "The SAS token's sr does not cover /{}.",
-            segments.join("/")
-        )));
-    }
-    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-    let right = required_right(&parts.method, &lower);
-    if !grant.policy.grants(right) {
-        return Err(refuse(&format!(
-            "The shared access policy {} does not grant {right}.",
-            grant.policy.key_name
-        )));
-    }
-    Ok(grant.signer)
+    super::sas_authorize(
+        parts,
+        "DPS service",
+        segments,
+        candidates,
+        |method, lower| Some(required_right(method, lower)),
+    )
+    .map_err(|why| service_error(401, 401_002, &why))
 }
 
 /// Serves one authenticated DPS service request.

@@ -82,30 +82,14 @@ pub(super) fn authorize(
     segments: &[&str],
     context: &RestContext,
 ) -> Result<HubCaller, Reply> {
-    let refuse = |why: &str| hub_error(401, 401_002, why);
     let candidates = context.cloud.hubs().into_iter().map(|hub| {
         let host = hub.host_name.clone();
         let policies = hub.policies.clone();
         (hub, host, policies)
     });
-    let grant = super::sas_grant(parts, "IoT hub", candidates).map_err(|why| refuse(&why))?;
-    if !grant.covers(segments) {
-        return Err(refuse(&format!(
-            "The SAS token's sr does not cover /{}.",
-            segments.join("/")
-        )));
-    }
-    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
-    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-    if let Some(right) = required_right(&parts.method, &lower)
-        && !grant.policy.grants(right)
-    {
-        return Err(refuse(&format!(
-            "The shared access policy {} does not grant {right}.",
-            grant.policy.key_name
-        )));
-    }
-    Ok(HubCaller { hub: grant.signer })
+    super::sas_authorize(parts, "IoT hub", segments, candidates, required_right)
+        .map(|hub| HubCaller { hub })
+        .map_err(|why| hub_error(401, 401_002, &why))
 }
 
 /// Serves one authenticated hub service request.

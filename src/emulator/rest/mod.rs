@@ -411,7 +411,38 @@ impl<T> SasGrant<T> {
 /// Checks the request's SAS token (shared by the DPS and hub service APIs): the host part of
 /// its `sr` picks the candidates (`(resource, host, policies)`), `skn` one of their policies,
 /// whose primary or secondary key must have signed it. Rights and scope are the caller's.
-pub(super) fn sas_grant<T>(
+/// The candidate whose policy signed the request's SAS token, once the token's `sr` covers the
+/// resource at `segments` and its policy carries the right `required_right` names for the
+/// method and lower-cased path (`None`: a valid signature is enough). `Err` says why not, for
+/// the API's own 401 body (shared by the DPS and hub service APIs).
+pub(super) fn sas_authorize<T>(
+    parts: &hyper::http::request::Parts,
+    api: &str,
+    segments: &[&str],
+    candidates: impl IntoIterator<Item = (T, String, Vec<SharedAccessPolicy>)>,
+    required_right: impl FnOnce(&hyper::Method, &[&str]) -> Option<&'static str>,
+) -> Result<T, String> {
+    let grant = sas_grant(parts, api, candidates)?;
+    if !grant.covers(segments) {
+        return Err(format!(
+            "The SAS token's sr does not cover /{}.",
+            segments.join("/")
+        ));
+    }
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    if let Some(right) = required_right(&parts.method, &lower)
+        && !grant.policy.grants(right)
+    {
+        return Err(format!(
+            "The shared access policy {} does not grant {right}.",
+            grant.policy.key_name
+        ));
+    }
+    Ok(grant.signer)
+}
+
+fn sas_grant<T>(
     parts: &hyper::http::request::Parts,
     api: &str,
     candidates: impl IntoIterator<Item = (T, String, Vec<SharedAccessPolicy>)>,
