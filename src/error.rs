@@ -91,9 +91,15 @@ impl ServiceFailure {
     /// Classifies the failure by status, the way the Python exception tree does.
     pub fn kind(&self) -> ServiceErrorKind {
         match self.status {
-            // 403 also means "quota exceeded" (403002) or "queue full" (403004): not a
-            // credential problem.
-            403 if matches!(self.error_code, Some(403_002 | 403_004)) => ServiceErrorKind::Other,
+            // 403 also means "quota exceeded" (403002), "queue full" (403004) or "twin section
+            // too large" (403100): not a credential problem.
+            403 if matches!(
+                self.error_code,
+                Some(403_002 | 403_004 | crate::limits::TWIN_TOO_LARGE_ERROR_CODE)
+            ) =>
+            {
+                ServiceErrorKind::Other
+            }
             401 | 403 => ServiceErrorKind::Authentication,
             404 => ServiceErrorKind::NotFound,
             409 | 412 => ServiceErrorKind::Conflict,

@@ -13,3 +13,15 @@ pub const MIN_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 5;
 pub const MAX_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 300;
 /// Largest DPS registration message (DPS quotas and limits).
 pub const MAX_DPS_MESSAGE_BYTES: usize = 96 * 1024;
+/// Largest direct-method payload, the request and the device's response alike (IoT Hub
+/// quotas and throttling: "Direct method payload size: 128 KB").
+pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
+/// Largest desired or reported properties section of a twin, each counted as its JSON text
+/// (device twins, "Device twin size"). Azure refuses an operation that would grow a section
+/// past it: `403100`, "'Properties.Reported' size should be less than 32768 bytes." (as an
+/// IoT Edge user recorded IoT Hub's answer, Azure/iotedge#7035).
+pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
+/// IoT Hub's error code for a twin section grown past [`MAX_TWIN_SECTION_BYTES`] (status 403).
+pub const TWIN_TOO_LARGE_ERROR_CODE: u32 = 403_100;
+/// Largest cloud-to-device message (IoT Hub quotas and throttling).
+pub const MAX_C2D_MESSAGE_BYTES: usize = 64 * 1024;

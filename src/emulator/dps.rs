@@ -449,6 +449,23 @@ impl DpsEngine {
 
     /// Handles `iotdps-register`.
     pub async fn register(self: &Arc<Self>, identity: &DeviceIdentity, body: &[u8]) -> Reply {
+        if body.len() > crate::limits::MAX_DPS_MESSAGE_BYTES {
+            // DPS's quota page sets 96 KB per message but not the answer past it; its
+            // troubleshooting table answers a request body it cannot validate with 400 /
+            // 400004, which the SDKs report as a failed registration without retrying (a 413
+            // is documented for DPS nowhere). dpskit's client refuses such a body before
+            // sending it.
+            return Reply::error(
+                400,
+                400_004,
+                format!(
+                    "The registration request of {} bytes exceeds DPS's message limit of 96 KB \
+                     ({} bytes).",
+                    body.len(),
+                    crate::limits::MAX_DPS_MESSAGE_BYTES
+                ),
+            );
+        }
         if let Some(reply) = self.throttle(&identity.dps) {
             return reply;
         }

@@ -32,11 +32,11 @@ use crate::sas::SasToken;
 /// Largest device-to-cloud message (256 KB).
 pub const MAX_D2C_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
 /// Largest cloud-to-device message (64 KB).
-pub const MAX_C2D_BYTES: usize = 64 * 1024;
-/// Largest direct-method payload (128 KB).
-pub const MAX_METHOD_BYTES: usize = 128 * 1024;
+pub const MAX_C2D_BYTES: usize = crate::limits::MAX_C2D_MESSAGE_BYTES;
+/// Largest direct-method payload, request or response (128 KB).
+pub const MAX_METHOD_BYTES: usize = crate::limits::MAX_METHOD_PAYLOAD_BYTES;
 /// Largest desired or reported section (32 KB).
-pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
+pub const MAX_TWIN_SECTION_BYTES: usize = crate::limits::MAX_TWIN_SECTION_BYTES;
 /// Cloud-to-device messages waiting per device.
 pub const MAX_C2D_QUEUE: usize = 50;
 /// Telemetry messages a connection may have stored and not acknowledged yet; past it the
@@ -274,8 +274,8 @@ type DeviceKey = (String, String);
 struct PendingMethod {
     /// The device the request went to: only it may answer.
     device: DeviceKey,
-    /// Where the answer goes.
-    waiter: oneshot::Sender<(u16, Value)>,
+    /// Where the answer goes (or why the device's answer was refused).
+    waiter: oneshot::Sender<Result<(u16, Value)>>,
 }
 
 /// A live device session, handed to the connection task.
@@ -312,6 +312,19 @@ fn key(hub: &str, device: &str) -> DeviceKey {
 }
 
 /// Where a device's twin is stored.
+/// IoT Hub's refusal of a change that would grow a twin section (`"Reported"` or
+/// `"Desired"`) past its limit, in the words Azure answers with.
+fn twin_too_large(section: &str) -> Error {
+    Error::service(
+        403,
+        crate::limits::TWIN_TOO_LARGE_ERROR_CODE,
+        format!(
+            "'Properties.{section}' size should be less than {} bytes.",
+            MAX_TWIN_SECTION_BYTES
+        ),
+    )
+}
+
 fn twin_key(hub: &str, device_id: &str) -> String {
     format!("{}/{device_id}", hub.to_ascii_lowercase())
 }
@@ -745,11 +758,7 @@ impl HubEngine {
             let mut next = twin.reported.clone();
             merge(&mut next, &patch);
             if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
-                return Err(Error::service(
-                    400,
-                    400_011,
-                    "Reported properties would exceed 32 KB.",
-                ));
+                return Err(twin_too_large("Reported"));
             }
             twin.reported = next;
             twin.reported_version += 1;
@@ -769,11 +778,7 @@ impl HubEngine {
             let mut next = twin.desired.clone();
             merge(&mut next, patch);
             if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
-                return Err(Error::service(
-                    400,
-                    400_011,
-                    "Desired properties would exceed 32 KB.",
-                ));
+                return Err(twin_too_large("Desired"));
             }
             twin.desired = next;
             twin.desired_version += 1;
@@ -870,7 +875,7 @@ impl HubEngine {
             ));
         }
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => answer,
             _ => {
                 lock(&self.pending_methods).remove(&rid);
                 Err(Error::service(
@@ -887,6 +892,12 @@ impl HubEngine {
     /// A device answered a method request. Only the device the request went to can answer
     /// it; an answer from any other device is dropped (request ids are not secrets: a device
     /// must not be able to answer for another).
+    ///
+    /// An answer over 128 KB is refused: the call fails with 413001 and the `Err` tells the
+    /// session to close the connection. Azure documents the limit for both directions but not
+    /// its answer to an oversized response; the emulator treats it as IoT Hub treats any
+    /// device message over its limit on MQTT (telemetry's 413001: the connection is closed),
+    /// and the caller learns why at once instead of waiting for its timeout.
     pub fn method_response(
         &self,
         hub: &str,
@@ -894,8 +905,14 @@ impl HubEngine {
         rid: &str,
         status: u16,
         payload: &[u8],
-    ) {
-        let body = if payload.iter().all(u8::is_ascii_whitespace) {
+    ) -> std::result::Result<(), String> {
+        let refused = (payload.len() > MAX_METHOD_BYTES).then(|| {
+            format!(
+                "The method response of {} bytes exceeds 128 KB ({MAX_METHOD_BYTES} bytes).",
+                payload.len()
+            )
+        });
+        let body = if refused.is_some() || payload.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
             serde_json::from_slice(payload)
@@ -915,9 +932,14 @@ impl HubEngine {
                 None => None,
             }
         };
+        let answer = match &refused {
+            Some(why) => Err(Error::service(413, 413_001, why.clone())),
+            None => Ok((status, body)),
+        };
         if let Some(call) = waiter {
-            let _ = call.waiter.send((status, body));
+            let _ = call.waiter.send(answer);
         }
+        refused.map_or(Ok(()), |why| Err(format!("{why} (413001)")))
     }
 
     // ---- cloud-to-device -------------------------------------------------------------------

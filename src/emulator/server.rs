@@ -924,6 +924,13 @@ async fn hub_session(
                 // The topic is judged before the PUBACK: a publish the hub does not take closes
                 // the connection unacknowledged, so the device never believes it was accepted.
                 let request = device_request(&topic)?;
+                if let DeviceRequest::MethodResponse { rid, status } = &request {
+                    // An answer the hub refuses (over 128 KB) closes the connection
+                    // unacknowledged, like any publish the hub does not take.
+                    context
+                        .hubs
+                        .method_response(hub, device_id, rid, *status, &publish.payload)?;
+                }
                 if publish.qos == QoS::AtLeastOnce {
                     connection
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
@@ -959,14 +966,8 @@ async fn hub_session(
                             }
                         }
                     }
-                    DeviceRequest::MethodResponse { rid, status } => {
-                        context.hubs.method_response(
-                            hub,
-                            device_id,
-                            &rid,
-                            status,
-                            &publish.payload,
-                        );
+                    DeviceRequest::MethodResponse { .. } => {
+                        // Delivered before the PUBACK, above.
                     }
                 }
             }

@@ -178,6 +178,20 @@ pub(super) async fn provision_async(
     registration_id: &str,
     auth: Auth<'_>,
 ) -> Outcome {
+    let body = format!("{{\"registrationId\":\"{registration_id}\",\"payload\":null}}");
+    provision_body_async(trust, port, scope, registration_id, auth, body).await
+}
+
+/// [`provision_async`] with the register request's body as given (a client that does not
+/// check what it sends).
+pub(super) async fn provision_body_async(
+    trust: String,
+    port: u16,
+    scope: &str,
+    registration_id: &str,
+    auth: Auth<'_>,
+    register_body: String,
+) -> Outcome {
     let mut options = MqttOptions::new(registration_id, Broker::tcp("127.0.0.1", port));
     let username = format!(
         "{scope}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=dpskit-test"
@@ -199,8 +213,11 @@ pub(super) async fn provision_async(
     };
     options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(config))));
     options.set_keep_alive(30);
+    // Room for bodies past DPS's limit (rumqttc's default is 10 KB).
+    options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::builder(options).capacity(10).build();
     let mut replies = Vec::new();
+    let mut register_body = Some(register_body);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let event = tokio::time::timeout_at(deadline, events.poll())
@@ -218,7 +235,7 @@ pub(super) async fn provision_async(
                 client
                     .publish(
                         "$dps/registrations/PUT/iotdps-register/?$rid=1",
-                        format!("{{\"registrationId\":\"{registration_id}\",\"payload\":null}}"),
+                        register_body.take().unwrap_or_default(),
                         PublishOptions::at_least_once(),
                     )
                     .await
@@ -2440,5 +2457,159 @@ fn dpskit_provisioning_carries_a_large_custom_payload() {
             matches!(&refused, Error::Config(m) if m.contains("96 KB")),
             "{refused:?}"
         );
+    });
+}
+
+/// DPS refuses a register request over its 96 KB message limit (400004, as for any body it
+/// cannot validate), from a client that sends it anyway; one just under the limit registers.
+#[test]
+fn dps_refuses_a_registration_over_96_kb() {
+    use crate::limits::MAX_DPS_MESSAGE_BYTES;
+
+    let f = fixture(None);
+    f.sensors_group();
+    let device = f.device("dps-too-big");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = |total: usize| {
+        let head = r#"{"registrationId":"dps-too-big","payload":{"x":""}}"#.len();
+        format!(
+            r#"{{"registrationId":"dps-too-big","payload":{{"x":"{}"}}}}"#,
+            "x".repeat(total - head)
+        )
+    };
+    for (size, expected) in [
+        (MAX_DPS_MESSAGE_BYTES + 1, 400),
+        (MAX_DPS_MESSAGE_BYTES, 200),
+    ] {
+        let register = body(size);
+        assert_eq!(register.len(), size);
+        let outcome = runtime.block_on(provision_body_async(
+            f.emulator.trust_pem(),
+            f.emulator.mqtt_port(),
+            &f.scope,
+            "dps-too-big",
+            device_auth(&device),
+            register,
+        ));
+        let Outcome::Replies(replies) = outcome else {
+            panic!("refused at connect: {outcome:?}")
+        };
+        let (status, answer) = replies.last().unwrap();
+        assert_eq!(*status, expected, "{answer}");
+        if expected == 400 {
+            assert_eq!(replies.len(), 1, "refused at once: {replies:?}");
+            assert_eq!(answer["errorCode"], 400_004);
+            assert!(
+                answer["message"].as_str().unwrap().contains("96 KB"),
+                "{answer}"
+            );
+        }
+    }
+}
+
+/// The hub keeps a twin's reported section to 32 KB (403100, Azure's words) and a method
+/// response to 128 KB (the call fails with 413001 and the connection is closed unacknowledged),
+/// against a device client that sends them anyway.
+#[test]
+fn the_hub_refuses_oversized_reported_sections_and_method_responses() {
+    use crate::limits::{MAX_METHOD_PAYLOAD_BYTES, MAX_TWIN_SECTION_BYTES};
+
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "hub-limits");
+    let hubs = f.emulator.hubs().clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        d.subscribe_all("hub-limits").await;
+        // {"a":"..."} exactly at the limit is taken; one byte more is refused.
+        let section = |total: usize| format!(r#"{{"a":"{}"}}"#, "r".repeat(total - 8));
+        for (rid, size, status) in [
+            (1, MAX_TWIN_SECTION_BYTES + 1, 403),
+            (2, MAX_TWIN_SECTION_BYTES, 204),
+        ] {
+            d.client
+                .publish(
+                    format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
+                    section(size),
+                    PublishOptions::at_least_once(),
+                )
+                .await
+                .unwrap();
+            let (topic, body) = d.next_publish().await.unwrap();
+            assert!(
+                topic.starts_with(&format!("$iothub/twin/res/{status}/?$rid={rid}")),
+                "{topic}"
+            );
+            if status == 403 {
+                let answer: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(answer["errorCode"], 403_100);
+                assert!(
+                    answer["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("'Properties.Reported' size")
+                );
+            }
+        }
+        // The section is full: a further property grows it past the limit.
+        d.client
+            .publish(
+                "$iothub/twin/PATCH/properties/reported/?$rid=3",
+                r#"{"b":1}"#,
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        let (topic, _) = d.next_publish().await.unwrap();
+        assert!(topic.starts_with("$iothub/twin/res/403/?$rid=3"), "{topic}");
+
+        let call = {
+            let hubs = hubs.clone();
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hubs.invoke_method(
+                    &hub,
+                    "hub-limits",
+                    "dump",
+                    Value::Null,
+                    Duration::from_secs(30),
+                )
+                .await
+            })
+        };
+        let (topic, _) = d.next_publish().await.unwrap();
+        let rid = topic
+            .strip_prefix("$iothub/methods/POST/dump/?$rid=")
+            .unwrap()
+            .to_string();
+        let answer = format!(r#""{}""#, "m".repeat(MAX_METHOD_PAYLOAD_BYTES - 1));
+        d.client
+            .publish(
+                format!("$iothub/methods/res/200/?$rid={rid}"),
+                answer,
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        let (acknowledged, outcome) =
+            tokio::join!(d.until(|p| matches!(p, Packet::PubAck(_))), call);
+        assert!(
+            acknowledged.is_err(),
+            "the hub acknowledged an oversized method response"
+        );
+        match outcome.unwrap() {
+            Err(Error::Service(s)) => {
+                assert_eq!((s.status, s.error_code), (413, Some(413_001)));
+                assert!(s.message.contains("128 KB"), "{}", s.message);
+            }
+            other => panic!("{other:?}"),
+        }
     });
 }

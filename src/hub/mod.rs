@@ -41,6 +41,17 @@ pub const MAX_KEEP_ALIVE_SECONDS: u16 = crate::limits::MAX_KEEP_ALIVE_SECONDS;
 /// clamps to the same range). [`method_timeout`] refuses longer ones.
 pub const MAX_METHOD_TIMEOUT_SECONDS: u64 = crate::limits::MAX_METHOD_RESPONSE_TIMEOUT_SECONDS;
 
+/// The largest direct-method response payload: 128 KB, both directions ("IoT Hub quotas and
+/// throttling"; the wire spec's section 3.5). [`HubClient::respond`] refuses a larger one
+/// before sending; the hub would close the connection and fail the call (413001).
+pub const MAX_METHOD_RESPONSE_BYTES: usize = crate::limits::MAX_METHOD_PAYLOAD_BYTES;
+
+/// The largest reported-properties section of a twin: 32 KB of JSON (device twins, "Device
+/// twin size"; the wire spec's section 3.4). [`HubClient::update_reported`] refuses a patch
+/// whose own JSON is larger before sending (it could only pass by deleting properties; the
+/// hub refuses any change that leaves the section larger with 403100).
+pub const MAX_REPORTED_BYTES: usize = crate::limits::MAX_TWIN_SECTION_BYTES;
+
 /// MQTT 3.1.1 writes a topic's length in two bytes.
 const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
 
@@ -511,13 +522,19 @@ impl HubClient {
             .map_err(|e| Error::Protocol(format!("the twin is not JSON: {e}")))
     }
 
-    /// Patches the reported properties (`null` deletes a property).
+    /// Patches the reported properties (`null` deletes a property). A patch whose JSON is
+    /// over [`MAX_REPORTED_BYTES`] is refused before sending ([`Error::Config`]).
     pub async fn update_reported(&self, patch: &serde_json::Value) -> Result<()> {
+        let patch = patch.to_string().into_bytes();
+        if patch.len() > MAX_REPORTED_BYTES {
+            return Err(Error::Config(format!(
+                "a reported-properties patch is at most {MAX_REPORTED_BYTES} bytes of JSON (IoT \
+                 Hub's 32 KB twin section); this one has {}",
+                patch.len()
+            )));
+        }
         let (status, body) = self
-            .twin_request(
-                "$iothub/twin/PATCH/properties/reported/",
-                patch.to_string().into_bytes(),
-            )
+            .twin_request("$iothub/twin/PATCH/properties/reported/", patch)
             .await?;
         if status != 204 && status != 200 {
             return Err(twin_error(status, &body, "updating reported properties"));
@@ -543,11 +560,20 @@ impl HubClient {
         self.streams.as_ref()?.methods.lock().await.recv().await
     }
 
-    /// Answers a direct method call.
+    /// Answers a direct method call. A payload whose JSON is over
+    /// [`MAX_METHOD_RESPONSE_BYTES`] is refused before sending ([`Error::Config`]).
     pub async fn respond(&self, rid: &str, status: u16, payload: &serde_json::Value) -> Result<()> {
+        let payload = payload.to_string();
+        if payload.len() > MAX_METHOD_RESPONSE_BYTES {
+            return Err(Error::Config(format!(
+                "a direct-method response is at most {MAX_METHOD_RESPONSE_BYTES} bytes of JSON \
+                 (IoT Hub's 128 KB); this one has {}",
+                payload.len()
+            )));
+        }
         self.publish(
             format!("$iothub/methods/res/{status}/?$rid={rid}"),
-            Bytes::from(payload.to_string()),
+            Bytes::from(payload),
         )
         .await
     }

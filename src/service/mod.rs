@@ -96,7 +96,9 @@ pub(crate) async fn failure(response: reqwest::Response, what: &str) -> Error {
             " | What to do: check the credential (the SAS key of the connection string, or the \
              Entra ID token for ARM) and that it has not expired."
         }
-        (403, _) => " | What to do: the identity lacks the role or the policy right for this call.",
+        (403, c) if c != Some(crate::limits::TWIN_TOO_LARGE_ERROR_CODE) => {
+            " | What to do: the identity lacks the role or the policy right for this call."
+        }
         _ => "",
     };
     Error::Service(Box::new(ServiceFailure {
