@@ -286,3 +286,48 @@ def test_telemetry_over_256_kb_raises_and_the_connection_carries_on(
     asyncio.run(scenario())
     bodies = [m.body for m in hub.telemetry("big-telemetry-dev")]
     assert bodies == [b"normal"]
+
+
+def test_method_responses_and_reported_patches_past_azure_limits_raise_before_sending(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, inter = world
+    device = inter.issue_device("limits-dev")
+    hub = cloud.hubs()[0]
+
+    async def scenario() -> None:
+        result = await dpskit.provision(
+            dps.device_endpoint, id_scope=dps.id_scope, certificate=device, trust=cloud.trust_pem
+        )
+        async with dpskit.HubClient.connect(
+            result, certificate=device, trust=cloud.trust_pem
+        ) as client:
+            # 32 KB of reported properties: a patch larger than that is refused here, typed.
+            with pytest.raises(dpskit.ConfigError, match="32768"):
+                await client.update_reported({"blob": "r" * 33_000})
+            await client.update_reported({"blob": "r" * 1_000})
+
+            loop = asyncio.get_running_loop()
+            requests = client.method_requests()
+            call = loop.run_in_executor(
+                None, lambda: hub.invoke_method("limits-dev", "dump", timeout=10)
+            )
+            request = await asyncio.wait_for(anext(requests), 10)
+            # 128 KB of method response: refused before sending, and the call can still be
+            # answered.
+            with pytest.raises(ValueError, match="131072"):
+                await request.respond(200, "m" * (128 * 1024))
+            await request.respond(200, {"size": "fits"})
+            answer = await call
+            assert (answer.status, answer.payload) == (200, {"size": "fits"})
+            assert client.connection_state == "connected"
+
+    asyncio.run(scenario())
+    assert hub.get_twin("limits-dev")["properties"]["reported"]["blob"] == "r" * 1_000
+    # The service side meets the same 32 KB for desired properties: Azure's 403100, which is
+    # not a credential problem.
+    with pytest.raises(dpskit.ServiceError) as too_big:
+        hub.update_desired("limits-dev", {"blob": "d" * 33_000})
+    assert (too_big.value.status, too_big.value.error_code) == (403, 403100)
+    assert not isinstance(too_big.value, dpskit.AuthenticationError)
+    assert "'Properties.Desired' size" in str(too_big.value)

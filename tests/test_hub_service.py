@@ -77,3 +77,24 @@ def test_knobs_check_their_arguments(hub: dpskit.Hub) -> None:
         hub.set_throttle(messages_per_second=-5)
     with pytest.raises(dpskit.ConfigError):
         hub.refuse_connections(-1)
+
+
+def test_devices_are_listed_by_query_pages_without_keys(
+    hub: dpskit.Hub, dpskit_ca: object
+) -> None:
+    # Past one query page of 100: the client follows the hub's continuation token.
+    ids = [f"listed-{i:03}" for i in range(105)]
+    for device_id in ids:
+        hub.create_device(device_id, symmetric_key=True)
+    device = dpskit.CertificateAuthority.create_root("List Root").issue_device("listed-x509")
+    hub.create_device("listed-x509", certificate=device)
+    listed = hub.devices()
+    assert [d.device_id for d in listed] == [*ids, "listed-x509"]
+    by_id = {d.device_id: d for d in listed}
+    assert by_id["listed-x509"].authentication == "selfSigned"
+    assert by_id["listed-x509"].thumbprint == device.certificate.thumbprint_sha1
+    assert by_id["listed-000"].authentication == "sas"
+    assert by_id["listed-000"].connection_state == "Disconnected"
+    # The query carries no keys (a read per device would have them); device() reads them.
+    assert all(d.primary_key is None and d.secondary_key is None for d in listed)
+    assert hub.device("listed-000").primary_key is not None

@@ -60,6 +60,14 @@ __all__ = [
 
 AllocationPolicy = Literal["hashed", "static", "geoLatency", "custom"]
 ProvisioningStatus = Literal["enabled", "disabled"]
+#: How a hub authenticates a device, as its identity and twin say.
+Authentication = Literal["sas", "selfSigned", "certificateAuthority", "none"]
+_AUTHENTICATIONS: dict[str, Authentication] = {
+    "sas": "sas",
+    "selfsigned": "selfSigned",
+    "certificateauthority": "certificateAuthority",
+    "none": "none",
+}
 CertificateLike = Certificate | CertificateAuthority | DeviceCertificate | str | bytes
 #: A custom allocation policy: a webhook URL, or a callable that receives Azure's
 #: AllocationRequest (a dict) and returns an AllocationResponse dict (``iotHubHostName``, and
@@ -518,11 +526,12 @@ class RegistrationRecord:
 
 @dataclass(frozen=True)
 class HubDevice:
-    """A device identity in a hub (created by DPS, or directly)."""
+    """A device identity in a hub (created by DPS, or directly). The keys are ``None`` for an
+    X.509 device, and in the records :meth:`Hub.devices` lists."""
 
     device_id: str
     hub: str
-    authentication: Literal["selfSigned", "sas"]
+    authentication: Authentication
     thumbprint: str | None
     primary_key: str | None = field(repr=False)
     secondary_key: str | None = field(repr=False)
@@ -536,7 +545,7 @@ class HubDevice:
         return cls(
             device_id=data["deviceId"],
             hub=hub,
-            authentication=auth.get("type", "sas"),
+            authentication=_AUTHENTICATIONS.get(str(auth.get("type", "sas")).lower(), "sas"),
             thumbprint=thumbprints.get("primaryThumbprint"),
             primary_key=keys.get("primaryKey"),
             secondary_key=keys.get("secondaryKey"),
@@ -662,9 +671,24 @@ class Hub:
         return self.connection_string, self._cloud._hub_service_endpoint()
 
     def devices(self) -> list[HubDevice]:
-        """The device identities of this hub."""
-        twins = json.loads(self._cloud._rest.hub_twins(*self._service))
-        return [self.device(t["deviceId"]) for t in twins]
+        """The device identities of this hub, in device-id order: one query call per 100
+        devices (IoT Hub's query API, as Azure recommends), not a read per device. The list
+        carries no keys (``primary_key`` and ``secondary_key`` are ``None``), as the query
+        does not; :meth:`device` reads one identity with its keys."""
+        return [
+            HubDevice(
+                device_id=device_id,
+                hub=self.host_name,
+                authentication=_AUTHENTICATIONS.get(authentication.lower(), "sas"),
+                thumbprint=thumbprint,
+                primary_key=None,
+                secondary_key=None,
+                connection_state=state,
+            )
+            for device_id, authentication, thumbprint, state in self._cloud._rest.hub_device_list(
+                *self._service
+            )
+        ]
 
     def device(self, device_id: str) -> HubDevice:
         """One device identity."""

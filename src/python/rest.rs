@@ -596,6 +596,30 @@ impl PyRestClient {
         })
     }
 
+    /// The hub's device identities as `(device_id, authentication, primary_thumbprint,
+    /// connection_state)`.
+    #[allow(clippy::type_complexity)]
+    fn hub_device_list(
+        &self,
+        py: Python<'_>,
+        connection_string: &str,
+        endpoint: Option<&str>,
+    ) -> PyResult<Vec<(String, String, Option<String>, String)>> {
+        let client = self.hub_client(connection_string, endpoint)?;
+        let devices = self.run(py, async { client.devices().await })?;
+        Ok(devices
+            .into_iter()
+            .map(|d| {
+                (
+                    d.device_id,
+                    d.authentication,
+                    d.primary_thumbprint,
+                    d.connection_state,
+                )
+            })
+            .collect())
+    }
+
     fn hub_twin(
         &self,
         py: Python<'_>,

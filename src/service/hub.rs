@@ -50,6 +50,38 @@ pub fn method_request_body(method: &str, payload: &Value, timeout: Duration) -> 
     Ok(body)
 }
 
+/// A device identity as the hub's query API lists it: what its twin carries (no keys; a
+/// device's keys come from [`HubServiceClient::device`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSummary {
+    /// The device id.
+    pub device_id: String,
+    /// `sas`, `selfSigned`, `certificateAuthority` or `none`, as the twin's
+    /// `authenticationType` says.
+    pub authentication: String,
+    /// The primary X.509 thumbprint of a `selfSigned` device.
+    pub primary_thumbprint: Option<String>,
+    /// `Connected` or `Disconnected`.
+    pub connection_state: String,
+}
+
+impl DeviceSummary {
+    /// Reads one twin of `SELECT * FROM devices`.
+    fn from_twin(twin: &Value) -> Result<Self> {
+        let text = |key: &str| twin[key].as_str().map(str::to_string);
+        Ok(DeviceSummary {
+            device_id: text("deviceId").ok_or_else(|| {
+                Error::Protocol(format!("a twin of the device list has no deviceId: {twin}"))
+            })?,
+            authentication: text("authenticationType").unwrap_or_else(|| "sas".into()),
+            primary_thumbprint: twin["x509Thumbprint"]["primaryThumbprint"]
+                .as_str()
+                .map(str::to_string),
+            connection_state: text("connectionState").unwrap_or_else(|| "Disconnected".into()),
+        })
+    }
+}
+
 /// A client of one hub's service API.
 #[derive(Debug)]
 pub struct HubServiceClient {
@@ -121,6 +153,18 @@ impl HubServiceClient {
         self.rest
             .query_all("/devices/query", Some(&query), "listing device twins")
             .await
+    }
+
+    /// Every device identity of the hub, from its twins: one query call per page of 100
+    /// (Azure's query API, followed through `x-ms-continuation`), not a read per device.
+    /// "Get Devices" (`GET /devices?top=`) would carry the keys but stops at 1,000 devices
+    /// with no way on, and Azure recommends the query instead.
+    pub async fn devices(&self) -> Result<Vec<DeviceSummary>> {
+        self.twins()
+            .await?
+            .iter()
+            .map(DeviceSummary::from_twin)
+            .collect()
     }
 
     /// A device twin.

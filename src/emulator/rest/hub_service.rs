@@ -107,7 +107,7 @@ pub(super) async fn handle(
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
     let outcome = match (&parts.method, lower.as_slice()) {
-        (&Method::POST, ["devices", "query"]) => query_twins(context, host),
+        (&Method::POST, ["devices", "query"]) => query_twins(context, host, &parts.headers),
         (&Method::GET, ["devices", _]) => context
             .cloud
             .hub_device(host, segments[1])
@@ -258,9 +258,65 @@ fn put_device(
     Ok(Reply::json(StatusCode::OK, identity_json(context, &device)))
 }
 
-fn query_twins(context: &RestContext, host: &str) -> crate::Result<Reply> {
-    let mut twins = Vec::new();
-    for device in context.cloud.hub_devices(host) {
+/// The continuation token after `device_id`: its bytes in hex (opaque to clients, and safe in
+/// a header whatever the id holds).
+fn continuation_token(device_id: &str) -> String {
+    device_id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The device id a [`continuation_token`] names, or `None` for a token the hub never gave.
+fn continuation_device(token: &str) -> Option<String> {
+    if token.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Twins per page of a query: IoT Hub's default and largest page (`x-ms-max-item-count`; a
+/// larger request is served 100 at a time, and the client follows `x-ms-continuation`).
+const QUERY_PAGE_ITEMS: usize = 100;
+
+/// `SELECT * FROM devices`, a page at a time: at most `x-ms-max-item-count` twins (and
+/// [`QUERY_PAGE_ITEMS`]) in device-id order after the `x-ms-continuation` the previous page
+/// returned. The token names the last device served (opaque to clients), so devices created or
+/// deleted between pages neither repeat nor hide the others.
+fn query_twins(
+    context: &RestContext,
+    host: &str,
+    headers: &hyper::HeaderMap,
+) -> crate::Result<Reply> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let page_items = header("x-ms-max-item-count")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .map_or(QUERY_PAGE_ITEMS, |n| n.min(QUERY_PAGE_ITEMS));
+    let after = match header("x-ms-continuation") {
+        None => None,
+        Some(token) => Some(continuation_device(token.trim()).ok_or_else(|| {
+            Error::Config(format!(
+                "x-ms-continuation {token:?} is not a token this hub gave"
+            ))
+        })?),
+    };
+    let mut devices: Vec<HubDevice> = context
+        .cloud
+        .hub_devices(host)
+        .into_iter()
+        .filter(|d| after.as_deref().is_none_or(|a| d.device_id.as_str() > a))
+        .collect();
+    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    let more = devices.len() > page_items;
+    devices.truncate(page_items);
+    let mut twins = Vec::with_capacity(devices.len());
+    for device in &devices {
         let mut twin = context.hubs.service_twin(host, &device.device_id)?;
         if let Some(map) = twin.as_object_mut() {
             let connected = context.hubs.is_connected(host, &device.device_id);
@@ -287,7 +343,14 @@ fn query_twins(context: &RestContext, host: &str) -> crate::Result<Reply> {
         }
         twins.push(twin);
     }
-    Ok(Reply::json(StatusCode::OK, Value::Array(twins)))
+    let mut reply = Reply::json(StatusCode::OK, Value::Array(twins));
+    reply.headers.push(("x-ms-item-type", "twin".into()));
+    if let (true, Some(last)) = (more, devices.last()) {
+        reply
+            .headers
+            .push(("x-ms-continuation", continuation_token(&last.device_id)));
+    }
+    Ok(reply)
 }
 
 /// `{"tags": {...}, "properties": {"desired": {...}}}`, applied as merge patches.
