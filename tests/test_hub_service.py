@@ -79,9 +79,7 @@ def test_knobs_check_their_arguments(hub: dpskit.Hub) -> None:
         hub.refuse_connections(-1)
 
 
-def test_devices_are_listed_by_query_pages_without_keys(
-    hub: dpskit.Hub, dpskit_ca: object
-) -> None:
+def test_devices_are_listed_by_query_pages_without_keys(hub: dpskit.Hub, dpskit_ca: object) -> None:
     # Past one query page of 100: the client follows the hub's continuation token.
     ids = [f"listed-{i:03}" for i in range(105)]
     for device_id in ids:
