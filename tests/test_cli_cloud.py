@@ -233,3 +233,40 @@ def test_the_emulator_takes_its_arm_token_from_the_environment_only(
     # Never from an argument, and an unset variable is an error, not an open ARM.
     assert main(["emulator", "--data-dir", str(state), "--arm-token-env", "DPSKIT_UNSET_VAR"]) == 1
     assert "DPSKIT_UNSET_VAR" in capsys.readouterr().err
+
+
+def test_the_cloud_flag_picks_a_sovereign_cloud(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from dpskit.cli_cloud import add_azure_options, azure_cloud
+    from dpskit.cli_device import _target
+
+    monkeypatch.setenv("DPSKIT_TEST_TOKEN", "any")
+    parser = argparse.ArgumentParser()
+    add_azure_options(parser)
+    place = ["--subscription", "s", "--resource-group", "g", "--token-env", "DPSKIT_TEST_TOKEN"]
+    gov = azure_cloud(parser.parse_args([*place, "--cloud", "AzureUSGovernment"]))
+    assert (gov.arm_endpoint, gov.token_scope) == (
+        "https://management.usgovcloudapi.net",
+        "https://management.usgovcloudapi.net/.default",
+    )
+    # The whole command, against the emulator's ARM standing in for China's.
+    with dpskit.LocalCloud(port=0) as cloud:
+        cloud.create_hub("china-hub")
+        trust = tmp_path / "trust.pem"
+        trust.write_text(cloud.trust_pem)
+        argv = ["cloud", "show", "--azure", "--json", "--trust-file", str(trust)]
+        argv += ["--subscription", cloud.subscription_id, "--resource-group", cloud.resource_group]
+        argv += ["--token-env", "DPSKIT_TEST_TOKEN", "--arm-endpoint", cloud.arm_endpoint]
+        shown = json.loads(_run(capsys, *argv, "--cloud", "AzureChinaCloud"))
+        assert "china-hub" in json.dumps(shown)
+    assert main([*argv, "--cloud", "AzureMoonCloud"]) == 1
+    assert "AzureMoonCloud" in capsys.readouterr().err
+    # `dpskit device` takes the DPS endpoint of the cloud.
+    device = argparse.Namespace(id_scope="0cn00000001", endpoint=None, cloud="AzureChinaCloud")
+    assert _target(device)[0] == "global.azure-devices-provisioning.cn"
+    device.cloud = None
+    monkeypatch.delenv("AZURE_CLOUD", raising=False)
+    assert _target(device)[0] == "global.azure-devices-provisioning.net"

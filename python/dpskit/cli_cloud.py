@@ -34,9 +34,15 @@ def add_azure_options(where: argparse._ActionsContainer) -> None:
         "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, else `az login`)",
     )
     where.add_argument(
+        "--cloud",
+        metavar="NAME",
+        help="Azure cloud: AzureCloud (default), AzureChinaCloud or AzureUSGovernment; sets the "
+        "Resource Manager endpoint, the token scope and the sign-in authority together",
+    )
+    where.add_argument(
         "--arm-endpoint",
-        default="https://management.azure.com",
-        help="Resource Manager endpoint (sovereign clouds, or an emulator's)",
+        default=None,
+        help="Resource Manager endpoint (default: the cloud's; or an emulator's)",
     )
     where.add_argument(
         "--trust-file",
@@ -61,7 +67,12 @@ def azure_cloud(args: argparse.Namespace) -> AzureCloud:
             raise ConfigError(f"--token-env {args.token_env}: that variable is not set")
     trust = Path(args.trust_file).read_text() if args.trust_file else None
     return AzureCloud(
-        subscription, group, credential, arm_endpoint=args.arm_endpoint, trust_pem=trust
+        subscription,
+        group,
+        credential,
+        cloud=args.cloud or os.environ.get("AZURE_CLOUD") or None,
+        arm_endpoint=args.arm_endpoint,
+        trust_pem=trust,
     )
 
 

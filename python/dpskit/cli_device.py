@@ -1,6 +1,7 @@
 """``dpskit device provision`` and ``dpskit device run``: a simulated device from the shell,
 against a local cloud (``--local DIR``: the running ``dpskit emulator`` on it) or Azure
-(``--id-scope`` and ``--endpoint``, the system's trust roots)."""
+(``--id-scope``, and ``--endpoint`` or ``--cloud`` for the DPS host; the system's trust
+roots)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 from ._native import DeviceCertificate
 from .cloud import LocalCloud
+from .credentials import AZURE_CLOUDS, azure_environment
 from .device import AZURE_GLOBAL_ENDPOINT, HubClient, RegistrationResult, provision
 from .errors import ConfigError
 
@@ -37,7 +40,11 @@ def _credentials(args: argparse.Namespace) -> DeviceCertificate:
 def _target(args: argparse.Namespace) -> tuple[str, str, str | None]:
     """(endpoint, id scope, trust PEM) from the options."""
     if args.id_scope:
-        return args.endpoint or AZURE_GLOBAL_ENDPOINT, args.id_scope, None
+        if args.endpoint:
+            return args.endpoint, args.id_scope, None
+        cloud = args.cloud or os.environ.get("AZURE_CLOUD") or "AzureCloud"
+        environment = azure_environment(cloud) or AZURE_CLOUDS["AzureCloud"]
+        return environment.dps_global_endpoint, args.id_scope, None
     folder = Path(args.local)
     cloud = LocalCloud.attach(folder)
     if cloud is None:
@@ -145,7 +152,15 @@ def add_device_commands(commands: Any) -> None:
     )
     common.add_argument("--dps", help="DPS instance of the local cloud (default: the first)")
     common.add_argument("--id-scope", help="Azure: the DPS ID scope (switches to Azure)")
-    common.add_argument("--endpoint", help=f"Azure: DPS endpoint (default {AZURE_GLOBAL_ENDPOINT})")
+    common.add_argument(
+        "--endpoint",
+        help=f"Azure: DPS endpoint (default: the cloud's; {AZURE_GLOBAL_ENDPOINT} when public)",
+    )
+    common.add_argument(
+        "--cloud",
+        metavar="NAME",
+        help="Azure: AzureCloud (default), AzureChinaCloud or AzureUSGovernment (the DPS endpoint)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("provision", parents=[common], help="register with DPS, print the result")
     p.set_defaults(handler=cmd_provision, parser=p)
