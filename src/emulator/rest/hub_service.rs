@@ -266,7 +266,7 @@ fn continuation_token(device_id: &str) -> String {
 
 /// The device id a [`continuation_token`] names, or `None` for a token the hub never gave.
 fn continuation_device(token: &str) -> Option<String> {
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return None;
     }
     let bytes = (0..token.len())
