@@ -34,6 +34,7 @@ from dpskit.cloud import (
     ReprovisionPolicy,
     TelemetryMessage,
     TelemetryRecords,
+    ThrottledRequests,
     TraceEvent,
 )
 from dpskit.credentials import AzureCliCredential, ServicePrincipal
@@ -107,6 +108,7 @@ __all__ = [
     "TelemetryMessage",
     "TelemetryPlan",
     "TelemetryRecords",
+    "ThrottledRequests",
     "ThrottledError",
     "TraceEvent",
     "TransportError",
