@@ -1,7 +1,9 @@
 //! Azure Resource Manager: IoT hubs, DPS instances with their linked hubs, keys, CA
 //! certificates and proof of possession, written to the documented REST API (paths, each
 //! resource type's api-version, `If-Match` etags, RFC 1123 dates, no `null`s in bodies), with
-//! hub and DPS names checked by Azure's rules before any request.
+//! hub and DPS names checked by Azure's rules before any request. Writes wait for ARM's
+//! long-running operations (deletes included), lists follow `nextLink`, and every request goes
+//! through the one retry policy.
 
 use std::time::Duration;
 

@@ -3,7 +3,9 @@
 //! CA certificates with proof of possession. Shapes follow the resource provider's swagger and
 //! what the management SDK and the CLI parse (RFC 1123 dates, capitalised allocation policies,
 //! masked linked-hub keys that a client may write back). Azure's checks come first: each
-//! resource type's own api-versions, and hub and DPS names by Azure's naming rules.
+//! resource type's own api-versions, and hub and DPS names by Azure's naming rules. Hub and DPS
+//! writes are long-running operations (`operations.rs`) and their lists are paged with
+//! `nextLink`, as Azure's are.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};

@@ -98,7 +98,7 @@ impl Throttle {
             Caller::Hub(_) => 2,
         };
         let seen = self.seen[api].fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        if seen % u64::from(self.every) != 0 {
+        if !seen.is_multiple_of(u64::from(self.every)) {
             return None;
         }
         self.throttled[api].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
