@@ -443,14 +443,8 @@ fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
     }
 }
 
-/// 1 s doubling per failure up to 30 s, with ±50 % jitter so that a fleet does not retry in
-/// lockstep (device reconnects use it too).
-pub(crate) fn jittered_backoff(failures: u32) -> Duration {
-    let base = (1u64 << failures.saturating_sub(1).min(5)).min(30) as f64;
-    let mut byte = [0u8; 1];
-    let _ = crate::pki::keys::fill_random(&mut byte);
-    Duration::from_secs_f64(base * (0.5 + f64::from(byte[0]) / 255.0))
-}
+// The fleet and the hub connections import it from here; it lives under every client.
+pub(crate) use crate::transport::jittered_backoff;
 
 /// What the device can tell about why its X.509 registration was refused, from its own
 /// credential: the causes users hit most (see the wire-protocol notes, section 9).

@@ -1,6 +1,7 @@
 """The official management SDK (``azure-mgmt-iothubprovisioningservices``), unchanged but for its
 base URL and TLS trust, drives the emulator's ARM API: CA certificate upload, verification code,
-proof of possession with a dpskit verification certificate, and the refusals Azure gives."""
+proof of possession with a dpskit verification certificate, and the refusals Azure gives; and
+long-running DPS creates and deletes, paged lists and throttling, as Azure runs them."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from azure.mgmt.iothubprovisioningservices import IotDpsClient  # noqa: E402
 from azure.mgmt.iothubprovisioningservices.models import (  # noqa: E402
     CertificateProperties,
     CertificateResponse,
+    IotDpsPropertiesDescription,
+    IotDpsSkuInfo,
+    ProvisioningServiceDescription,
     VerificationCodeRequest,
 )
 
@@ -181,3 +185,53 @@ def test_management_sdk_sees_azure_refusals(client: IotDpsClient) -> None:
     )
     with pytest.raises(ResourceNotFoundError):
         certs.get("root", RESOURCE_GROUP, "peer-dps")
+
+
+def test_the_management_sdk_polls_long_running_operations_pages_and_rides_out_429s(
+    tmp_path: Path,
+) -> None:
+    """azure-core's ARM poller against Azure's LRO shape (201/202 with Azure-AsyncOperation and
+    Location, Running then Succeeded), its pager against nextLink, and its retry policy against
+    ARM's 429s: the SDK unchanged gets through all three."""
+    with dpskit.LocalCloud(
+        port=0,
+        arm_operation_seconds=1.0,
+        arm_page_size=1,
+        throttle_every=4,
+        throttle_retry_after=0,
+    ) as cloud:
+        trust = tmp_path / "emulator-ca.pem"
+        trust.write_text(cloud.trust_pem)
+        client = IotDpsClient(
+            _LocalToken(),
+            cloud.subscription_id,
+            base_url=cloud.arm_endpoint,
+            connection_verify=str(trust),
+        )
+        dps_ops = client.iot_dps_resource
+        description = ProvisioningServiceDescription(
+            location="westeurope",
+            sku=IotDpsSkuInfo(name="S1", capacity=1),
+            properties=IotDpsPropertiesDescription(),
+        )
+        poller = dps_ops.begin_create_or_update(RESOURCE_GROUP, "lro-peer-dps", description)
+        # The first answer came at once; the operation is still running.
+        assert not poller.done()
+        created = poller.result()
+        assert created.properties is not None
+        assert created.properties.provisioning_state == "Succeeded"
+        assert created.properties.state == "Active"
+        dps_ops.begin_create_or_update(RESOURCE_GROUP, "lro-peer-dps-2", description).result()
+        # One item per page: the pager follows nextLink through both.
+        names = sorted(d.name or "" for d in dps_ops.list_by_resource_group(RESOURCE_GROUP))
+        assert names == ["lro-peer-dps", "lro-peer-dps-2"]
+        # The delete is awaited; until then the name is taken, afterwards gone.
+        deleting = dps_ops.begin_delete("lro-peer-dps", RESOURCE_GROUP)
+        assert dps_ops.get("lro-peer-dps", RESOURCE_GROUP).properties.state == "Deleting"
+        with pytest.raises(HttpResponseError) as taken:
+            dps_ops.begin_create_or_update(RESOURCE_GROUP, "lro-peer-dps", description)
+        assert taken.value.status_code == 409
+        deleting.result()
+        with pytest.raises(ResourceNotFoundError):
+            dps_ops.get("lro-peer-dps", RESOURCE_GROUP)
+        assert cloud.throttled_requests.arm > 0

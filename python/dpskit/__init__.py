@@ -34,6 +34,7 @@ from dpskit.cloud import (
     ReprovisionPolicy,
     TelemetryMessage,
     TelemetryRecords,
+    ThrottledRequests,
     TraceEvent,
 )
 from dpskit.credentials import AzureCliCredential, ServicePrincipal
@@ -108,6 +109,7 @@ __all__ = [
     "TelemetryPlan",
     "TelemetryRecords",
     "ThrottledError",
+    "ThrottledRequests",
     "TraceEvent",
     "TransportError",
     "__version__",

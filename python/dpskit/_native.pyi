@@ -255,10 +255,16 @@ class Emulator:
         poll_retry_after: int = 1,
         https_port: int = 0,
         arm_tokens: Sequence[str] | None = None,
+        arm_operation_seconds: float = 0.0,
+        arm_page_size: int = 100,
+        throttle_every: int = 0,
+        throttle_retry_after: int = 1,
     ) -> Emulator: ...
     def stop(self) -> None: ...
     @property
     def is_running(self) -> bool: ...
+    @property
+    def throttled_requests(self) -> tuple[int, int, int]: ...
     @property
     def trust_pem(self) -> str: ...
     @property

@@ -1156,6 +1156,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help="retry-after seconds DPS advises while assigning (0: fast mode for load tests)",
     )
     p.add_argument(
+        "--arm-operation-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="how long ARM's hub and DPS creates and deletes run, as long-running operations "
+        "(Activating/Deleting meanwhile)",
+    )
+    p.add_argument(
+        "--throttle-every",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="answer every Nth request of each REST API with 429 and Retry-After (0: never)",
+    )
+    p.add_argument(
         "--arm-token-env",
         metavar="VAR",
         help="require this ARM bearer token, read from environment variable VAR (never from an "
@@ -1195,6 +1210,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         https_port=args.https_port,
         poll_retry_after=args.poll_retry_after,
         arm_tokens=arm_tokens,
+        arm_operation_seconds=args.arm_operation_seconds,
+        throttle_every=args.throttle_every,
     )
     # From here on an interrupt at any moment ends in a clean stop.
     try:

@@ -1389,6 +1389,20 @@ def _write_owner_only(path: Path, text: str) -> None:
         file.write(text)
 
 
+@dataclass(frozen=True)
+class ThrottledRequests:
+    """The 429s a :class:`LocalCloud` has answered, per REST API."""
+
+    arm: int
+    dps_service: int
+    hub_service: int
+
+    @property
+    def total(self) -> int:
+        """All of them."""
+        return self.arm + self.dps_service + self.hub_service
+
+
 class LocalCloud(_Cloud):
     """The embedded emulator of DPS and IoT Hub, started on construction, managed through the
     same REST client as Azure (its ARM and service APIs on :attr:`arm_endpoint`).
@@ -1405,6 +1419,15 @@ class LocalCloud(_Cloud):
 
     A client may present at most ``max_chain_length`` certificates (leaf included); a longer
     chain is refused (401002 on register, a refused CONNECT on a hub) before it is parsed.
+
+    Time as Azure spends it, so that a client's waiting, paging and retrying is exercised:
+    ``arm_operation_seconds`` is how long ARM's hub and DPS creates, updates and deletes run
+    (they always answer as Azure does, 201/202 with ``Azure-AsyncOperation``; the resource
+    shows ``Activating`` or ``Deleting`` meanwhile and a name being deleted stays taken; 0, the
+    default, finishes them at once). ARM's hub and DPS lists give ``arm_page_size`` items per
+    page and a ``nextLink``. With ``throttle_every=N`` every Nth request of each REST API (ARM,
+    DPS service, hub service) is answered 429 with ``Retry-After: throttle_retry_after``;
+    :attr:`throttled_requests` counts them.
     """
 
     subscription_id = "00000000-0000-0000-0000-000000000000"
@@ -1423,6 +1446,10 @@ class LocalCloud(_Cloud):
         poll_retry_after: int = 1,
         https_port: int = 0,
         arm_tokens: Sequence[str] | None = None,
+        arm_operation_seconds: float = 0.0,
+        arm_page_size: int = 100,
+        throttle_every: int = 0,
+        throttle_retry_after: int = 1,
     ) -> None:
         # Log lines of the emulator follow the `logging` configuration current at start.
         _refresh_logging()
@@ -1438,6 +1465,10 @@ class LocalCloud(_Cloud):
             poll_retry_after=poll_retry_after,
             https_port=https_port,
             arm_tokens=list(arm_tokens) if arm_tokens is not None else None,
+            arm_operation_seconds=arm_operation_seconds,
+            arm_page_size=arm_page_size,
+            throttle_every=throttle_every,
+            throttle_retry_after=throttle_retry_after,
         )
         # On loopback without arm_tokens ARM accepts any bearer token; off loopback the emulator
         # generates one when none is configured, and only the configured or generated one works.
@@ -1470,6 +1501,12 @@ class LocalCloud(_Cloud):
         """The bearer token ARM requires (configured, or generated off loopback); ``None`` when
         it accepts any (loopback without ``arm_tokens``)."""
         return self._emulator.arm_token
+
+    @property
+    def throttled_requests(self) -> ThrottledRequests:
+        """The 429s answered so far under ``throttle_every``, per REST API."""
+        arm, dps_service, hub_service = self._emulator.throttled_requests
+        return ThrottledRequests(arm=arm, dps_service=dps_service, hub_service=hub_service)
 
     @property
     def endpoints_file(self) -> Path | None:

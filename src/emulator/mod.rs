@@ -39,6 +39,7 @@ use tokio::sync::Semaphore;
 use crate::error::{Error, Result};
 pub use cloud::{Cloud, EnrollmentSpec};
 pub use dps::DpsKnobs;
+pub use rest::ThrottledRequests;
 pub use server::Limits;
 pub use trace::TraceEvent;
 
@@ -69,6 +70,38 @@ pub struct EmulatorConfig {
     pub resource_group: String,
     /// Limits of the HTTPS listener.
     pub rest_limits: RestLimits,
+    /// Azure's behaviour over time on the REST APIs: long-running operations, paging,
+    /// throttling.
+    pub rest_behaviour: RestBehaviour,
+}
+
+/// How the REST APIs behave over time, as Azure's do, so that clients' waiting, paging and
+/// retrying is exercised. The defaults keep the shapes (201/202 with `Azure-AsyncOperation`,
+/// `nextLink` past a page) but cost no time.
+#[derive(Debug, Clone)]
+pub struct RestBehaviour {
+    /// How long ARM's create, update and delete of a hub or DPS run: the resource reports
+    /// `Activating` / `Transitioning` / `Deleting` meanwhile (a name being deleted stays
+    /// taken) and the operation `Running`.
+    pub operation_latency: Duration,
+    /// Hubs or DPS instances per page of ARM's lists; `nextLink` leads to the rest.
+    pub page_size: usize,
+    /// Every Nth authenticated request of each REST API (ARM, DPS service, hub service,
+    /// counted apart) is answered 429 with `Retry-After`; 0 never.
+    pub throttle_every: u32,
+    /// The `Retry-After` seconds of those 429s.
+    pub throttle_retry_after: u32,
+}
+
+impl Default for RestBehaviour {
+    fn default() -> Self {
+        RestBehaviour {
+            operation_latency: Duration::ZERO,
+            page_size: 100,
+            throttle_every: 0,
+            throttle_retry_after: 1,
+        }
+    }
 }
 
 /// The subscription id the emulator's ARM answers for by default (Python's `LocalCloud` too).
@@ -111,6 +144,7 @@ impl Default for EmulatorConfig {
             subscription_id: DEFAULT_SUBSCRIPTION_ID.into(),
             resource_group: DEFAULT_RESOURCE_GROUP.into(),
             rest_limits: RestLimits::default(),
+            rest_behaviour: RestBehaviour::default(),
         }
     }
 }
@@ -194,6 +228,8 @@ pub struct Emulator {
     https_port: u16,
     /// The bearer token ARM requires (configured or generated), `None` when it accepts any.
     arm_token: Option<String>,
+    /// The REST listener's throttle, with its counts.
+    throttle: Arc<rest::Throttle>,
 }
 
 impl Emulator {
@@ -274,6 +310,10 @@ impl Emulator {
             temporary,
             https_port: 0,
             arm_token: None,
+            throttle: Arc::new(rest::Throttle::new(
+                config.rest_behaviour.throttle_every,
+                config.rest_behaviour.throttle_retry_after,
+            )),
         };
         let first = emulator.listeners.listen(host_ip, config.port)?;
         emulator
@@ -333,6 +373,9 @@ impl Emulator {
             resource_group: config.resource_group.clone(),
             slots: Arc::new(Semaphore::new(config.rest_limits.max_connections.max(1))),
             limits: config.rest_limits.clone(),
+            operations: rest::Operations::new(config.rest_behaviour.operation_latency),
+            page_size: config.rest_behaviour.page_size.max(1),
+            throttle: self.throttle.clone(),
         });
         runtime.spawn(rest::serve(listener, context));
         Ok(bound)
@@ -347,6 +390,12 @@ impl Emulator {
     /// The port of the HTTPS listener (ARM and service REST APIs).
     pub fn https_port(&self) -> u16 {
         self.https_port
+    }
+
+    /// The 429s the REST listener has answered so far, per API (see
+    /// [`RestBehaviour::throttle_every`]).
+    pub fn throttled_requests(&self) -> ThrottledRequests {
+        self.throttle.counts()
     }
 
     /// Creates a hub and starts listening on its address.

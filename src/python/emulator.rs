@@ -63,8 +63,8 @@ impl PyEmulator {
     /// Starts the emulator.
     #[new]
     #[pyo3(
-        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 1, https_port = 0, arm_tokens = None),
-        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=1, https_port=0, arm_tokens=None)"
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 1, https_port = 0, arm_tokens = None, arm_operation_seconds = 0.0, arm_page_size = 100, throttle_every = 0, throttle_retry_after = 1),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=1, https_port=0, arm_tokens=None, arm_operation_seconds=0.0, arm_page_size=100, throttle_every=0, throttle_retry_after=1)"
     )]
     fn new(
         py: Python<'_>,
@@ -78,7 +78,20 @@ impl PyEmulator {
         poll_retry_after: u32,
         https_port: u16,
         arm_tokens: Option<Vec<String>>,
+        arm_operation_seconds: f64,
+        arm_page_size: usize,
+        throttle_every: u32,
+        throttle_retry_after: u32,
     ) -> PyResult<Self> {
+        if !(arm_operation_seconds.is_finite() && (0.0..=3600.0).contains(&arm_operation_seconds)) {
+            return Err(Error::Config(format!(
+                "arm_operation_seconds must be between 0 and 3600, not {arm_operation_seconds}"
+            ))
+            .into());
+        }
+        if arm_page_size == 0 {
+            return Err(Error::Config("arm_page_size must be at least 1".into()).into());
+        }
         if !(connect_timeout.is_finite() && connect_timeout > 0.0) {
             return Err(Error::Config(format!(
                 "connect_timeout must be a positive number of seconds, not {connect_timeout}"
@@ -99,6 +112,12 @@ impl PyEmulator {
             worker_threads: None,
             https_port,
             arm_tokens,
+            rest_behaviour: crate::emulator::RestBehaviour {
+                operation_latency: Duration::from_secs_f64(arm_operation_seconds),
+                page_size: arm_page_size,
+                throttle_every,
+                throttle_retry_after,
+            },
             ..EmulatorConfig::default()
         };
         let emulator = py.detach(|| crate::emulator::Emulator::start(config))?;
@@ -119,6 +138,13 @@ impl PyEmulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_running()
+    }
+
+    /// The 429s the REST listener has answered: (ARM, DPS service, hub service).
+    #[getter]
+    fn throttled_requests(&self) -> PyResult<(u64, u64, u64)> {
+        let counts = self.with(|e| Ok(e.throttled_requests()))?;
+        Ok((counts.arm, counts.dps_service, counts.hub_service))
     }
 
     /// PEM of the emulator's CA.

@@ -1,7 +1,9 @@
 //! Azure Resource Manager: IoT hubs, DPS instances with their linked hubs, keys, CA
 //! certificates and proof of possession, written to the documented REST API (paths, each
 //! resource type's api-version, `If-Match` etags, RFC 1123 dates, no `null`s in bodies), with
-//! hub and DPS names checked by Azure's rules before any request.
+//! hub and DPS names checked by Azure's rules before any request. Writes wait for ARM's
+//! long-running operations (deletes included), lists follow `nextLink`, and every request goes
+//! through the one retry policy.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::pki::{Certificate, CertificateAuthority, Validity};
 use crate::protocol::{validate_dps_name, validate_hub_name};
 use crate::provisioning::Trust;
-use crate::service::{failure, http_client, transport};
+use crate::service::{Replay, RetryPolicy, failure, http_client, retry_after, transport};
 
 /// The ARM api-version for `Microsoft.Devices/provisioningServices` (GA, served by Azure and
 /// the emulator alike).
@@ -217,9 +219,98 @@ pub fn connection_string_part(connection_string: &str, key: &str) -> Option<Stri
     })
 }
 
-/// ARM's terminal provisioning states.
+/// ARM's terminal states, of an operation or a resource's `provisioningState`.
 fn is_terminal(state: &str) -> bool {
-    ["succeeded", "failed", "canceled", ""].contains(&state.to_ascii_lowercase().as_str())
+    ["succeeded", "failed", "canceled", "cancelled"].contains(&state.to_ascii_lowercase().as_str())
+}
+
+/// A resource's `properties.provisioningState`, when it has one.
+fn provisioning_state(value: &Value) -> Option<String> {
+    value["properties"]["provisioningState"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `Ok` for `Succeeded`; the operation's own error (`error.code`, `error.message`, as ARM's
+/// operation status and the resource provider write it) for `Failed` or `Canceled`.
+fn finished(state: &str, body: &Value, what: &str) -> Result<()> {
+    if state.eq_ignore_ascii_case("succeeded") {
+        return Ok(());
+    }
+    let error = body.get("error").filter(|e| e.is_object()).unwrap_or(body);
+    let code = error["code"].as_str().unwrap_or("no code");
+    let message = error["message"].as_str().unwrap_or("no details");
+    Err(Error::Service(Box::new(crate::error::ServiceFailure {
+        status: 500,
+        error_code: error["code"].as_str().and_then(|c| c.parse().ok()),
+        message: format!("{what}: the operation ended {state}: {code}: {message}"),
+        tracking_id: None,
+        retry_after: None,
+    })))
+}
+
+/// Reads an `Azure-AsyncOperation` status body: `None` once it `Succeeded`, the state while it
+/// runs, the operation's error once it `Failed` or was `Canceled`. A body without a `status`
+/// is a protocol error, never success.
+fn operation_status(body: &Value, what: &str) -> Result<Option<String>> {
+    let Some(state) = body["status"].as_str() else {
+        return Err(Error::Protocol(format!(
+            "{what}: the operation status has no \"status\" ({body}); not taken for success"
+        )));
+    };
+    if is_terminal(state) {
+        finished(state, body, what)?;
+        return Ok(None);
+    }
+    Ok(Some(state.to_string()))
+}
+
+/// The JSON body of a successful answer (`None` when empty).
+async fn json_body(response: reqwest::Response, what: &str) -> Result<Option<Value>> {
+    let text = response.text().await.map_err(|e| transport(what, e))?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))
+}
+
+/// Where a long-running operation is watched.
+#[derive(Debug)]
+struct Monitor {
+    async_operation: Option<String>,
+    location: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+/// What a wait on the resource itself waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// A terminal provisioning state.
+    Ready,
+    /// A 404.
+    Gone,
+}
+
+/// The longest a long-running operation is waited for (a hub takes minutes on Azure).
+const LRO_DEADLINE: Duration = Duration::from_secs(30 * 60);
+
+/// The pause before poll number `polls`: ARM's `Retry-After` when it gave one (bounded, so a
+/// wild value cannot stall the wait), else 1 s growing by half up to 10 s: short for the
+/// emulator and quick resources, gentle on ARM's read quota for a hub's minutes.
+fn poll_delay(advice: Option<Duration>, polls: u32) -> Duration {
+    match advice {
+        // The first poll may come at once (an operation already done); later ones not in a
+        // tight loop, whatever the advice.
+        Some(advice) if polls > 1 => {
+            advice.clamp(Duration::from_millis(100), Duration::from_secs(60))
+        }
+        Some(advice) => advice.min(Duration::from_secs(60)),
+        None => {
+            Duration::from_secs_f64((1.5f64.powi(polls.saturating_sub(1).min(8) as i32)).min(10.0))
+        }
+    }
 }
 
 /// The IoT Hub resource provider's api-version for `IotHubs`.
@@ -233,6 +324,7 @@ pub struct ArmClient {
     subscription_id: String,
     resource_group: String,
     token: TokenSource,
+    retry: RetryPolicy,
 }
 
 /// Where bearer tokens come from: called before each request, so it should cache (Entra
@@ -272,6 +364,7 @@ impl ArmClient {
             subscription_id: subscription_id.to_string(),
             resource_group: resource_group.to_string(),
             token,
+            retry: RetryPolicy::default(),
         })
     }
 
@@ -304,8 +397,66 @@ impl ArmClient {
         )
     }
 
+    /// `url` with `api-version` added.
+    fn versioned(url: &str, api_version: &str) -> String {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}api-version={api_version}")
+    }
+
+    /// A URL the service handed out (an operation to watch, the next page): followed only on
+    /// the endpoint's own origin, so the bearer token never goes anywhere else.
+    fn same_origin(&self, link: &str, what: &str) -> Result<String> {
+        let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
+        match (origin(link), origin(&self.endpoint)) {
+            (Some(a), Some(b)) if a == b => Ok(link.to_string()),
+            _ => Err(Error::Protocol(format!(
+                "{what}: ARM pointed to {link}, which is not on {}; not following it with the \
+                 bearer token",
+                self.endpoint
+            ))),
+        }
+    }
+
+    /// Sends one request (`url` complete, api-version included) by the retry policy; a
+    /// non-success answer becomes the typed error.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        if_match: Option<&str>,
+        body: Option<&Value>,
+        replay: Replay,
+        what: &str,
+    ) -> Result<reqwest::Response> {
+        // A resource read back and PUT again (linking a hub) carries the GET's nulls: left
+        // out, as the management SDKs and the CLI leave them.
+        let body = body.map(|b| crate::service::omit_nulls(b.clone(), true));
+        let response = self
+            .retry
+            .send(replay, what, || {
+                let mut request = self
+                    .http
+                    .request(method.clone(), url)
+                    .bearer_auth((self.token)()?);
+                if let Some(tag) = if_match {
+                    request = request.header(reqwest::header::IF_MATCH, tag);
+                }
+                Ok(match &body {
+                    Some(body) => request.json(body),
+                    // ARM rejects a POST without a length.
+                    None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
+                })
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(failure(response, what).await);
+        }
+        Ok(response)
+    }
+
     /// Sends one request with the api-version of the resource type it addresses (chosen by the
-    /// caller: a URL may hold any resource group name, "IotHubs..." included).
+    /// caller: a URL may hold any resource group name, "IotHubs..." included). A POST acts
+    /// (verification codes are single-use), so only its 429s are retried; reads say so.
     async fn call(
         &self,
         method: reqwest::Method,
@@ -315,55 +466,20 @@ impl ArmClient {
         body: Option<Value>,
         what: &str,
     ) -> Result<Option<Value>> {
-        self.call_versioned(method, url, api_version, if_match, body, what)
-            .await
-            .map(|(value, _)| value)
-    }
-
-    /// Sends one request; returns the JSON body and the long-running-operation URL, if any.
-    async fn call_versioned(
-        &self,
-        method: reqwest::Method,
-        url: String,
-        api_version: &str,
-        if_match: Option<&str>,
-        body: Option<Value>,
-        what: &str,
-    ) -> Result<(Option<Value>, Option<String>)> {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        let mut request = self
-            .http
-            .request(method, format!("{url}{separator}api-version={api_version}"))
-            .bearer_auth((self.token)()?);
-        if let Some(tag) = if_match {
-            request = request.header(reqwest::header::IF_MATCH, tag);
-        }
-        request = match body {
-            // A resource read back and PUT again (linking a hub) carries the GET's nulls:
-            // left out, as the management SDKs and the CLI leave them.
-            Some(body) => request.json(&crate::service::omit_nulls(body, true)),
-            // ARM rejects a POST without a length.
-            None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
+        let replay = if method == reqwest::Method::POST {
+            Replay::ThrottledOnly
+        } else {
+            Replay::Safe
         };
-        let response = request.send().await.map_err(|e| transport(what, e))?;
-        if !response.status().is_success() {
-            return Err(failure(response, what).await);
-        }
-        let operation = ["azure-asyncoperation", "location"]
-            .iter()
-            .find_map(|h| response.headers().get(*h))
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = response.text().await.map_err(|e| transport(what, e))?;
-        if text.trim().is_empty() {
-            return Ok((None, operation));
-        }
-        serde_json::from_str(&text)
-            .map(|v| (Some(v), operation))
-            .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))
+        let url = Self::versioned(&url, api_version);
+        let response = self
+            .send(method, &url, if_match, body.as_ref(), replay, what)
+            .await?;
+        json_body(response, what).await
     }
 
-    /// A request that must answer a JSON object, parsed by `parse`.
+    /// A read that must answer a JSON object, parsed by `parse` (a GET, or a POST that only
+    /// reads, such as `listkeys`: both may be repeated).
     async fn object<T>(
         &self,
         method: reqwest::Method,
@@ -372,14 +488,18 @@ impl ArmClient {
         what: &str,
         parse: fn(&Value) -> Result<T>,
     ) -> Result<T> {
-        let value = self
-            .call(method, url, api_version, None, None, what)
+        let url = Self::versioned(&url, api_version);
+        let response = self
+            .send(method, &url, None, None, Replay::Safe, what)
+            .await?;
+        let value = json_body(response, what)
             .await?
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
         parse(&value)
     }
 
-    /// A GET of an ARM collection (`{"value": [...]}`), each item parsed by `parse`.
+    /// A GET of an ARM collection (`{"value": [...], "nextLink": ...}`), every page of it, each
+    /// item parsed by `parse`.
     async fn list<T>(
         &self,
         url: String,
@@ -387,17 +507,38 @@ impl ArmClient {
         what: &str,
         parse: fn(&Value) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let value = self
-            .call(reqwest::Method::GET, url, api_version, None, None, what)
-            .await?
-            .unwrap_or_default();
-        value["value"]
-            .as_array()
-            .map(|items| items.iter().map(parse).collect())
-            .unwrap_or_else(|| Ok(Vec::new()))
+        let mut items = Vec::new();
+        let mut next = Some(Self::versioned(&url, api_version));
+        let mut seen = std::collections::HashSet::new();
+        while let Some(link) = next.take() {
+            if !seen.insert(link.clone()) {
+                return Err(Error::Protocol(format!(
+                    "{what}: ARM's nextLink went back to a page already read ({link})"
+                )));
+            }
+            let response = self
+                .send(reqwest::Method::GET, &link, None, None, Replay::Safe, what)
+                .await?;
+            let page = json_body(response, what).await?.unwrap_or_default();
+            if let Some(values) = page["value"].as_array() {
+                for item in values {
+                    items.push(parse(item)?);
+                }
+            }
+            next = match page["nextLink"].as_str().filter(|l| !l.is_empty()) {
+                Some(link) if link.to_ascii_lowercase().contains("api-version=") => {
+                    Some(self.same_origin(link, what)?)
+                }
+                // The management SDKs add their api-version to a nextLink without one.
+                Some(link) => Some(Self::versioned(&self.same_origin(link, what)?, api_version)),
+                None => None,
+            };
+        }
+        Ok(items)
     }
 
-    /// A DELETE whose answer carries nothing to read.
+    /// A DELETE, awaited: Azure answers 202 and deletes in the background (the name stays
+    /// taken meanwhile), so this returns once the operation says it is done.
     async fn delete(
         &self,
         url: String,
@@ -405,21 +546,116 @@ impl ArmClient {
         if_match: Option<&str>,
         what: &str,
     ) -> Result<()> {
-        self.call(
-            reqwest::Method::DELETE,
-            url,
-            api_version,
-            if_match,
-            None,
-            what,
-        )
-        .await
-        .map(|_| ())
+        let resource = Self::versioned(&url, api_version);
+        let response = self
+            .send(
+                reqwest::Method::DELETE,
+                &resource,
+                if_match,
+                None,
+                Replay::Safe,
+                what,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        let monitor = self.monitor(response.headers(), what)?;
+        if status == 202 || monitor.async_operation.is_some() || monitor.location.is_some() {
+            self.wait(&monitor, &resource, Goal::Gone, what).await?;
+        }
+        Ok(())
     }
 
-    /// PUTs a resource and waits until ARM reports a terminal provisioning state: polls the
-    /// `Azure-AsyncOperation` URL when ARM gives one, the resource itself otherwise, every few
-    /// seconds (creating a hub takes minutes on Azure; the emulator answers at once).
+    /// Where a long-running operation can be watched, from the headers of its first answer.
+    fn monitor(&self, headers: &reqwest::header::HeaderMap, what: &str) -> Result<Monitor> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(|v| self.same_origin(v, what))
+                .transpose()
+        };
+        Ok(Monitor {
+            async_operation: header("azure-asyncoperation")?,
+            location: header("location")?,
+            retry_after: retry_after(headers),
+        })
+    }
+
+    /// Waits for a long-running operation: polls its `Azure-AsyncOperation` URL when ARM gave
+    /// one (until `Succeeded`, `Failed` or `Canceled`; an answer without a status is an
+    /// error, never success), else its `Location` (202 until done), else the resource itself
+    /// (`resource`, api-version included) until its provisioning state is terminal, or gone
+    /// for a delete. Each wait is the last answer's `Retry-After`, else a growing pause;
+    /// throttled and failed polls are retried by the retry policy.
+    async fn wait(&self, monitor: &Monitor, resource: &str, goal: Goal, what: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut advice = monitor.retry_after;
+        let mut polls = 0u32;
+        loop {
+            if started.elapsed() > LRO_DEADLINE {
+                return Err(Error::Timeout(format!(
+                    "{what}: not finished after {} minutes",
+                    LRO_DEADLINE.as_secs() / 60
+                )));
+            }
+            polls += 1;
+            tokio::time::sleep(poll_delay(advice, polls)).await;
+            let (url, kind) = match (&monitor.async_operation, &monitor.location) {
+                (Some(url), _) => (url.as_str(), "operation"),
+                (None, Some(url)) => (url.as_str(), "location"),
+                (None, None) => (resource, "resource"),
+            };
+            let answer = self
+                .send(reqwest::Method::GET, url, None, None, Replay::Safe, what)
+                .await;
+            let response = match answer {
+                Err(Error::Service(s)) if kind == "resource" && s.status == 404 => {
+                    return match goal {
+                        Goal::Gone => Ok(()),
+                        Goal::Ready => Err(Error::Service(s)),
+                    };
+                }
+                other => other?,
+            };
+            advice = retry_after(response.headers());
+            let status = response.status().as_u16();
+            let body = json_body(response, what).await?;
+            let state = match kind {
+                "operation" => match operation_status(&body.unwrap_or_default(), what)? {
+                    Some(state) => state,
+                    None => return Ok(()),
+                },
+                "location" if status == 202 => "InProgress".to_string(),
+                "location" => return Ok(()),
+                _ => {
+                    let body = body.unwrap_or_default();
+                    match (goal, provisioning_state(&body)) {
+                        (Goal::Ready, Some(state)) if is_terminal(&state) => {
+                            return finished(&state, &body, what);
+                        }
+                        // A resource without a provisioning state is there and done (ARM's
+                        // rule for synchronous resources).
+                        (Goal::Ready, None) => return Ok(()),
+                        // Still there: only a failure ends the wait for it to go.
+                        (Goal::Gone, Some(state))
+                            if is_terminal(&state) && !state.eq_ignore_ascii_case("succeeded") =>
+                        {
+                            return finished(&state, &body, what);
+                        }
+                        (_, state) => state.unwrap_or_else(|| "Deleting".into()),
+                    }
+                }
+            };
+            log::info!(
+                "{what}: {state} after {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    /// PUTs a resource and waits until ARM reports it done (see [`ArmClient::wait`]), then
+    /// reads it back: creating a hub takes minutes on Azure.
     async fn put_and_wait(
         &self,
         url: String,
@@ -427,84 +663,120 @@ impl ArmClient {
         body: Value,
         what: &str,
     ) -> Result<Value> {
-        let (value, operation) = self
-            .call_versioned(
+        let resource = Self::versioned(&url, api_version);
+        let response = self
+            .send(
                 reqwest::Method::PUT,
-                url.clone(),
-                api_version,
+                &resource,
                 None,
-                Some(body),
+                Some(&body),
+                Replay::Safe,
                 what,
             )
             .await?;
-        let mut state = match &value {
-            Some(v) => text(&v["properties"]["provisioningState"]),
-            // 201/202 without a body: the operation is under way.
-            None => "Accepted".to_string(),
-        };
-        let started = std::time::Instant::now();
-        while !is_terminal(&state) {
-            if started.elapsed() > Duration::from_secs(30 * 60) {
-                return Err(Error::Timeout(format!(
-                    "{what}: still {state} after 30 minutes"
-                )));
-            }
-            log::info!("{what}: {state} after {} s", started.elapsed().as_secs());
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            state = match operation
-                .as_deref()
-                .filter(|op| op.to_ascii_lowercase().contains("operation"))
-            {
-                Some(op) => {
-                    let response = self
-                        .http
-                        .get(op)
-                        .bearer_auth((self.token)()?)
-                        .send()
-                        .await
-                        .map_err(|e| transport(what, e))?;
-                    if !response.status().is_success() {
-                        return Err(failure(response, what).await);
-                    }
-                    let status: Value = response.json().await.map_err(|e| transport(what, e))?;
-                    text(&status["status"])
-                }
-                None => {
-                    let (current, _) = self
-                        .call_versioned(
-                            reqwest::Method::GET,
-                            url.clone(),
-                            api_version,
-                            None,
-                            None,
-                            what,
-                        )
-                        .await?;
-                    current
-                        .map(|c| text(&c["properties"]["provisioningState"]))
-                        .unwrap_or_default()
+        let status = response.status().as_u16();
+        let monitor = self.monitor(response.headers(), what)?;
+        let value = json_body(response, what).await?;
+        let state = value.as_ref().and_then(provisioning_state);
+        let running = monitor.async_operation.is_some()
+            || status == 202
+            || state.as_deref().is_some_and(|s| !is_terminal(s));
+        if running {
+            // The PUT's own Location is only a place to poll while it answers 202.
+            let monitor = if status == 202 {
+                monitor
+            } else {
+                Monitor {
+                    location: None,
+                    ..monitor
                 }
             };
+            self.wait(&monitor, &resource, Goal::Ready, what).await?;
         }
-        if !state.is_empty() && !state.eq_ignore_ascii_case("succeeded") {
-            return Err(Error::service(
-                500,
-                500_000,
-                format!("{what}: the operation ended {state}"),
-            ));
-        }
-        match value {
-            Some(v)
-                if text(&v["properties"]["provisioningState"])
-                    .eq_ignore_ascii_case("succeeded") =>
-            {
-                Ok(v)
+        let value = match (running, value) {
+            (false, Some(value)) => value,
+            _ => {
+                let response = self
+                    .send(
+                        reqwest::Method::GET,
+                        &resource,
+                        None,
+                        None,
+                        Replay::Safe,
+                        what,
+                    )
+                    .await?;
+                json_body(response, what)
+                    .await?
+                    .ok_or_else(|| Error::Protocol(format!("{what}: the resource GET was empty")))?
             }
-            _ => self
-                .call_versioned(reqwest::Method::GET, url, api_version, None, None, what)
-                .await?
-                .0
-                .ok_or_else(|| Error::Protocol(format!("{what}: the resource GET was empty"))),
+        };
+        match provisioning_state(&value) {
+            Some(state) if !state.eq_ignore_ascii_case("succeeded") => {
+                finished(&state, &value, what)?;
+                Err(Error::Protocol(format!(
+                    "{what}: the operation finished but the resource is {state}"
+                )))
+            }
+            _ => Ok(value),
+        }
+    }
+
+    /// Before creating `url`: `None` when nothing is there (or it was being deleted and is now
+    /// gone), else the resource once it is ready. A resource being deleted still holds its
+    /// name; returning it would hand out something about to vanish.
+    async fn existing(&self, url: &str, api_version: &str, what: &str) -> Result<Option<Value>> {
+        let resource = Self::versioned(url, api_version);
+        let current = match self
+            .send(
+                reqwest::Method::GET,
+                &resource,
+                None,
+                None,
+                Replay::Safe,
+                what,
+            )
+            .await
+        {
+            Ok(response) => json_body(response, what).await?.unwrap_or_default(),
+            Err(Error::Service(s)) if s.status == 404 => return Ok(None),
+            Err(other) => return Err(other),
+        };
+        let deleting = [
+            provisioning_state(&current),
+            current["properties"]["state"].as_str().map(str::to_string),
+        ]
+        .iter()
+        .flatten()
+        .any(|s| s.eq_ignore_ascii_case("deleting"));
+        let no_monitor = Monitor {
+            async_operation: None,
+            location: None,
+            retry_after: None,
+        };
+        if deleting {
+            log::info!("{what}: waiting until the resource being deleted is gone");
+            self.wait(&no_monitor, &resource, Goal::Gone, what).await?;
+            return Ok(None);
+        }
+        match provisioning_state(&current) {
+            Some(state) if !is_terminal(&state) => {
+                self.wait(&no_monitor, &resource, Goal::Ready, what).await?;
+                let response = self
+                    .send(
+                        reqwest::Method::GET,
+                        &resource,
+                        None,
+                        None,
+                        Replay::Safe,
+                        what,
+                    )
+                    .await?;
+                Ok(json_body(response, what).await?)
+            }
+            // A failed resource is PUT again, as Azure lets one retry.
+            Some(state) if !state.eq_ignore_ascii_case("succeeded") => Ok(None),
+            _ => Ok(Some(current)),
         }
     }
 
@@ -514,12 +786,11 @@ impl ArmClient {
         let body =
             json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
         let what = format!("creating provisioning service {name}");
-        if let Ok(existing) = self.dps(name).await {
-            return Ok(existing);
+        let url = self.dps_url(name);
+        if let Some(existing) = self.existing(&url, DPS_API_VERSION, &what).await? {
+            return DpsResource::from_json(&existing);
         }
-        let value = self
-            .put_and_wait(self.dps_url(name), DPS_API_VERSION, body, &what)
-            .await?;
+        let value = self.put_and_wait(url, DPS_API_VERSION, body, &what).await?;
         DpsResource::from_json(&value)
     }
 
@@ -576,14 +847,13 @@ impl ArmClient {
     pub async fn create_hub(&self, name: &str, location: &str) -> Result<HubResource> {
         validate_hub_name(name)?;
         let what = format!("creating IoT hub {name}");
-        if let Ok(existing) = self.hub(name).await {
-            return Ok(existing);
+        let url = self.hub_url(name);
+        if let Some(existing) = self.existing(&url, HUB_API_VERSION, &what).await? {
+            return HubResource::from_json(&existing);
         }
         let body =
             json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
-        let value = self
-            .put_and_wait(self.hub_url(name), HUB_API_VERSION, body, &what)
-            .await?;
+        let value = self.put_and_wait(url, HUB_API_VERSION, body, &what).await?;
         HubResource::from_json(&value)
     }
 
@@ -939,6 +1209,57 @@ mod tests {
             crate::service::omit_nulls(json!({"a": null, "b": {"c": null}}), false),
             json!({"b": {"c": null}})
         );
+    }
+
+    #[test]
+    fn operation_status_needs_a_terminal_status_to_succeed() {
+        let read = |body: Value| operation_status(&body, "creating IoT hub h");
+        assert_eq!(read(json!({"status": "Succeeded"})).unwrap(), None);
+        assert_eq!(
+            read(json!({"status": "Running"})).unwrap().as_deref(),
+            Some("Running")
+        );
+        assert_eq!(
+            read(json!({"status": "InProgress", "startTime": "2026-01-01T00:00:00Z"}))
+                .unwrap()
+                .as_deref(),
+            Some("InProgress")
+        );
+        // No status, or an empty body: never success.
+        for body in [
+            json!({}),
+            json!({"properties": {}}),
+            Value::Null,
+            json!({"status": 3}),
+        ] {
+            let error = read(body.clone()).unwrap_err();
+            assert!(matches!(error, Error::Protocol(_)), "{body}: {error:?}");
+        }
+        // A failure carries the operation's own error.
+        let failed = read(json!({
+            "status": "Failed",
+            "error": {"code": "IotHubNameNotAvailable", "message": "The name is taken."}
+        }))
+        .unwrap_err();
+        let text = failed.to_string();
+        assert!(
+            text.contains("Failed")
+                && text.contains("IotHubNameNotAvailable")
+                && text.contains("The name is taken."),
+            "{text}"
+        );
+        assert!(read(json!({"status": "Canceled"})).is_err());
+        assert_eq!(poll_delay(Some(Duration::ZERO), 1), Duration::ZERO);
+        assert_eq!(
+            poll_delay(Some(Duration::ZERO), 2),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            poll_delay(Some(Duration::from_secs(600)), 1),
+            Duration::from_secs(60)
+        );
+        assert_eq!(poll_delay(None, 1), Duration::from_secs(1));
+        assert_eq!(poll_delay(None, 50), Duration::from_secs(10));
     }
 
     #[test]

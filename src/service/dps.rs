@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::provisioning::Trust;
 use crate::service::arm::connection_string_part;
-use crate::service::{failure, http_client, transport};
+use crate::service::{Replay, RetryPolicy, failure, http_client, transport};
 
 /// The service api-version (the default of `azure-iot-deviceprovisioning` and the CLI).
 pub const DPS_SERVICE_API_VERSION: &str = "2021-10-01";
@@ -78,6 +78,7 @@ pub(crate) struct SasRestClient {
     endpoint: String,
     api_version: &'static str,
     credential: SasCredential,
+    retry: RetryPolicy,
 }
 
 /// A JSON answer with the headers a caller may need.
@@ -103,15 +104,19 @@ impl SasRestClient {
             endpoint,
             api_version,
             credential,
+            retry: RetryPolicy::default(),
         })
     }
 
+    /// Sends one request by the retry policy; `replay` says whether a 5xx or a broken
+    /// connection may be retried (a 429 always is).
     pub(crate) async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
         headers: &[(&str, String)],
+        replay: Replay,
         what: &str,
     ) -> Result<Answer> {
         let separator = if path.contains('?') { '&' } else { '?' };
@@ -119,19 +124,23 @@ impl SasRestClient {
             "{}{path}{separator}api-version={}",
             self.endpoint, self.api_version
         );
-        let mut request = self
-            .http
-            .request(method, url)
-            .header(reqwest::header::AUTHORIZATION, self.credential.token()?)
-            .header(reqwest::header::ACCEPT, "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        request = match body {
-            Some(body) => request.json(body),
-            None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
-        };
-        let response = request.send().await.map_err(|e| transport(what, e))?;
+        let response = self
+            .retry
+            .send(replay, what, || {
+                let mut request = self
+                    .http
+                    .request(method.clone(), &url)
+                    .header(reqwest::header::AUTHORIZATION, self.credential.token()?)
+                    .header(reqwest::header::ACCEPT, "application/json");
+                for (name, value) in headers {
+                    request = request.header(*name, value);
+                }
+                Ok(match body {
+                    Some(body) => request.json(body),
+                    None => request.header(reqwest::header::CONTENT_LENGTH, "0"),
+                })
+            })
+            .await?;
         if !response.status().is_success() {
             return Err(failure(response, what).await);
         }
@@ -164,7 +173,8 @@ impl SasRestClient {
         let headers: Vec<(&str, String)> = if_match
             .map(|t| vec![("If-Match", t.to_string())])
             .unwrap_or_default();
-        self.send(method, path, body, &headers, what)
+        let replay = replay_for(&method);
+        self.send(method, path, body, &headers, replay, what)
             .await?
             .body
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))
@@ -180,7 +190,8 @@ impl SasRestClient {
         let headers: Vec<(&str, String)> = if_match
             .map(|t| vec![("If-Match", t.to_string())])
             .unwrap_or_default();
-        self.send(method, path, None, &headers, what)
+        let replay = replay_for(&method);
+        self.send(method, path, None, &headers, replay, what)
             .await
             .map(|_| ())
     }
@@ -200,7 +211,15 @@ impl SasRestClient {
                 headers.push(("x-ms-continuation", c.clone()));
             }
             let answer = self
-                .send(reqwest::Method::POST, path, body, &headers, what)
+                // A query reads: repeating it is harmless.
+                .send(
+                    reqwest::Method::POST,
+                    path,
+                    body,
+                    &headers,
+                    Replay::Safe,
+                    what,
+                )
                 .await?;
             match answer.body {
                 Some(Value::Array(page)) => items.extend(page),
@@ -216,6 +235,16 @@ impl SasRestClient {
                 _ => return Ok(items),
             }
         }
+    }
+}
+
+/// What may be repeated after an unknown outcome: everything but a POST (the POSTs that
+/// only read say so at their call).
+fn replay_for(method: &reqwest::Method) -> Replay {
+    if method == reqwest::Method::POST {
+        Replay::ThrottledOnly
+    } else {
+        Replay::Safe
     }
 }
 

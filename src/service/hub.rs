@@ -257,7 +257,14 @@ impl HubServiceClient {
         };
         let answer = self
             .rest
-            .send(reqwest::Method::GET, &path, None, &[], "reading telemetry")
+            .send(
+                reqwest::Method::GET,
+                &path,
+                None,
+                &[],
+                crate::service::Replay::Safe,
+                "reading telemetry",
+            )
             .await?;
         match answer.body {
             Some(Value::Array(items)) => Ok(items),

@@ -3,11 +3,14 @@
 //! CA certificates with proof of possession. Shapes follow the resource provider's swagger and
 //! what the management SDK and the CLI parse (RFC 1123 dates, capitalised allocation policies,
 //! masked linked-hub keys that a client may write back). Azure's checks come first: each
-//! resource type's own api-versions, and hub and DPS names by Azure's naming rules.
+//! resource type's own api-versions, and hub and DPS names by Azure's naming rules. Hub and DPS
+//! writes are long-running operations (`operations.rs`) and their lists are paged with
+//! `nextLink`, as Azure's are.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::operations::{Action, Kind, Phase};
 use super::{Reply, RestContext, arm_error, arm_top_error, from_error, http_date};
 use crate::emulator::Cloud;
 use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord, SharedAccessPolicy};
@@ -101,20 +104,49 @@ fn invalid_name(error: &Error) -> Reply {
     arm_error(400, "InvalidResourceName", &error.to_string())
 }
 
-/// Serves one ARM request; `segments` is the whole path split on `/`.
-pub(super) fn handle(
-    method: &Method,
-    segments: &[&str],
-    api_version: &str,
-    body: &[u8],
-    if_match: Option<&str>,
-    context: &RestContext,
-) -> Reply {
+/// One ARM request, authenticated.
+pub(super) struct ArmRequest<'a> {
+    pub(super) method: &'a Method,
+    /// The whole path split on `/`, percent-decoded.
+    pub(super) segments: &'a [&'a str],
+    /// The raw query string.
+    pub(super) query: &'a str,
+    pub(super) api_version: &'a str,
+    pub(super) body: &'a [u8],
+    pub(super) if_match: Option<&'a str>,
+    /// `https://{host}` as the client reached the listener: the base of the URLs handed out.
+    pub(super) base_url: String,
+}
+
+impl ArmRequest<'_> {
+    /// A query parameter, percent-decoded (key compared case-insensitively).
+    fn query_value(&self, key: &str) -> Option<String> {
+        crate::protocol::query_pairs(self.query).find_map(|(k, v)| {
+            let k = crate::sas::url_decode(k).unwrap_or_else(|_| k.to_string());
+            k.eq_ignore_ascii_case(key)
+                .then(|| crate::sas::url_decode(v).unwrap_or_else(|_| v.to_string()))
+        })
+    }
+}
+
+/// Serves one ARM request.
+pub(super) fn handle(request: &ArmRequest<'_>, context: &RestContext) -> Reply {
+    let segments = request.segments;
     let is = |i: usize, name: &str| {
         segments
             .get(i)
             .is_some_and(|s| s.eq_ignore_ascii_case(name))
     };
+    // IoT Hub watches its operations under the region:
+    // /subscriptions/{sub}/providers/Microsoft.Devices/locations/{region}/operationResults/{id}
+    if segments.len() == 8
+        && is(2, "providers")
+        && is(3, "Microsoft.Devices")
+        && is(4, "locations")
+        && is(6, "operationResults")
+    {
+        return operation_result(request, segments[7], Kind::Hub, context);
+    }
     let shaped = segments.len() >= 7
         && is(2, "resourceGroups")
         && is(4, "providers")
@@ -139,22 +171,14 @@ pub(super) fn handle(
         None
     };
     if let Some((kind, known)) = versions
-        && let Some(refusal) = check_api_version(kind, known, api_version)
+        && let Some(refusal) = check_api_version(kind, known, request.api_version)
     {
         return refusal;
     }
     let outcome = if is(6, "provisioningServices") {
-        provisioning_services(
-            method,
-            &group_base,
-            segments[3],
-            rest,
-            body,
-            if_match,
-            context,
-        )
+        provisioning_services(request, &group_base, segments[3], rest, context)
     } else if is(6, "IotHubs") {
-        iot_hubs(method, &group_base, segments[3], rest, body, context)
+        iot_hubs(request, &group_base, segments[3], rest, context)
     } else {
         Ok(arm_error(
             404,
@@ -163,6 +187,200 @@ pub(super) fn handle(
         ))
     };
     outcome.unwrap_or_else(|e| from_error(&e))
+}
+
+// ---- long-running operations and paging ---------------------------------------------------
+
+/// The URL of operation `id`'s result (the `Location` a client polls; with `&asyncinfo` the
+/// `Azure-AsyncOperation` status), where Azure puts it: under the region for a hub (as IoT
+/// Hub's recorded answers show), under the resource for a DPS (the provider's
+/// `operationresults` path, which the management SDK's `get_operation_result` reads).
+fn operation_url(
+    request: &ArmRequest<'_>,
+    kind: Kind,
+    id: &str,
+    name: &str,
+    location: &str,
+) -> String {
+    let encode = crate::sas::url_encode;
+    let subscription = encode(request.segments.get(1).copied().unwrap_or_default());
+    let version = encode(request.api_version);
+    match kind {
+        Kind::Hub => format!(
+            "{}/subscriptions/{subscription}/providers/Microsoft.Devices/locations/{}/operationResults/{id}?api-version={version}&operationSource=other",
+            request.base_url,
+            encode(location),
+        ),
+        Kind::Dps => format!(
+            "{}/subscriptions/{subscription}/resourceGroups/{}/providers/Microsoft.Devices/provisioningServices/{}/operationresults/{id}?api-version={version}",
+            request.base_url,
+            encode(request.segments.get(3).copied().unwrap_or_default()),
+            encode(name),
+        ),
+    }
+}
+
+/// `Retry-After` for an operation with `remaining` to run: whole seconds, rounded up.
+fn retry_after(remaining: std::time::Duration) -> String {
+    remaining.as_secs_f64().ceil().to_string()
+}
+
+/// `reply` with the headers of operation `id`: `Azure-AsyncOperation` and `Retry-After`, and
+/// `Location` for a delete (202).
+fn with_operation(
+    mut reply: Reply,
+    request: &ArmRequest<'_>,
+    context: &RestContext,
+    id: &str,
+) -> Reply {
+    let Some(operation) = context.operations.operation(id) else {
+        return reply;
+    };
+    let url = operation_url(
+        request,
+        operation.kind,
+        id,
+        &operation.name,
+        &operation.location,
+    );
+    reply
+        .headers
+        .push(("azure-asyncoperation", format!("{url}&asyncinfo")));
+    if operation.action == Action::Delete {
+        reply.headers.push(("location", url));
+    }
+    reply
+        .headers
+        .push(("retry-after", retry_after(operation.remaining())));
+    reply
+}
+
+/// GET of an operation's URL: with `asyncinfo`, the status (`Running`, then `Succeeded`; 200
+/// either way); without, the `Location` protocol (202 while running, then 200 with the
+/// resource, or 204 after a delete).
+fn operation_result(
+    request: &ArmRequest<'_>,
+    id: &str,
+    kind: Kind,
+    context: &RestContext,
+) -> Reply {
+    let Some(operation) = context.operations.operation(id).filter(|o| o.kind == kind) else {
+        return arm_error(
+            404,
+            "OperationNotFound",
+            &format!("No operation {id} is known (finished operations are kept 10 minutes)."),
+        );
+    };
+    let remaining = operation.remaining();
+    let running = !remaining.is_zero();
+    let mut reply = if request.query_value("asyncinfo").is_some() {
+        Reply::json(
+            StatusCode::OK,
+            json!({"status": if running { "Running" } else { "Succeeded" }}),
+        )
+    } else if running {
+        let mut reply = Reply::empty(StatusCode::ACCEPTED);
+        reply.headers.push((
+            "location",
+            operation_url(request, kind, id, &operation.name, &operation.location),
+        ));
+        reply
+    } else {
+        let group_base = format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Devices",
+            request.segments.get(1).copied().unwrap_or_default(),
+            context.resource_group
+        );
+        let resource = match (operation.action, kind) {
+            (Action::Delete, _) => None,
+            (_, Kind::Hub) => context
+                .cloud
+                .hub(&operation.name)
+                .ok()
+                .map(|h| hub_view(&group_base, &h, context)),
+            (_, Kind::Dps) => context
+                .cloud
+                .dps(&operation.name)
+                .ok()
+                .map(|d| dps_view(&group_base, &d, context)),
+        };
+        match resource {
+            Some(body) => Reply::json(StatusCode::OK, body),
+            None => Reply::empty(StatusCode::NO_CONTENT),
+        }
+    };
+    if running {
+        reply.headers.push(("retry-after", retry_after(remaining)));
+    }
+    reply
+}
+
+/// 409 for a PUT on a name whose resource is still being deleted.
+fn name_being_deleted(kind: &str, name: &str) -> Reply {
+    arm_error(
+        409,
+        "Conflict",
+        &format!(
+            "The {kind} '{name}' is being deleted; its name is taken until the deletion completes."
+        ),
+    )
+}
+
+/// One page of an ARM list: items in name order, at most the page size, and a `nextLink`
+/// (absolute, with `$skipToken` naming the last item given) while more remain.
+fn page(request: &ArmRequest<'_>, context: &RestContext, mut items: Vec<Value>) -> Reply {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = |v: &Value| v["name"].as_str().unwrap_or_default().to_ascii_lowercase();
+    items.sort_by_key(key);
+    let after = request
+        .query_value("$skipToken")
+        .and_then(|t| b64.decode(t.as_bytes()).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let start = after
+        .as_deref()
+        .map(|after| items.partition_point(|i| key(i).as_str() <= after))
+        .unwrap_or(0);
+    let end = (start + context.page_size).min(items.len());
+    let mut body = json!({"value": items[start..end].to_vec()});
+    if end < items.len() {
+        let path: Vec<String> = request
+            .segments
+            .iter()
+            .map(|s| crate::sas::url_encode(s))
+            .collect();
+        body["nextLink"] = json!(format!(
+            "{}/{}?api-version={}&$skipToken={}",
+            request.base_url,
+            path.join("/"),
+            crate::sas::url_encode(request.api_version),
+            b64.encode(key(&items[end - 1]).as_bytes()),
+        ));
+    }
+    Reply::json(StatusCode::OK, body)
+}
+
+/// A resource view with the states of `phase`: `Accepted` while created (`Activating`) or
+/// updated (`Transitioning`).
+fn with_phase(mut view: Value, phase: &Phase) -> Value {
+    let state = match phase {
+        Phase::Busy {
+            action: Action::Create,
+            ..
+        } => "Activating",
+        Phase::Busy { .. } => "Transitioning",
+        Phase::Settled | Phase::Deleting { .. } => return view,
+    };
+    view["properties"]["provisioningState"] = json!("Accepted");
+    view["properties"]["state"] = json!(state);
+    view
+}
+
+/// A deleted resource's last view.
+fn deleting_view(mut view: Value) -> Value {
+    view["properties"]["provisioningState"] = json!("Deleting");
+    view["properties"]["state"] = json!("Deleting");
+    view
 }
 
 fn not_found(kind: &str, name: &str, group: &str) -> Reply {
@@ -190,34 +408,81 @@ fn parse_json(body: &[u8]) -> crate::Result<Value> {
 // ---- provisioning services ----------------------------------------------------------------
 
 fn provisioning_services(
-    method: &Method,
+    request: &ArmRequest<'_>,
     group_base: &str,
     group: &str,
     rest: &[&str],
-    body: &[u8],
-    if_match: Option<&str>,
     context: &RestContext,
 ) -> crate::Result<Reply> {
     let cloud = &context.cloud;
+    let method = request.method;
     let Some((name, rest)) = rest.split_first() else {
         return Ok(match *method {
-            Method::GET => Reply::json(
-                StatusCode::OK,
-                json!({"value": cloud.all_dps().iter().map(|d| dps_json(group_base, d, context)).collect::<Vec<_>>()}),
-            ),
+            Method::GET => {
+                let mut items: Vec<Value> = cloud
+                    .all_dps()
+                    .iter()
+                    .map(|d| dps_view(group_base, d, context))
+                    .collect();
+                items.extend(context.operations.deleting(Kind::Dps));
+                page(request, context, items)
+            }
             _ => arm_error(405, "405000", "method not allowed on this collection"),
         });
     };
     let name = *name;
     let lower = |i: usize| rest.get(i).map(|s| s.to_ascii_lowercase());
+    // The operation outlives a deleted DPS: its URL is served whatever the DPS's state.
+    if let (&Method::GET, [results, id]) = (method, rest)
+        && results.eq_ignore_ascii_case("operationresults")
+    {
+        return Ok(operation_result(request, id, Kind::Dps, context));
+    }
+    let phase = context.operations.phase(Kind::Dps, name);
+    match (method, rest.len(), &phase) {
+        (&Method::PUT, 0, Phase::Deleting { .. }) => {
+            return Ok(name_being_deleted("provisioning service", name));
+        }
+        (&Method::GET, 0, Phase::Deleting { view, .. }) => {
+            return Ok(Reply::json(StatusCode::OK, view.clone()));
+        }
+        (&Method::DELETE, 0, Phase::Deleting { id, .. }) => {
+            return Ok(with_operation(
+                Reply::empty(StatusCode::ACCEPTED),
+                request,
+                context,
+                id,
+            ));
+        }
+        _ => {}
+    }
     match (method, rest.len(), lower(0).as_deref()) {
-        (&Method::PUT, 0, _) => put_dps(group_base, name, body, context),
+        (&Method::PUT, 0, _) => put_dps(request, group_base, name, context),
         (_, _, _) if cloud.dps(name).is_err() => Ok(not_found("provisioningServices", name, group)),
         (&Method::GET, 0, _) => Ok(Reply::json(
             StatusCode::OK,
-            dps_json(group_base, &cloud.dps(name)?, context),
+            dps_view(group_base, &cloud.dps(name)?, context),
         )),
-        (&Method::DELETE, 0, _) => cloud.delete_dps(name).map(|()| empty(StatusCode::OK)),
+        (&Method::DELETE, 0, _) => {
+            let dps = cloud.dps(name)?;
+            let view = deleting_view(dps_view(group_base, &dps, context));
+            // Gone for devices and the service API at once; the name stays taken until the
+            // operation ends.
+            cloud.delete_dps(name)?;
+            let id = context.operations.start(
+                Kind::Dps,
+                &dps.name,
+                Action::Delete,
+                &dps.location,
+                Some(view),
+            );
+            Ok(with_operation(
+                Reply::empty(StatusCode::ACCEPTED),
+                request,
+                context,
+                &id,
+            ))
+        }
         (&Method::POST, 1, Some("listkeys")) => {
             let dps = cloud.dps(name)?;
             Ok(Reply::json(
@@ -238,7 +503,15 @@ fn provisioning_services(
         }
         (_, _, Some("certificates")) => {
             let base = format!("{group_base}/provisioningServices/{name}");
-            certificates(method, &base, name, &rest[1..], body, if_match, context)
+            certificates(
+                method,
+                &base,
+                name,
+                &rest[1..],
+                request.body,
+                request.if_match,
+                context,
+            )
         }
         _ => Ok(arm_error(
             405,
@@ -246,6 +519,14 @@ fn provisioning_services(
             "the emulator does not serve this operation",
         )),
     }
+}
+
+/// The DPS as its GET shows it now (`Activating` while being created).
+fn dps_view(group_base: &str, dps: &DpsRecord, context: &RestContext) -> Value {
+    with_phase(
+        dps_json(group_base, dps, context),
+        &context.operations.phase(Kind::Dps, &dps.name),
+    )
 }
 
 fn dps_key_json(dps: &DpsRecord) -> Value {
@@ -299,13 +580,13 @@ fn dps_json(group_base: &str, dps: &DpsRecord, context: &RestContext) -> Value {
 /// `az iot dps linked-hub create` GETs the resource, appends a hub and PUTs it all back, masked
 /// keys included.
 fn put_dps(
+    request: &ArmRequest<'_>,
     group_base: &str,
     name: &str,
-    body: &[u8],
     context: &RestContext,
 ) -> crate::Result<Reply> {
     let cloud = &context.cloud;
-    let body = parse_json(body)?;
+    let body = parse_json(request.body)?;
     let created = cloud.dps(name).is_err();
     if created {
         if let Err(e) = crate::protocol::validate_dps_name(name) {
@@ -354,14 +635,21 @@ fn put_dps(
             cloud.unlink_hub(name, &link.hub)?;
         }
     }
-    let status = if created {
-        StatusCode::CREATED
+    let (status, action) = if created {
+        (StatusCode::CREATED, Action::Create)
     } else {
-        StatusCode::OK
+        (StatusCode::OK, Action::Update)
     };
-    Ok(Reply::json(
-        status,
-        dps_json(group_base, &cloud.dps(name)?, context),
+    // A create or an update (linking hubs) is a long-running operation on Azure.
+    let dps = cloud.dps(name)?;
+    let id = context
+        .operations
+        .start(Kind::Dps, &dps.name, action, &dps.location, None);
+    Ok(with_operation(
+        Reply::json(status, dps_view(group_base, &dps, context)),
+        request,
+        context,
+        &id,
     ))
 }
 
@@ -389,48 +677,100 @@ fn parse_hub_connection_string(text: &str) -> crate::Result<(String, String)> {
 // ---- IoT hubs -----------------------------------------------------------------------------
 
 fn iot_hubs(
-    method: &Method,
+    request: &ArmRequest<'_>,
     group_base: &str,
     group: &str,
     rest: &[&str],
-    body: &[u8],
     context: &RestContext,
 ) -> crate::Result<Reply> {
     let cloud = &context.cloud;
+    let method = request.method;
     let Some((name, rest)) = rest.split_first() else {
         return Ok(match *method {
-            Method::GET => Reply::json(
-                StatusCode::OK,
-                json!({"value": cloud.hubs().iter().map(|h| hub_json(group_base, h)).collect::<Vec<_>>()}),
-            ),
+            Method::GET => {
+                let mut items: Vec<Value> = cloud
+                    .hubs()
+                    .iter()
+                    .map(|h| hub_view(group_base, h, context))
+                    .collect();
+                items.extend(context.operations.deleting(Kind::Hub));
+                page(request, context, items)
+            }
             _ => arm_error(405, "405000", "method not allowed on this collection"),
         });
     };
     let name = *name;
     let lower = |i: usize| rest.get(i).map(|s| s.to_ascii_lowercase());
+    let phase = context.operations.phase(Kind::Hub, name);
+    match (method, rest.len(), &phase) {
+        (&Method::PUT, 0, Phase::Deleting { .. }) => {
+            return Ok(name_being_deleted("IoT hub", name));
+        }
+        (&Method::GET, 0, Phase::Deleting { view, .. }) => {
+            return Ok(Reply::json(StatusCode::OK, view.clone()));
+        }
+        (&Method::DELETE, 0, Phase::Deleting { id, .. }) => {
+            return Ok(with_operation(
+                Reply::empty(StatusCode::ACCEPTED),
+                request,
+                context,
+                id,
+            ));
+        }
+        _ => {}
+    }
     match (method, rest.len(), lower(0).as_deref()) {
         (&Method::PUT, 0, _) => {
             if let Ok(hub) = cloud.hub(name) {
-                return Ok(Reply::json(StatusCode::OK, hub_json(group_base, &hub)));
+                return Ok(Reply::json(
+                    StatusCode::OK,
+                    hub_view(group_base, &hub, context),
+                ));
             }
             if let Err(e) = crate::protocol::validate_hub_name(name) {
                 return Ok(invalid_name(&e));
             }
-            let body = parse_json(body)?;
+            let body = parse_json(request.body)?;
             let location = body["location"]
                 .as_str()
                 .ok_or_else(|| Error::Config("a new IoT hub needs a \"location\"".into()))?;
             let hub = cloud.create_hub(name, location, None)?;
             // Devices must reach the new hub at once.
             context.listeners.listen_for_host(&hub.host_name)?;
-            Ok(Reply::json(StatusCode::CREATED, hub_json(group_base, &hub)))
+            let id =
+                context
+                    .operations
+                    .start(Kind::Hub, &hub.name, Action::Create, &hub.location, None);
+            Ok(with_operation(
+                Reply::json(StatusCode::CREATED, hub_view(group_base, &hub, context)),
+                request,
+                context,
+                &id,
+            ))
         }
         (_, _, _) if cloud.hub(name).is_err() => Ok(not_found("IotHubs", name, group)),
         (&Method::GET, 0, _) => Ok(Reply::json(
             StatusCode::OK,
-            hub_json(group_base, &cloud.hub(name)?),
+            hub_view(group_base, &cloud.hub(name)?, context),
         )),
-        (&Method::DELETE, 0, _) => cloud.delete_hub(name).map(|()| empty(StatusCode::OK)),
+        (&Method::DELETE, 0, _) => {
+            let hub = cloud.hub(name)?;
+            let view = deleting_view(hub_view(group_base, &hub, context));
+            cloud.delete_hub(name)?;
+            let id = context.operations.start(
+                Kind::Hub,
+                &hub.name,
+                Action::Delete,
+                &hub.location,
+                Some(view),
+            );
+            Ok(with_operation(
+                Reply::empty(StatusCode::ACCEPTED),
+                request,
+                context,
+                &id,
+            ))
+        }
         (&Method::POST, 1, Some("listkeys")) => {
             let hub = cloud.hub(name)?;
             Ok(Reply::json(
@@ -455,6 +795,14 @@ fn iot_hubs(
             "the emulator does not serve this operation",
         )),
     }
+}
+
+/// The hub as its GET shows it now (`Activating` while being created).
+fn hub_view(group_base: &str, hub: &HubRecord, context: &RestContext) -> Value {
+    with_phase(
+        hub_json(group_base, hub),
+        &context.operations.phase(Kind::Hub, &hub.name),
+    )
 }
 
 /// `SharedAccessSignatureAuthorizationRule`: a policy with its keys, as `listkeys` answers.

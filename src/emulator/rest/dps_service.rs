@@ -40,6 +40,11 @@ fn service_error(status: u16, code: u32, message: &str) -> Reply {
     reply
 }
 
+/// Azure's throttling answer of this API (429001, `ThrottlingException`).
+pub(super) fn throttled(message: &str) -> Reply {
+    service_error(429, 429_001, message)
+}
+
 fn from_error(error: &Error) -> Reply {
     match error {
         Error::Service(s) => service_error(

@@ -9,6 +9,10 @@
 //! alone, and a refused request is answered (and its connection closed) without reading its
 //! body. Connections are capped ([`RestLimits`](crate::emulator::RestLimits)), headers and bodies
 //! have deadlines, so slow or stalled clients cannot starve the listener.
+//!
+//! Time as Azure spends it ([`RestBehaviour`](crate::emulator::RestBehaviour)): ARM's creates
+//! and deletes are long-running operations (`operations.rs`), its hub and DPS lists are paged,
+//! and the one [`Throttle`] answers every Nth authenticated request of each API with a 429.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,7 +37,84 @@ mod arm;
 mod dps_service;
 mod hub_service;
 #[cfg(test)]
+mod lro_tests;
+mod operations;
+#[cfg(test)]
 mod tests;
+
+pub(crate) use operations::Operations;
+
+/// The 429s the REST listener has answered, per API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ThrottledRequests {
+    /// Azure Resource Manager.
+    pub arm: u64,
+    /// The DPS service API (enrollments, registrations).
+    pub dps_service: u64,
+    /// The IoT Hub service API (identities, twins, methods).
+    pub hub_service: u64,
+}
+
+/// Answers every Nth authenticated request of each API with Azure's 429, and counts them.
+#[derive(Debug)]
+pub struct Throttle {
+    every: u32,
+    retry_after: u32,
+    /// Requests seen, per API (ARM, DPS service, hub service).
+    seen: [std::sync::atomic::AtomicU64; 3],
+    /// Requests throttled, per API.
+    throttled: [std::sync::atomic::AtomicU64; 3],
+}
+
+impl Throttle {
+    /// Every `every`th request (0: never), advising `retry_after` seconds.
+    pub(crate) fn new(every: u32, retry_after: u32) -> Self {
+        Throttle {
+            every,
+            retry_after,
+            seen: Default::default(),
+            throttled: Default::default(),
+        }
+    }
+
+    /// The counts so far.
+    pub(crate) fn counts(&self) -> ThrottledRequests {
+        let count = |i: usize| self.throttled[i].load(std::sync::atomic::Ordering::Relaxed);
+        ThrottledRequests {
+            arm: count(0),
+            dps_service: count(1),
+            hub_service: count(2),
+        }
+    }
+
+    /// The 429 for this request, in its API's error shape, when its turn has come.
+    fn check(&self, caller: &Caller) -> Option<Reply> {
+        if self.every == 0 {
+            return None;
+        }
+        let api = match caller {
+            Caller::Arm => 0,
+            Caller::Dps(_) => 1,
+            Caller::Hub(_) => 2,
+        };
+        let seen = self.seen[api].fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if !seen.is_multiple_of(u64::from(self.every)) {
+            return None;
+        }
+        self.throttled[api].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let message = "The request was throttled: too many requests. Retry after the time in                        the Retry-After header.";
+        let mut reply = match caller {
+            // ARM's own throttling (it answers before the resource provider).
+            Caller::Arm => arm_top_error(429, "TooManyRequests", message),
+            Caller::Dps(_) => dps_service::throttled(message),
+            Caller::Hub(_) => hub_service::throttled(message),
+        };
+        reply
+            .headers
+            .push(("retry-after", self.retry_after.to_string()));
+        Some(reply)
+    }
+}
 
 /// What the HTTPS listener serves from.
 pub(crate) struct RestContext {
@@ -57,6 +138,12 @@ pub(crate) struct RestContext {
     pub limits: crate::emulator::RestLimits,
     /// One permit per connection being served.
     pub slots: Arc<Semaphore>,
+    /// ARM's long-running operations under way.
+    pub operations: Operations,
+    /// Hubs or DPS instances per page of ARM's lists.
+    pub page_size: usize,
+    /// Every Nth request answered 429.
+    pub throttle: Arc<Throttle>,
 }
 
 /// Accepts HTTPS connections until the runtime stops.
@@ -247,6 +334,11 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    // Throttled after authentication (Azure counts a caller's requests) and after the body,
+    // so the connection stays usable for the retry.
+    if let Some(reply) = context.throttle.check(&caller) {
+        return respond(reply, false);
+    }
     let reply = match caller {
         // Service calls that may wait (direct methods) run on the connection's task.
         Caller::Hub(hub) => {
@@ -260,21 +352,42 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
                 .get(hyper::header::IF_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            let api_version = crate::protocol::query_pairs(parts.uri.query().unwrap_or(""))
+            let query = parts.uri.query().unwrap_or("");
+            let api_version = crate::protocol::query_pairs(query)
                 .find(|(k, _)| k.eq_ignore_ascii_case("api-version"))
                 .map(|(_, v)| v.to_string())
                 .unwrap_or_default();
-            arm::handle(
-                &parts.method,
-                &segments,
-                &api_version,
-                &body,
-                if_match.as_deref(),
-                context,
-            )
+            let request = arm::ArmRequest {
+                method: &parts.method,
+                segments: &segments,
+                query,
+                api_version: &api_version,
+                body: &body,
+                if_match: if_match.as_deref(),
+                base_url: base_url(&parts, context),
+            };
+            arm::handle(&request, context)
         }
     };
     respond(reply, false)
+}
+
+/// `https://{host}` as the client addressed this listener: the base of the absolute URLs ARM
+/// hands out (operations to poll, next pages), so they reach the client's way in. A `Host`
+/// that is not a plain host and port is ignored for the listener's own address.
+fn base_url(parts: &hyper::http::request::Parts, context: &RestContext) -> String {
+    let host = parts
+        .headers
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
+        .unwrap_or(&context.service_authority);
+    format!("https://{host}")
 }
 
 /// The HTTP response for `reply`; `close` ends the connection after it.
