@@ -186,6 +186,7 @@ pub struct Emulator {
     hubs: Arc<hub::HubEngine>,
     tls: Arc<tls::EmulatorTls>,
     tracer: Arc<trace::Tracer>,
+    recorder: Arc<rest::recorder::RequestRecorder>,
     listeners: Arc<Listeners>,
     data_dir: PathBuf,
     temporary: Option<tempfile::TempDir>,
@@ -268,6 +269,7 @@ impl Emulator {
             hubs,
             tls,
             tracer,
+            recorder: Arc::default(),
             listeners,
             data_dir,
             is_temporary: temporary.is_some(),
@@ -333,6 +335,7 @@ impl Emulator {
             resource_group: config.resource_group.clone(),
             slots: Arc::new(Semaphore::new(config.rest_limits.max_connections.max(1))),
             limits: config.rest_limits.clone(),
+            recorder: self.recorder.clone(),
         });
         runtime.spawn(rest::serve(listener, context));
         Ok(bound)
@@ -417,6 +420,11 @@ impl Emulator {
     /// The exchange tracer.
     pub fn tracer(&self) -> &trace::Tracer {
         &self.tracer
+    }
+
+    /// The recorder of the HTTPS requests served (ARM and the service APIs).
+    pub fn request_recorder(&self) -> &rest::recorder::RequestRecorder {
+        &self.recorder
     }
 
     /// Whether the emulator is running.

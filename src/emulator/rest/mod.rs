@@ -32,6 +32,7 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 mod arm;
 mod dps_service;
 mod hub_service;
+pub mod recorder;
 #[cfg(test)]
 mod tests;
 
@@ -57,6 +58,8 @@ pub(crate) struct RestContext {
     pub limits: crate::emulator::RestLimits,
     /// One permit per connection being served.
     pub slots: Arc<Semaphore>,
+    /// Records authenticated requests while a recording is active.
+    pub recorder: Arc<recorder::RequestRecorder>,
 }
 
 /// Accepts HTTPS connections until the runtime stops.
@@ -173,6 +176,17 @@ enum Caller {
     Dps(crate::emulator::model::DpsRecord),
 }
 
+impl Caller {
+    /// The API's label in recorded requests.
+    fn api(&self) -> &'static str {
+        match self {
+            Caller::Arm => "arm",
+            Caller::Hub(_) => "hub",
+            Caller::Dps(_) => "dps",
+        }
+    }
+}
+
 /// The request's path, split on `/` and percent-decoded segment by segment.
 fn path_segments(path: &str) -> Vec<String> {
     // Names arrive percent-encoded; the resources are known by their decoded names.
@@ -247,6 +261,7 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    let api = caller.api();
     let reply = match caller {
         // Service calls that may wait (direct methods) run on the connection's task.
         Caller::Hub(hub) => {
@@ -274,6 +289,9 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
             )
         }
     };
+    context
+        .recorder
+        .record(&parts, &body, api, reply.status.as_u16());
     respond(reply, false)
 }
 
