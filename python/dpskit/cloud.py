@@ -1193,6 +1193,10 @@ class Dps:
                 self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
             )
         body = {"attestation": attestation, **settings._to_json()}
+        # A PUT replaces the group: what dpskit does not model (IoT Edge capabilities) is sent
+        # back as read, or the update would reset it.
+        if record.get("capabilities") is not None:
+            body["capabilities"] = record["capabilities"]
         return self._put_group(enrollment_group_id, body, group.etag)
 
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:

@@ -740,7 +740,14 @@ impl ArmClient {
         let if_match = if_match.map(quoted_etag);
         // CA certificates are a DPS sub-resource: the DPS api-version.
         let value = self
-            .call(method, url, DPS_API_VERSION, if_match.as_deref(), body, what)
+            .call(
+                method,
+                url,
+                DPS_API_VERSION,
+                if_match.as_deref(),
+                body,
+                what,
+            )
             .await?
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
         CaCertificateResource::from_json(&value)

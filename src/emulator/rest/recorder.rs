@@ -268,8 +268,8 @@ fn redact_json(value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
-                    let secret = SECRET_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(&k))
-                        && !v.is_null();
+                    let secret =
+                        SECRET_FIELDS.iter().any(|f| f.eq_ignore_ascii_case(&k)) && !v.is_null();
                     let v = if secret {
                         Value::String(REDACTED.into())
                     } else {
@@ -289,7 +289,8 @@ fn redact_json(value: Value) -> Value {
 /// follows a separator (`;`, `&`, `?`, white space, quotes), and its value runs to the next
 /// separator.
 fn redact_text(text: &str) -> String {
-    let is_separator = |c: char| matches!(c, ';' | '&' | '?' | '"' | '\'' | ',') || c.is_whitespace();
+    let is_separator =
+        |c: char| matches!(c, ';' | '&' | '?' | '"' | '\'' | ',') || c.is_whitespace();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     let mut at_boundary = true;
@@ -341,7 +342,9 @@ mod tests {
     #[test]
     fn secrets_in_text_are_masked_and_the_rest_kept() {
         assert_eq!(
-            redact_text("HostName=h.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=abc+/="),
+            redact_text(
+                "HostName=h.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=abc+/="
+            ),
             "HostName=h.azure-devices.net;SharedAccessKeyName=iothubowner;SharedAccessKey=<redacted>"
         );
         assert_eq!(
@@ -382,7 +385,10 @@ mod tests {
             "PUT",
             "/enrollmentGroups/g%201?api-version=2021-10-01&sig=s3cret",
             &[
-                ("Authorization", "SharedAccessSignature sr=x&sig=s3cret&se=1&skn=p"),
+                (
+                    "Authorization",
+                    "SharedAccessSignature sr=x&sig=s3cret&se=1&skn=p",
+                ),
                 ("Content-Type", "application/json"),
                 ("If-Match", "\"etag\""),
                 ("User-Agent", "probe"),
@@ -391,14 +397,27 @@ mod tests {
         // Nothing while no recording is active.
         recorder.record(&request, b"{}", "dps", 200);
         let start = recorder.start();
-        recorder.record(&request, br#"{"attestation":{"symmetricKey":{"primaryKey":"k"}}}"#, "dps", 200);
-        recorder.record(&parts("GET", "/x", &[]), b"not json; SharedAccessKey=k", "hub", 404);
+        recorder.record(
+            &request,
+            br#"{"attestation":{"symmetricKey":{"primaryKey":"k"}}}"#,
+            "dps",
+            200,
+        );
+        recorder.record(
+            &parts("GET", "/x", &[]),
+            b"not json; SharedAccessKey=k",
+            "hub",
+            404,
+        );
         let recorded = recorder.since(start);
         assert_eq!(recorded.dropped, 0);
         let [first, second] = &recorded.requests[..] else {
             panic!("{recorded:?}")
         };
-        assert_eq!((first.method.as_str(), first.path.as_str()), ("PUT", "/enrollmentGroups/g%201"));
+        assert_eq!(
+            (first.method.as_str(), first.path.as_str()),
+            ("PUT", "/enrollmentGroups/g%201")
+        );
         assert_eq!(
             first.query,
             vec![
@@ -418,13 +437,22 @@ mod tests {
             RecordedBody::Json(json!({"attestation": {"symmetricKey": {"primaryKey": REDACTED}}}))
         );
         assert_eq!((first.api, first.status, first.sequence), ("dps", 200, 0));
-        assert_eq!(second.body, RecordedBody::Text("not json; SharedAccessKey=<redacted>".into()));
+        assert_eq!(
+            second.body,
+            RecordedBody::Text("not json; SharedAccessKey=<redacted>".into())
+        );
         assert_eq!((second.status, second.sequence), (404, 1));
         let serialized = serde_json::to_string(&recorded).unwrap();
-        assert!(!serialized.contains("s3cret") && !serialized.contains("probe"), "{serialized}");
+        assert!(
+            !serialized.contains("s3cret") && !serialized.contains("probe"),
+            "{serialized}"
+        );
         recorder.stop();
         assert!(!recorder.is_recording());
-        assert!(recorder.since(0).requests.is_empty(), "forgotten once the last recording ends");
+        assert!(
+            recorder.since(0).requests.is_empty(),
+            "forgotten once the last recording ends"
+        );
     }
 
     #[test]
@@ -508,7 +536,12 @@ mod tests {
         let recorder = RequestRecorder::new(3);
         let start = recorder.start();
         for i in 0..5 {
-            recorder.record(&parts("GET", &format!("/devices/d{i}"), &[]), b"", "hub", 200);
+            recorder.record(
+                &parts("GET", &format!("/devices/d{i}"), &[]),
+                b"",
+                "hub",
+                200,
+            );
         }
         let recorded = recorder.since(start);
         let paths: Vec<&str> = recorded.requests.iter().map(|r| r.path.as_str()).collect();
@@ -523,7 +556,10 @@ mod tests {
         let [last] = &recorder.since(later).requests[..] else {
             panic!()
         };
-        assert_eq!((&last.body, last.body_size), (&RecordedBody::Omitted, big.len()));
+        assert_eq!(
+            (&last.body, last.body_size),
+            (&RecordedBody::Omitted, big.len())
+        );
         // Overlapping recordings: the first to stop leaves the other's requests in place.
         recorder.stop();
         assert_eq!(recorder.since(later).requests.len(), 1);
