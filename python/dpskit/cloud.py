@@ -580,6 +580,113 @@ class TraceEvent:
 
 
 @dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTPS request the local cloud served (ARM, the DPS or the hub service API), as
+    ``LocalCloud.record_requests`` recorded it after authenticating it. Secrets are never kept:
+    no ``Authorization`` header (only ``headers``' short allowlist), and keys, connection string
+    keys and ``sig``/``code`` values replaced by ``"<redacted>"``."""
+
+    sequence: int
+    at: datetime
+    api: Literal["arm", "dps", "hub"]
+    method: str
+    path: str
+    """As sent: percent-encoding kept, no query."""
+    query: dict[str, str]
+    """Percent-decoded query parameters (``api-version`` among them)."""
+    headers: dict[str, str]
+    """``accept``, ``content-type``, ``if-match``, ``if-none-match``, ``x-ms-continuation``,
+    ``x-ms-max-item-count`` when sent (names lower case)."""
+    body: Any
+    """The JSON body parsed, a body that is not JSON as text, or ``None`` (no body, or one
+    longer than 64 KiB: see ``body_kind``)."""
+    body_kind: Literal["empty", "json", "text", "omitted"]
+    body_size: int
+    status: int
+    """What the local cloud answered."""
+
+    @property
+    def api_version(self) -> str | None:
+        """The ``api-version`` query parameter."""
+        return next((v for k, v in self.query.items() if k.lower() == "api-version"), None)
+
+    def header(self, name: str) -> str | None:
+        """A recorded header, by case-insensitive name."""
+        return self.headers.get(name.lower())
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}?{'&'.join(f'{k}={v}' for k, v in self.query.items())}"
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> RecordedRequest:
+        body = data["body"]
+        return cls(
+            sequence=data["sequence"],
+            at=datetime.fromtimestamp(data["at"], tz=timezone.utc),
+            api=data["api"],
+            method=data["method"],
+            path=data["path"],
+            query=dict(data["query"]),
+            headers=dict(data["headers"]),
+            body=body.get("value"),
+            body_kind=body["kind"],
+            body_size=data["body_size"],
+            status=data["status"],
+        )
+
+
+class RequestRecording:
+    """The HTTPS requests served while recording (``with cloud.record_requests() as r:``):
+    every ARM, DPS service and hub service request the local cloud authenticated, from dpskit,
+    the official SDKs or anything else. Read ``requests`` inside the block (live) or after it
+    (what the block saw). The local cloud keeps the last 1,000 requests of all recordings;
+    ``dropped`` counts this recording's requests lost to that bound."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self._emulator = emulator
+        self._start: int | None = None
+        self._result: tuple[list[RecordedRequest], int] | None = None
+
+    def __enter__(self) -> RequestRecording:
+        if self._start is not None:
+            raise ConfigError("a request recording cannot be started twice")
+        self._start = self._emulator.start_recording()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._result is None and self._start is not None:
+            try:
+                self._result = self._read()
+            finally:
+                self._emulator.stop_recording()
+
+    def _read(self) -> tuple[list[RecordedRequest], int]:
+        if self._start is None:
+            return [], 0
+        data = json.loads(self._emulator.recorded_requests(self._start))
+        return [RecordedRequest._from_json(r) for r in data["requests"]], data["dropped"]
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """The recorded requests, oldest first."""
+        return list(self._result[0]) if self._result is not None else self._read()[0]
+
+    @property
+    def dropped(self) -> int:
+        """How many of this recording's requests were dropped to keep the bound."""
+        return self._result[1] if self._result is not None else self._read()[1]
+
+    def __repr__(self) -> str:
+        state = "done" if self._result is not None else "recording"
+        return f"<RequestRecording {state} requests={len(self.requests)}>"
+
+
+@dataclass(frozen=True)
 class TelemetryMessage:
     """A device-to-cloud message as the hub received it."""
 
@@ -725,7 +832,15 @@ class Hub:
                     "secondaryKey": secondary_key or _generated_key(),
                 },
             }
-        body = json.dumps({"deviceId": device_id, "authentication": auth})
+        # Status and capabilities explicit, as the official SDK and the CLI send them.
+        body = json.dumps(
+            {
+                "deviceId": device_id,
+                "status": "enabled",
+                "authentication": auth,
+                "capabilities": {"iotEdge": False},
+            }
+        )
         identity = json.loads(self._cloud._rest.hub_put_device(*self._service, device_id, body))
         if initial_twin:
             patch = {
@@ -1102,6 +1217,10 @@ class Dps:
                 self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
             )
         body = {"attestation": attestation, **settings._to_json()}
+        # A PUT replaces the group: what dpskit does not model (IoT Edge capabilities) is sent
+        # back as read, or the update would reset it.
+        if record.get("capabilities") is not None:
+            body["capabilities"] = record["capabilities"]
         return self._put_group(enrollment_group_id, body, group.etag)
 
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
@@ -1645,6 +1764,19 @@ class LocalCloud(_Cloud):
     def format_trace(self, client_id: str) -> str:
         """The recorded exchange of a client as readable text."""
         return "\n".join(str(e) for e in self.trace_events(client_id))
+
+    def record_requests(self) -> RequestRecording:
+        """Record the HTTPS requests this local cloud serves (ARM, DPS and hub service APIs)
+        while the returned context manager is open: method, path, query, the headers that shape
+        a request and its JSON body, secrets left out. Useful to see exactly what a client (dpskit,
+        an official SDK, your own code) sends before it sends it to Azure::
+
+            with cloud.record_requests() as recording:
+                dps.create_enrollment_group("sensors", ca_reference="root")
+            for request in recording.requests:
+                print(request, request.body)
+        """
+        return RequestRecording(self._emulator)
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"

@@ -220,6 +220,7 @@ pub struct Emulator {
     hubs: Arc<hub::HubEngine>,
     tls: Arc<tls::EmulatorTls>,
     tracer: Arc<trace::Tracer>,
+    recorder: Arc<rest::recorder::RequestRecorder>,
     listeners: Arc<Listeners>,
     data_dir: PathBuf,
     temporary: Option<tempfile::TempDir>,
@@ -304,6 +305,7 @@ impl Emulator {
             hubs,
             tls,
             tracer,
+            recorder: Arc::default(),
             listeners,
             data_dir,
             is_temporary: temporary.is_some(),
@@ -376,6 +378,7 @@ impl Emulator {
             operations: rest::Operations::new(config.rest_behaviour.operation_latency),
             page_size: config.rest_behaviour.page_size.max(1),
             throttle: self.throttle.clone(),
+            recorder: self.recorder.clone(),
         });
         runtime.spawn(rest::serve(listener, context));
         Ok(bound)
@@ -466,6 +469,11 @@ impl Emulator {
     /// The exchange tracer.
     pub fn tracer(&self) -> &trace::Tracer {
         &self.tracer
+    }
+
+    /// The recorder of the HTTPS requests served (ARM and the service APIs).
+    pub fn request_recorder(&self) -> &rest::recorder::RequestRecorder {
+        &self.recorder
     }
 
     /// Whether the emulator is running.

@@ -658,6 +658,23 @@ impl PyEmulator {
     fn trace_events(&self, client_id: &str) -> PyResult<String> {
         json(&self.with(|e| Ok(e.tracer().events(client_id)))?)
     }
+
+    /// Starts recording HTTPS requests; returns the sequence number of the first one.
+    fn start_recording(&self) -> PyResult<u64> {
+        self.with(|e| Ok(e.request_recorder().start()))
+    }
+
+    /// The recorded requests numbered `since` and after, as JSON
+    /// (`{"requests": [...], "dropped": n, "next": n}`).
+    fn recorded_requests(&self, since: u64) -> PyResult<String> {
+        json(&self.with(|e| Ok(e.request_recorder().since(since)))?)
+    }
+
+    /// Ends one recording (a no-op once the emulator stopped).
+    fn stop_recording(&self) {
+        let emulator = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        emulator.request_recorder().stop();
+    }
 }
 
 /// A custom allocation policy implemented by a Python callable (JSON text in, JSON text out).

@@ -219,6 +219,44 @@ pub fn connection_string_part(connection_string: &str, key: &str) -> Option<Stri
     })
 }
 
+/// An etag as an `If-Match` value: a quoted string (RFC 9110), as the management SDKs send it;
+/// ARM writes etags in bodies without the quotes.
+fn quoted_etag(etag: &str) -> String {
+    if etag == "*" || (etag.len() > 1 && etag.starts_with('"') && etag.ends_with('"')) {
+        etag.to_string()
+    } else {
+        format!("\"{etag}\"")
+    }
+}
+
+/// Leaves out what a DPS resource read back carries but a PUT does not take (read-only in the
+/// resource provider's spec): the resource's id, name, type and system data, the SKU tier,
+/// the host names and ID scope, and linked hubs' names. The management SDKs leave them out.
+fn strip_read_only(resource: &mut Value) {
+    if let Some(top) = resource.as_object_mut() {
+        for field in ["id", "name", "type", "systemData"] {
+            top.remove(field);
+        }
+    }
+    if let Some(sku) = resource["sku"].as_object_mut() {
+        sku.remove("tier");
+    }
+    if let Some(properties) = resource["properties"].as_object_mut() {
+        for field in [
+            "serviceOperationsHostName",
+            "deviceProvisioningHostName",
+            "idScope",
+        ] {
+            properties.remove(field);
+        }
+    }
+    if let Some(hubs) = resource["properties"]["iotHubs"].as_array_mut() {
+        for hub in hubs.iter_mut().filter_map(Value::as_object_mut) {
+            hub.remove("name");
+        }
+    }
+}
+
 /// ARM's terminal states, of an operation or a resource's `provisioningState`.
 fn is_terminal(state: &str) -> bool {
     ["succeeded", "failed", "canceled", "cancelled"].contains(&state.to_ascii_lowercase().as_str())
@@ -437,7 +475,9 @@ impl ArmClient {
                 let mut request = self
                     .http
                     .request(method.clone(), url)
-                    .bearer_auth((self.token)()?);
+                    .bearer_auth((self.token)()?)
+                    // As the management SDKs ask.
+                    .header(reqwest::header::ACCEPT, "application/json");
                 if let Some(tag) = if_match {
                     request = request.header(reqwest::header::IF_MATCH, tag);
                 }
@@ -954,6 +994,7 @@ impl ArmClient {
         }
         hubs.push(entry);
         current["properties"]["iotHubs"] = Value::Array(hubs);
+        strip_read_only(&mut current);
         let value = self
             .put_and_wait(self.dps_url(dps), DPS_API_VERSION, current, &what)
             .await?;
@@ -968,9 +1009,17 @@ impl ArmClient {
         body: Option<Value>,
         what: &str,
     ) -> Result<CaCertificateResource> {
+        let if_match = if_match.map(quoted_etag);
         // CA certificates are a DPS sub-resource: the DPS api-version.
         let value = self
-            .call(method, url, DPS_API_VERSION, if_match, body, what)
+            .call(
+                method,
+                url,
+                DPS_API_VERSION,
+                if_match.as_deref(),
+                body,
+                what,
+            )
             .await?
             .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
         CaCertificateResource::from_json(&value)
@@ -1045,7 +1094,7 @@ impl ArmClient {
         self.delete(
             url,
             DPS_API_VERSION,
-            Some(etag),
+            Some(&quoted_etag(etag)),
             &format!("deleting CA certificate {name}"),
         )
         .await
@@ -1260,6 +1309,27 @@ mod tests {
         );
         assert_eq!(poll_delay(None, 1), Duration::from_secs(1));
         assert_eq!(poll_delay(None, 50), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_dps_written_back_leaves_read_only_fields_out_and_etags_are_quoted() {
+        let mut read_back = json!({
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Devices/provisioningServices/d",
+            "name": "d", "type": "Microsoft.Devices/provisioningServices", "etag": "AAAA=",
+            "location": "westeurope", "sku": {"name": "S1", "tier": "Standard", "capacity": 1},
+            "properties": {"idScope": "0ne0", "serviceOperationsHostName": "d.azure-devices-provisioning.net",
+                "deviceProvisioningHostName": "global.azure-devices-provisioning.net", "state": "Active",
+                "iotHubs": [{"name": "h.azure-devices.net", "connectionString": "c", "location": "westeurope"}]},
+        });
+        strip_read_only(&mut read_back);
+        assert_eq!(
+            read_back,
+            json!({"etag": "AAAA=", "location": "westeurope", "sku": {"name": "S1", "capacity": 1},
+                "properties": {"state": "Active", "iotHubs": [{"connectionString": "c", "location": "westeurope"}]}})
+        );
+        assert_eq!(quoted_etag("AAAA="), "\"AAAA=\"");
+        assert_eq!(quoted_etag("\"AAAA=\""), "\"AAAA=\"");
+        assert_eq!(quoted_etag("*"), "*");
     }
 
     #[test]

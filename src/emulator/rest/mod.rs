@@ -39,6 +39,7 @@ mod hub_service;
 #[cfg(test)]
 mod lro_tests;
 mod operations;
+pub mod recorder;
 #[cfg(test)]
 mod tests;
 
@@ -144,6 +145,8 @@ pub(crate) struct RestContext {
     pub page_size: usize,
     /// Every Nth request answered 429.
     pub throttle: Arc<Throttle>,
+    /// Records authenticated requests while a recording is active.
+    pub recorder: Arc<recorder::RequestRecorder>,
 }
 
 /// Accepts HTTPS connections until the runtime stops.
@@ -260,6 +263,17 @@ enum Caller {
     Dps(crate::emulator::model::DpsRecord),
 }
 
+impl Caller {
+    /// The API's label in recorded requests.
+    fn api(&self) -> &'static str {
+        match self {
+            Caller::Arm => "arm",
+            Caller::Hub(_) => "hub",
+            Caller::Dps(_) => "dps",
+        }
+    }
+}
+
 /// The request's path, split on `/` and percent-decoded segment by segment.
 fn path_segments(path: &str) -> Vec<String> {
     // Names arrive percent-encoded; the resources are known by their decoded names.
@@ -334,9 +348,13 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    let api = caller.api();
     // Throttled after authentication (Azure counts a caller's requests) and after the body,
-    // so the connection stays usable for the retry.
+    // so the connection stays usable for the retry; recorded like any other answer.
     if let Some(reply) = context.throttle.check(&caller) {
+        context
+            .recorder
+            .record(&parts, &body, api, reply.status.as_u16());
         return respond(reply, false);
     }
     let reply = match caller {
@@ -369,6 +387,9 @@ async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<F
             arm::handle(&request, context)
         }
     };
+    context
+        .recorder
+        .record(&parts, &body, api, reply.status.as_u16());
     respond(reply, false)
 }
 
