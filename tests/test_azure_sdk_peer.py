@@ -243,10 +243,11 @@ def registration(peer: Peer, registration_id: str) -> dpskit.RegistrationRecord:
 
 
 def hub_device(hub: dpskit.Hub, device_id: str) -> dpskit.HubDevice:
-    """The identity DPS created for a device in a hub (exactly one)."""
+    """The identity DPS created for a device in a hub (exactly one), keys included (the list
+    carries none, as the hub's query API does not)."""
     devices = [d for d in hub.devices() if d.device_id == device_id]
     assert len(devices) == 1, hub.devices()
-    return devices[0]
+    return hub.device(device_id)
 
 
 # -- X.509 -----------------------------------------------------------------------------------

@@ -91,10 +91,19 @@ impl Twin {
         })
     }
 
+    /// The twin's etag: a digest of its tags and properties, so every change changes it (the
+    /// service's `If-Match` on a twin patch names it).
+    pub fn etag(&self) -> String {
+        let record = serde_json::to_vec(self).unwrap_or_default();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &record);
+        BASE64.encode(&digest.as_ref()[..12])
+    }
+
     /// What the service gets (the device twin document).
     pub fn service_view(&self, device_id: &str) -> Value {
         let mut view = self.device_view();
         if let Some(map) = view.as_object_mut() {
+            map.insert("etag".into(), json!(self.etag()));
             let properties =
                 json!({"desired": map.remove("desired"), "reported": map.remove("reported")});
             map.insert("deviceId".into(), json!(device_id));

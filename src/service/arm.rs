@@ -466,6 +466,31 @@ impl ArmClient {
         replay: Replay,
         what: &str,
     ) -> Result<reqwest::Response> {
+        let accept_json = method != reqwest::Method::DELETE;
+        self.send_accepting(method, url, if_match, body, replay, accept_json, what)
+            .await
+    }
+
+    /// A GET (safe to repeat) of `url`, complete with its api-version.
+    async fn get(&self, url: &str, what: &str) -> Result<reqwest::Response> {
+        self.send(reqwest::Method::GET, url, None, None, Replay::Safe, what)
+            .await
+    }
+
+    /// [`send`](Self::send), asking for JSON (`Accept: application/json`) when `accept_json`:
+    /// the management SDKs ask for it when the operation's answer has a body they read (every
+    /// call but a DPS or certificate delete).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_accepting(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        if_match: Option<&str>,
+        body: Option<&Value>,
+        replay: Replay,
+        accept_json: bool,
+        what: &str,
+    ) -> Result<reqwest::Response> {
         // A resource read back and PUT again (linking a hub) carries the GET's nulls: left
         // out, as the management SDKs and the CLI leave them.
         let body = body.map(|b| crate::service::omit_nulls(b.clone(), true));
@@ -475,9 +500,10 @@ impl ArmClient {
                 let mut request = self
                     .http
                     .request(method.clone(), url)
-                    .bearer_auth((self.token)()?)
-                    // As the management SDKs ask.
-                    .header(reqwest::header::ACCEPT, "application/json");
+                    .bearer_auth((self.token)()?);
+                if accept_json {
+                    request = request.header(reqwest::header::ACCEPT, "application/json");
+                }
                 if let Some(tag) = if_match {
                     request = request.header(reqwest::header::IF_MATCH, tag);
                 }
@@ -556,9 +582,7 @@ impl ArmClient {
                     "{what}: ARM's nextLink went back to a page already read ({link})"
                 )));
             }
-            let response = self
-                .send(reqwest::Method::GET, &link, None, None, Replay::Safe, what)
-                .await?;
+            let response = self.get(&link, what).await?;
             let page = json_body(response, what).await?.unwrap_or_default();
             if let Some(values) = page["value"].as_array() {
                 for item in values {
@@ -579,21 +603,25 @@ impl ArmClient {
 
     /// A DELETE, awaited: Azure answers 202 and deletes in the background (the name stays
     /// taken meanwhile), so this returns once the operation says it is done.
+    /// `answers_resource`: the resource provider answers the delete with the resource (IoT
+    /// Hub does, DPS does not), so the request asks for JSON, as the management SDKs do.
     async fn delete(
         &self,
         url: String,
         api_version: &str,
         if_match: Option<&str>,
+        answers_resource: bool,
         what: &str,
     ) -> Result<()> {
         let resource = Self::versioned(&url, api_version);
         let response = self
-            .send(
+            .send_accepting(
                 reqwest::Method::DELETE,
                 &resource,
                 if_match,
                 None,
                 Replay::Safe,
+                answers_resource,
                 what,
             )
             .await?;
@@ -646,9 +674,7 @@ impl ArmClient {
                 (None, Some(url)) => (url.as_str(), "location"),
                 (None, None) => (resource, "resource"),
             };
-            let answer = self
-                .send(reqwest::Method::GET, url, None, None, Replay::Safe, what)
-                .await;
+            let answer = self.get(url, what).await;
             let response = match answer {
                 Err(Error::Service(s)) if kind == "resource" && s.status == 404 => {
                     return match goal {
@@ -736,16 +762,7 @@ impl ArmClient {
         let value = match (running, value) {
             (false, Some(value)) => value,
             _ => {
-                let response = self
-                    .send(
-                        reqwest::Method::GET,
-                        &resource,
-                        None,
-                        None,
-                        Replay::Safe,
-                        what,
-                    )
-                    .await?;
+                let response = self.get(&resource, what).await?;
                 json_body(response, what)
                     .await?
                     .ok_or_else(|| Error::Protocol(format!("{what}: the resource GET was empty")))?
@@ -767,17 +784,7 @@ impl ArmClient {
     /// name; returning it would hand out something about to vanish.
     async fn existing(&self, url: &str, api_version: &str, what: &str) -> Result<Option<Value>> {
         let resource = Self::versioned(url, api_version);
-        let current = match self
-            .send(
-                reqwest::Method::GET,
-                &resource,
-                None,
-                None,
-                Replay::Safe,
-                what,
-            )
-            .await
-        {
+        let current = match self.get(&resource, what).await {
             Ok(response) => json_body(response, what).await?.unwrap_or_default(),
             Err(Error::Service(s)) if s.status == 404 => return Ok(None),
             Err(other) => return Err(other),
@@ -802,16 +809,7 @@ impl ArmClient {
         match provisioning_state(&current) {
             Some(state) if !is_terminal(&state) => {
                 self.wait(&no_monitor, &resource, Goal::Ready, what).await?;
-                let response = self
-                    .send(
-                        reqwest::Method::GET,
-                        &resource,
-                        None,
-                        None,
-                        Replay::Safe,
-                        what,
-                    )
-                    .await?;
+                let response = self.get(&resource, what).await?;
                 Ok(json_body(response, what).await?)
             }
             // A failed resource is PUT again, as Azure lets one retry.
@@ -862,7 +860,7 @@ impl ArmClient {
     /// Deletes a DPS instance.
     pub async fn delete_dps(&self, name: &str) -> Result<()> {
         let what = format!("deleting provisioning service {name}");
-        self.delete(self.dps_url(name), DPS_API_VERSION, None, &what)
+        self.delete(self.dps_url(name), DPS_API_VERSION, None, false, &what)
             .await
     }
 
@@ -925,7 +923,7 @@ impl ArmClient {
     /// Deletes an IoT hub.
     pub async fn delete_hub(&self, name: &str) -> Result<()> {
         let what = format!("deleting IoT hub {name}");
-        self.delete(self.hub_url(name), HUB_API_VERSION, None, &what)
+        self.delete(self.hub_url(name), HUB_API_VERSION, None, true, &what)
             .await
     }
 
@@ -1095,6 +1093,7 @@ impl ArmClient {
             url,
             DPS_API_VERSION,
             Some(&quoted_etag(etag)),
+            false,
             &format!("deleting CA certificate {name}"),
         )
         .await

@@ -383,6 +383,31 @@ fn deleting_view(mut view: Value) -> Value {
     view
 }
 
+/// Deletes a hub or DPS as ARM does: `delete` takes it away from devices and the service APIs
+/// at once, while ARM shows `view` as `Deleting` and keeps the name taken until the operation
+/// it starts ends; answered 202 with the operation's URLs.
+fn start_delete(
+    request: &ArmRequest<'_>,
+    context: &RestContext,
+    kind: Kind,
+    name: &str,
+    location: &str,
+    view: Value,
+    delete: impl FnOnce() -> crate::Result<()>,
+) -> crate::Result<Reply> {
+    let view = deleting_view(view);
+    delete()?;
+    let id = context
+        .operations
+        .start(kind, name, Action::Delete, location, Some(view));
+    Ok(with_operation(
+        Reply::empty(StatusCode::ACCEPTED),
+        request,
+        context,
+        &id,
+    ))
+}
+
 fn not_found(kind: &str, name: &str, group: &str) -> Reply {
     arm_error(
         404,
@@ -465,23 +490,16 @@ fn provisioning_services(
         )),
         (&Method::DELETE, 0, _) => {
             let dps = cloud.dps(name)?;
-            let view = deleting_view(dps_view(group_base, &dps, context));
-            // Gone for devices and the service API at once; the name stays taken until the
-            // operation ends.
-            cloud.delete_dps(name)?;
-            let id = context.operations.start(
-                Kind::Dps,
-                &dps.name,
-                Action::Delete,
-                &dps.location,
-                Some(view),
-            );
-            Ok(with_operation(
-                Reply::empty(StatusCode::ACCEPTED),
+            let view = dps_view(group_base, &dps, context);
+            start_delete(
                 request,
                 context,
-                &id,
-            ))
+                Kind::Dps,
+                &dps.name,
+                &dps.location,
+                view,
+                || cloud.delete_dps(name),
+            )
         }
         (&Method::POST, 1, Some("listkeys")) => {
             let dps = cloud.dps(name)?;
@@ -755,21 +773,16 @@ fn iot_hubs(
         )),
         (&Method::DELETE, 0, _) => {
             let hub = cloud.hub(name)?;
-            let view = deleting_view(hub_view(group_base, &hub, context));
-            cloud.delete_hub(name)?;
-            let id = context.operations.start(
-                Kind::Hub,
-                &hub.name,
-                Action::Delete,
-                &hub.location,
-                Some(view),
-            );
-            Ok(with_operation(
-                Reply::empty(StatusCode::ACCEPTED),
+            let view = hub_view(group_base, &hub, context);
+            start_delete(
                 request,
                 context,
-                &id,
-            ))
+                Kind::Hub,
+                &hub.name,
+                &hub.location,
+                view,
+                || cloud.delete_hub(name),
+            )
         }
         (&Method::POST, 1, Some("listkeys")) => {
             let hub = cloud.hub(name)?;

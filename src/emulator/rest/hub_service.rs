@@ -3,8 +3,9 @@
 //! (or a prefix of the resource reached, e.g. `{host}/devices/{id}`), signed by a key of the
 //! shared access policy its `skn` names, which must carry the operation's right (registry
 //! reads: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D and telemetry:
-//! `ServiceConnect`); plus two
-//! emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
+//! `ServiceConnect`). Writes follow etags as IoT Hub's do: a PUT without `If-Match` only
+//! creates (409001 for an existing id), and a replace, delete or twin patch naming a stale etag
+//! is 412001. Plus two emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
 //! routes telemetry to Event Hubs, neither of which a REST client can reach): send a C2D
 //! message, read the stored telemetry.
 
@@ -119,15 +120,12 @@ pub(super) async fn handle(
             .ok_or_else(|| not_found(segments[1], host))
             .map(|d| Reply::json(StatusCode::OK, identity_json(context, &d))),
         (&Method::PUT, ["devices", _]) => put_device(context, host, segments[1], body, if_match),
-        (&Method::DELETE, ["devices", _]) => context
-            .hubs
-            .delete_device(host, segments[1])
-            .map(|()| Reply::empty(StatusCode::NO_CONTENT)),
+        (&Method::DELETE, ["devices", _]) => delete_device(context, host, segments[1], if_match),
         (&Method::GET, ["twins", _]) => context
             .hubs
             .service_twin(host, segments[1])
             .map(|t| Reply::json(StatusCode::OK, t)),
-        (&Method::PATCH, ["twins", _]) => patch_twin(context, host, segments[1], body),
+        (&Method::PATCH, ["twins", _]) => patch_twin(context, host, segments[1], body, if_match),
         (&Method::POST, ["twins", _, "methods"]) => {
             invoke_method(context, host, segments[1], body).await
         }
@@ -187,7 +185,7 @@ fn identity_json(context: &RestContext, device: &HubDevice) -> Value {
     json!({
         "deviceId": device.device_id,
         "generationId": format!("{}", device.created),
-        "etag": BASE64.encode(format!("\"{}\"", device.created)),
+        "etag": identity_etag(device),
         "connectionState": if connected { "Connected" } else { "Disconnected" },
         "status": "enabled",
         "statusReason": null,
@@ -200,8 +198,66 @@ fn identity_json(context: &RestContext, device: &HubDevice) -> Value {
     })
 }
 
+/// A device identity's etag: a digest of the identity as stored (its credentials and write
+/// time), so every write that changes it changes the etag, even within one second.
+fn identity_etag(device: &HubDevice) -> String {
+    let record = serde_json::to_vec(device).unwrap_or_default();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &record);
+    BASE64.encode(&digest.as_ref()[..12])
+}
+
+/// Whether `If-Match` (quoted or bare, as the SDKs and the REST reference write it) names the
+/// identity's current etag or the wildcard.
+fn etag_matches(if_match: &str, device: &HubDevice) -> bool {
+    let tag = unquoted(if_match);
+    tag == "*" || tag == identity_etag(device)
+}
+
+/// An `If-Match` value without its quotes (azure-iot-hub quotes etags, the REST reference
+/// shows them bare).
+fn unquoted(if_match: &str) -> &str {
+    let tag = if_match.trim();
+    tag.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag)
+}
+
+/// IoT Hub's answer to a write or delete whose `If-Match` names an etag the identity or twin
+/// (`what`) no longer has: 412001, nothing changed.
+fn stale_etag(what: &str, device_id: &str) -> Error {
+    Error::service(
+        412,
+        412_001,
+        format!(
+            "The specified ETag does not match the current ETag of the {what} of device \
+             '{device_id}'. Read it again and retry with its etag."
+        ),
+    )
+}
+
+/// Deletes a device identity; with an `If-Match` that is not the wildcard, only while the
+/// identity still has that etag (as on Azure; without one the delete is unconditional).
+fn delete_device(
+    context: &RestContext,
+    host: &str,
+    device_id: &str,
+    if_match: Option<&str>,
+) -> crate::Result<Reply> {
+    let existing = context
+        .cloud
+        .hub_device(host, device_id)
+        .ok_or_else(|| not_found(device_id, host))?;
+    if if_match.is_some_and(|tag| !etag_matches(tag, &existing)) {
+        return Err(stale_etag("identity", device_id));
+    }
+    context.hubs.delete_device(host, device_id)?;
+    Ok(Reply::empty(StatusCode::NO_CONTENT))
+}
+
 /// Creates or replaces a device identity: `sas` (keys generated when null) or `selfSigned`
-/// (thumbprints, as DPS creates X.509 devices).
+/// (thumbprints, as DPS creates X.509 devices). As on Azure, a PUT without `If-Match` only
+/// creates (an existing id is 409001), and a replace must name the current etag or `*`
+/// (else 412001); an `If-Match` other than `*` for a device that does not exist is 404001.
 fn put_device(
     context: &RestContext,
     host: &str,
@@ -212,8 +268,24 @@ fn put_device(
     crate::emulator::cloud::validate_device_id(device_id)?;
     let body = json_body(body)?;
     let existing = context.cloud.hub_device(host, device_id);
-    if existing.is_none() && if_match.is_some_and(|t| t != "*") {
-        return Err(not_found(device_id, host));
+    match (&existing, if_match) {
+        (None, Some(tag)) if unquoted(tag) != "*" => {
+            return Err(not_found(device_id, host));
+        }
+        (Some(_), None) => {
+            return Err(Error::service(
+                409,
+                409_001,
+                format!(
+                    "A device with ID '{device_id}' is already registered in hub {host}. To \
+                     replace it, send If-Match with its etag (or *)."
+                ),
+            ));
+        }
+        (Some(device), Some(tag)) if !etag_matches(tag, device) => {
+            return Err(stale_etag("identity", device_id));
+        }
+        _ => {}
     }
     let authentication = &body["authentication"];
     let kind = authentication["type"].as_str().unwrap_or("sas");
@@ -359,14 +431,23 @@ fn query_twins(
 }
 
 /// `{"tags": {...}, "properties": {"desired": {...}}}`, applied as merge patches.
+/// Merges tags and desired properties into a twin; with an `If-Match` other than `*`, only
+/// while the twin still has that etag (412001 otherwise, nothing changed), as on Azure.
 fn patch_twin(
     context: &RestContext,
     host: &str,
     device_id: &str,
     body: &[u8],
+    if_match: Option<&str>,
 ) -> crate::Result<Reply> {
     let body = json_body(body)?;
     let mut twin = context.hubs.service_twin(host, device_id)?;
+    if let Some(tag) = if_match.map(unquoted)
+        && tag != "*"
+        && Some(tag) != twin["etag"].as_str()
+    {
+        return Err(stale_etag("twin", device_id));
+    }
     if let Some(tags) = body["tags"].as_object() {
         twin = context.hubs.update_tags(host, device_id, tags)?;
     }

@@ -1414,6 +1414,135 @@ fn method_response_timeouts_past_300_seconds_get_azures_400() {
     });
 }
 
+/// Device identities are written and deleted as IoT Hub does it with etags: a PUT without
+/// `If-Match` only creates (409001 for an existing id, so a second writer cannot silently
+/// replace a device's keys), a replace or delete naming a stale etag is 412001 and changes
+/// nothing, and the current etag (quoted as the SDKs send it, or bare) or `*` goes through.
+#[test]
+fn device_identity_writes_and_deletes_follow_etags() {
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    let key = hub.policy("iothubowner").unwrap().primary_key.clone();
+    let owner = token(&hub.host_name, &key, "iothubowner");
+    let client = Client::new(&emulator, "127.0.0.1");
+    let path = "/devices/victim?api-version=2021-04-12";
+    runtime().block_on(async {
+        let send = |method: &'static str, if_match: Option<String>, body: Option<Value>| {
+            let (client, owner) = (&client, &owner);
+            async move {
+                let body = body.map(|b| b.to_string()).unwrap_or_default();
+                let mut request = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+                     Authorization: {owner}\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\n",
+                    body.len()
+                );
+                if let Some(tag) = if_match {
+                    request.push_str(&format!("If-Match: {tag}\r\n"));
+                }
+                request.push_str("\r\n");
+                request.push_str(&body);
+                client.raw(request.as_bytes()).await.unwrap()
+            }
+        };
+        let identity = |primary: &str| {
+            json!({"deviceId": "victim", "authentication": {"type": "sas",
+                "symmetricKey": {"primaryKey": primary, "secondaryKey": primary}}})
+        };
+        let (first, second) = (
+            crate::sas::generate_key().unwrap(),
+            crate::sas::generate_key().unwrap(),
+        );
+        // Updating a device that does not exist: 404001, nothing created.
+        let missing = send("PUT", Some("\"AAAA\"".into()), Some(identity(&first))).await;
+        assert_eq!((missing.status, &missing.body["errorCode"]), (404, &json!(404_001)));
+        let created = send("PUT", None, Some(identity(&first))).await;
+        assert_eq!(created.status, 200, "{created:?}");
+        let etag = created.body["etag"].as_str().unwrap().to_string();
+        // A second create of the same id: 409001, the keys stay.
+        let again = send("PUT", None, Some(identity(&second))).await;
+        assert_eq!((again.status, &again.body["errorCode"]), (409, &json!(409_001)), "{again:?}");
+        let stale = send("PUT", Some("\"c3RhbGU=\"".into()), Some(identity(&second))).await;
+        assert_eq!((stale.status, &stale.body["errorCode"]), (412, &json!(412_001)), "{stale:?}");
+        let device = emulator.cloud().hub_device(&hub.host_name, "victim").unwrap();
+        assert!(
+            matches!(&device.auth, crate::emulator::model::DeviceAuth::Sas { primary_key, .. } if *primary_key == first),
+            "a refused write changed the identity"
+        );
+        // The current etag, quoted as azure-iot-hub sends it: replaced, with a new etag.
+        let replaced = send("PUT", Some(format!("\"{etag}\"")), Some(identity(&second))).await;
+        assert_eq!(replaced.status, 200, "{replaced:?}");
+        assert_eq!(replaced.body["authentication"]["symmetricKey"]["primaryKey"], json!(second));
+        let newer = replaced.body["etag"].as_str().unwrap().to_string();
+        // Deleting with the old etag: 412001, still there; with the current one (bare): gone.
+        assert_ne!(newer, etag, "a replace must change the etag");
+        let old_delete = send("DELETE", Some(format!("\"{etag}\"")), None).await;
+        assert_eq!(old_delete.status, 412, "{old_delete:?}");
+        assert!(emulator.cloud().hub_device(&hub.host_name, "victim").is_some());
+        let deleted = send("DELETE", Some(newer), None).await;
+        assert_eq!(deleted.status, 204, "{deleted:?}");
+        assert!(emulator.cloud().hub_device(&hub.host_name, "victim").is_none());
+        // The wildcard: created and deleted whatever the etag.
+        assert_eq!(send("PUT", Some("*".into()), Some(identity(&first))).await.status, 200);
+        assert_eq!(send("DELETE", Some("\"*\"".into()), None).await.status, 204);
+    });
+}
+
+/// A twin patch naming a stale etag is refused with 412001 and changes nothing; the current
+/// etag (quoted, as azure-iot-hub sends it) goes through and the etag moves on.
+#[test]
+fn twin_patches_follow_etags() {
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    emulator
+        .cloud()
+        .put_hub_device(sas_device("twinned", &hub.host_name))
+        .unwrap();
+    let key = hub.policy("iothubowner").unwrap().primary_key.clone();
+    let owner = token(&hub.host_name, &key, "iothubowner");
+    let client = Client::new(&emulator, "127.0.0.1");
+    runtime().block_on(async {
+        let patch = |if_match: String, colour: &'static str| {
+            let (client, owner) = (&client, &owner);
+            async move {
+                let body = json!({"properties": {"desired": {"colour": colour}}}).to_string();
+                let request = format!(
+                    "PATCH /twins/twinned?api-version=2021-04-12 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                     Connection: close\r\nAuthorization: {owner}\r\nContent-Type: \
+                     application/json\r\nIf-Match: {if_match}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                client.raw(request.as_bytes()).await.unwrap()
+            }
+        };
+        let twin = client
+            .send(
+                "GET",
+                "/twins/twinned?api-version=2021-04-12",
+                Some(&owner),
+                None,
+            )
+            .await;
+        let etag = twin.body["etag"].as_str().unwrap().to_string();
+        let first = patch(format!("\"{etag}\""), "red").await;
+        assert_eq!(first.status, 200, "{first:?}");
+        let newer = first.body["etag"].as_str().unwrap().to_string();
+        assert_ne!(newer, etag);
+        let stale = patch(format!("\"{etag}\""), "blue").await;
+        assert_eq!(
+            (stale.status, &stale.body["errorCode"]),
+            (412, &json!(412_001)),
+            "{stale:?}"
+        );
+        let now = emulator
+            .hubs()
+            .service_twin(&hub.host_name, "twinned")
+            .unwrap();
+        assert_eq!(now["properties"]["desired"]["colour"], "red");
+        assert_eq!(patch("*".into(), "green").await.status, 200);
+    });
+}
+
 /// The hub's query API pages as Azure's does: `x-ms-max-item-count` twins (at most 100) per
 /// page in device-id order, `x-ms-continuation` to the next, none after the last; a token it
 /// never gave is refused. dpskit's client follows the pages into typed records.
