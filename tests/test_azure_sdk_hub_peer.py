@@ -8,9 +8,7 @@ patches, desired-property patches, direct methods, cloud-to-device messages. The
 
 from __future__ import annotations
 
-import errno
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +27,7 @@ from azure.iot.device import (
 )
 
 import dpskit
+from conftest import port_is_free
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -37,13 +36,10 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[dpskit.LocalCloud]:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", 8883))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                pytest.skip("port 8883 is taken; the official SDK cannot dial another port")
-            raise
+    # Probed as the emulator binds (SO_REUSEADDR): connections of an earlier module still in
+    # TIME-WAIT do not make the port taken.
+    if not port_is_free(8883):
+        pytest.skip("port 8883 is taken; the official SDK cannot dial another port")
     with dpskit.LocalCloud(port=8883) as cloud:
         dps = cloud.create_dps("hub-peer-dps")
         cloud.link_hub(dps, cloud.create_hub("hub-peer-hub"))
