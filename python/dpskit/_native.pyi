@@ -361,7 +361,26 @@ class Emulator:
     def trace(self, client_id: str | None = None, enabled: bool = True) -> None: ...
     def trace_events(self, client_id: str) -> str: ...
     def start_recording(self) -> int: ...
-    def recorded_requests(self, since: int) -> str: ...
+    def recorded_requests(
+        self, since: int
+    ) -> tuple[
+        list[
+            tuple[
+                int,
+                float,
+                str,
+                str,
+                str,
+                list[tuple[str, str]],
+                list[tuple[str, str]],
+                str,
+                Any,
+                int,
+                int,
+            ]
+        ],
+        int,
+    ]: ...
     def stop_recording(self) -> None: ...
 
 @final

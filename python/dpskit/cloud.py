@@ -618,20 +618,20 @@ class RecordedRequest:
         return f"{self.method} {self.path}?{'&'.join(f'{k}={v}' for k, v in self.query.items())}"
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> RecordedRequest:
-        body = data["body"]
+    def _from_native(cls, record: tuple[Any, ...]) -> RecordedRequest:
+        (sequence, at, api, method, path, query, headers, body_kind, body, size, status) = record
         return cls(
-            sequence=data["sequence"],
-            at=datetime.fromtimestamp(data["at"], tz=timezone.utc),
-            api=data["api"],
-            method=data["method"],
-            path=data["path"],
-            query=dict(data["query"]),
-            headers=dict(data["headers"]),
-            body=body.get("value"),
-            body_kind=body["kind"],
-            body_size=data["body_size"],
-            status=data["status"],
+            sequence=sequence,
+            at=datetime.fromtimestamp(at, tz=timezone.utc),
+            api=api,
+            method=method,
+            path=path,
+            query=dict(query),
+            headers=dict(headers),
+            body=body,
+            body_kind=body_kind,
+            body_size=size,
+            status=status,
         )
 
 
@@ -668,8 +668,8 @@ class RequestRecording:
     def _read(self) -> tuple[list[RecordedRequest], int]:
         if self._start is None:
             return [], 0
-        data = json.loads(self._emulator.recorded_requests(self._start))
-        return [RecordedRequest._from_json(r) for r in data["requests"]], data["dropped"]
+        requests, dropped = self._emulator.recorded_requests(self._start)
+        return [RecordedRequest._from_native(r) for r in requests], dropped
 
     @property
     def requests(self) -> list[RecordedRequest]:

@@ -1,6 +1,7 @@
 //! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API) and
-//! `derive_device_key`. Records cross the boundary as JSON text; `dpskit.cloud` turns them into
-//! dataclasses.
+//! `derive_device_key`. Most records still cross the boundary as JSON text (issue 17 replaces
+//! it); recorded requests cross as typed tuples, their bodies as Python objects; `dpskit.cloud`
+//! turns them into dataclasses.
 
 // Python keyword arguments map one to one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
@@ -16,6 +17,21 @@ use serde::Serialize;
 use crate::emulator::{EmulatorConfig, EnrollmentSpec, Limits};
 use crate::error::Error;
 use crate::pki::Certificate;
+
+/// One recorded request as it crosses into Python (see `Emulator.recorded_requests`).
+type RecordedRequestTuple<'py> = (
+    u64,
+    f64,
+    &'static str,
+    String,
+    String,
+    Vec<(String, String)>,
+    Vec<(String, String)>,
+    &'static str,
+    Bound<'py, PyAny>,
+    usize,
+    u16,
+);
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEmulator>()?;
@@ -664,10 +680,43 @@ impl PyEmulator {
         self.with(|e| Ok(e.request_recorder().start()))
     }
 
-    /// The recorded requests numbered `since` and after, as JSON
-    /// (`{"requests": [...], "dropped": n, "next": n}`).
-    fn recorded_requests(&self, since: u64) -> PyResult<String> {
-        json(&self.with(|e| Ok(e.request_recorder().since(since)))?)
+    /// The recorded requests numbered `since` and after, and how many of them were dropped:
+    /// each as `(sequence, at, api, method, path, query, headers, body_kind, body, body_size,
+    /// status)`, the body as the Python object of its JSON (or its text; `None` when empty or
+    /// omitted).
+    fn recorded_requests<'py>(
+        &self,
+        py: Python<'py>,
+        since: u64,
+    ) -> PyResult<(Vec<RecordedRequestTuple<'py>>, u64)> {
+        use crate::emulator::rest::recorder::RecordedBody;
+        let recorded = self.with(|e| Ok(e.request_recorder().since(since)))?;
+        let requests = recorded
+            .requests
+            .into_iter()
+            .map(|r| {
+                let (kind, body) = match &r.body {
+                    RecordedBody::Empty => ("empty", py.None().into_bound(py)),
+                    RecordedBody::Omitted => ("omitted", py.None().into_bound(py)),
+                    RecordedBody::Json(value) => ("json", super::json_to_py(py, value)?),
+                    RecordedBody::Text(text) => ("text", text.into_pyobject(py)?.into_any()),
+                };
+                Ok((
+                    r.sequence,
+                    r.at,
+                    r.api,
+                    r.method,
+                    r.path,
+                    r.query,
+                    r.headers,
+                    kind,
+                    body,
+                    r.body_size,
+                    r.status,
+                ))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok((requests, recorded.dropped))
     }
 
     /// Ends one recording (a no-op once the emulator stopped).
