@@ -1177,6 +1177,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "argument, which other users could read); without it, on a non-loopback --host a random "
         "token is generated and written to DIR/endpoints.json (mode 0600)",
     )
+    p.add_argument(
+        "--print-loopback-setup",
+        type=non_negative_int,
+        metavar="N",
+        help="print the commands that give N hubs their own loopback addresses after --host on "
+        "this OS (macOS has only 127.0.0.1 without them; hubs then share 127.0.0.1 and "
+        "localhost, two at most) and exit",
+    )
     p.set_defaults(handler=cmd_emulator, parser=p)
 
     parser.set_defaults(handler=None, parser=parser)
@@ -1190,6 +1198,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     from .cloud import LocalCloud
 
+    if args.print_loopback_setup is not None:
+        from ._native import loopback_setup
+
+        print(loopback_setup(args.host, args.print_loopback_setup), end="")
+        return 0
     arm_tokens: list[str] | None = None
     if args.arm_token_env:
         token = os.environ.get(args.arm_token_env, "").strip()

@@ -1706,7 +1706,8 @@ class LocalCloud(_Cloud):
 
     @property
     def host(self) -> str:
-        """The address DPS listens on (hubs take the following loopback addresses)."""
+        """The address DPS listens on (hubs take the following loopback addresses, or where
+        those cannot be bound, as on macOS, this address and then ``localhost``)."""
         return self._emulator.host
 
     @property
@@ -1734,7 +1735,14 @@ class LocalCloud(_Cloud):
     ) -> Hub:
         """Create an IoT hub; it gets the next free loopback address as its host name (or
         ``host_name``, which must then resolve to this machine and be a loopback address or a
-        name under ``localhost``: the emulator's CA is name-constrained to those)."""
+        name under ``localhost``: the emulator's CA is name-constrained to those).
+
+        Where that address cannot be bound (macOS has only 127.0.0.1 without setup), the hub
+        takes the first free name that reaches 127.0.0.1 everywhere: :attr:`host`, then
+        ``localhost``; past those :class:`~dpskit.errors.ConfigError` says what to run to add
+        an address (``dpskit emulator --print-loopback-setup N`` prints it for N hubs).
+        ``DPSKIT_SHARED_HUB_ADDRESSES=1`` in the environment makes hubs take those names
+        everywhere (tests)."""
         if host_name is not None:
             self._emulator.create_hub(name, location, host_name)
         return super().create_hub(name, location)

@@ -1,6 +1,6 @@
-//! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API) and
-//! `derive_device_key`. Most records still cross the boundary as JSON text (issue 17 replaces
-//! it); recorded requests cross as typed tuples, their bodies as Python objects; `dpskit.cloud`
+//! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API),
+//! `derive_device_key` and `loopback_setup`. Most records still cross the boundary as JSON text
+//! (issue 17 replaces it); recorded requests cross as typed tuples, their bodies as Python objects; `dpskit.cloud`
 //! turns them into dataclasses.
 
 // Python keyword arguments map one to one onto Rust parameters.
@@ -37,6 +37,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEmulator>()?;
     m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
     m.add_function(wrap_pyfunction!(provision_devices, m)?)?;
+    m.add_function(wrap_pyfunction!(loopback_setup, m)?)?;
     Ok(())
 }
 
@@ -53,6 +54,17 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> PyResult<T> 
 #[pyfunction]
 fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
     Ok(crate::sas::derive_device_key(group_key, registration_id)?)
+}
+
+/// The commands that give `hubs` hubs after `host` their own loopback addresses on this OS
+/// (`dpskit emulator --print-loopback-setup`).
+#[pyfunction]
+fn loopback_setup(host: &str, hubs: u32) -> PyResult<String> {
+    let base: std::net::Ipv4Addr = host
+        .parse()
+        .map_err(|_| Error::Config(format!("host must be an IPv4 address, not {host:?}")))?;
+    let os = crate::emulator::loopback::Os::current();
+    Ok(crate::emulator::loopback::setup_text(os, base, hubs)?)
 }
 
 /// The embedded emulator (wrapped by `dpskit.LocalCloud`).
