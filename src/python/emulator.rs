@@ -1,7 +1,7 @@
 //! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API),
 //! `derive_device_key` and `loopback_setup`. Most records still cross the boundary as JSON text
-//! (issue 17 replaces it); recorded requests cross as typed tuples, their bodies as Python objects; `dpskit.cloud`
-//! turns them into dataclasses.
+//! (issue 17 replaces it); recorded requests cross as typed tuples, their bodies as Python
+//! objects; `dpskit.cloud` turns them into dataclasses.
 
 // Python keyword arguments map one to one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
