@@ -22,6 +22,7 @@ __all__ = [
     "_raise_core_error",
     "_refresh_logging",
     "derive_device_key",
+    "loopback_setup",
     "provision",
     "provision_devices",
     "validate_registration_id",
