@@ -573,9 +573,11 @@ impl PyEmulator {
         let timeout = crate::hub::method_timeout(timeout)?;
         let payload: serde_json::Value = parse("method payload", payload)?;
         let (handle, hubs) = self.with(|e| Ok((e.runtime_handle()?, e.hubs().clone())))?;
-        let (status, answer) = py.detach(|| {
-            handle.block_on(hubs.invoke_method(host_name, device_id, method, payload, timeout))
-        })?;
+        let (status, answer) = crate::python::block_on_interruptible(
+            py,
+            &handle,
+            hubs.invoke_method(host_name, device_id, method, payload, timeout),
+        )??;
         json(&serde_json::json!({"status": status, "payload": answer}))
     }
 
@@ -807,14 +809,18 @@ pub(crate) fn provision_devices(
             timeout: Duration::from_secs_f64(timeout),
         })
         .collect();
-    let outcomes = py.detach(|| -> crate::Result<_> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = crate::python::OwnedRuntime::new(
+        tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("dpskit-provisioning")
             .build()
-            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
-        Ok(runtime.block_on(provision_many(requests, trust, concurrency)))
-    })?;
+            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?,
+    );
+    let outcomes = crate::python::block_on_interruptible(
+        py,
+        runtime.handle(),
+        provision_many(requests, trust, concurrency),
+    )?;
     let records: Vec<serde_json::Value> = outcomes
         .into_iter()
         .map(|(result, elapsed)| match result {
