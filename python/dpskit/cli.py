@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -1214,8 +1215,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         arm_tokens = [token]
     data_dir = Path(args.data_dir)
     stop = threading.Event()
-    # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C.
+    # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C; so does Ctrl-Break on Windows, whose
+    # consoles send it instead of SIGINT when asked to break.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ctrl_break = getattr(signal, "SIGBREAK", None)
+    if ctrl_break is not None:
+        signal.signal(ctrl_break, lambda *_: stop.set())
     cloud = LocalCloud(
         data_dir,
         host=args.host,
@@ -1273,6 +1278,11 @@ def main(argv: list[str] | None = None) -> int:
     ``argv`` defaults to ``sys.argv[1:]``. Expected failures (dpskit errors and file errors)
     print ``error: <message>`` to stderr and return 1; usage errors return 2.
     """
+    # Output redirected on Windows uses the ANSI code page, which has no "→": such characters
+    # print as "?" rather than failing a command whose work is already done.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
