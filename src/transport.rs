@@ -16,12 +16,32 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// The operating system's trust anchors: what Azure's endpoints (and webhooks) chain to.
+/// The operating system's trust anchors: what Azure's endpoints (and webhooks) chain to. Read
+/// the platform's way by `rustls-native-certs` (the Windows certificate store, the macOS
+/// keychain, the OpenSSL files and `SSL_CERT_FILE`/`SSL_CERT_DIR` elsewhere), so no `cfg` here.
 pub fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
+    let found = rustls_native_certs::load_native_certs();
+    for cert in found.certs {
         // One unusable system certificate must not make Azure unreachable; the others serve.
         let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        // Otherwise the first sign would be an "unknown issuer" from Azure's TLS handshake.
+        log::warn!(
+            "no usable trusted root certificates were found on this system ({}): TLS to Azure \
+             will fail; install the system's CA certificates or set SSL_CERT_FILE",
+            if found.errors.is_empty() {
+                "the store is empty".to_string()
+            } else {
+                found
+                    .errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        );
     }
     roots
 }

@@ -22,6 +22,7 @@ __all__ = [
     "_raise_core_error",
     "_refresh_logging",
     "derive_device_key",
+    "loopback_setup",
     "provision",
     "provision_devices",
     "validate_registration_id",
@@ -585,6 +586,7 @@ class RestClient:
     ) -> str: ...
 
 def derive_device_key(group_key: str, registration_id: str) -> str: ...
+def loopback_setup(host: str, hubs: int) -> str: ...
 def provision_devices(
     host: str,
     port: int,

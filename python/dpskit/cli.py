@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import re
@@ -1177,6 +1178,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "argument, which other users could read); without it, on a non-loopback --host a random "
         "token is generated and written to DIR/endpoints.json (mode 0600)",
     )
+    p.add_argument(
+        "--print-loopback-setup",
+        type=non_negative_int,
+        metavar="N",
+        help="print the commands that give N hubs their own loopback addresses after --host on "
+        "this OS (macOS has only 127.0.0.1 without them; hubs then share 127.0.0.1 and "
+        "localhost, two at most) and exit",
+    )
     p.set_defaults(handler=cmd_emulator, parser=p)
 
     parser.set_defaults(handler=None, parser=parser)
@@ -1190,6 +1199,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
     from .cloud import LocalCloud
 
+    if args.print_loopback_setup is not None:
+        from ._native import loopback_setup
+
+        print(loopback_setup(args.host, args.print_loopback_setup), end="")
+        return 0
     arm_tokens: list[str] | None = None
     if args.arm_token_env:
         token = os.environ.get(args.arm_token_env, "").strip()
@@ -1201,8 +1215,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         arm_tokens = [token]
     data_dir = Path(args.data_dir)
     stop = threading.Event()
-    # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C.
+    # SIGTERM (systemd, kill) stops as cleanly as Ctrl-C; so does Ctrl-Break on Windows, whose
+    # consoles send it instead of SIGINT when asked to break.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ctrl_break = getattr(signal, "SIGBREAK", None)
+    if ctrl_break is not None:
+        signal.signal(ctrl_break, lambda *_: stop.set())
     cloud = LocalCloud(
         data_dir,
         host=args.host,
@@ -1260,6 +1278,11 @@ def main(argv: list[str] | None = None) -> int:
     ``argv`` defaults to ``sys.argv[1:]``. Expected failures (dpskit errors and file errors)
     print ``error: <message>`` to stderr and return 1; usage errors return 2.
     """
+    # Output redirected on Windows uses the ANSI code page, which has no "→": such characters
+    # print as "?" rather than failing a command whose work is already done.
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="replace")
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)

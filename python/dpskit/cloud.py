@@ -11,7 +11,6 @@ traces bypass REST.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import email.utils
 import importlib
@@ -19,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -82,20 +82,60 @@ ENDPOINTS_FILE = "endpoints.json"
 LOCAL_TOKEN = "dpskit-local"
 
 
+#: macOS refuses a soft open-file limit above OPEN_MAX (10,240) even when the hard limit is
+#: unlimited (setrlimit(2), "COMPATIBILITY"): the value tried when the first is refused.
+_MACOS_OPEN_MAX = 10_240
+
+
 def _raise_open_file_limit() -> None:
     """Lift the soft open-file limit to the hard one: every device connection is a file
-    descriptor, and a soft limit of 1,024 would cap a local cloud at about a thousand devices
-    (servers such as nginx and mosquitto's packaging do the same at start)."""
-    try:
-        import resource
-    except ImportError:  # not on POSIX
+    descriptor, and a soft limit of 1,024 (256 on macOS) would cap a local cloud or a fleet at
+    about that many devices (servers such as nginx and mosquitto's packaging do the same at
+    start). POSIX only: Windows has no such per-process limit on sockets."""
+    if sys.platform == "win32":
         return
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        # A sandbox may refuse; the emulator then holds fewer devices.
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if soft == resource.RLIM_INFINITY:
+        return
+    for wanted in (target, min(target, _MACOS_OPEN_MAX)):
+        if wanted <= soft:
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            # A sandbox may refuse, or macOS above OPEN_MAX: the next value is tried, and
+            # past the last the emulator or fleet holds fewer devices.
+            continue
+        return
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (one of this user's, on POSIX)."""
+    if sys.platform == "win32":
+        # Not os.kill(pid, 0): on Windows any signal but the two console events is
+        # TerminateProcess, which would stop the very emulator being looked for.
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        process_query_limited_information, still_active = 0x1000, 259
+        handle = kernel32.OpenProcess(process_query_limited_information, False, pid)
+        if not handle:
+            return False
+        try:
+            code = ctypes.c_ulong()
+            return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and (
+                code.value == still_active
+            )
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _unix(seconds: float) -> datetime:
@@ -1706,7 +1746,8 @@ class LocalCloud(_Cloud):
 
     @property
     def host(self) -> str:
-        """The address DPS listens on (hubs take the following loopback addresses)."""
+        """The address DPS listens on (hubs take the following loopback addresses, or where
+        those cannot be bound, as on macOS, this address and then ``localhost``)."""
         return self._emulator.host
 
     @property
@@ -1734,7 +1775,14 @@ class LocalCloud(_Cloud):
     ) -> Hub:
         """Create an IoT hub; it gets the next free loopback address as its host name (or
         ``host_name``, which must then resolve to this machine and be a loopback address or a
-        name under ``localhost``: the emulator's CA is name-constrained to those)."""
+        name under ``localhost``: the emulator's CA is name-constrained to those).
+
+        Where that address cannot be bound (macOS has only 127.0.0.1 without setup), the hub
+        takes the first free name that reaches 127.0.0.1 everywhere: :attr:`host`, then
+        ``localhost``; past those :class:`~dpskit.errors.ConfigError` says what to run to add
+        an address (``dpskit emulator --print-loopback-setup N`` prints it for N hubs).
+        ``DPSKIT_SHARED_HUB_ADDRESSES=1`` in the environment makes hubs take those names
+        everywhere (tests)."""
         if host_name is not None:
             self._emulator.create_hub(name, location, host_name)
         return super().create_hub(name, location)
@@ -1810,10 +1858,10 @@ class LocalCloudClient(_Cloud):
         """The running local cloud of ``data_dir``, if its process is alive."""
         try:
             endpoints = json.loads((data_dir / ENDPOINTS_FILE).read_text())
-            os.kill(int(endpoints["pid"]), 0)
+            alive = _process_alive(int(endpoints["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return cls(data_dir, endpoints)
+        return cls(data_dir, endpoints) if alive else None
 
     @property
     def _rest(self) -> RestClient:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun
-from dpskit.cloud import Dps, EnrollmentGroup, _unix
+from dpskit.cloud import Dps, EnrollmentGroup, _raise_open_file_limit, _unix
 from dpskit.errors import ConfigError
 from dpskit.signals import Signal
 
@@ -726,6 +726,8 @@ class _RunSession:
             fleet.dps.set_registration_quota(quota)
             self.pacing = fleet.time_compression
         self._display = _ProgressDisplay(progress)
+        # One file descriptor per device connection.
+        _raise_open_file_limit()
         self._begun = time.monotonic()
         try:
             self.run = FleetRun(

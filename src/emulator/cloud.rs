@@ -48,8 +48,12 @@ pub struct Cloud {
     store: Arc<Store>,
     model: RwLock<Model>,
     tls: Arc<EmulatorTls>,
-    /// The address DPS listens on; hubs get the following loopback addresses.
+    /// The address DPS listens on; hubs get the following loopback addresses (see
+    /// `loopback`).
     dps_host: String,
+    /// Whether hubs share the names that reach 127.0.0.1 even where they could have their own
+    /// loopback addresses (`loopback::SHARED_ENV`, for tests).
+    shared_hub_addresses: bool,
 }
 
 /// Current time as Azure writes it in registration records: RFC 3339, 7 fractional digits.
@@ -183,7 +187,12 @@ fn check_resource_name(what: &str, name: &str) -> Result<()> {
 
 impl Cloud {
     /// Opens the configuration stored in `store`.
-    pub(crate) fn open(store: Arc<Store>, tls: Arc<EmulatorTls>, dps_host: String) -> Result<Self> {
+    pub(crate) fn open(
+        store: Arc<Store>,
+        tls: Arc<EmulatorTls>,
+        dps_host: String,
+        shared_hub_addresses: bool,
+    ) -> Result<Self> {
         let mut model = Model::default();
         for mut hub in store.all::<HubRecord>(kind::HUB)? {
             tls.cover_host(&hub.host_name)?;
@@ -223,6 +232,7 @@ impl Cloud {
             model: RwLock::new(model),
             tls,
             dps_host,
+            shared_hub_addresses,
         })
     }
 
@@ -243,7 +253,8 @@ impl Cloud {
 
     /// Creates a hub. Its host name is the next free loopback address after the DPS address
     /// (stock SDKs cannot change ports or resolve made-up names, but every 127.0.0.0/8 address
-    /// reaches this machine), unless `host_name` is given.
+    /// reaches this machine where it can be bound), else the first free name that reaches
+    /// 127.0.0.1 without setup (see `loopback`), unless `host_name` is given.
     pub fn create_hub(
         &self,
         name: &str,
@@ -297,11 +308,12 @@ impl Cloud {
                 self.dps_host
             )));
         }
-        let start = u32::from(base);
-        (1..=250)
-            .map(|i| Ipv4Addr::from(start + i).to_string())
-            .find(|addr| !model.hubs.values().any(|h| &h.host_name == addr))
-            .ok_or_else(|| Error::Config("no free loopback address left for another hub".into()))
+        super::loopback::choose(base, self.shared_hub_addresses, |name| {
+            model
+                .hubs
+                .values()
+                .any(|h| h.host_name.eq_ignore_ascii_case(name))
+        })
     }
 
     /// Deletes a hub with its device identities, and unlinks it from every DPS. (Its loopback

@@ -6,6 +6,7 @@
 pub mod cloud;
 pub mod dps;
 pub mod hub;
+pub mod loopback;
 pub mod model;
 pub mod rest;
 mod secrets;
@@ -19,6 +20,8 @@ pub mod trace;
 mod fuzz_chain_tests;
 #[cfg(test)]
 mod listener_fuzz_tests;
+#[cfg(test)]
+mod loopback_tests;
 #[cfg(test)]
 mod name_constraints_tests;
 #[cfg(test)]
@@ -48,7 +51,8 @@ pub use trace::TraceEvent;
 pub struct EmulatorConfig {
     /// Where state and the emulator's CA live; a temporary folder (deleted on stop) if `None`.
     pub data_dir: Option<PathBuf>,
-    /// Address DPS listens on; hubs take the following loopback addresses.
+    /// Address DPS listens on; hubs take the following loopback addresses, or where those
+    /// cannot be bound the names that reach 127.0.0.1 (see [`loopback`]).
     pub host: String,
     /// MQTT port: 8883, because the official Python SDK cannot dial another; 0 picks a free one.
     pub port: u16,
@@ -73,6 +77,10 @@ pub struct EmulatorConfig {
     /// Azure's behaviour over time on the REST APIs: long-running operations, paging,
     /// throttling.
     pub rest_behaviour: RestBehaviour,
+    /// Hubs share the names that reach 127.0.0.1 (this address, then `localhost`) even where
+    /// they could have loopback addresses of their own: what a macOS loopback forces, on any
+    /// machine, for tests. Also on when [`loopback::SHARED_ENV`] is `1`.
+    pub shared_hub_addresses: bool,
 }
 
 /// How the REST APIs behave over time, as Azure's do, so that clients' waiting, paging and
@@ -145,12 +153,14 @@ impl Default for EmulatorConfig {
             resource_group: DEFAULT_RESOURCE_GROUP.into(),
             rest_limits: RestLimits::default(),
             rest_behaviour: RestBehaviour::default(),
+            shared_hub_addresses: false,
         }
     }
 }
 
-/// The MQTT listeners: DPS's address and one per hub address, all on one port. Shared with the
-/// REST layer, which creates hubs that must become reachable at once.
+/// The MQTT listeners: DPS's address and one per hub address (hubs sharing a name share its
+/// listener), all on one port. Shared with the REST layer, which creates hubs that must become
+/// reachable at once.
 pub(crate) struct Listeners {
     handle: tokio::runtime::Handle,
     context: Arc<server::ServerContext>,
@@ -166,6 +176,13 @@ impl Listeners {
         }
         let address = SocketAddr::new(ip, port);
         let std_listener = std::net::TcpListener::bind(address).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrNotAvailable {
+                // A data folder from a machine with all of 127.0.0.0/8, opened on a Mac.
+                return Error::Emulator(loopback::unbindable_message(
+                    loopback::Os::current(),
+                    address,
+                ));
+            }
             Error::Emulator(format!(
                 "cannot listen on {address}: {e}{}",
                 if port == 8883 {
@@ -193,22 +210,37 @@ impl Listeners {
         Ok(bound)
     }
 
-    /// Makes a hub host reachable: binds the shared port on its address when it is an IP the
-    /// listener does not cover yet.
+    /// Makes a hub host reachable: binds the shared port on each address it stands for (see
+    /// [`loopback::addresses_of`]) that no listener covers yet. An address that may be missing
+    /// (::1 for `localhost`) and cannot be bound is only logged: clients fall back to the next
+    /// address `localhost` resolves to.
     pub(crate) fn listen_for_host(&self, host: &str) -> Result<()> {
-        let Ok(ip) = host.parse::<IpAddr>() else {
-            return Ok(());
-        };
-        let covered = self
-            .listening
+        let (needed, optional) = loopback::addresses_of(host);
+        let port = self.port.load(std::sync::atomic::Ordering::Relaxed);
+        for ip in needed {
+            if !self.covers(ip) {
+                self.listen(ip, port)?;
+            }
+        }
+        for ip in optional {
+            if !self.covers(ip)
+                && let Err(e) = self.listen(ip, port)
+            {
+                log::warn!(
+                    "emulator: hub host {host} is served on 127.0.0.1 only, not on {ip} ({e}); \
+                     clients that resolve {host} to {ip} first try 127.0.0.1 next"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn covers(&self, ip: IpAddr) -> bool {
+        self.listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|a| a.ip() == ip || a.ip().is_unspecified());
-        if !covered {
-            self.listen(ip, self.port.load(std::sync::atomic::Ordering::Relaxed))?;
-        }
-        Ok(())
+            .any(|a| a.ip() == ip || a.ip().is_unspecified())
     }
 }
 
@@ -271,6 +303,7 @@ impl Emulator {
             store.clone(),
             tls.clone(),
             config.host.clone(),
+            config.shared_hub_addresses || loopback::shared_by_environment(),
         )?);
         let dps = Arc::new(dps::DpsEngine::new(cloud.clone(), config.poll_retry_after));
         let hubs = Arc::new(hub::HubEngine::new(cloud.clone(), store)?);

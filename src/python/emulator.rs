@@ -1,7 +1,7 @@
-//! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API) and
-//! `derive_device_key`. Most records still cross the boundary as JSON text (issue 17 replaces
-//! it); recorded requests cross as typed tuples, their bodies as Python objects; `dpskit.cloud`
-//! turns them into dataclasses.
+//! Bindings for the local cloud: `_native.Emulator` (start, stop, the configuration API),
+//! `derive_device_key` and `loopback_setup`. Most records still cross the boundary as JSON text
+//! (issue 17 replaces it); recorded requests cross as typed tuples, their bodies as Python
+//! objects; `dpskit.cloud` turns them into dataclasses.
 
 // Python keyword arguments map one to one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
@@ -37,6 +37,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEmulator>()?;
     m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
     m.add_function(wrap_pyfunction!(provision_devices, m)?)?;
+    m.add_function(wrap_pyfunction!(loopback_setup, m)?)?;
     Ok(())
 }
 
@@ -53,6 +54,17 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> PyResult<T> 
 #[pyfunction]
 fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
     Ok(crate::sas::derive_device_key(group_key, registration_id)?)
+}
+
+/// The commands that give `hubs` hubs after `host` their own loopback addresses on this OS
+/// (`dpskit emulator --print-loopback-setup`).
+#[pyfunction]
+fn loopback_setup(host: &str, hubs: u32) -> PyResult<String> {
+    let base: std::net::Ipv4Addr = host
+        .parse()
+        .map_err(|_| Error::Config(format!("host must be an IPv4 address, not {host:?}")))?;
+    let os = crate::emulator::loopback::Os::current();
+    Ok(crate::emulator::loopback::setup_text(os, base, hubs)?)
 }
 
 /// The embedded emulator (wrapped by `dpskit.LocalCloud`).
@@ -561,9 +573,11 @@ impl PyEmulator {
         let timeout = crate::hub::method_timeout(timeout)?;
         let payload: serde_json::Value = parse("method payload", payload)?;
         let (handle, hubs) = self.with(|e| Ok((e.runtime_handle()?, e.hubs().clone())))?;
-        let (status, answer) = py.detach(|| {
-            handle.block_on(hubs.invoke_method(host_name, device_id, method, payload, timeout))
-        })?;
+        let (status, answer) = crate::python::block_on_interruptible(
+            py,
+            &handle,
+            hubs.invoke_method(host_name, device_id, method, payload, timeout),
+        )??;
         json(&serde_json::json!({"status": status, "payload": answer}))
     }
 
@@ -795,14 +809,18 @@ pub(crate) fn provision_devices(
             timeout: Duration::from_secs_f64(timeout),
         })
         .collect();
-    let outcomes = py.detach(|| -> crate::Result<_> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = crate::python::OwnedRuntime::new(
+        tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("dpskit-provisioning")
             .build()
-            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
-        Ok(runtime.block_on(provision_many(requests, trust, concurrency)))
-    })?;
+            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?,
+    );
+    let outcomes = crate::python::block_on_interruptible(
+        py,
+        runtime.handle(),
+        provision_many(requests, trust, concurrency),
+    )?;
     let records: Vec<serde_json::Value> = outcomes
         .into_iter()
         .map(|(result, elapsed)| match result {

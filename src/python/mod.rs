@@ -93,6 +93,35 @@ impl Drop for OwnedRuntime {
     }
 }
 
+/// How long blocking work runs with the GIL released before Python's signals are checked.
+const SIGNAL_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs `work` on `runtime` with the GIL released, checking Python's signals every
+/// [`SIGNAL_SLICE`]: Ctrl-C (SIGINT on POSIX, the console control handler on Windows, both of
+/// which only set a flag that Python's own code must look at) drops the work, cancelling it,
+/// and raises `KeyboardInterrupt` at once instead of when the work ends, which may be minutes
+/// later for a batch of registrations or a REST call being retried.
+pub(crate) fn block_on_interruptible<F>(
+    py: Python<'_>,
+    runtime: &tokio::runtime::Handle,
+    work: F,
+) -> PyResult<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let mut work = std::pin::pin!(work);
+    loop {
+        let slice = py.detach(|| {
+            runtime.block_on(async { tokio::time::timeout(SIGNAL_SLICE, work.as_mut()).await })
+        });
+        match slice {
+            Ok(output) => return Ok(output),
+            Err(_) => py.check_signals()?,
+        }
+    }
+}
+
 /// A JSON value as the Python object `json.loads` would give (dict, list, str, int, float,
 /// bool, None), so records carrying free-form JSON cross as objects, not text parsed again.
 pub(crate) fn json_to_py<'py>(

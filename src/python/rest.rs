@@ -81,13 +81,17 @@ fn parse_body(what: &str, body: &str) -> Result<Value> {
 }
 
 impl PyRestClient {
-    /// Runs `work` on the runtime with the GIL released.
+    /// Runs `work` on the runtime with the GIL released; Ctrl-C cancels it.
     fn run<T: Send>(
         &self,
         py: Python<'_>,
         work: impl std::future::Future<Output = Result<T>> + Send,
     ) -> PyResult<T> {
-        Ok(py.detach(|| self.runtime.block_on(work))?)
+        Ok(super::block_on_interruptible(
+            py,
+            self.runtime.handle(),
+            work,
+        )??)
     }
 
     fn dps_client(
