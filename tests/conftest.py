@@ -28,6 +28,26 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def execute_notebook(path: Path, workdir: Path, timeout: int) -> None:
+    """Runs a notebook top to bottom in a fresh kernel, with ``workdir`` as its folder, and
+    fails on any cell that raised."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+    NotebookClient(
+        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": workdir}}
+    ).execute()
+    errors = [
+        output
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+    assert not errors, errors
+
+
 # Signatures of the callables the OpenSSL fixtures hand out (tests annotate with these shapes).
 RunOpenSSL = Callable[..., subprocess.CompletedProcess[str]]
 OpenSSLOutput = Callable[..., str]

@@ -17,11 +17,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import dpskit
+from conftest import execute_notebook
 from dpskit.errors import EmulatorError
 
 if os.environ.get("DPSKIT_LOOPBACK_ONLY") != "1":
@@ -211,15 +210,4 @@ NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook(name: str, tmp_path: Path) -> None:
     # 07 is the walkthrough of one device, 08 a fleet of 500 devices on two hubs.
-    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)  # type: ignore[no-untyped-call]
-    NotebookClient(
-        notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
-    ).execute()
-    errors = [
-        output
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for output in cell.get("outputs", [])
-        if output.get("output_type") == "error"
-    ]
-    assert not errors
+    execute_notebook(ROOT / "notebooks" / name, tmp_path, timeout=180)
