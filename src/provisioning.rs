@@ -171,20 +171,43 @@ impl Trust {
     }
 }
 
-/// Registers a device with DPS and waits for the final answer.
-pub async fn provision(request: &ProvisioningRequest, trust: &Trust) -> Result<RegistrationResult> {
-    provision_observed(request, trust, &|| {}).await
+/// A future a [`RegistrationHooks`] method returns.
+pub type HookFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// What a registration tells its caller as it goes, and how it waits between two requests.
+/// The defaults count nothing and simply sleep.
+pub trait RegistrationHooks: Send + Sync {
+    /// DPS answered 429 or 5xx; the device is about to wait and ask again (fleets count those
+    /// retries as they happen).
+    fn throttled(&self) {}
+
+    /// Waits until `until`, when DPS's `retry-after` and the poll pacing let the next request
+    /// go. The connection stays open but idle meanwhile: a fleet gives back the slot that
+    /// bounds its handshakes and requests here, and takes one again before returning.
+    fn wait_until(&self, until: tokio::time::Instant) -> HookFuture<'_> {
+        Box::pin(tokio::time::sleep_until(until))
+    }
 }
 
-/// [`provision`], calling `on_throttled` at every 429 or 5xx the service answers, before the
-/// device waits it out: fleets count those retries as they happen.
+/// Sleeps and counts nothing.
+struct NoHooks;
+
+impl RegistrationHooks for NoHooks {}
+
+/// Registers a device with DPS and waits for the final answer.
+pub async fn provision(request: &ProvisioningRequest, trust: &Trust) -> Result<RegistrationResult> {
+    provision_observed(request, trust, &NoHooks).await
+}
+
+/// [`provision`], telling `hooks` of every 429 or 5xx the service answers and letting them
+/// do the waiting between requests.
 pub async fn provision_observed(
     request: &ProvisioningRequest,
     trust: &Trust,
-    on_throttled: &(dyn Fn() + Send + Sync),
+    hooks: &dyn RegistrationHooks,
 ) -> Result<RegistrationResult> {
     let deadline = tokio::time::Instant::now() + request.timeout;
-    match tokio::time::timeout_at(deadline, exchange(request, trust, on_throttled)).await {
+    match tokio::time::timeout_at(deadline, exchange(request, trust, hooks)).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout(format!(
             "provisioning {} did not finish within {:.1} s",
@@ -197,7 +220,7 @@ pub async fn provision_observed(
 async fn exchange(
     request: &ProvisioningRequest,
     trust: &Trust,
-    on_throttled: &(dyn Fn() + Send + Sync),
+    hooks: &dyn RegistrationHooks,
 ) -> Result<RegistrationResult> {
     let id = &request.registration_id;
     let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
@@ -284,9 +307,9 @@ async fn exchange(
                 // Throttled or a service hiccup: repeat the same request after the advised
                 // delay, or with exponential backoff and jitter when the service gave none.
                 refusals += 1;
-                on_throttled();
-                tokio::time::sleep(backoff(retry_after, refusals)).await;
-                pacer.wait().await;
+                hooks.throttled();
+                let advised = tokio::time::Instant::now() + backoff(retry_after, refusals);
+                hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
                 match &pending_operation {
                     None => {
@@ -304,8 +327,9 @@ async fn exchange(
                 operation_id,
                 retry_after,
             } => {
-                tokio::time::sleep(Duration::from_secs(retry_after.unwrap_or(2).into())).await;
-                pacer.wait().await;
+                let advised = tokio::time::Instant::now()
+                    + Duration::from_secs(retry_after.unwrap_or(2).into());
+                hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
                 send(&client, poll_topic(rid, &operation_id), " ".into()).await?;
                 pending_operation = Some(operation_id);
@@ -417,21 +441,25 @@ impl PollPacer {
     const WINDOW: Duration = Duration::from_secs(10);
     const MAX_IN_WINDOW: usize = 5;
 
-    async fn wait(&mut self) {
-        let now = tokio::time::Instant::now();
+    /// When the next poll may go, given DPS asked for no earlier than `advised`; that time is
+    /// booked. Returned rather than slept on, so one wait covers both and whoever waits can
+    /// give its resources back for all of it.
+    fn reserve(&mut self, advised: tokio::time::Instant) -> tokio::time::Instant {
         while self
             .recent
             .front()
-            .is_some_and(|t| now.duration_since(*t) >= Self::WINDOW)
+            .is_some_and(|t| advised.saturating_duration_since(*t) >= Self::WINDOW)
         {
             self.recent.pop_front();
         }
+        let mut at = advised;
         if self.recent.len() >= Self::MAX_IN_WINDOW
             && let Some(oldest) = self.recent.pop_front()
         {
-            tokio::time::sleep_until(oldest + Self::WINDOW).await;
+            at = at.max(oldest + Self::WINDOW);
         }
-        self.recent.push_back(tokio::time::Instant::now());
+        self.recent.push_back(at);
+        at
     }
 }
 
@@ -672,11 +700,14 @@ mod tests {
             let mut pacer = PollPacer::default();
             let start = tokio::time::Instant::now();
             for _ in 0..5 {
-                pacer.wait().await;
+                tokio::time::sleep_until(pacer.reserve(tokio::time::Instant::now())).await;
             }
             assert!(start.elapsed() < Duration::from_millis(1));
-            pacer.wait().await;
+            tokio::time::sleep_until(pacer.reserve(tokio::time::Instant::now())).await;
             assert!(start.elapsed() >= Duration::from_secs(10));
+            // A later retry-after is kept when the window is already clear by then.
+            let advised = tokio::time::Instant::now() + Duration::from_secs(30);
+            assert_eq!(pacer.reserve(advised), advised);
         });
     }
 }

@@ -297,6 +297,39 @@ def test_pacing_like_azure_applies_the_registration_quota(setup: Setup) -> None:
     assert after.retries["provisioning"] == 0
 
 
+def test_a_default_local_cloud_fleet_is_not_capped_at_its_concurrency_per_second(
+    dpskit_ca: Any,
+) -> None:
+    # A default LocalCloud (port 0 only because 8883 may be taken) and a default Fleet. Before,
+    # DPS advised retry-after 1 and each device held one of the 64 slots while it slept: every
+    # registration took at least a second and the fleet at least 1000 / 64 = 15.6 s.
+    with dpskit.LocalCloud(port=0) as cloud:
+        setup = Setup(cloud, dpskit_ca)
+        fleet = dpskit.Fleet(setup.dps, authority=setup.authority, count=1000, prefix="dflt-")
+        fleet.certificates()
+        report = fleet.run(progress=False)
+    assert report.outcomes == {"completed": 1000}, report.summary()
+    assert report.provisioning_latency_ms["p50"] < 1000, report.summary()
+    assert report.connect_phase < 1000 / 64, report.summary()
+
+
+def test_devices_waiting_for_their_poll_give_their_slot_back(dpskit_ca: Any) -> None:
+    # DPS advises retry-after 1 and the fleet has 4 slots. Devices honour the wait (each
+    # registration takes a second or more) but do not sleep in a slot: many wait at once, and
+    # the fleet takes far less than the 120 / 4 = 30 s that holding slots while asleep costs.
+    with dpskit.LocalCloud(port=0, poll_retry_after=1) as cloud:
+        setup = Setup(cloud, dpskit_ca)
+        fleet = dpskit.Fleet(
+            setup.dps, authority=setup.authority, count=120, prefix="wait-", concurrency=4
+        )
+        fleet.certificates()
+        report = fleet.run(progress=False)
+    assert report.outcomes == {"completed": 120}, report.summary()
+    assert report.provisioning_latency_ms["p50"] >= 1000
+    assert report.peak_waiting > 4 * 4, report.peak_waiting
+    assert report.connect_phase < 120 / 4 / 2, report.summary()
+
+
 def test_a_failing_progress_callback_cancels_the_run_and_raises(setup: Setup) -> None:
     # A message every 30 s: only a cancel that wakes the waiting devices ends this quickly.
     plan = dpskit.TelemetryPlan(interval=30, count=10)

@@ -253,7 +253,7 @@ class Emulator:
         max_connections: int = 20000,
         max_packet_size: int = 262144,
         max_chain_length: int = 10,
-        poll_retry_after: int = 1,
+        poll_retry_after: int = 0,
         https_port: int = 0,
         arm_tokens: Sequence[str] | None = None,
         arm_operation_seconds: float = 0.0,

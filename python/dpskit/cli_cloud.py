@@ -95,11 +95,11 @@ def _target_options() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def open_target(
-    args: argparse.Namespace, default_local: Path, *, poll_retry_after: int = 1
+    args: argparse.Namespace, default_local: Path, *, poll_retry_after: int = 0
 ) -> Iterator[_Cloud]:
     """The cloud a command acts on: Azure with ``--azure``; else the running ``dpskit
     emulator`` on ``--local`` (or ``default_local``), or one started there for the command on
-    free ports (``poll_retry_after`` 0 is the emulator's fast mode)."""
+    free ports (``poll_retry_after`` as :class:`LocalCloud`'s)."""
     if args.azure:
         if args.local:
             raise ConfigError("choose --local or --azure, not both")

@@ -68,8 +68,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         fields=default_fields(),
         seed=args.seed,
     )
-    # Fast mode: DPS advises no wait between polls, so the fleet is limited by the machine.
-    with open_target(args, base / "cloud", poll_retry_after=0) as cloud:
+    # The local cloud's default pacing (no wait between polls): limited by the machine.
+    with open_target(args, base / "cloud") as cloud:
         hubs = [cloud.create_hub(f"fleet-hub-{n}") for n in range(1, args.hubs + 1)]
         dps = cloud.create_dps(FLEET_DPS)
         linked = {link.hub for link in dps.linked_hubs()}

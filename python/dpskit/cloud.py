@@ -1579,6 +1579,11 @@ class LocalCloud(_Cloud):
     A client may present at most ``max_chain_length`` certificates (leaf included); a longer
     chain is refused (401002 on register, a refused CONNECT on a hub) before it is parsed.
 
+    DPS answers a registration ``202 assigning`` with ``retry-after: poll_retry_after``. The
+    default, 0, lets devices poll at once (an emulated assignment is ready then), so a fleet is
+    limited by the machine's handshakes rather than by sleeps; ``poll_retry_after=3`` is what
+    Azure's DPS sends, for clients that should wait as they will on Azure.
+
     Time as Azure spends it, so that a client's waiting, paging and retrying is exercised:
     ``arm_operation_seconds`` is how long ARM's hub and DPS creates, updates and deletes run
     (they always answer as Azure does, 201/202 with ``Azure-AsyncOperation``; the resource
@@ -1602,7 +1607,7 @@ class LocalCloud(_Cloud):
         max_connections: int = 20_000,
         max_packet_size: int = 262_144,
         max_chain_length: int = 10,
-        poll_retry_after: int = 1,
+        poll_retry_after: int = 0,
         https_port: int = 0,
         arm_tokens: Sequence[str] | None = None,
         arm_operation_seconds: float = 0.0,

@@ -250,6 +250,10 @@ class FleetReport:
         self.elapsed: float = columns["elapsed"]
         #: Seconds until the last device was connected (or had failed).
         self.connect_phase: float = columns["connect_phase"]
+        #: The most devices that waited at once (for a DPS poll, a backoff) without holding one
+        #: of the ``concurrency`` slots, which only bound dialling and handshakes: above
+        #: ``concurrency`` when DPS advises a ``retry-after``.
+        self.peak_waiting: int = columns.get("peak_waiting", 0)
         #: When the run started (UTC): ``started_s`` and ``sent_at`` count from it.
         self.started_at = _unix(columns["started_unix"])
         #: The shard this process ran, ``(i, n)``, or None for the whole fleet.
@@ -528,9 +532,11 @@ class Fleet:
     issues one X.509 certificate per device from ``authority`` (registration ids
     ``sensor-00000``, ``sensor-00001``, ...), or reuses those already in ``certificates_dir``;
     with ``group_key`` instead, devices use keys derived from a symmetric-key enrollment group.
-    ``run()`` provisions them ``concurrency`` at a time with DPS's pacing (retry-after, at most
-    5 polls per 10 s), connects each to the hub it was assigned, runs the telemetry plan and
-    returns a :class:`FleetReport`.
+    ``run()`` provisions them with DPS's pacing (retry-after, at most 5 polls per 10 s),
+    connects each to the hub it was assigned, runs the telemetry plan and returns a
+    :class:`FleetReport`. ``concurrency`` bounds the devices dialling and handshaking at once
+    (DPS or hub); a device waiting for its next poll gives its slot back, so Azure's seconds
+    of ``retry-after`` do not cap the rate at ``concurrency`` devices per retry-after.
 
     ``shard="i/n"`` runs the i-th of n equal slices of the id range, so several machines can
     run one fleet against Azure. On the emulator, ``pace_like_azure=True`` applies Azure's

@@ -58,7 +58,9 @@ pub struct EmulatorConfig {
     pub port: u16,
     /// Listener limits.
     pub limits: Limits,
-    /// `retry-after` seconds on 202 (assigning) replies.
+    /// `retry-after` seconds on 202 (assigning) replies. 0 by default: an emulated assignment
+    /// is ready at once, and a fleet should be limited by the machine, not by sleeps;
+    /// [`AZURE_POLL_RETRY_AFTER`] paces devices as Azure does.
     pub poll_retry_after: u32,
     /// Runtime worker threads (default: one per core).
     pub worker_threads: Option<usize>,
@@ -112,6 +114,10 @@ impl Default for RestBehaviour {
     }
 }
 
+/// The `retry-after` Azure's DPS sends on its 202 (assigning) replies (the wire-protocol notes,
+/// "202 Accepted"): [`EmulatorConfig::poll_retry_after`] set to it paces devices as Azure does.
+pub const AZURE_POLL_RETRY_AFTER: u32 = 3;
+
 /// The subscription id the emulator's ARM answers for by default (Python's `LocalCloud` too).
 pub const DEFAULT_SUBSCRIPTION_ID: &str = "00000000-0000-0000-0000-000000000000";
 /// The resource group the emulator's ARM answers for by default.
@@ -145,7 +151,7 @@ impl Default for EmulatorConfig {
             host: "127.0.0.1".into(),
             port: 8883,
             limits: Limits::default(),
-            poll_retry_after: 1,
+            poll_retry_after: 0,
             worker_threads: None,
             https_port: 0,
             arm_tokens: None,

@@ -2,6 +2,13 @@
 //! follows its telemetry plan, each as one task on the current runtime. Progress is a handful
 //! of shared counters that a watcher (the Python progress bar) reads without slowing the run;
 //! the outcome is one row per device and, optionally, one row per message sent.
+//!
+//! The scarce resource is the TLS handshake (and the request that follows it), so that is what
+//! the fleet's slots bound. A device waiting for its next DPS poll (`retry-after`) or a backoff
+//! gives its slot back: it is an idle connection and a timer, and holding a slot through Azure's
+//! few seconds of `retry-after` would cap the fleet at `concurrency / retry-after` devices per
+//! second whatever the machine can do. A device coming back for its hub connection goes before
+//! devices that have not started, so devices come online as they are assigned.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,15 +17,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::fleet::plan::TelemetryPlan;
 use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
 use crate::provisioning::{
-    DeviceAuth, ProvisioningRequest, RegistrationResult, Trust, jittered_backoff,
-    provision_observed,
+    DeviceAuth, HookFuture, ProvisioningRequest, RegistrationHooks, RegistrationResult, Trust,
+    jittered_backoff, provision_observed,
 };
 
 /// How a fleet runs: where DPS is, how much at once, and what each device sends.
@@ -33,7 +40,8 @@ pub struct FleetSettings {
     pub id_scope: String,
     /// Port of the assigned hubs (8883 on Azure; the emulator serves every hub on its port).
     pub hub_port: u16,
-    /// Devices provisioning or connecting at once.
+    /// Devices dialling and handshaking (DPS or hub) at once; devices waiting out DPS's
+    /// `retry-after` or a backoff do not count.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Seconds one registration may take, retries included.
@@ -144,6 +152,10 @@ pub struct FleetProgress {
     pub acknowledged: AtomicU64,
     /// Throttled registrations waited out, registrations attempted again and reconnects.
     pub retries: AtomicU64,
+    /// Devices waiting (for a DPS poll, a backoff) without holding a slot, now.
+    pub waiting: AtomicU64,
+    /// The most devices that were waiting at once.
+    pub peak_waiting: AtomicU64,
     cancelled: AtomicBool,
     /// Wakes devices that are waiting (a registration, a send time an hour away) on cancel.
     cancel_signal: watch::Sender<bool>,
@@ -160,6 +172,8 @@ impl Default for FleetProgress {
             sent: AtomicU64::new(0),
             acknowledged: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            peak_waiting: AtomicU64::new(0),
             cancelled: AtomicBool::new(false),
             cancel_signal: watch::Sender::new(false),
         }
@@ -300,6 +314,9 @@ pub struct FleetResult {
     /// When the run started, in seconds since the Unix epoch: message and device times are
     /// offsets from it.
     pub started_unix: f64,
+    /// The most devices that waited at once (for a DPS poll, a backoff) without holding a
+    /// slot: above `concurrency` only because waiting devices give theirs back.
+    pub peak_waiting: u64,
 }
 
 /// Runs the fleet on the current runtime and returns when every device is done.
@@ -322,7 +339,7 @@ pub async fn run(
     let total = devices.len();
     progress.total.store(total as u64, Ordering::Relaxed);
     let settings = Arc::new(settings);
-    let slots = Arc::new(Semaphore::new(settings.concurrency));
+    let slots = Slots::new(settings.concurrency);
     // Counts devices still provisioning or connecting; telemetry starts at zero when the
     // devices are to start together.
     let (pending_tx, pending_rx) = watch::channel(total);
@@ -357,6 +374,7 @@ pub async fn run(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .unwrap_or_else(|| start.elapsed()),
+        peak_waiting: progress.peak_waiting.load(Ordering::Relaxed),
         ..FleetResult::default()
     };
     for (position, slot) in reports.into_iter().enumerate() {
@@ -384,11 +402,164 @@ pub async fn run(
     result
 }
 
+/// The fleet's slots: how many devices dial, handshake and send their request at once. A device
+/// coming back for one (its hub connection, another attempt) is served before devices that have
+/// not started, so assigned devices connect while the rest of the fleet registers.
+struct Slots {
+    queue: std::sync::Mutex<SlotQueue>,
+}
+
+struct SlotQueue {
+    free: usize,
+    returning: VecDeque<oneshot::Sender<SlotPermit>>,
+    fresh: VecDeque<oneshot::Sender<SlotPermit>>,
+}
+
+/// One slot, given back (to the next waiter, else to the pool) on drop.
+struct SlotPermit(Option<Arc<Slots>>);
+
+impl Slots {
+    fn new(count: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            queue: std::sync::Mutex::new(SlotQueue {
+                free: count,
+                returning: VecDeque::new(),
+                fresh: VecDeque::new(),
+            }),
+        })
+    }
+
+    async fn acquire(self: &Arc<Self>, returning: bool) -> Option<SlotPermit> {
+        let receiver = {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let ahead = !queue.returning.is_empty() || (!returning && !queue.fresh.is_empty());
+            if queue.free > 0 && !ahead {
+                queue.free -= 1;
+                return Some(SlotPermit(Some(self.clone())));
+            }
+            let (sender, receiver) = oneshot::channel();
+            if returning {
+                queue.returning.push_back(sender);
+            } else {
+                queue.fresh.push_back(sender);
+            }
+            receiver
+        };
+        // A permit sent to a waiter that is dropped before reading it is dropped with the
+        // channel, which gives it back: no slot is lost to cancellation.
+        receiver.await.ok()
+    }
+
+    fn give_back(slots: Arc<Slots>) {
+        let mut permit = SlotPermit(Some(slots.clone()));
+        let mut queue = slots.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(waiter) = queue
+            .returning
+            .pop_front()
+            .or_else(|| queue.fresh.pop_front())
+        {
+            match waiter.send(permit) {
+                Ok(()) => return,
+                // That waiter gave up; the next one gets it.
+                Err(back) => permit = back,
+            }
+        }
+        queue.free += 1;
+        // Counted as free above: dropping it must not give it back a second time.
+        permit.0 = None;
+    }
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0.take() {
+            Slots::give_back(slots);
+        }
+    }
+}
+
+/// A device's hold on a slot, given back while it only waits.
+struct DeviceSlot {
+    permit: std::sync::Mutex<Option<SlotPermit>>,
+}
+
+impl DeviceSlot {
+    /// Takes a slot unless the device holds one; `returning` devices go first.
+    async fn hold(&self, context: &DeviceContext, returning: bool) {
+        if self
+            .permit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let permit = context.slots.acquire(returning).await;
+        *self.permit.lock().unwrap_or_else(|p| p.into_inner()) = permit;
+    }
+
+    /// Gives the slot back for good (the device is connected, or done).
+    fn release(&self) {
+        let permit = self.permit.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(permit);
+    }
+
+    /// Waits until `until` without a slot; the caller takes one again when it next dials.
+    async fn wait_until(&self, context: &DeviceContext, until: Instant) {
+        if until <= Instant::now() {
+            return;
+        }
+        self.release();
+        let _waiting = Waiting::new(&context.progress);
+        tokio::time::sleep_until(until).await;
+    }
+}
+
+/// Counts a device as waiting while it lives (also when its wait is cancelled).
+struct Waiting<'a>(&'a FleetProgress);
+
+impl<'a> Waiting<'a> {
+    fn new(progress: &'a FleetProgress) -> Self {
+        let now = progress.waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        progress.peak_waiting.fetch_max(now, Ordering::Relaxed);
+        Waiting(progress)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a device's registration counts DPS's refusals and waits for its polls: without its slot.
+struct FleetHooks<'a> {
+    context: &'a DeviceContext,
+    slot: &'a DeviceSlot,
+    throttled: AtomicU32,
+}
+
+impl RegistrationHooks for FleetHooks<'_> {
+    fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        self.context
+            .progress
+            .retries
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    // The next request goes on the connection already open: no handshake, so no slot is
+    // taken again for it.
+    fn wait_until(&self, until: Instant) -> HookFuture<'_> {
+        Box::pin(self.slot.wait_until(self.context, until))
+    }
+}
+
 struct DeviceContext {
     settings: Arc<FleetSettings>,
     trust: Trust,
     progress: Arc<FleetProgress>,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     pending_tx: Arc<watch::Sender<usize>>,
     pending_rx: watch::Receiver<usize>,
     connect_phase_end: Arc<std::sync::Mutex<Option<Duration>>>,
@@ -459,11 +630,13 @@ fn worth_retrying(error: &Error) -> bool {
 /// network fails, as the official SDKs do. Returns the client and when its last attempt began.
 async fn connect_device(
     context: &DeviceContext,
+    slot: &DeviceSlot,
     options: HubConnectOptions,
     report: &mut DeviceReport,
 ) -> Result<(HubClient, Instant)> {
     let mut attempt = 1;
     loop {
+        slot.hold(context, true).await;
         let began = Instant::now();
         match HubClient::connect(options.clone(), &context.trust).await {
             Ok(client) => return Ok((client, began)),
@@ -474,7 +647,8 @@ async fn connect_device(
             {
                 report.connect_retries += 1;
                 context.progress.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(jittered_backoff(attempt)).await;
+                slot.wait_until(context, Instant::now() + jittered_backoff(attempt))
+                    .await;
                 attempt += 1;
             }
             Err(error) => return Err(error),
@@ -488,7 +662,10 @@ async fn run_device(
 ) -> (DeviceReport, Vec<MessageRow>) {
     let settings = context.settings.clone();
     let progress = context.progress.clone();
-    let slot = context.slots.clone().acquire_owned().await;
+    let slot = DeviceSlot {
+        permit: std::sync::Mutex::new(None),
+    };
+    slot.hold(&context, false).await;
     let mut report = DeviceReport::new(
         device.index,
         device.registration_id.clone(),
@@ -511,7 +688,7 @@ async fn run_device(
 
     // The registration and connection futures are large and short-lived: boxed, their state
     // is freed once done instead of sizing every device's task for its whole life.
-    let registering = Box::pin(provision_device(&context, &device, &mut report));
+    let registering = Box::pin(provision_device(&context, &slot, &device, &mut report));
     let registered = tokio::select! {
         registered = registering => registered.map_err(|e| (Outcome::ProvisioningFailed, e)),
         () = progress.cancelled() => Err((Outcome::Cancelled, cancelled_error())),
@@ -539,7 +716,7 @@ async fn run_device(
     options.max_in_flight = settings.max_in_flight.max(1);
     options.connect_timeout = Duration::from_secs_f64(settings.connect_timeout);
     options.tls_sessions = 0;
-    let connecting = Box::pin(connect_device(&context, options, &mut report));
+    let connecting = Box::pin(connect_device(&context, &slot, options, &mut report));
     let connected = tokio::select! {
         connected = connecting => connected.map_err(|e| (Outcome::ConnectFailed, e)),
         () = progress.cancelled() => Err((Outcome::Cancelled, cancelled_error())),
@@ -553,7 +730,7 @@ async fn run_device(
     };
     report.connect_latency = Some(began.elapsed());
     progress.connected.fetch_add(1, Ordering::Relaxed);
-    drop(slot);
+    slot.release();
     context.leave_connect_phase();
 
     if settings.start_together {
@@ -585,6 +762,7 @@ async fn run_device(
 
 async fn provision_device(
     context: &DeviceContext,
+    slot: &DeviceSlot,
     device: &FleetDevice,
     report: &mut DeviceReport,
 ) -> Result<RegistrationResult> {
@@ -600,14 +778,16 @@ async fn provision_device(
     };
     let mut attempt = 1;
     loop {
-        let throttled = AtomicU32::new(0);
-        let began = Instant::now();
-        let on_throttled = || {
-            throttled.fetch_add(1, Ordering::Relaxed);
-            context.progress.retries.fetch_add(1, Ordering::Relaxed);
+        // A new attempt dials again (and the first one may follow a backoff).
+        slot.hold(context, attempt > 1).await;
+        let hooks = FleetHooks {
+            context,
+            slot,
+            throttled: AtomicU32::new(0),
         };
-        let outcome = provision_observed(&request, &context.trust, &on_throttled).await;
-        report.provision_retries += throttled.load(Ordering::Relaxed);
+        let began = Instant::now();
+        let outcome = provision_observed(&request, &context.trust, &hooks).await;
+        report.provision_retries += hooks.throttled.load(Ordering::Relaxed);
         match outcome {
             Ok(assignment) => {
                 report.provision_latency = Some(began.elapsed());
@@ -624,7 +804,8 @@ async fn provision_device(
                 );
                 report.provision_retries += 1;
                 context.progress.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(jittered_backoff(attempt)).await;
+                slot.wait_until(context, Instant::now() + jittered_backoff(attempt))
+                    .await;
                 attempt += 1;
             }
             Err(error) => return Err(error),
@@ -744,4 +925,56 @@ async fn send_plan(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_returning_device_gets_the_next_slot_before_devices_that_have_not_started() {
+        runtime().block_on(async {
+            let slots = Slots::new(1);
+            let held = slots.acquire(false).await.unwrap();
+            let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let mut waiters = tokio::task::JoinSet::new();
+            for (name, returning) in [("fresh", false), ("returning", true)] {
+                let (slots, order) = (slots.clone(), order.clone());
+                waiters.spawn(async move {
+                    let permit = slots.acquire(returning).await;
+                    order.lock().unwrap().push(name);
+                    drop(permit);
+                });
+                tokio::task::yield_now().await;
+            }
+            drop(held);
+            while waiters.join_next().await.is_some() {}
+            assert_eq!(*order.lock().unwrap(), ["returning", "fresh"]);
+        });
+    }
+
+    #[test]
+    fn a_slot_is_not_lost_when_its_waiter_gives_up() {
+        runtime().block_on(async {
+            let slots = Slots::new(1);
+            let held = slots.acquire(false).await.unwrap();
+            // Waits, then is dropped (a cancelled device) before the slot comes back.
+            let gave_up = tokio::time::timeout(Duration::from_millis(10), slots.acquire(true));
+            assert!(gave_up.await.is_err());
+            drop(held);
+            let again = tokio::time::timeout(Duration::from_secs(5), slots.acquire(false));
+            let again = again.await.unwrap();
+            assert!(again.is_some());
+            // Still one slot, not two.
+            let second = tokio::time::timeout(Duration::from_millis(10), slots.acquire(false));
+            assert!(second.await.is_err());
+        });
+    }
 }

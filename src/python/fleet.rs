@@ -223,7 +223,7 @@ impl PyFleetRun {
     }
 
     /// The run's outcome as columns: `{"devices": {...}, "messages": {...}, "elapsed": s,
-    /// "connect_phase": s, "started_unix": s}`. Only after `wait` returned True.
+    /// "connect_phase": s, "started_unix": s, "peak_waiting": n}`. Only after `wait` returned True.
     fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let guard = lock(&self.result);
         let Some(result) = guard.as_ref() else {
@@ -317,6 +317,7 @@ impl PyFleetRun {
         out.set_item("elapsed", result.elapsed.as_secs_f64())?;
         out.set_item("connect_phase", result.connect_phase.as_secs_f64())?;
         out.set_item("started_unix", result.started_unix)?;
+        out.set_item("peak_waiting", result.peak_waiting)?;
         Ok(out)
     }
 }
