@@ -67,9 +67,11 @@ def emulator_port() -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def emulator_process(state: Path, port: int) -> Iterator[Any]:
-    """``dpskit emulator`` in its own process in fast mode (no wait between DPS polls), and the
-    local cloud client attached to it; stopped on exit."""
+def emulator_process(state: Path, port: int, poll_retry_after: int | None = None) -> Iterator[Any]:
+    """``dpskit emulator`` in its own process with its default settings (no wait between DPS
+    polls) or DPS's ``poll_retry_after``, and the local cloud client attached to it; stopped on
+    exit."""
+    pacing = [] if poll_retry_after is None else ["--poll-retry-after", str(poll_retry_after)]
     emulator = subprocess.Popen(
         [
             sys.executable,
@@ -80,8 +82,7 @@ def emulator_process(state: Path, port: int) -> Iterator[Any]:
             str(state),
             "--port",
             str(port),
-            "--poll-retry-after",
-            "0",
+            *pacing,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
