@@ -2250,7 +2250,18 @@ fn hub_client_reconnects_replays_and_renews_sas_tokens() {
         .iter()
         .map(|r| String::from_utf8_lossy(&r.body).into_owned())
         .collect();
-    assert_eq!(bodies, ["before", "after"]);
+    // Nothing lost, in order. QoS 1 is at least once, on Azure as here: when the hub took
+    // "after" from the connection it was dropping, the PUBACK died with it and the client sent
+    // it again on the new one.
+    assert_eq!(
+        bodies.first().map(String::as_str),
+        Some("before"),
+        "{bodies:?}"
+    );
+    assert!(
+        (2..=3).contains(&bodies.len()) && bodies[1..].iter().all(|b| b == "after"),
+        "{bodies:?}"
+    );
     assert_eq!(hubs.telemetry(&hub, Some("renewing-1")).unwrap().len(), 10);
     let connects = f
         .emulator
