@@ -2,8 +2,9 @@
 
 A device provisions through DPS (X.509 group, symmetric-key group), connects to the hub DPS
 assigned, and uses every device feature: telemetry with properties, twin GET and reported
-patches, desired-property patches, direct methods, cloud-to-device messages. The SDK dials port
-8883 only, so the module shares one ``LocalCloud(port=8883)``.
+patches, desired-property patches, direct methods, cloud-to-device messages; and a free-tier
+hub's daily quota stopping it. The SDK dials port 8883 only, so the module shares one
+``LocalCloud(port=8883)``.
 """
 
 from __future__ import annotations
@@ -237,3 +238,41 @@ def test_symmetric_key_device_sends_telemetry(cloud: dpskit.LocalCloud) -> None:
     assert message.body == b"plain text"
     [device] = [d for d in hub.devices() if d.device_id == "sdk-sas-1"]
     assert device.authentication == "sas"
+
+
+def test_the_free_tier_quota_stops_the_official_sdk(cloud: dpskit.LocalCloud) -> None:
+    """A hub created with ``sku="F1"`` meters the SDK's messages in 0.5 KB blocks: twenty of
+    200 KB spend the day's 8,000, and the hub refuses the next one (403002) by closing the
+    connection, so the SDK (told not to reconnect) never sees it acknowledged."""
+    hub = cloud.create_hub("sdk-free-hub", sku="F1")
+    identity = hub.create_device("sdk-quota-dev", symmetric_key=True)
+    assert identity.primary_key is not None
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=identity.primary_key,
+        hostname=hub.host_name,
+        device_id="sdk-quota-dev",
+        server_verification_cert=cloud.trust_pem,
+        connection_retry=False,
+    )
+    outcome: list[BaseException | None] = []
+
+    def send_one_more() -> None:
+        try:
+            client.send_message(Message(b"one more"))  # type: ignore[no-untyped-call]
+            outcome.append(None)
+        except BaseException as error:  # whatever the SDK raises is the outcome
+            outcome.append(error)
+
+    try:
+        client.connect()
+        for _ in range(20):
+            client.send_message(Message(b"x" * 200 * 1024))  # type: ignore[no-untyped-call]
+        assert hub.usage().messages_left == 0
+        threading.Thread(target=send_one_more, daemon=True).start()
+        assert _wait(lambda: hub.usage().quota_refusals >= 1)
+        assert _wait(lambda: bool(outcome) or not client.connected)
+    finally:
+        threading.Thread(target=client.shutdown, daemon=True).start()
+    assert None not in outcome, "the refused message was acknowledged"
+    assert len(hub.telemetry("sdk-quota-dev")) == 20
+    assert hub.usage().messages_used == 8000

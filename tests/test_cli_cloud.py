@@ -36,6 +36,23 @@ def test_the_whole_management_walkthrough_on_a_folder(
 
     hub = json.loads(_run(capsys, "cloud", "create-hub", "hub-1", "--local", state, "--json"))
     assert hub["name"] == "hub-1"
+    assert (hub["sku"], hub["units"]) == ("S1", 1)
+    sized = json.loads(
+        _run(
+            capsys,
+            "cloud",
+            "create-hub",
+            "hub-sized",
+            "--sku",
+            "S2",
+            "--units",
+            "2",
+            "--local",
+            state,
+            "--json",
+        )
+    )
+    assert (sized["sku"], sized["units"]) == ("S2", 2)
     dps = json.loads(_run(capsys, "cloud", "create-dps", "dps-1", "--local", state, "--json"))
     assert dps["idScope"].startswith("0ne")
     out = _run(capsys, "cloud", "link-hub", "dps-1", "hub-1", "--weight", "2", "--local", state)

@@ -146,11 +146,17 @@ def _group_summary(group: EnrollmentGroup) -> dict[str, Any]:
 def cmd_create_hub(args: argparse.Namespace) -> int:
     """``dpskit cloud create-hub``."""
     with _open_cloud(args) as cloud:
-        hub = cloud.create_hub(args.name, args.location)
+        hub = cloud.create_hub(args.name, args.location, sku=args.sku, units=args.units)
         _emit(
             args,
-            {"name": hub.name, "hostName": hub.host_name, "location": hub.location},
-            f"hub {hub.name}: host {hub.host_name} ({hub.location})",
+            {
+                "name": hub.name,
+                "hostName": hub.host_name,
+                "location": hub.location,
+                "sku": hub.sku,
+                "units": hub.units,
+            },
+            f"hub {hub.name}: host {hub.host_name} ({hub.location}, {hub.sku} x{hub.units})",
         )
     return 0
 
@@ -322,6 +328,12 @@ def add_cloud_commands(commands: Any, formatter: type[argparse.HelpFormatter]) -
     p = sub.add_parser("create-hub", parents=[target], help="create an IoT hub")
     p.add_argument("name", help="3-50 letters, digits and hyphens, not ending with a hyphen")
     p.add_argument("--location", default="westeurope")
+    p.add_argument(
+        "--sku",
+        choices=["F1", "B1", "B2", "B3", "S1", "S2", "S3"],
+        help="tier; the local cloud then applies its documented throttles and daily quota",
+    )
+    p.add_argument("--units", type=int, default=1, help="units of the tier (with --sku)")
     p.set_defaults(handler=cmd_create_hub, parser=p)
     p = sub.add_parser("create-dps", parents=[target], help="create a DPS instance")
     p.add_argument("name", help="3-64 letters, digits and hyphens, not ending with a hyphen")

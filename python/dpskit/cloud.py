@@ -47,6 +47,7 @@ __all__ = [
     "EnrollmentGroup",
     "Hub",
     "HubDevice",
+    "HubUsage",
     "LinkedHub",
     "LocalCloud",
     "LocalCloudClient",
@@ -299,6 +300,49 @@ class CertificateSummary:
     def matches(self, certificate: CertificateLike) -> bool:
         """Whether this summarises ``certificate`` (by SHA-1 thumbprint)."""
         return self.thumbprint.upper() == _certificate(certificate).thumbprint_sha1.upper()
+
+
+@dataclass(frozen=True)
+class HubUsage:
+    """A hub's tier and size, today's message meter and the refusals its throttles produced
+    (:meth:`Hub.usage`). Messages are metered as Azure meters them: a message counts once per
+    ``meter_block_bytes`` block (4 KB on paid tiers, 0.5 KB on F1) against ``daily_quota``."""
+
+    sku: str
+    units: int
+    #: Whether the hub enforces its tier's throttles and daily quota (``create_hub(sku=...)``).
+    presets: bool
+    daily_quota: int
+    messages_used: int
+    meter_block_bytes: int
+    #: When the meter starts again at zero: the next 00:00 UTC.
+    resets_at: datetime
+    #: New connections the connection throttle refused.
+    throttled_connections: int
+    #: Connections the device-to-cloud throttle closed (429001) past traffic shaping.
+    throttled_messages: int
+    #: Messages refused (403002 IotHubQuotaExceeded) once the daily quota was spent.
+    quota_refusals: int
+
+    @property
+    def messages_left(self) -> int:
+        """Messages (in meter blocks) the hub still takes today."""
+        return max(0, self.daily_quota - self.messages_used)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> HubUsage:
+        return cls(
+            sku=data["sku"],
+            units=data["units"],
+            presets=data["presets"],
+            daily_quota=data["daily_quota"],
+            messages_used=data["messages_used"],
+            meter_block_bytes=data["meter_block_bytes"],
+            resets_at=datetime.fromtimestamp(data["resets_at"], tz=timezone.utc),
+            throttled_connections=data["throttled_connections"],
+            throttled_messages=data["throttled_messages"],
+            quota_refusals=data["quota_refusals"],
+        )
 
 
 @dataclass(frozen=True)
@@ -803,6 +847,10 @@ class Hub:
         self.name: str = resource["name"]
         self.host_name: str = resource["hostName"]
         self.location: str = resource["location"]
+        #: ARM ``sku.name``: the tier (``S1`` unless the hub was created with another).
+        self.sku: str = resource.get("sku") or "S1"
+        #: ARM ``sku.capacity``: the hub's units.
+        self.units: int = resource.get("units") or 1
         self._primary_key = key
 
     @property
@@ -916,6 +964,14 @@ class Hub:
             self.host_name,
             connections_per_second=connections_per_second,
             messages_per_second=messages_per_second,
+        )
+
+    def usage(self) -> HubUsage:
+        """The hub's tier, today's message meter (reset at 00:00 UTC) and the refusals its
+        throttles produced (emulator only). The meter counts only while the hub enforces its
+        tier (``presets``)."""
+        return HubUsage._from_json(
+            json.loads(self._cloud._emulator_only("usage").hub_usage(self.host_name))
         )
 
     def refuse_connections(self, count: int) -> None:
@@ -1475,11 +1531,27 @@ class _Cloud:
         _, key = self._rest.dps_keys(resource["name"])
         return Dps(self, resource, key)
 
-    def create_hub(self, name: str, location: str = "westeurope") -> Hub:
+    def create_hub(
+        self,
+        name: str,
+        location: str = "westeurope",
+        *,
+        sku: str | None = None,
+        units: int = 1,
+    ) -> Hub:
         """Create an IoT hub (or return the existing one of that name); waits until ARM reports
         it ready. The name must follow Azure's rule (3-50 letters, digits and hyphens, not
-        ending with a hyphen): others raise ``ConfigError`` before any request."""
-        return self._hub(json.loads(self._rest.create_hub(name, location)))
+        ending with a hyphen): others raise ``ConfigError`` before any request.
+
+        ``sku`` (``F1``, ``B1``-``B3``, ``S1``-``S3``) and ``units`` choose the hub's tier and
+        size, as ARM's ``sku`` shows it; the local cloud then applies Azure's documented
+        throttles and daily message quota of that tier and size (see :meth:`Hub.usage`).
+        Without ``sku`` the hub is S1 with one unit and enforces none of them."""
+        if units < 1:
+            raise ConfigError(f"a hub has 1 unit or more, not {units}")
+        if sku is None and units != 1:
+            raise ConfigError("units need a sku (F1, B1, B2, B3, S1, S2 or S3)")
+        return self._hub(json.loads(self._rest.create_hub(name, location, sku, units)))
 
     def hub(self, name: str) -> Hub:
         """An existing hub."""
@@ -1776,7 +1848,13 @@ class LocalCloud(_Cloud):
     # -- resources only the emulator has -------------------------------------------------------
 
     def create_hub(
-        self, name: str, location: str = "westeurope", *, host_name: str | None = None
+        self,
+        name: str,
+        location: str = "westeurope",
+        *,
+        sku: str | None = None,
+        units: int = 1,
+        host_name: str | None = None,
     ) -> Hub:
         """Create an IoT hub; it gets the next free loopback address as its host name (or
         ``host_name``, which must then resolve to this machine and be a loopback address or a
@@ -1790,7 +1868,7 @@ class LocalCloud(_Cloud):
         everywhere (tests)."""
         if host_name is not None:
             self._emulator.create_hub(name, location, host_name)
-        return super().create_hub(name, location)
+        return super().create_hub(name, location, sku=sku, units=units)
 
     # -- traces ----------------------------------------------------------------------------
 

@@ -291,6 +291,8 @@ impl Cloud {
             primary_key,
             secondary_key,
             created: now(),
+            sku: None,
+            presets: false,
         };
         self.store.put(kind::HUB, name, &hub)?;
         model.hubs.insert(name.to_string(), hub.clone());
@@ -314,6 +316,26 @@ impl Cloud {
                 .values()
                 .any(|h| h.host_name.eq_ignore_ascii_case(name))
         })
+    }
+
+    /// Sets a hub's tier and units, and whether it enforces them; the updated record.
+    pub fn set_hub_sku(
+        &self,
+        name: &str,
+        sku: Option<crate::limits::HubSku>,
+        presets: bool,
+    ) -> Result<HubRecord> {
+        let mut model = self.write();
+        let hub = model
+            .hubs
+            .get_mut(name)
+            .ok_or_else(|| not_found("IoT hub", name))?;
+        let mut updated = hub.clone();
+        updated.sku = sku;
+        updated.presets = presets && sku.is_some();
+        self.store.put(kind::HUB, name, &updated)?;
+        *hub = updated.clone();
+        Ok(updated)
     }
 
     /// Deletes a hub with its device identities, and unlinks it from every DPS. (Its loopback

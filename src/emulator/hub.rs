@@ -1,9 +1,11 @@
 //! The IoT Hub device API behind the shared listener: identities from DPS (thumbprint or SAS),
 //! one connection per device, telemetry stored durably before it is acknowledged, twins with
-//! versions, direct methods, cloud-to-device messages, persistent sessions.
+//! versions, direct methods, cloud-to-device messages, persistent sessions; and, for a hub
+//! that enforces its tier (`limits::HUB_TIERS`), that tier's connection and send rates and its
+//! daily message quota, metered in the tier's blocks.
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
-//! `pending_methods`, the knobs and buckets) guards one map, is held only to read or change
+//! `pending_methods`, the knobs, buckets, tier presets and daily meters) guards one map, is held only to read or change
 //! that map, and is never held while another lock is taken or another component (the store,
 //! the cloud, a connection) is called; sends into a session's channel never block. State kept
 //! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per
@@ -248,6 +250,55 @@ impl Bucket {
     }
 }
 
+/// A hub's daily message meter and the refusals it has produced, for `usage`.
+#[derive(Debug, Default)]
+struct Meter {
+    /// The UTC day (days since the Unix epoch) `used` counts.
+    day: i64,
+    /// Messages metered today, in the tier's blocks.
+    used: u64,
+    throttled_connections: u64,
+    throttled_messages: u64,
+    quota_refusals: u64,
+}
+
+impl Meter {
+    /// The meter of today: Azure resets the daily quota at 00:00 UTC.
+    fn today(&mut self) -> &mut Meter {
+        let day = now().div_euclid(86_400);
+        if self.day != day {
+            self.day = day;
+            self.used = 0;
+        }
+        self
+    }
+}
+
+/// A hub's tier, its daily message meter and the refusals its throttles produced.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HubUsage {
+    /// ARM `sku.name` (S1 when none was chosen).
+    pub sku: String,
+    /// ARM `sku.capacity`.
+    pub units: u32,
+    /// Whether the hub enforces its tier's throttles and quota.
+    pub presets: bool,
+    /// Messages the hub takes a day (tier quota times units).
+    pub daily_quota: u64,
+    /// Messages metered today, each message counted in blocks of `meter_block_bytes`.
+    pub messages_used: u64,
+    /// The block size a message is metered in.
+    pub meter_block_bytes: usize,
+    /// When the meter resets (the next 00:00 UTC), Unix seconds.
+    pub resets_at: i64,
+    /// New connections refused by the connection throttle.
+    pub throttled_connections: u64,
+    /// Connections dropped with 429001 by the device-to-cloud throttle.
+    pub throttled_messages: u64,
+    /// Messages refused with 403002 once the daily quota was spent.
+    pub quota_refusals: u64,
+}
+
 /// Longest traffic shaping delay before IoT Hub throttles outright.
 const SHAPING_WINDOW: Duration = Duration::from_secs(1);
 
@@ -312,6 +363,10 @@ pub struct HubEngine {
     knobs: Mutex<HashMap<String, HubKnobs>>,
     connection_buckets: Mutex<HashMap<String, Bucket>>,
     message_slots: Mutex<HashMap<String, std::time::Instant>>,
+    /// The tier of each hub that enforces one, by lower-case host name.
+    presets: Mutex<HashMap<String, crate::limits::HubSku>>,
+    /// Daily message meters and throttle counts, by lower-case host name.
+    meters: Mutex<HashMap<String, Meter>>,
     /// The next C2D sequence number.
     c2d_sequence: std::sync::atomic::AtomicU64,
 }
@@ -349,6 +404,12 @@ impl HubEngine {
             .into_iter()
             .map(|s| (key(&s.hub, &s.device_id), s.subscriptions))
             .collect();
+        let presets = cloud
+            .hubs()
+            .into_iter()
+            .filter(|h| h.presets)
+            .filter_map(|h| Some((h.host_name.to_ascii_lowercase(), h.sku?)))
+            .collect();
         Ok(HubEngine {
             cloud,
             store,
@@ -360,6 +421,8 @@ impl HubEngine {
             knobs: Mutex::new(HashMap::new()),
             connection_buckets: Mutex::new(HashMap::new()),
             message_slots: Mutex::new(HashMap::new()),
+            presets: Mutex::new(presets),
+            meters: Mutex::new(HashMap::new()),
             // Seeded with the clock, so messages queued after a restart sort after those queued
             // before it without reading every queue at start.
             c2d_sequence: std::sync::atomic::AtomicU64::new(
@@ -387,7 +450,95 @@ impl HubEngine {
             .unwrap_or_default()
     }
 
-    /// Connection admission: fault injection and the connection rate. `Err` = refuse.
+    /// Makes a hub enforce a tier's throttles and daily quota (`None`: stop enforcing).
+    pub fn set_preset(&self, hub: &str, sku: Option<crate::limits::HubSku>) {
+        let hub = hub.to_ascii_lowercase();
+        let mut presets = lock(&self.presets);
+        match sku {
+            Some(sku) => presets.insert(hub, sku),
+            None => presets.remove(&hub),
+        };
+    }
+
+    fn preset(&self, hub: &str) -> Option<crate::limits::HubSku> {
+        lock(&self.presets).get(&hub.to_ascii_lowercase()).copied()
+    }
+
+    /// A rate of the hub's tier as the whole operations per second the throttles count.
+    fn preset_rate(
+        &self,
+        hub: &str,
+        rate: impl Fn(&crate::limits::HubTierLimits) -> crate::limits::HubRate,
+    ) -> Option<u32> {
+        self.preset(hub).map(|sku| {
+            rate(sku.tier.limits())
+                .per_second(sku.units)
+                .round()
+                .max(1.0) as u32
+        })
+    }
+
+    fn count(&self, hub: &str, field: impl FnOnce(&mut Meter)) {
+        field(
+            lock(&self.meters)
+                .entry(hub.to_ascii_lowercase())
+                .or_default(),
+        );
+    }
+
+    /// Meters a device-to-cloud message of `size` bytes (body and properties) against the
+    /// daily quota of the hub's tier: `Err` (403002, in Azure's words) once it is spent.
+    pub fn meter_message(&self, hub: &str, size: usize) -> std::result::Result<(), String> {
+        let Some(sku) = self.preset(hub) else {
+            return Ok(());
+        };
+        let quota = sku.daily_messages();
+        let mut meters = lock(&self.meters);
+        let meter = meters.entry(hub.to_ascii_lowercase()).or_default().today();
+        let cost = sku.metered_messages(size);
+        if meter.used + cost > quota {
+            meter.quota_refusals += 1;
+            return Err(format!(
+                "{} IotHubQuotaExceeded: Total number of messages on IotHub '{hub}' exceeded the allocated quota. Max allowed message count: {quota}, current message count: {}. Send and Receive operations are blocked for this hub until the next UTC day.",
+                crate::limits::QUOTA_EXCEEDED_ERROR_CODE,
+                meter.used + cost
+            ));
+        }
+        meter.used += cost;
+        Ok(())
+    }
+
+    /// The hub's tier, today's message meter and the refusals its throttles produced.
+    pub fn usage(&self, hub: &str) -> Result<HubUsage> {
+        let record = self
+            .cloud
+            .hubs()
+            .into_iter()
+            .find(|h| h.host_name.eq_ignore_ascii_case(hub))
+            .ok_or_else(|| Error::Config(format!("no hub has the host name {hub:?}")))?;
+        let sku = record.sku.unwrap_or(crate::limits::HubSku {
+            tier: crate::limits::HubTier::S1,
+            units: 1,
+        });
+        let presets = self.preset(hub).is_some();
+        let mut meters = lock(&self.meters);
+        let meter = meters.entry(hub.to_ascii_lowercase()).or_default().today();
+        Ok(HubUsage {
+            sku: sku.tier.name().to_string(),
+            units: sku.units,
+            presets,
+            daily_quota: sku.daily_messages(),
+            messages_used: meter.used,
+            meter_block_bytes: sku.tier.limits().meter_block_bytes,
+            resets_at: (meter.day + 1) * 86_400,
+            throttled_connections: meter.throttled_connections,
+            throttled_messages: meter.throttled_messages,
+            quota_refusals: meter.quota_refusals,
+        })
+    }
+
+    /// Connection admission: fault injection and the connection rate (the knob, else the
+    /// hub's tier). `Err` = refuse.
     pub fn admit_connection(&self, hub: &str) -> std::result::Result<(), String> {
         let hub = hub.to_ascii_lowercase();
         let rate = {
@@ -398,15 +549,18 @@ impl HubEngine {
                 return Err("connection refused (emulator fault injection)".into());
             }
             knobs.connections_per_second
-        };
+        }
+        .or_else(|| self.preset_rate(&hub, |l| l.connections));
         if let Some(rate) = rate {
             let mut buckets = lock(&self.connection_buckets);
-            let bucket = buckets.entry(hub).or_insert_with(|| Bucket {
+            let bucket = buckets.entry(hub.clone()).or_insert_with(|| Bucket {
                 tokens: f64::from(rate),
                 last: std::time::Instant::now(),
             });
             if !bucket.take(rate).is_zero() {
                 bucket.tokens += 1.0; // a refused connection does not consume the quota
+                drop(buckets);
+                self.count(&hub, |m| m.throttled_connections += 1);
                 return Err(format!(
                     "more than {rate} new connections per second (throttled)"
                 ));
@@ -419,7 +573,10 @@ impl HubEngine {
     pub fn admit_message(&self, hub: &str) -> std::result::Result<Duration, String> {
         let knobs = self.knobs(hub);
         let mut delay = knobs.latency;
-        if let Some(rate) = knobs.messages_per_second {
+        let rate = knobs
+            .messages_per_second
+            .or_else(|| self.preset_rate(hub, |l| l.d2c_sends));
+        if let Some(rate) = rate {
             let now = std::time::Instant::now();
             let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
             let mut slots = lock(&self.message_slots);
@@ -429,6 +586,8 @@ impl HubEngine {
             let slot = (*next).max(now);
             let wait = slot - now;
             if wait > SHAPING_WINDOW {
+                drop(slots);
+                self.count(hub, |m| m.throttled_messages += 1);
                 return Err(format!(
                     "429001 ThrottlingException: more than {rate} messages per second"
                 ));

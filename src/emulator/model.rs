@@ -24,6 +24,13 @@ pub struct HubRecord {
     /// Records written before policies existed get the defaults when the store is opened.
     #[serde(default)]
     pub policies: Vec<SharedAccessPolicy>,
+    /// The tier and units ARM was asked for (`None`: never asked; ARM shows S1, one unit).
+    #[serde(default)]
+    pub sku: Option<crate::limits::HubSku>,
+    /// Whether the hub enforces its tier's throttles and daily quota (off unless asked for:
+    /// tests and simulations would otherwise meet Azure's limits by surprise).
+    #[serde(default)]
+    pub presets: bool,
 }
 
 /// A shared access policy of a hub or DPS: a named pair of keys and the rights a SAS token

@@ -899,6 +899,9 @@ async fn hub_session(
                             "telemetry of {size} bytes with its properties exceeds 256 KB (413001)"
                         ));
                     }
+                    // Metered as Azure meters it once the hub enforces its tier; a spent quota
+                    // closes the connection without the PUBACK.
+                    context.hubs.meter_message(hub, size)?;
                     let record = TelemetryRecord {
                         sequence: 0,
                         hub: hub.to_ascii_lowercase(),

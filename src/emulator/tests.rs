@@ -2624,3 +2624,92 @@ fn the_hub_refuses_oversized_reported_sections_and_method_responses() {
         }
     });
 }
+
+/// A hub enforcing the free tier: its daily quota metered in 0.5 KB blocks is spent by a few
+/// large messages, the next one closes the connection unacknowledged (403002), and `usage`
+/// shows the meter; the tier's connection rate refuses past 100 new connections at once.
+#[test]
+fn free_tier_preset_meters_the_daily_quota_and_throttles_connections() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "quota-dev");
+    let hubs = f.emulator.hubs().clone();
+    let sku = crate::limits::HubSku::new("F1", 1).unwrap();
+    let name = f
+        .emulator
+        .cloud()
+        .hubs()
+        .into_iter()
+        .find(|h| h.host_name == hub)
+        .unwrap()
+        .name;
+    let record = f
+        .emulator
+        .cloud()
+        .set_hub_sku(&name, Some(sku), true)
+        .unwrap();
+    assert_eq!((record.sku, record.presets), (Some(sku), true));
+    hubs.set_preset(&hub, Some(sku));
+    let before = hubs.usage(&hub).unwrap();
+    assert_eq!(
+        (
+            before.sku.as_str(),
+            before.daily_quota,
+            before.meter_block_bytes
+        ),
+        ("F1", 8_000, 512)
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    // 200 KB is 400 blocks of 0.5 KB: twenty messages spend the 8,000, the 21st is refused.
+    let body = vec![b'x'; 200 * 1024];
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        // Published from a task while `until` drives the connection: the client's request
+        // queue holds fewer messages than these.
+        let client = d.client.clone();
+        let sender = tokio::spawn(async move {
+            for _ in 0..21 {
+                let sent = client
+                    .publish(
+                        "devices/quota-dev/messages/events/",
+                        body.clone(),
+                        PublishOptions::at_least_once(),
+                    )
+                    .await;
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+        let closed = d.until(|_| false).await.unwrap_err();
+        assert_ne!(closed, "timed out", "the hub closes the connection");
+        sender.abort();
+    });
+    let usage = hubs.usage(&hub).unwrap();
+    assert_eq!((usage.messages_used, usage.quota_refusals), (8_000, 1));
+    assert_eq!(usage.resets_at % 86_400, 0, "the meter resets at 00:00 UTC");
+    // The writer commits in batches after the hub took the messages.
+    let stored = || hubs.telemetry(&hub, Some("quota-dev")).unwrap().len();
+    for _ in 0..100 {
+        if stored() >= 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stored(), 20, "the refused message is not stored");
+
+    // F1 takes 100 new connections a second (the device's took one of them), not 150.
+    let admitted = (0..150)
+        .filter(|_| hubs.admit_connection(&hub).is_ok())
+        .count();
+    assert!((99..150).contains(&admitted), "{admitted} admitted");
+    assert!(hubs.usage(&hub).unwrap().throttled_connections >= 1);
+
+    // Without the preset the hub enforces nothing again.
+    hubs.set_preset(&hub, None);
+    assert!((0..150).all(|_| hubs.admit_connection(&hub).is_ok()));
+    assert!(hubs.meter_message(&hub, 1 << 20).is_ok());
+}

@@ -625,6 +625,11 @@ impl PyEmulator {
         })
     }
 
+    /// The hub's tier, today's message meter and its throttles' refusals, as JSON.
+    fn hub_usage(&self, host_name: &str) -> PyResult<String> {
+        json(&self.with(|e| e.hubs().usage(host_name))?)
+    }
+
     /// Drops a device's connection now; returns whether it was connected.
     fn hub_drop_connection(&self, host_name: &str, device_id: &str) -> PyResult<bool> {
         self.with(|e| Ok(e.hubs().drop_connection(host_name, device_id)))

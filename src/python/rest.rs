@@ -54,7 +54,7 @@ fn dps_json(d: &DpsResource) -> Value {
 }
 
 fn hub_json(h: &HubResource) -> Value {
-    json!({"name": h.name, "location": h.location, "hostName": h.host_name, "provisioningState": h.provisioning_state})
+    json!({"name": h.name, "location": h.location, "hostName": h.host_name, "provisioningState": h.provisioning_state, "sku": h.sku, "units": h.units})
 }
 
 fn certificate_json(c: &CaCertificateResource) -> Value {
@@ -184,10 +184,23 @@ impl PyRestClient {
 
     // ---- ARM ------------------------------------------------------------------------------
 
-    fn create_hub(&self, py: Python<'_>, name: &str, location: &str) -> PyResult<String> {
+    /// Creates a hub; with `sku`, of that tier and `units`, its quotas enforced by the emulator.
+    #[pyo3(signature = (name, location, sku = None, units = 1))]
+    fn create_hub(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        location: &str,
+        sku: Option<&str>,
+        units: u32,
+    ) -> PyResult<String> {
+        let sku = sku
+            .map(|tier| crate::limits::HubSku::new(tier, units))
+            .transpose()
+            .map_err(Error::Config)?;
         self.run(py, async {
             self.arm
-                .create_hub(name, location)
+                .create_hub_with_sku(name, location, sku)
                 .await
                 .map(|h| text(&hub_json(&h)))
         })

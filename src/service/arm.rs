@@ -114,6 +114,10 @@ pub struct HubResource {
     pub host_name: String,
     /// `Succeeded` once created.
     pub provisioning_state: String,
+    /// ARM `sku.name` (`S1`...).
+    pub sku: String,
+    /// ARM `sku.capacity`: the hub's units.
+    pub units: u32,
 }
 
 /// A shared access policy with its keys.
@@ -191,6 +195,11 @@ impl HubResource {
             location: text(&value["location"]),
             host_name: text(&value["properties"]["hostName"]),
             provisioning_state: text(&value["properties"]["provisioningState"]),
+            sku: text(&value["sku"]["name"]),
+            units: value["sku"]["capacity"]
+                .as_u64()
+                .and_then(|u| u32::try_from(u).ok())
+                .unwrap_or(1),
         })
     }
 }
@@ -883,14 +892,36 @@ impl ArmClient {
 
     /// Creates an IoT hub (or returns the existing one) and waits until it is ready.
     pub async fn create_hub(&self, name: &str, location: &str) -> Result<HubResource> {
+        self.create_hub_with_sku(name, location, None).await
+    }
+
+    /// Creates an IoT hub of a tier and size (or returns the existing one) and waits until it
+    /// is ready. With a `sku` the hub is also tagged for the emulator to enforce that tier's
+    /// throttles and daily quota; without one it is S1 with one unit and the emulator enforces
+    /// nothing.
+    pub async fn create_hub_with_sku(
+        &self,
+        name: &str,
+        location: &str,
+        sku: Option<crate::limits::HubSku>,
+    ) -> Result<HubResource> {
         validate_hub_name(name)?;
         let what = format!("creating IoT hub {name}");
         let url = self.hub_url(name);
         if let Some(existing) = self.existing(&url, HUB_API_VERSION, &what).await? {
             return HubResource::from_json(&existing);
         }
-        let body =
-            json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
+        let body = match sku {
+            Some(sku) => json!({
+                "location": location,
+                "sku": {"name": sku.tier.name(), "capacity": sku.units},
+                "tags": {crate::limits::HUB_PRESETS_TAG: "on"},
+                "properties": {},
+            }),
+            None => json!({
+                "location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {},
+            }),
+        };
         let value = self.put_and_wait(url, HUB_API_VERSION, body, &what).await?;
         HubResource::from_json(&value)
     }

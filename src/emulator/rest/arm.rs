@@ -5,7 +5,8 @@
 //! masked linked-hub keys that a client may write back). Azure's checks come first: each
 //! resource type's own api-versions, and hub and DPS names by Azure's naming rules. Hub and DPS
 //! writes are long-running operations (`operations.rs`) and their lists are paged with
-//! `nextLink`, as Azure's are.
+//! `nextLink`, as Azure's are. A hub's `sku` is kept as PUT (S1, one unit, when never given);
+//! the `dpskit-presets` tag makes the hub enforce that tier's quotas.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -739,20 +740,38 @@ fn iot_hubs(
     }
     match (method, rest.len(), lower(0).as_deref()) {
         (&Method::PUT, 0, _) => {
-            if let Ok(hub) = cloud.hub(name) {
+            let exists = cloud.hub(name).is_ok();
+            if !exists && let Err(e) = crate::protocol::validate_hub_name(name) {
+                return Ok(invalid_name(&e));
+            }
+            let body = parse_json(request.body)?;
+            let sku = match requested_sku(&body) {
+                Ok(sku) => sku,
+                Err(reply) => return Ok(reply),
+            };
+            let presets = body["tags"][crate::limits::HUB_PRESETS_TAG].as_str() == Some("on");
+            if exists {
+                // A PUT of an existing hub changes its tier and size (scaling), as on Azure.
+                let mut hub = cloud.hub(name)?;
+                if sku.is_some() {
+                    hub = cloud.set_hub_sku(name, sku, presets)?;
+                    context
+                        .hubs
+                        .set_preset(&hub.host_name, hub.sku.filter(|_| hub.presets));
+                }
                 return Ok(Reply::json(
                     StatusCode::OK,
                     hub_view(group_base, &hub, context),
                 ));
             }
-            if let Err(e) = crate::protocol::validate_hub_name(name) {
-                return Ok(invalid_name(&e));
-            }
-            let body = parse_json(request.body)?;
             let location = body["location"]
                 .as_str()
                 .ok_or_else(|| Error::Config("a new IoT hub needs a \"location\"".into()))?;
-            let hub = cloud.create_hub(name, location, None)?;
+            cloud.create_hub(name, location, None)?;
+            let hub = cloud.set_hub_sku(name, sku, presets)?;
+            context
+                .hubs
+                .set_preset(&hub.host_name, hub.sku.filter(|_| hub.presets));
             // Devices must reach the new hub at once.
             context.listeners.listen_for_host(&hub.host_name)?;
             let id =
@@ -828,15 +847,41 @@ fn policy_json(policy: &SharedAccessPolicy) -> Value {
     })
 }
 
+/// The `sku` of a hub PUT (`None` when absent), or ARM's refusal of an unknown tier or size.
+fn requested_sku(body: &Value) -> Result<Option<crate::limits::HubSku>, Reply> {
+    let sku = &body["sku"];
+    if sku.is_null() {
+        return Ok(None);
+    }
+    let name = sku["name"].as_str().unwrap_or_default();
+    let units = sku["capacity"].as_u64().unwrap_or(1);
+    crate::limits::HubSku::new(name, u32::try_from(units).unwrap_or(u32::MAX))
+        .map(Some)
+        .map_err(|why| arm_error(400, "400002", &why))
+}
+
 fn hub_json(group_base: &str, hub: &HubRecord) -> Value {
+    let sku = hub.sku.unwrap_or(crate::limits::HubSku {
+        tier: crate::limits::HubTier::S1,
+        units: 1,
+    });
+    let tags = if hub.presets {
+        json!({ crate::limits::HUB_PRESETS_TAG: "on" })
+    } else {
+        json!({})
+    };
     json!({
         "id": format!("{group_base}/IotHubs/{}", hub.name),
         "name": hub.name,
         "type": "Microsoft.Devices/IotHubs",
         "location": hub.location,
         "etag": format!("AAAAAA{:08X}=", hub.created as u32),
-        "tags": {},
-        "sku": {"name": "S1", "tier": "Standard", "capacity": 1},
+        "tags": tags,
+        "sku": {
+            "name": sku.tier.name(),
+            "tier": sku.tier.limits().arm_tier,
+            "capacity": sku.units,
+        },
         "properties": {
             "state": "Active",
             "provisioningState": "Succeeded",

@@ -1647,3 +1647,56 @@ fn hub_device_queries_page_with_continuation_tokens() {
             && d.connection_state == "Disconnected"));
     });
 }
+
+/// A hub created with a tier shows it in ARM and enforces it; one created without shows S1
+/// with one unit and enforces nothing; ARM refuses a tier or size Azure does not have.
+#[test]
+fn hub_sku_round_trips_through_arm_and_turns_the_presets_on() {
+    let emulator = start(EmulatorConfig::default());
+    let trust = crate::provisioning::Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap();
+    let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
+    let arm = crate::service::arm::ArmClient::new(
+        &endpoint,
+        DEFAULT_SUBSCRIPTION_ID,
+        DEFAULT_RESOURCE_GROUP,
+        crate::service::arm::static_token("any-token"),
+        &trust,
+    )
+    .unwrap();
+    runtime().block_on(async {
+        let sku = crate::limits::HubSku::new("S2", 3).unwrap();
+        let sized = arm
+            .create_hub_with_sku("sized-hub", "westeurope", Some(sku))
+            .await
+            .unwrap();
+        assert_eq!((sized.sku.as_str(), sized.units), ("S2", 3));
+        let read = arm.hub("sized-hub").await.unwrap();
+        assert_eq!((read.sku.as_str(), read.units), ("S2", 3));
+        let usage = emulator.hubs().usage(&sized.host_name).unwrap();
+        assert!(usage.presets);
+        assert_eq!(usage.daily_quota, 18_000_000);
+
+        let plain = arm.create_hub("plain-hub", "westeurope").await.unwrap();
+        assert_eq!((plain.sku.as_str(), plain.units), ("S1", 1));
+        assert!(!emulator.hubs().usage(&plain.host_name).unwrap().presets);
+    });
+    let client = Client::new(&emulator, "127.0.0.1");
+    let base = arm_base(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP);
+    runtime().block_on(async {
+        for sku in [
+            json!({"name": "S4", "capacity": 1}),
+            json!({"name": "F1", "capacity": 2}),
+        ] {
+            let answer = client
+                .send(
+                    "PUT",
+                    &format!("{base}/IotHubs/bad-sku-hub?api-version=2023-06-30"),
+                    Some("Bearer any"),
+                    Some(&json!({"location": "westeurope", "sku": sku})),
+                )
+                .await;
+            assert_eq!(answer.status, 400, "{answer:?}");
+        }
+    });
+    assert!(emulator.cloud().hub("bad-sku-hub").is_err());
+}
