@@ -20,6 +20,8 @@ pub mod transport;
 
 #[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod interop_tests;
 
 #[cfg(feature = "python")]
 mod python;

@@ -36,8 +36,6 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 mod arm;
 mod dps_service;
 mod hub_service;
-#[cfg(test)]
-mod lro_tests;
 mod operations;
 pub mod recorder;
 #[cfg(test)]
