@@ -409,6 +409,36 @@ fn start_delete(
     ))
 }
 
+/// ARM's answer about a hub or DPS whose delete is under way (`None` when it is not, or for a
+/// sub-resource): its `Deleting` view to a GET, the running operation to another DELETE, and
+/// 409 to a PUT of its name.
+fn while_deleting(
+    request: &ArmRequest<'_>,
+    context: &RestContext,
+    phase: &Phase,
+    what: &str,
+    name: &str,
+    whole_resource: bool,
+) -> Option<Reply> {
+    let Phase::Deleting { id, view } = phase else {
+        return None;
+    };
+    if !whole_resource {
+        return None;
+    }
+    match *request.method {
+        Method::PUT => Some(name_being_deleted(what, name)),
+        Method::GET => Some(Reply::json(StatusCode::OK, view.clone())),
+        Method::DELETE => Some(with_operation(
+            Reply::empty(StatusCode::ACCEPTED),
+            request,
+            context,
+            id,
+        )),
+        _ => None,
+    }
+}
+
 fn not_found(kind: &str, name: &str, group: &str) -> Reply {
     arm_error(
         404,
@@ -465,22 +495,15 @@ fn provisioning_services(
         return Ok(operation_result(request, id, Kind::Dps, context));
     }
     let phase = context.operations.phase(Kind::Dps, name);
-    match (method, rest.len(), &phase) {
-        (&Method::PUT, 0, Phase::Deleting { .. }) => {
-            return Ok(name_being_deleted("provisioning service", name));
-        }
-        (&Method::GET, 0, Phase::Deleting { view, .. }) => {
-            return Ok(Reply::json(StatusCode::OK, view.clone()));
-        }
-        (&Method::DELETE, 0, Phase::Deleting { id, .. }) => {
-            return Ok(with_operation(
-                Reply::empty(StatusCode::ACCEPTED),
-                request,
-                context,
-                id,
-            ));
-        }
-        _ => {}
+    if let Some(reply) = while_deleting(
+        request,
+        context,
+        &phase,
+        "provisioning service",
+        name,
+        rest.is_empty(),
+    ) {
+        return Ok(reply);
     }
     match (method, rest.len(), lower(0).as_deref()) {
         (&Method::PUT, 0, _) => put_dps(request, group_base, name, context),
@@ -721,22 +744,9 @@ fn iot_hubs(
     let name = *name;
     let lower = |i: usize| rest.get(i).map(|s| s.to_ascii_lowercase());
     let phase = context.operations.phase(Kind::Hub, name);
-    match (method, rest.len(), &phase) {
-        (&Method::PUT, 0, Phase::Deleting { .. }) => {
-            return Ok(name_being_deleted("IoT hub", name));
-        }
-        (&Method::GET, 0, Phase::Deleting { view, .. }) => {
-            return Ok(Reply::json(StatusCode::OK, view.clone()));
-        }
-        (&Method::DELETE, 0, Phase::Deleting { id, .. }) => {
-            return Ok(with_operation(
-                Reply::empty(StatusCode::ACCEPTED),
-                request,
-                context,
-                id,
-            ));
-        }
-        _ => {}
+    if let Some(reply) = while_deleting(request, context, &phase, "IoT hub", name, rest.is_empty())
+    {
+        return Ok(reply);
     }
     match (method, rest.len(), lower(0).as_deref()) {
         (&Method::PUT, 0, _) => {
