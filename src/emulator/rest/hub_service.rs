@@ -370,12 +370,32 @@ fn query_twins(
     host: &str,
     headers: &hyper::HeaderMap,
 ) -> crate::Result<Reply> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let page_items = header("x-ms-max-item-count")
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .map_or(QUERY_PAGE_ITEMS, |n| n.min(QUERY_PAGE_ITEMS));
-    let after = match header("x-ms-continuation") {
+    // A header that is there but unreadable is refused, not taken as absent: a garbled
+    // continuation would otherwise restart the listing from the first device.
+    let header = |name: &str| -> crate::Result<Option<&str>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| Error::Config(format!("{name} is not ASCII text")))
+            })
+            .transpose()
+    };
+    let page_items = match header("x-ms-max-item-count")? {
+        None => QUERY_PAGE_ITEMS,
+        Some(text) => text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "x-ms-max-item-count {text:?} is not a positive whole number"
+                ))
+            })?
+            .min(QUERY_PAGE_ITEMS),
+    };
+    let after = match header("x-ms-continuation")? {
         None => None,
         Some(token) => Some(continuation_device(token.trim()).ok_or_else(|| {
             Error::Config(format!(

@@ -1626,6 +1626,13 @@ fn hub_device_queries_page_with_continuation_tokens() {
             .unwrap();
         assert_eq!(forged.status, 400, "{forged:?}");
         assert_eq!(forged.body["errorCode"], 400_004, "{forged:?}");
+        // A page size that is not a positive number is refused, not replaced by the default.
+        let zero = client.raw(query(Some(0), None).as_bytes()).await.unwrap();
+        assert_eq!(
+            (zero.status, &zero.body["errorCode"]),
+            (400, &json!(400_004)),
+            "{zero:?}"
+        );
 
         let connection_string = format!(
             "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={key}",
