@@ -365,6 +365,9 @@ pub struct HubEngine {
     message_slots: Mutex<HashMap<String, std::time::Instant>>,
     /// The tier of each hub that enforces one, by lower-case host name.
     presets: Mutex<HashMap<String, crate::limits::HubSku>>,
+    /// Whether any hub enforces a tier: with none (the default) a message costs one atomic
+    /// load here, not a lock and a lower-cased host name.
+    any_presets: std::sync::atomic::AtomicBool,
     /// Daily message meters and throttle counts, by lower-case host name.
     meters: Mutex<HashMap<String, Meter>>,
     /// The next C2D sequence number.
@@ -404,7 +407,7 @@ impl HubEngine {
             .into_iter()
             .map(|s| (key(&s.hub, &s.device_id), s.subscriptions))
             .collect();
-        let presets = cloud
+        let presets: HashMap<String, crate::limits::HubSku> = cloud
             .hubs()
             .into_iter()
             .filter(|h| h.presets)
@@ -421,6 +424,7 @@ impl HubEngine {
             knobs: Mutex::new(HashMap::new()),
             connection_buckets: Mutex::new(HashMap::new()),
             message_slots: Mutex::new(HashMap::new()),
+            any_presets: std::sync::atomic::AtomicBool::new(!presets.is_empty()),
             presets: Mutex::new(presets),
             meters: Mutex::new(HashMap::new()),
             // Seeded with the clock, so messages queued after a restart sort after those queued
@@ -458,9 +462,14 @@ impl HubEngine {
             Some(sku) => presets.insert(hub, sku),
             None => presets.remove(&hub),
         };
+        self.any_presets
+            .store(!presets.is_empty(), std::sync::atomic::Ordering::Relaxed);
     }
 
     fn preset(&self, hub: &str) -> Option<crate::limits::HubSku> {
+        if !self.any_presets.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
         lock(&self.presets).get(&hub.to_ascii_lowercase()).copied()
     }
 
