@@ -915,7 +915,7 @@ impl ArmClient {
             Some(sku) => json!({
                 "location": location,
                 "sku": {"name": sku.tier.name(), "capacity": sku.units},
-                "tags": {crate::limits::HUB_PRESETS_TAG: "on"},
+                "tags": {crate::limits::PRESETS_TAG: "on"},
                 "properties": {},
             }),
             None => json!({

@@ -759,7 +759,7 @@ fn iot_hubs(
                 Ok(sku) => sku,
                 Err(reply) => return Ok(reply),
             };
-            let presets = body["tags"][crate::limits::HUB_PRESETS_TAG].as_str() == Some("on");
+            let presets = body["tags"][crate::limits::PRESETS_TAG].as_str() == Some("on");
             if exists {
                 // A PUT of an existing hub changes its tier and size (scaling), as on Azure.
                 let mut hub = cloud.hub(name)?;
@@ -876,7 +876,7 @@ fn hub_json(group_base: &str, hub: &HubRecord) -> Value {
         units: 1,
     });
     let tags = if hub.presets {
-        json!({ crate::limits::HUB_PRESETS_TAG: "on" })
+        json!({ crate::limits::PRESETS_TAG: "on" })
     } else {
         json!({})
     };

@@ -1,36 +1,12 @@
-//! Azure's documented limits that both sides of the wire enforce: dpskit's clients refuse to
-//! send past them (with a clear error instead of Azure's refusal), and the emulator refuses
-//! what Azure refuses. Each number is written here once; the modules name it in their terms.
-
-/// Largest device-to-cloud message: body and properties (IoT Hub quotas and throttling).
-pub const MAX_D2C_MESSAGE_BYTES: usize = 256 * 1024;
-/// Longest MQTT keep-alive IoT Hub serves; it disconnects a device silent for 1.5 times the
-/// keep-alive, at most 1,767 s (IoT Hub MQTT support).
-pub const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
-/// Shortest direct-method response timeout (`responseTimeoutInSeconds`); shorter is raised.
-pub const MIN_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 5;
-/// Longest direct-method response timeout; Azure answers 400 past it.
-pub const MAX_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 300;
-/// Largest DPS registration message (DPS quotas and limits).
-pub const MAX_DPS_MESSAGE_BYTES: usize = 96 * 1024;
-/// Largest direct-method payload, the request and the device's response alike (IoT Hub
-/// quotas and throttling: "Direct method payload size: 128 KB").
-pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
-/// Largest desired or reported properties section of a twin, each counted as its JSON text
-/// (device twins, "Device twin size"). Azure refuses an operation that would grow a section
-/// past it: `403100`, "'Properties.Reported' size should be less than 32768 bytes." (as an
-/// IoT Edge user recorded IoT Hub's answer, Azure/iotedge#7035).
-pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
-/// IoT Hub's error code for a twin section grown past [`MAX_TWIN_SECTION_BYTES`] (status 403).
-pub const TWIN_TOO_LARGE_ERROR_CODE: u32 = 403_100;
-/// Largest cloud-to-device message (IoT Hub quotas and throttling).
-pub const MAX_C2D_MESSAGE_BYTES: usize = 64 * 1024;
-
-// ---- IoT Hub tiers ("quota presets") --------------------------------------------------------
-//
-// IoT Hub quotas and throttling (learn.microsoft.com, `iot-hub-devguide-quotas-throttling`,
-// read 2026-12-07; the table there was last revised in 2024) and the IoT Hub pricing page for
-// the daily message quotas. Every per-tier number the emulator enforces is in `HUB_TIERS`.
+//! The rates and quotas of IoT Hub's tiers and of DPS, as one table each: what the emulator
+//! enforces once a hub or DPS asks for its presets, and what a fleet's Azure estimate reads.
+//!
+//! Source: "IoT Hub quotas and throttling" (learn.microsoft.com,
+//! `articles/iot-hub/iot-hub-devguide-quotas-throttling.md`, `ms.date: 02/09/2023`, read
+//! 2026-12-07) for the throttles, the meter block sizes and the tiers' unit ranges; the IoT Hub
+//! pricing page for the daily quotas (400,000 / 6,000,000 / 300,000,000 messages per unit,
+//! 8,000 on F1); "DPS quotas and limits" (`includes/iot-dps-limits.md`, `ms.date: 03/06/2024`)
+//! for [`DPS_RATES`].
 
 /// An IoT Hub pricing tier, the ARM `sku.name` of a hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -52,25 +28,53 @@ pub enum HubTier {
 }
 
 /// A throttle of IoT Hub: the higher of `floor` per second for the hub or `per_unit` per
-/// second for each unit ("the higher of 100/sec or 12/sec/unit").
+/// second for each unit ("the higher of 100/sec or 12/sec/unit"), counted over `window`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HubRate {
     /// Per second for the whole hub, whatever its units.
     pub floor: f64,
     /// Per second for each unit.
     pub per_unit: f64,
+    /// How long a burst may run before the throttle bites: Azure applies its throttles "in
+    /// minute ranges", so a row the table writes per minute (100/min/unit) allows its minute's
+    /// worth at once, and a row written per second its second's worth.
+    pub window: std::time::Duration,
 }
 
 impl HubRate {
+    const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+    const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
     const fn per_unit(per_unit: f64) -> Self {
         HubRate {
             floor: 0.0,
             per_unit,
+            window: Self::SECOND,
         }
     }
 
     const fn higher_of(floor: f64, per_unit: f64) -> Self {
-        HubRate { floor, per_unit }
+        HubRate {
+            floor,
+            per_unit,
+            window: Self::SECOND,
+        }
+    }
+
+    /// "N/min/unit", as the table writes the slow throttles.
+    const fn per_unit_per_minute(per_minute: f64) -> Self {
+        HubRate {
+            floor: 0.0,
+            per_unit: per_minute / 60.0,
+            window: Self::MINUTE,
+        }
+    }
+
+    /// Whole operations the throttle lets through at once for a hub of `units` units.
+    pub fn burst(&self, units: u32) -> f64 {
+        (self.per_second(units) * self.window.as_secs_f64())
+            .round()
+            .max(1.0)
     }
 
     /// Operations per second allowed for a hub of `units` units.
@@ -93,26 +97,32 @@ pub struct HubTierLimits {
     pub connections: HubRate,
     /// Device-to-cloud send operations.
     pub d2c_sends: HubRate,
-    /// Device and module twin reads.
+    /// Device and module twin reads (the device's GET and the service's).
     pub twin_reads: Option<HubRate>,
-    /// Device and module twin updates.
+    /// Device and module twin updates (reported patches, desired and tag updates).
     pub twin_updates: Option<HubRate>,
-    /// Direct method calls.
-    pub direct_methods: Option<HubRate>,
+    /// Direct methods, in [`DIRECT_METHOD_METER_BYTES`] blocks of request payload per second
+    /// ("160KB/sec/unit", "throttling meter size is 4 KB").
+    pub direct_method_blocks: Option<HubRate>,
     /// Cloud-to-device sends.
     pub c2d_sends: Option<HubRate>,
     /// Identity registry operations (create, retrieve, list, update, delete).
     pub registry_operations: HubRate,
+    /// IoT Hub queries.
+    pub queries: HubRate,
     /// Messages a unit may send in a UTC day, each counted in `meter_block_bytes` blocks.
     pub messages_per_unit_per_day: u64,
     /// The size a message is metered in: a 9 KB message is three 4 KB messages.
     pub meter_block_bytes: usize,
 }
 
-/// "100/min/unit", as the table writes the slow throttles.
-const PER_MINUTE_100: f64 = 100.0 / 60.0;
-/// "5,000/min/unit".
-const PER_MINUTE_5000: f64 = 5000.0 / 60.0;
+/// The block a direct method's request payload is metered in: 0 to 4 KB counts as 4 KB.
+pub const DIRECT_METHOD_METER_BYTES: usize = 4096;
+
+/// "160KB/sec/unit" etc. in 4 KB blocks.
+const fn kb_per_second(kb: f64) -> HubRate {
+    HubRate::per_unit(kb / 4.0)
+}
 
 /// Azure's table, one row per tier (see the header of this section for its date).
 pub const HUB_TIERS: [HubTierLimits; 7] = [
@@ -124,9 +134,10 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::higher_of(100.0, 12.0),
         twin_reads: Some(HubRate::higher_of(100.0, 0.0)),
         twin_updates: Some(HubRate::higher_of(50.0, 0.0)),
-        direct_methods: Some(HubRate::per_unit(20.0)),
-        c2d_sends: Some(HubRate::per_unit(PER_MINUTE_100)),
-        registry_operations: HubRate::per_unit(PER_MINUTE_100),
+        direct_method_blocks: Some(kb_per_second(160.0)),
+        c2d_sends: Some(HubRate::per_unit_per_minute(100.0)),
+        registry_operations: HubRate::per_unit_per_minute(100.0),
+        queries: HubRate::per_unit_per_minute(20.0),
         messages_per_unit_per_day: 8_000,
         meter_block_bytes: 512,
     },
@@ -138,9 +149,10 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::higher_of(100.0, 12.0),
         twin_reads: None,
         twin_updates: None,
-        direct_methods: None,
+        direct_method_blocks: None,
         c2d_sends: None,
-        registry_operations: HubRate::per_unit(PER_MINUTE_100),
+        registry_operations: HubRate::per_unit_per_minute(100.0),
+        queries: HubRate::per_unit_per_minute(20.0),
         messages_per_unit_per_day: 400_000,
         meter_block_bytes: 4096,
     },
@@ -152,9 +164,10 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::per_unit(120.0),
         twin_reads: None,
         twin_updates: None,
-        direct_methods: None,
+        direct_method_blocks: None,
         c2d_sends: None,
-        registry_operations: HubRate::per_unit(PER_MINUTE_100),
+        registry_operations: HubRate::per_unit_per_minute(100.0),
+        queries: HubRate::per_unit_per_minute(20.0),
         messages_per_unit_per_day: 6_000_000,
         meter_block_bytes: 4096,
     },
@@ -166,9 +179,10 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::per_unit(6000.0),
         twin_reads: None,
         twin_updates: None,
-        direct_methods: None,
+        direct_method_blocks: None,
         c2d_sends: None,
-        registry_operations: HubRate::per_unit(PER_MINUTE_5000),
+        registry_operations: HubRate::per_unit_per_minute(5000.0),
+        queries: HubRate::per_unit_per_minute(1000.0),
         messages_per_unit_per_day: 300_000_000,
         meter_block_bytes: 4096,
     },
@@ -180,9 +194,10 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::higher_of(100.0, 12.0),
         twin_reads: Some(HubRate::higher_of(100.0, 0.0)),
         twin_updates: Some(HubRate::higher_of(50.0, 0.0)),
-        direct_methods: Some(HubRate::per_unit(20.0)),
-        c2d_sends: Some(HubRate::per_unit(PER_MINUTE_100)),
-        registry_operations: HubRate::per_unit(PER_MINUTE_100),
+        direct_method_blocks: Some(kb_per_second(160.0)),
+        c2d_sends: Some(HubRate::per_unit_per_minute(100.0)),
+        registry_operations: HubRate::per_unit_per_minute(100.0),
+        queries: HubRate::per_unit_per_minute(20.0),
         messages_per_unit_per_day: 400_000,
         meter_block_bytes: 4096,
     },
@@ -194,9 +209,10 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::per_unit(120.0),
         twin_reads: Some(HubRate::higher_of(100.0, 10.0)),
         twin_updates: Some(HubRate::higher_of(50.0, 5.0)),
-        direct_methods: Some(HubRate::per_unit(60.0)),
-        c2d_sends: Some(HubRate::per_unit(PER_MINUTE_100)),
-        registry_operations: HubRate::per_unit(PER_MINUTE_100),
+        direct_method_blocks: Some(kb_per_second(480.0)),
+        c2d_sends: Some(HubRate::per_unit_per_minute(100.0)),
+        registry_operations: HubRate::per_unit_per_minute(100.0),
+        queries: HubRate::per_unit_per_minute(20.0),
         messages_per_unit_per_day: 6_000_000,
         meter_block_bytes: 4096,
     },
@@ -208,20 +224,111 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
         d2c_sends: HubRate::per_unit(6000.0),
         twin_reads: Some(HubRate::per_unit(500.0)),
         twin_updates: Some(HubRate::per_unit(250.0)),
-        direct_methods: Some(HubRate::per_unit(3000.0)),
-        c2d_sends: Some(HubRate::per_unit(PER_MINUTE_5000)),
-        registry_operations: HubRate::per_unit(PER_MINUTE_5000),
+        direct_method_blocks: Some(kb_per_second(24.0 * 1024.0)),
+        c2d_sends: Some(HubRate::per_unit_per_minute(5000.0)),
+        registry_operations: HubRate::per_unit_per_minute(5000.0),
+        queries: HubRate::per_unit_per_minute(1000.0),
         messages_per_unit_per_day: 300_000_000,
         meter_block_bytes: 4096,
     },
 ];
 
-/// The hub resource tag with which dpskit asks the emulator to enforce the hub's tier (its
-/// throttles and daily quota, off by default); inert on Azure, which always enforces them.
-pub const HUB_PRESETS_TAG: &str = "dpskit-presets";
+/// The resource tag with which dpskit asks the emulator to enforce a hub's tier (its
+/// throttles and daily quota) or a DPS's rates, off by default; inert on Azure, which always
+/// enforces them.
+pub const PRESETS_TAG: &str = "dpskit-presets";
 
 /// IoT Hub's error code once the daily message quota is spent (status 403).
 pub const QUOTA_EXCEEDED_ERROR_CODE: u32 = 403_002;
+
+/// The error code of a throttled operation (status 429, `ThrottlingException`), IoT Hub's and
+/// (unverified, see the wire-protocol notes) DPS's.
+pub const THROTTLED_ERROR_CODE: u32 = 429_001;
+
+/// An operation IoT Hub throttles, named as the table's rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubOperation {
+    /// A new device connection.
+    Connection,
+    /// A device-to-cloud send.
+    D2cSend,
+    /// A twin read, by the device or the service.
+    TwinRead,
+    /// A twin update, by the device (reported) or the service (desired, tags).
+    TwinUpdate,
+    /// A direct method call, counted in [`DIRECT_METHOD_METER_BYTES`] blocks.
+    DirectMethod,
+    /// A cloud-to-device send.
+    C2dSend,
+    /// An identity registry operation.
+    Registry,
+    /// A query.
+    Query,
+}
+
+impl HubOperation {
+    /// Every throttled operation.
+    pub const ALL: [HubOperation; 8] = [
+        HubOperation::Connection,
+        HubOperation::D2cSend,
+        HubOperation::TwinRead,
+        HubOperation::TwinUpdate,
+        HubOperation::DirectMethod,
+        HubOperation::C2dSend,
+        HubOperation::Registry,
+        HubOperation::Query,
+    ];
+
+    /// The name `usage()` reports the operation's refusals under.
+    pub fn name(self) -> &'static str {
+        match self {
+            HubOperation::Connection => "connections",
+            HubOperation::D2cSend => "d2c_sends",
+            HubOperation::TwinRead => "twin_reads",
+            HubOperation::TwinUpdate => "twin_updates",
+            HubOperation::DirectMethod => "direct_methods",
+            HubOperation::C2dSend => "c2d_sends",
+            HubOperation::Registry => "registry_operations",
+            HubOperation::Query => "queries",
+        }
+    }
+
+    /// The tier's throttle of this operation; `None` where the tier lacks the feature.
+    pub fn rate(self, limits: &HubTierLimits) -> Option<HubRate> {
+        match self {
+            HubOperation::Connection => Some(limits.connections),
+            HubOperation::D2cSend => Some(limits.d2c_sends),
+            HubOperation::TwinRead => limits.twin_reads,
+            HubOperation::TwinUpdate => limits.twin_updates,
+            HubOperation::DirectMethod => limits.direct_method_blocks,
+            HubOperation::C2dSend => limits.c2d_sends,
+            HubOperation::Registry => Some(limits.registry_operations),
+            HubOperation::Query => Some(limits.queries),
+        }
+    }
+}
+
+/// The rates of a DPS instance, whatever its units (DPS has one tier, S1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpsRates {
+    /// Device registrations (register requests) per minute for the instance.
+    pub registrations_per_minute: u32,
+    /// Service operations (enrollments, registrations, certificates) per minute.
+    pub operations_per_minute: u32,
+    /// Operation status polls a device may make per `poll_window`.
+    pub polls_per_device: u32,
+    /// The window `polls_per_device` counts over.
+    pub poll_window: std::time::Duration,
+}
+
+/// "Operations 1,000/min/service; device registrations 1,000/min/service; device polling
+/// operation 5/10 sec/device".
+pub const DPS_RATES: DpsRates = DpsRates {
+    registrations_per_minute: 1000,
+    operations_per_minute: 1000,
+    polls_per_device: 5,
+    poll_window: std::time::Duration::from_secs(10),
+};
 
 impl HubTier {
     /// The tier named as ARM names it (`S1`, case-insensitive); `None` for any other name.
@@ -295,7 +402,7 @@ impl HubSku {
 }
 
 #[cfg(test)]
-mod tier_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -329,5 +436,24 @@ mod tier_tests {
         assert!(HubSku::new("S3", 11).is_err());
         assert!(HubSku::new("S1", 0).is_err());
         assert!(HubSku::new("P1", 1).is_err());
+    }
+
+    #[test]
+    fn slow_throttles_allow_their_minute_and_methods_count_four_kb_blocks() {
+        // "100/min/unit": two units take 200 registry operations in a burst.
+        let s1 = HubTier::S1.limits();
+        assert_eq!(s1.registry_operations.burst(2), 200.0);
+        assert_eq!(s1.connections.burst(1), 100.0);
+        // "You can make up to 40 calls per second per unit before hitting 160 KB/sec/unit."
+        let methods = HubOperation::DirectMethod.rate(s1).unwrap();
+        assert_eq!(methods.per_second(1), 40.0);
+        assert_eq!(
+            HubOperation::Query
+                .rate(HubTier::S3.limits())
+                .unwrap()
+                .burst(1),
+            1000.0
+        );
+        assert_eq!(HubOperation::TwinRead.rate(HubTier::B1.limits()), None);
     }
 }
