@@ -123,6 +123,8 @@ pub(crate) struct RestContext {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Twins, methods, C2D and telemetry of the hubs.
     pub hubs: Arc<crate::emulator::hub::HubEngine>,
+    /// The DPS instances' rate presets (the service API's operations rate).
+    pub dps_quotas: Arc<crate::emulator::quotas::DpsQuotas>,
     /// The MQTT listeners: a hub created over ARM must be reachable at once.
     pub listeners: Arc<crate::emulator::Listeners>,
     /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
