@@ -101,7 +101,7 @@ impl Throttle {
             return None;
         }
         self.throttled[api].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let message = "The request was throttled: too many requests. Retry after the time in                        the Retry-After header.";
+        let message = "The request was throttled: too many requests. Retry after the time in the Retry-After header.";
         let mut reply = match caller {
             // ARM's own throttling (it answers before the resource provider).
             Caller::Arm => arm_top_error(429, "TooManyRequests", message),
