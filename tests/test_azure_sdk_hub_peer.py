@@ -9,6 +9,7 @@ hub's daily quota stopping it. The SDK dials port 8883 only, so the module share
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -276,3 +277,133 @@ def test_the_free_tier_quota_stops_the_official_sdk(cloud: dpskit.LocalCloud) ->
     assert None not in outcome, "the refused message was acknowledged"
     assert len(hub.telemetry("sdk-quota-dev")) == 20
     assert hub.usage().messages_used == 8000
+
+
+def test_the_official_sdk_is_throttled_past_s1_sends(cloud: dpskit.LocalCloud) -> None:
+    """S1 takes 100 sends a second and shapes a burst for up to a second: eight SDK clients
+    with 40 messages each in flight at once go past it, so the hub drops connections with
+    429001 (MQTT has no negative acknowledgement); once the backlog drains the hub takes
+    messages again."""
+    from azure.iot.device.aio import IoTHubDeviceClient as AsyncClient
+
+    hub = cloud.create_hub("sdk-s1-sends-hub", sku="S1")
+    keys = {}
+    for i in range(8):
+        identity = hub.create_device(f"sdk-burst-{i}", symmetric_key=True)
+        assert identity.primary_key is not None
+        keys[f"sdk-burst-{i}"] = identity.primary_key
+
+    def make(device_id: str) -> Any:
+        return AsyncClient.create_from_symmetric_key(
+            symmetric_key=keys[device_id],
+            hostname=hub.host_name,
+            device_id=device_id,
+            server_verification_cert=cloud.trust_pem,
+            connection_retry=False,
+        )
+
+    async def burst() -> list[bool]:
+        clients = [make(device_id) for device_id in keys]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.connect() for c in clients)), 30)
+            sends = [
+                asyncio.ensure_future(c.send_message(Message(json.dumps({"n": n}))))  # type: ignore[no-untyped-call]
+                for c in clients
+                for n in range(40)
+            ]
+            # Until the hub throttles (or every send is acknowledged, which fails below).
+            for _ in range(300):
+                if all(t.done() for t in sends) or hub.usage().throttled["d2c_sends"]:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.wait(sends, timeout=5)
+            for task in sends:
+                task.cancel()
+            await asyncio.wait(sends, timeout=5)
+            return [c.connected for c in clients]
+        finally:
+            # The SDK's shutdown of a client the hub dropped may not return: bounded.
+            await asyncio.wait([asyncio.ensure_future(c.shutdown()) for c in clients], timeout=10)
+
+    connected = asyncio.run(burst())
+    assert hub.usage().throttled["d2c_sends"] >= 1
+    assert not all(connected), "the hub throttled but no connection was dropped"
+
+    async def after() -> None:
+        client = make("sdk-burst-0")
+        try:
+            await client.connect()
+            await asyncio.wait_for(client.send_message("after the burst"), 30)
+        finally:
+            await client.shutdown()
+
+    asyncio.run(after())
+    assert b"after the burst" in [m.body for m in hub.telemetry("sdk-burst-0")]
+
+
+def test_the_official_sdk_is_refused_past_s1_new_connections(
+    cloud: dpskit.LocalCloud,
+) -> None:
+    """S1 takes 100 new connections a second: while a burst of dpskit clients spends them, the
+    SDK's CONNECT is refused (CONNACK "server unavailable") and it connects once the burst is
+    over."""
+    hub = cloud.create_hub("sdk-s1-connect-hub", sku="S1")
+    crowd = hub.create_device("sdk-crowd", symmetric_key=True)
+    device = hub.create_device("sdk-connect-dev", symmetric_key=True)
+    assert crowd.primary_key is not None
+    assert device.primary_key is not None
+    crowd_key = crowd.primary_key
+    stop = threading.Event()
+
+    def crowd_connects() -> None:
+        async def one() -> None:
+            async with dpskit.HubClient.connect(
+                f"{hub.host_name}:{cloud.mqtt_port}",
+                device_id="sdk-crowd",
+                symmetric_key=crowd_key,
+                trust=cloud.trust_pem,
+            ):
+                pass
+
+        async def waves() -> None:
+            while not stop.is_set():
+                await asyncio.gather(*(one() for _ in range(200)), return_exceptions=True)
+
+        asyncio.run(waves())
+
+    crowd_thread = threading.Thread(target=crowd_connects, daemon=True)
+    crowd_thread.start()
+    refusals: list[BaseException] = []
+    try:
+        _wait(lambda: hub.usage().throttled["connections"] > 0, timeout=30)
+        for _ in range(50):
+            client = IoTHubDeviceClient.create_from_symmetric_key(
+                symmetric_key=device.primary_key,
+                hostname=hub.host_name,
+                device_id="sdk-connect-dev",
+                server_verification_cert=cloud.trust_pem,
+                connection_retry=False,
+            )
+            try:
+                client.connect()
+            except Exception as error:  # the SDK's own connection failure type
+                refusals.append(error)
+                break
+            finally:
+                client.shutdown()
+    finally:
+        stop.set()
+        crowd_thread.join(30)
+    assert refusals, "the SDK connected 50 times during a burst past 100 connections a second"
+    client = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=device.primary_key,
+        hostname=hub.host_name,
+        device_id="sdk-connect-dev",
+        server_verification_cert=cloud.trust_pem,
+    )
+    try:
+        client.connect()
+        client.send_message("after the burst")
+    finally:
+        client.shutdown()
+    assert [m.body for m in hub.telemetry("sdk-connect-dev")] == [b"after the burst"]
