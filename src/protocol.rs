@@ -1,7 +1,7 @@
 //! What both sides of the wire agree on, written once and used by the device clients, the
 //! REST clients and the emulator alike (none of which may import another): MQTT query strings
-//! and property bags, and Azure's rules for resource names. The numbers Azure limits are in
-//! [`crate::limits`].
+//! and property bags, the size IoT Hub counts of a message, and Azure's rules for resource
+//! names. The numbers Azure limits are in [`crate::limits`].
 
 use crate::error::{Error, Result};
 
