@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,159 @@ def test_a_hub_without_a_sku_is_s1_and_enforces_nothing(cloud: dpskit.LocalCloud
         cloud.create_hub("sized-hub", sku="S4")
     with pytest.raises(dpskit.ConfigError):
         cloud.create_hub("sized-hub", sku="F1", units=2)
+
+
+def test_service_operations_past_an_s1_throttle_are_refused_then_retried(
+    cloud: dpskit.LocalCloud,
+) -> None:
+    """Each service operation counts against its own throttle of the tier: the hub answers
+    429001 with ``Retry-After`` past it, dpskit's client waits and retries, and ``usage()``
+    counts the refusals per operation."""
+    hub = cloud.create_hub("s1-service-hub", sku="S1")
+    hub.create_device("svc-dev", symmetric_key=True)
+    # Registry operations: 100 a minute per unit, a minute's worth at once (the create was the
+    # first; the bucket earns one back every 0.6 s meanwhile).
+    for _ in range(110):
+        assert hub.device("svc-dev").device_id == "svc-dev"
+    # Twin reads (100 a second) and updates (50 a second), from 16 threads at once: past the
+    # burst some are refused once, then served.
+    with ThreadPoolExecutor(16) as pool:
+        twins = list(pool.map(lambda _: hub.get_twin("svc-dev"), range(400)))
+        assert all("desired" in twin["properties"] for twin in twins)
+        list(pool.map(lambda i: hub.update_tags("svc-dev", {"n": i}), range(200)))
+    # Queries: 20 a minute per unit, a minute's worth at once.
+    for _ in range(21):
+        assert [d.device_id for d in hub.devices()] == ["svc-dev"]
+    throttled = hub.usage().throttled
+    for operation in ("twin_reads", "twin_updates", "queries", "registry_operations"):
+        assert throttled[operation] >= 1, (operation, throttled)
+    assert throttled["connections"] == 0
+    assert throttled["d2c_sends"] == 0
+
+
+def test_direct_methods_are_throttled_by_payload_blocks_and_c2d_by_count(
+    cloud: dpskit.LocalCloud,
+) -> None:
+    """S1 allows 160 KB of method payload a second (4 KB blocks, 40 a second) and 100 C2D
+    sends a minute: two 100 KB calls in a row spend 50 blocks, so the second waits."""
+    hub = cloud.create_hub("s1-methods-hub", sku="S1")
+    identity = hub.create_device("method-dev", symmetric_key=True)
+    assert identity.primary_key is not None
+    key = identity.primary_key
+
+    async def scenario() -> None:
+        async with dpskit.HubClient.connect(
+            f"{hub.host_name}:{cloud.mqtt_port}",
+            device_id="method-dev",
+            symmetric_key=key,
+            trust=cloud.trust_pem,
+        ) as client:
+            loop = asyncio.get_running_loop()
+            requests = client.method_requests()
+            payload = {"blob": "x" * 100 * 1024}
+            for _ in range(2):
+                call = loop.run_in_executor(
+                    None, lambda: hub.invoke_method("method-dev", "load", payload, timeout=10)
+                )
+                request = await asyncio.wait_for(anext(requests), 15)
+                await request.respond(200, {"ok": True})
+                assert (await call).status == 200
+
+    asyncio.run(scenario())
+    assert hub.usage().throttled["direct_methods"] >= 1
+    # 50 C2D messages may wait per device: spread 101 sends over three devices.
+    for name in ("c2d-a", "c2d-b"):
+        hub.create_device(name, symmetric_key=True)
+    for i in range(101):
+        hub.send_c2d(("method-dev", "c2d-a", "c2d-b")[i % 3], b"ping")
+    assert hub.usage().throttled["c2d_sends"] >= 1
+
+
+def test_device_twin_requests_past_the_throttle_get_429(cloud: dpskit.LocalCloud) -> None:
+    """A device's twin GETs count against the hub's twin-read throttle like the service's:
+    past 100 in a burst the hub answers 429001 on the twin response topic."""
+    hub = cloud.create_hub("s1-twin-hub", sku="S1")
+    identity = hub.create_device("twin-dev", symmetric_key=True)
+    assert identity.primary_key is not None
+    key = identity.primary_key
+
+    async def scenario() -> list[BaseException]:
+        async with dpskit.HubClient.connect(
+            f"{hub.host_name}:{cloud.mqtt_port}",
+            device_id="twin-dev",
+            symmetric_key=key,
+            trust=cloud.trust_pem,
+        ) as client:
+            outcomes = await asyncio.gather(
+                *(client.get_twin() for _ in range(150)), return_exceptions=True
+            )
+            return [o for o in outcomes if isinstance(o, BaseException)]
+
+    refusals = asyncio.run(scenario())
+    assert refusals, "150 twin reads at once were all served"
+    assert all(isinstance(r, dpskit.ServiceError) and r.status == 429 for r in refusals), refusals
+    assert hub.usage().throttled["twin_reads"] == len(refusals)
+
+
+def test_the_daily_meter_survives_a_restart(tmp_path: Path) -> None:
+    """The meter is counted again from the stored telemetry: a restart hands out no second
+    quota."""
+    with dpskit.LocalCloud(port=0, data_dir=tmp_path) as first:
+        hub = first.create_hub("restart-hub", sku="F1")
+        identity = hub.create_device("meter-dev", symmetric_key=True)
+        assert identity.primary_key is not None
+        key = identity.primary_key
+
+        async def send() -> None:
+            async with dpskit.HubClient.connect(
+                f"{hub.host_name}:{first.mqtt_port}",
+                device_id="meter-dev",
+                symmetric_key=key,
+                trust=first.trust_pem,
+            ) as client:
+                # 1,000 bytes and a 24-byte property bag: two 0.5 KB blocks each.
+                for _ in range(3):
+                    await client.send_telemetry(b"x" * 1000, {"unit": "C"})
+
+        asyncio.run(send())
+        assert hub.usage().messages_used == 6
+    with dpskit.LocalCloud(port=0, data_dir=tmp_path) as second:
+        usage = second.hub("restart-hub").usage()
+        assert (usage.presets, usage.messages_used) == (True, 6)
+
+
+def test_dps_presets_pace_registrations_and_service_operations(
+    cloud: dpskit.LocalCloud, dpskit_ca: Any
+) -> None:
+    """A DPS created with ``presets=True`` keeps Azure's rates: 1,000 registrations a minute
+    (a second's worth, 16, at once), so of 40 devices registering together most are told to
+    retry (429 with ``retry-after``) and all end up assigned; and 1,000 service operations a
+    minute, past which the service API answers 429 and the client waits."""
+    dps = cloud.create_dps("preset-dps", presets=True)
+    cloud.link_hub(dps, cloud.create_hub("preset-dps-hub"))
+    dps.prove_possession("preset-ca", dpskit_ca.intermediate)
+    dps.create_enrollment_group("preset-group", ca_reference="preset-ca")
+    report = dpskit.Fleet(dps, authority=dpskit_ca.intermediate, count=40, prefix="paced-").run(
+        progress=False
+    )
+    assert report.outcomes == {"completed": 40}, report.summary()
+    assert report.retries["provisioning"] >= 20, report.summary()
+    with cloud.record_requests() as recording:
+        for _ in range(1100):
+            assert dps.enrollment_group("preset-group").enrollment_group_id == "preset-group"
+    statuses = [r.status for r in recording.requests if r.api == "dps"]
+    assert 429 in statuses
+    assert set(statuses) == {200, 429}
+    # The same fleet on a DPS without presets is not paced.
+    plain = cloud.create_dps("plain-dps")
+    cloud.link_hub(plain, "preset-dps-hub")
+    plain.prove_possession("plain-ca", dpskit_ca.intermediate)
+    plain.create_enrollment_group("plain-group", ca_reference="plain-ca")
+    unpaced = dpskit.Fleet(
+        plain, authority=dpskit_ca.intermediate, count=40, prefix="unpaced-"
+    ).run(progress=False)
+    assert unpaced.outcomes == {"completed": 40}
+    assert unpaced.retries["provisioning"] == 0
 
 
 iothub = pytest.importorskip("azure.mgmt.iothub")

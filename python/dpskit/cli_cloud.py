@@ -164,7 +164,7 @@ def cmd_create_hub(args: argparse.Namespace) -> int:
 def cmd_create_dps(args: argparse.Namespace) -> int:
     """``dpskit cloud create-dps``."""
     with _open_cloud(args) as cloud:
-        dps = cloud.create_dps(args.name, args.location)
+        dps = cloud.create_dps(args.name, args.location, presets=args.presets)
         _emit(
             args,
             {"name": dps.name, "idScope": dps.id_scope, "deviceEndpoint": dps.device_endpoint},
@@ -338,6 +338,11 @@ def add_cloud_commands(commands: Any, formatter: type[argparse.HelpFormatter]) -
     p = sub.add_parser("create-dps", parents=[target], help="create a DPS instance")
     p.add_argument("name", help="3-64 letters, digits and hyphens, not ending with a hyphen")
     p.add_argument("--location", default="westeurope")
+    p.add_argument(
+        "--presets",
+        action="store_true",
+        help="the local cloud applies Azure's DPS rates (registrations, polls, operations)",
+    )
     p.set_defaults(handler=cmd_create_dps, parser=p)
     p = sub.add_parser("link-hub", parents=[target], help="link a hub to a DPS instance")
     p.add_argument("dps")

@@ -317,10 +317,11 @@ class HubUsage:
     meter_block_bytes: int
     #: When the meter starts again at zero: the next 00:00 UTC.
     resets_at: datetime
-    #: New connections the connection throttle refused.
-    throttled_connections: int
-    #: Connections the device-to-cloud throttle closed (429001) past traffic shaping.
-    throttled_messages: int
+    #: Operations refused with 429001 (``ThrottlingException``) by operation:
+    #: ``connections`` (CONNACK refused), ``d2c_sends`` (the connection closed past traffic
+    #: shaping), ``twin_reads``, ``twin_updates``, ``direct_methods``, ``c2d_sends``,
+    #: ``registry_operations`` and ``queries``.
+    throttled: dict[str, int]
     #: Messages refused (403002 IotHubQuotaExceeded) once the daily quota was spent.
     quota_refusals: int
 
@@ -339,8 +340,7 @@ class HubUsage:
             messages_used=data["messages_used"],
             meter_block_bytes=data["meter_block_bytes"],
             resets_at=datetime.fromtimestamp(data["resets_at"], tz=timezone.utc),
-            throttled_connections=data["throttled_connections"],
-            throttled_messages=data["throttled_messages"],
+            throttled=dict(data["throttled"]),
             quota_refusals=data["quota_refusals"],
         )
 
@@ -1565,11 +1565,16 @@ class _Cloud:
         """Delete a hub (and unlink it from every DPS)."""
         self._rest.delete_hub(hub.name if isinstance(hub, Hub) else hub)
 
-    def create_dps(self, name: str, location: str = "westeurope") -> Dps:
+    def create_dps(self, name: str, location: str = "westeurope", *, presets: bool = False) -> Dps:
         """Create a DPS instance (or return the existing one of that name). The name must
         follow Azure's rule (3-64 letters, digits and hyphens, not ending with a hyphen): others
-        raise ``ConfigError`` before any request."""
-        return self._dps(json.loads(self._rest.create_dps(name, location)))
+        raise ``ConfigError`` before any request.
+
+        With ``presets`` the local cloud applies Azure's DPS rates to the instance: 1,000
+        registrations and 1,000 service operations a minute, 5 status polls per device in 10
+        seconds, each refused past it with 429 and a ``retry-after`` (Azure always applies
+        them; the resource tag that asks for them is inert there)."""
+        return self._dps(json.loads(self._rest.create_dps(name, location, presets)))
 
     def dps(self, name: str) -> Dps:
         """An existing DPS instance."""

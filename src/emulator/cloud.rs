@@ -471,10 +471,25 @@ impl Cloud {
             linked_hubs: Vec::new(),
             certificates: Vec::new(),
             created: now(),
+            presets: false,
         };
         self.store.put(kind::DPS, name, &dps)?;
         model.dps.insert(name.to_string(), dps.clone());
         Ok(dps)
+    }
+
+    /// Makes a DPS instance enforce Azure's rates (or stop), durably.
+    pub fn set_dps_presets(&self, name: &str, presets: bool) -> Result<DpsRecord> {
+        let mut model = self.write();
+        let dps = model
+            .dps
+            .get_mut(name)
+            .ok_or_else(|| not_found("provisioning service", name))?;
+        let mut updated = dps.clone();
+        updated.presets = presets;
+        self.store.put(kind::DPS, name, &updated)?;
+        *dps = updated.clone();
+        Ok(updated)
     }
 
     /// Deletes a DPS instance with its enrollments and registration records.

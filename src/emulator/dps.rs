@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use crate::emulator::cloud::{Cloud, azure_timestamp, decode_der, new_etag, random_guid};
 use crate::emulator::model::*;
+use crate::emulator::quotas::{DpsQuotas, retry_after_seconds};
 use crate::error::Error;
+use crate::limits::THROTTLED_ERROR_CODE;
 use crate::pki::Certificate;
 use crate::pki::chain::describe;
 use crate::pki::issue::now;
@@ -97,55 +99,13 @@ pub struct DpsKnobs {
     pub device_locations: HashMap<String, String>,
 }
 
-/// Azure's registration quota as a token bucket: `limit` per minute, spread evenly (it holds
-/// one second's worth), so a quota of 1,000 per minute makes 10,000 devices take 10 minutes
-/// whether they arrive at once or over time.
-struct Throttle {
-    limit: u32,
-    tokens: f64,
-    refreshed: Instant,
-}
-
-impl Throttle {
-    fn new(limit: u32) -> Self {
-        let mut throttle = Throttle {
-            limit,
-            tokens: 0.0,
-            refreshed: Instant::now(),
-        };
-        throttle.tokens = throttle.capacity();
-        throttle
-    }
-
-    fn per_second(&self) -> f64 {
-        f64::from(self.limit) / 60.0
-    }
-
-    fn capacity(&self) -> f64 {
-        self.per_second().max(1.0)
-    }
-
-    /// Takes a token, or says how many whole seconds until one is there.
-    fn admit(&mut self) -> Result<(), u32> {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refreshed).as_secs_f64() * self.per_second();
-        self.tokens = (self.tokens + earned).min(self.capacity());
-        self.refreshed = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - self.tokens) / self.per_second()).ceil().max(1.0) as u32)
-        }
-    }
-}
-
 /// The registration engine shared by every DPS connection.
 pub struct DpsEngine {
     cloud: Arc<Cloud>,
     operations: Mutex<HashMap<String, Operation>>,
     knobs: Mutex<HashMap<String, DpsKnobs>>,
-    throttles: Mutex<HashMap<String, Throttle>>,
+    /// Registration, poll and service-operation rates (knobs and Azure's presets).
+    quotas: Arc<DpsQuotas>,
     /// `retry-after` on 202 replies.
     poll_retry_after: u32,
     /// In-process custom allocators by name (`python:<name>` in an enrollment).
@@ -171,10 +131,16 @@ impl DpsEngine {
     /// An engine over `cloud`'s configuration.
     pub fn new(cloud: Arc<Cloud>, poll_retry_after: u32) -> Self {
         DpsEngine {
-            cloud,
+            cloud: cloud.clone(),
             operations: Mutex::new(HashMap::new()),
             knobs: Mutex::new(HashMap::new()),
-            throttles: Mutex::new(HashMap::new()),
+            quotas: {
+                let quotas = DpsQuotas::default();
+                for dps in cloud.all_dps().into_iter().filter(|d| d.presets) {
+                    quotas.set_presets(&dps.name, true);
+                }
+                Arc::new(quotas)
+            },
             poll_retry_after,
             allocators: std::sync::RwLock::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
@@ -502,6 +468,14 @@ impl DpsEngine {
 
     /// Handles `iotdps-get-operationstatus`.
     pub fn poll(&self, identity: &DeviceIdentity, operation_id: &str) -> Reply {
+        if let Err(refused) = self
+            .quotas
+            .admit_poll(&identity.dps, &identity.registration_id)
+        {
+            let mut reply = Reply::error(429, THROTTLED_ERROR_CODE, refused.message);
+            reply.retry_after = Some(retry_after_seconds(refused.retry_after));
+            return reply;
+        }
         let operations = lock(&self.operations);
         let Some(op) = operations.get(operation_id).filter(|op| {
             op.dps == identity.dps
@@ -551,32 +525,20 @@ impl DpsEngine {
             reply.retry_after = Some(1);
             return Some(reply);
         }
-        let Some(limit) = self.knobs(dps).registrations_per_minute else {
-            // A lifted quota leaves no stale bucket behind for the next one.
-            lock(&self.throttles).remove(dps);
-            return None;
-        };
-        let mut throttles = lock(&self.throttles);
-        let throttle = throttles
-            .entry(dps.to_string())
-            .or_insert_with(|| Throttle::new(limit));
-        if throttle.limit != limit {
-            *throttle = Throttle::new(limit);
-        }
-        match throttle.admit() {
+        let per_minute = self.knobs(dps).registrations_per_minute;
+        match self.quotas.admit_registration(dps, per_minute) {
             Ok(()) => None,
-            Err(wait) => {
-                let mut reply = Reply::error(
-                    429,
-                    429_001,
-                    format!(
-                        "Too many requests: this provisioning service accepts {limit} registrations per minute."
-                    ),
-                );
-                reply.retry_after = Some(wait);
+            Err(refused) => {
+                let mut reply = Reply::error(429, THROTTLED_ERROR_CODE, refused.message);
+                reply.retry_after = Some(retry_after_seconds(refused.retry_after));
                 Some(reply)
             }
         }
+    }
+
+    /// The rate presets and buckets, shared with the DPS service API.
+    pub fn quotas(&self) -> Arc<DpsQuotas> {
+        self.quotas.clone()
     }
 
     /// [`Self::attest`], with long X.509 chains judged on the blocking pool, a bounded number at
@@ -1205,24 +1167,5 @@ pub fn registration_body(record: &RegistrationRecord) -> Value {
 impl From<Error> for Reply {
     fn from(e: Error) -> Self {
         Reply::error(500, 500_000, e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod quota_tests {
-    use super::Throttle;
-
-    #[test]
-    fn the_quota_admits_a_seconds_worth_then_paces_with_retry_after() {
-        // 600 per minute: 10 per second, and a burst of at most 10.
-        let mut throttle = Throttle::new(600);
-        for _ in 0..10 {
-            assert_eq!(throttle.admit(), Ok(()));
-        }
-        assert_eq!(throttle.admit(), Err(1));
-        // Azure's 1,000 per minute asks a refused device to wait a second; 1 per minute, a minute.
-        let mut slow = Throttle::new(1);
-        assert_eq!(slow.admit(), Ok(()));
-        assert_eq!(slow.admit(), Err(60));
     }
 }

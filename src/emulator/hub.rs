@@ -1,11 +1,10 @@
 //! The IoT Hub device API behind the shared listener: identities from DPS (thumbprint or SAS),
 //! one connection per device, telemetry stored durably before it is acknowledged, twins with
 //! versions, direct methods, cloud-to-device messages, persistent sessions; and, for a hub
-//! that enforces its tier (`limits::HUB_TIERS`), that tier's connection and send rates and its
-//! daily message quota, metered in the tier's blocks.
+//! that enforces its tier, that tier's throttles and daily quota (kept by `quotas`).
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
-//! `pending_methods`, the knobs, buckets, tier presets and daily meters) guards one map, is held only to read or change
+//! `pending_methods`, the knobs, and those of `quotas`) guards one map, is held only to read or change
 //! that map, and is never held while another lock is taken or another component (the store,
 //! the cloud, a connection) is called; sends into a session's channel never block. State kept
 //! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per
@@ -24,9 +23,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice};
+use crate::emulator::quotas::{HubQuotas, Rate, Throttled, start_of_today};
 use crate::emulator::store::kind::SESSION;
 use crate::emulator::store::{Store, TelemetryRecord};
 use crate::error::{Error, Result};
+use crate::limits::HubOperation;
 use crate::pki::Certificate;
 use crate::pki::issue::now;
 use crate::sas::SasToken;
@@ -226,54 +227,6 @@ pub struct HubKnobs {
     pub refuse_next_connections: u32,
 }
 
-/// A token bucket refilled continuously at `rate` per second, holding at most one second.
-/// (New connections are refused outright when it is empty.)
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: std::time::Instant,
-}
-
-impl Bucket {
-    /// Takes a token; returns how long the caller must wait for it (zero when available).
-    fn take(&mut self, rate: u32) -> Duration {
-        let rate = f64::from(rate.max(1));
-        let now = std::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
-        self.last = now;
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / rate)
-        }
-    }
-}
-
-/// A hub's daily message meter and the refusals it has produced, for `usage`.
-#[derive(Debug, Default)]
-struct Meter {
-    /// The UTC day (days since the Unix epoch) `used` counts.
-    day: i64,
-    /// Messages metered today, in the tier's blocks.
-    used: u64,
-    throttled_connections: u64,
-    throttled_messages: u64,
-    quota_refusals: u64,
-}
-
-impl Meter {
-    /// The meter of today: Azure resets the daily quota at 00:00 UTC.
-    fn today(&mut self) -> &mut Meter {
-        let day = now().div_euclid(86_400);
-        if self.day != day {
-            self.day = day;
-            self.used = 0;
-        }
-        self
-    }
-}
-
 /// A hub's tier, its daily message meter and the refusals its throttles produced.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HubUsage {
@@ -291,16 +244,13 @@ pub struct HubUsage {
     pub meter_block_bytes: usize,
     /// When the meter resets (the next 00:00 UTC), Unix seconds.
     pub resets_at: i64,
-    /// New connections refused by the connection throttle.
-    pub throttled_connections: u64,
-    /// Connections dropped with 429001 by the device-to-cloud throttle.
-    pub throttled_messages: u64,
+    /// Operations refused with 429001, by operation: `connections` (CONNACK refused),
+    /// `d2c_sends` (the connection dropped past the shaping window), `twin_reads`,
+    /// `twin_updates`, `direct_methods`, `c2d_sends`, `registry_operations`, `queries`.
+    pub throttled: std::collections::BTreeMap<String, u64>,
     /// Messages refused with 403002 once the daily quota was spent.
     pub quota_refusals: u64,
 }
-
-/// Longest traffic shaping delay before IoT Hub throttles outright.
-const SHAPING_WINDOW: Duration = Duration::from_secs(1);
 
 impl Session {
     /// Queues something other than a PUBACK for the device, keeping the room PUBACKs need;
@@ -361,15 +311,8 @@ pub struct HubEngine {
     pending_methods: Mutex<HashMap<String, PendingMethod>>,
     next_generation: Mutex<u64>,
     knobs: Mutex<HashMap<String, HubKnobs>>,
-    connection_buckets: Mutex<HashMap<String, Bucket>>,
-    message_slots: Mutex<HashMap<String, std::time::Instant>>,
-    /// The tier of each hub that enforces one, by lower-case host name.
-    presets: Mutex<HashMap<String, crate::limits::HubSku>>,
-    /// Whether any hub enforces a tier: with none (the default) a message costs one atomic
-    /// load here, not a lock and a lower-cased host name.
-    any_presets: std::sync::atomic::AtomicBool,
-    /// Daily message meters and throttle counts, by lower-case host name.
-    meters: Mutex<HashMap<String, Meter>>,
+    /// The tier presets, throttles and daily meters of the hubs.
+    quotas: HubQuotas,
     /// The next C2D sequence number.
     c2d_sequence: std::sync::atomic::AtomicU64,
 }
@@ -422,11 +365,7 @@ impl HubEngine {
             pending_methods: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
             knobs: Mutex::new(HashMap::new()),
-            connection_buckets: Mutex::new(HashMap::new()),
-            message_slots: Mutex::new(HashMap::new()),
-            any_presets: std::sync::atomic::AtomicBool::new(!presets.is_empty()),
-            presets: Mutex::new(presets),
-            meters: Mutex::new(HashMap::new()),
+            quotas: HubQuotas::new(presets),
             // Seeded with the clock, so messages queued after a restart sort after those queued
             // before it without reading every queue at start.
             c2d_sequence: std::sync::atomic::AtomicU64::new(
@@ -456,64 +395,50 @@ impl HubEngine {
 
     /// Makes a hub enforce a tier's throttles and daily quota (`None`: stop enforcing).
     pub fn set_preset(&self, hub: &str, sku: Option<crate::limits::HubSku>) {
-        let hub = hub.to_ascii_lowercase();
-        let mut presets = lock(&self.presets);
-        match sku {
-            Some(sku) => presets.insert(hub, sku),
-            None => presets.remove(&hub),
-        };
-        self.any_presets
-            .store(!presets.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        self.quotas.set_preset(hub, sku);
     }
 
-    fn preset(&self, hub: &str) -> Option<crate::limits::HubSku> {
-        if !self.any_presets.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
-        lock(&self.presets).get(&hub.to_ascii_lowercase()).copied()
-    }
-
-    /// A rate of the hub's tier as the whole operations per second the throttles count.
-    fn preset_rate(
+    /// Admits an operation of a hub's tier (a direct method costs its payload's 4 KB blocks,
+    /// anything else 1): `Err` with IoT Hub's 429001 once the throttle is spent.
+    pub fn admit(
         &self,
         hub: &str,
-        rate: impl Fn(&crate::limits::HubTierLimits) -> crate::limits::HubRate,
-    ) -> Option<u32> {
-        self.preset(hub).map(|sku| {
-            rate(sku.tier.limits())
-                .per_second(sku.units)
-                .round()
-                .max(1.0) as u32
-        })
-    }
-
-    fn count(&self, hub: &str, field: impl FnOnce(&mut Meter)) {
-        field(
-            lock(&self.meters)
-                .entry(hub.to_ascii_lowercase())
-                .or_default(),
-        );
+        operation: HubOperation,
+        cost: f64,
+    ) -> std::result::Result<(), Throttled> {
+        self.quotas.admit(hub, operation, cost, None)
     }
 
     /// Meters a device-to-cloud message of `size` bytes (body and properties) against the
-    /// daily quota of the hub's tier: `Err` (403002, in Azure's words) once it is spent.
+    /// daily quota of the hub's tier: `Err` (403002, in Azure's words) once it is spent. The
+    /// first message after a start counts today's stored telemetry first, so a restart does
+    /// not hand out a second quota.
     pub fn meter_message(&self, hub: &str, size: usize) -> std::result::Result<(), String> {
-        let Some(sku) = self.preset(hub) else {
+        let Some(sku) = self.quotas.preset(hub) else {
             return Ok(());
         };
-        let quota = sku.daily_messages();
-        let mut meters = lock(&self.meters);
-        let meter = meters.entry(hub.to_ascii_lowercase()).or_default().today();
-        let cost = sku.metered_messages(size);
-        if meter.used + cost > quota {
-            meter.quota_refusals += 1;
-            return Err(format!(
-                "{} IotHubQuotaExceeded: Total number of messages on IotHub '{hub}' exceeded the allocated quota. Max allowed message count: {quota}, current message count: {}. Send and Receive operations are blocked for this hub until the next UTC day.",
-                crate::limits::QUOTA_EXCEEDED_ERROR_CODE,
-                meter.used + cost
-            ));
+        self.count_stored_messages(hub, sku)?;
+        self.quotas.meter_message(hub, size)
+    }
+
+    /// Starts a hub's meter from today's stored telemetry, once.
+    fn count_stored_messages(
+        &self,
+        hub: &str,
+        sku: crate::limits::HubSku,
+    ) -> std::result::Result<(), String> {
+        if !self.quotas.needs_count(hub) {
+            return Ok(());
         }
-        meter.used += cost;
+        let (day, since) = start_of_today();
+        let used = self
+            .store
+            .telemetry_sizes_since(&hub.to_ascii_lowercase(), since as f64)
+            .map_err(|e| format!("reading today's messages for the quota failed: {e}"))?
+            .into_iter()
+            .map(|size| sku.metered_messages(size))
+            .sum();
+        self.quotas.start_count(hub, day, used);
         Ok(())
     }
 
@@ -529,82 +454,57 @@ impl HubEngine {
             tier: crate::limits::HubTier::S1,
             units: 1,
         });
-        let presets = self.preset(hub).is_some();
-        let mut meters = lock(&self.meters);
-        let meter = meters.entry(hub.to_ascii_lowercase()).or_default().today();
+        let presets = self.quotas.preset(hub).is_some();
+        if presets {
+            self.count_stored_messages(hub, sku)
+                .map_err(Error::Config)?;
+        }
+        let counters = self.quotas.counters(hub);
         Ok(HubUsage {
             sku: sku.tier.name().to_string(),
             units: sku.units,
             presets,
             daily_quota: sku.daily_messages(),
-            messages_used: meter.used,
+            messages_used: counters.messages_used,
             meter_block_bytes: sku.tier.limits().meter_block_bytes,
-            resets_at: (meter.day + 1) * 86_400,
-            throttled_connections: meter.throttled_connections,
-            throttled_messages: meter.throttled_messages,
-            quota_refusals: meter.quota_refusals,
+            resets_at: counters.resets_at,
+            throttled: counters.throttled,
+            quota_refusals: counters.quota_refusals,
         })
     }
 
     /// Connection admission: fault injection and the connection rate (the knob, else the
     /// hub's tier). `Err` = refuse.
     pub fn admit_connection(&self, hub: &str) -> std::result::Result<(), String> {
-        let hub = hub.to_ascii_lowercase();
         let rate = {
             let mut knobs = lock(&self.knobs);
-            let knobs = knobs.entry(hub.clone()).or_default();
+            let knobs = knobs.entry(hub.to_ascii_lowercase()).or_default();
             if knobs.refuse_next_connections > 0 {
                 knobs.refuse_next_connections -= 1;
                 return Err("connection refused (emulator fault injection)".into());
             }
             knobs.connections_per_second
-        }
-        .or_else(|| self.preset_rate(&hub, |l| l.connections));
-        if let Some(rate) = rate {
-            let mut buckets = lock(&self.connection_buckets);
-            let bucket = buckets.entry(hub.clone()).or_insert_with(|| Bucket {
-                tokens: f64::from(rate),
-                last: std::time::Instant::now(),
-            });
-            if !bucket.take(rate).is_zero() {
-                bucket.tokens += 1.0; // a refused connection does not consume the quota
-                drop(buckets);
-                self.count(&hub, |m| m.throttled_connections += 1);
-                return Err(format!(
-                    "more than {rate} new connections per second (throttled)"
-                ));
-            }
-        }
-        Ok(())
+        };
+        self.quotas
+            .admit(
+                hub,
+                HubOperation::Connection,
+                1.0,
+                rate.map(Rate::per_second),
+            )
+            .map_err(|t| t.message)
     }
 
-    /// Message admission: `Ok(delay)` to shape the traffic, `Err` when the hub throttles.
+    /// Device-to-cloud send admission: `Ok(delay)` to shape the traffic (the knob's latency
+    /// plus the backlog of the send rate, the knob's else the tier's), `Err` when the hub
+    /// throttles.
     pub fn admit_message(&self, hub: &str) -> std::result::Result<Duration, String> {
         let knobs = self.knobs(hub);
-        let mut delay = knobs.latency;
-        let rate = knobs
-            .messages_per_second
-            .or_else(|| self.preset_rate(hub, |l| l.d2c_sends));
-        if let Some(rate) = rate {
-            let now = std::time::Instant::now();
-            let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
-            let mut slots = lock(&self.message_slots);
-            // Each message gets the next free slot of the hub's rate; the backlog is how far
-            // ahead that slot is.
-            let next = slots.entry(hub.to_ascii_lowercase()).or_insert(now);
-            let slot = (*next).max(now);
-            let wait = slot - now;
-            if wait > SHAPING_WINDOW {
-                drop(slots);
-                self.count(hub, |m| m.throttled_messages += 1);
-                return Err(format!(
-                    "429001 ThrottlingException: more than {rate} messages per second"
-                ));
-            }
-            *next = slot + interval;
-            delay += wait;
-        }
-        Ok(delay)
+        let shaping = self
+            .quotas
+            .shape_send(hub, knobs.messages_per_second.map(Rate::per_second))
+            .map_err(|t| t.message)?;
+        Ok(knobs.latency + shaping)
     }
 
     /// Drops a device's connection now (fault injection); true if it was connected.

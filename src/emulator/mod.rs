@@ -8,6 +8,7 @@ pub mod dps;
 pub mod hub;
 pub mod loopback;
 pub mod model;
+pub mod quotas;
 pub mod rest;
 mod secrets;
 pub mod server;
@@ -406,6 +407,7 @@ impl Emulator {
         let context = Arc::new(rest::RestContext {
             cloud: self.cloud.clone(),
             hubs: self.hubs.clone(),
+            dps_quotas: self.dps.quotas(),
             acceptor: tokio_rustls::TlsAcceptor::from(self.tls.https_config()?),
             listeners: self.listeners.clone(),
             service_authority: bound.to_string(),

@@ -94,6 +94,10 @@ pub struct DpsRecord {
     pub certificates: Vec<CaCertificate>,
     /// Creation time, Unix seconds.
     pub created: i64,
+    /// Whether the instance enforces Azure's registration, poll and operation rates (asked
+    /// with the `dpskit-presets` resource tag).
+    #[serde(default)]
+    pub presets: bool,
 }
 
 /// A hub linked to a DPS.

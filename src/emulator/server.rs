@@ -23,9 +23,11 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::emulator::dps::{DeviceIdentity, DpsEngine, Reply};
+use crate::emulator::quotas::Throttled;
 use crate::emulator::store::TelemetryRecord;
 use crate::emulator::topics::{DpsRequest, Route, dps_request, dps_response, route};
 use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
+use crate::limits::HubOperation;
 use crate::pki::Certificate;
 use crate::protocol::parse_property_bag;
 
@@ -877,14 +879,14 @@ async fn hub_session(
             }
             Packet::Publish(publish) => {
                 let topic = inbound_topic(&publish, trace)?;
-                // Latency and traffic shaping delay the acknowledgement; past the shaping window
-                // the hub throttles.
-                let delay = context.hubs.admit_message(hub)?;
-                let not_before = (!delay.is_zero()).then(|| std::time::Instant::now() + delay);
                 if let Some(bag) = topic
                     .strip_prefix(&events)
                     .or_else(|| (topic == events_no_slash).then_some(""))
                 {
+                    // Latency and traffic shaping delay the acknowledgement; past the shaping
+                    // window the hub throttles.
+                    let delay = context.hubs.admit_message(hub)?;
+                    let not_before = (!delay.is_zero()).then(|| std::time::Instant::now() + delay);
                     let (properties, system_properties) = parse_property_bag(bag);
                     // IoT Hub counts the body and the properties, names and values, against its
                     // 256 KB (dpskit's client counts the encoded bag, never less).
@@ -942,7 +944,12 @@ async fn hub_session(
                 }
                 match request {
                     DeviceRequest::TwinGet { rid } => {
-                        let (status, body) = match context.hubs.device_twin(hub, device_id) {
+                        let twin = context
+                            .hubs
+                            .admit(hub, HubOperation::TwinRead, 1.0)
+                            .map_err(Throttled::into_error)
+                            .and_then(|()| context.hubs.device_twin(hub, device_id));
+                        let (status, body) = match twin {
                             Ok(twin) => (200, twin.to_string()),
                             Err(e) => error_reply(&e),
                         };
@@ -951,8 +958,13 @@ async fn hub_session(
                     DeviceRequest::ReportedPatch { rid } => {
                         match context
                             .hubs
-                            .patch_reported(hub, device_id, &publish.payload)
-                        {
+                            .admit(hub, HubOperation::TwinUpdate, 1.0)
+                            .map_err(Throttled::into_error)
+                            .and_then(|()| {
+                                context
+                                    .hubs
+                                    .patch_reported(hub, device_id, &publish.payload)
+                            }) {
                             Ok(version) => {
                                 reply_twin(
                                     connection,

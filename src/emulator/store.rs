@@ -291,6 +291,41 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The size of each message a hub stored since `since` (Unix seconds), body and
+    /// properties as IoT Hub counts them: what its daily quota metered.
+    pub fn telemetry_sizes_since(&self, hub: &str, since: f64) -> Result<Vec<usize>> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT length(body), properties, system FROM telemetry WHERE hub = ?1 AND enqueued >= ?2",
+            )
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map(params![hub, since], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(db_error)?;
+        let mut sizes = Vec::new();
+        for row in rows {
+            let (body, properties, system) = row.map_err(db_error)?;
+            let mut size = usize::try_from(body).unwrap_or(0);
+            for bag in [properties, system] {
+                let pairs: Vec<(String, String)> = serde_json::from_str(&bag).map_err(|e| {
+                    Error::Config(format!("stored telemetry properties do not parse: {e}"))
+                })?;
+                size += pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            }
+            sizes.push(size);
+        }
+        Ok(sizes)
+    }
+}
+
 /// Called once the message's transaction committed (`true`) or failed (`false`).
 pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 

@@ -2706,7 +2706,7 @@ fn free_tier_preset_meters_the_daily_quota_and_throttles_connections() {
         .filter(|_| hubs.admit_connection(&hub).is_ok())
         .count();
     assert!((99..150).contains(&admitted), "{admitted} admitted");
-    assert!(hubs.usage(&hub).unwrap().throttled_connections >= 1);
+    assert!(hubs.usage(&hub).unwrap().throttled["connections"] >= 1);
 
     // Without the preset the hub enforces nothing again.
     hubs.set_preset(&hub, None);

@@ -230,10 +230,17 @@ impl PyRestClient {
         })
     }
 
-    fn create_dps(&self, py: Python<'_>, name: &str, location: &str) -> PyResult<String> {
+    #[pyo3(signature = (name, location, presets=false))]
+    fn create_dps(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        location: &str,
+        presets: bool,
+    ) -> PyResult<String> {
         self.run(py, async {
             self.arm
-                .create_dps(name, location)
+                .create_dps_with_presets(name, location, presets)
                 .await
                 .map(|d| text(&dps_json(&d)))
         })

@@ -829,9 +829,23 @@ impl ArmClient {
 
     /// Creates a DPS instance (or returns the existing one) and waits until it is ready.
     pub async fn create_dps(&self, name: &str, location: &str) -> Result<DpsResource> {
+        self.create_dps_with_presets(name, location, false).await
+    }
+
+    /// [`Self::create_dps`]; with `presets`, the `dpskit-presets` tag asks the emulator to
+    /// enforce Azure's DPS rates (inert on Azure, which always does).
+    pub async fn create_dps_with_presets(
+        &self,
+        name: &str,
+        location: &str,
+        presets: bool,
+    ) -> Result<DpsResource> {
         validate_dps_name(name)?;
-        let body =
+        let mut body =
             json!({"location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {}});
+        if presets {
+            body["tags"] = json!({crate::limits::PRESETS_TAG: "on"});
+        }
         let what = format!("creating provisioning service {name}");
         let url = self.dps_url(name);
         if let Some(existing) = self.existing(&url, DPS_API_VERSION, &what).await? {

@@ -599,7 +599,11 @@ fn dps_json(group_base: &str, dps: &DpsRecord, context: &RestContext) -> Value {
         "type": "Microsoft.Devices/ProvisioningServices",
         "location": dps.location,
         "etag": format!("AAAAAA{:08X}=", dps.created as u32),
-        "tags": {},
+        "tags": if dps.presets {
+            json!({ crate::limits::PRESETS_TAG: "on" })
+        } else {
+            json!({})
+        },
         "sku": {"name": "S1", "tier": "Standard", "capacity": 1},
         "properties": {
             "state": "Active",
@@ -677,6 +681,11 @@ fn put_dps(
             cloud.unlink_hub(name, &link.hub)?;
         }
     }
+    // ARM PUT replaces the tags: the presets follow the tag of each PUT (dpskit's linking
+    // GETs the resource and PUTs it back, tags included).
+    let presets = body["tags"][crate::limits::PRESETS_TAG].as_str() == Some("on");
+    cloud.set_dps_presets(name, presets)?;
+    context.dps_quotas.set_presets(name, presets);
     let (status, action) = if created {
         (StatusCode::CREATED, Action::Create)
     } else {

@@ -112,6 +112,14 @@ pub(super) fn handle(
     dps: &DpsRecord,
     context: &RestContext,
 ) -> Reply {
+    if let Err(refused) = context.dps_quotas.admit_operation(&dps.name) {
+        let mut reply = throttled(&refused.message);
+        reply.headers.push((
+            "retry-after",
+            crate::emulator::quotas::retry_after_seconds(refused.retry_after).to_string(),
+        ));
+        return reply;
+    }
     let if_match = parts
         .headers
         .get(IF_MATCH)

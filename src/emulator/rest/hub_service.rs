@@ -5,7 +5,8 @@
 //! reads: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D and telemetry:
 //! `ServiceConnect`). Writes follow etags as IoT Hub's do: a PUT without `If-Match` only
 //! creates (409001 for an existing id), and a replace, delete or twin patch naming a stale etag
-//! is 412001. Plus two emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
+//! is 412001. A hub that enforces its tier throttles each operation as IoT Hub does (429001
+//! with `Retry-After`). Plus two emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
 //! routes telemetry to Event Hubs, neither of which a REST client can reach): send a C2D
 //! message, read the stored telemetry.
 
@@ -21,7 +22,9 @@ use serde_json::{Value, json};
 use super::{Reply, RestContext};
 use crate::emulator::cloud::{azure_time, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
+use crate::emulator::quotas::retry_after_seconds;
 use crate::error::Error;
+use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
 
 /// Azure's default and largest direct-method response timeouts.
 const DEFAULT_METHOD_TIMEOUT: u64 = 30;
@@ -82,6 +85,31 @@ fn required_right(method: &Method, lower: &[&str]) -> Option<&'static str> {
     }
 }
 
+/// The throttle an operation counts against, and its cost: 1, or for a direct method the 4 KB
+/// blocks of its request payload ("throttling is based on request payload size only").
+fn throttled_operation(
+    method: &Method,
+    lower: &[&str],
+    body: &[u8],
+) -> Option<(HubOperation, f64)> {
+    let operation = match (method, lower) {
+        (&Method::POST, ["devices", "query"]) => HubOperation::Query,
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["devices", _]) => HubOperation::Registry,
+        (&Method::GET, ["twins", _]) => HubOperation::TwinRead,
+        (&Method::PATCH, ["twins", _]) => HubOperation::TwinUpdate,
+        (&Method::POST, ["twins", _, "methods"]) => {
+            // An unreadable body costs one block here and is refused as malformed after.
+            let payload = serde_json::from_slice::<Value>(body)
+                .map_or(0, |request| request["payload"].to_string().len());
+            let blocks = payload.div_ceil(DIRECT_METHOD_METER_BYTES).max(1);
+            return Some((HubOperation::DirectMethod, blocks as f64));
+        }
+        (&Method::POST, ["dpskit", "devices", _, "c2d"]) => HubOperation::C2dSend,
+        _ => return None,
+    };
+    Some((operation, 1.0))
+}
+
 /// Authenticates a hub service request on its headers: the token's hub, scope and right.
 pub(super) fn authorize(
     parts: &Parts,
@@ -112,6 +140,21 @@ pub(super) async fn handle(
     let host = hub.host_name.as_str();
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    if let Some((operation, cost)) = throttled_operation(&parts.method, &lower, body)
+        && let Err(refused) = context.hubs.admit(host, operation, cost)
+    {
+        let mut reply = throttled(
+            refused
+                .message
+                .strip_prefix("429001 ")
+                .unwrap_or(&refused.message),
+        );
+        reply.headers.push((
+            "retry-after",
+            retry_after_seconds(refused.retry_after).to_string(),
+        ));
+        return reply;
+    }
     let outcome = match (&parts.method, lower.as_slice()) {
         (&Method::POST, ["devices", "query"]) => query_twins(context, host, &parts.headers),
         (&Method::GET, ["devices", _]) => context

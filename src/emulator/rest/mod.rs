@@ -101,7 +101,7 @@ impl Throttle {
             return None;
         }
         self.throttled[api].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let message = "The request was throttled: too many requests. Retry after the time in                        the Retry-After header.";
+        let message = "The request was throttled: too many requests. Retry after the time in the Retry-After header.";
         let mut reply = match caller {
             // ARM's own throttling (it answers before the resource provider).
             Caller::Arm => arm_top_error(429, "TooManyRequests", message),
@@ -123,6 +123,8 @@ pub(crate) struct RestContext {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Twins, methods, C2D and telemetry of the hubs.
     pub hubs: Arc<crate::emulator::hub::HubEngine>,
+    /// The DPS instances' rate presets (the service API's operations rate).
+    pub dps_quotas: Arc<crate::emulator::quotas::DpsQuotas>,
     /// The MQTT listeners: a hub created over ARM must be reachable at once.
     pub listeners: Arc<crate::emulator::Listeners>,
     /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
