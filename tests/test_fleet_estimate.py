@@ -82,6 +82,10 @@ def test_the_estimate_of_a_known_fleet_gives_the_units_of_every_tier(setup: Setu
     )
     assert 520 < hub_estimate.mean_message_bytes < 1024
     assert not hub_estimate.needs_standard
+    # A plain hub enforces nothing, so its presets refused nothing.
+    assert hub_estimate.quota_refusals == 0
+    assert hub_estimate.throttled is not None
+    assert set(hub_estimate.throttled.values()) == {0}
 
     fits = {f.tier: (f.units, f.limited_by) for f in hub_estimate.fits}
     assert list(fits) == ["F1", "B1", "B2", "B3", "S1", "S2", "S3"]
@@ -140,6 +144,7 @@ def test_the_estimate_of_a_known_fleet_gives_the_units_of_every_tier(setup: Setu
     assert "onboarding via one DPS" in summary
     assert "S1 x 6 (daily quota) · S2 x 1 · S3 x 1" in summary
     assert "F1 — (more than 1 units (daily quota))" in summary
+    assert "refused during the run: 429 none; 403002 0" in summary
 
 
 def test_a_paced_run_estimates_in_azure_time(setup: Setup) -> None:
@@ -160,3 +165,25 @@ def test_a_paced_run_estimates_in_azure_time(setup: Setup) -> None:
     # 5 devices at 2.5/s here are 12.5/s; a hundred times faster than Azure, so 0.125/s there.
     assert estimate.hub("paced-hub").d2c_per_second == pytest.approx(0.125, rel=0.03)
     assert "rates divided by the time compression 100x" in report.summary()
+
+
+def test_a_free_hub_shows_the_throttles_its_preset_produced(setup: Setup) -> None:
+    hub = setup.hub("free-fleet-hub", sku="F1")
+    # 150 devices dialling the hub at once, past F1's 100 new connections a second: the
+    # connection throttle refuses some, which connect again after a backoff.
+    report = dpskit.Fleet(
+        setup.dps,
+        authority=setup.authority,
+        count=150,
+        concurrency=150,
+        prefix="free-",
+        telemetry=dpskit.TelemetryPlan(interval=1.0, count=1),
+    ).run(progress=False)
+    usage = hub.usage()
+    assert usage.throttled["connections"] > 0, usage
+    free = report.azure_estimate().hub("free-fleet-hub")
+    # The hub is new: what it refused, it refused during this run.
+    assert free.throttled == usage.throttled
+    assert free.quota_refusals == usage.quota_refusals
+    refused = f"429 connections {usage.throttled['connections']:,}"
+    assert refused in report.summary()

@@ -32,6 +32,8 @@ from dpskit._native import (
 from dpskit.cloud import (
     Dps,
     EnrollmentGroup,
+    HubUsage,
+    LocalCloud,
     _raise_open_file_limit,
     _unix,
 )
@@ -941,6 +943,12 @@ class Fleet:
         return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"
 
 
+def _refusals_between(before: HubUsage, after: HubUsage) -> _Refusals:
+    """The 429s by operation and the quota refusals a hub's presets added between two reads."""
+    throttled = {op: n - before.throttled.get(op, 0) for op, n in after.throttled.items()}
+    return throttled, after.quota_refusals - before.quota_refusals
+
+
 class _RunSession:
     """One run of a fleet from start to report: what ``run`` and ``run_async`` share (the
     engine started, the progress shown, the Azure pacing set and lifted)."""
@@ -963,6 +971,8 @@ class _RunSession:
             quota = max(1, round(AZURE_REGISTRATIONS_PER_MINUTE * fleet.time_compression))
             fleet.dps.set_registration_quota(quota)
             self.pacing = fleet.time_compression
+        # What the hubs' presets had refused before the run, to count the run's own refusals.
+        self._usage_before = self._usage()
         self._display = _ProgressDisplay(progress)
         # One file descriptor per device connection.
         _raise_open_file_limit()
@@ -1001,12 +1011,30 @@ class _RunSession:
             columns = self.run.result()
         finally:
             self._close()
+        before = self._usage_before
+        after = self._usage() if before is not None else None
+        refusals = None
+        if before is not None and after is not None:
+            refusals = {
+                name: _refusals_between(before[name], after[name])
+                for name in before
+                if name in after
+            }
         return FleetReport(
             columns,
             hubs=self.hubs,
             pacing=self.pacing,
             shard=self._fleet.shard,
+            refusals=refusals,
         )
+
+    def _usage(self) -> dict[str, HubUsage] | None:
+        """Each linked hub's usage where the emulator runs in this process, else None (Azure,
+        or an emulator in another process: ``usage()`` reads the emulator's memory)."""
+        cloud = self._fleet.dps._cloud
+        if not isinstance(cloud, LocalCloud):
+            return None
+        return {name: cloud.hub(name).usage() for name in sorted(set(self.hubs.values()))}
 
     def _close(self) -> None:
         if self._closed:
