@@ -1,7 +1,7 @@
 //! What both sides of the wire agree on, written once and used by the device clients, the
 //! REST clients and the emulator alike (none of which may import another): MQTT query strings
-//! and property bags, and Azure's rules for resource names. The numbers Azure limits are in
-//! [`crate::limits`].
+//! and property bags, the size IoT Hub counts of a message, and Azure's rules for resource
+//! names. The numbers Azure limits are in [`crate::limits`].
 
 use crate::error::{Error, Result};
 
@@ -31,6 +31,21 @@ pub fn parse_property_bag(bag: &str) -> (Properties, Properties) {
         }
     }
     (properties, system)
+}
+
+/// The size IoT Hub counts for a device-to-cloud message, against its 256 KB and in the daily
+/// meter's blocks: the body plus the names and values of its properties, application and
+/// system (the latter named without their `$.` prefix), as decoded from the property bag. The
+/// emulator meters with it and the fleet reports it, so the estimate of Azure's quota counts
+/// the bytes the hub counted.
+pub fn counted_message_size<'a>(
+    body: usize,
+    properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    body + properties
+        .into_iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
 }
 
 /// Longest IoT hub name Azure accepts.

@@ -10,6 +10,7 @@ _StrPath = str | os.PathLike[str]
 
 __all__ = [
     "ALGORITHMS",
+    "DPS_REGISTRATIONS_PER_MINUTE",
     "Certificate",
     "CertificateAuthority",
     "DeviceCertificate",
@@ -22,6 +23,8 @@ __all__ = [
     "_raise_core_error",
     "_refresh_logging",
     "derive_device_key",
+    "dps_onboarding_seconds",
+    "hub_tier_fits",
     "loopback_setup",
     "provision",
     "provision_devices",
@@ -30,6 +33,8 @@ __all__ = [
 ]
 
 ALGORITHMS: tuple[str, ...]
+#: Device registrations one DPS instance takes a minute on Azure.
+DPS_REGISTRATIONS_PER_MINUTE: int
 
 @final
 class Certificate:
@@ -589,6 +594,19 @@ class RestClient:
     ) -> str: ...
 
 def derive_device_key(group_key: str, registration_id: str) -> str: ...
+def dps_onboarding_seconds(devices: int) -> float:
+    """Seconds one DPS takes at Azure's registration rate to register ``devices``."""
+
+def hub_tier_fits(
+    devices: int,
+    d2c_per_second: float,
+    mean_message_bytes: float,
+    needs_standard: bool,
+    connect_within_seconds: float,
+) -> list[tuple[str, int | None, str, float]]:
+    """Per hub tier, F1 to S3: ``(tier, fewest units or None, limited_by,
+    metered_messages_per_day)`` for a hub's demand."""
+
 def loopback_setup(host: str, hubs: int) -> str: ...
 def provision_devices(
     host: str,

@@ -21,19 +21,117 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun
-from dpskit.cloud import Dps, EnrollmentGroup, _raise_open_file_limit, _unix
+from dpskit._native import (
+    DPS_REGISTRATIONS_PER_MINUTE,
+    CertificateAuthority,
+    DeviceCertificate,
+    FleetRun,
+    dps_onboarding_seconds,
+    hub_tier_fits,
+)
+from dpskit.cloud import (
+    Dps,
+    EnrollmentGroup,
+    HubUsage,
+    LocalCloud,
+    _raise_open_file_limit,
+    _unix,
+)
 from dpskit.errors import ConfigError
 from dpskit.signals import Signal
 
-__all__ = ["Fleet", "FleetProgress", "FleetReport", "TelemetryPlan"]
+__all__ = [
+    "AzureEstimate",
+    "Fleet",
+    "FleetProgress",
+    "FleetReport",
+    "HubEstimate",
+    "TelemetryPlan",
+    "TierFit",
+]
 
 #: A custom field: called once per device as ``f(device_id, count, rng)`` and returning that
 #: device's ``count`` values (fewer are cycled), so Python never runs per message.
 CustomGenerator: TypeAlias = Callable[[str, int, random.Random], Sequence[Any]]
 
-#: Azure's documented DPS registration rate per instance.
-AZURE_REGISTRATIONS_PER_MINUTE = 1_000
+#: What a hub's presets refused during a run: 429s by operation, and 403002 quota refusals.
+_Refusals: TypeAlias = tuple[dict[str, int], int]
+
+#: Azure's documented DPS registration rate per instance (from the core's table of rates).
+AZURE_REGISTRATIONS_PER_MINUTE: int = DPS_REGISTRATIONS_PER_MINUTE
+
+
+@dataclass(frozen=True)
+class TierFit:
+    """The fewest units of one IoT Hub tier that carry a hub's demand, or why none do.
+
+    ``limited_by`` names the limit that decides the units: ``"daily quota"``, ``"d2c sends"``,
+    ``"connections"`` or ``"none"`` (one unit is enough); when ``units`` is None it says why the
+    tier cannot (``"no twins, methods or C2D"``, ``"more than N units (...)"``).
+    ``metered_messages_per_day`` counts the messages a day in this tier's meter blocks (4 KB,
+    0.5 KB on F1)."""
+
+    tier: str
+    units: int | None
+    limited_by: str
+    metered_messages_per_day: float
+
+    def __str__(self) -> str:
+        if self.units is None:
+            return f"{self.tier} — ({self.limited_by})"
+        why = "" if self.limited_by == "none" else f" ({self.limited_by})"
+        return f"{self.tier} x {self.units}{why}"
+
+
+@dataclass(frozen=True)
+class HubEstimate:
+    """What one hub of the run would need on Azure (see :meth:`FleetReport.azure_estimate`).
+
+    ``d2c_per_second`` is the hub's sustained device-to-cloud rate in Azure's time: the sum of
+    its devices' rates (a device's is ``sent - 1`` publishes over the time from its first to its
+    last; a device that sent one message adds none), divided by the run's time compression.
+    ``mean_message_bytes`` is the size IoT Hub counts (body and properties). ``fits`` holds
+    every tier, F1 to S3. ``throttled`` (429s by operation: ``connections``, ``d2c_sends``,
+    ...) and ``quota_refusals`` (403002) are what the hub's tier presets refused during the run;
+    None where they could not be read (Azure, or an emulator in another process)."""
+
+    hub: str
+    devices: int
+    d2c_per_second: float
+    mean_message_bytes: float
+    needs_standard: bool
+    fits: tuple[TierFit, ...]
+    throttled: dict[str, int] | None = None
+    quota_refusals: int | None = None
+
+    def fit(self, tier: str) -> TierFit:
+        """The fit for ``tier`` (``"S1"``, case-insensitive)."""
+        for candidate in self.fits:
+            if candidate.tier.lower() == tier.lower():
+                return candidate
+        tiers = ", ".join(f.tier for f in self.fits)
+        raise ConfigError(f"unknown IoT Hub tier {tier!r}: one of {tiers}")
+
+
+@dataclass(frozen=True)
+class AzureEstimate:
+    """What the run's fleet would take of Azure (see :meth:`FleetReport.azure_estimate`):
+    ``dps_onboarding_seconds`` to register its ``devices`` through one DPS at Azure's
+    ``registrations_per_minute``, and per hub a :class:`HubEstimate`. ``time_compression`` is
+    the factor the measured rates were divided by."""
+
+    devices: int
+    dps_onboarding_seconds: float
+    registrations_per_minute: int
+    time_compression: float
+    hubs: tuple[HubEstimate, ...]
+
+    def hub(self, name: str) -> HubEstimate:
+        """The estimate for hub ``name``."""
+        for hub in self.hubs:
+            if hub.hub == name:
+                return hub
+        raise ConfigError(f"no devices of this run went to hub {name!r}")
 
 
 @dataclass(frozen=True)
@@ -232,6 +330,18 @@ class _Text(str):
         return str(self)
 
 
+_AZURE_COLUMNS = [
+    "hub",
+    "devices",
+    "d2c_per_second",
+    "mean_message_bytes",
+    "tier",
+    "units",
+    "limited_by",
+    "metered_messages_per_day",
+]
+
+
 class FleetReport:
     """What a fleet run did: per device and per message, with the aggregates data teams ask
     for first. ``to_pandas()`` gives the frames, ``summary()`` a readable table."""
@@ -243,6 +353,7 @@ class FleetReport:
         hubs: Mapping[str, str],
         pacing: float | None,
         shard: tuple[int, int] | None,
+        refusals: Mapping[str, _Refusals] | None = None,
     ) -> None:
         self._devices: dict[str, list[Any]] = columns["devices"]
         self._messages: dict[str, list[Any]] = columns["messages"]
@@ -260,6 +371,7 @@ class FleetReport:
         self.shard = shard
         self._hub_names = dict(hubs)
         self._pacing = pacing
+        self._refusals = dict(refusals) if refusals is not None else None
 
     # -- counts ------------------------------------------------------------------------------
 
@@ -362,7 +474,73 @@ class FleetReport:
     def azure_minimum_seconds(self) -> float:
         """The least time Azure's DPS quota (1,000 registrations per minute per instance)
         would take to register this many devices."""
-        return self.device_count / AZURE_REGISTRATIONS_PER_MINUTE * 60.0
+        return dps_onboarding_seconds(self.device_count)
+
+    def azure_estimate(
+        self, *, needs_standard: bool = False, time_compression: float | None = None
+    ) -> AzureEstimate:
+        """What this run's fleet would take of Azure, from what it did here.
+
+        The DPS onboarding time is this run's devices at Azure's registration rate for one
+        instance (a shard estimates its own slice). Per hub, the measured device-to-cloud rate
+        and mean message size (see :class:`HubEstimate`) give, for every tier, the fewest units
+        whose daily quota, send throttle and connection throttle carry them. The connection
+        throttle is asked to connect the hub's devices within the DPS onboarding time of the
+        whole fleet: devices cannot connect faster than DPS registers them, so a quicker
+        connect window would ask for units nothing could use.
+
+        ``needs_standard``: the deployed fleet will use twins, direct methods or C2D, which
+        Basic and Free tiers lack (a fleet run only sends telemetry, so it cannot tell).
+        ``time_compression``: how much faster than Azure the run went; by default the run's
+        own (``Fleet(pace_like_azure=True, time_compression=...)``), else 1."""
+        compression = (self._pacing or 1.0) if time_compression is None else time_compression
+        if not (math.isfinite(compression) and compression > 0):
+            raise ConfigError(f"time_compression must be positive, not {compression}")
+        onboarding = dps_onboarding_seconds(self.device_count)
+        per_hub: dict[str, list[int]] = {}
+        for position, host in enumerate(self._devices["assigned_hub"]):
+            if host:
+                per_hub.setdefault(self._hub_names.get(host, host), []).append(position)
+        sent = self._devices["sent"]
+        size = self._devices["bytes_sent"]
+        first, last = self._devices["first_sent_s"], self._devices["last_sent_s"]
+        hubs = []
+        for name in sorted(per_hub):
+            positions = per_hub[name]
+            rate = sum(
+                (sent[i] - 1) / (last[i] - first[i])
+                for i in positions
+                if sent[i] > 1 and last[i] > first[i]
+            )
+            messages = sum(sent[i] for i in positions)
+            mean_bytes = sum(size[i] for i in positions) / messages if messages else 0.0
+            demand = rate / compression
+            fits = tuple(
+                TierFit(tier, units, limited_by, metered)
+                for tier, units, limited_by, metered in hub_tier_fits(
+                    len(positions), demand, mean_bytes, needs_standard, onboarding
+                )
+            )
+            refusals = None if self._refusals is None else self._refusals.get(name)
+            hubs.append(
+                HubEstimate(
+                    hub=name,
+                    devices=len(positions),
+                    d2c_per_second=demand,
+                    mean_message_bytes=mean_bytes,
+                    needs_standard=needs_standard,
+                    fits=fits,
+                    throttled=None if refusals is None else dict(refusals[0]),
+                    quota_refusals=None if refusals is None else refusals[1],
+                )
+            )
+        return AzureEstimate(
+            devices=self.device_count,
+            dps_onboarding_seconds=onboarding,
+            registrations_per_minute=AZURE_REGISTRATIONS_PER_MINUTE,
+            time_compression=compression,
+            hubs=tuple(hubs),
+        )
 
     def throughput(self) -> list[tuple[int, int, int]]:
         """Per second of the run: ``(second, messages sent, messages acknowledged)``."""
@@ -387,7 +565,9 @@ class FleetReport:
         """A DataFrame: ``"devices"`` (one row per device: outcome, error, hub, latencies,
         retries, messages, dropouts, duplicates), ``"messages"`` (one row per publish:
         device_id, seq, message_id, sent_at, latency_ms, acknowledged, anomaly, duplicate) or
-        ``"throughput"`` (per second).
+        ``"throughput"`` (per second) or ``"azure"`` (:meth:`azure_estimate`, one row per hub
+        and tier: hub, devices, d2c_per_second, mean_message_bytes, tier, units (missing when
+        no number of units of the tier can), limited_by, metered_messages_per_day).
 
         The message frame joins the hub's ``telemetry().to_pandas()`` on ``message_id``. A
         duplicate is a second publish with the same id (as a device resending does), so the
@@ -425,7 +605,29 @@ class FleetReport:
         if kind == "throughput":
             rows = self.throughput()
             return pd.DataFrame(rows, columns=["second", "sent", "acknowledged"])
-        raise ConfigError(f"kind must be 'devices', 'messages' or 'throughput', not {kind!r}")
+        if kind == "azure":
+            records = [
+                {
+                    "hub": hub.hub,
+                    "devices": hub.devices,
+                    "d2c_per_second": hub.d2c_per_second,
+                    "mean_message_bytes": hub.mean_message_bytes,
+                    "tier": fit.tier,
+                    "units": fit.units,
+                    "limited_by": fit.limited_by,
+                    "metered_messages_per_day": fit.metered_messages_per_day,
+                }
+                for hub in self.azure_estimate().hubs
+                for fit in hub.fits
+            ]
+            columns = list(records[0]) if records else _AZURE_COLUMNS
+            frame = pd.DataFrame(records, columns=columns)
+            # Nullable integers: a tier that cannot carry the hub is missing, not NaN floats.
+            frame["units"] = frame["units"].astype("Int64")
+            return frame
+        raise ConfigError(
+            f"kind must be 'devices', 'messages', 'throughput' or 'azure', not {kind!r}"
+        )
 
     def save(self, path: str | os.PathLike[str]) -> list[Path]:
         """Writes the device frame to ``path`` (``.csv`` or ``.parquet``; parquet needs pyarrow)
@@ -502,7 +704,39 @@ class FleetReport:
                 f"DPS), time compressed {self._pacing:g}x: on Azure registering this fleet "
                 f"takes at least {_duration(self.azure_minimum_seconds)}.",
             ]
+        lines += self._azure_lines(self.azure_estimate())
         return _Text("\n".join(lines))
+
+    @staticmethod
+    def _azure_lines(estimate: AzureEstimate) -> list[str]:
+        """The summary's "On Azure" section."""
+        compressed = (
+            f", rates divided by the time compression {estimate.time_compression:g}x"
+            if estimate.time_compression != 1.0
+            else ""
+        )
+        lines = [
+            "",
+            "  On Azure:",
+            f"    {'onboarding via one DPS':<28}{_duration(estimate.dps_onboarding_seconds):>10}"
+            f"  ({estimate.registrations_per_minute:,} registrations/min{compressed})",
+        ]
+        for hub in estimate.hubs:
+            standard = " · ".join(str(f) for f in hub.fits if f.tier.startswith("S"))
+            other = " · ".join(str(f) for f in hub.fits if not f.tier.startswith("S"))
+            lines += [
+                f"    {hub.hub}: {hub.devices:,} devices, {_rate(hub.d2c_per_second)} messages/s "
+                f"of {hub.mean_message_bytes:,.0f} B",
+                f"      {standard}",
+                f"      {other}",
+            ]
+            if hub.throttled is not None:
+                refused = " · ".join(f"{op} {n:,}" for op, n in hub.throttled.items() if n)
+                lines.append(
+                    f"      refused during the run: 429 {refused or 'none'}; "
+                    f"403002 {hub.quota_refusals or 0:,}"
+                )
+        return lines
 
     def __repr__(self) -> str:
         return (
@@ -709,6 +943,12 @@ class Fleet:
         return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"
 
 
+def _refusals_between(before: HubUsage, after: HubUsage) -> _Refusals:
+    """The 429s by operation and the quota refusals a hub's presets added between two reads."""
+    throttled = {op: n - before.throttled.get(op, 0) for op, n in after.throttled.items()}
+    return throttled, after.quota_refusals - before.quota_refusals
+
+
 class _RunSession:
     """One run of a fleet from start to report: what ``run`` and ``run_async`` share (the
     engine started, the progress shown, the Azure pacing set and lifted)."""
@@ -731,6 +971,8 @@ class _RunSession:
             quota = max(1, round(AZURE_REGISTRATIONS_PER_MINUTE * fleet.time_compression))
             fleet.dps.set_registration_quota(quota)
             self.pacing = fleet.time_compression
+        # What the hubs' presets had refused before the run, to count the run's own refusals.
+        self._usage_before = self._usage()
         self._display = _ProgressDisplay(progress)
         # One file descriptor per device connection.
         _raise_open_file_limit()
@@ -769,7 +1011,30 @@ class _RunSession:
             columns = self.run.result()
         finally:
             self._close()
-        return FleetReport(columns, hubs=self.hubs, pacing=self.pacing, shard=self._fleet.shard)
+        before = self._usage_before
+        after = self._usage() if before is not None else None
+        refusals = None
+        if before is not None and after is not None:
+            refusals = {
+                name: _refusals_between(before[name], after[name])
+                for name in before
+                if name in after
+            }
+        return FleetReport(
+            columns,
+            hubs=self.hubs,
+            pacing=self.pacing,
+            shard=self._fleet.shard,
+            refusals=refusals,
+        )
+
+    def _usage(self) -> dict[str, HubUsage] | None:
+        """Each linked hub's usage where the emulator runs in this process, else None (Azure,
+        or an emulator in another process: ``usage()`` reads the emulator's memory)."""
+        cloud = self._fleet.dps._cloud
+        if not isinstance(cloud, LocalCloud):
+            return None
+        return {name: cloud.hub(name).usage() for name in sorted(set(self.hubs.values()))}
 
     def _close(self) -> None:
         if self._closed:

@@ -890,12 +890,13 @@ async fn hub_session(
                     let (properties, system_properties) = parse_property_bag(bag);
                     // IoT Hub counts the body and the properties, names and values, against its
                     // 256 KB (dpskit's client counts the encoded bag, never less).
-                    let size = publish.payload.len()
-                        + properties
+                    let size = crate::protocol::counted_message_size(
+                        publish.payload.len(),
+                        properties
                             .iter()
                             .chain(&system_properties)
-                            .map(|(k, v)| k.len() + v.len())
-                            .sum::<usize>();
+                            .map(|(k, v)| (k.as_str(), v.as_str())),
+                    );
                     if size > MAX_D2C_BYTES {
                         return Err(format!(
                             "telemetry of {size} bytes with its properties exceeds 256 KB (413001)"

@@ -269,6 +269,13 @@ pub struct DeviceReport {
     pub dropouts: u64,
     /// Messages the plan sent twice.
     pub duplicates: u64,
+    /// Bytes of the messages published, as the hub counts them (body and properties,
+    /// [`TelemetryMessage::counted_size`]), duplicates included: with `sent`, the mean size
+    /// the Azure estimate meters.
+    pub bytes_sent: u64,
+    /// The first and the last publish, from the fleet's start: the device's sending rate is
+    /// `(sent - 1)` over their distance, whether or not messages are recorded.
+    pub send_span: Option<(Duration, Duration)>,
 }
 
 /// One published message (per device, merged into columns at the end).
@@ -281,6 +288,8 @@ struct MessageRow {
     latency_ms: f64,
     anomaly: bool,
     duplicate: bool,
+    /// Size as the hub counts it.
+    bytes: u32,
 }
 
 /// Every message published, as columns.
@@ -298,6 +307,8 @@ pub struct MessageColumns {
     pub anomaly: Vec<bool>,
     /// The second copy of a duplicated message.
     pub duplicate: Vec<bool>,
+    /// Body and properties as the hub counts them.
+    pub bytes: Vec<u32>,
 }
 
 /// The outcome of a fleet run.
@@ -396,6 +407,7 @@ pub async fn run(
             columns.latency_ms.push(row.latency_ms);
             columns.anomaly.push(row.anomaly);
             columns.duplicate.push(row.duplicate);
+            columns.bytes.push(row.bytes);
         }
         result.devices.push(report);
     }
@@ -601,6 +613,8 @@ impl DeviceReport {
             acknowledged: 0,
             dropouts: 0,
             duplicates: 0,
+            bytes_sent: 0,
+            send_span: None,
         }
     }
 
@@ -881,6 +895,8 @@ async fn send_plan(
         telemetry.message_id = Some(message.message_id);
         telemetry.content_type = Some("application/json".into());
         telemetry.content_encoding = Some("utf-8".into());
+        // At most 256 KB (the client refuses more before sending).
+        let bytes = telemetry.counted_size();
         for copy in 0..message.copies {
             if pending.len() >= window
                 && let Some((ack, published, row)) = pending.pop_front()
@@ -899,15 +915,19 @@ async fn send_plan(
             }
             let published = Instant::now();
             report.sent += 1;
+            report.bytes_sent += bytes as u64;
+            let at = published.duration_since(context.start);
+            report.send_span = Some((report.send_span.map_or(at, |(first, _)| first), at));
             progress.sent.fetch_add(1, Ordering::Relaxed);
             let row = rows.len();
             if record {
                 rows.push(MessageRow {
                     seq: message.seq,
-                    sent_at: published.duration_since(context.start).as_secs_f64(),
+                    sent_at: at.as_secs_f64(),
                     latency_ms: f64::NAN,
                     anomaly: message.anomaly,
                     duplicate: copy > 0,
+                    bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
                 });
             }
             pending.push_back((ack, published, if record { row } else { usize::MAX }));

@@ -213,6 +213,29 @@ impl TelemetryMessage {
         self.body.len() + self.property_bag().len()
     }
 
+    /// The size the hub counts and meters ([`crate::protocol::counted_message_size`]): the
+    /// body and the properties' names and values, decoded, system ones without `$.`. Never
+    /// more than [`TelemetryMessage::size`].
+    pub fn counted_size(&self) -> usize {
+        let system = [
+            ("mid", &self.message_id),
+            ("cid", &self.correlation_id),
+            ("ct", &self.content_type),
+            ("ce", &self.content_encoding),
+        ];
+        crate::protocol::counted_message_size(
+            self.body.len(),
+            system
+                .iter()
+                .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+                .chain(
+                    self.properties
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+        )
+    }
+
     /// Refuses a message the hub would refuse for its size, before it is sent: over MQTT the
     /// hub answers one by closing the connection, and a client that queued it would send it
     /// again after every reconnect.
@@ -772,6 +795,30 @@ mod tests {
             "%24.mid=abc&%24.ct=application%2Fjson&%24.ce=utf-8&temp=21&zeta=a%2Fb"
         );
         assert_eq!(TelemetryMessage::new("x").property_bag(), "");
+    }
+
+    #[test]
+    fn the_counted_size_is_what_the_hub_counts_from_the_bag() {
+        let message = TelemetryMessage {
+            body: Bytes::from_static(b"{\"t\":1}"),
+            content_type: Some("application/json".into()),
+            content_encoding: None,
+            message_id: Some("sensor-1-7".into()),
+            correlation_id: None,
+            properties: vec![("zone".into(), "a/b c".into())],
+        };
+        // 7 of body, mid + sensor-1-7 (13), ct + application/json (18), zone + a/b c (9).
+        assert_eq!(message.counted_size(), 47);
+        let (properties, system) = crate::protocol::parse_property_bag(&message.property_bag());
+        let decoded = properties
+            .iter()
+            .chain(&system)
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        assert_eq!(
+            crate::protocol::counted_message_size(message.body.len(), decoded),
+            message.counted_size()
+        );
+        assert!(message.counted_size() < message.size());
     }
 
     #[test]

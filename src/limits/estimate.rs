@@ -22,6 +22,30 @@ pub struct HubDemand {
     pub connect_within_seconds: f64,
 }
 
+impl HubDemand {
+    /// Refuses a demand no fleet has (negative, not a number, or nothing to connect within):
+    /// the fits of such a demand would be meaningless rather than wrong-looking.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("d2c_per_second", self.d2c_per_second),
+            ("mean_message_bytes", self.mean_message_bytes),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!(
+                    "{name} must be a finite number, 0 or more, not {value}"
+                ));
+            }
+        }
+        let within = self.connect_within_seconds;
+        if !(within.is_finite() && within > 0.0) {
+            return Err(format!(
+                "connect_within_seconds must be a positive number, not {within}"
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The fewest units of one tier that carry a demand, or why none do.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TierFit {
@@ -118,6 +142,16 @@ mod tests {
             needs_standard: true,
             connect_within_seconds: 3600.0,
         }
+    }
+
+    #[test]
+    fn a_demand_no_fleet_has_is_refused() {
+        assert!(demand(10, 1.0, 100.0).check().is_ok());
+        assert!(demand(10, -1.0, 100.0).check().is_err());
+        assert!(demand(10, 1.0, f64::NAN).check().is_err());
+        let mut d = demand(10, 1.0, 100.0);
+        d.connect_within_seconds = 0.0;
+        assert!(d.check().unwrap_err().contains("connect_within_seconds"));
     }
 
     #[test]

@@ -12,12 +12,61 @@ use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::fleet::engine::{self, FleetDevice, FleetProgress, FleetResult, FleetSettings};
+use crate::limits::estimate::{self, HubDemand};
+use crate::limits::tiers::DPS_RATES;
 use crate::provisioning::{DeviceAuth, Trust};
 use crate::python::pki::PyDeviceCertificate;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyFleetRun>()?;
+    m.add_function(wrap_pyfunction!(hub_tier_fits, m)?)?;
+    m.add_function(wrap_pyfunction!(dps_onboarding_seconds, m)?)?;
+    m.add(
+        "DPS_REGISTRATIONS_PER_MINUTE",
+        DPS_RATES.registrations_per_minute,
+    )?;
     Ok(())
+}
+
+/// One tier's fit as Python receives it: `(tier, units, limited_by, metered_messages_per_day)`.
+type FitRow = (&'static str, Option<u32>, String, f64);
+
+/// The fewest units of every hub tier that carry a hub's demand (`limits::estimate::fits`),
+/// in the tiers' order: `(tier, units or None, limited_by, metered_messages_per_day)`.
+#[pyfunction]
+#[pyo3(signature = (devices, d2c_per_second, mean_message_bytes, needs_standard, connect_within_seconds))]
+fn hub_tier_fits(
+    devices: u64,
+    d2c_per_second: f64,
+    mean_message_bytes: f64,
+    needs_standard: bool,
+    connect_within_seconds: f64,
+) -> PyResult<Vec<FitRow>> {
+    let demand = HubDemand {
+        devices,
+        d2c_per_second,
+        mean_message_bytes,
+        needs_standard,
+        connect_within_seconds,
+    };
+    demand.check().map_err(Error::Config)?;
+    Ok(estimate::fits(&demand)
+        .into_iter()
+        .map(|f| {
+            (
+                f.tier.name(),
+                f.units,
+                f.limited_by,
+                f.metered_messages_per_day,
+            )
+        })
+        .collect())
+}
+
+/// Seconds one DPS takes at Azure's registration rate to register `devices`.
+#[pyfunction]
+fn dps_onboarding_seconds(devices: u64) -> f64 {
+    estimate::dps_onboarding_seconds(devices)
 }
 
 /// One fleet run in progress (see `dpskit.Fleet`).
@@ -303,6 +352,17 @@ impl PyFleetRun {
             "duplicates",
             d.iter().map(|r| r.duplicates).collect::<Vec<_>>(),
         )?;
+        devices.set_item(
+            "bytes_sent",
+            d.iter().map(|r| r.bytes_sent).collect::<Vec<_>>(),
+        )?;
+        let span = |pick: fn((Duration, Duration)) -> Duration| {
+            d.iter()
+                .map(|r| r.send_span.map(|s| pick(s).as_secs_f64()))
+                .collect::<Vec<_>>()
+        };
+        devices.set_item("first_sent_s", span(|s| s.0))?;
+        devices.set_item("last_sent_s", span(|s| s.1))?;
         let m = &result.messages;
         let messages = PyDict::new(py);
         messages.set_item("device", &m.device)?;
@@ -311,6 +371,7 @@ impl PyFleetRun {
         messages.set_item("latency_ms", &m.latency_ms)?;
         messages.set_item("anomaly", &m.anomaly)?;
         messages.set_item("duplicate", &m.duplicate)?;
+        messages.set_item("bytes", &m.bytes)?;
         let out = PyDict::new(py);
         out.set_item("devices", devices)?;
         out.set_item("messages", messages)?;
