@@ -4,6 +4,7 @@ below), the frame and the summary section, and the refusals a tier preset produc
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -187,3 +188,39 @@ def test_a_free_hub_shows_the_throttles_its_preset_produced(setup: Setup) -> Non
     assert free.quota_refusals == usage.quota_refusals
     refused = f"429 connections {usage.throttled['connections']:,}"
     assert refused in report.summary()
+
+
+def test_a_fleet_on_a_spent_daily_quota_ends_with_its_devices_failed(setup: Setup) -> None:
+    """Once an F1 hub's 8,000 daily blocks are spent, the hub drops each connection that sends
+    a message (403002 has no MQTT answer but the dropped connection). Each device gives up
+    after five connections in a row dropped without an acknowledgement, so the run ends."""
+    hub = setup.hub("spent-hub", sku="F1")
+    identity = hub.create_device("spender", symmetric_key=True)
+    assert identity.primary_key is not None
+    key = identity.primary_key
+
+    async def spend() -> None:
+        async with dpskit.HubClient.connect(
+            f"{hub.host_name}:{setup.cloud.mqtt_port}",
+            device_id="spender",
+            symmetric_key=key,
+            trust=setup.cloud.trust_pem,
+        ) as client:
+            for _ in range(20):  # 20 x 400 blocks of 0.5 KB
+                await client.send_telemetry(b"x" * 200 * 1024)
+
+    asyncio.run(spend())
+    assert hub.usage().messages_left == 0
+    report = dpskit.Fleet(
+        setup.dps,
+        authority=setup.authority,
+        count=3,
+        prefix="late-",
+        telemetry=dpskit.TelemetryPlan(interval=0.1, count=2),
+    ).run(progress=False)
+    assert report.outcomes == {"telemetry_failed": 3}, report.summary()
+    assert report.messages_acknowledged == 0
+    assert hub.usage().quota_refusals >= 15
+    free = report.azure_estimate().hub("spent-hub")
+    assert free.quota_refusals is not None
+    assert free.quota_refusals >= 15

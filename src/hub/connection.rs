@@ -3,7 +3,9 @@
 //! flight), on rumqttc's packet codec. One task per device owns the socket; the client talks
 //! to it through a bounded channel, so the window of unacknowledged messages paces senders.
 //! Lost connections are dialled again with backoff; messages not acknowledged are sent again
-//! (DUP) on the new connection; SAS tokens are renewed by reconnecting before they expire.
+//! (DUP) on the new connection, unless the hub has closed it [`MAX_STALLED_CONNECTIONS`] times in
+//! a row without acknowledging any (it refuses them: then the client ends with that reason);
+//! SAS tokens are renewed by reconnecting before they expire.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,9 @@ use crate::provisioning::jittered_backoff as reconnect_delay;
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 pub(super) const MAX_INCOMING: usize = 256 * 1024;
+/// Connections in a row a hub may close with messages outstanding and none acknowledged
+/// before the client gives up on them (each after a reconnect delay of about a second).
+const MAX_STALLED_CONNECTIONS: u32 = 5;
 /// What the buffers start at and fall back to after a large packet.
 const SMALL_BUFFER: usize = 1024;
 
@@ -95,6 +100,9 @@ enum Outstanding {
 pub(super) struct InFlight {
     requests: BTreeMap<u16, Outstanding>,
     publishes: usize,
+    /// Publishes the hub has acknowledged, ever: a connection that ends with publishes
+    /// outstanding and this unchanged made no progress.
+    acknowledged: u64,
 }
 
 impl InFlight {
@@ -284,6 +292,9 @@ pub(super) async fn run(
     let mut outstanding = InFlight::default();
     let mut next_pkid: u16 = 0;
     let mut failures: u32 = 0;
+    // Connections in a row the hub closed while messages were outstanding and none of them
+    // was acknowledged.
+    let mut stalled: u32 = 0;
     let id = settings.client_id.clone();
     // Every way out of the loop is the reason the client ends for good.
     let reason = loop {
@@ -350,6 +361,7 @@ pub(super) async fn run(
             replay.push(Packet::Subscribe(packet.clone()));
             outstanding.insert(next_pkid, Outstanding::Subscribe { packet, done: None });
         }
+        let acknowledged_before = outstanding.acknowledged;
         let ending = match replay.iter().try_for_each(|p| wire.queue(p)) {
             Ok(()) => match wire.flush().await {
                 Ok(()) => {
@@ -377,6 +389,22 @@ pub(super) async fn run(
                 let _ = wire.stream.shutdown().await;
             }
             Ending::Lost(error) if settings.reconnect => {
+                if outstanding.publishes > 0 && outstanding.acknowledged == acknowledged_before {
+                    stalled += 1;
+                } else {
+                    stalled = 0;
+                }
+                if stalled >= MAX_STALLED_CONNECTIONS {
+                    // The hub takes the connection but drops it on what the device sends: it
+                    // refuses a message, and sending it again forever would hang every sender.
+                    break Error::Transport(format!(
+                        "{} closed {id}'s connection {stalled} times in a row without \
+                         acknowledging any of its {} outstanding messages: it refuses them (a \
+                         spent daily quota, 403002, or a throttled hub look like this over MQTT) \
+                         ({error})",
+                        settings.host, outstanding.publishes
+                    ));
+                }
                 failures += 1;
                 shared
                     .reconnects
@@ -520,8 +548,17 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 match packet {
                     Packet::PubAck(ack) => {
-                        if let Some(Outstanding::Publish { done: Some(done), .. }) = outstanding.remove(ack.pkid) {
-                            let _ = done.send(Ok(()));
+                        match outstanding.remove(ack.pkid) {
+                            Some(Outstanding::Publish { done, .. }) => {
+                                outstanding.acknowledged += 1;
+                                if let Some(done) = done {
+                                    let _ = done.send(Ok(()));
+                                }
+                            }
+                            Some(other) => {
+                                outstanding.insert(ack.pkid, other);
+                            }
+                            None => {}
                         }
                     }
                     Packet::SubAck(ack) => {
