@@ -132,3 +132,18 @@ def ec_device(ec_intermediate: dpskit.CertificateAuthority) -> dpskit.DeviceCert
 def other_root() -> dpskit.CertificateAuthority:
     """An unrelated root CA, to play the wrong trust anchor."""
     return dpskit.CertificateAuthority.create_root("Unrelated Root CA")
+
+
+def throttled(hub: dpskit.Hub) -> dict[str, int]:
+    """The 429s a local hub's presets produced, by operation (the local cloud always counts
+    them; only Azure leaves them None)."""
+    counts = hub.usage().throttled
+    assert counts is not None
+    return counts
+
+
+def quota_refusals(hub: dpskit.Hub) -> int:
+    """The 403002 refusals of a local hub's daily quota."""
+    refusals = hub.usage().quota_refusals
+    assert refusals is not None
+    return refusals

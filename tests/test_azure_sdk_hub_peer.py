@@ -29,7 +29,7 @@ from azure.iot.device import (
 )
 
 import dpskit
-from conftest import port_is_free
+from conftest import port_is_free, quota_refusals, throttled
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -270,7 +270,7 @@ def test_the_free_tier_quota_stops_the_official_sdk(cloud: dpskit.LocalCloud) ->
             client.send_message(Message(b"x" * 200 * 1024))  # type: ignore[no-untyped-call]
         assert hub.usage().messages_left == 0
         threading.Thread(target=send_one_more, daemon=True).start()
-        assert _wait(lambda: hub.usage().quota_refusals >= 1)
+        assert _wait(lambda: quota_refusals(hub) >= 1)
         assert _wait(lambda: bool(outcome) or not client.connected)
     finally:
         threading.Thread(target=client.shutdown, daemon=True).start()
@@ -313,7 +313,7 @@ def test_the_official_sdk_is_throttled_past_s1_sends(cloud: dpskit.LocalCloud) -
             ]
             # Until the hub throttles (or every send is acknowledged, which fails below).
             for _ in range(300):
-                if all(t.done() for t in sends) or hub.usage().throttled["d2c_sends"]:
+                if all(t.done() for t in sends) or throttled(hub)["d2c_sends"]:
                     break
                 await asyncio.sleep(0.1)
             await asyncio.wait(sends, timeout=5)
@@ -326,7 +326,7 @@ def test_the_official_sdk_is_throttled_past_s1_sends(cloud: dpskit.LocalCloud) -
             await asyncio.wait([asyncio.ensure_future(c.shutdown()) for c in clients], timeout=10)
 
     connected = asyncio.run(burst())
-    assert hub.usage().throttled["d2c_sends"] >= 1
+    assert throttled(hub)["d2c_sends"] >= 1
     assert not all(connected), "the hub throttled but no connection was dropped"
 
     async def after() -> None:
@@ -375,7 +375,7 @@ def test_the_official_sdk_is_refused_past_s1_new_connections(
     crowd_thread.start()
     refusals: list[BaseException] = []
     try:
-        _wait(lambda: hub.usage().throttled["connections"] > 0, timeout=30)
+        _wait(lambda: throttled(hub)["connections"] > 0, timeout=30)
         for _ in range(50):
             client = IoTHubDeviceClient.create_from_symmetric_key(
                 symmetric_key=device.primary_key,

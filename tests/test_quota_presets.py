@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import dpskit
+from conftest import throttled
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,7 @@ def test_free_tier_quota_is_metered_in_half_kilobyte_blocks_and_refuses_once_spe
     asyncio.run(scenario())
     usage = hub.usage()
     assert usage.messages_used == 8000
+    assert usage.quota_refusals is not None
     assert usage.quota_refusals >= 1
     assert len(hub.telemetry("quota-dev")) == 20
 
@@ -66,6 +68,23 @@ def test_a_hub_without_a_sku_is_s1_and_enforces_nothing(cloud: dpskit.LocalCloud
     usage = hub.usage()
     assert not usage.presets
     assert usage.daily_quota == 400_000
+    # Azure meters every hub: a hub enforcing nothing still shows today's messages, counted in
+    # 4 KB blocks (5,000 bytes are two).
+    identity = hub.create_device("plain-dev", symmetric_key=True)
+    assert identity.primary_key is not None
+    key = identity.primary_key
+
+    async def send() -> None:
+        async with dpskit.HubClient.connect(
+            f"{hub.host_name}:{cloud.mqtt_port}",
+            device_id="plain-dev",
+            symmetric_key=key,
+            trust=cloud.trust_pem,
+        ) as client:
+            await client.send_telemetry(b"x" * 5000)
+
+    asyncio.run(send())
+    assert hub.usage().messages_used == 2
     with pytest.raises(dpskit.ConfigError):
         cloud.create_hub("sized-hub", units=2)
     with pytest.raises(dpskit.ConfigError):
@@ -95,11 +114,11 @@ def test_service_operations_past_an_s1_throttle_are_refused_then_retried(
     # Queries: 20 a minute per unit, a minute's worth at once.
     for _ in range(21):
         assert [d.device_id for d in hub.devices()] == ["svc-dev"]
-    throttled = hub.usage().throttled
+    counts = throttled(hub)
     for operation in ("twin_reads", "twin_updates", "queries", "registry_operations"):
-        assert throttled[operation] >= 1, (operation, throttled)
-    assert throttled["connections"] == 0
-    assert throttled["d2c_sends"] == 0
+        assert counts[operation] >= 1, (operation, counts)
+    assert counts["connections"] == 0
+    assert counts["d2c_sends"] == 0
 
 
 def test_direct_methods_are_throttled_by_payload_blocks_and_c2d_by_count(
@@ -131,13 +150,13 @@ def test_direct_methods_are_throttled_by_payload_blocks_and_c2d_by_count(
                 assert (await call).status == 200
 
     asyncio.run(scenario())
-    assert hub.usage().throttled["direct_methods"] >= 1
+    assert throttled(hub)["direct_methods"] >= 1
     # 50 C2D messages may wait per device: spread 101 sends over three devices.
     for name in ("c2d-a", "c2d-b"):
         hub.create_device(name, symmetric_key=True)
     for i in range(101):
         hub.send_c2d(("method-dev", "c2d-a", "c2d-b")[i % 3], b"ping")
-    assert hub.usage().throttled["c2d_sends"] >= 1
+    assert throttled(hub)["c2d_sends"] >= 1
 
 
 def test_device_twin_requests_past_the_throttle_get_429(cloud: dpskit.LocalCloud) -> None:
@@ -163,7 +182,7 @@ def test_device_twin_requests_past_the_throttle_get_429(cloud: dpskit.LocalCloud
     refusals = asyncio.run(scenario())
     assert refusals, "150 twin reads at once were all served"
     assert all(isinstance(r, dpskit.ServiceError) and r.status == 429 for r in refusals), refusals
-    assert hub.usage().throttled["twin_reads"] == len(refusals)
+    assert throttled(hub)["twin_reads"] == len(refusals)
 
 
 def test_the_daily_meter_survives_a_restart(tmp_path: Path) -> None:

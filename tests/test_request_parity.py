@@ -326,6 +326,23 @@ def test_hub_create_get_list_keys_delete(
     ours = _record(cloud, lambda: azure.hub(name))
     _assert_parity(_pick(sdk, "POST", keys), _pick(ours, "POST", keys))
 
+    # The daily meter on Azure: the quotaMetrics the SDK lists, read by Hub.usage().
+    metrics = f"{resource}/quotaMetrics"
+    sdk_metrics: list[Any] = []
+    sdk = _record(
+        cloud,
+        lambda: sdk_metrics.extend(hub_mgmt.iot_hub_resource.get_quota_metrics(RG, name)),
+    )
+    usages: list[dpskit.HubUsage] = []
+    ours = _record(cloud, lambda: usages.append(azure.hub(name).usage()))
+    _assert_parity(_pick(sdk, "GET", metrics), _pick(ours, "GET", metrics))
+    by_name = {m.name: (m.current_value, m.max_value) for m in sdk_metrics}
+    assert by_name == {"TotalMessages": (0, 400_000), "TotalDeviceCount": (0, 1_000_000)}
+    [usage] = usages
+    assert (usage.sku, usage.units, usage.daily_quota, usage.messages_used) == ("S1", 1, 400_000, 0)
+    assert (usage.meter_block_bytes, usage.throttled, usage.quota_refusals) == (4096, None, None)
+    assert usage.presets
+
     sdk = _record(cloud, lambda: hub_mgmt.iot_hub_resource.begin_delete(RG, name).result())
     cloud.create_hub(name)
     ours = _record(cloud, lambda: azure.delete_hub(name))

@@ -310,20 +310,24 @@ class HubUsage:
 
     sku: str
     units: int
-    #: Whether the hub enforces its tier's throttles and daily quota (``create_hub(sku=...)``).
+    #: Whether the hub enforces its tier's throttles and daily quota (``create_hub(sku=...)``;
+    #: always on Azure).
     presets: bool
     daily_quota: int
     messages_used: int
-    meter_block_bytes: int
+    #: The block a message is metered in (None for a tier dpskit does not know).
+    meter_block_bytes: int | None
     #: When the meter starts again at zero: the next 00:00 UTC.
     resets_at: datetime
     #: Operations refused with 429001 (``ThrottlingException``) by operation:
     #: ``connections`` (CONNACK refused), ``d2c_sends`` (the connection closed past traffic
     #: shaping), ``twin_reads``, ``twin_updates``, ``direct_methods``, ``c2d_sends``,
-    #: ``registry_operations`` and ``queries``.
-    throttled: dict[str, int]
-    #: Messages refused (403002 IotHubQuotaExceeded) once the daily quota was spent.
-    quota_refusals: int
+    #: ``registry_operations`` and ``queries``. None on Azure, which reports them as Azure
+    #: Monitor metrics, not through ARM.
+    throttled: dict[str, int] | None
+    #: Messages refused (403002 IotHubQuotaExceeded) once the daily quota was spent (None on
+    #: Azure, as ``throttled``).
+    quota_refusals: int | None
 
     @property
     def messages_left(self) -> int:
@@ -340,7 +344,7 @@ class HubUsage:
             messages_used=data["messages_used"],
             meter_block_bytes=data["meter_block_bytes"],
             resets_at=datetime.fromtimestamp(data["resets_at"], tz=timezone.utc),
-            throttled=dict(data["throttled"]),
+            throttled=None if data["throttled"] is None else dict(data["throttled"]),
             quota_refusals=data["quota_refusals"],
         )
 
@@ -967,12 +971,15 @@ class Hub:
         )
 
     def usage(self) -> HubUsage:
-        """The hub's tier, today's message meter (reset at 00:00 UTC) and the refusals its
-        throttles produced (emulator only). The meter counts only while the hub enforces its
-        tier (``presets``)."""
-        return HubUsage._from_json(
-            json.loads(self._cloud._emulator_only("usage").hub_usage(self.host_name))
-        )
+        """The hub's tier, today's message meter (reset at 00:00 UTC) and, on the local cloud,
+        the refusals its throttles produced. On Azure the meter is the hub's ``TotalMessages``
+        quota metric (ARM ``quotaMetrics``, what the portal shows as the daily message limit)
+        and the refusals are None (Azure Monitor has them)."""
+        if isinstance(self._cloud, LocalCloud):
+            data = self._cloud._emulator.hub_usage(self.host_name)
+        else:
+            data = self._cloud._rest.hub_usage(self.name)
+        return HubUsage._from_json(json.loads(data))
 
     def refuse_connections(self, count: int) -> None:
         """Refuse the next ``count`` device connections (fault injection, emulator only)."""

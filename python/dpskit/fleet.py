@@ -943,8 +943,16 @@ class Fleet:
         return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"
 
 
-def _refusals_between(before: HubUsage, after: HubUsage) -> _Refusals:
-    """The 429s by operation and the quota refusals a hub's presets added between two reads."""
+def _refusals_between(before: HubUsage, after: HubUsage) -> _Refusals | None:
+    """The 429s by operation and the quota refusals a hub's presets added between two reads
+    (None where the cloud does not count them: Azure)."""
+    if (
+        before.throttled is None
+        or after.throttled is None
+        or before.quota_refusals is None
+        or after.quota_refusals is None
+    ):
+        return None
     throttled = {op: n - before.throttled.get(op, 0) for op, n in after.throttled.items()}
     return throttled, after.quota_refusals - before.quota_refusals
 
@@ -1015,11 +1023,12 @@ class _RunSession:
         after = self._usage() if before is not None else None
         refusals = None
         if before is not None and after is not None:
-            refusals = {
+            between = {
                 name: _refusals_between(before[name], after[name])
                 for name in before
                 if name in after
             }
+            refusals = {name: r for name, r in between.items() if r is not None}
         return FleetReport(
             columns,
             hubs=self.hubs,

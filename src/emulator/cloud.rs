@@ -387,6 +387,15 @@ impl Cloud {
             .collect()
     }
 
+    /// How many device identities a hub holds (by host name).
+    pub fn hub_device_count(&self, hub_host: &str) -> usize {
+        self.read()
+            .devices
+            .values()
+            .filter(|d| d.hub == hub_host)
+            .count()
+    }
+
     /// One device identity of a hub, looked up by key (connects and service calls use it: no
     /// scan of the hub's other devices).
     pub fn hub_device(&self, hub_host: &str, device_id: &str) -> Option<HubDevice> {

@@ -430,6 +430,18 @@ impl HubEngine {
         if !self.quotas.needs_count(hub) {
             return Ok(());
         }
+        let (day, used) = self.stored_messages_today(hub, sku)?;
+        self.quotas.start_count(hub, day, used);
+        Ok(())
+    }
+
+    /// Today's UTC day and the messages the hub stored since its start, metered in the tier's
+    /// blocks.
+    fn stored_messages_today(
+        &self,
+        hub: &str,
+        sku: crate::limits::HubSku,
+    ) -> std::result::Result<(i64, u64), String> {
         let (day, since) = start_of_today();
         let used = self
             .store
@@ -438,8 +450,7 @@ impl HubEngine {
             .into_iter()
             .map(|size| sku.metered_messages(size))
             .sum();
-        self.quotas.start_count(hub, day, used);
-        Ok(())
+        Ok((day, used))
     }
 
     /// The hub's tier, today's message meter and the refusals its throttles produced.
@@ -455,17 +466,24 @@ impl HubEngine {
             units: 1,
         });
         let presets = self.quotas.preset(hub).is_some();
-        if presets {
+        let messages_used = if presets {
             self.count_stored_messages(hub, sku)
                 .map_err(Error::Config)?;
-        }
+            self.quotas.counters(hub).messages_used
+        } else {
+            // Azure meters every hub; one that enforces nothing is not metered as it goes, so
+            // its stored messages of today are counted now.
+            self.stored_messages_today(hub, sku)
+                .map_err(Error::Config)?
+                .1
+        };
         let counters = self.quotas.counters(hub);
         Ok(HubUsage {
             sku: sku.tier.name().to_string(),
             units: sku.units,
             presets,
             daily_quota: sku.daily_messages(),
-            messages_used: counters.messages_used,
+            messages_used,
             meter_block_bytes: sku.tier.limits().meter_block_bytes,
             resets_at: counters.resets_at,
             throttled: counters.throttled,

@@ -33,3 +33,6 @@ pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
 pub const TWIN_TOO_LARGE_ERROR_CODE: u32 = 403_100;
 /// Largest cloud-to-device message (IoT Hub quotas and throttling).
 pub const MAX_C2D_MESSAGE_BYTES: usize = 64 * 1024;
+/// Most device (and module) identities one hub holds ("IoT Hub quotas and throttling", other
+/// limits).
+pub const MAX_HUB_DEVICES: u64 = 1_000_000;

@@ -230,6 +230,26 @@ impl PyRestClient {
         })
     }
 
+    /// A hub's tier and today's meter from ARM, in the shape of the emulator's usage (no
+    /// throttle counts: Azure keeps those in Azure Monitor).
+    fn hub_usage(&self, py: Python<'_>, name: &str) -> PyResult<String> {
+        self.run(py, async {
+            self.arm.hub_usage(name).await.map(|u| {
+                text(&json!({
+                    "sku": u.sku,
+                    "units": u.units,
+                    "presets": true,
+                    "daily_quota": u.daily_quota,
+                    "messages_used": u.messages_used,
+                    "meter_block_bytes": u.meter_block_bytes,
+                    "resets_at": u.resets_at,
+                    "throttled": null,
+                    "quota_refusals": null,
+                }))
+            })
+        })
+    }
+
     #[pyo3(signature = (name, location, presets=false))]
     fn create_dps(
         &self,

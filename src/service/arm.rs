@@ -120,6 +120,54 @@ pub struct HubResource {
     pub units: u32,
 }
 
+/// One of a hub's quota metrics (`quotaMetrics`): `TotalMessages` (today's metered messages
+/// against the daily quota) or `TotalDeviceCount` (identities against the hub's maximum).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaMetric {
+    /// `TotalMessages` or `TotalDeviceCount`.
+    pub name: String,
+    /// Used so far.
+    pub current_value: u64,
+    /// The quota.
+    pub max_value: u64,
+}
+
+impl QuotaMetric {
+    fn from_json(value: &Value) -> Result<Self> {
+        let field = |key: &str| {
+            value[key].as_u64().ok_or_else(|| {
+                Error::Protocol(format!("a quota metric without a whole \"{key}\": {value}"))
+            })
+        };
+        Ok(QuotaMetric {
+            name: value["name"]
+                .as_str()
+                .ok_or_else(|| Error::Protocol(format!("a quota metric without a name: {value}")))?
+                .to_string(),
+            current_value: field("currentValue")?,
+            max_value: field("maxValue")?,
+        })
+    }
+}
+
+/// A hub's tier and today's message meter, from ARM (Azure reports no throttle counts there:
+/// those are Azure Monitor metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubQuotaUsage {
+    /// ARM `sku.name`.
+    pub sku: String,
+    /// ARM `sku.capacity`.
+    pub units: u32,
+    /// Messages the hub takes a day.
+    pub daily_quota: u64,
+    /// Messages metered today.
+    pub messages_used: u64,
+    /// The block a message is metered in, for a tier dpskit knows.
+    pub meter_block_bytes: Option<usize>,
+    /// When the meter resets: the next 00:00 UTC, Unix seconds.
+    pub resets_at: i64,
+}
+
 /// A shared access policy with its keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccessKeys {
@@ -970,6 +1018,44 @@ impl ArmClient {
         let what = format!("deleting IoT hub {name}");
         self.delete(self.hub_url(name), HUB_API_VERSION, None, true, &what)
             .await
+    }
+
+    /// The hub's quota metrics: today's metered messages and its identities, each against its
+    /// quota (what the portal's "Daily message limit" shows).
+    pub async fn hub_quota_metrics(&self, name: &str) -> Result<Vec<QuotaMetric>> {
+        let url = format!("{}/quotaMetrics", self.hub_url(name));
+        self.list(
+            url,
+            HUB_API_VERSION,
+            &format!("reading the quota metrics of IoT hub {name}"),
+            QuotaMetric::from_json,
+        )
+        .await
+    }
+
+    /// A hub's tier and today's message meter as Azure reports them: its `sku` and the
+    /// `TotalMessages` quota metric.
+    pub async fn hub_usage(&self, name: &str) -> Result<HubQuotaUsage> {
+        let hub = self.hub(name).await?;
+        let metrics = self.hub_quota_metrics(name).await?;
+        let messages = metrics
+            .iter()
+            .find(|m| m.name.eq_ignore_ascii_case("TotalMessages"))
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "the quota metrics of IoT hub {name} lack TotalMessages"
+                ))
+            })?;
+        let tier = crate::limits::HubTier::parse(&hub.sku);
+        let now = crate::pki::issue::now();
+        Ok(HubQuotaUsage {
+            meter_block_bytes: tier.map(|t| t.limits().meter_block_bytes),
+            sku: hub.sku,
+            units: hub.units,
+            daily_quota: messages.max_value,
+            messages_used: messages.current_value,
+            resets_at: (now.div_euclid(86_400) + 1) * 86_400,
+        })
     }
 
     /// The `iothubowner` keys.

@@ -822,6 +822,18 @@ fn iot_hubs(
                 || cloud.delete_hub(name),
             )
         }
+        (&Method::GET, 1, Some("quotametrics")) => {
+            let hub = cloud.hub(name)?;
+            let usage = context.hubs.usage(&hub.host_name)?;
+            let devices = cloud.hub_device_count(&hub.host_name);
+            Ok(Reply::json(
+                StatusCode::OK,
+                json!({"value": [
+                    {"name": "TotalMessages", "currentValue": usage.messages_used, "maxValue": usage.daily_quota},
+                    {"name": "TotalDeviceCount", "currentValue": devices, "maxValue": crate::limits::MAX_HUB_DEVICES},
+                ]}),
+            ))
+        }
         (&Method::POST, 1, Some("listkeys")) => {
             let hub = cloud.hub(name)?;
             Ok(Reply::json(
