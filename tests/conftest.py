@@ -8,6 +8,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,21 @@ def quota_refusals(hub: dpskit.Hub) -> int:
     refusals = hub.usage().quota_refusals
     assert refusals is not None
     return refusals
+
+
+def sas_device(cloud: dpskit.LocalCloud, hub: dpskit.Hub, device_id: str) -> Any:
+    """Creates a symmetric-key identity on ``hub`` (no DPS) and returns what connects it:
+    ``async with connect() as client``."""
+    identity = hub.create_device(device_id, symmetric_key=True)
+    key = identity.primary_key
+    assert key is not None
+
+    def connect() -> Any:
+        return dpskit.HubClient.connect(
+            f"{hub.host_name}:{cloud.mqtt_port}",
+            device_id=device_id,
+            symmetric_key=key,
+            trust=cloud.trust_pem,
+        )
+
+    return connect

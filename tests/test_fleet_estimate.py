@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import dpskit
-from conftest import quota_refusals
+from conftest import quota_refusals, sas_device
 from dpskit._native import DPS_REGISTRATIONS_PER_MINUTE
 
 pd = pytest.importorskip("pandas")
@@ -197,17 +197,10 @@ def test_a_fleet_on_a_spent_daily_quota_ends_with_its_devices_failed(setup: Setu
     a message (403002 has no MQTT answer but the dropped connection). Each device gives up
     after five connections in a row dropped without an acknowledgement, so the run ends."""
     hub = setup.hub("spent-hub", sku="F1")
-    identity = hub.create_device("spender", symmetric_key=True)
-    assert identity.primary_key is not None
-    key = identity.primary_key
+    connect = sas_device(setup.cloud, hub, "spender")
 
     async def spend() -> None:
-        async with dpskit.HubClient.connect(
-            f"{hub.host_name}:{setup.cloud.mqtt_port}",
-            device_id="spender",
-            symmetric_key=key,
-            trust=setup.cloud.trust_pem,
-        ) as client:
+        async with connect() as client:
             for _ in range(20):  # 20 x 400 blocks of 0.5 KB
                 await client.send_telemetry(b"x" * 200 * 1024)
 

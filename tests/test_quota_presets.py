@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import dpskit
-from conftest import throttled
+from conftest import sas_device, throttled
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,10 @@ def test_free_tier_quota_is_metered_in_half_kilobyte_blocks_and_refuses_once_spe
     assert (before.daily_quota, before.meter_block_bytes, before.messages_used) == (8000, 512, 0)
     assert before.resets_at.hour == 0
     assert before.resets_at.minute == 0
-    identity = hub.create_device("quota-dev", symmetric_key=True)
-    assert identity.primary_key is not None
-    key = identity.primary_key
+    connect = sas_device(cloud, hub, "quota-dev")
 
     async def scenario() -> None:
-        async with dpskit.HubClient.connect(
-            f"{hub.host_name}:{cloud.mqtt_port}",
-            device_id="quota-dev",
-            symmetric_key=key,
-            trust=cloud.trust_pem,
-        ) as client:
+        async with connect() as client:
             # 200 KB is 400 blocks of 0.5 KB: twenty messages spend the day's 8,000.
             for _ in range(20):
                 await client.send_telemetry(b"x" * 200 * 1024)
@@ -70,17 +63,10 @@ def test_a_hub_without_a_sku_is_s1_and_enforces_nothing(cloud: dpskit.LocalCloud
     assert usage.daily_quota == 400_000
     # Azure meters every hub: a hub enforcing nothing still shows today's messages, counted in
     # 4 KB blocks (5,000 bytes are two).
-    identity = hub.create_device("plain-dev", symmetric_key=True)
-    assert identity.primary_key is not None
-    key = identity.primary_key
+    connect = sas_device(cloud, hub, "plain-dev")
 
     async def send() -> None:
-        async with dpskit.HubClient.connect(
-            f"{hub.host_name}:{cloud.mqtt_port}",
-            device_id="plain-dev",
-            symmetric_key=key,
-            trust=cloud.trust_pem,
-        ) as client:
+        async with connect() as client:
             await client.send_telemetry(b"x" * 5000)
 
     asyncio.run(send())
@@ -127,17 +113,10 @@ def test_direct_methods_are_throttled_by_payload_blocks_and_c2d_by_count(
     """S1 allows 160 KB of method payload a second (4 KB blocks, 40 a second) and 100 C2D
     sends a minute: two 100 KB calls in a row spend 50 blocks, so the second waits."""
     hub = cloud.create_hub("s1-methods-hub", sku="S1")
-    identity = hub.create_device("method-dev", symmetric_key=True)
-    assert identity.primary_key is not None
-    key = identity.primary_key
+    connect = sas_device(cloud, hub, "method-dev")
 
     async def scenario() -> None:
-        async with dpskit.HubClient.connect(
-            f"{hub.host_name}:{cloud.mqtt_port}",
-            device_id="method-dev",
-            symmetric_key=key,
-            trust=cloud.trust_pem,
-        ) as client:
+        async with connect() as client:
             loop = asyncio.get_running_loop()
             requests = client.method_requests()
             payload = {"blob": "x" * 100 * 1024}
@@ -163,17 +142,10 @@ def test_device_twin_requests_past_the_throttle_get_429(cloud: dpskit.LocalCloud
     """A device's twin GETs count against the hub's twin-read throttle like the service's:
     past 100 in a burst the hub answers 429001 on the twin response topic."""
     hub = cloud.create_hub("s1-twin-hub", sku="S1")
-    identity = hub.create_device("twin-dev", symmetric_key=True)
-    assert identity.primary_key is not None
-    key = identity.primary_key
+    connect = sas_device(cloud, hub, "twin-dev")
 
     async def scenario() -> list[BaseException]:
-        async with dpskit.HubClient.connect(
-            f"{hub.host_name}:{cloud.mqtt_port}",
-            device_id="twin-dev",
-            symmetric_key=key,
-            trust=cloud.trust_pem,
-        ) as client:
+        async with connect() as client:
             outcomes = await asyncio.gather(
                 *(client.get_twin() for _ in range(150)), return_exceptions=True
             )
@@ -190,17 +162,10 @@ def test_the_daily_meter_survives_a_restart(tmp_path: Path) -> None:
     quota."""
     with dpskit.LocalCloud(port=0, data_dir=tmp_path) as first:
         hub = first.create_hub("restart-hub", sku="F1")
-        identity = hub.create_device("meter-dev", symmetric_key=True)
-        assert identity.primary_key is not None
-        key = identity.primary_key
+        connect = sas_device(first, hub, "meter-dev")
 
         async def send() -> None:
-            async with dpskit.HubClient.connect(
-                f"{hub.host_name}:{first.mqtt_port}",
-                device_id="meter-dev",
-                symmetric_key=key,
-                trust=first.trust_pem,
-            ) as client:
+            async with connect() as client:
                 # 1,000 bytes and a 24-byte property bag: two 0.5 KB blocks each.
                 for _ in range(3):
                     await client.send_telemetry(b"x" * 1000, {"unit": "C"})
