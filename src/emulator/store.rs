@@ -241,6 +241,7 @@ impl Store {
                 )
                 .map_err(db_error)?;
             for r in records {
+                // Pairs of strings always serialise.
                 let properties =
                     serde_json::to_string(&r.properties).unwrap_or_else(|_| "[]".into());
                 let system =
@@ -281,8 +282,22 @@ impl Store {
                     module_id: row.get(3)?,
                     enqueued: row.get(4)?,
                     body: row.get(5)?,
-                    properties: serde_json::from_str(&properties).unwrap_or_default(),
-                    system_properties: serde_json::from_str(&system).unwrap_or_default(),
+                    // A bag that does not parse is refused, not read as empty: the record
+                    // would lose its properties silently.
+                    properties: serde_json::from_str(&properties).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            6,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
+                    system_properties: serde_json::from_str(&system).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            7,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?,
                 })
             })
             .map_err(db_error)?;
@@ -497,5 +512,22 @@ mod tests {
             .block_on(writer.append_and_wait(record(10)))
             .unwrap();
         assert_eq!(store.telemetry("hub", None).unwrap().len(), fits + 2);
+    }
+
+    #[test]
+    fn a_stored_property_bag_that_does_not_parse_is_refused_not_read_as_empty() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(folder.path()).unwrap();
+        let mut kept = record(3);
+        kept.properties = vec![("unit".into(), "C".into())];
+        store.append_telemetry(&[kept]).unwrap();
+        assert_eq!(store.telemetry("hub", None).unwrap()[0].properties.len(), 1);
+        assert_eq!(store.telemetry_sizes_since("hub", 0.0).unwrap(), vec![3 + 5]);
+        store
+            .lock()
+            .execute("UPDATE telemetry SET properties = 'not json'", [])
+            .unwrap();
+        assert!(store.telemetry("hub", None).is_err());
+        assert!(store.telemetry_sizes_since("hub", 0.0).is_err());
     }
 }
