@@ -256,3 +256,28 @@ def test_the_management_sdk_sees_and_sets_the_sku(cloud: dpskit.LocalCloud, tmp_
         usage = cloud.hub(name).usage()
         assert (usage.sku, usage.units, usage.daily_quota) == ("B3", 2, 600_000_000)
         assert usage.presets == bool(tags)
+
+
+def test_a_throttled_connection_acknowledges_what_it_stored_before_it_closes(
+    cloud: dpskit.LocalCloud,
+) -> None:
+    """Three devices with 100 messages in flight each go past S1's 100 sends a second and its
+    second of traffic shaping: the hub refuses one, acknowledges every message it had already
+    stored, then closes the connection. The devices reconnect and send only what was not
+    acknowledged, so each message is stored exactly once."""
+    hub = cloud.create_hub("s1-shaping-hub", sku="S1")
+    connects = [sas_device(cloud, hub, f"shaped-{i}") for i in range(3)]
+
+    async def device(connect: Any, index: int) -> None:
+        async with connect() as client:
+            await asyncio.gather(
+                *(client.send_telemetry({"n": n}, message_id=f"{index}-{n}") for n in range(150))
+            )
+
+    async def scenario() -> None:
+        await asyncio.gather(*(device(c, i) for i, c in enumerate(connects)))
+
+    asyncio.run(scenario())
+    assert throttled(hub)["d2c_sends"] >= 1
+    stored = [m.message_id for m in hub.telemetry()]
+    assert sorted(stored) == sorted(f"{i}-{n}" for i in range(3) for n in range(150))

@@ -752,9 +752,18 @@ async fn hub_session(
     let events = format!("devices/{device_id}/messages/events/");
     let events_no_slash = format!("devices/{device_id}/messages/events");
     let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
+    // Why the hub refused a message (throttled, quota spent): it reads nothing more, sends the
+    // acknowledgements of what it already stored (their messages are not sent again), then
+    // closes the connection without acknowledging the refused one.
+    let mut closing: Option<String> = None;
     loop {
+        if unacknowledged == 0
+            && let Some(why) = closing.take()
+        {
+            return Err(why);
+        }
         let packet = tokio::select! {
-            read = tokio::time::timeout(idle, connection.read()), if unacknowledged < TELEMETRY_WINDOW => match read {
+            read = tokio::time::timeout(idle, connection.read()), if unacknowledged < TELEMETRY_WINDOW && closing.is_none() => match read {
                 Err(_) => return Err("keep-alive expired".into()),
                 Ok(result) => match result? {
                     Some(packet) => packet,
@@ -885,7 +894,13 @@ async fn hub_session(
                 {
                     // Latency and traffic shaping delay the acknowledgement; past the shaping
                     // window the hub throttles.
-                    let delay = context.hubs.admit_message(hub)?;
+                    let delay = match context.hubs.admit_message(hub) {
+                        Ok(delay) => delay,
+                        Err(why) => {
+                            closing = Some(why);
+                            continue;
+                        }
+                    };
                     let not_before = (!delay.is_zero()).then(|| std::time::Instant::now() + delay);
                     let (properties, system_properties) = parse_property_bag(bag);
                     // IoT Hub counts the body and the properties, names and values, against its
@@ -904,7 +919,10 @@ async fn hub_session(
                     }
                     // Metered as Azure meters it once the hub enforces its tier; a spent quota
                     // closes the connection without the PUBACK.
-                    context.hubs.meter_message(hub, size)?;
+                    if let Err(why) = context.hubs.meter_message(hub, size) {
+                        closing = Some(why);
+                        continue;
+                    }
                     let record = TelemetryRecord {
                         sequence: 0,
                         hub: hub.to_ascii_lowercase(),

@@ -522,7 +522,10 @@ mod tests {
         kept.properties = vec![("unit".into(), "C".into())];
         store.append_telemetry(&[kept]).unwrap();
         assert_eq!(store.telemetry("hub", None).unwrap()[0].properties.len(), 1);
-        assert_eq!(store.telemetry_sizes_since("hub", 0.0).unwrap(), vec![3 + 5]);
+        assert_eq!(
+            store.telemetry_sizes_since("hub", 0.0).unwrap(),
+            vec![3 + 5]
+        );
         store
             .lock()
             .execute("UPDATE telemetry SET properties = 'not json'", [])
