@@ -103,7 +103,7 @@ def test_the_estimate_of_a_known_fleet_gives_the_units_of_every_tier(setup: Setu
     # against its 8,000 and its one unit.
     f1 = hub_estimate.fit("f1")
     assert f1.units is None
-    assert f1.limited_by == "more than 1 units (daily quota)"
+    assert f1.limited_by == "past its 1 unit (daily quota)"
     assert f1.metered_messages_per_day == pytest.approx(2 * 86_400 * 25.0, rel=0.03)
     assert hub_estimate.fit("S1").metered_messages_per_day == pytest.approx(
         86_400 * hub_estimate.d2c_per_second
@@ -145,7 +145,7 @@ def test_the_estimate_of_a_known_fleet_gives_the_units_of_every_tier(setup: Setu
     assert "On Azure:" in summary
     assert "onboarding via one DPS" in summary
     assert "S1 x 6 (daily quota) · S2 x 1 · S3 x 1" in summary
-    assert "F1 — (more than 1 units (daily quota))" in summary
+    assert "F1: past its 1 unit (daily quota)" in summary
     assert "refused during the run: 429 none; 403002 0" in summary
 
 

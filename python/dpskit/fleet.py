@@ -67,7 +67,7 @@ class TierFit:
 
     ``limited_by`` names the limit that decides the units: ``"daily quota"``, ``"d2c sends"``,
     ``"connections"`` or ``"none"`` (one unit is enough); when ``units`` is None it says why the
-    tier cannot (``"no twins, methods or C2D"``, ``"more than N units (...)"``).
+    tier cannot (``"no twins, methods or C2D"``, ``"past its N units (...)"``).
     ``metered_messages_per_day`` counts the messages a day in this tier's meter blocks (4 KB,
     0.5 KB on F1)."""
 
@@ -78,7 +78,7 @@ class TierFit:
 
     def __str__(self) -> str:
         if self.units is None:
-            return f"{self.tier} — ({self.limited_by})"
+            return f"{self.tier}: {self.limited_by}"
         why = "" if self.limited_by == "none" else f" ({self.limited_by})"
         return f"{self.tier} x {self.units}{why}"
 
@@ -87,9 +87,9 @@ class TierFit:
 class HubEstimate:
     """What one hub of the run would need on Azure (see :meth:`FleetReport.azure_estimate`).
 
-    ``d2c_per_second`` is the hub's sustained device-to-cloud rate in Azure's time: the sum of
-    its devices' rates (a device's is ``sent - 1`` publishes over the time from its first to its
-    last; a device that sent one message adds none), divided by the run's time compression.
+    ``d2c_per_second`` is the hub's device-to-cloud rate in Azure's time: its messages (less
+    one) over the time from its devices' first send to their last, divided by the run's time
+    compression.
     ``mean_message_bytes`` is the size IoT Hub counts (body and properties). ``fits`` holds
     every tier, F1 to S3. ``throttled`` (429s by operation: ``connections``, ``d2c_sends``,
     ...) and ``quota_refusals`` (403002) are what the hub's tier presets refused during the run;
@@ -507,12 +507,15 @@ class FleetReport:
         hubs = []
         for name in sorted(per_hub):
             positions = per_hub[name]
-            rate = sum(
-                (sent[i] - 1) / (last[i] - first[i])
-                for i in positions
-                if sent[i] > 1 and last[i] > first[i]
-            )
             messages = sum(sent[i] for i in positions)
+            # The rate the hub saw: its messages over the time from its first send to its last.
+            # (A sum of per-device rates would take a device's burst of messages sent in a few
+            # microseconds for a rate it keeps up.)
+            senders = [i for i in positions if sent[i] > 0]
+            span = (
+                max(last[i] for i in senders) - min(first[i] for i in senders) if senders else 0.0
+            )
+            rate = (messages - 1) / span if messages > 1 and span > 0 else 0.0
             mean_bytes = sum(size[i] for i in positions) / messages if messages else 0.0
             demand = rate / compression
             fits = tuple(

@@ -54,8 +54,8 @@ pub struct TierFit {
     /// The fewest units, or `None` when even the tier's most units cannot.
     pub units: Option<u32>,
     /// The limit that decides the units: `daily quota`, `d2c sends`, `connections`, `none`
-    /// (one unit is enough), or why the tier cannot (`no twins, methods or C2D`, `more than N
-    /// units`).
+    /// (one unit is enough), or why the tier cannot (`no twins, methods or C2D`, `past its N
+    /// units (...)`).
     pub limited_by: String,
     /// Messages a day the demand meters in this tier's blocks.
     pub metered_messages_per_day: f64,
@@ -108,7 +108,11 @@ pub fn fit(tier: HubTier, demand: &HubDemand) -> TierFit {
     if !units.is_finite() || units > f64::from(limits.max_units) {
         return fit(
             None,
-            format!("more than {} units ({limited_by})", limits.max_units),
+            format!(
+                "past its {} unit{} ({limited_by})",
+                limits.max_units,
+                if limits.max_units == 1 { "" } else { "s" }
+            ),
         );
     }
     fit(Some(units as u32), limited_by.into())
