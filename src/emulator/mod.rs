@@ -1,7 +1,7 @@
-//! The local cloud: an in-process emulator of Azure DPS (and, next, IoT Hub) that the official
-//! SDKs talk to unchanged. One MQTT-over-TLS listener serves DPS and every hub, routed by the
-//! CONNECT username; state lives in SQLite in the data folder, which only its owner can read
-//! (see `secrets`).
+//! The local cloud: an in-process emulator of Azure DPS and IoT Hub that the official SDKs talk
+//! to unchanged. One MQTT-over-TLS listener serves DPS and every hub, routed by the CONNECT
+//! username; one HTTPS listener serves ARM and the DPS and hub service APIs (`rest`); state
+//! lives in SQLite in the data folder, which only its owner can read (see `secrets`).
 
 pub mod cloud;
 pub mod dps;

@@ -1,8 +1,9 @@
 //! The emulator's HTTPS listener: the Azure Resource Manager subset a DPS walkthrough uses
-//! (CA certificates and proof of possession so far), with Azure's paths, bodies, dates, etags
-//! and error shapes, so that dpskit's REST client and the official management SDK both work
-//! against it. Every request is translated into the same [`Cloud`] operations the in-process
-//! API uses.
+//! (hubs, DPS instances, linked hubs, CA certificates and proof of possession, keys, quota
+//! metrics; `arm.rs`), the DPS service API (`dps_service.rs`) and the hub service API
+//! (`hub_service.rs`), with Azure's paths, bodies, dates, etags and error shapes, so that
+//! dpskit's REST clients and the official SDKs work against it. Every request is translated into
+//! [`Cloud`] and engine operations.
 //!
 //! Nothing a client sends is trusted before it is authenticated: the ARM bearer token and the
 //! service APIs' SAS tokens (`sr` scope, `skn` policy and its rights) are checked on the headers
