@@ -14,10 +14,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, Credential};
-use crate::protocol::query_pairs;
-
-/// The MQTT api-version DPS documents and the Python and C# SDKs send.
-const API_VERSION: &str = "2019-03-31";
+use crate::protocol::dps::{
+    self as wire, DeviceRegistration, RegistrationOperationStatus, Request, Response,
+};
 /// SAS tokens are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
 /// DPS's largest message: 96 KB ("Azure IoT Hub Device Provisioning Service quotas and
@@ -223,7 +222,11 @@ async fn exchange(
     hooks: &dyn RegistrationHooks,
 ) -> Result<RegistrationResult> {
     let id = &request.registration_id;
-    let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
+    let body = serde_json::to_string(&DeviceRegistration {
+        registration_id: id.clone(),
+        payload: request.payload.clone(),
+    })
+    .map_err(|e| Error::Protocol(format!("cannot encode the registration request: {e}")))?;
     if body.len() > MAX_REGISTRATION_BYTES {
         // DPS would refuse it; refused here, the caller learns why instead of seeing a
         // dropped connection.
@@ -234,10 +237,10 @@ async fn exchange(
         )));
     }
     let mut options = MqttOptions::new(id.clone(), Broker::tcp(request.host.clone(), request.port));
-    let username = format!(
-        "{}/registrations/{id}/api-version={API_VERSION}&ClientVersion=dpskit%2F{}",
-        request.id_scope,
-        env!("CARGO_PKG_VERSION")
+    let username = wire::username(
+        &request.id_scope,
+        id,
+        concat!("dpskit/", env!("CARGO_PKG_VERSION")),
     );
     match &request.auth {
         DeviceAuth::X509(_) => {
@@ -246,7 +249,7 @@ async fn exchange(
         DeviceAuth::SymmetricKey(key) => {
             let expiry = crate::pki::issue::now() + SAS_TTL_SECONDS;
             let token = crate::sas::build_token(
-                &format!("{}/registrations/{id}", request.id_scope),
+                &wire::sas_audience(&request.id_scope, id),
                 key,
                 expiry,
                 Some("registration"),
@@ -276,7 +279,7 @@ async fn exchange(
         let publish = match event {
             Event::Incoming(Packet::ConnAck(_)) => {
                 client
-                    .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
+                    .subscribe(wire::RESPONSE_FILTER, QoS::AtLeastOnce)
                     .await
                     .map_err(|e| Error::Transport(e.to_string()))?;
                 continue;
@@ -284,12 +287,7 @@ async fn exchange(
             // DPS answers on the subscription only: publish once it is in place.
             Event::Incoming(Packet::SubAck(_)) => {
                 rid += 1;
-                send(
-                    &client,
-                    format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
-                    body.clone(),
-                )
-                .await?;
+                send(&client, register_topic(rid), body.clone()).await?;
                 continue;
             }
             Event::Incoming(Packet::Publish(p)) => p,
@@ -312,14 +310,7 @@ async fn exchange(
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
                 match &pending_operation {
-                    None => {
-                        send(
-                            &client,
-                            format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
-                            body.clone(),
-                        )
-                        .await?
-                    }
+                    None => send(&client, register_topic(rid), body.clone()).await?,
                     Some(op) => send(&client, poll_topic(rid, op), " ".into()).await?,
                 }
             }
@@ -362,44 +353,40 @@ enum Reply {
 fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Result<Reply> {
     let topic = String::from_utf8_lossy(topic);
     let (status, retry_after) = parse_response_topic(&topic)?;
-    let reply: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
     if status == 429 || status >= 500 {
         return Ok(Reply::Throttled { retry_after });
     }
     if status >= 300 {
-        return Err(refused(id, status, &reply, auth));
+        return Err(refused(id, status, &body, auth));
     }
-    match reply["status"].as_str() {
+    let reply = RegistrationOperationStatus::from_value(body.clone());
+    match reply.status.as_deref() {
         Some("assigning") | Some("unassigned") => {
-            let operation_id = reply["operationId"]
-                .as_str()
-                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?
-                .to_string();
+            let operation_id = reply
+                .operation_id
+                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?;
             Ok(Reply::Assigning {
                 operation_id,
                 retry_after,
             })
         }
         Some("assigned") => {
-            let state = &reply["registrationState"];
-            let text = |key: &str| state[key].as_str().map(str::to_string);
+            let state = reply.registration_state.unwrap_or_default();
             Ok(Reply::Assigned(Box::new(RegistrationResult {
                 status: "assigned".into(),
-                registration_id: text("registrationId").unwrap_or_else(|| id.to_string()),
-                assigned_hub: text("assignedHub"),
-                device_id: text("deviceId"),
-                substatus: text("substatus"),
-                etag: text("etag"),
-                created: text("createdDateTimeUtc"),
-                last_updated: text("lastUpdatedDateTimeUtc"),
-                payload: state.get("payload").cloned().filter(|p| !p.is_null()),
-                operation_id: reply["operationId"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                registration_id: state.registration_id.unwrap_or_else(|| id.to_string()),
+                assigned_hub: state.assigned_hub,
+                device_id: state.device_id,
+                substatus: state.substatus,
+                etag: state.etag,
+                created: state.created_date_time_utc,
+                last_updated: state.last_updated_date_time_utc,
+                payload: state.payload,
+                operation_id: reply.operation_id.unwrap_or_default(),
             })))
         }
-        _ => Err(refused(id, status, &reply["registrationState"], auth)),
+        _ => Err(refused(id, status, &body["registrationState"], auth)),
     }
 }
 
@@ -410,25 +397,26 @@ async fn send(client: &AsyncClient, topic: String, payload: String) -> Result<()
         .map_err(|e| Error::Transport(e.to_string()))
 }
 
+fn register_topic(rid: u32) -> String {
+    Request::Register {
+        rid: rid.to_string(),
+    }
+    .topic()
+}
+
 fn poll_topic(rid: u32, operation_id: &str) -> String {
-    format!(
-        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={}",
-        crate::sas::url_encode(operation_id)
-    )
+    Request::Poll {
+        rid: rid.to_string(),
+        operation_id: operation_id.to_string(),
+    }
+    .topic()
 }
 
 /// `$dps/registrations/res/{status}/?$rid=..[&retry-after=..]` → (status, retry-after).
 fn parse_response_topic(topic: &str) -> Result<(u16, Option<u32>)> {
-    let bad = || Error::Protocol(format!("unexpected DPS response topic {topic:?}"));
-    let rest = topic
-        .strip_prefix("$dps/registrations/res/")
-        .ok_or_else(bad)?;
-    let (status, query) = rest.split_once("/?").ok_or_else(bad)?;
-    let status = status.parse().map_err(|_| bad())?;
-    let retry_after = query_pairs(query)
-        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.parse().ok());
-    Ok((status, retry_after))
+    Response::parse(topic)
+        .map(|r| (r.status, r.retry_after))
+        .ok_or_else(|| Error::Protocol(format!("unexpected DPS response topic {topic:?}")))
 }
 
 /// At most 5 status polls in any 10 s, as DPS asks of clients (retry-after is honoured on top).
