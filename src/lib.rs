@@ -6,6 +6,7 @@
 //! [`protocol`], [`limits`] and [`transport`]. The `python` feature adds the PyO3 bindings that
 //! form the `dpskit._native` extension module.
 
+pub mod clock;
 pub mod emulator;
 pub mod error;
 pub mod fleet;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod pki;
 pub mod protocol;
 pub mod provisioning;
+pub mod random;
 pub mod sas;
 pub mod service;
 pub mod transport;

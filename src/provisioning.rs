@@ -247,7 +247,7 @@ async fn exchange(
             options.set_username(username);
         }
         DeviceAuth::SymmetricKey(key) => {
-            let expiry = crate::pki::issue::now() + SAS_TTL_SECONDS;
+            let expiry = crate::clock::now() + SAS_TTL_SECONDS;
             let token = crate::sas::build_token(
                 &wire::sas_audience(&request.id_scope, id),
                 key,
@@ -459,8 +459,7 @@ fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
     }
 }
 
-// The fleet and the hub connections import it from here; it lives under every client.
-pub(crate) use crate::transport::jittered_backoff;
+use crate::transport::jittered_backoff;
 
 /// What the device can tell about why its X.509 registration was refused, from its own
 /// credential: the causes users hit most (see the wire-protocol notes, section 9).
@@ -494,7 +493,7 @@ fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
             leaf.issuer
         ));
     }
-    let now = crate::pki::issue::now();
+    let now = crate::clock::now();
     if now > leaf.not_after {
         causes.push("the device certificate has expired".into());
     } else if now < leaf.not_before {

@@ -52,6 +52,6 @@ pub fn system_roots() -> rustls::RootCertStore {
 pub(crate) fn jittered_backoff(failures: u32) -> std::time::Duration {
     let base = (1u64 << failures.saturating_sub(1).min(5)).min(30) as f64;
     let mut byte = [0u8; 1];
-    let _ = crate::pki::keys::fill_random(&mut byte);
+    let _ = crate::random::fill_random(&mut byte);
     std::time::Duration::from_secs_f64(base * (0.5 + f64::from(byte[0]) / 255.0))
 }

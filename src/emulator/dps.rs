@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
+use crate::clock::now;
 use crate::emulator::cloud::{Cloud, azure_timestamp, decode_der, new_etag, random_guid};
 use crate::emulator::model::*;
 use crate::emulator::quotas::{DpsQuotas, retry_after_seconds};
@@ -16,7 +17,6 @@ use crate::error::Error;
 use crate::limits::THROTTLED_ERROR_CODE;
 use crate::pki::Certificate;
 use crate::pki::chain::describe;
-use crate::pki::issue::now;
 use crate::protocol::dps::{
     AttestationResult, DeviceRegistrationResult, RegistrationOperationStatus,
 };
@@ -1117,7 +1117,7 @@ fn parse_body(body: &[u8]) -> Result<Value, Reply> {
 
 fn operation_id() -> String {
     let mut b = [0u8; 8];
-    let _ = crate::pki::keys::fill_random(&mut b);
+    let _ = crate::random::fill_random(&mut b);
     format!(
         "5.{}.{}",
         crate::pki::cert::hex_upper(&b).to_ascii_lowercase(),

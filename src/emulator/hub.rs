@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::clock::now;
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice};
 use crate::emulator::quotas::{HubQuotas, Rate, Throttled, start_of_today};
@@ -29,7 +30,6 @@ use crate::emulator::store::{Store, TelemetryRecord};
 use crate::error::{Error, Result};
 use crate::limits::HubOperation;
 use crate::pki::Certificate;
-use crate::pki::issue::now;
 use crate::protocol::hub::{CloudPublish, Subscription};
 use crate::sas::SasToken;
 

@@ -431,7 +431,7 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(|t| crate::sas::SasToken::parse(t).ok())
                 .map(|t| {
-                    let left = (t.expiry - crate::pki::issue::now()).max(0) as u64;
+                    let left = (t.expiry - crate::clock::now()).max(0) as u64;
                     tokio::time::Instant::now() + Duration::from_secs(left)
                 });
             let link = DeviceLink {

@@ -23,7 +23,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
 use crate::error::{Error, Result, ServiceFailure};
-use crate::provisioning::jittered_backoff as reconnect_delay;
+use crate::transport::jittered_backoff as reconnect_delay;
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 pub(super) const MAX_INCOMING: usize = 256 * 1024;

@@ -143,7 +143,7 @@ impl SasRenewal {
     /// A token valid for `ttl` from now, and when to renew it.
     fn token(&self) -> Result<(String, tokio::time::Instant)> {
         let ttl = self.ttl.max(Duration::from_secs(2));
-        let expiry = crate::pki::issue::now() + ttl.as_secs() as i64;
+        let expiry = crate::clock::now() + ttl.as_secs() as i64;
         let token = crate::sas::build_token(&self.audience, &self.key, expiry, None)?;
         let margin = SAS_RENEW_MARGIN.min(ttl / 4);
         Ok((token, tokio::time::Instant::now() + ttl - margin))

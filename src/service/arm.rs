@@ -1047,7 +1047,7 @@ impl ArmClient {
                 ))
             })?;
         let tier = crate::limits::HubTier::parse(&hub.sku);
-        let now = crate::pki::issue::now();
+        let now = crate::clock::now();
         Ok(HubQuotaUsage {
             meter_block_bytes: tier.map(|t| t.limits().meter_block_bytes),
             sku: hub.sku,

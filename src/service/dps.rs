@@ -47,7 +47,7 @@ impl SasCredential {
 
     /// A valid token for the host, signed with the policy key.
     pub(crate) fn token(&self) -> Result<String> {
-        let now = crate::pki::issue::now();
+        let now = crate::clock::now();
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((token, expiry)) = cached.as_ref()
             && expiry - now > TOKEN_TTL_SECONDS / 10
