@@ -11,12 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use rumqttc::{
     ConnAck, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck,
     SubscribeReasonCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -31,6 +29,7 @@ use crate::pki::Certificate;
 use crate::protocol::dps::{self, Request as DpsRequest};
 use crate::protocol::hub::{CloudPublish, DeviceRequest, Subscription, TopicError, telemetry_bag};
 use crate::protocol::{Route, parse_property_bag, route};
+use crate::transport::mqtt::Framed;
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -145,64 +144,28 @@ pub async fn serve(listener: TcpListener, context: Arc<ServerContext>) {
 
 type Tls = TlsStream<TcpStream>;
 
+/// One client's connection: the shared framing (small buffers that grow with the traffic and
+/// shrink back, so ten thousand idle connections fit in ~30 KB each) and the packet ids of
+/// what the server publishes.
 struct Connection {
-    tls: Tls,
-    buffer: BytesMut,
-    out: BytesMut,
-    max_packet_size: usize,
+    wire: Framed<Tls>,
     next_pkid: u16,
 }
 
 impl Connection {
     /// Reads the next packet; `Ok(None)` when the peer closed the connection.
     async fn read(&mut self) -> Result<Option<Packet>, String> {
-        loop {
-            match Packet::read(
-                &mut self.buffer,
-                self.max_packet_size.saturating_add(MQTT_ENVELOPE_BYTES),
-            ) {
-                Ok(packet) => {
-                    release_if_large(&mut self.buffer);
-                    return Ok(Some(packet));
-                }
-                Err(rumqttc::Error::InsufficientBytes(_)) => {}
-                Err(e) => return Err(format!("malformed MQTT packet: {e}")),
-            }
-            let n = self
-                .tls
-                .read_buf(&mut self.buffer)
-                .await
-                .map_err(|e| format!("read failed: {e}"))?;
-            if n == 0 {
-                return Ok(None);
-            }
-        }
+        self.wire.read().await.map_err(|e| e.to_string())
     }
 
     /// Encodes a packet into the output buffer without writing it yet.
     fn queue(&mut self, packet: Packet) -> Result<(), String> {
-        packet
-            .write(&mut self.out, usize::MAX)
-            .map(|_| ())
-            .map_err(|e| format!("cannot encode {:?}: {e}", packet.packet_type()))
+        self.wire.queue(&packet).map_err(|e| e.to_string())
     }
 
     /// Writes everything queued in one go.
     async fn flush(&mut self) -> Result<(), String> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        self.tls
-            .write_all(&self.out)
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
-        self.tls
-            .flush()
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
-        self.out.clear();
-        release_if_large(&mut self.out);
-        Ok(())
+        self.wire.flush().await.map_err(|e| e.to_string())
     }
 
     async fn send(&mut self, packet: Packet) -> Result<(), String> {
@@ -225,15 +188,6 @@ impl Connection {
     }
 }
 
-/// Gives back the memory an empty buffer kept after one large packet, so a connection that
-/// once carried 256 KB does not hold it while idle.
-fn release_if_large(buffer: &mut BytesMut) {
-    const KEEP: usize = 64 * 1024;
-    if buffer.is_empty() && buffer.capacity() > KEEP {
-        *buffer = BytesMut::with_capacity(1024);
-    }
-}
-
 async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String> {
     // Without TCP_NODELAY small MQTT packets wait for delayed ACKs (~40 ms per exchange).
     stream
@@ -250,12 +204,13 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
         context.limits.max_chain_length,
     );
     let mut connection = Connection {
-        tls,
-        // Small to start: most connections sit idle, and ten thousand of them must fit in
-        // ~30 KB each; the buffers grow with the traffic.
-        buffer: BytesMut::with_capacity(1024),
-        out: BytesMut::with_capacity(1024),
-        max_packet_size: context.limits.max_packet_size,
+        wire: Framed::new(
+            tls,
+            context
+                .limits
+                .max_packet_size
+                .saturating_add(MQTT_ENVELOPE_BYTES),
+        ),
         next_pkid: 0,
     };
     let first = tokio::time::timeout(deadline, connection.read())
@@ -805,7 +760,7 @@ async fn hub_session(
                             }
                         }
                     }
-                    if connection.out.len() >= MAX_WRITE_BATCH {
+                    if connection.wire.queued() >= MAX_WRITE_BATCH {
                         break;
                     }
                     match session.outbound.try_recv() {

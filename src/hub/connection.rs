@@ -1,6 +1,6 @@
-//! The device's MQTT connection to its hub, written for many devices per process: small
-//! buffers that grow with the traffic, only the state a device uses (a few packet ids in
-//! flight), on rumqttc's packet codec. One task per device owns the socket; the client talks
+//! The device's MQTT connection to its hub, written for many devices per process: the shared
+//! framed connection ([`crate::transport::mqtt`]: small buffers that grow with the traffic),
+//! only the state a device uses (a few packet ids in flight), on rumqttc's packet codec. One task per device owns the socket; the client talks
 //! to it through a bounded channel, so the window of unacknowledged messages paces senders.
 //! Lost connections are dialled again with backoff; messages not acknowledged are sent again
 //! (DUP) on the new connection, unless the hub has closed it [`MAX_STALLED_CONNECTIONS`] times in
@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rumqttc::{
     ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
     SubscribeReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::client::TlsStream;
@@ -24,14 +24,13 @@ use tokio_rustls::client::TlsStream;
 use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
 use crate::error::{Error, Result, ServiceFailure};
 use crate::transport::jittered_backoff as reconnect_delay;
+use crate::transport::mqtt::{FrameError, Framed};
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 pub(super) const MAX_INCOMING: usize = 256 * 1024;
 /// Connections in a row a hub may close with messages outstanding and none acknowledged
 /// before the client gives up on them (each after a reconnect delay of about a second).
 const MAX_STALLED_CONNECTIONS: u32 = 5;
-/// What the buffers start at and fall back to after a large packet.
-const SMALL_BUFFER: usize = 1024;
 
 /// A QoS 1 PUBLISH to send; `done` resolves at its PUBACK.
 pub(super) struct PublishRequest {
@@ -129,79 +128,42 @@ impl InFlight {
     }
 }
 
-/// The socket with its read and write buffers; generic so that the fuzz tests can put a
-/// hostile byte stream where the TLS stream goes.
-pub(super) struct Wire<S = TlsStream<TcpStream>> {
-    pub(super) stream: S,
-    pub(super) read: BytesMut,
-    pub(super) write: BytesMut,
-}
+/// The socket framed for MQTT; generic so that the fuzz tests can put a hostile byte stream
+/// where the TLS stream goes. A packet over [`MAX_INCOMING`] is refused from its header.
+pub(super) struct Wire<S = TlsStream<TcpStream>>(pub(super) Framed<S>);
 
-fn shrink(buffer: &mut BytesMut) {
-    if buffer.is_empty() && buffer.capacity() > 64 * 1024 {
-        *buffer = BytesMut::with_capacity(SMALL_BUFFER);
+/// What a framing failure means to the device: the hub sent garbage (a protocol error) or
+/// the connection broke.
+fn wire_error(error: FrameError) -> Error {
+    match error {
+        FrameError::Malformed(e) => Error::Protocol(format!("malformed packet from the hub: {e}")),
+        FrameError::Encode(kind, e) => Error::Protocol(format!("cannot encode {kind:?}: {e}")),
+        FrameError::Read(_) | FrameError::Write(_) => Error::Transport(error.to_string()),
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     /// A wire over `stream` with small empty buffers.
     pub(super) fn new(stream: S) -> Self {
-        Wire {
-            stream,
-            read: BytesMut::with_capacity(SMALL_BUFFER),
-            write: BytesMut::with_capacity(SMALL_BUFFER),
-        }
+        Wire(Framed::new(stream, MAX_INCOMING))
     }
 
-    /// The next packet from the hub; `None` at a clean end of stream. A packet over
-    /// `MAX_INCOMING` is refused from its header, before its body is buffered.
+    /// The next packet from the hub; `None` at a clean end of stream.
     pub(super) async fn read(&mut self) -> Result<Option<Packet>> {
-        loop {
-            match Packet::read(&mut self.read, MAX_INCOMING) {
-                Ok(packet) => {
-                    shrink(&mut self.read);
-                    return Ok(Some(packet));
-                }
-                Err(rumqttc::Error::InsufficientBytes(_)) => {}
-                Err(e) => {
-                    return Err(Error::Protocol(format!(
-                        "malformed packet from the hub: {e}"
-                    )));
-                }
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.read)
-                .await
-                .map_err(|e| Error::Transport(format!("read failed: {e}")))?;
-            if n == 0 {
-                return Ok(None);
-            }
-        }
+        self.0.read().await.map_err(wire_error)
     }
 
     fn queue(&mut self, packet: &Packet) -> Result<()> {
-        packet
-            .write(&mut self.write, usize::MAX)
-            .map(|_| ())
-            .map_err(|e| Error::Protocol(format!("cannot encode a packet: {e}")))
+        self.0.queue(packet).map_err(wire_error)
     }
 
     async fn flush(&mut self) -> Result<()> {
-        if self.write.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .write_all(&self.write)
-            .await
-            .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
-        self.write.clear();
-        shrink(&mut self.write);
-        Ok(())
+        self.0.flush().await.map_err(wire_error)
+    }
+
+    /// Shuts the stream down (TLS close_notify), whatever is queued.
+    async fn shutdown(&mut self) {
+        let _ = self.0.stream.shutdown().await;
     }
 }
 
@@ -386,7 +348,7 @@ pub(super) async fn run(
             }
             Ending::Renew => {
                 log::info!("hub client {id}: renewing its SAS token");
-                let _ = wire.stream.shutdown().await;
+                wire.shutdown().await;
             }
             Ending::Lost(error) if settings.reconnect => {
                 if outstanding.publishes > 0 && outstanding.acknowledged == acknowledged_before {
@@ -602,7 +564,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(Some(done)) => {
                             let _ = wire.queue(&Packet::Disconnect);
                             let _ = wire.flush().await;
-                            let _ = wire.stream.shutdown().await;
+                            wire.shutdown().await;
                             let _ = done.send(());
                             return Ending::Closed;
                         }

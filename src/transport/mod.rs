@@ -1,6 +1,9 @@
-//! The TLS machinery every side shares: the one crypto provider (ring) behind the device
+//! The transport every side shares: the one crypto provider (ring) behind the device
 //! clients, the REST clients and the emulator's listeners, and the operating system's roots;
-//! and the one jittered backoff the clients wait with between attempts.
+//! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener; and
+//! the one jittered backoff the clients wait with between attempts.
+
+pub mod mqtt;
 
 use std::sync::Arc;
 
