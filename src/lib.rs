@@ -24,6 +24,8 @@ pub mod transport;
 mod fuzz;
 #[cfg(test)]
 mod interop_tests;
+#[cfg(test)]
+mod layers_tests;
 
 #[cfg(feature = "python")]
 mod python;
