@@ -1,36 +1,43 @@
 //! The device side of DPS: register over MQTT with an X.509 certificate or a SAS token, poll
 //! the operation until it is assigned or fails, honour `retry-after`, give up at a deadline.
-//! Written to the documented protocol so the same code works against Azure and the emulator.
+//! Written to the documented protocol so the same code works against Azure and the emulator,
+//! on the same lean MQTT connection as the hub client ([`crate::transport::mqtt`]) and with
+//! DPS's vocabulary from [`crate::protocol::dps`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Broker, Event, MqttOptions, NetworkOptions, Packet, PublishOptions, QoS,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{Connect, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, Credential};
 use crate::protocol::dps::{
     self as wire, DeviceRegistration, RegistrationOperationStatus, Request, Response,
 };
+use crate::transport::jittered_backoff;
+use crate::transport::mqtt::{self, DialError, FrameError, Framed};
+
 /// SAS tokens are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
 /// DPS's largest message: 96 KB ("Azure IoT Hub Device Provisioning Service quotas and
 /// limits", not adjustable; the wire spec's section 6). A register request over it is refused
 /// before dialling, with [`Error::Config`].
 pub const MAX_REGISTRATION_BYTES: usize = crate::limits::MAX_DPS_MESSAGE_BYTES;
-/// The largest MQTT packet the client sends or reads. rumqttc's default of 10 KB refused
-/// registrations carrying a custom payload of a few KB; DPS's answers echo the payload of a
-/// custom allocation and carry the registration state around it, so this leaves room above
+/// The largest MQTT packet the client reads (what it sends is held to
+/// [`MAX_REGISTRATION_BYTES`]). DPS's answers echo the payload of a custom allocation and
+/// carry the registration state around it, so this leaves room above
 /// [`MAX_REGISTRATION_BYTES`] (256 KB, IoT Hub's own message ceiling).
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 /// Seconds between keep-alive pings: the Python SDK's default, well inside what DPS allows
 /// (the Python SDK accepts 1 to 1,740) and IoT Hub's ceiling of 1,177 s.
 const KEEP_ALIVE_SECONDS: u16 = 60;
+/// TCP, TLS and CONNACK must be done within this long (what the rumqttc event loop this
+/// client used to run on allowed): a server that takes the connection but never answers
+/// is a transport failure the caller may retry, long before the request's deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a device proves who it is.
 #[derive(Clone)]
@@ -236,16 +243,16 @@ async fn exchange(
             body.len()
         )));
     }
-    let mut options = MqttOptions::new(id.clone(), Broker::tcp(request.host.clone(), request.port));
     let username = wire::username(
         &request.id_scope,
         id,
         concat!("dpskit/", env!("CARGO_PKG_VERSION")),
     );
-    match &request.auth {
-        DeviceAuth::X509(_) => {
-            options.set_username(username);
-        }
+    let mut connect = Connect::new(id.clone());
+    connect.keep_alive = KEEP_ALIVE_SECONDS;
+    connect.clean_session = true;
+    connect.auth = match &request.auth {
+        DeviceAuth::X509(_) => ConnectAuth::Username { username },
         DeviceAuth::SymmetricKey(key) => {
             let expiry = crate::clock::now() + SAS_TTL_SECONDS;
             let token = crate::sas::build_token(
@@ -254,49 +261,67 @@ async fn exchange(
                 expiry,
                 Some("registration"),
             )?;
-            options.set_credentials(username, token.into_bytes());
+            ConnectAuth::UsernamePassword {
+                username,
+                password: token.into_bytes().into(),
+            }
         }
+    };
+    // One registration per connection, and a retry builds a new configuration: a session
+    // cache would never be used.
+    let tls = Arc::new(trust.client_config(&request.auth, 0)?);
+    let dialled = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        mqtt::dial(&request.host, request.port, tls, connect, MAX_PACKET_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        Error::Transport(format!(
+            "connection to DPS failed for {id}: no CONNACK within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    })?;
+    let (framed, ack) = dialled.map_err(|e| connection_error(id, &e))?;
+    if ack.code != ConnectReturnCode::Success {
+        return Err(Error::Service(Box::new(crate::error::ServiceFailure {
+            status: 401,
+            error_code: None,
+            message: format!(
+                "DPS refused the connection of {id}: {:?} (wrong ID scope, or a bad or expired SAS token)",
+                ack.code
+            ),
+            tracking_id: None,
+            retry_after: None,
+        })));
     }
-    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-        // One registration per connection, and a retry builds a new configuration: a session
-        // cache would never be used.
-        trust.client_config(&request.auth, 0)?,
-    ))));
-    options.set_keep_alive(KEEP_ALIVE_SECONDS);
-    options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    options.set_clean_session(true);
-    let (client, mut events) = AsyncClient::builder(options).capacity(8).build();
-    let mut network = NetworkOptions::new();
-    // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
-    network.set_tcp_nodelay(true);
-    events.set_network_options(network);
+    let mut session = Session::new(framed, id);
+    // DPS answers on the subscription only: the request goes once it is in place.
+    session.subscribe(wire::RESPONSE_FILTER).await?;
     let mut rid: u32 = 0;
     let mut pending_operation: Option<String> = None;
     let mut pacer = PollPacer::default();
     let mut refusals: u32 = 0;
     loop {
-        let event = events.poll().await.map_err(|e| connection_error(id, e))?;
-        let publish = match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                client
-                    .subscribe(wire::RESPONSE_FILTER, QoS::AtLeastOnce)
-                    .await
-                    .map_err(|e| Error::Transport(e.to_string()))?;
-                continue;
-            }
-            // DPS answers on the subscription only: publish once it is in place.
-            Event::Incoming(Packet::SubAck(_)) => {
+        let (topic, payload) = match session.next().await? {
+            Packet::SubAck(_) => {
                 rid += 1;
-                send(&client, register_topic(rid), body.clone()).await?;
+                session.publish(register_topic(rid), &body).await?;
                 continue;
             }
-            Event::Incoming(Packet::Publish(p)) => p,
+            Packet::Publish(publish) => {
+                if publish.qos != QoS::AtMostOnce {
+                    session
+                        .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                        .await?;
+                }
+                (publish.topic, publish.payload)
+            }
             _ => continue,
         };
-        let next = match interpret(id, &request.auth, &publish.topic, &publish.payload) {
+        let next = match interpret(id, &request.auth, &topic, &payload) {
             Ok(next) => next,
             Err(error) => {
-                let _ = client.disconnect().await;
+                session.disconnect().await;
                 return Err(error);
             }
         };
@@ -310,8 +335,8 @@ async fn exchange(
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
                 match &pending_operation {
-                    None => send(&client, register_topic(rid), body.clone()).await?,
-                    Some(op) => send(&client, poll_topic(rid, op), " ".into()).await?,
+                    None => session.publish(register_topic(rid), &body).await?,
+                    Some(op) => session.publish(poll_topic(rid, op), " ").await?,
                 }
             }
             Reply::Assigning {
@@ -322,14 +347,112 @@ async fn exchange(
                     + Duration::from_secs(retry_after.unwrap_or(2).into());
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
-                send(&client, poll_topic(rid, &operation_id), " ".into()).await?;
+                session.publish(poll_topic(rid, &operation_id), " ").await?;
                 pending_operation = Some(operation_id);
             }
             Reply::Assigned(result) => {
-                let _ = client.disconnect().await;
+                session.disconnect().await;
                 return Ok(*result);
             }
         }
+    }
+}
+
+/// The device's one connection to DPS: the shared framed connection, its packet ids, and the
+/// keep-alive pings sent while it waits for an answer.
+struct Session<'a> {
+    framed: Framed<mqtt::ClientStream>,
+    id: &'a str,
+    next_pkid: u16,
+    ping_due: tokio::time::Instant,
+    awaiting_pong: bool,
+}
+
+impl<'a> Session<'a> {
+    const KEEP_ALIVE: Duration = Duration::from_secs(KEEP_ALIVE_SECONDS as u64);
+
+    fn new(framed: Framed<mqtt::ClientStream>, id: &'a str) -> Self {
+        Session {
+            framed,
+            id,
+            next_pkid: 0,
+            ping_due: tokio::time::Instant::now() + Self::KEEP_ALIVE,
+            awaiting_pong: false,
+        }
+    }
+
+    fn failed(&self, error: FrameError) -> Error {
+        match error {
+            FrameError::Malformed(e) => {
+                Error::Protocol(format!("malformed packet from DPS for {}: {e}", self.id))
+            }
+            other => Error::Transport(format!("connection to DPS failed for {}: {other}", self.id)),
+        }
+    }
+
+    /// Writes one packet now; the keep-alive counts from here.
+    async fn send(&mut self, packet: Packet) -> Result<()> {
+        let sent = self.framed.send(&packet).await;
+        self.ping_due = tokio::time::Instant::now() + Self::KEEP_ALIVE;
+        sent.map_err(|e| self.failed(e))
+    }
+
+    fn pkid(&mut self) -> u16 {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        self.next_pkid
+    }
+
+    /// Subscribes at QoS 1; the SUBACK comes through [`Session::next`].
+    async fn subscribe(&mut self, filter: &str) -> Result<()> {
+        let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
+        subscribe.pkid = self.pkid();
+        self.send(Packet::Subscribe(subscribe)).await
+    }
+
+    /// Publishes a request at QoS 1 (DPS's PUBACK is not waited for: its answer follows).
+    async fn publish(&mut self, topic: String, payload: &str) -> Result<()> {
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.as_bytes().to_vec());
+        publish.pkid = self.pkid();
+        self.send(Packet::Publish(publish)).await
+    }
+
+    /// The next packet from DPS, pinging while none comes; a PINGREQ unanswered by the next
+    /// one fails the connection, as a silent server must not hold the device.
+    async fn next(&mut self) -> Result<Packet> {
+        loop {
+            tokio::select! {
+                read = self.framed.read() => {
+                    return match read {
+                        Ok(Some(Packet::PingResp)) => {
+                            self.awaiting_pong = false;
+                            continue;
+                        }
+                        Ok(Some(packet)) => Ok(packet),
+                        Ok(None) => Err(Error::Transport(format!(
+                            "connection to DPS failed for {}: DPS closed the connection",
+                            self.id
+                        ))),
+                        Err(e) => Err(self.failed(e)),
+                    };
+                }
+                () = tokio::time::sleep_until(self.ping_due) => {
+                    if self.awaiting_pong {
+                        return Err(Error::Transport(format!(
+                            "connection to DPS failed for {}: no answer to PINGREQ",
+                            self.id
+                        )));
+                    }
+                    self.awaiting_pong = true;
+                    self.send(Packet::PingReq).await?;
+                }
+            }
+        }
+    }
+
+    /// Says goodbye (DISCONNECT, TLS close), best effort: the answer is already in hand.
+    async fn disconnect(mut self) {
+        let _ = self.framed.send(&Packet::Disconnect).await;
+        let _ = self.framed.stream.shutdown().await;
     }
 }
 
@@ -388,13 +511,6 @@ fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Resul
         }
         _ => Err(refused(id, status, &body["registrationState"], auth)),
     }
-}
-
-async fn send(client: &AsyncClient, topic: String, payload: String) -> Result<()> {
-    client
-        .publish(topic, payload, PublishOptions::at_least_once())
-        .await
-        .map_err(|e| Error::Transport(e.to_string()))
 }
 
 fn register_topic(rid: u32) -> String {
@@ -458,8 +574,6 @@ fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
         None => jittered_backoff(refusals),
     }
 }
-
-use crate::transport::jittered_backoff;
 
 /// What the device can tell about why its X.509 registration was refused, from its own
 /// credential: the causes users hit most (see the wire-protocol notes, section 9).
@@ -526,19 +640,9 @@ fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
     }
 }
 
-fn connection_error(id: &str, error: rumqttc::ConnectionError) -> Error {
+fn connection_error(id: &str, error: &DialError) -> Error {
     match error {
-        rumqttc::ConnectionError::ConnectionRefused(code) => {
-            Error::Service(Box::new(crate::error::ServiceFailure {
-                status: 401,
-                error_code: None,
-                message: format!(
-                    "DPS refused the connection of {id}: {code:?} (wrong ID scope, or a bad or expired SAS token)"
-                ),
-                tracking_id: None,
-                retry_after: None,
-            }))
-        }
+        DialError::BadHost(e) => Error::Config(format!("{e}: DPS's host for {id}")),
         other => Error::Transport(format!("connection to DPS failed for {id}: {other}")),
     }
 }

@@ -17,14 +17,12 @@ use rumqttc::{
     SubscribeReasonCode,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::client::TlsStream;
 
 use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
 use crate::error::{Error, Result, ServiceFailure};
 use crate::transport::jittered_backoff as reconnect_delay;
-use crate::transport::mqtt::{FrameError, Framed};
+use crate::transport::mqtt::{self, DialError, FrameError, Framed};
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 pub(super) const MAX_INCOMING: usize = 256 * 1024;
@@ -130,7 +128,7 @@ impl InFlight {
 
 /// The socket framed for MQTT; generic so that the fuzz tests can put a hostile byte stream
 /// where the TLS stream goes. A packet over [`MAX_INCOMING`] is refused from its header.
-pub(super) struct Wire<S = TlsStream<TcpStream>>(pub(super) Framed<S>);
+pub(super) struct Wire<S = mqtt::ClientStream>(pub(super) Framed<S>);
 
 /// What a framing failure means to the device: the hub sent garbage (a protocol error) or
 /// the connection broke.
@@ -143,7 +141,9 @@ fn wire_error(error: FrameError) -> Error {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    /// A wire over `stream` with small empty buffers.
+    /// A wire over `stream` with small empty buffers (the fuzz tests' hostile streams; real
+    /// ones come from [`dial`]).
+    #[cfg(test)]
     pub(super) fn new(stream: S) -> Self {
         Wire(Framed::new(stream, MAX_INCOMING))
     }
@@ -169,19 +169,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
 /// TLS + CONNECT + CONNACK; returns the wire and whether the hub kept the session.
 async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool)> {
-    let address = format!("{}:{}", settings.host, settings.port);
-    let tcp = TcpStream::connect(&address)
-        .await
-        .map_err(|e| Error::Transport(format!("cannot reach {address}: {e}")))?;
-    // Without TCP_NODELAY small exchanges wait ~40 ms for a delayed ACK.
-    let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(settings.host.clone())
-        .map_err(|e| Error::Config(format!("{} is not a host name: {e}", settings.host)))?;
-    let tls = tokio_rustls::TlsConnector::from(settings.tls.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| Error::Transport(format!("TLS with {address} failed: {e}")))?;
-    let mut wire = Wire::new(tls);
     let mut connect = rumqttc::Connect::new(settings.client_id.clone());
     connect.keep_alive = settings.keep_alive;
     connect.clean_session = settings.clean_session;
@@ -194,20 +181,32 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
             username: settings.username.clone(),
         },
     };
-    wire.queue(&Packet::Connect(connect))?;
-    wire.flush().await?;
-    match wire.read().await? {
-        Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-            Ok((wire, ack.session_present))
+    let host = &settings.host;
+    let address = format!("{host}:{}", settings.port);
+    let dialled = mqtt::dial(
+        host,
+        settings.port,
+        settings.tls.clone(),
+        connect,
+        MAX_INCOMING,
+    )
+    .await;
+    match dialled {
+        Ok((wire, ack)) if ack.code == ConnectReturnCode::Success => {
+            Ok((Wire(wire), ack.session_present))
         }
-        Some(Packet::ConnAck(ack)) => Err(refused(&settings.host, &settings.client_id, ack.code)),
-        Some(other) => Err(Error::Protocol(format!(
-            "expected CONNACK, got {:?}",
-            other.packet_type()
-        ))),
-        None => Err(Error::Transport(format!(
-            "{} closed the connection before CONNACK",
-            settings.host
+        Ok((_, ack)) => Err(refused(host, &settings.client_id, ack.code)),
+        Err(DialError::Unreachable(e)) => {
+            Err(Error::Transport(format!("cannot reach {address}: {e}")))
+        }
+        Err(DialError::BadHost(e)) => Err(Error::Config(format!("{host} is not a host name: {e}"))),
+        Err(DialError::Tls(e)) => Err(Error::Transport(format!("TLS with {address} failed: {e}"))),
+        Err(DialError::Frame(e)) => Err(wire_error(e)),
+        Err(DialError::Unexpected(kind)) => {
+            Err(Error::Protocol(format!("expected CONNACK, got {kind:?}")))
+        }
+        Err(DialError::Closed) => Err(Error::Transport(format!(
+            "{host} closed the connection before CONNACK"
         ))),
     }
 }

@@ -1,14 +1,18 @@
 //! One framed MQTT connection, generic over the stream (TLS in use; a hostile byte stream in
-//! the fuzz tests): packets are read through a bounded buffer and written in batches. The hub
-//! client's connection task and the emulator's listener both sit on it, on rumqttc's codec.
+//! the fuzz tests): packets are read through a bounded buffer and written in batches. The
+//! device clients (DPS and hub) and the emulator's listener all sit on it, on rumqttc's codec;
+//! [`dial`] opens one from the device's side (TCP, TLS, CONNECT, CONNACK).
 //!
 //! Written for tens of thousands of connections per process: both buffers start small, grow
 //! with the traffic, and shrink back once a large packet has gone through, so an idle
 //! connection that once carried 256 KB does not hold it.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
-use rumqttc::Packet;
+use rumqttc::{ConnAck, Connect, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// What the buffers start at and fall back to after a large packet.
 const SMALL_BUFFER: usize = 1024;
@@ -131,6 +135,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// What the read buffer holds in memory now (for tests of its bound).
     pub fn read_capacity(&self) -> usize {
         self.read.capacity()
+    }
+}
+
+/// A device's TLS stream to its server.
+pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Why [`dial`] did not get a CONNACK.
+#[derive(Debug)]
+pub enum DialError {
+    /// TCP could not connect.
+    Unreachable(std::io::Error),
+    /// The host is not a name TLS can check the server's certificate against.
+    BadHost(rustls::pki_types::InvalidDnsNameError),
+    /// The TLS handshake failed.
+    Tls(std::io::Error),
+    /// The MQTT exchange failed.
+    Frame(FrameError),
+    /// The server closed the connection before its CONNACK.
+    Closed,
+    /// The server answered CONNECT with another packet.
+    Unexpected(rumqttc::PacketType),
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Unreachable(e) => write!(f, "cannot connect: {e}"),
+            DialError::BadHost(e) => write!(f, "not a host name: {e}"),
+            DialError::Tls(e) => write!(f, "TLS failed: {e}"),
+            DialError::Frame(e) => e.fmt(f),
+            DialError::Closed => f.write_str("the server closed the connection before CONNACK"),
+            DialError::Unexpected(kind) => write!(f, "expected CONNACK, got {kind:?}"),
+        }
+    }
+}
+
+impl std::error::Error for DialError {}
+
+/// Dials `host:port` (TCP_NODELAY), completes TLS with `tls` (the server's certificate checked
+/// against `host`), sends `connect` and reads the answer: the framed connection and the
+/// server's CONNACK, whatever its return code (the caller knows what a refusal means).
+pub async fn dial(
+    host: &str,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    connect: Connect,
+    max_incoming: usize,
+) -> Result<(Framed<ClientStream>, ConnAck), DialError> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(DialError::Unreachable)?;
+    // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
+    let _ = tcp.set_nodelay(true);
+    let name =
+        rustls::pki_types::ServerName::try_from(host.to_string()).map_err(DialError::BadHost)?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .map_err(DialError::Tls)?;
+    let mut framed = Framed::new(stream, max_incoming);
+    framed
+        .send(&Packet::Connect(connect))
+        .await
+        .map_err(DialError::Frame)?;
+    match framed.read().await.map_err(DialError::Frame)? {
+        Some(Packet::ConnAck(ack)) => Ok((framed, ack)),
+        Some(other) => Err(DialError::Unexpected(other.packet_type())),
+        None => Err(DialError::Closed),
     }
 }
 
