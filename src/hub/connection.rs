@@ -1,7 +1,8 @@
 //! The device's MQTT connection to its hub, written for many devices per process: the shared
 //! framed connection ([`crate::transport::mqtt`]: small buffers that grow with the traffic),
-//! only the state a device uses (a few packet ids in flight), on rumqttc's packet codec. One task per device owns the socket; the client talks
-//! to it through a bounded channel, so the window of unacknowledged messages paces senders.
+//! and only the state a device uses (a few packet ids in flight). One task per device owns
+//! the socket; the client talks to it through a bounded channel, so the window of
+//! unacknowledged messages paces senders.
 //! Lost connections are dialled again with backoff; messages not acknowledged are sent again
 //! (DUP) on the new connection, unless the hub has closed it [`MAX_STALLED_CONNECTIONS`] times in
 //! a row without acknowledging any (it refuses them: then the client ends with that reason);
