@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{Connect, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
-use crate::pki::{Certificate, Credential};
+use crate::pki::Credential;
 use crate::protocol::dps::{
     self as wire, DeviceRegistration, RegistrationOperationStatus, Request, Response,
 };
+// Where the device clients' callers have always found it; it lives in the transport.
+pub use crate::transport::Trust;
 use crate::transport::jittered_backoff;
 use crate::transport::mqtt::{self, DialError, FrameError, Framed};
 
@@ -101,79 +102,13 @@ pub struct RegistrationResult {
     pub operation_id: String,
 }
 
-/// Trust anchors for the DPS server certificate, shared by every client in the process (one
-/// parse of the PEM, not one per device).
-#[derive(Clone)]
-pub struct Trust {
-    roots: Arc<rustls::RootCertStore>,
-}
-
-impl Trust {
-    /// Trusts the certificates in `pem` (the emulator's CA, or Azure's roots).
-    pub fn from_pem(pem: &[u8]) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in Certificate::chain_from_pem(pem)? {
-            roots
-                .add(CertificateDer::from(cert.der().to_vec()))
-                .map_err(|e| Error::cert(format!("unusable trust anchor: {e}")))?;
+impl DeviceAuth {
+    /// The certificate and key the device presents in the TLS handshake (none for a key).
+    pub(crate) fn credential(&self) -> Option<&Credential> {
+        match self {
+            DeviceAuth::X509(credential) => Some(credential),
+            DeviceAuth::SymmetricKey(_) => None,
         }
-        Ok(Trust {
-            roots: Arc::new(roots),
-        })
-    }
-
-    /// The operating system's roots: what Azure's endpoints chain to.
-    pub fn system() -> Self {
-        Trust {
-            roots: Arc::new(crate::transport::system_roots()),
-        }
-    }
-
-    /// The anchors, shared.
-    pub(crate) fn roots(&self) -> Arc<rustls::RootCertStore> {
-        self.roots.clone()
-    }
-
-    /// A client configuration for one device; `resumable_sessions` TLS sessions are kept for
-    /// resuming after a reconnect (0: none, a full handshake each time).
-    pub(crate) fn client_config(
-        &self,
-        auth: &DeviceAuth,
-        resumable_sessions: usize,
-    ) -> Result<rustls::ClientConfig> {
-        let builder = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
-            .with_root_certificates(self.roots.clone());
-        let mut config = match auth {
-            DeviceAuth::X509(credential) => {
-                let mut chain = vec![CertificateDer::from(
-                    credential.certificate().der().to_vec(),
-                )];
-                // The device sends its intermediates, never a self-signed root.
-                chain.extend(
-                    credential
-                        .issuers()
-                        .iter()
-                        .filter(|c| !c.info().is_self_signed)
-                        .map(|c| CertificateDer::from(c.der().to_vec())),
-                );
-                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                    credential.key().pkcs8_der().to_vec(),
-                ));
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| Error::cert(format!("unusable client certificate: {e}")))?
-            }
-            DeviceAuth::SymmetricKey(_) => builder.with_no_client_auth(),
-        };
-        // rustls' default cache of 256 sessions per configuration would cost tens of KB per
-        // device; each stored session holds the server's chain (about 2 KB).
-        config.resumption = match resumable_sessions {
-            0 => rustls::client::Resumption::disabled(),
-            n => rustls::client::Resumption::in_memory_sessions(n),
-        };
-        Ok(config)
     }
 }
 
@@ -269,7 +204,7 @@ async fn exchange(
     };
     // One registration per connection, and a retry builds a new configuration: a session
     // cache would never be used.
-    let tls = Arc::new(trust.client_config(&request.auth, 0)?);
+    let tls = Arc::new(trust.client_config(request.auth.credential(), 0)?);
     let dialled = tokio::time::timeout(
         CONNECT_TIMEOUT,
         mqtt::dial(&request.host, request.port, tls, connect, MAX_PACKET_BYTES),
@@ -736,48 +671,6 @@ mod tests {
             "{missing:?}"
         );
         assert!(diagnose("x", &DeviceAuth::SymmetricKey("k".into())).is_empty());
-    }
-
-    /// Azure's endpoints chain to public roots: a client configuration for either kind of
-    /// device builds on the system's roots (no network; a host without any still builds one,
-    /// which then trusts nothing).
-    #[test]
-    fn client_configurations_build_on_the_system_roots() {
-        use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
-        let trust = Trust::system();
-        let key = DeviceAuth::SymmetricKey("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
-        let config = trust.client_config(&key, 2).unwrap();
-        assert!(!config.client_auth_cert_resolver.has_certs());
-        let root = CertificateAuthority::create_root(
-            "System Roots Test",
-            &CaOptions {
-                algorithm: KeyAlgorithm::EcP256,
-                validity: Validity::days(1, None).unwrap(),
-                path_length: None,
-                organization: None,
-            },
-        )
-        .unwrap();
-        let device = root
-            .issue_device(
-                "sys-1",
-                KeyAlgorithm::EcP256,
-                Validity::days(1, None).unwrap(),
-            )
-            .unwrap();
-        let config = trust
-            .client_config(&DeviceAuth::X509(device.shared_credential()), 0)
-            .unwrap();
-        assert!(config.client_auth_cert_resolver.has_certs());
-        // The same anchors as rustls-native-certs finds, none dropped on the way.
-        let native = rustls_native_certs::load_native_certs().certs.len();
-        assert!(trust.roots().len() <= native);
-        if native > 0 {
-            assert!(
-                !trust.roots().is_empty(),
-                "{native} system roots, none kept"
-            );
-        }
     }
 
     #[test]

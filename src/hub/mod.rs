@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result, ServiceFailure};
 use crate::protocol::bags::{encode_property_bag, parse_property_bag};
 use crate::protocol::hub::{self as wire, CloudPublish, DeviceRequest, Subscription};
-use crate::provisioning::{DeviceAuth, Trust};
+use crate::provisioning::DeviceAuth;
+use crate::transport::Trust;
 
 mod connection;
 #[cfg(test)]
@@ -395,7 +396,7 @@ impl HubClient {
             connect_timeout: options.connect_timeout,
             reconnect: options.reconnect,
             resubscribe: options.receive.then(|| subscription_filters(&device_id)),
-            tls: Arc::new(trust.client_config(&options.auth, options.tls_sessions)?),
+            tls: Arc::new(trust.client_config(options.auth.credential(), options.tls_sessions)?),
         };
         let closed: ClosedReason = Arc::default();
         let inbox = Arc::new(Inbox::default());

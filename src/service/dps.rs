@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::provisioning::Trust;
 use crate::service::arm::connection_string_part;
 use crate::service::{Replay, RetryPolicy, failure, http_client, transport};
+use crate::transport::Trust;
 
 /// The service api-version (the default of `azure-iot-deviceprovisioning` and the CLI).
 pub const DPS_SERVICE_API_VERSION: &str = "2021-10-01";

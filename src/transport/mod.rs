@@ -1,9 +1,13 @@
 //! The transport every side shares: the one crypto provider (ring) behind the device
-//! clients, the REST clients and the emulator's listeners, and the operating system's roots;
+//! clients, the REST clients and the emulator's listeners, the operating system's roots and
+//! the clients' [`Trust`] built on them;
 //! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener; and
 //! the one jittered backoff the clients wait with between attempts.
 
 pub mod mqtt;
+mod trust;
+
+pub use trust::Trust;
 
 use std::sync::Arc;
 
