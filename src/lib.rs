@@ -3,7 +3,8 @@
 //! The core is plain Rust (no Python): the X.509 toolkit in [`pki`], SAS tokens in [`sas`], and
 //! the device clients in [`provisioning`] and [`hub`], many devices at once in [`fleet`], and
 //! the local cloud in [`emulator`]. What the clients and the emulator share sits under both:
-//! [`protocol`], [`limits`] and [`transport`]. The `python` feature adds the PyO3 bindings that
+//! [`protocol`], [`limits`] and [`transport`], with [`clock`] and [`random`]; the two sides
+//! never import each other (`layers_tests` checks it). The `python` feature adds the PyO3 bindings that
 //! form the `dpskit._native` extension module.
 
 pub mod clock;
