@@ -3,9 +3,11 @@
 //! The core is plain Rust (no Python): the X.509 toolkit in [`pki`], SAS tokens in [`sas`], and
 //! the device clients in [`provisioning`] and [`hub`], many devices at once in [`fleet`], and
 //! the local cloud in [`emulator`]. What the clients and the emulator share sits under both:
-//! [`protocol`], [`limits`] and [`transport`]. The `python` feature adds the PyO3 bindings that
+//! [`protocol`], [`limits`] and [`transport`], with [`clock`] and [`random`]; the two sides
+//! never import each other (`layers_tests` checks it). The `python` feature adds the PyO3 bindings that
 //! form the `dpskit._native` extension module.
 
+pub mod clock;
 pub mod emulator;
 pub mod error;
 pub mod fleet;
@@ -14,6 +16,7 @@ pub mod limits;
 pub mod pki;
 pub mod protocol;
 pub mod provisioning;
+pub mod random;
 pub mod sas;
 pub mod service;
 pub mod transport;
@@ -22,6 +25,8 @@ pub mod transport;
 mod fuzz;
 #[cfg(test)]
 mod interop_tests;
+#[cfg(test)]
+mod layers_tests;
 
 #[cfg(feature = "python")]
 mod python;

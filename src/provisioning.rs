@@ -1,37 +1,44 @@
 //! The device side of DPS: register over MQTT with an X.509 certificate or a SAS token, poll
 //! the operation until it is assigned or fails, honour `retry-after`, give up at a deadline.
-//! Written to the documented protocol so the same code works against Azure and the emulator.
+//! Written to the documented protocol so the same code works against Azure and the emulator,
+//! on the same lean MQTT connection as the hub client ([`crate::transport::mqtt`]) and with
+//! DPS's vocabulary from [`crate::protocol::dps`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Broker, Event, MqttOptions, NetworkOptions, Packet, PublishOptions, QoS,
-    TlsConfiguration, Transport,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rumqttc::{Connect, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe};
 use serde_json::Value;
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
-use crate::pki::{Certificate, Credential};
-use crate::protocol::query_pairs;
+use crate::pki::Credential;
+use crate::protocol::dps::{
+    self as wire, DeviceRegistration, RegistrationOperationStatus, Request, Response,
+};
+// Where the device clients' callers have always found it; it lives in the transport.
+pub use crate::transport::Trust;
+use crate::transport::jittered_backoff;
+use crate::transport::mqtt::{self, DialError, FrameError, Framed};
 
-/// The MQTT api-version DPS documents and the Python and C# SDKs send.
-const API_VERSION: &str = "2019-03-31";
 /// SAS tokens are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
 /// DPS's largest message: 96 KB ("Azure IoT Hub Device Provisioning Service quotas and
 /// limits", not adjustable; the wire spec's section 6). A register request over it is refused
 /// before dialling, with [`Error::Config`].
 pub const MAX_REGISTRATION_BYTES: usize = crate::limits::MAX_DPS_MESSAGE_BYTES;
-/// The largest MQTT packet the client sends or reads. rumqttc's default of 10 KB refused
-/// registrations carrying a custom payload of a few KB; DPS's answers echo the payload of a
-/// custom allocation and carry the registration state around it, so this leaves room above
+/// The largest MQTT packet the client reads (what it sends is held to
+/// [`MAX_REGISTRATION_BYTES`]). DPS's answers echo the payload of a custom allocation and
+/// carry the registration state around it, so this leaves room above
 /// [`MAX_REGISTRATION_BYTES`] (256 KB, IoT Hub's own message ceiling).
 const MAX_PACKET_BYTES: usize = 256 * 1024;
 /// Seconds between keep-alive pings: the Python SDK's default, well inside what DPS allows
 /// (the Python SDK accepts 1 to 1,740) and IoT Hub's ceiling of 1,177 s.
 const KEEP_ALIVE_SECONDS: u16 = 60;
+/// TCP, TLS and CONNACK must be done within this long (what the rumqttc event loop this
+/// client used to run on allowed): a server that takes the connection but never answers
+/// is a transport failure the caller may retry, long before the request's deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a device proves who it is.
 #[derive(Clone)]
@@ -95,79 +102,13 @@ pub struct RegistrationResult {
     pub operation_id: String,
 }
 
-/// Trust anchors for the DPS server certificate, shared by every client in the process (one
-/// parse of the PEM, not one per device).
-#[derive(Clone)]
-pub struct Trust {
-    roots: Arc<rustls::RootCertStore>,
-}
-
-impl Trust {
-    /// Trusts the certificates in `pem` (the emulator's CA, or Azure's roots).
-    pub fn from_pem(pem: &[u8]) -> Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in Certificate::chain_from_pem(pem)? {
-            roots
-                .add(CertificateDer::from(cert.der().to_vec()))
-                .map_err(|e| Error::cert(format!("unusable trust anchor: {e}")))?;
+impl DeviceAuth {
+    /// The certificate and key the device presents in the TLS handshake (none for a key).
+    pub(crate) fn credential(&self) -> Option<&Credential> {
+        match self {
+            DeviceAuth::X509(credential) => Some(credential),
+            DeviceAuth::SymmetricKey(_) => None,
         }
-        Ok(Trust {
-            roots: Arc::new(roots),
-        })
-    }
-
-    /// The operating system's roots: what Azure's endpoints chain to.
-    pub fn system() -> Self {
-        Trust {
-            roots: Arc::new(crate::transport::system_roots()),
-        }
-    }
-
-    /// The anchors, shared.
-    pub(crate) fn roots(&self) -> Arc<rustls::RootCertStore> {
-        self.roots.clone()
-    }
-
-    /// A client configuration for one device; `resumable_sessions` TLS sessions are kept for
-    /// resuming after a reconnect (0: none, a full handshake each time).
-    pub(crate) fn client_config(
-        &self,
-        auth: &DeviceAuth,
-        resumable_sessions: usize,
-    ) -> Result<rustls::ClientConfig> {
-        let builder = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
-            .with_root_certificates(self.roots.clone());
-        let mut config = match auth {
-            DeviceAuth::X509(credential) => {
-                let mut chain = vec![CertificateDer::from(
-                    credential.certificate().der().to_vec(),
-                )];
-                // The device sends its intermediates, never a self-signed root.
-                chain.extend(
-                    credential
-                        .issuers()
-                        .iter()
-                        .filter(|c| !c.info().is_self_signed)
-                        .map(|c| CertificateDer::from(c.der().to_vec())),
-                );
-                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                    credential.key().pkcs8_der().to_vec(),
-                ));
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| Error::cert(format!("unusable client certificate: {e}")))?
-            }
-            DeviceAuth::SymmetricKey(_) => builder.with_no_client_auth(),
-        };
-        // rustls' default cache of 256 sessions per configuration would cost tens of KB per
-        // device; each stored session holds the server's chain (about 2 KB).
-        config.resumption = match resumable_sessions {
-            0 => rustls::client::Resumption::disabled(),
-            n => rustls::client::Resumption::in_memory_sessions(n),
-        };
-        Ok(config)
     }
 }
 
@@ -223,7 +164,11 @@ async fn exchange(
     hooks: &dyn RegistrationHooks,
 ) -> Result<RegistrationResult> {
     let id = &request.registration_id;
-    let body = serde_json::json!({"registrationId": id, "payload": request.payload}).to_string();
+    let body = serde_json::to_string(&DeviceRegistration {
+        registration_id: id.clone(),
+        payload: request.payload.clone(),
+    })
+    .map_err(|e| Error::Protocol(format!("cannot encode the registration request: {e}")))?;
     if body.len() > MAX_REGISTRATION_BYTES {
         // DPS would refuse it; refused here, the caller learns why instead of seeing a
         // dropped connection.
@@ -233,72 +178,85 @@ async fn exchange(
             body.len()
         )));
     }
-    let mut options = MqttOptions::new(id.clone(), Broker::tcp(request.host.clone(), request.port));
-    let username = format!(
-        "{}/registrations/{id}/api-version={API_VERSION}&ClientVersion=dpskit%2F{}",
-        request.id_scope,
-        env!("CARGO_PKG_VERSION")
+    let username = wire::username(
+        &request.id_scope,
+        id,
+        concat!("dpskit/", env!("CARGO_PKG_VERSION")),
     );
-    match &request.auth {
-        DeviceAuth::X509(_) => {
-            options.set_username(username);
-        }
+    let mut connect = Connect::new(id.clone());
+    connect.keep_alive = KEEP_ALIVE_SECONDS;
+    connect.clean_session = true;
+    connect.auth = match &request.auth {
+        DeviceAuth::X509(_) => ConnectAuth::Username { username },
         DeviceAuth::SymmetricKey(key) => {
-            let expiry = crate::pki::issue::now() + SAS_TTL_SECONDS;
+            let expiry = crate::clock::now() + SAS_TTL_SECONDS;
             let token = crate::sas::build_token(
-                &format!("{}/registrations/{id}", request.id_scope),
+                &wire::sas_audience(&request.id_scope, id),
                 key,
                 expiry,
                 Some("registration"),
             )?;
-            options.set_credentials(username, token.into_bytes());
+            ConnectAuth::UsernamePassword {
+                username,
+                password: token.into_bytes().into(),
+            }
         }
+    };
+    // One registration per connection, and a retry builds a new configuration: a session
+    // cache would never be used.
+    let tls = Arc::new(trust.client_config(request.auth.credential(), 0)?);
+    let dialled = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        mqtt::dial(&request.host, request.port, tls, connect, MAX_PACKET_BYTES),
+    )
+    .await
+    .map_err(|_| {
+        Error::Transport(format!(
+            "connection to DPS failed for {id}: no CONNACK within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    })?;
+    let (framed, ack) = dialled.map_err(|e| connection_error(id, &e))?;
+    if ack.code != ConnectReturnCode::Success {
+        return Err(Error::Service(Box::new(crate::error::ServiceFailure {
+            status: 401,
+            error_code: None,
+            message: format!(
+                "DPS refused the connection of {id}: {:?} (wrong ID scope, or a bad or expired SAS token)",
+                ack.code
+            ),
+            tracking_id: None,
+            retry_after: None,
+        })));
     }
-    options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
-        // One registration per connection, and a retry builds a new configuration: a session
-        // cache would never be used.
-        trust.client_config(&request.auth, 0)?,
-    ))));
-    options.set_keep_alive(KEEP_ALIVE_SECONDS);
-    options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-    options.set_clean_session(true);
-    let (client, mut events) = AsyncClient::builder(options).capacity(8).build();
-    let mut network = NetworkOptions::new();
-    // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
-    network.set_tcp_nodelay(true);
-    events.set_network_options(network);
+    let mut session = Session::new(framed, id);
+    // DPS answers on the subscription only: the request goes once it is in place.
+    session.subscribe(wire::RESPONSE_FILTER).await?;
     let mut rid: u32 = 0;
     let mut pending_operation: Option<String> = None;
     let mut pacer = PollPacer::default();
     let mut refusals: u32 = 0;
     loop {
-        let event = events.poll().await.map_err(|e| connection_error(id, e))?;
-        let publish = match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                client
-                    .subscribe("$dps/registrations/res/#", QoS::AtLeastOnce)
-                    .await
-                    .map_err(|e| Error::Transport(e.to_string()))?;
-                continue;
-            }
-            // DPS answers on the subscription only: publish once it is in place.
-            Event::Incoming(Packet::SubAck(_)) => {
+        let (topic, payload) = match session.next().await? {
+            Packet::SubAck(_) => {
                 rid += 1;
-                send(
-                    &client,
-                    format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
-                    body.clone(),
-                )
-                .await?;
+                session.publish(register_topic(rid), &body).await?;
                 continue;
             }
-            Event::Incoming(Packet::Publish(p)) => p,
+            Packet::Publish(publish) => {
+                if publish.qos != QoS::AtMostOnce {
+                    session
+                        .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                        .await?;
+                }
+                (publish.topic, publish.payload)
+            }
             _ => continue,
         };
-        let next = match interpret(id, &request.auth, &publish.topic, &publish.payload) {
+        let next = match interpret(id, &request.auth, &topic, &payload) {
             Ok(next) => next,
             Err(error) => {
-                let _ = client.disconnect().await;
+                session.disconnect().await;
                 return Err(error);
             }
         };
@@ -312,15 +270,8 @@ async fn exchange(
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
                 match &pending_operation {
-                    None => {
-                        send(
-                            &client,
-                            format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
-                            body.clone(),
-                        )
-                        .await?
-                    }
-                    Some(op) => send(&client, poll_topic(rid, op), " ".into()).await?,
+                    None => session.publish(register_topic(rid), &body).await?,
+                    Some(op) => session.publish(poll_topic(rid, op), " ").await?,
                 }
             }
             Reply::Assigning {
@@ -331,14 +282,112 @@ async fn exchange(
                     + Duration::from_secs(retry_after.unwrap_or(2).into());
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
-                send(&client, poll_topic(rid, &operation_id), " ".into()).await?;
+                session.publish(poll_topic(rid, &operation_id), " ").await?;
                 pending_operation = Some(operation_id);
             }
             Reply::Assigned(result) => {
-                let _ = client.disconnect().await;
+                session.disconnect().await;
                 return Ok(*result);
             }
         }
+    }
+}
+
+/// The device's one connection to DPS: the shared framed connection, its packet ids, and the
+/// keep-alive pings sent while it waits for an answer.
+struct Session<'a> {
+    framed: Framed<mqtt::ClientStream>,
+    id: &'a str,
+    next_pkid: u16,
+    ping_due: tokio::time::Instant,
+    awaiting_pong: bool,
+}
+
+impl<'a> Session<'a> {
+    const KEEP_ALIVE: Duration = Duration::from_secs(KEEP_ALIVE_SECONDS as u64);
+
+    fn new(framed: Framed<mqtt::ClientStream>, id: &'a str) -> Self {
+        Session {
+            framed,
+            id,
+            next_pkid: 0,
+            ping_due: tokio::time::Instant::now() + Self::KEEP_ALIVE,
+            awaiting_pong: false,
+        }
+    }
+
+    fn failed(&self, error: FrameError) -> Error {
+        match error {
+            FrameError::Malformed(e) => {
+                Error::Protocol(format!("malformed packet from DPS for {}: {e}", self.id))
+            }
+            other => Error::Transport(format!("connection to DPS failed for {}: {other}", self.id)),
+        }
+    }
+
+    /// Writes one packet now; the keep-alive counts from here.
+    async fn send(&mut self, packet: Packet) -> Result<()> {
+        let sent = self.framed.send(&packet).await;
+        self.ping_due = tokio::time::Instant::now() + Self::KEEP_ALIVE;
+        sent.map_err(|e| self.failed(e))
+    }
+
+    fn pkid(&mut self) -> u16 {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        self.next_pkid
+    }
+
+    /// Subscribes at QoS 1; the SUBACK comes through [`Session::next`].
+    async fn subscribe(&mut self, filter: &str) -> Result<()> {
+        let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
+        subscribe.pkid = self.pkid();
+        self.send(Packet::Subscribe(subscribe)).await
+    }
+
+    /// Publishes a request at QoS 1 (DPS's PUBACK is not waited for: its answer follows).
+    async fn publish(&mut self, topic: String, payload: &str) -> Result<()> {
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.as_bytes().to_vec());
+        publish.pkid = self.pkid();
+        self.send(Packet::Publish(publish)).await
+    }
+
+    /// The next packet from DPS, pinging while none comes; a PINGREQ unanswered by the next
+    /// one fails the connection, as a silent server must not hold the device.
+    async fn next(&mut self) -> Result<Packet> {
+        loop {
+            tokio::select! {
+                read = self.framed.read() => {
+                    return match read {
+                        Ok(Some(Packet::PingResp)) => {
+                            self.awaiting_pong = false;
+                            continue;
+                        }
+                        Ok(Some(packet)) => Ok(packet),
+                        Ok(None) => Err(Error::Transport(format!(
+                            "connection to DPS failed for {}: DPS closed the connection",
+                            self.id
+                        ))),
+                        Err(e) => Err(self.failed(e)),
+                    };
+                }
+                () = tokio::time::sleep_until(self.ping_due) => {
+                    if self.awaiting_pong {
+                        return Err(Error::Transport(format!(
+                            "connection to DPS failed for {}: no answer to PINGREQ",
+                            self.id
+                        )));
+                    }
+                    self.awaiting_pong = true;
+                    self.send(Packet::PingReq).await?;
+                }
+            }
+        }
+    }
+
+    /// Says goodbye (DISCONNECT, TLS close), best effort: the answer is already in hand.
+    async fn disconnect(mut self) {
+        let _ = self.framed.send(&Packet::Disconnect).await;
+        let _ = self.framed.stream.shutdown().await;
     }
 }
 
@@ -362,73 +411,63 @@ enum Reply {
 fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Result<Reply> {
     let topic = String::from_utf8_lossy(topic);
     let (status, retry_after) = parse_response_topic(&topic)?;
-    let reply: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
     if status == 429 || status >= 500 {
         return Ok(Reply::Throttled { retry_after });
     }
     if status >= 300 {
-        return Err(refused(id, status, &reply, auth));
+        return Err(refused(id, status, &body, auth));
     }
-    match reply["status"].as_str() {
+    let reply = RegistrationOperationStatus::from_value(body.clone());
+    match reply.status.as_deref() {
         Some("assigning") | Some("unassigned") => {
-            let operation_id = reply["operationId"]
-                .as_str()
-                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?
-                .to_string();
+            let operation_id = reply
+                .operation_id
+                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?;
             Ok(Reply::Assigning {
                 operation_id,
                 retry_after,
             })
         }
         Some("assigned") => {
-            let state = &reply["registrationState"];
-            let text = |key: &str| state[key].as_str().map(str::to_string);
+            let state = reply.registration_state.unwrap_or_default();
             Ok(Reply::Assigned(Box::new(RegistrationResult {
                 status: "assigned".into(),
-                registration_id: text("registrationId").unwrap_or_else(|| id.to_string()),
-                assigned_hub: text("assignedHub"),
-                device_id: text("deviceId"),
-                substatus: text("substatus"),
-                etag: text("etag"),
-                created: text("createdDateTimeUtc"),
-                last_updated: text("lastUpdatedDateTimeUtc"),
-                payload: state.get("payload").cloned().filter(|p| !p.is_null()),
-                operation_id: reply["operationId"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                registration_id: state.registration_id.unwrap_or_else(|| id.to_string()),
+                assigned_hub: state.assigned_hub,
+                device_id: state.device_id,
+                substatus: state.substatus,
+                etag: state.etag,
+                created: state.created_date_time_utc,
+                last_updated: state.last_updated_date_time_utc,
+                payload: state.payload,
+                operation_id: reply.operation_id.unwrap_or_default(),
             })))
         }
-        _ => Err(refused(id, status, &reply["registrationState"], auth)),
+        _ => Err(refused(id, status, &body["registrationState"], auth)),
     }
 }
 
-async fn send(client: &AsyncClient, topic: String, payload: String) -> Result<()> {
-    client
-        .publish(topic, payload, PublishOptions::at_least_once())
-        .await
-        .map_err(|e| Error::Transport(e.to_string()))
+fn register_topic(rid: u32) -> String {
+    Request::Register {
+        rid: rid.to_string(),
+    }
+    .topic()
 }
 
 fn poll_topic(rid: u32, operation_id: &str) -> String {
-    format!(
-        "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={}",
-        crate::sas::url_encode(operation_id)
-    )
+    Request::Poll {
+        rid: rid.to_string(),
+        operation_id: operation_id.to_string(),
+    }
+    .topic()
 }
 
 /// `$dps/registrations/res/{status}/?$rid=..[&retry-after=..]` → (status, retry-after).
 fn parse_response_topic(topic: &str) -> Result<(u16, Option<u32>)> {
-    let bad = || Error::Protocol(format!("unexpected DPS response topic {topic:?}"));
-    let rest = topic
-        .strip_prefix("$dps/registrations/res/")
-        .ok_or_else(bad)?;
-    let (status, query) = rest.split_once("/?").ok_or_else(bad)?;
-    let status = status.parse().map_err(|_| bad())?;
-    let retry_after = query_pairs(query)
-        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.parse().ok());
-    Ok((status, retry_after))
+    Response::parse(topic)
+        .map(|r| (r.status, r.retry_after))
+        .ok_or_else(|| Error::Protocol(format!("unexpected DPS response topic {topic:?}")))
 }
 
 /// At most 5 status polls in any 10 s, as DPS asks of clients (retry-after is honoured on top).
@@ -471,9 +510,6 @@ fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
     }
 }
 
-// The fleet and the hub connections import it from here; it lives under every client.
-pub(crate) use crate::transport::jittered_backoff;
-
 /// What the device can tell about why its X.509 registration was refused, from its own
 /// credential: the causes users hit most (see the wire-protocol notes, section 9).
 fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
@@ -506,7 +542,7 @@ fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
             leaf.issuer
         ));
     }
-    let now = crate::pki::issue::now();
+    let now = crate::clock::now();
     if now > leaf.not_after {
         causes.push("the device certificate has expired".into());
     } else if now < leaf.not_before {
@@ -539,19 +575,9 @@ fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
     }
 }
 
-fn connection_error(id: &str, error: rumqttc::ConnectionError) -> Error {
+fn connection_error(id: &str, error: &DialError) -> Error {
     match error {
-        rumqttc::ConnectionError::ConnectionRefused(code) => {
-            Error::Service(Box::new(crate::error::ServiceFailure {
-                status: 401,
-                error_code: None,
-                message: format!(
-                    "DPS refused the connection of {id}: {code:?} (wrong ID scope, or a bad or expired SAS token)"
-                ),
-                tracking_id: None,
-                retry_after: None,
-            }))
-        }
+        DialError::BadHost(e) => Error::Config(format!("{e}: DPS's host for {id}")),
         other => Error::Transport(format!("connection to DPS failed for {id}: {other}")),
     }
 }
@@ -645,48 +671,6 @@ mod tests {
             "{missing:?}"
         );
         assert!(diagnose("x", &DeviceAuth::SymmetricKey("k".into())).is_empty());
-    }
-
-    /// Azure's endpoints chain to public roots: a client configuration for either kind of
-    /// device builds on the system's roots (no network; a host without any still builds one,
-    /// which then trusts nothing).
-    #[test]
-    fn client_configurations_build_on_the_system_roots() {
-        use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
-        let trust = Trust::system();
-        let key = DeviceAuth::SymmetricKey("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into());
-        let config = trust.client_config(&key, 2).unwrap();
-        assert!(!config.client_auth_cert_resolver.has_certs());
-        let root = CertificateAuthority::create_root(
-            "System Roots Test",
-            &CaOptions {
-                algorithm: KeyAlgorithm::EcP256,
-                validity: Validity::days(1, None).unwrap(),
-                path_length: None,
-                organization: None,
-            },
-        )
-        .unwrap();
-        let device = root
-            .issue_device(
-                "sys-1",
-                KeyAlgorithm::EcP256,
-                Validity::days(1, None).unwrap(),
-            )
-            .unwrap();
-        let config = trust
-            .client_config(&DeviceAuth::X509(device.shared_credential()), 0)
-            .unwrap();
-        assert!(config.client_auth_cert_resolver.has_certs());
-        // The same anchors as rustls-native-certs finds, none dropped on the way.
-        let native = rustls_native_certs::load_native_certs().certs.len();
-        assert!(trust.roots().len() <= native);
-        if native > 0 {
-            assert!(
-                !trust.roots().is_empty(),
-                "{native} system roots, none kept"
-            );
-        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn decode_key(key: &str) -> Result<Vec<u8>> {
 /// A fresh random 256-bit key, base64-encoded (what Azure generates for enrollments).
 pub fn generate_key() -> Result<String> {
     let mut key = [0u8; 32];
-    crate::pki::keys::fill_random(&mut key)?;
+    crate::random::fill_random(&mut key)?;
     Ok(BASE64.encode(key))
 }
 

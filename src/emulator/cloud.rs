@@ -9,12 +9,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::clock::now;
 use crate::emulator::model::*;
 use crate::emulator::store::{Store, kind};
 use crate::emulator::tls::EmulatorTls;
 use crate::error::{Error, Result};
 use crate::pki::Certificate;
-use crate::pki::issue::now;
 
 /// In-memory view of every record, kept in step with the store.
 #[derive(Default)]
@@ -86,7 +86,7 @@ pub fn random_guid() -> String {
     let mut b = [0u8; 16];
     // The system RNG failing is not something the emulator can recover from meaningfully; an
     // all-zero GUID still keeps the protocol going.
-    let _ = crate::pki::keys::fill_random(&mut b);
+    let _ = crate::random::fill_random(&mut b);
     let h = crate::pki::cert::hex_upper(&b).to_ascii_lowercase();
     format!(
         "{}-{}-{}-{}-{}",
@@ -465,7 +465,7 @@ impl Cloud {
         }
         let id_scope = loop {
             let mut b = [0u8; 4];
-            crate::pki::keys::fill_random(&mut b)?;
+            crate::random::fill_random(&mut b)?;
             let scope = format!("0ne{}", crate::pki::cert::hex_upper(&b));
             if !model.dps.values().any(|d| d.id_scope == scope) {
                 break scope;
@@ -693,7 +693,7 @@ impl Cloud {
                 .ok_or_else(|| not_found("certificate", name))?;
             check_etag(&ca.etag, if_match)?;
             let mut bytes = [0u8; 24];
-            crate::pki::keys::fill_random(&mut bytes)?;
+            crate::random::fill_random(&mut bytes)?;
             ca.verification_code = Some(crate::pki::cert::hex_upper(&bytes));
             ca.etag = new_etag();
             ca.updated = now();

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
+use crate::clock::now;
 use crate::emulator::cloud::{Cloud, azure_timestamp, decode_der, new_etag, random_guid};
 use crate::emulator::model::*;
 use crate::emulator::quotas::{DpsQuotas, retry_after_seconds};
@@ -16,7 +17,9 @@ use crate::error::Error;
 use crate::limits::THROTTLED_ERROR_CODE;
 use crate::pki::Certificate;
 use crate::pki::chain::describe;
-use crate::pki::issue::now;
+use crate::protocol::dps::{
+    AttestationResult, DeviceRegistrationResult, RegistrationOperationStatus,
+};
 use crate::sas::{SasToken, derive_device_key};
 
 /// Who is connected: established at CONNECT, used for every request of the session.
@@ -337,7 +340,7 @@ impl DpsEngine {
             let token = std::str::from_utf8(password)
                 .map_err(|_| refuse("the password is not UTF-8".into()))
                 .and_then(|t| SasToken::parse(t).map_err(|e| refuse(e.to_string())))?;
-            let expected = format!("{}/registrations/{registration_id}", dps.id_scope);
+            let expected = crate::protocol::dps::sas_audience(&dps.id_scope, registration_id);
             if !token.resource.eq_ignore_ascii_case(&expected) {
                 return Err(refuse(format!(
                     "SAS token is for {:?}, not {expected:?}",
@@ -462,7 +465,11 @@ impl DpsEngine {
         Reply {
             status: 202,
             retry_after: Some(self.poll_retry_after),
-            body: json!({"operationId": operation_id, "status": "assigning"}),
+            body: status_body(RegistrationOperationStatus {
+                operation_id: Some(operation_id),
+                status: Some("assigning".into()),
+                registration_state: None,
+            }),
         }
     }
 
@@ -493,10 +500,14 @@ impl DpsEngine {
             return Reply {
                 status: 202,
                 retry_after: Some(self.poll_retry_after),
-                body: json!({
-                    "operationId": operation_id,
-                    "status": "assigning",
-                    "registrationState": {"registrationId": identity.registration_id, "status": "assigning"},
+                body: status_body(RegistrationOperationStatus {
+                    operation_id: Some(operation_id.to_string()),
+                    status: Some("assigning".into()),
+                    registration_state: Some(DeviceRegistrationResult {
+                        registration_id: Some(identity.registration_id.clone()),
+                        status: Some("assigning".into()),
+                        ..DeviceRegistrationResult::default()
+                    }),
                 }),
             };
         }
@@ -1106,7 +1117,7 @@ fn parse_body(body: &[u8]) -> Result<Value, Reply> {
 
 fn operation_id() -> String {
     let mut b = [0u8; 8];
-    let _ = crate::pki::keys::fill_random(&mut b);
+    let _ = crate::random::fill_random(&mut b);
     format!(
         "5.{}.{}",
         crate::pki::cert::hex_upper(&b).to_ascii_lowercase(),
@@ -1121,47 +1132,44 @@ fn with_operation_id(mut body: Value, operation_id: &str) -> Value {
     body
 }
 
+/// A response body as the wire model writes it.
+fn status_body(status: RegistrationOperationStatus) -> Value {
+    serde_json::to_value(status).unwrap_or(Value::Null)
+}
+
 /// The `RegistrationOperationStatus` body of a finished registration.
 pub fn registration_body(record: &RegistrationRecord) -> Value {
-    let mut state = serde_json::Map::new();
-    match (&record.attestation, &record.enrollment) {
-        (AttestationKind::X509, EnrollmentRef::Group(id)) => {
-            state.insert("x509".into(), json!({"enrollmentGroupId": id}));
-        }
-        (AttestationKind::X509, EnrollmentRef::Individual(_)) => {
-            state.insert("x509".into(), json!({}));
-        }
-        (AttestationKind::SymmetricKey, EnrollmentRef::Group(id)) => {
-            state.insert("symmetricKey".into(), json!({"enrollmentGroupId": id}));
-        }
-        (AttestationKind::SymmetricKey, EnrollmentRef::Individual(_)) => {
-            state.insert("symmetricKey".into(), json!({}));
-        }
-    }
-    state.insert("registrationId".into(), json!(record.registration_id));
-    state.insert("createdDateTimeUtc".into(), json!(record.created));
-    if let Some(hub) = &record.assigned_hub {
-        state.insert("assignedHub".into(), json!(hub));
-    }
-    if let Some(device_id) = &record.device_id {
-        state.insert("deviceId".into(), json!(device_id));
-    }
-    state.insert("status".into(), json!(record.status));
-    if let Some(substatus) = &record.substatus {
-        state.insert("substatus".into(), json!(substatus));
-    }
-    if let Some(code) = record.error_code {
-        state.insert("errorCode".into(), json!(code));
-    }
-    if let Some(message) = &record.error_message {
-        state.insert("errorMessage".into(), json!(message));
-    }
-    state.insert("lastUpdatedDateTimeUtc".into(), json!(record.last_updated));
-    state.insert("etag".into(), json!(record.etag));
-    if let Some(payload) = &record.payload {
-        state.insert("payload".into(), payload.clone());
-    }
-    json!({"status": record.status, "registrationState": Value::Object(state)})
+    let group = match &record.enrollment {
+        EnrollmentRef::Group(id) => Some(id.clone()),
+        EnrollmentRef::Individual(_) => None,
+    };
+    let attestation = Some(AttestationResult {
+        enrollment_group_id: group,
+    });
+    let (x509, symmetric_key) = match record.attestation {
+        AttestationKind::X509 => (attestation, None),
+        AttestationKind::SymmetricKey => (None, attestation),
+    };
+    status_body(RegistrationOperationStatus {
+        operation_id: None,
+        status: Some(record.status.clone()),
+        registration_state: Some(DeviceRegistrationResult {
+            x509,
+            symmetric_key,
+            registration_id: Some(record.registration_id.clone()),
+            created_date_time_utc: Some(record.created.clone()),
+            assigned_hub: record.assigned_hub.clone(),
+            device_id: record.device_id.clone(),
+            status: Some(record.status.clone()),
+            substatus: record.substatus.clone(),
+            error_code: record.error_code,
+            error_message: record.error_message.clone(),
+            last_updated_date_time_utc: Some(record.last_updated.clone()),
+            etag: Some(record.etag.clone()),
+            // A stored `null` payload is written as `null`, as before: `Some(Null)`.
+            payload: record.payload.clone(),
+        }),
+    })
 }
 
 impl From<Error> for Reply {

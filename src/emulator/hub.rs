@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::clock::now;
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice};
 use crate::emulator::quotas::{HubQuotas, Rate, Throttled, start_of_today};
@@ -29,7 +30,7 @@ use crate::emulator::store::{Store, TelemetryRecord};
 use crate::error::{Error, Result};
 use crate::limits::HubOperation;
 use crate::pki::Certificate;
-use crate::pki::issue::now;
+use crate::protocol::hub::{CloudPublish, Subscription};
 use crate::sas::SasToken;
 
 /// Largest device-to-cloud message (256 KB).
@@ -166,17 +167,30 @@ pub struct C2dMessage {
     pub enqueued: i64,
 }
 
-/// What a device session subscribed to.
+/// What a device session subscribed to, one flag per [`Subscription`] (stored as flags, so
+/// persistent sessions keep their stored shape).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Subscriptions {
-    /// `devices/{id}/messages/devicebound/#`
+    /// [`Subscription::C2d`]
     pub c2d: bool,
-    /// `$iothub/methods/POST/#`
+    /// [`Subscription::Methods`]
     pub methods: bool,
-    /// `$iothub/twin/res/#`
+    /// [`Subscription::TwinResponses`]
     pub twin_responses: bool,
-    /// `$iothub/twin/PATCH/properties/desired/#`
+    /// [`Subscription::DesiredPatches`]
     pub desired: bool,
+}
+
+impl Subscriptions {
+    /// Subscribes to (`true`) or unsubscribes from one.
+    pub fn set(&mut self, subscription: Subscription, on: bool) {
+        *match subscription {
+            Subscription::C2d => &mut self.c2d,
+            Subscription::Methods => &mut self.methods,
+            Subscription::TwinResponses => &mut self.twin_responses,
+            Subscription::DesiredPatches => &mut self.desired,
+        } = on;
+    }
 }
 
 /// A persistent session as stored: its subscriptions.
@@ -590,7 +604,7 @@ impl HubEngine {
                 let token = std::str::from_utf8(password)
                     .map_err(|_| "the password is not UTF-8".to_string())
                     .and_then(|t| SasToken::parse(t).map_err(|e| e.to_string()))?;
-                let expected = format!("{hub}/devices/{device_id}");
+                let expected = crate::protocol::hub::sas_audience(&hub, device_id);
                 if !token.resource.eq_ignore_ascii_case(&expected) {
                     return Err(format!(
                         "SAS token is for {:?}, not {expected:?}",
@@ -886,7 +900,10 @@ impl HubEngine {
                 hub,
                 device_id,
                 Outbound::Publish {
-                    topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+                    topic: CloudPublish::DesiredPatch {
+                        version: Some(version),
+                    }
+                    .topic(),
                     payload: Value::Object(body).to_string().into_bytes(),
                     c2d: None,
                 },
@@ -956,7 +973,11 @@ impl HubEngine {
             hub,
             device_id,
             Outbound::Publish {
-                topic: format!("$iothub/methods/POST/{name}/?$rid={rid}"),
+                topic: CloudPublish::MethodRequest {
+                    name: name.to_string(),
+                    rid: rid.clone(),
+                }
+                .topic(),
                 payload: body,
                 c2d: None,
             },
@@ -1122,23 +1143,17 @@ impl HubEngine {
                 );
                 continue;
             };
-            let mut bag = vec![
-                format!("%24.mid={}", crate::sas::url_encode(&message.message_id)),
-                format!(
-                    "%24.to={}",
-                    crate::sas::url_encode(&format!("/devices/{device_id}/messages/devicebound"))
-                ),
-            ];
-            bag.extend(message.properties.iter().map(|(k, v)| {
-                format!(
-                    "{}={}",
-                    crate::sas::url_encode(k),
-                    crate::sas::url_encode(v)
-                )
-            }));
+            let delivery = CloudPublish::c2d(
+                device_id,
+                &message.message_id,
+                message
+                    .properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
             let sent = session.offer(
                 Outbound::Publish {
-                    topic: format!("devices/{device_id}/messages/devicebound/{}", bag.join("&")),
+                    topic: delivery.topic(),
                     payload: body,
                     c2d: Some(message.message_id.clone()),
                 },

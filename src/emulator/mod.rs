@@ -14,7 +14,6 @@ mod secrets;
 pub mod server;
 pub mod store;
 pub mod tls;
-pub mod topics;
 pub mod trace;
 
 #[cfg(test)]

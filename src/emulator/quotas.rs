@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::clock::now;
 use crate::limits::{HubOperation, HubSku, QUOTA_EXCEEDED_ERROR_CODE};
-use crate::pki::issue::now;
 
 /// Longest traffic shaping delay of device-to-cloud sends before IoT Hub throttles outright.
 const SHAPING_WINDOW: Duration = Duration::from_secs(1);

@@ -11,12 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use rumqttc::{
     ConnAck, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck,
     SubscribeReasonCode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -25,11 +23,13 @@ use tokio_rustls::server::TlsStream;
 use crate::emulator::dps::{DeviceIdentity, DpsEngine, Reply};
 use crate::emulator::quotas::Throttled;
 use crate::emulator::store::TelemetryRecord;
-use crate::emulator::topics::{DpsRequest, Route, dps_request, dps_response, route};
 use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
 use crate::limits::HubOperation;
 use crate::pki::Certificate;
-use crate::protocol::parse_property_bag;
+use crate::protocol::dps::{self, Request as DpsRequest};
+use crate::protocol::hub::{CloudPublish, DeviceRequest, Subscription, TopicError, telemetry_bag};
+use crate::protocol::{Route, parse_property_bag, route};
+use crate::transport::mqtt::Framed;
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -144,64 +144,28 @@ pub async fn serve(listener: TcpListener, context: Arc<ServerContext>) {
 
 type Tls = TlsStream<TcpStream>;
 
+/// One client's connection: the shared framing (small buffers that grow with the traffic and
+/// shrink back, so ten thousand idle connections fit in ~30 KB each) and the packet ids of
+/// what the server publishes.
 struct Connection {
-    tls: Tls,
-    buffer: BytesMut,
-    out: BytesMut,
-    max_packet_size: usize,
+    wire: Framed<Tls>,
     next_pkid: u16,
 }
 
 impl Connection {
     /// Reads the next packet; `Ok(None)` when the peer closed the connection.
     async fn read(&mut self) -> Result<Option<Packet>, String> {
-        loop {
-            match Packet::read(
-                &mut self.buffer,
-                self.max_packet_size.saturating_add(MQTT_ENVELOPE_BYTES),
-            ) {
-                Ok(packet) => {
-                    release_if_large(&mut self.buffer);
-                    return Ok(Some(packet));
-                }
-                Err(rumqttc::Error::InsufficientBytes(_)) => {}
-                Err(e) => return Err(format!("malformed MQTT packet: {e}")),
-            }
-            let n = self
-                .tls
-                .read_buf(&mut self.buffer)
-                .await
-                .map_err(|e| format!("read failed: {e}"))?;
-            if n == 0 {
-                return Ok(None);
-            }
-        }
+        self.wire.read().await.map_err(|e| e.to_string())
     }
 
     /// Encodes a packet into the output buffer without writing it yet.
     fn queue(&mut self, packet: Packet) -> Result<(), String> {
-        packet
-            .write(&mut self.out, usize::MAX)
-            .map(|_| ())
-            .map_err(|e| format!("cannot encode {:?}: {e}", packet.packet_type()))
+        self.wire.queue(&packet).map_err(|e| e.to_string())
     }
 
     /// Writes everything queued in one go.
     async fn flush(&mut self) -> Result<(), String> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        self.tls
-            .write_all(&self.out)
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
-        self.tls
-            .flush()
-            .await
-            .map_err(|e| format!("write failed: {e}"))?;
-        self.out.clear();
-        release_if_large(&mut self.out);
-        Ok(())
+        self.wire.flush().await.map_err(|e| e.to_string())
     }
 
     async fn send(&mut self, packet: Packet) -> Result<(), String> {
@@ -224,15 +188,6 @@ impl Connection {
     }
 }
 
-/// Gives back the memory an empty buffer kept after one large packet, so a connection that
-/// once carried 256 KB does not hold it while idle.
-fn release_if_large(buffer: &mut BytesMut) {
-    const KEEP: usize = 64 * 1024;
-    if buffer.is_empty() && buffer.capacity() > KEEP {
-        *buffer = BytesMut::with_capacity(1024);
-    }
-}
-
 async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String> {
     // Without TCP_NODELAY small MQTT packets wait for delayed ACKs (~40 ms per exchange).
     stream
@@ -249,12 +204,13 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
         context.limits.max_chain_length,
     );
     let mut connection = Connection {
-        tls,
-        // Small to start: most connections sit idle, and ten thousand of them must fit in
-        // ~30 KB each; the buffers grow with the traffic.
-        buffer: BytesMut::with_capacity(1024),
-        out: BytesMut::with_capacity(1024),
-        max_packet_size: context.limits.max_packet_size,
+        wire: Framed::new(
+            tls,
+            context
+                .limits
+                .max_packet_size
+                .saturating_add(MQTT_ENVELOPE_BYTES),
+        ),
         next_pkid: 0,
     };
     let first = tokio::time::timeout(deadline, connection.read())
@@ -430,7 +386,7 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(|t| crate::sas::SasToken::parse(t).ok())
                 .map(|t| {
-                    let left = (t.expiry - crate::pki::issue::now()).max(0) as u64;
+                    let left = (t.expiry - crate::clock::now()).max(0) as u64;
                     tokio::time::Instant::now() + Duration::from_secs(left)
                 });
             let link = DeviceLink {
@@ -489,15 +445,7 @@ async fn refuse(
 /// The telemetry record a will becomes, or `None` (logged) when its topic is not the device's
 /// telemetry topic, the only will topic IoT Hub accepts.
 fn will_record(hub: &str, device_id: &str, will: rumqttc::LastWill) -> Option<TelemetryRecord> {
-    let events = format!("devices/{device_id}/messages/events");
-    let bag = will.topic.strip_prefix(&events).and_then(|rest| {
-        if rest.is_empty() {
-            Some("")
-        } else {
-            rest.strip_prefix('/')
-        }
-    });
-    let Some(bag) = bag else {
+    let Some(bag) = telemetry_bag(&will.topic, device_id) else {
         log::info!(
             "emulator: ignored the will of {device_id:?}: topic {:?} is not its telemetry topic",
             will.topic
@@ -613,7 +561,7 @@ async fn dps_session(
                             None,
                             format!("qos={:?}", f.qos),
                         ));
-                        if f.path == "$dps/registrations/res/#" {
+                        if f.path == dps::RESPONSE_FILTER {
                             // DPS grants QoS 2 requests as QoS 1.
                             SubscribeReasonCode::Success(match f.qos {
                                 QoS::AtMostOnce => QoS::AtMostOnce,
@@ -637,7 +585,7 @@ async fn dps_session(
                 let topic = inbound_topic(&publish, trace)?;
                 // Judged before the PUBACK, as on the hub: a publish DPS does not take closes
                 // the connection unacknowledged.
-                let request = dps_request(&topic).ok_or_else(|| {
+                let request = DpsRequest::parse(&topic).ok_or_else(|| {
                     format!("unsupported DPS topic {topic:?}: the connection is closed")
                 })?;
                 if publish.qos == QoS::AtLeastOnce {
@@ -684,7 +632,12 @@ async fn send_reply(
     reply: Reply,
     trace: &impl Fn(TraceEvent),
 ) -> Result<(), String> {
-    let topic = dps_response(reply.status, rid, reply.retry_after);
+    let topic = dps::Response {
+        status: reply.status,
+        rid: rid.to_string(),
+        retry_after: reply.retry_after,
+    }
+    .topic();
     let body = reply.body.to_string();
     trace(event(
         "cloud->device",
@@ -749,9 +702,6 @@ async fn hub_session(
     let mut unacknowledged = 0usize;
     // C2D deliveries waiting for the device's PUBACK, by packet id.
     let mut c2d_pending: std::collections::HashMap<u16, String> = Default::default();
-    let events = format!("devices/{device_id}/messages/events/");
-    let events_no_slash = format!("devices/{device_id}/messages/events");
-    let c2d_filter = format!("devices/{device_id}/messages/devicebound/#");
     // Why the hub refused a message (throttled, quota spent): it reads nothing more, sends the
     // acknowledgements of what it already stored (their messages are not sent again), then
     // closes the connection without acknowledging the refused one.
@@ -810,7 +760,7 @@ async fn hub_session(
                             }
                         }
                     }
-                    if connection.out.len() >= MAX_WRITE_BATCH {
+                    if connection.wire.queued() >= MAX_WRITE_BATCH {
                         break;
                     }
                     match session.outbound.try_recv() {
@@ -842,15 +792,10 @@ async fn hub_session(
                         None,
                         format!("qos={:?}", filter.qos),
                     ));
-                    let path = filter.path.as_str();
-                    let known = path == c2d_filter
-                        || path == "$iothub/methods/POST/#"
-                        || path == "$iothub/twin/res/#"
-                        || path == "$iothub/twin/PATCH/properties/desired/#";
-                    if !known {
+                    if Subscription::parse(&filter.path, device_id).is_none() {
                         // IoT Hub is not a general broker: it drops the connection instead of
                         // answering an unsupported subscription.
-                        return Err(format!("unsupported subscription {path:?}"));
+                        return Err(format!("unsupported subscription {:?}", filter.path));
                     }
                     codes.push(SubscribeReasonCode::Success(match filter.qos {
                         QoS::AtMostOnce => QoS::AtMostOnce,
@@ -862,11 +807,8 @@ async fn hub_session(
                     .await?;
                 context.hubs.subscribe(hub, device_id, |s| {
                     for filter in &subscribe.filters {
-                        match filter.path.as_str() {
-                            "$iothub/methods/POST/#" => s.methods = true,
-                            "$iothub/twin/res/#" => s.twin_responses = true,
-                            "$iothub/twin/PATCH/properties/desired/#" => s.desired = true,
-                            _ => s.c2d = true,
+                        if let Some(subscription) = Subscription::parse(&filter.path, device_id) {
+                            s.set(subscription, true);
                         }
                     }
                 });
@@ -874,12 +816,11 @@ async fn hub_session(
             Packet::Unsubscribe(unsubscribe) => {
                 context.hubs.subscribe(hub, device_id, |s| {
                     for path in &unsubscribe.topics {
-                        match path.as_str() {
-                            "$iothub/methods/POST/#" => s.methods = false,
-                            "$iothub/twin/res/#" => s.twin_responses = false,
-                            "$iothub/twin/PATCH/properties/desired/#" => s.desired = false,
-                            _ => s.c2d = false,
-                        }
+                        // Any other filter was never granted; it stands for the C2D one, as
+                        // the device may spell it another way.
+                        let subscription =
+                            Subscription::parse(path, device_id).unwrap_or(Subscription::C2d);
+                        s.set(subscription, false);
                     }
                 });
                 connection
@@ -888,10 +829,7 @@ async fn hub_session(
             }
             Packet::Publish(publish) => {
                 let topic = inbound_topic(&publish, trace)?;
-                if let Some(bag) = topic
-                    .strip_prefix(&events)
-                    .or_else(|| (topic == events_no_slash).then_some(""))
-                {
+                if let Some(bag) = telemetry_bag(&topic, device_id) {
                     // Latency and traffic shaping delay the acknowledgement; past the shaping
                     // window the hub throttles.
                     let delay = match context.hubs.admit_message(hub) {
@@ -1022,38 +960,17 @@ async fn hub_session(
     }
 }
 
-/// What a device asks of the hub besides telemetry.
-enum DeviceRequest {
-    /// `$iothub/twin/GET/?$rid=`
-    TwinGet { rid: String },
-    /// `$iothub/twin/PATCH/properties/reported/?$rid=`
-    ReportedPatch { rid: String },
-    /// `$iothub/methods/res/{status}/?$rid=`
-    MethodResponse { rid: String, status: u16 },
-}
-
 /// Reads a device's non-telemetry topic; any other topic is one IoT Hub closes the
 /// connection for.
 fn device_request(topic: &str) -> Result<DeviceRequest, String> {
-    let (path, query) = topic.split_once("/?").unwrap_or((topic, ""));
-    let rid = crate::protocol::query_pairs(query)
-        .find(|(k, _)| *k == "$rid")
-        .map(|(_, v)| v.to_string())
-        .unwrap_or_default();
-    if path == "$iothub/twin/GET" {
-        Ok(DeviceRequest::TwinGet { rid })
-    } else if path == "$iothub/twin/PATCH/properties/reported" {
-        Ok(DeviceRequest::ReportedPatch { rid })
-    } else if let Some(status) = path.strip_prefix("$iothub/methods/res/") {
-        let status = status.parse().map_err(|_| {
+    DeviceRequest::parse(topic).map_err(|e| match e {
+        TopicError::BadMethodStatus => {
             format!("bad method status in {topic:?}: IoT Hub closes the connection")
-        })?;
-        Ok(DeviceRequest::MethodResponse { rid, status })
-    } else {
-        Err(format!(
-            "unsupported topic {topic:?}: IoT Hub closes the connection"
-        ))
-    }
+        }
+        TopicError::Unsupported => {
+            format!("unsupported topic {topic:?}: IoT Hub closes the connection")
+        }
+    })
 }
 
 /// Most bytes gathered from a session's queue into one write.
@@ -1100,10 +1017,12 @@ async fn reply_twin(
     body: String,
     trace: &impl Fn(TraceEvent),
 ) -> Result<(), String> {
-    let topic = match version {
-        Some(v) => format!("$iothub/twin/res/{status}/?$rid={rid}&$version={v}"),
-        None => format!("$iothub/twin/res/{status}/?$rid={rid}"),
-    };
+    let topic = CloudPublish::TwinResponse {
+        status,
+        rid: rid.to_string(),
+        version,
+    }
+    .topic();
     trace(event(
         "cloud->device",
         "PUBLISH",

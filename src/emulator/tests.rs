@@ -932,12 +932,13 @@ fn fuzz_packet_and_topic_parsing() {
             match packet {
                 Packet::Connect(c) => {
                     if let ConnectAuth::UsernamePassword { username, password } = &c.auth {
-                        let _ = topics::route(username);
+                        let _ = crate::protocol::route(username);
                         let _ = crate::sas::SasToken::parse(&String::from_utf8_lossy(password));
                     }
                 }
                 Packet::Publish(p) => {
-                    let _ = topics::dps_request(&String::from_utf8_lossy(&p.topic));
+                    let _ =
+                        crate::protocol::dps::Request::parse(&String::from_utf8_lossy(&p.topic));
                 }
                 _ => {}
             }

@@ -25,8 +25,9 @@ use crate::fleet::plan::TelemetryPlan;
 use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
 use crate::provisioning::{
     DeviceAuth, HookFuture, ProvisioningRequest, RegistrationHooks, RegistrationResult, Trust,
-    jittered_backoff, provision_observed,
+    provision_observed,
 };
+use crate::transport::jittered_backoff;
 
 /// How a fleet runs: where DPS is, how much at once, and what each device sends.
 #[derive(Debug, Clone, Deserialize)]

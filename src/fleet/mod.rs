@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::Error;
 use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
-use crate::provisioning::Trust;
+use crate::transport::Trust;
 
 /// What happened when a set of devices connected.
 #[derive(Debug, Default)]

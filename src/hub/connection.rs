@@ -1,7 +1,8 @@
-//! The device's MQTT connection to its hub, written for many devices per process: small
-//! buffers that grow with the traffic, only the state a device uses (a few packet ids in
-//! flight), on rumqttc's packet codec. One task per device owns the socket; the client talks
-//! to it through a bounded channel, so the window of unacknowledged messages paces senders.
+//! The device's MQTT connection to its hub, written for many devices per process: the shared
+//! framed connection ([`crate::transport::mqtt`]: small buffers that grow with the traffic),
+//! and only the state a device uses (a few packet ids in flight). One task per device owns
+//! the socket; the client talks to it through a bounded channel, so the window of
+//! unacknowledged messages paces senders.
 //! Lost connections are dialled again with backoff; messages not acknowledged are sent again
 //! (DUP) on the new connection, unless the hub has closed it [`MAX_STALLED_CONNECTIONS`] times in
 //! a row without acknowledging any (it refuses them: then the client ends with that reason);
@@ -11,27 +12,24 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use rumqttc::{
     ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, Subscribe, SubscribeFilter,
     SubscribeReasonCode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::client::TlsStream;
 
 use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
 use crate::error::{Error, Result, ServiceFailure};
-use crate::provisioning::jittered_backoff as reconnect_delay;
+use crate::transport::jittered_backoff as reconnect_delay;
+use crate::transport::mqtt::{self, DialError, FrameError, Framed};
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 pub(super) const MAX_INCOMING: usize = 256 * 1024;
 /// Connections in a row a hub may close with messages outstanding and none acknowledged
 /// before the client gives up on them (each after a reconnect delay of about a second).
 const MAX_STALLED_CONNECTIONS: u32 = 5;
-/// What the buffers start at and fall back to after a large packet.
-const SMALL_BUFFER: usize = 1024;
 
 /// A QoS 1 PUBLISH to send; `done` resolves at its PUBACK.
 pub(super) struct PublishRequest {
@@ -129,97 +127,49 @@ impl InFlight {
     }
 }
 
-/// The socket with its read and write buffers; generic so that the fuzz tests can put a
-/// hostile byte stream where the TLS stream goes.
-pub(super) struct Wire<S = TlsStream<TcpStream>> {
-    pub(super) stream: S,
-    pub(super) read: BytesMut,
-    pub(super) write: BytesMut,
-}
+/// The socket framed for MQTT; generic so that the fuzz tests can put a hostile byte stream
+/// where the TLS stream goes. A packet over [`MAX_INCOMING`] is refused from its header.
+pub(super) struct Wire<S = mqtt::ClientStream>(pub(super) Framed<S>);
 
-fn shrink(buffer: &mut BytesMut) {
-    if buffer.is_empty() && buffer.capacity() > 64 * 1024 {
-        *buffer = BytesMut::with_capacity(SMALL_BUFFER);
+/// What a framing failure means to the device: the hub sent garbage (a protocol error) or
+/// the connection broke.
+fn wire_error(error: FrameError) -> Error {
+    match error {
+        FrameError::Malformed(e) => Error::Protocol(format!("malformed packet from the hub: {e}")),
+        FrameError::Encode(kind, e) => Error::Protocol(format!("cannot encode {kind:?}: {e}")),
+        FrameError::Read(_) | FrameError::Write(_) => Error::Transport(error.to_string()),
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
-    /// A wire over `stream` with small empty buffers.
+    /// A wire over `stream` with small empty buffers (the fuzz tests' hostile streams; real
+    /// ones come from [`dial`]).
+    #[cfg(test)]
     pub(super) fn new(stream: S) -> Self {
-        Wire {
-            stream,
-            read: BytesMut::with_capacity(SMALL_BUFFER),
-            write: BytesMut::with_capacity(SMALL_BUFFER),
-        }
+        Wire(Framed::new(stream, MAX_INCOMING))
     }
 
-    /// The next packet from the hub; `None` at a clean end of stream. A packet over
-    /// `MAX_INCOMING` is refused from its header, before its body is buffered.
+    /// The next packet from the hub; `None` at a clean end of stream.
     pub(super) async fn read(&mut self) -> Result<Option<Packet>> {
-        loop {
-            match Packet::read(&mut self.read, MAX_INCOMING) {
-                Ok(packet) => {
-                    shrink(&mut self.read);
-                    return Ok(Some(packet));
-                }
-                Err(rumqttc::Error::InsufficientBytes(_)) => {}
-                Err(e) => {
-                    return Err(Error::Protocol(format!(
-                        "malformed packet from the hub: {e}"
-                    )));
-                }
-            }
-            let n = self
-                .stream
-                .read_buf(&mut self.read)
-                .await
-                .map_err(|e| Error::Transport(format!("read failed: {e}")))?;
-            if n == 0 {
-                return Ok(None);
-            }
-        }
+        self.0.read().await.map_err(wire_error)
     }
 
     fn queue(&mut self, packet: &Packet) -> Result<()> {
-        packet
-            .write(&mut self.write, usize::MAX)
-            .map(|_| ())
-            .map_err(|e| Error::Protocol(format!("cannot encode a packet: {e}")))
+        self.0.queue(packet).map_err(wire_error)
     }
 
     async fn flush(&mut self) -> Result<()> {
-        if self.write.is_empty() {
-            return Ok(());
-        }
-        self.stream
-            .write_all(&self.write)
-            .await
-            .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
-        self.stream
-            .flush()
-            .await
-            .map_err(|e| Error::Transport(format!("write failed: {e}")))?;
-        self.write.clear();
-        shrink(&mut self.write);
-        Ok(())
+        self.0.flush().await.map_err(wire_error)
+    }
+
+    /// Shuts the stream down (TLS close_notify), whatever is queued.
+    async fn shutdown(&mut self) {
+        let _ = self.0.stream.shutdown().await;
     }
 }
 
 /// TLS + CONNECT + CONNACK; returns the wire and whether the hub kept the session.
 async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool)> {
-    let address = format!("{}:{}", settings.host, settings.port);
-    let tcp = TcpStream::connect(&address)
-        .await
-        .map_err(|e| Error::Transport(format!("cannot reach {address}: {e}")))?;
-    // Without TCP_NODELAY small exchanges wait ~40 ms for a delayed ACK.
-    let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(settings.host.clone())
-        .map_err(|e| Error::Config(format!("{} is not a host name: {e}", settings.host)))?;
-    let tls = tokio_rustls::TlsConnector::from(settings.tls.clone())
-        .connect(name, tcp)
-        .await
-        .map_err(|e| Error::Transport(format!("TLS with {address} failed: {e}")))?;
-    let mut wire = Wire::new(tls);
     let mut connect = rumqttc::Connect::new(settings.client_id.clone());
     connect.keep_alive = settings.keep_alive;
     connect.clean_session = settings.clean_session;
@@ -232,20 +182,32 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
             username: settings.username.clone(),
         },
     };
-    wire.queue(&Packet::Connect(connect))?;
-    wire.flush().await?;
-    match wire.read().await? {
-        Some(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
-            Ok((wire, ack.session_present))
+    let host = &settings.host;
+    let address = format!("{host}:{}", settings.port);
+    let dialled = mqtt::dial(
+        host,
+        settings.port,
+        settings.tls.clone(),
+        connect,
+        MAX_INCOMING,
+    )
+    .await;
+    match dialled {
+        Ok((wire, ack)) if ack.code == ConnectReturnCode::Success => {
+            Ok((Wire(wire), ack.session_present))
         }
-        Some(Packet::ConnAck(ack)) => Err(refused(&settings.host, &settings.client_id, ack.code)),
-        Some(other) => Err(Error::Protocol(format!(
-            "expected CONNACK, got {:?}",
-            other.packet_type()
-        ))),
-        None => Err(Error::Transport(format!(
-            "{} closed the connection before CONNACK",
-            settings.host
+        Ok((_, ack)) => Err(refused(host, &settings.client_id, ack.code)),
+        Err(DialError::Unreachable(e)) => {
+            Err(Error::Transport(format!("cannot reach {address}: {e}")))
+        }
+        Err(DialError::BadHost(e)) => Err(Error::Config(format!("{host} is not a host name: {e}"))),
+        Err(DialError::Tls(e)) => Err(Error::Transport(format!("TLS with {address} failed: {e}"))),
+        Err(DialError::Frame(e)) => Err(wire_error(e)),
+        Err(DialError::Unexpected(kind)) => {
+            Err(Error::Protocol(format!("expected CONNACK, got {kind:?}")))
+        }
+        Err(DialError::Closed) => Err(Error::Transport(format!(
+            "{host} closed the connection before CONNACK"
         ))),
     }
 }
@@ -386,7 +348,7 @@ pub(super) async fn run(
             }
             Ending::Renew => {
                 log::info!("hub client {id}: renewing its SAS token");
-                let _ = wire.stream.shutdown().await;
+                wire.shutdown().await;
             }
             Ending::Lost(error) if settings.reconnect => {
                 if outstanding.publishes > 0 && outstanding.acknowledged == acknowledged_before {
@@ -602,7 +564,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         Ok(Some(done)) => {
                             let _ = wire.queue(&Packet::Disconnect);
                             let _ = wire.flush().await;
-                            let _ = wire.stream.shutdown().await;
+                            wire.shutdown().await;
                             let _ = done.send(());
                             return Ending::Closed;
                         }

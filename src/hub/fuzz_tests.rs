@@ -233,7 +233,7 @@ async fn run_case(settings: &Settings, input: Vec<u8>, rng: Rng) -> (Ending, Del
             delivered.acknowledged += 1;
         }
     }
-    (ending, delivered, wire.read.capacity())
+    (ending, delivered, wire.0.read_capacity())
 }
 
 #[test]

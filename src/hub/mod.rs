@@ -11,8 +11,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result, ServiceFailure};
-use crate::provisioning::{DeviceAuth, Trust};
-use crate::sas::url_encode;
+use crate::protocol::bags::{encode_property_bag, parse_property_bag};
+use crate::protocol::hub::{self as wire, CloudPublish, DeviceRequest, Subscription};
+use crate::provisioning::DeviceAuth;
+use crate::transport::Trust;
 
 mod connection;
 #[cfg(test)]
@@ -142,7 +144,7 @@ impl SasRenewal {
     /// A token valid for `ttl` from now, and when to renew it.
     fn token(&self) -> Result<(String, tokio::time::Instant)> {
         let ttl = self.ttl.max(Duration::from_secs(2));
-        let expiry = crate::pki::issue::now() + ttl.as_secs() as i64;
+        let expiry = crate::clock::now() + ttl.as_secs() as i64;
         let token = crate::sas::build_token(&self.audience, &self.key, expiry, None)?;
         let margin = SAS_RENEW_MARGIN.min(ttl / 4);
         Ok((token, tokio::time::Instant::now() + ttl - margin))
@@ -151,12 +153,7 @@ impl SasRenewal {
 
 /// The four subscriptions of a device that receives.
 fn subscription_filters(device_id: &str) -> Vec<String> {
-    vec![
-        format!("devices/{device_id}/messages/devicebound/#"),
-        "$iothub/methods/POST/#".to_string(),
-        "$iothub/twin/res/#".to_string(),
-        "$iothub/twin/PATCH/properties/desired/#".to_string(),
-    ]
+    Subscription::all_filters(device_id)
 }
 
 /// One device-to-cloud message: a body plus the properties IoT Hub carries with it.
@@ -197,13 +194,12 @@ impl TelemetryMessage {
         ];
         let mut custom: Vec<&(String, String)> = self.properties.iter().collect();
         custom.sort_by(|a, b| a.0.cmp(&b.0));
-        system
-            .iter()
-            .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
-            .chain(custom.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
-            .collect::<Vec<_>>()
-            .join("&")
+        encode_property_bag(
+            system
+                .iter()
+                .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+                .chain(custom.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+        )
     }
 
     /// What IoT Hub counts against [`MAX_TELEMETRY_BYTES`]: the body plus the properties.
@@ -296,48 +292,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Inbox {
     /// Routes one PUBLISH from the hub by its topic.
     fn deliver(&self, device_id: &str, topic: &str, payload: &[u8]) {
-        if let Some(rest) = topic.strip_prefix("$iothub/twin/res/") {
-            let (status, query) = rest.split_once("/?").unwrap_or((rest, ""));
-            let rid = crate::protocol::query_pairs(query)
-                .find(|(k, _)| *k == "$rid")
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
-            if let Some(waiter) = lock(&self.twin_waiters).remove(&rid) {
-                let _ = waiter.send((status.parse().unwrap_or(500), payload.to_vec()));
+        match CloudPublish::parse(topic, device_id) {
+            Some(CloudPublish::TwinResponse { status, rid, .. }) => {
+                if let Some(waiter) = lock(&self.twin_waiters).remove(&rid) {
+                    let _ = waiter.send((status, payload.to_vec()));
+                }
             }
-        } else if topic.starts_with("$iothub/twin/PATCH/properties/desired/") {
-            let patch = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
-            if let Some(tx) = lock(&self.desired).as_ref() {
-                let _ = tx.send(patch);
+            Some(CloudPublish::DesiredPatch { .. }) => {
+                let patch = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
+                if let Some(tx) = lock(&self.desired).as_ref() {
+                    let _ = tx.send(patch);
+                }
             }
-        } else if let Some(rest) = topic.strip_prefix("$iothub/methods/POST/") {
-            let (name, query) = rest.split_once("/?").unwrap_or((rest, ""));
-            let rid = crate::protocol::query_pairs(query)
-                .find(|(k, _)| *k == "$rid")
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
-            let payload = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
-            if let Some(tx) = lock(&self.methods).as_ref() {
-                let _ = tx.send(MethodRequest {
-                    name: name.to_string(),
-                    rid,
-                    payload,
-                });
+            Some(CloudPublish::MethodRequest { name, rid }) => {
+                let payload = serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null);
+                if let Some(tx) = lock(&self.methods).as_ref() {
+                    let _ = tx.send(MethodRequest { name, rid, payload });
+                }
             }
-        } else if let Some(bag) = topic
-            .strip_prefix(&format!("devices/{device_id}/messages/devicebound/"))
-            .or_else(|| topic.strip_prefix(&format!("devices/{device_id}/messages/deviceBound/")))
-        {
-            let (properties, system_properties) = crate::protocol::parse_property_bag(bag);
-            if let Some(tx) = lock(&self.c2d).as_ref() {
-                let _ = tx.send(CloudMessage {
-                    body: payload.to_vec(),
-                    properties,
-                    system_properties,
-                });
+            Some(CloudPublish::C2d { bag, .. }) => {
+                let (properties, system_properties) = parse_property_bag(&bag);
+                if let Some(tx) = lock(&self.c2d).as_ref() {
+                    let _ = tx.send(CloudMessage {
+                        body: payload.to_vec(),
+                        properties,
+                        system_properties,
+                    });
+                }
             }
-        } else {
-            log::debug!("hub client {device_id}: ignored a publish on {topic}");
+            None => log::debug!("hub client {device_id}: ignored a publish on {topic}"),
         }
     }
 
@@ -386,15 +369,16 @@ impl HubClient {
     /// subscriptions, with `options.receive`).
     pub async fn connect(options: HubConnectOptions, trust: &Trust) -> Result<HubClient> {
         let device_id = options.device_id.clone();
-        let username = format!(
-            "{}/{device_id}/?api-version={API_VERSION}&DeviceClientType={}",
-            options.host,
-            url_encode(&format!("dpskit/{}", env!("CARGO_PKG_VERSION")))
+        let username = wire::username(
+            &options.host,
+            &device_id,
+            API_VERSION,
+            concat!("dpskit/", env!("CARGO_PKG_VERSION")),
         );
         let sas = match &options.auth {
             DeviceAuth::X509(_) => None,
             DeviceAuth::SymmetricKey(key) => Some(SasRenewal {
-                audience: format!("{}/devices/{device_id}", options.host),
+                audience: wire::sas_audience(&options.host, &device_id),
                 key: key.clone(),
                 ttl: options.sas_ttl,
             }),
@@ -412,7 +396,7 @@ impl HubClient {
             connect_timeout: options.connect_timeout,
             reconnect: options.reconnect,
             resubscribe: options.receive.then(|| subscription_filters(&device_id)),
-            tls: Arc::new(trust.client_config(&options.auth, options.tls_sessions)?),
+            tls: Arc::new(trust.client_config(options.auth.credential(), options.tls_sessions)?),
         };
         let closed: ClosedReason = Arc::default();
         let inbox = Arc::new(Inbox::default());
@@ -462,7 +446,7 @@ impl HubClient {
             reconnects,
             close_requested,
             commands,
-            events_topic: format!("devices/{device_id}/messages/events/"),
+            events_topic: wire::telemetry_prefix(&device_id),
             device_id,
             closed,
             task,
@@ -511,15 +495,20 @@ impl HubClient {
         .await
     }
 
-    /// Publishes a request on a twin topic and waits for its `$iothub/twin/res/` answer.
-    async fn twin_request(&self, topic_prefix: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>)> {
+    /// Publishes a twin request (made for a fresh `$rid`) and waits for its
+    /// `$iothub/twin/res/` answer.
+    async fn twin_request(
+        &self,
+        request: fn(String) -> DeviceRequest,
+        body: Vec<u8>,
+    ) -> Result<(u16, Vec<u8>)> {
         let rid = self
             .next_rid
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .to_string();
         let (tx, rx) = oneshot::channel();
         lock(&self.inbox.twin_waiters).insert(rid.clone(), tx);
-        self.publish(format!("{topic_prefix}?$rid={rid}"), Bytes::from(body))
+        self.publish(request(rid.clone()).topic(), Bytes::from(body))
             .await?;
         let answer = tokio::time::timeout(Duration::from_secs(30), rx).await;
         lock(&self.inbox.twin_waiters).remove(&rid);
@@ -536,7 +525,7 @@ impl HubClient {
     /// The twin as the device sees it: `{"desired": {...}, "reported": {...}}` with versions.
     pub async fn get_twin(&self) -> Result<serde_json::Value> {
         let (status, body) = self
-            .twin_request("$iothub/twin/GET/", b" ".to_vec())
+            .twin_request(|rid| DeviceRequest::TwinGet { rid }, b" ".to_vec())
             .await?;
         if status != 200 {
             return Err(twin_error(status, &body, "reading the twin"));
@@ -557,7 +546,7 @@ impl HubClient {
             )));
         }
         let (status, body) = self
-            .twin_request("$iothub/twin/PATCH/properties/reported/", patch)
+            .twin_request(|rid| DeviceRequest::ReportedPatch { rid }, patch)
             .await?;
         if status != 204 && status != 200 {
             return Err(twin_error(status, &body, "updating reported properties"));
@@ -594,11 +583,12 @@ impl HubClient {
                 payload.len()
             )));
         }
-        self.publish(
-            format!("$iothub/methods/res/{status}/?$rid={rid}"),
-            Bytes::from(payload),
-        )
-        .await
+        let topic = DeviceRequest::MethodResponse {
+            rid: rid.to_string(),
+            status,
+        }
+        .topic();
+        self.publish(topic, Bytes::from(payload)).await
     }
 
     /// Where the connection stands (reconnects happen on their own).
@@ -809,7 +799,7 @@ mod tests {
         };
         // 7 of body, mid + sensor-1-7 (13), ct + application/json (18), zone + a/b c (9).
         assert_eq!(message.counted_size(), 47);
-        let (properties, system) = crate::protocol::parse_property_bag(&message.property_bag());
+        let (properties, system) = parse_property_bag(&message.property_bag());
         let decoded = properties
             .iter()
             .chain(&system)

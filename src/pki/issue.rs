@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::pki::cert::Certificate;
-use crate::pki::keys::{KeyAlgorithm, PrivateKey, fill_random, pem_encode};
+use crate::pki::keys::{KeyAlgorithm, PrivateKey, pem_encode};
 use crate::pki::registration_id::validate_registration_id;
+use crate::random::fill_random;
 
 /// Longest validity we accept, in days (100 years): anything longer is a typo.
 pub const MAX_VALIDITY_DAYS: i64 = 36_500;
@@ -61,10 +62,7 @@ impl Validity {
     }
 }
 
-/// Current Unix time in seconds.
-pub fn now() -> i64 {
-    OffsetDateTime::now_utc().unix_timestamp()
-}
+pub use crate::clock::now;
 
 /// Options for a new CA.
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ use std::fmt;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256};
 
 use crate::error::{Error, Result};
+use crate::random::fill_random;
 
 /// Key algorithms dpskit can generate, named as users type them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -459,13 +460,6 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
-    use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new()
-        .fill(buf)
-        .map_err(|_| Error::cert("the system random number generator failed"))
 }
 
 /// A `rand_core` RNG backed by ring's system RNG, so the `rsa` crate's key generation draws

@@ -3,6 +3,7 @@
 //! device reads them. Each must become a decision DPS's protocol allows (retry, poll,
 //! assigned) or a typed error, never a panic; "assigned" only from a 2xx reply saying so.
 
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{Value, json};
 
 use super::*;

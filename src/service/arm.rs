@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, CertificateAuthority, Validity};
 use crate::protocol::{validate_dps_name, validate_hub_name};
-use crate::provisioning::Trust;
 use crate::service::{Replay, RetryPolicy, failure, http_client, retry_after, transport};
+use crate::transport::Trust;
 
 /// The ARM api-version for `Microsoft.Devices/provisioningServices` (GA, served by Azure and
 /// the emulator alike).
@@ -1047,7 +1047,7 @@ impl ArmClient {
                 ))
             })?;
         let tier = crate::limits::HubTier::parse(&hub.sku);
-        let now = crate::pki::issue::now();
+        let now = crate::clock::now();
         Ok(HubQuotaUsage {
             meter_block_bytes: tier.map(|t| t.limits().meter_block_bytes),
             sku: hub.sku,

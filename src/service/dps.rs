@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::provisioning::Trust;
 use crate::service::arm::connection_string_part;
 use crate::service::{Replay, RetryPolicy, failure, http_client, transport};
+use crate::transport::Trust;
 
 /// The service api-version (the default of `azure-iot-deviceprovisioning` and the CLI).
 pub const DPS_SERVICE_API_VERSION: &str = "2021-10-01";
@@ -47,7 +47,7 @@ impl SasCredential {
 
     /// A valid token for the host, signed with the policy key.
     pub(crate) fn token(&self) -> Result<String> {
-        let now = crate::pki::issue::now();
+        let now = crate::clock::now();
         let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((token, expiry)) = cached.as_ref()
             && expiry - now > TOKEN_TTL_SECONDS / 10

@@ -9,8 +9,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::provisioning::Trust;
 use crate::service::dps::{SasCredential, SasRestClient};
+use crate::transport::Trust;
 
 /// The hub service api-version.
 pub const HUB_SERVICE_API_VERSION: &str = "2021-04-12";

@@ -14,7 +14,7 @@ pub mod hub;
 use std::time::Duration;
 
 use crate::error::{Error, Result, ServiceFailure};
-use crate::provisioning::Trust;
+use crate::transport::Trust;
 
 /// Whether a request may be sent again when its outcome is unknown (a 5xx, a broken
 /// connection). A 429 is always sent again: Azure refused it before doing anything.

@@ -372,7 +372,7 @@ fn put_device(
         hub: host.to_string(),
         auth,
         initial_twin: existing.and_then(|d| d.initial_twin),
-        created: crate::pki::issue::now(),
+        created: crate::clock::now(),
     };
     context.cloud.put_hub_device(device.clone())?;
     Ok(Reply::json(StatusCode::OK, identity_json(context, &device)))

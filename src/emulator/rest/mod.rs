@@ -588,7 +588,7 @@ fn sas_grant<T>(
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| format!("The Authorization header is missing: send a {api} SAS token."))?;
     let token = crate::sas::SasToken::parse(header).map_err(|e| e.to_string())?;
-    if token.expiry < crate::pki::issue::now() {
+    if token.expiry < crate::clock::now() {
         return Err("The SAS token has expired.".into());
     }
     // Azure tolerates a trailing slash and compares without regard to case.

@@ -1,20 +1,51 @@
-//! Parsing of MQTT usernames and topics the emulator routes on. Pure functions, so they can be
-//! tested and fuzzed apart from any socket.
+//! What both sides of the wire agree on, written once and used by the device clients, the
+//! REST clients and the emulator alike (none of which may import another). Each vocabulary is
+//! built and parsed in one place, with its round-trip tests beside it:
+//!
+//! - [`dps`]: DPS's MQTT username, topics (register, status poll, response) and the
+//!   register/status JSON as serde types;
+//! - [`hub`]: IoT Hub's MQTT username, telemetry topic, the four subscriptions (one type for
+//!   both sides), twin, method and C2D topics;
+//! - [`bags`]: property bags, encoded and decoded;
+//! - [`names`]: Azure's resource-name rules;
+//! - here: query strings, what a CONNECT username routes to, and the size IoT Hub counts of a
+//!   message.
+//!
+//! The numbers Azure limits are in [`crate::limits`].
 
-use crate::protocol::query_pairs;
+pub mod bags;
+pub mod dps;
+pub mod hub;
+pub mod names;
+
+pub use bags::{Properties, parse_property_bag};
+pub use names::{MAX_DPS_NAME_LEN, MAX_HUB_NAME_LEN, validate_dps_name, validate_hub_name};
+
+/// Splits `a=b&c=d` into raw pairs (values not decoded).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// The raw value of `key` in a query string (the first one; not decoded).
+pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query_pairs(query).find(|(k, _)| *k == key).map(|(_, v)| v)
+}
 
 /// What a CONNECT username says about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// `{idScope}/registrations/{registrationId}/api-version=...` (no `?` in real clients, but
-    /// accepted).
+    /// accepted): see [`dps::username`].
     Dps {
         /// ID scope.
         id_scope: String,
         /// Registration id.
         registration_id: String,
     },
-    /// `{hubHost}/{deviceId}[/{moduleId}]/?api-version=...`
+    /// `{hubHost}/{deviceId}[/{moduleId}]/?api-version=...`: see [`hub::username`].
     Hub {
         /// Host name the device believes it talks to.
         host: String,
@@ -60,54 +91,19 @@ pub fn route(username: &str) -> Option<Route> {
     })
 }
 
-/// A DPS request topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DpsRequest {
-    /// `$dps/registrations/PUT/iotdps-register/?$rid=..`
-    Register {
-        /// The request id, exactly as sent (echoed back unchanged).
-        rid: String,
-    },
-    /// `$dps/registrations/GET/iotdps-get-operationstatus/?$rid=..&operationId=..`
-    Poll {
-        /// The request id, exactly as sent.
-        rid: String,
-        /// The operation id, decoded.
-        operation_id: String,
-    },
-}
-
-/// Parses a DPS request topic; `None` for anything else.
-pub fn dps_request(topic: &str) -> Option<DpsRequest> {
-    let (path, query) = topic.split_once("/?")?;
-    let rid = query_pairs(query).find(|(k, _)| *k == "$rid")?.1;
-    if rid.is_empty() {
-        return None;
-    }
-    match path {
-        "$dps/registrations/PUT/iotdps-register" => Some(DpsRequest::Register {
-            rid: rid.to_string(),
-        }),
-        "$dps/registrations/GET/iotdps-get-operationstatus" => {
-            let operation_id = query_pairs(query).find(|(k, _)| *k == "operationId")?.1;
-            Some(DpsRequest::Poll {
-                rid: rid.to_string(),
-                operation_id: crate::sas::url_decode(operation_id).ok()?,
-            })
-        }
-        _ => None,
-    }
-}
-
-/// `$dps/registrations/res/{status}/?$rid={rid}[&retry-after={n}]`; `$rid` comes first because
-/// the C# SDK matches it with an anchored regex.
-pub fn dps_response(status: u16, rid: &str, retry_after: Option<u32>) -> String {
-    match retry_after {
-        Some(seconds) => {
-            format!("$dps/registrations/res/{status}/?$rid={rid}&retry-after={seconds}")
-        }
-        None => format!("$dps/registrations/res/{status}/?$rid={rid}"),
-    }
+/// The size IoT Hub counts for a device-to-cloud message, against its 256 KB and in the daily
+/// meter's blocks: the body plus the names and values of its properties, application and
+/// system (the latter named without their `$.` prefix), as decoded from the property bag. The
+/// emulator meters with it and the fleet reports it, so the estimate of Azure's quota counts
+/// the bytes the hub counted.
+pub fn counted_message_size<'a>(
+    body: usize,
+    properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> usize {
+    body + properties
+        .into_iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
 }
 
 #[cfg(test)]
@@ -115,7 +111,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_usernames_of_every_sdk() {
+    fn usernames_route_as_built_and_as_every_sdk_sends_them() {
+        assert_eq!(
+            route(&dps::username("0ne00000001", "dev-1", "dpskit/1.0")),
+            Some(Route::Dps {
+                id_scope: "0ne00000001".into(),
+                registration_id: "dev-1".into()
+            })
+        );
+        assert_eq!(
+            route(&hub::username(
+                "hub.example",
+                "dev-1",
+                "2021-04-12",
+                "dpskit/1.0"
+            )),
+            Some(Route::Hub {
+                host: "hub.example".into(),
+                device_id: "dev-1".into(),
+                module_id: None
+            })
+        );
         assert_eq!(
             route(
                 "0ne00000001/registrations/dev-1/api-version=2019-03-31&ClientVersion=azure-iot-device-provisioning-py%2F2.14.0"
@@ -162,35 +178,14 @@ mod tests {
     }
 
     #[test]
-    fn parses_dps_topics() {
+    fn query_values_are_found_raw() {
         assert_eq!(
-            dps_request("$dps/registrations/PUT/iotdps-register/?$rid=7c9d6b1e-2bd5"),
-            Some(DpsRequest::Register {
-                rid: "7c9d6b1e-2bd5".into()
-            })
+            query_value("$rid=1&retry-after=3", "retry-after"),
+            Some("3")
         );
-        assert_eq!(
-            dps_request(
-                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=5.ab.c-d"
-            ),
-            Some(DpsRequest::Poll {
-                rid: "2".into(),
-                operation_id: "5.ab.c-d".into()
-            })
-        );
-        for bad in [
-            "",
-            "$dps/registrations/PUT/iotdps-register/",
-            "$dps/registrations/PUT/iotdps-register/?x=1",
-            "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1",
-            "devices/x/messages/events/",
-        ] {
-            assert_eq!(dps_request(bad), None, "{bad:?}");
-        }
-        assert_eq!(
-            dps_response(202, "abc", Some(3)),
-            "$dps/registrations/res/202/?$rid=abc&retry-after=3"
-        );
+        assert_eq!(query_value("a&b=%24", "b"), Some("%24"));
+        assert_eq!(query_value("a", "a"), Some(""));
+        assert_eq!(query_value("", "a"), None);
     }
 
     /// Random and mutated input never panics (a small, deterministic fuzz run).
@@ -198,8 +193,13 @@ mod tests {
     fn random_input_never_panics() {
         let seeds = [
             "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=1&operationId=5.a%2",
+            "$dps/registrations/res/202/?$rid=1&retry-after=3",
             "0ne00000001/registrations/dev/api-version=1",
             "h/d/m/?",
+            "$iothub/twin/res/204/?$rid=1&$version=2",
+            "$iothub/methods/POST/reboot/?$rid=9",
+            "devices/d/messages/devicebound/%24.mid=1&a",
+            "devices/d/messages/events/%24.ct=x",
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {
@@ -221,7 +221,13 @@ mod tests {
             }
             let text = String::from_utf8_lossy(&bytes);
             let _ = route(&text);
-            let _ = dps_request(&text);
+            let _ = dps::Request::parse(&text);
+            let _ = dps::Response::parse(&text);
+            let _ = hub::DeviceRequest::parse(&text);
+            let _ = hub::CloudPublish::parse(&text, "d");
+            let _ = hub::telemetry_bag(&text, "d");
+            let _ = hub::Subscription::parse(&text, "d");
+            let _ = parse_property_bag(&text);
         }
     }
 }

@@ -1,6 +1,13 @@
-//! The TLS machinery every side shares: the one crypto provider (ring) behind the device
-//! clients, the REST clients and the emulator's listeners, and the operating system's roots;
-//! and the one jittered backoff the clients wait with between attempts.
+//! The transport every side shares: the one crypto provider (ring) behind the device
+//! clients, the REST clients and the emulator's listeners, the operating system's roots and
+//! the clients' [`Trust`] built on them;
+//! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener; and
+//! the one jittered backoff the clients wait with between attempts.
+
+pub mod mqtt;
+mod trust;
+
+pub use trust::Trust;
 
 use std::sync::Arc;
 
@@ -52,6 +59,6 @@ pub fn system_roots() -> rustls::RootCertStore {
 pub(crate) fn jittered_backoff(failures: u32) -> std::time::Duration {
     let base = (1u64 << failures.saturating_sub(1).min(5)).min(30) as f64;
     let mut byte = [0u8; 1];
-    let _ = crate::pki::keys::fill_random(&mut byte);
+    let _ = crate::random::fill_random(&mut byte);
     std::time::Duration::from_secs_f64(base * (0.5 + f64::from(byte[0]) / 255.0))
 }

@@ -1,0 +1,75 @@
+//! Azure's rules for resource names, applied by the REST clients before they ask and by the
+//! emulator before it creates, so a name Azure would refuse fails locally too.
+
+use crate::error::{Error, Result};
+
+/// Longest IoT hub name Azure accepts.
+pub const MAX_HUB_NAME_LEN: usize = 50;
+/// Longest DPS name Azure accepts.
+pub const MAX_DPS_NAME_LEN: usize = 64;
+
+/// Checks an IoT hub name against Azure's rule: 3 to 50 ASCII letters, digits and hyphens, not
+/// ending with a hyphen (Azure's resource naming rules for `Microsoft.Devices/IotHubs`; the
+/// name becomes the host name `{name}.azure-devices.net`). The client and the emulator both
+/// apply it, so a name Azure would refuse fails locally too.
+pub fn validate_hub_name(name: &str) -> Result<()> {
+    check_azure_name("IoT hub", name, MAX_HUB_NAME_LEN)
+}
+
+/// Checks a DPS name against Azure's rule: 3 to 64 ASCII letters, digits and hyphens, ending
+/// with a letter or digit. The resource provider's spec gives `^[A-Za-z0-9-]{3,64}$` (the
+/// `provisioningServiceName` pattern of the recent `Microsoft.Devices/provisioningServices`
+/// api-versions) and the ARM template reference adds "end with alphanumeric".
+pub fn validate_dps_name(name: &str) -> Result<()> {
+    check_azure_name("provisioning service", name, MAX_DPS_NAME_LEN)
+}
+
+fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
+    let invalid = |rule: String| {
+        Err(Error::Config(format!(
+            "invalid {what} name {name:?}: {rule}; Azure accepts 3-{max} ASCII letters, digits \
+             and hyphens, not ending with a hyphen"
+        )))
+    };
+    let len = name.chars().count();
+    if !(3..=max).contains(&len) {
+        return invalid(format!("{len} characters"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        return invalid(format!("character {bad:?} is not allowed"));
+    }
+    if name.ends_with('-') {
+        return invalid("it ends with a hyphen".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_azures_rules() {
+        for good in ["abc", "my-hub-1", &"a".repeat(MAX_HUB_NAME_LEN)] {
+            validate_hub_name(good).unwrap();
+        }
+        for bad in [
+            "ab",
+            "hub-",
+            "hub_1",
+            "hüb",
+            &"a".repeat(MAX_HUB_NAME_LEN + 1),
+        ] {
+            assert!(
+                matches!(validate_hub_name(bad), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+        validate_dps_name(&"d".repeat(MAX_DPS_NAME_LEN)).unwrap();
+        assert!(validate_dps_name(&"d".repeat(MAX_DPS_NAME_LEN + 1)).is_err());
+        assert!(validate_dps_name("dps-").is_err());
+    }
+}
