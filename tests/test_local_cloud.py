@@ -8,7 +8,6 @@ and never see each other's state. The official SDK's end-to-end tests live in
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import socket
@@ -356,6 +355,24 @@ def test_prove_possession_in_one_call_for_root_and_intermediate(
     assert dps.prove_possession("inter", ec_intermediate).etag == inter.etag
 
 
+def test_prove_possession_refuses_a_name_holding_another_certificate(
+    dps: dpskit.Dps, ec_root: dpskit.CertificateAuthority, other_root: dpskit.CertificateAuthority
+) -> None:
+    proven = dps.prove_possession("root", ec_root)
+    # Azure refuses to replace a certificate without its etag (412): so does the one-call
+    # proof, instead of replacing the verified CA behind the caller's back.
+    with pytest.raises(dpskit.ConflictError) as refused:
+        dps.prove_possession("root", other_root)
+    assert refused.value.status == 412
+    assert proven.thumbprint in str(refused.value)
+    kept = dps.ca_certificate("root")
+    assert (kept.certificate, kept.etag, kept.is_verified) == (
+        ec_root.certificate,
+        proven.etag,
+        True,
+    )
+
+
 def test_upload_as_verified_skips_proof_of_possession(
     dps: dpskit.Dps, ec_root: dpskit.CertificateAuthority
 ) -> None:
@@ -471,11 +488,11 @@ class _RecordingRest:
         self.bodies: list[dict[str, Any]] = []
 
     def put_enrollment_group(self, *args: Any) -> Any:
-        self.bodies.append(json.loads(args[3]))
+        self.bodies.append(dict(args[3]))
         return self._inner.put_enrollment_group(*args)
 
     def put_enrollment(self, *args: Any) -> Any:
-        self.bodies.append(json.loads(args[3]))
+        self.bodies.append(dict(args[3]))
         return self._inner.put_enrollment(*args)
 
     def __getattr__(self, name: str) -> Any:

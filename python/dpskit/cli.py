@@ -744,26 +744,14 @@ async def _demo_telemetry(
 ) -> dict[str, int]:
     """Connects every assigned device to its hub and sends a few readings; returns how many
     messages each got acknowledged."""
-    from .device import HubClient, RegistrationResult
+    from .device import HubClient
 
     by_id = {d.registration_id: d for d in devices}
     sent: dict[str, int] = {}
 
     async def run(outcome: Any) -> None:
         device = by_id[outcome.registration_id]
-        result = RegistrationResult(
-            status="assigned",
-            registration_id=outcome.registration_id,
-            assigned_hub=outcome.assigned_hub,
-            device_id=outcome.device_id,
-            substatus=outcome.substatus,
-            etag=None,
-            created=None,
-            last_updated=None,
-            payload=None,
-            operation_id="",
-            port=cloud._device_port(),
-        )
+        result = outcome.result
         async with HubClient.connect(result, certificate=device, trust=cloud.trust_pem) as client:
             for reading in range(DEMO_MESSAGES):
                 await client.send_telemetry(

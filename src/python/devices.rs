@@ -3,7 +3,6 @@
 //! GIL released; reports come back as JSON text for the Python layer to shape.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 
@@ -74,22 +73,9 @@ impl PyHubConnections {
     #[new]
     #[pyo3(signature = (trust_pem = None, *, worker_threads = None))]
     fn new(trust_pem: Option<&str>, worker_threads: Option<usize>) -> PyResult<Self> {
-        let trust = match trust_pem {
-            Some(pem) => Trust::from_pem(pem.as_bytes())?,
-            None => Trust::system(),
-        };
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if let Some(threads) = worker_threads {
-            builder.worker_threads(threads.max(1));
-        }
-        let runtime = builder
-            .enable_all()
-            .thread_name("dpskit-devices")
-            .build()
-            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
         Ok(PyHubConnections {
-            trust,
-            runtime: super::OwnedRuntime::new(runtime),
+            trust: super::trust(trust_pem)?,
+            runtime: super::runtime("dpskit-devices", worker_threads)?,
             connections: Mutex::new(HubConnections::default()),
         })
     }
@@ -109,12 +95,7 @@ impl PyHubConnections {
         keep_alive: u16,
         timeout: f64,
     ) -> PyResult<String> {
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(Error::Config(format!(
-                "timeout must be a positive number of seconds, not {timeout}"
-            ))
-            .into());
-        }
+        let timeout = crate::error::positive_seconds("timeout", timeout)?;
         let options: Vec<HubConnectOptions> = devices
             .iter()
             .map(|d| {
@@ -126,7 +107,7 @@ impl PyHubConnections {
                 );
                 o.max_in_flight = max_in_flight.max(1);
                 o.keep_alive = keep_alive;
-                o.connect_timeout = Duration::from_secs_f64(timeout);
+                o.connect_timeout = timeout;
                 o
             })
             .collect();
