@@ -32,12 +32,16 @@ __all__ = [
     "_refresh_logging",
     "derive_device_key",
     "dps_onboarding_seconds",
+    "generate_symmetric_key",
     "hub_tier_fits",
     "loopback_setup",
     "provision",
     "provision_devices",
     "validate_registration_id",
+    "validate_resource_name",
+    "validate_symmetric_key",
     "verify_chain",
+    "write_secret",
 ]
 
 ALGORITHMS: tuple[str, ...]
@@ -517,8 +521,10 @@ class HubConnections:
         max_in_flight: int = 100,
         keep_alive: int = 60,
         timeout: float = 30.0,
-    ) -> str: ...
-    def send_telemetry(self, per_device: int, body: bytes, *, window: int = 100) -> str: ...
+    ) -> dict[str, Any]: ...
+    def send_telemetry(
+        self, per_device: int, body: bytes, *, window: int = 100
+    ) -> dict[str, Any]: ...
     def __len__(self) -> int: ...
     def close(self) -> None: ...
 
@@ -747,6 +753,10 @@ def provision_devices(
     concurrency: int = 64,
     timeout: float = 60.0,
 ) -> list[tuple[Registration | None, str | None, int | None, float]]: ...
+def validate_resource_name(kind: str, name: str) -> None: ...
+def validate_symmetric_key(which: str, key: str) -> None: ...
+def generate_symmetric_key() -> str: ...
+def write_secret(path: _StrPath, data: bytes) -> None: ...
 def verify_chain(
     leaf: Certificate,
     intermediates: Sequence[Certificate] = (),

@@ -16,8 +16,6 @@ import email.utils
 import importlib
 import json
 import os
-import re
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +38,11 @@ from dpskit._native import (
     TelemetryRecord,
     TraceRecord,
     _refresh_logging,
+    generate_symmetric_key,
     validate_registration_id,
+    validate_resource_name,
+    validate_symmetric_key,
+    write_secret,
 )
 from dpskit.credentials import AZURE_CLOUDS, TokenCredential, azure_environment, token_provider
 from dpskit.errors import ConfigError, EmulatorError, NotFoundError
@@ -172,28 +174,16 @@ def _certificate(value: CertificateLike) -> Certificate:
     raise TypeError(f"expected a certificate, PEM text or DER bytes, not {type(value).__name__}")
 
 
-_RESOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
 def _check_resource_name(kind: str, name: str) -> str:
     """Refuse a name the service would refuse, before any request (ConfigError)."""
-    if not _RESOURCE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"invalid {kind} name {name!r}: use 1-128 characters from A-Z a-z 0-9 - _ ."
-        )
+    validate_resource_name(kind, name)
     return name
 
 
 def _check_key(which: str, key: str | None) -> str | None:
     """A symmetric key must be base64 of at least 16 bytes (Azure's rule)."""
-    if key is None:
-        return None
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except ValueError:
-        raw = b""
-    if len(raw) < 16:
-        raise ConfigError(f"{which} must be base64 of at least 16 bytes")
+    if key is not None:
+        validate_symmetric_key(which, key)
     return key
 
 
@@ -457,7 +447,7 @@ class _Attestation:
 
 
 def _generated_key() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
+    return generate_symmetric_key()
 
 
 def _attestation_json(
@@ -1615,13 +1605,9 @@ class _Cloud:
 
 def _write_owner_only(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` readable by its owner only: created 0600 (no window in which
-    another user could open it), and tightened if an older copy was looser."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        # Windows has no POSIX modes (nor os.fchmod before Python 3.13): the folder's ACL rules.
-        if hasattr(os, "fchmod"):
-            os.fchmod(file.fileno(), 0o600)
-        file.write(text)
+    another user could open it), and tightened if an older copy was looser (the core's one
+    rule for secret files)."""
+    write_secret(path, text.encode())
 
 
 @dataclass(frozen=True)

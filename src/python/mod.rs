@@ -1,14 +1,15 @@
 //! PyO3 bindings: the `dpskit._native` module. This layer converts arguments, releases the GIL
 //! around work, and maps errors; all logic lives in the core.
 
-mod aio;
+mod cloud;
 mod convert;
-mod devices;
-mod emulator;
+mod device;
 mod errors;
 mod fleet;
+mod hub_connections;
+mod local_cloud;
 mod pki;
-mod rest;
+mod provisioning;
 
 use pyo3::prelude::*;
 
@@ -23,11 +24,12 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     convert::register(m)?;
     pki::register(m)?;
-    emulator::register(m)?;
-    devices::register(m)?;
+    local_cloud::register(m)?;
+    provisioning::register(m)?;
+    hub_connections::register(m)?;
     fleet::register(m)?;
-    rest::register(m)?;
-    aio::register(m)?;
+    cloud::register(m)?;
+    device::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;

@@ -1,8 +1,8 @@
-//! Bindings for the local cloud: `_native.Emulator` (start, stop, the realism knobs, traces,
-//! usage, the request recorder, custom allocators written in Python; everything else goes
-//! through the REST APIs like any client), `derive_device_key`, `loopback_setup` and
-//! `provision_devices`. Records cross as the classes of `convert.rs`; recorded requests as
-//! typed tuples, their bodies as Python objects.
+//! Bindings for `dpskit.cloud.LocalCloud`: `_native.Emulator` (start, stop, the realism knobs,
+//! traces, usage, the request recorder, custom allocators written in Python; everything else
+//! goes through the REST APIs like any client) and `loopback_setup` (`dpskit emulator
+//! --print-loopback-setup`). Records cross as the classes of `convert.rs`; recorded requests
+//! as typed tuples, their bodies as Python objects.
 
 // Python keyword arguments map one to one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use pyo3::prelude::*;
 
-use super::convert::{self, HubUsageRecord, Registration, TraceRecord, json_to_py, py_to_json};
+use super::convert::{HubUsageRecord, TraceRecord, json_to_py, py_to_json};
 use crate::emulator::dps::DpsKnobChange;
 use crate::emulator::hub::HubKnobChange;
 use crate::emulator::{EmulatorConfig, Limits};
@@ -35,16 +35,8 @@ type RecordedRequestTuple<'py> = (
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEmulator>()?;
-    m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
-    m.add_function(wrap_pyfunction!(provision_devices, m)?)?;
     m.add_function(wrap_pyfunction!(loopback_setup, m)?)?;
     Ok(())
-}
-
-/// The group-derived key of one device: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
-#[pyfunction]
-fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
-    Ok(crate::sas::derive_device_key(group_key, registration_id)?)
 }
 
 /// The commands that give `hubs` hubs after `host` their own loopback addresses on this OS
@@ -376,55 +368,4 @@ impl crate::emulator::dps::CustomAllocator for PythonAllocator {
             .map_err(|e| format!("the Python allocator failed: {e}"))
         })
     }
-}
-
-/// One device's outcome in `provision_devices`: `(registration, error, error_code, seconds)`,
-/// the registration `None` when it failed.
-type Outcome = (Option<Registration>, Option<String>, Option<u32>, f64);
-
-/// Provisions devices through DPS concurrently on the shared runtime (GIL released); returns
-/// one outcome per device, in order.
-#[pyfunction]
-#[pyo3(signature = (host, port, id_scope, devices, trust_pem, *, concurrency = 64, timeout = 60.0))]
-pub(crate) fn provision_devices(
-    py: Python<'_>,
-    host: String,
-    port: u16,
-    id_scope: String,
-    devices: Vec<PyRef<'_, crate::python::pki::PyDeviceCertificate>>,
-    trust_pem: Option<&str>,
-    concurrency: usize,
-    timeout: f64,
-) -> PyResult<Vec<Outcome>> {
-    use crate::provisioning::{DeviceAuth, ProvisioningRequest, provision_many};
-    let timeout = crate::error::positive_seconds("timeout", timeout)?;
-    let trust = super::trust(trust_pem)?;
-    let requests: Vec<ProvisioningRequest> = devices
-        .iter()
-        .map(|d| ProvisioningRequest {
-            host: host.clone(),
-            port,
-            id_scope: id_scope.clone(),
-            registration_id: d.inner.registration_id().to_string(),
-            auth: DeviceAuth::X509(d.credential_arc()),
-            payload: None,
-            timeout,
-        })
-        .collect();
-    let runtime = super::runtime("dpskit-provisioning", None)?;
-    let outcomes = super::block_on_interruptible(
-        py,
-        runtime.handle(),
-        provision_many(requests, trust, concurrency),
-    )?;
-    outcomes
-        .into_iter()
-        .map(|(result, elapsed)| {
-            let seconds = elapsed.as_secs_f64();
-            Ok(match result {
-                Ok(r) => (Some(convert::registration(py, r)?), None, None, seconds),
-                Err(e) => (None, Some(e.to_string()), e.error_code(), seconds),
-            })
-        })
-        .collect()
 }

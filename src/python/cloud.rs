@@ -1,7 +1,8 @@
-//! Bindings for the REST clients (`_native.RestClient`): ARM, the DPS service API and the hub
-//! service API, for Azure and the emulator alike. Every call releases the GIL and blocks on the
-//! object's runtime; answers cross as the records of `convert.rs` (ARM's resources, usage,
-//! stored telemetry) or, for the service APIs' free-form JSON, as Python dicts.
+//! Bindings for the REST client under `dpskit.cloud` (`_native.RestClient`): ARM, the DPS
+//! service API and the hub service API, for Azure and the emulator alike. Every call releases
+//! the GIL and blocks on the object's runtime; answers cross as the records of `convert.rs`
+//! (ARM's resources, usage, stored telemetry) or, for the service APIs' free-form JSON, as
+//! Python dicts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,36 @@ use crate::service::hub::HubServiceClient;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRestClient>()?;
+    m.add_function(wrap_pyfunction!(validate_resource_name, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_symmetric_key, m)?)?;
+    m.add_function(wrap_pyfunction!(generate_symmetric_key, m)?)?;
+    m.add_function(wrap_pyfunction!(write_secret, m)?)?;
+    Ok(())
+}
+
+/// Refuses (`ConfigError`) a CA certificate or enrollment group name Azure would refuse.
+#[pyfunction]
+fn validate_resource_name(kind: &str, name: &str) -> PyResult<()> {
+    Ok(crate::emulator::cloud::check_resource_name(kind, name)?)
+}
+
+/// Refuses (`ConfigError`) a symmetric key Azure would refuse: base64 of at least 16 bytes.
+#[pyfunction]
+fn validate_symmetric_key(which: &str, key: &str) -> PyResult<()> {
+    Ok(crate::sas::validate_symmetric_key(which, key)?)
+}
+
+/// A fresh random 256-bit symmetric key, base64 (what Azure generates).
+#[pyfunction]
+fn generate_symmetric_key() -> PyResult<String> {
+    Ok(crate::sas::generate_key()?)
+}
+
+/// Writes `data` to `path` readable by its owner only (0600, tightened first when the file
+/// existed looser; Windows has no modes: the folder's ACL rules).
+#[pyfunction]
+fn write_secret(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult<()> {
+    py.detach(|| crate::pki::files::write_secret(&path, data))?;
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! Bindings for many device connections held open at once (`_native.HubConnections`): the
 //! engine under fleets and the hub benchmark. Work runs on the object's own runtime with the
-//! GIL released; reports come back as JSON text for the Python layer to shape.
+//! GIL released; reports come back as dicts.
 
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
 
+use super::convert::json_to_py;
 use crate::error::Error;
 use crate::fleet::{ConnectReport, HubConnections, SendReport};
 use crate::hub::HubConnectOptions;
@@ -35,7 +36,7 @@ fn failures_json(failures: &[(String, Error)]) -> serde_json::Value {
     serde_json::json!({"count": failures.len(), "first": first})
 }
 
-fn connect_json(report: &ConnectReport) -> String {
+fn connect_json(report: &ConnectReport) -> serde_json::Value {
     let millis: Vec<f64> = report
         .latencies
         .iter()
@@ -47,17 +48,15 @@ fn connect_json(report: &ConnectReport) -> String {
         "seconds": report.elapsed.as_secs_f64(),
         "latencyMs": millis,
     })
-    .to_string()
 }
 
-fn send_json(report: &SendReport) -> String {
+fn send_json(report: &SendReport) -> serde_json::Value {
     serde_json::json!({
         "sent": report.sent,
         "acknowledged": report.acknowledged,
         "failures": failures_json(&report.failures),
         "seconds": report.elapsed.as_secs_f64(),
     })
-    .to_string()
 }
 
 impl PyHubConnections {
@@ -80,13 +79,13 @@ impl PyHubConnections {
         })
     }
 
-    /// Connects `devices` (device id = registration id) to `host:port`; returns a JSON report
+    /// Connects `devices` (device id = registration id) to `host:port`; returns a report dict
     /// (connected, failures, seconds, per-device latencies in ms).
     #[pyo3(signature = (host, port, devices, *, concurrency = 64, max_in_flight = 100, keep_alive = 60, timeout = 30.0))]
     #[allow(clippy::too_many_arguments)]
-    fn connect(
+    fn connect<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         host: String,
         port: u16,
         devices: Vec<PyRef<'_, PyDeviceCertificate>>,
@@ -94,7 +93,7 @@ impl PyHubConnections {
         max_in_flight: u16,
         keep_alive: u16,
         timeout: f64,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = crate::error::positive_seconds("timeout", timeout)?;
         let options: Vec<HubConnectOptions> = devices
             .iter()
@@ -116,19 +115,19 @@ impl PyHubConnections {
                 .block_on(HubConnections::connect(options, &self.trust, concurrency))
         });
         self.lock().absorb(connections);
-        Ok(connect_json(&report))
+        json_to_py(py, &connect_json(&report))
     }
 
     /// Sends `per_device` QoS 1 messages with `body` from every connected device, each keeping
-    /// up to `window` unacknowledged; returns a JSON report once every PUBACK is in.
+    /// up to `window` unacknowledged; returns a report dict once every PUBACK is in.
     #[pyo3(signature = (per_device, body, *, window = 100))]
-    fn send_telemetry(
+    fn send_telemetry<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         per_device: u64,
         body: Vec<u8>,
         window: usize,
-    ) -> String {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let body = bytes::Bytes::from(body);
         // Taken out for the run so no lock is held across it; put back afterwards.
         let connections = std::mem::take(&mut *self.lock());
@@ -137,7 +136,7 @@ impl PyHubConnections {
                 .block_on(connections.send_telemetry(per_device, body, window))
         });
         self.lock().absorb(connections);
-        send_json(&report)
+        json_to_py(py, &send_json(&report))
     }
 
     /// Connected devices.

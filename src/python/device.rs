@@ -1,4 +1,5 @@
-//! Awaitable device clients (`_native.provision`, `_native.HubSession`): Rust futures on the
+//! Bindings for `dpskit.device`: the awaitable device clients (`_native.provision`,
+//! `_native.HubSession`) and `derive_device_key`. The clients are Rust futures on the
 //! shared tokio runtime, handed to asyncio by pyo3-async-runtimes. Cancelling the Python task
 //! drops the Rust future, which closes what it opened. Results cross as the records of
 //! `convert.rs` (a registration, a C2D message) and JSON as Python objects.
@@ -16,6 +17,7 @@ use crate::python::pki::PyDeviceCertificate;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(provision, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
     m.add_class::<PyHubSession>()?;
     Ok(())
 }
@@ -32,6 +34,12 @@ fn auth(
         )
         .into()),
     }
+}
+
+/// The group-derived key of one device: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
+#[pyfunction]
+fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
+    Ok(crate::sas::derive_device_key(group_key, registration_id)?)
 }
 
 /// Registers one device with DPS; resolves to its `Registration`.
