@@ -1,8 +1,10 @@
 """A simulated device, the asyncio way: ``await dpskit.provision(...)`` registers it with DPS,
 ``async with dpskit.HubClient.connect(result, ...)`` connects it to the hub DPS assigned.
 
-Both run on dpskit's Rust MQTT clients (one shared tokio runtime and TLS configuration per
-process, TCP_NODELAY); Python only awaits. Cancelling an awaiting task cancels the Rust side.
+Both run on dpskit's Rust MQTT clients (on the tokio runtime all awaitables share, TCP_NODELAY,
+TLS trusting the CA each call is given); Python only awaits. Cancelling an awaiting task cancels
+the Rust side. Answers arrive as native records (``_native.Registration``) or Python objects,
+never as JSON text.
 """
 
 from __future__ import annotations
