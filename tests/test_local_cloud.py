@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import dpskit
+from dpskit import _native
 
 # Azure's ID scope: "0ne" followed by 8 upper-case hex digits.
 ID_SCOPE = re.compile(r"0ne[0-9A-F]{8}")
@@ -766,6 +767,67 @@ def test_state_survives_a_restart_on_the_same_data_dir(
         assert restored_keys.primary_key == key_group.primary_key
         assert [e.registration_id for e in again.enrollments()] == ["single"]
         assert again.registrations() == []
+
+
+# -- one management path, one registration result ---------------------------------------------
+
+
+def test_the_native_emulator_has_no_second_management_api() -> None:
+    # Hubs, DPS instances, certificates, enrollments, devices and twins are managed through the
+    # REST APIs only; the native object keeps what REST cannot reach (knobs, traces, usage,
+    # the recorder, Python allocators, a hub at a chosen address).
+    public = {name for name in dir(_native.Emulator) if not name.startswith("_")}
+    assert public == {
+        "arm_token",
+        "create_hub",
+        "data_dir",
+        "host",
+        "https_port",
+        "hub_drop_connection",
+        "hub_usage",
+        "is_running",
+        "mqtt_port",
+        "recorded_requests",
+        "register_allocator",
+        "start_recording",
+        "stop",
+        "stop_recording",
+        "throttled_requests",
+        "trace",
+        "trace_events",
+        "trust_pem",
+        "update_dps_knobs",
+        "update_hub_knobs",
+    }
+
+
+def test_bulk_and_single_provisioning_give_the_same_registration_result(
+    cloud: dpskit.LocalCloud, dps: dpskit.Dps, ec_root: dpskit.CertificateAuthority
+) -> None:
+    hub = cloud.create_hub("hub-results")
+    cloud.link_hub(dps, hub)
+    dps.prove_possession("root", ec_root)
+    dps.create_enrollment_group("results", ca_reference="root")
+    bulk_device, single_device = ec_root.issue_device("bulk-1"), ec_root.issue_device("single-1")
+    [outcome] = dpskit.provision_devices(dps, [bulk_device])
+    single = dpskit.provision_sync(
+        dps.device_endpoint,
+        id_scope=dps.id_scope,
+        certificate=single_device,
+        trust=cloud.trust_pem,
+    )
+    bulk = outcome.result
+    assert bulk is not None, outcome.error
+    for result, device_id in ((bulk, "bulk-1"), (single, "single-1")):
+        assert (result.status, result.registration_id) == ("assigned", device_id)
+        assert (result.assigned_hub, result.device_id) == (hub.host_name, device_id)
+        assert result.substatus == "initialAssignment"
+        assert result.created is not None
+        assert result.last_updated is not None
+        assert result.etag
+        assert result.operation_id
+        assert result.port == dps.device_port
+    assert (outcome.assigned_hub, outcome.device_id) == (bulk.assigned_hub, bulk.device_id)
 
 
 # -- keys and secrets ------------------------------------------------------------------------

@@ -17,7 +17,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// the registration `None` when it failed.
 type Outcome = (Option<Registration>, Option<String>, Option<u32>, f64);
 
-/// Provisions devices through DPS concurrently on the shared runtime (GIL released); returns
+/// Provisions devices through DPS concurrently on a runtime of their own (GIL released); returns
 /// one outcome per device, in order.
 #[pyfunction]
 #[pyo3(signature = (host, port, id_scope, devices, trust_pem, *, concurrency = 64, timeout = 60.0))]
