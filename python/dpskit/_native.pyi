@@ -534,14 +534,14 @@ class FleetRun:
 
     def __new__(
         cls,
-        settings_json: str,
+        settings: dict[str, Any],
         trust_pem: str | None,
         registration_ids: Sequence[str],
         indexes: Sequence[int],
         *,
         certificates: Sequence[DeviceCertificate] | None = None,
         group_key: str | None = None,
-        custom_json: str | None = None,
+        custom: dict[str, Any] | None = None,
         worker_threads: int | None = None,
     ) -> FleetRun: ...
     def progress(self) -> tuple[int, int, int, int, int, int, int, int]: ...

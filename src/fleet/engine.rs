@@ -93,9 +93,9 @@ fn default_true() -> bool {
 }
 
 impl FleetSettings {
-    /// Parses and checks settings sent as JSON by the Python layer.
-    pub fn from_json(text: &str) -> Result<FleetSettings> {
-        let settings: FleetSettings = serde_json::from_str(text)
+    /// Reads and checks settings a host gives as a JSON value (Python's dict).
+    pub fn from_value(value: Value) -> Result<FleetSettings> {
+        let settings: FleetSettings = serde_json::from_value(value)
             .map_err(|e| Error::Config(format!("fleet settings: {e}")))?;
         for (name, value) in [
             ("provision_timeout", settings.provision_timeout),
@@ -148,13 +148,16 @@ pub enum FleetCredentials {
 /// Reads the custom telemetry values a host computed ahead of time, `{"field": [[values of
 /// device 0], [values of device 1], ...]}`, into one list of fields per device; every device
 /// needs at least one value of every field.
-pub fn custom_fields(text: Option<&str>, devices: usize) -> Result<Vec<CustomFields>> {
+pub fn custom_fields(values: Option<Value>, devices: usize) -> Result<Vec<CustomFields>> {
     let mut per_device: Vec<CustomFields> = vec![Vec::new(); devices];
-    let Some(text) = text else {
+    let Some(values) = values else {
         return Ok(per_device);
     };
-    let fields: serde_json::Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| Error::Config(format!("custom telemetry values: {e}")))?;
+    let Value::Object(fields) = values else {
+        return Err(Error::Config(
+            "custom telemetry values: expected an object of fields".into(),
+        ));
+    };
     for (name, columns) in fields {
         let Value::Array(columns) = columns else {
             return Err(Error::Config(format!(

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio::task::JoinHandle;
 
+use super::convert::py_to_json;
 use crate::error::Error;
 use crate::fleet::engine::{self, FleetCredentials, FleetProgress, FleetResult, FleetSettings};
 use crate::limits::estimate::{self, HubDemand};
@@ -86,24 +87,25 @@ fn millis(duration: Option<Duration>) -> Option<f64> {
 
 #[pymethods]
 impl PyFleetRun {
-    /// Starts the run: `settings_json` as `FleetSettings`; one entry per device in
+    /// Starts the run: `settings` (a dict) as `FleetSettings`; one entry per device in
     /// `registration_ids` and `indexes`; credentials from `certificates` (same order) or derived
-    /// from `group_key`; `trust_pem` None trusts the system roots (Azure).
+    /// from `group_key`; `custom` the per-device values of custom fields; `trust_pem` None
+    /// trusts the system roots (Azure).
     #[new]
-    #[pyo3(signature = (settings_json, trust_pem, registration_ids, indexes, *, certificates = None, group_key = None, custom_json = None, worker_threads = None))]
+    #[pyo3(signature = (settings, trust_pem, registration_ids, indexes, *, certificates = None, group_key = None, custom = None, worker_threads = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        settings_json: &str,
+        settings: &Bound<'_, PyAny>,
         trust_pem: Option<&str>,
         registration_ids: Vec<String>,
         indexes: Vec<u64>,
         certificates: Option<Vec<PyRef<'_, PyDeviceCertificate>>>,
         group_key: Option<&str>,
-        custom_json: Option<&str>,
+        custom: Option<&Bound<'_, PyAny>>,
         worker_threads: Option<usize>,
     ) -> PyResult<Self> {
         // The Python layer stamps the plan's simulated start (so it is known before the run).
-        let settings = FleetSettings::from_json(settings_json)?;
+        let settings = FleetSettings::from_value(py_to_json(settings)?)?;
         let trust = super::trust(trust_pem)?;
         let credentials = match (certificates, group_key) {
             (Some(certificates), None) => FleetCredentials::Certificates(
@@ -117,7 +119,8 @@ impl PyFleetRun {
                 .into());
             }
         };
-        let custom = engine::custom_fields(custom_json, registration_ids.len())?;
+        let custom =
+            engine::custom_fields(custom.map(py_to_json).transpose()?, registration_ids.len())?;
         let devices =
             engine::fleet_devices(&settings, registration_ids, indexes, credentials, custom)?;
         let runtime = super::runtime("dpskit-fleet", worker_threads)?;
