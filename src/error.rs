@@ -126,6 +126,16 @@ impl Error {
         }))
     }
 
+    /// Azure's error code (`401002`, `429001`, ...) of a service's or DPS's refusal; `None` for
+    /// every other error.
+    pub fn error_code(&self) -> Option<u32> {
+        match self {
+            Error::RegistrationFailed { error_code, .. } => *error_code,
+            Error::Service(failure) => failure.error_code,
+            _ => None,
+        }
+    }
+
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
@@ -133,6 +143,24 @@ impl Error {
             source,
         }
     }
+}
+
+/// A duration a caller gives as seconds (Python's float), checked before it becomes a
+/// `Duration` (whose plain constructor panics on a negative, non-finite or huge value): a
+/// timeout must be positive.
+pub fn positive_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
+    match std::time::Duration::try_from_secs_f64(value) {
+        Ok(duration) if value > 0.0 => Ok(duration),
+        _ => Err(Error::Config(format!(
+            "{what} must be a positive number of seconds, not {value}"
+        ))),
+    }
+}
+
+/// A duration a caller gives as seconds that may be zero (a latency).
+pub fn non_negative_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .map_err(|_| Error::Config(format!("{what} must be >= 0 seconds, not {value}")))
 }
 
 /// Result alias used throughout the core.

@@ -27,6 +27,20 @@ fn decode_key(key: &str) -> Result<Vec<u8>> {
         .map_err(|_| Error::Config("the symmetric key is not valid base64".into()))
 }
 
+/// Shortest symmetric key Azure takes (DPS enrollments, hub identities), in bytes.
+pub const MIN_SYMMETRIC_KEY_BYTES: usize = 16;
+
+/// Checks a symmetric key as Azure does: base64 of at least [`MIN_SYMMETRIC_KEY_BYTES`] bytes;
+/// `which` names the key in the error (`primary_key`, ...).
+pub fn validate_symmetric_key(which: &str, key: &str) -> Result<()> {
+    match BASE64.decode(key) {
+        Ok(raw) if raw.len() >= MIN_SYMMETRIC_KEY_BYTES => Ok(()),
+        _ => Err(Error::Config(format!(
+            "{which} must be base64 of at least {MIN_SYMMETRIC_KEY_BYTES} bytes"
+        ))),
+    }
+}
+
 /// A fresh random 256-bit key, base64-encoded (what Azure generates for enrollments).
 pub fn generate_key() -> Result<String> {
     let mut key = [0u8; 32];

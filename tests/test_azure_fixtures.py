@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import cast
 
 import dpskit
+from dpskit._native import CaCertificateRecord
 from dpskit.cloud import CaCertificateInfo, EnrollmentGroup, RegistrationRecord
 
 SHA256 = "0C1D2E3F405162738495A6B7C8D9EAFB" * 2
@@ -165,20 +168,20 @@ def test_arm_certificate_response(ec_root: dpskit.CertificateAuthority) -> None:
         ec_root.certificate.pem,
         base64.b64encode(ec_root.certificate.pem.encode()).decode(),
     ):
-        info = CaCertificateInfo._from_arm(
-            {
-                "name": "cert",
-                "etag": "AAAAAAExpNs=",
-                "subject": "CN=testdevice1",
-                "thumbprint": "97388663832D0393C9246CAB4FBA2C8677185A25",
-                "isVerified": False,
-                "expiry": "Sat, 31 Dec 2039 23:59:59 GMT",
-                "created": "Thu, 12 Oct 2017 19:23:50 GMT",
-                "updated": "Thu, 12 Oct 2017 19:26:56 GMT",
-                "verificationCode": None,
-                "certificate": certificate,
-            }
+        # ARM's answer as the native REST client hands it over (a CaCertificateRecord).
+        record = SimpleNamespace(
+            name="cert",
+            etag="AAAAAAExpNs=",
+            subject="CN=testdevice1",
+            thumbprint="97388663832D0393C9246CAB4FBA2C8677185A25",
+            is_verified=False,
+            expiry="Sat, 31 Dec 2039 23:59:59 GMT",
+            created="Thu, 12 Oct 2017 19:23:50 GMT",
+            updated="Thu, 12 Oct 2017 19:26:56 GMT",
+            verification_code=None,
+            certificate=certificate,
         )
+        info = CaCertificateInfo._from_native(cast(CaCertificateRecord, record))
         assert info.name == "cert"
         assert info.etag == "AAAAAAExpNs="
         assert info.is_verified is False

@@ -8,7 +8,6 @@ and never see each other's state. The official SDK's end-to-end tests live in
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import socket
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 
 import dpskit
+from dpskit import _native
 
 # Azure's ID scope: "0ne" followed by 8 upper-case hex digits.
 ID_SCOPE = re.compile(r"0ne[0-9A-F]{8}")
@@ -356,6 +356,24 @@ def test_prove_possession_in_one_call_for_root_and_intermediate(
     assert dps.prove_possession("inter", ec_intermediate).etag == inter.etag
 
 
+def test_prove_possession_refuses_a_name_holding_another_certificate(
+    dps: dpskit.Dps, ec_root: dpskit.CertificateAuthority, other_root: dpskit.CertificateAuthority
+) -> None:
+    proven = dps.prove_possession("root", ec_root)
+    # Azure refuses to replace a certificate without its etag (412): so does the one-call
+    # proof, instead of replacing the verified CA behind the caller's back.
+    with pytest.raises(dpskit.ConflictError) as refused:
+        dps.prove_possession("root", other_root)
+    assert refused.value.status == 412
+    assert proven.thumbprint in str(refused.value)
+    kept = dps.ca_certificate("root")
+    assert (kept.certificate, kept.etag, kept.is_verified) == (
+        ec_root.certificate,
+        proven.etag,
+        True,
+    )
+
+
 def test_upload_as_verified_skips_proof_of_possession(
     dps: dpskit.Dps, ec_root: dpskit.CertificateAuthority
 ) -> None:
@@ -471,11 +489,11 @@ class _RecordingRest:
         self.bodies: list[dict[str, Any]] = []
 
     def put_enrollment_group(self, *args: Any) -> Any:
-        self.bodies.append(json.loads(args[3]))
+        self.bodies.append(dict(args[3]))
         return self._inner.put_enrollment_group(*args)
 
     def put_enrollment(self, *args: Any) -> Any:
-        self.bodies.append(json.loads(args[3]))
+        self.bodies.append(dict(args[3]))
         return self._inner.put_enrollment(*args)
 
     def __getattr__(self, name: str) -> Any:
@@ -749,6 +767,67 @@ def test_state_survives_a_restart_on_the_same_data_dir(
         assert restored_keys.primary_key == key_group.primary_key
         assert [e.registration_id for e in again.enrollments()] == ["single"]
         assert again.registrations() == []
+
+
+# -- one management path, one registration result ---------------------------------------------
+
+
+def test_the_native_emulator_has_no_second_management_api() -> None:
+    # Hubs, DPS instances, certificates, enrollments, devices and twins are managed through the
+    # REST APIs only; the native object keeps what REST cannot reach (knobs, traces, usage,
+    # the recorder, Python allocators, a hub at a chosen address).
+    public = {name for name in dir(_native.Emulator) if not name.startswith("_")}
+    assert public == {
+        "arm_token",
+        "create_hub",
+        "data_dir",
+        "host",
+        "https_port",
+        "hub_drop_connection",
+        "hub_usage",
+        "is_running",
+        "mqtt_port",
+        "recorded_requests",
+        "register_allocator",
+        "start_recording",
+        "stop",
+        "stop_recording",
+        "throttled_requests",
+        "trace",
+        "trace_events",
+        "trust_pem",
+        "update_dps_knobs",
+        "update_hub_knobs",
+    }
+
+
+def test_bulk_and_single_provisioning_give_the_same_registration_result(
+    cloud: dpskit.LocalCloud, dps: dpskit.Dps, ec_root: dpskit.CertificateAuthority
+) -> None:
+    hub = cloud.create_hub("hub-results")
+    cloud.link_hub(dps, hub)
+    dps.prove_possession("root", ec_root)
+    dps.create_enrollment_group("results", ca_reference="root")
+    bulk_device, single_device = ec_root.issue_device("bulk-1"), ec_root.issue_device("single-1")
+    [outcome] = dpskit.provision_devices(dps, [bulk_device])
+    single = dpskit.provision_sync(
+        dps.device_endpoint,
+        id_scope=dps.id_scope,
+        certificate=single_device,
+        trust=cloud.trust_pem,
+    )
+    bulk = outcome.result
+    assert bulk is not None, outcome.error
+    for result, device_id in ((bulk, "bulk-1"), (single, "single-1")):
+        assert (result.status, result.registration_id) == ("assigned", device_id)
+        assert (result.assigned_hub, result.device_id) == (hub.host_name, device_id)
+        assert result.substatus == "initialAssignment"
+        assert result.created is not None
+        assert result.last_updated is not None
+        assert result.etag
+        assert result.operation_id
+        assert result.port == dps.device_port
+    assert (outcome.assigned_hub, outcome.device_id) == (bulk.assigned_hub, bulk.device_id)
 
 
 # -- keys and secrets ------------------------------------------------------------------------

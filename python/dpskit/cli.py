@@ -36,6 +36,7 @@ from ._native import (
     DeviceCertificate,
     validate_registration_id,
     verify_chain,
+    write_secret,
 )
 from .cli_cloud import add_azure_options, add_cloud_commands
 from .cli_device import add_device_commands
@@ -124,13 +125,8 @@ def _describe_password(variable: str | None) -> str:
 def _write_private(path: Path, data: bytes) -> Path:
     """Write secret material readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    # O_CREAT's mode does not apply to a file that existed already: tighten it before the
-    # secret is in it, not after.
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
+    # The core's one rule: created 0600, an existing file tightened before the secret is in it.
+    write_secret(path, data)
     return path
 
 
@@ -744,26 +740,14 @@ async def _demo_telemetry(
 ) -> dict[str, int]:
     """Connects every assigned device to its hub and sends a few readings; returns how many
     messages each got acknowledged."""
-    from .device import HubClient, RegistrationResult
+    from .device import HubClient
 
     by_id = {d.registration_id: d for d in devices}
     sent: dict[str, int] = {}
 
     async def run(outcome: Any) -> None:
         device = by_id[outcome.registration_id]
-        result = RegistrationResult(
-            status="assigned",
-            registration_id=outcome.registration_id,
-            assigned_hub=outcome.assigned_hub,
-            device_id=outcome.device_id,
-            substatus=outcome.substatus,
-            etag=None,
-            created=None,
-            last_updated=None,
-            payload=None,
-            operation_id="",
-            port=cloud._device_port(),
-        )
+        result = outcome.result
         async with HubClient.connect(result, certificate=device, trust=cloud.trust_pem) as client:
             for reading in range(DEMO_MESSAGES):
                 await client.send_telemetry(

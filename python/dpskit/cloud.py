@@ -16,8 +16,6 @@ import email.utils
 import importlib
 import json
 import os
-import re
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,13 +25,24 @@ from types import TracebackType
 from typing import Any, Literal
 
 from dpskit._native import (
+    CaCertificateRecord,
     Certificate,
     CertificateAuthority,
     DeviceCertificate,
+    DpsRecord,
     Emulator,
+    HubRecord,
+    HubUsageRecord,
+    LinkedHubRecord,
     RestClient,
+    TelemetryRecord,
+    TraceRecord,
     _refresh_logging,
+    generate_symmetric_key,
     validate_registration_id,
+    validate_resource_name,
+    validate_symmetric_key,
+    write_secret,
 )
 from dpskit.credentials import AZURE_CLOUDS, TokenCredential, azure_environment, token_provider
 from dpskit.errors import ConfigError, EmulatorError, NotFoundError
@@ -165,28 +174,16 @@ def _certificate(value: CertificateLike) -> Certificate:
     raise TypeError(f"expected a certificate, PEM text or DER bytes, not {type(value).__name__}")
 
 
-_RESOURCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-
 def _check_resource_name(kind: str, name: str) -> str:
     """Refuse a name the service would refuse, before any request (ConfigError)."""
-    if not _RESOURCE_NAME.fullmatch(name):
-        raise ConfigError(
-            f"invalid {kind} name {name!r}: use 1-128 characters from A-Z a-z 0-9 - _ ."
-        )
+    validate_resource_name(kind, name)
     return name
 
 
 def _check_key(which: str, key: str | None) -> str | None:
     """A symmetric key must be base64 of at least 16 bytes (Azure's rule)."""
-    if key is None:
-        return None
-    try:
-        raw = base64.b64decode(key, validate=True)
-    except ValueError:
-        raw = b""
-    if len(raw) < 16:
-        raise ConfigError(f"{which} must be base64 of at least 16 bytes")
+    if key is not None:
+        validate_symmetric_key(which, key)
     return key
 
 
@@ -238,15 +235,17 @@ class CaCertificateInfo:
         return self.certificate.not_after
 
     @classmethod
-    def _from_arm(cls, data: dict[str, Any]) -> CaCertificateInfo:
+    def _from_native(cls, record: CaCertificateRecord) -> CaCertificateInfo:
+        if record.certificate is None:
+            raise EmulatorError(f"ARM returned certificate {record.name!r} without its body")
         return cls(
-            name=data["name"],
-            certificate=_certificate_from_text(data["certificate"]),
-            is_verified=bool(data["isVerified"]),
-            etag=data["etag"],
-            created=_http_time(data["created"]),
-            updated=_http_time(data["updated"]),
-            verification_code=data.get("verificationCode"),
+            name=record.name,
+            certificate=_certificate_from_text(record.certificate),
+            is_verified=record.is_verified,
+            etag=record.etag,
+            created=_http_time(record.created),
+            updated=_http_time(record.updated),
+            verification_code=record.verification_code,
         )
 
 
@@ -261,14 +260,14 @@ class LinkedHub:
     location: str
 
     @classmethod
-    def _from_json(cls, link: dict[str, Any], hub: str) -> LinkedHub:
-        weight = link.get("allocationWeight")
+    def _from_native(cls, link: LinkedHubRecord, hub: str) -> LinkedHub:
+        weight = link.allocation_weight
         return cls(
             hub=hub,
-            host_name=link["hostName"],
+            host_name=link.host_name,
             allocation_weight=weight if weight is not None else 1,
-            apply_allocation_policy=link["applyAllocationPolicy"],
-            location=link["location"],
+            apply_allocation_policy=link.apply_allocation_policy,
+            location=link.location,
         )
 
 
@@ -335,17 +334,17 @@ class HubUsage:
         return max(0, self.daily_quota - self.messages_used)
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> HubUsage:
+    def _from_native(cls, record: HubUsageRecord) -> HubUsage:
         return cls(
-            sku=data["sku"],
-            units=data["units"],
-            presets=data["presets"],
-            daily_quota=data["daily_quota"],
-            messages_used=data["messages_used"],
-            meter_block_bytes=data["meter_block_bytes"],
-            resets_at=datetime.fromtimestamp(data["resets_at"], tz=timezone.utc),
-            throttled=None if data["throttled"] is None else dict(data["throttled"]),
-            quota_refusals=data["quota_refusals"],
+            sku=record.sku,
+            units=record.units,
+            presets=record.presets,
+            daily_quota=record.daily_quota,
+            messages_used=record.messages_used,
+            meter_block_bytes=record.meter_block_bytes,
+            resets_at=datetime.fromtimestamp(record.resets_at, tz=timezone.utc),
+            throttled=None if record.throttled is None else dict(record.throttled),
+            quota_refusals=record.quota_refusals,
         )
 
 
@@ -448,7 +447,7 @@ class _Attestation:
 
 
 def _generated_key() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
+    return generate_symmetric_key()
 
 
 def _attestation_json(
@@ -652,6 +651,17 @@ class TraceEvent:
     status: int | None
     detail: str
 
+    @classmethod
+    def _from_native(cls, record: TraceRecord) -> TraceEvent:
+        return cls(
+            at=datetime.fromtimestamp(record.at, tz=timezone.utc),
+            direction=record.direction,
+            kind=record.kind,
+            topic=record.topic,
+            status=record.status,
+            detail=record.detail,
+        )
+
     def __str__(self) -> str:
         arrow = {"device->cloud": "device → cloud", "cloud->device": "cloud → device"}
         parts = [
@@ -804,6 +814,17 @@ class TelemetryMessage:
         """The body parsed as JSON."""
         return json.loads(self.body)
 
+    @classmethod
+    def _from_native(cls, record: TelemetryRecord) -> TelemetryMessage:
+        return cls(
+            sequence=record.sequence,
+            device_id=record.device_id,
+            enqueued_time=datetime.fromtimestamp(record.enqueued_time, tz=timezone.utc),
+            body=record.body,
+            properties=dict(record.properties),
+            system_properties=dict(record.system_properties),
+        )
+
 
 class TelemetryRecords(list[TelemetryMessage]):
     """Telemetry in arrival order; ``to_pandas()`` gives a DataFrame (pandas needed)."""
@@ -846,15 +867,15 @@ class Hub:
     """An IoT Hub instance: its identity and keys from ARM, its service API for devices,
     twins, methods and messages."""
 
-    def __init__(self, cloud: _Cloud, resource: dict[str, Any], key: str) -> None:
+    def __init__(self, cloud: _Cloud, resource: HubRecord, key: str) -> None:
         self._cloud = cloud
-        self.name: str = resource["name"]
-        self.host_name: str = resource["hostName"]
-        self.location: str = resource["location"]
+        self.name: str = resource.name
+        self.host_name: str = resource.host_name
+        self.location: str = resource.location
         #: ARM ``sku.name``: the tier (``S1`` unless the hub was created with another).
-        self.sku: str = resource.get("sku") or "S1"
+        self.sku: str = resource.sku or "S1"
         #: ARM ``sku.capacity``: the hub's units.
-        self.units: int = resource.get("units") or 1
+        self.units: int = resource.units or 1
         self._primary_key = key
 
     @property
@@ -891,7 +912,7 @@ class Hub:
 
     def device(self, device_id: str) -> HubDevice:
         """One device identity."""
-        identity = json.loads(self._cloud._rest.hub_device(*self._service, device_id))
+        identity = self._cloud._rest.hub_device(*self._service, device_id)
         return HubDevice._from_json(self.host_name, identity)
 
     def create_device(
@@ -925,21 +946,19 @@ class Hub:
                 },
             }
         # Status and capabilities explicit, as the official SDK and the CLI send them.
-        body = json.dumps(
-            {
-                "deviceId": device_id,
-                "status": "enabled",
-                "authentication": auth,
-                "capabilities": {"iotEdge": False},
-            }
-        )
-        identity = json.loads(self._cloud._rest.hub_put_device(*self._service, device_id, body))
+        body = {
+            "deviceId": device_id,
+            "status": "enabled",
+            "authentication": auth,
+            "capabilities": {"iotEdge": False},
+        }
+        identity = self._cloud._rest.hub_put_device(*self._service, device_id, body)
         if initial_twin:
             patch = {
                 "tags": initial_twin.get("tags"),
                 "properties": {"desired": (initial_twin.get("properties") or {}).get("desired")},
             }
-            self._cloud._rest.hub_patch_twin(*self._service, device_id, json.dumps(patch))
+            self._cloud._rest.hub_patch_twin(*self._service, device_id, patch)
         return HubDevice._from_json(self.host_name, identity)
 
     def delete_device(self, device_id: str) -> None:
@@ -976,10 +995,10 @@ class Hub:
         quota metric (ARM ``quotaMetrics``, what the portal shows as the daily message limit)
         and the refusals are None (Azure Monitor has them)."""
         if isinstance(self._cloud, LocalCloud):
-            data = self._cloud._emulator.hub_usage(self.host_name)
+            record = self._cloud._emulator.hub_usage(self.host_name)
         else:
-            data = self._cloud._rest.hub_usage(self.name)
-        return HubUsage._from_json(json.loads(data))
+            record = self._cloud._rest.hub_usage(self.name)
+        return HubUsage._from_native(record)
 
     def refuse_connections(self, count: int) -> None:
         """Refuse the next ``count`` device connections (fault injection, emulator only)."""
@@ -1000,39 +1019,25 @@ class Hub:
         """What the hub received (every device, or one), in arrival order. The emulator keeps
         it; on Azure telemetry goes to the hub's Event Hubs endpoint, which this does not read."""
         self._cloud._emulator_api("telemetry")
-        rows = json.loads(self._cloud._rest.hub_telemetry(*self._service, device_id))
-        return TelemetryRecords(
-            TelemetryMessage(
-                sequence=r["sequence"],
-                device_id=r["deviceId"],
-                enqueued_time=datetime.fromtimestamp(r["enqueuedTime"], tz=timezone.utc),
-                body=base64.b64decode(r["body"]),
-                properties=dict(r["properties"]),
-                system_properties=dict(r["systemProperties"]),
-            )
-            for r in rows
-        )
+        records = self._cloud._rest.hub_telemetry(*self._service, device_id)
+        return TelemetryRecords(TelemetryMessage._from_native(r) for r in records)
 
     def get_twin(self, device_id: str) -> dict[str, Any]:
         """The device twin: tags, desired and reported properties with their versions."""
-        twin: dict[str, Any] = json.loads(self._cloud._rest.hub_twin(*self._service, device_id))
+        twin: dict[str, Any] = self._cloud._rest.hub_twin(*self._service, device_id)
         return twin
 
     def update_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch desired properties (``None`` deletes); a connected device subscribed to desired
         patches receives the change."""
-        body = json.dumps({"properties": {"desired": patch}})
-        twin: dict[str, Any] = json.loads(
-            self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
-        )
+        body = {"properties": {"desired": patch}}
+        twin: dict[str, Any] = self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
         return twin
 
     def update_tags(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch the twin's tags."""
-        body = json.dumps({"tags": patch})
-        twin: dict[str, Any] = json.loads(
-            self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
-        )
+        body = {"tags": patch}
+        twin: dict[str, Any] = self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
         return twin
 
     def send_c2d(
@@ -1061,9 +1066,9 @@ class Hub:
         raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101).
         ``timeout`` may not pass IoT Hub's 300 s (``ConfigError`` before any request)."""
         status, answer = self._cloud._rest.hub_invoke_method(
-            *self._service, device_id, method, json.dumps(payload), timeout
+            *self._service, device_id, method, payload, timeout
         )
-        return MethodResult(status=status, payload=json.loads(answer))
+        return MethodResult(status=status, payload=answer)
 
     def __repr__(self) -> str:
         return f"<Hub {self.name!r} host_name={self.host_name!r} location={self.location!r}>"
@@ -1073,13 +1078,13 @@ class Dps:
     """A Device Provisioning Service instance: ARM for its certificates and linked hubs, its
     service API for enrollments and registrations."""
 
-    def __init__(self, cloud: _Cloud, resource: dict[str, Any], key: str) -> None:
+    def __init__(self, cloud: _Cloud, resource: DpsRecord, key: str) -> None:
         self._cloud = cloud
-        self.name: str = resource["name"]
-        self.id_scope: str = resource["idScope"]
-        self.location: str = resource["location"]
-        self.service_host: str = resource["serviceOperationsHostName"]
-        self._device_host: str = resource["deviceProvisioningHostName"]
+        self.name: str = resource.name
+        self.id_scope: str = resource.id_scope
+        self.location: str = resource.location
+        self.service_host: str = resource.service_operations_host_name
+        self._device_host: str = resource.device_provisioning_host_name
         self._primary_key = key
 
     @property
@@ -1121,20 +1126,12 @@ class Dps:
 
     def linked_hubs(self) -> list[LinkedHub]:
         """The hubs linked to this DPS."""
-        resource = json.loads(self._rest.dps(self.name))
+        resource = self._rest.dps(self.name)
         # The hub resources alone (no keys): only their names are needed here.
-        names = {h["hostName"].lower(): h["name"] for h in json.loads(self._rest.hubs())}
+        names = {h.host_name.lower(): h.name for h in self._rest.hubs()}
         return [
-            LinkedHub(
-                hub=names.get(link["hostName"].lower(), link["hostName"]),
-                host_name=link["hostName"],
-                allocation_weight=link["allocationWeight"]
-                if link["allocationWeight"] is not None
-                else 1,
-                apply_allocation_policy=link["applyAllocationPolicy"],
-                location=link["location"],
-            )
-            for link in resource["linkedHubs"]
+            LinkedHub._from_native(link, names.get(link.host_name.lower(), link.host_name))
+            for link in resource.linked_hubs
         ]
 
     # -- CA certificates and proof of possession --------------------------------------------
@@ -1148,18 +1145,15 @@ class Dps:
         record = self._rest.upload_ca_certificate(
             self.name, name, cert.pem, verified, current.etag if current else None
         )
-        return CaCertificateInfo._from_arm(json.loads(record))
+        return CaCertificateInfo._from_native(record)
 
     def ca_certificate(self, name: str) -> CaCertificateInfo:
         """An uploaded CA certificate."""
-        return CaCertificateInfo._from_arm(json.loads(self._rest.ca_certificate(self.name, name)))
+        return CaCertificateInfo._from_native(self._rest.ca_certificate(self.name, name))
 
     def ca_certificates(self) -> list[CaCertificateInfo]:
         """Every uploaded CA certificate."""
-        return [
-            CaCertificateInfo._from_arm(c)
-            for c in json.loads(self._rest.ca_certificates(self.name))
-        ]
+        return [CaCertificateInfo._from_native(c) for c in self._rest.ca_certificates(self.name)]
 
     def _find_ca(self, name: str) -> CaCertificateInfo | None:
         return next((c for c in self.ca_certificates() if c.name == name), None)
@@ -1171,9 +1165,10 @@ class Dps:
     def generate_verification_code(self, name: str) -> str:
         """A new one-time verification code for an uploaded CA certificate."""
         etag = self.ca_certificate(name).etag
-        record = json.loads(self._rest.generate_verification_code(self.name, name, etag))
-        code: str = record["verificationCode"]
-        return code
+        record = self._rest.generate_verification_code(self.name, name, etag)
+        if record.verification_code is None:
+            raise EmulatorError(f"ARM gave no verification code for certificate {name!r}")
+        return record.verification_code
 
     def verify_certificate(self, name: str, verification: CertificateLike) -> CaCertificateInfo:
         """Prove possession: upload the verification certificate (CN = the code, signed by the
@@ -1181,18 +1176,16 @@ class Dps:
         cert = _certificate(verification)
         etag = self.ca_certificate(name).etag
         record = self._rest.verify_certificate(self.name, name, etag, cert.pem)
-        return CaCertificateInfo._from_arm(json.loads(record))
+        return CaCertificateInfo._from_native(record)
 
     def prove_possession(self, name: str, authority: CertificateAuthority) -> CaCertificateInfo:
         """Upload ``authority``'s certificate if needed, then run the whole proof of possession:
-        code → verification certificate signed by that CA (root or intermediate) → verify."""
-        current = self._find_ca(name)
-        if current is None or current.certificate != authority.certificate:
-            current = self.upload_ca_certificate(name, authority)
-        if current.is_verified:
-            return current
-        code = self.generate_verification_code(name)
-        return self.verify_certificate(name, authority.create_verification_certificate(code))
+        code → verification certificate signed by that CA (root or intermediate) → verify.
+        A name that already holds a different certificate is refused as Azure refuses a
+        replacement without its etag (``ConflictError``, 412); :meth:`upload_ca_certificate`
+        replaces it."""
+        record = self._rest.prove_possession(self.name, name, authority)
+        return CaCertificateInfo._from_native(record)
 
     # -- enrollment groups -----------------------------------------------------------------
 
@@ -1227,11 +1220,9 @@ class Dps:
         emulator = self._cloud._emulator_only("a callable custom allocation (use a webhook URL)")
         function = custom
 
-        def allocate(request_json: str) -> str:
-            answer = function(json.loads(request_json))
-            if isinstance(answer, str):
-                answer = {"iotHubHostName": answer}
-            return json.dumps(answer)
+        def allocate(request: dict[str, Any]) -> dict[str, Any]:
+            answer = function(request)
+            return {"iotHubHostName": answer} if isinstance(answer, str) else answer
 
         name = f"{self.name}/{key}"
         emulator.register_allocator(name, allocate)
@@ -1239,9 +1230,9 @@ class Dps:
 
     def _put_group(self, group_id: str, body: dict[str, Any], etag: str | None) -> EnrollmentGroup:
         record = self._rest.put_enrollment_group(
-            *self._service, group_id, json.dumps({"enrollmentGroupId": group_id, **body}), etag
+            *self._service, group_id, {"enrollmentGroupId": group_id, **body}, etag
         )
-        return EnrollmentGroup._from_json(json.loads(record))
+        return EnrollmentGroup._from_json(record)
 
     def create_enrollment_group(
         self,
@@ -1299,7 +1290,7 @@ class Dps:
         initial_twin: dict[str, Any] | None = None,
     ) -> EnrollmentGroup:
         """Change some settings of a group, keeping the rest (etag handled inside)."""
-        record = json.loads(self._rest.enrollment_group(*self._service, enrollment_group_id))
+        record = self._rest.enrollment_group(*self._service, enrollment_group_id)
         group = EnrollmentGroup._from_json(record)
         current = group._settings()
         settings = _Settings(
@@ -1316,8 +1307,8 @@ class Dps:
         # attestation mechanism, which carries the keys a GET may leave out.
         attestation = record["attestation"]
         if attestation.get("type") == "symmetricKey":
-            attestation = json.loads(
-                self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
+            attestation = self._rest.enrollment_group_attestation(
+                *self._service, enrollment_group_id
             )
         body = {"attestation": attestation, **settings._to_json()}
         # A PUT replaces the group: what dpskit does not model (IoT Edge capabilities) is sent
@@ -1329,11 +1320,9 @@ class Dps:
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
         """An enrollment group."""
         record = self._rest.enrollment_group(*self._service, enrollment_group_id)
-        group = EnrollmentGroup._from_json(json.loads(record))
+        group = EnrollmentGroup._from_json(record)
         if group.attestation_type == "symmetricKey" and group.primary_key is None:
-            keys = json.loads(
-                self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
-            )
+            keys = self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
             group = dataclasses.replace(
                 group,
                 primary_key=keys["symmetricKey"]["primaryKey"],
@@ -1351,8 +1340,7 @@ class Dps:
 
     def enrollment_groups(self) -> list[EnrollmentGroup]:
         """Every enrollment group."""
-        records = json.loads(self._rest.enrollment_groups(*self._service))
-        return [EnrollmentGroup._from_json(r) for r in records]
+        return [EnrollmentGroup._from_json(r) for r in self._rest.enrollment_groups(*self._service)]
 
     def delete_enrollment_group(self, enrollment_group_id: str) -> None:
         """Delete an enrollment group."""
@@ -1403,20 +1391,16 @@ class Dps:
             body["deviceId"] = device_id
         body.update(settings._to_json())
         etag = self._etag_of(lambda: self.enrollment(registration_id).etag)
-        record = self._rest.put_enrollment(*self._service, registration_id, json.dumps(body), etag)
-        return Enrollment._from_json(json.loads(record))
+        record = self._rest.put_enrollment(*self._service, registration_id, body, etag)
+        return Enrollment._from_json(record)
 
     def enrollment(self, registration_id: str) -> Enrollment:
         """An individual enrollment."""
-        return Enrollment._from_json(
-            json.loads(self._rest.enrollment(*self._service, registration_id))
-        )
+        return Enrollment._from_json(self._rest.enrollment(*self._service, registration_id))
 
     def enrollments(self) -> list[Enrollment]:
         """Every individual enrollment."""
-        return [
-            Enrollment._from_json(r) for r in json.loads(self._rest.enrollments(*self._service))
-        ]
+        return [Enrollment._from_json(r) for r in self._rest.enrollments(*self._service)]
 
     def delete_enrollment(self, registration_id: str) -> None:
         """Delete an individual enrollment."""
@@ -1438,7 +1422,7 @@ class Dps:
                 r, enrollment_group_id=g.enrollment_group_id, attestation=g.attestation_type
             )
             for g in groups
-            for r in json.loads(self._rest.registrations(*self._service, g.enrollment_group_id))
+            for r in self._rest.registrations(*self._service, g.enrollment_group_id)
         ]
         if enrollment_group_id is None:
             for enrollment in self.enrollments():
@@ -1448,7 +1432,7 @@ class Dps:
                     continue
                 records.append(
                     RegistrationRecord._from_json(
-                        json.loads(state),
+                        state,
                         enrollment_group_id=None,
                         attestation=enrollment.attestation_type,
                     )
@@ -1530,12 +1514,12 @@ class _Cloud:
 
     # -- resources -------------------------------------------------------------------------
 
-    def _hub(self, resource: dict[str, Any]) -> Hub:
-        _, key = self._rest.hub_keys(resource["name"])
+    def _hub(self, resource: HubRecord) -> Hub:
+        _, key = self._rest.hub_keys(resource.name)
         return Hub(self, resource, key)
 
-    def _dps(self, resource: dict[str, Any]) -> Dps:
-        _, key = self._rest.dps_keys(resource["name"])
+    def _dps(self, resource: DpsRecord) -> Dps:
+        _, key = self._rest.dps_keys(resource.name)
         return Dps(self, resource, key)
 
     def create_hub(
@@ -1558,15 +1542,15 @@ class _Cloud:
             raise ConfigError(f"a hub has 1 unit or more, not {units}")
         if sku is None and units != 1:
             raise ConfigError("units need a sku (F1, B1, B2, B3, S1, S2 or S3)")
-        return self._hub(json.loads(self._rest.create_hub(name, location, sku, units)))
+        return self._hub(self._rest.create_hub(name, location, sku, units))
 
     def hub(self, name: str) -> Hub:
         """An existing hub."""
-        return self._hub(json.loads(self._rest.hub(name)))
+        return self._hub(self._rest.hub(name))
 
     def hubs(self) -> list[Hub]:
         """Every hub of the resource group."""
-        return [self._hub(r) for r in json.loads(self._rest.hubs())]
+        return [self._hub(r) for r in self._rest.hubs()]
 
     def delete_hub(self, hub: Hub | str) -> None:
         """Delete a hub (and unlink it from every DPS)."""
@@ -1581,15 +1565,15 @@ class _Cloud:
         registrations and 1,000 service operations a minute, 5 status polls per device in 10
         seconds, each refused past it with 429 and a ``retry-after`` (Azure always applies
         them; the resource tag that asks for them is inert there)."""
-        return self._dps(json.loads(self._rest.create_dps(name, location, presets)))
+        return self._dps(self._rest.create_dps(name, location, presets))
 
     def dps(self, name: str) -> Dps:
         """An existing DPS instance."""
-        return self._dps(json.loads(self._rest.dps(name)))
+        return self._dps(self._rest.dps(name))
 
     def all_dps(self) -> list[Dps]:
         """Every DPS instance of the resource group."""
-        return [self._dps(r) for r in json.loads(self._rest.dps_instances())]
+        return [self._dps(r) for r in self._rest.dps_instances()]
 
     def delete_dps(self, dps: Dps | str) -> None:
         """Delete a DPS instance with its enrollments and registrations."""
@@ -1611,25 +1595,19 @@ class _Cloud:
         hub_name = hub.name if isinstance(hub, Hub) else hub
         if allocation_weight < 0:
             raise ConfigError("allocation_weight must be 0 or more")
-        resource = json.loads(
-            self._rest.link_hub(
-                dps_name, hub_name, allocation_weight, apply_allocation_policy, location
-            )
+        resource = self._rest.link_hub(
+            dps_name, hub_name, allocation_weight, apply_allocation_policy, location
         )
-        host = json.loads(self._rest.hub(hub_name))["hostName"].lower()
-        link = next(k for k in resource["linkedHubs"] if k["hostName"].lower() == host)
-        return LinkedHub._from_json(link, hub_name)
+        host = self._rest.hub(hub_name).host_name.lower()
+        link = next(k for k in resource.linked_hubs if k.host_name.lower() == host)
+        return LinkedHub._from_native(link, hub_name)
 
 
 def _write_owner_only(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` readable by its owner only: created 0600 (no window in which
-    another user could open it), and tightened if an older copy was looser."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        # Windows has no POSIX modes (nor os.fchmod before Python 3.13): the folder's ACL rules.
-        if hasattr(os, "fchmod"):
-            os.fchmod(file.fileno(), 0o600)
-        file.write(text)
+    another user could open it), and tightened if an older copy was looser (the core's one
+    rule for secret files)."""
+    write_secret(path, text.encode())
 
 
 @dataclass(frozen=True)
@@ -1891,18 +1869,7 @@ class LocalCloud(_Cloud):
 
     def trace_events(self, client_id: str) -> list[TraceEvent]:
         """The recorded exchange of a client."""
-        events = json.loads(self._emulator.trace_events(client_id))
-        return [
-            TraceEvent(
-                at=datetime.fromtimestamp(e["at"], tz=timezone.utc),
-                direction=e["direction"],
-                kind=e["kind"],
-                topic=e["topic"],
-                status=e["status"],
-                detail=e["detail"],
-            )
-            for e in events
-        ]
+        return [TraceEvent._from_native(e) for e in self._emulator.trace_events(client_id)]
 
     def format_trace(self, client_id: str) -> str:
         """The recorded exchange of a client as readable text."""

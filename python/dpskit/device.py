@@ -1,23 +1,24 @@
 """A simulated device, the asyncio way: ``await dpskit.provision(...)`` registers it with DPS,
 ``async with dpskit.HubClient.connect(result, ...)`` connects it to the hub DPS assigned.
 
-Both run on dpskit's Rust MQTT clients (one shared tokio runtime and TLS configuration per
-process, TCP_NODELAY); Python only awaits. Cancelling an awaiting task cancels the Rust side.
+Both run on dpskit's Rust MQTT clients (on the tokio runtime all awaitables share, TCP_NODELAY,
+TLS trusting the CA each call is given); Python only awaits. Cancelling an awaiting task cancels
+the Rust side. Answers arrive as native records (``_native.Registration``) or Python objects,
+never as JSON text.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from dpskit._native import DeviceCertificate, HubSession, derive_device_key
+from dpskit._native import DeviceCertificate, HubSession, Registration, derive_device_key
 from dpskit._native import provision as _provision
 from dpskit.cloud import _azure_time
 from dpskit.errors import ConfigError
@@ -37,6 +38,8 @@ __all__ = [
 AZURE_GLOBAL_ENDPOINT = "global.azure-devices-provisioning.net"
 #: DPS and IoT Hub speak MQTT over TLS on this port.
 MQTT_PORT = 8883
+
+_T = TypeVar("_T")
 
 CertificateInput = DeviceCertificate | tuple[str | bytes | Path, str | bytes | Path] | bytes
 
@@ -94,6 +97,22 @@ class RegistrationResult:
     #: The MQTT port the device used; its hub listens on the same one (8883 on Azure).
     port: int = MQTT_PORT
 
+    @classmethod
+    def _from_native(cls, record: Registration, port: int) -> RegistrationResult:
+        return cls(
+            status=record.status,
+            registration_id=record.registration_id,
+            assigned_hub=record.assigned_hub,
+            device_id=record.device_id,
+            substatus=record.substatus,
+            etag=record.etag,
+            created=_timestamp(record.created),
+            last_updated=_timestamp(record.last_updated),
+            payload=record.payload,
+            operation_id=record.operation_id,
+            port=port,
+        )
+
 
 async def provision(
     endpoint: str = AZURE_GLOBAL_ENDPOINT,
@@ -136,32 +155,18 @@ async def provision(
             symmetric_key = derive_device_key(group_key, registration_id)
         if symmetric_key is None:
             raise ConfigError("give a certificate, a symmetric_key, or a group_key")
-    answer = json.loads(
-        await _provision(
-            host,
-            port,
-            id_scope,
-            registration_id,
-            certificate=device,
-            symmetric_key=symmetric_key,
-            trust_pem=_trust_pem(trust),
-            payload=json.dumps(payload) if payload is not None else None,
-            timeout=timeout,
-        )
+    record = await _provision(
+        host,
+        port,
+        id_scope,
+        registration_id,
+        certificate=device,
+        symmetric_key=symmetric_key,
+        trust_pem=_trust_pem(trust),
+        payload=payload,
+        timeout=timeout,
     )
-    return RegistrationResult(
-        status=answer["status"],
-        registration_id=answer["registrationId"],
-        assigned_hub=answer.get("assignedHub"),
-        device_id=answer.get("deviceId"),
-        substatus=answer.get("substatus"),
-        etag=answer.get("etag"),
-        created=_timestamp(answer.get("createdDateTimeUtc")),
-        last_updated=_timestamp(answer.get("lastUpdatedDateTimeUtc")),
-        payload=answer.get("payload"),
-        operation_id=answer["operationId"],
-        port=port,
-    )
+    return RegistrationResult._from_native(record, port)
 
 
 def provision_sync(endpoint: str = AZURE_GLOBAL_ENDPOINT, **options: Any) -> RegistrationResult:
@@ -198,7 +203,7 @@ class MethodRequest:
 
     async def respond(self, status: int = 200, payload: Any = None) -> None:
         """Send the answer the caller is waiting for."""
-        await self._session.respond(self.rid, status, json.dumps(payload))
+        await self._session.respond(self.rid, status, payload)
 
 
 def _encode_body(
@@ -218,7 +223,7 @@ def _encode_body(
     return bytes(body), content_type, content_encoding
 
 
-async def _stream(next_item: Callable[[], Awaitable[str | None]]) -> AsyncIterator[str]:
+async def _stream(next_item: Callable[[], Awaitable[_T | None]]) -> AsyncIterator[_T]:
     while True:
         item = await next_item()
         if item is None:
@@ -320,34 +325,28 @@ class HubClient:
 
     async def get_twin(self) -> dict[str, Any]:
         """The twin as the device sees it: ``desired`` and ``reported``, with ``$version``."""
-        twin: dict[str, Any] = json.loads(await self._session.get_twin())
-        return twin
+        return await self._session.get_twin()
 
     async def update_reported(self, patch: dict[str, Any]) -> None:
         """Patch the reported properties (``None`` deletes one)."""
-        await self._session.update_reported(json.dumps(patch))
+        await self._session.update_reported(patch)
 
     async def messages(self) -> AsyncIterator[CloudMessage]:
         """Cloud-to-device messages as they arrive (ends when the connection closes)."""
-        async for text in _stream(self._session.next_message):
-            item = json.loads(text)
+        async for body, properties, system_properties in _stream(self._session.next_message):
             yield CloudMessage(
-                body=base64.b64decode(item["body"]),
-                properties=dict(item["properties"]),
-                system_properties=dict(item["systemProperties"]),
+                body=body, properties=dict(properties), system_properties=dict(system_properties)
             )
 
     async def desired_updates(self) -> AsyncIterator[dict[str, Any]]:
         """Desired-property patches (with ``$version``) as the service makes them."""
-        async for text in _stream(self._session.next_desired):
-            patch: dict[str, Any] = json.loads(text)
+        async for patch in _stream(self._session.next_desired):
             yield patch
 
     async def method_requests(self) -> AsyncIterator[MethodRequest]:
         """Direct method calls; answer each with ``await request.respond(status, payload)``."""
-        async for text in _stream(self._session.next_method):
-            item = json.loads(text)
-            yield MethodRequest(item["name"], item["payload"], item["rid"], self._session)
+        async for name, rid, payload in _stream(self._session.next_method):
+            yield MethodRequest(name, payload, rid, self._session)
 
     async def close(self) -> None:
         """Disconnect cleanly."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
-import json
 import math
 import os
 import random
@@ -919,8 +918,8 @@ class Fleet:
             raise
         return session.finish()
 
-    def _settings(self) -> tuple[dict[str, Any], str | None]:
-        """The engine's settings and the custom fields' values, as JSON for the binding."""
+    def _settings(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The engine's settings and the custom fields' values, as the binding takes them."""
         settings: dict[str, Any] = {
             "dps_host": self.dps.device_host,
             "dps_port": self.dps.device_port,
@@ -933,13 +932,13 @@ class Fleet:
             "record_messages": self.record_messages,
             "payload": self.payload,
         }
-        custom_json = None
+        custom_values = None
         if self.telemetry is not None:
             settings["plan"] = self.telemetry._spec(self.telemetry.start)
             devices = list(zip(self.indexes, self.registration_ids, strict=True))
             custom = self.telemetry._custom_values(devices)
-            custom_json = json.dumps(custom) if custom else None
-        return settings, custom_json
+            custom_values = custom or None
+        return settings, custom_values
 
     def __repr__(self) -> str:
         kind = "x509" if self.authority is not None else "symmetric-key"
@@ -973,7 +972,7 @@ class _RunSession:
         self._fleet = fleet
         self._on_progress = on_progress
         self._closed = False
-        settings, custom_json = fleet._settings()
+        settings, custom = fleet._settings()
         certificates = fleet.certificates() if fleet.authority is not None else None
         self.hubs = {link.host_name: link.hub for link in fleet.dps.linked_hubs()}
         self.pacing: float | None = None
@@ -990,13 +989,13 @@ class _RunSession:
         self._begun = time.monotonic()
         try:
             self.run = FleetRun(
-                json.dumps(settings),
+                settings,
                 fleet.dps._cloud.trust_pem,
                 fleet.registration_ids,
                 list(fleet.indexes),
                 certificates=certificates,
                 group_key=fleet._group_key,
-                custom_json=custom_json,
+                custom=custom,
                 worker_threads=fleet.worker_threads,
             )
         except BaseException:

@@ -3,14 +3,17 @@ arrives with the device-client work)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dpskit._native import DeviceCertificate
 from dpskit._native import provision_devices as _provision_devices
 from dpskit.cloud import DEFAULT_MQTT_PORT, Dps
 from dpskit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dpskit.device import RegistrationResult
 
 __all__ = ["ProvisioningOutcome", "provision_devices"]
 
@@ -26,6 +29,9 @@ class ProvisioningOutcome:
     error: str | None
     error_code: int | None
     seconds: float
+    #: DPS's whole answer when it assigned the device (what ``provision`` returns, ready for
+    #: ``HubClient.connect``), else ``None``.
+    result: RegistrationResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,22 +72,29 @@ def provision_devices(
         raise ConfigError("id_scope is needed when target is an endpoint string")
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1")
-    records = json.loads(
-        _provision_devices(
-            host, port, id_scope, list(devices), trust, concurrency=concurrency, timeout=timeout
-        )
-    )
+    # Imported here: dpskit.device imports this module.
+    from dpskit.device import RegistrationResult
+
     outcomes = []
-    for device, record in zip(devices, records, strict=True):
+    native = _provision_devices(
+        host, port, id_scope, list(devices), trust, concurrency=concurrency, timeout=timeout
+    )
+    for device, (registration, error, error_code, seconds) in zip(devices, native, strict=True):
+        result = (
+            RegistrationResult._from_native(registration, port)
+            if registration is not None
+            else None
+        )
         outcomes.append(
             ProvisioningOutcome(
                 registration_id=device.registration_id,
-                assigned_hub=record.get("assignedHub"),
-                device_id=record.get("deviceId"),
-                substatus=record.get("substatus"),
-                error=None if record["ok"] else record["error"],
-                error_code=record.get("errorCode"),
-                seconds=record["seconds"],
+                assigned_hub=result.assigned_hub if result else None,
+                device_id=result.device_id if result else None,
+                substatus=result.substatus if result else None,
+                error=error,
+                error_code=error_code,
+                seconds=seconds,
+                result=result,
             )
         )
     return outcomes

@@ -170,7 +170,9 @@ pub fn validate_device_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_resource_name(what: &str, name: &str) -> Result<()> {
+/// Azure's rule for a CA certificate's or an enrollment group's name: 1 to 128 ASCII letters,
+/// digits, `-`, `_` and `.`; `what` names the kind in the error.
+pub fn check_resource_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name
@@ -817,14 +819,8 @@ impl Cloud {
                 primary_key,
                 secondary_key,
             } => {
-                for key in [primary_key, secondary_key] {
-                    if BASE64.decode(key).map(|k| k.len() < 16).unwrap_or(true) {
-                        return Err(Error::Config(
-                            "symmetric keys must be base64 and at least 16 bytes long".into(),
-                        ));
-                    }
-                }
-                Ok(())
+                crate::sas::validate_symmetric_key("the primary key", primary_key)?;
+                crate::sas::validate_symmetric_key("the secondary key", secondary_key)
             }
         }
     }

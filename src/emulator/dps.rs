@@ -102,6 +102,56 @@ pub struct DpsKnobs {
     pub device_locations: HashMap<String, String>,
 }
 
+/// A change to a DPS's knobs as a host asks for it; `None` leaves a knob as it is.
+#[derive(Debug, Clone, Default)]
+pub struct DpsKnobChange {
+    /// Seconds between register and assignment (0 or more).
+    pub assignment_latency: Option<f64>,
+    /// Registrations a minute; 0 removes the limit.
+    pub registrations_per_minute: Option<u32>,
+    /// Refuse this many next registrations.
+    pub refuse_next: Option<u32>,
+    /// The HTTP error status (400-599) refusals answer with.
+    pub refusal_status: Option<u16>,
+    /// `(registration id, location)` for geoLatency allocation.
+    pub device_location: Option<(String, String)>,
+}
+
+impl DpsKnobChange {
+    /// Checks the values (`Config` error naming the first bad one) and gives the change to
+    /// apply; registration ids are keyed lower-case, as DPS matches them.
+    pub fn validate(self) -> crate::Result<impl FnOnce(&mut DpsKnobs)> {
+        let latency = self
+            .assignment_latency
+            .map(|s| crate::error::non_negative_seconds("assignment_latency", s))
+            .transpose()?;
+        if let Some(status) = self.refusal_status
+            && !(400..600).contains(&status)
+        {
+            return Err(Error::Config(format!(
+                "refusal_status must be an HTTP error status (400-599), not {status}"
+            )));
+        }
+        Ok(move |k: &mut DpsKnobs| {
+            if let Some(latency) = latency {
+                k.assignment_latency = latency;
+            }
+            if let Some(limit) = self.registrations_per_minute {
+                k.registrations_per_minute = (limit > 0).then_some(limit);
+            }
+            if let Some(n) = self.refuse_next {
+                k.refuse_next = n;
+            }
+            if let Some(status) = self.refusal_status {
+                k.refusal_status = status;
+            }
+            if let Some((id, location)) = self.device_location {
+                k.device_locations.insert(id.to_ascii_lowercase(), location);
+            }
+        })
+    }
+}
+
 /// The registration engine shared by every DPS connection.
 pub struct DpsEngine {
     cloud: Arc<Cloud>,

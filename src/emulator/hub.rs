@@ -241,6 +241,44 @@ pub struct HubKnobs {
     pub refuse_next_connections: u32,
 }
 
+/// A change to a hub's knobs as a host asks for it; `None` leaves a knob as it is.
+#[derive(Debug, Clone, Default)]
+pub struct HubKnobChange {
+    /// Seconds before the hub handles each device request (0 or more).
+    pub latency: Option<f64>,
+    /// New connections a second; 0 removes the limit.
+    pub connections_per_second: Option<u32>,
+    /// Device-to-cloud messages a second; 0 removes the limit.
+    pub messages_per_second: Option<u32>,
+    /// Refuse this many next connections.
+    pub refuse_next_connections: Option<u32>,
+}
+
+impl HubKnobChange {
+    /// Checks the values (`Config` error naming the first bad one) and gives the change to
+    /// apply.
+    pub fn validate(self) -> Result<impl FnOnce(&mut HubKnobs)> {
+        let latency = self
+            .latency
+            .map(|s| crate::error::non_negative_seconds("latency", s))
+            .transpose()?;
+        Ok(move |k: &mut HubKnobs| {
+            if let Some(latency) = latency {
+                k.latency = latency;
+            }
+            if let Some(rate) = self.connections_per_second {
+                k.connections_per_second = (rate > 0).then_some(rate);
+            }
+            if let Some(rate) = self.messages_per_second {
+                k.messages_per_second = (rate > 0).then_some(rate);
+            }
+            if let Some(n) = self.refuse_next_connections {
+                k.refuse_next_connections = n;
+            }
+        })
+    }
+}
+
 /// A hub's tier, its daily message meter and the refusals its throttles produced.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HubUsage {

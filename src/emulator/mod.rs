@@ -103,6 +103,32 @@ pub struct RestBehaviour {
     pub throttle_retry_after: u32,
 }
 
+impl RestBehaviour {
+    /// The behaviour a host asks for, checked: operations of 0 to 3,600 seconds, pages of at
+    /// least one item.
+    pub fn new(
+        operation_seconds: f64,
+        page_size: usize,
+        throttle_every: u32,
+        throttle_retry_after: u32,
+    ) -> Result<Self> {
+        if !(operation_seconds.is_finite() && (0.0..=3600.0).contains(&operation_seconds)) {
+            return Err(Error::Config(format!(
+                "arm_operation_seconds must be between 0 and 3600, not {operation_seconds}"
+            )));
+        }
+        if page_size == 0 {
+            return Err(Error::Config("arm_page_size must be at least 1".into()));
+        }
+        Ok(RestBehaviour {
+            operation_latency: Duration::from_secs_f64(operation_seconds),
+            page_size,
+            throttle_every,
+            throttle_retry_after,
+        })
+    }
+}
+
 impl Default for RestBehaviour {
     fn default() -> Self {
         RestBehaviour {
@@ -484,6 +510,27 @@ impl Emulator {
     pub fn update_dps_knobs(&self, dps: &str, change: impl FnOnce(&mut DpsKnobs)) -> Result<()> {
         self.cloud.dps(dps)?;
         self.dps.update_knobs(dps, change);
+        Ok(())
+    }
+
+    /// Changes a DPS's knobs as a host asks for them, the values checked first.
+    pub fn change_dps_knobs(&self, dps: &str, change: dps::DpsKnobChange) -> Result<()> {
+        let apply = change.validate()?;
+        self.update_dps_knobs(dps, apply)
+    }
+
+    /// Changes a hub's knobs (by host name) as a host asks for them, the values checked first;
+    /// an unknown host name is the hub service's 404.
+    pub fn change_hub_knobs(&self, host_name: &str, change: hub::HubKnobChange) -> Result<()> {
+        let apply = change.validate()?;
+        self.hubs.hub_for_host(host_name).ok_or_else(|| {
+            Error::service(
+                404,
+                404_000,
+                format!("no hub has the host name {host_name}"),
+            )
+        })?;
+        self.hubs.update_knobs(host_name, apply);
         Ok(())
     }
 

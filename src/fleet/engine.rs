@@ -94,9 +94,9 @@ fn default_true() -> bool {
 }
 
 impl FleetSettings {
-    /// Parses and checks settings sent as JSON by the Python layer.
-    pub fn from_json(text: &str) -> Result<FleetSettings> {
-        let settings: FleetSettings = serde_json::from_str(text)
+    /// Reads and checks settings a host gives as a JSON value (Python's dict).
+    pub fn from_value(value: Value) -> Result<FleetSettings> {
+        let settings: FleetSettings = serde_json::from_value(value)
             .map_err(|e| Error::Config(format!("fleet settings: {e}")))?;
         for (name, value) in [
             ("provision_timeout", settings.provision_timeout),
@@ -132,6 +132,113 @@ pub struct FleetDevice {
     pub auth: DeviceAuth,
     /// Extra telemetry fields computed ahead of time (custom Python generators).
     pub custom: Vec<(String, Vec<Value>)>,
+}
+
+/// One device's custom telemetry fields: each name with the values it cycles through.
+pub type CustomFields = Vec<(String, Vec<Value>)>;
+
+/// How a fleet's devices prove who they are.
+pub enum FleetCredentials {
+    /// Each device its own certificate, in the order of the registration ids.
+    Certificates(Vec<Arc<crate::pki::Credential>>),
+    /// The enrollment group's key, from which each device's key is derived (Azure's rule,
+    /// `sas::derive_device_key`).
+    GroupKey(String),
+}
+
+/// Reads the custom telemetry values a host computed ahead of time, `{"field": [[values of
+/// device 0], [values of device 1], ...]}`, into one list of fields per device; every device
+/// needs at least one value of every field.
+pub fn custom_fields(values: Option<Value>, devices: usize) -> Result<Vec<CustomFields>> {
+    let mut per_device: Vec<CustomFields> = vec![Vec::new(); devices];
+    let Some(values) = values else {
+        return Ok(per_device);
+    };
+    let Value::Object(fields) = values else {
+        return Err(Error::Config(
+            "custom telemetry values: expected an object of fields".into(),
+        ));
+    };
+    for (name, columns) in fields {
+        let Value::Array(columns) = columns else {
+            return Err(Error::Config(format!(
+                "custom field {name:?}: expected a list per device"
+            )));
+        };
+        if columns.len() != devices {
+            return Err(Error::Config(format!(
+                "custom field {name:?}: {} value lists for {devices} devices",
+                columns.len()
+            )));
+        }
+        for (device, values) in per_device.iter_mut().zip(columns) {
+            let Value::Array(values) = values else {
+                return Err(Error::Config(format!(
+                    "custom field {name:?}: expected a list of values per device"
+                )));
+            };
+            if values.is_empty() {
+                return Err(Error::Config(format!(
+                    "custom field {name:?}: a device got no values"
+                )));
+            }
+            device.push((name.clone(), values));
+        }
+    }
+    Ok(per_device)
+}
+
+/// The fleet's devices, one per registration id with its position `indexes`, its credential
+/// and its custom fields; refuses lists of different lengths and custom fields the plan does
+/// not name (or custom fields without a plan).
+pub fn fleet_devices(
+    settings: &FleetSettings,
+    registration_ids: Vec<String>,
+    indexes: Vec<u64>,
+    credentials: FleetCredentials,
+    custom: Vec<CustomFields>,
+) -> Result<Vec<FleetDevice>> {
+    let count = registration_ids.len();
+    if indexes.len() != count {
+        return Err(Error::Config(format!(
+            "{} indexes for {count} registration ids",
+            indexes.len()
+        )));
+    }
+    let auths: Vec<DeviceAuth> = match credentials {
+        FleetCredentials::Certificates(certificates) => {
+            if certificates.len() != count {
+                return Err(Error::Config(format!(
+                    "{} certificates for {count} registration ids",
+                    certificates.len()
+                )));
+            }
+            certificates.into_iter().map(DeviceAuth::X509).collect()
+        }
+        FleetCredentials::GroupKey(key) => registration_ids
+            .iter()
+            .map(|id| crate::sas::derive_device_key(&key, id).map(DeviceAuth::SymmetricKey))
+            .collect::<Result<_>>()?,
+    };
+    if let (Some(plan), Some(first)) = (&settings.plan, custom.first()) {
+        plan.check_custom_names(first.iter().map(|(name, _)| name.as_str()))?;
+    } else if custom.first().is_some_and(|fields| !fields.is_empty()) {
+        return Err(Error::Config(
+            "custom telemetry values need a telemetry plan".into(),
+        ));
+    }
+    Ok(registration_ids
+        .into_iter()
+        .zip(indexes)
+        .zip(auths)
+        .zip(custom)
+        .map(|(((registration_id, index), auth), custom)| FleetDevice {
+            index,
+            registration_id,
+            auth,
+            custom,
+        })
+        .collect())
 }
 
 /// Counters updated by the devices as they go; read at any time.

@@ -4,4 +4,5 @@
 
 mod arm_operations;
 mod hub_client;
+mod proof_of_possession;
 mod request_recorder;

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use super::convert::py_to_json;
 use crate::error::Error;
-use crate::fleet::engine::{self, FleetDevice, FleetProgress, FleetResult, FleetSettings};
+use crate::fleet::engine::{self, FleetCredentials, FleetProgress, FleetResult, FleetSettings};
 use crate::limits::estimate::{self, HubDemand};
 use crate::limits::tiers::DPS_RATES;
-use crate::provisioning::{DeviceAuth, Trust};
 use crate::python::pki::PyDeviceCertificate;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -82,105 +81,37 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One device's custom fields: name and the values it cycles through.
-type CustomFields = Vec<(String, Vec<Value>)>;
-
-/// `{"field": [[values of device 0], [values of device 1], ...]}` → per device
-/// `[(field, values)]`.
-fn custom_fields(text: Option<&str>, devices: usize) -> PyResult<Vec<CustomFields>> {
-    let mut per_device: Vec<CustomFields> = vec![Vec::new(); devices];
-    let Some(text) = text else {
-        return Ok(per_device);
-    };
-    let fields: serde_json::Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| Error::Config(format!("custom telemetry values: {e}")))?;
-    for (name, columns) in fields {
-        let Value::Array(columns) = columns else {
-            return Err(Error::Config(format!(
-                "custom field {name:?}: expected a list per device"
-            ))
-            .into());
-        };
-        if columns.len() != devices {
-            return Err(Error::Config(format!(
-                "custom field {name:?}: {} value lists for {devices} devices",
-                columns.len()
-            ))
-            .into());
-        }
-        for (device, values) in per_device.iter_mut().zip(columns) {
-            let Value::Array(values) = values else {
-                return Err(Error::Config(format!(
-                    "custom field {name:?}: expected a list of values per device"
-                ))
-                .into());
-            };
-            if values.is_empty() {
-                return Err(Error::Config(format!(
-                    "custom field {name:?}: a device got no values"
-                ))
-                .into());
-            }
-            device.push((name.clone(), values));
-        }
-    }
-    Ok(per_device)
-}
-
 fn millis(duration: Option<Duration>) -> Option<f64> {
     duration.map(|d| d.as_secs_f64() * 1000.0)
 }
 
 #[pymethods]
 impl PyFleetRun {
-    /// Starts the run: `settings_json` as `FleetSettings`; one entry per device in
+    /// Starts the run: `settings` (a dict) as `FleetSettings`; one entry per device in
     /// `registration_ids` and `indexes`; credentials from `certificates` (same order) or derived
-    /// from `group_key`; `trust_pem` None trusts the system roots (Azure).
+    /// from `group_key`; `custom` the per-device values of custom fields; `trust_pem` None
+    /// trusts the system roots (Azure).
     #[new]
-    #[pyo3(signature = (settings_json, trust_pem, registration_ids, indexes, *, certificates = None, group_key = None, custom_json = None, worker_threads = None))]
+    #[pyo3(signature = (settings, trust_pem, registration_ids, indexes, *, certificates = None, group_key = None, custom = None, worker_threads = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        settings_json: &str,
+        settings: &Bound<'_, PyAny>,
         trust_pem: Option<&str>,
         registration_ids: Vec<String>,
         indexes: Vec<u64>,
         certificates: Option<Vec<PyRef<'_, PyDeviceCertificate>>>,
         group_key: Option<&str>,
-        custom_json: Option<&str>,
+        custom: Option<&Bound<'_, PyAny>>,
         worker_threads: Option<usize>,
     ) -> PyResult<Self> {
         // The Python layer stamps the plan's simulated start (so it is known before the run).
-        let settings = FleetSettings::from_json(settings_json)?;
-        let trust = match trust_pem {
-            Some(pem) => Trust::from_pem(pem.as_bytes())?,
-            None => Trust::system(),
-        };
-        let count = registration_ids.len();
-        if indexes.len() != count {
-            return Err(Error::Config(format!(
-                "{} indexes for {count} registration ids",
-                indexes.len()
-            ))
-            .into());
-        }
-        let auths: Vec<DeviceAuth> = match (certificates, group_key) {
-            (Some(certificates), None) => {
-                if certificates.len() != count {
-                    return Err(Error::Config(format!(
-                        "{} certificates for {count} registration ids",
-                        certificates.len()
-                    ))
-                    .into());
-                }
-                certificates
-                    .iter()
-                    .map(|c| DeviceAuth::X509(c.credential_arc()))
-                    .collect()
-            }
-            (None, Some(key)) => registration_ids
-                .iter()
-                .map(|id| crate::sas::derive_device_key(key, id).map(DeviceAuth::SymmetricKey))
-                .collect::<Result<_, Error>>()?,
+        let settings = FleetSettings::from_value(py_to_json(settings)?)?;
+        let trust = super::trust(trust_pem)?;
+        let credentials = match (certificates, group_key) {
+            (Some(certificates), None) => FleetCredentials::Certificates(
+                certificates.iter().map(|c| c.credential_arc()).collect(),
+            ),
+            (None, Some(key)) => FleetCredentials::GroupKey(key.to_string()),
             _ => {
                 return Err(Error::Config(
                     "give either certificates or group_key for the fleet's devices".into(),
@@ -188,39 +119,15 @@ impl PyFleetRun {
                 .into());
             }
         };
-        let custom = custom_fields(custom_json, count)?;
-        if let (Some(plan), Some(first)) = (&settings.plan, custom.first()) {
-            plan.check_custom_names(first.iter().map(|(name, _)| name.as_str()))?;
-        } else if custom.first().is_some_and(|fields| !fields.is_empty()) {
-            return Err(
-                Error::Config("custom telemetry values need a telemetry plan".into()).into(),
-            );
-        }
-        let devices: Vec<FleetDevice> = registration_ids
-            .into_iter()
-            .zip(indexes)
-            .zip(auths)
-            .zip(custom)
-            .map(|(((registration_id, index), auth), custom)| FleetDevice {
-                index,
-                registration_id,
-                auth,
-                custom,
-            })
-            .collect();
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if let Some(threads) = worker_threads {
-            builder.worker_threads(threads.max(1));
-        }
-        let runtime = builder
-            .enable_all()
-            .thread_name("dpskit-fleet")
-            .build()
-            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
+        let custom =
+            engine::custom_fields(custom.map(py_to_json).transpose()?, registration_ids.len())?;
+        let devices =
+            engine::fleet_devices(&settings, registration_ids, indexes, credentials, custom)?;
+        let runtime = super::runtime("dpskit-fleet", worker_threads)?;
         let progress = Arc::new(FleetProgress::default());
         let handle = runtime.spawn(engine::run(settings, devices, trust, progress.clone()));
         Ok(PyFleetRun {
-            runtime: super::OwnedRuntime::new(runtime),
+            runtime,
             progress,
             handle: Mutex::new(Some(handle)),
             result: Mutex::new(None),

@@ -1,13 +1,15 @@
 //! PyO3 bindings: the `dpskit._native` module. This layer converts arguments, releases the GIL
 //! around work, and maps errors; all logic lives in the core.
 
-mod aio;
-mod devices;
-mod emulator;
+mod cloud;
+mod convert;
+mod device;
 mod errors;
 mod fleet;
+mod hub_connections;
+mod local_cloud;
 mod pki;
-mod rest;
+mod provisioning;
 
 use pyo3::prelude::*;
 
@@ -20,12 +22,14 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     if let Ok(handle) = pyo3_log::try_init() {
         let _ = LOG_RESET.set(handle);
     }
+    convert::register(m)?;
     pki::register(m)?;
-    emulator::register(m)?;
-    devices::register(m)?;
+    local_cloud::register(m)?;
+    provisioning::register(m)?;
+    hub_connections::register(m)?;
     fleet::register(m)?;
-    rest::register(m)?;
-    aio::register(m)?;
+    cloud::register(m)?;
+    device::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;
@@ -93,6 +97,30 @@ impl Drop for OwnedRuntime {
     }
 }
 
+/// Builds the multi-threaded runtime a binding object owns (a REST client, a fleet run, held
+/// connections, a batch of registrations): the one place bindings make a runtime.
+/// `worker_threads` None takes tokio's default (one per core).
+pub(crate) fn runtime(name: &str, worker_threads: Option<usize>) -> PyResult<OwnedRuntime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = builder
+        .enable_all()
+        .thread_name(name)
+        .build()
+        .map_err(|e| crate::error::Error::Transport(format!("cannot start a runtime: {e}")))?;
+    Ok(OwnedRuntime::new(runtime))
+}
+
+/// The CA(s) a client trusts: `trust_pem`, or the system's roots (what Azure chains to).
+pub(crate) fn trust(trust_pem: Option<&str>) -> PyResult<crate::provisioning::Trust> {
+    Ok(match trust_pem {
+        Some(pem) => crate::provisioning::Trust::from_pem(pem.as_bytes())?,
+        None => crate::provisioning::Trust::system(),
+    })
+}
+
 /// How long blocking work runs with the GIL released before Python's signals are checked.
 const SIGNAL_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -120,38 +148,4 @@ where
             Err(_) => py.check_signals()?,
         }
     }
-}
-
-/// A JSON value as the Python object `json.loads` would give (dict, list, str, int, float,
-/// bool, None), so records carrying free-form JSON cross as objects, not text parsed again.
-pub(crate) fn json_to_py<'py>(
-    py: Python<'py>,
-    value: &serde_json::Value,
-) -> PyResult<Bound<'py, PyAny>> {
-    use pyo3::types::{PyDict, PyList};
-    use serde_json::Value;
-    Ok(match value {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.into_pyobject(py)?.into_any(),
-            (None, Some(u)) => u.into_pyobject(py)?.into_any(),
-            _ => n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any(),
-        },
-        Value::String(s) => s.into_pyobject(py)?.into_any(),
-        Value::Array(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(json_to_py(py, item)?)?;
-            }
-            list.into_any()
-        }
-        Value::Object(map) => {
-            let dict = PyDict::new(py);
-            for (key, item) in map {
-                dict.set_item(key, json_to_py(py, item)?)?;
-            }
-            dict.into_any()
-        }
-    })
 }

@@ -1298,6 +1298,10 @@ impl ArmClient {
 
     /// Proof of possession in one call: uploads the CA certificate when it is not there yet,
     /// asks for a code, signs a verification certificate with `authority`, and verifies it.
+    ///
+    /// A name that already holds a different certificate is Azure's to refuse: the upload goes
+    /// without `If-Match`, which Azure requires to replace a certificate, so the answer is its
+    /// 412 (never a silent replacement; `upload_ca_certificate` with the etag replaces).
     pub async fn prove_possession(
         &self,
         dps: &str,
@@ -1305,26 +1309,34 @@ impl ArmClient {
         authority: &CertificateAuthority,
     ) -> Result<CaCertificateResource> {
         let certificate = authority.credential().certificate();
-        let current = match self.ca_certificate(dps, name).await {
+        let held = match self.ca_certificate(dps, name).await {
             Ok(existing)
                 if existing
                     .thumbprint
                     .eq_ignore_ascii_case(&certificate.info().thumbprint_sha1) =>
             {
-                existing
+                Ok(existing)
             }
-            Ok(existing) => {
-                return Err(Error::Config(format!(
-                    "DPS {dps} already has a different certificate named {name} (thumbprint {}); \
-                     delete it or choose another name",
-                    existing.thumbprint
-                )));
-            }
-            Err(Error::Service(s)) if s.status == 404 => {
-                self.upload_ca_certificate(dps, name, certificate, false, None)
-                    .await?
-            }
+            Ok(existing) => Err(Some(existing.thumbprint)),
+            Err(Error::Service(s)) if s.status == 404 => Err(None),
             Err(other) => return Err(other),
+        };
+        let current = match held {
+            Ok(existing) => existing,
+            Err(held) => self
+                .upload_ca_certificate(dps, name, certificate, false, None)
+                .await
+                .map_err(|e| match (e, held) {
+                    (Error::Service(mut s), Some(thumbprint)) if s.status == 412 => {
+                        s.message.push_str(&format!(
+                            " | What to do: DPS {dps} already holds a different certificate \
+                             named {name} (thumbprint {thumbprint}); delete it, choose another \
+                             name, or replace it with upload_ca_certificate."
+                        ));
+                        Error::Service(s)
+                    }
+                    (other, _) => other,
+                })?,
         };
         if current.is_verified {
             return Ok(current);

@@ -65,6 +65,50 @@ pub struct DeviceSummary {
     pub connection_state: String,
 }
 
+/// A device-to-cloud message the emulator's hub stored, as its telemetry call returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    /// Arrival sequence number (increasing).
+    pub sequence: u64,
+    /// The device that sent it.
+    pub device_id: String,
+    /// When the hub enqueued it, Unix seconds with fractions.
+    pub enqueued_time: f64,
+    /// The body bytes.
+    pub body: Vec<u8>,
+    /// Application properties, in the order sent.
+    pub properties: Vec<(String, String)>,
+    /// System properties (`mid`, `ct`, `ce`, ...), without the `$.` prefix.
+    pub system_properties: Vec<(String, String)>,
+}
+
+impl StoredMessage {
+    /// Reads one item of the telemetry call's answer; a field missing or of another type is a
+    /// `Protocol` error, never a default.
+    fn from_json(item: &Value) -> Result<Self> {
+        let bad = |field: &str| Error::Protocol(format!("a stored message lacks a valid {field}"));
+        let pairs = |field: &str| -> Result<Vec<(String, String)>> {
+            serde_json::from_value(item[field].clone()).map_err(|_| bad(field))
+        };
+        Ok(StoredMessage {
+            sequence: item["sequence"].as_u64().ok_or_else(|| bad("sequence"))?,
+            device_id: item["deviceId"]
+                .as_str()
+                .ok_or_else(|| bad("deviceId"))?
+                .to_string(),
+            enqueued_time: item["enqueuedTime"]
+                .as_f64()
+                .ok_or_else(|| bad("enqueuedTime"))?,
+            body: item["body"]
+                .as_str()
+                .and_then(|b| BASE64.decode(b).ok())
+                .ok_or_else(|| bad("body"))?,
+            properties: pairs("properties")?,
+            system_properties: pairs("systemProperties")?,
+        })
+    }
+}
+
 impl DeviceSummary {
     /// Reads one twin of `SELECT * FROM devices`.
     fn from_twin(twin: &Value) -> Result<Self> {
@@ -250,7 +294,7 @@ impl HubServiceClient {
     }
 
     /// Emulator only: the telemetry the hub stored, in arrival order.
-    pub async fn telemetry(&self, device_id: Option<&str>) -> Result<Vec<Value>> {
+    pub async fn telemetry(&self, device_id: Option<&str>) -> Result<Vec<StoredMessage>> {
         let path = match device_id {
             Some(id) => format!("/dpskit/telemetry?deviceId={}", path_id(id)),
             None => "/dpskit/telemetry".to_string(),
@@ -267,7 +311,7 @@ impl HubServiceClient {
             )
             .await?;
         match answer.body {
-            Some(Value::Array(items)) => Ok(items),
+            Some(Value::Array(items)) => items.iter().map(StoredMessage::from_json).collect(),
             _ => Ok(Vec::new()),
         }
     }

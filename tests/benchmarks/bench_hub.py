@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import re
@@ -128,10 +127,8 @@ def _drive(
     own_before = _rss_kb(os.getpid())
     connections = HubConnections(trust_pem)
     try:
-        report = json.loads(
-            connections.connect(
-                host, port, idle, concurrency=args.concurrency, max_in_flight=1, keep_alive=300
-            )
+        report = connections.connect(
+            host, port, idle, concurrency=args.concurrency, max_in_flight=1, keep_alive=300
         )
         run.idle_connected = report["connected"]
         run.idle_failures = report["failures"]["count"]
@@ -147,10 +144,10 @@ def _drive(
 
         active = HubConnections(trust_pem)
         try:
-            report = json.loads(active.connect(host, port, senders, concurrency=args.concurrency))
+            report = active.connect(host, port, senders, concurrency=args.concurrency)
             if report["failures"]["count"]:
                 run.notes.append(f"first sender failure: {report['failures']['first'][0]['error']}")
-            sent = json.loads(active.send_telemetry(args.messages, body, window=args.window))
+            sent = active.send_telemetry(args.messages, body, window=args.window)
             run.sent = sent["sent"]
             run.acknowledged = sent["acknowledged"]
             run.send_failures = sent["failures"]["count"]

@@ -1,24 +1,57 @@
-//! Bindings for the REST clients (`_native.RestClient`): ARM, the DPS service API and the hub
-//! service API, for Azure and the emulator alike. Every call releases the GIL and blocks on the
-//! object's runtime; answers are JSON text that the Python layer turns into records.
+//! Bindings for the REST client under `dpskit.cloud` (`_native.RestClient`): ARM, the DPS
+//! service API and the hub service API, for Azure and the emulator alike. Every call releases
+//! the GIL and blocks on the object's runtime; answers cross as the records of `convert.rs`
+//! (ARM's resources, usage, stored telemetry) or, for the service APIs' free-form JSON, as
+//! Python dicts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use super::convert::{
+    self, CaCertificateRecord, DpsRecord, HubRecord, HubUsageRecord, TelemetryRecord, json_to_py,
+};
 use crate::error::{Error, Result};
 use crate::provisioning::Trust;
 use crate::python::pki::PyCertificateAuthority;
-use crate::service::arm::{
-    ArmClient, CaCertificateResource, DpsResource, HubResource, TokenSource,
-};
+use crate::service::arm::{ArmClient, TokenSource};
 use crate::service::dps::DpsServiceClient;
 use crate::service::hub::HubServiceClient;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRestClient>()?;
+    m.add_function(wrap_pyfunction!(validate_resource_name, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_symmetric_key, m)?)?;
+    m.add_function(wrap_pyfunction!(generate_symmetric_key, m)?)?;
+    m.add_function(wrap_pyfunction!(write_secret, m)?)?;
+    Ok(())
+}
+
+/// Refuses (`ConfigError`) a CA certificate or enrollment group name Azure would refuse.
+#[pyfunction]
+fn validate_resource_name(kind: &str, name: &str) -> PyResult<()> {
+    Ok(crate::emulator::cloud::check_resource_name(kind, name)?)
+}
+
+/// Refuses (`ConfigError`) a symmetric key Azure would refuse: base64 of at least 16 bytes.
+#[pyfunction]
+fn validate_symmetric_key(which: &str, key: &str) -> PyResult<()> {
+    Ok(crate::sas::validate_symmetric_key(which, key)?)
+}
+
+/// A fresh random 256-bit symmetric key, base64 (what Azure generates).
+#[pyfunction]
+fn generate_symmetric_key() -> PyResult<String> {
+    Ok(crate::sas::generate_key()?)
+}
+
+/// Writes `data` to `path` readable by its owner only (0600, tightened first when the file
+/// existed looser; Windows has no modes: the folder's ACL rules).
+#[pyfunction]
+fn write_secret(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult<()> {
+    py.detach(|| crate::pki::files::write_secret(&path, data))?;
     Ok(())
 }
 
@@ -36,48 +69,9 @@ pub struct PyRestClient {
     hub_clients: ClientCache<HubServiceClient>,
 }
 
-fn dps_json(d: &DpsResource) -> Value {
-    json!({
-        "name": d.name,
-        "location": d.location,
-        "idScope": d.id_scope,
-        "serviceOperationsHostName": d.service_operations_host_name,
-        "deviceProvisioningHostName": d.device_provisioning_host_name,
-        "provisioningState": d.provisioning_state,
-        "linkedHubs": d.linked_hubs.iter().map(|l| json!({
-            "hostName": l.host_name,
-            "location": l.location,
-            "allocationWeight": l.allocation_weight,
-            "applyAllocationPolicy": l.apply_allocation_policy,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn hub_json(h: &HubResource) -> Value {
-    json!({"name": h.name, "location": h.location, "hostName": h.host_name, "provisioningState": h.provisioning_state, "sku": h.sku, "units": h.units})
-}
-
-fn certificate_json(c: &CaCertificateResource) -> Value {
-    json!({
-        "name": c.name,
-        "etag": c.etag,
-        "subject": c.subject,
-        "thumbprint": c.thumbprint,
-        "isVerified": c.is_verified,
-        "expiry": c.expiry,
-        "created": c.created,
-        "updated": c.updated,
-        "verificationCode": c.verification_code,
-        "certificate": c.certificate,
-    })
-}
-
-fn text(value: &Value) -> String {
-    value.to_string()
-}
-
-fn parse_body(what: &str, body: &str) -> Result<Value> {
-    serde_json::from_str(body).map_err(|e| Error::Config(format!("{what} is not JSON: {e}")))
+/// A JSON body given by Python (a dict), as the core takes it.
+fn body(value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    convert::py_to_json(value)
 }
 
 impl PyRestClient {
@@ -146,10 +140,7 @@ impl PyRestClient {
         token: Py<PyAny>,
         trust_pem: Option<&str>,
     ) -> PyResult<Self> {
-        let trust = match trust_pem {
-            Some(pem) => Trust::from_pem(pem.as_bytes())?,
-            None => Trust::system(),
-        };
+        let trust = super::trust(trust_pem)?;
         let source: TokenSource = Arc::new(move || {
             Python::attach(|py| {
                 token
@@ -160,12 +151,6 @@ impl PyRestClient {
                     })
             })
         });
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .thread_name("dpskit-rest")
-            .build()
-            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
         let arm = ArmClient::new(
             arm_endpoint,
             subscription_id,
@@ -174,7 +159,7 @@ impl PyRestClient {
             &trust,
         )?;
         Ok(PyRestClient {
-            runtime: super::OwnedRuntime::new(runtime),
+            runtime: super::runtime("dpskit-rest", Some(2))?,
             arm,
             trust,
             dps_clients: Mutex::default(),
@@ -193,63 +178,44 @@ impl PyRestClient {
         location: &str,
         sku: Option<&str>,
         units: u32,
-    ) -> PyResult<String> {
+    ) -> PyResult<HubRecord> {
         let sku = sku
             .map(|tier| crate::limits::HubSku::new(tier, units))
             .transpose()
             .map_err(Error::Config)?;
-        self.run(py, async {
-            self.arm
-                .create_hub_with_sku(name, location, sku)
-                .await
-                .map(|h| text(&hub_json(&h)))
-        })
+        let hub = self.run(py, self.arm.create_hub_with_sku(name, location, sku))?;
+        Ok(hub.into())
     }
 
-    fn hub(&self, py: Python<'_>, name: &str) -> PyResult<String> {
-        self.run(py, async {
-            self.arm.hub(name).await.map(|h| text(&hub_json(&h)))
-        })
+    /// A hub resource.
+    fn hub(&self, py: Python<'_>, name: &str) -> PyResult<HubRecord> {
+        Ok(self.run(py, self.arm.hub(name))?.into())
     }
 
-    fn hubs(&self, py: Python<'_>) -> PyResult<String> {
-        self.run(py, async {
-            let hubs = self.arm.hubs().await?;
-            Ok(text(&Value::Array(hubs.iter().map(hub_json).collect())))
-        })
+    /// Every hub resource of the resource group.
+    fn hubs(&self, py: Python<'_>) -> PyResult<Vec<HubRecord>> {
+        let hubs = self.run(py, self.arm.hubs())?;
+        Ok(hubs.into_iter().map(HubRecord::from).collect())
     }
 
+    /// Deletes a hub and waits until ARM has.
     fn delete_hub(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         self.run(py, self.arm.delete_hub(name))
     }
 
+    /// The `iothubowner` policy name and primary key.
     fn hub_keys(&self, py: Python<'_>, name: &str) -> PyResult<(String, String)> {
-        self.run(py, async {
-            let keys = self.arm.hub_keys(name).await?;
-            Ok((keys.key_name, keys.primary_key))
-        })
+        let keys = self.run(py, self.arm.hub_keys(name))?;
+        Ok((keys.key_name, keys.primary_key))
     }
 
-    /// A hub's tier and today's meter from ARM, in the shape of the emulator's usage (no
-    /// throttle counts: Azure keeps those in Azure Monitor).
-    fn hub_usage(&self, py: Python<'_>, name: &str) -> PyResult<String> {
-        self.run(py, async {
-            self.arm.hub_usage(name).await.map(|u| {
-                text(&json!({
-                    "sku": u.sku,
-                    "units": u.units,
-                    "presets": true,
-                    "daily_quota": u.daily_quota,
-                    "messages_used": u.messages_used,
-                    "meter_block_bytes": u.meter_block_bytes,
-                    "resets_at": u.resets_at,
-                    "throttled": null,
-                    "quota_refusals": null,
-                }))
-            })
-        })
+    /// A hub's tier and today's meter from ARM (no throttle counts: Azure keeps those in
+    /// Azure Monitor).
+    fn hub_usage(&self, py: Python<'_>, name: &str) -> PyResult<HubUsageRecord> {
+        Ok(self.run(py, self.arm.hub_usage(name))?.into())
     }
 
+    /// Creates a DPS instance (with `presets`, Azure's DPS rates enforced by the emulator).
     #[pyo3(signature = (name, location, presets=false))]
     fn create_dps(
         &self,
@@ -257,39 +223,40 @@ impl PyRestClient {
         name: &str,
         location: &str,
         presets: bool,
-    ) -> PyResult<String> {
-        self.run(py, async {
-            self.arm
-                .create_dps_with_presets(name, location, presets)
-                .await
-                .map(|d| text(&dps_json(&d)))
-        })
+    ) -> PyResult<DpsRecord> {
+        let dps = self.run(
+            py,
+            self.arm.create_dps_with_presets(name, location, presets),
+        )?;
+        convert::dps_record(py, dps)
     }
 
-    fn dps(&self, py: Python<'_>, name: &str) -> PyResult<String> {
-        self.run(py, async {
-            self.arm.dps(name).await.map(|d| text(&dps_json(&d)))
-        })
+    /// A DPS resource.
+    fn dps(&self, py: Python<'_>, name: &str) -> PyResult<DpsRecord> {
+        let dps = self.run(py, self.arm.dps(name))?;
+        convert::dps_record(py, dps)
     }
 
-    fn dps_instances(&self, py: Python<'_>) -> PyResult<String> {
-        self.run(py, async {
-            let all = self.arm.dps_instances().await?;
-            Ok(text(&Value::Array(all.iter().map(dps_json).collect())))
-        })
+    /// Every DPS resource of the resource group.
+    fn dps_instances(&self, py: Python<'_>) -> PyResult<Vec<DpsRecord>> {
+        let all = self.run(py, self.arm.dps_instances())?;
+        all.into_iter()
+            .map(|d| convert::dps_record(py, d))
+            .collect()
     }
 
+    /// Deletes a DPS instance and waits until ARM has.
     fn delete_dps(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         self.run(py, self.arm.delete_dps(name))
     }
 
+    /// The `provisioningserviceowner` policy name and primary key.
     fn dps_keys(&self, py: Python<'_>, name: &str) -> PyResult<(String, String)> {
-        self.run(py, async {
-            let keys = self.arm.dps_keys(name).await?;
-            Ok((keys.key_name, keys.primary_key))
-        })
+        let keys = self.run(py, self.arm.dps_keys(name))?;
+        Ok((keys.key_name, keys.primary_key))
     }
 
+    /// Links a hub to a DPS (or updates the link); returns the DPS resource.
     #[pyo3(signature = (dps, hub, allocation_weight, apply_allocation_policy, location = None))]
     fn link_hub(
         &self,
@@ -299,21 +266,21 @@ impl PyRestClient {
         allocation_weight: Option<u32>,
         apply_allocation_policy: bool,
         location: Option<&str>,
-    ) -> PyResult<String> {
-        self.run(py, async {
-            self.arm
-                .link_hub(
-                    dps,
-                    hub,
-                    allocation_weight,
-                    apply_allocation_policy,
-                    location,
-                )
-                .await
-                .map(|d| text(&dps_json(&d)))
-        })
+    ) -> PyResult<DpsRecord> {
+        let resource = self.run(
+            py,
+            self.arm.link_hub(
+                dps,
+                hub,
+                allocation_weight,
+                apply_allocation_policy,
+                location,
+            ),
+        )?;
+        convert::dps_record(py, resource)
     }
 
+    /// Uploads (`etag` None) or replaces (`etag` the current one) a CA certificate.
     #[pyo3(signature = (dps, name, pem, verified, etag))]
     fn upload_ca_certificate(
         &self,
@@ -323,34 +290,33 @@ impl PyRestClient {
         pem: &str,
         verified: bool,
         etag: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<CaCertificateRecord> {
         let certificate = crate::pki::Certificate::from_pem(pem.as_bytes())?;
-        self.run(py, async {
+        let record = self.run(
+            py,
             self.arm
-                .upload_ca_certificate(dps, name, &certificate, verified, etag)
-                .await
-                .map(|c| text(&certificate_json(&c)))
-        })
+                .upload_ca_certificate(dps, name, &certificate, verified, etag),
+        )?;
+        Ok(record.into())
     }
 
-    fn ca_certificate(&self, py: Python<'_>, dps: &str, name: &str) -> PyResult<String> {
-        self.run(py, async {
-            self.arm
-                .ca_certificate(dps, name)
-                .await
-                .map(|c| text(&certificate_json(&c)))
-        })
+    /// One CA certificate.
+    fn ca_certificate(
+        &self,
+        py: Python<'_>,
+        dps: &str,
+        name: &str,
+    ) -> PyResult<CaCertificateRecord> {
+        Ok(self.run(py, self.arm.ca_certificate(dps, name))?.into())
     }
 
-    fn ca_certificates(&self, py: Python<'_>, dps: &str) -> PyResult<String> {
-        self.run(py, async {
-            let all = self.arm.ca_certificates(dps).await?;
-            Ok(text(&Value::Array(
-                all.iter().map(certificate_json).collect(),
-            )))
-        })
+    /// Every CA certificate of a DPS.
+    fn ca_certificates(&self, py: Python<'_>, dps: &str) -> PyResult<Vec<CaCertificateRecord>> {
+        let all = self.run(py, self.arm.ca_certificates(dps))?;
+        Ok(all.into_iter().map(CaCertificateRecord::from).collect())
     }
 
+    /// Deletes a CA certificate (`etag`: its current one, or `*`).
     fn delete_ca_certificate(
         &self,
         py: Python<'_>,
@@ -361,21 +327,19 @@ impl PyRestClient {
         self.run(py, self.arm.delete_ca_certificate(dps, name, etag))
     }
 
+    /// Asks for a verification code; the record carries it.
     fn generate_verification_code(
         &self,
         py: Python<'_>,
         dps: &str,
         name: &str,
         etag: &str,
-    ) -> PyResult<String> {
-        self.run(py, async {
-            self.arm
-                .generate_verification_code(dps, name, etag)
-                .await
-                .map(|c| text(&certificate_json(&c)))
-        })
+    ) -> PyResult<CaCertificateRecord> {
+        let record = self.run(py, self.arm.generate_verification_code(dps, name, etag))?;
+        Ok(record.into())
     }
 
+    /// Verifies possession with a verification certificate (PEM).
     fn verify_certificate(
         &self,
         py: Python<'_>,
@@ -383,83 +347,74 @@ impl PyRestClient {
         name: &str,
         etag: &str,
         pem: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<CaCertificateRecord> {
         let certificate = crate::pki::Certificate::from_pem(pem.as_bytes())?;
-        self.run(py, async {
-            self.arm
-                .verify_certificate(dps, name, etag, &certificate)
-                .await
-                .map(|c| text(&certificate_json(&c)))
-        })
+        let record = self.run(
+            py,
+            self.arm.verify_certificate(dps, name, etag, &certificate),
+        )?;
+        Ok(record.into())
     }
 
+    /// The whole proof of possession in one call (`ArmClient::prove_possession`).
     fn prove_possession(
         &self,
         py: Python<'_>,
         dps: &str,
         name: &str,
         authority: Py<PyCertificateAuthority>,
-    ) -> PyResult<String> {
+    ) -> PyResult<CaCertificateRecord> {
         // Frozen: the CA is readable without the GIL while the call runs.
         let authority = &authority.get().inner;
-        self.run(py, async {
-            self.arm
-                .prove_possession(dps, name, authority)
-                .await
-                .map(|c| text(&certificate_json(&c)))
-        })
+        let record = self.run(py, self.arm.prove_possession(dps, name, authority))?;
+        Ok(record.into())
     }
 
     // ---- DPS service API --------------------------------------------------------------------
 
+    /// Creates or replaces an enrollment group from its service JSON (a dict); returns it.
     #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None))]
-    fn put_enrollment_group(
+    fn put_enrollment_group<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        body: &str,
+        body: &Bound<'py, PyAny>,
         if_match: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        let body = parse_body("the enrollment group", body)?;
-        self.run(py, async {
-            client
-                .put_enrollment_group(id, &body, if_match)
-                .await
-                .map(|v| text(&v))
-        })
+        let body = self::body(body)?;
+        let group = self.run(py, client.put_enrollment_group(id, &body, if_match))?;
+        json_to_py(py, &group)
     }
 
-    fn enrollment_group(
+    /// An enrollment group (service JSON, as a dict).
+    fn enrollment_group<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client.enrollment_group(id).await.map(|v| text(&v))
-        })
+        let group = self.run(py, client.enrollment_group(id))?;
+        json_to_py(py, &group)
     }
 
-    fn enrollment_groups(
+    /// Every enrollment group (service JSON, as dicts).
+    fn enrollment_groups<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client
-                .enrollment_groups()
-                .await
-                .map(|v| text(&Value::Array(v)))
-        })
+        let groups = self.run(py, client.enrollment_groups())?;
+        json_to_py(py, &Value::Array(groups))
     }
 
+    /// Deletes an enrollment group.
     #[pyo3(signature = (connection_string, endpoint, id, if_match = None))]
     fn delete_enrollment_group(
         &self,
@@ -470,70 +425,65 @@ impl PyRestClient {
         if_match: Option<&str>,
     ) -> PyResult<()> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client.delete_enrollment_group(id, if_match).await
-        })
+        self.run(py, client.delete_enrollment_group(id, if_match))
     }
 
-    fn enrollment_group_attestation(
+    /// An enrollment group's attestation mechanism, keys included (service JSON, as a dict).
+    fn enrollment_group_attestation<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client
-                .enrollment_group_attestation(id)
-                .await
-                .map(|v| text(&v))
-        })
+        let attestation = self.run(py, client.enrollment_group_attestation(id))?;
+        json_to_py(py, &attestation)
     }
 
+    /// Creates or replaces an individual enrollment from its service JSON (a dict).
     #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None))]
-    fn put_enrollment(
+    fn put_enrollment<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        body: &str,
+        body: &Bound<'py, PyAny>,
         if_match: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        let body = parse_body("the enrollment", body)?;
-        self.run(py, async {
-            client
-                .put_enrollment(id, &body, if_match)
-                .await
-                .map(|v| text(&v))
-        })
+        let body = self::body(body)?;
+        let enrollment = self.run(py, client.put_enrollment(id, &body, if_match))?;
+        json_to_py(py, &enrollment)
     }
 
-    fn enrollment(
+    /// An individual enrollment (service JSON, as a dict).
+    fn enrollment<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async { client.enrollment(id).await.map(|v| text(&v)) })
+        let enrollment = self.run(py, client.enrollment(id))?;
+        json_to_py(py, &enrollment)
     }
 
-    fn enrollments(
+    /// Every individual enrollment (service JSON, as dicts).
+    fn enrollments<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client.enrollments().await.map(|v| text(&Value::Array(v)))
-        })
+        let all = self.run(py, client.enrollments())?;
+        json_to_py(py, &Value::Array(all))
     }
 
+    /// Deletes an individual enrollment.
     #[pyo3(signature = (connection_string, endpoint, id, if_match = None))]
     fn delete_enrollment(
         &self,
@@ -544,38 +494,36 @@ impl PyRestClient {
         if_match: Option<&str>,
     ) -> PyResult<()> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async { client.delete_enrollment(id, if_match).await })
+        self.run(py, client.delete_enrollment(id, if_match))
     }
 
-    fn registration(
+    /// A device's registration state (service JSON, as a dict).
+    fn registration<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client.registration(id).await.map(|v| text(&v))
-        })
+        let state = self.run(py, client.registration(id))?;
+        json_to_py(py, &state)
     }
 
-    fn registrations(
+    /// The registration states of an enrollment group (service JSON, as dicts).
+    fn registrations<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         group_id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client
-                .registrations(group_id)
-                .await
-                .map(|v| text(&Value::Array(v)))
-        })
+        let states = self.run(py, client.registrations(group_id))?;
+        json_to_py(py, &Value::Array(states))
     }
 
+    /// Deletes a registration state.
     #[pyo3(signature = (connection_string, endpoint, id, if_match = None))]
     fn delete_registration(
         &self,
@@ -586,37 +534,40 @@ impl PyRestClient {
         if_match: Option<&str>,
     ) -> PyResult<()> {
         let client = self.dps_client(connection_string, endpoint)?;
-        self.run(py, async { client.delete_registration(id, if_match).await })
+        self.run(py, client.delete_registration(id, if_match))
     }
 
     // ---- hub service API ------------------------------------------------------------------
 
-    fn hub_device(
+    /// A device identity, keys included (service JSON, as a dict).
+    fn hub_device<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        self.run(py, async { client.device(id).await.map(|v| text(&v)) })
+        let identity = self.run(py, client.device(id))?;
+        json_to_py(py, &identity)
     }
 
-    fn hub_put_device(
+    /// Creates or replaces a device identity from its service JSON (a dict); returns it.
+    fn hub_put_device<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        body: &str,
-    ) -> PyResult<String> {
+        body: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let body = parse_body("the device identity", body)?;
-        self.run(py, async {
-            client.put_device(id, &body).await.map(|v| text(&v))
-        })
+        let body = self::body(body)?;
+        let identity = self.run(py, client.put_device(id, &body))?;
+        json_to_py(py, &identity)
     }
 
+    /// Deletes a device identity.
     fn hub_delete_device(
         &self,
         py: Python<'_>,
@@ -625,19 +576,19 @@ impl PyRestClient {
         id: &str,
     ) -> PyResult<()> {
         let client = self.hub_client(connection_string, endpoint)?;
-        self.run(py, async { client.delete_device(id).await })
+        self.run(py, client.delete_device(id))
     }
 
-    fn hub_twins(
+    /// Every device twin (service JSON, as dicts).
+    fn hub_twins<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client.twins().await.map(|v| text(&Value::Array(v)))
-        })
+        let twins = self.run(py, client.twins())?;
+        json_to_py(py, &Value::Array(twins))
     }
 
     /// The hub's device identities as `(device_id, authentication, primary_thumbprint,
@@ -650,7 +601,7 @@ impl PyRestClient {
         endpoint: Option<&str>,
     ) -> PyResult<Vec<(String, String, Option<String>, String)>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let devices = self.run(py, async { client.devices().await })?;
+        let devices = self.run(py, client.devices())?;
         Ok(devices
             .into_iter()
             .map(|d| {
@@ -664,55 +615,55 @@ impl PyRestClient {
             .collect())
     }
 
-    fn hub_twin(
+    /// A device twin (service JSON, as a dict).
+    fn hub_twin<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<String> {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        self.run(py, async { client.twin(id).await.map(|v| text(&v)) })
+        let twin = self.run(py, client.twin(id))?;
+        json_to_py(py, &twin)
     }
 
-    fn hub_patch_twin(
+    /// Patches a twin (tags, desired properties: a dict); returns the twin.
+    fn hub_patch_twin<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        patch: &str,
-    ) -> PyResult<String> {
+        patch: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let patch = parse_body("the twin patch", patch)?;
-        self.run(py, async {
-            client.patch_twin(id, &patch).await.map(|v| text(&v))
-        })
+        let patch = body(patch)?;
+        let twin = self.run(py, client.patch_twin(id, &patch))?;
+        json_to_py(py, &twin)
     }
 
+    /// Invokes a direct method (any JSON-like payload) and waits: `(status, payload)`.
     #[allow(clippy::too_many_arguments)]
-    fn hub_invoke_method(
+    fn hub_invoke_method<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
         method: &str,
-        payload: &str,
+        payload: &Bound<'py, PyAny>,
         timeout: f64,
-    ) -> PyResult<(u16, String)> {
+    ) -> PyResult<(u16, Bound<'py, PyAny>)> {
         // Azure refuses a response timeout over 300 s: refused here, before any request.
         let timeout = crate::hub::method_timeout(timeout)?;
         let client = self.hub_client(connection_string, endpoint)?;
-        let payload = parse_body("the method payload", payload)?;
-        self.run(py, async {
-            client
-                .invoke_method(id, method, &payload, timeout)
-                .await
-                .map(|(status, payload)| (status, text(&payload)))
-        })
+        let payload = body(payload)?;
+        let (status, answer) = self.run(py, client.invoke_method(id, method, &payload, timeout))?;
+        Ok((status, json_to_py(py, &answer)?))
     }
 
+    /// Queues a cloud-to-device message (emulator only); returns its message id.
     fn hub_send_c2d(
         &self,
         py: Python<'_>,
@@ -723,9 +674,10 @@ impl PyRestClient {
         properties: Vec<(String, String)>,
     ) -> PyResult<String> {
         let client = self.hub_client(connection_string, endpoint)?;
-        self.run(py, async { client.send_c2d(id, &body, &properties).await })
+        self.run(py, client.send_c2d(id, &body, &properties))
     }
 
+    /// The telemetry the hub stored (emulator only), in arrival order.
     #[pyo3(signature = (connection_string, endpoint, device_id = None))]
     fn hub_telemetry(
         &self,
@@ -733,13 +685,12 @@ impl PyRestClient {
         connection_string: &str,
         endpoint: Option<&str>,
         device_id: Option<&str>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Vec<TelemetryRecord>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        self.run(py, async {
-            client
-                .telemetry(device_id)
-                .await
-                .map(|v| text(&Value::Array(v)))
-        })
+        let messages = self.run(py, client.telemetry(device_id))?;
+        Ok(messages
+            .into_iter()
+            .map(|m| convert::telemetry_record(py, m))
+            .collect())
     }
 }

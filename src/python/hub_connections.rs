@@ -1,12 +1,12 @@
 //! Bindings for many device connections held open at once (`_native.HubConnections`): the
 //! engine under fleets and the hub benchmark. Work runs on the object's own runtime with the
-//! GIL released; reports come back as JSON text for the Python layer to shape.
+//! GIL released; reports come back as dicts.
 
 use std::sync::Mutex;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 
+use super::convert::json_to_py;
 use crate::error::Error;
 use crate::fleet::{ConnectReport, HubConnections, SendReport};
 use crate::hub::HubConnectOptions;
@@ -36,7 +36,7 @@ fn failures_json(failures: &[(String, Error)]) -> serde_json::Value {
     serde_json::json!({"count": failures.len(), "first": first})
 }
 
-fn connect_json(report: &ConnectReport) -> String {
+fn connect_json(report: &ConnectReport) -> serde_json::Value {
     let millis: Vec<f64> = report
         .latencies
         .iter()
@@ -48,17 +48,15 @@ fn connect_json(report: &ConnectReport) -> String {
         "seconds": report.elapsed.as_secs_f64(),
         "latencyMs": millis,
     })
-    .to_string()
 }
 
-fn send_json(report: &SendReport) -> String {
+fn send_json(report: &SendReport) -> serde_json::Value {
     serde_json::json!({
         "sent": report.sent,
         "acknowledged": report.acknowledged,
         "failures": failures_json(&report.failures),
         "seconds": report.elapsed.as_secs_f64(),
     })
-    .to_string()
 }
 
 impl PyHubConnections {
@@ -74,33 +72,20 @@ impl PyHubConnections {
     #[new]
     #[pyo3(signature = (trust_pem = None, *, worker_threads = None))]
     fn new(trust_pem: Option<&str>, worker_threads: Option<usize>) -> PyResult<Self> {
-        let trust = match trust_pem {
-            Some(pem) => Trust::from_pem(pem.as_bytes())?,
-            None => Trust::system(),
-        };
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if let Some(threads) = worker_threads {
-            builder.worker_threads(threads.max(1));
-        }
-        let runtime = builder
-            .enable_all()
-            .thread_name("dpskit-devices")
-            .build()
-            .map_err(|e| Error::Transport(format!("cannot start a runtime: {e}")))?;
         Ok(PyHubConnections {
-            trust,
-            runtime: super::OwnedRuntime::new(runtime),
+            trust: super::trust(trust_pem)?,
+            runtime: super::runtime("dpskit-devices", worker_threads)?,
             connections: Mutex::new(HubConnections::default()),
         })
     }
 
-    /// Connects `devices` (device id = registration id) to `host:port`; returns a JSON report
+    /// Connects `devices` (device id = registration id) to `host:port`; returns a report dict
     /// (connected, failures, seconds, per-device latencies in ms).
     #[pyo3(signature = (host, port, devices, *, concurrency = 64, max_in_flight = 100, keep_alive = 60, timeout = 30.0))]
     #[allow(clippy::too_many_arguments)]
-    fn connect(
+    fn connect<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         host: String,
         port: u16,
         devices: Vec<PyRef<'_, PyDeviceCertificate>>,
@@ -108,13 +93,8 @@ impl PyHubConnections {
         max_in_flight: u16,
         keep_alive: u16,
         timeout: f64,
-    ) -> PyResult<String> {
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(Error::Config(format!(
-                "timeout must be a positive number of seconds, not {timeout}"
-            ))
-            .into());
-        }
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = crate::error::positive_seconds("timeout", timeout)?;
         let options: Vec<HubConnectOptions> = devices
             .iter()
             .map(|d| {
@@ -126,7 +106,7 @@ impl PyHubConnections {
                 );
                 o.max_in_flight = max_in_flight.max(1);
                 o.keep_alive = keep_alive;
-                o.connect_timeout = Duration::from_secs_f64(timeout);
+                o.connect_timeout = timeout;
                 o
             })
             .collect();
@@ -135,19 +115,19 @@ impl PyHubConnections {
                 .block_on(HubConnections::connect(options, &self.trust, concurrency))
         });
         self.lock().absorb(connections);
-        Ok(connect_json(&report))
+        json_to_py(py, &connect_json(&report))
     }
 
     /// Sends `per_device` QoS 1 messages with `body` from every connected device, each keeping
-    /// up to `window` unacknowledged; returns a JSON report once every PUBACK is in.
+    /// up to `window` unacknowledged; returns a report dict once every PUBACK is in.
     #[pyo3(signature = (per_device, body, *, window = 100))]
-    fn send_telemetry(
+    fn send_telemetry<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         per_device: u64,
         body: Vec<u8>,
         window: usize,
-    ) -> String {
+    ) -> PyResult<Bound<'py, PyAny>> {
         let body = bytes::Bytes::from(body);
         // Taken out for the run so no lock is held across it; put back afterwards.
         let connections = std::mem::take(&mut *self.lock());
@@ -156,7 +136,7 @@ impl PyHubConnections {
                 .block_on(connections.send_telemetry(per_device, body, window))
         });
         self.lock().absorb(connections);
-        send_json(&report)
+        json_to_py(py, &send_json(&report))
     }
 
     /// Connected devices.

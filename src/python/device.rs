@@ -1,30 +1,25 @@
-//! Awaitable device clients (`_native.provision`, `_native.HubSession`): Rust futures on the
+//! Bindings for `dpskit.device`: the awaitable device clients (`_native.provision`,
+//! `_native.HubSession`) and `derive_device_key`. The clients are Rust futures on the
 //! shared tokio runtime, handed to asyncio by pyo3-async-runtimes. Cancelling the Python task
-//! drops the Rust future, which closes what it opened. Results are JSON text for the Python
-//! layer to shape.
+//! drops the Rust future, which closes what it opened. Results cross as the records of
+//! `convert.rs` (a registration, a C2D message) and JSON as Python objects.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
-use serde_json::{Value, json};
 
-use crate::error::Error;
+use super::convert::{self, json_to_py, py_to_json};
+use super::trust;
+use crate::error::{Error, positive_seconds};
 use crate::hub::{ConnectionState, HubClient, HubConnectOptions, TelemetryMessage};
-use crate::provisioning::{DeviceAuth, ProvisioningRequest, Trust, provision as provision_device};
+use crate::provisioning::{DeviceAuth, ProvisioningRequest, provision as provision_device};
 use crate::python::pki::PyDeviceCertificate;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(provision, m)?)?;
+    m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
     m.add_class::<PyHubSession>()?;
     Ok(())
-}
-
-fn trust(trust_pem: Option<&str>) -> PyResult<Trust> {
-    Ok(match trust_pem {
-        Some(pem) => Trust::from_pem(pem.as_bytes())?,
-        None => Trust::system(),
-    })
 }
 
 fn auth(
@@ -41,18 +36,13 @@ fn auth(
     }
 }
 
-fn seconds(what: &str, value: f64) -> PyResult<Duration> {
-    if value.is_finite() && value > 0.0 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(Error::Config(format!(
-            "{what} must be a positive number of seconds, not {value}"
-        ))
-        .into())
-    }
+/// The group-derived key of one device: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
+#[pyfunction]
+fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
+    Ok(crate::sas::derive_device_key(group_key, registration_id)?)
 }
 
-/// Registers one device with DPS; resolves to the registration result as JSON.
+/// Registers one device with DPS; resolves to its `Registration`.
 #[pyfunction]
 #[pyo3(signature = (host, port, id_scope, registration_id, *, certificate = None, symmetric_key = None, trust_pem = None, payload = None, timeout = 60.0))]
 #[allow(clippy::too_many_arguments)]
@@ -65,7 +55,7 @@ fn provision<'py>(
     certificate: Option<PyRef<'py, PyDeviceCertificate>>,
     symmetric_key: Option<String>,
     trust_pem: Option<&str>,
-    payload: Option<&str>,
+    payload: Option<Bound<'py, PyAny>>,
     timeout: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let request = ProvisioningRequest {
@@ -74,30 +64,13 @@ fn provision<'py>(
         id_scope,
         registration_id,
         auth: auth(certificate, symmetric_key)?,
-        payload: payload
-            .map(|p| {
-                serde_json::from_str(p)
-                    .map_err(|e| Error::Config(format!("payload is not JSON: {e}")))
-            })
-            .transpose()?,
-        timeout: seconds("timeout", timeout)?,
+        payload: payload.map(|p| py_to_json(&p)).transpose()?,
+        timeout: positive_seconds("timeout", timeout)?,
     };
     let trust = trust(trust_pem)?;
     pyo3_async_runtimes::tokio::future_into_py(py, async move {
         let r = provision_device(&request, &trust).await?;
-        Ok(json!({
-            "status": r.status,
-            "registrationId": r.registration_id,
-            "assignedHub": r.assigned_hub,
-            "deviceId": r.device_id,
-            "substatus": r.substatus,
-            "etag": r.etag,
-            "createdDateTimeUtc": r.created,
-            "lastUpdatedDateTimeUtc": r.last_updated,
-            "payload": r.payload,
-            "operationId": r.operation_id,
-        })
-        .to_string())
+        Python::attach(|py| convert::registration(py, r))
     })
 }
 
@@ -127,7 +100,7 @@ impl PyHubSession {
         let mut options =
             HubConnectOptions::new(host, port, device_id, auth(certificate, symmetric_key)?);
         options.keep_alive = keep_alive;
-        options.connect_timeout = seconds("timeout", timeout)?;
+        options.connect_timeout = positive_seconds("timeout", timeout)?;
         options.receive = true;
         let trust = trust(trust_pem)?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
@@ -183,18 +156,22 @@ impl PyHubSession {
         })
     }
 
-    /// Resolves to the twin (JSON) as the device sees it.
+    /// Resolves to the twin (a dict) as the device sees it.
     fn get_twin<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(client.get_twin().await?.to_string())
+            let twin = client.get_twin().await?;
+            Python::attach(|py| Ok(json_to_py(py, &twin)?.unbind()))
         })
     }
 
-    /// Patches the reported properties (JSON text).
-    fn update_reported<'py>(&self, py: Python<'py>, patch: &str) -> PyResult<Bound<'py, PyAny>> {
-        let patch: Value = serde_json::from_str(patch)
-            .map_err(|e| Error::Config(format!("the patch is not JSON: {e}")))?;
+    /// Patches the reported properties (a dict).
+    fn update_reported<'py>(
+        &self,
+        py: Python<'py>,
+        patch: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let patch = py_to_json(patch)?;
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             client.update_reported(&patch).await?;
@@ -202,37 +179,46 @@ impl PyHubSession {
         })
     }
 
-    /// Resolves to the next C2D message as JSON (`None` once closed).
+    /// Resolves to the next C2D message as `(body, properties, system_properties)` (`None`
+    /// once closed).
     fn next_message<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             Ok(client.next_message().await.map(|m| {
-                json!({
-                    "body": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &m.body),
-                    "properties": m.properties,
-                    "systemProperties": m.system_properties,
-                })
-                .to_string()
+                (
+                    Python::attach(|py| pyo3::types::PyBytes::new(py, &m.body).unbind()),
+                    m.properties,
+                    m.system_properties,
+                )
             }))
         })
     }
 
-    /// Resolves to the next desired-properties patch as JSON (`None` once closed).
+    /// Resolves to the next desired-properties patch (a dict; `None` once closed).
     fn next_desired<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(client.next_desired().await.map(|d| d.to_string()))
+            let Some(patch) = client.next_desired().await else {
+                return Ok(None);
+            };
+            Python::attach(|py| Ok(Some(json_to_py(py, &patch)?.unbind())))
         })
     }
 
-    /// Resolves to the next direct method call as JSON (`None` once closed).
+    /// Resolves to the next direct method call as `(name, rid, payload)` (`None` once closed).
     fn next_method<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(client
-                .next_method()
-                .await
-                .map(|m| json!({"name": m.name, "rid": m.rid, "payload": m.payload}).to_string()))
+            let Some(call) = client.next_method().await else {
+                return Ok(None);
+            };
+            Python::attach(|py| {
+                Ok(Some((
+                    call.name,
+                    call.rid,
+                    json_to_py(py, &call.payload)?.unbind(),
+                )))
+            })
         })
     }
 
@@ -242,10 +228,9 @@ impl PyHubSession {
         py: Python<'py>,
         rid: String,
         status: u16,
-        payload: &str,
+        payload: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let payload: Value = serde_json::from_str(payload)
-            .map_err(|e| Error::Config(format!("the payload is not JSON: {e}")))?;
+        let payload = py_to_json(payload)?;
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             client.respond(&rid, status, &payload).await?;
