@@ -2011,9 +2011,9 @@ fn dps_service_client_enrollments_and_registrations_over_https() {
         .unwrap();
     runtime.block_on(async {
         // The group the fixture provisioned through, as the service shows it.
-        let sensors = client.enrollment_group("sensors").await.unwrap();
+        let sensors: serde_json::Value = client.enrollment_group("sensors").await.unwrap();
         assert_eq!(sensors["attestation"]["type"], "x509");
-        let registrations = client.registrations("sensors").await.unwrap();
+        let registrations: Vec<serde_json::Value> = client.registrations("sensors").await.unwrap();
         assert_eq!(registrations.len(), 1);
         assert_eq!(registrations[0]["registrationId"], "svc-dev-1");
         assert_eq!(registrations[0]["status"], "assigned");
@@ -2024,12 +2024,12 @@ fn dps_service_client_enrollments_and_registrations_over_https() {
             "allocationPolicy": "static",
             "iotHubs": [f.emulator.cloud().hub("hub-b").unwrap().host_name],
         });
-        let created = client.put_enrollment_group("keys", &body, None).await.unwrap();
+        let created: serde_json::Value = client.put_enrollment_group("keys", &body, None).await.unwrap();
         assert_eq!(created["allocationPolicy"], "static");
-        let keys = client.enrollment_group_attestation("keys").await.unwrap();
+        let keys: serde_json::Value = client.enrollment_group_attestation("keys").await.unwrap();
         assert_eq!(keys["symmetricKey"]["primaryKey"], created["attestation"]["symmetricKey"]["primaryKey"]);
         let mut ids: Vec<String> = client
-            .enrollment_groups()
+            .enrollment_groups::<serde_json::Value>()
             .await
             .unwrap()
             .iter()
@@ -2043,21 +2043,21 @@ fn dps_service_client_enrollments_and_registrations_over_https() {
             .delete_enrollment_group("keys", created["etag"].as_str())
             .await
             .unwrap();
-        assert_eq!(status(client.enrollment_group("keys").await.unwrap_err()).0, 404);
+        assert_eq!(status(client.enrollment_group::<serde_json::Value>("keys").await.unwrap_err()).0, 404);
 
         let individual = serde_json::json!({
             "registrationId": "solo",
             "deviceId": "solo-device",
             "attestation": {"type": "symmetricKey"},
         });
-        let solo = client.put_enrollment("solo", &individual, None).await.unwrap();
+        let solo: serde_json::Value = client.put_enrollment("solo", &individual, None).await.unwrap();
         assert_eq!(solo["deviceId"], "solo-device");
-        assert_eq!(client.enrollments().await.unwrap().len(), 1);
+        assert_eq!(client.enrollments::<serde_json::Value>().await.unwrap().len(), 1);
         client.delete_enrollment("solo", None).await.unwrap();
 
-        let state = client.registration("svc-dev-1").await.unwrap();
+        let state: serde_json::Value = client.registration("svc-dev-1").await.unwrap();
         client.delete_registration("svc-dev-1", state["etag"].as_str()).await.unwrap();
-        assert_eq!(status(client.registration("svc-dev-1").await.unwrap_err()).0, 404);
+        assert_eq!(status(client.registration::<serde_json::Value>("svc-dev-1").await.unwrap_err()).0, 404);
 
         let intruder = DpsServiceClient::from_connection_string(
             &connection(&crate::sas::generate_key().unwrap()),
@@ -2065,7 +2065,7 @@ fn dps_service_client_enrollments_and_registrations_over_https() {
             &trust,
         )
         .unwrap();
-        let refused = intruder.enrollment_groups().await.unwrap_err();
+        let refused = intruder.enrollment_groups::<serde_json::Value>().await.unwrap_err();
         assert_eq!(status(refused), (401, Some(401_002)));
     });
 }

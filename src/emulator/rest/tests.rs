@@ -1359,13 +1359,13 @@ fn dps_service_client_refuses_an_enrollment_without_attestation_before_sending()
         let body =
             json!({"enrollmentGroupId": "g", "attestation": null, "provisioningStatus": "enabled"});
         let error = client
-            .put_enrollment_group("g", &body, None)
+            .put_enrollment_group::<_, Value>("g", &body, None)
             .await
             .unwrap_err();
         assert!(matches!(error, crate::Error::Config(_)), "{error:?}");
         assert!(error.to_string().contains("attestation"), "{error}");
         let error = client
-            .put_enrollment("e", &json!({"registrationId": "e"}), None)
+            .put_enrollment::<_, Value>("e", &json!({"registrationId": "e"}), None)
             .await
             .unwrap_err();
         assert!(matches!(error, crate::Error::Config(_)), "{error:?}");
