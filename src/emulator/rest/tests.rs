@@ -1195,7 +1195,7 @@ fn each_resource_type_gets_its_own_api_version_whatever_the_resource_group_is_ca
     .unwrap();
     let client = Client::new(&emulator, "127.0.0.1");
     let base = arm_base(DEFAULT_SUBSCRIPTION_ID, group);
-    let (root, _) = crate::emulator::tests::ca_pair();
+    let (root, _) = crate::emulator::tests::support::ca_pair();
     runtime().block_on(async {
         let dps = arm.create_dps("group-dps", "westeurope").await.unwrap();
         assert_eq!(dps.name, "group-dps");
