@@ -203,3 +203,182 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         assert_eq!(status(offline).0, 404);
     });
 }
+
+/// The DPS service API's types (`protocol::dps_service`) carry a whole enrollment from the
+/// client to the emulator and back: what the client builds is what the emulator stores, what
+/// the emulator answers reads into the same types, and an update by GET, change, PUT keeps the
+/// certificates the answer only described.
+#[test]
+fn dps_service_types_round_trip_between_the_client_and_the_emulator() {
+    use crate::protocol::dps_service::{
+        AllocationPolicy, AttestationMechanism, AttestationType, CustomAllocationDefinition,
+        DeviceRegistrationState, EnrollmentGroup, EnrollmentPolicies, IndividualEnrollment,
+        ProvisioningStatus, ReprovisionPolicy, SymmetricKeyAttestation, X509Attestation,
+        X509CertificateWithInfo, X509Certificates,
+    };
+    use crate::provisioning::Trust;
+    use crate::service::dps::DpsServiceClient;
+
+    let f = fixture(None);
+    let (_device, hub) = provisioned(&f, "typed-dev");
+    let dps = f.emulator.cloud().dps("dps").unwrap();
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
+    let client = DpsServiceClient::from_connection_string(
+        &format!(
+            "HostName=127.0.0.1:{};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={}",
+            f.emulator.https_port(),
+            dps.primary_key
+        ),
+        None,
+        &trust,
+    )
+    .unwrap();
+    let hub_b = f.emulator.cloud().hub("hub-b").unwrap().host_name;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let twin =
+            serde_json::json!({"tags": {"site": "north"}, "properties": {"desired": {"rate": 5}}});
+        let keys = EnrollmentGroup {
+            attestation: Some(AttestationMechanism {
+                kind: AttestationType::SymmetricKey,
+                x509: None,
+                symmetric_key: Some(SymmetricKeyAttestation::default()),
+            }),
+            policies: EnrollmentPolicies {
+                provisioning_status: Some(ProvisioningStatus::Disabled),
+                allocation_policy: Some(AllocationPolicy::Custom),
+                iot_hubs: Some(vec![hub_b.clone()]),
+                reprovision_policy: Some(ReprovisionPolicy {
+                    update_hub_assignment: false,
+                    migrate_device_data: true,
+                }),
+                initial_twin: twin.as_object().cloned(),
+                custom_allocation_definition: Some(CustomAllocationDefinition {
+                    webhook_url: "python:pick".into(),
+                    api_version: "2021-10-01".into(),
+                }),
+                ..EnrollmentPolicies::default()
+            },
+            ..EnrollmentGroup::default()
+        };
+        let created: EnrollmentGroup = client
+            .put_enrollment_group("typed-keys", &keys, None)
+            .await
+            .unwrap();
+        assert_eq!(created.enrollment_group_id.as_deref(), Some("typed-keys"));
+        // The service generated both keys and answers every policy as it was sent.
+        let generated = created.attestation.clone().unwrap().symmetric_key.unwrap();
+        assert!(generated.primary_key.is_some() && generated.secondary_key.is_some());
+        let policies = &created.policies;
+        assert_eq!(
+            policies.provisioning_status,
+            keys.policies.provisioning_status
+        );
+        assert_eq!(policies.allocation_policy, keys.policies.allocation_policy);
+        assert_eq!(policies.iot_hubs, keys.policies.iot_hubs);
+        assert_eq!(
+            policies.reprovision_policy,
+            keys.policies.reprovision_policy
+        );
+        assert_eq!(policies.initial_twin, keys.policies.initial_twin);
+        assert_eq!(
+            policies.custom_allocation_definition,
+            keys.policies.custom_allocation_definition
+        );
+        assert!(policies.etag.is_some() && policies.created_date_time_utc.is_some());
+        let stored = f
+            .emulator
+            .cloud()
+            .enrollment_group("dps", "typed-keys")
+            .unwrap();
+        assert_eq!(
+            stored.settings.provisioning_status,
+            ProvisioningStatus::Disabled
+        );
+        assert_eq!(stored.settings.iot_hubs, [hub_b]);
+        let mechanism: AttestationMechanism = client
+            .enrollment_group_attestation("typed-keys")
+            .await
+            .unwrap();
+        assert_eq!(mechanism, created.attestation.clone().unwrap());
+        let listed: Vec<EnrollmentGroup> = client.enrollment_groups().await.unwrap();
+        assert!(listed.contains(&created), "{listed:?}");
+
+        // GET, change, PUT with the etag: the X.509 group keeps the certificates it was
+        // answered as info only.
+        let mut sensors: EnrollmentGroup = client.enrollment_group("sensors").await.unwrap();
+        let x509 = sensors.attestation.as_ref().unwrap().x509.clone().unwrap();
+        let described = x509.signing_certificates.clone().unwrap();
+        assert!(
+            described
+                .entries()
+                .all(|e| e.certificate.is_none() && e.info.is_some())
+        );
+        sensors.policies.allocation_policy = Some(AllocationPolicy::Static);
+        sensors.policies.iot_hubs = Some(vec![hub.clone()]);
+        let etag = sensors.policies.etag.clone();
+        let updated: EnrollmentGroup = client
+            .put_enrollment_group("sensors", &sensors, etag.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.policies.allocation_policy,
+            Some(AllocationPolicy::Static)
+        );
+        assert_eq!(updated.attestation, sensors.attestation);
+
+        // An individual enrollment with its own certificate, sent as PEM, answered as info.
+        let leaf = f.device("typed-solo");
+        let solo = IndividualEnrollment {
+            device_id: Some("typed-solo-device".into()),
+            attestation: Some(AttestationMechanism {
+                kind: AttestationType::X509,
+                x509: Some(X509Attestation {
+                    client_certificates: Some(X509Certificates {
+                        primary: Some(X509CertificateWithInfo {
+                            certificate: Some(leaf.credential().certificate().pem()),
+                            info: None,
+                        }),
+                        secondary: None,
+                    }),
+                    ..X509Attestation::default()
+                }),
+                symmetric_key: None,
+            }),
+            ..IndividualEnrollment::default()
+        };
+        let answered: IndividualEnrollment = client
+            .put_enrollment("typed-solo", &solo, None)
+            .await
+            .unwrap();
+        assert_eq!(answered.device_id.as_deref(), Some("typed-solo-device"));
+        let info = answered
+            .attestation
+            .unwrap()
+            .x509
+            .unwrap()
+            .client_certificates
+            .unwrap();
+        let primary = info.primary.unwrap().info.unwrap();
+        assert_eq!(
+            primary.sha1_thumbprint,
+            leaf.credential()
+                .certificate()
+                .info()
+                .thumbprint_sha1
+                .to_ascii_uppercase()
+        );
+        // Azure fills the secondary in from the primary.
+        assert_eq!(info.secondary.unwrap().info.unwrap(), primary);
+
+        let state: DeviceRegistrationState = client.registration("typed-dev").await.unwrap();
+        assert_eq!(state.registration_id.as_deref(), Some("typed-dev"));
+        assert_eq!(state.status.as_deref(), Some("assigned"));
+        assert_eq!(state.assigned_hub.as_deref(), Some(hub.as_str()));
+        let states: Vec<DeviceRegistrationState> = client.registrations("sensors").await.unwrap();
+        assert_eq!(states, [state]);
+    });
+}
