@@ -589,29 +589,25 @@ pub async fn provision_many(
     trust: Trust,
     concurrency: usize,
 ) -> Vec<(Result<RegistrationResult>, Duration)> {
-    use tokio::sync::Semaphore;
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut handles = Vec::with_capacity(requests.len());
-    for request in requests {
-        let slots = slots.clone();
+    crate::transport::bounded::spawn_bounded(requests, concurrency, |request| {
         let trust = trust.clone();
-        handles.push(tokio::spawn(async move {
-            let _slot = slots.acquire_owned().await;
+        async move {
             let start = tokio::time::Instant::now();
             let result = provision(&request, &trust).await;
             (result, start.elapsed())
-        }));
-    }
-    let mut out = Vec::with_capacity(handles.len());
-    for handle in handles {
-        out.push(handle.await.unwrap_or_else(|e| {
+        }
+    })
+    .await
+    .into_iter()
+    .map(|joined| {
+        joined.unwrap_or_else(|e| {
             (
                 Err(Error::Transport(format!("provisioning task failed: {e}"))),
                 Duration::ZERO,
             )
-        }));
-    }
-    out
+        })
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::tests::{self, Auth, provision_async};
+use super::tests::support::{self, Auth, provision_async};
 use super::*;
 use crate::emulator::model::{Attestation, EnrollmentSettings};
 use crate::fuzz::{Rng, mutate, watch_emulator_panics};
@@ -39,8 +39,8 @@ async fn register(
 ) -> Outcome {
     let auth = Auth::X509Der { chain, credential };
     match provision_async(trust.to_string(), port, scope, REGISTRATION_ID, auth).await {
-        tests::Outcome::Refused(why) => Outcome::Refused(why),
-        tests::Outcome::Replies(replies) => {
+        support::Outcome::Refused(why) => Outcome::Refused(why),
+        support::Outcome::Replies(replies) => {
             let (status, body) = replies.last().cloned().expect("DPS answered");
             Outcome::Reply(status, body)
         }

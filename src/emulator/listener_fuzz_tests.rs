@@ -11,7 +11,7 @@ use rumqttc::{Connect, ConnectAuth, Packet, PubAck, Publish, QoS, Subscribe, Uns
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::tests::{Fixture, client_tls, device_auth, fixture, provision, provisioned};
+use super::tests::support::{Fixture, client_tls, device_auth, fixture, provision, provisioned};
 use crate::fuzz::{Rng, watch_emulator_panics};
 
 /// Connections per session kind (DPS, hub); each carries several mutated packets.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use rumqttc::{Packet, PublishOptions};
 
 use super::loopback::{self, Os};
-use super::tests::{HubDevice, fixture_on, provision};
+use super::tests::support::{HubDevice, fixture_on, provision};
 use super::*;
 
 fn shared(data_dir: Option<PathBuf>) -> Emulator {
@@ -64,7 +64,7 @@ fn hubs_sharing_127_0_0_1_and_localhost_each_get_their_own_devices() {
             &f.emulator,
             &f.scope,
             id,
-            super::tests::device_auth(&device),
+            super::tests::support::device_auth(&device),
         )
         .assigned_hub();
         runtime.block_on(async {

@@ -29,7 +29,7 @@ mod secrets_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

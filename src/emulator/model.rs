@@ -1,9 +1,15 @@
 //! What the emulator stores: hubs, DPS instances with their linked hubs and CA certificates,
 //! enrollments, registrations and hub device identities. Every record is a serde document so the
-//! store can keep it as JSON and the REST layer can reuse the shapes.
+//! store can keep it as JSON. The enrollment policies are the DPS service API's types
+//! (`protocol::dps_service`); the REST layer turns records into that API's JSON and back.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+// The policies are the service API's own types: stored as they cross the wire.
+pub use crate::protocol::dps_service::{
+    AllocationPolicy, CustomAllocationDefinition, ProvisioningStatus, ReprovisionPolicy,
+};
 
 /// An IoT Hub instance.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,64 +140,6 @@ pub struct CaCertificate {
     pub updated: i64,
 }
 
-/// Whether an enrollment accepts registrations.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum ProvisioningStatus {
-    /// Registrations are accepted.
-    #[default]
-    Enabled,
-    /// Registrations are refused.
-    Disabled,
-}
-
-/// How DPS picks a hub.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum AllocationPolicy {
-    /// Weighted hash of the registration id ("evenly weighted distribution").
-    #[default]
-    Hashed,
-    /// The one hub listed.
-    Static,
-    /// The hub nearest the device (by the locations assigned in the emulator).
-    GeoLatency,
-    /// A webhook or a callable decides.
-    Custom,
-}
-
-impl AllocationPolicy {
-    /// Parses the data-plane spelling (`hashed`, `static`, `geoLatency`, `custom`), any case.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "hashed" => Some(Self::Hashed),
-            "static" => Some(Self::Static),
-            "geolatency" => Some(Self::GeoLatency),
-            "custom" => Some(Self::Custom),
-            _ => None,
-        }
-    }
-}
-
-/// What happens when an already registered device registers again.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ReprovisionPolicy {
-    /// Re-run allocation (true) or keep the current hub (false).
-    pub update_hub_assignment: bool,
-    /// Migrate the twin to the new hub (true) or reset it to the initial twin (false).
-    pub migrate_device_data: bool,
-}
-
-impl Default for ReprovisionPolicy {
-    fn default() -> Self {
-        ReprovisionPolicy {
-            update_hub_assignment: true,
-            migrate_device_data: true,
-        }
-    }
-}
-
 /// How an enrollment attests devices.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(
@@ -219,16 +167,6 @@ pub enum Attestation {
     },
 }
 
-/// Custom allocation target.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct CustomAllocation {
-    /// Webhook URL (`http://` or `https://`), or `python:<name>` for a registered callable.
-    pub webhook_url: String,
-    /// API version sent in the request.
-    pub api_version: String,
-}
-
 /// Settings shared by groups and individual enrollments.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -244,7 +182,7 @@ pub struct EnrollmentSettings {
     /// `{"tags": {...}, "properties": {"desired": {...}}}` for new devices.
     pub initial_twin: Option<Value>,
     /// For the custom allocation policy.
-    pub custom_allocation: Option<CustomAllocation>,
+    pub custom_allocation: Option<CustomAllocationDefinition>,
 }
 
 /// An enrollment group.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::tests::start;
+use super::tests::support::start;
 use super::*;
 use crate::pki::{CaOptions, CertificateAuthority, Credential, KeyAlgorithm, Validity};
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::secrets::mode_of;
-use super::tests::start;
+use super::tests::support::start;
 use super::*;
 
 /// Writes something into the state (hub and DPS owner keys), so SQLite has a WAL and an SHM.

@@ -11,7 +11,7 @@ use rumqttc::{
     Transport,
 };
 
-use super::tests::{
+use super::tests::support::{
     Auth, Fixture, HubDevice, Outcome, ca_pair, client_tls, days, device_auth, fixture, fixture_on,
     provision, provisioned,
 };

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
 use crate::error::Error;
 use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
 use crate::transport::Trust;
+use crate::transport::bounded::spawn_bounded;
 
 /// What happened when a set of devices connected.
 #[derive(Debug, Default)]
@@ -58,23 +58,20 @@ impl HubConnections {
         concurrency: usize,
     ) -> (HubConnections, ConnectReport) {
         let start = Instant::now();
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-        let mut tasks = Vec::with_capacity(devices.len());
-        for options in devices {
-            let slots = slots.clone();
+        let tasks = spawn_bounded(devices, concurrency, |options| {
             let trust = trust.clone();
-            tasks.push(tokio::spawn(async move {
-                let _slot = slots.acquire_owned().await;
+            async move {
                 let id = options.device_id.clone();
                 let begun = Instant::now();
                 let result = HubClient::connect(options, &trust).await;
                 (id, result, begun.elapsed())
-            }));
-        }
+            }
+        })
+        .await;
         let mut connections = HubConnections::default();
         let mut report = ConnectReport::default();
         for task in tasks {
-            match task.await {
+            match task {
                 Ok((_, Ok(client), took)) => {
                     connections.clients.push(Arc::new(client));
                     report.latencies.push(took);

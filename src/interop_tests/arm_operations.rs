@@ -341,15 +341,17 @@ fn every_rest_client_retries_429s_and_gives_up_past_its_attempts() {
                 "enrollmentGroupId": id,
                 "attestation": {"type": "symmetricKey", "symmetricKey": {}},
             });
-            dps.put_enrollment_group(&id, &body, None).await.unwrap();
-            dps.enrollment_group(&id).await.unwrap();
+            dps.put_enrollment_group::<_, Value>(&id, &body, None)
+                .await
+                .unwrap();
+            dps.enrollment_group::<Value>(&id).await.unwrap();
             let device = format!("device-{i}");
             hubs.put_device(&device, &json!({"deviceId": device}))
                 .await
                 .unwrap();
             hubs.device(&device).await.unwrap();
         }
-        assert_eq!(dps.enrollment_groups().await.unwrap().len(), 3);
+        assert_eq!(dps.enrollment_groups::<Value>().await.unwrap().len(), 3);
         assert_eq!(hubs.twins().await.unwrap().len(), 3);
         let counts = emulator.throttled_requests();
         assert!(counts.arm >= 3, "{counts:?}");

@@ -3,6 +3,10 @@
 //! the clients and the emulator never import each other, not even in their own tests.
 
 mod arm_operations;
+mod arm_resources;
 mod hub_client;
+mod hub_devices;
 mod proof_of_possession;
+mod provisioning;
 mod request_recorder;
+mod service_clients;

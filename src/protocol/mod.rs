@@ -4,6 +4,8 @@
 //!
 //! - [`dps`]: DPS's MQTT username, topics (register, status poll, response) and the
 //!   register/status JSON as serde types;
+//! - [`dps_service`]: the DPS service API's JSON (enrollments, attestation, registration
+//!   states, bulk operations, errors) and ARM's CA certificate resource, as serde types;
 //! - [`hub`]: IoT Hub's MQTT username, telemetry topic, the four subscriptions (one type for
 //!   both sides), twin, method and C2D topics;
 //! - [`bags`]: property bags, encoded and decoded;
@@ -15,6 +17,7 @@
 
 pub mod bags;
 pub mod dps;
+pub mod dps_service;
 pub mod hub;
 pub mod names;
 

@@ -7,10 +7,14 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::pki::{Certificate, CertificateAuthority, Validity};
+use crate::protocol::dps_service::{
+    CertificateBodyDescription, CertificateResponse, VerificationCodeRequest,
+};
 use crate::protocol::{validate_dps_name, validate_hub_name};
 use crate::service::{Replay, RetryPolicy, failure, http_client, retry_after, transport};
 use crate::transport::Trust;
@@ -48,25 +52,35 @@ pub struct CaCertificateResource {
 }
 
 impl CaCertificateResource {
+    /// Reads ARM's `CertificateResponse` (the DPS API type both sides share).
     fn from_json(value: &Value) -> Result<Self> {
-        let properties = &value["properties"];
-        let text = |v: &Value| v.as_str().map(str::to_string);
-        let name = text(&value["name"]).ok_or_else(|| {
+        let response = CertificateResponse::deserialize(value).map_err(|e| {
+            Error::Protocol(format!(
+                "certificate response that does not read ({e}): {value}"
+            ))
+        })?;
+        let name = response.name.ok_or_else(|| {
             Error::Protocol(format!("certificate response without a name: {value}"))
         })?;
+        let p = response.properties;
         Ok(CaCertificateResource {
             name,
-            etag: text(&value["etag"]).unwrap_or_default(),
-            subject: text(&properties["subject"]).unwrap_or_default(),
-            thumbprint: text(&properties["thumbprint"]).unwrap_or_default(),
-            is_verified: properties["isVerified"].as_bool().unwrap_or(false),
-            expiry: text(&properties["expiry"]).unwrap_or_default(),
-            created: text(&properties["created"]).unwrap_or_default(),
-            updated: text(&properties["updated"]).unwrap_or_default(),
-            verification_code: text(&properties["verificationCode"]),
-            certificate: text(&properties["certificate"]),
+            etag: response.etag.unwrap_or_default(),
+            subject: p.subject.unwrap_or_default(),
+            thumbprint: p.thumbprint.unwrap_or_default(),
+            is_verified: p.is_verified.unwrap_or(false),
+            expiry: p.expiry.unwrap_or_default(),
+            created: p.created.unwrap_or_default(),
+            updated: p.updated.unwrap_or_default(),
+            verification_code: p.verification_code,
+            certificate: p.certificate,
         })
     }
+}
+
+/// A DPS API body as JSON (infallible: string keys and plain members only).
+fn to_json<T: serde::Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
 /// A provisioning service (DPS) resource.
@@ -1173,12 +1187,12 @@ impl ArmClient {
         // .pem file (`open_certificate` decodes the file as UTF-8 and only base64-encodes a
         // binary .cer), and what the API describes ("base-64 of the .cer file or just .pem
         // file content"). Sending base64 of the DER would also pass; PEM matches the CLI.
-        let body = json!({"properties": {"certificate": certificate.pem().trim_end(), "isVerified": verified}});
+        let body = CertificateBodyDescription::new(certificate.pem().trim_end().into(), verified);
         self.certificate_call(
             reqwest::Method::PUT,
             url,
             etag,
-            Some(body),
+            Some(to_json(&body)),
             &format!("uploading CA certificate {name}"),
         )
         .await
@@ -1272,7 +1286,9 @@ impl ArmClient {
             self.certificates_url(dps),
             crate::sas::url_encode(name)
         );
-        let body = json!({"certificate": verification.pem().trim_end()});
+        let body = to_json(&VerificationCodeRequest {
+            certificate: verification.pem().trim_end().into(),
+        });
         self.certificate_call(
             reqwest::Method::POST,
             url,

@@ -1,14 +1,19 @@
 //! The DPS service (data-plane) API: enrollment groups, individual enrollments, registration
 //! states. Authenticates with a `provisioningserviceowner` SAS token built from the connection
-//! string, renewed before it expires. Bodies are the service's JSON, passed through: the Python
-//! layer shapes them into records, and nothing is lost between Azure and the caller.
+//! string, renewed before it expires. Bodies and answers are the service API's serde types
+//! (`protocol::dps_service`, which the emulator answers with too) or any other serde value:
+//! the Python layer passes its dicts through as JSON, so nothing is lost between Azure and the
+//! caller.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::protocol::dps_service::QuerySpecification;
 use crate::service::arm::connection_string_part;
 use crate::service::{Replay, RetryPolicy, failure, http_client, transport};
 use crate::transport::Trust;
@@ -261,14 +266,31 @@ fn path_id(id: &str) -> String {
 /// An enrollment (group or individual) body as Azure takes it: `attestation` present (Azure
 /// answers 400 without it, an update included: re-send the one a GET or
 /// `attestationmechanism` returned), top-level `null`s left out as the CLI leaves them.
-pub(crate) fn enrollment_body(body: &Value, what: &str) -> Result<Value> {
+pub(crate) fn enrollment_body<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
+    let body = to_json(body, what)?;
     if body.get("attestation").is_none_or(Value::is_null) {
         return Err(Error::Config(format!(
             "{what}: the body has no \"attestation\"; Azure requires it in every enrollment \
              PUT (to keep the current one, send back what a GET or attestationmechanism returned)"
         )));
     }
-    Ok(crate::service::omit_nulls(body.clone(), false))
+    Ok(crate::service::omit_nulls(body, false))
+}
+
+/// A request body as JSON.
+fn to_json<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
+    serde_json::to_value(body).map_err(|e| Error::Config(format!("{what}: the body: {e}")))
+}
+
+/// An answer as the type the caller reads it as.
+fn read<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T> {
+    serde_json::from_value(answer)
+        .map_err(|e| Error::Protocol(format!("{what}: the answer does not read: {e}")))
+}
+
+/// Every item of a query's answer as the type the caller reads it as.
+fn read_all<T: DeserializeOwned>(items: Vec<Value>, what: &str) -> Result<Vec<T>> {
+    items.into_iter().map(|item| read(item, what)).collect()
 }
 
 impl DpsServiceClient {
@@ -286,15 +308,16 @@ impl DpsServiceClient {
     }
 
     /// Creates or replaces an enrollment group (`If-Match` guards a replace).
-    pub async fn put_enrollment_group(
+    pub async fn put_enrollment_group<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         id: &str,
-        body: &Value,
+        body: &B,
         if_match: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let what = format!("writing enrollment group {id}");
         let body = enrollment_body(body, &what)?;
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::PUT,
                 &format!("/enrollmentGroups/{}", path_id(id)),
@@ -302,13 +325,15 @@ impl DpsServiceClient {
                 if_match,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// One enrollment group.
-    pub async fn enrollment_group(&self, id: &str) -> Result<Value> {
+    pub async fn enrollment_group<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         let what = format!("reading enrollment group {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::GET,
                 &format!("/enrollmentGroups/{}", path_id(id)),
@@ -316,19 +341,19 @@ impl DpsServiceClient {
                 None,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Every enrollment group.
-    pub async fn enrollment_groups(&self) -> Result<Vec<Value>> {
-        let query = serde_json::json!({"query": "SELECT *"});
-        self.rest
-            .query_all(
-                "/enrollmentGroups/query",
-                Some(&query),
-                "listing enrollment groups",
-            )
-            .await
+    pub async fn enrollment_groups<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let what = "listing enrollment groups";
+        let query = to_json(&QuerySpecification::all(), what)?;
+        let items = self
+            .rest
+            .query_all("/enrollmentGroups/query", Some(&query), what)
+            .await?;
+        read_all(items, what)
     }
 
     /// Deletes an enrollment group.
@@ -345,24 +370,27 @@ impl DpsServiceClient {
     }
 
     /// A group's attestation with its keys (symmetric-key groups).
-    pub async fn enrollment_group_attestation(&self, id: &str) -> Result<Value> {
+    pub async fn enrollment_group_attestation<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         let what = format!("reading the attestation of enrollment group {id}");
         let path = format!("/enrollmentGroups/{}/attestationmechanism", path_id(id));
-        self.rest
+        let answer = self
+            .rest
             .json(reqwest::Method::POST, &path, None, None, &what)
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Creates or replaces an individual enrollment.
-    pub async fn put_enrollment(
+    pub async fn put_enrollment<B: Serialize + ?Sized, T: DeserializeOwned>(
         &self,
         id: &str,
-        body: &Value,
+        body: &B,
         if_match: Option<&str>,
-    ) -> Result<Value> {
+    ) -> Result<T> {
         let what = format!("writing enrollment {id}");
         let body = enrollment_body(body, &what)?;
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::PUT,
                 &format!("/enrollments/{}", path_id(id)),
@@ -370,13 +398,15 @@ impl DpsServiceClient {
                 if_match,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// One individual enrollment.
-    pub async fn enrollment(&self, id: &str) -> Result<Value> {
+    pub async fn enrollment<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         let what = format!("reading enrollment {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::GET,
                 &format!("/enrollments/{}", path_id(id)),
@@ -384,15 +414,19 @@ impl DpsServiceClient {
                 None,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Every individual enrollment.
-    pub async fn enrollments(&self) -> Result<Vec<Value>> {
-        let query = serde_json::json!({"query": "SELECT *"});
-        self.rest
-            .query_all("/enrollments/query", Some(&query), "listing enrollments")
-            .await
+    pub async fn enrollments<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        let what = "listing enrollments";
+        let query = to_json(&QuerySpecification::all(), what)?;
+        let items = self
+            .rest
+            .query_all("/enrollments/query", Some(&query), what)
+            .await?;
+        read_all(items, what)
     }
 
     /// Deletes an individual enrollment.
@@ -409,9 +443,10 @@ impl DpsServiceClient {
     }
 
     /// A device's registration state.
-    pub async fn registration(&self, id: &str) -> Result<Value> {
+    pub async fn registration<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         let what = format!("reading the registration of {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::GET,
                 &format!("/registrations/{}", path_id(id)),
@@ -419,7 +454,8 @@ impl DpsServiceClient {
                 None,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Deletes a registration state (the device may register again as new).
@@ -436,9 +472,10 @@ impl DpsServiceClient {
     }
 
     /// The registration states of a group's devices (the service wants an empty body).
-    pub async fn registrations(&self, group_id: &str) -> Result<Vec<Value>> {
+    pub async fn registrations<T: DeserializeOwned>(&self, group_id: &str) -> Result<Vec<T>> {
         let what = format!("listing the registrations of group {group_id}");
         let path = format!("/registrations/{}/query", path_id(group_id));
-        self.rest.query_all(&path, None, &what).await
+        let items = self.rest.query_all(&path, None, &what).await?;
+        read_all(items, &what)
     }
 }

@@ -1,9 +1,11 @@
 //! The transport every side shares: the one crypto provider (ring) behind the device
 //! clients, the REST clients and the emulator's listeners, the operating system's roots and
 //! the clients' [`Trust`] built on them;
-//! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener; and
-//! the one jittered backoff the clients wait with between attempts.
+//! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener;
+//! the one jittered backoff the clients wait with between attempts; and the one bounded
+//! concurrent spawning ([`bounded`]) the clients open many connections with.
 
+pub mod bounded;
 pub mod mqtt;
 mod trust;
 

@@ -17,6 +17,10 @@ use crate::emulator::Cloud;
 use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord, SharedAccessPolicy};
 use crate::error::Error;
 use crate::pki::Certificate;
+use crate::protocol::dps_service::{
+    CERTIFICATE_RESOURCE_TYPE, CertificateBodyDescription, CertificateProperties,
+    CertificateResponse, VerificationCodeRequest,
+};
 
 /// What a linked hub's key looks like in a GET; written back, it means "keep the stored key".
 const MASKED_KEY: &str = "****";
@@ -1012,17 +1016,11 @@ fn upload(
     body: &[u8],
     if_match: Option<&str>,
 ) -> crate::Result<CaCertificate> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
-    let fields = value
-        .get("properties")
-        .filter(|p| p.is_object())
-        .unwrap_or(&value);
-    let certificate = certificate_from_body(&serde_json::to_vec(fields).unwrap_or_default())?;
-    let verified = fields
-        .get("isVerified")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let body: CertificateBodyDescription = certificate_body(body)?;
+    let (text, verified) = body.upload();
+    let text =
+        text.ok_or_else(|| Error::Config("the body has no \"certificate\" string".into()))?;
+    let certificate = certificate_from_text(text)?;
     let existed = cloud.ca_certificate(dps, name).is_ok();
     // If-Match only guards updates; on create Azure ignores it.
     let guard = if existed { if_match } else { None };
@@ -1036,15 +1034,17 @@ fn upload(
     cloud.upload_ca_certificate(dps, name, &certificate, verified, guard)
 }
 
-/// The `certificate` field: PEM text, base64 of DER, or base64 of PEM (all seen from clients).
+/// A certificate body as the DPS API type `T`.
+fn certificate_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> crate::Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Config(format!("the request body is not a certificate body: {e}")))
+}
+
+/// A verification certificate (`VerificationCodeRequest`): PEM text, base64 of DER, or base64
+/// of PEM (all seen from clients).
 fn certificate_from_body(body: &[u8]) -> crate::Result<Certificate> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
-    let text = value
-        .get("certificate")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::Config("the body has no \"certificate\" string".into()))?;
-    certificate_from_text(text)
+    let request: VerificationCodeRequest = certificate_body(body)?;
+    certificate_from_text(&request.certificate)
 }
 
 /// A certificate given as PEM text, base64 DER, or base64 of PEM (all seen from clients).
@@ -1089,25 +1089,24 @@ fn certificate_json(base: &str, c: &CaCertificate, with_code: bool) -> Value {
         }
         None => (String::new(), String::new(), String::new()),
     };
-    let mut properties = json!({
-        "subject": subject,
-        "expiry": expiry,
-        "thumbprint": thumbprint,
-        "isVerified": c.is_verified,
-        "certificate": c.der_base64,
-        "created": http_date(c.created),
-        "updated": http_date(c.updated),
-    });
-    if with_code {
-        properties["verificationCode"] = json!(c.verification_code);
-    }
-    json!({
-        "id": format!("{base}/certificates/{}", c.name),
-        "name": c.name,
-        "type": "Microsoft.Devices/ProvisioningServices/Certificates",
-        "etag": c.etag,
-        "properties": properties,
-    })
+    let response = CertificateResponse {
+        id: Some(format!("{base}/certificates/{}", c.name)),
+        name: Some(c.name.clone()),
+        kind: Some(CERTIFICATE_RESOURCE_TYPE.into()),
+        etag: Some(c.etag.clone()),
+        properties: CertificateProperties {
+            subject: Some(subject),
+            expiry: Some(expiry),
+            thumbprint: Some(thumbprint),
+            is_verified: Some(c.is_verified),
+            certificate: Some(c.der_base64.clone()),
+            created: Some(http_date(c.created)),
+            updated: Some(http_date(c.updated)),
+            verification_code: c.verification_code.clone().filter(|_| with_code),
+        },
+    };
+    // Infallible: string keys and plain members only.
+    serde_json::to_value(response).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

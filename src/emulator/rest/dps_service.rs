@@ -1,22 +1,26 @@
 //! The DPS service (data-plane) API: enrollment groups, individual enrollments and registration
 //! states, authenticated with a `provisioningserviceowner` SAS token. Bodies follow the service
-//! swagger: `attestation` required (as Azure requires it), other explicit `null`s accepted, certificates answered as `info` (never raw), etags with
-//! `If-Match`/412, errors as `ProvisioningServiceErrorDetails` plus `x-ms-error-code`.
+//! swagger, as the serde types of `protocol::dps_service` (the REST client's too): `attestation`
+//! required (as Azure requires it), other explicit `null`s accepted, a member of the wrong type
+//! refused, certificates answered as `info` (never raw), etags with `If-Match`/412, errors as
+//! `ProvisioningServiceErrorDetails` plus `x-ms-error-code`.
 
 use hyper::header::IF_MATCH;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::arm::certificate_from_text;
 use super::{Reply, RestContext};
 use crate::emulator::cloud::{EnrollmentSpec, azure_time, decode_der, random_guid};
 use crate::emulator::model::{
-    AllocationPolicy, Attestation, CustomAllocation, DpsRecord, EnrollmentGroup,
-    EnrollmentSettings, IndividualEnrollment, ProvisioningStatus, RegistrationRecord,
-    ReprovisionPolicy, SharedAccessPolicy,
+    Attestation, DpsRecord, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment,
+    RegistrationRecord, SharedAccessPolicy,
 };
 use crate::error::Error;
+use crate::protocol::dps_service as wire;
 
 /// The policy whose keys sign service tokens.
 pub(super) const OWNER_POLICY: &str = "provisioningserviceowner";
@@ -29,11 +33,11 @@ const MAX_BULK: usize = 10;
 fn service_error(status: u16, code: u32, message: &str) -> Reply {
     let mut reply = Reply::json(
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        json!({
-            "errorCode": code,
-            "trackingId": random_guid(),
-            "message": message,
-            "timestampUtc": crate::emulator::cloud::azure_timestamp(),
+        wire_json(&wire::ProvisioningServiceErrorDetails {
+            error_code: code,
+            tracking_id: random_guid(),
+            message: message.to_string(),
+            timestamp_utc: crate::emulator::cloud::azure_timestamp(),
         }),
     );
     reply.headers.push(("x-ms-error-code", code.to_string()));
@@ -154,16 +158,25 @@ pub(super) fn handle(
         (&Method::POST, ["enrollmentgroups", _, "attestationmechanism"]) => context
             .cloud
             .enrollment_group(&dps.name, segments[1])
-            .map(|g| Reply::json(StatusCode::OK, attestation_json(&g.attestation, true))),
+            .map(|g| {
+                Reply::json(
+                    StatusCode::OK,
+                    wire_json(&attestation_wire(&g.attestation, true)),
+                )
+            }),
         (&Method::POST, ["enrollments", "query"]) => request.query_enrollments(),
         (&Method::POST, ["enrollments"]) => request.bulk(false),
         (&Method::GET, ["enrollments", _]) => request.get_enrollment(segments[1]),
         (&Method::PUT, ["enrollments", _]) => request.put_enrollment(segments[1]),
         (&Method::DELETE, ["enrollments", _]) => request.delete_enrollment(segments[1]),
-        (&Method::POST, ["enrollments", _, "attestationmechanism"]) => context
-            .cloud
-            .enrollment(&dps.name, segments[1])
-            .map(|e| Reply::json(StatusCode::OK, attestation_json(&e.attestation, false))),
+        (&Method::POST, ["enrollments", _, "attestationmechanism"]) => {
+            context.cloud.enrollment(&dps.name, segments[1]).map(|e| {
+                Reply::json(
+                    StatusCode::OK,
+                    wire_json(&attestation_wire(&e.attestation, false)),
+                )
+            })
+        }
         (&Method::GET, ["registrations", _]) => request.get_registration(segments[1]),
         (&Method::DELETE, ["registrations", _]) => request.delete_registration(segments[1]),
         (&Method::POST, ["registrations", _, "query"]) => request.query_registrations(segments[1]),
@@ -214,24 +227,27 @@ struct Request<'a> {
 }
 
 impl Request<'_> {
-    fn json_body(&self) -> crate::Result<Value> {
-        serde_json::from_slice(self.body)
-            .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))
+    /// The body as the service API type `T`: not JSON, or a member of the wrong type or an
+    /// unknown value, is a 400 naming it.
+    fn wire_body<T: DeserializeOwned>(&self, what: &str) -> crate::Result<T> {
+        let value: Value = serde_json::from_slice(self.body)
+            .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
+        from_wire(value, what)
     }
 
     fn get_group(&self, id: &str) -> crate::Result<Reply> {
         let group = self.context.cloud.enrollment_group(&self.dps.name, id)?;
-        Ok(with_etag(group_json(&group), &group.etag))
+        Ok(with_etag(wire_json(&group_wire(&group)), &group.etag))
     }
 
     fn put_group(&self, id: &str) -> crate::Result<Reply> {
-        let body = self.json_body()?;
-        let spec = spec_from_json(&body, true)?;
+        let body: wire::EnrollmentGroup = self.wire_body("an enrollment group")?;
+        let spec = group_spec(body)?;
         let group =
             self.context
                 .cloud
                 .put_enrollment_group(&self.dps.name, id, spec, self.if_match)?;
-        Ok(with_etag(group_json(&group), &group.etag))
+        Ok(with_etag(wire_json(&group_wire(&group)), &group.etag))
     }
 
     fn delete_group(&self, id: &str) -> crate::Result<Reply> {
@@ -247,24 +263,30 @@ impl Request<'_> {
             .cloud
             .enrollment_groups(&self.dps.name)
             .iter()
-            .map(group_json)
+            .map(|g| wire_json(&group_wire(g)))
             .collect();
         Ok(self.paging.page(items, "EnrollmentGroup"))
     }
 
     fn get_enrollment(&self, id: &str) -> crate::Result<Reply> {
         let enrollment = self.context.cloud.enrollment(&self.dps.name, id)?;
-        Ok(with_etag(enrollment_json(&enrollment), &enrollment.etag))
+        Ok(with_etag(
+            wire_json(&enrollment_wire(&enrollment)),
+            &enrollment.etag,
+        ))
     }
 
     fn put_enrollment(&self, id: &str) -> crate::Result<Reply> {
-        let body = self.json_body()?;
-        let spec = spec_from_json(&body, false)?;
+        let body: wire::IndividualEnrollment = self.wire_body("an individual enrollment")?;
+        let spec = enrollment_spec(body)?;
         let enrollment =
             self.context
                 .cloud
                 .put_enrollment(&self.dps.name, id, spec, self.if_match)?;
-        Ok(with_etag(enrollment_json(&enrollment), &enrollment.etag))
+        Ok(with_etag(
+            wire_json(&enrollment_wire(&enrollment)),
+            &enrollment.etag,
+        ))
     }
 
     fn delete_enrollment(&self, id: &str) -> crate::Result<Reply> {
@@ -280,7 +302,7 @@ impl Request<'_> {
             .cloud
             .enrollments(&self.dps.name)
             .iter()
-            .map(enrollment_json)
+            .map(|e| wire_json(&enrollment_wire(e)))
             .collect();
         Ok(self.paging.page(items, "Enrollment"))
     }
@@ -288,20 +310,14 @@ impl Request<'_> {
     /// `{"enrollmentGroups"|"enrollments": [...], "mode": create|update|updateIfMatchETag|delete}`
     /// → `BulkEnrollmentOperationResult`. Each item succeeds or fails on its own, as on Azure.
     fn bulk(&self, groups: bool) -> crate::Result<Reply> {
-        let body = self.json_body()?;
-        let list = if groups {
-            "enrollmentGroups"
+        let body: wire::BulkEnrollmentOperation = self.wire_body("a bulk operation")?;
+        let (list, items) = if groups {
+            ("enrollmentGroups", body.enrollment_groups)
         } else {
-            "enrollments"
+            ("enrollments", body.enrollments)
         };
-        let id_field = if groups {
-            "enrollmentGroupId"
-        } else {
-            "registrationId"
-        };
-        let items = body[list]
-            .as_array()
-            .ok_or_else(|| Error::Config(format!("a bulk operation needs \"{list}\"")))?;
+        let items =
+            items.ok_or_else(|| Error::Config(format!("a bulk operation needs \"{list}\"")))?;
         if items.len() > MAX_BULK {
             return Err(Error::service(
                 400,
@@ -312,21 +328,27 @@ impl Request<'_> {
                 ),
             ));
         }
-        let mode = body["mode"]
-            .as_str()
+        let mode = body
+            .mode
+            .as_deref()
             .unwrap_or("create")
             .to_ascii_lowercase();
         let cloud = &self.context.cloud;
         let dps = &self.dps.name;
         let mut errors = Vec::new();
         for item in items {
-            let id = item[id_field].as_str().unwrap_or_default().to_string();
+            let keys = wire::BulkItemKeys::of(&item);
+            let id = if groups {
+                keys.enrollment_group_id
+            } else {
+                keys.registration_id
+            }
+            .unwrap_or_default();
             let exists = if groups {
                 cloud.enrollment_group(dps, &id).is_ok()
             } else {
                 cloud.enrollment(dps, &id).is_ok()
             };
-            let etag = item["etag"].as_str();
             let outcome: crate::Result<()> = match mode.as_str() {
                 "create" if exists => {
                     Err(Error::service(409, 409_001, format!("{id} already exists")))
@@ -340,19 +362,21 @@ impl Request<'_> {
                 }
                 "create" | "update" | "updateifmatchetag" => {
                     let guard = if mode == "updateifmatchetag" {
-                        etag
+                        keys.etag.as_deref()
                     } else {
                         None
                     };
-                    spec_from_json(item, groups).and_then(|spec| {
-                        if groups {
-                            cloud
-                                .put_enrollment_group(dps, &id, spec, guard)
-                                .map(|_| ())
-                        } else {
-                            cloud.put_enrollment(dps, &id, spec, guard).map(|_| ())
-                        }
-                    })
+                    if groups {
+                        from_wire(item, "an enrollment group")
+                            .and_then(group_spec)
+                            .and_then(|spec| cloud.put_enrollment_group(dps, &id, spec, guard))
+                            .map(|_| ())
+                    } else {
+                        from_wire(item, "an individual enrollment")
+                            .and_then(enrollment_spec)
+                            .and_then(|spec| cloud.put_enrollment(dps, &id, spec, guard))
+                            .map(|_| ())
+                    }
                 }
                 other => Err(Error::Config(format!("unknown bulk mode {other:?}"))),
             };
@@ -363,12 +387,21 @@ impl Request<'_> {
                     }
                     _ => (400, 400_004),
                 };
-                errors.push(json!({id_field: id, "errorCode": code, "errorStatus": e.to_string(), "status": status}));
+                errors.push(wire::BulkEnrollmentOperationError {
+                    registration_id: (!groups).then(|| id.clone()),
+                    enrollment_group_id: groups.then(|| id.clone()),
+                    error_code: code,
+                    error_status: e.to_string(),
+                    status: Some(status),
+                });
             }
         }
         Ok(Reply::json(
             StatusCode::OK,
-            json!({"isSuccessful": errors.is_empty(), "errors": errors}),
+            wire_json(&wire::BulkEnrollmentOperationResult {
+                is_successful: errors.is_empty(),
+                errors,
+            }),
         ))
     }
 
@@ -380,7 +413,10 @@ impl Request<'_> {
             .ok_or_else(|| {
                 Error::service(404, 404_201, format!("Registration {id} was not found."))
             })?;
-        Ok(with_etag(registration_json(&record), &record.etag))
+        Ok(with_etag(
+            wire_json(&registration_wire(&record)),
+            &record.etag,
+        ))
     }
 
     fn delete_registration(&self, id: &str) -> crate::Result<Reply> {
@@ -414,7 +450,7 @@ impl Request<'_> {
             .cloud
             .registrations(&self.dps.name, Some(group_id))
             .iter()
-            .map(registration_json)
+            .map(|r| wire_json(&registration_wire(r)))
             .collect();
         Ok(self.paging.page(items, "DeviceRegistration"))
     }
@@ -427,28 +463,40 @@ fn with_etag(body: Value, etag: &str) -> Reply {
     }
 }
 
-/// Drops `null` members, as the service does in its answers.
-fn compact(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, compact(v)))
-                .collect::<Map<_, _>>(),
-        ),
-        other => other,
-    }
+/// `value` as the service API type `T`; what does not read is a 400 naming the member.
+fn from_wire<T: DeserializeOwned>(value: Value, what: &str) -> crate::Result<T> {
+    serde_json::from_value(value)
+        .map_err(|e| Error::Config(format!("the request body is not {what}: {e}")))
 }
 
-// ---- JSON → model -------------------------------------------------------------------------
+/// A service API type as the JSON of an answer.
+fn wire_json<T: Serialize>(value: &T) -> Value {
+    // These types serialize infallibly (string keys, no custom serializers that fail).
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
 
-/// Reads an enrollment (group or individual) body, explicit `null`s meaning "default" except
-/// for the required `attestation`.
-fn spec_from_json(body: &Value, group: bool) -> crate::Result<EnrollmentSpec> {
-    let attestation = match &body["attestation"] {
+// ---- service API → model ------------------------------------------------------------------
+
+fn group_spec(body: wire::EnrollmentGroup) -> crate::Result<EnrollmentSpec> {
+    spec(body.attestation, body.policies, None, true)
+}
+
+fn enrollment_spec(body: wire::IndividualEnrollment) -> crate::Result<EnrollmentSpec> {
+    spec(body.attestation, body.policies, body.device_id, false)
+}
+
+/// An enrollment (group or individual) as the emulator stores it, explicit `null`s meaning
+/// "default" except for the required `attestation`.
+fn spec(
+    attestation: Option<wire::AttestationMechanism>,
+    policies: wire::EnrollmentPolicies,
+    device_id: Option<String>,
+    group: bool,
+) -> crate::Result<EnrollmentSpec> {
+    let attestation = match attestation {
         // Azure's service API requires the attestation in every enrollment PUT, an update
         // included (400); clients re-send the one they read.
-        Value::Null => {
+        None => {
             return Err(Error::service(
                 400,
                 400_004,
@@ -458,124 +506,70 @@ fn spec_from_json(body: &Value, group: bool) -> crate::Result<EnrollmentSpec> {
         }
         // What a GET returned, written back: certificate info without the certificate means
         // "keep the certificates" (clients update an enrollment by GET, change, PUT).
-        a if only_certificate_info(a) => None,
-        a => Some(attestation_from_json(a, group)?),
+        Some(a) if only_certificate_info(&a) => None,
+        Some(a) => Some(attestation_from_wire(a, group)?),
     };
-    let allocation_policy = match body["allocationPolicy"].as_str() {
-        None => None,
-        Some(p) => Some(AllocationPolicy::parse(p).ok_or_else(|| {
-            Error::Config(format!(
-                "unknown allocationPolicy {p:?}: hashed, geoLatency, static or custom"
-            ))
-        })?),
-    };
-    let mut iot_hubs: Vec<String> = body["iotHubs"]
-        .as_array()
-        .map(|hubs| {
-            hubs.iter()
-                .filter_map(|h| h.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut iot_hubs = policies.iot_hubs.unwrap_or_default();
     if iot_hubs.is_empty()
-        && let Some(legacy) = body["iotHubHostName"].as_str()
+        && let Some(legacy) = policies.iot_hub_host_name
     {
-        iot_hubs.push(legacy.to_string());
+        iot_hubs.push(legacy);
     }
-    let provisioning_status = match body["provisioningStatus"].as_str() {
-        Some(s) if s.eq_ignore_ascii_case("disabled") => ProvisioningStatus::Disabled,
-        Some(s) if !s.eq_ignore_ascii_case("enabled") => {
-            return Err(Error::Config(format!(
-                "provisioningStatus must be enabled or disabled, not {s:?}"
-            )));
-        }
-        _ => ProvisioningStatus::Enabled,
-    };
-    let reprovision_policy = match &body["reprovisionPolicy"] {
-        Value::Object(p) => ReprovisionPolicy {
-            update_hub_assignment: p
-                .get("updateHubAssignment")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            migrate_device_data: p
-                .get("migrateDeviceData")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-        },
-        _ => ReprovisionPolicy::default(),
-    };
-    let custom_allocation = match &body["customAllocationDefinition"] {
-        Value::Object(c) => Some(CustomAllocation {
-            webhook_url: c
-                .get("webhookUrl")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    Error::Config("customAllocationDefinition needs a webhookUrl".into())
-                })?
-                .to_string(),
-            api_version: c
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("2021-10-01")
-                .to_string(),
-        }),
-        _ => None,
-    };
     Ok(EnrollmentSpec {
         attestation,
         settings: EnrollmentSettings {
-            provisioning_status,
-            allocation_policy,
+            provisioning_status: policies.provisioning_status.unwrap_or_default(),
+            allocation_policy: policies.allocation_policy,
             iot_hubs,
-            reprovision_policy,
-            initial_twin: body["initialTwin"]
-                .as_object()
-                .map(|t| Value::Object(t.clone())),
-            custom_allocation,
+            reprovision_policy: policies.reprovision_policy.unwrap_or_default(),
+            initial_twin: policies.initial_twin.map(Value::Object),
+            custom_allocation: policies.custom_allocation_definition,
         },
-        device_id: body["deviceId"].as_str().map(str::to_string),
+        device_id,
     })
 }
 
 /// True for an x509 attestation whose certificate entries carry only `info`.
-fn only_certificate_info(attestation: &Value) -> bool {
-    let x509 = &attestation["x509"];
-    let entries: Vec<&Value> = ["signingCertificates", "clientCertificates"]
-        .iter()
-        .flat_map(|f| ["primary", "secondary"].map(|k| &x509[*f][k]))
-        .filter(|e| !e.is_null())
-        .collect();
-    x509["caReferences"].is_null()
+fn only_certificate_info(attestation: &wire::AttestationMechanism) -> bool {
+    let Some(x509) = &attestation.x509 else {
+        return false;
+    };
+    let entries: Vec<&wire::X509CertificateWithInfo> = [
+        x509.signing_certificates.as_ref(),
+        x509.client_certificates.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .flat_map(wire::X509Certificates::entries)
+    .collect();
+    x509.ca_references.is_none()
         && !entries.is_empty()
         && entries
             .iter()
-            .all(|e| e["certificate"].is_null() && !e["info"].is_null())
+            .all(|e| e.certificate.is_none() && e.info.is_some())
 }
 
-fn attestation_from_json(value: &Value, group: bool) -> crate::Result<Attestation> {
-    let kind = value["type"].as_str().unwrap_or_default();
-    match kind.to_ascii_lowercase().as_str() {
-        "x509" => {
-            let x509 = &value["x509"];
-            let pair = |v: &Value| -> Vec<Value> {
-                ["primary", "secondary"]
-                    .iter()
-                    .map(|k| v[*k].clone())
-                    .filter(|v| !v.is_null())
-                    .collect()
-            };
-            let references: Vec<String> = pair(&x509["caReferences"])
+fn attestation_from_wire(
+    attestation: wire::AttestationMechanism,
+    group: bool,
+) -> crate::Result<Attestation> {
+    match attestation.kind {
+        wire::AttestationType::X509 => {
+            let x509 = attestation.x509.unwrap_or_default();
+            let references: Vec<String> = x509
+                .ca_references
                 .iter()
-                .filter_map(|r| r.as_str().map(str::to_string))
+                .flat_map(|r| r.primary.iter().chain(r.secondary.iter()))
+                .cloned()
                 .collect();
-            let field = if group {
-                "signingCertificates"
-            } else {
-                "clientCertificates"
-            };
+            let field = wire::X509Attestation::certificates_field(group);
             let mut certificates = Vec::new();
-            for entry in pair(&x509[field]) {
-                let text = entry["certificate"].as_str().ok_or_else(|| {
+            for entry in x509
+                .certificates(group)
+                .into_iter()
+                .flat_map(|c| c.entries())
+            {
+                let text = entry.certificate.as_deref().ok_or_else(|| {
                     Error::Config(format!("x509.{field} entries need a \"certificate\""))
                 })?;
                 let cert = certificate_from_text(text)?;
@@ -586,12 +580,7 @@ fn attestation_from_json(value: &Value, group: bool) -> crate::Result<Attestatio
             }
             if references.is_empty() && certificates.is_empty() {
                 return Err(Error::Config(format!(
-                    "an x509 attestation needs {} or caReferences",
-                    if group {
-                        "signingCertificates"
-                    } else {
-                        "clientCertificates"
-                    }
+                    "an x509 attestation needs {field} or caReferences"
                 )));
             }
             Ok(Attestation::X509 {
@@ -599,63 +588,64 @@ fn attestation_from_json(value: &Value, group: bool) -> crate::Result<Attestatio
                 certificates,
             })
         }
-        "symmetrickey" => {
-            let keys = &value["symmetricKey"];
-            let key = |k: &str| -> crate::Result<String> {
-                match keys[k].as_str().filter(|s| !s.is_empty()) {
-                    Some(key) => Ok(key.to_string()),
+        wire::AttestationType::SymmetricKey => {
+            let keys = attestation.symmetric_key.unwrap_or_default();
+            let key = |given: Option<String>| -> crate::Result<String> {
+                match given.filter(|k| !k.is_empty()) {
+                    Some(key) => Ok(key),
                     // Null or missing: the service generates the key, as Azure does.
                     None => crate::sas::generate_key(),
                 }
             };
             Ok(Attestation::SymmetricKey {
-                primary_key: key("primaryKey")?,
-                secondary_key: key("secondaryKey")?,
+                primary_key: key(keys.primary_key)?,
+                secondary_key: key(keys.secondary_key)?,
             })
         }
-        "tpm" => Err(Error::Config(
+        wire::AttestationType::Tpm => Err(Error::Config(
             "TPM attestation is not available over MQTT, so the emulator does not offer it".into(),
         )),
-        other => Err(Error::Config(format!(
-            "unknown attestation type {other:?}: x509 or symmetricKey"
-        ))),
     }
 }
 
-// ---- model → JSON -------------------------------------------------------------------------
+// ---- model → service API ------------------------------------------------------------------
 
 /// `X509CertificateInfo` of a stored certificate.
-fn certificate_info(der_base64: &str) -> Value {
-    match decode_der(der_base64) {
-        Ok(cert) => {
-            let info = cert.info();
-            json!({"info": {
-                "subjectName": info.subject,
-                "sha1Thumbprint": info.thumbprint_sha1.to_ascii_uppercase(),
-                "sha256Thumbprint": info.thumbprint_sha256.to_ascii_uppercase(),
-                "issuerName": info.issuer,
-                "notBeforeUtc": azure_time(info.not_before).replace(".0000000Z", "Z"),
-                "notAfterUtc": azure_time(info.not_after).replace(".0000000Z", "Z"),
-                "serialNumber": info.serial_number.to_ascii_uppercase(),
-                "version": 3,
-            }})
+fn certificate_info(der_base64: &str) -> wire::X509CertificateWithInfo {
+    let info = decode_der(der_base64).ok().map(|cert| {
+        let info = cert.info();
+        wire::X509CertificateInfo {
+            subject_name: info.subject.clone(),
+            sha1_thumbprint: info.thumbprint_sha1.to_ascii_uppercase(),
+            sha256_thumbprint: info.thumbprint_sha256.to_ascii_uppercase(),
+            issuer_name: info.issuer.clone(),
+            not_before_utc: azure_time(info.not_before).replace(".0000000Z", "Z"),
+            not_after_utc: azure_time(info.not_after).replace(".0000000Z", "Z"),
+            serial_number: info.serial_number.to_ascii_uppercase(),
+            version: 3,
         }
-        Err(_) => json!({"info": null}),
+    });
+    wire::X509CertificateWithInfo {
+        certificate: None,
+        info,
     }
 }
 
 /// An attestation as the service answers it: certificate info, never the certificate.
-fn attestation_json(attestation: &Attestation, group: bool) -> Value {
+fn attestation_wire(attestation: &Attestation, group: bool) -> wire::AttestationMechanism {
     match attestation {
         Attestation::X509 {
             ca_references,
             certificates,
         } => {
             let x509 = if !ca_references.is_empty() {
-                json!({"caReferences": {
-                    "primary": ca_references.first(),
-                    "secondary": ca_references.get(1),
-                }})
+                wire::X509Attestation {
+                    ca_references: Some(wire::X509CaReferences {
+                        primary: ca_references.first().cloned(),
+                        secondary: ca_references.get(1).cloned(),
+                    }),
+                    ..wire::X509Attestation::default()
+                }
             } else {
                 let primary = certificates.first().map(|c| certificate_info(c));
                 // Azure fills in secondary from primary when only one was sent.
@@ -663,124 +653,103 @@ fn attestation_json(attestation: &Attestation, group: bool) -> Value {
                     .get(1)
                     .map(|c| certificate_info(c))
                     .or_else(|| primary.clone());
-                let field = if group {
-                    "signingCertificates"
+                let pair = Some(wire::X509Certificates { primary, secondary });
+                if group {
+                    wire::X509Attestation {
+                        signing_certificates: pair,
+                        ..wire::X509Attestation::default()
+                    }
                 } else {
-                    "clientCertificates"
-                };
-                json!({field: {"primary": primary, "secondary": secondary}})
+                    wire::X509Attestation {
+                        client_certificates: pair,
+                        ..wire::X509Attestation::default()
+                    }
+                }
             };
-            compact(json!({"type": "x509", "x509": x509}))
+            wire::AttestationMechanism {
+                kind: wire::AttestationType::X509,
+                x509: Some(x509),
+                symmetric_key: None,
+            }
         }
         Attestation::SymmetricKey {
             primary_key,
             secondary_key,
-        } => json!({"type": "symmetricKey", "symmetricKey": {
-            "primaryKey": primary_key,
-            "secondaryKey": secondary_key,
-        }}),
+        } => wire::AttestationMechanism {
+            kind: wire::AttestationType::SymmetricKey,
+            x509: None,
+            symmetric_key: Some(wire::SymmetricKeyAttestation {
+                primary_key: Some(primary_key.clone()),
+                secondary_key: Some(secondary_key.clone()),
+            }),
+        },
     }
 }
 
-fn policy_name(policy: AllocationPolicy) -> &'static str {
-    match policy {
-        AllocationPolicy::Hashed => "hashed",
-        AllocationPolicy::Static => "static",
-        AllocationPolicy::GeoLatency => "geoLatency",
-        AllocationPolicy::Custom => "custom",
-    }
-}
-
-fn settings_json(settings: &EnrollmentSettings, into: &mut Map<String, Value>) {
-    into.insert(
-        "provisioningStatus".into(),
-        json!(match settings.provisioning_status {
-            ProvisioningStatus::Enabled => "enabled",
-            ProvisioningStatus::Disabled => "disabled",
+/// The policies, etag and times of a stored enrollment, every policy spelled out (the
+/// defaults too) as the service answers.
+fn policies_wire(
+    settings: &EnrollmentSettings,
+    etag: &str,
+    created: i64,
+    updated: i64,
+) -> wire::EnrollmentPolicies {
+    wire::EnrollmentPolicies {
+        provisioning_status: Some(settings.provisioning_status),
+        reprovision_policy: Some(settings.reprovision_policy),
+        allocation_policy: Some(settings.allocation_policy.unwrap_or_default()),
+        iot_hubs: (!settings.iot_hubs.is_empty()).then(|| settings.iot_hubs.clone()),
+        iot_hub_host_name: None,
+        initial_twin: settings
+            .initial_twin
+            .as_ref()
+            .and_then(Value::as_object)
+            .cloned(),
+        custom_allocation_definition: settings.custom_allocation.clone(),
+        capabilities: Some(wire::DeviceCapabilities {
+            iot_edge: Some(false),
         }),
-    );
-    into.insert(
-        "reprovisionPolicy".into(),
-        json!({
-            "updateHubAssignment": settings.reprovision_policy.update_hub_assignment,
-            "migrateDeviceData": settings.reprovision_policy.migrate_device_data,
-        }),
-    );
-    into.insert(
-        "allocationPolicy".into(),
-        json!(policy_name(settings.allocation_policy.unwrap_or_default())),
-    );
-    if !settings.iot_hubs.is_empty() {
-        into.insert("iotHubs".into(), json!(settings.iot_hubs));
+        etag: Some(etag.to_string()),
+        created_date_time_utc: Some(azure_time(created)),
+        last_updated_date_time_utc: Some(azure_time(updated)),
     }
-    if let Some(twin) = &settings.initial_twin {
-        into.insert("initialTwin".into(), twin.clone());
-    }
-    if let Some(custom) = &settings.custom_allocation {
-        into.insert(
-            "customAllocationDefinition".into(),
-            json!({"webhookUrl": custom.webhook_url, "apiVersion": custom.api_version}),
-        );
-    }
-    into.insert("capabilities".into(), json!({"iotEdge": false}));
 }
 
-fn group_json(group: &EnrollmentGroup) -> Value {
-    let mut map = Map::new();
-    map.insert("enrollmentGroupId".into(), json!(group.enrollment_group_id));
-    map.insert(
-        "attestation".into(),
-        attestation_json(&group.attestation, true),
-    );
-    settings_json(&group.settings, &mut map);
-    map.insert("etag".into(), json!(group.etag));
-    map.insert(
-        "createdDateTimeUtc".into(),
-        json!(azure_time(group.created)),
-    );
-    map.insert(
-        "lastUpdatedDateTimeUtc".into(),
-        json!(azure_time(group.updated)),
-    );
-    Value::Object(map)
-}
-
-fn enrollment_json(enrollment: &IndividualEnrollment) -> Value {
-    let mut map = Map::new();
-    map.insert("registrationId".into(), json!(enrollment.registration_id));
-    if let Some(device_id) = &enrollment.device_id {
-        map.insert("deviceId".into(), json!(device_id));
+fn group_wire(group: &EnrollmentGroup) -> wire::EnrollmentGroup {
+    wire::EnrollmentGroup {
+        enrollment_group_id: Some(group.enrollment_group_id.clone()),
+        attestation: Some(attestation_wire(&group.attestation, true)),
+        policies: policies_wire(&group.settings, &group.etag, group.created, group.updated),
     }
-    map.insert(
-        "attestation".into(),
-        attestation_json(&enrollment.attestation, false),
-    );
-    settings_json(&enrollment.settings, &mut map);
-    map.insert("etag".into(), json!(enrollment.etag));
-    map.insert(
-        "createdDateTimeUtc".into(),
-        json!(azure_time(enrollment.created)),
-    );
-    map.insert(
-        "lastUpdatedDateTimeUtc".into(),
-        json!(azure_time(enrollment.updated)),
-    );
-    Value::Object(map)
 }
 
-/// `DeviceRegistrationState`, nulls dropped.
-fn registration_json(record: &RegistrationRecord) -> Value {
-    compact(json!({
-        "registrationId": record.registration_id,
-        "createdDateTimeUtc": record.created,
-        "assignedHub": record.assigned_hub,
-        "deviceId": record.device_id,
-        "status": record.status,
-        "substatus": record.substatus,
-        "errorCode": record.error_code,
-        "errorMessage": record.error_message,
-        "lastUpdatedDateTimeUtc": record.last_updated,
-        "etag": record.etag,
-        "payload": record.payload,
-    }))
+fn enrollment_wire(enrollment: &IndividualEnrollment) -> wire::IndividualEnrollment {
+    wire::IndividualEnrollment {
+        registration_id: Some(enrollment.registration_id.clone()),
+        device_id: enrollment.device_id.clone(),
+        attestation: Some(attestation_wire(&enrollment.attestation, false)),
+        policies: policies_wire(
+            &enrollment.settings,
+            &enrollment.etag,
+            enrollment.created,
+            enrollment.updated,
+        ),
+    }
+}
+
+/// `DeviceRegistrationState` of a stored registration.
+fn registration_wire(record: &RegistrationRecord) -> wire::DeviceRegistrationState {
+    wire::DeviceRegistrationState {
+        registration_id: Some(record.registration_id.clone()),
+        created_date_time_utc: Some(record.created.clone()),
+        assigned_hub: record.assigned_hub.clone(),
+        device_id: record.device_id.clone(),
+        status: Some(record.status.clone()),
+        substatus: record.substatus.clone(),
+        error_code: record.error_code,
+        error_message: record.error_message.clone(),
+        last_updated_date_time_utc: Some(record.last_updated.clone()),
+        etag: Some(record.etag.clone()),
+        payload: record.payload.clone().filter(|p| !p.is_null()),
+    }
 }

@@ -1195,7 +1195,7 @@ fn each_resource_type_gets_its_own_api_version_whatever_the_resource_group_is_ca
     .unwrap();
     let client = Client::new(&emulator, "127.0.0.1");
     let base = arm_base(DEFAULT_SUBSCRIPTION_ID, group);
-    let (root, _) = crate::emulator::tests::ca_pair();
+    let (root, _) = crate::emulator::tests::support::ca_pair();
     runtime().block_on(async {
         let dps = arm.create_dps("group-dps", "westeurope").await.unwrap();
         assert_eq!(dps.name, "group-dps");
@@ -1359,13 +1359,13 @@ fn dps_service_client_refuses_an_enrollment_without_attestation_before_sending()
         let body =
             json!({"enrollmentGroupId": "g", "attestation": null, "provisioningStatus": "enabled"});
         let error = client
-            .put_enrollment_group("g", &body, None)
+            .put_enrollment_group::<_, Value>("g", &body, None)
             .await
             .unwrap_err();
         assert!(matches!(error, crate::Error::Config(_)), "{error:?}");
         assert!(error.to_string().contains("attestation"), "{error}");
         let error = client
-            .put_enrollment("e", &json!({"registrationId": "e"}), None)
+            .put_enrollment::<_, Value>("e", &json!({"registrationId": "e"}), None)
             .await
             .unwrap_err();
         assert!(matches!(error, crate::Error::Config(_)), "{error:?}");
