@@ -1,8 +1,8 @@
 //! The layers point down only, checked from the source: the device side (`hub`,
 //! `provisioning`, `service`, `fleet`) never names the emulator, the emulator never names the
 //! device side, and the shared layer under both (`protocol`, `transport`, `limits`, `pki`,
-//! `sas`, `clock`, `random`, `error`) names neither. Test code is exempt (`*tests.rs` files and
-//! the `mod tests` at the end of a file): the emulator's tests drive it with the real clients.
+//! `sas`, `clock`, `random`, `error`) names neither, in test code too: only `src/interop_tests/`
+//! runs dpskit's clients against the emulator.
 //! Other layers are named through `crate::` only (a `super::` path stays inside its layer),
 //! which is what the scan reads.
 
@@ -69,30 +69,6 @@ fn crate_modules(source: &str) -> BTreeSet<String> {
     found
 }
 
-/// `source` without its inline test modules: from `#[cfg(test)]` + `mod tests {` to the `}`
-/// that closes it, the first line that is only `}` (rustfmt, which CI enforces, puts a
-/// top-level module's closing brace there and nothing else inside it).
-fn without_tests(source: &str) -> String {
-    let mut kept = Vec::new();
-    let mut lines = source.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line == "#[cfg(test)]"
-            && lines
-                .peek()
-                .is_some_and(|next| next.starts_with("mod ") && next.ends_with('{'))
-        {
-            for inner in lines.by_ref() {
-                if inner == "}" {
-                    break;
-                }
-            }
-            continue;
-        }
-        kept.push(line);
-    }
-    kept.join("\n")
-}
-
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -133,10 +109,6 @@ fn layers_point_down_only() {
     let mut violations = Vec::new();
     let mut checked = BTreeSet::new();
     for file in &files {
-        let name = file.file_name().unwrap().to_string_lossy();
-        if name == "tests.rs" || name.ends_with("_tests.rs") {
-            continue;
-        }
         let layer = layer_of(&src, file);
         let forbidden = forbidden_for(&layer);
         if forbidden.is_empty() {
@@ -144,7 +116,8 @@ fn layers_point_down_only() {
         }
         checked.insert(layer.clone());
         let source = std::fs::read_to_string(file).unwrap();
-        for module in crate_modules(&without_tests(&source)) {
+        // Test code is held to the same rule: only `interop_tests` uses both sides.
+        for module in crate_modules(&source) {
             if forbidden.contains(&module.as_str()) {
                 violations.push(format!(
                     "{} ({layer}) uses crate::{module}",
@@ -180,6 +153,7 @@ fn the_scanner_sees_every_way_to_name_a_module() {
         ["provisioning"]
     );
     assert!(names("// crate::emulator in a comment\n/// [`crate::hub`]").is_empty());
-    let source = "use crate::protocol;\n#[cfg(test)]\nmod tests {\n    use crate::emulator;\n}\nuse crate::hub;\n";
-    assert_eq!(names(&without_tests(source)), ["hub", "protocol"]);
+    // A test module is read like the rest of its file.
+    let source = "use crate::protocol;\n#[cfg(test)]\nmod tests {\n    use crate::emulator;\n}\n";
+    assert_eq!(names(source), ["emulator", "protocol"]);
 }

@@ -9,4 +9,5 @@ mod hub_devices;
 mod proof_of_possession;
 mod provisioning;
 mod request_recorder;
+mod rest_clients;
 mod service_clients;

@@ -40,6 +40,8 @@ mod hub_service;
 mod operations;
 pub mod recorder;
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub(crate) use operations::Operations;
