@@ -7,7 +7,8 @@ methods and messages. ``LocalCloud`` starts the embedded emulator (real MQTT and
 real TLS, state in SQLite) and points the client at it; only the emulator's realism knobs and
 traces bypass REST.
 
-The package, by room (each module imports only those above it)::
+The package, by room (each module imports only those above it when it runs; ``hub`` and
+``dps`` name ``base`` for the type checker only)::
 
     _common.py      literal types, the MQTT port, Azure's time formats, certificate coercion
     records.py      the read-only records (CA certificates, links, usage, devices, telemetry)
