@@ -520,6 +520,29 @@ def test_ca_save_layout_and_reload(
     assert path[-1] == ec_root.certificate
 
 
+def test_credential_files_name_what_a_save_writes(
+    ec_device: dpskit.DeviceCertificate,
+    ec_intermediate: dpskit.CertificateAuthority,
+    tmp_path: Path,
+) -> None:
+    """The CLI finds CAs and devices by ``credential_files``: the names a save writes, from the
+    one rule in the core."""
+    from dpskit._native import credential_files
+
+    saved = ec_device.save(tmp_path)
+    assert credential_files(tmp_path, ec_device.registration_id) == saved
+    saved = ec_intermediate.save(tmp_path, name="intermediate")
+    named = credential_files(tmp_path, "intermediate")
+    assert named == {**saved, "pkcs12": tmp_path / "intermediate.pfx"}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("intermediate.")) == (
+        sorted(p.name for p in saved.values())
+    )
+    # A name that would leave the folder names no files, as a save refuses it.
+    for name in ("../escape", ".hidden", ""):
+        with pytest.raises(dpskit.CertificateError):
+            credential_files(tmp_path, name)
+
+
 def test_ca_save_default_name_is_slug(tmp_path: Path) -> None:
     ca = dpskit.CertificateAuthority.create_root("Contoso Root CA", organization="Contoso")
     paths = ca.save(tmp_path)

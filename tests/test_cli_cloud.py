@@ -257,8 +257,8 @@ def test_the_cloud_flag_picks_a_sovereign_cloud(
 ) -> None:
     import argparse
 
-    from dpskit.cli_cloud import add_azure_options, azure_cloud
-    from dpskit.cli_device import _target
+    from dpskit.cli.device import _target
+    from dpskit.cli.targets import add_azure_options, azure_cloud
 
     monkeypatch.setenv("DPSKIT_TEST_TOKEN", "any")
     parser = argparse.ArgumentParser()

@@ -11,6 +11,7 @@ _StrPath = str | os.PathLike[str]
 __all__ = [
     "ALGORITHMS",
     "DPS_REGISTRATIONS_PER_MINUTE",
+    "EMULATOR_CA_FILE",
     "CaCertificateRecord",
     "Certificate",
     "CertificateAuthority",
@@ -30,6 +31,7 @@ __all__ = [
     "_core_error_kinds",
     "_raise_core_error",
     "_refresh_logging",
+    "credential_files",
     "derive_device_key",
     "dps_onboarding_seconds",
     "generate_symmetric_key",
@@ -47,6 +49,8 @@ __all__ = [
 ALGORITHMS: tuple[str, ...]
 #: Device registrations one DPS instance takes a minute on Azure.
 DPS_REGISTRATIONS_PER_MINUTE: int
+#: The file of a local cloud's data folder that holds the CA its clients trust.
+EMULATOR_CA_FILE: str
 
 @final
 class Certificate:
@@ -765,6 +769,12 @@ def verify_chain(
     at: datetime | None = None,
 ) -> list[Certificate]: ...
 def validate_registration_id(registration_id: str, *, x509: bool = True) -> None: ...
+def credential_files(folder: _StrPath, name: str) -> dict[str, Path]:
+    """The files a CA or device called ``name`` has in ``folder``, by the one rule every save
+    writes them with: ``certificate``, ``private_key``, ``chain``, ``full_chain`` and
+    ``pkcs12`` (``NAME.cert.pem`` ... ``NAME.pfx``). A name that would leave the folder or hide
+    its files raises ``CertificateError``."""
+
 def _raise_core_error(kind: str, message: str) -> None: ...
 def _refresh_logging() -> None: ...
 def _core_error_kinds() -> list[str]: ...

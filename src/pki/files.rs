@@ -25,6 +25,23 @@ pub struct SavedFiles {
     pub pkcs12: Option<PathBuf>,
 }
 
+impl SavedFiles {
+    /// The files a credential called `name` has in `folder` (the one naming rule: what
+    /// [`save_credential`] writes, and where the CLI looks for a CA or a device), `{name}.pfx`
+    /// only with `pkcs12`. Refuses a name that would escape the folder or hide the files.
+    pub fn named(folder: &Path, name: &str, pkcs12: bool) -> Result<SavedFiles> {
+        check_file_stem(name)?;
+        let path = |suffix: &str| folder.join(format!("{name}{suffix}"));
+        Ok(SavedFiles {
+            certificate: path(".cert.pem"),
+            private_key: path(".key.pem"),
+            chain: path(".chain.pem"),
+            full_chain: path(".fullchain.pem"),
+            pkcs12: pkcs12.then(|| path(".pfx")),
+        })
+    }
+}
+
 /// What to put in the files besides the certificate.
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions<'a> {
@@ -43,16 +60,8 @@ pub fn save_credential(
     name: &str,
     options: &SaveOptions<'_>,
 ) -> Result<SavedFiles> {
-    check_file_stem(name)?;
+    let files = SavedFiles::named(folder, name, options.pkcs12_password.is_some())?;
     fs::create_dir_all(folder).map_err(|e| Error::io(folder, e))?;
-    let path = |suffix: &str| folder.join(format!("{name}{suffix}"));
-    let files = SavedFiles {
-        certificate: path(".cert.pem"),
-        private_key: path(".key.pem"),
-        chain: path(".chain.pem"),
-        full_chain: path(".fullchain.pem"),
-        pkcs12: options.pkcs12_password.map(|_| path(".pfx")),
-    };
     let key_pem = match options.key_password {
         Some(password) => credential.key().encrypted_pkcs8_pem(password)?,
         None => credential.private_key_pem().to_string(),
@@ -241,4 +250,56 @@ fn csv_field(field: &str) -> String {
 /// `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn iso_utc(unix: i64) -> String {
     crate::pki::chain::format_time(unix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
+
+    #[test]
+    fn a_save_writes_exactly_the_named_files() {
+        let options = CaOptions {
+            algorithm: KeyAlgorithm::EcP256,
+            validity: Validity::days(1, None).unwrap(),
+            path_length: None,
+            organization: None,
+        };
+        let ca = CertificateAuthority::create_root("Files Root", &options).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let save = SaveOptions {
+            pkcs12_password: Some(""),
+            ..SaveOptions::default()
+        };
+        let saved = save_credential(ca.credential(), dir.path(), "root", &save).unwrap();
+        let named = SavedFiles::named(dir.path(), "root", true).unwrap();
+        assert_eq!(saved, named);
+        let mut written: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        written.sort();
+        let expected = [
+            "root.cert.pem",
+            "root.chain.pem",
+            "root.fullchain.pem",
+            "root.key.pem",
+            "root.pfx",
+        ];
+        assert_eq!(written, expected);
+        assert_eq!(
+            SavedFiles::named(dir.path(), "root", false).unwrap().pkcs12,
+            None
+        );
+    }
+
+    #[test]
+    fn a_name_that_would_leave_the_folder_has_no_files() {
+        for name in ["", ".hidden", "../root", "a/b", "a\\b", "nul\0"] {
+            assert!(
+                SavedFiles::named(Path::new("certs"), name, false).is_err(),
+                "{name:?}"
+            );
+        }
+    }
 }

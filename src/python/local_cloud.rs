@@ -1,8 +1,9 @@
 //! Bindings for `dpskit.cloud.LocalCloud`: `_native.Emulator` (start, stop, the realism knobs,
 //! traces, usage, the request recorder, custom allocators written in Python; everything else
-//! goes through the REST APIs like any client) and `loopback_setup` (`dpskit emulator
-//! --print-loopback-setup`). Records cross as the classes of `convert.rs`; recorded requests
-//! as typed tuples, their bodies as Python objects.
+//! goes through the REST APIs like any client), `loopback_setup` (`dpskit emulator
+//! --print-loopback-setup`) and `EMULATOR_CA_FILE` (the file of a data folder that holds the CA
+//! clients trust). Records cross as the classes of `convert.rs`; recorded requests as typed
+//! tuples, their bodies as Python objects.
 
 // Python keyword arguments map one to one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
@@ -36,6 +37,7 @@ type RecordedRequestTuple<'py> = (
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEmulator>()?;
     m.add_function(wrap_pyfunction!(loopback_setup, m)?)?;
+    m.add("EMULATOR_CA_FILE", crate::emulator::tls::CA_CERT_FILE)?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Bindings for the X.509 toolkit: `Certificate`, `DeviceCertificate`, `CertificateAuthority`,
-//! `verify_chain`, `validate_registration_id`.
+//! `verify_chain`, `validate_registration_id`, `credential_files` (the file naming the CLI
+//! reads by).
 
 // Python keyword arguments map one to one onto Rust parameters.
 #![allow(clippy::too_many_arguments)]
@@ -26,6 +27,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCertificateAuthority>()?;
     m.add_function(wrap_pyfunction!(verify_chain, m)?)?;
     m.add_function(wrap_pyfunction!(validate_registration_id, m)?)?;
+    m.add_function(wrap_pyfunction!(credential_files, m)?)?;
     let names: Vec<&str> = KeyAlgorithm::ALL.iter().map(|a| a.name()).collect();
     m.add("ALGORITHMS", pyo3::types::PyTuple::new(m.py(), names)?)?;
     Ok(())
@@ -105,6 +107,17 @@ fn saved_paths(py: Python<'_>, files: SavedFiles) -> PyResult<Bound<'_, PyDict>>
         dict.set_item("pkcs12", pfx)?;
     }
     Ok(dict)
+}
+
+/// The files a credential called `name` has in `folder`, by the rule every save writes them
+/// with (the `.pfx` included, though only saves asked for one write it).
+#[pyfunction]
+fn credential_files<'py>(
+    py: Python<'py>,
+    folder: PathBuf,
+    name: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    saved_paths(py, SavedFiles::named(&folder, name, true)?)
 }
 
 fn certificates(list: Vec<Certificate>) -> Vec<PyCertificate> {

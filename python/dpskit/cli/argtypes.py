@@ -1,10 +1,12 @@
 """Argument types shared by the command modules (argparse turns their errors into usage
-messages)."""
+messages), and the options several commands add alike."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+from dpskit._native import ALGORITHMS
 
 __all__ = ["non_negative_float", "non_negative_int", "positive_int"]
 
@@ -31,3 +33,8 @@ def non_negative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise argparse.ArgumentTypeError(f"must be a number of 0 or more, got {text}")
     return value
+
+
+def _add_algorithm(parser: argparse.ArgumentParser, help_text: str = "key algorithm") -> None:
+    """``--algorithm``: the key algorithm of what a command creates (the core's names)."""
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default="ec-p256", help=help_text)

@@ -1,117 +1,22 @@
-"""``dpskit cloud`` and ``dpskit dps``: the walkthrough's management steps from a shell, against
-a local cloud's state folder (the running ``dpskit emulator`` on it, or a short-lived one) or
-against Azure (``--azure``; subscription and resource group from options or
-``AZURE_SUBSCRIPTION_ID`` / ``AZURE_RESOURCE_GROUP``, credential from the environment or ``az
-login``)."""
+"""``dpskit cloud`` and ``dpskit dps``: the walkthrough's management steps from a shell (hubs,
+DPS instances and links; CA certificates, proof of possession, enrollment groups,
+registrations), on the target :mod:`dpskit.cli.targets` opens."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._native import Certificate
-from .cloud import AzureCloud, Dps, EnrollmentGroup, LocalCloud, _Cloud
-from .errors import ConfigError
-
-__all__ = ["add_azure_options", "add_cloud_commands", "azure_cloud", "open_target"]
-
-DEFAULT_LOCAL_DIR = "dpskit-cloud"
-
-
-def add_azure_options(where: argparse._ActionsContainer) -> None:
-    """The options that reach real Azure (shared by every command with ``--azure``)."""
-    where.add_argument("--subscription", help="Azure subscription id (or AZURE_SUBSCRIPTION_ID)")
-    where.add_argument("--resource-group", help="Azure resource group (or AZURE_RESOURCE_GROUP)")
-    where.add_argument(
-        "--token-env",
-        metavar="VAR",
-        help="variable holding an ARM bearer token (default: a service principal from "
-        "AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, else `az login`)",
-    )
-    where.add_argument(
-        "--cloud",
-        metavar="NAME",
-        help="Azure cloud: AzureCloud (default), AzureChinaCloud or AzureUSGovernment; sets the "
-        "Resource Manager endpoint, the token scope and the sign-in authority together",
-    )
-    where.add_argument(
-        "--arm-endpoint",
-        default=None,
-        help="Resource Manager endpoint (default: the cloud's; or an emulator's)",
-    )
-    where.add_argument(
-        "--trust-file",
-        metavar="PEM",
-        help="CA the endpoints' certificates chain to, instead of the system roots",
-    )
-
-
-def azure_cloud(args: argparse.Namespace) -> AzureCloud:
-    """An :class:`AzureCloud` from the options :func:`add_azure_options` added."""
-    subscription = args.subscription or os.environ.get("AZURE_SUBSCRIPTION_ID")
-    group = args.resource_group or os.environ.get("AZURE_RESOURCE_GROUP")
-    if not subscription or not group:
-        raise ConfigError(
-            "--azure needs --subscription and --resource-group "
-            "(or AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP)"
-        )
-    credential = None
-    if args.token_env:
-        credential = os.environ.get(args.token_env)
-        if not credential:
-            raise ConfigError(f"--token-env {args.token_env}: that variable is not set")
-    trust = Path(args.trust_file).read_text() if args.trust_file else None
-    return AzureCloud(
-        subscription,
-        group,
-        credential,
-        cloud=args.cloud or os.environ.get("AZURE_CLOUD") or None,
-        arm_endpoint=args.arm_endpoint,
-        trust_pem=trust,
-    )
-
-
-def _target_options() -> argparse.ArgumentParser:
-    """Where the command acts: a local cloud's folder, or Azure."""
-    parent = argparse.ArgumentParser(add_help=False)
-    where = parent.add_argument_group("target")
-    where.add_argument(
-        "--local",
-        metavar="DIR",
-        default=None,
-        help=f"local cloud state folder (default {DEFAULT_LOCAL_DIR}); a running "
-        "`dpskit emulator` on it is used, otherwise one is started for the command",
-    )
-    where.add_argument("--azure", action="store_true", help="act on Azure instead")
-    add_azure_options(where)
-    where.add_argument("--json", action="store_true", help="print JSON instead of text")
-    return parent
-
-
-@contextlib.contextmanager
-def open_target(
-    args: argparse.Namespace, default_local: Path, *, poll_retry_after: int = 0
-) -> Iterator[_Cloud]:
-    """The cloud a command acts on: Azure with ``--azure``; else the running ``dpskit
-    emulator`` on ``--local`` (or ``default_local``), or one started there for the command on
-    free ports (``poll_retry_after`` as :class:`LocalCloud`'s)."""
-    if args.azure:
-        if args.local:
-            raise ConfigError("choose --local or --azure, not both")
-        yield azure_cloud(args)
-        return
-    folder = Path(args.local) if args.local else default_local
-    running = LocalCloud.attach(folder)
-    if running is not None:
-        yield running
-        return
-    with LocalCloud(folder, port=0, poll_retry_after=poll_retry_after) as cloud:
-        yield cloud
+from dpskit._native import Certificate
+from dpskit.cli.files import _load_issuer
+from dpskit.cli.output import _Formatter
+from dpskit.cli.targets import DEFAULT_LOCAL_DIR, _target_options, open_target
+from dpskit.cloud import Dps, EnrollmentGroup
+from dpskit.cloud.base import _Cloud
+from dpskit.errors import ConfigError
 
 
 def _open_cloud(args: argparse.Namespace) -> contextlib.AbstractContextManager[_Cloud]:
@@ -234,8 +139,6 @@ def cmd_upload_ca(args: argparse.Namespace) -> int:
 
 def cmd_verify_ca(args: argparse.Namespace) -> int:
     """``dpskit dps verify-ca``: proof of possession in one go (upload if needed)."""
-    from .cli import _load_issuer  # the certificate commands' loader, messages included
-
     authority = _load_issuer(Path(args.dir), args.ca, args.key_password_env)
     with _open_cloud(args) as cloud:
         info = _dps(cloud, args.dps).prove_possession(args.name or args.ca, authority)
@@ -316,7 +219,7 @@ def cmd_registrations(args: argparse.Namespace) -> int:
 # ---- parser --------------------------------------------------------------------------------
 
 
-def add_cloud_commands(commands: Any, formatter: type[argparse.HelpFormatter]) -> None:
+def add_cloud_commands(commands: Any) -> None:
     """Adds ``cloud`` and ``dps`` to the top-level subcommands."""
     target = _target_options()
 
@@ -374,7 +277,7 @@ def add_cloud_commands(commands: Any, formatter: type[argparse.HelpFormatter]) -
         help="proof of possession in one go: upload, code, sign, verify",
         description="Prove you hold a CA's key: uploads DIR/CA.cert.pem if needed, asks for a "
         "verification code, signs a verification certificate with DIR/CA.key.pem, verifies.",
-        formatter_class=formatter,
+        formatter_class=_Formatter,
     )
     p.add_argument("dps")
     p.add_argument("--ca", default="root", help="CA files DIR/CA.cert.pem and DIR/CA.key.pem")

@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from dpskit._cli_types import non_negative_float, positive_int
 from dpskit._native import CertificateAuthority
-from dpskit.cli_cloud import add_azure_options, open_target
+from dpskit.cli.argtypes import non_negative_float, positive_int
+from dpskit.cli.files import _files
+from dpskit.cli.targets import add_azure_options, open_target
 from dpskit.cloud import Dps, EnrollmentGroup
 from dpskit.errors import ConfigError, NotFoundError
 from dpskit.fleet import Fleet, TelemetryPlan
@@ -37,7 +38,8 @@ def default_fields() -> dict[str, Signal]:
 def _authority(certs: Path) -> CertificateAuthority:
     """The fleet's intermediate CA: loaded from CERTS, or created there (with its root) once,
     so reruns and other shards reuse the same identities."""
-    cert, key = certs / "intermediate.cert.pem", certs / "intermediate.key.pem"
+    files = _files(certs, "intermediate")
+    cert, key = files["certificate"], files["private_key"]
     if cert.exists() and key.exists():
         return CertificateAuthority.load(cert, key)
     root = CertificateAuthority.create_root("dpskit Fleet Root CA")

@@ -15,20 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._native import DeviceCertificate
-from .cloud import LocalCloud
-from .credentials import AZURE_CLOUDS, azure_environment
-from .device import AZURE_GLOBAL_ENDPOINT, HubClient, RegistrationResult, provision
-from .errors import ConfigError
+from dpskit._native import DeviceCertificate
+from dpskit.cli.files import _files
+from dpskit.cli.targets import DEFAULT_LOCAL_DIR
+from dpskit.cloud import LocalCloud
+from dpskit.credentials import AZURE_CLOUDS, azure_environment
+from dpskit.device import AZURE_GLOBAL_ENDPOINT, HubClient, RegistrationResult, provision
+from dpskit.errors import ConfigError
 
 __all__ = ["add_device_commands"]
 
 
 def _credentials(args: argparse.Namespace) -> DeviceCertificate:
     folder = Path(args.certs)
-    chain = folder / f"{args.registration_id}.chain.pem"
-    cert = chain if chain.exists() else folder / f"{args.registration_id}.cert.pem"
-    key = folder / f"{args.registration_id}.key.pem"
+    files = _files(folder, args.registration_id)
+    chain = files["chain"]
+    cert = chain if chain.exists() else files["certificate"]
+    key = files["private_key"]
     if not cert.exists() or not key.exists():
         raise ConfigError(
             f"no certificate for {args.registration_id} in {folder} (make one with "
@@ -148,7 +151,7 @@ def add_device_commands(commands: Any) -> None:
         help="folder of ID.chain.pem (or ID.cert.pem) and ID.key.pem",
     )
     common.add_argument(
-        "--local", default="dpskit-cloud", metavar="DIR", help="local cloud folder (default)"
+        "--local", default=DEFAULT_LOCAL_DIR, metavar="DIR", help="local cloud folder (default)"
     )
     common.add_argument("--dps", help="DPS instance of the local cloud (default: the first)")
     common.add_argument("--id-scope", help="Azure: the DPS ID scope (switches to Azure)")

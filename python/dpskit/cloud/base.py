@@ -1,0 +1,138 @@
+"""``_Cloud``: what the local and the Azure cloud share, one REST client (Rust) for ARM and
+the service APIs, and the hubs, DPS instances and links made through it."""
+
+from __future__ import annotations
+
+from dpskit._native import DpsRecord, Emulator, HubRecord, HubUsageRecord, RestClient
+from dpskit.cloud._common import DEFAULT_MQTT_PORT
+from dpskit.cloud.dps import Dps
+from dpskit.cloud.hub import Hub
+from dpskit.cloud.records import LinkedHub
+from dpskit.errors import ConfigError
+
+
+class _Cloud:
+    """What LocalCloud and AzureCloud share: one REST client for ARM and the service APIs."""
+
+    subscription_id: str
+    resource_group: str
+
+    @property
+    def _rest(self) -> RestClient:
+        raise NotImplementedError
+
+    @property
+    def trust_pem(self) -> str | None:
+        """The CA devices and clients trust for this cloud's servers (``None``: the system
+        roots, as for Azure)."""
+        return None
+
+    def _hub_service_endpoint(self) -> str | None:
+        """Where hub service calls go (``None``: ``https://{hub host name}``)."""
+        return None
+
+    def _device_port(self) -> int:
+        return DEFAULT_MQTT_PORT
+
+    def _emulator_only(self, feature: str) -> Emulator:
+        raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
+
+    def _emulator_api(self, feature: str) -> None:
+        """Refuses `feature` unless the cloud is the emulator (in this process or another):
+        it uses the emulator's own REST calls."""
+        raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
+
+    def _hub_usage(self, hub: Hub) -> HubUsageRecord:
+        """A hub's usage as ARM reports it (its ``quotaMetrics``); the in-process emulator
+        reads its own meters, throttle refusals included."""
+        return self._rest.hub_usage(hub.name)
+
+    # -- resources -------------------------------------------------------------------------
+
+    def _hub(self, resource: HubRecord) -> Hub:
+        _, key = self._rest.hub_keys(resource.name)
+        return Hub(self, resource, key)
+
+    def _dps(self, resource: DpsRecord) -> Dps:
+        _, key = self._rest.dps_keys(resource.name)
+        return Dps(self, resource, key)
+
+    def create_hub(
+        self,
+        name: str,
+        location: str = "westeurope",
+        *,
+        sku: str | None = None,
+        units: int = 1,
+    ) -> Hub:
+        """Create an IoT hub (or return the existing one of that name); waits until ARM reports
+        it ready. The name must follow Azure's rule (3-50 letters, digits and hyphens, not
+        ending with a hyphen): others raise ``ConfigError`` before any request.
+
+        ``sku`` (``F1``, ``B1``-``B3``, ``S1``-``S3``) and ``units`` choose the hub's tier and
+        size, as ARM's ``sku`` shows it; the local cloud then applies Azure's documented
+        throttles and daily message quota of that tier and size (see :meth:`Hub.usage`).
+        Without ``sku`` the hub is S1 with one unit and enforces none of them."""
+        if units < 1:
+            raise ConfigError(f"a hub has 1 unit or more, not {units}")
+        if sku is None and units != 1:
+            raise ConfigError("units need a sku (F1, B1, B2, B3, S1, S2 or S3)")
+        return self._hub(self._rest.create_hub(name, location, sku, units))
+
+    def hub(self, name: str) -> Hub:
+        """An existing hub."""
+        return self._hub(self._rest.hub(name))
+
+    def hubs(self) -> list[Hub]:
+        """Every hub of the resource group."""
+        return [self._hub(r) for r in self._rest.hubs()]
+
+    def delete_hub(self, hub: Hub | str) -> None:
+        """Delete a hub (and unlink it from every DPS)."""
+        self._rest.delete_hub(hub.name if isinstance(hub, Hub) else hub)
+
+    def create_dps(self, name: str, location: str = "westeurope", *, presets: bool = False) -> Dps:
+        """Create a DPS instance (or return the existing one of that name). The name must
+        follow Azure's rule (3-64 letters, digits and hyphens, not ending with a hyphen): others
+        raise ``ConfigError`` before any request.
+
+        With ``presets`` the local cloud applies Azure's DPS rates to the instance: 1,000
+        registrations and 1,000 service operations a minute, 5 status polls per device in 10
+        seconds, each refused past it with 429 and a ``retry-after`` (Azure always applies
+        them; the resource tag that asks for them is inert there)."""
+        return self._dps(self._rest.create_dps(name, location, presets))
+
+    def dps(self, name: str) -> Dps:
+        """An existing DPS instance."""
+        return self._dps(self._rest.dps(name))
+
+    def all_dps(self) -> list[Dps]:
+        """Every DPS instance of the resource group."""
+        return [self._dps(r) for r in self._rest.dps_instances()]
+
+    def delete_dps(self, dps: Dps | str) -> None:
+        """Delete a DPS instance with its enrollments and registrations."""
+        self._rest.delete_dps(dps.name if isinstance(dps, Dps) else dps)
+
+    def link_hub(
+        self,
+        dps: Dps | str,
+        hub: Hub | str,
+        *,
+        allocation_weight: int = 1,
+        apply_allocation_policy: bool = True,
+        location: str | None = None,
+    ) -> LinkedHub:
+        """Link a hub to a DPS instance (or update the link), as ``az iot dps linked-hub create``
+        does: read the DPS resource, add the hub's ``iothubowner`` connection string, write it
+        back. ``location`` (default: the hub's) is what geo-latency allocation compares."""
+        dps_name = dps.name if isinstance(dps, Dps) else dps
+        hub_name = hub.name if isinstance(hub, Hub) else hub
+        if allocation_weight < 0:
+            raise ConfigError("allocation_weight must be 0 or more")
+        resource = self._rest.link_hub(
+            dps_name, hub_name, allocation_weight, apply_allocation_policy, location
+        )
+        host = self._rest.hub(hub_name).host_name.lower()
+        link = next(k for k in resource.linked_hubs if k.host_name.lower() == host)
+        return LinkedHub._from_native(link, hub_name)

@@ -1,0 +1,280 @@
+"""Enrollment groups, individual enrollments and registration records: the DPS service
+API's model as dataclasses, read from its JSON and written back in the shape the Azure CLI
+and the official SDKs send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from dpskit.cloud._common import (
+    AllocationPolicy,
+    CertificateLike,
+    ProvisioningStatus,
+    _azure_time,
+    _certificate,
+    _check_key,
+    _generated_key,
+)
+from dpskit.cloud.records import CertificateSummary
+from dpskit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ReprovisionPolicy:
+    """What DPS does when a registered device registers again."""
+
+    update_hub_assignment: bool = True
+    migrate_device_data: bool = True
+
+    def _to_json(self) -> dict[str, bool]:
+        return {
+            "updateHubAssignment": self.update_hub_assignment,
+            "migrateDeviceData": self.migrate_device_data,
+        }
+
+
+@dataclass(frozen=True)
+class _Settings:
+    provisioning_status: ProvisioningStatus = "enabled"
+    allocation_policy: AllocationPolicy | None = None
+    iot_hubs: tuple[str, ...] = ()
+    reprovision_policy: ReprovisionPolicy = field(default_factory=ReprovisionPolicy)
+    initial_twin: dict[str, Any] | None = None
+    custom_allocation_url: str | None = None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> _Settings:
+        policy = data.get("reprovisionPolicy") or {}
+        custom = data.get("customAllocationDefinition") or {}
+        return cls(
+            provisioning_status=data.get("provisioningStatus") or "enabled",
+            allocation_policy=data.get("allocationPolicy"),
+            iot_hubs=tuple(data.get("iotHubs") or ()),
+            reprovision_policy=ReprovisionPolicy(
+                update_hub_assignment=policy.get("updateHubAssignment", True),
+                migrate_device_data=policy.get("migrateDeviceData", True),
+            ),
+            initial_twin=data.get("initialTwin"),
+            custom_allocation_url=custom.get("webhookUrl"),
+        )
+
+    def _to_json(self) -> dict[str, Any]:
+        """The fields as the DPS service API takes them. Unset fields are left out rather than
+        sent as ``null``, as the Azure CLI and the official SDKs serialise them."""
+        body: dict[str, Any] = {
+            "provisioningStatus": self.provisioning_status,
+            "reprovisionPolicy": self.reprovision_policy._to_json(),
+        }
+        if self.allocation_policy is not None:
+            body["allocationPolicy"] = self.allocation_policy
+        if self.iot_hubs:
+            body["iotHubs"] = list(self.iot_hubs)
+        if self.initial_twin is not None:
+            body["initialTwin"] = self.initial_twin
+        if self.custom_allocation_url is not None:
+            body["customAllocationDefinition"] = {
+                "webhookUrl": self.custom_allocation_url,
+                "apiVersion": "2021-10-01",
+            }
+        return body
+
+
+@dataclass(frozen=True)
+class _Attestation:
+    type: Literal["x509", "symmetricKey"]
+    ca_references: tuple[str, ...] = ()
+    certificates: tuple[CertificateSummary, ...] = ()
+    primary_key: str | None = field(default=None, repr=False)
+    secondary_key: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> _Attestation:
+        if data["type"] == "x509":
+            x509 = data.get("x509") or {}
+            references = x509.get("caReferences") or {}
+            certificates = x509.get("signingCertificates") or x509.get("clientCertificates") or {}
+            summaries: list[CertificateSummary] = []
+            for slot in ("primary", "secondary"):
+                info = (certificates.get(slot) or {}).get("info")
+                if info is None:
+                    continue
+                summary = CertificateSummary._from_info(info)
+                # Azure repeats the primary as the secondary when only one was given.
+                if all(s.thumbprint != summary.thumbprint for s in summaries):
+                    summaries.append(summary)
+            return cls(
+                type="x509",
+                ca_references=tuple(
+                    r for r in (references.get("primary"), references.get("secondary")) if r
+                ),
+                certificates=tuple(summaries),
+            )
+        keys = data.get("symmetricKey") or {}
+        return cls(
+            type="symmetricKey",
+            primary_key=keys.get("primaryKey"),
+            secondary_key=keys.get("secondaryKey"),
+        )
+
+
+def _attestation_json(
+    *,
+    ca_reference: str | None,
+    certificate: CertificateLike | None,
+    symmetric_key: bool,
+    primary_key: str | None,
+    secondary_key: str | None,
+    group: bool,
+) -> dict[str, Any]:
+    """An attestation as the DPS service API takes it."""
+    chosen = [ca_reference is not None, certificate is not None, symmetric_key]
+    if sum(chosen) != 1:
+        raise ConfigError(
+            "choose exactly one attestation: a CA reference, a certificate, or symmetric_key=True"
+        )
+    if symmetric_key:
+        return {
+            "type": "symmetricKey",
+            "symmetricKey": {
+                "primaryKey": _check_key("primary_key", primary_key) or _generated_key(),
+                "secondaryKey": _check_key("secondary_key", secondary_key) or _generated_key(),
+            },
+        }
+    if ca_reference is not None:
+        return {"type": "x509", "x509": {"caReferences": {"primary": ca_reference}}}
+    assert certificate is not None
+    field_name = "signingCertificates" if group else "clientCertificates"
+    pem = _certificate(certificate).pem
+    return {"type": "x509", "x509": {field_name: {"primary": {"certificate": pem}}}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class _EnrollmentCommon:
+    """What enrollment groups and individual enrollments share."""
+
+    attestation_type: Literal["x509", "symmetricKey"]
+    primary_key: str | None = field(repr=False)
+    secondary_key: str | None = field(repr=False)
+    provisioning_status: ProvisioningStatus
+    allocation_policy: AllocationPolicy | None
+    iot_hubs: tuple[str, ...]
+    reprovision_policy: ReprovisionPolicy
+    initial_twin: dict[str, Any] | None
+    custom_allocation_url: str | None
+    etag: str
+    created: datetime
+    updated: datetime
+
+    @staticmethod
+    def _common(data: dict[str, Any], attestation: _Attestation) -> dict[str, Any]:
+        """The shared fields, from the service JSON of either kind."""
+        settings = _Settings._from_json(data)
+        return {
+            "attestation_type": attestation.type,
+            "primary_key": attestation.primary_key,
+            "secondary_key": attestation.secondary_key,
+            "provisioning_status": settings.provisioning_status,
+            "allocation_policy": settings.allocation_policy,
+            "iot_hubs": settings.iot_hubs,
+            "reprovision_policy": settings.reprovision_policy,
+            "initial_twin": settings.initial_twin,
+            "custom_allocation_url": settings.custom_allocation_url,
+            "etag": data["etag"],
+            "created": _azure_time(data["createdDateTimeUtc"]),
+            "updated": _azure_time(data["lastUpdatedDateTimeUtc"]),
+        }
+
+    def _settings(self) -> _Settings:
+        return _Settings(
+            provisioning_status=self.provisioning_status,
+            allocation_policy=self.allocation_policy,
+            iot_hubs=self.iot_hubs,
+            reprovision_policy=self.reprovision_policy,
+            initial_twin=self.initial_twin,
+            custom_allocation_url=self.custom_allocation_url,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrollmentGroup(_EnrollmentCommon):
+    """An enrollment group: every device whose chain reaches its CA (or whose key derives from
+    its group key) may register."""
+
+    enrollment_group_id: str
+    ca_references: tuple[str, ...]
+    signing_certificates: tuple[CertificateSummary, ...]
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> EnrollmentGroup:
+        attestation = _Attestation._from_json(data["attestation"])
+        return cls(
+            enrollment_group_id=data["enrollmentGroupId"],
+            ca_references=attestation.ca_references,
+            signing_certificates=attestation.certificates,
+            **cls._common(data, attestation),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Enrollment(_EnrollmentCommon):
+    """An individual enrollment: one device, by its certificate or its own symmetric key."""
+
+    registration_id: str
+    device_id: str | None
+    certificates: tuple[CertificateSummary, ...]
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> Enrollment:
+        attestation = _Attestation._from_json(data["attestation"])
+        return cls(
+            registration_id=data["registrationId"],
+            device_id=data.get("deviceId"),
+            certificates=attestation.certificates,
+            **cls._common(data, attestation),
+        )
+
+
+@dataclass(frozen=True)
+class RegistrationRecord:
+    """What DPS remembers about a device's registration (``DeviceRegistrationState``), with the
+    enrollment it came through."""
+
+    registration_id: str
+    status: str
+    assigned_hub: str | None
+    device_id: str | None
+    substatus: str | None
+    enrollment_group_id: str | None
+    attestation: Literal["x509", "symmetricKey"]
+    error_code: int | None
+    error_message: str | None
+    created: datetime
+    last_updated: datetime
+    etag: str
+    payload: Any = None
+
+    @classmethod
+    def _from_json(
+        cls,
+        data: dict[str, Any],
+        *,
+        enrollment_group_id: str | None,
+        attestation: Literal["x509", "symmetricKey"],
+    ) -> RegistrationRecord:
+        return cls(
+            registration_id=data["registrationId"],
+            status=data["status"],
+            assigned_hub=data.get("assignedHub"),
+            device_id=data.get("deviceId"),
+            substatus=data.get("substatus"),
+            enrollment_group_id=enrollment_group_id,
+            attestation=attestation,
+            error_code=data.get("errorCode"),
+            error_message=data.get("errorMessage"),
+            created=_azure_time(data["createdDateTimeUtc"]),
+            last_updated=_azure_time(data["lastUpdatedDateTimeUtc"]),
+            etag=data["etag"],
+            payload=data.get("payload"),
+        )

@@ -1,0 +1,233 @@
+"""``Hub``: one IoT hub, its ARM identity and keys, and its service API (devices, twins,
+direct methods, cloud-to-device messages, telemetry), plus the emulator's knobs for it."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from dpskit._native import HubRecord, validate_registration_id
+from dpskit.cloud._common import (
+    _AUTHENTICATIONS,
+    CertificateLike,
+    _certificate,
+    _generated_key,
+)
+from dpskit.cloud.records import (
+    HubDevice,
+    HubUsage,
+    MethodResult,
+    TelemetryMessage,
+    TelemetryRecords,
+)
+from dpskit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dpskit.cloud.base import _Cloud
+
+
+class Hub:
+    """An IoT Hub instance: its identity and keys from ARM, its service API for devices,
+    twins, methods and messages."""
+
+    def __init__(self, cloud: _Cloud, resource: HubRecord, key: str) -> None:
+        self._cloud = cloud
+        self.name: str = resource.name
+        self.host_name: str = resource.host_name
+        self.location: str = resource.location
+        #: ARM ``sku.name``: the tier (``S1`` unless the hub was created with another).
+        self.sku: str = resource.sku or "S1"
+        #: ARM ``sku.capacity``: the hub's units.
+        self.units: int = resource.units or 1
+        self._primary_key = key
+
+    @property
+    def connection_string(self) -> str:
+        """The ``iothubowner`` service connection string."""
+        return (
+            f"HostName={self.host_name};SharedAccessKeyName=iothubowner;"
+            f"SharedAccessKey={self._primary_key}"
+        )
+
+    @property
+    def _service(self) -> tuple[str, str | None]:
+        return self.connection_string, self._cloud._hub_service_endpoint()
+
+    def devices(self) -> list[HubDevice]:
+        """The device identities of this hub, in device-id order: one query call per 100
+        devices (IoT Hub's query API, as Azure recommends), not a read per device. The list
+        carries no keys (``primary_key`` and ``secondary_key`` are ``None``), as the query
+        does not; :meth:`device` reads one identity with its keys."""
+        return [
+            HubDevice(
+                device_id=device_id,
+                hub=self.host_name,
+                authentication=_AUTHENTICATIONS.get(authentication.lower(), "sas"),
+                thumbprint=thumbprint,
+                primary_key=None,
+                secondary_key=None,
+                connection_state=state,
+            )
+            for device_id, authentication, thumbprint, state in self._cloud._rest.hub_device_list(
+                *self._service
+            )
+        ]
+
+    def device(self, device_id: str) -> HubDevice:
+        """One device identity."""
+        identity = self._cloud._rest.hub_device(*self._service, device_id)
+        return HubDevice._from_json(self.host_name, identity)
+
+    def create_device(
+        self,
+        device_id: str,
+        *,
+        certificate: CertificateLike | None = None,
+        symmetric_key: bool = False,
+        primary_key: str | None = None,
+        secondary_key: str | None = None,
+        initial_twin: dict[str, Any] | None = None,
+    ) -> HubDevice:
+        """Create a device identity directly (without DPS): X.509 by the certificate's
+        thumbprint, or symmetric keys (generated unless given). ``initial_twin`` (tags and
+        desired properties) is applied right after."""
+        if (certificate is None) == (not symmetric_key):
+            raise ConfigError("give either a certificate or symmetric_key=True")
+        validate_registration_id(device_id, x509=False)
+        if certificate is not None:
+            cert = _certificate(certificate)
+            auth: dict[str, Any] = {
+                "type": "selfSigned",
+                "x509Thumbprint": {"primaryThumbprint": cert.thumbprint_sha1},
+            }
+        else:
+            auth = {
+                "type": "sas",
+                "symmetricKey": {
+                    "primaryKey": primary_key or _generated_key(),
+                    "secondaryKey": secondary_key or _generated_key(),
+                },
+            }
+        # Status and capabilities explicit, as the official SDK and the CLI send them.
+        body = {
+            "deviceId": device_id,
+            "status": "enabled",
+            "authentication": auth,
+            "capabilities": {"iotEdge": False},
+        }
+        identity = self._cloud._rest.hub_put_device(*self._service, device_id, body)
+        if initial_twin:
+            patch = {
+                "tags": initial_twin.get("tags"),
+                "properties": {"desired": (initial_twin.get("properties") or {}).get("desired")},
+            }
+            self._cloud._rest.hub_patch_twin(*self._service, device_id, patch)
+        return HubDevice._from_json(self.host_name, identity)
+
+    def delete_device(self, device_id: str) -> None:
+        """Delete a device identity (its twin and waiting messages go with it)."""
+        self._cloud._rest.hub_delete_device(*self._service, device_id)
+
+    # -- realism knobs (emulator only) -------------------------------------------------------
+
+    def set_latency(self, seconds: float) -> None:
+        """Delay before the hub handles each device message (emulator only)."""
+        self._cloud._emulator_only("set_latency").update_hub_knobs(self.host_name, latency=seconds)
+
+    def set_throttle(
+        self,
+        *,
+        connections_per_second: int | None = None,
+        messages_per_second: int | None = None,
+    ) -> None:
+        """Azure-like throttles (``None`` leaves a limit as it is, 0 removes it): new
+        connections beyond the rate are refused; messages beyond it are delayed for up to a
+        second (traffic shaping), then the device is disconnected (429001). Emulator only."""
+        for value in (connections_per_second, messages_per_second):
+            if value is not None and value < 0:
+                raise ConfigError("rates must be 0 (no limit) or more")
+        self._cloud._emulator_only("set_throttle").update_hub_knobs(
+            self.host_name,
+            connections_per_second=connections_per_second,
+            messages_per_second=messages_per_second,
+        )
+
+    def usage(self) -> HubUsage:
+        """The hub's tier, today's message meter (reset at 00:00 UTC) and, on the local cloud,
+        the refusals its throttles produced. On Azure the meter is the hub's ``TotalMessages``
+        quota metric (ARM ``quotaMetrics``, what the portal shows as the daily message limit)
+        and the refusals are None (Azure Monitor has them)."""
+        return HubUsage._from_native(self._cloud._hub_usage(self))
+
+    def refuse_connections(self, count: int) -> None:
+        """Refuse the next ``count`` device connections (fault injection, emulator only)."""
+        if count < 0:
+            raise ConfigError(f"count must be 0 or more, not {count}")
+        self._cloud._emulator_only("refuse_connections").update_hub_knobs(
+            self.host_name, refuse_next_connections=count
+        )
+
+    def drop_connection(self, device_id: str) -> bool:
+        """Drop a device's connection now (fault injection, emulator only); ``False`` if it was
+        offline."""
+        return self._cloud._emulator_only("drop_connection").hub_drop_connection(
+            self.host_name, device_id
+        )
+
+    def telemetry(self, device_id: str | None = None) -> TelemetryRecords:
+        """What the hub received (every device, or one), in arrival order. The emulator keeps
+        it; on Azure telemetry goes to the hub's Event Hubs endpoint, which this does not read."""
+        self._cloud._emulator_api("telemetry")
+        records = self._cloud._rest.hub_telemetry(*self._service, device_id)
+        return TelemetryRecords(TelemetryMessage._from_native(r) for r in records)
+
+    def get_twin(self, device_id: str) -> dict[str, Any]:
+        """The device twin: tags, desired and reported properties with their versions."""
+        twin: dict[str, Any] = self._cloud._rest.hub_twin(*self._service, device_id)
+        return twin
+
+    def update_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Patch desired properties (``None`` deletes); a connected device subscribed to desired
+        patches receives the change."""
+        body = {"properties": {"desired": patch}}
+        twin: dict[str, Any] = self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
+        return twin
+
+    def update_tags(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Patch the twin's tags."""
+        body = {"tags": patch}
+        twin: dict[str, Any] = self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
+        return twin
+
+    def send_c2d(
+        self,
+        device_id: str,
+        body: bytes | str | dict[str, Any] | list[Any],
+        *,
+        properties: dict[str, str] | None = None,
+    ) -> str:
+        """Queue a cloud-to-device message (at most 50 wait per device); returns its id.
+        Emulator only: Azure takes these over AMQP."""
+        self._cloud._emulator_api("send_c2d")
+        if isinstance(body, dict | list):
+            data = json.dumps(body).encode()
+        elif isinstance(body, str):
+            data = body.encode()
+        else:
+            data = body
+        pairs = [(str(k), str(v)) for k, v in (properties or {}).items()]
+        return self._cloud._rest.hub_send_c2d(*self._service, device_id, data, pairs)
+
+    def invoke_method(
+        self, device_id: str, method: str, payload: Any = None, *, timeout: float = 30.0
+    ) -> MethodResult:
+        """Call a direct method on a connected device and wait for its answer; an offline device
+        raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101).
+        ``timeout`` may not pass IoT Hub's 300 s (``ConfigError`` before any request)."""
+        status, answer = self._cloud._rest.hub_invoke_method(
+            *self._service, device_id, method, payload, timeout
+        )
+        return MethodResult(status=status, payload=answer)
+
+    def __repr__(self) -> str:
+        return f"<Hub {self.name!r} host_name={self.host_name!r} location={self.location!r}>"
