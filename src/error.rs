@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-/// Every failure the dpskit core reports.
+/// Every failure the dpskit core reports. Non-exhaustive: a later version may add a kind.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An argument or configuration value is invalid.
     #[error("{0}")]

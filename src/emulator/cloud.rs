@@ -1165,7 +1165,7 @@ mod erased {
     use crate::error::{Error, Result};
 
     /// Serialises heterogeneous records for one transaction.
-    pub trait Json {
+    pub(super) trait Json {
         fn to_json(&self) -> Result<String>;
     }
 

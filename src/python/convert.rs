@@ -108,7 +108,7 @@ pub(crate) fn py_to_json(value: &Bound<'_, PyAny>) -> PyResult<Value> {
 
 /// An IoT hub resource as ARM describes it.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct HubRecord {
+pub(crate) struct HubRecord {
     name: String,
     location: String,
     host_name: String,
@@ -132,7 +132,7 @@ impl From<crate::service::arm::HubResource> for HubRecord {
 
 /// A hub linked to a DPS, as ARM describes it (without its connection string).
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct LinkedHubRecord {
+pub(crate) struct LinkedHubRecord {
     host_name: String,
     location: String,
     allocation_weight: Option<u32>,
@@ -141,7 +141,7 @@ pub struct LinkedHubRecord {
 
 /// A DPS resource as ARM describes it.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct DpsRecord {
+pub(crate) struct DpsRecord {
     name: String,
     location: String,
     id_scope: String,
@@ -184,7 +184,7 @@ pub(crate) fn dps_record(
 
 /// A CA certificate of a DPS as ARM describes it; dates are ARM's RFC 1123 text.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct CaCertificateRecord {
+pub(crate) struct CaCertificateRecord {
     name: String,
     etag: String,
     subject: String,
@@ -216,7 +216,7 @@ impl From<crate::service::arm::CaCertificateResource> for CaCertificateRecord {
 
 /// A hub's tier, today's message meter and (emulator only) its throttles' refusals.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct HubUsageRecord {
+pub(crate) struct HubUsageRecord {
     sku: String,
     units: u32,
     presets: bool,
@@ -263,7 +263,7 @@ impl From<crate::service::arm::HubQuotaUsage> for HubUsageRecord {
 
 /// A device-to-cloud message the emulator's hub stored.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct TelemetryRecord {
+pub(crate) struct TelemetryRecord {
     sequence: u64,
     device_id: String,
     enqueued_time: f64,
@@ -289,7 +289,7 @@ pub(crate) fn telemetry_record(
 
 /// One step of a client's exchange with the local cloud, as its tracer recorded it.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct TraceRecord {
+pub(crate) struct TraceRecord {
     at: f64,
     direction: &'static str,
     kind: String,
@@ -314,7 +314,7 @@ impl From<crate::emulator::trace::TraceEvent> for TraceRecord {
 /// What DPS answered a device's registration: the one registration result of `provision` and
 /// `provision_devices`; times are Azure's text.
 #[pyclass(frozen, get_all, module = "dpskit._native")]
-pub struct Registration {
+pub(crate) struct Registration {
     status: String,
     registration_id: String,
     assigned_hub: Option<String>,
