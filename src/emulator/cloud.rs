@@ -170,23 +170,6 @@ pub fn validate_device_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Azure's rule for a CA certificate's or an enrollment group's name: 1 to 128 ASCII letters,
-/// digits, `-`, `_` and `.`; `what` names the kind in the error.
-pub fn check_resource_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "invalid {what} name {name:?}: use 1-128 characters from A-Z a-z 0-9 - _ ."
-        )))
-    }
-}
-
 impl Cloud {
     /// Opens the configuration stored in `store`.
     pub(crate) fn open(
@@ -614,7 +597,7 @@ impl Cloud {
         verified: bool,
         if_match: Option<&str>,
     ) -> Result<CaCertificate> {
-        check_resource_name("certificate", name)?;
+        crate::protocol::names::check_resource_name("certificate", name)?;
         self.update_dps(dps, |record, _| {
             let now = now();
             let existing = record.certificates.iter().position(|c| c.name == name);
@@ -867,7 +850,7 @@ impl Cloud {
         spec: EnrollmentSpec,
         if_match: Option<&str>,
     ) -> Result<EnrollmentGroup> {
-        check_resource_name("enrollment group", group_id)?;
+        crate::protocol::names::check_resource_name("enrollment group", group_id)?;
         let mut model = self.write();
         let record = model
             .dps

@@ -47,9 +47,40 @@ fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// Azure's rule for a CA certificate's or an enrollment group's name: 1 to 128 ASCII letters,
+/// digits, `-`, `_` and `.`; `what` names the kind in the error.
+pub fn check_resource_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "invalid {what} name {name:?}: use 1-128 characters from A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_and_group_names_take_128_letters_digits_dashes_underscores_and_dots() {
+        for good in ["a", "my_ca-1.v2", &"x".repeat(128)] {
+            check_resource_name("certificate", good).unwrap();
+        }
+        for bad in ["", "with space", "slash/", &"x".repeat(129), "é"] {
+            let refused = check_resource_name("enrollment group", bad).unwrap_err();
+            assert!(
+                refused.to_string().contains("enrollment group"),
+                "{refused}"
+            );
+        }
+    }
 
     #[test]
     fn names_follow_azures_rules() {

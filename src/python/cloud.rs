@@ -32,7 +32,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// Refuses (`ConfigError`) a CA certificate or enrollment group name Azure would refuse.
 #[pyfunction]
 fn validate_resource_name(kind: &str, name: &str) -> PyResult<()> {
-    Ok(crate::emulator::cloud::check_resource_name(kind, name)?)
+    Ok(crate::protocol::names::check_resource_name(kind, name)?)
 }
 
 /// Refuses (`ConfigError`) a symmetric key Azure would refuse: base64 of at least 16 bytes.
