@@ -296,6 +296,7 @@ fn hub_sku_round_trips_through_arm_and_turns_the_presets_on() {
         for sku in [
             json!({"name": "S4", "capacity": 1}),
             json!({"name": "F1", "capacity": 2}),
+            json!({"name": "S1", "capacity": "2"}),
         ] {
             let answer = client
                 .send(

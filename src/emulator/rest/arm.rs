@@ -889,7 +889,20 @@ fn requested_sku(body: &Value) -> Result<Option<crate::limits::HubSku>, Reply> {
         return Ok(None);
     }
     let name = sku["name"].as_str().unwrap_or_default();
-    let units = sku["capacity"].as_u64().unwrap_or(1);
+    // An absent capacity is one unit; one that is not a whole number is refused, not read as 1.
+    let units = match &sku["capacity"] {
+        Value::Null => 1,
+        capacity => match capacity.as_u64() {
+            Some(units) => units,
+            None => {
+                return Err(arm_error(
+                    400,
+                    "400002",
+                    &format!("sku.capacity must be a whole number of units, not {capacity}"),
+                ));
+            }
+        },
+    };
     crate::limits::HubSku::new(name, u32::try_from(units).unwrap_or(u32::MAX))
         .map(Some)
         .map_err(|why| arm_error(400, "400002", &why))
