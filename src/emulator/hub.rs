@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::clock::now;
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, HubDevice};
-use crate::emulator::quotas::{HubQuotas, Rate, Throttled, start_of_today};
+use crate::emulator::quotas::{HubCounters, HubQuotas, Rate, Throttled, start_of_today};
 use crate::emulator::store::kind::SESSION;
 use crate::emulator::store::{Store, TelemetryRecord};
 use crate::error::{Error, Result};
@@ -466,25 +466,8 @@ impl HubEngine {
     /// first message after a start counts today's stored telemetry first, so a restart does
     /// not hand out a second quota.
     pub fn meter_message(&self, hub: &str, size: usize) -> std::result::Result<(), String> {
-        let Some(sku) = self.quotas.preset(hub) else {
-            return Ok(());
-        };
-        self.count_stored_messages(hub, sku)?;
-        self.quotas.meter_message(hub, size)
-    }
-
-    /// Starts a hub's meter from today's stored telemetry, once.
-    fn count_stored_messages(
-        &self,
-        hub: &str,
-        sku: crate::limits::HubSku,
-    ) -> std::result::Result<(), String> {
-        if !self.quotas.needs_count(hub) {
-            return Ok(());
-        }
-        let (day, used) = self.stored_messages_today(hub, sku)?;
-        self.quotas.start_count(hub, day, used);
-        Ok(())
+        self.quotas
+            .meter_message(hub, size, |sku| self.stored_messages_today(hub, sku))
     }
 
     /// Today's UTC day and the messages the hub stored since its start, metered in the tier's
@@ -518,24 +501,28 @@ impl HubEngine {
             units: 1,
         });
         let presets = self.quotas.preset(hub).is_some();
-        let messages_used = if presets {
-            self.count_stored_messages(hub, sku)
+        let counters = if presets {
+            self.quotas
+                .ensure_counted(hub, |sku| self.stored_messages_today(hub, sku))
                 .map_err(Error::Config)?;
-            self.quotas.counters(hub).messages_used
+            self.quotas.counters(hub)
         } else {
             // Azure meters every hub; one that enforces nothing is not metered as it goes, so
             // its stored messages of today are counted now.
-            self.stored_messages_today(hub, sku)
-                .map_err(Error::Config)?
-                .1
+            let (_, used) = self
+                .stored_messages_today(hub, sku)
+                .map_err(Error::Config)?;
+            HubCounters {
+                messages_used: used,
+                ..self.quotas.counters(hub)
+            }
         };
-        let counters = self.quotas.counters(hub);
         Ok(HubUsage {
             sku: sku.tier.name().to_string(),
             units: sku.units,
             presets,
             daily_quota: sku.daily_messages(),
-            messages_used,
+            messages_used: counters.messages_used,
             meter_block_bytes: sku.tier.limits().meter_block_bytes,
             resets_at: counters.resets_at,
             throttled: counters.throttled,
@@ -562,7 +549,7 @@ impl HubEngine {
                 1.0,
                 rate.map(Rate::per_second),
             )
-            .map_err(|t| t.message)
+            .map_err(|t| t.to_string())
     }
 
     /// Device-to-cloud send admission: `Ok(delay)` to shape the traffic (the knob's latency
@@ -573,7 +560,7 @@ impl HubEngine {
         let shaping = self
             .quotas
             .shape_send(hub, knobs.messages_per_second.map(Rate::per_second))
-            .map_err(|t| t.message)?;
+            .map_err(|t| t.to_string())?;
         Ok(knobs.latency + shaping)
     }
 

@@ -11,7 +11,8 @@
 //!
 //! The hub engine's fault-injection knobs (a connection or send rate set by hand) use the same
 //! buckets with their own rate. Every lock here guards one map, is held only to read or change
-//! it, and never while another component is called (the engine reads the store first).
+//! it, and never while another component is called (the store is read through a closure the
+//! engine passes, with no lock held).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,21 +34,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// An operation refused by a throttle: IoT Hub's 429001 and when to try again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Throttled {
-    /// Azure's words, with the code first (`429001 ThrottlingException: ...`).
+    /// Azure's words (`ThrottlingException: ...`); shown with the code first.
     pub message: String,
     /// When the bucket holds the operation's cost again.
     pub retry_after: Duration,
 }
 
+impl std::fmt::Display for Throttled {
+    /// `429001 ThrottlingException: ...`, as the hub logs a refusal and closes a connection.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            crate::limits::THROTTLED_ERROR_CODE,
+            self.message
+        )
+    }
+}
+
 impl Throttled {
     /// The refusal as the error the hub's APIs answer with (status 429).
     pub fn into_error(self) -> crate::error::Error {
-        let message = self
-            .message
-            .strip_prefix("429001 ")
-            .unwrap_or(&self.message)
-            .to_string();
-        crate::error::Error::service(429, crate::limits::THROTTLED_ERROR_CODE, message)
+        crate::error::Error::service(429, crate::limits::THROTTLED_ERROR_CODE, self.message)
     }
 }
 
@@ -222,7 +230,7 @@ impl HubQuotas {
                 *state.throttled.entry(operation).or_default() += 1;
                 Err(Throttled {
                     message: format!(
-                        "429001 ThrottlingException: the hub's {} throttle ({} per second) is spent",
+                        "ThrottlingException: the hub's {} throttle ({} per second) is spent",
                         operation.name().replace('_', " "),
                         trim(rate.per_second)
                     ),
@@ -249,7 +257,7 @@ impl HubQuotas {
             *state.throttled.entry(HubOperation::D2cSend).or_default() += 1;
             return Err(Throttled {
                 message: format!(
-                    "429001 ThrottlingException: more than {} messages per second",
+                    "ThrottlingException: more than {} messages per second",
                     trim(rate.per_second)
                 ),
                 retry_after: wait - SHAPING_WINDOW,
@@ -259,35 +267,62 @@ impl HubQuotas {
         Ok(wait)
     }
 
-    /// Whether the hub's meter still needs today's count from the store (after a start, or
-    /// at a new UTC day: then the count is zero and the store is not read).
-    pub fn needs_count(&self, hub: &str) -> bool {
-        lock(&self.hubs)
-            .get(&hub.to_ascii_lowercase())
-            .is_none_or(|state| state.day.is_none())
-    }
-
-    /// Sets today's count of a hub's meter (from the stored telemetry), unless a message
-    /// counted meanwhile.
-    pub fn start_count(&self, hub: &str, day: i64, used: u64) {
+    /// The hubs' state, locked, with `key`'s meter started: after a start its first use counts
+    /// today's stored messages through `stored_today` (the day and the messages it metered),
+    /// read with no lock held; a message counted meanwhile wins.
+    fn counted(
+        &self,
+        key: &str,
+        sku: HubSku,
+        stored_today: impl FnOnce(HubSku) -> Result<(i64, u64), String>,
+    ) -> Result<std::sync::MutexGuard<'_, HashMap<String, HubState>>, String> {
+        let hubs = lock(&self.hubs);
+        if hubs.get(key).is_some_and(|state| state.day.is_some()) {
+            return Ok(hubs);
+        }
+        drop(hubs);
+        let (day, used) = stored_today(sku)?;
         let mut hubs = lock(&self.hubs);
-        let state = hubs.entry(hub.to_ascii_lowercase()).or_default();
+        let state = hubs.entry(key.to_string()).or_default();
         if state.day.is_none() {
             state.day = Some(day);
             state.used = used;
         }
+        Ok(hubs)
+    }
+
+    /// Starts the meter of a hub that enforces its tier (see [`Self::meter_message`]).
+    pub fn ensure_counted(
+        &self,
+        hub: &str,
+        stored_today: impl FnOnce(HubSku) -> Result<(i64, u64), String>,
+    ) -> Result<(), String> {
+        match self.preset(hub) {
+            Some(sku) => self
+                .counted(&hub.to_ascii_lowercase(), sku, stored_today)
+                .map(drop),
+            None => Ok(()),
+        }
     }
 
     /// Meters a device-to-cloud message of `size` bytes against the daily quota of the hub's
-    /// tier: `Err` (403002, in Azure's words) once it is spent.
-    pub fn meter_message(&self, hub: &str, size: usize) -> Result<(), String> {
+    /// tier: `Err` (403002, in Azure's words) once it is spent. The first message after a start
+    /// counts today's stored messages first (`stored_today`), so a restart hands out no second
+    /// quota.
+    pub fn meter_message(
+        &self,
+        hub: &str,
+        size: usize,
+        stored_today: impl FnOnce(HubSku) -> Result<(i64, u64), String>,
+    ) -> Result<(), String> {
         let Some(sku) = self.preset(hub) else {
             return Ok(());
         };
         let quota = sku.daily_messages();
         let cost = sku.metered_messages(size);
-        let mut hubs = lock(&self.hubs);
-        let state = hubs.entry(hub.to_ascii_lowercase()).or_default();
+        let key = hub.to_ascii_lowercase();
+        let mut hubs = self.counted(&key, sku, stored_today)?;
+        let state = hubs.entry(key).or_default();
         let day = today();
         if state.day != Some(day) {
             // Azure resets the daily quota at 00:00 UTC.
@@ -495,7 +530,7 @@ mod tests {
         let refused = quotas
             .admit("HUB", HubOperation::Registry, 1.0, None)
             .unwrap_err();
-        assert!(refused.message.starts_with("429001"), "{refused:?}");
+        assert!(refused.to_string().starts_with("429001"), "{refused:?}");
         // The next token comes in 60/200 s.
         assert!(refused.retry_after <= Duration::from_millis(300));
         assert_eq!(quotas.counters("hub").throttled["registry_operations"], 1);
@@ -565,12 +600,16 @@ mod tests {
     fn the_meter_starts_from_the_stored_count_and_refuses_past_the_quota() {
         let quotas = HubQuotas::default();
         quotas.set_preset("hub", Some(HubSku::new("F1", 1).unwrap()));
-        assert!(quotas.needs_count("hub"));
         let (day, _) = start_of_today();
-        quotas.start_count("hub", day, 7_999);
-        assert!(!quotas.needs_count("hub"));
-        quotas.meter_message("hub", 100).unwrap();
-        let refusal = quotas.meter_message("hub", 100).unwrap_err();
+        let reads = std::cell::Cell::new(0);
+        let stored = |_| {
+            reads.set(reads.get() + 1);
+            Ok((day, 7_999))
+        };
+        quotas.meter_message("hub", 100, stored).unwrap();
+        let refusal = quotas.meter_message("hub", 100, stored).unwrap_err();
+        // The store is read once, at the first message after the start.
+        assert_eq!(reads.get(), 1);
         assert!(refusal.starts_with("403002"), "{refusal}");
         let counters = quotas.counters("hub");
         assert_eq!(

@@ -143,12 +143,7 @@ pub(super) async fn handle(
     if let Some((operation, cost)) = throttled_operation(&parts.method, &lower, body)
         && let Err(refused) = context.hubs.admit(host, operation, cost)
     {
-        let mut reply = throttled(
-            refused
-                .message
-                .strip_prefix("429001 ")
-                .unwrap_or(&refused.message),
-        );
+        let mut reply = throttled(&refused.message);
         reply.headers.push((
             "retry-after",
             retry_after_seconds(refused.retry_after).to_string(),
