@@ -392,6 +392,11 @@ fn twin_key(hub: &str, device_id: &str) -> String {
 }
 
 impl HubEngine {
+    /// Commits the telemetry still queued and closes the writer (the emulator is stopping).
+    pub fn stop_writer(&self) {
+        self.writer.stop();
+    }
+
     /// An engine over the cloud's identities and the store.
     pub fn new(cloud: Arc<Cloud>, store: Arc<Store>) -> Result<Self> {
         let writer = crate::emulator::store::TelemetryWriter::start(store.clone())?;

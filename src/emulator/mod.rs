@@ -573,6 +573,8 @@ impl Emulator {
     pub fn stop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(2));
+            // Telemetry already acknowledged is committed; the store is closed once stop returns.
+            self.hubs.stop_writer();
             log::info!("emulator: stopped");
         }
         self.listeners

@@ -352,12 +352,21 @@ pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 /// instead of growing memory, while ten thousand devices with a few small messages each in
 /// flight never wait (a count bound small enough to matter stalled them, and their PUBACKs).
 pub struct TelemetryWriter {
-    queue: std::sync::mpsc::Sender<Waiting>,
+    queue: std::sync::mpsc::Sender<Job>,
     budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Joined by [`TelemetryWriter::stop`], so the store is closed once the emulator stops.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A message waiting for its commit, holding its share of the byte budget until then.
 type Waiting = (TelemetryRecord, OnCommit, tokio::sync::OwnedSemaphorePermit);
+
+/// What the writer thread is asked to do.
+enum Job {
+    Append(Waiting),
+    /// Commit what came before, then let go of the store.
+    Stop,
+}
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -369,15 +378,20 @@ const COST_PER_MESSAGE: usize = 256;
 impl TelemetryWriter {
     /// Starts the writer thread.
     pub fn start(store: std::sync::Arc<Store>) -> Result<Self> {
-        let (queue, incoming) = std::sync::mpsc::channel::<Waiting>();
-        std::thread::Builder::new()
+        let (queue, incoming) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
             .name("dpskit-telemetry-writer".into())
             .spawn(move || {
-                while let Ok(first) = incoming.recv() {
+                let mut stopping = false;
+                while !stopping && let Ok(Job::Append(first)) = incoming.recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match incoming.try_recv() {
-                            Ok(next) => batch.push(next),
+                            Ok(Job::Append(next)) => batch.push(next),
+                            Ok(Job::Stop) => {
+                                stopping = true;
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }
@@ -411,7 +425,21 @@ impl TelemetryWriter {
         Ok(TelemetryWriter {
             queue,
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_BYTES)),
+            thread: std::sync::Mutex::new(Some(thread)),
         })
+    }
+
+    /// Commits what is queued and stops the thread, releasing its hold on the store: once this
+    /// returns, a later emulator on the same folder finds no connection of this one closing
+    /// (and deleting the WAL it would have found). Later appends fail.
+    pub fn stop(&self) {
+        let _ = self.queue.send(Job::Stop);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            log::error!("emulator: the telemetry writer panicked");
+        }
     }
 
     /// Queues a message, waiting while [`MAX_WAITING_BYTES`] already wait; `on_commit` runs on
@@ -434,7 +462,7 @@ impl TelemetryWriter {
             .await
             .map_err(|_| stopped())?;
         self.queue
-            .send((record, on_commit, permit))
+            .send(Job::Append((record, on_commit, permit)))
             .map_err(|_| stopped())
     }
 
