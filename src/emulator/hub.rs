@@ -72,7 +72,18 @@ pub struct Twin {
 
 impl Twin {
     fn from_initial(initial: Option<&Value>) -> Self {
-        let section = |v: Option<&Value>| v.and_then(Value::as_object).cloned().unwrap_or_default();
+        // Metadata keys (`$version`, `$metadata`) in an enrollment's initial twin are the
+        // hub's to write, so they are not taken as properties.
+        let section = |v: Option<&Value>| {
+            v.and_then(Value::as_object)
+                .map(|map| {
+                    map.iter()
+                        .filter(|(key, _)| !key.starts_with('$'))
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         Twin {
             tags: section(initial.and_then(|t| t.get("tags"))),
             desired: section(initial.and_then(|t| t.pointer("/properties/desired"))),
@@ -82,13 +93,10 @@ impl Twin {
         }
     }
 
-    /// What the device gets for a GET.
+    /// What the device gets for a GET, laid out as IoT Hub writes it: `desired` then
+    /// `reported`, each with its properties in the order they were set and `$version` last
+    /// (embedded stacks read a section until `$version`).
     pub fn device_view(&self) -> Value {
-        let with_version = |section: &Map<String, Value>, version: u64| {
-            let mut out = section.clone();
-            out.insert("$version".into(), json!(version));
-            Value::Object(out)
-        };
         json!({
             "desired": with_version(&self.desired, self.desired_version),
             "reported": with_version(&self.reported, self.reported_version),
@@ -103,23 +111,33 @@ impl Twin {
         BASE64.encode(&digest.as_ref()[..12])
     }
 
-    /// What the service gets (the device twin document).
+    /// What the service gets (the device twin document), in the order of IoT Hub's documented
+    /// twin: identity and etag, version, tags, then the properties.
     pub fn service_view(&self, device_id: &str) -> Value {
-        let mut view = self.device_view();
-        if let Some(map) = view.as_object_mut() {
-            map.insert("etag".into(), json!(self.etag()));
-            let properties =
-                json!({"desired": map.remove("desired"), "reported": map.remove("reported")});
-            map.insert("deviceId".into(), json!(device_id));
-            map.insert("tags".into(), Value::Object(self.tags.clone()));
-            map.insert("properties".into(), properties);
-            map.insert(
-                "version".into(),
-                json!(self.desired_version + self.reported_version),
-            );
-        }
-        view
+        json!({
+            "deviceId": device_id,
+            "etag": self.etag(),
+            "version": self.desired_version + self.reported_version,
+            "tags": self.tags,
+            "properties": {
+                "desired": with_version(&self.desired, self.desired_version),
+                "reported": with_version(&self.reported, self.reported_version),
+            },
+        })
     }
+}
+
+/// A twin section as sent: its properties in insertion order, then `$version`.
+fn with_version(section: &Map<String, Value>, version: u64) -> Value {
+    let mut out = Map::with_capacity(section.len() + 1);
+    out.extend(
+        section
+            .iter()
+            .filter(|(key, _)| !key.starts_with('$'))
+            .map(|(key, value)| (key.clone(), value.clone())),
+    );
+    out.insert("$version".into(), json!(version));
+    Value::Object(out)
 }
 
 /// Applies a JSON merge patch (`null` deletes), as twins do.
@@ -924,8 +942,9 @@ impl HubEngine {
             Ok((twin.service_view(device_id), twin.desired_version))
         })?;
         if self.subscriptions(hub, device_id).desired {
-            let mut body = patch.clone();
-            body.insert("$version".into(), json!(version));
+            // The patch as the service sent it (nulls included: they delete), then
+            // `$version` last, as IoT Hub notifies it.
+            let body = with_version(patch, version);
             self.send_to(
                 hub,
                 device_id,
@@ -934,7 +953,7 @@ impl HubEngine {
                         version: Some(version),
                     }
                     .topic(),
-                    payload: Value::Object(body).to_string().into_bytes(),
+                    payload: body.to_string().into_bytes(),
                     c2d: None,
                 },
             );

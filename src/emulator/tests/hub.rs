@@ -482,3 +482,91 @@ fn the_hub_refuses_oversized_reported_sections_and_method_responses() {
         }
     });
 }
+
+/// The properties an embedded device applies from a twin section: like the Azure SDK for
+/// Embedded C's twin sample, it reads members in document order and stops at `$version`.
+fn properties_before_version(section: &[u8]) -> Vec<String> {
+    let Ok(Value::Object(members)) = serde_json::from_slice::<Value>(section) else {
+        panic!("not a JSON object: {}", String::from_utf8_lossy(section));
+    };
+    members
+        .keys()
+        .take_while(|key| *key != "$version")
+        .cloned()
+        .collect()
+}
+
+/// Twins byte for byte as IoT Hub's documentation shows them (the MQTT guide's GET reply and
+/// desired-patch notification): members in the order they were set, never sorted, and
+/// `$version` last, so a device that stops reading at `$version` sees every property.
+#[test]
+fn twins_are_laid_out_as_iot_hub_writes_them() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "hub-dev-layout");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        d.subscribe_all("hub-dev-layout").await;
+
+        let patch = serde_json::json!({"telemetrySendFrequency": "5m", "route": null});
+        hubs.update_desired(&hub, "hub-dev-layout", patch.as_object().unwrap())
+            .unwrap();
+        let (topic, body) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=2");
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            r#"{"telemetrySendFrequency":"5m","route":null,"$version":2}"#
+        );
+        assert_eq!(
+            properties_before_version(&body),
+            ["telemetrySendFrequency", "route"]
+        );
+
+        // Set in an order no sort gives: "zeta" before "batteryLevel".
+        d.client
+            .publish(
+                "$iothub/twin/PATCH/properties/reported/?$rid=1",
+                r#"{"zeta":1,"batteryLevel":55}"#,
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        let (topic, _) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/res/204/?$rid=1&$version=2");
+
+        d.client
+            .publish(
+                "$iothub/twin/GET/?$rid=2",
+                " ",
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        let (topic, body) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/res/200/?$rid=2");
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            concat!(
+                r#"{"desired":{"telemetrySendFrequency":"5m","$version":2},"#,
+                r#""reported":{"zeta":1,"batteryLevel":55,"$version":2}}"#
+            )
+        );
+        let twin: Value = serde_json::from_slice(&body).unwrap();
+        let desired = serde_json::to_vec(&twin["desired"]).unwrap();
+        assert_eq!(
+            properties_before_version(&desired),
+            ["telemetrySendFrequency"]
+        );
+
+        let document = hubs.service_twin(&hub, "hub-dev-layout").unwrap();
+        let keys: Vec<&String> = document.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["deviceId", "etag", "version", "tags", "properties"]);
+        let reported = serde_json::to_string(&document["properties"]["reported"]).unwrap();
+        assert_eq!(reported, r#"{"zeta":1,"batteryLevel":55,"$version":2}"#);
+    });
+}
