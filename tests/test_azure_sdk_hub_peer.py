@@ -58,6 +58,15 @@ def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     return condition()
 
 
+def _granted(cloud: dpskit.LocalCloud, device_id: str, subscription: str) -> bool:
+    """Whether the hub has granted ``subscription`` to the device (its SUBACK is traced once the
+    subscription is in force)."""
+    return any(
+        e.kind == "SUBACK" and subscription in e.detail.split()
+        for e in cloud.trace_events(device_id)
+    )
+
+
 def _connected_x509_client(
     cloud: dpskit.LocalCloud, tmp_path: Path, registration_id: str
 ) -> tuple[Any, dpskit.Hub]:
@@ -133,16 +142,16 @@ def test_telemetry_twin_methods_and_c2d_with_x509(cloud: dpskit.LocalCloud, tmp_
         client.on_method_request_received = lambda request: client.send_method_response(
             MethodResponse.create_from_method_request(request, 200, {"echo": request.payload})
         )
-        # The handlers subscribe lazily; wait until the hub has the subscriptions.
-        assert (
-            _wait(
-                lambda: (
-                    "$iothub/methods/POST/#"
-                    in {e.topic for e in cloud.trace_events("sdk-full-1") if e.kind == "SUBSCRIBE"}
-                )
-            )
-            or True
+        # The handlers subscribe lazily; wait until the hub has granted the subscriptions.
+        assert _wait(lambda: _granted(cloud, "sdk-full-1", "$iothub/methods/POST/#")), (
+            cloud.format_trace("sdk-full-1")
         )
+        assert _wait(
+            lambda: _granted(cloud, "sdk-full-1", "$iothub/twin/PATCH/properties/desired/#")
+        ), cloud.format_trace("sdk-full-1")
+        assert _wait(
+            lambda: _granted(cloud, "sdk-full-1", "devices/sdk-full-1/messages/devicebound/#")
+        ), cloud.format_trace("sdk-full-1")
         hub.update_desired("sdk-full-1", {"interval": 10})
         assert _wait(lambda: bool(patches))
         assert patches[0] == {"interval": 10, "$version": 2}
@@ -166,15 +175,9 @@ def test_c2d_waits_for_an_offline_device(cloud: dpskit.LocalCloud, tmp_path: Pat
     client, hub = _connected_x509_client(cloud, tmp_path, "sdk-offline-1")
     received: list[Any] = []
     client.on_message_received = received.append
-    assert (
-        _wait(
-            lambda: any(
-                e.kind == "SUBSCRIBE" and "devicebound" in (e.topic or "")
-                for e in cloud.trace_events("sdk-offline-1")
-            )
-        )
-        or True
-    )
+    assert _wait(
+        lambda: _granted(cloud, "sdk-offline-1", "devices/sdk-offline-1/messages/devicebound/#")
+    ), cloud.format_trace("sdk-offline-1")
     client.disconnect()
     hub.send_c2d("sdk-offline-1", "while you were away")
     # The Python SDK never re-subscribes: the hub keeps its session (clean_session=0).

@@ -802,9 +802,8 @@ async fn hub_session(
                         _ => QoS::AtLeastOnce,
                     }));
                 }
-                connection
-                    .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
-                    .await?;
+                // In force before the SUBACK, as on IoT Hub: a device that waits for it and
+                // then has the service patch its twin must get the patch.
                 context.hubs.subscribe(hub, device_id, |s| {
                     for filter in &subscribe.filters {
                         if let Some(subscription) = Subscription::parse(&filter.path, device_id) {
@@ -812,6 +811,23 @@ async fn hub_session(
                         }
                     }
                 });
+                // Traced once in force, so a test (or a user) waiting on the trace knows a
+                // message sent now reaches the device.
+                trace(event(
+                    "cloud->device",
+                    "SUBACK",
+                    None,
+                    None,
+                    subscribe
+                        .filters
+                        .iter()
+                        .map(|f| f.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ));
+                connection
+                    .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
+                    .await?;
             }
             Packet::Unsubscribe(unsubscribe) => {
                 context.hubs.subscribe(hub, device_id, |s| {
