@@ -19,7 +19,7 @@ use crate::protocol::dps::{
 // Where the device clients' callers have always found it; it lives in the transport.
 pub use crate::transport::Trust;
 use crate::transport::jittered_backoff;
-use crate::transport::mqtt::{self, DialError, FrameError, Framed};
+use crate::transport::mqtt::{self, DialError, FrameError, Framed, Via};
 
 /// SAS tokens are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
@@ -63,8 +63,10 @@ impl std::fmt::Debug for DeviceAuth {
 pub struct ProvisioningRequest {
     /// DPS host (Azure: `global.azure-devices-provisioning.net`).
     pub host: String,
-    /// MQTT port (8883).
+    /// Port: 8883 for MQTT over TLS, 443 over WebSockets (Azure's; the emulator's web port).
     pub port: u16,
+    /// MQTT over TLS or WebSockets, and the proxy if any.
+    pub via: Via,
     /// ID scope.
     pub id_scope: String,
     /// Registration id.
@@ -207,7 +209,14 @@ async fn exchange(
     let tls = Arc::new(trust.client_config(request.auth.credential(), 0)?);
     let dialled = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        mqtt::dial(&request.host, request.port, tls, connect, MAX_PACKET_BYTES),
+        mqtt::dial(
+            &request.host,
+            request.port,
+            &request.via,
+            tls,
+            connect,
+            MAX_PACKET_BYTES,
+        ),
     )
     .await
     .map_err(|_| {

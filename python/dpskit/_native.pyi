@@ -435,6 +435,7 @@ class Emulator:
         max_chain_length: int = 10,
         poll_retry_after: int = 0,
         https_port: int = 0,
+        web_port: int = 443,
         arm_tokens: Sequence[str] | None = None,
         arm_operation_seconds: float = 0.0,
         arm_page_size: int = 100,
@@ -456,6 +457,8 @@ class Emulator:
     def https_port(self) -> int: ...
     @property
     def arm_token(self) -> str | None: ...
+    @property
+    def web_port(self) -> int: ...
     @property
     def mqtt_port(self) -> int: ...
     def create_hub(self, name: str, location: str, host_name: str | None = None) -> None: ...

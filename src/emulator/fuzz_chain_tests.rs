@@ -58,6 +58,7 @@ struct Setup {
 fn setup() -> Setup {
     let emulator = Emulator::start(EmulatorConfig {
         port: 0,
+        web_port: 0,
         worker_threads: Some(2),
         poll_retry_after: 0,
         limits: Limits {

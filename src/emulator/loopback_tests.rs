@@ -17,6 +17,7 @@ fn shared(data_dir: Option<PathBuf>) -> Emulator {
     Emulator::start(EmulatorConfig {
         data_dir,
         port: 0,
+        web_port: 0,
         worker_threads: Some(2),
         poll_retry_after: 0,
         shared_hub_addresses: true,

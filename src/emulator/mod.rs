@@ -15,6 +15,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod trace;
+mod web;
 
 #[cfg(test)]
 mod fuzz_chain_tests;
@@ -66,6 +67,11 @@ pub struct EmulatorConfig {
     pub worker_threads: Option<usize>,
     /// HTTPS port of the management (ARM) and service REST APIs on `host`; 0 picks a free one.
     pub https_port: u16,
+    /// Port of HTTPS and MQTT over WebSockets on each resource's own address: 443 as on Azure
+    /// (the official SDKs dial it, with no way to name another). Where it cannot be bound (an
+    /// unprivileged process on Linux, or taken), a free port is used instead, said once in the
+    /// log ([`Emulator::web_port`] tells which). 0 picks a free one at once.
+    pub web_port: u16,
     /// Bearer tokens ARM accepts. `None` accepts any bearer token when `host` is a loopback
     /// address; on any other address a random token is generated instead (see
     /// [`Emulator::arm_token`]), so the network never reaches the owner keys without one.
@@ -180,6 +186,7 @@ impl Default for EmulatorConfig {
             poll_retry_after: 0,
             worker_threads: None,
             https_port: 0,
+            web_port: WEB_PORT,
             arm_tokens: None,
             subscription_id: DEFAULT_SUBSCRIPTION_ID.into(),
             resource_group: DEFAULT_RESOURCE_GROUP.into(),
@@ -198,16 +205,100 @@ pub(crate) struct Listeners {
     context: Arc<server::ServerContext>,
     port: std::sync::atomic::AtomicU16,
     listening: Mutex<Vec<SocketAddr>>,
+    /// Port 443's listeners (HTTPS and MQTT over WebSockets), once the REST side exists.
+    web: std::sync::OnceLock<Arc<web::WebContext>>,
+    /// The web port: the configured one, or the one chosen when it could not be bound.
+    web_port: std::sync::atomic::AtomicU16,
+    web_listening: Mutex<Vec<SocketAddr>>,
     stopped: std::sync::atomic::AtomicBool,
 }
 
+/// Azure's port for HTTPS and MQTT over WebSockets.
+pub const WEB_PORT: u16 = 443;
+
 impl Listeners {
     fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
-        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::Emulator("the emulator is stopped".into()));
+        let listener = self.bind(ip, port)?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::Emulator(format!("cannot listen on {ip}:{port}: {e}")))?;
+        self.handle
+            .spawn(server::serve(listener, self.context.clone()));
+        self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bound);
+        Ok(bound)
+    }
+
+    /// Serves port 443 (or the fallback) on `ip`. The first time 443 cannot be bound, a free
+    /// port is taken instead and every later address uses it too, so one port number serves
+    /// every resource and the service connection strings can name it.
+    fn listen_web(&self, ip: IpAddr) -> Result<()> {
+        let Some(context) = self.web.get() else {
+            return Ok(());
+        };
+        let port = self.web_port.load(std::sync::atomic::Ordering::Relaxed);
+        let listener = match self.bind_raw(ip, port) {
+            Ok(listener) => listener,
+            Err(e)
+                if port == WEB_PORT
+                    && self
+                        .web_listening
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .is_empty() =>
+            {
+                let listener = self.bind(ip, 0)?;
+                let chosen = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                log::warn!(
+                    "emulator: cannot listen on port {WEB_PORT} ({e}): HTTPS and MQTT over \
+                     WebSockets are served on port {chosen} of each resource's address \
+                     instead, and the service connection strings name it \
+                     (HostName=host:{chosen}); clients that always dial 443 (the official \
+                     device SDKs' WebSockets) cannot reach it. On Linux, allow 443 with \
+                     `sudo sysctl net.ipv4.ip_unprivileged_port_start=443` or \
+                     `sudo setcap cap_net_bind_service=+ep $(readlink -f $(which python3))`"
+                );
+                self.web_port
+                    .store(chosen, std::sync::atomic::Ordering::Relaxed);
+                listener
+            }
+            Err(e) => return Err(self.bind_error(SocketAddr::new(ip, port), e)),
+        };
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::Emulator(format!("cannot listen on {ip}:{port}: {e}")))?;
+        if port == 0 {
+            self.web_port
+                .store(bound.port(), std::sync::atomic::Ordering::Relaxed);
         }
-        let address = SocketAddr::new(ip, port);
-        let std_listener = std::net::TcpListener::bind(address).map_err(|e| {
+        self.handle.spawn(web::serve(listener, context.clone()));
+        self.web_listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bound);
+        Ok(())
+    }
+
+    fn bind(&self, ip: IpAddr, port: u16) -> Result<tokio::net::TcpListener> {
+        self.bind_raw(ip, port)
+            .map_err(|e| self.bind_error(SocketAddr::new(ip, port), e))
+    }
+
+    fn bind_raw(&self, ip: IpAddr, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("the emulator is stopped"));
+        }
+        let std_listener = std::net::TcpListener::bind(SocketAddr::new(ip, port))?;
+        std_listener.set_nonblocking(true)?;
+        let _guard = self.handle.enter();
+        tokio::net::TcpListener::from_std(std_listener)
+    }
+
+    fn bind_error(&self, address: SocketAddr, e: std::io::Error) -> Error {
+        let port = address.port();
+        {
             if e.kind() == std::io::ErrorKind::AddrNotAvailable {
                 // A data folder from a machine with all of 127.0.0.0/8, opened on a Mac.
                 return Error::Emulator(loopback::unbindable_message(
@@ -223,23 +314,7 @@ impl Listeners {
                     ""
                 }
             ))
-        })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
-        let bound = std_listener
-            .local_addr()
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
-        let context = self.context.clone();
-        let _guard = self.handle.enter();
-        let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
-        self.handle.spawn(server::serve(listener, context));
-        self.listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(bound);
-        Ok(bound)
+        }
     }
 
     /// Makes a hub host reachable: binds the shared port on each address it stands for (see
@@ -253,8 +328,16 @@ impl Listeners {
             if !self.covers(ip) {
                 self.listen(ip, port)?;
             }
+            if !self.covers_web(ip) {
+                self.listen_web(ip)?;
+            }
         }
         for ip in optional {
+            if !self.covers_web(ip)
+                && let Err(e) = self.listen_web(ip)
+            {
+                log::warn!("emulator: port 443 of hub host {host} is not served on {ip} ({e})");
+            }
             if !self.covers(ip)
                 && let Err(e) = self.listen(ip, port)
             {
@@ -269,6 +352,14 @@ impl Listeners {
 
     fn covers(&self, ip: IpAddr) -> bool {
         self.listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|a| a.ip() == ip || a.ip().is_unspecified())
+    }
+
+    fn covers_web(&self, ip: IpAddr) -> bool {
+        self.web_listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -361,6 +452,9 @@ impl Emulator {
             context,
             port: std::sync::atomic::AtomicU16::new(config.port),
             listening: Mutex::new(Vec::new()),
+            web: std::sync::OnceLock::new(),
+            web_port: std::sync::atomic::AtomicU16::new(config.web_port),
+            web_listening: Mutex::new(Vec::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let mut emulator = Emulator {
@@ -446,8 +540,25 @@ impl Emulator {
             throttle: self.throttle.clone(),
             recorder: self.recorder.clone(),
         });
-        runtime.spawn(rest::serve(listener, context));
+        runtime.spawn(rest::serve(listener, context.clone()));
+        let web = Arc::new(web::WebContext {
+            rest: context,
+            server: self.listeners.context.clone(),
+            acceptor: tokio_rustls::TlsAcceptor::from(self.tls.web_config()?),
+        });
+        if self.listeners.web.set(web).is_err() {
+            return Err(Error::Emulator("the web listener was set up twice".into()));
+        }
+        self.listeners.listen_web(ip)?;
         Ok(bound)
+    }
+
+    /// The port of HTTPS and MQTT over WebSockets on each resource's address: 443, or the
+    /// free port used because 443 could not be bound (see [`EmulatorConfig::web_port`]).
+    pub fn web_port(&self) -> u16 {
+        self.listeners
+            .web_port
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The bearer token ARM requires: the first configured one, or the one generated because
@@ -582,6 +693,11 @@ impl Emulator {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.listeners
             .listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.listeners
+            .web_listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

@@ -113,6 +113,7 @@ fn a_secret_file_that_is_a_link_is_refused() {
     let Err(error) = Emulator::start(EmulatorConfig {
         data_dir: Some(dir),
         port: 0,
+        web_port: 0,
         worker_threads: Some(1),
         ..EmulatorConfig::default()
     }) else {

@@ -337,6 +337,7 @@ fn chains_longer_than_the_limit_are_refused_while_other_devices_provision() {
 fn dps_connections_that_never_register_do_not_keep_their_slots() {
     let emulator = Emulator::start(EmulatorConfig {
         port: 0,
+        web_port: 0,
         worker_threads: Some(2),
         poll_retry_after: 0,
         limits: Limits {

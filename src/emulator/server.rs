@@ -1,5 +1,6 @@
 //! The MQTT-over-TLS listener shared by DPS and the hubs: accepts connections (TCP_NODELAY),
 //! completes TLS, waits for CONNECT within a deadline, routes by username, and runs the session.
+//! [`session`] is the same for MQTT over WebSockets (`web.rs` hands over the upgraded stream).
 //! Anything malformed closes that one connection, with a log line; the listener keeps serving.
 //!
 //! Identity is what the handshake proved: the presented chain exactly as presented, leaf first
@@ -11,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use rumqttc::{
     ConnAck, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck,
     SubscribeReasonCode,
@@ -30,6 +32,7 @@ use crate::protocol::dps::{self, Request as DpsRequest};
 use crate::protocol::hub::{CloudPublish, DeviceRequest, Subscription, TopicError, telemetry_bag};
 use crate::protocol::{Route, parse_property_bag, route};
 use crate::transport::mqtt::Framed;
+use crate::transport::websocket::MqttStream;
 
 /// Listener limits.
 #[derive(Debug, Clone)]
@@ -142,13 +145,15 @@ pub async fn serve(listener: TcpListener, context: Arc<ServerContext>) {
     }
 }
 
-type Tls = TlsStream<TcpStream>;
+/// A device connection's bytes: MQTT over TLS (8883), or over a WebSocket inside TLS (443,
+/// handed over by the web listener once the upgrade is answered). One session code serves both.
+pub(crate) type DeviceStream = MqttStream<TlsStream<TcpStream>, TokioIo<hyper::upgrade::Upgraded>>;
 
 /// One client's connection: the shared framing (small buffers that grow with the traffic and
 /// shrink back, so ten thousand idle connections fit in ~30 KB each) and the packet ids of
 /// what the server publishes.
 struct Connection {
-    wire: Framed<Tls>,
+    wire: Framed<DeviceStream>,
     next_pkid: u16,
 }
 
@@ -203,9 +208,22 @@ async fn handle(stream: TcpStream, context: &ServerContext) -> Result<(), String
         tls.get_ref().1.peer_certificates().unwrap_or_default(),
         context.limits.max_chain_length,
     );
+    session(MqttStream::Tls(Box::new(tls)), chain, context, accepted_at).await
+}
+
+/// Runs one device connection once its transport is up, whichever it is: reads CONNECT within
+/// the connect deadline (counted from `accepted_at`), routes it, and serves the session.
+/// `chain` is what the TLS handshake under the stream proved.
+pub(crate) async fn session(
+    stream: DeviceStream,
+    chain: Result<Vec<Certificate>, String>,
+    context: &ServerContext,
+    accepted_at: tokio::time::Instant,
+) -> Result<(), String> {
+    let deadline = context.limits.connect_timeout;
     let mut connection = Connection {
         wire: Framed::new(
-            tls,
+            stream,
             context
                 .limits
                 .max_packet_size

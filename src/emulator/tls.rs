@@ -250,6 +250,20 @@ impl EmulatorTls {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
+
+    /// The configuration of port 443 on each resource's address: HTTP/1.1 by ALPN, and client
+    /// certificates requested and optional as on 8883, because an X.509 device over
+    /// WebSockets proves its identity in this handshake (a REST client sends none).
+    pub fn web_config(&self) -> Result<Arc<ServerConfig>> {
+        let provider = crate::transport::provider();
+        let mut config = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
+            .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier { provider }))
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 fn covers(permitted: &[PermittedName], hosts: &[String]) -> bool {

@@ -28,6 +28,7 @@ use crate::provisioning::{
     provision_observed,
 };
 use crate::transport::jittered_backoff;
+use crate::transport::mqtt::Via;
 
 /// How a fleet runs: where DPS is, how much at once, and what each device sends.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,8 +40,12 @@ pub struct FleetSettings {
     pub dps_port: u16,
     /// The DPS instance's ID scope.
     pub id_scope: String,
-    /// Port of the assigned hubs (8883 on Azure; the emulator serves every hub on its port).
+    /// Port of the assigned hubs (8883 on Azure; the emulator serves every hub on its port;
+    /// 443, or the emulator's web port, over WebSockets).
     pub hub_port: u16,
+    /// MQTT over TLS or WebSockets, and the proxy if any, for DPS and the hubs alike.
+    #[serde(default)]
+    pub via: Via,
     /// Devices dialling and handshaking (DPS or hub) at once; devices waiting out DPS's
     /// `retry-after` or a backoff do not count.
     #[serde(default = "default_concurrency")]
@@ -835,6 +840,7 @@ async fn run_device(
         );
     };
     let mut options = HubConnectOptions::new(hub, settings.hub_port, device_id, device.auth);
+    options.via = settings.via.clone();
     options.max_in_flight = settings.max_in_flight.max(1);
     options.connect_timeout = Duration::from_secs_f64(settings.connect_timeout);
     options.tls_sessions = 0;
@@ -892,6 +898,7 @@ async fn provision_device(
     let request = ProvisioningRequest {
         host: settings.dps_host.clone(),
         port: settings.dps_port,
+        via: settings.via.clone(),
         id_scope: settings.id_scope.clone(),
         registration_id: device.registration_id.clone(),
         auth: device.auth.clone(),

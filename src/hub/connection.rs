@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
 use crate::error::{Error, Result, ServiceFailure};
 use crate::transport::jittered_backoff as reconnect_delay;
-use crate::transport::mqtt::{self, DialError, FrameError, Framed};
+use crate::transport::mqtt::{self, DialError, FrameError, Framed, Via};
 
 /// Largest packet accepted from the hub (C2D is at most 64 KB, twins 32 KB per section).
 pub(super) const MAX_INCOMING: usize = 256 * 1024;
@@ -56,6 +56,7 @@ pub(super) enum Command {
 pub(super) struct Settings {
     pub host: String,
     pub port: u16,
+    pub via: Via,
     pub client_id: String,
     pub username: String,
     pub sas: Option<SasRenewal>,
@@ -187,6 +188,7 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
     let dialled = mqtt::dial(
         host,
         settings.port,
+        &settings.via,
         settings.tls.clone(),
         connect,
         MAX_INCOMING,
@@ -202,6 +204,9 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
         }
         Err(DialError::BadHost(e)) => Err(Error::Config(format!("{host} is not a host name: {e}"))),
         Err(DialError::Tls(e)) => Err(Error::Transport(format!("TLS with {address} failed: {e}"))),
+        Err(DialError::WebSocket(e)) => Err(Error::Transport(format!(
+            "WebSocket upgrade with {address} failed: {e}"
+        ))),
         Err(DialError::Frame(e)) => Err(wire_error(e)),
         Err(DialError::Unexpected(kind)) => {
             Err(Error::Protocol(format!("expected CONNACK, got {kind:?}")))

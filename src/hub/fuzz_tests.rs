@@ -132,6 +132,7 @@ fn settings() -> Settings {
     Settings {
         host: "hub.localhost".into(),
         port: 8883,
+        via: Default::default(),
         client_id: DEVICE.into(),
         username: format!("hub.localhost/{DEVICE}/?api-version=2021-04-12"),
         sas: None,

@@ -15,6 +15,7 @@ use crate::protocol::bags::{encode_property_bag, parse_property_bag};
 use crate::protocol::hub::{self as wire, CloudPublish, DeviceRequest, Subscription};
 use crate::provisioning::DeviceAuth;
 use crate::transport::Trust;
+use crate::transport::mqtt::Via;
 
 mod connection;
 #[cfg(test)]
@@ -63,8 +64,10 @@ pub struct HubConnectOptions {
     /// The hub's host name (`assignedHub`): dialled, checked against the server certificate,
     /// and written into the username and the SAS audience.
     pub host: String,
-    /// MQTT port (8883 on Azure).
+    /// Port: 8883 for MQTT over TLS, 443 over WebSockets (Azure's; the emulator's web port).
     pub port: u16,
+    /// MQTT over TLS or WebSockets, and the proxy if any.
+    pub via: Via,
     /// Device id in that hub.
     pub device_id: String,
     /// X.509 chain or device key.
@@ -103,6 +106,7 @@ impl HubConnectOptions {
         HubConnectOptions {
             host: host.into(),
             port,
+            via: Via::default(),
             device_id: device_id.into(),
             auth,
             keep_alive: 60,
@@ -387,6 +391,7 @@ impl HubClient {
         let settings = connection::Settings {
             host: options.host.clone(),
             port: options.port,
+            via: options.via.clone(),
             client_id: device_id.clone(),
             username,
             sas,

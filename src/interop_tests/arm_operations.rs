@@ -16,6 +16,7 @@ use crate::service::arm::{ArmClient, DPS_API_VERSION, HUB_API_VERSION, static_to
 fn start(behaviour: RestBehaviour) -> Emulator {
     Emulator::start(EmulatorConfig {
         port: 0,
+        web_port: 0,
         worker_threads: Some(2),
         rest_behaviour: behaviour,
         ..EmulatorConfig::default()

@@ -11,3 +11,4 @@ mod provisioning;
 mod request_recorder;
 mod rest_clients;
 mod service_clients;
+mod websockets;

@@ -23,6 +23,7 @@ fn root(name: &str) -> CertificateAuthority {
 fn a_name_holding_a_different_certificate_is_refused_as_azure_refuses_it() {
     let mut emulator = Emulator::start(EmulatorConfig {
         port: 0,
+        web_port: 0,
         worker_threads: Some(2),
         ..EmulatorConfig::default()
     })

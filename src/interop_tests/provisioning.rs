@@ -22,6 +22,7 @@ fn dpskit_provisioning_carries_a_large_custom_payload() {
     let request = |payload: Value| ProvisioningRequest {
         host: "127.0.0.1".into(),
         port: f.emulator.mqtt_port(),
+        via: Default::default(),
         id_scope: f.scope.clone(),
         registration_id: "big-payload".into(),
         auth: DeviceAuth::X509(device.shared_credential()),

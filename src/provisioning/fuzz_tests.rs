@@ -317,6 +317,7 @@ fn fuzz_48_hostile_dps_exchanges_end_in_a_result_or_a_typed_error() {
             let request = ProvisioningRequest {
                 host: "127.0.0.1".into(),
                 port,
+                via: Default::default(),
                 id_scope: "0ne00000F00".into(),
                 registration_id: format!("dev-{case}"),
                 auth: DeviceAuth::SymmetricKey("a2V5".into()),

@@ -61,6 +61,7 @@ fn provision<'py>(
     let request = ProvisioningRequest {
         host,
         port,
+        via: crate::transport::mqtt::Via::default(),
         id_scope,
         registration_id,
         auth: auth(certificate, symmetric_key)?,

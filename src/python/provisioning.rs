@@ -39,6 +39,7 @@ pub(crate) fn provision_devices(
         .map(|d| ProvisioningRequest {
             host: host.clone(),
             port,
+            via: crate::transport::mqtt::Via::default(),
             id_scope: id_scope.clone(),
             registration_id: d.inner.registration_id().to_string(),
             auth: DeviceAuth::X509(d.credential_arc()),

@@ -1,13 +1,16 @@
 //! The transport every side shares: the one crypto provider (ring) behind the device
 //! clients, the REST clients and the emulator's listeners, the operating system's roots and
 //! the clients' [`Trust`] built on them;
-//! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener;
+//! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener,
+//! over TLS or over a WebSocket ([`websocket`], port 443);
 //! the one jittered backoff the clients wait with between attempts; and the one bounded
 //! concurrent spawning ([`bounded`]) the clients open many connections with.
 
 pub mod bounded;
 pub mod mqtt;
+pub mod proxy;
 mod trust;
+pub mod websocket;
 
 pub use trust::Trust;
 

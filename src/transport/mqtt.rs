@@ -1,7 +1,8 @@
 //! One framed MQTT connection, generic over the stream (TLS in use; a hostile byte stream in
 //! the fuzz tests): packets are read through a bounded buffer and written in batches. The
 //! device clients (DPS and hub) and the emulator's listener all sit on it, on rumqttc's codec;
-//! [`dial`] opens one from the device's side (TCP, TLS, CONNECT, CONNACK).
+//! [`dial`] opens one from the device's side (TCP, through a proxy if asked; TLS; the
+//! WebSocket upgrade when the transport is WebSockets; CONNECT, CONNACK).
 //!
 //! Written for tens of thousands of connections per process: both buffers start small, grow
 //! with the traffic, and shrink back once a large packet has gone through, so an idle
@@ -13,6 +14,9 @@ use bytes::BytesMut;
 use rumqttc::{ConnAck, Connect, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::transport::proxy::Proxy;
+use crate::transport::websocket::{self, MQTT_PATH, MQTT_SUBPROTOCOL, MqttStream, WebSocketBytes};
 
 /// What the buffers start at and fall back to after a large packet.
 const SMALL_BUFFER: usize = 1024;
@@ -139,7 +143,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
 }
 
 /// A device's TLS stream to its server.
-pub type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A device's connection to its server: MQTT over TLS, or over a WebSocket inside TLS.
+pub type ClientStream = MqttStream<TlsClientStream, TlsClientStream>;
+
+/// How a device's MQTT reaches its server (`"tls"` or `"websockets"` where a host names it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceTransport {
+    /// MQTT over TLS, Azure's port 8883.
+    #[default]
+    Tls,
+    /// MQTT over a WebSocket inside TLS, Azure's port 443 (`/$iothub/websocket`): for
+    /// networks that let only HTTPS out.
+    WebSockets,
+}
+
+impl DeviceTransport {
+    /// Azure's port for this transport.
+    pub fn azure_port(self) -> u16 {
+        match self {
+            DeviceTransport::Tls => 8883,
+            DeviceTransport::WebSockets => 443,
+        }
+    }
+}
+
+/// The way to the server: the transport and, where the network requires one, the HTTP
+/// proxy the TCP connection is tunnelled through.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Via {
+    /// MQTT over TLS or over WebSockets.
+    #[serde(default)]
+    pub transport: DeviceTransport,
+    /// An HTTP CONNECT proxy (`http://[user:password@]host:port`); `None` dials directly.
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+}
 
 /// Why [`dial`] did not get a CONNACK.
 #[derive(Debug)]
@@ -150,6 +192,8 @@ pub enum DialError {
     BadHost(rustls::pki_types::InvalidDnsNameError),
     /// The TLS handshake failed.
     Tls(std::io::Error),
+    /// The WebSocket upgrade failed (refused by the server, or not a WebSocket server).
+    WebSocket(tokio_tungstenite::tungstenite::Error),
     /// The MQTT exchange failed.
     Frame(FrameError),
     /// The server closed the connection before its CONNACK.
@@ -164,6 +208,7 @@ impl std::fmt::Display for DialError {
             DialError::Unreachable(e) => write!(f, "cannot connect: {e}"),
             DialError::BadHost(e) => write!(f, "not a host name: {e}"),
             DialError::Tls(e) => write!(f, "TLS failed: {e}"),
+            DialError::WebSocket(e) => write!(f, "WebSocket upgrade failed: {e}"),
             DialError::Frame(e) => e.fmt(f),
             DialError::Closed => f.write_str("the server closed the connection before CONNACK"),
             DialError::Unexpected(kind) => write!(f, "expected CONNACK, got {kind:?}"),
@@ -173,19 +218,24 @@ impl std::fmt::Display for DialError {
 
 impl std::error::Error for DialError {}
 
-/// Dials `host:port` (TCP_NODELAY), completes TLS with `tls` (the server's certificate checked
-/// against `host`), sends `connect` and reads the answer: the framed connection and the
-/// server's CONNACK, whatever its return code (the caller knows what a refusal means).
+/// Dials `host:port` (TCP_NODELAY; through `via`'s proxy if any), completes TLS with `tls`
+/// (the server's certificate checked against `host`) and, over WebSockets, the upgrade on
+/// `/$iothub/websocket` with the `mqtt` subprotocol; then sends `connect` and reads the
+/// answer: the framed connection and the server's CONNACK, whatever its return code (the
+/// caller knows what a refusal means).
 pub async fn dial(
     host: &str,
     port: u16,
+    via: &Via,
     tls: Arc<rustls::ClientConfig>,
     connect: Connect,
     max_incoming: usize,
 ) -> Result<(Framed<ClientStream>, ConnAck), DialError> {
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(DialError::Unreachable)?;
+    let tcp = match &via.proxy {
+        Some(proxy) => proxy.tunnel(host, port).await,
+        None => TcpStream::connect((host, port)).await,
+    }
+    .map_err(DialError::Unreachable)?;
     // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
     let _ = tcp.set_nodelay(true);
     let name =
@@ -194,6 +244,13 @@ pub async fn dial(
         .connect(name, tcp)
         .await
         .map_err(DialError::Tls)?;
+    let stream = match via.transport {
+        DeviceTransport::Tls => MqttStream::Tls(Box::new(stream)),
+        DeviceTransport::WebSockets => {
+            let socket = upgrade(host, port, stream, max_incoming).await?;
+            MqttStream::WebSocket(Box::new(WebSocketBytes::new(socket)))
+        }
+    };
     let mut framed = Framed::new(stream, max_incoming);
     framed
         .send(&Packet::Connect(connect))
@@ -205,6 +262,43 @@ pub async fn dial(
         None => Err(DialError::Closed),
     }
 }
+
+/// The WebSocket upgrade as the official SDKs send it: `GET /$iothub/websocket` offering the
+/// `mqtt` subprotocol (tungstenite refuses an answer that does not pick it).
+async fn upgrade(
+    host: &str,
+    port: u16,
+    stream: TlsClientStream,
+    max_incoming: usize,
+) -> Result<tokio_tungstenite::WebSocketStream<TlsClientStream>, DialError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let mut request = format!("wss://{authority}{MQTT_PATH}")
+        .into_client_request()
+        .map_err(DialError::WebSocket)?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static(MQTT_SUBPROTOCOL),
+    );
+    let (socket, _) = tokio_tungstenite::client_async_with_config(
+        request,
+        stream,
+        Some(websocket::config(
+            max_incoming.saturating_add(MQTT_ENVELOPE),
+        )),
+    )
+    .await
+    .map_err(DialError::WebSocket)?;
+    Ok(socket)
+}
+
+/// What a PUBLISH adds to its payload at most (topic and packet id), so a WebSocket message
+/// carrying the largest packet the connection accepts is not refused first.
+const MQTT_ENVELOPE: usize = 2 + u16::MAX as usize + 2 + 5;
 
 #[cfg(test)]
 mod tests {

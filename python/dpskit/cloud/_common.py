@@ -38,6 +38,9 @@ CustomAllocation = str | Callable[[dict[str, Any]], dict[str, Any] | str]
 #: The official Python SDK always dials this port.
 DEFAULT_MQTT_PORT = 8883
 
+#: HTTPS and MQTT over WebSockets, on each resource's address, as Azure serves them.
+WEB_PORT = 443
+
 
 def _unix(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)

@@ -4,7 +4,7 @@ the service APIs, and the hubs, DPS instances and links made through it."""
 from __future__ import annotations
 
 from dpskit._native import DpsRecord, Emulator, HubRecord, HubUsageRecord, RestClient
-from dpskit.cloud._common import DEFAULT_MQTT_PORT
+from dpskit.cloud._common import DEFAULT_MQTT_PORT, WEB_PORT
 from dpskit.cloud.dps import Dps
 from dpskit.cloud.hub import Hub
 from dpskit.cloud.records import LinkedHub
@@ -33,6 +33,10 @@ class _Cloud:
 
     def _device_port(self) -> int:
         return DEFAULT_MQTT_PORT
+
+    def _web_port(self) -> int:
+        """The port of HTTPS and MQTT over WebSockets on each resource's address (Azure's 443)."""
+        return WEB_PORT
 
     def _emulator_only(self, feature: str) -> Emulator:
         raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")

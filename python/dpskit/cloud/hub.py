@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dpskit._native import HubRecord, validate_registration_id
 from dpskit.cloud._common import (
     _AUTHENTICATIONS,
+    WEB_PORT,
     CertificateLike,
     _certificate,
     _generated_key,
@@ -43,10 +44,13 @@ class Hub:
 
     @property
     def connection_string(self) -> str:
-        """The ``iothubowner`` service connection string."""
+        """The ``iothubowner`` service connection string, as the official service SDKs take it.
+        Its ``HostName`` names a port only when the local cloud serves HTTPS elsewhere than on
+        443 (see :class:`LocalCloud`)."""
+        port = self._cloud._web_port()
+        host = self.host_name if port == WEB_PORT else f"{self.host_name}:{port}"
         return (
-            f"HostName={self.host_name};SharedAccessKeyName=iothubowner;"
-            f"SharedAccessKey={self._primary_key}"
+            f"HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey={self._primary_key}"
         )
 
     @property

@@ -20,7 +20,7 @@ from dpskit._native import (
     _refresh_logging,
     write_secret,
 )
-from dpskit.cloud._common import DEFAULT_MQTT_PORT
+from dpskit.cloud._common import DEFAULT_MQTT_PORT, WEB_PORT
 from dpskit.cloud.base import _Cloud
 from dpskit.cloud.hub import Hub
 from dpskit.cloud.recording import RequestRecording
@@ -126,6 +126,13 @@ class LocalCloud(_Cloud):
     page and a ``nextLink``. With ``throttle_every=N`` every Nth request of each REST API (ARM,
     DPS service, hub service) is answered 429 with ``Retry-After: throttle_retry_after``;
     :attr:`throttled_requests` counts them.
+
+    Each resource's address also serves port ``web_port`` (443, as Azure does): the service
+    APIs over HTTPS (so the official ``azure-iot-hub`` SDK reaches a hub at its host name) and
+    MQTT over WebSockets on ``/$iothub/websocket`` for DPS and the hubs. Where 443 cannot be
+    bound (an unprivileged process on Linux, or the port is taken) a free port is used
+    instead, said once in the log; :attr:`web_port` tells which, and the hubs' service
+    connection strings name it (``HostName=host:port``).
     """
 
     subscription_id = "00000000-0000-0000-0000-000000000000"
@@ -143,6 +150,7 @@ class LocalCloud(_Cloud):
         max_chain_length: int = 10,
         poll_retry_after: int = 0,
         https_port: int = 0,
+        web_port: int = WEB_PORT,
         arm_tokens: Sequence[str] | None = None,
         arm_operation_seconds: float = 0.0,
         arm_page_size: int = 100,
@@ -162,6 +170,7 @@ class LocalCloud(_Cloud):
             max_chain_length=max_chain_length,
             poll_retry_after=poll_retry_after,
             https_port=https_port,
+            web_port=web_port,
             arm_tokens=list(arm_tokens) if arm_tokens is not None else None,
             arm_operation_seconds=arm_operation_seconds,
             arm_page_size=arm_page_size,
@@ -189,6 +198,7 @@ class LocalCloud(_Cloud):
                 "armEndpoint": self.arm_endpoint,
                 "mqttHost": self.host,
                 "mqttPort": self.mqtt_port,
+                "webPort": self.web_port,
             }
             if self._emulator.arm_token is not None:
                 endpoints["armToken"] = self._emulator.arm_token
@@ -261,6 +271,9 @@ class LocalCloud(_Cloud):
     def _device_port(self) -> int:
         return self.mqtt_port
 
+    def _web_port(self) -> int:
+        return self.web_port
+
     def _emulator_only(self, feature: str) -> Emulator:
         return self._emulator
 
@@ -301,6 +314,12 @@ class LocalCloud(_Cloud):
     def https_port(self) -> int:
         """The HTTPS port of the management (ARM) and service REST APIs."""
         return self._emulator.https_port
+
+    @property
+    def web_port(self) -> int:
+        """The port of HTTPS and MQTT over WebSockets on each resource's address: 443, or the
+        free port used because 443 could not be bound."""
+        return self._emulator.web_port
 
     @property
     def arm_endpoint(self) -> str:
@@ -380,6 +399,7 @@ class LocalCloudClient(_Cloud):
         self.data_dir = data_dir
         self.arm_endpoint: str = endpoints["armEndpoint"]
         self._mqtt_port: int = endpoints["mqttPort"]
+        self._web_port_number: int = endpoints.get("webPort", WEB_PORT)
         self._trust_pem = (data_dir / EMULATOR_CA_FILE).read_text()
         token: str = endpoints.get("armToken") or LOCAL_TOKEN
         self._rest_client = RestClient(
@@ -414,6 +434,9 @@ class LocalCloudClient(_Cloud):
 
     def _device_port(self) -> int:
         return self._mqtt_port
+
+    def _web_port(self) -> int:
+        return self._web_port_number
 
     def _emulator_api(self, feature: str) -> None:
         return None

@@ -203,7 +203,9 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
 /// A response body and status, before headers.
 pub(super) struct Reply {
     pub(super) status: StatusCode,
-    pub(super) body: Option<Value>,
+    /// The JSON body, written when the reply is made (a reply is answered as soon as it is
+    /// made, and the bytes are smaller to carry than the document).
+    pub(super) body: Option<Bytes>,
     pub(super) etag: Option<String>,
     /// Further headers (`x-ms-error-code`, `x-ms-continuation`, ...).
     pub(super) headers: Vec<(&'static str, String)>,
@@ -213,7 +215,7 @@ impl Reply {
     pub(super) fn json(status: StatusCode, body: Value) -> Self {
         Reply {
             status,
-            body: Some(body),
+            body: Some(Bytes::from(body.to_string())),
             etag: None,
             headers: Vec::new(),
         }
@@ -311,7 +313,12 @@ fn authorize(
     }
 }
 
-async fn handle(request: Request<Incoming>, context: &RestContext) -> Response<Full<Bytes>> {
+/// Answers one request: authenticated on its headers, then dispatched to its API. Shared by
+/// the management port and port 443 of each resource's address.
+pub(crate) async fn handle(
+    request: Request<Incoming>,
+    context: &RestContext,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let decoded = path_segments(parts.uri.path());
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
@@ -416,12 +423,10 @@ fn base_url(parts: &hyper::http::request::Parts, context: &RestContext) -> Strin
 
 /// The HTTP response for `reply`; `close` ends the connection after it.
 fn respond(reply: Reply, close: bool) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(match &reply.body {
-        Some(v) => Bytes::from(v.to_string()),
-        None => Bytes::new(),
-    }));
+    let has_body = reply.body.is_some();
+    let mut response = Response::new(Full::new(reply.body.unwrap_or_default()));
     *response.status_mut() = reply.status;
-    if reply.body.is_some() {
+    if has_body {
         response.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),

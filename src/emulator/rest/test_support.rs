@@ -20,6 +20,7 @@ pub(crate) const HANG_GUARD: Duration = Duration::from_secs(60);
 pub(crate) fn start(config: EmulatorConfig) -> Emulator {
     Emulator::start(EmulatorConfig {
         port: 0,
+        web_port: 0,
         worker_threads: Some(2),
         ..config
     })
