@@ -196,9 +196,25 @@ def test_device_provision_and_run_against_a_running_emulator(
             *local,
         )
         assert "3 messages acknowledged" in out
+        # The same device over MQTT over WebSockets, on the emulator's web port.
+        out = _run(
+            capsys,
+            "device",
+            "run",
+            "cli-dev-7",
+            "--certs",
+            devices,
+            "--websockets",
+            "--count",
+            "2",
+            "--interval",
+            "0.05",
+            *local,
+        )
+        assert "2 messages acknowledged" in out
         attached = dpskit.LocalCloud.attach(state)
         assert attached is not None
-        assert len(attached.hub("cli-hub").telemetry("cli-dev-7")) == 3
+        assert len(attached.hub("cli-hub").telemetry("cli-dev-7")) == 5
     finally:
         emulator.send_signal(signal.SIGTERM)
         emulator.wait(timeout=30)

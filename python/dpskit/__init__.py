@@ -46,6 +46,7 @@ from dpskit.device import (
     HubClient,
     MethodRequest,
     RegistrationResult,
+    Transport,
     provision,
     provision_sync,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "ThrottledError",
     "ThrottledRequests",
     "TraceEvent",
+    "Transport",
     "TransportError",
     "__version__",
     "derive_device_key",

@@ -39,6 +39,7 @@ __all__ = [
     "loopback_setup",
     "provision",
     "provision_devices",
+    "transport_port",
     "validate_registration_id",
     "validate_resource_name",
     "validate_symmetric_key",
@@ -571,6 +572,8 @@ class HubSession:
         trust_pem: str | None = None,
         keep_alive: int = 60,
         timeout: float = 30.0,
+        transport: str = "mqtt",
+        proxy: str | None = None,
     ) -> Awaitable[HubSession]: ...
     @property
     def device_id(self) -> str: ...
@@ -596,6 +599,7 @@ class HubSession:
     def respond(self, rid: str, status: int, payload: _Json) -> Awaitable[None]: ...
     def close(self) -> Awaitable[None]: ...
 
+def transport_port(transport: str) -> int: ...
 def provision(
     host: str,
     port: int,
@@ -607,6 +611,8 @@ def provision(
     trust_pem: str | None = None,
     payload: _Json = None,
     timeout: float = 60.0,
+    transport: str = "mqtt",
+    proxy: str | None = None,
 ) -> Awaitable[Registration]: ...
 
 @final

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from dpskit._native import DeviceCertificate, HubSession, Registration, derive_device_key
 from dpskit._native import provision as _provision
 from dpskit.cloud import _azure_time
+from dpskit.cloud._common import Transport as Transport
 from dpskit.errors import ConfigError
 from dpskit.provisioning import _endpoint
 
@@ -94,11 +95,23 @@ class RegistrationResult:
     last_updated: datetime | None
     payload: Any
     operation_id: str
-    #: The MQTT port the device used; its hub listens on the same one (8883 on Azure).
+    #: The port the device used; its hub listens on the same one (on Azure 8883 for MQTT over
+    #: TLS, 443 over WebSockets).
     port: int = MQTT_PORT
+    #: How the device reached DPS (``"mqtt"`` or ``"websockets"``): :meth:`HubClient.connect`
+    #: goes to the hub the same way.
+    transport: Transport = "mqtt"
+    #: The HTTP proxy it went through, if any (not shown: its URL may hold a password).
+    proxy: str | None = field(default=None, repr=False)
 
     @classmethod
-    def _from_native(cls, record: Registration, port: int) -> RegistrationResult:
+    def _from_native(
+        cls,
+        record: Registration,
+        port: int,
+        transport: Transport = "mqtt",
+        proxy: str | None = None,
+    ) -> RegistrationResult:
         return cls(
             status=record.status,
             registration_id=record.registration_id,
@@ -111,6 +124,8 @@ class RegistrationResult:
             payload=record.payload,
             operation_id=record.operation_id,
             port=port,
+            transport=transport,
+            proxy=proxy,
         )
 
 
@@ -126,10 +141,16 @@ async def provision(
     trust: str | Path | None = None,
     payload: Any = None,
     timeout: float = 60.0,
+    transport: Transport = "mqtt",
+    proxy: str | None = None,
 ) -> RegistrationResult:
     """Register a device with DPS over MQTT and wait for its assignment.
 
-    ``endpoint`` is ``host`` or ``host:port`` (the emulator's ``dps.device_endpoint``).
+    ``endpoint`` is ``host`` or ``host:port`` (the emulator's ``dps.device_endpoint``, or
+    ``dps.websocket_endpoint`` over WebSockets). ``transport="websockets"`` carries MQTT in a
+    WebSocket on port 443 (``wss://host/$iothub/websocket``) for networks that let only HTTPS
+    out; ``proxy="http://[user:password@]host:port"`` tunnels the connection through an HTTP
+    proxy (CONNECT; TLS stays end to end), over either transport.
     Credentials: ``certificate`` (its CN is the registration id; the chain is sent when the
     certificate knows it), or a symmetric key: the device's own ``symmetric_key``, or the
     enrollment group's ``group_key`` from which the device key is derived. ``trust`` is the
@@ -138,7 +159,7 @@ async def provision(
     code and, when the device can tell, the likely cause; the deadline raises
     ``OperationTimeoutError``.
     """
-    host, port = _endpoint(endpoint)
+    host, port = _endpoint(endpoint, transport)
     device = (
         _device_certificate(certificate, certificate_password) if certificate is not None else None
     )
@@ -165,8 +186,10 @@ async def provision(
         trust_pem=_trust_pem(trust),
         payload=payload,
         timeout=timeout,
+        transport=transport,
+        proxy=proxy,
     )
-    return RegistrationResult._from_native(record, port)
+    return RegistrationResult._from_native(record, port, transport, proxy)
 
 
 def provision_sync(endpoint: str = AZURE_GLOBAL_ENDPOINT, **options: Any) -> RegistrationResult:
@@ -252,18 +275,28 @@ class HubClient:
         trust: str | Path | None = None,
         keep_alive: int = 60,
         timeout: float = 30.0,
+        transport: Transport | None = None,
+        proxy: str | None = None,
     ) -> _Connecting:
-        """Connect to ``target``: a :class:`RegistrationResult` (its assigned hub, device id and
-        port) or a hub host name (``host[:port]``, with ``device_id``). Use with ``async with``,
-        or ``await`` it (then :meth:`close` it). ``keep_alive`` (seconds) is clamped to IoT
-        Hub's largest, 1,177."""
+        """Connect to ``target``: a :class:`RegistrationResult` (its assigned hub, device id,
+        port, transport and proxy) or a hub host name (``host[:port]``, with ``device_id``).
+        Use with ``async with``, or ``await`` it (then :meth:`close` it). ``keep_alive``
+        (seconds) is clamped to IoT Hub's largest, 1,177. ``transport`` (``"mqtt"`` or
+        ``"websockets"``) and ``proxy`` are as for :func:`provision`; with a registration they
+        default to the way it went."""
         if isinstance(target, RegistrationResult):
             if target.assigned_hub is None or target.device_id is None:
                 raise ConfigError(f"registration {target.registration_id} has no assigned hub")
+            transport = transport or target.transport
+            proxy = proxy or target.proxy
             host, port = target.assigned_hub, target.port
+            if transport != target.transport:
+                # Another transport: the hub's port for it, not the one DPS was reached on.
+                port = _endpoint(host, transport)[1]
             device_id = device_id or target.device_id
         else:
-            host, port = _endpoint(target)
+            transport = transport or "mqtt"
+            host, port = _endpoint(target, transport)
         device = (
             _device_certificate(certificate, certificate_password)
             if certificate is not None
@@ -284,6 +317,8 @@ class HubClient:
             trust_pem=_trust_pem(trust),
             keep_alive=keep_alive,
             timeout=timeout,
+            transport=transport,
+            proxy=proxy,
         )
         return _Connecting(cls, pending)
 

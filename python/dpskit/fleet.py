@@ -27,6 +27,7 @@ from dpskit._native import (
     FleetRun,
     dps_onboarding_seconds,
     hub_tier_fits,
+    transport_port,
 )
 from dpskit.cloud import (
     Dps,
@@ -36,6 +37,7 @@ from dpskit.cloud import (
     _raise_open_file_limit,
     _unix,
 )
+from dpskit.cloud._common import Transport
 from dpskit.errors import ConfigError
 from dpskit.signals import Signal
 
@@ -778,6 +780,10 @@ class Fleet:
     run one fleet against Azure. On the emulator, ``pace_like_azure=True`` applies Azure's
     registration quota (1,000 per minute per DPS), optionally ``time_compression`` times
     faster.
+
+    ``transport="websockets"`` runs every device over MQTT over WebSockets (port 443 on Azure,
+    the local cloud's :attr:`~dpskit.LocalCloud.web_port`), and ``proxy`` tunnels every
+    connection through an HTTP proxy, as devices behind a corporate firewall would.
     """
 
     def __init__(
@@ -802,6 +808,8 @@ class Fleet:
         record_messages: bool = True,
         start_together: bool = True,
         worker_threads: int | None = None,
+        transport: Transport = "mqtt",
+        proxy: str | None = None,
     ) -> None:
         if not isinstance(count, int) or count < 1:
             raise ConfigError(f"count must be a positive integer, not {count!r}")
@@ -839,6 +847,9 @@ class Fleet:
         self.record_messages = record_messages
         self.start_together = start_together
         self.worker_threads = worker_threads
+        transport_port(transport)  # refuses a transport that does not exist, now
+        self.transport: Transport = transport
+        self.proxy = proxy
         self._certificates: list[DeviceCertificate] | None = None
 
     @property
@@ -920,11 +931,17 @@ class Fleet:
 
     def _settings(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The engine's settings and the custom fields' values, as the binding takes them."""
+        if self.transport == "websockets":
+            # Every resource serves WebSockets on the one web port (443 on Azure).
+            dps_port = hub_port = self.dps._cloud._web_port()
+        else:
+            dps_port, hub_port = self.dps.device_port, self.dps._cloud._device_port()
         settings: dict[str, Any] = {
             "dps_host": self.dps.device_host,
-            "dps_port": self.dps.device_port,
+            "dps_port": dps_port,
             "id_scope": self.dps.id_scope,
-            "hub_port": self.dps._cloud._device_port(),
+            "hub_port": hub_port,
+            "via": {"transport": self.transport, "proxy": self.proxy},
             "concurrency": self.concurrency,
             "provision_timeout": self.provision_timeout,
             "max_in_flight": self.max_in_flight,

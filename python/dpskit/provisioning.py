@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dpskit._native import DeviceCertificate
+from dpskit._native import DeviceCertificate, transport_port
 from dpskit._native import provision_devices as _provision_devices
 from dpskit.cloud import DEFAULT_MQTT_PORT, Dps
 from dpskit.errors import ConfigError
@@ -39,11 +39,13 @@ class ProvisioningOutcome:
         return self.error is None
 
 
-def _endpoint(endpoint: str) -> tuple[str, int]:
+def _endpoint(endpoint: str, transport: str = "mqtt") -> tuple[str, int]:
+    """``host`` or ``host:port``; without a port, Azure's for ``transport`` (8883 for MQTT over
+    TLS, 443 over WebSockets)."""
     host, sep, port = endpoint.rpartition(":")
     if sep and port.isdigit():
         return host, int(port)
-    return endpoint, DEFAULT_MQTT_PORT
+    return endpoint, DEFAULT_MQTT_PORT if transport == "mqtt" else transport_port(transport)
 
 
 def provision_devices(

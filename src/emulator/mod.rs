@@ -231,8 +231,8 @@ impl Listeners {
         Ok(bound)
     }
 
-    /// Serves port 443 (or the fallback) on `ip`. The first time 443 cannot be bound, a free
-    /// port is taken instead and every later address uses it too, so one port number serves
+    /// Serves port 443 (or the fallback) on `ip`. When the configured port cannot be bound on
+    /// the first address, a free port is taken instead and every later address uses it too, so one port number serves
     /// every resource and the service connection strings can name it.
     fn listen_web(&self, ip: IpAddr) -> Result<()> {
         let Some(context) = self.web.get() else {
@@ -242,7 +242,7 @@ impl Listeners {
         let listener = match self.bind_raw(ip, port) {
             Ok(listener) => listener,
             Err(e)
-                if port == WEB_PORT
+                if port != 0
                     && self
                         .web_listening
                         .lock()
@@ -252,7 +252,7 @@ impl Listeners {
                 let listener = self.bind(ip, 0)?;
                 let chosen = listener.local_addr().map(|a| a.port()).unwrap_or(0);
                 log::warn!(
-                    "emulator: cannot listen on port {WEB_PORT} ({e}): HTTPS and MQTT over \
+                    "emulator: cannot listen on port {port} ({e}): HTTPS and MQTT over \
                      WebSockets are served on port {chosen} of each resource's address \
                      instead, and the service connection strings name it \
                      (HostName=host:{chosen}); clients that always dial 443 (the official \

@@ -4,6 +4,7 @@
 //! drops the Rust future, which closes what it opened. Results cross as the records of
 //! `convert.rs` (a registration, a C2D message) and JSON as Python objects.
 
+use crate::transport::mqtt::Via;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
@@ -18,6 +19,7 @@ use crate::python::pki::PyDeviceCertificate;
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(provision, m)?)?;
     m.add_function(wrap_pyfunction!(derive_device_key, m)?)?;
+    m.add_function(wrap_pyfunction!(transport_port, m)?)?;
     m.add_class::<PyHubSession>()?;
     Ok(())
 }
@@ -36,6 +38,15 @@ fn auth(
     }
 }
 
+/// Azure's port for a device transport (`"mqtt"`: 8883, `"websockets"`: 443); refuses
+/// another name.
+#[pyfunction]
+fn transport_port(transport: &str) -> PyResult<u16> {
+    Ok(transport
+        .parse::<crate::transport::mqtt::DeviceTransport>()?
+        .azure_port())
+}
+
 /// The group-derived key of one device: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
 #[pyfunction]
 fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String> {
@@ -44,7 +55,7 @@ fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String>
 
 /// Registers one device with DPS; resolves to its `Registration`.
 #[pyfunction]
-#[pyo3(signature = (host, port, id_scope, registration_id, *, certificate = None, symmetric_key = None, trust_pem = None, payload = None, timeout = 60.0))]
+#[pyo3(signature = (host, port, id_scope, registration_id, *, certificate = None, symmetric_key = None, trust_pem = None, payload = None, timeout = 60.0, transport = "mqtt", proxy = None))]
 #[allow(clippy::too_many_arguments)]
 fn provision<'py>(
     py: Python<'py>,
@@ -57,11 +68,13 @@ fn provision<'py>(
     trust_pem: Option<&str>,
     payload: Option<Bound<'py, PyAny>>,
     timeout: f64,
+    transport: &str,
+    proxy: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let request = ProvisioningRequest {
         host,
         port,
-        via: crate::transport::mqtt::Via::default(),
+        via: Via::from_names(transport, proxy)?,
         id_scope,
         registration_id,
         auth: auth(certificate, symmetric_key)?,
@@ -85,7 +98,7 @@ pub struct PyHubSession {
 impl PyHubSession {
     /// Connects (TLS + CONNECT + the four subscriptions); resolves to a `HubSession`.
     #[staticmethod]
-    #[pyo3(signature = (host, port, device_id, *, certificate = None, symmetric_key = None, trust_pem = None, keep_alive = 60, timeout = 30.0))]
+    #[pyo3(signature = (host, port, device_id, *, certificate = None, symmetric_key = None, trust_pem = None, keep_alive = 60, timeout = 30.0, transport = "mqtt", proxy = None))]
     #[allow(clippy::too_many_arguments)]
     fn connect<'py>(
         py: Python<'py>,
@@ -97,9 +110,12 @@ impl PyHubSession {
         trust_pem: Option<&str>,
         keep_alive: u16,
         timeout: f64,
+        transport: &str,
+        proxy: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut options =
             HubConnectOptions::new(host, port, device_id, auth(certificate, symmetric_key)?);
+        options.via = Via::from_names(transport, proxy)?;
         options.keep_alive = keep_alive;
         options.connect_timeout = positive_seconds("timeout", timeout)?;
         options.receive = true;

@@ -152,8 +152,9 @@ pub type ClientStream = MqttStream<TlsClientStream, TlsClientStream>;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceTransport {
-    /// MQTT over TLS, Azure's port 8883.
+    /// MQTT over TLS, Azure's port 8883 (`"mqtt"`).
     #[default]
+    #[serde(rename = "mqtt")]
     Tls,
     /// MQTT over a WebSocket inside TLS, Azure's port 443 (`/$iothub/websocket`): for
     /// networks that let only HTTPS out.
@@ -170,6 +171,21 @@ impl DeviceTransport {
     }
 }
 
+impl std::str::FromStr for DeviceTransport {
+    type Err = crate::error::Error;
+
+    /// `"mqtt"` (over TLS) or `"websockets"`, as hosts name them.
+    fn from_str(name: &str) -> crate::error::Result<Self> {
+        match name {
+            "mqtt" => Ok(DeviceTransport::Tls),
+            "websockets" => Ok(DeviceTransport::WebSockets),
+            other => Err(crate::error::Error::Config(format!(
+                "transport {other:?}: expected \"mqtt\" (over TLS, port 8883) or \"websockets\" (port 443)"
+            ))),
+        }
+    }
+}
+
 /// The way to the server: the transport and, where the network requires one, the HTTP
 /// proxy the TCP connection is tunnelled through.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
@@ -181,6 +197,19 @@ pub struct Via {
     /// An HTTP CONNECT proxy (`http://[user:password@]host:port`); `None` dials directly.
     #[serde(default)]
     pub proxy: Option<Proxy>,
+}
+
+impl Via {
+    /// The way hosts name it: a transport (`"mqtt"`, `"websockets"`) and a proxy URL.
+    pub fn from_names(transport: &str, proxy: Option<&str>) -> crate::error::Result<Self> {
+        Ok(Via {
+            transport: transport.parse()?,
+            proxy: proxy
+                .map(Proxy::parse)
+                .transpose()
+                .map_err(crate::error::Error::Config)?,
+        })
+    }
 }
 
 /// Why [`dial`] did not get a CONNACK.

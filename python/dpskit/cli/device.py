@@ -58,7 +58,8 @@ def _target(args: argparse.Namespace) -> tuple[str, str, str | None]:
     dps = cloud.dps(args.dps) if args.dps else next(iter(cloud.all_dps()), None)
     if dps is None:
         raise ConfigError(f"the local cloud on {folder} has no DPS instance yet")
-    return dps.device_endpoint, dps.id_scope, cloud.trust_pem
+    endpoint = dps.websocket_endpoint if args.websockets else dps.device_endpoint
+    return endpoint, dps.id_scope, cloud.trust_pem
 
 
 async def _provision(
@@ -66,7 +67,14 @@ async def _provision(
 ) -> tuple[RegistrationResult, DeviceCertificate, str | None]:
     device = _credentials(args)
     endpoint, id_scope, trust = _target(args)
-    result = await provision(endpoint, id_scope=id_scope, certificate=device, trust=trust)
+    result = await provision(
+        endpoint,
+        id_scope=id_scope,
+        certificate=device,
+        trust=trust,
+        transport="websockets" if args.websockets else "mqtt",
+        proxy=args.proxy,
+    )
     return result, device, trust
 
 
@@ -163,6 +171,17 @@ def add_device_commands(commands: Any) -> None:
         "--cloud",
         metavar="NAME",
         help="Azure: AzureCloud (default), AzureChinaCloud or AzureUSGovernment (the DPS endpoint)",
+    )
+    common.add_argument(
+        "--websockets",
+        action="store_true",
+        help="MQTT over WebSockets on port 443 (the local cloud's web port), for networks "
+        "that let only HTTPS out",
+    )
+    common.add_argument(
+        "--proxy",
+        metavar="URL",
+        help="tunnel through an HTTP proxy: http://[user:password@]host:port",
     )
     common.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("provision", parents=[common], help="register with DPS, print the result")

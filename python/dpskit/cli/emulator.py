@@ -48,6 +48,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         https_port=args.https_port,
+        web_port=args.web_port,
         poll_retry_after=args.poll_retry_after,
         arm_tokens=arm_tokens,
         arm_operation_seconds=args.arm_operation_seconds,
@@ -67,6 +68,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
             [
                 ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
                 ("arm", f"{cloud.arm_endpoint} (ARM and service REST APIs, {arm_auth})"),
+                (
+                    "web",
+                    f"port {cloud.web_port} of each resource's address (HTTPS service APIs, "
+                    "MQTT over WebSockets)",
+                ),
                 ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
                 ("state", _display(cloud.data_dir)),
             ]
@@ -109,6 +115,13 @@ def add_emulator_command(
         default=0,
         help="port of the ARM and service REST APIs (0: any free port; `dpskit cloud` and "
         "`dpskit dps` find it in DIR)",
+    )
+    p.add_argument(
+        "--web-port",
+        type=int,
+        default=443,
+        help="HTTPS and MQTT over WebSockets on each resource's address (Azure's 443; where it "
+        "cannot be bound, a free port, named in the hubs' connection strings)",
     )
     p.add_argument(
         "--poll-retry-after",

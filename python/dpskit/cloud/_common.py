@@ -41,6 +41,9 @@ DEFAULT_MQTT_PORT = 8883
 #: HTTPS and MQTT over WebSockets, on each resource's address, as Azure serves them.
 WEB_PORT = 443
 
+#: How a device reaches DPS and its hub: MQTT over TLS (port 8883) or over WebSockets (443).
+Transport = Literal["mqtt", "websockets"]
+
 
 def _unix(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dpskit._native import CertificateAuthority, DpsRecord, RestClient, validate_registration_id
 from dpskit.cloud._common import (
     DEFAULT_MQTT_PORT,
+    WEB_PORT,
     AllocationPolicy,
     CertificateLike,
     CustomAllocation,
@@ -70,6 +71,14 @@ class Dps:
     def device_port(self) -> int:
         """The MQTT port devices dial."""
         return self._cloud._device_port()
+
+    @property
+    def websocket_endpoint(self) -> str:
+        """``host`` (or ``host:port`` when the web port is not 443): pass it to ``provision``
+        with ``transport="websockets"``; with 443, the official SDK's ``provisioning_host``
+        with ``websockets=True``."""
+        port = self._cloud._web_port()
+        return self.device_host if port == WEB_PORT else f"{self.device_host}:{port}"
 
     @property
     def device_endpoint(self) -> str:

@@ -610,8 +610,16 @@ fn sas_grant<T>(
         .ok_or_else(|| "The SAS token must name a shared access policy (skn).".to_string())?;
     let mut host_known = false;
     let mut policy_known = false;
+    // A connection string naming a port (`HostName=host:port`, the local cloud's web port
+    // when 443 could not be bound) makes the service SDKs sign `host:port`: the same resource.
+    let host_without_port = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map(|(name, _)| name);
     for (signer, candidate_host, policies) in candidates {
-        if !candidate_host.eq_ignore_ascii_case(&host) {
+        if !candidate_host.eq_ignore_ascii_case(&host)
+            && !host_without_port.is_some_and(|name| candidate_host.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         host_known = true;
