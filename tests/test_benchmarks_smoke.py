@@ -54,7 +54,13 @@ def test_hub_benchmark_runs_against_the_emulator_and_mosquitto(
     out = capsys.readouterr().out
     emulator_row = next(line for line in out.splitlines() if line.startswith("dpskit emulator "))
     assert emulator_row.split()[2] == "150", emulator_row
-    assert "1800 of 1800 acknowledged messages stored (0 lost)" in out
+    # The same load over WebSockets, durable too, and its ratio to TLS.
+    websockets_row = next(
+        line for line in out.splitlines() if line.startswith("dpskit emulator, WebSockets")
+    )
+    assert websockets_row.split()[3] == "150", websockets_row
+    assert out.count("1800 of 1800 acknowledged messages stored (0 lost)") == 2, out
+    assert "ratio WebSockets / TLS" in out
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
         assert any(line.startswith("mosquitto ") for line in out.splitlines())
         assert "ratio emulator / mosquitto" in out

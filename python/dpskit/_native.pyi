@@ -529,6 +529,7 @@ class HubConnections:
         max_in_flight: int = 100,
         keep_alive: int = 60,
         timeout: float = 30.0,
+        transport: str = "mqtt",
     ) -> dict[str, Any]: ...
     def send_telemetry(
         self, per_device: int, body: bytes, *, window: int = 100

@@ -81,7 +81,7 @@ impl PyHubConnections {
 
     /// Connects `devices` (device id = registration id) to `host:port`; returns a report dict
     /// (connected, failures, seconds, per-device latencies in ms).
-    #[pyo3(signature = (host, port, devices, *, concurrency = 64, max_in_flight = 100, keep_alive = 60, timeout = 30.0))]
+    #[pyo3(signature = (host, port, devices, *, concurrency = 64, max_in_flight = 100, keep_alive = 60, timeout = 30.0, transport = "mqtt"))]
     #[allow(clippy::too_many_arguments)]
     fn connect<'py>(
         &self,
@@ -93,8 +93,10 @@ impl PyHubConnections {
         max_in_flight: u16,
         keep_alive: u16,
         timeout: f64,
+        transport: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = crate::error::positive_seconds("timeout", timeout)?;
+        let via = crate::transport::mqtt::Via::from_names(transport, None)?;
         let options: Vec<HubConnectOptions> = devices
             .iter()
             .map(|d| {
@@ -104,6 +106,7 @@ impl PyHubConnections {
                     d.inner.registration_id(),
                     DeviceAuth::X509(d.credential_arc()),
                 );
+                o.via = via.clone();
                 o.max_in_flight = max_in_flight.max(1);
                 o.keep_alive = keep_alive;
                 o.connect_timeout = timeout;

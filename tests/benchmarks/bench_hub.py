@@ -13,7 +13,12 @@ task per device, in this process) with the same EC P-256 device certificates:
   ceiling users know for a broker on this machine; note that it keeps nothing of a QoS 1
   message nobody subscribed to and snapshots its state to disk only every 30 minutes.
 
-Run: ``python tests/benchmarks/bench_hub.py [--idle 10000] [--senders 100] [--messages 2000]``.
+The emulator runs twice: MQTT over TLS on its MQTT port, then MQTT over WebSockets on its web
+port (``wss://host/$iothub/websocket``, as devices behind firewalls use it), so the cost of the
+WebSocket framing shows as a ratio of the same load in the same run.
+
+Run: ``python tests/benchmarks/bench_hub.py [--idle 10000] [--senders 100] [--messages 2000]
+[--no-websockets]``.
 """
 
 from __future__ import annotations
@@ -103,6 +108,11 @@ class ServerRun:
         return self.acknowledged / self.send_seconds if self.send_seconds else 0.0
 
 
+def _rate(run: ServerRun) -> float:
+    """Idle connections opened per second."""
+    return run.idle_connected / run.connect_seconds if run.connect_seconds else 0.0
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -118,6 +128,7 @@ def _drive(
     idle: list[dpskit.DeviceCertificate],
     senders: list[dpskit.DeviceCertificate],
     args: argparse.Namespace,
+    transport: str = "mqtt",
 ) -> None:
     """The same load against either server: idle connections, then the telemetry stream."""
     body = (b'{"temperature":21.5,"humidity":40,"pad":"' + b"x" * args.payload)[: args.payload]
@@ -128,7 +139,13 @@ def _drive(
     connections = HubConnections(trust_pem)
     try:
         report = connections.connect(
-            host, port, idle, concurrency=args.concurrency, max_in_flight=1, keep_alive=300
+            host,
+            port,
+            idle,
+            concurrency=args.concurrency,
+            max_in_flight=1,
+            keep_alive=300,
+            transport=transport,
         )
         run.idle_connected = report["connected"]
         run.idle_failures = report["failures"]["count"]
@@ -144,7 +161,9 @@ def _drive(
 
         active = HubConnections(trust_pem)
         try:
-            report = active.connect(host, port, senders, concurrency=args.concurrency)
+            report = active.connect(
+                host, port, senders, concurrency=args.concurrency, transport=transport
+            )
             if report["failures"]["count"]:
                 run.notes.append(f"first sender failure: {report['failures']['first'][0]['error']}")
             sent = active.send_telemetry(args.messages, body, window=args.window)
@@ -165,10 +184,13 @@ def _emulator_run(
     idle: list[dpskit.DeviceCertificate],
     senders: list[dpskit.DeviceCertificate],
     args: argparse.Namespace,
+    transport: str = "mqtt",
 ) -> ServerRun:
-    run = ServerRun("dpskit emulator")
-    state = folder / "emulator"
+    websockets = transport == "websockets"
+    run = ServerRun("dpskit emulator, WebSockets" if websockets else "dpskit emulator")
+    state = folder / ("emulator-ws" if websockets else "emulator")
     port = _free_port()
+    web_port = _free_port()
     with dpskit.LocalCloud(state, port=port) as cloud:
         hub = cloud.create_hub("bench-hub")
         for device in [*idle, *senders]:
@@ -176,13 +198,25 @@ def _emulator_run(
         host = hub.host_name
     trust_pem = (state / "emulator-ca.cert.pem").read_text()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "dpskit",
+            "emulator",
+            "--data-dir",
+            str(state),
+            "--port",
+            str(port),
+            "--web-port",
+            str(web_port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_for_port(host, port, process, "the emulator")
-        _drive(run, process.pid, host, port, trust_pem, idle, senders, args)
+        dial = web_port if websockets else port
+        _wait_for_port(host, dial, process, "the emulator")
+        _drive(run, process.pid, host, dial, trust_pem, idle, senders, args, transport)
     finally:
         # SIGKILL, not a clean stop: what was acknowledged must already be on disk.
         process.send_signal(signal.SIGKILL)
@@ -337,19 +371,31 @@ def _report(runs: list[ServerRun], args: argparse.Namespace) -> None:
         )
         for note in r.notes:
             print(f"  note: {note}")
-    if len(runs) == 2 and all(r.messages_per_second for r in runs):
-        emulator, broker = runs
+    over_tls = next((r for r in runs if r.name == "dpskit emulator"), None)
+    over_ws = next((r for r in runs if r.name == "dpskit emulator, WebSockets"), None)
+    if over_tls and over_ws and over_tls.messages_per_second:
+        memory = over_ws.server_kb_per_connection / max(over_tls.server_kb_per_connection, 0.001)
+        print(
+            f"\nratio WebSockets / TLS (the emulator, same load): telemetry "
+            f"{over_ws.messages_per_second / over_tls.messages_per_second:.2f}x, connections "
+            f"per second {_rate(over_ws) / max(_rate(over_tls), 0.001):.2f}x, memory per idle "
+            f"connection {memory:.2f}x"
+        )
+    broker = next((r for r in runs if r.name.startswith("mosquitto")), None)
+    if over_tls and broker and over_tls.messages_per_second and broker.messages_per_second:
+        emulator = over_tls
         telemetry = emulator.messages_per_second / broker.messages_per_second
         memory = emulator.server_kb_per_connection / max(broker.server_kb_per_connection, 0.001)
         print(
             f"\nratio emulator / mosquitto: telemetry {telemetry:.2f}x, "
             f"memory per idle connection {memory:.2f}x"
         )
-    emulator = runs[0]
-    if emulator.stored_after_sigkill is not None:
+    for emulator in (over_tls, over_ws):
+        if emulator is None or emulator.stored_after_sigkill is None:
+            continue
         lost = emulator.acknowledged - emulator.stored_after_sigkill
         print(
-            "durability: emulator killed with SIGKILL after the run; "
+            f"durability ({emulator.name}): killed with SIGKILL after the run; "
             f"{emulator.stored_after_sigkill} of {emulator.acknowledged} acknowledged messages "
             f"stored ({lost} lost)"
         )
@@ -365,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=100, help="unacknowledged per sender")
     parser.add_argument("--concurrency", type=int, default=64, help="handshakes in flight")
     parser.add_argument("--no-mosquitto", action="store_true", help="measure the emulator only")
+    parser.add_argument(
+        "--no-websockets", action="store_true", help="skip the emulator's WebSockets run"
+    )
     args = parser.parse_args(argv)
 
     # Each connection is a file descriptor in the server and one here.
@@ -383,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[ServerRun] = []
     with tempfile.TemporaryDirectory(prefix="dpskit-bench-hub-") as folder:
         runs.append(_emulator_run(Path(folder), idle, senders, args))
+        if not args.no_websockets:
+            runs.append(_emulator_run(Path(folder), idle, senders, args, "websockets"))
         mosquitto = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
         if args.no_mosquitto:
             pass
@@ -391,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runs.append(_mosquitto_run(mosquitto, Path(folder), device_ca_pem, idle, senders, args))
     _report(runs, args)
-    emulator = runs[0]
-    return 0 if emulator.stored_after_sigkill == emulator.acknowledged else 1
+    emulators = [r for r in runs if r.stored_after_sigkill is not None]
+    return 0 if all(r.stored_after_sigkill == r.acknowledged for r in emulators) else 1
 
 
 if __name__ == "__main__":
