@@ -383,15 +383,14 @@ def _report(runs: list[ServerRun], args: argparse.Namespace) -> None:
         )
     broker = next((r for r in runs if r.name.startswith("mosquitto")), None)
     if over_tls and broker and over_tls.messages_per_second and broker.messages_per_second:
-        emulator = over_tls
-        telemetry = emulator.messages_per_second / broker.messages_per_second
-        memory = emulator.server_kb_per_connection / max(broker.server_kb_per_connection, 0.001)
+        telemetry = over_tls.messages_per_second / broker.messages_per_second
+        memory = over_tls.server_kb_per_connection / max(broker.server_kb_per_connection, 0.001)
         print(
             f"\nratio emulator / mosquitto: telemetry {telemetry:.2f}x, "
             f"memory per idle connection {memory:.2f}x"
         )
-    for emulator in (over_tls, over_ws):
-        if emulator is None or emulator.stored_after_sigkill is None:
+    for emulator in (r for r in (over_tls, over_ws) if r is not None):
+        if emulator.stored_after_sigkill is None:
             continue
         lost = emulator.acknowledged - emulator.stored_after_sigkill
         print(
