@@ -1,18 +1,77 @@
 //! The core's single error type. The Python layer maps each variant to one class of
 //! `dpskit.errors` (see `src/python/errors.rs`).
+//!
+//! A failure that comes from another error (an `io::Error`, a rustls or rcgen error, a JSON
+//! parse...) keeps that error as its [`source`](std::error::Error::source), not only its text:
+//! a [`Detail`] holds dpskit's context and the cause, and prints "context: cause" as the
+//! messages always read.
 
 use std::path::PathBuf;
+
+/// An underlying error kept as a cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in dpskit's words, and the error that caused it when there is one. Its
+/// `Display` is "context: cause" (just the context without a cause); `source()` is the cause.
+#[derive(Debug)]
+pub struct Detail {
+    message: String,
+    source: Option<BoxError>,
+}
+
+impl Detail {
+    /// dpskit's context, without the cause's text.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Detail {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl Detail {
+    fn new(message: impl Into<String>) -> Self {
+        Detail {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn caused(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Detail {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
 
 /// Every failure the dpskit core reports. Non-exhaustive: a later version may add a kind.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// An argument or configuration value is invalid.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(Detail),
     /// A certificate, key, CSR, chain or registration id is invalid or unusable.
-    #[error("{0}")]
-    Certificate(String),
+    #[error(transparent)]
+    Certificate(Detail),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -23,14 +82,14 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A network connection failed.
-    #[error("{0}")]
-    Transport(String),
+    #[error(transparent)]
+    Transport(Detail),
     /// An operation missed its deadline.
-    #[error("{0}")]
-    Timeout(String),
+    #[error(transparent)]
+    Timeout(Detail),
     /// The peer broke the protocol.
-    #[error("{0}")]
-    Protocol(String),
+    #[error(transparent)]
+    Protocol(Detail),
     /// A service refused a request, with Azure's error details.
     #[error("{}", .0)]
     Service(Box<ServiceFailure>),
@@ -45,8 +104,8 @@ pub enum Error {
         message: String,
     },
     /// The embedded emulator failed.
-    #[error("{0}")]
-    Emulator(String),
+    #[error(transparent)]
+    Emulator(Detail),
 }
 
 /// What a service said when it refused a request.
@@ -110,12 +169,40 @@ impl ServiceFailure {
     }
 }
 
-impl Error {
-    /// Shorthand for a certificate error with a formatted message.
-    pub fn cert(message: impl Into<String>) -> Self {
-        Error::Certificate(message.into())
-    }
+/// The constructors of the variants that hold a [`Detail`]: `kind(message)` without a cause,
+/// `kind_caused(context, cause)` with one (shown as "context: cause").
+macro_rules! detail_constructors {
+    ($($variant:ident: $plain:ident, $caused:ident;)*) => {
+        impl Error {
+            $(
+                #[doc = concat!("An [`Error::", stringify!($variant), "`] with this message.")]
+                pub fn $plain(message: impl Into<String>) -> Self {
+                    Error::$variant(Detail::new(message))
+                }
 
+                #[doc = concat!("An [`Error::", stringify!($variant), "`]: `context` and the `cause` it \
+                    came from (kept as the error's source).")]
+                pub fn $caused(
+                    context: impl Into<String>,
+                    cause: impl std::error::Error + Send + Sync + 'static,
+                ) -> Self {
+                    Error::$variant(Detail::caused(context, cause))
+                }
+            )*
+        }
+    };
+}
+
+detail_constructors! {
+    Config: config, config_caused;
+    Certificate: cert, cert_caused;
+    Transport: transport, transport_caused;
+    Timeout: timeout, timeout_caused;
+    Protocol: protocol, protocol_caused;
+    Emulator: emulator, emulator_caused;
+}
+
+impl Error {
     /// A service refusal with Azure's status, error code and message.
     pub fn service(status: u16, error_code: u32, message: impl Into<String>) -> Self {
         Error::Service(Box::new(ServiceFailure {
@@ -152,7 +239,7 @@ impl Error {
 pub fn positive_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
     match std::time::Duration::try_from_secs_f64(value) {
         Ok(duration) if value > 0.0 => Ok(duration),
-        _ => Err(Error::Config(format!(
+        _ => Err(Error::config(format!(
             "{what} must be a positive number of seconds, not {value}"
         ))),
     }
@@ -161,7 +248,7 @@ pub fn positive_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
 /// A duration a caller gives as seconds that may be zero (a latency).
 pub fn non_negative_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
     std::time::Duration::try_from_secs_f64(value)
-        .map_err(|_| Error::Config(format!("{what} must be >= 0 seconds, not {value}")))
+        .map_err(|_| Error::config(format!("{what} must be >= 0 seconds, not {value}")))
 }
 
 /// Result alias used throughout the core.

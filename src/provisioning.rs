@@ -150,7 +150,7 @@ pub async fn provision_observed(
     let deadline = tokio::time::Instant::now() + request.timeout;
     match tokio::time::timeout_at(deadline, exchange(request, trust, hooks)).await {
         Ok(result) => result,
-        Err(_) => Err(Error::Timeout(format!(
+        Err(_) => Err(Error::timeout(format!(
             "provisioning {} did not finish within {:.1} s",
             request.registration_id,
             request.timeout.as_secs_f64()
@@ -168,11 +168,11 @@ async fn exchange(
         registration_id: id.clone(),
         payload: request.payload.clone(),
     })
-    .map_err(|e| Error::Protocol(format!("cannot encode the registration request: {e}")))?;
+    .map_err(|e| Error::protocol(format!("cannot encode the registration request: {e}")))?;
     if body.len() > MAX_REGISTRATION_BYTES {
         // DPS would refuse it; refused here, the caller learns why instead of seeing a
         // dropped connection.
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "a registration request is at most {MAX_REGISTRATION_BYTES} bytes (DPS's 96 KB \
              message limit); the one for {id} has {} with its payload",
             body.len()
@@ -211,7 +211,7 @@ async fn exchange(
     )
     .await
     .map_err(|_| {
-        Error::Transport(format!(
+        Error::transport(format!(
             "connection to DPS failed for {id}: no CONNACK within {} s",
             CONNECT_TIMEOUT.as_secs()
         ))
@@ -319,9 +319,9 @@ impl<'a> Session<'a> {
     fn failed(&self, error: FrameError) -> Error {
         match error {
             FrameError::Malformed(e) => {
-                Error::Protocol(format!("malformed packet from DPS for {}: {e}", self.id))
+                Error::protocol(format!("malformed packet from DPS for {}: {e}", self.id))
             }
-            other => Error::Transport(format!("connection to DPS failed for {}: {other}", self.id)),
+            other => Error::transport(format!("connection to DPS failed for {}: {other}", self.id)),
         }
     }
 
@@ -363,7 +363,7 @@ impl<'a> Session<'a> {
                             continue;
                         }
                         Ok(Some(packet)) => Ok(packet),
-                        Ok(None) => Err(Error::Transport(format!(
+                        Ok(None) => Err(Error::transport(format!(
                             "connection to DPS failed for {}: DPS closed the connection",
                             self.id
                         ))),
@@ -372,7 +372,7 @@ impl<'a> Session<'a> {
                 }
                 () = tokio::time::sleep_until(self.ping_due) => {
                     if self.awaiting_pong {
-                        return Err(Error::Transport(format!(
+                        return Err(Error::transport(format!(
                             "connection to DPS failed for {}: no answer to PINGREQ",
                             self.id
                         )));
@@ -423,7 +423,7 @@ fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Resul
         Some("assigning") | Some("unassigned") => {
             let operation_id = reply
                 .operation_id
-                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?;
+                .ok_or_else(|| Error::protocol("a 202 reply without operationId"))?;
             Ok(Reply::Assigning {
                 operation_id,
                 retry_after,
@@ -467,7 +467,7 @@ fn poll_topic(rid: u32, operation_id: &str) -> String {
 fn parse_response_topic(topic: &str) -> Result<(u16, Option<u32>)> {
     Response::parse(topic)
         .map(|r| (r.status, r.retry_after))
-        .ok_or_else(|| Error::Protocol(format!("unexpected DPS response topic {topic:?}")))
+        .ok_or_else(|| Error::protocol(format!("unexpected DPS response topic {topic:?}")))
 }
 
 /// At most 5 status polls in any 10 s, as DPS asks of clients (retry-after is honoured on top).
@@ -577,8 +577,8 @@ fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
 
 fn connection_error(id: &str, error: &DialError) -> Error {
     match error {
-        DialError::BadHost(e) => Error::Config(format!("{e}: DPS's host for {id}")),
-        other => Error::Transport(format!("connection to DPS failed for {id}: {other}")),
+        DialError::BadHost(e) => Error::config(format!("{e}: DPS's host for {id}")),
+        other => Error::transport(format!("connection to DPS failed for {id}: {other}")),
     }
 }
 
@@ -602,7 +602,7 @@ pub async fn provision_many(
     .map(|joined| {
         joined.unwrap_or_else(|e| {
             (
-                Err(Error::Transport(format!("provisioning task failed: {e}"))),
+                Err(Error::transport(format!("provisioning task failed: {e}"))),
                 Duration::ZERO,
             )
         })

@@ -113,12 +113,12 @@ impl RestBehaviour {
         throttle_retry_after: u32,
     ) -> Result<Self> {
         if !(operation_seconds.is_finite() && (0.0..=3600.0).contains(&operation_seconds)) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "arm_operation_seconds must be between 0 and 3600, not {operation_seconds}"
             )));
         }
         if page_size == 0 {
-            return Err(Error::Config("arm_page_size must be at least 1".into()));
+            return Err(Error::config("arm_page_size must be at least 1"));
         }
         Ok(RestBehaviour {
             operation_latency: Duration::from_secs_f64(operation_seconds),
@@ -204,18 +204,18 @@ pub(crate) struct Listeners {
 impl Listeners {
     fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
         if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::Emulator("the emulator is stopped".into()));
+            return Err(Error::emulator("the emulator is stopped"));
         }
         let address = SocketAddr::new(ip, port);
         let std_listener = std::net::TcpListener::bind(address).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrNotAvailable {
                 // A data folder from a machine with all of 127.0.0.0/8, opened on a Mac.
-                return Error::Emulator(loopback::unbindable_message(
+                return Error::emulator(loopback::unbindable_message(
                     loopback::Os::current(),
                     address,
                 ));
             }
-            Error::Emulator(format!(
+            Error::emulator(format!(
                 "cannot listen on {address}: {e}{}",
                 if port == 8883 {
                     " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
@@ -226,14 +226,14 @@ impl Listeners {
         })?;
         std_listener
             .set_nonblocking(true)
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+            .map_err(|e| Error::emulator(format!("cannot listen on {address}: {e}")))?;
         let bound = std_listener
             .local_addr()
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+            .map_err(|e| Error::emulator(format!("cannot listen on {address}: {e}")))?;
         let context = self.context.clone();
         let _guard = self.handle.enter();
         let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| Error::Emulator(format!("cannot listen on {address}: {e}")))?;
+            .map_err(|e| Error::emulator(format!("cannot listen on {address}: {e}")))?;
         self.handle.spawn(server::serve(listener, context));
         self.listening
             .lock()
@@ -316,14 +316,14 @@ impl Emulator {
                     builder.permissions(std::fs::Permissions::from_mode(0o700));
                 }
                 let temp = builder.tempdir().map_err(|e| {
-                    Error::Emulator(format!("cannot create a temporary folder: {e}"))
+                    Error::emulator(format!("cannot create a temporary folder: {e}"))
                 })?;
                 secrets::private_dir(temp.path())?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
         let host_ip: IpAddr = config.host.parse().map_err(|_| {
-            Error::Config(format!("host must be an IP address, not {:?}", config.host))
+            Error::config(format!("host must be an IP address, not {:?}", config.host))
         })?;
         let mut hosts = vec![config.host.clone()];
         if host_ip.is_loopback() {
@@ -347,7 +347,7 @@ impl Emulator {
         }
         let runtime = builder
             .build()
-            .map_err(|e| Error::Emulator(format!("cannot start the emulator runtime: {e}")))?;
+            .map_err(|e| Error::emulator(format!("cannot start the emulator runtime: {e}")))?;
         let context = Arc::new(server::ServerContext {
             acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
             dps: dps.clone(),
@@ -420,10 +420,10 @@ impl Emulator {
         let runtime = self
             .runtime
             .as_ref()
-            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))?;
+            .ok_or_else(|| Error::emulator("the emulator is stopped"))?;
         let address = SocketAddr::new(ip, port);
         let fail =
-            |e: std::io::Error| Error::Emulator(format!("cannot listen on {address} (HTTPS): {e}"));
+            |e: std::io::Error| Error::emulator(format!("cannot listen on {address} (HTTPS): {e}"));
         let std_listener = std::net::TcpListener::bind(address).map_err(fail)?;
         std_listener.set_nonblocking(true).map_err(fail)?;
         let bound = std_listener.local_addr().map_err(fail)?;
@@ -550,7 +550,7 @@ impl Emulator {
         self.runtime
             .as_ref()
             .map(|r| r.handle().clone())
-            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))
+            .ok_or_else(|| Error::emulator("the emulator is stopped"))
     }
 
     /// The exchange tracer.

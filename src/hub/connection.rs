@@ -135,9 +135,9 @@ pub(super) struct Wire<S = mqtt::ClientStream>(pub(super) Framed<S>);
 /// the connection broke.
 fn wire_error(error: FrameError) -> Error {
     match error {
-        FrameError::Malformed(e) => Error::Protocol(format!("malformed packet from the hub: {e}")),
-        FrameError::Encode(kind, e) => Error::Protocol(format!("cannot encode {kind:?}: {e}")),
-        FrameError::Read(_) | FrameError::Write(_) => Error::Transport(error.to_string()),
+        FrameError::Malformed(e) => Error::protocol(format!("malformed packet from the hub: {e}")),
+        FrameError::Encode(kind, e) => Error::protocol(format!("cannot encode {kind:?}: {e}")),
+        FrameError::Read(_) | FrameError::Write(_) => Error::transport(error.to_string()),
     }
 }
 
@@ -198,15 +198,15 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
         }
         Ok((_, ack)) => Err(refused(host, &settings.client_id, ack.code)),
         Err(DialError::Unreachable(e)) => {
-            Err(Error::Transport(format!("cannot reach {address}: {e}")))
+            Err(Error::transport(format!("cannot reach {address}: {e}")))
         }
-        Err(DialError::BadHost(e)) => Err(Error::Config(format!("{host} is not a host name: {e}"))),
-        Err(DialError::Tls(e)) => Err(Error::Transport(format!("TLS with {address} failed: {e}"))),
+        Err(DialError::BadHost(e)) => Err(Error::config(format!("{host} is not a host name: {e}"))),
+        Err(DialError::Tls(e)) => Err(Error::transport(format!("TLS with {address} failed: {e}"))),
         Err(DialError::Frame(e)) => Err(wire_error(e)),
         Err(DialError::Unexpected(kind)) => {
-            Err(Error::Protocol(format!("expected CONNACK, got {kind:?}")))
+            Err(Error::protocol(format!("expected CONNACK, got {kind:?}")))
         }
-        Err(DialError::Closed) => Err(Error::Transport(format!(
+        Err(DialError::Closed) => Err(Error::transport(format!(
             "{host} closed the connection before CONNACK"
         ))),
     }
@@ -275,7 +275,7 @@ pub(super) async fn run(
         );
         let dialled = tokio::select! {
             dialled = dialling => dialled.unwrap_or_else(|_| {
-                Err(Error::Timeout(format!(
+                Err(Error::timeout(format!(
                     "{id} got no CONNACK from {} within {:.1} s",
                     settings.host,
                     settings.connect_timeout.as_secs_f64()
@@ -359,7 +359,7 @@ pub(super) async fn run(
                 if stalled >= MAX_STALLED_CONNECTIONS {
                     // The hub takes the connection but drops it on what the device sends: it
                     // refuses a message, and sending it again forever would hang every sender.
-                    break Error::Transport(format!(
+                    break Error::transport(format!(
                         "{} closed {id}'s connection {stalled} times in a row without \
                          acknowledging any of its {} outstanding messages: it refuses them (a \
                          spent daily quota, 403002, or a throttled hub look like this over MQTT) \
@@ -387,7 +387,7 @@ pub(super) async fn run(
 
 /// Why waiters fail once the device itself closed the client.
 fn closed_by_device(id: &str) -> Error {
-    Error::Transport(format!("{id} disconnected"))
+    Error::transport(format!("{id} disconnected"))
 }
 
 /// Says why the connection is down, waits the backoff that `failures` calls for, and returns
@@ -420,7 +420,7 @@ fn finish(
             Outstanding::Publish { done, .. } | Outstanding::Subscribe { done, .. } => done,
         };
         if let Some(done) = done {
-            let _ = done.send(Err(Error::Transport(reason.clone())));
+            let _ = done.send(Err(Error::transport(reason.clone())));
         }
     }
     if let Some(tx) = connected.take() {
@@ -505,7 +505,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             read = wire.read() => {
                 let packet = match read {
                     Ok(Some(packet)) => packet,
-                    Ok(None) => return Ending::Lost(Error::Transport(format!("{} closed the connection", settings.host))),
+                    Ok(None) => return Ending::Lost(Error::transport(format!("{} closed the connection", settings.host))),
                     Err(e) => return Ending::Lost(e),
                 };
                 match packet {
@@ -527,7 +527,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         if let Some(Outstanding::Subscribe { done: Some(done), .. }) = outstanding.remove(ack.pkid) {
                             let refused = ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure));
                             let _ = done.send(if refused {
-                                Err(Error::Protocol("the hub refused a subscription".into()))
+                                Err(Error::protocol("the hub refused a subscription"))
                             } else {
                                 Ok(())
                             });
@@ -585,7 +585,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             () = tokio::time::sleep_until(ping_due) => {
                 if awaiting_pong {
-                    return Ending::Lost(Error::Transport(format!("{} did not answer PINGREQ", settings.host)));
+                    return Ending::Lost(Error::transport(format!("{} did not answer PINGREQ", settings.host)));
                 }
                 awaiting_pong = true;
                 if let Err(e) = wire.queue(&Packet::PingReq) {

@@ -151,7 +151,7 @@ impl ManifestFormat {
         match name.to_ascii_lowercase().as_str() {
             "csv" => Ok(ManifestFormat::Csv),
             "json" => Ok(ManifestFormat::Json),
-            other => Err(Error::Config(format!(
+            other => Err(Error::config(format!(
                 "unknown manifest format {other:?}: use \"csv\" or \"json\""
             ))),
         }

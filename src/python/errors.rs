@@ -91,11 +91,11 @@ pub(crate) fn example_error(kind: &str, message: &str) -> Option<Error> {
         }))
     };
     Some(match kind {
-        "config" => Error::Config(message.into()),
-        "certificate" => Error::Certificate(message.into()),
-        "transport" => Error::Transport(message.into()),
-        "timeout" => Error::Timeout(message.into()),
-        "protocol" => Error::Protocol(message.into()),
+        "config" => Error::config(message),
+        "certificate" => Error::cert(message),
+        "transport" => Error::transport(message),
+        "timeout" => Error::timeout(message),
+        "protocol" => Error::protocol(message),
         "service" => service(500),
         "authentication" => service(401),
         "not_found" => service(404),
@@ -106,7 +106,7 @@ pub(crate) fn example_error(kind: &str, message: &str) -> Option<Error> {
             error_code: Some(401_002),
             message: message.into(),
         },
-        "emulator" => Error::Emulator(message.into()),
+        "emulator" => Error::emulator(message),
         "io" => Error::io("/nonexistent/dpskit", std::io::Error::from_raw_os_error(2)),
         _ => return None,
     })

@@ -53,7 +53,7 @@ impl Trust {
     ) -> Result<rustls::ClientConfig> {
         let builder = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
+            .map_err(|e| Error::config(format!("TLS configuration: {e}")))?
             .with_root_certificates(self.roots.clone());
         let mut config = match credential {
             Some(credential) => {

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) fn config(message: String) -> Error {
-    Error::Config(message)
+    Error::config(message)
 }
 
 pub(super) fn check_finite(value: f64, what: &str, at: &str) -> Result<()> {
