@@ -51,13 +51,10 @@ impl Detail {
         }
     }
 
-    fn caused(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
+    fn caused(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Detail {
             message: message.into(),
-            source: Some(Box::new(source)),
+            source: Some(source.into()),
         }
     }
 }
@@ -180,12 +177,9 @@ macro_rules! detail_constructors {
                     Error::$variant(Detail::new(message))
                 }
 
-                #[doc = concat!("An [`Error::", stringify!($variant), "`]: `context` and the `cause` it \
-                    came from (kept as the error's source).")]
-                pub fn $caused(
-                    context: impl Into<String>,
-                    cause: impl std::error::Error + Send + Sync + 'static,
-                ) -> Self {
+                #[doc = concat!("An [`Error::", stringify!($variant), "`]: `context` and the error it \
+                    came from, kept as its source (an error value: its text alone would lose it).")]
+                pub fn $caused(context: impl Into<String>, cause: impl Into<BoxError>) -> Self {
                     Error::$variant(Detail::caused(context, cause))
                 }
             )*

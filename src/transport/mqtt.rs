@@ -44,7 +44,14 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-impl std::error::Error for FrameError {}
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Malformed(e) | FrameError::Encode(_, e) => Some(e),
+            FrameError::Read(e) | FrameError::Write(e) => Some(e),
+        }
+    }
+}
 
 /// A stream with its read and write buffers.
 pub struct Framed<S> {
@@ -171,7 +178,32 @@ impl std::fmt::Display for DialError {
     }
 }
 
-impl std::error::Error for DialError {}
+impl std::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DialError::Unreachable(e) => Some(e),
+            DialError::BadHost(e) => Some(e),
+            // rustls's own error, when the handshake failed on one: the io::Error around it
+            // prints the same text but hides it from source().
+            DialError::Tls(e) => match e.get_ref() {
+                Some(inner) if inner.is::<rustls::Error>() => Some(inner),
+                _ => Some(e),
+            },
+            DialError::Frame(e) => Some(e),
+            DialError::Closed | DialError::Unexpected(_) => None,
+        }
+    }
+}
+
+/// The cause to keep for a failed TLS handshake: rustls's error itself when tokio-rustls
+/// wrapped one in the `io::Error` it returns (whose `source()` would hide it), else the I/O
+/// error. Same text either way.
+pub fn tls_cause(error: std::io::Error) -> crate::error::BoxError {
+    match error.downcast::<rustls::Error>() {
+        Ok(tls) => Box::new(tls),
+        Err(io) => Box::new(io),
+    }
+}
 
 /// Dials `host:port` (TCP_NODELAY), completes TLS with `tls` (the server's certificate checked
 /// against `host`), sends `connect` and reads the answer: the framed connection and the
