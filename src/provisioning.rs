@@ -168,7 +168,7 @@ async fn exchange(
         registration_id: id.clone(),
         payload: request.payload.clone(),
     })
-    .map_err(|e| Error::protocol(format!("cannot encode the registration request: {e}")))?;
+    .map_err(|e| Error::protocol_caused("cannot encode the registration request", e))?;
     if body.len() > MAX_REGISTRATION_BYTES {
         // DPS would refuse it; refused here, the caller learns why instead of seeing a
         // dropped connection.
@@ -216,7 +216,7 @@ async fn exchange(
             CONNECT_TIMEOUT.as_secs()
         ))
     })?;
-    let (framed, ack) = dialled.map_err(|e| connection_error(id, &e))?;
+    let (framed, ack) = dialled.map_err(|e| connection_error(id, e))?;
     if ack.code != ConnectReturnCode::Success {
         return Err(Error::Service(Box::new(crate::error::ServiceFailure {
             status: 401,
@@ -319,9 +319,11 @@ impl<'a> Session<'a> {
     fn failed(&self, error: FrameError) -> Error {
         match error {
             FrameError::Malformed(e) => {
-                Error::protocol(format!("malformed packet from DPS for {}: {e}", self.id))
+                Error::protocol_caused(format!("malformed packet from DPS for {}", self.id), e)
             }
-            other => Error::transport(format!("connection to DPS failed for {}: {other}", self.id)),
+            other => {
+                Error::transport_caused(format!("connection to DPS failed for {}", self.id), other)
+            }
         }
     }
 
@@ -575,10 +577,10 @@ fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
     }
 }
 
-fn connection_error(id: &str, error: &DialError) -> Error {
+fn connection_error(id: &str, error: DialError) -> Error {
     match error {
-        DialError::BadHost(e) => Error::config(format!("{e}: DPS's host for {id}")),
-        other => Error::transport(format!("connection to DPS failed for {id}: {other}")),
+        DialError::BadHost(e) => Error::config_caused(format!("DPS's host for {id}"), e),
+        other => Error::transport_caused(format!("connection to DPS failed for {id}"), other),
     }
 }
 
@@ -602,7 +604,7 @@ pub async fn provision_many(
     .map(|joined| {
         joined.unwrap_or_else(|e| {
             (
-                Err(Error::transport(format!("provisioning task failed: {e}"))),
+                Err(Error::transport_caused("provisioning task failed", e)),
                 Duration::ZERO,
             )
         })

@@ -96,8 +96,8 @@ fn default_true() -> bool {
 impl FleetSettings {
     /// Reads and checks settings a host gives as a JSON value (Python's dict).
     pub fn from_value(value: Value) -> Result<FleetSettings> {
-        let settings: FleetSettings = serde_json::from_value(value)
-            .map_err(|e| Error::config(format!("fleet settings: {e}")))?;
+        let settings: FleetSettings =
+            serde_json::from_value(value).map_err(|e| Error::config_caused("fleet settings", e))?;
         for (name, value) in [
             ("provision_timeout", settings.provision_timeout),
             ("connect_timeout", settings.connect_timeout),

@@ -20,7 +20,7 @@ use rumqttc::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
+use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, closed_error, lock};
 use crate::error::{Error, Result, ServiceFailure};
 use crate::transport::jittered_backoff as reconnect_delay;
 use crate::transport::mqtt::{self, DialError, FrameError, Framed};
@@ -135,9 +135,10 @@ pub(super) struct Wire<S = mqtt::ClientStream>(pub(super) Framed<S>);
 /// the connection broke.
 fn wire_error(error: FrameError) -> Error {
     match error {
-        FrameError::Malformed(e) => Error::protocol(format!("malformed packet from the hub: {e}")),
-        FrameError::Encode(kind, e) => Error::protocol(format!("cannot encode {kind:?}: {e}")),
-        FrameError::Read(_) | FrameError::Write(_) => Error::transport(error.to_string()),
+        FrameError::Malformed(e) => Error::protocol_caused("malformed packet from the hub", e),
+        FrameError::Encode(kind, e) => Error::protocol_caused(format!("cannot encode {kind:?}"), e),
+        FrameError::Read(e) => Error::transport_caused("read failed", e),
+        FrameError::Write(e) => Error::transport_caused("write failed", e),
     }
 }
 
@@ -197,11 +198,18 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
             Ok((Wire(wire), ack.session_present))
         }
         Ok((_, ack)) => Err(refused(host, &settings.client_id, ack.code)),
-        Err(DialError::Unreachable(e)) => {
-            Err(Error::transport(format!("cannot reach {address}: {e}")))
-        }
-        Err(DialError::BadHost(e)) => Err(Error::config(format!("{host} is not a host name: {e}"))),
-        Err(DialError::Tls(e)) => Err(Error::transport(format!("TLS with {address} failed: {e}"))),
+        Err(DialError::Unreachable(e)) => Err(Error::transport_caused(
+            format!("cannot reach {address}"),
+            e,
+        )),
+        Err(DialError::BadHost(e)) => Err(Error::config_caused(
+            format!("{host} is not a host name"),
+            e,
+        )),
+        Err(DialError::Tls(e)) => Err(Error::transport_caused(
+            format!("TLS with {address} failed"),
+            mqtt::tls_cause(e),
+        )),
         Err(DialError::Frame(e)) => Err(wire_error(e)),
         Err(DialError::Unexpected(kind)) => {
             Err(Error::protocol(format!("expected CONNACK, got {kind:?}")))
@@ -359,13 +367,16 @@ pub(super) async fn run(
                 if stalled >= MAX_STALLED_CONNECTIONS {
                     // The hub takes the connection but drops it on what the device sends: it
                     // refuses a message, and sending it again forever would hang every sender.
-                    break Error::transport(format!(
-                        "{} closed {id}'s connection {stalled} times in a row without \
-                         acknowledging any of its {} outstanding messages: it refuses them (a \
-                         spent daily quota, 403002, or a throttled hub look like this over MQTT) \
-                         ({error})",
-                        settings.host, outstanding.publishes
-                    ));
+                    break Error::transport_caused(
+                        format!(
+                            "{} closed {id}'s connection {stalled} times in a row without \
+                             acknowledging any of its {} outstanding messages: it refuses them \
+                             (a spent daily quota, 403002, or a throttled hub look like this \
+                             over MQTT)",
+                            settings.host, outstanding.publishes
+                        ),
+                        error,
+                    );
                 }
                 failures += 1;
                 shared
@@ -382,7 +393,7 @@ pub(super) async fn run(
             }
         }
     };
-    finish(&shared, &mut outstanding, &mut connected, reason);
+    finish(&shared, &id, &mut outstanding, &mut connected, reason);
 }
 
 /// Why waiters fail once the device itself closed the client.
@@ -407,12 +418,18 @@ async fn wait_to_redial(shared: &Shared, id: &str, failures: u32, why: &str) -> 
 /// Ends the client for good: every waiter learns why.
 fn finish(
     shared: &Shared,
+    id: &str,
     outstanding: &mut InFlight,
     connected: &mut Option<oneshot::Sender<Result<()>>>,
     error: Error,
 ) {
-    let reason = error.to_string();
-    *lock(&shared.closed) = Some(reason.clone());
+    // While connect() still waits nothing has been handed out: its caller gets the error
+    // itself. Otherwise the error is shared, the cause of every waiter's and later call's.
+    let error = match connected.take() {
+        Some(tx) => tx.send(Err(error)).err().and_then(Result::err),
+        None => Some(error),
+    };
+    *lock(&shared.closed) = error.map(Arc::new);
     *lock(&shared.state) = ConnectionState::Closed;
     shared.inbox.close();
     for (_, waiting) in outstanding.take_all() {
@@ -420,11 +437,8 @@ fn finish(
             Outstanding::Publish { done, .. } | Outstanding::Subscribe { done, .. } => done,
         };
         if let Some(done) = done {
-            let _ = done.send(Err(Error::transport(reason.clone())));
+            let _ = done.send(Err(closed_error(&shared.closed, id)));
         }
-    }
-    if let Some(tx) = connected.take() {
-        let _ = tx.send(Err(error));
     }
 }
 

@@ -248,8 +248,8 @@ impl TelemetryMessage {
     }
 }
 
-/// Why the connection ended, once it has.
-type ClosedReason = Arc<Mutex<Option<String>>>;
+/// Why the connection ended, once it has: the error itself, the cause of every later call's.
+type ClosedReason = Arc<Mutex<Option<Arc<Error>>>>;
 
 /// A cloud-to-device message as the device received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -530,8 +530,7 @@ impl HubClient {
         if status != 200 {
             return Err(twin_error(status, &body, "reading the twin"));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::protocol(format!("the twin is not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| Error::protocol_caused("the twin is not JSON", e))
     }
 
     /// Patches the reported properties (`null` deletes a property). A patch whose JSON is
@@ -760,10 +759,11 @@ fn twin_error(status: u16, body: &[u8], what: &str) -> Error {
 
 fn closed_error(closed: &ClosedReason, device_id: &str) -> Error {
     let reason = closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Error::transport(match reason {
-        Some(reason) => format!("the hub connection of {device_id} is closed: {reason}"),
-        None => format!("the hub connection of {device_id} is closed"),
-    })
+    let message = format!("the hub connection of {device_id} is closed");
+    match reason {
+        Some(reason) => Error::transport_caused(message, reason),
+        None => Error::transport(message),
+    }
 }
 
 #[cfg(test)]

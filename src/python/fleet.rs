@@ -166,7 +166,7 @@ impl PyFleetRun {
             Ok(outcome) => {
                 handle.take();
                 let result =
-                    outcome.map_err(|e| Error::transport(format!("the fleet run failed: {e}")))?;
+                    outcome.map_err(|e| Error::transport_caused("the fleet run failed", e))?;
                 *lock(&self.result) = Some(result);
                 Ok(true)
             }
