@@ -55,9 +55,10 @@ impl CaCertificateResource {
     /// Reads ARM's `CertificateResponse` (the DPS API type both sides share).
     fn from_json(value: &Value) -> Result<Self> {
         let response = CertificateResponse::deserialize(value).map_err(|e| {
-            Error::protocol(format!(
-                "certificate response that does not read ({e}): {value}"
-            ))
+            Error::protocol_caused(
+                format!("certificate response that does not read: {value}"),
+                e,
+            )
         })?;
         let name = response.name.ok_or_else(|| {
             Error::protocol(format!("certificate response without a name: {value}"))
@@ -382,7 +383,7 @@ async fn json_body(response: reqwest::Response, what: &str) -> Result<Option<Val
     }
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| Error::protocol(format!("{what}: the answer is not JSON: {e}")))
+        .map_err(|e| Error::protocol_caused(format!("{what}: the answer is not JSON"), e))
 }
 
 /// Where a long-running operation is watched.

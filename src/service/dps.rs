@@ -159,10 +159,9 @@ impl SasRestClient {
         let body = if text.trim().is_empty() {
             None
         } else {
-            Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::protocol(format!("{what}: the answer is not JSON: {e}")))?,
-            )
+            Some(serde_json::from_str(&text).map_err(|e| {
+                Error::protocol_caused(format!("{what}: the answer is not JSON"), e)
+            })?)
         };
         Ok(Answer { body, continuation })
     }
@@ -279,13 +278,13 @@ pub(crate) fn enrollment_body<B: Serialize + ?Sized>(body: &B, what: &str) -> Re
 
 /// A request body as JSON.
 fn to_json<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
-    serde_json::to_value(body).map_err(|e| Error::config(format!("{what}: the body: {e}")))
+    serde_json::to_value(body).map_err(|e| Error::config_caused(format!("{what}: the body"), e))
 }
 
 /// An answer as the type the caller reads it as.
 fn read<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T> {
     serde_json::from_value(answer)
-        .map_err(|e| Error::protocol(format!("{what}: the answer does not read: {e}")))
+        .map_err(|e| Error::protocol_caused(format!("{what}: the answer does not read"), e))
 }
 
 /// Every item of a query's answer as the type the caller reads it as.

@@ -202,7 +202,7 @@ pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::C
     let roots = trust.roots();
     let config = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::config(format!("TLS configuration: {e}")))?
+        .map_err(|e| Error::config_caused("TLS configuration", e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     reqwest::Client::builder()
@@ -210,7 +210,7 @@ pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::C
         .timeout(timeout)
         .user_agent(concat!("dpskit/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::config(format!("cannot create the HTTPS client: {e}")))
+        .map_err(|e| Error::config_caused("cannot create the HTTPS client", e))
 }
 
 /// Turns a non-success response into the typed error: status, Azure's error code (numeric
@@ -282,7 +282,7 @@ pub(crate) fn transport(what: &str, error: reqwest::Error) -> Error {
     if error.is_timeout() {
         Error::timeout(format!("{what}: no answer in time"))
     } else {
-        Error::transport(format!("{what}: {error}"))
+        Error::transport_caused(what, error)
     }
 }
 
