@@ -209,7 +209,7 @@ pub fn save_devices(
         ManifestFormat::Json => (
             folder.join("manifest.json"),
             serde_json::to_string_pretty(&rows)
-                .map_err(|e| Error::cert(format!("manifest encoding failed: {e}")))?,
+                .map_err(|e| Error::cert_caused("manifest encoding failed", e))?,
         ),
         ManifestFormat::Csv => {
             let mut out = String::from(
