@@ -1155,7 +1155,7 @@ mod erased {
     impl<T: serde::Serialize> Json for T {
         fn to_json(&self) -> Result<String> {
             serde_json::to_string(self)
-                .map_err(|e| Error::emulator(format!("state store: cannot encode a record: {e}")))
+                .map_err(|e| Error::emulator_caused("state store: cannot encode a record", e))
         }
     }
 }

@@ -215,25 +215,23 @@ impl Listeners {
                     address,
                 ));
             }
-            Error::emulator(format!(
-                "cannot listen on {address}: {e}{}",
-                if port == 8883 {
-                    " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
-                } else {
-                    ""
-                }
-            ))
+            let hint = if port == 8883 {
+                " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
+            } else {
+                ""
+            };
+            Error::emulator_caused(format!("cannot listen on {address}{hint}"), e)
         })?;
         std_listener
             .set_nonblocking(true)
-            .map_err(|e| Error::emulator(format!("cannot listen on {address}: {e}")))?;
+            .map_err(|e| Error::emulator_caused(format!("cannot listen on {address}"), e))?;
         let bound = std_listener
             .local_addr()
-            .map_err(|e| Error::emulator(format!("cannot listen on {address}: {e}")))?;
+            .map_err(|e| Error::emulator_caused(format!("cannot listen on {address}"), e))?;
         let context = self.context.clone();
         let _guard = self.handle.enter();
         let listener = tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|e| Error::emulator(format!("cannot listen on {address}: {e}")))?;
+            .map_err(|e| Error::emulator_caused(format!("cannot listen on {address}"), e))?;
         self.handle.spawn(server::serve(listener, context));
         self.listening
             .lock()
@@ -315,9 +313,9 @@ impl Emulator {
                     use std::os::unix::fs::PermissionsExt;
                     builder.permissions(std::fs::Permissions::from_mode(0o700));
                 }
-                let temp = builder.tempdir().map_err(|e| {
-                    Error::emulator(format!("cannot create a temporary folder: {e}"))
-                })?;
+                let temp = builder
+                    .tempdir()
+                    .map_err(|e| Error::emulator_caused("cannot create a temporary folder", e))?;
                 secrets::private_dir(temp.path())?;
                 (temp.path().to_path_buf(), Some(temp))
             }
@@ -347,7 +345,7 @@ impl Emulator {
         }
         let runtime = builder
             .build()
-            .map_err(|e| Error::emulator(format!("cannot start the emulator runtime: {e}")))?;
+            .map_err(|e| Error::emulator_caused("cannot start the emulator runtime", e))?;
         let context = Arc::new(server::ServerContext {
             acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
             dps: dps.clone(),
@@ -422,8 +420,9 @@ impl Emulator {
             .as_ref()
             .ok_or_else(|| Error::emulator("the emulator is stopped"))?;
         let address = SocketAddr::new(ip, port);
-        let fail =
-            |e: std::io::Error| Error::emulator(format!("cannot listen on {address} (HTTPS): {e}"));
+        let fail = |e: std::io::Error| {
+            Error::emulator_caused(format!("cannot listen on {address} (HTTPS)"), e)
+        };
         let std_listener = std::net::TcpListener::bind(address).map_err(fail)?;
         std_listener.set_nonblocking(true).map_err(fail)?;
         let bound = std_listener.local_addr().map_err(fail)?;

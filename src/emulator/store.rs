@@ -97,11 +97,11 @@ fn delete_body(connection: &Connection, kind: &str, key: &str) -> Result<bool> {
 
 fn encode<T: Serialize>(kind: &str, value: &T) -> Result<String> {
     serde_json::to_string(value)
-        .map_err(|e| Error::emulator(format!("state store: cannot encode {kind}: {e}")))
+        .map_err(|e| Error::emulator_caused(format!("state store: cannot encode {kind}"), e))
 }
 
 fn db_error(e: rusqlite::Error) -> Error {
-    Error::emulator(format!("state store: {e}"))
+    Error::emulator_caused("state store", e)
 }
 
 impl Store {
@@ -331,7 +331,7 @@ impl Store {
             let mut size = usize::try_from(body).unwrap_or(0);
             for bag in [properties, system] {
                 let pairs: Vec<(String, String)> = serde_json::from_str(&bag).map_err(|e| {
-                    Error::config(format!("stored telemetry properties do not parse: {e}"))
+                    Error::config_caused("stored telemetry properties do not parse", e)
                 })?;
                 size += pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
             }
@@ -407,7 +407,7 @@ impl TelemetryWriter {
                     }
                 }
             })
-            .map_err(|e| Error::emulator(format!("cannot start the telemetry writer: {e}")))?;
+            .map_err(|e| Error::emulator_caused("cannot start the telemetry writer", e))?;
         Ok(TelemetryWriter {
             queue,
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_BYTES)),
@@ -457,7 +457,7 @@ impl TelemetryWriter {
 
 fn decode<T: DeserializeOwned>(kind: &str, body: &str) -> Result<T> {
     serde_json::from_str(body)
-        .map_err(|e| Error::emulator(format!("state store: corrupt {kind} record: {e}")))
+        .map_err(|e| Error::emulator_caused(format!("state store: corrupt {kind} record"), e))
 }
 
 #[cfg(test)]

@@ -462,7 +462,7 @@ fn parse_json(body: &[u8]) -> crate::Result<Value> {
         return Ok(json!({}));
     }
     serde_json::from_slice(body)
-        .map_err(|e| Error::config(format!("the request body is not JSON: {e}")))
+        .map_err(|e| Error::config_caused("the request body is not JSON", e))
 }
 
 // ---- provisioning services ----------------------------------------------------------------
@@ -1049,7 +1049,7 @@ fn upload(
 /// A certificate body as the DPS API type `T`.
 fn certificate_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> crate::Result<T> {
     serde_json::from_slice(body)
-        .map_err(|e| Error::config(format!("the request body is not a certificate body: {e}")))
+        .map_err(|e| Error::config_caused("the request body is not a certificate body", e))
 }
 
 /// A verification certificate (`VerificationCodeRequest`): PEM text, base64 of DER, or base64

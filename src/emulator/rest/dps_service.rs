@@ -231,7 +231,7 @@ impl Request<'_> {
     /// unknown value, is a 400 naming it.
     fn wire_body<T: DeserializeOwned>(&self, what: &str) -> crate::Result<T> {
         let value: Value = serde_json::from_slice(self.body)
-            .map_err(|e| Error::config(format!("the request body is not JSON: {e}")))?;
+            .map_err(|e| Error::config_caused("the request body is not JSON", e))?;
         from_wire(value, what)
     }
 
@@ -466,7 +466,7 @@ fn with_etag(body: Value, etag: &str) -> Reply {
 /// `value` as the service API type `T`; what does not read is a 400 naming the member.
 fn from_wire<T: DeserializeOwned>(value: Value, what: &str) -> crate::Result<T> {
     serde_json::from_value(value)
-        .map_err(|e| Error::config(format!("the request body is not {what}: {e}")))
+        .map_err(|e| Error::config_caused(format!("the request body is not {what}"), e))
 }
 
 /// A service API type as the JSON of an answer.

@@ -199,7 +199,7 @@ fn json_body(body: &[u8]) -> crate::Result<Value> {
         return Ok(json!({}));
     }
     serde_json::from_slice(body)
-        .map_err(|e| Error::config(format!("the request body is not JSON: {e}")))
+        .map_err(|e| Error::config_caused("the request body is not JSON", e))
 }
 
 /// The device identity document.
