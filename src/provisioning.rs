@@ -619,6 +619,43 @@ mod fuzz_tests;
 mod tests {
     use super::*;
 
+    /// DPS's port closed: a transport error whose root cause is the operating system's
+    /// "connection refused" (what Python raises TransportError from), with the words it
+    /// always had.
+    #[test]
+    fn a_refused_connection_is_a_transport_error_caused_by_the_os_error() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let request = ProvisioningRequest {
+            host: "127.0.0.1".into(),
+            port,
+            id_scope: "0ne00000000".into(),
+            registration_id: "dev-1".into(),
+            auth: DeviceAuth::SymmetricKey("AAAA".into()),
+            payload: None,
+            timeout: Duration::from_secs(30),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = runtime
+            .block_on(provision(&request, &Trust::system()))
+            .unwrap_err();
+        assert!(matches!(error, Error::Transport(_)), "{error:?}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("connection to DPS failed for dev-1: cannot connect: "),
+            "{error}"
+        );
+        let (root, path) = error.os_cause().expect("the OS error at the root");
+        assert_eq!(root.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(path.is_none());
+    }
+
     #[test]
     fn backoff_honours_retry_after_and_grows_with_jitter() {
         assert_eq!(backoff(Some(7), 3), Duration::from_secs(7));
