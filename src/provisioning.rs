@@ -152,7 +152,7 @@ pub async fn provision_observed(
     let deadline = tokio::time::Instant::now() + request.timeout;
     match tokio::time::timeout_at(deadline, exchange(request, trust, hooks)).await {
         Ok(result) => result,
-        Err(_) => Err(Error::Timeout(format!(
+        Err(_) => Err(Error::timeout(format!(
             "provisioning {} did not finish within {:.1} s",
             request.registration_id,
             request.timeout.as_secs_f64()
@@ -170,11 +170,11 @@ async fn exchange(
         registration_id: id.clone(),
         payload: request.payload.clone(),
     })
-    .map_err(|e| Error::Protocol(format!("cannot encode the registration request: {e}")))?;
+    .map_err(|e| Error::protocol_caused("cannot encode the registration request", e))?;
     if body.len() > MAX_REGISTRATION_BYTES {
         // DPS would refuse it; refused here, the caller learns why instead of seeing a
         // dropped connection.
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "a registration request is at most {MAX_REGISTRATION_BYTES} bytes (DPS's 96 KB \
              message limit); the one for {id} has {} with its payload",
             body.len()
@@ -220,12 +220,12 @@ async fn exchange(
     )
     .await
     .map_err(|_| {
-        Error::Transport(format!(
+        Error::transport(format!(
             "connection to DPS failed for {id}: no CONNACK within {} s",
             CONNECT_TIMEOUT.as_secs()
         ))
     })?;
-    let (framed, ack) = dialled.map_err(|e| connection_error(id, &e))?;
+    let (framed, ack) = dialled.map_err(|e| connection_error(id, e))?;
     if ack.code != ConnectReturnCode::Success {
         return Err(Error::Service(Box::new(crate::error::ServiceFailure {
             status: 401,
@@ -328,9 +328,11 @@ impl<'a> Session<'a> {
     fn failed(&self, error: FrameError) -> Error {
         match error {
             FrameError::Malformed(e) => {
-                Error::Protocol(format!("malformed packet from DPS for {}: {e}", self.id))
+                Error::protocol_caused(format!("malformed packet from DPS for {}", self.id), e)
             }
-            other => Error::Transport(format!("connection to DPS failed for {}: {other}", self.id)),
+            other => {
+                Error::transport_caused(format!("connection to DPS failed for {}", self.id), other)
+            }
         }
     }
 
@@ -372,7 +374,7 @@ impl<'a> Session<'a> {
                             continue;
                         }
                         Ok(Some(packet)) => Ok(packet),
-                        Ok(None) => Err(Error::Transport(format!(
+                        Ok(None) => Err(Error::transport(format!(
                             "connection to DPS failed for {}: DPS closed the connection",
                             self.id
                         ))),
@@ -381,7 +383,7 @@ impl<'a> Session<'a> {
                 }
                 () = tokio::time::sleep_until(self.ping_due) => {
                     if self.awaiting_pong {
-                        return Err(Error::Transport(format!(
+                        return Err(Error::transport(format!(
                             "connection to DPS failed for {}: no answer to PINGREQ",
                             self.id
                         )));
@@ -432,7 +434,7 @@ fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Resul
         Some("assigning") | Some("unassigned") => {
             let operation_id = reply
                 .operation_id
-                .ok_or_else(|| Error::Protocol("a 202 reply without operationId".into()))?;
+                .ok_or_else(|| Error::protocol("a 202 reply without operationId"))?;
             Ok(Reply::Assigning {
                 operation_id,
                 retry_after,
@@ -476,7 +478,7 @@ fn poll_topic(rid: u32, operation_id: &str) -> String {
 fn parse_response_topic(topic: &str) -> Result<(u16, Option<u32>)> {
     Response::parse(topic)
         .map(|r| (r.status, r.retry_after))
-        .ok_or_else(|| Error::Protocol(format!("unexpected DPS response topic {topic:?}")))
+        .ok_or_else(|| Error::protocol(format!("unexpected DPS response topic {topic:?}")))
 }
 
 /// At most 5 status polls in any 10 s, as DPS asks of clients (retry-after is honoured on top).
@@ -584,10 +586,10 @@ fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
     }
 }
 
-fn connection_error(id: &str, error: &DialError) -> Error {
+fn connection_error(id: &str, error: DialError) -> Error {
     match error {
-        DialError::BadHost(e) => Error::Config(format!("{e}: DPS's host for {id}")),
-        other => Error::Transport(format!("connection to DPS failed for {id}: {other}")),
+        DialError::BadHost(e) => Error::config_caused(format!("DPS's host for {id}"), e),
+        other => Error::transport_caused(format!("connection to DPS failed for {id}"), other),
     }
 }
 
@@ -611,7 +613,7 @@ pub async fn provision_many(
     .map(|joined| {
         joined.unwrap_or_else(|e| {
             (
-                Err(Error::Transport(format!("provisioning task failed: {e}"))),
+                Err(Error::transport_caused("provisioning task failed", e)),
                 Duration::ZERO,
             )
         })
@@ -625,6 +627,44 @@ mod fuzz_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// DPS's port closed: a transport error whose root cause is the operating system's
+    /// "connection refused" (what Python raises TransportError from), with the words it
+    /// always had.
+    #[test]
+    fn a_refused_connection_is_a_transport_error_caused_by_the_os_error() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let request = ProvisioningRequest {
+            host: "127.0.0.1".into(),
+            port,
+            via: Via::default(),
+            id_scope: "0ne00000000".into(),
+            registration_id: "dev-1".into(),
+            auth: DeviceAuth::SymmetricKey("AAAA".into()),
+            payload: None,
+            timeout: Duration::from_secs(30),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = runtime
+            .block_on(provision(&request, &Trust::system()))
+            .unwrap_err();
+        assert!(matches!(error, Error::Transport(_)), "{error:?}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("connection to DPS failed for dev-1: cannot connect: "),
+            "{error}"
+        );
+        let (root, path) = error.os_cause().expect("the OS error at the root");
+        assert_eq!(root.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(path.is_none());
+    }
 
     #[test]
     fn backoff_honours_retry_after_and_grows_with_jitter() {

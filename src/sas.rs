@@ -24,7 +24,7 @@ pub fn derive_device_key(group_key: &str, registration_id: &str) -> Result<Strin
 fn decode_key(key: &str) -> Result<Vec<u8>> {
     BASE64
         .decode(key.trim())
-        .map_err(|_| Error::Config("the symmetric key is not valid base64".into()))
+        .map_err(|_| Error::config("the symmetric key is not valid base64"))
 }
 
 /// Shortest symmetric key Azure takes (DPS enrollments, hub identities), in bytes.
@@ -35,7 +35,7 @@ pub const MIN_SYMMETRIC_KEY_BYTES: usize = 16;
 pub fn validate_symmetric_key(which: &str, key: &str) -> Result<()> {
     match BASE64.decode(key) {
         Ok(raw) if raw.len() >= MIN_SYMMETRIC_KEY_BYTES => Ok(()),
-        _ => Err(Error::Config(format!(
+        _ => Err(Error::config(format!(
             "{which} must be base64 of at least {MIN_SYMMETRIC_KEY_BYTES} bytes"
         ))),
     }
@@ -71,7 +71,7 @@ pub fn url_decode(text: &str) -> Result<String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::Protocol(format!("bad percent-escape in {text:?}")))?;
+                .ok_or_else(|| Error::protocol(format!("bad percent-escape in {text:?}")))?;
             out.push(hex);
             i += 3;
         } else {
@@ -79,7 +79,7 @@ pub fn url_decode(text: &str) -> Result<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| Error::Protocol(format!("{text:?} is not UTF-8")))
+    String::from_utf8(out).map_err(|_| Error::protocol(format!("{text:?} is not UTF-8")))
 }
 
 /// Builds a token: `SharedAccessSignature sr=..&sig=..&se=..[&skn=..]`.
@@ -125,7 +125,7 @@ pub struct SasToken {
 impl SasToken {
     /// Parses `SharedAccessSignature sr=...&sig=...&se=...[&skn=...]` in any field order.
     pub fn parse(token: &str) -> Result<Self> {
-        let bad = |why: &str| Error::Protocol(format!("malformed SAS token: {why}"));
+        let bad = |why: &str| Error::protocol(format!("malformed SAS token: {why}"));
         let body = token
             .trim()
             .strip_prefix("SharedAccessSignature ")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import errno
+import socket
+
 import pytest
 
 import dpskit
@@ -95,3 +100,40 @@ def test_real_certificate_error_comes_from_the_core() -> None:
     with pytest.raises(dpskit.CertificateError) as info:
         dpskit.Certificate.from_pem("garbage")
     assert type(info.value) is dpskit.CertificateError
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_refused_connection_is_raised_from_the_os_error() -> None:
+    # The core keeps the cause: the TransportError is raised from the ConnectionRefusedError
+    # the operating system gave, errno and all, with the message it always had.
+    endpoint = f"127.0.0.1:{_closed_port()}"
+    with pytest.raises(dpskit.TransportError) as info:
+        asyncio.run(
+            dpskit.provision(
+                endpoint,
+                id_scope="0ne00000000",
+                registration_id="dev-1",
+                symmetric_key=base64.b64encode(b"k" * 32).decode(),
+                timeout=30,
+            )
+        )
+    error = info.value
+    assert type(error) is dpskit.TransportError
+    assert "connection to DPS failed for dev-1: cannot connect" in str(error)
+    cause = error.__cause__
+    assert isinstance(cause, ConnectionRefusedError), repr(cause)
+    assert cause.errno == errno.ECONNREFUSED
+    assert cause.filename is None
+
+
+def test_a_cause_that_is_not_the_os_s_is_left_out() -> None:
+    with pytest.raises(dpskit.CertificateError) as info:
+        dpskit.Certificate.from_pem("-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n")
+    assert "malformed PEM" in str(info.value)
+    assert info.value.__cause__ is None

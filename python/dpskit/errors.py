@@ -3,6 +3,8 @@
 Every error dpskit raises on purpose is a :class:`DpsKitError`. The classes also derive from the
 closest built-in exception (``ValueError``, ``ConnectionError``, ``TimeoutError``) so that generic
 handlers keep working. The Rust core raises these same classes (it imports them from here).
+When the root cause is the operating system's (a refused connection, a missing file), the error is
+raised from that :class:`OSError` (its ``__cause__``, errno and filename kept).
 """
 
 from __future__ import annotations

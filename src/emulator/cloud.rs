@@ -131,7 +131,7 @@ pub const MAX_DEVICE_ID_LEN: usize = 128;
 /// `- : . + % _ # * ? ! ( ) , = @ $ '`. Every path that creates an identity or names one in an
 /// enrollment goes through here, so an id Azure would refuse never reaches the store.
 pub fn validate_device_id(id: &str) -> Result<()> {
-    let invalid = |rule: String| Error::Config(format!("invalid device id {id:?}: {rule}"));
+    let invalid = |rule: String| Error::config(format!("invalid device id {id:?}: {rule}"));
     if id.is_empty() {
         return Err(invalid("it is empty".into()));
     }
@@ -261,7 +261,7 @@ impl Cloud {
             .values()
             .any(|h| h.host_name.eq_ignore_ascii_case(&host_name))
         {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "host name {host_name} is already used by another hub"
             )));
         }
@@ -290,7 +290,7 @@ impl Cloud {
             Err(_) => Ipv4Addr::LOCALHOST,
         };
         if !base.is_loopback() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the emulator listens on {}, not a loopback address: give each hub a host_name",
                 self.dps_host
             )));
@@ -772,13 +772,13 @@ impl Cloud {
                 certificates,
             } => {
                 if ca_references.is_empty() && certificates.is_empty() {
-                    return Err(Error::Config(
-                        "an X.509 enrollment needs a CA reference or a certificate".into(),
+                    return Err(Error::config(
+                        "an X.509 enrollment needs a CA reference or a certificate",
                     ));
                 }
                 if !group && !ca_references.is_empty() {
-                    return Err(Error::Config(
-                        "individual enrollments use the device's own certificate, not CA references".into(),
+                    return Err(Error::config(
+                        "individual enrollments use the device's own certificate, not CA references",
                     ));
                 }
                 for name in ca_references {
@@ -829,7 +829,7 @@ impl Cloud {
             (Some(a), _) => a.clone(),
             (None, Some((_, a, _))) => a.clone(),
             (None, None) => {
-                return Err(Error::Config(format!("a new {what} needs an attestation")));
+                return Err(Error::config(format!("a new {what} needs an attestation")));
             }
         };
         Self::check_attestation(record, &attestation, group)?;
@@ -1140,7 +1140,7 @@ fn check_removable<T>(
 pub(crate) fn decode_der(der_base64: &str) -> Result<Certificate> {
     let der = BASE64
         .decode(der_base64)
-        .map_err(|_| Error::Config("certificate is not valid base64 DER".into()))?;
+        .map_err(|_| Error::config("certificate is not valid base64 DER"))?;
     Certificate::from_der(&der)
 }
 
@@ -1155,7 +1155,7 @@ mod erased {
     impl<T: serde::Serialize> Json for T {
         fn to_json(&self) -> Result<String> {
             serde_json::to_string(self)
-                .map_err(|e| Error::Emulator(format!("state store: cannot encode a record: {e}")))
+                .map_err(|e| Error::emulator_caused("state store: cannot encode a record", e))
         }
     }
 }

@@ -128,7 +128,7 @@ impl DpsKnobChange {
         if let Some(status) = self.refusal_status
             && !(400..600).contains(&status)
         {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "refusal_status must be an HTTP error status (400-599), not {status}"
             )));
         }

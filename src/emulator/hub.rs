@@ -518,7 +518,7 @@ impl HubEngine {
             .hubs()
             .into_iter()
             .find(|h| h.host_name.eq_ignore_ascii_case(hub))
-            .ok_or_else(|| Error::Config(format!("no hub has the host name {hub:?}")))?;
+            .ok_or_else(|| Error::config(format!("no hub has the host name {hub:?}")))?;
         let sku = record.sku.unwrap_or(crate::limits::HubSku {
             tier: crate::limits::HubTier::S1,
             units: 1,
@@ -527,14 +527,14 @@ impl HubEngine {
         let counters = if presets {
             self.quotas
                 .ensure_counted(hub, |sku| self.stored_messages_today(hub, sku))
-                .map_err(Error::Config)?;
+                .map_err(Error::config)?;
             self.quotas.counters(hub)
         } else {
             // Azure meters every hub; one that enforces nothing is not metered as it goes, so
             // its stored messages of today are counted now.
             let (_, used) = self
                 .stored_messages_today(hub, sku)
-                .map_err(Error::Config)?;
+                .map_err(Error::config)?;
             HubCounters {
                 messages_used: used,
                 ..self.quotas.counters(hub)

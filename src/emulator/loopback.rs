@@ -73,7 +73,7 @@ pub(crate) fn choose(base: Ipv4Addr, shared: bool, used: impl Fn(&str) -> bool) 
     if let Some(name) = names.iter().find(|n| !used(n)) {
         return Ok(name.clone());
     }
-    Err(Error::Config(exhausted_message(
+    Err(Error::config(exhausted_message(
         Os::current(),
         next,
         &names,
@@ -185,7 +185,7 @@ pub(crate) fn unbindable_message(os: Os, address: SocketAddr) -> String {
 /// after `base` each have their own loopback address on `os`.
 pub fn setup_text(os: Os, base: Ipv4Addr, hubs: u32) -> Result<String> {
     if !base.is_loopback() {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "{base} is not a loopback address: hubs of an emulator listening there need a \
              host_name each"
         )));
@@ -195,7 +195,7 @@ pub fn setup_text(os: Os, base: Ipv4Addr, hubs: u32) -> Result<String> {
         .checked_add(hubs)
         .filter(|l| Ipv4Addr::from(*l).is_loopback() && hubs <= 250)
         .ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "{hubs} hubs after {base} do not fit in 127.0.0.0/8 (at most 250)"
             ))
         })?;

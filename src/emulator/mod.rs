@@ -119,12 +119,12 @@ impl RestBehaviour {
         throttle_retry_after: u32,
     ) -> Result<Self> {
         if !(operation_seconds.is_finite() && (0.0..=3600.0).contains(&operation_seconds)) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "arm_operation_seconds must be between 0 and 3600, not {operation_seconds}"
             )));
         }
         if page_size == 0 {
-            return Err(Error::Config("arm_page_size must be at least 1".into()));
+            return Err(Error::config("arm_page_size must be at least 1"));
         }
         Ok(RestBehaviour {
             operation_latency: Duration::from_secs_f64(operation_seconds),
@@ -221,7 +221,7 @@ impl Listeners {
         let listener = self.bind(ip, port)?;
         let bound = listener
             .local_addr()
-            .map_err(|e| Error::Emulator(format!("cannot listen on {ip}:{port}: {e}")))?;
+            .map_err(|e| Error::emulator_caused(format!("cannot listen on {ip}:{port}"), e))?;
         self.handle
             .spawn(server::serve(listener, self.context.clone()));
         self.listening
@@ -268,7 +268,7 @@ impl Listeners {
         };
         let bound = listener
             .local_addr()
-            .map_err(|e| Error::Emulator(format!("cannot listen on {ip}:{port}: {e}")))?;
+            .map_err(|e| Error::emulator_caused(format!("cannot listen on {ip}:{port}"), e))?;
         if port == 0 {
             self.web_port
                 .store(bound.port(), std::sync::atomic::Ordering::Relaxed);
@@ -301,19 +301,17 @@ impl Listeners {
         {
             if e.kind() == std::io::ErrorKind::AddrNotAvailable {
                 // A data folder from a machine with all of 127.0.0.0/8, opened on a Mac.
-                return Error::Emulator(loopback::unbindable_message(
+                return Error::emulator(loopback::unbindable_message(
                     loopback::Os::current(),
                     address,
                 ));
             }
-            Error::Emulator(format!(
-                "cannot listen on {address}: {e}{}",
-                if port == 8883 {
-                    " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
-                } else {
-                    ""
-                }
-            ))
+            let hint = if port == 8883 {
+                " (another emulator or MQTT broker may be running; pass port=0 for a free port)"
+            } else {
+                ""
+            };
+            Error::emulator_caused(format!("cannot listen on {address}{hint}"), e)
         }
     }
 
@@ -406,15 +404,15 @@ impl Emulator {
                     use std::os::unix::fs::PermissionsExt;
                     builder.permissions(std::fs::Permissions::from_mode(0o700));
                 }
-                let temp = builder.tempdir().map_err(|e| {
-                    Error::Emulator(format!("cannot create a temporary folder: {e}"))
-                })?;
+                let temp = builder
+                    .tempdir()
+                    .map_err(|e| Error::emulator_caused("cannot create a temporary folder", e))?;
                 secrets::private_dir(temp.path())?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
         let host_ip: IpAddr = config.host.parse().map_err(|_| {
-            Error::Config(format!("host must be an IP address, not {:?}", config.host))
+            Error::config(format!("host must be an IP address, not {:?}", config.host))
         })?;
         let mut hosts = vec![config.host.clone()];
         if host_ip.is_loopback() {
@@ -438,7 +436,7 @@ impl Emulator {
         }
         let runtime = builder
             .build()
-            .map_err(|e| Error::Emulator(format!("cannot start the emulator runtime: {e}")))?;
+            .map_err(|e| Error::emulator_caused("cannot start the emulator runtime", e))?;
         let context = Arc::new(server::ServerContext {
             acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
             dps: dps.clone(),
@@ -514,10 +512,11 @@ impl Emulator {
         let runtime = self
             .runtime
             .as_ref()
-            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))?;
+            .ok_or_else(|| Error::emulator("the emulator is stopped"))?;
         let address = SocketAddr::new(ip, port);
-        let fail =
-            |e: std::io::Error| Error::Emulator(format!("cannot listen on {address} (HTTPS): {e}"));
+        let fail = |e: std::io::Error| {
+            Error::emulator_caused(format!("cannot listen on {address} (HTTPS)"), e)
+        };
         let std_listener = std::net::TcpListener::bind(address).map_err(fail)?;
         std_listener.set_nonblocking(true).map_err(fail)?;
         let bound = std_listener.local_addr().map_err(fail)?;
@@ -547,7 +546,7 @@ impl Emulator {
             acceptor: tokio_rustls::TlsAcceptor::from(self.tls.web_config()?),
         });
         if self.listeners.web.set(web).is_err() {
-            return Err(Error::Emulator("the web listener was set up twice".into()));
+            return Err(Error::emulator("the web listener was set up twice"));
         }
         self.listeners.listen_web(ip)?;
         Ok(bound)
@@ -661,7 +660,7 @@ impl Emulator {
         self.runtime
             .as_ref()
             .map(|r| r.handle().clone())
-            .ok_or_else(|| Error::Emulator("the emulator is stopped".into()))
+            .ok_or_else(|| Error::emulator("the emulator is stopped"))
     }
 
     /// The exchange tracer.

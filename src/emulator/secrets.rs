@@ -113,7 +113,7 @@ fn tighten(path: &Path, wanted: u32, follow: bool) -> Result<()> {
     };
     if metadata.file_type().is_symlink() {
         // chmod would follow the link to a file the emulator does not own.
-        return Err(Error::Emulator(format!(
+        return Err(Error::emulator(format!(
             "{} is a symbolic link: the emulator keeps secrets only in plain files",
             path.display()
         )));

@@ -97,11 +97,11 @@ fn delete_body(connection: &Connection, kind: &str, key: &str) -> Result<bool> {
 
 fn encode<T: Serialize>(kind: &str, value: &T) -> Result<String> {
     serde_json::to_string(value)
-        .map_err(|e| Error::Emulator(format!("state store: cannot encode {kind}: {e}")))
+        .map_err(|e| Error::emulator_caused(format!("state store: cannot encode {kind}"), e))
 }
 
 fn db_error(e: rusqlite::Error) -> Error {
-    Error::Emulator(format!("state store: {e}"))
+    Error::emulator_caused("state store", e)
 }
 
 impl Store {
@@ -331,7 +331,7 @@ impl Store {
             let mut size = usize::try_from(body).unwrap_or(0);
             for bag in [properties, system] {
                 let pairs: Vec<(String, String)> = serde_json::from_str(&bag).map_err(|e| {
-                    Error::Config(format!("stored telemetry properties do not parse: {e}"))
+                    Error::config_caused("stored telemetry properties do not parse", e)
                 })?;
                 size += pairs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
             }
@@ -421,7 +421,7 @@ impl TelemetryWriter {
                     }
                 }
             })
-            .map_err(|e| Error::Emulator(format!("cannot start the telemetry writer: {e}")))?;
+            .map_err(|e| Error::emulator_caused("cannot start the telemetry writer", e))?;
         Ok(TelemetryWriter {
             queue,
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WAITING_BYTES)),
@@ -445,7 +445,7 @@ impl TelemetryWriter {
     /// Queues a message, waiting while [`MAX_WAITING_BYTES`] already wait; `on_commit` runs on
     /// the writer thread once it is committed.
     pub async fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
-        let stopped = || Error::Emulator("the telemetry writer stopped".into());
+        let stopped = || Error::emulator("the telemetry writer stopped");
         let cost = record.body.len()
             + record
                 .properties
@@ -478,14 +478,14 @@ impl TelemetryWriter {
         .await?;
         match committed.await {
             Ok(true) => Ok(()),
-            _ => Err(Error::Emulator("the telemetry could not be stored".into())),
+            _ => Err(Error::emulator("the telemetry could not be stored")),
         }
     }
 }
 
 fn decode<T: DeserializeOwned>(kind: &str, body: &str) -> Result<T> {
     serde_json::from_str(body)
-        .map_err(|e| Error::Emulator(format!("state store: corrupt {kind} record: {e}")))
+        .map_err(|e| Error::emulator_caused(format!("state store: corrupt {kind} record"), e))
 }
 
 #[cfg(test)]

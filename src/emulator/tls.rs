@@ -194,7 +194,7 @@ impl EmulatorTls {
                 Ok(_) => "hub",
                 Err(_) => host.split('.').next().unwrap_or("hub"),
             };
-            Err(Error::Config(format!(
+            Err(Error::config(format!(
                 "host name {host:?} is outside the names the emulator's CA may vouch for ({}): \
                  use a loopback address or a name under localhost (such as {label}.localhost)",
                 describe(&self.permitted),
@@ -231,7 +231,7 @@ impl EmulatorTls {
         let provider = crate::transport::provider();
         let config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
+            .map_err(|e| Error::emulator_caused("TLS configuration", e))?
             .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier { provider }))
             .with_cert_resolver(self.resolver.clone());
         Ok(Arc::new(config))
@@ -244,7 +244,7 @@ impl EmulatorTls {
     pub fn https_config(&self) -> Result<Arc<ServerConfig>> {
         let mut config = ServerConfig::builder_with_provider(crate::transport::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
+            .map_err(|e| Error::emulator_caused("TLS configuration", e))?
             .with_no_client_auth()
             .with_cert_resolver(self.resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -258,7 +258,7 @@ impl EmulatorTls {
         let provider = crate::transport::provider();
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| Error::Emulator(format!("TLS configuration: {e}")))?
+            .map_err(|e| Error::emulator_caused("TLS configuration", e))?
             .with_client_cert_verifier(Arc::new(DeferredClientCertVerifier { provider }))
             .with_cert_resolver(self.resolver.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -295,7 +295,7 @@ fn issue(ca: &CertificateAuthority, hosts: &[String]) -> Result<Arc<CertifiedKey
     let signer = crate::transport::provider()
         .key_provider
         .load_private_key(key)
-        .map_err(|e| Error::Emulator(format!("server key: {e}")))?;
+        .map_err(|e| Error::emulator_caused("server key", e))?;
     Ok(Arc::new(CertifiedKey::new(chain, signer)))
 }
 

@@ -101,23 +101,23 @@ fn default_true() -> bool {
 impl FleetSettings {
     /// Reads and checks settings a host gives as a JSON value (Python's dict).
     pub fn from_value(value: Value) -> Result<FleetSettings> {
-        let settings: FleetSettings = serde_json::from_value(value)
-            .map_err(|e| Error::Config(format!("fleet settings: {e}")))?;
+        let settings: FleetSettings =
+            serde_json::from_value(value).map_err(|e| Error::config_caused("fleet settings", e))?;
         for (name, value) in [
             ("provision_timeout", settings.provision_timeout),
             ("connect_timeout", settings.connect_timeout),
         ] {
             if !(value.is_finite() && value > 0.0) {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "{name} must be a positive number of seconds, not {value}"
                 )));
             }
         }
         if settings.concurrency == 0 {
-            return Err(Error::Config("concurrency must be at least 1".into()));
+            return Err(Error::config("concurrency must be at least 1"));
         }
         if settings.attempts == 0 {
-            return Err(Error::Config("attempts must be at least 1".into()));
+            return Err(Error::config("attempts must be at least 1"));
         }
         if let Some(plan) = &settings.plan {
             plan.validate()?;
@@ -160,30 +160,30 @@ pub fn custom_fields(values: Option<Value>, devices: usize) -> Result<Vec<Custom
         return Ok(per_device);
     };
     let Value::Object(fields) = values else {
-        return Err(Error::Config(
-            "custom telemetry values: expected an object of fields".into(),
+        return Err(Error::config(
+            "custom telemetry values: expected an object of fields",
         ));
     };
     for (name, columns) in fields {
         let Value::Array(columns) = columns else {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "custom field {name:?}: expected a list per device"
             )));
         };
         if columns.len() != devices {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "custom field {name:?}: {} value lists for {devices} devices",
                 columns.len()
             )));
         }
         for (device, values) in per_device.iter_mut().zip(columns) {
             let Value::Array(values) = values else {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "custom field {name:?}: expected a list of values per device"
                 )));
             };
             if values.is_empty() {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "custom field {name:?}: a device got no values"
                 )));
             }
@@ -205,7 +205,7 @@ pub fn fleet_devices(
 ) -> Result<Vec<FleetDevice>> {
     let count = registration_ids.len();
     if indexes.len() != count {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "{} indexes for {count} registration ids",
             indexes.len()
         )));
@@ -213,7 +213,7 @@ pub fn fleet_devices(
     let auths: Vec<DeviceAuth> = match credentials {
         FleetCredentials::Certificates(certificates) => {
             if certificates.len() != count {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "{} certificates for {count} registration ids",
                     certificates.len()
                 )));
@@ -228,8 +228,8 @@ pub fn fleet_devices(
     if let (Some(plan), Some(first)) = (&settings.plan, custom.first()) {
         plan.check_custom_names(first.iter().map(|(name, _)| name.as_str()))?;
     } else if custom.first().is_some_and(|fields| !fields.is_empty()) {
-        return Err(Error::Config(
-            "custom telemetry values need a telemetry plan".into(),
+        return Err(Error::config(
+            "custom telemetry values need a telemetry plan",
         ));
     }
     Ok(registration_ids
@@ -314,7 +314,7 @@ impl FleetProgress {
 
 /// The error a device's report carries when the run was cancelled under it.
 fn cancelled_error() -> Error {
-    Error::Transport("the fleet run was cancelled".into())
+    Error::transport("the fleet run was cancelled")
 }
 
 /// Where a device's run ended.
@@ -504,10 +504,8 @@ pub async fn run(
     for (position, slot) in reports.into_iter().enumerate() {
         let (report, rows) = slot.unwrap_or_else(|| {
             (
-                DeviceReport::new(position as u64, "?".into(), Duration::ZERO).failed(
-                    Outcome::Cancelled,
-                    &Error::Transport("device task failed".into()),
-                ),
+                DeviceReport::new(position as u64, "?".into(), Duration::ZERO)
+                    .failed(Outcome::Cancelled, &Error::transport("device task failed")),
                 Vec::new(),
             )
         });
@@ -833,7 +831,7 @@ async fn run_device(
 
     let (Some(hub), Some(device_id)) = (assignment.assigned_hub, assignment.device_id) else {
         context.leave_connect_phase();
-        let error = Error::Protocol("DPS assigned the device without a hub or device id".into());
+        let error = Error::protocol("DPS assigned the device without a hub or device id");
         return finish(
             report.failed(Outcome::ProvisioningFailed, &error),
             Vec::new(),

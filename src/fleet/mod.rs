@@ -79,7 +79,7 @@ impl HubConnections {
                 Ok((id, Err(error), _)) => report.failures.push((id, error)),
                 Err(join) => report.failures.push((
                     "?".into(),
-                    Error::Transport(format!("connect task failed: {join}")),
+                    Error::transport_caused("connect task failed", join),
                 )),
             }
         }
@@ -141,7 +141,7 @@ impl HubConnections {
         for (task, client) in tasks.into_iter().zip(&self.clients) {
             let outcome = task
                 .await
-                .unwrap_or_else(|e| Err(Error::Transport(format!("send task failed: {e}"))));
+                .unwrap_or_else(|e| Err(Error::transport_caused("send task failed", e)));
             if let Err(error) = outcome {
                 report
                     .failures

@@ -20,7 +20,7 @@ use rumqttc::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, lock};
+use super::{ClosedReason, ConnectionState, Inbox, SasRenewal, closed_error, lock};
 use crate::error::{Error, Result, ServiceFailure};
 use crate::transport::jittered_backoff as reconnect_delay;
 use crate::transport::mqtt::{self, DialError, FrameError, Framed, Via};
@@ -136,9 +136,10 @@ pub(super) struct Wire<S = mqtt::ClientStream>(pub(super) Framed<S>);
 /// the connection broke.
 fn wire_error(error: FrameError) -> Error {
     match error {
-        FrameError::Malformed(e) => Error::Protocol(format!("malformed packet from the hub: {e}")),
-        FrameError::Encode(kind, e) => Error::Protocol(format!("cannot encode {kind:?}: {e}")),
-        FrameError::Read(_) | FrameError::Write(_) => Error::Transport(error.to_string()),
+        FrameError::Malformed(e) => Error::protocol_caused("malformed packet from the hub", e),
+        FrameError::Encode(kind, e) => Error::protocol_caused(format!("cannot encode {kind:?}"), e),
+        FrameError::Read(e) => Error::transport_caused("read failed", e),
+        FrameError::Write(e) => Error::transport_caused("write failed", e),
     }
 }
 
@@ -199,19 +200,27 @@ async fn dial(settings: &Settings, password: Option<&str>) -> Result<(Wire, bool
             Ok((Wire(wire), ack.session_present))
         }
         Ok((_, ack)) => Err(refused(host, &settings.client_id, ack.code)),
-        Err(DialError::Unreachable(e)) => {
-            Err(Error::Transport(format!("cannot reach {address}: {e}")))
-        }
-        Err(DialError::BadHost(e)) => Err(Error::Config(format!("{host} is not a host name: {e}"))),
-        Err(DialError::Tls(e)) => Err(Error::Transport(format!("TLS with {address} failed: {e}"))),
-        Err(DialError::WebSocket(e)) => Err(Error::Transport(format!(
-            "WebSocket upgrade with {address} failed: {e}"
-        ))),
+        Err(DialError::Unreachable(e)) => Err(Error::transport_caused(
+            format!("cannot reach {address}"),
+            e,
+        )),
+        Err(DialError::BadHost(e)) => Err(Error::config_caused(
+            format!("{host} is not a host name"),
+            e,
+        )),
+        Err(DialError::Tls(e)) => Err(Error::transport_caused(
+            format!("TLS with {address} failed"),
+            mqtt::tls_cause(e),
+        )),
+        Err(DialError::WebSocket(e)) => Err(Error::transport_caused(
+            format!("WebSocket upgrade with {address} failed"),
+            e,
+        )),
         Err(DialError::Frame(e)) => Err(wire_error(e)),
         Err(DialError::Unexpected(kind)) => {
-            Err(Error::Protocol(format!("expected CONNACK, got {kind:?}")))
+            Err(Error::protocol(format!("expected CONNACK, got {kind:?}")))
         }
-        Err(DialError::Closed) => Err(Error::Transport(format!(
+        Err(DialError::Closed) => Err(Error::transport(format!(
             "{host} closed the connection before CONNACK"
         ))),
     }
@@ -280,7 +289,7 @@ pub(super) async fn run(
         );
         let dialled = tokio::select! {
             dialled = dialling => dialled.unwrap_or_else(|_| {
-                Err(Error::Timeout(format!(
+                Err(Error::timeout(format!(
                     "{id} got no CONNACK from {} within {:.1} s",
                     settings.host,
                     settings.connect_timeout.as_secs_f64()
@@ -364,13 +373,16 @@ pub(super) async fn run(
                 if stalled >= MAX_STALLED_CONNECTIONS {
                     // The hub takes the connection but drops it on what the device sends: it
                     // refuses a message, and sending it again forever would hang every sender.
-                    break Error::Transport(format!(
-                        "{} closed {id}'s connection {stalled} times in a row without \
-                         acknowledging any of its {} outstanding messages: it refuses them (a \
-                         spent daily quota, 403002, or a throttled hub look like this over MQTT) \
-                         ({error})",
-                        settings.host, outstanding.publishes
-                    ));
+                    break Error::transport_caused(
+                        format!(
+                            "{} closed {id}'s connection {stalled} times in a row without \
+                             acknowledging any of its {} outstanding messages: it refuses them \
+                             (a spent daily quota, 403002, or a throttled hub look like this \
+                             over MQTT)",
+                            settings.host, outstanding.publishes
+                        ),
+                        error,
+                    );
                 }
                 failures += 1;
                 shared
@@ -387,12 +399,12 @@ pub(super) async fn run(
             }
         }
     };
-    finish(&shared, &mut outstanding, &mut connected, reason);
+    finish(&shared, &id, &mut outstanding, &mut connected, reason);
 }
 
 /// Why waiters fail once the device itself closed the client.
 fn closed_by_device(id: &str) -> Error {
-    Error::Transport(format!("{id} disconnected"))
+    Error::transport(format!("{id} disconnected"))
 }
 
 /// Says why the connection is down, waits the backoff that `failures` calls for, and returns
@@ -412,12 +424,18 @@ async fn wait_to_redial(shared: &Shared, id: &str, failures: u32, why: &str) -> 
 /// Ends the client for good: every waiter learns why.
 fn finish(
     shared: &Shared,
+    id: &str,
     outstanding: &mut InFlight,
     connected: &mut Option<oneshot::Sender<Result<()>>>,
     error: Error,
 ) {
-    let reason = error.to_string();
-    *lock(&shared.closed) = Some(reason.clone());
+    // While connect() still waits nothing has been handed out: its caller gets the error
+    // itself. Otherwise the error is shared, the cause of every waiter's and later call's.
+    let error = match connected.take() {
+        Some(tx) => tx.send(Err(error)).err().and_then(Result::err),
+        None => Some(error),
+    };
+    *lock(&shared.closed) = error.map(Arc::new);
     *lock(&shared.state) = ConnectionState::Closed;
     shared.inbox.close();
     for (_, waiting) in outstanding.take_all() {
@@ -425,11 +443,8 @@ fn finish(
             Outstanding::Publish { done, .. } | Outstanding::Subscribe { done, .. } => done,
         };
         if let Some(done) = done {
-            let _ = done.send(Err(Error::Transport(reason.clone())));
+            let _ = done.send(Err(closed_error(&shared.closed, id)));
         }
-    }
-    if let Some(tx) = connected.take() {
-        let _ = tx.send(Err(error));
     }
 }
 
@@ -510,7 +525,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             read = wire.read() => {
                 let packet = match read {
                     Ok(Some(packet)) => packet,
-                    Ok(None) => return Ending::Lost(Error::Transport(format!("{} closed the connection", settings.host))),
+                    Ok(None) => return Ending::Lost(Error::transport(format!("{} closed the connection", settings.host))),
                     Err(e) => return Ending::Lost(e),
                 };
                 match packet {
@@ -532,7 +547,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         if let Some(Outstanding::Subscribe { done: Some(done), .. }) = outstanding.remove(ack.pkid) {
                             let refused = ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure));
                             let _ = done.send(if refused {
-                                Err(Error::Protocol("the hub refused a subscription".into()))
+                                Err(Error::protocol("the hub refused a subscription"))
                             } else {
                                 Ok(())
                             });
@@ -590,7 +605,7 @@ pub(super) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             () = tokio::time::sleep_until(ping_due) => {
                 if awaiting_pong {
-                    return Ending::Lost(Error::Transport(format!("{} did not answer PINGREQ", settings.host)));
+                    return Ending::Lost(Error::transport(format!("{} did not answer PINGREQ", settings.host)));
                 }
                 awaiting_pong = true;
                 if let Err(e) = wire.queue(&Packet::PingReq) {

@@ -242,7 +242,7 @@ impl TelemetryMessage {
     pub fn check_size(&self) -> Result<()> {
         let size = self.size();
         if size > MAX_TELEMETRY_BYTES {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "a telemetry message is at most {MAX_TELEMETRY_BYTES} bytes (256 KB) of body and \
                  properties; this one has {size} ({} of body)",
                 self.body.len()
@@ -252,8 +252,8 @@ impl TelemetryMessage {
     }
 }
 
-/// Why the connection ended, once it has.
-type ClosedReason = Arc<Mutex<Option<String>>>;
+/// Why the connection ended, once it has: the error itself, the cause of every later call's.
+type ClosedReason = Arc<Mutex<Option<Arc<Error>>>>;
 
 /// A cloud-to-device message as the device received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -437,7 +437,7 @@ impl HubClient {
         let failure = match connected_rx.await {
             Ok(Ok(())) => None,
             Ok(Err(error)) => Some(error),
-            Err(_) => Some(Error::Transport(format!(
+            Err(_) => Some(Error::transport(format!(
                 "the connection of {device_id} to {} ended before CONNACK",
                 options.host
             ))),
@@ -484,7 +484,7 @@ impl HubClient {
         .await?;
         tokio::time::timeout(Duration::from_secs(30), acknowledged)
             .await
-            .map_err(|_| Error::Timeout(format!("{}: no SUBACK within 30 s", self.device_id)))?
+            .map_err(|_| Error::timeout(format!("{}: no SUBACK within 30 s", self.device_id)))?
             .map_err(|_| self.closed_error())?
     }
 
@@ -520,7 +520,7 @@ impl HubClient {
         match answer {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(self.closed_error()),
-            Err(_) => Err(Error::Timeout(format!(
+            Err(_) => Err(Error::timeout(format!(
                 "{}: the twin request got no answer within 30 s",
                 self.device_id
             ))),
@@ -535,8 +535,7 @@ impl HubClient {
         if status != 200 {
             return Err(twin_error(status, &body, "reading the twin"));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| Error::Protocol(format!("the twin is not JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| Error::protocol_caused("the twin is not JSON", e))
     }
 
     /// Patches the reported properties (`null` deletes a property). A patch whose JSON is
@@ -544,7 +543,7 @@ impl HubClient {
     pub async fn update_reported(&self, patch: &serde_json::Value) -> Result<()> {
         let patch = patch.to_string().into_bytes();
         if patch.len() > MAX_REPORTED_BYTES {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "a reported-properties patch is at most {MAX_REPORTED_BYTES} bytes of JSON (IoT \
                  Hub's 32 KB twin section); this one has {}",
                 patch.len()
@@ -582,7 +581,7 @@ impl HubClient {
     pub async fn respond(&self, rid: &str, status: u16, payload: &serde_json::Value) -> Result<()> {
         let payload = payload.to_string();
         if payload.len() > MAX_METHOD_RESPONSE_BYTES {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "a direct-method response is at most {MAX_METHOD_RESPONSE_BYTES} bytes of JSON \
                  (IoT Hub's 128 KB); this one has {}",
                 payload.len()
@@ -622,7 +621,7 @@ impl HubClient {
         message.check_size()?;
         let topic = format!("{}{}", self.events_topic, message.property_bag());
         if topic.len() > MAX_TOPIC_BYTES {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the properties of a telemetry message make a topic of {} bytes; MQTT allows \
                  {MAX_TOPIC_BYTES}",
                 topic.len()
@@ -728,12 +727,12 @@ impl std::future::Future for PendingAck {
 /// would promise what Azure does not do.
 pub fn method_timeout(seconds: f64) -> Result<Duration> {
     if !(seconds.is_finite() && seconds > 0.0) {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "timeout must be a positive number of seconds, not {seconds}"
         )));
     }
     if seconds > MAX_METHOD_TIMEOUT_SECONDS as f64 {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "a direct method's response timeout is at most {MAX_METHOD_TIMEOUT_SECONDS} s on \
              IoT Hub, not {seconds}"
         )));
@@ -765,10 +764,11 @@ fn twin_error(status: u16, body: &[u8], what: &str) -> Error {
 
 fn closed_error(closed: &ClosedReason, device_id: &str) -> Error {
     let reason = closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Error::Transport(match reason {
-        Some(reason) => format!("the hub connection of {device_id} is closed: {reason}"),
-        None => format!("the hub connection of {device_id} is closed"),
-    })
+    let message = format!("the hub connection of {device_id} is closed");
+    match reason {
+        Some(reason) => Error::transport_caused(message, reason),
+        None => Error::transport(message),
+    }
 }
 
 #[cfg(test)]

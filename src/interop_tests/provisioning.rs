@@ -42,7 +42,7 @@ fn dpskit_provisioning_carries_a_large_custom_payload() {
         let oversized = serde_json::json!({"inventory": "i".repeat(MAX_REGISTRATION_BYTES)});
         let refused = provision(&request(oversized), &trust).await.unwrap_err();
         assert!(
-            matches!(&refused, Error::Config(m) if m.contains("96 KB")),
+            matches!(&refused, Error::Config(m) if m.to_string().contains("96 KB")),
             "{refused:?}"
         );
     });

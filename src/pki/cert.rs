@@ -96,7 +96,7 @@ impl Certificate {
             Ok(_) => Err(Error::cert(
                 "malformed certificate: extra bytes after the DER certificate",
             )),
-            Err(e) => Err(Error::cert(format!("malformed certificate: {e}"))),
+            Err(e) => Err(Error::cert_caused("malformed certificate", e)),
         }
     }
 
@@ -115,8 +115,7 @@ impl Certificate {
     /// Parses every `CERTIFICATE` block of PEM text, in order. Other blocks (keys, CSRs) are
     /// skipped; no certificate at all is an error.
     pub fn chain_from_pem(data: &[u8]) -> Result<Vec<Self>> {
-        let blocks =
-            pem::parse_many(data).map_err(|e| Error::cert(format!("malformed PEM: {e}")))?;
+        let blocks = pem::parse_many(data).map_err(|e| Error::cert_caused("malformed PEM", e))?;
         let certs = blocks
             .iter()
             .filter(|b| b.tag() == "CERTIFICATE" || b.tag() == "X509 CERTIFICATE")

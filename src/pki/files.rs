@@ -151,7 +151,7 @@ impl ManifestFormat {
         match name.to_ascii_lowercase().as_str() {
             "csv" => Ok(ManifestFormat::Csv),
             "json" => Ok(ManifestFormat::Json),
-            other => Err(Error::Config(format!(
+            other => Err(Error::config(format!(
                 "unknown manifest format {other:?}: use \"csv\" or \"json\""
             ))),
         }
@@ -209,7 +209,7 @@ pub fn save_devices(
         ManifestFormat::Json => (
             folder.join("manifest.json"),
             serde_json::to_string_pretty(&rows)
-                .map_err(|e| Error::cert(format!("manifest encoding failed: {e}")))?,
+                .map_err(|e| Error::cert_caused("manifest encoding failed", e))?,
         ),
         ManifestFormat::Csv => {
             let mut out = String::from(

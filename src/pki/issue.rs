@@ -304,7 +304,7 @@ impl CertificateAuthority {
         let params = ca_params(common_name, options, false)?;
         let cert = params
             .self_signed(key.key_pair())
-            .map_err(|e| Error::cert(format!("signing the root CA failed: {e}")))?;
+            .map_err(|e| Error::cert_caused("signing the root CA failed", e))?;
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(CertificateAuthority {
             credential: Credential::trusted(certificate, key, Arc::new(Vec::new())),
@@ -347,7 +347,7 @@ impl CertificateAuthority {
         });
         let cert = params
             .self_signed(key.key_pair())
-            .map_err(|e| Error::cert(format!("signing the root CA failed: {e}")))?;
+            .map_err(|e| Error::cert_caused("signing the root CA failed", e))?;
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(CertificateAuthority {
             credential: Credential::trusted(certificate, key, Arc::new(Vec::new())),
@@ -403,7 +403,7 @@ impl CertificateAuthority {
             &self.credential.certificate().der().into(),
             self.credential.key().key_pair(),
         )
-        .map_err(|e| Error::cert(format!("cannot sign with this CA certificate: {e}")))
+        .map_err(|e| Error::cert_caused("cannot sign with this CA certificate", e))
     }
 
     /// Creates an intermediate CA signed by this CA.
@@ -426,7 +426,7 @@ impl CertificateAuthority {
         let params = ca_params(common_name, options, true)?;
         let cert = params
             .signed_by(key.key_pair(), &self.rcgen_issuer()?)
-            .map_err(|e| Error::cert(format!("signing the intermediate CA failed: {e}")))?;
+            .map_err(|e| Error::cert_caused("signing the intermediate CA failed", e))?;
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(CertificateAuthority {
             credential: Credential::trusted(certificate, key, self.chain_for_children()),
@@ -462,7 +462,7 @@ impl CertificateAuthority {
         let key = PrivateKey::generate(algorithm)?;
         let cert = leaf_params(registration_id, validity)?
             .signed_by(key.key_pair(), issuer)
-            .map_err(|e| Error::cert(format!("signing the device certificate failed: {e}")))?;
+            .map_err(|e| Error::cert_caused("signing the device certificate failed", e))?;
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(DeviceCredential {
             registration_id: registration_id.to_string(),
@@ -481,7 +481,7 @@ impl CertificateAuthority {
         let mut seen = std::collections::HashSet::with_capacity(registration_ids.len());
         for (index, id) in registration_ids.iter().enumerate() {
             validate_registration_id(id, true)
-                .map_err(|e| Error::cert(format!("registration id #{index}: {e}")))?;
+                .map_err(|e| Error::cert_caused(format!("registration id #{index}"), e))?;
             // DPS ids are case-insensitive, so two ids differing only in case collide there.
             if !seen.insert(id.to_ascii_lowercase()) {
                 return Err(Error::cert(format!(
@@ -553,7 +553,7 @@ impl CertificateAuthority {
         let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
         let cert = params
             .signed_by(key.key_pair(), &self.rcgen_issuer()?)
-            .map_err(|e| Error::cert(format!("signing the server certificate failed: {e}")))?;
+            .map_err(|e| Error::cert_caused("signing the server certificate failed", e))?;
         let certificate = Certificate::from_issued_der(cert.der().to_vec());
         Ok(Credential::trusted(
             certificate,
@@ -588,9 +588,7 @@ impl CertificateAuthority {
         let key = PrivateKey::generate(KeyAlgorithm::EcP256)?;
         let cert = leaf_params(code, validity)?
             .signed_by(key.key_pair(), &self.rcgen_issuer()?)
-            .map_err(|e| {
-                Error::cert(format!("signing the verification certificate failed: {e}"))
-            })?;
+            .map_err(|e| Error::cert_caused("signing the verification certificate failed", e))?;
         Ok(Certificate::from_issued_der(cert.der().to_vec()))
     }
 
@@ -607,7 +605,7 @@ impl CertificateAuthority {
 
         let der = if crate::pki::keys::looks_like_pem(csr) {
             let blocks =
-                pem::parse_many(csr).map_err(|e| Error::cert(format!("malformed PEM CSR: {e}")))?;
+                pem::parse_many(csr).map_err(|e| Error::cert_caused("malformed PEM CSR", e))?;
             blocks
                 .into_iter()
                 .find(|b| b.tag().contains("CERTIFICATE REQUEST"))
@@ -617,7 +615,7 @@ impl CertificateAuthority {
             csr.to_vec()
         };
         let (_, request) = X509CertificationRequest::from_der(&der)
-            .map_err(|e| Error::cert(format!("malformed CSR: {e}")))?;
+            .map_err(|e| Error::cert_caused("malformed CSR", e))?;
         request
             .verify_signature()
             .map_err(|_| Error::cert("the CSR's signature does not verify with its own key"))?;
@@ -636,10 +634,10 @@ impl CertificateAuthority {
         };
         validate_registration_id(&cn, true)?;
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
-            .map_err(|e| Error::cert(format!("unsupported public key in the CSR: {e}")))?;
+            .map_err(|e| Error::cert_caused("unsupported public key in the CSR", e))?;
         let cert = leaf_params(&cn, validity)?
             .signed_by(&public_key, &self.rcgen_issuer()?)
-            .map_err(|e| Error::cert(format!("signing the CSR failed: {e}")))?;
+            .map_err(|e| Error::cert_caused("signing the CSR failed", e))?;
         Ok(Certificate::from_issued_der(cert.der().to_vec()))
     }
 }
@@ -653,7 +651,7 @@ fn random_serial() -> Result<SerialNumber> {
 fn set_validity(params: &mut CertificateParams, validity: Validity) -> Result<()> {
     let convert = |t: i64| {
         OffsetDateTime::from_unix_timestamp(t)
-            .map_err(|e| Error::cert(format!("invalid validity time: {e}")))
+            .map_err(|e| Error::cert_caused("invalid validity time", e))
     };
     params.not_before = convert(validity.not_before)?;
     params.not_after = convert(validity.not_after)?;

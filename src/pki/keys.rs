@@ -104,20 +104,22 @@ impl PrivateKey {
                 } else {
                     &PKCS_ECDSA_P384_SHA384
                 };
-                KeyPair::generate_for(alg)
-                    .map_err(|e| Error::cert(format!("{algorithm} key generation failed: {e}")))?
+                KeyPair::generate_for(alg).map_err(|e| {
+                    Error::cert_caused(format!("{algorithm} key generation failed"), e)
+                })?
             }
             Some(bits) => {
                 // ring signs with RSA keys but cannot generate them; the pure-Rust `rsa` crate
                 // generates, ring takes over from PKCS#8.
                 use rsa::pkcs8::EncodePrivateKey;
-                let key = rsa::PrivateKey::new(&mut RingRng, bits)
-                    .map_err(|e| Error::cert(format!("{algorithm} key generation failed: {e}")))?;
-                let der = key
-                    .to_pkcs8_der()
-                    .map_err(|e| Error::cert(format!("{algorithm} key encoding failed: {e}")))?;
+                let key = rsa::PrivateKey::new(&mut RingRng, bits).map_err(|e| {
+                    Error::cert_caused(format!("{algorithm} key generation failed"), e)
+                })?;
+                let der = key.to_pkcs8_der().map_err(|e| {
+                    Error::cert_caused(format!("{algorithm} key encoding failed"), e)
+                })?;
                 KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &PKCS_RSA_SHA256)
-                    .map_err(|e| Error::cert(format!("{algorithm} key rejected: {e}")))?
+                    .map_err(|e| Error::cert_caused(format!("{algorithm} key rejected"), e))?
             }
         };
         Ok(PrivateKey {
@@ -201,17 +203,17 @@ fn encrypt_pkcs8(pkcs8: &[u8], password: &[u8]) -> Result<Vec<u8>> {
     fill_random(&mut salt)?;
     fill_random(&mut iv)?;
     let params = pbes2::Parameters::generate_pbkdf2_sha256_aes256cbc(PBKDF2_ROUNDS, &salt, iv)
-        .map_err(|e| Error::cert(format!("key encryption failed: {e}")))?;
+        .map_err(|e| Error::cert_caused("key encryption failed", e))?;
     let ciphertext = params
         .encrypt(password, pkcs8)
-        .map_err(|e| Error::cert(format!("key encryption failed: {e}")))?;
+        .map_err(|e| Error::cert_caused("key encryption failed", e))?;
     let info = pkcs8::EncryptedPrivateKeyInfoRef {
         encryption_algorithm: params.into(),
         encrypted_data: OctetStringRef::new(&ciphertext)
-            .map_err(|e| Error::cert(format!("key encryption failed: {e}")))?,
+            .map_err(|e| Error::cert_caused("key encryption failed", e))?,
     };
     info.to_der()
-        .map_err(|e| Error::cert(format!("key encryption failed: {e}")))
+        .map_err(|e| Error::cert_caused("key encryption failed", e))
 }
 
 fn decrypt_pkcs8(der: &[u8], password: Option<&[u8]>) -> Result<Vec<u8>> {
@@ -219,7 +221,7 @@ fn decrypt_pkcs8(der: &[u8], password: Option<&[u8]>) -> Result<Vec<u8>> {
         Error::cert("the private key is encrypted: a password is needed to load it")
     })?;
     let info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der)
-        .map_err(|e| Error::cert(format!("malformed encrypted private key: {e}")))?;
+        .map_err(|e| Error::cert_caused("malformed encrypted private key", e))?;
     let plain = info.decrypt(password).map_err(|_| {
         Error::cert("cannot decrypt the private key: wrong password (or unsupported encryption)")
     })?;
@@ -262,8 +264,8 @@ pub(crate) fn pem_encode(tag: &str, der: &[u8]) -> String {
 }
 
 fn pkcs8_from_pem(data: &[u8], password: Option<&[u8]>) -> Result<Vec<u8>> {
-    let blocks = pem::parse_many(data)
-        .map_err(|e| Error::cert(format!("malformed PEM in private key: {e}")))?;
+    let blocks =
+        pem::parse_many(data).map_err(|e| Error::cert_caused("malformed PEM in private key", e))?;
     let block = blocks
         .iter()
         .find(|b| b.tag().ends_with("PRIVATE KEY"))
@@ -326,10 +328,10 @@ fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Result<Vec<u8>> {
     use rsa::pkcs1::DecodeRsaPrivateKey;
     use rsa::pkcs8::EncodePrivateKey;
     let key = rsa::PrivateKey::from_pkcs1_der(pkcs1)
-        .map_err(|e| Error::cert(format!("malformed RSA (PKCS#1) private key: {e}")))?;
+        .map_err(|e| Error::cert_caused("malformed RSA (PKCS#1) private key", e))?;
     Ok(key
         .to_pkcs8_der()
-        .map_err(|e| Error::cert(format!("RSA key conversion failed: {e}")))?
+        .map_err(|e| Error::cert_caused("RSA key conversion failed", e))?
         .as_bytes()
         .to_vec())
 }

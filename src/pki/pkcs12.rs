@@ -26,8 +26,7 @@ pub fn to_pkcs12(
         EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKeyChain,
     };
 
-    let failed =
-        |e: p12_keystore::error::Error| Error::cert(format!("PKCS#12 encoding failed: {e}"));
+    let failed = |e: p12_keystore::error::Error| Error::cert_caused("PKCS#12 encoding failed", e);
     let mut certs = Vec::with_capacity(1 + credential.issuers().len());
     for cert in std::iter::once(credential.certificate()).chain(credential.issuers()) {
         certs.push(p12_keystore::Certificate::from_der(cert.der()).map_err(failed)?);
@@ -64,9 +63,10 @@ pub fn to_pkcs12(
 /// as its chain (nearest issuer first when they can be ordered).
 pub fn from_pkcs12(data: &[u8], password: &str) -> Result<Credential> {
     let archive = p12_keystore::Pkcs12Archive::from_pkcs12(data, password).map_err(|e| {
-        Error::cert(format!(
-            "cannot open the PKCS#12 data: {e} (wrong password, or not a PKCS#12 file)"
-        ))
+        Error::cert_caused(
+            "cannot open the PKCS#12 data (wrong password, or not a PKCS#12 file)",
+            e,
+        )
     })?;
     let key_bag = archive
         .keys

@@ -26,7 +26,7 @@ pub fn validate_dps_name(name: &str) -> Result<()> {
 
 fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
     let invalid = |rule: String| {
-        Err(Error::Config(format!(
+        Err(Error::config(format!(
             "invalid {what} name {name:?}: {rule}; Azure accepts 3-{max} ASCII letters, digits \
              and hyphens, not ending with a hyphen"
         )))
@@ -58,7 +58,7 @@ pub fn check_resource_name(what: &str, name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Config(format!(
+        Err(Error::config(format!(
             "invalid {what} name {name:?}: use 1-128 characters from A-Z a-z 0-9 - _ ."
         )))
     }

@@ -182,7 +182,7 @@ impl PyRestClient {
         let sku = sku
             .map(|tier| crate::limits::HubSku::new(tier, units))
             .transpose()
-            .map_err(Error::Config)?;
+            .map_err(Error::config)?;
         let hub = self.run(py, self.arm.create_hub_with_sku(name, location, sku))?;
         Ok(hub.into())
     }

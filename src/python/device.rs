@@ -31,10 +31,9 @@ fn auth(
     match (certificate, symmetric_key) {
         (Some(c), None) => Ok(DeviceAuth::X509(c.credential_arc())),
         (None, Some(key)) => Ok(DeviceAuth::SymmetricKey(key)),
-        _ => Err(Error::Config(
-            "give a certificate or a symmetric key, not both or neither".into(),
-        )
-        .into()),
+        _ => {
+            Err(Error::config("give a certificate or a symmetric key, not both or neither").into())
+        }
     }
 }
 

@@ -1,6 +1,10 @@
 //! The one conversion from core errors to Python exceptions. The classes live in
 //! `dpskit/errors.py`; Rust looks them up there so `except dpskit.CertificateError` catches
-//! what the core raises.
+//! what the core raises. An error whose root cause is the operating system's (a refused
+//! connection, a missing file) is raised from that `OSError` (`__cause__`, errno and file
+//! kept), so `except ConnectionRefusedError` code can look one level down.
+
+use std::path::Path;
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
@@ -14,8 +18,27 @@ impl From<Error> for PyErr {
     }
 }
 
+/// `OSError(errno, strerror, filename)`: Python picks the subclass (FileNotFoundError,
+/// ConnectionRefusedError, ...) from errno, as `open()` or `socket.connect()` would.
+fn os_error(source: &std::io::Error, path: Option<&Path>) -> PyErr {
+    let Some(errno) = source.raw_os_error() else {
+        return PyOSError::new_err(source.to_string());
+    };
+    // Python's strerror has no " (os error N)" suffix; errno already says it.
+    let text = source.to_string();
+    let strerror = text.split(" (os error").next().unwrap_or(&text).to_string();
+    match path {
+        Some(path) => PyOSError::new_err((errno, strerror, path.display().to_string())),
+        None => PyOSError::new_err((errno, strerror)),
+    }
+}
+
 fn build(py: Python<'_>, error: Error) -> PyResult<PyErr> {
     let message = error.to_string();
+    let cause = match &error {
+        Error::Io { .. } => None,
+        other => other.os_cause().map(|(io, path)| os_error(io, path)),
+    };
     let kwargs = PyDict::new(py);
     let class = match error {
         Error::Config(_) => "ConfigError",
@@ -25,15 +48,8 @@ fn build(py: Python<'_>, error: Error) -> PyResult<PyErr> {
         Error::Protocol(_) => "ProtocolError",
         Error::Emulator(_) => "EmulatorError",
         Error::Io { path, source } => {
-            // OSError(errno, strerror, filename) picks the right subclass (FileNotFoundError,
-            // PermissionError, ...), as open() would.
             return Ok(match source.raw_os_error() {
-                Some(errno) => {
-                    // Python's strerror has no " (os error N)" suffix; errno already says it.
-                    let text = source.to_string();
-                    let strerror = text.split(" (os error").next().unwrap_or(&text).to_string();
-                    PyOSError::new_err((errno, strerror, path.display().to_string()))
-                }
+                Some(_) => os_error(&source, Some(&path)),
                 None => PyOSError::new_err(message),
             });
         }
@@ -75,7 +91,11 @@ fn build(py: Python<'_>, error: Error) -> PyResult<PyErr> {
         PyRuntimeError::new_err(format!("dpskit.errors cannot be imported ({e}): {message}"))
     })?;
     let instance = module.getattr(class)?.call((message,), Some(&kwargs))?;
-    Ok(PyErr::from_value(instance))
+    let raised = PyErr::from_value(instance);
+    if let Some(cause) = cause {
+        raised.set_cause(py, Some(cause));
+    }
+    Ok(raised)
 }
 
 /// Every core error kind by name, with an example error of that kind (test support: proves
@@ -91,11 +111,11 @@ pub(crate) fn example_error(kind: &str, message: &str) -> Option<Error> {
         }))
     };
     Some(match kind {
-        "config" => Error::Config(message.into()),
-        "certificate" => Error::Certificate(message.into()),
-        "transport" => Error::Transport(message.into()),
-        "timeout" => Error::Timeout(message.into()),
-        "protocol" => Error::Protocol(message.into()),
+        "config" => Error::config(message),
+        "certificate" => Error::cert(message),
+        "transport" => Error::transport(message),
+        "timeout" => Error::timeout(message),
+        "protocol" => Error::protocol(message),
         "service" => service(500),
         "authentication" => service(401),
         "not_found" => service(404),
@@ -106,7 +126,7 @@ pub(crate) fn example_error(kind: &str, message: &str) -> Option<Error> {
             error_code: Some(401_002),
             message: message.into(),
         },
-        "emulator" => Error::Emulator(message.into()),
+        "emulator" => Error::emulator(message),
         "io" => Error::io("/nonexistent/dpskit", std::io::Error::from_raw_os_error(2)),
         _ => return None,
     })

@@ -48,7 +48,7 @@ fn hub_tier_fits(
         needs_standard,
         connect_within_seconds,
     };
-    demand.check().map_err(Error::Config)?;
+    demand.check().map_err(Error::config)?;
     Ok(estimate::fits(&demand)
         .into_iter()
         .map(|f| {
@@ -113,8 +113,8 @@ impl PyFleetRun {
             ),
             (None, Some(key)) => FleetCredentials::GroupKey(key.to_string()),
             _ => {
-                return Err(Error::Config(
-                    "give either certificates or group_key for the fleet's devices".into(),
+                return Err(Error::config(
+                    "give either certificates or group_key for the fleet's devices",
                 )
                 .into());
             }
@@ -166,7 +166,7 @@ impl PyFleetRun {
             Ok(outcome) => {
                 handle.take();
                 let result =
-                    outcome.map_err(|e| Error::Transport(format!("the fleet run failed: {e}")))?;
+                    outcome.map_err(|e| Error::transport_caused("the fleet run failed", e))?;
                 *lock(&self.result) = Some(result);
                 Ok(true)
             }
@@ -183,9 +183,7 @@ impl PyFleetRun {
     fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let guard = lock(&self.result);
         let Some(result) = guard.as_ref() else {
-            return Err(
-                Error::Config("the fleet is still running: wait() for it first".into()).into(),
-            );
+            return Err(Error::config("the fleet is still running: wait() for it first").into());
         };
         let d = &result.devices;
         let devices = PyDict::new(py);

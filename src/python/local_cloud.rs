@@ -47,7 +47,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 fn loopback_setup(host: &str, hubs: u32) -> PyResult<String> {
     let base: std::net::Ipv4Addr = host
         .parse()
-        .map_err(|_| Error::Config(format!("host must be an IPv4 address, not {host:?}")))?;
+        .map_err(|_| Error::config(format!("host must be an IPv4 address, not {host:?}")))?;
     let os = crate::emulator::loopback::Os::current();
     Ok(crate::emulator::loopback::setup_text(os, base, hubs)?)
 }
@@ -65,7 +65,7 @@ impl PyEmulator {
     ) -> PyResult<T> {
         let emulator = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if !emulator.is_running() {
-            return Err(Error::Emulator("the local cloud is stopped".into()).into());
+            return Err(Error::emulator("the local cloud is stopped").into());
         }
         Ok(f(&emulator)?)
     }

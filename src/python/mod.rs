@@ -109,7 +109,7 @@ pub(crate) fn runtime(name: &str, worker_threads: Option<usize>) -> PyResult<Own
         .enable_all()
         .thread_name(name)
         .build()
-        .map_err(|e| crate::error::Error::Transport(format!("cannot start a runtime: {e}")))?;
+        .map_err(|e| crate::error::Error::transport_caused("cannot start a runtime", e))?;
     Ok(OwnedRuntime::new(runtime))
 }
 

@@ -681,7 +681,7 @@ impl PyCertificateAuthority {
         let validity = validity(days, not_before)?;
         let manifest = manifest.map(ManifestFormat::parse).transpose()?;
         if manifest.is_some() && output_dir.is_none() {
-            return Err(Error::Config("manifest needs output_dir".into()).into());
+            return Err(Error::config("manifest needs output_dir").into());
         }
         let devices = py.detach(|| -> crate::Result<Vec<DeviceCredential>> {
             let devices = self.inner.issue_devices(&ids, algorithm, validity)?;

@@ -55,12 +55,13 @@ impl CaCertificateResource {
     /// Reads ARM's `CertificateResponse` (the DPS API type both sides share).
     fn from_json(value: &Value) -> Result<Self> {
         let response = CertificateResponse::deserialize(value).map_err(|e| {
-            Error::Protocol(format!(
-                "certificate response that does not read ({e}): {value}"
-            ))
+            Error::protocol_caused(
+                format!("certificate response that does not read: {value}"),
+                e,
+            )
         })?;
         let name = response.name.ok_or_else(|| {
-            Error::Protocol(format!("certificate response without a name: {value}"))
+            Error::protocol(format!("certificate response without a name: {value}"))
         })?;
         let p = response.properties;
         Ok(CaCertificateResource {
@@ -150,13 +151,13 @@ impl QuotaMetric {
     fn from_json(value: &Value) -> Result<Self> {
         let field = |key: &str| {
             value[key].as_u64().ok_or_else(|| {
-                Error::Protocol(format!("a quota metric without a whole \"{key}\": {value}"))
+                Error::protocol(format!("a quota metric without a whole \"{key}\": {value}"))
             })
         };
         Ok(QuotaMetric {
             name: value["name"]
                 .as_str()
-                .ok_or_else(|| Error::Protocol(format!("a quota metric without a name: {value}")))?
+                .ok_or_else(|| Error::protocol(format!("a quota metric without a name: {value}")))?
                 .to_string(),
             current_value: field("currentValue")?,
             max_value: field("maxValue")?,
@@ -210,7 +211,7 @@ impl DpsResource {
         let p = &value["properties"];
         let name = value["name"]
             .as_str()
-            .ok_or_else(|| Error::Protocol(format!("DPS resource without a name: {value}")))?;
+            .ok_or_else(|| Error::protocol(format!("DPS resource without a name: {value}")))?;
         let linked_hubs = p["iotHubs"]
             .as_array()
             .map(|hubs| {
@@ -251,7 +252,7 @@ impl HubResource {
     fn from_json(value: &Value) -> Result<Self> {
         let name = value["name"]
             .as_str()
-            .ok_or_else(|| Error::Protocol(format!("IoT hub resource without a name: {value}")))?;
+            .ok_or_else(|| Error::protocol(format!("IoT hub resource without a name: {value}")))?;
         Ok(HubResource {
             name: name.to_string(),
             location: text(&value["location"]),
@@ -270,7 +271,7 @@ impl AccessKeys {
     fn from_json(value: &Value) -> Result<Self> {
         let key_name = value["keyName"]
             .as_str()
-            .ok_or_else(|| Error::Protocol("access keys without a keyName".into()))?;
+            .ok_or_else(|| Error::protocol("access keys without a keyName"))?;
         Ok(AccessKeys {
             key_name: key_name.to_string(),
             primary_key: text(&value["primaryKey"]),
@@ -363,7 +364,7 @@ fn finished(state: &str, body: &Value, what: &str) -> Result<()> {
 /// is a protocol error, never success.
 fn operation_status(body: &Value, what: &str) -> Result<Option<String>> {
     let Some(state) = body["status"].as_str() else {
-        return Err(Error::Protocol(format!(
+        return Err(Error::protocol(format!(
             "{what}: the operation status has no \"status\" ({body}); not taken for success"
         )));
     };
@@ -382,7 +383,7 @@ async fn json_body(response: reqwest::Response, what: &str) -> Result<Option<Val
     }
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))
+        .map_err(|e| Error::protocol_caused(format!("{what}: the answer is not JSON"), e))
 }
 
 /// Where a long-running operation is watched.
@@ -518,7 +519,7 @@ impl ArmClient {
         let origin = |u: &str| reqwest::Url::parse(u).ok().map(|u| u.origin());
         match (origin(link), origin(&self.endpoint)) {
             (Some(a), Some(b)) if a == b => Ok(link.to_string()),
-            _ => Err(Error::Protocol(format!(
+            _ => Err(Error::protocol(format!(
                 "{what}: ARM pointed to {link}, which is not on {}; not following it with the \
                  bearer token",
                 self.endpoint
@@ -631,7 +632,7 @@ impl ArmClient {
             .await?;
         let value = json_body(response, what)
             .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+            .ok_or_else(|| Error::protocol(format!("{what}: empty answer")))?;
         parse(&value)
     }
 
@@ -649,7 +650,7 @@ impl ArmClient {
         let mut seen = std::collections::HashSet::new();
         while let Some(link) = next.take() {
             if !seen.insert(link.clone()) {
-                return Err(Error::Protocol(format!(
+                return Err(Error::protocol(format!(
                     "{what}: ARM's nextLink went back to a page already read ({link})"
                 )));
             }
@@ -733,7 +734,7 @@ impl ArmClient {
         let mut polls = 0u32;
         loop {
             if started.elapsed() > LRO_DEADLINE {
-                return Err(Error::Timeout(format!(
+                return Err(Error::timeout(format!(
                     "{what}: not finished after {} minutes",
                     LRO_DEADLINE.as_secs() / 60
                 )));
@@ -836,13 +837,13 @@ impl ArmClient {
                 let response = self.get(&resource, what).await?;
                 json_body(response, what)
                     .await?
-                    .ok_or_else(|| Error::Protocol(format!("{what}: the resource GET was empty")))?
+                    .ok_or_else(|| Error::protocol(format!("{what}: the resource GET was empty")))?
             }
         };
         match provisioning_state(&value) {
             Some(state) if !state.eq_ignore_ascii_case("succeeded") => {
                 finished(&state, &value, what)?;
-                Err(Error::Protocol(format!(
+                Err(Error::protocol(format!(
                     "{what}: the operation finished but the resource is {state}"
                 )))
             }
@@ -1056,7 +1057,7 @@ impl ArmClient {
             .iter()
             .find(|m| m.name.eq_ignore_ascii_case("TotalMessages"))
             .ok_or_else(|| {
-                Error::Protocol(format!(
+                Error::protocol(format!(
                     "the quota metrics of IoT hub {name} lack TotalMessages"
                 ))
             })?;
@@ -1109,7 +1110,7 @@ impl ArmClient {
                 &what,
             )
             .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+            .ok_or_else(|| Error::protocol(format!("{what}: empty answer")))?;
         let connection_string = format!(
             "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
             hub_resource.host_name, keys.key_name, keys.primary_key
@@ -1164,7 +1165,7 @@ impl ArmClient {
                 what,
             )
             .await?
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))?;
+            .ok_or_else(|| Error::protocol(format!("{what}: empty answer")))?;
         CaCertificateResource::from_json(&value)
     }
 
@@ -1266,7 +1267,7 @@ impl ArmClient {
             )
             .await?;
         if resource.verification_code.is_none() {
-            return Err(Error::Protocol(format!(
+            return Err(Error::protocol(format!(
                 "generating a verification code for {name}: the answer carries no code"
             )));
         }

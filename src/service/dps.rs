@@ -36,7 +36,7 @@ impl SasCredential {
     pub(crate) fn from_connection_string(connection_string: &str, what: &str) -> Result<Self> {
         let part = |key: &str| {
             connection_string_part(connection_string, key)
-                .ok_or_else(|| Error::Config(format!("the {what} connection string has no {key}")))
+                .ok_or_else(|| Error::config(format!("the {what} connection string has no {key}")))
         };
         Ok(SasCredential {
             host: part("HostName")?,
@@ -159,10 +159,9 @@ impl SasRestClient {
         let body = if text.trim().is_empty() {
             None
         } else {
-            Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| Error::Protocol(format!("{what}: the answer is not JSON: {e}")))?,
-            )
+            Some(serde_json::from_str(&text).map_err(|e| {
+                Error::protocol_caused(format!("{what}: the answer is not JSON"), e)
+            })?)
         };
         Ok(Answer { body, continuation })
     }
@@ -182,7 +181,7 @@ impl SasRestClient {
         self.send(method, path, body, &headers, replay, what)
             .await?
             .body
-            .ok_or_else(|| Error::Protocol(format!("{what}: empty answer")))
+            .ok_or_else(|| Error::protocol(format!("{what}: empty answer")))
     }
 
     pub(crate) async fn no_content(
@@ -229,7 +228,7 @@ impl SasRestClient {
             match answer.body {
                 Some(Value::Array(page)) => items.extend(page),
                 Some(other) => {
-                    return Err(Error::Protocol(format!(
+                    return Err(Error::protocol(format!(
                         "{what}: expected an array, got {other}"
                     )));
                 }
@@ -269,7 +268,7 @@ fn path_id(id: &str) -> String {
 pub(crate) fn enrollment_body<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
     let body = to_json(body, what)?;
     if body.get("attestation").is_none_or(Value::is_null) {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "{what}: the body has no \"attestation\"; Azure requires it in every enrollment \
              PUT (to keep the current one, send back what a GET or attestationmechanism returned)"
         )));
@@ -279,13 +278,13 @@ pub(crate) fn enrollment_body<B: Serialize + ?Sized>(body: &B, what: &str) -> Re
 
 /// A request body as JSON.
 fn to_json<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
-    serde_json::to_value(body).map_err(|e| Error::Config(format!("{what}: the body: {e}")))
+    serde_json::to_value(body).map_err(|e| Error::config_caused(format!("{what}: the body"), e))
 }
 
 /// An answer as the type the caller reads it as.
 fn read<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T> {
     serde_json::from_value(answer)
-        .map_err(|e| Error::Protocol(format!("{what}: the answer does not read: {e}")))
+        .map_err(|e| Error::protocol_caused(format!("{what}: the answer does not read"), e))
 }
 
 /// Every item of a query's answer as the type the caller reads it as.

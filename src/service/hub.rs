@@ -28,7 +28,7 @@ pub const MIN_METHOD_RESPONSE_TIMEOUT: Duration =
 /// any request (`Config`).
 pub fn method_request_body(method: &str, payload: &Value, timeout: Duration) -> Result<Value> {
     if timeout > MAX_METHOD_RESPONSE_TIMEOUT {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "a method response timeout of {} s is past IoT Hub's {} s",
             timeout.as_secs_f64(),
             MAX_METHOD_RESPONSE_TIMEOUT.as_secs()
@@ -86,7 +86,7 @@ impl StoredMessage {
     /// Reads one item of the telemetry call's answer; a field missing or of another type is a
     /// `Protocol` error, never a default.
     fn from_json(item: &Value) -> Result<Self> {
-        let bad = |field: &str| Error::Protocol(format!("a stored message lacks a valid {field}"));
+        let bad = |field: &str| Error::protocol(format!("a stored message lacks a valid {field}"));
         let pairs = |field: &str| -> Result<Vec<(String, String)>> {
             serde_json::from_value(item[field].clone()).map_err(|_| bad(field))
         };
@@ -115,7 +115,7 @@ impl DeviceSummary {
         let text = |key: &str| twin[key].as_str().map(str::to_string);
         Ok(DeviceSummary {
             device_id: text("deviceId").ok_or_else(|| {
-                Error::Protocol(format!("a twin of the device list has no deviceId: {twin}"))
+                Error::protocol(format!("a twin of the device list has no deviceId: {twin}"))
             })?,
             authentication: text("authenticationType").unwrap_or_else(|| "sas".into()),
             primary_thumbprint: twin["x509Thumbprint"]["primaryThumbprint"]
@@ -263,7 +263,7 @@ impl HubServiceClient {
         let status = answer["status"]
             .as_u64()
             .and_then(|s| u16::try_from(s).ok())
-            .ok_or_else(|| Error::Protocol(format!("{what}: the answer has no status")))?;
+            .ok_or_else(|| Error::protocol(format!("{what}: the answer has no status")))?;
         Ok((status, answer["payload"].clone()))
     }
 

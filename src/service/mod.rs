@@ -202,7 +202,7 @@ pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::C
     let roots = trust.roots();
     let config = rustls::ClientConfig::builder_with_provider(crate::transport::provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
+        .map_err(|e| Error::config_caused("TLS configuration", e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     reqwest::Client::builder()
@@ -210,7 +210,7 @@ pub(crate) fn http_client(trust: &Trust, timeout: Duration) -> Result<reqwest::C
         .timeout(timeout)
         .user_agent(concat!("dpskit/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| Error::Config(format!("cannot create the HTTPS client: {e}")))
+        .map_err(|e| Error::config_caused("cannot create the HTTPS client", e))
 }
 
 /// Turns a non-success response into the typed error: status, Azure's error code (numeric
@@ -280,9 +280,9 @@ pub(crate) async fn failure(response: reqwest::Response, what: &str) -> Error {
 
 pub(crate) fn transport(what: &str, error: reqwest::Error) -> Error {
     if error.is_timeout() {
-        Error::Timeout(format!("{what}: no answer in time"))
+        Error::timeout(format!("{what}: no answer in time"))
     } else {
-        Error::Transport(format!("{what}: {error}"))
+        Error::transport_caused(what, error)
     }
 }
 

@@ -48,7 +48,14 @@ impl std::fmt::Display for FrameError {
     }
 }
 
-impl std::error::Error for FrameError {}
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Malformed(e) | FrameError::Encode(_, e) => Some(e),
+            FrameError::Read(e) | FrameError::Write(e) => Some(e),
+        }
+    }
+}
 
 /// A stream with its read and write buffers.
 pub struct Framed<S> {
@@ -179,7 +186,7 @@ impl std::str::FromStr for DeviceTransport {
         match name {
             "mqtt" => Ok(DeviceTransport::Tls),
             "websockets" => Ok(DeviceTransport::WebSockets),
-            other => Err(crate::error::Error::Config(format!(
+            other => Err(crate::error::Error::config(format!(
                 "transport {other:?}: expected \"mqtt\" (over TLS, port 8883) or \"websockets\" (port 443)"
             ))),
         }
@@ -207,7 +214,7 @@ impl Via {
             proxy: proxy
                 .map(Proxy::parse)
                 .transpose()
-                .map_err(crate::error::Error::Config)?,
+                .map_err(crate::error::Error::config)?,
         })
     }
 }
@@ -245,7 +252,33 @@ impl std::fmt::Display for DialError {
     }
 }
 
-impl std::error::Error for DialError {}
+impl std::error::Error for DialError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DialError::Unreachable(e) => Some(e),
+            DialError::BadHost(e) => Some(e),
+            // rustls's own error, when the handshake failed on one: the io::Error around it
+            // prints the same text but hides it from source().
+            DialError::Tls(e) => match e.get_ref() {
+                Some(inner) if inner.is::<rustls::Error>() => Some(inner),
+                _ => Some(e),
+            },
+            DialError::WebSocket(e) => Some(e),
+            DialError::Frame(e) => Some(e),
+            DialError::Closed | DialError::Unexpected(_) => None,
+        }
+    }
+}
+
+/// The cause to keep for a failed TLS handshake: rustls's error itself when tokio-rustls
+/// wrapped one in the `io::Error` it returns (whose `source()` would hide it), else the I/O
+/// error. Same text either way.
+pub fn tls_cause(error: std::io::Error) -> crate::error::BoxError {
+    match error.downcast::<rustls::Error>() {
+        Ok(tls) => Box::new(tls),
+        Err(io) => Box::new(io),
+    }
+}
 
 /// Dials `host:port` (TCP_NODELAY; through `via`'s proxy if any), completes TLS with `tls`
 /// (the server's certificate checked against `host`) and, over WebSockets, the upgrade on

@@ -23,7 +23,7 @@ impl Trust {
         for cert in Certificate::chain_from_pem(pem)? {
             roots
                 .add(CertificateDer::from(cert.der().to_vec()))
-                .map_err(|e| Error::cert(format!("unusable trust anchor: {e}")))?;
+                .map_err(|e| Error::cert_caused("unusable trust anchor", e))?;
         }
         Ok(Trust {
             roots: Arc::new(roots),
@@ -53,7 +53,7 @@ impl Trust {
     ) -> Result<rustls::ClientConfig> {
         let builder = rustls::ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| Error::Config(format!("TLS configuration: {e}")))?
+            .map_err(|e| Error::config_caused("TLS configuration", e))?
             .with_root_certificates(self.roots.clone());
         let mut config = match credential {
             Some(credential) => {
@@ -73,7 +73,7 @@ impl Trust {
                 ));
                 builder
                     .with_client_auth_cert(chain, key)
-                    .map_err(|e| Error::cert(format!("unusable client certificate: {e}")))?
+                    .map_err(|e| Error::cert_caused("unusable client certificate", e))?
             }
             None => builder.with_no_client_auth(),
         };

@@ -462,7 +462,7 @@ fn parse_json(body: &[u8]) -> crate::Result<Value> {
         return Ok(json!({}));
     }
     serde_json::from_slice(body)
-        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))
+        .map_err(|e| Error::config_caused("the request body is not JSON", e))
 }
 
 // ---- provisioning services ----------------------------------------------------------------
@@ -642,21 +642,21 @@ fn put_dps(
         if let Err(e) = crate::protocol::validate_dps_name(name) {
             return Ok(invalid_name(&e));
         }
-        let location = body["location"].as_str().ok_or_else(|| {
-            Error::Config("a new provisioning service needs a \"location\"".into())
-        })?;
+        let location = body["location"]
+            .as_str()
+            .ok_or_else(|| Error::config("a new provisioning service needs a \"location\""))?;
         cloud.create_dps(name, location)?;
     }
     let wanted = match &body["properties"]["iotHubs"] {
         Value::Array(items) => items.clone(),
         Value::Null => Vec::new(),
-        _ => return Err(Error::Config("properties.iotHubs must be an array".into())),
+        _ => return Err(Error::config("properties.iotHubs must be an array")),
     };
     let mut keep = Vec::new();
     for item in &wanted {
         let text = item["connectionString"]
             .as_str()
-            .ok_or_else(|| Error::Config("each linked hub needs a \"connectionString\"".into()))?;
+            .ok_or_else(|| Error::config("each linked hub needs a \"connectionString\""))?;
         let (host, key) = parse_hub_connection_string(text)?;
         let hub = cloud
             .hubs()
@@ -723,8 +723,8 @@ fn parse_hub_connection_string(text: &str) -> crate::Result<(String, String)> {
     }
     match (host, key) {
         (Some(h), Some(k)) => Ok((h, k)),
-        _ => Err(Error::Config(
-            "a linked hub's connection string needs HostName and SharedAccessKey".into(),
+        _ => Err(Error::config(
+            "a linked hub's connection string needs HostName and SharedAccessKey",
         )),
     }
 }
@@ -789,7 +789,7 @@ fn iot_hubs(
             }
             let location = body["location"]
                 .as_str()
-                .ok_or_else(|| Error::Config("a new IoT hub needs a \"location\"".into()))?;
+                .ok_or_else(|| Error::config("a new IoT hub needs a \"location\""))?;
             cloud.create_hub(name, location, None)?;
             let hub = cloud.set_hub_sku(name, sku, presets)?;
             context
@@ -1031,8 +1031,7 @@ fn upload(
 ) -> crate::Result<CaCertificate> {
     let body: CertificateBodyDescription = certificate_body(body)?;
     let (text, verified) = body.upload();
-    let text =
-        text.ok_or_else(|| Error::Config("the body has no \"certificate\" string".into()))?;
+    let text = text.ok_or_else(|| Error::config("the body has no \"certificate\" string"))?;
     let certificate = certificate_from_text(text)?;
     let existed = cloud.ca_certificate(dps, name).is_ok();
     // If-Match only guards updates; on create Azure ignores it.
@@ -1050,7 +1049,7 @@ fn upload(
 /// A certificate body as the DPS API type `T`.
 fn certificate_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> crate::Result<T> {
     serde_json::from_slice(body)
-        .map_err(|e| Error::Config(format!("the request body is not a certificate body: {e}")))
+        .map_err(|e| Error::config_caused("the request body is not a certificate body", e))
 }
 
 /// A verification certificate (`VerificationCodeRequest`): PEM text, base64 of DER, or base64

@@ -56,8 +56,8 @@ fn from_error(error: &Error) -> Reply {
             s.error_code.unwrap_or(u32::from(s.status) * 1000),
             &s.message,
         ),
-        Error::Certificate(m) | Error::Config(m) => service_error(400, 400_004, m),
-        Error::Protocol(m) => service_error(400, 400_001, m),
+        Error::Certificate(m) | Error::Config(m) => service_error(400, 400_004, &m.to_string()),
+        Error::Protocol(m) => service_error(400, 400_001, &m.to_string()),
         other => service_error(500, 500_000, &other.to_string()),
     }
 }
@@ -231,7 +231,7 @@ impl Request<'_> {
     /// unknown value, is a 400 naming it.
     fn wire_body<T: DeserializeOwned>(&self, what: &str) -> crate::Result<T> {
         let value: Value = serde_json::from_slice(self.body)
-            .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))?;
+            .map_err(|e| Error::config_caused("the request body is not JSON", e))?;
         from_wire(value, what)
     }
 
@@ -317,7 +317,7 @@ impl Request<'_> {
             ("enrollments", body.enrollments)
         };
         let items =
-            items.ok_or_else(|| Error::Config(format!("a bulk operation needs \"{list}\"")))?;
+            items.ok_or_else(|| Error::config(format!("a bulk operation needs \"{list}\"")))?;
         if items.len() > MAX_BULK {
             return Err(Error::service(
                 400,
@@ -378,7 +378,7 @@ impl Request<'_> {
                             .map(|_| ())
                     }
                 }
-                other => Err(Error::Config(format!("unknown bulk mode {other:?}"))),
+                other => Err(Error::config(format!("unknown bulk mode {other:?}"))),
             };
             if let Err(e) = outcome {
                 let (status, code) = match &e {
@@ -466,7 +466,7 @@ fn with_etag(body: Value, etag: &str) -> Reply {
 /// `value` as the service API type `T`; what does not read is a 400 naming the member.
 fn from_wire<T: DeserializeOwned>(value: Value, what: &str) -> crate::Result<T> {
     serde_json::from_value(value)
-        .map_err(|e| Error::Config(format!("the request body is not {what}: {e}")))
+        .map_err(|e| Error::config_caused(format!("the request body is not {what}"), e))
 }
 
 /// A service API type as the JSON of an answer.
@@ -570,7 +570,7 @@ fn attestation_from_wire(
                 .flat_map(|c| c.entries())
             {
                 let text = entry.certificate.as_deref().ok_or_else(|| {
-                    Error::Config(format!("x509.{field} entries need a \"certificate\""))
+                    Error::config(format!("x509.{field} entries need a \"certificate\""))
                 })?;
                 let cert = certificate_from_text(text)?;
                 certificates.push(base64::Engine::encode(
@@ -579,7 +579,7 @@ fn attestation_from_wire(
                 ));
             }
             if references.is_empty() && certificates.is_empty() {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "an x509 attestation needs {field} or caReferences"
                 )));
             }
@@ -602,8 +602,8 @@ fn attestation_from_wire(
                 secondary_key: key(keys.secondary_key)?,
             })
         }
-        wire::AttestationType::Tpm => Err(Error::Config(
-            "TPM attestation is not available over MQTT, so the emulator does not offer it".into(),
+        wire::AttestationType::Tpm => Err(Error::config(
+            "TPM attestation is not available over MQTT, so the emulator does not offer it",
         )),
     }
 }

@@ -58,8 +58,10 @@ fn from_error(error: &Error) -> Reply {
             s.error_code.unwrap_or(u32::from(s.status) * 1000),
             &s.message,
         ),
-        Error::Certificate(m) | Error::Config(m) | Error::Protocol(m) => hub_error(400, 400_004, m),
-        Error::Timeout(m) => hub_error(504, 504_101, m),
+        Error::Certificate(m) | Error::Config(m) | Error::Protocol(m) => {
+            hub_error(400, 400_004, &m.to_string())
+        }
+        Error::Timeout(m) => hub_error(504, 504_101, &m.to_string()),
         other => hub_error(500, 500_000, &other.to_string()),
     }
 }
@@ -197,7 +199,7 @@ fn json_body(body: &[u8]) -> crate::Result<Value> {
         return Ok(json!({}));
     }
     serde_json::from_slice(body)
-        .map_err(|e| Error::Config(format!("the request body is not JSON: {e}")))
+        .map_err(|e| Error::config_caused("the request body is not JSON", e))
 }
 
 /// The device identity document.
@@ -347,9 +349,7 @@ fn put_device(
             let thumbprint = authentication["x509Thumbprint"]["primaryThumbprint"]
                 .as_str()
                 .ok_or_else(|| {
-                    Error::Config(
-                        "a selfSigned device needs x509Thumbprint.primaryThumbprint".into(),
-                    )
+                    Error::config("a selfSigned device needs x509Thumbprint.primaryThumbprint")
                 })?;
             DeviceAuth::SelfSigned {
                 primary_thumbprint: thumbprint.to_ascii_uppercase(),
@@ -357,7 +357,7 @@ fn put_device(
             }
         }
         other => {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "authentication type {other:?} is not emulated: use sas or selfSigned"
             )));
         }
@@ -415,7 +415,7 @@ fn query_twins(
             .get(name)
             .map(|v| {
                 v.to_str()
-                    .map_err(|_| Error::Config(format!("{name} is not ASCII text")))
+                    .map_err(|_| Error::config(format!("{name} is not ASCII text")))
             })
             .transpose()
     };
@@ -427,7 +427,7 @@ fn query_twins(
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| {
-                Error::Config(format!(
+                Error::config(format!(
                     "x-ms-max-item-count {text:?} is not a positive whole number"
                 ))
             })?
@@ -436,7 +436,7 @@ fn query_twins(
     let after = match header("x-ms-continuation")? {
         None => None,
         Some(token) => Some(continuation_device(token.trim()).ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "x-ms-continuation {token:?} is not a token this hub gave"
             ))
         })?),
@@ -527,7 +527,7 @@ async fn invoke_method(
     let name = body["methodName"]
         .as_str()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Error::Config("a method invocation needs \"methodName\"".into()))?;
+        .ok_or_else(|| Error::config("a method invocation needs \"methodName\""))?;
     let timeout = match &body["responseTimeoutInSeconds"] {
         Value::Null => DEFAULT_METHOD_TIMEOUT,
         // Azure refuses a timeout past 300 s (or not a whole number) with 400 rather than
@@ -575,7 +575,7 @@ fn send_c2d(
     let payload = match body["body"].as_str() {
         Some(text) => BASE64
             .decode(text)
-            .map_err(|_| Error::Config("\"body\" must be base64".into()))?,
+            .map_err(|_| Error::config("\"body\" must be base64"))?,
         None => Vec::new(),
     };
     let properties = body["properties"]

@@ -256,7 +256,7 @@ pub(super) fn from_error(error: &Error) -> Reply {
                 .unwrap_or_else(|| s.status.to_string()),
             &s.message,
         ),
-        Error::Certificate(m) | Error::Config(m) => arm_error(400, "400004", m),
+        Error::Certificate(m) | Error::Config(m) => arm_error(400, "400004", &m.to_string()),
         other => arm_error(500, "500000", &other.to_string()),
     }
 }

@@ -45,7 +45,7 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
 
 fn config_error(json: &str) -> String {
     match TelemetryPlan::from_json(json) {
-        Err(Error::Config(message)) => message,
+        Err(Error::Config(message)) => message.to_string(),
         Err(other) => panic!("{json}: not a Config error: {other:?}"),
         Ok(_) => panic!("{json}: accepted"),
     }
@@ -674,7 +674,7 @@ fn validation_names_the_problem() {
         high: 1.0,
     };
     assert!(
-        matches!(p.validate(), Err(Error::Config(m)) if m.contains("\"u\"") && m.contains("low"))
+        matches!(p.validate(), Err(Error::Config(m)) if m.to_string().contains("\"u\"") && m.to_string().contains("low"))
     );
     // Null means "default" where a default exists.
     let defaults = plan(r#"{"interval":null,"seed":null,"jitter":null,"count":2,"fields":null}"#);

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) fn config(message: String) -> Error {
-    Error::Config(message)
+    Error::config(message)
 }
 
 pub(super) fn check_finite(value: f64, what: &str, at: &str) -> Result<()> {
@@ -44,7 +44,7 @@ impl TelemetryPlan {
     /// Parses and validates a plan, so a bad plan fails before any device connects.
     pub fn from_json(text: &str) -> Result<TelemetryPlan> {
         let plan: TelemetryPlan = serde_json::from_str(text)
-            .map_err(|e| config(format!("invalid telemetry plan: {e}")))?;
+            .map_err(|e| Error::config_caused("invalid telemetry plan", e))?;
         plan.validate()?;
         Ok(plan)
     }
