@@ -1,10 +1,13 @@
-//! The IoT Hub device API behind the shared listener: identities from DPS (thumbprint or SAS),
-//! one connection per device, telemetry stored durably before it is acknowledged, twins with
-//! versions, direct methods, cloud-to-device messages, persistent sessions; and, for a hub
+//! The IoT Hub device API behind the shared listener: identities from DPS or the service API
+//! (thumbprint or SAS; a disabled or `certificateAuthority` identity is refused), one
+//! connection per device, its connection times, telemetry stored durably before it is
+//! acknowledged, twins with versions (the service's patches and replaces checked against the
+//! etag in the same transaction), direct methods (waiting for the device to come online when
+//! given a connect timeout), cloud-to-device messages, persistent sessions; and, for a hub
 //! that enforces its tier, that tier's throttles and daily quota (kept by `quotas`).
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
-//! `pending_methods`, the knobs, and those of `quotas`) guards one map, is held only to read or change
+//! `pending_methods`, `activity`, the knobs, and those of `quotas`) guards one map, is held only to read or change
 //! that map, and is never held while another lock is taken or another component (the store,
 //! the cloud, a connection) is called; sends into a session's channel never block. State kept
 //! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per

@@ -1,4 +1,4 @@
-//! The IoT Hub service API: device identities, twins, direct methods, with an `iothubowner` SAS
+//! The IoT Hub service API: device identities, twins, queries, direct methods, with an `iothubowner` SAS
 //! token; plus the emulator's own C2D and telemetry calls (Azure offers those over AMQP and
 //! Event Hubs only).
 
