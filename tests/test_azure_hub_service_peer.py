@@ -13,6 +13,7 @@ module shares one ``LocalCloud(port=8883)`` that could bind 443.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -25,8 +26,8 @@ pytest.importorskip("azure.iot.hub", reason="the official IoT Hub service SDK is
 pytest.importorskip("azure.iot.device", reason="the official IoT device SDK is not installed")
 
 from azure.iot.device import X509, IoTHubDeviceClient, MethodResponse
-from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import (
+from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
+from azure.iot.hub.models import (  # type: ignore[import-untyped]
     CloudToDeviceMethod,
     QuerySpecification,
     Twin,
@@ -123,7 +124,8 @@ def test_x509_identities_created_read_listed_updated_and_deleted_with_etags(
     assert created.authentication.x509_thumbprint.secondary_thumbprint == secondary.upper()
     assert (created.status, created.connection_state) == ("enabled", "Disconnected")
     assert created.capabilities.iot_edge is False
-    assert created.generation_id and created.etag
+    assert created.generation_id
+    assert created.etag
 
     read = registry.get_device("x509-dev")
     assert (read.device_id, read.etag, read.generation_id) == (
@@ -209,9 +211,8 @@ def test_twin_patch_replace_and_methods_seen_by_a_connected_official_device(
         client.on_twin_desired_properties_patch_received = patches.append
         client.on_method_request_received = answer
         for topic in ("$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#"):
-            assert _wait(lambda: _granted(cloud, "twin-dev", topic)), cloud.format_trace(
-                "twin-dev"
-            )
+            granted = functools.partial(_granted, cloud, "twin-dev", topic)
+            assert _wait(granted), cloud.format_trace("twin-dev")
         assert registry.get_service_statistics().connected_device_count == 1
         assert registry.get_device("twin-dev").connection_state == "Connected"
 
@@ -270,7 +271,8 @@ def test_twin_patch_replace_and_methods_seen_by_a_connected_official_device(
         etag = registry.get_device("twin-dev").etag
         registry.update_device_with_x509("twin-dev", etag, thumbprint, None, "disabled")
         assert _wait(lambda: not client.connected)
-        with pytest.raises(Exception):  # noqa: B017 - the SDK's refusal type varies by version
+        # The SDK's refusal type varies by version; the trace says why.
+        with pytest.raises(Exception):  # noqa: B017, PT011
             client.connect()
         assert any("disabled" in e.detail for e in cloud.trace_events("twin-dev")), (
             cloud.format_trace("twin-dev")
@@ -341,5 +343,5 @@ def test_queries_filter_on_tags_and_reported_properties_a_page_at_a_time(
         "SELECT * FROM devices WHERE deviceId IN ['q-1']",
         "SELECT * FROM devices WHERE tags.site = ",
     ):
-        spec = QuerySpecification(query=query)
-        assert _refused(lambda spec=spec: registry.query_iot_hub(spec)) == (400, 400004)
+        run = functools.partial(registry.query_iot_hub, QuerySpecification(query=query))
+        assert _refused(run) == (400, 400004)

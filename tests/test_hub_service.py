@@ -105,7 +105,8 @@ def test_queries_select_twins_by_tags_and_properties(hub: dpskit.Hub) -> None:
     hub.update_desired("query-2", {"mode": "eco"})
     lab = hub.query("SELECT * FROM devices WHERE tags.site = 'lab'")
     assert [t["deviceId"] for t in lab] == ["query-0", "query-2"]
-    assert lab[0]["status"] == "enabled" and lab[0]["authenticationType"] == "sas"
+    assert lab[0]["status"] == "enabled"
+    assert lab[0]["authenticationType"] == "sas"
     either = hub.query(
         "SELECT * FROM devices WHERE tags.floor >= 1 AND "
         "(properties.desired.mode = 'eco' OR tags.site = 'plant')"

@@ -1,6 +1,6 @@
-//! The IoT Hub service API: device identities, twins, queries, direct methods, with an `iothubowner` SAS
-//! token; plus the emulator's own C2D and telemetry calls (Azure offers those over AMQP and
-//! Event Hubs only).
+//! The IoT Hub service API: device identities, twins, queries, direct methods, with an
+//! `iothubowner` SAS token; plus the emulator's own C2D and telemetry calls (Azure offers those
+//! over AMQP and Event Hubs only).
 
 use std::time::Duration;
 
