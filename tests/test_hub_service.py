@@ -96,3 +96,24 @@ def test_devices_are_listed_by_query_pages_without_keys(hub: dpskit.Hub, dpskit_
     # The query carries no keys (a read per device would have them); device() reads them.
     assert all(d.primary_key is None and d.secondary_key is None for d in listed)
     assert hub.device("listed-000").primary_key is not None
+
+
+def test_queries_select_twins_by_tags_and_properties(hub: dpskit.Hub) -> None:
+    for i, site in enumerate(["lab", "plant", "lab"]):
+        hub.create_device(f"query-{i}", symmetric_key=True)
+        hub.update_tags(f"query-{i}", {"site": site, "floor": i})
+    hub.update_desired("query-2", {"mode": "eco"})
+    lab = hub.query("SELECT * FROM devices WHERE tags.site = 'lab'")
+    assert [t["deviceId"] for t in lab] == ["query-0", "query-2"]
+    assert lab[0]["status"] == "enabled"
+    assert lab[0]["authenticationType"] == "sas"
+    either = hub.query(
+        "SELECT * FROM devices WHERE tags.floor >= 1 AND "
+        "(properties.desired.mode = 'eco' OR tags.site = 'plant')"
+    )
+    assert [t["deviceId"] for t in either] == ["query-1", "query-2"]
+    assert len(hub.query("SELECT * FROM devices")) == 3
+    with pytest.raises(dpskit.ServiceError) as refused:
+        hub.query("SELECT * FROM devices WHERE STARTSWITH(deviceId, 'query')")
+    assert (refused.value.status, refused.value.error_code) == (400, 400004)
+    assert "STARTSWITH" in refused.value.message

@@ -798,6 +798,7 @@ def test_the_native_emulator_has_no_second_management_api() -> None:
         "trust_pem",
         "update_dps_knobs",
         "update_hub_knobs",
+        "web_port",
     }
 
 

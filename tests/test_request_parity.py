@@ -806,6 +806,10 @@ def test_device_identities_twins_methods_and_queries(cloud: dpskit.LocalCloud, t
     )
     ours = _record(cloud, hub.devices)
     _assert_parity(_pick(sdk, "POST", query), _pick(ours, "POST", query))
+    where = "SELECT * FROM devices WHERE tags.site = 'lab'"
+    sdk = _record(cloud, lambda: registry.query_iot_hub(QuerySpecification(query=where)))
+    ours = _record(cloud, lambda: hub.query(where))
+    _assert_parity(_pick(sdk, "POST", query), _pick(ours, "POST", query))
 
     # The device is offline: IoT Hub answers 404103 to both, after reading the same request.
     methods = "/twins/sas-device/methods"

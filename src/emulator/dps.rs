@@ -699,6 +699,7 @@ impl DpsEngine {
         let auth = DeviceAuth::SelfSigned {
             primary_thumbprint: info.thumbprint_sha1.clone(),
             primary_thumbprint_sha256: info.thumbprint_sha256.clone(),
+            secondary_thumbprint: None,
         };
         // An individual enrollment for this id beats every group.
         if let Ok(e) = self
@@ -926,6 +927,7 @@ impl DpsEngine {
                     auth: admitted.auth.clone(),
                     initial_twin: initial_twin.or_else(|| admitted.settings.initial_twin.clone()),
                     created: now(),
+                    registry: Default::default(),
                 };
                 (
                     RegistrationRecord {

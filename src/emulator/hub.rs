@@ -1,10 +1,13 @@
-//! The IoT Hub device API behind the shared listener: identities from DPS (thumbprint or SAS),
-//! one connection per device, telemetry stored durably before it is acknowledged, twins with
-//! versions, direct methods, cloud-to-device messages, persistent sessions; and, for a hub
+//! The IoT Hub device API behind the shared listener: identities from DPS or the service API
+//! (thumbprint or SAS; a disabled or `certificateAuthority` identity is refused), one
+//! connection per device, its connection times, telemetry stored durably before it is
+//! acknowledged, twins with versions (the service's patches and replaces checked against the
+//! etag in the same transaction), direct methods (waiting for the device to come online when
+//! given a connect timeout), cloud-to-device messages, persistent sessions; and, for a hub
 //! that enforces its tier, that tier's throttles and daily quota (kept by `quotas`).
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
-//! `pending_methods`, the knobs, and those of `quotas`) guards one map, is held only to read or change
+//! `pending_methods`, `activity`, the knobs, and those of `quotas`) guards one map, is held only to read or change
 //! that map, and is never held while another lock is taken or another component (the store,
 //! the cloud, a connection) is called; sends into a session's channel never block. State kept
 //! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per
@@ -23,7 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::clock::now;
 use crate::emulator::cloud::{Cloud, random_guid};
-use crate::emulator::model::{DeviceAuth, HubDevice};
+use crate::emulator::model::{DeviceAuth, DeviceStatus, HubDevice};
 use crate::emulator::quotas::{HubCounters, HubQuotas, Rate, Throttled, start_of_today};
 use crate::emulator::store::kind::SESSION;
 use crate::emulator::store::{Store, TelemetryRecord};
@@ -138,6 +141,44 @@ fn with_version(section: &Map<String, Value>, version: u64) -> Value {
     );
     out.insert("$version".into(), json!(version));
     Value::Object(out)
+}
+
+/// The merge patch that turns `old` into `new`: `new`'s values, objects present on both sides
+/// patched recursively, and `null` for each key `new` no longer has.
+fn replacement_patch(old: &Map<String, Value>, new: &Map<String, Value>) -> Map<String, Value> {
+    let mut patch = Map::with_capacity(new.len());
+    for (key, value) in new {
+        let entry = match (old.get(key), value) {
+            (Some(Value::Object(before)), Value::Object(after)) => {
+                Value::Object(replacement_patch(before, after))
+            }
+            _ => value.clone(),
+        };
+        patch.insert(key.clone(), entry);
+    }
+    for key in old.keys().filter(|k| !new.contains_key(*k)) {
+        patch.insert(key.clone(), Value::Null);
+    }
+    patch
+}
+
+/// How the service changes a twin ([`HubEngine::write_twin`]).
+#[derive(Debug, Clone, Copy)]
+pub enum TwinWrite<'a> {
+    /// PATCH: tags and desired properties merged into the twin (`null` deletes).
+    Patch {
+        /// The tags patch, if any.
+        tags: Option<&'a Map<String, Value>>,
+        /// The desired-properties patch, if any.
+        desired: Option<&'a Map<String, Value>>,
+    },
+    /// PUT: tags and desired properties replaced as a whole; reported properties untouched.
+    Replace {
+        /// The new tags.
+        tags: &'a Map<String, Value>,
+        /// The new desired properties.
+        desired: &'a Map<String, Value>,
+    },
 }
 
 /// Applies a JSON merge patch (`null` deletes), as twins do.
@@ -385,6 +426,22 @@ pub struct HubEngine {
     quotas: HubQuotas,
     /// The next C2D sequence number.
     c2d_sequence: std::sync::atomic::AtomicU64,
+    /// When each device last connected or disconnected, and was last active (the registry's
+    /// `connectionStateUpdatedTime` and `lastActivityTime`; kept in memory, as they describe
+    /// connections, which end with the emulator).
+    activity: Mutex<HashMap<DeviceKey, Activity>>,
+    /// Woken whenever a device's subscriptions change: a direct method given a connect timeout
+    /// waits on it for its device to come online.
+    subscribed: Notify,
+}
+
+/// A device's connection times, Unix seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// The last connect or disconnect.
+    pub connection_state_updated: i64,
+    /// The last connect, disconnect or message from the device.
+    pub last_activity: i64,
 }
 
 fn key(hub: &str, device: &str) -> DeviceKey {
@@ -448,6 +505,8 @@ impl HubEngine {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_micros() as u64),
             ),
+            activity: Mutex::new(HashMap::new()),
+            subscribed: Notify::new(),
         })
     }
 
@@ -603,6 +662,31 @@ impl HubEngine {
         lock(&self.sessions).contains_key(&key(hub, device_id))
     }
 
+    /// How many devices of a hub have a live connection.
+    pub fn connected_count(&self, hub: &str) -> usize {
+        let hub = hub.to_ascii_lowercase();
+        lock(&self.sessions).keys().filter(|k| k.0 == hub).count()
+    }
+
+    /// A device's connection times (zero: nothing since the emulator started).
+    pub fn activity(&self, hub: &str, device_id: &str) -> Activity {
+        lock(&self.activity)
+            .get(&key(hub, device_id))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Records activity of a device; `connection` when it connected or disconnected.
+    fn touch(&self, hub: &str, device_id: &str, connection: bool) {
+        let t = now();
+        let mut activity = lock(&self.activity);
+        let entry = activity.entry(key(hub, device_id)).or_default();
+        entry.last_activity = t;
+        if connection {
+            entry.connection_state_updated = t;
+        }
+    }
+
     /// Deletes a device identity with its twin, queued C2D messages and session, closing its
     /// connection (a device created again later starts afresh, as on Azure).
     pub fn delete_device(&self, hub: &str, device_id: &str) -> Result<()> {
@@ -610,6 +694,7 @@ impl HubEngine {
         let k = key(hub, device_id);
         self.drop_connection(hub, device_id);
         self.forget_subscriptions(&k);
+        lock(&self.activity).remove(&k);
         self.store.delete(
             crate::emulator::store::kind::TWIN,
             &twin_key(hub, device_id),
@@ -641,6 +726,9 @@ impl HubEngine {
             .cloud
             .hub_device(&hub, device_id)
             .ok_or_else(|| format!("device {device_id:?} is not registered in hub {hub}"))?;
+        if device.registry.status == DeviceStatus::Disabled {
+            return Err(format!("device {device_id:?} is disabled in hub {hub}"));
+        }
         match (&device.auth, password.filter(|p| !p.is_empty())) {
             (
                 DeviceAuth::Sas {
@@ -670,17 +758,25 @@ impl HubEngine {
                 DeviceAuth::SelfSigned {
                     primary_thumbprint,
                     primary_thumbprint_sha256,
+                    secondary_thumbprint,
                 },
                 None,
             ) => {
                 let leaf = chain.first().ok_or("no client certificate was presented")?;
                 let info = leaf.info();
-                if !(info
-                    .thumbprint_sha1
-                    .eq_ignore_ascii_case(primary_thumbprint)
-                    || info
-                        .thumbprint_sha256
-                        .eq_ignore_ascii_case(primary_thumbprint_sha256))
+                // The service API takes SHA-1 or SHA-256 thumbprints in either slot.
+                let presented = |thumbprint: &str| {
+                    !thumbprint.is_empty()
+                        && (info.thumbprint_sha1.eq_ignore_ascii_case(thumbprint)
+                            || info.thumbprint_sha256.eq_ignore_ascii_case(thumbprint))
+                };
+                if ![
+                    primary_thumbprint.as_str(),
+                    primary_thumbprint_sha256,
+                    secondary_thumbprint.as_deref().unwrap_or_default(),
+                ]
+                .into_iter()
+                .any(presented)
                 {
                     return Err(format!(
                         "certificate thumbprint {} does not match the device's registered thumbprint {primary_thumbprint}",
@@ -693,6 +789,13 @@ impl HubEngine {
             }
             (DeviceAuth::SelfSigned { .. }, Some(_)) => {
                 return Err("the device uses X.509: present its certificate, not a token".into());
+            }
+            (DeviceAuth::CertificateAuthority, _) => {
+                return Err(format!(
+                    "device {device_id:?} authenticates by certificateAuthority, which needs CA \
+                     certificates registered with hub {hub}: the emulator keeps none yet \
+                     (create the identity as selfSigned, or provision it through DPS)"
+                ));
             }
         }
         Ok((hub, device))
@@ -710,6 +813,7 @@ impl HubEngine {
             *next += 1;
             *next
         };
+        self.touch(hub, device_id, true);
         if let Some(old) = lock(&self.sessions).insert(
             k.clone(),
             Session {
@@ -754,6 +858,7 @@ impl HubEngine {
         if sessions.get(&k).is_some_and(|s| s.generation == generation) {
             sessions.remove(&k);
             drop(sessions);
+            self.touch(hub, device_id, true);
             if clean_session {
                 self.forget_subscriptions(&k);
             }
@@ -793,6 +898,7 @@ impl HubEngine {
         if after.c2d {
             self.flush_c2d(hub, device_id);
         }
+        self.subscribed.notify_waiters();
     }
 
     fn subscriptions(&self, hub: &str, device_id: &str) -> Subscriptions {
@@ -819,6 +925,7 @@ impl HubEngine {
         ack: Option<(u16, mpsc::Sender<Outbound>)>,
         not_before: Option<std::time::Instant>,
     ) -> Result<()> {
+        self.touch(&record.hub, &record.device_id, false);
         self.writer
             .append(
                 record,
@@ -911,6 +1018,7 @@ impl HubEngine {
                 "The reported patch must be a JSON object.",
             ));
         };
+        self.touch(hub, device_id, false);
         self.update_twin(hub, device_id, |twin| {
             let mut next = twin.reported.clone();
             merge(&mut next, &patch);
@@ -931,20 +1039,104 @@ impl HubEngine {
         device_id: &str,
         patch: &Map<String, Value>,
     ) -> Result<Value> {
-        let (view, version) = self.update_twin(hub, device_id, |twin| {
+        self.write_twin(
+            hub,
+            device_id,
+            TwinWrite::Patch {
+                tags: None,
+                desired: Some(patch),
+            },
+            None,
+        )
+    }
+
+    /// Merges a tags patch (service side).
+    pub fn update_tags(
+        &self,
+        hub: &str,
+        device_id: &str,
+        patch: &Map<String, Value>,
+    ) -> Result<Value> {
+        self.write_twin(
+            hub,
+            device_id,
+            TwinWrite::Patch {
+                tags: Some(patch),
+                desired: None,
+            },
+            None,
+        )
+    }
+
+    /// Changes a twin's tags and desired properties as the service API's PATCH or PUT does,
+    /// in one transaction; with an `If-Match` other than `*` only while the twin still has that
+    /// etag (else 412001, nothing changed). A change of the desired properties bumps their
+    /// version and is sent to a device subscribed to desired patches: a PATCH as the service
+    /// sent it, a PUT as the merge patch that turns the old properties into the new ones (the
+    /// keys it removed as `null`), either with `$version` last. Returns the twin document.
+    pub fn write_twin(
+        &self,
+        hub: &str,
+        device_id: &str,
+        write: TwinWrite<'_>,
+        if_match: Option<&str>,
+    ) -> Result<Value> {
+        let (view, notification) = self.update_twin(hub, device_id, |twin| {
+            if let Some(tag) = if_match
+                && tag != "*"
+                && tag != twin.etag()
+            {
+                return Err(Error::service(
+                    412,
+                    412_001,
+                    format!(
+                        "The specified ETag does not match the current ETag of the twin of \
+                         device '{device_id}'. Read it again and retry with its etag."
+                    ),
+                ));
+            }
+            let (tags, desired_patch) = match write {
+                TwinWrite::Patch { tags, desired } => {
+                    let mut next_tags = twin.tags.clone();
+                    if let Some(tags) = tags {
+                        merge(&mut next_tags, tags);
+                    }
+                    (next_tags, desired.cloned())
+                }
+                TwinWrite::Replace { tags, desired } => {
+                    // Merged into nothing: the hub's own `$` keys and nulls are dropped.
+                    let mut next_tags = Map::new();
+                    merge(&mut next_tags, tags);
+                    let mut next_desired = Map::new();
+                    merge(&mut next_desired, desired);
+                    (
+                        next_tags,
+                        Some(replacement_patch(&twin.desired, &next_desired)),
+                    )
+                }
+            };
+            twin.tags = tags;
+            let Some(patch) = desired_patch else {
+                return Ok((twin.service_view(device_id), None));
+            };
             let mut next = twin.desired.clone();
-            merge(&mut next, patch);
+            merge(&mut next, &patch);
             if Value::Object(next.clone()).to_string().len() > MAX_TWIN_SECTION_BYTES {
                 return Err(twin_too_large("Desired"));
             }
             twin.desired = next;
             twin.desired_version += 1;
-            Ok((twin.service_view(device_id), twin.desired_version))
+            Ok((
+                twin.service_view(device_id),
+                Some((patch, twin.desired_version)),
+            ))
         })?;
-        if self.subscriptions(hub, device_id).desired {
-            // The patch as the service sent it (nulls included: they delete), then
-            // `$version` last, as IoT Hub notifies it.
-            let body = with_version(patch, version);
+        if let Some((patch, version)) = notification
+            && self.subscriptions(hub, device_id).desired
+        {
+            // The patch (nulls included: they delete), then `$version` last, as IoT Hub
+            // notifies it.
+            let body = with_version(&patch, version);
             self.send_to(
                 hub,
                 device_id,
@@ -961,28 +1153,56 @@ impl HubEngine {
         Ok(view)
     }
 
-    /// Replaces tags (service side).
-    pub fn update_tags(
-        &self,
-        hub: &str,
-        device_id: &str,
-        patch: &Map<String, Value>,
-    ) -> Result<Value> {
-        self.update_twin(hub, device_id, |twin| {
-            merge(&mut twin.tags, patch);
-            Ok(twin.service_view(device_id))
-        })
-    }
-
     // ---- direct methods ------------------------------------------------------------------
 
-    /// Invokes a direct method and waits for the device's answer.
+    /// Invokes a direct method on a device that is online now and waits for its answer.
     pub async fn invoke_method(
         &self,
         hub: &str,
         device_id: &str,
         name: &str,
         payload: Value,
+        timeout: Duration,
+    ) -> Result<(u16, Value)> {
+        self.invoke_method_waiting(hub, device_id, name, payload, Duration::ZERO, timeout)
+            .await
+    }
+
+    /// Whether the device is connected and subscribed to direct methods, waiting up to
+    /// `connect_timeout` for it to become so.
+    async fn method_listener_online(
+        &self,
+        hub: &str,
+        device_id: &str,
+        connect_timeout: Duration,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + connect_timeout;
+        loop {
+            // Armed before the check, so a subscription between the check and the wait wakes it.
+            let woken = self.subscribed.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.subscriptions(hub, device_id).methods
+                && lock(&self.sessions).contains_key(&key(hub, device_id))
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Invokes a direct method and waits for the device's answer: up to `connect_timeout` for
+    /// the device to be online (subscribed to methods), then up to `timeout` for its answer
+    /// (IoT Hub's `connectTimeoutInSeconds` and `responseTimeoutInSeconds`).
+    pub async fn invoke_method_waiting(
+        &self,
+        hub: &str,
+        device_id: &str,
+        name: &str,
+        payload: Value,
+        connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<(u16, Value)> {
         self.device(hub, device_id)?;
@@ -993,8 +1213,9 @@ impl HubEngine {
                 "The method payload exceeds 128 KB.",
             ));
         }
-        if !self.subscriptions(hub, device_id).methods
-            || !lock(&self.sessions).contains_key(&key(hub, device_id))
+        if !self
+            .method_listener_online(hub, device_id, connect_timeout)
+            .await
         {
             return Err(Error::service(
                 404,
@@ -1083,6 +1304,7 @@ impl HubEngine {
             serde_json::from_slice(payload)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
         };
+        self.touch(hub, device_id, false);
         let answering = key(hub, device_id);
         let waiter = {
             let mut pending = lock(&self.pending_methods);

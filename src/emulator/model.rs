@@ -288,9 +288,17 @@ pub enum DeviceAuth {
     SelfSigned {
         /// SHA-1 thumbprint, upper-case hex.
         primary_thumbprint: String,
-        /// SHA-256 thumbprint, upper-case hex.
+        /// SHA-256 thumbprint, upper-case hex (empty when the service API gave only SHA-1).
         primary_thumbprint_sha256: String,
+        /// The secondary thumbprint the service API may give (SHA-1 or SHA-256 hex, upper
+        /// case); a certificate matching either thumbprint authenticates.
+        #[serde(default)]
+        secondary_thumbprint: Option<String>,
     },
+    /// X.509 signed by a CA certificate registered with the hub itself (the service API's
+    /// `certificateAuthority`). The registry keeps such identities; the emulator keeps no
+    /// per-hub CA certificates yet, so their connections are refused (README, "Not done yet").
+    CertificateAuthority,
     /// Symmetric keys.
     Sas {
         /// Primary key.
@@ -314,4 +322,52 @@ pub struct HubDevice {
     pub initial_twin: Option<Value>,
     /// Unix seconds.
     pub created: i64,
+    /// What the service API sets beside the credentials (status, edge capability) and the
+    /// registry's own bookkeeping (generation, write count). Records written before it existed
+    /// read as a new enabled identity.
+    #[serde(default)]
+    pub registry: RegistryState,
+}
+
+/// Whether a device identity may connect (the service API's `status`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DeviceStatus {
+    /// The device may connect.
+    #[default]
+    Enabled,
+    /// The device is refused at CONNECT (and disconnected when disabled while connected).
+    Disabled,
+}
+
+impl DeviceStatus {
+    /// The service API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Enabled => "enabled",
+            DeviceStatus::Disabled => "disabled",
+        }
+    }
+}
+
+/// The registry's attributes of a device identity beyond its credentials.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RegistryState {
+    /// Enabled or disabled.
+    pub status: DeviceStatus,
+    /// Why, as the service set it (free text).
+    pub status_reason: Option<String>,
+    /// When `status` last changed, Unix seconds (0: never, written as Azure's
+    /// `0001-01-01T00:00:00Z`).
+    pub status_updated: i64,
+    /// Whether the device is an IoT Edge device (`capabilities.iotEdge`).
+    pub iot_edge: bool,
+    /// Set when the identity is created and kept by updates, so a device deleted and created
+    /// again under the same id is told apart (the service API's `generationId`). Empty for
+    /// records written before it existed (the creation time stands in).
+    pub generation_id: String,
+    /// Writes since creation: every update changes the identity's etag, even one that sets
+    /// the same values.
+    pub writes: u64,
 }

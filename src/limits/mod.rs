@@ -19,6 +19,12 @@ pub const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
 pub const MIN_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 5;
 /// Longest direct-method response timeout; Azure answers 400 past it.
 pub const MAX_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 300;
+/// Longest time a direct method waits for its device to come online before IoT Hub answers
+/// 404103 (`connectTimeoutInSeconds`, 0 by default; "Understand and invoke direct methods").
+pub const MAX_METHOD_CONNECT_TIMEOUT_SECONDS: u64 = 300;
+/// Most identities one "Get Devices" call returns (`top` outside 1 to 1,000 is taken as 1,000;
+/// REST reference, Devices - Get Devices).
+pub const MAX_LISTED_DEVICES: usize = 1000;
 /// Largest DPS registration message (DPS quotas and limits).
 pub const MAX_DPS_MESSAGE_BYTES: usize = 96 * 1024;
 /// Largest direct-method payload, the request and the device's response alike (IoT Hub

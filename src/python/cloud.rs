@@ -579,15 +579,17 @@ impl PyRestClient {
         self.run(py, client.delete_device(id))
     }
 
-    /// Every device twin (service JSON, as dicts).
+    /// The device twins an IoT Hub query selects, every page (service JSON, as dicts).
+    #[pyo3(signature = (connection_string, endpoint, query = "SELECT * FROM devices"))]
     fn hub_twins<'py>(
         &self,
         py: Python<'py>,
         connection_string: &str,
         endpoint: Option<&str>,
+        query: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let twins = self.run(py, client.twins())?;
+        let twins = self.run(py, client.query(query))?;
         json_to_py(py, &Value::Array(twins))
     }
 

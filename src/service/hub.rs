@@ -1,6 +1,6 @@
-//! The IoT Hub service API: device identities, twins, direct methods, with an `iothubowner` SAS
-//! token; plus the emulator's own C2D and telemetry calls (Azure offers those over AMQP and
-//! Event Hubs only).
+//! The IoT Hub service API: device identities, twins, queries, direct methods, with an
+//! `iothubowner` SAS token; plus the emulator's own C2D and telemetry calls (Azure offers those
+//! over AMQP and Event Hubs only).
 
 use std::time::Duration;
 
@@ -193,9 +193,15 @@ impl HubServiceClient {
 
     /// Every device twin (`SELECT * FROM devices`).
     pub async fn twins(&self) -> Result<Vec<Value>> {
-        let query = json!({"query": "SELECT * FROM devices"});
+        self.query("SELECT * FROM devices").await
+    }
+
+    /// The twins an IoT Hub query selects (`SELECT * FROM devices WHERE ...`), every page
+    /// (followed through `x-ms-continuation`).
+    pub async fn query(&self, query: &str) -> Result<Vec<Value>> {
+        let body = json!({ "query": query });
         self.rest
-            .query_all("/devices/query", Some(&query), "listing device twins")
+            .query_all("/devices/query", Some(&body), "querying device twins")
             .await
     }
 

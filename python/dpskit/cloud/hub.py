@@ -77,6 +77,15 @@ class Hub:
             )
         ]
 
+    def query(self, query: str) -> list[dict[str, Any]]:
+        """The device twins an IoT Hub query selects, every page of them: ``SELECT * FROM
+        devices``, optionally ``WHERE`` comparisons on ``deviceId``, ``status``, tags and
+        desired or reported properties, joined by ``AND``, ``OR``, ``NOT``, with
+        ``IS_DEFINED(path)``. The local cloud refuses what it does not understand
+        (``ServiceError``, 400004) rather than ignoring a clause."""
+        twins: list[dict[str, Any]] = self._cloud._rest.hub_twins(*self._service, query)
+        return twins
+
     def device(self, device_id: str) -> HubDevice:
         """One device identity."""
         identity = self._cloud._rest.hub_device(*self._service, device_id)

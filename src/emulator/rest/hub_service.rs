@@ -1,14 +1,20 @@
-//! The IoT Hub service API a walkthrough uses: device identities, twins (read, desired and tag
-//! patches), direct methods, authenticated as on Azure: a SAS token whose `sr` is the hub host
-//! (or a prefix of the resource reached, e.g. `{host}/devices/{id}`), signed by a key of the
-//! shared access policy its `skn` names, which must carry the operation's right (registry
-//! reads: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D and telemetry:
-//! `ServiceConnect`). Writes follow etags as IoT Hub's do: a PUT without `If-Match` only
-//! creates (409001 for an existing id), and a replace, delete or twin patch naming a stale etag
-//! is 412001. A hub that enforces its tier throttles each operation as IoT Hub does (429001
-//! with `Retry-After`). Plus two emulator-only calls under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and
-//! routes telemetry to Event Hubs, neither of which a REST client can reach): send a C2D
-//! message, read the stored telemetry.
+//! The IoT Hub service API (api-version 2021-04-12) as the official service SDKs call it:
+//! device identities (`sas`, `selfSigned`, `certificateAuthority`; status and its reason, edge
+//! capability, generation id, connection state and activity as the engine knows them), the
+//! identity list and the registry and service statistics, twins (read, PATCH, PUT replace),
+//! queries (`hub_query.rs`: `SELECT * FROM devices [WHERE ...]`, paged by
+//! `x-ms-max-item-count` and `x-ms-continuation`), direct methods (connect and response
+//! timeouts). Authenticated as on Azure: a SAS token whose `sr` is the hub host (or a prefix of
+//! the resource reached, e.g. `{host}/devices/{id}`), signed by a key of the shared access
+//! policy its `skn` names, which must carry the operation's right (registry reads and
+//! statistics: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D,
+//! telemetry and service statistics: `ServiceConnect`). Writes follow etags as IoT Hub's do: a
+//! PUT without `If-Match` only creates (409001 for an existing id), and a replace, delete, twin
+//! patch or twin replace naming a stale etag is 412001. A hub that enforces its tier throttles
+//! each operation as IoT Hub does (429001 with `Retry-After`). Plus two emulator-only calls
+//! under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and routes telemetry to
+//! Event Hubs, neither of which a REST client can reach): send a C2D message, read the stored
+//! telemetry.
 
 use std::time::Duration;
 
@@ -19,9 +25,11 @@ use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::hub_query::TwinQuery;
 use super::{Reply, RestContext};
 use crate::emulator::cloud::{azure_time, random_guid};
-use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
+use crate::emulator::hub::TwinWrite;
+use crate::emulator::model::{DeviceAuth, DeviceStatus, HubDevice, HubRecord, RegistryState};
 use crate::emulator::quotas::retry_after_seconds;
 use crate::error::Error;
 use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
@@ -29,6 +37,7 @@ use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
 /// Azure's default and largest direct-method response timeouts.
 const DEFAULT_METHOD_TIMEOUT: u64 = 30;
 const MAX_METHOD_TIMEOUT: u64 = crate::limits::MAX_METHOD_RESPONSE_TIMEOUT_SECONDS;
+const MAX_CONNECT_TIMEOUT: u64 = crate::limits::MAX_METHOD_CONNECT_TIMEOUT_SECONDS;
 
 /// IoT Hub's error body (`Message` with the code, as the service writes it, plus the numeric
 /// `errorCode` dpskit's client reads) and the `iothub-errorcode` header.
@@ -75,11 +84,13 @@ pub(super) struct HubCaller {
 /// the caller is authenticated).
 fn required_right(method: &Method, lower: &[&str]) -> Option<&'static str> {
     match (method, lower) {
-        (&Method::POST, ["devices", "query"]) | (&Method::GET, ["devices", _]) => {
+        (&Method::POST, ["devices", "query"])
+        | (&Method::GET, ["devices"] | ["devices", _] | ["statistics", "devices"]) => {
             Some("RegistryRead")
         }
         (&Method::PUT | &Method::DELETE, ["devices", _]) => Some("RegistryWrite"),
-        (&Method::GET | &Method::PATCH, ["twins", _])
+        (&Method::GET | &Method::PATCH | &Method::PUT, ["twins", _])
+        | (&Method::GET, ["statistics", "service"])
         | (&Method::POST, ["twins", _, "methods"])
         | (&Method::POST, ["dpskit", "devices", _, "c2d"])
         | (&Method::GET, ["dpskit", "telemetry"]) => Some("ServiceConnect"),
@@ -96,9 +107,12 @@ fn throttled_operation(
 ) -> Option<(HubOperation, f64)> {
     let operation = match (method, lower) {
         (&Method::POST, ["devices", "query"]) => HubOperation::Query,
-        (&Method::GET | &Method::PUT | &Method::DELETE, ["devices", _]) => HubOperation::Registry,
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["devices", _])
+        | (&Method::GET, ["devices"] | ["statistics", "devices" | "service"]) => {
+            HubOperation::Registry
+        }
         (&Method::GET, ["twins", _]) => HubOperation::TwinRead,
-        (&Method::PATCH, ["twins", _]) => HubOperation::TwinUpdate,
+        (&Method::PATCH | &Method::PUT, ["twins", _]) => HubOperation::TwinUpdate,
         (&Method::POST, ["twins", _, "methods"]) => {
             // An unreadable body costs one block here and is refused as malformed after.
             let payload = serde_json::from_slice::<Value>(body)
@@ -153,7 +167,8 @@ pub(super) async fn handle(
         return reply;
     }
     let outcome = match (&parts.method, lower.as_slice()) {
-        (&Method::POST, ["devices", "query"]) => query_twins(context, host, &parts.headers),
+        (&Method::POST, ["devices", "query"]) => query_twins(context, host, &parts.headers, body),
+        (&Method::GET, ["devices"]) => list_devices(context, host, query),
         (&Method::GET, ["devices", _]) => context
             .cloud
             .hub_device(host, segments[1])
@@ -161,11 +176,20 @@ pub(super) async fn handle(
             .map(|d| Reply::json(StatusCode::OK, identity_json(context, &d))),
         (&Method::PUT, ["devices", _]) => put_device(context, host, segments[1], body, if_match),
         (&Method::DELETE, ["devices", _]) => delete_device(context, host, segments[1], if_match),
-        (&Method::GET, ["twins", _]) => context
-            .hubs
-            .service_twin(host, segments[1])
-            .map(|t| Reply::json(StatusCode::OK, t)),
-        (&Method::PATCH, ["twins", _]) => patch_twin(context, host, segments[1], body, if_match),
+        (&Method::GET, ["statistics", "devices"]) => Ok(registry_statistics(context, host)),
+        (&Method::GET, ["statistics", "service"]) => Ok(Reply::json(
+            StatusCode::OK,
+            json!({"connectedDeviceCount": context.hubs.connected_count(host)}),
+        )),
+        (&Method::GET, ["twins", _]) => read_twin(context, host, segments[1]),
+        (&Method::PATCH | &Method::PUT, ["twins", _]) => write_twin(
+            context,
+            host,
+            segments[1],
+            body,
+            if_match,
+            parts.method == Method::PUT,
+        ),
         (&Method::POST, ["twins", _, "methods"]) => {
             invoke_method(context, host, segments[1], body).await
         }
@@ -202,44 +226,192 @@ fn json_body(body: &[u8]) -> crate::Result<Value> {
         .map_err(|e| Error::config_caused("the request body is not JSON", e))
 }
 
-/// The device identity document.
-fn identity_json(context: &RestContext, device: &HubDevice) -> Value {
-    let authentication = match &device.auth {
+/// Azure's time for "never" (an identity that never connected, a status never changed).
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+fn time_or_never(unix: i64) -> String {
+    if unix > 0 {
+        azure_time(unix)
+    } else {
+        NEVER.into()
+    }
+}
+
+/// The identity's `generationId`: set at creation (the creation time for records written
+/// before it was kept).
+fn generation_id(device: &HubDevice) -> String {
+    if device.registry.generation_id.is_empty() {
+        format!("{}", device.created)
+    } else {
+        device.registry.generation_id.clone()
+    }
+}
+
+/// A fresh `generationId` as IoT Hub writes them: the creation time in .NET ticks (100 ns
+/// since 0001-01-01), 18 digits.
+fn new_generation_id() -> String {
+    const TICKS_AT_UNIX_EPOCH: u128 = 621_355_968_000_000_000;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}", TICKS_AT_UNIX_EPOCH + since_epoch.as_nanos() / 100)
+}
+
+/// The `authentication` object of an identity (keys and thumbprints both present, null where
+/// the type has none, as the service writes them).
+fn authentication_json(auth: &DeviceAuth) -> Value {
+    let (kind, keys, thumbprints) = match auth {
         DeviceAuth::SelfSigned {
-            primary_thumbprint, ..
-        } => json!({
-            "type": "selfSigned",
-            "symmetricKey": {"primaryKey": null, "secondaryKey": null},
-            "x509Thumbprint": {"primaryThumbprint": primary_thumbprint, "secondaryThumbprint": null},
-        }),
+            primary_thumbprint,
+            secondary_thumbprint,
+            ..
+        } => (
+            "selfSigned",
+            (None, None),
+            (
+                Some(primary_thumbprint.clone()),
+                secondary_thumbprint.clone(),
+            ),
+        ),
         DeviceAuth::Sas {
             primary_key,
             secondary_key,
-        } => json!({
-            "type": "sas",
-            "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key},
-            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
-        }),
+        } => (
+            "sas",
+            (Some(primary_key.clone()), Some(secondary_key.clone())),
+            (None, None),
+        ),
+        DeviceAuth::CertificateAuthority => ("certificateAuthority", (None, None), (None, None)),
     };
-    let connected = context.hubs.is_connected(&device.hub, &device.device_id);
     json!({
-        "deviceId": device.device_id,
-        "generationId": format!("{}", device.created),
-        "etag": identity_etag(device),
-        "connectionState": if connected { "Connected" } else { "Disconnected" },
-        "status": "enabled",
-        "statusReason": null,
-        "connectionStateUpdatedTime": azure_time(device.created),
-        "statusUpdatedTime": azure_time(device.created),
-        "lastActivityTime": azure_time(device.created),
-        "cloudToDeviceMessageCount": 0,
-        "authentication": authentication,
-        "capabilities": {"iotEdge": false},
+        "symmetricKey": {"primaryKey": keys.0, "secondaryKey": keys.1},
+        "x509Thumbprint": {"primaryThumbprint": thumbprints.0, "secondaryThumbprint": thumbprints.1},
+        "type": kind,
     })
 }
 
-/// A device identity's etag: a digest of the identity as stored (its credentials and write
-/// time), so every write that changes it changes the etag, even within one second.
+/// Queued cloud-to-device messages of a device (0 when the queue cannot be read: the count is
+/// informative, and the read that failed is logged).
+fn c2d_count(context: &RestContext, device: &HubDevice) -> usize {
+    context
+        .hubs
+        .c2d_queue(&device.hub, &device.device_id)
+        .map(|queue| queue.len())
+        .unwrap_or_else(|e| {
+            log::warn!(
+                "emulator: reading the C2D queue of {} failed: {e}",
+                device.device_id
+            );
+            0
+        })
+}
+
+/// The device identity document, in the order IoT Hub writes its fields.
+fn identity_json(context: &RestContext, device: &HubDevice) -> Value {
+    let connected = context.hubs.is_connected(&device.hub, &device.device_id);
+    let activity = context.hubs.activity(&device.hub, &device.device_id);
+    json!({
+        "deviceId": device.device_id,
+        "generationId": generation_id(device),
+        "etag": identity_etag(device),
+        "connectionState": if connected { "Connected" } else { "Disconnected" },
+        "status": device.registry.status.as_str(),
+        "statusReason": device.registry.status_reason,
+        "connectionStateUpdatedTime": time_or_never(activity.connection_state_updated),
+        "statusUpdatedTime": time_or_never(device.registry.status_updated),
+        "lastActivityTime": time_or_never(activity.last_activity),
+        "cloudToDeviceMessageCount": c2d_count(context, device),
+        "authentication": authentication_json(&device.auth),
+        "capabilities": {"iotEdge": device.registry.iot_edge},
+    })
+}
+
+/// The twin document as the service API returns it: the engine's twin (etag, version, tags,
+/// properties) with the identity's fields around it, in the order IoT Hub writes them.
+fn twin_json(context: &RestContext, device: &HubDevice, twin: Value) -> Value {
+    let Value::Object(mut twin) = twin else {
+        return twin;
+    };
+    let connected = context.hubs.is_connected(&device.hub, &device.device_id);
+    let activity = context.hubs.activity(&device.hub, &device.device_id);
+    let thumbprint = match &device.auth {
+        DeviceAuth::SelfSigned {
+            primary_thumbprint,
+            secondary_thumbprint,
+            ..
+        } => {
+            json!({"primaryThumbprint": primary_thumbprint, "secondaryThumbprint": secondary_thumbprint})
+        }
+        _ => json!({"primaryThumbprint": null, "secondaryThumbprint": null}),
+    };
+    let mut out = serde_json::Map::with_capacity(twin.len() + 12);
+    let mut take = |out: &mut serde_json::Map<String, Value>, key: &str| {
+        if let Some(value) = twin.remove(key) {
+            out.insert(key.into(), value);
+        }
+    };
+    take(&mut out, "deviceId");
+    take(&mut out, "etag");
+    out.insert("deviceEtag".into(), json!(identity_etag(device)));
+    out.insert("status".into(), json!(device.registry.status.as_str()));
+    if let Some(reason) = &device.registry.status_reason {
+        out.insert("statusReason".into(), json!(reason));
+    }
+    out.insert(
+        "statusUpdateTime".into(),
+        json!(time_or_never(device.registry.status_updated)),
+    );
+    out.insert(
+        "connectionState".into(),
+        json!(if connected {
+            "Connected"
+        } else {
+            "Disconnected"
+        }),
+    );
+    out.insert(
+        "lastActivityTime".into(),
+        json!(time_or_never(activity.last_activity)),
+    );
+    out.insert(
+        "cloudToDeviceMessageCount".into(),
+        json!(c2d_count(context, device)),
+    );
+    out.insert(
+        "authenticationType".into(),
+        authentication_json(&device.auth)["type"].clone(),
+    );
+    out.insert("x509Thumbprint".into(), thumbprint);
+    take(&mut out, "version");
+    take(&mut out, "tags");
+    take(&mut out, "properties");
+    out.extend(twin);
+    out.insert(
+        "capabilities".into(),
+        json!({"iotEdge": device.registry.iot_edge}),
+    );
+    Value::Object(out)
+}
+
+fn device_or_404(context: &RestContext, host: &str, device_id: &str) -> crate::Result<HubDevice> {
+    context
+        .cloud
+        .hub_device(host, device_id)
+        .ok_or_else(|| not_found(device_id, host))
+}
+
+/// GET `/twins/{id}`.
+fn read_twin(context: &RestContext, host: &str, device_id: &str) -> crate::Result<Reply> {
+    let device = device_or_404(context, host, device_id)?;
+    let twin = context.hubs.service_twin(host, device_id)?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        twin_json(context, &device, twin),
+    ))
+}
+
+/// A device identity's etag: a digest of the identity as stored (its credentials, status and
+/// write count), so every write changes it, even one that sets the same values.
 fn identity_etag(device: &HubDevice) -> String {
     let record = serde_json::to_vec(device).unwrap_or_default();
     let digest = ring::digest::digest(&ring::digest::SHA256, &record);
@@ -275,6 +447,11 @@ fn stale_etag(what: &str, device_id: &str) -> Error {
     )
 }
 
+/// A malformed request: 400004 (`ArgumentInvalid`), as IoT Hub answers it.
+fn invalid(message: String) -> Error {
+    Error::service(400, 400_004, message)
+}
+
 /// Deletes a device identity; with an `If-Match` that is not the wildcard, only while the
 /// identity still has that etag (as on Azure; without one the delete is unconditional).
 fn delete_device(
@@ -283,10 +460,7 @@ fn delete_device(
     device_id: &str,
     if_match: Option<&str>,
 ) -> crate::Result<Reply> {
-    let existing = context
-        .cloud
-        .hub_device(host, device_id)
-        .ok_or_else(|| not_found(device_id, host))?;
+    let existing = device_or_404(context, host, device_id)?;
     if if_match.is_some_and(|tag| !etag_matches(tag, &existing)) {
         return Err(stale_etag("identity", device_id));
     }
@@ -294,10 +468,85 @@ fn delete_device(
     Ok(Reply::empty(StatusCode::NO_CONTENT))
 }
 
-/// Creates or replaces a device identity: `sas` (keys generated when null) or `selfSigned`
-/// (thumbprints, as DPS creates X.509 devices). As on Azure, a PUT without `If-Match` only
-/// creates (an existing id is 409001), and a replace must name the current etag or `*`
-/// (else 412001); an `If-Match` other than `*` for a device that does not exist is 404001.
+/// An X.509 thumbprint as the service takes it: SHA-1 (40) or SHA-256 (64) hex digits,
+/// stored upper case.
+fn thumbprint(value: &Value, which: &str) -> crate::Result<Option<String>> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(text) if text.is_empty() => Ok(None),
+        Value::String(text)
+            if matches!(text.len(), 40 | 64) && text.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Ok(Some(text.to_ascii_uppercase()))
+        }
+        other => Err(invalid(format!(
+            "x509Thumbprint.{which} must be a SHA-1 (40) or SHA-256 (64) hex thumbprint, not \
+             {other}"
+        ))),
+    }
+}
+
+/// The credentials a PUT asks for: `sas` (keys generated when null or empty), `selfSigned`
+/// (a primary thumbprint, an optional secondary) or `certificateAuthority`.
+fn requested_auth(authentication: &Value) -> crate::Result<DeviceAuth> {
+    if !(authentication.is_null() || authentication.is_object()) {
+        return Err(invalid("authentication must be an object".into()));
+    }
+    let kind = match &authentication["type"] {
+        Value::Null => "sas",
+        Value::String(kind) => kind.as_str(),
+        other => {
+            return Err(invalid(format!(
+                "authentication.type {other} is not a string"
+            )));
+        }
+    };
+    match kind.to_ascii_lowercase().as_str() {
+        "sas" => {
+            let key = |k: &str| -> crate::Result<String> {
+                match &authentication["symmetricKey"][k] {
+                    Value::Null => crate::sas::generate_key(),
+                    Value::String(key) if key.is_empty() => crate::sas::generate_key(),
+                    Value::String(key) => {
+                        crate::sas::validate_symmetric_key(&format!("symmetricKey.{k}"), key)
+                            .map_err(|e| invalid(e.to_string()))?;
+                        Ok(key.clone())
+                    }
+                    other => Err(invalid(format!("symmetricKey.{k} {other} is not a string"))),
+                }
+            };
+            Ok(DeviceAuth::Sas {
+                primary_key: key("primaryKey")?,
+                secondary_key: key("secondaryKey")?,
+            })
+        }
+        "selfsigned" => {
+            let thumbprints = &authentication["x509Thumbprint"];
+            let primary = thumbprint(&thumbprints["primaryThumbprint"], "primaryThumbprint")?
+                .ok_or_else(|| {
+                    invalid("a selfSigned device needs x509Thumbprint.primaryThumbprint".into())
+                })?;
+            Ok(DeviceAuth::SelfSigned {
+                primary_thumbprint: primary,
+                primary_thumbprint_sha256: String::new(),
+                secondary_thumbprint: thumbprint(
+                    &thumbprints["secondaryThumbprint"],
+                    "secondaryThumbprint",
+                )?,
+            })
+        }
+        "certificateauthority" => Ok(DeviceAuth::CertificateAuthority),
+        other => Err(invalid(format!(
+            "authentication.type {other:?} is not one of sas, selfSigned, certificateAuthority"
+        ))),
+    }
+}
+
+/// Creates or replaces a device identity with the credentials, status and capabilities the
+/// body gives. As on Azure, a PUT without `If-Match` only creates (an existing id is 409001),
+/// and a replace must name the current etag or `*` (else 412001); an `If-Match` other than
+/// `*` for a device that does not exist is 404001. A replace keeps the identity's generation
+/// and twin; disabling a connected device closes its connection.
 fn put_device(
     context: &RestContext,
     host: &str,
@@ -307,6 +556,16 @@ fn put_device(
 ) -> crate::Result<Reply> {
     crate::emulator::cloud::validate_device_id(device_id)?;
     let body = json_body(body)?;
+    if !body.is_object() {
+        return Err(invalid("the device identity must be a JSON object".into()));
+    }
+    if let Some(named) = body["deviceId"].as_str()
+        && named != device_id
+    {
+        return Err(invalid(format!(
+            "the body names device '{named}', the path '{device_id}'"
+        )));
+    }
     let existing = context.cloud.hub_device(host, device_id);
     match (&existing, if_match) {
         (None, Some(tag)) if unquoted(tag) != "*" => {
@@ -327,50 +586,106 @@ fn put_device(
         }
         _ => {}
     }
-    let authentication = &body["authentication"];
-    let kind = authentication["type"].as_str().unwrap_or("sas");
-    let auth = match kind.to_ascii_lowercase().as_str() {
-        "sas" => {
-            let key = |k: &str| -> crate::Result<String> {
-                match authentication["symmetricKey"][k]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                {
-                    Some(key) => Ok(key.to_string()),
-                    None => crate::sas::generate_key(),
-                }
-            };
-            DeviceAuth::Sas {
-                primary_key: key("primaryKey")?,
-                secondary_key: key("secondaryKey")?,
-            }
-        }
-        "selfsigned" => {
-            let thumbprint = authentication["x509Thumbprint"]["primaryThumbprint"]
-                .as_str()
-                .ok_or_else(|| {
-                    Error::config("a selfSigned device needs x509Thumbprint.primaryThumbprint")
-                })?;
-            DeviceAuth::SelfSigned {
-                primary_thumbprint: thumbprint.to_ascii_uppercase(),
-                primary_thumbprint_sha256: String::new(),
-            }
-        }
+    let auth = requested_auth(&body["authentication"])?;
+    let status = match &body["status"] {
+        Value::Null => DeviceStatus::Enabled,
+        Value::String(s) if s.eq_ignore_ascii_case("enabled") => DeviceStatus::Enabled,
+        Value::String(s) if s.eq_ignore_ascii_case("disabled") => DeviceStatus::Disabled,
         other => {
-            return Err(Error::config(format!(
-                "authentication type {other:?} is not emulated: use sas or selfSigned"
+            return Err(invalid(format!(
+                "status {other} is not \"enabled\" or \"disabled\""
             )));
         }
     };
-    let device = HubDevice {
-        device_id: device_id.to_string(),
-        hub: host.to_string(),
-        auth,
-        initial_twin: existing.and_then(|d| d.initial_twin),
-        created: crate::clock::now(),
+    let status_reason = match &body["statusReason"] {
+        Value::Null => None,
+        Value::String(reason) => Some(reason.clone()),
+        other => return Err(invalid(format!("statusReason {other} is not a string"))),
+    };
+    let iot_edge = match &body["capabilities"]["iotEdge"] {
+        Value::Null => false,
+        Value::Bool(edge) => *edge,
+        other => {
+            return Err(invalid(format!(
+                "capabilities.iotEdge {other} is not a boolean"
+            )));
+        }
+    };
+    let now = crate::clock::now();
+    let device = match existing {
+        Some(old) => HubDevice {
+            auth,
+            registry: RegistryState {
+                status,
+                status_reason,
+                status_updated: if old.registry.status == status {
+                    old.registry.status_updated
+                } else {
+                    now
+                },
+                iot_edge,
+                generation_id: generation_id(&old),
+                writes: old.registry.writes + 1,
+            },
+            ..old
+        },
+        None => HubDevice {
+            device_id: device_id.to_string(),
+            hub: host.to_string(),
+            auth,
+            initial_twin: None,
+            created: now,
+            registry: RegistryState {
+                status,
+                status_reason,
+                status_updated: 0,
+                iot_edge,
+                generation_id: new_generation_id(),
+                writes: 0,
+            },
+        },
     };
     context.cloud.put_hub_device(device.clone())?;
+    if status == DeviceStatus::Disabled {
+        // As IoT Hub does: a disabled device is disconnected (and refused when it reconnects).
+        context.hubs.drop_connection(host, device_id);
+    }
     Ok(Reply::json(StatusCode::OK, identity_json(context, &device)))
+}
+
+/// "Get Devices": up to `top` identities (1 to 1,000; anything else is 1,000, as the REST
+/// reference says), in device-id order, with their keys.
+fn list_devices(context: &RestContext, host: &str, query: &str) -> crate::Result<Reply> {
+    let top = crate::protocol::query_pairs(query)
+        .find(|(k, _)| k.eq_ignore_ascii_case("top"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .filter(|top| (1..=crate::limits::MAX_LISTED_DEVICES).contains(top))
+        .unwrap_or(crate::limits::MAX_LISTED_DEVICES);
+    let mut devices = context.cloud.hub_devices(host);
+    devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    let items: Vec<Value> = devices
+        .iter()
+        .take(top)
+        .map(|d| identity_json(context, d))
+        .collect();
+    Ok(Reply::json(StatusCode::OK, Value::Array(items)))
+}
+
+/// The registry's counts of identities: all, enabled, disabled.
+fn registry_statistics(context: &RestContext, host: &str) -> Reply {
+    let devices = context.cloud.hub_devices(host);
+    let disabled = devices
+        .iter()
+        .filter(|d| d.registry.status == DeviceStatus::Disabled)
+        .count();
+    Reply::json(
+        StatusCode::OK,
+        json!({
+            "totalDeviceCount": devices.len(),
+            "enabledDeviceCount": devices.len() - disabled,
+            "disabledDeviceCount": disabled,
+        }),
+    )
 }
 
 /// The continuation token after `device_id`: its bytes in hex (opaque to clients, and safe in
@@ -399,15 +714,27 @@ fn continuation_device(token: &str) -> Option<String> {
 /// larger request is served 100 at a time, and the client follows `x-ms-continuation`).
 const QUERY_PAGE_ITEMS: usize = 100;
 
-/// `SELECT * FROM devices`, a page at a time: at most `x-ms-max-item-count` twins (and
-/// [`QUERY_PAGE_ITEMS`]) in device-id order after the `x-ms-continuation` the previous page
-/// returned. The token names the last device served (opaque to clients), so devices created or
-/// deleted between pages neither repeat nor hide the others.
+/// `{"query": "SELECT * FROM devices [WHERE ...]"}`, a page at a time: at most
+/// `x-ms-max-item-count` matching twins (and [`QUERY_PAGE_ITEMS`]) in device-id order after
+/// the `x-ms-continuation` the previous page returned; a page is followed by a token only
+/// when more twins match. The token names the last device served (opaque to clients), so
+/// devices created or deleted between pages neither repeat nor hide the others. A query the
+/// emulator does not understand is 400004 with the reason, never run without the clause.
 fn query_twins(
     context: &RestContext,
     host: &str,
     headers: &hyper::HeaderMap,
+    body: &[u8],
 ) -> crate::Result<Reply> {
+    let body = json_body(body)?;
+    let text = body["query"]
+        .as_str()
+        .ok_or_else(|| invalid("the query specification needs \"query\"".into()))?;
+    let query = TwinQuery::parse(text).map_err(|why| {
+        invalid(format!(
+            "The query is invalid. Please check the format of the query and try again: {why}."
+        ))
+    })?;
     // A header that is there but unreadable is refused, not taken as absent: a garbled
     // continuation would otherwise restart the listing from the first device.
     let header = |name: &str| -> crate::Result<Option<&str>> {
@@ -448,75 +775,103 @@ fn query_twins(
         .filter(|d| after.as_deref().is_none_or(|a| d.device_id.as_str() > a))
         .collect();
     devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-    let more = devices.len() > page_items;
-    devices.truncate(page_items);
-    let mut twins = Vec::with_capacity(devices.len());
+    let mut twins = Vec::new();
+    let mut last_served = None;
+    let mut more = false;
     for device in &devices {
-        let mut twin = context.hubs.service_twin(host, &device.device_id)?;
-        if let Some(map) = twin.as_object_mut() {
-            let connected = context.hubs.is_connected(host, &device.device_id);
-            map.insert(
-                "connectionState".into(),
-                json!(if connected {
-                    "Connected"
-                } else {
-                    "Disconnected"
-                }),
-            );
-            map.insert("status".into(), json!("enabled"));
-            let (kind, thumbprint) = match &device.auth {
-                DeviceAuth::SelfSigned {
-                    primary_thumbprint, ..
-                } => ("selfSigned", Some(primary_thumbprint.clone())),
-                DeviceAuth::Sas { .. } => ("sas", None),
-            };
-            map.insert("authenticationType".into(), json!(kind));
-            map.insert(
-                "x509Thumbprint".into(),
-                json!({"primaryThumbprint": thumbprint, "secondaryThumbprint": null}),
-            );
+        let twin = match context.hubs.service_twin(host, &device.device_id) {
+            Ok(twin) => twin_json(context, device, twin),
+            // Deleted since the list was read.
+            Err(Error::Service(e)) if e.status == 404 => continue,
+            Err(e) => return Err(e),
+        };
+        if !query.matches(&twin) {
+            continue;
+        }
+        if twins.len() == page_items {
+            more = true;
+            break;
         }
         twins.push(twin);
+        last_served = Some(device.device_id.as_str());
     }
     let mut reply = Reply::json(StatusCode::OK, Value::Array(twins));
     reply.headers.push(("x-ms-item-type", "twin".into()));
-    if let (true, Some(last)) = (more, devices.last()) {
+    if let (true, Some(last)) = (more, last_served) {
         reply
             .headers
-            .push(("x-ms-continuation", continuation_token(&last.device_id)));
+            .push(("x-ms-continuation", continuation_token(last)));
     }
     Ok(reply)
 }
 
-/// `{"tags": {...}, "properties": {"desired": {...}}}`, applied as merge patches.
-/// Merges tags and desired properties into a twin; with an `If-Match` other than `*`, only
-/// while the twin still has that etag (412001 otherwise, nothing changed), as on Azure.
-fn patch_twin(
+/// A twin section of a request body: an object, or absent (`None`).
+fn section<'a>(
+    value: &'a Value,
+    name: &str,
+) -> crate::Result<Option<&'a serde_json::Map<String, Value>>> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Object(map) => Ok(Some(map)),
+        other => Err(invalid(format!("{name} must be an object, not {other}"))),
+    }
+}
+
+/// PATCH `/twins/{id}` merges `{"tags": {...}, "properties": {"desired": {...}}}` into the
+/// twin; PUT (`replace`) makes them the twin's tags and desired properties, the reported ones
+/// untouched. Either with an `If-Match` other than `*` only while the twin still has that etag
+/// (412001 otherwise, nothing changed), as on Azure.
+fn write_twin(
     context: &RestContext,
     host: &str,
     device_id: &str,
     body: &[u8],
     if_match: Option<&str>,
+    replace: bool,
 ) -> crate::Result<Reply> {
     let body = json_body(body)?;
-    let mut twin = context.hubs.service_twin(host, device_id)?;
-    if let Some(tag) = if_match.map(unquoted)
-        && tag != "*"
-        && Some(tag) != twin["etag"].as_str()
-    {
-        return Err(stale_etag("twin", device_id));
+    if !body.is_object() {
+        return Err(invalid("the twin must be a JSON object".into()));
     }
-    if let Some(tags) = body["tags"].as_object() {
-        twin = context.hubs.update_tags(host, device_id, tags)?;
+    let device = device_or_404(context, host, device_id)?;
+    let tags = section(&body["tags"], "tags")?;
+    let desired = section(&body["properties"]["desired"], "properties.desired")?;
+    let empty = serde_json::Map::new();
+    let write = if replace {
+        TwinWrite::Replace {
+            tags: tags.unwrap_or(&empty),
+            desired: desired.unwrap_or(&empty),
+        }
+    } else {
+        TwinWrite::Patch { tags, desired }
+    };
+    let twin = context
+        .hubs
+        .write_twin(host, device_id, write, if_match.map(unquoted))?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        twin_json(context, &device, twin),
+    ))
+}
+
+/// A whole number of seconds from a method request, `default` when absent; past `max` (or
+/// not a whole number) is 400, as Azure refuses it rather than clamping.
+fn method_seconds(value: &Value, name: &str, default: u64, max: u64) -> crate::Result<u64> {
+    match value {
+        Value::Null => Ok(default),
+        value => match value.as_u64() {
+            Some(t) if t <= max => Ok(t),
+            _ => Err(invalid(format!(
+                "{name} must be a whole number of seconds up to {max}, not {value}"
+            ))),
+        },
     }
-    if let Some(desired) = body["properties"]["desired"].as_object() {
-        twin = context.hubs.update_desired(host, device_id, desired)?;
-    }
-    Ok(Reply::json(StatusCode::OK, twin))
 }
 
 /// `{"methodName", "payload", "responseTimeoutInSeconds", "connectTimeoutInSeconds"}` →
-/// `{"status", "payload"}`; an offline device is 404103 as on Azure.
+/// `{"status", "payload"}`: the device has `connectTimeoutInSeconds` (0 by default) to be
+/// online, else 404103, then `responseTimeoutInSeconds` (30 by default, at least 5) to answer,
+/// else 504101, as on Azure.
 async fn invoke_method(
     context: &RestContext,
     host: &str,
@@ -527,34 +882,28 @@ async fn invoke_method(
     let name = body["methodName"]
         .as_str()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Error::config("a method invocation needs \"methodName\""))?;
-    let timeout = match &body["responseTimeoutInSeconds"] {
-        Value::Null => DEFAULT_METHOD_TIMEOUT,
-        // Azure refuses a timeout past 300 s (or not a whole number) with 400 rather than
-        // clamping it, so a client asking for more learns it here as it would there.
-        value => match value.as_u64() {
-            Some(t) if t <= MAX_METHOD_TIMEOUT => {
-                t.max(crate::limits::MIN_METHOD_RESPONSE_TIMEOUT_SECONDS)
-            }
-            _ => {
-                return Err(Error::service(
-                    400,
-                    400_004,
-                    format!(
-                        "responseTimeoutInSeconds must be a whole number of seconds from 5 to \
-                         {MAX_METHOD_TIMEOUT}, not {value}"
-                    ),
-                ));
-            }
-        },
-    };
+        .ok_or_else(|| invalid("a method invocation needs \"methodName\"".into()))?;
+    let timeout = method_seconds(
+        &body["responseTimeoutInSeconds"],
+        "responseTimeoutInSeconds",
+        DEFAULT_METHOD_TIMEOUT,
+        MAX_METHOD_TIMEOUT,
+    )?
+    .max(crate::limits::MIN_METHOD_RESPONSE_TIMEOUT_SECONDS);
+    let connect_timeout = method_seconds(
+        &body["connectTimeoutInSeconds"],
+        "connectTimeoutInSeconds",
+        0,
+        MAX_CONNECT_TIMEOUT,
+    )?;
     let (status, payload) = context
         .hubs
-        .invoke_method(
+        .invoke_method_waiting(
             host,
             device_id,
             name,
             body["payload"].clone(),
+            Duration::from_secs(connect_timeout),
             Duration::from_secs(timeout),
         )
         .await?;

@@ -36,6 +36,7 @@ const MAX_BODY: usize = 4 * 1024 * 1024;
 
 mod arm;
 mod dps_service;
+mod hub_query;
 mod hub_service;
 mod operations;
 pub mod recorder;
@@ -298,7 +299,7 @@ fn authorize(
     let path = parts.uri.path();
     let first = segments.first().map(|s| s.to_ascii_lowercase());
     match first.as_deref() {
-        Some("devices" | "twins" | "dpskit") => {
+        Some("devices" | "twins" | "statistics" | "dpskit") => {
             hub_service::authorize(parts, segments, context).map(Caller::Hub)
         }
         Some("enrollments" | "enrollmentgroups" | "registrations") => {

@@ -1251,3 +1251,93 @@ fn twin_patches_follow_etags() {
         assert_eq!(patch("*".into(), "green").await.status, 200);
     });
 }
+
+/// The registry as the official service SDK reads it, over raw HTTPS: status and its reason
+/// kept on update (with the generation), the identity list and statistics, and a query whose
+/// `WHERE` selects, paged one twin at a time by `x-ms-max-item-count` and `x-ms-continuation`;
+/// a query it does not understand is 400004, never run without its clause.
+#[test]
+fn registry_status_lists_statistics_and_queries_with_where_and_paging() {
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    let key = hub.policy("iothubowner").unwrap().primary_key.clone();
+    let owner = token(&hub.host_name, &key, "iothubowner");
+    let client = Client::new(&emulator, "127.0.0.1");
+    runtime().block_on(async {
+        let request = |method: &'static str, path: String, headers: Vec<String>, body: Value| {
+            let (client, owner) = (&client, &owner);
+            async move {
+                let body = body.to_string();
+                let mut request = format!(
+                    "{method} {path}?api-version=2021-04-12 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                     Connection: close\r\nAuthorization: {owner}\r\nContent-Type: \
+                     application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                );
+                for header in headers {
+                    request.push_str(&format!("{header}\r\n"));
+                }
+                request.push_str("\r\n");
+                request.push_str(&body);
+                client.raw(request.as_bytes()).await.unwrap()
+            }
+        };
+        for (id, site) in [("d-1", "lab"), ("d-2", "plant"), ("d-3", "lab"), ("d-4", "lab")] {
+            let body = json!({"deviceId": id, "status": "enabled",
+                "authentication": {"type": "selfSigned",
+                    "x509Thumbprint": {"primaryThumbprint": "AB".repeat(20)}}});
+            let created = request("PUT", format!("/devices/{id}"), vec![], body).await;
+            assert_eq!(created.status, 200, "{created:?}");
+            let patch = json!({"tags": {"site": site}});
+            assert_eq!(request("PATCH", format!("/twins/{id}"), vec![], patch).await.status, 200);
+        }
+        let before = request("GET", "/devices/d-2".into(), vec![], json!(null)).await;
+        let disable = json!({"deviceId": "d-2", "status": "disabled", "statusReason": "stolen",
+            "authentication": {"type": "certificateAuthority"}});
+        let etag = format!("If-Match: \"{}\"", before.body["etag"].as_str().unwrap());
+        let disabled = request("PUT", "/devices/d-2".into(), vec![etag], disable).await;
+        assert_eq!(disabled.status, 200, "{disabled:?}");
+        assert_eq!(
+            (&disabled.body["status"], &disabled.body["statusReason"]),
+            (&json!("disabled"), &json!("stolen"))
+        );
+        assert_eq!(disabled.body["authentication"]["type"], "certificateAuthority");
+        assert_eq!(disabled.body["generationId"], before.body["generationId"]);
+        assert_ne!(disabled.body["etag"], before.body["etag"]);
+
+        let listed = request("GET", "/devices".into(), vec![], json!(null)).await;
+        let ids: Vec<&str> = listed.body.as_array().unwrap().iter().map(|d| d["deviceId"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["d-1", "d-2", "d-3", "d-4"]);
+        let statistics = request("GET", "/statistics/devices".into(), vec![], json!(null)).await;
+        assert_eq!(
+            statistics.body,
+            json!({"totalDeviceCount": 4, "enabledDeviceCount": 3, "disabledDeviceCount": 1})
+        );
+
+        let query = json!({"query": "SELECT * FROM devices WHERE tags.site = 'lab' AND status = 'enabled'"});
+        let mut pages = Vec::new();
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut headers = vec!["x-ms-max-item-count: 1".to_string()];
+            headers.extend(continuation.as_ref().map(|c| format!("x-ms-continuation: {c}")));
+            let page = request("POST", "/devices/query".into(), headers, query.clone()).await;
+            assert_eq!(page.status, 200, "{page:?}");
+            assert!(page.head.contains("x-ms-item-type: twin"), "{page:?}");
+            pages.push(page.body.as_array().unwrap().iter().map(|t| t["deviceId"].clone()).collect::<Vec<_>>());
+            continuation = page
+                .head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-ms-continuation: "))
+                .map(str::to_string);
+            if continuation.is_none() {
+                break;
+            }
+        }
+        assert_eq!(pages, [vec![json!("d-1")], vec![json!("d-3")], vec![json!("d-4")]]);
+
+        for bad in ["SELECT * FROM devices WHERE tags.site IN ['lab']", "SELECT deviceId FROM devices"] {
+            let refused = request("POST", "/devices/query".into(), vec![], json!({"query": bad})).await;
+            assert_eq!((refused.status, &refused.body["errorCode"]), (400, &json!(400_004)), "{refused:?}");
+        }
+    });
+}

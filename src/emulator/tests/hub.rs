@@ -570,3 +570,117 @@ fn twins_are_laid_out_as_iot_hub_writes_them() {
         assert_eq!(reported, r#"{"zeta":1,"batteryLevel":55,"$version":2}"#);
     });
 }
+
+/// A direct method given a connect timeout waits for its device to come online and subscribe
+/// (`connectTimeoutInSeconds`), then reaches it; a twin replace reaches the device as the merge
+/// patch that turns the old desired properties into the new ones (removed keys, nested ones
+/// too, as null); a disabled identity is refused at CONNECT.
+#[test]
+fn methods_wait_for_their_device_replaces_arrive_as_patches_and_disabled_devices_stay_out() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "hub-dev-wait");
+    let hubs = f.emulator.hubs().clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Offline and no connect timeout: 404103 at once.
+        let offline = hubs
+            .invoke_method_waiting(
+                &hub,
+                "hub-dev-wait",
+                "m",
+                Value::Null,
+                Duration::ZERO,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&offline, crate::Error::Service(s) if s.error_code == Some(404_103)),
+            "{offline}"
+        );
+        let call = {
+            let (hubs, hub) = (hubs.clone(), hub.clone());
+            tokio::spawn(async move {
+                hubs.invoke_method_waiting(
+                    &hub,
+                    "hub-dev-wait",
+                    "wake",
+                    serde_json::json!(1),
+                    Duration::from_secs(60),
+                    Duration::from_secs(30),
+                )
+                .await
+            })
+        };
+        let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
+        d.client
+            .subscribe("$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        d.until(|p| matches!(p, Packet::SubAck(_))).await.unwrap();
+        // The waiting call goes out once methods are subscribed, maybe before the SUBACK:
+        // next_publish skips the SUBACK, not the request.
+        d.client
+            .subscribe("$iothub/methods/POST/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let (topic, _) = d.next_publish().await.unwrap();
+        let rid = topic
+            .strip_prefix("$iothub/methods/POST/wake/?$rid=")
+            .expect(&topic)
+            .to_string();
+        d.client
+            .publish(
+                format!("$iothub/methods/res/200/?$rid={rid}"),
+                "2",
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        let (acked, answer) = tokio::join!(d.until(|p| matches!(p, Packet::PubAck(_))), call);
+        acked.unwrap();
+        assert_eq!(answer.unwrap().unwrap(), (200, serde_json::json!(2)));
+
+        let before = serde_json::json!({"a": 1, "nested": {"x": 1, "y": 2}, "gone": true});
+        hubs.update_desired(&hub, "hub-dev-wait", before.as_object().unwrap())
+            .unwrap();
+        d.next_publish().await.unwrap();
+        let (tags, desired) = (
+            serde_json::json!({"site": "lab"}),
+            serde_json::json!({"a": 2, "nested": {"y": 2}}),
+        );
+        let twin = hubs
+            .write_twin(
+                &hub,
+                "hub-dev-wait",
+                crate::emulator::hub::TwinWrite::Replace {
+                    tags: tags.as_object().unwrap(),
+                    desired: desired.as_object().unwrap(),
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(twin["tags"], tags);
+        assert_eq!(
+            twin["properties"]["desired"],
+            serde_json::json!({"a": 2, "nested": {"y": 2}, "$version": 3})
+        );
+        let (topic, body) = d.next_publish().await.unwrap();
+        assert_eq!(topic, "$iothub/twin/PATCH/properties/desired/?$version=3");
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"a":2,"nested":{"y":2,"x":null},"gone":null,"$version":3}"#
+        );
+
+        let mut identity = f.emulator.cloud().hub_device(&hub, "hub-dev-wait").unwrap();
+        identity.registry.status = model::DeviceStatus::Disabled;
+        f.emulator.cloud().put_hub_device(identity).unwrap();
+        drop(d);
+        let refused = HubDevice::connect(&f, &hub, &device, true).await;
+        assert!(refused.is_err(), "a disabled device connected");
+    });
+}

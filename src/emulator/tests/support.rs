@@ -491,6 +491,7 @@ pub(crate) fn sas_device(f: &Fixture, hub: &str, device_id: &str) -> String {
             },
             initial_twin: None,
             created: now(),
+            registry: Default::default(),
         })
         .unwrap();
     key
