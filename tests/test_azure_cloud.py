@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import pytest
 
 import dpskit
+from dpskit import _native
 from dpskit.credentials import AccessToken, AzureCliCredential, ServicePrincipal, token_provider
 
 
@@ -69,6 +70,12 @@ def test_azure_cloud_manages_dps_and_certificates_over_arm(cloud: dpskit.LocalCl
     assert credential.calls == [("https://management.azure.com/.default",)]
     # What AzureCloud did is what the local cloud sees.
     assert cloud.dps("azure-path-dps").enrollment_group("devices").ca_references == ("root",)
+    # The Azure path reads the service's answers into the same typed records.
+    record = azure._rest.enrollment_group(*dps._service, "devices")
+    assert isinstance(record, _native.EnrollmentGroupRecord)
+    assert record.attestation.primary_ca_reference == "root"
+    assert record.settings.allocation.iot_hubs == [hub.host_name]
+    assert dps.enrollment_groups() == [group]
     assert cloud.resource_group in repr(azure)
     azure.delete_dps(dps)
     with pytest.raises(dpskit.NotFoundError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import dpskit
+from dpskit import _native
 
 
 @pytest.fixture
@@ -42,6 +43,48 @@ def test_twin_service_view_and_versions(hub: dpskit.Hub) -> None:
     assert twin["tags"] == {"site": "lab"}
     with pytest.raises(dpskit.NotFoundError):
         hub.get_twin("nobody")
+
+
+def test_identities_and_twins_cross_as_typed_records(hub: dpskit.Hub) -> None:
+    hub.create_device(
+        "typed-dev",
+        symmetric_key=True,
+        initial_twin={"tags": {"site": "lab"}, "properties": {"desired": {"rate": 5}}},
+    )
+    rest, service = hub._cloud._rest, hub._service
+    identity = rest.hub_device(*service, "typed-dev")
+    assert isinstance(identity, _native.HubDeviceRecord)
+    assert (identity.device_id, identity.authentication) == ("typed-dev", "sas")
+    assert identity.primary_key is not None
+    assert len(identity.primary_key) == 44
+    assert identity.primary_key not in repr(identity)
+    assert (identity.status, identity.connection_state) == ("enabled", "Disconnected")
+    assert identity.etag
+    twin = rest.hub_twin(*service, "typed-dev")
+    assert isinstance(twin, _native.ServiceTwinRecord)
+    assert twin.device_id == "typed-dev"
+    assert twin.tags == {"site": "lab"}
+    assert twin.desired is not None
+    assert twin.desired["rate"] == 5
+    assert twin.reported == {"$version": 1}
+    assert twin.etag
+    assert twin.version is not None
+    # The dict Hub.get_twin gives is the twin document, built from that record.
+    document = hub.get_twin("typed-dev")
+    assert {k: document[k] for k in ("deviceId", "etag", "version", "tags", "properties")} == {
+        "deviceId": "typed-dev",
+        "etag": twin.etag,
+        "version": twin.version,
+        "tags": {"site": "lab"},
+        "properties": {"desired": twin.desired, "reported": {"$version": 1}},
+    }
+    # The registry members the hub writes into a twin come through too.
+    assert (document["status"], document["connectionState"]) == ("enabled", "Disconnected")
+    [listed] = rest.hub_device_list(*service)
+    assert isinstance(listed, _native.HubDeviceRecord)
+    assert (listed.device_id, listed.primary_key, listed.etag) == ("typed-dev", None, None)
+    [queried] = rest.hub_twins(*service)
+    assert (queried.authentication_type, queried.connection_state) == ("sas", "Disconnected")
 
 
 def test_c2d_queue_and_offline_methods(hub: dpskit.Hub) -> None:

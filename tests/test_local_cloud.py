@@ -481,34 +481,36 @@ def test_update_enrollment_group_changes_only_what_is_given(dps: dpskit.Dps) -> 
     assert enabled.provisioning_status == "enabled"
 
 
-class _RecordingRest:
-    """The cloud's REST client, keeping the enrollment bodies it is asked to send."""
+class _EnrollmentBodies:
+    """The enrollment bodies as they reached the service (the local cloud's request recorder:
+    what the core sent on the wire, keys replaced by ``<redacted>``)."""
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.bodies: list[dict[str, Any]] = []
+    def __init__(self, cloud: dpskit.LocalCloud) -> None:
+        self._cloud = cloud
+        self._recording = cloud.record_requests().__enter__()
+        self._skip = 0
 
-    def put_enrollment_group(self, *args: Any) -> Any:
-        self.bodies.append(dict(args[3]))
-        return self._inner.put_enrollment_group(*args)
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        puts = [r for r in self._recording.requests if r.api == "dps" and r.method == "PUT"]
+        return [r.body for r in puts[self._skip :]]
 
-    def put_enrollment(self, *args: Any) -> Any:
-        self.bodies.append(dict(args[3]))
-        return self._inner.put_enrollment(*args)
+    def clear(self) -> None:
+        self._skip += len(self.bodies)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    def close(self) -> None:
+        self._recording.__exit__(None, None, None)
 
 
 @pytest.fixture
-def recorded(cloud: dpskit.LocalCloud, monkeypatch: pytest.MonkeyPatch) -> _RecordingRest:
-    recorder = _RecordingRest(cloud._rest_client)
-    monkeypatch.setattr(cloud, "_rest_client", recorder)
-    return recorder
+def recorded(cloud: dpskit.LocalCloud) -> Iterator[_EnrollmentBodies]:
+    bodies = _EnrollmentBodies(cloud)
+    yield bodies
+    bodies.close()
 
 
 def test_update_enrollment_group_resends_the_attestation(
-    dps: dpskit.Dps, ec_intermediate: dpskit.CertificateAuthority, recorded: _RecordingRest
+    dps: dpskit.Dps, ec_intermediate: dpskit.CertificateAuthority, recorded: _EnrollmentBodies
 ) -> None:
     # Azure refuses an enrollment PUT without attestation (400): every update re-sends the
     # group's own, keys and certificates unchanged.
@@ -516,12 +518,13 @@ def test_update_enrollment_group_resends_the_attestation(
     certificate = dps.create_enrollment_group("by-cert", signing_certificate=ec_intermediate)
     dps.prove_possession("inter", ec_intermediate)
     reference = dps.create_enrollment_group("by-ref", ca_reference="inter")
-    recorded.bodies.clear()
+    recorded.clear()
     for group in (keys, certificate, reference):
         updated = dps.update_enrollment_group(
             group.enrollment_group_id, provisioning_status="disabled"
         )
         assert updated.provisioning_status == "disabled"
+        # The keys the service kept are the ones the update sent (redacted in the recording).
         assert (updated.primary_key, updated.secondary_key) == (
             group.primary_key,
             group.secondary_key,
@@ -530,33 +533,32 @@ def test_update_enrollment_group_resends_the_attestation(
         assert updated.ca_references == group.ca_references
     sent = [body["attestation"] for body in recorded.bodies]
     assert [a["type"] for a in sent] == ["symmetricKey", "x509", "x509"]
-    assert sent[0]["symmetricKey"] == {
-        "primaryKey": keys.primary_key,
-        "secondaryKey": keys.secondary_key,
-    }
+    assert sent[0]["symmetricKey"] == {"primaryKey": "<redacted>", "secondaryKey": "<redacted>"}
     # Certificate info as the GET gave it: the service keeps the certificate.
-    assert "info" in sent[1]["x509"]["signingCertificates"]["primary"]
+    info = sent[1]["x509"]["signingCertificates"]["primary"]["info"]
+    assert info["sha1Thumbprint"] == ec_intermediate.certificate.thumbprint_sha1
     assert sent[2]["x509"]["caReferences"] == {"primary": "inter"}
 
 
 def test_enrollment_bodies_leave_unset_fields_out(
-    dps: dpskit.Dps, recorded: _RecordingRest
+    dps: dpskit.Dps, recorded: _EnrollmentBodies
 ) -> None:
     # The Azure CLI and the SDKs omit unset fields; dpskit sent them as null.
     dps.create_enrollment_group("plain", symmetric_key=True)
     dps.update_enrollment_group("plain", provisioning_status="disabled")
     dps.create_enrollment("solo-1", symmetric_key=True)
     dps.create_enrollment("solo-2", symmetric_key=True, device_id="device-2", hubs=[])
-    assert len(recorded.bodies) == 4
-    for body in recorded.bodies:
+    bodies = recorded.bodies
+    assert len(bodies) == 4
+    for body in bodies:
         assert None not in body.values(), body
     # The update re-sends what the group has (its allocation policy included); the creates
     # carry only what was given.
-    for body in (recorded.bodies[0], *recorded.bodies[2:]):
+    for body in (bodies[0], *bodies[2:]):
         for absent in ("allocationPolicy", "iotHubs", "initialTwin", "customAllocationDefinition"):
             assert absent not in body, body
-    assert "deviceId" not in recorded.bodies[2]
-    assert recorded.bodies[3]["deviceId"] == "device-2"
+    assert "deviceId" not in bodies[2]
+    assert bodies[3]["deviceId"] == "device-2"
     assert dps.enrollment("solo-1").device_id in (None, "solo-1")
 
 
@@ -620,6 +622,54 @@ def test_individual_enrollments(
     assert [e.registration_id for e in dps.enrollments()] == ["single-key"]
     with pytest.raises(dpskit.NotFoundError):
         dps.enrollment("single-x509")
+
+
+def test_enrollments_cross_from_the_core_as_typed_records(
+    dps: dpskit.Dps, ec_intermediate: dpskit.CertificateAuthority
+) -> None:
+    # The REST client reads each answer into the service type once, in Rust, and hands Python
+    # a typed record (no JSON read again field by field).
+    dps.create_enrollment_group(
+        "typed",
+        signing_certificate=ec_intermediate,
+        allocation_policy="geoLatency",
+        reprovision_policy=dpskit.ReprovisionPolicy(migrate_device_data=False),
+        initial_twin={"tags": {"site": "lab"}},
+        custom_allocation="https://hook.example/allocate",
+    )
+    rest, service = dps._rest, dps._service
+    group = rest.enrollment_group(*service, "typed")
+    assert isinstance(group, _native.EnrollmentGroupRecord)
+    assert group.enrollment_group_id == "typed"
+    attestation = group.attestation
+    assert attestation.kind == "x509"
+    assert attestation.primary_certificate is not None
+    info = attestation.primary_certificate
+    assert info.sha1_thumbprint == ec_intermediate.certificate.thumbprint_sha1
+    assert info.subject_name == ec_intermediate.certificate.subject
+    assert info.version == 3
+    settings = group.settings
+    assert settings.provisioning_status == "enabled"
+    # A custom allocation target implies the custom policy.
+    assert settings.allocation.policy == "custom"
+    assert settings.allocation.custom is not None
+    assert settings.allocation.custom.webhook_url == "https://hook.example/allocate"
+    assert settings.reprovision_policy.migrate_device_data is False
+    assert settings.reprovision_policy.update_hub_assignment is True
+    assert settings.initial_twin == {"tags": {"site": "lab"}}
+    assert group.etag
+    assert group.created.endswith("Z")
+    dps.create_enrollment("typed-device", symmetric_key=True, device_id="dev")
+    [enrollment] = rest.enrollments(*service)
+    assert isinstance(enrollment, _native.IndividualEnrollmentRecord)
+    assert (enrollment.registration_id, enrollment.device_id) == ("typed-device", "dev")
+    assert enrollment.attestation.kind == "symmetricKey"
+    key = enrollment.attestation.primary_key
+    assert key is not None
+    assert key not in repr(enrollment.attestation)
+    keys = rest.enrollment_group_attestation(*service, "typed")
+    assert isinstance(keys, _native.AttestationRecord)
+    assert keys.kind == "x509"
 
 
 def test_individual_enrollment_needs_a_valid_registration_id(dps: dpskit.Dps) -> None:

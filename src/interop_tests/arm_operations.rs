@@ -347,13 +347,13 @@ fn every_rest_client_retries_429s_and_gives_up_past_its_attempts() {
                 .unwrap();
             dps.enrollment_group::<Value>(&id).await.unwrap();
             let device = format!("device-{i}");
-            hubs.put_device(&device, &json!({"deviceId": device}))
+            hubs.put_device::<Value>(&device, &json!({"deviceId": device}))
                 .await
                 .unwrap();
-            hubs.device(&device).await.unwrap();
+            hubs.device::<Value>(&device).await.unwrap();
         }
         assert_eq!(dps.enrollment_groups::<Value>().await.unwrap().len(), 3);
-        assert_eq!(hubs.twins().await.unwrap().len(), 3);
+        assert_eq!(hubs.twins::<Value>().await.unwrap().len(), 3);
         let counts = emulator.throttled_requests();
         assert!(counts.arm >= 3, "{counts:?}");
         assert!(counts.dps_service >= 3, "{counts:?}");

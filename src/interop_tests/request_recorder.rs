@@ -1,7 +1,7 @@
 //! The request recorder fed by real HTTPS from dpskit's ARM and hub service clients: only
 //! authenticated requests are recorded, and no key or token leaks.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[test]
 fn records_real_https_requests_after_authentication_only() {
@@ -53,7 +53,10 @@ fn records_real_https_requests_after_authentication_only() {
         .unwrap();
         let device = json!({"deviceId": "rec-dev", "authentication": {"type": "sas",
             "symmetricKey": {"primaryKey": keys.primary_key, "secondaryKey": keys.secondary_key}}});
-        service.put_device("rec-dev", &device).await.unwrap();
+        service
+            .put_device::<Value>("rec-dev", &device)
+            .await
+            .unwrap();
         let recorded = recorder.since(start);
         let seen: Vec<(&str, &str, u16)> = recorded
             .requests

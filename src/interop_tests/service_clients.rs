@@ -7,6 +7,7 @@ use rumqttc::{Packet, PublishOptions};
 use serde_json::Value;
 
 use crate::emulator::tests::support::*;
+use crate::protocol::hub_service::{DeviceIdentity, Twin};
 
 #[test]
 fn dps_service_client_enrollments_and_registrations_over_https() {
@@ -128,18 +129,22 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let identity = service.device("svc-hub-dev").await.unwrap();
-        assert_eq!(identity["authentication"]["type"], "selfSigned");
+        // The identity as the shared serde type reads the emulator's answer.
+        let identity: DeviceIdentity = service.device("svc-hub-dev").await.unwrap();
+        assert_eq!(identity.device_id, "svc-hub-dev");
+        let authentication = identity.authentication.unwrap();
+        assert_eq!(authentication.kind.as_deref(), Some("selfSigned"));
         assert_eq!(
-            identity["authentication"]["x509Thumbprint"]["primaryThumbprint"],
+            authentication.x509_thumbprint.unwrap().primary_thumbprint.unwrap(),
             device.credential().certificate().info().thumbprint_sha1.to_ascii_uppercase()
         );
-        assert_eq!(identity["connectionState"], "Disconnected");
+        assert_eq!(identity.connection_state.as_deref(), Some("Disconnected"));
 
         // A device that sends telemetry and answers a method (raw MQTT, as a device SDK would).
         let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
         d.subscribe_all("svc-hub-dev").await;
-        assert_eq!(service.device("svc-hub-dev").await.unwrap()["connectionState"], "Connected");
+        let connected: DeviceIdentity = service.device("svc-hub-dev").await.unwrap();
+        assert_eq!(connected.connection_state.as_deref(), Some("Connected"));
         let (owner, endpoint, trust) = (owner.clone(), endpoint.clone(), trust.clone());
         let call = tokio::spawn(async move {
             let service = HubServiceClient::from_connection_string(&owner, Some(&endpoint), &trust).unwrap();
@@ -158,12 +163,12 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         acked.unwrap();
         assert_eq!(answer.unwrap().unwrap(), (200, serde_json::json!({"rebooting": true})));
 
-        let twin = service
+        let twin: Twin = service
             .patch_twin("svc-hub-dev", &serde_json::json!({"tags": {"site": "lab"}, "properties": {"desired": {"interval": 3}}}))
             .await
             .unwrap();
-        assert_eq!(twin["tags"]["site"], "lab");
-        assert_eq!(twin["properties"]["desired"]["interval"], 3);
+        assert_eq!((twin.device_id.as_str(), twin.tags.unwrap()["site"].as_str()), ("svc-hub-dev", Some("lab")));
+        assert_eq!(twin.properties.unwrap().desired.unwrap()["interval"], 3);
         let (topic, _) = d.next_publish().await.unwrap();
         assert!(topic.starts_with("$iothub/twin/PATCH/properties/desired/"), "{topic}");
 
@@ -188,14 +193,15 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         assert_eq!(stored[0].properties, [("unit".to_string(), "C".to_string())]);
 
         // Identities: a SAS device with generated keys, then deleted.
-        let made = service
+        let made: DeviceIdentity = service
             .put_device("svc-sas", &serde_json::json!({"deviceId": "svc-sas", "authentication": {"type": "sas", "symmetricKey": {"primaryKey": null, "secondaryKey": null}}}))
             .await
             .unwrap();
-        assert_eq!(made["authentication"]["symmetricKey"]["primaryKey"].as_str().unwrap().len(), 44);
-        assert_eq!(service.twins().await.unwrap().len(), 2);
+        let keys = made.authentication.unwrap().symmetric_key.unwrap();
+        assert_eq!(keys.primary_key.unwrap().len(), 44);
+        assert_eq!(service.twins::<Twin>().await.unwrap().len(), 2);
         service.delete_device("svc-sas").await.unwrap();
-        assert_eq!(status(service.device("svc-sas").await.unwrap_err()), (404, Some(404_001)));
+        assert_eq!(status(service.device::<Value>("svc-sas").await.unwrap_err()), (404, Some(404_001)));
         let offline = service
             .invoke_method("svc-sas", "x", &Value::Null, Duration::from_secs(5))
             .await

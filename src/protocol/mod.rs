@@ -8,6 +8,8 @@
 //!   states, bulk operations, errors) and ARM's CA certificate resource, as serde types;
 //! - [`hub`]: IoT Hub's MQTT username, telemetry topic, the four subscriptions (one type for
 //!   both sides), twin, method and C2D topics;
+//! - [`hub_service`]: the IoT Hub service API's JSON (device identities, twins), as serde
+//!   types;
 //! - [`bags`]: property bags, encoded and decoded;
 //! - [`names`]: Azure's resource-name rules;
 //! - here: query strings, what a CONNECT username routes to, and the size IoT Hub counts of a
@@ -19,6 +21,7 @@ pub mod bags;
 pub mod dps;
 pub mod dps_service;
 pub mod hub;
+pub mod hub_service;
 pub mod names;
 
 pub use bags::{Properties, parse_property_bag};

@@ -1,8 +1,9 @@
 //! Bindings for the REST client under `dpskit.cloud` (`_native.RestClient`): ARM, the DPS
 //! service API and the hub service API, for Azure and the emulator alike. Every call releases
 //! the GIL and blocks on the object's runtime; answers cross as the records of `convert.rs`
-//! (ARM's resources, usage, stored telemetry) or, for the service APIs' free-form JSON, as
-//! Python dicts.
+//! (ARM's resources, usage, stored telemetry) and `records.rs` (the service APIs' enrollments,
+//! registration states, device identities and twins), read into the shared serde type first;
+//! only free-form JSON (a method's payload) crosses as Python objects.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,13 @@ use serde_json::Value;
 use super::convert::{
     self, CaCertificateRecord, DpsRecord, HubRecord, HubUsageRecord, TelemetryRecord, json_to_py,
 };
+use super::records::{
+    self, AttestationRecord, EnrollmentGroupRecord, HubDeviceRecord, IndividualEnrollmentRecord,
+    RegistrationStateRecord, ServiceTwinRecord,
+};
 use crate::error::{Error, Result};
+use crate::protocol::dps_service::{AttestationMechanism, EnrollmentGroup, IndividualEnrollment};
+use crate::protocol::hub_service::{DeviceIdentity, Twin};
 use crate::provisioning::Trust;
 use crate::python::pki::PyCertificateAuthority;
 use crate::service::arm::{ArmClient, TokenSource};
@@ -72,6 +79,13 @@ pub struct PyRestClient {
 /// A JSON body given by Python (a dict), as the core takes it.
 fn body(value: &Bound<'_, PyAny>) -> PyResult<Value> {
     convert::py_to_json(value)
+}
+
+/// A body given by Python (a dict) read into the service type it must be, refused
+/// (`ConfigError`) before any request when it does not read.
+fn typed_body<T: serde::de::DeserializeOwned>(value: &Bound<'_, PyAny>, what: &str) -> PyResult<T> {
+    let json = body(value)?;
+    Ok(serde_json::from_value(json).map_err(|e| Error::config_caused(what.to_string(), e))?)
 }
 
 impl PyRestClient {
@@ -372,46 +386,56 @@ impl PyRestClient {
 
     // ---- DPS service API --------------------------------------------------------------------
 
-    /// Creates or replaces an enrollment group from its service JSON (a dict); returns it.
-    #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None))]
-    fn put_enrollment_group<'py>(
+    /// Creates or replaces an enrollment group from its service JSON (a dict, read into the
+    /// service type before it is sent); `attestation`, when given, is sent as the group's
+    /// attestation exactly as it was read. Returns the group as the service answered it.
+    #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None, attestation = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn put_enrollment_group(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        body: &Bound<'py, PyAny>,
+        body: &Bound<'_, PyAny>,
         if_match: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        attestation: Option<PyRef<'_, AttestationRecord>>,
+    ) -> PyResult<EnrollmentGroupRecord> {
         let client = self.dps_client(connection_string, endpoint)?;
-        let body = self::body(body)?;
+        let mut body: EnrollmentGroup = typed_body(body, "the enrollment group")?;
+        if let Some(attestation) = attestation {
+            body.attestation = Some(attestation.mechanism().clone());
+        }
         let group = self.run(py, client.put_enrollment_group(id, &body, if_match))?;
-        json_to_py(py, &group)
+        records::enrollment_group(py, group)
     }
 
-    /// An enrollment group (service JSON, as a dict).
-    fn enrollment_group<'py>(
+    /// An enrollment group.
+    fn enrollment_group(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<EnrollmentGroupRecord> {
         let client = self.dps_client(connection_string, endpoint)?;
         let group = self.run(py, client.enrollment_group(id))?;
-        json_to_py(py, &group)
+        records::enrollment_group(py, group)
     }
 
-    /// Every enrollment group (service JSON, as dicts).
-    fn enrollment_groups<'py>(
+    /// Every enrollment group.
+    fn enrollment_groups(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Vec<EnrollmentGroupRecord>> {
         let client = self.dps_client(connection_string, endpoint)?;
         let groups = self.run(py, client.enrollment_groups())?;
-        json_to_py(py, &Value::Array(groups))
+        groups
+            .into_iter()
+            .map(|g| records::enrollment_group(py, g))
+            .collect()
     }
 
     /// Deletes an enrollment group.
@@ -428,59 +452,63 @@ impl PyRestClient {
         self.run(py, client.delete_enrollment_group(id, if_match))
     }
 
-    /// An enrollment group's attestation mechanism, keys included (service JSON, as a dict).
-    fn enrollment_group_attestation<'py>(
+    /// An enrollment group's attestation mechanism, keys included.
+    fn enrollment_group_attestation(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<AttestationRecord> {
         let client = self.dps_client(connection_string, endpoint)?;
-        let attestation = self.run(py, client.enrollment_group_attestation(id))?;
-        json_to_py(py, &attestation)
+        let mechanism: AttestationMechanism =
+            self.run(py, client.enrollment_group_attestation(id))?;
+        records::attestation(py, mechanism, true)
     }
 
-    /// Creates or replaces an individual enrollment from its service JSON (a dict).
+    /// Creates or replaces an individual enrollment from its service JSON (a dict, read into
+    /// the service type before it is sent); returns it as the service answered it.
     #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None))]
-    fn put_enrollment<'py>(
+    fn put_enrollment(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        body: &Bound<'py, PyAny>,
+        body: &Bound<'_, PyAny>,
         if_match: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<IndividualEnrollmentRecord> {
         let client = self.dps_client(connection_string, endpoint)?;
-        let body = self::body(body)?;
+        let body: IndividualEnrollment = typed_body(body, "the enrollment")?;
         let enrollment = self.run(py, client.put_enrollment(id, &body, if_match))?;
-        json_to_py(py, &enrollment)
+        records::enrollment(py, enrollment)
     }
 
-    /// An individual enrollment (service JSON, as a dict).
-    fn enrollment<'py>(
+    /// An individual enrollment.
+    fn enrollment(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<IndividualEnrollmentRecord> {
         let client = self.dps_client(connection_string, endpoint)?;
         let enrollment = self.run(py, client.enrollment(id))?;
-        json_to_py(py, &enrollment)
+        records::enrollment(py, enrollment)
     }
 
-    /// Every individual enrollment (service JSON, as dicts).
-    fn enrollments<'py>(
+    /// Every individual enrollment.
+    fn enrollments(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Vec<IndividualEnrollmentRecord>> {
         let client = self.dps_client(connection_string, endpoint)?;
         let all = self.run(py, client.enrollments())?;
-        json_to_py(py, &Value::Array(all))
+        all.into_iter()
+            .map(|e| records::enrollment(py, e))
+            .collect()
     }
 
     /// Deletes an individual enrollment.
@@ -497,30 +525,33 @@ impl PyRestClient {
         self.run(py, client.delete_enrollment(id, if_match))
     }
 
-    /// A device's registration state (service JSON, as a dict).
-    fn registration<'py>(
+    /// A device's registration state.
+    fn registration(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<RegistrationStateRecord> {
         let client = self.dps_client(connection_string, endpoint)?;
         let state = self.run(py, client.registration(id))?;
-        json_to_py(py, &state)
+        records::registration_state(py, state)
     }
 
-    /// The registration states of an enrollment group (service JSON, as dicts).
-    fn registrations<'py>(
+    /// The registration states of an enrollment group.
+    fn registrations(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         group_id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Vec<RegistrationStateRecord>> {
         let client = self.dps_client(connection_string, endpoint)?;
         let states = self.run(py, client.registrations(group_id))?;
-        json_to_py(py, &Value::Array(states))
+        states
+            .into_iter()
+            .map(|s| records::registration_state(py, s))
+            .collect()
     }
 
     /// Deletes a registration state.
@@ -539,32 +570,32 @@ impl PyRestClient {
 
     // ---- hub service API ------------------------------------------------------------------
 
-    /// A device identity, keys included (service JSON, as a dict).
-    fn hub_device<'py>(
+    /// A device identity, keys included.
+    fn hub_device(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<HubDeviceRecord> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let identity = self.run(py, client.device(id))?;
-        json_to_py(py, &identity)
+        let identity: DeviceIdentity = self.run(py, client.device(id))?;
+        Ok(identity.into())
     }
 
     /// Creates or replaces a device identity from its service JSON (a dict); returns it.
-    fn hub_put_device<'py>(
+    fn hub_put_device(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        body: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        body: &Bound<'_, PyAny>,
+    ) -> PyResult<HubDeviceRecord> {
         let client = self.hub_client(connection_string, endpoint)?;
         let body = self::body(body)?;
-        let identity = self.run(py, client.put_device(id, &body))?;
-        json_to_py(py, &identity)
+        let identity: DeviceIdentity = self.run(py, client.put_device(id, &body))?;
+        Ok(identity.into())
     }
 
     /// Deletes a device identity.
@@ -579,70 +610,61 @@ impl PyRestClient {
         self.run(py, client.delete_device(id))
     }
 
-    /// The device twins an IoT Hub query selects, every page (service JSON, as dicts).
+    /// The device twins an IoT Hub query selects, every page.
     #[pyo3(signature = (connection_string, endpoint, query = "SELECT * FROM devices"))]
-    fn hub_twins<'py>(
+    fn hub_twins(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         query: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<Vec<ServiceTwinRecord>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let twins = self.run(py, client.query(query))?;
-        json_to_py(py, &Value::Array(twins))
+        let twins: Vec<Twin> = self.run(py, client.query(query))?;
+        twins
+            .into_iter()
+            .map(|t| records::service_twin(py, t))
+            .collect()
     }
 
-    /// The hub's device identities as `(device_id, authentication, primary_thumbprint,
-    /// connection_state)`.
-    #[allow(clippy::type_complexity)]
+    /// The hub's device identities, from the twins of one query call per page (no keys).
     fn hub_device_list(
         &self,
         py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
-    ) -> PyResult<Vec<(String, String, Option<String>, String)>> {
+    ) -> PyResult<Vec<HubDeviceRecord>> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let devices = self.run(py, client.devices())?;
-        Ok(devices
-            .into_iter()
-            .map(|d| {
-                (
-                    d.device_id,
-                    d.authentication,
-                    d.primary_thumbprint,
-                    d.connection_state,
-                )
-            })
-            .collect())
+        let twins: Vec<Twin> = self.run(py, client.twins())?;
+        Ok(twins.into_iter().map(HubDeviceRecord::from).collect())
     }
 
-    /// A device twin (service JSON, as a dict).
-    fn hub_twin<'py>(
+    /// A device twin.
+    fn hub_twin(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) -> PyResult<ServiceTwinRecord> {
         let client = self.hub_client(connection_string, endpoint)?;
-        let twin = self.run(py, client.twin(id))?;
-        json_to_py(py, &twin)
+        let twin: Twin = self.run(py, client.twin(id))?;
+        records::service_twin(py, twin)
     }
 
     /// Patches a twin (tags, desired properties: a dict); returns the twin.
-    fn hub_patch_twin<'py>(
+    fn hub_patch_twin(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         connection_string: &str,
         endpoint: Option<&str>,
         id: &str,
-        patch: &Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        patch: &Bound<'_, PyAny>,
+    ) -> PyResult<ServiceTwinRecord> {
         let client = self.hub_client(connection_string, endpoint)?;
         let patch = body(patch)?;
-        let twin = self.run(py, client.patch_twin(id, &patch))?;
-        json_to_py(py, &twin)
+        let twin: Twin = self.run(py, client.patch_twin(id, &patch))?;
+        records::service_twin(py, twin)
     }
 
     /// Invokes a direct method (any JSON-like payload) and waits: `(status, payload)`.

@@ -1,8 +1,9 @@
 //! The one conversion of the core's records into Python objects, and of Python's JSON-like
 //! values into the core's. Records with a fixed shape cross as the frozen classes below (their
-//! stubs in `dpskit/_native.pyi`, checked by stubtest); free-form JSON (twins, the DPS service
-//! API's enrollments and registration states, payloads) crosses as the dicts and lists
-//! `json.loads` would give. `dpskit`'s dataclasses are built from these in one place each.
+//! stubs in `dpskit/_native.pyi`, checked by stubtest); the service APIs' records (enrollments,
+//! registration states, identities, twins) are converted beside these, in `records.rs`.
+//! Free-form JSON (payloads, twin sections) crosses as the dicts and lists `json.loads` would
+//! give. `dpskit`'s dataclasses are built from these in one place each.
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;

@@ -10,6 +10,7 @@ mod hub_connections;
 mod local_cloud;
 mod pki;
 mod provisioning;
+mod records;
 
 use pyo3::prelude::*;
 
@@ -23,6 +24,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let _ = LOG_RESET.set(handle);
     }
     convert::register(m)?;
+    records::register(m)?;
     pki::register(m)?;
     local_cloud::register(m)?;
     provisioning::register(m)?;

@@ -282,13 +282,13 @@ fn to_json<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
 }
 
 /// An answer as the type the caller reads it as.
-fn read<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T> {
+pub(crate) fn read<T: DeserializeOwned>(answer: Value, what: &str) -> Result<T> {
     serde_json::from_value(answer)
         .map_err(|e| Error::protocol_caused(format!("{what}: the answer does not read"), e))
 }
 
 /// Every item of a query's answer as the type the caller reads it as.
-fn read_all<T: DeserializeOwned>(items: Vec<Value>, what: &str) -> Result<Vec<T>> {
+pub(crate) fn read_all<T: DeserializeOwned>(items: Vec<Value>, what: &str) -> Result<Vec<T>> {
     items.into_iter().map(|item| read(item, what)).collect()
 }
 

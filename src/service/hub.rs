@@ -1,15 +1,18 @@
 //! The IoT Hub service API: device identities, twins, queries, direct methods, with an
 //! `iothubowner` SAS token; plus the emulator's own C2D and telemetry calls (Azure offers those
-//! over AMQP and Event Hubs only).
+//! over AMQP and Event Hubs only). Identities and twins are read as the caller's serde type
+//! (`protocol::hub_service`'s, or any other serde value), refused when they do not read.
 
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::service::dps::{SasCredential, SasRestClient};
+use crate::protocol::hub_service::Twin;
+use crate::service::dps::{SasCredential, SasRestClient, read, read_all};
 use crate::transport::Trust;
 
 /// The hub service api-version.
@@ -109,20 +112,19 @@ impl StoredMessage {
     }
 }
 
-impl DeviceSummary {
-    /// Reads one twin of `SELECT * FROM devices`.
-    fn from_twin(twin: &Value) -> Result<Self> {
-        let text = |key: &str| twin[key].as_str().map(str::to_string);
-        Ok(DeviceSummary {
-            device_id: text("deviceId").ok_or_else(|| {
-                Error::protocol(format!("a twin of the device list has no deviceId: {twin}"))
-            })?,
-            authentication: text("authenticationType").unwrap_or_else(|| "sas".into()),
-            primary_thumbprint: twin["x509Thumbprint"]["primaryThumbprint"]
-                .as_str()
-                .map(str::to_string),
-            connection_state: text("connectionState").unwrap_or_else(|| "Disconnected".into()),
-        })
+impl From<Twin> for DeviceSummary {
+    /// What a twin of `SELECT * FROM devices` says of its identity; a twin without
+    /// `authenticationType` is a `sas` device's, without `connectionState` a disconnected one
+    /// (the service's defaults).
+    fn from(twin: Twin) -> Self {
+        DeviceSummary {
+            device_id: twin.device_id,
+            authentication: twin.authentication_type.unwrap_or_else(|| "sas".into()),
+            primary_thumbprint: twin.x509_thumbprint.and_then(|t| t.primary_thumbprint),
+            connection_state: twin
+                .connection_state
+                .unwrap_or_else(|| "Disconnected".into()),
+        }
     }
 }
 
@@ -150,10 +152,12 @@ impl HubServiceClient {
         })
     }
 
-    /// A device identity.
-    pub async fn device(&self, id: &str) -> Result<Value> {
+    /// A device identity, read as `T` (`protocol::hub_service::DeviceIdentity`, or any
+    /// serde value).
+    pub async fn device<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         let what = format!("reading device {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::GET,
                 &format!("/devices/{}", path_id(id)),
@@ -161,13 +165,15 @@ impl HubServiceClient {
                 None,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Creates or replaces a device identity (`authentication` as the service takes it).
-    pub async fn put_device(&self, id: &str, body: &Value) -> Result<Value> {
+    pub async fn put_device<T: DeserializeOwned>(&self, id: &str, body: &Value) -> Result<T> {
         let what = format!("writing device {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::PUT,
                 &format!("/devices/{}", path_id(id)),
@@ -175,7 +181,8 @@ impl HubServiceClient {
                 None,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Deletes a device identity.
@@ -191,18 +198,26 @@ impl HubServiceClient {
             .await
     }
 
-    /// Every device twin (`SELECT * FROM devices`).
-    pub async fn twins(&self) -> Result<Vec<Value>> {
-        self.query("SELECT * FROM devices").await
+    /// Every device twin (`SELECT * FROM devices`), each read as `T`
+    /// (`protocol::hub_service::Twin`, or any serde value).
+    pub async fn twins<T: DeserializeOwned>(&self) -> Result<Vec<T>> {
+        self.select("SELECT * FROM devices", "listing device twins")
+            .await
     }
 
     /// The twins an IoT Hub query selects (`SELECT * FROM devices WHERE ...`), every page
-    /// (followed through `x-ms-continuation`).
-    pub async fn query(&self, query: &str) -> Result<Vec<Value>> {
+    /// (followed through `x-ms-continuation`), each read as `T`.
+    pub async fn query<T: DeserializeOwned>(&self, query: &str) -> Result<Vec<T>> {
+        self.select(query, "querying device twins").await
+    }
+
+    async fn select<T: DeserializeOwned>(&self, query: &str, what: &str) -> Result<Vec<T>> {
         let body = json!({ "query": query });
-        self.rest
-            .query_all("/devices/query", Some(&body), "querying device twins")
-            .await
+        let items = self
+            .rest
+            .query_all("/devices/query", Some(&body), what)
+            .await?;
+        read_all(items, what)
     }
 
     /// Every device identity of the hub, from its twins: one query call per page of 100
@@ -210,17 +225,15 @@ impl HubServiceClient {
     /// "Get Devices" (`GET /devices?top=`) would carry the keys but stops at 1,000 devices
     /// with no way on, and Azure recommends the query instead.
     pub async fn devices(&self) -> Result<Vec<DeviceSummary>> {
-        self.twins()
-            .await?
-            .iter()
-            .map(DeviceSummary::from_twin)
-            .collect()
+        let twins: Vec<Twin> = self.twins().await?;
+        Ok(twins.into_iter().map(DeviceSummary::from).collect())
     }
 
-    /// A device twin.
-    pub async fn twin(&self, id: &str) -> Result<Value> {
+    /// A device twin, read as `T` (`protocol::hub_service::Twin`, or any serde value).
+    pub async fn twin<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
         let what = format!("reading the twin of {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::GET,
                 &format!("/twins/{}", path_id(id)),
@@ -228,13 +241,16 @@ impl HubServiceClient {
                 None,
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
-    /// Merges `patch` (`{"tags": ..., "properties": {"desired": ...}}`) into a twin.
-    pub async fn patch_twin(&self, id: &str, patch: &Value) -> Result<Value> {
+    /// Merges `patch` (`{"tags": ..., "properties": {"desired": ...}}`) into a twin; returns
+    /// the twin, read as `T`.
+    pub async fn patch_twin<T: DeserializeOwned>(&self, id: &str, patch: &Value) -> Result<T> {
         let what = format!("updating the twin of {id}");
-        self.rest
+        let answer = self
+            .rest
             .json(
                 reqwest::Method::PATCH,
                 &format!("/twins/{}", path_id(id)),
@@ -242,7 +258,8 @@ impl HubServiceClient {
                 Some("*"),
                 &what,
             )
-            .await
+            .await?;
+        read(answer, &what)
     }
 
     /// Invokes a direct method and returns the device's status and payload. `timeout` is the

@@ -8,7 +8,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dpskit._native import CertificateAuthority, DpsRecord, RestClient, validate_registration_id
+from dpskit._native import (
+    AttestationRecord,
+    CertificateAuthority,
+    DpsRecord,
+    RestClient,
+    validate_registration_id,
+)
 from dpskit.cloud._common import (
     DEFAULT_MQTT_PORT,
     WEB_PORT,
@@ -201,11 +207,17 @@ class Dps:
         emulator.register_allocator(name, allocate)
         return f"python:{name}"
 
-    def _put_group(self, group_id: str, body: dict[str, Any], etag: str | None) -> EnrollmentGroup:
+    def _put_group(
+        self,
+        group_id: str,
+        body: dict[str, Any],
+        etag: str | None,
+        attestation: AttestationRecord | None = None,
+    ) -> EnrollmentGroup:
         record = self._rest.put_enrollment_group(
-            *self._service, group_id, {"enrollmentGroupId": group_id, **body}, etag
+            *self._service, group_id, {"enrollmentGroupId": group_id, **body}, etag, attestation
         )
-        return EnrollmentGroup._from_json(record)
+        return EnrollmentGroup._from_native(record)
 
     def create_enrollment_group(
         self,
@@ -264,7 +276,7 @@ class Dps:
     ) -> EnrollmentGroup:
         """Change some settings of a group, keeping the rest (etag handled inside)."""
         record = self._rest.enrollment_group(*self._service, enrollment_group_id)
-        group = EnrollmentGroup._from_json(record)
+        group = EnrollmentGroup._from_native(record)
         current = group._settings()
         settings = _Settings(
             provisioning_status=provisioning_status or current.provisioning_status,
@@ -277,29 +289,29 @@ class Dps:
         # Azure requires the attestation in every PUT (400 without it). Re-send the group's
         # own, as `az iot dps enrollment-group update` does: the GET's (a CA reference, or
         # certificate info that means "keep the certificates"), or for symmetric keys the
-        # attestation mechanism, which carries the keys a GET may leave out.
-        attestation = record["attestation"]
-        if attestation.get("type") == "symmetricKey":
+        # attestation mechanism, which carries the keys a GET may leave out. The record keeps
+        # the mechanism as read, and the core sends it back unchanged.
+        attestation = record.attestation
+        if attestation.kind == "symmetricKey":
             attestation = self._rest.enrollment_group_attestation(
                 *self._service, enrollment_group_id
             )
-        body = {"attestation": attestation, **settings._to_json()}
+        body = settings._to_json()
         # A PUT replaces the group: what dpskit does not model (IoT Edge capabilities) is sent
         # back as read, or the update would reset it.
-        if record.get("capabilities") is not None:
-            body["capabilities"] = record["capabilities"]
-        return self._put_group(enrollment_group_id, body, group.etag)
+        capabilities = record.settings.capabilities
+        if capabilities is not None:
+            body["capabilities"] = {"iotEdge": capabilities.iot_edge}
+        return self._put_group(enrollment_group_id, body, group.etag, attestation)
 
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
         """An enrollment group."""
         record = self._rest.enrollment_group(*self._service, enrollment_group_id)
-        group = EnrollmentGroup._from_json(record)
+        group = EnrollmentGroup._from_native(record)
         if group.attestation_type == "symmetricKey" and group.primary_key is None:
             keys = self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
             group = dataclasses.replace(
-                group,
-                primary_key=keys["symmetricKey"]["primaryKey"],
-                secondary_key=keys["symmetricKey"]["secondaryKey"],
+                group, primary_key=keys.primary_key, secondary_key=keys.secondary_key
             )
         return group
 
@@ -313,7 +325,9 @@ class Dps:
 
     def enrollment_groups(self) -> list[EnrollmentGroup]:
         """Every enrollment group."""
-        return [EnrollmentGroup._from_json(r) for r in self._rest.enrollment_groups(*self._service)]
+        return [
+            EnrollmentGroup._from_native(r) for r in self._rest.enrollment_groups(*self._service)
+        ]
 
     def delete_enrollment_group(self, enrollment_group_id: str) -> None:
         """Delete an enrollment group."""
@@ -365,15 +379,15 @@ class Dps:
         body.update(settings._to_json())
         etag = self._etag_of(lambda: self.enrollment(registration_id).etag)
         record = self._rest.put_enrollment(*self._service, registration_id, body, etag)
-        return Enrollment._from_json(record)
+        return Enrollment._from_native(record)
 
     def enrollment(self, registration_id: str) -> Enrollment:
         """An individual enrollment."""
-        return Enrollment._from_json(self._rest.enrollment(*self._service, registration_id))
+        return Enrollment._from_native(self._rest.enrollment(*self._service, registration_id))
 
     def enrollments(self) -> list[Enrollment]:
         """Every individual enrollment."""
-        return [Enrollment._from_json(r) for r in self._rest.enrollments(*self._service)]
+        return [Enrollment._from_native(r) for r in self._rest.enrollments(*self._service)]
 
     def delete_enrollment(self, registration_id: str) -> None:
         """Delete an individual enrollment."""
@@ -391,7 +405,7 @@ class Dps:
             else self.enrollment_groups()
         )
         records = [
-            RegistrationRecord._from_json(
+            RegistrationRecord._from_native(
                 r, enrollment_group_id=g.enrollment_group_id, attestation=g.attestation_type
             )
             for g in groups
@@ -404,7 +418,7 @@ class Dps:
                 except NotFoundError:
                     continue
                 records.append(
-                    RegistrationRecord._from_json(
+                    RegistrationRecord._from_native(
                         state,
                         enrollment_group_id=None,
                         attestation=enrollment.attestation_type,

@@ -1,13 +1,21 @@
 """Enrollment groups, individual enrollments and registration records: the DPS service
-API's model as dataclasses, read from its JSON and written back in the shape the Azure CLI
-and the official SDKs send."""
+API's model as dataclasses, built from the typed records of ``dpskit._native`` (the Rust core
+reads the service's JSON once) and written back in the shape the Azure CLI and the official
+SDKs send."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+from dpskit._native import (
+    AttestationRecord,
+    EnrollmentGroupRecord,
+    EnrollmentSettingsRecord,
+    IndividualEnrollmentRecord,
+    RegistrationStateRecord,
+)
 from dpskit.cloud._common import (
     AllocationPolicy,
     CertificateLike,
@@ -18,7 +26,7 @@ from dpskit.cloud._common import (
     _generated_key,
 )
 from dpskit.cloud.records import CertificateSummary
-from dpskit.errors import ConfigError
+from dpskit.errors import ConfigError, ProtocolError
 
 
 @dataclass(frozen=True)
@@ -45,19 +53,19 @@ class _Settings:
     custom_allocation_url: str | None = None
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> _Settings:
-        policy = data.get("reprovisionPolicy") or {}
-        custom = data.get("customAllocationDefinition") or {}
+    def _from_native(cls, settings: EnrollmentSettingsRecord) -> _Settings:
+        policy = settings.reprovision_policy
+        allocation = settings.allocation
         return cls(
-            provisioning_status=data.get("provisioningStatus") or "enabled",
-            allocation_policy=data.get("allocationPolicy"),
-            iot_hubs=tuple(data.get("iotHubs") or ()),
+            provisioning_status=cast(ProvisioningStatus, settings.provisioning_status),
+            allocation_policy=cast("AllocationPolicy | None", allocation.policy),
+            iot_hubs=tuple(allocation.iot_hubs),
             reprovision_policy=ReprovisionPolicy(
-                update_hub_assignment=policy.get("updateHubAssignment", True),
-                migrate_device_data=policy.get("migrateDeviceData", True),
+                update_hub_assignment=policy.update_hub_assignment,
+                migrate_device_data=policy.migrate_device_data,
             ),
-            initial_twin=data.get("initialTwin"),
-            custom_allocation_url=custom.get("webhookUrl"),
+            initial_twin=settings.initial_twin,
+            custom_allocation_url=allocation.custom.webhook_url if allocation.custom else None,
         )
 
     def _to_json(self) -> dict[str, Any]:
@@ -90,33 +98,30 @@ class _Attestation:
     secondary_key: str | None = field(default=None, repr=False)
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> _Attestation:
-        if data["type"] == "x509":
-            x509 = data.get("x509") or {}
-            references = x509.get("caReferences") or {}
-            certificates = x509.get("signingCertificates") or x509.get("clientCertificates") or {}
+    def _from_native(cls, record: AttestationRecord, what: str) -> _Attestation:
+        if record.kind == "x509":
             summaries: list[CertificateSummary] = []
-            for slot in ("primary", "secondary"):
-                info = (certificates.get(slot) or {}).get("info")
+            for info in (record.primary_certificate, record.secondary_certificate):
                 if info is None:
                     continue
-                summary = CertificateSummary._from_info(info)
+                summary = CertificateSummary._from_native(info)
                 # Azure repeats the primary as the secondary when only one was given.
                 if all(s.thumbprint != summary.thumbprint for s in summaries):
                     summaries.append(summary)
             return cls(
                 type="x509",
                 ca_references=tuple(
-                    r for r in (references.get("primary"), references.get("secondary")) if r
+                    r for r in (record.primary_ca_reference, record.secondary_ca_reference) if r
                 ),
                 certificates=tuple(summaries),
             )
-        keys = data.get("symmetricKey") or {}
-        return cls(
-            type="symmetricKey",
-            primary_key=keys.get("primaryKey"),
-            secondary_key=keys.get("secondaryKey"),
-        )
+        if record.kind == "symmetricKey":
+            return cls(
+                type="symmetricKey",
+                primary_key=record.primary_key,
+                secondary_key=record.secondary_key,
+            )
+        raise ProtocolError(f"{what} attests by {record.kind}, which dpskit does not model")
 
 
 def _attestation_json(
@@ -168,9 +173,11 @@ class _EnrollmentCommon:
     updated: datetime
 
     @staticmethod
-    def _common(data: dict[str, Any], attestation: _Attestation) -> dict[str, Any]:
-        """The shared fields, from the service JSON of either kind."""
-        settings = _Settings._from_json(data)
+    def _common(
+        record: EnrollmentGroupRecord | IndividualEnrollmentRecord, attestation: _Attestation
+    ) -> dict[str, Any]:
+        """The shared fields, from the record of either kind."""
+        settings = _Settings._from_native(record.settings)
         return {
             "attestation_type": attestation.type,
             "primary_key": attestation.primary_key,
@@ -181,9 +188,9 @@ class _EnrollmentCommon:
             "reprovision_policy": settings.reprovision_policy,
             "initial_twin": settings.initial_twin,
             "custom_allocation_url": settings.custom_allocation_url,
-            "etag": data["etag"],
-            "created": _azure_time(data["createdDateTimeUtc"]),
-            "updated": _azure_time(data["lastUpdatedDateTimeUtc"]),
+            "etag": record.etag,
+            "created": _azure_time(record.created),
+            "updated": _azure_time(record.updated),
         }
 
     def _settings(self) -> _Settings:
@@ -207,13 +214,14 @@ class EnrollmentGroup(_EnrollmentCommon):
     signing_certificates: tuple[CertificateSummary, ...]
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> EnrollmentGroup:
-        attestation = _Attestation._from_json(data["attestation"])
+    def _from_native(cls, record: EnrollmentGroupRecord) -> EnrollmentGroup:
+        what = f"enrollment group {record.enrollment_group_id!r}"
+        attestation = _Attestation._from_native(record.attestation, what)
         return cls(
-            enrollment_group_id=data["enrollmentGroupId"],
+            enrollment_group_id=record.enrollment_group_id,
             ca_references=attestation.ca_references,
             signing_certificates=attestation.certificates,
-            **cls._common(data, attestation),
+            **cls._common(record, attestation),
         )
 
 
@@ -226,13 +234,14 @@ class Enrollment(_EnrollmentCommon):
     certificates: tuple[CertificateSummary, ...]
 
     @classmethod
-    def _from_json(cls, data: dict[str, Any]) -> Enrollment:
-        attestation = _Attestation._from_json(data["attestation"])
+    def _from_native(cls, record: IndividualEnrollmentRecord) -> Enrollment:
+        what = f"enrollment {record.registration_id!r}"
+        attestation = _Attestation._from_native(record.attestation, what)
         return cls(
-            registration_id=data["registrationId"],
-            device_id=data.get("deviceId"),
+            registration_id=record.registration_id,
+            device_id=record.device_id,
             certificates=attestation.certificates,
-            **cls._common(data, attestation),
+            **cls._common(record, attestation),
         )
 
 
@@ -256,25 +265,25 @@ class RegistrationRecord:
     payload: Any = None
 
     @classmethod
-    def _from_json(
+    def _from_native(
         cls,
-        data: dict[str, Any],
+        record: RegistrationStateRecord,
         *,
         enrollment_group_id: str | None,
         attestation: Literal["x509", "symmetricKey"],
     ) -> RegistrationRecord:
         return cls(
-            registration_id=data["registrationId"],
-            status=data["status"],
-            assigned_hub=data.get("assignedHub"),
-            device_id=data.get("deviceId"),
-            substatus=data.get("substatus"),
+            registration_id=record.registration_id,
+            status=record.status,
+            assigned_hub=record.assigned_hub,
+            device_id=record.device_id,
+            substatus=record.substatus,
             enrollment_group_id=enrollment_group_id,
             attestation=attestation,
-            error_code=data.get("errorCode"),
-            error_message=data.get("errorMessage"),
-            created=_azure_time(data["createdDateTimeUtc"]),
-            last_updated=_azure_time(data["lastUpdatedDateTimeUtc"]),
-            etag=data["etag"],
-            payload=data.get("payload"),
+            error_code=record.error_code,
+            error_message=record.error_message,
+            created=_azure_time(record.created),
+            last_updated=_azure_time(record.last_updated),
+            etag=record.etag,
+            payload=record.payload,
         )

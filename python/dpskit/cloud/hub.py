@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 from dpskit._native import HubRecord, validate_registration_id
 from dpskit.cloud._common import (
-    _AUTHENTICATIONS,
     WEB_PORT,
     CertificateLike,
     _certificate,
@@ -20,6 +19,7 @@ from dpskit.cloud.records import (
     MethodResult,
     TelemetryMessage,
     TelemetryRecords,
+    _twin_document,
 )
 from dpskit.errors import ConfigError
 
@@ -63,18 +63,8 @@ class Hub:
         carries no keys (``primary_key`` and ``secondary_key`` are ``None``), as the query
         does not; :meth:`device` reads one identity with its keys."""
         return [
-            HubDevice(
-                device_id=device_id,
-                hub=self.host_name,
-                authentication=_AUTHENTICATIONS.get(authentication.lower(), "sas"),
-                thumbprint=thumbprint,
-                primary_key=None,
-                secondary_key=None,
-                connection_state=state,
-            )
-            for device_id, authentication, thumbprint, state in self._cloud._rest.hub_device_list(
-                *self._service
-            )
+            HubDevice._from_native(self.host_name, record)
+            for record in self._cloud._rest.hub_device_list(*self._service)
         ]
 
     def query(self, query: str) -> list[dict[str, Any]]:
@@ -83,13 +73,12 @@ class Hub:
         desired or reported properties, joined by ``AND``, ``OR``, ``NOT``, with
         ``IS_DEFINED(path)``. The local cloud refuses what it does not understand
         (``ServiceError``, 400004) rather than ignoring a clause."""
-        twins: list[dict[str, Any]] = self._cloud._rest.hub_twins(*self._service, query)
-        return twins
+        return [_twin_document(r) for r in self._cloud._rest.hub_twins(*self._service, query)]
 
     def device(self, device_id: str) -> HubDevice:
         """One device identity."""
         identity = self._cloud._rest.hub_device(*self._service, device_id)
-        return HubDevice._from_json(self.host_name, identity)
+        return HubDevice._from_native(self.host_name, identity)
 
     def create_device(
         self,
@@ -135,7 +124,7 @@ class Hub:
                 "properties": {"desired": (initial_twin.get("properties") or {}).get("desired")},
             }
             self._cloud._rest.hub_patch_twin(*self._service, device_id, patch)
-        return HubDevice._from_json(self.host_name, identity)
+        return HubDevice._from_native(self.host_name, identity)
 
     def delete_device(self, device_id: str) -> None:
         """Delete a device identity (its twin and waiting messages go with it)."""
@@ -196,21 +185,18 @@ class Hub:
 
     def get_twin(self, device_id: str) -> dict[str, Any]:
         """The device twin: tags, desired and reported properties with their versions."""
-        twin: dict[str, Any] = self._cloud._rest.hub_twin(*self._service, device_id)
-        return twin
+        return _twin_document(self._cloud._rest.hub_twin(*self._service, device_id))
 
     def update_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch desired properties (``None`` deletes); a connected device subscribed to desired
         patches receives the change."""
         body = {"properties": {"desired": patch}}
-        twin: dict[str, Any] = self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
-        return twin
+        return _twin_document(self._cloud._rest.hub_patch_twin(*self._service, device_id, body))
 
     def update_tags(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch the twin's tags."""
         body = {"tags": patch}
-        twin: dict[str, Any] = self._cloud._rest.hub_patch_twin(*self._service, device_id, body)
-        return twin
+        return _twin_document(self._cloud._rest.hub_patch_twin(*self._service, device_id, body))
 
     def send_c2d(
         self,

@@ -1,7 +1,7 @@
 """The read-only records the clouds return: CA certificates, linked hubs, certificate
 summaries, hub usage, device identities, trace events, telemetry, method answers and the
 local cloud's throttling counts. Each is a frozen dataclass built from a typed record of
-``dpskit._native`` (or, where the service API still answers JSON, from its dict)."""
+``dpskit._native``; a twin stays the dict Azure's SDKs give, built here from its record."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ from typing import Any
 from dpskit._native import (
     CaCertificateRecord,
     Certificate,
+    HubDeviceRecord,
     HubUsageRecord,
     LinkedHubRecord,
+    ServiceTwinRecord,
     TelemetryRecord,
     TraceRecord,
+    X509CertificateInfoRecord,
 )
 from dpskit.cloud._common import (
     _AUTHENTICATIONS,
@@ -109,15 +112,15 @@ class CertificateSummary:
     not_after: datetime
 
     @classmethod
-    def _from_info(cls, info: dict[str, Any]) -> CertificateSummary:
+    def _from_native(cls, info: X509CertificateInfoRecord) -> CertificateSummary:
         return cls(
-            subject=info.get("subjectName", ""),
-            issuer=info.get("issuerName", ""),
-            thumbprint=info.get("sha1Thumbprint", ""),
-            thumbprint_sha256=info.get("sha256Thumbprint", ""),
-            serial_number=info.get("serialNumber", ""),
-            not_before=_azure_time(info["notBeforeUtc"]),
-            not_after=_azure_time(info["notAfterUtc"]),
+            subject=info.subject_name,
+            issuer=info.issuer_name,
+            thumbprint=info.sha1_thumbprint,
+            thumbprint_sha256=info.sha256_thumbprint,
+            serial_number=info.serial_number,
+            not_before=_azure_time(info.not_before_utc),
+            not_after=_azure_time(info.not_after_utc),
         )
 
     def matches(self, certificate: CertificateLike) -> bool:
@@ -186,19 +189,43 @@ class HubDevice:
     connection_state: str
 
     @classmethod
-    def _from_json(cls, hub: str, data: dict[str, Any]) -> HubDevice:
-        auth = data.get("authentication") or {}
-        keys = auth.get("symmetricKey") or {}
-        thumbprints = auth.get("x509Thumbprint") or {}
+    def _from_native(cls, hub: str, record: HubDeviceRecord) -> HubDevice:
         return cls(
-            device_id=data["deviceId"],
+            device_id=record.device_id,
             hub=hub,
-            authentication=_AUTHENTICATIONS.get(str(auth.get("type", "sas")).lower(), "sas"),
-            thumbprint=thumbprints.get("primaryThumbprint"),
-            primary_key=keys.get("primaryKey"),
-            secondary_key=keys.get("secondaryKey"),
-            connection_state=data.get("connectionState", "Disconnected"),
+            authentication=_AUTHENTICATIONS.get(record.authentication.lower(), "sas"),
+            thumbprint=record.primary_thumbprint,
+            primary_key=record.primary_key,
+            secondary_key=record.secondary_key,
+            connection_state=record.connection_state,
         )
+
+
+def _twin_document(record: ServiceTwinRecord) -> dict[str, Any]:
+    """A twin as the hub service API writes it (what the official SDKs and ``Hub.get_twin``
+    give), from its record: the members the answer carried, ``properties`` holding the desired
+    and reported sections."""
+    document: dict[str, Any] = {"deviceId": record.device_id}
+    members: dict[str, Any] = {
+        "etag": record.etag,
+        "version": record.version,
+        "tags": record.tags,
+        "status": record.status,
+        "connectionState": record.connection_state,
+        "authenticationType": record.authentication_type,
+    }
+    document.update((k, v) for k, v in members.items() if v is not None)
+    sections = (("desired", record.desired), ("reported", record.reported))
+    properties = {k: v for k, v in sections if v is not None}
+    if properties:
+        document["properties"] = properties
+    if record.x509_thumbprint is not None:
+        document["x509Thumbprint"] = {
+            "primaryThumbprint": record.x509_thumbprint.primary_thumbprint,
+            "secondaryThumbprint": record.x509_thumbprint.secondary_thumbprint,
+        }
+    document.update(record.other)
+    return document
 
 
 @dataclass(frozen=True)
