@@ -2,6 +2,6 @@
 //! timestamps. One function, so a test or a future simulated clock has one place to change.
 
 /// Current Unix time in seconds (UTC).
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }

@@ -258,7 +258,7 @@ pub fn positive_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
 }
 
 /// A duration a caller gives as seconds that may be zero (a latency).
-pub fn non_negative_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
+pub(crate) fn non_negative_seconds(what: &str, value: f64) -> Result<std::time::Duration> {
     std::time::Duration::try_from_secs_f64(value)
         .map_err(|_| Error::config(format!("{what} must be >= 0 seconds, not {value}")))
 }

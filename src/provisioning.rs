@@ -17,7 +17,7 @@ use crate::protocol::dps::{
     self as wire, DeviceRegistration, RegistrationOperationStatus, Request, Response,
 };
 // Where the device clients' callers have always found it; it lives in the transport.
-pub use crate::transport::Trust;
+pub(crate) use crate::transport::Trust;
 use crate::transport::jittered_backoff;
 use crate::transport::mqtt::{self, DialError, FrameError, Framed, Via};
 
@@ -26,7 +26,7 @@ const SAS_TTL_SECONDS: i64 = 3600;
 /// DPS's largest message: 96 KB ("Azure IoT Hub Device Provisioning Service quotas and
 /// limits", not adjustable; the wire spec's section 6). A register request over it is refused
 /// before dialling, with [`Error::Config`].
-pub const MAX_REGISTRATION_BYTES: usize = crate::limits::MAX_DPS_MESSAGE_BYTES;
+pub(crate) const MAX_REGISTRATION_BYTES: usize = crate::limits::MAX_DPS_MESSAGE_BYTES;
 /// The largest MQTT packet the client reads (what it sends is held to
 /// [`MAX_REGISTRATION_BYTES`]). DPS's answers echo the payload of a custom allocation and
 /// carry the registration state around it, so this leaves room above
@@ -115,11 +115,12 @@ impl DeviceAuth {
 }
 
 /// A future a [`RegistrationHooks`] method returns.
-pub type HookFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+pub(crate) type HookFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
 
 /// What a registration tells its caller as it goes, and how it waits between two requests.
 /// The defaults count nothing and simply sleep.
-pub trait RegistrationHooks: Send + Sync {
+pub(crate) trait RegistrationHooks: Send + Sync {
     /// DPS answered 429 or 5xx; the device is about to wait and ask again (fleets count those
     /// retries as they happen).
     fn throttled(&self) {}
@@ -144,7 +145,7 @@ pub async fn provision(request: &ProvisioningRequest, trust: &Trust) -> Result<R
 
 /// [`provision`], telling `hooks` of every 429 or 5xx the service answers and letting them
 /// do the waiting between requests.
-pub async fn provision_observed(
+pub(crate) async fn provision_observed(
     request: &ProvisioningRequest,
     trust: &Trust,
     hooks: &dyn RegistrationHooks,

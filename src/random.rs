@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 
 /// Fills `buf` from the operating system's secure generator.
-pub fn fill_random(buf: &mut [u8]) -> Result<()> {
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new()
         .fill(buf)

@@ -28,11 +28,11 @@ fn decode_key(key: &str) -> Result<Vec<u8>> {
 }
 
 /// Shortest symmetric key Azure takes (DPS enrollments, hub identities), in bytes.
-pub const MIN_SYMMETRIC_KEY_BYTES: usize = 16;
+pub(crate) const MIN_SYMMETRIC_KEY_BYTES: usize = 16;
 
 /// Checks a symmetric key as Azure does: base64 of at least [`MIN_SYMMETRIC_KEY_BYTES`] bytes;
 /// `which` names the key in the error (`primary_key`, ...).
-pub fn validate_symmetric_key(which: &str, key: &str) -> Result<()> {
+pub(crate) fn validate_symmetric_key(which: &str, key: &str) -> Result<()> {
     match BASE64.decode(key) {
         Ok(raw) if raw.len() >= MIN_SYMMETRIC_KEY_BYTES => Ok(()),
         _ => Err(Error::config(format!(
@@ -42,14 +42,14 @@ pub fn validate_symmetric_key(which: &str, key: &str) -> Result<()> {
 }
 
 /// A fresh random 256-bit key, base64-encoded (what Azure generates for enrollments).
-pub fn generate_key() -> Result<String> {
+pub(crate) fn generate_key() -> Result<String> {
     let mut key = [0u8; 32];
     crate::random::fill_random(&mut key)?;
     Ok(BASE64.encode(key))
 }
 
 /// Percent-encodes everything but unreserved characters, with upper-case hex (Python, C#).
-pub fn url_encode(text: &str) -> String {
+pub(crate) fn url_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -62,7 +62,7 @@ pub fn url_encode(text: &str) -> String {
 }
 
 /// Decodes `%XX` escapes (either case); `+` stays `+` because no client sends it for a space.
-pub fn url_decode(text: &str) -> Result<String> {
+pub(crate) fn url_decode(text: &str) -> Result<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -83,7 +83,7 @@ pub fn url_decode(text: &str) -> Result<String> {
 }
 
 /// Builds a token: `SharedAccessSignature sr=..&sig=..&se=..[&skn=..]`.
-pub fn build_token(
+pub(crate) fn build_token(
     resource_uri: &str,
     key: &str,
     expiry: i64,

@@ -57,12 +57,12 @@ pub struct Cloud {
 }
 
 /// Current time as Azure writes it in registration records: RFC 3339, 7 fractional digits.
-pub fn azure_timestamp() -> String {
+pub(crate) fn azure_timestamp() -> String {
     format_azure_time(time::OffsetDateTime::now_utc())
 }
 
 /// Unix seconds as Azure's data-plane timestamps (`2023-05-19T23:10:35.0000000Z`).
-pub fn azure_time(unix: i64) -> String {
+pub(crate) fn azure_time(unix: i64) -> String {
     format_azure_time(
         time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
     )
@@ -82,7 +82,7 @@ fn format_azure_time(now: time::OffsetDateTime) -> String {
 }
 
 /// A GUID-shaped random string.
-pub fn random_guid() -> String {
+pub(crate) fn random_guid() -> String {
     let mut b = [0u8; 16];
     // The system RNG failing is not something the emulator can recover from meaningfully; an
     // all-zero GUID still keeps the protocol going.
@@ -99,7 +99,7 @@ pub fn random_guid() -> String {
 }
 
 /// An etag as DPS writes them: base64 of a quoted GUID.
-pub fn new_etag() -> String {
+pub(crate) fn new_etag() -> String {
     BASE64.encode(format!("\"{}\"", random_guid()))
 }
 
@@ -125,12 +125,12 @@ fn check_etag(current: &str, if_match: Option<&str>) -> Result<()> {
 }
 
 /// Longest device id IoT Hub accepts.
-pub const MAX_DEVICE_ID_LEN: usize = 128;
+pub(crate) const MAX_DEVICE_ID_LEN: usize = 128;
 
 /// Checks a hub device id against IoT Hub's rules: 1 to 128 ASCII letters, digits and
 /// `- : . + % _ # * ? ! ( ) , = @ $ '`. Every path that creates an identity or names one in an
 /// enrollment goes through here, so an id Azure would refuse never reaches the store.
-pub fn validate_device_id(id: &str) -> Result<()> {
+pub(crate) fn validate_device_id(id: &str) -> Result<()> {
     let invalid = |rule: String| Error::config(format!("invalid device id {id:?}: {rule}"));
     if id.is_empty() {
         return Err(invalid("it is empty".into()));

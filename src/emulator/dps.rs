@@ -24,7 +24,7 @@ use crate::sas::{SasToken, derive_device_key};
 
 /// Who is connected: established at CONNECT, used for every request of the session.
 #[derive(Debug, Clone)]
-pub struct DeviceIdentity {
+pub(crate) struct DeviceIdentity {
     /// The DPS the scope belongs to.
     pub dps: String,
     /// Registration id from the username.
@@ -35,7 +35,7 @@ pub struct DeviceIdentity {
 
 /// A device's credential as presented.
 #[derive(Debug, Clone)]
-pub enum DeviceCredential {
+pub(crate) enum DeviceCredential {
     /// The chain sent in the TLS handshake, leaf first, exactly as presented.
     X509(Vec<Certificate>),
     /// A client certificate chain that cannot be trusted (a certificate that does not parse,
@@ -55,7 +55,7 @@ pub enum DeviceCredential {
 
 /// A DPS reply on `$dps/registrations/res/{status}/?$rid=..`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// HTTP-style status.
     pub status: u16,
     /// `retry-after` seconds, when sent.
@@ -153,7 +153,7 @@ impl DpsKnobChange {
 }
 
 /// The registration engine shared by every DPS connection.
-pub struct DpsEngine {
+pub(crate) struct DpsEngine {
     cloud: Arc<Cloud>,
     operations: Mutex<HashMap<String, Operation>>,
     knobs: Mutex<HashMap<String, DpsKnobs>>,
@@ -182,7 +182,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl DpsEngine {
     /// An engine over `cloud`'s configuration.
-    pub fn new(cloud: Arc<Cloud>, poll_retry_after: u32) -> Self {
+    pub(crate) fn new(cloud: Arc<Cloud>, poll_retry_after: u32) -> Self {
         DpsEngine {
             cloud: cloud.clone(),
             operations: Mutex::new(HashMap::new()),
@@ -204,7 +204,7 @@ impl DpsEngine {
     }
 
     /// Registers an in-process custom allocator; enrollments refer to it as `python:<name>`.
-    pub fn register_allocator(&self, name: &str, allocator: Arc<dyn CustomAllocator>) {
+    pub(crate) fn register_allocator(&self, name: &str, allocator: Arc<dyn CustomAllocator>) {
         self.allocators
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -345,7 +345,7 @@ impl DpsEngine {
     }
 
     /// Changes the knobs of one DPS.
-    pub fn update_knobs(&self, dps: &str, change: impl FnOnce(&mut DpsKnobs)) {
+    pub(crate) fn update_knobs(&self, dps: &str, change: impl FnOnce(&mut DpsKnobs)) {
         let mut knobs = lock(&self.knobs);
         let entry = knobs.entry(dps.to_string()).or_insert_with(|| DpsKnobs {
             refusal_status: 429,
@@ -362,7 +362,7 @@ impl DpsEngine {
     /// enrollment key; otherwise a client certificate must have been presented (its chain is
     /// judged at register time, as DPS does). `chain` is what the handshake presented, or why
     /// it cannot be used.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         id_scope: &str,
         registration_id: &str,
@@ -467,7 +467,11 @@ impl DpsEngine {
     }
 
     /// Handles `iotdps-register`.
-    pub async fn register(self: &Arc<Self>, identity: &DeviceIdentity, body: &[u8]) -> Reply {
+    pub(crate) async fn register(
+        self: &Arc<Self>,
+        identity: &DeviceIdentity,
+        body: &[u8],
+    ) -> Reply {
         if body.len() > crate::limits::MAX_DPS_MESSAGE_BYTES {
             // DPS's quota page sets 96 KB per message but not the answer past it; its
             // troubleshooting table answers a request body it cannot validate with 400 /
@@ -524,7 +528,7 @@ impl DpsEngine {
     }
 
     /// Handles `iotdps-get-operationstatus`.
-    pub fn poll(&self, identity: &DeviceIdentity, operation_id: &str) -> Reply {
+    pub(crate) fn poll(&self, identity: &DeviceIdentity, operation_id: &str) -> Reply {
         if let Err(refused) = self
             .quotas
             .admit_poll(&identity.dps, &identity.registration_id)
@@ -598,7 +602,7 @@ impl DpsEngine {
     }
 
     /// The rate presets and buckets, shared with the DPS service API.
-    pub fn quotas(&self) -> Arc<DpsQuotas> {
+    pub(crate) fn quotas(&self) -> Arc<DpsQuotas> {
         self.quotas.clone()
     }
 
@@ -1190,7 +1194,7 @@ fn status_body(status: RegistrationOperationStatus) -> Value {
 }
 
 /// The `RegistrationOperationStatus` body of a finished registration.
-pub fn registration_body(record: &RegistrationRecord) -> Value {
+pub(crate) fn registration_body(record: &RegistrationRecord) -> Value {
     let group = match &record.enrollment {
         EnrollmentRef::Group(id) => Some(id.clone()),
         EnrollmentRef::Individual(_) => None,

@@ -37,19 +37,19 @@ use crate::protocol::hub::{CloudPublish, Subscription};
 use crate::sas::SasToken;
 
 /// Largest device-to-cloud message (256 KB).
-pub const MAX_D2C_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
+pub(crate) const MAX_D2C_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
 /// Largest cloud-to-device message (64 KB).
-pub const MAX_C2D_BYTES: usize = crate::limits::MAX_C2D_MESSAGE_BYTES;
+pub(crate) const MAX_C2D_BYTES: usize = crate::limits::MAX_C2D_MESSAGE_BYTES;
 /// Largest direct-method payload, request or response (128 KB).
-pub const MAX_METHOD_BYTES: usize = crate::limits::MAX_METHOD_PAYLOAD_BYTES;
+pub(crate) const MAX_METHOD_BYTES: usize = crate::limits::MAX_METHOD_PAYLOAD_BYTES;
 /// Largest desired or reported section (32 KB).
-pub const MAX_TWIN_SECTION_BYTES: usize = crate::limits::MAX_TWIN_SECTION_BYTES;
+pub(crate) const MAX_TWIN_SECTION_BYTES: usize = crate::limits::MAX_TWIN_SECTION_BYTES;
 /// Cloud-to-device messages waiting per device.
-pub const MAX_C2D_QUEUE: usize = 50;
+pub(crate) const MAX_C2D_QUEUE: usize = 50;
 /// Telemetry messages a connection may have stored and not acknowledged yet; past it the
 /// connection stops reading until PUBACKs go out, so a flood slows its sender (TCP pushes
 /// back) instead of growing the emulator's queues.
-pub const TELEMETRY_WINDOW: usize = 1024;
+pub(crate) const TELEMETRY_WINDOW: usize = 1024;
 /// Room in a session's outbound queue for what is not a PUBACK (C2D, desired patches, method
 /// requests). A device that leaves it full is disconnected: it reconnects and reads again.
 const OTHER_OUTBOUND: usize = 256;
@@ -60,7 +60,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A device twin.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Twin {
+pub(crate) struct Twin {
     /// Tags (service side only).
     pub tags: Map<String, Value>,
     /// Desired properties, without `$version`.
@@ -99,7 +99,7 @@ impl Twin {
     /// What the device gets for a GET, laid out as IoT Hub writes it: `desired` then
     /// `reported`, each with its properties in the order they were set and `$version` last
     /// (embedded stacks read a section until `$version`).
-    pub fn device_view(&self) -> Value {
+    pub(crate) fn device_view(&self) -> Value {
         json!({
             "desired": with_version(&self.desired, self.desired_version),
             "reported": with_version(&self.reported, self.reported_version),
@@ -108,7 +108,7 @@ impl Twin {
 
     /// The twin's etag: a digest of its tags and properties, so every change changes it (the
     /// service's `If-Match` on a twin patch names it).
-    pub fn etag(&self) -> String {
+    pub(crate) fn etag(&self) -> String {
         let record = serde_json::to_vec(self).unwrap_or_default();
         let digest = ring::digest::digest(&ring::digest::SHA256, &record);
         BASE64.encode(&digest.as_ref()[..12])
@@ -116,7 +116,7 @@ impl Twin {
 
     /// What the service gets (the device twin document), in the order of IoT Hub's documented
     /// twin: identity and etag, version, tags, then the properties.
-    pub fn service_view(&self, device_id: &str) -> Value {
+    pub(crate) fn service_view(&self, device_id: &str) -> Value {
         json!({
             "deviceId": device_id,
             "etag": self.etag(),

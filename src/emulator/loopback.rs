@@ -15,11 +15,11 @@ use crate::error::{Error, Result};
 
 /// Environment variable that makes hubs take the shared names even where their own loopback
 /// addresses can be bound (`1`): how tests reproduce a macOS loopback on any machine.
-pub const SHARED_ENV: &str = "DPSKIT_SHARED_HUB_ADDRESSES";
+pub(crate) const SHARED_ENV: &str = "DPSKIT_SHARED_HUB_ADDRESSES";
 
 /// The name every OS resolves to the loopback without setup (to 127.0.0.1, and on some, such
 /// as macOS and Windows, first to ::1).
-pub const LOCALHOST: &str = "localhost";
+pub(crate) const LOCALHOST: &str = "localhost";
 
 /// Whether the environment asks for shared hub names (see [`SHARED_ENV`]).
 pub(crate) fn shared_by_environment() -> bool {
@@ -34,7 +34,7 @@ pub(crate) fn can_bind(ip: IpAddr) -> bool {
 
 /// The host names a hub takes, in this order, when no address of its own can be bound: the
 /// address DPS listens on (`base`), then `localhost`.
-pub fn shared_names(base: Ipv4Addr) -> [String; 2] {
+pub(crate) fn shared_names(base: Ipv4Addr) -> [String; 2] {
     [base.to_string(), LOCALHOST.to_string()]
 }
 
@@ -117,7 +117,7 @@ impl Os {
 }
 
 /// The command that adds `ip` to the loopback on `os` (`None` on Windows, which needs none).
-pub fn setup_command(os: Os, ip: Ipv4Addr) -> Option<String> {
+pub(crate) fn setup_command(os: Os, ip: Ipv4Addr) -> Option<String> {
     match os {
         Os::Bsd => Some(format!("sudo ifconfig lo0 alias {ip} up")),
         Os::Linux => Some(format!("sudo ip addr add {ip}/8 dev lo")),
@@ -126,7 +126,7 @@ pub fn setup_command(os: Os, ip: Ipv4Addr) -> Option<String> {
 }
 
 /// What to do on `os` so that `ip` can be bound, as one sentence.
-pub fn advice(os: Os, ip: Ipv4Addr) -> String {
+pub(crate) fn advice(os: Os, ip: Ipv4Addr) -> String {
     match (os, setup_command(os, ip)) {
         (Os::Bsd, Some(command)) => {
             format!("add it with `{command}` (macOS and the BSDs; it lasts until the next reboot)")

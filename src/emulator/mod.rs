@@ -3,18 +3,18 @@
 //! username; one HTTPS listener serves ARM and the DPS and hub service APIs (`rest`); state
 //! lives in SQLite in the data folder, which only its owner can read (see `secrets`).
 
-pub mod cloud;
-pub mod dps;
-pub mod hub;
+pub(crate) mod cloud;
+pub(crate) mod dps;
+pub(crate) mod hub;
 pub mod loopback;
-pub mod model;
-pub mod quotas;
-pub mod rest;
+pub(crate) mod model;
+pub(crate) mod quotas;
+pub(crate) mod rest;
 mod secrets;
-pub mod server;
-pub mod store;
-pub mod tls;
-pub mod trace;
+pub(crate) mod server;
+pub(crate) mod store;
+pub(crate) mod tls;
+pub(crate) mod trace;
 mod web;
 
 #[cfg(test)]
@@ -41,11 +41,12 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
-pub use cloud::{Cloud, EnrollmentSpec};
-pub use dps::DpsKnobs;
-pub use rest::ThrottledRequests;
+pub(crate) use cloud::Cloud;
+#[cfg(test)]
+pub(crate) use cloud::EnrollmentSpec;
+pub(crate) use dps::DpsKnobs;
+pub(crate) use rest::ThrottledRequests;
 pub use server::Limits;
-pub use trace::TraceEvent;
 
 /// How to start the emulator.
 #[derive(Debug, Clone)]
@@ -151,9 +152,9 @@ impl Default for RestBehaviour {
 pub const AZURE_POLL_RETRY_AFTER: u32 = 3;
 
 /// The subscription id the emulator's ARM answers for by default (Python's `LocalCloud` too).
-pub const DEFAULT_SUBSCRIPTION_ID: &str = "00000000-0000-0000-0000-000000000000";
+pub(crate) const DEFAULT_SUBSCRIPTION_ID: &str = "00000000-0000-0000-0000-000000000000";
 /// The resource group the emulator's ARM answers for by default.
-pub const DEFAULT_RESOURCE_GROUP: &str = "dpskit-local";
+pub(crate) const DEFAULT_RESOURCE_GROUP: &str = "dpskit-local";
 
 /// Limits of the HTTPS listener, so that slow or idle clients cannot starve it.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 // The policies are the service API's own types: stored as they cross the wire.
-pub use crate::protocol::dps_service::{
+pub(crate) use crate::protocol::dps_service::{
     AllocationPolicy, CustomAllocationDefinition, ProvisioningStatus, ReprovisionPolicy,
 };
 

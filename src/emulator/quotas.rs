@@ -61,7 +61,7 @@ impl Throttled {
 
 /// A rate a bucket enforces: `per_second`, letting `burst` through at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
+pub(crate) struct Rate {
     /// Operations (or, for direct methods, 4 KB blocks) per second.
     pub per_second: f64,
     /// Operations let through at once.
@@ -70,7 +70,7 @@ pub struct Rate {
 
 impl Rate {
     /// A hand-set rate (a knob): one second's worth at once.
-    pub fn per_second(per_second: u32) -> Rate {
+    pub(crate) fn per_second(per_second: u32) -> Rate {
         let per_second = f64::from(per_second.max(1));
         Rate {
             per_second,
@@ -131,7 +131,7 @@ struct HubState {
 
 /// What the throttles and the meter of one hub have seen.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HubCounters {
+pub(crate) struct HubCounters {
     /// Messages metered today (00:00 UTC on), in the tier's blocks.
     pub messages_used: u64,
     /// When the meter resets (the next 00:00 UTC), Unix seconds.
@@ -144,7 +144,7 @@ pub struct HubCounters {
 
 /// The tier presets, throttles and meters of every hub, by lower-case host name.
 #[derive(Debug, Default)]
-pub struct HubQuotas {
+pub(crate) struct HubQuotas {
     presets: Mutex<HashMap<String, HubSku>>,
     /// Whether any hub enforces a tier: with none (the default) an operation costs one
     /// atomic load here, not a lock and a lower-cased host name.
@@ -158,7 +158,7 @@ fn today() -> i64 {
 
 impl HubQuotas {
     /// The quotas of hubs that enforce these tiers.
-    pub fn new(presets: HashMap<String, HubSku>) -> HubQuotas {
+    pub(crate) fn new(presets: HashMap<String, HubSku>) -> HubQuotas {
         HubQuotas {
             any_presets: AtomicBool::new(!presets.is_empty()),
             presets: Mutex::new(presets),
@@ -167,7 +167,7 @@ impl HubQuotas {
     }
 
     /// Makes a hub enforce a tier (`None`: stop enforcing).
-    pub fn set_preset(&self, hub: &str, sku: Option<HubSku>) {
+    pub(crate) fn set_preset(&self, hub: &str, sku: Option<HubSku>) {
         let hub = hub.to_ascii_lowercase();
         let mut presets = lock(&self.presets);
         match sku {
@@ -185,7 +185,7 @@ impl HubQuotas {
     }
 
     /// The tier a hub enforces, if any.
-    pub fn preset(&self, hub: &str) -> Option<HubSku> {
+    pub(crate) fn preset(&self, hub: &str) -> Option<HubSku> {
         if !self.any_presets.load(Ordering::Relaxed) {
             return None;
         }
@@ -194,7 +194,7 @@ impl HubQuotas {
 
     /// The rate the hub's tier sets for `operation`; `None` without a preset, or where the
     /// tier lacks the operation.
-    pub fn tier_rate(&self, hub: &str, operation: HubOperation) -> Option<Rate> {
+    pub(crate) fn tier_rate(&self, hub: &str, operation: HubOperation) -> Option<Rate> {
         let sku = self.preset(hub)?;
         let rate = operation.rate(sku.tier.limits())?;
         Some(Rate {
@@ -205,7 +205,7 @@ impl HubQuotas {
 
     /// Admits an operation costing `cost` (1, or a direct method's 4 KB blocks) at `rate`
     /// (a knob's, else the hub's tier's; `None`: not throttled).
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         hub: &str,
         operation: HubOperation,
@@ -243,7 +243,7 @@ impl HubQuotas {
     /// Admits a device-to-cloud send at `rate` (a knob's, else the tier's): `Ok(delay)` shapes
     /// the traffic (the send waits for the next free slot of the rate), `Err` once the backlog
     /// passes the shaping window.
-    pub fn shape_send(&self, hub: &str, rate: Option<Rate>) -> Result<Duration, Throttled> {
+    pub(crate) fn shape_send(&self, hub: &str, rate: Option<Rate>) -> Result<Duration, Throttled> {
         let Some(rate) = rate.or_else(|| self.tier_rate(hub, HubOperation::D2cSend)) else {
             return Ok(Duration::ZERO);
         };
@@ -292,7 +292,7 @@ impl HubQuotas {
     }
 
     /// Starts the meter of a hub that enforces its tier (see [`Self::meter_message`]).
-    pub fn ensure_counted(
+    pub(crate) fn ensure_counted(
         &self,
         hub: &str,
         stored_today: impl FnOnce(HubSku) -> Result<(i64, u64), String>,
@@ -309,7 +309,7 @@ impl HubQuotas {
     /// tier: `Err` (403002, in Azure's words) once it is spent. The first message after a start
     /// counts today's stored messages first (`stored_today`), so a restart hands out no second
     /// quota.
-    pub fn meter_message(
+    pub(crate) fn meter_message(
         &self,
         hub: &str,
         size: usize,
@@ -341,7 +341,7 @@ impl HubQuotas {
     }
 
     /// What the hub's throttles and meter have seen.
-    pub fn counters(&self, hub: &str) -> HubCounters {
+    pub(crate) fn counters(&self, hub: &str) -> HubCounters {
         let day = today();
         let hubs = lock(&self.hubs);
         let state = hubs.get(&hub.to_ascii_lowercase());
@@ -374,7 +374,7 @@ enum DpsThrottle {
 
 /// The rate presets of the DPS instances and their buckets, by lower-case DPS name.
 #[derive(Debug, Default)]
-pub struct DpsQuotas {
+pub(crate) struct DpsQuotas {
     presets: Mutex<std::collections::HashSet<String>>,
     /// Whether any DPS enforces its rates: none (the default) costs one atomic load.
     any_presets: AtomicBool,
@@ -385,7 +385,7 @@ pub struct DpsQuotas {
 
 impl DpsQuotas {
     /// Makes a DPS instance enforce Azure's rates, or stop.
-    pub fn set_presets(&self, dps: &str, on: bool) {
+    pub(crate) fn set_presets(&self, dps: &str, on: bool) {
         let dps = dps.to_ascii_lowercase();
         let mut presets = lock(&self.presets);
         if on {
@@ -398,14 +398,18 @@ impl DpsQuotas {
     }
 
     /// Whether a DPS instance enforces Azure's rates.
-    pub fn presets(&self, dps: &str) -> bool {
+    pub(crate) fn presets(&self, dps: &str) -> bool {
         self.any_presets.load(Ordering::Relaxed)
             && lock(&self.presets).contains(&dps.to_ascii_lowercase())
     }
 
     /// Admits a registration at `per_minute` (the knob), else at Azure's rate when the DPS
     /// enforces it; the bucket holds a second's worth, so a fleet is paced evenly.
-    pub fn admit_registration(&self, dps: &str, per_minute: Option<u32>) -> Result<(), Throttled> {
+    pub(crate) fn admit_registration(
+        &self,
+        dps: &str,
+        per_minute: Option<u32>,
+    ) -> Result<(), Throttled> {
         let key = (dps.to_ascii_lowercase(), DpsThrottle::Registration);
         let Some(limit) = per_minute.or_else(|| {
             self.presets(dps)
@@ -430,7 +434,7 @@ impl DpsQuotas {
 
     /// Admits a service API operation of a DPS that enforces Azure's rates (1,000 a minute,
     /// a minute's worth at once).
-    pub fn admit_operation(&self, dps: &str) -> Result<(), Throttled> {
+    pub(crate) fn admit_operation(&self, dps: &str) -> Result<(), Throttled> {
         if !self.presets(dps) {
             return Ok(());
         }
@@ -450,7 +454,7 @@ impl DpsQuotas {
 
     /// Admits a device's operation status poll on a DPS that enforces Azure's rates (5 in any
     /// 10 seconds).
-    pub fn admit_poll(&self, dps: &str, registration_id: &str) -> Result<(), Throttled> {
+    pub(crate) fn admit_poll(&self, dps: &str, registration_id: &str) -> Result<(), Throttled> {
         if !self.presets(dps) {
             return Ok(());
         }
@@ -487,14 +491,14 @@ impl DpsQuotas {
 }
 
 /// Whole seconds to advise in `retry-after` (at least one: zero would mean "now").
-pub fn retry_after_seconds(wait: Duration) -> u32 {
+pub(crate) fn retry_after_seconds(wait: Duration) -> u32 {
     u32::try_from(wait.as_secs_f64().ceil() as u64)
         .unwrap_or(u32::MAX)
         .max(1)
 }
 
 /// The start of the current UTC day, Unix seconds (what the meter counts from).
-pub fn start_of_today() -> (i64, i64) {
+pub(crate) fn start_of_today() -> (i64, i64) {
     let day = today();
     (day, day * 86_400)
 }

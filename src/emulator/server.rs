@@ -64,17 +64,17 @@ impl Default for Limits {
 
 /// What a PUBLISH carries besides its payload, at most: a topic of up to 65,535 bytes with its
 /// two-byte length, and a two-byte packet id.
-pub const MQTT_ENVELOPE_BYTES: usize = 2 + u16::MAX as usize + 2;
+pub(crate) const MQTT_ENVELOPE_BYTES: usize = 2 + u16::MAX as usize + 2;
 
 /// Leaf, up to eight intermediates and a root: deeper than any PKI the walkthrough builds or
 /// Azure's documentation shows, far shorter than what makes chain building expensive.
-pub const DEFAULT_MAX_CHAIN_LENGTH: usize = 10;
+pub(crate) const DEFAULT_MAX_CHAIN_LENGTH: usize = 10;
 
 /// The certificates a client presented, leaf first, exactly as presented, or why they are
 /// refused. Every one must parse: dropping one that does not would promote the next to leaf,
 /// and the next may be someone else's public certificate while the handshake proved the key of
 /// the dropped one.
-pub fn presented_chain(
+pub(crate) fn presented_chain(
     presented: &[rustls::pki_types::CertificateDer<'_>],
     max_chain_length: usize,
 ) -> Result<Vec<Certificate>, String> {
@@ -101,7 +101,7 @@ pub fn presented_chain(
 }
 
 /// What every connection needs.
-pub struct ServerContext {
+pub(crate) struct ServerContext {
     /// TLS acceptor with the emulator's certificate.
     pub acceptor: TlsAcceptor,
     /// DPS registration engine.
@@ -117,7 +117,7 @@ pub struct ServerContext {
 }
 
 /// Accepts connections on `listener` until the runtime shuts down.
-pub async fn serve(listener: TcpListener, context: Arc<ServerContext>) {
+pub(crate) async fn serve(listener: TcpListener, context: Arc<ServerContext>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

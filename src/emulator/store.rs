@@ -14,25 +14,25 @@ use crate::error::{Error, Result};
 
 /// Record kinds. Scoped kinds (enrollments, registrations, devices) put their owner in the key
 /// as `owner/id`.
-pub mod kind {
+pub(crate) mod kind {
     /// `HubRecord` by hub name.
-    pub const HUB: &str = "hub";
+    pub(crate) const HUB: &str = "hub";
     /// `DpsRecord` by DPS name.
-    pub const DPS: &str = "dps";
+    pub(crate) const DPS: &str = "dps";
     /// `EnrollmentGroup` by `dps/group id`.
-    pub const GROUP: &str = "group";
+    pub(crate) const GROUP: &str = "group";
     /// `IndividualEnrollment` by `dps/registration id` (lower case).
-    pub const ENROLLMENT: &str = "enrollment";
+    pub(crate) const ENROLLMENT: &str = "enrollment";
     /// `RegistrationRecord` by `dps/registration id` (lower case).
-    pub const REGISTRATION: &str = "registration";
+    pub(crate) const REGISTRATION: &str = "registration";
     /// `HubDevice` by `hub host/device id`.
-    pub const DEVICE: &str = "device";
+    pub(crate) const DEVICE: &str = "device";
     /// `Twin` by `hub host/device id`.
-    pub const TWIN: &str = "twin";
+    pub(crate) const TWIN: &str = "twin";
     /// Waiting cloud-to-device messages by `hub host/device id`.
-    pub const C2D: &str = "c2d";
+    pub(crate) const C2D: &str = "c2d";
     /// Subscriptions of a persistent (clean session 0) MQTT session by `hub host/device id`.
-    pub const SESSION: &str = "session";
+    pub(crate) const SESSION: &str = "session";
 }
 
 /// One telemetry message as the hub stored it.
@@ -342,7 +342,7 @@ impl Store {
 }
 
 /// Called once the message's transaction committed (`true`) or failed (`false`).
-pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
+pub(crate) type OnCommit = Box<dyn FnOnce(bool) + Send>;
 
 /// Commits telemetry in batches on its own thread: every message waiting when a commit starts
 /// joins it, so durability costs one transaction per batch instead of one per message.
@@ -351,7 +351,7 @@ pub type OnCommit = Box<dyn FnOnce(bool) + Send>;
 /// [`MAX_WAITING_BYTES`] are already waiting, so a flood slows the connections that send it
 /// instead of growing memory, while ten thousand devices with a few small messages each in
 /// flight never wait (a count bound small enough to matter stalled them, and their PUBACKs).
-pub struct TelemetryWriter {
+pub(crate) struct TelemetryWriter {
     queue: std::sync::mpsc::Sender<Job>,
     budget: std::sync::Arc<tokio::sync::Semaphore>,
     /// Joined by [`TelemetryWriter::stop`], so the store is closed once the emulator stops.
@@ -371,13 +371,13 @@ enum Job {
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 1024;
 /// Bytes of telemetry (bodies and properties, plus a fixed cost per message) that may wait.
-pub const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
 /// What a message costs besides its body and properties (the record, the callback, the queue).
 const COST_PER_MESSAGE: usize = 256;
 
 impl TelemetryWriter {
     /// Starts the writer thread.
-    pub fn start(store: std::sync::Arc<Store>) -> Result<Self> {
+    pub(crate) fn start(store: std::sync::Arc<Store>) -> Result<Self> {
         let (queue, incoming) = std::sync::mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("dpskit-telemetry-writer".into())
@@ -432,7 +432,7 @@ impl TelemetryWriter {
     /// Commits what is queued and stops the thread, releasing its hold on the store: once this
     /// returns, a later emulator on the same folder finds no connection of this one closing
     /// (and deleting the WAL it would have found). Later appends fail.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ = self.queue.send(Job::Stop);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = thread
@@ -444,7 +444,7 @@ impl TelemetryWriter {
 
     /// Queues a message, waiting while [`MAX_WAITING_BYTES`] already wait; `on_commit` runs on
     /// the writer thread once it is committed.
-    pub async fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
+    pub(crate) async fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
         let stopped = || Error::emulator("the telemetry writer stopped");
         let cost = record.body.len()
             + record
@@ -467,7 +467,8 @@ impl TelemetryWriter {
     }
 
     /// Queues a message and waits until it is committed.
-    pub async fn append_and_wait(&self, record: TelemetryRecord) -> Result<()> {
+    #[cfg(test)]
+    pub(crate) async fn append_and_wait(&self, record: TelemetryRecord) -> Result<()> {
         let (done, committed) = tokio::sync::oneshot::channel();
         self.append(
             record,

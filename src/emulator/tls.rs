@@ -33,12 +33,12 @@ use crate::pki::files::write_public;
 use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, PermittedName, Validity};
 
 /// File name of the emulator CA's certificate in the data folder.
-pub const CA_CERT_FILE: &str = "emulator-ca.cert.pem";
+pub(crate) const CA_CERT_FILE: &str = "emulator-ca.cert.pem";
 /// File name of the emulator CA's private key in the data folder (mode 0600).
-pub const CA_KEY_FILE: &str = "emulator-ca.key.pem";
+pub(crate) const CA_KEY_FILE: &str = "emulator-ca.key.pem";
 
 /// The emulator's CA and current server certificate.
-pub struct EmulatorTls {
+pub(crate) struct EmulatorTls {
     ca: CertificateAuthority,
     /// The CA's name constraints: the only host names a server certificate may carry.
     permitted: Vec<PermittedName>,
@@ -47,7 +47,7 @@ pub struct EmulatorTls {
 }
 
 /// The names a new CA may vouch for when the emulator listens on `host`.
-pub fn permitted_names(host: IpAddr) -> Vec<PermittedName> {
+pub(crate) fn permitted_names(host: IpAddr) -> Vec<PermittedName> {
     let mut permitted = vec![
         PermittedName::Ip(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
         PermittedName::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
@@ -122,7 +122,7 @@ fn create_ca(
 impl EmulatorTls {
     /// Loads the CA from `data_dir`, or creates and saves it on first start (or when the CA
     /// found has no name constraints covering `hosts`: see the module header).
-    pub fn load_or_create(data_dir: &Path, hosts: Vec<String>) -> Result<Self> {
+    pub(crate) fn load_or_create(data_dir: &Path, hosts: Vec<String>) -> Result<Self> {
         let cert_path = data_dir.join(CA_CERT_FILE);
         let key_path = data_dir.join(CA_KEY_FILE);
         let listen = hosts
@@ -179,14 +179,9 @@ impl EmulatorTls {
             .clone()
     }
 
-    /// The names the CA may vouch for (its name constraints).
-    pub fn permitted(&self) -> &[PermittedName] {
-        &self.permitted
-    }
-
     /// Refuses a host name the CA's name constraints leave out: a server certificate for it
     /// would be rejected by every client.
-    pub fn check_host(&self, host: &str) -> Result<()> {
+    pub(crate) fn check_host(&self, host: &str) -> Result<()> {
         if covers(&self.permitted, std::slice::from_ref(&host.to_string())) {
             Ok(())
         } else {
@@ -203,13 +198,13 @@ impl EmulatorTls {
     }
 
     /// PEM of the CA clients must trust.
-    pub fn trust_pem(&self) -> String {
+    pub(crate) fn trust_pem(&self) -> String {
         self.ca.credential().certificate_pem().to_string()
     }
 
     /// Makes sure the server certificate covers `host`, re-issuing it if needed; a host outside
     /// the CA's name constraints is refused.
-    pub fn cover_host(&self, host: &str) -> Result<()> {
+    pub(crate) fn cover_host(&self, host: &str) -> Result<()> {
         self.check_host(host)?;
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         if hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
@@ -227,7 +222,7 @@ impl EmulatorTls {
 
     /// The rustls server configuration: TLS 1.2 and 1.3, client certificates requested and
     /// optional (SAS clients send none).
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>> {
+    pub(crate) fn server_config(&self) -> Result<Arc<ServerConfig>> {
         let provider = crate::transport::provider();
         let config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -241,7 +236,7 @@ impl EmulatorTls {
 impl EmulatorTls {
     /// The configuration of the HTTPS listener: the same certificate, no client certificates,
     /// HTTP/1.1 by ALPN.
-    pub fn https_config(&self) -> Result<Arc<ServerConfig>> {
+    pub(crate) fn https_config(&self) -> Result<Arc<ServerConfig>> {
         let mut config = ServerConfig::builder_with_provider(crate::transport::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| Error::emulator_caused("TLS configuration", e))?
@@ -254,7 +249,7 @@ impl EmulatorTls {
     /// The configuration of port 443 on each resource's address: HTTP/1.1 by ALPN, and client
     /// certificates requested and optional as on 8883, because an X.509 device over
     /// WebSockets proves its identity in this handshake (a REST client sends none).
-    pub fn web_config(&self) -> Result<Arc<ServerConfig>> {
+    pub(crate) fn web_config(&self) -> Result<Arc<ServerConfig>> {
         let provider = crate::transport::provider();
         let mut config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

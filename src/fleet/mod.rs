@@ -2,9 +2,14 @@
 //! concurrency, keep them connected, and drive telemetry through all of them at once. Every
 //! device is one task holding one MQTT connection; there is no thread per device.
 
-pub mod plan;
+pub(crate) mod plan;
 
-pub mod engine;
+pub(crate) mod engine;
+
+pub use engine::{
+    CustomFields, DeviceReport, FleetCredentials, FleetDevice, FleetProgress, FleetResult,
+    FleetSettings, MessageColumns, Outcome, custom_fields, fleet_devices, run,
+};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -31,13 +31,13 @@ const SAS_TTL_SECONDS: i64 = 3600;
 /// over MQTT means a dropped connection). The Python SDK refuses telemetry over this size
 /// before sending it (`TELEMETRY_MESSAGE_SIZE_LIMIT = 262144`, a `ValueError`), and so does
 /// [`HubClient::queue_telemetry`].
-pub const MAX_TELEMETRY_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
+pub(crate) const MAX_TELEMETRY_BYTES: usize = crate::limits::MAX_D2C_MESSAGE_BYTES;
 
 /// The longest keep-alive IoT Hub serves: the hub disconnects a device after 1.5 times its
 /// keep-alive, capped at 1,767 s, so 1,177 s is the largest value it honours ("Communicate
 /// with an IoT hub using the MQTT protocol", keep-alive section; the wire spec's section 3.1).
 /// [`HubClient::connect`] clamps `keep_alive` to it.
-pub const MAX_KEEP_ALIVE_SECONDS: u16 = crate::limits::MAX_KEEP_ALIVE_SECONDS;
+pub(crate) const MAX_KEEP_ALIVE_SECONDS: u16 = crate::limits::MAX_KEEP_ALIVE_SECONDS;
 
 /// The longest IoT Hub waits for a device to answer a direct method: `responseTimeoutInSeconds`
 /// is 5 to 300 ("Understand and invoke direct methods from IoT Hub"; the emulator's REST API
@@ -47,13 +47,13 @@ pub const MAX_METHOD_TIMEOUT_SECONDS: u64 = crate::limits::MAX_METHOD_RESPONSE_T
 /// The largest direct-method response payload: 128 KB, both directions ("IoT Hub quotas and
 /// throttling"; the wire spec's section 3.5). [`HubClient::respond`] refuses a larger one
 /// before sending; the hub would close the connection and fail the call (413001).
-pub const MAX_METHOD_RESPONSE_BYTES: usize = crate::limits::MAX_METHOD_PAYLOAD_BYTES;
+pub(crate) const MAX_METHOD_RESPONSE_BYTES: usize = crate::limits::MAX_METHOD_PAYLOAD_BYTES;
 
 /// The largest reported-properties section of a twin: 32 KB of JSON (device twins, "Device
 /// twin size"; the wire spec's section 3.4). [`HubClient::update_reported`] refuses a patch
 /// whose own JSON is larger before sending (it could only pass by deleting properties; the
 /// hub refuses any change that leaves the section larger with 403100).
-pub const MAX_REPORTED_BYTES: usize = crate::limits::MAX_TWIN_SECTION_BYTES;
+pub(crate) const MAX_REPORTED_BYTES: usize = crate::limits::MAX_TWIN_SECTION_BYTES;
 
 /// MQTT 3.1.1 writes a topic's length in two bytes.
 const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
@@ -742,7 +742,7 @@ pub fn method_timeout(seconds: f64) -> Result<Duration> {
 
 /// `keep_alive` within what IoT Hub serves: at most [`MAX_KEEP_ALIVE_SECONDS`]. A longer one
 /// would let the hub drop a healthy idle device before its next ping.
-pub fn clamp_keep_alive(keep_alive: u16) -> u16 {
+pub(crate) fn clamp_keep_alive(keep_alive: u16) -> u16 {
     keep_alive.min(MAX_KEEP_ALIVE_SECONDS)
 }
 

@@ -5,40 +5,44 @@
 //! This file holds the sizes; [`tiers`] the rates and quotas of IoT Hub's tiers and of DPS
 //! (the emulator's presets), and [`estimate`] what a measured fleet would need of them.
 
-pub mod estimate;
-pub mod tiers;
+pub(crate) mod estimate;
+pub(crate) mod tiers;
 
-pub use tiers::*;
+pub(crate) use tiers::*;
+
+pub use estimate::{
+    HubDemand, TierFit, dps_onboarding_seconds, fit, fits, metered_messages_per_day,
+};
 
 /// Largest device-to-cloud message: body and properties (IoT Hub quotas and throttling).
-pub const MAX_D2C_MESSAGE_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_D2C_MESSAGE_BYTES: usize = 256 * 1024;
 /// Longest MQTT keep-alive IoT Hub serves; it disconnects a device silent for 1.5 times the
 /// keep-alive, at most 1,767 s (IoT Hub MQTT support).
-pub const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
+pub(crate) const MAX_KEEP_ALIVE_SECONDS: u16 = 1177;
 /// Shortest direct-method response timeout (`responseTimeoutInSeconds`); shorter is raised.
-pub const MIN_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 5;
+pub(crate) const MIN_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 5;
 /// Longest direct-method response timeout; Azure answers 400 past it.
-pub const MAX_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 300;
+pub(crate) const MAX_METHOD_RESPONSE_TIMEOUT_SECONDS: u64 = 300;
 /// Longest time a direct method waits for its device to come online before IoT Hub answers
 /// 404103 (`connectTimeoutInSeconds`, 0 by default; "Understand and invoke direct methods").
-pub const MAX_METHOD_CONNECT_TIMEOUT_SECONDS: u64 = 300;
+pub(crate) const MAX_METHOD_CONNECT_TIMEOUT_SECONDS: u64 = 300;
 /// Most identities one "Get Devices" call returns (`top` outside 1 to 1,000 is taken as 1,000;
 /// REST reference, Devices - Get Devices).
-pub const MAX_LISTED_DEVICES: usize = 1000;
+pub(crate) const MAX_LISTED_DEVICES: usize = 1000;
 /// Largest DPS registration message (DPS quotas and limits).
-pub const MAX_DPS_MESSAGE_BYTES: usize = 96 * 1024;
+pub(crate) const MAX_DPS_MESSAGE_BYTES: usize = 96 * 1024;
 /// Largest direct-method payload, the request and the device's response alike (IoT Hub
 /// quotas and throttling: "Direct method payload size: 128 KB").
-pub const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
+pub(crate) const MAX_METHOD_PAYLOAD_BYTES: usize = 128 * 1024;
 /// Largest desired or reported properties section of a twin, each counted as its JSON text
 /// (device twins, "Device twin size"). Azure refuses an operation that would grow a section
 /// past it: `403100`, "'Properties.Reported' size should be less than 32768 bytes." (as an
 /// IoT Edge user recorded IoT Hub's answer, Azure/iotedge#7035).
-pub const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_TWIN_SECTION_BYTES: usize = 32 * 1024;
 /// IoT Hub's error code for a twin section grown past [`MAX_TWIN_SECTION_BYTES`] (status 403).
-pub const TWIN_TOO_LARGE_ERROR_CODE: u32 = 403_100;
+pub(crate) const TWIN_TOO_LARGE_ERROR_CODE: u32 = 403_100;
 /// Largest cloud-to-device message (IoT Hub quotas and throttling).
-pub const MAX_C2D_MESSAGE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_C2D_MESSAGE_BYTES: usize = 64 * 1024;
 /// Most device (and module) identities one hub holds ("IoT Hub quotas and throttling", other
 /// limits).
-pub const MAX_HUB_DEVICES: u64 = 1_000_000;
+pub(crate) const MAX_HUB_DEVICES: u64 = 1_000_000;

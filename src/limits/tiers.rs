@@ -117,7 +117,7 @@ pub struct HubTierLimits {
 }
 
 /// The block a direct method's request payload is metered in: 0 to 4 KB counts as 4 KB.
-pub const DIRECT_METHOD_METER_BYTES: usize = 4096;
+pub(crate) const DIRECT_METHOD_METER_BYTES: usize = 4096;
 
 /// "160KB/sec/unit" etc. in 4 KB blocks.
 const fn kb_per_second(kb: f64) -> HubRate {
@@ -125,7 +125,7 @@ const fn kb_per_second(kb: f64) -> HubRate {
 }
 
 /// Azure's table, one row per tier (see the header of this section for its date).
-pub const HUB_TIERS: [HubTierLimits; 7] = [
+pub(crate) const HUB_TIERS: [HubTierLimits; 7] = [
     HubTierLimits {
         tier: HubTier::F1,
         arm_tier: "Free",
@@ -236,14 +236,14 @@ pub const HUB_TIERS: [HubTierLimits; 7] = [
 /// The resource tag with which dpskit asks the emulator to enforce a hub's tier (its
 /// throttles and daily quota) or a DPS's rates, off by default; inert on Azure, which always
 /// enforces them.
-pub const PRESETS_TAG: &str = "dpskit-presets";
+pub(crate) const PRESETS_TAG: &str = "dpskit-presets";
 
 /// IoT Hub's error code once the daily message quota is spent (status 403).
-pub const QUOTA_EXCEEDED_ERROR_CODE: u32 = 403_002;
+pub(crate) const QUOTA_EXCEEDED_ERROR_CODE: u32 = 403_002;
 
 /// The error code of a throttled operation (status 429, `ThrottlingException`), IoT Hub's and
 /// (unverified, see the wire-protocol notes) DPS's.
-pub const THROTTLED_ERROR_CODE: u32 = 429_001;
+pub(crate) const THROTTLED_ERROR_CODE: u32 = 429_001;
 
 /// An operation IoT Hub throttles, named as the table's rows are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -310,7 +310,7 @@ impl HubOperation {
 
 /// The rates of a DPS instance, whatever its units (DPS has one tier, S1).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DpsRates {
+pub(crate) struct DpsRates {
     /// Device registrations (register requests) per minute for the instance.
     pub registrations_per_minute: u32,
     /// Service operations (enrollments, registrations, certificates) per minute.
@@ -323,7 +323,7 @@ pub struct DpsRates {
 
 /// "Operations 1,000/min/service; device registrations 1,000/min/service; device polling
 /// operation 5/10 sec/device".
-pub const DPS_RATES: DpsRates = DpsRates {
+pub(crate) const DPS_RATES: DpsRates = DpsRates {
     registrations_per_minute: 1000,
     operations_per_minute: 1000,
     polls_per_device: 5,

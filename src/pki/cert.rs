@@ -348,7 +348,7 @@ fn signature_algorithm_name(oid: &str) -> String {
 }
 
 /// Upper-case hex without separators, as Azure shows thumbprints.
-pub fn hex_upper(bytes: &[u8]) -> String {
+pub(crate) fn hex_upper(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -130,7 +130,7 @@ pub(crate) fn describe(cert: &Certificate) -> String {
 }
 
 /// RFC 3339 UTC rendering of Unix seconds.
-pub fn format_time(unix: i64) -> String {
+pub(crate) fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

@@ -13,12 +13,12 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::pki::cert::Certificate;
-use crate::pki::keys::{KeyAlgorithm, PrivateKey, pem_encode};
+use crate::pki::keys::{KeyAlgorithm, PrivateKey};
 use crate::pki::registration_id::validate_registration_id;
 use crate::random::fill_random;
 
 /// Longest validity we accept, in days (100 years): anything longer is a typo.
-pub const MAX_VALIDITY_DAYS: i64 = 36_500;
+pub(crate) const MAX_VALIDITY_DAYS: i64 = 36_500;
 /// How far back `not_before` goes by default, so a verifier whose clock runs a little behind
 /// the issuing machine's still accepts a brand-new certificate.
 const BACKDATE_SECONDS: i64 = 5 * 60;
@@ -62,7 +62,7 @@ impl Validity {
     }
 }
 
-pub use crate::clock::now;
+pub(crate) use crate::clock::now;
 
 /// Options for a new CA.
 #[derive(Debug, Clone)]
@@ -704,12 +704,4 @@ fn leaf_params(common_name: &str, validity: Validity) -> Result<CertificateParam
     params.serial_number = Some(random_serial()?);
     set_validity(&mut params, validity)?;
     Ok(params)
-}
-
-/// PEM of a certificate list, in order.
-pub fn pem_of_all(certs: &[Certificate]) -> String {
-    certs
-        .iter()
-        .map(|c| pem_encode("CERTIFICATE", c.der()))
-        .collect()
 }

@@ -92,7 +92,7 @@ pub fn from_pkcs12(data: &[u8], password: &str) -> Result<Credential> {
 
 /// Orders loose certificates as the issuer chain of `leaf` (nearest first); certificates that
 /// do not belong to the chain follow in their original order.
-pub(crate) fn order_chain(leaf: &Certificate, mut pool: Vec<Certificate>) -> Vec<Certificate> {
+pub fn order_chain(leaf: &Certificate, mut pool: Vec<Certificate>) -> Vec<Certificate> {
     let mut ordered = Vec::with_capacity(pool.len());
     let mut current = leaf.clone();
     while let Some(i) = pool

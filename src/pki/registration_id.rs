@@ -3,14 +3,14 @@
 use crate::error::{Error, Result};
 
 /// Longest registration id DPS accepts.
-pub const MAX_REGISTRATION_ID_LEN: usize = 128;
+pub(crate) const MAX_REGISTRATION_ID_LEN: usize = 128;
 /// Longest id usable as an X.509 subject CN (the `ub-common-name` bound of RFC 5280).
-pub const MAX_X509_REGISTRATION_ID_LEN: usize = 64;
+pub(crate) const MAX_X509_REGISTRATION_ID_LEN: usize = 64;
 
 /// Checks `id` against DPS's rules: 1 to 128 characters from `A-Z a-z 0-9 - . _ :`, ending in an
 /// alphanumeric character or `-`; with `x509`, at most 64 characters because it becomes the
 /// certificate's CN.
-pub fn validate_registration_id(id: &str, x509: bool) -> Result<()> {
+pub(crate) fn validate_registration_id(id: &str, x509: bool) -> Result<()> {
     let invalid = |rule: String| Error::cert(format!("invalid registration id {id:?}: {rule}"));
     if id.is_empty() {
         return Err(invalid("it is empty".into()));

@@ -6,15 +6,17 @@
 use crate::sas::{url_decode, url_encode};
 
 /// Ordered `(key, value)` pairs of a property bag.
-pub type Properties = Vec<(String, String)>;
+pub(crate) type Properties = Vec<(String, String)>;
 
 /// The prefix that marks a system property (`$.mid`, `$.ct`, ...) in a bag.
-pub const SYSTEM_PREFIX: &str = "$.";
+pub(crate) const SYSTEM_PREFIX: &str = "$.";
 
 /// Encodes `(key, value)` pairs, in the order given, as a bag: each key and value
 /// percent-encoded with no safe characters but `-._~` (the Python SDK's
 /// `urlencode(quote_via=quote)`), so `$.mid` travels as `%24.mid` and `/` as `%2F`.
-pub fn encode_property_bag<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+pub(crate) fn encode_property_bag<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
     let mut bag = String::new();
     for (k, v) in pairs {
         if !bag.is_empty() {
@@ -31,7 +33,7 @@ pub fn encode_property_bag<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str
 /// values percent-decoded; `$.` and `%24.` both mark system properties, returned without the
 /// prefix. A pair without `=` is a key with an empty value; an escape that does not decode is
 /// kept as written.
-pub fn parse_property_bag(bag: &str) -> (Properties, Properties) {
+pub(crate) fn parse_property_bag(bag: &str) -> (Properties, Properties) {
     let mut properties = Vec::new();
     let mut system = Vec::new();
     for pair in bag.split('&').filter(|p| !p.is_empty()) {

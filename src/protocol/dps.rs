@@ -10,10 +10,10 @@ use super::query_value;
 use crate::sas::{url_decode, url_encode};
 
 /// The MQTT api-version DPS documents and the Python and C# SDKs send.
-pub const API_VERSION: &str = "2019-03-31";
+pub(crate) const API_VERSION: &str = "2019-03-31";
 
 /// The one subscription DPS serves: every response arrives on it.
-pub const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
+pub(crate) const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 
 const REGISTER_PATH: &str = "$dps/registrations/PUT/iotdps-register";
 const POLL_PATH: &str = "$dps/registrations/GET/iotdps-get-operationstatus";
@@ -21,7 +21,7 @@ const RESPONSE_PREFIX: &str = "$dps/registrations/res/";
 
 /// The CONNECT username: `{idScope}/registrations/{registrationId}/api-version=...&
 /// ClientVersion=...` (no `?`, as the Python and C SDKs write it).
-pub fn username(id_scope: &str, registration_id: &str, client_version: &str) -> String {
+pub(crate) fn username(id_scope: &str, registration_id: &str, client_version: &str) -> String {
     format!(
         "{id_scope}/registrations/{registration_id}/api-version={API_VERSION}&ClientVersion={}",
         url_encode(client_version)
@@ -29,13 +29,13 @@ pub fn username(id_scope: &str, registration_id: &str, client_version: &str) -> 
 }
 
 /// The resource a device's SAS token is signed for: `{idScope}/registrations/{registrationId}`.
-pub fn sas_audience(id_scope: &str, registration_id: &str) -> String {
+pub(crate) fn sas_audience(id_scope: &str, registration_id: &str) -> String {
     format!("{id_scope}/registrations/{registration_id}")
 }
 
 /// A request a device publishes to DPS.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     /// `$dps/registrations/PUT/iotdps-register/?$rid=..`
     Register {
         /// The request id, exactly as sent (echoed back unchanged).
@@ -52,7 +52,7 @@ pub enum Request {
 
 impl Request {
     /// The topic this request is published on.
-    pub fn topic(&self) -> String {
+    pub(crate) fn topic(&self) -> String {
         match self {
             Request::Register { rid } => format!("{REGISTER_PATH}/?$rid={rid}"),
             Request::Poll { rid, operation_id } => format!(
@@ -64,7 +64,7 @@ impl Request {
 
     /// Reads a request topic; `None` for anything DPS does not serve (no `$rid`, a poll
     /// without an operation id, another path).
-    pub fn parse(topic: &str) -> Option<Request> {
+    pub(crate) fn parse(topic: &str) -> Option<Request> {
         let (path, query) = topic.split_once("/?")?;
         let rid = query_value(query, "$rid")?;
         if rid.is_empty() {
@@ -85,7 +85,7 @@ impl Request {
 
 /// The topic of a DPS response: `$dps/registrations/res/{status}/?$rid={rid}[&retry-after={n}]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Response {
+pub(crate) struct Response {
     /// HTTP-style status.
     pub status: u16,
     /// The request id it answers, as the request sent it (empty when the topic has none).
@@ -96,7 +96,7 @@ pub struct Response {
 
 impl Response {
     /// The topic; `$rid` comes first because the C# SDK matches it with an anchored regex.
-    pub fn topic(&self) -> String {
+    pub(crate) fn topic(&self) -> String {
         let Response {
             status,
             rid,
@@ -110,7 +110,7 @@ impl Response {
 
     /// Reads a response topic; `None` when it is not one. `retry-after` is found in any case,
     /// as the C# SDK finds it, and a value that is not a number of seconds is ignored.
-    pub fn parse(topic: &str) -> Option<Response> {
+    pub(crate) fn parse(topic: &str) -> Option<Response> {
         let rest = topic.strip_prefix(RESPONSE_PREFIX)?;
         let (status, query) = rest.split_once("/?")?;
         let status = status.parse().ok()?;
@@ -129,7 +129,7 @@ impl Response {
 /// payload (`null` without one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeviceRegistration {
+pub(crate) struct DeviceRegistration {
     /// Registration id.
     pub registration_id: String,
     /// Custom payload for the allocation (and a custom allocation webhook).
@@ -141,7 +141,7 @@ pub struct DeviceRegistration {
 /// newer service sends becomes a decision or a typed error, never a failure to parse.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RegistrationOperationStatus {
+pub(crate) struct RegistrationOperationStatus {
     /// The operation to poll.
     #[serde(
         default,
@@ -168,14 +168,15 @@ pub struct RegistrationOperationStatus {
 impl RegistrationOperationStatus {
     /// Reads a response body as the device does: anything but a JSON object (a body that does
     /// not parse too) reads as a status with nothing in it.
-    pub fn from_body(body: &[u8]) -> RegistrationOperationStatus {
+    #[cfg(test)]
+    pub(crate) fn from_body(body: &[u8]) -> RegistrationOperationStatus {
         serde_json::from_slice(body)
             .map(RegistrationOperationStatus::from_value)
             .unwrap_or_default()
     }
 
     /// [`RegistrationOperationStatus::from_body`] of a body already parsed.
-    pub fn from_value(body: Value) -> RegistrationOperationStatus {
+    pub(crate) fn from_value(body: Value) -> RegistrationOperationStatus {
         Some(body)
             .filter(Value::is_object)
             .and_then(|v| serde_json::from_value(v).ok())
@@ -187,7 +188,7 @@ impl RegistrationOperationStatus {
 /// `symmetricKey`): empty for an individual enrollment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AttestationResult {
+pub(crate) struct AttestationResult {
     /// The group's id, for a group enrollment.
     #[serde(
         default,
@@ -200,7 +201,7 @@ pub struct AttestationResult {
 /// A registration as DPS reports it (`DeviceRegistrationResult`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeviceRegistrationResult {
+pub(crate) struct DeviceRegistrationResult {
     /// Present when the device attested with X.509.
     #[serde(
         default,

@@ -16,7 +16,12 @@ const METHOD_REQUEST_PREFIX: &str = "$iothub/methods/POST/";
 const METHOD_RESPONSE_PREFIX: &str = "$iothub/methods/res/";
 
 /// The CONNECT username: `{host}/{deviceId}/?api-version=..&DeviceClientType=..`.
-pub fn username(host: &str, device_id: &str, api_version: &str, client_type: &str) -> String {
+pub(crate) fn username(
+    host: &str,
+    device_id: &str,
+    api_version: &str,
+    client_type: &str,
+) -> String {
     format!(
         "{host}/{device_id}/?api-version={api_version}&DeviceClientType={}",
         url_encode(client_type)
@@ -24,19 +29,19 @@ pub fn username(host: &str, device_id: &str, api_version: &str, client_type: &st
 }
 
 /// The resource a device's SAS token is signed for: `{host}/devices/{deviceId}`.
-pub fn sas_audience(host: &str, device_id: &str) -> String {
+pub(crate) fn sas_audience(host: &str, device_id: &str) -> String {
     format!("{host}/devices/{device_id}")
 }
 
 /// The telemetry topic up to its property bag: `devices/{deviceId}/messages/events/`.
-pub fn telemetry_prefix(device_id: &str) -> String {
+pub(crate) fn telemetry_prefix(device_id: &str) -> String {
     format!("devices/{device_id}/messages/events/")
 }
 
 /// The property bag of a telemetry topic of `device_id` (`devices/{id}/messages/events/{bag}`,
 /// or the same without the last `/` and an empty bag, which IoT Hub accepts too); `None` when
 /// the topic is not that device's telemetry topic.
-pub fn telemetry_bag<'a>(topic: &'a str, device_id: &str) -> Option<&'a str> {
+pub(crate) fn telemetry_bag<'a>(topic: &'a str, device_id: &str) -> Option<&'a str> {
     let rest = topic
         .strip_prefix("devices/")?
         .strip_prefix(device_id)?
@@ -49,7 +54,7 @@ pub fn telemetry_bag<'a>(topic: &'a str, device_id: &str) -> Option<&'a str> {
 }
 
 /// The value of `$.to` on a C2D message IoT Hub delivers.
-pub fn c2d_address(device_id: &str) -> String {
+pub(crate) fn c2d_address(device_id: &str) -> String {
     format!("/devices/{device_id}/messages/devicebound")
 }
 
@@ -111,7 +116,7 @@ impl Subscription {
 
 /// What a device publishes to the hub besides telemetry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceRequest {
+pub(crate) enum DeviceRequest {
     /// `$iothub/twin/GET/?$rid=`
     TwinGet {
         /// Request id, echoed on the answer.
@@ -133,7 +138,7 @@ pub enum DeviceRequest {
 
 /// Why a device's topic is not one IoT Hub takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicError {
+pub(crate) enum TopicError {
     /// A method answer whose status is not a number.
     BadMethodStatus,
     /// Any other topic.
@@ -142,7 +147,7 @@ pub enum TopicError {
 
 impl DeviceRequest {
     /// The topic this request is published on.
-    pub fn topic(&self) -> String {
+    pub(crate) fn topic(&self) -> String {
         match self {
             DeviceRequest::TwinGet { rid } => format!("{TWIN_GET}/?$rid={rid}"),
             DeviceRequest::ReportedPatch { rid } => format!("{REPORTED_PATCH}/?$rid={rid}"),
@@ -153,7 +158,7 @@ impl DeviceRequest {
     }
 
     /// Reads a device's non-telemetry topic (a missing `$rid` reads as empty).
-    pub fn parse(topic: &str) -> Result<DeviceRequest, TopicError> {
+    pub(crate) fn parse(topic: &str) -> Result<DeviceRequest, TopicError> {
         let (path, query) = topic.split_once("/?").unwrap_or((topic, ""));
         let rid = query_value(query, "$rid").unwrap_or_default().to_string();
         if path == TWIN_GET {
@@ -171,7 +176,7 @@ impl DeviceRequest {
 
 /// What the hub publishes to a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CloudPublish {
+pub(crate) enum CloudPublish {
     /// `$iothub/twin/res/{status}/?$rid={rid}[&$version={v}]`: the answer to a twin request.
     TwinResponse {
         /// Status (one that does not parse reads as 500, a server error).
@@ -204,7 +209,7 @@ pub enum CloudPublish {
 
 impl CloudPublish {
     /// The topic this publish goes out on.
-    pub fn topic(&self) -> String {
+    pub(crate) fn topic(&self) -> String {
         match self {
             CloudPublish::TwinResponse {
                 status,
@@ -231,7 +236,7 @@ impl CloudPublish {
 
     /// The C2D message carrying `message_id` and application `properties`, with the system
     /// properties IoT Hub adds (`$.mid`, `$.to`).
-    pub fn c2d<'a>(
+    pub(crate) fn c2d<'a>(
         device_id: &str,
         message_id: &str,
         properties: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -251,7 +256,7 @@ impl CloudPublish {
 
     /// Reads what the hub published to `device_id`; `None` for a topic the hub does not use
     /// (and for another device's C2D).
-    pub fn parse(topic: &str, device_id: &str) -> Option<CloudPublish> {
+    pub(crate) fn parse(topic: &str, device_id: &str) -> Option<CloudPublish> {
         if let Some(rest) = topic.strip_prefix(TWIN_RESPONSE_PREFIX) {
             let (status, query) = rest.split_once("/?").unwrap_or((rest, ""));
             Some(CloudPublish::TwinResponse {

@@ -17,18 +17,18 @@
 //!
 //! The numbers Azure limits are in [`crate::limits`].
 
-pub mod bags;
-pub mod dps;
-pub mod dps_service;
-pub mod hub;
-pub mod hub_service;
-pub mod names;
+pub(crate) mod bags;
+pub(crate) mod dps;
+pub(crate) mod dps_service;
+pub(crate) mod hub;
+pub(crate) mod hub_service;
+pub(crate) mod names;
 
-pub use bags::{Properties, parse_property_bag};
-pub use names::{MAX_DPS_NAME_LEN, MAX_HUB_NAME_LEN, validate_dps_name, validate_hub_name};
+pub(crate) use bags::parse_property_bag;
+pub(crate) use names::{validate_dps_name, validate_hub_name};
 
 /// Splits `a=b&c=d` into raw pairs (values not decoded).
-pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -36,13 +36,13 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The raw value of `key` in a query string (the first one; not decoded).
-pub fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query_pairs(query).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
 /// What a CONNECT username says about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `{idScope}/registrations/{registrationId}/api-version=...` (no `?` in real clients, but
     /// accepted): see [`dps::username`].
     Dps {
@@ -63,7 +63,7 @@ pub enum Route {
 }
 
 /// Classifies a CONNECT username; `None` when it matches neither shape.
-pub fn route(username: &str) -> Option<Route> {
+pub(crate) fn route(username: &str) -> Option<Route> {
     let mut parts = username.splitn(4, '/');
     let first = parts.next()?;
     let second = parts.next()?;
@@ -102,7 +102,7 @@ pub fn route(username: &str) -> Option<Route> {
 /// system (the latter named without their `$.` prefix), as decoded from the property bag. The
 /// emulator meters with it and the fleet reports it, so the estimate of Azure's quota counts
 /// the bytes the hub counted.
-pub fn counted_message_size<'a>(
+pub(crate) fn counted_message_size<'a>(
     body: usize,
     properties: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> usize {

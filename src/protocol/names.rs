@@ -4,15 +4,15 @@
 use crate::error::{Error, Result};
 
 /// Longest IoT hub name Azure accepts.
-pub const MAX_HUB_NAME_LEN: usize = 50;
+pub(crate) const MAX_HUB_NAME_LEN: usize = 50;
 /// Longest DPS name Azure accepts.
-pub const MAX_DPS_NAME_LEN: usize = 64;
+pub(crate) const MAX_DPS_NAME_LEN: usize = 64;
 
 /// Checks an IoT hub name against Azure's rule: 3 to 50 ASCII letters, digits and hyphens, not
 /// ending with a hyphen (Azure's resource naming rules for `Microsoft.Devices/IotHubs`; the
 /// name becomes the host name `{name}.azure-devices.net`). The client and the emulator both
 /// apply it, so a name Azure would refuse fails locally too.
-pub fn validate_hub_name(name: &str) -> Result<()> {
+pub(crate) fn validate_hub_name(name: &str) -> Result<()> {
     check_azure_name("IoT hub", name, MAX_HUB_NAME_LEN)
 }
 
@@ -20,7 +20,7 @@ pub fn validate_hub_name(name: &str) -> Result<()> {
 /// with a letter or digit. The resource provider's spec gives `^[A-Za-z0-9-]{3,64}$` (the
 /// `provisioningServiceName` pattern of the recent `Microsoft.Devices/provisioningServices`
 /// api-versions) and the ARM template reference adds "end with alphanumeric".
-pub fn validate_dps_name(name: &str) -> Result<()> {
+pub(crate) fn validate_dps_name(name: &str) -> Result<()> {
     check_azure_name("provisioning service", name, MAX_DPS_NAME_LEN)
 }
 
@@ -49,7 +49,7 @@ fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
 
 /// Azure's rule for a CA certificate's or an enrollment group's name: 1 to 128 ASCII letters,
 /// digits, `-`, `_` and `.`; `what` names the kind in the error.
-pub fn check_resource_name(what: &str, name: &str) -> Result<()> {
+pub(crate) fn check_resource_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && name

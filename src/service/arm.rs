@@ -21,7 +21,7 @@ use crate::transport::Trust;
 
 /// The ARM api-version for `Microsoft.Devices/provisioningServices` (GA, served by Azure and
 /// the emulator alike).
-pub const DPS_API_VERSION: &str = "2022-02-05";
+pub(crate) const DPS_API_VERSION: &str = "2022-02-05";
 
 /// Azure's public ARM endpoint.
 pub const AZURE_ARM_ENDPOINT: &str = "https://management.azure.com";
@@ -282,7 +282,7 @@ impl AccessKeys {
 }
 
 /// One `key=value` part of a connection string (key compared case-insensitively).
-pub fn connection_string_part(connection_string: &str, key: &str) -> Option<String> {
+pub(crate) fn connection_string_part(connection_string: &str, key: &str) -> Option<String> {
     connection_string.split(';').find_map(|part| {
         let (k, v) = part.split_once('=')?;
         k.trim()
@@ -424,7 +424,7 @@ fn poll_delay(advice: Option<Duration>, polls: u32) -> Duration {
 }
 
 /// The IoT Hub resource provider's api-version for `IotHubs`.
-pub const HUB_API_VERSION: &str = "2023-06-30";
+pub(crate) const HUB_API_VERSION: &str = "2023-06-30";
 
 /// A client for one subscription and resource group.
 #[derive(Clone)]

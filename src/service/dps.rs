@@ -19,7 +19,7 @@ use crate::service::{Replay, RetryPolicy, failure, http_client, transport};
 use crate::transport::Trust;
 
 /// The service api-version (the default of `azure-iot-deviceprovisioning` and the CLI).
-pub const DPS_SERVICE_API_VERSION: &str = "2021-10-01";
+pub(crate) const DPS_SERVICE_API_VERSION: &str = "2021-10-01";
 /// Tokens live this long; a new one is made when less than a tenth is left.
 const TOKEN_TTL_SECONDS: i64 = 3600;
 

@@ -16,20 +16,24 @@ use crate::service::dps::{SasCredential, SasRestClient, read, read_all};
 use crate::transport::Trust;
 
 /// The hub service api-version.
-pub const HUB_SERVICE_API_VERSION: &str = "2021-04-12";
+pub(crate) const HUB_SERVICE_API_VERSION: &str = "2021-04-12";
 
 /// Longest time IoT Hub waits for a device's method response (`responseTimeoutInSeconds`
 /// ranges over 5..=300; Azure answers 400 past it).
-pub const MAX_METHOD_RESPONSE_TIMEOUT: Duration =
+pub(crate) const MAX_METHOD_RESPONSE_TIMEOUT: Duration =
     Duration::from_secs(crate::limits::MAX_METHOD_RESPONSE_TIMEOUT_SECONDS);
 /// Shortest method response timeout IoT Hub takes; shorter ones are raised to it.
-pub const MIN_METHOD_RESPONSE_TIMEOUT: Duration =
+pub(crate) const MIN_METHOD_RESPONSE_TIMEOUT: Duration =
     Duration::from_secs(crate::limits::MIN_METHOD_RESPONSE_TIMEOUT_SECONDS);
 
 /// The body of a direct method call as the official SDKs and the CLI send it: a `null`
 /// payload is left out rather than sent, and the timeout is refused past Azure's 300 s before
 /// any request (`Config`).
-pub fn method_request_body(method: &str, payload: &Value, timeout: Duration) -> Result<Value> {
+pub(crate) fn method_request_body(
+    method: &str,
+    payload: &Value,
+    timeout: Duration,
+) -> Result<Value> {
     if timeout > MAX_METHOD_RESPONSE_TIMEOUT {
         return Err(Error::config(format!(
             "a method response timeout of {} s is past IoT Hub's {} s",

@@ -7,9 +7,17 @@
 //! repeated ([`Replay`]); the wait is the service's `Retry-After` when it gave one, else a
 //! jittered exponential backoff; attempts and the total wait are capped.
 
-pub mod arm;
-pub mod dps;
-pub mod hub;
+pub(crate) mod arm;
+pub(crate) mod dps;
+pub(crate) mod hub;
+
+/// The hub service API's identities and twins, as [`HubServiceClient`] reads them.
+pub use crate::protocol::hub_service::{
+    AuthenticationMechanism, DeviceIdentity, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+};
+pub use arm::{AZURE_ARM_ENDPOINT, ArmClient, TokenSource, static_token};
+pub use dps::DpsServiceClient;
+pub use hub::HubServiceClient;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@ use tokio::task::JoinError;
 ///
 /// `work` only builds the future: the task takes its slot before polling it, so anything the
 /// future measures (a start time) starts when the slot is taken.
-pub async fn spawn_bounded<I, F, Fut>(
+pub(crate) async fn spawn_bounded<I, F, Fut>(
     items: I,
     concurrency: usize,
     work: F,

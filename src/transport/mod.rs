@@ -6,11 +6,11 @@
 //! the one jittered backoff the clients wait with between attempts; and the one bounded
 //! concurrent spawning ([`bounded`]) the clients open many connections with.
 
-pub mod bounded;
-pub mod mqtt;
-pub mod proxy;
+pub(crate) mod bounded;
+pub(crate) mod mqtt;
+pub(crate) mod proxy;
 mod trust;
-pub mod websocket;
+pub(crate) mod websocket;
 
 pub use trust::Trust;
 
@@ -19,7 +19,7 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 
 /// The one crypto provider of the crate.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     // One shared provider: every device's client configuration holds it, and its lists of
     // suites and groups would otherwise be copied ten thousand times in a fleet.
     static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
@@ -31,7 +31,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// The operating system's trust anchors: what Azure's endpoints (and webhooks) chain to. Read
 /// the platform's way by `rustls-native-certs` (the Windows certificate store, the macOS
 /// keychain, the OpenSSL files and `SSL_CERT_FILE`/`SSL_CERT_DIR` elsewhere), so no `cfg` here.
-pub fn system_roots() -> rustls::RootCertStore {
+pub(crate) fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for cert in found.certs {

@@ -25,7 +25,7 @@ const KEEP_BUFFER: usize = 64 * 1024;
 
 /// Why a framed connection failed.
 #[derive(Debug)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// The peer sent bytes that are not an MQTT packet, or a packet over the size limit
     /// (refused from its header, before its body is buffered).
     Malformed(rumqttc::Error),
@@ -58,7 +58,7 @@ impl std::error::Error for FrameError {
 }
 
 /// A stream with its read and write buffers.
-pub struct Framed<S> {
+pub(crate) struct Framed<S> {
     /// The stream, for what the framing does not cover (shutdown, TLS state).
     pub stream: S,
     /// Bytes read and not yet a whole packet.
@@ -78,7 +78,7 @@ fn shrink(buffer: &mut BytesMut) {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     /// Frames `stream` with small empty buffers; packets over `max_incoming` bytes are refused.
-    pub fn new(stream: S, max_incoming: usize) -> Self {
+    pub(crate) fn new(stream: S, max_incoming: usize) -> Self {
         Framed {
             stream,
             read: BytesMut::with_capacity(SMALL_BUFFER),
@@ -88,7 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 
     /// The next packet; `None` at a clean end of stream.
-    pub async fn read(&mut self) -> Result<Option<Packet>, FrameError> {
+    pub(crate) async fn read(&mut self) -> Result<Option<Packet>, FrameError> {
         loop {
             match Packet::read(&mut self.read, self.max_incoming) {
                 Ok(packet) => {
@@ -110,7 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 
     /// Encodes a packet into the write buffer without writing it yet.
-    pub fn queue(&mut self, packet: &Packet) -> Result<(), FrameError> {
+    pub(crate) fn queue(&mut self, packet: &Packet) -> Result<(), FrameError> {
         packet
             .write(&mut self.write, usize::MAX)
             .map(|_| ())
@@ -118,12 +118,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 
     /// Bytes queued and not yet written.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.write.len()
     }
 
     /// Writes everything queued in one go.
-    pub async fn flush(&mut self) -> Result<(), FrameError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), FrameError> {
         if self.write.is_empty() {
             return Ok(());
         }
@@ -138,22 +138,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 
     /// Queues one packet and writes everything queued.
-    pub async fn send(&mut self, packet: &Packet) -> Result<(), FrameError> {
+    pub(crate) async fn send(&mut self, packet: &Packet) -> Result<(), FrameError> {
         self.queue(packet)?;
         self.flush().await
     }
 
     /// What the read buffer holds in memory now (for tests of its bound).
-    pub fn read_capacity(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn read_capacity(&self) -> usize {
         self.read.capacity()
     }
 }
 
 /// A device's TLS stream to its server.
-pub type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+pub(crate) type TlsClientStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A device's connection to its server: MQTT over TLS, or over a WebSocket inside TLS.
-pub type ClientStream = MqttStream<TlsClientStream, TlsClientStream>;
+pub(crate) type ClientStream = MqttStream<TlsClientStream, TlsClientStream>;
 
 /// How a device's MQTT reaches its server (`"tls"` or `"websockets"` where a host names it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -221,7 +222,7 @@ impl Via {
 
 /// Why [`dial`] did not get a CONNACK.
 #[derive(Debug)]
-pub enum DialError {
+pub(crate) enum DialError {
     /// TCP could not connect.
     Unreachable(std::io::Error),
     /// The host is not a name TLS can check the server's certificate against.
@@ -273,7 +274,7 @@ impl std::error::Error for DialError {
 /// The cause to keep for a failed TLS handshake: rustls's error itself when tokio-rustls
 /// wrapped one in the `io::Error` it returns (whose `source()` would hide it), else the I/O
 /// error. Same text either way.
-pub fn tls_cause(error: std::io::Error) -> crate::error::BoxError {
+pub(crate) fn tls_cause(error: std::io::Error) -> crate::error::BoxError {
     match error.downcast::<rustls::Error>() {
         Ok(tls) => Box::new(tls),
         Err(io) => Box::new(io),
@@ -285,7 +286,7 @@ pub fn tls_cause(error: std::io::Error) -> crate::error::BoxError {
 /// `/$iothub/websocket` with the `mqtt` subprotocol; then sends `connect` and reads the
 /// answer: the framed connection and the server's CONNACK, whatever its return code (the
 /// caller knows what a refusal means).
-pub async fn dial(
+pub(crate) async fn dial(
     host: &str,
     port: u16,
     via: &Via,

@@ -15,15 +15,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The path IoT Hub and DPS serve MQTT over WebSockets on.
-pub const MQTT_PATH: &str = "/$iothub/websocket";
+pub(crate) const MQTT_PATH: &str = "/$iothub/websocket";
 
 /// The WebSocket subprotocol of MQTT 3.1.1 (what the official SDKs offer).
-pub const MQTT_SUBPROTOCOL: &str = "mqtt";
+pub(crate) const MQTT_SUBPROTOCOL: &str = "mqtt";
 
 /// Limits of one WebSocket: a message or frame as large as the largest MQTT packet allowed,
 /// and small eager buffers, so ten thousand idle devices over WebSockets cost what they cost
 /// over plain TLS rather than tungstenite's 128 KiB read buffer each.
-pub fn config(max_message: usize) -> WebSocketConfig {
+pub(crate) fn config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         // Every message goes out at once: MQTT's own framing already batches per flush.
@@ -35,7 +35,7 @@ pub fn config(max_message: usize) -> WebSocketConfig {
 /// A WebSocket read and written as a byte stream of binary messages. Pings are answered by
 /// tungstenite; a text message is a protocol violation (MQTT travels in binary messages) and
 /// ends the stream with an error; a close ends it cleanly.
-pub struct WebSocketBytes<S> {
+pub(crate) struct WebSocketBytes<S> {
     socket: WebSocketStream<S>,
     /// What is left of the last binary message read.
     pending: Bytes,
@@ -43,7 +43,7 @@ pub struct WebSocketBytes<S> {
 
 impl<S> WebSocketBytes<S> {
     /// Wraps an open WebSocket (after its handshake).
-    pub fn new(socket: WebSocketStream<S>) -> Self {
+    pub(crate) fn new(socket: WebSocketStream<S>) -> Self {
         WebSocketBytes {
             socket,
             pending: Bytes::new(),
@@ -113,7 +113,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketBytes<S> {
 /// under the WebSocket, port 443). Both sides use it: the device clients with their TLS
 /// stream, the emulator with its TLS stream and hyper's upgraded connection. Boxed, so a
 /// session's state is as small whichever it carries.
-pub enum MqttStream<T, W> {
+pub(crate) enum MqttStream<T, W> {
     /// MQTT over TLS.
     Tls(Box<T>),
     /// MQTT over a WebSocket.

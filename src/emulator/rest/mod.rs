@@ -39,7 +39,7 @@ mod dps_service;
 mod hub_query;
 mod hub_service;
 mod operations;
-pub mod recorder;
+pub(crate) mod recorder;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]
@@ -60,7 +60,7 @@ pub struct ThrottledRequests {
 
 /// Answers every Nth authenticated request of each API with Azure's 429, and counts them.
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     every: u32,
     retry_after: u32,
     /// Requests seen, per API (ARM, DPS service, hub service).
@@ -652,7 +652,7 @@ fn sas_grant<T>(
 }
 
 /// Unix seconds as an RFC 1123 date (`Sat, 31 Dec 2039 23:59:59 GMT`).
-pub fn http_date(unix: i64) -> String {
+pub(crate) fn http_date(unix: i64) -> String {
     let at = if unix >= 0 {
         UNIX_EPOCH + Duration::from_secs(unix as u64)
     } else {

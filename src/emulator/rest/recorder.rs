@@ -19,11 +19,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// What replaces a secret in a recorded request.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 /// Requests kept by default; older ones are dropped (and counted).
-pub const DEFAULT_CAPACITY: usize = 1_000;
+pub(crate) const DEFAULT_CAPACITY: usize = 1_000;
 /// Largest body recorded; a longer one is recorded by its size only.
-pub const MAX_RECORDED_BODY: usize = 64 * 1024;
+pub(crate) const MAX_RECORDED_BODY: usize = 64 * 1024;
 
 /// The request headers recorded (lower case): those that change what a request means. Any
 /// other header (`Authorization` above all) is never recorded.

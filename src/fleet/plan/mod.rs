@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 
 /// Keys every body starts with; plan and custom fields may not reuse them, or the body would
 /// carry duplicate keys whose meaning depends on the JSON parser.
-pub const RESERVED_KEYS: [&str; 3] = ["deviceId", "seq", "ts"];
+pub(crate) const RESERVED_KEYS: [&str; 3] = ["deviceId", "seq", "ts"];
 
 /// 0000-01-01T00:00:00.000Z: RFC 3339 has four-digit years only.
 const MIN_TS_MS: i64 = -62_167_219_200_000;
@@ -239,8 +239,8 @@ mod validate;
 
 use body::*;
 use rng::*;
+pub(crate) use stream::DeviceStream;
 use stream::*;
-pub use stream::{DeviceStream, PlannedMessage};
 
 #[cfg(test)]
 mod tests;
