@@ -10,7 +10,6 @@
 //! deadlines.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -44,62 +43,50 @@ pub(crate) struct WebContext {
 
 /// Accepts connections on `listener` until the runtime stops.
 pub(crate) async fn serve(listener: TcpListener, context: Arc<WebContext>) {
-    loop {
-        // Past the cap, connections wait in the kernel's backlog rather than costing memory.
-        let Ok(permit) = context.rest.slots.clone().acquire_owned().await else {
-            return;
-        };
-        let Ok((stream, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let context = context.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ = stream.set_nodelay(true);
-            let tls = match tokio::time::timeout(
-                context.rest.limits.header_timeout,
-                context.acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    log::info!("emulator: TLS handshake on 443 with {peer} failed: {e}");
-                    return;
+    let (slots, acceptor) = (context.rest.slots.clone(), context.acceptor.clone());
+    let header_timeout = context.rest.limits.header_timeout;
+    rest::accept_tls(
+        listener,
+        slots,
+        acceptor,
+        header_timeout,
+        move |tls, peer| {
+            let context = context.clone();
+            async move {
+                // Parsed only for an upgrade: a REST client's certificate (if any) is not its
+                // identity, its SAS token is.
+                let presented: Arc<Vec<rustls::pki_types::CertificateDer<'static>>> = Arc::new(
+                    tls.get_ref()
+                        .1
+                        .peer_certificates()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|c| c.clone().into_owned())
+                        .collect(),
+                );
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let context = context.clone();
+                    let presented = presented.clone();
+                    async move {
+                        let response = if is_upgrade(&request) {
+                            upgrade(request, &presented, &context)
+                        } else {
+                            rest::handle(request, &context.rest).await
+                        };
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                if let Err(e) = rest::http1(header_timeout)
+                    .serve_connection(TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await
+                {
+                    log::debug!("emulator: connection on the web port from {peer} ended: {e}");
                 }
-                Err(_) => return,
-            };
-            let presented = tls.get_ref().1.peer_certificates().unwrap_or_default();
-            // Parsed only for an upgrade: a REST client's certificate (if any) is not its
-            // identity, its SAS token is.
-            let presented: Arc<Vec<rustls::pki_types::CertificateDer<'static>>> =
-                Arc::new(presented.iter().map(|c| c.clone().into_owned()).collect());
-            let service_context = context.clone();
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let context = service_context.clone();
-                let presented = presented.clone();
-                async move {
-                    let response = if is_upgrade(&request) {
-                        upgrade(request, &presented, &context)
-                    } else {
-                        rest::handle(request, &context.rest).await
-                    };
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(context.rest.limits.header_timeout)
-                .half_close(true)
-                .serve_connection(TokioIo::new(tls), service)
-                .with_upgrades()
-                .await
-            {
-                log::debug!("emulator: connection on 443 from {peer} ended: {e}");
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// Whether a request asks for a WebSocket (then it is answered here, whatever its path, so a

@@ -155,50 +155,75 @@ pub(crate) struct RestContext {
 
 /// Accepts HTTPS connections until the runtime stops.
 pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
+    let (slots, acceptor) = (context.slots.clone(), context.acceptor.clone());
+    let header_timeout = context.limits.header_timeout;
+    accept_tls(listener, slots, acceptor, header_timeout, move |tls, peer| {
+        let context = context.clone();
+        async move {
+            let service_context = context.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let context = service_context.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(request, &context).await) }
+            });
+            if let Err(e) = http1(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                log::debug!("emulator: HTTPS connection from {peer} ended: {e}");
+            }
+        }
+    })
+    .await;
+}
+
+/// The accept loop of the HTTPS listeners (the management port and each resource's port
+/// 443): at most `slots` connections at once (past the cap, connections wait in the kernel's
+/// backlog rather than costing memory), TCP_NODELAY, the TLS handshake within
+/// `header_timeout`, then `serve` on its own task.
+pub(crate) async fn accept_tls<F, Fut>(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    header_timeout: Duration,
+    serve: F,
+) where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::net::SocketAddr) -> Fut
+        + Send
+        + Sync
+        + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let serve = Arc::new(serve);
     loop {
-        // Past the cap, connections wait in the kernel's backlog rather than costing memory.
-        let Ok(permit) = context.slots.clone().acquire_owned().await else {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
         let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let context = context.clone();
+        let (acceptor, serve) = (acceptor.clone(), serve.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
-            let tls = match tokio::time::timeout(
-                context.limits.header_timeout,
-                context.acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    log::info!("emulator: HTTPS handshake with {peer} failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service_context = context.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let context = service_context.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(request, &context).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(context.limits.header_timeout)
-                // A client may shut its side down once its request is out and still expects
-                // the answer.
-                .half_close(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                log::debug!("emulator: HTTPS connection from {peer} ended: {e}");
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve(tls, peer).await,
+                Ok(Err(e)) => log::info!("emulator: HTTPS handshake with {peer} failed: {e}"),
+                Err(_) => {}
             }
         });
     }
+}
+
+/// HTTP/1.1 as both HTTPS listeners serve it: header deadline, and half-close allowed (a
+/// client may shut its side down once its request is out and still expects the answer).
+pub(crate) fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .half_close(true);
+    builder
 }
 
 /// A response body and status, before headers.
