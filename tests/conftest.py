@@ -6,6 +6,7 @@ import errno
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,23 @@ def sas_device(cloud: dpskit.LocalCloud, hub: dpskit.Hub, device_id: str) -> Any
         )
 
     return connect
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Polls ``condition`` until it holds or ``timeout`` passes (the official SDKs deliver on
+    threads of their own); returns its last value."""
+    event = threading.Event()
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return True
+        event.wait(0.05)
+    return condition()
+
+
+def granted(cloud: dpskit.LocalCloud, device_id: str, subscription: str) -> bool:
+    """Whether the hub has granted ``subscription`` to the device: its SUBACK is traced once
+    the subscription is in force (trace the device first)."""
+    return any(
+        e.kind == "SUBACK" and subscription in e.detail.split()
+        for e in cloud.trace_events(device_id)
+    )

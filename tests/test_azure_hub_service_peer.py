@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from azure.iot.hub.models import (  # type: ignore[import-untyped]
 from msrest.exceptions import HttpOperationError
 
 import dpskit
-from conftest import port_is_free
+from conftest import granted, port_is_free, wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -71,24 +70,6 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dpskit.LocalClou
 def _registry(hub: dpskit.Hub) -> IoTHubRegistryManager:
     assert "HostName=" + hub.host_name + ";" in hub.connection_string
     return IoTHubRegistryManager.from_connection_string(hub.connection_string)
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Polls a condition (the SDK delivers on its own threads)."""
-    event = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return True
-        event.wait(0.05)
-    return condition()
-
-
-def _granted(cloud: dpskit.LocalCloud, device_id: str, subscription: str) -> bool:
-    """Whether the hub has granted ``subscription`` (its SUBACK is traced once in force)."""
-    return any(
-        e.kind == "SUBACK" and subscription in e.detail.split()
-        for e in cloud.trace_events(device_id)
-    )
 
 
 def _refused(call: Callable[[], object]) -> tuple[int, int]:
@@ -211,8 +192,8 @@ def test_twin_patch_replace_and_methods_seen_by_a_connected_official_device(
         client.on_twin_desired_properties_patch_received = patches.append
         client.on_method_request_received = answer
         for topic in ("$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#"):
-            granted = functools.partial(_granted, cloud, "twin-dev", topic)
-            assert _wait(granted), cloud.format_trace("twin-dev")
+            in_force = functools.partial(granted, cloud, "twin-dev", topic)
+            assert wait_until(in_force), cloud.format_trace("twin-dev")
         assert registry.get_service_statistics().connected_device_count == 1
         assert registry.get_device("twin-dev").connection_state == "Connected"
 
@@ -226,7 +207,7 @@ def test_twin_patch_replace_and_methods_seen_by_a_connected_official_device(
         patch = Twin(tags={"site": "lab"}, properties=TwinProperties(desired={"interval": 10}))
         patched = registry.update_twin("twin-dev", patch, first.etag)
         assert patched.tags == {"site": "lab"}
-        assert _wait(lambda: len(patches) == 1)
+        assert wait_until(lambda: len(patches) == 1)
         assert patches[0] == {"interval": 10, "$version": 2}
 
         client.patch_twin_reported_properties({"firmware": "1.0.0"})
@@ -240,7 +221,7 @@ def test_twin_patch_replace_and_methods_seen_by_a_connected_official_device(
         assert replaced.properties.desired == {"mode": "eco", "$version": 3}
         assert replaced.properties.reported["firmware"] == "1.0.0"
         # The device learns the replacement as a patch: the removed key as null.
-        assert _wait(lambda: len(patches) == 2)
+        assert wait_until(lambda: len(patches) == 2)
         assert patches[1] == {"mode": "eco", "interval": None, "$version": 3}
         assert client.get_twin()["desired"] == {"mode": "eco", "$version": 3}
         # The etag read before the replace is stale: 412, nothing changed.
@@ -270,7 +251,7 @@ def test_twin_patch_replace_and_methods_seen_by_a_connected_official_device(
         # Disabled, the device is disconnected and may not come back.
         etag = registry.get_device("twin-dev").etag
         registry.update_device_with_x509("twin-dev", etag, thumbprint, None, "disabled")
-        assert _wait(lambda: not client.connected)
+        assert wait_until(lambda: not client.connected)
         # The SDK's refusal type varies by version; the trace says why.
         with pytest.raises(Exception):  # noqa: B017, PT011
             client.connect()

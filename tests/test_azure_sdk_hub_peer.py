@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from azure.iot.device import (
 )
 
 import dpskit
-from conftest import port_is_free, quota_refusals, throttled
+from conftest import granted, port_is_free, quota_refusals, throttled, wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -46,25 +46,6 @@ def cloud() -> Iterator[dpskit.LocalCloud]:
         dps = cloud.create_dps("hub-peer-dps")
         cloud.link_hub(dps, cloud.create_hub("hub-peer-hub"))
         yield cloud
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Polls a condition (the SDK delivers on its own threads)."""
-    event = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return True
-        event.wait(0.05)
-    return condition()
-
-
-def _granted(cloud: dpskit.LocalCloud, device_id: str, subscription: str) -> bool:
-    """Whether the hub has granted ``subscription`` to the device (its SUBACK is traced once the
-    subscription is in force)."""
-    return any(
-        e.kind == "SUBACK" and subscription in e.detail.split()
-        for e in cloud.trace_events(device_id)
-    )
 
 
 def _connected_x509_client(
@@ -143,24 +124,24 @@ def test_telemetry_twin_methods_and_c2d_with_x509(cloud: dpskit.LocalCloud, tmp_
             MethodResponse.create_from_method_request(request, 200, {"echo": request.payload})
         )
         # The handlers subscribe lazily; wait until the hub has granted the subscriptions.
-        assert _wait(lambda: _granted(cloud, "sdk-full-1", "$iothub/methods/POST/#")), (
+        assert wait_until(lambda: granted(cloud, "sdk-full-1", "$iothub/methods/POST/#")), (
             cloud.format_trace("sdk-full-1")
         )
-        assert _wait(
-            lambda: _granted(cloud, "sdk-full-1", "$iothub/twin/PATCH/properties/desired/#")
+        assert wait_until(
+            lambda: granted(cloud, "sdk-full-1", "$iothub/twin/PATCH/properties/desired/#")
         ), cloud.format_trace("sdk-full-1")
-        assert _wait(
-            lambda: _granted(cloud, "sdk-full-1", "devices/sdk-full-1/messages/devicebound/#")
+        assert wait_until(
+            lambda: granted(cloud, "sdk-full-1", "devices/sdk-full-1/messages/devicebound/#")
         ), cloud.format_trace("sdk-full-1")
         hub.update_desired("sdk-full-1", {"interval": 10})
-        assert _wait(lambda: bool(patches))
+        assert wait_until(lambda: bool(patches))
         assert patches[0] == {"interval": 10, "$version": 2}
 
         result = hub.invoke_method("sdk-full-1", "reboot", {"delay": 1}, timeout=10)
         assert (result.status, result.payload) == (200, {"echo": {"delay": 1}})
 
         hub.send_c2d("sdk-full-1", b"hello", properties={"kind": "greeting"})
-        assert _wait(lambda: bool(messages))
+        assert wait_until(lambda: bool(messages))
         assert messages[0].data == b"hello"
         assert messages[0].custom_properties == {"kind": "greeting"}
         assert messages[0].message_id
@@ -175,15 +156,15 @@ def test_c2d_waits_for_an_offline_device(cloud: dpskit.LocalCloud, tmp_path: Pat
     client, hub = _connected_x509_client(cloud, tmp_path, "sdk-offline-1")
     received: list[Any] = []
     client.on_message_received = received.append
-    assert _wait(
-        lambda: _granted(cloud, "sdk-offline-1", "devices/sdk-offline-1/messages/devicebound/#")
+    assert wait_until(
+        lambda: granted(cloud, "sdk-offline-1", "devices/sdk-offline-1/messages/devicebound/#")
     ), cloud.format_trace("sdk-offline-1")
     client.disconnect()
     hub.send_c2d("sdk-offline-1", "while you were away")
     # The Python SDK never re-subscribes: the hub keeps its session (clean_session=0).
     client.connect()
     try:
-        assert _wait(lambda: bool(received))
+        assert wait_until(lambda: bool(received))
         assert received[0].data == b"while you were away"
     finally:
         client.shutdown()
@@ -195,7 +176,7 @@ def test_desired_patches_made_while_offline_reach_the_device(
     client, hub = _connected_x509_client(cloud, tmp_path, "sdk-offline-2")
     patches: list[dict[str, Any]] = []
     client.on_twin_desired_properties_patch_received = patches.append
-    assert _wait(
+    assert wait_until(
         lambda: any(
             e.kind == "SUBSCRIBE" and "desired" in (e.topic or "")
             for e in cloud.trace_events("sdk-offline-2")
@@ -207,7 +188,7 @@ def test_desired_patches_made_while_offline_reach_the_device(
     # what changed while it was away.
     client.connect()
     try:
-        assert _wait(lambda: any(p.get("interval") == 42 for p in patches))
+        assert wait_until(lambda: any(p.get("interval") == 42 for p in patches))
     finally:
         client.shutdown()
 
@@ -273,8 +254,8 @@ def test_the_free_tier_quota_stops_the_official_sdk(cloud: dpskit.LocalCloud) ->
             client.send_message(Message(b"x" * 200 * 1024))  # type: ignore[no-untyped-call]
         assert hub.usage().messages_left == 0
         threading.Thread(target=send_one_more, daemon=True).start()
-        assert _wait(lambda: quota_refusals(hub) >= 1)
-        assert _wait(lambda: bool(outcome) or not client.connected)
+        assert wait_until(lambda: quota_refusals(hub) >= 1)
+        assert wait_until(lambda: bool(outcome) or not client.connected)
     finally:
         threading.Thread(target=client.shutdown, daemon=True).start()
     assert None not in outcome, "the refused message was acknowledged"
@@ -378,7 +359,7 @@ def test_the_official_sdk_is_refused_past_s1_new_connections(
     crowd_thread.start()
     refusals: list[BaseException] = []
     try:
-        _wait(lambda: throttled(hub)["connections"] > 0, timeout=30)
+        wait_until(lambda: throttled(hub)["connections"] > 0, timeout=30)
         for _ in range(50):
             client = IoTHubDeviceClient.create_from_symmetric_key(
                 symmetric_key=device.primary_key,

@@ -10,8 +10,7 @@ on Linux), which the emulator reports by falling back to another port.
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from azure.iot.device import (
 )
 
 import dpskit
+from conftest import granted, wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:ssl.PROTOCOL_TLSv1_2 is deprecated:DeprecationWarning"
@@ -47,24 +47,6 @@ def cloud() -> Iterator[dpskit.LocalCloud]:
         dps = cloud.create_dps(DPS_NAME)
         cloud.link_hub(dps, cloud.create_hub("ws-peer-hub"))
         yield cloud
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Polls a condition (the SDK delivers on its own threads)."""
-    event = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return True
-        event.wait(0.05)
-    return condition()
-
-
-def _granted(cloud: dpskit.LocalCloud, device_id: str, subscription: str) -> bool:
-    """Whether the hub has granted ``subscription`` (its SUBACK is traced once in force)."""
-    return any(
-        e.kind == "SUBACK" and subscription in e.detail.split()
-        for e in cloud.trace_events(device_id)
-    )
 
 
 def _websocket_sessions(cloud: dpskit.LocalCloud, client_id: str) -> list[str]:
@@ -129,14 +111,14 @@ def test_x509_device_provisions_and_uses_its_hub_over_websockets(
         )
         # The handlers subscribe lazily: wait until the hub has granted the subscriptions.
         methods, desired = "$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#"
-        assert _wait(lambda: _granted(cloud, "ws-x509-dev", methods)), cloud.format_trace(
+        assert wait_until(lambda: granted(cloud, "ws-x509-dev", methods)), cloud.format_trace(
             "ws-x509-dev"
         )
-        assert _wait(lambda: _granted(cloud, "ws-x509-dev", desired)), cloud.format_trace(
+        assert wait_until(lambda: granted(cloud, "ws-x509-dev", desired)), cloud.format_trace(
             "ws-x509-dev"
         )
         hub.update_desired("ws-x509-dev", {"interval": 10})
-        assert _wait(lambda: bool(patches)), cloud.format_trace("ws-x509-dev")
+        assert wait_until(lambda: bool(patches)), cloud.format_trace("ws-x509-dev")
         assert patches[0] == {"interval": 10, "$version": 2}
         answer = hub.invoke_method("ws-x509-dev", "ping", {"n": 1}, timeout=10)
         assert (answer.status, answer.payload) == (200, {"echo": {"n": 1}})
