@@ -430,7 +430,7 @@ fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Resul
     if status >= 300 {
         return Err(refused(id, status, &body, auth));
     }
-    let reply = RegistrationOperationStatus::from_value(body.clone());
+    let reply = RegistrationOperationStatus::from_value(&body);
     match reply.status.as_deref() {
         Some("assigning") | Some("unassigned") => {
             let operation_id = reply

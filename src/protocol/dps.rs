@@ -171,15 +171,17 @@ impl RegistrationOperationStatus {
     #[cfg(test)]
     pub(crate) fn from_body(body: &[u8]) -> RegistrationOperationStatus {
         serde_json::from_slice(body)
-            .map(RegistrationOperationStatus::from_value)
+            .map(|body: Value| RegistrationOperationStatus::from_value(&body))
             .unwrap_or_default()
     }
 
-    /// [`RegistrationOperationStatus::from_body`] of a body already parsed.
-    pub(crate) fn from_value(body: Value) -> RegistrationOperationStatus {
+    /// [`RegistrationOperationStatus::from_body`] of a body already parsed (read in place:
+    /// the device keeps the body for a refusal's diagnosis, and a copy of it costs more than
+    /// the reading).
+    pub(crate) fn from_value(body: &Value) -> RegistrationOperationStatus {
         Some(body)
-            .filter(Value::is_object)
-            .and_then(|v| serde_json::from_value(v).ok())
+            .filter(|v| v.is_object())
+            .and_then(|v| RegistrationOperationStatus::deserialize(v).ok())
             .unwrap_or_default()
     }
 }
