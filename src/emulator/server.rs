@@ -31,7 +31,7 @@ use crate::pki::Certificate;
 use crate::protocol::dps::{self, Request as DpsRequest};
 use crate::protocol::hub::{CloudPublish, DeviceRequest, Subscription, TopicError, telemetry_bag};
 use crate::protocol::{Route, parse_property_bag, route};
-use crate::transport::mqtt::Framed;
+use crate::transport::mqtt::{Framed, MQTT_ENVELOPE_BYTES};
 use crate::transport::websocket::MqttStream;
 
 /// Listener limits.
@@ -61,10 +61,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// What a PUBLISH carries besides its payload, at most: a topic of up to 65,535 bytes with its
-/// two-byte length, and a two-byte packet id.
-pub(crate) const MQTT_ENVELOPE_BYTES: usize = 2 + u16::MAX as usize + 2;
 
 /// Leaf, up to eight intermediates and a root: deeper than any PKI the walkthrough builds or
 /// Azure's documentation shows, far shorter than what makes chain building expensive.

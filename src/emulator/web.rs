@@ -27,7 +27,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::emulator::rest::{self, RestContext};
-use crate::emulator::server::{self, DeviceStream, MQTT_ENVELOPE_BYTES, ServerContext};
+use crate::emulator::server::{self, DeviceStream, ServerContext};
+use crate::transport::mqtt::MQTT_ENVELOPE_BYTES;
 use crate::transport::websocket::{self, MQTT_PATH, MQTT_SUBPROTOCOL, MqttStream, WebSocketBytes};
 
 /// What the web listener serves from: the REST listener's context (APIs, cap, deadlines) and

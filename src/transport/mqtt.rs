@@ -351,7 +351,7 @@ async fn upgrade(
         request,
         stream,
         Some(websocket::config(
-            max_incoming.saturating_add(MQTT_ENVELOPE),
+            max_incoming.saturating_add(MQTT_ENVELOPE_BYTES),
         )),
     )
     .await
@@ -359,9 +359,10 @@ async fn upgrade(
     Ok(socket)
 }
 
-/// What a PUBLISH adds to its payload at most (topic and packet id), so a WebSocket message
-/// carrying the largest packet the connection accepts is not refused first.
-const MQTT_ENVELOPE: usize = 2 + u16::MAX as usize + 2 + 5;
+/// What a PUBLISH carries besides its payload, at most: a topic of up to 65,535 bytes with its
+/// two-byte length, and a two-byte packet id. The emulator's packet limit leaves this room, and
+/// a WebSocket's message limit leaves it over the largest packet taken.
+pub(crate) const MQTT_ENVELOPE_BYTES: usize = 2 + u16::MAX as usize + 2;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,12 @@ pub(crate) const MQTT_PATH: &str = "/$iothub/websocket";
 /// The WebSocket subprotocol of MQTT 3.1.1 (what the official SDKs offer).
 pub(crate) const MQTT_SUBPROTOCOL: &str = "mqtt";
 
+/// The most bytes one written message carries. A flush of the framed connection can hold many
+/// packets (a window of telemetry, a backlog of C2D); written as one message it could pass
+/// the peer's message limit, which [`config`] sets to one packet's worth, as the official SDKs
+/// send one packet a message. The stream is read as bytes, so the cut may fall anywhere.
+const MAX_WRITTEN_MESSAGE: usize = 64 * 1024;
+
 /// Limits of one WebSocket: a message or frame as large as the largest MQTT packet allowed,
 /// and small eager buffers, so ten thousand idle devices over WebSockets cost what they cost
 /// over plain TLS rather than tungstenite's 128 KiB read buffer each.
@@ -94,10 +100,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WebSocketBytes<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         ready!(Pin::new(&mut self.socket).poll_ready(cx)).map_err(io_error)?;
+        let written = buf.len().min(MAX_WRITTEN_MESSAGE);
         Pin::new(&mut self.socket)
-            .start_send(Message::Binary(Bytes::copy_from_slice(buf)))
+            .start_send(Message::Binary(Bytes::copy_from_slice(&buf[..written])))
             .map_err(io_error)?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -165,5 +172,43 @@ where
             MqttStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MqttStream::WebSocket(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    /// One write far larger than the peer's message limit (a flush of many packets) arrives
+    /// whole: it goes out as several messages, each under the limit.
+    #[test]
+    fn a_large_flush_passes_a_peer_that_takes_one_packet_a_message() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (a, b) = tokio::io::duplex(16 * 1024);
+            let limit = 100 * 1024;
+            let client =
+                WebSocketStream::from_raw_socket(a, Role::Client, Some(config(limit))).await;
+            let server =
+                WebSocketStream::from_raw_socket(b, Role::Server, Some(config(limit))).await;
+            let mut writer = WebSocketBytes::new(client);
+            let mut reader = WebSocketBytes::new(server);
+            let sent: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+            let expected = sent.clone();
+            let writing = tokio::spawn(async move {
+                writer.write_all(&sent).await.unwrap();
+                writer.flush().await.unwrap();
+                writer
+            });
+            let mut received = vec![0u8; expected.len()];
+            reader.read_exact(&mut received).await.unwrap();
+            assert!(received == expected);
+            drop(writing.await.unwrap());
+        });
     }
 }
