@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from dpskit._native import DeviceCertificate, transport_port
 from dpskit._native import provision_devices as _provision_devices
-from dpskit.cloud import DEFAULT_MQTT_PORT, Dps
+from dpskit.cloud import Dps
 from dpskit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def _endpoint(endpoint: str, transport: str = "mqtt") -> tuple[str, int]:
     host, sep, port = endpoint.rpartition(":")
     if sep and port.isdigit():
         return host, int(port)
-    return endpoint, DEFAULT_MQTT_PORT if transport == "mqtt" else transport_port(transport)
+    return endpoint, transport_port(transport)
 
 
 def provision_devices(
