@@ -216,9 +216,7 @@ class Replay:
         resource = SimpleNamespace(
             name="recorded", host_name=self.host, location="", sku="S1", units=1
         )
-        cloud = SimpleNamespace(
-            _rest=self.rest(), _hub_service_endpoint=lambda: None, _web_port=lambda: 443
-        )
+        cloud = SimpleNamespace(_rest=self.rest(), _web_port=lambda: 443)
         return dpskit.Hub(cast(Any, cloud), cast(HubRecord, resource), "a2V5" * 11)
 
 

@@ -174,10 +174,11 @@ def test_dps_instances_get_fresh_id_scopes(cloud: dpskit.LocalCloud) -> None:
     # Not on 8883, so the endpoint carries the port (the form dpskit's own client accepts).
     assert first.device_endpoint == f"127.0.0.1:{cloud.mqtt_port}"
     assert (first.device_host, first.device_port) == ("127.0.0.1", cloud.mqtt_port)
-    # The service API is on the emulator's HTTPS port: the host carries it.
+    # The service API is on the DPS's own address, on the web port: named when not 443.
+    service_host = "127.0.0.1" if cloud.web_port == 443 else f"127.0.0.1:{cloud.web_port}"
+    assert first.service_host == service_host
     assert first.service_connection_string.startswith(
-        f"HostName=127.0.0.1:{cloud.https_port};SharedAccessKeyName=provisioningserviceowner;"
-        "SharedAccessKey="
+        f"HostName={service_host};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey="
     )
     assert first.linked_hubs() == []
     assert "dps-one" in repr(first)

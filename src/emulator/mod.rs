@@ -218,6 +218,11 @@ pub(crate) struct Listeners {
 pub const WEB_PORT: u16 = 443;
 
 impl Listeners {
+    /// The web port: the configured one, or the fallback once it was chosen.
+    pub(crate) fn web_port(&self) -> u16 {
+        self.web_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
         let listener = self.bind(ip, port)?;
         let bound = listener
@@ -529,7 +534,7 @@ impl Emulator {
             dps_quotas: self.dps.quotas(),
             acceptor: tokio_rustls::TlsAcceptor::from(self.tls.https_config()?),
             listeners: self.listeners.clone(),
-            service_authority: bound.to_string(),
+            management_authority: bound.to_string(),
             arm_tokens,
             subscription_id: config.subscription_id.clone(),
             resource_group: config.resource_group.clone(),
@@ -556,9 +561,7 @@ impl Emulator {
     /// The port of HTTPS and MQTT over WebSockets on each resource's address: 443, or the
     /// free port used because 443 could not be bound (see [`EmulatorConfig::web_port`]).
     pub fn web_port(&self) -> u16 {
-        self.listeners
-            .web_port
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.listeners.web_port()
     }
 
     /// The bearer token ARM requires: the first configured one, or the one generated because

@@ -635,8 +635,8 @@ fn no_hang_while_devices_resubscribe_with_c2d_queued_churn_and_get_service_calls
     // The REST probe is a plain HTTPS GET of a twin with the owner's SAS token: the emulator's
     // tests drive it as a peer would, not through dpskit's own service client.
     let twin_url = format!(
-        "https://127.0.0.1:{}/twins/{}?api-version=2021-04-12",
-        f.emulator.https_port(),
+        "https://{hub}:{}/twins/{}?api-version=2021-04-12",
+        f.emulator.web_port(),
         ids[0]
     );
     let token = crate::sas::build_token(

@@ -1,6 +1,6 @@
 //! Port 443 on each resource's own address, as Azure serves it: HTTPS for the service APIs
-//! (the same dispatch as the management port: a hub's address answers the official service
-//! SDK's `https://{hub host}/devices/...`), and MQTT over WebSockets on `/$iothub/websocket`
+//! (a hub's address answers the official service SDK's `https://{hub host}/devices/...`, the
+//! DPS address its service API, the DPS's `serviceOperationsHostName`), and MQTT over WebSockets on `/$iothub/websocket`
 //! (subprotocol `mqtt`) for devices behind firewalls, DPS and hubs alike.
 //!
 //! A WebSocket session is the MQTT listener's session (`server::session`) over another stream:
@@ -72,7 +72,7 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<WebContext>) {
                         let response = if is_upgrade(&request) {
                             upgrade(request, &presented, &context)
                         } else {
-                            rest::handle(request, &context.rest).await
+                            rest::handle(request, rest::Entrance::Resource, &context.rest).await
                         };
                         Ok::<_, std::convert::Infallible>(response)
                     }

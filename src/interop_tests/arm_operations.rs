@@ -319,7 +319,7 @@ fn every_rest_client_retries_429s_and_gives_up_past_its_attempts() {
         let dps = crate::service::dps::DpsServiceClient::from_connection_string(
             &format!(
                 "HostName=127.0.0.1:{};SharedAccessKeyName={};SharedAccessKey={}",
-                emulator.https_port(),
+                emulator.web_port(),
                 dps_keys.key_name,
                 dps_keys.primary_key
             ),
@@ -329,10 +329,13 @@ fn every_rest_client_retries_429s_and_gives_up_past_its_attempts() {
         .unwrap();
         let hubs = crate::service::hub::HubServiceClient::from_connection_string(
             &format!(
-                "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
-                hub.host_name, hub_keys.key_name, hub_keys.primary_key
+                "HostName={}:{};SharedAccessKeyName={};SharedAccessKey={}",
+                hub.host_name,
+                emulator.web_port(),
+                hub_keys.key_name,
+                hub_keys.primary_key
             ),
-            Some(&endpoint(&emulator)),
+            None,
             &trust,
         )
         .unwrap();

@@ -140,7 +140,7 @@ fn arm_resources_hubs_dps_keys_and_links_over_https() {
         assert!(dps.linked_hubs.is_empty());
         assert_eq!(
             dps.service_operations_host_name,
-            format!("127.0.0.1:{}", emulator.https_port())
+            format!("127.0.0.1:{}", emulator.web_port())
         );
 
         let keys = arm.dps_keys("arm-dps").await.unwrap();

@@ -42,12 +42,14 @@ fn records_real_https_requests_after_authentication_only() {
         // Refused before its body is read: not recorded.
         assert!(arm("wrong-token").hub("rec-hub").await.is_err());
         let connection_string = format!(
-            "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={}",
-            hub.host_name, keys.primary_key
+            "HostName={}:{};SharedAccessKeyName=iothubowner;SharedAccessKey={}",
+            hub.host_name,
+            emulator.web_port(),
+            keys.primary_key
         );
         let service = crate::service::hub::HubServiceClient::from_connection_string(
             &connection_string,
-            Some(&endpoint),
+            None,
             &trust,
         )
         .unwrap();

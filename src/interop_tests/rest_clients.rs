@@ -161,7 +161,7 @@ fn hub_device_queries_page_with_continuation_tokens() {
     }
     let key = hub.policy("iothubowner").unwrap().primary_key.clone();
     let owner = token(&hub.host_name, &key, "iothubowner");
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &hub.host_name);
     let query = |max: Option<usize>, continuation: Option<String>| {
         let body = json!({"query": "SELECT * FROM devices"}).to_string();
         let mut request = format!(
@@ -238,14 +238,14 @@ fn hub_device_queries_page_with_continuation_tokens() {
         );
 
         let connection_string = format!(
-            "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={key}",
-            hub.host_name
+            "HostName={}:{};SharedAccessKeyName=iothubowner;SharedAccessKey={key}",
+            hub.host_name,
+            emulator.web_port()
         );
         let trust = crate::provisioning::Trust::from_pem(emulator.trust_pem().as_bytes()).unwrap();
-        let endpoint = format!("https://127.0.0.1:{}", emulator.https_port());
         let service = crate::service::hub::HubServiceClient::from_connection_string(
             &connection_string,
-            Some(&endpoint),
+            None,
             &trust,
         )
         .unwrap();

@@ -17,7 +17,7 @@ fn dps_service_client_enrollments_and_registrations_over_https() {
     let f = fixture(None);
     let (_device, _hub) = provisioned(&f, "svc-dev-1");
     let dps = f.emulator.cloud().dps("dps").unwrap();
-    let authority = format!("127.0.0.1:{}", f.emulator.https_port());
+    let authority = format!("127.0.0.1:{}", f.emulator.web_port());
     let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
     let connection = |key: &str| {
         format!(
@@ -111,14 +111,14 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         .into_iter()
         .find(|h| h.host_name == hub)
         .unwrap();
-    let endpoint = format!("https://127.0.0.1:{}", f.emulator.https_port());
+    let web_port = f.emulator.web_port();
     let pem = f.emulator.trust_pem();
     let trust = Trust::from_pem(pem.as_bytes()).unwrap();
-    let connection =
-        |key: &str| format!("HostName={hub};SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
+    let connection = |key: &str| {
+        format!("HostName={hub}:{web_port};SharedAccessKeyName=iothubowner;SharedAccessKey={key}")
+    };
     let owner = connection(&record.primary_key);
-    let service =
-        HubServiceClient::from_connection_string(&owner, Some(&endpoint), &trust).unwrap();
+    let service = HubServiceClient::from_connection_string(&owner, None, &trust).unwrap();
     let status = |e: crate::Error| match e {
         crate::Error::Service(s) => (s.status, s.error_code),
         other => panic!("not a service error: {other:?}"),
@@ -145,9 +145,9 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         d.subscribe_all("svc-hub-dev").await;
         let connected: DeviceIdentity = service.device("svc-hub-dev").await.unwrap();
         assert_eq!(connected.connection_state.as_deref(), Some("Connected"));
-        let (owner, endpoint, trust) = (owner.clone(), endpoint.clone(), trust.clone());
+        let (owner, trust) = (owner.clone(), trust.clone());
         let call = tokio::spawn(async move {
-            let service = HubServiceClient::from_connection_string(&owner, Some(&endpoint), &trust).unwrap();
+            let service = HubServiceClient::from_connection_string(&owner, None, &trust).unwrap();
             service
                 .invoke_method("svc-hub-dev", "reboot", &serde_json::json!({"delay": 1}), Duration::from_secs(10))
                 .await
@@ -232,7 +232,7 @@ fn dps_service_types_round_trip_between_the_client_and_the_emulator() {
     let client = DpsServiceClient::from_connection_string(
         &format!(
             "HostName=127.0.0.1:{};SharedAccessKeyName=provisioningserviceowner;SharedAccessKey={}",
-            f.emulator.https_port(),
+            f.emulator.web_port(),
             dps.primary_key
         ),
         None,

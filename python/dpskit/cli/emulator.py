@@ -67,7 +67,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         _print_fields(
             [
                 ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
-                ("arm", f"{cloud.arm_endpoint} (ARM and service REST APIs, {arm_auth})"),
+                ("arm", f"{cloud.arm_endpoint} (ARM, {arm_auth})"),
                 (
                     "web",
                     f"port {cloud.web_port} of each resource's address (HTTPS service APIs, "

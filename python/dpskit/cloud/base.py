@@ -27,10 +27,6 @@ class _Cloud:
         roots, as for Azure)."""
         return None
 
-    def _hub_service_endpoint(self) -> str | None:
-        """Where hub service calls go (``None``: ``https://{hub host name}``)."""
-        return None
-
     def _device_port(self) -> int:
         return DEFAULT_MQTT_PORT
 

@@ -55,7 +55,9 @@ class Hub:
 
     @property
     def _service(self) -> tuple[str, str | None]:
-        return self.connection_string, self._cloud._hub_service_endpoint()
+        # No endpoint of its own: the service API is at the connection string's host, on the
+        # emulator as on Azure.
+        return self.connection_string, None
 
     def devices(self) -> list[HubDevice]:
         """The device identities of this hub, in device-id order: one query call per 100

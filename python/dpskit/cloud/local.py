@@ -98,7 +98,8 @@ def _write_owner_only(path: Path, text: str) -> None:
 
 class LocalCloud(_Cloud):
     """The embedded emulator of DPS and IoT Hub, started on construction, managed through the
-    same REST client as Azure (its ARM and service APIs on :attr:`arm_endpoint`).
+    same REST client as Azure: ARM on :attr:`arm_endpoint`, the hub and DPS service APIs on port
+    443 (or :attr:`web_port`) of each resource's own address, as Azure serves them.
 
     Use it as a context manager, or call :meth:`stop`. Without ``data_dir`` the state lives in a
     temporary folder deleted on stop; with one, everything (including the emulator's CA, so
@@ -264,10 +265,6 @@ class LocalCloud(_Cloud):
             raise EmulatorError("the local cloud is stopped")
         return self._rest_client
 
-    def _hub_service_endpoint(self) -> str:
-        # Every hub's service API is on the emulator's one HTTPS port.
-        return self.arm_endpoint
-
     def _device_port(self) -> int:
         return self.mqtt_port
 
@@ -428,9 +425,6 @@ class LocalCloudClient(_Cloud):
     def trust_pem(self) -> str:
         """The emulator's CA."""
         return self._trust_pem
-
-    def _hub_service_endpoint(self) -> str:
-        return self.arm_endpoint
 
     def _device_port(self) -> int:
         return self._mqtt_port

@@ -614,7 +614,7 @@ fn dps_json(group_base: &str, dps: &DpsRecord, context: &RestContext) -> Value {
             "provisioningState": "Succeeded",
             "iotHubs": hubs,
             "allocationPolicy": "Hashed",
-            "serviceOperationsHostName": context.service_authority,
+            "serviceOperationsHostName": context.dps_service_host(),
             "deviceProvisioningHostName": context.cloud.dps_host(),
             "idScope": dps.id_scope,
             "authorizationPolicies": [],

@@ -94,13 +94,15 @@ pub(super) fn authorize(
     context: &RestContext,
 ) -> Result<DpsRecord, Reply> {
     // Every DPS shares the emulator's one service host; the signature tells them apart.
+    let host = context.cloud.dps_host().to_string();
     let candidates = context.cloud.all_dps().into_iter().map(|dps| {
         let policies = dps_policies(&dps);
-        (dps, context.service_authority.clone(), policies)
+        (dps, host.clone(), policies)
     });
     super::sas_authorize(
         parts,
         "DPS service",
+        context.web_port(),
         segments,
         candidates,
         |method, lower| Some(required_right(method, lower)),

@@ -137,9 +137,17 @@ pub(super) fn authorize(
         let policies = hub.policies.clone();
         (hub, host, policies)
     });
-    super::sas_authorize(parts, "IoT hub", segments, candidates, required_right)
-        .map(|hub| HubCaller { hub })
-        .map_err(|why| hub_error(401, 401_002, &why))
+    let web_port = context.web_port();
+    super::sas_authorize(
+        parts,
+        "IoT hub",
+        web_port,
+        segments,
+        candidates,
+        required_right,
+    )
+    .map(|hub| HubCaller { hub })
+    .map_err(|why| hub_error(401, 401_002, &why))
 }
 
 /// Serves one authenticated hub service request.

@@ -1,9 +1,14 @@
-//! The emulator's HTTPS listener: the Azure Resource Manager subset a DPS walkthrough uses
+//! The emulator's REST APIs: the Azure Resource Manager subset a DPS walkthrough uses
 //! (hubs, DPS instances, linked hubs, CA certificates and proof of possession, keys, quota
 //! metrics; `arm.rs`), the DPS service API (`dps_service.rs`) and the hub service API
 //! (`hub_service.rs`), with Azure's paths, bodies, dates, etags and error shapes, so that
 //! dpskit's REST clients and the official SDKs work against it. Every request is translated into
 //! [`Cloud`] and engine operations.
+//!
+//! Each API is served where Azure serves it ([`Entrance`]): ARM on the management port (this
+//! module's listener, `management.azure.com`'s stand-in), the service APIs on port 443 of each
+//! resource's own address (`web.rs`): a hub's host for its service API, the DPS address for
+//! the DPS service API (`serviceOperationsHostName`). A request at the wrong door is a 404.
 //!
 //! Nothing a client sends is trusted before it is authenticated: the ARM bearer token and the
 //! service APIs' SAS tokens (`sr` scope, `skn` policy and its rights) are checked on the headers
@@ -131,8 +136,9 @@ pub(crate) struct RestContext {
     pub dps_quotas: Arc<crate::emulator::quotas::DpsQuotas>,
     /// The MQTT listeners: a hub created over ARM must be reachable at once.
     pub listeners: Arc<crate::emulator::Listeners>,
-    /// `host:port` of this listener: a DPS's `serviceOperationsHostName`.
-    pub service_authority: String,
+    /// `host:port` of the management listener: the base of ARM's absolute URLs when a request
+    /// names no usable `Host`.
+    pub management_authority: String,
     /// Bearer tokens ARM accepts; `None` accepts any (only ever on loopback).
     pub arm_tokens: Option<Vec<String>>,
     /// The one subscription ARM answers for.
@@ -153,26 +159,68 @@ pub(crate) struct RestContext {
     pub recorder: Arc<recorder::RequestRecorder>,
 }
 
+impl RestContext {
+    /// The port of HTTPS on each resource's own address: 443, or the fallback chosen when 443
+    /// could not be bound.
+    pub(crate) fn web_port(&self) -> u16 {
+        self.listeners.web_port()
+    }
+
+    /// A resource's authority as its service clients dial it: `host`, or `host:port` when the
+    /// web port is not 443 (and so must be named in connection strings).
+    pub(crate) fn resource_authority(&self, host: &str) -> String {
+        match self.web_port() {
+            crate::emulator::WEB_PORT => host.to_string(),
+            port => format!("{host}:{port}"),
+        }
+    }
+
+    /// Every DPS's `serviceOperationsHostName`: the DPS's own address on the web port, as on
+    /// Azure (`{name}.azure-devices-provisioning.net`), where the DPS service API is served.
+    /// All DPS instances share it; the signature of a request's token tells them apart.
+    pub(crate) fn dps_service_host(&self) -> String {
+        self.resource_authority(self.cloud.dps_host())
+    }
+}
+
+/// Which listener a request came in on: each serves only what its Azure counterpart does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Entrance {
+    /// The management port: ARM (`management.azure.com`).
+    Management,
+    /// Port 443 of a resource's own address: the hub and DPS service APIs.
+    Resource,
+}
+
 /// Accepts HTTPS connections until the runtime stops.
 pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
     let (slots, acceptor) = (context.slots.clone(), context.acceptor.clone());
     let header_timeout = context.limits.header_timeout;
-    accept_tls(listener, slots, acceptor, header_timeout, move |tls, peer| {
-        let context = context.clone();
-        async move {
-            let service_context = context.clone();
-            let service = hyper::service::service_fn(move |request| {
-                let context = service_context.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(request, &context).await) }
-            });
-            if let Err(e) = http1(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                log::debug!("emulator: HTTPS connection from {peer} ended: {e}");
+    accept_tls(
+        listener,
+        slots,
+        acceptor,
+        header_timeout,
+        move |tls, peer| {
+            let context = context.clone();
+            async move {
+                let service_context = context.clone();
+                let service = hyper::service::service_fn(move |request| {
+                    let context = service_context.clone();
+                    async move {
+                        let response = handle(request, Entrance::Management, &context).await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                if let Err(e) = http1(header_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await
+                {
+                    log::debug!("emulator: HTTPS connection from {peer} ended: {e}");
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -319,18 +367,32 @@ fn path_segments(path: &str) -> Vec<String> {
 fn authorize(
     parts: &hyper::http::request::Parts,
     segments: &[&str],
+    entrance: Entrance,
     context: &RestContext,
 ) -> Result<Caller, Reply> {
     let path = parts.uri.path();
     let first = segments.first().map(|s| s.to_ascii_lowercase());
-    match first.as_deref() {
-        Some("devices" | "twins" | "statistics" | "dpskit") => {
+    match (entrance, first.as_deref()) {
+        (Entrance::Resource, Some("devices" | "twins" | "statistics" | "dpskit")) => {
             hub_service::authorize(parts, segments, context).map(Caller::Hub)
         }
-        Some("enrollments" | "enrollmentgroups" | "registrations") => {
+        (Entrance::Resource, Some("enrollments" | "enrollmentgroups" | "registrations")) => {
             dps_service::authorize(parts, segments, context).map(Caller::Dps)
         }
-        Some("subscriptions") => authorize_arm(parts, segments, context).map(|()| Caller::Arm),
+        (Entrance::Management, Some("subscriptions")) => {
+            authorize_arm(parts, segments, context).map(|()| Caller::Arm)
+        }
+        // As on Azure, where management.azure.com serves no device registry and a hub's
+        // host no ARM: a client that mixes them up learns where to go.
+        (Entrance::Management, Some(_)) => Err(arm_error(
+            404,
+            "404000",
+            &format!(
+                "no API is served at {path} on the management endpoint: the hub service API \
+                 is at https://{{hub host}} and the DPS service API at https://{}",
+                context.dps_service_host()
+            ),
+        )),
         _ => Err(arm_error(
             404,
             "404000",
@@ -339,16 +401,17 @@ fn authorize(
     }
 }
 
-/// Answers one request: authenticated on its headers, then dispatched to its API. Shared by
-/// the management port and port 443 of each resource's address.
+/// Answers one request: authenticated on its headers, then dispatched to its API if
+/// `entrance` serves it. Shared by the management port and port 443 of each resource's address.
 pub(crate) async fn handle(
     request: Request<Incoming>,
+    entrance: Entrance,
     context: &RestContext,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let decoded = path_segments(parts.uri.path());
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    let caller = match authorize(&parts, &segments, context) {
+    let caller = match authorize(&parts, &segments, entrance, context) {
         Ok(caller) => caller,
         // The body stays unread: closing the connection is cheaper than draining an upload
         // nobody asked for.
@@ -443,7 +506,7 @@ fn base_url(parts: &hyper::http::request::Parts, context: &RestContext) -> Strin
                 && h.chars()
                     .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
         })
-        .unwrap_or(&context.service_authority);
+        .unwrap_or(&context.management_authority);
     format!("https://{host}")
 }
 
@@ -586,11 +649,12 @@ impl<T> SasGrant<T> {
 pub(super) fn sas_authorize<T>(
     parts: &hyper::http::request::Parts,
     api: &str,
+    web_port: u16,
     segments: &[&str],
     candidates: impl IntoIterator<Item = (T, String, Vec<SharedAccessPolicy>)>,
     required_right: impl FnOnce(&hyper::Method, &[&str]) -> Option<&'static str>,
 ) -> Result<T, String> {
-    let grant = sas_grant(parts, api, candidates)?;
+    let grant = sas_grant(parts, api, web_port, candidates)?;
     if !grant.covers(segments) {
         return Err(format!(
             "The SAS token's sr does not cover /{}.",
@@ -613,6 +677,7 @@ pub(super) fn sas_authorize<T>(
 fn sas_grant<T>(
     parts: &hyper::http::request::Parts,
     api: &str,
+    web_port: u16,
     candidates: impl IntoIterator<Item = (T, String, Vec<SharedAccessPolicy>)>,
 ) -> Result<SasGrant<T>, String> {
     let header = parts
@@ -637,10 +702,14 @@ fn sas_grant<T>(
     let mut host_known = false;
     let mut policy_known = false;
     // A connection string naming a port (`HostName=host:port`, the local cloud's web port
-    // when 443 could not be bound) makes the service SDKs sign `host:port`: the same resource.
+    // when 443 could not be bound) makes the service SDKs sign `host:port`: the same resource,
+    // on the port it is served at and no other.
     let host_without_port = host
         .rsplit_once(':')
-        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .filter(|(_, port)| {
+            port.parse::<u16>()
+                .is_ok_and(|p| p == web_port || p == crate::emulator::WEB_PORT)
+        })
         .map(|(name, _)| name);
     for (signer, candidate_host, policies) in candidates {
         if !candidate_host.eq_ignore_ascii_case(&host)

@@ -42,15 +42,26 @@ pub(crate) struct Answer {
     pub(crate) body: Value,
 }
 
-/// Raw HTTPS to the emulator's REST listener.
+/// Raw HTTPS to one of the emulator's REST listeners.
 pub(crate) struct Client {
+    pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) connector: TlsConnector,
     pub(crate) name: ServerName<'static>,
 }
 
 impl Client {
+    /// To the management port (ARM), named `server_name` in the handshake.
     pub(crate) fn new(emulator: &Emulator, server_name: &str) -> Self {
+        Self::to(emulator, "127.0.0.1", emulator.https_port(), server_name)
+    }
+
+    /// To port 443 (or its fallback) of a resource's own address: the hub and DPS service APIs.
+    pub(crate) fn resource(emulator: &Emulator, host: &str) -> Self {
+        Self::to(emulator, host, emulator.web_port(), host)
+    }
+
+    fn to(emulator: &Emulator, host: &str, port: u16, server_name: &str) -> Self {
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(CertificateDer::from(
@@ -66,14 +77,17 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Client {
-            port: emulator.https_port(),
+            host: host.to_string(),
+            port,
             connector: TlsConnector::from(Arc::new(config)),
             name: ServerName::try_from(server_name.to_string()).unwrap(),
         }
     }
 
     pub(crate) async fn connect(&self) -> TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .unwrap();
         self.connector
             .connect(self.name.clone(), tcp)
             .await

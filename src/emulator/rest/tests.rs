@@ -28,7 +28,7 @@ fn hub_tokens_are_scoped_and_policies_carry_azure_rights() {
             .unwrap();
     }
     let key = |name: &str| hub.policy(name).unwrap().primary_key.clone();
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &host);
     let api = "?api-version=2021-04-12";
     runtime().block_on(async {
         let owner = token(&host, &key("iothubowner"), "iothubowner");
@@ -154,7 +154,8 @@ fn hub_tokens_are_scoped_and_policies_carry_azure_rights() {
             arm_base(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP)
         );
         let bearer = "Bearer anything";
-        let listed = client
+        let management = Client::new(&emulator, "127.0.0.1");
+        let listed = management
             .send(
                 "POST",
                 &format!("{arm}/listkeys?api-version=2023-06-30"),
@@ -202,7 +203,7 @@ fn hub_tokens_are_scoped_and_policies_carry_azure_rights() {
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), 10);
-        let one = client
+        let one = management
             .send(
                 "POST",
                 &format!("{arm}/IotHubKeys/registryRead/listkeys?api-version=2023-06-30"),
@@ -258,13 +259,74 @@ fn hubs_of_an_older_data_folder_get_the_default_policies() {
 }
 
 #[test]
+fn each_api_is_served_only_where_azure_serves_it() {
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    let dps = emulator.cloud().create_dps("dps", "westeurope").unwrap();
+    let management = Client::new(&emulator, "127.0.0.1");
+    let hub_door = Client::resource(&emulator, &hub.host_name);
+    let dps_door = Client::resource(&emulator, "127.0.0.1");
+    let service_host = format!("127.0.0.1:{}", emulator.web_port());
+    let hub_owner = token(&hub.host_name, &hub.primary_key, "iothubowner");
+    let dps_owner = token(&service_host, &dps.primary_key, "provisioningserviceowner");
+    let base = arm_base(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP);
+    let dps_resource = format!("{base}/provisioningServices/dps?api-version=2022-02-05");
+    let statistics = "/statistics/devices?api-version=2021-04-12";
+    let query = "/enrollments/query?api-version=2021-10-01";
+    runtime().block_on(async {
+        // Each API at its own door.
+        let answer = management
+            .send("GET", &dps_resource, Some("Bearer t"), None)
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(
+            answer.body["properties"]["serviceOperationsHostName"],
+            service_host.as_str()
+        );
+        let answer = hub_door
+            .send("GET", statistics, Some(&hub_owner), None)
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        let all = json!({"query": "*"});
+        let answer = dps_door
+            .send("POST", query, Some(&dps_owner), Some(&all))
+            .await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+
+        // The service APIs are not on the management port, with valid tokens or not; the
+        // answer says where they are.
+        let answer = management
+            .send("GET", statistics, Some(&hub_owner), None)
+            .await;
+        assert_eq!(answer.status, 404, "{answer:?}");
+        let message = answer.body["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("https://{service_host}")),
+            "{message}"
+        );
+        let answer = management
+            .send("POST", query, Some(&dps_owner), Some(&all))
+            .await;
+        assert_eq!(answer.status, 404, "{answer:?}");
+        // ARM is not on a resource's address.
+        for door in [&hub_door, &dps_door] {
+            let answer = door
+                .send("GET", &dps_resource, Some("Bearer t"), None)
+                .await;
+            assert_eq!(answer.status, 404, "{answer:?}");
+        }
+    });
+}
+
+#[test]
 fn dps_tokens_must_name_the_service_host_and_cover_the_resource() {
     let emulator = start(EmulatorConfig::default());
     let dps = emulator.cloud().create_dps("dps", "westeurope").unwrap();
-    let authority = format!("127.0.0.1:{}", emulator.https_port());
-    let client = Client::new(&emulator, "127.0.0.1");
+    let authority = format!("127.0.0.1:{}", emulator.web_port());
+    let client = Client::resource(&emulator, "127.0.0.1");
     let api = "?api-version=2021-10-01";
     let owner = |sr: &str| token(sr, &dps.primary_key, "provisioningserviceowner");
+    let management = format!("127.0.0.1:{}", emulator.https_port());
     let body = json!({"registrationId": "a", "attestation": {"type": "symmetricKey"}});
     runtime().block_on(async {
         let good = owner(&authority);
@@ -277,7 +339,12 @@ fn dps_tokens_must_name_the_service_host_and_cover_the_resource() {
             )
             .await;
         assert_eq!(answer.status, 200, "{answer:?}");
-        for sr in ["other.azure-devices-provisioning.net", "127.0.0.1:1"] {
+        // The management port is not the service host; neither is another port of it.
+        for sr in [
+            "other.azure-devices-provisioning.net",
+            "127.0.0.1:1",
+            &management,
+        ] {
             let answer = client
                 .send(
                     "GET",
@@ -442,6 +509,7 @@ fn stalled_unauthenticated_uploads_are_refused_unread_and_cannot_starve_the_list
     let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
     let owner = token(&hub.host_name, &hub.primary_key, "iothubowner");
     let client = Client::new(&emulator, "127.0.0.1");
+    let service = Client::resource(&emulator, &hub.host_name);
     let arm = format!(
         "{}/IotHubs/big?api-version=2023-06-30",
         arm_base(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP)
@@ -451,7 +519,8 @@ fn stalled_unauthenticated_uploads_are_refused_unread_and_cannot_starve_the_list
         // each is answered 401 and closed although its body never comes.
         let mut stalled = Vec::new();
         for i in 0..60 {
-            let mut stream = client.connect().await;
+            // Both listeners share one connection cap.
+            let mut stream = if i % 3 == 2 { client.connect().await } else { service.connect().await };
             let (path, auth) = match i % 3 {
                 0 => ("/devices/x?api-version=2021-04-12".to_string(), "SharedAccessSignature sr=a&sig=b&se=99999999999&skn=iothubowner".to_string()),
                 1 => ("/enrollments/x?api-version=2021-10-01".to_string(), "SharedAccessSignature sr=a&sig=b&se=99999999999&skn=provisioningserviceowner".to_string()),
@@ -485,13 +554,14 @@ fn stalled_unauthenticated_uploads_are_refused_unread_and_cannot_starve_the_list
             }
         }
         // A legitimate request is served meanwhile.
-        let answer = client
+        let answer = service
             .send("GET", "/devices/none?api-version=2021-04-12", Some(&owner), None)
             .await;
         assert_eq!(answer.status, 404, "{answer:?}");
+        assert_eq!(answer.body["errorCode"], 404_001, "{answer:?}");
 
         // With credentials, a body that never completes is cut at the body deadline.
-        let mut slow = client.connect().await;
+        let mut slow = service.connect().await;
         let head = format!(
             "PUT /devices/slow?api-version=2021-04-12 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {owner}\r\nContent-Length: 1000\r\n\r\n{{"
         );
@@ -552,9 +622,9 @@ fn device_and_registration_ids_follow_iot_hub_and_dps_rules() {
         .cloud()
         .link_hub("dps", "hub", 1, true, None)
         .unwrap();
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, "127.0.0.1");
     let owner = token(&hub.host_name, &hub.primary_key, "iothubowner");
-    let authority = format!("127.0.0.1:{}", emulator.https_port());
+    let authority = format!("127.0.0.1:{}", emulator.web_port());
     let dps_owner = token(&authority, &dps.primary_key, "provisioningserviceowner");
     let long = "a".repeat(129);
     runtime().block_on(async {
@@ -719,7 +789,7 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
         .cloud()
         .put_hub_device(sas_device("dev-1", &hub.host_name))
         .unwrap();
-    let authority = format!("127.0.0.1:{}", emulator.https_port());
+    let authority = format!("127.0.0.1:{}", emulator.web_port());
     let hub_token = fixed_length_token(&hub.host_name, &hub.primary_key, "iothubowner");
     let dps_token = fixed_length_token(&authority, &dps.primary_key, "provisioningserviceowner");
     let arm = arm_base(DEFAULT_SUBSCRIPTION_ID, DEFAULT_RESOURCE_GROUP);
@@ -822,7 +892,8 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
             r#"{"properties":{"certificate":"MIIB","isVerified":true}}"#,
         ),
     ];
-    let client = Client::new(&emulator, "127.0.0.1");
+    let management = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &hub.host_name);
     let mut rng = Rng(0x5EED_0FD9_5C17);
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     runtime().block_on(async {
@@ -830,7 +901,13 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
             let seed = &seeds[rng.below(seeds.len())];
             let mutated = mutate(&mut rng, seed);
             let before = snapshot(&emulator);
-            let answer = client.raw(&mutated).await;
+            // Each seed at its API's door, so mutations probe what lies past the door check.
+            let door = if seed.windows(15).any(|w| w == b"/subscriptions/") {
+                &management
+            } else {
+                &client
+            };
+            let answer = door.raw(&mutated).await;
             let label = answer
                 .as_ref()
                 .map_or("closed".to_string(), |a| a.status.to_string());
@@ -994,9 +1071,9 @@ fn arm_refuses_hub_and_dps_names_azure_refuses_with_its_400() {
 fn enrollment_puts_without_attestation_get_azures_400() {
     let emulator = start(EmulatorConfig::default());
     let dps = emulator.cloud().create_dps("dps", "westeurope").unwrap();
-    let authority = format!("127.0.0.1:{}", emulator.https_port());
+    let authority = format!("127.0.0.1:{}", emulator.web_port());
     let owner = token(&authority, &dps.primary_key, "provisioningserviceowner");
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, "127.0.0.1");
     let api = "?api-version=2021-10-01";
     runtime().block_on(async {
         let put = |path: String, body: Value| {
@@ -1091,7 +1168,7 @@ fn method_response_timeouts_past_300_seconds_get_azures_400() {
         .unwrap();
     let key = hub.policy("iothubowner").unwrap().primary_key.clone();
     let owner = token(&hub.host_name, &key, "iothubowner");
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &hub.host_name);
     runtime().block_on(async {
         let invoke = |timeout: Value| {
             let (client, owner) = (&client, &owner);
@@ -1133,7 +1210,7 @@ fn device_identity_writes_and_deletes_follow_etags() {
     let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
     let key = hub.policy("iothubowner").unwrap().primary_key.clone();
     let owner = token(&hub.host_name, &key, "iothubowner");
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &hub.host_name);
     let path = "/devices/victim?api-version=2021-04-12";
     runtime().block_on(async {
         let send = |method: &'static str, if_match: Option<String>, body: Option<Value>| {
@@ -1209,7 +1286,7 @@ fn twin_patches_follow_etags() {
         .unwrap();
     let key = hub.policy("iothubowner").unwrap().primary_key.clone();
     let owner = token(&hub.host_name, &key, "iothubowner");
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &hub.host_name);
     runtime().block_on(async {
         let patch = |if_match: String, colour: &'static str| {
             let (client, owner) = (&client, &owner);
@@ -1262,7 +1339,7 @@ fn registry_status_lists_statistics_and_queries_with_where_and_paging() {
     let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
     let key = hub.policy("iothubowner").unwrap().primary_key.clone();
     let owner = token(&hub.host_name, &key, "iothubowner");
-    let client = Client::new(&emulator, "127.0.0.1");
+    let client = Client::resource(&emulator, &hub.host_name);
     runtime().block_on(async {
         let request = |method: &'static str, path: String, headers: Vec<String>, body: Value| {
             let (client, owner) = (&client, &owner);
