@@ -564,12 +564,12 @@ fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
 }
 
 fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {
-    let error_code = body["errorCode"]
-        .as_u64()
-        .and_then(|c| u32::try_from(c).ok());
-    let message = body["message"]
-        .as_str()
-        .or_else(|| body["errorMessage"].as_str())
+    let details = crate::protocol::dps::ErrorDetails::from_value(body);
+    let error_code = details.error_code;
+    let message = details
+        .message
+        .as_deref()
+        .or(details.error_message.as_deref())
         .unwrap_or("no message");
     let causes = diagnose(id, auth);
     let diagnosis = if causes.is_empty() {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
@@ -18,7 +19,7 @@ use crate::limits::THROTTLED_ERROR_CODE;
 use crate::pki::Certificate;
 use crate::pki::chain::describe;
 use crate::protocol::dps::{
-    AttestationResult, DeviceRegistrationResult, RegistrationOperationStatus,
+    AttestationResult, DeviceRegistrationResult, ErrorDetails, RegistrationOperationStatus,
 };
 use crate::sas::{SasToken, derive_device_key};
 
@@ -60,8 +61,8 @@ pub(crate) struct Reply {
     pub status: u16,
     /// `retry-after` seconds, when sent.
     pub retry_after: Option<u32>,
-    /// JSON body.
-    pub body: Value,
+    /// JSON body, serialized once from the wire model.
+    pub body: Bytes,
 }
 
 impl Reply {
@@ -69,14 +70,26 @@ impl Reply {
         Reply {
             status,
             retry_after: None,
-            body: json!({
-                "errorCode": error_code,
-                "trackingId": random_guid(),
-                "message": message.into(),
-                "timestampUtc": azure_timestamp(),
+            body: to_body(&ErrorDetails {
+                error_code: Some(error_code),
+                tracking_id: Some(random_guid()),
+                message: Some(message.into()),
+                timestamp_utc: Some(azure_timestamp()),
+                error_message: None,
             }),
         }
     }
+}
+
+/// A wire-model value as the bytes sent: serialized once, with no `Value` tree in between.
+fn to_body(value: &impl serde::Serialize) -> Bytes {
+    // The wire models hold only strings, numbers and JSON values: they always serialize.
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .unwrap_or_else(|e| {
+            log::error!("DPS: a reply did not serialize: {e}");
+            Bytes::from_static(b"{}")
+        })
 }
 
 struct Operation {
@@ -84,7 +97,8 @@ struct Operation {
     dps: String,
     ready_at: Instant,
     created_at: Instant,
-    outcome: Value,
+    /// The final status body, with this operation's id: sent as is to every poll once ready.
+    outcome: Bytes,
 }
 
 /// Realism knobs of one DPS, off by default.
@@ -513,13 +527,16 @@ impl DpsEngine {
                 dps: identity.dps.clone(),
                 ready_at: created_at + knobs.assignment_latency,
                 created_at,
-                outcome: with_operation_id(outcome, &operation_id),
+                outcome: to_body(&RegistrationOperationStatus {
+                    operation_id: Some(operation_id.clone()),
+                    ..outcome
+                }),
             },
         );
         Reply {
             status: 202,
             retry_after: Some(self.poll_retry_after),
-            body: status_body(RegistrationOperationStatus {
+            body: to_body(&RegistrationOperationStatus {
                 operation_id: Some(operation_id),
                 status: Some("assigning".into()),
                 registration_state: None,
@@ -554,7 +571,7 @@ impl DpsEngine {
             return Reply {
                 status: 202,
                 retry_after: Some(self.poll_retry_after),
-                body: status_body(RegistrationOperationStatus {
+                body: to_body(&RegistrationOperationStatus {
                     operation_id: Some(operation_id.to_string()),
                     status: Some("assigning".into()),
                     registration_state: Some(DeviceRegistrationResult {
@@ -861,7 +878,7 @@ impl DpsEngine {
         identity: &DeviceIdentity,
         admitted: Admitted,
         payload: Option<Value>,
-    ) -> Value {
+    ) -> RegistrationOperationStatus {
         let previous = self
             .cloud
             .registration(&identity.dps, &identity.registration_id);
@@ -971,7 +988,7 @@ impl DpsEngine {
                 None,
             ),
         };
-        let body = registration_body(&record);
+        let body = registration_status(&record);
         if let Err(e) = self
             .cloud
             .commit_registration(&identity.dps, record, device)
@@ -981,15 +998,19 @@ impl DpsEngine {
                 identity.dps,
                 identity.registration_id
             );
-            return json!({
-                "status": "failed",
-                "registrationState": {
-                    "registrationId": identity.registration_id,
-                    "status": "failed",
-                    "errorCode": 500_000,
-                    "errorMessage": format!("The emulator could not store the registration: {e}"),
-                },
-            });
+            return RegistrationOperationStatus {
+                operation_id: None,
+                status: Some("failed".into()),
+                registration_state: Some(DeviceRegistrationResult {
+                    registration_id: Some(identity.registration_id.clone()),
+                    status: Some("failed".into()),
+                    error_code: Some(500_000),
+                    error_message: Some(format!(
+                        "The emulator could not store the registration: {e}"
+                    )),
+                    ..DeviceRegistrationResult::default()
+                }),
+            };
         }
         body
     }
@@ -1181,20 +1202,8 @@ fn operation_id() -> String {
     )
 }
 
-fn with_operation_id(mut body: Value, operation_id: &str) -> Value {
-    if let Some(map) = body.as_object_mut() {
-        map.insert("operationId".into(), json!(operation_id));
-    }
-    body
-}
-
-/// A response body as the wire model writes it.
-fn status_body(status: RegistrationOperationStatus) -> Value {
-    serde_json::to_value(status).unwrap_or(Value::Null)
-}
-
-/// The `RegistrationOperationStatus` body of a finished registration.
-pub(crate) fn registration_body(record: &RegistrationRecord) -> Value {
+/// The `RegistrationOperationStatus` of a finished registration (no operation id yet).
+pub(crate) fn registration_status(record: &RegistrationRecord) -> RegistrationOperationStatus {
     let group = match &record.enrollment {
         EnrollmentRef::Group(id) => Some(id.clone()),
         EnrollmentRef::Individual(_) => None,
@@ -1206,7 +1215,7 @@ pub(crate) fn registration_body(record: &RegistrationRecord) -> Value {
         AttestationKind::X509 => (attestation, None),
         AttestationKind::SymmetricKey => (None, attestation),
     };
-    status_body(RegistrationOperationStatus {
+    RegistrationOperationStatus {
         operation_id: None,
         status: Some(record.status.clone()),
         registration_state: Some(DeviceRegistrationResult {
@@ -1225,7 +1234,7 @@ pub(crate) fn registration_body(record: &RegistrationRecord) -> Value {
             // A stored `null` payload is written as `null`, as before: `Some(Null)`.
             payload: record.payload.clone(),
         }),
-    })
+    }
 }
 
 impl From<Error> for Reply {

@@ -244,12 +244,11 @@ pub(crate) async fn session(
     };
     let keep_alive = connect.keep_alive;
     let client_id = connect.client_id.clone();
-    let trace = |event: TraceEvent| {
-        if context.tracer.is_watching(&client_id) {
-            context.tracer.record(&client_id, event);
-        }
+    let trace = SessionTrace {
+        tracer: &context.tracer,
+        client_id: &client_id,
     };
-    trace(TraceEvent {
+    trace.emit(|| TraceEvent {
         at: unix_now(),
         direction: "device->cloud",
         kind: "CONNECT".into(),
@@ -285,7 +284,7 @@ pub(crate) async fn session(
                     &mut connection,
                     ConnectReturnCode::BadClientId,
                     &why,
-                    trace,
+                    &trace,
                     format!("DPS CONNECT refused: {why}"),
                 )
                 .await;
@@ -299,10 +298,10 @@ pub(crate) async fn session(
                 Ok(identity) => identity,
                 Err((code, why)) => {
                     let log = format!("DPS CONNECT of {registration_id:?} refused: {why}");
-                    return refuse(&mut connection, code, &why, trace, log).await;
+                    return refuse(&mut connection, code, &why, &trace, log).await;
                 }
             };
-            trace(connack_event(ConnectReturnCode::Success, "accepted"));
+            trace.emit(|| connack_event(ConnectReturnCode::Success, "accepted"));
             connection
                 .send(Packet::ConnAck(ConnAck::new(
                     ConnectReturnCode::Success,
@@ -334,7 +333,7 @@ pub(crate) async fn session(
                     &mut connection,
                     ConnectReturnCode::NotAuthorized,
                     why,
-                    trace,
+                    &trace,
                     log,
                 )
                 .await;
@@ -347,7 +346,7 @@ pub(crate) async fn session(
                     &mut connection,
                     ConnectReturnCode::BadClientId,
                     &why,
-                    trace,
+                    &trace,
                     format!("hub CONNECT refused: {why}"),
                 )
                 .await;
@@ -366,7 +365,7 @@ pub(crate) async fn session(
                         &mut connection,
                         ConnectReturnCode::NotAuthorized,
                         &why,
-                        trace,
+                        &trace,
                         format!("hub CONNECT of {device_id:?} refused: {why}"),
                     )
                     .await;
@@ -377,14 +376,14 @@ pub(crate) async fn session(
                     &mut connection,
                     ConnectReturnCode::ServiceUnavailable,
                     &why,
-                    trace,
+                    &trace,
                     format!("hub CONNECT of {device_id:?} refused: {why}"),
                 )
                 .await;
             }
             let clean_session = connect.clean_session;
             let mut session = context.hubs.open_session(&hub, &device_id, clean_session);
-            trace(connack_event(ConnectReturnCode::Success, "accepted"));
+            trace.emit(|| connack_event(ConnectReturnCode::Success, "accepted"));
             connection
                 .send(Packet::ConnAck(ConnAck::new(
                     ConnectReturnCode::Success,
@@ -446,10 +445,10 @@ async fn refuse(
     connection: &mut Connection,
     code: ConnectReturnCode,
     why: &str,
-    trace: impl Fn(TraceEvent),
+    trace: &SessionTrace<'_>,
     log: String,
 ) -> Result<(), String> {
-    trace(connack_event(code, why));
+    trace.emit(|| connack_event(code, why));
     connection
         .send(Packet::ConnAck(ConnAck::new(code, false)))
         .await?;
@@ -482,7 +481,7 @@ fn will_record(hub: &str, device_id: &str, will: rumqttc::LastWill) -> Option<Te
 
 /// The topic of a device's PUBLISH, traced; QoS 2 is refused (DPS and IoT Hub close the
 /// connection).
-fn inbound_topic(publish: &Publish, trace: &impl Fn(TraceEvent)) -> Result<String, String> {
+fn inbound_topic(publish: &Publish, trace: &SessionTrace<'_>) -> Result<String, String> {
     if publish.qos == QoS::ExactlyOnce {
         return Err("QoS 2 PUBLISH is not supported: the connection is closed".into());
     }
@@ -490,14 +489,31 @@ fn inbound_topic(publish: &Publish, trace: &impl Fn(TraceEvent)) -> Result<Strin
     // rather than guess what a mangled topic meant.
     let topic = String::from_utf8(publish.topic.to_vec())
         .map_err(|_| "a PUBLISH topic that is not UTF-8: the connection is closed".to_string())?;
-    trace(event(
-        "device->cloud",
-        "PUBLISH",
-        Some(topic.clone()),
-        None,
-        String::from_utf8_lossy(&publish.payload).into_owned(),
-    ));
+    trace.emit(|| {
+        event(
+            "device->cloud",
+            "PUBLISH",
+            Some(topic.clone()),
+            None,
+            String::from_utf8_lossy(&publish.payload).into_owned(),
+        )
+    });
     Ok(topic)
+}
+
+/// A session's trace: its events are built only while someone watches its client id, so an
+/// untraced fleet pays no copies of topics and bodies.
+struct SessionTrace<'a> {
+    tracer: &'a crate::emulator::trace::Tracer,
+    client_id: &'a str,
+}
+
+impl SessionTrace<'_> {
+    fn emit(&self, make: impl FnOnce() -> TraceEvent) {
+        if self.tracer.is_watching(self.client_id) {
+            self.tracer.record(self.client_id, make());
+        }
+    }
 }
 
 /// A trace entry stamped now.
@@ -535,7 +551,7 @@ async fn dps_session(
     context: &ServerContext,
     identity: &DeviceIdentity,
     (keep_alive, register_by): (u16, tokio::time::Instant),
-    trace: &impl Fn(TraceEvent),
+    trace: &SessionTrace<'_>,
 ) -> Result<(), String> {
     // MQTT: the server may drop a client silent for 1.5 keep-alive periods. With keep-alive 0
     // we still do not wait forever on a connection that never speaks.
@@ -568,13 +584,15 @@ async fn dps_session(
                     .filters
                     .iter()
                     .map(|f| {
-                        trace(event(
-                            "device->cloud",
-                            "SUBSCRIBE",
-                            Some(f.path.clone()),
-                            None,
-                            format!("qos={:?}", f.qos),
-                        ));
+                        trace.emit(|| {
+                            event(
+                                "device->cloud",
+                                "SUBSCRIBE",
+                                Some(f.path.clone()),
+                                None,
+                                format!("qos={:?}", f.qos),
+                            )
+                        });
                         if f.path == dps::RESPONSE_FILTER {
                             // DPS grants QoS 2 requests as QoS 1.
                             SubscribeReasonCode::Success(match f.qos {
@@ -621,13 +639,7 @@ async fn dps_session(
             Packet::PingReq => connection.send(Packet::PingResp).await?,
             Packet::PubAck(_) => {}
             Packet::Disconnect => {
-                trace(event(
-                    "device->cloud",
-                    "DISCONNECT",
-                    None,
-                    None,
-                    String::new(),
-                ));
+                trace.emit(|| event("device->cloud", "DISCONNECT", None, None, String::new()));
                 return Ok(());
             }
             other => {
@@ -644,7 +656,7 @@ async fn send_reply(
     connection: &mut Connection,
     rid: &str,
     reply: Reply,
-    trace: &impl Fn(TraceEvent),
+    trace: &SessionTrace<'_>,
 ) -> Result<(), String> {
     let topic = dps::Response {
         status: reply.status,
@@ -652,15 +664,16 @@ async fn send_reply(
         retry_after: reply.retry_after,
     }
     .topic();
-    let body = reply.body.to_string();
-    trace(event(
-        "cloud->device",
-        "PUBLISH",
-        Some(topic.clone()),
-        Some(reply.status),
-        body.clone(),
-    ));
-    connection.publish(topic, body.into_bytes()).await
+    trace.emit(|| {
+        event(
+            "cloud->device",
+            "PUBLISH",
+            Some(topic.clone()),
+            Some(reply.status),
+            String::from_utf8_lossy(&reply.body).into_owned(),
+        )
+    });
+    connection.publish(topic, reply.body.to_vec()).await
 }
 
 /// Serves one device connected to a hub until it disconnects or a newer connection replaces it.
@@ -689,7 +702,7 @@ async fn hub_session(
     context: &ServerContext,
     link: &DeviceLink<'_>,
     session: &mut crate::emulator::hub::SessionHandle,
-    trace: &impl Fn(TraceEvent),
+    trace: &SessionTrace<'_>,
 ) -> Result<SessionEnd, String> {
     let DeviceLink {
         hub,
@@ -767,7 +780,7 @@ async fn hub_session(
                             return Err("telemetry could not be stored: closing the connection so the device sends it again".into());
                         }
                         Outbound::Publish { topic, payload, c2d } => {
-                            trace(event("cloud->device", "PUBLISH", Some(topic.clone()), None, String::from_utf8_lossy(&payload).into_owned()));
+                            trace.emit(|| event("cloud->device", "PUBLISH", Some(topic.clone()), None, String::from_utf8_lossy(&payload).into_owned()));
                             let pkid = connection.queue_publish(topic, payload)?;
                             if let Some(message_id) = c2d {
                                 c2d_pending.insert(pkid, message_id);
@@ -799,13 +812,15 @@ async fn hub_session(
             Packet::Subscribe(subscribe) => {
                 let mut codes = Vec::new();
                 for filter in &subscribe.filters {
-                    trace(event(
-                        "device->cloud",
-                        "SUBSCRIBE",
-                        Some(filter.path.clone()),
-                        None,
-                        format!("qos={:?}", filter.qos),
-                    ));
+                    trace.emit(|| {
+                        event(
+                            "device->cloud",
+                            "SUBSCRIBE",
+                            Some(filter.path.clone()),
+                            None,
+                            format!("qos={:?}", filter.qos),
+                        )
+                    });
                     if Subscription::parse(&filter.path, device_id).is_none() {
                         // IoT Hub is not a general broker: it drops the connection instead of
                         // answering an unsupported subscription.
@@ -827,18 +842,20 @@ async fn hub_session(
                 });
                 // Traced once in force, so a test (or a user) waiting on the trace knows a
                 // message sent now reaches the device.
-                trace(event(
-                    "cloud->device",
-                    "SUBACK",
-                    None,
-                    None,
-                    subscribe
-                        .filters
-                        .iter()
-                        .map(|f| f.path.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ));
+                trace.emit(|| {
+                    event(
+                        "cloud->device",
+                        "SUBACK",
+                        None,
+                        None,
+                        subscribe
+                            .filters
+                            .iter()
+                            .map(|f| f.path.as_str())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    )
+                });
                 connection
                     .send(Packet::SubAck(SubAck::new(subscribe.pkid, codes)))
                     .await?;
@@ -1045,7 +1062,7 @@ async fn reply_twin(
     rid: &str,
     version: Option<u64>,
     body: String,
-    trace: &impl Fn(TraceEvent),
+    trace: &SessionTrace<'_>,
 ) -> Result<(), String> {
     let topic = CloudPublish::TwinResponse {
         status,
@@ -1053,12 +1070,14 @@ async fn reply_twin(
         version,
     }
     .topic();
-    trace(event(
-        "cloud->device",
-        "PUBLISH",
-        Some(topic.clone()),
-        Some(status),
-        body.clone(),
-    ));
+    trace.emit(|| {
+        event(
+            "cloud->device",
+            "PUBLISH",
+            Some(topic.clone()),
+            Some(status),
+            body.clone(),
+        )
+    });
     connection.publish(topic, body.into_bytes()).await
 }

@@ -36,6 +36,9 @@ pub struct TraceEvent {
 #[derive(Default)]
 pub struct Tracer {
     all: AtomicBool,
+    /// Whether `watched` holds anyone: the question every packet of every session asks, so
+    /// the answer for an untraced fleet costs no lock.
+    any_watched: AtomicBool,
     watched: Mutex<HashSet<String>>,
     events: Mutex<HashMap<String, VecDeque<TraceEvent>>>,
 }
@@ -46,10 +49,9 @@ impl Tracer {
         match client_id {
             None => self.all.store(true, Ordering::Relaxed),
             Some(id) => {
-                self.watched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.to_ascii_lowercase());
+                let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+                watched.insert(id.to_ascii_lowercase());
+                self.any_watched.store(true, Ordering::Relaxed);
             }
         }
     }
@@ -59,16 +61,15 @@ impl Tracer {
         match client_id {
             None => {
                 self.all.store(false, Ordering::Relaxed);
-                self.watched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+                watched.clear();
+                self.any_watched.store(false, Ordering::Relaxed);
             }
             Some(id) => {
-                self.watched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id.to_ascii_lowercase());
+                let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+                watched.remove(&id.to_ascii_lowercase());
+                self.any_watched
+                    .store(!watched.is_empty(), Ordering::Relaxed);
             }
         }
     }
@@ -76,11 +77,12 @@ impl Tracer {
     /// Whether `client_id` is being traced.
     pub fn is_watching(&self, client_id: &str) -> bool {
         self.all.load(Ordering::Relaxed)
-            || self
-                .watched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&client_id.to_ascii_lowercase())
+            || self.any_watched.load(Ordering::Relaxed)
+                && self
+                    .watched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&client_id.to_ascii_lowercase())
     }
 
     /// Records an event for a watched client.

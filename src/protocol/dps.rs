@@ -186,6 +186,42 @@ impl RegistrationOperationStatus {
     }
 }
 
+/// The body of a DPS refusal on the device API: the service's code, its tracking id, what it
+/// says and when. Written by the emulator; read by the device leniently, as a status body is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ErrorDetails {
+    /// Six-digit code (`401002`, `429001`, ...).
+    #[serde(default, deserialize_with = "lenient::code")]
+    pub error_code: Option<u32>,
+    /// Azure's id of the failed request, for support.
+    #[serde(default, deserialize_with = "lenient::string")]
+    pub tracking_id: Option<String>,
+    /// What went wrong.
+    #[serde(default, deserialize_with = "lenient::string")]
+    pub message: Option<String>,
+    /// When, as Azure writes it.
+    #[serde(default, deserialize_with = "lenient::string")]
+    pub timestamp_utc: Option<String>,
+    /// The text under the name Azure's older answers use (never written here).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::string"
+    )]
+    pub error_message: Option<String>,
+}
+
+impl ErrorDetails {
+    /// Reads a refusal's body as the device does: what does not read is absent.
+    pub(crate) fn from_value(body: &Value) -> ErrorDetails {
+        Some(body)
+            .filter(|v| v.is_object())
+            .and_then(|v| ErrorDetails::deserialize(v).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// Which enrollment group admitted a device, under the attestation it used (`x509` or
 /// `symmetricKey`): empty for an individual enrollment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
