@@ -278,6 +278,7 @@ impl Cloud {
             created: now(),
             sku: None,
             presets: false,
+            events: Default::default(),
         };
         self.store.put(kind::HUB, name, &hub)?;
         model.hubs.insert(name.to_string(), hub.clone());

@@ -37,6 +37,47 @@ pub struct HubRecord {
     /// tests and simulations would otherwise meet Azure's limits by surprise).
     #[serde(default)]
     pub presets: bool,
+    /// The built-in Event Hub-compatible endpoint (`eventHubEndpoints.events`). Hubs stored
+    /// before it existed get Azure's defaults.
+    #[serde(default)]
+    pub events: EventsEndpoint,
+}
+
+/// A hub's built-in Event Hub-compatible endpoint, where its telemetry is read: partitions
+/// fixed at creation (as on Azure), the retention, and the consumer groups besides `$Default`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsEndpoint {
+    /// Partitions (2 to 128 on Azure; 4 unless asked otherwise).
+    pub partition_count: u32,
+    /// Days an event is kept (Azure's default: 1).
+    pub retention_days: u32,
+    /// Consumer groups created besides `$Default`, in creation order.
+    #[serde(default)]
+    pub consumer_groups: Vec<String>,
+}
+
+impl Default for EventsEndpoint {
+    fn default() -> Self {
+        EventsEndpoint {
+            partition_count: crate::limits::DEFAULT_PARTITION_COUNT,
+            retention_days: 1,
+            consumer_groups: Vec::new(),
+        }
+    }
+}
+
+impl EventsEndpoint {
+    /// The partition a device's events land on: always the same one for a device, spread
+    /// evenly over devices (FNV-1a of the device id, stable across runs and platforms).
+    pub fn partition_of(&self, device_id: &str) -> u32 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in device_id.bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % self.partition_count.max(1)
+    }
 }
 
 /// A shared access policy of a hub or DPS: a named pair of keys and the rights a SAS token
@@ -370,4 +411,32 @@ pub struct RegistryState {
     /// Writes since creation: every update changes the identity's etag, even one that sets
     /// the same values.
     pub writes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventsEndpoint;
+
+    #[test]
+    fn a_device_keeps_its_partition_and_devices_spread_over_all() {
+        let endpoint = EventsEndpoint::default();
+        // Fixed by the hash, so a restarted or another emulator agrees.
+        assert_eq!(
+            endpoint.partition_of("dev-1"),
+            endpoint.partition_of("dev-1")
+        );
+        let mut counts = [0u32; 4];
+        for i in 0..4000 {
+            counts[endpoint.partition_of(&format!("device-{i}")) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
+        let one = EventsEndpoint {
+            partition_count: 1,
+            ..EventsEndpoint::default()
+        };
+        assert_eq!(one.partition_of("anything"), 0);
+    }
 }

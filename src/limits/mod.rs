@@ -46,3 +46,6 @@ pub(crate) const MAX_C2D_MESSAGE_BYTES: usize = 64 * 1024;
 /// Most device (and module) identities one hub holds ("IoT Hub quotas and throttling", other
 /// limits).
 pub(crate) const MAX_HUB_DEVICES: u64 = 1_000_000;
+/// Partitions of a hub's built-in events endpoint unless its creator asks otherwise (Azure's
+/// default; ARM takes 2 to 128).
+pub(crate) const DEFAULT_PARTITION_COUNT: u32 = 4;
