@@ -324,6 +324,26 @@ impl Cloud {
         Ok(updated)
     }
 
+    /// Changes a hub's built-in events endpoint (its partitions at creation, its consumer
+    /// groups later) through `change`, which refuses by returning `Err`; stored before the
+    /// model changes, as every write is.
+    pub fn update_hub_events(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut EventsEndpoint) -> Result<()>,
+    ) -> Result<HubRecord> {
+        let mut model = self.write();
+        let hub = model
+            .hubs
+            .get_mut(name)
+            .ok_or_else(|| not_found("IoT hub", name))?;
+        let mut updated = hub.clone();
+        change(&mut updated.events)?;
+        self.store.put(kind::HUB, name, &updated)?;
+        *hub = updated.clone();
+        Ok(updated)
+    }
+
     /// Deletes a hub with its device identities, and unlinks it from every DPS. (Its loopback
     /// address keeps listening until the emulator restarts; nothing answers for it.)
     pub fn delete_hub(&self, name: &str) -> Result<()> {

@@ -593,6 +593,28 @@ impl Emulator {
         Ok(hub)
     }
 
+    /// [`Emulator::create_hub`] with `partition_count` partitions on the hub's built-in events
+    /// endpoint (`None`: Azure's default), refused outside the range ARM accepts.
+    pub fn create_hub_with_partitions(
+        &self,
+        name: &str,
+        location: &str,
+        host_name: Option<&str>,
+        partition_count: Option<u32>,
+    ) -> Result<model::HubRecord> {
+        if let Some(count) = partition_count {
+            crate::limits::check_partition_count(count)?;
+        }
+        let hub = self.create_hub(name, location, host_name)?;
+        match partition_count {
+            None => Ok(hub),
+            Some(count) => self.cloud.update_hub_events(name, |endpoint| {
+                endpoint.partition_count = count;
+                Ok(())
+            }),
+        }
+    }
+
     /// The configuration API.
     pub fn cloud(&self) -> &Arc<Cloud> {
         &self.cloud

@@ -49,3 +49,20 @@ pub(crate) const MAX_HUB_DEVICES: u64 = 1_000_000;
 /// Partitions of a hub's built-in events endpoint unless its creator asks otherwise (Azure's
 /// default; ARM takes 2 to 128).
 pub(crate) const DEFAULT_PARTITION_COUNT: u32 = 4;
+/// The fewest and most partitions ARM accepts for the built-in events endpoint.
+pub(crate) const PARTITION_COUNT_RANGE: std::ops::RangeInclusive<u32> = 2..=128;
+
+/// Refuses a partition count ARM would refuse (the client before sending, the emulator's own
+/// API alike).
+pub(crate) fn check_partition_count(count: u32) -> crate::Result<()> {
+    if PARTITION_COUNT_RANGE.contains(&count) {
+        return Ok(());
+    }
+    Err(crate::Error::config(format!(
+        "a hub's events endpoint has {} to {} partitions, not {count}",
+        PARTITION_COUNT_RANGE.start(),
+        PARTITION_COUNT_RANGE.end()
+    )))
+}
+/// Consumer groups an endpoint may have, `$Default` included (IoT Hub's S tiers: 20).
+pub(crate) const MAX_CONSUMER_GROUPS: usize = 20;

@@ -24,6 +24,24 @@ pub(crate) fn validate_dps_name(name: &str) -> Result<()> {
     check_azure_name("provisioning service", name, MAX_DPS_NAME_LEN)
 }
 
+/// Checks a consumer group name of a hub's events endpoint against Event Hubs' rule: 1 to 50
+/// letters, digits, periods, hyphens and underscores, starting and ending with a letter or
+/// digit (`$Default`, which every endpoint has, aside).
+pub(crate) fn validate_consumer_group_name(name: &str) -> Result<()> {
+    let alphanumeric_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let allowed = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c));
+    if name == "$Default" || ((1..=50).contains(&name.len()) && alphanumeric_ends && allowed) {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "invalid consumer group name {name:?}: Event Hubs accepts 1-50 letters, digits, periods, \
+         hyphens and underscores, starting and ending with a letter or digit"
+    )))
+}
+
 fn check_azure_name(what: &str, name: &str, max: usize) -> Result<()> {
     let invalid = |rule: String| {
         Err(Error::config(format!(

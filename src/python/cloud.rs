@@ -183,8 +183,9 @@ impl PyRestClient {
 
     // ---- ARM ------------------------------------------------------------------------------
 
-    /// Creates a hub; with `sku`, of that tier and `units`, its quotas enforced by the emulator.
-    #[pyo3(signature = (name, location, sku = None, units = 1))]
+    /// Creates a hub; with `sku`, of that tier and `units`, its quotas enforced by the emulator;
+    /// with `partition_count`, that many partitions on its events endpoint.
+    #[pyo3(signature = (name, location, sku = None, units = 1, partition_count = None))]
     fn create_hub(
         &self,
         py: Python<'_>,
@@ -192,12 +193,16 @@ impl PyRestClient {
         location: &str,
         sku: Option<&str>,
         units: u32,
+        partition_count: Option<u32>,
     ) -> PyResult<HubRecord> {
         let sku = sku
             .map(|tier| crate::limits::HubSku::new(tier, units))
             .transpose()
             .map_err(Error::config)?;
-        let hub = self.run(py, self.arm.create_hub_with_sku(name, location, sku))?;
+        let created = self
+            .arm
+            .create_hub_with(name, location, sku, partition_count);
+        let hub = self.run(py, created)?;
         Ok(hub.into())
     }
 
@@ -217,9 +222,10 @@ impl PyRestClient {
         self.run(py, self.arm.delete_hub(name))
     }
 
-    /// The `iothubowner` policy name and primary key.
-    fn hub_keys(&self, py: Python<'_>, name: &str) -> PyResult<(String, String)> {
-        let keys = self.run(py, self.arm.hub_keys(name))?;
+    /// A shared access policy's name and primary key (`iothubowner` unless named).
+    #[pyo3(signature = (name, policy = "iothubowner"))]
+    fn hub_keys(&self, py: Python<'_>, name: &str, policy: &str) -> PyResult<(String, String)> {
+        let keys = self.run(py, self.arm.hub_policy_keys(name, policy))?;
         Ok((keys.key_name, keys.primary_key))
     }
 

@@ -116,10 +116,14 @@ pub(crate) struct HubRecord {
     provisioning_state: String,
     sku: String,
     units: u32,
+    event_hub_endpoint: Option<String>,
+    event_hub_path: Option<String>,
+    partition_count: Option<u32>,
 }
 
 impl From<crate::service::arm::HubResource> for HubRecord {
     fn from(h: crate::service::arm::HubResource) -> Self {
+        let events = h.events;
         HubRecord {
             name: h.name,
             location: h.location,
@@ -127,6 +131,9 @@ impl From<crate::service::arm::HubResource> for HubRecord {
             provisioning_state: h.provisioning_state,
             sku: h.sku,
             units: h.units,
+            event_hub_endpoint: events.as_ref().map(|e| e.endpoint.clone()),
+            event_hub_path: events.as_ref().map(|e| e.path.clone()),
+            partition_count: events.map(|e| e.partition_count),
         }
     }
 }

@@ -218,11 +218,20 @@ impl PyEmulator {
             .mqtt_port()
     }
 
-    /// Creates a hub at `host_name` (which the REST API cannot choose); `LocalCloud` then
-    /// reads it through ARM like any other hub.
-    #[pyo3(signature = (name, location, host_name = None))]
-    fn create_hub(&self, name: &str, location: &str, host_name: Option<&str>) -> PyResult<()> {
-        self.with(|e| e.create_hub(name, location, host_name).map(drop))
+    /// Creates a hub at `host_name` (which the REST API cannot choose), with `partition_count`
+    /// partitions on its events endpoint; `LocalCloud` then reads it through ARM like any other.
+    #[pyo3(signature = (name, location, host_name = None, partition_count = None))]
+    fn create_hub(
+        &self,
+        name: &str,
+        location: &str,
+        host_name: Option<&str>,
+        partition_count: Option<u32>,
+    ) -> PyResult<()> {
+        self.with(|e| {
+            e.create_hub_with_partitions(name, location, host_name, partition_count)
+                .map(drop)
+        })
     }
 
     /// Sets DPS realism knobs; any of `assignment_latency` (seconds), `registrations_per_minute`

@@ -133,6 +133,34 @@ pub struct HubResource {
     pub sku: String,
     /// ARM `sku.capacity`: the hub's units.
     pub units: u32,
+    /// The built-in Event Hub-compatible endpoint (`properties.eventHubEndpoints.events`),
+    /// where the hub's telemetry is read; `None` when ARM did not describe it.
+    pub events: Option<EventHubEndpoint>,
+}
+
+/// A hub's built-in Event Hub-compatible endpoint as ARM describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventHubEndpoint {
+    /// `sb://{namespace host}/`: the `Endpoint` of its connection string.
+    pub endpoint: String,
+    /// The event hub's name: the `EntityPath` of its connection string.
+    pub path: String,
+    /// Partitions (fixed at the hub's creation).
+    pub partition_count: u32,
+    /// Days an event is kept.
+    pub retention_days: u32,
+}
+
+impl EventHubEndpoint {
+    fn from_json(events: &Value) -> Option<Self> {
+        let number = |field: &str| events[field].as_u64().and_then(|n| u32::try_from(n).ok());
+        Some(EventHubEndpoint {
+            endpoint: events["endpoint"].as_str()?.to_string(),
+            path: events["path"].as_str()?.to_string(),
+            partition_count: number("partitionCount")?,
+            retention_days: number("retentionTimeInDays").unwrap_or(1),
+        })
+    }
 }
 
 /// One of a hub's quota metrics (`quotaMetrics`): `TotalMessages` (today's metered messages
@@ -263,6 +291,9 @@ impl HubResource {
                 .as_u64()
                 .and_then(|u| u32::try_from(u).ok())
                 .unwrap_or(1),
+            events: EventHubEndpoint::from_json(
+                &value["properties"]["eventHubEndpoints"]["events"],
+            ),
         })
     }
 }
@@ -982,21 +1013,41 @@ impl ArmClient {
         location: &str,
         sku: Option<crate::limits::HubSku>,
     ) -> Result<HubResource> {
+        self.create_hub_with(name, location, sku, None).await
+    }
+
+    /// [`ArmClient::create_hub_with_sku`] with the partitions of the built-in events endpoint
+    /// (`None`: Azure's default, 4), which cannot change once the hub exists.
+    pub async fn create_hub_with(
+        &self,
+        name: &str,
+        location: &str,
+        sku: Option<crate::limits::HubSku>,
+        partition_count: Option<u32>,
+    ) -> Result<HubResource> {
         validate_hub_name(name)?;
+        if let Some(count) = partition_count {
+            crate::limits::check_partition_count(count)?;
+        }
         let what = format!("creating IoT hub {name}");
         let url = self.hub_url(name);
         if let Some(existing) = self.existing(&url, HUB_API_VERSION, &what).await? {
             return HubResource::from_json(&existing);
         }
+        let properties = match partition_count {
+            Some(count) => json!({"eventHubEndpoints": {"events": {"partitionCount": count}}}),
+            None => json!({}),
+        };
         let body = match sku {
             Some(sku) => json!({
                 "location": location,
                 "sku": {"name": sku.tier.name(), "capacity": sku.units},
                 "tags": {crate::limits::PRESETS_TAG: "on"},
-                "properties": {},
+                "properties": properties,
             }),
             None => json!({
-                "location": location, "sku": {"name": "S1", "capacity": 1}, "properties": {},
+                "location": location, "sku": {"name": "S1", "capacity": 1},
+                "properties": properties,
             }),
         };
         let value = self.put_and_wait(url, HUB_API_VERSION, body, &what).await?;
@@ -1075,8 +1126,18 @@ impl ArmClient {
 
     /// The `iothubowner` keys.
     pub async fn hub_keys(&self, name: &str) -> Result<AccessKeys> {
-        let what = format!("reading the keys of IoT hub {name}");
-        let url = format!("{}/IotHubKeys/iothubowner/listkeys", self.hub_url(name));
+        self.hub_policy_keys(name, "iothubowner").await
+    }
+
+    /// The keys of one of the hub's shared access policies (`service` for the built-in
+    /// events endpoint, as the portal's connection string names it).
+    pub async fn hub_policy_keys(&self, name: &str, policy: &str) -> Result<AccessKeys> {
+        let what = format!("reading the {policy} keys of IoT hub {name}");
+        let url = format!(
+            "{}/IotHubKeys/{}/listkeys",
+            self.hub_url(name),
+            crate::sas::url_encode(policy)
+        );
         self.object(
             reqwest::Method::POST,
             url,

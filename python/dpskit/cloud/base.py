@@ -64,6 +64,7 @@ class _Cloud:
         *,
         sku: str | None = None,
         units: int = 1,
+        partition_count: int | None = None,
     ) -> Hub:
         """Create an IoT hub (or return the existing one of that name); waits until ARM reports
         it ready. The name must follow Azure's rule (3-50 letters, digits and hyphens, not
@@ -72,12 +73,16 @@ class _Cloud:
         ``sku`` (``F1``, ``B1``-``B3``, ``S1``-``S3``) and ``units`` choose the hub's tier and
         size, as ARM's ``sku`` shows it; the local cloud then applies Azure's documented
         throttles and daily message quota of that tier and size (see :meth:`Hub.usage`).
-        Without ``sku`` the hub is S1 with one unit and enforces none of them."""
+        Without ``sku`` the hub is S1 with one unit and enforces none of them.
+
+        ``partition_count`` (2-128; Azure's default 4) sets the partitions of the hub's built-in
+        Event Hub-compatible endpoint, fixed once the hub exists: a device's events always land
+        on the same one."""
         if units < 1:
             raise ConfigError(f"a hub has 1 unit or more, not {units}")
         if sku is None and units != 1:
             raise ConfigError("units need a sku (F1, B1, B2, B3, S1, S2 or S3)")
-        return self._hub(self._rest.create_hub(name, location, sku, units))
+        return self._hub(self._rest.create_hub(name, location, sku, units, partition_count))
 
     def hub(self, name: str) -> Hub:
         """An existing hub."""

@@ -40,7 +40,14 @@ class Hub:
         self.sku: str = resource.sku or "S1"
         #: ARM ``sku.capacity``: the hub's units.
         self.units: int = resource.units or 1
+        #: Partitions of the built-in Event Hub-compatible endpoint (fixed at creation;
+        #: ``None`` when ARM did not describe the endpoint).
+        self.partition_count: int | None = resource.partition_count
+        #: ``sb://...``: the built-in Event Hub-compatible endpoint, where telemetry is read.
+        self.event_hub_endpoint: str | None = resource.event_hub_endpoint
+        self._event_hub_path = resource.event_hub_path or self.name
         self._primary_key = key
+        self._service_key: str | None = None
 
     @property
     def connection_string(self) -> str:
@@ -51,6 +58,24 @@ class Hub:
         host = self.host_name if port == WEB_PORT else f"{self.host_name}:{port}"
         return (
             f"HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey={self._primary_key}"
+        )
+
+    @property
+    def event_hub_connection_string(self) -> str:
+        """The built-in Event Hub-compatible endpoint's connection string with the ``service``
+        policy, as the portal shows it: what ``azure-eventhub``'s
+        ``EventHubConsumerClient.from_connection_string`` (and Spark, Stream Analytics) take to
+        read this hub's telemetry. Reads the policy's key from ARM on first use."""
+        if self.event_hub_endpoint is None:
+            raise ConfigError(
+                f"ARM did not describe the events endpoint of IoT hub {self.name} "
+                "(properties.eventHubEndpoints.events)"
+            )
+        if self._service_key is None:
+            _, self._service_key = self._cloud._rest.hub_keys(self.name, "service")
+        return (
+            f"Endpoint={self.event_hub_endpoint};SharedAccessKeyName=service;"
+            f"SharedAccessKey={self._service_key};EntityPath={self._event_hub_path}"
         )
 
     @property

@@ -335,6 +335,7 @@ class LocalCloud(_Cloud):
         *,
         sku: str | None = None,
         units: int = 1,
+        partition_count: int | None = None,
         host_name: str | None = None,
     ) -> Hub:
         """Create an IoT hub; it gets the next free loopback address as its host name (or
@@ -348,8 +349,10 @@ class LocalCloud(_Cloud):
         ``DPSKIT_SHARED_HUB_ADDRESSES=1`` in the environment makes hubs take those names
         everywhere (tests)."""
         if host_name is not None:
-            self._emulator.create_hub(name, location, host_name)
-        return super().create_hub(name, location, sku=sku, units=units)
+            self._emulator.create_hub(name, location, host_name, partition_count)
+        return super().create_hub(
+            name, location, sku=sku, units=units, partition_count=partition_count
+        )
 
     # -- traces ----------------------------------------------------------------------------
 

@@ -773,9 +773,27 @@ fn iot_hubs(
                 Err(reply) => return Ok(reply),
             };
             let presets = body["tags"][crate::limits::PRESETS_TAG].as_str() == Some("on");
+            let events = match requested_events(&body) {
+                Ok(events) => events,
+                Err(reply) => return Ok(reply),
+            };
             if exists {
-                // A PUT of an existing hub changes its tier and size (scaling), as on Azure.
+                // A PUT of an existing hub changes its tier and size (scaling), as on Azure;
+                // its partitions are fixed at creation.
                 let mut hub = cloud.hub(name)?;
+                if let Some(asked) = events.partition_count
+                    && asked != hub.events.partition_count
+                {
+                    return Ok(arm_error(
+                        400,
+                        "400002",
+                        &format!(
+                            "the partition count of {name}'s events endpoint is fixed at \
+                             creation ({}); it cannot become {asked}",
+                            hub.events.partition_count
+                        ),
+                    ));
+                }
                 if sku.is_some() {
                     hub = cloud.set_hub_sku(name, sku, presets)?;
                     context
@@ -791,6 +809,12 @@ fn iot_hubs(
                 .as_str()
                 .ok_or_else(|| Error::config("a new IoT hub needs a \"location\""))?;
             cloud.create_hub(name, location, None)?;
+            cloud.update_hub_events(name, |endpoint| {
+                endpoint.partition_count =
+                    events.partition_count.unwrap_or(endpoint.partition_count);
+                endpoint.retention_days = events.retention_days.unwrap_or(endpoint.retention_days);
+                Ok(())
+            })?;
             let hub = cloud.set_hub_sku(name, sku, presets)?;
             context
                 .hubs
@@ -845,6 +869,9 @@ fn iot_hubs(
                 json!({"value": hub.policies.iter().map(policy_json).collect::<Vec<_>>()}),
             ))
         }
+        (_, 3 | 4, Some("eventhubendpoints")) if lower(2).as_deref() == Some("consumergroups") => {
+            consumer_groups(method, group_base, name, &rest[1..], request.body, context)
+        }
         (&Method::POST, 3, Some("iothubkeys")) if lower(2).as_deref() == Some("listkeys") => {
             let hub = cloud.hub(name)?;
             match hub.policy(rest[1]) {
@@ -862,6 +889,159 @@ fn iot_hubs(
             "the emulator does not serve this operation",
         )),
     }
+}
+
+/// What a hub PUT asks of the built-in events endpoint (`None`: not asked).
+struct RequestedEvents {
+    partition_count: Option<u32>,
+    retention_days: Option<u32>,
+}
+
+/// `properties.eventHubEndpoints.events` of a hub PUT, or ARM's refusal of what it cannot be.
+fn requested_events(body: &Value) -> Result<RequestedEvents, Reply> {
+    let events = &body["properties"]["eventHubEndpoints"]["events"];
+    let read = |field: &str, range: std::ops::RangeInclusive<u32>| match &events[field] {
+        Value::Null => Ok(None),
+        value => value
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|n| range.contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                arm_error(
+                    400,
+                    "400002",
+                    &format!(
+                        "eventHubEndpoints.events.{field} must be a whole number from {} to {}, \
+                         not {value}",
+                        range.start(),
+                        range.end()
+                    ),
+                )
+            }),
+    };
+    Ok(RequestedEvents {
+        partition_count: read("partitionCount", crate::limits::PARTITION_COUNT_RANGE)?,
+        retention_days: read("retentionTimeInDays", 1..=7)?,
+    })
+}
+
+/// `IotHubs/{hub}/eventHubEndpoints/events/ConsumerGroups[/{name}]`: list, get, create and
+/// delete the consumer groups of the built-in endpoint, `$Default` always first and never
+/// deleted.
+fn consumer_groups(
+    method: &Method,
+    group_base: &str,
+    hub_name: &str,
+    rest: &[&str],
+    body: &[u8],
+    context: &RestContext,
+) -> crate::Result<Reply> {
+    let cloud = &context.cloud;
+    let hub = cloud.hub(hub_name)?;
+    if !rest[0].eq_ignore_ascii_case("events") {
+        return Ok(arm_error(
+            404,
+            "404001",
+            &format!("{hub_name} has no event hub endpoint named {}", rest[0]),
+        ));
+    }
+    let view = |hub: &HubRecord, group: &str| {
+        json!({
+            "properties": {"created": http_date(hub.created), "name": group},
+            "id": format!(
+                "{group_base}/IotHubs/{}/eventHubEndpoints/events/ConsumerGroups/{group}",
+                hub.name
+            ),
+            "name": group,
+            "type": "Microsoft.Devices/IotHubs/EventHubEndpoints/ConsumerGroups",
+            "etag": format!("AAAAAA{:08X}=", hub.created as u32),
+        })
+    };
+    let known = |hub: &HubRecord, group: &str| {
+        group == DEFAULT_CONSUMER_GROUP
+            || hub
+                .events
+                .consumer_groups
+                .iter()
+                .any(|g| g.eq_ignore_ascii_case(group))
+    };
+    let Some(group) = rest.get(2).copied() else {
+        return Ok(match *method {
+            Method::GET => {
+                let names = std::iter::once(DEFAULT_CONSUMER_GROUP.to_string())
+                    .chain(hub.events.consumer_groups.iter().cloned());
+                let items: Vec<Value> = names.map(|g| view(&hub, &g)).collect();
+                Reply::json(StatusCode::OK, json!({"value": items}))
+            }
+            _ => arm_error(405, "405000", "method not allowed on this collection"),
+        });
+    };
+    match *method {
+        Method::GET if known(&hub, group) => Ok(Reply::json(StatusCode::OK, view(&hub, group))),
+        Method::GET => Ok(consumer_group_not_found(hub_name, group)),
+        Method::PUT => {
+            if let Err(why) = crate::protocol::validate_consumer_group_name(group) {
+                return Ok(arm_error(400, "400002", &why.to_string()));
+            }
+            if !body.is_empty() {
+                parse_json(body)?;
+            }
+            let hub = cloud.update_hub_events(hub_name, |endpoint| {
+                if group != DEFAULT_CONSUMER_GROUP
+                    && !endpoint
+                        .consumer_groups
+                        .iter()
+                        .any(|g| g.eq_ignore_ascii_case(group))
+                {
+                    if endpoint.consumer_groups.len() + 1 >= crate::limits::MAX_CONSUMER_GROUPS {
+                        return Err(Error::config(format!(
+                            "{hub_name} has {} consumer groups, the most a hub can have",
+                            crate::limits::MAX_CONSUMER_GROUPS
+                        )));
+                    }
+                    endpoint.consumer_groups.push(group.to_string());
+                }
+                Ok(())
+            });
+            match hub {
+                Ok(hub) => Ok(Reply::json(StatusCode::OK, view(&hub, group))),
+                Err(Error::Config(why)) => Ok(arm_error(400, "400002", &why.to_string())),
+                Err(e) => Err(e),
+            }
+        }
+        Method::DELETE if group == DEFAULT_CONSUMER_GROUP => Ok(arm_error(
+            400,
+            "400002",
+            "the $Default consumer group cannot be deleted",
+        )),
+        Method::DELETE if known(&hub, group) => {
+            cloud.update_hub_events(hub_name, |endpoint| {
+                endpoint
+                    .consumer_groups
+                    .retain(|g| !g.eq_ignore_ascii_case(group));
+                Ok(())
+            })?;
+            Ok(empty(StatusCode::OK))
+        }
+        Method::DELETE => Ok(consumer_group_not_found(hub_name, group)),
+        _ => Ok(arm_error(
+            405,
+            "405000",
+            "method not allowed on a consumer group",
+        )),
+    }
+}
+
+/// The consumer group every endpoint has.
+const DEFAULT_CONSUMER_GROUP: &str = "$Default";
+
+fn consumer_group_not_found(hub: &str, group: &str) -> Reply {
+    arm_error(
+        404,
+        "404001",
+        &format!("{hub} has no consumer group named {group}"),
+    )
 }
 
 /// The hub as its GET shows it now (`Activating` while being created).
@@ -934,6 +1114,17 @@ fn hub_json(group_base: &str, hub: &HubRecord) -> Value {
             "state": "Active",
             "provisioningState": "Succeeded",
             "hostName": hub.host_name,
+            "eventHubEndpoints": {
+                "events": {
+                    "retentionTimeInDays": hub.events.retention_days,
+                    "partitionCount": hub.events.partition_count,
+                    "partitionIds": (0..hub.events.partition_count)
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>(),
+                    "path": hub.name,
+                    "endpoint": format!("sb://{}/", hub.host_name),
+                },
+            },
             "publicNetworkAccess": "Enabled",
         },
     })
