@@ -214,7 +214,14 @@ class Replay:
     def hub(self) -> dpskit.Hub:
         """A ``Hub`` whose service API is the stand-in."""
         resource = SimpleNamespace(
-            name="recorded", host_name=self.host, location="", sku="S1", units=1
+            name="recorded",
+            host_name=self.host,
+            location="",
+            sku="S1",
+            units=1,
+            partition_count=4,
+            event_hub_endpoint=f"sb://{self.host}/",
+            event_hub_path="recorded",
         )
         cloud = SimpleNamespace(_rest=self.rest(), _web_port=lambda: 443)
         return dpskit.Hub(cast(Any, cloud), cast(HubRecord, resource), "a2V5" * 11)
