@@ -1636,6 +1636,23 @@ mod tests {
             ("myhub", "myhub.azure-devices.net", "eastus")
         );
         assert_eq!(h.provisioning_state, "Succeeded");
+        // Not described: not made up.
+        assert_eq!(h.events, None);
+        // The events endpoint as Azure's IotHubResource_Get example shows it.
+        let described: Value = serde_json::from_str(
+            r#"{"name":"testHub","properties":{"hostName":"iot-dps-cit-hub-1.azure-devices.net","eventHubEndpoints":{"events":{"retentionTimeInDays":1,"partitionCount":2,"partitionIds":["0","1"],"path":"iot-dps-cit-hub-1","endpoint":"sb://iothub-ns-iot-dps-ci-245306-76aca8e13b.servicebus.windows.net/"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            HubResource::from_json(&described).unwrap().events,
+            Some(EventHubEndpoint {
+                endpoint: "sb://iothub-ns-iot-dps-ci-245306-76aca8e13b.servicebus.windows.net/"
+                    .into(),
+                path: "iot-dps-cit-hub-1".into(),
+                partition_count: 2,
+                retention_days: 1,
+            })
+        );
         let keys: Value = serde_json::from_str(
             r#"{"keyName":"provisioningserviceowner","primaryKey":"cHJpbWFyeS1rZXktb2YtMzItYnl0ZXMtLS0tLS0tLS0=","secondaryKey":"c2Vjb25kYXJ5LWtleS1vZi0zMi1ieXRlcy0tLS0tLS0=","rights":"ServiceConfig, DeviceConnect, EnrollmentWrite"}"#,
         )
