@@ -71,7 +71,7 @@ def test_azure_cloud_manages_dps_and_certificates_over_arm(cloud: dpskit.LocalCl
     # What AzureCloud did is what the local cloud sees.
     assert cloud.dps("azure-path-dps").enrollment_group("devices").ca_references == ("root",)
     # The Azure path reads the service's answers into the same typed records.
-    record = azure._rest.enrollment_group(*dps._service, "devices")
+    record = azure._rest.enrollment_group(dps._service, "devices")
     assert isinstance(record, _native.EnrollmentGroupRecord)
     assert record.attestation.primary_ca_reference == "root"
     assert record.settings.allocation.iot_hubs == [hub.host_name]

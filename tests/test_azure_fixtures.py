@@ -351,8 +351,8 @@ def test_the_native_records_carry_every_member_typed(replay: Replay) -> None:
     replay.answers[("GET", "/enrollmentGroups/x509_enroll_grp_ead0363a")] = RECORDED_GROUP
     replay.answers[("GET", "/enrollmentGroups/sym")] = RECORDED_SYMMETRIC_GROUP
     rest = replay.rest()
-    service = (f"HostName={replay.host};SharedAccessKeyName=o;SharedAccessKey=a2V5", None)
-    record = rest.enrollment_group(*service, "x509_enroll_grp_ead0363a")
+    service = f"HostName={replay.host};SharedAccessKeyName=o;SharedAccessKey=a2V5"
+    record = rest.enrollment_group(service, "x509_enroll_grp_ead0363a")
     attestation = record.attestation
     assert attestation.kind == "x509"
     assert attestation.primary_certificate is not None
@@ -362,7 +362,7 @@ def test_the_native_records_carry_every_member_typed(replay: Replay) -> None:
     assert (attestation.primary_ca_reference, attestation.primary_key) == (None, None)
     assert record.settings.allocation.policy == "hashed"
     assert record.settings.capabilities is None
-    symmetric = rest.enrollment_group(*service, "sym")
+    symmetric = rest.enrollment_group(service, "sym")
     settings = symmetric.settings
     # The service's defaults where it answered null.
     assert settings.provisioning_status == "enabled"
@@ -482,7 +482,7 @@ def test_recorded_device_identity_and_twin(replay: Replay) -> None:
     assert device.connection_state == "Disconnected"
     assert "cA==" not in repr(device)
     record = replay.rest().hub_device(
-        f"HostName={replay.host};SharedAccessKeyName=o;SharedAccessKey=a2V5", None, "dev-sym"
+        f"HostName={replay.host};SharedAccessKeyName=o;SharedAccessKey=a2V5", "dev-sym"
     )
     assert (record.status, record.etag) == ("enabled", "NjM4MjA3ODEyMzQ1Njc4OTAx")
     assert "cA==" not in repr(record)
@@ -531,7 +531,6 @@ def test_recorded_device_identity_and_twin(replay: Replay) -> None:
             _without(RECORDED_REGISTRATION, "status"),
             lambda r: r.rest().registration(
                 f"HostName={r.host};SharedAccessKeyName=o;SharedAccessKey=a2V5",
-                None,
                 "device-4dfe3739",
             ),
             "status",

@@ -52,7 +52,7 @@ def test_identities_and_twins_cross_as_typed_records(hub: dpskit.Hub) -> None:
         initial_twin={"tags": {"site": "lab"}, "properties": {"desired": {"rate": 5}}},
     )
     rest, service = hub._cloud._rest, hub._service
-    identity = rest.hub_device(*service, "typed-dev")
+    identity = rest.hub_device(service, "typed-dev")
     assert isinstance(identity, _native.HubDeviceRecord)
     assert (identity.device_id, identity.authentication) == ("typed-dev", "sas")
     assert identity.primary_key is not None
@@ -60,7 +60,7 @@ def test_identities_and_twins_cross_as_typed_records(hub: dpskit.Hub) -> None:
     assert identity.primary_key not in repr(identity)
     assert (identity.status, identity.connection_state) == ("enabled", "Disconnected")
     assert identity.etag
-    twin = rest.hub_twin(*service, "typed-dev")
+    twin = rest.hub_twin(service, "typed-dev")
     assert isinstance(twin, _native.ServiceTwinRecord)
     assert twin.device_id == "typed-dev"
     assert twin.tags == {"site": "lab"}
@@ -80,10 +80,10 @@ def test_identities_and_twins_cross_as_typed_records(hub: dpskit.Hub) -> None:
     }
     # The registry members the hub writes into a twin come through too.
     assert (document["status"], document["connectionState"]) == ("enabled", "Disconnected")
-    [listed] = rest.hub_device_list(*service)
+    [listed] = rest.hub_device_list(service)
     assert isinstance(listed, _native.HubDeviceRecord)
     assert (listed.device_id, listed.primary_key, listed.etag) == ("typed-dev", None, None)
-    [queried] = rest.hub_twins(*service)
+    [queried] = rest.hub_twins(service)
     assert (queried.authentication_type, queried.connection_state) == ("sas", "Disconnected")
 
 

@@ -912,73 +912,61 @@ class RestClient:
     def put_enrollment_group(
         self,
         connection_string: str,
-        endpoint: str | None,
         id: str,
         body: dict[str, Any],
         if_match: str | None = None,
         attestation: AttestationRecord | None = None,
     ) -> EnrollmentGroupRecord: ...
-    def enrollment_group(
-        self, connection_string: str, endpoint: str | None, id: str
-    ) -> EnrollmentGroupRecord: ...
+    def enrollment_group(self, connection_string: str, id: str) -> EnrollmentGroupRecord: ...
     def enrollment_groups(
-        self, connection_string: str, endpoint: str | None
+        self,
+        connection_string: str,
     ) -> list[EnrollmentGroupRecord]: ...
     def delete_enrollment_group(
-        self, connection_string: str, endpoint: str | None, id: str, if_match: str | None = None
+        self, connection_string: str, id: str, if_match: str | None = None
     ) -> None: ...
     def enrollment_group_attestation(
-        self, connection_string: str, endpoint: str | None, id: str
+        self, connection_string: str, id: str
     ) -> AttestationRecord: ...
     def put_enrollment(
         self,
         connection_string: str,
-        endpoint: str | None,
         id: str,
         body: dict[str, Any],
         if_match: str | None = None,
     ) -> IndividualEnrollmentRecord: ...
-    def enrollment(
-        self, connection_string: str, endpoint: str | None, id: str
-    ) -> IndividualEnrollmentRecord: ...
+    def enrollment(self, connection_string: str, id: str) -> IndividualEnrollmentRecord: ...
     def enrollments(
-        self, connection_string: str, endpoint: str | None
+        self,
+        connection_string: str,
     ) -> list[IndividualEnrollmentRecord]: ...
     def delete_enrollment(
-        self, connection_string: str, endpoint: str | None, id: str, if_match: str | None = None
+        self, connection_string: str, id: str, if_match: str | None = None
     ) -> None: ...
-    def registration(
-        self, connection_string: str, endpoint: str | None, id: str
-    ) -> RegistrationStateRecord: ...
+    def registration(self, connection_string: str, id: str) -> RegistrationStateRecord: ...
     def registrations(
-        self, connection_string: str, endpoint: str | None, group_id: str
+        self, connection_string: str, group_id: str
     ) -> list[RegistrationStateRecord]: ...
     def delete_registration(
-        self, connection_string: str, endpoint: str | None, id: str, if_match: str | None = None
+        self, connection_string: str, id: str, if_match: str | None = None
     ) -> None: ...
-    def hub_device(
-        self, connection_string: str, endpoint: str | None, id: str
-    ) -> HubDeviceRecord: ...
+    def hub_device(self, connection_string: str, id: str) -> HubDeviceRecord: ...
     def hub_put_device(
-        self, connection_string: str, endpoint: str | None, id: str, body: dict[str, Any]
+        self, connection_string: str, id: str, body: dict[str, Any]
     ) -> HubDeviceRecord: ...
-    def hub_delete_device(self, connection_string: str, endpoint: str | None, id: str) -> None: ...
-    def hub_twins(
-        self, connection_string: str, endpoint: str | None, query: str = ...
-    ) -> list[ServiceTwinRecord]: ...
+    def hub_delete_device(self, connection_string: str, id: str) -> None: ...
+    def hub_twins(self, connection_string: str, query: str = ...) -> list[ServiceTwinRecord]: ...
     def hub_device_list(
-        self, connection_string: str, endpoint: str | None
+        self,
+        connection_string: str,
     ) -> list[HubDeviceRecord]: ...
-    def hub_twin(
-        self, connection_string: str, endpoint: str | None, id: str
-    ) -> ServiceTwinRecord: ...
+    def hub_twin(self, connection_string: str, id: str) -> ServiceTwinRecord: ...
     def hub_patch_twin(
-        self, connection_string: str, endpoint: str | None, id: str, patch: dict[str, Any]
+        self, connection_string: str, id: str, patch: dict[str, Any]
     ) -> ServiceTwinRecord: ...
     def hub_invoke_method(
         self,
         connection_string: str,
-        endpoint: str | None,
         id: str,
         method: str,
         payload: _Json,
@@ -987,13 +975,12 @@ class RestClient:
     def hub_send_c2d(
         self,
         connection_string: str,
-        endpoint: str | None,
         id: str,
         body: bytes,
         properties: Sequence[tuple[str, str]],
     ) -> str: ...
     def hub_telemetry(
-        self, connection_string: str, endpoint: str | None, device_id: str | None = None
+        self, connection_string: str, device_id: str | None = None
     ) -> list[TelemetryRecord]: ...
 
 def derive_device_key(group_key: str, registration_id: str) -> str: ...

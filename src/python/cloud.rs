@@ -62,8 +62,9 @@ fn write_secret(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResu
     Ok(())
 }
 
-/// Service clients by (connection string, endpoint): one HTTPS pool and SAS token each.
-type ClientCache<T> = Mutex<HashMap<(String, Option<String>), Arc<T>>>;
+/// Service clients by connection string (whose host is where the API is, on Azure and the
+/// local cloud alike): one HTTPS pool and SAS token each.
+type ClientCache<T> = Mutex<HashMap<String, Arc<T>>>;
 
 /// One client for the management plane and the service APIs of one subscription and resource
 /// group.
@@ -102,38 +103,30 @@ impl PyRestClient {
         )??)
     }
 
-    fn dps_client(
-        &self,
-        connection_string: &str,
-        endpoint: Option<&str>,
-    ) -> Result<Arc<DpsServiceClient>> {
-        let key = (connection_string.to_string(), endpoint.map(str::to_string));
+    fn dps_client(&self, connection_string: &str) -> Result<Arc<DpsServiceClient>> {
+        let key = connection_string.to_string();
         let mut clients = self.dps_clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let client = Arc::new(DpsServiceClient::from_connection_string(
             connection_string,
-            endpoint,
+            None,
             &self.trust,
         )?);
         clients.insert(key, client.clone());
         Ok(client)
     }
 
-    fn hub_client(
-        &self,
-        connection_string: &str,
-        endpoint: Option<&str>,
-    ) -> Result<Arc<HubServiceClient>> {
-        let key = (connection_string.to_string(), endpoint.map(str::to_string));
+    fn hub_client(&self, connection_string: &str) -> Result<Arc<HubServiceClient>> {
+        let key = connection_string.to_string();
         let mut clients = self.hub_clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
         let client = Arc::new(HubServiceClient::from_connection_string(
             connection_string,
-            endpoint,
+            None,
             &self.trust,
         )?);
         clients.insert(key, client.clone());
@@ -395,19 +388,18 @@ impl PyRestClient {
     /// Creates or replaces an enrollment group from its service JSON (a dict, read into the
     /// service type before it is sent); `attestation`, when given, is sent as the group's
     /// attestation exactly as it was read. Returns the group as the service answered it.
-    #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None, attestation = None))]
+    #[pyo3(signature = (connection_string, id, body, if_match = None, attestation = None))]
     #[allow(clippy::too_many_arguments)]
     fn put_enrollment_group(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         body: &Bound<'_, PyAny>,
         if_match: Option<&str>,
         attestation: Option<PyRef<'_, AttestationRecord>>,
     ) -> PyResult<EnrollmentGroupRecord> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let mut body: EnrollmentGroup = typed_body(body, "the enrollment group")?;
         if let Some(attestation) = attestation {
             body.attestation = Some(attestation.mechanism().clone());
@@ -421,10 +413,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
     ) -> PyResult<EnrollmentGroupRecord> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let group = self.run(py, client.enrollment_group(id))?;
         records::enrollment_group(py, group)
     }
@@ -434,9 +425,8 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
     ) -> PyResult<Vec<EnrollmentGroupRecord>> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let groups = self.run(py, client.enrollment_groups())?;
         groups
             .into_iter()
@@ -445,16 +435,15 @@ impl PyRestClient {
     }
 
     /// Deletes an enrollment group.
-    #[pyo3(signature = (connection_string, endpoint, id, if_match = None))]
+    #[pyo3(signature = (connection_string, id, if_match = None))]
     fn delete_enrollment_group(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         if_match: Option<&str>,
     ) -> PyResult<()> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         self.run(py, client.delete_enrollment_group(id, if_match))
     }
 
@@ -463,10 +452,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
     ) -> PyResult<AttestationRecord> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let mechanism: AttestationMechanism =
             self.run(py, client.enrollment_group_attestation(id))?;
         records::attestation(py, mechanism, true)
@@ -474,17 +462,16 @@ impl PyRestClient {
 
     /// Creates or replaces an individual enrollment from its service JSON (a dict, read into
     /// the service type before it is sent); returns it as the service answered it.
-    #[pyo3(signature = (connection_string, endpoint, id, body, if_match = None))]
+    #[pyo3(signature = (connection_string, id, body, if_match = None))]
     fn put_enrollment(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         body: &Bound<'_, PyAny>,
         if_match: Option<&str>,
     ) -> PyResult<IndividualEnrollmentRecord> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let body: IndividualEnrollment = typed_body(body, "the enrollment")?;
         let enrollment = self.run(py, client.put_enrollment(id, &body, if_match))?;
         records::enrollment(py, enrollment)
@@ -495,10 +482,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
     ) -> PyResult<IndividualEnrollmentRecord> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let enrollment = self.run(py, client.enrollment(id))?;
         records::enrollment(py, enrollment)
     }
@@ -508,9 +494,8 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
     ) -> PyResult<Vec<IndividualEnrollmentRecord>> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let all = self.run(py, client.enrollments())?;
         all.into_iter()
             .map(|e| records::enrollment(py, e))
@@ -518,16 +503,15 @@ impl PyRestClient {
     }
 
     /// Deletes an individual enrollment.
-    #[pyo3(signature = (connection_string, endpoint, id, if_match = None))]
+    #[pyo3(signature = (connection_string, id, if_match = None))]
     fn delete_enrollment(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         if_match: Option<&str>,
     ) -> PyResult<()> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         self.run(py, client.delete_enrollment(id, if_match))
     }
 
@@ -536,10 +520,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
     ) -> PyResult<RegistrationStateRecord> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let state = self.run(py, client.registration(id))?;
         records::registration_state(py, state)
     }
@@ -549,10 +532,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         group_id: &str,
     ) -> PyResult<Vec<RegistrationStateRecord>> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         let states = self.run(py, client.registrations(group_id))?;
         states
             .into_iter()
@@ -561,16 +543,15 @@ impl PyRestClient {
     }
 
     /// Deletes a registration state.
-    #[pyo3(signature = (connection_string, endpoint, id, if_match = None))]
+    #[pyo3(signature = (connection_string, id, if_match = None))]
     fn delete_registration(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         if_match: Option<&str>,
     ) -> PyResult<()> {
-        let client = self.dps_client(connection_string, endpoint)?;
+        let client = self.dps_client(connection_string)?;
         self.run(py, client.delete_registration(id, if_match))
     }
 
@@ -581,10 +562,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
     ) -> PyResult<HubDeviceRecord> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let identity: DeviceIdentity = self.run(py, client.device(id))?;
         Ok(identity.into())
     }
@@ -594,38 +574,30 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         body: &Bound<'_, PyAny>,
     ) -> PyResult<HubDeviceRecord> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let body = self::body(body)?;
         let identity: DeviceIdentity = self.run(py, client.put_device(id, &body))?;
         Ok(identity.into())
     }
 
     /// Deletes a device identity.
-    fn hub_delete_device(
-        &self,
-        py: Python<'_>,
-        connection_string: &str,
-        endpoint: Option<&str>,
-        id: &str,
-    ) -> PyResult<()> {
-        let client = self.hub_client(connection_string, endpoint)?;
+    fn hub_delete_device(&self, py: Python<'_>, connection_string: &str, id: &str) -> PyResult<()> {
+        let client = self.hub_client(connection_string)?;
         self.run(py, client.delete_device(id))
     }
 
     /// The device twins an IoT Hub query selects, every page.
-    #[pyo3(signature = (connection_string, endpoint, query = "SELECT * FROM devices"))]
+    #[pyo3(signature = (connection_string, query = "SELECT * FROM devices"))]
     fn hub_twins(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         query: &str,
     ) -> PyResult<Vec<ServiceTwinRecord>> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let twins: Vec<Twin> = self.run(py, client.query(query))?;
         twins
             .into_iter()
@@ -638,9 +610,8 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
     ) -> PyResult<Vec<HubDeviceRecord>> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let twins: Vec<Twin> = self.run(py, client.twins())?;
         Ok(twins.into_iter().map(HubDeviceRecord::from).collect())
     }
@@ -650,10 +621,9 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
     ) -> PyResult<ServiceTwinRecord> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let twin: Twin = self.run(py, client.twin(id))?;
         records::service_twin(py, twin)
     }
@@ -663,11 +633,10 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         patch: &Bound<'_, PyAny>,
     ) -> PyResult<ServiceTwinRecord> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let patch = body(patch)?;
         let twin: Twin = self.run(py, client.patch_twin(id, &patch))?;
         records::service_twin(py, twin)
@@ -679,7 +648,6 @@ impl PyRestClient {
         &self,
         py: Python<'py>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         method: &str,
         payload: &Bound<'py, PyAny>,
@@ -687,7 +655,7 @@ impl PyRestClient {
     ) -> PyResult<(u16, Bound<'py, PyAny>)> {
         // Azure refuses a response timeout over 300 s: refused here, before any request.
         let timeout = crate::hub::method_timeout(timeout)?;
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let payload = body(payload)?;
         let (status, answer) = self.run(py, client.invoke_method(id, method, &payload, timeout))?;
         Ok((status, json_to_py(py, &answer)?))
@@ -698,25 +666,23 @@ impl PyRestClient {
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         id: &str,
         body: Vec<u8>,
         properties: Vec<(String, String)>,
     ) -> PyResult<String> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         self.run(py, client.send_c2d(id, &body, &properties))
     }
 
     /// The telemetry the hub stored (emulator only), in arrival order.
-    #[pyo3(signature = (connection_string, endpoint, device_id = None))]
+    #[pyo3(signature = (connection_string, device_id = None))]
     fn hub_telemetry(
         &self,
         py: Python<'_>,
         connection_string: &str,
-        endpoint: Option<&str>,
         device_id: Option<&str>,
     ) -> PyResult<Vec<TelemetryRecord>> {
-        let client = self.hub_client(connection_string, endpoint)?;
+        let client = self.hub_client(connection_string)?;
         let messages = self.run(py, client.telemetry(device_id))?;
         Ok(messages
             .into_iter()

@@ -63,8 +63,9 @@ class Dps:
         return self._cloud._rest
 
     @property
-    def _service(self) -> tuple[str, str]:
-        return self.service_connection_string, f"https://{self.service_host}"
+    def _service(self) -> str:
+        # The service API is at the connection string's host, on Azure and the local cloud.
+        return self.service_connection_string
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class Dps:
         attestation: AttestationRecord | None = None,
     ) -> EnrollmentGroup:
         record = self._rest.put_enrollment_group(
-            *self._service, group_id, {"enrollmentGroupId": group_id, **body}, etag, attestation
+            self._service, group_id, {"enrollmentGroupId": group_id, **body}, etag, attestation
         )
         return EnrollmentGroup._from_native(record)
 
@@ -275,7 +276,7 @@ class Dps:
         initial_twin: dict[str, Any] | None = None,
     ) -> EnrollmentGroup:
         """Change some settings of a group, keeping the rest (etag handled inside)."""
-        record = self._rest.enrollment_group(*self._service, enrollment_group_id)
+        record = self._rest.enrollment_group(self._service, enrollment_group_id)
         group = EnrollmentGroup._from_native(record)
         current = group._settings()
         settings = _Settings(
@@ -294,7 +295,7 @@ class Dps:
         attestation = record.attestation
         if attestation.kind == "symmetricKey":
             attestation = self._rest.enrollment_group_attestation(
-                *self._service, enrollment_group_id
+                self._service, enrollment_group_id
             )
         body = settings._to_json()
         # A PUT replaces the group: what dpskit does not model (IoT Edge capabilities) is sent
@@ -306,10 +307,10 @@ class Dps:
 
     def enrollment_group(self, enrollment_group_id: str) -> EnrollmentGroup:
         """An enrollment group."""
-        record = self._rest.enrollment_group(*self._service, enrollment_group_id)
+        record = self._rest.enrollment_group(self._service, enrollment_group_id)
         group = EnrollmentGroup._from_native(record)
         if group.attestation_type == "symmetricKey" and group.primary_key is None:
-            keys = self._rest.enrollment_group_attestation(*self._service, enrollment_group_id)
+            keys = self._rest.enrollment_group_attestation(self._service, enrollment_group_id)
             group = dataclasses.replace(
                 group, primary_key=keys.primary_key, secondary_key=keys.secondary_key
             )
@@ -326,13 +327,13 @@ class Dps:
     def enrollment_groups(self) -> list[EnrollmentGroup]:
         """Every enrollment group."""
         return [
-            EnrollmentGroup._from_native(r) for r in self._rest.enrollment_groups(*self._service)
+            EnrollmentGroup._from_native(r) for r in self._rest.enrollment_groups(self._service)
         ]
 
     def delete_enrollment_group(self, enrollment_group_id: str) -> None:
         """Delete an enrollment group."""
         etag = self.enrollment_group(enrollment_group_id).etag
-        self._rest.delete_enrollment_group(*self._service, enrollment_group_id, etag)
+        self._rest.delete_enrollment_group(self._service, enrollment_group_id, etag)
 
     # -- individual enrollments ------------------------------------------------------------
 
@@ -378,21 +379,21 @@ class Dps:
             body["deviceId"] = device_id
         body.update(settings._to_json())
         etag = self._etag_of(lambda: self.enrollment(registration_id).etag)
-        record = self._rest.put_enrollment(*self._service, registration_id, body, etag)
+        record = self._rest.put_enrollment(self._service, registration_id, body, etag)
         return Enrollment._from_native(record)
 
     def enrollment(self, registration_id: str) -> Enrollment:
         """An individual enrollment."""
-        return Enrollment._from_native(self._rest.enrollment(*self._service, registration_id))
+        return Enrollment._from_native(self._rest.enrollment(self._service, registration_id))
 
     def enrollments(self) -> list[Enrollment]:
         """Every individual enrollment."""
-        return [Enrollment._from_native(r) for r in self._rest.enrollments(*self._service)]
+        return [Enrollment._from_native(r) for r in self._rest.enrollments(self._service)]
 
     def delete_enrollment(self, registration_id: str) -> None:
         """Delete an individual enrollment."""
         etag = self.enrollment(registration_id).etag
-        self._rest.delete_enrollment(*self._service, registration_id, etag)
+        self._rest.delete_enrollment(self._service, registration_id, etag)
 
     # -- registrations ---------------------------------------------------------------------
 
@@ -409,12 +410,12 @@ class Dps:
                 r, enrollment_group_id=g.enrollment_group_id, attestation=g.attestation_type
             )
             for g in groups
-            for r in self._rest.registrations(*self._service, g.enrollment_group_id)
+            for r in self._rest.registrations(self._service, g.enrollment_group_id)
         ]
         if enrollment_group_id is None:
             for enrollment in self.enrollments():
                 try:
-                    state = self._rest.registration(*self._service, enrollment.registration_id)
+                    state = self._rest.registration(self._service, enrollment.registration_id)
                 except NotFoundError:
                     continue
                 records.append(
@@ -428,7 +429,7 @@ class Dps:
 
     def delete_registration(self, registration_id: str) -> None:
         """Forget a device's registration (it may then register afresh)."""
-        self._rest.delete_registration(*self._service, registration_id)
+        self._rest.delete_registration(self._service, registration_id)
 
     # -- realism knobs (emulator only) -------------------------------------------------------
 

@@ -79,10 +79,9 @@ class Hub:
         )
 
     @property
-    def _service(self) -> tuple[str, str | None]:
-        # No endpoint of its own: the service API is at the connection string's host, on the
-        # emulator as on Azure.
-        return self.connection_string, None
+    def _service(self) -> str:
+        # The service API is at the connection string's host, on Azure and the local cloud.
+        return self.connection_string
 
     def devices(self) -> list[HubDevice]:
         """The device identities of this hub, in device-id order: one query call per 100
@@ -91,7 +90,7 @@ class Hub:
         does not; :meth:`device` reads one identity with its keys."""
         return [
             HubDevice._from_native(self.host_name, record)
-            for record in self._cloud._rest.hub_device_list(*self._service)
+            for record in self._cloud._rest.hub_device_list(self._service)
         ]
 
     def query(self, query: str) -> list[dict[str, Any]]:
@@ -100,11 +99,11 @@ class Hub:
         desired or reported properties, joined by ``AND``, ``OR``, ``NOT``, with
         ``IS_DEFINED(path)``. The local cloud refuses what it does not understand
         (``ServiceError``, 400004) rather than ignoring a clause."""
-        return [_twin_document(r) for r in self._cloud._rest.hub_twins(*self._service, query)]
+        return [_twin_document(r) for r in self._cloud._rest.hub_twins(self._service, query)]
 
     def device(self, device_id: str) -> HubDevice:
         """One device identity."""
-        identity = self._cloud._rest.hub_device(*self._service, device_id)
+        identity = self._cloud._rest.hub_device(self._service, device_id)
         return HubDevice._from_native(self.host_name, identity)
 
     def create_device(
@@ -144,18 +143,18 @@ class Hub:
             "authentication": auth,
             "capabilities": {"iotEdge": False},
         }
-        identity = self._cloud._rest.hub_put_device(*self._service, device_id, body)
+        identity = self._cloud._rest.hub_put_device(self._service, device_id, body)
         if initial_twin:
             patch = {
                 "tags": initial_twin.get("tags"),
                 "properties": {"desired": (initial_twin.get("properties") or {}).get("desired")},
             }
-            self._cloud._rest.hub_patch_twin(*self._service, device_id, patch)
+            self._cloud._rest.hub_patch_twin(self._service, device_id, patch)
         return HubDevice._from_native(self.host_name, identity)
 
     def delete_device(self, device_id: str) -> None:
         """Delete a device identity (its twin and waiting messages go with it)."""
-        self._cloud._rest.hub_delete_device(*self._service, device_id)
+        self._cloud._rest.hub_delete_device(self._service, device_id)
 
     # -- realism knobs (emulator only) -------------------------------------------------------
 
@@ -207,23 +206,23 @@ class Hub:
         """What the hub received (every device, or one), in arrival order. The emulator keeps
         it; on Azure telemetry goes to the hub's Event Hubs endpoint, which this does not read."""
         self._cloud._emulator_api("telemetry")
-        records = self._cloud._rest.hub_telemetry(*self._service, device_id)
+        records = self._cloud._rest.hub_telemetry(self._service, device_id)
         return TelemetryRecords(TelemetryMessage._from_native(r) for r in records)
 
     def get_twin(self, device_id: str) -> dict[str, Any]:
         """The device twin: tags, desired and reported properties with their versions."""
-        return _twin_document(self._cloud._rest.hub_twin(*self._service, device_id))
+        return _twin_document(self._cloud._rest.hub_twin(self._service, device_id))
 
     def update_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch desired properties (``None`` deletes); a connected device subscribed to desired
         patches receives the change."""
         body = {"properties": {"desired": patch}}
-        return _twin_document(self._cloud._rest.hub_patch_twin(*self._service, device_id, body))
+        return _twin_document(self._cloud._rest.hub_patch_twin(self._service, device_id, body))
 
     def update_tags(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Patch the twin's tags."""
         body = {"tags": patch}
-        return _twin_document(self._cloud._rest.hub_patch_twin(*self._service, device_id, body))
+        return _twin_document(self._cloud._rest.hub_patch_twin(self._service, device_id, body))
 
     def send_c2d(
         self,
@@ -242,7 +241,7 @@ class Hub:
         else:
             data = body
         pairs = [(str(k), str(v)) for k, v in (properties or {}).items()]
-        return self._cloud._rest.hub_send_c2d(*self._service, device_id, data, pairs)
+        return self._cloud._rest.hub_send_c2d(self._service, device_id, data, pairs)
 
     def invoke_method(
         self, device_id: str, method: str, payload: Any = None, *, timeout: float = 30.0
@@ -251,7 +250,7 @@ class Hub:
         raises ``NotFoundError`` (404103), no answer in time ``ServiceError`` (504101).
         ``timeout`` may not pass IoT Hub's 300 s (``ConfigError`` before any request)."""
         status, answer = self._cloud._rest.hub_invoke_method(
-            *self._service, device_id, method, payload, timeout
+            self._service, device_id, method, payload, timeout
         )
         return MethodResult(status=status, payload=answer)
 
