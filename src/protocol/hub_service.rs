@@ -1,5 +1,7 @@
 //! The IoT Hub service API's JSON (api-version 2021-04-12) as serde types: a device identity
-//! (`Device`, with its authentication mechanism and capabilities) and a device twin (`Twin`).
+//! (`Device`, with its authentication mechanism and capabilities), a device twin (`Twin`), a
+//! direct method's result; and the answers of the emulator's own `/dpskit/` calls (a queued
+//! C2D message's id, the stored telemetry).
 //! Both sides use them: the hub service client in `service/hub.rs` reads its answers with
 //! these, and the emulator (`emulator/rest/hub_service.rs`) writes its answers through them.
 //! Names and shapes follow the service swagger; members it marks optional are `Option`s, and
@@ -187,6 +189,48 @@ pub struct Twin {
     /// Whether it is an IoT Edge device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<DeviceCapabilities>,
+}
+
+/// `CloudToDeviceMethodResult`: a direct method's answer (`POST /twins/{id}/methods`), the
+/// status and payload the device answered with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct MethodResult {
+    /// The device's status.
+    pub(crate) status: u16,
+    /// The device's payload (`null` when it sent none).
+    #[serde(default)]
+    pub(crate) payload: Value,
+}
+
+/// Emulator only: the answer to `POST /dpskit/devices/{id}/c2d`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct C2dSent {
+    /// The queued message's id.
+    #[serde(default)]
+    pub(crate) message_id: Option<String>,
+}
+
+/// Emulator only: one device-to-cloud message as `GET /dpskit/telemetry` lists what the hub
+/// stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StoredTelemetry {
+    /// Arrival sequence number (increasing, from 1; signed as SQLite keeps it).
+    pub(crate) sequence: i64,
+    /// The device that sent it.
+    pub(crate) device_id: String,
+    /// The module that sent it, for a module's message (`null` otherwise).
+    #[serde(default)]
+    pub(crate) module_id: Option<String>,
+    /// When the hub enqueued it, Unix seconds with fractions.
+    pub(crate) enqueued_time: f64,
+    /// The body, base64.
+    pub(crate) body: String,
+    /// Application properties as pairs, in the order the device sent them (keys may repeat).
+    pub(crate) properties: Vec<(String, String)>,
+    /// System properties as pairs (`mid`, `ct`, `ce`, ...).
+    pub(crate) system_properties: Vec<(String, String)>,
 }
 
 #[cfg(test)]
@@ -422,5 +466,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(why.contains("invalid type"), "{why}");
+    }
+
+    /// A method's result, a queued C2D message's id and a stored message are written in the
+    /// order the emulator always wrote them, and read back the same; a result without its
+    /// status is refused.
+    #[test]
+    fn method_results_c2d_ids_and_stored_telemetry_round_trip() {
+        let result = MethodResult {
+            status: 200,
+            payload: json!({"ok": true}),
+        };
+        let written = serde_json::to_string(&result).unwrap();
+        assert_eq!(written, r#"{"status":200,"payload":{"ok":true}}"#);
+        assert_eq!(
+            serde_json::from_str::<MethodResult>(&written).unwrap(),
+            result
+        );
+        let silent: MethodResult = serde_json::from_str(r#"{"status":404}"#).unwrap();
+        assert_eq!(silent.payload, Value::Null);
+        let why = serde_json::from_str::<MethodResult>(r#"{"payload":1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("status"), "{why}");
+
+        let sent = C2dSent {
+            message_id: Some("m-1".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&sent).unwrap(),
+            r#"{"messageId":"m-1"}"#
+        );
+
+        let stored = StoredTelemetry {
+            sequence: 7,
+            device_id: "d".into(),
+            module_id: None,
+            enqueued_time: 1.5,
+            body: "aGk=".into(),
+            properties: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+            system_properties: vec![("ct".into(), "application/json".into())],
+        };
+        let written = serde_json::to_string(&stored).unwrap();
+        assert_eq!(
+            written,
+            concat!(
+                r#"{"sequence":7,"deviceId":"d","moduleId":null,"enqueuedTime":1.5,"#,
+                r#""body":"aGk=","properties":[["a","1"],["a","2"]],"#,
+                r#""systemProperties":[["ct","application/json"]]}"#,
+            )
+        );
+        assert_eq!(
+            serde_json::from_str::<StoredTelemetry>(&written).unwrap(),
+            stored
+        );
     }
 }

@@ -36,7 +36,8 @@ use crate::emulator::quotas::retry_after_seconds;
 use crate::error::Error;
 use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
 use crate::protocol::hub_service::{
-    AuthenticationMechanism, DeviceCapabilities, DeviceIdentity, SymmetricKey, Twin, X509Thumbprint,
+    AuthenticationMechanism, C2dSent, DeviceCapabilities, DeviceIdentity, MethodResult,
+    StoredTelemetry, SymmetricKey, Twin, X509Thumbprint,
 };
 
 /// Azure's default and largest direct-method response timeouts.
@@ -382,7 +383,7 @@ fn twin_document(context: &RestContext, device: &HubDevice, twin: Value) -> crat
     })
 }
 
-/// A document (an identity, a twin, a list of either) as its type writes it.
+/// A document (an identity, a twin, a list of either, ...) as its type writes it.
 fn document_value(document: &impl Serialize) -> crate::Result<Value> {
     serde_json::to_value(document)
         .map_err(|e| Error::emulator_caused("writing a hub service document", e))
@@ -902,10 +903,7 @@ async fn invoke_method(
             Duration::from_secs(timeout),
         )
         .await?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        json!({"status": status, "payload": payload}),
-    ))
+    document_reply(&MethodResult { status, payload })
 }
 
 /// Emulator-only: `{"body": base64, "properties": {...}}` → `{"messageId"}`.
@@ -936,10 +934,9 @@ fn send_c2d(
     let message_id = context
         .hubs
         .send_c2d(host, device_id, &payload, properties)?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        json!({"messageId": message_id}),
-    ))
+    document_reply(&C2dSent {
+        message_id: Some(message_id),
+    })
 }
 
 /// Emulator-only: the stored telemetry (`?deviceId=` to filter), in arrival order.
@@ -949,20 +946,17 @@ fn telemetry(context: &RestContext, host: &str, query: &str) -> crate::Result<Re
         .map(|(_, v)| crate::sas::url_decode(v))
         .transpose()?;
     let records = context.hubs.telemetry(host, device_id.as_deref())?;
-    let items: Vec<Value> = records
+    let items: Vec<StoredTelemetry> = records
         .iter()
-        .map(|r| {
-            json!({
-                "sequence": r.sequence,
-                "deviceId": r.device_id,
-                "moduleId": r.module_id,
-                "enqueuedTime": r.enqueued,
-                "body": BASE64.encode(&r.body),
-                // Pairs, in the order the device sent them (keys may repeat).
-                "properties": r.properties,
-                "systemProperties": r.system_properties,
-            })
+        .map(|r| StoredTelemetry {
+            sequence: r.sequence,
+            device_id: r.device_id.clone(),
+            module_id: r.module_id.clone(),
+            enqueued_time: r.enqueued,
+            body: BASE64.encode(&r.body),
+            properties: r.properties.clone(),
+            system_properties: r.system_properties.clone(),
         })
         .collect();
-    Ok(Reply::json(StatusCode::OK, Value::Array(items)))
+    document_reply(&items)
 }
