@@ -69,6 +69,18 @@ def test_identities_and_twins_cross_as_typed_records(hub: dpskit.Hub) -> None:
     assert twin.reported == {"$version": 1}
     assert twin.etag
     assert twin.version is not None
+    # `other` holds, in the twin's order, the members the record has no field for.
+    assert list(twin.other) == [
+        "deviceEtag",
+        "statusUpdateTime",
+        "lastActivityTime",
+        "cloudToDeviceMessageCount",
+        "capabilities",
+    ]
+    assert (twin.other["deviceEtag"], twin.other["capabilities"]) == (
+        identity.etag,
+        {"iotEdge": False},
+    )
     # The dict Hub.get_twin gives is the twin document, built from that record.
     document = hub.get_twin("typed-dev")
     assert {k: document[k] for k in ("deviceId", "etag", "version", "tags", "properties")} == {

@@ -500,8 +500,36 @@ pub(crate) struct ServiceTwinRecord {
     other: Py<PyDict>,
 }
 
+/// The twin members [`ServiceTwinRecord`] has a field for; its `other` holds the rest.
+const TWIN_RECORD_MEMBERS: [&str; 9] = [
+    "deviceId",
+    "etag",
+    "version",
+    "status",
+    "connectionState",
+    "authenticationType",
+    "x509Thumbprint",
+    "tags",
+    "properties",
+];
+
 /// Builds a [`ServiceTwinRecord`] (its sections become dicts, hence the GIL).
 pub(crate) fn service_twin(py: Python<'_>, t: Twin) -> PyResult<ServiceTwinRecord> {
+    // `other` is every member without a field of its own, whether `Twin` models it (the
+    // identity's times and counts, the capabilities) or not, in the twin's order.
+    let other: Map<String, Value> = match serde_json::to_value(&t) {
+        Ok(Value::Object(members)) => members
+            .into_iter()
+            .filter(|(member, _)| !TWIN_RECORD_MEMBERS.contains(&member.as_str()))
+            .collect(),
+        other => {
+            let why = format!(
+                "the twin of {} does not write as an object: {other:?}",
+                t.device_id
+            );
+            return Err(Error::protocol(why).into());
+        }
+    };
     let properties = t.properties.unwrap_or_default();
     let section = |map: Option<Map<String, Value>>| map.map(|m| dict(py, m)).transpose();
     Ok(ServiceTwinRecord {
@@ -518,6 +546,6 @@ pub(crate) fn service_twin(py: Python<'_>, t: Twin) -> PyResult<ServiceTwinRecor
         tags: section(t.tags)?,
         desired: section(properties.desired)?,
         reported: section(properties.reported)?,
-        other: dict(py, t.other)?,
+        other: dict(py, other)?,
     })
 }

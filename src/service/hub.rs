@@ -1,7 +1,9 @@
 //! The IoT Hub service API: device identities, twins, queries, direct methods, with an
 //! `iothubowner` SAS token; plus the emulator's own C2D and telemetry calls (Azure offers those
 //! over AMQP and Event Hubs only). Identities and twins are read as the caller's serde type
-//! (`protocol::hub_service`'s, or any other serde value), refused when they do not read.
+//! (`protocol::hub_service`'s, or any other serde value), refused when they do not read; a
+//! method's result and the emulator's answers as `protocol::hub_service`'s, the types the
+//! emulator writes them with.
 
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::protocol::hub_service::Twin;
+use crate::protocol::hub_service::{C2dSent, MethodResult, StoredTelemetry, Twin};
 use crate::service::dps::{SasCredential, SasRestClient, read, read_all};
 use crate::transport::Trust;
 
@@ -89,29 +91,20 @@ pub struct StoredMessage {
     pub system_properties: Vec<(String, String)>,
 }
 
-impl StoredMessage {
-    /// Reads one item of the telemetry call's answer; a field missing or of another type is a
-    /// `Protocol` error, never a default.
-    fn from_json(item: &Value) -> Result<Self> {
+impl TryFrom<StoredTelemetry> for StoredMessage {
+    type Error = Error;
+
+    /// One item of the telemetry call's answer; a sequence below 0 or a body that is not base64
+    /// is a `Protocol` error, never a default.
+    fn try_from(item: StoredTelemetry) -> Result<Self> {
         let bad = |field: &str| Error::protocol(format!("a stored message lacks a valid {field}"));
-        let pairs = |field: &str| -> Result<Vec<(String, String)>> {
-            serde_json::from_value(item[field].clone()).map_err(|_| bad(field))
-        };
         Ok(StoredMessage {
-            sequence: item["sequence"].as_u64().ok_or_else(|| bad("sequence"))?,
-            device_id: item["deviceId"]
-                .as_str()
-                .ok_or_else(|| bad("deviceId"))?
-                .to_string(),
-            enqueued_time: item["enqueuedTime"]
-                .as_f64()
-                .ok_or_else(|| bad("enqueuedTime"))?,
-            body: item["body"]
-                .as_str()
-                .and_then(|b| BASE64.decode(b).ok())
-                .ok_or_else(|| bad("body"))?,
-            properties: pairs("properties")?,
-            system_properties: pairs("systemProperties")?,
+            sequence: u64::try_from(item.sequence).map_err(|_| bad("sequence"))?,
+            device_id: item.device_id,
+            enqueued_time: item.enqueued_time,
+            body: BASE64.decode(&item.body).map_err(|_| bad("body"))?,
+            properties: item.properties,
+            system_properties: item.system_properties,
         })
     }
 }
@@ -287,11 +280,8 @@ impl HubServiceClient {
                 &what,
             )
             .await?;
-        let status = answer["status"]
-            .as_u64()
-            .and_then(|s| u16::try_from(s).ok())
-            .ok_or_else(|| Error::protocol(format!("{what}: the answer has no status")))?;
-        Ok((status, answer["payload"].clone()))
+        let result: MethodResult = read(answer, &what)?;
+        Ok((result.status, result.payload))
     }
 
     /// Emulator only: queues a cloud-to-device message; returns its message id.
@@ -317,7 +307,8 @@ impl HubServiceClient {
                 &what,
             )
             .await?;
-        Ok(answer["messageId"].as_str().unwrap_or_default().to_string())
+        let sent: C2dSent = read(answer, &what)?;
+        Ok(sent.message_id.unwrap_or_default())
     }
 
     /// Emulator only: the telemetry the hub stored, in arrival order.
@@ -337,16 +328,18 @@ impl HubServiceClient {
                 "reading telemetry",
             )
             .await?;
-        match answer.body {
-            Some(Value::Array(items)) => items.iter().map(StoredMessage::from_json).collect(),
-            _ => Ok(Vec::new()),
-        }
+        let items: Vec<StoredTelemetry> = match answer.body {
+            Some(body) => read(body, "reading telemetry")?,
+            None => Vec::new(),
+        };
+        items.into_iter().map(StoredMessage::try_from).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    //! The direct-method body as the official SDKs send it, and Azure's timeout range.
+    //! The direct-method body as the official SDKs send it, and Azure's timeout range; what a
+    //! stored message refuses.
 
     use super::*;
 
@@ -369,6 +362,29 @@ mod tests {
             let error = method_request_body("m", &json!(1), past).unwrap_err();
             assert!(matches!(error, Error::Config(_)), "{error:?}");
             assert!(error.to_string().contains("300"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_stored_message_with_a_negative_sequence_or_a_body_not_base64_is_refused() {
+        let item = |sequence: i64, body: &str| StoredTelemetry {
+            sequence,
+            device_id: "d".into(),
+            module_id: None,
+            enqueued_time: 1.0,
+            body: body.into(),
+            properties: Vec::new(),
+            system_properties: Vec::new(),
+        };
+        let message = StoredMessage::try_from(item(3, "aGk=")).unwrap();
+        assert_eq!((message.sequence, message.body), (3, b"hi".to_vec()));
+        for (bad, field) in [
+            (item(-1, "aGk="), "sequence"),
+            (item(1, "not base64!"), "body"),
+        ] {
+            let error = StoredMessage::try_from(bad).unwrap_err();
+            assert!(matches!(error, Error::Protocol(_)), "{error:?}");
+            assert!(error.to_string().contains(field), "{error}");
         }
     }
 }

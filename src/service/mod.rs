@@ -13,7 +13,8 @@ pub(crate) mod hub;
 
 /// The hub service API's identities and twins, as [`HubServiceClient`] reads them.
 pub use crate::protocol::hub_service::{
-    AuthenticationMechanism, DeviceIdentity, SymmetricKey, Twin, TwinProperties, X509Thumbprint,
+    AuthenticationMechanism, DeviceCapabilities, DeviceIdentity, SymmetricKey, Twin,
+    TwinProperties, X509Thumbprint,
 };
 pub use arm::{AZURE_ARM_ENDPOINT, ArmClient, TokenSource, static_token};
 pub use dps::DpsServiceClient;

@@ -14,7 +14,8 @@
 //! each operation as IoT Hub does (429001 with `Retry-After`). Plus two emulator-only calls
 //! under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and routes telemetry to
 //! Event Hubs, neither of which a REST client can reach): send a C2D message, read the stored
-//! telemetry.
+//! telemetry. Identities and twins are written through `protocol::hub_service`'s types, the
+//! ones dpskit's client reads them with, so each member is named, and placed, once.
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper::header::IF_MATCH;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::hub_query::TwinQuery;
@@ -33,6 +35,10 @@ use crate::emulator::model::{DeviceAuth, DeviceStatus, HubDevice, HubRecord, Reg
 use crate::emulator::quotas::retry_after_seconds;
 use crate::error::Error;
 use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
+use crate::protocol::hub_service::{
+    AuthenticationMechanism, C2dSent, DeviceCapabilities, DeviceIdentity, MethodResult,
+    StoredTelemetry, SymmetricKey, Twin, X509Thumbprint,
+};
 
 /// Azure's default and largest direct-method response timeouts.
 const DEFAULT_METHOD_TIMEOUT: u64 = 30;
@@ -181,7 +187,7 @@ pub(super) async fn handle(
             .cloud
             .hub_device(host, segments[1])
             .ok_or_else(|| not_found(segments[1], host))
-            .map(|d| Reply::json(StatusCode::OK, identity_json(context, &d))),
+            .and_then(|d| document_reply(&identity_document(context, &d))),
         (&Method::PUT, ["devices", _]) => put_device(context, host, segments[1], body, if_match),
         (&Method::DELETE, ["devices", _]) => delete_device(context, host, segments[1], if_match),
         (&Method::GET, ["statistics", "devices"]) => Ok(registry_statistics(context, host)),
@@ -265,46 +271,53 @@ fn new_generation_id() -> String {
     format!("{}", TICKS_AT_UNIX_EPOCH + since_epoch.as_nanos() / 100)
 }
 
-/// The `authentication` object of an identity (keys and thumbprints both present, null where
+/// The `authentication` member of an identity (keys and thumbprints both present, null where
 /// the type has none, as the service writes them).
-fn authentication_json(auth: &DeviceAuth) -> Value {
-    let (kind, keys, thumbprints) = match auth {
+fn authentication(auth: &DeviceAuth) -> AuthenticationMechanism {
+    let (kind, symmetric_key, x509_thumbprint) = match auth {
         DeviceAuth::SelfSigned {
             primary_thumbprint,
             secondary_thumbprint,
             ..
         } => (
             "selfSigned",
-            (None, None),
-            (
-                Some(primary_thumbprint.clone()),
-                secondary_thumbprint.clone(),
-            ),
+            SymmetricKey::default(),
+            X509Thumbprint {
+                primary_thumbprint: Some(primary_thumbprint.clone()),
+                secondary_thumbprint: secondary_thumbprint.clone(),
+            },
         ),
         DeviceAuth::Sas {
             primary_key,
             secondary_key,
         } => (
             "sas",
-            (Some(primary_key.clone()), Some(secondary_key.clone())),
-            (None, None),
+            SymmetricKey {
+                primary_key: Some(primary_key.clone()),
+                secondary_key: Some(secondary_key.clone()),
+            },
+            X509Thumbprint::default(),
         ),
-        DeviceAuth::CertificateAuthority => ("certificateAuthority", (None, None), (None, None)),
+        DeviceAuth::CertificateAuthority => (
+            "certificateAuthority",
+            SymmetricKey::default(),
+            X509Thumbprint::default(),
+        ),
     };
-    json!({
-        "symmetricKey": {"primaryKey": keys.0, "secondaryKey": keys.1},
-        "x509Thumbprint": {"primaryThumbprint": thumbprints.0, "secondaryThumbprint": thumbprints.1},
-        "type": kind,
-    })
+    AuthenticationMechanism {
+        symmetric_key: Some(symmetric_key),
+        x509_thumbprint: Some(x509_thumbprint),
+        kind: Some(kind.into()),
+    }
 }
 
 /// Queued cloud-to-device messages of a device (0 when the queue cannot be read: the count is
 /// informative, and the read that failed is logged).
-fn c2d_count(context: &RestContext, device: &HubDevice) -> usize {
+fn c2d_count(context: &RestContext, device: &HubDevice) -> u64 {
     context
         .hubs
         .c2d_queue(&device.hub, &device.device_id)
-        .map(|queue| queue.len())
+        .map(|queue| queue.len() as u64)
         .unwrap_or_else(|e| {
             log::warn!(
                 "emulator: reading the C2D queue of {} failed: {e}",
@@ -314,91 +327,71 @@ fn c2d_count(context: &RestContext, device: &HubDevice) -> usize {
         })
 }
 
-/// The device identity document, in the order IoT Hub writes its fields.
-fn identity_json(context: &RestContext, device: &HubDevice) -> Value {
+/// `Connected` or `Disconnected`, as the identity and the twin write it.
+fn connection_state(context: &RestContext, device: &HubDevice) -> String {
     let connected = context.hubs.is_connected(&device.hub, &device.device_id);
+    if connected {
+        "Connected"
+    } else {
+        "Disconnected"
+    }
+    .into()
+}
+
+/// The device identity document.
+fn identity_document(context: &RestContext, device: &HubDevice) -> DeviceIdentity {
     let activity = context.hubs.activity(&device.hub, &device.device_id);
-    json!({
-        "deviceId": device.device_id,
-        "generationId": generation_id(device),
-        "etag": identity_etag(device),
-        "connectionState": if connected { "Connected" } else { "Disconnected" },
-        "status": device.registry.status.as_str(),
-        "statusReason": device.registry.status_reason,
-        "connectionStateUpdatedTime": time_or_never(activity.connection_state_updated),
-        "statusUpdatedTime": time_or_never(device.registry.status_updated),
-        "lastActivityTime": time_or_never(activity.last_activity),
-        "cloudToDeviceMessageCount": c2d_count(context, device),
-        "authentication": authentication_json(&device.auth),
-        "capabilities": {"iotEdge": device.registry.iot_edge},
-    })
+    DeviceIdentity {
+        device_id: device.device_id.clone(),
+        generation_id: Some(generation_id(device)),
+        etag: Some(identity_etag(device)),
+        connection_state: Some(connection_state(context, device)),
+        status: Some(device.registry.status.as_str().into()),
+        status_reason: device.registry.status_reason.clone(),
+        connection_state_updated_time: Some(time_or_never(activity.connection_state_updated)),
+        status_updated_time: Some(time_or_never(device.registry.status_updated)),
+        last_activity_time: Some(time_or_never(activity.last_activity)),
+        cloud_to_device_message_count: Some(c2d_count(context, device)),
+        authentication: Some(authentication(&device.auth)),
+        capabilities: Some(DeviceCapabilities {
+            iot_edge: Some(device.registry.iot_edge),
+        }),
+    }
 }
 
 /// The twin document as the service API returns it: the engine's twin (etag, version, tags,
-/// properties) with the identity's fields around it, in the order IoT Hub writes them.
-fn twin_json(context: &RestContext, device: &HubDevice, twin: Value) -> Value {
-    let Value::Object(mut twin) = twin else {
-        return twin;
-    };
-    let connected = context.hubs.is_connected(&device.hub, &device.device_id);
+/// properties, and whatever else it carries) with the identity's members around it.
+fn twin_document(context: &RestContext, device: &HubDevice, twin: Value) -> crate::Result<Twin> {
+    let twin: Twin = serde_json::from_value(twin)
+        .map_err(|e| Error::emulator_caused("the hub's twin does not read as a twin", e))?;
     let activity = context.hubs.activity(&device.hub, &device.device_id);
-    let thumbprint = match &device.auth {
-        DeviceAuth::SelfSigned {
-            primary_thumbprint,
-            secondary_thumbprint,
-            ..
-        } => {
-            json!({"primaryThumbprint": primary_thumbprint, "secondaryThumbprint": secondary_thumbprint})
-        }
-        _ => json!({"primaryThumbprint": null, "secondaryThumbprint": null}),
-    };
-    let mut out = serde_json::Map::with_capacity(twin.len() + 12);
-    let mut take = |out: &mut serde_json::Map<String, Value>, key: &str| {
-        if let Some(value) = twin.remove(key) {
-            out.insert(key.into(), value);
-        }
-    };
-    take(&mut out, "deviceId");
-    take(&mut out, "etag");
-    out.insert("deviceEtag".into(), json!(identity_etag(device)));
-    out.insert("status".into(), json!(device.registry.status.as_str()));
-    if let Some(reason) = &device.registry.status_reason {
-        out.insert("statusReason".into(), json!(reason));
-    }
-    out.insert(
-        "statusUpdateTime".into(),
-        json!(time_or_never(device.registry.status_updated)),
-    );
-    out.insert(
-        "connectionState".into(),
-        json!(if connected {
-            "Connected"
-        } else {
-            "Disconnected"
+    let authentication = authentication(&device.auth);
+    Ok(Twin {
+        device_etag: Some(identity_etag(device)),
+        status: Some(device.registry.status.as_str().into()),
+        status_reason: device.registry.status_reason.clone(),
+        status_update_time: Some(time_or_never(device.registry.status_updated)),
+        connection_state: Some(connection_state(context, device)),
+        last_activity_time: Some(time_or_never(activity.last_activity)),
+        cloud_to_device_message_count: Some(c2d_count(context, device)),
+        authentication_type: authentication.kind,
+        x509_thumbprint: authentication.x509_thumbprint,
+        capabilities: Some(DeviceCapabilities {
+            iot_edge: Some(device.registry.iot_edge),
         }),
-    );
-    out.insert(
-        "lastActivityTime".into(),
-        json!(time_or_never(activity.last_activity)),
-    );
-    out.insert(
-        "cloudToDeviceMessageCount".into(),
-        json!(c2d_count(context, device)),
-    );
-    out.insert(
-        "authenticationType".into(),
-        authentication_json(&device.auth)["type"].clone(),
-    );
-    out.insert("x509Thumbprint".into(), thumbprint);
-    take(&mut out, "version");
-    take(&mut out, "tags");
-    take(&mut out, "properties");
-    out.extend(twin);
-    out.insert(
-        "capabilities".into(),
-        json!({"iotEdge": device.registry.iot_edge}),
-    );
-    Value::Object(out)
+        ..twin
+    })
+}
+
+/// A document (an identity, a twin, a list of either, ...) as its type writes it.
+fn document_value(document: &impl Serialize) -> crate::Result<Value> {
+    serde_json::to_value(document)
+        .map_err(|e| Error::emulator_caused("writing a hub service document", e))
+}
+
+/// A `200 OK` carrying a document.
+fn document_reply(document: &impl Serialize) -> crate::Result<Reply> {
+    Ok(Reply::json(StatusCode::OK, document_value(document)?))
 }
 
 fn device_or_404(context: &RestContext, host: &str, device_id: &str) -> crate::Result<HubDevice> {
@@ -412,10 +405,7 @@ fn device_or_404(context: &RestContext, host: &str, device_id: &str) -> crate::R
 fn read_twin(context: &RestContext, host: &str, device_id: &str) -> crate::Result<Reply> {
     let device = device_or_404(context, host, device_id)?;
     let twin = context.hubs.service_twin(host, device_id)?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        twin_json(context, &device, twin),
-    ))
+    document_reply(&twin_document(context, &device, twin)?)
 }
 
 /// A device identity's etag: a digest of the identity as stored (its credentials, status and
@@ -658,7 +648,7 @@ fn put_device(
         // As IoT Hub does: a disabled device is disconnected (and refused when it reconnects).
         context.hubs.drop_connection(host, device_id);
     }
-    Ok(Reply::json(StatusCode::OK, identity_json(context, &device)))
+    document_reply(&identity_document(context, &device))
 }
 
 /// "Get Devices": up to `top` identities (1 to 1,000; anything else is 1,000, as the REST
@@ -671,12 +661,12 @@ fn list_devices(context: &RestContext, host: &str, query: &str) -> crate::Result
         .unwrap_or(crate::limits::MAX_LISTED_DEVICES);
     let mut devices = context.cloud.hub_devices(host);
     devices.sort_by(|a, b| a.device_id.cmp(&b.device_id));
-    let items: Vec<Value> = devices
+    let items: Vec<DeviceIdentity> = devices
         .iter()
         .take(top)
-        .map(|d| identity_json(context, d))
+        .map(|d| identity_document(context, d))
         .collect();
-    Ok(Reply::json(StatusCode::OK, Value::Array(items)))
+    document_reply(&items)
 }
 
 /// The registry's counts of identities: all, enabled, disabled.
@@ -788,7 +778,8 @@ fn query_twins(
     let mut more = false;
     for device in &devices {
         let twin = match context.hubs.service_twin(host, &device.device_id) {
-            Ok(twin) => twin_json(context, device, twin),
+            // The query selects on the document it serves.
+            Ok(twin) => document_value(&twin_document(context, device, twin)?)?,
             // Deleted since the list was read.
             Err(Error::Service(e)) if e.status == 404 => continue,
             Err(e) => return Err(e),
@@ -856,10 +847,7 @@ fn write_twin(
     let twin = context
         .hubs
         .write_twin(host, device_id, write, if_match.map(unquoted))?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        twin_json(context, &device, twin),
-    ))
+    document_reply(&twin_document(context, &device, twin)?)
 }
 
 /// A whole number of seconds from a method request, `default` when absent; past `max` (or
@@ -915,10 +903,7 @@ async fn invoke_method(
             Duration::from_secs(timeout),
         )
         .await?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        json!({"status": status, "payload": payload}),
-    ))
+    document_reply(&MethodResult { status, payload })
 }
 
 /// Emulator-only: `{"body": base64, "properties": {...}}` → `{"messageId"}`.
@@ -949,10 +934,9 @@ fn send_c2d(
     let message_id = context
         .hubs
         .send_c2d(host, device_id, &payload, properties)?;
-    Ok(Reply::json(
-        StatusCode::OK,
-        json!({"messageId": message_id}),
-    ))
+    document_reply(&C2dSent {
+        message_id: Some(message_id),
+    })
 }
 
 /// Emulator-only: the stored telemetry (`?deviceId=` to filter), in arrival order.
@@ -962,20 +946,17 @@ fn telemetry(context: &RestContext, host: &str, query: &str) -> crate::Result<Re
         .map(|(_, v)| crate::sas::url_decode(v))
         .transpose()?;
     let records = context.hubs.telemetry(host, device_id.as_deref())?;
-    let items: Vec<Value> = records
+    let items: Vec<StoredTelemetry> = records
         .iter()
-        .map(|r| {
-            json!({
-                "sequence": r.sequence,
-                "deviceId": r.device_id,
-                "moduleId": r.module_id,
-                "enqueuedTime": r.enqueued,
-                "body": BASE64.encode(&r.body),
-                // Pairs, in the order the device sent them (keys may repeat).
-                "properties": r.properties,
-                "systemProperties": r.system_properties,
-            })
+        .map(|r| StoredTelemetry {
+            sequence: r.sequence,
+            device_id: r.device_id.clone(),
+            module_id: r.module_id.clone(),
+            enqueued_time: r.enqueued,
+            body: BASE64.encode(&r.body),
+            properties: r.properties.clone(),
+            system_properties: r.system_properties.clone(),
         })
         .collect();
-    Ok(Reply::json(StatusCode::OK, Value::Array(items)))
+    document_reply(&items)
 }

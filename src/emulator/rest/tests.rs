@@ -2,7 +2,8 @@
 //! tokens out of scope, policies without the right, other subscriptions, stalled uploads,
 //! invalid ids and seeded mutations of valid requests; and Azure's rules held on both sides
 //! (hub and DPS names, each resource type's api-version, the required enrollment attestation,
-//! the 300 s method timeout), by the emulator with Azure's 400 and by the clients before sending.
+//! the 300 s method timeout), by the emulator with Azure's 400 and by the clients before sending;
+//! and the hub service API's identity and twin documents, byte for byte.
 
 use std::time::Duration;
 
@@ -1418,3 +1419,227 @@ fn registry_status_lists_statistics_and_queries_with_where_and_paging() {
         }
     });
 }
+
+/// The hub service API's identity and twin documents, byte for byte: every member in the order
+/// IoT Hub's documented examples write it (`statusReason` as `null` in an identity without one,
+/// left out of such a twin), for a `sas`, a `selfSigned` and a `certificateAuthority` device,
+/// in a GET, the identity list, a twin GET, a twin PATCH answer and a `SELECT * FROM devices`
+/// page. The strings were captured from the hand-written documents these replaced; the etags
+/// (digests of the stored records) are masked, and checked against each other instead.
+#[test]
+fn hub_service_documents_keep_their_bytes() {
+    use crate::emulator::model::{DeviceAuth, DeviceStatus, HubDevice, RegistryState};
+
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    let host = hub.host_name.clone();
+    let device =
+        |id: &str, auth: DeviceAuth, registry: RegistryState, twin: Option<Value>| HubDevice {
+            device_id: id.into(),
+            hub: host.clone(),
+            auth,
+            initial_twin: twin,
+            created: 1_700_000_000,
+            registry,
+        };
+    let cloud = emulator.cloud();
+    cloud
+        .put_hub_device(device(
+            "dev-sas",
+            DeviceAuth::Sas {
+                primary_key: "cA==".repeat(11),
+                secondary_key: "cw==".repeat(11),
+            },
+            RegistryState {
+                generation_id: "638366880000000000".into(),
+                ..RegistryState::default()
+            },
+            Some(json!({"tags": {"site": "lab"}, "properties": {"desired": {"rate": 5}}})),
+        ))
+        .unwrap();
+    cloud
+        .put_hub_device(device(
+            "dev-x509",
+            DeviceAuth::SelfSigned {
+                primary_thumbprint: "AB".repeat(20),
+                primary_thumbprint_sha256: String::new(),
+                secondary_thumbprint: Some("CD".repeat(32)),
+            },
+            RegistryState {
+                status: DeviceStatus::Disabled,
+                status_reason: Some("maintenance".into()),
+                status_updated: 1_700_000_100,
+                iot_edge: true,
+                generation_id: "638366880000000001".into(),
+                writes: 2,
+            },
+            None,
+        ))
+        .unwrap();
+    // No generation id: a record written before it was kept (the creation time stands in).
+    cloud
+        .put_hub_device(device(
+            "dev-ca",
+            DeviceAuth::CertificateAuthority,
+            RegistryState::default(),
+            None,
+        ))
+        .unwrap();
+    emulator
+        .hubs()
+        .send_c2d(&host, "dev-sas", b"hello", Vec::new())
+        .unwrap();
+    let key = hub.policy("iothubowner").unwrap().primary_key.clone();
+    let owner = token(&host, &key, "iothubowner");
+    let client = Client::resource(&emulator, &host);
+    // The body exactly as sent (not parsed and written again).
+    let body_of = |method: &'static str, path: &'static str, body: &'static str| {
+        let (client, owner) = (&client, &owner);
+        async move {
+            let request = format!(
+                "{method} {path}?api-version=2021-04-12 HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                 Connection: close\r\nAuthorization: {owner}\r\nContent-Type: application/json\r\n\
+                 If-Match: *\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let mut stream = client.connect().await;
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            let answer = String::from_utf8(answer).unwrap();
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.starts_with("HTTP/1.1 200"),
+                "{method} {path}: {answer}"
+            );
+            body.to_string()
+        }
+    };
+    runtime().block_on(async {
+        let identities = [
+            body_of("GET", "/devices/dev-sas", "").await,
+            body_of("GET", "/devices/dev-x509", "").await,
+            body_of("GET", "/devices/dev-ca", "").await,
+        ];
+        let listed = body_of("GET", "/devices", "").await;
+        let twin = body_of("GET", "/twins/dev-sas", "").await;
+        let patched = body_of(
+            "PATCH",
+            "/twins/dev-x509",
+            r#"{"tags":{"floor":2},"properties":{"desired":{"mode":"eco","rate":null}}}"#,
+        )
+        .await;
+        let page = body_of(
+            "POST",
+            "/devices/query",
+            r#"{"query":"SELECT * FROM devices"}"#,
+        )
+        .await;
+
+        // Each etag, named: the identities' (each twin's deviceEtag repeats its own) and the
+        // twins'.
+        let member = |document: &str, pointer: &str| {
+            let value: Value = serde_json::from_str(document).unwrap();
+            value
+                .pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap()
+                .to_string()
+        };
+        let masks = [
+            (member(&identities[0], "/etag"), "<sas-identity>"),
+            (member(&identities[1], "/etag"), "<x509-identity>"),
+            (member(&identities[2], "/etag"), "<ca-identity>"),
+            (member(&page, "/0/etag"), "<ca-twin>"),
+            (member(&twin, "/etag"), "<sas-twin>"),
+            (member(&patched, "/etag"), "<x509-twin>"),
+        ];
+        let masked = |text: &str| {
+            masks.iter().fold(text.to_string(), |text, (etag, name)| {
+                text.replace(&format!("\"{etag}\""), &format!("\"{name}\""))
+            })
+        };
+        let distinct: std::collections::HashSet<&String> = masks.iter().map(|(e, _)| e).collect();
+        assert_eq!(distinct.len(), masks.len(), "{masks:?}");
+        assert_eq!(masked(&identities[0]), SAS_IDENTITY);
+        assert_eq!(masked(&identities[1]), X509_IDENTITY);
+        assert_eq!(masked(&identities[2]), CA_IDENTITY);
+        assert_eq!(
+            masked(&listed),
+            format!("[{CA_IDENTITY},{SAS_IDENTITY},{X509_IDENTITY}]")
+        );
+        assert_eq!(masked(&twin), SAS_TWIN);
+        assert_eq!(masked(&patched), X509_TWIN);
+        assert_eq!(masked(&page), format!("[{CA_TWIN},{SAS_TWIN},{X509_TWIN}]"));
+    });
+}
+
+const SAS_IDENTITY: &str = concat!(
+    r#"{"deviceId":"dev-sas","generationId":"638366880000000000","etag":"<sas-identity>","#,
+    r#""connectionState":"Disconnected","status":"enabled","statusReason":null,"#,
+    r#""connectionStateUpdatedTime":"0001-01-01T00:00:00Z","#,
+    r#""statusUpdatedTime":"0001-01-01T00:00:00Z","lastActivityTime":"0001-01-01T00:00:00Z","#,
+    r#""cloudToDeviceMessageCount":1,"authentication":{"symmetricKey":{"#,
+    r#""primaryKey":"cA==cA==cA==cA==cA==cA==cA==cA==cA==cA==cA==","#,
+    r#""secondaryKey":"cw==cw==cw==cw==cw==cw==cw==cw==cw==cw==cw=="},"#,
+    r#""x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null},"type":"sas"},"#,
+    r#""capabilities":{"iotEdge":false}}"#,
+);
+
+const X509_IDENTITY: &str = concat!(
+    r#"{"deviceId":"dev-x509","generationId":"638366880000000001","etag":"<x509-identity>","#,
+    r#""connectionState":"Disconnected","status":"disabled","statusReason":"maintenance","#,
+    r#""connectionStateUpdatedTime":"0001-01-01T00:00:00Z","#,
+    r#""statusUpdatedTime":"2023-11-14T22:15:00.0000000Z","#,
+    r#""lastActivityTime":"0001-01-01T00:00:00Z","cloudToDeviceMessageCount":0,"#,
+    r#""authentication":{"symmetricKey":{"primaryKey":null,"secondaryKey":null},"#,
+    r#""x509Thumbprint":{"primaryThumbprint":"ABABABABABABABABABABABABABABABABABABABAB","#,
+    r#""secondaryThumbprint":"CDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCD"},"#,
+    r#""type":"selfSigned"},"capabilities":{"iotEdge":true}}"#,
+);
+
+const CA_IDENTITY: &str = concat!(
+    r#"{"deviceId":"dev-ca","generationId":"1700000000","etag":"<ca-identity>","#,
+    r#""connectionState":"Disconnected","status":"enabled","statusReason":null,"#,
+    r#""connectionStateUpdatedTime":"0001-01-01T00:00:00Z","#,
+    r#""statusUpdatedTime":"0001-01-01T00:00:00Z","lastActivityTime":"0001-01-01T00:00:00Z","#,
+    r#""cloudToDeviceMessageCount":0,"#,
+    r#""authentication":{"symmetricKey":{"primaryKey":null,"secondaryKey":null},"#,
+    r#""x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null},"#,
+    r#""type":"certificateAuthority"},"capabilities":{"iotEdge":false}}"#,
+);
+
+const SAS_TWIN: &str = concat!(
+    r#"{"deviceId":"dev-sas","etag":"<sas-twin>","deviceEtag":"<sas-identity>","#,
+    r#""status":"enabled","statusUpdateTime":"0001-01-01T00:00:00Z","#,
+    r#""connectionState":"Disconnected","lastActivityTime":"0001-01-01T00:00:00Z","#,
+    r#""cloudToDeviceMessageCount":1,"authenticationType":"sas","#,
+    r#""x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null},"#,
+    r#""version":2,"tags":{"site":"lab"},"#,
+    r#""properties":{"desired":{"rate":5,"$version":1},"reported":{"$version":1}},"#,
+    r#""capabilities":{"iotEdge":false}}"#,
+);
+
+const X509_TWIN: &str = concat!(
+    r#"{"deviceId":"dev-x509","etag":"<x509-twin>","deviceEtag":"<x509-identity>","#,
+    r#""status":"disabled","statusReason":"maintenance","#,
+    r#""statusUpdateTime":"2023-11-14T22:15:00.0000000Z","#,
+    r#""connectionState":"Disconnected","lastActivityTime":"0001-01-01T00:00:00Z","#,
+    r#""cloudToDeviceMessageCount":0,"authenticationType":"selfSigned","#,
+    r#""x509Thumbprint":{"primaryThumbprint":"ABABABABABABABABABABABABABABABABABABABAB","#,
+    r#""secondaryThumbprint":"CDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCD"},"#,
+    r#""version":3,"tags":{"floor":2},"#,
+    r#""properties":{"desired":{"mode":"eco","$version":2},"reported":{"$version":1}},"#,
+    r#""capabilities":{"iotEdge":true}}"#,
+);
+
+const CA_TWIN: &str = concat!(
+    r#"{"deviceId":"dev-ca","etag":"<ca-twin>","deviceEtag":"<ca-identity>","#,
+    r#""status":"enabled","statusUpdateTime":"0001-01-01T00:00:00Z","#,
+    r#""connectionState":"Disconnected","lastActivityTime":"0001-01-01T00:00:00Z","#,
+    r#""cloudToDeviceMessageCount":0,"authenticationType":"certificateAuthority","#,
+    r#""x509Thumbprint":{"primaryThumbprint":null,"secondaryThumbprint":null},"#,
+    r#""version":2,"tags":{},"#,
+    r#""properties":{"desired":{"$version":1},"reported":{"$version":1}},"#,
+    r#""capabilities":{"iotEdge":false}}"#,
+);
