@@ -24,6 +24,8 @@ mod partition;
 mod router;
 mod sasl;
 mod selector;
+#[cfg(test)]
+mod tests;
 mod wire_compat;
 
 use std::sync::Arc;

@@ -127,11 +127,13 @@ impl Route {
     }
 }
 
-/// A node's reply channel: its sending half for request links, and its receiving half until
-/// a reply link takes it.
+/// A node's reply channel: request links queue replies on the sending half whatever reply
+/// link is open; the reply link open at the time holds the receiving half (a later one takes
+/// it over once the earlier one is gone), so a reply waits for a reply link rather than being
+/// routed at attach time to one that may close.
 type ReplyRoute = (
     mpsc::Sender<NodeMessage>,
-    Option<mpsc::Receiver<NodeMessage>>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<NodeMessage>>>,
 );
 
 /// The reply channel of each node in one session.
@@ -139,30 +141,15 @@ type ReplyRoute = (
 struct ReplyRoutes(Mutex<HashMap<Node, ReplyRoute>>);
 
 impl ReplyRoutes {
-    fn sender(&self, node: Node) -> mpsc::Sender<NodeMessage> {
+    fn route(&self, node: Node) -> ReplyRoute {
         let mut routes = self.0.lock().unwrap_or_else(|e| e.into_inner());
         routes
             .entry(node)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-                (tx, Some(rx))
+                (tx, Arc::new(tokio::sync::Mutex::new(rx)))
             })
-            .0
             .clone()
-    }
-
-    /// The replies of `node` for a new reply link; a second reply link on the node takes
-    /// over from the first (requests attached later answer on it).
-    fn receiver(&self, node: Node) -> mpsc::Receiver<NodeMessage> {
-        let mut routes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, waiting)) = routes.get_mut(&node)
-            && let Some(rx) = waiting.take()
-        {
-            return rx;
-        }
-        let (tx, rx) = mpsc::channel(REPLY_QUEUE);
-        routes.insert(node, (tx, None));
-        rx
     }
 }
 
@@ -203,13 +190,13 @@ pub(crate) async fn session(
                 tokio::spawn(requests(
                     receiver,
                     node,
-                    routes.sender(node),
+                    routes.route(node).0,
                     context.clone(),
                     grants.clone(),
                 ));
             }
             (Route::Replies(node), LinkEndpoint::Sender(sender)) => {
-                tokio::spawn(replies(sender, routes.receiver(node)));
+                tokio::spawn(replies(sender, routes.route(node).1));
             }
             (
                 Route::Partition {
@@ -414,9 +401,26 @@ async fn requests(
     }
 }
 
-/// Sends a node's replies on the client's reply link.
-async fn replies(mut sender: Sender, mut replies: mpsc::Receiver<NodeMessage>) {
-    while let Some(message) = replies.recv().await {
+/// Sends a node's replies on the client's reply link, until it detaches.
+async fn replies(
+    mut sender: Sender,
+    replies: Arc<tokio::sync::Mutex<mpsc::Receiver<NodeMessage>>>,
+) {
+    let mut replies = tokio::select! {
+        replies = replies.lock_owned() => replies,
+        _ = sender.on_detach() => return,
+    };
+    loop {
+        let message = tokio::select! {
+            message = replies.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            _ = sender.on_detach() => {
+                let _ = sender.close().await;
+                return;
+            }
+        };
         if let Err(e) = sender.send(message).await {
             log::debug!("emulator: AMQP reply link ended: {e}");
             return;
