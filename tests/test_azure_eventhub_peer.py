@@ -33,6 +33,7 @@ from azure.eventhub import EventData, EventHubConsumerClient, TransportType
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 
 import dpskit
+from conftest import port_is_free
 
 KEY = "a2V5LW9mLXNpeHRlZW4tYnl0ZXMtYWFhYWFhYWFhYWFh"
 
@@ -365,3 +366,53 @@ def test_consumer_groups_read_independently_and_events_survive_a_restart(
         events, errors = _read(_consumer(cloud, hub, trust, consumer_group="nobody"), partition, 1)
         assert events == []
         assert errors, "a reader of an unknown consumer group saw no error"
+
+
+def test_a_c2d_message_from_the_official_service_sdk_reaches_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``azure-iot-hub``'s ``send_c2d_message`` (uamqp) always dials 5671 and trusts only
+    certifi's bundle: it needs the port free here and the emulator's CA in that bundle."""
+    pytest.importorskip("azure.iot.hub", reason="the official IoT Hub service SDK is not installed")
+    import certifi
+    from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
+
+    if not port_is_free(5671):
+        pytest.skip("port 5671 is taken; the official service SDK cannot dial another port")
+    with dpskit.LocalCloud(port=0, web_port=0, amqp_port=5671) as cloud:
+        if cloud.amqp_port != 5671:
+            pytest.skip("port 5671 cannot be bound here")
+        bundle = tmp_path / "emulator-ca.pem"
+        bundle.write_text(cloud.trust_pem)
+        monkeypatch.setattr(certifi, "where", lambda: str(bundle))
+        hub = cloud.create_hub("c2d-peer")
+        hub.create_device("dev-c", symmetric_key=True, primary_key=KEY, secondary_key=KEY)
+        registry = IoTHubRegistryManager.from_connection_string(hub.connection_string)
+
+        async def receive() -> dpskit.CloudMessage:
+            async with dpskit.HubClient.connect(
+                f"{hub.host_name}:{cloud.mqtt_port}",
+                device_id="dev-c",
+                symmetric_key=KEY,
+                trust=cloud.trust_pem,
+            ) as client:
+                messages = client.messages()
+                waiting = asyncio.ensure_future(anext(messages))
+                await asyncio.get_running_loop().run_in_executor(
+                    None,
+                    lambda: registry.send_c2d_message(
+                        "dev-c",
+                        "hello",
+                        {"k": "v", "messageId": "m-42", "correlationId": "c-1"},
+                    ),
+                )
+                return await asyncio.wait_for(waiting, 30)
+
+        try:
+            message = asyncio.run(receive())
+        finally:
+            registry.amqp_svc_client.disconnect_sync()
+        assert message.body == b"hello"
+        assert message.message_id == "m-42"
+        assert message.properties["k"] == "v"
+        assert message.system_properties["cid"] == "c-1"

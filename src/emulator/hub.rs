@@ -1368,11 +1368,24 @@ impl HubEngine {
         body: &[u8],
         properties: Vec<(String, String)>,
     ) -> Result<String> {
+        self.send_c2d_as(hub, device_id, None, body, properties)
+    }
+
+    /// Queues a cloud-to-device message under the sender's message id (`None`: a fresh one),
+    /// as the AMQP endpoint receives them; the rules are [`HubEngine::send_c2d`]'s.
+    pub fn send_c2d_as(
+        &self,
+        hub: &str,
+        device_id: &str,
+        message_id: Option<String>,
+        body: &[u8],
+        properties: Vec<(String, String)>,
+    ) -> Result<String> {
         self.device(hub, device_id)?;
         if body.len() > MAX_C2D_BYTES {
             return Err(Error::service(413, 413_001, "The message exceeds 64 KB."));
         }
-        let message_id = random_guid();
+        let message_id = message_id.unwrap_or_else(random_guid);
         self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),

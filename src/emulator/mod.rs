@@ -583,6 +583,7 @@ impl Emulator {
         let amqp = Arc::new(amqp::AmqpContext::new(
             emulator.cloud.clone(),
             store,
+            emulator.hubs.clone(),
             tokio_rustls::TlsAcceptor::from(emulator.tls.amqp_config()?),
             emulator.listeners.clone(),
         ));

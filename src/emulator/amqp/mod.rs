@@ -1,5 +1,6 @@
 //! AMQP 1.0 on port 5671 of each hub's address: the hub's built-in Event Hub-compatible
-//! endpoint (`messages/events`), as the official Event Hubs clients read it.
+//! endpoint (`messages/events`), as the official Event Hubs clients read it, and the
+//! service side's cloud-to-device sends (`messages/devicebound`, `c2d`).
 //!
 //! Azure's clients open TLS straight on 5671 (no AMQP TLS upgrade), so the TLS handshake is
 //! ours (`listener`), with the emulator's certificate, and fe2o3-amqp's acceptor runs the AMQP
@@ -17,6 +18,7 @@
 //! idle timeout is closed (the clients keep it alive with empty frames); a malformed frame
 //! ends its own connection only.
 
+mod c2d;
 mod cbs;
 mod listener;
 mod management;
@@ -55,6 +57,8 @@ pub(crate) struct AmqpContext {
     pub(crate) cloud: Arc<Cloud>,
     /// The durable events.
     pub(crate) store: Arc<Store>,
+    /// The hubs' C2D queues.
+    pub(crate) hubs: Arc<crate::emulator::hub::HubEngine>,
     /// TLS with the emulator's certificate.
     pub(crate) acceptor: tokio_rustls::TlsAcceptor,
     /// The connection cap.
@@ -68,12 +72,14 @@ impl AmqpContext {
     pub(crate) fn new(
         cloud: Arc<Cloud>,
         store: Arc<Store>,
+        hubs: Arc<crate::emulator::hub::HubEngine>,
         acceptor: tokio_rustls::TlsAcceptor,
         listeners: Arc<crate::emulator::Listeners>,
     ) -> Self {
         AmqpContext {
             cloud,
             store,
+            hubs,
             acceptor,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             listeners,

@@ -60,6 +60,8 @@ enum Route {
         partition: String,
         position: Result<EventPosition, String>,
     },
+    /// A client's sender of C2D messages, on the hub host its address names (if any).
+    C2d(Option<String>),
     Unknown(String),
 }
 
@@ -118,10 +120,18 @@ impl Route {
                     }
                     _ => String::new(),
                 };
-                match node_of(path_of(&address)) {
-                    Some(node) => Route::Requests(node),
-                    None => Route::Unknown(address),
+                let path = path_of(&address);
+                if let Some(node) = node_of(path) {
+                    return Route::Requests(node);
                 }
+                if path.trim_start_matches('/') == "messages/devicebound" {
+                    let host = address
+                        .split_once("://")
+                        .and_then(|(_, rest)| rest.split('/').next())
+                        .map(str::to_string);
+                    return Route::C2d(host);
+                }
+                Route::Unknown(address)
             }
         }
     }
@@ -226,6 +236,19 @@ pub(crate) async fn session(
                 },
                 Err(error) => close(LinkEndpoint::Sender(sender), error),
             },
+            (Route::C2d(host), LinkEndpoint::Receiver(receiver)) => {
+                match c2d_hub(&context, &grants, host.as_deref()) {
+                    Ok(hub) => {
+                        tokio::spawn(super::c2d::receive(
+                            receiver,
+                            context.clone(),
+                            grants.clone(),
+                            hub,
+                        ));
+                    }
+                    Err(error) => close(LinkEndpoint::Receiver(receiver), error),
+                }
+            }
             (Route::Unknown(address), link) => close(
                 link,
                 refusal(
@@ -306,6 +329,37 @@ fn partition_link(
             ))
         })?;
     Ok((hub, partition))
+}
+
+/// The hub a C2D sender reaches: the one its address names (its host, as uamqp writes it,
+/// without a port) or, with no host, the one hub this connection's tokens cover; refused
+/// until a token covers it.
+fn c2d_hub(
+    context: &AmqpContext,
+    grants: &Grants,
+    host: Option<&str>,
+) -> Result<HubRecord, definitions::Error> {
+    let covered = |hub: &HubRecord| grants.cover(&hub.name, &["messages", "devicebound"]);
+    let candidates: Vec<HubRecord> = context
+        .cloud
+        .hubs()
+        .into_iter()
+        .filter(|h| host.is_none_or(|host| h.host_name.eq_ignore_ascii_case(host)))
+        .filter(covered)
+        .collect();
+    match candidates.as_slice() {
+        [hub] => Ok(hub.clone()),
+        [] => Err(refusal(
+            AmqpError::UnauthorizedAccess,
+            "Unauthorized access to messages/devicebound: put a token with ServiceConnect on \
+             $cbs first."
+                .into(),
+        )),
+        _ => Err(refusal(
+            AmqpError::InvalidField,
+            "The address names no hub host and the tokens cover several hubs.".into(),
+        )),
+    }
 }
 
 /// The path of a partition link's address, as a token's `sr` may name it.

@@ -196,3 +196,94 @@ fn a_malformed_frame_closes_its_own_connection_and_no_other() {
         assert_eq!(put_token(&mut session, &good).await, 200);
     });
 }
+
+#[test]
+fn a_c2d_message_joins_its_devices_queue_with_its_id_and_properties_once_a_token_allows() {
+    use fe2o3_amqp::types::messaging::Outcome;
+
+    let emulator = start(None);
+    let hub = emulator.create_hub("amqp-c2d", "westus", None).unwrap();
+    emulator
+        .cloud()
+        .put_hub_device(crate::emulator::model::HubDevice {
+            device_id: "dev-1".into(),
+            hub: hub.host_name.clone(),
+            auth: crate::emulator::model::DeviceAuth::Sas {
+                primary_key: crate::sas::generate_key().unwrap(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: crate::clock::now(),
+            registry: Default::default(),
+        })
+        .unwrap();
+    let target = format!("amqps://{}/messages/devicebound", hub.host_name);
+    let message = |to: &str| {
+        Message::builder()
+            .properties(
+                Properties::builder()
+                    .message_id(String::from("m-1"))
+                    .to(to)
+                    .correlation_id(String::from("c-1"))
+                    .content_type("text/plain")
+                    .build(),
+            )
+            .application_properties(
+                ApplicationProperties::builder()
+                    .insert("k", SimpleValue::String("v".into()))
+                    .insert("iothub-ack", SimpleValue::String("full".into()))
+                    .build(),
+            )
+            .data(b"hello".to_vec())
+            .build()
+    };
+    emulator.runtime_handle().unwrap().block_on(async {
+        let (_connection, mut session) = open(&emulator, &hub.host_name).await;
+        // Before a token: the sender's link is closed, nothing is queued.
+        let refused = match Sender::attach(&mut session, "c2d-early", target.as_str()).await {
+            Ok(mut sender) => sender
+                .send(message("/devices/dev-1/messages/devicebound"))
+                .await
+                .is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a C2D message was taken before any token");
+        // The IoT Hub service SDK's token: sr is the hub host, signed with the decoded key.
+        let owner = crate::sas::build_token(
+            &hub.host_name,
+            &hub.primary_key,
+            crate::clock::now() + 60,
+            Some("iothubowner"),
+        )
+        .unwrap();
+        assert_eq!(put_token(&mut session, &owner).await, 200);
+        let mut sender = Sender::attach(&mut session, "c2d", target.as_str())
+            .await
+            .unwrap();
+        let outcome = sender
+            .send(message("/devices/dev-1/messages/devicebound"))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        let unknown = sender
+            .send(message("/devices/nobody/messages/devicebound"))
+            .await;
+        assert!(
+            !matches!(unknown, Ok(Outcome::Accepted(_))),
+            "a message to an unknown device was accepted"
+        );
+    });
+    let queue = emulator.hubs().c2d_queue(&hub.host_name, "dev-1").unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].message_id, "m-1");
+    let mut properties = queue[0].properties.clone();
+    properties.sort();
+    assert_eq!(
+        properties,
+        vec![
+            ("$.cid".to_string(), "c-1".to_string()),
+            ("$.ct".to_string(), "text/plain".to_string()),
+            ("k".to_string(), "v".to_string()),
+        ]
+    );
+}
