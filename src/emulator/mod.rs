@@ -324,10 +324,11 @@ impl Listeners {
                 let listener = self.bind(ip, 0)?;
                 let chosen = listener.local_addr().map(|a| a.port()).unwrap_or(0);
                 log::warn!(
-                    "emulator: cannot listen on port {port} ({e}): AMQP (the hubs' Event \
-                     Hub-compatible endpoint) is served on port {chosen} of each hub's address \
+                    "emulator: AMQP port {port} cannot be bound ({e}): the hubs' Event \
+                     Hub-compatible endpoint is served on port {chosen} of each hub's address \
                      instead; Event Hubs clients reach it with \
-                     custom_endpoint_address=\"sb://{{hub host}}:{chosen}\""
+                     custom_endpoint_address=\"sb://{{hub host}}:{chosen}\", and the official \
+                     service SDK's cloud-to-device sends (which always dial 5671) cannot"
                 );
                 self.amqp_port
                     .store(chosen, std::sync::atomic::Ordering::Relaxed);

@@ -287,3 +287,41 @@ fn a_c2d_message_joins_its_devices_queue_with_its_id_and_properties_once_a_token
         ]
     );
 }
+
+#[test]
+fn a_taken_amqp_port_falls_back_to_one_free_port_for_every_hub() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let emulator = Emulator::start(crate::emulator::EmulatorConfig {
+        port: 0,
+        web_port: 0,
+        amqp_port: port,
+        worker_threads: Some(2),
+        ..Default::default()
+    })
+    .unwrap();
+    let chosen = emulator.amqp_port();
+    assert!(chosen != port && chosen != 0, "{chosen}");
+    let first = emulator.create_hub("fallback-a", "westus", None).unwrap();
+    let second = emulator.create_hub("fallback-b", "westus", None).unwrap();
+    assert_eq!(emulator.amqp_port(), chosen, "one port serves every hub");
+    emulator.runtime_handle().unwrap().block_on(async {
+        for hub in [&first, &second] {
+            let key = hub.policy("service").unwrap().primary_key.clone();
+            let (_connection, mut session) = open(&emulator, &hub.host_name).await;
+            let good = token(
+                &hub.host_name,
+                &hub.name,
+                "service",
+                &key,
+                crate::clock::now() + 60,
+            );
+            assert_eq!(
+                put_token(&mut session, &good).await,
+                200,
+                "{}",
+                hub.host_name
+            );
+        }
+    });
+}
