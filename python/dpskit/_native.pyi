@@ -673,6 +673,7 @@ class Emulator:
         poll_retry_after: int = 0,
         https_port: int = 0,
         web_port: int = 443,
+        amqp_port: int = 5671,
         arm_tokens: Sequence[str] | None = None,
         arm_operation_seconds: float = 0.0,
         arm_page_size: int = 100,
@@ -696,6 +697,8 @@ class Emulator:
     def arm_token(self) -> str | None: ...
     @property
     def web_port(self) -> int: ...
+    @property
+    def amqp_port(self) -> int: ...
     @property
     def mqtt_port(self) -> int: ...
     def create_hub(

@@ -59,6 +59,7 @@ fn setup() -> Setup {
     let emulator = Emulator::start(EmulatorConfig {
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         poll_retry_after: 0,
         limits: Limits {

@@ -474,6 +474,20 @@ impl HubEngine {
 
     /// An engine over the cloud's identities and the store.
     pub fn new(cloud: Arc<Cloud>, store: Arc<Store>) -> Result<Self> {
+        // Telemetry stored before the events endpoint existed is placed on its partitions
+        // first, so readers see every message retained.
+        for hub in cloud.hubs() {
+            let placed = store
+                .assign_partitions(&hub.host_name.to_ascii_lowercase(), |device| {
+                    hub.events.partition_of(device)
+                })?;
+            if placed > 0 {
+                log::info!(
+                    "emulator: {placed} telemetry messages of hub {} placed on its event partitions",
+                    hub.name
+                );
+            }
+        }
         let writer = crate::emulator::store::TelemetryWriter::start(store.clone())?;
         // Persistent sessions outlive the emulator as they outlive a hub restart on Azure: the
         // Python SDK never subscribes again after reconnecting.
@@ -926,9 +940,19 @@ impl HubEngine {
         not_before: Option<std::time::Instant>,
     ) -> Result<()> {
         self.touch(&record.hub, &record.device_id, false);
+        // The message's place in the hub's Event Hub-compatible endpoint, fixed now so its
+        // sequence number is assigned in the commit.
+        let partition = self
+            .cloud
+            .read()
+            .hubs
+            .values()
+            .find(|h| h.host_name.eq_ignore_ascii_case(&record.hub))
+            .map(|h| h.events.partition_of(&record.device_id));
         self.writer
             .append(
                 record,
+                partition,
                 Box::new(move |committed| {
                     let Some((pkid, session)) = ack else { return };
                     let outcome = if committed {
@@ -1344,11 +1368,24 @@ impl HubEngine {
         body: &[u8],
         properties: Vec<(String, String)>,
     ) -> Result<String> {
+        self.send_c2d_as(hub, device_id, None, body, properties)
+    }
+
+    /// Queues a cloud-to-device message under the sender's message id (`None`: a fresh one),
+    /// as the AMQP endpoint receives them; the rules are [`HubEngine::send_c2d`]'s.
+    pub fn send_c2d_as(
+        &self,
+        hub: &str,
+        device_id: &str,
+        message_id: Option<String>,
+        body: &[u8],
+        properties: Vec<(String, String)>,
+    ) -> Result<String> {
         self.device(hub, device_id)?;
         if body.len() > MAX_C2D_BYTES {
             return Err(Error::service(413, 413_001, "The message exceeds 64 KB."));
         }
-        let message_id = random_guid();
+        let message_id = message_id.unwrap_or_else(random_guid);
         self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),

@@ -1,8 +1,10 @@
 //! The local cloud: an in-process emulator of Azure DPS and IoT Hub that the official SDKs talk
 //! to unchanged. One MQTT-over-TLS listener serves DPS and every hub, routed by the CONNECT
-//! username; one HTTPS listener serves ARM and the DPS and hub service APIs (`rest`); state
+//! username; one HTTPS listener serves ARM and the DPS and hub service APIs (`rest`); AMQP on
+//! 5671 of each hub's address serves its Event Hub-compatible endpoint (`amqp`); state
 //! lives in SQLite in the data folder, which only its owner can read (see `secrets`).
 
+pub(crate) mod amqp;
 pub(crate) mod cloud;
 pub(crate) mod dps;
 pub(crate) mod hub;
@@ -10,6 +12,7 @@ pub mod loopback;
 pub(crate) mod model;
 pub(crate) mod quotas;
 pub(crate) mod rest;
+pub(crate) mod sas_policy;
 mod secrets;
 pub(crate) mod server;
 pub(crate) mod store;
@@ -41,6 +44,7 @@ use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+pub use amqp::AMQP_PORT;
 pub(crate) use cloud::Cloud;
 #[cfg(test)]
 pub(crate) use cloud::EnrollmentSpec;
@@ -86,6 +90,10 @@ pub struct EmulatorConfig {
     /// Azure's behaviour over time on the REST APIs: long-running operations, paging,
     /// throttling.
     pub rest_behaviour: RestBehaviour,
+    /// Port of AMQP over TLS (the hubs' Event Hub-compatible endpoint) on each hub's address:
+    /// 5671 as on Azure. Where it cannot be bound, a free port is used instead, said once in
+    /// the log ([`Emulator::amqp_port`] tells which). 0 picks a free one at once.
+    pub amqp_port: u16,
     /// Hubs share the names that reach 127.0.0.1 (this address, then `localhost`) even where
     /// they could have loopback addresses of their own: what a macOS loopback forces, on any
     /// machine, for tests. Also on when [`loopback::SHARED_ENV`] is `1`.
@@ -188,6 +196,7 @@ impl Default for EmulatorConfig {
             worker_threads: None,
             https_port: 0,
             web_port: WEB_PORT,
+            amqp_port: amqp::AMQP_PORT,
             arm_tokens: None,
             subscription_id: DEFAULT_SUBSCRIPTION_ID.into(),
             resource_group: DEFAULT_RESOURCE_GROUP.into(),
@@ -211,6 +220,11 @@ pub(crate) struct Listeners {
     /// The web port: the configured one, or the one chosen when it could not be bound.
     web_port: std::sync::atomic::AtomicU16,
     web_listening: Mutex<Vec<SocketAddr>>,
+    /// Port 5671's listeners (AMQP), once the REST side exists.
+    amqp: std::sync::OnceLock<Arc<amqp::AmqpContext>>,
+    /// The AMQP port: the configured one, or the one chosen when it could not be bound.
+    amqp_port: std::sync::atomic::AtomicU16,
+    amqp_listening: Mutex<Vec<SocketAddr>>,
     stopped: std::sync::atomic::AtomicBool,
 }
 
@@ -287,6 +301,64 @@ impl Listeners {
         Ok(())
     }
 
+    /// The AMQP port: the configured one, or the fallback once it was chosen.
+    pub(crate) fn amqp_port(&self) -> u16 {
+        self.amqp_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Serves AMQP on `ip`, as [`Listeners::listen_web`] serves the web port: when 5671 cannot
+    /// be bound on the first address, one free port serves every hub instead.
+    fn listen_amqp(&self, ip: IpAddr) -> Result<()> {
+        let Some(context) = self.amqp.get() else {
+            return Ok(());
+        };
+        let port = self.amqp_port();
+        let first = self
+            .amqp_listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        let listener = match self.bind_raw(ip, port) {
+            Ok(listener) => listener,
+            Err(e) if port != 0 && first => {
+                let listener = self.bind(ip, 0)?;
+                let chosen = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                log::warn!(
+                    "emulator: AMQP port {port} cannot be bound ({e}): the hubs' Event \
+                     Hub-compatible endpoint is served on port {chosen} of each hub's address \
+                     instead; Event Hubs clients reach it with \
+                     custom_endpoint_address=\"sb://{{hub host}}:{chosen}\", and the official \
+                     service SDK's cloud-to-device sends (which always dial 5671) cannot"
+                );
+                self.amqp_port
+                    .store(chosen, std::sync::atomic::Ordering::Relaxed);
+                listener
+            }
+            Err(e) => return Err(self.bind_error(SocketAddr::new(ip, port), e)),
+        };
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Error::emulator_caused(format!("cannot listen on {ip}:{port}"), e))?;
+        if port == 0 {
+            self.amqp_port
+                .store(bound.port(), std::sync::atomic::Ordering::Relaxed);
+        }
+        self.handle.spawn(amqp::serve(listener, context.clone()));
+        self.amqp_listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(bound);
+        Ok(())
+    }
+
+    fn covers_amqp(&self, ip: IpAddr) -> bool {
+        self.amqp_listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|a| a.ip() == ip || a.ip().is_unspecified())
+    }
+
     fn bind(&self, ip: IpAddr, port: u16) -> Result<tokio::net::TcpListener> {
         self.bind_raw(ip, port)
             .map_err(|e| self.bind_error(SocketAddr::new(ip, port), e))
@@ -335,12 +407,20 @@ impl Listeners {
             if !self.covers_web(ip) {
                 self.listen_web(ip)?;
             }
+            if !self.covers_amqp(ip) {
+                self.listen_amqp(ip)?;
+            }
         }
         for ip in optional {
             if !self.covers_web(ip)
                 && let Err(e) = self.listen_web(ip)
             {
                 log::warn!("emulator: port 443 of hub host {host} is not served on {ip} ({e})");
+            }
+            if !self.covers_amqp(ip)
+                && let Err(e) = self.listen_amqp(ip)
+            {
+                log::warn!("emulator: AMQP of hub host {host} is not served on {ip} ({e})");
             }
             if !self.covers(ip)
                 && let Err(e) = self.listen(ip, port)
@@ -433,7 +513,7 @@ impl Emulator {
             config.shared_hub_addresses || loopback::shared_by_environment(),
         )?);
         let dps = Arc::new(dps::DpsEngine::new(cloud.clone(), config.poll_retry_after));
-        let hubs = Arc::new(hub::HubEngine::new(cloud.clone(), store)?);
+        let hubs = Arc::new(hub::HubEngine::new(cloud.clone(), store.clone())?);
         let tracer = Arc::new(trace::Tracer::default());
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.enable_all().thread_name("dpskit-emulator");
@@ -459,6 +539,9 @@ impl Emulator {
             web: std::sync::OnceLock::new(),
             web_port: std::sync::atomic::AtomicU16::new(config.web_port),
             web_listening: Mutex::new(Vec::new()),
+            amqp: std::sync::OnceLock::new(),
+            amqp_port: std::sync::atomic::AtomicU16::new(config.amqp_port),
+            amqp_listening: Mutex::new(Vec::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let mut emulator = Emulator {
@@ -498,6 +581,17 @@ impl Emulator {
         };
         emulator.arm_token = arm_tokens.as_ref().and_then(|t| t.first().cloned());
         emulator.https_port = emulator.listen_https(host_ip, &config, arm_tokens)?.port();
+        let amqp = Arc::new(amqp::AmqpContext::new(
+            emulator.cloud.clone(),
+            store,
+            emulator.hubs.clone(),
+            tokio_rustls::TlsAcceptor::from(emulator.tls.amqp_config()?),
+            emulator.listeners.clone(),
+        ));
+        if emulator.listeners.amqp.set(amqp).is_err() {
+            return Err(Error::emulator("the AMQP listener was set up twice"));
+        }
+        emulator.listeners.listen_amqp(host_ip)?;
         for hub in emulator.cloud.hubs() {
             emulator.listeners.listen_for_host(&hub.host_name)?;
         }
@@ -562,6 +656,13 @@ impl Emulator {
     /// free port used because 443 could not be bound (see [`EmulatorConfig::web_port`]).
     pub fn web_port(&self) -> u16 {
         self.listeners.web_port()
+    }
+
+    /// The port of AMQP over TLS on each hub's address (the Event Hub-compatible endpoint):
+    /// 5671, or the free port used because 5671 could not be bound (see
+    /// [`EmulatorConfig::amqp_port`]).
+    pub fn amqp_port(&self) -> u16 {
+        self.listeners.amqp_port()
     }
 
     /// The bearer token ARM requires: the first configured one, or the one generated because
@@ -723,6 +824,11 @@ impl Emulator {
             .clear();
         self.listeners
             .web_listening
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.listeners
+            .amqp_listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();

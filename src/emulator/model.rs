@@ -370,6 +370,19 @@ pub struct HubDevice {
     pub registry: RegistryState,
 }
 
+impl HubDevice {
+    /// The identity's `generationId`: set at creation (the creation time for records written
+    /// before it was kept). The service API and the events' `iothub-connection-auth-generation-id`
+    /// both read it here.
+    pub fn generation_id(&self) -> String {
+        if self.registry.generation_id.is_empty() {
+            format!("{}", self.created)
+        } else {
+            self.registry.generation_id.clone()
+        }
+    }
+}
+
 /// Whether a device identity may connect (the service API's `status`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]

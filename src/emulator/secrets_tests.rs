@@ -114,6 +114,7 @@ fn a_secret_file_that_is_a_link_is_refused() {
         data_dir: Some(dir),
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(1),
         ..EmulatorConfig::default()
     }) else {

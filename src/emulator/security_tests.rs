@@ -338,6 +338,7 @@ fn dps_connections_that_never_register_do_not_keep_their_slots() {
     let emulator = Emulator::start(EmulatorConfig {
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         poll_retry_after: 0,
         limits: Limits {

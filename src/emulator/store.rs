@@ -2,6 +2,17 @@
 //! under a (kind, key) pair; writes commit before the emulator acknowledges anything, so a kill
 //! loses nothing that was acknowledged. The database and its WAL/SHM files hold every owner and
 //! device key, so they are 0600 (Unix).
+//!
+//! Telemetry is also the hubs' built-in Event Hub-compatible endpoint: each row carries the
+//! partition its device lands on (`EventsEndpoint::partition_of`, given by the hub engine when
+//! it queues the message), its sequence number within that partition (0, 1, 2, ... per hub and
+//! partition) and its offset (the bytes of the partition's log before it: each event takes its
+//! body's length plus [`EVENT_OVERHEAD`], so offsets grow and never repeat, as Event Hubs'
+//! byte offsets do). Both are assigned inside the commit's transaction from the partition's
+//! last row, so they are gap-free and survive restarts. Rows stored before partitions existed
+//! are given theirs once, in arrival order, when the hub engine opens the store
+//! ([`Store::assign_partitions`]). Readers tail the log without polling: every commit bumps a
+//! watch counter ([`Store::telemetry_committed`]).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -59,6 +70,126 @@ pub struct TelemetryRecord {
 /// The SQLite document store.
 pub struct Store {
     connection: Mutex<Connection>,
+    /// Bumped after each telemetry commit (see [`Store::telemetry_committed`]).
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+/// What an event adds to its partition's offsets besides its body (its envelope, roughly): an
+/// empty body still moves the offset, so no two events share one.
+pub(crate) const EVENT_OVERHEAD: i64 = 100;
+
+/// Adds the partition columns to a telemetry table made before they existed (SQLite cannot
+/// say `ADD COLUMN IF NOT EXISTS`), and their index.
+fn add_partition_columns(connection: &Connection) -> Result<()> {
+    let mut present = Vec::new();
+    {
+        let mut statement = connection
+            .prepare("PRAGMA table_info(telemetry)")
+            .map_err(db_error)?;
+        let names = statement
+            .query_map([], |row| row.get::<_, String>(1))
+            .map_err(db_error)?;
+        for name in names {
+            present.push(name.map_err(db_error)?);
+        }
+    }
+    for column in ["partition_id", "partition_seq", "partition_offset"] {
+        if !present.iter().any(|p| p == column) {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE telemetry ADD COLUMN {column} INTEGER"
+                ))
+                .map_err(db_error)?;
+        }
+    }
+    connection
+        .execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS telemetry_partition
+                 ON telemetry (hub, partition_id, partition_seq);",
+        )
+        .map_err(db_error)
+}
+
+/// Where a reader of a partition starts (the Event Hubs clients' starting positions).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum EventPosition {
+    /// The first event retained (offset `-1`).
+    Start,
+    /// After the last event enqueued so far (`@latest`): only new events.
+    End,
+    /// At or after an offset.
+    Offset {
+        /// The offset.
+        offset: i64,
+        /// Whether the event at `offset` itself is read.
+        inclusive: bool,
+    },
+    /// At or after a sequence number.
+    Sequence {
+        /// The sequence number.
+        sequence: i64,
+        /// Whether the event numbered `sequence` itself is read.
+        inclusive: bool,
+    },
+    /// At or after an enqueued time.
+    Enqueued {
+        /// Unix milliseconds.
+        millis: i64,
+        /// Whether an event enqueued at exactly `millis` is read.
+        inclusive: bool,
+    },
+}
+
+/// One event of a partition, as a reader of the Event Hub-compatible endpoint gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StoredEvent {
+    /// Sequence number within the partition.
+    pub(crate) sequence: i64,
+    /// Offset within the partition.
+    pub(crate) offset: i64,
+    /// Enqueued time, Unix milliseconds.
+    pub(crate) enqueued_millis: i64,
+    /// Device id.
+    pub(crate) device_id: String,
+    /// Module id, for module messages.
+    pub(crate) module_id: Option<String>,
+    /// Body bytes.
+    pub(crate) body: Vec<u8>,
+    /// Application properties, in the order sent.
+    pub(crate) properties: Vec<(String, String)>,
+    /// System properties (`mid`, `ct`, `ce`, ...), without the `$.` prefix.
+    pub(crate) system_properties: Vec<(String, String)>,
+}
+
+/// The last event of a partition, and its first, as `$management` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct PartitionSummary {
+    /// The first sequence number retained (`None`: the partition is empty).
+    pub(crate) begin_sequence: Option<i64>,
+    /// The last event's sequence number, offset and enqueued time (Unix milliseconds).
+    pub(crate) last: Option<(i64, i64, i64)>,
+}
+
+/// The (sequence number, offset) the next event of a partition takes.
+fn next_position(connection: &Connection, hub: &str, partition: u32) -> Result<(i64, i64)> {
+    connection
+        .query_row(
+            "SELECT partition_seq + 1, partition_offset + length(body) + ?3 FROM telemetry
+             WHERE hub = ?1 AND partition_id = ?2 ORDER BY partition_seq DESC LIMIT 1",
+            params![hub, partition, EVENT_OVERHEAD],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map(|last| last.unwrap_or((0, 0)))
+        .map_err(db_error)
+}
+
+/// A bag stored as JSON, refused (not read as empty) when it does not parse: the record would
+/// lose its properties silently.
+fn parse_bag(column: usize, text: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 /// One document's body, on a connection or inside a transaction.
@@ -143,9 +274,17 @@ impl Store {
                  CREATE INDEX IF NOT EXISTS telemetry_device ON telemetry (hub, device_id);",
             )
             .map_err(db_error)?;
+        add_partition_columns(&connection)?;
         Ok(Store {
             connection: Mutex::new(connection),
+            committed: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// A counter bumped after every telemetry commit: a reader marks it seen, reads, and when
+    /// it found nothing new waits for the next change (no commit can slip between the two).
+    pub(crate) fn telemetry_committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -229,18 +368,38 @@ impl Store {
 }
 
 impl Store {
-    /// Appends telemetry in one transaction (the caller acknowledges after this returns).
-    pub fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
+    /// Appends telemetry in one transaction (the caller acknowledges after this returns), each
+    /// message on its partition (`None`: its hub is gone, so no reader will ask), numbered
+    /// after the partition's last event.
+    pub fn append_telemetry(&self, records: &[(TelemetryRecord, Option<u32>)]) -> Result<()> {
         let mut connection = self.lock();
         let tx = connection.transaction().map_err(db_error)?;
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO telemetry (hub, device_id, module_id, enqueued, body, properties, system)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO telemetry (hub, device_id, module_id, enqueued, body, properties, system,
+                                            partition_id, partition_seq, partition_offset)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(db_error)?;
-            for r in records {
+            // The next (sequence, offset) of each partition this batch touches.
+            let mut next: std::collections::HashMap<(String, u32), (i64, i64)> =
+                std::collections::HashMap::new();
+            for (r, partition) in records {
+                let position = match partition {
+                    Some(p) => {
+                        let slot = match next.entry((r.hub.clone(), *p)) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(next_position(&tx, &r.hub, *p)?)
+                            }
+                        };
+                        let at = *slot;
+                        *slot = (at.0 + 1, at.1 + r.body.len() as i64 + EVENT_OVERHEAD);
+                        Some(at)
+                    }
+                    None => None,
+                };
                 // Pairs of strings always serialise.
                 let properties =
                     serde_json::to_string(&r.properties).unwrap_or_else(|_| "[]".into());
@@ -254,12 +413,183 @@ impl Store {
                         r.enqueued,
                         r.body,
                         properties,
-                        system
+                        system,
+                        partition,
+                        position.map(|p| p.0),
+                        position.map(|p| p.1)
                     ])
                     .map_err(db_error)?;
             }
         }
-        tx.commit().map_err(db_error)
+        tx.commit().map_err(db_error)?;
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Gives the telemetry a hub stored before partitions existed its partitions, sequence
+    /// numbers and offsets, in arrival order after any already numbered (once: the rows it
+    /// numbers are no longer unnumbered). `partition_of` places a device.
+    pub(crate) fn assign_partitions(
+        &self,
+        hub: &str,
+        partition_of: impl Fn(&str) -> u32,
+    ) -> Result<usize> {
+        let mut connection = self.lock();
+        let tx = connection.transaction().map_err(db_error)?;
+        let rows: Vec<(i64, String, i64)> = {
+            let mut statement = tx
+                .prepare(
+                    "SELECT sequence, device_id, length(body) FROM telemetry
+                     WHERE hub = ?1 AND partition_id IS NULL ORDER BY sequence",
+                )
+                .map_err(db_error)?;
+            let rows = statement
+                .query_map(params![hub], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+                .map_err(db_error)?;
+            rows.collect::<std::result::Result<_, _>>()
+                .map_err(db_error)?
+        };
+        let mut next: std::collections::HashMap<u32, (i64, i64)> = std::collections::HashMap::new();
+        for (sequence, device_id, length) in &rows {
+            let partition = partition_of(device_id);
+            let slot = match next.entry(partition) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(next_position(&tx, hub, partition)?)
+                }
+            };
+            tx.execute(
+                "UPDATE telemetry SET partition_id = ?1, partition_seq = ?2, partition_offset = ?3
+                 WHERE sequence = ?4",
+                params![partition, slot.0, slot.1, sequence],
+            )
+            .map_err(db_error)?;
+            *slot = (slot.0 + 1, slot.1 + length + EVENT_OVERHEAD);
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(rows.len())
+    }
+
+    /// The sequence number a reader starting at `position` reads first (the next one to be
+    /// enqueued when nothing stored qualifies).
+    pub(crate) fn partition_start(
+        &self,
+        hub: &str,
+        partition: u32,
+        position: &EventPosition,
+    ) -> Result<i64> {
+        let connection = self.lock();
+        let end = next_position(&connection, hub, partition)?.0;
+        let first_where = |condition: &str, value: i64| -> Result<i64> {
+            connection
+                .query_row(
+                    &format!(
+                        "SELECT min(partition_seq) FROM telemetry
+                         WHERE hub = ?1 AND partition_id = ?2 AND {condition}"
+                    ),
+                    params![hub, partition, value],
+                    |row| row.get::<_, Option<i64>>(0),
+                )
+                .map(|found| found.unwrap_or(end))
+                .map_err(db_error)
+        };
+        match *position {
+            EventPosition::Start => first_where("partition_seq >= ?3", 0),
+            EventPosition::End => Ok(end),
+            EventPosition::Offset { offset, inclusive } => first_where(
+                if inclusive {
+                    "partition_offset >= ?3"
+                } else {
+                    "partition_offset > ?3"
+                },
+                offset,
+            ),
+            EventPosition::Sequence {
+                sequence,
+                inclusive,
+            } => Ok(if inclusive { sequence } else { sequence + 1 }.max(0)),
+            // Compared in whole milliseconds, as the events carry their times, so an event's
+            // own time as an exclusive start skips exactly that event.
+            EventPosition::Enqueued { millis, inclusive } => first_where(
+                if inclusive {
+                    "CAST(enqueued * 1000 AS INTEGER) >= ?3"
+                } else {
+                    "CAST(enqueued * 1000 AS INTEGER) > ?3"
+                },
+                millis,
+            ),
+        }
+    }
+
+    /// Up to `limit` events of a partition from sequence number `from` on, in order.
+    pub(crate) fn partition_events(
+        &self,
+        hub: &str,
+        partition: u32,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT partition_seq, partition_offset, CAST(enqueued * 1000 AS INTEGER),
+                        device_id, module_id, body, properties, system
+                 FROM telemetry WHERE hub = ?1 AND partition_id = ?2 AND partition_seq >= ?3
+                 ORDER BY partition_seq LIMIT ?4",
+            )
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map(
+                params![
+                    hub,
+                    partition,
+                    from,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |row| {
+                    Ok(StoredEvent {
+                        sequence: row.get(0)?,
+                        offset: row.get(1)?,
+                        enqueued_millis: row.get(2)?,
+                        device_id: row.get(3)?,
+                        module_id: row.get(4)?,
+                        body: row.get(5)?,
+                        properties: parse_bag(6, &row.get::<_, String>(6)?)?,
+                        system_properties: parse_bag(7, &row.get::<_, String>(7)?)?,
+                    })
+                },
+            )
+            .map_err(db_error)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(db_error)
+    }
+
+    /// A partition's first and last events.
+    pub(crate) fn partition_summary(&self, hub: &str, partition: u32) -> Result<PartitionSummary> {
+        let connection = self.lock();
+        let begin = connection
+            .query_row(
+                "SELECT min(partition_seq) FROM telemetry WHERE hub = ?1 AND partition_id = ?2",
+                params![hub, partition],
+                |row| row.get::<_, Option<i64>>(0),
+            )
+            .map_err(db_error)?;
+        let last = connection
+            .query_row(
+                "SELECT partition_seq, partition_offset, CAST(enqueued * 1000 AS INTEGER)
+                 FROM telemetry WHERE hub = ?1 AND partition_id = ?2
+                 ORDER BY partition_seq DESC LIMIT 1",
+                params![hub, partition],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(db_error)?;
+        Ok(PartitionSummary {
+            begin_sequence: begin,
+            last,
+        })
     }
 
     /// Telemetry of a hub in arrival order, optionally of one device.
@@ -359,7 +689,12 @@ pub(crate) struct TelemetryWriter {
 }
 
 /// A message waiting for its commit, holding its share of the byte budget until then.
-type Waiting = (TelemetryRecord, OnCommit, tokio::sync::OwnedSemaphorePermit);
+type Waiting = (
+    TelemetryRecord,
+    Option<u32>,
+    OnCommit,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// What the writer thread is asked to do.
 enum Job {
@@ -398,8 +733,8 @@ impl TelemetryWriter {
                     let mut records = Vec::with_capacity(batch.len());
                     let mut callbacks = Vec::with_capacity(batch.len());
                     let mut permits = Vec::with_capacity(batch.len());
-                    for (record, callback, permit) in batch {
-                        records.push(record);
+                    for (record, partition, callback, permit) in batch {
+                        records.push((record, partition));
                         callbacks.push(callback);
                         permits.push(permit);
                     }
@@ -442,9 +777,15 @@ impl TelemetryWriter {
         }
     }
 
-    /// Queues a message, waiting while [`MAX_WAITING_BYTES`] already wait; `on_commit` runs on
-    /// the writer thread once it is committed.
-    pub(crate) async fn append(&self, record: TelemetryRecord, on_commit: OnCommit) -> Result<()> {
+    /// Queues a message for its partition of the hub's events, waiting while
+    /// [`MAX_WAITING_BYTES`] already wait; `on_commit` runs on the writer thread once it is
+    /// committed.
+    pub(crate) async fn append(
+        &self,
+        record: TelemetryRecord,
+        partition: Option<u32>,
+        on_commit: OnCommit,
+    ) -> Result<()> {
         let stopped = || Error::emulator("the telemetry writer stopped");
         let cost = record.body.len()
             + record
@@ -462,7 +803,7 @@ impl TelemetryWriter {
             .await
             .map_err(|_| stopped())?;
         self.queue
-            .send(Job::Append((record, on_commit, permit)))
+            .send(Job::Append((record, partition, on_commit, permit)))
             .map_err(|_| stopped())
     }
 
@@ -472,6 +813,7 @@ impl TelemetryWriter {
         let (done, committed) = tokio::sync::oneshot::channel();
         self.append(
             record,
+            Some(0),
             Box::new(move |ok| {
                 let _ = done.send(ok);
             }),
@@ -525,10 +867,10 @@ mod tests {
         let held = store.lock();
         for _ in 0..fits {
             runtime
-                .block_on(writer.append(record(MIB), Box::new(|_| {})))
+                .block_on(writer.append(record(MIB), Some(0), Box::new(|_| {})))
                 .unwrap();
         }
-        let mut one_more = Box::pin(writer.append(record(MIB), Box::new(|_| {})));
+        let mut one_more = Box::pin(writer.append(record(MIB), Some(0), Box::new(|_| {})));
         let mut context = Context::from_waker(Waker::noop());
         assert!(
             one_more.as_mut().poll(&mut context).is_pending(),
@@ -549,7 +891,7 @@ mod tests {
         let store = Store::open(folder.path()).unwrap();
         let mut kept = record(3);
         kept.properties = vec![("unit".into(), "C".into())];
-        store.append_telemetry(&[kept]).unwrap();
+        store.append_telemetry(&[(kept, Some(0))]).unwrap();
         assert_eq!(store.telemetry("hub", None).unwrap()[0].properties.len(), 1);
         assert_eq!(
             store.telemetry_sizes_since("hub", 0.0).unwrap(),
@@ -561,5 +903,196 @@ mod tests {
             .unwrap();
         assert!(store.telemetry("hub", None).is_err());
         assert!(store.telemetry_sizes_since("hub", 0.0).is_err());
+    }
+
+    fn from(device: &str, body: &str, enqueued: f64) -> TelemetryRecord {
+        TelemetryRecord {
+            device_id: device.into(),
+            enqueued,
+            body: body.as_bytes().to_vec(),
+            ..record(0)
+        }
+    }
+
+    #[test]
+    fn each_partition_numbers_its_events_and_offsets_from_zero_without_gaps() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(folder.path()).unwrap();
+        let mut seen = store.telemetry_committed();
+        seen.borrow_and_update();
+        store
+            .append_telemetry(&[
+                (from("a", "12345", 10.0), Some(0)),
+                (from("b", "x", 10.5), Some(1)),
+                (from("a", "", 11.0), Some(0)),
+            ])
+            .unwrap();
+        assert!(seen.has_changed().unwrap(), "a commit wakes the readers");
+        store
+            .append_telemetry(&[
+                (from("a", "later", 12.25), Some(0)),
+                (from("gone", "?", 13.0), None),
+            ])
+            .unwrap();
+        let events = store.partition_events("hub", 0, 0, 10).unwrap();
+        let numbered: Vec<(i64, i64, i64)> = events
+            .iter()
+            .map(|e| (e.sequence, e.offset, e.enqueued_millis))
+            .collect();
+        // Offsets advance by the body plus the envelope, so an empty body still moves them.
+        assert_eq!(
+            numbered,
+            vec![
+                (0, 0, 10_000),
+                (1, 5 + EVENT_OVERHEAD, 11_000),
+                (2, 5 + 2 * EVENT_OVERHEAD, 12_250)
+            ]
+        );
+        assert_eq!(
+            store.partition_events("hub", 1, 0, 10).unwrap()[0].sequence,
+            0
+        );
+        // Pages: from a sequence number, at most `limit`.
+        let page = store.partition_events("hub", 0, 1, 1).unwrap();
+        assert_eq!((page.len(), page[0].body.as_slice()), (1, &b""[..]));
+        assert_eq!(
+            store.partition_summary("hub", 0).unwrap(),
+            PartitionSummary {
+                begin_sequence: Some(0),
+                last: Some((2, 5 + 2 * EVENT_OVERHEAD, 12_250)),
+            }
+        );
+        assert_eq!(
+            store.partition_summary("hub", 3).unwrap(),
+            PartitionSummary::default()
+        );
+        let start = |position| store.partition_start("hub", 0, &position).unwrap();
+        assert_eq!(start(EventPosition::Start), 0);
+        assert_eq!(start(EventPosition::End), 3);
+        let second = 5 + EVENT_OVERHEAD;
+        assert_eq!(
+            start(EventPosition::Offset {
+                offset: second,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            start(EventPosition::Offset {
+                offset: second,
+                inclusive: false
+            }),
+            2
+        );
+        assert_eq!(
+            start(EventPosition::Offset {
+                offset: 1,
+                inclusive: false
+            }),
+            1
+        );
+        assert_eq!(
+            start(EventPosition::Offset {
+                offset: 1_000_000,
+                inclusive: false
+            }),
+            3
+        );
+        assert_eq!(
+            start(EventPosition::Sequence {
+                sequence: 1,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            start(EventPosition::Sequence {
+                sequence: 1,
+                inclusive: false
+            }),
+            2
+        );
+        assert_eq!(
+            start(EventPosition::Sequence {
+                sequence: -1,
+                inclusive: false
+            }),
+            0
+        );
+        assert_eq!(
+            start(EventPosition::Enqueued {
+                millis: 11_000,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            start(EventPosition::Enqueued {
+                millis: 11_000,
+                inclusive: false
+            }),
+            2
+        );
+        assert_eq!(
+            start(EventPosition::Enqueued {
+                millis: 99_000,
+                inclusive: false
+            }),
+            3
+        );
+    }
+
+    #[test]
+    fn telemetry_stored_before_partitions_is_numbered_once_in_arrival_order_and_survives_a_reopen()
+    {
+        let folder = tempfile::tempdir().unwrap();
+        {
+            // The table as emulators before the events endpoint made it.
+            let old = Connection::open(folder.path().join("state.sqlite3")).unwrap();
+            old.execute_batch(
+                "CREATE TABLE telemetry (
+                     sequence INTEGER PRIMARY KEY AUTOINCREMENT, hub TEXT NOT NULL,
+                     device_id TEXT NOT NULL, module_id TEXT, enqueued REAL NOT NULL,
+                     body BLOB NOT NULL, properties TEXT NOT NULL, system TEXT NOT NULL);
+                 INSERT INTO telemetry (hub, device_id, enqueued, body, properties, system) VALUES
+                     ('hub', 'a', 1.0, X'31', '[]', '[]'),
+                     ('hub', 'b', 2.0, X'32', '[]', '[]'),
+                     ('hub', 'a', 3.0, X'33', '[]', '[]');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(folder.path()).unwrap();
+        let partition_of = |device: &str| u32::from(device == "b");
+        assert_eq!(store.assign_partitions("hub", partition_of).unwrap(), 3);
+        assert_eq!(
+            store.assign_partitions("hub", partition_of).unwrap(),
+            0,
+            "only once"
+        );
+        store
+            .append_telemetry(&[(from("a", "4", 4.0), Some(0))])
+            .unwrap();
+        let bodies: Vec<(i64, Vec<u8>)> = store
+            .partition_events("hub", 0, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.sequence, e.body))
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![(0, b"1".to_vec()), (1, b"3".to_vec()), (2, b"4".to_vec())]
+        );
+        drop(store);
+        let reopened = Store::open(folder.path()).unwrap();
+        assert_eq!(
+            reopened.partition_events("hub", 1, 0, 10).unwrap()[0].body,
+            b"2"
+        );
+        assert_eq!(
+            reopened
+                .partition_start("hub", 0, &EventPosition::End)
+                .unwrap(),
+            3
+        );
     }
 }

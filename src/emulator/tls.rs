@@ -246,6 +246,18 @@ impl EmulatorTls {
         Ok(Arc::new(config))
     }
 
+    /// The configuration of the AMQP endpoint (5671): the same certificate, no client
+    /// certificates (its clients authenticate with CBS tokens) and no ALPN (the Event Hubs
+    /// clients offer none).
+    pub(crate) fn amqp_config(&self) -> Result<Arc<ServerConfig>> {
+        let config = ServerConfig::builder_with_provider(crate::transport::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::emulator_caused("TLS configuration", e))?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        Ok(Arc::new(config))
+    }
+
     /// The configuration of port 443 on each resource's address: HTTP/1.1 by ALPN, and client
     /// certificates requested and optional as on 8883, because an X.509 device over
     /// WebSockets proves its identity in this handshake (a REST client sends none).

@@ -17,6 +17,7 @@ fn start(behaviour: RestBehaviour) -> Emulator {
     Emulator::start(EmulatorConfig {
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         rest_behaviour: behaviour,
         ..EmulatorConfig::default()

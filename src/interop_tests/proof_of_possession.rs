@@ -24,6 +24,7 @@ fn a_name_holding_a_different_certificate_is_refused_as_azure_refuses_it() {
     let mut emulator = Emulator::start(EmulatorConfig {
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         ..EmulatorConfig::default()
     })

@@ -9,6 +9,7 @@ fn records_real_https_requests_after_authentication_only() {
     let emulator = crate::emulator::Emulator::start(EmulatorConfig {
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         arm_tokens: Some(vec!["right-token".into()]),
         ..EmulatorConfig::default()

@@ -58,6 +58,14 @@ pub(crate) fn c2d_address(device_id: &str) -> String {
     format!("/devices/{device_id}/messages/devicebound")
 }
 
+/// The device a C2D message is addressed to by its `to` (`/devices/{id}/messages/devicebound`,
+/// what the service SDKs set on the AMQP message, and what [`c2d_address`] builds).
+pub(crate) fn c2d_device(to: &str) -> Option<&str> {
+    to.strip_prefix("/devices/")?
+        .strip_suffix("/messages/devicebound")
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+}
+
 /// What a device that receives subscribes to; IoT Hub serves these four filters and no other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Subscription {
@@ -487,5 +495,24 @@ mod tests {
             sas_audience("hub.example", "dev-1"),
             "hub.example/devices/dev-1"
         );
+    }
+
+    #[test]
+    fn a_c2d_address_names_its_device_and_nothing_else_does() {
+        assert_eq!(c2d_device(&c2d_address("dev-1")), Some("dev-1"));
+        // As azure-iot-hub's send_c2d_message sets it.
+        assert_eq!(
+            c2d_device("/devices/dev1/messages/devicebound"),
+            Some("dev1")
+        );
+        for other in [
+            "/devices//messages/devicebound",
+            "/devices/a/b/messages/devicebound",
+            "devices/dev1/messages/devicebound",
+            "/devices/dev1/messages/events",
+            "",
+        ] {
+            assert_eq!(c2d_device(other), None, "{other}");
+        }
     }
 }

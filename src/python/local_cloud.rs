@@ -76,8 +76,8 @@ impl PyEmulator {
     /// Starts the emulator.
     #[new]
     #[pyo3(
-        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 0, https_port = 0, web_port = 443, arm_tokens = None, arm_operation_seconds = 0.0, arm_page_size = 100, throttle_every = 0, throttle_retry_after = 1),
-        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=0, https_port=0, web_port=443, arm_tokens=None, arm_operation_seconds=0.0, arm_page_size=100, throttle_every=0, throttle_retry_after=1)"
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 0, https_port = 0, web_port = 443, amqp_port = 5671, arm_tokens = None, arm_operation_seconds = 0.0, arm_page_size = 100, throttle_every = 0, throttle_retry_after = 1),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=0, https_port=0, web_port=443, amqp_port=5671, arm_tokens=None, arm_operation_seconds=0.0, arm_page_size=100, throttle_every=0, throttle_retry_after=1)"
     )]
     fn new(
         py: Python<'_>,
@@ -91,6 +91,7 @@ impl PyEmulator {
         poll_retry_after: u32,
         https_port: u16,
         web_port: u16,
+        amqp_port: u16,
         arm_tokens: Option<Vec<String>>,
         arm_operation_seconds: f64,
         arm_page_size: usize,
@@ -118,6 +119,7 @@ impl PyEmulator {
             worker_threads: None,
             https_port,
             web_port,
+            amqp_port,
             arm_tokens,
             rest_behaviour,
             ..EmulatorConfig::default()
@@ -207,6 +209,16 @@ impl PyEmulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .web_port()
+    }
+
+    /// The port of AMQP over TLS on each hub's address, the Event Hub-compatible endpoint
+    /// (5671, or the free port used when 5671 could not be bound).
+    #[getter]
+    fn amqp_port(&self) -> u16 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .amqp_port()
     }
 
     /// The MQTT port.

@@ -134,6 +134,11 @@ class LocalCloud(_Cloud):
     bound (an unprivileged process on Linux, or the port is taken) a free port is used
     instead, said once in the log; :attr:`web_port` tells which, and the hubs' service
     connection strings name it (``HostName=host:port``).
+
+    Each hub's address also serves AMQP over TLS on ``amqp_port`` (5671, as Azure does): the
+    hub's built-in Event Hub-compatible endpoint, where ``azure-eventhub`` reads its telemetry.
+    Where 5671 cannot be bound a free port is used instead, said once in the log;
+    :attr:`amqp_port` tells which.
     """
 
     subscription_id = "00000000-0000-0000-0000-000000000000"
@@ -152,6 +157,7 @@ class LocalCloud(_Cloud):
         poll_retry_after: int = 0,
         https_port: int = 0,
         web_port: int = WEB_PORT,
+        amqp_port: int = 5671,
         arm_tokens: Sequence[str] | None = None,
         arm_operation_seconds: float = 0.0,
         arm_page_size: int = 100,
@@ -172,6 +178,7 @@ class LocalCloud(_Cloud):
             poll_retry_after=poll_retry_after,
             https_port=https_port,
             web_port=web_port,
+            amqp_port=amqp_port,
             arm_tokens=list(arm_tokens) if arm_tokens is not None else None,
             arm_operation_seconds=arm_operation_seconds,
             arm_page_size=arm_page_size,
@@ -317,6 +324,12 @@ class LocalCloud(_Cloud):
         """The port of HTTPS and MQTT over WebSockets on each resource's address: 443, or the
         free port used because 443 could not be bound."""
         return self._emulator.web_port
+
+    @property
+    def amqp_port(self) -> int:
+        """The port of AMQP over TLS on each hub's address (the Event Hub-compatible
+        endpoint): 5671, or the free port used because 5671 could not be bound."""
+        return self._emulator.amqp_port
 
     @property
     def arm_endpoint(self) -> str:

@@ -254,11 +254,7 @@ fn time_or_never(unix: i64) -> String {
 /// The identity's `generationId`: set at creation (the creation time for records written
 /// before it was kept).
 fn generation_id(device: &HubDevice) -> String {
-    if device.registry.generation_id.is_empty() {
-        format!("{}", device.created)
-    } else {
-        device.registry.generation_id.clone()
-    }
+    device.generation_id()
 }
 
 /// A fresh `generationId` as IoT Hub writes them: the creation time in .NET ticks (100 ns

@@ -615,30 +615,6 @@ pub(super) fn arm_top_error(status: u16, code: &str, message: &str) -> Reply {
     reply
 }
 
-/// A SAS token's grant: what signed it and what it may reach.
-pub(super) struct SasGrant<T> {
-    /// The resource (hub, DPS) whose policy key signed the token.
-    pub(super) signer: T,
-    /// The policy named by `skn`.
-    pub(super) policy: SharedAccessPolicy,
-    /// `sr` after the host, lower-case, as path segments (empty: the whole host).
-    pub(super) scope: Vec<String>,
-}
-
-impl<T> SasGrant<T> {
-    /// Whether `sr` covers the resource at `segments` (the request path): as Azure compares
-    /// it, case-insensitively and by whole segments, so `devices/dev-a` does not cover
-    /// `devices/dev-ab`.
-    pub(super) fn covers(&self, segments: &[&str]) -> bool {
-        self.scope.len() <= segments.len()
-            && self
-                .scope
-                .iter()
-                .zip(segments)
-                .all(|(scope, segment)| scope.eq_ignore_ascii_case(segment))
-    }
-}
-
 /// Checks the request's SAS token (shared by the DPS and hub service APIs): the host part of
 /// its `sr` picks the candidates (`(resource, host, policies)`), `skn` one of their policies,
 /// whose primary or secondary key must have signed it. Rights and scope are the caller's.
@@ -679,70 +655,23 @@ fn sas_grant<T>(
     api: &str,
     web_port: u16,
     candidates: impl IntoIterator<Item = (T, String, Vec<SharedAccessPolicy>)>,
-) -> Result<SasGrant<T>, String> {
+) -> Result<crate::emulator::sas_policy::SasGrant<T>, String> {
     let header = parts
         .headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| format!("The Authorization header is missing: send a {api} SAS token."))?;
-    let token = crate::sas::SasToken::parse(header).map_err(|e| e.to_string())?;
-    if token.expiry < crate::clock::now() {
-        return Err("The SAS token has expired.".into());
-    }
-    // Azure tolerates a trailing slash and compares without regard to case.
-    let resource = token.resource.trim_end_matches('/').to_ascii_lowercase();
-    let mut parts_of_sr = resource.split('/');
-    let host = parts_of_sr.next().unwrap_or_default().to_string();
-    let scope: Vec<String> = parts_of_sr.map(str::to_string).collect();
-    let key_name = token
-        .key_name
-        .as_deref()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| "The SAS token must name a shared access policy (skn).".to_string())?;
-    let mut host_known = false;
-    let mut policy_known = false;
     // A connection string naming a port (`HostName=host:port`, the local cloud's web port
     // when 443 could not be bound) makes the service SDKs sign `host:port`: the same resource,
     // on the port it is served at and no other.
-    let host_without_port = host
-        .rsplit_once(':')
-        .filter(|(_, port)| {
-            port.parse::<u16>()
-                .is_ok_and(|p| p == web_port || p == crate::emulator::WEB_PORT)
-        })
-        .map(|(name, _)| name);
-    for (signer, candidate_host, policies) in candidates {
-        if !candidate_host.eq_ignore_ascii_case(&host)
-            && !host_without_port.is_some_and(|name| candidate_host.eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        host_known = true;
-        let Some(policy) = policies
-            .into_iter()
-            .find(|p| p.key_name.eq_ignore_ascii_case(key_name))
-        else {
-            continue;
-        };
-        policy_known = true;
-        if token.is_signed_by(&policy.primary_key) || token.is_signed_by(&policy.secondary_key) {
-            return Ok(SasGrant {
-                signer,
-                policy,
-                scope,
-            });
-        }
-    }
-    Err(if !host_known {
-        format!(
-            "The SAS token's sr ({}) is not a {api} of this emulator.",
-            token.resource
-        )
-    } else if !policy_known {
-        format!("The {api} has no shared access policy named {key_name}.")
-    } else {
-        format!("The SAS token is not signed by a key of the {key_name} policy.")
-    })
+    crate::emulator::sas_policy::grant(
+        header,
+        api,
+        &[web_port, crate::emulator::WEB_PORT],
+        &[],
+        false,
+        candidates,
+    )
 }
 
 /// Unix seconds as an RFC 1123 date (`Sat, 31 Dec 2039 23:59:59 GMT`).

@@ -21,6 +21,7 @@ pub(crate) fn start(config: EmulatorConfig) -> Emulator {
     Emulator::start(EmulatorConfig {
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         ..config
     })

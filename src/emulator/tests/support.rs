@@ -23,6 +23,7 @@ pub(crate) fn start(data_dir: Option<PathBuf>) -> Emulator {
         data_dir,
         port: 0,
         web_port: 0,
+        amqp_port: 0,
         worker_threads: Some(2),
         poll_retry_after: 0,
         // Lying length fields and silent clients wait for this deadline.

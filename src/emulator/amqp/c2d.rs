@@ -1,0 +1,143 @@
+//! Cloud-to-device messages from the service SDKs: a client's sender on
+//! `amqps://{hub host}/messages/devicebound`, each message addressed by its `to`
+//! (`/devices/{id}/messages/devicebound`). A message is queued for its device exactly where the
+//! hub service API's sends go (`HubEngine::send_c2d_as`, the queue the MQTT sessions deliver
+//! from) under its own message id, with its correlation id, content type and encoding as the
+//! device's system properties and its application properties as they came; then it is
+//! accepted (settled, so the sender completes). A message the hub refuses (unknown device,
+//! too large, a full queue) is rejected with the reason. Acknowledgement requests
+//! (`iothub-ack`) are not answered (there is no feedback receiver yet) and expiry is not
+//! applied.
+
+use std::sync::Arc;
+
+use fe2o3_amqp::Receiver;
+use fe2o3_amqp::types::definitions::{self, AmqpError};
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, MessageId};
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+
+use super::AmqpContext;
+use super::cbs::Grants;
+use super::router::NodeMessage;
+use crate::emulator::model::HubRecord;
+
+/// The application property asking for delivery feedback, which IoT Hub does not pass on.
+const ACK_PROPERTY: &str = "iothub-ack";
+
+/// Receives the C2D messages of one sender link until it detaches.
+pub(crate) async fn receive(
+    mut receiver: Receiver,
+    context: Arc<AmqpContext>,
+    grants: Arc<Grants>,
+    hub: HubRecord,
+) {
+    loop {
+        let delivery = match receiver.recv::<Body<Value>>().await {
+            Ok(delivery) => delivery,
+            Err(e) => {
+                log::debug!("emulator: AMQP C2D link ended: {e}");
+                return;
+            }
+        };
+        // A token expires: its link reaches nothing more.
+        let outcome = if grants.cover(&hub.name, &["messages", "devicebound"]) {
+            enqueue(&context, &hub, delivery.message())
+        } else {
+            Err((
+                AmqpError::UnauthorizedAccess,
+                "The token authorizing this link expired.".to_string(),
+            ))
+        };
+        let disposed = match outcome {
+            Ok(()) => receiver.accept(&delivery).await,
+            Err((condition, why)) => {
+                log::info!("emulator: AMQP C2D message refused: {why}");
+                let error = definitions::Error::new(condition, Some(why), None);
+                receiver.reject(&delivery, error).await
+            }
+        };
+        if disposed.is_err() {
+            return;
+        }
+    }
+}
+
+fn id_text(id: &MessageId) -> String {
+    match id {
+        MessageId::String(s) => s.clone(),
+        MessageId::Ulong(n) => n.to_string(),
+        MessageId::Uuid(uuid) => {
+            let hex: String = uuid.as_inner().iter().map(|b| format!("{b:02x}")).collect();
+            format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            )
+        }
+        MessageId::Binary(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn body_bytes(body: &Body<Value>) -> Result<Vec<u8>, String> {
+    match body {
+        Body::Data(sections) => Ok(sections.iter().flat_map(|d| d.0.iter().copied()).collect()),
+        Body::Value(AmqpValue(Value::Binary(bytes))) => Ok(bytes.to_vec()),
+        Body::Value(AmqpValue(Value::String(text))) => Ok(text.clone().into_bytes()),
+        Body::Empty => Ok(Vec::new()),
+        _ => Err("The message body must be data, binary or a string.".into()),
+    }
+}
+
+type Refusal = (AmqpError, String);
+
+fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Result<(), Refusal> {
+    let invalid = |why: &str| (AmqpError::InvalidField, why.to_string());
+    let properties = message.properties.as_ref();
+    let to = properties
+        .and_then(|p| p.to.as_deref())
+        .ok_or_else(|| invalid("The message has no 'to'."))?;
+    let device_id = crate::protocol::hub::c2d_device(to)
+        .ok_or_else(|| invalid("'to' must be /devices/{deviceId}/messages/devicebound."))?;
+    let body = body_bytes(&message.body).map_err(|why| invalid(&why))?;
+    let mut bag = Vec::new();
+    if let Some(p) = properties {
+        if let Some(id) = &p.correlation_id {
+            bag.push(("$.cid".to_string(), id_text(id)));
+        }
+        if let Some(content_type) = &p.content_type {
+            bag.push(("$.ct".to_string(), content_type.0.clone()));
+        }
+        if let Some(encoding) = &p.content_encoding {
+            bag.push(("$.ce".to_string(), encoding.0.clone()));
+        }
+    }
+    for (key, value) in message
+        .application_properties
+        .iter()
+        .flat_map(|a| a.0.iter())
+    {
+        if key == ACK_PROPERTY {
+            continue;
+        }
+        let value = match value {
+            SimpleValue::String(s) => s.clone(),
+            SimpleValue::Symbol(s) => s.0.clone(),
+            SimpleValue::Bool(b) => b.to_string(),
+            SimpleValue::Int(n) => n.to_string(),
+            SimpleValue::Long(n) => n.to_string(),
+            SimpleValue::Uint(n) => n.to_string(),
+            SimpleValue::Ulong(n) => n.to_string(),
+            other => format!("{other:?}"),
+        };
+        bag.push((key.clone(), value));
+    }
+    let message_id = properties.and_then(|p| p.message_id.as_ref()).map(id_text);
+    context
+        .hubs
+        .send_c2d_as(&hub.host_name, device_id, message_id, &body, bag)
+        .map(|_| ())
+        .map_err(|e| (AmqpError::NotAllowed, e.to_string()))
+}

@@ -1,0 +1,110 @@
+//! The `$management` node: READ of `com.microsoft:eventhub` (the hub's events endpoint: name,
+//! creation time, partitions) and `com.microsoft:partition` (a partition's first and last
+//! events), as the Event Hubs clients' `get_eventhub_properties` and
+//! `get_partition_properties` ask for them. A request carries its own SAS token
+//! (`security_token`); one put on `$cbs` for the hub serves as well. Unauthorized requests
+//! are answered 401 before anything about the entity is told; unknown entities and
+//! partitions 404.
+
+use fe2o3_amqp::types::primitives::{Array, OrderedMap, Timestamp, Value};
+
+use super::AmqpContext;
+use super::cbs::{Grants, authorize};
+use super::router::{NodeMessage, find_hub, property, reply};
+
+/// Answers one `$management` request.
+pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessage) -> NodeMessage {
+    let status = |code: i32, description: &str| reply(request, code, description, Value::Null);
+    if property(request, "operation").as_deref() != Some("READ") {
+        return status(400, "The $management node serves READ only.");
+    }
+    let Some(entity) = property(request, "name") else {
+        return status(400, "The request names no entity (name).");
+    };
+    let covered = |hub: &str| {
+        grants.cover(hub, &[&entity])
+            || property(request, "security_token")
+                .and_then(|token| authorize(context, &token).ok())
+                .is_some_and(|grant| grant.covers(hub, &[&entity]))
+    };
+    let hub = match find_hub(context, &entity) {
+        Some(hub) if covered(&hub.name) => hub,
+        _ => {
+            return status(
+                401,
+                &format!("Unauthorized access to '{entity}': the token does not cover it."),
+            );
+        }
+    };
+    let text = |s: &str| Value::String(s.to_string());
+    let mut body = OrderedMap::new();
+    match property(request, "type").as_deref() {
+        Some("com.microsoft:eventhub") => {
+            let ids: Vec<Value> = (0..hub.events.partition_count)
+                .map(|p| Value::String(p.to_string()))
+                .collect();
+            body.insert(text("name"), text(&hub.name));
+            body.insert(text("type"), text("com.microsoft:eventhub"));
+            body.insert(
+                text("created_at"),
+                Value::Timestamp(Timestamp::from_milliseconds(
+                    hub.created.saturating_mul(1000),
+                )),
+            );
+            body.insert(
+                text("partition_count"),
+                Value::Int(i32::try_from(hub.events.partition_count).unwrap_or(i32::MAX)),
+            );
+            body.insert(text("partition_ids"), Value::Array(Array::from(ids)));
+        }
+        Some("com.microsoft:partition") => {
+            let Some(asked) = property(request, "partition") else {
+                return status(400, "The request names no partition.");
+            };
+            let Some(partition) = asked
+                .parse::<u32>()
+                .ok()
+                .filter(|p| *p < hub.events.partition_count)
+            else {
+                return status(
+                    404,
+                    &format!("The partition '{asked}' does not exist in '{entity}'."),
+                );
+            };
+            let summary = match context
+                .store
+                .partition_summary(&hub.host_name.to_ascii_lowercase(), partition)
+            {
+                Ok(summary) => summary,
+                Err(e) => {
+                    log::error!("emulator: reading partition {partition} of {entity}: {e}");
+                    return status(500, "The partition could not be read.");
+                }
+            };
+            // An empty partition reads as the Event Hubs clients expect one: -1 throughout.
+            let (last_sequence, last_offset, last_time) = summary.last.unwrap_or((-1, -1, 0));
+            body.insert(text("name"), text(&hub.name));
+            body.insert(text("type"), text("com.microsoft:partition"));
+            body.insert(text("partition"), text(&partition.to_string()));
+            body.insert(
+                text("begin_sequence_number"),
+                Value::Long(summary.begin_sequence.unwrap_or(-1)),
+            );
+            body.insert(
+                text("last_enqueued_sequence_number"),
+                Value::Long(last_sequence),
+            );
+            body.insert(text("last_enqueued_offset"), text(&last_offset.to_string()));
+            body.insert(
+                text("last_enqueued_time_utc"),
+                Value::Timestamp(Timestamp::from_milliseconds(last_time)),
+            );
+            body.insert(
+                text("is_partition_empty"),
+                Value::Bool(summary.last.is_none()),
+            );
+        }
+        _ => return status(400, "Unknown READ type."),
+    }
+    reply(request, 200, "OK", Value::Map(body))
+}

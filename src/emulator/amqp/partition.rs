@@ -1,0 +1,215 @@
+//! A partition reader: streams a partition's events from the durable store, from the start
+//! position its selector named, then tails it as telemetry is committed (woken by the store's
+//! commit counter, never by polling). Sends are pre-settled and wait for the client's link
+//! credit, so nothing goes out beyond the credit granted; pages are read on the blocking pool
+//! so a commit holding the store does not stall the runtime's workers.
+//!
+//! Each event carries what IoT Hub adds to a device's message: in the message annotations the
+//! Event Hubs fields (`x-opt-sequence-number`, `x-opt-offset` as a string,
+//! `x-opt-enqueued-time`) and IoT Hub's (`iothub-connection-device-id`,
+//! `iothub-connection-module-id`, `iothub-connection-auth-method`,
+//! `iothub-connection-auth-generation-id`, `iothub-enqueuedtime`, `iothub-message-source`);
+//! in the properties the device's message id, correlation id, content type and encoding; the
+//! device's application properties as strings; the body as one data section. The auth method
+//! and generation are the device identity's as it stands when the event is read (the emulator
+//! stores no per-message connection record).
+
+use std::sync::Arc;
+
+use fe2o3_amqp::Sender;
+use fe2o3_amqp::types::definitions::{self, AmqpError};
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Data, Message, MessageAnnotations, Properties,
+};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Timestamp, Value};
+
+use super::AmqpContext;
+use super::cbs::Grants;
+use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
+use crate::emulator::store::{EventPosition, StoredEvent};
+
+/// Events read from the store at once.
+const PAGE: usize = 256;
+
+/// What `iothub-message-source` says of device telemetry.
+const TELEMETRY_SOURCE: &str = "Telemetry";
+
+/// Streams one partition on `sender` until the client detaches or its token expires (the
+/// link's address, `entity` and `consumer_group`, is what a token must still cover).
+pub(crate) async fn stream(
+    mut sender: Sender,
+    context: Arc<AmqpContext>,
+    grants: Arc<Grants>,
+    [entity, consumer_group]: [String; 2],
+    hub: HubRecord,
+    partition: u32,
+    position: EventPosition,
+) {
+    let host = hub.host_name.to_ascii_lowercase();
+    let mut committed = context.store.telemetry_committed();
+    let store = context.store.clone();
+    let start = {
+        let host = host.clone();
+        tokio::task::spawn_blocking(move || store.partition_start(&host, partition, &position))
+            .await
+    };
+    let mut next = match start {
+        Ok(Ok(next)) => next,
+        Ok(Err(e)) => return fail(sender, &e.to_string()).await,
+        Err(e) => return fail(sender, &e.to_string()).await,
+    };
+    loop {
+        // A token expires: Azure closes the links it authorized unless the client put a new
+        // one (the clients refresh theirs before that).
+        if !grants.cover(
+            &hub.name,
+            &super::router::link_resource(&entity, &consumer_group, &partition.to_string()),
+        ) {
+            let error = definitions::Error::new(
+                AmqpError::UnauthorizedAccess,
+                Some("The token authorizing this link expired.".to_string()),
+                None,
+            );
+            let _ = sender.close_with_error(error).await;
+            return;
+        }
+        committed.borrow_and_update();
+        let store = context.store.clone();
+        let page = {
+            let host = host.clone();
+            tokio::task::spawn_blocking(move || {
+                store.partition_events(&host, partition, next, PAGE)
+            })
+            .await
+        };
+        let page = match page {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => return fail(sender, &e.to_string()).await,
+            Err(e) => return fail(sender, &e.to_string()).await,
+        };
+        if page.is_empty() {
+            tokio::select! {
+                changed = committed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                detached = sender.on_detach() => {
+                    log::debug!("emulator: AMQP partition reader detached: {detached}");
+                    let _ = sender.close().await;
+                    return;
+                }
+            }
+            continue;
+        }
+        for event in page {
+            let device = context.cloud.hub_device(&hub.host_name, &event.device_id);
+            next = event.sequence + 1;
+            // Waits for credit; a client that detaches meanwhile ends it with an error.
+            if let Err(e) = sender.send(event_message(&event, device.as_ref())).await {
+                log::debug!("emulator: AMQP partition reader ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn fail(sender: Sender, why: &str) {
+    log::error!("emulator: an AMQP partition reader failed: {why}");
+    let error = definitions::Error::new(
+        AmqpError::InternalError,
+        Some("The partition could not be read.".to_string()),
+        None,
+    );
+    let _ = sender.close_with_error(error).await;
+}
+
+/// `iothub-connection-auth-method` as IoT Hub writes it for a device identity.
+fn auth_method(device: &HubDevice) -> String {
+    let (kind, issuer) = match device.auth {
+        DeviceAuth::Sas { .. } => ("sas", "iothub"),
+        DeviceAuth::SelfSigned { .. } | DeviceAuth::CertificateAuthority => {
+            ("x509Certificate", "external")
+        }
+    };
+    serde_json::json!({
+        "scope": "device",
+        "type": kind,
+        "issuer": issuer,
+        "acceptingIpFilterRule": null,
+    })
+    .to_string()
+}
+
+/// An event as the Event Hubs clients receive it.
+pub(crate) fn event_message(event: &StoredEvent, device: Option<&HubDevice>) -> Message<Data> {
+    let at = Value::Timestamp(Timestamp::from_milliseconds(event.enqueued_millis));
+    let mut annotations = MessageAnnotations::builder()
+        .insert(
+            Symbol::from("x-opt-sequence-number"),
+            Value::Long(event.sequence),
+        )
+        .insert(
+            Symbol::from("x-opt-offset"),
+            Value::String(event.offset.to_string()),
+        )
+        .insert(Symbol::from("x-opt-enqueued-time"), at.clone())
+        .insert(
+            Symbol::from("iothub-connection-device-id"),
+            Value::String(event.device_id.clone()),
+        );
+    if let Some(module) = &event.module_id {
+        annotations = annotations.insert(
+            Symbol::from("iothub-connection-module-id"),
+            Value::String(module.clone()),
+        );
+    }
+    if let Some(device) = device {
+        annotations = annotations
+            .insert(
+                Symbol::from("iothub-connection-auth-method"),
+                Value::String(auth_method(device)),
+            )
+            .insert(
+                Symbol::from("iothub-connection-auth-generation-id"),
+                Value::String(device.generation_id()),
+            );
+    }
+    let annotations = annotations
+        .insert(Symbol::from("iothub-enqueuedtime"), at)
+        .insert(
+            Symbol::from("iothub-message-source"),
+            Value::String(TELEMETRY_SOURCE.into()),
+        )
+        .build();
+    let system = |key: &str| {
+        event
+            .system_properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let mut properties = Properties::builder();
+    if let Some(id) = system("mid") {
+        properties = properties.message_id(id);
+    }
+    if let Some(id) = system("cid") {
+        properties = properties.correlation_id(id);
+    }
+    if let Some(content_type) = system("ct") {
+        properties = properties.content_type(Symbol::from(content_type));
+    }
+    if let Some(encoding) = system("ce") {
+        properties = properties.content_encoding(Symbol::from(encoding));
+    }
+    let mut application = ApplicationProperties::builder();
+    for (key, value) in &event.properties {
+        application = application.insert(key.clone(), SimpleValue::String(value.clone()));
+    }
+    Message::builder()
+        .message_annotations(annotations)
+        .properties(properties.build())
+        .application_properties(application.build())
+        .data(event.body.clone())
+        .build()
+}

@@ -1,0 +1,327 @@
+//! The AMQP endpoint driven as an attacker would, by fe2o3-amqp's own client side over TLS
+//! (raw AMQP, so every refusal is the endpoint's): links without a token, tokens that must be
+//! refused, and a malformed frame. The official Event Hubs client is the peer of
+//! `tests/test_azure_eventhub_peer.py`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, Properties};
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::emulator::Emulator;
+use crate::emulator::tests::support::{client_tls, start};
+
+async fn tls(emulator: &Emulator, host: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(client_tls(&emulator.trust_pem(), None)));
+    let tcp = TcpStream::connect((host, emulator.amqp_port()))
+        .await
+        .unwrap();
+    connector
+        .connect(ServerName::try_from(host.to_string()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+async fn open(emulator: &Emulator, host: &str) -> (ConnectionHandle<()>, SessionHandle<()>) {
+    let mut connection = Connection::builder()
+        .container_id("attacker")
+        .hostname(host)
+        .sasl_profile(SaslProfile::Anonymous)
+        .open_with_stream(tls(emulator, host).await)
+        .await
+        .unwrap();
+    let session = Session::begin(&mut connection).await.unwrap();
+    (connection, session)
+}
+
+/// Puts `token` on `$cbs` and returns the status code of the answer.
+async fn put_token(session: &mut SessionHandle<()>, token: &str) -> i32 {
+    let mut requests = Sender::attach(session, "cbs-requests", "$cbs")
+        .await
+        .unwrap();
+    let mut replies = Receiver::attach(session, "cbs-replies", "$cbs")
+        .await
+        .unwrap();
+    let request = Message::builder()
+        .properties(Properties::builder().message_id(7u64).build())
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("operation", SimpleValue::String("put-token".into()))
+                .insert(
+                    "type",
+                    SimpleValue::String("servicebus.windows.net:sastoken".into()),
+                )
+                .build(),
+        )
+        .value(token.to_string())
+        .build();
+    requests.send(request).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), replies.recv::<Body<Value>>())
+        .await
+        .expect("no CBS answer")
+        .unwrap();
+    replies.accept(&reply).await.unwrap();
+    let _ = requests.close().await;
+    let _ = replies.close().await;
+    let message = reply.into_message();
+    assert_eq!(
+        message.properties.and_then(|p| p.correlation_id),
+        Some(7u64.into()),
+        "the answer names the request"
+    );
+    match message
+        .application_properties
+        .and_then(|p| p.0.get("status-code").cloned())
+    {
+        Some(SimpleValue::Int(code)) => code,
+        other => panic!("no status-code: {other:?}"),
+    }
+}
+
+/// Why a partition link was refused (`None`: it was not, an event or nothing arrived).
+async fn partition_refusal(session: &mut SessionHandle<()>, hub: &str) -> Option<String> {
+    static READERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "reader-{}",
+        READERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let address = format!("{hub}/ConsumerGroups/$Default/Partitions/0");
+    let mut receiver = match Receiver::attach(session, name, address).await {
+        Ok(receiver) => receiver,
+        Err(e) => return Some(format!("{e:?}")),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), receiver.recv::<Body<Value>>()).await {
+        Ok(Err(e)) => Some(format!("{e:?}")),
+        _ => None,
+    }
+}
+
+fn token(host: &str, hub: &str, key_name: &str, key: &str, expiry: i64) -> String {
+    crate::sas::build_token(&format!("sb://{host}/{hub}"), key, expiry, Some(key_name)).unwrap()
+}
+
+#[test]
+fn nothing_but_cbs_is_served_before_a_service_connect_token_of_the_hub_covers_it() {
+    let emulator = start(None);
+    let hub = emulator.create_hub("amqp-hub", "westus", None).unwrap();
+    let other = emulator.create_hub("amqp-other", "westus", None).unwrap();
+    let key = |name: &str| hub.policy(name).unwrap().primary_key.clone();
+    let later = crate::clock::now() + 3600;
+    emulator.runtime_handle().unwrap().block_on(async {
+        let (_connection, mut session) = open(&emulator, &hub.host_name).await;
+        let refusal = partition_refusal(&mut session, &hub.name).await;
+        assert!(
+            refusal
+                .as_deref()
+                .is_some_and(|r| r.contains("UnauthorizedAccess")),
+            "{refusal:?}"
+        );
+        let refused = [
+            "not a token".to_string(),
+            token(&hub.host_name, &hub.name, "service", &key("device"), later),
+            // A policy of the hub, signed by its key, without ServiceConnect.
+            token(
+                &hub.host_name,
+                &hub.name,
+                "registryRead",
+                &key("registryRead"),
+                later,
+            ),
+            token(
+                &hub.host_name,
+                &hub.name,
+                "service",
+                &key("service"),
+                crate::clock::now() - 1,
+            ),
+            token(
+                &hub.host_name,
+                &hub.name,
+                "iothubowner",
+                &other.primary_key,
+                later,
+            ),
+            token("203.0.113.9", &hub.name, "service", &key("service"), later),
+        ];
+        for bad in &refused {
+            assert_eq!(put_token(&mut session, bad).await, 401, "{bad}");
+        }
+        assert!(partition_refusal(&mut session, &hub.name).await.is_some());
+        let good = token(&hub.host_name, &hub.name, "service", &key("service"), later);
+        assert_eq!(put_token(&mut session, &good).await, 200);
+        assert_eq!(partition_refusal(&mut session, &hub.name).await, None);
+        // The grant is this hub's: another hub's events stay closed.
+        let refusal = partition_refusal(&mut session, &other.name).await;
+        assert!(
+            refusal
+                .as_deref()
+                .is_some_and(|r| r.contains("UnauthorizedAccess")),
+            "{refusal:?}"
+        );
+    });
+}
+
+#[test]
+fn a_malformed_frame_closes_its_own_connection_and_no_other() {
+    let emulator = start(None);
+    let hub = emulator.create_hub("amqp-frames", "westus", None).unwrap();
+    let key = hub.policy("service").unwrap().primary_key.clone();
+    emulator.runtime_handle().unwrap().block_on(async {
+        let (_connection, mut session) = open(&emulator, &hub.host_name).await;
+        let mut raw = tls(&emulator, &hub.host_name).await;
+        // The SASL header, then a frame whose size says less than its own header.
+        raw.write_all(b"AMQP\x03\x01\x00\x00\x00\x00\x00\x02\x02\x01\x00\x00")
+            .await
+            .unwrap();
+        raw.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(15), raw.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "the malformed connection was left open");
+        let good = token(
+            &hub.host_name,
+            &hub.name,
+            "service",
+            &key,
+            crate::clock::now() + 60,
+        );
+        assert_eq!(put_token(&mut session, &good).await, 200);
+    });
+}
+
+#[test]
+fn a_c2d_message_joins_its_devices_queue_with_its_id_and_properties_once_a_token_allows() {
+    use fe2o3_amqp::types::messaging::Outcome;
+
+    let emulator = start(None);
+    let hub = emulator.create_hub("amqp-c2d", "westus", None).unwrap();
+    emulator
+        .cloud()
+        .put_hub_device(crate::emulator::model::HubDevice {
+            device_id: "dev-1".into(),
+            hub: hub.host_name.clone(),
+            auth: crate::emulator::model::DeviceAuth::Sas {
+                primary_key: crate::sas::generate_key().unwrap(),
+                secondary_key: crate::sas::generate_key().unwrap(),
+            },
+            initial_twin: None,
+            created: crate::clock::now(),
+            registry: Default::default(),
+        })
+        .unwrap();
+    let target = format!("amqps://{}/messages/devicebound", hub.host_name);
+    let message = |to: &str| {
+        Message::builder()
+            .properties(
+                Properties::builder()
+                    .message_id(String::from("m-1"))
+                    .to(to)
+                    .correlation_id(String::from("c-1"))
+                    .content_type("text/plain")
+                    .build(),
+            )
+            .application_properties(
+                ApplicationProperties::builder()
+                    .insert("k", SimpleValue::String("v".into()))
+                    .insert("iothub-ack", SimpleValue::String("full".into()))
+                    .build(),
+            )
+            .data(b"hello".to_vec())
+            .build()
+    };
+    emulator.runtime_handle().unwrap().block_on(async {
+        let (_connection, mut session) = open(&emulator, &hub.host_name).await;
+        // Before a token: the sender's link is closed, nothing is queued.
+        let refused = match Sender::attach(&mut session, "c2d-early", target.as_str()).await {
+            Ok(mut sender) => sender
+                .send(message("/devices/dev-1/messages/devicebound"))
+                .await
+                .is_err(),
+            Err(_) => true,
+        };
+        assert!(refused, "a C2D message was taken before any token");
+        // The IoT Hub service SDK's token: sr is the hub host, signed with the decoded key.
+        let owner = crate::sas::build_token(
+            &hub.host_name,
+            &hub.primary_key,
+            crate::clock::now() + 60,
+            Some("iothubowner"),
+        )
+        .unwrap();
+        assert_eq!(put_token(&mut session, &owner).await, 200);
+        let mut sender = Sender::attach(&mut session, "c2d", target.as_str())
+            .await
+            .unwrap();
+        let outcome = sender
+            .send(message("/devices/dev-1/messages/devicebound"))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        let unknown = sender
+            .send(message("/devices/nobody/messages/devicebound"))
+            .await;
+        assert!(
+            !matches!(unknown, Ok(Outcome::Accepted(_))),
+            "a message to an unknown device was accepted"
+        );
+    });
+    let queue = emulator.hubs().c2d_queue(&hub.host_name, "dev-1").unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].message_id, "m-1");
+    let mut properties = queue[0].properties.clone();
+    properties.sort();
+    assert_eq!(
+        properties,
+        vec![
+            ("$.cid".to_string(), "c-1".to_string()),
+            ("$.ct".to_string(), "text/plain".to_string()),
+            ("k".to_string(), "v".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn a_taken_amqp_port_falls_back_to_one_free_port_for_every_hub() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let emulator = Emulator::start(crate::emulator::EmulatorConfig {
+        port: 0,
+        web_port: 0,
+        amqp_port: port,
+        worker_threads: Some(2),
+        ..Default::default()
+    })
+    .unwrap();
+    let chosen = emulator.amqp_port();
+    assert!(chosen != port && chosen != 0, "{chosen}");
+    let first = emulator.create_hub("fallback-a", "westus", None).unwrap();
+    let second = emulator.create_hub("fallback-b", "westus", None).unwrap();
+    assert_eq!(emulator.amqp_port(), chosen, "one port serves every hub");
+    emulator.runtime_handle().unwrap().block_on(async {
+        for hub in [&first, &second] {
+            let key = hub.policy("service").unwrap().primary_key.clone();
+            let (_connection, mut session) = open(&emulator, &hub.host_name).await;
+            let good = token(
+                &hub.host_name,
+                &hub.name,
+                "service",
+                &key,
+                crate::clock::now() + 60,
+            );
+            assert_eq!(
+                put_token(&mut session, &good).await,
+                200,
+                "{}",
+                hub.host_name
+            );
+        }
+    });
+}
