@@ -10,3 +10,20 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<()> {
         .fill(buf)
         .map_err(|_| Error::cert("the system random number generator failed"))
 }
+
+/// A GUID-shaped random string (ids of operations, links, containers and tracking ids).
+pub(crate) fn guid() -> String {
+    let mut b = [0u8; 16];
+    // The system generator failing is not something a caller can recover from meaningfully;
+    // an all-zero GUID still keeps the protocol going.
+    let _ = fill_random(&mut b);
+    let h = crate::pki::cert::hex_upper(&b).to_ascii_lowercase();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

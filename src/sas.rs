@@ -101,6 +101,24 @@ pub(crate) fn build_token(
     Ok(token)
 }
 
+/// Builds a token the way the Event Hubs and Service Bus clients sign one: the key's text
+/// itself (its UTF-8 bytes) is the HMAC key, as IoT Hub's Event Hub-compatible endpoint takes
+/// its policies' keys (see [`SasToken::is_signed_by_key_text`]).
+pub(crate) fn build_token_with_key_text(
+    resource_uri: &str,
+    key: &str,
+    expiry: i64,
+    key_name: &str,
+) -> String {
+    let sr = url_encode(resource_uri);
+    let signature = sign(key.as_bytes(), &sr, expiry);
+    format!(
+        "SharedAccessSignature sr={sr}&sig={}&se={expiry}&skn={}",
+        url_encode(&signature),
+        url_encode(key_name)
+    )
+}
+
 fn sign(key: &[u8], raw_sr: &str, expiry: i64) -> String {
     let message = format!("{raw_sr}\n{expiry}");
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), message.as_bytes());
@@ -209,6 +227,12 @@ mod tests {
         assert!(!token.is_signed_by_key_text("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV1"));
         let iot_hub_style = SasToken::parse(&build_token("h/e", key, 1000, None).unwrap()).unwrap();
         assert!(!iot_hub_style.is_signed_by_key_text(key));
+        // Ours, built the same way, is the token pyamqp sent, byte for byte.
+        assert_eq!(
+            build_token_with_key_text("sb://127.0.0.2/eh-hub", key, 1000, "service"),
+            "SharedAccessSignature sr=sb%3A%2F%2F127.0.0.2%2Feh-hub\
+             &sig=qMHPsYG3UOlmSsL9LQJ2GGCXsKvcX6w4vzy2ECAuAhw%3D&se=1000&skn=service"
+        );
     }
 
     #[test]

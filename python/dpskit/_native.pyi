@@ -398,6 +398,61 @@ class TelemetryRecord:
     def system_properties(self) -> list[tuple[str, str]]: ...
 
 @final
+class EventRecord:
+    """One event as a hub's Event Hub-compatible endpoint delivered it."""
+
+    @property
+    def partition(self) -> str: ...
+    @property
+    def sequence_number(self) -> int: ...
+    @property
+    def offset(self) -> str: ...
+    @property
+    def enqueued_time_ms(self) -> int: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def module_id(self) -> str | None: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def properties(self) -> dict[str, str]: ...
+    @property
+    def annotations(self) -> dict[str, str]: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def content_encoding(self) -> str | None: ...
+
+@final
+class EventHubStream:
+    """Events of an event hub's partitions as they arrive."""
+
+    def next(self) -> Awaitable[EventRecord | None]: ...
+    def close(self) -> Awaitable[None]: ...
+
+def open_event_stream(
+    connection_string: str,
+    port: int | None,
+    trust_pem: str | None,
+    consumer_group: str,
+    kind: str,
+    value: str,
+    inclusive: bool = False,
+    partitions: list[str] | None = None,
+) -> Awaitable[EventHubStream]: ...
+def read_retained_events(
+    connection_string: str,
+    port: int | None,
+    trust_pem: str | None,
+    consumer_group: str = "$Default",
+) -> list[EventRecord]: ...
+
+@final
 class TraceRecord:
     """One step of a client's exchange with the local cloud."""
 

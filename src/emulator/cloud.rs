@@ -81,22 +81,7 @@ fn format_azure_time(now: time::OffsetDateTime) -> String {
     )
 }
 
-/// A GUID-shaped random string.
-pub(crate) fn random_guid() -> String {
-    let mut b = [0u8; 16];
-    // The system RNG failing is not something the emulator can recover from meaningfully; an
-    // all-zero GUID still keeps the protocol going.
-    let _ = crate::random::fill_random(&mut b);
-    let h = crate::pki::cert::hex_upper(&b).to_ascii_lowercase();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub(crate) use crate::random::guid as random_guid;
 
 /// An etag as DPS writes them: base64 of a quoted GUID.
 pub(crate) fn new_etag() -> String {

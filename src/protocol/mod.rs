@@ -10,6 +10,9 @@
 //!   both sides), twin, method and C2D topics;
 //! - [`hub_service`]: the IoT Hub service API's JSON (device identities, twins), as serde
 //!   types;
+//! - [`event_hubs`]: the AMQP vocabulary of a hub's built-in Event Hub-compatible endpoint
+//!   (nodes, CBS and management properties, partition addresses, start-position selectors,
+//!   IoT Hub's message annotations);
 //! - [`bags`]: property bags, encoded and decoded;
 //! - [`names`]: Azure's resource-name rules;
 //! - here: query strings, what a CONNECT username routes to, and the size IoT Hub counts of a
@@ -20,6 +23,7 @@
 pub(crate) mod bags;
 pub(crate) mod dps;
 pub(crate) mod dps_service;
+pub(crate) mod event_hubs;
 pub(crate) mod hub;
 pub(crate) mod hub_service;
 pub(crate) mod names;

@@ -5,6 +5,7 @@ mod cloud;
 mod convert;
 mod device;
 mod errors;
+mod events;
 mod fleet;
 mod hub_connections;
 mod local_cloud;
@@ -32,6 +33,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fleet::register(m)?;
     cloud::register(m)?;
     device::register(m)?;
+    events::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;

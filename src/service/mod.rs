@@ -9,6 +9,7 @@
 
 pub(crate) mod arm;
 pub(crate) mod dps;
+pub(crate) mod events;
 pub(crate) mod hub;
 
 /// The hub service API's identities and twins, as [`HubServiceClient`] reads them.

@@ -34,6 +34,10 @@ class _Cloud:
         """The port of HTTPS and MQTT over WebSockets on each resource's address (Azure's 443)."""
         return WEB_PORT
 
+    def _amqp_port(self) -> int | None:
+        """The port of the hubs' Event Hub-compatible endpoint (``None``: Azure's 5671)."""
+        return None
+
     def _emulator_only(self, feature: str) -> Emulator:
         raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
 

@@ -4,9 +4,16 @@ direct methods, cloud-to-device messages, telemetry), plus the emulator's knobs 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
 
-from dpskit._native import HubRecord, validate_registration_id
+from dpskit._native import (
+    HubRecord,
+    open_event_stream,
+    read_retained_events,
+    validate_registration_id,
+)
 from dpskit.cloud._common import (
     WEB_PORT,
     CertificateLike,
@@ -15,6 +22,7 @@ from dpskit.cloud._common import (
 )
 from dpskit.cloud.records import (
     HubDevice,
+    HubEvent,
     HubUsage,
     MethodResult,
     TelemetryMessage,
@@ -209,6 +217,49 @@ class Hub:
         records = self._cloud._rest.hub_telemetry(self._service, device_id)
         return TelemetryRecords(TelemetryMessage._from_native(r) for r in records)
 
+    async def events(
+        self,
+        consumer_group: str = "$Default",
+        *,
+        starting: Literal["earliest", "latest"] | int | datetime | str = "latest",
+        inclusive: bool = False,
+        partitions: list[str] | None = None,
+    ) -> AsyncIterator[HubEvent]:
+        """The hub's telemetry as it arrives, read from its built-in Event Hub-compatible
+        endpoint over AMQP as ``azure-eventhub``'s consumer reads it (the local cloud and Azure
+        alike), every partition (or ``partitions``) merged.
+
+        ``starting``: ``"earliest"`` (everything retained), ``"latest"`` (only what arrives
+        from now on), a sequence number (``int``), an enqueued time (an aware ``datetime``) or
+        an offset (``str``); ``inclusive`` reads the event at that position too."""
+        kind, value = _start_position(starting)
+        stream = await open_event_stream(
+            self.event_hub_connection_string,
+            self._cloud._amqp_port(),
+            self._cloud.trust_pem,
+            consumer_group,
+            kind,
+            value,
+            inclusive,
+            partitions,
+        )
+        try:
+            while (record := await stream.next()) is not None:
+                yield HubEvent._from_native(record)
+        finally:
+            await stream.close()
+
+    def retained_events(self, consumer_group: str = "$Default") -> list[HubEvent]:
+        """Every event the hub's Event Hub-compatible endpoint retains, up to what each
+        partition held when the call began, in enqueued order (blocks)."""
+        records = read_retained_events(
+            self.event_hub_connection_string,
+            self._cloud._amqp_port(),
+            self._cloud.trust_pem,
+            consumer_group,
+        )
+        return [HubEvent._from_native(r) for r in records]
+
     def get_twin(self, device_id: str) -> dict[str, Any]:
         """The device twin: tags, desired and reported properties with their versions."""
         return _twin_document(self._cloud._rest.hub_twin(self._service, device_id))
@@ -256,3 +307,20 @@ class Hub:
 
     def __repr__(self) -> str:
         return f"<Hub {self.name!r} host_name={self.host_name!r} location={self.location!r}>"
+
+
+def _start_position(starting: str | int | datetime) -> tuple[str, str]:
+    """``(kind, value)`` of a start position, as the native reader takes it."""
+    if isinstance(starting, bool):
+        raise ConfigError(f"a start position is not a bool: {starting!r}")
+    if isinstance(starting, int):
+        return "sequence_number", str(starting)
+    if isinstance(starting, datetime):
+        if starting.tzinfo is None:
+            raise ConfigError("an enqueued-time start position needs a timezone-aware datetime")
+        return "enqueued_time", str(int(starting.timestamp() * 1000))
+    if starting == "earliest":
+        return "offset", "-1"
+    if starting == "latest":
+        return "offset", "@latest"
+    return "offset", starting

@@ -207,6 +207,7 @@ class LocalCloud(_Cloud):
                 "mqttHost": self.host,
                 "mqttPort": self.mqtt_port,
                 "webPort": self.web_port,
+                "amqpPort": self.amqp_port,
             }
             if self._emulator.arm_token is not None:
                 endpoints["armToken"] = self._emulator.arm_token
@@ -277,6 +278,9 @@ class LocalCloud(_Cloud):
 
     def _web_port(self) -> int:
         return self.web_port
+
+    def _amqp_port(self) -> int | None:
+        return self.amqp_port
 
     def _emulator_only(self, feature: str) -> Emulator:
         return self._emulator
@@ -413,6 +417,8 @@ class LocalCloudClient(_Cloud):
         self.arm_endpoint: str = endpoints["armEndpoint"]
         self._mqtt_port: int = endpoints["mqttPort"]
         self._web_port_number: int = endpoints.get("webPort", WEB_PORT)
+        # Written by local clouds that serve the events endpoint; older files: Azure's port.
+        self._amqp_port_number: int | None = endpoints.get("amqpPort")
         self._trust_pem = (data_dir / EMULATOR_CA_FILE).read_text()
         token: str = endpoints.get("armToken") or LOCAL_TOKEN
         self._rest_client = RestClient(
@@ -447,6 +453,9 @@ class LocalCloudClient(_Cloud):
 
     def _web_port(self) -> int:
         return self._web_port_number
+
+    def _amqp_port(self) -> int | None:
+        return self._amqp_port_number
 
     def _emulator_api(self, feature: str) -> None:
         return None

@@ -14,6 +14,7 @@ from typing import Any
 from dpskit._native import (
     CaCertificateRecord,
     Certificate,
+    EventRecord,
     HubDeviceRecord,
     HubUsageRecord,
     LinkedHubRecord,
@@ -304,6 +305,50 @@ class TelemetryMessage:
             body=record.body,
             properties=dict(record.properties),
             system_properties=dict(record.system_properties),
+        )
+
+
+@dataclass(frozen=True)
+class HubEvent:
+    """A device-to-cloud message as the hub's built-in Event Hub-compatible endpoint delivers
+    it (what ``azure-eventhub``'s consumer reads), with what Event Hubs and IoT Hub add."""
+
+    partition: str
+    sequence_number: int
+    offset: str
+    enqueued_time: datetime
+    device_id: str | None
+    body: bytes
+    #: The device's application properties.
+    properties: dict[str, str]
+    #: IoT Hub's ``iothub-*`` annotations (auth method, generation id, enqueued time, source).
+    annotations: dict[str, str]
+    message_id: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
+    content_encoding: str | None = None
+    module_id: str | None = None
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+    @classmethod
+    def _from_native(cls, record: EventRecord) -> HubEvent:
+        return cls(
+            partition=record.partition,
+            sequence_number=record.sequence_number,
+            offset=record.offset,
+            enqueued_time=datetime.fromtimestamp(record.enqueued_time_ms / 1000, tz=timezone.utc),
+            device_id=record.device_id,
+            body=record.body,
+            properties=dict(record.properties),
+            annotations=dict(record.annotations),
+            message_id=record.message_id,
+            correlation_id=record.correlation_id,
+            content_type=record.content_type,
+            content_encoding=record.content_encoding,
+            module_id=record.module_id,
         )
 
 

@@ -1,0 +1,812 @@
+//! dpskit's reader of a hub's telemetry where Azure keeps it: the built-in Event
+//! Hub-compatible endpoint, over AMQP 1.0 on TLS, exactly as the official consumers read it
+//! (one read path for the local cloud and Azure).
+//!
+//! A reader opens one TLS connection (trust as the caller says: the emulator's CA, or the
+//! system roots for Azure), one AMQP session, authenticates with a CBS put-token of a SAS
+//! signed by a policy with `ServiceConnect` (the connection string's), and then asks the
+//! `$management` node about the event hub and its partitions, or attaches a receiver per
+//! partition from a start position. The vocabulary (nodes, properties, selector, annotations)
+//! is `protocol::event_hubs`, shared with the emulator's endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties, Source,
+};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+use serde_amqp::described::Described;
+use serde_amqp::descriptor::Descriptor;
+use tokio::net::TcpStream;
+
+use crate::error::{Error, Result};
+use crate::protocol::event_hubs::{self, PartitionAddress, StartPosition, annotations, keys};
+use crate::transport::Trust;
+
+/// The AMQP port of Event Hubs (and of the emulator's endpoint when it could bind it).
+pub const AMQPS_PORT: u16 = 5671;
+/// How long a SAS token put to CBS lives; the reader puts a fresh one for each connection.
+const TOKEN_LIFETIME_SECONDS: i64 = 3600;
+/// How long a management or CBS answer may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events the reader lets a partition send ahead of its consumer (the official consumer's
+/// default prefetch).
+const PREFETCH: u32 = 300;
+
+/// An Event Hubs connection string: `Endpoint=sb://{host}[:port]/;SharedAccessKeyName=...;
+/// SharedAccessKey=...;EntityPath={event hub}`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EventHubConnectionString {
+    /// The namespace host.
+    pub host: String,
+    /// The port the endpoint names, if any (the official clients dial 5671 whatever it says).
+    pub port: Option<u16>,
+    /// The shared access policy.
+    pub key_name: String,
+    key: String,
+    /// The event hub.
+    pub event_hub: String,
+}
+
+impl std::fmt::Debug for EventHubConnectionString {
+    /// The key is a secret: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHubConnectionString")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("key_name", &self.key_name)
+            .field("key", &"<redacted>")
+            .field("event_hub", &self.event_hub)
+            .finish()
+    }
+}
+
+impl EventHubConnectionString {
+    /// Reads one; refuses (`Error::Config`) a string without an `sb://` endpoint, a policy, a
+    /// key or an event hub.
+    pub fn parse(text: &str) -> Result<EventHubConnectionString> {
+        let mut fields = BTreeMap::new();
+        for part in text.split(';').filter(|p| !p.trim().is_empty()) {
+            let (name, value) = part.split_once('=').ok_or_else(|| {
+                Error::config("an Event Hubs connection string is name=value pairs")
+            })?;
+            fields.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+        let field = |name: &str, shown: &str| {
+            fields
+                .get(name)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or_else(|| {
+                    Error::config(format!("the Event Hubs connection string has no {shown}"))
+                })
+        };
+        let endpoint = field("endpoint", "Endpoint")?;
+        let authority = endpoint
+            .strip_prefix("sb://")
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "the Event Hubs endpoint {endpoint:?} does not start with sb://"
+                ))
+            })?
+            .trim_end_matches('/');
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port.parse().map_err(|_| {
+                    Error::config(format!(
+                        "the Event Hubs endpoint {endpoint:?} has a bad port"
+                    ))
+                })?;
+                (host.to_string(), Some(port))
+            }
+            None => (authority.to_string(), None),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(Error::config(format!(
+                "the Event Hubs endpoint {endpoint:?} names no host"
+            )));
+        }
+        Ok(EventHubConnectionString {
+            host,
+            port,
+            key_name: field("sharedaccesskeyname", "SharedAccessKeyName")?,
+            key: field("sharedaccesskey", "SharedAccessKey")?,
+            event_hub: field("entitypath", "EntityPath")?,
+        })
+    }
+
+    /// The SAS token for this event hub, valid for `TOKEN_LIFETIME_SECONDS`, signed as the
+    /// Event Hubs clients sign (the key's text is the HMAC key).
+    fn token(&self) -> String {
+        let audience = event_hubs::event_hub_audience(&self.host, &self.event_hub);
+        crate::sas::build_token_with_key_text(
+            &audience,
+            &self.key,
+            crate::clock::now() + TOKEN_LIFETIME_SECONDS,
+            &self.key_name,
+        )
+    }
+}
+
+/// The event hub as `$management` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHubInfo {
+    /// Its name.
+    pub name: String,
+    /// Its partitions' ids.
+    pub partition_ids: Vec<String>,
+    /// When it was created, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// One partition as `$management` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// The partition id.
+    pub id: String,
+    /// The first retained event's sequence number.
+    pub begin_sequence_number: i64,
+    /// The last enqueued event's sequence number (-1 when none was).
+    pub last_enqueued_sequence_number: i64,
+    /// The last enqueued event's offset.
+    pub last_enqueued_offset: String,
+    /// When the last event was enqueued, Unix milliseconds.
+    pub last_enqueued_time_ms: i64,
+    /// Whether the partition holds no event.
+    pub is_empty: bool,
+}
+
+/// An event as the endpoint delivered it, with what Event Hubs and IoT Hub put on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedEvent {
+    /// The partition it was read from.
+    pub partition: String,
+    /// Its sequence number in the partition.
+    pub sequence_number: i64,
+    /// Its offset in the partition.
+    pub offset: String,
+    /// When the partition received it, Unix milliseconds.
+    pub enqueued_time_ms: i64,
+    /// The device that sent it (`iothub-connection-device-id`).
+    pub device_id: Option<String>,
+    /// The module that sent it, if one did.
+    pub module_id: Option<String>,
+    /// The body, as the device sent it.
+    pub body: Vec<u8>,
+    /// The device's application properties, as text.
+    pub properties: BTreeMap<String, String>,
+    /// Every other message annotation (IoT Hub's `iothub-*` among them), as text.
+    pub annotations: BTreeMap<String, String>,
+    /// The message id, if the device gave one.
+    pub message_id: Option<String>,
+    /// The correlation id, if the device gave one.
+    pub correlation_id: Option<String>,
+    /// Its content type (`application/json`...), if given.
+    pub content_type: Option<String>,
+    /// Its content encoding (`utf-8`...), if given.
+    pub content_encoding: Option<String>,
+}
+
+/// One authenticated AMQP connection to an event hub.
+pub struct EventReader {
+    connection: ConnectionHandle<()>,
+    session: SessionHandle<()>,
+    target: EventHubConnectionString,
+    token: String,
+    management: Option<(Sender, Receiver)>,
+    requests: u64,
+}
+
+impl EventReader {
+    /// Connects to `target` (on `port`, or the connection string's, or 5671), TLS checked
+    /// against `trust`, and authenticates with a CBS put-token.
+    pub async fn connect(
+        target: &EventHubConnectionString,
+        port: Option<u16>,
+        trust: &Trust,
+    ) -> Result<EventReader> {
+        let port = port.or(target.port).unwrap_or(AMQPS_PORT);
+        let host = target.host.as_str();
+        let tcp = TcpStream::connect((host, port))
+            .await
+            .map_err(|e| Error::transport_caused(format!("cannot reach {host}:{port}"), e))?;
+        let _ = tcp.set_nodelay(true);
+        let config = Arc::new(trust.client_config(None, 0)?);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| Error::config_caused(format!("{host:?} is not a host name"), e))?;
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                Error::transport_caused(
+                    format!("TLS with {host}:{port}"),
+                    crate::transport::mqtt::tls_cause(e),
+                )
+            })?;
+        let mut connection = Connection::builder()
+            .container_id(format!("dpskit-{}", crate::random::guid()))
+            .hostname(host)
+            .sasl_profile(SaslProfile::Anonymous)
+            .open_with_stream(tls)
+            .await
+            .map_err(|e| Error::transport_caused(format!("AMQP open with {host}:{port}"), e))?;
+        let session = Session::begin(&mut connection)
+            .await
+            .map_err(|e| Error::transport_caused("AMQP session", e))?;
+        let mut reader = EventReader {
+            connection,
+            session,
+            target: target.clone(),
+            token: target.token(),
+            management: None,
+            requests: 0,
+        };
+        reader.put_token().await?;
+        Ok(reader)
+    }
+
+    /// Puts the SAS token to CBS; refused tokens are an authentication error.
+    async fn put_token(&mut self) -> Result<()> {
+        let audience = event_hubs::event_hub_audience(&self.target.host, &self.target.event_hub);
+        let mut link = self.node_links(event_hubs::CBS_NODE).await?;
+        let properties = ApplicationProperties::builder()
+            .insert(
+                keys::OPERATION,
+                SimpleValue::String(event_hubs::PUT_TOKEN.into()),
+            )
+            .insert(
+                keys::TYPE,
+                SimpleValue::String(event_hubs::SAS_TOKEN_TYPE.into()),
+            )
+            .insert(keys::NAME, SimpleValue::String(audience))
+            .build();
+        let answer = self
+            .request(
+                &mut link,
+                properties,
+                Body::Value(AmqpValue(Value::String(self.token.clone()))),
+            )
+            .await;
+        let _ = link.0.close().await;
+        let _ = link.1.close().await;
+        let (status, description, _) = answer?;
+        if status == 200 || status == 202 {
+            return Ok(());
+        }
+        Err(Error::service(
+            status,
+            0,
+            format!("the event hub refused the token: {status} {description}"),
+        ))
+    }
+
+    /// A sender to and a receiver from a request/response node.
+    async fn node_links(&mut self, node: &str) -> Result<(Sender, Receiver)> {
+        let suffix = crate::random::guid();
+        let sender = Sender::attach(&mut self.session, format!("{node}-sender-{suffix}"), node)
+            .await
+            .map_err(|e| Error::transport_caused(format!("attaching to {node}"), e))?;
+        let receiver = Receiver::builder()
+            .name(format!("{node}-receiver-{suffix}"))
+            .source(node)
+            .target(format!("{node}-client-{suffix}"))
+            .attach(&mut self.session)
+            .await
+            .map_err(|e| Error::transport_caused(format!("attaching to {node}"), e))?;
+        Ok((sender, receiver))
+    }
+
+    /// Sends one request and reads its answer: status, description, body.
+    async fn request(
+        &mut self,
+        (sender, receiver): &mut (Sender, Receiver),
+        properties: ApplicationProperties,
+        body: Body<Value>,
+    ) -> Result<(u16, String, Value)> {
+        self.requests += 1;
+        let id = format!("dpskit-{}", self.requests);
+        let message = Message::builder()
+            .properties(
+                Properties::builder()
+                    .message_id(MessageId::String(id.clone()))
+                    .build(),
+            )
+            .application_properties(properties)
+            .body(body)
+            .build();
+        let exchange = async {
+            sender
+                .send(message)
+                .await
+                .map_err(|e| Error::transport_caused("sending a request", e))?;
+            loop {
+                let delivery = receiver
+                    .recv::<Body<Value>>()
+                    .await
+                    .map_err(|e| Error::transport_caused("reading an answer", e))?;
+                let _ = receiver.accept(&delivery).await;
+                let answer = delivery.into_message();
+                let correlates = answer
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.correlation_id.as_ref())
+                    .is_some_and(|c| message_id_text(c) == id);
+                if !correlates {
+                    // An answer to an earlier request that timed out: not this one's.
+                    continue;
+                }
+                let property = |key: &str| {
+                    answer
+                        .application_properties
+                        .as_ref()
+                        .and_then(|p| p.0.get(key))
+                        .cloned()
+                };
+                let status = property(keys::STATUS_CODE)
+                    .and_then(|v| simple_integer(&v))
+                    .and_then(|s| u16::try_from(s).ok())
+                    .ok_or_else(|| Error::protocol("an answer without a status-code"))?;
+                let description = property(keys::STATUS_DESCRIPTION)
+                    .map(|v| simple_text(&v))
+                    .unwrap_or_default();
+                let body = match answer.body {
+                    Body::Value(AmqpValue(value)) => value,
+                    _ => Value::Null,
+                };
+                return Ok((status, description, body));
+            }
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+            .await
+            .map_err(|_| Error::transport("no answer within 30 s"))?
+    }
+
+    /// A `$management` READ of `kind` (`com.microsoft:eventhub` or `:partition`).
+    async fn read(&mut self, kind: &str, partition: Option<&str>) -> Result<Vec<(String, Value)>> {
+        let mut links = match self.management.take() {
+            Some(links) => links,
+            None => self.node_links(event_hubs::MANAGEMENT_NODE).await?,
+        };
+        let mut properties = ApplicationProperties::builder()
+            .insert(
+                keys::OPERATION,
+                SimpleValue::String(event_hubs::READ.into()),
+            )
+            .insert(
+                keys::NAME,
+                SimpleValue::String(self.target.event_hub.clone()),
+            )
+            .insert(keys::TYPE, SimpleValue::String(kind.into()))
+            .insert(
+                keys::SECURITY_TOKEN,
+                SimpleValue::String(self.token.clone()),
+            );
+        if let Some(partition) = partition {
+            properties = properties.insert(keys::PARTITION, SimpleValue::String(partition.into()));
+        }
+        let answer = self
+            .request(&mut links, properties.build(), Body::Empty)
+            .await;
+        self.management = Some(links);
+        let (status, description, body) = answer?;
+        if status != 200 {
+            return Err(Error::service(
+                status,
+                0,
+                format!("$management READ {kind}: {status} {description}"),
+            ));
+        }
+        match body {
+            Value::Map(map) => Ok(map.into_iter().map(|(k, v)| (value_text(&k), v)).collect()),
+            other => Err(Error::protocol(format!(
+                "$management answered {kind} with {other:?}, not a map"
+            ))),
+        }
+    }
+
+    /// The event hub's name, partitions and creation time.
+    pub async fn event_hub(&mut self) -> Result<EventHubInfo> {
+        let fields = self.read(event_hubs::EVENT_HUB_TYPE, None).await?;
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let partition_ids = match get("partition_ids") {
+            Some(Value::Array(ids)) => ids.0.iter().map(value_text).collect(),
+            Some(Value::List(ids)) => ids.iter().map(value_text).collect(),
+            other => {
+                return Err(Error::protocol(format!(
+                    "the event hub's partition_ids is {other:?}"
+                )));
+            }
+        };
+        Ok(EventHubInfo {
+            name: get("name").map(value_text).unwrap_or_default(),
+            partition_ids,
+            created_at_ms: get("created_at").and_then(value_millis).unwrap_or(0),
+        })
+    }
+
+    /// One partition's sequence numbers, last offset and time.
+    pub async fn partition(&mut self, id: &str) -> Result<PartitionInfo> {
+        let fields = self.read(event_hubs::PARTITION_TYPE, Some(id)).await?;
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let number = |name: &str| {
+            get(name)
+                .and_then(value_integer)
+                .ok_or_else(|| Error::protocol(format!("partition {id} has no {name}")))
+        };
+        Ok(PartitionInfo {
+            id: id.to_string(),
+            begin_sequence_number: number("begin_sequence_number")?,
+            last_enqueued_sequence_number: number("last_enqueued_sequence_number")?,
+            last_enqueued_offset: get("last_enqueued_offset")
+                .map(value_text)
+                .unwrap_or_default(),
+            last_enqueued_time_ms: get("last_enqueued_time_utc")
+                .and_then(value_millis)
+                .unwrap_or(0),
+            is_empty: matches!(get("is_partition_empty"), Some(Value::Bool(true))),
+        })
+    }
+
+    /// Attaches a receiver to one partition of `consumer_group`, from `start`.
+    pub async fn receive(
+        &mut self,
+        consumer_group: &str,
+        partition: &str,
+        start: &StartPosition,
+    ) -> Result<PartitionReader> {
+        let address = PartitionAddress {
+            event_hub: self.target.event_hub.clone(),
+            consumer_group: consumer_group.to_string(),
+            partition: partition.to_string(),
+        }
+        .to_address(&self.target.host);
+        let filter = Described {
+            descriptor: Descriptor::Name(Symbol::from(event_hubs::SELECTOR_FILTER)),
+            value: Value::String(start.selector()),
+        };
+        let source = Source::builder()
+            .address(address.clone())
+            .add_to_filter(Symbol::from(event_hubs::SELECTOR_FILTER), filter)
+            .build();
+        let receiver = Receiver::builder()
+            .name(format!("receiver-{}", crate::random::guid()))
+            .source(source)
+            .target(format!("receiver-link-{}", crate::random::guid()))
+            .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Auto(PREFETCH))
+            .attach(&mut self.session)
+            .await
+            .map_err(|e| Error::transport_caused(format!("attaching to {address}"), e))?;
+        Ok(PartitionReader {
+            receiver,
+            partition: partition.to_string(),
+        })
+    }
+
+    /// Ends the session and closes the connection.
+    pub async fn close(mut self) {
+        if let Some((sender, receiver)) = self.management.take() {
+            let _ = sender.close().await;
+            let _ = receiver.close().await;
+        }
+        let _ = self.session.end().await;
+        let _ = self.connection.close().await;
+    }
+}
+
+/// Events of one partition, in order.
+pub struct PartitionReader {
+    receiver: Receiver,
+    partition: String,
+}
+
+impl PartitionReader {
+    /// The next event (waits for one).
+    pub async fn next(&mut self) -> Result<ReceivedEvent> {
+        let delivery = self
+            .receiver
+            .recv::<Body<Value>>()
+            .await
+            .map_err(|e| Error::transport_caused(format!("partition {}", self.partition), e))?;
+        let _ = self.receiver.accept(&delivery).await;
+        event_of(&self.partition, delivery.into_message())
+    }
+
+    /// Detaches from the partition.
+    pub async fn close(self) {
+        let _ = self.receiver.close().await;
+    }
+}
+
+/// Events of several partitions as they arrive, merged: one reader, one receiver task per
+/// partition. Dropping it stops the tasks and closes the connection.
+pub struct EventStream {
+    events: tokio::sync::mpsc::Receiver<Result<ReceivedEvent>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    // Kept for the connection's lifetime: the receivers run on its session.
+    _reader: EventReader,
+}
+
+/// Events buffered between the partitions' receivers and the consumer.
+const STREAM_BUFFER: usize = 1024;
+
+impl EventStream {
+    /// Connects and attaches to `partitions` (every partition when `None`) of
+    /// `consumer_group`, each from `start`.
+    pub async fn open(
+        target: &EventHubConnectionString,
+        port: Option<u16>,
+        trust: &Trust,
+        consumer_group: &str,
+        start: &StartPosition,
+        partitions: Option<Vec<String>>,
+    ) -> Result<EventStream> {
+        let mut reader = EventReader::connect(target, port, trust).await?;
+        let partitions = match partitions {
+            Some(partitions) => partitions,
+            None => reader.event_hub().await?.partition_ids,
+        };
+        let (sender, events) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+        let mut tasks = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let mut receiver = reader.receive(consumer_group, &partition, start).await?;
+            let sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let event = receiver.next().await;
+                    let failed = event.is_err();
+                    if sender.send(event).await.is_err() || failed {
+                        break;
+                    }
+                }
+                receiver.close().await;
+            }));
+        }
+        Ok(EventStream {
+            events,
+            tasks,
+            _reader: reader,
+        })
+    }
+
+    /// The next event of any partition (`None` once every receiver has ended).
+    pub async fn next(&mut self) -> Option<Result<ReceivedEvent>> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Every retained event of the event hub, read through `consumer_group` from each
+/// partition's start up to what it held when the read began, in enqueued order.
+pub async fn read_retained(
+    target: &EventHubConnectionString,
+    port: Option<u16>,
+    trust: &Trust,
+    consumer_group: &str,
+) -> Result<Vec<ReceivedEvent>> {
+    let mut reader = EventReader::connect(target, port, trust).await?;
+    let mut events = Vec::new();
+    for partition in reader.event_hub().await?.partition_ids {
+        let info = reader.partition(&partition).await?;
+        if info.is_empty || info.last_enqueued_sequence_number < 0 {
+            continue;
+        }
+        let mut receiver = reader
+            .receive(consumer_group, &partition, &StartPosition::earliest())
+            .await?;
+        loop {
+            // A partition that stops short of what it said it held must not hang the read.
+            let event = tokio::time::timeout(ANSWER_TIMEOUT, receiver.next())
+                .await
+                .map_err(|_| {
+                    Error::transport(format!(
+                        "partition {partition} sent nothing for 30 s before sequence number {}",
+                        info.last_enqueued_sequence_number
+                    ))
+                })??;
+            let last = event.sequence_number >= info.last_enqueued_sequence_number;
+            events.push(event);
+            if last {
+                break;
+            }
+        }
+        receiver.close().await;
+    }
+    reader.close().await;
+    events.sort_by(|a, b| {
+        (a.enqueued_time_ms, &a.partition, a.sequence_number).cmp(&(
+            b.enqueued_time_ms,
+            &b.partition,
+            b.sequence_number,
+        ))
+    });
+    Ok(events)
+}
+
+/// What an AMQP message says as a [`ReceivedEvent`]; `Err` when it lacks what Event Hubs
+/// always puts on an event (sequence number, offset, enqueued time).
+fn event_of(partition: &str, message: Message<Body<Value>>) -> Result<ReceivedEvent> {
+    let mut annotations_by_key: BTreeMap<String, Value> = BTreeMap::new();
+    if let Some(found) = message.message_annotations {
+        for (key, value) in found.0 {
+            let key = match key {
+                OwnedKey::Symbol(symbol) => symbol.0,
+                OwnedKey::Ulong(n) => n.to_string(),
+            };
+            annotations_by_key.insert(key, value);
+        }
+    }
+    let mut take = |key: &str| annotations_by_key.remove(key);
+    let sequence_number = take(annotations::SEQUENCE_NUMBER)
+        .as_ref()
+        .and_then(value_integer)
+        .ok_or_else(|| Error::protocol("an event without x-opt-sequence-number"))?;
+    let offset = take(annotations::OFFSET)
+        .map(|v| value_text(&v))
+        .ok_or_else(|| Error::protocol("an event without x-opt-offset"))?;
+    let enqueued_time_ms = take(annotations::ENQUEUED_TIME)
+        .as_ref()
+        .and_then(value_millis)
+        .ok_or_else(|| Error::protocol("an event without x-opt-enqueued-time"))?;
+    let device_id = take(annotations::DEVICE_ID).map(|v| value_text(&v));
+    let module_id = take(annotations::MODULE_ID).map(|v| value_text(&v));
+    let annotations = annotations_by_key
+        .iter()
+        .map(|(k, v)| (k.clone(), value_text(v)))
+        .collect();
+    let properties = message
+        .application_properties
+        .map(|p| {
+            p.0.iter()
+                .map(|(k, v)| (k.clone(), simple_text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let system = message.properties.unwrap_or_default();
+    let body = match message.body {
+        Body::Data(batch) => batch.into_iter().flat_map(|d| d.0.into_vec()).collect(),
+        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.into_vec(),
+        Body::Value(AmqpValue(Value::String(text))) => text.into_bytes(),
+        Body::Empty => Vec::new(),
+        other => {
+            return Err(Error::protocol(format!(
+                "an event whose body is not data: {other:?}"
+            )));
+        }
+    };
+    Ok(ReceivedEvent {
+        partition: partition.to_string(),
+        sequence_number,
+        offset,
+        enqueued_time_ms,
+        device_id,
+        module_id,
+        body,
+        properties,
+        annotations,
+        message_id: system.message_id.as_ref().map(message_id_text),
+        correlation_id: system.correlation_id.as_ref().map(message_id_text),
+        content_type: system.content_type.map(|s| s.0),
+        content_encoding: system.content_encoding.map(|s| s.0),
+    })
+}
+
+fn message_id_text(id: &MessageId) -> String {
+    match id {
+        MessageId::String(s) => s.clone(),
+        MessageId::Ulong(n) => n.to_string(),
+        MessageId::Uuid(u) => format!("{u:?}"),
+        MessageId::Binary(b) => crate::pki::cert::hex_upper(b).to_ascii_lowercase(),
+    }
+}
+
+fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Symbol(s) => s.0.clone(),
+        Value::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::Long(n) => n.to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Uint(n) => n.to_string(),
+        Value::Ulong(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Timestamp(t) => t.milliseconds().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn value_integer(value: &Value) -> Option<i64> {
+    match value {
+        Value::Long(n) => Some(*n),
+        Value::Int(n) => Some(i64::from(*n)),
+        Value::Uint(n) => Some(i64::from(*n)),
+        Value::Ulong(n) => i64::try_from(*n).ok(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn value_millis(value: &Value) -> Option<i64> {
+    match value {
+        Value::Timestamp(t) => Some(t.milliseconds()),
+        other => value_integer(other),
+    }
+}
+
+fn simple_text(value: &SimpleValue) -> String {
+    match value {
+        SimpleValue::String(s) => s.clone(),
+        SimpleValue::Symbol(s) => s.0.clone(),
+        SimpleValue::Bool(b) => b.to_string(),
+        SimpleValue::Int(n) => n.to_string(),
+        SimpleValue::Long(n) => n.to_string(),
+        SimpleValue::Uint(n) => n.to_string(),
+        SimpleValue::Ulong(n) => n.to_string(),
+        SimpleValue::Double(n) => n.to_string(),
+        SimpleValue::Timestamp(t) => t.milliseconds().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn simple_integer(value: &SimpleValue) -> Option<i64> {
+    match value {
+        SimpleValue::Int(n) => Some(i64::from(*n)),
+        SimpleValue::Long(n) => Some(*n),
+        SimpleValue::Uint(n) => Some(i64::from(*n)),
+        SimpleValue::Ulong(n) => i64::try_from(*n).ok(),
+        SimpleValue::Short(n) => Some(i64::from(*n)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_strings_read_as_the_portal_writes_them_and_hide_their_key() {
+        let parsed = EventHubConnectionString::parse(
+            "Endpoint=sb://iothub-ns-hub-1-abc.servicebus.windows.net/;SharedAccessKeyName=service;SharedAccessKey=a2V5;EntityPath=hub-1",
+        )
+        .unwrap();
+        assert_eq!(parsed.host, "iothub-ns-hub-1-abc.servicebus.windows.net");
+        assert_eq!(parsed.port, None);
+        assert_eq!(
+            (parsed.key_name.as_str(), parsed.event_hub.as_str()),
+            ("service", "hub-1")
+        );
+        assert!(!format!("{parsed:?}").contains("a2V5"));
+        let local = EventHubConnectionString::parse(
+            "endpoint=sb://127.0.0.2:5679;sharedaccesskeyname=service;sharedaccesskey=a2V5;entitypath=h",
+        )
+        .unwrap();
+        assert_eq!((local.host.as_str(), local.port), ("127.0.0.2", Some(5679)));
+        for bad in [
+            "",
+            "Endpoint=https://h/;SharedAccessKeyName=s;SharedAccessKey=k;EntityPath=e",
+            "Endpoint=sb://h/;SharedAccessKeyName=s;SharedAccessKey=k",
+            "Endpoint=sb://h/;SharedAccessKeyName=s;EntityPath=e",
+            "Endpoint=sb:///;SharedAccessKeyName=s;SharedAccessKey=k;EntityPath=e",
+            "Endpoint=sb://h:x/;SharedAccessKeyName=s;SharedAccessKey=k;EntityPath=e",
+            "garbage",
+        ] {
+            assert!(
+                matches!(EventHubConnectionString::parse(bad), Err(Error::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+}
