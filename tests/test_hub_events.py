@@ -11,12 +11,15 @@ error rather than hang."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 import dpskit
+from dpskit.cli import main
 
 KEY = "a2V5LW9mLXNpeHRlZW4tYnl0ZXMtYWFhYWFhYWFhYWFh"
 
@@ -151,3 +154,26 @@ def test_unknown_consumer_groups_bad_keys_and_naive_times_are_refused(
     hub._service_key = "d3Jvbmcta2V5LW9mLXNpeHRlZW4tYnl0ZXM="
     with pytest.raises(dpskit.DpsKitError):
         hub.retained_events()
+
+
+def test_the_monitor_command_prints_a_hubs_events_from_a_running_cloud(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with dpskit.LocalCloud(tmp_path, port=0, amqp_port=0, web_port=0) as cloud:
+        hub = _hub_with_devices(cloud, ["cli-a", "cli-b"])
+        asyncio.run(_send(cloud, hub, "cli-a", 2))
+        asyncio.run(_send(cloud, hub, "cli-b", 1))
+        argv = ["hub", "monitor", "events-hub", "--local", str(tmp_path), "--starting"]
+        status = main([*argv, "earliest", "--device", "cli-a", "--count", "2", "--properties"])
+        out = capsys.readouterr().out
+        assert status == 0
+        lines = [json.loads(line)["event"] for line in out.splitlines()]
+        assert [(e["origin"], e["payload"]) for e in lines] == [
+            ("cli-a", {"n": 0}),
+            ("cli-a", {"n": 1}),
+        ]
+        assert lines[0]["properties"]["application"] == {"unit": "C"}
+        assert lines[0]["properties"]["system"]["message-id"] == "cli-a-0"
+        # Nothing new arrives: --timeout ends the watch with what it saw.
+        status = main([*argv, "latest", "--timeout", "1"])
+        assert (status, capsys.readouterr().out) == (0, "")

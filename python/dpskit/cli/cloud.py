@@ -51,7 +51,13 @@ def _group_summary(group: EnrollmentGroup) -> dict[str, Any]:
 def cmd_create_hub(args: argparse.Namespace) -> int:
     """``dpskit cloud create-hub``."""
     with _open_cloud(args) as cloud:
-        hub = cloud.create_hub(args.name, args.location, sku=args.sku, units=args.units)
+        hub = cloud.create_hub(
+            args.name,
+            args.location,
+            sku=args.sku,
+            units=args.units,
+            partition_count=args.partitions,
+        )
         _emit(
             args,
             {
@@ -60,6 +66,7 @@ def cmd_create_hub(args: argparse.Namespace) -> int:
                 "location": hub.location,
                 "sku": hub.sku,
                 "units": hub.units,
+                "partitionCount": hub.partition_count,
             },
             f"hub {hub.name}: host {hub.host_name} ({hub.location}, {hub.sku} x{hub.units})",
         )
@@ -237,6 +244,11 @@ def add_cloud_commands(commands: Any) -> None:
         help="tier; the local cloud then applies its documented throttles and daily quota",
     )
     p.add_argument("--units", type=int, default=1, help="units of the tier (with --sku)")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        help="partitions of its Event Hub-compatible endpoint, 2-128 (default 4), fixed once made",
+    )
     p.set_defaults(handler=cmd_create_hub, parser=p)
     p = sub.add_parser("create-dps", parents=[target], help="create a DPS instance")
     p.add_argument("name", help="3-64 letters, digits and hyphens, not ending with a hyphen")

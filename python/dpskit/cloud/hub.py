@@ -4,7 +4,7 @@ direct methods, cloud-to-device messages, telemetry), plus the emulator's knobs 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -224,7 +224,7 @@ class Hub:
         starting: Literal["earliest", "latest"] | int | datetime | str = "latest",
         inclusive: bool = False,
         partitions: list[str] | None = None,
-    ) -> AsyncIterator[HubEvent]:
+    ) -> AsyncGenerator[HubEvent, None]:
         """The hub's telemetry as it arrives, read from its built-in Event Hub-compatible
         endpoint over AMQP as ``azure-eventhub``'s consumer reads it (the local cloud and Azure
         alike), every partition (or ``partitions``) merged.
