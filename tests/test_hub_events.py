@@ -177,3 +177,37 @@ def test_the_monitor_command_prints_a_hubs_events_from_a_running_cloud(
         # Nothing new arrives: --timeout ends the watch with what it saw.
         status = main([*argv, "latest", "--timeout", "1"])
         assert (status, capsys.readouterr().out) == (0, "")
+
+
+class _AzureAtThisPort(dpskit.AzureCloud):
+    """The Azure path, pointed at the local cloud's ARM and its AMQP port (Azure's is 5671,
+    which another process may hold here)."""
+
+    amqp_port = 5671
+
+    def _amqp_port(self) -> int | None:
+        return self.amqp_port
+
+
+def test_on_azure_telemetry_is_read_from_the_events_endpoint(cloud: dpskit.LocalCloud) -> None:
+    hub = _hub_with_devices(cloud, ["az-a", "az-b"])
+    asyncio.run(_send(cloud, hub, "az-a", 3))
+    asyncio.run(_send(cloud, hub, "az-b", 2))
+    azure = _AzureAtThisPort(
+        cloud.subscription_id,
+        cloud.resource_group,
+        "any-token",
+        arm_endpoint=cloud.arm_endpoint,
+        trust_pem=cloud.trust_pem,
+    )
+    azure.amqp_port = cloud.amqp_port
+    remote = azure.hub("events-hub")
+    local = cloud.hub("events-hub").telemetry("az-a")
+    read = remote.telemetry("az-a")
+    assert [m.json() for m in read] == [m.json() for m in local] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert [m.message_id for m in read] == [m.message_id for m in local]
+    assert [m.properties for m in read] == [m.properties for m in local]
+    assert [m.content_type for m in read] == [m.content_type for m in local]
+    assert {m.device_id for m in remote.telemetry()} == {"az-a", "az-b"}
+    frame = read.to_pandas()
+    assert list(frame["message_id"]) == ["az-a-0", "az-a-1", "az-a-2"]

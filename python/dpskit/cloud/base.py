@@ -46,6 +46,10 @@ class _Cloud:
         it uses the emulator's own REST calls."""
         raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
 
+    #: Whether the emulator's own REST calls are served (the local cloud, in this process or
+    #: another); Azure's equivalents go elsewhere (telemetry: the events endpoint).
+    _has_emulator_api = False
+
     def _hub_usage(self, hub: Hub) -> HubUsageRecord:
         """A hub's usage as ARM reports it (its ``quotaMetrics``); the in-process emulator
         reads its own meters, throttle refusals included."""

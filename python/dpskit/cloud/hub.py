@@ -211,9 +211,17 @@ class Hub:
         )
 
     def telemetry(self, device_id: str | None = None) -> TelemetryRecords:
-        """What the hub received (every device, or one), in arrival order. The emulator keeps
-        it; on Azure telemetry goes to the hub's Event Hubs endpoint, which this does not read."""
-        self._cloud._emulator_api("telemetry")
+        """What the hub received (every device, or one), in arrival order. The local cloud
+        answers from its store (its ``sequence`` counts every message of the hub); on Azure
+        it is read from the hub's Event Hub-compatible endpoint (:meth:`retained_events`:
+        what is retained, ordered by enqueued time; ``sequence`` is the event's number in its
+        partition)."""
+        if not self._cloud._has_emulator_api:
+            return TelemetryRecords(
+                TelemetryMessage._from_event(event)
+                for event in self.retained_events()
+                if device_id is None or event.device_id == device_id
+            )
         records = self._cloud._rest.hub_telemetry(self._service, device_id)
         return TelemetryRecords(TelemetryMessage._from_native(r) for r in records)
 

@@ -288,6 +288,8 @@ class LocalCloud(_Cloud):
     def _hub_usage(self, hub: Hub) -> HubUsageRecord:
         return self._emulator.hub_usage(hub.host_name)
 
+    _has_emulator_api = True
+
     def _emulator_api(self, feature: str) -> None:
         return None
 
@@ -456,6 +458,8 @@ class LocalCloudClient(_Cloud):
 
     def _amqp_port(self) -> int | None:
         return self._amqp_port_number
+
+    _has_emulator_api = True
 
     def _emulator_api(self, feature: str) -> None:
         return None

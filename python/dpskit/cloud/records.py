@@ -297,6 +297,28 @@ class TelemetryMessage:
         return json.loads(self.body)
 
     @classmethod
+    def _from_event(cls, event: HubEvent) -> TelemetryMessage:
+        # The system properties under the names the device's MQTT property bag gives them.
+        system = {
+            name: value
+            for name, value in (
+                ("mid", event.message_id),
+                ("cid", event.correlation_id),
+                ("ct", event.content_type),
+                ("ce", event.content_encoding),
+            )
+            if value is not None
+        }
+        return cls(
+            sequence=event.sequence_number,
+            device_id=event.device_id or "",
+            enqueued_time=event.enqueued_time,
+            body=event.body,
+            properties=dict(event.properties),
+            system_properties=system,
+        )
+
+    @classmethod
     def _from_native(cls, record: TelemetryRecord) -> TelemetryMessage:
         return cls(
             sequence=record.sequence,
