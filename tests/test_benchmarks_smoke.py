@@ -112,3 +112,15 @@ def test_soak_benchmark_loses_nothing_through_drops_in_a_short_run(
     assert c2d.split(", lost ")[1].split()[0] == "0", c2d
     assert "not judged (run < 60 s)" in out
     assert "verdict: PASS" in out
+
+
+def test_events_benchmark_reads_what_the_hub_ingested_with_both_readers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load("bench_events", monkeypatch)
+    assert module.main(["--devices", "6", "--messages", "40", "--window", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "dpskit retained_events()" in out
+    assert "azure-eventhub receive_batch" in out
+    assert "dpskit reader / official consumer:" in out
+    assert "kept up" in out or "fell behind" in out
