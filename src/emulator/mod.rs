@@ -217,15 +217,43 @@ pub(crate) struct Listeners {
     listening: Mutex<Vec<SocketAddr>>,
     /// Port 443's listeners (HTTPS and MQTT over WebSockets), once the REST side exists.
     web: std::sync::OnceLock<Arc<web::WebContext>>,
-    /// The web port: the configured one, or the one chosen when it could not be bound.
-    web_port: std::sync::atomic::AtomicU16,
-    web_listening: Mutex<Vec<SocketAddr>>,
+    web_ports: PortWithFallback,
     /// Port 5671's listeners (AMQP), once the REST side exists.
     amqp: std::sync::OnceLock<Arc<amqp::AmqpContext>>,
-    /// The AMQP port: the configured one, or the one chosen when it could not be bound.
-    amqp_port: std::sync::atomic::AtomicU16,
-    amqp_listening: Mutex<Vec<SocketAddr>>,
+    amqp_ports: PortWithFallback,
     stopped: std::sync::atomic::AtomicBool,
+}
+
+/// A port every resource address serves (443, 5671): the configured one, or, when it cannot
+/// be bound on the first address, one free port chosen then for every address, so one number
+/// reaches every resource and the connection strings can name it.
+struct PortWithFallback {
+    port: std::sync::atomic::AtomicU16,
+    listening: Mutex<Vec<SocketAddr>>,
+}
+
+impl PortWithFallback {
+    fn new(port: u16) -> Self {
+        PortWithFallback {
+            port: std::sync::atomic::AtomicU16::new(port),
+            listening: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn listening(&self) -> std::sync::MutexGuard<'_, Vec<SocketAddr>> {
+        self.listening.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `ip` (or every address) is served already.
+    fn covers(&self, ip: IpAddr) -> bool {
+        self.listening()
+            .iter()
+            .any(|a| a.ip() == ip || a.ip().is_unspecified())
+    }
 }
 
 /// Azure's port for HTTPS and MQTT over WebSockets.
@@ -234,7 +262,12 @@ pub const WEB_PORT: u16 = 443;
 impl Listeners {
     /// The web port: the configured one, or the fallback once it was chosen.
     pub(crate) fn web_port(&self) -> u16 {
-        self.web_port.load(std::sync::atomic::Ordering::Relaxed)
+        self.web_ports.port()
+    }
+
+    /// The AMQP port: the configured one, or the fallback once it was chosen.
+    pub(crate) fn amqp_port(&self) -> u16 {
+        self.amqp_ports.port()
     }
 
     fn listen(&self, ip: IpAddr, port: u16) -> Result<SocketAddr> {
@@ -251,86 +284,60 @@ impl Listeners {
         Ok(bound)
     }
 
-    /// Serves port 443 (or the fallback) on `ip`. When the configured port cannot be bound on
-    /// the first address, a free port is taken instead and every later address uses it too, so one port number serves
-    /// every resource and the service connection strings can name it.
+    /// Serves port 443 (or the fallback) on `ip`: HTTPS and MQTT over WebSockets.
     fn listen_web(&self, ip: IpAddr) -> Result<()> {
         let Some(context) = self.web.get() else {
             return Ok(());
         };
-        let port = self.web_port.load(std::sync::atomic::Ordering::Relaxed);
-        let listener = match self.bind_raw(ip, port) {
-            Ok(listener) => listener,
-            Err(e)
-                if port != 0
-                    && self
-                        .web_listening
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .is_empty() =>
-            {
-                let listener = self.bind(ip, 0)?;
-                let chosen = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-                log::warn!(
-                    "emulator: cannot listen on port {port} ({e}): HTTPS and MQTT over \
-                     WebSockets are served on port {chosen} of each resource's address \
-                     instead, and the service connection strings name it \
-                     (HostName=host:{chosen}); clients that always dial 443 (the official \
-                     device SDKs' WebSockets) cannot reach it. On Linux, allow 443 with \
-                     `sudo sysctl net.ipv4.ip_unprivileged_port_start=443` or \
-                     `sudo setcap cap_net_bind_service=+ep $(readlink -f $(which python3))`"
-                );
-                self.web_port
-                    .store(chosen, std::sync::atomic::Ordering::Relaxed);
-                listener
-            }
-            Err(e) => return Err(self.bind_error(SocketAddr::new(ip, port), e)),
-        };
-        let bound = listener
-            .local_addr()
-            .map_err(|e| Error::emulator_caused(format!("cannot listen on {ip}:{port}"), e))?;
-        if port == 0 {
-            self.web_port
-                .store(bound.port(), std::sync::atomic::Ordering::Relaxed);
-        }
-        self.handle.spawn(web::serve(listener, context.clone()));
-        self.web_listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(bound);
-        Ok(())
+        self.listen_with_fallback(ip, &self.web_ports, |port, e, chosen| {
+            log::warn!(
+                "emulator: cannot listen on port {port} ({e}): HTTPS and MQTT over \
+                 WebSockets are served on port {chosen} of each resource's address \
+                 instead, and the service connection strings name it \
+                 (HostName=host:{chosen}); clients that always dial 443 (the official \
+                 device SDKs' WebSockets) cannot reach it. On Linux, allow 443 with \
+                 `sudo sysctl net.ipv4.ip_unprivileged_port_start=443` or \
+                 `sudo setcap cap_net_bind_service=+ep $(readlink -f $(which python3))`"
+            );
+        })
+        .map(|listener| drop(self.handle.spawn(web::serve(listener, context.clone()))))
     }
 
-    /// The AMQP port: the configured one, or the fallback once it was chosen.
-    pub(crate) fn amqp_port(&self) -> u16 {
-        self.amqp_port.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Serves AMQP on `ip`, as [`Listeners::listen_web`] serves the web port: when 5671 cannot
-    /// be bound on the first address, one free port serves every hub instead.
+    /// Serves AMQP (the hubs' Event Hub-compatible endpoint) on `ip`, 5671 or the fallback.
     fn listen_amqp(&self, ip: IpAddr) -> Result<()> {
         let Some(context) = self.amqp.get() else {
             return Ok(());
         };
-        let port = self.amqp_port();
-        let first = self
-            .amqp_listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        self.listen_with_fallback(ip, &self.amqp_ports, |port, e, chosen| {
+            log::warn!(
+                "emulator: AMQP port {port} cannot be bound ({e}): the hubs' Event \
+                 Hub-compatible endpoint is served on port {chosen} of each hub's address \
+                 instead; Event Hubs clients reach it with \
+                 custom_endpoint_address=\"sb://{{hub host}}:{chosen}\", and the official \
+                 service SDK's cloud-to-device sends (which always dial 5671) cannot"
+            );
+        })
+        .map(|listener| drop(self.handle.spawn(amqp::serve(listener, context.clone()))))
+    }
+
+    /// Binds `ports`' port on `ip`; when it cannot be bound on the first address, a free port
+    /// instead (`warn(port, why, chosen)` says so, once), which every later address then uses.
+    fn listen_with_fallback(
+        &self,
+        ip: IpAddr,
+        ports: &PortWithFallback,
+        warn: impl FnOnce(u16, &std::io::Error, u16),
+    ) -> Result<tokio::net::TcpListener> {
+        let port = ports.port();
+        let first = ports.listening().is_empty();
         let listener = match self.bind_raw(ip, port) {
             Ok(listener) => listener,
             Err(e) if port != 0 && first => {
                 let listener = self.bind(ip, 0)?;
                 let chosen = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-                log::warn!(
-                    "emulator: AMQP port {port} cannot be bound ({e}): the hubs' Event \
-                     Hub-compatible endpoint is served on port {chosen} of each hub's address \
-                     instead; Event Hubs clients reach it with \
-                     custom_endpoint_address=\"sb://{{hub host}}:{chosen}\", and the official \
-                     service SDK's cloud-to-device sends (which always dial 5671) cannot"
-                );
-                self.amqp_port
+                warn(port, &e, chosen);
+                ports
+                    .port
                     .store(chosen, std::sync::atomic::Ordering::Relaxed);
                 listener
             }
@@ -340,23 +347,12 @@ impl Listeners {
             .local_addr()
             .map_err(|e| Error::emulator_caused(format!("cannot listen on {ip}:{port}"), e))?;
         if port == 0 {
-            self.amqp_port
+            ports
+                .port
                 .store(bound.port(), std::sync::atomic::Ordering::Relaxed);
         }
-        self.handle.spawn(amqp::serve(listener, context.clone()));
-        self.amqp_listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(bound);
-        Ok(())
-    }
-
-    fn covers_amqp(&self, ip: IpAddr) -> bool {
-        self.amqp_listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|a| a.ip() == ip || a.ip().is_unspecified())
+        ports.listening().push(bound);
+        Ok(listener)
     }
 
     fn bind(&self, ip: IpAddr, port: u16) -> Result<tokio::net::TcpListener> {
@@ -404,20 +400,20 @@ impl Listeners {
             if !self.covers(ip) {
                 self.listen(ip, port)?;
             }
-            if !self.covers_web(ip) {
+            if !self.web_ports.covers(ip) {
                 self.listen_web(ip)?;
             }
-            if !self.covers_amqp(ip) {
+            if !self.amqp_ports.covers(ip) {
                 self.listen_amqp(ip)?;
             }
         }
         for ip in optional {
-            if !self.covers_web(ip)
+            if !self.web_ports.covers(ip)
                 && let Err(e) = self.listen_web(ip)
             {
                 log::warn!("emulator: port 443 of hub host {host} is not served on {ip} ({e})");
             }
-            if !self.covers_amqp(ip)
+            if !self.amqp_ports.covers(ip)
                 && let Err(e) = self.listen_amqp(ip)
             {
                 log::warn!("emulator: AMQP of hub host {host} is not served on {ip} ({e})");
@@ -436,14 +432,6 @@ impl Listeners {
 
     fn covers(&self, ip: IpAddr) -> bool {
         self.listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|a| a.ip() == ip || a.ip().is_unspecified())
-    }
-
-    fn covers_web(&self, ip: IpAddr) -> bool {
-        self.web_listening
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -537,11 +525,9 @@ impl Emulator {
             port: std::sync::atomic::AtomicU16::new(config.port),
             listening: Mutex::new(Vec::new()),
             web: std::sync::OnceLock::new(),
-            web_port: std::sync::atomic::AtomicU16::new(config.web_port),
-            web_listening: Mutex::new(Vec::new()),
+            web_ports: PortWithFallback::new(config.web_port),
             amqp: std::sync::OnceLock::new(),
-            amqp_port: std::sync::atomic::AtomicU16::new(config.amqp_port),
-            amqp_listening: Mutex::new(Vec::new()),
+            amqp_ports: PortWithFallback::new(config.amqp_port),
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let mut emulator = Emulator {
@@ -822,16 +808,8 @@ impl Emulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.listeners
-            .web_listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.listeners
-            .amqp_listening
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.listeners.web_ports.listening().clear();
+        self.listeners.amqp_ports.listening().clear();
         // The state store keeps the SQLite file open; the folder can go once nothing serves.
         if let Some(temporary) = self.temporary.take()
             && let Err(e) = temporary.close()
