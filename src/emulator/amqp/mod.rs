@@ -15,8 +15,9 @@
 //! One port serves every hub (entities are hubs' names), bound where the web port is; when
 //! 5671 cannot be bound a free port is used instead, said once in the log. Connections are
 //! capped, the TLS, SASL and Open exchange has a deadline, and a connection silent for its
-//! idle timeout is closed (the clients keep it alive with empty frames); a malformed frame
-//! ends its own connection only.
+//! idle timeout is closed (the clients keep it alive with empty frames); frames and the
+//! messages a client sends are bounded (256 KiB each); a malformed frame ends its own
+//! connection only.
 
 mod c2d;
 mod cbs;

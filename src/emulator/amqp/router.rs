@@ -47,6 +47,11 @@ enum Node {
     Management,
 }
 
+/// The largest message a client may send (a token, a READ, a C2D message of 64 KB with its
+/// properties): a larger one detaches its link (`amqp:link:message-size-exceeded`) as its
+/// frames arrive, so no client makes the endpoint buffer more.
+const MAX_INCOMING_MESSAGE: u64 = 256 * 1024;
+
 /// The consumer group every hub has.
 const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
@@ -180,6 +185,7 @@ pub(crate) async fn session(
     let receivers = LinkAcceptor::builder()
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .max_message_size(MAX_INCOMING_MESSAGE)
         .build();
     let routes = ReplyRoutes::default();
     while let Some(attach) = session.next_incoming_attach().await {
