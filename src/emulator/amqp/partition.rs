@@ -1,5 +1,5 @@
 //! A partition reader: streams a partition's events from the durable store, from the start
-//! position its selector named, then tails it as telemetry is committed (woken by the store's
+//! position its selector named (never before the hub's retention), then tails it as telemetry is committed (woken by the store's
 //! commit counter, never by polling). Sends are pre-settled and wait for the client's link
 //! credit, so nothing goes out beyond the credit granted; pages are read on the blocking pool
 //! so a commit holding the store does not stall the runtime's workers.
@@ -50,8 +50,11 @@ pub(crate) async fn stream(
     let store = context.store.clone();
     let start = {
         let host = host.clone();
-        tokio::task::spawn_blocking(move || store.partition_start(&host, partition, &position))
-            .await
+        let retained_since = hub.events.retained_since(crate::clock::now());
+        tokio::task::spawn_blocking(move || {
+            store.partition_start(&host, partition, &position, retained_since)
+        })
+        .await
     };
     let mut next = match start {
         Ok(Ok(next)) => next,
