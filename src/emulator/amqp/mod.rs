@@ -10,7 +10,8 @@
 //! judges the tokens with the REST APIs' SAS check); `router` dispatches each attach by role
 //! and address; `management` answers `$management`'s READs; `partition` streams a
 //! partition's events from the durable store (`store`'s per-partition numbering), from the
-//! position its `selector` filter names, pre-settled and within the credit the client grants.
+//! position its `selector` filter names, pre-settled and within the credit the client grants;
+//! `readers` keeps epochs and the readers' cap per partition.
 //!
 //! One port serves every hub (entities are hubs' names), bound where the web port is; when
 //! 5671 cannot be bound a free port is used instead, said once in the log. Connections are
@@ -24,6 +25,7 @@ mod cbs;
 mod listener;
 mod management;
 mod partition;
+mod readers;
 mod router;
 mod sasl;
 mod selector;
@@ -66,6 +68,8 @@ pub(crate) struct AmqpContext {
     pub(crate) slots: Arc<Semaphore>,
     /// The listeners, for the ports a token's `sr` may name.
     pub(crate) listeners: Arc<crate::emulator::Listeners>,
+    /// Who reads each partition (epochs, the readers' cap).
+    pub(crate) readers: Arc<readers::Readers>,
 }
 
 impl AmqpContext {
@@ -84,6 +88,7 @@ impl AmqpContext {
             acceptor,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             listeners,
+            readers: Arc::default(),
         }
     }
 

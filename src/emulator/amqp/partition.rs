@@ -25,6 +25,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Timestamp, Value};
 
 use super::AmqpContext;
 use super::cbs::Grants;
+use super::readers::{Membership, displaced_error};
 use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
 use crate::emulator::store::{EventPosition, StoredEvent};
 
@@ -34,16 +35,17 @@ const PAGE: usize = 256;
 /// What `iothub-message-source` says of device telemetry.
 const TELEMETRY_SOURCE: &str = "Telemetry";
 
-/// Streams one partition on `sender` until the client detaches or its token expires (the
-/// link's address, `entity` and `consumer_group`, is what a token must still cover).
+/// Streams one partition on `sender` until the client detaches, its token expires (the
+/// link's address, `entity` and `consumer_group`, is what a token must still cover) or a
+/// reader with a higher epoch takes the partition over (`membership`).
 pub(crate) async fn stream(
     mut sender: Sender,
     context: Arc<AmqpContext>,
     grants: Arc<Grants>,
     [entity, consumer_group]: [String; 2],
-    hub: HubRecord,
-    partition: u32,
+    (hub, partition): (HubRecord, u32),
     position: EventPosition,
+    membership: Membership,
 ) {
     let host = hub.host_name.to_ascii_lowercase();
     let mut committed = context.store.telemetry_committed();
@@ -76,6 +78,10 @@ pub(crate) async fn stream(
             let _ = sender.close_with_error(error).await;
             return;
         }
+        if membership.displaced.happened() {
+            let _ = sender.close_with_error(displaced_error()).await;
+            return;
+        }
         committed.borrow_and_update();
         let store = context.store.clone();
         let page = {
@@ -97,6 +103,7 @@ pub(crate) async fn stream(
                         return;
                     }
                 }
+                () = membership.displaced.wait() => continue,
                 detached = sender.on_detach() => {
                     log::debug!("emulator: AMQP partition reader detached: {detached}");
                     let _ = sender.close().await;
@@ -106,6 +113,9 @@ pub(crate) async fn stream(
             continue;
         }
         for event in page {
+            if membership.displaced.happened() {
+                break;
+            }
             let device = context.cloud.hub_device(&hub.host_name, &event.device_id);
             next = event.sequence + 1;
             // Waits for credit; a client that detaches meanwhile ends it with an error.

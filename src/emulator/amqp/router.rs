@@ -25,7 +25,7 @@ use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role, 
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Message, Properties, TargetArchetype,
 };
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender};
 use tokio::sync::mpsc;
 
@@ -52,6 +52,9 @@ enum Node {
 /// frames arrive, so no client makes the endpoint buffer more.
 const MAX_INCOMING_MESSAGE: u64 = 256 * 1024;
 
+/// The link property carrying a reader's epoch (owner level).
+const EPOCH_PROPERTY: &str = "com.microsoft:epoch";
+
 /// The consumer group every hub has.
 const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
@@ -64,6 +67,8 @@ enum Route {
         consumer_group: String,
         partition: String,
         position: Result<EventPosition, String>,
+        /// `com.microsoft:epoch`, the client's owner level.
+        epoch: Option<i64>,
     },
     /// A client's sender of C2D messages, on the hub host its address names (if any).
     C2d(Option<String>),
@@ -112,6 +117,12 @@ impl Route {
                             position: super::selector::start_position(
                                 source.and_then(|s| s.filter.as_ref()),
                             ),
+                            epoch: attach.properties.as_ref().and_then(|p| {
+                                match p.get(&Symbol::from(EPOCH_PROPERTY)) {
+                                    Some(Value::Long(epoch)) => Some(*epoch),
+                                    _ => None,
+                                }
+                            }),
                         }
                     }
                     _ => Route::Unknown(address.to_string()),
@@ -220,28 +231,38 @@ pub(crate) async fn session(
                     consumer_group,
                     partition,
                     position,
+                    epoch,
                 },
                 LinkEndpoint::Sender(sender),
-            ) => match partition_link(&context, &grants, &entity, &consumer_group, &partition) {
-                Ok((hub, partition)) => match position {
-                    Ok(position) => {
+            ) => {
+                let reader =
+                    partition_link(&context, &grants, &entity, &consumer_group, &partition)
+                        .and_then(|(hub, partition)| {
+                            let position =
+                                position.map_err(|why| refusal(AmqpError::InvalidField, why))?;
+                            let key = (
+                                hub.name.to_ascii_lowercase(),
+                                consumer_group.to_ascii_lowercase(),
+                                partition,
+                            );
+                            let membership = context.readers.join(key, epoch)?;
+                            Ok((hub, partition, position, membership))
+                        });
+                match reader {
+                    Ok((hub, partition, position, membership)) => {
                         tokio::spawn(super::partition::stream(
                             sender,
                             context.clone(),
                             grants.clone(),
                             [entity, consumer_group],
-                            hub,
-                            partition,
+                            (hub, partition),
                             position,
+                            membership,
                         ));
                     }
-                    Err(why) => close(
-                        LinkEndpoint::Sender(sender),
-                        refusal(AmqpError::InvalidField, why),
-                    ),
-                },
-                Err(error) => close(LinkEndpoint::Sender(sender), error),
-            },
+                    Err(error) => close(LinkEndpoint::Sender(sender), error),
+                }
+            }
             (Route::C2d(host), LinkEndpoint::Receiver(receiver)) => {
                 match c2d_hub(&context, &grants, host.as_deref()) {
                     Ok(hub) => {
