@@ -455,3 +455,40 @@ def test_a_reader_with_a_higher_owner_level_takes_the_partition_over(
     first.close()
     receiver.join(15)
     assert first_errors, "the displaced reader was not told"
+
+
+def test_a_reader_tracking_the_last_enqueued_event_is_told_it_with_each_event(
+    world: tuple[dpskit.LocalCloud, dpskit.Hub, Path, Path],
+) -> None:
+    cloud, hub, trust, _ = world
+    with _consumer(cloud, hub, trust) as probe:
+        partition = _partition_of(probe)
+        last = probe.get_partition_properties(partition)
+    told: list[dict[str, Any] | None] = []
+    done = threading.Event()
+    client = _consumer(cloud, hub, trust)
+
+    def on_event(context: Any, event: EventData | None) -> None:
+        told.append(context.last_enqueued_event_properties)
+        done.set()
+
+    receiver = threading.Thread(
+        target=client.receive,
+        kwargs={
+            "on_event": on_event,
+            "partition_id": partition,
+            "starting_position": "-1",
+            "track_last_enqueued_event_properties": True,
+        },
+        daemon=True,
+    )
+    receiver.start()
+    assert done.wait(30), "nothing was read"
+    client.close()
+    receiver.join(15)
+    properties = told[0]
+    assert properties is not None
+    assert properties["sequence_number"] == last["last_enqueued_sequence_number"]
+    assert properties["offset"] == last["last_enqueued_offset"]
+    assert properties["enqueued_time"] == last["last_enqueued_time_utc"]
+    assert properties["retrieval_time"] is not None

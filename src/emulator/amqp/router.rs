@@ -55,6 +55,10 @@ const MAX_INCOMING_MESSAGE: u64 = 256 * 1024;
 /// The link property carrying a reader's epoch (owner level).
 const EPOCH_PROPERTY: &str = "com.microsoft:epoch";
 
+/// The capability asking for the partition's last event with each event
+/// (`track_last_enqueued_event_properties`).
+const RUNTIME_METRIC: &str = "com.microsoft:enable-receiver-runtime-metric";
+
 /// The consumer group every hub has.
 const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
@@ -69,6 +73,8 @@ enum Route {
         position: Result<EventPosition, String>,
         /// `com.microsoft:epoch`, the client's owner level.
         epoch: Option<i64>,
+        /// Whether the client asked for the partition's last event with each event.
+        runtime_metric: bool,
     },
     /// A client's sender of C2D messages, on the hub host its address names (if any).
     C2d(Option<String>),
@@ -123,6 +129,9 @@ impl Route {
                                     _ => None,
                                 }
                             }),
+                            runtime_metric: attach.desired_capabilities.as_ref().is_some_and(
+                                |wanted| wanted.0.iter().any(|c| c.as_str() == RUNTIME_METRIC),
+                            ),
                         }
                     }
                     _ => Route::Unknown(address.to_string()),
@@ -232,6 +241,7 @@ pub(crate) async fn session(
                     partition,
                     position,
                     epoch,
+                    runtime_metric,
                 },
                 LinkEndpoint::Sender(sender),
             ) => {
@@ -250,14 +260,20 @@ pub(crate) async fn session(
                         });
                 match reader {
                     Ok((hub, partition, position, membership)) => {
+                        let reading = super::partition::Reading {
+                            entity,
+                            consumer_group,
+                            hub,
+                            partition,
+                            position,
+                            membership,
+                            runtime_metric,
+                        };
                         tokio::spawn(super::partition::stream(
                             sender,
                             context.clone(),
                             grants.clone(),
-                            [entity, consumer_group],
-                            (hub, partition),
-                            position,
-                            membership,
+                            reading,
                         ));
                     }
                     Err(error) => close(LinkEndpoint::Sender(sender), error),
