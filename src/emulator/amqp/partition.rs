@@ -1,6 +1,7 @@
 //! A partition reader: streams a partition's events from the durable store, from the start
-//! position its selector named (never before the hub's retention), then tails it as telemetry is committed (woken by the store's
-//! commit counter, never by polling). Sends are pre-settled and wait for the client's link
+//! position its selector named (never before the hub's retention), then tails it as telemetry
+//! is committed (woken by the store's commit counter, never by polling). Sends are
+//! pre-settled and wait for the client's link
 //! credit, so nothing goes out beyond the credit granted; pages are read on the blocking pool
 //! so a commit holding the store does not stall the runtime's workers.
 //!
