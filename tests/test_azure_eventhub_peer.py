@@ -492,3 +492,35 @@ def test_a_reader_tracking_the_last_enqueued_event_is_told_it_with_each_event(
     assert properties["offset"] == last["last_enqueued_offset"]
     assert properties["enqueued_time"] == last["last_enqueued_time_utc"]
     assert properties["retrieval_time"] is not None
+
+
+# azure-eventhub 5.15 still ships the C transport, deprecated; it is its users' peer until then.
+@pytest.mark.filterwarnings("ignore:uAMQP legacy support:DeprecationWarning")
+def test_the_uamqp_transport_reads_the_same_endpoint(
+    world: tuple[dpskit.LocalCloud, dpskit.Hub, Path, Path],
+) -> None:
+    pytest.importorskip("uamqp", reason="the C AMQP transport is not installed")
+    cloud, hub, trust, _ = world
+    connection_string = (
+        f"Endpoint=sb://{hub.host_name}/;SharedAccessKeyName=iothubowner;"
+        f"SharedAccessKey={_owner_key(hub)};EntityPath={hub.name}"
+    )
+
+    def consumer() -> EventHubConsumerClient:
+        return EventHubConsumerClient.from_connection_string(
+            connection_string,
+            consumer_group="$Default",
+            connection_verify=str(trust),
+            custom_endpoint_address=f"sb://{hub.host_name}:{cloud.amqp_port}",
+            transport_type=TransportType.Amqp,
+            retry_total=0,
+            uamqp_transport=True,
+        )
+
+    with consumer() as probe:
+        assert probe.get_eventhub_properties()["partition_ids"] == ["0", "1", "2", "3"]
+        partition = _partition_of(probe)
+    events, errors = _read(consumer(), partition, 3)
+    assert errors == []
+    assert [e.sequence_number for e in events] == [0, 1, 2]
+    assert _strings(events[0].system_properties)["iothub-connection-device-id"] == "dev-a"
