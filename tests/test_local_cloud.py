@@ -831,6 +831,7 @@ def test_the_native_emulator_has_no_second_management_api() -> None:
     # the recorder, Python allocators, a hub at a chosen address).
     public = {name for name in dir(_native.Emulator) if not name.startswith("_")}
     assert public == {
+        "amqp_port",
         "arm_token",
         "create_hub",
         "data_dir",

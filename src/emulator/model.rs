@@ -68,6 +68,12 @@ impl Default for EventsEndpoint {
 }
 
 impl EventsEndpoint {
+    /// The oldest enqueued time (Unix milliseconds) still retained at `now` (Unix seconds).
+    pub fn retained_since(&self, now: i64) -> i64 {
+        now.saturating_sub(i64::from(self.retention_days).saturating_mul(86_400))
+            .saturating_mul(1000)
+    }
+
     /// The partition a device's events land on: always the same one for a device, spread
     /// evenly over devices (FNV-1a of the device id, stable across runs and platforms).
     pub fn partition_of(&self, device_id: &str) -> u32 {

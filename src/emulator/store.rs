@@ -473,12 +473,14 @@ impl Store {
     }
 
     /// The sequence number a reader starting at `position` reads first (the next one to be
-    /// enqueued when nothing stored qualifies).
+    /// enqueued when nothing stored qualifies), never one enqueued before `retained_since`
+    /// (Unix milliseconds: events past the hub's retention are gone, as on Azure).
     pub(crate) fn partition_start(
         &self,
         hub: &str,
         partition: u32,
         position: &EventPosition,
+        retained_since: i64,
     ) -> Result<i64> {
         let connection = self.lock();
         let end = next_position(&connection, hub, partition)?.0;
@@ -495,7 +497,8 @@ impl Store {
                 .map(|found| found.unwrap_or(end))
                 .map_err(db_error)
         };
-        match *position {
+        let retained = first_where("CAST(enqueued * 1000 AS INTEGER) >= ?3", retained_since)?;
+        let asked = match *position {
             EventPosition::Start => first_where("partition_seq >= ?3", 0),
             EventPosition::End => Ok(end),
             EventPosition::Offset { offset, inclusive } => first_where(
@@ -520,7 +523,8 @@ impl Store {
                 },
                 millis,
             ),
-        }
+        }?;
+        Ok(asked.max(retained))
     }
 
     /// Up to `limit` events of a partition from sequence number `from` on, in order.
@@ -566,13 +570,20 @@ impl Store {
             .map_err(db_error)
     }
 
-    /// A partition's first and last events.
-    pub(crate) fn partition_summary(&self, hub: &str, partition: u32) -> Result<PartitionSummary> {
+    /// A partition's first event retained (enqueued at or after `retained_since`, Unix
+    /// milliseconds) and its last event.
+    pub(crate) fn partition_summary(
+        &self,
+        hub: &str,
+        partition: u32,
+        retained_since: i64,
+    ) -> Result<PartitionSummary> {
         let connection = self.lock();
         let begin = connection
             .query_row(
-                "SELECT min(partition_seq) FROM telemetry WHERE hub = ?1 AND partition_id = ?2",
-                params![hub, partition],
+                "SELECT min(partition_seq) FROM telemetry WHERE hub = ?1 AND partition_id = ?2
+                 AND CAST(enqueued * 1000 AS INTEGER) >= ?3",
+                params![hub, partition, retained_since],
                 |row| row.get::<_, Option<i64>>(0),
             )
             .map_err(db_error)?;
@@ -956,17 +967,17 @@ mod tests {
         let page = store.partition_events("hub", 0, 1, 1).unwrap();
         assert_eq!((page.len(), page[0].body.as_slice()), (1, &b""[..]));
         assert_eq!(
-            store.partition_summary("hub", 0).unwrap(),
+            store.partition_summary("hub", 0, 0).unwrap(),
             PartitionSummary {
                 begin_sequence: Some(0),
                 last: Some((2, 5 + 2 * EVENT_OVERHEAD, 12_250)),
             }
         );
         assert_eq!(
-            store.partition_summary("hub", 3).unwrap(),
+            store.partition_summary("hub", 3, 0).unwrap(),
             PartitionSummary::default()
         );
-        let start = |position| store.partition_start("hub", 0, &position).unwrap();
+        let start = |position| store.partition_start("hub", 0, &position, 0).unwrap();
         assert_eq!(start(EventPosition::Start), 0);
         assert_eq!(start(EventPosition::End), 3);
         let second = 5 + EVENT_OVERHEAD;
@@ -1040,6 +1051,44 @@ mod tests {
             }),
             3
         );
+        // Past the retention: what was enqueued before 11 s is gone for every position.
+        let retained = |position| store.partition_start("hub", 0, &position, 11_000).unwrap();
+        assert_eq!(retained(EventPosition::Start), 1);
+        assert_eq!(
+            retained(EventPosition::Sequence {
+                sequence: 0,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            retained(EventPosition::Offset {
+                offset: 0,
+                inclusive: true
+            }),
+            1
+        );
+        assert_eq!(
+            retained(EventPosition::Sequence {
+                sequence: 2,
+                inclusive: true
+            }),
+            2
+        );
+        assert_eq!(
+            store
+                .partition_summary("hub", 0, 11_000)
+                .unwrap()
+                .begin_sequence,
+            Some(1)
+        );
+        assert_eq!(
+            store
+                .partition_summary("hub", 0, 99_000)
+                .unwrap()
+                .begin_sequence,
+            None
+        );
     }
 
     #[test]
@@ -1090,7 +1139,7 @@ mod tests {
         );
         assert_eq!(
             reopened
-                .partition_start("hub", 0, &EventPosition::End)
+                .partition_start("hub", 0, &EventPosition::End, 0)
                 .unwrap(),
             3
         );

@@ -29,6 +29,9 @@ pub(crate) const MAX_METHOD_CONNECT_TIMEOUT_SECONDS: u64 = 300;
 /// Most identities one "Get Devices" call returns (`top` outside 1 to 1,000 is taken as 1,000;
 /// REST reference, Devices - Get Devices).
 pub(crate) const MAX_LISTED_DEVICES: usize = 1000;
+/// Readers without an epoch of one partition in one consumer group at once (Event Hubs quotas:
+/// "Number of non-epoch receivers per consumer group: 5"); the sixth is refused.
+pub(crate) const MAX_READERS_PER_PARTITION: usize = 5;
 /// Largest DPS registration message (DPS quotas and limits).
 pub(crate) const MAX_DPS_MESSAGE_BYTES: usize = 96 * 1024;
 /// Largest direct-method payload, the request and the device's response alike (IoT Hub

@@ -71,17 +71,19 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
                     &format!("The partition '{asked}' does not exist in '{entity}'."),
                 );
             };
-            let summary = match context
-                .store
-                .partition_summary(&hub.host_name.to_ascii_lowercase(), partition)
-            {
+            let summary = match context.store.partition_summary(
+                &hub.host_name.to_ascii_lowercase(),
+                partition,
+                hub.events.retained_since(crate::clock::now()),
+            ) {
                 Ok(summary) => summary,
                 Err(e) => {
                     log::error!("emulator: reading partition {partition} of {entity}: {e}");
                     return status(500, "The partition could not be read.");
                 }
             };
-            // An empty partition reads as the Event Hubs clients expect one: -1 throughout.
+            // An empty partition reads as the Event Hubs clients expect one: -1 throughout; one
+            // whose events are all past the retention is empty with its last event still told.
             let (last_sequence, last_offset, last_time) = summary.last.unwrap_or((-1, -1, 0));
             body.insert(text("name"), text(&hub.name));
             body.insert(text("type"), text("com.microsoft:partition"));
@@ -101,7 +103,7 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
             );
             body.insert(
                 text("is_partition_empty"),
-                Value::Bool(summary.last.is_none()),
+                Value::Bool(summary.begin_sequence.is_none()),
             );
         }
         _ => return status(400, "Unknown READ type."),

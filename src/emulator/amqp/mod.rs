@@ -10,19 +10,22 @@
 //! judges the tokens with the REST APIs' SAS check); `router` dispatches each attach by role
 //! and address; `management` answers `$management`'s READs; `partition` streams a
 //! partition's events from the durable store (`store`'s per-partition numbering), from the
-//! position its `selector` filter names, pre-settled and within the credit the client grants.
+//! position its `selector` filter names, pre-settled and within the credit the client grants;
+//! `readers` keeps epochs and the readers' cap per partition.
 //!
 //! One port serves every hub (entities are hubs' names), bound where the web port is; when
 //! 5671 cannot be bound a free port is used instead, said once in the log. Connections are
 //! capped, the TLS, SASL and Open exchange has a deadline, and a connection silent for its
-//! idle timeout is closed (the clients keep it alive with empty frames); a malformed frame
-//! ends its own connection only.
+//! idle timeout is closed (the clients keep it alive with empty frames); frames and the
+//! messages a client sends are bounded (256 KiB each); a malformed frame ends its own
+//! connection only.
 
 mod c2d;
 mod cbs;
 mod listener;
 mod management;
 mod partition;
+mod readers;
 mod router;
 mod sasl;
 mod selector;
@@ -65,6 +68,8 @@ pub(crate) struct AmqpContext {
     pub(crate) slots: Arc<Semaphore>,
     /// The listeners, for the ports a token's `sr` may name.
     pub(crate) listeners: Arc<crate::emulator::Listeners>,
+    /// Who reads each partition (epochs, the readers' cap).
+    pub(crate) readers: Arc<readers::Readers>,
 }
 
 impl AmqpContext {
@@ -83,6 +88,7 @@ impl AmqpContext {
             acceptor,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             listeners,
+            readers: Arc::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! A partition reader: streams a partition's events from the durable store, from the start
-//! position its selector named, then tails it as telemetry is committed (woken by the store's
-//! commit counter, never by polling). Sends are pre-settled and wait for the client's link
+//! position its selector named (never before the hub's retention), then tails it as telemetry
+//! is committed (woken by the store's commit counter, never by polling). Sends are
+//! pre-settled and wait for the client's link
 //! credit, so nothing goes out beyond the credit granted; pages are read on the blocking pool
 //! so a commit holding the store does not stall the runtime's workers.
 //!
@@ -13,18 +14,23 @@
 //! device's application properties as strings; the body as one data section. The auth method
 //! and generation are the device identity's as it stands when the event is read (the emulator
 //! stores no per-message connection record).
+//!
+//! A reader that asked for the runtime metric (`com.microsoft:enable-receiver-runtime-metric`,
+//! the clients' `track_last_enqueued_event_properties`) gets the partition's last event with
+//! each event, in the delivery annotations.
 
 use std::sync::Arc;
 
 use fe2o3_amqp::Sender;
 use fe2o3_amqp::types::definitions::{self, AmqpError};
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Data, Message, MessageAnnotations, Properties,
+    ApplicationProperties, Data, DeliveryAnnotations, Message, MessageAnnotations, Properties,
 };
 use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Timestamp, Value};
 
 use super::AmqpContext;
 use super::cbs::Grants;
+use super::readers::{Membership, displaced_error};
 use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
 use crate::emulator::store::{EventPosition, StoredEvent};
 
@@ -34,24 +40,52 @@ const PAGE: usize = 256;
 /// What `iothub-message-source` says of device telemetry.
 const TELEMETRY_SOURCE: &str = "Telemetry";
 
-/// Streams one partition on `sender` until the client detaches or its token expires (the
-/// link's address, `entity` and `consumer_group`, is what a token must still cover).
+/// What a partition link reads, as the router accepted it.
+pub(crate) struct Reading {
+    /// The entity the link named (the hub's name as the client spelled it).
+    pub(crate) entity: String,
+    /// The consumer group as the client spelled it.
+    pub(crate) consumer_group: String,
+    /// The hub.
+    pub(crate) hub: HubRecord,
+    /// The partition.
+    pub(crate) partition: u32,
+    /// Where reading starts.
+    pub(crate) position: EventPosition,
+    /// The reader's place among the partition's readers (epochs).
+    pub(crate) membership: Membership,
+    /// Whether the client asked for the partition's last event with each event.
+    pub(crate) runtime_metric: bool,
+}
+
+/// Streams one partition on `sender` until the client detaches, its token expires (the
+/// link's address, `entity` and `consumer_group`, is what a token must still cover) or a
+/// reader with a higher epoch takes the partition over (`membership`).
 pub(crate) async fn stream(
     mut sender: Sender,
     context: Arc<AmqpContext>,
     grants: Arc<Grants>,
-    [entity, consumer_group]: [String; 2],
-    hub: HubRecord,
-    partition: u32,
-    position: EventPosition,
+    reading: Reading,
 ) {
+    let Reading {
+        entity,
+        consumer_group,
+        hub,
+        partition,
+        position,
+        membership,
+        runtime_metric,
+    } = reading;
     let host = hub.host_name.to_ascii_lowercase();
     let mut committed = context.store.telemetry_committed();
     let store = context.store.clone();
     let start = {
         let host = host.clone();
-        tokio::task::spawn_blocking(move || store.partition_start(&host, partition, &position))
-            .await
+        let retained_since = hub.events.retained_since(crate::clock::now());
+        tokio::task::spawn_blocking(move || {
+            store.partition_start(&host, partition, &position, retained_since)
+        })
+        .await
     };
     let mut next = match start {
         Ok(Ok(next)) => next,
@@ -73,17 +107,28 @@ pub(crate) async fn stream(
             let _ = sender.close_with_error(error).await;
             return;
         }
+        if membership.displaced.happened() {
+            let _ = sender.close_with_error(displaced_error()).await;
+            return;
+        }
         committed.borrow_and_update();
         let store = context.store.clone();
         let page = {
             let host = host.clone();
             tokio::task::spawn_blocking(move || {
-                store.partition_events(&host, partition, next, PAGE)
+                let page = store.partition_events(&host, partition, next, PAGE)?;
+                // Read after the page, so the last event told is never older than one sent.
+                let last = if runtime_metric && !page.is_empty() {
+                    store.partition_summary(&host, partition, 0)?.last
+                } else {
+                    None
+                };
+                Ok::<_, crate::error::Error>((page, last))
             })
             .await
         };
-        let page = match page {
-            Ok(Ok(page)) => page,
+        let (page, last) = match page {
+            Ok(Ok(read)) => read,
             Ok(Err(e)) => return fail(sender, &e.to_string()).await,
             Err(e) => return fail(sender, &e.to_string()).await,
         };
@@ -94,6 +139,7 @@ pub(crate) async fn stream(
                         return;
                     }
                 }
+                () = membership.displaced.wait() => continue,
                 detached = sender.on_detach() => {
                     log::debug!("emulator: AMQP partition reader detached: {detached}");
                     let _ = sender.close().await;
@@ -103,10 +149,17 @@ pub(crate) async fn stream(
             continue;
         }
         for event in page {
+            if membership.displaced.happened() {
+                break;
+            }
             let device = context.cloud.hub_device(&hub.host_name, &event.device_id);
             next = event.sequence + 1;
             // Waits for credit; a client that detaches meanwhile ends it with an error.
-            if let Err(e) = sender.send(event_message(&event, device.as_ref())).await {
+            let mut message = event_message(&event, device.as_ref());
+            if let Some(last) = last {
+                message.delivery_annotations = Some(runtime_metric_annotations(last));
+            }
+            if let Err(e) = sender.send(message).await {
                 log::debug!("emulator: AMQP partition reader ended: {e}");
                 return;
             }
@@ -139,6 +192,33 @@ fn auth_method(device: &HubDevice) -> String {
         "acceptingIpFilterRule": null,
     })
     .to_string()
+}
+
+/// What a client that tracks the last enqueued event gets with each event: the partition's last
+/// event (sequence number, offset, enqueued time) when the page was read.
+fn runtime_metric_annotations(
+    (sequence, offset, enqueued): (i64, i64, i64),
+) -> DeliveryAnnotations {
+    DeliveryAnnotations::builder()
+        .insert(
+            Symbol::from("last_enqueued_sequence_number"),
+            Value::Long(sequence),
+        )
+        .insert(
+            Symbol::from("last_enqueued_offset"),
+            Value::String(offset.to_string()),
+        )
+        .insert(
+            Symbol::from("last_enqueued_time_utc"),
+            Value::Timestamp(Timestamp::from_milliseconds(enqueued)),
+        )
+        .insert(
+            Symbol::from("runtime_info_retrieval_time_utc"),
+            Value::Timestamp(Timestamp::from_milliseconds(
+                crate::clock::now().saturating_mul(1000),
+            )),
+        )
+        .build()
 }
 
 /// An event as the Event Hubs clients receive it.

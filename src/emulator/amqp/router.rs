@@ -25,7 +25,7 @@ use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role, 
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Message, Properties, TargetArchetype,
 };
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender};
 use tokio::sync::mpsc;
 
@@ -47,6 +47,18 @@ enum Node {
     Management,
 }
 
+/// The largest message a client may send (a token, a READ, a C2D message of 64 KB with its
+/// properties): a larger one detaches its link (`amqp:link:message-size-exceeded`) as its
+/// frames arrive, so no client makes the endpoint buffer more.
+const MAX_INCOMING_MESSAGE: u64 = 256 * 1024;
+
+/// The link property carrying a reader's epoch (owner level).
+const EPOCH_PROPERTY: &str = "com.microsoft:epoch";
+
+/// The capability asking for the partition's last event with each event
+/// (`track_last_enqueued_event_properties`).
+const RUNTIME_METRIC: &str = "com.microsoft:enable-receiver-runtime-metric";
+
 /// The consumer group every hub has.
 const DEFAULT_CONSUMER_GROUP: &str = "$Default";
 
@@ -59,6 +71,10 @@ enum Route {
         consumer_group: String,
         partition: String,
         position: Result<EventPosition, String>,
+        /// `com.microsoft:epoch`, the client's owner level.
+        epoch: Option<i64>,
+        /// Whether the client asked for the partition's last event with each event.
+        runtime_metric: bool,
     },
     /// A client's sender of C2D messages, on the hub host its address names (if any).
     C2d(Option<String>),
@@ -106,6 +122,15 @@ impl Route {
                             partition: partition.to_string(),
                             position: super::selector::start_position(
                                 source.and_then(|s| s.filter.as_ref()),
+                            ),
+                            epoch: attach.properties.as_ref().and_then(|p| {
+                                match p.get(&Symbol::from(EPOCH_PROPERTY)) {
+                                    Some(Value::Long(epoch)) => Some(*epoch),
+                                    _ => None,
+                                }
+                            }),
+                            runtime_metric: attach.desired_capabilities.as_ref().is_some_and(
+                                |wanted| wanted.0.iter().any(|c| c.as_str() == RUNTIME_METRIC),
                             ),
                         }
                     }
@@ -180,6 +205,7 @@ pub(crate) async fn session(
     let receivers = LinkAcceptor::builder()
         .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .max_message_size(MAX_INCOMING_MESSAGE)
         .build();
     let routes = ReplyRoutes::default();
     while let Some(attach) = session.next_incoming_attach().await {
@@ -214,28 +240,45 @@ pub(crate) async fn session(
                     consumer_group,
                     partition,
                     position,
+                    epoch,
+                    runtime_metric,
                 },
                 LinkEndpoint::Sender(sender),
-            ) => match partition_link(&context, &grants, &entity, &consumer_group, &partition) {
-                Ok((hub, partition)) => match position {
-                    Ok(position) => {
+            ) => {
+                let reader =
+                    partition_link(&context, &grants, &entity, &consumer_group, &partition)
+                        .and_then(|(hub, partition)| {
+                            let position =
+                                position.map_err(|why| refusal(AmqpError::InvalidField, why))?;
+                            let key = (
+                                hub.name.to_ascii_lowercase(),
+                                consumer_group.to_ascii_lowercase(),
+                                partition,
+                            );
+                            let membership = context.readers.join(key, epoch)?;
+                            Ok((hub, partition, position, membership))
+                        });
+                match reader {
+                    Ok((hub, partition, position, membership)) => {
+                        let reading = super::partition::Reading {
+                            entity,
+                            consumer_group,
+                            hub,
+                            partition,
+                            position,
+                            membership,
+                            runtime_metric,
+                        };
                         tokio::spawn(super::partition::stream(
                             sender,
                             context.clone(),
                             grants.clone(),
-                            [entity, consumer_group],
-                            hub,
-                            partition,
-                            position,
+                            reading,
                         ));
                     }
-                    Err(why) => close(
-                        LinkEndpoint::Sender(sender),
-                        refusal(AmqpError::InvalidField, why),
-                    ),
-                },
-                Err(error) => close(LinkEndpoint::Sender(sender), error),
-            },
+                    Err(error) => close(LinkEndpoint::Sender(sender), error),
+                }
+            }
             (Route::C2d(host), LinkEndpoint::Receiver(receiver)) => {
                 match c2d_hub(&context, &grants, host.as_deref()) {
                     Ok(hub) => {
