@@ -144,6 +144,17 @@ def test_consumer_groups_are_created_listed_read_and_deleted(
     hubs.delete_event_hub_consumer_group(GROUP, "groups-hub", "events", "analytics")
     assert names() == ["$Default", "spark_1"]
 
+    # dpskit's own calls make the same requests.
+    hub = cloud.hub("groups-hub")
+    hub.create_consumer_group("stream-analytics")
+    assert names() == hub.consumer_groups() == ["$Default", "spark_1", "stream-analytics"]
+    hub.delete_consumer_group("spark_1")
+    assert hub.consumer_groups() == ["$Default", "stream-analytics"]
+    with pytest.raises(dpskit.ConfigError):
+        hub.create_consumer_group("has space")
+    with pytest.raises(dpskit.DpsKitError):
+        hub.delete_consumer_group("$Default")
+
 
 def test_dpskit_sets_partitions_and_names_the_endpoint_as_the_portal_does(
     cloud: dpskit.LocalCloud, client: IotHubClient

@@ -30,8 +30,6 @@ pub(crate) mod keys {
     pub(crate) const TYPE: &str = "type";
     /// The audience of a token, the event hub of a READ.
     pub(crate) const NAME: &str = "name";
-    /// When a token expires (pyamqp sends it; uamqp does not).
-    pub(crate) const EXPIRATION: &str = "expiration";
     /// The partition of a partition READ.
     pub(crate) const PARTITION: &str = "partition";
     /// The SAS token a management request carries.
@@ -53,8 +51,6 @@ pub(crate) mod annotations {
     pub(crate) const OFFSET: &str = "x-opt-offset";
     /// When the partition received it (timestamp).
     pub(crate) const ENQUEUED_TIME: &str = "x-opt-enqueued-time";
-    /// What chose the partition (string): for IoT Hub, the device id.
-    pub(crate) const PARTITION_KEY: &str = "x-opt-partition-key";
     /// The device that sent it (string).
     pub(crate) const DEVICE_ID: &str = "iothub-connection-device-id";
     /// The module that sent it, when one did (string).
@@ -71,7 +67,7 @@ pub(crate) mod annotations {
 
 /// Where a partition receiver starts, as the consumer's `starting_position` says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum StartPosition {
+pub enum StartPosition {
     /// After (or at) an offset: `-1` is the partition's start, `@latest` its end.
     Offset {
         /// The offset, as a string.
@@ -102,23 +98,15 @@ pub(crate) const LATEST: &str = "@latest";
 
 impl StartPosition {
     /// From the partition's first retained event.
-    pub(crate) fn earliest() -> StartPosition {
+    pub fn earliest() -> StartPosition {
         StartPosition::Offset {
             offset: START_OF_PARTITION.into(),
             inclusive: false,
         }
     }
 
-    /// Only events enqueued after the receiver attaches.
-    pub(crate) fn latest() -> StartPosition {
-        StartPosition::Offset {
-            offset: LATEST.into(),
-            inclusive: false,
-        }
-    }
-
     /// The selector filter's text, exactly as `azure-eventhub` writes it.
-    pub(crate) fn selector(&self) -> String {
+    pub fn selector(&self) -> String {
         let (field, value, inclusive) = match self {
             StartPosition::Offset { offset, inclusive } => ("offset", offset.clone(), *inclusive),
             StartPosition::SequenceNumber {
@@ -242,7 +230,10 @@ mod tests {
             ),
             (
                 "amqp.annotation.x-opt-offset > '@latest'",
-                StartPosition::latest(),
+                StartPosition::Offset {
+                    offset: LATEST.into(),
+                    inclusive: false,
+                },
             ),
             (
                 "amqp.annotation.x-opt-offset >= '0'",

@@ -215,6 +215,21 @@ impl PyRestClient {
         self.run(py, self.arm.delete_hub(name))
     }
 
+    /// The consumer groups of a hub's events endpoint, `$Default` first.
+    fn consumer_groups(&self, py: Python<'_>, hub: &str) -> PyResult<Vec<String>> {
+        self.run(py, self.arm.consumer_groups(hub))
+    }
+
+    /// Creates a consumer group on a hub's events endpoint.
+    fn create_consumer_group(&self, py: Python<'_>, hub: &str, group: &str) -> PyResult<()> {
+        self.run(py, self.arm.create_consumer_group(hub, group))
+    }
+
+    /// Deletes a consumer group of a hub's events endpoint.
+    fn delete_consumer_group(&self, py: Python<'_>, hub: &str, group: &str) -> PyResult<()> {
+        self.run(py, self.arm.delete_consumer_group(hub, group))
+    }
+
     /// A shared access policy's name and primary key (`iothubowner` unless named).
     #[pyo3(signature = (name, policy = "iothubowner"))]
     fn hub_keys(&self, py: Python<'_>, name: &str, policy: &str) -> PyResult<(String, String)> {

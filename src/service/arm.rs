@@ -1124,6 +1124,53 @@ impl ArmClient {
         })
     }
 
+    /// The consumer groups of a hub's built-in events endpoint, `$Default` first.
+    pub async fn consumer_groups(&self, hub: &str) -> Result<Vec<String>> {
+        let what = format!("listing the consumer groups of IoT hub {hub}");
+        let url = format!("{}/eventHubEndpoints/events/ConsumerGroups", self.hub_url(hub));
+        let answer = self
+            .call(reqwest::Method::GET, url, HUB_API_VERSION, None, None, &what)
+            .await?
+            .ok_or_else(|| Error::protocol(format!("{what}: no answer body")))?;
+        answer["value"]
+            .as_array()
+            .ok_or_else(|| Error::protocol(format!("{what}: no value list")))?
+            .iter()
+            .map(|group| {
+                group["name"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::protocol(format!("{what}: a group without a name")))
+            })
+            .collect()
+    }
+
+    /// Creates a consumer group on a hub's events endpoint (nothing changes if it exists).
+    pub async fn create_consumer_group(&self, hub: &str, group: &str) -> Result<()> {
+        crate::protocol::validate_consumer_group_name(group)?;
+        let what = format!("creating consumer group {group} of IoT hub {hub}");
+        let url = self.consumer_group_url(hub, group);
+        let body = json!({"properties": {"name": group}});
+        self.call(reqwest::Method::PUT, url, HUB_API_VERSION, None, Some(body), &what)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a consumer group of a hub's events endpoint.
+    pub async fn delete_consumer_group(&self, hub: &str, group: &str) -> Result<()> {
+        let what = format!("deleting consumer group {group} of IoT hub {hub}");
+        let url = self.consumer_group_url(hub, group);
+        self.delete(url, HUB_API_VERSION, None, false, &what).await
+    }
+
+    fn consumer_group_url(&self, hub: &str, group: &str) -> String {
+        format!(
+            "{}/eventHubEndpoints/events/ConsumerGroups/{}",
+            self.hub_url(hub),
+            crate::sas::url_encode(group)
+        )
+    }
+
     /// The `iothubowner` keys.
     pub async fn hub_keys(&self, name: &str) -> Result<AccessKeys> {
         self.hub_policy_keys(name, "iothubowner").await

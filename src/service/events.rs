@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use crate::error::{Error, Result};
 use crate::protocol::event_hubs::{self, PartitionAddress, StartPosition, annotations, keys};
 use crate::transport::Trust;
+use crate::transport::amqp::{body_bytes, message_id_text, simple_text};
 
 /// The AMQP port of Event Hubs (and of the emulator's endpoint when it could bind it).
 pub const AMQPS_PORT: u16 = 5671;
@@ -676,17 +677,8 @@ fn event_of(partition: &str, message: Message<Body<Value>>) -> Result<ReceivedEv
         })
         .unwrap_or_default();
     let system = message.properties.unwrap_or_default();
-    let body = match message.body {
-        Body::Data(batch) => batch.into_iter().flat_map(|d| d.0.into_vec()).collect(),
-        Body::Value(AmqpValue(Value::Binary(bytes))) => bytes.into_vec(),
-        Body::Value(AmqpValue(Value::String(text))) => text.into_bytes(),
-        Body::Empty => Vec::new(),
-        other => {
-            return Err(Error::protocol(format!(
-                "an event whose body is not data: {other:?}"
-            )));
-        }
-    };
+    let body = body_bytes(&message.body)
+        .map_err(|why| Error::protocol(format!("an event's body: {why}")))?;
     Ok(ReceivedEvent {
         partition: partition.to_string(),
         sequence_number,
@@ -702,15 +694,6 @@ fn event_of(partition: &str, message: Message<Body<Value>>) -> Result<ReceivedEv
         content_type: system.content_type.map(|s| s.0),
         content_encoding: system.content_encoding.map(|s| s.0),
     })
-}
-
-fn message_id_text(id: &MessageId) -> String {
-    match id {
-        MessageId::String(s) => s.clone(),
-        MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(u) => format!("{u:?}"),
-        MessageId::Binary(b) => crate::pki::cert::hex_upper(b).to_ascii_lowercase(),
-    }
 }
 
 fn value_text(value: &Value) -> String {
@@ -743,21 +726,6 @@ fn value_millis(value: &Value) -> Option<i64> {
     match value {
         Value::Timestamp(t) => Some(t.milliseconds()),
         other => value_integer(other),
-    }
-}
-
-fn simple_text(value: &SimpleValue) -> String {
-    match value {
-        SimpleValue::String(s) => s.clone(),
-        SimpleValue::Symbol(s) => s.0.clone(),
-        SimpleValue::Bool(b) => b.to_string(),
-        SimpleValue::Int(n) => n.to_string(),
-        SimpleValue::Long(n) => n.to_string(),
-        SimpleValue::Uint(n) => n.to_string(),
-        SimpleValue::Ulong(n) => n.to_string(),
-        SimpleValue::Double(n) => n.to_string(),
-        SimpleValue::Timestamp(t) => t.milliseconds().to_string(),
-        other => format!("{other:?}"),
     }
 }
 

@@ -12,6 +12,7 @@ pub(crate) mod dps;
 pub(crate) mod events;
 pub(crate) mod hub;
 
+pub use crate::protocol::event_hubs::StartPosition;
 /// The hub service API's identities and twins, as [`HubServiceClient`] reads them.
 pub use crate::protocol::hub_service::{
     AuthenticationMechanism, DeviceCapabilities, DeviceIdentity, SymmetricKey, Twin,
@@ -19,6 +20,10 @@ pub use crate::protocol::hub_service::{
 };
 pub use arm::{AZURE_ARM_ENDPOINT, ArmClient, TokenSource, static_token};
 pub use dps::DpsServiceClient;
+pub use events::{
+    AMQPS_PORT, EventHubConnectionString, EventHubInfo, EventReader, EventStream, PartitionInfo,
+    PartitionReader, ReceivedEvent, read_retained,
+};
 pub use hub::HubServiceClient;
 
 use std::time::Duration;

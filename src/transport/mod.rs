@@ -3,9 +3,11 @@
 //! the clients' [`Trust`] built on them;
 //! one framed MQTT connection ([`mqtt`]) under the hub client and the emulator's listener,
 //! over TLS or over a WebSocket ([`websocket`], port 443);
-//! the one jittered backoff the clients wait with between attempts; and the one bounded
-//! concurrent spawning ([`bounded`]) the clients open many connections with.
+//! the one jittered backoff the clients wait with between attempts; the one bounded
+//! concurrent spawning ([`bounded`]) the clients open many connections with; and AMQP values
+//! read as text and bytes ([`amqp`]) by the events endpoint and its reader.
 
+pub(crate) mod amqp;
 pub(crate) mod bounded;
 pub(crate) mod mqtt;
 pub(crate) mod proxy;

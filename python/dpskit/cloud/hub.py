@@ -225,6 +225,19 @@ class Hub:
         records = self._cloud._rest.hub_telemetry(self._service, device_id)
         return TelemetryRecords(TelemetryMessage._from_native(r) for r in records)
 
+    def consumer_groups(self) -> list[str]:
+        """The consumer groups of the built-in events endpoint, ``$Default`` first."""
+        return self._cloud._rest.consumer_groups(self.name)
+
+    def create_consumer_group(self, name: str) -> None:
+        """Adds a consumer group to the built-in events endpoint (ARM), for a reader that
+        keeps its own place (Event Hubs' names: 1-50 letters, digits, ``.``, ``-``, ``_``)."""
+        self._cloud._rest.create_consumer_group(self.name, name)
+
+    def delete_consumer_group(self, name: str) -> None:
+        """Removes a consumer group (``$Default`` cannot be removed)."""
+        self._cloud._rest.delete_consumer_group(self.name, name)
+
     async def events(
         self,
         consumer_group: str = "$Default",

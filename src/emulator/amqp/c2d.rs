@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use fe2o3_amqp::Receiver;
 use fe2o3_amqp::types::definitions::{self, AmqpError};
-use fe2o3_amqp::types::messaging::{AmqpValue, Body, MessageId};
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::Value;
 
 use super::AmqpContext;
 use super::cbs::Grants;
@@ -62,35 +62,6 @@ pub(crate) async fn receive(
     }
 }
 
-fn id_text(id: &MessageId) -> String {
-    match id {
-        MessageId::String(s) => s.clone(),
-        MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(uuid) => {
-            let hex: String = uuid.as_inner().iter().map(|b| format!("{b:02x}")).collect();
-            format!(
-                "{}-{}-{}-{}-{}",
-                &hex[..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..]
-            )
-        }
-        MessageId::Binary(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
-    }
-}
-
-fn body_bytes(body: &Body<Value>) -> Result<Vec<u8>, String> {
-    match body {
-        Body::Data(sections) => Ok(sections.iter().flat_map(|d| d.0.iter().copied()).collect()),
-        Body::Value(AmqpValue(Value::Binary(bytes))) => Ok(bytes.to_vec()),
-        Body::Value(AmqpValue(Value::String(text))) => Ok(text.clone().into_bytes()),
-        Body::Empty => Ok(Vec::new()),
-        _ => Err("The message body must be data, binary or a string.".into()),
-    }
-}
-
 type Refusal = (AmqpError, String);
 
 fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Result<(), Refusal> {
@@ -101,11 +72,14 @@ fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Res
         .ok_or_else(|| invalid("The message has no 'to'."))?;
     let device_id = crate::protocol::hub::c2d_device(to)
         .ok_or_else(|| invalid("'to' must be /devices/{deviceId}/messages/devicebound."))?;
-    let body = body_bytes(&message.body).map_err(|why| invalid(&why))?;
+    let body = crate::transport::amqp::body_bytes(&message.body).map_err(|why| invalid(&why))?;
     let mut bag = Vec::new();
     if let Some(p) = properties {
         if let Some(id) = &p.correlation_id {
-            bag.push(("$.cid".to_string(), id_text(id)));
+            bag.push((
+                "$.cid".to_string(),
+                crate::transport::amqp::message_id_text(id),
+            ));
         }
         if let Some(content_type) = &p.content_type {
             bag.push(("$.ct".to_string(), content_type.0.clone()));
@@ -122,19 +96,12 @@ fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Res
         if key == ACK_PROPERTY {
             continue;
         }
-        let value = match value {
-            SimpleValue::String(s) => s.clone(),
-            SimpleValue::Symbol(s) => s.0.clone(),
-            SimpleValue::Bool(b) => b.to_string(),
-            SimpleValue::Int(n) => n.to_string(),
-            SimpleValue::Long(n) => n.to_string(),
-            SimpleValue::Uint(n) => n.to_string(),
-            SimpleValue::Ulong(n) => n.to_string(),
-            other => format!("{other:?}"),
-        };
+        let value = crate::transport::amqp::simple_text(value);
         bag.push((key.clone(), value));
     }
-    let message_id = properties.and_then(|p| p.message_id.as_ref()).map(id_text);
+    let message_id = properties
+        .and_then(|p| p.message_id.as_ref())
+        .map(crate::transport::amqp::message_id_text);
     context
         .hubs
         .send_c2d_as(&hub.host_name, device_id, message_id, &body, bag)

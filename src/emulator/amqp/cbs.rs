@@ -14,6 +14,7 @@ use fe2o3_amqp::types::primitives::Value;
 
 use super::router::{NodeMessage, property, reply};
 use crate::emulator::amqp::AmqpContext;
+use crate::protocol::event_hubs::{self, SAS_TOKEN_TYPE, keys};
 
 /// The right a token needs to read events or send cloud-to-device messages.
 pub(crate) const SERVICE_CONNECT: &str = "ServiceConnect";
@@ -99,9 +100,6 @@ pub(crate) fn authorize(context: &AmqpContext, token: &str) -> Result<Grant, Str
     })
 }
 
-/// The token type of SAS tokens (the only kind the emulator issues and judges).
-const SAS_TOKEN_TYPE: &str = "servicebus.windows.net:sastoken";
-
 /// Answers a `$cbs` request: `put-token` with a SAS token as an AMQP string, which the
 /// connection keeps as a grant once judged.
 pub(crate) fn put_token(
@@ -109,7 +107,7 @@ pub(crate) fn put_token(
     grants: &Grants,
     request: &NodeMessage,
 ) -> NodeMessage {
-    if property(request, "operation").as_deref() != Some("put-token") {
+    if property(request, keys::OPERATION).as_deref() != Some(event_hubs::PUT_TOKEN) {
         return reply(
             request,
             400,
@@ -117,7 +115,7 @@ pub(crate) fn put_token(
             Value::Null,
         );
     }
-    if property(request, "type").is_some_and(|t| t != SAS_TOKEN_TYPE) {
+    if property(request, keys::TYPE).is_some_and(|t| t != SAS_TOKEN_TYPE) {
         return reply(
             request,
             400,

@@ -11,14 +11,15 @@ use fe2o3_amqp::types::primitives::{Array, OrderedMap, Timestamp, Value};
 use super::AmqpContext;
 use super::cbs::{Grants, authorize};
 use super::router::{NodeMessage, find_hub, property, reply};
+use crate::protocol::event_hubs::{self, keys};
 
 /// Answers one `$management` request.
 pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessage) -> NodeMessage {
     let status = |code: i32, description: &str| reply(request, code, description, Value::Null);
-    if property(request, "operation").as_deref() != Some("READ") {
+    if property(request, keys::OPERATION).as_deref() != Some(event_hubs::READ) {
         return status(400, "The $management node serves READ only.");
     }
-    let Some(entity) = property(request, "name") else {
+    let Some(entity) = property(request, keys::NAME) else {
         return status(400, "The request names no entity (name).");
     };
     let covered = |hub: &str| {
@@ -38,13 +39,13 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
     };
     let text = |s: &str| Value::String(s.to_string());
     let mut body = OrderedMap::new();
-    match property(request, "type").as_deref() {
-        Some("com.microsoft:eventhub") => {
+    match property(request, keys::TYPE).as_deref() {
+        Some(event_hubs::EVENT_HUB_TYPE) => {
             let ids: Vec<Value> = (0..hub.events.partition_count)
                 .map(|p| Value::String(p.to_string()))
                 .collect();
             body.insert(text("name"), text(&hub.name));
-            body.insert(text("type"), text("com.microsoft:eventhub"));
+            body.insert(text("type"), text(event_hubs::EVENT_HUB_TYPE));
             body.insert(
                 text("created_at"),
                 Value::Timestamp(Timestamp::from_milliseconds(
@@ -57,8 +58,8 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
             );
             body.insert(text("partition_ids"), Value::Array(Array::from(ids)));
         }
-        Some("com.microsoft:partition") => {
-            let Some(asked) = property(request, "partition") else {
+        Some(event_hubs::PARTITION_TYPE) => {
+            let Some(asked) = property(request, keys::PARTITION) else {
                 return status(400, "The request names no partition.");
             };
             let Some(partition) = asked
@@ -86,7 +87,7 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
             // whose events are all past the retention is empty with its last event still told.
             let (last_sequence, last_offset, last_time) = summary.last.unwrap_or((-1, -1, 0));
             body.insert(text("name"), text(&hub.name));
-            body.insert(text("type"), text("com.microsoft:partition"));
+            body.insert(text("type"), text(event_hubs::PARTITION_TYPE));
             body.insert(text("partition"), text(&partition.to_string()));
             body.insert(
                 text("begin_sequence_number"),

@@ -33,6 +33,7 @@ use super::cbs::Grants;
 use super::readers::{Membership, displaced_error};
 use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
 use crate::emulator::store::{EventPosition, StoredEvent};
+use crate::protocol::event_hubs::annotations;
 
 /// Events read from the store at once.
 const PAGE: usize = 256;
@@ -226,39 +227,39 @@ pub(crate) fn event_message(event: &StoredEvent, device: Option<&HubDevice>) -> 
     let at = Value::Timestamp(Timestamp::from_milliseconds(event.enqueued_millis));
     let mut annotations = MessageAnnotations::builder()
         .insert(
-            Symbol::from("x-opt-sequence-number"),
+            Symbol::from(annotations::SEQUENCE_NUMBER),
             Value::Long(event.sequence),
         )
         .insert(
-            Symbol::from("x-opt-offset"),
+            Symbol::from(annotations::OFFSET),
             Value::String(event.offset.to_string()),
         )
-        .insert(Symbol::from("x-opt-enqueued-time"), at.clone())
+        .insert(Symbol::from(annotations::ENQUEUED_TIME), at.clone())
         .insert(
-            Symbol::from("iothub-connection-device-id"),
+            Symbol::from(annotations::DEVICE_ID),
             Value::String(event.device_id.clone()),
         );
     if let Some(module) = &event.module_id {
         annotations = annotations.insert(
-            Symbol::from("iothub-connection-module-id"),
+            Symbol::from(annotations::MODULE_ID),
             Value::String(module.clone()),
         );
     }
     if let Some(device) = device {
         annotations = annotations
             .insert(
-                Symbol::from("iothub-connection-auth-method"),
+                Symbol::from(annotations::AUTH_METHOD),
                 Value::String(auth_method(device)),
             )
             .insert(
-                Symbol::from("iothub-connection-auth-generation-id"),
+                Symbol::from(annotations::AUTH_GENERATION_ID),
                 Value::String(device.generation_id()),
             );
     }
     let annotations = annotations
-        .insert(Symbol::from("iothub-enqueuedtime"), at)
+        .insert(Symbol::from(annotations::HUB_ENQUEUED_TIME), at)
         .insert(
-            Symbol::from("iothub-message-source"),
+            Symbol::from(annotations::MESSAGE_SOURCE),
             Value::String(TELEMETRY_SOURCE.into()),
         )
         .build();

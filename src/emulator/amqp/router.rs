@@ -33,6 +33,7 @@ use super::AmqpContext;
 use super::cbs::Grants;
 use crate::emulator::model::HubRecord;
 use crate::emulator::store::EventPosition;
+use crate::protocol::event_hubs::{self, PartitionAddress, keys};
 
 /// A request or reply on `$cbs` / `$management`.
 pub(crate) type NodeMessage = Message<Body<Value>>;
@@ -91,8 +92,8 @@ fn path_of(address: &str) -> &str {
 
 fn node_of(path: &str) -> Option<Node> {
     match path.rsplit('/').next() {
-        Some("$cbs") => Some(Node::Cbs),
-        Some("$management") => Some(Node::Management),
+        Some(event_hubs::CBS_NODE) => Some(Node::Cbs),
+        Some(event_hubs::MANAGEMENT_NODE) => Some(Node::Management),
         _ => None,
     }
 }
@@ -110,31 +111,29 @@ impl Route {
                 if let Some(node) = node_of(path) {
                     return Route::Replies(node);
                 }
-                let segments: Vec<&str> = path.split('/').collect();
-                match segments.as_slice() {
-                    [entity, groups, group, partitions, partition]
-                        if groups.eq_ignore_ascii_case("ConsumerGroups")
-                            && partitions.eq_ignore_ascii_case("Partitions") =>
-                    {
-                        Route::Partition {
-                            entity: entity.to_string(),
-                            consumer_group: group.to_string(),
-                            partition: partition.to_string(),
-                            position: super::selector::start_position(
-                                source.and_then(|s| s.filter.as_ref()),
-                            ),
-                            epoch: attach.properties.as_ref().and_then(|p| {
-                                match p.get(&Symbol::from(EPOCH_PROPERTY)) {
-                                    Some(Value::Long(epoch)) => Some(*epoch),
-                                    _ => None,
-                                }
-                            }),
-                            runtime_metric: attach.desired_capabilities.as_ref().is_some_and(
-                                |wanted| wanted.0.iter().any(|c| c.as_str() == RUNTIME_METRIC),
-                            ),
-                        }
-                    }
-                    _ => Route::Unknown(address.to_string()),
+                match PartitionAddress::parse(address) {
+                    Some(PartitionAddress {
+                        event_hub,
+                        consumer_group,
+                        partition,
+                    }) => Route::Partition {
+                        entity: event_hub,
+                        consumer_group,
+                        partition,
+                        position: super::selector::start_position(
+                            source.and_then(|s| s.filter.as_ref()),
+                        ),
+                        epoch: attach.properties.as_ref().and_then(|p| {
+                            match p.get(&Symbol::from(EPOCH_PROPERTY)) {
+                                Some(Value::Long(epoch)) => Some(*epoch),
+                                _ => None,
+                            }
+                        }),
+                        runtime_metric: attach.desired_capabilities.as_ref().is_some_and(
+                            |wanted| wanted.0.iter().any(|c| c.as_str() == RUNTIME_METRIC),
+                        ),
+                    },
+                    None => Route::Unknown(address.to_string()),
                 }
             }
             // The client sends: the target is ours.
@@ -457,9 +456,9 @@ pub(crate) fn reply(
         .properties(properties.build())
         .application_properties(
             ApplicationProperties::builder()
-                .insert("status-code", SimpleValue::Int(status))
+                .insert(keys::STATUS_CODE, SimpleValue::Int(status))
                 .insert(
-                    "status-description",
+                    keys::STATUS_DESCRIPTION,
                     SimpleValue::String(description.into()),
                 )
                 .build(),

@@ -17,9 +17,7 @@ use fe2o3_amqp::types::messaging::FilterSet;
 use fe2o3_amqp::types::primitives::Value;
 
 use crate::emulator::store::EventPosition;
-
-/// The filter's key and descriptor name.
-pub(crate) const SELECTOR_FILTER: &str = "apache.org:selector-filter:string";
+use crate::protocol::event_hubs::{LATEST, SELECTOR_FILTER, START_OF_PARTITION, StartPosition};
 
 /// The start position a link's filter asks for; no selector reads from the start.
 pub(crate) fn start_position(filter: Option<&FilterSet>) -> Result<EventPosition, String> {
@@ -43,46 +41,32 @@ pub(crate) fn start_position(filter: Option<&FilterSet>) -> Result<EventPosition
     parse(expression)
 }
 
-/// Parses one selector: `amqp.annotation.<x-opt-offset | x-opt-sequence-number |
-/// x-opt-enqueued-time> <'>' | '>='> '<value>'`.
+/// Reads one selector (`protocol::event_hubs` parses it, as dpskit's reader writes it) as a
+/// position in the store: `-1` is the start, `@latest` the end.
 pub(crate) fn parse(expression: &str) -> Result<EventPosition, String> {
-    let refuse = || format!("unsupported selector filter: {expression:?}");
-    let mut words = expression.split_whitespace();
-    let (Some(field), Some(operator), Some(quoted), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
-        return Err(refuse());
-    };
-    let inclusive = match operator {
-        ">" => false,
-        ">=" => true,
-        _ => return Err(refuse()),
-    };
-    let value = quoted
-        .strip_prefix('\'')
-        .and_then(|v| v.strip_suffix('\''))
-        .ok_or_else(refuse)?;
-    let number = || value.parse::<i64>().map_err(|_| refuse());
-    let field = field.strip_prefix("amqp.annotation.").ok_or_else(refuse)?;
-    match field {
-        "x-opt-offset" => match value {
-            "-1" => Ok(EventPosition::Start),
-            "@latest" => Ok(EventPosition::End),
-            _ => Ok(EventPosition::Offset {
-                offset: number()?,
-                inclusive,
-            }),
+    Ok(match StartPosition::parse_selector(expression)? {
+        StartPosition::Offset { offset, .. } if offset == START_OF_PARTITION => {
+            EventPosition::Start
+        }
+        StartPosition::Offset { offset, .. } if offset == LATEST => EventPosition::End,
+        StartPosition::Offset { offset, inclusive } => EventPosition::Offset {
+            offset: offset
+                .parse()
+                .map_err(|_| format!("unsupported selector filter: {expression:?}"))?,
+            inclusive,
         },
-        "x-opt-sequence-number" => Ok(EventPosition::Sequence {
-            sequence: number()?,
+        StartPosition::SequenceNumber {
+            sequence_number,
             inclusive,
-        }),
-        "x-opt-enqueued-time" => Ok(EventPosition::Enqueued {
-            millis: number()?,
+        } => EventPosition::Sequence {
+            sequence: sequence_number,
             inclusive,
-        }),
-        _ => Err(refuse()),
-    }
+        },
+        StartPosition::EnqueuedTime { unix_ms, inclusive } => EventPosition::Enqueued {
+            millis: unix_ms,
+            inclusive,
+        },
+    })
 }
 
 #[cfg(test)]
