@@ -49,6 +49,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         port=args.port,
         https_port=args.https_port,
         web_port=args.web_port,
+        amqp_port=args.amqp_port,
         poll_retry_after=args.poll_retry_after,
         arm_tokens=arm_tokens,
         arm_operation_seconds=args.arm_operation_seconds,
@@ -72,6 +73,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
                     "web",
                     f"port {cloud.web_port} of each resource's address (HTTPS service APIs, "
                     "MQTT over WebSockets)",
+                ),
+                (
+                    "amqp",
+                    f"port {cloud.amqp_port} of each hub's address (the Event Hub-compatible "
+                    "endpoint, C2D from the service SDK)",
                 ),
                 ("trust", f"{_display(trust)} (pass it as server_verification_cert)"),
                 ("state", _display(cloud.data_dir)),
@@ -113,8 +119,7 @@ def add_emulator_command(
         "--https-port",
         type=int,
         default=0,
-        help="port of the ARM and service REST APIs (0: any free port; `dpskit cloud` and "
-        "`dpskit dps` find it in DIR)",
+        help="port of ARM (0: any free port; `dpskit cloud` and `dpskit dps` find it in DIR)",
     )
     p.add_argument(
         "--web-port",
@@ -122,6 +127,13 @@ def add_emulator_command(
         default=443,
         help="HTTPS and MQTT over WebSockets on each resource's address (Azure's 443; where it "
         "cannot be bound, a free port, named in the hubs' connection strings)",
+    )
+    p.add_argument(
+        "--amqp-port",
+        type=int,
+        default=5671,
+        help="AMQP over TLS on each hub's address: its Event Hub-compatible endpoint (Azure's "
+        "5671; where it cannot be bound, a free port, which `dpskit hub monitor` finds in DIR)",
     )
     p.add_argument(
         "--poll-retry-after",
