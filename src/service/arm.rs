@@ -1127,9 +1127,19 @@ impl ArmClient {
     /// The consumer groups of a hub's built-in events endpoint, `$Default` first.
     pub async fn consumer_groups(&self, hub: &str) -> Result<Vec<String>> {
         let what = format!("listing the consumer groups of IoT hub {hub}");
-        let url = format!("{}/eventHubEndpoints/events/ConsumerGroups", self.hub_url(hub));
+        let url = format!(
+            "{}/eventHubEndpoints/events/ConsumerGroups",
+            self.hub_url(hub)
+        );
         let answer = self
-            .call(reqwest::Method::GET, url, HUB_API_VERSION, None, None, &what)
+            .call(
+                reqwest::Method::GET,
+                url,
+                HUB_API_VERSION,
+                None,
+                None,
+                &what,
+            )
             .await?
             .ok_or_else(|| Error::protocol(format!("{what}: no answer body")))?;
         answer["value"]
@@ -1151,8 +1161,15 @@ impl ArmClient {
         let what = format!("creating consumer group {group} of IoT hub {hub}");
         let url = self.consumer_group_url(hub, group);
         let body = json!({"properties": {"name": group}});
-        self.call(reqwest::Method::PUT, url, HUB_API_VERSION, None, Some(body), &what)
-            .await?;
+        self.call(
+            reqwest::Method::PUT,
+            url,
+            HUB_API_VERSION,
+            None,
+            Some(body),
+            &what,
+        )
+        .await?;
         Ok(())
     }
 
