@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -513,4 +514,60 @@ def test_the_uamqp_transport_reads_the_same_endpoint(
     events, errors = _read(consumer(), partition, 3)
     assert errors == []
     assert [e.sequence_number for e in events] == [0, 1, 2]
+    assert _strings(events[0].system_properties)["iothub-connection-device-id"] == "dev-a"
+
+
+def test_the_async_consumer_reads_the_same_events_and_properties(
+    world: tuple[dpskit.LocalCloud, dpskit.Hub, Path, Path],
+) -> None:
+    from azure.eventhub.aio import EventHubConsumerClient as AsyncConsumer
+
+    cloud, hub, trust, _ = world
+    connection_string = (
+        f"Endpoint=sb://{hub.host_name}/;SharedAccessKeyName=iothubowner;"
+        f"SharedAccessKey={_owner_key(hub)};EntityPath={hub.name}"
+    )
+
+    async def scenario() -> tuple[list[str], dict[str, Any], list[Any]]:
+        client = AsyncConsumer.from_connection_string(
+            connection_string,
+            consumer_group="$Default",
+            connection_verify=str(trust),
+            custom_endpoint_address=f"sb://{hub.host_name}:{cloud.amqp_port}",
+            transport_type=TransportType.Amqp,
+            retry_total=0,
+        )
+        async with client:
+            ids = await client.get_partition_ids()
+            holding = [
+                p
+                for p in ids
+                if (await client.get_partition_properties(p))["last_enqueued_sequence_number"] == 4
+            ]
+            assert len(holding) == 1, holding
+            properties = await client.get_partition_properties(holding[0])
+            events: list[Any] = []
+            done = asyncio.Event()
+
+            async def on_event(_: Any, event: EventData | None) -> None:
+                if event is not None:
+                    events.append(event)
+                if len(events) >= 5:
+                    done.set()
+
+            receiving = asyncio.create_task(
+                client.receive(on_event, partition_id=holding[0], starting_position="-1")
+            )
+            await asyncio.wait_for(done.wait(), 30)
+            # receive() runs until cancelled (its processor sleeps between balancing rounds).
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
+        return ids, properties, events
+
+    ids, properties, events = asyncio.run(scenario())
+    assert ids == ["0", "1", "2", "3"]
+    assert properties["beginning_sequence_number"] == 0
+    assert [e.sequence_number for e in events] == [0, 1, 2, 3, 4]
+    assert [json.loads(e.body_as_str())["n"] for e in events] == [0, 1, 2, 3, 4]
     assert _strings(events[0].system_properties)["iothub-connection-device-id"] == "dev-a"
