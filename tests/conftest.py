@@ -1,4 +1,5 @@
-"""Shared fixtures: the OpenSSL command line (our judge) and a session-wide EC test PKI."""
+"""Shared fixtures: the OpenSSL command line (our judge), a session-wide EC test PKI, and the
+helpers the official-SDK peer tests share (a free-port probe, the emulator's ARM credential)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,21 @@ from typing import Any
 import pytest
 
 import dpskit
+
+
+class LocalToken:
+    """A TokenCredential for the emulator's ARM, which accepts any bearer token on loopback
+    (the official management SDKs take one)."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken("local-token", int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo("local-token", int(time.time()) + 3600)
 
 
 def port_is_free(port: int) -> bool:

@@ -5,18 +5,16 @@ groups it creates, lists, reads and deletes, with ARM's refusals."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import dpskit
+from conftest import LocalToken
 
 pytest.importorskip("azure.mgmt.iothub")
 
-from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import HttpResponseError
 from azure.mgmt.iothub import IotHubClient
 from azure.mgmt.iothub.models import (
@@ -31,16 +29,6 @@ from azure.mgmt.iothub.models import (
 GROUP = dpskit.LocalCloud.resource_group
 
 
-class _LocalToken:
-    """A TokenCredential for the emulator, which accepts any bearer token on loopback."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("local-token", int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        return AccessTokenInfo("local-token", int(time.time()) + 3600)
-
-
 @pytest.fixture
 def cloud() -> Iterator[dpskit.LocalCloud]:
     with dpskit.LocalCloud(port=0) as running:
@@ -52,7 +40,7 @@ def client(cloud: dpskit.LocalCloud, tmp_path: Path) -> IotHubClient:
     trust = tmp_path / "emulator-ca.pem"
     trust.write_text(cloud.trust_pem)
     return IotHubClient(
-        _LocalToken(),
+        LocalToken(),
         cloud.subscription_id,
         base_url=cloud.arm_endpoint,
         connection_verify=str(trust),

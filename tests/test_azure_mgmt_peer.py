@@ -5,7 +5,6 @@ long-running DPS creates and deletes, paged lists and throttling, as Azure runs 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,11 @@ from typing import Any
 import pytest
 
 import dpskit
+from conftest import LocalToken
 
 mgmt = pytest.importorskip("azure.mgmt.iothubprovisioningservices")
 
 from azure.core import MatchConditions  # noqa: E402
-from azure.core.credentials import AccessToken, AccessTokenInfo  # noqa: E402
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError  # noqa: E402
 from azure.mgmt.iothubprovisioningservices import IotDpsClient  # noqa: E402
 from azure.mgmt.iothubprovisioningservices.models import (  # noqa: E402
@@ -30,16 +29,6 @@ from azure.mgmt.iothubprovisioningservices.models import (  # noqa: E402
 )
 
 RESOURCE_GROUP = dpskit.LocalCloud.resource_group
-
-
-class _LocalToken:
-    """A TokenCredential for the emulator, which accepts any bearer token on loopback."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("local-token", int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        return AccessTokenInfo("local-token", int(time.time()) + 3600)
 
 
 def _etag(resource: Any) -> str:
@@ -60,7 +49,7 @@ def client(cloud: dpskit.LocalCloud, tmp_path: Path) -> IotDpsClient:
     trust = tmp_path / "emulator-ca.pem"
     trust.write_text(cloud.trust_pem)
     return IotDpsClient(
-        _LocalToken(),
+        LocalToken(),
         cloud.subscription_id,
         base_url=cloud.arm_endpoint,
         connection_verify=str(trust),
@@ -203,7 +192,7 @@ def test_the_management_sdk_polls_long_running_operations_pages_and_rides_out_42
         trust = tmp_path / "emulator-ca.pem"
         trust.write_text(cloud.trust_pem)
         client = IotDpsClient(
-            _LocalToken(),
+            LocalToken(),
             cloud.subscription_id,
             base_url=cloud.arm_endpoint,
             connection_verify=str(trust),

@@ -5,7 +5,6 @@ blocks, on real device connections; a hub created without one enforces nothing."
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 import dpskit
-from conftest import sas_device, throttled
+from conftest import LocalToken, sas_device, throttled
 
 
 @pytest.fixture(scope="module")
@@ -213,26 +212,15 @@ def test_dps_presets_pace_registrations_and_service_operations(
 
 iothub = pytest.importorskip("azure.mgmt.iothub")
 
-from azure.core.credentials import AccessToken, AccessTokenInfo  # noqa: E402
 from azure.mgmt.iothub import IotHubClient  # noqa: E402
 from azure.mgmt.iothub.models import IotHubDescription, IotHubSkuInfo  # noqa: E402
-
-
-class _LocalToken:
-    """A TokenCredential for the emulator, which accepts any bearer token on loopback."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("local-token", int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        return AccessTokenInfo("local-token", int(time.time()) + 3600)
 
 
 def test_the_management_sdk_sees_and_sets_the_sku(cloud: dpskit.LocalCloud, tmp_path: Path) -> None:
     trust = tmp_path / "emulator-ca.pem"
     trust.write_text(cloud.trust_pem)
     client = IotHubClient(
-        _LocalToken(),
+        LocalToken(),
         cloud.subscription_id,
         base_url=cloud.arm_endpoint,
         connection_verify=str(trust),

@@ -35,13 +35,13 @@ What the comparison forgives, and why (everything else must be equal):
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import dpskit
+from conftest import LocalToken
 
 pytest.importorskip("azure.mgmt.iothub", reason="azure-mgmt-iothub is not installed")
 pytest.importorskip(
@@ -52,7 +52,6 @@ pytest.importorskip("azure.iot.deviceprovisioning", reason="azure-iot-deviceprov
 pytest.importorskip("azure.iot.hub", reason="azure-iot-hub is not installed")
 
 from azure.core import MatchConditions
-from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
 from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
 from azure.iot.hub.models import (  # type: ignore[import-untyped]
@@ -83,16 +82,6 @@ pytestmark = pytest.mark.filterwarnings(
 Request = dpskit.RecordedRequest
 
 
-class _LocalToken:
-    """A TokenCredential for the emulator's ARM, which accepts any bearer token on loopback."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("local-token", int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
-        return AccessTokenInfo("local-token", int(time.time()) + 3600)
-
-
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[dpskit.LocalCloud]:
     with dpskit.LocalCloud(port=0) as running:
@@ -120,14 +109,14 @@ def azure(cloud: dpskit.LocalCloud) -> dpskit.AzureCloud:
 @pytest.fixture(scope="module")
 def hub_mgmt(cloud: dpskit.LocalCloud, trust: str) -> IotHubClient:
     return IotHubClient(
-        _LocalToken(), cloud.subscription_id, base_url=cloud.arm_endpoint, connection_verify=trust
+        LocalToken(), cloud.subscription_id, base_url=cloud.arm_endpoint, connection_verify=trust
     )
 
 
 @pytest.fixture(scope="module")
 def dps_mgmt(cloud: dpskit.LocalCloud, trust: str) -> IotDpsClient:
     return IotDpsClient(
-        _LocalToken(), cloud.subscription_id, base_url=cloud.arm_endpoint, connection_verify=trust
+        LocalToken(), cloud.subscription_id, base_url=cloud.arm_endpoint, connection_verify=trust
     )
 
 

@@ -296,17 +296,11 @@ impl Cloud {
         sku: Option<crate::limits::HubSku>,
         presets: bool,
     ) -> Result<HubRecord> {
-        let mut model = self.write();
-        let hub = model
-            .hubs
-            .get_mut(name)
-            .ok_or_else(|| not_found("IoT hub", name))?;
-        let mut updated = hub.clone();
-        updated.sku = sku;
-        updated.presets = presets && sku.is_some();
-        self.store.put(kind::HUB, name, &updated)?;
-        *hub = updated.clone();
-        Ok(updated)
+        self.update_hub(name, |hub| {
+            hub.sku = sku;
+            hub.presets = presets && sku.is_some();
+            Ok(())
+        })
     }
 
     /// Changes a hub's built-in events endpoint (its partitions at creation, its consumer
@@ -317,13 +311,23 @@ impl Cloud {
         name: &str,
         change: impl FnOnce(&mut EventsEndpoint) -> Result<()>,
     ) -> Result<HubRecord> {
+        self.update_hub(name, |hub| change(&mut hub.events))
+    }
+
+    /// Changes a hub's record through `change` (which refuses by returning `Err`): stored
+    /// first, then the model, so a failed write changes nothing.
+    fn update_hub(
+        &self,
+        name: &str,
+        change: impl FnOnce(&mut HubRecord) -> Result<()>,
+    ) -> Result<HubRecord> {
         let mut model = self.write();
         let hub = model
             .hubs
             .get_mut(name)
             .ok_or_else(|| not_found("IoT hub", name))?;
         let mut updated = hub.clone();
-        change(&mut updated.events)?;
+        change(&mut updated)?;
         self.store.put(kind::HUB, name, &updated)?;
         *hub = updated.clone();
         Ok(updated)
