@@ -17,7 +17,7 @@ pub(crate) fn guid() -> String {
     // The system generator failing is not something a caller can recover from meaningfully;
     // an all-zero GUID still keeps the protocol going.
     let _ = fill_random(&mut b);
-    let h = crate::pki::cert::hex_upper(&b).to_ascii_lowercase();
+    let h: String = b.iter().map(|byte| format!("{byte:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -18,7 +18,7 @@ use fe2o3_amqp::types::primitives::Value;
 
 use super::AmqpContext;
 use super::cbs::Grants;
-use super::router::NodeMessage;
+use super::node::NodeMessage;
 use crate::emulator::model::HubRecord;
 
 /// The application property asking for delivery feedback, which IoT Hub does not pass on.

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use fe2o3_amqp::types::messaging::{AmqpValue, Body};
 use fe2o3_amqp::types::primitives::Value;
 
-use super::router::{NodeMessage, property, reply};
+use super::node::{NodeMessage, property, reply};
 use crate::emulator::amqp::AmqpContext;
 use crate::protocol::event_hubs::{self, SAS_TOKEN_TYPE, keys};
 

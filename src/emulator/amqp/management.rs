@@ -10,7 +10,7 @@ use fe2o3_amqp::types::primitives::{Array, OrderedMap, Timestamp, Value};
 
 use super::AmqpContext;
 use super::cbs::{Grants, authorize};
-use super::router::{NodeMessage, find_hub, property, reply};
+use super::node::{NodeMessage, find_hub, property, reply};
 use crate::protocol::event_hubs::{self, keys};
 
 /// Answers one `$management` request.

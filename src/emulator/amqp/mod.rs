@@ -24,6 +24,7 @@ mod c2d;
 mod cbs;
 mod listener;
 mod management;
+mod node;
 mod partition;
 mod readers;
 mod router;

@@ -98,7 +98,7 @@ pub(crate) async fn stream(
         // one (the clients refresh theirs before that).
         if !grants.cover(
             &hub.name,
-            &super::router::link_resource(&entity, &consumer_group, &partition.to_string()),
+            &super::node::link_resource(&entity, &consumer_group, &partition.to_string()),
         ) {
             let error = definitions::Error::new(
                 AmqpError::UnauthorizedAccess,

@@ -22,10 +22,8 @@ use fe2o3_amqp::acceptor::{
     SupportedSenderSettleModes,
 };
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, Role, SenderSettleMode};
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, Properties, TargetArchetype,
-};
-use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::messaging::{Body, TargetArchetype};
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 use fe2o3_amqp::{Receiver, Sender};
 use tokio::sync::mpsc;
 
@@ -33,10 +31,9 @@ use super::AmqpContext;
 use super::cbs::Grants;
 use crate::emulator::model::HubRecord;
 use crate::emulator::store::EventPosition;
-use crate::protocol::event_hubs::{self, PartitionAddress, keys};
+use crate::protocol::event_hubs::{self, PartitionAddress};
 
-/// A request or reply on `$cbs` / `$management`.
-pub(crate) type NodeMessage = Message<Body<Value>>;
+use super::node::{NodeMessage, find_hub, link_resource};
 
 /// Replies waiting for the client's reply link, per node; requests wait while it is full.
 const REPLY_QUEUE: usize = 16;
@@ -402,69 +399,6 @@ fn c2d_hub(
             "The address names no hub host and the tokens cover several hubs.".into(),
         )),
     }
-}
-
-/// The path of a partition link's address, as a token's `sr` may name it.
-pub(crate) fn link_resource<'a>(
-    entity: &'a str,
-    consumer_group: &'a str,
-    partition: &'a str,
-) -> [&'a str; 5] {
-    [
-        entity,
-        "ConsumerGroups",
-        consumer_group,
-        "Partitions",
-        partition,
-    ]
-}
-
-/// The hub an entity name stands for (hub names are case-insensitive, as on Azure).
-pub(crate) fn find_hub(context: &AmqpContext, entity: &str) -> Option<HubRecord> {
-    context
-        .cloud
-        .hubs()
-        .into_iter()
-        .find(|h| h.name.eq_ignore_ascii_case(entity))
-}
-
-/// A string application property of a request.
-pub(crate) fn property(message: &NodeMessage, key: &str) -> Option<String> {
-    match message.application_properties.as_ref()?.0.get(key)? {
-        SimpleValue::String(s) => Some(s.clone()),
-        SimpleValue::Symbol(s) => Some(s.0.clone()),
-        _ => None,
-    }
-}
-
-/// A reply: the request's message id as its correlation id, the status as the clients read it.
-pub(crate) fn reply(
-    request: &NodeMessage,
-    status: i32,
-    description: &str,
-    body: Value,
-) -> NodeMessage {
-    let mut properties = Properties::builder();
-    if let Some(id) = request
-        .properties
-        .as_ref()
-        .and_then(|p| p.message_id.clone())
-    {
-        properties = properties.correlation_id(id);
-    }
-    Message::builder()
-        .properties(properties.build())
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert(keys::STATUS_CODE, SimpleValue::Int(status))
-                .insert(
-                    keys::STATUS_DESCRIPTION,
-                    SimpleValue::String(description.into()),
-                )
-                .build(),
-        )
-        .body(Body::Value(AmqpValue(body)))
-        .build()
 }
 
 /// Answers the requests of one request link, in order.
