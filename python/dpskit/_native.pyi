@@ -24,6 +24,8 @@ __all__ = [
     "Emulator",
     "EnrollmentGroupRecord",
     "EnrollmentSettingsRecord",
+    "EventHubStream",
+    "EventRecord",
     "FleetRun",
     "HubConnections",
     "HubDeviceRecord",
@@ -50,8 +52,10 @@ __all__ = [
     "generate_symmetric_key",
     "hub_tier_fits",
     "loopback_setup",
+    "open_event_stream",
     "provision",
     "provision_devices",
+    "read_retained_events",
     "transport_port",
     "validate_registration_id",
     "validate_resource_name",
@@ -433,6 +437,7 @@ class EventHubStream:
     """Events of an event hub's partitions as they arrive."""
 
     def next(self) -> Awaitable[EventRecord | None]: ...
+    def next_batch(self, max: int = 300) -> Awaitable[list[EventRecord]]: ...
     def close(self) -> Awaitable[None]: ...
 
 def open_event_stream(

@@ -128,6 +128,33 @@ impl EventHubStream {
         })
     }
 
+    /// Resolves to the next events, at most `max` (waits for one, then takes what has
+    /// arrived; empty once the stream has ended or was closed): one await for many events.
+    #[pyo3(signature = (max = 300))]
+    fn next_batch<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
+        let stream = self.stream.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut guard = stream.lock().await;
+            let Some(open) = guard.as_mut() else {
+                return Ok(Vec::new());
+            };
+            match open.next_batch(max.max(1)).await {
+                Ok(batch) if batch.is_empty() => {
+                    *guard = None;
+                    Ok(Vec::new())
+                }
+                Ok(batch) => Ok(batch
+                    .into_iter()
+                    .map(|event| EventRecord { event })
+                    .collect()),
+                Err(e) => {
+                    *guard = None;
+                    Err(e.into())
+                }
+            }
+        })
+    }
+
     /// Closes the connection (what is buffered is dropped).
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let stream = self.stream.clone();
@@ -201,7 +228,7 @@ fn open_event_stream<'py>(
 /// Every retained event, read through `consumer_group` up to what each partition held when
 /// the read began, in enqueued order (blocks; the GIL is released).
 #[pyfunction]
-#[pyo3(signature = (connection_string, port, trust_pem, consumer_group = "$Default".to_string()))]
+#[pyo3(signature = (connection_string, port, trust_pem, consumer_group = "$Default".to_string()), text_signature = "(connection_string, port, trust_pem, consumer_group='$Default')")]
 fn read_retained_events(
     py: Python<'_>,
     connection_string: &str,

@@ -529,6 +529,8 @@ impl PartitionReader {
 /// partition. Dropping it stops the tasks and closes the connection.
 pub struct EventStream {
     events: tokio::sync::mpsc::Receiver<Result<ReceivedEvent>>,
+    /// An error that arrived behind a batch's events, returned by the next call.
+    failed: Option<Error>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     // Kept for the connection's lifetime: the receivers run on its session.
     _reader: EventReader,
@@ -571,6 +573,7 @@ impl EventStream {
         }
         Ok(EventStream {
             events,
+            failed: None,
             tasks,
             _reader: reader,
         })
@@ -578,7 +581,36 @@ impl EventStream {
 
     /// The next event of any partition (`None` once every receiver has ended).
     pub async fn next(&mut self) -> Option<Result<ReceivedEvent>> {
+        if let Some(failed) = self.failed.take() {
+            return Some(Err(failed));
+        }
         self.events.recv().await
+    }
+
+    /// The next events of any partition, at most `max`: waits for one, then takes what has
+    /// already arrived (empty once every receiver has ended). An error ends the batch and is
+    /// returned in its place when it comes first.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<ReceivedEvent>> {
+        if let Some(failed) = self.failed.take() {
+            return Err(failed);
+        }
+        let mut batch = Vec::new();
+        let Some(first) = self.events.recv().await else {
+            return Ok(batch);
+        };
+        batch.push(first?);
+        while batch.len() < max {
+            match self.events.try_recv() {
+                Ok(Ok(event)) => batch.push(event),
+                Ok(Err(e)) => {
+                    // Delivered before the error: kept; the error surfaces on the next call.
+                    self.failed = Some(e);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -599,32 +631,28 @@ pub async fn read_retained(
     consumer_group: &str,
 ) -> Result<Vec<ReceivedEvent>> {
     let mut reader = EventReader::connect(target, port, trust).await?;
-    let mut events = Vec::new();
+    // Every partition's receiver attached first, then all read at once: partitions are
+    // independent streams, and one at a time would leave the others' prefetch idle.
+    let mut readers = Vec::new();
     for partition in reader.event_hub().await?.partition_ids {
         let info = reader.partition(&partition).await?;
         if info.is_empty || info.last_enqueued_sequence_number < 0 {
             continue;
         }
-        let mut receiver = reader
+        let receiver = reader
             .receive(consumer_group, &partition, &StartPosition::earliest())
             .await?;
-        loop {
-            // A partition that stops short of what it said it held must not hang the read.
-            let event = tokio::time::timeout(ANSWER_TIMEOUT, receiver.next())
-                .await
-                .map_err(|_| {
-                    Error::transport(format!(
-                        "partition {partition} sent nothing for 30 s before sequence number {}",
-                        info.last_enqueued_sequence_number
-                    ))
-                })??;
-            let last = event.sequence_number >= info.last_enqueued_sequence_number;
-            events.push(event);
-            if last {
-                break;
-            }
-        }
-        receiver.close().await;
+        readers.push(tokio::spawn(read_partition_to(
+            receiver,
+            info.last_enqueued_sequence_number,
+        )));
+    }
+    let mut events = Vec::new();
+    for task in readers {
+        let read = task
+            .await
+            .map_err(|e| Error::transport(format!("a partition reader stopped: {e}")))?;
+        events.extend(read?);
     }
     reader.close().await;
     events.sort_by(|a, b| {
@@ -634,6 +662,29 @@ pub async fn read_retained(
             b.sequence_number,
         ))
     });
+    Ok(events)
+}
+
+/// A partition's events up to sequence number `last`; a partition that stops short of it for
+/// 30 s is an error, not a hang.
+async fn read_partition_to(mut receiver: PartitionReader, last: i64) -> Result<Vec<ReceivedEvent>> {
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(ANSWER_TIMEOUT, receiver.next())
+            .await
+            .map_err(|_| {
+                Error::transport(format!(
+                    "partition {} sent nothing for 30 s before sequence number {last}",
+                    receiver.partition
+                ))
+            })??;
+        let done = event.sequence_number >= last;
+        events.push(event);
+        if done {
+            break;
+        }
+    }
+    receiver.close().await;
     Ok(events)
 }
 

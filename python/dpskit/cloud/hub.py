@@ -265,8 +265,10 @@ class Hub:
             partitions,
         )
         try:
-            while (record := await stream.next()) is not None:
-                yield HubEvent._from_native(record)
+            # One await per batch of what has arrived, not per event.
+            while records := await stream.next_batch():
+                for record in records:
+                    yield HubEvent._from_native(record)
         finally:
             await stream.close()
 
