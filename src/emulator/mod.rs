@@ -1,8 +1,9 @@
 //! The local cloud: an in-process emulator of Azure DPS and IoT Hub that the official SDKs talk
 //! to unchanged. One MQTT-over-TLS listener serves DPS and every hub, routed by the CONNECT
-//! username; one HTTPS listener serves ARM and the DPS and hub service APIs (`rest`); AMQP on
-//! 5671 of each hub's address serves its Event Hub-compatible endpoint (`amqp`); state
-//! lives in SQLite in the data folder, which only its owner can read (see `secrets`).
+//! username; ARM is served on the management port (`rest`), the DPS and hub service APIs and
+//! MQTT over WebSockets on port 443 of each resource's address (`web`); AMQP on 5671 of each
+//! hub's address serves its Event Hub-compatible endpoint (`amqp`); state lives in SQLite in
+//! the data folder, which only its owner can read (see `secrets`).
 
 pub(crate) mod amqp;
 pub(crate) mod cloud;

@@ -1,8 +1,10 @@
-//! REST clients for the management plane (Azure Resource Manager) and the DPS and IoT Hub
-//! service APIs. The same code talks to Azure and to the emulator's HTTPS listener; only the
-//! endpoint, the credential and the trust anchors differ.
+//! Service-side clients: REST for the management plane (Azure Resource Manager) and the DPS
+//! and IoT Hub service APIs, and the AMQP reader of a hub's Event Hub-compatible endpoint
+//! (`events.rs`). The same code talks to Azure and to the emulator (ARM on its management
+//! port, each service API at its resource's own address); only the endpoint, the credential
+//! and the trust anchors differ.
 //!
-//! Every request of every client goes through the one [`RetryPolicy`]: 429 is sent again
+//! Every REST request of every client goes through the one [`RetryPolicy`]: 429 is sent again
 //! (Azure did nothing with it), 408 and 5xx and broken connections only when the request may be
 //! repeated ([`Replay`]); the wait is the service's `Retry-After` when it gave one, else a
 //! jittered exponential backoff; attempts and the total wait are capped.
