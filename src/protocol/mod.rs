@@ -10,6 +10,8 @@
 //!   both sides), twin, method and C2D topics;
 //! - [`hub_service`]: the IoT Hub service API's JSON (device identities, twins), as serde
 //!   types;
+//! - [`c2d`]: cloud-to-device messages from a back end: the send and feedback nodes, the
+//!   acknowledgement a sender asks for, lifetimes, and the feedback record;
 //! - [`event_hubs`]: the AMQP vocabulary of a hub's built-in Event Hub-compatible endpoint
 //!   (nodes, CBS and management properties, partition addresses, start-position selectors,
 //!   IoT Hub's message annotations);
@@ -21,6 +23,7 @@
 //! The numbers Azure limits are in [`crate::limits`].
 
 pub(crate) mod bags;
+pub(crate) mod c2d;
 pub(crate) mod dps;
 pub(crate) mod dps_service;
 pub(crate) mod event_hubs;

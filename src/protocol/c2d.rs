@@ -1,0 +1,183 @@
+//! Cloud-to-device messages as a back end sends them and IoT Hub answers them: the service-side
+//! nodes (`/messages/devicebound` to send, `/messages/servicebound/feedback` for the outcome),
+//! the acknowledgement a sender asks for (`iothub-ack`), the lifetime rules (default and longest
+//! time to live, delivery count), and the feedback record IoT Hub writes for each outcome
+//! (a JSON array of them is one feedback message, `application/vnd.microsoft.iothub.feedback.json`).
+//!
+//! Source: Azure's "Send cloud-to-device messages from an IoT hub" (the message life cycle,
+//! the `ack` values, the feedback message's body and system properties, the hub's
+//! `cloudToDevice` settings) and the service SDKs' `FeedbackRecord`/`FeedbackStatusCode`.
+//! Both sides use these: the emulator writes feedback with them and dpskit's service client
+//! reads it with them.
+
+use serde::{Deserialize, Serialize};
+
+/// The node a back end sends cloud-to-device messages to (AMQP target address path).
+pub(crate) const DEVICEBOUND_NODE: &str = "/messages/devicebound";
+/// The node a back end receives delivery feedback from (AMQP source address path; the same
+/// path under the hub service API's REST, `serviceBound` spelled with a capital B there).
+pub(crate) const FEEDBACK_NODE: &str = "/messages/servicebound/feedback";
+/// The application property in which a sender asks for feedback.
+pub(crate) const ACK_PROPERTY: &str = "iothub-ack";
+/// The content type of a feedback message.
+pub(crate) const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
+
+/// A message's time to live when its sender sets no expiry (`cloudToDevice.defaultTtlAsIso8601`,
+/// PT1H).
+pub(crate) const DEFAULT_TTL_SECONDS: i64 = 3600;
+/// The longest time to live a hub allows (P2D); a later expiry is capped to it.
+pub(crate) const MAX_TTL_SECONDS: i64 = 2 * 24 * 3600;
+/// Deliveries after which an uncompleted message is dead-lettered
+/// (`cloudToDevice.maxDeliveryCount`, 10).
+pub(crate) const MAX_DELIVERY_COUNT: u32 = 10;
+/// How long a feedback message waits for a back end to take it (`feedback.ttlAsIso8601`, PT1H).
+pub(crate) const FEEDBACK_TTL_SECONDS: i64 = 3600;
+/// How long a received feedback message stays locked before it is offered again
+/// (`feedback.lockDurationAsIso8601`, PT1M).
+pub(crate) const FEEDBACK_LOCK_SECONDS: i64 = 60;
+
+/// What a sender asks to hear about a message (`iothub-ack`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DeliveryAck {
+    /// Nothing (the default).
+    #[default]
+    None,
+    /// A record when the device completes the message.
+    Positive,
+    /// A record when the message expires, is dead-lettered or rejected without completion.
+    Negative,
+    /// Both.
+    Full,
+}
+
+impl DeliveryAck {
+    /// Reads an `iothub-ack` value; the four names the service SDKs write, nothing else.
+    pub(crate) fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "none" => Ok(Self::None),
+            "positive" => Ok(Self::Positive),
+            "negative" => Ok(Self::Negative),
+            "full" => Ok(Self::Full),
+            other => Err(format!(
+                "'{ACK_PROPERTY}' must be none, positive, negative or full, not '{other}'."
+            )),
+        }
+    }
+
+    /// The value as written in `iothub-ack`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Positive => "positive",
+            Self::Negative => "negative",
+            Self::Full => "full",
+        }
+    }
+
+    /// Whether a message's outcome is reported to its sender under this request.
+    pub(crate) fn reports(self, outcome: FeedbackStatus) -> bool {
+        match self {
+            Self::None => false,
+            Self::Full => true,
+            Self::Positive => outcome == FeedbackStatus::Success,
+            Self::Negative => outcome != FeedbackStatus::Success,
+        }
+    }
+}
+
+/// The outcome of a cloud-to-device message, as a feedback record's `statusCode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FeedbackStatus {
+    /// The device completed it.
+    Success,
+    /// Its time to live ran out before the device completed it.
+    Expired,
+    /// It was delivered [`MAX_DELIVERY_COUNT`] times without being completed.
+    DeliveryCountExceeded,
+    /// The device rejected it.
+    Rejected,
+    /// The queue was purged before the device completed it.
+    Purged,
+}
+
+impl FeedbackStatus {
+    /// The record's `description` for this outcome.
+    pub(crate) fn description(self) -> &'static str {
+        match self {
+            Self::Success => "Success",
+            Self::Expired => "Message Expired",
+            Self::DeliveryCountExceeded => "Message Delivery Count Exceeded",
+            Self::Rejected => "Message Rejected",
+            Self::Purged => "Message Purged",
+        }
+    }
+}
+
+/// One outcome in a feedback message's body (a JSON array of these).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FeedbackRecord {
+    /// The id of the cloud-to-device message this is about.
+    pub original_message_id: String,
+    /// When the outcome happened (UTC, ISO 8601).
+    pub enqueued_time_utc: String,
+    /// The outcome.
+    pub status_code: FeedbackStatus,
+    /// The outcome in words.
+    pub description: String,
+    /// The device the message was for.
+    pub device_id: String,
+    /// The generation of that device's identity.
+    pub device_generation_id: String,
+}
+
+/// Reads a feedback message's body; anything but an array of complete records is refused.
+pub(crate) fn parse_feedback(body: &[u8]) -> Result<Vec<FeedbackRecord>, String> {
+    serde_json::from_slice(body).map_err(|e| format!("A feedback message is not valid: {e}."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_values_round_trip_and_choose_what_is_reported() {
+        for ack in [
+            DeliveryAck::None,
+            DeliveryAck::Positive,
+            DeliveryAck::Negative,
+            DeliveryAck::Full,
+        ] {
+            assert_eq!(DeliveryAck::parse(ack.as_str()), Ok(ack));
+        }
+        assert!(DeliveryAck::parse("Full").is_err());
+        assert!(DeliveryAck::parse("").is_err());
+        assert!(DeliveryAck::Positive.reports(FeedbackStatus::Success));
+        assert!(!DeliveryAck::Positive.reports(FeedbackStatus::Expired));
+        assert!(DeliveryAck::Negative.reports(FeedbackStatus::DeliveryCountExceeded));
+        assert!(!DeliveryAck::Negative.reports(FeedbackStatus::Success));
+        assert!(DeliveryAck::Full.reports(FeedbackStatus::Purged));
+        assert!(!DeliveryAck::None.reports(FeedbackStatus::Rejected));
+    }
+
+    /// The body of Azure's documented feedback message example reads, and writes back with the
+    /// member names and order it has.
+    #[test]
+    fn feedback_reads_azures_documented_body() {
+        let documented = br#"[{"originalMessageId":"0987654321","enqueuedTimeUtc":"2015-07-28T16:24:48.789Z","statusCode":"Success","description":"Success","deviceId":"123","deviceGenerationId":"abcdefghijklmnopqrstuvwxyz"}]"#;
+        let records = parse_feedback(documented).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].status_code, FeedbackStatus::Success);
+        assert_eq!(records[0].device_id, "123");
+        assert_eq!(
+            serde_json::to_vec(&records).unwrap(),
+            documented.to_vec(),
+            "written as read"
+        );
+        assert!(parse_feedback(br#"[{"originalMessageId":"1"}]"#).is_err());
+        assert!(parse_feedback(br#"{"statusCode":"Success"}"#).is_err());
+        let unknown = br#"[{"originalMessageId":"1","enqueuedTimeUtc":"t","statusCode":"Lost","description":"","deviceId":"d","deviceGenerationId":"g"}]"#;
+        assert!(parse_feedback(unknown).is_err());
+    }
+}
