@@ -137,6 +137,62 @@ pub(crate) fn parse_feedback(body: &[u8]) -> Result<Vec<FeedbackRecord>, String>
     serde_json::from_slice(body).map_err(|e| format!("A feedback message is not valid: {e}."))
 }
 
+impl FeedbackRecord {
+    /// When the outcome happened, Unix milliseconds: `enqueuedTimeUtc` read as RFC 3339 (IoT
+    /// Hub writes up to seven fraction digits and `Z`); `Err` when it does not read.
+    pub(crate) fn enqueued_unix_ms(&self) -> Result<i64, String> {
+        let at = time::OffsetDateTime::parse(
+            &self.enqueued_time_utc,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| {
+            format!(
+                "A feedback record's enqueuedTimeUtc {:?} is not a time: {e}.",
+                self.enqueued_time_utc
+            )
+        })?;
+        i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+            .map_err(|_| format!("{:?} is out of range.", self.enqueued_time_utc))
+    }
+}
+
+/// The AMQP error conditions IoT Hub rejects a cloud-to-device send with, as the status and
+/// error code of the hub service API's same refusal (the service SDKs' error mappers: an
+/// unknown device, a full queue, a message too large, a spent quota, a throttle). A
+/// description that carries IoT Hub's six-digit error code (`404 (404001): ...`,
+/// `ErrorCode:404001`) is more precise than its condition and wins.
+pub(crate) fn send_refusal(condition: &str, description: &str) -> (u16, Option<u32>) {
+    if let Some(code) = error_code_in(description) {
+        return ((code / 1000) as u16, Some(code));
+    }
+    match condition {
+        "amqp:not-found" | "com.microsoft:device-not-found" => (404, Some(404_001)),
+        "amqp:resource-limit-exceeded" | "com.microsoft:device-maximum-queue-depth-exceeded" => {
+            (403, Some(403_004))
+        }
+        "com.microsoft:quota-exceeded" | "com.microsoft:iot-hub-quota-exceeded" => {
+            (403, Some(403_002))
+        }
+        "amqp:link:message-size-exceeded" => (413, Some(413_001)),
+        "amqp:unauthorized-access" => (401, None),
+        "com.microsoft:device-container-throttled" | "com.microsoft:server-busy" => {
+            (429, Some(429_001))
+        }
+        "amqp:precondition-failed" => (412, None),
+        "amqp:invalid-field" | "amqp:decode-error" | "amqp:not-allowed" => (400, None),
+        _ => (500, None),
+    }
+}
+
+/// The first six-digit number in `text` that reads as an IoT Hub error code (its first three
+/// digits an HTTP error status, 400 to 599).
+fn error_code_in(text: &str) -> Option<u32> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|run| run.len() == 6)
+        .filter_map(|run| run.parse::<u32>().ok())
+        .find(|code| (400_000..600_000).contains(code))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +235,45 @@ mod tests {
         assert!(parse_feedback(br#"{"statusCode":"Success"}"#).is_err());
         let unknown = br#"[{"originalMessageId":"1","enqueuedTimeUtc":"t","statusCode":"Lost","description":"","deviceId":"d","deviceGenerationId":"g"}]"#;
         assert!(parse_feedback(unknown).is_err());
+    }
+    #[test]
+    fn feedback_times_read_with_azures_seven_fraction_digits() {
+        let mut record = parse_feedback(br#"[{"originalMessageId":"m","enqueuedTimeUtc":"2015-07-28T16:24:48.789Z","statusCode":"Expired","description":"Message Expired","deviceId":"d","deviceGenerationId":"g"}]"#).unwrap().remove(0);
+        assert_eq!(record.enqueued_unix_ms(), Ok(1_438_100_688_789));
+        record.enqueued_time_utc = "2015-07-28T16:24:48.7891234Z".into();
+        assert_eq!(record.enqueued_unix_ms(), Ok(1_438_100_688_789));
+        record.enqueued_time_utc = "yesterday".into();
+        assert!(record.enqueued_unix_ms().is_err());
+    }
+
+    #[test]
+    fn send_refusals_read_as_the_service_apis_statuses() {
+        assert_eq!(send_refusal("amqp:not-found", ""), (404, Some(404_001)));
+        assert_eq!(
+            send_refusal("amqp:resource-limit-exceeded", "queue full"),
+            (403, Some(403_004))
+        );
+        assert_eq!(
+            send_refusal("amqp:link:message-size-exceeded", ""),
+            (413, Some(413_001))
+        );
+        // The code in the description wins over a generic condition.
+        assert_eq!(
+            send_refusal("amqp:not-allowed", "404 (404001): Device 'x' not found."),
+            (404, Some(404_001))
+        );
+        assert_eq!(
+            send_refusal(
+                "amqp:not-allowed",
+                "ErrorCode:403004;Device 'x' has 50 messages"
+            ),
+            (403, Some(403_004))
+        );
+        // Numbers that are not error codes are not taken for one.
+        assert_eq!(
+            send_refusal("amqp:invalid-field", "device 123456 at 2026"),
+            (400, None)
+        );
+        assert_eq!(send_refusal("x:unknown", ""), (500, None));
     }
 }

@@ -2,30 +2,23 @@
 //! Hub-compatible endpoint, over AMQP 1.0 on TLS, exactly as the official consumers read it
 //! (one read path for the local cloud and Azure).
 //!
-//! A reader opens one TLS connection (trust as the caller says: the emulator's CA, or the
-//! system roots for Azure), one AMQP session, authenticates with a CBS put-token of a SAS
-//! signed by a policy with `ServiceConnect` (the connection string's), and then asks the
-//! `$management` node about the event hub and its partitions, or attaches a receiver per
-//! partition from a start position. The vocabulary (nodes, properties, selector, annotations)
+//! A reader opens one connection (`amqp.rs`, shared with the C2D client: TLS with trust as
+//! the caller says, the emulator's CA or the system roots for Azure; one AMQP session; a CBS
+//! put-token of a SAS signed by a policy with `ServiceConnect`, the connection string's), and
+//! then asks the `$management` node about the event hub and its partitions, or attaches a
+//! receiver per partition from a start position. The vocabulary (nodes, properties, selector, annotations)
 //! is `protocol::event_hubs`, shared with the emulator's endpoint.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
-use fe2o3_amqp::connection::ConnectionHandle;
-use fe2o3_amqp::sasl_profile::SaslProfile;
-use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::Receiver;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties, Source,
-};
+use fe2o3_amqp::types::messaging::{ApplicationProperties, Body, Message, Source};
 use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
-use fe2o3_amqp::{Connection, Receiver, Sender, Session};
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
-use tokio::net::TcpStream;
 
+use super::amqp::{ANSWER_TIMEOUT, AmqpConnection, NodeLinks};
 use crate::error::{Error, Result};
 use crate::protocol::event_hubs::{self, PartitionAddress, StartPosition, annotations, keys};
 use crate::transport::Trust;
@@ -35,8 +28,6 @@ use crate::transport::amqp::{body_bytes, message_id_text, simple_text};
 pub const AMQPS_PORT: u16 = 5671;
 /// How long a SAS token put to CBS lives; the reader puts a fresh one for each connection.
 const TOKEN_LIFETIME_SECONDS: i64 = 3600;
-/// How long a management or CBS answer may take.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Events the reader lets a partition send ahead of its consumer (the official consumer's
 /// default prefetch).
 const PREFETCH: u32 = 300;
@@ -197,12 +188,10 @@ pub struct ReceivedEvent {
 
 /// One authenticated AMQP connection to an event hub.
 pub struct EventReader {
-    connection: ConnectionHandle<()>,
-    session: SessionHandle<()>,
+    amqp: AmqpConnection,
     target: EventHubConnectionString,
     token: String,
-    management: Option<(Sender, Receiver)>,
-    requests: u64,
+    management: Option<NodeLinks>,
 }
 
 impl EventReader {
@@ -214,166 +203,23 @@ impl EventReader {
         trust: &Trust,
     ) -> Result<EventReader> {
         let port = port.or(target.port).unwrap_or(AMQPS_PORT);
-        let host = target.host.as_str();
-        let tcp = TcpStream::connect((host, port))
-            .await
-            .map_err(|e| Error::transport_caused(format!("cannot reach {host}:{port}"), e))?;
-        let _ = tcp.set_nodelay(true);
-        let config = Arc::new(trust.client_config(None, 0)?);
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|e| Error::config_caused(format!("{host:?} is not a host name"), e))?;
-        let tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| {
-                Error::transport_caused(
-                    format!("TLS with {host}:{port}"),
-                    crate::transport::mqtt::tls_cause(e),
-                )
-            })?;
-        let mut connection = Connection::builder()
-            .container_id(format!("dpskit-{}", crate::random::guid()))
-            .hostname(host)
-            .sasl_profile(SaslProfile::Anonymous)
-            .open_with_stream(tls)
-            .await
-            .map_err(|e| Error::transport_caused(format!("AMQP open with {host}:{port}"), e))?;
-        let session = Session::begin(&mut connection)
-            .await
-            .map_err(|e| Error::transport_caused("AMQP session", e))?;
-        let mut reader = EventReader {
-            connection,
-            session,
+        let mut amqp = AmqpConnection::open(&target.host, port, trust).await?;
+        let token = target.token();
+        let audience = event_hubs::event_hub_audience(&target.host, &target.event_hub);
+        amqp.put_token(&audience, &token, "the event hub").await?;
+        Ok(EventReader {
+            amqp,
             target: target.clone(),
-            token: target.token(),
+            token,
             management: None,
-            requests: 0,
-        };
-        reader.put_token().await?;
-        Ok(reader)
-    }
-
-    /// Puts the SAS token to CBS; refused tokens are an authentication error.
-    async fn put_token(&mut self) -> Result<()> {
-        let audience = event_hubs::event_hub_audience(&self.target.host, &self.target.event_hub);
-        let mut link = self.node_links(event_hubs::CBS_NODE).await?;
-        let properties = ApplicationProperties::builder()
-            .insert(
-                keys::OPERATION,
-                SimpleValue::String(event_hubs::PUT_TOKEN.into()),
-            )
-            .insert(
-                keys::TYPE,
-                SimpleValue::String(event_hubs::SAS_TOKEN_TYPE.into()),
-            )
-            .insert(keys::NAME, SimpleValue::String(audience))
-            .build();
-        let answer = self
-            .request(
-                &mut link,
-                properties,
-                Body::Value(AmqpValue(Value::String(self.token.clone()))),
-            )
-            .await;
-        let _ = link.0.close().await;
-        let _ = link.1.close().await;
-        let (status, description, _) = answer?;
-        if status == 200 || status == 202 {
-            return Ok(());
-        }
-        Err(Error::service(
-            status,
-            0,
-            format!("the event hub refused the token: {status} {description}"),
-        ))
-    }
-
-    /// A sender to and a receiver from a request/response node.
-    async fn node_links(&mut self, node: &str) -> Result<(Sender, Receiver)> {
-        let suffix = crate::random::guid();
-        let sender = Sender::attach(&mut self.session, format!("{node}-sender-{suffix}"), node)
-            .await
-            .map_err(|e| Error::transport_caused(format!("attaching to {node}"), e))?;
-        let receiver = Receiver::builder()
-            .name(format!("{node}-receiver-{suffix}"))
-            .source(node)
-            .target(format!("{node}-client-{suffix}"))
-            .attach(&mut self.session)
-            .await
-            .map_err(|e| Error::transport_caused(format!("attaching to {node}"), e))?;
-        Ok((sender, receiver))
-    }
-
-    /// Sends one request and reads its answer: status, description, body.
-    async fn request(
-        &mut self,
-        (sender, receiver): &mut (Sender, Receiver),
-        properties: ApplicationProperties,
-        body: Body<Value>,
-    ) -> Result<(u16, String, Value)> {
-        self.requests += 1;
-        let id = format!("dpskit-{}", self.requests);
-        let message = Message::builder()
-            .properties(
-                Properties::builder()
-                    .message_id(MessageId::String(id.clone()))
-                    .build(),
-            )
-            .application_properties(properties)
-            .body(body)
-            .build();
-        let exchange = async {
-            sender
-                .send(message)
-                .await
-                .map_err(|e| Error::transport_caused("sending a request", e))?;
-            loop {
-                let delivery = receiver
-                    .recv::<Body<Value>>()
-                    .await
-                    .map_err(|e| Error::transport_caused("reading an answer", e))?;
-                let _ = receiver.accept(&delivery).await;
-                let answer = delivery.into_message();
-                let correlates = answer
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.correlation_id.as_ref())
-                    .is_some_and(|c| message_id_text(c) == id);
-                if !correlates {
-                    // An answer to an earlier request that timed out: not this one's.
-                    continue;
-                }
-                let property = |key: &str| {
-                    answer
-                        .application_properties
-                        .as_ref()
-                        .and_then(|p| p.0.get(key))
-                        .cloned()
-                };
-                let status = property(keys::STATUS_CODE)
-                    .and_then(|v| simple_integer(&v))
-                    .and_then(|s| u16::try_from(s).ok())
-                    .ok_or_else(|| Error::protocol("an answer without a status-code"))?;
-                let description = property(keys::STATUS_DESCRIPTION)
-                    .map(|v| simple_text(&v))
-                    .unwrap_or_default();
-                let body = match answer.body {
-                    Body::Value(AmqpValue(value)) => value,
-                    _ => Value::Null,
-                };
-                return Ok((status, description, body));
-            }
-        };
-        tokio::time::timeout(ANSWER_TIMEOUT, exchange)
-            .await
-            .map_err(|_| Error::transport("no answer within 30 s"))?
+        })
     }
 
     /// A `$management` READ of `kind` (`com.microsoft:eventhub` or `:partition`).
     async fn read(&mut self, kind: &str, partition: Option<&str>) -> Result<Vec<(String, Value)>> {
         let mut links = match self.management.take() {
             Some(links) => links,
-            None => self.node_links(event_hubs::MANAGEMENT_NODE).await?,
+            None => self.amqp.node(event_hubs::MANAGEMENT_NODE).await?,
         };
         let mut properties = ApplicationProperties::builder()
             .insert(
@@ -392,9 +238,7 @@ impl EventReader {
         if let Some(partition) = partition {
             properties = properties.insert(keys::PARTITION, SimpleValue::String(partition.into()));
         }
-        let answer = self
-            .request(&mut links, properties.build(), Body::Empty)
-            .await;
+        let answer = links.request(properties.build(), Body::Empty).await;
         self.management = Some(links);
         let (status, description, body) = answer?;
         if status != 200 {
@@ -481,7 +325,7 @@ impl EventReader {
             .source(source)
             .target(format!("receiver-link-{}", crate::random::guid()))
             .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Auto(PREFETCH))
-            .attach(&mut self.session)
+            .attach(&mut self.amqp.session)
             .await
             .map_err(|e| Error::transport_caused(format!("attaching to {address}"), e))?;
         Ok(PartitionReader {
@@ -492,12 +336,10 @@ impl EventReader {
 
     /// Ends the session and closes the connection.
     pub async fn close(mut self) {
-        if let Some((sender, receiver)) = self.management.take() {
-            let _ = sender.close().await;
-            let _ = receiver.close().await;
+        if let Some(links) = self.management.take() {
+            links.close().await;
         }
-        let _ = self.session.end().await;
-        let _ = self.connection.close().await;
+        self.amqp.close().await;
     }
 }
 
@@ -777,17 +619,6 @@ fn value_millis(value: &Value) -> Option<i64> {
     match value {
         Value::Timestamp(t) => Some(t.milliseconds()),
         other => value_integer(other),
-    }
-}
-
-fn simple_integer(value: &SimpleValue) -> Option<i64> {
-    match value {
-        SimpleValue::Int(n) => Some(i64::from(*n)),
-        SimpleValue::Long(n) => Some(*n),
-        SimpleValue::Uint(n) => Some(i64::from(*n)),
-        SimpleValue::Ulong(n) => i64::try_from(*n).ok(),
-        SimpleValue::Short(n) => Some(i64::from(*n)),
-        _ => None,
     }
 }
 

@@ -9,7 +9,9 @@
 //! repeated ([`Replay`]); the wait is the service's `Retry-After` when it gave one, else a
 //! jittered exponential backoff; attempts and the total wait are capped.
 
+pub(crate) mod amqp;
 pub(crate) mod arm;
+pub(crate) mod c2d;
 pub(crate) mod dps;
 pub(crate) mod events;
 pub(crate) mod hub;
@@ -21,6 +23,7 @@ pub use crate::protocol::hub_service::{
     TwinProperties, X509Thumbprint,
 };
 pub use arm::{AZURE_ARM_ENDPOINT, ArmClient, TokenSource, static_token};
+pub use c2d::{C2dClient, C2dFeedback, C2dMessage, FeedbackReceiver};
 pub use dps::DpsServiceClient;
 pub use events::{
     AMQPS_PORT, EventHubConnectionString, EventHubInfo, EventReader, EventStream, PartitionInfo,
