@@ -172,10 +172,32 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
         let (topic, _) = d.next_publish().await.unwrap();
         assert!(topic.starts_with("$iothub/twin/PATCH/properties/desired/"), "{topic}");
 
-        service.send_c2d("svc-hub-dev", b"hello", &[("k".into(), "v".into())]).await.unwrap();
+        // C2D goes over AMQP, as on Azure: the same connection string, the AMQP port.
+        let c2d = crate::service::C2dClient::from_connection_string(
+            &connection(&record.primary_key),
+            Some(f.emulator.amqp_port()),
+            &Trust::from_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let message = crate::service::C2dMessage {
+            device_id: "svc-hub-dev".into(),
+            body: b"hello".to_vec(),
+            properties: vec![("k".into(), "v".into())],
+            message_id: Some("svc-m-1".into()),
+            ..Default::default()
+        };
+        assert_eq!(c2d.send(&message).await.unwrap(), "svc-m-1");
         let (topic, body) = d.next_publish().await.unwrap();
         assert!(topic.starts_with("devices/svc-hub-dev/messages/devicebound/"), "{topic}");
+        assert!(topic.contains("%24.mid=svc-m-1") && topic.contains("k=v"), "{topic}");
         assert_eq!(body, b"hello");
+        // A second send reuses the connection; an unknown device is the hub's 404.
+        let missing = c2d
+            .send(&crate::service::C2dMessage { device_id: "nobody".into(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(status(missing).0, 404);
+        c2d.close().await;
         drop(d);
 
         let sender = HubClient::connect(

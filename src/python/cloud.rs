@@ -676,19 +676,6 @@ impl PyRestClient {
         Ok((status, json_to_py(py, &answer)?))
     }
 
-    /// Queues a cloud-to-device message (emulator only); returns its message id.
-    fn hub_send_c2d(
-        &self,
-        py: Python<'_>,
-        connection_string: &str,
-        id: &str,
-        body: Vec<u8>,
-        properties: Vec<(String, String)>,
-    ) -> PyResult<String> {
-        let client = self.hub_client(connection_string)?;
-        self.run(py, client.send_c2d(id, &body, &properties))
-    }
-
     /// The telemetry the hub stored (emulator only), in arrival order.
     #[pyo3(signature = (connection_string, device_id = None))]
     fn hub_telemetry(

@@ -1,6 +1,7 @@
 //! PyO3 bindings: the `dpskit._native` module. This layer converts arguments, releases the GIL
 //! around work, and maps errors; all logic lives in the core.
 
+mod c2d;
 mod cloud;
 mod convert;
 mod device;
@@ -34,6 +35,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cloud::register(m)?;
     device::register(m)?;
     events::register(m)?;
+    c2d::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;

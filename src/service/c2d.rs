@@ -212,13 +212,6 @@ impl C2dClient {
     /// is the hub's error (an unknown device: 404; a full queue: 403004; too large: 413).
     pub async fn send(&self, message: &C2dMessage) -> Result<String> {
         let (message_id, amqp) = amqp_message(message, crate::clock::now_ms())?;
-        if message.body.len() > crate::limits::MAX_C2D_MESSAGE_BYTES {
-            return Err(Error::config(format!(
-                "a cloud-to-device message holds at most {} bytes, not {}",
-                crate::limits::MAX_C2D_MESSAGE_BYTES,
-                message.body.len()
-            )));
-        }
         let mut open = self.open.lock().await;
         let reused = open.is_some();
         match self.send_on(&mut open, amqp.clone()).await {

@@ -1,6 +1,6 @@
 //! The IoT Hub service API: device identities, twins, queries, direct methods, with an
-//! `iothubowner` SAS token; plus the emulator's own C2D and telemetry calls (Azure offers those
-//! over AMQP and Event Hubs only). Identities and twins are read as the caller's serde type
+//! `iothubowner` SAS token; plus the emulator's own telemetry call (Azure offers that over its
+//! Event Hub-compatible endpoint only; cloud-to-device messages go over AMQP, `c2d.rs`). Identities and twins are read as the caller's serde type
 //! (`protocol::hub_service`'s, or any other serde value), refused when they do not read; a
 //! method's result and the emulator's answers as `protocol::hub_service`'s, the types the
 //! emulator writes them with.
@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::protocol::hub_service::{C2dSent, MethodResult, StoredTelemetry, Twin};
+use crate::protocol::hub_service::{MethodResult, StoredTelemetry, Twin};
 use crate::service::dps::{SasCredential, SasRestClient, read, read_all};
 use crate::transport::Trust;
 
@@ -282,33 +282,6 @@ impl HubServiceClient {
             .await?;
         let result: MethodResult = read(answer, &what)?;
         Ok((result.status, result.payload))
-    }
-
-    /// Emulator only: queues a cloud-to-device message; returns its message id.
-    pub async fn send_c2d(
-        &self,
-        id: &str,
-        body: &[u8],
-        properties: &[(String, String)],
-    ) -> Result<String> {
-        let what = format!("sending a message to {id}");
-        let properties: serde_json::Map<String, Value> = properties
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        let request = json!({"body": BASE64.encode(body), "properties": properties});
-        let answer = self
-            .rest
-            .json(
-                reqwest::Method::POST,
-                &format!("/dpskit/devices/{}/c2d", path_id(id)),
-                Some(&request),
-                None,
-                &what,
-            )
-            .await?;
-        let sent: C2dSent = read(answer, &what)?;
-        Ok(sent.message_id.unwrap_or_default())
     }
 
     /// Emulator only: the telemetry the hub stored, in arrival order.
