@@ -20,6 +20,7 @@ from dpskit._native import (
 )
 from dpskit.cloud import (
     AzureCloud,
+    C2dFeedback,
     CaCertificateInfo,
     CertificateSummary,
     Dps,
@@ -76,6 +77,7 @@ __all__ = [
     "AuthenticationError",
     "AzureCliCredential",
     "AzureCloud",
+    "C2dFeedback",
     "CaCertificateInfo",
     "Certificate",
     "CertificateAuthority",

@@ -14,6 +14,9 @@ __all__ = [
     "EMULATOR_CA_FILE",
     "AllocationRecord",
     "AttestationRecord",
+    "C2dFeedbackRecord",
+    "C2dFeedbackStream",
+    "C2dSender",
     "CaCertificateRecord",
     "CapabilitiesRecord",
     "Certificate",
@@ -53,6 +56,7 @@ __all__ = [
     "hub_tier_fits",
     "loopback_setup",
     "open_event_stream",
+    "open_feedback_stream",
     "provision",
     "provision_devices",
     "read_retained_events",
@@ -61,6 +65,7 @@ __all__ = [
     "validate_resource_name",
     "validate_symmetric_key",
     "verify_chain",
+    "wait_for_feedback",
     "write_secret",
 ]
 
@@ -456,6 +461,62 @@ def read_retained_events(
     trust_pem: str | None,
     consumer_group: str = "$Default",
 ) -> list[EventRecord]: ...
+
+@final
+class C2dFeedbackRecord:
+    """One outcome IoT Hub reported for a cloud-to-device message."""
+
+    @property
+    def original_message_id(self) -> str: ...
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def enqueued_time_ms(self) -> int: ...
+    @property
+    def device_generation_id(self) -> str: ...
+
+@final
+class C2dSender:
+    """A hub's cloud-to-device sender: one AMQP connection, opened on the first send."""
+
+    def __new__(
+        cls, connection_string: str, port: int | None, trust_pem: str | None
+    ) -> C2dSender: ...
+    def send(
+        self,
+        device_id: str,
+        body: bytes,
+        properties: Sequence[tuple[str, str]],
+        ack: str | None = None,
+        expires_in: float | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+    ) -> str: ...
+    def close(self) -> None: ...
+
+@final
+class C2dFeedbackStream:
+    """A hub's delivery feedback as it arrives."""
+
+    def next(self) -> Awaitable[list[C2dFeedbackRecord]]: ...
+    def close(self) -> Awaitable[None]: ...
+
+def open_feedback_stream(
+    connection_string: str, port: int | None, trust_pem: str | None
+) -> Awaitable[C2dFeedbackStream]: ...
+def wait_for_feedback(
+    connection_string: str,
+    port: int | None,
+    trust_pem: str | None,
+    message_id: str,
+    timeout: float,
+) -> tuple[C2dFeedbackRecord, list[C2dFeedbackRecord]]: ...
 
 @final
 class TraceRecord:
@@ -1038,13 +1099,6 @@ class RestClient:
         payload: _Json,
         timeout: float,
     ) -> tuple[int, _Json]: ...
-    def hub_send_c2d(
-        self,
-        connection_string: str,
-        id: str,
-        body: bytes,
-        properties: Sequence[tuple[str, str]],
-    ) -> str: ...
     def hub_telemetry(
         self, connection_string: str, device_id: str | None = None
     ) -> list[TelemetryRecord]: ...

@@ -1,6 +1,6 @@
 //! AMQP values as both sides read them: message ids, application-property values and message
 //! bodies turned into text and bytes, once, for the emulator's endpoint (C2D sends, events)
-//! and dpskit's reader alike.
+//! and dpskit's events reader and C2D client alike.
 
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, MessageId};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};

@@ -54,6 +54,7 @@ from dpskit.cloud.local import _raise_open_file_limit as _raise_open_file_limit
 from dpskit.cloud.recording import RecordedRequest as RecordedRequest
 from dpskit.cloud.recording import RequestRecording as RequestRecording
 from dpskit.cloud.records import (
+    C2dFeedback,
     CaCertificateInfo,
     CertificateSummary,
     HubDevice,
@@ -69,6 +70,7 @@ from dpskit.cloud.records import ThrottledRequests as ThrottledRequests
 
 __all__ = [
     "AzureCloud",
+    "C2dFeedback",
     "CaCertificateInfo",
     "CertificateSummary",
     "Dps",

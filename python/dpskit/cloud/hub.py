@@ -1,18 +1,23 @@
 """``Hub``: one IoT hub, its ARM identity and keys, and its service API (devices, twins,
-direct methods, cloud-to-device messages, telemetry), plus the emulator's knobs for it."""
+direct methods, telemetry), its cloud-to-device messages and their feedback (over AMQP), plus
+the emulator's knobs for it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from dpskit._native import (
+    C2dSender,
     HubRecord,
     open_event_stream,
+    open_feedback_stream,
     read_retained_events,
     validate_registration_id,
+    wait_for_feedback,
 )
 from dpskit.cloud._common import (
     WEB_PORT,
@@ -21,6 +26,7 @@ from dpskit.cloud._common import (
     _generated_key,
 )
 from dpskit.cloud.records import (
+    C2dFeedback,
     HubDevice,
     HubEvent,
     HubUsage,
@@ -56,6 +62,10 @@ class Hub:
         self._event_hub_path = resource.event_hub_path or self.name
         self._primary_key = key
         self._service_key: str | None = None
+        # One AMQP connection for this hub's C2D sends, opened by the first.
+        self._c2d_sender: C2dSender | None = None
+        # Feedback read by wait_for_feedback about other messages: handed out next.
+        self._unclaimed_feedback: list[C2dFeedback] = []
 
     @property
     def connection_string(self) -> str:
@@ -304,18 +314,92 @@ class Hub:
         body: bytes | str | dict[str, Any] | list[Any],
         *,
         properties: dict[str, str] | None = None,
+        ack: Literal["none", "positive", "negative", "full"] | None = None,
+        expires_in: float | timedelta | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
     ) -> str:
-        """Queue a cloud-to-device message (at most 50 wait per device); returns its id.
-        Emulator only: Azure takes these over AMQP."""
-        self._cloud._emulator_api("send_c2d")
+        """Send a cloud-to-device message and wait until the hub has queued it (at most 50
+        wait per device, 64 KB each); returns its message id (``message_id``, else a fresh
+        GUID). Sent over AMQP as Azure takes it and the official service SDKs send it
+        (``amqps://{host}:5671/messages/devicebound``), on the local cloud and Azure alike; one
+        connection per :class:`Hub`, opened by the first send.
+
+        ``ack`` asks for delivery feedback (:meth:`wait_for_feedback`, :meth:`c2d_feedback`):
+        ``"positive"`` when the device completes it, ``"negative"`` when it expires or is
+        rejected or dead-lettered, ``"full"`` both. ``expires_in`` (seconds or a
+        ``timedelta``) is how long the hub keeps it for the device (the hub's default is an
+        hour, its longest two days). ``correlation_id``, ``content_type`` and
+        ``content_encoding`` reach the device as system properties, ``properties`` as
+        application properties. A dict or list body is sent as JSON.
+
+        The hub's refusals raise: an unknown device ``NotFoundError`` (404001), a full queue
+        ``ServiceError`` (403004), a message too large ``ServiceError`` (413001)."""
         if isinstance(body, dict | list):
             data = json.dumps(body).encode()
         elif isinstance(body, str):
             data = body.encode()
         else:
             data = body
+        if isinstance(expires_in, timedelta):
+            expires_in = expires_in.total_seconds()
         pairs = [(str(k), str(v)) for k, v in (properties or {}).items()]
-        return self._cloud._rest.hub_send_c2d(self._service, device_id, data, pairs)
+        if self._c2d_sender is None:
+            self._c2d_sender = C2dSender(
+                self._service, self._cloud._amqp_port(), self._cloud.trust_pem
+            )
+        return self._c2d_sender.send(
+            device_id,
+            data,
+            pairs,
+            ack=ack,
+            expires_in=expires_in,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            content_type=content_type,
+            content_encoding=content_encoding,
+        )
+
+    async def c2d_feedback(self, timeout: float | None = None) -> AsyncGenerator[C2dFeedback, None]:
+        """The hub's delivery feedback as it arrives (for messages sent with ``ack``), read over
+        AMQP from ``/messages/servicebound/feedback`` as the official service SDKs' feedback
+        receivers read it. Each feedback message is accepted once read, so the hub does not
+        send it again; one whose body does not read raises ``ProtocolError`` (it is rejected,
+        never skipped). ``timeout``: stop after that many seconds without feedback (``None``:
+        wait on). Records :meth:`wait_for_feedback` read about other messages come first."""
+        while self._unclaimed_feedback:
+            yield self._unclaimed_feedback.pop(0)
+        stream = await open_feedback_stream(
+            self._service, self._cloud._amqp_port(), self._cloud.trust_pem
+        )
+        try:
+            while True:
+                try:
+                    records = await asyncio.wait_for(stream.next(), timeout)
+                except asyncio.TimeoutError:
+                    return
+                if not records:
+                    return
+                for record in records:
+                    yield C2dFeedback._from_native(record)
+        finally:
+            await stream.close()
+
+    def wait_for_feedback(self, message_id: str, timeout: float = 30.0) -> C2dFeedback:
+        """Wait for the hub's feedback about one message (sent with ``ack``) and return it
+        (blocks). Feedback about other messages read meanwhile is kept for the next
+        :meth:`wait_for_feedback` or :meth:`c2d_feedback` of this :class:`Hub`. No feedback in
+        ``timeout`` seconds raises ``OperationTimeoutError``."""
+        for i, kept in enumerate(self._unclaimed_feedback):
+            if kept.original_message_id == message_id:
+                return self._unclaimed_feedback.pop(i)
+        found, others = wait_for_feedback(
+            self._service, self._cloud._amqp_port(), self._cloud.trust_pem, message_id, timeout
+        )
+        self._unclaimed_feedback.extend(C2dFeedback._from_native(r) for r in others)
+        return C2dFeedback._from_native(found)
 
     def invoke_method(
         self, device_id: str, method: str, payload: Any = None, *, timeout: float = 30.0

@@ -1,7 +1,8 @@
 """The read-only records the clouds return: CA certificates, linked hubs, certificate
-summaries, hub usage, device identities, trace events, telemetry, method answers and the
-local cloud's throttling counts. Each is a frozen dataclass built from a typed record of
-``dpskit._native``; a twin stays the dict Azure's SDKs give, built here from its record."""
+summaries, hub usage, device identities, trace events, telemetry, method answers, delivery
+feedback of cloud-to-device messages and the local cloud's throttling counts. Each is a
+frozen dataclass built from a typed record of ``dpskit._native``; a twin stays the dict
+Azure's SDKs give, built here from its record."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from dpskit._native import (
+    C2dFeedbackRecord,
     CaCertificateRecord,
     Certificate,
     EventRecord,
@@ -327,6 +329,36 @@ class TelemetryMessage:
             body=record.body,
             properties=dict(record.properties),
             system_properties=dict(record.system_properties),
+        )
+
+
+@dataclass(frozen=True)
+class C2dFeedback:
+    """What became of a cloud-to-device message that asked for feedback (``ack``), as IoT Hub
+    reports it on its feedback endpoint (one record of a feedback message's body)."""
+
+    #: The message id :meth:`Hub.send_c2d` returned.
+    original_message_id: str
+    device_id: str
+    #: ``"Success"``, ``"Expired"``, ``"DeliveryCountExceeded"``, ``"Rejected"`` or
+    #: ``"Purged"``.
+    status: str
+    #: The status in words (``"Success"``, ``"Message Expired"``...).
+    description: str
+    #: When it happened (UTC).
+    enqueued_time: datetime
+    #: The generation of the device identity the message was for.
+    device_generation_id: str
+
+    @classmethod
+    def _from_native(cls, record: C2dFeedbackRecord) -> C2dFeedback:
+        return cls(
+            original_message_id=record.original_message_id,
+            device_id=record.device_id,
+            status=record.status,
+            description=record.description,
+            enqueued_time=datetime.fromtimestamp(record.enqueued_time_ms / 1000, tz=timezone.utc),
+            device_generation_id=record.device_generation_id,
         )
 
 
