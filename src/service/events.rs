@@ -792,6 +792,10 @@ fn simple_integer(value: &SimpleValue) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[path = "events_frames_tests.rs"]
+mod frames_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
