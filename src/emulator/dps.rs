@@ -101,6 +101,31 @@ struct Operation {
     outcome: Bytes,
 }
 
+/// The operations still queryable, by id, and their ids in the order they were created, so
+/// forgetting the expired ones looks only at those (a scan of every operation per register
+/// made a fleet's provisioning quadratic).
+#[derive(Default)]
+struct Operations {
+    by_id: HashMap<String, Operation>,
+    created: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl Operations {
+    /// Adds an operation and forgets those created more than [`OPERATION_TTL`] ago.
+    fn insert(&mut self, id: String, operation: Operation) {
+        while let Some((created_at, _)) = self.created.front() {
+            if created_at.elapsed() < OPERATION_TTL {
+                break;
+            }
+            if let Some((_, expired)) = self.created.pop_front() {
+                self.by_id.remove(&expired);
+            }
+        }
+        self.created.push_back((operation.created_at, id.clone()));
+        self.by_id.insert(id, operation);
+    }
+}
+
 /// Realism knobs of one DPS, off by default.
 #[derive(Debug, Clone, Default)]
 pub struct DpsKnobs {
@@ -169,7 +194,7 @@ impl DpsKnobChange {
 /// The registration engine shared by every DPS connection.
 pub(crate) struct DpsEngine {
     cloud: Arc<Cloud>,
-    operations: Mutex<HashMap<String, Operation>>,
+    operations: Mutex<Operations>,
     knobs: Mutex<HashMap<String, DpsKnobs>>,
     /// Registration, poll and service-operation rates (knobs and Azure's presets).
     quotas: Arc<DpsQuotas>,
@@ -199,7 +224,7 @@ impl DpsEngine {
     pub(crate) fn new(cloud: Arc<Cloud>, poll_retry_after: u32) -> Self {
         DpsEngine {
             cloud: cloud.clone(),
-            operations: Mutex::new(HashMap::new()),
+            operations: Mutex::new(Operations::default()),
             knobs: Mutex::new(HashMap::new()),
             quotas: {
                 let quotas = DpsQuotas::default();
@@ -518,21 +543,18 @@ impl DpsEngine {
         let knobs = self.knobs(&identity.dps);
         let operation_id = operation_id();
         let created_at = Instant::now();
-        let mut operations = lock(&self.operations);
-        operations.retain(|_, op| op.created_at.elapsed() < OPERATION_TTL);
-        operations.insert(
-            operation_id.clone(),
-            Operation {
-                registration_id: identity.registration_id.clone(),
-                dps: identity.dps.clone(),
-                ready_at: created_at + knobs.assignment_latency,
-                created_at,
-                outcome: to_body(&RegistrationOperationStatus {
-                    operation_id: Some(operation_id.clone()),
-                    ..outcome
-                }),
-            },
-        );
+        // Serialized before the lock: every connection's register and poll take it.
+        let operation = Operation {
+            registration_id: identity.registration_id.clone(),
+            dps: identity.dps.clone(),
+            ready_at: created_at + knobs.assignment_latency,
+            created_at,
+            outcome: to_body(&RegistrationOperationStatus {
+                operation_id: Some(operation_id.clone()),
+                ..outcome
+            }),
+        };
+        lock(&self.operations).insert(operation_id.clone(), operation);
         Reply {
             status: 202,
             retry_after: Some(self.poll_retry_after),
@@ -555,7 +577,7 @@ impl DpsEngine {
             return reply;
         }
         let operations = lock(&self.operations);
-        let Some(op) = operations.get(operation_id).filter(|op| {
+        let Some(op) = operations.by_id.get(operation_id).filter(|op| {
             op.dps == identity.dps
                 && op
                     .registration_id

@@ -47,6 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<WebContext>) {
     let (slots, acceptor) = (context.rest.slots.clone(), context.acceptor.clone());
     let header_timeout = context.rest.limits.header_timeout;
     rest::accept_tls(
+        "HTTPS/WebSocket",
         listener,
         slots,
         acceptor,

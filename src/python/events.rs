@@ -106,28 +106,6 @@ pub(crate) struct EventHubStream {
 
 #[pymethods]
 impl EventHubStream {
-    /// Resolves to the next event (`None` once the stream has ended or was closed).
-    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let stream = self.stream.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let mut guard = stream.lock().await;
-            let Some(open) = guard.as_mut() else {
-                return Ok(None);
-            };
-            match open.next().await {
-                Some(Ok(event)) => Ok(Some(EventRecord { event })),
-                Some(Err(e)) => {
-                    *guard = None;
-                    Err(e.into())
-                }
-                None => {
-                    *guard = None;
-                    Ok(None)
-                }
-            }
-        })
-    }
-
     /// Resolves to the next events, at most `max` (waits for one, then takes what has
     /// arrived; empty once the stream has ended or was closed): one await for many events.
     #[pyo3(signature = (max = 300))]

@@ -623,6 +623,10 @@ fn value_millis(value: &Value) -> Option<i64> {
 }
 
 #[cfg(test)]
+#[path = "events_frames_tests.rs"]
+mod frames_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -27,6 +27,7 @@ const HANDLE_MAX: u32 = 4095;
 pub(crate) async fn serve(listener: TcpListener, context: Arc<AmqpContext>) {
     let (slots, acceptor) = (context.slots.clone(), context.acceptor.clone());
     crate::emulator::rest::accept_tls(
+        "AMQP",
         listener,
         slots,
         acceptor,

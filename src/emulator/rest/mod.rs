@@ -197,6 +197,7 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
     let (slots, acceptor) = (context.slots.clone(), context.acceptor.clone());
     let header_timeout = context.limits.header_timeout;
     accept_tls(
+        "HTTPS",
         listener,
         slots,
         acceptor,
@@ -225,10 +226,12 @@ pub(crate) async fn serve(listener: TcpListener, context: Arc<RestContext>) {
 }
 
 /// The accept loop of the HTTPS listeners (the management port and each resource's port
-/// 443): at most `slots` connections at once (past the cap, connections wait in the kernel's
-/// backlog rather than costing memory), TCP_NODELAY, the TLS handshake within
-/// `header_timeout`, then `serve` on its own task.
+/// 443) and of the AMQP endpoint: at most `slots` connections at once (past the cap,
+/// connections wait in the kernel's backlog rather than costing memory), TCP_NODELAY, the TLS
+/// handshake within `header_timeout`, then `serve` on its own task. `protocol` names the
+/// listener in the log.
 pub(crate) async fn accept_tls<F, Fut>(
+    protocol: &'static str,
     listener: TcpListener,
     slots: Arc<Semaphore>,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -256,7 +259,7 @@ pub(crate) async fn accept_tls<F, Fut>(
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => serve(tls, peer).await,
-                Ok(Err(e)) => log::info!("emulator: HTTPS handshake with {peer} failed: {e}"),
+                Ok(Err(e)) => log::info!("emulator: {protocol} handshake with {peer} failed: {e}"),
                 Err(_) => {}
             }
         });
