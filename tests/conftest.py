@@ -33,6 +33,24 @@ class LocalToken:
         return AccessTokenInfo("local-token", int(time.time()) + 3600)
 
 
+class AzureAtLocalCloud(dpskit.AzureCloud):
+    """The Azure path pointed at a local cloud: its ARM, trust, and AMQP port (Azure's is
+    5671, which another process may hold here). Everything else is AzureCloud's own code."""
+
+    def __init__(self, cloud: dpskit.LocalCloud) -> None:
+        super().__init__(
+            cloud.subscription_id,
+            cloud.resource_group,
+            "any-token",
+            arm_endpoint=cloud.arm_endpoint,
+            trust_pem=cloud.trust_pem,
+        )
+        self._local_amqp_port = cloud.amqp_port
+
+    def _amqp_port(self) -> int | None:
+        return self._local_amqp_port
+
+
 def port_is_free(port: int) -> bool:
     """Whether a loopback port can be bound (the official SDKs always dial 8883: tests that
     need it skip when something else holds it)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import dpskit
+from conftest import AzureAtLocalCloud
 from dpskit.cli import main
 
 KEY = "a2V5LW9mLXNpeHRlZW4tYnl0ZXMtYWFhYWFhYWFhYWFh"
@@ -179,28 +180,11 @@ def test_the_monitor_command_prints_a_hubs_events_from_a_running_cloud(
         assert (status, capsys.readouterr().out) == (0, "")
 
 
-class _AzureAtThisPort(dpskit.AzureCloud):
-    """The Azure path, pointed at the local cloud's ARM and its AMQP port (Azure's is 5671,
-    which another process may hold here)."""
-
-    amqp_port = 5671
-
-    def _amqp_port(self) -> int | None:
-        return self.amqp_port
-
-
 def test_on_azure_telemetry_is_read_from_the_events_endpoint(cloud: dpskit.LocalCloud) -> None:
     hub = _hub_with_devices(cloud, ["az-a", "az-b"])
     asyncio.run(_send(cloud, hub, "az-a", 3))
     asyncio.run(_send(cloud, hub, "az-b", 2))
-    azure = _AzureAtThisPort(
-        cloud.subscription_id,
-        cloud.resource_group,
-        "any-token",
-        arm_endpoint=cloud.arm_endpoint,
-        trust_pem=cloud.trust_pem,
-    )
-    azure.amqp_port = cloud.amqp_port
+    azure = AzureAtLocalCloud(cloud)
     remote = azure.hub("events-hub")
     local = cloud.hub("events-hub").telemetry("az-a")
     read = remote.telemetry("az-a")

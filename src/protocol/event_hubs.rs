@@ -43,6 +43,32 @@ pub(crate) mod keys {
 /// The descriptor (and filter-set key) of a start-position filter.
 pub(crate) const SELECTOR_FILTER: &str = "apache.org:selector-filter:string";
 
+/// The members of `$management` READ answers (an AMQP map keyed by these strings).
+pub(crate) mod fields {
+    /// The event hub's name (string), in both answers.
+    pub(crate) const NAME: &str = "name";
+    /// What was read (`com.microsoft:eventhub` or `:partition`), in both answers.
+    pub(crate) const TYPE: &str = "type";
+    /// When the event hub was created (timestamp).
+    pub(crate) const CREATED_AT: &str = "created_at";
+    /// How many partitions it has (int).
+    pub(crate) const PARTITION_COUNT: &str = "partition_count";
+    /// Its partitions' ids (array of strings).
+    pub(crate) const PARTITION_IDS: &str = "partition_ids";
+    /// The partition read (string).
+    pub(crate) const PARTITION: &str = "partition";
+    /// The first retained event's sequence number (long; -1 when empty).
+    pub(crate) const BEGIN_SEQUENCE_NUMBER: &str = "begin_sequence_number";
+    /// The last enqueued event's sequence number (long; -1 when none was).
+    pub(crate) const LAST_ENQUEUED_SEQUENCE_NUMBER: &str = "last_enqueued_sequence_number";
+    /// The last enqueued event's offset (string).
+    pub(crate) const LAST_ENQUEUED_OFFSET: &str = "last_enqueued_offset";
+    /// When the last event was enqueued (timestamp).
+    pub(crate) const LAST_ENQUEUED_TIME_UTC: &str = "last_enqueued_time_utc";
+    /// Whether the partition holds no event (bool).
+    pub(crate) const IS_PARTITION_EMPTY: &str = "is_partition_empty";
+}
+
 /// Message annotations Event Hubs puts on every event.
 pub(crate) mod annotations {
     /// The event's sequence number in its partition (long).

@@ -20,7 +20,9 @@ use serde_amqp::descriptor::Descriptor;
 
 use super::amqp::{ANSWER_TIMEOUT, AmqpConnection, NodeLinks};
 use crate::error::{Error, Result};
-use crate::protocol::event_hubs::{self, PartitionAddress, StartPosition, annotations, keys};
+use crate::protocol::event_hubs::{
+    self, PartitionAddress, StartPosition, annotations, fields, keys,
+};
 use crate::transport::Trust;
 use crate::transport::amqp::{body_bytes, message_id_text, simple_text};
 
@@ -155,6 +157,80 @@ pub struct PartitionInfo {
     pub is_empty: bool,
 }
 
+/// The members of a `$management` answer's body, a map.
+fn answer_members(kind: &str, body: Value) -> Result<Vec<(String, Value)>> {
+    match body {
+        Value::Map(map) => Ok(map.into_iter().map(|(k, v)| (value_text(&k), v)).collect()),
+        other => Err(Error::protocol(format!(
+            "$management answered {kind} with {other:?}, not a map"
+        ))),
+    }
+}
+
+/// A member of a `$management` answer.
+fn field<'a>(answer: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    answer.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// A member every answer of this kind carries: refused when absent or of another type, never
+/// read as a default.
+fn required<T>(
+    answer: &[(String, Value)],
+    what: &str,
+    name: &str,
+    read: impl Fn(&Value) -> Option<T>,
+) -> Result<T> {
+    let value = field(answer, name)
+        .ok_or_else(|| Error::protocol(format!("{what}: the answer has no {name}")))?;
+    read(value).ok_or_else(|| Error::protocol(format!("{what}: {name} is {value:?}")))
+}
+
+impl EventHubInfo {
+    /// Reads a `$management` answer about the event hub.
+    fn from_answer(answer: &[(String, Value)]) -> Result<EventHubInfo> {
+        let what = "the event hub";
+        let partition_ids = required(answer, what, fields::PARTITION_IDS, |ids| match ids {
+            Value::Array(ids) => ids.0.iter().map(value_string).collect(),
+            Value::List(ids) => ids.iter().map(value_string).collect(),
+            _ => None,
+        })?;
+        Ok(EventHubInfo {
+            name: required(answer, what, fields::NAME, value_string)?,
+            partition_ids,
+            created_at_ms: required(answer, what, fields::CREATED_AT, value_millis)?,
+        })
+    }
+}
+
+impl PartitionInfo {
+    /// Reads a `$management` answer about partition `id`.
+    fn from_answer(id: &str, answer: &[(String, Value)]) -> Result<PartitionInfo> {
+        let what = format!("partition {id}");
+        let number = |name: &str| required(answer, &what, name, value_integer);
+        Ok(PartitionInfo {
+            id: id.to_string(),
+            begin_sequence_number: number(fields::BEGIN_SEQUENCE_NUMBER)?,
+            last_enqueued_sequence_number: number(fields::LAST_ENQUEUED_SEQUENCE_NUMBER)?,
+            last_enqueued_offset: required(
+                answer,
+                &what,
+                fields::LAST_ENQUEUED_OFFSET,
+                value_string,
+            )?,
+            last_enqueued_time_ms: required(
+                answer,
+                &what,
+                fields::LAST_ENQUEUED_TIME_UTC,
+                value_millis,
+            )?,
+            is_empty: required(answer, &what, fields::IS_PARTITION_EMPTY, |v| match v {
+                Value::Bool(b) => Some(*b),
+                _ => None,
+            })?,
+        })
+    }
+}
+
 /// An event as the endpoint delivered it, with what Event Hubs and IoT Hub put on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedEvent {
@@ -248,55 +324,17 @@ impl EventReader {
                 format!("$management READ {kind}: {status} {description}"),
             ));
         }
-        match body {
-            Value::Map(map) => Ok(map.into_iter().map(|(k, v)| (value_text(&k), v)).collect()),
-            other => Err(Error::protocol(format!(
-                "$management answered {kind} with {other:?}, not a map"
-            ))),
-        }
+        answer_members(kind, body)
     }
 
     /// The event hub's name, partitions and creation time.
     pub async fn event_hub(&mut self) -> Result<EventHubInfo> {
-        let fields = self.read(event_hubs::EVENT_HUB_TYPE, None).await?;
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let partition_ids = match get("partition_ids") {
-            Some(Value::Array(ids)) => ids.0.iter().map(value_text).collect(),
-            Some(Value::List(ids)) => ids.iter().map(value_text).collect(),
-            other => {
-                return Err(Error::protocol(format!(
-                    "the event hub's partition_ids is {other:?}"
-                )));
-            }
-        };
-        Ok(EventHubInfo {
-            name: get("name").map(value_text).unwrap_or_default(),
-            partition_ids,
-            created_at_ms: get("created_at").and_then(value_millis).unwrap_or(0),
-        })
+        EventHubInfo::from_answer(&self.read(event_hubs::EVENT_HUB_TYPE, None).await?)
     }
 
     /// One partition's sequence numbers, last offset and time.
     pub async fn partition(&mut self, id: &str) -> Result<PartitionInfo> {
-        let fields = self.read(event_hubs::PARTITION_TYPE, Some(id)).await?;
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let number = |name: &str| {
-            get(name)
-                .and_then(value_integer)
-                .ok_or_else(|| Error::protocol(format!("partition {id} has no {name}")))
-        };
-        Ok(PartitionInfo {
-            id: id.to_string(),
-            begin_sequence_number: number("begin_sequence_number")?,
-            last_enqueued_sequence_number: number("last_enqueued_sequence_number")?,
-            last_enqueued_offset: get("last_enqueued_offset")
-                .map(value_text)
-                .unwrap_or_default(),
-            last_enqueued_time_ms: get("last_enqueued_time_utc")
-                .and_then(value_millis)
-                .unwrap_or(0),
-            is_empty: matches!(get("is_partition_empty"), Some(Value::Bool(true))),
-        })
+        PartitionInfo::from_answer(id, &self.read(event_hubs::PARTITION_TYPE, Some(id)).await?)
     }
 
     /// Attaches a receiver to one partition of `consumer_group`, from `start`.
@@ -601,6 +639,15 @@ fn value_text(value: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Timestamp(t) => t.milliseconds().to_string(),
         other => format!("{other:?}"),
+    }
+}
+
+/// A string or symbol member's text (numbers are not names or offsets).
+fn value_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Symbol(s) => Some(s.0.clone()),
+        _ => None,
     }
 }
 

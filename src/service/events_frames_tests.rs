@@ -6,7 +6,8 @@
 //! Hub's (`iothub-connection-device-id`, `-auth-method` as JSON text, `-auth-generation-id`,
 //! `iothub-enqueuedtime` timestamp, `iothub-message-source`), the device's system properties
 //! in the properties section (content type and encoding as symbols), its application
-//! properties, and the body as one data section. Sources: "Read device-to-cloud messages from
+//! properties, and the body as one data section; and the `$management` answers about the
+//! event hub and a partition, members typed as Event Hubs types them. Sources: "Read device-to-cloud messages from
 //! the built-in endpoint" (IoT Hub), "AMQP 1.0 in Azure Event Hubs" and the AMQP 1.0 spec,
 //! part 3 (message format) and part 1 (encodings).
 
@@ -14,7 +15,7 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::messaging::message::__private::Deserializable;
 use fe2o3_amqp::types::primitives::Value;
 
-use super::event_of;
+use super::{EventHubInfo, PartitionInfo, answer_members, event_of};
 
 /// AMQP 1.0 encodings, written out by hand.
 #[derive(Clone)]
@@ -29,6 +30,9 @@ enum Amqp {
     Bool(bool),
     Uuid([u8; 16]),
     Map(Vec<(Amqp, Amqp)>),
+    /// An array of str8 (`0xf0`, one constructor for every element).
+    StrArray(Vec<&'static str>),
+    Int(i32),
     List(Vec<Amqp>),
     /// A section: `0x00 0x53 code` then its value.
     Described(u8, Box<Amqp>),
@@ -64,6 +68,21 @@ impl Amqp {
                 out.extend_from_slice(b);
             }
             Amqp::Bool(b) => out.push(if *b { 0x41 } else { 0x42 }),
+            Amqp::Int(n) => {
+                out.push(0x71);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+            Amqp::StrArray(items) => {
+                let mut body = vec![0xa1];
+                for item in items {
+                    body.push(item.len() as u8);
+                    body.extend_from_slice(item.as_bytes());
+                }
+                out.push(0xf0);
+                out.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+                out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+                out.extend_from_slice(&body);
+            }
             Amqp::Uuid(u) => {
                 out.push(0x98);
                 out.extend_from_slice(u);
@@ -302,4 +321,111 @@ fn a_body_iot_hub_never_sends_is_refused() {
     ]);
     let refused = decode(&bytes).unwrap_err();
     assert!(refused.to_string().contains("body"), "{refused}");
+}
+
+/// A `$management` answer's body (an AMQP value section holding a map), decoded as the reader
+/// decodes answers.
+fn management_answer(
+    kind: &str,
+    members: Vec<(Amqp, Amqp)>,
+) -> super::Result<Vec<(String, Value)>> {
+    let mut bytes = Vec::new();
+    Amqp::Map(members).write(&mut bytes);
+    let body: Value = serde_amqp::from_slice(&bytes).expect("the map is valid AMQP");
+    answer_members(kind, body)
+}
+
+fn documented_event_hub_answer() -> Vec<(Amqp, Amqp)> {
+    vec![
+        (Amqp::Str("name"), Amqp::Str("iothub-ehub-myhub-1234-abc")),
+        (Amqp::Str("type"), Amqp::Str("com.microsoft:eventhub")),
+        (
+            Amqp::Str("created_at"),
+            Amqp::Timestamp(ENQUEUED_MS - 86_400_000),
+        ),
+        (Amqp::Str("partition_count"), Amqp::Int(4)),
+        (
+            Amqp::Str("partition_ids"),
+            Amqp::StrArray(vec!["0", "1", "2", "3"]),
+        ),
+    ]
+}
+
+fn documented_partition_answer() -> Vec<(Amqp, Amqp)> {
+    vec![
+        (Amqp::Str("name"), Amqp::Str("iothub-ehub-myhub-1234-abc")),
+        (Amqp::Str("type"), Amqp::Str("com.microsoft:partition")),
+        (Amqp::Str("partition"), Amqp::Str("2")),
+        (Amqp::Str("begin_sequence_number"), Amqp::Long(17)),
+        (
+            Amqp::Str("last_enqueued_sequence_number"),
+            Amqp::Long(4_242),
+        ),
+        (Amqp::Str("last_enqueued_offset"), Amqp::Str("8589934592")),
+        (
+            Amqp::Str("last_enqueued_time_utc"),
+            Amqp::Timestamp(ENQUEUED_MS),
+        ),
+        (Amqp::Str("is_partition_empty"), Amqp::Bool(false)),
+    ]
+}
+
+/// `get_eventhub_properties` and `get_partition_properties` as Event Hubs answers them.
+#[test]
+fn management_answers_read_as_event_hubs_writes_them() {
+    let hub = EventHubInfo::from_answer(
+        &management_answer("com.microsoft:eventhub", documented_event_hub_answer()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hub.name, "iothub-ehub-myhub-1234-abc");
+    assert_eq!(hub.partition_ids, ["0", "1", "2", "3"]);
+    assert_eq!(hub.created_at_ms, ENQUEUED_MS - 86_400_000);
+    let partition = PartitionInfo::from_answer(
+        "2",
+        &management_answer("com.microsoft:partition", documented_partition_answer()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(partition.begin_sequence_number, 17);
+    assert_eq!(partition.last_enqueued_sequence_number, 4_242);
+    assert_eq!(partition.last_enqueued_offset, "8589934592");
+    assert_eq!(partition.last_enqueued_time_ms, ENQUEUED_MS);
+    assert!(!partition.is_empty);
+}
+
+/// An answer missing a member, or with one of another type, is refused by name; nothing is
+/// read as zero or empty in its place.
+#[test]
+fn management_answers_missing_a_member_are_refused() {
+    for dropped in ["name", "created_at", "partition_ids"] {
+        let members = documented_event_hub_answer()
+            .into_iter()
+            .filter(|(k, _)| !matches!(k, Amqp::Str(name) if *name == dropped))
+            .collect();
+        let answer = management_answer("com.microsoft:eventhub", members).unwrap();
+        let refused = EventHubInfo::from_answer(&answer).unwrap_err();
+        assert!(refused.to_string().contains(dropped), "{refused}");
+    }
+    for dropped in [
+        "begin_sequence_number",
+        "last_enqueued_sequence_number",
+        "last_enqueued_offset",
+        "last_enqueued_time_utc",
+        "is_partition_empty",
+    ] {
+        let members = documented_partition_answer()
+            .into_iter()
+            .filter(|(k, _)| !matches!(k, Amqp::Str(name) if *name == dropped))
+            .collect();
+        let answer = management_answer("com.microsoft:partition", members).unwrap();
+        let refused = PartitionInfo::from_answer("2", &answer).unwrap_err();
+        assert!(refused.to_string().contains(dropped), "{refused}");
+    }
+    let mut wrong_type = documented_event_hub_answer();
+    wrong_type[4].1 = Amqp::Str("0,1,2,3");
+    let answer = management_answer("com.microsoft:eventhub", wrong_type).unwrap();
+    assert!(EventHubInfo::from_answer(&answer).is_err());
+    let mut bytes = Vec::new();
+    Amqp::Str("not a map").write(&mut bytes);
+    let body: Value = serde_amqp::from_slice(&bytes).unwrap();
+    assert!(answer_members("com.microsoft:eventhub", body).is_err());
 }

@@ -11,7 +11,7 @@ use fe2o3_amqp::types::primitives::{Array, OrderedMap, Timestamp, Value};
 use super::AmqpContext;
 use super::cbs::{Grants, authorize};
 use super::node::{NodeMessage, find_hub, property, reply};
-use crate::protocol::event_hubs::{self, keys};
+use crate::protocol::event_hubs::{self, fields, keys};
 
 /// Answers one `$management` request.
 pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessage) -> NodeMessage {
@@ -44,19 +44,19 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
             let ids: Vec<Value> = (0..hub.events.partition_count)
                 .map(|p| Value::String(p.to_string()))
                 .collect();
-            body.insert(text("name"), text(&hub.name));
-            body.insert(text("type"), text(event_hubs::EVENT_HUB_TYPE));
+            body.insert(text(fields::NAME), text(&hub.name));
+            body.insert(text(fields::TYPE), text(event_hubs::EVENT_HUB_TYPE));
             body.insert(
-                text("created_at"),
+                text(fields::CREATED_AT),
                 Value::Timestamp(Timestamp::from_milliseconds(
                     hub.created.saturating_mul(1000),
                 )),
             );
             body.insert(
-                text("partition_count"),
+                text(fields::PARTITION_COUNT),
                 Value::Int(i32::try_from(hub.events.partition_count).unwrap_or(i32::MAX)),
             );
-            body.insert(text("partition_ids"), Value::Array(Array::from(ids)));
+            body.insert(text(fields::PARTITION_IDS), Value::Array(Array::from(ids)));
         }
         Some(event_hubs::PARTITION_TYPE) => {
             let Some(asked) = property(request, keys::PARTITION) else {
@@ -86,24 +86,27 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
             // An empty partition reads as the Event Hubs clients expect one: -1 throughout; one
             // whose events are all past the retention is empty with its last event still told.
             let (last_sequence, last_offset, last_time) = summary.last.unwrap_or((-1, -1, 0));
-            body.insert(text("name"), text(&hub.name));
-            body.insert(text("type"), text(event_hubs::PARTITION_TYPE));
-            body.insert(text("partition"), text(&partition.to_string()));
+            body.insert(text(fields::NAME), text(&hub.name));
+            body.insert(text(fields::TYPE), text(event_hubs::PARTITION_TYPE));
+            body.insert(text(fields::PARTITION), text(&partition.to_string()));
             body.insert(
-                text("begin_sequence_number"),
+                text(fields::BEGIN_SEQUENCE_NUMBER),
                 Value::Long(summary.begin_sequence.unwrap_or(-1)),
             );
             body.insert(
-                text("last_enqueued_sequence_number"),
+                text(fields::LAST_ENQUEUED_SEQUENCE_NUMBER),
                 Value::Long(last_sequence),
             );
-            body.insert(text("last_enqueued_offset"), text(&last_offset.to_string()));
             body.insert(
-                text("last_enqueued_time_utc"),
+                text(fields::LAST_ENQUEUED_OFFSET),
+                text(&last_offset.to_string()),
+            );
+            body.insert(
+                text(fields::LAST_ENQUEUED_TIME_UTC),
                 Value::Timestamp(Timestamp::from_milliseconds(last_time)),
             );
             body.insert(
-                text("is_partition_empty"),
+                text(fields::IS_PARTITION_EMPTY),
                 Value::Bool(summary.begin_sequence.is_none()),
             );
         }
