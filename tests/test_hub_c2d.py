@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import dpskit
-from conftest import port_is_free
+from conftest import AzureAtLocalCloud, port_is_free
 from dpskit.cli import main
 
 KEY = "a2V5LW9mLXNpeHRlZW4tYnl0ZXMtYWFhYWFhYWFhYWFh"
@@ -131,27 +131,9 @@ def test_a_bad_key_is_an_authentication_error(cloud: dpskit.LocalCloud) -> None:
         hub.send_c2d("key-dev", b"x")
 
 
-class _AzureAtThisPort(dpskit.AzureCloud):
-    """The Azure path, pointed at the local cloud's ARM and its AMQP port (Azure's is 5671,
-    which another process may hold here)."""
-
-    amqp_port = 5671
-
-    def _amqp_port(self) -> int | None:
-        return self.amqp_port
-
-
 def test_on_azure_a_message_goes_over_amqp(cloud: dpskit.LocalCloud) -> None:
     _hub(cloud, "az-dev")
-    azure = _AzureAtThisPort(
-        cloud.subscription_id,
-        cloud.resource_group,
-        "any-token",
-        arm_endpoint=cloud.arm_endpoint,
-        trust_pem=cloud.trust_pem,
-    )
-    azure.amqp_port = cloud.amqp_port
-    remote = azure.hub("c2d-hub")
+    remote = AzureAtLocalCloud(cloud).hub("c2d-hub")
     [message] = asyncio.run(
         _receive(
             cloud,
