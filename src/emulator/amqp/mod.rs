@@ -22,6 +22,7 @@
 
 mod c2d;
 mod cbs;
+mod feedback;
 mod listener;
 mod management;
 mod node;
