@@ -183,10 +183,8 @@ impl Feedback {
             .update(FEEDBACK, &key(hub), |stored: Option<HubFeedback>| {
                 let mut queue = stored.unwrap_or_default();
                 queue.prune(hub, now);
-                let taken = if let Some(message) = queue
-                    .messages
-                    .iter_mut()
-                    .find(|m| m.locked_until_ms <= now)
+                let taken = if let Some(message) =
+                    queue.messages.iter_mut().find(|m| m.locked_until_ms <= now)
                 {
                     message.lock_token = random_guid();
                     message.locked_until_ms = now + lock;
@@ -303,13 +301,17 @@ mod tests {
     #[test]
     fn records_waiting_are_taken_as_one_message_which_completes_once() {
         let (_dir, feedback) = queues();
-        assert!(matches!(feedback.take("hub").unwrap(), Taken::Nothing(None)));
+        assert!(matches!(
+            feedback.take("hub").unwrap(),
+            Taken::Nothing(None)
+        ));
         let mut seen = feedback.offered();
         seen.mark_unchanged();
-        feedback
-            .add("hub", vec![record("a"), record("b")])
-            .unwrap();
-        assert!(seen.has_changed().unwrap(), "new feedback wakes waiting links");
+        feedback.add("hub", vec![record("a"), record("b")]).unwrap();
+        assert!(
+            seen.has_changed().unwrap(),
+            "new feedback wakes waiting links"
+        );
         let first = message(feedback.take("HUB").unwrap());
         assert_eq!(first.records, vec![record("a"), record("b")]);
         assert_eq!(first.delivery_count, 1);
@@ -325,8 +327,14 @@ mod tests {
         assert!(!feedback.complete("other-hub", &first.lock_token).unwrap());
         assert!(!feedback.complete("hub", "made-up").unwrap());
         assert!(feedback.complete("hub", &first.lock_token).unwrap());
-        assert!(!feedback.complete("hub", &first.lock_token).unwrap(), "twice");
-        assert!(matches!(feedback.take("hub").unwrap(), Taken::Nothing(None)));
+        assert!(
+            !feedback.complete("hub", &first.lock_token).unwrap(),
+            "twice"
+        );
+        assert!(matches!(
+            feedback.take("hub").unwrap(),
+            Taken::Nothing(None)
+        ));
     }
 
     #[test]
@@ -338,7 +346,10 @@ mod tests {
             let taken = message(feedback.take("hub").unwrap());
             assert_eq!(taken.delivery_count, delivery);
             assert_eq!(taken.records, vec![record("a")], "the same records");
-            assert!(!tokens.contains(&taken.lock_token), "a new lock each delivery");
+            assert!(
+                !tokens.contains(&taken.lock_token),
+                "a new lock each delivery"
+            );
             assert!(feedback.abandon("hub", &taken.lock_token).unwrap());
             assert!(
                 !feedback.abandon("hub", &taken.lock_token).unwrap(),
@@ -370,9 +381,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let held = {
             let feedback = Feedback::new(Arc::new(Store::open(dir.path()).unwrap()));
-            feedback
-                .add("hub", vec![record("a"), record("b")])
-                .unwrap();
+            feedback.add("hub", vec![record("a"), record("b")]).unwrap();
             message(feedback.take("hub").unwrap())
         };
         let feedback = Feedback::new(Arc::new(Store::open(dir.path()).unwrap()));

@@ -430,7 +430,8 @@ mod tests {
                 Some(publish.clone())
             );
         }
-        let CloudPublish::C2d { bag, .. } = CloudPublish::c2d("dev-1", "m-1", None, [("k", "v")]) else {
+        let CloudPublish::C2d { bag, .. } = CloudPublish::c2d("dev-1", "m-1", None, [("k", "v")])
+        else {
             unreachable!()
         };
         let (properties, system) = parse_property_bag(&bag);

@@ -111,11 +111,7 @@ fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Res
         absolute_expiry_ms: properties
             .and_then(|p| p.absolute_expiry_time.as_ref())
             .map(|t| t.milliseconds()),
-        ttl_ms: message
-            .header
-            .as_ref()
-            .and_then(|h| h.ttl)
-            .map(i64::from),
+        ttl_ms: message.header.as_ref().and_then(|h| h.ttl).map(i64::from),
     };
     context
         .hubs

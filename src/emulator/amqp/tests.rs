@@ -436,8 +436,14 @@ fn feedback_is_offered_unsettled_and_settled_by_the_clients_outcome() {
         let again = next_feedback(&mut receiver, Duration::from_secs(10))
             .await
             .expect("a released message was not offered again");
-        assert_eq!(again.message().properties.clone().unwrap().message_id, Some(first_id));
-        assert_eq!(again.message().header.as_ref().map(|h| h.delivery_count), Some(1));
+        assert_eq!(
+            again.message().properties.clone().unwrap().message_id,
+            Some(first_id)
+        );
+        assert_eq!(
+            again.message().header.as_ref().map(|h| h.delivery_count),
+            Some(1)
+        );
         // Detached with it unsettled: the next receiver gets it.
         receiver.close().await.unwrap();
         let mut receiver = Receiver::attach(&mut session, "feedback-2", feedback_address(&host))
@@ -518,13 +524,9 @@ fn only_a_service_connect_token_of_the_hub_reads_its_feedback() {
             );
         };
         unauthorized(feedback_refusal(&mut session, &host).await);
-        let device_sas = crate::sas::build_token(
-            &format!("{host}/devices/dev-1"),
-            &device_key,
-            later,
-            None,
-        )
-        .unwrap();
+        let device_sas =
+            crate::sas::build_token(&format!("{host}/devices/dev-1"), &device_key, later, None)
+                .unwrap();
         for refused in [
             hub_token(&hub, "registryRead", later),
             hub_token(&hub, "service", crate::clock::now() - 1),
@@ -566,9 +568,11 @@ fn a_c2d_message_with_a_malformed_ack_is_rejected_and_never_queued() {
                 .properties(
                     Properties::builder()
                         .to("/devices/dev-1/messages/devicebound")
-                        .absolute_expiry_time(fe2o3_amqp::types::primitives::Timestamp::from_milliseconds(
-                            crate::clock::now_ms() + 60_000,
-                        ))
+                        .absolute_expiry_time(
+                            fe2o3_amqp::types::primitives::Timestamp::from_milliseconds(
+                                crate::clock::now_ms() + 60_000,
+                            ),
+                        )
                         .build(),
                 )
                 .application_properties(

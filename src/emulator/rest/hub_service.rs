@@ -218,9 +218,7 @@ pub(super) async fn handle(
             send_c2d(context, host, segments[2], body)
         }
         (&Method::DELETE, ["devices", _, "commands"]) => purge_c2d(context, host, segments[1]),
-        (&Method::GET, ["messages", "servicebound", "feedback"]) => {
-            receive_feedback(context, hub)
-        }
+        (&Method::GET, ["messages", "servicebound", "feedback"]) => receive_feedback(context, hub),
         (&Method::DELETE, ["messages", "servicebound", "feedback", _]) => {
             settle_feedback(context, host, segments[3], false)
         }

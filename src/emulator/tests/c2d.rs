@@ -97,7 +97,10 @@ fn a_malformed_ack_is_refused_and_a_valid_one_is_kept_apart_from_the_properties(
             "{refused}"
         );
     }
-    assert!(hubs.c2d_queue(&hub, "dev").unwrap().is_empty(), "nothing queued");
+    assert!(
+        hubs.c2d_queue(&hub, "dev").unwrap().is_empty(),
+        "nothing queued"
+    );
     send(&hubs, &hub, "dev", "m-1", "positive", None);
     let [queued] = &hubs.c2d_queue(&hub, "dev").unwrap()[..] else {
         panic!("one message queued")
@@ -171,16 +174,25 @@ fn past_the_delivery_count_a_message_is_dead_lettered() {
             hubs.resume(&hub, "dev");
         }
         assert_eq!(delivered(&mut session.outbound), vec!["m".to_string()]);
-        assert_eq!(hubs.c2d_queue(&hub, "dev").unwrap()[0].delivery_count, delivery);
+        assert_eq!(
+            hubs.c2d_queue(&hub, "dev").unwrap()[0].delivery_count,
+            delivery
+        );
         hubs.close_session(&hub, "dev", session.generation, false);
     }
     let mut session = hubs.open_session(&hub, "dev", false);
     hubs.resume(&hub, "dev");
-    assert!(delivered(&mut session.outbound).is_empty(), "delivered an 11th time");
+    assert!(
+        delivered(&mut session.outbound).is_empty(),
+        "delivered an 11th time"
+    );
     assert!(hubs.c2d_queue(&hub, "dev").unwrap().is_empty());
     let records = drain_feedback(&hubs, &hub);
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status_code, FeedbackStatus::DeliveryCountExceeded);
+    assert_eq!(
+        records[0].status_code,
+        FeedbackStatus::DeliveryCountExceeded
+    );
     assert_eq!(records[0].description, "Message Delivery Count Exceeded");
 }
 
@@ -199,7 +211,11 @@ fn a_purge_empties_the_queue_and_reports_what_was_asked() {
         .inspect(|r| assert_eq!(r.status_code, FeedbackStatus::Purged))
         .map(|r| r.original_message_id)
         .collect();
-    assert_eq!(ids, vec!["a", "c"], "a positive ack hears nothing of a purge");
+    assert_eq!(
+        ids,
+        vec!["a", "c"],
+        "a positive ack hears nothing of a purge"
+    );
     assert_eq!(hubs.purge_c2d(&hub, "dev").unwrap(), 0);
     assert!(hubs.purge_c2d(&hub, "nobody").is_err());
 }
@@ -265,7 +281,10 @@ fn a_device_completing_a_message_over_mqtt_leaves_success_feedback() {
     let topics = runtime.block_on(async {
         let mut d = HubDevice::connect(&f, &hub, &device, true).await.unwrap();
         d.client
-            .subscribe("devices/c2d-mqtt-1/messages/devicebound/#", QoS::AtLeastOnce)
+            .subscribe(
+                "devices/c2d-mqtt-1/messages/devicebound/#",
+                QoS::AtLeastOnce,
+            )
             .await
             .unwrap();
         // rumqttc acknowledges each PUBLISH as it reads it.
@@ -299,7 +318,10 @@ fn a_device_completing_a_message_over_mqtt_leaves_success_feedback() {
         topics[0]
     );
     assert!(topics[0].ends_with("&iothub-ack=full"), "{}", topics[0]);
-    assert!(!topics[1].contains("%24.exp"), "no expiry told when the sender set none");
+    assert!(
+        !topics[1].contains("%24.exp"),
+        "no expiry told when the sender set none"
+    );
     assert!(!topics[1].contains("iothub-ack"), "{}", topics[1]);
     let records = drain_feedback(&hubs, &hub);
     assert_eq!(records.len(), 1, "{records:?}");
