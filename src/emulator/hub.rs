@@ -3,11 +3,13 @@
 //! connection per device, its connection times, telemetry stored durably before it is
 //! acknowledged, twins with versions (the service's patches and replaces checked against the
 //! etag in the same transaction), direct methods (waiting for the device to come online when
-//! given a connect timeout), cloud-to-device messages, persistent sessions; and, for a hub
-//! that enforces its tier, that tier's throttles and daily quota (kept by `quotas`).
+//! given a connect timeout), cloud-to-device messages and their life cycle (ack, expiry swept
+//! on time, delivery count, completion, purge; the feedback asked for goes to `feedback`),
+//! persistent sessions; and, for a hub that enforces its tier, that tier's throttles and daily
+//! quota (kept by `quotas`).
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
-//! `pending_methods`, `activity`, the knobs, and those of `quotas`) guards one map, is held only to read or change
+//! `pending_methods`, `activity`, `expiries`, the knobs, and those of `quotas`) guards one map (or heap), is held only to read or change
 //! that map, and is never held while another lock is taken or another component (the store,
 //! the cloud, a connection) is called; sends into a session's channel never block. State kept
 //! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per
@@ -252,15 +254,9 @@ impl C2dMessage {
         }
     }
 
-    /// How its life ends without the device completing it, if it has ended at `now_ms`.
-    fn ended(&self, now_ms: i64) -> Option<FeedbackStatus> {
-        if self.expiry_ms() <= now_ms {
-            Some(FeedbackStatus::Expired)
-        } else if self.delivery_count >= MAX_DELIVERY_COUNT {
-            Some(FeedbackStatus::DeliveryCountExceeded)
-        } else {
-            None
-        }
+    /// Whether another delivery would exceed the hub's delivery count.
+    fn exhausted(&self) -> bool {
+        self.delivery_count >= MAX_DELIVERY_COUNT
     }
 }
 
@@ -278,11 +274,13 @@ pub(crate) struct C2dOptions {
 /// Messages that left a device's queue and how, for the feedback their senders asked for.
 type Ended = Vec<(C2dMessage, FeedbackStatus)>;
 
-/// Takes the messages whose life ended at `now_ms` (expired, or delivered too often) out of
-/// `queue`.
-fn take_ended(queue: &mut Vec<C2dMessage>, now_ms: i64) -> Ended {
+/// Takes the messages `ends` picks out of `queue`, each with how its life ended.
+fn take_ended(
+    queue: &mut Vec<C2dMessage>,
+    mut ends: impl FnMut(&C2dMessage) -> Option<FeedbackStatus>,
+) -> Ended {
     let mut ended = Vec::new();
-    queue.retain(|m| match m.ended(now_ms) {
+    queue.retain(|m| match ends(m) {
         Some(status) => {
             ended.push((m.clone(), status));
             false
@@ -290,6 +288,11 @@ fn take_ended(queue: &mut Vec<C2dMessage>, now_ms: i64) -> Ended {
         None => true,
     });
     ended
+}
+
+/// A message's end by expiry at `now_ms`.
+fn expired_at(now_ms: i64) -> impl Fn(&C2dMessage) -> Option<FeedbackStatus> {
+    move |m| (m.expiry_ms() <= now_ms).then_some(FeedbackStatus::Expired)
 }
 
 /// What a device session subscribed to, one flag per [`Subscription`] (stored as flags, so
@@ -1604,14 +1607,7 @@ impl HubEngine {
                 let Some(mut queue) = queue else {
                     return Ok((None, (Vec::new(), None)));
                 };
-                let mut expired = Vec::new();
-                queue.retain(|m| {
-                    let live = m.expiry_ms() > now_ms;
-                    if !live {
-                        expired.push((m.clone(), FeedbackStatus::Expired));
-                    }
-                    live
-                });
+                let expired = take_ended(&mut queue, expired_at(now_ms));
                 let next = queue.iter().map(C2dMessage::expiry_ms).min();
                 Ok((Some(queue), (expired, next)))
             },
@@ -1672,8 +1668,8 @@ impl HubEngine {
     }
 
     /// Delivers to the connected device every waiting message its session has not sent yet,
-    /// each delivery counted; a message expired or delivered `MAX_DELIVERY_COUNT` times leaves
-    /// the queue instead. Reading the queue before taking the session lock is safe: a stale
+    /// each delivery counted; an expired message, or one about to be delivered a time more than
+    /// `MAX_DELIVERY_COUNT`, leaves the queue instead. Reading the queue before taking the session lock is safe: a stale
     /// read can only miss newer messages (their own flush sends them), never resend an older
     /// one, because the session remembers the highest sequence it delivered.
     fn flush_c2d(&self, hub: &str, device_id: &str) {
@@ -1685,7 +1681,7 @@ impl HubEngine {
                 let Some(mut queue) = queue else {
                     return Ok((None, (Vec::new(), Vec::new())));
                 };
-                let ended = take_ended(&mut queue, now_ms);
+                let ended = take_ended(&mut queue, expired_at(now_ms));
                 Ok((Some(queue.clone()), (queue, ended)))
             },
         );
@@ -1697,8 +1693,8 @@ impl HubEngine {
             }
         };
         self.report_c2d(hub, device_id, ended);
-        let delivered = self.deliver_c2d(hub, device_id, queue);
-        if delivered.is_empty() {
+        let (delivered, exhausted) = self.deliver_c2d(hub, device_id, queue);
+        if delivered.is_empty() && exhausted.is_empty() {
             return;
         }
         let counted = self.store.update(
@@ -1706,32 +1702,48 @@ impl HubEngine {
             &Self::c2d_key(hub, device_id),
             |queue: Option<Vec<C2dMessage>>| {
                 let Some(mut queue) = queue else {
-                    return Ok((None, ()));
+                    return Ok((None, Vec::new()));
                 };
                 for message in queue.iter_mut() {
                     if delivered.contains(&message.sequence) {
                         message.delivery_count += 1;
                     }
                 }
-                Ok((Some(queue), ()))
+                let dead = take_ended(&mut queue, |m| {
+                    (exhausted.contains(&m.sequence) && m.exhausted())
+                        .then_some(FeedbackStatus::DeliveryCountExceeded)
+                });
+                Ok((Some(queue), dead))
             },
         );
-        if let Err(e) = counted {
-            log::error!("hub {hub}: cannot count the C2D deliveries to {device_id}: {e}");
+        match counted {
+            Ok(dead) => self.report_c2d(hub, device_id, dead),
+            Err(e) => log::error!("hub {hub}: cannot count the C2D deliveries to {device_id}: {e}"),
         }
     }
 
     /// Offers the session of `device_id` the messages of `queue` it has not sent; returns the
-    /// sequences delivered. Holds the sessions' lock only.
-    fn deliver_c2d(&self, hub: &str, device_id: &str, queue: Vec<C2dMessage>) -> Vec<u64> {
+    /// sequences delivered and those not delivered because their deliveries ran out. Holds the
+    /// sessions' lock only.
+    fn deliver_c2d(
+        &self,
+        hub: &str,
+        device_id: &str,
+        queue: Vec<C2dMessage>,
+    ) -> (Vec<u64>, Vec<u64>) {
         let mut delivered = Vec::new();
+        let mut exhausted = Vec::new();
         let mut sessions = lock(&self.sessions);
         let Some(session) = sessions.get_mut(&key(hub, device_id)) else {
-            return delivered;
+            return (delivered, exhausted);
         };
         let delivered_before = session.c2d_delivered_up_to;
         for message in queue {
             if delivered_before.is_some_and(|up_to| message.sequence <= up_to) {
+                continue;
+            }
+            if message.exhausted() {
+                exhausted.push(message.sequence);
                 continue;
             }
             let Ok(body) = BASE64.decode(&message.body) else {
@@ -1771,7 +1783,7 @@ impl HubEngine {
             session.c2d_delivered_up_to = session.c2d_delivered_up_to.max(Some(message.sequence));
             delivered.push(message.sequence);
         }
-        delivered
+        (delivered, exhausted)
     }
 
     /// The device acknowledged a C2D message: it leaves the queue (`Success` feedback when
