@@ -29,7 +29,7 @@ pytest.importorskip("azure.iot.device", reason="the official IoT device SDK is n
 pytest.importorskip("uamqp", reason="the C AMQP transport is not installed")
 
 import certifi
-import uamqp
+import uamqp  # type: ignore[import-untyped]
 from azure.iot.device import IoTHubDeviceClient
 from azure.iot.hub import (  # type: ignore[import-untyped]
     IoTHubHttpRuntimeManager,
@@ -205,7 +205,9 @@ def test_an_offline_devices_messages_expire_or_are_purged_with_feedback(
     try:
         soon = int(time.time() * 1000) + 1000
         registry.send_c2d_message(
-            "offline", "short-lived", {"iothub-ack": "full", "messageId": "m-exp", "expiryTimeUtc": soon}
+            "offline",
+            "short-lived",
+            {"iothub-ack": "full", "messageId": "m-exp", "expiryTimeUtc": soon},
         )
         records, lock = _rest_records(runtime)
         assert [(r["originalMessageId"], r["statusCode"], r["description"]) for r in records] == [
