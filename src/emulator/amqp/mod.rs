@@ -1,6 +1,7 @@
 //! AMQP 1.0 on port 5671 of each hub's address: the hub's built-in Event Hub-compatible
 //! endpoint (`messages/events`), as the official Event Hubs clients read it, and the
-//! service side's cloud-to-device sends (`messages/devicebound`, `c2d`).
+//! service side's cloud-to-device sends (`messages/devicebound`, `c2d`) and their delivery
+//! feedback (`messages/servicebound/feedback`, `feedback`).
 //!
 //! Azure's clients open TLS straight on 5671 (no AMQP TLS upgrade), so the TLS handshake is
 //! ours (`listener`), with the emulator's certificate, and fe2o3-amqp's acceptor runs the AMQP
@@ -22,6 +23,7 @@
 
 mod c2d;
 mod cbs;
+mod feedback;
 mod listener;
 mod management;
 mod node;
