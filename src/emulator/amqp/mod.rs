@@ -7,8 +7,9 @@
 //! ours (`listener`), with the emulator's certificate, and fe2o3-amqp's acceptor runs the AMQP
 //! connection over the decrypted stream, behind a shim that writes its performatives at full
 //! length (`wire_compat`: the Python clients read fields by position). Nothing but `$cbs` is
-//! served before a token covers it (`sasl` lets every client's mechanism through, `cbs`
-//! judges the tokens with the REST APIs' SAS check); `router` dispatches each attach by role
+//! served before a token covers it (`sasl` lets every client's mechanism through and judges
+//! the service token IoT Hub's SASL PLAIN carries, `cbs` judges the tokens put on `$cbs`, both
+//! with the REST APIs' SAS check); `router` dispatches each attach by role
 //! and address; `management` answers `$management`'s READs; `partition` streams a
 //! partition's events from the durable store (`store`'s per-partition numbering), from the
 //! position its `selector` filter names, pre-settled and within the credit the client grants;

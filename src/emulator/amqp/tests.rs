@@ -606,3 +606,101 @@ fn a_c2d_message_with_a_malformed_ack_is_rejected_and_never_queued() {
     assert_eq!(queue[0].ack, crate::protocol::c2d::DeliveryAck::Negative);
     assert!(queue[0].sender_expiry, "absolute-expiry-time is kept");
 }
+
+/// Opens a connection authenticated by SASL PLAIN, as IoT Hub's "SASL PLAIN" option does it.
+async fn open_plain(
+    emulator: &Emulator,
+    host: &str,
+    username: &str,
+    password: &str,
+) -> Result<(ConnectionHandle<()>, SessionHandle<()>), String> {
+    let mut connection = Connection::builder()
+        .container_id("plain-client")
+        .hostname(host)
+        .sasl_profile(SaslProfile::Plain {
+            username: username.to_string(),
+            password: password.to_string(),
+        })
+        .open_with_stream(tls(emulator, host).await)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let session = Session::begin(&mut connection)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok((connection, session))
+}
+
+#[test]
+fn a_service_token_in_sasl_plain_covers_the_connection_and_a_forged_one_fails_sasl() {
+    let emulator = start(None);
+    let (hub, device_key) = hub_with_device(&emulator, "amqp-plain");
+    let (other, _) = hub_with_device(&emulator, "amqp-plain-other");
+    let host = hub.host_name.clone();
+    completed_message(&emulator, &host, "plain-1");
+    let later = crate::clock::now() + 600;
+    emulator.runtime_handle().unwrap().block_on(async {
+        let service = hub_token(&hub, "service", later);
+        let username = format!("service@sas.root.{}", hub.name);
+        let (_connection, mut session) = open_plain(&emulator, &host, &username, &service)
+            .await
+            .expect("a service token in PLAIN opens the connection");
+        // No put-token: the PLAIN token alone reaches the feedback node.
+        let mut receiver =
+            Receiver::attach(&mut session, "plain-feedback", feedback_address(&host))
+                .await
+                .unwrap();
+        let delivery = next_feedback(&mut receiver, Duration::from_secs(10))
+            .await
+            .expect("feedback arrives");
+        assert_eq!(records(&delivery), ["plain-1:Success"]);
+        receiver.accept(&delivery).await.unwrap();
+
+        let device_sas =
+            crate::sas::build_token(&format!("{host}/devices/dev-1"), &device_key, later, None)
+                .unwrap();
+        // The policy's name and the hub's address, signed with a key that is not the policy's.
+        let forged = crate::sas::build_token(
+            &hub.host_name,
+            &crate::sas::generate_key().unwrap(),
+            later,
+            Some("service"),
+        )
+        .unwrap();
+        for (username, password, why) in [
+            (username.clone(), forged, "a forged signature"),
+            (
+                username.clone(),
+                hub_token(&hub, "service", crate::clock::now() - 1),
+                "expired",
+            ),
+            (
+                username.clone(),
+                hub_token(&hub, "registryRead", later),
+                "no ServiceConnect",
+            ),
+            (username.clone(), device_sas, "a device's token"),
+            (
+                format!("iothubowner@sas.root.{}", hub.name),
+                hub_token(&other, "iothubowner", later),
+                "another hub's token",
+            ),
+            (
+                format!("service@sas.{}", hub.name),
+                service.clone(),
+                "a device-style username",
+            ),
+            (
+                "service".to_string(),
+                service.clone(),
+                "no hub in the username",
+            ),
+        ] {
+            assert!(
+                open_plain(&emulator, &host, &username, &password)
+                    .await
+                    .is_err(),
+                "SASL PLAIN passed with {why}"
+            );
+        }
+    });
+}
