@@ -68,6 +68,14 @@ pub(crate) fn azure_time(unix: i64) -> String {
     )
 }
 
+/// Unix milliseconds as Azure's data-plane timestamps (a C2D message's `$.exp`).
+pub(crate) fn azure_time_ms(unix_ms: i64) -> String {
+    format_azure_time(
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+    )
+}
+
 fn format_azure_time(now: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:07}Z",

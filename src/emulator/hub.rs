@@ -3,11 +3,13 @@
 //! connection per device, its connection times, telemetry stored durably before it is
 //! acknowledged, twins with versions (the service's patches and replaces checked against the
 //! etag in the same transaction), direct methods (waiting for the device to come online when
-//! given a connect timeout), cloud-to-device messages, persistent sessions; and, for a hub
-//! that enforces its tier, that tier's throttles and daily quota (kept by `quotas`).
+//! given a connect timeout), cloud-to-device messages and their life cycle (ack, expiry swept
+//! on time, delivery count, completion, purge; the feedback asked for goes to `feedback`),
+//! persistent sessions; and, for a hub that enforces its tier, that tier's throttles and daily
+//! quota (kept by `quotas`).
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
-//! `pending_methods`, `activity`, the knobs, and those of `quotas`) guards one map, is held only to read or change
+//! `pending_methods`, `activity`, `expiries`, the knobs, and those of `quotas`) guards one map (or heap), is held only to read or change
 //! that map, and is never held while another lock is taken or another component (the store,
 //! the cloud, a connection) is called; sends into a session's channel never block. State kept
 //! in the store (twins, C2D queues) is changed with [`Store::update`], one transaction per
@@ -33,6 +35,9 @@ use crate::emulator::store::{Store, TelemetryRecord};
 use crate::error::{Error, Result};
 use crate::limits::HubOperation;
 use crate::pki::Certificate;
+use crate::protocol::c2d::{
+    ACK_PROPERTY, DeliveryAck, FeedbackRecord, FeedbackStatus, MAX_DELIVERY_COUNT,
+};
 use crate::protocol::hub::{CloudPublish, Subscription};
 use crate::sas::SasToken;
 
@@ -224,6 +229,70 @@ pub struct C2dMessage {
     pub properties: Vec<(String, String)>,
     /// Enqueued, Unix seconds.
     pub enqueued: i64,
+    /// The outcomes its sender asked to hear about (`iothub-ack`).
+    #[serde(default)]
+    pub(crate) ack: DeliveryAck,
+    /// When it expires, Unix milliseconds (0 in messages stored before expiry was kept: their
+    /// enqueued time plus the default time to live).
+    #[serde(default)]
+    pub(crate) expires_ms: i64,
+    /// Whether its sender set the expiry (the device is then told it, `$.exp`).
+    #[serde(default)]
+    pub(crate) sender_expiry: bool,
+    /// Deliveries to the device so far.
+    #[serde(default)]
+    pub(crate) delivery_count: u32,
+}
+
+impl C2dMessage {
+    /// When it expires, Unix milliseconds.
+    pub(crate) fn expiry_ms(&self) -> i64 {
+        if self.expires_ms > 0 {
+            self.expires_ms
+        } else {
+            (self.enqueued + crate::protocol::c2d::DEFAULT_TTL_SECONDS) * 1000
+        }
+    }
+
+    /// Whether another delivery would exceed the hub's delivery count.
+    fn exhausted(&self) -> bool {
+        self.delivery_count >= MAX_DELIVERY_COUNT
+    }
+}
+
+/// What a back end set on a cloud-to-device message besides its body and properties.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct C2dOptions {
+    /// Its message id (`None`: a fresh one).
+    pub(crate) message_id: Option<String>,
+    /// Its absolute expiry time, Unix milliseconds.
+    pub(crate) absolute_expiry_ms: Option<i64>,
+    /// Its time to live, milliseconds.
+    pub(crate) ttl_ms: Option<i64>,
+}
+
+/// Messages that left a device's queue and how, for the feedback their senders asked for.
+type Ended = Vec<(C2dMessage, FeedbackStatus)>;
+
+/// Takes the messages `ends` picks out of `queue`, each with how its life ended.
+fn take_ended(
+    queue: &mut Vec<C2dMessage>,
+    mut ends: impl FnMut(&C2dMessage) -> Option<FeedbackStatus>,
+) -> Ended {
+    let mut ended = Vec::new();
+    queue.retain(|m| match ends(m) {
+        Some(status) => {
+            ended.push((m.clone(), status));
+            false
+        }
+        None => true,
+    });
+    ended
+}
+
+/// A message's end by expiry at `now_ms`.
+fn expired_at(now_ms: i64) -> impl Fn(&C2dMessage) -> Option<FeedbackStatus> {
+    move |m| (m.expiry_ms() <= now_ms).then_some(FeedbackStatus::Expired)
 }
 
 /// What a device session subscribed to, one flag per [`Subscription`] (stored as flags, so
@@ -426,6 +495,15 @@ pub struct HubEngine {
     quotas: HubQuotas,
     /// The next C2D sequence number.
     c2d_sequence: std::sync::atomic::AtomicU64,
+    /// When devices' queued C2D messages expire: (Unix milliseconds, hub, device), the earliest
+    /// first. Rebuilt from the store at start (each queue's earliest expiry), added to by each
+    /// send; an entry whose message left meanwhile only costs a look at its queue. The sweeper
+    /// ([`HubEngine::sweep_expired_c2d`]) sleeps until the first.
+    expiries: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(i64, String, String)>>>,
+    /// Woken when an expiry earlier than the sweeper's next one is added.
+    expiry_added: Arc<Notify>,
+    /// The hubs' delivery feedback.
+    feedback: crate::emulator::feedback::Feedback,
     /// When each device last connected or disconnected, and was last active (the registry's
     /// `connectionStateUpdatedTime` and `lastActivityTime`; kept in memory, as they describe
     /// connections, which end with the emulator).
@@ -496,6 +574,19 @@ impl HubEngine {
             .into_iter()
             .map(|s| (key(&s.hub, &s.device_id), s.subscriptions))
             .collect();
+        let mut expiries = std::collections::BinaryHeap::new();
+        for (k, queue) in store.all_keyed::<Vec<C2dMessage>>(crate::emulator::store::kind::C2D)? {
+            let Some((hub, device_id)) = k.split_once('/') else {
+                continue;
+            };
+            if let Some(first) = queue.iter().map(C2dMessage::expiry_ms).min() {
+                expiries.push(std::cmp::Reverse((
+                    first,
+                    hub.to_string(),
+                    device_id.to_string(),
+                )));
+            }
+        }
         let presets: HashMap<String, crate::limits::HubSku> = cloud
             .hubs()
             .into_iter()
@@ -504,6 +595,7 @@ impl HubEngine {
             .collect();
         Ok(HubEngine {
             cloud,
+            feedback: crate::emulator::feedback::Feedback::new(store.clone()),
             store,
             writer,
             sessions: Mutex::new(HashMap::new()),
@@ -521,6 +613,8 @@ impl HubEngine {
             ),
             activity: Mutex::new(HashMap::new()),
             subscribed: Notify::new(),
+            expiries: Mutex::new(expiries),
+            expiry_added: Arc::new(Notify::new()),
         })
     }
 
@@ -1354,9 +1448,21 @@ impl HubEngine {
     }
 
     // ---- cloud-to-device -------------------------------------------------------------------
+    //
+    // A message's life: queued (with its `iothub-ack`, its expiry and a delivery count), then
+    // delivered to each session of its device once; it ends when the device completes it
+    // (PUBACK: `Success`), when it expires (never delivered after; the sweeper removes it at its
+    // expiry even if no device connects: `Expired`), when a delivery would exceed
+    // `MAX_DELIVERY_COUNT` (`DeliveryCountExceeded`), or when the back end purges the queue
+    // (`Purged`). Each end is reported to the hub's feedback when the ack asks for it.
 
     fn c2d_key(hub: &str, device_id: &str) -> String {
         format!("{}/{device_id}", hub.to_ascii_lowercase())
+    }
+
+    /// The hubs' delivery feedback (the AMQP feedback node and the REST API take it from here).
+    pub(crate) fn feedback(&self) -> &crate::emulator::feedback::Feedback {
+        &self.feedback
     }
 
     /// Queues a message for a device (at most 50 waiting) and delivers it if the device is
@@ -1368,24 +1474,33 @@ impl HubEngine {
         body: &[u8],
         properties: Vec<(String, String)>,
     ) -> Result<String> {
-        self.send_c2d_as(hub, device_id, None, body, properties)
+        self.send_c2d_as(hub, device_id, C2dOptions::default(), body, properties)
     }
 
-    /// Queues a cloud-to-device message under the sender's message id (`None`: a fresh one),
-    /// as the AMQP endpoint receives them; the rules are [`HubEngine::send_c2d`]'s.
-    pub fn send_c2d_as(
+    /// Queues a cloud-to-device message with what its sender set (its id, its expiry), as the
+    /// AMQP endpoint receives them; the rules are [`HubEngine::send_c2d`]'s. An `iothub-ack`
+    /// among the properties is the feedback asked for: one of the four names, or refused.
+    pub(crate) fn send_c2d_as(
         &self,
         hub: &str,
         device_id: &str,
-        message_id: Option<String>,
+        options: C2dOptions,
         body: &[u8],
-        properties: Vec<(String, String)>,
+        mut properties: Vec<(String, String)>,
     ) -> Result<String> {
         self.device(hub, device_id)?;
         if body.len() > MAX_C2D_BYTES {
             return Err(Error::service(413, 413_001, "The message exceeds 64 KB."));
         }
-        let message_id = message_id.unwrap_or_else(random_guid);
+        let mut ack = DeliveryAck::None;
+        for (_, value) in properties.iter().filter(|(k, _)| k == ACK_PROPERTY) {
+            ack = DeliveryAck::parse(value).map_err(|why| Error::service(400, 400_004, why))?;
+        }
+        properties.retain(|(k, _)| k != ACK_PROPERTY);
+        let now_ms = crate::clock::now_ms();
+        let (expires_ms, sender_expiry) =
+            crate::protocol::c2d::expiry_ms(options.absolute_expiry_ms, options.ttl_ms, now_ms);
+        let message_id = options.message_id.unwrap_or_else(random_guid);
         self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),
@@ -1408,40 +1523,227 @@ impl HubEngine {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     body: BASE64.encode(body),
                     properties,
-                    enqueued: now(),
+                    enqueued: now_ms / 1000,
+                    ack,
+                    expires_ms,
+                    sender_expiry,
+                    delivery_count: 0,
                 });
                 Ok((Some(queue), ()))
             },
         )?;
+        self.watch_expiry(expires_ms, hub, device_id);
         if self.subscriptions(hub, device_id).c2d {
             self.flush_c2d(hub, device_id);
         }
         Ok(message_id)
     }
 
-    /// Delivers to the connected device every waiting message its session has not sent yet.
-    /// Reading the queue before taking the session lock is safe: a stale read can only miss
-    /// newer messages (their own flush sends them), never resend an older one, because the
-    /// session remembers the highest sequence it delivered.
-    fn flush_c2d(&self, hub: &str, device_id: &str) {
-        let queue = match self.store.get::<Vec<C2dMessage>>(
+    /// Tells the sweeper that a message of `device_id` expires at `expires_ms`.
+    fn watch_expiry(&self, expires_ms: i64, hub: &str, device_id: &str) {
+        let earliest = {
+            let mut expiries = lock(&self.expiries);
+            let earliest = expiries.peek().is_none_or(|first| expires_ms < first.0.0);
+            expiries.push(std::cmp::Reverse((
+                expires_ms,
+                hub.to_ascii_lowercase(),
+                device_id.to_string(),
+            )));
+            earliest
+        };
+        if earliest {
+            self.expiry_added.notify_one();
+        }
+    }
+
+    /// Removes the messages of every queue as they expire (with their `Expired` feedback), until
+    /// the engine is gone: sleeps until the earliest expiry known, or until an earlier one is
+    /// added; never reads a queue whose messages have not expired.
+    pub(crate) async fn sweep_expired_c2d(engine: std::sync::Weak<HubEngine>) {
+        loop {
+            let Some(strong) = engine.upgrade() else {
+                return;
+            };
+            let added_signal = strong.expiry_added.clone();
+            let added = added_signal.notified();
+            tokio::pin!(added);
+            // Registered before the heap is read: an expiry added after this wakes the sweeper.
+            added.as_mut().enable();
+            let now_ms = crate::clock::now_ms();
+            let mut due: Vec<(String, String)> = {
+                let mut expiries = lock(&strong.expiries);
+                let mut due = Vec::new();
+                while expiries.peek().is_some_and(|first| first.0.0 <= now_ms) {
+                    if let Some(std::cmp::Reverse((_, hub, device_id))) = expiries.pop() {
+                        due.push((hub, device_id));
+                    }
+                }
+                due
+            };
+            due.sort();
+            due.dedup();
+            for (hub, device_id) in due {
+                strong.expire_c2d(&hub, &device_id, now_ms);
+            }
+            let next = lock(&strong.expiries).peek().map(|first| first.0.0);
+            // The engine is not kept alive by its sweeper while it sleeps.
+            drop(strong);
+            // At most a minute between looks, so a step of the wall clock is noticed.
+            let wait_ms = next.map_or(60_000, |at| (at - now_ms).clamp(1, 60_000));
+            tokio::select! {
+                _ = added => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            }
+        }
+    }
+
+    /// Removes `device_id`'s messages expired at `now_ms`, reports them, and tells the sweeper
+    /// when the next one left expires.
+    fn expire_c2d(&self, hub: &str, device_id: &str, now_ms: i64) {
+        let swept = self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),
-        ) {
-            Ok(Some(queue)) => queue,
-            Ok(None) => return,
+            |queue: Option<Vec<C2dMessage>>| {
+                let Some(mut queue) = queue else {
+                    return Ok((None, (Vec::new(), None)));
+                };
+                let expired = take_ended(&mut queue, expired_at(now_ms));
+                let next = queue.iter().map(C2dMessage::expiry_ms).min();
+                Ok((Some(queue), (expired, next)))
+            },
+        );
+        match swept {
+            Ok((expired, next)) => {
+                if let Some(next) = next {
+                    lock(&self.expiries).push(std::cmp::Reverse((
+                        next,
+                        hub.to_string(),
+                        device_id.to_string(),
+                    )));
+                }
+                self.report_c2d(hub, device_id, expired);
+            }
+            Err(e) => log::error!("hub {hub}: cannot expire the C2D queue of {device_id}: {e}"),
+        }
+    }
+
+    /// Records the feedback asked for on messages whose life ended.
+    fn report_c2d(&self, hub: &str, device_id: &str, ended: Ended) {
+        if ended.is_empty() {
+            return;
+        }
+        for (message, status) in &ended {
+            log::info!(
+                "hub {hub}: C2D message {} of {device_id} ended: {status:?}",
+                message.message_id
+            );
+        }
+        let wanted: Vec<&(C2dMessage, FeedbackStatus)> = ended
+            .iter()
+            .filter(|(message, status)| message.ack.reports(*status))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let generation = self
+            .cloud
+            .hub_device(hub, device_id)
+            .map(|d| d.generation_id())
+            .unwrap_or_default();
+        let at = crate::emulator::cloud::azure_timestamp();
+        let records = wanted
+            .into_iter()
+            .map(|(message, status)| FeedbackRecord {
+                original_message_id: message.message_id.clone(),
+                enqueued_time_utc: at.clone(),
+                status_code: *status,
+                description: status.description().to_string(),
+                device_id: device_id.to_string(),
+                device_generation_id: generation.clone(),
+            })
+            .collect();
+        if let Err(e) = self.feedback.add(hub, records) {
+            log::error!("hub {hub}: cannot record the feedback of {device_id}'s messages: {e}");
+        }
+    }
+
+    /// Delivers to the connected device every waiting message its session has not sent yet,
+    /// each delivery counted; an expired message, or one about to be delivered a time more than
+    /// `MAX_DELIVERY_COUNT`, leaves the queue instead. Reading the queue before taking the session lock is safe: a stale
+    /// read can only miss newer messages (their own flush sends them), never resend an older
+    /// one, because the session remembers the highest sequence it delivered.
+    fn flush_c2d(&self, hub: &str, device_id: &str) {
+        let now_ms = crate::clock::now_ms();
+        let read = self.store.update(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+            |queue: Option<Vec<C2dMessage>>| {
+                let Some(mut queue) = queue else {
+                    return Ok((None, (Vec::new(), Vec::new())));
+                };
+                let ended = take_ended(&mut queue, expired_at(now_ms));
+                Ok((Some(queue.clone()), (queue, ended)))
+            },
+        );
+        let (queue, ended) = match read {
+            Ok(read) => read,
             Err(e) => {
                 log::error!("hub {hub}: cannot read the C2D queue of {device_id}: {e}");
                 return;
             }
         };
+        self.report_c2d(hub, device_id, ended);
+        let (delivered, exhausted) = self.deliver_c2d(hub, device_id, queue);
+        if delivered.is_empty() && exhausted.is_empty() {
+            return;
+        }
+        let counted = self.store.update(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+            |queue: Option<Vec<C2dMessage>>| {
+                let Some(mut queue) = queue else {
+                    return Ok((None, Vec::new()));
+                };
+                for message in queue.iter_mut() {
+                    if delivered.contains(&message.sequence) {
+                        message.delivery_count += 1;
+                    }
+                }
+                let dead = take_ended(&mut queue, |m| {
+                    (exhausted.contains(&m.sequence) && m.exhausted())
+                        .then_some(FeedbackStatus::DeliveryCountExceeded)
+                });
+                Ok((Some(queue), dead))
+            },
+        );
+        match counted {
+            Ok(dead) => self.report_c2d(hub, device_id, dead),
+            Err(e) => log::error!("hub {hub}: cannot count the C2D deliveries to {device_id}: {e}"),
+        }
+    }
+
+    /// Offers the session of `device_id` the messages of `queue` it has not sent; returns the
+    /// sequences delivered and those not delivered because their deliveries ran out. Holds the
+    /// sessions' lock only.
+    fn deliver_c2d(
+        &self,
+        hub: &str,
+        device_id: &str,
+        queue: Vec<C2dMessage>,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let mut delivered = Vec::new();
+        let mut exhausted = Vec::new();
         let mut sessions = lock(&self.sessions);
         let Some(session) = sessions.get_mut(&key(hub, device_id)) else {
-            return;
+            return (delivered, exhausted);
         };
         let delivered_before = session.c2d_delivered_up_to;
         for message in queue {
             if delivered_before.is_some_and(|up_to| message.sequence <= up_to) {
+                continue;
+            }
+            if message.exhausted() {
+                exhausted.push(message.sequence);
                 continue;
             }
             let Ok(body) = BASE64.decode(&message.body) else {
@@ -1451,13 +1753,19 @@ impl HubEngine {
                 );
                 continue;
             };
+            let expiry = message
+                .sender_expiry
+                .then(|| crate::emulator::cloud::azure_time_ms(message.expiry_ms()));
+            let ack = (message.ack != DeliveryAck::None).then(|| message.ack.as_str());
             let delivery = CloudPublish::c2d(
                 device_id,
                 &message.message_id,
+                expiry.as_deref(),
                 message
                     .properties
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .chain(ack.map(|a| (ACK_PROPERTY, a))),
             );
             let sent = session.offer(
                 Outbound::Publish {
@@ -1470,26 +1778,58 @@ impl HubEngine {
             );
             if !sent {
                 // Not delivered in this session: the next one (the device reconnects) sends it.
-                return;
+                break;
             }
             session.c2d_delivered_up_to = session.c2d_delivered_up_to.max(Some(message.sequence));
+            delivered.push(message.sequence);
         }
+        (delivered, exhausted)
     }
 
-    /// The device acknowledged a C2D message: it leaves the queue.
+    /// The device acknowledged a C2D message: it leaves the queue (`Success` feedback when
+    /// asked for).
     pub fn c2d_acknowledged(&self, hub: &str, device_id: &str, message_id: &str) {
         let removed = self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),
             |queue: Option<Vec<C2dMessage>>| {
                 let mut queue = queue.unwrap_or_default();
-                queue.retain(|m| m.message_id != message_id);
-                Ok((Some(queue), ()))
+                let mut completed = Vec::new();
+                queue.retain(|m| {
+                    let done = m.message_id == message_id;
+                    if done {
+                        completed.push((m.clone(), FeedbackStatus::Success));
+                    }
+                    !done
+                });
+                Ok((Some(queue), completed))
             },
         );
-        if let Err(e) = removed {
-            log::error!("hub {hub}: cannot update the C2D queue of {device_id}: {e}");
+        match removed {
+            Ok(completed) => self.report_c2d(hub, device_id, completed),
+            Err(e) => log::error!("hub {hub}: cannot update the C2D queue of {device_id}: {e}"),
         }
+    }
+
+    /// Empties a device's queue (the service API's purge): the number of messages removed,
+    /// each with its `Purged` feedback when asked for.
+    pub(crate) fn purge_c2d(&self, hub: &str, device_id: &str) -> Result<usize> {
+        self.device(hub, device_id)?;
+        let purged = self.store.update(
+            crate::emulator::store::kind::C2D,
+            &Self::c2d_key(hub, device_id),
+            |queue: Option<Vec<C2dMessage>>| {
+                let purged: Ended = queue
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|m| (m, FeedbackStatus::Purged))
+                    .collect();
+                Ok((None, purged))
+            },
+        )?;
+        let count = purged.len();
+        self.report_c2d(hub, device_id, purged);
+        Ok(count)
     }
 
     /// The cloud-to-device messages waiting for a device (sent and not acknowledged, or not

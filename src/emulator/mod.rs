@@ -8,6 +8,7 @@
 pub(crate) mod amqp;
 pub(crate) mod cloud;
 pub(crate) mod dps;
+pub(crate) mod feedback;
 pub(crate) mod hub;
 pub mod loopback;
 pub(crate) mod model;
@@ -512,6 +513,8 @@ impl Emulator {
         let runtime = builder
             .build()
             .map_err(|e| Error::emulator_caused("cannot start the emulator runtime", e))?;
+        // Expired C2D messages leave their queues on time even with no device connected.
+        drop(runtime.spawn(hub::HubEngine::sweep_expired_c2d(Arc::downgrade(&hubs))));
         let context = Arc::new(server::ServerContext {
             acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
             dps: dps.clone(),

@@ -42,6 +42,8 @@ pub(crate) mod kind {
     pub(crate) const TWIN: &str = "twin";
     /// Waiting cloud-to-device messages by `hub host/device id`.
     pub(crate) const C2D: &str = "c2d";
+    /// A hub's delivery feedback (records not yet taken, feedback messages) by hub host.
+    pub(crate) const FEEDBACK: &str = "feedback";
     /// Subscriptions of a persistent (clean session 0) MQTT session by `hub host/device id`.
     pub(crate) const SESSION: &str = "session";
 }
@@ -362,6 +364,26 @@ impl Store {
         let mut out = Vec::new();
         for body in rows {
             out.push(decode(kind, &body.map_err(db_error)?)?);
+        }
+        Ok(out)
+    }
+
+    /// Every document of a kind with its key, ordered by key (for state whose owner is only
+    /// in its key, such as a device's C2D queue).
+    pub(crate) fn all_keyed<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<(String, T)>> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached("SELECT key, body FROM documents WHERE kind = ?1 ORDER BY key")
+            .map_err(db_error)?;
+        let rows = statement
+            .query_map(params![kind], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(db_error)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, body) = row.map_err(db_error)?;
+            out.push((key, decode(kind, &body)?));
         }
         Ok(out)
     }

@@ -36,6 +36,37 @@ pub(crate) const FEEDBACK_TTL_SECONDS: i64 = 3600;
 /// (`feedback.lockDurationAsIso8601`, PT1M).
 pub(crate) const FEEDBACK_LOCK_SECONDS: i64 = 60;
 
+/// Deliveries of one feedback message before it is dead-lettered (`feedback.maxDeliveryCount`,
+/// 10).
+pub(crate) const MAX_FEEDBACK_DELIVERY_COUNT: u32 = 10;
+
+/// The headers of a feedback message taken over the hub service API's REST
+/// (`GET /messages/serviceBound/feedback`): its lock token is the `ETag`.
+pub(crate) mod feedback_headers {
+    /// The feedback message's id.
+    pub(crate) const MESSAGE_ID: &str = "iothub-messageid";
+    /// When the hub made the feedback message (UTC, ISO 8601).
+    pub(crate) const ENQUEUED_TIME: &str = "iothub-enqueuedtime";
+    /// How many times it was handed out, this time included.
+    pub(crate) const DELIVERY_COUNT: &str = "iothub-deliverycount";
+    /// When it leaves the queue untaken (UTC, ISO 8601).
+    pub(crate) const EXPIRY: &str = "iothub-expiry";
+    /// The hub's name.
+    pub(crate) const USER_ID: &str = "iothub-userid";
+}
+
+/// When a cloud-to-device message expires, Unix milliseconds: the sender's absolute expiry
+/// time, else its time to live from `now_ms`, else [`DEFAULT_TTL_SECONDS`]; never later than
+/// [`MAX_TTL_SECONDS`] from now. The second value says whether the sender set it (IoT Hub
+/// then tells the device, `$.exp`).
+pub(crate) fn expiry_ms(absolute_ms: Option<i64>, ttl_ms: Option<i64>, now_ms: i64) -> (i64, bool) {
+    let latest = now_ms + MAX_TTL_SECONDS * 1000;
+    match absolute_ms.or_else(|| ttl_ms.map(|ttl| now_ms.saturating_add(ttl))) {
+        Some(expiry) => (expiry.min(latest), true),
+        None => (now_ms + DEFAULT_TTL_SECONDS * 1000, false),
+    }
+}
+
 /// What a sender asks to hear about a message (`iothub-ack`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,6 +164,9 @@ pub(crate) struct FeedbackRecord {
 }
 
 /// Reads a feedback message's body; anything but an array of complete records is refused.
+// Read by the service client's feedback receiver; the emulator only writes feedback (its tests
+// read it back with this).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn parse_feedback(body: &[u8]) -> Result<Vec<FeedbackRecord>, String> {
     serde_json::from_slice(body).map_err(|e| format!("A feedback message is not valid: {e}."))
 }
@@ -215,6 +249,26 @@ mod tests {
         assert!(!DeliveryAck::Negative.reports(FeedbackStatus::Success));
         assert!(DeliveryAck::Full.reports(FeedbackStatus::Purged));
         assert!(!DeliveryAck::None.reports(FeedbackStatus::Rejected));
+    }
+
+    #[test]
+    fn an_expiry_is_the_senders_within_the_hubs_longest_or_the_default() {
+        let now = 1_000_000;
+        assert_eq!(expiry_ms(Some(now + 5), None, now), (now + 5, true));
+        assert_eq!(expiry_ms(None, Some(7), now), (now + 7, true));
+        assert_eq!(
+            expiry_ms(Some(now + 5), Some(7), now),
+            (now + 5, true),
+            "the absolute time wins over the time to live"
+        );
+        assert_eq!(
+            expiry_ms(Some(i64::MAX), None, now),
+            (now + MAX_TTL_SECONDS * 1000, true)
+        );
+        assert_eq!(
+            expiry_ms(None, None, now),
+            (now + DEFAULT_TTL_SECONDS * 1000, false)
+        );
     }
 
     /// The body of Azure's documented feedback message example reads, and writes back with the

@@ -243,14 +243,17 @@ impl CloudPublish {
     }
 
     /// The C2D message carrying `message_id` and application `properties`, with the system
-    /// properties IoT Hub adds (`$.mid`, `$.to`).
+    /// properties IoT Hub adds (`$.mid`, `$.to`) and, when its sender set one, its expiry
+    /// first (`$.exp`, as IoT Hub writes times).
     pub(crate) fn c2d<'a>(
         device_id: &str,
         message_id: &str,
+        expiry: Option<&str>,
         properties: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> CloudPublish {
         let to = c2d_address(device_id);
-        let mut bag = encode_property_bag([("$.mid", message_id), ("$.to", to.as_str())]);
+        let system = [("$.mid", message_id), ("$.to", to.as_str())];
+        let mut bag = encode_property_bag(expiry.map(|e| ("$.exp", e)).into_iter().chain(system));
         let application = encode_property_bag(properties);
         if !application.is_empty() {
             bag.push('&');
@@ -414,14 +417,21 @@ mod tests {
                 name: "reboot".into(),
                 rid: "5".into(),
             },
-            CloudPublish::c2d("dev-1", "m-1", [("k", "v w")]),
+            CloudPublish::c2d("dev-1", "m-1", None, [("k", "v w")]),
+            CloudPublish::c2d(
+                "dev-1",
+                "m-2",
+                Some("3237-07-19T23:06:40.0000000Z"),
+                [("iothub-ack", "positive")],
+            ),
         ] {
             assert_eq!(
                 CloudPublish::parse(&publish.topic(), "dev-1"),
                 Some(publish.clone())
             );
         }
-        let CloudPublish::C2d { bag, .. } = CloudPublish::c2d("dev-1", "m-1", [("k", "v")]) else {
+        let CloudPublish::C2d { bag, .. } = CloudPublish::c2d("dev-1", "m-1", None, [("k", "v")])
+        else {
             unreachable!()
         };
         let (properties, system) = parse_property_bag(&bag);
@@ -446,6 +456,19 @@ mod tests {
         let (properties, system) = parse_property_bag(&bag);
         assert_eq!(properties, vec![("iothub-ack".into(), "positive".into())]);
         assert_eq!(system.len(), 6);
+        // The emulator writes the expiry where IoT Hub does: first, in the same form.
+        let ours = CloudPublish::c2d(
+            "fake_device",
+            "6b822696-f75a-46f5-8b02-0680db65abf5",
+            Some("3237-07-19T23:06:40.0000000Z"),
+            [("iothub-ack", "positive")],
+        )
+        .topic();
+        assert!(
+            ours.starts_with("devices/fake_device/messages/devicebound/%24.exp=3237-07-19T23%3A06%3A40.0000000Z&%24.mid=6b822696-f75a-46f5-8b02-0680db65abf5&"),
+            "{ours}"
+        );
+        assert!(ours.ends_with("&iothub-ack=positive"), "{ours}");
         assert_eq!(
             CloudPublish::parse("devices/d/messages/deviceBound/a=b", "d"),
             Some(CloudPublish::C2d {

@@ -202,6 +202,19 @@ pub(crate) struct MethodResult {
     pub(crate) payload: Value,
 }
 
+/// The answer to `DELETE /devices/{id}/commands` (the swagger's `PurgeMessageQueueResult`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PurgeMessageQueueResult {
+    /// How many cloud-to-device messages left the queue.
+    pub(crate) total_messages_purged: u64,
+    /// The device whose queue was purged.
+    pub(crate) device_id: String,
+    /// The module, for a module's queue (none here: modules have no C2D queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) module_id: Option<String>,
+}
+
 /// Emulator only: the answer to `POST /dpskit/devices/{id}/c2d`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -489,6 +502,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(why.contains("status"), "{why}");
+
+        let purged: PurgeMessageQueueResult =
+            serde_json::from_str(r#"{"totalMessagesPurged":2,"deviceId":"d"}"#).unwrap();
+        assert_eq!(purged.total_messages_purged, 2);
+        assert_eq!(
+            serde_json::to_string(&purged).unwrap(),
+            r#"{"totalMessagesPurged":2,"deviceId":"d"}"#
+        );
 
         let sent = C2dSent {
             message_id: Some("m-1".into()),

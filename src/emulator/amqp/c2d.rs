@@ -3,11 +3,13 @@
 //! (`/devices/{id}/messages/devicebound`). A message is queued for its device exactly where the
 //! hub service API's sends go (`HubEngine::send_c2d_as`, the queue the MQTT sessions deliver
 //! from) under its own message id, with its correlation id, content type and encoding as the
-//! device's system properties and its application properties as they came; then it is
-//! accepted (settled, so the sender completes). A message the hub refuses (unknown device,
-//! too large, a full queue) is rejected with the reason. Acknowledgement requests
-//! (`iothub-ack`) are not answered (there is no feedback receiver yet) and expiry is not
-//! applied.
+//! device's system properties, its application properties as they came, the feedback it asks
+//! for (`iothub-ack`: one of the four names, else the message is rejected with
+//! `amqp:invalid-field` and never reaches the device) and its expiry (`absolute-expiry-time`,
+//! else the header's `ttl`, else the hub's default; capped at the longest the hub allows);
+//! then it is accepted (settled, so the sender completes). A message the hub refuses (unknown
+//! device, too large, a full queue) is rejected with the reason. The outcomes are answered on
+//! the feedback node (`feedback.rs`).
 
 use std::sync::Arc;
 
@@ -19,10 +21,9 @@ use fe2o3_amqp::types::primitives::Value;
 use super::AmqpContext;
 use super::cbs::Grants;
 use super::node::NodeMessage;
+use crate::emulator::hub::C2dOptions;
 use crate::emulator::model::HubRecord;
-
-/// The application property asking for delivery feedback, which IoT Hub does not pass on.
-const ACK_PROPERTY: &str = "iothub-ack";
+use crate::protocol::c2d::{ACK_PROPERTY, DeliveryAck};
 
 /// Receives the C2D messages of one sender link until it detaches.
 pub(crate) async fn receive(
@@ -40,7 +41,10 @@ pub(crate) async fn receive(
             }
         };
         // A token expires: its link reaches nothing more.
-        let outcome = if grants.cover(&hub.name, &["messages", "devicebound"]) {
+        let outcome = if grants.cover(
+            &hub.name,
+            &super::router::node_segments(crate::protocol::c2d::DEVICEBOUND_NODE),
+        ) {
             enqueue(&context, &hub, delivery.message())
         } else {
             Err((
@@ -93,18 +97,25 @@ fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Res
         .iter()
         .flat_map(|a| a.0.iter())
     {
-        if key == ACK_PROPERTY {
-            continue;
-        }
         let value = crate::transport::amqp::simple_text(value);
+        if key == ACK_PROPERTY {
+            // Refused here with the AMQP condition; the engine reads it again from the bag.
+            DeliveryAck::parse(&value).map_err(|why| invalid(&why))?;
+        }
         bag.push((key.clone(), value));
     }
-    let message_id = properties
-        .and_then(|p| p.message_id.as_ref())
-        .map(crate::transport::amqp::message_id_text);
+    let options = C2dOptions {
+        message_id: properties
+            .and_then(|p| p.message_id.as_ref())
+            .map(crate::transport::amqp::message_id_text),
+        absolute_expiry_ms: properties
+            .and_then(|p| p.absolute_expiry_time.as_ref())
+            .map(|t| t.milliseconds()),
+        ttl_ms: message.header.as_ref().and_then(|h| h.ttl).map(i64::from),
+    };
     context
         .hubs
-        .send_c2d_as(&hub.host_name, device_id, message_id, &body, bag)
+        .send_c2d_as(&hub.host_name, device_id, options, &body, bag)
         .map(|_| ())
         .map_err(|e| (AmqpError::NotAllowed, e.to_string()))
 }

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
 
 use super::cbs::Grants;
-use super::sasl::CbsOnlySasl;
+use super::sasl::TokenSasl;
 use super::wire_compat::PadPerformatives;
 use super::{AmqpContext, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT_MS};
 
@@ -49,13 +49,15 @@ async fn connection(
     peer: SocketAddr,
     context: Arc<AmqpContext>,
 ) -> Result<(), String> {
-    // Built per connection (it is cheap) so nothing of one connection's SASL reaches another.
+    // Built per connection (it is cheap) so nothing of one connection's SASL reaches another;
+    // a token SASL PLAIN carried is the connection's first grant.
+    let grants = Arc::new(Grants::default());
     let acceptor = ConnectionAcceptor::builder()
         .container_id("dpskit-emulator")
         .max_frame_size(MAX_FRAME_SIZE)
         .channel_max(CHANNEL_MAX)
         .idle_time_out(IDLE_TIMEOUT_MS)
-        .sasl_acceptor(CbsOnlySasl)
+        .sasl_acceptor(TokenSasl::new(context.clone(), grants.clone()))
         .build();
     let mut connection = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -65,7 +67,6 @@ async fn connection(
     .map_err(|_| "no AMQP Open within the handshake deadline".to_string())?
     .map_err(|e| format!("AMQP open failed: {e}"))?;
     log::debug!("emulator: AMQP connection from {peer} open");
-    let grants = Arc::new(Grants::default());
     let sessions = SessionAcceptor::builder().handle_max(HANDLE_MAX).build();
     while let Some(incoming) = connection.next_incoming_session().await {
         let session = sessions

@@ -1,13 +1,15 @@
 //! AMQP 1.0 on port 5671 of each hub's address: the hub's built-in Event Hub-compatible
 //! endpoint (`messages/events`), as the official Event Hubs clients read it, and the
-//! service side's cloud-to-device sends (`messages/devicebound`, `c2d`).
+//! service side's cloud-to-device sends (`messages/devicebound`, `c2d`) and their delivery
+//! feedback (`messages/servicebound/feedback`, `feedback`).
 //!
 //! Azure's clients open TLS straight on 5671 (no AMQP TLS upgrade), so the TLS handshake is
 //! ours (`listener`), with the emulator's certificate, and fe2o3-amqp's acceptor runs the AMQP
 //! connection over the decrypted stream, behind a shim that writes its performatives at full
 //! length (`wire_compat`: the Python clients read fields by position). Nothing but `$cbs` is
-//! served before a token covers it (`sasl` lets every client's mechanism through, `cbs`
-//! judges the tokens with the REST APIs' SAS check); `router` dispatches each attach by role
+//! served before a token covers it (`sasl` lets every client's mechanism through and judges
+//! the service token IoT Hub's SASL PLAIN carries, `cbs` judges the tokens put on `$cbs`, both
+//! with the REST APIs' SAS check); `router` dispatches each attach by role
 //! and address; `management` answers `$management`'s READs; `partition` streams a
 //! partition's events from the durable store (`store`'s per-partition numbering), from the
 //! position its `selector` filter names, pre-settled and within the credit the client grants;
@@ -22,6 +24,7 @@
 
 mod c2d;
 mod cbs;
+mod feedback;
 mod listener;
 mod management;
 mod node;

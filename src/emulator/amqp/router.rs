@@ -5,12 +5,17 @@
 //!   (pyamqp names both links' source and target after the node and sets no `reply-to`).
 //! - A client's receiver on `[amqps://host/]{hub}/ConsumerGroups/{group}/Partitions/{n}` reads
 //!   a partition, once a token put on `$cbs` covers the hub.
+//! - A client's sender on `[amqps://host]/messages/devicebound` sends cloud-to-device messages,
+//!   and its receiver on `[amqps://host]/messages/servicebound/feedback` (any case) takes their
+//!   delivery feedback, once a token covers the node.
 //! - Anything else is accepted only to be closed at once with the AMQP error saying why
 //!   (`amqp:not-found`, `amqp:unauthorized-access`, `amqp:invalid-field`), which the clients
 //!   raise as typed errors instead of waiting.
 //!
 //! Links where the client receives are answered pre-settled (snd-settle-mode `settled`):
-//! pyamqp never settles events or replies, so unsettled deliveries would never complete.
+//! pyamqp never settles events or replies, so unsettled deliveries would never complete. The
+//! feedback node is the exception: its messages are locked until the client settles them, so
+//! it is answered `unsettled`.
 //! Links where the client sends are answered rcv-settle-mode `first`, so the endpoint's
 //! accepting disposition settles the delivery (uamqp asks for `second` and then waits forever).
 
@@ -31,6 +36,7 @@ use super::AmqpContext;
 use super::cbs::Grants;
 use crate::emulator::model::HubRecord;
 use crate::emulator::store::EventPosition;
+use crate::protocol::c2d::{DEVICEBOUND_NODE, FEEDBACK_NODE};
 use crate::protocol::event_hubs::{self, PartitionAddress};
 
 use super::node::{NodeMessage, find_hub, link_resource};
@@ -76,7 +82,23 @@ enum Route {
     },
     /// A client's sender of C2D messages, on the hub host its address names (if any).
     C2d(Option<String>),
+    /// A client's receiver of C2D delivery feedback, on the hub host its address names (if any).
+    Feedback(Option<String>),
     Unknown(String),
+}
+
+/// The host of an address with an `amqps://host/` prefix (uamqp writes it without a port).
+fn host_of(address: &str) -> Option<String> {
+    address
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('/').next())
+        .map(str::to_string)
+}
+
+/// Whether a path names a service node (`/messages/devicebound`...): its segments, any case.
+fn is_node(path: &str, node: &str) -> bool {
+    path.trim_start_matches('/')
+        .eq_ignore_ascii_case(node.trim_start_matches('/'))
 }
 
 /// The path of an address without its `amqps://host/` prefix, if any.
@@ -107,6 +129,9 @@ impl Route {
                 let path = path_of(address);
                 if let Some(node) = node_of(path) {
                     return Route::Replies(node);
+                }
+                if is_node(path, FEEDBACK_NODE) {
+                    return Route::Feedback(host_of(address));
                 }
                 match PartitionAddress::parse(address) {
                     Some(PartitionAddress {
@@ -145,12 +170,8 @@ impl Route {
                 if let Some(node) = node_of(path) {
                     return Route::Requests(node);
                 }
-                if path.trim_start_matches('/') == "messages/devicebound" {
-                    let host = address
-                        .split_once("://")
-                        .and_then(|(_, rest)| rest.split('/').next())
-                        .map(str::to_string);
-                    return Route::C2d(host);
+                if is_node(path, DEVICEBOUND_NODE) {
+                    return Route::C2d(host_of(&address));
                 }
                 Route::Unknown(address)
             }
@@ -203,12 +224,22 @@ pub(crate) async fn session(
         .fallback_receiver_settle_mode(ReceiverSettleMode::First)
         .max_message_size(MAX_INCOMING_MESSAGE)
         .build();
+    // Feedback is settled by the client (or offered again), whatever mode it asks for.
+    let feedback_senders = LinkAcceptor::builder()
+        .supported_sender_settle_modes(SupportedSenderSettleModes::Unsettled)
+        .fallback_sender_settle_mode(SenderSettleMode::Unsettled)
+        .build();
     let routes = ReplyRoutes::default();
     while let Some(attach) = session.next_incoming_attach().await {
         let route = Route::of(&attach);
-        let accepted = match attach.role {
-            Role::Receiver => senders.accept_incoming_attach(attach, &mut session).await,
-            Role::Sender => receivers.accept_incoming_attach(attach, &mut session).await,
+        let accepted = match (&route, &attach.role) {
+            (Route::Feedback(_), Role::Receiver) => {
+                feedback_senders
+                    .accept_incoming_attach(attach, &mut session)
+                    .await
+            }
+            (_, Role::Receiver) => senders.accept_incoming_attach(attach, &mut session).await,
+            (_, Role::Sender) => receivers.accept_incoming_attach(attach, &mut session).await,
         };
         let link = match accepted {
             Ok(link) => link,
@@ -275,8 +306,21 @@ pub(crate) async fn session(
                     Err(error) => close(LinkEndpoint::Sender(sender), error),
                 }
             }
+            (Route::Feedback(host), LinkEndpoint::Sender(sender)) => {
+                match service_hub(&context, &grants, host.as_deref(), FEEDBACK_NODE) {
+                    Ok(hub) => {
+                        tokio::spawn(super::feedback::offer(
+                            sender,
+                            context.clone(),
+                            grants.clone(),
+                            hub,
+                        ));
+                    }
+                    Err(error) => close(LinkEndpoint::Sender(sender), error),
+                }
+            }
             (Route::C2d(host), LinkEndpoint::Receiver(receiver)) => {
-                match c2d_hub(&context, &grants, host.as_deref()) {
+                match service_hub(&context, &grants, host.as_deref(), DEVICEBOUND_NODE) {
                     Ok(hub) => {
                         tokio::spawn(super::c2d::receive(
                             receiver,
@@ -370,15 +414,17 @@ fn partition_link(
     Ok((hub, partition))
 }
 
-/// The hub a C2D sender reaches: the one its address names (its host, as uamqp writes it,
-/// without a port) or, with no host, the one hub this connection's tokens cover; refused
-/// until a token covers it.
-fn c2d_hub(
+/// The hub a C2D sender or feedback receiver reaches: the one its address names (its host, as
+/// uamqp writes it, without a port) or, with no host, the one hub this connection's tokens
+/// cover; refused until a token covers the node.
+fn service_hub(
     context: &AmqpContext,
     grants: &Grants,
     host: Option<&str>,
+    node: &str,
 ) -> Result<HubRecord, definitions::Error> {
-    let covered = |hub: &HubRecord| grants.cover(&hub.name, &["messages", "devicebound"]);
+    let segments = node_segments(node);
+    let covered = |hub: &HubRecord| grants.cover(&hub.name, &segments);
     let candidates: Vec<HubRecord> = context
         .cloud
         .hubs()
@@ -390,15 +436,20 @@ fn c2d_hub(
         [hub] => Ok(hub.clone()),
         [] => Err(refusal(
             AmqpError::UnauthorizedAccess,
-            "Unauthorized access to messages/devicebound: put a token with ServiceConnect on \
-             $cbs first."
-                .into(),
+            format!(
+                "Unauthorized access to {node}: put a token with ServiceConnect on $cbs first."
+            ),
         )),
         _ => Err(refusal(
             AmqpError::InvalidField,
             "The address names no hub host and the tokens cover several hubs.".into(),
         )),
     }
+}
+
+/// The segments of a node's path, as a token's `sr` scope is compared with them.
+pub(crate) fn node_segments(node: &str) -> Vec<&str> {
+    node.split('/').filter(|s| !s.is_empty()).collect()
 }
 
 /// Answers the requests of one request link, in order.

@@ -4,11 +4,14 @@
 //! identity list and the registry and service statistics, twins (read, PATCH, PUT replace),
 //! queries (`hub_query.rs`: `SELECT * FROM devices [WHERE ...]`, paged by
 //! `x-ms-max-item-count` and `x-ms-continuation`), direct methods (connect and response
-//! timeouts). Authenticated as on Azure: a SAS token whose `sr` is the hub host (or a prefix of
+//! timeouts), cloud-to-device queues purged (`DELETE /devices/{id}/commands`) and their delivery
+//! feedback taken, completed and abandoned (`/messages/serviceBound/feedback[/{lockToken}
+//! [/abandon]]`, the lock token being the `ETag`; an unknown or expired one is 412002).
+//! Authenticated as on Azure: a SAS token whose `sr` is the hub host (or a prefix of
 //! the resource reached, e.g. `{host}/devices/{id}`), signed by a key of the shared access
 //! policy its `skn` names, which must carry the operation's right (registry reads and
-//! statistics: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D,
-//! telemetry and service statistics: `ServiceConnect`). Writes follow etags as IoT Hub's do: a
+//! statistics: `RegistryRead`; identity writes: `RegistryWrite`; twins, methods, C2D and its
+//! feedback, telemetry and service statistics: `ServiceConnect`). Writes follow etags as IoT Hub's do: a
 //! PUT without `If-Match` only creates (409001 for an existing id), and a replace, delete, twin
 //! patch or twin replace naming a stale etag is 412001. A hub that enforces its tier throttles
 //! each operation as IoT Hub does (429001 with `Retry-After`). Plus two emulator-only calls
@@ -37,7 +40,7 @@ use crate::error::Error;
 use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
 use crate::protocol::hub_service::{
     AuthenticationMechanism, C2dSent, DeviceCapabilities, DeviceIdentity, MethodResult,
-    StoredTelemetry, SymmetricKey, Twin, X509Thumbprint,
+    PurgeMessageQueueResult, StoredTelemetry, SymmetricKey, Twin, X509Thumbprint,
 };
 
 /// Azure's default and largest direct-method response timeouts.
@@ -99,6 +102,10 @@ fn required_right(method: &Method, lower: &[&str]) -> Option<&'static str> {
         | (&Method::GET, ["statistics", "service"])
         | (&Method::POST, ["twins", _, "methods"])
         | (&Method::POST, ["dpskit", "devices", _, "c2d"])
+        | (&Method::DELETE, ["devices", _, "commands"])
+        | (&Method::GET, ["messages", "servicebound", "feedback"])
+        | (&Method::DELETE, ["messages", "servicebound", "feedback", _])
+        | (&Method::POST, ["messages", "servicebound", "feedback", _, "abandon"])
         | (&Method::GET, ["dpskit", "telemetry"]) => Some("ServiceConnect"),
         _ => None,
     }
@@ -209,6 +216,14 @@ pub(super) async fn handle(
         }
         (&Method::POST, ["dpskit", "devices", _, "c2d"]) => {
             send_c2d(context, host, segments[2], body)
+        }
+        (&Method::DELETE, ["devices", _, "commands"]) => purge_c2d(context, host, segments[1]),
+        (&Method::GET, ["messages", "servicebound", "feedback"]) => receive_feedback(context, hub),
+        (&Method::DELETE, ["messages", "servicebound", "feedback", _]) => {
+            settle_feedback(context, host, segments[3], false)
+        }
+        (&Method::POST, ["messages", "servicebound", "feedback", _, "abandon"]) => {
+            settle_feedback(context, host, segments[3], true)
         }
         (&Method::GET, ["dpskit", "telemetry"]) => telemetry(context, host, query),
         _ => Ok(hub_error(
@@ -934,6 +949,83 @@ fn send_c2d(
         message_id: Some(message_id),
     })
 }
+
+/// `DELETE /devices/{id}/commands`: empties the device's cloud-to-device queue.
+fn purge_c2d(context: &RestContext, host: &str, device_id: &str) -> crate::Result<Reply> {
+    device_or_404(context, host, device_id)?;
+    let purged = context.hubs.purge_c2d(host, device_id)?;
+    document_reply(&PurgeMessageQueueResult {
+        total_messages_purged: purged as u64,
+        device_id: device_id.to_string(),
+        module_id: None,
+    })
+}
+
+/// `GET /messages/serviceBound/feedback`: the next feedback message, locked for this caller
+/// (its lock token is the `ETag`), or 204 when there is none.
+fn receive_feedback(context: &RestContext, hub: &HubRecord) -> crate::Result<Reply> {
+    use crate::emulator::feedback::Taken;
+    use crate::protocol::c2d::{FEEDBACK_CONTENT_TYPE, feedback_headers};
+    let message = match context.hubs.feedback().take(&hub.host_name)? {
+        Taken::Message(message) => message,
+        Taken::Nothing(_) => return Ok(Reply::empty(StatusCode::NO_CONTENT)),
+    };
+    let mut reply = Reply::empty(StatusCode::OK);
+    reply.body = Some(message.body().into());
+    reply.etag = Some(message.lock_token.clone());
+    reply.headers = vec![
+        ("content-type", FEEDBACK_CONTENT_TYPE.to_string()),
+        (feedback_headers::MESSAGE_ID, message.message_id.clone()),
+        (
+            feedback_headers::ENQUEUED_TIME,
+            crate::emulator::cloud::azure_time_ms(message.enqueued_ms),
+        ),
+        (
+            feedback_headers::DELIVERY_COUNT,
+            message.delivery_count.to_string(),
+        ),
+        (
+            feedback_headers::EXPIRY,
+            crate::emulator::cloud::azure_time_ms(message.expires_ms),
+        ),
+        (feedback_headers::USER_ID, hub.name.clone()),
+    ];
+    Ok(reply)
+}
+
+/// `DELETE /messages/serviceBound/feedback/{lockToken}` (complete) and `POST
+/// .../{lockToken}/abandon`: 204, or IoT Hub's 412 when the token holds no message of this
+/// hub (made up, another hub's, settled, or its lock ran out).
+fn settle_feedback(
+    context: &RestContext,
+    host: &str,
+    lock_token: &str,
+    abandon: bool,
+) -> crate::Result<Reply> {
+    // An ETag may come back quoted.
+    let token = lock_token.trim_matches('"');
+    let feedback = context.hubs.feedback();
+    let settled = if abandon {
+        feedback.abandon(host, token)?
+    } else {
+        feedback.complete(host, token)?
+    };
+    if settled {
+        Ok(Reply::empty(StatusCode::NO_CONTENT))
+    } else {
+        Err(Error::service(
+            412,
+            FEEDBACK_LOCK_LOST,
+            format!(
+                "The lock token '{token}' holds no feedback message of this hub: it is not valid \
+                 or its lock expired."
+            ),
+        ))
+    }
+}
+
+/// IoT Hub's code for a message lock that is not (or no longer) held: `DeviceMessageLockLost`.
+const FEEDBACK_LOCK_LOST: u32 = 412_002;
 
 /// Emulator-only: the stored telemetry (`?deviceId=` to filter), in arrival order.
 fn telemetry(context: &RestContext, host: &str, query: &str) -> crate::Result<Reply> {

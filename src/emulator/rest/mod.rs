@@ -376,7 +376,7 @@ fn authorize(
     let path = parts.uri.path();
     let first = segments.first().map(|s| s.to_ascii_lowercase());
     match (entrance, first.as_deref()) {
-        (Entrance::Resource, Some("devices" | "twins" | "statistics" | "dpskit")) => {
+        (Entrance::Resource, Some("devices" | "twins" | "statistics" | "messages" | "dpskit")) => {
             hub_service::authorize(parts, segments, context).map(Caller::Hub)
         }
         (Entrance::Resource, Some("enrollments" | "enrollmentgroups" | "registrations")) => {

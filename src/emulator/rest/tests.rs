@@ -1643,3 +1643,136 @@ const CA_TWIN: &str = concat!(
     r#""properties":{"desired":{"$version":1},"reported":{"$version":1}},"#,
     r#""capabilities":{"iotEdge":false}}"#,
 );
+
+/// The feedback of a C2D message, as `azure-iot-hub`'s `IoTHubHttpRuntimeManager` reads and
+/// settles it, and purges: locked while taken (the lock token is the `ETag`), offered again
+/// when abandoned, completed once; tokens of devices, of other hubs and made up are refused.
+#[test]
+fn feedback_over_rest_is_locked_abandoned_and_completed_by_its_own_hubs_lock_token() {
+    let emulator = start(EmulatorConfig::default());
+    let hub = emulator.create_hub("hub", "westeurope", None).unwrap();
+    let other = emulator.create_hub("other", "westeurope", None).unwrap();
+    let host = hub.host_name.clone();
+    let device = sas_device("dev-a", &host);
+    let crate::emulator::model::DeviceAuth::Sas { primary_key, .. } = &device.auth else {
+        unreachable!()
+    };
+    let device_key = primary_key.clone();
+    emulator.cloud().put_hub_device(device).unwrap();
+    emulator
+        .cloud()
+        .put_hub_device(sas_device("dev-o", &other.host_name))
+        .unwrap();
+    let hubs = emulator.hubs().clone();
+    let ack = |v: &str| vec![("iothub-ack".to_string(), v.to_string())];
+    let owner = token(
+        &host,
+        &hub.policy("service").unwrap().primary_key,
+        "service",
+    );
+    let other_owner = token(
+        &other.host_name,
+        &other.policy("service").unwrap().primary_key,
+        "service",
+    );
+    let device_sas = crate::sas::build_token(
+        &format!("{host}/devices/dev-a"),
+        &device_key,
+        crate::clock::now() + 600,
+        None,
+    )
+    .unwrap();
+    let client = Client::resource(&emulator, &host);
+    let other_client = Client::resource(&emulator, &other.host_name);
+    let feedback = "/messages/serviceBound/feedback?api-version=2021-04-12";
+    let header = |answer: &Answer, name: &str| -> Option<String> {
+        answer.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == name).then(|| value.trim().to_string())
+        })
+    };
+    runtime().block_on(async {
+        let none = client.send("GET", feedback, Some(&owner), None).await;
+        assert_eq!(none.status, 204, "{none:?}");
+        let message_id = hubs.send_c2d(&host, "dev-a", b"x", ack("full")).unwrap();
+        let purge = client
+            .send(
+                "DELETE",
+                "/devices/dev-a/commands?api-version=2021-04-12",
+                Some(&owner),
+                None,
+            )
+            .await;
+        assert_eq!(purge.status, 200, "{purge:?}");
+        assert_eq!(
+            purge.body,
+            json!({"totalMessagesPurged": 1, "deviceId": "dev-a"})
+        );
+        // The device's own credential reads no feedback.
+        let refused = client.send("GET", feedback, Some(&device_sas), None).await;
+        assert_eq!(refused.status, 401, "{refused:?}");
+
+        let taken = client.send("GET", feedback, Some(&owner), None).await;
+        assert_eq!(taken.status, 200, "{taken:?}");
+        let records = taken.body.as_array().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0]["originalMessageId"], message_id.as_str());
+        assert_eq!(records[0]["statusCode"], "Purged");
+        assert_eq!(records[0]["deviceId"], "dev-a");
+        assert_eq!(
+            header(&taken, "content-type").as_deref(),
+            Some(crate::protocol::c2d::FEEDBACK_CONTENT_TYPE)
+        );
+        assert_eq!(header(&taken, "iothub-deliverycount").as_deref(), Some("1"));
+        assert!(header(&taken, "iothub-messageid").is_some());
+        // (The head is read lower case.)
+        assert!(header(&taken, "iothub-enqueuedtime").is_some_and(|t| t.ends_with('z')));
+        let lock = header(&taken, "etag").unwrap();
+        // Locked: nobody else gets it meanwhile.
+        let held = client.send("GET", feedback, Some(&owner), None).await;
+        assert_eq!(held.status, 204, "{held:?}");
+        let settle = |method: &'static str, lock: String, suffix: &'static str| {
+            let client = &client;
+            let owner = &owner;
+            async move {
+                let path = format!(
+                    "/messages/serviceBound/feedback/{lock}{suffix}?api-version=2021-04-12"
+                );
+                client.send(method, &path, Some(owner), None).await
+            }
+        };
+        let abandoned = settle("POST", lock.clone(), "/abandon").await;
+        assert_eq!(abandoned.status, 204, "{abandoned:?}");
+        let again = client.send("GET", feedback, Some(&owner), None).await;
+        assert_eq!(again.status, 200);
+        assert_eq!(header(&again, "iothub-deliverycount").as_deref(), Some("2"));
+        assert_eq!(
+            header(&again, "iothub-messageid"),
+            header(&taken, "iothub-messageid"),
+            "the same feedback message"
+        );
+        let current = header(&again, "etag").unwrap();
+        assert_ne!(current, lock, "a new lock each delivery");
+        for stale in [lock.clone(), "made-up".to_string(), random_lock()] {
+            let refused = settle("DELETE", stale.clone(), "").await;
+            assert_eq!(refused.status, 412, "{stale}: {refused:?}");
+            assert_eq!(refused.body["errorCode"], 412_002);
+        }
+        // Another hub's owner cannot settle this hub's lock, even with the token itself.
+        let path = format!("/messages/serviceBound/feedback/{current}?api-version=2021-04-12");
+        let theirs = other_client
+            .send("DELETE", &path, Some(&other_owner), None)
+            .await;
+        assert_eq!(theirs.status, 412, "{theirs:?}");
+        let completed = settle("DELETE", current.clone(), "").await;
+        assert_eq!(completed.status, 204, "{completed:?}");
+        let twice = settle("DELETE", current, "").await;
+        assert_eq!(twice.status, 412);
+        let empty = client.send("GET", feedback, Some(&owner), None).await;
+        assert_eq!(empty.status, 204);
+    });
+}
+
+fn random_lock() -> String {
+    crate::emulator::cloud::random_guid()
+}
