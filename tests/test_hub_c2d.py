@@ -211,7 +211,8 @@ def test_cli_sends_and_waits_for_the_feedback(
 
         [message] = asyncio.run(_receive(cloud, hub, "cli-dev", 1, send))
     assert (message.body, message.message_id) == (b"hello from the shell", "cli-1")
-    assert message.properties == {"k": "v"}
+    # --wait asks for full feedback, which the device sees as IoT Hub shows it.
+    assert message.properties == {"k": "v", "iothub-ack": "full"}
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[0] == {"messageId": "cli-1", "deviceId": "cli-dev"}
     assert lines[1]["feedback"]["originalMessageId"] == "cli-1"

@@ -197,6 +197,27 @@ fn hub_service_client_identities_twins_methods_c2d_and_telemetry() {
             .await
             .unwrap_err();
         assert_eq!(status(missing).0, 404);
+        // Asked for, the device's completion (its PUBACK) comes back as feedback.
+        let asked = crate::service::C2dMessage {
+            device_id: "svc-hub-dev".into(),
+            body: b"confirm".to_vec(),
+            ack: Some("full".into()),
+            message_id: Some("svc-m-2".into()),
+            ..Default::default()
+        };
+        c2d.send(&asked).await.unwrap();
+        let (topic, _) = d.next_publish().await.unwrap();
+        assert!(topic.contains("iothub-ack=full"), "{topic}");
+        let mut feedback = crate::service::FeedbackReceiver::open(
+            &connection(&record.primary_key),
+            Some(f.emulator.amqp_port()),
+            &Trust::from_pem(pem.as_bytes()).unwrap(),
+        )
+        .await
+        .unwrap();
+        let (found, _) = feedback.wait_for("svc-m-2", Duration::from_secs(30)).await.unwrap();
+        assert_eq!((found.status.as_str(), found.device_id.as_str()), ("Success", "svc-hub-dev"));
+        feedback.close().await;
         c2d.close().await;
         drop(d);
 

@@ -34,9 +34,6 @@ use crate::protocol::c2d::{
 use crate::transport::Trust;
 use crate::transport::amqp::body_bytes;
 
-/// Feedback messages the receiver lets the hub send ahead of its reader.
-const FEEDBACK_PREFETCH: u32 = 10;
-
 /// A cloud-to-device message as a back end writes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct C2dMessage {
@@ -408,6 +405,9 @@ pub struct FeedbackReceiver {
     amqp: AmqpConnection,
     receiver: Receiver,
     token: String,
+    /// Whether the hub may send the next message (one credit at a time: a message the hub
+    /// sends ahead stays locked to this receiver after it closes, hidden from the next one).
+    credit: bool,
 }
 
 impl FeedbackReceiver {
@@ -424,7 +424,7 @@ impl FeedbackReceiver {
             .name(format!("dpskit-feedback-{}", crate::random::guid()))
             .source(Source::builder().address(FEEDBACK_NODE).build())
             .target(format!("dpskit-feedback-{}", crate::random::guid()))
-            .credit_mode(CreditMode::Auto(FEEDBACK_PREFETCH))
+            .credit_mode(CreditMode::Manual)
             .attach(&mut amqp.session)
             .await
             .map_err(|e| Error::transport_caused(format!("attaching to {FEEDBACK_NODE}"), e))?;
@@ -433,12 +433,20 @@ impl FeedbackReceiver {
             amqp,
             receiver,
             token,
+            credit: false,
         })
     }
 
     /// The records of the next feedback message (waits for one; renews the token while it
     /// waits).
     pub async fn next(&mut self) -> Result<Vec<C2dFeedback>> {
+        if !self.credit {
+            self.receiver
+                .set_credit(1)
+                .await
+                .map_err(|e| Error::transport_caused("asking for delivery feedback", e))?;
+            self.credit = true;
+        }
         let delivery = loop {
             // Wakes to put a fresh token before the one put lapses (recv is cancel-safe).
             match tokio::time::timeout(RENEW_CHECK, self.receiver.recv::<Body<Value>>()).await {
@@ -449,6 +457,7 @@ impl FeedbackReceiver {
                 Err(_) => self.endpoint.renew(&mut self.amqp, &mut self.token).await?,
             }
         };
+        self.credit = false;
         let read = body_bytes(delivery.body()).and_then(|body| feedback_of(&body));
         match read {
             Ok(records) => {
@@ -481,11 +490,18 @@ impl FeedbackReceiver {
         let mut others = Vec::new();
         let found = tokio::time::timeout(timeout, async {
             loop {
+                // The whole message is accepted: every record in it is kept, not only the one
+                // waited for.
+                let mut found = None;
                 for record in self.next().await? {
-                    if record.original_message_id == message_id {
-                        return Ok::<_, Error>(record);
+                    if found.is_none() && record.original_message_id == message_id {
+                        found = Some(record);
+                    } else {
+                        others.push(record);
                     }
-                    others.push(record);
+                }
+                if let Some(found) = found {
+                    return Ok::<_, Error>(found);
                 }
             }
         })
