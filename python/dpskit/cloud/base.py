@@ -41,11 +41,6 @@ class _Cloud:
     def _emulator_only(self, feature: str) -> Emulator:
         raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
 
-    def _emulator_api(self, feature: str) -> None:
-        """Refuses `feature` unless the cloud is the emulator (in this process or another):
-        it uses the emulator's own REST calls."""
-        raise ConfigError(f"{feature} is a feature of the local cloud (the emulator) only")
-
     #: Whether the emulator's own REST calls are served (the local cloud, in this process or
     #: another); Azure's equivalents go elsewhere (telemetry: the events endpoint).
     _has_emulator_api = False

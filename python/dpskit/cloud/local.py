@@ -290,9 +290,6 @@ class LocalCloud(_Cloud):
 
     _has_emulator_api = True
 
-    def _emulator_api(self, feature: str) -> None:
-        return None
-
     @property
     def is_running(self) -> bool:
         """Whether the emulator is serving."""
@@ -460,9 +457,6 @@ class LocalCloudClient(_Cloud):
         return self._amqp_port_number
 
     _has_emulator_api = True
-
-    def _emulator_api(self, feature: str) -> None:
-        return None
 
     def __repr__(self) -> str:
         return f"<LocalCloudClient arm={self.arm_endpoint!r} data_dir={str(self.data_dir)!r}>"
