@@ -197,6 +197,12 @@ def test_no_feedback_in_time_is_a_timeout(cloud: dpskit.LocalCloud) -> None:
     with pytest.raises(dpskit.OperationTimeoutError):
         hub.wait_for_feedback(message_id, timeout=1)
 
+    async def stream() -> list[dpskit.C2dFeedback]:
+        return [record async for record in hub.c2d_feedback(timeout=1)]
+
+    # The stream's timeout ends it quietly, with nothing read.
+    assert asyncio.run(stream()) == []
+
 
 def test_cli_sends_and_waits_for_the_feedback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
