@@ -131,19 +131,26 @@ def test_direct_methods_are_throttled_by_payload_blocks(
     assert throttled(hub)["direct_methods"] >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the emulator meters C2D sends on its REST extension only, not on the AMQP "
-    "endpoint (src/emulator/amqp/c2d.rs) where Hub.send_c2d sends them, as on Azure",
-)
-def test_c2d_sends_are_throttled_by_count(cloud: dpskit.LocalCloud) -> None:
-    """S1 allows 100 C2D sends a minute per unit."""
+def test_c2d_sends_past_the_throttle_are_refused_as_throttled(cloud: dpskit.LocalCloud) -> None:
+    """S1 allows 100 C2D sends a minute per unit: the AMQP endpoint rejects the next with IoT
+    Hub's throttling condition, which the sender raises as ThrottledError, and counts it."""
     hub = cloud.create_hub("s1-c2d-hub", sku="S1")
-    # 50 C2D messages may wait per device: spread 101 sends over three devices.
-    for name in ("c2d-a", "c2d-b", "c2d-c"):
+    # 50 C2D messages may wait per device: spread the sends over three devices.
+    devices = ("c2d-a", "c2d-b", "c2d-c")
+    for name in devices:
         hub.create_device(name, symmetric_key=True)
-    for i in range(101):
-        hub.send_c2d(("c2d-a", "c2d-b", "c2d-c")[i % 3], b"ping")
+    refused: dpskit.ThrottledError | None = None
+    sent = 0
+    for i in range(150):
+        try:
+            hub.send_c2d(devices[i % 3], b"ping")
+        except dpskit.ThrottledError as throttled_send:
+            refused = throttled_send
+            break
+        sent += 1
+    assert refused is not None, "150 sends passed S1's 100 a minute"
+    assert 100 <= sent < 150, sent
+    assert refused.error_code == 429001
     assert throttled(hub)["c2d_sends"] >= 1
 
 

@@ -19,6 +19,8 @@ pub(crate) const DEVICEBOUND_NODE: &str = "/messages/devicebound";
 pub(crate) const FEEDBACK_NODE: &str = "/messages/servicebound/feedback";
 /// The application property in which a sender asks for feedback.
 pub(crate) const ACK_PROPERTY: &str = "iothub-ack";
+/// The AMQP error condition a hub rejects a send with past its throttle.
+pub(crate) const THROTTLED_CONDITION: &str = "com.microsoft:device-container-throttled";
 /// The content type of a feedback message.
 pub(crate) const FEEDBACK_CONTENT_TYPE: &str = "application/vnd.microsoft.iothub.feedback.json";
 
@@ -209,9 +211,7 @@ pub(crate) fn send_refusal(condition: &str, description: &str) -> (u16, Option<u
         }
         "amqp:link:message-size-exceeded" => (413, Some(413_001)),
         "amqp:unauthorized-access" => (401, None),
-        "com.microsoft:device-container-throttled" | "com.microsoft:server-busy" => {
-            (429, Some(429_001))
-        }
+        THROTTLED_CONDITION | "com.microsoft:server-busy" => (429, Some(429_001)),
         "amqp:precondition-failed" => (412, None),
         "amqp:invalid-field" | "amqp:decode-error" | "amqp:not-allowed" => (400, None),
         _ => (500, None),

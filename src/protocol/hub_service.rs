@@ -1,7 +1,7 @@
 //! The IoT Hub service API's JSON (api-version 2021-04-12) as serde types: a device identity
 //! (`Device`, with its authentication mechanism and capabilities), a device twin (`Twin`), a
-//! direct method's result; and the answers of the emulator's own `/dpskit/` calls (a queued
-//! C2D message's id, the stored telemetry).
+//! direct method's result, a purged C2D queue; and the answer of the emulator's own
+//! `/dpskit/telemetry` call (the stored telemetry).
 //! Both sides use them: the hub service client in `service/hub.rs` reads its answers with
 //! these, and the emulator (`emulator/rest/hub_service.rs`) writes its answers through them.
 //! Names and shapes follow the service swagger; members it marks optional are `Option`s, and
@@ -213,15 +213,6 @@ pub(crate) struct PurgeMessageQueueResult {
     /// The module, for a module's queue (none here: modules have no C2D queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) module_id: Option<String>,
-}
-
-/// Emulator only: the answer to `POST /dpskit/devices/{id}/c2d`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct C2dSent {
-    /// The queued message's id.
-    #[serde(default)]
-    pub(crate) message_id: Option<String>,
 }
 
 /// Emulator only: one device-to-cloud message as `GET /dpskit/telemetry` lists what the hub
@@ -481,11 +472,11 @@ mod tests {
         assert!(why.contains("invalid type"), "{why}");
     }
 
-    /// A method's result, a queued C2D message's id and a stored message are written in the
+    /// A method's result, a purge's result and a stored message are written in the
     /// order the emulator always wrote them, and read back the same; a result without its
     /// status is refused.
     #[test]
-    fn method_results_c2d_ids_and_stored_telemetry_round_trip() {
+    fn method_results_purges_and_stored_telemetry_round_trip() {
         let result = MethodResult {
             status: 200,
             payload: json!({"ok": true}),
@@ -509,14 +500,6 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&purged).unwrap(),
             r#"{"totalMessagesPurged":2,"deviceId":"d"}"#
-        );
-
-        let sent = C2dSent {
-            message_id: Some("m-1".into()),
-        };
-        assert_eq!(
-            serde_json::to_string(&sent).unwrap(),
-            r#"{"messageId":"m-1"}"#
         );
 
         let stored = StoredTelemetry {

@@ -8,22 +8,24 @@
 //! `amqp:invalid-field` and never reaches the device) and its expiry (`absolute-expiry-time`,
 //! else the header's `ttl`, else the hub's default; capped at the longest the hub allows);
 //! then it is accepted (settled, so the sender completes). A message the hub refuses (unknown
-//! device, too large, a full queue) is rejected with the reason. The outcomes are answered on
-//! the feedback node (`feedback.rs`).
+//! device, too large, a full queue) is rejected with the reason; one past the hub tier's C2D
+//! throttle, with IoT Hub's throttling condition. The outcomes are answered on the feedback
+//! node (`feedback.rs`).
 
 use std::sync::Arc;
 
 use fe2o3_amqp::Receiver;
-use fe2o3_amqp::types::definitions::{self, AmqpError};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition};
 use fe2o3_amqp::types::messaging::Body;
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::primitives::{Symbol, Value};
 
 use super::AmqpContext;
 use super::cbs::Grants;
 use super::node::NodeMessage;
 use crate::emulator::hub::C2dOptions;
 use crate::emulator::model::HubRecord;
-use crate::protocol::c2d::{ACK_PROPERTY, DeliveryAck};
+use crate::limits::HubOperation;
+use crate::protocol::c2d::{ACK_PROPERTY, DeliveryAck, THROTTLED_CONDITION};
 
 /// Receives the C2D messages of one sender link until it detaches.
 pub(crate) async fn receive(
@@ -41,16 +43,26 @@ pub(crate) async fn receive(
             }
         };
         // A token expires: its link reaches nothing more.
-        let outcome = if grants.cover(
+        let outcome = if !grants.cover(
             &hub.name,
             &super::router::node_segments(crate::protocol::c2d::DEVICEBOUND_NODE),
         ) {
-            enqueue(&context, &hub, delivery.message())
-        } else {
             Err((
-                AmqpError::UnauthorizedAccess,
+                AmqpError::UnauthorizedAccess.into(),
                 "The token authorizing this link expired.".to_string(),
             ))
+        } else if let Err(refused) = context
+            .hubs
+            .admit(&hub.host_name, HubOperation::C2dSend, 1.0)
+        {
+            // The condition IoT Hub's AMQP endpoint throttles with (the service SDKs raise
+            // their throttling error on it), with the 429001 text the REST API answers.
+            Err((
+                ErrorCondition::Custom(Symbol::from(THROTTLED_CONDITION)),
+                refused.to_string(),
+            ))
+        } else {
+            enqueue(&context, &hub, delivery.message())
         };
         let disposed = match outcome {
             Ok(()) => receiver.accept(&delivery).await,
@@ -66,10 +78,10 @@ pub(crate) async fn receive(
     }
 }
 
-type Refusal = (AmqpError, String);
+type Refusal = (ErrorCondition, String);
 
 fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Result<(), Refusal> {
-    let invalid = |why: &str| (AmqpError::InvalidField, why.to_string());
+    let invalid = |why: &str| (AmqpError::InvalidField.into(), why.to_string());
     let properties = message.properties.as_ref();
     let to = properties
         .and_then(|p| p.to.as_deref())
@@ -117,5 +129,5 @@ fn enqueue(context: &AmqpContext, hub: &HubRecord, message: &NodeMessage) -> Res
         .hubs
         .send_c2d_as(&hub.host_name, device_id, options, &body, bag)
         .map(|_| ())
-        .map_err(|e| (AmqpError::NotAllowed, e.to_string()))
+        .map_err(|e| (AmqpError::NotAllowed.into(), e.to_string()))
 }

@@ -39,7 +39,7 @@ use crate::emulator::quotas::retry_after_seconds;
 use crate::error::Error;
 use crate::limits::{DIRECT_METHOD_METER_BYTES, HubOperation};
 use crate::protocol::hub_service::{
-    AuthenticationMechanism, C2dSent, DeviceCapabilities, DeviceIdentity, MethodResult,
+    AuthenticationMechanism, DeviceCapabilities, DeviceIdentity, MethodResult,
     PurgeMessageQueueResult, StoredTelemetry, SymmetricKey, Twin, X509Thumbprint,
 };
 
@@ -101,7 +101,6 @@ fn required_right(method: &Method, lower: &[&str]) -> Option<&'static str> {
         (&Method::GET | &Method::PATCH | &Method::PUT, ["twins", _])
         | (&Method::GET, ["statistics", "service"])
         | (&Method::POST, ["twins", _, "methods"])
-        | (&Method::POST, ["dpskit", "devices", _, "c2d"])
         | (&Method::DELETE, ["devices", _, "commands"])
         | (&Method::GET, ["messages", "servicebound", "feedback"])
         | (&Method::DELETE, ["messages", "servicebound", "feedback", _])
@@ -133,7 +132,6 @@ fn throttled_operation(
             let blocks = payload.div_ceil(DIRECT_METHOD_METER_BYTES).max(1);
             return Some((HubOperation::DirectMethod, blocks as f64));
         }
-        (&Method::POST, ["dpskit", "devices", _, "c2d"]) => HubOperation::C2dSend,
         _ => return None,
     };
     Some((operation, 1.0))
@@ -213,9 +211,6 @@ pub(super) async fn handle(
         ),
         (&Method::POST, ["twins", _, "methods"]) => {
             invoke_method(context, host, segments[1], body).await
-        }
-        (&Method::POST, ["dpskit", "devices", _, "c2d"]) => {
-            send_c2d(context, host, segments[2], body)
         }
         (&Method::DELETE, ["devices", _, "commands"]) => purge_c2d(context, host, segments[1]),
         (&Method::GET, ["messages", "servicebound", "feedback"]) => receive_feedback(context, hub),
@@ -915,39 +910,6 @@ async fn invoke_method(
         )
         .await?;
     document_reply(&MethodResult { status, payload })
-}
-
-/// Emulator-only: `{"body": base64, "properties": {...}}` → `{"messageId"}`.
-fn send_c2d(
-    context: &RestContext,
-    host: &str,
-    device_id: &str,
-    body: &[u8],
-) -> crate::Result<Reply> {
-    let body = json_body(body)?;
-    let payload = match body["body"].as_str() {
-        Some(text) => BASE64
-            .decode(text)
-            .map_err(|_| Error::config("\"body\" must be base64"))?,
-        None => Vec::new(),
-    };
-    let properties = body["properties"]
-        .as_object()
-        .map(|p| {
-            p.iter()
-                .map(|(k, v)| {
-                    let value = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                    (k.clone(), value)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let message_id = context
-        .hubs
-        .send_c2d(host, device_id, &payload, properties)?;
-    document_reply(&C2dSent {
-        message_id: Some(message_id),
-    })
 }
 
 /// `DELETE /devices/{id}/commands`: empties the device's cloud-to-device queue.

@@ -833,12 +833,6 @@ fn rest_fuzz_2000_mutated_and_400_sas_scope_cases_never_panic_hang_or_change_sta
             r#"{"query":"SELECT * FROM devices"}"#,
         ),
         request(
-            "POST",
-            "/dpskit/devices/dev-1/c2d?api-version=2021-04-12",
-            &hub_token,
-            r#"{"body":"aGk=","properties":{"k":"v"}}"#,
-        ),
-        request(
             "GET",
             "/dpskit/telemetry?deviceId=dev-1&api-version=2021-04-12",
             &hub_token,
