@@ -69,6 +69,43 @@ pub(crate) mod fields {
     pub(crate) const IS_PARTITION_EMPTY: &str = "is_partition_empty";
 }
 
+/// Error conditions Event Hubs closes or refuses a link with, beyond AMQP's own.
+pub(crate) mod conditions {
+    /// A reader with a higher owner level (epoch) took the partition, or this one's is lower.
+    pub(crate) const RECEIVER_DISCONNECTED: &str = "com.microsoft:receiver-disconnected";
+    /// The service is too busy for now.
+    pub(crate) const SERVER_BUSY: &str = "com.microsoft:server-busy";
+    /// An argument (a start position) is out of range.
+    pub(crate) const ARGUMENT_OUT_OF_RANGE: &str = "com.microsoft:argument-out-of-range";
+    /// An argument is invalid.
+    pub(crate) const ARGUMENT_ERROR: &str = "com.microsoft:argument-error";
+    /// The operation timed out on the service's side.
+    pub(crate) const TIMEOUT: &str = "com.microsoft:timeout";
+}
+
+/// The HTTP-like status a reader reports for a link error's `condition`, so a refusal reads as
+/// the same kind of failure as the REST APIs' (401 credentials, 404 an unknown entity or
+/// consumer group, 409 displaced or one reader too many, 429 busy, 400 a bad argument, 408 the
+/// service timed out); `None` for a condition that says nothing about the request (the link or
+/// connection broke), which stays a transport failure.
+pub(crate) fn link_error_status(condition: &str) -> Option<u16> {
+    Some(match condition {
+        "amqp:unauthorized-access" => 401,
+        "amqp:not-found" => 404,
+        "amqp:link:stolen" | "amqp:resource-limit-exceeded" | conditions::RECEIVER_DISCONNECTED => {
+            409
+        }
+        conditions::SERVER_BUSY => 429,
+        "amqp:invalid-field"
+        | "amqp:not-allowed"
+        | "amqp:not-implemented"
+        | conditions::ARGUMENT_OUT_OF_RANGE
+        | conditions::ARGUMENT_ERROR => 400,
+        conditions::TIMEOUT => 408,
+        _ => return None,
+    })
+}
+
 /// Message annotations Event Hubs puts on every event.
 pub(crate) mod annotations {
     /// The event's sequence number in its partition (long).
@@ -335,5 +372,24 @@ mod tests {
         ] {
             assert_eq!(PartitionAddress::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn link_errors_read_as_the_rest_apis_statuses() {
+        assert_eq!(link_error_status("amqp:unauthorized-access"), Some(401));
+        assert_eq!(link_error_status("amqp:not-found"), Some(404));
+        assert_eq!(
+            link_error_status(conditions::RECEIVER_DISCONNECTED),
+            Some(409)
+        );
+        assert_eq!(link_error_status("amqp:resource-limit-exceeded"), Some(409));
+        assert_eq!(link_error_status(conditions::SERVER_BUSY), Some(429));
+        assert_eq!(
+            link_error_status(conditions::ARGUMENT_OUT_OF_RANGE),
+            Some(400)
+        );
+        assert_eq!(link_error_status(conditions::TIMEOUT), Some(408));
+        assert_eq!(link_error_status("amqp:connection:forced"), None);
+        assert_eq!(link_error_status("amqp:link:detach-forced"), None);
     }
 }

@@ -5,14 +5,17 @@
 //! A connection is TCP, TLS checked against the caller's `Trust` (the emulator's CA, or the
 //! system roots for Azure), AMQP with SASL ANONYMOUS (the token, not SASL, authenticates, as
 //! every official client does it), one session; then a CBS put-token of a SAS token on the
-//! `$cbs` request/response node before any other link.
+//! `$cbs` request/response node before any other link. A link error the peer answers with is
+//! typed here (`link_error`) by the condition's status in `protocol::event_hubs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fe2o3_amqp::connection::ConnectionHandle;
+use fe2o3_amqp::link::{LinkStateError, ReceiverAttachError, RecvError};
 use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions;
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
 };
@@ -23,7 +26,7 @@ use tokio::net::TcpStream;
 use crate::error::{Error, Result};
 use crate::protocol::event_hubs::{self, keys};
 use crate::transport::Trust;
-use crate::transport::amqp::{message_id_text, simple_text};
+use crate::transport::amqp::{condition_text, message_id_text, simple_text};
 
 /// How long a CBS or management answer may take.
 pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -214,6 +217,42 @@ impl NodeLinks {
     pub(crate) async fn close(self) {
         let _ = self.sender.close().await;
         let _ = self.receiver.close().await;
+    }
+}
+
+/// A link error the peer closed or refused a link with, as dpskit's error: a condition that
+/// judges the request (`protocol::event_hubs::link_error_status`) is the service's refusal,
+/// typed by its status (unauthorized, not found, displaced...); a service timeout is a
+/// timeout; anything else (the link or connection broke) a transport failure.
+pub(crate) fn link_error(context: &str, error: &definitions::Error) -> Error {
+    let condition = condition_text(&error.condition);
+    let description = error.description.as_deref().unwrap_or("no description");
+    let message = format!("{context}: {condition}: {description}");
+    match event_hubs::link_error_status(&condition) {
+        Some(408) => Error::timeout(message),
+        Some(status) => Error::service(status, 0, message),
+        None => Error::transport(message),
+    }
+}
+
+/// A failed attach as dpskit's error: the peer's refusal typed ([`link_error`]), anything
+/// else a transport failure keeping its cause.
+pub(crate) fn attach_error(context: &str, error: ReceiverAttachError) -> Error {
+    match error {
+        ReceiverAttachError::RemoteClosedWithError(refusal) => link_error(context, &refusal),
+        other => Error::transport_caused(context.to_string(), other),
+    }
+}
+
+/// A failed receive as dpskit's error: a link the peer closed with an error typed
+/// ([`link_error`]), anything else a transport failure keeping its cause.
+pub(crate) fn receive_error(context: &str, error: RecvError) -> Error {
+    match error {
+        RecvError::LinkStateError(
+            LinkStateError::RemoteClosedWithError(refusal)
+            | LinkStateError::RemoteDetachedWithError(refusal),
+        ) => link_error(context, &refusal),
+        other => Error::transport_caused(context.to_string(), other),
     }
 }
 

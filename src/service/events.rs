@@ -6,10 +6,18 @@
 //! the caller says, the emulator's CA or the system roots for Azure; one AMQP session; a CBS
 //! put-token of a SAS signed by a policy with `ServiceConnect`, the connection string's), and
 //! then asks the `$management` node about the event hub and its partitions, or attaches a
-//! receiver per partition from a start position. The vocabulary (nodes, properties, selector, annotations)
-//! is `protocol::event_hubs`, shared with the emulator's endpoint.
+//! receiver per partition from a start position. The vocabulary (nodes, properties, selector,
+//! annotations, `$management` members, link error conditions) is `protocol::event_hubs`,
+//! shared with the emulator's endpoint.
+//!
+//! A live stream puts a fresh token at four fifths of each token's life, as the official
+//! clients refresh theirs: Azure closes the links of an expired token. A link the service
+//! refuses or closes with an error is its typed refusal (401, 404, 409 displaced...), not a
+//! transport failure. `events_frames_tests.rs` checks the decoding against Azure's documented
+//! events and answers, byte for byte.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use fe2o3_amqp::Receiver;
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
@@ -18,7 +26,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use serde_amqp::described::Described;
 use serde_amqp::descriptor::Descriptor;
 
-use super::amqp::{ANSWER_TIMEOUT, AmqpConnection, NodeLinks};
+use super::amqp::{ANSWER_TIMEOUT, AmqpConnection, NodeLinks, attach_error, receive_error};
 use crate::error::{Error, Result};
 use crate::protocol::event_hubs::{
     self, PartitionAddress, StartPosition, annotations, fields, keys,
@@ -28,7 +36,8 @@ use crate::transport::amqp::{body_bytes, message_id_text, simple_text};
 
 /// The AMQP port of Event Hubs (and of the emulator's endpoint when it could bind it).
 pub const AMQPS_PORT: u16 = 5671;
-/// How long a SAS token put to CBS lives; the reader puts a fresh one for each connection.
+/// How long a SAS token put to CBS lives. A connection puts one when it opens, and a stream
+/// puts a fresh one before it expires: Azure closes the links an expired token authorized.
 const TOKEN_LIFETIME_SECONDS: i64 = 3600;
 /// Events the reader lets a partition send ahead of its consumer (the official consumer's
 /// default prefetch).
@@ -116,14 +125,14 @@ impl EventHubConnectionString {
         })
     }
 
-    /// The SAS token for this event hub, valid for `TOKEN_LIFETIME_SECONDS`, signed as the
-    /// Event Hubs clients sign (the key's text is the HMAC key).
-    fn token(&self) -> String {
+    /// The SAS token for this event hub, valid for `lifetime` seconds, signed as the Event Hubs
+    /// clients sign (the key's text is the HMAC key).
+    fn token(&self, lifetime: i64) -> String {
         let audience = event_hubs::event_hub_audience(&self.host, &self.event_hub);
         crate::sas::build_token_with_key_text(
             &audience,
             &self.key,
-            crate::clock::now() + TOKEN_LIFETIME_SECONDS,
+            crate::clock::now() + lifetime,
             &self.key_name,
         )
     }
@@ -267,6 +276,8 @@ pub struct EventReader {
     amqp: AmqpConnection,
     target: EventHubConnectionString,
     token: String,
+    /// Seconds each token put on this connection lives.
+    token_lifetime: i64,
     management: Option<NodeLinks>,
 }
 
@@ -278,17 +289,44 @@ impl EventReader {
         port: Option<u16>,
         trust: &Trust,
     ) -> Result<EventReader> {
+        Self::connect_with(target, port, trust, TOKEN_LIFETIME_SECONDS).await
+    }
+
+    /// [`EventReader::connect`] with tokens living `token_lifetime` seconds.
+    pub(crate) async fn connect_with(
+        target: &EventHubConnectionString,
+        port: Option<u16>,
+        trust: &Trust,
+        token_lifetime: i64,
+    ) -> Result<EventReader> {
         let port = port.or(target.port).unwrap_or(AMQPS_PORT);
-        let mut amqp = AmqpConnection::open(&target.host, port, trust).await?;
-        let token = target.token();
-        let audience = event_hubs::event_hub_audience(&target.host, &target.event_hub);
-        amqp.put_token(&audience, &token, "the event hub").await?;
-        Ok(EventReader {
+        let amqp = AmqpConnection::open(&target.host, port, trust).await?;
+        let mut reader = EventReader {
             amqp,
             target: target.clone(),
-            token,
+            token: String::new(),
+            token_lifetime,
             management: None,
-        })
+        };
+        reader.put_fresh_token().await?;
+        Ok(reader)
+    }
+
+    /// Puts a new token on CBS, which covers this connection's links from then on.
+    async fn put_fresh_token(&mut self) -> Result<()> {
+        let token = self.target.token(self.token_lifetime);
+        let audience = event_hubs::event_hub_audience(&self.target.host, &self.target.event_hub);
+        self.amqp
+            .put_token(&audience, &token, "the event hub")
+            .await?;
+        self.token = token;
+        Ok(())
+    }
+
+    /// When to put the next token: at four fifths of a token's life, so a slow answer still
+    /// lands before the old one expires.
+    fn renewal_period(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.token_lifetime.max(1)).unwrap_or(1) * 800)
     }
 
     /// A `$management` READ of `kind` (`com.microsoft:eventhub` or `:partition`).
@@ -365,7 +403,7 @@ impl EventReader {
             .credit_mode(fe2o3_amqp::link::receiver::CreditMode::Auto(PREFETCH))
             .attach(&mut self.amqp.session)
             .await
-            .map_err(|e| Error::transport_caused(format!("attaching to {address}"), e))?;
+            .map_err(|e| attach_error(&format!("attaching to {address}"), e))?;
         Ok(PartitionReader {
             receiver,
             partition: partition.to_string(),
@@ -394,7 +432,7 @@ impl PartitionReader {
             .receiver
             .recv::<Body<Value>>()
             .await
-            .map_err(|e| Error::transport_caused(format!("partition {}", self.partition), e))?;
+            .map_err(|e| receive_error(&format!("partition {}", self.partition), e))?;
         let _ = self.receiver.accept(&delivery).await;
         event_of(&self.partition, delivery.into_message())
     }
@@ -411,9 +449,9 @@ pub struct EventStream {
     events: tokio::sync::mpsc::Receiver<Result<ReceivedEvent>>,
     /// An error that arrived behind a batch's events, returned by the next call.
     failed: Option<Error>,
+    /// The partitions' receivers, and the task holding the connection (whose session the
+    /// receivers run on) and renewing its token.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    // Kept for the connection's lifetime: the receivers run on its session.
-    _reader: EventReader,
 }
 
 /// Events buffered between the partitions' receivers and the consumer.
@@ -430,13 +468,23 @@ impl EventStream {
         start: &StartPosition,
         partitions: Option<Vec<String>>,
     ) -> Result<EventStream> {
-        let mut reader = EventReader::connect(target, port, trust).await?;
+        let reader = EventReader::connect(target, port, trust).await?;
+        Self::open_on(reader, consumer_group, start, partitions).await
+    }
+
+    /// Attaches `reader` to the partitions and keeps its token fresh while the stream lives.
+    pub(crate) async fn open_on(
+        mut reader: EventReader,
+        consumer_group: &str,
+        start: &StartPosition,
+        partitions: Option<Vec<String>>,
+    ) -> Result<EventStream> {
         let partitions = match partitions {
             Some(partitions) => partitions,
             None => reader.event_hub().await?.partition_ids,
         };
         let (sender, events) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        let mut tasks = Vec::with_capacity(partitions.len());
+        let mut tasks = Vec::with_capacity(partitions.len() + 1);
         for partition in partitions {
             let mut receiver = reader.receive(consumer_group, &partition, start).await?;
             let sender = sender.clone();
@@ -451,11 +499,23 @@ impl EventStream {
                 receiver.close().await;
             }));
         }
+        // The reader lives in this task, which the stream aborts when dropped (closing the
+        // connection); a token that cannot be renewed is the stream's error.
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(reader.renewal_period()).await;
+                if let Err(e) = reader.put_fresh_token().await {
+                    let _ = sender.send(Err(e)).await;
+                    break;
+                }
+            }
+            std::future::pending::<()>().await;
+            drop(reader);
+        }));
         Ok(EventStream {
             events,
             failed: None,
             tasks,
-            _reader: reader,
         })
     }
 

@@ -2,7 +2,9 @@
 //! bodies turned into text and bytes, once, for the emulator's endpoint (C2D sends, events)
 //! and dpskit's events reader and C2D client alike.
 
+use fe2o3_amqp::types::definitions::ErrorCondition;
 use fe2o3_amqp::types::messaging::{AmqpValue, Body, MessageId};
+use fe2o3_amqp::types::primitives::Symbol;
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
 
 /// A message or correlation id as text: strings as they are, numbers in decimal, UUIDs in
@@ -24,6 +26,19 @@ pub(crate) fn message_id_text(id: &MessageId) -> String {
         }
         MessageId::Binary(bytes) => bytes.iter().map(|b| format!("{b:02x}")).collect(),
     }
+}
+
+/// An error condition as its symbol (`amqp:not-found`, `com.microsoft:server-busy`...), the
+/// text both sides compare.
+pub(crate) fn condition_text(condition: &ErrorCondition) -> String {
+    let symbol = match condition {
+        ErrorCondition::AmqpError(e) => Symbol::from(e),
+        ErrorCondition::ConnectionError(e) => Symbol::from(e),
+        ErrorCondition::SessionError(e) => Symbol::from(e),
+        ErrorCondition::LinkError(e) => Symbol::from(e),
+        ErrorCondition::Custom(symbol) => symbol.clone(),
+    };
+    symbol.0
 }
 
 /// An application property's value as text (IoT Hub's property bags hold text).

@@ -15,9 +15,6 @@ use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition};
 use fe2o3_amqp::types::primitives::Symbol;
 use tokio::sync::Notify;
 
-/// What the Event Hubs clients read as "another reader took over".
-pub(crate) const RECEIVER_DISCONNECTED: &str = "com.microsoft:receiver-disconnected";
-
 /// A partition of a consumer group of a hub (names lower case).
 pub(crate) type PartitionKey = (String, String, u32);
 
@@ -88,7 +85,9 @@ impl Drop for Membership {
 
 fn disconnected(description: String) -> definitions::Error {
     definitions::Error::new(
-        ErrorCondition::Custom(Symbol::from(RECEIVER_DISCONNECTED)),
+        ErrorCondition::Custom(Symbol::from(
+            crate::protocol::event_hubs::conditions::RECEIVER_DISCONNECTED,
+        )),
         Some(description),
         None,
     )
