@@ -3,13 +3,14 @@ helpers the official-SDK peer tests share (a free-port probe, the emulator's ARM
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import shutil
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,28 @@ class AzureAtLocalCloud(dpskit.AzureCloud):
 
     def _amqp_port(self) -> int | None:
         return self._local_amqp_port
+
+
+@contextlib.contextmanager
+def cloud_for_the_official_service_sdk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dpskit.LocalCloud]:
+    """A local cloud whose AMQP endpoint the official IoT Hub service SDK reaches:
+    ``azure-iot-hub``'s uamqp sender always dials 5671 and trusts only certifi's bundle, so
+    the cloud takes 5671 (the test is skipped where it cannot) and the bundle holds the
+    emulator's CA for the test's duration."""
+    pytest.importorskip("azure.iot.hub", reason="the official IoT Hub service SDK is not installed")
+    import certifi
+
+    if not port_is_free(5671):
+        pytest.skip("port 5671 is taken; the official service SDK cannot dial another port")
+    with dpskit.LocalCloud(port=0, web_port=0, amqp_port=5671) as cloud:
+        if cloud.amqp_port != 5671:
+            pytest.skip("port 5671 cannot be bound here")
+        bundle = tmp_path / "emulator-ca.pem"
+        bundle.write_text(cloud.trust_pem)
+        monkeypatch.setattr(certifi, "where", lambda: str(bundle))
+        yield cloud
 
 
 def port_is_free(port: int) -> bool:

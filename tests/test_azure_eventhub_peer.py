@@ -34,7 +34,7 @@ from azure.eventhub import EventData, EventHubConsumerClient, TransportType
 from azure.eventhub.exceptions import AuthenticationError, EventHubError
 
 import dpskit
-from conftest import port_is_free
+from conftest import cloud_for_the_official_service_sdk
 
 KEY = "a2V5LW9mLXNpeHRlZW4tYnl0ZXMtYWFhYWFhYWFhYWFh"
 
@@ -363,18 +363,9 @@ def test_a_c2d_message_from_the_official_service_sdk_reaches_the_device(
 ) -> None:
     """``azure-iot-hub``'s ``send_c2d_message`` (uamqp) always dials 5671 and trusts only
     certifi's bundle: it needs the port free here and the emulator's CA in that bundle."""
-    pytest.importorskip("azure.iot.hub", reason="the official IoT Hub service SDK is not installed")
-    import certifi
-    from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
+    with cloud_for_the_official_service_sdk(tmp_path, monkeypatch) as cloud:
+        from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
 
-    if not port_is_free(5671):
-        pytest.skip("port 5671 is taken; the official service SDK cannot dial another port")
-    with dpskit.LocalCloud(port=0, web_port=0, amqp_port=5671) as cloud:
-        if cloud.amqp_port != 5671:
-            pytest.skip("port 5671 cannot be bound here")
-        bundle = tmp_path / "emulator-ca.pem"
-        bundle.write_text(cloud.trust_pem)
-        monkeypatch.setattr(certifi, "where", lambda: str(bundle))
         hub = cloud.create_hub("c2d-peer")
         hub.create_device("dev-c", symmetric_key=True, primary_key=KEY, secondary_key=KEY)
         registry = IoTHubRegistryManager.from_connection_string(hub.connection_string)

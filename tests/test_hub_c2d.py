@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import dpskit
-from conftest import AzureAtLocalCloud, port_is_free
+from conftest import AzureAtLocalCloud, cloud_for_the_official_service_sdk
 from dpskit.cli import main
 
 KEY = "a2V5LW9mLXNpeHRlZW4tYnl0ZXMtYWFhYWFhYWFhYWFh"
@@ -236,18 +236,9 @@ def test_dpskit_sends_what_the_official_service_sdk_sends(
     """Request parity: for the same inputs, the device receives the same message from dpskit's
     sender as from ``azure-iot-hub``'s ``send_c2d_message`` (uamqp, which always dials 5671 and
     trusts only certifi's bundle)."""
-    pytest.importorskip("azure.iot.hub", reason="the official IoT Hub service SDK is not installed")
-    import certifi
-    from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
+    with cloud_for_the_official_service_sdk(tmp_path, monkeypatch) as cloud:
+        from azure.iot.hub import IoTHubRegistryManager  # type: ignore[import-untyped]
 
-    if not port_is_free(5671):
-        pytest.skip("port 5671 is taken; the official service SDK cannot dial another port")
-    with dpskit.LocalCloud(port=0, web_port=0, amqp_port=5671) as cloud:
-        if cloud.amqp_port != 5671:
-            pytest.skip("port 5671 cannot be bound here")
-        bundle = tmp_path / "emulator-ca.pem"
-        bundle.write_text(cloud.trust_pem)
-        monkeypatch.setattr(certifi, "where", lambda: str(bundle))
         hub = _hub(cloud, "parity-dev")
         registry = IoTHubRegistryManager.from_connection_string(hub.connection_string)
 

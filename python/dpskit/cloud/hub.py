@@ -336,7 +336,8 @@ class Hub:
         application properties. A dict or list body is sent as JSON.
 
         The hub's refusals raise: an unknown device ``NotFoundError`` (404001), a full queue
-        ``ServiceError`` (403004), a message too large ``ServiceError`` (413001)."""
+        ``ServiceError`` (403004), a message too large ``ServiceError`` (413001), a send past
+        the tier's C2D throttle ``ThrottledError`` (429001)."""
         if isinstance(body, dict | list):
             data = json.dumps(body).encode()
         elif isinstance(body, str):
