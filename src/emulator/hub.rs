@@ -5,8 +5,9 @@
 //! etag in the same transaction), direct methods (waiting for the device to come online when
 //! given a connect timeout), cloud-to-device messages and their life cycle (ack, expiry swept
 //! on time, delivery count, completion, purge; the feedback asked for goes to `feedback`),
-//! persistent sessions; and, for a hub that enforces its tier, that tier's throttles and daily
-//! quota (kept by `quotas`).
+//! persistent sessions; the events endpoint's retention (events past it deleted at start and
+//! hourly); and, for a hub that enforces its tier, that tier's throttles and daily quota (kept
+//! by `quotas`).
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
 //! `pending_methods`, `activity`, `expiries`, the knobs, and those of `quotas`) guards one map (or heap), is held only to read or change
@@ -1848,4 +1849,47 @@ impl HubEngine {
     pub fn telemetry(&self, hub: &str, device_id: Option<&str>) -> Result<Vec<TelemetryRecord>> {
         self.store.telemetry(&hub.to_ascii_lowercase(), device_id)
     }
+
+    // ---- retention ---------------------------------------------------------------------------
+
+    /// Deletes every hub's events older than its events endpoint's retention at `now` (Unix
+    /// seconds), each partition's last event kept (see `Store::drop_telemetry_before`);
+    /// returns how many went.
+    pub(crate) fn drop_expired_events(&self, now: i64) -> Result<usize> {
+        let mut dropped = 0;
+        for hub in self.cloud.hubs() {
+            let before = hub.events.retained_since(now) as f64 / 1000.0;
+            dropped += self
+                .store
+                .drop_telemetry_before(&hub.host_name.to_ascii_lowercase(), before)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Applies the retention at start and then hourly (retention is counted in days), on the
+    /// blocking pool, until the engine is gone: the data folder holds what the hubs retain,
+    /// not everything they ever received.
+    pub(crate) async fn sweep_retention(engine: std::sync::Weak<HubEngine>) {
+        loop {
+            let Some(strong) = engine.upgrade() else {
+                return;
+            };
+            let swept = tokio::task::spawn_blocking(move || {
+                strong.drop_expired_events(crate::clock::now())
+            })
+            .await;
+            match swept {
+                Ok(Ok(0)) => {}
+                Ok(Ok(dropped)) => {
+                    log::info!("emulator: {dropped} events past their hub's retention deleted")
+                }
+                Ok(Err(e)) => log::error!("emulator: applying the events retention failed: {e}"),
+                Err(e) => log::error!("emulator: the retention sweep stopped: {e}"),
+            }
+            tokio::time::sleep(RETENTION_SWEEP_PERIOD).await;
+        }
+    }
 }
+
+/// How often the events retention is applied.
+const RETENTION_SWEEP_PERIOD: Duration = Duration::from_secs(3600);

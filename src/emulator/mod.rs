@@ -515,6 +515,8 @@ impl Emulator {
             .map_err(|e| Error::emulator_caused("cannot start the emulator runtime", e))?;
         // Expired C2D messages leave their queues on time even with no device connected.
         drop(runtime.spawn(hub::HubEngine::sweep_expired_c2d(Arc::downgrade(&hubs))));
+        // Events past their hub's retention leave the data folder.
+        drop(runtime.spawn(hub::HubEngine::sweep_retention(Arc::downgrade(&hubs))));
         let context = Arc::new(server::ServerContext {
             acceptor: tokio_rustls::TlsAcceptor::from(tls.server_config()?),
             dps: dps.clone(),

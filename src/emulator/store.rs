@@ -12,7 +12,9 @@
 //! last row, so they are gap-free and survive restarts. Rows stored before partitions existed
 //! are given theirs once, in arrival order, when the hub engine opens the store
 //! ([`Store::assign_partitions`]). Readers tail the log without polling: every commit bumps a
-//! watch counter ([`Store::telemetry_committed`]).
+//! watch counter ([`Store::telemetry_committed`]). Events past their hub's retention are
+//! deleted ([`Store::drop_telemetry_before`], hourly from the hub engine), except each
+//! partition's last, from which its numbers go on.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -446,6 +448,34 @@ impl Store {
         tx.commit().map_err(db_error)?;
         self.committed.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// Deletes a hub's events enqueued before `before` (Unix seconds), as Event Hubs drops
+    /// events past its retention, except each partition's last event: it carries the numbers
+    /// the partition goes on from (sequence numbers and offsets never start over) and what
+    /// `$management` reports as last enqueued. Deleted in slices, so telemetry commits are
+    /// held up for one slice at a time; returns how many went.
+    pub(crate) fn drop_telemetry_before(&self, hub: &str, before: f64) -> Result<usize> {
+        const SLICE: i64 = 5_000;
+        let mut dropped = 0;
+        loop {
+            let gone = self
+                .lock()
+                .execute(
+                    "DELETE FROM telemetry WHERE sequence IN (
+                         SELECT sequence FROM telemetry
+                         WHERE hub = ?1 AND enqueued < ?2 AND sequence NOT IN (
+                             SELECT max(sequence) FROM telemetry WHERE hub = ?1
+                             GROUP BY partition_id)
+                         LIMIT ?3)",
+                    params![hub, before, SLICE],
+                )
+                .map_err(db_error)?;
+            dropped += gone;
+            if (gone as i64) < SLICE {
+                return Ok(dropped);
+            }
+        }
     }
 
     /// Gives the telemetry a hub stored before partitions existed its partitions, sequence
@@ -916,6 +946,44 @@ mod tests {
             .block_on(writer.append_and_wait(record(10)))
             .unwrap();
         assert_eq!(store.telemetry("hub", None).unwrap().len(), fits + 2);
+    }
+
+    /// Events past the retention go, each partition keeps its last one, and the numbering of
+    /// a partition emptied by the retention goes on where it stopped.
+    #[test]
+    fn retention_drops_old_events_but_never_restarts_a_partitions_numbers() {
+        let folder = tempfile::tempdir().unwrap();
+        let store = Store::open(folder.path()).unwrap();
+        let at = |enqueued: f64, partition: u32| {
+            let mut r = record(4);
+            r.enqueued = enqueued;
+            (r, Some(partition))
+        };
+        store
+            .append_telemetry(&[at(100.0, 0), at(101.0, 0), at(102.0, 1), at(500.0, 0)])
+            .unwrap();
+        store.append_telemetry(&[at(103.0, 1)]).unwrap();
+        assert_eq!(store.drop_telemetry_before("hub", 400.0).unwrap(), 3);
+        assert_eq!(store.drop_telemetry_before("other-hub", 400.0).unwrap(), 0);
+        let left: Vec<(f64, i64)> = store
+            .telemetry("hub", None)
+            .unwrap()
+            .iter()
+            .map(|r| (r.enqueued, r.sequence))
+            .collect();
+        assert_eq!(left, [(500.0, 4), (103.0, 5)]);
+        // Partition 1 holds only its last event, past the retention: read from the retention
+        // on it is empty, yet it still tells its last event and numbers on from it.
+        let summary = store.partition_summary("hub", 1, 400_000).unwrap();
+        assert_eq!(summary.begin_sequence, None);
+        assert_eq!(summary.last.map(|l| l.0), Some(1));
+        store.append_telemetry(&[at(600.0, 1)]).unwrap();
+        let partition_1 = store.partition_events("hub", 1, 0, 10).unwrap();
+        assert_eq!(
+            partition_1.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(store.drop_telemetry_before("hub", 10_000.0).unwrap(), 1);
     }
 
     #[test]

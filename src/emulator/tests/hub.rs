@@ -684,3 +684,40 @@ fn methods_wait_for_their_device_replaces_arrive_as_patches_and_disabled_devices
         assert!(refused.is_err(), "a disabled device connected");
     });
 }
+
+/// Events past their hub's retention leave the data folder: what the hub received before the
+/// retention goes, except each partition's last event (its numbers go on from it), and a
+/// reader from the start of the retention finds nothing of it.
+#[test]
+fn events_past_the_retention_are_deleted_except_each_partitions_last() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "retained-dev");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hubs = f.emulator.hubs().clone();
+    runtime.block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        for n in 0..3 {
+            d.client
+                .publish(
+                    "devices/retained-dev/messages/events/",
+                    format!("{n}"),
+                    PublishOptions::at_least_once(),
+                )
+                .await
+                .unwrap();
+            d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+        }
+    });
+    assert_eq!(hubs.telemetry(&hub, None).unwrap().len(), 3);
+    // Within the retention (a day by default) nothing goes.
+    assert_eq!(hubs.drop_expired_events(crate::clock::now()).unwrap(), 0);
+    let two_days_on = crate::clock::now() + 2 * 86_400;
+    assert_eq!(hubs.drop_expired_events(two_days_on).unwrap(), 2);
+    let left = hubs.telemetry(&hub, None).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].body, b"2");
+}
