@@ -45,7 +45,7 @@ pub(crate) async fn receive(
         // A token expires: its link reaches nothing more.
         let outcome = if !grants.cover(
             &hub.name,
-            &super::router::node_segments(crate::protocol::c2d::DEVICEBOUND_NODE),
+            &super::node::node_segments(crate::protocol::c2d::DEVICEBOUND_NODE),
         ) {
             Err((
                 AmqpError::UnauthorizedAccess.into(),

@@ -26,7 +26,7 @@ use fe2o3_amqp::types::primitives::{Binary, Symbol, Timestamp, Value};
 
 use super::AmqpContext;
 use super::cbs::Grants;
-use super::router::node_segments;
+use super::node::node_segments;
 use crate::emulator::feedback::{FeedbackMessage, Taken};
 use crate::emulator::model::HubRecord;
 use crate::protocol::c2d::{FEEDBACK_CONTENT_TYPE, FEEDBACK_NODE, feedback_headers};

@@ -75,3 +75,8 @@ pub(crate) fn reply(
         .body(Body::Value(AmqpValue(body)))
         .build()
 }
+
+/// The segments of a node's path, as a token's `sr` scope is compared with them.
+pub(crate) fn node_segments(node: &str) -> Vec<&str> {
+    node.split('/').filter(|s| !s.is_empty()).collect()
+}

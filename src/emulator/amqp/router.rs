@@ -39,7 +39,7 @@ use crate::emulator::store::EventPosition;
 use crate::protocol::c2d::{DEVICEBOUND_NODE, FEEDBACK_NODE};
 use crate::protocol::event_hubs::{self, PartitionAddress};
 
-use super::node::{NodeMessage, find_hub, link_resource};
+use super::node::{NodeMessage, find_hub, link_resource, node_segments};
 
 /// Replies waiting for the client's reply link, per node; requests wait while it is full.
 const REPLY_QUEUE: usize = 16;
@@ -445,11 +445,6 @@ fn service_hub(
             "The address names no hub host and the tokens cover several hubs.".into(),
         )),
     }
-}
-
-/// The segments of a node's path, as a token's `sr` scope is compared with them.
-pub(crate) fn node_segments(node: &str) -> Vec<&str> {
-    node.split('/').filter(|s| !s.is_empty()).collect()
 }
 
 /// Answers the requests of one request link, in order.
