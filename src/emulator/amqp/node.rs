@@ -1,7 +1,7 @@
 //! What the endpoint's handlers share, below the router that calls them: the request and
 //! reply messages of the `$cbs` and `$management` nodes (a request's string properties, a
 //! reply as the clients read it), the hub an entity names, and the resource path a partition
-//! link's token must cover.
+//! link's (or a service node's) token must cover.
 
 use fe2o3_amqp::types::messaging::{AmqpValue, ApplicationProperties, Body, Message, Properties};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
