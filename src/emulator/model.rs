@@ -387,6 +387,19 @@ impl HubDevice {
             self.registry.generation_id.clone()
         }
     }
+
+    /// How a connection of this identity authenticates, as IoT Hub stamps the messages it
+    /// sends (`iothub-connection-auth-method`'s `type`, and the generation).
+    pub(crate) fn sender_auth(&self) -> crate::emulator::store::SenderAuth {
+        let kind = match self.auth {
+            DeviceAuth::Sas { .. } => "sas",
+            DeviceAuth::SelfSigned { .. } | DeviceAuth::CertificateAuthority => "x509Certificate",
+        };
+        crate::emulator::store::SenderAuth {
+            kind: kind.into(),
+            generation_id: self.generation_id(),
+        }
+    }
 }
 
 /// Whether a device identity may connect (the service API's `status`).

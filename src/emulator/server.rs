@@ -24,7 +24,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::emulator::dps::{DeviceIdentity, DpsEngine, Reply};
 use crate::emulator::quotas::Throttled;
-use crate::emulator::store::TelemetryRecord;
+use crate::emulator::store::{SenderAuth, TelemetryRecord};
 use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
 use crate::limits::HubOperation;
 use crate::pki::Certificate;
@@ -358,7 +358,7 @@ pub(crate) async fn session(
                     .hubs
                     .authenticate(&host, &device_id, password.as_deref(), &chain)
             });
-            let (hub, _) = match authenticated {
+            let (hub, identity) = match authenticated {
                 Ok(found) => found,
                 Err(why) => {
                     return refuse(
@@ -407,11 +407,14 @@ pub(crate) async fn session(
                 device_id: &device_id,
                 keep_alive,
                 token_expiry,
+                // The identity at CONNECT stamps what this connection sends: a device deleted
+                // and re-created later does not rewrite its earlier messages.
+                sender: std::sync::Arc::new(identity.sender_auth()),
             };
             let will = connect
                 .last_will
                 .clone()
-                .and_then(|will| will_record(&hub, &device_id, will));
+                .and_then(|will| will_record(&hub, &device_id, &link.sender, will));
             let result = hub_session(&mut connection, context, &link, &mut session, &trace).await;
             context
                 .hubs
@@ -457,7 +460,12 @@ async fn refuse(
 
 /// The telemetry record a will becomes, or `None` (logged) when its topic is not the device's
 /// telemetry topic, the only will topic IoT Hub accepts.
-fn will_record(hub: &str, device_id: &str, will: rumqttc::LastWill) -> Option<TelemetryRecord> {
+fn will_record(
+    hub: &str,
+    device_id: &str,
+    sender: &std::sync::Arc<SenderAuth>,
+    will: rumqttc::LastWill,
+) -> Option<TelemetryRecord> {
     let Some(bag) = telemetry_bag(&will.topic, device_id) else {
         log::info!(
             "emulator: ignored the will of {device_id:?}: topic {:?} is not its telemetry topic",
@@ -476,6 +484,7 @@ fn will_record(hub: &str, device_id: &str, will: rumqttc::LastWill) -> Option<Te
         body: will.message.to_vec(),
         properties,
         system_properties,
+        sender: Some(sender.clone()),
     })
 }
 
@@ -684,6 +693,8 @@ struct DeviceLink<'a> {
     keep_alive: u16,
     /// When a SAS token runs out.
     token_expiry: Option<tokio::time::Instant>,
+    /// How the connection authenticated, stamped on each message it sends.
+    sender: std::sync::Arc<SenderAuth>,
 }
 
 /// How a hub session ended.
@@ -709,6 +720,7 @@ async fn hub_session(
         device_id,
         keep_alive,
         token_expiry,
+        ref sender,
     } = *link;
     use crate::emulator::hub::{MAX_D2C_BYTES, TELEMETRY_WINDOW};
 
@@ -917,6 +929,7 @@ async fn hub_session(
                         body: publish.payload.to_vec(),
                         properties,
                         system_properties,
+                        sender: Some(sender.clone()),
                     };
                     // Acknowledged only once it is committed (a kill loses nothing acknowledged);
                     // the writer sends the PUBACK through this session's queue.

@@ -12,7 +12,9 @@
 //! last row, so they are gap-free and survive restarts. Rows stored before partitions existed
 //! are given theirs once, in arrival order, when the hub engine opens the store
 //! ([`Store::assign_partitions`]). Readers tail the log without polling: every commit bumps a
-//! watch counter ([`Store::telemetry_committed`]). Events past their hub's retention are
+//! watch counter ([`Store::telemetry_committed`]). Each row keeps how its sender's connection
+//! authenticated ([`SenderAuth`], two columns added to older folders), which its event
+//! reports. Events past their hub's retention are
 //! deleted ([`Store::drop_telemetry_before`], hourly from the hub engine), except each
 //! partition's last, from which its numbers go on.
 
@@ -69,6 +71,22 @@ pub struct TelemetryRecord {
     pub properties: Vec<(String, String)>,
     /// System properties (`mid`, `ct`, `ce`, ...), without the `$.` prefix.
     pub system_properties: Vec<(String, String)>,
+    /// How the sending connection authenticated (`None` for rows stored before this was
+    /// kept: their events report the identity as it stands when read). Kept in its own
+    /// columns, not in the record's JSON form.
+    #[serde(skip)]
+    pub sender: Option<std::sync::Arc<SenderAuth>>,
+}
+
+/// How a device's connection authenticated when it sent a message, as IoT Hub stamps the
+/// message (`iothub-connection-auth-method`'s `type`, `iothub-connection-auth-generation-id`):
+/// the identity as it was then, not as it is when the event is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderAuth {
+    /// `sas` or `x509Certificate`.
+    pub kind: String,
+    /// The device identity's generation id.
+    pub generation_id: String,
 }
 
 /// The SQLite document store.
@@ -103,6 +121,13 @@ fn add_partition_columns(connection: &Connection) -> Result<()> {
                 .execute_batch(&format!(
                     "ALTER TABLE telemetry ADD COLUMN {column} INTEGER"
                 ))
+                .map_err(db_error)?;
+        }
+    }
+    for column in ["auth_type", "auth_generation"] {
+        if !present.iter().any(|p| p == column) {
+            connection
+                .execute_batch(&format!("ALTER TABLE telemetry ADD COLUMN {column} TEXT"))
                 .map_err(db_error)?;
         }
     }
@@ -163,6 +188,8 @@ pub(crate) struct StoredEvent {
     pub(crate) properties: Vec<(String, String)>,
     /// System properties (`mid`, `ct`, `ce`, ...), without the `$.` prefix.
     pub(crate) system_properties: Vec<(String, String)>,
+    /// How the sender authenticated, when the row recorded it.
+    pub(crate) sender: Option<SenderAuth>,
 }
 
 /// The last event of a partition, and its first, as `$management` reports them.
@@ -186,6 +213,14 @@ fn next_position(connection: &Connection, hub: &str, partition: u32) -> Result<(
         .optional()
         .map(|last| last.unwrap_or((0, 0)))
         .map_err(db_error)
+}
+
+/// The sender's auth of a row, when it recorded both halves.
+fn stored_sender(kind: Option<String>, generation_id: Option<String>) -> Option<SenderAuth> {
+    Some(SenderAuth {
+        kind: kind?,
+        generation_id: generation_id?,
+    })
 }
 
 /// A bag stored as JSON, refused (not read as empty) when it does not parse: the record would
@@ -402,8 +437,9 @@ impl Store {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO telemetry (hub, device_id, module_id, enqueued, body, properties, system,
-                                            partition_id, partition_seq, partition_offset)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                            partition_id, partition_seq, partition_offset,
+                                            auth_type, auth_generation)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )
                 .map_err(db_error)?;
             // The next (sequence, offset) of each partition this batch touches.
@@ -440,7 +476,9 @@ impl Store {
                         system,
                         partition,
                         position.map(|p| p.0),
-                        position.map(|p| p.1)
+                        position.map(|p| p.1),
+                        r.sender.as_ref().map(|a| a.kind.as_str()),
+                        r.sender.as_ref().map(|a| a.generation_id.as_str())
                     ])
                     .map_err(db_error)?;
             }
@@ -591,7 +629,7 @@ impl Store {
         let mut statement = connection
             .prepare_cached(
                 "SELECT partition_seq, partition_offset, CAST(enqueued * 1000 AS INTEGER),
-                        device_id, module_id, body, properties, system
+                        device_id, module_id, body, properties, system, auth_type, auth_generation
                  FROM telemetry WHERE hub = ?1 AND partition_id = ?2 AND partition_seq >= ?3
                  ORDER BY partition_seq LIMIT ?4",
             )
@@ -614,6 +652,7 @@ impl Store {
                         body: row.get(5)?,
                         properties: parse_bag(6, &row.get::<_, String>(6)?)?,
                         system_properties: parse_bag(7, &row.get::<_, String>(7)?)?,
+                        sender: stored_sender(row.get(8)?, row.get(9)?),
                     })
                 },
             )
@@ -660,7 +699,8 @@ impl Store {
         let connection = self.lock();
         let mut statement = connection
             .prepare_cached(
-                "SELECT sequence, hub, device_id, module_id, enqueued, body, properties, system
+                "SELECT sequence, hub, device_id, module_id, enqueued, body, properties, system,
+                        auth_type, auth_generation
                  FROM telemetry WHERE hub = ?1 AND (?2 IS NULL OR device_id = ?2) ORDER BY sequence",
             )
             .map_err(db_error)?;
@@ -691,6 +731,7 @@ impl Store {
                             Box::new(e),
                         )
                     })?,
+                    sender: stored_sender(row.get(8)?, row.get(9)?).map(std::sync::Arc::new),
                 })
             })
             .map_err(db_error)?;
@@ -760,6 +801,8 @@ type Waiting = (
 );
 
 /// What the writer thread is asked to do.
+// `Stop` is sent once per emulator; boxing every `Append` would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Append(Waiting),
     /// Commit what came before, then let go of the store.
@@ -912,6 +955,7 @@ mod tests {
             body: vec![7; body_bytes],
             properties: vec![],
             system_properties: vec![],
+            sender: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! dpskit's events reader against the emulator's built-in endpoint over real TLS and AMQP:
-//! a live stream outliving its first token, and refusals read as the service's typed errors.
+//! a live stream outliving its first token, refusals read as the service's typed errors, and
+//! events carrying the auth their connection had when they were sent.
 
 use std::time::Duration;
 
@@ -122,4 +123,58 @@ fn refusals_read_as_the_services_typed_errors() {
             .unwrap();
         assert_eq!(status(refused), 401);
     });
+}
+
+/// An event carries the auth method and generation of the connection that sent it, as IoT Hub
+/// stamps it: deleting the device and re-creating it with another credential changes the
+/// events it sends afterwards, not those it sent before.
+#[test]
+fn events_keep_the_auth_their_connection_had_when_they_were_sent() {
+    let f = fixture(None);
+    let (device, hub) = provisioned(&f, "stamped-dev");
+    let target = events_target(&f, &hub);
+    let trust = Trust::from_pem(f.emulator.trust_pem().as_bytes()).unwrap();
+    let port = Some(f.emulator.amqp_port());
+    let cloud = f.emulator.cloud();
+    let before = cloud.hub_device(&hub, "stamped-dev").unwrap();
+    runtime().block_on(async {
+        let mut d = HubDevice::connect(&f, &hub, &device, false).await.unwrap();
+        d.client
+            .publish(
+                "devices/stamped-dev/messages/events/",
+                "x509",
+                PublishOptions::at_least_once(),
+            )
+            .await
+            .unwrap();
+        d.until(|p| matches!(p, Packet::PubAck(_))).await.unwrap();
+    });
+    // The identity is replaced by a SAS one, with a new generation.
+    cloud.delete_hub_device(&hub, "stamped-dev").unwrap();
+    let replaced = crate::emulator::model::HubDevice {
+        auth: crate::emulator::model::DeviceAuth::Sas {
+            primary_key: crate::sas::generate_key().unwrap(),
+            secondary_key: crate::sas::generate_key().unwrap(),
+        },
+        created: before.created + 1,
+        registry: Default::default(),
+        ..before.clone()
+    };
+    cloud.put_hub_device(replaced.clone()).unwrap();
+    assert_ne!(replaced.generation_id(), before.generation_id());
+    let events = runtime().block_on(async {
+        crate::service::events::read_retained(&target, port, &trust, "$Default")
+            .await
+            .unwrap()
+    });
+    assert_eq!(events.len(), 1);
+    let annotation = |key: &str| events[0].annotations.get(key).cloned().unwrap_or_default();
+    let method: serde_json::Value =
+        serde_json::from_str(&annotation("iothub-connection-auth-method")).unwrap();
+    assert_eq!(method["type"], "x509Certificate");
+    assert_eq!(method["issuer"], "external");
+    assert_eq!(
+        annotation("iothub-connection-auth-generation-id"),
+        before.generation_id()
+    );
 }

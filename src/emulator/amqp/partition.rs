@@ -12,8 +12,8 @@
 //! `iothub-connection-auth-generation-id`, `iothub-enqueuedtime`, `iothub-message-source`);
 //! in the properties the device's message id, correlation id, content type and encoding; the
 //! device's application properties as strings; the body as one data section. The auth method
-//! and generation are the device identity's as it stands when the event is read (the emulator
-//! stores no per-message connection record).
+//! and generation are those the sending connection authenticated with, kept with each event
+//! (events stored before they were kept report the device identity as it stands when read).
 //!
 //! A reader that asked for the runtime metric (`com.microsoft:enable-receiver-runtime-metric`,
 //! the clients' `track_last_enqueued_event_properties`) gets the partition's last event with
@@ -31,7 +31,7 @@ use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Timestamp, Value};
 use super::AmqpContext;
 use super::cbs::Grants;
 use super::readers::{Membership, displaced_error};
-use crate::emulator::model::{DeviceAuth, HubDevice, HubRecord};
+use crate::emulator::model::{HubDevice, HubRecord};
 use crate::emulator::store::{EventPosition, StoredEvent};
 use crate::protocol::event_hubs::annotations;
 
@@ -153,7 +153,11 @@ pub(crate) async fn stream(
             if membership.displaced.happened() {
                 break;
             }
-            let device = context.cloud.hub_device(&hub.host_name, &event.device_id);
+            // Events stored before their sender's auth was kept report the identity's now.
+            let device = match event.sender {
+                Some(_) => None,
+                None => context.cloud.hub_device(&hub.host_name, &event.device_id),
+            };
             next = event.sequence + 1;
             // Waits for credit; a client that detaches meanwhile ends it with an error.
             let mut message = event_message(&event, device.as_ref());
@@ -178,14 +182,10 @@ async fn fail(sender: Sender, why: &str) {
     let _ = sender.close_with_error(error).await;
 }
 
-/// `iothub-connection-auth-method` as IoT Hub writes it for a device identity.
-fn auth_method(device: &HubDevice) -> String {
-    let (kind, issuer) = match device.auth {
-        DeviceAuth::Sas { .. } => ("sas", "iothub"),
-        DeviceAuth::SelfSigned { .. } | DeviceAuth::CertificateAuthority => {
-            ("x509Certificate", "external")
-        }
-    };
+/// `iothub-connection-auth-method` as IoT Hub writes it, for a connection that authenticated
+/// as `kind` (`sas` or `x509Certificate`).
+fn auth_method(kind: &str) -> String {
+    let issuer = if kind == "sas" { "iothub" } else { "external" };
     serde_json::json!({
         "scope": "device",
         "type": kind,
@@ -245,15 +245,20 @@ pub(crate) fn event_message(event: &StoredEvent, device: Option<&HubDevice>) -> 
             Value::String(module.clone()),
         );
     }
-    if let Some(device) = device {
+    // The sender's auth as its connection stamped it; for older rows, the identity's now.
+    let sender = event
+        .sender
+        .clone()
+        .or_else(|| device.map(HubDevice::sender_auth));
+    if let Some(sender) = sender {
         annotations = annotations
             .insert(
                 Symbol::from(annotations::AUTH_METHOD),
-                Value::String(auth_method(device)),
+                Value::String(auth_method(&sender.kind)),
             )
             .insert(
                 Symbol::from(annotations::AUTH_GENERATION_ID),
-                Value::String(device.generation_id()),
+                Value::String(sender.generation_id),
             );
     }
     let annotations = annotations
