@@ -135,6 +135,17 @@ pub(crate) enum FeedbackStatus {
 }
 
 impl FeedbackStatus {
+    /// The `statusCode` as written in a record (the variant's name, as serde writes it).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "Success",
+            Self::Expired => "Expired",
+            Self::DeliveryCountExceeded => "DeliveryCountExceeded",
+            Self::Rejected => "Rejected",
+            Self::Purged => "Purged",
+        }
+    }
+
     /// The record's `description` for this outcome.
     pub(crate) fn description(self) -> &'static str {
         match self {
@@ -269,6 +280,22 @@ mod tests {
             expiry_ms(None, None, now),
             (now + DEFAULT_TTL_SECONDS * 1000, false)
         );
+    }
+
+    #[test]
+    fn status_names_are_the_ones_records_carry() {
+        for status in [
+            FeedbackStatus::Success,
+            FeedbackStatus::Expired,
+            FeedbackStatus::DeliveryCountExceeded,
+            FeedbackStatus::Rejected,
+            FeedbackStatus::Purged,
+        ] {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::Value::from(status.as_str())
+            );
+        }
     }
 
     /// The body of Azure's documented feedback message example reads, and writes back with the

@@ -374,10 +374,7 @@ pub struct C2dFeedback {
 impl C2dFeedback {
     fn from_record(record: FeedbackRecord) -> std::result::Result<C2dFeedback, String> {
         let enqueued_time_ms = record.enqueued_unix_ms()?;
-        let status = serde_json::to_value(record.status_code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let status = record.status_code.as_str().to_string();
         Ok(C2dFeedback {
             original_message_id: record.original_message_id,
             device_id: record.device_id,

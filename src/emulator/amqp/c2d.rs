@@ -1,8 +1,7 @@
 //! Cloud-to-device messages from the service SDKs: a client's sender on
 //! `amqps://{hub host}/messages/devicebound`, each message addressed by its `to`
-//! (`/devices/{id}/messages/devicebound`). A message is queued for its device exactly where the
-//! hub service API's sends go (`HubEngine::send_c2d_as`, the queue the MQTT sessions deliver
-//! from) under its own message id, with its correlation id, content type and encoding as the
+//! (`/devices/{id}/messages/devicebound`). A message is queued for its device
+//! (`HubEngine::send_c2d_as`, the queue the MQTT sessions deliver from) under its own message id, with its correlation id, content type and encoding as the
 //! device's system properties, its application properties as they came, the feedback it asks
 //! for (`iothub-ack`: one of the four names, else the message is rejected with
 //! `amqp:invalid-field` and never reaches the device) and its expiry (`absolute-expiry-time`,

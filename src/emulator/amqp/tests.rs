@@ -204,21 +204,7 @@ fn a_c2d_message_joins_its_devices_queue_with_its_id_and_properties_once_a_token
     use fe2o3_amqp::types::messaging::Outcome;
 
     let emulator = start(None);
-    let hub = emulator.create_hub("amqp-c2d", "westus", None).unwrap();
-    emulator
-        .cloud()
-        .put_hub_device(crate::emulator::model::HubDevice {
-            device_id: "dev-1".into(),
-            hub: hub.host_name.clone(),
-            auth: crate::emulator::model::DeviceAuth::Sas {
-                primary_key: crate::sas::generate_key().unwrap(),
-                secondary_key: crate::sas::generate_key().unwrap(),
-            },
-            initial_twin: None,
-            created: crate::clock::now(),
-            registry: Default::default(),
-        })
-        .unwrap();
+    let (hub, _) = hub_with_device(&emulator, "amqp-c2d");
     let target = format!("amqps://{}/messages/devicebound", hub.host_name);
     let message = |to: &str| {
         Message::builder()

@@ -14,10 +14,9 @@
 //! feedback, telemetry and service statistics: `ServiceConnect`). Writes follow etags as IoT Hub's do: a
 //! PUT without `If-Match` only creates (409001 for an existing id), and a replace, delete, twin
 //! patch or twin replace naming a stale etag is 412001. A hub that enforces its tier throttles
-//! each operation as IoT Hub does (429001 with `Retry-After`). Plus two emulator-only calls
-//! under `/dpskit/` (Azure sends cloud-to-device messages over AMQP, and routes telemetry to
-//! Event Hubs, neither of which a REST client can reach): send a C2D message, read the stored
-//! telemetry. Identities and twins are written through `protocol::hub_service`'s types, the
+//! each operation as IoT Hub does (429001 with `Retry-After`). Plus one emulator-only call
+//! under `/dpskit/`: read the stored telemetry (Azure routes telemetry to Event Hubs, which a
+//! REST client cannot reach; cloud-to-device sends arrive on the AMQP endpoint). Identities and twins are written through `protocol::hub_service`'s types, the
 //! ones dpskit's client reads them with, so each member is named, and placed, once.
 
 use std::time::Duration;
