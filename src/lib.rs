@@ -37,6 +37,7 @@ mod layers_tests;
 #[cfg(feature = "python")]
 mod python;
 
+pub use clock::Clock;
 pub use emulator::{
     AZURE_POLL_RETRY_AFTER, Emulator, EmulatorConfig, Limits, RestBehaviour, RestLimits, WEB_PORT,
 };

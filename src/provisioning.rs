@@ -170,6 +170,7 @@ async fn exchange(
     let body = serde_json::to_string(&DeviceRegistration {
         registration_id: id.clone(),
         payload: request.payload.clone(),
+        csr: None,
     })
     .map_err(|e| Error::protocol_caused("cannot encode the registration request", e))?;
     if body.len() > MAX_REGISTRATION_BYTES {

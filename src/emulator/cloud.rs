@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::clock::now;
+use crate::clock::{Clock, now};
 use crate::emulator::model::*;
 use crate::emulator::store::{Store, kind};
 use crate::emulator::tls::EmulatorTls;
@@ -54,7 +54,13 @@ pub struct Cloud {
     /// Whether hubs share the names that reach 127.0.0.1 even where they could have their own
     /// loopback addresses (`loopback::SHARED_ENV`, for tests).
     shared_hub_addresses: bool,
+    /// The cloud's now: certificate validity, SAS expiry, issuance, timestamps. Moved forward
+    /// by [`Cloud::advance_time`]; its offset from the wall clock is kept in the store.
+    clock: Clock,
 }
+
+/// The store key of the clock's offset from the wall clock (milliseconds).
+const CLOCK_KEY: &str = "offset_ms";
 
 /// Current time as Azure writes it in registration records: RFC 3339, 7 fractional digits.
 pub(crate) fn azure_timestamp() -> String {
@@ -170,7 +176,9 @@ impl Cloud {
         tls: Arc<EmulatorTls>,
         dps_host: String,
         shared_hub_addresses: bool,
+        start_time: Option<i64>,
     ) -> Result<Self> {
+        let clock = open_clock(&store, start_time)?;
         let mut model = Model::default();
         for mut hub in store.all::<HubRecord>(kind::HUB)? {
             tls.cover_host(&hub.host_name)?;
@@ -211,7 +219,25 @@ impl Cloud {
             tls,
             dps_host,
             shared_hub_addresses,
+            clock,
         })
+    }
+
+    /// The cloud's clock (share it: every part of the emulator reads this one).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Moves the cloud's now forward by `seconds` (and keeps it so across restarts):
+    /// certificates expire, SAS tokens run out, C2D messages and pending operations lapse as
+    /// if that much time had passed. Returns the new now, Unix seconds.
+    pub fn advance_time(&self, seconds: i64) -> Result<i64> {
+        let ms = seconds
+            .checked_mul(1000)
+            .ok_or_else(|| Error::config("the time to advance is too large"))?;
+        let offset = self.clock.advance_ms(ms)?;
+        self.store.put(kind::CLOCK, CLOCK_KEY, &offset)?;
+        Ok(self.clock.now())
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Model> {
@@ -1123,6 +1149,37 @@ pub(crate) fn default_hub_policies(
         });
     }
     Ok(policies)
+}
+
+/// The clock a data folder keeps, moved forward to `start_time` when one is given (and that
+/// start kept).
+fn open_clock(store: &Store, start_time: Option<i64>) -> Result<Clock> {
+    let stored: Option<i64> = store.get(kind::CLOCK, CLOCK_KEY)?;
+    let clock = Clock::with_offset_ms(stored.unwrap_or(0))?;
+    let Some(start) = start_time else {
+        return Ok(clock);
+    };
+    let wanted = start
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_sub(crate::clock::now_ms()))
+        .ok_or_else(|| Error::config("the clock's start time is out of range"))?;
+    match stored {
+        // A new folder starts where it is told, in the past or the future.
+        None => {
+            let clock = Clock::with_offset_ms(wanted)?;
+            store.put(kind::CLOCK, CLOCK_KEY, &wanted)?;
+            Ok(clock)
+        }
+        Some(offset) if wanted >= offset => {
+            clock.advance_ms(wanted - offset)?;
+            store.put(kind::CLOCK, CLOCK_KEY, &wanted)?;
+            Ok(clock)
+        }
+        Some(_) => Err(Error::config(format!(
+            "this data folder's clock is already past {}: time only moves forward",
+            azure_time(start)
+        ))),
+    }
 }
 
 fn lookup<T: Clone>(table: &Table<T>, dps: &str, id: &str, what: &str) -> Result<T> {

@@ -1255,6 +1255,7 @@ pub(crate) fn registration_status(record: &RegistrationRecord) -> RegistrationOp
             etag: Some(record.etag.clone()),
             // A stored `null` payload is written as `null`, as before: `Some(Null)`.
             payload: record.payload.clone(),
+            issued_certificate_chain: None,
         }),
     }
 }

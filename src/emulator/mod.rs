@@ -100,6 +100,10 @@ pub struct EmulatorConfig {
     /// they could have loopback addresses of their own: what a macOS loopback forces, on any
     /// machine, for tests. Also on when [`loopback::SHARED_ENV`] is `1`.
     pub shared_hub_addresses: bool,
+    /// The simulated now at start, Unix seconds: a new data folder's clock starts there, an
+    /// existing folder's clock is moved forward to it (never back). `None` keeps the
+    /// folder's clock (the wall clock for a new folder). See [`Cloud::advance_time`].
+    pub start_time: Option<i64>,
 }
 
 /// How the REST APIs behave over time, as Azure's do, so that clients' waiting, paging and
@@ -205,6 +209,7 @@ impl Default for EmulatorConfig {
             rest_limits: RestLimits::default(),
             rest_behaviour: RestBehaviour::default(),
             shared_hub_addresses: false,
+            start_time: None,
         }
     }
 }
@@ -501,6 +506,7 @@ impl Emulator {
             tls.clone(),
             config.host.clone(),
             config.shared_hub_addresses || loopback::shared_by_environment(),
+            config.start_time,
         )?);
         let dps = Arc::new(dps::DpsEngine::new(cloud.clone(), config.poll_retry_after));
         let hubs = Arc::new(hub::HubEngine::new(cloud.clone(), store.clone())?);

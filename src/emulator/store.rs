@@ -50,6 +50,8 @@ pub(crate) mod kind {
     pub(crate) const FEEDBACK: &str = "feedback";
     /// Subscriptions of a persistent (clean session 0) MQTT session by `hub host/device id`.
     pub(crate) const SESSION: &str = "session";
+    /// The local cloud's clock: its offset from the wall clock.
+    pub(crate) const CLOCK: &str = "clock";
 }
 
 /// One telemetry message as the hub stored it.

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::pki::cert::Certificate;
+use crate::pki::csr::CertificateRequest;
 use crate::pki::keys::{KeyAlgorithm, PrivateKey};
 use crate::pki::registration_id::validate_registration_id;
 use crate::random::fill_random;
@@ -600,42 +601,29 @@ impl CertificateAuthority {
         registration_id: Option<&str>,
         validity: Validity,
     ) -> Result<Certificate> {
-        use x509_parser::certification_request::X509CertificationRequest;
-        use x509_parser::prelude::FromDer;
-
-        let der = if crate::pki::keys::looks_like_pem(csr) {
-            let blocks =
-                pem::parse_many(csr).map_err(|e| Error::cert_caused("malformed PEM CSR", e))?;
-            blocks
-                .into_iter()
-                .find(|b| b.tag().contains("CERTIFICATE REQUEST"))
-                .ok_or_else(|| Error::cert("no CERTIFICATE REQUEST block in the CSR PEM"))?
-                .into_contents()
-        } else {
-            csr.to_vec()
-        };
-        let (_, request) = X509CertificationRequest::from_der(&der)
-            .map_err(|e| Error::cert_caused("malformed CSR", e))?;
-        request
-            .verify_signature()
-            .map_err(|_| Error::cert("the CSR's signature does not verify with its own key"))?;
-        let info = &request.certification_request_info;
+        let request = CertificateRequest::from_pem_or_der(csr)?;
         let cn = match registration_id {
             Some(id) => id.to_string(),
-            None => info
-                .subject
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_string)
-                .ok_or_else(|| {
-                    Error::cert("the CSR has no CN: pass the registration id explicitly")
-                })?,
+            None => request.common_name().map(str::to_string).ok_or_else(|| {
+                Error::cert("the CSR has no CN: pass the registration id explicitly")
+            })?,
         };
-        validate_registration_id(&cn, true)?;
-        let public_key = rcgen::SubjectPublicKeyInfo::from_der(info.subject_pki.raw)
+        self.issue_for_request(&request, &cn, validity)
+    }
+
+    /// Issues a device certificate for `request`'s key with CN = `registration_id` (which
+    /// must be a valid one), whatever subject the request asked for: the caller has judged
+    /// the request already.
+    pub fn issue_for_request(
+        &self,
+        request: &CertificateRequest,
+        registration_id: &str,
+        validity: Validity,
+    ) -> Result<Certificate> {
+        validate_registration_id(registration_id, true)?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(request.public_key_der())
             .map_err(|e| Error::cert_caused("unsupported public key in the CSR", e))?;
-        let cert = leaf_params(&cn, validity)?
+        let cert = leaf_params(registration_id, validity)?
             .signed_by(&public_key, &self.rcgen_issuer()?)
             .map_err(|e| Error::cert_caused("signing the CSR failed", e))?;
         Ok(Certificate::from_issued_der(cert.der().to_vec()))

@@ -1,8 +1,10 @@
-//! The X.509 toolkit: keys, CA hierarchies, device and verification certificates, CSR signing,
+//! The X.509 toolkit: keys, CA hierarchies, device and verification certificates, CSRs made and
+//! signed,
 //! PEM/DER/PKCS#12 output, loading, inspection and chain verification.
 
 pub(crate) mod cert;
 pub(crate) mod chain;
+pub(crate) mod csr;
 pub(crate) mod files;
 pub(crate) mod issue;
 pub(crate) mod keys;
@@ -14,6 +16,7 @@ mod tests;
 
 pub use cert::{Certificate, CertificateInfo};
 pub use chain::verify_chain;
+pub use csr::CertificateRequest;
 pub use files::{
     ManifestFormat, SaveOptions, SavedFiles, iso_utc, save_credential, save_devices, slug,
     write_public, write_secret,

@@ -12,6 +12,12 @@ use crate::sas::{url_decode, url_encode};
 /// The MQTT api-version DPS documents and the Python and C# SDKs send.
 pub(crate) const API_VERSION: &str = "2019-03-31";
 
+/// The api-version that carries a certificate signing request in the register body and an
+/// issued chain in the answer (Azure's certificate management preview; the C and C# SDKs'
+/// preview branches send it). Older versions never see either field.
+#[allow(dead_code)] // the provisioning client sends it as its CSR support lands
+pub(crate) const CSR_API_VERSION: &str = "2025-07-01-preview";
+
 /// The one subscription DPS serves: every response arrives on it.
 pub(crate) const RESPONSE_FILTER: &str = "$dps/registrations/res/#";
 
@@ -22,8 +28,18 @@ const RESPONSE_PREFIX: &str = "$dps/registrations/res/";
 /// The CONNECT username: `{idScope}/registrations/{registrationId}/api-version=...&
 /// ClientVersion=...` (no `?`, as the Python and C SDKs write it).
 pub(crate) fn username(id_scope: &str, registration_id: &str, client_version: &str) -> String {
+    username_with(id_scope, registration_id, API_VERSION, client_version)
+}
+
+/// [`username`] with another api-version (a registration with a CSR sends [`CSR_API_VERSION`]).
+pub(crate) fn username_with(
+    id_scope: &str,
+    registration_id: &str,
+    api_version: &str,
+    client_version: &str,
+) -> String {
     format!(
-        "{id_scope}/registrations/{registration_id}/api-version={API_VERSION}&ClientVersion={}",
+        "{id_scope}/registrations/{registration_id}/api-version={api_version}&ClientVersion={}",
         url_encode(client_version)
     )
 }
@@ -125,8 +141,9 @@ impl Response {
     }
 }
 
-/// The register request's body (`DeviceRegistration`): the registration id, and the custom
-/// payload (`null` without one).
+/// The register request's body (`DeviceRegistration`): the registration id, the custom
+/// payload (`null` without one) and, from [`CSR_API_VERSION`] on, a certificate signing
+/// request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DeviceRegistration {
@@ -134,6 +151,10 @@ pub(crate) struct DeviceRegistration {
     pub registration_id: String,
     /// Custom payload for the allocation (and a custom allocation webhook).
     pub payload: Option<Value>,
+    /// Base64 of a DER PKCS#10 request (no PEM armour, no line breaks) whose CN is the
+    /// registration id: DPS answers with a certificate issued for its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }
 
 /// The body of a register or status-poll response (`RegistrationOperationStatus`). Read by
@@ -327,6 +348,16 @@ pub(crate) struct DeviceRegistrationResult {
     /// What a custom allocation returned to the device (`null` reads as none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+    /// The certificate issued for the register request's CSR and its issuers, each base64
+    /// DER: the leaf first, each one issued by the next, ending with the root. Only on the
+    /// answer to a register request with a CSR (and its status polls), never on a lookup; a
+    /// list holding anything but strings reads as absent.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::strings"
+    )]
+    pub issued_certificate_chain: Option<Vec<String>>,
 }
 
 /// Field readers that take a value of the wrong JSON type as absent.
@@ -344,6 +375,21 @@ mod lenient {
         Ok(Value::deserialize(d)?
             .as_u64()
             .and_then(|c| u32::try_from(c).ok()))
+    }
+
+    pub(super) fn strings<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<String>>, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        })
     }
 
     pub(super) fn object<'de, D: Deserializer<'de>, T: serde::de::DeserializeOwned>(
@@ -467,6 +513,7 @@ mod tests {
         let request = DeviceRegistration {
             registration_id: "dev-1".into(),
             payload: Some(json!({"k": [1, 2]})),
+            csr: None,
         };
         let text = serde_json::to_string(&request).unwrap();
         assert_eq!(text, r#"{"registrationId":"dev-1","payload":{"k":[1,2]}}"#);
@@ -477,10 +524,19 @@ mod tests {
         let bare = DeviceRegistration {
             registration_id: "dev-2".into(),
             payload: None,
+            csr: None,
         };
         assert_eq!(
             serde_json::to_value(&bare).unwrap(),
             json!({"registrationId": "dev-2", "payload": null})
+        );
+        let with_csr = DeviceRegistration {
+            csr: Some("MIIBDjCBtQ".into()),
+            ..bare.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(&with_csr).unwrap(),
+            json!({"registrationId": "dev-2", "payload": null, "csr": "MIIBDjCBtQ"})
         );
 
         let assigned = RegistrationOperationStatus {
