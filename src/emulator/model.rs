@@ -230,6 +230,26 @@ pub struct EnrollmentSettings {
     pub initial_twin: Option<Value>,
     /// For the custom allocation policy.
     pub custom_allocation: Option<CustomAllocationDefinition>,
+    /// The Device Registry certificate policy that issues the devices' certificates when they
+    /// register with a CSR (`None`: this enrollment issues none).
+    pub credential_policy: Option<CredentialPolicyRef>,
+}
+
+/// How an enrollment names its certificate policy: by the policy's name alone
+/// (`credentialPolicyName`, service api-version 2025-07-01-preview: looked up in the namespace
+/// the DPS is linked to), or by the three names of the newer API (`namespaceName`,
+/// `certificateAuthorityName`, `certificatePolicyName`, 2026-11-01), which travel together.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialPolicyRef {
+    /// The policy's name.
+    pub policy: String,
+    /// The Device Registry namespace (the newer API's `namespaceName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The issuing CA (the newer API's `certificateAuthorityName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<String>,
 }
 
 /// An enrollment group.

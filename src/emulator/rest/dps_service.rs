@@ -526,6 +526,9 @@ fn spec(
             reprovision_policy: policies.reprovision_policy.unwrap_or_default(),
             initial_twin: policies.initial_twin.map(Value::Object),
             custom_allocation: policies.custom_allocation_definition,
+            // Read from the wire by the Device Registry work (credentialPolicyName and the
+            // three-name form).
+            credential_policy: None,
         },
         device_id,
     })
