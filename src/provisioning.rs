@@ -11,8 +11,11 @@ use rumqttc::{Connect, ConnectAuth, ConnectReturnCode, Packet, PubAck, Publish, 
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::pki::Credential;
+use crate::pki::{
+    Certificate, CertificateRequest, Credential, DeviceCredential, KeyAlgorithm, PrivateKey,
+};
 use crate::protocol::dps::{
     self as wire, DeviceRegistration, RegistrationOperationStatus, Request, Response,
 };
@@ -77,6 +80,13 @@ pub struct ProvisioningRequest {
     pub payload: Option<Value>,
     /// Give up after this long.
     pub timeout: Duration,
+    /// A certificate signing request for the device's operational certificate (CN = the
+    /// registration id): sent as `csr` on [`wire::CSR_API_VERSION`], and DPS answers with
+    /// the certificate its enrollment's policy issued ([`RegistrationResult::issued_chain`]).
+    pub csr: Option<CertificateRequest>,
+    /// The clock SAS tokens are signed with: the system clock, or the clock of the local cloud
+    /// the device lives in (whose time may have been moved forward).
+    pub clock: Clock,
 }
 
 /// What DPS answered.
@@ -102,6 +112,9 @@ pub struct RegistrationResult {
     pub payload: Option<Value>,
     /// DPS operation id.
     pub operation_id: String,
+    /// The certificate DPS issued for the request's CSR, then its issuers up to the root;
+    /// checked to be a chain issued for that CSR ([`check_issued_chain`]). Empty without a CSR.
+    pub issued_chain: Vec<Certificate>,
 }
 
 impl DeviceAuth {
@@ -170,7 +183,7 @@ async fn exchange(
     let body = serde_json::to_string(&DeviceRegistration {
         registration_id: id.clone(),
         payload: request.payload.clone(),
-        csr: None,
+        csr: request.csr.as_ref().map(CertificateRequest::to_base64),
     })
     .map_err(|e| Error::protocol_caused("cannot encode the registration request", e))?;
     if body.len() > MAX_REGISTRATION_BYTES {
@@ -182,18 +195,22 @@ async fn exchange(
             body.len()
         )));
     }
-    let username = wire::username(
-        &request.id_scope,
-        id,
-        concat!("dpskit/", env!("CARGO_PKG_VERSION")),
-    );
+    let client_version = concat!("dpskit/", env!("CARGO_PKG_VERSION"));
+    // Only a CSR needs the preview api-version: without one the request stays what the
+    // official SDKs send.
+    let username = match &request.csr {
+        Some(_) => {
+            wire::username_with(&request.id_scope, id, wire::CSR_API_VERSION, client_version)
+        }
+        None => wire::username(&request.id_scope, id, client_version),
+    };
     let mut connect = Connect::new(id.clone());
     connect.keep_alive = KEEP_ALIVE_SECONDS;
     connect.clean_session = true;
     connect.auth = match &request.auth {
         DeviceAuth::X509(_) => ConnectAuth::Username { username },
         DeviceAuth::SymmetricKey(key) => {
-            let expiry = crate::clock::now() + SAS_TTL_SECONDS;
+            let expiry = request.clock.now() + SAS_TTL_SECONDS;
             let token = crate::sas::build_token(
                 &wire::sas_audience(&request.id_scope, id),
                 key,
@@ -264,7 +281,9 @@ async fn exchange(
             }
             _ => continue,
         };
-        let next = match interpret(id, &request.auth, &topic, &payload) {
+        let next = match interpret(id, &request.auth, &topic, &payload)
+            .and_then(|reply| with_issued_chain(reply, request.csr.as_ref()))
+        {
             Ok(next) => next,
             Err(error) => {
                 session.disconnect().await;
@@ -296,7 +315,7 @@ async fn exchange(
                 session.publish(poll_topic(rid, &operation_id), " ").await?;
                 pending_operation = Some(operation_id);
             }
-            Reply::Assigned(result) => {
+            Reply::Assigned(result, _) => {
                 session.disconnect().await;
                 return Ok(*result);
             }
@@ -414,8 +433,140 @@ enum Reply {
         operation_id: String,
         retry_after: Option<u32>,
     },
-    /// The registration is assigned.
-    Assigned(Box<RegistrationResult>),
+    /// The registration is assigned; with the issued chain as DPS sent it (base64 DER), not
+    /// yet checked.
+    Assigned(Box<RegistrationResult>, Option<Vec<String>>),
+}
+
+/// An assigned answer's chain checked against the CSR sent ([`check_issued_chain`]): what a
+/// device with a CSR must get back before it trusts the answer. A chain nobody asked for is
+/// ignored (the device has no key for it).
+fn with_issued_chain(reply: Reply, csr: Option<&CertificateRequest>) -> Result<Reply> {
+    let Reply::Assigned(mut result, chain) = reply else {
+        return Ok(reply);
+    };
+    if let Some(csr) = csr {
+        let Some(chain) = chain.filter(|c| !c.is_empty()) else {
+            return Err(Error::protocol(format!(
+                "DPS assigned {} without issuing a certificate for its CSR: the enrollment has \
+                 no certificate policy (link a Device Registry policy to it, or register \
+                 without a CSR)",
+                result.registration_id
+            )));
+        };
+        let expected = result.registration_id.clone();
+        result.issued_chain = check_issued_chain(&chain, csr, &expected, "DPS")?;
+    }
+    Ok(Reply::Assigned(result, None))
+}
+
+/// The CSR a device sends for its operational certificate and the key it is for: a new key of
+/// `algorithm` and a CSR with CN = `common_name`; or the caller's `csr` (PEM or DER, its
+/// signature checked) with its `key` when the caller has it. A key that is not the CSR's is a
+/// [`Error::Config`]: the issued certificate could never be used with it.
+pub fn certificate_request(
+    common_name: &str,
+    csr: Option<&[u8]>,
+    key: Option<&[u8]>,
+    algorithm: KeyAlgorithm,
+) -> Result<(CertificateRequest, Option<PrivateKey>)> {
+    let key = key.map(|k| PrivateKey::from_bytes(k, None)).transpose()?;
+    let Some(csr) = csr else {
+        let key = match key {
+            Some(key) => key,
+            None => PrivateKey::generate(algorithm)?,
+        };
+        let request = CertificateRequest::generate(common_name, &key)?;
+        return Ok((request, Some(key)));
+    };
+    let request = CertificateRequest::from_pem_or_der(csr)?;
+    if let Some(key) = &key
+        && key.public_key_der() != request.public_key_der()
+    {
+        return Err(Error::config(
+            "the private key given is not the CSR's: the issued certificate would be for \
+             another key",
+        ));
+    }
+    Ok((request, key))
+}
+
+/// The credential an issued chain makes with the key its CSR was made for: the leaf, the key,
+/// and the issuers (issuing CA, root), ready for the hub.
+pub fn issued_credential(chain: &[Certificate], key: PrivateKey) -> Result<DeviceCredential> {
+    let (leaf, issuers) = chain
+        .split_first()
+        .ok_or_else(|| Error::cert("an issued chain holds at least the device certificate"))?;
+    DeviceCredential::new(Credential::new(leaf.clone(), key, issuers.to_vec())?)
+}
+
+/// Reads an issued chain (base64 DER, as DPS and IoT Hub send it) and checks it is one for
+/// `csr`: the leaf first with the CSR's public key and CN = `common_name`, each certificate
+/// signed by the next. `who` names the sender in the errors. Anything else is a
+/// [`Error::Protocol`] naming what is wrong: a device must not install a credential that
+/// cannot work.
+pub(crate) fn check_issued_chain(
+    chain: &[String],
+    csr: &CertificateRequest,
+    common_name: &str,
+    who: &str,
+) -> Result<Vec<Certificate>> {
+    use base64::Engine;
+    if chain.is_empty() {
+        return Err(Error::protocol(format!(
+            "{who} issued an empty certificate chain"
+        )));
+    }
+    let certificates = chain
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| {
+                    Error::protocol_caused(
+                        format!("certificate {i} of the chain {who} issued is not base64"),
+                        e,
+                    )
+                })?;
+            Certificate::from_der(&der).map_err(|e| {
+                Error::protocol_caused(
+                    format!(
+                        "certificate {i} of the chain {who} issued is not an X.509 certificate"
+                    ),
+                    e,
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let leaf = &certificates[0];
+    if leaf.parsed().public_key().raw != csr.public_key_der() {
+        return Err(Error::protocol(format!(
+            "the first certificate {who} issued ({}) is not for the CSR's key: the chain must \
+             start with the device's own certificate",
+            crate::pki::chain::describe(leaf)
+        )));
+    }
+    let cn = leaf.info().common_name.as_deref();
+    if cn != Some(common_name) {
+        return Err(Error::protocol(format!(
+            "the certificate {who} issued has CN {} but the device is '{common_name}'",
+            cn.map_or_else(|| "(none)".to_string(), |cn| format!("'{cn}'"))
+        )));
+    }
+    for (i, pair) in certificates.windows(2).enumerate() {
+        let (child, issuer) = (&pair[0], &pair[1]);
+        if !issuer.is_issuer_name_of(child) || !child.is_signed_by(issuer) {
+            return Err(Error::protocol(format!(
+                "certificate {i} of the chain {who} issued ({}) is not signed by certificate {} \
+                 ({}): the chain must run from the leaf to the root, each issued by the next",
+                crate::pki::chain::describe(child),
+                i + 1,
+                crate::pki::chain::describe(issuer)
+            )));
+        }
+    }
+    Ok(certificates)
 }
 
 /// Reads one PUBLISH from DPS: its topic (status, retry-after) and JSON body. Anything DPS
@@ -444,18 +595,22 @@ fn interpret(id: &str, auth: &DeviceAuth, topic: &[u8], payload: &[u8]) -> Resul
         }
         Some("assigned") => {
             let state = reply.registration_state.unwrap_or_default();
-            Ok(Reply::Assigned(Box::new(RegistrationResult {
-                status: "assigned".into(),
-                registration_id: state.registration_id.unwrap_or_else(|| id.to_string()),
-                assigned_hub: state.assigned_hub,
-                device_id: state.device_id,
-                substatus: state.substatus,
-                etag: state.etag,
-                created: state.created_date_time_utc,
-                last_updated: state.last_updated_date_time_utc,
-                payload: state.payload,
-                operation_id: reply.operation_id.unwrap_or_default(),
-            })))
+            Ok(Reply::Assigned(
+                Box::new(RegistrationResult {
+                    status: "assigned".into(),
+                    registration_id: state.registration_id.unwrap_or_else(|| id.to_string()),
+                    assigned_hub: state.assigned_hub,
+                    device_id: state.device_id,
+                    substatus: state.substatus,
+                    etag: state.etag,
+                    created: state.created_date_time_utc,
+                    last_updated: state.last_updated_date_time_utc,
+                    payload: state.payload,
+                    operation_id: reply.operation_id.unwrap_or_default(),
+                    issued_chain: Vec::new(),
+                }),
+                state.issued_certificate_chain,
+            ))
         }
         _ => Err(refused(id, status, &body["registrationState"], auth)),
     }
@@ -648,6 +803,8 @@ mod tests {
             auth: DeviceAuth::SymmetricKey("AAAA".into()),
             payload: None,
             timeout: Duration::from_secs(30),
+            csr: None,
+            clock: crate::clock::Clock::system(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -718,6 +875,175 @@ mod tests {
             "{missing:?}"
         );
         assert!(diagnose("x", &DeviceAuth::SymmetricKey("k".into())).is_empty());
+    }
+
+    /// A root, an issuing CA under it, and a leaf it issued for a CSR: what DPS and the hub
+    /// send back, as base64 DER (leaf, ICA, root), with the CSR.
+    fn issued(cn: &str) -> (Vec<String>, CertificateRequest, Vec<Certificate>) {
+        use crate::pki::{CaOptions, CertificateAuthority, Validity};
+        use base64::Engine;
+        let options = |path_length| CaOptions {
+            algorithm: KeyAlgorithm::EcP384,
+            validity: Validity::days(5, None).unwrap(),
+            path_length,
+            organization: None,
+        };
+        let root = CertificateAuthority::create_root("ns Root CA", &options(None)).unwrap();
+        let ica = root
+            .create_intermediate("ns policy ICA", &options(Some(0)))
+            .unwrap();
+        let key = PrivateKey::generate(KeyAlgorithm::EcP256).unwrap();
+        let csr = CertificateRequest::generate(cn, &key).unwrap();
+        let leaf = ica
+            .issue_for_request(&csr, cn, Validity::days(30, None).unwrap())
+            .unwrap();
+        let chain = vec![
+            leaf,
+            ica.credential().certificate().clone(),
+            root.credential().certificate().clone(),
+        ];
+        let text = chain
+            .iter()
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c.der()))
+            .collect();
+        (text, csr, chain)
+    }
+
+    fn protocol_message(result: Result<Vec<Certificate>>) -> String {
+        match result {
+            Err(Error::Protocol(detail)) => detail.to_string(),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_issued_chain_for_the_csr_in_order_is_accepted() {
+        let (text, csr, chain) = issued("dev-1");
+        let checked = check_issued_chain(&text, &csr, "dev-1", "DPS").unwrap();
+        assert_eq!(checked, chain);
+        // The leaf and its issuing CA alone (no root) are a chain too.
+        assert_eq!(
+            check_issued_chain(&text[..2], &csr, "dev-1", "DPS").unwrap(),
+            chain[..2]
+        );
+    }
+
+    #[test]
+    fn an_issued_chain_out_of_order_is_refused_naming_the_link() {
+        let (mut text, csr, _) = issued("dev-1");
+        text.swap(1, 2);
+        let message = protocol_message(check_issued_chain(&text, &csr, "dev-1", "DPS"));
+        assert!(
+            message.contains("certificate 0 of the chain DPS issued")
+                && message.contains("not signed by certificate 1"),
+            "{message}"
+        );
+        // Root first: the leaf is not first, so the key is not the CSR's.
+        let (mut text, csr, _) = issued("dev-1");
+        text.reverse();
+        let message = protocol_message(check_issued_chain(&text, &csr, "dev-1", "the hub"));
+        assert!(message.contains("not for the CSR's key"), "{message}");
+    }
+
+    #[test]
+    fn an_issued_certificate_for_another_key_or_device_is_refused() {
+        let (text, _, _) = issued("dev-1");
+        let (_, foreign, _) = issued("dev-1");
+        let message = protocol_message(check_issued_chain(&text, &foreign, "dev-1", "DPS"));
+        assert!(message.contains("not for the CSR's key"), "{message}");
+        let (text, csr, _) = issued("dev-1");
+        let message = protocol_message(check_issued_chain(&text, &csr, "dev-2", "DPS"));
+        assert!(
+            message.contains("has CN 'dev-1' but the device is 'dev-2'"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_issued_chain_that_does_not_decode_is_refused() {
+        let (_, csr, _) = issued("dev-1");
+        let message = protocol_message(check_issued_chain(&[], &csr, "dev-1", "DPS"));
+        assert!(message.contains("empty certificate chain"), "{message}");
+        let message = protocol_message(check_issued_chain(&["!!".into()], &csr, "dev-1", "DPS"));
+        assert!(
+            message.contains("certificate 0") && message.contains("not base64"),
+            "{message}"
+        );
+        let message = protocol_message(check_issued_chain(
+            &["TUlJQg==".into()],
+            &csr,
+            "dev-1",
+            "DPS",
+        ));
+        assert!(message.contains("not an X.509 certificate"), "{message}");
+    }
+
+    #[test]
+    fn an_assigned_answer_without_the_chain_a_csr_asked_for_is_an_error() {
+        let result = || {
+            Box::new(RegistrationResult {
+                status: "assigned".into(),
+                registration_id: "dev-1".into(),
+                assigned_hub: Some("hub".into()),
+                device_id: Some("dev-1".into()),
+                substatus: None,
+                etag: None,
+                created: None,
+                last_updated: None,
+                payload: None,
+                operation_id: "op".into(),
+                issued_chain: Vec::new(),
+            })
+        };
+        let (text, csr, chain) = issued("dev-1");
+        let error = with_issued_chain(Reply::Assigned(result(), None), Some(&csr)).unwrap_err();
+        assert!(matches!(error, Error::Protocol(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("no certificate policy"),
+            "{error}"
+        );
+        match with_issued_chain(Reply::Assigned(result(), Some(text.clone())), Some(&csr)) {
+            Ok(Reply::Assigned(r, _)) => assert_eq!(r.issued_chain, chain),
+            other => panic!("{other:?}"),
+        }
+        // Without a CSR, a chain is nobody's: ignored.
+        match with_issued_chain(Reply::Assigned(result(), Some(text)), None) {
+            Ok(Reply::Assigned(r, _)) => assert!(r.issued_chain.is_empty()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_csr_is_made_for_a_new_key_or_checked_against_the_given_one() {
+        let (csr, key) = certificate_request("dev-1", None, None, KeyAlgorithm::EcP384).unwrap();
+        let key = key.unwrap();
+        assert_eq!(csr.common_name(), Some("dev-1"));
+        assert_eq!(key.algorithm(), KeyAlgorithm::EcP384);
+        let pem = csr.to_pem();
+        let key_pem = key.pkcs8_pem();
+        let (again, with_key) = certificate_request(
+            "x",
+            Some(pem.as_bytes()),
+            Some(key_pem.as_bytes()),
+            KeyAlgorithm::EcP256,
+        )
+        .unwrap();
+        assert_eq!(again.der(), csr.der());
+        assert!(with_key.is_some());
+        let (_, none) =
+            certificate_request("x", Some(csr.der()), None, KeyAlgorithm::EcP256).unwrap();
+        assert!(none.is_none());
+        let other = PrivateKey::generate(KeyAlgorithm::EcP256)
+            .unwrap()
+            .pkcs8_pem();
+        let error = certificate_request(
+            "x",
+            Some(pem.as_bytes()),
+            Some(other.as_bytes()),
+            KeyAlgorithm::EcP256,
+        )
+        .unwrap_err();
+        assert!(matches!(error, Error::Config(_)), "{error:?}");
     }
 
     #[test]

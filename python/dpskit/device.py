@@ -13,12 +13,18 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from dpskit._native import DeviceCertificate, HubSession, Registration, derive_device_key
+from dpskit._native import (
+    Certificate,
+    DeviceCertificate,
+    HubSession,
+    Registration,
+    derive_device_key,
+)
 from dpskit._native import provision as _provision
 from dpskit.cloud import _azure_time
 from dpskit.cloud._common import Transport as Transport
@@ -31,6 +37,7 @@ __all__ = [
     "HubClient",
     "MethodRequest",
     "RegistrationResult",
+    "SupportsNow",
     "provision",
     "provision_sync",
 ]
@@ -81,6 +88,36 @@ def _timestamp(text: str | None) -> datetime | None:
     return _azure_time(text) if text else None
 
 
+class SupportsNow(Protocol):
+    """A clock: anything with ``now()`` returning an aware datetime, such as a
+    :class:`~dpskit.LocalCloud` (whose time :meth:`~dpskit.LocalCloud.advance_time` moves)."""
+
+    def now(self) -> datetime: ...
+
+
+def _clock_offset_ms(clock: SupportsNow | None) -> int:
+    """How far ``clock`` is ahead of the wall clock, in ms: the device signs its SAS tokens in
+    its cloud's time."""
+    if clock is None:
+        return 0
+    now = clock.now()
+    if now.tzinfo is None:
+        raise ConfigError("the clock's now() must be timezone-aware")
+    return round((now - datetime.now(timezone.utc)).total_seconds() * 1000)
+
+
+CsrInput = bool | bytes | str | Path
+
+
+def _csr_bytes(csr: CsrInput | None) -> bytes | None:
+    """The CSR a caller gave (PEM or DER bytes, PEM text or a file), ``None`` for
+    ``True``/``None`` (dpskit makes one)."""
+    if csr is None or isinstance(csr, bool):
+        return None
+    value = _pem_or_path(csr)
+    return value.encode() if isinstance(value, str) else value
+
+
 @dataclass(frozen=True)
 class RegistrationResult:
     """What DPS answered: where the device goes, as which device id."""
@@ -103,6 +140,16 @@ class RegistrationResult:
     transport: Transport = "mqtt"
     #: The HTTP proxy it went through, if any (not shown: its URL may hold a password).
     proxy: str | None = field(default=None, repr=False)
+    #: The operational certificate DPS issued for the CSR (``provision(..., csr=...)``) with
+    #: the CSR's key and its issuers (issuing CA, root): what :meth:`HubClient.connect` uses
+    #: when given no credential. ``None`` without a CSR, or when the CSR's key is not known.
+    issued_certificate: DeviceCertificate | None = field(default=None, repr=False)
+    #: The certificates DPS issued, leaf first up to the root (checked: for the CSR's key,
+    #: CN = registration id, each issued by the next). Empty without a CSR.
+    issued_chain: tuple[Certificate, ...] = field(default=(), repr=False)
+    #: How far the device's clock was ahead of the wall clock (``provision(clock=...)``), in
+    #: ms: the hub connection signs its tokens in the same time.
+    clock_offset_ms: int = field(default=0, repr=False)
 
     @classmethod
     def _from_native(
@@ -111,6 +158,7 @@ class RegistrationResult:
         port: int,
         transport: Transport = "mqtt",
         proxy: str | None = None,
+        clock_offset_ms: int = 0,
     ) -> RegistrationResult:
         return cls(
             status=record.status,
@@ -126,6 +174,9 @@ class RegistrationResult:
             port=port,
             transport=transport,
             proxy=proxy,
+            issued_certificate=record.issued_certificate,
+            issued_chain=tuple(record.issued_chain),
+            clock_offset_ms=clock_offset_ms,
         )
 
 
@@ -143,6 +194,10 @@ async def provision(
     timeout: float = 60.0,
     transport: Transport = "mqtt",
     proxy: str | None = None,
+    csr: CsrInput | None = None,
+    key: str | bytes | Path | None = None,
+    key_algorithm: str = "ec-p256",
+    clock: SupportsNow | None = None,
 ) -> RegistrationResult:
     """Register a device with DPS over MQTT and wait for its assignment.
 
@@ -158,6 +213,15 @@ async def provision(
     roots. Refusals raise ``RegistrationFailedError`` or ``AuthenticationError`` with Azure's
     code and, when the device can tell, the likely cause; the deadline raises
     ``OperationTimeoutError``.
+
+    Certificates issued by DPS (Azure's certificate management preview): ``csr=True`` makes a
+    new ``key_algorithm`` key (``ec-p256``, ``ec-p384``, ``rsa-2048``; or uses ``key``) and a CSR
+    with CN = the registration id; ``csr`` may also be your own CSR (PEM or DER bytes, PEM text
+    or a file) with its ``key`` when you have it. The onboarding credential stays the
+    certificate or symmetric key above. The result's ``issued_certificate`` is the issued
+    chain with the key, ready for :meth:`HubClient.connect`; an enrollment without a
+    certificate policy raises ``ProtocolError``. ``clock`` (a :class:`~dpskit.LocalCloud`, or
+    anything with ``now()``) is the time the device signs its SAS tokens in.
     """
     host, port = _endpoint(endpoint, transport)
     device = (
@@ -176,6 +240,11 @@ async def provision(
             symmetric_key = derive_device_key(group_key, registration_id)
         if symmetric_key is None:
             raise ConfigError("give a certificate, a symmetric_key, or a group_key")
+    if csr is False:
+        csr = None
+    if csr is None and key is not None:
+        raise ConfigError("key is the private key of a CSR: pass csr=True or your CSR too")
+    offset = _clock_offset_ms(clock)
     record = await _provision(
         host,
         port,
@@ -188,8 +257,12 @@ async def provision(
         timeout=timeout,
         transport=transport,
         proxy=proxy,
+        csr=_csr_bytes(csr),
+        csr_key=_csr_bytes(key),
+        key_algorithm=key_algorithm if csr is not None else None,
+        clock_offset_ms=offset,
     )
-    return RegistrationResult._from_native(record, port, transport, proxy)
+    return RegistrationResult._from_native(record, port, transport, proxy, offset)
 
 
 def provision_sync(endpoint: str = AZURE_GLOBAL_ENDPOINT, **options: Any) -> RegistrationResult:
@@ -277,14 +350,29 @@ class HubClient:
         timeout: float = 30.0,
         transport: Transport | None = None,
         proxy: str | None = None,
+        certificate_renewal: bool | None = None,
+        clock: SupportsNow | None = None,
     ) -> _Connecting:
         """Connect to ``target``: a :class:`RegistrationResult` (its assigned hub, device id,
         port, transport and proxy) or a hub host name (``host[:port]``, with ``device_id``).
         Use with ``async with``, or ``await`` it (then :meth:`close` it). ``keep_alive``
         (seconds) is clamped to IoT Hub's largest, 1,177. ``transport`` (``"mqtt"`` or
         ``"websockets"``) and ``proxy`` are as for :func:`provision`; with a registration they
-        default to the way it went."""
+        default to the way it went.
+
+        A registration that was issued a certificate connects with it when given no
+        credential. ``certificate_renewal`` connects on IoT Hub's certificate-management
+        api-version so that :meth:`renew_certificate` works; it defaults to on for an issued
+        certificate, off otherwise (the connection then stays what the official SDKs send).
+        ``clock`` signs SAS tokens in a local cloud's time (a registration's own by default)."""
+        clock_offset_ms = _clock_offset_ms(clock)
+        issued: DeviceCertificate | None = None
         if isinstance(target, RegistrationResult):
+            issued = target.issued_certificate
+            if clock is None:
+                clock_offset_ms = target.clock_offset_ms
+            if certificate is None and symmetric_key is None and issued is not None:
+                certificate = issued
             if target.assigned_hub is None or target.device_id is None:
                 raise ConfigError(f"registration {target.registration_id} has no assigned hub")
             transport = transport or target.transport
@@ -308,6 +396,8 @@ class HubClient:
             device_id = device.registration_id
         if (device is None) == (symmetric_key is None):
             raise ConfigError("give a certificate or a symmetric_key")
+        if certificate_renewal is None:
+            certificate_renewal = device is not None and device is issued
         pending = HubSession.connect(
             host,
             port,
@@ -319,6 +409,8 @@ class HubClient:
             timeout=timeout,
             transport=transport,
             proxy=proxy,
+            certificate_renewal=certificate_renewal,
+            clock_offset_ms=clock_offset_ms,
         )
         return _Connecting(cls, pending)
 
@@ -382,6 +474,20 @@ class HubClient:
         """Direct method calls; answer each with ``await request.respond(status, payload)``."""
         async for name, rid, payload in _stream(self._session.next_method):
             yield MethodRequest(name, payload, rid, self._session)
+
+    async def renew_certificate(
+        self, *, key_algorithm: str | None = None, replace: str | None = None
+    ) -> DeviceCertificate:
+        """Renew the device's certificate through its hub (IoT Hub's ``$iothub/credentials``):
+        a new key (``key_algorithm``, else the current certificate's) and a CSR with CN = the
+        device id; returns the new credential (key + issued chain, checked). The connection
+        stays up on the old certificate, which stays valid until it expires; connect again with
+        the new one. Needs a client connected with ``certificate_renewal`` (the default for an
+        issued certificate). Refusals: ``ConflictError`` while another request is pending (it
+        names it; ``replace="*"`` or its id cancels it), ``ThrottledError``, ``ServiceError``
+        for a CSR the hub rejects; ``OperationTimeoutError`` after 3 minutes without the
+        certificate."""
+        return await self._session.renew_certificate(key_algorithm=key_algorithm, replace=replace)
 
     async def close(self) -> None:
         """Disconnect cleanly."""

@@ -902,6 +902,8 @@ async fn provision_device(
         auth: device.auth.clone(),
         payload: settings.payload.clone(),
         timeout: Duration::from_secs_f64(settings.provision_timeout),
+        csr: None,
+        clock: crate::clock::Clock::system(),
     };
     let mut attempt = 1;
     loop {

@@ -10,8 +10,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::error::{Error, Result, ServiceFailure};
+use crate::pki::{Certificate, CertificateRequest};
 use crate::protocol::bags::{encode_property_bag, parse_property_bag};
+use crate::protocol::credentials;
 use crate::protocol::hub::{self as wire, CloudPublish, DeviceRequest, Subscription};
 use crate::provisioning::DeviceAuth;
 use crate::transport::Trust;
@@ -23,6 +26,9 @@ mod fuzz_tests;
 
 /// The api-version the IoT Hub MQTT documentation uses.
 const API_VERSION: &str = "2021-04-12";
+/// How long [`HubClient::renew_certificate`] waits for the issued certificate by default: the
+/// C SDK's `csr_timeout_secs` default (3 minutes).
+pub const DEFAULT_RENEWAL_TIMEOUT: Duration = Duration::from_secs(180);
 /// SAS tokens for the hub are valid this long (the Python SDK's default).
 const SAS_TTL_SECONDS: i64 = 3600;
 
@@ -93,6 +99,15 @@ pub struct HubConnectOptions {
     /// TLS sessions kept to resume after a reconnect (a shorter handshake); 0 saves about
     /// 4 KB per device, which fleets of thousands prefer.
     pub tls_sessions: usize,
+    /// Connect on IoT Hub's certificate-management api-version
+    /// ([`credentials::API_VERSION`]) and subscribe to its answers, so that
+    /// [`HubClient::renew_certificate`] works. Off by default: the connection stays what the
+    /// official SDKs send.
+    pub certificate_renewal: bool,
+    /// How long a renewal waits for the issued certificate.
+    pub renewal_timeout: Duration,
+    /// The clock SAS tokens are signed with (the system's, or the local cloud's).
+    pub clock: Clock,
 }
 
 impl HubConnectOptions {
@@ -117,6 +132,9 @@ impl HubConnectOptions {
             reconnect: true,
             sas_ttl: Duration::from_secs(SAS_TTL_SECONDS as u64),
             tls_sessions: 2,
+            certificate_renewal: false,
+            renewal_timeout: DEFAULT_RENEWAL_TIMEOUT,
+            clock: Clock::system(),
         }
     }
 }
@@ -142,13 +160,14 @@ struct SasRenewal {
     audience: String,
     key: String,
     ttl: Duration,
+    clock: Clock,
 }
 
 impl SasRenewal {
     /// A token valid for `ttl` from now, and when to renew it.
     fn token(&self) -> Result<(String, tokio::time::Instant)> {
         let ttl = self.ttl.max(Duration::from_secs(2));
-        let expiry = crate::clock::now() + ttl.as_secs() as i64;
+        let expiry = self.clock.now() + ttl.as_secs() as i64;
         let token = crate::sas::build_token(&self.audience, &self.key, expiry, None)?;
         let margin = SAS_RENEW_MARGIN.min(ttl / 4);
         Ok((token, tokio::time::Instant::now() + ttl - margin))
@@ -158,6 +177,21 @@ impl SasRenewal {
 /// The four subscriptions of a device that receives.
 fn subscription_filters(device_id: &str) -> Vec<String> {
     Subscription::all_filters(device_id)
+}
+
+/// What a device subscribes to at connect: the four of a device that receives, and the
+/// renewal answers' filter when it renews (the hub answers only a subscribed device, and
+/// keeps the answer for the session until it is).
+fn connect_filters(device_id: &str, receive: bool, renewal: bool) -> Vec<String> {
+    let mut filters = if receive {
+        subscription_filters(device_id)
+    } else {
+        Vec::new()
+    };
+    if renewal {
+        filters.push(credentials::RESPONSE_FILTER.to_string());
+    }
+    filters
 }
 
 /// One device-to-cloud message: a body plus the properties IoT Hub carries with it.
@@ -280,10 +314,16 @@ pub struct MethodRequest {
 /// Twin requests waiting for their answer (status, body), by `$rid`.
 type TwinWaiters = Mutex<std::collections::HashMap<String, oneshot::Sender<(u16, Vec<u8>)>>>;
 
+/// Renewals waiting for their answers (status, body), by `$rid`: a 202 then a 200 or an
+/// error arrive for the same one.
+type RenewalWaiters =
+    Mutex<std::collections::HashMap<String, tokio::sync::mpsc::UnboundedSender<(u16, Vec<u8>)>>>;
+
 /// Where incoming publishes go.
 #[derive(Default)]
 struct Inbox {
     twin_waiters: TwinWaiters,
+    renewals: RenewalWaiters,
     c2d: Mutex<Option<tokio::sync::mpsc::UnboundedSender<CloudMessage>>>,
     desired: Mutex<Option<tokio::sync::mpsc::UnboundedSender<serde_json::Value>>>,
     methods: Mutex<Option<tokio::sync::mpsc::UnboundedSender<MethodRequest>>>,
@@ -296,6 +336,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Inbox {
     /// Routes one PUBLISH from the hub by its topic.
     fn deliver(&self, device_id: &str, topic: &str, payload: &[u8]) {
+        if let Some((status, rid)) = credentials::parse_response_topic(topic) {
+            match lock(&self.renewals).get(rid) {
+                Some(waiter) => {
+                    let _ = waiter.send((status, payload.to_vec()));
+                }
+                None => log::debug!("hub client {device_id}: an answer to no renewal ({topic})"),
+            }
+            return;
+        }
         match CloudPublish::parse(topic, device_id) {
             Some(CloudPublish::TwinResponse { status, rid, .. }) => {
                 if let Some(waiter) = lock(&self.twin_waiters).remove(&rid) {
@@ -331,6 +380,7 @@ impl Inbox {
     /// Ends every stream and wakes every waiter (the connection is gone).
     fn close(&self) {
         lock(&self.twin_waiters).clear();
+        lock(&self.renewals).clear();
         lock(&self.c2d).take();
         lock(&self.desired).take();
         lock(&self.methods).take();
@@ -358,6 +408,9 @@ pub struct HubClient {
     /// What the hub sends the device (`None` without `receive`).
     streams: Option<Streams>,
     next_rid: std::sync::atomic::AtomicU64,
+    /// Connected for renewals (`HubConnectOptions::certificate_renewal`).
+    certificate_renewal: bool,
+    renewal_timeout: Duration,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -373,10 +426,15 @@ impl HubClient {
     /// subscriptions, with `options.receive`).
     pub async fn connect(options: HubConnectOptions, trust: &Trust) -> Result<HubClient> {
         let device_id = options.device_id.clone();
+        let api_version = if options.certificate_renewal {
+            credentials::API_VERSION
+        } else {
+            API_VERSION
+        };
         let username = wire::username(
             &options.host,
             &device_id,
-            API_VERSION,
+            api_version,
             concat!("dpskit/", env!("CARGO_PKG_VERSION")),
         );
         let sas = match &options.auth {
@@ -385,6 +443,7 @@ impl HubClient {
                 audience: wire::sas_audience(&options.host, &device_id),
                 key: key.clone(),
                 ttl: options.sas_ttl,
+                clock: options.clock.clone(),
             }),
         };
         let window = usize::from(options.max_in_flight.max(1));
@@ -400,7 +459,12 @@ impl HubClient {
             max_in_flight: window,
             connect_timeout: options.connect_timeout,
             reconnect: options.reconnect,
-            resubscribe: options.receive.then(|| subscription_filters(&device_id)),
+            resubscribe: Some(connect_filters(
+                &device_id,
+                options.receive,
+                options.certificate_renewal,
+            ))
+            .filter(|filters| !filters.is_empty()),
             tls: Arc::new(trust.client_config(options.auth.credential(), options.tls_sessions)?),
         };
         let closed: ClosedReason = Arc::default();
@@ -458,9 +522,16 @@ impl HubClient {
             inbox,
             streams,
             next_rid: std::sync::atomic::AtomicU64::new(1),
+            certificate_renewal: options.certificate_renewal,
+            renewal_timeout: options.renewal_timeout,
         };
-        if options.receive {
-            hub_client.subscribe_all().await?;
+        let filters = connect_filters(
+            &hub_client.device_id,
+            options.receive,
+            options.certificate_renewal,
+        );
+        if !filters.is_empty() {
+            hub_client.subscribe(filters).await?;
         }
         Ok(hub_client)
     }
@@ -473,12 +544,11 @@ impl HubClient {
             .map_err(|_| self.closed_error())
     }
 
-    /// Subscribes to C2D, direct methods, twin responses and desired patches (QoS 1) and waits
-    /// for the SUBACK.
-    async fn subscribe_all(&self) -> Result<()> {
+    /// Subscribes to `filters` (QoS 1) and waits for the SUBACK.
+    async fn subscribe(&self, filters: Vec<String>) -> Result<()> {
         let (done, acknowledged) = oneshot::channel();
         self.command(connection::Command::Subscribe {
-            filters: subscription_filters(&self.device_id),
+            filters,
             done: Some(done),
         })
         .await?;
@@ -556,6 +626,79 @@ impl HubClient {
             return Err(twin_error(status, &body, "updating reported properties"));
         }
         Ok(())
+    }
+
+    /// Asks the hub for a new certificate for `request`'s key (its CN should be the device
+    /// id) and returns it with its issuers, leaf first up to the root, checked to be issued for
+    /// that key and this device ([`crate::provisioning::check_issued_chain`]). `replace` is
+    /// `"*"` or the id of a pending request to cancel first.
+    ///
+    /// The hub accepts (202), then issues (200); a refusal is the hub's error: another request
+    /// pending (409005) is a conflict naming it, throttling (429xxx) says when to try again,
+    /// a CSR that fails verification (400040) names why. The live connection stays up; the
+    /// new certificate is for the next connection (the current one stays valid until it
+    /// expires). Needs a client connected with
+    /// [`HubConnectOptions::certificate_renewal`].
+    pub async fn renew_certificate(
+        &self,
+        request: &CertificateRequest,
+        replace: Option<&str>,
+    ) -> Result<Vec<Certificate>> {
+        if !self.certificate_renewal {
+            return Err(Error::config(format!(
+                "{} was connected without certificate renewal: connect with it on (IoT Hub's \
+                 {} api-version) to renew its certificate",
+                self.device_id,
+                credentials::API_VERSION
+            )));
+        }
+        if let Some(replace) = replace
+            && replace != credentials::REPLACE_ANY
+            && !credentials::is_valid_request_id(replace)
+        {
+            return Err(Error::config(format!(
+                "replace must be '*' or a request id (4 to 36 letters, digits and dashes, not \
+                 starting or ending with a dash), not {replace:?}"
+            )));
+        }
+        let body = serde_json::to_vec(&credentials::IssueCertificateRequest {
+            id: self.device_id.clone(),
+            csr: request.to_base64(),
+            replace: replace.map(str::to_string),
+        })
+        .map_err(|e| Error::protocol_caused("cannot encode the renewal request", e))?;
+        let rid = crate::random::guid();
+        let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        lock(&self.inbox.renewals).insert(rid.clone(), tx);
+        let exchange = async {
+            self.publish(credentials::request_topic(&rid), Bytes::from(body))
+                .await?;
+            loop {
+                let Some((status, body)) = answers.recv().await else {
+                    return Err(self.closed_error());
+                };
+                match renewal_answer(&self.device_id, &rid, status, &body)? {
+                    RenewalAnswer::Accepted => continue,
+                    RenewalAnswer::Issued(chain) => {
+                        return crate::provisioning::check_issued_chain(
+                            &chain,
+                            request,
+                            &self.device_id,
+                            "the hub",
+                        );
+                    }
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(self.renewal_timeout, exchange).await;
+        lock(&self.inbox.renewals).remove(&rid);
+        outcome.unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "{}: the hub issued no certificate for renewal request {rid} within {:.0} s",
+                self.device_id,
+                self.renewal_timeout.as_secs_f64()
+            )))
+        })
     }
 
     /// The next cloud-to-device message (`None` once the connection is closed, or at once
@@ -762,6 +905,69 @@ fn twin_error(status: u16, body: &[u8], what: &str) -> Error {
     }))
 }
 
+/// Where a renewal stands after one answer.
+#[derive(Debug, PartialEq)]
+enum RenewalAnswer {
+    /// 202: the hub is issuing it.
+    Accepted,
+    /// 200: the issued chain, base64 DER, not yet checked.
+    Issued(Vec<String>),
+}
+
+/// Reads one answer to renewal request `rid`: the 202, the 200 with its certificates, or the
+/// hub's refusal as a typed error (a 409 is a conflict naming the pending request, a 429
+/// carries the hub's retry-after, a rejected CSR names the certificate authority's reason).
+fn renewal_answer(device_id: &str, rid: &str, status: u16, body: &[u8]) -> Result<RenewalAnswer> {
+    let malformed = |e: serde_json::Error| {
+        Error::protocol_caused(
+            format!("the hub's {status} answer to renewal request {rid} of {device_id}"),
+            e,
+        )
+    };
+    match status {
+        202 => {
+            serde_json::from_slice::<credentials::Accepted>(body).map_err(malformed)?;
+            Ok(RenewalAnswer::Accepted)
+        }
+        200 => {
+            let issued: credentials::Issued = serde_json::from_slice(body).map_err(malformed)?;
+            Ok(RenewalAnswer::Issued(issued.certificates))
+        }
+        _ => {
+            let error: credentials::ErrorBody = serde_json::from_slice(body).map_err(malformed)?;
+            let info = error.info.clone().unwrap_or_default();
+            let mut message = format!(
+                "the hub refused renewal request {rid} of {device_id}: {}",
+                error.message
+            );
+            match error.error_code {
+                credentials::codes::OPERATION_ACTIVE => message.push_str(&format!(
+                    " (pending request: {}, expires {}; renew with replace='*' or that id to \
+                     cancel it)",
+                    info.request_id.as_deref().unwrap_or("unknown"),
+                    info.operation_expires.as_deref().unwrap_or("unknown")
+                )),
+                credentials::codes::CSR_REJECTED => message.push_str(&format!(
+                    " (credentialError: {}{})",
+                    info.credential_error.as_deref().unwrap_or("none given"),
+                    info.credential_message
+                        .as_deref()
+                        .map(|m| format!(", {m}"))
+                        .unwrap_or_default()
+                )),
+                _ => {}
+            }
+            Err(Error::Service(Box::new(ServiceFailure {
+                status,
+                error_code: Some(error.error_code),
+                message,
+                tracking_id: Some(error.tracking_id).filter(|t| !t.is_empty()),
+                retry_after: error.retry_after.map(f64::from),
+            })))
+        }
+    }
+}
+
 fn closed_error(closed: &ClosedReason, device_id: &str) -> Error {
     let reason = closed.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let message = format!("the hub connection of {device_id} is closed");
@@ -814,6 +1020,101 @@ mod tests {
             message.counted_size()
         );
         assert!(message.counted_size() < message.size());
+    }
+
+    #[test]
+    fn renewal_subscribes_to_the_credentials_answers_beside_the_four() {
+        assert!(connect_filters("d", false, false).is_empty());
+        assert_eq!(
+            connect_filters("d", false, true),
+            ["$iothub/credentials/res/#"]
+        );
+        let both = connect_filters("d", true, true);
+        assert_eq!(both.len(), 5);
+        assert_eq!(both[..4], subscription_filters("d")[..]);
+    }
+
+    fn refusal(code: u32, info: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({
+            "errorCode": code,
+            "message": "refused",
+            "trackingId": "t-1",
+            "timestampUtc": "2026-01-31T00:49:39.467401528Z",
+            "info": info,
+            "retryAfter": 7,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn service(result: Result<RenewalAnswer>) -> ServiceFailure {
+        match result {
+            Err(Error::Service(failure)) => *failure,
+            other => panic!("expected a service error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn renewal_answers_read_as_the_hub_sends_them() {
+        let accepted =
+            br#"{"correlationId":"c-1","operationExpires":"2026-01-31T12:52:20.565000000Z"}"#;
+        assert_eq!(
+            renewal_answer("d", "r1", 202, accepted).unwrap(),
+            RenewalAnswer::Accepted
+        );
+        let issued = br#"{"correlationId":"c-1","certificates":["QQ==","Qg=="]}"#;
+        assert_eq!(
+            renewal_answer("d", "r1", 200, issued).unwrap(),
+            RenewalAnswer::Issued(vec!["QQ==".into(), "Qg==".into()])
+        );
+        let broken = renewal_answer("d", "r1", 200, b"{}").unwrap_err();
+        assert!(matches!(broken, Error::Protocol(_)), "{broken:?}");
+    }
+
+    #[test]
+    fn renewal_refusals_are_typed_and_name_what_the_device_needs() {
+        let conflict = service(renewal_answer(
+            "d",
+            "r2",
+            409,
+            &refusal(
+                409_005,
+                serde_json::json!({"requestId": "r1", "operationExpires": "2026-01-31T12:52:20Z"}),
+            ),
+        ));
+        assert_eq!((conflict.status, conflict.error_code), (409, Some(409_005)));
+        assert!(
+            conflict.message.contains("pending request: r1")
+                && conflict.message.contains("replace"),
+            "{}",
+            conflict.message
+        );
+        assert_eq!(conflict.kind(), crate::error::ServiceErrorKind::Conflict);
+        let throttled = service(renewal_answer(
+            "d",
+            "r3",
+            429,
+            &refusal(429_002, serde_json::Value::Null),
+        ));
+        assert_eq!((throttled.status, throttled.retry_after), (429, Some(7.0)));
+        assert_eq!(throttled.kind(), crate::error::ServiceErrorKind::Throttled);
+        let rejected = service(renewal_answer(
+            "d",
+            "r4",
+            400,
+            &refusal(
+                400_040,
+                serde_json::json!({"credentialError": "KeyTypeNotAllowed", "credentialMessage": "RSA-4096"}),
+            ),
+        ));
+        assert!(
+            rejected
+                .message
+                .contains("credentialError: KeyTypeNotAllowed, RSA-4096"),
+            "{}",
+            rejected.message
+        );
+        assert_eq!(rejected.tracking_id.as_deref(), Some("t-1"));
     }
 
     #[test]

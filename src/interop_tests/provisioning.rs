@@ -28,6 +28,8 @@ fn dpskit_provisioning_carries_a_large_custom_payload() {
         auth: DeviceAuth::X509(device.shared_credential()),
         payload: Some(payload),
         timeout: Duration::from_secs(60),
+        csr: None,
+        clock: crate::clock::Clock::system(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

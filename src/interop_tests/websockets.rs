@@ -95,6 +95,8 @@ fn dpskit_devices_provision_and_talk_over_websockets_and_through_a_proxy() {
                 auth: DeviceAuth::X509(device.shared_credential()),
                 payload: None,
                 timeout: Duration::from_secs(30),
+                csr: None,
+                clock: crate::clock::Clock::system(),
             };
             let registration = provision(&request, &trust).await.unwrap();
             let hub = registration.assigned_hub.clone().unwrap();

@@ -127,7 +127,9 @@ fn fuzz_20000_dps_replies_become_decisions_or_typed_errors() {
         bodies[1].to_string().as_bytes(),
     )
     .unwrap();
-    assert!(matches!(assigned, Reply::Assigned(ref r) if r.device_id.as_deref() == Some("dev-1")));
+    assert!(
+        matches!(assigned, Reply::Assigned(ref r, _) if r.device_id.as_deref() == Some("dev-1"))
+    );
     let mut counts = [0usize; 5];
     for case in 0..CASES {
         let mut topic = rng.pick(&topics).clone().into_bytes();
@@ -152,7 +154,7 @@ fn fuzz_20000_dps_replies_become_decisions_or_typed_errors() {
             )
         };
         match interpret("dev-1", auth, &topic, &payload) {
-            Ok(Reply::Assigned(result)) => {
+            Ok(Reply::Assigned(result, _)) => {
                 counts[0] += 1;
                 let status = status_of(&topic).unwrap();
                 assert!(status < 300, "{}", what());
@@ -323,6 +325,8 @@ fn fuzz_48_hostile_dps_exchanges_end_in_a_result_or_a_typed_error() {
                 auth: DeviceAuth::SymmetricKey("a2V5".into()),
                 payload: None,
                 timeout: E2E_TIMEOUT,
+                csr: None,
+                clock: crate::clock::Clock::system(),
             };
             let trust = trust.clone();
             tasks.push(tokio::spawn(

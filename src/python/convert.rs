@@ -333,6 +333,10 @@ pub(crate) struct Registration {
     last_updated: Option<String>,
     payload: Py<PyAny>,
     operation_id: String,
+    /// The certificate DPS issued for the CSR, then its issuers (empty without a CSR).
+    issued_chain: Vec<Py<super::pki::PyCertificate>>,
+    /// That certificate with the CSR's key, when the key is known.
+    issued_certificate: Option<Py<super::pki::PyDeviceCertificate>>,
 }
 
 /// Builds a [`Registration`] (its payload becomes a Python object, hence the GIL).
@@ -340,6 +344,21 @@ pub(crate) fn registration(
     py: Python<'_>,
     r: crate::provisioning::RegistrationResult,
 ) -> PyResult<Registration> {
+    registration_issued(py, r, None)
+}
+
+/// [`registration`] with the issued certificate made from its chain and the CSR's key.
+pub(crate) fn registration_issued(
+    py: Python<'_>,
+    r: crate::provisioning::RegistrationResult,
+    issued: Option<super::pki::PyDeviceCertificate>,
+) -> PyResult<Registration> {
+    let issued_chain = r
+        .issued_chain
+        .into_iter()
+        .map(|inner| Py::new(py, super::pki::PyCertificate { inner }))
+        .collect::<PyResult<Vec<_>>>()?;
+    let issued_certificate = issued.map(|c| Py::new(py, c)).transpose()?;
     let payload = match &r.payload {
         Some(value) => json_to_py(py, value)?.unbind(),
         None => py.None(),
@@ -355,5 +374,7 @@ pub(crate) fn registration(
         last_updated: r.last_updated,
         payload,
         operation_id: r.operation_id,
+        issued_chain,
+        issued_certificate,
     })
 }

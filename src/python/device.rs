@@ -11,9 +11,14 @@ use pyo3::prelude::*;
 
 use super::convert::{self, json_to_py, py_to_json};
 use super::trust;
+use crate::clock::Clock;
 use crate::error::{Error, positive_seconds};
 use crate::hub::{ConnectionState, HubClient, HubConnectOptions, TelemetryMessage};
-use crate::provisioning::{DeviceAuth, ProvisioningRequest, provision as provision_device};
+use crate::pki::KeyAlgorithm;
+use crate::provisioning::{
+    DeviceAuth, ProvisioningRequest, certificate_request, issued_credential,
+    provision as provision_device,
+};
 use crate::python::pki::PyDeviceCertificate;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -52,9 +57,16 @@ fn derive_device_key(group_key: &str, registration_id: &str) -> PyResult<String>
     Ok(crate::sas::derive_device_key(group_key, registration_id)?)
 }
 
-/// Registers one device with DPS; resolves to its `Registration`.
+/// A clock `offset_ms` ahead of the wall clock: the time of the cloud the device lives in.
+fn clock(offset_ms: i64) -> PyResult<Clock> {
+    Ok(Clock::with_offset_ms(offset_ms)?)
+}
+
+/// Registers one device with DPS; resolves to its `Registration`. With `csr` (PEM or DER
+/// bytes, and its `csr_key` when known) or `key_algorithm` (a new key and CSR), DPS is asked
+/// for an operational certificate, returned checked on the registration.
 #[pyfunction]
-#[pyo3(signature = (host, port, id_scope, registration_id, *, certificate = None, symmetric_key = None, trust_pem = None, payload = None, timeout = 60.0, transport = "mqtt", proxy = None))]
+#[pyo3(signature = (host, port, id_scope, registration_id, *, certificate = None, symmetric_key = None, trust_pem = None, payload = None, timeout = 60.0, transport = "mqtt", proxy = None, csr = None, csr_key = None, key_algorithm = None, clock_offset_ms = 0))]
 #[allow(clippy::too_many_arguments)]
 fn provision<'py>(
     py: Python<'py>,
@@ -69,7 +81,28 @@ fn provision<'py>(
     timeout: f64,
     transport: &str,
     proxy: Option<&str>,
+    csr: Option<Vec<u8>>,
+    csr_key: Option<Vec<u8>>,
+    key_algorithm: Option<&str>,
+    clock_offset_ms: i64,
 ) -> PyResult<Bound<'py, PyAny>> {
+    let (csr, key) = if csr.is_some() || key_algorithm.is_some() {
+        let algorithm = KeyAlgorithm::parse(key_algorithm.unwrap_or("ec-p256"))?;
+        let (request, key) = py.detach(|| {
+            certificate_request(
+                &registration_id,
+                csr.as_deref(),
+                csr_key.as_deref(),
+                algorithm,
+            )
+        })?;
+        (Some(request), key)
+    } else {
+        if csr_key.is_some() {
+            return Err(Error::config("csr_key is the key of a CSR: give the CSR too").into());
+        }
+        (None, None)
+    };
     let request = ProvisioningRequest {
         host,
         port,
@@ -79,11 +112,19 @@ fn provision<'py>(
         auth: auth(certificate, symmetric_key)?,
         payload: payload.map(|p| py_to_json(&p)).transpose()?,
         timeout: positive_seconds("timeout", timeout)?,
+        csr,
+        clock: clock(clock_offset_ms)?,
     };
     let trust = trust(trust_pem)?;
     pyo3_async_runtimes::tokio::future_into_py(py, async move {
         let r = provision_device(&request, &trust).await?;
-        Python::attach(|py| convert::registration(py, r))
+        let issued = match key {
+            Some(key) if !r.issued_chain.is_empty() => Some(PyDeviceCertificate {
+                inner: issued_credential(&r.issued_chain, key)?,
+            }),
+            _ => None,
+        };
+        Python::attach(|py| convert::registration_issued(py, r, issued))
     })
 }
 
@@ -91,13 +132,15 @@ fn provision<'py>(
 #[pyclass(frozen, module = "dpskit._native", name = "HubSession")]
 pub struct PyHubSession {
     client: Arc<HubClient>,
+    /// The key algorithm of the certificate it connected with: a renewal keeps it unless told.
+    algorithm: Option<KeyAlgorithm>,
 }
 
 #[pymethods]
 impl PyHubSession {
     /// Connects (TLS + CONNECT + the four subscriptions); resolves to a `HubSession`.
     #[staticmethod]
-    #[pyo3(signature = (host, port, device_id, *, certificate = None, symmetric_key = None, trust_pem = None, keep_alive = 60, timeout = 30.0, transport = "mqtt", proxy = None))]
+    #[pyo3(signature = (host, port, device_id, *, certificate = None, symmetric_key = None, trust_pem = None, keep_alive = 60, timeout = 30.0, transport = "mqtt", proxy = None, certificate_renewal = false, clock_offset_ms = 0))]
     #[allow(clippy::too_many_arguments)]
     fn connect<'py>(
         py: Python<'py>,
@@ -111,9 +154,16 @@ impl PyHubSession {
         timeout: f64,
         transport: &str,
         proxy: Option<&str>,
+        certificate_renewal: bool,
+        clock_offset_ms: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let algorithm = certificate
+            .as_ref()
+            .map(|c| c.inner.credential().key().algorithm());
         let mut options =
             HubConnectOptions::new(host, port, device_id, auth(certificate, symmetric_key)?);
+        options.certificate_renewal = certificate_renewal;
+        options.clock = clock(clock_offset_ms)?;
         options.via = Via::from_names(transport, proxy)?;
         options.keep_alive = keep_alive;
         options.connect_timeout = positive_seconds("timeout", timeout)?;
@@ -123,6 +173,40 @@ impl PyHubSession {
             let client = HubClient::connect(options, &trust).await?;
             Ok(PyHubSession {
                 client: Arc::new(client),
+                algorithm,
+            })
+        })
+    }
+
+    /// Renews the device's certificate through the hub: a new key (`key_algorithm`, else the
+    /// current certificate's, else EC P-256) and CSR (CN = the device id); resolves to the
+    /// new `DeviceCertificate` (key + issued chain). `replace` cancels a pending request
+    /// (`"*"` or its id).
+    #[pyo3(signature = (*, key_algorithm = None, replace = None))]
+    fn renew_certificate<'py>(
+        &self,
+        py: Python<'py>,
+        key_algorithm: Option<&str>,
+        replace: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let algorithm = match key_algorithm {
+            Some(name) => KeyAlgorithm::parse(name)?,
+            None => self.algorithm.unwrap_or(KeyAlgorithm::EcP256),
+        };
+        let client = self.client.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let device_id = client.device_id().to_string();
+            let (request, key) = tokio::task::spawn_blocking(move || {
+                certificate_request(&device_id, None, None, algorithm)
+            })
+            .await
+            .map_err(|e| Error::config_caused("making the key failed", e))??;
+            let key = key.ok_or_else(|| Error::config("no key was made for the CSR"))?;
+            let chain = client
+                .renew_certificate(&request, replace.as_deref())
+                .await?;
+            Ok(PyDeviceCertificate {
+                inner: issued_credential(&chain, key)?,
             })
         })
     }

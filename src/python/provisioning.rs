@@ -45,6 +45,8 @@ pub(crate) fn provision_devices(
             auth: DeviceAuth::X509(d.credential_arc()),
             payload: None,
             timeout,
+            csr: None,
+            clock: crate::clock::Clock::system(),
         })
         .collect();
     let runtime = super::runtime("dpskit-provisioning", None)?;

@@ -74,29 +74,61 @@ async def _provision(
         trust=trust,
         transport="websockets" if args.websockets else "mqtt",
         proxy=args.proxy,
+        csr=args.csr,
+        key_algorithm=args.key_algorithm,
     )
+    if result.issued_certificate is not None:
+        # The operational certificate replaces the onboarding one for the hub.
+        return result, result.issued_certificate, trust
     return result, device, trust
 
 
-def _print_result(result: RegistrationResult, as_json: bool) -> None:
-    data = {
+def _save_issued(result: RegistrationResult, folder: Path) -> dict[str, Path]:
+    """Writes the certificate DPS issued (key owner-only, chain, full chain, PKCS#12) like
+    every other device's files, named by its registration id."""
+    if result.issued_certificate is None:
+        return {}
+    return result.issued_certificate.save(folder, name=result.registration_id)
+
+
+def _print_result(
+    result: RegistrationResult, as_json: bool, saved: dict[str, Path] | None = None
+) -> None:
+    data: dict[str, Any] = {
         "status": result.status,
         "registrationId": result.registration_id,
         "assignedHub": result.assigned_hub,
         "deviceId": result.device_id,
         "substatus": result.substatus,
     }
+    issued = result.issued_certificate
+    if issued is not None:
+        data["issuedCertificate"] = {
+            "subject": issued.certificate.subject,
+            "issuer": issued.certificate.issuer,
+            "notAfter": issued.certificate.not_after.isoformat(),
+            "thumbprint": issued.certificate.thumbprint_sha1,
+            "files": {kind: str(path) for kind, path in (saved or {}).items()},
+        }
     if as_json:
         print(json.dumps(data))
-    else:
-        where = f"{result.assigned_hub} as {result.device_id}"
-        print(f"{result.registration_id}: {result.status} → {where}")
+        return
+    where = f"{result.assigned_hub} as {result.device_id}"
+    print(f"{result.registration_id}: {result.status} → {where}")
+    if issued is not None:
+        print(
+            f"issued {issued.certificate.subject} by {issued.certificate.issuer}, valid until "
+            f"{issued.certificate.not_after:%Y-%m-%d %H:%M} UTC"
+        )
+        for kind, path in (saved or {}).items():
+            print(f"  {kind}: {path}")
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """``dpskit device provision``."""
     result, _, _ = asyncio.run(_provision(args))
-    _print_result(result, args.json)
+    saved = _save_issued(result, Path(args.issued_dir))
+    _print_result(result, args.json, saved)
     return 0
 
 
@@ -182,6 +214,24 @@ def add_device_commands(commands: Any) -> None:
         "--proxy",
         metavar="URL",
         help="tunnel through an HTTP proxy: http://[user:password@]host:port",
+    )
+    common.add_argument(
+        "--csr",
+        action="store_true",
+        help="ask DPS for an operational certificate (a new key and CSR; the enrollment needs "
+        "a certificate policy); the device then connects to its hub with it",
+    )
+    common.add_argument(
+        "--key-algorithm",
+        default="ec-p256",
+        metavar="ALG",
+        help="with --csr: the new key's algorithm (ec-p256, ec-p384, rsa-2048)",
+    )
+    common.add_argument(
+        "--issued-dir",
+        default="certs/issued",
+        metavar="DIR",
+        help="with --csr: where 'provision' writes the issued certificate, key and chain",
     )
     common.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("provision", parents=[common], help="register with DPS, print the result")
