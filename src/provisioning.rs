@@ -2,7 +2,9 @@
 //! the operation until it is assigned or fails, honour `retry-after`, give up at a deadline.
 //! Written to the documented protocol so the same code works against Azure and the emulator,
 //! on the same lean MQTT connection as the hub client ([`crate::transport::mqtt`]) and with
-//! DPS's vocabulary from [`crate::protocol::dps`].
+//! DPS's vocabulary from [`crate::protocol::dps`]. A request with a CSR asks DPS for an
+//! operational certificate (Azure's certificate management preview); the chain it answers is
+//! checked to be the one asked for before it reaches the caller.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -38,6 +38,7 @@ from dpskit.cloud import (
     _unix,
 )
 from dpskit.cloud._common import Transport
+from dpskit.device import _clock_offset_ms
 from dpskit.errors import ConfigError
 from dpskit.signals import Signal
 
@@ -436,6 +437,27 @@ class FleetReport:
         }
 
     @property
+    def renewals(self) -> int:
+        """Devices whose hub renewed their certificate (a :meth:`Fleet.rollover`)."""
+        return sum(1 for renewed in self._devices.get("renewed", []) if renewed)
+
+    @property
+    def renewal_failures(self) -> dict[str, int]:
+        """Failed renewals by reason (the device kept its certificate)."""
+        return dict(Counter(e for e in self._devices.get("renewal_error", []) if e))
+
+    def expiring_within(self, days: float, *, now: datetime | None = None) -> int:
+        """Devices whose certificate (issued or renewed) expires within ``days`` of ``now``
+        (default: the wall clock; pass the local cloud's ``now()`` after moving its time)."""
+        now = now or datetime.now(timezone.utc)
+        horizon = now.timestamp() + days * 86_400
+        return sum(
+            1
+            for not_after in self._devices.get("certificate_not_after", [])
+            if not_after is not None and not_after <= horizon
+        )
+
+    @property
     def provisioning_latency_ms(self) -> dict[str, float]:
         """Registration latency percentiles (p50, p95, p99, max) in ms."""
         return _percentiles(self._devices["provision_ms"])
@@ -584,6 +606,10 @@ class FleetReport:
                 self.started_at + timedelta(seconds=s) for s in self._devices["started_s"]
             ]
             frame["hub"] = [self._hub_names.get(h, h) if h else None for h in frame["assigned_hub"]]
+            if "certificate_not_after" in frame:
+                frame["certificate_not_after"] = pd.to_datetime(
+                    frame["certificate_not_after"], unit="s", utc=True
+                )
             return frame
         if kind == "messages":
             ids = self._devices["registration_id"]
@@ -749,6 +775,12 @@ class FleetReport:
         )
 
 
+def _cloud_clock_offset_ms(cloud: Any) -> int:
+    """How far the cloud's time is ahead of the wall clock (a local cloud's may be moved)."""
+    now = getattr(cloud, "now", None)
+    return _clock_offset_ms(cloud) if callable(now) else 0
+
+
 def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if shard is None:
         return None
@@ -784,6 +816,13 @@ class Fleet:
     ``transport="websockets"`` runs every device over MQTT over WebSockets (port 443 on Azure,
     the local cloud's :attr:`~dpskit.LocalCloud.web_port`), and ``proxy`` tunnels every
     connection through an HTTP proxy, as devices behind a corporate firewall would.
+
+    ``issue_certificates=True`` registers every device with a CSR (a new ``algorithm`` key;
+    the certificate or group key above stays the onboarding credential) and connects it to its
+    hub with the certificate DPS issued (the enrollment needs a certificate policy);
+    :meth:`rollover` is a run in which every device also renews that certificate through its
+    hub. The report's device frame then has ``certificate_not_after``, ``renewed`` and
+    ``renewal_error``. SAS tokens are signed in the local cloud's time (``now()``), moved or not.
     """
 
     def __init__(
@@ -810,6 +849,7 @@ class Fleet:
         worker_threads: int | None = None,
         transport: Transport = "mqtt",
         proxy: str | None = None,
+        issue_certificates: bool = False,
     ) -> None:
         if not isinstance(count, int) or count < 1:
             raise ConfigError(f"count must be a positive integer, not {count!r}")
@@ -850,6 +890,8 @@ class Fleet:
         transport_port(transport)  # refuses a transport that does not exist, now
         self.transport: Transport = transport
         self.proxy = proxy
+        self.issue_certificates = issue_certificates
+        self._rollover = False
         self._certificates: list[DeviceCertificate] | None = None
 
     @property
@@ -910,6 +952,26 @@ class Fleet:
             raise
         return session.finish()
 
+    def rollover(
+        self,
+        *,
+        progress: bool | None = None,
+        on_progress: Callable[[FleetProgress], None] | None = None,
+    ) -> FleetReport:
+        """A certificate rollover: :meth:`run` (provisioned with CSRs, connected with the
+        issued certificates) in which every device, once connected, renews its certificate
+        through its hub before its telemetry plan. The report counts
+        :attr:`FleetReport.renewals` and :attr:`FleetReport.renewal_failures`, and
+        :meth:`FleetReport.expiring_within` the devices left on certificates about to
+        expire. Needs ``issue_certificates=True``."""
+        if not self.issue_certificates:
+            raise ConfigError("a rollover renews issued certificates: use issue_certificates=True")
+        self._rollover = True
+        try:
+            return self.run(progress=progress, on_progress=on_progress)
+        finally:
+            self._rollover = False
+
     async def run_async(
         self,
         *,
@@ -948,6 +1010,10 @@ class Fleet:
             "start_together": self.start_together,
             "record_messages": self.record_messages,
             "payload": self.payload,
+            "issue_certificates": self.issue_certificates,
+            "renew_certificates": self._rollover,
+            "key_algorithm": self.algorithm,
+            "clock_offset_ms": _cloud_clock_offset_ms(self.dps._cloud),
         }
         custom_values = None
         if self.telemetry is not None:

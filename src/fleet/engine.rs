@@ -23,9 +23,10 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::fleet::plan::TelemetryPlan;
 use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
+use crate::pki::KeyAlgorithm;
 use crate::provisioning::{
     DeviceAuth, HookFuture, ProvisioningRequest, RegistrationHooks, RegistrationResult, Trust,
-    provision_observed,
+    certificate_request, issued_credential, provision_observed,
 };
 use crate::transport::jittered_backoff;
 use crate::transport::mqtt::Via;
@@ -77,6 +78,22 @@ pub struct FleetSettings {
     /// What each device sends once connected (none: provision and connect only).
     #[serde(default)]
     pub plan: Option<TelemetryPlan>,
+    /// Register every device with a CSR (a new key of [`FleetSettings::key_algorithm`]; the
+    /// bootstrap credential as usual) and connect it to its hub with the certificate DPS
+    /// issued (its enrollment needs a certificate policy).
+    #[serde(default)]
+    pub issue_certificates: bool,
+    /// A rollover: once connected, every device renews its issued certificate through its
+    /// hub (needs `issue_certificates`).
+    #[serde(default)]
+    pub renew_certificates: bool,
+    /// The key algorithm of the CSRs (`ec-p256` unless told).
+    #[serde(default)]
+    pub key_algorithm: Option<String>,
+    /// How far the devices' clock is ahead of the wall clock, in ms (a local cloud's moved
+    /// time): SAS tokens are signed in it.
+    #[serde(default)]
+    pub clock_offset_ms: i64,
 }
 
 fn default_concurrency() -> usize {
@@ -122,7 +139,20 @@ impl FleetSettings {
         if let Some(plan) = &settings.plan {
             plan.validate()?;
         }
+        if settings.renew_certificates && !settings.issue_certificates {
+            return Err(Error::config(
+                "renewing certificates needs issue_certificates: a device renews only a \
+                 certificate DPS issued",
+            ));
+        }
+        settings.csr_algorithm()?;
+        crate::clock::Clock::with_offset_ms(settings.clock_offset_ms)?;
         Ok(settings)
+    }
+
+    /// The key algorithm of the devices' CSRs.
+    fn csr_algorithm(&self) -> Result<KeyAlgorithm> {
+        KeyAlgorithm::parse(self.key_algorithm.as_deref().unwrap_or("ec-p256"))
     }
 }
 
@@ -389,6 +419,13 @@ pub struct DeviceReport {
     /// The first and the last publish, from the fleet's start: the device's sending rate is
     /// `(sent - 1)` over their distance, whether or not messages are recorded.
     pub send_span: Option<(Duration, Duration)>,
+    /// When the certificate the device holds at the end expires (Unix seconds): the one DPS
+    /// issued, or the renewed one (with `issue_certificates`).
+    pub certificate_not_after: Option<i64>,
+    /// The hub renewed the device's certificate (a rollover run).
+    pub renewed: bool,
+    /// Why a renewal failed (the device keeps its certificate and goes on).
+    pub renewal_error: Option<String>,
 }
 
 /// One published message (per device, merged into columns at the end).
@@ -726,6 +763,9 @@ impl DeviceReport {
             duplicates: 0,
             bytes_sent: 0,
             send_span: None,
+            certificate_not_after: None,
+            renewed: false,
+            renewal_error: None,
         }
     }
 
@@ -818,7 +858,7 @@ async fn run_device(
         registered = registering => registered.map_err(|e| (Outcome::ProvisioningFailed, e)),
         () = progress.cancelled() => Err((Outcome::Cancelled, cancelled_error())),
     };
-    let assignment = match registered {
+    let (assignment, issued) = match registered {
         Ok(assignment) => assignment,
         Err((outcome, error)) => {
             context.leave_connect_phase();
@@ -837,7 +877,11 @@ async fn run_device(
             Vec::new(),
         );
     };
-    let mut options = HubConnectOptions::new(hub, settings.hub_port, device_id, device.auth);
+    let auth = issued.unwrap_or(device.auth);
+    let mut options = HubConnectOptions::new(hub, settings.hub_port, device_id, auth);
+    options.certificate_renewal = settings.issue_certificates;
+    options.clock =
+        crate::clock::Clock::with_offset_ms(settings.clock_offset_ms).unwrap_or_default();
     options.via = settings.via.clone();
     options.max_in_flight = settings.max_in_flight.max(1);
     options.connect_timeout = Duration::from_secs_f64(settings.connect_timeout);
@@ -866,6 +910,16 @@ async fn run_device(
             () = progress.cancelled() => {}
         }
     }
+    if settings.renew_certificates && !progress.is_cancelled() {
+        let renewing = Box::pin(renew_device(&settings, &client));
+        match renewing.await {
+            Ok(not_after) => {
+                report.renewed = true;
+                report.certificate_not_after = Some(not_after);
+            }
+            Err(error) => report.renewal_error = Some(error.to_string()),
+        }
+    }
     let mut rows = Vec::new();
     if let Some(plan) = &settings.plan {
         let stream = plan.device_stream(device.index, &device.registration_id, device.custom);
@@ -886,13 +940,23 @@ async fn run_device(
     finish(report, rows)
 }
 
+/// A registration and, with `issue_certificates`, the hub credential made of the issued
+/// chain and the key of the CSR.
+type Registered = (RegistrationResult, Option<DeviceAuth>);
+
 async fn provision_device(
     context: &DeviceContext,
     slot: &DeviceSlot,
     device: &FleetDevice,
     report: &mut DeviceReport,
-) -> Result<RegistrationResult> {
+) -> Result<Registered> {
     let settings = &context.settings;
+    let (csr, key) = if settings.issue_certificates {
+        let (csr, key) = new_csr(&device.registration_id, settings.csr_algorithm()?).await?;
+        (Some(csr), Some(key))
+    } else {
+        (None, None)
+    };
     let request = ProvisioningRequest {
         host: settings.dps_host.clone(),
         port: settings.dps_port,
@@ -902,8 +966,8 @@ async fn provision_device(
         auth: device.auth.clone(),
         payload: settings.payload.clone(),
         timeout: Duration::from_secs_f64(settings.provision_timeout),
-        csr: None,
-        clock: crate::clock::Clock::system(),
+        csr,
+        clock: crate::clock::Clock::with_offset_ms(settings.clock_offset_ms)?,
     };
     let mut attempt = 1;
     loop {
@@ -920,7 +984,16 @@ async fn provision_device(
         match outcome {
             Ok(assignment) => {
                 report.provision_latency = Some(began.elapsed());
-                return Ok(assignment);
+                let auth = match key {
+                    Some(key) => {
+                        let issued = issued_credential(&assignment.issued_chain, key)?;
+                        report.certificate_not_after =
+                            Some(issued.credential().certificate().info().not_after);
+                        Some(DeviceAuth::X509(issued.shared_credential()))
+                    }
+                    None => None,
+                };
+                return Ok((assignment, auth));
             }
             Err(error)
                 if attempt < settings.attempts
@@ -940,6 +1013,31 @@ async fn provision_device(
             Err(error) => return Err(error),
         }
     }
+}
+
+/// A new key and a CSR for it (CN = `common_name`), made on the blocking pool: an RSA key
+/// takes long enough to stall the devices sharing a worker.
+async fn new_csr(
+    common_name: &str,
+    algorithm: KeyAlgorithm,
+) -> Result<(crate::pki::CertificateRequest, crate::pki::PrivateKey)> {
+    let common_name = common_name.to_string();
+    let (csr, key) = tokio::task::spawn_blocking(move || {
+        certificate_request(&common_name, None, None, algorithm)
+    })
+    .await
+    .map_err(|e| Error::config_caused("making a device key failed", e))??;
+    let key = key.ok_or_else(|| Error::config("no key was made for the CSR"))?;
+    Ok((csr, key))
+}
+
+/// Renews the device's certificate through its hub (a new key and CSR); returns when the
+/// new one expires. The device keeps its connection (the new certificate is for the next).
+async fn renew_device(settings: &FleetSettings, client: &HubClient) -> Result<i64> {
+    let (csr, key) = new_csr(client.device_id(), settings.csr_algorithm()?).await?;
+    let chain = client.renew_certificate(&csr, None).await?;
+    let renewed = issued_credential(&chain, key)?;
+    Ok(renewed.credential().certificate().info().not_after)
 }
 
 /// Publishes the device's planned messages on schedule, keeping up to the connection's window
@@ -1071,6 +1169,35 @@ mod tests {
             .enable_time()
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn certificate_settings_are_checked_before_a_run() {
+        let base = serde_json::json!({
+            "dps_host": "dps", "dps_port": 8883, "id_scope": "0ne", "hub_port": 8883,
+        });
+        let with = |extra: serde_json::Value| {
+            let mut value = base.clone();
+            value
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            FleetSettings::from_value(value)
+        };
+        let plain = with(serde_json::json!({})).unwrap();
+        assert!(!plain.issue_certificates && !plain.renew_certificates);
+        let issuing = with(serde_json::json!({
+            "issue_certificates": true, "renew_certificates": true, "key_algorithm": "ec-p384",
+        }))
+        .unwrap();
+        assert_eq!(issuing.csr_algorithm().unwrap(), KeyAlgorithm::EcP384);
+        for refused in [
+            serde_json::json!({"renew_certificates": true}),
+            serde_json::json!({"issue_certificates": true, "key_algorithm": "dsa"}),
+        ] {
+            let error = with(refused.clone()).unwrap_err();
+            assert!(matches!(error, Error::Config(_)), "{refused}: {error:?}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! telemetry at QoS 1, returning once the hub has acknowledged it. Written to the documented
 //! protocol (username, topics, property bags as the official SDKs send them) so that the same
 //! code talks to Azure, to the emulator, or to any MQTT broker used as a stand-in.
+//! With [`HubConnectOptions::certificate_renewal`] it also renews a certificate DPS issued,
+//! over IoT Hub's `$iothub/credentials` topics (certificate management preview).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -268,6 +268,19 @@ impl PyFleetRun {
         };
         devices.set_item("first_sent_s", span(|s| s.0))?;
         devices.set_item("last_sent_s", span(|s| s.1))?;
+        devices.set_item(
+            "certificate_not_after",
+            d.iter()
+                .map(|r| r.certificate_not_after)
+                .collect::<Vec<_>>(),
+        )?;
+        devices.set_item("renewed", d.iter().map(|r| r.renewed).collect::<Vec<_>>())?;
+        devices.set_item(
+            "renewal_error",
+            d.iter()
+                .map(|r| r.renewal_error.as_deref())
+                .collect::<Vec<_>>(),
+        )?;
         let m = &result.messages;
         let messages = PyDict::new(py);
         messages.set_item("device", &m.device)?;
