@@ -7,6 +7,7 @@ mod arm_resources;
 mod events_reader;
 mod hub_client;
 mod hub_devices;
+mod hub_renewal;
 mod proof_of_possession;
 mod provisioning;
 mod request_recorder;
