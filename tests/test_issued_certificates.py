@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -98,3 +99,214 @@ def test_renewal_needs_a_client_connected_for_it(
                 await client.renew_certificate()
 
     asyncio.run(scenario())
+
+
+# --- against the emulator's issuance -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def issuing() -> Iterator[tuple[dpskit.LocalCloud, dpskit.Dps, Any, dpskit.CertificateAuthority]]:
+    """A cloud whose DPS and hub are linked to a Device Registry namespace with a 30-day
+    policy; an X.509 group on ``root`` and a symmetric-key group, both issuing."""
+    with dpskit.LocalCloud(port=0, poll_retry_after=0) as cloud:
+        hub = cloud.create_hub("csr-hub")
+        dps = cloud.create_dps("csr-dps")
+        cloud.link_hub(dps, hub)
+        namespace = cloud.create_device_registry_namespace("csr-ns")
+        policy = namespace.create_policy("csr-policy", validity_days=30)
+        cloud.link_namespace(dps, namespace)
+        cloud.link_namespace(hub, namespace)
+        root = dpskit.CertificateAuthority.create_root("Onboarding Root")
+        dps.prove_possession("root", root)
+        dps.create_enrollment_group("x509-csr", ca_reference="root", credential_policy=policy.name)
+        group = dps.create_enrollment_group(
+            "sym-csr", symmetric_key=True, credential_policy=policy.name
+        )
+        yield cloud, dps, group, root
+
+
+def _check_issued(result: dpskit.RegistrationResult, days: int = 30) -> dpskit.DeviceCertificate:
+    issued = result.issued_certificate
+    assert issued is not None
+    assert issued.registration_id == result.registration_id
+    chain = list(result.issued_chain)
+    assert len(chain) == 3
+    assert chain[0] == issued.certificate
+    assert chain[1:] == issued.issuers
+    assert chain[0].common_name == result.registration_id
+    assert chain[2].is_self_signed
+    # The leaf chains to the namespace's root, through the policy's issuing CA.
+    assert dpskit.verify_chain(chain[0], chain[1:2], chain[2:]) == chain
+    lifetime = chain[0].not_after - chain[0].not_before
+    assert abs(lifetime.total_seconds() - days * 86_400) <= 600
+    return issued
+
+
+def test_x509_onboarding_with_a_csr_connects_with_the_issued_chain(
+    issuing: tuple[dpskit.LocalCloud, dpskit.Dps, Any, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, _, root = issuing
+    device = root.issue_device("csr-x509-1")
+    hub = cloud.hubs()[0]
+
+    async def scenario() -> None:
+        result = await dpskit.provision(
+            dps.device_endpoint,
+            id_scope=dps.id_scope,
+            certificate=device,
+            trust=cloud.trust_pem,
+            csr=True,
+            key_algorithm="ec-p384",
+        )
+        issued = _check_issued(result)
+        assert issued.algorithm == "ec-p384"
+        assert issued.certificate.thumbprint_sha1 != device.certificate.thumbprint_sha1
+        # No credential given: the issued one; the hub trusts it through the policy's CA.
+        async with dpskit.HubClient.connect(result, trust=cloud.trust_pem) as client:
+            await client.send_telemetry({"issued": True})
+        # The onboarding certificate is DPS's only: the hub has no identity for it.
+        with pytest.raises(dpskit.AuthenticationError):
+            await dpskit.HubClient.connect(result, certificate=device, trust=cloud.trust_pem)
+
+    asyncio.run(scenario())
+    assert hub.device("csr-x509-1").authentication == "certificateAuthority"
+
+
+def test_symmetric_key_onboarding_with_your_own_csr(
+    issuing: tuple[dpskit.LocalCloud, dpskit.Dps, Any, dpskit.CertificateAuthority],
+    tmp_path: Path,
+) -> None:
+    cloud, dps, group, root = issuing
+    key = root.issue_device("key-holder").private_key_pem
+    csr = tmp_path / "csr-sym-1.csr.pem"
+    csr.write_bytes(_csr_pem("csr-sym-1", key))
+
+    async def scenario() -> None:
+        result = await dpskit.provision(
+            dps.device_endpoint,
+            id_scope=dps.id_scope,
+            registration_id="csr-sym-1",
+            group_key=group.primary_key,
+            trust=cloud.trust_pem,
+            csr=csr,
+            key=key,
+        )
+        issued = _check_issued(result)
+        assert issued.private_key_pem == key
+        async with dpskit.HubClient.connect(result, trust=cloud.trust_pem) as client:
+            await client.send_telemetry({"issued": True})
+        # Without its key, the chain comes back alone.
+        alone = await dpskit.provision(
+            dps.device_endpoint,
+            id_scope=dps.id_scope,
+            registration_id="csr-sym-1",
+            group_key=group.primary_key,
+            trust=cloud.trust_pem,
+            csr=csr.read_bytes(),
+        )
+        assert alone.issued_certificate is None
+        assert len(alone.issued_chain) == 3
+
+    asyncio.run(scenario())
+
+
+def test_renewal_expiry_and_reprovisioning_in_the_clouds_time(
+    issuing: tuple[dpskit.LocalCloud, dpskit.Dps, Any, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, group, _ = issuing
+
+    async def register() -> dpskit.RegistrationResult:
+        return await dpskit.provision(
+            dps.device_endpoint,
+            id_scope=dps.id_scope,
+            registration_id="csr-renew-1",
+            group_key=group.primary_key,
+            trust=cloud.trust_pem,
+            csr=True,
+            clock=cloud,
+        )
+
+    async def refused(result: dpskit.RegistrationResult, certificate: Any) -> None:
+        with pytest.raises(dpskit.AuthenticationError):
+            await dpskit.HubClient.connect(
+                result, certificate=certificate, trust=cloud.trust_pem, timeout=10
+            )
+
+    async def scenario() -> None:
+        result = await register()
+        first = _check_issued(result)
+        cloud.advance_time(days=20)
+        async with dpskit.HubClient.connect(result, trust=cloud.trust_pem) as client:
+            renewed = await client.renew_certificate()
+            # The live connection stays up on the old certificate.
+            await client.send_telemetry({"after": "renewal"})
+        assert renewed.registration_id == "csr-renew-1"
+        assert renewed.certificate.not_after > first.certificate.not_after
+        assert renewed.private_key_pem != first.private_key_pem
+        assert renewed.issuers == first.issuers
+        # Both work until the first expires ...
+        async with dpskit.HubClient.connect(result, certificate=renewed, trust=cloud.trust_pem):
+            pass
+        async with dpskit.HubClient.connect(result, certificate=first, trust=cloud.trust_pem):
+            pass
+        # ... then only the renewed one.
+        cloud.advance_time(days=11)
+        await refused(result, first)
+        async with dpskit.HubClient.connect(
+            result, certificate=renewed, trust=cloud.trust_pem
+        ) as client:
+            assert (await client.renew_certificate(key_algorithm="ec-p384")).algorithm == "ec-p384"
+        # Past every certificate: only DPS, with the onboarding key, brings the device back.
+        cloud.advance_time(days=91)
+        await refused(result, renewed)
+        again = await register()
+        fresh = _check_issued(again)
+        assert fresh.certificate.not_before > renewed.certificate.not_after
+        async with dpskit.HubClient.connect(again, trust=cloud.trust_pem) as client:
+            await client.send_telemetry({"back": True})
+
+    asyncio.run(scenario())
+
+
+def test_a_csr_against_an_enrollment_without_a_policy_is_refused(
+    world: tuple[dpskit.LocalCloud, dpskit.Dps, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, root = world
+    device = root.issue_device("no-policy-1")
+    with pytest.raises((dpskit.RegistrationFailedError, dpskit.ProtocolError)) as refused:
+        asyncio.run(
+            dpskit.provision(
+                dps.device_endpoint,
+                id_scope=dps.id_scope,
+                certificate=device,
+                trust=cloud.trust_pem,
+                csr=True,
+            )
+        )
+    assert "polic" in str(refused.value)
+
+
+def test_a_fleet_issued_certificates_rolls_over(
+    issuing: tuple[dpskit.LocalCloud, dpskit.Dps, Any, dpskit.CertificateAuthority],
+) -> None:
+    cloud, dps, group, _ = issuing
+    fleet = dpskit.Fleet(
+        dps, group_key=group, count=4, prefix="csr-fleet-", issue_certificates=True
+    )
+    first = fleet.run(progress=False)
+    assert first.completed == 4
+    assert first.renewals == 0
+    assert first.expiring_within(31, now=cloud.now()) == 4
+    assert first.expiring_within(29, now=cloud.now()) == 0
+    cloud.advance_time(days=25)
+    report = fleet.rollover(progress=False)
+    assert report.completed == 4, report.summary()
+    assert report.renewals == 4
+    assert report.renewal_failures == {}
+    # The renewed certificates run 30 days from the cloud's now.
+    assert report.expiring_within(10, now=cloud.now()) == 0
+    frame = report.to_pandas()
+    assert frame["renewed"].all()
+    assert (frame["certificate_not_after"] > cloud.now()).all()
+    with pytest.raises(dpskit.ConfigError, match="issue_certificates"):
+        dpskit.Fleet(dps, group_key=group, count=1).rollover()

@@ -61,7 +61,9 @@ def _demo_cloud(args: argparse.Namespace, cloud_dir: Path) -> Iterator[tuple[Any
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``dpskit demo``: the DPS X.509 walkthrough end to end, against the embedded emulator or
-    (``--azure``) real Azure."""
+    (``--azure``) real Azure; ``--csr``: certificates issued by DPS, on the emulator."""
+    if args.csr:
+        return _csr_demo(args)
     from dpskit.cloud import LocalCloud
     from dpskit.provisioning import provision_devices
 
@@ -238,6 +240,191 @@ def cmd_demo(args: argparse.Namespace) -> int:
 #: Messages each demo device sends.
 DEMO_MESSAGES = 3
 
+#: The demo policy's certificate validity, in days (Azure's default).
+CSR_DEMO_VALIDITY_DAYS = 30
+#: Days the demo lets pass before the devices renew: the renewed certificates then outlive the
+#: first ones, and moving past the first expiry shows both.
+CSR_DEMO_RENEW_AFTER_DAYS = 20
+
+
+def _csr_demo(args: argparse.Namespace) -> int:
+    """``dpskit demo --csr``: certificate management (preview) on the embedded local cloud. A
+    Device Registry namespace and policy, devices onboarding with a symmetric key and a CSR,
+    DPS issuing their certificates, the hub trusting the policy's CA, renewal through the hub,
+    then the cloud's clock moved past the first certificates' expiry: the old ones are refused,
+    the renewed ones connect, and re-provisioning issues fresh ones."""
+    import shutil
+
+    from dpskit.cloud import LocalCloud
+
+    if args.azure:
+        print(
+            "dpskit demo --csr runs on the embedded local cloud only: it moves the cloud's "
+            "clock to show expiry, which Azure cannot do",
+            file=sys.stderr,
+        )
+        return 2
+    base = Path(args.dir)
+    cloud_dir = base / "cloud"
+    issued_dir = base / "certs" / "issued"
+    steps = 8
+    started = time.perf_counter()
+    step_started = [started]
+
+    def step(number: int, title: str) -> None:
+        now = time.perf_counter()
+        if number > 1:
+            print(f"  ({(now - step_started[0]) * 1000:.0f} ms)")
+        step_started[0] = now
+        print(f"\n[{number}/{steps}] {title}")
+
+    print("dpskit demo --csr: certificates issued by DPS (certificate management, preview)")
+    _print_fields([("folder", _display(base)), ("key algorithm", "ec-p256 (the devices' CSRs)")])
+    shutil.rmtree(cloud_dir, ignore_errors=True)
+    failures = 0
+    with LocalCloud(cloud_dir, port=args.port, poll_retry_after=0) as cloud:
+        step(1, "Create an IoT hub and a DPS instance, and link them")
+        hub = cloud.create_hub("demo-hub")
+        dps = cloud.create_dps("demo-dps")
+        cloud.link_hub(dps, hub)
+        _print_fields([("hub", hub.host_name), ("dps", f"ID scope {dps.id_scope}")])
+
+        step(2, "Device Registry namespace (root CA) and a policy (issuing CA), linked to both")
+        namespace = cloud.create_device_registry_namespace("demo-ns")
+        policy = namespace.create_policy("demo-policy", validity_days=CSR_DEMO_VALIDITY_DAYS)
+        cloud.link_namespace(dps, namespace)
+        cloud.link_namespace(hub, namespace)
+        _print_fields(
+            [
+                ("namespace", namespace.name),
+                ("policy", f"{policy.name}, certificates valid {CSR_DEMO_VALIDITY_DAYS} days"),
+            ]
+        )
+
+        step(3, "Enrollment group: symmetric-key onboarding, certificates from the policy")
+        group = dps.create_enrollment_group(
+            "demo-csr", symmetric_key=True, credential_policy=policy.name
+        )
+        assert group.primary_key is not None
+        _print_fields([("group", f"{group.enrollment_group_id} (symmetric key)")])
+
+        ids = [f"demo-csr-{number:03d}" for number in range(1, args.devices + 1)]
+        step(4, f"{len(ids)} devices register with a CSR; DPS returns their certificates")
+        results = asyncio.run(_csr_provision(cloud, dps, group.primary_key, ids))
+        for result in results:
+            issued = result.issued_certificate
+            assert issued is not None
+            path = issued.save(issued_dir, name=result.registration_id)
+            chain = " -> ".join(c.common_name or c.subject for c in result.issued_chain)
+            _print_fields(
+                [
+                    (result.registration_id, chain),
+                    ("  valid until", _utc(issued.certificate.not_after)),
+                    ("  saved", _display(next(iter(path.values())).parent)),
+                ]
+            )
+
+        step(5, "Each device connects to its hub with its issued certificate")
+        asyncio.run(_csr_telemetry(cloud, results))
+        _print_fields([(r.registration_id, "connected, 1 message acknowledged") for r in results])
+
+        step(6, f"{CSR_DEMO_RENEW_AFTER_DAYS} days later: each device renews through its hub")
+        cloud.advance_time(days=CSR_DEMO_RENEW_AFTER_DAYS)
+        renewed = asyncio.run(_csr_renew(cloud, results))
+        for result, new in zip(results, renewed, strict=True):
+            until = _utc(new.certificate.not_after)
+            _print_fields([(result.registration_id, f"renewed, valid until {until}")])
+
+        step(7, "Past the first certificates' expiry: old ones refused, renewed ones connect")
+        now = cloud.advance_time(days=CSR_DEMO_VALIDITY_DAYS - CSR_DEMO_RENEW_AFTER_DAYS + 1)
+        print(f"  the cloud's clock now reads {_utc(now)}")
+        for result, new in zip(results, renewed, strict=True):
+            old = asyncio.run(_csr_try(cloud, result, result.issued_certificate))
+            fresh = asyncio.run(_csr_try(cloud, result, new))
+            failures += int(old is None or fresh is not None)
+            _print_fields(
+                [
+                    (result.registration_id, f"old certificate: {old or 'connected (wrong!)'}"),
+                    ("", f"renewed certificate: {fresh or 'connected'}"),
+                ]
+            )
+
+        step(8, "Re-provisioning with the onboarding key issues a fresh certificate")
+        again = asyncio.run(_csr_provision(cloud, dps, group.primary_key, ids[:1]))[0]
+        assert again.issued_certificate is not None
+        _print_fields(
+            [
+                (
+                    again.registration_id,
+                    f"valid until {_utc(again.issued_certificate.certificate.not_after)}",
+                )
+            ]
+        )
+    total = time.perf_counter() - started
+    print(f"  ({(time.perf_counter() - step_started[0]) * 1000:.0f} ms)")
+    verdict = "Done" if not failures else "Failed"
+    print(f"\n{verdict} in {total:.1f} s. Issued certificates: {_display(issued_dir)}")
+    return 1 if failures else 0
+
+
+async def _csr_provision(cloud: Any, dps: Any, group_key: str, ids: Sequence[str]) -> list[Any]:
+    """Registers every device with a CSR (group-derived key), in the cloud's time."""
+    from dpskit.device import provision
+
+    return list(
+        await asyncio.gather(
+            *(
+                provision(
+                    dps.device_endpoint,
+                    id_scope=dps.id_scope,
+                    registration_id=registration_id,
+                    group_key=group_key,
+                    trust=cloud.trust_pem,
+                    csr=True,
+                    clock=cloud,
+                )
+                for registration_id in ids
+            )
+        )
+    )
+
+
+async def _csr_telemetry(cloud: Any, results: Sequence[Any]) -> None:
+    """Connects each device with its issued certificate (the registration's, by default)."""
+    from dpskit.device import HubClient
+
+    async def run(result: Any) -> None:
+        async with HubClient.connect(result, trust=cloud.trust_pem) as client:
+            await client.send_telemetry({"certificate": "issued"})
+
+    await asyncio.gather(*(run(r) for r in results))
+
+
+async def _csr_renew(cloud: Any, results: Sequence[Any]) -> list[DeviceCertificate]:
+    """Each device renews its certificate over its live hub connection."""
+    from dpskit.device import HubClient
+
+    async def renew(result: Any) -> DeviceCertificate:
+        async with HubClient.connect(result, trust=cloud.trust_pem) as client:
+            renewed: DeviceCertificate = await client.renew_certificate()
+            return renewed
+
+    return list(await asyncio.gather(*(renew(r) for r in results)))
+
+
+async def _csr_try(cloud: Any, result: Any, certificate: DeviceCertificate | None) -> str | None:
+    """Connects with ``certificate``; ``None`` when the hub took it, else why it refused."""
+    from dpskit.device import HubClient
+    from dpskit.errors import DpsKitError
+
+    try:
+        async with HubClient.connect(
+            result, certificate=certificate, trust=cloud.trust_pem, timeout=10
+        ):
+            return None
+    except DpsKitError as error:
+        return f"refused ({type(error).__name__})"
+
 
 async def _demo_telemetry(
     cloud: Any, outcomes: Sequence[Any], devices: Sequence[DeviceCertificate]
@@ -318,6 +505,13 @@ def add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
         "--port", type=int, default=0, help="MQTT port of the local cloud (0: any free port)"
     )
     p.add_argument("--devices", type=positive_int, default=3, help="devices to provision")
+    p.add_argument(
+        "--csr",
+        action="store_true",
+        help="certificate management (preview) instead: a Device Registry namespace and policy, "
+        "devices registering with a CSR, issued certificates, renewal through the hub, expiry "
+        "(the embedded local cloud only)",
+    )
     _add_algorithm(p, "key algorithm (rsa-4096 as in Azure's tutorial works, but is slower)")
     azure = p.add_argument_group("Azure (charges apply)")
     azure.add_argument("--azure", action="store_true", help="run the steps on real Azure")
