@@ -77,7 +77,6 @@ pub(crate) const MAX_CONSUMER_GROUPS: usize = 20;
 pub(crate) const POLICY_VALIDITY_DAYS: std::ops::RangeInclusive<u32> = 7..=90;
 /// A policy's validity unless its creator asks otherwise (the CLI's default, and the SDK
 /// team's test recipe's `LeafValidityDays = 30`).
-#[allow(dead_code)] // the Python API's default (next commit)
 pub(crate) const DEFAULT_POLICY_VALIDITY_DAYS: u32 = 30;
 /// The key types a policy's CA may have: the preview documents ECC only (P-384).
 pub(crate) const POLICY_KEY_TYPES: &[&str] = &["ECC"];
