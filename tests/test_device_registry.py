@@ -426,3 +426,62 @@ def test_the_official_dps_service_sdk_writes_and_reads_credential_policy_name(
     assert created["credentialPolicyName"] == "sdk-policy"
     assert client.enrollment_group.get(id="sdk-grp")["credentialPolicyName"] == "sdk-policy"
     assert dps.enrollment_group("sdk-grp").credential_policy == "sdk-policy"
+
+
+def test_the_command_line_makes_namespaces_policies_links_and_policy_enrollments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dpskit.cli import main
+
+    def run(*argv: str) -> Any:
+        status = main([*argv, "--local", str(tmp_path / "cloud"), "--json"])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        return json.loads(captured.out)
+
+    run("cloud", "create-dps", "dps-cli")
+    run("cloud", "create-hub", "hub-cli")
+    namespace = run("registry", "namespace", "create", "adr-cli")
+    assert namespace["rootCa"].startswith("-----BEGIN CERTIFICATE-----")
+    policy = run("registry", "policy", "create", "adr-cli", "devices", "--validity-days", "9")
+    assert (policy["name"], policy["validityDays"]) == ("devices", 9)
+    run("registry", "link", "adr-cli", "--dps", "dps-cli")
+    run("registry", "link", "adr-cli", "--hub", "hub-cli")
+    group = run(
+        "dps",
+        "enrollment-group",
+        "create",
+        "dps-cli",
+        "grp",
+        "--symmetric-key",
+        "--credential-policy",
+        "devices",
+    )
+    assert group["credentialPolicyName"] == "devices"
+    enrollment = run(
+        "dps",
+        "enrollment",
+        "create",
+        "dps-cli",
+        "dev-1",
+        "--symmetric-key",
+        "--credential-policy",
+        "devices",
+    )
+    assert enrollment["credentialPolicyName"] == "devices"
+    # Refusals are the command's failure, with Azure's reason.
+    status = main(
+        [
+            "registry",
+            "policy",
+            "create",
+            "adr-cli",
+            "short",
+            "--validity-days",
+            "6",
+            "--local",
+            str(tmp_path / "cloud"),
+        ]
+    )
+    assert status != 0
+    assert "7 to 90" in capsys.readouterr().err
