@@ -3,7 +3,9 @@
 //! resource type's api-version, `If-Match` etags, RFC 1123 dates, no `null`s in bodies), with
 //! hub and DPS names checked by Azure's rules before any request. Writes wait for ARM's
 //! long-running operations (deletes included), lists follow `nextLink`, and every request goes
-//! through the one retry policy.
+//! through the one retry policy. Azure Device Registry (`Microsoft.DeviceRegistry`, the
+//! certificate management preview): namespaces, credential policies, and the links of a DPS or
+//! hub to a namespace, written as the CLI writes them.
 
 use std::time::Duration;
 

@@ -7,6 +7,11 @@
 //! writes are long-running operations (`operations.rs`) and their lists are paged with
 //! `nextLink`, as Azure's are. A hub's `sku` is kept as PUT (S1, one unit, when never given);
 //! the `dpskit-presets` tag makes the hub enforce that tier's quotas.
+//!
+//! Under `.../providers/Microsoft.DeviceRegistry/namespaces`: Azure Device Registry's
+//! certificate management preview (api-version 2025-11-01-preview): namespaces, their one
+//! credential `default` and its policies (`emulator::device_registry` holds the CAs). A DPS or
+//! hub PUT (or PATCH) naming a namespace links it.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
