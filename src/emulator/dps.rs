@@ -10,8 +10,9 @@ use bytes::Bytes;
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
-use crate::clock::now;
-use crate::emulator::cloud::{Cloud, azure_timestamp, decode_der, new_etag, random_guid};
+use crate::emulator::cloud::{
+    Cloud, azure_time_ms, azure_timestamp, decode_der, new_etag, random_guid,
+};
 use crate::emulator::model::*;
 use crate::emulator::quotas::{DpsQuotas, retry_after_seconds};
 use crate::error::Error;
@@ -436,7 +437,7 @@ impl DpsEngine {
                     token.resource
                 )));
             }
-            if token.expiry <= now() {
+            if token.expiry <= self.cloud.clock().now() {
                 return Err(refuse("SAS token has expired".into()));
             }
             return self
@@ -730,7 +731,7 @@ impl DpsEngine {
                 identity.registration_id
             )));
         }
-        let t = now();
+        let t = self.cloud.clock().now();
         if t > info.not_after || t < info.not_before {
             return Err(unauthorized(format!(
                 "Invalid certificate: {} is outside its validity period ({} to {}).",
@@ -837,8 +838,13 @@ impl DpsEngine {
 
     /// Whether `target` is reachable from the leaf through the presented chain.
     fn chains_to(&self, chain: &[Certificate], target: &Certificate) -> bool {
-        crate::pki::verify_chain(&chain[0], &chain[1..], std::slice::from_ref(target), now())
-            .is_ok()
+        crate::pki::verify_chain(
+            &chain[0],
+            &chain[1..],
+            std::slice::from_ref(target),
+            self.cloud.clock().now(),
+        )
+        .is_ok()
     }
 
     /// A group's certificate counts only if it is a verified uploaded CA, or chains up (through
@@ -869,7 +875,8 @@ impl DpsEngine {
             .chain(uploaded.iter().map(|(_, c)| c.clone()))
             .collect();
         if !verified.is_empty()
-            && crate::pki::verify_chain(group_cert, &pool, &verified, now()).is_ok()
+            && crate::pki::verify_chain(group_cert, &pool, &verified, self.cloud.clock().now())
+                .is_ok()
         {
             return Ok(());
         }
@@ -904,7 +911,7 @@ impl DpsEngine {
         let previous = self
             .cloud
             .registration(&identity.dps, &identity.registration_id);
-        let timestamp = azure_timestamp();
+        let timestamp = azure_time_ms(self.cloud.clock().now_ms());
         let device_id = admitted
             .device_id
             .clone()
@@ -969,7 +976,7 @@ impl DpsEngine {
                     hub: hub.clone(),
                     auth: admitted.auth.clone(),
                     initial_twin: initial_twin.or_else(|| admitted.settings.initial_twin.clone()),
-                    created: now(),
+                    created: self.cloud.clock().now(),
                     registry: Default::default(),
                 };
                 (

@@ -27,7 +27,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::clock::now;
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, DeviceStatus, HubDevice};
 use crate::emulator::quotas::{HubCounters, HubQuotas, Rate, Throttled, start_of_today};
@@ -595,8 +594,11 @@ impl HubEngine {
             .filter_map(|h| Some((h.host_name.to_ascii_lowercase(), h.sku?)))
             .collect();
         Ok(HubEngine {
+            feedback: crate::emulator::feedback::Feedback::new(
+                store.clone(),
+                cloud.clock().clone(),
+            ),
             cloud,
-            feedback: crate::emulator::feedback::Feedback::new(store.clone()),
             store,
             writer,
             sessions: Mutex::new(HashMap::new()),
@@ -617,6 +619,17 @@ impl HubEngine {
             expiries: Mutex::new(expiries),
             expiry_added: Arc::new(Notify::new()),
         })
+    }
+
+    /// The cloud's clock, which the hubs judge tokens, certificates and expiries by.
+    pub(crate) fn clock(&self) -> &crate::clock::Clock {
+        self.cloud.clock()
+    }
+
+    /// A message's enqueued time now, on the cloud's clock (Unix seconds with fractions): the
+    /// events' times and their retention read the same clock.
+    pub(crate) fn enqueued_now(&self) -> f64 {
+        self.cloud.clock().now_ms() as f64 / 1000.0
     }
 
     /// Changes a hub's knobs.
@@ -787,7 +800,7 @@ impl HubEngine {
 
     /// Records activity of a device; `connection` when it connected or disconnected.
     fn touch(&self, hub: &str, device_id: &str, connection: bool) {
-        let t = now();
+        let t = self.cloud.clock().now();
         let mut activity = lock(&self.activity);
         let entry = activity.entry(key(hub, device_id)).or_default();
         entry.last_activity = t;
@@ -856,7 +869,7 @@ impl HubEngine {
                         token.resource
                     ));
                 }
-                if token.expiry <= now() {
+                if token.expiry <= self.cloud.clock().now() {
                     return Err("SAS token has expired".into());
                 }
                 if !(token.is_signed_by(primary_key) || token.is_signed_by(secondary_key)) {
@@ -1498,7 +1511,7 @@ impl HubEngine {
             ack = DeliveryAck::parse(value).map_err(|why| Error::service(400, 400_004, why))?;
         }
         properties.retain(|(k, _)| k != ACK_PROPERTY);
-        let now_ms = crate::clock::now_ms();
+        let now_ms = self.cloud.clock().now_ms();
         let (expires_ms, sender_expiry) =
             crate::protocol::c2d::expiry_ms(options.absolute_expiry_ms, options.ttl_ms, now_ms);
         let message_id = options.message_id.unwrap_or_else(random_guid);
@@ -1570,7 +1583,13 @@ impl HubEngine {
             tokio::pin!(added);
             // Registered before the heap is read: an expiry added after this wakes the sweeper.
             added.as_mut().enable();
-            let now_ms = crate::clock::now_ms();
+            let clock = strong.cloud.clock().clone();
+            // Registered before the time is read: a move of the cloud's clock after this wakes
+            // the sweeper (messages may have expired in the cloud's time).
+            let moved = clock.moved();
+            tokio::pin!(moved);
+            let already_moved = arm(moved.as_mut());
+            let now_ms = clock.now_ms();
             let mut due: Vec<(String, String)> = {
                 let mut expiries = lock(&strong.expiries);
                 let mut due = Vec::new();
@@ -1593,6 +1612,7 @@ impl HubEngine {
             let wait_ms = next.map_or(60_000, |at| (at - now_ms).clamp(1, 60_000));
             tokio::select! {
                 _ = added => {}
+                () = moved, if !already_moved => {}
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
             }
         }
@@ -1651,7 +1671,7 @@ impl HubEngine {
             .hub_device(hub, device_id)
             .map(|d| d.generation_id())
             .unwrap_or_default();
-        let at = crate::emulator::cloud::azure_timestamp();
+        let at = crate::emulator::cloud::azure_time_ms(self.cloud.clock().now_ms());
         let records = wanted
             .into_iter()
             .map(|(message, status)| FeedbackRecord {
@@ -1674,7 +1694,7 @@ impl HubEngine {
     /// read can only miss newer messages (their own flush sends them), never resend an older
     /// one, because the session remembers the highest sequence it delivered.
     fn flush_c2d(&self, hub: &str, device_id: &str) {
-        let now_ms = crate::clock::now_ms();
+        let now_ms = self.cloud.clock().now_ms();
         let read = self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),
@@ -1874,10 +1894,14 @@ impl HubEngine {
             let Some(strong) = engine.upgrade() else {
                 return;
             };
-            let swept = tokio::task::spawn_blocking(move || {
-                strong.drop_expired_events(crate::clock::now())
-            })
-            .await;
+            let clock = strong.cloud.clock().clone();
+            // Registered before the sweep reads the time: a move of the cloud's clock during
+            // or after it sweeps again at once (events may have left the retention).
+            let moved = clock.moved();
+            tokio::pin!(moved);
+            let already_moved = arm(moved.as_mut());
+            let now = clock.now();
+            let swept = tokio::task::spawn_blocking(move || strong.drop_expired_events(now)).await;
             match swept {
                 Ok(Ok(0)) => {}
                 Ok(Ok(dropped)) => {
@@ -1886,9 +1910,19 @@ impl HubEngine {
                 Ok(Err(e)) => log::error!("emulator: applying the events retention failed: {e}"),
                 Err(e) => log::error!("emulator: the retention sweep stopped: {e}"),
             }
-            tokio::time::sleep(RETENTION_SWEEP_PERIOD).await;
+            tokio::select! {
+                () = tokio::time::sleep(RETENTION_SWEEP_PERIOD) => {}
+                () = moved, if !already_moved => {}
+            }
         }
     }
+}
+
+/// Polls a [`crate::clock::Clock::moved`] future once, so it waits from now rather than from
+/// the first `await` (a move between reading the time and sleeping would otherwise be missed);
+/// true if it already resolved (then it must not be polled again).
+pub(crate) fn arm(moved: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> bool {
+    futures_util::FutureExt::now_or_never(moved).is_some()
 }
 
 /// How often the events retention is applied.

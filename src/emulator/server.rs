@@ -393,15 +393,13 @@ pub(crate) async fn session(
             if session.session_present {
                 context.hubs.resume(&hub, &device_id);
             }
-            // A SAS connection ends when its token expires (401003); SDKs reconnect with a new one.
+            // A SAS connection ends when its token expires (401003) in the cloud's time; SDKs
+            // reconnect with a new one.
             let token_expiry = password
                 .as_deref()
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(|t| crate::sas::SasToken::parse(t).ok())
-                .map(|t| {
-                    let left = (t.expiry - crate::clock::now()).max(0) as u64;
-                    tokio::time::Instant::now() + Duration::from_secs(left)
-                });
+                .map(|t| t.expiry);
             let link = DeviceLink {
                 hub: &hub,
                 device_id: &device_id,
@@ -411,10 +409,10 @@ pub(crate) async fn session(
                 // and re-created later does not rewrite its earlier messages.
                 sender: std::sync::Arc::new(identity.sender_auth()),
             };
-            let will = connect
-                .last_will
-                .clone()
-                .and_then(|will| will_record(&hub, &device_id, &link.sender, will));
+            let will = connect.last_will.clone().and_then(|will| {
+                let sender = &link.sender;
+                will_record(&hub, &device_id, sender, will, context.hubs.enqueued_now())
+            });
             let result = hub_session(&mut connection, context, &link, &mut session, &trace).await;
             context
                 .hubs
@@ -465,6 +463,7 @@ fn will_record(
     device_id: &str,
     sender: &std::sync::Arc<SenderAuth>,
     will: rumqttc::LastWill,
+    enqueued: f64,
 ) -> Option<TelemetryRecord> {
     let Some(bag) = telemetry_bag(&will.topic, device_id) else {
         log::info!(
@@ -480,7 +479,7 @@ fn will_record(
         hub: hub.to_ascii_lowercase(),
         device_id: device_id.to_string(),
         module_id: None,
-        enqueued: unix_now(),
+        enqueued,
         body: will.message.to_vec(),
         properties,
         system_properties,
@@ -691,8 +690,8 @@ struct DeviceLink<'a> {
     hub: &'a str,
     device_id: &'a str,
     keep_alive: u16,
-    /// When a SAS token runs out.
-    token_expiry: Option<tokio::time::Instant>,
+    /// When a SAS token runs out, on the cloud's clock (Unix seconds).
+    token_expiry: Option<i64>,
     /// How the connection authenticated, stamped on each message it sends.
     sender: std::sync::Arc<SenderAuth>,
 }
@@ -812,7 +811,7 @@ async fn hub_session(
             }
             () = async {
                 match token_expiry {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => until_cloud_time(context.hubs.clock(), at).await,
                     None => std::future::pending().await,
                 }
             } => {
@@ -925,7 +924,7 @@ async fn hub_session(
                         hub: hub.to_ascii_lowercase(),
                         device_id: device_id.to_string(),
                         module_id: None,
-                        enqueued: unix_now(),
+                        enqueued: context.hubs.enqueued_now(),
                         body: publish.payload.to_vec(),
                         properties,
                         system_properties,
@@ -1016,6 +1015,24 @@ async fn hub_session(
                     other.packet_type()
                 ));
             }
+        }
+    }
+}
+
+/// Resolves once the cloud's clock reaches `at` (Unix seconds): sleeps until then in real time,
+/// and looks again whenever the clock is moved forward.
+async fn until_cloud_time(clock: &crate::clock::Clock, at: i64) {
+    loop {
+        let moved = clock.moved();
+        tokio::pin!(moved);
+        let already_moved = crate::emulator::hub::arm(moved.as_mut());
+        let left_ms = at.saturating_mul(1000).saturating_sub(clock.now_ms());
+        if left_ms <= 0 {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(left_ms as u64)) => {}
+            () = moved, if !already_moved => {}
         }
     }
 }
