@@ -886,6 +886,7 @@ impl HubEngine {
             ) => {
                 let leaf = chain.first().ok_or("no client certificate was presented")?;
                 let info = leaf.info();
+                check_validity(leaf, self.cloud.clock().now())?;
                 // The service API takes SHA-1 or SHA-256 thumbprints in either slot.
                 let presented = |thumbprint: &str| {
                     !thumbprint.is_empty()
@@ -1916,6 +1917,21 @@ impl HubEngine {
             }
         }
     }
+}
+
+/// Refuses a certificate outside its validity period at `now` (the cloud's clock), as IoT Hub
+/// refuses an expired device certificate whatever its thumbprint or issuer.
+fn check_validity(certificate: &Certificate, now: i64) -> std::result::Result<(), String> {
+    let info = certificate.info();
+    if now < info.not_before || now > info.not_after {
+        return Err(format!(
+            "certificate {} is outside its validity period ({} to {})",
+            crate::pki::chain::describe(certificate),
+            crate::pki::chain::format_time(info.not_before),
+            crate::pki::chain::format_time(info.not_after)
+        ));
+    }
+    Ok(())
 }
 
 /// Polls a [`crate::clock::Clock::moved`] future once, so it waits from now rather than from
