@@ -21,6 +21,7 @@ __all__ = [
     "CapabilitiesRecord",
     "Certificate",
     "CertificateAuthority",
+    "CredentialPolicyReferenceRecord",
     "CustomAllocationRecord",
     "DeviceCertificate",
     "DpsRecord",
@@ -640,6 +641,18 @@ class CapabilitiesRecord:
     def iot_edge(self) -> bool: ...
 
 @final
+class CredentialPolicyReferenceRecord:
+    """The Device Registry policy that issues an enrollment's certificates (by name; or with
+    its namespace and issuing CA, the newer API's three names)."""
+
+    @property
+    def policy(self) -> str: ...
+    @property
+    def namespace(self) -> str | None: ...
+    @property
+    def certificate_authority(self) -> str | None: ...
+
+@final
 class EnrollmentSettingsRecord:
     """The settings enrollment groups and individual enrollments share (service defaults
     applied)."""
@@ -654,6 +667,8 @@ class EnrollmentSettingsRecord:
     def initial_twin(self) -> dict[str, Any] | None: ...
     @property
     def capabilities(self) -> CapabilitiesRecord | None: ...
+    @property
+    def credential_policy(self) -> CredentialPolicyReferenceRecord | None: ...
 
 @final
 class EnrollmentGroupRecord:

@@ -29,6 +29,8 @@ pub(crate) struct Model {
     pub registrations: BTreeMap<(String, String), RegistrationRecord>,
     /// (hub host, device id)
     pub devices: BTreeMap<(String, String), HubDevice>,
+    /// Device Registry namespaces, their policies' CAs and the links to them.
+    pub registry: crate::emulator::device_registry::Registry,
 }
 
 /// Options for a new enrollment (group or individual).
@@ -213,6 +215,7 @@ impl Cloud {
                 .devices
                 .insert((d.hub.clone(), d.device_id.clone()), d);
         }
+        model.registry = crate::emulator::device_registry::Registry::load(&store)?;
         Ok(Cloud {
             store,
             model: RwLock::new(model),
@@ -244,8 +247,14 @@ impl Cloud {
         self.model.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Model> {
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Model> {
         self.model.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store the model is kept in (for the rooms that keep their part of the model in
+    /// their own file, such as `device_registry`).
+    pub(super) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The host DPS devices dial.
@@ -386,6 +395,9 @@ impl Cloud {
                 self.store.put(kind::DPS, &dps.name, &*dps)?;
             }
         }
+        model
+            .registry
+            .drop_link(&self.store, super::device_registry::LinkedKind::Hub, name)?;
         self.store.delete(kind::HUB, name)?;
         model.devices.retain(|k, _| k.0 != hub.host_name);
         model.hubs.remove(name);
@@ -549,6 +561,9 @@ impl Cloud {
             self.store
                 .delete(kind::REGISTRATION, &format!("{}/{}", k.0, k.1))?;
         }
+        model
+            .registry
+            .drop_link(&self.store, super::device_registry::LinkedKind::Dps, name)?;
         self.store.delete(kind::DPS, name)?;
         model.groups.retain(|k, _| !owned(k));
         model.enrollments.retain(|k, _| !owned(k));

@@ -52,6 +52,15 @@ pub(crate) mod kind {
     pub(crate) const SESSION: &str = "session";
     /// The local cloud's clock: its offset from the wall clock.
     pub(crate) const CLOCK: &str = "clock";
+    /// A Device Registry namespace (`NamespaceRecord`) by name.
+    pub(crate) const REGISTRY_NAMESPACE: &str = "registry_namespace";
+    /// A namespace's credential policy (`PolicyRecord`) by `namespace/policy`.
+    pub(crate) const REGISTRY_POLICY: &str = "registry_policy";
+    /// A Device Registry CA's private key (PKCS#8 PEM): the root by `namespace`, an issuing
+    /// CA by `namespace/policy`. Secret: the data folder is the owner's only.
+    pub(crate) const REGISTRY_KEY: &str = "registry_key";
+    /// A DPS's or hub's link to a namespace (`RegistryLink`) by `dps/name` or `hub/name`.
+    pub(crate) const REGISTRY_LINK: &str = "registry_link";
 }
 
 /// One telemetry message as the hub stored it.

@@ -69,3 +69,33 @@ pub(crate) fn check_partition_count(count: u32) -> crate::Result<()> {
 }
 /// Consumer groups an endpoint may have, `$Default` included (IoT Hub's S tiers: 20).
 pub(crate) const MAX_CONSUMER_GROUPS: usize = 20;
+
+/// The days an issued device certificate may be valid, as a Device Registry credential policy
+/// sets them (`leafCertificateConfiguration.validityPeriodInDays`: `@minValue(7)
+/// @maxValue(90)` in `ns_policy.tsp`, api-version 2025-11-01-preview; the docs say "7 to 90
+/// days", checked 2026-12-07).
+pub(crate) const POLICY_VALIDITY_DAYS: std::ops::RangeInclusive<u32> = 7..=90;
+/// A policy's validity unless its creator asks otherwise (the CLI's default, and the SDK
+/// team's test recipe's `LeafValidityDays = 30`).
+pub(crate) const DEFAULT_POLICY_VALIDITY_DAYS: u32 = 30;
+/// The key types a policy's CA may have: the preview documents ECC only (P-384).
+pub(crate) const POLICY_KEY_TYPES: &[&str] = &["ECC"];
+
+/// Refuses a credential policy ADR would refuse: validity outside 7-90 days, or a key type
+/// other than the documented one (the client before sending, the emulator alike).
+pub(crate) fn check_credential_policy(validity_days: u32, key_type: &str) -> crate::Result<()> {
+    if !POLICY_VALIDITY_DAYS.contains(&validity_days) {
+        return Err(crate::Error::config(format!(
+            "a credential policy issues certificates valid {} to {} days, not {validity_days}",
+            POLICY_VALIDITY_DAYS.start(),
+            POLICY_VALIDITY_DAYS.end()
+        )));
+    }
+    if !POLICY_KEY_TYPES.contains(&key_type) {
+        return Err(crate::Error::config(format!(
+            "a credential policy's key type is one of {}, not {key_type:?}",
+            POLICY_KEY_TYPES.join(", ")
+        )));
+    }
+    Ok(())
+}

@@ -168,6 +168,20 @@ pub(crate) struct EnrollmentPolicies {
     /// For the custom allocation policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_allocation_definition: Option<CustomAllocationDefinition>,
+    /// The Device Registry credential policy that issues the devices' certificates, by name
+    /// in the DPS's namespace (api-version 2025-07-01-preview). Read and written through
+    /// [`EnrollmentPolicies::policy_reference`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_policy_name: Option<String>,
+    /// The newer API's three names of the policy (2026-11-01): the namespace...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_name: Option<String>,
+    /// ... the issuing CA ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority_name: Option<String>,
+    /// ... and the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_policy_name: Option<String>,
     /// IoT Edge or not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<DeviceCapabilities>,
@@ -180,6 +194,104 @@ pub(crate) struct EnrollmentPolicies {
     /// Last change, RFC 3339 (answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated_date_time_utc: Option<String>,
+}
+
+/// The service api-version that carries `credentialPolicyName` (Azure's certificate management
+/// preview; older versions know no such member).
+pub(crate) const POLICY_NAME_API_VERSION: &str = "2025-07-01-preview";
+/// The service api-version of the three-name policy reference.
+pub(crate) const POLICY_NAMES_API_VERSION: &str = "2026-11-01";
+
+/// The api-version an enrollment body must be sent with for its policy reference to count
+/// (`None`: the body has none, any version takes it).
+pub(crate) fn policy_api_version(body: &Value) -> Option<&'static str> {
+    if body
+        .get("certificatePolicyName")
+        .is_some_and(|v| !v.is_null())
+    {
+        Some(POLICY_NAMES_API_VERSION)
+    } else if body
+        .get("credentialPolicyName")
+        .is_some_and(|v| !v.is_null())
+    {
+        Some(POLICY_NAME_API_VERSION)
+    } else {
+        None
+    }
+}
+
+/// How an enrollment names the Device Registry policy that issues its devices' certificates:
+/// the public preview's one name (`credentialPolicyName`, looked up in the namespace the DPS is
+/// linked to) or the newer API's three (`namespaceName`, `certificateAuthorityName`,
+/// `certificatePolicyName`), which travel together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PolicyReference {
+    /// `credentialPolicyName`.
+    Name(String),
+    /// The three names.
+    Names {
+        /// `namespaceName`.
+        namespace: String,
+        /// `certificateAuthorityName` (the issuing CA, never the root).
+        certificate_authority: String,
+        /// `certificatePolicyName`.
+        policy: String,
+    },
+}
+
+impl EnrollmentPolicies {
+    /// The policy reference as sent: `None` when none is; refused (400004, as DPS refuses an
+    /// invalid enrollment member) when the three names come partly, or both forms at once.
+    pub(crate) fn policy_reference(&self) -> crate::Result<Option<PolicyReference>> {
+        let refuse = |message: &str| Err(crate::Error::service(400, 400_004, message));
+        let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_string);
+        let one = given(&self.credential_policy_name);
+        let three = [
+            given(&self.namespace_name),
+            given(&self.certificate_authority_name),
+            given(&self.certificate_policy_name),
+        ];
+        match (one, three) {
+            (None, [None, None, None]) => Ok(None),
+            (Some(name), [None, None, None]) => Ok(Some(PolicyReference::Name(name))),
+            (None, [Some(namespace), Some(certificate_authority), Some(policy)]) => {
+                Ok(Some(PolicyReference::Names {
+                    namespace,
+                    certificate_authority,
+                    policy,
+                }))
+            }
+            (Some(_), _) => refuse(
+                "An enrollment names its certificate policy either by credentialPolicyName or by \
+                 namespaceName, certificateAuthorityName and certificatePolicyName, not both.",
+            ),
+            (None, _) => refuse(
+                "namespaceName, certificateAuthorityName and certificatePolicyName travel \
+                 together: a partial certificate policy reference is refused.",
+            ),
+        }
+    }
+
+    /// Writes `reference` into the members that carry it (clearing the other form's).
+    pub(crate) fn set_policy_reference(&mut self, reference: Option<PolicyReference>) {
+        self.credential_policy_name = None;
+        self.namespace_name = None;
+        self.certificate_authority_name = None;
+        self.certificate_policy_name = None;
+        match reference {
+            None => {}
+            Some(PolicyReference::Name(name)) => self.credential_policy_name = Some(name),
+            Some(PolicyReference::Names {
+                namespace,
+                certificate_authority,
+                policy,
+            }) => {
+                self.namespace_name = Some(namespace);
+                self.certificate_authority_name = Some(certificate_authority);
+                self.certificate_policy_name = Some(policy);
+            }
+        }
+    }
 }
 
 // ---- attestation ----------------------------------------------------------------------------
@@ -619,6 +731,48 @@ impl CertificateBodyDescription {
 pub(crate) struct VerificationCodeRequest {
     /// PEM text or base64.
     pub certificate: String,
+}
+
+#[cfg(test)]
+mod policy_reference_tests {
+    use super::*;
+
+    #[test]
+    fn either_form_round_trips_and_a_partial_triple_or_both_forms_are_refused() {
+        let one: EnrollmentPolicies =
+            serde_json::from_value(serde_json::json!({"credentialPolicyName": "pol"})).unwrap();
+        let reference = one.policy_reference().unwrap().unwrap();
+        assert_eq!(reference, PolicyReference::Name("pol".into()));
+        let mut written = EnrollmentPolicies::default();
+        written.set_policy_reference(Some(reference));
+        assert_eq!(
+            serde_json::to_value(&written).unwrap(),
+            serde_json::json!({"credentialPolicyName": "pol"})
+        );
+        let three = serde_json::json!({"namespaceName": "ns", "certificateAuthorityName": "default",
+            "certificatePolicyName": "pol"});
+        let parsed: EnrollmentPolicies = serde_json::from_value(three.clone()).unwrap();
+        let reference = parsed.policy_reference().unwrap();
+        let mut written = EnrollmentPolicies::default();
+        written.set_policy_reference(reference);
+        assert_eq!(serde_json::to_value(&written).unwrap(), three);
+        assert_eq!(
+            EnrollmentPolicies::default().policy_reference().unwrap(),
+            None
+        );
+        for refused in [
+            serde_json::json!({"namespaceName": "ns", "certificatePolicyName": "pol"}),
+            serde_json::json!({"certificateAuthorityName": "default"}),
+            serde_json::json!({"credentialPolicyName": "pol", "namespaceName": "ns",
+                "certificateAuthorityName": "default", "certificatePolicyName": "pol"}),
+        ] {
+            let parsed: EnrollmentPolicies = serde_json::from_value(refused).unwrap();
+            assert_eq!(
+                parsed.policy_reference().unwrap_err().error_code(),
+                Some(400_004)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

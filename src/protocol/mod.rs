@@ -35,7 +35,10 @@ pub(crate) mod hub_service;
 pub(crate) mod names;
 
 pub(crate) use bags::parse_property_bag;
-pub(crate) use names::{validate_consumer_group_name, validate_dps_name, validate_hub_name};
+pub(crate) use names::{
+    validate_consumer_group_name, validate_dps_name, validate_hub_name, validate_namespace_name,
+    validate_policy_name,
+};
 
 /// Splits `a=b&c=d` into raw pairs (values not decoded).
 pub(crate) fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {

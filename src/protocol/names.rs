@@ -82,6 +82,41 @@ pub(crate) fn check_resource_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Checks an Azure Device Registry namespace name against the resource provider's rule:
+/// 3 to 64 lower-case letters, digits and hyphens, starting and ending with a letter or digit
+/// (`^[a-z0-9][a-z0-9-]*[a-z0-9]$`, `Microsoft.DeviceRegistry/namespaces`, `namespaces.tsp`).
+pub(crate) fn validate_namespace_name(name: &str) -> Result<()> {
+    let ok = (3..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "invalid Device Registry namespace name {name:?}: Azure accepts 3-64 lower-case letters, \
+         digits and hyphens, starting and ending with a letter or digit"
+    )))
+}
+
+/// Checks a Device Registry credential policy name against the resource provider's rule:
+/// 3 to 63 ASCII letters, digits and hyphens, starting with a letter or digit
+/// (`^[0-9a-zA-Z][a-zA-Z0-9-]*$`, `ns_policy.tsp`, api-version 2025-11-01-preview).
+pub(crate) fn validate_policy_name(name: &str) -> Result<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "invalid credential policy name {name:?}: Azure accepts 3-63 ASCII letters, digits and \
+         hyphens, starting with a letter or digit"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +155,21 @@ mod tests {
         validate_dps_name(&"d".repeat(MAX_DPS_NAME_LEN)).unwrap();
         assert!(validate_dps_name(&"d".repeat(MAX_DPS_NAME_LEN + 1)).is_err());
         assert!(validate_dps_name("dps-").is_err());
+    }
+
+    #[test]
+    fn device_registry_names_follow_the_resource_providers_patterns() {
+        for good in ["abc", "adr-ns-01", &"n".repeat(64)] {
+            validate_namespace_name(good).unwrap();
+        }
+        for bad in ["ab", "Upper", "-ns", "ns-", "n_s", &"n".repeat(65)] {
+            assert!(validate_namespace_name(bad).is_err(), "{bad}");
+        }
+        for good in ["abc", "Default-1", "9policy-", &"p".repeat(63)] {
+            validate_policy_name(good).unwrap();
+        }
+        for bad in ["ab", "-pol", "pol_1", "pol.1", &"p".repeat(64)] {
+            assert!(validate_policy_name(bad).is_err(), "{bad}");
+        }
     }
 }

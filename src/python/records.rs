@@ -19,7 +19,7 @@ use super::convert::json_to_py;
 use crate::error::{Error, Result};
 use crate::protocol::dps_service::{
     AttestationMechanism, DeviceRegistrationState, EnrollmentGroup, EnrollmentPolicies,
-    IndividualEnrollment, X509Attestation, X509CertificateInfo,
+    IndividualEnrollment, PolicyReference, X509Attestation, X509CertificateInfo,
 };
 use crate::protocol::hub_service::{DeviceIdentity, Twin, X509Thumbprint};
 
@@ -31,6 +31,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CustomAllocationRecord>()?;
     m.add_class::<AllocationRecord>()?;
     m.add_class::<CapabilitiesRecord>()?;
+    m.add_class::<CredentialPolicyReferenceRecord>()?;
     m.add_class::<EnrollmentSettingsRecord>()?;
     m.add_class::<EnrollmentGroupRecord>()?;
     m.add_class::<IndividualEnrollmentRecord>()?;
@@ -202,6 +203,16 @@ pub(crate) struct CapabilitiesRecord {
     iot_edge: bool,
 }
 
+/// The Device Registry policy that issues an enrollment's certificates: by name alone
+/// (`credentialPolicyName`, in the DPS's namespace), or with its namespace and issuing CA (the
+/// newer API's three names).
+#[pyclass(frozen, get_all, module = "dpskit._native")]
+pub(crate) struct CredentialPolicyReferenceRecord {
+    policy: String,
+    namespace: Option<String>,
+    certificate_authority: Option<String>,
+}
+
 /// The settings groups and individual enrollments share, with the service's defaults applied
 /// (enabled; both reprovision flags true).
 #[pyclass(frozen, get_all, module = "dpskit._native")]
@@ -211,6 +222,7 @@ pub(crate) struct EnrollmentSettingsRecord {
     allocation: Py<AllocationRecord>,
     initial_twin: Option<Py<PyDict>>,
     capabilities: Option<Py<CapabilitiesRecord>>,
+    credential_policy: Option<Py<CredentialPolicyReferenceRecord>>,
 }
 
 /// The settings, etag and times of an enrollment answer.
@@ -222,6 +234,25 @@ struct Answered {
 }
 
 fn answered(py: Python<'_>, p: EnrollmentPolicies, what: &str) -> PyResult<Answered> {
+    let credential_policy = match p.policy_reference()? {
+        None => None,
+        Some(PolicyReference::Name(policy)) => Some(CredentialPolicyReferenceRecord {
+            policy,
+            namespace: None,
+            certificate_authority: None,
+        }),
+        Some(PolicyReference::Names {
+            namespace,
+            certificate_authority,
+            policy,
+        }) => Some(CredentialPolicyReferenceRecord {
+            policy,
+            namespace: Some(namespace),
+            certificate_authority: Some(certificate_authority),
+        }),
+    }
+    .map(|r| Py::new(py, r))
+    .transpose()?;
     let policy = p.reprovision_policy.unwrap_or_default();
     let custom = p
         .custom_allocation_definition
@@ -264,6 +295,7 @@ fn answered(py: Python<'_>, p: EnrollmentPolicies, what: &str) -> PyResult<Answe
         allocation: Py::new(py, allocation)?,
         initial_twin: p.initial_twin.map(|t| dict(py, t)).transpose()?,
         capabilities,
+        credential_policy,
     };
     Ok(Answered {
         settings,

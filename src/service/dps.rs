@@ -124,11 +124,16 @@ impl SasRestClient {
         replay: Replay,
         what: &str,
     ) -> Result<Answer> {
-        let separator = if path.contains('?') { '&' } else { '?' };
-        let url = format!(
-            "{}{path}{separator}api-version={}",
-            self.endpoint, self.api_version
-        );
+        // A path naming its own api-version (a member only a newer version carries) keeps it.
+        let url = if path.contains("api-version=") {
+            format!("{}{path}", self.endpoint)
+        } else {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            format!(
+                "{}{path}{separator}api-version={}",
+                self.endpoint, self.api_version
+            )
+        };
         let response = self
             .retry
             .send(replay, what, || {
@@ -276,6 +281,15 @@ pub(crate) fn enrollment_body<B: Serialize + ?Sized>(body: &B, what: &str) -> Re
     Ok(crate::service::omit_nulls(body, false))
 }
 
+/// `path` with the api-version the body's certificate policy reference needs, if it has one
+/// (`credentialPolicyName`: 2025-07-01-preview; the three names: 2026-11-01).
+fn versioned(path: String, body: &Value) -> String {
+    match crate::protocol::dps_service::policy_api_version(body) {
+        Some(version) => format!("{path}?api-version={version}"),
+        None => path,
+    }
+}
+
 /// A request body as JSON.
 fn to_json<B: Serialize + ?Sized>(body: &B, what: &str) -> Result<Value> {
     serde_json::to_value(body).map_err(|e| Error::config_caused(format!("{what}: the body"), e))
@@ -319,7 +333,7 @@ impl DpsServiceClient {
             .rest
             .json(
                 reqwest::Method::PUT,
-                &format!("/enrollmentGroups/{}", path_id(id)),
+                &versioned(format!("/enrollmentGroups/{}", path_id(id)), &body),
                 Some(&body),
                 if_match,
                 &what,
@@ -392,7 +406,7 @@ impl DpsServiceClient {
             .rest
             .json(
                 reqwest::Method::PUT,
-                &format!("/enrollments/{}", path_id(id)),
+                &versioned(format!("/enrollments/{}", path_id(id)), &body),
                 Some(&body),
                 if_match,
                 &what,

@@ -179,6 +179,7 @@ class Dps:
         reprovision_policy: ReprovisionPolicy | None,
         initial_twin: dict[str, Any] | None,
         custom_allocation: CustomAllocation | None,
+        credential_policy: str | None = None,
     ) -> _Settings:
         """Settings of a new group or individual enrollment (``key`` names its allocator)."""
         custom_url = self._custom_allocation_url(key, custom_allocation)
@@ -190,6 +191,7 @@ class Dps:
             reprovision_policy=reprovision_policy or ReprovisionPolicy(),
             initial_twin=initial_twin,
             custom_allocation_url=custom_url,
+            credential_policy=credential_policy,
         )
 
     def _custom_allocation_url(self, key: str, custom: CustomAllocation | None) -> str | None:
@@ -235,13 +237,17 @@ class Dps:
         reprovision_policy: ReprovisionPolicy | None = None,
         initial_twin: dict[str, Any] | None = None,
         custom_allocation: CustomAllocation | None = None,
+        credential_policy: str | None = None,
     ) -> EnrollmentGroup:
         """Create (or replace) an enrollment group.
 
         X.509 groups name an uploaded CA (``ca_reference``) or carry the CA certificate itself
         (``signing_certificate``); symmetric-key groups get generated keys unless given.
         ``custom_allocation`` (a webhook URL or a callable) implies
-        ``allocation_policy="custom"``.
+        ``allocation_policy="custom"``. ``credential_policy`` names the Device Registry
+        credential policy (in the namespace this DPS is linked to) that issues certificates to
+        devices registering with a CSR; DPS refuses it (``ServiceError``, 400004) when the DPS
+        has no namespace or the namespace no such policy.
         """
         _check_resource_name("enrollment group", enrollment_group_id)
         attestation = _attestation_json(
@@ -260,6 +266,7 @@ class Dps:
             reprovision_policy=reprovision_policy,
             initial_twin=initial_twin,
             custom_allocation=custom_allocation,
+            credential_policy=credential_policy,
         )
         body = {"attestation": attestation, **settings._to_json()}
         etag = self._etag_of(lambda: self.enrollment_group(enrollment_group_id).etag)
@@ -286,6 +293,9 @@ class Dps:
             reprovision_policy=reprovision_policy or current.reprovision_policy,
             initial_twin=initial_twin if initial_twin is not None else current.initial_twin,
             custom_allocation_url=current.custom_allocation_url,
+            credential_policy=current.credential_policy,
+            credential_policy_namespace=current.credential_policy_namespace,
+            credential_policy_authority=current.credential_policy_authority,
         )
         # Azure requires the attestation in every PUT (400 without it). Re-send the group's
         # own, as `az iot dps enrollment-group update` does: the GET's (a CA reference, or
@@ -352,9 +362,12 @@ class Dps:
         reprovision_policy: ReprovisionPolicy | None = None,
         initial_twin: dict[str, Any] | None = None,
         custom_allocation: CustomAllocation | None = None,
+        credential_policy: str | None = None,
     ) -> Enrollment:
         """Create (or replace) an individual enrollment, by the device's certificate or its own
-        symmetric key."""
+        symmetric key. ``credential_policy`` names the Device Registry credential policy that
+        issues the device's certificate when it registers with a CSR (see
+        :meth:`create_enrollment_group`)."""
         validate_registration_id(registration_id, x509=False)
         attestation = _attestation_json(
             ca_reference=None,
@@ -372,6 +385,7 @@ class Dps:
             reprovision_policy=reprovision_policy,
             initial_twin=initial_twin,
             custom_allocation=custom_allocation,
+            credential_policy=credential_policy,
         )
         body: dict[str, Any] = {"registrationId": registration_id, "attestation": attestation}
         if device_id is not None:

@@ -51,11 +51,15 @@ class _Settings:
     reprovision_policy: ReprovisionPolicy = field(default_factory=ReprovisionPolicy)
     initial_twin: dict[str, Any] | None = None
     custom_allocation_url: str | None = None
+    credential_policy: str | None = None
+    credential_policy_namespace: str | None = None
+    credential_policy_authority: str | None = None
 
     @classmethod
     def _from_native(cls, settings: EnrollmentSettingsRecord) -> _Settings:
         policy = settings.reprovision_policy
         allocation = settings.allocation
+        reference = settings.credential_policy
         return cls(
             provisioning_status=cast(ProvisioningStatus, settings.provisioning_status),
             allocation_policy=cast("AllocationPolicy | None", allocation.policy),
@@ -66,6 +70,9 @@ class _Settings:
             ),
             initial_twin=settings.initial_twin,
             custom_allocation_url=allocation.custom.webhook_url if allocation.custom else None,
+            credential_policy=reference.policy if reference else None,
+            credential_policy_namespace=reference.namespace if reference else None,
+            credential_policy_authority=reference.certificate_authority if reference else None,
         )
 
     def _to_json(self) -> dict[str, Any]:
@@ -86,6 +93,14 @@ class _Settings:
                 "webhookUrl": self.custom_allocation_url,
                 "apiVersion": "2021-10-01",
             }
+        if self.credential_policy is not None:
+            if self.credential_policy_namespace is None:
+                body["credentialPolicyName"] = self.credential_policy
+            else:
+                # The newer API's three names, which travel together.
+                body["namespaceName"] = self.credential_policy_namespace
+                body["certificateAuthorityName"] = self.credential_policy_authority or "default"
+                body["certificatePolicyName"] = self.credential_policy
         return body
 
 
@@ -168,6 +183,14 @@ class _EnrollmentCommon:
     reprovision_policy: ReprovisionPolicy
     initial_twin: dict[str, Any] | None
     custom_allocation_url: str | None
+    credential_policy: str | None
+    """The Device Registry credential policy that issues the devices' certificates when they
+    register with a CSR (``None``: none is issued)."""
+    credential_policy_namespace: str | None
+    """The policy's namespace when the enrollment names it (the newer API's three names);
+    ``None`` for the preview's one name, resolved in the DPS's linked namespace."""
+    credential_policy_authority: str | None
+    """The issuing CA the three names give (``None`` for the one-name form)."""
     etag: str
     created: datetime
     updated: datetime
@@ -188,6 +211,9 @@ class _EnrollmentCommon:
             "reprovision_policy": settings.reprovision_policy,
             "initial_twin": settings.initial_twin,
             "custom_allocation_url": settings.custom_allocation_url,
+            "credential_policy": settings.credential_policy,
+            "credential_policy_namespace": settings.credential_policy_namespace,
+            "credential_policy_authority": settings.credential_policy_authority,
             "etag": record.etag,
             "created": _azure_time(record.created),
             "updated": _azure_time(record.updated),
@@ -201,6 +227,9 @@ class _EnrollmentCommon:
             reprovision_policy=self.reprovision_policy,
             initial_twin=self.initial_twin,
             custom_allocation_url=self.custom_allocation_url,
+            credential_policy=self.credential_policy,
+            credential_policy_namespace=self.credential_policy_namespace,
+            credential_policy_authority=self.credential_policy_authority,
         )
 
 

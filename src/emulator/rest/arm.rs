@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::operations::{Action, Kind, Phase};
 use super::{Reply, RestContext, arm_error, arm_top_error, from_error, http_date};
 use crate::emulator::Cloud;
+use crate::emulator::device_registry::{LinkedKind, NamespaceRecord, PolicyRecord};
 use crate::emulator::model::{CaCertificate, DpsRecord, HubRecord, SharedAccessPolicy};
 use crate::error::Error;
 use crate::pki::Certificate;
@@ -151,6 +152,13 @@ pub(super) fn handle(request: &ArmRequest<'_>, context: &RestContext) -> Reply {
         && is(6, "operationResults")
     {
         return operation_result(request, segments[7], Kind::Hub, context);
+    }
+    if segments.len() >= 7
+        && is(2, "resourceGroups")
+        && is(4, "providers")
+        && is(5, "Microsoft.DeviceRegistry")
+    {
+        return device_registry(request, context);
     }
     let shaped = segments.len() >= 7
         && is(2, "resourceGroups")
@@ -516,6 +524,14 @@ fn provisioning_services(
             StatusCode::OK,
             dps_view(group_base, &cloud.dps(name)?, context),
         )),
+        (&Method::PATCH, 0, _) => {
+            let body = parse_json(request.body)?;
+            set_namespace_link(request, LinkedKind::Dps, name, &body["properties"], context)?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                dps_view(group_base, &cloud.dps(name)?, context),
+            ))
+        }
         (&Method::DELETE, 0, _) => {
             let dps = cloud.dps(name)?;
             let view = dps_view(group_base, &dps, context);
@@ -569,10 +585,16 @@ fn provisioning_services(
 
 /// The DPS as its GET shows it now (`Activating` while being created).
 fn dps_view(group_base: &str, dps: &DpsRecord, context: &RestContext) -> Value {
-    with_phase(
-        dps_json(group_base, dps, context),
-        &context.operations.phase(Kind::Dps, &dps.name),
-    )
+    let mut view = dps_json(group_base, dps, context);
+    if let Some(link) = context.cloud.namespace_link(LinkedKind::Dps, &dps.name) {
+        view["properties"]["deviceRegistryNamespace"] = json!({
+            "resourceId": namespace_id(group_base, &link.namespace),
+            "authenticationType": link.authentication_type.as_deref().unwrap_or(
+                if link.identity.is_some() { "UserAssigned" } else { "SystemAssigned" }),
+            "selectedUserAssignedIdentityResourceId": link.identity,
+        });
+    }
+    with_phase(view, &context.operations.phase(Kind::Dps, &dps.name))
 }
 
 fn dps_key_json(dps: &DpsRecord) -> Value {
@@ -685,6 +707,7 @@ fn put_dps(
             cloud.unlink_hub(name, &link.hub)?;
         }
     }
+    set_namespace_link(request, LinkedKind::Dps, name, &body["properties"], context)?;
     // ARM PUT replaces the tags: the presets follow the tag of each PUT (dpskit's linking
     // GETs the resource and PUTs it back, tags included).
     let presets = body["tags"][crate::limits::PRESETS_TAG].as_str() == Some("on");
@@ -800,6 +823,7 @@ fn iot_hubs(
                         .hubs
                         .set_preset(&hub.host_name, hub.sku.filter(|_| hub.presets));
                 }
+                set_namespace_link(request, LinkedKind::Hub, name, &body["properties"], context)?;
                 return Ok(Reply::json(
                     StatusCode::OK,
                     hub_view(group_base, &hub, context),
@@ -819,6 +843,7 @@ fn iot_hubs(
             context
                 .hubs
                 .set_preset(&hub.host_name, hub.sku.filter(|_| hub.presets));
+            set_namespace_link(request, LinkedKind::Hub, name, &body["properties"], context)?;
             // Devices must reach the new hub at once.
             context.listeners.listen_for_host(&hub.host_name)?;
             let id =
@@ -837,6 +862,14 @@ fn iot_hubs(
             StatusCode::OK,
             hub_view(group_base, &cloud.hub(name)?, context),
         )),
+        (&Method::PATCH, 0, _) => {
+            let body = parse_json(request.body)?;
+            set_namespace_link(request, LinkedKind::Hub, name, &body["properties"], context)?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                hub_view(group_base, &cloud.hub(name)?, context),
+            ))
+        }
         (&Method::DELETE, 0, _) => {
             let hub = cloud.hub(name)?;
             let view = hub_view(group_base, &hub, context);
@@ -1046,10 +1079,14 @@ fn consumer_group_not_found(hub: &str, group: &str) -> Reply {
 
 /// The hub as its GET shows it now (`Activating` while being created).
 fn hub_view(group_base: &str, hub: &HubRecord, context: &RestContext) -> Value {
-    with_phase(
-        hub_json(group_base, hub),
-        &context.operations.phase(Kind::Hub, &hub.name),
-    )
+    let mut view = hub_json(group_base, hub);
+    if let Some(link) = context.cloud.namespace_link(LinkedKind::Hub, &hub.name) {
+        view["properties"]["deviceRegistry"] = json!({
+            "namespaceResourceId": namespace_id(group_base, &link.namespace),
+            "identityResourceId": link.identity,
+        });
+    }
+    with_phase(view, &context.operations.phase(Kind::Hub, &hub.name))
 }
 
 /// `SharedAccessSignatureAuthorizationRule`: a policy with its keys, as `listkeys` answers.
@@ -1310,6 +1347,420 @@ fn certificate_json(base: &str, c: &CaCertificate, with_code: bool) -> Value {
     };
     // Infallible: string keys and plain members only.
     serde_json::to_value(response).unwrap_or(Value::Null)
+}
+
+// ---- Azure Device Registry (Microsoft.DeviceRegistry) --------------------------------------
+
+/// The `Microsoft.DeviceRegistry` api-versions that have the certificate management preview's
+/// `credentials` and `policies` (`ns_policy.tsp`: added 2025-11-01-preview, removed 2026-04-01).
+const REGISTRY_API_VERSIONS: &[&str] = &["2025-11-01-preview", "2026-03-01-preview"];
+
+/// The ARM id of namespace `name` in the resource group of `group_base`.
+fn namespace_id(group_base: &str, name: &str) -> String {
+    let group = group_base
+        .strip_suffix("/Microsoft.Devices")
+        .unwrap_or(group_base);
+    format!("{group}/Microsoft.DeviceRegistry/namespaces/{name}")
+}
+
+/// The namespace an ARM id names (`.../providers/Microsoft.DeviceRegistry/namespaces/{ns}`).
+fn namespace_of(resource_id: &str) -> crate::Result<String> {
+    let parts: Vec<&str> = resource_id.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [.., provider, namespaces, name]
+            if provider.eq_ignore_ascii_case("Microsoft.DeviceRegistry")
+                && namespaces.eq_ignore_ascii_case("namespaces") =>
+        {
+            Ok((*name).to_string())
+        }
+        _ => Err(Error::service(
+            400,
+            400_000,
+            format!(
+                "{resource_id:?} is not the resource id of a Device Registry namespace \
+                 (.../providers/Microsoft.DeviceRegistry/namespaces/{{name}})"
+            ),
+        )),
+    }
+}
+
+/// Links a DPS (`properties.deviceRegistryNamespace {resourceId, authenticationType,
+/// selectedUserAssignedIdentityResourceId}`) or a hub (`properties.deviceRegistry
+/// {namespaceResourceId, identityResourceId}`) to the namespace its PUT or PATCH names. A body
+/// without the property keeps the link: clients that read the resource with an api-version
+/// that lacks it write it back without it. Linking is also the emulator's credential sync: the
+/// hub trusts the namespace's issuing CAs from now on.
+fn set_namespace_link(
+    _request: &ArmRequest<'_>,
+    kind: LinkedKind,
+    name: &str,
+    properties: &Value,
+    context: &RestContext,
+) -> crate::Result<()> {
+    let (member, id_member, identity_member) = match kind {
+        LinkedKind::Dps => (
+            "deviceRegistryNamespace",
+            "resourceId",
+            "selectedUserAssignedIdentityResourceId",
+        ),
+        LinkedKind::Hub => (
+            "deviceRegistry",
+            "namespaceResourceId",
+            "identityResourceId",
+        ),
+    };
+    let link = &properties[member];
+    let Some(resource_id) = link[id_member].as_str().filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let namespace = namespace_of(resource_id)?;
+    let text = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_string);
+    context.cloud.link_to_namespace(
+        kind,
+        name,
+        &namespace,
+        text(&link["authenticationType"]),
+        text(&link[identity_member]),
+    )?;
+    Ok(())
+}
+
+/// ISO 8601 as ARM's `utcDateTime` (`2026-12-07T19:38:09Z`).
+fn iso_time(unix: i64) -> String {
+    crate::emulator::cloud::azure_time(unix)
+}
+
+fn system_data(created: i64) -> Value {
+    json!({
+        "createdBy": "dpskit",
+        "createdByType": "User",
+        "createdAt": iso_time(created),
+        "lastModifiedBy": "dpskit",
+        "lastModifiedByType": "User",
+        "lastModifiedAt": iso_time(created),
+    })
+}
+
+/// A GUID derived from `seed` (stable across restarts, distinct per seed).
+fn derived_guid(seed: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
+    let h: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The namespace resource (`Get_Namespace.json`'s shape): its linked hubs as messaging
+/// endpoints.
+fn namespace_json(base: &str, ns: &NamespaceRecord, context: &RestContext) -> Value {
+    let mut endpoints = serde_json::Map::new();
+    for hub in context.cloud.hubs() {
+        if context
+            .cloud
+            .namespace_link(LinkedKind::Hub, &hub.name)
+            .is_some_and(|l| l.namespace == ns.name)
+        {
+            let devices_base = base.replace("/Microsoft.DeviceRegistry", "/Microsoft.Devices");
+            endpoints.insert(
+                hub.name.clone(),
+                json!({
+                    "endpointType": "Microsoft.Devices/IoTHubs",
+                    "address": format!("https://{}", hub.host_name),
+                    "resourceId": format!("{devices_base}/IotHubs/{}", hub.name),
+                }),
+            );
+        }
+    }
+    json!({
+        "id": format!("{base}/namespaces/{}", ns.name),
+        "name": ns.name,
+        "type": "Microsoft.DeviceRegistry/namespaces",
+        "location": ns.location,
+        "tags": {},
+        "systemData": system_data(ns.created),
+        "identity": {
+            "principalId": derived_guid(&format!("principal/{}", ns.uuid)),
+            "tenantId": derived_guid("tenant"),
+            "type": "SystemAssigned",
+        },
+        "properties": {
+            "uuid": ns.uuid,
+            "messaging": {"endpoints": endpoints},
+            "provisioningState": "Succeeded",
+        },
+    })
+}
+
+/// The namespace's one credential (`Update_Credentials.json`'s shape).
+fn credential_json(base: &str, ns: &NamespaceRecord) -> Value {
+    json!({
+        "id": format!("{base}/namespaces/{}/credentials/{}", ns.name, crate::emulator::device_registry::CREDENTIAL_NAME),
+        "name": crate::emulator::device_registry::CREDENTIAL_NAME,
+        "type": "Microsoft.DeviceRegistry/namespaces/credentials",
+        "location": ns.location,
+        "tags": {},
+        "systemData": system_data(ns.created),
+        "properties": {"provisioningState": "Succeeded"},
+    })
+}
+
+/// A policy (`PolicyV1` of `ns_policy.tsp`): its issuing CA's subject and validity read-only.
+fn policy_resource_json(base: &str, location: &str, policy: &PolicyRecord) -> Value {
+    let ca = Certificate::from_pem(policy.issuing_ca_pem.as_bytes()).ok();
+    let info = ca.as_ref().map(|c| c.info());
+    json!({
+        "id": format!(
+            "{base}/namespaces/{}/credentials/{}/policies/{}",
+            policy.namespace,
+            crate::emulator::device_registry::CREDENTIAL_NAME,
+            policy.name
+        ),
+        "name": policy.name,
+        "type": "Microsoft.DeviceRegistry/namespaces/credentials/policies",
+        "location": location,
+        "tags": {},
+        "systemData": system_data(policy.created),
+        "properties": {
+            "certificate": {
+                "certificateAuthorityConfiguration": {
+                    "keyType": policy.key_type,
+                    "subject": info.map(|i| i.subject.clone()),
+                    "validityNotBefore": info.map(|i| iso_time(i.not_before)),
+                    "validityNotAfter": info.map(|i| iso_time(i.not_after)),
+                },
+                "leafCertificateConfiguration": {
+                    "validityPeriodInDays": policy.validity_days,
+                },
+            },
+            "provisioningState": "Succeeded",
+        },
+    })
+}
+
+fn registry_not_found(what: &str, name: &str, group: &str) -> Reply {
+    arm_error(
+        404,
+        "ResourceNotFound",
+        &format!(
+            "The Resource 'Microsoft.DeviceRegistry/{what}/{name}' under resource group '{group}' was not found."
+        ),
+    )
+}
+
+/// `Microsoft.DeviceRegistry/namespaces/...`: namespaces, their credential and its policies.
+/// Writes answer at once with `provisioningState: Succeeded` (the CAs are made in the request),
+/// which ARM clients read as a finished long-running operation.
+fn device_registry(request: &ArmRequest<'_>, context: &RestContext) -> Reply {
+    let segments = request.segments;
+    if !segments[6].eq_ignore_ascii_case("namespaces") {
+        return arm_error(
+            404,
+            "InvalidResourceType",
+            &format!(
+                "the emulator does not serve resource type Microsoft.DeviceRegistry/{}",
+                segments[6]
+            ),
+        );
+    }
+    if let Some(refusal) =
+        check_api_version("namespaces", REGISTRY_API_VERSIONS, request.api_version)
+    {
+        return refusal;
+    }
+    let group = segments[3];
+    let base = format!(
+        "/subscriptions/{}/resourceGroups/{group}/providers/Microsoft.DeviceRegistry",
+        segments[1]
+    );
+    registry_request(request, context, &base, group, &segments[7..])
+        .unwrap_or_else(|e| from_error(&e))
+}
+
+fn registry_request(
+    request: &ArmRequest<'_>,
+    context: &RestContext,
+    base: &str,
+    group: &str,
+    rest: &[&str],
+) -> crate::Result<Reply> {
+    let cloud = &context.cloud;
+    let method = request.method;
+    let lower: Vec<String> = rest.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let credential = crate::emulator::device_registry::CREDENTIAL_NAME;
+    // Every path below a namespace needs the namespace.
+    let namespace = match rest.first() {
+        None => None,
+        Some(name) if *method == Method::PUT && rest.len() == 1 => {
+            if let Err(e) = crate::protocol::validate_namespace_name(name) {
+                return Ok(invalid_name(&e));
+            }
+            None
+        }
+        Some(name) => match cloud.device_registry_namespace(name) {
+            Ok(ns) => Some(ns),
+            Err(_) => return Ok(registry_not_found("namespaces", name, group)),
+        },
+    };
+    let is_default = |i: usize| lower.get(i) == Some(&credential);
+    match (method, lower.as_slice()) {
+        (&Method::GET, []) => {
+            let items = cloud
+                .device_registry_namespaces()
+                .iter()
+                .map(|ns| namespace_json(base, ns, context))
+                .collect();
+            Ok(page(request, context, items))
+        }
+        (&Method::PUT, [_]) => {
+            let name = rest[0];
+            let body = parse_json(request.body)?;
+            let (ns, status) = match cloud.device_registry_namespace(name) {
+                Ok(ns) => (ns, StatusCode::OK),
+                Err(_) => {
+                    let location = body["location"].as_str().ok_or_else(|| {
+                        Error::config("a new Device Registry namespace needs a \"location\"")
+                    })?;
+                    (
+                        cloud.create_device_registry_namespace(name, location)?,
+                        StatusCode::CREATED,
+                    )
+                }
+            };
+            Ok(Reply::json(status, namespace_json(base, &ns, context)))
+        }
+        (&Method::GET | &Method::PATCH, [_]) => Ok(Reply::json(
+            StatusCode::OK,
+            namespace_json(base, namespace.as_ref().expect("looked up"), context),
+        )),
+        (&Method::DELETE, [_]) => {
+            cloud.delete_device_registry_namespace(rest[0])?;
+            Ok(Reply::empty(StatusCode::OK))
+        }
+        (&Method::GET, [_, "credentials"]) => {
+            let ns = namespace.as_ref().expect("looked up");
+            Ok(page(request, context, vec![credential_json(base, ns)]))
+        }
+        // The root CA is made with the namespace (the emulator's namespaces all have
+        // certificate management on), so a PUT or PATCH of the credential finds it made.
+        (&Method::GET | &Method::PUT | &Method::PATCH, [_, "credentials", _]) if is_default(2) => {
+            let ns = namespace.as_ref().expect("looked up");
+            Ok(Reply::json(StatusCode::OK, credential_json(base, ns)))
+        }
+        // Credential sync: the emulator's hubs trust a namespace's issuing CAs from the moment
+        // they are linked or a policy is made, so there is nothing left to push. The action's
+        // ARM path is UNCONFIRMED (`az iot adr ns credential sync` was not traced to its
+        // request); this is the likely one.
+        (&Method::POST, [_, "credentials", _, "synchronize"]) if is_default(2) => {
+            Ok(Reply::empty(StatusCode::OK))
+        }
+        (&Method::GET, [_, "credentials", _, "policies"]) if is_default(2) => {
+            let ns = namespace.as_ref().expect("looked up");
+            let items = cloud
+                .credential_policies(&ns.name)?
+                .iter()
+                .map(|p| policy_resource_json(base, &ns.location, p))
+                .collect();
+            Ok(page(request, context, items))
+        }
+        (_, [_, "credentials", _, "policies", _]) if is_default(2) => {
+            let ns = namespace.as_ref().expect("looked up");
+            let policy = rest[4];
+            let existing = cloud.credential_policy(&ns.name, policy).ok();
+            match (method, existing) {
+                (&Method::GET, Some(p)) => Ok(Reply::json(
+                    StatusCode::OK,
+                    policy_resource_json(base, &ns.location, &p),
+                )),
+                (&Method::DELETE, Some(_)) => {
+                    cloud.delete_credential_policy(&ns.name, policy)?;
+                    Ok(Reply::empty(StatusCode::OK))
+                }
+                (&Method::DELETE, None) => Ok(Reply::empty(StatusCode::NO_CONTENT)),
+                (&Method::PUT | &Method::PATCH, current) => {
+                    if current.is_none()
+                        && let Err(e) = crate::protocol::validate_policy_name(policy)
+                    {
+                        return Ok(invalid_name(&e));
+                    }
+                    let body = parse_json(request.body)?;
+                    let certificate = &body["properties"]["certificate"];
+                    let days = match &certificate["leafCertificateConfiguration"]["validityPeriodInDays"]
+                    {
+                        Value::Null => None,
+                        v => Some(v.as_u64().and_then(|d| u32::try_from(d).ok()).ok_or_else(
+                            || {
+                                Error::config(
+                                    "leafCertificateConfiguration.validityPeriodInDays must be \
+                                     a whole number of days",
+                                )
+                            },
+                        )?),
+                    };
+                    let key_type = certificate["certificateAuthorityConfiguration"]["keyType"]
+                        .as_str()
+                        .unwrap_or("ECC");
+                    let (record, status) = match current {
+                        Some(current) => {
+                            if key_type != current.key_type {
+                                return Ok(arm_error(
+                                    400,
+                                    "InvalidRequestContent",
+                                    "certificateAuthorityConfiguration.keyType is set at \
+                                     creation and cannot change",
+                                ));
+                            }
+                            let days = days.unwrap_or(current.validity_days);
+                            (
+                                cloud.set_credential_policy_validity(&ns.name, policy, days)?,
+                                StatusCode::OK,
+                            )
+                        }
+                        None if *method == Method::PATCH => {
+                            return Ok(registry_not_found("policies", policy, group));
+                        }
+                        None => (
+                            cloud.create_credential_policy(
+                                &ns.name,
+                                policy,
+                                days.unwrap_or(crate::limits::DEFAULT_POLICY_VALIDITY_DAYS),
+                                key_type,
+                            )?,
+                            StatusCode::CREATED,
+                        ),
+                    };
+                    Ok(Reply::json(
+                        status,
+                        policy_resource_json(base, &ns.location, &record),
+                    ))
+                }
+                (_, None) => Ok(registry_not_found("policies", policy, group)),
+                _ => Ok(arm_error(
+                    405,
+                    "405000",
+                    "the emulator does not serve this operation",
+                )),
+            }
+        }
+        (_, [_, "credentials", ..]) => Ok(registry_not_found(
+            "namespaces/credentials",
+            rest.get(2).copied().unwrap_or_default(),
+            group,
+        )),
+        _ => Ok(arm_error(
+            405,
+            "405000",
+            "the emulator does not serve this operation",
+        )),
+    }
 }
 
 #[cfg(test)]

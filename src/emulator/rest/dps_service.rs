@@ -14,10 +14,10 @@ use serde_json::Value;
 
 use super::arm::certificate_from_text;
 use super::{Reply, RestContext};
-use crate::emulator::cloud::{EnrollmentSpec, azure_time, decode_der, random_guid};
+use crate::emulator::cloud::{Cloud, EnrollmentSpec, azure_time, decode_der, random_guid};
 use crate::emulator::model::{
-    Attestation, DpsRecord, EnrollmentGroup, EnrollmentSettings, IndividualEnrollment,
-    RegistrationRecord, SharedAccessPolicy,
+    Attestation, CredentialPolicyRef, DpsRecord, EnrollmentGroup, EnrollmentSettings,
+    IndividualEnrollment, RegistrationRecord, SharedAccessPolicy,
 };
 use crate::error::Error;
 use crate::protocol::dps_service as wire;
@@ -244,7 +244,7 @@ impl Request<'_> {
 
     fn put_group(&self, id: &str) -> crate::Result<Reply> {
         let body: wire::EnrollmentGroup = self.wire_body("an enrollment group")?;
-        let spec = group_spec(body)?;
+        let spec = group_spec(body, &self.context.cloud, &self.dps.name)?;
         let group =
             self.context
                 .cloud
@@ -280,7 +280,7 @@ impl Request<'_> {
 
     fn put_enrollment(&self, id: &str) -> crate::Result<Reply> {
         let body: wire::IndividualEnrollment = self.wire_body("an individual enrollment")?;
-        let spec = enrollment_spec(body)?;
+        let spec = enrollment_spec(body, &self.context.cloud, &self.dps.name)?;
         let enrollment =
             self.context
                 .cloud
@@ -370,12 +370,12 @@ impl Request<'_> {
                     };
                     if groups {
                         from_wire(item, "an enrollment group")
-                            .and_then(group_spec)
+                            .and_then(|body| group_spec(body, cloud, dps))
                             .and_then(|spec| cloud.put_enrollment_group(dps, &id, spec, guard))
                             .map(|_| ())
                     } else {
                         from_wire(item, "an individual enrollment")
-                            .and_then(enrollment_spec)
+                            .and_then(|body| enrollment_spec(body, cloud, dps))
                             .and_then(|spec| cloud.put_enrollment(dps, &id, spec, guard))
                             .map(|_| ())
                     }
@@ -479,12 +479,69 @@ fn wire_json<T: Serialize>(value: &T) -> Value {
 
 // ---- service API → model ------------------------------------------------------------------
 
-fn group_spec(body: wire::EnrollmentGroup) -> crate::Result<EnrollmentSpec> {
-    spec(body.attestation, body.policies, None, true)
+fn group_spec(
+    body: wire::EnrollmentGroup,
+    cloud: &Cloud,
+    dps: &str,
+) -> crate::Result<EnrollmentSpec> {
+    checked_policy(
+        spec(body.attestation, body.policies, None, true)?,
+        cloud,
+        dps,
+    )
 }
 
-fn enrollment_spec(body: wire::IndividualEnrollment) -> crate::Result<EnrollmentSpec> {
-    spec(body.attestation, body.policies, body.device_id, false)
+fn enrollment_spec(
+    body: wire::IndividualEnrollment,
+    cloud: &Cloud,
+    dps: &str,
+) -> crate::Result<EnrollmentSpec> {
+    checked_policy(
+        spec(body.attestation, body.policies, body.device_id, false)?,
+        cloud,
+        dps,
+    )
+}
+
+/// Refuses an enrollment whose certificate policy this DPS cannot issue with: no namespace
+/// linked (400004, DPS's own text), or no such policy in it (400004 too: Azure documents no
+/// code for it, and DPS answers an enrollment member naming nothing valid with its invalid
+/// argument code), so a device meets no surprise at registration.
+fn checked_policy(spec: EnrollmentSpec, cloud: &Cloud, dps: &str) -> crate::Result<EnrollmentSpec> {
+    if let Some(reference) = &spec.settings.credential_policy {
+        cloud.issuing_policy(dps, reference)?;
+    }
+    Ok(spec)
+}
+
+fn policy_ref(reference: wire::PolicyReference) -> CredentialPolicyRef {
+    match reference {
+        wire::PolicyReference::Name(policy) => CredentialPolicyRef {
+            policy,
+            namespace: None,
+            certificate_authority: None,
+        },
+        wire::PolicyReference::Names {
+            namespace,
+            certificate_authority,
+            policy,
+        } => CredentialPolicyRef {
+            policy,
+            namespace: Some(namespace),
+            certificate_authority: Some(certificate_authority),
+        },
+    }
+}
+
+fn policy_ref_wire(reference: &CredentialPolicyRef) -> wire::PolicyReference {
+    match (&reference.namespace, &reference.certificate_authority) {
+        (Some(namespace), Some(certificate_authority)) => wire::PolicyReference::Names {
+            namespace: namespace.clone(),
+            certificate_authority: certificate_authority.clone(),
+            policy: reference.policy.clone(),
+        },
+        _ => wire::PolicyReference::Name(reference.policy.clone()),
+    }
 }
 
 /// An enrollment (group or individual) as the emulator stores it, explicit `null`s meaning
@@ -511,6 +568,7 @@ fn spec(
         Some(a) if only_certificate_info(&a) => None,
         Some(a) => Some(attestation_from_wire(a, group)?),
     };
+    let credential_policy = policies.policy_reference()?.map(policy_ref);
     let mut iot_hubs = policies.iot_hubs.unwrap_or_default();
     if iot_hubs.is_empty()
         && let Some(legacy) = policies.iot_hub_host_name
@@ -526,9 +584,7 @@ fn spec(
             reprovision_policy: policies.reprovision_policy.unwrap_or_default(),
             initial_twin: policies.initial_twin.map(Value::Object),
             custom_allocation: policies.custom_allocation_definition,
-            // Read from the wire by the Device Registry work (credentialPolicyName and the
-            // three-name form).
-            credential_policy: None,
+            credential_policy,
         },
         device_id,
     })
@@ -711,6 +767,10 @@ fn policies_wire(
             .and_then(Value::as_object)
             .cloned(),
         custom_allocation_definition: settings.custom_allocation.clone(),
+        credential_policy_name: None,
+        namespace_name: None,
+        certificate_authority_name: None,
+        certificate_policy_name: None,
         capabilities: Some(wire::DeviceCapabilities {
             iot_edge: Some(false),
         }),
@@ -720,11 +780,24 @@ fn policies_wire(
     }
 }
 
+/// The policies of a stored enrollment with its certificate policy reference, in the form it
+/// was sent.
+fn settings_wire(
+    settings: &EnrollmentSettings,
+    etag: &str,
+    created: i64,
+    updated: i64,
+) -> wire::EnrollmentPolicies {
+    let mut policies = policies_wire(settings, etag, created, updated);
+    policies.set_policy_reference(settings.credential_policy.as_ref().map(policy_ref_wire));
+    policies
+}
+
 fn group_wire(group: &EnrollmentGroup) -> wire::EnrollmentGroup {
     wire::EnrollmentGroup {
         enrollment_group_id: Some(group.enrollment_group_id.clone()),
         attestation: Some(attestation_wire(&group.attestation, true)),
-        policies: policies_wire(&group.settings, &group.etag, group.created, group.updated),
+        policies: settings_wire(&group.settings, &group.etag, group.created, group.updated),
     }
 }
 
@@ -733,7 +806,7 @@ fn enrollment_wire(enrollment: &IndividualEnrollment) -> wire::IndividualEnrollm
         registration_id: Some(enrollment.registration_id.clone()),
         device_id: enrollment.device_id.clone(),
         attestation: Some(attestation_wire(&enrollment.attestation, false)),
-        policies: policies_wire(
+        policies: settings_wire(
             &enrollment.settings,
             &enrollment.etag,
             enrollment.created,
