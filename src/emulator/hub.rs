@@ -17,6 +17,8 @@
 //! read-modify-write, with no engine lock held. So no two locks are ever held together and
 //! no lock order exists to get wrong.
 
+mod renewal;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -307,6 +309,10 @@ pub struct Subscriptions {
     pub twin_responses: bool,
     /// [`Subscription::DesiredPatches`]
     pub desired: bool,
+    /// `$iothub/credentials/res/#`: certificate renewal answers (only on the renewal
+    /// api-version; sessions stored before it read as unsubscribed).
+    #[serde(default)]
+    pub credentials: bool,
 }
 
 impl Subscriptions {
@@ -367,6 +373,9 @@ pub struct HubKnobs {
     pub messages_per_second: Option<u32>,
     /// Refuse this many next connections.
     pub refuse_next_connections: u32,
+    /// Milliseconds between a renewal's 202 and its outcome (0: at once), so a second request
+    /// meets the pending one (409005, `replace`).
+    pub certificate_issuance_delay_ms: u64,
 }
 
 /// A change to a hub's knobs as a host asks for it; `None` leaves a knob as it is.
@@ -380,6 +389,8 @@ pub struct HubKnobChange {
     pub messages_per_second: Option<u32>,
     /// Refuse this many next connections.
     pub refuse_next_connections: Option<u32>,
+    /// Milliseconds between a renewal's 202 and its outcome.
+    pub certificate_issuance_delay_ms: Option<u64>,
 }
 
 impl HubKnobChange {
@@ -402,6 +413,9 @@ impl HubKnobChange {
             }
             if let Some(n) = self.refuse_next_connections {
                 k.refuse_next_connections = n;
+            }
+            if let Some(ms) = self.certificate_issuance_delay_ms {
+                k.certificate_issuance_delay_ms = ms;
             }
         })
     }
@@ -511,6 +525,8 @@ pub struct HubEngine {
     /// Woken whenever a device's subscriptions change: a direct method given a connect timeout
     /// waits on it for its device to come online.
     subscribed: Notify,
+    /// Certificate renewals: each device's pending operation and the answers waiting for it.
+    renewals: renewal::Renewals,
 }
 
 /// A device's connection times, Unix seconds.
@@ -616,6 +632,7 @@ impl HubEngine {
             ),
             activity: Mutex::new(HashMap::new()),
             subscribed: Notify::new(),
+            renewals: renewal::Renewals::default(),
             expiries: Mutex::new(expiries),
             expiry_added: Arc::new(Notify::new()),
         })
@@ -816,6 +833,7 @@ impl HubEngine {
         let k = key(hub, device_id);
         self.drop_connection(hub, device_id);
         self.forget_subscriptions(&k);
+        self.renewals.forget(&k);
         lock(&self.activity).remove(&k);
         self.store.delete(
             crate::emulator::store::kind::TWIN,
@@ -910,18 +928,60 @@ impl HubEngine {
             (DeviceAuth::Sas { .. }, None) => {
                 return Err("the device uses SAS: a token is required".into());
             }
-            (DeviceAuth::SelfSigned { .. }, Some(_)) => {
+            (DeviceAuth::SelfSigned { .. } | DeviceAuth::CertificateAuthority, Some(_)) => {
                 return Err("the device uses X.509: present its certificate, not a token".into());
             }
-            (DeviceAuth::CertificateAuthority, _) => {
-                return Err(format!(
-                    "device {device_id:?} authenticates by certificateAuthority, which needs CA \
-                     certificates registered with hub {hub}: the emulator keeps none yet \
-                     (create the identity as selfSigned, or provision it through DPS)"
-                ));
+            (DeviceAuth::CertificateAuthority, None) => {
+                self.authenticate_by_ca(&hub, device_id, chain)?;
             }
         }
         Ok((hub, device))
+    }
+
+    /// A `certificateAuthority` identity: every presented certificate valid at the cloud's
+    /// now, the leaf's CN the device id, and the chain leading to the issuing CA of a Device
+    /// Registry policy synced to the hub (any certificate issued by it works, so a renewed one
+    /// at once and the one it replaces until it expires).
+    fn authenticate_by_ca(
+        &self,
+        hub: &str,
+        device_id: &str,
+        chain: &[Certificate],
+    ) -> std::result::Result<(), String> {
+        let leaf = chain.first().ok_or("no client certificate was presented")?;
+        let now = self.cloud.clock().now();
+        for certificate in chain {
+            check_validity(certificate, now)?;
+        }
+        let cn = leaf.info().common_name.clone().unwrap_or_default();
+        if cn != device_id {
+            return Err(format!(
+                "the certificate's CN {cn:?} is not the device id {device_id:?}"
+            ));
+        }
+        let trusted = self.cloud.hub_issuing_cas(hub);
+        if trusted.is_empty() {
+            return Err(format!(
+                "device {device_id:?} authenticates by certificateAuthority, and hub {hub} \
+                 trusts no CA: link it to a Device Registry namespace with a credential policy"
+            ));
+        }
+        let leads_to = |policy: &Arc<crate::emulator::device_registry::IssuingPolicy>| {
+            crate::pki::verify_chain(
+                leaf,
+                &chain[1..],
+                std::slice::from_ref(policy.issuing_ca()),
+                now,
+            )
+            .is_ok()
+        };
+        if !trusted.iter().any(leads_to) {
+            return Err(format!(
+                "the certificate chain of {device_id:?} does not lead to an issuing CA hub {hub} \
+                 trusts"
+            ));
+        }
+        Ok(())
     }
 
     /// Registers a session, kicking an older connection of the same device.
@@ -953,6 +1013,7 @@ impl HubEngine {
         }
         let session_present = if clean_session {
             self.forget_subscriptions(&k);
+            self.renewals.clean_session(&k);
             false
         } else {
             lock(&self.subscriptions).contains_key(&k)
@@ -971,6 +1032,7 @@ impl HubEngine {
         if self.subscriptions(hub, device_id).c2d {
             self.flush_c2d(hub, device_id);
         }
+        self.deliver_renewal_answers(hub, device_id);
     }
 
     /// Ends a session (unless a newer one already replaced it).
@@ -1020,6 +1082,9 @@ impl HubEngine {
         }
         if after.c2d {
             self.flush_c2d(hub, device_id);
+        }
+        if after.credentials {
+            self.deliver_renewal_answers(hub, device_id);
         }
         self.subscribed.notify_waiters();
     }

@@ -493,6 +493,7 @@ pub(crate) fn sas_device(f: &Fixture, hub: &str, device_id: &str) -> String {
             initial_twin: None,
             created: now(),
             registry: Default::default(),
+            issued_by: None,
         })
         .unwrap();
     key
