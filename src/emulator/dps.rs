@@ -6,18 +6,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
-use crate::clock::now;
-use crate::emulator::cloud::{Cloud, azure_timestamp, decode_der, new_etag, random_guid};
+use crate::emulator::cloud::{
+    Cloud, azure_time_ms, azure_timestamp, decode_der, new_etag, random_guid,
+};
 use crate::emulator::model::*;
 use crate::emulator::quotas::{DpsQuotas, retry_after_seconds};
 use crate::error::Error;
 use crate::limits::THROTTLED_ERROR_CODE;
-use crate::pki::Certificate;
 use crate::pki::chain::describe;
+use crate::pki::{Certificate, CertificateRequest};
 use crate::protocol::dps::{
     AttestationResult, DeviceRegistrationResult, ErrorDetails, RegistrationOperationStatus,
 };
@@ -32,6 +35,9 @@ pub(crate) struct DeviceIdentity {
     pub registration_id: String,
     /// How the device authenticated.
     pub credential: DeviceCredential,
+    /// Whether the CONNECT named an api-version that carries a CSR in the register body
+    /// ([`crate::protocol::dps::CSR_API_VERSION`] or later).
+    pub csr_api_version: bool,
 }
 
 /// A device's credential as presented.
@@ -139,6 +145,9 @@ pub struct DpsKnobs {
     pub refusal_status: u16,
     /// Location of devices for geoLatency, by lower-case registration id.
     pub device_locations: HashMap<String, String>,
+    /// Accept only the documented CSR key type (EC P-384) instead of P-256, P-384 and
+    /// RSA-2048.
+    pub strict_csr_key_type: bool,
 }
 
 /// A change to a DPS's knobs as a host asks for it; `None` leaves a knob as it is.
@@ -154,6 +163,8 @@ pub struct DpsKnobChange {
     pub refusal_status: Option<u16>,
     /// `(registration id, location)` for geoLatency allocation.
     pub device_location: Option<(String, String)>,
+    /// Accept only EC P-384 CSRs (`true`) or also P-256 and RSA-2048 (`false`).
+    pub strict_csr_key_type: Option<bool>,
 }
 
 impl DpsKnobChange {
@@ -186,6 +197,9 @@ impl DpsKnobChange {
             }
             if let Some((id, location)) = self.device_location {
                 k.device_locations.insert(id.to_ascii_lowercase(), location);
+            }
+            if let Some(strict) = self.strict_csr_key_type {
+                k.strict_csr_key_type = strict;
             }
         })
     }
@@ -419,6 +433,7 @@ impl DpsEngine {
             dps: dps.name.clone(),
             registration_id: registration_id.to_string(),
             credential,
+            csr_api_version: false,
         };
         if let Some(password) = password.filter(|p| !p.is_empty()) {
             if let Err(why) = &chain {
@@ -436,7 +451,7 @@ impl DpsEngine {
                     token.resource
                 )));
             }
-            if token.expiry <= now() {
+            if token.expiry <= self.cloud.clock().now() {
                 return Err(refuse("SAS token has expired".into()));
             }
             return self
@@ -531,15 +546,25 @@ impl DpsEngine {
         if let Some(reply) = self.throttle(&identity.dps) {
             return reply;
         }
-        let payload = match parse_body(body) {
-            Ok(v) => v.get("payload").cloned().filter(|p| !p.is_null()),
+        let (payload, csr) = match parse_body(body).and_then(|v| {
+            let payload = v.get("payload").cloned().filter(|p| !p.is_null());
+            Ok((payload, csr_field(&v, identity)?))
+        }) {
+            Ok(read) => read,
             Err(reply) => return reply,
         };
         let admitted = match self.attest_off_the_workers(identity).await {
             Ok(a) => a,
             Err(reply) => return reply,
         };
-        let outcome = self.assign(identity, admitted, payload).await;
+        let issued = match csr {
+            Some(csr) => match self.issue(identity, &admitted, &csr) {
+                Ok(issued) => Some(issued),
+                Err(reply) => return reply,
+            },
+            None => None,
+        };
+        let outcome = self.assign(identity, admitted, payload, issued).await;
         let knobs = self.knobs(&identity.dps);
         let operation_id = operation_id();
         let created_at = Instant::now();
@@ -730,7 +755,7 @@ impl DpsEngine {
                 identity.registration_id
             )));
         }
-        let t = now();
+        let t = self.cloud.clock().now();
         if t > info.not_after || t < info.not_before {
             return Err(unauthorized(format!(
                 "Invalid certificate: {} is outside its validity period ({} to {}).",
@@ -837,8 +862,13 @@ impl DpsEngine {
 
     /// Whether `target` is reachable from the leaf through the presented chain.
     fn chains_to(&self, chain: &[Certificate], target: &Certificate) -> bool {
-        crate::pki::verify_chain(&chain[0], &chain[1..], std::slice::from_ref(target), now())
-            .is_ok()
+        crate::pki::verify_chain(
+            &chain[0],
+            &chain[1..],
+            std::slice::from_ref(target),
+            self.cloud.clock().now(),
+        )
+        .is_ok()
     }
 
     /// A group's certificate counts only if it is a verified uploaded CA, or chains up (through
@@ -869,7 +899,8 @@ impl DpsEngine {
             .chain(uploaded.iter().map(|(_, c)| c.clone()))
             .collect();
         if !verified.is_empty()
-            && crate::pki::verify_chain(group_cert, &pool, &verified, now()).is_ok()
+            && crate::pki::verify_chain(group_cert, &pool, &verified, self.cloud.clock().now())
+                .is_ok()
         {
             return Ok(());
         }
@@ -893,18 +924,101 @@ impl DpsEngine {
         ))
     }
 
+    /// Checks a register request's CSR and issues its certificate through the policy the
+    /// admitting enrollment names, at the cloud's now. Each refusal is a 400 with DPS's code for
+    /// a request it cannot take (400004: Azure documents no code of its own for a bad CSR, and
+    /// this is how DPS answers a body it cannot validate); the message says which check failed.
+    fn issue(
+        &self,
+        identity: &DeviceIdentity,
+        admitted: &Admitted,
+        csr: &str,
+    ) -> Result<Issued, Reply> {
+        let refuse = |message: String| Reply::error(400, CSR_REFUSED, message);
+        let der = BASE64.decode(csr.as_bytes()).map_err(|_| {
+            refuse(
+                "The certificate signing request (csr) is not valid base64: send the DER PKCS#10 \
+                 request base64-encoded, without PEM headers or line breaks."
+                    .into(),
+            )
+        })?;
+        let request = CertificateRequest::from_der(&der).map_err(|e| {
+            refuse(format!(
+                "The certificate signing request (csr) is not a valid DER PKCS#10 request: {e}"
+            ))
+        })?;
+        let cn = request.common_name().unwrap_or_default();
+        if !cn.eq_ignore_ascii_case(&identity.registration_id) {
+            return Err(refuse(format!(
+                "The certificate signing request's common name '{cn}' does not match the \
+                 registration id '{}'.",
+                identity.registration_id
+            )));
+        }
+        let strict = self.knobs(&identity.dps).strict_csr_key_type;
+        if !crate::limits::csr_key_accepted(request.algorithm(), strict) {
+            let accepted = if strict {
+                crate::limits::STRICT_CSR_KEY_ALGORITHMS
+            } else {
+                crate::limits::CSR_KEY_ALGORITHMS
+            };
+            return Err(refuse(format!(
+                "The certificate signing request's key type ({}) is not supported: use {}.",
+                request
+                    .algorithm()
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                accepted
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let reference = admitted
+            .settings
+            .credential_policy
+            .as_ref()
+            .ok_or_else(|| {
+                refuse(format!(
+                    "The {} has no credential policy: a registration with a certificate signing \
+                 request needs one to issue the certificate.",
+                    describe_enrollment(&admitted.enrollment)
+                ))
+            })?;
+        let policy = self
+            .cloud
+            .issuing_policy(&identity.dps, reference)
+            .map_err(service_reply)?;
+        let device_id = admitted
+            .device_id
+            .clone()
+            .unwrap_or_else(|| identity.registration_id.clone());
+        let chain = policy
+            .issue(&request, &device_id, self.cloud.clock().now())
+            .map_err(service_reply)?;
+        Ok(Issued {
+            chain: chain.iter().map(|c| BASE64.encode(c.der())).collect(),
+            by: IssuedBy {
+                namespace: policy.namespace.clone(),
+                policy: policy.policy.clone(),
+            },
+        })
+    }
+
     /// Allocates a hub, creates the hub identity and stores the registration record; returns the
-    /// final operation body (assigned or failed).
+    /// final operation body (assigned or failed). With `issued`, the identity authenticates by
+    /// the issuing CA (`certificateAuthority`) and the assigned answer carries the chain.
     async fn assign(
         &self,
         identity: &DeviceIdentity,
         admitted: Admitted,
         payload: Option<Value>,
+        issued: Option<Issued>,
     ) -> RegistrationOperationStatus {
         let previous = self
             .cloud
             .registration(&identity.dps, &identity.registration_id);
-        let timestamp = azure_timestamp();
+        let timestamp = azure_time_ms(self.cloud.clock().now_ms());
         let device_id = admitted
             .device_id
             .clone()
@@ -967,10 +1081,14 @@ impl DpsEngine {
                 let device = HubDevice {
                     device_id: device_id.clone(),
                     hub: hub.clone(),
-                    auth: admitted.auth.clone(),
+                    auth: match &issued {
+                        Some(_) => DeviceAuth::CertificateAuthority,
+                        None => admitted.auth.clone(),
+                    },
                     initial_twin: initial_twin.or_else(|| admitted.settings.initial_twin.clone()),
-                    created: now(),
+                    created: self.cloud.clock().now(),
                     registry: Default::default(),
+                    issued_by: issued.as_ref().map(|i| i.by.clone()),
                 };
                 (
                     RegistrationRecord {
@@ -1010,7 +1128,14 @@ impl DpsEngine {
                 None,
             ),
         };
-        let body = registration_status(&record);
+        let mut body = registration_status(&record);
+        // Only the assigned answer (and its polls) carry the chain: the registration record,
+        // and so every status lookup, does not.
+        if let (Some(issued), Some(state)) = (issued, body.registration_state.as_mut())
+            && record.status == "assigned"
+        {
+            state.issued_certificate_chain = Some(issued.chain);
+        }
         if let Err(e) = self
             .cloud
             .commit_registration(&identity.dps, record, device)
@@ -1035,6 +1160,67 @@ impl DpsEngine {
             };
         }
         body
+    }
+}
+
+/// DPS's code for a register request whose CSR it cannot take (see [`DpsEngine::issue`]).
+const CSR_REFUSED: u32 = 400_004;
+
+/// A certificate DPS issued for a register request's CSR.
+struct Issued {
+    /// Base64 DER: leaf, issuing CA, root.
+    chain: Vec<String>,
+    /// The policy that issued it (the hub renews through it).
+    by: IssuedBy,
+}
+
+/// The register body's `csr`: absent or `null` is none; anything but a string, or a CSR on an
+/// api-version older than [`crate::protocol::dps::CSR_API_VERSION`], is refused (400004). An
+/// older api-version knows no `csr`; refusing it, rather than registering without issuing,
+/// tells a device that expects a certificate why it gets none.
+fn csr_field(body: &Value, identity: &DeviceIdentity) -> Result<Option<String>, Reply> {
+    let csr = match body.get("csr") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(csr)) => csr.clone(),
+        Some(other) => {
+            return Err(Reply::error(
+                400,
+                CSR_REFUSED,
+                format!("The certificate signing request (csr) must be a string, not {other}."),
+            ));
+        }
+    };
+    if !identity.csr_api_version {
+        return Err(Reply::error(
+            400,
+            CSR_REFUSED,
+            format!(
+                "A certificate signing request (csr) needs api-version {} or later in the \
+                 CONNECT username.",
+                crate::protocol::dps::CSR_API_VERSION
+            ),
+        ));
+    }
+    Ok(Some(csr))
+}
+
+/// An enrollment as DPS names it in its messages.
+fn describe_enrollment(enrollment: &EnrollmentRef) -> String {
+    match enrollment {
+        EnrollmentRef::Group(id) => format!("enrollment group '{id}'"),
+        EnrollmentRef::Individual(id) => format!("individual enrollment '{id}'"),
+    }
+}
+
+/// The DPS answer for a core error: a service error keeps its status, code and message.
+fn service_reply(error: Error) -> Reply {
+    match error {
+        Error::Service(s) => Reply::error(
+            s.status,
+            s.error_code.unwrap_or(u32::from(s.status) * 1000),
+            s.message,
+        ),
+        other => Reply::error(500, 500_000, other.to_string()),
     }
 }
 
@@ -1066,10 +1252,7 @@ struct Admitted {
 
 fn check_enabled(settings: &EnrollmentSettings, enrollment: &EnrollmentRef) -> Result<(), Reply> {
     if settings.provisioning_status == ProvisioningStatus::Disabled {
-        let what = match enrollment {
-            EnrollmentRef::Group(id) => format!("enrollment group '{id}'"),
-            EnrollmentRef::Individual(id) => format!("individual enrollment '{id}'"),
-        };
+        let what = describe_enrollment(enrollment);
         return Err(Reply::error(
             401,
             401_002,

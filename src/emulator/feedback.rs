@@ -20,7 +20,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::clock::now_ms;
+use crate::clock::Clock;
 use crate::emulator::cloud::random_guid;
 use crate::emulator::store::Store;
 use crate::emulator::store::kind::FEEDBACK;
@@ -119,6 +119,8 @@ pub(crate) enum Taken {
 /// The feedback queues of every hub.
 pub(crate) struct Feedback {
     store: Arc<Store>,
+    /// The cloud's clock: records expire, and locks run out, in the cloud's time.
+    clock: Clock,
     /// Bumped when something may be taken that could not be before.
     offered: watch::Sender<u64>,
 }
@@ -128,12 +130,19 @@ fn key(hub: &str) -> String {
 }
 
 impl Feedback {
-    /// The queues kept in `store`.
-    pub(crate) fn new(store: Arc<Store>) -> Self {
+    /// The queues kept in `store`, timed by `clock`.
+    pub(crate) fn new(store: Arc<Store>, clock: Clock) -> Self {
         Feedback {
             store,
+            clock,
             offered: watch::Sender::new(0),
         }
+    }
+
+    /// The clock its records and locks are timed by (a link waiting for a lock to run out
+    /// reads it).
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// A counter that changes whenever new feedback may be taken (mark it seen, take, and wait
@@ -151,7 +160,7 @@ impl Feedback {
         if records.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store
             .update(FEEDBACK, &key(hub), |stored: Option<HubFeedback>| {
                 let mut queue = stored.unwrap_or_default();
@@ -177,7 +186,7 @@ impl Feedback {
     /// Takes `hub`'s next feedback message, locked for `FEEDBACK_LOCK_SECONDS`: one offered
     /// before and free again, else a new one of the records waiting.
     pub(crate) fn take(&self, hub: &str) -> Result<Taken> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let lock = FEEDBACK_LOCK_SECONDS * 1000;
         self.store
             .update(FEEDBACK, &key(hub), |stored: Option<HubFeedback>| {
@@ -225,7 +234,7 @@ impl Feedback {
         lock_token: &str,
         change: impl FnOnce(&mut Vec<FeedbackMessage>, usize),
     ) -> Result<bool> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.store
             .update(FEEDBACK, &key(hub), |stored: Option<HubFeedback>| {
                 let Some(mut queue) = stored else {
@@ -288,7 +297,7 @@ mod tests {
     fn queues() -> (tempfile::TempDir, Feedback) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        (dir, Feedback::new(store))
+        (dir, Feedback::new(store, Clock::system()))
     }
 
     fn message(taken: Taken) -> FeedbackMessage {
@@ -380,11 +389,12 @@ mod tests {
     fn feedback_survives_a_restart_of_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let held = {
-            let feedback = Feedback::new(Arc::new(Store::open(dir.path()).unwrap()));
+            let feedback =
+                Feedback::new(Arc::new(Store::open(dir.path()).unwrap()), Clock::system());
             feedback.add("hub", vec![record("a"), record("b")]).unwrap();
             message(feedback.take("hub").unwrap())
         };
-        let feedback = Feedback::new(Arc::new(Store::open(dir.path()).unwrap()));
+        let feedback = Feedback::new(Arc::new(Store::open(dir.path()).unwrap()), Clock::system());
         assert!(feedback.complete("hub", &held.lock_token).unwrap());
     }
 }

@@ -17,6 +17,8 @@
 //! read-modify-write, with no engine lock held. So no two locks are ever held together and
 //! no lock order exists to get wrong.
 
+mod renewal;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::clock::now;
 use crate::emulator::cloud::{Cloud, random_guid};
 use crate::emulator::model::{DeviceAuth, DeviceStatus, HubDevice};
 use crate::emulator::quotas::{HubCounters, HubQuotas, Rate, Throttled, start_of_today};
@@ -308,6 +309,10 @@ pub struct Subscriptions {
     pub twin_responses: bool,
     /// [`Subscription::DesiredPatches`]
     pub desired: bool,
+    /// `$iothub/credentials/res/#`: certificate renewal answers (only on the renewal
+    /// api-version; sessions stored before it read as unsubscribed).
+    #[serde(default)]
+    pub credentials: bool,
 }
 
 impl Subscriptions {
@@ -368,6 +373,9 @@ pub struct HubKnobs {
     pub messages_per_second: Option<u32>,
     /// Refuse this many next connections.
     pub refuse_next_connections: u32,
+    /// Milliseconds between a renewal's 202 and its outcome (0: at once), so a second request
+    /// meets the pending one (409005, `replace`).
+    pub certificate_issuance_delay_ms: u64,
 }
 
 /// A change to a hub's knobs as a host asks for it; `None` leaves a knob as it is.
@@ -381,6 +389,8 @@ pub struct HubKnobChange {
     pub messages_per_second: Option<u32>,
     /// Refuse this many next connections.
     pub refuse_next_connections: Option<u32>,
+    /// Milliseconds between a renewal's 202 and its outcome.
+    pub certificate_issuance_delay_ms: Option<u64>,
 }
 
 impl HubKnobChange {
@@ -403,6 +413,9 @@ impl HubKnobChange {
             }
             if let Some(n) = self.refuse_next_connections {
                 k.refuse_next_connections = n;
+            }
+            if let Some(ms) = self.certificate_issuance_delay_ms {
+                k.certificate_issuance_delay_ms = ms;
             }
         })
     }
@@ -512,6 +525,8 @@ pub struct HubEngine {
     /// Woken whenever a device's subscriptions change: a direct method given a connect timeout
     /// waits on it for its device to come online.
     subscribed: Notify,
+    /// Certificate renewals: each device's pending operation and the answers waiting for it.
+    renewals: renewal::Renewals,
 }
 
 /// A device's connection times, Unix seconds.
@@ -595,8 +610,11 @@ impl HubEngine {
             .filter_map(|h| Some((h.host_name.to_ascii_lowercase(), h.sku?)))
             .collect();
         Ok(HubEngine {
+            feedback: crate::emulator::feedback::Feedback::new(
+                store.clone(),
+                cloud.clock().clone(),
+            ),
             cloud,
-            feedback: crate::emulator::feedback::Feedback::new(store.clone()),
             store,
             writer,
             sessions: Mutex::new(HashMap::new()),
@@ -614,9 +632,21 @@ impl HubEngine {
             ),
             activity: Mutex::new(HashMap::new()),
             subscribed: Notify::new(),
+            renewals: renewal::Renewals::default(),
             expiries: Mutex::new(expiries),
             expiry_added: Arc::new(Notify::new()),
         })
+    }
+
+    /// The cloud's clock, which the hubs judge tokens, certificates and expiries by.
+    pub(crate) fn clock(&self) -> &crate::clock::Clock {
+        self.cloud.clock()
+    }
+
+    /// A message's enqueued time now, on the cloud's clock (Unix seconds with fractions): the
+    /// events' times and their retention read the same clock.
+    pub(crate) fn enqueued_now(&self) -> f64 {
+        self.cloud.clock().now_ms() as f64 / 1000.0
     }
 
     /// Changes a hub's knobs.
@@ -787,7 +817,7 @@ impl HubEngine {
 
     /// Records activity of a device; `connection` when it connected or disconnected.
     fn touch(&self, hub: &str, device_id: &str, connection: bool) {
-        let t = now();
+        let t = self.cloud.clock().now();
         let mut activity = lock(&self.activity);
         let entry = activity.entry(key(hub, device_id)).or_default();
         entry.last_activity = t;
@@ -803,6 +833,7 @@ impl HubEngine {
         let k = key(hub, device_id);
         self.drop_connection(hub, device_id);
         self.forget_subscriptions(&k);
+        self.renewals.forget(&k);
         lock(&self.activity).remove(&k);
         self.store.delete(
             crate::emulator::store::kind::TWIN,
@@ -856,7 +887,7 @@ impl HubEngine {
                         token.resource
                     ));
                 }
-                if token.expiry <= now() {
+                if token.expiry <= self.cloud.clock().now() {
                     return Err("SAS token has expired".into());
                 }
                 if !(token.is_signed_by(primary_key) || token.is_signed_by(secondary_key)) {
@@ -873,6 +904,7 @@ impl HubEngine {
             ) => {
                 let leaf = chain.first().ok_or("no client certificate was presented")?;
                 let info = leaf.info();
+                check_validity(leaf, self.cloud.clock().now())?;
                 // The service API takes SHA-1 or SHA-256 thumbprints in either slot.
                 let presented = |thumbprint: &str| {
                     !thumbprint.is_empty()
@@ -896,18 +928,60 @@ impl HubEngine {
             (DeviceAuth::Sas { .. }, None) => {
                 return Err("the device uses SAS: a token is required".into());
             }
-            (DeviceAuth::SelfSigned { .. }, Some(_)) => {
+            (DeviceAuth::SelfSigned { .. } | DeviceAuth::CertificateAuthority, Some(_)) => {
                 return Err("the device uses X.509: present its certificate, not a token".into());
             }
-            (DeviceAuth::CertificateAuthority, _) => {
-                return Err(format!(
-                    "device {device_id:?} authenticates by certificateAuthority, which needs CA \
-                     certificates registered with hub {hub}: the emulator keeps none yet \
-                     (create the identity as selfSigned, or provision it through DPS)"
-                ));
+            (DeviceAuth::CertificateAuthority, None) => {
+                self.authenticate_by_ca(&hub, device_id, chain)?;
             }
         }
         Ok((hub, device))
+    }
+
+    /// A `certificateAuthority` identity: every presented certificate valid at the cloud's
+    /// now, the leaf's CN the device id, and the chain leading to the issuing CA of a Device
+    /// Registry policy synced to the hub (any certificate issued by it works, so a renewed one
+    /// at once and the one it replaces until it expires).
+    fn authenticate_by_ca(
+        &self,
+        hub: &str,
+        device_id: &str,
+        chain: &[Certificate],
+    ) -> std::result::Result<(), String> {
+        let leaf = chain.first().ok_or("no client certificate was presented")?;
+        let now = self.cloud.clock().now();
+        for certificate in chain {
+            check_validity(certificate, now)?;
+        }
+        let cn = leaf.info().common_name.clone().unwrap_or_default();
+        if cn != device_id {
+            return Err(format!(
+                "the certificate's CN {cn:?} is not the device id {device_id:?}"
+            ));
+        }
+        let trusted = self.cloud.hub_issuing_cas(hub);
+        if trusted.is_empty() {
+            return Err(format!(
+                "device {device_id:?} authenticates by certificateAuthority, and hub {hub} \
+                 trusts no CA: link it to a Device Registry namespace with a credential policy"
+            ));
+        }
+        let leads_to = |policy: &Arc<crate::emulator::device_registry::IssuingPolicy>| {
+            crate::pki::verify_chain(
+                leaf,
+                &chain[1..],
+                std::slice::from_ref(policy.issuing_ca()),
+                now,
+            )
+            .is_ok()
+        };
+        if !trusted.iter().any(leads_to) {
+            return Err(format!(
+                "the certificate chain of {device_id:?} does not lead to an issuing CA hub {hub} \
+                 trusts"
+            ));
+        }
+        Ok(())
     }
 
     /// Registers a session, kicking an older connection of the same device.
@@ -939,6 +1013,7 @@ impl HubEngine {
         }
         let session_present = if clean_session {
             self.forget_subscriptions(&k);
+            self.renewals.clean_session(&k);
             false
         } else {
             lock(&self.subscriptions).contains_key(&k)
@@ -957,6 +1032,7 @@ impl HubEngine {
         if self.subscriptions(hub, device_id).c2d {
             self.flush_c2d(hub, device_id);
         }
+        self.deliver_renewal_answers(hub, device_id);
     }
 
     /// Ends a session (unless a newer one already replaced it).
@@ -1006,6 +1082,9 @@ impl HubEngine {
         }
         if after.c2d {
             self.flush_c2d(hub, device_id);
+        }
+        if after.credentials {
+            self.deliver_renewal_answers(hub, device_id);
         }
         self.subscribed.notify_waiters();
     }
@@ -1498,7 +1577,7 @@ impl HubEngine {
             ack = DeliveryAck::parse(value).map_err(|why| Error::service(400, 400_004, why))?;
         }
         properties.retain(|(k, _)| k != ACK_PROPERTY);
-        let now_ms = crate::clock::now_ms();
+        let now_ms = self.cloud.clock().now_ms();
         let (expires_ms, sender_expiry) =
             crate::protocol::c2d::expiry_ms(options.absolute_expiry_ms, options.ttl_ms, now_ms);
         let message_id = options.message_id.unwrap_or_else(random_guid);
@@ -1570,7 +1649,13 @@ impl HubEngine {
             tokio::pin!(added);
             // Registered before the heap is read: an expiry added after this wakes the sweeper.
             added.as_mut().enable();
-            let now_ms = crate::clock::now_ms();
+            let clock = strong.cloud.clock().clone();
+            // Registered before the time is read: a move of the cloud's clock after this wakes
+            // the sweeper (messages may have expired in the cloud's time).
+            let moved = clock.moved();
+            tokio::pin!(moved);
+            let already_moved = arm(moved.as_mut());
+            let now_ms = clock.now_ms();
             let mut due: Vec<(String, String)> = {
                 let mut expiries = lock(&strong.expiries);
                 let mut due = Vec::new();
@@ -1593,6 +1678,7 @@ impl HubEngine {
             let wait_ms = next.map_or(60_000, |at| (at - now_ms).clamp(1, 60_000));
             tokio::select! {
                 _ = added => {}
+                () = moved, if !already_moved => {}
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
             }
         }
@@ -1651,7 +1737,7 @@ impl HubEngine {
             .hub_device(hub, device_id)
             .map(|d| d.generation_id())
             .unwrap_or_default();
-        let at = crate::emulator::cloud::azure_timestamp();
+        let at = crate::emulator::cloud::azure_time_ms(self.cloud.clock().now_ms());
         let records = wanted
             .into_iter()
             .map(|(message, status)| FeedbackRecord {
@@ -1674,7 +1760,7 @@ impl HubEngine {
     /// read can only miss newer messages (their own flush sends them), never resend an older
     /// one, because the session remembers the highest sequence it delivered.
     fn flush_c2d(&self, hub: &str, device_id: &str) {
-        let now_ms = crate::clock::now_ms();
+        let now_ms = self.cloud.clock().now_ms();
         let read = self.store.update(
             crate::emulator::store::kind::C2D,
             &Self::c2d_key(hub, device_id),
@@ -1874,10 +1960,14 @@ impl HubEngine {
             let Some(strong) = engine.upgrade() else {
                 return;
             };
-            let swept = tokio::task::spawn_blocking(move || {
-                strong.drop_expired_events(crate::clock::now())
-            })
-            .await;
+            let clock = strong.cloud.clock().clone();
+            // Registered before the sweep reads the time: a move of the cloud's clock during
+            // or after it sweeps again at once (events may have left the retention).
+            let moved = clock.moved();
+            tokio::pin!(moved);
+            let already_moved = arm(moved.as_mut());
+            let now = clock.now();
+            let swept = tokio::task::spawn_blocking(move || strong.drop_expired_events(now)).await;
             match swept {
                 Ok(Ok(0)) => {}
                 Ok(Ok(dropped)) => {
@@ -1886,9 +1976,34 @@ impl HubEngine {
                 Ok(Err(e)) => log::error!("emulator: applying the events retention failed: {e}"),
                 Err(e) => log::error!("emulator: the retention sweep stopped: {e}"),
             }
-            tokio::time::sleep(RETENTION_SWEEP_PERIOD).await;
+            tokio::select! {
+                () = tokio::time::sleep(RETENTION_SWEEP_PERIOD) => {}
+                () = moved, if !already_moved => {}
+            }
         }
     }
+}
+
+/// Refuses a certificate outside its validity period at `now` (the cloud's clock), as IoT Hub
+/// refuses an expired device certificate whatever its thumbprint or issuer.
+fn check_validity(certificate: &Certificate, now: i64) -> std::result::Result<(), String> {
+    let info = certificate.info();
+    if now < info.not_before || now > info.not_after {
+        return Err(format!(
+            "certificate {} is outside its validity period ({} to {})",
+            crate::pki::chain::describe(certificate),
+            crate::pki::chain::format_time(info.not_before),
+            crate::pki::chain::format_time(info.not_after)
+        ));
+    }
+    Ok(())
+}
+
+/// Polls a [`crate::clock::Clock::moved`] future once, so it waits from now rather than from
+/// the first `await` (a move between reading the time and sleeping would otherwise be missed);
+/// true if it already resolved (then it must not be polled again).
+pub(crate) fn arm(moved: std::pin::Pin<&mut impl std::future::Future<Output = ()>>) -> bool {
+    futures_util::FutureExt::now_or_never(moved).is_some()
 }
 
 /// How often the events retention is applied.

@@ -362,9 +362,10 @@ pub enum DeviceAuth {
         #[serde(default)]
         secondary_thumbprint: Option<String>,
     },
-    /// X.509 signed by a CA certificate registered with the hub itself (the service API's
-    /// `certificateAuthority`). The registry keeps such identities; the emulator keeps no
-    /// per-hub CA certificates yet, so their connections are refused (README, "Not done yet").
+    /// X.509 signed by a CA the hub trusts (the service API's `certificateAuthority`): the
+    /// device presents a chain leading to an issuing CA of a Device Registry policy synced to
+    /// the hub (DPS creates such identities for devices it issued a certificate to). CA
+    /// certificates uploaded to a hub itself are not emulated.
     CertificateAuthority,
     /// Symmetric keys.
     Sas {
@@ -394,6 +395,22 @@ pub struct HubDevice {
     /// read as a new enabled identity.
     #[serde(default)]
     pub registry: RegistryState,
+    /// The Device Registry policy that issued the device's certificate, when DPS issued one
+    /// for a CSR: the hub renews the certificate through it (`None`: the device may not
+    /// renew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_by: Option<IssuedBy>,
+}
+
+/// A Device Registry credential policy, by namespace and name, that issued a device's
+/// certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedBy {
+    /// The namespace.
+    pub namespace: String,
+    /// The policy.
+    pub policy: String,
 }
 
 impl HubDevice {

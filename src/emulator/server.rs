@@ -28,9 +28,12 @@ use crate::emulator::store::{SenderAuth, TelemetryRecord};
 use crate::emulator::trace::{TraceEvent, Tracer, unix_now};
 use crate::limits::HubOperation;
 use crate::pki::Certificate;
+use crate::protocol::credentials;
 use crate::protocol::dps::{self, Request as DpsRequest};
 use crate::protocol::hub::{CloudPublish, DeviceRequest, Subscription, TopicError, telemetry_bag};
-use crate::protocol::{Route, parse_property_bag, route};
+use crate::protocol::{
+    Route, api_version_at_least, parse_property_bag, route, username_api_version,
+};
 use crate::transport::mqtt::{Framed, MQTT_ENVELOPE_BYTES};
 use crate::transport::websocket::MqttStream;
 
@@ -295,7 +298,12 @@ pub(crate) async fn session(
                 password.as_deref(),
                 chain,
             ) {
-                Ok(identity) => identity,
+                Ok(identity) => DeviceIdentity {
+                    csr_api_version: username
+                        .and_then(username_api_version)
+                        .is_some_and(|v| api_version_at_least(v, dps::CSR_API_VERSION)),
+                    ..identity
+                },
                 Err((code, why)) => {
                     let log = format!("DPS CONNECT of {registration_id:?} refused: {why}");
                     return refuse(&mut connection, code, &why, &trace, log).await;
@@ -393,28 +401,31 @@ pub(crate) async fn session(
             if session.session_present {
                 context.hubs.resume(&hub, &device_id);
             }
-            // A SAS connection ends when its token expires (401003); SDKs reconnect with a new one.
+            // A SAS connection ends when its token expires (401003) in the cloud's time; SDKs
+            // reconnect with a new one.
             let token_expiry = password
                 .as_deref()
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(|t| crate::sas::SasToken::parse(t).ok())
-                .map(|t| {
-                    let left = (t.expiry - crate::clock::now()).max(0) as u64;
-                    tokio::time::Instant::now() + Duration::from_secs(left)
-                });
+                .map(|t| t.expiry);
             let link = DeviceLink {
                 hub: &hub,
                 device_id: &device_id,
                 keep_alive,
                 token_expiry,
+                // Renewal is served only to a device that connects with its api-version;
+                // to any other its topics are unknown ones, which close the connection.
+                renewal: username
+                    .and_then(username_api_version)
+                    .is_some_and(|v| api_version_at_least(v, credentials::API_VERSION)),
                 // The identity at CONNECT stamps what this connection sends: a device deleted
                 // and re-created later does not rewrite its earlier messages.
                 sender: std::sync::Arc::new(identity.sender_auth()),
             };
-            let will = connect
-                .last_will
-                .clone()
-                .and_then(|will| will_record(&hub, &device_id, &link.sender, will));
+            let will = connect.last_will.clone().and_then(|will| {
+                let sender = &link.sender;
+                will_record(&hub, &device_id, sender, will, context.hubs.enqueued_now())
+            });
             let result = hub_session(&mut connection, context, &link, &mut session, &trace).await;
             context
                 .hubs
@@ -465,6 +476,7 @@ fn will_record(
     device_id: &str,
     sender: &std::sync::Arc<SenderAuth>,
     will: rumqttc::LastWill,
+    enqueued: f64,
 ) -> Option<TelemetryRecord> {
     let Some(bag) = telemetry_bag(&will.topic, device_id) else {
         log::info!(
@@ -480,7 +492,7 @@ fn will_record(
         hub: hub.to_ascii_lowercase(),
         device_id: device_id.to_string(),
         module_id: None,
-        enqueued: unix_now(),
+        enqueued,
         body: will.message.to_vec(),
         properties,
         system_properties,
@@ -691,8 +703,10 @@ struct DeviceLink<'a> {
     hub: &'a str,
     device_id: &'a str,
     keep_alive: u16,
-    /// When a SAS token runs out.
-    token_expiry: Option<tokio::time::Instant>,
+    /// When a SAS token runs out, on the cloud's clock (Unix seconds).
+    token_expiry: Option<i64>,
+    /// Whether the CONNECT named the certificate renewal api-version.
+    renewal: bool,
     /// How the connection authenticated, stamped on each message it sends.
     sender: std::sync::Arc<SenderAuth>,
 }
@@ -720,8 +734,10 @@ async fn hub_session(
         device_id,
         keep_alive,
         token_expiry,
+        renewal,
         ref sender,
     } = *link;
+    let renewal_filter = |path: &str| renewal && path == credentials::RESPONSE_FILTER;
     use crate::emulator::hub::{MAX_D2C_BYTES, TELEMETRY_WINDOW};
 
     let idle = if keep_alive == 0 {
@@ -812,7 +828,7 @@ async fn hub_session(
             }
             () = async {
                 match token_expiry {
-                    Some(at) => tokio::time::sleep_until(at).await,
+                    Some(at) => until_cloud_time(context.hubs.clock(), at).await,
                     None => std::future::pending().await,
                 }
             } => {
@@ -833,7 +849,9 @@ async fn hub_session(
                             format!("qos={:?}", filter.qos),
                         )
                     });
-                    if Subscription::parse(&filter.path, device_id).is_none() {
+                    if !renewal_filter(&filter.path)
+                        && Subscription::parse(&filter.path, device_id).is_none()
+                    {
                         // IoT Hub is not a general broker: it drops the connection instead of
                         // answering an unsupported subscription.
                         return Err(format!("unsupported subscription {:?}", filter.path));
@@ -847,7 +865,11 @@ async fn hub_session(
                 // then has the service patch its twin must get the patch.
                 context.hubs.subscribe(hub, device_id, |s| {
                     for filter in &subscribe.filters {
-                        if let Some(subscription) = Subscription::parse(&filter.path, device_id) {
+                        if renewal_filter(&filter.path) {
+                            s.credentials = true;
+                        } else if let Some(subscription) =
+                            Subscription::parse(&filter.path, device_id)
+                        {
                             s.set(subscription, true);
                         }
                     }
@@ -875,6 +897,10 @@ async fn hub_session(
             Packet::Unsubscribe(unsubscribe) => {
                 context.hubs.subscribe(hub, device_id, |s| {
                     for path in &unsubscribe.topics {
+                        if renewal_filter(path) {
+                            s.credentials = false;
+                            continue;
+                        }
                         // Any other filter was never granted; it stands for the C2D one, as
                         // the device may spell it another way.
                         let subscription =
@@ -925,7 +951,7 @@ async fn hub_session(
                         hub: hub.to_ascii_lowercase(),
                         device_id: device_id.to_string(),
                         module_id: None,
-                        enqueued: unix_now(),
+                        enqueued: context.hubs.enqueued_now(),
                         body: publish.payload.to_vec(),
                         properties,
                         system_properties,
@@ -941,6 +967,24 @@ async fn hub_session(
                         .store_telemetry(record, ack, not_before)
                         .await
                         .map_err(|e| format!("storing telemetry failed: {e}"))?;
+                    continue;
+                }
+                if renewal && credentials::is_request_topic(&topic) {
+                    // Without a `$rid` IoT Hub answers nothing and may drop the connection: it
+                    // is closed here, so the device learns at once.
+                    let rid = credentials::parse_request_topic(&topic).ok_or_else(|| {
+                        format!(
+                            "renewal request {topic:?} without a $rid: the connection is closed"
+                        )
+                    })?;
+                    if publish.qos == QoS::AtLeastOnce {
+                        connection
+                            .send(Packet::PubAck(PubAck::new(publish.pkid)))
+                            .await?;
+                    }
+                    context
+                        .hubs
+                        .request_certificate(hub, device_id, rid, &publish.payload);
                     continue;
                 }
                 // The topic is judged before the PUBACK: a publish the hub does not take closes
@@ -1016,6 +1060,24 @@ async fn hub_session(
                     other.packet_type()
                 ));
             }
+        }
+    }
+}
+
+/// Resolves once the cloud's clock reaches `at` (Unix seconds): sleeps until then in real time,
+/// and looks again whenever the clock is moved forward.
+async fn until_cloud_time(clock: &crate::clock::Clock, at: i64) {
+    loop {
+        let moved = clock.moved();
+        tokio::pin!(moved);
+        let already_moved = crate::emulator::hub::arm(moved.as_mut());
+        let left_ms = at.saturating_mul(1000).saturating_sub(clock.now_ms());
+        if left_ms <= 0 {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(left_ms as u64)) => {}
+            () = moved, if !already_moved => {}
         }
     }
 }

@@ -78,6 +78,32 @@ pub(crate) const POLICY_VALIDITY_DAYS: std::ops::RangeInclusive<u32> = 7..=90;
 /// A policy's validity unless its creator asks otherwise (the CLI's default, and the SDK
 /// team's test recipe's `LeafValidityDays = 30`).
 pub(crate) const DEFAULT_POLICY_VALIDITY_DAYS: u32 = 30;
+/// The key types of a certificate signing request that DPS issuance and the hub's renewal
+/// accept by default. Learn documents EC P-384 only ("RSA keys aren't supported in the current
+/// preview"), but the SDKs' own samples and the C SDK's end-to-end test, run against Azure,
+/// send P-256, and the C# sample offers RSA: P-256, P-384 and RSA-2048 are taken, anything
+/// else (RSA-3072 and up) is refused.
+pub(crate) const CSR_KEY_ALGORITHMS: &[crate::pki::KeyAlgorithm] = &[
+    crate::pki::KeyAlgorithm::EcP256,
+    crate::pki::KeyAlgorithm::EcP384,
+    crate::pki::KeyAlgorithm::Rsa2048,
+];
+
+/// The key types a strict DPS (its `strict_csr_key_type` knob) accepts: the documented one.
+pub(crate) const STRICT_CSR_KEY_ALGORITHMS: &[crate::pki::KeyAlgorithm] =
+    &[crate::pki::KeyAlgorithm::EcP384];
+
+/// Whether a CSR's key type (`None`: one dpskit does not know) is accepted, by default or
+/// (`strict`) as documented.
+pub(crate) fn csr_key_accepted(algorithm: Option<crate::pki::KeyAlgorithm>, strict: bool) -> bool {
+    let accepted = if strict {
+        STRICT_CSR_KEY_ALGORITHMS
+    } else {
+        CSR_KEY_ALGORITHMS
+    };
+    algorithm.is_some_and(|a| accepted.contains(&a))
+}
+
 /// The key types a policy's CA may have: the preview documents ECC only (P-384).
 pub(crate) const POLICY_KEY_TYPES: &[&str] = &["ECC"];
 

@@ -53,6 +53,27 @@ pub(crate) fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query_pairs(query).find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
+/// The `api-version` a CONNECT username names (DPS's `.../api-version=...&...` and the hub's
+/// `.../?api-version=...&...` alike), raw; `None` when it names none.
+pub(crate) fn username_api_version(username: &str) -> Option<&str> {
+    let (_, tail) = username.split_once("api-version=")?;
+    let version = tail.split('&').next().unwrap_or_default();
+    (!version.is_empty()).then_some(version)
+}
+
+/// Whether api-version `version` is `minimum` or later. Azure's versions are dates with an
+/// optional `-preview` suffix: compared by the date alone, so a GA version of the same or a
+/// later date counts as well as the preview.
+pub(crate) fn api_version_at_least(version: &str, minimum: &str) -> bool {
+    let date = |v: &str| v.get(..10).map(str::to_string);
+    match (date(version), date(minimum)) {
+        (Some(version), Some(minimum)) => {
+            version.bytes().all(|b| b.is_ascii_digit() || b == b'-') && version >= minimum
+        }
+        _ => false,
+    }
+}
+
 /// What a CONNECT username says about the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -128,6 +149,34 @@ pub(crate) fn counted_message_size<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usernames_api_version_is_read_and_compared_by_its_date() {
+        let dps = "0ne00000001/registrations/dev-1/api-version=2025-07-01-preview&ClientVersion=x";
+        assert_eq!(username_api_version(dps), Some("2025-07-01-preview"));
+        let hub = "hub.example/dev-1/?api-version=2025-08-01-preview&DeviceClientType=x";
+        assert_eq!(username_api_version(hub), Some("2025-08-01-preview"));
+        assert_eq!(
+            username_api_version("hub.example/dev-1/?DeviceClientType=x"),
+            None
+        );
+        assert_eq!(username_api_version("h/d/?api-version=&x=1"), None);
+        let csr = dps::CSR_API_VERSION;
+        assert!(api_version_at_least("2025-07-01-preview", csr));
+        assert!(api_version_at_least("2026-11-01", csr));
+        assert!(!api_version_at_least("2021-06-01", csr));
+        assert!(!api_version_at_least("2019-03-31", csr));
+        assert!(!api_version_at_least("garbage", csr));
+        assert!(!api_version_at_least("2025-0x-01", csr));
+        assert!(api_version_at_least(
+            "2025-08-01-preview",
+            credentials::API_VERSION
+        ));
+        assert!(!api_version_at_least(
+            "2021-04-12",
+            credentials::API_VERSION
+        ));
+    }
 
     #[test]
     fn usernames_route_as_built_and_as_every_sdk_sends_them() {

@@ -299,6 +299,7 @@ impl PyEmulator {
             refuse_next,
             refusal_status,
             device_location,
+            strict_csr_key_type: None,
         };
         self.with(|e| e.change_dps_knobs(dps, change))
     }
@@ -319,6 +320,7 @@ impl PyEmulator {
             connections_per_second,
             messages_per_second,
             refuse_next_connections,
+            certificate_issuance_delay_ms: None,
         };
         self.with(|e| e.change_hub_knobs(host_name, change))
     }

@@ -33,10 +33,10 @@ pub(crate) struct Grant {
 
 impl Grant {
     /// Whether the grant reaches `hub`'s resource at `segments` (the entity path, e.g. the
-    /// hub's name for its events), now.
-    pub(crate) fn covers(&self, hub: &str, segments: &[&str]) -> bool {
+    /// hub's name for its events), at `now` (the cloud's clock, Unix seconds).
+    pub(crate) fn covers(&self, hub: &str, segments: &[&str], now: i64) -> bool {
         self.hub.eq_ignore_ascii_case(hub)
-            && self.expiry >= crate::clock::now()
+            && self.expiry >= now
             && self.scope.len() <= segments.len()
             && self
                 .scope
@@ -46,15 +46,27 @@ impl Grant {
     }
 }
 
-/// The grants of one connection's tokens (a client refreshes its token by putting a new one).
-#[derive(Debug, Default)]
-pub(crate) struct Grants(Mutex<Vec<Grant>>);
+/// The grants of one connection's tokens (a client refreshes its token by putting a new one),
+/// judged on the cloud's clock: a token runs out when the cloud's time passes its expiry.
+#[derive(Debug)]
+pub(crate) struct Grants {
+    grants: Mutex<Vec<Grant>>,
+    clock: crate::clock::Clock,
+}
 
 impl Grants {
+    /// No grants yet, judged on `clock`.
+    pub(crate) fn new(clock: crate::clock::Clock) -> Self {
+        Grants {
+            grants: Mutex::new(Vec::new()),
+            clock,
+        }
+    }
+
     /// Records a granted token, dropping those expired.
     pub(crate) fn add(&self, grant: Grant) {
-        let now = crate::clock::now();
-        let mut grants = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now();
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         grants.retain(|g| g.expiry >= now);
         // Bounded: a client putting tokens in a loop replaces, rather than adds, its grants.
         grants.retain(|g| !(g.hub == grant.hub && g.scope == grant.scope));
@@ -63,11 +75,12 @@ impl Grants {
 
     /// Whether a token put on this connection reaches `hub`'s resource at `segments`.
     pub(crate) fn cover(&self, hub: &str, segments: &[&str]) -> bool {
-        self.0
+        let now = self.clock.now();
+        self.grants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|g| g.covers(hub, segments))
+            .any(|g| g.covers(hub, segments, now))
     }
 }
 
@@ -81,6 +94,7 @@ pub(crate) fn authorize(context: &AmqpContext, token: &str) -> Result<Grant, Str
         .map(|h| (h.name, h.host_name, h.policies));
     let grant = crate::emulator::sas_policy::grant(
         token,
+        context.cloud.clock().now(),
         "IoT hub",
         &context.accepted_ports(),
         &["sb://", "amqps://", "amqp://", "https://"],
@@ -152,12 +166,13 @@ mod tests {
 
     #[test]
     fn a_grant_reaches_its_hub_and_scope_until_it_expires() {
-        let grants = Grants::default();
+        let clock = crate::clock::Clock::system();
+        let grants = Grants::new(clock.clone());
         assert!(
             !grants.cover("hub", &["hub"]),
             "nothing is granted before a token"
         );
-        let now = crate::clock::now();
+        let now = clock.now();
         grants.add(Grant {
             hub: "hub".into(),
             scope: vec!["hub".into()],
@@ -173,10 +188,15 @@ mod tests {
             expiry: now - 1,
         };
         assert!(
-            !whole.covers("other", &["other"]),
+            !whole.covers("other", &["other"], now),
             "an expired grant reaches nothing"
         );
         grants.add(whole);
         assert!(!grants.cover("other", &["other"]));
+        clock.advance_ms(61_000).unwrap();
+        assert!(
+            !grants.cover("HUB", &["Hub"]),
+            "a grant runs out when the cloud's clock passes its expiry"
+        );
     }
 }

@@ -71,7 +71,7 @@ pub(crate) async fn offer(
             Taken::Message(message) => message,
             Taken::Nothing(free_at) => {
                 let wait = free_at.map_or(MAX_WAIT, |at| {
-                    let ms = (at - crate::clock::now_ms()).max(1) as u64;
+                    let ms = (at - feedback.clock().now_ms()).max(1) as u64;
                     Duration::from_millis(ms).min(MAX_WAIT)
                 });
                 tokio::select! {
@@ -81,6 +81,8 @@ pub(crate) async fn offer(
                         }
                     }
                     () = tokio::time::sleep(wait) => {}
+                    // The cloud's clock moved: a lock may have run out.
+                    () = feedback.clock().moved() => {}
                     detached = sender.on_detach() => {
                         log::debug!("emulator: AMQP feedback receiver detached: {detached}");
                         let _ = sender.close().await;

@@ -51,7 +51,7 @@ async fn connection(
 ) -> Result<(), String> {
     // Built per connection (it is cheap) so nothing of one connection's SASL reaches another;
     // a token SASL PLAIN carried is the connection's first grant.
-    let grants = Arc::new(Grants::default());
+    let grants = Arc::new(Grants::new(context.cloud.clock().clone()));
     let acceptor = ConnectionAcceptor::builder()
         .container_id("dpskit-emulator")
         .max_frame_size(MAX_FRAME_SIZE)

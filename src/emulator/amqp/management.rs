@@ -26,7 +26,7 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
         grants.cover(hub, &[&entity])
             || property(request, "security_token")
                 .and_then(|token| authorize(context, &token).ok())
-                .is_some_and(|grant| grant.covers(hub, &[&entity]))
+                .is_some_and(|grant| grant.covers(hub, &[&entity], context.cloud.clock().now()))
     };
     let hub = match find_hub(context, &entity) {
         Some(hub) if covered(&hub.name) => hub,
@@ -75,7 +75,7 @@ pub(crate) fn answer(context: &AmqpContext, grants: &Grants, request: &NodeMessa
             let summary = match context.store.partition_summary(
                 &hub.host_name.to_ascii_lowercase(),
                 partition,
-                hub.events.retained_since(crate::clock::now()),
+                hub.events.retained_since(context.cloud.clock().now()),
             ) {
                 Ok(summary) => summary,
                 Err(e) => {

@@ -82,7 +82,7 @@ pub(crate) async fn stream(
     let store = context.store.clone();
     let start = {
         let host = host.clone();
-        let retained_since = hub.events.retained_since(crate::clock::now());
+        let retained_since = hub.events.retained_since(context.cloud.clock().now());
         tokio::task::spawn_blocking(move || {
             store.partition_start(&host, partition, &position, retained_since)
         })

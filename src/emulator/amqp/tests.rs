@@ -331,6 +331,7 @@ fn hub_with_device(emulator: &Emulator, name: &str) -> (crate::emulator::model::
             initial_twin: None,
             created: crate::clock::now(),
             registry: Default::default(),
+            issued_by: None,
         })
         .unwrap();
     (hub, key)

@@ -646,6 +646,7 @@ fn put_device(
                 generation_id: new_generation_id(),
                 writes: 0,
             },
+            issued_by: None,
         },
     };
     context.cloud.put_hub_device(device.clone())?;

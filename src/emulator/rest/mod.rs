@@ -411,7 +411,11 @@ pub(crate) async fn handle(
     entrance: Entrance,
     context: &RestContext,
 ) -> Response<Full<Bytes>> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // The cloud's now, read once per request: SAS tokens expire in the cloud's time.
+    parts
+        .extensions
+        .insert(RequestTime(context.cloud.clock().now()));
     let decoded = path_segments(parts.uri.path());
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let caller = match authorize(&parts, &segments, entrance, context) {
@@ -653,6 +657,12 @@ pub(super) fn sas_authorize<T>(
     Ok(grant.signer)
 }
 
+/// When a request arrived, on the cloud's clock (Unix seconds): put in the request's extensions
+/// by [`handle`], so the SAS check under every API reads the same time without each API
+/// passing it along.
+#[derive(Debug, Clone, Copy)]
+struct RequestTime(i64);
+
 fn sas_grant<T>(
     parts: &hyper::http::request::Parts,
     api: &str,
@@ -667,8 +677,14 @@ fn sas_grant<T>(
     // A connection string naming a port (`HostName=host:port`, the local cloud's web port
     // when 443 could not be bound) makes the service SDKs sign `host:port`: the same resource,
     // on the port it is served at and no other.
+    let now = parts
+        .extensions
+        .get::<RequestTime>()
+        .ok_or_else(|| "The request's time was not recorded.".to_string())?
+        .0;
     crate::emulator::sas_policy::grant(
         header,
+        now,
         api,
         &[web_port, crate::emulator::WEB_PORT],
         &[],

@@ -177,5 +177,6 @@ pub(crate) fn sas_device(id: &str, host: &str) -> crate::emulator::model::HubDev
         initial_twin: None,
         created: crate::pki::issue::now(),
         registry: Default::default(),
+        issued_by: None,
     }
 }

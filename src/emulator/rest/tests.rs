@@ -1435,6 +1435,7 @@ fn hub_service_documents_keep_their_bytes() {
             initial_twin: twin,
             created: 1_700_000_000,
             registry,
+            issued_by: None,
         };
     let cloud = emulator.cloud();
     cloud

@@ -30,6 +30,7 @@ fn hub_with_device(emulator: &Emulator, name: &str, device_id: &str) -> String {
             initial_twin: None,
             created: crate::clock::now(),
             registry: Default::default(),
+            issued_by: None,
         })
         .unwrap();
     hub.host_name

@@ -9,6 +9,7 @@
 mod c2d;
 mod dps;
 mod hub;
+mod issuance;
 mod knobs;
 mod listener;
 mod restarts;

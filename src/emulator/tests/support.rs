@@ -195,9 +195,22 @@ pub(crate) async fn provision_body_async(
     auth: Auth<'_>,
     register_body: String,
 ) -> Outcome {
+    let at = (port, "2019-03-31");
+    provision_at_version_async(trust, at, scope, registration_id, auth, register_body).await
+}
+
+/// [`provision_body_async`] naming `api_version` in the CONNECT username.
+pub(crate) async fn provision_at_version_async(
+    trust: String,
+    (port, api_version): (u16, &str),
+    scope: &str,
+    registration_id: &str,
+    auth: Auth<'_>,
+    register_body: String,
+) -> Outcome {
     let mut options = MqttOptions::new(registration_id, Broker::tcp("127.0.0.1", port));
     let username = format!(
-        "{scope}/registrations/{registration_id}/api-version=2019-03-31&ClientVersion=dpskit-test"
+        "{scope}/registrations/{registration_id}/api-version={api_version}&ClientVersion=dpskit-test"
     );
     let config = match &auth {
         Auth::X509 { chain, credential } => {
@@ -493,6 +506,7 @@ pub(crate) fn sas_device(f: &Fixture, hub: &str, device_id: &str) -> String {
             initial_twin: None,
             created: now(),
             registry: Default::default(),
+            issued_by: None,
         })
         .unwrap();
     key
