@@ -6,7 +6,9 @@ re-provisioning; the fleet's rollover; and what the clients refuse before sendin
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +127,9 @@ def issuing() -> Iterator[tuple[dpskit.LocalCloud, dpskit.Dps, Any, dpskit.Certi
         yield cloud, dps, group, root
 
 
-def _check_issued(result: dpskit.RegistrationResult, days: int = 30) -> dpskit.DeviceCertificate:
+def _check_issued(
+    result: dpskit.RegistrationResult, at: datetime | None = None, days: int = 30
+) -> dpskit.DeviceCertificate:
     issued = result.issued_certificate
     assert issued is not None
     assert issued.registration_id == result.registration_id
@@ -136,7 +140,7 @@ def _check_issued(result: dpskit.RegistrationResult, days: int = 30) -> dpskit.D
     assert chain[0].common_name == result.registration_id
     assert chain[2].is_self_signed
     # The leaf chains to the namespace's root, through the policy's issuing CA.
-    assert dpskit.verify_chain(chain[0], chain[1:2], chain[2:]) == chain
+    assert dpskit.verify_chain(chain[0], chain[1:2], chain[2:], at=at) == chain
     lifetime = chain[0].not_after - chain[0].not_before
     assert abs(lifetime.total_seconds() - days * 86_400) <= 600
     return issued
@@ -260,7 +264,7 @@ def test_renewal_expiry_and_reprovisioning_in_the_clouds_time(
         cloud.advance_time(days=91)
         await refused(result, renewed)
         again = await register()
-        fresh = _check_issued(again)
+        fresh = _check_issued(again, at=cloud.now())
         assert fresh.certificate.not_before > renewed.certificate.not_after
         async with dpskit.HubClient.connect(again, trust=cloud.trust_pem) as client:
             await client.send_telemetry({"back": True})
@@ -310,3 +314,67 @@ def test_a_fleet_issued_certificates_rolls_over(
     assert (frame["certificate_not_after"] > cloud.now()).all()
     with pytest.raises(dpskit.ConfigError, match="issue_certificates"):
         dpskit.Fleet(dps, group_key=group, count=1).rollover()
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def test_the_csr_demo_issues_renews_and_expires(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dpskit.cli import main
+
+    assert main(["demo", "--csr", "--dir", str(tmp_path / "demo"), "--devices", "2"]) == 0
+    out = capsys.readouterr().out
+    for n in range(1, 9):
+        assert f"[{n}/8]" in out
+    assert out.count("-> demo-ns demo-policy Issuing CA -> demo-ns Root CA") == 2
+    assert out.count("renewed, valid until") == 2
+    assert out.count("refused (AuthenticationError)") == 2
+    assert "Done in" in out
+    issued = tmp_path / "demo" / "certs" / "issued"
+    device = dpskit.DeviceCertificate.load(
+        issued / "demo-csr-001.fullchain.pem", issued / "demo-csr-001.key.pem"
+    )
+    assert device.certificate.issuer_common_name == "demo-ns demo-policy Issuing CA"
+    assert main(["demo", "--csr", "--azure", "--dir", str(tmp_path / "none")]) == 2
+    assert "embedded local cloud only" in capsys.readouterr().err
+
+
+def test_device_provision_with_a_csr_writes_the_issued_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dpskit.cli import main
+
+    certs = tmp_path / "certs"
+    root = dpskit.CertificateAuthority.create_root("CLI Onboarding Root")
+    root.issue_device("cli-csr-1").save(certs, name="cli-csr-1")
+    state = tmp_path / "cloud"
+    with dpskit.LocalCloud(state, port=0, poll_retry_after=0) as cloud:
+        hub = cloud.create_hub("cli-csr-hub")
+        dps = cloud.create_dps("cli-csr-dps")
+        cloud.link_hub(dps, hub)
+        namespace = cloud.create_device_registry_namespace("cli-ns")
+        namespace.create_policy("cli-policy", validity_days=7)
+        cloud.link_namespace(dps, namespace)
+        cloud.link_namespace(hub, namespace)
+        dps.prove_possession("root", root)
+        dps.create_enrollment_group("g", ca_reference="root", credential_policy="cli-policy")
+        issued_dir = tmp_path / "issued"
+        common = ["cli-csr-1", "--certs", str(certs), "--local", str(state), "--csr"]
+        options = ["--key-algorithm", "ec-p384", "--issued-dir", str(issued_dir), "--json"]
+        status = main(["device", "provision", *common, *options])
+        out = capsys.readouterr().out
+        assert status == 0
+        result = json.loads(out)
+        assert result["issuedCertificate"]["issuer"] == "CN=cli-ns cli-policy Issuing CA"
+        files = result["issuedCertificate"]["files"]
+        key = Path(files["private_key"])
+        assert key.parent == issued_dir
+        assert key.stat().st_mode & 0o777 == 0o600
+        saved = dpskit.DeviceCertificate.load(files["full_chain"], key)
+        assert saved.algorithm == "ec-p384"
+        assert len(saved.issuers) == 2
+        # `run` connects with the issued certificate (the onboarding one has no identity).
+        assert main(["device", "run", *common, "--count", "2", "--interval", "0"]) == 0
+        assert "2 messages acknowledged" in capsys.readouterr().out

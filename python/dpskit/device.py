@@ -367,8 +367,10 @@ class HubClient:
         ``clock`` signs SAS tokens in a local cloud's time (a registration's own by default)."""
         clock_offset_ms = _clock_offset_ms(clock)
         issued: DeviceCertificate | None = None
+        provisioned_with_csr = False
         if isinstance(target, RegistrationResult):
             issued = target.issued_certificate
+            provisioned_with_csr = bool(target.issued_chain)
             if clock is None:
                 clock_offset_ms = target.clock_offset_ms
             if certificate is None and symmetric_key is None and issued is not None:
@@ -397,7 +399,9 @@ class HubClient:
         if (device is None) == (symmetric_key is None):
             raise ConfigError("give a certificate or a symmetric_key")
         if certificate_renewal is None:
-            certificate_renewal = device is not None and device is issued
+            # A device DPS issued a certificate to renews it, whichever it now holds (the
+            # issued one, or one renewed since).
+            certificate_renewal = device is not None and provisioned_with_csr
         pending = HubSession.connect(
             host,
             port,

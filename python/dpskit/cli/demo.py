@@ -344,8 +344,9 @@ def _csr_demo(args: argparse.Namespace) -> int:
             failures += int(old is None or fresh is not None)
             _print_fields(
                 [
-                    (result.registration_id, f"old certificate: {old or 'connected (wrong!)'}"),
-                    ("", f"renewed certificate: {fresh or 'connected'}"),
+                    (result.registration_id, ""),
+                    ("  old certificate", old or "connected (it should have expired)"),
+                    ("  renewed one", fresh or "connected"),
                 ]
             )
 
