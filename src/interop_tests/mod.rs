@@ -8,6 +8,7 @@ mod events_reader;
 mod hub_client;
 mod hub_devices;
 mod hub_renewal;
+mod issuance;
 mod proof_of_possession;
 mod provisioning;
 mod request_recorder;
