@@ -443,8 +443,18 @@ class FleetReport:
 
     @property
     def renewal_failures(self) -> dict[str, int]:
-        """Failed renewals by reason (the device kept its certificate)."""
-        return dict(Counter(e for e in self._devices.get("renewal_error", []) if e))
+        """Failed renewals by Azure error code (``"none"`` when the failure had none, e.g. a
+        timeout); the devices kept their certificates. ``renewal_error`` in the device frame
+        says why."""
+        errors = self._devices.get("renewal_error", [])
+        codes = self._devices.get("renewal_error_code", [None] * len(errors))
+        return dict(
+            Counter(
+                str(code) if code is not None else "none"
+                for error, code in zip(errors, codes, strict=True)
+                if error
+            )
+        )
 
     def expiring_within(self, days: float, *, now: datetime | None = None) -> int:
         """Devices whose certificate (issued or renewed) expires within ``days`` of ``now``
@@ -821,8 +831,8 @@ class Fleet:
     the certificate or group key above stays the onboarding credential) and connects it to its
     hub with the certificate DPS issued (the enrollment needs a certificate policy);
     :meth:`rollover` is a run in which every device also renews that certificate through its
-    hub. The report's device frame then has ``certificate_not_after``, ``renewed`` and
-    ``renewal_error``. SAS tokens are signed in the local cloud's time (``now()``), moved or not.
+    hub. The report's device frame then has ``certificate_not_after``, ``renewed``,
+    ``renewal_error`` and ``renewal_error_code``. SAS tokens are signed in the local cloud's time (``now()``), moved or not.
     """
 
     def __init__(

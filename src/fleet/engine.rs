@@ -153,6 +153,7 @@ impl FleetSettings {
     /// The key algorithm of the devices' CSRs.
     fn csr_algorithm(&self) -> Result<KeyAlgorithm> {
         KeyAlgorithm::parse(self.key_algorithm.as_deref().unwrap_or("ec-p256"))
+            .map_err(|e| Error::config_caused("key_algorithm", e))
     }
 }
 
@@ -426,6 +427,8 @@ pub struct DeviceReport {
     pub renewed: bool,
     /// Why a renewal failed (the device keeps its certificate and goes on).
     pub renewal_error: Option<String>,
+    /// Azure's error code of that failure (e.g. 409005), when the hub gave one.
+    pub renewal_error_code: Option<u32>,
 }
 
 /// One published message (per device, merged into columns at the end).
@@ -766,6 +769,7 @@ impl DeviceReport {
             certificate_not_after: None,
             renewed: false,
             renewal_error: None,
+            renewal_error_code: None,
         }
     }
 
@@ -917,7 +921,10 @@ async fn run_device(
                 report.renewed = true;
                 report.certificate_not_after = Some(not_after);
             }
-            Err(error) => report.renewal_error = Some(error.to_string()),
+            Err(error) => {
+                report.renewal_error_code = error.error_code();
+                report.renewal_error = Some(error.to_string());
+            }
         }
     }
     let mut rows = Vec::new();

@@ -281,6 +281,10 @@ impl PyFleetRun {
                 .map(|r| r.renewal_error.as_deref())
                 .collect::<Vec<_>>(),
         )?;
+        devices.set_item(
+            "renewal_error_code",
+            d.iter().map(|r| r.renewal_error_code).collect::<Vec<_>>(),
+        )?;
         let m = &result.messages;
         let messages = PyDict::new(py);
         messages.set_item("device", &m.device)?;
