@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::clock::{Clock, now};
+use crate::clock::Clock;
 use crate::emulator::model::*;
 use crate::emulator::store::{Store, kind};
 use crate::emulator::tls::EmulatorTls;
@@ -303,7 +303,7 @@ impl Cloud {
             policies: default_hub_policies(&primary_key, &secondary_key)?,
             primary_key,
             secondary_key,
-            created: now(),
+            created: self.clock.now(),
             sku: None,
             presets: false,
             events: Default::default(),
@@ -520,7 +520,7 @@ impl Cloud {
             secondary_key: crate::sas::generate_key()?,
             linked_hubs: Vec::new(),
             certificates: Vec::new(),
-            created: now(),
+            created: self.clock.now(),
             presets: false,
         };
         self.store.put(kind::DPS, name, &dps)?;
@@ -658,7 +658,7 @@ impl Cloud {
     ) -> Result<CaCertificate> {
         crate::protocol::names::check_resource_name("certificate", name)?;
         self.update_dps(dps, |record, _| {
-            let now = now();
+            let now = self.clock.now();
             let existing = record.certificates.iter().position(|c| c.name == name);
             let created = match existing {
                 Some(i) => {
@@ -740,7 +740,7 @@ impl Cloud {
             crate::random::fill_random(&mut bytes)?;
             ca.verification_code = Some(crate::pki::cert::hex_upper(&bytes));
             ca.etag = new_etag();
-            ca.updated = now();
+            ca.updated = self.clock.now();
             Ok(ca.clone())
         })
     }
@@ -790,7 +790,7 @@ impl Cloud {
                     ),
                 ));
             }
-            let t = now();
+            let t = self.clock.now();
             if t < info.not_before || t > info.not_after {
                 return Err(Error::service(400, 400_027, "The verification certificate is not valid now."));
             }
@@ -871,6 +871,7 @@ impl Cloud {
     /// (or that it exists when an etag is given), resolves the attestation (kept when the spec
     /// omits it), validates it and the hubs, and returns (attestation, created, now).
     fn prepare_put(
+        &self,
         record: &DpsRecord,
         what: &str,
         id: &str,
@@ -893,7 +894,7 @@ impl Cloud {
         };
         Self::check_attestation(record, &attestation, group)?;
         Self::check_hubs_linked(record, &spec.settings)?;
-        let t = now();
+        let t = self.clock.now();
         Ok((
             attestation,
             existing.map_or(t, |(_, _, created)| created),
@@ -920,7 +921,7 @@ impl Cloud {
             .groups
             .get(&key)
             .map(|e| (e.etag.as_str(), &e.attestation, e.created));
-        let (attestation, created, t) = Self::prepare_put(
+        let (attestation, created, t) = self.prepare_put(
             record,
             "enrollment group",
             group_id,
@@ -1001,7 +1002,7 @@ impl Cloud {
             .enrollments
             .get(&key)
             .map(|e| (e.etag.as_str(), &e.attestation, e.created));
-        let (attestation, created, t) = Self::prepare_put(
+        let (attestation, created, t) = self.prepare_put(
             record,
             "enrollment",
             registration_id,
