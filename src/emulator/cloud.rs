@@ -873,13 +873,17 @@ impl Cloud {
     fn prepare_put(
         &self,
         record: &DpsRecord,
-        what: &str,
         id: &str,
         existing: Option<(&str, &Attestation, i64)>,
         spec: &EnrollmentSpec,
         if_match: Option<&str>,
         group: bool,
     ) -> Result<(Attestation, i64, i64)> {
+        let what = if group {
+            "enrollment group"
+        } else {
+            "enrollment"
+        };
         match existing {
             Some((etag, _, _)) => check_etag(etag, if_match)?,
             None if if_match.is_some_and(|t| t != "*") => return Err(not_found(what, id)),
@@ -921,15 +925,8 @@ impl Cloud {
             .groups
             .get(&key)
             .map(|e| (e.etag.as_str(), &e.attestation, e.created));
-        let (attestation, created, t) = self.prepare_put(
-            record,
-            "enrollment group",
-            group_id,
-            existing,
-            &spec,
-            if_match,
-            true,
-        )?;
+        let (attestation, created, t) =
+            self.prepare_put(record, group_id, existing, &spec, if_match, true)?;
         let group = EnrollmentGroup {
             enrollment_group_id: group_id.to_string(),
             attestation,
@@ -1002,15 +999,8 @@ impl Cloud {
             .enrollments
             .get(&key)
             .map(|e| (e.etag.as_str(), &e.attestation, e.created));
-        let (attestation, created, t) = self.prepare_put(
-            record,
-            "enrollment",
-            registration_id,
-            existing,
-            &spec,
-            if_match,
-            false,
-        )?;
+        let (attestation, created, t) =
+            self.prepare_put(record, registration_id, existing, &spec, if_match, false)?;
         let enrollment = IndividualEnrollment {
             registration_id: registration_id.to_string(),
             device_id: spec.device_id,
