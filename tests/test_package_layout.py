@@ -24,6 +24,7 @@ CLOUD_ORDER = [
     "recording",
     "hub",
     "dps",
+    "registry",
     "base",
     "local",
     "azure",

@@ -6,6 +6,9 @@
 //! and shapes follow the service swagger; members the swagger marks optional are `Option`s left
 //! out when `None`, as the service leaves them out of its answers.
 //!
+//! An enrollment's Device Registry policy reference (`credentialPolicyName` of 2025-07-01-preview,
+//! or the three names of 2026-11-01) is read and written through [`PolicyReference`].
+//!
 //! Reading is as lenient as the service where clients differ (enum values in any case, explicit
 //! `null`s meaning "not given", members nobody here uses ignored) and strict where a value has
 //! the wrong type or an unknown name: that is a clear error, never a silent default.

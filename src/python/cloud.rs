@@ -12,7 +12,8 @@ use pyo3::prelude::*;
 use serde_json::Value;
 
 use super::convert::{
-    self, CaCertificateRecord, DpsRecord, HubRecord, HubUsageRecord, TelemetryRecord, json_to_py,
+    self, CaCertificateRecord, CredentialPolicyRecord, DpsRecord, HubRecord, HubUsageRecord,
+    NamespaceRecord, TelemetryRecord, json_to_py,
 };
 use super::records::{
     self, AttestationRecord, EnrollmentGroupRecord, HubDeviceRecord, IndividualEnrollmentRecord,
@@ -306,6 +307,100 @@ impl PyRestClient {
             ),
         )?;
         convert::dps_record(py, resource)
+    }
+
+    // ---- Azure Device Registry --------------------------------------------------------------
+
+    /// Creates a Device Registry namespace (or returns the existing one).
+    fn create_device_registry_namespace(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        location: &str,
+    ) -> PyResult<NamespaceRecord> {
+        let ns = self.run(
+            py,
+            self.arm.create_device_registry_namespace(name, location),
+        )?;
+        Ok(ns.into())
+    }
+
+    /// A Device Registry namespace.
+    fn device_registry_namespace(&self, py: Python<'_>, name: &str) -> PyResult<NamespaceRecord> {
+        Ok(self
+            .run(py, self.arm.device_registry_namespace(name))?
+            .into())
+    }
+
+    /// Every Device Registry namespace of the resource group.
+    fn device_registry_namespaces(&self, py: Python<'_>) -> PyResult<Vec<NamespaceRecord>> {
+        let all = self.run(py, self.arm.device_registry_namespaces())?;
+        Ok(all.into_iter().map(Into::into).collect())
+    }
+
+    /// Deletes a Device Registry namespace.
+    fn delete_device_registry_namespace(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.run(py, self.arm.delete_device_registry_namespace(name))
+    }
+
+    /// Creates (or changes the validity of) a namespace's credential policy.
+    fn create_credential_policy(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        name: &str,
+        validity_days: u32,
+        key_type: &str,
+    ) -> PyResult<CredentialPolicyRecord> {
+        let policy = self.run(
+            py,
+            self.arm
+                .create_credential_policy(namespace, name, validity_days, key_type),
+        )?;
+        Ok(policy.into())
+    }
+
+    /// A namespace's credential policy.
+    fn credential_policy(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+        name: &str,
+    ) -> PyResult<CredentialPolicyRecord> {
+        Ok(self
+            .run(py, self.arm.credential_policy(namespace, name))?
+            .into())
+    }
+
+    /// Every credential policy of a namespace.
+    fn credential_policies(
+        &self,
+        py: Python<'_>,
+        namespace: &str,
+    ) -> PyResult<Vec<CredentialPolicyRecord>> {
+        let all = self.run(py, self.arm.credential_policies(namespace))?;
+        Ok(all.into_iter().map(Into::into).collect())
+    }
+
+    /// Links a DPS (`kind` "dps") or hub ("hub") to a Device Registry namespace.
+    fn link_namespace(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        name: &str,
+        namespace: &str,
+    ) -> PyResult<()> {
+        let target = match kind {
+            "dps" => crate::service::NamespaceLinkTarget::Dps,
+            "hub" => crate::service::NamespaceLinkTarget::Hub,
+            other => {
+                return Err(Error::config(format!(
+                    "a namespace links a \"dps\" or a \"hub\", not {other:?}"
+                ))
+                .into());
+            }
+        };
+        self.run(py, self.arm.link_namespace(target, name, namespace))
     }
 
     /// Uploads (`etag` None) or replaces (`etag` the current one) a CA certificate.

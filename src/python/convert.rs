@@ -20,6 +20,8 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TelemetryRecord>()?;
     m.add_class::<TraceRecord>()?;
     m.add_class::<Registration>()?;
+    m.add_class::<NamespaceRecord>()?;
+    m.add_class::<CredentialPolicyRecord>()?;
     Ok(())
 }
 
@@ -145,6 +147,53 @@ pub(crate) struct LinkedHubRecord {
     location: String,
     allocation_weight: Option<u32>,
     apply_allocation_policy: bool,
+}
+
+/// An Azure Device Registry namespace as ARM describes it.
+#[pyclass(frozen, get_all, module = "dpskit._native")]
+pub(crate) struct NamespaceRecord {
+    name: String,
+    id: String,
+    location: String,
+    uuid: String,
+}
+
+impl From<crate::service::NamespaceResource> for NamespaceRecord {
+    fn from(n: crate::service::NamespaceResource) -> Self {
+        NamespaceRecord {
+            name: n.name,
+            id: n.id,
+            location: n.location,
+            uuid: n.uuid,
+        }
+    }
+}
+
+/// A namespace's credential policy as ARM describes it (the issuing CA's subject and
+/// validity, ISO 8601, once ARM reports them).
+#[pyclass(frozen, get_all, module = "dpskit._native")]
+pub(crate) struct CredentialPolicyRecord {
+    name: String,
+    id: String,
+    validity_days: u32,
+    key_type: String,
+    subject: Option<String>,
+    not_before: Option<String>,
+    not_after: Option<String>,
+}
+
+impl From<crate::service::PolicyResource> for CredentialPolicyRecord {
+    fn from(p: crate::service::PolicyResource) -> Self {
+        CredentialPolicyRecord {
+            name: p.name,
+            id: p.id,
+            validity_days: p.validity_days,
+            key_type: p.key_type,
+            subject: p.subject,
+            not_before: p.not_before,
+            not_after: p.not_after,
+        }
+    }
 }
 
 /// A DPS resource as ARM describes it.

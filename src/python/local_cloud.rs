@@ -76,8 +76,8 @@ impl PyEmulator {
     /// Starts the emulator.
     #[new]
     #[pyo3(
-        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 0, https_port = 0, web_port = 443, amqp_port = 5671, arm_tokens = None, arm_operation_seconds = 0.0, arm_page_size = 100, throttle_every = 0, throttle_retry_after = 1),
-        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=0, https_port=0, web_port=443, amqp_port=5671, arm_tokens=None, arm_operation_seconds=0.0, arm_page_size=100, throttle_every=0, throttle_retry_after=1)"
+        signature = (data_dir = None, *, host = "127.0.0.1".to_string(), port = 8883, connect_timeout = 10.0, max_connections = 20_000, max_packet_size = 262_144, max_chain_length = 10, poll_retry_after = 0, https_port = 0, web_port = 443, amqp_port = 5671, arm_tokens = None, arm_operation_seconds = 0.0, arm_page_size = 100, throttle_every = 0, throttle_retry_after = 1, start_time = None),
+        text_signature = "(data_dir=None, *, host='127.0.0.1', port=8883, connect_timeout=10.0, max_connections=20000, max_packet_size=262144, max_chain_length=10, poll_retry_after=0, https_port=0, web_port=443, amqp_port=5671, arm_tokens=None, arm_operation_seconds=0.0, arm_page_size=100, throttle_every=0, throttle_retry_after=1, start_time=None)"
     )]
     fn new(
         py: Python<'_>,
@@ -97,6 +97,7 @@ impl PyEmulator {
         arm_page_size: usize,
         throttle_every: u32,
         throttle_retry_after: u32,
+        start_time: Option<i64>,
     ) -> PyResult<Self> {
         let rest_behaviour = crate::emulator::RestBehaviour::new(
             arm_operation_seconds,
@@ -122,6 +123,7 @@ impl PyEmulator {
             amqp_port,
             arm_tokens,
             rest_behaviour,
+            start_time,
             ..EmulatorConfig::default()
         };
         let emulator = py.detach(|| crate::emulator::Emulator::start(config))?;
@@ -228,6 +230,39 @@ impl PyEmulator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .mqtt_port()
+    }
+
+    /// The cloud's now, Unix milliseconds (the wall clock plus every `advance_time`).
+    fn now_ms(&self) -> PyResult<i64> {
+        self.with(|e| Ok(e.cloud().clock().now_ms()))
+    }
+
+    /// Moves the cloud's clock forward by `seconds` (kept in the data folder); the new now,
+    /// Unix milliseconds.
+    fn advance_time(&self, seconds: i64) -> PyResult<i64> {
+        self.with(|e| {
+            e.cloud().advance_time(seconds)?;
+            Ok(e.cloud().clock().now_ms())
+        })
+    }
+
+    /// A Device Registry namespace's root CA certificate (PEM), which the emulator made with
+    /// the namespace (ARM does not publish it).
+    fn namespace_root_pem(&self, namespace: &str) -> PyResult<String> {
+        self.with(|e| {
+            e.cloud()
+                .device_registry_namespace(namespace)
+                .map(|n| n.root_ca_pem)
+        })
+    }
+
+    /// A credential policy's issuing CA certificate (PEM).
+    fn policy_issuing_pem(&self, namespace: &str, policy: &str) -> PyResult<String> {
+        self.with(|e| {
+            e.cloud()
+                .credential_policy(namespace, policy)
+                .map(|p| p.issuing_ca_pem)
+        })
     }
 
     /// Creates a hub at `host_name` (which the REST API cannot choose), with `partition_count`

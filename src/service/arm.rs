@@ -3,7 +3,9 @@
 //! resource type's api-version, `If-Match` etags, RFC 1123 dates, no `null`s in bodies), with
 //! hub and DPS names checked by Azure's rules before any request. Writes wait for ARM's
 //! long-running operations (deletes included), lists follow `nextLink`, and every request goes
-//! through the one retry policy.
+//! through the one retry policy. Azure Device Registry (`Microsoft.DeviceRegistry`, the
+//! certificate management preview): namespaces, credential policies, and the links of a DPS or
+//! hub to a namespace, written as the CLI writes them.
 
 use std::time::Duration;
 
@@ -456,6 +458,100 @@ fn poll_delay(advice: Option<Duration>, polls: u32) -> Duration {
 
 /// The IoT Hub resource provider's api-version for `IotHubs`.
 pub(crate) const HUB_API_VERSION: &str = "2023-06-30";
+
+/// The `Microsoft.DeviceRegistry` api-version of the certificate management preview (the one
+/// with `credentials/default/policies`).
+pub(crate) const REGISTRY_API_VERSION: &str = "2025-11-01-preview";
+/// The DPS api-version that carries `properties.deviceRegistryNamespace`.
+pub(crate) const DPS_REGISTRY_API_VERSION: &str = "2025-02-01-preview";
+/// The hub api-version of the certificate management preview (`properties.deviceRegistry`).
+pub(crate) const HUB_REGISTRY_API_VERSION: &str = "2025-08-01-preview";
+
+/// An Azure Device Registry namespace, as ARM describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceResource {
+    /// Resource name.
+    pub name: String,
+    /// ARM resource id (what a DPS or hub links to).
+    pub id: String,
+    /// Azure region.
+    pub location: String,
+    /// The namespace's `uuid`.
+    pub uuid: String,
+}
+
+impl NamespaceResource {
+    fn from_json(value: &Value) -> Result<Self> {
+        let text = |v: &Value, what: &str| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::protocol(format!("namespace answer without {what}: {value}")))
+        };
+        Ok(NamespaceResource {
+            name: text(&value["name"], "a name")?,
+            id: text(&value["id"], "an id")?,
+            location: text(&value["location"], "a location")?,
+            uuid: value["properties"]["uuid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        })
+    }
+}
+
+/// A namespace's credential policy, as ARM describes it: what it issues and its issuing CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyResource {
+    /// Policy name.
+    pub name: String,
+    /// ARM resource id.
+    pub id: String,
+    /// Days an issued device certificate is valid.
+    pub validity_days: u32,
+    /// The CA's key type (`ECC`).
+    pub key_type: String,
+    /// The issuing CA's subject (read-only; `None` until ARM reports it).
+    pub subject: Option<String>,
+    /// The issuing CA's validity start, ISO 8601.
+    pub not_before: Option<String>,
+    /// The issuing CA's validity end, ISO 8601.
+    pub not_after: Option<String>,
+}
+
+impl PolicyResource {
+    fn from_json(value: &Value) -> Result<Self> {
+        let certificate = &value["properties"]["certificate"];
+        let ca = &certificate["certificateAuthorityConfiguration"];
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        let days = certificate["leafCertificateConfiguration"]["validityPeriodInDays"]
+            .as_u64()
+            .and_then(|d| u32::try_from(d).ok())
+            .ok_or_else(|| {
+                Error::protocol(format!(
+                    "policy answer without validityPeriodInDays: {value}"
+                ))
+            })?;
+        Ok(PolicyResource {
+            name: text(&value["name"])
+                .ok_or_else(|| Error::protocol(format!("policy answer without a name: {value}")))?,
+            id: text(&value["id"]).unwrap_or_default(),
+            validity_days: days,
+            key_type: text(&ca["keyType"]).unwrap_or_default(),
+            subject: text(&ca["subject"]),
+            not_before: text(&ca["validityNotBefore"]),
+            not_after: text(&ca["validityNotAfter"]),
+        })
+    }
+}
+
+/// What links to a Device Registry namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceLinkTarget {
+    /// A DPS instance (`properties.deviceRegistryNamespace`).
+    Dps,
+    /// An IoT hub (`properties.deviceRegistry`).
+    Hub,
+}
 
 /// A client for one subscription and resource group.
 #[derive(Clone)]
@@ -1491,6 +1587,222 @@ impl ArmClient {
             authority.create_verification_certificate(code, Validity::days(1, None)?)?;
         self.verify_certificate(dps, name, &coded.etag, &verification)
             .await
+    }
+
+    // ---- Azure Device Registry ------------------------------------------------------------
+
+    fn registry_url(&self) -> String {
+        format!(
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.DeviceRegistry/namespaces",
+            self.endpoint,
+            crate::sas::url_encode(&self.subscription_id),
+            crate::sas::url_encode(&self.resource_group),
+        )
+    }
+
+    fn namespace_url(&self, namespace: &str) -> String {
+        format!(
+            "{}/{}",
+            self.registry_url(),
+            crate::sas::url_encode(namespace)
+        )
+    }
+
+    fn policy_url(&self, namespace: &str, policy: &str) -> String {
+        format!(
+            "{}/credentials/default/policies/{}",
+            self.namespace_url(namespace),
+            crate::sas::url_encode(policy)
+        )
+    }
+
+    /// Creates a Device Registry namespace with a system-assigned identity (or returns the
+    /// existing one) and waits until it is ready; `az iot adr ns create` sends the same.
+    pub async fn create_device_registry_namespace(
+        &self,
+        name: &str,
+        location: &str,
+    ) -> Result<NamespaceResource> {
+        crate::protocol::validate_namespace_name(name)?;
+        let what = format!("creating Device Registry namespace {name}");
+        let url = self.namespace_url(name);
+        if let Some(existing) = self.existing(&url, REGISTRY_API_VERSION, &what).await? {
+            return NamespaceResource::from_json(&existing);
+        }
+        let body = json!({
+            "location": location,
+            "identity": {"type": "SystemAssigned"},
+            "properties": {},
+        });
+        let value = self
+            .put_and_wait(url, REGISTRY_API_VERSION, body, &what)
+            .await?;
+        NamespaceResource::from_json(&value)
+    }
+
+    /// One Device Registry namespace.
+    pub async fn device_registry_namespace(&self, name: &str) -> Result<NamespaceResource> {
+        let what = format!("reading Device Registry namespace {name}");
+        self.object(
+            reqwest::Method::GET,
+            self.namespace_url(name),
+            REGISTRY_API_VERSION,
+            &what,
+            NamespaceResource::from_json,
+        )
+        .await
+    }
+
+    /// Every Device Registry namespace of the resource group.
+    pub async fn device_registry_namespaces(&self) -> Result<Vec<NamespaceResource>> {
+        self.list(
+            self.registry_url(),
+            REGISTRY_API_VERSION,
+            "listing Device Registry namespaces",
+            NamespaceResource::from_json,
+        )
+        .await
+    }
+
+    /// Deletes a Device Registry namespace.
+    pub async fn delete_device_registry_namespace(&self, name: &str) -> Result<()> {
+        let what = format!("deleting Device Registry namespace {name}");
+        self.delete(
+            self.namespace_url(name),
+            REGISTRY_API_VERSION,
+            None,
+            false,
+            &what,
+        )
+        .await
+    }
+
+    /// Creates (or updates the validity of) a credential policy of a namespace: its issuing
+    /// CA has `key_type` (`ECC`), the device certificates it issues are valid
+    /// `validity_days` (7 to 90, refused before sending otherwise).
+    pub async fn create_credential_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+        validity_days: u32,
+        key_type: &str,
+    ) -> Result<PolicyResource> {
+        crate::protocol::validate_policy_name(name)?;
+        crate::limits::check_credential_policy(validity_days, key_type)?;
+        let what = format!("creating credential policy {name} in {namespace}");
+        let namespace_resource = self.device_registry_namespace(namespace).await?;
+        let body = json!({
+            "location": namespace_resource.location,
+            "properties": {"certificate": {
+                "certificateAuthorityConfiguration": {"keyType": key_type},
+                "leafCertificateConfiguration": {"validityPeriodInDays": validity_days},
+            }},
+        });
+        let value = self
+            .put_and_wait(
+                self.policy_url(namespace, name),
+                REGISTRY_API_VERSION,
+                body,
+                &what,
+            )
+            .await?;
+        PolicyResource::from_json(&value)
+    }
+
+    /// One credential policy of a namespace.
+    pub async fn credential_policy(&self, namespace: &str, name: &str) -> Result<PolicyResource> {
+        let what = format!("reading credential policy {name} of {namespace}");
+        self.object(
+            reqwest::Method::GET,
+            self.policy_url(namespace, name),
+            REGISTRY_API_VERSION,
+            &what,
+            PolicyResource::from_json,
+        )
+        .await
+    }
+
+    /// Every credential policy of a namespace.
+    pub async fn credential_policies(&self, namespace: &str) -> Result<Vec<PolicyResource>> {
+        let url = format!(
+            "{}/credentials/default/policies",
+            self.namespace_url(namespace)
+        );
+        self.list(
+            url,
+            REGISTRY_API_VERSION,
+            "listing credential policies",
+            PolicyResource::from_json,
+        )
+        .await
+    }
+
+    /// Links a DPS or hub to a namespace as the CLI's `--ns-resource-id` does: GET the
+    /// resource, set its Device Registry property to the namespace's id (with the system-
+    /// assigned identity), PUT it back and wait. Then asks the namespace's credential to sync
+    /// its issuing CAs to linked hubs (the emulator trusts them at link time already).
+    pub async fn link_namespace(
+        &self,
+        target: NamespaceLinkTarget,
+        name: &str,
+        namespace: &str,
+    ) -> Result<()> {
+        let what = format!("linking {name} to Device Registry namespace {namespace}");
+        let namespace_id = self.device_registry_namespace(namespace).await?.id;
+        let (url, api_version) = match target {
+            NamespaceLinkTarget::Dps => (self.dps_url(name), DPS_REGISTRY_API_VERSION),
+            NamespaceLinkTarget::Hub => (self.hub_url(name), HUB_REGISTRY_API_VERSION),
+        };
+        let mut current = self
+            .call(
+                reqwest::Method::GET,
+                url.clone(),
+                api_version,
+                None,
+                None,
+                &what,
+            )
+            .await?
+            .ok_or_else(|| Error::protocol(format!("{what}: empty answer")))?;
+        match target {
+            NamespaceLinkTarget::Dps => {
+                current["properties"]["deviceRegistryNamespace"] = json!({
+                    "resourceId": namespace_id,
+                    "authenticationType": "SystemAssigned",
+                });
+            }
+            NamespaceLinkTarget::Hub => {
+                current["properties"]["deviceRegistry"] = json!({
+                    "namespaceResourceId": namespace_id,
+                });
+            }
+        }
+        strip_read_only(&mut current);
+        self.put_and_wait(url, api_version, current, &what).await?;
+        if target == NamespaceLinkTarget::Hub {
+            self.synchronize_credentials(namespace).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes a namespace's issuing CAs to its linked hubs (`az iot adr ns credential sync`).
+    /// The action's path is UNCONFIRMED: the likely one, `.../credentials/default/synchronize`.
+    pub async fn synchronize_credentials(&self, namespace: &str) -> Result<()> {
+        let what = format!("synchronizing the credentials of {namespace}");
+        let url = format!(
+            "{}/credentials/default/synchronize",
+            self.namespace_url(namespace)
+        );
+        self.call(
+            reqwest::Method::POST,
+            url,
+            REGISTRY_API_VERSION,
+            None,
+            None,
+            &what,
+        )
+        .await
+        .map(drop)
     }
 }
 

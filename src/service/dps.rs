@@ -3,7 +3,9 @@
 //! string, renewed before it expires. Bodies and answers are the service API's serde types
 //! (`protocol::dps_service`, which the emulator answers with too) or any other serde value:
 //! the Python layer passes its dicts through as JSON, so nothing is lost between Azure and the
-//! caller.
+//! caller. An enrollment body naming a Device Registry policy is sent with the api-version that
+//! carries the reference (`credentialPolicyName`: 2025-07-01-preview; the three names:
+//! 2026-11-01).
 
 use std::sync::Mutex;
 use std::time::Duration;

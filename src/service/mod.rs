@@ -22,7 +22,10 @@ pub use crate::protocol::hub_service::{
     AuthenticationMechanism, DeviceCapabilities, DeviceIdentity, SymmetricKey, Twin,
     TwinProperties, X509Thumbprint,
 };
-pub use arm::{AZURE_ARM_ENDPOINT, ArmClient, TokenSource, static_token};
+pub use arm::{
+    AZURE_ARM_ENDPOINT, ArmClient, NamespaceLinkTarget, NamespaceResource, PolicyResource,
+    TokenSource, static_token,
+};
 pub use c2d::{C2dClient, C2dFeedback, C2dMessage, FeedbackReceiver};
 pub use dps::DpsServiceClient;
 pub use events::{

@@ -17,6 +17,7 @@ from dpskit.cli.device import add_device_commands
 from dpskit.cli.emulator import add_emulator_command
 from dpskit.cli.fleet import add_fleet_commands
 from dpskit.cli.hub import add_hub_commands
+from dpskit.cli.registry import add_registry_commands
 from dpskit.errors import DpsKitError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -46,6 +47,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_device_commands(commands)
     add_fleet_commands(commands)
     add_hub_commands(commands)
+    add_registry_commands(commands)
     add_emulator_command(commands)
 
     parser.set_defaults(handler=None, parser=parser)

@@ -41,6 +41,7 @@ def _group_summary(group: EnrollmentGroup) -> dict[str, Any]:
         "provisioningStatus": group.provisioning_status,
         "allocationPolicy": group.allocation_policy or "hashed",
         "iotHubs": list(group.iot_hubs),
+        "credentialPolicyName": group.credential_policy,
         "etag": group.etag,
     }
 
@@ -172,9 +173,36 @@ def cmd_group_create(args: argparse.Namespace) -> int:
             allocation_policy=args.allocation_policy,
             hubs=args.hub or None,
             provisioning_status="disabled" if args.disabled else "enabled",
+            credential_policy=args.credential_policy,
         )
         summary = _group_summary(group)
         _emit(args, summary, f"enrollment group {group.enrollment_group_id}: {summary}")
+    return 0
+
+
+def cmd_enrollment_create(args: argparse.Namespace) -> int:
+    """``dpskit dps enrollment create``."""
+    if (args.certificate is not None) == args.symmetric_key:
+        raise ConfigError("give exactly one of --certificate FILE, --symmetric-key")
+    certificate = Certificate.load(args.certificate) if args.certificate else None
+    with _open_cloud(args) as cloud:
+        enrollment = _dps(cloud, args.dps).create_enrollment(
+            args.registration_id,
+            certificate=certificate,
+            symmetric_key=args.symmetric_key,
+            device_id=args.device_id,
+            hubs=args.hub or None,
+            credential_policy=args.credential_policy,
+        )
+        summary = {
+            "registrationId": enrollment.registration_id,
+            "attestation": enrollment.attestation_type,
+            "deviceId": enrollment.device_id,
+            "iotHubs": list(enrollment.iot_hubs),
+            "credentialPolicyName": enrollment.credential_policy,
+            "etag": enrollment.etag,
+        }
+        _emit(args, summary, f"enrollment {enrollment.registration_id}: {summary}")
     return 0
 
 
@@ -312,6 +340,11 @@ def add_cloud_commands(commands: Any) -> None:
     )
     p.add_argument("--hub", action="append", metavar="HOST", help="allowed hub (repeatable)")
     p.add_argument("--disabled", action="store_true", help="create it disabled")
+    p.add_argument(
+        "--credential-policy",
+        metavar="NAME",
+        help="Device Registry policy issuing the devices' certificates (DPS linked to a namespace)",
+    )
     p.set_defaults(handler=cmd_group_create, parser=p)
     for name, handler, help_text in (
         ("show", cmd_group_show, "show a group"),
@@ -324,6 +357,22 @@ def add_cloud_commands(commands: Any) -> None:
     p = gsub.add_parser("list", parents=[target], help="list the groups")
     p.add_argument("dps")
     p.set_defaults(handler=cmd_group_list, parser=p)
+    enrollments = sub.add_parser("enrollment", help="create individual enrollments")
+    esub = enrollments.add_subparsers(title="commands", metavar="COMMAND")
+    enrollments.set_defaults(handler=None, parser=enrollments)
+    p = esub.add_parser("create", parents=[target], help="create (or replace) an enrollment")
+    p.add_argument("dps")
+    p.add_argument("registration_id")
+    p.add_argument("--certificate", metavar="FILE", help="the device's certificate")
+    p.add_argument("--symmetric-key", action="store_true", help="a symmetric-key enrollment")
+    p.add_argument("--device-id", help="the device id in the hub (default: the registration id)")
+    p.add_argument("--hub", action="append", metavar="HOST", help="allowed hub (repeatable)")
+    p.add_argument(
+        "--credential-policy",
+        metavar="NAME",
+        help="Device Registry policy issuing the device's certificate (DPS linked to a namespace)",
+    )
+    p.set_defaults(handler=cmd_enrollment_create, parser=p)
     p = sub.add_parser("registrations", parents=[target], help="registration records")
     p.add_argument("dps")
     p.add_argument("group", nargs="?", help="only this group's (default: all)")

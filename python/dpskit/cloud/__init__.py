@@ -16,6 +16,7 @@ The package, by room (each module imports only those above it when it runs; ``hu
     recording.py    the local cloud's request recording
     hub.py          Hub
     dps.py          Dps
+    registry.py     DeviceRegistryNamespace, CredentialPolicy (Azure Device Registry)
     base.py         _Cloud, what both clouds share (resources through ARM)
     local.py        LocalCloud, LocalCloudClient, the endpoints file
     azure.py        AzureCloud
@@ -67,12 +68,15 @@ from dpskit.cloud.records import (
     TraceEvent,
 )
 from dpskit.cloud.records import ThrottledRequests as ThrottledRequests
+from dpskit.cloud.registry import CredentialPolicy, DeviceRegistryNamespace
 
 __all__ = [
     "AzureCloud",
     "C2dFeedback",
     "CaCertificateInfo",
     "CertificateSummary",
+    "CredentialPolicy",
+    "DeviceRegistryNamespace",
     "Dps",
     "Enrollment",
     "EnrollmentGroup",

@@ -3,11 +3,12 @@ the service APIs, and the hubs, DPS instances and links made through it."""
 
 from __future__ import annotations
 
-from dpskit._native import DpsRecord, Emulator, HubRecord, HubUsageRecord, RestClient
+from dpskit._native import Certificate, DpsRecord, Emulator, HubRecord, HubUsageRecord, RestClient
 from dpskit.cloud._common import DEFAULT_MQTT_PORT, WEB_PORT
 from dpskit.cloud.dps import Dps
 from dpskit.cloud.hub import Hub
 from dpskit.cloud.records import LinkedHub
+from dpskit.cloud.registry import DeviceRegistryNamespace
 from dpskit.errors import ConfigError
 
 
@@ -49,6 +50,11 @@ class _Cloud:
         """A hub's usage as ARM reports it (its ``quotaMetrics``); the in-process emulator
         reads its own meters, throttle refusals included."""
         return self._rest.hub_usage(hub.name)
+
+    def _registry_certificate(self, namespace: str, policy: str | None) -> Certificate | None:
+        """A namespace's root CA (``policy`` None) or a policy's issuing CA, where this cloud
+        can know it (ARM does not publish them: ``None``)."""
+        return None
 
     # -- resources -------------------------------------------------------------------------
 
@@ -144,3 +150,43 @@ class _Cloud:
         host = self._rest.hub(hub_name).host_name.lower()
         link = next(k for k in resource.linked_hubs if k.host_name.lower() == host)
         return LinkedHub._from_native(link, hub_name)
+
+    # -- Azure Device Registry ---------------------------------------------------------------
+
+    def create_device_registry_namespace(
+        self, name: str, location: str | None = None
+    ) -> DeviceRegistryNamespace:
+        """Create an Azure Device Registry namespace with certificate management on (or return
+        the existing one); its root CA is made with it. ``location`` defaults to
+        ``westeurope``. The name must follow ADR's rule (3-64 lower-case letters, digits and
+        hyphens, starting and ending with a letter or digit): others raise ``ConfigError``
+        before any request."""
+        record = self._rest.create_device_registry_namespace(name, location or "westeurope")
+        return DeviceRegistryNamespace(self, record)
+
+    def device_registry_namespace(self, name: str) -> DeviceRegistryNamespace:
+        """An existing Device Registry namespace."""
+        return DeviceRegistryNamespace(self, self._rest.device_registry_namespace(name))
+
+    def device_registry_namespaces(self) -> list[DeviceRegistryNamespace]:
+        """Every Device Registry namespace of the resource group."""
+        return [DeviceRegistryNamespace(self, r) for r in self._rest.device_registry_namespaces()]
+
+    def delete_device_registry_namespace(self, namespace: DeviceRegistryNamespace | str) -> None:
+        """Delete a namespace with its policies (linked DPS instances stop issuing, linked hubs
+        stop trusting its CAs)."""
+        name = namespace.name if isinstance(namespace, DeviceRegistryNamespace) else namespace
+        self._rest.delete_device_registry_namespace(name)
+
+    def link_namespace(self, target: Dps | Hub, namespace: DeviceRegistryNamespace | str) -> None:
+        """Link a DPS (its enrollments may then name the namespace's policies) or a hub (it then
+        trusts the namespace's issuing CAs) to a namespace, as the CLI's ``--ns-resource-id``
+        does: the resource's Device Registry property is set by a PUT of the resource. A DPS or
+        hub links to one namespace only (``ConflictError`` for a second)."""
+        name = namespace.name if isinstance(namespace, DeviceRegistryNamespace) else namespace
+        if isinstance(target, Dps):
+            self._rest.link_namespace("dps", target.name, name)
+        elif isinstance(target, Hub):
+            self._rest.link_namespace("hub", target.name, name)
+        else:
+            raise ConfigError("link_namespace links a Dps or a Hub")

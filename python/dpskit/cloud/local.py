@@ -8,12 +8,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from dpskit._native import (
     EMULATOR_CA_FILE,
+    Certificate,
     Emulator,
     HubUsageRecord,
     RestClient,
@@ -25,7 +27,7 @@ from dpskit.cloud.base import _Cloud
 from dpskit.cloud.hub import Hub
 from dpskit.cloud.recording import RequestRecording
 from dpskit.cloud.records import ThrottledRequests, TraceEvent
-from dpskit.errors import EmulatorError
+from dpskit.errors import ConfigError, EmulatorError
 
 #: A running local cloud describes its endpoints in this file of its data folder.
 ENDPOINTS_FILE = "endpoints.json"
@@ -139,6 +141,10 @@ class LocalCloud(_Cloud):
     hub's built-in Event Hub-compatible endpoint, where ``azure-eventhub`` reads its telemetry.
     Where 5671 cannot be bound a free port is used instead, said once in the log;
     :attr:`amqp_port` tells which.
+
+    The cloud keeps its own clock: ``clock`` (an aware ``datetime``) starts it elsewhere in time
+    for a new ``data_dir`` (a kept folder only moves forward), and :meth:`advance_time` moves it
+    on, so certificates expire and renew in seconds; :meth:`now` tells where it stands.
     """
 
     subscription_id = "00000000-0000-0000-0000-000000000000"
@@ -163,7 +169,10 @@ class LocalCloud(_Cloud):
         arm_page_size: int = 100,
         throttle_every: int = 0,
         throttle_retry_after: int = 1,
+        clock: datetime | None = None,
     ) -> None:
+        if clock is not None and clock.tzinfo is None:
+            raise ConfigError("clock must be an aware datetime (give it a tzinfo, e.g. UTC)")
         # Log lines of the emulator follow the `logging` configuration current at start.
         _refresh_logging()
         _raise_open_file_limit()
@@ -184,6 +193,7 @@ class LocalCloud(_Cloud):
             arm_page_size=arm_page_size,
             throttle_every=throttle_every,
             throttle_retry_after=throttle_retry_after,
+            start_time=int(clock.timestamp()) if clock is not None else None,
         )
         # On loopback without arm_tokens ARM accepts any bearer token; off loopback the emulator
         # generates one when none is configured, and only the configured or generated one works.
@@ -284,6 +294,30 @@ class LocalCloud(_Cloud):
 
     def _emulator_only(self, feature: str) -> Emulator:
         return self._emulator
+
+    def _registry_certificate(self, namespace: str, policy: str | None) -> Certificate | None:
+        pem = (
+            self._emulator.namespace_root_pem(namespace)
+            if policy is None
+            else self._emulator.policy_issuing_pem(namespace, policy)
+        )
+        return Certificate.from_pem(pem)
+
+    def now(self) -> datetime:
+        """The cloud's now (UTC): the wall clock plus every :meth:`advance_time`."""
+        return datetime.fromtimestamp(self._emulator.now_ms() / 1000, tz=timezone.utc)
+
+    def advance_time(
+        self, *, days: float = 0, hours: float = 0, minutes: float = 0, seconds: float = 0
+    ) -> datetime:
+        """Move the cloud's clock forward (kept in its data folder): certificates expire, SAS
+        tokens run out and pending operations lapse as if that much time had passed. Returns
+        the new now. Time only moves forward (``ConfigError`` otherwise)."""
+        total = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if total < timedelta(0):
+            raise ConfigError("the cloud's clock only moves forward")
+        now_ms = self._emulator.advance_time(int(total.total_seconds()))
+        return datetime.fromtimestamp(now_ms / 1000, tz=timezone.utc)
 
     def _hub_usage(self, hub: Hub) -> HubUsageRecord:
         return self._emulator.hub_usage(hub.host_name)

@@ -7,6 +7,11 @@
 //! writes are long-running operations (`operations.rs`) and their lists are paged with
 //! `nextLink`, as Azure's are. A hub's `sku` is kept as PUT (S1, one unit, when never given);
 //! the `dpskit-presets` tag makes the hub enforce that tier's quotas.
+//!
+//! Under `.../providers/Microsoft.DeviceRegistry/namespaces`: Azure Device Registry's
+//! certificate management preview (api-version 2025-11-01-preview): namespaces, their one
+//! credential `default` and its policies (`emulator::device_registry` holds the CAs). A DPS or
+//! hub PUT (or PATCH) naming a namespace links it.
 
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -526,7 +531,7 @@ fn provisioning_services(
         )),
         (&Method::PATCH, 0, _) => {
             let body = parse_json(request.body)?;
-            set_namespace_link(request, LinkedKind::Dps, name, &body["properties"], context)?;
+            set_namespace_link(LinkedKind::Dps, name, &body["properties"], context)?;
             Ok(Reply::json(
                 StatusCode::OK,
                 dps_view(group_base, &cloud.dps(name)?, context),
@@ -707,7 +712,7 @@ fn put_dps(
             cloud.unlink_hub(name, &link.hub)?;
         }
     }
-    set_namespace_link(request, LinkedKind::Dps, name, &body["properties"], context)?;
+    set_namespace_link(LinkedKind::Dps, name, &body["properties"], context)?;
     // ARM PUT replaces the tags: the presets follow the tag of each PUT (dpskit's linking
     // GETs the resource and PUTs it back, tags included).
     let presets = body["tags"][crate::limits::PRESETS_TAG].as_str() == Some("on");
@@ -823,7 +828,7 @@ fn iot_hubs(
                         .hubs
                         .set_preset(&hub.host_name, hub.sku.filter(|_| hub.presets));
                 }
-                set_namespace_link(request, LinkedKind::Hub, name, &body["properties"], context)?;
+                set_namespace_link(LinkedKind::Hub, name, &body["properties"], context)?;
                 return Ok(Reply::json(
                     StatusCode::OK,
                     hub_view(group_base, &hub, context),
@@ -843,7 +848,7 @@ fn iot_hubs(
             context
                 .hubs
                 .set_preset(&hub.host_name, hub.sku.filter(|_| hub.presets));
-            set_namespace_link(request, LinkedKind::Hub, name, &body["properties"], context)?;
+            set_namespace_link(LinkedKind::Hub, name, &body["properties"], context)?;
             // Devices must reach the new hub at once.
             context.listeners.listen_for_host(&hub.host_name)?;
             let id =
@@ -864,7 +869,7 @@ fn iot_hubs(
         )),
         (&Method::PATCH, 0, _) => {
             let body = parse_json(request.body)?;
-            set_namespace_link(request, LinkedKind::Hub, name, &body["properties"], context)?;
+            set_namespace_link(LinkedKind::Hub, name, &body["properties"], context)?;
             Ok(Reply::json(
                 StatusCode::OK,
                 hub_view(group_base, &cloud.hub(name)?, context),
@@ -1391,7 +1396,6 @@ fn namespace_of(resource_id: &str) -> crate::Result<String> {
 /// that lacks it write it back without it. Linking is also the emulator's credential sync: the
 /// hub trusts the namespace's issuing CAs from now on.
 fn set_namespace_link(
-    _request: &ArmRequest<'_>,
     kind: LinkedKind,
     name: &str,
     properties: &Value,
@@ -1611,6 +1615,12 @@ fn registry_request(
         },
     };
     let is_default = |i: usize| lower.get(i) == Some(&credential);
+    // Set above for every path below a namespace (the PUT that creates one aside).
+    let looked_up = || {
+        namespace
+            .as_ref()
+            .ok_or_else(|| Error::emulator("a Device Registry path without its namespace"))
+    };
     match (method, lower.as_slice()) {
         (&Method::GET, []) => {
             let items = cloud
@@ -1639,20 +1649,20 @@ fn registry_request(
         }
         (&Method::GET | &Method::PATCH, [_]) => Ok(Reply::json(
             StatusCode::OK,
-            namespace_json(base, namespace.as_ref().expect("looked up"), context),
+            namespace_json(base, looked_up()?, context),
         )),
         (&Method::DELETE, [_]) => {
             cloud.delete_device_registry_namespace(rest[0])?;
             Ok(Reply::empty(StatusCode::OK))
         }
         (&Method::GET, [_, "credentials"]) => {
-            let ns = namespace.as_ref().expect("looked up");
+            let ns = looked_up()?;
             Ok(page(request, context, vec![credential_json(base, ns)]))
         }
         // The root CA is made with the namespace (the emulator's namespaces all have
         // certificate management on), so a PUT or PATCH of the credential finds it made.
         (&Method::GET | &Method::PUT | &Method::PATCH, [_, "credentials", _]) if is_default(2) => {
-            let ns = namespace.as_ref().expect("looked up");
+            let ns = looked_up()?;
             Ok(Reply::json(StatusCode::OK, credential_json(base, ns)))
         }
         // Credential sync: the emulator's hubs trust a namespace's issuing CAs from the moment
@@ -1663,7 +1673,7 @@ fn registry_request(
             Ok(Reply::empty(StatusCode::OK))
         }
         (&Method::GET, [_, "credentials", _, "policies"]) if is_default(2) => {
-            let ns = namespace.as_ref().expect("looked up");
+            let ns = looked_up()?;
             let items = cloud
                 .credential_policies(&ns.name)?
                 .iter()
@@ -1672,7 +1682,7 @@ fn registry_request(
             Ok(page(request, context, items))
         }
         (_, [_, "credentials", _, "policies", _]) if is_default(2) => {
-            let ns = namespace.as_ref().expect("looked up");
+            let ns = looked_up()?;
             let policy = rest[4];
             let existing = cloud.credential_policy(&ns.name, policy).ok();
             match (method, existing) {

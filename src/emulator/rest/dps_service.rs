@@ -3,7 +3,9 @@
 //! swagger, as the serde types of `protocol::dps_service` (the REST client's too): `attestation`
 //! required (as Azure requires it), other explicit `null`s accepted, a member of the wrong type
 //! refused, certificates answered as `info` (never raw), etags with `If-Match`/412, errors as
-//! `ProvisioningServiceErrorDetails` plus `x-ms-error-code`.
+//! `ProvisioningServiceErrorDetails` plus `x-ms-error-code`. An enrollment's Device Registry
+//! policy reference (`credentialPolicyName`, or the three names) is kept as sent and refused
+//! when this DPS cannot issue with it (no namespace linked, no such policy).
 
 use hyper::header::IF_MATCH;
 use hyper::http::request::Parts;
