@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::clock::{Clock, now};
+use crate::clock::Clock;
 use crate::emulator::model::*;
 use crate::emulator::store::{Store, kind};
 use crate::emulator::tls::EmulatorTls;
@@ -303,7 +303,7 @@ impl Cloud {
             policies: default_hub_policies(&primary_key, &secondary_key)?,
             primary_key,
             secondary_key,
-            created: now(),
+            created: self.clock.now(),
             sku: None,
             presets: false,
             events: Default::default(),
@@ -520,7 +520,7 @@ impl Cloud {
             secondary_key: crate::sas::generate_key()?,
             linked_hubs: Vec::new(),
             certificates: Vec::new(),
-            created: now(),
+            created: self.clock.now(),
             presets: false,
         };
         self.store.put(kind::DPS, name, &dps)?;
@@ -658,7 +658,7 @@ impl Cloud {
     ) -> Result<CaCertificate> {
         crate::protocol::names::check_resource_name("certificate", name)?;
         self.update_dps(dps, |record, _| {
-            let now = now();
+            let now = self.clock.now();
             let existing = record.certificates.iter().position(|c| c.name == name);
             let created = match existing {
                 Some(i) => {
@@ -740,7 +740,7 @@ impl Cloud {
             crate::random::fill_random(&mut bytes)?;
             ca.verification_code = Some(crate::pki::cert::hex_upper(&bytes));
             ca.etag = new_etag();
-            ca.updated = now();
+            ca.updated = self.clock.now();
             Ok(ca.clone())
         })
     }
@@ -790,7 +790,7 @@ impl Cloud {
                     ),
                 ));
             }
-            let t = now();
+            let t = self.clock.now();
             if t < info.not_before || t > info.not_after {
                 return Err(Error::service(400, 400_027, "The verification certificate is not valid now."));
             }
@@ -871,14 +871,19 @@ impl Cloud {
     /// (or that it exists when an etag is given), resolves the attestation (kept when the spec
     /// omits it), validates it and the hubs, and returns (attestation, created, now).
     fn prepare_put(
+        &self,
         record: &DpsRecord,
-        what: &str,
         id: &str,
         existing: Option<(&str, &Attestation, i64)>,
         spec: &EnrollmentSpec,
         if_match: Option<&str>,
         group: bool,
     ) -> Result<(Attestation, i64, i64)> {
+        let what = if group {
+            "enrollment group"
+        } else {
+            "enrollment"
+        };
         match existing {
             Some((etag, _, _)) => check_etag(etag, if_match)?,
             None if if_match.is_some_and(|t| t != "*") => return Err(not_found(what, id)),
@@ -893,7 +898,7 @@ impl Cloud {
         };
         Self::check_attestation(record, &attestation, group)?;
         Self::check_hubs_linked(record, &spec.settings)?;
-        let t = now();
+        let t = self.clock.now();
         Ok((
             attestation,
             existing.map_or(t, |(_, _, created)| created),
@@ -920,15 +925,8 @@ impl Cloud {
             .groups
             .get(&key)
             .map(|e| (e.etag.as_str(), &e.attestation, e.created));
-        let (attestation, created, t) = Self::prepare_put(
-            record,
-            "enrollment group",
-            group_id,
-            existing,
-            &spec,
-            if_match,
-            true,
-        )?;
+        let (attestation, created, t) =
+            self.prepare_put(record, group_id, existing, &spec, if_match, true)?;
         let group = EnrollmentGroup {
             enrollment_group_id: group_id.to_string(),
             attestation,
@@ -1001,15 +999,8 @@ impl Cloud {
             .enrollments
             .get(&key)
             .map(|e| (e.etag.as_str(), &e.attestation, e.created));
-        let (attestation, created, t) = Self::prepare_put(
-            record,
-            "enrollment",
-            registration_id,
-            existing,
-            &spec,
-            if_match,
-            false,
-        )?;
+        let (attestation, created, t) =
+            self.prepare_put(record, registration_id, existing, &spec, if_match, false)?;
         let enrollment = IndividualEnrollment {
             registration_id: registration_id.to_string(),
             device_id: spec.device_id,

@@ -1,6 +1,12 @@
 //! The DPS device API: authentication at CONNECT, the register / operation-status exchange,
 //! X.509 and symmetric-key attestation, enrollment precedence, allocation and reprovisioning,
-//! with Azure's status codes, bodies and error codes.
+//! with Azure's status codes, bodies and error codes; from api-version 2025-07-01-preview a
+//! register request may carry a CSR, issued through the enrollment's Device Registry policy
+//! (the chain on the assigned answer only).
+//!
+//! Certificates, tokens and the registration records' times read the cloud's clock; error
+//! answers' `timestampUtc` stays on the wall clock (it dates the answer for the logs, beside
+//! its tracking id), and the assignment latency and operations' lifetime are real time.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

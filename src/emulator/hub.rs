@@ -1,5 +1,7 @@
 //! The IoT Hub device API behind the shared listener: identities from DPS or the service API
-//! (thumbprint or SAS; a disabled or `certificateAuthority` identity is refused), one
+//! (thumbprint, SAS, or `certificateAuthority`: a chain leading to a Device Registry issuing CA
+//! synced to the hub; a disabled identity, and a certificate outside its validity, refused),
+//! certificate renewal on `$iothub/credentials` ([`renewal`]), one
 //! connection per device, its connection times, telemetry stored durably before it is
 //! acknowledged, twins with versions (the service's patches and replaces checked against the
 //! etag in the same transaction), direct methods (waiting for the device to come online when
@@ -7,7 +9,8 @@
 //! on time, delivery count, completion, purge; the feedback asked for goes to `feedback`),
 //! persistent sessions; the events endpoint's retention (events past it deleted at start and
 //! hourly); and, for a hub that enforces its tier, that tier's throttles and daily quota (kept
-//! by `quotas`).
+//! by `quotas`). Time is the cloud's clock (tokens, certificates, C2D expiry, feedback, events'
+//! enqueued times and retention); the sweepers wake when it moves.
 //!
 //! Concurrency, hazard-free by construction: every engine lock (`sessions`, `subscriptions`,
 //! `pending_methods`, `activity`, `expiries`, the knobs, and those of `quotas`) guards one map (or heap), is held only to read or change

@@ -8,6 +8,12 @@
 //! client id equal to the identity of the username. A DPS client must register within the
 //! connect deadline; a hub session stops reading while `TELEMETRY_WINDOW` messages wait for
 //! their PUBACK, so every queue between a connection and the store is bounded.
+//!
+//! The CONNECT's api-version switches the certificate management preview on: a DPS session
+//! at 2025-07-01-preview or later may send a CSR; a hub session at 2025-08-01-preview or later
+//! may subscribe to and publish on `$iothub/credentials/` (for any other they are unknown
+//! topics, which close the connection). A SAS session ends when its token expires on the
+//! cloud's clock.
 
 use std::sync::Arc;
 use std::time::Duration;

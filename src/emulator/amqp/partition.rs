@@ -162,7 +162,10 @@ pub(crate) async fn stream(
             // Waits for credit; a client that detaches meanwhile ends it with an error.
             let mut message = event_message(&event, device.as_ref());
             if let Some(last) = last {
-                message.delivery_annotations = Some(runtime_metric_annotations(last));
+                message.delivery_annotations = Some(runtime_metric_annotations(
+                    last,
+                    context.cloud.clock().now_ms(),
+                ));
             }
             if let Err(e) = sender.send(message).await {
                 log::debug!("emulator: AMQP partition reader ended: {e}");
@@ -196,9 +199,11 @@ fn auth_method(kind: &str) -> String {
 }
 
 /// What a client that tracks the last enqueued event gets with each event: the partition's last
-/// event (sequence number, offset, enqueued time) when the page was read.
+/// event (sequence number, offset, enqueued time) when the page was read at `now_ms` (the
+/// cloud's clock, as the enqueued times are).
 fn runtime_metric_annotations(
     (sequence, offset, enqueued): (i64, i64, i64),
+    now_ms: i64,
 ) -> DeliveryAnnotations {
     DeliveryAnnotations::builder()
         .insert(
@@ -215,9 +220,7 @@ fn runtime_metric_annotations(
         )
         .insert(
             Symbol::from("runtime_info_retrieval_time_utc"),
-            Value::Timestamp(Timestamp::from_milliseconds(
-                crate::clock::now().saturating_mul(1000),
-            )),
+            Value::Timestamp(Timestamp::from_milliseconds(now_ms)),
         )
         .build()
 }

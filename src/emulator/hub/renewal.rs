@@ -62,7 +62,8 @@ struct Pending {
 struct Refusal {
     code: u32,
     message: String,
-    info: Option<ErrorInfo>,
+    /// Boxed: most refusals have none, and results carrying a refusal stay small.
+    info: Option<Box<ErrorInfo>>,
 }
 
 impl Refusal {
@@ -118,12 +119,12 @@ impl Renewals {
         match (&state.pending, replace) {
             (Some(pending), None) => {
                 return Err(Refusal {
-                    info: Some(ErrorInfo {
+                    info: Some(Box::new(ErrorInfo {
                         request_id: Some(pending.rid.clone()),
                         operation_expires: Some(azure_time_nanos(pending.expires_ms)),
                         correlation_id: Some(pending.correlation_id.clone()),
                         ..ErrorInfo::default()
-                    }),
+                    })),
                     ..Refusal::new(codes::OPERATION_ACTIVE, messages::OPERATION_ACTIVE)
                 });
             }
@@ -132,10 +133,10 @@ impl Renewals {
             (None, Some(named)) if named == credentials::REPLACE_ANY => {}
             (_, Some(named)) => {
                 return Err(Refusal {
-                    info: Some(ErrorInfo {
+                    info: Some(Box::new(ErrorInfo {
                         request_id: Some(named.to_string()),
                         ..ErrorInfo::default()
-                    }),
+                    })),
                     ..Refusal::new(codes::NOTHING_TO_REPLACE, messages::NOTHING_TO_REPLACE)
                 });
             }
@@ -285,7 +286,7 @@ impl HubEngine {
                     engine.answer(&hub, &device_id, 200, &rid, &issued);
                 }
                 Err(mut refusal) => {
-                    let info = refusal.info.get_or_insert_with(ErrorInfo::default);
+                    let info = refusal.info.get_or_insert_with(Box::default);
                     info.correlation_id = Some(correlation_id);
                     engine.refuse(&hub, &device_id, &rid, refusal);
                 }
@@ -306,11 +307,11 @@ impl HubEngine {
         use base64::Engine;
         use base64::engine::general_purpose::STANDARD as BASE64;
         let rejected = |error: &str, why: String| Refusal {
-            info: Some(ErrorInfo {
+            info: Some(Box::new(ErrorInfo {
                 credential_error: Some(error.to_string()),
                 credential_message: Some(why),
                 ..ErrorInfo::default()
-            }),
+            })),
             ..Refusal::new(codes::CSR_REJECTED, messages::CSR_REJECTED)
         };
         let request = CertificateRequest::from_base64(csr).map_err(|e| {
@@ -353,7 +354,7 @@ impl HubEngine {
             message: refusal.message.clone(),
             tracking_id: random_guid(),
             timestamp_utc: azure_time_nanos(self.cloud.clock().now_ms()),
-            info: refusal.info.clone(),
+            info: refusal.info.as_deref().cloned(),
             retry_after: None,
         };
         self.answer(hub, device_id, refusal.status(), rid, &body);

@@ -614,7 +614,7 @@ fn put_device(
             )));
         }
     };
-    let now = crate::clock::now();
+    let now = context.cloud.clock().now();
     let device = match existing {
         Some(old) => HubDevice {
             auth,
