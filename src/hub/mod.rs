@@ -949,6 +949,18 @@ fn renewal_answer(device_id: &str, rid: &str, status: u16, body: &[u8]) -> Resul
                     info.request_id.as_deref().unwrap_or("unknown"),
                     info.operation_expires.as_deref().unwrap_or("unknown")
                 )),
+                credentials::codes::THROTTLED_DEVICE | credentials::codes::THROTTLED_HUB => {
+                    let whose = if error.error_code == credentials::codes::THROTTLED_DEVICE {
+                        "this device"
+                    } else {
+                        "this hub"
+                    };
+                    message.push_str(&format!(" (too many renewal requests for {whose}"));
+                    if let Some(seconds) = error.retry_after {
+                        message.push_str(&format!("; try again in {seconds} s"));
+                    }
+                    message.push(')');
+                }
                 credentials::codes::CSR_REJECTED => message.push_str(&format!(
                     " (credentialError: {}{})",
                     info.credential_error.as_deref().unwrap_or("none given"),
@@ -1100,6 +1112,13 @@ mod tests {
         ));
         assert_eq!((throttled.status, throttled.retry_after), (429, Some(7.0)));
         assert_eq!(throttled.kind(), crate::error::ServiceErrorKind::Throttled);
+        assert!(
+            throttled
+                .message
+                .contains("too many renewal requests for this device; try again in 7 s"),
+            "{}",
+            throttled.message
+        );
         let rejected = service(renewal_answer(
             "d",
             "r4",
