@@ -493,6 +493,22 @@ pub fn certificate_request(
     Ok((request, key))
 }
 
+/// A new key of `algorithm` and a CSR for it with CN = `common_name`, made on the blocking
+/// pool (an RSA key takes long enough to stall the devices sharing a worker).
+pub async fn new_certificate_request(
+    common_name: &str,
+    algorithm: KeyAlgorithm,
+) -> Result<(CertificateRequest, PrivateKey)> {
+    let common_name = common_name.to_string();
+    let (csr, key) = tokio::task::spawn_blocking(move || {
+        certificate_request(&common_name, None, None, algorithm)
+    })
+    .await
+    .map_err(|e| Error::config_caused("making a device key failed", e))??;
+    let key = key.ok_or_else(|| Error::config("no key was made for the CSR"))?;
+    Ok((csr, key))
+}
+
 /// The credential an issued chain makes with the key its CSR was made for: the leaf, the key,
 /// and the issuers (issuing CA, root), ready for the hub.
 pub fn issued_credential(chain: &[Certificate], key: PrivateKey) -> Result<DeviceCredential> {

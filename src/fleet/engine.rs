@@ -26,7 +26,7 @@ use crate::hub::{HubClient, HubConnectOptions, PendingAck, TelemetryMessage};
 use crate::pki::KeyAlgorithm;
 use crate::provisioning::{
     DeviceAuth, HookFuture, ProvisioningRequest, RegistrationHooks, RegistrationResult, Trust,
-    certificate_request, issued_credential, provision_observed,
+    issued_credential, new_certificate_request, provision_observed,
 };
 use crate::transport::jittered_backoff;
 use crate::transport::mqtt::Via;
@@ -959,7 +959,8 @@ async fn provision_device(
 ) -> Result<Registered> {
     let settings = &context.settings;
     let (csr, key) = if settings.issue_certificates {
-        let (csr, key) = new_csr(&device.registration_id, settings.csr_algorithm()?).await?;
+        let (csr, key) =
+            new_certificate_request(&device.registration_id, settings.csr_algorithm()?).await?;
         (Some(csr), Some(key))
     } else {
         (None, None)
@@ -1022,28 +1023,12 @@ async fn provision_device(
     }
 }
 
-/// A new key and a CSR for it (CN = `common_name`), made on the blocking pool: an RSA key
-/// takes long enough to stall the devices sharing a worker.
-async fn new_csr(
-    common_name: &str,
-    algorithm: KeyAlgorithm,
-) -> Result<(crate::pki::CertificateRequest, crate::pki::PrivateKey)> {
-    let common_name = common_name.to_string();
-    let (csr, key) = tokio::task::spawn_blocking(move || {
-        certificate_request(&common_name, None, None, algorithm)
-    })
-    .await
-    .map_err(|e| Error::config_caused("making a device key failed", e))??;
-    let key = key.ok_or_else(|| Error::config("no key was made for the CSR"))?;
-    Ok((csr, key))
-}
-
 /// Renews the device's certificate through its hub (a new key and CSR); returns when the
 /// new one expires. The device keeps its connection (the new certificate is for the next).
 async fn renew_device(settings: &FleetSettings, client: &HubClient) -> Result<i64> {
-    let (csr, key) = new_csr(client.device_id(), settings.csr_algorithm()?).await?;
-    let chain = client.renew_certificate(&csr, None).await?;
-    let renewed = issued_credential(&chain, key)?;
+    let renewed = client
+        .renew_credential(Some(settings.csr_algorithm()?), None)
+        .await?;
     Ok(renewed.credential().certificate().info().not_after)
 }
 

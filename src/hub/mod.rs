@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::error::{Error, Result, ServiceFailure};
-use crate::pki::{Certificate, CertificateRequest};
+use crate::pki::{Certificate, CertificateRequest, DeviceCredential, KeyAlgorithm};
 use crate::protocol::bags::{encode_property_bag, parse_property_bag};
 use crate::protocol::credentials;
 use crate::protocol::hub::{self as wire, CloudPublish, DeviceRequest, Subscription};
@@ -413,6 +413,9 @@ pub struct HubClient {
     /// Connected for renewals (`HubConnectOptions::certificate_renewal`).
     certificate_renewal: bool,
     renewal_timeout: Duration,
+    /// The key algorithm of the certificate it connected with (none with a key): a renewal
+    /// keeps it unless told otherwise.
+    key_algorithm: Option<KeyAlgorithm>,
 }
 
 impl std::fmt::Debug for HubClient {
@@ -526,6 +529,7 @@ impl HubClient {
             next_rid: std::sync::atomic::AtomicU64::new(1),
             certificate_renewal: options.certificate_renewal,
             renewal_timeout: options.renewal_timeout,
+            key_algorithm: options.auth.credential().map(|c| c.key().algorithm()),
         };
         let filters = connect_filters(
             &hub_client.device_id,
@@ -701,6 +705,23 @@ impl HubClient {
                 self.renewal_timeout.as_secs_f64()
             )))
         })
+    }
+
+    /// [`HubClient::renew_certificate`] with a new key: `algorithm`, else the current
+    /// certificate's, else EC P-256, and a CSR with CN = the device id; returns the new
+    /// credential (the issued certificate, its issuers and the new key).
+    pub async fn renew_credential(
+        &self,
+        algorithm: Option<KeyAlgorithm>,
+        replace: Option<&str>,
+    ) -> Result<DeviceCredential> {
+        let algorithm = algorithm
+            .or(self.key_algorithm)
+            .unwrap_or(KeyAlgorithm::EcP256);
+        let (csr, key) =
+            crate::provisioning::new_certificate_request(&self.device_id, algorithm).await?;
+        let chain = self.renew_certificate(&csr, replace).await?;
+        crate::provisioning::issued_credential(&chain, key)
     }
 
     /// The next cloud-to-device message (`None` once the connection is closed, or at once

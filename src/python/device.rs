@@ -132,8 +132,6 @@ fn provision<'py>(
 #[pyclass(frozen, module = "dpskit._native", name = "HubSession")]
 pub struct PyHubSession {
     client: Arc<HubClient>,
-    /// The key algorithm of the certificate it connected with: a renewal keeps it unless told.
-    algorithm: Option<KeyAlgorithm>,
 }
 
 #[pymethods]
@@ -157,9 +155,6 @@ impl PyHubSession {
         certificate_renewal: bool,
         clock_offset_ms: i64,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let algorithm = certificate
-            .as_ref()
-            .map(|c| c.inner.credential().key().algorithm());
         let mut options =
             HubConnectOptions::new(host, port, device_id, auth(certificate, symmetric_key)?);
         options.certificate_renewal = certificate_renewal;
@@ -173,15 +168,12 @@ impl PyHubSession {
             let client = HubClient::connect(options, &trust).await?;
             Ok(PyHubSession {
                 client: Arc::new(client),
-                algorithm,
             })
         })
     }
 
-    /// Renews the device's certificate through the hub: a new key (`key_algorithm`, else the
-    /// current certificate's, else EC P-256) and CSR (CN = the device id); resolves to the
-    /// new `DeviceCertificate` (key + issued chain). `replace` cancels a pending request
-    /// (`"*"` or its id).
+    /// Renews the device's certificate through the hub (a new key and CSR); resolves to the
+    /// new `DeviceCertificate`. `replace` cancels a pending request (`"*"` or its id).
     #[pyo3(signature = (*, key_algorithm = None, replace = None))]
     fn renew_certificate<'py>(
         &self,
@@ -189,25 +181,13 @@ impl PyHubSession {
         key_algorithm: Option<&str>,
         replace: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let algorithm = match key_algorithm {
-            Some(name) => KeyAlgorithm::parse(name)?,
-            None => self.algorithm.unwrap_or(KeyAlgorithm::EcP256),
-        };
+        let algorithm = key_algorithm.map(KeyAlgorithm::parse).transpose()?;
         let client = self.client.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let device_id = client.device_id().to_string();
-            let (request, key) = tokio::task::spawn_blocking(move || {
-                certificate_request(&device_id, None, None, algorithm)
-            })
-            .await
-            .map_err(|e| Error::config_caused("making the key failed", e))??;
-            let key = key.ok_or_else(|| Error::config("no key was made for the CSR"))?;
-            let chain = client
-                .renew_certificate(&request, replace.as_deref())
+            let inner = client
+                .renew_credential(algorithm, replace.as_deref())
                 .await?;
-            Ok(PyDeviceCertificate {
-                inner: issued_credential(&chain, key)?,
-            })
+            Ok(PyDeviceCertificate { inner })
         })
     }
 
