@@ -832,7 +832,8 @@ class Fleet:
     hub with the certificate DPS issued (the enrollment needs a certificate policy);
     :meth:`rollover` is a run in which every device also renews that certificate through its
     hub. The report's device frame then has ``certificate_not_after``, ``renewed``,
-    ``renewal_error`` and ``renewal_error_code``. SAS tokens are signed in the local cloud's time (``now()``), moved or not.
+    ``renewal_error`` and ``renewal_error_code``. SAS tokens are signed in the local cloud's
+    time (``now()``), moved or not.
     """
 
     def __init__(
