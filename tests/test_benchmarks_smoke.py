@@ -124,3 +124,16 @@ def test_events_benchmark_reads_what_the_hub_ingested_with_both_readers(
     assert "azure-eventhub receive_batch" in out
     assert "dpskit reader / official consumer:" in out
     assert "kept up" in out or "fell behind" in out
+
+
+def test_issuance_benchmark_runs_with_small_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load("bench_issuance", monkeypatch)
+    assert module.main(["--devices", "30", "--renewals", "10", "--concurrency", "8"]) == 0
+    out = capsys.readouterr().out
+    assert module.TABLE_HEADER in out
+    rows = {line[:46].strip(): line[46:].split() for line in out.splitlines() if "  " in line}
+    assert rows["X.509 provisioning + CSR (certificate issued)"][:2] == ["30", "0"], out
+    assert rows["renewal through the hub ($iothub/credentials)"][:2] == ["10", "0"], out
+    assert "ratio provisioning with issuance / without" in out
