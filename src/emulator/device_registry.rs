@@ -157,6 +157,7 @@ impl IssuingPolicy {
     }
 
     /// The namespace's root CA certificate.
+    #[cfg(test)]
     pub(crate) fn root_ca(&self) -> &Certificate {
         &self.root
     }
@@ -608,13 +609,6 @@ impl Cloud {
         self.store().put(kind::REGISTRY_LINK, &key, &link)?;
         model.registry.links.insert(key, link.clone());
         Ok(link)
-    }
-
-    /// Removes a DPS's or hub's namespace link, if it has one (its resource being deleted, or
-    /// ARM clearing the property).
-    pub(crate) fn unlink_from_namespace(&self, kind_of: LinkedKind, resource: &str) -> Result<()> {
-        let mut model = self.write();
-        model.registry.drop_link(self.store(), kind_of, resource)
     }
 
     /// A DPS's or hub's namespace link, if any.

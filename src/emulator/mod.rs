@@ -7,9 +7,6 @@
 
 pub(crate) mod amqp;
 pub(crate) mod cloud;
-// Issuing (DPS) and trusting (hubs) through it land with the issuance work; until then parts
-// are unused outside tests.
-#[allow(dead_code)]
 pub(crate) mod device_registry;
 pub(crate) mod dps;
 pub(crate) mod feedback;

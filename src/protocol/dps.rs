@@ -15,7 +15,6 @@ pub(crate) const API_VERSION: &str = "2019-03-31";
 /// The api-version that carries a certificate signing request in the register body and an
 /// issued chain in the answer (Azure's certificate management preview; the C and C# SDKs'
 /// preview branches send it). Older versions never see either field.
-#[allow(dead_code)] // the provisioning client sends it as its CSR support lands
 pub(crate) const CSR_API_VERSION: &str = "2025-07-01-preview";
 
 /// The one subscription DPS serves: every response arrives on it.

@@ -24,8 +24,6 @@
 
 pub(crate) mod bags;
 pub(crate) mod c2d;
-// Used by the hub client and the emulator as their renewal support lands.
-#[allow(dead_code)]
 pub(crate) mod credentials;
 pub(crate) mod dps;
 pub(crate) mod dps_service;

@@ -76,7 +76,7 @@ impl Refusal {
     }
 
     fn status(&self) -> u16 {
-        (self.code / 1000) as u16
+        crate::protocol::credentials::status_of(self.code)
     }
 }
 
