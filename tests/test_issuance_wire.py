@@ -451,3 +451,52 @@ def test_the_hub_refuses_renewals_as_iot_hub_does(
     assert (status, body["errorCode"]) == (400, 400040)
     assert body["info"]["credentialError"]
     hub.close()
+
+
+def test_a_strict_dps_takes_only_the_documented_p384_key(
+    world: World, tmp_path: Path, run_openssl: RunOpenSSL, openssl_output: OpenSSLOutput
+) -> None:
+    world.dps.set_strict_csr_key_type(True)
+    try:
+        answers = {}
+        for curve in ("prime256v1", "secp384r1"):
+            device_id = f"strict-{curve}"
+            _, csr = openssl_key_and_csr(run_openssl, openssl_output, tmp_path, device_id, curve)
+            client = dps_client(world, device_id, tmp_path, "x509")
+            answers[curve] = register(client, {"registrationId": device_id, "csr": csr})
+            client.close()
+    finally:
+        world.dps.set_strict_csr_key_type(False)
+    assert answers["prime256v1"][0] == 400, answers
+    assert answers["secp384r1"][0] == 200, answers
+
+
+def test_one_renewal_at_a_time_and_replace_cancels_the_pending_one(
+    world: World, tmp_path: Path, run_openssl: RunOpenSSL, openssl_output: OpenSSLOutput
+) -> None:
+    device_id = "wire-pending"
+    key, csr = openssl_key_and_csr(run_openssl, openssl_output, tmp_path, device_id, "prime256v1")
+    dps = dps_client(world, device_id, tmp_path, "x509")
+    status, answer = register(dps, {"registrationId": device_id, "csr": csr})
+    dps.close()
+    assert status == 200, answer
+    hub = hub_client(world, device_id, save_chain(tmp_path, "pending", chain_of(answer)), key)
+    hub.subscribe("$iothub/credentials/res/#")
+    world.hub.set_certificate_issuance_delay(3.0)
+    try:
+        assert renew(hub, "first-1", {"id": device_id, "csr": csr})[0] == 202
+        status, busy = renew(hub, "second-2", {"id": device_id, "csr": csr})
+        assert (status, busy["errorCode"]) == (409, 409005), busy
+        assert busy["info"]["requestId"] == "first-1"
+        assert {"operationExpires", "correlationId"} <= set(busy["info"])
+        # Replacing the pending request by its id: the first one is cancelled, this one runs.
+        status, accepted = renew(
+            hub, "third-3", {"id": device_id, "csr": csr, "replace": "first-1"}
+        )
+        assert status == 202, accepted
+    finally:
+        world.hub.set_certificate_issuance_delay(0)
+    status, issued = next_answer(hub, "third-3")
+    assert status == 200, issued
+    assert issued["correlationId"] == accepted["correlationId"]
+    hub.close()

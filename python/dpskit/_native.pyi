@@ -896,6 +896,7 @@ class Emulator:
         refuse_next: int | None = None,
         refusal_status: int | None = None,
         device_location: tuple[str, str] | None = None,
+        strict_csr_key_type: bool | None = None,
     ) -> None: ...
     def update_hub_knobs(
         self,
@@ -905,6 +906,7 @@ class Emulator:
         connections_per_second: int | None = None,
         messages_per_second: int | None = None,
         refuse_next_connections: int | None = None,
+        certificate_issuance_delay_ms: int | None = None,
     ) -> None: ...
     def hub_usage(self, host_name: str) -> HubUsageRecord: ...
     def hub_drop_connection(self, host_name: str, device_id: str) -> bool: ...

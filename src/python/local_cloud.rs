@@ -283,7 +283,9 @@ impl PyEmulator {
 
     /// Sets DPS realism knobs; any of `assignment_latency` (seconds), `registrations_per_minute`
     /// (0 = unlimited), `refuse_next`, `refusal_status`, `device_location` = (id, location).
-    #[pyo3(signature = (dps, *, assignment_latency = None, registrations_per_minute = None, refuse_next = None, refusal_status = None, device_location = None))]
+    /// `strict_csr_key_type`: only the documented EC P-384 CSR key is accepted.
+    #[pyo3(signature = (dps, *, assignment_latency = None, registrations_per_minute = None, refuse_next = None, refusal_status = None, device_location = None, strict_csr_key_type = None))]
+    #[allow(clippy::too_many_arguments)] // keyword arguments of one Python call
     fn update_dps_knobs(
         &self,
         dps: &str,
@@ -292,6 +294,7 @@ impl PyEmulator {
         refuse_next: Option<u32>,
         refusal_status: Option<u16>,
         device_location: Option<(String, String)>,
+        strict_csr_key_type: Option<bool>,
     ) -> PyResult<()> {
         let change = DpsKnobChange {
             assignment_latency,
@@ -299,14 +302,15 @@ impl PyEmulator {
             refuse_next,
             refusal_status,
             device_location,
-            strict_csr_key_type: None,
+            strict_csr_key_type,
         };
         self.with(|e| e.change_dps_knobs(dps, change))
     }
 
     /// Sets hub realism knobs: `latency` (seconds), `connections_per_second` and
     /// `messages_per_second` (0 = unlimited), `refuse_next_connections`.
-    #[pyo3(signature = (host_name, *, latency = None, connections_per_second = None, messages_per_second = None, refuse_next_connections = None))]
+    /// `certificate_issuance_delay_ms`: how long a renewal's 200 is held back after its 202.
+    #[pyo3(signature = (host_name, *, latency = None, connections_per_second = None, messages_per_second = None, refuse_next_connections = None, certificate_issuance_delay_ms = None))]
     fn update_hub_knobs(
         &self,
         host_name: &str,
@@ -314,13 +318,14 @@ impl PyEmulator {
         connections_per_second: Option<u32>,
         messages_per_second: Option<u32>,
         refuse_next_connections: Option<u32>,
+        certificate_issuance_delay_ms: Option<u64>,
     ) -> PyResult<()> {
         let change = HubKnobChange {
             latency,
             connections_per_second,
             messages_per_second,
             refuse_next_connections,
-            certificate_issuance_delay_ms: None,
+            certificate_issuance_delay_ms,
         };
         self.with(|e| e.change_hub_knobs(host_name, change))
     }

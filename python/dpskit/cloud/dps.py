@@ -479,5 +479,13 @@ class Dps:
             self.name, device_location=(registration_id, location)
         )
 
+    def set_strict_csr_key_type(self, strict: bool = True) -> None:
+        """Accept only the CSR key Azure documents for certificate issuance (EC P-384) instead
+        of EC P-256, EC P-384 and RSA-2048 (what the preview SDKs' own tests send). Emulator
+        only."""
+        self._cloud._emulator_only("set_strict_csr_key_type").update_dps_knobs(
+            self.name, strict_csr_key_type=strict
+        )
+
     def __repr__(self) -> str:
         return f"<Dps {self.name!r} id_scope={self.id_scope!r} endpoint={self.device_endpoint!r}>"

@@ -180,6 +180,16 @@ class Hub:
         """Delay before the hub handles each device message (emulator only)."""
         self._cloud._emulator_only("set_latency").update_hub_knobs(self.host_name, latency=seconds)
 
+    def set_certificate_issuance_delay(self, seconds: float) -> None:
+        """How long a certificate renewal waits between the hub's 202 and its 200 (Azure takes
+        seconds; the emulator none by default): long enough, a second request meets the first
+        one pending (409005). Emulator only."""
+        if seconds < 0:
+            raise ConfigError(f"seconds must be 0 or more, not {seconds}")
+        self._cloud._emulator_only("set_certificate_issuance_delay").update_hub_knobs(
+            self.host_name, certificate_issuance_delay_ms=round(seconds * 1000)
+        )
+
     def set_throttle(
         self,
         *,
