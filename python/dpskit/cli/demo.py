@@ -59,6 +59,31 @@ def _demo_cloud(args: argparse.Namespace, cloud_dir: Path) -> Iterator[tuple[Any
                     print(f"  could not delete {name}: {error}", file=sys.stderr)
 
 
+class _Steps:
+    """The demo's numbered steps: ``step(n, title)`` prints the heading and the time the
+    previous step took; :meth:`finish` prints the last one's."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+        self._started = time.perf_counter()
+        self._step_started = self._started
+
+    def __call__(self, number: int, title: str) -> None:
+        if number > 1:
+            self.finish()
+        self._step_started = time.perf_counter()
+        print(f"\n[{number}/{self._count}] {title}")
+
+    def finish(self) -> None:
+        """Prints how long the current step took."""
+        print(f"  ({(time.perf_counter() - self._step_started) * 1000:.0f} ms)")
+
+    @property
+    def total(self) -> float:
+        """Seconds since the demo started."""
+        return time.perf_counter() - self._started
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``dpskit demo``: the DPS X.509 walkthrough end to end, against the embedded emulator or
     (``--azure``) real Azure; ``--csr``: certificates issued by DPS, on the emulator."""
@@ -72,16 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     devices_dir = certs / "devices"
     verification_dir = certs / "verification"
     cloud_dir = base / "cloud"
-    steps = 9
-    started = time.perf_counter()
-    step_started = [started]
-
-    def step(number: int, title: str) -> None:
-        now = time.perf_counter()
-        if number > 1:
-            print(f"  ({(now - step_started[0]) * 1000:.0f} ms)")
-        step_started[0] = now
-        print(f"\n[{number}/{steps}] {title}")
+    step = _Steps(9)
 
     where = "Azure" if args.azure else "the embedded local cloud"
     print(f"dpskit demo: the Azure DPS X.509 walkthrough against {where}")
@@ -220,7 +236,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if local:
             print(f"  {_display(cloud_dir)}/: the local cloud's state and CA (reused on a rerun)")
 
-    print(f"  ({(time.perf_counter() - step_started[0]) * 1000:.0f} ms)")
+    step.finish()
     print("\nSummary")
     print(f"  {'device':18} {'assigned hub':14} {'status':10} {'messages':>8}")
     for outcome in outcomes:
@@ -231,9 +247,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     failed = sum(not o.ok for o in outcomes) + sum(
         sent.get(o.registration_id, 0) != DEMO_MESSAGES for o in outcomes if o.ok
     )
-    total = time.perf_counter() - started
     verdict = "Done" if not failed else "Failed"
-    print(f"\n{verdict} in {total:.1f} s. Certificates and state: {_display(base)}")
+    print(f"\n{verdict} in {step.total:.1f} s. Certificates and state: {_display(base)}")
     return 1 if failed else 0
 
 
@@ -267,16 +282,7 @@ def _csr_demo(args: argparse.Namespace) -> int:
     base = Path(args.dir)
     cloud_dir = base / "cloud"
     issued_dir = base / "certs" / "issued"
-    steps = 8
-    started = time.perf_counter()
-    step_started = [started]
-
-    def step(number: int, title: str) -> None:
-        now = time.perf_counter()
-        if number > 1:
-            print(f"  ({(now - step_started[0]) * 1000:.0f} ms)")
-        step_started[0] = now
-        print(f"\n[{number}/{steps}] {title}")
+    step = _Steps(8)
 
     print("dpskit demo --csr: certificates issued by DPS (certificate management, preview)")
     _print_fields([("folder", _display(base)), ("key algorithm", "ec-p256 (the devices' CSRs)")])
@@ -361,10 +367,9 @@ def _csr_demo(args: argparse.Namespace) -> int:
                 )
             ]
         )
-    total = time.perf_counter() - started
-    print(f"  ({(time.perf_counter() - step_started[0]) * 1000:.0f} ms)")
+    step.finish()
     verdict = "Done" if not failures else "Failed"
-    print(f"\n{verdict} in {total:.1f} s. Issued certificates: {_display(issued_dir)}")
+    print(f"\n{verdict} in {step.total:.1f} s. Issued certificates: {_display(issued_dir)}")
     return 1 if failures else 0
 
 
