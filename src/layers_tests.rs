@@ -10,13 +10,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Top-level modules of the device side.
-const DEVICE_SIDE: &[&str] = &["hub", "provisioning", "service", "fleet"];
+const DEVICE_SIDE: &[&str] = &["hub", "provisioning", "service", "fleet", "doctor"];
 /// Top-level modules of the shared layer.
 const SHARED: &[&str] = &[
     "protocol",
     "transport",
     "limits",
     "pki",
+    "diagnosis",
     "sas",
     "clock",
     "random",

@@ -14,6 +14,8 @@
 //! everything else is `pub(crate)`, and the `unreachable_pub` lint keeps it so.
 
 mod clock;
+pub mod diagnosis;
+pub mod doctor;
 pub mod emulator;
 pub mod error;
 pub mod fleet;

@@ -153,6 +153,12 @@ impl PrivateKey {
         })
     }
 
+    /// A second handle on the same key (ring's key pairs are not `Clone`): read again from
+    /// its own PKCS#8, which parsed once already.
+    pub fn try_clone(&self) -> Result<Self> {
+        Self::from_pkcs8(self.pkcs8_der())
+    }
+
     /// The key's algorithm.
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
