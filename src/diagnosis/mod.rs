@@ -68,7 +68,8 @@ pub enum Cause {
     UnfitLeaf,
     /// A key or signature algorithm Azure does not accept (RSA below 2048 bits, SHA-1, ...).
     UnsupportedAlgorithm,
-    /// A CA's path length constraint forbids the chain below it.
+    /// A CA of the chain may not issue what is below it: not a CA, no keyCertSign, or its
+    /// path length constraint is exceeded.
     PathLength,
     /// The server trust bundle holds only the retired Baltimore CyberTrust Root.
     StaleTrustBundle,
