@@ -586,6 +586,71 @@ fn keys_azure_does_not_take() {
     }
 }
 
+/// `cert` re-signed by `issuer_key` (RSA) with sha1WithRSAEncryption: its TBS with the
+/// signature algorithm swapped (the OIDs differ in their last byte only, so no length
+/// changes), and a PKCS#1 v1.5 signature over its SHA-1 digest.
+fn resigned_with_sha1(cert: &Certificate, issuer_key: &PrivateKey) -> Certificate {
+    use crate::pki::keys::der_tlv;
+    use rsa::pkcs8::DecodePrivateKey;
+    const SHA256_WITH_RSA: [u8; 11] = [6, 9, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 1, 1, 0x0B];
+    const SHA1_WITH_RSA: [u8; 11] = [6, 9, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 1, 1, 0x05];
+    const SHA1_DIGEST_INFO: [u8; 15] = [
+        0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2B, 0x0E, 0x03, 0x02, 0x1A, 0x05, 0x00, 0x04, 0x14,
+    ];
+    let parsed = cert.parsed();
+    let mut tbs = parsed.tbs_certificate.as_ref().to_vec();
+    let at = tbs
+        .windows(SHA256_WITH_RSA.len())
+        .position(|w| w == SHA256_WITH_RSA)
+        .expect("an RSA-signed certificate");
+    tbs[at..at + SHA1_WITH_RSA.len()].copy_from_slice(&SHA1_WITH_RSA);
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &tbs);
+    let mut digest_info = SHA1_DIGEST_INFO.to_vec();
+    digest_info.extend_from_slice(digest.as_ref());
+    let rsa_key = rsa::PrivateKey::from_pkcs8_der(issuer_key.pkcs8_der()).unwrap();
+    let signature = rsa_key
+        .sign(rsa::Pkcs1v15Sign::new_unprefixed(), &digest_info)
+        .unwrap();
+    let mut algorithm = SHA1_WITH_RSA.to_vec();
+    algorithm.extend_from_slice(&[5, 0]);
+    let mut bits = vec![0];
+    bits.extend_from_slice(&signature);
+    let body = [tbs, der_tlv(0x30, &algorithm), der_tlv(0x03, &bits)].concat();
+    Certificate::from_der(&der_tlv(0x30, &body)).unwrap()
+}
+
+#[test]
+fn a_sha1_signature_is_an_unsupported_algorithm() {
+    let root = CertificateAuthority::create_root(
+        "RSA Root",
+        &CaOptions {
+            algorithm: KeyAlgorithm::Rsa2048,
+            ..ca_options(None, days(365))
+        },
+    )
+    .unwrap();
+    let device = root
+        .issue_device("dev-sha1", KeyAlgorithm::EcP256, days(365))
+        .unwrap();
+    let signer = root.credential().key();
+    let leaf = resigned_with_sha1(device.credential().certificate(), signer);
+    assert_eq!(leaf.info().signature_algorithm, "sha1WithRSAEncryption");
+    let sha1 = held(
+        vec![leaf, cert_of(&root)],
+        Some(key_of(device.credential())),
+    );
+    let checks = run(&sha1, Some("dev-sha1"));
+    // The signature still verifies: only the algorithm is wrong.
+    only(&checks, ALGORITHMS, Cause::UnsupportedAlgorithm);
+    assert!(
+        find(&checks, ALGORITHMS)
+            .evidence
+            .contains("#1 'dev-sha1' is signed with sha1WithRSAEncryption")
+    );
+    // The original, signed with SHA-256, is healthy.
+    healthy(&run(&full(&device), Some("dev-sha1")));
+}
+
 #[test]
 fn the_signature_rules_name_sha1_and_md5() {
     assert_eq!(signature_refusal("sha256WithRSAEncryption"), None);
