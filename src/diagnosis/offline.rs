@@ -1,8 +1,9 @@
 //! The offline checks of a device credential: what can be told from the certificates and key
 //! the device holds, before any server is asked. Each classic cause comes out of exactly one
 //! check, so a credential with one defect is diagnosed as that defect and nothing else: the
-//! checks find the leaf (the certificate the key belongs to) and its issuers by name and
-//! signature, not by position, so a chain sent out of order is `chain.order`'s problem alone.
+//! checks find the leaf (the certificate the key belongs to; without a key, the bottom of the
+//! chain) and its issuers by name and signature, not by position, so a chain sent out of
+//! order is `chain.order`'s problem alone.
 
 use super::credential::HeldCredential;
 use super::{Cause, Check};
@@ -67,7 +68,8 @@ pub fn check(credential: &HeldCredential, options: &OfflineOptions<'_>) -> Vec<C
 struct Held<'a> {
     credential: &'a HeldCredential,
     certs: &'a [Certificate],
-    /// Where the leaf is: the certificate the key belongs to, else the first.
+    /// Where the leaf is: the certificate the key belongs to; the first when the key belongs
+    /// to none; without a key, see `bottom`.
     leaf: usize,
     /// Where the key belongs, when a key was given and it belongs to one.
     key_at: Option<usize>,
@@ -89,10 +91,14 @@ impl<'a> Held<'a> {
                 .iter()
                 .position(|c| crate::pki::issue::key_matches(c, key))
         });
-        let leaf = key_at.unwrap_or(0);
         let duplicate: Vec<bool> = (0..certs.len())
             .map(|i| certs[..i].contains(&certs[i]))
             .collect();
+        let leaf = match (&credential.key, key_at) {
+            (_, Some(i)) => i,
+            (None, None) => bottom(certs, &duplicate),
+            (Some(_), None) => 0,
+        };
         let mut path = vec![leaf];
         let mut current = leaf;
         while let Some(next) = issuer_among(certs, &duplicate, current, &path) {
@@ -120,6 +126,21 @@ impl<'a> Held<'a> {
             .enumerate()
             .filter(|(i, _)| !self.duplicate[*i])
     }
+}
+
+/// Without a key, the leaf is the first certificate unless that one issued another held
+/// certificate: then it is the first that issued none (the bottom of the chain), so a chain
+/// held upside down is one `chain.order` problem rather than a CA taken for the leaf.
+fn bottom(certs: &[Certificate], duplicate: &[bool]) -> usize {
+    let issues_another = |i: usize| {
+        (0..certs.len()).any(|j| j != i && certs[j] != certs[i] && issued(&certs[i], &certs[j]))
+    };
+    if !issues_another(0) {
+        return 0;
+    }
+    (1..certs.len())
+        .find(|i| !duplicate[*i] && !issues_another(*i))
+        .unwrap_or(0)
 }
 
 /// The certificate among `certs` that issued `certs[child]` (issuer name and signature),
@@ -160,9 +181,14 @@ fn chain_order(held: &Held<'_>) -> Check {
     const TITLE: &str = "Leaf first, each certificate issued by the next";
     let mut findings = Vec::new();
     if held.leaf != 0 {
+        let why = if held.key_at.is_some() {
+            "the key belongs to"
+        } else {
+            "the leaf (it issued none of the others) is"
+        };
         findings.push(format!(
-            "the key belongs to {} {}, not to the first certificate {}: the device presents the \
-             first one as its own",
+            "{why} {} {}, not the first certificate {}: the device presents the first one as \
+             its own",
             position(held.leaf),
             describe(held.leaf()),
             describe(&held.certs[0])
@@ -756,27 +782,25 @@ fn chain_complete(held: &Held<'_>) -> Check {
                  accepts it only if the enrollment's CA signed it directly"
             )
         };
-        let pkcs12 = held.credential.source.is_pkcs12();
-        let (cause, fix) = if pkcs12 {
+        let (cause, fix) = if held.credential.source.is_pkcs12() {
             (
                 Cause::Pkcs12WithoutChain,
-                "Unless the enrollment names '{issuer}' itself, export the PKCS#12 again with \
-                 its intermediates (openssl pkcs12 -export ... -certfile intermediates.pem).",
+                format!(
+                    "Unless the enrollment names '{issuer}' itself, export the PKCS#12 again \
+                     with its intermediates (openssl pkcs12 -export ... -certfile \
+                     intermediates.pem)."
+                ),
             )
         } else {
             (
                 Cause::MissingIntermediate,
-                "Unless the enrollment names '{issuer}' itself, send the intermediates too: a \
-                 full-chain PEM, leaf first.",
+                format!(
+                    "Unless the enrollment names '{issuer}' itself, send the intermediates \
+                     too: a full-chain PEM, leaf first."
+                ),
             )
         };
-        return Check::warning(
-            CHAIN_COMPLETE,
-            TITLE,
-            Some(cause),
-            evidence,
-            fix.replace("{issuer}", issuer),
-        );
+        return Check::warning(CHAIN_COMPLETE, TITLE, Some(cause), evidence, fix);
     }
     let evidence = if top.info().is_self_signed {
         format!(

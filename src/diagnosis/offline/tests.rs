@@ -359,6 +359,16 @@ fn a_chain_out_of_order_is_only_a_chain_order_problem() {
             .evidence
             .contains("sent as 'dev-1', 'Doctor Root', 'Doctor Inter'")
     );
+    // Upside down, no key: the bottom of the chain is taken for the leaf, so the CA first is
+    // not judged as a device certificate.
+    let upside_down = held(vec![cert_of(&root), cert_of(&inter), leaf], None);
+    let checks = run(&upside_down, Some("dev-1"));
+    only(&checks, CHAIN_ORDER, Cause::ChainOrder);
+    assert!(
+        find(&checks, CHAIN_ORDER)
+            .evidence
+            .starts_with("the leaf (it issued none of the others) is #3 'dev-1'")
+    );
 }
 
 #[test]
