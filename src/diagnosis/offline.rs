@@ -203,12 +203,25 @@ fn chain_order(held: &Held<'_>) -> Check {
         )
     });
     let mut strangers = 0;
+    // Certificates off the path that issued one on it: renewed or cross-signed copies of a
+    // CA the path already holds; harmless, but only one of them is needed.
+    let mut alternates = Vec::new();
     for (i, cert) in held.distinct().filter(|(i, _)| !held.path.contains(i)) {
+        if let Some(p) = held.path.iter().find(|p| issued(cert, &held.certs[**p])) {
+            alternates.push(format!(
+                "{} {} issued {} too (a renewed or cross-signed copy of a CA already in the \
+                 chain)",
+                position(i),
+                describe(cert),
+                describe(&held.certs[*p])
+            ));
+            continue;
+        }
         strangers += 1;
         let namesake = held
             .path
             .iter()
-            .find(|p| cert.is_issuer_name_of(&held.certs[**p]) && !issued(cert, &held.certs[**p]));
+            .find(|p| cert.is_issuer_name_of(&held.certs[**p]));
         findings.push(match namesake {
             Some(p) => format!(
                 "{} {} bears the issuer name of {} but its key did not sign it (a different CA \
@@ -267,18 +280,23 @@ fn chain_order(held: &Held<'_>) -> Check {
         .filter(|(i, _)| held.duplicate[*i])
         .map(|(i, c)| format!("{} {}", position(i), describe(c)))
         .collect();
-    if repeated.is_empty() {
+    let mut extras = alternates;
+    if !repeated.is_empty() {
+        extras.push(format!(
+            "{} repeat(s) an earlier certificate",
+            repeated.join(", ")
+        ));
+    }
+    if extras.is_empty() {
         Check::ok(CHAIN_ORDER, TITLE, format!("in order: {chain}"))
     } else {
         Check::warning(
             CHAIN_ORDER,
             TITLE,
             Some(Cause::ChainOrder),
-            format!(
-                "in order: {chain}; but {} repeat(s) an earlier certificate",
-                repeated.join(", ")
-            ),
-            "Send each certificate once: some TLS stacks refuse a chain with duplicates.",
+            format!("in order: {chain}; but {}", extras.join("; ")),
+            "Send each certificate of the chain once: some TLS stacks refuse a chain with \
+             duplicates or extra certificates.",
         )
     }
 }

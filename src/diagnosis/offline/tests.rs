@@ -444,6 +444,41 @@ fn a_duplicate_is_a_warning() {
         "{}",
         order.evidence
     );
+    // A renewed copy of the intermediate (same name and key) next to the original: extra,
+    // not foreign.
+    let renewed_cert = custom_leaf(
+        &root,
+        Some("Doctor Inter"),
+        inter.credential().key().key_pair(),
+        |p| {
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+            p.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            p.extended_key_usages = Vec::new();
+        },
+    );
+    let renewed = held(
+        vec![
+            device.credential().certificate().clone(),
+            cert_of(&inter),
+            renewed_cert,
+            cert_of(&root),
+        ],
+        Some(key_of(device.credential())),
+    );
+    let checks = run(&renewed, Some("dev-1"));
+    assert!(causes(&checks).is_empty(), "{checks:#?}");
+    let order = find(&checks, CHAIN_ORDER);
+    assert_eq!(order.verdict, Verdict::Warning);
+    assert!(
+        order
+            .evidence
+            .contains("#3 'Doctor Inter' issued 'dev-1' too"),
+        "{}",
+        order.evidence
+    );
 }
 
 #[test]
