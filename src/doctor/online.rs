@@ -102,6 +102,9 @@ enum Named {
         sha1: String,
         sha256: String,
         label: String,
+        /// Known certificates with the same subject and other thumbprints: when one of them
+        /// issued a certificate, the described one (another certificate) is taken not to.
+        look_alikes: Vec<Certificate>,
     },
 }
 
@@ -139,11 +142,19 @@ impl EnrolledCertificate for Named {
         }
     }
 
-    /// A description carries no key: its subject naming the issuer is all that can be told.
+    /// A description carries no key: its subject naming the issuer is all that can be told,
+    /// unless another certificate of that name, known here, is the issuer.
     fn issued(&self, certificate: &Certificate) -> bool {
         match self {
             Named::Known { certificate: c, .. } => c.issued(certificate),
-            Named::Described { subject, .. } => same_name(subject, &certificate.info().issuer),
+            Named::Described {
+                subject,
+                look_alikes,
+                ..
+            } => {
+                same_name(subject, &certificate.info().issuer)
+                    && !look_alikes.iter().any(|l| l.issued(certificate))
+            }
         }
     }
 }
@@ -196,6 +207,11 @@ fn resolve_entry(
         sha1: info.sha1_thumbprint.clone(),
         sha256: info.sha256_thumbprint.clone(),
         label,
+        look_alikes: known
+            .iter()
+            .filter(|c| same_name(&c.info().subject, &info.subject_name))
+            .cloned()
+            .collect(),
     })
 }
 
