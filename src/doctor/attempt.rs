@@ -45,7 +45,9 @@ pub struct ConnectTarget {
 pub struct TraceStep {
     /// Milliseconds since the attempt started.
     pub at_ms: f64,
-    /// `dial`, `tls`, `connect`, `subscribe`, `register`, `status`, `poll`, ...
+    /// `dial`, `tcp`, `tls`, `connect`, `connack`, `subscribe`, `register`, `status` (an
+    /// answer), `poll`, then the outcome: `assigned`, `refused` or `failed` (or a failed
+    /// `dial` or `tls`).
     pub step: String,
     /// What was sent or received (never a secret).
     pub detail: String,

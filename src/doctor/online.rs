@@ -1172,4 +1172,133 @@ mod tests {
         assert!(!resolved.issued(&leaf));
         assert!(unreadable.is_empty());
     }
+
+    /// Groups as Azure's service API answers them (recorded shape: an inline signing
+    /// certificate as `info` only, a CA by reference), resolved and walked as DPS would: the
+    /// inline group on the intermediate is met first, through the thumbprint of the
+    /// intermediate the device holds; the one on the uploaded root is resolved by its body.
+    #[test]
+    fn azure_shaped_groups_resolve_by_thumbprint_and_by_reference_and_are_walked_in_order() {
+        let options = |path_length| CaOptions {
+            algorithm: KeyAlgorithm::EcP256,
+            validity: Validity::days(30, None).unwrap(),
+            path_length,
+            organization: None,
+        };
+        let root = CertificateAuthority::create_root("Azure Shaped Root", &options(None)).unwrap();
+        let inter = root
+            .create_intermediate("Azure Shaped Intermediate", &options(Some(0)))
+            .unwrap();
+        let device = inter
+            .issue_device(
+                "azure-shaped",
+                KeyAlgorithm::EcP256,
+                Validity::days(5, None).unwrap(),
+            )
+            .unwrap();
+        let inter_info = inter.credential().certificate().info();
+        let recorded = serde_json::json!([
+            {
+                "enrollmentGroupId": "on-root",
+                "attestation": {"type": "x509", "x509": {
+                    "caReferences": {"primary": "uploaded-root", "secondary": "gone"}
+                }},
+                "provisioningStatus": "enabled",
+                "allocationPolicy": "hashed",
+                "iotHubs": ["myhub.azure-devices.net"],
+                "etag": "\"AAAA\"",
+                "createdDateTimeUtc": "2026-12-01T10:00:00.000Z",
+                "lastUpdatedDateTimeUtc": "2026-12-01T10:00:00.000Z"
+            },
+            {
+                "enrollmentGroupId": "on-intermediate",
+                "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {
+                    "info": {
+                        "subjectName": inter_info.subject,
+                        "sha1Thumbprint": inter_info.thumbprint_sha1.to_ascii_uppercase(),
+                        "sha256Thumbprint": inter_info.thumbprint_sha256.to_ascii_uppercase(),
+                        "issuerName": inter_info.issuer,
+                        "notBeforeUtc": "2026-12-01T10:00:00Z",
+                        "notAfterUtc": "2026-12-31T10:00:00Z",
+                        "serialNumber": "01",
+                        "version": 3
+                    }
+                }}}},
+                "provisioningStatus": "disabled",
+                "etag": "\"BBBB\""
+            },
+            {
+                "enrollmentGroupId": "keys",
+                "attestation": {"type": "symmetricKey", "symmetricKey": {}}
+            }
+        ]);
+        let groups: Vec<EnrollmentGroup> = serde_json::from_value(recorded).unwrap();
+        let uploaded = [Uploaded {
+            name: "uploaded-root".into(),
+            verified: true,
+            certificate: parse_certificate(&root.credential().certificate().pem()).unwrap(),
+        }];
+        let held = vec![
+            device.credential().certificate().clone(),
+            inter.credential().certificate().clone(),
+            root.credential().certificate().clone(),
+        ];
+        let sent = sent_chain(&held);
+        assert_eq!(sent.len(), 2, "the root is not sent");
+        let known: Vec<Certificate> = held
+            .iter()
+            .cloned()
+            .chain(uploaded.iter().map(|u| u.certificate.clone()))
+            .collect();
+        let mut unreadable = Vec::new();
+        let groups: Vec<Group> = groups
+            .into_iter()
+            .filter_map(|g| group_of(g, &known, &uploaded, &mut unreadable))
+            .collect();
+        assert!(unreadable.is_empty());
+        assert_eq!(
+            groups.len(),
+            2,
+            "the symmetric-key group is not an X.509 candidate"
+        );
+        assert_eq!(groups[0].dangling, ["gone"]);
+        assert_eq!(
+            groups[1].certificates[0].certificate(),
+            Some(inter.credential().certificate())
+        );
+        let sets: Vec<&[Named]> = groups.iter().map(|g| g.certificates.as_slice()).collect();
+        let walk = enrollment::pick_group(&sent, &sets);
+        assert_eq!(
+            walk.pick,
+            Some((1, 0)),
+            "the intermediate is met before the root"
+        );
+        let listing = groups_listing(&groups, &unreadable);
+        assert!(listing.contains("CA 'gone' (not uploaded)"), "{listing}");
+        // Disabled as recorded, and the trust of the group's CA comes from the verified root.
+        assert_eq!(
+            enabled_check("enrollment group 'on-intermediate'", &groups[1].policies).cause,
+            Some(Cause::DisabledEnrollment)
+        );
+        let verified = verified_check(
+            &groups[1],
+            &groups[1].certificates[0],
+            &sent,
+            &uploaded,
+            crate::clock::now(),
+        );
+        assert_eq!(
+            verified.verdict,
+            crate::diagnosis::Verdict::Ok,
+            "{verified:?}"
+        );
+        assert!(
+            verified.evidence.contains("'uploaded-root'"),
+            "{verified:?}"
+        );
+        // A leaf sent alone still meets the group on its intermediate: DPS matches a group
+        // whose certificate issued the leaf.
+        let walk = enrollment::pick_group(&sent[..1], &sets);
+        assert_eq!(walk.pick, Some((1, 0)));
+    }
 }
