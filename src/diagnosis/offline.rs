@@ -64,6 +64,12 @@ pub fn check(credential: &HeldCredential, options: &OfflineOptions<'_>) -> Vec<C
     ]
 }
 
+/// The certificate the checks take for the device's own (the key's, else the bottom of the
+/// chain): its CN is the registration id the device uses unless told otherwise.
+pub fn leaf(credential: &HeldCredential) -> Option<&Certificate> {
+    Held::new(credential).map(|held| &credential.certificates[held.leaf])
+}
+
 /// The credential with its structure worked out once.
 struct Held<'a> {
     credential: &'a HeldCredential,

@@ -53,17 +53,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// The distinct causes of the problems found (the attempt's refusal included).
+    /// The distinct causes of the problems the checks found. An attempt's refusal is
+    /// explained by these; when none explains it, the attempt lists the error's likely causes
+    /// itself (`Attempt::causes`), which are guesses and not counted here.
     pub fn causes(&self) -> Vec<Cause> {
-        let mut out = diagnosis::causes(&self.checks);
-        if let Some(attempt) = &self.attempt {
-            for cause in &attempt.causes {
-                if !out.contains(cause) {
-                    out.push(*cause);
-                }
-            }
-        }
-        out
+        diagnosis::causes(&self.checks)
     }
 
     /// No problem found and no failed attempt.
@@ -80,7 +74,7 @@ pub async fn diagnose(request: Request) -> Report {
             .credential
             .credential
             .as_ref()
-            .and_then(|c| c.certificates.first())
+            .and_then(offline::leaf)
             .and_then(|leaf| leaf.info().common_name.clone())
     });
     let mut checks = vec![request.credential.check.clone()];
