@@ -1000,8 +1000,8 @@ fn resolve(key: &str) -> Option<&'static Entry> {
     }
 }
 
-/// The runs of ASCII digits in `text` with the byte offset each starts at.
-fn digit_runs(text: &str) -> Vec<(usize, &str)> {
+/// The runs of ASCII digits in `text` that stand alone.
+fn digit_runs(text: &str) -> Vec<&str> {
     let bytes = text.as_bytes();
     let mut runs = Vec::new();
     let mut i = 0;
@@ -1016,7 +1016,7 @@ fn digit_runs(text: &str) -> Vec<(usize, &str)> {
             let after = bytes.get(i).copied();
             let glued = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphabetic() || b == b'.');
             if !glued(before) && !glued(after) {
-                runs.push((start, &text[start..i]));
+                runs.push(&text[start..i]);
             }
         } else {
             i += 1;
@@ -1082,12 +1082,7 @@ pub fn explain(text: &str) -> Explanation {
     let (code, status) = numbers(trimmed);
     if let Some(code) = code {
         if let Some(entry) = by_code(code) {
-            return Explanation::of(
-                entry,
-                code.to_string(),
-                Some(code),
-                Some(entry_status(entry)),
-            );
+            return Explanation::of(entry, code.to_string(), Some(code), entry.status);
         }
         // An unknown sub-code still names its status family.
         if let Some(entry) = u16::try_from(code / 1000).ok().and_then(by_status) {
@@ -1115,21 +1110,17 @@ pub fn explain(text: &str) -> Explanation {
     Explanation::unknown()
 }
 
-fn entry_status(entry: &Entry) -> u16 {
-    entry.status.unwrap_or(0)
-}
-
 /// The first six-digit Azure error code (status × 1000 + sub-code) and the first known HTTP
 /// status in `text`.
 fn numbers(text: &str) -> (Option<u32>, Option<u16>) {
     let runs = digit_runs(text);
-    let code = runs.iter().find_map(|(_, run)| {
+    let code = runs.iter().find_map(|run| {
         (run.len() == 6)
             .then(|| run.parse::<u32>().ok())
             .flatten()
             .filter(|c| (400_000..600_000).contains(c))
     });
-    let status = runs.iter().find_map(|(_, run)| {
+    let status = runs.iter().find_map(|run| {
         (run.len() == 3)
             .then(|| run.parse::<u16>().ok())
             .flatten()

@@ -235,7 +235,9 @@ pub(crate) fn diagnose_device(
         let password = pkcs12_password.as_deref().unwrap_or("");
         py.detach(|| credential::load_pkcs12(path, password))
     } else {
-        let path = certificate_path.as_deref().unwrap_or(std::path::Path::new(""));
+        let path = certificate_path
+            .as_deref()
+            .unwrap_or(std::path::Path::new(""));
         py.detach(|| {
             credential::load_files(
                 path,
