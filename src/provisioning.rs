@@ -146,6 +146,70 @@ pub(crate) trait RegistrationHooks: Send + Sync {
     fn wait_until(&self, until: tokio::time::Instant) -> HookFuture<'_> {
         Box::pin(tokio::time::sleep_until(until))
     }
+
+    /// One step of the registration as the device sees it (`dpskit doctor --connect` prints
+    /// them); the default ignores it, so a fleet pays for nothing but the call.
+    fn trace(&self, step: TraceEvent<'_>) {
+        let _ = step;
+    }
+}
+
+/// A step of one registration, as [`RegistrationHooks::trace`] is told it. Borrowed: a hook
+/// that keeps nothing copies nothing. Never a secret: the SAS token is not part of it.
+#[derive(Debug)]
+pub(crate) enum TraceEvent<'a> {
+    /// About to open a TCP connection to `host:port`.
+    Dial {
+        /// DPS's host.
+        host: &'a str,
+        /// Its port.
+        port: u16,
+    },
+    /// TCP is open.
+    Connected,
+    /// The TLS handshake is done.
+    Tls {
+        /// The server's chain as it presented it (DER), its own certificate first.
+        server_chain: &'a [rustls::pki_types::CertificateDer<'static>],
+        /// What the device sent: its certificate, then its issuers less any self-signed root.
+        client_chain: Vec<&'a Certificate>,
+    },
+    /// CONNECT sent with this username.
+    Connect {
+        /// The username (the SAS token, if any, goes in the password and is not shown).
+        username: &'a str,
+    },
+    /// The CONNACK's return code.
+    ConnAck {
+        /// As rumqttc names it.
+        code: ConnectReturnCode,
+    },
+    /// SUBSCRIBE sent.
+    Subscribe {
+        /// The filter.
+        filter: &'a str,
+    },
+    /// The register request sent.
+    Register {
+        /// Its topic.
+        topic: &'a str,
+        /// Its body.
+        body: &'a str,
+    },
+    /// An operation status poll sent.
+    Poll {
+        /// Its topic.
+        topic: &'a str,
+    },
+    /// An answer from DPS.
+    Answer {
+        /// The status its topic carries.
+        status: u16,
+        /// Its `retry-after`, if any.
+        retry_after: Option<u32>,
+        /// Its body.
+        body: &'a [u8],
+    },
 }
 
 /// Sleeps and counts nothing.
@@ -228,15 +292,47 @@ async fn exchange(
     // One registration per connection, and a retry builds a new configuration: a session
     // cache would never be used.
     let tls = Arc::new(trust.client_config(request.auth.credential(), 0)?);
+    let username = match &connect.auth {
+        ConnectAuth::Username { username } | ConnectAuth::UsernamePassword { username, .. } => {
+            username.clone()
+        }
+        _ => String::new(),
+    };
+    hooks.trace(TraceEvent::Dial {
+        host: &request.host,
+        port: request.port,
+    });
+    let observe = |step: mqtt::DialStep<'_>| match step {
+        mqtt::DialStep::Connected => hooks.trace(TraceEvent::Connected),
+        mqtt::DialStep::TlsDone { server_chain } => {
+            hooks.trace(TraceEvent::Tls {
+                server_chain,
+                client_chain: request
+                    .auth
+                    .credential()
+                    .map(|c| {
+                        std::iter::once(c.certificate())
+                            .chain(c.issuers().iter().filter(|i| !i.info().is_self_signed))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+            // The CONNECT goes right after the handshake (or the WebSocket upgrade).
+            hooks.trace(TraceEvent::Connect {
+                username: &username,
+            });
+        }
+    };
     let dialled = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        mqtt::dial(
+        mqtt::dial_observed(
             &request.host,
             request.port,
             &request.via,
             tls,
             connect,
             MAX_PACKET_BYTES,
+            &observe,
         ),
     )
     .await
@@ -247,6 +343,7 @@ async fn exchange(
         ))
     })?;
     let (framed, ack) = dialled.map_err(|e| connection_error(id, e))?;
+    hooks.trace(TraceEvent::ConnAck { code: ack.code });
     if ack.code != ConnectReturnCode::Success {
         return Err(Error::Service(Box::new(crate::error::ServiceFailure {
             status: 401,
@@ -261,6 +358,9 @@ async fn exchange(
     }
     let mut session = Session::new(framed, id);
     // DPS answers on the subscription only: the request goes once it is in place.
+    hooks.trace(TraceEvent::Subscribe {
+        filter: wire::RESPONSE_FILTER,
+    });
     session.subscribe(wire::RESPONSE_FILTER).await?;
     let mut rid: u32 = 0;
     let mut pending_operation: Option<String> = None;
@@ -270,7 +370,12 @@ async fn exchange(
         let (topic, payload) = match session.next().await? {
             Packet::SubAck(_) => {
                 rid += 1;
-                session.publish(register_topic(rid), &body).await?;
+                let topic = register_topic(rid);
+                hooks.trace(TraceEvent::Register {
+                    topic: &topic,
+                    body: &body,
+                });
+                session.publish(topic, &body).await?;
                 continue;
             }
             Packet::Publish(publish) => {
@@ -278,6 +383,15 @@ async fn exchange(
                     session
                         .send(Packet::PubAck(PubAck::new(publish.pkid)))
                         .await?;
+                }
+                if let Ok((status, retry_after)) =
+                    parse_response_topic(&String::from_utf8_lossy(&publish.topic))
+                {
+                    hooks.trace(TraceEvent::Answer {
+                        status,
+                        retry_after,
+                        body: &publish.payload,
+                    });
                 }
                 (publish.topic, publish.payload)
             }
@@ -302,8 +416,19 @@ async fn exchange(
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
                 match &pending_operation {
-                    None => session.publish(register_topic(rid), &body).await?,
-                    Some(op) => session.publish(poll_topic(rid, op), " ").await?,
+                    None => {
+                        let topic = register_topic(rid);
+                        hooks.trace(TraceEvent::Register {
+                            topic: &topic,
+                            body: &body,
+                        });
+                        session.publish(topic, &body).await?
+                    }
+                    Some(op) => {
+                        let topic = poll_topic(rid, op);
+                        hooks.trace(TraceEvent::Poll { topic: &topic });
+                        session.publish(topic, " ").await?
+                    }
                 }
             }
             Reply::Assigning {
@@ -314,7 +439,9 @@ async fn exchange(
                     + Duration::from_secs(retry_after.unwrap_or(2).into());
                 hooks.wait_until(pacer.reserve(advised)).await;
                 rid += 1;
-                session.publish(poll_topic(rid, &operation_id), " ").await?;
+                let topic = poll_topic(rid, &operation_id);
+                hooks.trace(TraceEvent::Poll { topic: &topic });
+                session.publish(topic, " ").await?;
                 pending_operation = Some(operation_id);
             }
             Reply::Assigned(result, _) => {

@@ -1,8 +1,27 @@
-//! The online checks against a DPS (helper B fills this in; see the brief).
+//! The online checks against a DPS: what DPS holds about this device, read through the same
+//! management and service clients dpskit uses everywhere (ARM: the DPS resource, its linked
+//! hubs, its CA certificates and keys; the DPS service API: the individual enrollment, the
+//! groups, the registration record; the assigned hub's service API: the device identity).
+//! Which enrollment DPS would pick is predicted with the rule the emulator decides with
+//! (`crate::diagnosis::enrollment`). A service that cannot be read skips the checks that need
+//! it, with the error as evidence: it never becomes a problem blamed on the device.
 
-use crate::diagnosis::Check;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
 use crate::diagnosis::credential::HeldCredential;
-use crate::service::arm::ArmClient;
+use crate::diagnosis::enrollment::{self, CaTrust, EnrolledCertificate};
+use crate::diagnosis::{Cause, Check};
+use crate::error::Error;
+use crate::pki::Certificate;
+use crate::pki::chain::describe;
+use crate::protocol::dps_service::{
+    AttestationType, DeviceRegistrationState, EnrollmentGroup, EnrollmentPolicies,
+    IndividualEnrollment, ProvisioningStatus, X509CertificateWithInfo,
+};
+use crate::protocol::hub_service::DeviceIdentity;
+use crate::service::arm::{ArmClient, DpsResource};
+use crate::service::{DpsServiceClient, HubServiceClient};
 use crate::transport::Trust;
 
 /// The DPS the online checks read, through ARM (its resource, CA certificates and keys) and
@@ -17,6 +36,266 @@ pub struct OnlineTarget {
     pub trust: Trust,
 }
 
+const CA_ID: &str = "dps.ca_certificates";
+const CA_TITLE: &str = "Uploaded CA certificates of the chain";
+const INDIVIDUAL_ID: &str = "enrollment.individual";
+const INDIVIDUAL_TITLE: &str = "Individual enrollment for the registration id";
+const MATCH_ID: &str = "enrollment.match";
+const MATCH_TITLE: &str = "The enrollment group DPS would pick";
+const VERIFIED_ID: &str = "enrollment.ca_verified";
+const VERIFIED_TITLE: &str = "The enrollment's CA is verified";
+const ENABLED_ID: &str = "enrollment.enabled";
+const ENABLED_TITLE: &str = "The enrollment is enabled";
+const HUBS_ID: &str = "enrollment.hubs";
+const HUBS_TITLE: &str = "Linked hubs the enrollment can assign";
+const RECORD_ID: &str = "registration.record";
+const RECORD_TITLE: &str = "DPS's registration record";
+const IDENTITY_ID: &str = "hub.identity";
+const IDENTITY_TITLE: &str = "The device identity in the assigned hub";
+
+/// Every check id this module reports, in order.
+pub const CHECK_IDS: [&str; 8] = [
+    CA_ID,
+    INDIVIDUAL_ID,
+    MATCH_ID,
+    VERIFIED_ID,
+    ENABLED_ID,
+    HUBS_ID,
+    RECORD_ID,
+    IDENTITY_ID,
+];
+
+fn title_of(id: &'static str) -> &'static str {
+    match id {
+        CA_ID => CA_TITLE,
+        INDIVIDUAL_ID => INDIVIDUAL_TITLE,
+        MATCH_ID => MATCH_TITLE,
+        VERIFIED_ID => VERIFIED_TITLE,
+        ENABLED_ID => ENABLED_TITLE,
+        HUBS_ID => HUBS_TITLE,
+        RECORD_ID => RECORD_TITLE,
+        _ => IDENTITY_TITLE,
+    }
+}
+
+fn skipped(id: &'static str, why: &str) -> Check {
+    Check::skipped(id, title_of(id), why)
+}
+
+/// An uploaded CA certificate as read from ARM.
+struct Uploaded {
+    name: String,
+    verified: bool,
+    certificate: Certificate,
+}
+
+/// A certificate an enrollment names: its body when known (given, uploaded, or found among the
+/// device's certificates by thumbprint), else Azure's description of it.
+#[derive(Clone)]
+enum Named {
+    Known {
+        certificate: Certificate,
+        label: String,
+    },
+    Described {
+        subject: String,
+        sha1: String,
+        sha256: String,
+        label: String,
+        /// Known certificates with the same subject and other thumbprints: when one of them
+        /// issued a certificate, the described one (another certificate) is taken not to.
+        look_alikes: Vec<Certificate>,
+    },
+}
+
+impl Named {
+    fn certificate(&self) -> Option<&Certificate> {
+        match self {
+            Named::Known { certificate, .. } => Some(certificate),
+            Named::Described { .. } => None,
+        }
+    }
+}
+
+/// Distinguished names as Azure and dpskit print them differ in spacing only.
+fn same_name(a: &str, b: &str) -> bool {
+    let squeeze = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    squeeze(a) == squeeze(b)
+}
+
+fn same_thumbprint(certificate: &Certificate, sha1: &str, sha256: &str) -> bool {
+    let info = certificate.info();
+    (!sha1.is_empty() && info.thumbprint_sha1.eq_ignore_ascii_case(sha1))
+        || (!sha256.is_empty() && info.thumbprint_sha256.eq_ignore_ascii_case(sha256))
+}
+
+impl EnrolledCertificate for Named {
+    fn is(&self, certificate: &Certificate) -> bool {
+        match self {
+            Named::Known { certificate: c, .. } => c.is(certificate),
+            Named::Described { sha1, sha256, .. } => same_thumbprint(certificate, sha1, sha256),
+        }
+    }
+
+    /// A description carries no key: its subject naming the issuer is all that can be told,
+    /// unless another certificate of that name, known here, is the issuer.
+    fn issued(&self, certificate: &Certificate) -> bool {
+        match self {
+            Named::Known { certificate: c, .. } => c.issued(certificate),
+            Named::Described {
+                subject,
+                look_alikes,
+                ..
+            } => {
+                same_name(subject, &certificate.info().issuer)
+                    && !look_alikes.iter().any(|l| l.issued(certificate))
+            }
+        }
+    }
+}
+
+/// Reads a certificate as ARM or a client sends it: base64 DER, or PEM text.
+fn parse_certificate(text: &str) -> Result<Certificate, String> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    match BASE64.decode(compact.as_bytes()) {
+        Ok(der) => Certificate::from_der(&der).map_err(|e| e.to_string()),
+        Err(_) => Certificate::all_from_bytes(text.as_bytes())
+            .map_err(|e| e.to_string())
+            .and_then(|all| {
+                all.into_iter()
+                    .next()
+                    .ok_or_else(|| "no certificate in it".to_string())
+            }),
+    }
+}
+
+/// An enrollment's certificate entry resolved to a body where one can be had: the body given,
+/// else a certificate of `known` with the described thumbprint. Unreadable bodies are
+/// reported in `unreadable`.
+fn resolve_entry(
+    entry: &X509CertificateWithInfo,
+    label: String,
+    known: &[Certificate],
+    unreadable: &mut Vec<String>,
+) -> Option<Named> {
+    if let Some(text) = &entry.certificate {
+        match parse_certificate(text) {
+            Ok(certificate) => return Some(Named::Known { certificate, label }),
+            Err(e) => {
+                unreadable.push(format!("{label}: {e}"));
+                return None;
+            }
+        }
+    }
+    let info = entry.info.as_ref()?;
+    if let Some(found) = known
+        .iter()
+        .find(|c| same_thumbprint(c, &info.sha1_thumbprint, &info.sha256_thumbprint))
+    {
+        return Some(Named::Known {
+            certificate: found.clone(),
+            label,
+        });
+    }
+    Some(Named::Described {
+        subject: info.subject_name.clone(),
+        sha1: info.sha1_thumbprint.clone(),
+        sha256: info.sha256_thumbprint.clone(),
+        label,
+        look_alikes: known
+            .iter()
+            .filter(|c| same_name(&c.info().subject, &info.subject_name))
+            .cloned()
+            .collect(),
+    })
+}
+
+/// One X.509 enrollment group as the doctor reads it.
+struct Group {
+    id: String,
+    certificates: Vec<Named>,
+    /// CA references naming no uploaded CA.
+    dangling: Vec<String>,
+    policies: EnrollmentPolicies,
+}
+
+fn group_of(
+    group: EnrollmentGroup,
+    known: &[Certificate],
+    uploaded: &[Uploaded],
+    unreadable: &mut Vec<String>,
+) -> Option<Group> {
+    let id = group.enrollment_group_id.clone().unwrap_or_default();
+    let attestation = group.attestation.as_ref()?;
+    if attestation.kind != AttestationType::X509 {
+        return None;
+    }
+    let x509 = attestation.x509.clone().unwrap_or_default();
+    let mut certificates = Vec::new();
+    let mut dangling = Vec::new();
+    if let Some(signing) = &x509.signing_certificates {
+        for (entry, which) in signing
+            .primary
+            .iter()
+            .map(|e| (e, "primary"))
+            .chain(signing.secondary.iter().map(|e| (e, "secondary")))
+        {
+            let label = format!("its {which} signing certificate");
+            certificates.extend(resolve_entry(entry, label, known, unreadable));
+        }
+    }
+    if let Some(references) = &x509.ca_references {
+        for name in references.primary.iter().chain(references.secondary.iter()) {
+            match uploaded.iter().find(|u| &u.name == name) {
+                Some(u) => certificates.push(Named::Known {
+                    certificate: u.certificate.clone(),
+                    label: format!("uploaded CA '{name}'"),
+                }),
+                None => dangling.push(name.clone()),
+            }
+        }
+    }
+    Some(Group {
+        id,
+        certificates,
+        dangling,
+        policies: group.policies,
+    })
+}
+
+fn named_text(named: &Named) -> String {
+    match named {
+        Named::Known { certificate, label } => format!("{label} {}", describe(certificate)),
+        Named::Described { subject, label, .. } => format!("{label} '{subject}'"),
+    }
+}
+
+fn is_not_found(error: &Error) -> bool {
+    matches!(error, Error::Service(s) if s.status == 404)
+}
+
+/// The certificates the device sends in its handshake: the leaf, then every issuer held that
+/// is not self-signed (TLS stacks leave the root out, and so does dpskit).
+fn sent_chain(held: &[Certificate]) -> Vec<Certificate> {
+    held.iter()
+        .enumerate()
+        .filter(|(i, c)| *i == 0 || !c.info().is_self_signed)
+        .map(|(_, c)| c.clone())
+        .collect()
+}
+
+/// What the enrollment checks found, for the checks after them.
+enum Decided {
+    Individual(IndividualEnrollment),
+    Group(Group),
+    Nothing,
+}
+
 /// Every online check, in a fixed order.
 pub async fn check(
     target: &OnlineTarget,
@@ -24,6 +303,802 @@ pub async fn check(
     registration_id: &str,
     now: i64,
 ) -> Vec<Check> {
-    let _ = (target, credential, registration_id, now);
-    Vec::new()
+    let held = &credential.certificates;
+    let sent = sent_chain(held);
+    let Some(leaf) = sent.first().cloned() else {
+        return CHECK_IDS
+            .iter()
+            .map(|id| skipped(id, "no certificate held"))
+            .collect();
+    };
+    let arm = &target.arm;
+    let dps = match arm.dps(&target.dps_name).await {
+        Ok(dps) => dps,
+        Err(e) => {
+            let why = format!("the DPS resource could not be read: {e}");
+            return CHECK_IDS.iter().map(|id| skipped(id, &why)).collect();
+        }
+    };
+    let mut checks = Vec::new();
+    let mut unreadable = Vec::new();
+    let uploaded = match arm.ca_certificates(&target.dps_name).await {
+        Ok(list) => {
+            let mut out = Vec::new();
+            for ca in list {
+                match ca.certificate.as_deref().map(parse_certificate) {
+                    Some(Ok(certificate)) => out.push(Uploaded {
+                        name: ca.name,
+                        verified: ca.is_verified,
+                        certificate,
+                    }),
+                    Some(Err(e)) => unreadable.push(format!("uploaded CA '{}': {e}", ca.name)),
+                    None => unreadable.push(format!(
+                        "uploaded CA '{}': ARM returned no certificate body",
+                        ca.name
+                    )),
+                }
+            }
+            checks.push(ca_check(held, &out, &unreadable));
+            Some(out)
+        }
+        Err(e) => {
+            checks.push(skipped(
+                CA_ID,
+                &format!("the CA certificates could not be listed: {e}"),
+            ));
+            None
+        }
+    };
+    let service = match service_client(target, &dps).await {
+        Ok(client) => client,
+        Err(why) => {
+            checks.extend(CHECK_IDS[1..].iter().map(|id| skipped(id, &why)));
+            return checks;
+        }
+    };
+    let decided = decide(
+        &service,
+        held,
+        &sent,
+        registration_id,
+        uploaded.as_deref(),
+        credential.source.is_pkcs12(),
+        now,
+        &mut checks,
+    )
+    .await;
+    checks.push(hubs_check(&decided, &dps));
+    let record = match service
+        .registration::<DeviceRegistrationState>(registration_id)
+        .await
+    {
+        Ok(record) => {
+            checks.push(record_check(&record));
+            Some(record)
+        }
+        Err(e) if is_not_found(&e) => {
+            checks.push(Check::ok(
+                RECORD_ID,
+                RECORD_TITLE,
+                format!("never registered: DPS holds no record of '{registration_id}'"),
+            ));
+            None
+        }
+        Err(e) => {
+            checks.push(skipped(
+                RECORD_ID,
+                &format!("the registration record could not be read: {e}"),
+            ));
+            None
+        }
+    };
+    checks.push(identity_check(target, &dps, record.as_ref(), &leaf).await);
+    checks
+}
+
+async fn service_client(
+    target: &OnlineTarget,
+    dps: &DpsResource,
+) -> Result<DpsServiceClient, String> {
+    let keys = target
+        .arm
+        .dps_keys(&target.dps_name)
+        .await
+        .map_err(|e| format!("the DPS keys could not be read: {e}"))?;
+    let connection = format!(
+        "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+        dps.service_operations_host_name, keys.key_name, keys.primary_key
+    );
+    DpsServiceClient::from_connection_string(&connection, None, &target.trust)
+        .map_err(|e| format!("the DPS service client could not be made: {e}"))
+}
+
+/// `dps.ca_certificates`: the uploaded CAs in or above the device's chain.
+fn ca_check(held: &[Certificate], uploaded: &[Uploaded], unreadable: &[String]) -> Check {
+    // Walks up from the held certificates through the uploaded ones, so a root uploaded
+    // above an uploaded intermediate counts too.
+    let mut reached: Vec<Certificate> = held.to_vec();
+    let mut related: Vec<&Uploaded> = Vec::new();
+    loop {
+        let before = related.len();
+        for u in uploaded {
+            if related.iter().any(|r| r.name == u.name) {
+                continue;
+            }
+            if reached
+                .iter()
+                .any(|c| *c == u.certificate || u.certificate.issued(c))
+            {
+                related.push(u);
+                reached.push(u.certificate.clone());
+            }
+        }
+        if related.len() == before {
+            break;
+        }
+    }
+    let mut evidence = if related.is_empty() {
+        format!(
+            "none of the {} uploaded CA certificate(s) is in or above the chain of {}",
+            uploaded.len(),
+            describe(&held[0])
+        )
+    } else {
+        related
+            .iter()
+            .map(|u| {
+                format!(
+                    "'{}' {}: {}",
+                    u.name,
+                    describe(&u.certificate),
+                    if u.verified {
+                        "verified"
+                    } else {
+                        "not verified"
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if !unreadable.is_empty() {
+        evidence.push_str(&format!(" (unreadable: {})", unreadable.join("; ")));
+    }
+    if related.is_empty() {
+        Check::warning(
+            CA_ID,
+            CA_TITLE,
+            None,
+            evidence,
+            "Upload (and verify) the root or intermediate CA that issued this device's certificate, \
+             unless its enrollment names the CA inline.",
+        )
+    } else {
+        Check::ok(CA_ID, CA_TITLE, evidence)
+    }
+}
+
+/// The enrollment checks: individual, match, CA verified, enabled. Returns what was decided.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    service: &DpsServiceClient,
+    held: &[Certificate],
+    sent: &[Certificate],
+    registration_id: &str,
+    uploaded: Option<&[Uploaded]>,
+    pkcs12: bool,
+    now: i64,
+    checks: &mut Vec<Check>,
+) -> Decided {
+    let later = [MATCH_ID, VERIFIED_ID, ENABLED_ID];
+    let individual = match service
+        .enrollment::<IndividualEnrollment>(registration_id)
+        .await
+    {
+        Ok(e) => Some(e),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => {
+            let why = format!("the individual enrollment could not be read: {e}");
+            checks.push(skipped(INDIVIDUAL_ID, &why));
+            checks.extend(later.iter().map(|id| skipped(id, &why)));
+            return Decided::Nothing;
+        }
+    };
+    if let Some(enrollment) = individual {
+        checks.push(individual_check(&enrollment, held, sent, now));
+        checks.push(skipped(
+            MATCH_ID,
+            "an individual enrollment exists for this id: DPS does not look at the groups",
+        ));
+        checks.push(skipped(
+            VERIFIED_ID,
+            "an individual enrollment names the device's own certificate: no CA is involved",
+        ));
+        checks.push(enabled_check(
+            &format!("individual enrollment '{registration_id}'"),
+            &enrollment.policies,
+        ));
+        return Decided::Individual(enrollment);
+    }
+    checks.push(Check::ok(
+        INDIVIDUAL_ID,
+        INDIVIDUAL_TITLE,
+        format!("none for '{registration_id}': enrollment groups decide"),
+    ));
+    let Some(uploaded) = uploaded else {
+        let why = "the CA certificates could not be listed, and groups name them";
+        checks.extend(later.iter().map(|id| skipped(id, why)));
+        return Decided::Nothing;
+    };
+    let groups = match service.enrollment_groups::<EnrollmentGroup>().await {
+        Ok(groups) => groups,
+        Err(e) => {
+            let why = format!("the enrollment groups could not be listed: {e}");
+            checks.extend(later.iter().map(|id| skipped(id, &why)));
+            return Decided::Nothing;
+        }
+    };
+    let known: Vec<Certificate> = held
+        .iter()
+        .cloned()
+        .chain(uploaded.iter().map(|u| u.certificate.clone()))
+        .collect();
+    let mut unreadable = Vec::new();
+    let groups: Vec<Group> = groups
+        .into_iter()
+        .filter_map(|g| group_of(g, &known, uploaded, &mut unreadable))
+        .collect();
+    let sets: Vec<&[Named]> = groups.iter().map(|g| g.certificates.as_slice()).collect();
+    let walk = enrollment::pick_group(sent, &sets);
+    let listing = groups_listing(&groups, &unreadable);
+    let stop = walk.path.last().unwrap_or(&sent[0]);
+    let Some((g, c)) = walk.pick else {
+        checks.push(no_match(sent, held, uploaded, &walk.path, pkcs12, &listing));
+        let why = "no enrollment is picked";
+        checks.push(skipped(VERIFIED_ID, why));
+        checks.push(skipped(ENABLED_ID, why));
+        return Decided::Nothing;
+    };
+    let mut groups = groups;
+    let group = groups.swap_remove(g);
+    let Some(named) = group.certificates.get(c).cloned() else {
+        return Decided::Nothing;
+    };
+    let level = if named.is(stop) {
+        format!("it is {} of the chain sent", describe(stop))
+    } else {
+        format!("it issued {}", describe(stop))
+    };
+    checks.push(Check::ok(
+        MATCH_ID,
+        MATCH_TITLE,
+        format!("group '{}' on {}: {level}", group.id, named_text(&named)),
+    ));
+    checks.push(verified_check(&group, &named, sent, uploaded, now));
+    checks.push(enabled_check(
+        &format!("enrollment group '{}'", group.id),
+        &group.policies,
+    ));
+    Decided::Group(group)
+}
+
+fn groups_listing(groups: &[Group], unreadable: &[String]) -> String {
+    let mut listing = if groups.is_empty() {
+        "the DPS has no X.509 enrollment group".to_string()
+    } else {
+        groups
+            .iter()
+            .map(|g| {
+                let mut names: Vec<String> = g.certificates.iter().map(named_text).collect();
+                names.extend(
+                    g.dangling
+                        .iter()
+                        .map(|n| format!("CA '{n}' (not uploaded)")),
+                );
+                if names.is_empty() {
+                    names.push("no certificate".into());
+                }
+                format!("group '{}' names {}", g.id, names.join(" and "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if !unreadable.is_empty() {
+        listing.push_str(&format!(" (unreadable: {})", unreadable.join("; ")));
+    }
+    listing
+}
+
+fn missing_chain(pkcs12: bool) -> Cause {
+    if pkcs12 {
+        Cause::Pkcs12WithoutChain
+    } else {
+        Cause::MissingIntermediate
+    }
+}
+
+/// `enrollment.match` when no group is met: names why.
+fn no_match(
+    sent: &[Certificate],
+    held: &[Certificate],
+    uploaded: &[Uploaded],
+    path: &[Certificate],
+    pkcs12: bool,
+    listing: &str,
+) -> Check {
+    let leaf = &sent[0];
+    let top = path.last().unwrap_or(leaf);
+    let stops = format!(
+        "the chain sent stops at {}, issued by '{}'",
+        describe(top),
+        top.info().issuer
+    );
+    let leaf_alone = sent.len() == 1 && !leaf.info().is_self_signed;
+    let reaches_upload = uploaded
+        .iter()
+        .any(|u| path.contains(&u.certificate) || u.certificate.issued(top));
+    let holds_root = held
+        .iter()
+        .any(|c| c.info().is_self_signed && (path.contains(c) || c.issued(top)));
+    let (cause, fix) = if leaf_alone {
+        (
+            missing_chain(pkcs12),
+            if pkcs12 {
+                "Export the PKCS#12 file with its intermediate certificates (openssl pkcs12 -export \
+                 -certfile chain.pem), so the device sends them."
+            } else {
+                "Send the intermediate certificates after the device certificate (append them to \
+                 its certificate file or give the chain file)."
+            },
+        )
+    } else if reaches_upload || top.info().is_self_signed || holds_root {
+        (
+            Cause::WrongCaInGroup,
+            "Point an enrollment group at a CA of this device's chain (or issue the device from \
+             the CA the group names).",
+        )
+    } else {
+        (
+            missing_chain(pkcs12),
+            "Send every intermediate up to the CA the enrollment group names.",
+        )
+    };
+    Check::problem(
+        MATCH_ID,
+        MATCH_TITLE,
+        cause,
+        format!("no group matches: {stops}; {listing}"),
+        fix,
+    )
+}
+
+fn individual_check(
+    enrollment: &IndividualEnrollment,
+    held: &[Certificate],
+    sent: &[Certificate],
+    now: i64,
+) -> Check {
+    let id = enrollment.registration_id.clone().unwrap_or_default();
+    let mismatch = |evidence: String| {
+        Check::problem(
+            INDIVIDUAL_ID,
+            INDIVIDUAL_TITLE,
+            Cause::IndividualEnrollmentMismatch,
+            evidence,
+            "Put this device's certificate in its individual enrollment, or delete the \
+             individual enrollment so its group decides.",
+        )
+    };
+    let Some(attestation) = &enrollment.attestation else {
+        return mismatch(format!("individual enrollment '{id}' has no attestation"));
+    };
+    if attestation.kind != AttestationType::X509 {
+        return mismatch(format!(
+            "individual enrollment '{id}' uses {:?} attestation, not X.509; it beats every group",
+            attestation.kind
+        ));
+    }
+    let mut unreadable = Vec::new();
+    let named: Vec<Named> = attestation
+        .x509
+        .as_ref()
+        .and_then(|x| x.client_certificates.as_ref())
+        .map(|certs| {
+            certs
+                .entries()
+                .filter_map(|e| {
+                    resolve_entry(e, "its client certificate".into(), held, &mut unreadable)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let bodies: Vec<Certificate> = named
+        .iter()
+        .filter_map(|n| n.certificate().cloned())
+        .collect();
+    let names = named
+        .iter()
+        .map(named_text)
+        .collect::<Vec<_>>()
+        .join(" and ");
+    if enrollment::individual_accepts(sent, &bodies, now) {
+        Check::ok(
+            INDIVIDUAL_ID,
+            INDIVIDUAL_TITLE,
+            format!("individual enrollment '{id}' names {names}: it accepts this certificate"),
+        )
+    } else {
+        let mut evidence = format!(
+            "individual enrollment '{id}' names {}, not {} (SHA-1 {}) nor a CA the chain sent reaches",
+            if names.is_empty() {
+                "no certificate".into()
+            } else {
+                names
+            },
+            describe(&sent[0]),
+            sent[0].info().thumbprint_sha1
+        );
+        if !unreadable.is_empty() {
+            evidence.push_str(&format!(" (unreadable: {})", unreadable.join("; ")));
+        }
+        mismatch(evidence)
+    }
+}
+
+fn verified_check(
+    group: &Group,
+    named: &Named,
+    sent: &[Certificate],
+    uploaded: &[Uploaded],
+    now: i64,
+) -> Check {
+    let Some(certificate) = named.certificate() else {
+        return Check::warning(
+            VERIFIED_ID,
+            VERIFIED_TITLE,
+            None,
+            format!(
+                "group '{}' names {} which DPS describes without its body, and no certificate \
+                 held or uploaded has its thumbprint: whether it chains to a verified CA cannot \
+                 be told",
+                group.id,
+                named_text(named)
+            ),
+            "Give the doctor the CA certificate (in the chain file) to check it.",
+        );
+    };
+    let pairs: Vec<(bool, Certificate)> = uploaded
+        .iter()
+        .map(|u| (u.verified, u.certificate.clone()))
+        .collect();
+    let name_of = |c: &Certificate| {
+        uploaded
+            .iter()
+            .find(|u| u.certificate == *c)
+            .map(|u| format!("'{}'", u.name))
+            .unwrap_or_else(|| describe(c))
+    };
+    match enrollment::group_certificate_trust(certificate, sent, &pairs, now) {
+        CaTrust::Verified => Check::ok(
+            VERIFIED_ID,
+            VERIFIED_TITLE,
+            format!("{} is an uploaded, verified CA", name_of(certificate)),
+        ),
+        CaTrust::ChainsToVerified(anchor) => Check::ok(
+            VERIFIED_ID,
+            VERIFIED_TITLE,
+            format!(
+                "{} chains to the verified uploaded CA {}",
+                describe(certificate),
+                name_of(&anchor)
+            ),
+        ),
+        CaTrust::UploadedUnverified => Check::problem(
+            VERIFIED_ID,
+            VERIFIED_TITLE,
+            Cause::UnverifiedCa,
+            format!(
+                "group '{}' relies on {} {}, which is uploaded but not verified",
+                group.id,
+                name_of(certificate),
+                describe(certificate)
+            ),
+            "Verify the CA certificate (proof of possession: dpskit or az iot dps certificate \
+             generate-verification-code / verify), or upload it as verified.",
+        ),
+        CaTrust::Untrusted => {
+            let unverified_above = uploaded.iter().find(|u| {
+                !u.verified
+                    && crate::pki::verify_chain(
+                        certificate,
+                        &pairs.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+                        std::slice::from_ref(&u.certificate),
+                        now,
+                    )
+                    .is_ok()
+            });
+            let evidence = match unverified_above {
+                Some(u) => format!(
+                    "group '{}' names {}, which chains to '{}', uploaded but not verified",
+                    group.id,
+                    describe(certificate),
+                    u.name
+                ),
+                None => format!(
+                    "group '{}' names {}, which is not uploaded and chains to no verified \
+                     uploaded CA",
+                    group.id,
+                    describe(certificate)
+                ),
+            };
+            Check::problem(
+                VERIFIED_ID,
+                VERIFIED_TITLE,
+                Cause::UnverifiedCa,
+                evidence,
+                "Upload the group's CA (or the root above it) to the DPS and verify it.",
+            )
+        }
+    }
+}
+
+fn enabled_check(what: &str, policies: &EnrollmentPolicies) -> Check {
+    if policies.provisioning_status == Some(ProvisioningStatus::Disabled) {
+        Check::problem(
+            ENABLED_ID,
+            ENABLED_TITLE,
+            Cause::DisabledEnrollment,
+            format!("the {what} is disabled (provisioningStatus: disabled)"),
+            "Enable the enrollment (provisioningStatus: enabled), unless the device is meant to \
+             be blocked.",
+        )
+    } else {
+        Check::ok(ENABLED_ID, ENABLED_TITLE, format!("the {what} is enabled"))
+    }
+}
+
+fn hubs_check(decided: &Decided, dps: &DpsResource) -> Check {
+    let (what, policies) = match decided {
+        Decided::Individual(e) => (
+            format!(
+                "individual enrollment '{}'",
+                e.registration_id.as_deref().unwrap_or_default()
+            ),
+            &e.policies,
+        ),
+        Decided::Group(g) => (format!("enrollment group '{}'", g.id), &g.policies),
+        Decided::Nothing => return skipped(HUBS_ID, "no enrollment is picked"),
+    };
+    let named: Vec<String> = match (&policies.iot_hubs, &policies.iot_hub_host_name) {
+        (Some(hubs), _) if !hubs.is_empty() => hubs.clone(),
+        (_, Some(host)) if !host.is_empty() => vec![host.clone()],
+        _ => Vec::new(),
+    };
+    let linked: Vec<String> = dps
+        .linked_hubs
+        .iter()
+        .map(|l| l.host_name.clone())
+        .collect();
+    let (candidates, scope) = if named.is_empty() {
+        (
+            dps.linked_hubs
+                .iter()
+                .filter(|l| l.apply_allocation_policy)
+                .map(|l| l.host_name.clone())
+                .collect::<Vec<_>>(),
+            "names no hub: every linked hub the allocation policy applies to".to_string(),
+        )
+    } else {
+        (
+            named
+                .iter()
+                .filter(|h| linked.iter().any(|l| l.eq_ignore_ascii_case(h)))
+                .cloned()
+                .collect(),
+            format!("names {}", named.join(", ")),
+        )
+    };
+    let linked_text = if linked.is_empty() {
+        "none".to_string()
+    } else {
+        linked.join(", ")
+    };
+    if candidates.is_empty() {
+        Check::problem(
+            HUBS_ID,
+            HUBS_TITLE,
+            Cause::NoLinkedHub,
+            format!(
+                "the {what} {scope}; hubs linked to {}: {linked_text}",
+                dps.name
+            ),
+            "Link an IoT hub to the DPS (az iot dps linked-hub create) and let the enrollment \
+             use it.",
+        )
+    } else {
+        Check::ok(
+            HUBS_ID,
+            HUBS_TITLE,
+            format!("the {what} {scope}: can assign {}", candidates.join(", ")),
+        )
+    }
+}
+
+fn record_check(record: &DeviceRegistrationState) -> Check {
+    let status = record.status.as_deref().unwrap_or("unknown");
+    let when = record
+        .last_updated_date_time_utc
+        .as_deref()
+        .unwrap_or("an unknown time");
+    match status {
+        "assigned" => Check::ok(
+            RECORD_ID,
+            RECORD_TITLE,
+            format!(
+                "assigned to {} as '{}' at {when}",
+                record.assigned_hub.as_deref().unwrap_or("?"),
+                record.device_id.as_deref().unwrap_or("?")
+            ),
+        ),
+        "failed" | "disabled" => Check::warning(
+            RECORD_ID,
+            RECORD_TITLE,
+            None,
+            format!(
+                "{status} at {when}: {} {}",
+                record
+                    .error_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "no error code".into()),
+                record.error_message.as_deref().unwrap_or("no message")
+            ),
+            "See the other checks for the cause; the record changes at the next registration.",
+        ),
+        other => Check::ok(RECORD_ID, RECORD_TITLE, format!("{other} at {when}")),
+    }
+}
+
+/// The port the service APIs of this cloud answer on when it is not 443: the local cloud
+/// serves every resource's service API on the port its DPS's names.
+fn web_port(dps: &DpsResource) -> Option<&str> {
+    dps.service_operations_host_name
+        .rsplit_once(':')
+        .map(|(_, port)| port)
+        .filter(|p| p.parse::<u16>().is_ok())
+}
+
+async fn identity_check(
+    target: &OnlineTarget,
+    dps: &DpsResource,
+    record: Option<&DeviceRegistrationState>,
+    leaf: &Certificate,
+) -> Check {
+    let Some(record) = record.filter(|r| r.status.as_deref() == Some("assigned")) else {
+        return skipped(IDENTITY_ID, "the device is not assigned to a hub");
+    };
+    let (Some(host), Some(device_id)) = (&record.assigned_hub, &record.device_id) else {
+        return skipped(IDENTITY_ID, "the record names no hub or device id");
+    };
+    let hub = match target.arm.hubs().await {
+        Ok(hubs) => hubs
+            .into_iter()
+            .find(|h| h.host_name.eq_ignore_ascii_case(host)),
+        Err(e) => return skipped(IDENTITY_ID, &format!("the hubs could not be listed: {e}")),
+    };
+    let Some(hub) = hub else {
+        return skipped(
+            IDENTITY_ID,
+            &format!("hub {host} is not in this resource group"),
+        );
+    };
+    let keys = match target.arm.hub_keys(&hub.name).await {
+        Ok(keys) => keys,
+        Err(e) => {
+            return skipped(
+                IDENTITY_ID,
+                &format!("the keys of hub {} could not be read: {e}", hub.name),
+            );
+        }
+    };
+    let authority = match web_port(dps) {
+        Some(port) => format!("{host}:{port}"),
+        None => host.clone(),
+    };
+    let connection = format!(
+        "HostName={authority};SharedAccessKeyName={};SharedAccessKey={}",
+        keys.key_name, keys.primary_key
+    );
+    let client = match HubServiceClient::from_connection_string(&connection, None, &target.trust) {
+        Ok(client) => client,
+        Err(e) => {
+            return skipped(
+                IDENTITY_ID,
+                &format!("the hub client could not be made: {e}"),
+            );
+        }
+    };
+    let identity: DeviceIdentity = match client.device(device_id).await {
+        Ok(identity) => identity,
+        Err(e) if is_not_found(&e) => {
+            return Check::warning(
+                IDENTITY_ID,
+                IDENTITY_TITLE,
+                None,
+                format!("DPS assigned '{device_id}' to {host}, but the hub has no such identity"),
+                "Register the device again: DPS creates the identity when it assigns it.",
+            );
+        }
+        Err(e) => return skipped(IDENTITY_ID, &format!("the identity could not be read: {e}")),
+    };
+    if identity.status.as_deref() == Some("disabled") {
+        return Check::problem(
+            IDENTITY_ID,
+            IDENTITY_TITLE,
+            Cause::HubIdentityDisabled,
+            format!(
+                "'{device_id}' in {host} is disabled{}",
+                identity
+                    .status_reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+            "Enable the device identity in the hub (status: enabled).",
+        );
+    }
+    let authentication = identity.authentication.unwrap_or_default();
+    let kind = authentication.kind.as_deref().unwrap_or("sas");
+    let info = leaf.info();
+    let mismatch = |evidence: String| {
+        Check::problem(
+            IDENTITY_ID,
+            IDENTITY_TITLE,
+            Cause::HubIdentityMismatch,
+            evidence,
+            "Register the device again so DPS rewrites the identity with this certificate's \
+             thumbprint (with reprovisioning allowed), or update the identity's thumbprints.",
+        )
+    };
+    match kind {
+        "selfSigned" => {
+            let thumbprints = authentication.x509_thumbprint.unwrap_or_default();
+            let listed: Vec<String> = [
+                thumbprints.primary_thumbprint,
+                thumbprints.secondary_thumbprint,
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if listed.iter().any(|t| {
+                t.eq_ignore_ascii_case(&info.thumbprint_sha1)
+                    || t.eq_ignore_ascii_case(&info.thumbprint_sha256)
+            }) {
+                Check::ok(
+                    IDENTITY_ID,
+                    IDENTITY_TITLE,
+                    format!(
+                        "'{device_id}' in {host} is enabled and names this certificate's thumbprint"
+                    ),
+                )
+            } else {
+                mismatch(format!(
+                    "'{device_id}' in {host} names thumbprint(s) {}, not {} (this certificate's)",
+                    if listed.is_empty() {
+                        "none".into()
+                    } else {
+                        listed.join(", ")
+                    },
+                    info.thumbprint_sha1
+                ))
+            }
+        }
+        "certificateAuthority" => Check::ok(
+            IDENTITY_ID,
+            IDENTITY_TITLE,
+            format!("'{device_id}' in {host} is enabled and authenticates by its CA"),
+        ),
+        other => mismatch(format!(
+            "'{device_id}' in {host} authenticates with '{other}', not this certificate"
+        )),
+    }
 }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use rumqttc::ConnectReturnCode;
 use serde_json::{Value, json};
 
+use crate::diagnosis::enrollment;
 use crate::emulator::cloud::{
     Cloud, azure_time_ms, azure_timestamp, decode_der, new_etag, random_guid,
 };
@@ -791,10 +792,7 @@ impl DpsEngine {
                 .iter()
                 .map(|c| stored_certificate(c, &e.registration_id))
                 .collect::<Result<Vec<_>, _>>()?;
-            let matches = enrolled
-                .into_iter()
-                .any(|c| c == *leaf || chain[1..].contains(&c) && self.chains_to(chain, &c));
-            if !matches {
+            if !enrollment::individual_accepts(chain, &enrolled, t) {
                 return Err(unauthorized(
                     "Invalid certificate: it is not the certificate of the individual enrollment."
                         .into(),
@@ -821,40 +819,23 @@ impl DpsEngine {
             .filter_map(Result::transpose)
             .collect::<Result<_, Reply>>()?;
         // Walk up from the leaf; the first group whose certificate appears wins.
-        let mut current = leaf.clone();
-        let mut path = vec![leaf.clone()];
-        for _ in 0..chain.len() + 1 {
-            if let Some((group, group_cert)) = groups.iter().find_map(|(g, certs)| {
-                certs
-                    .iter()
-                    .find(|c| {
-                        *c == &current && path.len() > 1
-                            || c.is_issuer_name_of(&current) && current.is_signed_by(c)
-                    })
-                    .map(|c| (g, c.clone()))
-            }) {
-                let reference = EnrollmentRef::Group(group.enrollment_group_id.clone());
-                check_enabled(&group.settings, &reference)?;
-                self.check_group_certificate_trusted(&dps, group, &group_cert, chain)?;
-                crate::pki::verify_chain(leaf, &chain[1..], std::slice::from_ref(&group_cert), t)
-                    .map_err(|e| unauthorized(format!("Invalid certificate: {e}")))?;
-                return Ok(Admitted {
-                    enrollment: reference,
-                    attestation: AttestationKind::X509,
-                    settings: group.settings.clone(),
-                    device_id: None,
-                    auth,
-                });
-            }
-            match chain[1..].iter().find(|c| {
-                !path.contains(c) && c.is_issuer_name_of(&current) && current.is_signed_by(c)
-            }) {
-                Some(issuer) => {
-                    current = issuer.clone();
-                    path.push(issuer.clone());
-                }
-                None => break,
-            }
+        let sets: Vec<&[Certificate]> = groups.iter().map(|(_, certs)| certs.as_slice()).collect();
+        if let Some((g, c)) = enrollment::pick_group(chain, &sets).pick
+            && let Some((group, certs)) = groups.get(g)
+            && let Some(group_cert) = certs.get(c)
+        {
+            let reference = EnrollmentRef::Group(group.enrollment_group_id.clone());
+            check_enabled(&group.settings, &reference)?;
+            self.check_group_certificate_trusted(&dps, group, group_cert, chain)?;
+            crate::pki::verify_chain(leaf, &chain[1..], std::slice::from_ref(group_cert), t)
+                .map_err(|e| unauthorized(format!("Invalid certificate: {e}")))?;
+            return Ok(Admitted {
+                enrollment: reference,
+                attestation: AttestationKind::X509,
+                settings: group.settings.clone(),
+                device_id: None,
+                auth,
+            });
         }
         let hint = if chain.len() == 1 && !info.is_self_signed {
             " (only the leaf was sent: send the full chain up to the enrollment's CA)"
@@ -864,17 +845,6 @@ impl DpsEngine {
         Err(unauthorized(format!(
             "CA certificate not found: no enrollment group of this provisioning service matches the chain of '{cn}'{hint}."
         )))
-    }
-
-    /// Whether `target` is reachable from the leaf through the presented chain.
-    fn chains_to(&self, chain: &[Certificate], target: &Certificate) -> bool {
-        crate::pki::verify_chain(
-            &chain[0],
-            &chain[1..],
-            std::slice::from_ref(target),
-            self.cloud.clock().now(),
-        )
-        .is_ok()
     }
 
     /// A group's certificate counts only if it is a verified uploaded CA, or chains up (through
@@ -891,26 +861,16 @@ impl DpsEngine {
             .iter()
             .map(|c| Ok((c.is_verified, stored_certificate(&c.der_base64, &c.name)?)))
             .collect::<Result<_, Reply>>()?;
-        let verified: Vec<Certificate> = uploaded
-            .iter()
-            .filter(|(v, _)| *v)
-            .map(|(_, c)| c.clone())
-            .collect();
-        if verified.contains(group_cert) {
+        let trust = enrollment::group_certificate_trust(
+            group_cert,
+            chain,
+            &uploaded,
+            self.cloud.clock().now(),
+        );
+        if trust.is_trusted() {
             return Ok(());
         }
-        let pool: Vec<Certificate> = chain
-            .iter()
-            .cloned()
-            .chain(uploaded.iter().map(|(_, c)| c.clone()))
-            .collect();
-        if !verified.is_empty()
-            && crate::pki::verify_chain(group_cert, &pool, &verified, self.cloud.clock().now())
-                .is_ok()
-        {
-            return Ok(());
-        }
-        let uploaded_unverified = uploaded.iter().any(|(v, c)| !v && c == group_cert);
+        let uploaded_unverified = trust == enrollment::CaTrust::UploadedUnverified;
         Err(Reply::error(
             401,
             401_002,

@@ -4,6 +4,7 @@
 
 mod arm_operations;
 mod arm_resources;
+mod doctor;
 mod events_reader;
 mod hub_client;
 mod hub_devices;

@@ -294,6 +294,31 @@ pub(crate) async fn dial(
     connect: Connect,
     max_incoming: usize,
 ) -> Result<(Framed<ClientStream>, ConnAck), DialError> {
+    dial_observed(host, port, via, tls, connect, max_incoming, &|_| {}).await
+}
+
+/// What [`dial_observed`] tells as it goes.
+pub(crate) enum DialStep<'a> {
+    /// The TCP connection is open (through the proxy, if any).
+    Connected,
+    /// The TLS handshake is done: the certificates the server presented, its own first.
+    TlsDone {
+        /// The server's chain as sent (DER).
+        server_chain: &'a [rustls::pki_types::CertificateDer<'static>],
+    },
+}
+
+/// [`dial`], telling `observe` of each step (a traced attempt shows them; nobody else pays
+/// for more than a call to a no-op).
+pub(crate) async fn dial_observed(
+    host: &str,
+    port: u16,
+    via: &Via,
+    tls: Arc<rustls::ClientConfig>,
+    connect: Connect,
+    max_incoming: usize,
+    observe: &(dyn Fn(DialStep<'_>) + Sync),
+) -> Result<(Framed<ClientStream>, ConnAck), DialError> {
     let tcp = match &via.proxy {
         Some(proxy) => proxy.tunnel(host, port).await,
         None => TcpStream::connect((host, port)).await,
@@ -301,12 +326,16 @@ pub(crate) async fn dial(
     .map_err(DialError::Unreachable)?;
     // Without TCP_NODELAY every small MQTT exchange waits ~40 ms for a delayed ACK.
     let _ = tcp.set_nodelay(true);
+    observe(DialStep::Connected);
     let name =
         rustls::pki_types::ServerName::try_from(host.to_string()).map_err(DialError::BadHost)?;
     let stream = tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
         .map_err(DialError::Tls)?;
+    observe(DialStep::TlsDone {
+        server_chain: stream.get_ref().1.peer_certificates().unwrap_or_default(),
+    });
     let stream = match via.transport {
         DeviceTransport::Tls => MqttStream::Tls(Box::new(stream)),
         DeviceTransport::WebSockets => {
