@@ -84,6 +84,12 @@ def _attempt_dict(attempt: DoctorAttempt) -> dict[str, Any]:
     }
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    # Paths and ids hold hyphens: break lines at spaces, and inside a word only when it is
+    # longer than the column.
+    return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
 class DoctorReport:
     """The doctor's answer for one device: every check (problems first, then warnings, then
     the rest), the traced attempt when one was made, and the causes found.
@@ -181,16 +187,9 @@ class DoctorReport:
             # Too narrow for columns: one block per check.
             for verdict, check_id, evidence, fix in rows:
                 lines.append(f"{verdict} {check_id}")
-                lines += (
-                    textwrap.wrap(
-                        evidence, width - 4, initial_indent="    ", subsequent_indent="    "
-                    )
-                    or []
-                )
+                lines += ["    " + line for line in _wrap(evidence, width - 4)]
                 if fix:
-                    lines += textwrap.wrap(
-                        f"fix: {fix}", width - 4, initial_indent="    ", subsequent_indent="    "
-                    )
+                    lines += ["    " + line for line in _wrap(f"fix: {fix}", width - 4)]
         else:
             evidence_w = rest * 11 // 20
             fix_w = rest - evidence_w
@@ -198,9 +197,9 @@ class DoctorReport:
             for verdict, check_id, evidence, fix in [header, *rows]:
                 cells = zip_longest(
                     [verdict],
-                    textwrap.wrap(check_id, check_w) or [""],
-                    textwrap.wrap(evidence, evidence_w) or [""],
-                    textwrap.wrap(fix, fix_w) or [""],
+                    _wrap(check_id, check_w) or [""],
+                    _wrap(evidence, evidence_w) or [""],
+                    _wrap(fix, fix_w) or [""],
                     fillvalue="",
                 )
                 for a, b, c, d in cells:
