@@ -102,8 +102,8 @@ def add_doctor_commands(commands: Any) -> None:
             "Checks the device's credential as the device holds it (offline), its server trust\n"
             "bundle, and with a DPS (--dps NAME, --local DIR or --azure) the DPS's CA\n"
             "certificates, the enrollment it would pick, its linked hubs, the registration and\n"
-            "the hub identity; --connect also makes one traced provisioning attempt.\n"
-            "Causes it names: " + ", ".join(CAUSES)
+            "the hub identity; --connect also makes one traced provisioning attempt.\n\n"
+            + textwrap.fill("Causes it names: " + ", ".join(CAUSES), 84, break_on_hyphens=False)
         ),
         epilog=_EXIT_CODES,
     )
