@@ -861,6 +861,9 @@ static STRONG_PHRASES: &[(&str, &Entry)] = &[
     ("handshake failed", &TLS_HANDSHAKE),
     ("invalid certificate", &INVALID_CERTIFICATE),
     ("connectiondroppederror", &CONNECTION_DROPPED),
+    // Paho's rc 1 after a connection was up is a dropped connection, not CONNACK 1.
+    ("paho returned rc==1", &CONNECTION_DROPPED),
+    ("unexpected disconnect", &CONNECTION_DROPPED),
     ("connection dropped", &CONNECTION_DROPPED),
 ];
 
@@ -1292,6 +1295,7 @@ mod tests {
         assert!(e.cause_names.contains(&Cause::NoLinkedHub));
         let e = first("ConnectionDroppedError('Paho returned rc==1')");
         assert_eq!(e.title, "The server closed the connection");
+        assert_eq!(first("Paho returned rc==1").title, e.title);
         assert_eq!(e.cause_names[0], Cause::MissingIntermediate);
     }
 
