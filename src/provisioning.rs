@@ -824,44 +824,37 @@ fn backoff(retry_after: Option<u32>, refusals: u32) -> Duration {
 }
 
 /// What the device can tell about why its X.509 registration was refused, from its own
-/// credential: the causes users hit most (see the wire-protocol notes, section 9).
+/// credential: the offline checks' problems (the rules `dpskit doctor` applies too, written
+/// once in `crate::diagnosis::offline`), and a chain that stops at the leaf, which is only a
+/// warning before DPS is asked but the likely cause once it refused.
 fn diagnose(registration_id: &str, auth: &DeviceAuth) -> Vec<String> {
+    use crate::diagnosis::credential::{CredentialSource, HeldCredential};
+    use crate::diagnosis::{Verdict, offline};
     let DeviceAuth::X509(credential) = auth else {
         return Vec::new();
     };
-    let leaf = credential.certificate().info();
-    let mut causes = Vec::new();
-    match leaf.common_name.as_deref() {
-        Some(cn) if cn != registration_id => causes.push(format!(
-            "the certificate's CN is '{cn}' but the registration id is '{registration_id}': they must be equal"
-        )),
-        None => causes.push("the certificate has no CN: it must equal the registration id".into()),
-        _ => {}
-    }
-    let intermediates = credential
-        .issuers()
-        .iter()
-        .filter(|c| !c.info().is_self_signed)
-        .count();
-    // A leaf signed directly by a root it holds needs no intermediates.
-    let signed_by_root = credential
-        .issuers()
-        .iter()
-        .any(|c| c.info().is_self_signed && c.info().subject == leaf.issuer);
-    if !leaf.is_self_signed && intermediates == 0 && !signed_by_root {
-        causes.push(format!(
-            "no chain is sent: the leaf is signed by '{}', and unless that is the CA DPS trusts \
-             directly, the intermediates must be sent too (load the device from its full chain)",
-            leaf.issuer
-        ));
-    }
-    let now = crate::clock::now();
-    if now > leaf.not_after {
-        causes.push("the device certificate has expired".into());
-    } else if now < leaf.not_before {
-        causes.push("the device certificate is not valid yet (check the clock)".into());
-    }
-    causes
+    // The key belongs to the leaf (`Credential` checked it), so it is not handed over.
+    let held = HeldCredential {
+        source: CredentialSource::InMemory,
+        certificates: std::iter::once(credential.certificate())
+            .chain(credential.issuers())
+            .cloned()
+            .collect(),
+        key: None,
+    };
+    let options = offline::OfflineOptions {
+        registration_id: Some(registration_id),
+        now: crate::clock::now(),
+        expiry_warning_days: 0,
+    };
+    offline::check(&held, &options)
+        .into_iter()
+        .filter(|c| {
+            c.verdict == Verdict::Problem
+                || c.verdict == Verdict::Warning && c.id == offline::CHAIN_COMPLETE
+        })
+        .map(|c| c.evidence)
+        .collect()
 }
 
 fn refused(id: &str, status: u16, body: &Value, auth: &DeviceAuth) -> Error {

@@ -472,11 +472,11 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 /// A `rand_core` RNG backed by ring's system RNG, so the `rsa` crate's key generation draws
 /// from the same source as everything else.
-struct RingRng;
+pub(crate) struct RingRng;
 
 /// The system random number generator failed.
 #[derive(Debug)]
-struct RngFailure;
+pub(crate) struct RngFailure;
 
 impl fmt::Display for RngFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
