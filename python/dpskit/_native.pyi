@@ -1338,7 +1338,7 @@ def diagnose_device(
     pkcs12_password: str | None = None,
     registration_id: str | None = None,
     trust_bundle_pem: str | None = None,
-    trust_bundle_source: str | None = None,
+    trust_bundle_path: _StrPath | None = None,
     rest: RestClient | None = None,
     dps_name: str | None = None,
     connect_host: str | None = None,

@@ -270,17 +270,14 @@ def _password(password: str | bytes | None, password_env: str | None) -> bytes |
     return password
 
 
-def _trust_bundle(trust: str | os.PathLike[str] | None) -> tuple[str | None, str | None]:
-    """(PEM text, where it came from) of the device's server trust bundle."""
+def _trust_bundle(trust: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The device's server trust bundle: PEM text, or a file the core reads (a file that
+    cannot be read is the ``server.trust`` problem, like any unreadable input)."""
     if trust is None:
-        return None, None
+        return {}
     if isinstance(trust, str) and "-----BEGIN" in trust:
-        return trust, "the PEM given"
-    path = Path(trust)
-    try:
-        return path.read_text(errors="replace"), str(path)
-    except OSError as exc:
-        raise ConfigError(f"trust bundle {path}: {exc.strerror or exc}") from exc
+        return {"trust_bundle_pem": trust}
+    return {"trust_bundle_path": Path(trust)}
 
 
 def doctor(
@@ -324,8 +321,7 @@ def doctor(
     secret = _password(password, password_env)
     if secret is not None and isinstance(certificate, DeviceCertificate):
         raise ConfigError("a DeviceCertificate is already open: it takes no password")
-    bundle_pem, bundle_source = _trust_bundle(trust)
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = _trust_bundle(trust)
     if dps is not None:
         cloud = dps._cloud
         options.update(rest=dps._rest, dps_name=dps.name)
@@ -356,8 +352,6 @@ def doctor(
         )
     native = diagnose_device(
         registration_id=registration_id,
-        trust_bundle_pem=bundle_pem,
-        trust_bundle_source=bundle_source,
         timeout=timeout,
         **options,
     )

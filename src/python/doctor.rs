@@ -166,37 +166,15 @@ impl From<Explanation> for ErrorExplanation {
     }
 }
 
-/// The trust bundle's PEM as the device holds it; what does not parse is reported as the
-/// `server.trust` check's problem rather than refused, like every other input.
-fn trust_bundle(pem: &str, source: String) -> Result<TrustBundle, Check> {
-    match Certificate::all_from_bytes(pem.as_bytes()) {
-        Ok(certificates) if !certificates.is_empty() => Ok(TrustBundle {
-            source,
-            certificates,
-        }),
-        Ok(_) => Err(unreadable_bundle(format!("no certificate in {source}"))),
-        Err(e) => Err(unreadable_bundle(format!("{source}: {e}"))),
-    }
-}
-
-fn unreadable_bundle(evidence: String) -> Check {
-    Check::problem(
-        "server.trust",
-        "The server trust bundle",
-        Cause::Unreadable,
-        evidence,
-        "Give the device's trust bundle as PEM certificates (the file its TLS stack loads).",
-    )
-}
-
 /// Diagnoses one device (see `dpskit.doctor`). The credential is `certificate` (a
 /// `DeviceCertificate`), `pkcs12_path` with `pkcs12_password`, or `certificate_path` with
-/// `chain_path` and `key_path`. `rest` and `dps_name` enable the online checks; `connect_host`,
+/// `chain_path` and `key_path`. The device's server trust bundle is `trust_bundle_pem` or the
+/// file `trust_bundle_path` (what does not read is the `server.trust` problem). `rest` and `dps_name` enable the online checks; `connect_host`,
 /// `connect_port` and `id_scope` the traced attempt, whose TLS trusts `cloud_trust_pem` (the
 /// system's roots when `None`) unless the device's own bundle is given. `local_server_pem`
 /// names the local cloud's CA as the servers' root (Azure's otherwise).
 #[pyfunction]
-#[pyo3(signature = (*, certificate = None, certificate_path = None, chain_path = None, key_path = None, key_password = None, pkcs12_path = None, pkcs12_password = None, registration_id = None, trust_bundle_pem = None, trust_bundle_source = None, rest = None, dps_name = None, connect_host = None, connect_port = 8883, id_scope = None, cloud_trust_pem = None, local_server_pem = None, clock_offset_ms = 0, timeout = 30.0))]
+#[pyo3(signature = (*, certificate = None, certificate_path = None, chain_path = None, key_path = None, key_password = None, pkcs12_path = None, pkcs12_password = None, registration_id = None, trust_bundle_pem = None, trust_bundle_path = None, rest = None, dps_name = None, connect_host = None, connect_port = 8883, id_scope = None, cloud_trust_pem = None, local_server_pem = None, clock_offset_ms = 0, timeout = 30.0))]
 pub(crate) fn diagnose_device(
     py: Python<'_>,
     certificate: Option<PyRef<'_, PyDeviceCertificate>>,
@@ -208,7 +186,7 @@ pub(crate) fn diagnose_device(
     pkcs12_password: Option<String>,
     registration_id: Option<String>,
     trust_bundle_pem: Option<String>,
-    trust_bundle_source: Option<String>,
+    trust_bundle_path: Option<PathBuf>,
     rest: Option<PyRef<'_, PyRestClient>>,
     dps_name: Option<String>,
     connect_host: Option<String>,
@@ -279,12 +257,16 @@ pub(crate) fn diagnose_device(
     let request = Request {
         credential: loaded,
         registration_id,
-        trust_bundle: trust_bundle_pem.map(|pem| {
-            trust_bundle(
-                &pem,
-                trust_bundle_source.unwrap_or_else(|| "the PEM given".into()),
-            )
-        }),
+        trust_bundle: match (trust_bundle_pem, &trust_bundle_path) {
+            (Some(pem), None) => Some(TrustBundle::from_pem("the PEM given", pem.as_bytes())),
+            (None, Some(path)) => Some(py.detach(|| TrustBundle::load(path))),
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                return Err(
+                    Error::config("give the trust bundle as PEM or as a file, not both").into(),
+                );
+            }
+        },
         servers,
         online,
         connect,
