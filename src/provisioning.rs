@@ -4,7 +4,9 @@
 //! on the same lean MQTT connection as the hub client ([`crate::transport::mqtt`]) and with
 //! DPS's vocabulary from [`crate::protocol::dps`]. A request with a CSR asks DPS for an
 //! operational certificate (Azure's certificate management preview); the chain it answers is
-//! checked to be the one asked for before it reaches the caller.
+//! checked to be the one asked for before it reaches the caller. Every step (dial, TLS,
+//! CONNECT, each request and answer) can be observed through [`RegistrationHooks::trace`],
+//! which `dpskit doctor --connect` records and fleets leave at its no-op default.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -217,7 +217,11 @@ mod tests {
             CaTrust::Untrusted
         );
         assert!(individual_accepts(&chain, &chain[..1], at));
-        assert!(individual_accepts(&chain, &[inter_cert.clone()], at));
+        assert!(individual_accepts(
+            &chain,
+            std::slice::from_ref(&inter_cert),
+            at
+        ));
         assert!(!individual_accepts(&chain, &[root_cert], at));
     }
 }

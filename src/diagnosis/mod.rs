@@ -1,10 +1,11 @@
-//! The diagnosis vocabulary and the rules that need nothing but the device's own files: what a
+//! The diagnosis vocabulary and the rules that need no client or server of their own: what a
 //! check found (`Check`: a verdict, the evidence, the fix in one sentence, and the classic
 //! cause it names), the device's credential as the device holds it (`credential`), the offline
 //! checks of that credential (`offline`), the server trust bundle (`trust_bundle`), the
-//! catalogue of DPS and IoT Hub errors (`errors`) and the rule of which enrollment admits an
-//! X.509 device (`enrollment`, which the emulator decides with). Shared layer: the device clients' refusal
-//! hints and `dpskit doctor` (device side, `crate::doctor`) both judge through these rules.
+//! catalogue of DPS and IoT Hub errors (`errors`) and which enrollment admits an X.509 device
+//! (`enrollment`: given what DPS holds; the emulator decides with it). Shared layer: the device
+//! clients' refusal hints, `dpskit doctor` (device side, `crate::doctor`) and the emulator all
+//! judge through these rules.
 
 pub mod credential;
 pub mod enrollment;

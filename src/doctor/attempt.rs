@@ -45,7 +45,9 @@ pub struct ConnectTarget {
 pub struct TraceStep {
     /// Milliseconds since the attempt started.
     pub at_ms: f64,
-    /// `dial`, `tls`, `connect`, `subscribe`, `register`, `status`, `poll`, ...
+    /// `dial`, `tcp`, `tls`, `connect`, `connack`, `subscribe`, `register`, `status` (an
+    /// answer), `poll`, then the outcome: `assigned`, `refused` or `failed` (or a failed
+    /// `dial` or `tls`).
     pub step: String,
     /// What was sent or received (never a secret).
     pub detail: String,
@@ -276,7 +278,8 @@ pub async fn run(
         Ok(c) => c,
         Err(_) => {
             return not_attempted(format!(
-                "not attempted: the private key is not {}'s, the first certificate held, so                  the TLS handshake would fail as held",
+                "not attempted: the private key is not {}'s, the first certificate held, so \
+                 the TLS handshake would fail as held",
                 describe(leaf)
             ));
         }
@@ -398,4 +401,37 @@ pub async fn run(
     }
     attempt.trace = recorder.steps();
     attempt
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal is explained by the checks' problems the error can mean, never by a warning
+    /// or by a problem the error cannot mean.
+    #[test]
+    fn a_refusal_is_explained_by_the_problems_the_error_can_mean() {
+        let checks = [
+            Check::problem("a", "A", Cause::DisabledEnrollment, "disabled", "enable it"),
+            Check::problem("b", "B", Cause::ExpiredLeaf, "expired", "renew it"),
+            Check::warning("c", "C", Some(Cause::UnverifiedCa), "maybe", "verify it"),
+        ];
+        assert_eq!(
+            explained_by(
+                &checks,
+                &[
+                    Cause::UnverifiedCa,
+                    Cause::DisabledEnrollment,
+                    Cause::NoLinkedHub
+                ]
+            ),
+            [Cause::DisabledEnrollment]
+        );
+        assert!(explained_by(&checks, &[Cause::UnverifiedCa]).is_empty());
+        // Unexplained by the checks, the error's own likely causes stand.
+        assert_eq!(
+            refusal_causes(&[], Some(401), Some(401_002)),
+            crate::diagnosis::errors::causes_for(Some(401), Some(401_002))
+        );
+    }
 }

@@ -289,11 +289,11 @@ fn sent_chain(held: &[Certificate]) -> Vec<Certificate> {
         .collect()
 }
 
-/// What the enrollment checks found, for the checks after them.
-enum Decided {
-    Individual(IndividualEnrollment),
-    Group(Group),
-    Nothing,
+/// The enrollment DPS would pick, for the checks after the enrollment checks.
+struct Picked {
+    /// `enrollment group 'x'` or `individual enrollment 'y'`.
+    what: String,
+    policies: EnrollmentPolicies,
 }
 
 /// Every online check, in a fixed order.
@@ -367,7 +367,7 @@ pub async fn check(
         &mut checks,
     )
     .await;
-    checks.push(hubs_check(&decided, &dps));
+    checks.push(hubs_check(decided.as_ref(), &dps));
     let record = match service
         .registration::<DeviceRegistrationState>(registration_id)
         .await
@@ -478,7 +478,7 @@ fn ca_check(held: &[Certificate], uploaded: &[Uploaded], unreadable: &[String]) 
     }
 }
 
-/// The enrollment checks: individual, match, CA verified, enabled. Returns what was decided.
+/// The enrollment checks: individual, match, CA verified, enabled. Returns the pick.
 #[allow(clippy::too_many_arguments)]
 async fn decide(
     service: &DpsServiceClient,
@@ -489,7 +489,7 @@ async fn decide(
     pkcs12: bool,
     now: i64,
     checks: &mut Vec<Check>,
-) -> Decided {
+) -> Option<Picked> {
     let later = [MATCH_ID, VERIFIED_ID, ENABLED_ID];
     let individual = match service
         .enrollment::<IndividualEnrollment>(registration_id)
@@ -501,7 +501,7 @@ async fn decide(
             let why = format!("the individual enrollment could not be read: {e}");
             checks.push(skipped(INDIVIDUAL_ID, &why));
             checks.extend(later.iter().map(|id| skipped(id, &why)));
-            return Decided::Nothing;
+            return None;
         }
     };
     if let Some(enrollment) = individual {
@@ -514,11 +514,12 @@ async fn decide(
             VERIFIED_ID,
             "an individual enrollment names the device's own certificate: no CA is involved",
         ));
-        checks.push(enabled_check(
-            &format!("individual enrollment '{registration_id}'"),
-            &enrollment.policies,
-        ));
-        return Decided::Individual(enrollment);
+        let what = format!("individual enrollment '{registration_id}'");
+        checks.push(enabled_check(&what, &enrollment.policies));
+        return Some(Picked {
+            what,
+            policies: enrollment.policies,
+        });
     }
     checks.push(Check::ok(
         INDIVIDUAL_ID,
@@ -528,14 +529,14 @@ async fn decide(
     let Some(uploaded) = uploaded else {
         let why = "the CA certificates could not be listed, and groups name them";
         checks.extend(later.iter().map(|id| skipped(id, why)));
-        return Decided::Nothing;
+        return None;
     };
     let groups = match service.enrollment_groups::<EnrollmentGroup>().await {
         Ok(groups) => groups,
         Err(e) => {
             let why = format!("the enrollment groups could not be listed: {e}");
             checks.extend(later.iter().map(|id| skipped(id, &why)));
-            return Decided::Nothing;
+            return None;
         }
     };
     let known: Vec<Certificate> = held
@@ -557,13 +558,12 @@ async fn decide(
         let why = "no enrollment is picked";
         checks.push(skipped(VERIFIED_ID, why));
         checks.push(skipped(ENABLED_ID, why));
-        return Decided::Nothing;
+        return None;
     };
     let mut groups = groups;
     let group = groups.swap_remove(g);
-    let Some(named) = group.certificates.get(c).cloned() else {
-        return Decided::Nothing;
-    };
+    // The walk's indices are into these very groups.
+    let named = group.certificates.get(c).cloned()?;
     let level = if named.is(stop) {
         format!("it is {} of the chain sent", describe(stop))
     } else {
@@ -575,11 +575,12 @@ async fn decide(
         format!("group '{}' on {}: {level}", group.id, named_text(&named)),
     ));
     checks.push(verified_check(&group, &named, sent, uploaded, now));
-    checks.push(enabled_check(
-        &format!("enrollment group '{}'", group.id),
-        &group.policies,
-    ));
-    Decided::Group(group)
+    let what = format!("enrollment group '{}'", group.id);
+    checks.push(enabled_check(&what, &group.policies));
+    Some(Picked {
+        what,
+        policies: group.policies,
+    })
 }
 
 fn groups_listing(groups: &[Group], unreadable: &[String]) -> String {
@@ -857,17 +858,9 @@ fn enabled_check(what: &str, policies: &EnrollmentPolicies) -> Check {
     }
 }
 
-fn hubs_check(decided: &Decided, dps: &DpsResource) -> Check {
-    let (what, policies) = match decided {
-        Decided::Individual(e) => (
-            format!(
-                "individual enrollment '{}'",
-                e.registration_id.as_deref().unwrap_or_default()
-            ),
-            &e.policies,
-        ),
-        Decided::Group(g) => (format!("enrollment group '{}'", g.id), &g.policies),
-        Decided::Nothing => return skipped(HUBS_ID, "no enrollment is picked"),
+fn hubs_check(picked: Option<&Picked>, dps: &DpsResource) -> Check {
+    let Some(Picked { what, policies }) = picked else {
+        return skipped(HUBS_ID, "no enrollment is picked");
     };
     let named: Vec<String> = match (&policies.iot_hubs, &policies.iot_hub_host_name) {
         (Some(hubs), _) if !hubs.is_empty() => hubs.clone(),
@@ -1100,5 +1093,212 @@ async fn identity_check(
         other => mismatch(format!(
             "'{device_id}' in {host} authenticates with '{other}', not this certificate"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CaOptions, CertificateAuthority, KeyAlgorithm, Validity};
+
+    fn ca(name: &str) -> CertificateAuthority {
+        let options = CaOptions {
+            algorithm: KeyAlgorithm::EcP256,
+            validity: Validity::days(30, None).unwrap(),
+            path_length: None,
+            organization: None,
+        };
+        CertificateAuthority::create_root(name, &options).unwrap()
+    }
+
+    /// ARM answers a CA's body as base64 DER (the emulator, and Azure for a .cer) or as the
+    /// PEM text uploaded; both read as the same certificate, and neither is taken silently
+    /// when it does not parse.
+    #[test]
+    fn an_uploaded_ca_reads_from_base64_der_or_pem_text() {
+        let root = ca("Online Root");
+        let certificate = root.credential().certificate();
+        assert_eq!(
+            parse_certificate(&BASE64.encode(certificate.der())).unwrap(),
+            *certificate
+        );
+        assert_eq!(parse_certificate(&certificate.pem()).unwrap(), *certificate);
+        assert!(parse_certificate("MIIB").is_err());
+        assert!(parse_certificate("not a certificate").is_err());
+    }
+
+    /// A group certificate Azure describes only by subject and thumbprints is taken as the
+    /// issuer of a certificate naming it, unless a known certificate of the same name (so
+    /// another one) is that issuer.
+    #[test]
+    fn a_described_certificate_issues_by_name_unless_a_look_alike_does() {
+        let ours = ca("Shared Name");
+        let theirs = ca("Shared Name");
+        let device = ours
+            .issue_device(
+                "described",
+                KeyAlgorithm::EcP256,
+                Validity::days(5, None).unwrap(),
+            )
+            .unwrap();
+        let leaf = device.credential().certificate().clone();
+        let info = crate::protocol::dps_service::X509CertificateInfo {
+            subject_name: theirs.credential().certificate().info().subject.clone(),
+            sha1_thumbprint: theirs
+                .credential()
+                .certificate()
+                .info()
+                .thumbprint_sha1
+                .clone(),
+            ..Default::default()
+        };
+        let entry = X509CertificateWithInfo {
+            certificate: None,
+            info: Some(info),
+        };
+        let mut unreadable = Vec::new();
+        let unknown = resolve_entry(&entry, "it".into(), &[], &mut unreadable).unwrap();
+        assert!(unknown.certificate().is_none());
+        assert!(unknown.issued(&leaf), "by name alone");
+        let ours_known = [ours.credential().certificate().clone()];
+        let told_apart = resolve_entry(&entry, "it".into(), &ours_known, &mut unreadable).unwrap();
+        assert!(
+            !told_apart.issued(&leaf),
+            "our own CA of that name issued it"
+        );
+        let theirs_known = [theirs.credential().certificate().clone()];
+        let resolved = resolve_entry(&entry, "it".into(), &theirs_known, &mut unreadable).unwrap();
+        assert_eq!(resolved.certificate(), Some(&theirs_known[0]));
+        assert!(!resolved.issued(&leaf));
+        assert!(unreadable.is_empty());
+    }
+
+    /// Groups as Azure's service API answers them (recorded shape: an inline signing
+    /// certificate as `info` only, a CA by reference), resolved and walked as DPS would: the
+    /// inline group on the intermediate is met first, through the thumbprint of the
+    /// intermediate the device holds; the one on the uploaded root is resolved by its body.
+    #[test]
+    fn azure_shaped_groups_resolve_by_thumbprint_and_by_reference_and_are_walked_in_order() {
+        let options = |path_length| CaOptions {
+            algorithm: KeyAlgorithm::EcP256,
+            validity: Validity::days(30, None).unwrap(),
+            path_length,
+            organization: None,
+        };
+        let root = CertificateAuthority::create_root("Azure Shaped Root", &options(None)).unwrap();
+        let inter = root
+            .create_intermediate("Azure Shaped Intermediate", &options(Some(0)))
+            .unwrap();
+        let device = inter
+            .issue_device(
+                "azure-shaped",
+                KeyAlgorithm::EcP256,
+                Validity::days(5, None).unwrap(),
+            )
+            .unwrap();
+        let inter_info = inter.credential().certificate().info();
+        let recorded = serde_json::json!([
+            {
+                "enrollmentGroupId": "on-root",
+                "attestation": {"type": "x509", "x509": {
+                    "caReferences": {"primary": "uploaded-root", "secondary": "gone"}
+                }},
+                "provisioningStatus": "enabled",
+                "allocationPolicy": "hashed",
+                "iotHubs": ["myhub.azure-devices.net"],
+                "etag": "\"AAAA\"",
+                "createdDateTimeUtc": "2026-12-01T10:00:00.000Z",
+                "lastUpdatedDateTimeUtc": "2026-12-01T10:00:00.000Z"
+            },
+            {
+                "enrollmentGroupId": "on-intermediate",
+                "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {
+                    "info": {
+                        "subjectName": inter_info.subject,
+                        "sha1Thumbprint": inter_info.thumbprint_sha1.to_ascii_uppercase(),
+                        "sha256Thumbprint": inter_info.thumbprint_sha256.to_ascii_uppercase(),
+                        "issuerName": inter_info.issuer,
+                        "notBeforeUtc": "2026-12-01T10:00:00Z",
+                        "notAfterUtc": "2026-12-31T10:00:00Z",
+                        "serialNumber": "01",
+                        "version": 3
+                    }
+                }}}},
+                "provisioningStatus": "disabled",
+                "etag": "\"BBBB\""
+            },
+            {
+                "enrollmentGroupId": "keys",
+                "attestation": {"type": "symmetricKey", "symmetricKey": {}}
+            }
+        ]);
+        let groups: Vec<EnrollmentGroup> = serde_json::from_value(recorded).unwrap();
+        let uploaded = [Uploaded {
+            name: "uploaded-root".into(),
+            verified: true,
+            certificate: parse_certificate(&root.credential().certificate().pem()).unwrap(),
+        }];
+        let held = vec![
+            device.credential().certificate().clone(),
+            inter.credential().certificate().clone(),
+            root.credential().certificate().clone(),
+        ];
+        let sent = sent_chain(&held);
+        assert_eq!(sent.len(), 2, "the root is not sent");
+        let known: Vec<Certificate> = held
+            .iter()
+            .cloned()
+            .chain(uploaded.iter().map(|u| u.certificate.clone()))
+            .collect();
+        let mut unreadable = Vec::new();
+        let groups: Vec<Group> = groups
+            .into_iter()
+            .filter_map(|g| group_of(g, &known, &uploaded, &mut unreadable))
+            .collect();
+        assert!(unreadable.is_empty());
+        assert_eq!(
+            groups.len(),
+            2,
+            "the symmetric-key group is not an X.509 candidate"
+        );
+        assert_eq!(groups[0].dangling, ["gone"]);
+        assert_eq!(
+            groups[1].certificates[0].certificate(),
+            Some(inter.credential().certificate())
+        );
+        let sets: Vec<&[Named]> = groups.iter().map(|g| g.certificates.as_slice()).collect();
+        let walk = enrollment::pick_group(&sent, &sets);
+        assert_eq!(
+            walk.pick,
+            Some((1, 0)),
+            "the intermediate is met before the root"
+        );
+        let listing = groups_listing(&groups, &unreadable);
+        assert!(listing.contains("CA 'gone' (not uploaded)"), "{listing}");
+        // Disabled as recorded, and the trust of the group's CA comes from the verified root.
+        assert_eq!(
+            enabled_check("enrollment group 'on-intermediate'", &groups[1].policies).cause,
+            Some(Cause::DisabledEnrollment)
+        );
+        let verified = verified_check(
+            &groups[1],
+            &groups[1].certificates[0],
+            &sent,
+            &uploaded,
+            crate::clock::now(),
+        );
+        assert_eq!(
+            verified.verdict,
+            crate::diagnosis::Verdict::Ok,
+            "{verified:?}"
+        );
+        assert!(
+            verified.evidence.contains("'uploaded-root'"),
+            "{verified:?}"
+        );
+        // A leaf sent alone still meets the group on its intermediate: DPS matches a group
+        // whose certificate issued the leaf.
+        let walk = enrollment::pick_group(&sent[..1], &sets);
+        assert_eq!(walk.pick, Some((1, 0)));
     }
 }

@@ -818,7 +818,8 @@ impl DpsEngine {
             .map(|g| Ok(group_certificates(&dps, &g)?.map(|certs| (g, certs))))
             .filter_map(Result::transpose)
             .collect::<Result<_, Reply>>()?;
-        // Walk up from the leaf; the first group whose certificate appears wins.
+        // Walk up from the leaf; the first group whose certificate appears wins (the rule
+        // `dpskit doctor` predicts with, written once in the shared layer).
         let sets: Vec<&[Certificate]> = groups.iter().map(|(_, certs)| certs.as_slice()).collect();
         if let Some((g, c)) = enrollment::pick_group(chain, &sets).pick
             && let Some((group, certs)) = groups.get(g)

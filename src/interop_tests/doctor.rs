@@ -395,3 +395,33 @@ fn an_attempt_without_the_key_of_the_first_certificate_is_not_made() {
     assert!(!attempt.succeeded && attempt.trace.is_empty() && attempt.causes.is_empty());
     assert!(attempt.message.contains("not"), "{attempt:?}");
 }
+
+#[test]
+fn an_attempt_whose_trust_bundle_lacks_the_servers_root_fails_at_tls_as_an_untrusted_server() {
+    let f = fixture(None);
+    f.sensors_group();
+    let device = f.device("doc-bundle");
+    let (stranger, _) = ca_pair();
+    let bundle = crate::diagnosis::trust_bundle::TrustBundle {
+        source: "a bundle of another root".into(),
+        certificates: vec![stranger.credential().certificate().clone()],
+    };
+    let target = connect_target(&f);
+    let clock = crate::clock::Clock::system();
+    let attempt = runtime().block_on(attempt::run(
+        &target,
+        &held(&device),
+        Some("doc-bundle"),
+        Some(&bundle),
+        &[],
+        &clock,
+    ));
+    assert!(!attempt.succeeded);
+    assert_eq!(attempt.status, None);
+    assert_eq!(attempt.causes, [Cause::UntrustedServer], "{attempt:#?}");
+    let steps: Vec<&str> = attempt.trace.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(steps, ["dial", "tcp", "tls"], "{attempt:#?}");
+    // The target's own trust (the emulator's CA) gets through.
+    let attempt = attempt_with(&f, &held(&device), "doc-bundle", &[]);
+    assert!(attempt.succeeded, "{attempt:#?}");
+}
