@@ -296,3 +296,66 @@ pub(crate) fn explain_error(text: &str) -> ErrorExplanation {
 pub(crate) fn doctor_cause_names() -> Vec<&'static str> {
     Cause::ALL.iter().map(|c| c.name()).collect()
 }
+
+/// An optional number as Python prints it.
+fn py_option<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "None".to_string(), ToString::to_string)
+}
+
+#[pymethods]
+impl DoctorCheck {
+    fn __repr__(&self) -> String {
+        format!(
+            "<DoctorCheck {} {}{}>",
+            self.id,
+            self.verdict,
+            self.cause
+                .as_ref()
+                .map(|c| format!(" cause={c}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+#[pymethods]
+impl TraceStep {
+    fn __repr__(&self) -> String {
+        format!(
+            "<TraceStep {:.1} ms {}: {}>",
+            self.at_ms, self.step, self.detail
+        )
+    }
+}
+
+#[pymethods]
+impl DoctorAttempt {
+    fn __repr__(&self) -> String {
+        format!(
+            "<DoctorAttempt succeeded={} status={} error_code={} steps={}>",
+            if self.succeeded { "True" } else { "False" },
+            py_option(&self.status),
+            py_option(&self.error_code),
+            self.trace.len()
+        )
+    }
+}
+
+#[pymethods]
+impl ErrorExplanation {
+    fn __repr__(&self) -> String {
+        format!(
+            "<ErrorExplanation {:?} known={} code={} status={} causes=[{}]>",
+            self.title,
+            if self.known { "True" } else { "False" },
+            py_option(&self.code),
+            py_option(&self.status),
+            self.cause_names
+                .iter()
+                .map(|c| format!("'{c}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
