@@ -120,6 +120,24 @@ def test_the_traced_attempt_of_a_healthy_device_succeeds(
     assert attempt["trace"], attempt
 
 
+def test_the_python_attempt_and_its_trace(world: World) -> None:
+    device = world.intermediate.issue_device("dev-trace")
+    report = dpskit.doctor(device, dps=world.dps, connect=True, trust=world.trust_bundle)
+    attempt = report.attempt
+    assert attempt is not None
+    assert attempt.succeeded, str(report)
+    assert repr(attempt).startswith("<DoctorAttempt succeeded=True status=")
+    assert report.check("files.parse").verdict == "ok"
+    assert repr(report.check("files.parse")) == "<DoctorCheck files.parse ok>"
+    steps = [step.step for step in attempt.trace]
+    assert steps[0] == "dial", steps
+    assert repr(attempt.trace[0]).startswith("<TraceStep ")
+    # The table ends with the trace, one line a step.
+    table = str(report)
+    assert "attempt: succeeded" in table
+    assert all(step in table for step in steps)
+
+
 def test_an_expired_device_exits_1_with_its_problem_first(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

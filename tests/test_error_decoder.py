@@ -142,6 +142,14 @@ def test_iot_hub_and_dps_codes_are_known(code: int) -> None:
     assert e.status == code // 1000
 
 
+def test_an_explanation_prints_its_title_and_causes() -> None:
+    text = repr(dpskit.explain_error("400208"))
+    assert text == (
+        '<ErrorExplanation "No IoT hub to assign" known=True code=400208 status=400 '
+        "causes=['no-linked-hub']>"
+    )
+
+
 def test_an_unknown_sub_code_is_read_as_its_family() -> None:
     e = dpskit.explain_error('{"errorCode": 401999}')
     assert (e.known, e.code, e.status, e.title) == (True, 401999, 401, "Unauthorized")
