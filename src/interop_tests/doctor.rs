@@ -268,9 +268,22 @@ fn a_dps_without_linked_hubs_is_no_linked_hub() {
     f.emulator.cloud().unlink_hub("dps", "hub-a").unwrap();
     f.emulator.cloud().unlink_hub("dps", "hub-b").unwrap();
     let device = f.device("doc-hubless");
-    let checks = online_checks(&f, &held(&device), "doc-hubless");
+    let held = held(&device);
+    let checks = online_checks(&f, &held, "doc-hubless");
     diagnosed_as(&checks, &[Cause::NoLinkedHub]);
     assert!(check(&checks, "enrollment.hubs").evidence.contains("none"));
+
+    // DPS takes the registration and fails it; its record says so, a warning that names
+    // no cause of its own.
+    let attempt = attempt_with(&f, &held, "doc-hubless", &checks);
+    assert!(!attempt.succeeded);
+    assert_eq!(attempt.error_code, Some(400_208), "{attempt:#?}");
+    let after = online_checks(&f, &held, "doc-hubless");
+    diagnosed_as(&after, &[Cause::NoLinkedHub]);
+    let record = check(&after, "registration.record");
+    assert_eq!(record.verdict, Verdict::Warning, "{record:?}");
+    assert!(record.evidence.contains("400208"), "{record:?}");
+    assert_eq!(record.cause, None);
 }
 
 #[test]
