@@ -304,6 +304,9 @@ def doctor(
     file). With ``dps`` the DPS's CAs, enrollments, linked hubs and registration are checked;
     ``connect=True`` also makes one traced provisioning attempt against it. Files that do not
     parse are reported as problems, not raised; contradictory inputs raise ``ConfigError``.
+    Validity is judged at a :class:`~dpskit.LocalCloud`'s own time (which ``advance_time``
+    may have moved), else at the system's. The call blocks (the GIL released) for at most
+    ``timeout`` seconds, the attempt included; past it ``OperationTimeoutError`` is raised.
     """
     if pkcs12 is not None and certificate is not None:
         raise ConfigError("give a certificate or a pkcs12 file, not both")
@@ -342,7 +345,10 @@ def doctor(
         options["certificate"] = certificate
     elif pkcs12 is not None:
         options["pkcs12_path"] = Path(pkcs12)
-        options["pkcs12_password"] = secret.decode() if secret is not None else None
+        try:
+            options["pkcs12_password"] = secret.decode() if secret is not None else None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("a PKCS#12 password must be UTF-8 text") from exc
     else:
         options.update(
             certificate_path=_path(certificate),
