@@ -54,6 +54,7 @@ from dpskit.device import (
     provision,
     provision_sync,
 )
+from dpskit.doctor import DoctorReport, ErrorExplanation, doctor, explain_error
 from dpskit.errors import (
     AuthenticationError,
     CertificateError,
@@ -91,11 +92,13 @@ __all__ = [
     "CredentialPolicy",
     "DeviceCertificate",
     "DeviceRegistryNamespace",
+    "DoctorReport",
     "Dps",
     "DpsKitError",
     "EmulatorError",
     "Enrollment",
     "EnrollmentGroup",
+    "ErrorExplanation",
     "Fleet",
     "FleetProgress",
     "FleetReport",
@@ -130,6 +133,8 @@ __all__ = [
     "TransportError",
     "__version__",
     "derive_device_key",
+    "doctor",
+    "explain_error",
     "provision",
     "provision_devices",
     "provision_sync",

@@ -25,10 +25,14 @@ __all__ = [
     "CredentialPolicyReferenceRecord",
     "CustomAllocationRecord",
     "DeviceCertificate",
+    "DoctorAttempt",
+    "DoctorCheck",
+    "DoctorReport",
     "DpsRecord",
     "Emulator",
     "EnrollmentGroupRecord",
     "EnrollmentSettingsRecord",
+    "ErrorExplanation",
     "EventHubStream",
     "EventRecord",
     "FleetRun",
@@ -47,6 +51,7 @@ __all__ = [
     "ServiceTwinRecord",
     "TelemetryRecord",
     "TraceRecord",
+    "TraceStep",
     "X509CertificateInfoRecord",
     "X509ThumbprintRecord",
     "_core_error_kinds",
@@ -54,7 +59,10 @@ __all__ = [
     "_refresh_logging",
     "credential_files",
     "derive_device_key",
+    "diagnose_device",
+    "doctor_cause_names",
     "dps_onboarding_seconds",
+    "explain_error",
     "generate_symmetric_key",
     "hub_tier_fits",
     "loopback_setup",
@@ -1228,3 +1236,118 @@ def credential_files(folder: _StrPath, name: str) -> dict[str, Path]:
 def _raise_core_error(kind: str, message: str) -> None: ...
 def _refresh_logging() -> None: ...
 def _core_error_kinds() -> list[str]: ...
+
+@final
+class DoctorCheck:
+    """One check of ``dpskit doctor``: its verdict (``problem``, ``warning``, ``ok``,
+    ``skipped``), the evidence, the fix in one sentence and the cause a problem names."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def evidence(self) -> str: ...
+    @property
+    def fix(self) -> str | None: ...
+    @property
+    def cause(self) -> str | None: ...
+
+@final
+class TraceStep:
+    """One step of the doctor's traced provisioning attempt."""
+
+    @property
+    def at_ms(self) -> float: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def detail(self) -> str: ...
+
+@final
+class DoctorAttempt:
+    """How the doctor's traced provisioning attempt went."""
+
+    @property
+    def succeeded(self) -> bool: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def error_code(self) -> int | None: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def assigned_hub(self) -> str | None: ...
+    @property
+    def device_id(self) -> str | None: ...
+    @property
+    def trace(self) -> list[TraceStep]: ...
+    @property
+    def causes(self) -> list[str]: ...
+
+@final
+class DoctorReport:
+    """The doctor's answer as the core gives it (``dpskit.DoctorReport`` wraps it)."""
+
+    @property
+    def registration_id(self) -> str | None: ...
+    @property
+    def checks(self) -> list[DoctorCheck]: ...
+    @property
+    def attempt(self) -> DoctorAttempt | None: ...
+    @property
+    def causes(self) -> list[str]: ...
+    @property
+    def healthy(self) -> bool: ...
+
+@final
+class ErrorExplanation:
+    """What an error text means: the entry of the catalogue it matched (``known``), its
+    code, status (a CONNACK's return code for ``mqtt``), service, the likely causes as
+    sentences and the doctor's cause names among them."""
+
+    @property
+    def matched(self) -> str | None: ...
+    @property
+    def known(self) -> bool: ...
+    @property
+    def code(self) -> int | None: ...
+    @property
+    def status(self) -> int | None: ...
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def meaning(self) -> str: ...
+    @property
+    def causes(self) -> list[str]: ...
+    @property
+    def cause_names(self) -> list[str]: ...
+
+def diagnose_device(
+    *,
+    certificate: DeviceCertificate | None = None,
+    certificate_path: _StrPath | None = None,
+    chain_path: _StrPath | None = None,
+    key_path: _StrPath | None = None,
+    key_password: bytes | None = None,
+    pkcs12_path: _StrPath | None = None,
+    pkcs12_password: str | None = None,
+    registration_id: str | None = None,
+    trust_bundle_pem: str | None = None,
+    trust_bundle_path: _StrPath | None = None,
+    rest: RestClient | None = None,
+    dps_name: str | None = None,
+    connect_host: str | None = None,
+    connect_port: int = 8883,
+    id_scope: str | None = None,
+    cloud_trust_pem: str | None = None,
+    local_server_pem: str | None = None,
+    clock_offset_ms: int = 0,
+    timeout: float = 30.0,
+) -> DoctorReport: ...
+def explain_error(text: str) -> ErrorExplanation: ...
+def doctor_cause_names() -> list[str]: ...

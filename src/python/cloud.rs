@@ -91,6 +91,16 @@ fn typed_body<T: serde::de::DeserializeOwned>(value: &Bound<'_, PyAny>, what: &s
 }
 
 impl PyRestClient {
+    /// The management client (the doctor's online checks read the DPS through it).
+    pub(crate) fn arm(&self) -> &ArmClient {
+        &self.arm
+    }
+
+    /// What the service APIs' TLS is checked against.
+    pub(crate) fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
     /// Runs `work` on the runtime with the GIL released; Ctrl-C cancels it.
     fn run<T: Send>(
         &self,

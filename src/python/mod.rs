@@ -5,6 +5,7 @@ mod c2d;
 mod cloud;
 mod convert;
 mod device;
+mod doctor;
 mod errors;
 mod events;
 mod fleet;
@@ -36,6 +37,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     device::register(m)?;
     events::register(m)?;
     c2d::register(m)?;
+    doctor::register(m)?;
     m.add_function(wrap_pyfunction!(raise_core_error, m)?)?;
     m.add_function(wrap_pyfunction!(core_error_kinds, m)?)?;
     m.add_function(wrap_pyfunction!(refresh_logging, m)?)?;

@@ -7,6 +7,7 @@ One module per command group, over shared helpers that import no command module:
     demo.py      dpskit demo
     cloud.py     dpskit cloud, dpskit dps
     device.py    dpskit device
+    doctor.py    dpskit doctor (device, error)
     fleet.py     dpskit fleet
     emulator.py  dpskit emulator
 

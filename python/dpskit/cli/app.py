@@ -14,6 +14,7 @@ from dpskit.cli.certs import _WALKTHROUGH, add_certs_commands
 from dpskit.cli.cloud import add_cloud_commands
 from dpskit.cli.demo import add_demo_command
 from dpskit.cli.device import add_device_commands
+from dpskit.cli.doctor import add_doctor_commands
 from dpskit.cli.emulator import add_emulator_command
 from dpskit.cli.fleet import add_fleet_commands
 from dpskit.cli.hub import add_hub_commands
@@ -45,6 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_demo_command(commands)
     add_cloud_commands(commands)
     add_device_commands(commands)
+    add_doctor_commands(commands)
     add_fleet_commands(commands)
     add_hub_commands(commands)
     add_registry_commands(commands)
