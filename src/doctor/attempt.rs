@@ -22,8 +22,6 @@ use crate::provisioning::{
 use crate::transport::Trust;
 use crate::transport::mqtt::DialError;
 
-/// How long the attempt may take, polls included.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest body a trace step quotes.
 const MAX_BODY_SHOWN: usize = 2048;
 
@@ -38,6 +36,9 @@ pub struct ConnectTarget {
     pub id_scope: String,
     /// What DPS's certificate is checked against when the device's own bundle is not given.
     pub trust: Trust,
+    /// How long the attempt may take, polls included; past it the attempt is reported as
+    /// timed out, and the checks' findings are kept.
+    pub timeout: Duration,
 }
 
 /// One step of the attempt as the device saw it.
@@ -315,7 +316,7 @@ pub async fn run(
         registration_id: registration_id.clone(),
         auth: DeviceAuth::X509(Arc::new(sendable)),
         payload: None,
-        timeout: ATTEMPT_TIMEOUT,
+        timeout: target.timeout,
         csr: None,
         clock: clock.clone(),
     };

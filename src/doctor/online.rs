@@ -993,9 +993,10 @@ async fn identity_check(
             );
         }
     };
+    // A host that names its port already (a stand-in, a proxy) is dialled as named.
     let authority = match web_port(dps) {
-        Some(port) => format!("{host}:{port}"),
-        None => host.clone(),
+        Some(port) if !host.contains(':') => format!("{host}:{port}"),
+        _ => host.clone(),
     };
     let connection = format!(
         "HostName={authority};SharedAccessKeyName={};SharedAccessKey={}",

@@ -52,6 +52,7 @@ fn connect_target(f: &Fixture) -> ConnectTarget {
         port: f.emulator.mqtt_port(),
         id_scope: f.scope.clone(),
         trust: trust(f),
+        timeout: std::time::Duration::from_secs(60),
     }
 }
 

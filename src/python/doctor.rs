@@ -18,6 +18,10 @@ use crate::diagnosis::errors::{self, Explanation};
 use crate::diagnosis::trust_bundle::{ServerRoots, TrustBundle};
 use crate::diagnosis::{Cause, Check};
 use crate::doctor::{self, Attempt, ConnectTarget, OnlineTarget, Report, Request};
+
+/// Beyond the attempt's own timeout: the longest the service clients' requests (60 s each,
+/// retried) may add before the diagnosis is given up.
+const DIAGNOSIS_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(180);
 use crate::error::Error;
 use crate::pki::Certificate;
 
@@ -248,6 +252,7 @@ pub(crate) fn diagnose_device(
             port: connect_port,
             id_scope,
             trust: cloud_trust,
+            timeout,
         }),
         (None, _) => None,
         (Some(_), None) => {
@@ -273,13 +278,16 @@ pub(crate) fn diagnose_device(
         clock: Clock::with_offset_ms(clock_offset_ms)?,
     };
     let runtime = super::runtime("dpskit-doctor", Some(2))?;
+    // `timeout` bounds the attempt (its refusal is part of the report); the service clients
+    // bound each request on their own; this backstop only catches what nothing else bounds.
+    let backstop = timeout + DIAGNOSIS_BACKSTOP;
     let report = super::block_on_interruptible(py, runtime.handle(), async move {
-        tokio::time::timeout(timeout, doctor::diagnose(request)).await
+        tokio::time::timeout(backstop, doctor::diagnose(request)).await
     })?
     .map_err(|_| {
         Error::timeout(format!(
             "the diagnosis did not finish within {:.0} s",
-            timeout.as_secs_f64()
+            backstop.as_secs_f64()
         ))
     })?;
     report_record(py, &report)
