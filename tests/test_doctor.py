@@ -98,7 +98,8 @@ def test_a_healthy_device_is_healthy_before_and_after_it_provisions(
     assert "devices" in report.check("enrollment.match").evidence
     assert report.check("server.trust").verdict == "ok"
     attempt = report.attempt
-    assert attempt is not None and attempt.succeeded
+    assert attempt is not None
+    assert attempt.succeeded
     assert attempt.assigned_hub == setup.hub.host_name
     assert attempt.device_id == "healthy-001"
     steps = [step.step for step in attempt.trace]
@@ -138,7 +139,8 @@ def test_wrong_order(setup: Setup, tmp_path: Path) -> None:
     # The device's TLS stack would present the intermediate as its own certificate: no
     # attempt can be made as the device holds it, and the order is the one cause.
     _assert_only(report, "chain-order", refused=False)
-    assert report.attempt is not None and not report.attempt.succeeded
+    assert report.attempt is not None
+    assert not report.attempt.succeeded
 
 
 def test_missing_intermediate(setup: Setup) -> None:
@@ -147,7 +149,8 @@ def test_missing_intermediate(setup: Setup) -> None:
     leaf_only = dpskit.DeviceCertificate.from_pem(device.certificate_pem, device.private_key_pem)
     report = _diagnose(setup, leaf_only)
     _assert_only(report, "missing-intermediate")
-    assert report.attempt is not None and report.attempt.error_code == 401002
+    assert report.attempt is not None
+    assert report.attempt.error_code == 401002
 
 
 def test_pkcs12_without_the_chain(

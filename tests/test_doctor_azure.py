@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from test_azure_fixtures import _server_credentials
 
 import dpskit
+from test_azure_fixtures import _server_credentials
 
 SUB, RG = "91d12660-3dec-467a-be2a-213b5544ddc0", "myResourceGroup"
 PROVIDER = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Devices"
 DPS_NAME, HUB_NAME = "myFirstProvisioningService", "myhub"
+DPS_PATH = f"{PROVIDER}/provisioningServices/{DPS_NAME}"
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
@@ -58,7 +59,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_PUT = do_POST = _answer
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -114,7 +119,9 @@ def _record(azure: Azure, pki: Fleet, *, verified: bool = True) -> None:
             "provisioningState": "Succeeded",
             "iotHubs": [
                 {
-                    "connectionString": f"HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey=****",
+                    "connectionString": (
+                        f"HostName={host};SharedAccessKeyName=iothubowner;SharedAccessKey=****"
+                    ),
                     "location": "eastus",
                     "allocationWeight": None,
                     "applyAllocationPolicy": True,
@@ -225,7 +232,7 @@ def _record(azure: Azure, pki: Fleet, *, verified: bool = True) -> None:
     azure.answers.update(
         {
             ("GET", f"{PROVIDER}/provisioningServices/{DPS_NAME}"): (200, dps_body),
-            ("POST", f"{PROVIDER}/provisioningServices/{DPS_NAME}/keys/provisioningserviceowner/listkeys"): (200, keys),
+            ("POST", f"{DPS_PATH}/keys/provisioningserviceowner/listkeys"): (200, keys),
             ("GET", f"{PROVIDER}/provisioningServices/{DPS_NAME}/certificates"): (
                 200,
                 {"value": [certificate_body]},
@@ -278,9 +285,7 @@ def test_an_unverified_ca_on_azure(azure: Azure, pki: Fleet) -> None:
     assert report.causes == ("unverified-ca",), str(report)
 
 
-def test_a_failed_registration_and_a_stale_hub_identity_on_azure(
-    azure: Azure, pki: Fleet
-) -> None:
+def test_a_failed_registration_and_a_stale_hub_identity_on_azure(azure: Azure, pki: Fleet) -> None:
     _record(azure, pki)
     # The hub still holds the identity of an earlier certificate of this id.
     _, identity = azure.answers[("GET", "/devices/sensor-042")]
@@ -292,7 +297,8 @@ def test_a_failed_registration_and_a_stale_hub_identity_on_azure(
     assert "AB" * 20 in report.check("hub.identity").evidence
     # A failed record is evidence (a warning), not a cause of its own.
     _, registration = azure.answers[("GET", "/registrations/sensor-042")]
-    failed = dict(registration, status="failed", errorCode=401002, errorMessage="CA certificate not found.")
+    failed = dict(registration, status="failed", errorCode=401002)
+    failed["errorMessage"] = "CA certificate not found."
     failed.pop("assignedHub")
     failed.pop("deviceId")
     azure.answers[("GET", "/registrations/sensor-042")] = (200, failed)
