@@ -10,28 +10,19 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime as dt
-import http.server
-import ipaddress
-import json
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 import dpskit
 from dpskit._native import CaCertificateRecord, DpsRecord, HubRecord, RestClient
 from dpskit.cloud import CaCertificateInfo
+from stand_in import serve
 
 SHA256 = "0C1D2E3F405162738495A6B7C8D9EAFB" * 2
 
@@ -227,97 +218,20 @@ class Replay:
         return dpskit.Hub(cast(Any, cloud), cast(HubRecord, resource), "a2V5" * 11)
 
 
-def _server_credentials(folder: Path) -> tuple[Path, Path, str]:
-    """A CA and a server certificate for 127.0.0.1 it signed: (certificate, key, CA PEM)."""
-    now = datetime.now(timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Replay CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    certificate_path, key_path = folder / "server.pem", folder / "server.key"
-    certificate_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return certificate_path, key_path, ca.public_bytes(serialization.Encoding.PEM).decode()
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    replay: ClassVar[Replay]
-
-    def _answer(self) -> None:
-        path = self.path.split("?")[0]
-        length = int(self.headers.get("Content-Length") or 0)
-        sent = self.rfile.read(length) if length else b""
-        self.replay.received.append((self.command, path, json.loads(sent) if sent else None))
-        answer = self.replay.answers.get((self.command, path))
-        status = 200 if answer is not None else 404
-        if answer is None:
-            answer = {"errorCode": 404201, "trackingId": "t", "message": f"{path} not found"}
-        body = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_PUT(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def replay(tmp_path: Path) -> Iterator[Replay]:
-    certificate, key, ca_pem = _server_credentials(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificate, key)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    stand_in = Replay(host=f"127.0.0.1:{server.server_address[1]}", trust_pem=ca_pem, answers={})
-    _Handler.replay = stand_in
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield stand_in
-    finally:
-        server.shutdown()
-        server.server_close()
+    received: list[tuple[str, str, Any]] = []
+    answers: dict[tuple[str, str], Any] = {}
+
+    def answer(method: str, path: str, sent: Any) -> tuple[int, Any]:
+        received.append((method, path, sent))
+        found = answers.get((method, path))
+        if found is None:
+            return 404, {"errorCode": 404201, "trackingId": "t", "message": f"{path} not found"}
+        return 200, found
+
+    with serve(tmp_path, answer) as (host, trust_pem):
+        yield Replay(host=host, trust_pem=trust_pem, answers=answers, received=received)
 
 
 def test_recorded_enrollment_group(replay: Replay) -> None:

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import base64
 import copy
-import http.server
-import json
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 import dpskit
-from test_azure_fixtures import _server_credentials
+from stand_in import serve
 
 SUB, RG = "91d12660-3dec-467a-be2a-213b5544ddc0", "myResourceGroup"
 PROVIDER = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Devices"
@@ -39,52 +35,20 @@ class Azure:
     asked: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    azure: ClassVar[Azure]
-
-    def _answer(self) -> None:
-        path = self.path.split("?")[0]
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        self.azure.asked.append((self.command, path))
-        status, answer = self.azure.answers.get(
-            (self.command, path),
-            (404, {"errorCode": 404000, "message": f"{self.command} {path}: not recorded"}),
-        )
-        body = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def azure(tmp_path: Path) -> Iterator[Azure]:
-    certificate, key, ca_pem = _server_credentials(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certificate, key)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    stand_in = Azure(host=f"127.0.0.1:{server.server_address[1]}", trust_pem=ca_pem)
-    _Handler.azure = stand_in
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    stand_in = Azure(host="", trust_pem="")
+
+    def answer(method: str, path: str, sent: Any) -> tuple[int, Any]:
+        stand_in.asked.append((method, path))
+        return stand_in.answers.get(
+            (method, path),
+            (404, {"errorCode": 404000, "message": f"{method} {path}: not recorded"}),
+        )
+
+    with serve(tmp_path, answer) as (host, trust_pem):
+        stand_in.host, stand_in.trust_pem = host, trust_pem
         yield stand_in
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass

@@ -305,8 +305,9 @@ def doctor(
     ``connect=True`` also makes one traced provisioning attempt against it. Files that do not
     parse are reported as problems, not raised; contradictory inputs raise ``ConfigError``.
     Validity is judged at a :class:`~dpskit.LocalCloud`'s own time (which ``advance_time``
-    may have moved), else at the system's. The call blocks (the GIL released) for at most
-    ``timeout`` seconds, the attempt included; past it ``OperationTimeoutError`` is raised.
+    may have moved), else at the system's. The call blocks with the GIL released;
+    ``timeout`` bounds the traced attempt (a DPS slower than that is a timed-out attempt in
+    the report, the checks' findings kept).
     """
     if pkcs12 is not None and certificate is not None:
         raise ConfigError("give a certificate or a pkcs12 file, not both")

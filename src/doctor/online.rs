@@ -289,6 +289,26 @@ fn sent_chain(held: &[Certificate]) -> Vec<Certificate> {
         .collect()
 }
 
+/// The X.509 groups as candidates, each certificate they name resolved against what the
+/// device holds and what is uploaded; the names of certificates that could not be read.
+fn x509_groups(
+    groups: Vec<EnrollmentGroup>,
+    held: &[Certificate],
+    uploaded: &[Uploaded],
+) -> (Vec<Group>, Vec<String>) {
+    let known: Vec<Certificate> = held
+        .iter()
+        .cloned()
+        .chain(uploaded.iter().map(|u| u.certificate.clone()))
+        .collect();
+    let mut unreadable = Vec::new();
+    let groups = groups
+        .into_iter()
+        .filter_map(|g| group_of(g, &known, uploaded, &mut unreadable))
+        .collect();
+    (groups, unreadable)
+}
+
 /// The enrollment DPS would pick, for the checks after the enrollment checks.
 struct Picked {
     /// `enrollment group 'x'` or `individual enrollment 'y'`.
@@ -539,16 +559,7 @@ async fn decide(
             return None;
         }
     };
-    let known: Vec<Certificate> = held
-        .iter()
-        .cloned()
-        .chain(uploaded.iter().map(|u| u.certificate.clone()))
-        .collect();
-    let mut unreadable = Vec::new();
-    let groups: Vec<Group> = groups
-        .into_iter()
-        .filter_map(|g| group_of(g, &known, uploaded, &mut unreadable))
-        .collect();
+    let (groups, unreadable) = x509_groups(groups, held, uploaded);
     let sets: Vec<&[Named]> = groups.iter().map(|g| g.certificates.as_slice()).collect();
     let walk = enrollment::pick_group(sent, &sets);
     let listing = groups_listing(&groups, &unreadable);
@@ -1246,16 +1257,7 @@ mod tests {
         ];
         let sent = sent_chain(&held);
         assert_eq!(sent.len(), 2, "the root is not sent");
-        let known: Vec<Certificate> = held
-            .iter()
-            .cloned()
-            .chain(uploaded.iter().map(|u| u.certificate.clone()))
-            .collect();
-        let mut unreadable = Vec::new();
-        let groups: Vec<Group> = groups
-            .into_iter()
-            .filter_map(|g| group_of(g, &known, &uploaded, &mut unreadable))
-            .collect();
+        let (groups, unreadable) = x509_groups(groups, &held, &uploaded);
         assert!(unreadable.is_empty());
         assert_eq!(
             groups.len(),

@@ -136,7 +136,10 @@ def add_doctor_commands(commands: Any) -> None:
         "--connect", action="store_true", help="make one traced provisioning attempt"
     )
     device.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds the diagnosis may take"
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds the traced attempt (--connect) may take",
     )
     device.set_defaults(handler=cmd_device, parser=device)
     error = sub.add_parser(
