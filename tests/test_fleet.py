@@ -397,12 +397,13 @@ def test_results_are_saved_as_csv_and_parquet(setup: Setup, tmp_path: Path) -> N
     report = dpskit.Fleet(
         setup.dps, authority=setup.authority, count=3, prefix="save-", telemetry=plan
     ).run(progress=False)
-    devices_csv, messages_csv = report.save(tmp_path / "run.csv")
+    devices_csv, messages_csv, record = report.save(tmp_path / "run.csv")
     assert messages_csv.name == "run.messages.csv"
+    assert json.loads(record.read_text())["run"]["prefix"] == "save-"
     assert len(pd.read_csv(devices_csv)) == 3
     assert len(pd.read_csv(messages_csv)) == 6
     pytest.importorskip("pyarrow")
-    devices_parquet, _ = report.save(tmp_path / "run.parquet")
+    devices_parquet, _, _ = report.save(tmp_path / "run.parquet")
     assert list(pd.read_parquet(devices_parquet)["registration_id"]) == [
         "save-00000",
         "save-00001",

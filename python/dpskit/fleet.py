@@ -40,6 +40,13 @@ from dpskit.cloud import (
 from dpskit.cloud._common import Transport
 from dpskit.device import _clock_offset_ms
 from dpskit.errors import ConfigError
+from dpskit.fleet_shards import (
+    _registration_ids,
+    merge_results,
+    read_results,
+    shard_from_environment,
+    write_sidecar,
+)
 from dpskit.signals import Signal
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "HubEstimate",
     "TelemetryPlan",
     "TierFit",
+    "shard_from_environment",
 ]
 
 #: A custom field: called once per device as ``f(device_id, count, rng)`` and returning that
@@ -356,6 +364,7 @@ class FleetReport:
         pacing: float | None,
         shard: tuple[int, int] | None,
         refusals: Mapping[str, _Refusals] | None = None,
+        run: Mapping[str, Any] | None = None,
     ) -> None:
         self._devices: dict[str, list[Any]] = columns["devices"]
         self._messages: dict[str, list[Any]] = columns["messages"]
@@ -374,6 +383,8 @@ class FleetReport:
         self._hub_names = dict(hubs)
         self._pacing = pacing
         self._refusals = dict(refusals) if refusals is not None else None
+        # What makes two shards parts of one run (see Fleet._identity); None when unknown.
+        self._run = dict(run) if run is not None else None
 
     # -- counts ------------------------------------------------------------------------------
 
@@ -670,8 +681,10 @@ class FleetReport:
         )
 
     def save(self, path: str | os.PathLike[str]) -> list[Path]:
-        """Writes the device frame to ``path`` (``.csv`` or ``.parquet``; parquet needs pyarrow)
-        and the message frame next to it as ``<stem>.messages<suffix>``. Returns both paths."""
+        """Writes the device frame to ``path`` (``.csv`` or ``.parquet``; parquet needs pyarrow),
+        the message frame next to it as ``<stem>.messages<suffix>`` and what a merge needs as
+        ``<stem>.run.json`` (the run's identity, the shard, its start, elapsed time, hubs,
+        pacing and refusals): :meth:`load` reads the three back. Returns the three paths."""
         target = Path(path)
         suffix = target.suffix.lower()
         if suffix not in {".csv", ".parquet"}:
@@ -692,7 +705,49 @@ class FleetReport:
                         "writing parquet needs pyarrow: pip install pyarrow (or use .csv)"
                     ) from error
             written.append(out)
+        refusals = (
+            None
+            if self._refusals is None
+            else {
+                hub: {"throttled": dict(throttled), "quota_refusals": quota}
+                for hub, (throttled, quota) in self._refusals.items()
+            }
+        )
+        record = {
+            "run": self._run,
+            "shard": None if self.shard is None else list(self.shard),
+            "started_unix": self.started_at.timestamp(),
+            "elapsed": self.elapsed,
+            "connect_phase": self.connect_phase,
+            "peak_waiting": self.peak_waiting,
+            "hubs": self._hub_names,
+            "pacing": self._pacing,
+            "refusals": refusals,
+        }
+        written.append(write_sidecar(target, record))
         return written
+
+    @classmethod
+    def load(cls, *paths: str | os.PathLike[str]) -> FleetReport:
+        """One report from results written by :meth:`save`: files (the device frame or its
+        ``.run.json``) or folders (every result in them), e.g. the shards of a fleet that a
+        scheduler ran (``--shard auto``), as if one process had run it: devices and messages
+        in device order, times counted from the earliest shard's start, ``elapsed`` and
+        ``connect_phase`` up to the last shard's end, counts summed, ``shard`` None. One
+        unsharded result loads as itself.
+
+        Raises :class:`~dpskit.errors.ConfigError`, naming the files, for shards of different
+        runs (another fleet size, prefix, seed, plan or DPS), a shard missing or given twice,
+        shards that disagree on the shard count, and any file that does not parse."""
+        merged = merge_results(read_results(paths))
+        return cls(
+            merged.columns,
+            hubs=merged.hubs,
+            pacing=merged.pacing,
+            shard=None,
+            refusals=merged.refusals,
+            run=merged.run,
+        )
 
     # -- text --------------------------------------------------------------------------------
 
@@ -794,6 +849,9 @@ def _cloud_clock_offset_ms(cloud: Any) -> int:
 def _parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if shard is None:
         return None
+    if shard == "auto":
+        # Started by a scheduler (Kubernetes Indexed Job, Slurm array, Azure Batch).
+        return shard_from_environment(os.environ)
     if isinstance(shard, str):
         first, sep, second = shard.partition("/")
         if not sep or not first.strip().isdigit() or not second.strip().isdigit():
@@ -819,9 +877,13 @@ class Fleet:
     of ``retry-after`` do not cap the rate at ``concurrency`` devices per retry-after.
 
     ``shard="i/n"`` runs the i-th of n equal slices of the id range, so several machines can
-    run one fleet against Azure. On the emulator, ``pace_like_azure=True`` applies Azure's
-    registration quota (1,000 per minute per DPS), optionally ``time_compression`` times
-    faster.
+    run one fleet against Azure; ``shard="auto"`` reads ``i`` and ``n`` from the scheduler
+    that started the process (a Kubernetes Indexed Job, a Slurm job array, Azure Batch: see
+    :func:`~dpskit.fleet_shards.shard_from_environment`). Each shard's
+    :meth:`FleetReport.save` into a shared folder, then :meth:`FleetReport.load` of the
+    folder (or ``dpskit fleet merge``), gives the whole fleet's report. On the emulator,
+    ``pace_like_azure=True`` applies Azure's registration quota (1,000 per minute per DPS),
+    optionally ``time_compression`` times faster.
 
     ``transport="websockets"`` runs every device over MQTT over WebSockets (port 443 on Azure,
     the local cloud's :attr:`~dpskit.LocalCloud.web_port`), and ``proxy`` tunnels every
@@ -889,6 +951,7 @@ class Fleet:
         self.concurrency = concurrency
         self.certificates_dir = Path(certificates_dir) if certificates_dir is not None else None
         self.shard = _parse_shard(shard)
+        self._seed = seed
         self.algorithm = algorithm
         self.payload = payload
         self.max_in_flight = max_in_flight
@@ -916,8 +979,7 @@ class Fleet:
     @property
     def registration_ids(self) -> list[str]:
         """The registration ids this process runs, e.g. ``sensor-00042``."""
-        digits = max(5, len(str(self.count - 1)))
-        return [f"{self.prefix}{i:0{digits}d}" for i in self.indexes]
+        return _registration_ids(self.prefix, self.count, self.indexes)
 
     def certificates(self) -> list[DeviceCertificate]:
         """The devices' certificates: loaded from ``certificates_dir`` where present, issued
@@ -1034,6 +1096,49 @@ class Fleet:
             custom_values = custom or None
         return settings, custom_values
 
+    def _identity(self) -> dict[str, Any]:
+        """What makes two shards parts of one run: the fleet (size, ids, credential kind, DPS),
+        the telemetry plan and seed, and the settings that change what devices do. Not the
+        shard, the concurrency or the machine."""
+        plan = self.telemetry
+        telemetry = None
+        if plan is not None:
+            fields: dict[str, Any] = {}
+            for name, generator in plan.fields.items():
+                if isinstance(generator, Signal):
+                    fields[name] = generator._field(name)
+                else:
+                    # A custom generator's code cannot be compared: its name stands for it.
+                    module = getattr(generator, "__module__", "?")
+                    fields[name] = f"custom {module}.{getattr(generator, '__qualname__', '?')}"
+            telemetry = {
+                "interval": plan.interval,
+                "duration": plan.duration,
+                "count": plan.count,
+                "jitter": plan.jitter,
+                "time_scale": plan.time_scale,
+                "start": None if plan.start is None else plan.start.isoformat(),
+                "dropout_rate": plan.dropout_rate,
+                "duplicate_rate": plan.duplicate_rate,
+                "fields": fields,
+            }
+        return {
+            "devices": self.count,
+            "prefix": self.prefix,
+            "credential": "x509" if self.authority is not None else "symmetric-key",
+            "dps": self.dps.name,
+            "id_scope": self.dps.id_scope,
+            "seed": plan.seed if plan is not None else self._seed,
+            "telemetry": telemetry,
+            "payload": None if self.payload is None else repr(self.payload),
+            "transport": self.transport,
+            "issue_certificates": self.issue_certificates,
+            "rollover": self._rollover,
+            "record_messages": self.record_messages,
+            "pace_like_azure": self.pace_like_azure,
+            "time_compression": self.time_compression,
+        }
+
     def __repr__(self) -> str:
         kind = "x509" if self.authority is not None else "symmetric-key"
         return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"
@@ -1131,6 +1236,7 @@ class _RunSession:
             pacing=self.pacing,
             shard=self._fleet.shard,
             refusals=refusals,
+            run=self._fleet._identity(),
         )
 
     def _usage(self) -> dict[str, HubUsage] | None:

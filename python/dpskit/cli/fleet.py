@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from dpskit.cli.files import _files
 from dpskit.cli.targets import add_azure_options, open_target
 from dpskit.cloud import Dps, EnrollmentGroup
 from dpskit.errors import ConfigError, NotFoundError
-from dpskit.fleet import Fleet, TelemetryPlan
+from dpskit.fleet import Fleet, FleetReport, TelemetryPlan
 from dpskit.signals import Signal, choice, gaussian, random_walk, sine
 
 __all__ = ["add_fleet_commands"]
@@ -112,7 +114,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             time_compression=args.time_compression,
         )
         where = "Azure" if args.azure else f"the local cloud ({cloud})"
-        shard = f", shard {args.shard}" if args.shard else ""
+        shard = f", shard {fleet.shard[0]}/{fleet.shard[1]}" if fleet.shard else ""
         print(
             f"dpskit fleet: {len(fleet.indexes):,} of {args.devices:,} devices{shard} through "
             f"{dps.name} on {where}",
@@ -126,6 +128,49 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0 if report.completed == report.device_count else 1
 
 
+def _no_nan(percentiles: dict[str, float]) -> dict[str, float | None]:
+    # NaN (no values, e.g. no messages recorded) is not JSON: null is.
+    return {k: None if math.isnan(v) else v for k, v in percentiles.items()}
+
+
+def _summary_json(report: FleetReport) -> dict[str, object]:
+    """The merged run's figures for ``--json``."""
+    return {
+        "devices": report.device_count,
+        "completed": report.completed,
+        "outcomes": report.outcomes,
+        "error_codes": report.error_codes,
+        "provisioned": report.provisioned,
+        "devices_per_hub": report.devices_per_hub,
+        "messages_sent": report.messages_sent,
+        "messages_acknowledged": report.messages_acknowledged,
+        "retries": report.retries,
+        "started_at": report.started_at.isoformat(),
+        "elapsed": report.elapsed,
+        "connect_phase": report.connect_phase,
+        "provisioning_rate": report.provisioning_rate,
+        "provisioning_latency_ms": _no_nan(report.provisioning_latency_ms),
+        "connect_latency_ms": _no_nan(report.connect_latency_ms),
+        "ack_latency_ms": _no_nan(report.ack_latency_ms),
+    }
+
+
+def cmd_fleet_merge(args: argparse.Namespace) -> int:
+    """Merge the shards' saved results into one report (refusing foreign, missing and
+    duplicated shards), print it and, with --out, write it."""
+    if args.out and Path(args.out).suffix.lower() not in {".csv", ".parquet"}:
+        raise ConfigError(f"--out must name a .csv or .parquet file, not {args.out!r}")
+    report = FleetReport.load(*args.results)
+    if args.json:
+        print(json.dumps(_summary_json(report), indent=2))
+    else:
+        print(report.summary())
+    if args.out:
+        for path in report.save(args.out):
+            print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds ``dpskit fleet``."""
     p = commands.add_parser(
@@ -137,7 +182,10 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "Prints a summary; --out writes per-device and per-message results.\n\n"
         "Against the local cloud by default (DIR/cloud, or --local for a running emulator);\n"
         "--azure targets real Azure (charges apply). --shard i/n splits the devices over\n"
-        "machines that share DIR/certs.",
+        "machines that share DIR/certs; --shard auto reads i and n from a Kubernetes Indexed\n"
+        "Job (JOB_COMPLETION_INDEX, JOB_COMPLETIONS set in the manifest), a Slurm job array or\n"
+        "Azure Batch (DPSKIT_SHARD_INDEX, DPSKIT_SHARD_COUNT). `dpskit fleet merge` combines\n"
+        "the shards' --out results into one report.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--devices", type=positive_int, default=100, help="devices in the fleet")
@@ -156,7 +204,11 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--symmetric-key", action="store_true", help="symmetric-key group, no X.509")
     p.add_argument("--concurrency", type=positive_int, default=64, help="registrations at once")
     p.add_argument("--seed", type=int, default=0, help="seed of the telemetry values")
-    p.add_argument("--shard", metavar="I/N", help="run the I-th of N slices of the devices")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="run the I-th of N slices of the devices ('auto': from the scheduler)",
+    )
     p.add_argument(
         "--pace-like-azure",
         action="store_true",
@@ -175,3 +227,18 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--azure", action="store_true", help="run against Azure")
     add_azure_options(p)
     p.set_defaults(handler=cmd_fleet, parser=p)
+    # Optional, so `dpskit fleet --devices N` keeps running a fleet.
+    sub = p.add_subparsers(title="commands", metavar="COMMAND", required=False)
+    merge = sub.add_parser(
+        "merge",
+        help="combine shards' saved results into one report",
+        description="Read fleet results saved with --out (or FleetReport.save): folders (every\n"
+        "result in them) or files. Prints one report as if one process had run the fleet;\n"
+        "--out writes it. Refuses shards of different runs, a missing shard, a shard given\n"
+        "twice and shards that disagree on the count (exit status 1).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("results", nargs="+", metavar="DIR|FILE", help="results or folders")
+    merge.add_argument("--out", metavar="FILE", help="write the merged results (.csv, .parquet)")
+    merge.add_argument("--json", action="store_true", help="print JSON instead of text")
+    merge.set_defaults(handler=cmd_fleet_merge, parser=merge)
