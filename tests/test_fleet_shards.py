@@ -89,6 +89,7 @@ class Runs:
     whole_file: Path
     shards: list[Path]  # the device frames of shards 0, 1, 2 of the same run
     foreign: Path  # shard 1/3 of a run with another seed
+    larger: Path  # shard 1/3 of a run of 13 devices
     auto_shard: tuple[int, int] | None
 
 
@@ -110,11 +111,11 @@ def runs(dpskit_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Runs:
             "fleet", ca_reference="issuing", allocation_policy="hashed", hubs=hubs
         )
 
-        def fleet(shard: str | None, seed: int = 7) -> dpskit.Fleet:
+        def fleet(shard: str | None, seed: int = 7, count: int = 12) -> dpskit.Fleet:
             return dpskit.Fleet(
                 dps,
                 authority=dpskit_ca.intermediate,
-                count=12,
+                count=count,
                 prefix="merge-",
                 telemetry=PLAN,
                 seed=seed,
@@ -137,11 +138,14 @@ def runs(dpskit_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Runs:
         foreign = base / "other" / "shard-1.parquet"
         foreign.parent.mkdir()
         fleet("1/3", seed=8).run(progress=False).save(foreign)
+        larger = base / "larger" / "shard-1.parquet"
+        larger.parent.mkdir()
+        fleet("1/3", count=13).run(progress=False).save(larger)
         with pytest.MonkeyPatch.context() as env:
             env.setenv("JOB_COMPLETION_INDEX", "1")
             env.setenv("JOB_COMPLETIONS", "3")
             auto_shard = fleet("auto").shard
-    return Runs(whole, whole_file, shards, foreign, auto_shard)
+    return Runs(whole, whole_file, shards, foreign, larger, auto_shard)
 
 
 def _gather(folder: Path, *devices: Path, rename: str | None = None) -> Path:
@@ -211,6 +215,8 @@ def test_a_shard_of_another_run_is_refused_naming_it(runs: Runs, tmp_path: Path)
     shared = _gather(tmp_path / "shared", runs.shards[0], runs.shards[2], runs.foreign)
     with pytest.raises(dpskit.ConfigError, match=r"different runs.*shard-1\.parquet.*seed=8"):
         dpskit.FleetReport.load(shared)
+    with pytest.raises(dpskit.ConfigError, match=r"different runs.*larger.*devices=13"):
+        dpskit.FleetReport.load(runs.shards[0], runs.larger, runs.shards[2])
 
 
 def test_a_missing_shard_is_refused(runs: Runs, tmp_path: Path) -> None:
