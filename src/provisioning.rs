@@ -173,8 +173,9 @@ pub(crate) enum TraceEvent<'a> {
     Tls {
         /// The server's chain as it presented it (DER), its own certificate first.
         server_chain: &'a [rustls::pki_types::CertificateDer<'static>],
-        /// What the device sent: its certificate, then its issuers less any self-signed root.
-        client_chain: Vec<&'a Certificate>,
+        /// The credential the device presented (`Credential::sent_chain` is what it sent);
+        /// `None` with a symmetric key.
+        client: Option<&'a Credential>,
     },
     /// CONNECT sent with this username.
     Connect {
@@ -309,15 +310,7 @@ async fn exchange(
         mqtt::DialStep::TlsDone { server_chain } => {
             hooks.trace(TraceEvent::Tls {
                 server_chain,
-                client_chain: request
-                    .auth
-                    .credential()
-                    .map(|c| {
-                        std::iter::once(c.certificate())
-                            .chain(c.issuers().iter().filter(|i| !i.info().is_self_signed))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                client: request.auth.credential(),
             });
             // The CONNECT goes right after the handshake (or the WebSocket upgrade).
             hooks.trace(TraceEvent::Connect {

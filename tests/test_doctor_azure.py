@@ -17,6 +17,7 @@ import pytest
 
 import dpskit
 from stand_in import serve
+from test_azure_fixtures import RECORDED_IDENTITY, RECORDED_REGISTRATION
 
 SUB, RG = "91d12660-3dec-467a-be2a-213b5544ddc0", "myResourceGroup"
 PROVIDER = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Devices"
@@ -155,37 +156,22 @@ def _record(azure: Azure, pki: Fleet, *, verified: bool = True) -> None:
         "iotHubs": [],
         "capabilities": {"iotEdge": False},
     }
+    # The service API's recorded registration and identity shapes, for this device.
     registration = {
+        **RECORDED_REGISTRATION,
         "registrationId": "sensor-042",
-        "createdDateTimeUtc": "2023-05-19T23:10:28.8800437Z",
         "assignedHub": host,
         "deviceId": "sensor-042",
-        "status": "assigned",
-        "substatus": "initialAssignment",
-        "lastUpdatedDateTimeUtc": "2023-05-19T23:10:29.1734179Z",
-        "etag": "IjAwMDAwNGVkLTAwMDAtMDgwMC0wMDAwLTY0NjgwMWU1MDAwMCI=",
     }
-    leaf = pki.device.certificate
-    identity = {
-        "deviceId": "sensor-042",
-        "generationId": "638207812345678901",
-        "etag": "NjM4MjA3ODEyMzQ1Njc4OTAx",
-        "connectionState": "Disconnected",
-        "status": "enabled",
-        "statusReason": None,
-        "connectionStateUpdatedTime": "0001-01-01T00:00:00Z",
-        "statusUpdatedTime": "0001-01-01T00:00:00Z",
-        "lastActivityTime": "0001-01-01T00:00:00Z",
-        "cloudToDeviceMessageCount": 0,
-        "authentication": {
-            "symmetricKey": {"primaryKey": None, "secondaryKey": None},
-            "x509Thumbprint": {
-                "primaryThumbprint": leaf.thumbprint_sha1,
-                "secondaryThumbprint": None,
-            },
-            "type": "selfSigned",
+    identity = copy.deepcopy(RECORDED_IDENTITY)
+    identity["deviceId"] = "sensor-042"
+    identity["authentication"] = {
+        "symmetricKey": {"primaryKey": None, "secondaryKey": None},
+        "x509Thumbprint": {
+            "primaryThumbprint": pki.device.certificate.thumbprint_sha1,
+            "secondaryThumbprint": None,
         },
-        "capabilities": {"iotEdge": False},
+        "type": "selfSigned",
     }
     not_found = {
         "errorCode": 404201,

@@ -148,8 +148,10 @@ impl RegistrationHooks for Recorder {
             TraceEvent::Connected => self.push("tcp", "connected".into()),
             TraceEvent::Tls {
                 server_chain,
-                client_chain,
+                client,
             } => {
+                let client_chain: Vec<&Certificate> =
+                    client.map(|c| c.sent_chain().collect()).unwrap_or_default();
                 let server = match server_chain.first().map(|der| Certificate::from_der(der)) {
                     Some(Ok(c)) => format!(
                         "server certificate subject '{}', issuer '{}'",

@@ -15,6 +15,7 @@ use crate::diagnosis::{Cause, Check};
 use crate::error::Error;
 use crate::pki::Certificate;
 use crate::pki::chain::describe;
+use crate::pki::issue::sent_by_device;
 use crate::protocol::dps_service::{
     AttestationType, DeviceRegistrationState, EnrollmentGroup, EnrollmentPolicies,
     IndividualEnrollment, ProvisioningStatus, X509CertificateWithInfo,
@@ -279,14 +280,12 @@ fn is_not_found(error: &Error) -> bool {
     matches!(error, Error::Service(s) if s.status == 404)
 }
 
-/// The certificates the device sends in its handshake: the leaf, then every issuer held that
-/// is not self-signed (TLS stacks leave the root out, and so does dpskit).
+/// The certificates the device sends in its handshake, as held (the first is the leaf).
 fn sent_chain(held: &[Certificate]) -> Vec<Certificate> {
-    held.iter()
-        .enumerate()
-        .filter(|(i, c)| *i == 0 || !c.info().is_self_signed)
-        .map(|(_, c)| c.clone())
-        .collect()
+    match held.split_first() {
+        Some((leaf, issuers)) => sent_by_device(leaf, issuers).cloned().collect(),
+        None => Vec::new(),
+    }
 }
 
 /// The X.509 groups as candidates, each certificate they name resolved against what the

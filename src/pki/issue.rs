@@ -219,10 +219,15 @@ impl Credential {
     /// sends in its TLS handshake.
     pub fn chain_pem(&self) -> String {
         let mut out = self.certificate_pem().to_string();
-        for issuer in self.issuers.iter().filter(|c| !c.info().is_self_signed) {
+        for issuer in self.sent_chain().skip(1) {
             out.push_str(&issuer.pem());
         }
         out
+    }
+
+    /// What the device sends in its TLS handshake ([`sent_by_device`]).
+    pub fn sent_chain(&self) -> impl Iterator<Item = &Certificate> {
+        sent_by_device(&self.certificate, &self.issuers)
     }
 
     /// The certificate followed by every known issuer, root included.
@@ -239,6 +244,15 @@ impl Credential {
         let _ = self.certificate_pem();
         let _ = self.private_key_pem();
     }
+}
+
+/// What a device holding `leaf` and `issuers` sends in its TLS handshake: the leaf, then its
+/// issuers less any self-signed root (TLS stacks leave the root out, and so does dpskit).
+pub(crate) fn sent_by_device<'a>(
+    leaf: &'a Certificate,
+    issuers: &'a [Certificate],
+) -> impl Iterator<Item = &'a Certificate> {
+    std::iter::once(leaf).chain(issuers.iter().filter(|c| !c.info().is_self_signed))
 }
 
 /// Whether `key` is the private half of `certificate`'s public key.

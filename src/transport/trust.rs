@@ -57,17 +57,10 @@ impl Trust {
             .with_root_certificates(self.roots.clone());
         let mut config = match credential {
             Some(credential) => {
-                let mut chain = vec![CertificateDer::from(
-                    credential.certificate().der().to_vec(),
-                )];
-                // The device sends its intermediates, never a self-signed root.
-                chain.extend(
-                    credential
-                        .issuers()
-                        .iter()
-                        .filter(|c| !c.info().is_self_signed)
-                        .map(|c| CertificateDer::from(c.der().to_vec())),
-                );
+                let chain = credential
+                    .sent_chain()
+                    .map(|c| CertificateDer::from(c.der().to_vec()))
+                    .collect();
                 let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
                     credential.key().pkcs8_der().to_vec(),
                 ));
