@@ -232,7 +232,14 @@ fn group_of(
     unreadable: &mut Vec<String>,
 ) -> Option<Group> {
     let id = group.enrollment_group_id.clone().unwrap_or_default();
-    let attestation = group.attestation.as_ref()?;
+    // A group answered without its attestation cannot be judged: it is named as unreadable,
+    // not dropped, so "no group matches" never rests on a group nobody read.
+    let Some(attestation) = group.attestation.as_ref() else {
+        unreadable.push(format!(
+            "enrollment group '{id}': answered without an attestation"
+        ));
+        return None;
+    };
     if attestation.kind != AttestationType::X509 {
         return None;
     }
