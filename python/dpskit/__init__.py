@@ -70,7 +70,7 @@ from dpskit.errors import (
     ThrottledError,
     TransportError,
 )
-from dpskit.fleet import Fleet, FleetProgress, FleetReport, TelemetryPlan
+from dpskit.fleet import Fleet, FleetProgress, FleetReport, ShardRun, TelemetryPlan
 from dpskit.provisioning import ProvisioningOutcome, provision_devices
 
 __version__ = "0.1.0"
@@ -123,6 +123,7 @@ __all__ = [
     "RequestRecording",
     "ServiceError",
     "ServicePrincipal",
+    "ShardRun",
     "TelemetryMessage",
     "TelemetryPlan",
     "TelemetryRecords",

@@ -11,6 +11,7 @@ import importlib
 import math
 import os
 import random
+import socket
 import sys
 import time
 from collections import Counter
@@ -40,8 +41,22 @@ from dpskit.cloud import (
 from dpskit.cloud._common import Transport
 from dpskit.device import _clock_offset_ms
 from dpskit.errors import ConfigError
+from dpskit.fleet_executor import (
+    ShardTask,
+    SubmitsWork,
+    collect,
+    device_certificates,
+    has_every_certificate,
+    peak_rss_bytes,
+    refuse_forking,
+    run_shard,
+    worker_count,
+)
 from dpskit.fleet_shards import (
+    Merged,
+    ShardPart,
     _registration_ids,
+    merge_parts,
     merge_results,
     read_results,
     shard_from_environment,
@@ -55,6 +70,7 @@ __all__ = [
     "FleetProgress",
     "FleetReport",
     "HubEstimate",
+    "ShardRun",
     "TelemetryPlan",
     "TierFit",
     "shard_from_environment",
@@ -352,6 +368,24 @@ _AZURE_COLUMNS = [
 ]
 
 
+@dataclass(frozen=True)
+class ShardRun:
+    """Where and how one shard of a run ran (see :attr:`FleetReport.shard_runs`): ``shard``
+    ``(i, n)`` and its ``devices``; ``started_s``, seconds after the run's start, and
+    ``elapsed``; the ``host`` and ``pid`` of the process that ran it and that process's peak
+    resident memory ``peak_rss_bytes`` (None where unknown); ``source``, the saved result or
+    the worker it came from."""
+
+    shard: tuple[int, int]
+    devices: int
+    started_s: float
+    elapsed: float
+    host: str | None
+    pid: int | None
+    peak_rss_bytes: int | None
+    source: str
+
+
 class FleetReport:
     """What a fleet run did: per device and per message, with the aggregates data teams ask
     for first. ``to_pandas()`` gives the frames, ``summary()`` a readable table."""
@@ -365,6 +399,7 @@ class FleetReport:
         shard: tuple[int, int] | None,
         refusals: Mapping[str, _Refusals] | None = None,
         run: Mapping[str, Any] | None = None,
+        shard_runs: Sequence[ShardRun] = (),
     ) -> None:
         self._devices: dict[str, list[Any]] = columns["devices"]
         self._messages: dict[str, list[Any]] = columns["messages"]
@@ -385,6 +420,9 @@ class FleetReport:
         self._refusals = dict(refusals) if refusals is not None else None
         # What makes two shards parts of one run (see Fleet._identity); None when unknown.
         self._run = dict(run) if run is not None else None
+        #: Where each shard ran, in shard order: one entry for a run of one process, one per
+        #: shard for a run over an executor or merged from saved shards (empty when unknown).
+        self.shard_runs: tuple[ShardRun, ...] = tuple(shard_runs)
 
     # -- counts ------------------------------------------------------------------------------
 
@@ -723,9 +761,35 @@ class FleetReport:
             "hubs": self._hub_names,
             "pacing": self._pacing,
             "refusals": refusals,
+            **self._process_record(),
         }
         written.append(write_sidecar(target, record))
         return written
+
+    def _process_record(self) -> dict[str, Any]:
+        """The process that ran this report's devices, when one did (not a merged report)."""
+        if len(self.shard_runs) != 1:
+            return {"host": None, "pid": None, "peak_rss_bytes": None}
+        (only,) = self.shard_runs
+        return {"host": only.host, "pid": only.pid, "peak_rss_bytes": only.peak_rss_bytes}
+
+    @classmethod
+    def _merged(cls, parts: Sequence[ShardPart], **overrides: Any) -> FleetReport:
+        """One report from the shards' parts (see :func:`~dpskit.fleet_shards.merge_parts`)."""
+        return cls._from(merge_parts(parts), **overrides)
+
+    @classmethod
+    def _from(cls, merged: Merged, **overrides: Any) -> FleetReport:
+        settings: dict[str, Any] = {
+            "hubs": merged.hubs,
+            "pacing": merged.pacing,
+            "shard": None,
+            "refusals": merged.refusals,
+            "run": merged.run,
+            "shard_runs": [ShardRun(**where) for where in merged.parts],
+        }
+        settings.update(overrides)
+        return cls(merged.columns, **settings)
 
     @classmethod
     def load(cls, *paths: str | os.PathLike[str]) -> FleetReport:
@@ -739,15 +803,7 @@ class FleetReport:
         Raises :class:`~dpskit.errors.ConfigError`, naming the files, for shards of different
         runs (another fleet size, prefix, seed, plan or DPS), a shard missing or given twice,
         shards that disagree on the shard count, and any file that does not parse."""
-        merged = merge_results(read_results(paths))
-        return cls(
-            merged.columns,
-            hubs=merged.hubs,
-            pacing=merged.pacing,
-            shard=None,
-            refusals=merged.refusals,
-            run=merged.run,
-        )
+        return cls._from(merge_results(read_results(paths)))
 
     # -- text --------------------------------------------------------------------------------
 
@@ -988,22 +1044,12 @@ class Fleet:
             raise ConfigError("a symmetric-key fleet has no certificates")
         if self._certificates is not None:
             return self._certificates
-        ids = self.registration_ids
-        loaded: dict[str, DeviceCertificate] = {}
-        folder = self.certificates_dir
-        if folder is not None and folder.is_dir():
-            for registration_id in ids:
-                chain = folder / f"{registration_id}.fullchain.pem"
-                key = folder / f"{registration_id}.key.pem"
-                if chain.exists() and key.exists():
-                    loaded[registration_id] = DeviceCertificate.load(chain, key)
-        missing = [i for i in ids if i not in loaded]
-        if missing:
-            issued = self.authority.issue_devices(
-                missing, algorithm=self.algorithm, output_dir=folder
-            )
-            loaded.update(zip(missing, issued, strict=True))
-        self._certificates = [loaded[i] for i in ids]
+        self._certificates = device_certificates(
+            self.authority,
+            self.registration_ids,
+            algorithm=self.algorithm,
+            folder=self.certificates_dir,
+        )
         return self._certificates
 
     def run(
@@ -1011,11 +1057,31 @@ class Fleet:
         *,
         progress: bool | None = None,
         on_progress: Callable[[FleetProgress], None] | None = None,
+        executor: SubmitsWork | None = None,
+        shards: int | None = None,
     ) -> FleetReport:
         """Runs the fleet and returns its report. ``progress``: a live line in terminals and
         notebooks (``None``: when one is attached). ``on_progress`` is called with a
         :class:`FleetProgress` about five times a second. Ctrl-C (or a notebook interrupt)
-        stops every device and raises ``KeyboardInterrupt``."""
+        stops every device and raises ``KeyboardInterrupt``.
+
+        With ``executor`` (anything with ``concurrent.futures.Executor``'s ``submit``: a
+        ``ProcessPoolExecutor``, a Dask ``distributed.Client``, Ray's executor), the fleet is
+        split into ``shards`` slices (default: the executor's worker count), each run by a
+        worker on its own runtime, and the report is the one a single process would have
+        given: same devices, ids, hubs, outcomes and messages (with the same plan and seed),
+        times counted from the earliest shard's start, :attr:`FleetReport.shard_runs` saying
+        where each shard ran. This process talks to the cloud (hubs, pacing, refusals); the
+        workers only need the ``dpskit`` package and a route to DPS and the hubs. Each worker
+        issues its devices' certificates, or reads them from ``certificates_dir`` (a folder
+        every worker sees); only when that folder lacks some does the issuing CA's key travel
+        to the workers with their task (over the executor's channel: give a remote Dask
+        cluster TLS). Progress counts the shards as they finish. A shard that fails raises
+        its worker's error, with a note naming the shard."""
+        if executor is not None:
+            return self._run_on_executor(executor, shards, progress, on_progress)
+        if shards is not None:
+            raise ConfigError("shards= splits the fleet over an executor: pass executor= too")
         session = _RunSession(self, progress, on_progress)
         try:
             while not session.run.wait(0.2):
@@ -1064,8 +1130,11 @@ class Fleet:
             raise
         return session.finish()
 
-    def _settings(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """The engine's settings and the custom fields' values, as the binding takes them."""
+    def _settings(
+        self, indexes: range | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The engine's settings and the custom fields' values of the devices at ``indexes``
+        (this process's, by default), as the binding takes them."""
         if self.transport == "websockets":
             # Every resource serves WebSockets on the one web port (443 on Azure).
             dps_port = hub_port = self.dps._cloud._web_port()
@@ -1091,10 +1160,105 @@ class Fleet:
         custom_values = None
         if self.telemetry is not None:
             settings["plan"] = self.telemetry._spec(self.telemetry.start)
-            devices = list(zip(self.indexes, self.registration_ids, strict=True))
+            indexes = self.indexes if indexes is None else indexes
+            ids = _registration_ids(self.prefix, self.count, indexes)
+            devices = list(zip(indexes, ids, strict=True))
             custom = self.telemetry._custom_values(devices)
             custom_values = custom or None
         return settings, custom_values
+
+    def _run_on_executor(
+        self,
+        executor: SubmitsWork,
+        shards: int | None,
+        progress: bool | None,
+        on_progress: Callable[[FleetProgress], None] | None,
+    ) -> FleetReport:
+        if self.shard is not None:
+            raise ConfigError(
+                f"this fleet is shard {self.shard[0]}/{self.shard[1]}; an executor runs a "
+                f"whole fleet (leave shard unset)"
+            )
+        if self._rollover:
+            raise ConfigError("a rollover runs in one process: call rollover() without executor")
+        refuse_forking(executor)
+        total = shards if shards is not None else worker_count(executor)
+        if total is None:
+            raise ConfigError(
+                f"cannot tell how many workers {type(executor).__name__} has: pass shards=N"
+            )
+        if not isinstance(total, int) or not 1 <= total <= self.count:
+            raise ConfigError(f"shards must be 1..{self.count} (the devices), not {total!r}")
+        # Every shard registers with the one DPS: the emulator's quota on it is shared by
+        # all of them, as Azure's is, so it is set once here at the whole rate.
+        side = _CloudSide(self, share=1)
+        display = _ProgressDisplay(progress)
+        begun = time.monotonic()
+        finished: list[FleetProgress] = []
+        last = [0.0]
+
+        def show(force: bool = False) -> None:
+            now = time.monotonic()
+            if not force and now - last[0] < 0.2:
+                return
+            last[0] = now
+            snapshot = _progress_of(finished, self.count, now - begun)
+            display.update(snapshot)
+            if on_progress is not None:
+                on_progress(snapshot)
+
+        def on_done(_index: int, part: ShardPart) -> None:
+            finished.append(_progress_of_part(part))
+            show(force=True)
+
+        try:
+            tasks = self._shard_tasks(total, side)
+            futures = [executor.submit(run_shard, task) for task in tasks]
+            parts = collect(futures, on_done, show)
+            refusals = side.refusals()
+        finally:
+            side.close()
+            display.close()
+        return FleetReport._merged(parts, refusals=refusals)
+
+    def _shard_tasks(self, total: int, side: _CloudSide) -> list[ShardTask]:
+        """The workers' tasks: the engine's settings, each shard's custom values, and the
+        credential (the CA's key only when the shared folder lacks a certificate)."""
+        chain_pem = key_pem = None
+        folder = None
+        if self.certificates_dir is not None:
+            # Workers may run elsewhere in the file system's tree: a path that means one place.
+            folder = str(self.certificates_dir.resolve())
+        if self.authority is not None and not has_every_certificate(
+            self.certificates_dir, _registration_ids(self.prefix, self.count, range(self.count))
+        ):
+            chain_pem = self.authority.full_chain_pem
+            key_pem = self.authority.private_key_pem
+        record = {"run": self._identity(), "hubs": side.hubs, "pacing": side.pacing}
+        tasks = []
+        for index in range(total):
+            indexes = range(index * self.count // total, (index + 1) * self.count // total)
+            settings, custom = self._settings(indexes)
+            tasks.append(
+                ShardTask(
+                    index=index,
+                    shards=total,
+                    fleet_size=self.count,
+                    prefix=self.prefix,
+                    settings=settings,
+                    trust_pem=self.dps._cloud.trust_pem,
+                    custom=custom,
+                    algorithm=self.algorithm,
+                    certificates_dir=folder,
+                    worker_threads=self.worker_threads,
+                    record=record,
+                    x509=self.authority is not None,
+                    authority_chain_pem=chain_pem,
+                    authority_key_pem=key_pem,
+                    group_key=self._group_key,
+                )
+            )
+        return tasks
 
     def _identity(self) -> dict[str, Any]:
         """What makes two shards parts of one run: the fleet (size, ids, credential kind, DPS),
@@ -1158,9 +1322,92 @@ def _refusals_between(before: HubUsage, after: HubUsage) -> _Refusals | None:
     return throttled, after.quota_refusals - before.quota_refusals
 
 
+def _progress_of_part(part: ShardPart) -> FleetProgress:
+    """What a finished shard adds to the progress line."""
+    devices = part.columns["devices"]
+    outcomes = devices["outcome"]
+    return FleetProgress(
+        total=len(outcomes),
+        provisioned=sum(1 for hub in devices["assigned_hub"] if hub),
+        connected=sum(1 for ms in devices["connect_ms"] if ms is not None),
+        failed=sum(1 for outcome in outcomes if outcome != "completed"),
+        finished=len(outcomes),
+        sent=sum(devices["sent"]),
+        acknowledged=sum(devices["acknowledged"]),
+        retries=sum(devices["provision_retries"]) + sum(devices["connect_retries"]),
+        elapsed=0.0,
+    )
+
+
+def _progress_of(finished: Sequence[FleetProgress], total: int, elapsed: float) -> FleetProgress:
+    """The progress line of a run over an executor: the finished shards' counts."""
+
+    def summed(name: str) -> int:
+        return sum(int(getattr(p, name)) for p in finished)
+
+    return FleetProgress(
+        total=total,
+        provisioned=summed("provisioned"),
+        connected=summed("connected"),
+        failed=summed("failed"),
+        finished=summed("finished"),
+        sent=summed("sent"),
+        acknowledged=summed("acknowledged"),
+        retries=summed("retries"),
+        elapsed=elapsed,
+    )
+
+
+class _CloudSide:
+    """What a run does to the cloud around its devices, in the process that talks to it: the
+    hubs' names read, Azure's pacing set on the DPS (``share`` of its rate: a scheduler's shard
+    takes 1/n) and lifted after, the hubs' refusals counted."""
+
+    def __init__(self, fleet: Fleet, *, share: int) -> None:
+        self._fleet = fleet
+        self._lifted = False
+        self.hubs = {link.host_name: link.hub for link in fleet.dps.linked_hubs()}
+        self.pacing: float | None = None
+        if fleet.pace_like_azure:
+            # Refused outside the emulator: Azure paces registrations itself.
+            rate = AZURE_REGISTRATIONS_PER_MINUTE * fleet.time_compression / share
+            fleet.dps.set_registration_quota(max(1, round(rate)))
+            self.pacing = fleet.time_compression
+        # What the hubs' presets had refused before the run, to count the run's own refusals.
+        self._usage_before = self._usage()
+
+    def refusals(self) -> dict[str, _Refusals] | None:
+        """What the hubs' presets refused since the run began (None where not counted)."""
+        before = self._usage_before
+        after = self._usage() if before is not None else None
+        if before is None or after is None:
+            return None
+        between = {
+            name: _refusals_between(before[name], after[name]) for name in before if name in after
+        }
+        return {name: r for name, r in between.items() if r is not None}
+
+    def close(self) -> None:
+        """Lifts the pacing (once)."""
+        if self._lifted:
+            return
+        self._lifted = True
+        if self.pacing is not None:
+            self._fleet.dps.set_registration_quota(None)
+
+    def _usage(self) -> dict[str, HubUsage] | None:
+        """Each linked hub's usage where the emulator runs in this process, else None (Azure,
+        or an emulator in another process: ``usage()`` reads the emulator's memory)."""
+        cloud = self._fleet.dps._cloud
+        if not isinstance(cloud, LocalCloud):
+            return None
+        return {name: cloud.hub(name).usage() for name in sorted(set(self.hubs.values()))}
+
+
 class _RunSession:
-    """One run of a fleet from start to report: what ``run`` and ``run_async`` share (the
-    engine started, the progress shown, the Azure pacing set and lifted)."""
+    """One run of a fleet in this process from start to report: what ``run`` and
+    ``run_async`` share (the engine started, the progress shown, the cloud side set up and
+    closed)."""
 
     def __init__(
         self,
@@ -1173,15 +1420,9 @@ class _RunSession:
         self._closed = False
         settings, custom = fleet._settings()
         certificates = fleet.certificates() if fleet.authority is not None else None
-        self.hubs = {link.host_name: link.hub for link in fleet.dps.linked_hubs()}
-        self.pacing: float | None = None
-        if fleet.pace_like_azure:
-            # Refused outside the emulator: Azure paces registrations itself.
-            quota = max(1, round(AZURE_REGISTRATIONS_PER_MINUTE * fleet.time_compression))
-            fleet.dps.set_registration_quota(quota)
-            self.pacing = fleet.time_compression
-        # What the hubs' presets had refused before the run, to count the run's own refusals.
-        self._usage_before = self._usage()
+        # A scheduler's shard paces its own slice: it takes its share of the DPS's rate.
+        share = 1 if fleet.shard is None else fleet.shard[1]
+        self._side = _CloudSide(fleet, share=share)
         self._display = _ProgressDisplay(progress)
         # One file descriptor per device connection.
         _raise_open_file_limit()
@@ -1218,39 +1459,33 @@ class _RunSession:
         try:
             self.report_progress()
             columns = self.run.result()
+            refusals = self._side.refusals()
         finally:
             self._close()
-        before = self._usage_before
-        after = self._usage() if before is not None else None
-        refusals = None
-        if before is not None and after is not None:
-            between = {
-                name: _refusals_between(before[name], after[name])
-                for name in before
-                if name in after
-            }
-            refusals = {name: r for name, r in between.items() if r is not None}
+        fleet = self._fleet
+        here = ShardRun(
+            shard=fleet.shard or (0, 1),
+            devices=len(fleet.indexes),
+            started_s=0.0,
+            elapsed=float(columns["elapsed"]),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            peak_rss_bytes=peak_rss_bytes(),
+            source="this process",
+        )
         return FleetReport(
             columns,
-            hubs=self.hubs,
-            pacing=self.pacing,
-            shard=self._fleet.shard,
+            hubs=self._side.hubs,
+            pacing=self._side.pacing,
+            shard=fleet.shard,
             refusals=refusals,
-            run=self._fleet._identity(),
+            run=fleet._identity(),
+            shard_runs=(here,),
         )
-
-    def _usage(self) -> dict[str, HubUsage] | None:
-        """Each linked hub's usage where the emulator runs in this process, else None (Azure,
-        or an emulator in another process: ``usage()`` reads the emulator's memory)."""
-        cloud = self._fleet.dps._cloud
-        if not isinstance(cloud, LocalCloud):
-            return None
-        return {name: cloud.hub(name).usage() for name in sorted(set(self.hubs.values()))}
 
     def _close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._display.close()
-        if self.pacing is not None:
-            self._fleet.dps.set_registration_quota(None)
+        self._side.close()

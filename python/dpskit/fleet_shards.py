@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from dpskit.errors import ConfigError
 
@@ -296,10 +296,27 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-def check_one_run(results: Sequence[ShardResult]) -> tuple[int, list[ShardResult]]:
+class _Named(Protocol):
+    """What the checks read of a shard, saved (:class:`ShardResult`) or returned by a worker
+    (:class:`ShardPart`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def record(self) -> dict[str, Any]: ...
+
+    @property
+    def shard(self) -> tuple[int, int]: ...
+
+
+_Part = TypeVar("_Part", bound=_Named)
+
+
+def check_one_run(results: Sequence[_Part]) -> tuple[int, list[_Part]]:
     """The shard count and the results in shard order, after refusing foreign shards (another
     run's identity), inconsistent counts, duplicated and missing shards."""
-    by_run: dict[str, list[ShardResult]] = {}
+    by_run: dict[str, list[_Part]] = {}
     for result in results:
         identity = result.record["run"]
         if identity is None and len(results) > 1:
@@ -322,7 +339,7 @@ def check_one_run(results: Sequence[ShardResult]) -> tuple[int, list[ShardResult
         shown = "; ".join(f"n={n}: {', '.join(names)}" for n, names in sorted(counts.items()))
         raise ConfigError(f"shards disagree on the shard count: {shown}")
     (total,) = counts
-    by_index: dict[int, list[ShardResult]] = {}
+    by_index: dict[int, list[_Part]] = {}
     for result in results:
         by_index.setdefault(result.shard[0], []).append(result)
     duplicated = {i: group for i, group in by_index.items() if len(group) > 1}
@@ -491,6 +508,8 @@ def _unix_seconds(frame: Any, path: Path, name: str, *, optional: bool) -> list[
 def _read_messages(
     result: ShardResult, started_unix: float, positions: Mapping[str, int]
 ) -> dict[str, list[Any]]:
+    """The message frame as the engine gives it: devices by their position in the shard,
+    times counted from the shard's start."""
     path = result.messages_path
     frame = _read_frame(path, {"device_id": str, "message_id": str})
     absent = [c for c in _MESSAGE_COLUMNS if c not in frame.columns]
@@ -522,6 +541,32 @@ def _registration_ids(prefix: str, count: int, indexes: range) -> list[str]:
 
 
 @dataclass
+class ShardPart:
+    """One shard's outcome as a merge takes it: its record (what the sidecar holds) and the
+    engine's columns, with times counted from the shard's own start and messages naming their
+    device by its position in the shard. A worker of ``Fleet.run(executor=...)`` returns one;
+    a saved result is read into one."""
+
+    name: str
+    record: dict[str, Any]
+    columns: dict[str, dict[str, list[Any]]]
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(i, n)``; a whole fleet is shard 0 of 1."""
+        shard = self.record.get("shard")
+        return (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
+
+
+def read_part(result: ShardResult) -> ShardPart:
+    """A saved result's frames read back into the engine's columns."""
+    devices = _read_devices(result, 0.0)
+    positions = {rid: i for i, rid in enumerate(devices["registration_id"])}
+    messages = _read_messages(result, float(result.record["started_unix"]), positions)
+    return ShardPart(result.name, result.record, {"devices": devices, "messages": messages})
+
+
+@dataclass
 class Merged:
     """What ``FleetReport`` is built from: the engine's columns and the run's context."""
 
@@ -530,44 +575,64 @@ class Merged:
     pacing: float | None
     refusals: dict[str, tuple[dict[str, int], int]] | None
     run: dict[str, Any] | None
+    parts: list[dict[str, Any]]
+
+
+_MESSAGE_FIELDS = ("device", "seq", "sent_at_s", "latency_ms", "anomaly", "duplicate")
 
 
 def merge_results(results: Sequence[ShardResult]) -> Merged:
-    """One run's columns from its shards' results (checked by :func:`check_one_run`): devices
+    """One run's columns from its shards' saved results: checked (:func:`check_one_run`)
+    before any frame is read, then merged by :func:`merge_parts`."""
+    check_one_run(results)
+    return merge_parts([read_part(result) for result in results])
+
+
+def merge_parts(parts: Sequence[ShardPart]) -> Merged:
+    """One run's columns from its shards' parts (checked by :func:`check_one_run`): devices
     and messages in device order, times counted from the earliest start."""
-    _total, ordered = check_one_run(results)
-    started = min(float(r.record["started_unix"]) for r in ordered)
+    _total, ordered = check_one_run(parts)
+    started = min(float(p.record["started_unix"]) for p in ordered)
     devices: dict[str, list[Any]] = {name: [] for name in _DEVICE_COLUMNS}
-    messages: dict[str, list[Any]] = {
-        name: [] for name in ("device", "seq", "sent_at_s", "latency_ms", "anomaly", "duplicate")
-    }
+    # The engine also gives each message's size; a saved frame does not keep it.
+    fields = [*_MESSAGE_FIELDS]
+    if all("bytes" in p.columns["messages"] for p in ordered):
+        fields.append("bytes")
+    messages: dict[str, list[Any]] = {name: [] for name in fields}
     hubs: dict[str, str] = {}
     refusals: dict[str, tuple[dict[str, int], int]] | None = {}
     ends, connected = [], []
-    for result in ordered:
-        record = result.record
-        own_start = float(record["started_unix"])
-        shift = own_start - started
-        part = _read_devices(result, shift)
+    for part in ordered:
+        record = part.record
+        shift = float(record["started_unix"]) - started
+        own = part.columns["devices"]
         identity = record["run"]
         if identity is not None:
             count = int(identity["devices"])
-            index, n = result.shard
+            index, n = part.shard
             expected = _registration_ids(
                 str(identity["prefix"]),
                 count,
                 range(index * count // n, (index + 1) * count // n),
             )
-            if part["registration_id"] != expected:
+            if list(own["registration_id"]) != expected:
                 raise ConfigError(
-                    f"{result.name}: its devices are not shard {index}/{n}'s ids "
-                    f"({len(part['registration_id'])} rows, {len(expected)} expected)"
+                    f"{part.name}: its devices are not shard {index}/{n}'s ids "
+                    f"({len(own['registration_id'])} rows, {len(expected)} expected)"
                 )
         offset = len(devices["registration_id"])
-        positions = {rid: offset + i for i, rid in enumerate(part["registration_id"])}
         for name in _DEVICE_COLUMNS:
-            devices[name] += part[name]
-        for name, values in _read_messages(result, started, positions).items():
+            values = list(own[name])
+            if name in _SHIFTED:
+                values = [None if v is None else v + shift for v in values]
+            devices[name] += values
+        sent = part.columns["messages"]
+        for name in fields:
+            values = list(sent[name])
+            if name == "device":
+                values = [offset + v for v in values]
+            elif name == "sent_at_s":
+                values = [v + shift for v in values]
             messages[name] += values
         hubs.update({str(k): str(v) for k, v in dict(record["hubs"]).items()})
         ends.append(shift + float(record["elapsed"]))
@@ -591,7 +656,7 @@ def merge_results(results: Sequence[ShardResult]) -> Merged:
         "elapsed": max(ends),
         "connect_phase": max(connected),
         # The shards' peaks need not coincide: their sum bounds the fleet's.
-        "peak_waiting": sum(int(r.record.get("peak_waiting", 0)) for r in ordered),
+        "peak_waiting": sum(int(p.record.get("peak_waiting", 0)) for p in ordered),
         "started_unix": started,
     }
     pacing = ordered[0].record.get("pacing")
@@ -601,4 +666,23 @@ def merge_results(results: Sequence[ShardResult]) -> Merged:
         pacing=None if pacing is None else float(pacing),
         refusals=refusals,
         run=ordered[0].record["run"],
+        parts=[
+            _where(part, shift=float(part.record["started_unix"]) - started) for part in ordered
+        ],
     )
+
+
+def _where(part: ShardPart, *, shift: float) -> dict[str, Any]:
+    """Where and how a shard ran, as :attr:`FleetReport.shards` lists it."""
+    record = part.record
+    index, count = part.shard
+    return {
+        "shard": (index, count),
+        "devices": len(part.columns["devices"]["registration_id"]),
+        "started_s": shift,
+        "elapsed": float(record["elapsed"]),
+        "host": record.get("host"),
+        "pid": record.get("pid"),
+        "peak_rss_bytes": record.get("peak_rss_bytes"),
+        "source": part.name,
+    }

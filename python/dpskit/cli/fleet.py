@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from dpskit._native import CertificateAuthority
@@ -120,7 +122,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             f"{dps.name} on {where}",
             file=sys.stderr,
         )
-        report = fleet.run(progress=None if args.progress else False)
+        show = None if args.progress else False
+        if args.workers:
+            # Spawned, not forked: a forked child inherits this process's runtimes (the local
+            # cloud's among them) without their threads.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+                report = fleet.run(progress=show, executor=pool)
+        else:
+            report = fleet.run(progress=show)
     print(report.summary())
     if args.out:
         for path in report.save(args.out):
@@ -208,6 +218,12 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--shard",
         metavar="I/N",
         help="run the I-th of N slices of the devices ('auto': from the scheduler)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        metavar="N",
+        help="split the fleet over N local worker processes (one report); not with --shard",
     )
     p.add_argument(
         "--pace-like-azure",

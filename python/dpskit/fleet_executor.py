@@ -1,0 +1,255 @@
+"""One fleet run by many workers: ``Fleet.run(executor=...)`` splits the fleet into shards,
+runs each on a worker of any executor with ``concurrent.futures.Executor``'s ``submit`` (a
+``ProcessPoolExecutor``, a Dask ``distributed.Client`` or its ``get_executor()``, Ray's
+executor) and returns one :class:`~dpskit.FleetReport`, as if one process had run the fleet.
+
+This process (the coordinator) does everything that talks to the cloud: it reads the DPS's
+endpoints and linked hubs, sets and lifts the Azure pacing of the one DPS every shard shares,
+counts the hubs' refusals and computes the custom fields' values. What it sends a worker is a
+:class:`ShardTask`: plain, picklable data. The worker issues its devices' certificates (or reads
+them from the shared ``certificates_dir``), runs its slice on its own Rust runtime and returns a
+:class:`~dpskit.fleet_shards.ShardPart`. Workers need the ``dpskit`` package and a route to the
+DPS and hubs; no cloud client, credential store or notebook state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun
+from dpskit.cloud import _raise_open_file_limit
+from dpskit.errors import ConfigError
+from dpskit.fleet_shards import ShardPart, _registration_ids
+
+__all__ = ["ShardTask", "SubmitsWork", "device_certificates", "peak_rss_bytes", "run_shard"]
+
+
+class _Future(Protocol):
+    """What the coordinator uses of a future (``concurrent.futures``, Dask and Ray agree)."""
+
+    def done(self) -> bool: ...
+
+    def result(self, timeout: float | None = None) -> Any: ...
+
+    def cancel(self) -> bool: ...
+
+
+class SubmitsWork(Protocol):
+    """An executor as ``Fleet.run(executor=...)`` takes it: ``submit(fn, *args)`` returning a
+    future with ``done()``, ``result()`` and ``cancel()``."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any) -> Any: ...
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory in bytes (None where the OS does not tell: Windows
+    has no ``resource`` module)."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # Linux reports kibibytes, macOS bytes (getrusage(2) on each).
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def device_certificates(
+    authority: CertificateAuthority | None,
+    registration_ids: Sequence[str],
+    *,
+    algorithm: str,
+    folder: Path | None,
+) -> list[DeviceCertificate]:
+    """The devices' certificates, in ``registration_ids``' order: read from ``folder`` where
+    both the full chain and the key are there, issued in bulk by ``authority`` (and saved in
+    ``folder``, keys 0600) where not."""
+    loaded: dict[str, DeviceCertificate] = {}
+    if folder is not None and folder.is_dir():
+        for registration_id in registration_ids:
+            chain = folder / f"{registration_id}.fullchain.pem"
+            key = folder / f"{registration_id}.key.pem"
+            if chain.exists() and key.exists():
+                loaded[registration_id] = DeviceCertificate.load(chain, key)
+    missing = [i for i in registration_ids if i not in loaded]
+    if missing:
+        if authority is None:
+            raise ConfigError(
+                f"{len(missing)} devices have no certificate in {folder} (e.g. {missing[0]}) "
+                f"and no authority was sent to issue them"
+            )
+        issued = authority.issue_devices(missing, algorithm=algorithm, output_dir=folder)
+        loaded.update(zip(missing, issued, strict=True))
+    return [loaded[i] for i in registration_ids]
+
+
+def has_every_certificate(folder: Path | None, registration_ids: Sequence[str]) -> bool:
+    """Whether ``folder`` holds every device's full chain and key (then no worker needs the
+    issuing CA's key)."""
+    if folder is None or not folder.is_dir():
+        return False
+    present = {entry.name for entry in os.scandir(folder)}
+    return all(
+        f"{i}.fullchain.pem" in present and f"{i}.key.pem" in present for i in registration_ids
+    )
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a worker needs to run one shard, as plain data (it crosses to the worker by
+    pickle, over a pipe or the executor's network). Secrets it may carry, the issuing CA's key
+    (only when ``certificates_dir`` does not already hold every device's certificate) and a
+    symmetric group key, are left out of its ``repr``."""
+
+    index: int
+    shards: int
+    fleet_size: int
+    prefix: str
+    settings: dict[str, Any]
+    trust_pem: str | None
+    custom: dict[str, Any] | None
+    algorithm: str
+    certificates_dir: str | None
+    worker_threads: int | None
+    #: The sidecar record's run-wide fields: the run's identity, hubs, pacing.
+    record: dict[str, Any]
+    x509: bool
+    authority_chain_pem: str | None = field(default=None, repr=False)
+    authority_key_pem: str | None = field(default=None, repr=False)
+    group_key: str | None = field(default=None, repr=False)
+
+    @property
+    def indexes(self) -> range:
+        """The device positions of this shard."""
+        count, n = self.fleet_size, self.shards
+        return range(self.index * count // n, (self.index + 1) * count // n)
+
+
+def run_shard(task: ShardTask) -> ShardPart:
+    """Runs one shard on this worker and returns its part of the report (the function every
+    worker is given: it must stay importable at module level)."""
+    indexes = task.indexes
+    ids = _registration_ids(task.prefix, task.fleet_size, indexes)
+    certificates = None
+    if task.x509:
+        authority = None
+        if task.authority_chain_pem is not None and task.authority_key_pem is not None:
+            authority = CertificateAuthority.from_pem(
+                task.authority_chain_pem, task.authority_key_pem
+            )
+        folder = None if task.certificates_dir is None else Path(task.certificates_dir)
+        certificates = device_certificates(authority, ids, algorithm=task.algorithm, folder=folder)
+    # One file descriptor per device connection, in this worker's process too.
+    _raise_open_file_limit()
+    run = FleetRun(
+        task.settings,
+        task.trust_pem,
+        ids,
+        list(indexes),
+        certificates=certificates,
+        group_key=task.group_key,
+        custom=task.custom,
+        worker_threads=task.worker_threads,
+    )
+    try:
+        while not run.wait(0.5):
+            pass
+    except BaseException:
+        # A worker told to stop (its pool shutting down) stops its devices first.
+        run.cancel()
+        while not run.wait(1.0):
+            pass
+        raise
+    columns = run.result()
+    record = {
+        **task.record,
+        "shard": [task.index, task.shards],
+        "started_unix": columns["started_unix"],
+        "elapsed": columns["elapsed"],
+        "connect_phase": columns["connect_phase"],
+        "peak_waiting": columns["peak_waiting"],
+        "refusals": None,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+    name = f"shard {task.index}/{task.shards} (pid {record['pid']} on {record['host']})"
+    return ShardPart(name, record, {"devices": columns["devices"], "messages": columns["messages"]})
+
+
+def refuse_forking(executor: Any) -> None:
+    """Refuses a process pool that forks its workers: the child would inherit this process's
+    Rust runtimes (the local cloud's, the REST client's) without their threads, and could
+    hang on a lock a vanished thread held."""
+    context = getattr(executor, "_mp_context", None)
+    method = getattr(context, "get_start_method", None)
+    if callable(method) and method() == "fork":
+        raise ConfigError(
+            "this process pool forks its workers, which would inherit dpskit's runtimes "
+            "without their threads: create it with "
+            "mp_context=multiprocessing.get_context('spawn') (or 'forkserver')"
+        )
+
+
+def worker_count(executor: Any) -> int | None:
+    """How many workers ``executor`` has, where it tells: ``ProcessPoolExecutor`` and
+    ``ThreadPoolExecutor`` (their ``_max_workers``), a Dask client or its executor (the
+    scheduler's workers, threads counted once per worker process). None otherwise."""
+    client = getattr(executor, "client", executor)
+    scheduler_info = getattr(client, "scheduler_info", None)
+    if callable(scheduler_info):
+        try:
+            workers = scheduler_info().get("workers", {})
+        except Exception:  # a client that lost its scheduler: the caller asks for shards=
+            return None
+        return len(workers) or None
+    count = getattr(executor, "_max_workers", None)
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def collect(
+    futures: Sequence[_Future],
+    on_done: Callable[[int, ShardPart], None],
+    while_waiting: Callable[[], None],
+) -> list[ShardPart]:
+    """Waits for every shard, calling ``on_done(i, part)`` as each finishes (in any order) and
+    ``while_waiting()`` about ten times a second meanwhile, and returns the parts in shard
+    order. A shard that fails cancels those not started and raises the worker's own error (a
+    note names the shard; a worker process that died gives the executor's error, e.g.
+    ``BrokenProcessPool``); an interrupt cancels them too."""
+    parts: list[ShardPart | None] = [None] * len(futures)
+    try:
+        while any(p is None for p in parts):
+            progressed = False
+            for i, future in enumerate(futures):
+                if parts[i] is None and future.done():
+                    try:
+                        part = future.result()
+                    except BaseException as error:
+                        # The worker's own type stays (a ConfigError is still one); the note
+                        # says which shard (Python 3.11+ shows notes under the traceback).
+                        if hasattr(error, "add_note"):
+                            error.add_note(f"in shard {i}/{len(futures)} of the fleet")
+                        raise
+                    if not isinstance(part, ShardPart):
+                        raise TypeError(
+                            f"shard {i}/{len(futures)}: the executor returned "
+                            f"{type(part).__name__}, not the shard's part"
+                        )
+                    parts[i] = part
+                    on_done(i, part)
+                    progressed = True
+            if not progressed:
+                while_waiting()
+                time.sleep(0.1)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return [p for p in parts if p is not None]
