@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import distributed
 import pytest
 
 import dpskit
@@ -98,12 +99,14 @@ def test_a_process_pool_runs_the_fleet_as_one_process_would(setup: Setup) -> Non
 
 
 def test_a_dask_local_cluster_runs_the_fleet_as_one_process_would(setup: Setup) -> None:
-    distributed = pytest.importorskip("distributed")
+    # Dask's constructors are untyped.
+    cluster_of = cast(Any, distributed.LocalCluster)
+    client_of = cast(Any, distributed.Client)
     with (
-        distributed.LocalCluster(
+        cluster_of(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
-        distributed.Client(cluster) as client,
+        client_of(cluster) as client,
     ):
         # The client itself: its workers are counted, one shard each.
         report = setup.fleet().run(executor=client, progress=False)
