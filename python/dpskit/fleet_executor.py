@@ -199,8 +199,8 @@ def refuse_forking(executor: Any) -> None:
 
 def worker_count(executor: Any) -> int | None:
     """How many workers ``executor`` has, where it tells: ``ProcessPoolExecutor`` and
-    ``ThreadPoolExecutor`` (their ``_max_workers``), a Dask client or its executor (the
-    scheduler's workers, threads counted once per worker process). None otherwise."""
+    ``ThreadPoolExecutor``, Ray's ``ray.util.concurrent.futures.RayExecutor`` (its actors), a
+    Dask client or its executor (the scheduler's worker processes). None otherwise."""
     client = getattr(executor, "client", executor)
     scheduler_info = getattr(client, "scheduler_info", None)
     if callable(scheduler_info):
@@ -209,8 +209,12 @@ def worker_count(executor: Any) -> int | None:
         except Exception:  # a client that lost its scheduler: the caller asks for shards=
             return None
         return len(workers) or None
-    count = getattr(executor, "_max_workers", None)
-    return count if isinstance(count, int) and count > 0 else None
+    # The standard pools keep it in _max_workers; Ray's RayExecutor in max_workers.
+    for attribute in ("_max_workers", "max_workers"):
+        count = getattr(executor, attribute, None)
+        if isinstance(count, int) and count > 0:
+            return count
+    return None
 
 
 def collect(
