@@ -289,3 +289,45 @@ def test_the_fleet_command_runs_the_shard_its_scheduler_gives(
     monkeypatch.delenv("SLURM_ARRAY_TASK_MIN")
     assert main([*args, "--shard", "auto", "--dir", str(tmp_path / "work")]) == 1
     assert "SLURM_ARRAY_TASK_MIN is not" in capsys.readouterr().err
+
+
+# -- pacing like Azure across shards -------------------------------------------------------------
+
+
+def test_a_scheduler_shard_paced_like_azure_takes_its_share_of_the_dps_rate(
+    dpskit_ca: Any,
+) -> None:
+    """Azure's registration rate is one DPS's, shared by every shard: a shard that paces its
+    own emulator takes 1/n of it. At 240 a minute a DPS admits 4 registrations at once; a
+    quarter of that admits one, so the second of a shard's two devices is told to retry."""
+    with dpskit.LocalCloud(port=0, poll_retry_after=0) as cloud:
+        hub = cloud.create_hub("paced-hub")
+
+        def paced(name: str, count: int, shard: str | None) -> dpskit.FleetReport:
+            # A DPS of its own: each run starts with a full registration bucket.
+            dps = cloud.create_dps(name)
+            cloud.link_hub(dps, hub)
+            dps.prove_possession("issuing", dpskit_ca.intermediate)
+            dps.create_enrollment_group("fleet", ca_reference="issuing", hubs=[hub])
+            return dpskit.Fleet(
+                dps,
+                authority=dpskit_ca.intermediate,
+                count=count,
+                prefix=f"{name}-",
+                shard=shard,
+                pace_like_azure=True,
+                time_compression=0.24,  # Azure's 1,000 a minute becomes 240
+            ).run(progress=False)
+
+        # Four devices of an unsharded fleet register at once, unrefused.
+        whole_rate = paced("whole", 4, None)
+        assert whole_rate.outcomes == {"completed": 4}
+        assert whole_rate.retries["provisioning"] == 0
+        # Two devices of a quarter shard: the DPS's rate is a quarter, one is refused first.
+        quarter = paced("quarter", 8, "0/4")
+        assert quarter.outcomes == {"completed": 2}
+        assert quarter.retries["provisioning"] >= 1
+        # The pacing is lifted when the shard ends: a burst registers unrefused.
+        dps = cloud.dps("quarter")
+        lifted = dpskit.Fleet(dps, authority=dpskit_ca.intermediate, count=8, prefix="after-")
+        assert lifted.run(progress=False).retries["provisioning"] == 0

@@ -937,9 +937,14 @@ class Fleet:
     that started the process (a Kubernetes Indexed Job, a Slurm job array, Azure Batch: see
     :func:`~dpskit.fleet_shards.shard_from_environment`). Each shard's
     :meth:`FleetReport.save` into a shared folder, then :meth:`FleetReport.load` of the
-    folder (or ``dpskit fleet merge``), gives the whole fleet's report. On the emulator,
-    ``pace_like_azure=True`` applies Azure's registration quota (1,000 per minute per DPS),
-    optionally ``time_compression`` times faster.
+    folder (or ``dpskit fleet merge``), gives the whole fleet's report. ``run(executor=...)``
+    runs every shard at once on an executor's workers and gives that report directly.
+
+    On the emulator, ``pace_like_azure=True`` applies Azure's registration quota (1,000 per
+    minute per DPS), optionally ``time_compression`` times faster. That rate is one DPS's,
+    shared by every device of the fleet: a run over an executor sets it once on the DPS all
+    its workers register with, and a scheduler's shard ``i/n`` takes its share, 1/n of it, on
+    the emulator it runs.
 
     ``transport="websockets"`` runs every device over MQTT over WebSockets (port 443 on Azure,
     the local cloud's :attr:`~dpskit.LocalCloud.web_port`), and ``proxy`` tunnels every
