@@ -406,7 +406,7 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--no-setup",
         action="store_true",
         help="create nothing: use the DPS, CA, group and device certificates `dpskit fleet "
-        "prepare` made (refused if they are missing)",
+        "prepare` made (refused if they are missing; --hubs is then prepare's)",
     )
     p.add_argument(
         "--pace-like-azure",

@@ -96,6 +96,18 @@ def _argument(value: str) -> str:
     return _quoted(value.replace("$", "$$"))
 
 
+def _continued(items: Sequence[str]) -> str:
+    """``items`` as the rest of the template's ``args`` flow sequence, a new line when one
+    grows long. A flow sequence's lines need only more indentation than its key; this one
+    lines them up under the first."""
+    lines = [""]
+    for item in items:
+        if lines[-1] and len(lines[-1]) + len(item) > 80:
+            lines.append("")
+        lines[-1] += f", {item}" if lines[-1] else item
+    return ",\n                 ".join(lines)
+
+
 def render_fleet_job(
     *,
     shards: int,
@@ -174,9 +186,7 @@ def render_fleet_job(
         "retries": str(retries),
         "ttl": str(ttl_seconds),
         "image": _quoted(image),
-        "devices_arg": _argument(str(devices)),
-        # Each after a comma, so no options leave no dangling comma in the flow sequence.
-        "options": "".join(f", {_argument(o)}" for o in options),
+        "options": _continued([_argument(o) for o in ["--devices", str(devices), *options]]),
         "secret": _quoted(secret),
         "cpu": _quoted(cpu),
         "memory": _quoted(f"{request_mib}Mi"),
