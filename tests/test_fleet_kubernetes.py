@@ -425,6 +425,11 @@ def test_shards_without_setup_refuse_what_prepare_did_not_make(
     # A symmetric-key fleet was never prepared here.
     assert main([*run, "--devices", "4", "--symmetric-key", "--dir", str(work)]) == 1
     assert "no enrollment group 'fleet-keys'" in capsys.readouterr().err
+    # Prepared, it runs: the group's key is read from DPS, nothing is written.
+    assert main(["fleet", "prepare", "--devices", "4", "--symmetric-key", "--dir", str(work)]) == 0
+    assert "fleet-keys (symmetric key)" in capsys.readouterr().out
+    status = main([*run, "--devices", "4", "--symmetric-key", "--shard", "1/2", "--dir", str(work)])
+    assert status == 0, capsys.readouterr().err
 
     # Another CA in the folder, as a second set-up racing the first would have left: the DPS
     # verified the first one, so the shard refuses rather than fail every registration.
