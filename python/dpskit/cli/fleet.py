@@ -155,6 +155,7 @@ def _missing_certificates(fleet: Fleet) -> None:
 
 
 def _telemetry(args: argparse.Namespace) -> TelemetryPlan:
+    """The telemetry plan of --rate, --duration or --messages, and --seed."""
     interval = 0.0 if args.rate == 0 else 1.0 / args.rate
     return TelemetryPlan(
         interval=interval,
@@ -231,12 +232,14 @@ def cmd_fleet_prepare(args: argparse.Namespace) -> int:
             certificates = fleet.certificates()
             lines.append(f"enrollment group {X509_GROUP} of CA {FLEET_CA} ({base / 'certs'})")
             lines.append(f"{len(certificates):,} device certificates in {folder}")
-        else:
-            assert group is not None
+        elif group is not None:
             lines.append(f"enrollment group {group.enrollment_group_id} (symmetric key)")
+    shards = ["dpskit", "fleet", "--no-setup", "--dir", str(base), "--devices", str(args.devices)]
+    shards += ["--prefix", args.prefix]
+    shards += ["--symmetric-key"] * args.symmetric_key + ["--azure"] * args.azure
+    lines.append(f"run the shards with: {shlex.join(shards)} --shard I/N|auto ...")
     for line in lines:
         print(line)
-    print(f"run the shards with: dpskit fleet --no-setup --dir {base} --devices {args.devices} ...")
     return 0
 
 
