@@ -380,8 +380,10 @@ def test_bad_plans_and_fleets_are_refused_with_config_errors(setup: Setup) -> No
         dpskit.TelemetryPlan(interval=0, duration=5)
     with pytest.raises(dpskit.ConfigError, match="low"):
         signals.uniform(5, 1)
-    with pytest.raises(dpskit.ConfigError, match="either an authority"):
+    with pytest.raises(dpskit.ConfigError, match=r"an authority .*certificates_dir.*group_key"):
         dpskit.Fleet(setup.dps, count=3)
+    with pytest.raises(dpskit.ConfigError, match="either an authority"):
+        dpskit.Fleet(setup.dps, count=3, authority=setup.authority, group_key="a2V5")
     with pytest.raises(dpskit.ConfigError, match="shard"):
         dpskit.Fleet(setup.dps, authority=setup.authority, count=3, shard="3/3")
     with pytest.raises(dpskit.ConfigError, match="period"):

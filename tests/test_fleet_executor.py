@@ -162,6 +162,36 @@ def test_workers_read_the_shared_folder_and_get_the_key_only_when_it_lacks_certi
     assert oct((partial / "worker-00005.key.pem").stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_fleet_of_issued_certificates_runs_without_the_cas_key(
+    setup: Setup, tmp_path: Path
+) -> None:
+    # The machines that run the fleet hold the devices' certificates, never the CA's key.
+    fleet = dpskit.Fleet(
+        setup.dps,
+        count=DEVICES,
+        prefix="worker-",
+        telemetry=PLAN,
+        certificates_dir=setup.certificates,
+    )
+    assert fleet.x509
+    with _spawned(2) as pool:
+        assert_same_run(fleet.run(executor=pool, progress=False), setup.whole, DEVICES)
+    partial = tmp_path / "certs"
+    partial.mkdir()
+    for path in setup.certificates.glob("worker-0000[0-5].*"):
+        (partial / path.name).write_bytes(path.read_bytes())
+    lacking = dpskit.Fleet(
+        setup.dps, count=DEVICES, prefix="worker-", telemetry=PLAN, certificates_dir=partial
+    )
+    with pytest.raises(dpskit.ConfigError, match=r"6 of 12 devices .*first: worker-00006"):
+        lacking.run(progress=False)
+    with (
+        _spawned(2) as pool,
+        pytest.raises(dpskit.ConfigError, match=r"6 of 6 devices .*first: worker-00006"),
+    ):
+        lacking.run(executor=pool, progress=False)
+
+
 def _side(fleet: dpskit.Fleet) -> Any:
     from dpskit.fleet import _CloudSide
 

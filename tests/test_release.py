@@ -80,7 +80,9 @@ def test_the_linux_wheel_installs_in_a_fresh_venv_and_runs_the_demo(tmp_path: Pa
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA")))
-    for member in ("dpskit/_native.abi3.so", "dpskit/_native.pyi", "dpskit/py.typed"):
+    # The Kubernetes Job template is package data, read by `dpskit fleet kubernetes`.
+    shipped = ("dpskit/_native.pyi", "dpskit/py.typed", "dpskit/deploy/fleet-indexed-job.yaml")
+    for member in ("dpskit/_native.abi3.so", *shipped):
         assert member in names
     assert not [n for n in names if n.endswith(".so") and n != "dpskit/_native.abi3.so"]
     headers = metadata.decode()

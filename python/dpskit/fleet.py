@@ -924,8 +924,10 @@ class Fleet:
 
     ``Fleet(dps, authority=ca, count=1_000, prefix="sensor-", telemetry=TelemetryPlan(...))``
     issues one X.509 certificate per device from ``authority`` (registration ids
-    ``sensor-00000``, ``sensor-00001``, ...), or reuses those already in ``certificates_dir``;
-    with ``group_key`` instead, devices use keys derived from a symmetric-key enrollment group.
+    ``sensor-00000``, ``sensor-00001``, ...), or reuses those already in ``certificates_dir``
+    (without ``authority``, every device's certificate and key must be there: a machine that
+    runs the fleet then never holds the CA's key); with ``group_key`` instead, devices use keys
+    derived from a symmetric-key enrollment group.
     ``run()`` provisions them with DPS's pacing (retry-after, at most 5 polls per 10 s),
     connects each to the hub it was assigned, runs the telemetry plan and returns a
     :class:`FleetReport`. ``concurrency`` bounds the devices dialling and handshaking at once
@@ -987,8 +989,13 @@ class Fleet:
     ) -> None:
         if not isinstance(count, int) or count < 1:
             raise ConfigError(f"count must be a positive integer, not {count!r}")
-        if (authority is None) == (group_key is None):
+        if authority is not None and group_key is not None:
             raise ConfigError("give the fleet either an authority (X.509) or a group_key")
+        if authority is None and group_key is None and certificates_dir is None:
+            raise ConfigError(
+                "give the fleet an authority (X.509), a certificates_dir holding every device's "
+                "certificate and key, or a group_key"
+            )
         if concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
         if not 1 <= max_in_flight <= 65_535:
@@ -1030,6 +1037,11 @@ class Fleet:
         self._certificates: list[DeviceCertificate] | None = None
 
     @property
+    def x509(self) -> bool:
+        """Whether the devices attest with X.509 certificates (else a group's derived keys)."""
+        return self._group_key is None
+
+    @property
     def indexes(self) -> range:
         """The device positions this process runs (all of them, or its shard's slice)."""
         if self.shard is None:
@@ -1045,7 +1057,7 @@ class Fleet:
     def certificates(self) -> list[DeviceCertificate]:
         """The devices' certificates: loaded from ``certificates_dir`` where present, issued
         in bulk (and saved there, keys 0600) where not."""
-        if self.authority is None:
+        if not self.x509:
             raise ConfigError("a symmetric-key fleet has no certificates")
         if self._certificates is not None:
             return self._certificates
@@ -1257,7 +1269,7 @@ class Fleet:
                     certificates_dir=folder,
                     worker_threads=self.worker_threads,
                     record=record,
-                    x509=self.authority is not None,
+                    x509=self.x509,
                     authority_chain_pem=chain_pem,
                     authority_key_pem=key_pem,
                     group_key=self._group_key,
@@ -1294,7 +1306,7 @@ class Fleet:
         return {
             "devices": self.count,
             "prefix": self.prefix,
-            "credential": "x509" if self.authority is not None else "symmetric-key",
+            "credential": "x509" if self.x509 else "symmetric-key",
             "dps": self.dps.name,
             "id_scope": self.dps.id_scope,
             "seed": plan.seed if plan is not None else self._seed,
@@ -1309,7 +1321,7 @@ class Fleet:
         }
 
     def __repr__(self) -> str:
-        kind = "x509" if self.authority is not None else "symmetric-key"
+        kind = "x509" if self.x509 else "symmetric-key"
         return f"<Fleet {kind} count={self.count} prefix={self.prefix!r} dps={self.dps.name!r}>"
 
 
@@ -1424,7 +1436,7 @@ class _RunSession:
         self._on_progress = on_progress
         self._closed = False
         settings, custom = fleet._settings()
-        certificates = fleet.certificates() if fleet.authority is not None else None
+        certificates = fleet.certificates() if fleet.x509 else None
         # A scheduler's shard paces its own slice: it takes its share of the DPS's rate.
         share = 1 if fleet.shard is None else fleet.shard[1]
         self._side = _CloudSide(fleet, share=share)

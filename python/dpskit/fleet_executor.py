@@ -81,8 +81,9 @@ def device_certificates(
     if missing:
         if authority is None:
             raise ConfigError(
-                f"{len(missing)} devices have no certificate in {folder} (e.g. {missing[0]}) "
-                f"and no authority was sent to issue them"
+                f"{len(missing):,} of {len(registration_ids):,} devices have no certificate "
+                f"and key in {folder} (first: {missing[0]}), and the fleet has no authority "
+                f"to issue them"
             )
         issued = authority.issue_devices(missing, algorithm=algorithm, output_dir=folder)
         loaded.update(zip(missing, issued, strict=True))
