@@ -49,14 +49,26 @@ class SubmitsWork(Protocol):
 
 
 def peak_rss_bytes() -> int | None:
-    """This process's peak resident memory in bytes (None where the OS does not tell: Windows
-    has no ``resource`` module)."""
+    """This process's peak resident memory in bytes, None where the OS does not tell
+    (Windows)."""
+    if sys.platform.startswith("linux"):
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a
+        # spawned worker would report its parent's peak at the fork; VmHWM belongs to the
+        # address space exec replaced.
+        try:
+            with open("/proc/self/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
     if sys.platform == "win32":
         return None
     import resource
 
     peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    # Linux reports kibibytes, macOS bytes (getrusage(2) on each).
+    # macOS reports ru_maxrss in bytes, the BSDs in kibibytes (getrusage(2) on each).
     return peak if sys.platform == "darwin" else peak * 1024
 
 
