@@ -155,6 +155,12 @@ def test_workers_read_the_shared_folder_and_get_the_key_only_when_it_lacks_certi
     tasks = setup.fleet(certificates_dir=partial)._shard_tasks(3, _side(setup.fleet()))
     assert all(t.authority_key_pem and "PRIVATE KEY" in t.authority_key_pem for t in tasks)
     assert all("PRIVATE KEY" not in repr(t) for t in tasks)
+    # A proxy's password stays out of the repr too; every run's tasks are its own.
+    proxied = setup.fleet(proxy="http://fleet:hunter2@127.0.0.1:3128")
+    again = proxied._shard_tasks(3, _side(proxied))
+    assert all("hunter2" not in repr(t) for t in again)
+    assert {t.run_id for t in again} != {t.run_id for t in tasks}
+    assert len({t.run_id for t in again}) == 1
     # The worker issues the missing certificate into the shared folder.
     part = run_shard(tasks[1])
     assert (partial / "worker-00005.key.pem").exists()

@@ -14,6 +14,7 @@ import random
 import socket
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1094,7 +1095,10 @@ class Fleet:
         every worker sees); only when that folder lacks some does the issuing CA's key travel
         to the workers with their task (over the executor's channel: give a remote Dask
         cluster TLS). Progress counts the shards as they finish. A shard that fails raises
-        its worker's error, with a note naming the shard."""
+        its worker's error, with a note naming the shard. Ctrl-C stops the wait and cancels
+        the shards not started; executors cannot stop a task that runs, so shards already
+        running finish their plan on their workers (shut the pool down or restart the
+        cluster's workers to stop them at once)."""
         if executor is not None:
             return self._run_on_executor(executor, shards, progress, on_progress)
         if shards is not None:
@@ -1252,12 +1256,14 @@ class Fleet:
             chain_pem = self.authority.full_chain_pem
             key_pem = self.authority.private_key_pem
         record = {"run": self._identity(), "hubs": side.hubs, "pacing": side.pacing}
+        run_id = uuid.uuid4().hex
         tasks = []
         for index in range(total):
             indexes = range(index * self.count // total, (index + 1) * self.count // total)
             settings, custom = self._settings(indexes)
             tasks.append(
                 ShardTask(
+                    run_id=run_id,
                     index=index,
                     shards=total,
                     fleet_size=self.count,

@@ -120,18 +120,22 @@ class ShardTask:
     (only when ``certificates_dir`` does not already hold every device's certificate) and a
     symmetric group key, are left out of its ``repr``."""
 
+    #: One per run: Dask names a task by a hash of its arguments and hands back a result it
+    #: still holds for the same name, so a rerun of the same fleet must not look the same.
+    run_id: str
     index: int
     shards: int
     fleet_size: int
     prefix: str
-    settings: dict[str, Any]
-    trust_pem: str | None
-    custom: dict[str, Any] | None
+    #: The engine's settings (a proxy URL in them may hold a password: not in the repr).
+    settings: dict[str, Any] = field(repr=False)
+    trust_pem: str | None = field(repr=False)
+    custom: dict[str, Any] | None = field(repr=False)
     algorithm: str
     certificates_dir: str | None
     worker_threads: int | None
     #: The sidecar record's run-wide fields: the run's identity, hubs, pacing.
-    record: dict[str, Any]
+    record: dict[str, Any] = field(repr=False)
     x509: bool
     authority_chain_pem: str | None = field(default=None, repr=False)
     authority_key_pem: str | None = field(default=None, repr=False)
