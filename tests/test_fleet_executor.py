@@ -5,6 +5,7 @@ plan and seed gives, and saying where each shard ran."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -263,3 +264,32 @@ def test_the_fleet_command_splits_over_local_worker_processes(
     ]
     assert main([*args, "--workers", "2", "--shard", "0/2", "--dir", str(tmp_path / "w2")]) == 1
     assert "an executor runs a whole fleet" in capsys.readouterr().err
+
+
+def test_run_async_over_an_executor_and_its_cancellation(setup: Setup) -> None:
+    async def whole() -> dpskit.FleetReport:
+        with ThreadPoolExecutor(2) as pool:
+            return await setup.fleet().run_async(executor=pool, progress=False)
+
+    assert_same_run(asyncio.run(whole()), setup.whole, DEVICES)
+
+    # One worker, four shards of a longer plan: cancelled while the first shard runs, the
+    # three not started never run (none of their devices registers).
+    slow = dpskit.TelemetryPlan(interval=0.05, count=20, seed=11)
+
+    async def cancelled() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            fleet = setup.fleet(prefix="cancelled-", telemetry=slow, certificates_dir=None)
+            running = asyncio.ensure_future(
+                fleet.run_async(executor=pool, shards=4, progress=False)
+            )
+            await asyncio.sleep(0.3)
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+
+    asyncio.run(cancelled())
+    registered = {r.registration_id for r in setup.dps.registrations("fleet")}
+    first = {f"cancelled-{i:05d}" for i in range(3)}
+    assert first <= registered
+    assert not {f"cancelled-{i:05d}" for i in range(3, DEVICES)} & registered

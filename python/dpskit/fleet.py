@@ -13,6 +13,7 @@ import os
 import random
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -1137,10 +1138,33 @@ class Fleet:
         *,
         progress: bool | None = None,
         on_progress: Callable[[FleetProgress], None] | None = None,
+        executor: SubmitsWork | None = None,
+        shards: int | None = None,
     ) -> FleetReport:
         """:meth:`run` for code already in an event loop (``await fleet.run_async()`` in a
         notebook): other tasks keep running meanwhile. Cancelling the awaiting task stops
-        every device."""
+        every device (over an ``executor``: stops the wait and cancels the shards not
+        started, as Ctrl-C does in :meth:`run`)."""
+        if executor is not None:
+            stop = threading.Event()
+            waiting = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self._run_on_executor, executor, shards, progress, on_progress, stop
+                )
+            )
+            try:
+                return await asyncio.shield(waiting)
+            except BaseException:
+                # The thread sees the event within a tenth of a second, cancels the shards
+                # not started and lifts the pacing: wait for that before giving up.
+                stop.set()
+                await asyncio.wait([waiting])
+                if not waiting.cancelled():
+                    # Retrieved: the thread's CancelledError is this cancellation's echo.
+                    waiting.exception()
+                raise
+        if shards is not None:
+            raise ConfigError("shards= splits the fleet over an executor: pass executor= too")
         session = _RunSession(self, progress, on_progress)
         try:
             while not session.run.wait(0):
@@ -1194,6 +1218,7 @@ class Fleet:
         shards: int | None,
         progress: bool | None,
         on_progress: Callable[[FleetProgress], None] | None,
+        stop: threading.Event | None = None,
     ) -> FleetReport:
         if self.shard is not None:
             raise ConfigError(
@@ -1235,7 +1260,7 @@ class Fleet:
         try:
             tasks = self._shard_tasks(total, side)
             futures = [executor.submit(run_shard, task) for task in tasks]
-            parts = collect(futures, on_done, show)
+            parts = collect(futures, on_done, show, stop=stop)
             refusals = side.refusals()
         finally:
             side.close()

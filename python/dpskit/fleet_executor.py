@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -238,12 +240,15 @@ def collect(
     futures: Sequence[_Future],
     on_done: Callable[[int, ShardPart], None],
     while_waiting: Callable[[], None],
+    *,
+    stop: threading.Event | None = None,
 ) -> list[ShardPart]:
     """Waits for every shard, calling ``on_done(i, part)`` as each finishes (in any order) and
     ``while_waiting()`` about ten times a second meanwhile, and returns the parts in shard
     order. A shard that fails cancels those not started and raises the worker's own error (a
     note names the shard; a worker process that died gives the executor's error, e.g.
-    ``BrokenProcessPool``); an interrupt cancels them too."""
+    ``BrokenProcessPool``); an interrupt, or ``stop`` set from another thread, cancels them
+    too (raising ``concurrent.futures.CancelledError`` for ``stop``)."""
     parts: list[ShardPart | None] = [None] * len(futures)
     try:
         while any(p is None for p in parts):
@@ -267,6 +272,8 @@ def collect(
                     on_done(i, part)
                     progressed = True
             if not progressed:
+                if stop is not None and stop.is_set():
+                    raise CancelledError("the fleet's run was cancelled")
                 while_waiting()
                 time.sleep(0.1)
     except BaseException:
