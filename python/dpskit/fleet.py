@@ -1258,8 +1258,15 @@ class Fleet:
             show(force=True)
 
         try:
-            tasks = self._shard_tasks(total, side)
-            futures = [executor.submit(run_shard, task) for task in tasks]
+            futures: list[Any] = []
+            try:
+                for task in self._shard_tasks(total, side):
+                    futures.append(executor.submit(run_shard, task))
+            except BaseException:
+                # An executor that refuses a task midway (shut down, full) runs none of them.
+                for future in futures:
+                    future.cancel()
+                raise
             parts = collect(futures, on_done, show, stop=stop)
             refusals = side.refusals()
         finally:
