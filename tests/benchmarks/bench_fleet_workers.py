@@ -108,6 +108,31 @@ def _cpu_sum(pids: Sequence[int | str]) -> float | None:
     return None if None in seconds else sum(s for s in seconds if s is not None)
 
 
+def _machine_cpu() -> tuple[float, float] | None:
+    """The machine's (busy, total) CPU time so far, in clock ticks, from ``/proc/stat`` (None
+    off Linux): what other processes took of the cores during a run shows in their difference."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0]
+    except OSError:
+        return None
+    ticks = [float(t) for t in first.split()[1:]]
+    # idle and iowait are the 4th and 5th columns; guest time is already in user and nice.
+    total = sum(ticks[:8])
+    return total - ticks[3] - ticks[4], total
+
+
+def _others_share(before: tuple[float, float] | None, own: float | None) -> float | None:
+    """The share of the machine's CPU time since ``before`` that processes other than the
+    measured ones (``own`` CPU seconds) used, in percent."""
+    after = _machine_cpu()
+    if before is None or after is None or own is None:
+        return None
+    busy, total = after[0] - before[0], after[1] - before[1]
+    if total <= 0:
+        return None
+    return max(0.0, 100 * (busy - own * os.sysconf("SC_CLK_TCK")) / total)
+
+
 def _idle_worker() -> tuple[int, int | None, int | None]:
     """A pool worker's pid and peak RSS with dpskit loaded and nothing run, in bytes as
     ``FleetReport.shard_runs`` measures it (``getrusage``) and in KB from ``/proc`` (None off
@@ -137,22 +162,18 @@ class Run:
     wall: float
     elapsed: float
     acknowledged: int
-    telemetry_seconds: float
+    messages_per_second: float
     kb_per_device: float
     emulator_kb: tuple[int | None, int | None, int | None]
     fleet_cpu: float | None
     emulator_cpu: float | None
+    others_cpu_percent: float | None
     notes: list[str] = field(default_factory=list)
 
     @property
     def devices_per_second(self) -> float:
         """Devices provisioned and connected per second of the connect phase."""
         return self.devices / max(self.connect_phase, 1e-9)
-
-    @property
-    def messages_per_second(self) -> float:
-        """Acknowledged messages per second after the connect phase."""
-        return self.acknowledged / max(self.telemetry_seconds, 1e-9)
 
 
 class _EmulatorSampler:
@@ -204,7 +225,8 @@ def _fleet(
         telemetry=plan,
         concurrency=args.concurrency,
         certificates_dir=folder,
-        record_messages=False,
+        # The messages' times give the telemetry's span (a few bytes per message to keep).
+        record_messages=True,
     )
 
 
@@ -219,11 +241,15 @@ def _one_process(fleet: dpskit.Fleet, emulator_pid: int) -> Run:
 
     high_water = _status_kb("self", "VmHWM")
     cpu_before = _cpu_seconds("self")
+    machine = _machine_cpu()
     start = time.perf_counter()
     report = fleet.run(progress=False, on_progress=sample)
     wall = time.perf_counter() - start
     cpu_after = _cpu_seconds("self")
     emulator_cpu = emulator.cpu()
+    fleet_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    own = None if fleet_cpu is None or emulator_cpu is None else fleet_cpu + emulator_cpu
+    others = _others_share(machine, own)
     peak[0] = max(peak[0], _rss_kb())
     # Samples five times a second can miss the peak; the high-water mark cannot, when this run
     # set it (it holds this process's earlier peaks too).
@@ -238,11 +264,12 @@ def _one_process(fleet: dpskit.Fleet, emulator_pid: int) -> Run:
         wall=wall,
         elapsed=report.elapsed,
         acknowledged=report.messages_acknowledged,
-        telemetry_seconds=report.elapsed - report.connect_phase,
+        messages_per_second=report.telemetry_rate,
         kb_per_device=(peak[0] - before) / report.completed,
         emulator_kb=emulator.finish(),
-        fleet_cpu=None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
+        fleet_cpu=fleet_cpu,
         emulator_cpu=emulator_cpu,
+        others_cpu_percent=others,
     )
 
 
@@ -260,6 +287,7 @@ def _workers(fleet: dpskit.Fleet, workers: int, emulator_pid: int) -> Run:
         processes: list[int | str] = ["self", *idle]
         emulator = _EmulatorSampler(emulator_pid)
         cpu_before = _cpu_sum(processes)
+        machine = _machine_cpu()
         start = time.perf_counter()
         report = fleet.run(
             progress=False, on_progress=lambda _: emulator.sample(), executor=pool, shards=workers
@@ -267,6 +295,9 @@ def _workers(fleet: dpskit.Fleet, workers: int, emulator_pid: int) -> Run:
         wall = time.perf_counter() - start
         cpu_after = _cpu_sum(processes)
         emulator_cpu = emulator.cpu()
+        fleet_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+        own = None if fleet_cpu is None or emulator_cpu is None else fleet_cpu + emulator_cpu
+        others = _others_share(machine, own)
         # Read while the workers live: their own high-water marks.
         hwm = {run.pid: _status_kb(run.pid, "VmHWM") for run in report.shard_runs if run.pid}
     assert report.completed == fleet.count, report.summary()
@@ -304,11 +335,12 @@ def _workers(fleet: dpskit.Fleet, workers: int, emulator_pid: int) -> Run:
         wall=wall,
         elapsed=report.elapsed,
         acknowledged=report.messages_acknowledged,
-        telemetry_seconds=report.elapsed - report.connect_phase,
+        messages_per_second=report.telemetry_rate,
         kb_per_device=grown_kb / report.completed,
         emulator_kb=emulator.finish(),
-        fleet_cpu=None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
+        fleet_cpu=fleet_cpu,
         emulator_cpu=emulator_cpu,
+        others_cpu_percent=others,
         notes=notes,
     )
 
@@ -345,7 +377,7 @@ def print_table(one: Run, many: Run, limit: int, args: argparse.Namespace) -> No
     row("report elapsed, s", one.elapsed, many.elapsed, ".2f")
     row("messages acknowledged", one.acknowledged, many.acknowledged, ",", ratio=False)
     row(
-        "messages/s (after the connect phase)",
+        "messages/s (first publish to last PUBACK)",
         one.messages_per_second,
         many.messages_per_second,
         ",.0f",
@@ -358,6 +390,8 @@ def print_table(one: Run, many: Run, limit: int, args: argparse.Namespace) -> No
         row("emulator CPU, s", cpu[0][1], cpu[1][1], ".1f")
         busy = [100 * (f + e) / (r.wall * cpus) for (f, e), r in zip(cpu, (one, many), strict=True)]
         row(f"CPU busy over run(), % of {cpus} cores", busy[0], busy[1], ".0f")
+        others = [r.others_cpu_percent or 0.0 for r in (one, many)]
+        row("  other processes' share meanwhile, %", others[0], others[1], ".0f", ratio=False)
         for label, index in (("before", 0), ("peak", 1), ("after", 2)):
             a, b = one.emulator_kb[index], many.emulator_kb[index]
             print(f"{'emulator RSS ' + label + ', MB':44} {_mb(a):>12} {_mb(b):>12}")
