@@ -1,36 +1,48 @@
 """One fleet run by one process vs by worker processes, in one run, against one emulator process:
 ``Fleet(...).run()`` in this process, then ``Fleet(...).run(executor=ProcessPoolExecutor(N,
-mp_context=spawn))`` for the same number of X.509 devices (certificates issued beforehand into a
-``certificates_dir``, in a separate process, so issuance is neither timed nor in anyone's
-memory), two hubs with hashed allocation and a short telemetry plan.
+mp_context=spawn))`` for the same number of X.509 devices, two hubs with hashed allocation and a
+short telemetry plan (2 messages per device by default, QoS 1). The certificates are issued
+beforehand into a ``certificates_dir`` by a process of their own, so issuance is neither timed
+nor in either run's memory; both runs read them from the folder inside the run.
 
 The emulator runs in its own process (``dpskit emulator --port 0``) with its default pacing (no
-wait between DPS polls: the figures are what the machine allows) and its connection limit raised
-to this machine's open-file hard limit less headroom (printed). Each run provisions fresh
-devices (prefix ``one-`` then ``workers-``), so both do the same work: new registrations and
-new hub identities, the second run against a registry that already holds the first's devices.
-Both runs read the certificates from the folder inside the run, so both memory figures include
-loading them. ``--concurrency`` is the Fleet's, which every worker's shard applies on its own:
-N workers have up to N times as many handshakes in flight.
+wait between DPS polls: the figures are what the machine allows) and ``--max-connections`` raised
+to this machine's open-file hard limit less 1,024 of headroom, at most 100,000 (printed). Each
+run provisions fresh devices (prefixes ``one-`` then ``workers-``) so that both do the same work,
+new registrations and new hub identities, rather than the second re-provisioning known devices;
+the second runs against an emulator that already holds the first's devices. ``--concurrency``
+is the Fleet's, which every worker's shard applies on its own: N workers have up to N times as
+many handshakes in flight.
 
-Figures, side by side with ratios (workers / one process): devices provisioned and connected per
-second (devices / the report's connect phase), wall time (of the ``run()`` call, and the
-report's own ``elapsed``), acknowledged messages per second (after the connect phase), and
-memory per device: for one process, this process's RSS growth over the run / devices; for the
-workers, each worker's peak RSS (``FleetReport.shard_runs``) less its idle baseline (the pool is
-warmed first by a task that imports dpskit and returns its peak RSS), summed, / devices. The
-emulator's RSS is read from ``/proc/<pid>/status`` before and after each run and sampled during
-it (Linux only; elsewhere it is left out with a note).
+Figures, side by side with ratios (workers / one process):
 
-On a 2-core machine the workers and the emulator share two cores: TLS handshakes and MQTT on
-both sides are CPU work, so the emulator, which serves every device of either run, is the
-bottleneck, and extra workers mostly add processes competing for the same cores (and each its
-own Rust runtime and certificates). Expect a ratio near 1x or below for devices per second
-there; the workers' gain needs cores the emulator does not use (or the fleet against Azure),
-which this machine does not have. Memory per device grows with workers by the per-process
-overheads that the baseline does not remove (each runtime's threads, buffers, allocator arenas).
+- devices provisioned + connected per second: devices / the report's connect phase;
+- wall time: of the ``run()`` call, and the report's own ``elapsed``;
+- acknowledged messages per second: the report's ``telemetry_rate``, first publish to last PUBACK
+  (a merged run's span starts with its first shard's telemetry, while later shards still
+  connect, so it is the workers' lower bound);
+- memory per device: for one process, this process's RSS growth over the run / devices (sampled,
+  and its high-water mark); for the workers, each worker's peak less its idle baseline (the pool
+  is warmed first by a task that imports dpskit and returns its peak), summed, / devices. On
+  Linux the peaks are ``/proc``'s ``VmHWM``: the ``getrusage`` peak that
+  ``FleetReport.shard_runs`` carries (printed too) survives fork and exec, so a spawned worker's
+  is at least its parent's peak when it was spawned. Elsewhere ``shard_runs``' peak is used;
+- CPU seconds (user + system) of the fleet's processes and of the emulator, how busy they kept
+  the cores over the run, and the share other processes took meanwhile (Linux, ``/proc``);
+- the emulator's RSS before, at its sampled peak during, and after each run (Linux only, from
+  ``/proc/<pid>/status``; elsewhere a note says it is not measured).
 
-Run: ``python tests/benchmarks/bench_fleet_workers.py [--devices 5000] [--workers 3]
+On a 2-core machine the fleet's processes and the emulator share two cores, and every step is CPU
+work on both sides (TLS handshakes with ECDSA signatures, MQTT, DPS and hub bookkeeping): the run
+takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores about
+90% busy. Workers cannot add cores here; they add CPU (a runtime and its threads per worker, N
+times the handshakes in flight), so expect devices per second near 1x or below, and a little more
+memory per device (per-process buffers and allocator arenas the idle baseline does not hold). What
+workers buy, more cores or machines for the clients, shows only where the emulator (or Azure) is
+not on the same cores. Other processes on the machine move the figures by as much as their printed
+share: compare runs where it is low.
+
+Run: ``python tests/benchmarks/bench_fleet_workers.py [--devices 10000] [--workers 3]
 [--messages 2] [--concurrency 64]``.
 """
 
@@ -73,14 +85,14 @@ def connection_limit() -> int:
     return max(1, min(hard - HEADROOM, CONNECTION_CAP))
 
 
-def _status_kb(pid: int | str, field: str) -> int | None:
+def _status_kb(pid: int | str, key: str) -> int | None:
     """A KB field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``); None where there is none."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     for line in status.splitlines():
-        if line.startswith(f"{field}:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1])
     return None
 
