@@ -126,9 +126,9 @@ def add_emulator_command(
         default=20_000,
         metavar="N",
         help="device connections (MQTT, MQTT over WebSockets) open at once; one more is refused "
-        "(closed on arrival, or 503 for a WebSocket upgrade). Each holds a file descriptor, so "
-        "N above the open-file hard limit (`ulimit -Hn`, which the soft limit is raised to) "
-        "only moves the refusals to accept",
+        "(closed on arrival, or 503 for a WebSocket upgrade). Each holds a file descriptor: "
+        "past the open-file hard limit (`ulimit -Hn`, to which the soft limit is raised) "
+        "connections fail at accept instead, whatever N says",
     )
     p.add_argument(
         "--https-port",
