@@ -34,16 +34,18 @@ Figures, side by side with ratios (workers / one process):
 
 On a 2-core machine the fleet's processes and the emulator share two cores, and every step is CPU
 work on both sides (TLS handshakes with ECDSA signatures, MQTT, DPS and hub bookkeeping): the run
-takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores about
-90% busy. Workers cannot add cores here; they add CPU (a runtime and its threads per worker, N
-times the handshakes in flight), so expect devices per second near 1x or below, and a little more
-memory per device (per-process buffers and allocator arenas the idle baseline does not hold). What
-workers buy, more cores or machines for the clients, shows only where the emulator (or Azure) is
-not on the same cores. Other processes on the machine move the figures by as much as their printed
-share: compare runs where it is low.
+takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores over 90%
+busy. Workers cannot add cores here; they add CPU. Each worker's runtime starts one thread per
+core, so N workers put 2N runtime threads (and the emulator's) on two cores, and the fleet then
+spends about a third more CPU on the same devices (about a tenth more with ``--worker-threads 1``;
+fewer handshakes in flight per worker do not change it). Expect devices per second below 1x, and a
+little more memory per device (per-process buffers and allocator arenas the idle baseline does not
+hold). What workers buy, more cores or machines for the clients, shows only where the emulator (or
+Azure) is not on the same cores. Other processes on the machine move the figures by as much as
+their printed share: compare runs where it is low.
 
 Run: ``python tests/benchmarks/bench_fleet_workers.py [--devices 10000] [--workers 3]
-[--messages 2] [--concurrency 64]``.
+[--messages 2] [--concurrency 64] [--worker-threads N]``.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ def _fleet(
     args: argparse.Namespace,
     prefix: str,
     folder: Path,
+    worker_threads: int | None = None,
 ) -> dpskit.Fleet:
     plan = dpskit.TelemetryPlan(
         interval=0.0,
@@ -239,6 +242,7 @@ def _fleet(
         certificates_dir=folder,
         # The messages' times give the telemetry's span (a few bytes per message to keep).
         record_messages=True,
+        worker_threads=worker_threads,
     )
 
 
@@ -369,6 +373,8 @@ def print_table(one: Run, many: Run, limit: int, args: argparse.Namespace) -> No
         f"devices per run, 2 hubs (hashed), {args.messages} messages per device (QoS 1), "
         f"concurrency {args.concurrency} per process; emulator --max-connections {limit:,}"
     )
+    threads = "one per core" if args.worker_threads is None else str(args.worker_threads)
+    print(f"  runtime threads: one per core in the one process, {threads} in each worker")
     print()
     short = f"{args.workers} workers"
     print(f"{'':44} {'1 process':>12} {short:>12} {'ratio':>8}")
@@ -423,6 +429,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=64, help="devices in flight, per process"
     )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=None,
+        help="Rust runtime threads in each worker process (default: the Fleet's, one per core "
+        "in every worker); the one-process run keeps the default",
+    )
     args = parser.parse_args(argv)
     if args.devices < args.workers or args.workers < 1:
         parser.error("--devices must be at least --workers, and --workers at least 1")
@@ -447,7 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "bench", ca_reference="inter", allocation_policy="hashed", hubs=hubs
             )
             one_fleet = _fleet(dps, inter, args, "one-", certificates)
-            many_fleet = _fleet(dps, inter, args, "workers-", certificates)
+            many_fleet = _fleet(
+                dps, inter, args, "workers-", certificates, worker_threads=args.worker_threads
+            )
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(2, mp_context=context) as issuer:
                 issued = [
