@@ -37,12 +37,13 @@ work on both sides (TLS handshakes with ECDSA signatures, MQTT, DPS and hub book
 takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores over 90%
 busy. Workers cannot add cores here; they add CPU. Each worker's runtime starts one thread per
 core, so N workers put 2N runtime threads (and the emulator's) on two cores, and the fleet then
-spends about a third more CPU on the same devices (about a tenth more with ``--worker-threads 1``;
-fewer handshakes in flight per worker do not change it). Expect devices per second below 1x, and a
-little more memory per device (per-process buffers and allocator arenas the idle baseline does not
-hold). What workers buy, more cores or machines for the clients, shows only where the emulator (or
-Azure) is not on the same cores. Other processes on the machine move the figures by as much as
-their printed share: compare runs where it is low.
+spends a fifth to two fifths more CPU on the same devices (under a tenth more with
+``--worker-threads 1``; fewer handshakes in flight per worker do not change it). Expect devices per
+second below 1x (0.8x-0.9x here; about 0.9x with one thread per worker), and a little more memory
+per device (per-process buffers and allocator arenas the idle baseline does not hold). What workers
+buy, more cores or machines for the clients, shows only where the emulator (or Azure) is not on the
+same cores. Other processes on the machine move the figures by as much as their printed share:
+compare runs where it is low.
 
 Run: ``python tests/benchmarks/bench_fleet_workers.py [--devices 10000] [--workers 3]
 [--messages 2] [--concurrency 64] [--worker-threads N]``.
