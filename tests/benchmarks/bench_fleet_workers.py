@@ -39,7 +39,7 @@ busy. Workers cannot add cores here; they add CPU. Each worker's runtime starts 
 core, so N workers put 2N runtime threads (and the emulator's) on two cores, and the fleet then
 spends a fifth to two fifths more CPU on the same devices (under a tenth more with
 ``--worker-threads 1``; fewer handshakes in flight per worker do not change it). Expect devices per
-second below 1x (0.8x-0.9x here; about 0.9x with one thread per worker), and a little more memory
+second below 1x (0.7x-0.9x here; about 0.9x with one thread per worker), and a little more memory
 per device (per-process buffers and allocator arenas the idle baseline does not hold). What workers
 buy, more cores or machines for the clients, shows only where the emulator (or Azure) is not on the
 same cores. Other processes on the machine move the figures by as much as their printed share:
