@@ -95,6 +95,28 @@ def test_fleet_benchmark_runs_with_small_counts(
     assert "ratio dpskit / SDK" in out or "official SDK not measured" in out
 
 
+def test_fleet_workers_benchmark_runs_with_small_counts(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load("bench_fleet_workers", monkeypatch)
+    # The spawned workers import the benchmark's own functions by module name.
+    monkeypatch.syspath_prepend(str(BENCHMARK.parent))
+    assert module.main(["--devices", "30", "--workers", "2", "--messages", "2"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert f"emulator --max-connections {module.connection_limit():,}" in out
+    row = next(line for line in lines if line.startswith("devices provisioned + connected"))
+    assert row.split()[-2:] == ["30", "30"], row
+    acked = next(line for line in lines if line.startswith("messages acknowledged"))
+    assert acked.split()[-2:] == ["60", "60"], acked
+    # Ratios, not judged: memory's may be blank, as 30 devices may not grow this process's RSS.
+    for label in ("devices/s", "wall time of run()", "messages/s"):
+        assert next(line for line in lines if line.startswith(label)).endswith("x"), label
+    assert any(line.startswith("memory per device, KB") for line in lines), out
+    emulator_rows = [line for line in lines if line.startswith("emulator RSS")]
+    assert len(emulator_rows) == (3 if sys.platform == "linux" else 1), out
+
+
 def test_soak_benchmark_loses_nothing_through_drops_in_a_short_run(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

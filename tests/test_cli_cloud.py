@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -218,6 +219,70 @@ def test_device_provision_and_run_against_a_running_emulator(
     finally:
         emulator.send_signal(signal.SIGTERM)
         emulator.wait(timeout=30)
+
+
+def _held_open(connection: socket.socket) -> bool:
+    """Whether the emulator keeps ``connection`` open (it waits for a TLS ClientHello that never
+    comes, for its connect timeout of 10 s) rather than closing it on arrival."""
+    connection.settimeout(0.5)
+    try:
+        return connection.recv(1) != b""
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        return False
+
+
+def test_the_emulator_refuses_device_connections_past_max_connections(tmp_path: Path) -> None:
+    state = tmp_path / "limited"
+    emulator = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "dpskit", "emulator", "--data-dir", str(state), "--port", "0"),
+            *("--max-connections", "2"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    opened: list[socket.socket] = []
+
+    def connect() -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        opened.append(connection)
+        return connection
+
+    try:
+        deadline = time.monotonic() + 30
+        while dpskit.LocalCloud.attach(state) is None:
+            assert emulator.poll() is None, "the emulator exited"
+            assert time.monotonic() < deadline, "the emulator did not start"
+            time.sleep(0.05)
+        port = json.loads((state / "endpoints.json").read_text())["mqttPort"]
+        assert emulator.stdout is not None
+        banner = next(line for line in emulator.stdout if line.lstrip().startswith("mqtt"))
+        assert "up to 2 device connections at once" in banner, banner
+        # A slot is taken on accept, before TLS: two bare TCP connections fill the limit.
+        first, second = connect(), connect()
+        assert _held_open(first)
+        assert _held_open(second)
+        assert not _held_open(connect()), "a third connection was kept past --max-connections 2"
+        # A slot freed is a slot given again (the limit, not a broken listener).
+        first.close()
+        deadline = time.monotonic() + 10
+        while not _held_open(connect()):
+            assert time.monotonic() < deadline, "the freed slot was never given again"
+            time.sleep(0.1)
+    finally:
+        for connection in opened:
+            connection.close()
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(timeout=30)
+
+
+def test_max_connections_must_be_a_positive_integer(capsys: pytest.CaptureFixture[str]) -> None:
+    for bad in ("0", "-5", "many"):
+        assert main(["emulator", "--max-connections", bad]) == 2
+        assert "--max-connections" in capsys.readouterr().err
 
 
 def test_the_emulator_takes_its_arm_token_from_the_environment_only(

@@ -72,6 +72,16 @@ def emulator_process(state: Path, port: int, poll_retry_after: int | None = None
     polls) or DPS's ``poll_retry_after``, and the local cloud client attached to it; stopped on
     exit."""
     pacing = [] if poll_retry_after is None else ["--poll-retry-after", str(poll_retry_after)]
+    with emulator_subprocess(state, port, *pacing) as (_, cloud):
+        yield cloud
+
+
+@contextlib.contextmanager
+def emulator_subprocess(
+    state: Path, port: int, *options: str
+) -> Iterator[tuple[subprocess.Popen[bytes], Any]]:
+    """``dpskit emulator`` in its own process with ``options`` added to its command line: the
+    process (for its pid) and the local cloud client attached to it; stopped on exit."""
     emulator = subprocess.Popen(
         [
             sys.executable,
@@ -82,7 +92,7 @@ def emulator_process(state: Path, port: int, poll_retry_after: int | None = None
             str(state),
             "--port",
             str(port),
-            *pacing,
+            *options,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -95,7 +105,7 @@ def emulator_process(state: Path, port: int, poll_retry_after: int | None = None
                 raise RuntimeError("the emulator did not start")
             cloud = dpskit.LocalCloud.attach(state)
             time.sleep(0.05)
-        yield cloud
+        yield emulator, cloud
     finally:
         emulator.send_signal(signal.SIGTERM)
         emulator.wait(timeout=30)

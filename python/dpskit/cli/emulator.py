@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from dpskit._native import EMULATOR_CA_FILE
-from dpskit.cli.argtypes import non_negative_int
+from dpskit.cli.argtypes import non_negative_int, positive_int
 from dpskit.cli.output import _display, _Formatter, _print_fields
 from dpskit.cli.targets import DEFAULT_LOCAL_DIR
 from dpskit.errors import ConfigError
@@ -47,6 +47,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         data_dir,
         host=args.host,
         port=args.port,
+        max_connections=args.max_connections,
         https_port=args.https_port,
         web_port=args.web_port,
         amqp_port=args.amqp_port,
@@ -67,7 +68,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         print("dpskit local cloud (DPS and IoT Hub emulator)")
         _print_fields(
             [
-                ("mqtt", f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3)"),
+                (
+                    "mqtt",
+                    f"{cloud.host}:{cloud.mqtt_port} (MQTT over TLS 1.2/1.3, up to "
+                    f"{args.max_connections:,} device connections at once)",
+                ),
                 ("arm", f"{cloud.arm_endpoint} (ARM, {arm_auth})"),
                 (
                     "web",
@@ -114,6 +119,16 @@ def add_emulator_command(
     p.add_argument("--host", default="127.0.0.1", help="address DPS listens on")
     p.add_argument(
         "--port", type=int, default=8883, help="MQTT port (the official SDKs always use 8883)"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=20_000,
+        metavar="N",
+        help="device connections (MQTT, MQTT over WebSockets) open at once; one more is refused "
+        "(closed on arrival, or 503 for a WebSocket upgrade). Each holds a file descriptor: "
+        "past the open-file hard limit (`ulimit -Hn`, to which the soft limit is raised) "
+        "connections fail at accept instead, whatever N says",
     )
     p.add_argument(
         "--https-port",
