@@ -162,6 +162,13 @@ def test_workers_read_the_shared_folder_and_get_the_key_only_when_it_lacks_certi
     assert all("hunter2" not in repr(t) for t in again)
     assert {t.run_id for t in again} != {t.run_id for t in tasks}
     assert len({t.run_id for t in again}) == 1
+    # A local pool's workers share this machine's cores; other executors' workers keep theirs.
+    assert all(t.worker_threads is None for t in full)
+    with ThreadPoolExecutor(2) as pool:
+        shared = setup.fleet()._shard_tasks(3, _side(setup.fleet()), pool)
+        chosen = setup.fleet(worker_threads=3)._shard_tasks(3, _side(setup.fleet()), pool)
+    assert {t.worker_threads for t in shared} == {max(1, (os.cpu_count() or 1) // 2)}
+    assert {t.worker_threads for t in chosen} == {3}
     # The worker issues the missing certificate into the shared folder.
     part = run_shard(tasks[1])
     assert (partial / "worker-00005.key.pem").exists()

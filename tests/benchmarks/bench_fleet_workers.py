@@ -23,10 +23,9 @@ Figures, side by side with ratios (workers / one process):
   connect, so it is the workers' lower bound);
 - memory per device: for one process, this process's RSS growth over the run / devices (sampled,
   and its high-water mark); for the workers, each worker's peak less its idle baseline (the pool
-  is warmed first by a task that imports dpskit and returns its peak), summed, / devices. On
-  Linux the peaks are ``/proc``'s ``VmHWM``: the ``getrusage`` peak that
-  ``FleetReport.shard_runs`` carries (printed too) survives fork and exec, so a spawned worker's
-  is at least its parent's peak when it was spawned. Elsewhere ``shard_runs``' peak is used;
+  is warmed first by a task that imports dpskit and returns its peak), summed, / devices, from
+  ``FleetReport.shard_runs`` (``VmHWM`` on Linux: ``getrusage``'s peak survives fork and exec,
+  so a spawned worker's would be at least its parent's);
 - CPU seconds (user + system) of the fleet's processes and of the emulator, how busy they kept
   the cores over the run, and the share other processes took meanwhile (Linux, ``/proc``);
 - the emulator's RSS before, at its sampled peak during, and after each run (Linux only, from
@@ -148,15 +147,14 @@ def _others_share(before: tuple[float, float] | None, own: float | None) -> floa
     return max(0.0, 100 * (busy - own * os.sysconf("SC_CLK_TCK")) / total)
 
 
-def _idle_worker() -> tuple[int, int | None, int | None]:
-    """A pool worker's pid and peak RSS with dpskit loaded and nothing run, in bytes as
-    ``FleetReport.shard_runs`` measures it (``getrusage``) and in KB from ``/proc`` (None off
-    Linux): the baselines its shard's peak is measured against. The pause keeps the worker busy
-    so that each warm-up task lands on a different worker."""
+def _idle_worker() -> tuple[int, int | None]:
+    """A pool worker's pid and peak RSS in bytes with dpskit loaded and nothing run, as
+    ``FleetReport.shard_runs`` measures it: the baseline its shard's peak is measured against.
+    The pause keeps the worker busy so that each warm-up task lands on a different worker."""
     from dpskit.fleet_executor import peak_rss_bytes
 
     time.sleep(0.5)
-    return os.getpid(), peak_rss_bytes(), _status_kb("self", "VmHWM")
+    return os.getpid(), peak_rss_bytes()
 
 
 def _issue(chain_pem: str, key_pem: str, ids: list[str], folder: str) -> int:
@@ -294,13 +292,13 @@ def _workers(fleet: dpskit.Fleet, workers: int, emulator_pid: int) -> Run:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         # Warm-up: every worker started, dpskit imported, its peak RSS taken as its baseline.
-        idle: dict[int, tuple[int | None, int | None]] = {}
+        idle: dict[int, int | None] = {}
         deadline = time.monotonic() + 120
         while len(idle) < workers:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {len(idle)} of {workers} workers started")
             futures = [pool.submit(_idle_worker) for _ in range(workers - len(idle))]
-            idle.update((pid, (usage, hwm)) for pid, usage, hwm in (f.result() for f in futures))
+            idle.update(f.result() for f in futures)
         processes: list[int | str] = ["self", *idle]
         emulator = _EmulatorSampler(emulator_pid)
         cpu_before = _cpu_sum(processes)
@@ -315,36 +313,23 @@ def _workers(fleet: dpskit.Fleet, workers: int, emulator_pid: int) -> Run:
         fleet_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
         own = None if fleet_cpu is None or emulator_cpu is None else fleet_cpu + emulator_cpu
         others = _others_share(machine, own)
-        # Read while the workers live: their own high-water marks.
-        hwm = {run.pid: _status_kb(run.pid, "VmHWM") for run in report.shard_runs if run.pid}
     assert report.completed == fleet.count, report.summary()
     notes = []
     pids = [run.pid for run in report.shard_runs]
     if len(set(pids)) < len(pids):
         notes.append(f"shards shared workers (pids {pids}): their peaks count once per shard")
-    # Linux keeps a process's peak RSS across fork and execve, so a spawned worker's getrusage
-    # peak (shard_runs' peak_rss_bytes) is at least this process's peak when it was spawned:
-    # the worker's own peak is /proc's VmHWM, which starts afresh with the new program.
+    # Each worker's own peak (FleetReport.shard_runs: VmHWM on Linux, which starts afresh
+    # with the spawned program) less its peak when idle with dpskit loaded.
     grown_kb = 0.0
     shown = []
     for run in report.shard_runs:
-        usage_base, hwm_base = idle.get(run.pid, (None, None)) if run.pid else (None, None)
-        peak_hwm = hwm.get(run.pid) if run.pid else None
-        if hwm_base is not None and peak_hwm is not None:
-            grown_kb += peak_hwm - hwm_base
-            shown.append(f"{hwm_base / 1024:.0f} -> {peak_hwm / 1024:.0f}")
-        elif usage_base is not None and run.peak_rss_bytes is not None:
-            grown_kb += (run.peak_rss_bytes - usage_base) / 1024
-            shown.append(f"{usage_base / 2**20:.0f} -> {run.peak_rss_bytes / 2**20:.0f}")
+        base = idle.get(run.pid) if run.pid else None
+        if base is not None and run.peak_rss_bytes is not None:
+            grown_kb += (run.peak_rss_bytes - base) / 1024
+            shown.append(f"{base / 2**20:.0f} -> {run.peak_rss_bytes / 2**20:.0f}")
         else:
             notes.append(f"shard {run.shard[0]}: no peak RSS or baseline, counted as 0")
-    reported = ", ".join(
-        "n/a" if run.peak_rss_bytes is None else f"{run.peak_rss_bytes / 2**20:.0f}"
-        for run in report.shard_runs
-    )
-    source = "VmHWM" if sys.platform == "linux" else "getrusage"
-    notes.append(f"workers' peak RSS, MB (idle -> after the run, {source}): {', '.join(shown)}")
-    notes.append(f"shard_runs' peak_rss_bytes, MB (getrusage): {reported}")
+    notes.append(f"workers' peak RSS, MB (idle -> after the run): {', '.join(shown)}")
     return Run(
         name=f"{workers} worker processes",
         devices=report.completed,
