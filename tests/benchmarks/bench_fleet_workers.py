@@ -34,15 +34,14 @@ Figures, side by side with ratios (workers / one process):
 On a 2-core machine the fleet's processes and the emulator share two cores, and every step is CPU
 work on both sides (TLS handshakes with ECDSA signatures, MQTT, DPS and hub bookkeeping): the run
 takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores over 90%
-busy. Workers cannot add cores here; they add CPU. Each worker's runtime starts one thread per
-core, so N workers put 2N runtime threads (and the emulator's) on two cores, and the fleet then
-spends a fifth to two fifths more CPU on the same devices (under a tenth more with
-``--worker-threads 1``; fewer handshakes in flight per worker do not change it). Expect devices per
-second below 1x (0.7x-0.9x here; about 0.9x with one thread per worker), and a little more memory
-per device (per-process buffers and allocator arenas the idle baseline does not hold). What workers
-buy, more cores or machines for the clients, shows only where the emulator (or Azure) is not on the
-same cores. Other processes on the machine move the figures by as much as their printed share:
-compare runs where it is low.
+busy. Workers cannot add cores here, so expect devices per second near 1x (0.99x measured with
+three workers) and a little more memory per device (per-process buffers and allocator arenas the
+idle baseline does not hold). A local pool's workers share the machine's cores out (one runtime
+thread each here); with a thread per core in every worker (``--worker-threads 2``) the fleet
+spends a fifth to two fifths more CPU on the same devices and falls to 0.7x-0.9x. What workers
+buy, more cores or machines for the clients, shows only where the emulator (or Azure) is not on
+the same cores. Other processes on the machine move the figures by as much as their printed
+share: compare runs where it is low.
 
 Run: ``python tests/benchmarks/bench_fleet_workers.py [--devices 10000] [--workers 3]
 [--messages 2] [--concurrency 64] [--worker-threads N]``.
@@ -359,7 +358,12 @@ def print_table(one: Run, many: Run, limit: int, args: argparse.Namespace) -> No
         f"devices per run, 2 hubs (hashed), {args.messages} messages per device (QoS 1), "
         f"concurrency {args.concurrency} per process; emulator --max-connections {limit:,}"
     )
-    threads = "one per core" if args.worker_threads is None else str(args.worker_threads)
+    shared = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = (
+        f"{shared} (the cores shared out)"
+        if args.worker_threads is None
+        else str(args.worker_threads)
+    )
     print(f"  runtime threads: one per core in the one process, {threads} in each worker")
     print()
     short = f"{args.workers} workers"
@@ -419,8 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--worker-threads",
         type=int,
         default=None,
-        help="Rust runtime threads in each worker process (default: the Fleet's, one per core "
-        "in every worker); the one-process run keeps the default",
+        help="Rust runtime threads in each worker process (default: the Fleet's, the cores "
+        "shared out among a local pool's workers); the one-process run keeps one per core",
     )
     args = parser.parse_args(argv)
     if args.devices < args.workers or args.workers < 1:
