@@ -34,11 +34,11 @@ Figures, side by side with ratios (workers / one process):
 On a 2-core machine the fleet's processes and the emulator share two cores, and every step is CPU
 work on both sides (TLS handshakes with ECDSA signatures, MQTT, DPS and hub bookkeeping): the run
 takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores over 90%
-busy. Workers cannot add cores here, so expect devices per second near 1x (0.99x measured with
-three workers) and a little more memory per device (per-process buffers and allocator arenas the
+busy. Workers cannot add cores here, so expect devices per second near 1x (0.99x-1.08x measured
+with three workers) and a little more memory per device (per-process buffers and allocator arenas the
 idle baseline does not hold). A local pool's workers share the machine's cores out (one runtime
 thread each here); with a thread per core in every worker (``--worker-threads 2``) the fleet
-spends a fifth to two fifths more CPU on the same devices and falls to 0.7x-0.9x. What workers
+spends a sixth to two fifths more CPU on the same devices and falls to 0.75x-0.9x. What workers
 buy, more cores or machines for the clients, shows only where the emulator (or Azure) is not on
 the same cores. Other processes on the machine move the figures by as much as their printed
 share: compare runs where it is low.
