@@ -1,10 +1,26 @@
-"""What "the same report as the single-process run" means, shared by the tests of shards merged
-from files and of fleets run over executors: the same devices, ids, hubs, outcomes, per-device
-counts and messages (times differ: they are measured)."""
+"""What the tests of shards merged from files and of fleets run over executors share: the cloud
+they run against, and what "the same report as the single-process run" means (the same devices,
+ids, hubs, outcomes, per-device counts and messages; times differ: they are measured)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import dpskit
+
+
+def hashed_fleet_dps(cloud: dpskit.LocalCloud, authority: Any, name: str) -> dpskit.Dps:
+    """Two hubs behind one DPS with hashed allocation, ``authority`` proven to it as
+    ``issuing`` and an X.509 enrollment group ``fleet`` on it."""
+    hubs = [cloud.create_hub(f"{name}-hub-a"), cloud.create_hub(f"{name}-hub-b")]
+    dps = cloud.create_dps(f"{name}-dps")
+    for hub in hubs:
+        cloud.link_hub(dps, hub)
+    dps.prove_possession("issuing", authority)
+    dps.create_enrollment_group(
+        "fleet", ca_reference="issuing", allocation_policy="hashed", hubs=hubs
+    )
+    return dps
 
 
 def assert_same_run(merged: dpskit.FleetReport, whole: dpskit.FleetReport, devices: int) -> None:

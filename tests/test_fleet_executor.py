@@ -19,7 +19,7 @@ import pytest
 
 import dpskit
 from dpskit.fleet_executor import run_shard
-from fleet_compare import assert_same_run
+from fleet_compare import assert_same_run, hashed_fleet_dps
 
 pytest.importorskip("pandas")
 
@@ -52,14 +52,7 @@ def setup(dpskit_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """One cloud with two hubs behind one DPS, and the fleet run whole in this process."""
     base = tmp_path_factory.mktemp("executor")
     with dpskit.LocalCloud(port=0, poll_retry_after=0) as cloud:
-        hubs = [cloud.create_hub("exec-hub-a"), cloud.create_hub("exec-hub-b")]
-        dps = cloud.create_dps("exec-dps")
-        for hub in hubs:
-            cloud.link_hub(dps, hub)
-        dps.prove_possession("issuing", dpskit_ca.intermediate)
-        dps.create_enrollment_group(
-            "fleet", ca_reference="issuing", allocation_policy="hashed", hubs=hubs
-        )
+        dps = hashed_fleet_dps(cloud, dpskit_ca.intermediate, "exec")
         setup = Setup(cloud, dps, dpskit_ca.intermediate, base / "certs", None)  # type: ignore[arg-type]
         setup.whole = setup.fleet().run(progress=False)
         yield setup

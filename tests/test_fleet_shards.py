@@ -15,7 +15,7 @@ import pytest
 import dpskit
 from dpskit.cli import main
 from dpskit.fleet import shard_from_environment
-from fleet_compare import assert_same_run
+from fleet_compare import assert_same_run, hashed_fleet_dps
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
@@ -103,14 +103,7 @@ def runs(dpskit_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     folder, as separate machines would), and one shard of another run."""
     base = tmp_path_factory.mktemp("shards")
     with dpskit.LocalCloud(port=0, poll_retry_after=0) as cloud:
-        hubs = [cloud.create_hub("shard-hub-a"), cloud.create_hub("shard-hub-b")]
-        dps = cloud.create_dps("shard-dps")
-        for hub in hubs:
-            cloud.link_hub(dps, hub)
-        dps.prove_possession("issuing", dpskit_ca.intermediate)
-        dps.create_enrollment_group(
-            "fleet", ca_reference="issuing", allocation_policy="hashed", hubs=hubs
-        )
+        dps = hashed_fleet_dps(cloud, dpskit_ca.intermediate, "shard")
 
         def fleet(shard: str | None, seed: int = 7, count: int = 12) -> dpskit.Fleet:
             return dpskit.Fleet(

@@ -128,6 +128,23 @@ async def _dpskit_fleet(
     return list(clients), time.perf_counter() - start
 
 
+def hashed_fleet(cloud: Any, label: str) -> tuple[Any, dpskit.CertificateAuthority]:
+    """The fleet benchmarks' cloud side: two hubs behind one DPS with hashed allocation, a
+    root and an intermediate CA proven to DPS, and one X.509 enrollment group on it. Returns
+    the DPS and the intermediate."""
+    hubs = [cloud.create_hub("bench-hub-1"), cloud.create_hub("bench-hub-2")]
+    dps = cloud.create_dps("bench-dps")
+    for hub in hubs:
+        cloud.link_hub(dps, hub)
+    root = dpskit.CertificateAuthority.create_root(f"Bench {label} Root")
+    inter = root.create_intermediate(f"Bench {label} Intermediate")
+    dps.prove_possession("inter", inter)
+    dps.create_enrollment_group(
+        "bench", ca_reference="inter", allocation_policy="hashed", hubs=hubs
+    )
+    return dps, inter
+
+
 def _sdk_device(dps: Any, trust: str | None, device: dpskit.DeviceCertificate, folder: Path) -> Any:
     from azure.iot.device import X509, IoTHubDeviceClient, ProvisioningDeviceClient
 

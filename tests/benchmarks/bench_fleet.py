@@ -29,7 +29,7 @@ from typing import Any
 import dpskit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_device import _rss_kb, _sdk_device, emulator_port, emulator_process
+from bench_device import _rss_kb, _sdk_device, emulator_port, emulator_process, hashed_fleet
 
 BODY = b'{"temperature": 21.5, "humidity": 40.2, "status": "ok"}'
 
@@ -88,16 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="dpskit-bench-fleet-") as folder,
         emulator_process(Path(folder) / "cloud", port, args.poll_retry_after) as cloud,
     ):
-        hubs = [cloud.create_hub("bench-hub-1"), cloud.create_hub("bench-hub-2")]
-        dps = cloud.create_dps("bench-dps")
-        for hub in hubs:
-            cloud.link_hub(dps, hub)
-        root = dpskit.CertificateAuthority.create_root("Bench Fleet Root")
-        inter = root.create_intermediate("Bench Fleet Intermediate")
-        dps.prove_possession("inter", inter)
-        dps.create_enrollment_group(
-            "bench", ca_reference="inter", allocation_policy="hashed", hubs=hubs
-        )
+        dps, inter = hashed_fleet(cloud, "Fleet")
         trust = cloud.trust_pem
 
         plan = dpskit.TelemetryPlan(

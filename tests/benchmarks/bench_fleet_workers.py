@@ -35,13 +35,13 @@ On a 2-core machine the fleet's processes and the emulator share two cores, and 
 work on both sides (TLS handshakes with ECDSA signatures, MQTT, DPS and hub bookkeeping): the run
 takes about (fleet CPU + emulator CPU) / 2 cores, and one process already keeps both cores over 90%
 busy. Workers cannot add cores here, so expect devices per second near 1x (0.99x-1.08x measured
-with three workers) and a little more memory per device (per-process buffers and allocator arenas the
-idle baseline does not hold). A local pool's workers share the machine's cores out (one runtime
-thread each here); with a thread per core in every worker (``--worker-threads 2``) the fleet
-spends a sixth to two fifths more CPU on the same devices and falls to 0.75x-0.9x. What workers
-buy, more cores or machines for the clients, shows only where the emulator (or Azure) is not on
-the same cores. Other processes on the machine move the figures by as much as their printed
-share: compare runs where it is low.
+with three workers) and a little more memory per device (per-process buffers and allocator
+arenas the idle baseline does not hold). A local pool's workers share the machine's cores out
+(one runtime thread each here); with a thread per core in every worker (``--worker-threads 2``)
+the fleet spends a sixth to two fifths more CPU on the same devices and falls to 0.75x-0.9x.
+What workers buy, more cores or machines for the clients, shows only where the emulator (or
+Azure) is not on the same cores. Other processes on the machine move the figures by as much as
+their printed share: compare runs where it is low.
 
 Run: ``python tests/benchmarks/bench_fleet_workers.py [--devices 10000] [--workers 3]
 [--messages 2] [--concurrency 64] [--worker-threads N]``.
@@ -64,7 +64,7 @@ from pathlib import Path
 import dpskit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_device import _rss_kb, emulator_subprocess
+from bench_device import _rss_kb, emulator_subprocess, hashed_fleet
 
 #: Descriptors the emulator keeps for itself: its listeners, state files, REST and AMQP clients.
 HEADROOM = 1_024
@@ -439,16 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             emulator,
             cloud,
         ):
-            hubs = [cloud.create_hub("bench-hub-1"), cloud.create_hub("bench-hub-2")]
-            dps = cloud.create_dps("bench-dps")
-            for hub in hubs:
-                cloud.link_hub(dps, hub)
-            root = dpskit.CertificateAuthority.create_root("Bench Workers Root")
-            inter = root.create_intermediate("Bench Workers Intermediate")
-            dps.prove_possession("inter", inter)
-            dps.create_enrollment_group(
-                "bench", ca_reference="inter", allocation_policy="hashed", hubs=hubs
-            )
+            dps, inter = hashed_fleet(cloud, "Workers")
             one_fleet = _fleet(dps, inter, args, "one-", certificates)
             many_fleet = _fleet(
                 dps, inter, args, "workers-", certificates, worker_threads=args.worker_threads
