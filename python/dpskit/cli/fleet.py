@@ -470,7 +470,7 @@ def add_fleet_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "read-only at /fleet) holds what `dpskit fleet prepare --azure` wrote; the results\n"
         "claim (ReadWriteMany) takes every shard's result; the Secret holds AZURE_CLIENT_ID,\n"
         "AZURE_TENANT_ID, AZURE_CLIENT_SECRET, AZURE_SUBSCRIPTION_ID and AZURE_RESOURCE_GROUP.\n"
-        "Memory per pod: 256 MiB + 30 KiB per device of a shard, unless --memory.\n"
+        "Memory per pod: 256 MiB + 48 KiB per device of a shard, unless --memory.\n"
         "Apply with `... | kubectl apply -f -`; then `dpskit fleet merge` the results folder.\n"
         "The Job targets Azure: the local cloud serves on its own machine's loopback only.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

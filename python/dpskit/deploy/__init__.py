@@ -25,8 +25,10 @@ __all__ = ["FLEET_JOB_TEMPLATE", "fleet_job_template", "render_fleet_job", "shar
 FLEET_JOB_TEMPLATE = "fleet-indexed-job.yaml"
 
 #: What one connected device costs a shard's process (its certificate and key, its TLS and
-#: MQTT session, its telemetry stream and its rows of results), rounded up.
-DEVICE_KIB = 30
+#: MQTT session, its telemetry stream and its rows of results): 39-42 KB measured with two
+#: messages each (tests/benchmarks/bench_fleet_workers.py, 2026-12-08), rounded up. A plan that
+#: records many messages per device needs more: give --memory.
+DEVICE_KIB = 48
 #: The Python interpreter, the native core and the results frames' libraries (pandas, pyarrow).
 RUNTIME_MIB = 256
 
