@@ -117,6 +117,8 @@ def test_a_dask_local_cluster_runs_the_fleet_as_one_process_would(setup: Setup) 
     assert seen
     assert seen[-1].finished == seen[-1].total == DEVICES
     assert seen[-1].provisioned == DEVICES
+    assert (seen[-1].shards_done, seen[-1].shards) == (4, 4)
+    assert str(seen[-1]).startswith("shards 4/4  provisioned 12/12")
 
 
 def test_a_thread_pool_and_a_symmetric_key_fleet(setup: Setup) -> None:

@@ -278,10 +278,16 @@ class FleetProgress:
     acknowledged: int
     retries: int
     elapsed: float
+    #: Over an executor: the shards finished and in all (the counts above are theirs); None
+    #: for a run in one process.
+    shards_done: int | None = None
+    shards: int | None = None
 
     def __str__(self) -> str:
+        shards = "" if self.shards is None else f"shards {self.shards_done}/{self.shards}  "
         return (
-            f"provisioned {self.provisioned:,}/{self.total:,}  connected {self.connected:,}  "
+            f"{shards}provisioned {self.provisioned:,}/{self.total:,}  "
+            f"connected {self.connected:,}  "
             f"failed {self.failed:,}  messages {self.acknowledged:,}/{self.sent:,} acked  "
             f"retries {self.retries:,}  {self.elapsed:,.1f} s"
         )
@@ -1254,7 +1260,7 @@ class Fleet:
             if not force and now - last[0] < 0.2:
                 return
             last[0] = now
-            snapshot = _progress_of(finished, self.count, now - begun)
+            snapshot = _progress_of(finished, self.count, total, now - begun)
             display.update(snapshot)
             if on_progress is not None:
                 on_progress(snapshot)
@@ -1409,7 +1415,9 @@ def _progress_of_part(part: ShardPart) -> FleetProgress:
     )
 
 
-def _progress_of(finished: Sequence[FleetProgress], total: int, elapsed: float) -> FleetProgress:
+def _progress_of(
+    finished: Sequence[FleetProgress], total: int, shards: int, elapsed: float
+) -> FleetProgress:
     """The progress line of a run over an executor: the finished shards' counts."""
 
     def summed(name: str) -> int:
@@ -1425,6 +1433,8 @@ def _progress_of(finished: Sequence[FleetProgress], total: int, elapsed: float) 
         acknowledged=summed("acknowledged"),
         retries=summed("retries"),
         elapsed=elapsed,
+        shards_done=len(finished),
+        shards=shards,
     )
 
 
