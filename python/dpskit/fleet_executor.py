@@ -224,10 +224,18 @@ def worker_count(executor: Any) -> int | None:
     scheduler_info = getattr(client, "scheduler_info", None)
     if callable(scheduler_info):
         try:
-            workers = scheduler_info().get("workers", {})
+            try:
+                # Asked for every worker (a release may list only a few otherwise), and
+                # n_workers, the total, read first where the answer has it.
+                info = scheduler_info(n_workers=-1)
+            except TypeError:  # releases before the argument list them all
+                info = scheduler_info()
         except Exception:  # a client that lost its scheduler: the caller asks for shards=
             return None
-        return len(workers) or None
+        total = info.get("n_workers")
+        if isinstance(total, int) and total > 0:
+            return total
+        return len(info.get("workers", {})) or None
     # The standard pools keep it in _max_workers; Ray's RayExecutor in max_workers.
     for attribute in ("_max_workers", "max_workers"):
         count = getattr(executor, attribute, None)
