@@ -49,7 +49,7 @@ from dpskit.fleet_executor import (
     SubmitsWork,
     collect,
     device_certificates,
-    has_every_certificate,
+    missing_certificates,
     peak_rss_bytes,
     refuse_forking,
     run_shard,
@@ -1296,7 +1296,7 @@ class Fleet:
         if self.certificates_dir is not None:
             # Workers may run elsewhere in the file system's tree: a path that means one place.
             folder = str(self.certificates_dir.resolve())
-        if self.authority is not None and not has_every_certificate(
+        if self.authority is not None and missing_certificates(
             self.certificates_dir, _registration_ids(self.prefix, self.count, range(self.count))
         ):
             chain_pem = self.authority.full_chain_pem

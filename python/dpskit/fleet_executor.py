@@ -25,12 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun
+from dpskit._native import CertificateAuthority, DeviceCertificate, FleetRun, credential_files
 from dpskit.cloud import _raise_open_file_limit
 from dpskit.errors import ConfigError
 from dpskit.fleet_shards import ShardPart, _registration_ids
 
-__all__ = ["ShardTask", "SubmitsWork", "device_certificates", "peak_rss_bytes", "run_shard"]
+__all__ = [
+    "ShardTask",
+    "SubmitsWork",
+    "device_certificates",
+    "missing_certificates",
+    "peak_rss_bytes",
+    "run_shard",
+]
 
 
 class _Future(Protocol):
@@ -74,6 +81,25 @@ def peak_rss_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _device_files(folder: Path, registration_id: str) -> tuple[Path, Path]:
+    """A device's full chain and key in ``folder``, named by the core's one rule."""
+    files = credential_files(folder, registration_id)
+    return files["full_chain"], files["private_key"]
+
+
+def missing_certificates(folder: Path | None, registration_ids: Sequence[str]) -> list[str]:
+    """The devices of ``registration_ids`` whose full chain or key ``folder`` lacks (all of
+    them without a folder), read with one listing of the folder."""
+    if folder is None or not folder.is_dir():
+        return list(registration_ids)
+    present = {entry.name for entry in os.scandir(folder)}
+    return [
+        registration_id
+        for registration_id in registration_ids
+        if not all(f.name in present for f in _device_files(folder, registration_id))
+    ]
+
+
 def device_certificates(
     authority: CertificateAuthority | None,
     registration_ids: Sequence[str],
@@ -84,35 +110,25 @@ def device_certificates(
     """The devices' certificates, in ``registration_ids``' order: read from ``folder`` where
     both the full chain and the key are there, issued in bulk by ``authority`` (and saved in
     ``folder``, keys 0600) where not."""
+    missing = missing_certificates(folder, registration_ids)
+    if missing and authority is None:
+        raise ConfigError(
+            f"{len(missing):,} of {len(registration_ids):,} devices have no certificate "
+            f"and key in {folder} (first: {missing[0]}), and the fleet has no authority "
+            f"to issue them"
+        )
     loaded: dict[str, DeviceCertificate] = {}
-    if folder is not None and folder.is_dir():
+    if folder is not None:
+        absent = set(missing)
         for registration_id in registration_ids:
-            chain = folder / f"{registration_id}.fullchain.pem"
-            key = folder / f"{registration_id}.key.pem"
-            if chain.exists() and key.exists():
-                loaded[registration_id] = DeviceCertificate.load(chain, key)
-    missing = [i for i in registration_ids if i not in loaded]
-    if missing:
-        if authority is None:
-            raise ConfigError(
-                f"{len(missing):,} of {len(registration_ids):,} devices have no certificate "
-                f"and key in {folder} (first: {missing[0]}), and the fleet has no authority "
-                f"to issue them"
-            )
+            if registration_id not in absent:
+                loaded[registration_id] = DeviceCertificate.load(
+                    *_device_files(folder, registration_id)
+                )
+    if missing and authority is not None:  # without one, refused above
         issued = authority.issue_devices(missing, algorithm=algorithm, output_dir=folder)
         loaded.update(zip(missing, issued, strict=True))
     return [loaded[i] for i in registration_ids]
-
-
-def has_every_certificate(folder: Path | None, registration_ids: Sequence[str]) -> bool:
-    """Whether ``folder`` holds every device's full chain and key (then no worker needs the
-    issuing CA's key)."""
-    if folder is None or not folder.is_dir():
-        return False
-    present = {entry.name for entry in os.scandir(folder)}
-    return all(
-        f"{i}.fullchain.pem" in present and f"{i}.key.pem" in present for i in registration_ids
-    )
 
 
 @dataclass(frozen=True)

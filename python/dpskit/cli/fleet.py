@@ -23,6 +23,7 @@ from dpskit.cloud.base import _Cloud
 from dpskit.deploy import render_fleet_job
 from dpskit.errors import ConfigError, NotFoundError
 from dpskit.fleet import Fleet, FleetReport, TelemetryPlan
+from dpskit.fleet_executor import missing_certificates
 from dpskit.signals import Signal, choice, gaussian, random_walk, sine
 
 __all__ = ["add_fleet_commands"]
@@ -144,11 +145,7 @@ def _missing_certificates(fleet: Fleet) -> None:
     folder = fleet.certificates_dir
     if folder is None:
         return
-    missing = [
-        i
-        for i in fleet.registration_ids
-        if not (folder / f"{i}.fullchain.pem").exists() or not (folder / f"{i}.key.pem").exists()
-    ]
+    missing = missing_certificates(folder, fleet.registration_ids)
     if missing:
         raise ConfigError(
             f"--no-setup: {len(missing):,} of this shard's {len(fleet.indexes):,} device "
