@@ -359,51 +359,37 @@ def check_one_run(results: Sequence[_Part]) -> tuple[int, list[_Part]]:
 
 # The device frame's columns as the engine gives them, by kind (``FleetReport.to_pandas``
 # adds ``started_at`` and ``hub``, derived, and shows ``certificate_not_after`` as a time).
-_INT = (
-    "index",
-    "provision_retries",
-    "connect_retries",
-    "reconnects",
-    "sent",
-    "acknowledged",
-    "dropouts",
-    "duplicates",
-    "bytes_sent",
-)
-_OPTIONAL_INT = ("error_code", "renewal_error_code")
-_TEXT = ("registration_id", "outcome")
-_OPTIONAL_TEXT = ("error", "assigned_hub", "device_id", "renewal_error")
-_FLOAT = ("started_s",)
-_OPTIONAL_FLOAT = ("provision_ms", "connect_ms", "first_sent_s", "last_sent_s")
+_DEVICE_KINDS: dict[str, str] = {
+    "index": "int",
+    "registration_id": "text",
+    "outcome": "text",
+    "error": "optional text",
+    "error_code": "optional int",
+    "assigned_hub": "optional text",
+    "device_id": "optional text",
+    "started_s": "float",
+    "provision_ms": "optional float",
+    "connect_ms": "optional float",
+    "provision_retries": "int",
+    "connect_retries": "int",
+    "reconnects": "int",
+    "sent": "int",
+    "acknowledged": "int",
+    "dropouts": "int",
+    "duplicates": "int",
+    "bytes_sent": "int",
+    "first_sent_s": "optional float",
+    "last_sent_s": "optional float",
+    "certificate_not_after": "optional time",
+    "renewed": "bool",
+    "renewal_error": "optional text",
+    "renewal_error_code": "optional int",
+}
+_DEVICE_COLUMNS = tuple(_DEVICE_KINDS)
+# Seconds from the run's start: a merge moves them to the earliest shard's start.
 _SHIFTED = ("started_s", "first_sent_s", "last_sent_s")
-_DEVICE_COLUMNS = (
-    "index",
-    "registration_id",
-    "outcome",
-    "error",
-    "error_code",
-    "assigned_hub",
-    "device_id",
-    "started_s",
-    "provision_ms",
-    "connect_ms",
-    "provision_retries",
-    "connect_retries",
-    "reconnects",
-    "sent",
-    "acknowledged",
-    "dropouts",
-    "duplicates",
-    "bytes_sent",
-    "first_sent_s",
-    "last_sent_s",
-    "certificate_not_after",
-    "renewed",
-    "renewal_error",
-    "renewal_error_code",
-)
 _MESSAGE_COLUMNS = ("device_id", "seq", "sent_at", "latency_ms", "anomaly", "duplicate")
-_TEXT_COLUMNS = dict.fromkeys((*_TEXT, *_OPTIONAL_TEXT), str)
+_TEXT_COLUMNS = {name: str for name, kind in _DEVICE_KINDS.items() if kind.endswith("text")}
 
 
 def _pandas() -> Any:
@@ -464,30 +450,18 @@ def _boolean(value: Any) -> bool:
     raise ValueError(value)
 
 
-def _read_devices(result: ShardResult, shift: float) -> dict[str, list[Any]]:
+def _read_devices(result: ShardResult) -> dict[str, list[Any]]:
     path = result.devices_path
     frame = _read_frame(path, _TEXT_COLUMNS)
     absent = [c for c in _DEVICE_COLUMNS if c not in frame.columns]
     if absent:
         raise ConfigError(f"{path}: not a fleet device frame (no {', '.join(absent)})")
-    kinds: dict[str, str] = {
-        **dict.fromkeys(_INT, "int"),
-        **dict.fromkeys(_OPTIONAL_INT, "optional int"),
-        **dict.fromkeys(_TEXT, "text"),
-        **dict.fromkeys(_OPTIONAL_TEXT, "optional text"),
-        **dict.fromkeys(_FLOAT, "float"),
-        **dict.fromkeys(_OPTIONAL_FLOAT, "optional float"),
-        "renewed": "bool",
-    }
     devices: dict[str, list[Any]] = {}
-    for name in _DEVICE_COLUMNS:
-        if name == "certificate_not_after":
+    for name, kind in _DEVICE_KINDS.items():
+        if kind == "optional time":
             devices[name] = _unix_seconds(frame, path, name, optional=True)
-            continue
-        values = _column(frame, path, name, kinds[name])
-        if name in _SHIFTED:
-            values = [None if v is None else v + shift for v in values]
-        devices[name] = values
+        else:
+            devices[name] = _column(frame, path, name, kind)
     return devices
 
 
@@ -560,7 +534,7 @@ class ShardPart:
 
 def read_part(result: ShardResult) -> ShardPart:
     """A saved result's frames read back into the engine's columns."""
-    devices = _read_devices(result, 0.0)
+    devices = _read_devices(result)
     positions = {rid: i for i, rid in enumerate(devices["registration_id"])}
     messages = _read_messages(result, float(result.record["started_unix"]), positions)
     return ShardPart(result.name, result.record, {"devices": devices, "messages": messages})
