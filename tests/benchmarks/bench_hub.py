@@ -24,7 +24,6 @@ Run: ``python tests/benchmarks/bench_hub.py [--idle 10000] [--senders 100] [--me
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import platform
 import re
@@ -228,58 +227,6 @@ def _emulator_run(
     return run
 
 
-def _mosquitto_server_certificate(folder: Path) -> tuple[Path, Path, str]:
-    """A CA and a server certificate for 127.0.0.1 (pyca/cryptography, as mosquitto's peer)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench broker CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    import ipaddress
-
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "server.cert.pem", folder / "server.key.pem"
-    cert_path.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path, ca.public_bytes(serialization.Encoding.PEM).decode()
-
-
 def _mosquitto_run(
     mosquitto: str,
     folder: Path,
@@ -293,7 +240,11 @@ def _mosquitto_run(
     run = ServerRun(f"mosquitto {version.group(1)}" if version else "mosquitto")
     broker = folder / "mosquitto"
     broker.mkdir()
-    cert, key, trust_pem = _mosquitto_server_certificate(broker)
+    # The tests' loopback server credentials (pyca/cryptography, as mosquitto's peer).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stand_in import server_credentials
+
+    cert, key, trust_pem = server_credentials(broker)
     cafile = broker / "device-ca.pem"
     cafile.write_text(device_ca_pem)
     port = _free_port()
