@@ -128,6 +128,19 @@ async def _dpskit_fleet(
     return list(clients), time.perf_counter() - start
 
 
+def burst_plan(messages: int) -> dpskit.TelemetryPlan:
+    """The fleet benchmarks' telemetry: ``messages`` per device, as fast as the hub
+    acknowledges, a temperature and a humidity reading in each."""
+    return dpskit.TelemetryPlan(
+        interval=0.0,
+        count=messages,
+        fields={
+            "temperature": dpskit.signals.sine(21.0, 3.0, period=86_400).rounded(2),
+            "humidity": dpskit.signals.random_walk(45.0, 0.3, low=0, high=100).rounded(1),
+        },
+    )
+
+
 def hashed_fleet(cloud: Any, label: str) -> tuple[Any, dpskit.CertificateAuthority]:
     """The fleet benchmarks' cloud side: two hubs behind one DPS with hashed allocation, a
     root and an intermediate CA proven to DPS, and one X.509 enrollment group on it. Returns

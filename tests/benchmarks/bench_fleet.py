@@ -29,7 +29,14 @@ from typing import Any
 import dpskit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_device import _rss_kb, _sdk_device, emulator_port, emulator_process, hashed_fleet
+from bench_device import (
+    _rss_kb,
+    _sdk_device,
+    burst_plan,
+    emulator_port,
+    emulator_process,
+    hashed_fleet,
+)
 
 BODY = b'{"temperature": 21.5, "humidity": 40.2, "status": "ok"}'
 
@@ -91,14 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         dps, inter = hashed_fleet(cloud, "Fleet")
         trust = cloud.trust_pem
 
-        plan = dpskit.TelemetryPlan(
-            interval=0.0,
-            count=args.messages,
-            fields={
-                "temperature": dpskit.signals.sine(21.0, 3.0, period=86_400).rounded(2),
-                "humidity": dpskit.signals.random_walk(45.0, 0.3, low=0, high=100).rounded(1),
-            },
-        )
+        plan = burst_plan(args.messages)
         fleet = dpskit.Fleet(
             dps,
             authority=inter,

@@ -64,7 +64,7 @@ from pathlib import Path
 import dpskit
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_device import _rss_kb, emulator_subprocess, hashed_fleet
+from bench_device import _rss_kb, burst_plan, emulator_subprocess, hashed_fleet
 
 #: Descriptors the emulator keeps for itself: its listeners, state files, REST and AMQP clients.
 HEADROOM = 1_024
@@ -222,14 +222,7 @@ def _fleet(
     folder: Path,
     worker_threads: int | None = None,
 ) -> dpskit.Fleet:
-    plan = dpskit.TelemetryPlan(
-        interval=0.0,
-        count=args.messages,
-        fields={
-            "temperature": dpskit.signals.sine(21.0, 3.0, period=86_400).rounded(2),
-            "humidity": dpskit.signals.random_walk(45.0, 0.3, low=0, high=100).rounded(1),
-        },
-    )
+    plan = burst_plan(args.messages)
     return dpskit.Fleet(
         dps,
         authority=authority,
