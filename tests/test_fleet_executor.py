@@ -201,6 +201,14 @@ def test_a_fleet_of_issued_certificates_runs_without_the_cas_key(
         lacking.run(executor=pool, progress=False)
 
 
+def test_a_prefix_that_would_leave_the_certificate_folder_is_refused(setup: Setup) -> None:
+    # The core's file-name rule judges the devices' names before any file is read or written.
+    escaping = setup.fleet(prefix="../escape-")
+    with pytest.raises(dpskit.CertificateError, match="cannot be used as a file name"):
+        escaping.run(progress=False)
+    assert not (setup.certificates.parent / "escape-00000.key.pem").exists()
+
+
 def _side(fleet: dpskit.Fleet) -> Any:
     from dpskit.fleet import _CloudSide
 

@@ -81,10 +81,24 @@ def peak_rss_bytes() -> int | None:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _device_files(folder: Path, registration_id: str) -> tuple[Path, Path]:
-    """A device's full chain and key in ``folder``, named by the core's one rule."""
-    files = credential_files(folder, registration_id)
-    return files["full_chain"], files["private_key"]
+def _device_file_names(folder: Path, registration_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The names of each device's full chain and key in ``folder``, by the core's one rule
+    (``credential_files``). The rule is asked once, for the first id (it refuses a prefix that
+    would leave the folder): a device's files are its id and the rule's suffixes, and asking
+    for each of 100,000 devices would add a second and a half to the start."""
+    if not registration_ids:
+        return []
+    first = registration_ids[0]
+    files = credential_files(folder, first)
+    chain, key = files["full_chain"].name, files["private_key"].name
+    if not (chain.startswith(first) and key.startswith(first)):
+        # A rule that does not append to the id: ask it for every device.
+        return [
+            (named["full_chain"].name, named["private_key"].name)
+            for named in (credential_files(folder, i) for i in registration_ids)
+        ]
+    chain_suffix, key_suffix = chain[len(first) :], key[len(first) :]
+    return [(f"{i}{chain_suffix}", f"{i}{key_suffix}") for i in registration_ids]
 
 
 def missing_certificates(folder: Path | None, registration_ids: Sequence[str]) -> list[str]:
@@ -95,8 +109,10 @@ def missing_certificates(folder: Path | None, registration_ids: Sequence[str]) -
     present = {entry.name for entry in os.scandir(folder)}
     return [
         registration_id
-        for registration_id in registration_ids
-        if not all(f.name in present for f in _device_files(folder, registration_id))
+        for registration_id, (chain, key) in zip(
+            registration_ids, _device_file_names(folder, registration_ids), strict=True
+        )
+        if chain not in present or key not in present
     ]
 
 
@@ -118,13 +134,13 @@ def device_certificates(
             f"to issue them"
         )
     loaded: dict[str, DeviceCertificate] = {}
-    if folder is not None:
+    if folder is not None and len(missing) < len(registration_ids):
         absent = set(missing)
-        for registration_id in registration_ids:
+        for registration_id, (chain, key) in zip(
+            registration_ids, _device_file_names(folder, registration_ids), strict=True
+        ):
             if registration_id not in absent:
-                loaded[registration_id] = DeviceCertificate.load(
-                    *_device_files(folder, registration_id)
-                )
+                loaded[registration_id] = DeviceCertificate.load(folder / chain, folder / key)
     if missing and authority is not None:  # without one, refused above
         issued = authority.issue_devices(missing, algorithm=algorithm, output_dir=folder)
         loaded.update(zip(missing, issued, strict=True))
