@@ -1,6 +1,7 @@
 """Fleets: thousands of distinct simulated devices provisioned through DPS, connected to their
-hubs and streaming telemetry, all on the Rust runtime of one process (a task per device, no
-thread per device). Results come back as a :class:`FleetReport` with DataFrames.
+hubs and streaming telemetry on the Rust runtime of one process (a task per device, no thread
+per device), or split into shards over an executor's workers (:mod:`dpskit.fleet_executor`), one
+runtime each. Results come back as one :class:`FleetReport` with DataFrames.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Fleets split over processes a scheduler starts: which shard this process runs (read from
-the scheduler's environment), and the shards' saved results put back together as one run.
+"""Fleets split into shards: which shard this process runs (read from the scheduler's
+environment), and the shards' parts, saved or returned by workers, put back together as one run.
 
 :func:`shard_from_environment` is what ``Fleet(shard="auto")`` and ``dpskit fleet --shard
 auto`` use. ``FleetReport.save`` writes, next to the device and message frames, a sidecar
 ``<stem>.run.json`` with what a merge needs (the run's identity, the shard, the run's times,
 hubs, pacing and refusals); ``FleetReport.load`` and ``dpskit fleet merge`` read the shards back
-through :func:`read_results` and :func:`merge_results`, which refuse shards of different runs
-and missing, duplicated or inconsistent shards.
+through :func:`read_results` and :func:`merge_results`. Those and ``Fleet.run(executor=...)``,
+whose workers return a :class:`ShardPart` each, merge through :func:`merge_parts`, which refuses
+shards of different runs and missing, duplicated or inconsistent shards.
 """
 
 from __future__ import annotations
