@@ -289,7 +289,14 @@ def test_run_async_over_an_executor_and_its_cancellation(setup: Setup) -> None:
 
     async def cancelled() -> None:
         with ThreadPoolExecutor(1) as pool:
-            fleet = setup.fleet(prefix="cancelled-", telemetry=slow, certificates_dir=None)
+            # Paced like Azure at 60 a minute, which the cancellation must lift.
+            fleet = setup.fleet(
+                prefix="cancelled-",
+                telemetry=slow,
+                certificates_dir=None,
+                pace_like_azure=True,
+                time_compression=0.06,
+            )
             running = asyncio.ensure_future(
                 fleet.run_async(executor=pool, shards=4, progress=False)
             )
@@ -303,3 +310,6 @@ def test_run_async_over_an_executor_and_its_cancellation(setup: Setup) -> None:
     first = {f"cancelled-{i:05d}" for i in range(3)}
     assert first <= registered
     assert not {f"cancelled-{i:05d}" for i in range(3, DEVICES)} & registered
+    # The pacing went with the cancelled run: a burst registers unrefused.
+    after = setup.fleet(prefix="after-cancel-", certificates_dir=None, telemetry=None)
+    assert after.run(progress=False).retries["provisioning"] == 0
