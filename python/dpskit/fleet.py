@@ -1250,8 +1250,8 @@ class Fleet:
             raise ConfigError(f"shards must be 1..{self.count} (the devices), not {total!r}")
         # Every shard registers with the one DPS: the emulator's quota on it is shared by
         # all of them, as Azure's is, so it is set once here at the whole rate.
-        side = _CloudSide(self, share=1)
         display = _ProgressDisplay(progress)
+        side = _CloudSide(self, share=1)
         begun = time.monotonic()
         finished: list[FleetProgress] = []
         last = [0.0]
@@ -1449,13 +1449,14 @@ class _CloudSide:
         self._lifted = False
         self.hubs = {link.host_name: link.hub for link in fleet.dps.linked_hubs()}
         self.pacing: float | None = None
+        # What the hubs' presets had refused before the run, to count the run's own refusals.
+        self._usage_before = self._usage()
+        # Last: nothing after it can fail and leave the DPS paced with no run to lift it.
         if fleet.pace_like_azure:
             # Refused outside the emulator: Azure paces registrations itself.
             rate = AZURE_REGISTRATIONS_PER_MINUTE * fleet.time_compression / share
             fleet.dps.set_registration_quota(max(1, round(rate)))
             self.pacing = fleet.time_compression
-        # What the hubs' presets had refused before the run, to count the run's own refusals.
-        self._usage_before = self._usage()
 
     def refusals(self) -> dict[str, _Refusals] | None:
         """What the hubs' presets refused since the run began (None where not counted)."""
@@ -1503,8 +1504,8 @@ class _RunSession:
         certificates = fleet.certificates() if fleet.x509 else None
         # A scheduler's shard paces its own slice: it takes its share of the DPS's rate.
         share = 1 if fleet.shard is None else fleet.shard[1]
-        self._side = _CloudSide(fleet, share=share)
         self._display = _ProgressDisplay(progress)
+        self._side = _CloudSide(fleet, share=share)
         # One file descriptor per device connection.
         _raise_open_file_limit()
         self._begun = time.monotonic()
