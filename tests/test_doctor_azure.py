@@ -17,7 +17,7 @@ import pytest
 
 import dpskit
 from stand_in import serve
-from test_azure_fixtures import RECORDED_IDENTITY, RECORDED_REGISTRATION
+from test_azure_fixtures import RECORDED_GROUP, RECORDED_IDENTITY, RECORDED_REGISTRATION
 
 SUB, RG = "91d12660-3dec-467a-be2a-213b5544ddc0", "myResourceGroup"
 PROVIDER = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Devices"
@@ -141,18 +141,15 @@ def _record(azure: Azure, pki: Fleet, *, verified: bool = True) -> None:
         "sku": {"name": "S1", "tier": "Standard", "capacity": 1},
     }
     keys = {"keyName": "owner", "primaryKey": KEY, "secondaryKey": KEY, "rights": "x"}
+    # The service API's recorded group shape, naming an uploaded CA instead of inline
+    # certificates.
     group = {
+        **RECORDED_GROUP,
         "enrollmentGroupId": "contoso-sensors",
         "attestation": {
             "type": "x509",
             "x509": {"caReferences": {"primary": "contoso-root", "secondary": None}},
         },
-        "etag": "IjBhMDA5ZjQxLTAwMDAtMDgwMC0wMDAwLTY0NjgwMWViMDAwMCI=",
-        "provisioningStatus": "enabled",
-        "reprovisionPolicy": {"updateHubAssignment": True, "migrateDeviceData": True},
-        "createdDateTimeUtc": "2023-05-19T23:10:35.7799084Z",
-        "lastUpdatedDateTimeUtc": "2023-05-19T23:10:35.7799084Z",
-        "allocationPolicy": "hashed",
         "iotHubs": [],
         "capabilities": {"iotEdge": False},
     }
